@@ -1,0 +1,1 @@
+//! Language understanding for Crossline (work in progress; see issue 3).
