@@ -1,0 +1,17 @@
+//! Domain types and pure rules of Crossline.
+//!
+//! **Invariant:** this crate knows nothing of SQL, HTTP or tokio. Everything here is a pure function
+//! of its inputs (time is always passed in), so the storage backends and the server share one
+//! definition of what an identity, an event, a profile and a merge are.
+
+pub mod consent;
+pub mod event;
+pub mod ids;
+pub mod identity;
+pub mod keys;
+pub mod profile;
+
+pub use consent::{Consent, ConsentEntry, ConsentStatus};
+pub use event::{EventKind, EventValidationError, NormalizedEvent, SegmentRequest};
+pub use identity::{Identity, IdentityError, IdentityKind};
+pub use profile::{Profile, ProfileState};
