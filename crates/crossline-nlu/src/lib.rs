@@ -1,1 +1,8 @@
-//! Language understanding for Crossline (work in progress; see issue 3).
+//! Language understanding for Crossline: intents, out-of-scope detection, slots, sentiment, language.
+//!
+//! Invariant: this crate does no IO of any kind. Time comes in as a parameter.
+
+pub mod classifier;
+pub mod features;
+pub mod intent;
+pub mod text;

@@ -1,0 +1,360 @@
+//! `crossline nlu eval`: train crossline-nlu on labelled files, tune on validation files only, evaluate on
+//! test files and print a report.
+
+pub mod metrics;
+pub mod readers;
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use crossline_nlu::intent::{IntentClassifier, IntentSettings, OUT_OF_SCOPE_LABEL};
+
+use crate::metrics::{IntentMetrics, intent_metrics, percentile};
+use crate::readers::{Example, read_examples};
+
+/// Arguments of `crossline nlu eval`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EvalArgs {
+    /// Training files (.tsv, .csv or .jsonl); rows labelled `oos` train the out-of-scope class.
+    #[arg(long, num_args = 1.., required = true)]
+    pub train: Vec<PathBuf>,
+    /// Validation files, used only to choose the out-of-scope threshold. Without them a deterministic
+    /// slice of the training rows (every tenth) is held out for tuning and the final model is retrained on
+    /// all training rows.
+    #[arg(long, num_args = 1..)]
+    pub validation: Vec<PathBuf>,
+    /// Test files, evaluated once.
+    #[arg(long, num_args = 1.., required = true)]
+    pub test: Vec<PathBuf>,
+    /// Write one TSV line per test row: text, gold intent, predicted intent (empty when out of scope),
+    /// confidence of the best in-scope intent.
+    #[arg(long, value_name = "OUT")]
+    pub predictions: Option<PathBuf>,
+    /// Override the L2 penalty (for experiments).
+    #[arg(long, hide = true)]
+    pub l2_penalty: Option<f32>,
+    /// Override the learning rate (for experiments).
+    #[arg(long, hide = true)]
+    pub learning_rate: Option<f32>,
+    /// Override the maximum number of epochs (for experiments).
+    #[arg(long, hide = true)]
+    pub max_epochs: Option<usize>,
+    /// Override the longest character n-gram (for experiments).
+    #[arg(long, hide = true)]
+    pub char_max_n: Option<usize>,
+    /// Override the shortest character n-gram (for experiments).
+    #[arg(long, hide = true)]
+    pub char_min_n: Option<usize>,
+    /// Override the word block weight (for experiments).
+    #[arg(long, hide = true)]
+    pub word_weight: Option<f32>,
+    /// Use this out-of-scope threshold instead of tuning one (for experiments).
+    #[arg(long, hide = true)]
+    pub threshold: Option<f32>,
+    /// Threshold criterion: `accuracy`, `balanced` or `oos-f1` (for experiments).
+    #[arg(long, hide = true, default_value = "accuracy")]
+    pub criterion: String,
+    /// Override the longest word n-gram (for experiments).
+    #[arg(long, hide = true)]
+    pub word_max_n: Option<usize>,
+    /// Override the convergence tolerance (for experiments).
+    #[arg(long, hide = true)]
+    pub tolerance: Option<f32>,
+    /// Override the minimum document frequency (for experiments).
+    #[arg(long, hide = true)]
+    pub minimum_documents: Option<usize>,
+}
+
+fn read_all(paths: &[PathBuf]) -> anyhow::Result<Vec<Example>> {
+    let mut examples = Vec::new();
+    for path in paths {
+        examples.extend(read_examples(path)?);
+    }
+    Ok(examples)
+}
+
+fn settings_from(args: &EvalArgs) -> IntentSettings {
+    let mut settings = IntentSettings::default();
+    if let Some(value) = args.l2_penalty {
+        settings.classifier.l2_penalty = value;
+    }
+    if let Some(value) = args.learning_rate {
+        settings.classifier.learning_rate = value;
+    }
+    if let Some(value) = args.max_epochs {
+        settings.classifier.max_epochs = value;
+    }
+    if let Some(value) = args.char_max_n {
+        settings.features.char_max_n = value;
+    }
+    if let Some(value) = args.char_min_n {
+        settings.features.char_min_n = value;
+    }
+    if let Some(value) = args.word_weight {
+        settings.features.word_weight = value;
+    }
+    if let Some(value) = args.word_max_n {
+        settings.features.word_max_n = value;
+    }
+    if let Some(value) = args.tolerance {
+        settings.classifier.tolerance = value;
+    }
+    if let Some(value) = args.minimum_documents {
+        settings.features.minimum_documents = value;
+    }
+    settings
+}
+
+fn train(examples: &[Example], settings: &IntentSettings) -> IntentClassifier {
+    IntentClassifier::train(
+        examples
+            .iter()
+            .map(|example| (example.text.as_str(), example.intent.as_str())),
+        settings,
+    )
+}
+
+/// Best in-scope intent and its probability, plus the explicit out-of-scope probability, per row.
+type Scored = Vec<(Option<String>, f32, f32)>;
+
+fn score_rows(classifier: &IntentClassifier, rows: &[Example]) -> Scored {
+    rows.iter()
+        .map(|row| {
+            let scores = classifier.score(&row.text);
+            let best = scores.ranked.first();
+            (
+                best.map(|intent| intent.name.clone()),
+                best.map_or(0.0, |intent| intent.confidence),
+                scores.out_of_scope,
+            )
+        })
+        .collect()
+}
+
+fn decide(scored: &Scored, threshold: f32) -> Vec<Option<&str>> {
+    scored
+        .iter()
+        .map(|(name, confidence, out_of_scope)| {
+            if *confidence < threshold || out_of_scope > confidence {
+                None
+            } else {
+                name.as_deref()
+            }
+        })
+        .collect()
+}
+
+/// Chooses the threshold on validation rows. With out-of-scope rows it maximises the mean of in-scope
+/// accuracy and out-of-scope recall (each group counts equally, whatever their sizes); without them there
+/// is nothing to trade against and the threshold is 0.
+fn choose_threshold(
+    scored: &Scored,
+    rows: &[Example],
+    criterion: &str,
+) -> (f32, Option<IntentMetrics>) {
+    let gold: Vec<&str> = rows.iter().map(|row| row.intent.as_str()).collect();
+    if !gold.contains(&OUT_OF_SCOPE_LABEL) {
+        return (0.0, None);
+    }
+    let mut best = (f64::NEG_INFINITY, 0.0f32, None);
+    for step in 0..=95 {
+        let threshold = step as f32 * 0.01;
+        let metrics = intent_metrics(&gold, &decide(scored, threshold));
+        let recall = metrics.out_of_scope_recall.unwrap_or(0.0);
+        let objective = match criterion {
+            "balanced" => 0.5 * (metrics.in_scope_accuracy + recall),
+            "oos-f1" => {
+                let predicted = decide(scored, threshold);
+                let true_positives = gold
+                    .iter()
+                    .zip(&predicted)
+                    .filter(|(gold, predicted)| **gold == OUT_OF_SCOPE_LABEL && predicted.is_none())
+                    .count();
+                let predicted_count = predicted.iter().filter(|value| value.is_none()).count();
+                crate::metrics::f1(true_positives, predicted_count, metrics.out_of_scope_rows)
+            }
+            _ => metrics.accuracy,
+        };
+        if objective > best.0 + 1e-12 {
+            best = (objective, threshold, Some(metrics));
+        }
+    }
+    (best.1, best.2)
+}
+
+fn percent(value: f64) -> String {
+    format!("{:.2}%", value * 100.0)
+}
+
+fn clean_field(text: &str) -> String {
+    text.replace(['\t', '\n', '\r'], " ")
+}
+
+/// Runs the evaluation and prints the report to standard output.
+pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
+    let train_rows = read_all(&args.train)?;
+    let validation_rows = read_all(&args.validation)?;
+    let test_rows = read_all(&args.test)?;
+    if train_rows.is_empty() {
+        bail!("the training files hold no rows");
+    }
+    if test_rows.is_empty() {
+        bail!("the test files hold no rows");
+    }
+    let settings = settings_from(args);
+    let mut report = String::new();
+
+    // Tuning: on the validation files, or on a held-out slice of the training rows.
+    let (threshold, validation_metrics, tuning_source) = if validation_rows.is_empty() {
+        let (tuning_train, held_out): (Vec<_>, Vec<_>) = train_rows
+            .iter()
+            .cloned()
+            .enumerate()
+            .partition(|(index, _)| index % 10 != 9);
+        let tuning_train: Vec<Example> = tuning_train.into_iter().map(|(_, row)| row).collect();
+        let held_out: Vec<Example> = held_out.into_iter().map(|(_, row)| row).collect();
+        let classifier = train(&tuning_train, &settings);
+        let scored = score_rows(&classifier, &held_out);
+        let (threshold, metrics) = choose_threshold(&scored, &held_out, &args.criterion);
+        (
+            threshold,
+            metrics,
+            format!(
+                "every 10th training row held out ({} rows), model retrained on all rows",
+                held_out.len()
+            ),
+        )
+    } else {
+        (0.0, None, String::new())
+    };
+
+    let started = Instant::now();
+    let classifier = train(&train_rows, &settings);
+    let training_seconds = started.elapsed().as_secs_f64();
+
+    let (threshold, validation_metrics, tuning_source) = if validation_rows.is_empty() {
+        (threshold, validation_metrics, tuning_source)
+    } else {
+        let scored = score_rows(&classifier, &validation_rows);
+        let (threshold, metrics) = choose_threshold(&scored, &validation_rows, &args.criterion);
+        (
+            threshold,
+            metrics,
+            format!("validation files ({} rows)", validation_rows.len()),
+        )
+    };
+
+    let threshold = args.threshold.unwrap_or(threshold);
+    // Test: timed per utterance.
+    let mut latencies = Vec::with_capacity(test_rows.len());
+    let mut scored: Scored = Vec::with_capacity(test_rows.len());
+    for row in &test_rows {
+        let started = Instant::now();
+        let scores = classifier.score(&row.text);
+        latencies.push(started.elapsed().as_secs_f64() * 1e3);
+        let best = scores.ranked.first();
+        scored.push((
+            best.map(|intent| intent.name.clone()),
+            best.map_or(0.0, |intent| intent.confidence),
+            scores.out_of_scope,
+        ));
+    }
+    latencies.sort_by(f64::total_cmp);
+    let predicted = decide(&scored, threshold);
+    let gold: Vec<&str> = test_rows.iter().map(|row| row.intent.as_str()).collect();
+    let metrics = intent_metrics(&gold, &predicted);
+
+    let intents = classifier.intents().count();
+    writeln!(
+        report,
+        "train rows {} ({} intents{}), validation rows {}, test rows {}",
+        train_rows.len(),
+        intents,
+        if train_rows.iter().any(|row| row.intent == OUT_OF_SCOPE_LABEL) {
+            " + out-of-scope class"
+        } else {
+            ""
+        },
+        validation_rows.len(),
+        test_rows.len()
+    )?;
+    let blocks: Vec<String> = classifier
+        .feature_blocks()
+        .iter()
+        .map(|(name, size)| format!("{name} {size}"))
+        .collect();
+    writeln!(
+        report,
+        "features: {}; training: {} epochs{}",
+        blocks.join(", "),
+        classifier.report().epochs,
+        if classifier.report().converged {
+            ", converged"
+        } else {
+            ", epoch limit"
+        }
+    )?;
+    writeln!(
+        report,
+        "out-of-scope threshold {threshold:.2}, tuned on {tuning_source}"
+    )?;
+    if let Some(validation) = &validation_metrics {
+        writeln!(
+            report,
+            "  at that threshold on the tuning rows: in-scope accuracy {}, out-of-scope recall {}",
+            percent(validation.in_scope_accuracy),
+            percent(validation.out_of_scope_recall.unwrap_or(0.0))
+        )?;
+    }
+    writeln!(report, "test results")?;
+    writeln!(report, "  accuracy              {}", percent(metrics.accuracy))?;
+    writeln!(report, "  macro F1              {}", percent(metrics.macro_f1))?;
+    writeln!(
+        report,
+        "  in-scope accuracy     {} ({} rows)",
+        percent(metrics.in_scope_accuracy),
+        metrics.in_scope_rows
+    )?;
+    match metrics.out_of_scope_recall {
+        Some(recall) => writeln!(
+            report,
+            "  out-of-scope recall   {} ({} rows)",
+            percent(recall),
+            metrics.out_of_scope_rows
+        )?,
+        None => writeln!(report, "  out-of-scope recall   n/a (no oos rows)")?,
+    }
+    writeln!(report, "  training time         {training_seconds:.2} s")?;
+    writeln!(
+        report,
+        "  inference latency     p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.9),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or(0.0)
+    )?;
+    print!("{report}");
+
+    if let Some(path) = &args.predictions {
+        let mut output = String::new();
+        for ((row, prediction), (_, confidence, _)) in test_rows.iter().zip(&predicted).zip(&scored)
+        {
+            writeln!(
+                output,
+                "{}\t{}\t{}\t{:.6}",
+                clean_field(&row.text),
+                row.intent,
+                prediction.unwrap_or(""),
+                confidence
+            )?;
+        }
+        let mut file = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        file.write_all(output.as_bytes())?;
+        println!("predictions written to {}", path.display());
+    }
+    Ok(())
+}

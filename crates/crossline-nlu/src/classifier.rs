@@ -1,0 +1,269 @@
+//! Multinomial logistic regression over sparse features.
+//!
+//! Why this model: it gives probabilities directly (the out-of-scope threshold and the confidence we report
+//! need numbers that mean something), it trains in a few seconds on 15,000 utterances with plain stochastic
+//! gradient descent, and inference is one sparse-times-dense product. The objective is the mean
+//! cross-entropy plus an L2 penalty; training runs epochs in a fixed pseudo-random order until the
+//! objective stops improving, so the same input always gives the same model.
+
+use crate::features::SparseVector;
+
+/// Hyper-parameters of training.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassifierSettings {
+    /// L2 penalty per example (λ in λ/2·‖W‖²).
+    pub l2_penalty: f32,
+    /// Initial learning rate; decays as η₀ / (1 + η₀·λ·t).
+    pub learning_rate: f32,
+    /// Upper bound on passes over the data.
+    pub max_epochs: usize,
+    /// Lower bound on single-example updates, so that tiny bots still converge.
+    pub min_updates: usize,
+    /// Training stops when the objective improves by less than this fraction in one epoch.
+    pub tolerance: f32,
+    /// Seed of the example order.
+    pub seed: u64,
+}
+
+impl Default for ClassifierSettings {
+    fn default() -> Self {
+        ClassifierSettings {
+            l2_penalty: 1e-5,
+            learning_rate: 0.5,
+            max_epochs: 40,
+            min_updates: 20_000,
+            tolerance: 1e-3,
+            seed: 0x5eed_c1a5_5e5e_d001,
+        }
+    }
+}
+
+/// What happened during training.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainingReport {
+    /// Passes over the data.
+    pub epochs: usize,
+    /// Final value of the regularised objective.
+    pub objective: f32,
+    /// Whether the tolerance was reached before the epoch limit.
+    pub converged: bool,
+}
+
+/// A trained softmax classifier.
+#[derive(Debug, Clone)]
+pub struct SoftmaxClassifier {
+    classes: usize,
+    /// Row-major `[feature][class]`, so one feature's weights for all classes are contiguous.
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+/// A small deterministic generator (xorshift64*) for the example order.
+struct OrderGenerator(u64);
+
+impl OrderGenerator {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn shuffle(&mut self, items: &mut [usize]) {
+        for index in (1..items.len()).rev() {
+            let other = (self.next() % (index as u64 + 1)) as usize;
+            items.swap(index, other);
+        }
+    }
+}
+
+/// Softmax in place; returns the log of the normaliser for loss computation.
+fn softmax_in_place(scores: &mut [f32]) -> f32 {
+    let maximum = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for score in scores.iter_mut() {
+        *score = (*score - maximum).exp();
+        sum += *score;
+    }
+    for score in scores.iter_mut() {
+        *score /= sum;
+    }
+    maximum + sum.ln()
+}
+
+impl SoftmaxClassifier {
+    /// Trains on `examples` with class indices `labels` (each `< classes`) in a space of `dimension`
+    /// features.
+    pub fn train(
+        examples: &[SparseVector],
+        labels: &[usize],
+        classes: usize,
+        dimension: usize,
+        settings: &ClassifierSettings,
+    ) -> (SoftmaxClassifier, TrainingReport) {
+        let mut model = SoftmaxClassifier {
+            classes,
+            weights: vec![0.0; dimension * classes],
+            bias: vec![0.0; classes],
+        };
+        let mut report = TrainingReport {
+            epochs: 0,
+            objective: 0.0,
+            converged: false,
+        };
+        if examples.is_empty() || classes == 0 {
+            report.converged = true;
+            return (model, report);
+        }
+        let count = examples.len();
+        let epochs = settings
+            .max_epochs
+            .max(settings.min_updates.div_ceil(count))
+            .min(10_000);
+        let lambda = settings.l2_penalty.max(0.0);
+        let mut order: Vec<usize> = (0..count).collect();
+        let mut generator = OrderGenerator(settings.seed | 1);
+        // The weights are kept as scale · v so that the L2 shrinkage costs O(1) per step.
+        let mut scale = 1.0f32;
+        let mut step = 0usize;
+        let mut scores = vec![0.0f32; classes];
+        let mut previous_objective = f32::INFINITY;
+        for epoch in 0..epochs {
+            generator.shuffle(&mut order);
+            let mut loss_sum = 0.0f64;
+            for &example_index in &order {
+                let example = &examples[example_index];
+                let label = labels[example_index];
+                let rate = settings.learning_rate
+                    / (1.0 + settings.learning_rate * lambda * step as f32);
+                step += 1;
+                model.raw_scores(example, scale, &mut scores);
+                let log_normaliser = softmax_in_place(&mut scores);
+                // scores now hold probabilities; loss = log Z - score of the label.
+                let label_probability = scores[label].max(1e-30);
+                loss_sum += f64::from(-label_probability.ln());
+                let _ = log_normaliser;
+                scores[label] -= 1.0;
+                scale *= 1.0 - rate * lambda;
+                let step_size = rate / scale;
+                for (&feature, &value) in example.indices.iter().zip(&example.values) {
+                    let row = &mut model.weights
+                        [feature as usize * classes..(feature as usize + 1) * classes];
+                    let coefficient = step_size * value;
+                    for (weight, gradient) in row.iter_mut().zip(&scores) {
+                        *weight -= coefficient * gradient;
+                    }
+                }
+                for (bias, gradient) in model.bias.iter_mut().zip(&scores) {
+                    *bias -= rate * gradient;
+                }
+                if scale < 1e-6 {
+                    model.fold_scale(&mut scale);
+                }
+            }
+            let squared_norm: f64 = model
+                .weights
+                .iter()
+                .map(|weight| f64::from(*weight) * f64::from(*weight))
+                .sum::<f64>()
+                * f64::from(scale)
+                * f64::from(scale);
+            let objective =
+                (loss_sum / count as f64 + 0.5 * f64::from(lambda) * squared_norm) as f32;
+            report.epochs = epoch + 1;
+            report.objective = objective;
+            let improvement = (previous_objective - objective) / objective.abs().max(1e-12);
+            if epoch + 1 >= settings.min_updates.div_ceil(count).min(epochs)
+                && improvement.abs() < settings.tolerance
+            {
+                report.converged = true;
+                break;
+            }
+            previous_objective = objective;
+        }
+        model.fold_scale(&mut scale);
+        (model, report)
+    }
+
+    fn fold_scale(&mut self, scale: &mut f32) {
+        for weight in &mut self.weights {
+            *weight *= *scale;
+        }
+        *scale = 1.0;
+    }
+
+    fn raw_scores(&self, example: &SparseVector, scale: f32, scores: &mut [f32]) {
+        scores.fill(0.0);
+        let classes = self.classes;
+        for (&feature, &value) in example.indices.iter().zip(&example.values) {
+            let start = feature as usize * classes;
+            let Some(row) = self.weights.get(start..start + classes) else {
+                continue;
+            };
+            for (score, weight) in scores.iter_mut().zip(row) {
+                *score += value * weight;
+            }
+        }
+        for (score, bias) in scores.iter_mut().zip(&self.bias) {
+            *score = *score * scale + bias;
+        }
+    }
+
+    /// Number of classes.
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// Class probabilities for one example, with a softmax temperature (1.0 leaves scores as trained).
+    pub fn probabilities(&self, example: &SparseVector, temperature: f32) -> Vec<f32> {
+        let mut scores = vec![0.0; self.classes];
+        if self.classes == 0 {
+            return scores;
+        }
+        self.raw_scores(example, 1.0, &mut scores);
+        let temperature = if temperature > 0.0 { temperature } else { 1.0 };
+        for score in &mut scores {
+            *score /= temperature;
+        }
+        softmax_in_place(&mut scores);
+        scores
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vector(pairs: &[(u32, f32)]) -> SparseVector {
+        SparseVector {
+            indices: pairs.iter().map(|(index, _)| *index).collect(),
+            values: pairs.iter().map(|(_, value)| *value).collect(),
+        }
+    }
+
+    #[test]
+    fn separable_data_is_learned_deterministically() {
+        let examples = vec![
+            vector(&[(0, 1.0)]),
+            vector(&[(1, 1.0)]),
+            vector(&[(2, 1.0)]),
+            vector(&[(0, 0.8), (3, 0.6)]),
+        ];
+        let labels = vec![0, 1, 2, 0];
+        let settings = ClassifierSettings::default();
+        let (first, report) = SoftmaxClassifier::train(&examples, &labels, 3, 4, &settings);
+        let (second, _) = SoftmaxClassifier::train(&examples, &labels, 3, 4, &settings);
+        assert_eq!(first.weights, second.weights);
+        assert!(report.epochs > 0);
+        for (example, label) in examples.iter().zip(&labels) {
+            let probabilities = first.probabilities(example, 1.0);
+            let best = probabilities
+                .iter()
+                .enumerate()
+                .max_by(|left, right| left.1.total_cmp(right.1))
+                .map(|(index, _)| index);
+            assert_eq!(best, Some(*label));
+            assert!((probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+        }
+    }
+}

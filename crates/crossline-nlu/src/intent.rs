@@ -1,0 +1,171 @@
+//! The intent classifier: feature pipeline + softmax regression + out-of-scope decision.
+
+use std::collections::BTreeMap;
+
+use crate::classifier::{ClassifierSettings, SoftmaxClassifier, TrainingReport};
+use crate::features::{FeaturePipeline, FeatureSettings, PreparedText};
+use crate::text::bounded;
+
+/// The label that marks out-of-scope training examples. A bot that provides examples under this label gets
+/// an explicit out-of-scope class in addition to the confidence threshold.
+pub const OUT_OF_SCOPE_LABEL: &str = "oos";
+
+/// Default confidence below which a message is out of scope.
+///
+/// Chosen on the CLINC150 validation split (never its test split) with the default settings: see
+/// `docs/nlu.md`. Bots may override it.
+pub const DEFAULT_OUT_OF_SCOPE_THRESHOLD: f32 = 0.3;
+
+/// All settings of intent training.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct IntentSettings {
+    /// Feature pipeline settings.
+    pub features: FeatureSettings,
+    /// Classifier settings.
+    pub classifier: ClassifierSettings,
+}
+
+/// An intent name with a probability.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ScoredIntent {
+    /// Intent name.
+    pub name: String,
+    /// Calibrated probability in `[0, 1]`.
+    pub confidence: f32,
+}
+
+/// The classifier's ranking for one message, before the out-of-scope decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntentScores {
+    /// In-scope intents, most likely first.
+    pub ranked: Vec<ScoredIntent>,
+    /// Probability of the explicit out-of-scope class (0 when the bot has none).
+    pub out_of_scope: f32,
+}
+
+impl IntentScores {
+    /// The decided intent: `None` when the explicit out-of-scope class wins or the best in-scope
+    /// probability is below `threshold`.
+    pub fn decide(&self, threshold: f32) -> Option<&ScoredIntent> {
+        let best = self.ranked.first()?;
+        if best.confidence < threshold || self.out_of_scope > best.confidence {
+            return None;
+        }
+        Some(best)
+    }
+}
+
+/// A trained intent classifier.
+#[derive(Debug)]
+pub struct IntentClassifier {
+    pipeline: FeaturePipeline,
+    classifier: SoftmaxClassifier,
+    labels: Vec<String>,
+    out_of_scope_index: Option<usize>,
+    report: TrainingReport,
+}
+
+impl IntentClassifier {
+    /// Trains on `(text, intent)` pairs. Labels equal to [`OUT_OF_SCOPE_LABEL`] train the out-of-scope
+    /// class. Classes are ordered by name so that training does not depend on example order beyond SGD's
+    /// fixed shuffle.
+    pub fn train<'a>(
+        examples: impl IntoIterator<Item = (&'a str, &'a str)>,
+        settings: &IntentSettings,
+    ) -> IntentClassifier {
+        let examples: Vec<(&str, &str)> = examples
+            .into_iter()
+            .map(|(text, label)| (bounded(text), label))
+            .collect();
+        let mut label_index: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, label) in &examples {
+            label_index.insert(label, 0);
+        }
+        let labels: Vec<String> = label_index.keys().map(|label| label.to_string()).collect();
+        for (index, value) in label_index.values_mut().enumerate() {
+            *value = index;
+        }
+        let prepared: Vec<PreparedText<'_>> = examples
+            .iter()
+            .map(|(text, _)| PreparedText::new(text))
+            .collect();
+        let mut pipeline = FeaturePipeline::from_settings(&settings.features);
+        pipeline.fit(&prepared);
+        let vectors: Vec<_> = prepared
+            .iter()
+            .map(|text| pipeline.transform(text))
+            .collect();
+        let targets: Vec<usize> = examples
+            .iter()
+            .map(|(_, label)| label_index[label])
+            .collect();
+        let (classifier, report) = SoftmaxClassifier::train(
+            &vectors,
+            &targets,
+            labels.len(),
+            pipeline.dimension(),
+            &settings.classifier,
+        );
+        let out_of_scope_index = labels.iter().position(|label| label == OUT_OF_SCOPE_LABEL);
+        IntentClassifier {
+            pipeline,
+            classifier,
+            labels,
+            out_of_scope_index,
+            report,
+        }
+    }
+
+    /// The in-scope intent names the classifier knows.
+    pub fn intents(&self) -> impl Iterator<Item = &str> {
+        self.labels
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| Some(*index) != self.out_of_scope_index)
+            .map(|(_, label)| label.as_str())
+    }
+
+    /// How training went.
+    pub fn report(&self) -> &TrainingReport {
+        &self.report
+    }
+
+    /// Sizes of the feature blocks.
+    pub fn feature_blocks(&self) -> Vec<(&'static str, usize)> {
+        self.pipeline.blocks()
+    }
+
+    /// Scores a message (already prepared).
+    pub fn score_prepared(&self, text: &PreparedText<'_>) -> IntentScores {
+        let vector = self.pipeline.transform(text);
+        let probabilities = self.classifier.probabilities(&vector, 1.0);
+        let mut out_of_scope = 0.0;
+        let mut ranked = Vec::with_capacity(probabilities.len());
+        for (index, probability) in probabilities.into_iter().enumerate() {
+            if Some(index) == self.out_of_scope_index {
+                out_of_scope = probability;
+            } else {
+                ranked.push(ScoredIntent {
+                    name: self.labels[index].clone(),
+                    confidence: probability,
+                });
+            }
+        }
+        // Ties broken by name keep the answer deterministic.
+        ranked.sort_by(|left, right| {
+            right
+                .confidence
+                .total_cmp(&left.confidence)
+                .then_with(|| left.name.cmp(&right.name))
+        });
+        IntentScores {
+            ranked,
+            out_of_scope,
+        }
+    }
+
+    /// Scores a message.
+    pub fn score(&self, text: &str) -> IntentScores {
+        self.score_prepared(&PreparedText::new(bounded(text)))
+    }
+}
