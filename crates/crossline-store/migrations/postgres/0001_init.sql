@@ -1,0 +1,68 @@
+-- Times are milliseconds since the Unix epoch (the same representation as the SQLite backend).
+CREATE TABLE workspaces (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    default_region TEXT NOT NULL,
+    time_zone TEXT NOT NULL,
+    write_key_hash TEXT NOT NULL UNIQUE,
+    api_key_hash TEXT NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL
+);
+
+CREATE TABLE profiles (
+    workspace_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    traits JSONB NOT NULL,
+    trait_times JSONB NOT NULL,
+    consent JSONB NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    merged_into TEXT,
+    PRIMARY KEY (workspace_id, id)
+);
+CREATE INDEX profiles_merged_into ON profiles (workspace_id, merged_into) WHERE merged_into IS NOT NULL;
+
+CREATE TABLE identities (
+    workspace_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    profile_id TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (workspace_id, kind, value)
+);
+CREATE INDEX identities_profile ON identities (workspace_id, profile_id);
+
+CREATE TABLE events (
+    seq BIGSERIAL PRIMARY KEY,
+    workspace_id TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    profile_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT,
+    channel TEXT NOT NULL,
+    properties JSONB NOT NULL,
+    context JSONB NOT NULL,
+    timestamp BIGINT NOT NULL,
+    received_at BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX events_message ON events (workspace_id, message_id);
+CREATE INDEX events_profile ON events (workspace_id, profile_id, timestamp);
+CREATE INDEX events_time ON events (workspace_id, timestamp);
+
+CREATE TABLE jobs (
+    id BIGSERIAL PRIMARY KEY,
+    queue TEXT NOT NULL,
+    workspace_id TEXT,
+    idempotency_key TEXT NOT NULL,
+    payload JSONB NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    run_at BIGINT NOT NULL,
+    leased_by TEXT,
+    leased_until BIGINT,
+    last_error TEXT,
+    created_at BIGINT NOT NULL,
+    UNIQUE (queue, idempotency_key)
+);
+CREATE INDEX jobs_due ON jobs (queue, status, run_at);

@@ -1,0 +1,287 @@
+//! Identity resolution and event storage, written once for every backend.
+//!
+//! A batch is resolved in three steps so that a backend answers each question with one query:
+//! which `messageId`s are already stored, which profiles own the batch's identities, and those
+//! profiles' state. Events are then applied in order in memory (creating profiles, attaching
+//! identities, merging, setting traits and consent), and the changes are written back in bulk.
+
+#![allow(async_fn_in_trait)] // Implemented only inside this crate; callers use concrete types.
+
+use crate::{IngestedEvent, StoreResult};
+use chrono::{DateTime, Utc};
+use crossline_core::event::{EventKind, NormalizedEvent};
+use crossline_core::ids::new_id;
+use crossline_core::profile::{ProfileState, survivor_of};
+use crossline_core::{Identity, IdentityKind};
+use serde_json::{Map, Value, json};
+use std::collections::{HashMap, HashSet};
+
+/// An event row ready to insert.
+#[derive(Debug, Clone)]
+pub struct EventRow<'a> {
+    /// The `messageId`.
+    pub message_id: String,
+    /// Owning profile.
+    pub profile_id: String,
+    /// Call type.
+    pub kind: EventKind,
+    /// Name.
+    pub name: Option<&'a str>,
+    /// Properties.
+    pub properties: std::borrow::Cow<'a, Map<String, Value>>,
+    /// Context.
+    pub context: std::borrow::Cow<'a, Map<String, Value>>,
+    /// Event time.
+    pub timestamp: DateTime<Utc>,
+    /// Receive time.
+    pub received_at: DateTime<Utc>,
+    /// Channel.
+    pub channel: &'a str,
+}
+
+/// The statements a backend provides inside one transaction.
+pub trait IngestTx {
+    /// Which of these message ids the workspace already stores.
+    async fn existing_message_ids(&mut self, workspace_id: &str, ids: &[&str]) -> StoreResult<HashSet<String>>;
+    /// The live profile owning each of these identities (absent ones omitted).
+    async fn identity_owners(&mut self, workspace_id: &str, identities: &[Identity]) -> StoreResult<HashMap<Identity, String>>;
+    /// The state of these live profiles.
+    async fn load_profiles(&mut self, workspace_id: &str, ids: &[String]) -> StoreResult<Vec<ProfileState>>;
+    /// Move a stored profile's identities and events to `survivor` and leave a tombstone that
+    /// resolves `loser` (and anything merged into it before) to `survivor`.
+    async fn merge_stored_profile(&mut self, workspace_id: &str, survivor: &str, loser: &str) -> StoreResult<()>;
+    /// Attach identities to profiles.
+    async fn insert_identities(&mut self, workspace_id: &str, identities: &[(Identity, String)], now: DateTime<Utc>) -> StoreResult<()>;
+    /// Insert events (their message ids are known to be new).
+    async fn insert_events(&mut self, workspace_id: &str, rows: &[EventRow<'_>]) -> StoreResult<()>;
+    /// Insert or update profiles.
+    async fn upsert_profiles(&mut self, workspace_id: &str, profiles: &[&ProfileState]) -> StoreResult<()>;
+}
+
+struct Resolution<'a> {
+    profiles: HashMap<String, ProfileState>,
+    stored: HashSet<String>,
+    dirty: HashSet<String>,
+    redirect: HashMap<String, String>,
+    owners: HashMap<Identity, String>,
+    new_identities: Vec<(Identity, String)>,
+    rows: Vec<EventRow<'a>>,
+}
+
+impl Resolution<'_> {
+    fn resolve(&self, id: &str) -> String {
+        let mut current = id;
+        while let Some(next) = self.redirect.get(current) {
+            current = next;
+        }
+        current.to_owned()
+    }
+}
+
+/// Apply a batch of events in a transaction. The caller commits.
+pub async fn apply_batch<T: IngestTx>(
+    tx: &mut T,
+    workspace_id: &str,
+    events: &[NormalizedEvent],
+    now: DateTime<Utc>,
+) -> StoreResult<Vec<IngestedEvent>> {
+    let message_ids: Vec<&str> = events.iter().map(|event| event.message_id.as_str()).collect();
+    let existing = tx.existing_message_ids(workspace_id, &message_ids).await?;
+
+    let mut seen = HashSet::new();
+    let fresh: Vec<bool> = events
+        .iter()
+        .map(|event| !existing.contains(&event.message_id) && seen.insert(event.message_id.as_str()))
+        .collect();
+
+    let mut wanted: Vec<Identity> = Vec::new();
+    let mut wanted_set = HashSet::new();
+    for (event, _) in events.iter().zip(&fresh).filter(|(_, fresh)| **fresh) {
+        for identity in event.identities.iter().chain(&event.previous_ids) {
+            if wanted_set.insert(identity) {
+                wanted.push(identity.clone());
+            }
+        }
+    }
+    let owners = if wanted.is_empty() { HashMap::new() } else { tx.identity_owners(workspace_id, &wanted).await? };
+    let mut owner_ids: Vec<String> = owners.values().cloned().collect::<HashSet<_>>().into_iter().collect();
+    owner_ids.sort();
+    let loaded = if owner_ids.is_empty() { Vec::new() } else { tx.load_profiles(workspace_id, &owner_ids).await? };
+
+    let mut state = Resolution {
+        stored: loaded.iter().map(|profile| profile.id.clone()).collect(),
+        profiles: loaded.into_iter().map(|profile| (profile.id.clone(), profile)).collect(),
+        dirty: HashSet::new(),
+        redirect: HashMap::new(),
+        owners,
+        new_identities: Vec::new(),
+        rows: Vec::with_capacity(events.len()),
+    };
+
+    let mut results = Vec::with_capacity(events.len());
+    for (event, fresh) in events.iter().zip(fresh) {
+        if !fresh {
+            results.push(IngestedEvent { message_id: event.message_id.clone(), profile_id: None, stored: false, merged: Vec::new() });
+            continue;
+        }
+        let (profile_id, merged) = apply_event(tx, workspace_id, event, now, &mut state).await?;
+        results.push(IngestedEvent { message_id: event.message_id.clone(), profile_id: Some(profile_id), stored: true, merged });
+    }
+
+    // Later events of the batch may have merged away profiles that earlier rows point at.
+    for result in &mut results {
+        if let Some(profile_id) = &result.profile_id {
+            result.profile_id = Some(state.resolve(profile_id));
+        }
+    }
+    let identities: Vec<(Identity, String)> = std::mem::take(&mut state.new_identities)
+        .into_iter()
+        .map(|(identity, owner)| {
+            let owner = state.resolve(&owner);
+            (identity, owner)
+        })
+        .collect();
+    let mut rows = std::mem::take(&mut state.rows);
+    for row in &mut rows {
+        row.profile_id = state.resolve(&row.profile_id);
+    }
+    if !identities.is_empty() {
+        tx.insert_identities(workspace_id, &identities, now).await?;
+    }
+    if !rows.is_empty() {
+        tx.insert_events(workspace_id, &rows).await?;
+    }
+    let mut dirty: Vec<&ProfileState> = state.dirty.iter().filter_map(|id| state.profiles.get(id)).collect();
+    dirty.sort_by(|a, b| a.id.cmp(&b.id));
+    if !dirty.is_empty() {
+        tx.upsert_profiles(workspace_id, &dirty).await?;
+    }
+    Ok(results)
+}
+
+async fn apply_event<'a, T: IngestTx>(
+    tx: &mut T,
+    workspace_id: &str,
+    event: &'a NormalizedEvent,
+    now: DateTime<Utc>,
+    state: &mut Resolution<'a>,
+) -> StoreResult<(String, Vec<String>)> {
+    let mut candidates: Vec<String> = Vec::new();
+    for identity in event.identities.iter().chain(&event.previous_ids) {
+        if let Some(owner) = state.owners.get(identity) {
+            let owner = state.resolve(owner);
+            if !candidates.contains(&owner) {
+                candidates.push(owner);
+            }
+        }
+    }
+
+    let mut merged = Vec::new();
+    let profile_id = match candidates.len() {
+        0 => {
+            let id = new_id("prf");
+            state.profiles.insert(id.clone(), ProfileState::new(id.clone(), now));
+            state.dirty.insert(id.clone());
+            id
+        }
+        1 => candidates.remove(0),
+        _ => {
+            let survivor = candidates
+                .iter()
+                .filter_map(|id| state.profiles.get(id))
+                .reduce(|a, b| survivor_of(a, b))
+                .map(|profile| profile.id.clone())
+                .expect("every candidate profile is loaded");
+            for loser in candidates.iter().filter(|id| **id != survivor) {
+                merge(tx, workspace_id, &survivor, loser, event, state).await?;
+                merged.push(loser.clone());
+            }
+            survivor
+        }
+    };
+
+    let mut attach: Vec<&Identity> = event.identities.iter().collect();
+    // An alias whose previous id nobody owns yet: it was, by Segment convention, an anonymous id.
+    if event.kind == EventKind::Alias
+        && !event.previous_ids.iter().any(|identity| state.owners.contains_key(identity))
+        && let Some(anonymous) = event.previous_ids.iter().find(|identity| identity.kind == IdentityKind::AnonymousId)
+    {
+        attach.push(anonymous);
+    }
+    let mut changed = false;
+    for identity in attach {
+        if !state.owners.contains_key(identity) {
+            state.owners.insert(identity.clone(), profile_id.clone());
+            state.new_identities.push((identity.clone(), profile_id.clone()));
+            changed = true;
+        }
+    }
+    let profile = state.profiles.get_mut(&profile_id).expect("the resolved profile is loaded");
+    if !event.traits.is_empty() {
+        changed |= profile.apply_traits(&event.traits, event.timestamp);
+    }
+    if !event.consent.is_empty() {
+        profile.apply_consent(&event.consent, "traits", event.timestamp);
+        changed = true;
+    }
+    if changed {
+        profile.updated_at = profile.updated_at.max(now);
+        state.dirty.insert(profile_id.clone());
+    }
+
+    state.rows.push(EventRow {
+        message_id: event.message_id.clone(),
+        profile_id: profile_id.clone(),
+        kind: event.kind,
+        name: event.name.as_deref(),
+        properties: std::borrow::Cow::Borrowed(&event.properties),
+        context: std::borrow::Cow::Borrowed(&event.context),
+        timestamp: event.timestamp,
+        received_at: event.received_at,
+        channel: &event.channel,
+    });
+    Ok((profile_id, merged))
+}
+
+async fn merge<'a, T: IngestTx>(
+    tx: &mut T,
+    workspace_id: &str,
+    survivor: &str,
+    loser: &str,
+    cause: &'a NormalizedEvent,
+    state: &mut Resolution<'a>,
+) -> StoreResult<()> {
+    let loser_state = state.profiles.remove(loser).expect("the merged profile is loaded");
+    let survivor_state = state.profiles.get_mut(survivor).expect("the surviving profile is loaded");
+    survivor_state.absorb(&loser_state);
+    state.dirty.insert(survivor.to_owned());
+    state.dirty.remove(loser);
+    state.redirect.insert(loser.to_owned(), survivor.to_owned());
+    for owner in state.owners.values_mut() {
+        if owner == loser {
+            *owner = survivor.to_owned();
+        }
+    }
+    if state.stored.contains(loser) {
+        tx.merge_stored_profile(workspace_id, survivor, loser).await?;
+    }
+    let properties = json!({
+        "merged_profile_id": loser,
+        "survivor_profile_id": survivor,
+        "cause_message_id": cause.message_id,
+        "cause_type": cause.kind.as_str(),
+    });
+    let Value::Object(properties) = properties else { unreachable!("json! object literal") };
+    state.rows.push(EventRow {
+        message_id: format!("merge_{loser}"),
+        profile_id: survivor.to_owned(),
+        kind: EventKind::Merge,
+        name: Some("Profiles Merged"),
+        properties: std::borrow::Cow::Owned(properties),
+        context: std::borrow::Cow::Owned(Map::new()),
+        timestamp: cause.timestamp,
+        received_at: cause.received_at,
+        channel: "system",
+    });
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! Storage for Crossline.
+//!
+//! The rest of the product sees only the domain-level [`Store`] trait; the SQLite backend
+//! ([`sqlite::SqliteStore`], the embedded default) and the PostgreSQL backend
+//! ([`postgres::PgStore`], for several nodes) implement it and pass one conformance suite
+//! ([`testsuite`]).
+//!
+//! **Invariant:** identity resolution is written once, in [`ingest`], over the small
+//! [`ingest::IngestTx`] trait; a backend supplies only the statements, never the rules.
+//!
+//! **Invariant:** a call that returns `Ok` has committed durably; ingestion acknowledges nothing
+//! before its transaction is on disk.
+
+pub mod ingest;
+pub mod model;
+pub mod postgres;
+pub mod sqlite;
+mod stats;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod testsuite;
+
+pub use model::*;
+
+use async_trait::async_trait;
+use crossline_core::event::NormalizedEvent;
+use crossline_core::keys::KeyKind;
+use crossline_core::{ConsentStatus, Identity, Profile};
+use std::sync::Arc;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The thing asked for does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A uniqueness rule was broken (e.g. a workspace name in use).
+    #[error("{0}")]
+    Conflict(String),
+    /// The backend failed; the message is for logs, not for clients.
+    #[error("storage backend error: {0}")]
+    Backend(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> Self {
+        StoreError::Backend(err.to_string())
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        StoreError::Backend(err.to_string())
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(err: serde_json::Error) -> Self {
+        StoreError::Backend(format!("stored JSON is invalid: {err}"))
+    }
+}
+
+/// Result type of the storage layer.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Workspaces and their keys.
+#[async_trait]
+pub trait WorkspaceStore: Send + Sync {
+    /// Create a workspace with the hashes of its two keys.
+    async fn create_workspace(&self, workspace: &Workspace, write_key_hash: &str, api_key_hash: &str) -> StoreResult<()>;
+    /// One workspace.
+    async fn workspace(&self, id: &str) -> StoreResult<Option<Workspace>>;
+    /// All workspaces, oldest first.
+    async fn workspaces(&self) -> StoreResult<Vec<Workspace>>;
+    /// The workspace a key belongs to.
+    async fn workspace_by_key(&self, kind: KeyKind, key_hash: &str) -> StoreResult<Option<Workspace>>;
+    /// Replace a key's hash; the old key stops working at once. False if the workspace is unknown.
+    async fn rotate_key(&self, workspace_id: &str, kind: KeyKind, new_hash: &str) -> StoreResult<bool>;
+}
+
+/// Profiles, identities and events.
+#[async_trait]
+pub trait ProfileStore: Send + Sync {
+    /// Store events durably, resolving identities and merging profiles; a `message_id` already
+    /// stored in the workspace is skipped. Returns the outcome per event, in order.
+    async fn ingest(&self, workspace_id: &str, events: Vec<NormalizedEvent>) -> StoreResult<Vec<IngestedEvent>>;
+    /// The live profile owning an identity.
+    async fn lookup(&self, workspace_id: &str, identity: &Identity) -> StoreResult<Option<Profile>>;
+    /// A profile by id; an id merged away resolves to its survivor.
+    async fn profile(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Option<Profile>>;
+    /// A profile's events, newest first.
+    async fn events(&self, workspace_id: &str, profile_id: &str, query: &EventQuery) -> StoreResult<Vec<StoredEvent>>;
+    /// Set consent for channels; returns the updated profile, or None if unknown.
+    async fn set_consent(
+        &self,
+        workspace_id: &str,
+        profile_id: &str,
+        statements: &[(String, ConsentStatus)],
+        source: &str,
+    ) -> StoreResult<Option<Profile>>;
+    /// Erase everything about a person. False if the profile is unknown.
+    async fn delete_profile(&self, workspace_id: &str, profile_id: &str) -> StoreResult<bool>;
+    /// Live profiles, paged by id, optionally filtered by a trait's value.
+    async fn list_profiles(&self, workspace_id: &str, query: &ProfileQuery) -> StoreResult<ProfilePage>;
+    /// Counts for the workspace overview.
+    async fn workspace_stats(&self, workspace_id: &str, days: u32) -> StoreResult<WorkspaceStats>;
+}
+
+/// The durable job queue: at-least-once delivery with leases, exactly-once enqueue by idempotency key.
+#[async_trait]
+pub trait JobQueue: Send + Sync {
+    /// Enqueue a job; a second enqueue with the same `(queue, idempotency_key)` returns the first
+    /// job's id and changes nothing.
+    async fn enqueue(&self, job: &NewJob) -> StoreResult<EnqueueOutcome>;
+    /// Lease up to `limit` jobs of `queue` due at `now` to `worker` until `now + lease`. A job
+    /// whose lease expired is due again; one that has used up its attempts becomes `dead`.
+    async fn claim(
+        &self,
+        queue: &str,
+        worker: &str,
+        limit: usize,
+        now: chrono::DateTime<chrono::Utc>,
+        lease: chrono::Duration,
+    ) -> StoreResult<Vec<Job>>;
+    /// Finish a job; false if the lease was lost (it expired and another worker took it).
+    async fn complete(&self, job_id: i64, worker: &str) -> StoreResult<bool>;
+    /// Give a job back to run again at `retry_at`, or mark it dead past `max_attempts`.
+    async fn fail(&self, job_id: i64, worker: &str, error: &str, retry_at: chrono::DateTime<chrono::Utc>) -> StoreResult<bool>;
+    /// A job by id.
+    async fn job(&self, job_id: i64) -> StoreResult<Option<Job>>;
+}
+
+/// Everything the product stores.
+#[async_trait]
+pub trait Store: WorkspaceStore + ProfileStore + JobQueue {
+    /// The backend's name, for logs and `/healthz`.
+    fn backend(&self) -> &'static str;
+    /// Check the backend answers.
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+/// A shared store handle.
+pub type DynStore = Arc<dyn Store>;
+
+/// Open the store a URL names: `postgres://...` for PostgreSQL, anything else is a SQLite file
+/// path. Migrations run before this returns.
+pub async fn open(database_url: Option<&str>, data_dir: &std::path::Path) -> StoreResult<DynStore> {
+    match database_url {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(Arc::new(postgres::PgStore::connect(url).await?))
+        }
+        Some(other) => Err(StoreError::Backend(format!(
+            "CROSSLINE_DATABASE_URL \"{other}\" is not a postgres:// URL; unset it to use the embedded store"
+        ))),
+        None => Ok(Arc::new(sqlite::SqliteStore::open(&data_dir.join("crossline.db")).await?)),
+    }
+}

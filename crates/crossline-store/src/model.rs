@@ -1,0 +1,214 @@
+//! Records the store reads and writes.
+
+use chrono::{DateTime, Utc};
+use crossline_core::Profile;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A workspace: one business's isolated data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workspace {
+    /// `ws_...`.
+    pub id: String,
+    /// Unique, human name.
+    pub name: String,
+    /// Region for phone numbers without a country code (ISO 3166 alpha-2).
+    pub default_region: String,
+    /// IANA time zone used when a customer's is unknown.
+    pub time_zone: String,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// What ingestion did with one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestedEvent {
+    /// The event's `messageId`.
+    pub message_id: String,
+    /// The profile it is attributed to (after any merge it caused); None for a skipped duplicate.
+    pub profile_id: Option<String>,
+    /// False when the `messageId` had been stored before and this copy was skipped.
+    pub stored: bool,
+    /// Profiles merged away into `profile_id` by this event.
+    pub merged: Vec<String>,
+}
+
+/// An event as stored and shown on a timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// The event's `messageId`.
+    pub id: String,
+    /// The profile it belongs to.
+    pub profile_id: String,
+    /// `identify`, `track`, `page`, `screen`, `group`, `alias` or `merge`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Track name, page or screen name, or group id.
+    pub event: Option<String>,
+    /// Properties (traits for identify and group).
+    pub properties: Map<String, Value>,
+    /// The Segment context.
+    pub context: Map<String, Value>,
+    /// When it happened.
+    pub timestamp: DateTime<Utc>,
+    /// When it was received.
+    pub received_at: DateTime<Utc>,
+    /// Where it happened.
+    pub channel: String,
+}
+
+/// Paging for a timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventQuery {
+    /// At most this many events.
+    pub limit: usize,
+    /// Only events of this type (`track`, ...).
+    pub kind: Option<String>,
+}
+
+impl Default for EventQuery {
+    fn default() -> Self {
+        EventQuery { limit: 50, kind: None }
+    }
+}
+
+/// Paging and filtering for the profile list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProfileQuery {
+    /// At most this many profiles.
+    pub limit: usize,
+    /// Only profiles whose id sorts after this one (the previous page's `next_cursor`).
+    pub after: Option<String>,
+    /// Only profiles whose trait `.0` equals `.1`.
+    pub trait_equals: Option<(String, Value)>,
+    /// Only profiles with an identity value starting with this text, or a trait containing it.
+    pub text: Option<String>,
+}
+
+/// One page of profiles.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfilePage {
+    /// The profiles.
+    pub profiles: Vec<Profile>,
+    /// Pass as `after` for the next page; None on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Numbers for the workspace overview.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkspaceStats {
+    /// Live profiles.
+    pub profiles: u64,
+    /// All stored events.
+    pub events: u64,
+    /// Events per UTC day, oldest first, over the window asked for (days without events included).
+    pub events_per_day: Vec<(chrono::NaiveDate, u64)>,
+    /// Events per channel over the window, largest first.
+    pub events_per_channel: Vec<(String, u64)>,
+}
+
+/// A job to enqueue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewJob {
+    /// The queue, e.g. `send.sms`.
+    pub queue: String,
+    /// Workspace the job belongs to (erased with it).
+    pub workspace_id: Option<String>,
+    /// Enqueueing twice with one key makes one job.
+    pub idempotency_key: String,
+    /// What to do.
+    pub payload: Value,
+    /// Not before.
+    pub run_at: DateTime<Utc>,
+    /// Give up after this many failed attempts.
+    pub max_attempts: u32,
+}
+
+/// Whether an enqueue made a new job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnqueueOutcome {
+    /// A new job with this id.
+    Created(i64),
+    /// The key was used before; the existing job's id.
+    Duplicate(i64),
+}
+
+impl EnqueueOutcome {
+    /// The job id either way.
+    pub fn id(self) -> i64 {
+        match self {
+            EnqueueOutcome::Created(id) | EnqueueOutcome::Duplicate(id) => id,
+        }
+    }
+}
+
+/// A job's lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Waiting for `run_at`, or leased (see `leased_until`).
+    Pending,
+    /// Finished.
+    Done,
+    /// Failed `max_attempts` times.
+    Dead,
+}
+
+impl JobStatus {
+    /// Storage name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Done => "done",
+            JobStatus::Dead => "dead",
+        }
+    }
+
+    /// Parse the storage name.
+    pub fn parse(raw: &str) -> Self {
+        match raw {
+            "done" => JobStatus::Done,
+            "dead" => JobStatus::Dead,
+            _ => JobStatus::Pending,
+        }
+    }
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Id.
+    pub id: i64,
+    /// Queue.
+    pub queue: String,
+    /// Workspace.
+    pub workspace_id: Option<String>,
+    /// Idempotency key.
+    pub idempotency_key: String,
+    /// Payload.
+    pub payload: Value,
+    /// Status.
+    pub status: JobStatus,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// Attempt limit.
+    pub max_attempts: u32,
+    /// Next run.
+    pub run_at: DateTime<Utc>,
+    /// Holder of the lease.
+    pub leased_by: Option<String>,
+    /// Lease expiry.
+    pub leased_until: Option<DateTime<Utc>>,
+    /// Last error.
+    pub last_error: Option<String>,
+}
+
+/// Milliseconds since the epoch, the time format both backends store.
+pub fn to_millis(time: DateTime<Utc>) -> i64 {
+    time.timestamp_millis()
+}
+
+/// Back from milliseconds since the epoch.
+pub fn from_millis(millis: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(millis).unwrap_or_default()
+}

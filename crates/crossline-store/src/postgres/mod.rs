@@ -1,0 +1,320 @@
+//! The scaled-out backend: PostgreSQL through a connection pool.
+//!
+//! Several nodes may ingest into one workspace at once; identity resolution for a workspace is
+//! serialised by a transaction-scoped advisory lock keyed on the workspace id, so two nodes never
+//! attach one identity to two profiles or merge the same pair twice.
+
+mod statements;
+
+use crate::ingest::apply_batch;
+use crate::{
+    EnqueueOutcome, EventQuery, IngestedEvent, Job, JobQueue, NewJob, ProfilePage, ProfileQuery, ProfileStore, Store,
+    StoreError, StoreResult, StoredEvent, Workspace, WorkspaceStats, WorkspaceStore,
+};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use crossline_core::event::NormalizedEvent;
+use crossline_core::keys::KeyKind;
+use crossline_core::{ConsentStatus, Identity, Profile};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+
+/// Arbitrary constant for the advisory lock that serialises migrations across nodes.
+const MIGRATION_LOCK: i64 = 0x0c05_511e;
+
+/// The PostgreSQL store.
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        StoreError::Backend(format!("PostgreSQL pool: {err}"))
+    }
+}
+
+impl PgStore {
+    /// Connect to `url` and run migrations.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        Self::connect_in_schema(url, None).await
+    }
+
+    /// Connect with every session's `search_path` set to `schema` (created if missing), so tests
+    /// and tenants can share one database without sharing tables.
+    pub async fn connect_in_schema(url: &str, schema: Option<&str>) -> StoreResult<Self> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|err| StoreError::Backend(format!("CROSSLINE_DATABASE_URL is not a valid PostgreSQL URL: {err}")))?;
+        if let Some(schema) = schema {
+            if !schema.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(StoreError::Backend(format!("schema name \"{schema}\" may only contain letters, digits and _")));
+            }
+            let (client, connection) = config
+                .connect(NoTls)
+                .await
+                .map_err(|err| StoreError::Backend(format!("cannot connect to PostgreSQL at {url}: {err}")))?;
+            let task = tokio::spawn(connection);
+            client.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).await?;
+            drop(client);
+            let _ = task.await;
+            config.options(format!("-c search_path={schema}"));
+        }
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .build()
+            .map_err(|err| StoreError::Backend(format!("PostgreSQL pool: {err}")))?;
+        let store = PgStore { pool };
+        store.migrate().await.map_err(|err| match err {
+            StoreError::Backend(message) => StoreError::Backend(format!("cannot prepare PostgreSQL at {url}: {message}")),
+            other => other,
+        })?;
+        Ok(store)
+    }
+
+    /// Apply missing migrations, one node at a time.
+    pub async fn migrate(&self) -> StoreResult<usize> {
+        let mut client = self.pool.get().await?;
+        client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+        let result = async {
+            client
+                .batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)")
+                .await?;
+            let current: i32 = client
+                .query_one("SELECT coalesce(max(version), 0) FROM schema_migrations", &[])
+                .await?
+                .get(0);
+            let current = current as usize;
+            if current > MIGRATIONS.len() {
+                return Err(StoreError::Backend(format!(
+                    "the database is at schema version {current}, newer than this binary's {}; upgrade crossline",
+                    MIGRATIONS.len()
+                )));
+            }
+            let mut applied = 0;
+            for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+                let tx = client.transaction().await?;
+                tx.batch_execute(sql).await?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+                    &[&((index + 1) as i32), &Utc::now().timestamp_millis()],
+                )
+                .await?;
+                tx.commit().await?;
+                applied += 1;
+            }
+            Ok(applied)
+        }
+        .await;
+        client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
+        result
+    }
+}
+
+/// Serialise identity work on one workspace across nodes for the rest of the transaction.
+async fn lock_workspace(tx: &tokio_postgres::Transaction<'_>, workspace_id: &str) -> StoreResult<()> {
+    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&workspace_id]).await?;
+    Ok(())
+}
+
+#[async_trait]
+impl WorkspaceStore for PgStore {
+    async fn create_workspace(&self, workspace: &Workspace, write_key_hash: &str, api_key_hash: &str) -> StoreResult<()> {
+        let client = self.pool.get().await?;
+        statements::create_workspace(&**client, workspace, write_key_hash, api_key_hash).await
+    }
+
+    async fn workspace(&self, id: &str) -> StoreResult<Option<Workspace>> {
+        let client = self.pool.get().await?;
+        statements::workspace_where(&**client, "id = $1", id).await
+    }
+
+    async fn workspaces(&self) -> StoreResult<Vec<Workspace>> {
+        let client = self.pool.get().await?;
+        statements::workspaces(&**client).await
+    }
+
+    async fn workspace_by_key(&self, kind: KeyKind, key_hash: &str) -> StoreResult<Option<Workspace>> {
+        let client = self.pool.get().await?;
+        let condition = match kind {
+            KeyKind::Write => "write_key_hash = $1",
+            KeyKind::Api => "api_key_hash = $1",
+        };
+        statements::workspace_where(&**client, condition, key_hash).await
+    }
+
+    async fn rotate_key(&self, workspace_id: &str, kind: KeyKind, new_hash: &str) -> StoreResult<bool> {
+        let client = self.pool.get().await?;
+        let column = match kind {
+            KeyKind::Write => "write_key_hash",
+            KeyKind::Api => "api_key_hash",
+        };
+        let changed = client
+            .execute(&format!("UPDATE workspaces SET {column} = $1 WHERE id = $2"), &[&new_hash, &workspace_id])
+            .await?;
+        Ok(changed == 1)
+    }
+}
+
+#[async_trait]
+impl ProfileStore for PgStore {
+    async fn ingest(&self, workspace_id: &str, events: Vec<NormalizedEvent>) -> StoreResult<Vec<IngestedEvent>> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        lock_workspace(&tx, workspace_id).await?;
+        let result = {
+            let mut statements = statements::PgTx { tx: &tx };
+            apply_batch(&mut statements, workspace_id, &events, Utc::now()).await?
+        };
+        tx.commit().await?;
+        Ok(result)
+    }
+
+    async fn lookup(&self, workspace_id: &str, identity: &Identity) -> StoreResult<Option<Profile>> {
+        let client = self.pool.get().await?;
+        let owner: Option<String> = client
+            .query_opt(
+                "SELECT profile_id FROM identities WHERE workspace_id = $1 AND kind = $2 AND value = $3",
+                &[&workspace_id, &identity.kind.as_str(), &identity.value],
+            )
+            .await?
+            .map(|row| row.get(0));
+        match owner {
+            Some(profile_id) => statements::live_profile(&**client, workspace_id, &profile_id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn profile(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Option<Profile>> {
+        let client = self.pool.get().await?;
+        statements::live_profile(&**client, workspace_id, profile_id).await
+    }
+
+    async fn events(&self, workspace_id: &str, profile_id: &str, query: &EventQuery) -> StoreResult<Vec<StoredEvent>> {
+        let client = self.pool.get().await?;
+        statements::events(&**client, workspace_id, profile_id, query).await
+    }
+
+    async fn set_consent(
+        &self,
+        workspace_id: &str,
+        profile_id: &str,
+        statements: &[(String, ConsentStatus)],
+        source: &str,
+    ) -> StoreResult<Option<Profile>> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        lock_workspace(&tx, workspace_id).await?;
+        let profile = statements::set_consent(&tx, workspace_id, profile_id, statements, source, Utc::now()).await?;
+        tx.commit().await?;
+        Ok(profile)
+    }
+
+    async fn delete_profile(&self, workspace_id: &str, profile_id: &str) -> StoreResult<bool> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        lock_workspace(&tx, workspace_id).await?;
+        let deleted = statements::delete_profile(&tx, workspace_id, profile_id).await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    async fn list_profiles(&self, workspace_id: &str, query: &ProfileQuery) -> StoreResult<ProfilePage> {
+        let client = self.pool.get().await?;
+        statements::list_profiles(&**client, workspace_id, query).await
+    }
+
+    async fn workspace_stats(&self, workspace_id: &str, days: u32) -> StoreResult<WorkspaceStats> {
+        let client = self.pool.get().await?;
+        statements::workspace_stats(&**client, workspace_id, days, Utc::now()).await
+    }
+}
+
+#[async_trait]
+impl JobQueue for PgStore {
+    async fn enqueue(&self, job: &NewJob) -> StoreResult<EnqueueOutcome> {
+        let client = self.pool.get().await?;
+        statements::enqueue(&**client, job, Utc::now()).await
+    }
+
+    async fn claim(&self, queue: &str, worker: &str, limit: usize, now: DateTime<Utc>, lease: chrono::Duration) -> StoreResult<Vec<Job>> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let jobs = statements::claim(&tx, queue, worker, limit, now, lease).await?;
+        tx.commit().await?;
+        Ok(jobs)
+    }
+
+    async fn complete(&self, job_id: i64, worker: &str) -> StoreResult<bool> {
+        let client = self.pool.get().await?;
+        let changed = client
+            .execute(
+                "UPDATE jobs SET status = 'done', leased_until = NULL WHERE id = $1 AND leased_by = $2 AND status = 'pending'",
+                &[&job_id, &worker],
+            )
+            .await?;
+        Ok(changed == 1)
+    }
+
+    async fn fail(&self, job_id: i64, worker: &str, error: &str, retry_at: DateTime<Utc>) -> StoreResult<bool> {
+        let client = self.pool.get().await?;
+        let changed = client
+            .execute(
+                "UPDATE jobs SET
+                    status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END,
+                    run_at = $3, leased_by = NULL, leased_until = NULL, last_error = $4
+                 WHERE id = $1 AND leased_by = $2 AND status = 'pending'",
+                &[&job_id, &worker, &retry_at.timestamp_millis(), &error],
+            )
+            .await?;
+        Ok(changed == 1)
+    }
+
+    async fn job(&self, job_id: i64) -> StoreResult<Option<Job>> {
+        let client = self.pool.get().await?;
+        statements::job(&**client, job_id).await
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        let client = self.pool.get().await?;
+        client.execute("SELECT 1", &[]).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// Runs when `CROSSLINE_TEST_DATABASE_URL` is set (CI always sets it); says so when it is not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_passes_the_conformance_suite() {
+        let Ok(url) = std::env::var("CROSSLINE_TEST_DATABASE_URL") else {
+            eprintln!("CROSSLINE_TEST_DATABASE_URL is not set: the PostgreSQL conformance suite did not run");
+            return;
+        };
+        let run = std::process::id();
+        let counter = std::sync::atomic::AtomicUsize::new(0);
+        crate::testsuite::run_all(|| {
+            let schema = format!("conformance_{run}_{}", counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+            let url = url.clone();
+            async move {
+                let (client, connection) = tokio_postgres::connect(&url, NoTls).await.expect("PostgreSQL reachable");
+                tokio::spawn(connection);
+                client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.unwrap();
+                Arc::new(PgStore::connect_in_schema(&url, Some(&schema)).await.unwrap()) as crate::DynStore
+            }
+        })
+        .await;
+    }
+}

@@ -1,0 +1,421 @@
+//! The embedded backend: SQLite in WAL mode with `synchronous=FULL`.
+//!
+//! One writer thread owns the only write connection. Ingest requests that arrive while it is busy
+//! are committed together in one transaction (one fsync for the group, each request in its own
+//! savepoint so one failing request cannot fail the others), and each request is answered only
+//! after that commit. Reads use a small pool of read-only connections on the blocking pool, which
+//! WAL lets run beside the writer.
+
+mod statements;
+
+use crate::ingest::apply_batch;
+use crate::{
+    EnqueueOutcome, EventQuery, IngestedEvent, Job, JobQueue, NewJob, ProfilePage, ProfileQuery, ProfileStore, Store,
+    StoreError, StoreResult, StoredEvent, Workspace, WorkspaceStats, WorkspaceStore,
+};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use crossline_core::event::NormalizedEvent;
+use crossline_core::keys::KeyKind;
+use crossline_core::{ConsentStatus, Identity, Profile};
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use tokio::sync::oneshot;
+
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+
+/// Most events committed in one group; bounds the time a group holds the write lock.
+const MAX_GROUP_EVENTS: usize = 20_000;
+
+type WriteFn = Box<dyn FnOnce(&mut Connection) + Send>;
+
+enum Command {
+    Ingest { workspace_id: String, events: Vec<NormalizedEvent>, reply: oneshot::Sender<StoreResult<Vec<IngestedEvent>>> },
+    Write(WriteFn),
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    writer: mpsc::Sender<Command>,
+    readers: Arc<ReaderPool>,
+}
+
+struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReaderPool {
+    fn take(&self) -> StoreResult<Connection> {
+        if let Some(conn) = self.idle.lock().expect("reader pool lock").pop() {
+            return Ok(conn);
+        }
+        let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA cache_size = -16000;")?;
+        Ok(conn)
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut idle = self.idle.lock().expect("reader pool lock");
+        if idle.len() < 8 {
+            idle.push(conn);
+        }
+    }
+}
+
+fn open_writer(path: &Path) -> StoreResult<Connection> {
+    let mut conn = Connection::open(path)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA busy_timeout = 5000;
+         PRAGMA cache_size = -32000;
+         PRAGMA temp_store = MEMORY;",
+    )?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+/// Apply the migrations this binary knows and the database lacks. Idempotent.
+pub fn migrate(conn: &mut Connection) -> StoreResult<usize> {
+    let current: usize = conn.query_row("PRAGMA user_version", [], |row| row.get::<_, i64>(0))? as usize;
+    if current > MIGRATIONS.len() {
+        return Err(StoreError::Backend(format!(
+            "the database is at schema version {current}, newer than this binary's {}; upgrade crossline",
+            MIGRATIONS.len()
+        )));
+    }
+    let mut applied = 0;
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", index + 1))?;
+        tx.commit()?;
+        applied += 1;
+    }
+    Ok(applied)
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the database file at `path` and start the writer thread.
+    pub async fn open(path: &Path) -> StoreResult<Self> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|err| StoreError::Backend(format!("cannot create data directory {}: {err}", parent.display())))?;
+        }
+        let writer_path = path.to_owned();
+        let conn = tokio::task::spawn_blocking(move || open_writer(&writer_path))
+            .await
+            .map_err(|err| StoreError::Backend(err.to_string()))??;
+        let (sender, receiver) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(conn, receiver))
+            .map_err(|err| StoreError::Backend(err.to_string()))?;
+        Ok(SqliteStore {
+            writer: sender,
+            readers: Arc::new(ReaderPool { path: path.to_owned(), idle: Mutex::new(Vec::new()) }),
+        })
+    }
+
+    async fn write<R: Send + 'static>(
+        &self,
+        operation: impl FnOnce(&rusqlite::Transaction<'_>) -> StoreResult<R> + Send + 'static,
+    ) -> StoreResult<R> {
+        let (reply, answer) = oneshot::channel();
+        let command: WriteFn = Box::new(move |conn: &mut Connection| {
+            let result = (|| {
+                let tx = conn.transaction()?;
+                let value = operation(&tx)?;
+                tx.commit()?;
+                Ok(value)
+            })();
+            let _ = reply.send(result);
+        });
+        self.writer.send(Command::Write(command)).map_err(|_| StoreError::Backend("the SQLite writer has stopped".into()))?;
+        answer.await.map_err(|_| StoreError::Backend("the SQLite writer has stopped".into()))?
+    }
+
+    async fn read<R: Send + 'static>(
+        &self,
+        operation: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    ) -> StoreResult<R> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.take()?;
+            let result = operation(&conn);
+            readers.give_back(conn);
+            result
+        })
+        .await
+        .map_err(|err| StoreError::Backend(err.to_string()))?
+    }
+}
+
+fn writer_loop(mut conn: Connection, commands: mpsc::Receiver<Command>) {
+    let mut deferred: Vec<Command> = Vec::new();
+    loop {
+        let command = match deferred.pop() {
+            Some(command) => command,
+            None => match commands.recv() {
+                Ok(command) => command,
+                Err(_) => break,
+            },
+        };
+        match command {
+            Command::Write(operation) => operation(&mut conn),
+            Command::Ingest { workspace_id, events, reply } => {
+                let mut group = vec![(workspace_id, events, reply)];
+                let mut total: usize = group[0].1.len();
+                while total < MAX_GROUP_EVENTS {
+                    match commands.try_recv() {
+                        Ok(Command::Ingest { workspace_id, events, reply }) => {
+                            total += events.len();
+                            group.push((workspace_id, events, reply));
+                        }
+                        Ok(other) => {
+                            deferred.push(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                commit_group(&mut conn, group);
+            }
+        }
+    }
+    tracing::debug!("SQLite writer stopped");
+}
+
+type IngestRequest = (String, Vec<NormalizedEvent>, oneshot::Sender<StoreResult<Vec<IngestedEvent>>>);
+
+fn commit_group(conn: &mut Connection, group: Vec<IngestRequest>) {
+    let now = Utc::now();
+    let mut outcomes: Vec<(oneshot::Sender<_>, StoreResult<Vec<IngestedEvent>>)> = Vec::with_capacity(group.len());
+    let committed = (|| -> StoreResult<()> {
+        let mut tx = conn.transaction()?;
+        for (workspace_id, events, reply) in group {
+            let mut savepoint = tx.savepoint()?;
+            let result = {
+                let mut statements = statements::SqliteTx { conn: &savepoint };
+                futures::executor::block_on(apply_batch(&mut statements, &workspace_id, &events, now))
+            };
+            match result {
+                Ok(done) => {
+                    savepoint.commit()?;
+                    outcomes.push((reply, Ok(done)));
+                }
+                Err(err) => {
+                    savepoint.rollback()?;
+                    drop(savepoint);
+                    outcomes.push((reply, Err(err)));
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    })();
+    match committed {
+        Ok(()) => {
+            for (reply, outcome) in outcomes {
+                let _ = reply.send(outcome);
+            }
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "SQLite group commit failed");
+            for (reply, _) in outcomes {
+                let _ = reply.send(Err(StoreError::Backend(format!("group commit failed: {err}"))));
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl WorkspaceStore for SqliteStore {
+    async fn create_workspace(&self, workspace: &Workspace, write_key_hash: &str, api_key_hash: &str) -> StoreResult<()> {
+        let (workspace, write_hash, api_hash) = (workspace.clone(), write_key_hash.to_owned(), api_key_hash.to_owned());
+        self.write(move |tx| statements::create_workspace(tx, &workspace, &write_hash, &api_hash)).await
+    }
+
+    async fn workspace(&self, id: &str) -> StoreResult<Option<Workspace>> {
+        let id = id.to_owned();
+        self.read(move |conn| statements::workspace_where(conn, "id = ?1", &id)).await
+    }
+
+    async fn workspaces(&self) -> StoreResult<Vec<Workspace>> {
+        self.read(statements::workspaces).await
+    }
+
+    async fn workspace_by_key(&self, kind: KeyKind, key_hash: &str) -> StoreResult<Option<Workspace>> {
+        let hash = key_hash.to_owned();
+        let condition = match kind {
+            KeyKind::Write => "write_key_hash = ?1",
+            KeyKind::Api => "api_key_hash = ?1",
+        };
+        self.read(move |conn| statements::workspace_where(conn, condition, &hash)).await
+    }
+
+    async fn rotate_key(&self, workspace_id: &str, kind: KeyKind, new_hash: &str) -> StoreResult<bool> {
+        let (id, hash) = (workspace_id.to_owned(), new_hash.to_owned());
+        self.write(move |tx| {
+            let column = match kind {
+                KeyKind::Write => "write_key_hash",
+                KeyKind::Api => "api_key_hash",
+            };
+            let changed = tx.execute(&format!("UPDATE workspaces SET {column} = ?1 WHERE id = ?2"), (&hash, &id))?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ProfileStore for SqliteStore {
+    async fn ingest(&self, workspace_id: &str, events: Vec<NormalizedEvent>) -> StoreResult<Vec<IngestedEvent>> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(Command::Ingest { workspace_id: workspace_id.to_owned(), events, reply })
+            .map_err(|_| StoreError::Backend("the SQLite writer has stopped".into()))?;
+        answer.await.map_err(|_| StoreError::Backend("the SQLite writer has stopped".into()))?
+    }
+
+    async fn lookup(&self, workspace_id: &str, identity: &Identity) -> StoreResult<Option<Profile>> {
+        let (workspace_id, identity) = (workspace_id.to_owned(), identity.clone());
+        self.read(move |conn| {
+            let owner: Option<String> = statements::identity_owner(conn, &workspace_id, &identity)?;
+            match owner {
+                Some(profile_id) => statements::live_profile(conn, &workspace_id, &profile_id),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn profile(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Option<Profile>> {
+        let (workspace_id, profile_id) = (workspace_id.to_owned(), profile_id.to_owned());
+        self.read(move |conn| statements::live_profile(conn, &workspace_id, &profile_id)).await
+    }
+
+    async fn events(&self, workspace_id: &str, profile_id: &str, query: &EventQuery) -> StoreResult<Vec<StoredEvent>> {
+        let (workspace_id, profile_id, query) = (workspace_id.to_owned(), profile_id.to_owned(), query.clone());
+        self.read(move |conn| statements::events(conn, &workspace_id, &profile_id, &query)).await
+    }
+
+    async fn set_consent(
+        &self,
+        workspace_id: &str,
+        profile_id: &str,
+        statements: &[(String, ConsentStatus)],
+        source: &str,
+    ) -> StoreResult<Option<Profile>> {
+        let (workspace_id, profile_id, statements, source) =
+            (workspace_id.to_owned(), profile_id.to_owned(), statements.to_vec(), source.to_owned());
+        self.write(move |tx| statements::set_consent(tx, &workspace_id, &profile_id, &statements, &source, Utc::now())).await
+    }
+
+    async fn delete_profile(&self, workspace_id: &str, profile_id: &str) -> StoreResult<bool> {
+        let (workspace_id, profile_id) = (workspace_id.to_owned(), profile_id.to_owned());
+        self.write(move |tx| statements::delete_profile(tx, &workspace_id, &profile_id)).await
+    }
+
+    async fn list_profiles(&self, workspace_id: &str, query: &ProfileQuery) -> StoreResult<ProfilePage> {
+        let (workspace_id, query) = (workspace_id.to_owned(), query.clone());
+        self.read(move |conn| statements::list_profiles(conn, &workspace_id, &query)).await
+    }
+
+    async fn workspace_stats(&self, workspace_id: &str, days: u32) -> StoreResult<WorkspaceStats> {
+        let workspace_id = workspace_id.to_owned();
+        self.read(move |conn| statements::workspace_stats(conn, &workspace_id, days, Utc::now())).await
+    }
+}
+
+#[async_trait]
+impl JobQueue for SqliteStore {
+    async fn enqueue(&self, job: &NewJob) -> StoreResult<EnqueueOutcome> {
+        let job = job.clone();
+        self.write(move |tx| statements::enqueue(tx, &job, Utc::now())).await
+    }
+
+    async fn claim(&self, queue: &str, worker: &str, limit: usize, now: DateTime<Utc>, lease: chrono::Duration) -> StoreResult<Vec<Job>> {
+        let (queue, worker) = (queue.to_owned(), worker.to_owned());
+        self.write(move |tx| statements::claim(tx, &queue, &worker, limit, now, lease)).await
+    }
+
+    async fn complete(&self, job_id: i64, worker: &str) -> StoreResult<bool> {
+        let worker = worker.to_owned();
+        self.write(move |tx| {
+            let changed = tx.execute(
+                "UPDATE jobs SET status = 'done', leased_until = NULL WHERE id = ?1 AND leased_by = ?2 AND status = 'pending'",
+                (job_id, &worker),
+            )?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn fail(&self, job_id: i64, worker: &str, error: &str, retry_at: DateTime<Utc>) -> StoreResult<bool> {
+        let (worker, error) = (worker.to_owned(), error.to_owned());
+        self.write(move |tx| {
+            let changed = tx.execute(
+                "UPDATE jobs SET
+                    status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END,
+                    run_at = ?3, leased_by = NULL, leased_until = NULL, last_error = ?4
+                 WHERE id = ?1 AND leased_by = ?2 AND status = 'pending'",
+                (job_id, &worker, crate::to_millis(retry_at), &error),
+            )?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn job(&self, job_id: i64) -> StoreResult<Option<Job>> {
+        self.read(move |conn| statements::job(conn, job_id)).await
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |row| row.get::<_, i64>(0)).map(|_| ())?)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("test.db");
+        crate::testsuite::run_all(|| {
+            let path = path.clone();
+            async move {
+                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(path.with_extension("db-wal"));
+                let _ = std::fs::remove_file(path.with_extension("db-shm"));
+                Arc::new(SqliteStore::open(&path).await.unwrap()) as crate::DynStore
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_data_and_migrations_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/dir/test.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let workspace = crate::testsuite::sample_workspace("reopen");
+        store.create_workspace(&workspace, "w", "a").await.unwrap();
+        drop(store);
+        let mut conn = Connection::open(&path).unwrap();
+        assert_eq!(migrate(&mut conn).unwrap(), 0);
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(store.workspace(&workspace.id).await.unwrap().unwrap().name, "reopen");
+    }
+}

@@ -1,0 +1,498 @@
+//! SQL for the SQLite backend.
+
+use crate::ingest::{EventRow, IngestTx};
+use crate::{
+    EnqueueOutcome, EventQuery, Job, JobStatus, NewJob, ProfilePage, ProfileQuery, StoreResult, StoredEvent, Workspace,
+    WorkspaceStats, from_millis, to_millis,
+};
+use crate::stats::{fill_days, window_start};
+use chrono::{DateTime, Utc};
+use crossline_core::consent::Consent;
+use crossline_core::profile::ProfileState;
+use crossline_core::{ConsentStatus, Identity, IdentityKind, Profile};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// The ingest statements over one transaction (or savepoint).
+pub(super) struct SqliteTx<'a> {
+    pub(super) conn: &'a Connection,
+}
+
+impl IngestTx for SqliteTx<'_> {
+    async fn existing_message_ids(&mut self, workspace_id: &str, ids: &[&str]) -> StoreResult<HashSet<String>> {
+        let mut statement = self.conn.prepare_cached("SELECT 1 FROM events WHERE workspace_id = ?1 AND message_id = ?2")?;
+        let mut existing = HashSet::new();
+        for id in ids {
+            if statement.exists((workspace_id, id))? {
+                existing.insert((*id).to_owned());
+            }
+        }
+        Ok(existing)
+    }
+
+    async fn identity_owners(&mut self, workspace_id: &str, identities: &[Identity]) -> StoreResult<HashMap<Identity, String>> {
+        let mut owners = HashMap::new();
+        for identity in identities {
+            if let Some(owner) = identity_owner(self.conn, workspace_id, identity)? {
+                owners.insert(identity.clone(), owner);
+            }
+        }
+        Ok(owners)
+    }
+
+    async fn load_profiles(&mut self, workspace_id: &str, ids: &[String]) -> StoreResult<Vec<ProfileState>> {
+        let mut profiles = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(state) = profile_state(self.conn, workspace_id, id)? {
+                profiles.push(state);
+            }
+        }
+        Ok(profiles)
+    }
+
+    async fn merge_stored_profile(&mut self, workspace_id: &str, survivor: &str, loser: &str) -> StoreResult<()> {
+        let conn = self.conn;
+        conn.prepare_cached("UPDATE identities SET profile_id = ?1 WHERE workspace_id = ?2 AND profile_id = ?3")?
+            .execute((survivor, workspace_id, loser))?;
+        conn.prepare_cached("UPDATE events SET profile_id = ?1 WHERE workspace_id = ?2 AND profile_id = ?3")?
+            .execute((survivor, workspace_id, loser))?;
+        conn.prepare_cached(
+            "UPDATE profiles SET merged_into = ?1, traits = '{}', trait_times = '{}', consent = '{}'
+             WHERE workspace_id = ?2 AND (id = ?3 OR merged_into = ?3)",
+        )?
+        .execute((survivor, workspace_id, loser))?;
+        Ok(())
+    }
+
+    async fn insert_identities(&mut self, workspace_id: &str, identities: &[(Identity, String)], now: DateTime<Utc>) -> StoreResult<()> {
+        let mut statement = self
+            .conn
+            .prepare_cached("INSERT INTO identities (workspace_id, kind, value, profile_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+        for (identity, profile_id) in identities {
+            statement.execute((workspace_id, identity.kind.as_str(), &identity.value, profile_id, to_millis(now)))?;
+        }
+        Ok(())
+    }
+
+    async fn insert_events(&mut self, workspace_id: &str, rows: &[EventRow<'_>]) -> StoreResult<()> {
+        let mut statement = self.conn.prepare_cached(
+            "INSERT INTO events (workspace_id, message_id, profile_id, kind, name, channel, properties, context, timestamp, received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        for row in rows {
+            statement.execute(params![
+                workspace_id,
+                row.message_id,
+                row.profile_id,
+                row.kind.as_str(),
+                row.name,
+                row.channel,
+                serde_json::to_string(&*row.properties)?,
+                serde_json::to_string(&*row.context)?,
+                to_millis(row.timestamp),
+                to_millis(row.received_at),
+            ])?;
+        }
+        Ok(())
+    }
+
+    async fn upsert_profiles(&mut self, workspace_id: &str, profiles: &[&ProfileState]) -> StoreResult<()> {
+        for profile in profiles {
+            upsert_profile(self.conn, workspace_id, profile)?;
+        }
+        Ok(())
+    }
+}
+
+fn upsert_profile(conn: &Connection, workspace_id: &str, profile: &ProfileState) -> StoreResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO profiles (workspace_id, id, traits, trait_times, consent, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (workspace_id, id) DO UPDATE SET
+            traits = excluded.traits, trait_times = excluded.trait_times, consent = excluded.consent,
+            created_at = excluded.created_at, updated_at = excluded.updated_at",
+    )?
+    .execute(params![
+        workspace_id,
+        profile.id,
+        serde_json::to_string(&profile.traits)?,
+        serde_json::to_string(&profile.trait_times)?,
+        serde_json::to_string(&profile.consent)?,
+        to_millis(profile.created_at),
+        to_millis(profile.updated_at),
+    ])?;
+    Ok(())
+}
+
+pub(super) fn identity_owner(conn: &Connection, workspace_id: &str, identity: &Identity) -> StoreResult<Option<String>> {
+    Ok(conn
+        .prepare_cached("SELECT profile_id FROM identities WHERE workspace_id = ?1 AND kind = ?2 AND value = ?3")?
+        .query_row((workspace_id, identity.kind.as_str(), &identity.value), |row| row.get(0))
+        .optional()?)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
+    Ok(serde_json::from_str(text)?)
+}
+
+/// The state of a live (not merged-away) profile.
+fn profile_state(conn: &Connection, workspace_id: &str, id: &str) -> StoreResult<Option<ProfileState>> {
+    let row = conn
+        .prepare_cached(
+            "SELECT traits, trait_times, consent, created_at, updated_at FROM profiles
+             WHERE workspace_id = ?1 AND id = ?2 AND merged_into IS NULL",
+        )?
+        .query_row((workspace_id, id), |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?, row.get(3)?, row.get(4)?))
+        })
+        .optional()?;
+    let Some((traits, trait_times, consent, created_at, updated_at)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(ProfileState {
+        id: id.to_owned(),
+        traits: parse_json::<Map<String, Value>>(&traits)?,
+        trait_times: parse_json::<BTreeMap<String, DateTime<Utc>>>(&trait_times)?,
+        consent: parse_json::<Consent>(&consent)?,
+        created_at: from_millis(created_at),
+        updated_at: from_millis(updated_at),
+    }))
+}
+
+fn identities_of(conn: &Connection, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<Identity>> {
+    let mut statement = conn.prepare_cached("SELECT kind, value FROM identities WHERE workspace_id = ?1 AND profile_id = ?2")?;
+    let rows = statement.query_map((workspace_id, profile_id), |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?;
+    let mut identities = Vec::new();
+    for row in rows {
+        let (kind, value) = row?;
+        if let Ok(kind) = kind.parse::<IdentityKind>() {
+            identities.push(Identity { kind, value });
+        }
+    }
+    Ok(identities)
+}
+
+/// The live profile an id denotes, following a merge tombstone.
+pub(super) fn live_profile_id(conn: &Connection, workspace_id: &str, id: &str) -> StoreResult<Option<String>> {
+    let merged_into: Option<Option<String>> = conn
+        .prepare_cached("SELECT merged_into FROM profiles WHERE workspace_id = ?1 AND id = ?2")?
+        .query_row((workspace_id, id), |row| row.get(0))
+        .optional()?;
+    Ok(match merged_into {
+        None => None,
+        Some(None) => Some(id.to_owned()),
+        Some(Some(survivor)) => Some(survivor),
+    })
+}
+
+pub(super) fn live_profile(conn: &Connection, workspace_id: &str, id: &str) -> StoreResult<Option<Profile>> {
+    let Some(live) = live_profile_id(conn, workspace_id, id)? else {
+        return Ok(None);
+    };
+    let Some(state) = profile_state(conn, workspace_id, &live)? else {
+        return Ok(None);
+    };
+    let identities = identities_of(conn, workspace_id, &live)?;
+    Ok(Some(Profile::from_state(state, identities)))
+}
+
+fn event_from_row(row: &Row<'_>) -> rusqlite::Result<(StoredEvent, String, String)> {
+    Ok((
+        StoredEvent {
+            id: row.get(0)?,
+            profile_id: row.get(1)?,
+            kind: row.get(2)?,
+            event: row.get(3)?,
+            properties: Map::new(),
+            context: Map::new(),
+            timestamp: from_millis(row.get(6)?),
+            received_at: from_millis(row.get(7)?),
+            channel: row.get(8)?,
+        },
+        row.get(4)?,
+        row.get(5)?,
+    ))
+}
+
+pub(super) fn events(conn: &Connection, workspace_id: &str, profile_id: &str, query: &EventQuery) -> StoreResult<Vec<StoredEvent>> {
+    let Some(live) = live_profile_id(conn, workspace_id, profile_id)? else {
+        return Ok(Vec::new());
+    };
+    let mut statement = conn.prepare_cached(
+        "SELECT message_id, profile_id, kind, name, properties, context, timestamp, received_at, channel FROM events
+         WHERE workspace_id = ?1 AND profile_id = ?2 AND (?3 IS NULL OR kind = ?3)
+         ORDER BY timestamp DESC, seq DESC LIMIT ?4",
+    )?;
+    let rows = statement.query_map(params![workspace_id, live, query.kind, query.limit as i64], event_from_row)?;
+    let mut events = Vec::new();
+    for row in rows {
+        let (mut event, properties, context) = row?;
+        event.properties = parse_json(&properties)?;
+        event.context = parse_json(&context)?;
+        events.push(event);
+    }
+    Ok(events)
+}
+
+pub(super) fn set_consent(
+    conn: &Connection,
+    workspace_id: &str,
+    profile_id: &str,
+    statements: &[(String, ConsentStatus)],
+    source: &str,
+    now: DateTime<Utc>,
+) -> StoreResult<Option<Profile>> {
+    let Some(live) = live_profile_id(conn, workspace_id, profile_id)? else {
+        return Ok(None);
+    };
+    let Some(mut state) = profile_state(conn, workspace_id, &live)? else {
+        return Ok(None);
+    };
+    state.apply_consent(statements, source, now);
+    state.updated_at = now;
+    upsert_profile(conn, workspace_id, &state)?;
+    let identities = identities_of(conn, workspace_id, &live)?;
+    Ok(Some(Profile::from_state(state, identities)))
+}
+
+pub(super) fn delete_profile(conn: &Connection, workspace_id: &str, profile_id: &str) -> StoreResult<bool> {
+    let Some(live) = live_profile_id(conn, workspace_id, profile_id)? else {
+        return Ok(false);
+    };
+    conn.execute("DELETE FROM events WHERE workspace_id = ?1 AND profile_id = ?2", (workspace_id, &live))?;
+    conn.execute("DELETE FROM identities WHERE workspace_id = ?1 AND profile_id = ?2", (workspace_id, &live))?;
+    conn.execute("DELETE FROM profiles WHERE workspace_id = ?1 AND (id = ?2 OR merged_into = ?2)", (workspace_id, &live))?;
+    Ok(true)
+}
+
+/// A JSON path naming one top-level key, quoted so keys with dots or spaces work.
+fn trait_path(name: &str) -> String {
+    format!("$.\"{}\"", name.replace('"', ""))
+}
+
+pub(super) fn list_profiles(conn: &Connection, workspace_id: &str, query: &ProfileQuery) -> StoreResult<ProfilePage> {
+    let mut sql = String::from("SELECT id FROM profiles WHERE workspace_id = ?1 AND merged_into IS NULL");
+    let mut values: Vec<rusqlite::types::Value> = vec![workspace_id.to_owned().into()];
+    if let Some(after) = &query.after {
+        values.push(after.clone().into());
+        sql.push_str(&format!(" AND id > ?{}", values.len()));
+    }
+    if let Some((name, value)) = &query.trait_equals {
+        values.push(trait_path(name).into());
+        values.push(serde_json::to_string(value)?.into());
+        sql.push_str(&format!(" AND json_extract(traits, ?{}) = json_extract(?{}, '$')", values.len() - 1, values.len()));
+    }
+    if let Some(text) = &query.text {
+        let escaped = text.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        values.push(format!("%{escaped}%").into());
+        values.push(format!("{escaped}%").into());
+        sql.push_str(&format!(
+            " AND (lower(traits) LIKE ?{a} ESCAPE '\\' OR id = ?{c} OR EXISTS (SELECT 1 FROM identities i
+                WHERE i.workspace_id = profiles.workspace_id AND i.profile_id = profiles.id AND lower(i.value) LIKE ?{b} ESCAPE '\\'))",
+            a = values.len() - 1,
+            b = values.len(),
+            c = values.len() + 1,
+        ));
+        values.push(text.clone().into());
+    }
+    let limit = query.limit.clamp(1, 1000);
+    sql.push_str(&format!(" ORDER BY id LIMIT {}", limit + 1));
+    let mut statement = conn.prepare(&sql)?;
+    let mut ids: Vec<String> = statement
+        .query_map(rusqlite::params_from_iter(values), |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    let next_cursor = if ids.len() > limit {
+        ids.truncate(limit);
+        ids.last().cloned()
+    } else {
+        None
+    };
+    let mut profiles = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(profile) = live_profile(conn, workspace_id, &id)? {
+            profiles.push(profile);
+        }
+    }
+    Ok(ProfilePage { profiles, next_cursor })
+}
+
+pub(super) fn workspace_stats(conn: &Connection, workspace_id: &str, days: u32, now: DateTime<Utc>) -> StoreResult<WorkspaceStats> {
+    let profiles: i64 = conn.query_row(
+        "SELECT count(*) FROM profiles WHERE workspace_id = ?1 AND merged_into IS NULL",
+        [workspace_id],
+        |row| row.get(0),
+    )?;
+    let events: i64 = conn.query_row("SELECT count(*) FROM events WHERE workspace_id = ?1", [workspace_id], |row| row.get(0))?;
+    let (first_day, since) = window_start(now, days);
+    let mut per_day: HashMap<i64, u64> = HashMap::new();
+    let mut statement = conn.prepare_cached(
+        "SELECT timestamp / 86400000, count(*) FROM events WHERE workspace_id = ?1 AND timestamp >= ?2 GROUP BY 1",
+    )?;
+    for row in statement.query_map((workspace_id, since), |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))? {
+        let (day, count) = row?;
+        per_day.insert(day, count as u64);
+    }
+    let mut per_channel = Vec::new();
+    let mut statement = conn.prepare_cached(
+        "SELECT channel, count(*) FROM events WHERE workspace_id = ?1 AND timestamp >= ?2 GROUP BY channel ORDER BY 2 DESC, 1",
+    )?;
+    for row in statement.query_map((workspace_id, since), |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))? {
+        let (channel, count) = row?;
+        per_channel.push((channel, count as u64));
+    }
+    Ok(WorkspaceStats {
+        profiles: profiles as u64,
+        events: events as u64,
+        events_per_day: fill_days(first_day, days, &per_day),
+        events_per_channel: per_channel,
+    })
+}
+
+pub(super) fn create_workspace(conn: &Connection, workspace: &Workspace, write_hash: &str, api_hash: &str) -> StoreResult<()> {
+    let result = conn.execute(
+        "INSERT INTO workspaces (id, name, default_region, time_zone, write_key_hash, api_key_hash, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            workspace.id,
+            workspace.name,
+            workspace.default_region,
+            workspace.time_zone,
+            write_hash,
+            api_hash,
+            to_millis(workspace.created_at)
+        ],
+    );
+    match result {
+        Ok(_) => Ok(()),
+        Err(rusqlite::Error::SqliteFailure(err, _)) if err.code == rusqlite::ErrorCode::ConstraintViolation => {
+            Err(crate::StoreError::Conflict(format!("a workspace named \"{}\" already exists", workspace.name)))
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn workspace_from_row(row: &Row<'_>) -> rusqlite::Result<Workspace> {
+    Ok(Workspace {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        default_region: row.get(2)?,
+        time_zone: row.get(3)?,
+        created_at: from_millis(row.get(4)?),
+    })
+}
+
+pub(super) fn workspace_where(conn: &Connection, condition: &str, value: &str) -> StoreResult<Option<Workspace>> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT id, name, default_region, time_zone, created_at FROM workspaces WHERE {condition}"
+        ))?
+        .query_row([value], workspace_from_row)
+        .optional()?)
+}
+
+pub(super) fn workspaces(conn: &Connection) -> StoreResult<Vec<Workspace>> {
+    let mut statement =
+        conn.prepare_cached("SELECT id, name, default_region, time_zone, created_at FROM workspaces ORDER BY created_at, id")?;
+    let rows = statement.query_map([], workspace_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub(super) fn enqueue(conn: &Connection, job: &NewJob, now: DateTime<Utc>) -> StoreResult<EnqueueOutcome> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO jobs (queue, workspace_id, idempotency_key, payload, status, max_attempts, run_at, created_at)
+             VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7) ON CONFLICT (queue, idempotency_key) DO NOTHING",
+        )?
+        .execute(params![
+            job.queue,
+            job.workspace_id,
+            job.idempotency_key,
+            serde_json::to_string(&job.payload)?,
+            job.max_attempts.max(1),
+            to_millis(job.run_at),
+            to_millis(now)
+        ])?;
+    let id: i64 = conn.query_row(
+        "SELECT id FROM jobs WHERE queue = ?1 AND idempotency_key = ?2",
+        (&job.queue, &job.idempotency_key),
+        |row| row.get(0),
+    )?;
+    Ok(if inserted == 1 { EnqueueOutcome::Created(id) } else { EnqueueOutcome::Duplicate(id) })
+}
+
+const JOB_COLUMNS: &str =
+    "id, queue, workspace_id, idempotency_key, payload, status, attempts, max_attempts, run_at, leased_by, leased_until, last_error";
+
+fn job_from_row(row: &Row<'_>) -> rusqlite::Result<(Job, String)> {
+    Ok((
+        Job {
+            id: row.get(0)?,
+            queue: row.get(1)?,
+            workspace_id: row.get(2)?,
+            idempotency_key: row.get(3)?,
+            payload: Value::Null,
+            status: JobStatus::parse(&row.get::<_, String>(5)?),
+            attempts: row.get(6)?,
+            max_attempts: row.get(7)?,
+            run_at: from_millis(row.get(8)?),
+            leased_by: row.get(9)?,
+            leased_until: row.get::<_, Option<i64>>(10)?.map(from_millis),
+            last_error: row.get(11)?,
+        },
+        row.get(4)?,
+    ))
+}
+
+pub(super) fn job(conn: &Connection, id: i64) -> StoreResult<Option<Job>> {
+    let row = conn
+        .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))?
+        .query_row([id], job_from_row)
+        .optional()?;
+    match row {
+        Some((mut job, payload)) => {
+            job.payload = parse_json(&payload)?;
+            Ok(Some(job))
+        }
+        None => Ok(None),
+    }
+}
+
+pub(super) fn claim(
+    conn: &Connection,
+    queue: &str,
+    worker: &str,
+    limit: usize,
+    now: DateTime<Utc>,
+    lease: chrono::Duration,
+) -> StoreResult<Vec<Job>> {
+    let now_ms = to_millis(now);
+    let mut candidates = conn.prepare_cached(
+        "SELECT id, attempts, max_attempts FROM jobs
+         WHERE queue = ?1 AND status = 'pending' AND run_at <= ?2 AND (leased_until IS NULL OR leased_until < ?2)
+         ORDER BY run_at, id LIMIT ?3",
+    )?;
+    let due: Vec<(i64, u32, u32)> = candidates
+        .query_map(params![queue, now_ms, limit as i64], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut claimed = Vec::new();
+    for (id, attempts, max_attempts) in due {
+        if attempts >= max_attempts {
+            // The previous holder's lease ran out on its last attempt: it will not be retried.
+            conn.execute(
+                "UPDATE jobs SET status = 'dead', leased_by = NULL, leased_until = NULL,
+                 last_error = coalesce(last_error, 'lease expired on the last attempt') WHERE id = ?1",
+                [id],
+            )?;
+            continue;
+        }
+        conn.execute(
+            "UPDATE jobs SET leased_by = ?2, leased_until = ?3, attempts = attempts + 1 WHERE id = ?1",
+            params![id, worker, to_millis(now + lease)],
+        )?;
+        if let Some(job) = job(conn, id)? {
+            claimed.push(job);
+        }
+    }
+    Ok(claimed)
+}

@@ -1,0 +1,492 @@
+//! The conformance suite every backend passes. A new backend adds one test that calls
+//! [`run_all`] with a factory for fresh, empty stores.
+
+#![allow(missing_docs, clippy::missing_panics_doc)]
+
+use crate::{DynStore, EventQuery, JobStatus, NewJob, ProfileQuery, Workspace, EnqueueOutcome};
+use chrono::{Duration, TimeZone, Utc};
+use crossline_core::event::{Endpoint, NormalizeOptions, NormalizedEvent, parse_request};
+use crossline_core::keys::KeyKind;
+use crossline_core::{ConsentStatus, Identity, IdentityKind};
+use serde_json::{Value, json};
+use std::future::Future;
+
+/// A workspace record for tests.
+pub fn sample_workspace(name: &str) -> Workspace {
+    Workspace {
+        id: crossline_core::ids::new_id("ws"),
+        name: name.to_owned(),
+        default_region: "US".into(),
+        time_zone: "America/New_York".into(),
+        created_at: Utc::now(),
+    }
+}
+
+/// Normalise a `/v1/batch` body, panicking on invalid test input.
+pub fn events(batch: Value) -> Vec<NormalizedEvent> {
+    let options = NormalizeOptions { default_region: "US", received_at: Utc::now() };
+    parse_request(Endpoint::Batch, batch.to_string().as_bytes(), &options).expect("valid test batch").events
+}
+
+fn id(kind: IdentityKind, value: &str) -> Identity {
+    Identity { kind, value: value.into() }
+}
+
+async fn workspace(store: &DynStore, name: &str) -> Workspace {
+    let workspace = sample_workspace(name);
+    let suffix = &workspace.id[3..];
+    store.create_workspace(&workspace, &format!("w{suffix}"), &format!("a{suffix}")).await.unwrap();
+    workspace
+}
+
+/// Run every conformance test, each on a fresh store from `fresh`.
+pub async fn run_all<F, Fut>(fresh: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = DynStore>,
+{
+    workspaces_and_keys(fresh().await).await;
+    identify_creates_a_profile_found_by_every_identity(fresh().await).await;
+    message_ids_are_stored_once(fresh().await).await;
+    an_event_naming_two_profiles_merges_them(fresh().await).await;
+    alias_merges_previous_id(fresh().await).await;
+    merges_inside_one_batch(fresh().await).await;
+    consent_through_traits_and_api(fresh().await).await;
+    delete_erases_everything(fresh().await).await;
+    workspaces_are_isolated(fresh().await).await;
+    listing_searching_and_stats(fresh().await).await;
+    concurrent_ingest_keeps_every_event(fresh().await).await;
+    job_queue_leases_and_idempotency(fresh().await).await;
+}
+
+async fn workspaces_and_keys(store: DynStore) {
+    let acme = workspace(&store, "acme").await;
+    let globex = workspace(&store, "globex").await;
+    assert_eq!(store.workspace(&acme.id).await.unwrap().unwrap().name, "acme");
+    assert!(store.workspace("ws_missing").await.unwrap().is_none());
+    let names: Vec<String> = store.workspaces().await.unwrap().into_iter().map(|w| w.name).collect();
+    assert_eq!(names, ["acme", "globex"]);
+
+    let duplicate = sample_workspace("acme");
+    let err = store.create_workspace(&duplicate, "x1", "x2").await.unwrap_err();
+    assert!(matches!(err, crate::StoreError::Conflict(_)), "{err}");
+
+    let write_hash = format!("w{}", &acme.id[3..]);
+    assert_eq!(store.workspace_by_key(KeyKind::Write, &write_hash).await.unwrap().unwrap().id, acme.id);
+    assert!(store.workspace_by_key(KeyKind::Api, &write_hash).await.unwrap().is_none());
+    assert!(store.rotate_key(&acme.id, KeyKind::Write, "new-hash").await.unwrap());
+    assert!(store.workspace_by_key(KeyKind::Write, &write_hash).await.unwrap().is_none());
+    assert_eq!(store.workspace_by_key(KeyKind::Write, "new-hash").await.unwrap().unwrap().id, acme.id);
+    assert!(!store.rotate_key("ws_missing", KeyKind::Api, "h").await.unwrap());
+    assert_eq!(store.workspace(&globex.id).await.unwrap().unwrap().name, "globex");
+}
+
+async fn identify_creates_a_profile_found_by_every_identity(store: DynStore) {
+    let ws = workspace(&store, "acme").await;
+    let outcome = store
+        .ingest(
+            &ws.id,
+            events(json!({"batch": [
+                {"type": "identify", "messageId": "m1", "userId": "u1", "anonymousId": "a1",
+                 "traits": {"email": "Ada@Example.com", "phone": "+1 415 555 0132", "name": "Ada", "plan": "pro"},
+                 "timestamp": "2026-11-20T10:00:00Z"},
+                {"type": "track", "messageId": "m2", "anonymousId": "a1", "event": "Viewed Product",
+                 "properties": {"sku": "X1"}, "timestamp": "2026-11-20T10:05:00Z"}
+            ]})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.len(), 2);
+    assert!(outcome.iter().all(|event| event.stored));
+    let profile_id = outcome[0].profile_id.clone().unwrap();
+    assert_eq!(outcome[1].profile_id.as_deref(), Some(profile_id.as_str()));
+
+    for identity in [
+        id(IdentityKind::UserId, "u1"),
+        id(IdentityKind::AnonymousId, "a1"),
+        id(IdentityKind::Email, "ada@example.com"),
+        id(IdentityKind::Phone, "+14155550132"),
+    ] {
+        let profile = store.lookup(&ws.id, &identity).await.unwrap().unwrap_or_else(|| panic!("{identity} not found"));
+        assert_eq!(profile.id, profile_id);
+    }
+    assert!(store.lookup(&ws.id, &id(IdentityKind::UserId, "nobody")).await.unwrap().is_none());
+
+    let profile = store.profile(&ws.id, &profile_id).await.unwrap().unwrap();
+    assert_eq!(profile.traits["name"], "Ada");
+    assert_eq!(profile.traits["email"], "ada@example.com");
+    assert_eq!(profile.identities.len(), 4);
+
+    let timeline = store.events(&ws.id, &profile_id, &EventQuery::default()).await.unwrap();
+    let ids: Vec<&str> = timeline.iter().map(|event| event.id.as_str()).collect();
+    assert_eq!(ids, ["m2", "m1"], "newest first");
+    assert_eq!(timeline[0].kind, "track");
+    assert_eq!(timeline[0].event.as_deref(), Some("Viewed Product"));
+    assert_eq!(timeline[0].properties["sku"], "X1");
+    assert_eq!(timeline[1].properties["plan"], "pro", "identify shows its traits");
+    let limited = store.events(&ws.id, &profile_id, &EventQuery { limit: 1, kind: None }).await.unwrap();
+    assert_eq!(limited.len(), 1);
+    let tracks = store.events(&ws.id, &profile_id, &EventQuery { limit: 10, kind: Some("identify".into()) }).await.unwrap();
+    assert_eq!(tracks.len(), 1);
+}
+
+async fn message_ids_are_stored_once(store: DynStore) {
+    let ws = workspace(&store, "acme").await;
+    let batch = json!({"batch": [
+        {"type": "track", "messageId": "dup", "userId": "u1", "event": "Clicked"},
+        {"type": "track", "messageId": "dup", "userId": "u1", "event": "Clicked"},
+        {"type": "track", "messageId": "other", "userId": "u1", "event": "Clicked"}
+    ]});
+    let first = store.ingest(&ws.id, events(batch.clone())).await.unwrap();
+    assert_eq!(first.iter().map(|e| e.stored).collect::<Vec<_>>(), [true, false, true]);
+    let again = store.ingest(&ws.id, events(batch)).await.unwrap();
+    assert!(again.iter().all(|event| !event.stored), "a replayed batch stores nothing");
+    let profile = store.lookup(&ws.id, &id(IdentityKind::UserId, "u1")).await.unwrap().unwrap();
+    assert_eq!(store.events(&ws.id, &profile.id, &EventQuery::default()).await.unwrap().len(), 2);
+}
+
+async fn an_event_naming_two_profiles_merges_them(store: DynStore) {
+    let ws = workspace(&store, "acme").await;
+    let older = store
+        .ingest(&ws.id, events(json!({"batch": [{"type": "identify", "messageId": "w1", "anonymousId": "web-1",
+            "traits": {"email": "ada@example.com", "plan": "free", "city": "Paris"}, "timestamp": "2026-11-01T10:00:00Z"}]})))
+        .await
+        .unwrap()[0]
+        .profile_id
+        .clone()
+        .unwrap();
+    let newer = store
+        .ingest(&ws.id, events(json!({"batch": [
+            {"type": "identify", "messageId": "s1", "anonymousId": "sms-1",
+             "traits": {"phone": "+14155550132", "plan": "pro"}, "timestamp": "2026-11-02T10:00:00Z"},
+            {"type": "track", "messageId": "s2", "anonymousId": "sms-1", "event": "SMS Replied", "context": {"channel": "sms"}}
+        ]})))
+        .await
+        .unwrap()[0]
+        .profile_id
+        .clone()
+        .unwrap();
+    assert_ne!(older, newer);
+
+    let outcome = store
+        .ingest(&ws.id, events(json!({"batch": [{"type": "identify", "messageId": "join", "userId": "u-ada",
+            "traits": {"email": "ada@example.com", "phone": "+1 (415) 555-0132"}, "timestamp": "2026-11-03T10:00:00Z"}]})))
+        .await
+        .unwrap();
+    assert_eq!(outcome[0].profile_id.as_deref(), Some(older.as_str()), "the older profile survives");
+    assert_eq!(outcome[0].merged, vec![newer.clone()]);
+
+    let survivor = store.profile(&ws.id, &newer).await.unwrap().expect("a merged-away id resolves");
+    assert_eq!(survivor.id, older);
+    assert_eq!(survivor.traits["plan"], "pro", "the newer value wins");
+    assert_eq!(survivor.traits["city"], "Paris");
+    let kinds: Vec<IdentityKind> = survivor.identities.iter().map(|identity| identity.kind).collect();
+    assert!(kinds.contains(&IdentityKind::Phone) && kinds.contains(&IdentityKind::Email) && kinds.contains(&IdentityKind::UserId));
+    assert_eq!(store.lookup(&ws.id, &id(IdentityKind::AnonymousId, "sms-1")).await.unwrap().unwrap().id, older);
+
+    let timeline = store.events(&ws.id, &older, &EventQuery::default()).await.unwrap();
+    let ids: Vec<&str> = timeline.iter().map(|event| event.id.as_str()).collect();
+    for expected in ["w1", "s1", "s2", "join"] {
+        assert!(ids.contains(&expected), "{expected} re-attributed: {ids:?}");
+    }
+    let merge = timeline.iter().find(|event| event.kind == "merge").expect("merge recorded");
+    assert_eq!(merge.properties["merged_profile_id"], Value::String(newer.clone()));
+    assert_eq!(merge.channel, "system");
+    let via_old_id = store.events(&ws.id, &newer, &EventQuery::default()).await.unwrap();
+    assert_eq!(via_old_id.len(), timeline.len(), "the timeline of a merged-away id is the survivor's");
+}
+
+async fn alias_merges_previous_id(store: DynStore) {
+    let ws = workspace(&store, "acme").await;
+    let anonymous = store
+        .ingest(&ws.id, events(json!({"batch": [{"type": "page", "messageId": "p1", "anonymousId": "anon-7", "name": "Home"}]})))
+        .await
+        .unwrap()[0]
+        .profile_id
+        .clone()
+        .unwrap();
+    let known = store
+        .ingest(&ws.id, events(json!({"batch": [{"type": "identify", "messageId": "i1", "userId": "user-7", "traits": {"name": "Bo"}}]})))
+        .await
+        .unwrap()[0]
+        .profile_id
+        .clone()
+        .unwrap();
+    let outcome = store
+        .ingest(&ws.id, events(json!({"batch": [{"type": "alias", "messageId": "al", "userId": "user-7", "previousId": "anon-7"}]})))
+        .await
+        .unwrap();
+    assert_eq!(outcome[0].profile_id.as_deref(), Some(anonymous.as_str()));
+    assert_eq!(store.profile(&ws.id, &known).await.unwrap().unwrap().id, anonymous);
+    assert_eq!(store.lookup(&ws.id, &id(IdentityKind::UserId, "user-7")).await.unwrap().unwrap().traits["name"], "Bo");
+
+    // An alias whose previous id is new to the graph records it as an anonymous id.
+    store
+        .ingest(&ws.id, events(json!({"batch": [{"type": "alias", "messageId": "al2", "userId": "user-8", "previousId": "anon-8"}]})))
+        .await
+        .unwrap();
+    let via_anonymous = store.lookup(&ws.id, &id(IdentityKind::AnonymousId, "anon-8")).await.unwrap().unwrap();
+    let via_user = store.lookup(&ws.id, &id(IdentityKind::UserId, "user-8")).await.unwrap().unwrap();
+    assert_eq!(via_anonymous.id, via_user.id);
+}
+
+async fn merges_inside_one_batch(store: DynStore) {
+    let ws = workspace(&store, "acme").await;
+    let outcome = store
+        .ingest(&ws.id, events(json!({"batch": [
+            {"type": "track", "messageId": "b1", "anonymousId": "x", "event": "A"},
+            {"type": "track", "messageId": "b2", "anonymousId": "y", "event": "B"},
+            {"type": "identify", "messageId": "b3", "anonymousId": "x", "userId": "u", "traits": {"email": "u@example.com"}},
+            {"type": "identify", "messageId": "b4", "anonymousId": "y", "traits": {"email": "u@example.com"}}
+        ]})))
+        .await
+        .unwrap();
+    let survivor = outcome[3].profile_id.clone().unwrap();
+    assert!(outcome.iter().all(|event| event.profile_id.as_deref() == Some(survivor.as_str())), "{outcome:?}");
+    let timeline = store.events(&ws.id, &survivor, &EventQuery::default()).await.unwrap();
+    assert_eq!(timeline.iter().filter(|event| event.kind != "merge").count(), 4);
+    let page = store.list_profiles(&ws.id, &ProfileQuery { limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(page.profiles.len(), 1, "the merged-away profile of the batch was never kept");
+}
+
+async fn consent_through_traits_and_api(store: DynStore) {
+    let ws = workspace(&store, "acme").await;
+    let outcome = store
+        .ingest(&ws.id, events(json!({"batch": [{"type": "identify", "messageId": "c1", "userId": "u",
+            "traits": {"consent": {"email": "subscribed", "sms": "subscribed"}}, "timestamp": "2026-11-01T00:00:00Z"}]})))
+        .await
+        .unwrap();
+    let profile_id = outcome[0].profile_id.clone().unwrap();
+    let profile = store.profile(&ws.id, &profile_id).await.unwrap().unwrap();
+    assert_eq!(profile.consent.status("email"), ConsentStatus::Subscribed);
+    assert!(!profile.traits.contains_key("consent"));
+    assert_eq!(profile.consent.0["sms"].source, "traits");
+
+    let updated = store
+        .set_consent(&ws.id, &profile_id, &[("sms".into(), ConsentStatus::Unsubscribed)], "api")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(updated.consent.status("sms"), ConsentStatus::Unsubscribed);
+    assert_eq!(updated.consent.0["sms"].source, "api");
+    assert_eq!(updated.consent.status("email"), ConsentStatus::Subscribed);
+    // An older statement arriving late does not overwrite the newer one.
+    store
+        .ingest(&ws.id, events(json!({"batch": [{"type": "identify", "messageId": "c2", "userId": "u",
+            "traits": {"consent": {"sms": "subscribed"}}, "timestamp": "2026-11-02T00:00:00Z"}]})))
+        .await
+        .unwrap();
+    let profile = store.profile(&ws.id, &profile_id).await.unwrap().unwrap();
+    assert_eq!(profile.consent.status("sms"), ConsentStatus::Unsubscribed);
+    assert!(store.set_consent(&ws.id, "prf_missing", &[], "api").await.unwrap().is_none());
+}
+
+async fn delete_erases_everything(store: DynStore) {
+    let ws = workspace(&store, "acme").await;
+    let first = store
+        .ingest(&ws.id, events(json!({"batch": [{"type": "identify", "messageId": "d1", "userId": "u", "traits": {"email": "e@example.com"}}]})))
+        .await
+        .unwrap()[0]
+        .profile_id
+        .clone()
+        .unwrap();
+    let second = store
+        .ingest(&ws.id, events(json!({"batch": [{"type": "identify", "messageId": "d2", "anonymousId": "a", "traits": {"phone": "+14155550100"}}]})))
+        .await
+        .unwrap()[0]
+        .profile_id
+        .clone()
+        .unwrap();
+    store
+        .ingest(&ws.id, events(json!({"batch": [{"type": "track", "messageId": "d3", "userId": "u", "anonymousId": "a", "event": "Joined"}]})))
+        .await
+        .unwrap();
+    let other = store
+        .ingest(&ws.id, events(json!({"batch": [{"type": "identify", "messageId": "keep", "userId": "someone-else"}]})))
+        .await
+        .unwrap()[0]
+        .profile_id
+        .clone()
+        .unwrap();
+
+    assert!(store.delete_profile(&ws.id, &second).await.unwrap(), "deleting by a merged-away id erases the survivor");
+    for identity in [id(IdentityKind::UserId, "u"), id(IdentityKind::AnonymousId, "a"), id(IdentityKind::Email, "e@example.com")] {
+        assert!(store.lookup(&ws.id, &identity).await.unwrap().is_none(), "{identity} erased");
+    }
+    assert!(store.profile(&ws.id, &first).await.unwrap().is_none());
+    assert!(store.profile(&ws.id, &second).await.unwrap().is_none());
+    assert!(store.events(&ws.id, &first, &EventQuery::default()).await.unwrap().is_empty());
+    assert!(!store.delete_profile(&ws.id, &first).await.unwrap());
+    assert!(store.profile(&ws.id, &other).await.unwrap().is_some(), "others are untouched");
+    assert_eq!(store.workspace_stats(&ws.id, 7).await.unwrap().events, 1);
+}
+
+async fn workspaces_are_isolated(store: DynStore) {
+    let acme = workspace(&store, "acme").await;
+    let globex = workspace(&store, "globex").await;
+    let batch = json!({"batch": [{"type": "identify", "messageId": "same", "userId": "u", "traits": {"name": "A"}}]});
+    let in_acme = store.ingest(&acme.id, events(batch.clone())).await.unwrap()[0].profile_id.clone().unwrap();
+    let in_globex = store.ingest(&globex.id, events(batch)).await.unwrap();
+    assert!(in_globex[0].stored, "message ids are deduplicated per workspace");
+    let in_globex = in_globex[0].profile_id.clone().unwrap();
+    assert_ne!(in_acme, in_globex);
+    assert!(store.profile(&globex.id, &in_acme).await.unwrap().is_none());
+    assert!(store.events(&globex.id, &in_acme, &EventQuery::default()).await.unwrap().is_empty());
+    assert!(!store.delete_profile(&globex.id, &in_acme).await.unwrap());
+    assert!(store.set_consent(&globex.id, &in_acme, &[], "api").await.unwrap().is_none());
+    assert_eq!(store.lookup(&globex.id, &id(IdentityKind::UserId, "u")).await.unwrap().unwrap().id, in_globex);
+}
+
+async fn listing_searching_and_stats(store: DynStore) {
+    let ws = workspace(&store, "acme").await;
+    let mut batch = Vec::new();
+    for index in 0..25 {
+        batch.push(json!({"type": "identify", "messageId": format!("l{index}"), "userId": format!("user-{index:02}"),
+            "traits": {"plan": if index % 5 == 0 { "pro" } else { "free" }, "email": format!("person{index}@example.com"), "age": index}}));
+        batch.push(json!({"type": "track", "messageId": format!("t{index}"), "userId": format!("user-{index:02}"),
+            "event": "Opened", "context": {"channel": if index % 2 == 0 { "email" } else { "web" }}}));
+    }
+    store.ingest(&ws.id, events(json!({ "batch": batch }))).await.unwrap();
+
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.list_profiles(&ws.id, &ProfileQuery { limit: 10, after: after.clone(), ..Default::default() }).await.unwrap();
+        seen.extend(page.profiles.iter().map(|profile| profile.id.clone()));
+        match page.next_cursor {
+            Some(cursor) => after = Some(cursor),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 25);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, seen, "pages are in id order without repeats");
+
+    let pro = store
+        .list_profiles(&ws.id, &ProfileQuery { limit: 100, trait_equals: Some(("plan".into(), json!("pro"))), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(pro.profiles.len(), 5);
+    let aged = store
+        .list_profiles(&ws.id, &ProfileQuery { limit: 100, trait_equals: Some(("age".into(), json!(7))), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(aged.profiles.len(), 1);
+    let found = store
+        .list_profiles(&ws.id, &ProfileQuery { limit: 100, text: Some("PERSON12@".into()), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(found.profiles.len(), 1);
+    assert_eq!(found.profiles[0].traits["age"], 12);
+    let by_user = store
+        .list_profiles(&ws.id, &ProfileQuery { limit: 100, text: Some("user-1".into()), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(by_user.profiles.len(), 10, "user-10 .. user-19");
+
+    let stats = store.workspace_stats(&ws.id, 7).await.unwrap();
+    assert_eq!(stats.profiles, 25);
+    assert_eq!(stats.events, 50);
+    assert_eq!(stats.events_per_day.len(), 7);
+    assert_eq!(stats.events_per_day.last().unwrap().1, 50);
+    assert_eq!(stats.events_per_channel[0], ("server".to_owned(), 25));
+    assert!(stats.events_per_channel.contains(&("email".to_owned(), 13)));
+}
+
+async fn concurrent_ingest_keeps_every_event(store: DynStore) {
+    let ws = workspace(&store, "acme").await;
+    let mut tasks = Vec::new();
+    for client in 0..8 {
+        let store = store.clone();
+        let workspace_id = ws.id.clone();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..10 {
+                let batch: Vec<Value> = (0..20)
+                    .map(|index| json!({"type": "track", "event": "Tick", "messageId": format!("c{client}-{round}-{index}"),
+                        "anonymousId": format!("shared-{}", index % 5), "userId": format!("u-{client}-{index}")}))
+                    .collect();
+                store.ingest(&workspace_id, events(json!({ "batch": batch }))).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let stats = store.workspace_stats(&ws.id, 1).await.unwrap();
+    let merges = stats.events_per_channel.iter().find(|(channel, _)| channel == "system").map_or(0, |(_, count)| *count);
+    assert_eq!(stats.events - merges, 8 * 10 * 20);
+    // Every user id meets one of five shared anonymous ids, so five profiles remain.
+    assert_eq!(stats.profiles, 5);
+}
+
+async fn job_queue_leases_and_idempotency(store: DynStore) {
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+    let job = |key: &str, run_at| NewJob {
+        queue: "send.sms".into(),
+        workspace_id: None,
+        idempotency_key: key.into(),
+        payload: json!({"to": key}),
+        run_at,
+        max_attempts: 2,
+    };
+    let first = store.enqueue(&job("a", t0)).await.unwrap();
+    assert!(matches!(first, EnqueueOutcome::Created(_)));
+    assert_eq!(store.enqueue(&job("a", t0)).await.unwrap(), EnqueueOutcome::Duplicate(first.id()));
+    let later = store.enqueue(&job("later", t0 + Duration::hours(1))).await.unwrap();
+
+    let claimed = store.claim("send.sms", "w1", 10, t0, Duration::seconds(30)).await.unwrap();
+    assert_eq!(claimed.len(), 1, "only due jobs are claimed");
+    assert_eq!(claimed[0].payload["to"], "a");
+    assert_eq!(claimed[0].attempts, 1);
+    assert!(store.claim("send.sms", "w2", 10, t0 + Duration::seconds(10), Duration::seconds(30)).await.unwrap().is_empty(), "leased");
+    assert!(store.claim("other.queue", "w2", 10, t0, Duration::seconds(30)).await.unwrap().is_empty());
+
+    // The lease expires: another worker takes it over and the first worker can no longer finish it.
+    let taken = store.claim("send.sms", "w2", 10, t0 + Duration::seconds(31), Duration::seconds(30)).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].attempts, 2);
+    assert!(!store.complete(first.id(), "w1").await.unwrap());
+    assert!(store.fail(first.id(), "w2", "provider said 503", t0 + Duration::minutes(5)).await.unwrap());
+    let dead = store.job(first.id()).await.unwrap().unwrap();
+    assert_eq!(dead.status, JobStatus::Dead, "two attempts used");
+    assert_eq!(dead.last_error.as_deref(), Some("provider said 503"));
+
+    let due = store.claim("send.sms", "w1", 10, t0 + Duration::hours(2), Duration::seconds(30)).await.unwrap();
+    assert_eq!(due.iter().map(|job| job.id).collect::<Vec<_>>(), [later.id()]);
+    assert!(store.fail(later.id(), "w1", "timeout", t0 + Duration::hours(3)).await.unwrap());
+    assert!(store.claim("send.sms", "w1", 10, t0 + Duration::hours(2), Duration::seconds(30)).await.unwrap().is_empty());
+    let retried = store.claim("send.sms", "w1", 10, t0 + Duration::hours(3), Duration::seconds(30)).await.unwrap();
+    assert_eq!(retried.len(), 1);
+    assert!(store.complete(later.id(), "w1").await.unwrap());
+    assert_eq!(store.job(later.id()).await.unwrap().unwrap().status, JobStatus::Done);
+    assert!(!store.complete(later.id(), "w1").await.unwrap(), "completing twice is refused");
+
+    // Concurrent claimers never receive the same job.
+    for index in 0..40 {
+        store.enqueue(&job(&format!("bulk-{index}"), t0)).await.unwrap();
+    }
+    let mut handles = Vec::new();
+    for worker in 0..4 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let jobs = store.claim("send.sms", &format!("bulk-{worker}"), 3, t0 + Duration::hours(4), Duration::minutes(5)).await.unwrap();
+                if jobs.is_empty() {
+                    break mine;
+                }
+                mine.extend(jobs.into_iter().map(|job| job.id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for handle in handles {
+        all.extend(handle.await.unwrap());
+    }
+    let count = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!((count, all.len()), (40, 40));
+}
