@@ -63,6 +63,21 @@ pub struct EvalArgs {
     /// Override the convergence tolerance (for experiments).
     #[arg(long, hide = true)]
     pub tolerance: Option<f32>,
+    /// Add skip-bigrams (for experiments).
+    #[arg(long, hide = true)]
+    pub skip_bigrams: bool,
+    /// Average weights over epochs (for experiments).
+    #[arg(long, hide = true)]
+    pub average: bool,
+    /// Character n-grams across words (for experiments).
+    #[arg(long, hide = true)]
+    pub char_cross_words: bool,
+    /// Use one-vs-rest squared-hinge SVMs with this cost C (for experiments).
+    #[arg(long, hide = true)]
+    pub svm_cost: Option<f32>,
+    /// Keep only this ensemble member (for experiments).
+    #[arg(long, hide = true)]
+    pub only_member: Option<usize>,
     /// Override the minimum document frequency (for experiments).
     #[arg(long, hide = true)]
     pub minimum_documents: Option<usize>,
@@ -79,13 +94,13 @@ fn read_all(paths: &[PathBuf]) -> anyhow::Result<Vec<Example>> {
 fn settings_from(args: &EvalArgs) -> IntentSettings {
     let mut settings = IntentSettings::default();
     if let Some(value) = args.l2_penalty {
-        settings.classifier.l2_penalty = value;
+        settings.members[0].l2_penalty = value;
     }
     if let Some(value) = args.learning_rate {
-        settings.classifier.learning_rate = value;
+        settings.members[0].learning_rate = value;
     }
     if let Some(value) = args.max_epochs {
-        settings.classifier.max_epochs = value;
+        settings.members[0].max_epochs = value;
     }
     if let Some(value) = args.char_max_n {
         settings.features.char_max_n = value;
@@ -100,8 +115,17 @@ fn settings_from(args: &EvalArgs) -> IntentSettings {
         settings.features.word_max_n = value;
     }
     if let Some(value) = args.tolerance {
-        settings.classifier.tolerance = value;
+        settings.members[0].tolerance = value;
     }
+    if let Some(cost) = args.svm_cost {
+        settings.members[1].svm_cost = cost;
+    }
+    if let Some(member) = args.only_member {
+        settings.members = vec![settings.members[member].clone()];
+    }
+    settings.features.skip_bigrams |= args.skip_bigrams;
+    settings.features.char_cross_words |= args.char_cross_words;
+    settings.members[0].average |= args.average;
     if let Some(value) = args.minimum_documents {
         settings.features.minimum_documents = value;
     }
@@ -160,8 +184,8 @@ fn choose_threshold(
         return (0.0, None);
     }
     let mut best = (f64::NEG_INFINITY, 0.0f32, None);
-    for step in 0..=95 {
-        let threshold = step as f32 * 0.01;
+    for step in 0..=190 {
+        let threshold = step as f32 * 0.005;
         let metrics = intent_metrics(&gold, &decide(scored, threshold));
         let recall = metrics.out_of_scope_recall.unwrap_or(0.0);
         let objective = match criterion {
@@ -232,9 +256,16 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     };
 
     let started = Instant::now();
-    let classifier = train(&train_rows, &settings);
+    let mut classifier = train(&train_rows, &settings);
     let training_seconds = started.elapsed().as_secs_f64();
 
+    if !validation_rows.is_empty() {
+        classifier.fit_temperature(
+            validation_rows
+                .iter()
+                .map(|row| (row.text.as_str(), row.intent.as_str())),
+        );
+    }
     let (threshold, validation_metrics, tuning_source) = if validation_rows.is_empty() {
         (threshold, validation_metrics, tuning_source)
     } else {
@@ -299,7 +330,8 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     )?;
     writeln!(
         report,
-        "out-of-scope threshold {threshold:.2}, tuned on {tuning_source}"
+        "out-of-scope threshold {threshold:.3}, temperatures {:?}, tuned on {tuning_source}",
+        classifier.temperatures()
     )?;
     if let Some(validation) = &validation_metrics {
         writeln!(

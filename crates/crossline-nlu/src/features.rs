@@ -153,6 +153,8 @@ pub struct WordNgrams {
     pub max_n: usize,
     /// Keys seen in fewer training documents are dropped.
     pub minimum_documents: usize,
+    /// Also emit pairs of words one word apart ("cancel _ order" from "cancel my order").
+    pub skip_bigrams: bool,
     vocabulary: NgramVocabulary,
 }
 
@@ -162,6 +164,7 @@ impl WordNgrams {
         WordNgrams {
             max_n: max_n.max(1),
             minimum_documents: minimum_documents.max(1),
+            skip_bigrams: false,
             vocabulary: NgramVocabulary::default(),
         }
     }
@@ -182,6 +185,14 @@ impl WordNgrams {
                 for word in window {
                     hasher.write_str(word);
                 }
+                keys.push(hasher.finish());
+            }
+        }
+        if self.skip_bigrams {
+            for window in words.windows(3) {
+                let mut hasher = StableHasher::new(50);
+                hasher.write_str(window[0]);
+                hasher.write_str(window[2]);
                 keys.push(hasher.finish());
             }
         }
@@ -226,6 +237,8 @@ pub struct CharNgrams {
     pub max_n: usize,
     /// Keys seen in fewer training documents are dropped.
     pub minimum_documents: usize,
+    /// Let n-grams span word boundaries (over the whole normalised message).
+    pub cross_words: bool,
     vocabulary: NgramVocabulary,
 }
 
@@ -237,12 +250,30 @@ impl CharNgrams {
             min_n,
             max_n: max_n.max(min_n),
             minimum_documents: minimum_documents.max(1),
+            cross_words: false,
             vocabulary: NgramVocabulary::default(),
         }
     }
 
     fn keys(&self, text: &PreparedText<'_>, keys: &mut Vec<u64>) {
         let mut characters: Vec<char> = Vec::with_capacity(32);
+        if self.cross_words {
+            characters.push(' ');
+            for token in &text.tokens {
+                characters.extend(token.lower.chars());
+                characters.push(' ');
+            }
+            for n in self.min_n..=self.max_n {
+                for window in characters.windows(n) {
+                    let mut hasher = StableHasher::new(100 + n as u8);
+                    for character in window {
+                        hasher.write_char(*character);
+                    }
+                    keys.push(hasher.finish());
+                }
+            }
+            return;
+        }
         for token in &text.tokens {
             characters.clear();
             characters.push(' ');
@@ -307,6 +338,10 @@ pub struct FeatureSettings {
     pub char_weight: f32,
     /// Minimum document frequency for a key to enter the vocabulary.
     pub minimum_documents: usize,
+    /// Add skip-bigrams to the word block.
+    pub skip_bigrams: bool,
+    /// Character n-grams span word boundaries.
+    pub char_cross_words: bool,
 }
 
 impl Default for FeatureSettings {
@@ -318,6 +353,8 @@ impl Default for FeatureSettings {
             word_weight: 1.0,
             char_weight: 1.0,
             minimum_documents: 1,
+            skip_bigrams: false,
+            char_cross_words: false,
         }
     }
 }
@@ -344,18 +381,21 @@ impl FeaturePipeline {
     pub fn from_settings(settings: &FeatureSettings) -> Self {
         FeaturePipeline::new(vec![
             (
-                Box::new(WordNgrams::new(
-                    settings.word_max_n,
-                    settings.minimum_documents,
-                )),
+                Box::new(WordNgrams {
+                    skip_bigrams: settings.skip_bigrams,
+                    ..WordNgrams::new(settings.word_max_n, settings.minimum_documents)
+                }),
                 settings.word_weight,
             ),
             (
-                Box::new(CharNgrams::new(
-                    settings.char_min_n,
-                    settings.char_max_n,
-                    settings.minimum_documents,
-                )),
+                Box::new(CharNgrams {
+                    cross_words: settings.char_cross_words,
+                    ..CharNgrams::new(
+                        settings.char_min_n,
+                        settings.char_max_n,
+                        settings.minimum_documents,
+                    )
+                }),
                 settings.char_weight,
             ),
         ])
