@@ -151,6 +151,11 @@ pub fn normalize_email(raw: &str) -> Result<String, IdentityError> {
     }
 }
 
+/// Whether `code` is a region the phone-number metadata knows (ISO 3166 alpha-2, upper case).
+pub fn is_known_region(code: &str) -> bool {
+    code.parse::<phonenumber::country::Id>().is_ok()
+}
+
 /// Format a phone number as E.164, reading national numbers in `default_region`.
 pub fn normalize_phone(raw: &str, default_region: &str) -> Result<String, IdentityError> {
     let region = default_region.parse::<phonenumber::country::Id>().ok();

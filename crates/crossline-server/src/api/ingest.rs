@@ -1,0 +1,155 @@
+//! The Segment HTTP tracking API: `/v1/identify|track|page|screen|group|alias|batch`.
+//!
+//! A request is answered `{"success": true}` only after every event of it is durably stored; then
+//! the stored events are published on the bus (`events.<workspace_id>`).
+
+use crate::auth::basic_user;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use chrono::Utc;
+use crossline_core::event::{Endpoint, EventKind, EventValidationError, MAX_REQUEST_BYTES, NormalizeOptions, parse_request, peek_write_key};
+use crossline_core::keys::{KeyKind, hash_key};
+use serde::Serialize;
+use std::io::Read;
+use std::time::Instant;
+use utoipa::ToSchema;
+
+/// The answer to an accepted request.
+#[derive(Serialize, ToSchema)]
+pub struct Success {
+    /// Always true.
+    pub success: bool,
+}
+
+/// Read the body, inflating gzip, within the request size limit.
+async fn read_body(headers: &HeaderMap, body: Body) -> ApiResult<Vec<u8>> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("body: the request is larger than {MAX_REQUEST_BYTES} bytes; send fewer events per batch"),
+        )
+    };
+    let raw = axum::body::to_bytes(body, MAX_REQUEST_BYTES).await.map_err(|_| too_large())?;
+    let encoding = headers.get(header::CONTENT_ENCODING).and_then(|value| value.to_str().ok()).unwrap_or("identity");
+    match encoding.trim().to_ascii_lowercase().as_str() {
+        "gzip" | "x-gzip" => {
+            let mut inflated = Vec::with_capacity(raw.len() * 4);
+            // Reading one byte past the limit tells an oversized body (or a gzip bomb) apart.
+            flate2::read::GzDecoder::new(&raw[..])
+                .take(MAX_REQUEST_BYTES as u64 + 1)
+                .read_to_end(&mut inflated)
+                .map_err(|err| ApiError::bad_request("invalid_encoding", format!("body: Content-Encoding is gzip but the body is not valid gzip ({err})")))?;
+            if inflated.len() > MAX_REQUEST_BYTES {
+                return Err(too_large());
+            }
+            Ok(inflated)
+        }
+        "identity" | "" => Ok(raw.to_vec()),
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_encoding",
+            format!("Content-Encoding \"{other}\" is not supported; send the body plain or gzip-compressed"),
+        )),
+    }
+}
+
+fn validation_error(err: EventValidationError) -> ApiError {
+    let status = if err.is_too_large() { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
+    ApiError::new(status, err.code, err.message)
+}
+
+async fn ingest(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: Body) -> ApiResult<Json<Success>> {
+    let started = Instant::now();
+    let bytes = read_body(&headers, body).await?;
+    let key = basic_user(&headers).filter(|key| !key.is_empty()).or_else(|| peek_write_key(&bytes));
+    let Some(key) = key else {
+        return Err(ApiError::unauthorized(
+            "missing write key: send HTTP Basic auth with the write key as user name and an empty password, or \"writeKey\" in the body",
+        ));
+    };
+    let Some(workspace) = state.store.workspace_by_key(KeyKind::Write, &hash_key(&key)).await? else {
+        return Err(ApiError::unauthorized("the write key is not valid (it may have been rotated); use the workspace's current write_key"));
+    };
+    let options = NormalizeOptions { default_region: &workspace.default_region, received_at: Utc::now() };
+    let request = parse_request(endpoint, &bytes, &options).map_err(|err| {
+        metrics::counter!("crossline_ingest_rejected_total", "code" => err.code).increment(1);
+        validation_error(err)
+    })?;
+    let summaries: Vec<serde_json::Value> = request
+        .events
+        .iter()
+        .map(|event| {
+            serde_json::json!({
+                "message_id": event.message_id, "type": event.kind.as_str(), "event": event.name,
+                "channel": event.channel, "timestamp": event.timestamp,
+            })
+        })
+        .collect();
+    let count = request.events.len();
+    let outcome = state.store.ingest(&workspace.id, request.events).await?;
+
+    let stored: Vec<serde_json::Value> = summaries
+        .into_iter()
+        .zip(&outcome)
+        .filter(|(_, result)| result.stored)
+        .map(|(mut summary, result)| {
+            summary["profile_id"] = serde_json::json!(result.profile_id);
+            if !result.merged.is_empty() {
+                summary["merged_profile_ids"] = serde_json::json!(result.merged);
+            }
+            summary
+        })
+        .collect();
+    let duplicates = count - stored.len();
+    metrics::counter!("crossline_events_ingested_total").increment(stored.len() as u64);
+    metrics::counter!("crossline_events_duplicate_total").increment(duplicates as u64);
+    metrics::histogram!("crossline_ingest_request_seconds").record(started.elapsed().as_secs_f64());
+    if !stored.is_empty() {
+        let payload = serde_json::json!({"workspace_id": workspace.id, "events": stored});
+        // The events are durable already; a bus outage must not fail the request, so it is logged
+        // and counted instead.
+        if let Err(err) = state.bus.publish(&format!("events.{}", workspace.id), None, payload.to_string().into()).await {
+            metrics::counter!("crossline_bus_publish_failed_total").increment(1);
+            tracing::warn!(error = %err, workspace = %workspace.id, "stored events could not be published on the bus");
+        }
+    }
+    Ok(Json(Success { success: true }))
+}
+
+macro_rules! single_endpoint {
+    ($name:ident, $kind:expr, $path:literal, $summary:literal) => {
+        #[doc = $summary]
+        #[utoipa::path(post, path = $path, tag = "tracking", summary = $summary,
+            description = "Segment-spec call. Auth: HTTP Basic with the write key as user name, or `writeKey` in the body. `Content-Encoding: gzip` accepted. Answered only once durable.",
+            request_body(content = serde_json::Value, content_type = "application/json"),
+            responses((status = 200, body = Success), (status = 400, body = crate::error::ErrorBody),
+                      (status = 401, body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody)),
+            security(("write_key" = [])))]
+        pub async fn $name(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Json<Success>> {
+            ingest(state, Endpoint::Single($kind), headers, body).await
+        }
+    };
+}
+
+single_endpoint!(identify, EventKind::Identify, "/v1/identify", "Identify a customer and set traits");
+single_endpoint!(track, EventKind::Track, "/v1/track", "Record an action");
+single_endpoint!(page, EventKind::Page, "/v1/page", "Record a web page view");
+single_endpoint!(screen, EventKind::Screen, "/v1/screen", "Record an app screen view");
+single_endpoint!(group, EventKind::Group, "/v1/group", "Associate a customer with a group");
+single_endpoint!(alias, EventKind::Alias, "/v1/alias", "Merge a previous id into a user id");
+
+/// Send many calls at once.
+#[utoipa::path(post, path = "/v1/batch", tag = "tracking", summary = "Send many calls at once",
+    description = "`{\"batch\": [call, ...], \"sentAt\"?, \"context\"?}`. Validated whole: one bad call rejects the batch and nothing is stored. At most 32 KB per call and 500 KB per request.",
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses((status = 200, body = Success), (status = 400, body = crate::error::ErrorBody),
+              (status = 401, body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody)),
+    security(("write_key" = [])))]
+pub async fn batch(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Json<Success>> {
+    ingest(state, Endpoint::Batch, headers, body).await
+}

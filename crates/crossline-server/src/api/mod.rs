@@ -1,0 +1,5 @@
+//! The REST API (`/api/v1/*`) and the Segment-compatible tracking API (`/v1/*`).
+
+pub mod ingest;
+pub mod profiles;
+pub mod workspaces;

@@ -1,0 +1,330 @@
+//! The profile API: lookup, get, timeline, consent, erase, list and search.
+
+use crate::auth::WorkspaceCaller;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use crossline_core::consent::is_valid_channel_name;
+use crossline_core::{ConsentStatus, Identity, IdentityKind, Profile};
+use crossline_store::{EventQuery, ProfileQuery, StoredEvent};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use utoipa::{IntoParams, ToSchema};
+
+/// Map a JSON body rejection to a clear 400.
+pub fn json_rejection(rejection: JsonRejection) -> ApiError {
+    ApiError::bad_request("invalid_json", format!("body: {}", rejection.body_text()))
+}
+
+/// Map a query-string rejection to a clear 400.
+pub fn query_rejection(rejection: QueryRejection) -> ApiError {
+    ApiError::bad_request("invalid_query", rejection.body_text())
+}
+
+/// An identity in API form.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct IdentityView {
+    /// `user_id`, `anonymous_id`, `email`, `phone`, `device_token`, `alexa_user_id` or `chat_visitor_id`.
+    pub kind: String,
+    /// The normalised value.
+    pub value: String,
+}
+
+/// Consent for one channel with where and when it was given.
+#[derive(Serialize, ToSchema)]
+pub struct ConsentDetail {
+    /// `subscribed` or `unsubscribed`.
+    pub status: String,
+    /// `api`, `traits`, `sms_stop`, ...
+    pub source: String,
+    /// When.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A customer profile.
+#[derive(Serialize, ToSchema)]
+pub struct ProfileView {
+    /// Profile id.
+    pub id: String,
+    /// Every identity of the person.
+    pub identities: Vec<IdentityView>,
+    /// Traits, newest value of each.
+    #[schema(value_type = Object)]
+    pub traits: Map<String, Value>,
+    /// `subscribed`, `unsubscribed` or `unknown` per channel (the standard channels always listed).
+    pub consent: BTreeMap<String, String>,
+    /// Source and time of each known consent statement.
+    pub consent_details: BTreeMap<String, ConsentDetail>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<Profile> for ProfileView {
+    fn from(profile: Profile) -> Self {
+        ProfileView {
+            consent: profile.consent.summary().into_iter().map(|(channel, status)| (channel, status.to_owned())).collect(),
+            consent_details: profile
+                .consent
+                .0
+                .iter()
+                .map(|(channel, entry)| {
+                    (
+                        channel.clone(),
+                        ConsentDetail { status: entry.status.as_str().to_owned(), source: entry.source.clone(), updated_at: entry.updated_at },
+                    )
+                })
+                .collect(),
+            id: profile.id,
+            identities: profile
+                .identities
+                .into_iter()
+                .map(|identity| IdentityView { kind: identity.kind.as_str().to_owned(), value: identity.value })
+                .collect(),
+            traits: profile.traits,
+            created_at: profile.created_at,
+            updated_at: profile.updated_at,
+        }
+    }
+}
+
+/// An event on a timeline.
+#[derive(Serialize, ToSchema)]
+pub struct EventView {
+    /// The event's `messageId`.
+    pub id: String,
+    /// `identify`, `track`, `page`, `screen`, `group`, `alias` or `merge`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Track name, page or screen name, or group id.
+    pub event: Option<String>,
+    /// Properties (traits for identify and group).
+    #[schema(value_type = Object)]
+    pub properties: Map<String, Value>,
+    /// When it happened (clock-skew corrected).
+    pub timestamp: DateTime<Utc>,
+    /// When it was received.
+    pub received_at: DateTime<Utc>,
+    /// `web`, `app`, `email`, `sms`, `server`, `system`, ...
+    pub channel: String,
+    /// The Segment context.
+    #[schema(value_type = Object)]
+    pub context: Map<String, Value>,
+}
+
+impl From<StoredEvent> for EventView {
+    fn from(event: StoredEvent) -> Self {
+        EventView {
+            id: event.id,
+            kind: event.kind,
+            event: event.event,
+            properties: event.properties,
+            timestamp: event.timestamp,
+            received_at: event.received_at,
+            channel: event.channel,
+            context: event.context,
+        }
+    }
+}
+
+/// A timeline.
+#[derive(Serialize, ToSchema)]
+pub struct EventList {
+    /// Events, newest first.
+    pub events: Vec<EventView>,
+}
+
+/// A page of profiles.
+#[derive(Serialize, ToSchema)]
+pub struct ProfileList {
+    /// Profiles in id order.
+    pub profiles: Vec<ProfileView>,
+    /// Pass as `after` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Lookup parameters.
+#[derive(Deserialize, IntoParams)]
+pub struct LookupParams {
+    /// Identity kind, e.g. `email`.
+    pub kind: Option<String>,
+    /// Identity value; normalised as at ingestion (emails lower-cased, phones to E.164).
+    pub value: Option<String>,
+}
+
+/// Timeline parameters.
+#[derive(Deserialize, IntoParams)]
+pub struct EventParams {
+    /// At most this many events (1–1000, default 50).
+    pub limit: Option<usize>,
+    /// Only events of this type.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+}
+
+/// List parameters.
+#[derive(Deserialize, IntoParams)]
+pub struct ListParams {
+    /// Page size (1–1000, default 50).
+    pub limit: Option<usize>,
+    /// The previous page's `next_cursor`.
+    pub after: Option<String>,
+    /// Only profiles whose trait `trait` equals `value`.
+    #[serde(rename = "trait")]
+    pub trait_name: Option<String>,
+    /// The value for `trait`: JSON (`42`, `true`, `"42"`) or, if not JSON, a string.
+    pub value: Option<String>,
+    /// Free text: matches identity values by prefix, trait values anywhere, or the profile id.
+    pub q: Option<String>,
+}
+
+fn check_limit(limit: Option<usize>, default: usize) -> ApiResult<usize> {
+    match limit {
+        None => Ok(default),
+        Some(limit) if (1..=1000).contains(&limit) => Ok(limit),
+        Some(limit) => Err(ApiError::bad_request("invalid_query", format!("limit: {limit} is out of range; use 1 to 1000"))),
+    }
+}
+
+/// Find the profile an identity belongs to.
+#[utoipa::path(get, path = "/api/v1/profiles/lookup", tag = "profiles", params(LookupParams),
+    responses((status = 200, body = ProfileView), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn lookup(
+    State(state): State<AppState>,
+    WorkspaceCaller(workspace): WorkspaceCaller,
+    params: Result<Query<LookupParams>, QueryRejection>,
+) -> ApiResult<Json<ProfileView>> {
+    let Query(params) = params.map_err(query_rejection)?;
+    let kind = params.kind.ok_or_else(|| ApiError::bad_request("missing_field", "kind: is required, e.g. ?kind=email&value=ada@example.com"))?;
+    let kind: IdentityKind = kind.parse().map_err(|err: crossline_core::IdentityError| ApiError::bad_request("invalid_field", format!("kind: {err}")))?;
+    let value = params.value.ok_or_else(|| ApiError::bad_request("missing_field", "value: is required"))?;
+    let identity = Identity::parse(kind, &value, &workspace.default_region)
+        .map_err(|err| ApiError::bad_request("invalid_field", format!("value: {err}")))?;
+    let profile = state.store.lookup(&workspace.id, &identity).await?.ok_or_else(|| ApiError::not_found("a profile with that identity"))?;
+    Ok(Json(profile.into()))
+}
+
+/// A profile by id (an id merged away gives the surviving profile).
+#[utoipa::path(get, path = "/api/v1/profiles/{id}", tag = "profiles", params(("id" = String, Path, description = "Profile id")),
+    responses((status = 200, body = ProfileView), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_profile(
+    State(state): State<AppState>,
+    WorkspaceCaller(workspace): WorkspaceCaller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ProfileView>> {
+    let profile = state.store.profile(&workspace.id, &id).await?.ok_or_else(|| ApiError::not_found("profile"))?;
+    Ok(Json(profile.into()))
+}
+
+/// A profile's events, newest first.
+#[utoipa::path(get, path = "/api/v1/profiles/{id}/events", tag = "profiles",
+    params(("id" = String, Path, description = "Profile id"), EventParams),
+    responses((status = 200, body = EventList), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn profile_events(
+    State(state): State<AppState>,
+    WorkspaceCaller(workspace): WorkspaceCaller,
+    Path(id): Path<String>,
+    params: Result<Query<EventParams>, QueryRejection>,
+) -> ApiResult<Json<EventList>> {
+    let Query(params) = params.map_err(query_rejection)?;
+    let limit = check_limit(params.limit, 50)?;
+    if state.store.profile(&workspace.id, &id).await?.is_none() {
+        return Err(ApiError::not_found("profile"));
+    }
+    let events = state.store.events(&workspace.id, &id, &EventQuery { limit, kind: params.kind }).await?;
+    Ok(Json(EventList { events: events.into_iter().map(EventView::from).collect() }))
+}
+
+/// Set consent per channel.
+#[utoipa::path(put, path = "/api/v1/profiles/{id}/consent", tag = "profiles",
+    description = "Body: `{CHANNEL: \"subscribed\" | \"unsubscribed\"}`, e.g. `{\"sms\": \"unsubscribed\"}`.",
+    params(("id" = String, Path, description = "Profile id")),
+    request_body(content = Object, content_type = "application/json"),
+    responses((status = 200, body = ProfileView), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn set_consent(
+    State(state): State<AppState>,
+    WorkspaceCaller(workspace): WorkspaceCaller,
+    Path(id): Path<String>,
+    body: Result<Json<Map<String, Value>>, JsonRejection>,
+) -> ApiResult<Json<ProfileView>> {
+    let Json(body) = body.map_err(json_rejection)?;
+    if body.is_empty() {
+        return Err(ApiError::bad_request("invalid_field", "body: name at least one channel, e.g. {\"email\": \"subscribed\"}"));
+    }
+    let mut statements = Vec::with_capacity(body.len());
+    for (channel, status) in &body {
+        if !is_valid_channel_name(channel) {
+            return Err(ApiError::bad_request("invalid_field", format!("{channel}: is not a channel name; use lower-case names such as email, sms, push, voice, whatsapp")));
+        }
+        let status = status
+            .as_str()
+            .and_then(ConsentStatus::parse_statement)
+            .ok_or_else(|| ApiError::bad_request("invalid_field", format!("{channel}: must be \"subscribed\" or \"unsubscribed\"")))?;
+        statements.push((channel.clone(), status));
+    }
+    let profile = state.store.set_consent(&workspace.id, &id, &statements, "api").await?.ok_or_else(|| ApiError::not_found("profile"))?;
+    Ok(Json(profile.into()))
+}
+
+/// Erase a person: profile, identities and events.
+#[utoipa::path(delete, path = "/api/v1/profiles/{id}", tag = "profiles",
+    description = "GDPR erasure. Afterwards a lookup by any of the person's identities gives 404.",
+    params(("id" = String, Path, description = "Profile id")),
+    responses((status = 204, description = "Erased"), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete_profile(
+    State(state): State<AppState>,
+    WorkspaceCaller(workspace): WorkspaceCaller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    if state.store.delete_profile(&workspace.id, &id).await? {
+        tracing::info!(workspace = %workspace.id, profile = %id, "profile erased");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("profile"))
+    }
+}
+
+/// List and search profiles.
+#[utoipa::path(get, path = "/api/v1/profiles", tag = "profiles", params(ListParams),
+    responses((status = 200, body = ProfileList), (status = 400, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_profiles(
+    State(state): State<AppState>,
+    WorkspaceCaller(workspace): WorkspaceCaller,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> ApiResult<Json<ProfileList>> {
+    let Query(params) = params.map_err(query_rejection)?;
+    let query = profile_query(params)?;
+    let page = state.store.list_profiles(&workspace.id, &query).await?;
+    Ok(Json(ProfileList { profiles: page.profiles.into_iter().map(ProfileView::from).collect(), next_cursor: page.next_cursor }))
+}
+
+/// Validate list parameters into a store query.
+pub fn profile_query(params: ListParams) -> ApiResult<ProfileQuery> {
+    let limit = check_limit(params.limit, 50)?;
+    let trait_equals = match (params.trait_name, params.value) {
+        (Some(name), Some(raw)) => {
+            if name.is_empty() || name.contains('"') {
+                return Err(ApiError::bad_request("invalid_query", "trait: give a trait name without double quotes"));
+            }
+            let value = serde_json::from_str::<Value>(&raw).unwrap_or(Value::String(raw));
+            Some((name, value))
+        }
+        (Some(_), None) => return Err(ApiError::bad_request("invalid_query", "value: is required with trait, e.g. ?trait=plan&value=pro")),
+        (None, Some(_)) => return Err(ApiError::bad_request("invalid_query", "trait: is required with value, e.g. ?trait=plan&value=pro")),
+        (None, None) => None,
+    };
+    let text = params.q.map(|q| q.trim().to_owned()).filter(|q| !q.is_empty());
+    Ok(ProfileQuery { limit, after: params.after, trait_equals, text })
+}

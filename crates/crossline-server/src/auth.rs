@@ -1,0 +1,96 @@
+//! Who is calling: the operator (admin token), a workspace (API key or write key), or nobody.
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use base64::Engine;
+use crossline_core::keys::{KeyKind, hash_key, secrets_equal};
+use crossline_store::Workspace;
+
+/// The session cookie of the console; it holds the token the person logged in with.
+pub const SESSION_COOKIE: &str = "crossline_session";
+
+/// An authenticated caller of the REST API.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// The operator: may create workspaces and act on any.
+    Admin,
+    /// A workspace's API key: may act on that workspace only.
+    Workspace(Workspace),
+}
+
+/// The bearer token of a request, from `Authorization` or the console's session cookie.
+pub fn request_token(headers: &HeaderMap) -> Option<String> {
+    if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok())
+        && let Some(token) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))
+    {
+        return Some(token.trim().to_owned());
+    }
+    session_cookie(headers)
+}
+
+/// The console session cookie's token.
+pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.to_owned())
+}
+
+/// Resolve a token to a caller.
+pub async fn caller_for_token(state: &AppState, token: &str) -> Result<Option<Caller>, ApiError> {
+    if secrets_equal(token, &state.admin_token) {
+        return Ok(Some(Caller::Admin));
+    }
+    if !token.starts_with("sk_") {
+        return Ok(None);
+    }
+    Ok(state.store.workspace_by_key(KeyKind::Api, &hash_key(token)).await?.map(Caller::Workspace))
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Some(token) = request_token(&parts.headers) else {
+            return Err(ApiError::unauthorized(
+                "missing credentials: send Authorization: Bearer <api_key> (or the operator token)",
+            ));
+        };
+        caller_for_token(state, &token)
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("the bearer token is not a valid API key or operator token"))
+    }
+}
+
+/// A caller that must be a workspace (the profile API acts on one workspace).
+pub struct WorkspaceCaller(pub Workspace);
+
+impl FromRequestParts<AppState> for WorkspaceCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::Workspace(workspace) => Ok(WorkspaceCaller(workspace)),
+            Caller::Admin => Err(ApiError::forbidden(
+                "this endpoint acts on one workspace: use that workspace's api_key, not the operator token",
+            )),
+        }
+    }
+}
+
+/// The write key of an ingestion request: HTTP Basic user name, else `writeKey` in the body.
+pub fn basic_user(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let user = text.split_once(':').map_or(text.as_str(), |(user, _)| user);
+    Some(user.to_owned())
+}

@@ -1,0 +1,87 @@
+//! The Crossline HTTP server.
+//!
+//! [`run`] serves the product on a listener until a shutdown future resolves, so tests start it
+//! in-process on port 0 and the binary starts it on the configured address.
+//!
+//! **Invariant:** this crate knows no SQL; it speaks to storage only through
+//! [`crossline_store::Store`].
+
+pub mod api;
+pub mod auth;
+pub mod console;
+pub mod error;
+pub mod openapi;
+pub mod state;
+
+pub use state::{AppState, Settings};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::future::Future;
+use std::sync::OnceLock;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// The process-wide Prometheus recorder (a recorder can be installed once per process).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
+                .expect("static buckets are valid")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (tests embedding several servers).
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// The whole application: API, ingestion, console, docs, health and metrics.
+pub fn app(state: AppState) -> Router {
+    let (api_router, openapi) = openapi::router().split_for_parts();
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(prometheus))
+        .merge(api_router)
+        .merge(openapi::docs(openapi))
+        .merge(console::router())
+        .fallback(not_found)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serve until `shutdown` resolves, then stop accepting, finish in-flight requests and return.
+pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    let address = listener.local_addr()?;
+    tracing::info!(%address, store = state.store.backend(), bus = state.bus.backend(), "serving");
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await?;
+    tracing::info!("stopped accepting; in-flight requests finished");
+    Ok(())
+}
+
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))),
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "health check: storage failed");
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "unavailable", "reason": "storage"})))
+        }
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "unavailable", "reason": "storage timeout"}))),
+    }
+}
+
+async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
+    state.metrics.run_upkeep();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+}
+
+async fn not_found() -> error::ApiError {
+    error::ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see /api/docs for the API")
+}

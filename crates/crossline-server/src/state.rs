@@ -1,0 +1,38 @@
+//! Shared state of a running server.
+
+use crossline_bus::DynBus;
+use crossline_store::DynStore;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::Arc;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// Storage.
+    pub store: DynStore,
+    /// Event bus.
+    pub bus: DynBus,
+    /// The operator token.
+    pub admin_token: Arc<str>,
+    /// The settings.
+    pub settings: Arc<Settings>,
+    /// Prometheus renderer.
+    pub metrics: PrometheusHandle,
+}
+
+/// Server settings that handlers read.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Region for phone numbers of new workspaces (ISO 3166 alpha-2).
+    pub default_region: String,
+    /// Time zone of new workspaces (IANA).
+    pub default_time_zone: String,
+    /// The URL the server is reached at from outside, for links and webhook signatures.
+    pub public_url: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { default_region: "US".into(), default_time_zone: "UTC".into(), public_url: None }
+    }
+}
