@@ -10,9 +10,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use crossline_nlu::intent::{IntentClassifier, IntentSettings, OUT_OF_SCOPE_LABEL};
+use std::collections::BTreeMap;
 
-use crate::metrics::{IntentMetrics, intent_metrics, percentile};
+use crossline_nlu::intent::{IntentSettings, OUT_OF_SCOPE_LABEL};
+use crossline_nlu::tagger::AnnotatedText;
+use crossline_nlu::{RecognizeContext, Recognizer};
+
+use crate::metrics::{IntentMetrics, SlotCounts, intent_metrics, percentile};
 use crate::readers::{Example, read_examples};
 
 /// Arguments of `crossline nlu eval`.
@@ -132,22 +136,40 @@ fn settings_from(args: &EvalArgs) -> IntentSettings {
     settings
 }
 
-fn train(examples: &[Example], settings: &IntentSettings) -> IntentClassifier {
-    IntentClassifier::train(
-        examples
-            .iter()
-            .map(|example| (example.text.as_str(), example.intent.as_str())),
-        settings,
-    )
+fn train(examples: &[Example], settings: &IntentSettings) -> Recognizer {
+    let annotated: Vec<(AnnotatedText, String)> = examples
+        .iter()
+        .map(|example| {
+            (
+                AnnotatedText {
+                    text: example.text.clone(),
+                    slots: example
+                        .entities
+                        .iter()
+                        .map(|entity| (entity.start..entity.end, entity.entity.clone()))
+                        .collect(),
+                },
+                example.intent.clone(),
+            )
+        })
+        .collect();
+    Recognizer::train_annotated(&annotated, settings, 0.0)
+}
+
+fn fit_temperature(recognizer: &mut Recognizer, rows: &[Example]) {
+    recognizer.classifier_mut().fit_temperature(
+        rows.iter()
+            .map(|row| (row.text.as_str(), row.intent.as_str())),
+    );
 }
 
 /// Best in-scope intent and its probability, plus the explicit out-of-scope probability, per row.
 type Scored = Vec<(Option<String>, f32, f32)>;
 
-fn score_rows(classifier: &IntentClassifier, rows: &[Example]) -> Scored {
+fn score_rows(recognizer: &Recognizer, rows: &[Example]) -> Scored {
     rows.iter()
         .map(|row| {
-            let scores = classifier.score(&row.text);
+            let scores = recognizer.classifier().score(&row.text);
             let best = scores.ranked.first();
             (
                 best.map(|intent| intent.name.clone()),
@@ -232,7 +254,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let mut report = String::new();
 
     // Tuning: on the validation files, or on a held-out slice of the training rows.
-    let (threshold, validation_metrics, tuning_source) = if validation_rows.is_empty() {
+    let (threshold, temperatures, validation_metrics, tuning_source) = if validation_rows.is_empty() {
         let (tuning_train, held_out): (Vec<_>, Vec<_>) = train_rows
             .iter()
             .cloned()
@@ -240,11 +262,13 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             .partition(|(index, _)| index % 10 != 9);
         let tuning_train: Vec<Example> = tuning_train.into_iter().map(|(_, row)| row).collect();
         let held_out: Vec<Example> = held_out.into_iter().map(|(_, row)| row).collect();
-        let classifier = train(&tuning_train, &settings);
-        let scored = score_rows(&classifier, &held_out);
+        let mut recognizer = train(&tuning_train, &settings);
+        fit_temperature(&mut recognizer, &held_out);
+        let scored = score_rows(&recognizer, &held_out);
         let (threshold, metrics) = choose_threshold(&scored, &held_out, &args.criterion);
         (
             threshold,
+            recognizer.classifier().temperatures(),
             metrics,
             format!(
                 "every 10th training row held out ({} rows), model retrained on all rows",
@@ -252,24 +276,22 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             ),
         )
     } else {
-        (0.0, None, String::new())
+        (0.0, Vec::new(), None, String::new())
     };
 
     let started = Instant::now();
-    let mut classifier = train(&train_rows, &settings);
+    let mut recognizer = train(&train_rows, &settings);
     let training_seconds = started.elapsed().as_secs_f64();
 
-    if !validation_rows.is_empty() {
-        classifier.fit_temperature(
-            validation_rows
-                .iter()
-                .map(|row| (row.text.as_str(), row.intent.as_str())),
-        );
+    if validation_rows.is_empty() {
+        recognizer.classifier_mut().set_temperatures(&temperatures);
+    } else {
+        fit_temperature(&mut recognizer, &validation_rows);
     }
     let (threshold, validation_metrics, tuning_source) = if validation_rows.is_empty() {
         (threshold, validation_metrics, tuning_source)
     } else {
-        let scored = score_rows(&classifier, &validation_rows);
+        let scored = score_rows(&recognizer, &validation_rows);
         let (threshold, metrics) = choose_threshold(&scored, &validation_rows, &args.criterion);
         (
             threshold,
@@ -279,25 +301,63 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     };
 
     let threshold = args.threshold.unwrap_or(threshold);
-    // Test: timed per utterance.
+    recognizer.set_threshold(threshold);
+    // Test: every row through the full recognition path (features, classifier, slot tagging and typing,
+    // sentiment, language), timed per utterance. A fixed "now" keeps relative dates reproducible.
+    let context = RecognizeContext {
+        now: chrono::DateTime::parse_from_rfc3339("2026-01-05T12:00:00Z")
+            .map(|now| now.with_timezone(&chrono::Utc))
+            .unwrap_or_default(),
+        time_zone: chrono_tz::UTC,
+        default_region: "US".into(),
+    };
+    let has_slots = train_rows.iter().any(|row| !row.entities.is_empty());
     let mut latencies = Vec::with_capacity(test_rows.len());
-    let mut scored: Scored = Vec::with_capacity(test_rows.len());
+    let mut recognitions = Vec::with_capacity(test_rows.len());
     for row in &test_rows {
         let started = Instant::now();
-        let scores = classifier.score(&row.text);
+        let recognition = recognizer.recognize(&row.text, &context);
         latencies.push(started.elapsed().as_secs_f64() * 1e3);
-        let best = scores.ranked.first();
-        scored.push((
-            best.map(|intent| intent.name.clone()),
-            best.map_or(0.0, |intent| intent.confidence),
-            scores.out_of_scope,
-        ));
+        recognitions.push(recognition);
     }
     latencies.sort_by(f64::total_cmp);
-    let predicted = decide(&scored, threshold);
+    let predicted: Vec<Option<&str>> = recognitions
+        .iter()
+        .map(|recognition| recognition.intent.as_ref().map(|intent| intent.name.as_str()))
+        .collect();
+    let confidences: Vec<f32> = recognitions
+        .iter()
+        .map(|recognition| {
+            recognition
+                .intent
+                .as_ref()
+                .or(recognition.alternatives.first())
+                .map_or(0.0, |intent| intent.confidence)
+        })
+        .collect();
     let gold: Vec<&str> = test_rows.iter().map(|row| row.intent.as_str()).collect();
     let metrics = intent_metrics(&gold, &predicted);
+    let mut slot_counts: BTreeMap<&str, SlotCounts> = BTreeMap::new();
+    if has_slots {
+        for (row, recognition) in test_rows.iter().zip(&recognitions) {
+            let gold_slots: Vec<(String, usize, usize)> = row
+                .entities
+                .iter()
+                .map(|entity| (entity.entity.clone(), entity.start, entity.end))
+                .collect();
+            let predicted_slots: Vec<(String, usize, usize)> = recognition
+                .slots
+                .iter()
+                .map(|(name, value)| (name.clone(), value.span.start, value.span.end))
+                .collect();
+            slot_counts
+                .entry(row.intent.as_str())
+                .or_default()
+                .add(&gold_slots, &predicted_slots);
+        }
+    }
 
+    let classifier = recognizer.classifier();
     let intents = classifier.intents().count();
     writeln!(
         report,
@@ -359,6 +419,30 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         )?,
         None => writeln!(report, "  out-of-scope recall   n/a (no oos rows)")?,
     }
+    if has_slots {
+        let mut total = SlotCounts::default();
+        let mut per_intent_sum = 0.0;
+        for counts in slot_counts.values() {
+            total.true_positives += counts.true_positives;
+            total.predicted += counts.predicted;
+            total.gold += counts.gold;
+            per_intent_sum += counts.f1();
+        }
+        writeln!(
+            report,
+            "  slot F1 (exact span)  {} micro, {} mean over intents",
+            percent(total.f1()),
+            percent(per_intent_sum / slot_counts.len().max(1) as f64)
+        )?;
+        for (intent, counts) in &slot_counts {
+            writeln!(
+                report,
+                "    {intent:<24} {} ({} gold slots)",
+                percent(counts.f1()),
+                counts.gold
+            )?;
+        }
+    }
     writeln!(report, "  training time         {training_seconds:.2} s")?;
     writeln!(
         report,
@@ -372,8 +456,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
 
     if let Some(path) = &args.predictions {
         let mut output = String::new();
-        for ((row, prediction), (_, confidence, _)) in test_rows.iter().zip(&predicted).zip(&scored)
-        {
+        for ((row, prediction), confidence) in test_rows.iter().zip(&predicted).zip(&confidences) {
             writeln!(
                 output,
                 "{}\t{}\t{}\t{:.6}",

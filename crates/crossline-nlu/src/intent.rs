@@ -125,14 +125,41 @@ impl IntentClassifier {
             objective: 0.0,
             converged: true,
         };
-        for member in &settings.members {
-            let (classifier, member_report) = SoftmaxClassifier::train(
-                &vectors,
-                &targets,
-                labels.len(),
-                pipeline.dimension(),
-                member,
-            );
+        // Members train concurrently (each is deterministic on its own, so the result does not depend on
+        // scheduling): on two cores the ensemble costs little more than its slowest member.
+        let dimension = pipeline.dimension();
+        let trained: Vec<(SoftmaxClassifier, TrainingReport)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = settings
+                .members
+                .iter()
+                .skip(1)
+                .map(|member| {
+                    let (vectors, targets) = (&vectors, &targets);
+                    let classes = labels.len();
+                    scope.spawn(move || {
+                        SoftmaxClassifier::train(vectors, targets, classes, dimension, member)
+                    })
+                })
+                .collect();
+            let mut trained = Vec::new();
+            if let Some(first) = settings.members.first() {
+                trained.push(SoftmaxClassifier::train(
+                    &vectors,
+                    &targets,
+                    labels.len(),
+                    dimension,
+                    first,
+                ));
+            }
+            for (handle, member) in handles.into_iter().zip(settings.members.iter().skip(1)) {
+                // A member thread can only fail by panicking; retrain inline rather than propagate.
+                trained.push(handle.join().unwrap_or_else(|_| {
+                    SoftmaxClassifier::train(&vectors, &targets, labels.len(), dimension, member)
+                }));
+            }
+            trained
+        });
+        for ((classifier, member_report), member) in trained.into_iter().zip(&settings.members) {
             report.epochs = report.epochs.max(member_report.epochs);
             report.converged &= member_report.converged;
             report.objective = member_report.objective;
@@ -163,6 +190,16 @@ impl IntentClassifier {
             .iter()
             .map(|(_, temperature)| *temperature)
             .collect()
+    }
+
+    /// Sets the members' temperatures (as returned by [`IntentClassifier::temperatures`] of a model fitted
+    /// on the same data); extra or invalid values are ignored.
+    pub fn set_temperatures(&mut self, temperatures: &[f32]) {
+        for ((_, temperature), value) in self.members.iter_mut().zip(temperatures) {
+            if value.is_finite() && *value > 0.0 {
+                *temperature = *value;
+            }
+        }
     }
 
     /// Fits each member's temperature to minimise the negative log-likelihood of held-out
