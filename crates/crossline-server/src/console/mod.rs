@@ -1,8 +1,45 @@
-//! The web console (placeholder replaced below).
+//! The web console: server-rendered HTML (maud), a little hand-written CSS and JavaScript embedded
+//! in the binary, charts drawn on the server as SVG.
+//!
+//! Routes:
+//! - `GET /login`, `POST /login`, `POST /logout`: sign in with the operator token or a workspace
+//!   API key; the token rides in the `crossline_session` cookie.
+//! - `GET /`: the workspace overview (or, for an operator who has not chosen, the workspace list).
+//! - `GET /workspaces`: the operator's workspace list; `?workspace=ID` on any page chooses one.
+//! - `GET /profiles?q=&after=`: profile search and paged list.
+//! - `GET /profiles/{id}`: the customer 360 page.
+//! - `GET /assets/{name}`: embedded CSS, JavaScript and icon, cacheable for a year.
+//!
+//! Every page but `/login` and the assets redirects a visitor without a valid session to `/login`.
+//!
+//! **Invariant:** handlers only read through [`crossline_store::Store`]; the console changes
+//! nothing but its own cookies.
+
+pub mod assets;
+pub mod chart;
+pub mod error;
+pub mod layout;
+pub mod login;
+pub mod overview;
+pub mod profiles;
+pub mod session;
+pub mod url;
+
+#[cfg(test)]
+mod tests;
+
 use crate::state::AppState;
 use axum::Router;
+use axum::routing::{get, post};
 
-/// Console routes.
+/// The console's routes.
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/", get(overview::overview))
+        .route("/workspaces", get(overview::workspaces))
+        .route("/profiles", get(profiles::list))
+        .route("/profiles/{id}", get(profiles::show))
+        .route("/login", get(login::form).post(login::submit))
+        .route("/logout", post(login::logout))
+        .route("/assets/{name}", get(assets::serve))
 }

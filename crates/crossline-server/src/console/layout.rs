@@ -1,0 +1,213 @@
+//! The page shell (head, sidebar, main column) and the small pieces every page uses.
+
+use super::assets;
+use super::session::Session;
+use crate::auth::Caller;
+use crate::state::AppState;
+use axum::http::{HeaderMap, header};
+use chrono::{DateTime, Utc};
+use maud::{DOCTYPE, Markup, html};
+use serde_json::Value;
+
+/// The section of the console a page belongs to, for the sidebar's highlight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    /// The workspace overview.
+    Overview,
+    /// Profile search and the customer 360 page.
+    Profiles,
+    /// The operator's workspace list.
+    Workspaces,
+}
+
+/// A whole HTML document around `body`.
+pub fn document(title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta name="color-scheme" content="light";
+                title { (title) " · Crossline" }
+                link rel="icon" type="image/svg+xml" href=(assets::url("favicon.svg"));
+                link rel="stylesheet" href=(assets::url("console.css"));
+                script type="module" src=(assets::url("console.js")) {}
+            }
+            body { (body) }
+        }
+    }
+}
+
+/// The logo and name.
+pub fn brand() -> Markup {
+    html! {
+        a.brand href="/" {
+            img.brand-mark src=(assets::url("favicon.svg")) alt="";
+            "Crossline"
+        }
+    }
+}
+
+/// A console page: sidebar with navigation, workspace and sign-out, and the page's content.
+pub fn shell(session: &Session, section: Section, title: &str, content: Markup) -> Markup {
+    let current = |candidate: Section| (candidate == section).then_some("page");
+    let body = html! {
+        div.shell {
+            aside.sidebar {
+                (brand())
+                @if let Some(workspace) = &session.workspace {
+                    div.workspace-switch {
+                        div.label { "Workspace" }
+                        div.name title=(workspace.id) { (workspace.name) }
+                        @if session.is_admin() { a href="/workspaces" { "Switch workspace" } }
+                    }
+                    nav.nav aria-label="Main" {
+                        a href="/" aria-current=[current(Section::Overview)] { (icon(OVERVIEW_ICON)) "Overview" }
+                        a href="/profiles" aria-current=[current(Section::Profiles)] { (icon(PROFILES_ICON)) "Profiles" }
+                        @if session.is_admin() {
+                            a href="/workspaces" aria-current=[current(Section::Workspaces)] { (icon(WORKSPACES_ICON)) "Workspaces" }
+                        }
+                    }
+                } @else {
+                    nav.nav aria-label="Main" {
+                        a href="/workspaces" aria-current=[current(Section::Workspaces)] { (icon(WORKSPACES_ICON)) "Workspaces" }
+                    }
+                }
+                div.sidebar-foot {
+                    a href="/api/docs" { "API reference" }
+                    span.who {
+                        @match &session.caller {
+                            Caller::Admin => "Signed in as operator",
+                            Caller::Workspace(_) => "Signed in with an API key",
+                        }
+                    }
+                    form method="post" action="/logout" { button type="submit" { "Sign out" } }
+                }
+            }
+            main.main { (content) }
+        }
+    };
+    document(title, body)
+}
+
+const OVERVIEW_ICON: &str = "M3 13h4v8H3zM10 3h4v18h-4zM17 8h4v13h-4z";
+const PROFILES_ICON: &str = "M12 12a4 4 0 1 0 0-8 4 4 0 0 0 0 8zm-8 9a8 8 0 0 1 16 0";
+const WORKSPACES_ICON: &str = "M3 4h18v6H3zM3 14h18v6H3z";
+
+fn icon(path: &str) -> Markup {
+    html! {
+        svg viewBox="0 0 24 24" fill="none" stroke="currentColor" stroke-width="2" stroke-linejoin="round" aria-hidden="true" {
+            path d=(path) {}
+        }
+    }
+}
+
+/// A page heading with an optional line under it.
+pub fn page_head(title: &str, sub: Option<Markup>) -> Markup {
+    html! {
+        div.page-head {
+            div {
+                h1 { (title) }
+                @if let Some(sub) = sub { div.sub { (sub) } }
+            }
+        }
+    }
+}
+
+/// An empty state: what is missing and what to do about it, optionally with a command to copy.
+pub fn empty_state(title: &str, advice: Markup, command: Option<&str>) -> Markup {
+    html! {
+        div.empty {
+            h3 { (title) }
+            p { (advice) }
+            @if let Some(command) = command { pre { code { (command) } } }
+        }
+    }
+}
+
+/// A channel's name as a coloured badge.
+pub fn channel_badge(channel: &str) -> Markup {
+    html! { span.badge.channel data-channel=(channel) { (channel) } }
+}
+
+/// A count with thousands separators: `12,345`.
+pub fn count(value: u64) -> String {
+    let digits = value.to_string();
+    let mut grouped = String::with_capacity(digits.len() + digits.len() / 3);
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    grouped
+}
+
+/// A time as `<time>`, shown in UTC to the second.
+pub fn time(at: DateTime<Utc>) -> Markup {
+    html! {
+        time datetime=(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)) title=(at.format("%A, %B %-d, %Y %H:%M:%S UTC").to_string()) {
+            (at.format("%b %-d, %Y %H:%M").to_string())
+        }
+    }
+}
+
+/// A JSON value as short text: strings bare, everything else as JSON, cut at `limit` characters.
+pub fn value_text(value: &Value, limit: usize) -> String {
+    let text = match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    if text.chars().count() > limit {
+        let mut cut: String = text.chars().take(limit.saturating_sub(1)).collect();
+        cut.push('…');
+        cut
+    } else {
+        text
+    }
+}
+
+/// The URL people reach this server at, for commands shown in empty states.
+pub fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+    if let Some(url) = &state.settings.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .unwrap_or("localhost:8080");
+    format!("http://{host}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_grouped_by_thousands() {
+        assert_eq!(count(0), "0");
+        assert_eq!(count(999), "999");
+        assert_eq!(count(1000), "1,000");
+        assert_eq!(count(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn long_values_are_cut() {
+        assert_eq!(value_text(&Value::String("abcdef".into()), 4), "abc…");
+        assert_eq!(value_text(&serde_json::json!(12), 4), "12");
+        assert_eq!(value_text(&serde_json::json!({"a": 1}), 40), "{\"a\":1}");
+    }
+
+    #[test]
+    fn markup_is_escaped() {
+        let rendered =
+            empty_state("<b>", html! { "<script>alert(1)</script>" }, Some("a && b")).into_string();
+        assert!(rendered.contains("&lt;b&gt;"));
+        assert!(rendered.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(rendered.contains("a &amp;&amp; b"));
+        assert!(!rendered.contains("<script>"));
+        let badge = channel_badge("\"><img src=x>").into_string();
+        assert!(!badge.contains("<img"), "{badge}");
+    }
+}
