@@ -254,7 +254,8 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let mut report = String::new();
 
     // Tuning: on the validation files, or on a held-out slice of the training rows.
-    let (threshold, temperatures, validation_metrics, tuning_source) = if validation_rows.is_empty() {
+    let (threshold, temperatures, validation_metrics, tuning_source) = if validation_rows.is_empty()
+    {
         let (tuning_train, held_out): (Vec<_>, Vec<_>) = train_rows
             .iter()
             .cloned()
@@ -323,7 +324,12 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     latencies.sort_by(f64::total_cmp);
     let predicted: Vec<Option<&str>> = recognitions
         .iter()
-        .map(|recognition| recognition.intent.as_ref().map(|intent| intent.name.as_str()))
+        .map(|recognition| {
+            recognition
+                .intent
+                .as_ref()
+                .map(|intent| intent.name.as_str())
+        })
         .collect();
     let confidences: Vec<f32> = recognitions
         .iter()
@@ -364,7 +370,10 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         "train rows {} ({} intents{}), validation rows {}, test rows {}",
         train_rows.len(),
         intents,
-        if train_rows.iter().any(|row| row.intent == OUT_OF_SCOPE_LABEL) {
+        if train_rows
+            .iter()
+            .any(|row| row.intent == OUT_OF_SCOPE_LABEL)
+        {
             " + out-of-scope class"
         } else {
             ""
@@ -402,8 +411,16 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         )?;
     }
     writeln!(report, "test results")?;
-    writeln!(report, "  accuracy              {}", percent(metrics.accuracy))?;
-    writeln!(report, "  macro F1              {}", percent(metrics.macro_f1))?;
+    writeln!(
+        report,
+        "  accuracy              {}",
+        percent(metrics.accuracy)
+    )?;
+    writeln!(
+        report,
+        "  macro F1              {}",
+        percent(metrics.macro_f1)
+    )?;
     writeln!(
         report,
         "  in-scope accuracy     {} ({} rows)",

@@ -232,7 +232,8 @@ mod tests {
 
     #[test]
     fn jsonl_rejects_bad_offsets() {
-        let line = r#"{"text": "hi", "intent": "A", "entities": [{"start": 1, "end": 9, "entity": "x"}]}"#;
+        let line =
+            r#"{"text": "hi", "intent": "A", "entities": [{"start": 1, "end": 9, "entity": "x"}]}"#;
         assert!(parse_jsonl(line).is_err());
     }
 }

@@ -102,8 +102,8 @@ impl OrderGenerator {
     }
 }
 
-/// Softmax in place; returns the log of the normaliser for loss computation.
-fn softmax_in_place(scores: &mut [f32]) -> f32 {
+/// Softmax in place.
+fn softmax_in_place(scores: &mut [f32]) {
     let maximum = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for score in scores.iter_mut() {
@@ -113,7 +113,6 @@ fn softmax_in_place(scores: &mut [f32]) -> f32 {
     for score in scores.iter_mut() {
         *score /= sum;
     }
-    maximum + sum.ln()
 }
 
 /// Trains one squared-hinge SVM per class by dual coordinate descent with shrinking (Hsieh et al., 2008),
@@ -127,7 +126,14 @@ fn train_one_vs_rest(
 ) -> (SoftmaxClassifier, TrainingReport) {
     let squared_norms: Vec<f32> = examples
         .iter()
-        .map(|example| example.values.iter().map(|value| value * value).sum::<f32>() + 1.0)
+        .map(|example| {
+            example
+                .values
+                .iter()
+                .map(|value| value * value)
+                .sum::<f32>()
+                + 1.0
+        })
         .collect();
     let train_class = |class: usize| -> (Vec<f32>, usize) {
         let mut weights = vec![0.0f32; dimension + 1];
@@ -135,7 +141,7 @@ fn train_one_vs_rest(
         let mut alpha = vec![0.0f32; count];
         let diagonal = 0.5 / settings.svm_cost.max(1e-6);
         let mut active: Vec<usize> = (0..count).collect();
-        let mut generator = OrderGenerator((settings.seed ^ (class as u64 + 1) * 0x9e37_79b9) | 1);
+        let mut generator = OrderGenerator((settings.seed ^ ((class as u64 + 1) * 0x9e37_79b9)) | 1);
         let mut previous_max = f32::INFINITY;
         let mut iterations = 0;
         while iterations < settings.max_epochs.max(1) * 25 {
@@ -205,8 +211,8 @@ fn train_one_vs_rest(
     let mut most_iterations = 0;
     for (class, (weights, iterations)) in first.into_iter().chain(second).enumerate() {
         most_iterations = most_iterations.max(iterations);
-        for feature in 0..dimension {
-            model.weights[feature * classes + class] = weights[feature];
+        for (feature, weight) in weights.iter().take(dimension).enumerate() {
+            model.weights[feature * classes + class] = *weight;
         }
         model.bias[class] = weights[dimension];
     }
@@ -287,15 +293,14 @@ impl SoftmaxClassifier {
             for &example_index in &order {
                 let example = &examples[example_index];
                 let label = labels[example_index];
-                let rate = settings.learning_rate
-                    / (1.0 + settings.learning_rate * lambda * step as f32);
+                let rate =
+                    settings.learning_rate / (1.0 + settings.learning_rate * lambda * step as f32);
                 step += 1;
                 model.raw_scores(example, scale, &mut scores);
-                let log_normaliser = softmax_in_place(&mut scores);
-                // scores now hold probabilities; loss = log Z - score of the label.
+                softmax_in_place(&mut scores);
+                // scores now hold probabilities; the gradient of the loss is p - onehot(label).
                 let label_probability = scores[label].max(1e-30);
                 loss_sum += f64::from(-label_probability.ln());
-                let _ = log_normaliser;
                 scores[label] -= 1.0;
                 scale *= 1.0 - rate * lambda;
                 let step_size = rate / scale;

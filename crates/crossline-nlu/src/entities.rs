@@ -127,7 +127,7 @@ impl ListType {
             }
         }
         // Longer phrases first, so "new york city" beats "new york".
-        phrases.sort_by(|left, right| right.0.len().cmp(&left.0.len()));
+        phrases.sort_by_key(|phrase| std::cmp::Reverse(phrase.0.len()));
         ListType {
             name: name.into(),
             values,
@@ -174,7 +174,10 @@ impl ListType {
                             window.iter().map(|token| token.lower.as_str()).collect();
                         bounded_edit_distance(&candidate.join(" "), &phrase, limit) <= limit
                     } else {
-                        window.iter().zip(words).all(|(token, word)| token.lower == *word)
+                        window
+                            .iter()
+                            .zip(words)
+                            .all(|(token, word)| token.lower == *word)
                     };
                     if matched {
                         taken[start..start + length].fill(true);
@@ -244,7 +247,12 @@ pub fn extract_all(slot_type: &SlotType, text: &str, context: &RecognizeContext)
         SlotType::Builtin(builtin) => match builtin {
             BuiltinType::Number => find_numbers(&tokens)
                 .into_iter()
-                .map(|found| make(span_of(&tokens, found.start, found.end), number_value(found.value)))
+                .map(|found| {
+                    make(
+                        span_of(&tokens, found.start, found.end),
+                        number_value(found.value),
+                    )
+                })
                 .collect(),
             BuiltinType::Money => find_money(&tokens)
                 .into_iter()
@@ -309,7 +317,10 @@ pub fn extract_all(slot_type: &SlotType, text: &str, context: &RecognizeContext)
                     Vec::new()
                 } else {
                     let start = text.len() - text.trim_start().len();
-                    vec![make(start..start + trimmed.len(), Value::String(trimmed.to_string()))]
+                    vec![make(
+                        start..start + trimmed.len(),
+                        Value::String(trimmed.to_string()),
+                    )]
                 }
             }
         },
@@ -318,7 +329,11 @@ pub fn extract_all(slot_type: &SlotType, text: &str, context: &RecognizeContext)
 
 /// The value of `slot_type` in a free answer to a slot prompt ("What day suits you?" → "next tuesday"):
 /// the first match, or `None` when the answer holds no such value.
-pub fn extract_slot(slot_type: &SlotType, text: &str, context: &RecognizeContext) -> Option<SlotValue> {
+pub fn extract_slot(
+    slot_type: &SlotType,
+    text: &str,
+    context: &RecognizeContext,
+) -> Option<SlotValue> {
     extract_all(slot_type, text, context).into_iter().next()
 }
 
@@ -455,13 +470,19 @@ mod tests {
             value(BuiltinType::Money, "$20"),
             Some(json!({"amount": 20.0, "currency": "USD"}))
         );
-        assert_eq!(value(BuiltinType::Date, "tomorrow"), Some(json!("2026-11-24")));
+        assert_eq!(
+            value(BuiltinType::Date, "tomorrow"),
+            Some(json!("2026-11-24"))
+        );
         assert_eq!(value(BuiltinType::Time, "noon"), Some(json!("12:00")));
         assert_eq!(
             value(BuiltinType::Datetime, "next tuesday at 3pm"),
             Some(json!("2026-11-24T15:00:00+01:00"))
         );
-        assert_eq!(value(BuiltinType::Duration, "in 2 days"), Some(json!(172_800)));
+        assert_eq!(
+            value(BuiltinType::Duration, "in 2 days"),
+            Some(json!(172_800))
+        );
         assert_eq!(value(BuiltinType::Text, "  hello  "), Some(json!("hello")));
         assert_eq!(value(BuiltinType::Text, "   "), None);
     }
@@ -482,7 +503,10 @@ mod tests {
             ],
         ));
         let get = |text: &str| extract_slot(&list, text, &context()).map(|slot| slot.value);
-        assert_eq!(get("move it to my CURRENT account"), Some(json!("checking")));
+        assert_eq!(
+            get("move it to my CURRENT account"),
+            Some(json!("checking"))
+        );
         assert_eq!(get("from savngs please"), Some(json!("savings")));
         assert_eq!(get("the rainy day fund"), Some(json!("savings")));
         assert_eq!(get("my everyday acount"), Some(json!("checking")));

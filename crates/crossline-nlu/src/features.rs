@@ -468,7 +468,17 @@ mod tests {
         let prepared = vec![PreparedText::new("hello")];
         let mut pipeline = FeaturePipeline::from_settings(&FeatureSettings::default());
         pipeline.fit(&prepared);
-        assert!(pipeline.transform(&PreparedText::new("")).indices.is_empty());
-        assert!(pipeline.transform(&PreparedText::new("🙂🙂")).indices.is_empty());
+        assert!(
+            pipeline
+                .transform(&PreparedText::new(""))
+                .indices
+                .is_empty()
+        );
+        assert!(
+            pipeline
+                .transform(&PreparedText::new("🙂🙂"))
+                .indices
+                .is_empty()
+        );
     }
 }

@@ -36,7 +36,8 @@ pub mod temporal;
 pub mod text;
 
 pub use entities::{
-    BuiltinType, ListType, ListValue, RecognizeContext, SlotType, SlotValue, extract_all, extract_slot,
+    BuiltinType, ListType, ListValue, RecognizeContext, SlotType, SlotValue, extract_all,
+    extract_slot,
 };
 pub use intent::{DEFAULT_OUT_OF_SCOPE_THRESHOLD, OUT_OF_SCOPE_LABEL, ScoredIntent};
 pub use model::{

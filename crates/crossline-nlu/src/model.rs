@@ -3,9 +3,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
-use crate::entities::{BuiltinType, ListType, ListValue, RecognizeContext, SlotType, SlotValue, extract_all};
+use crate::entities::{
+    BuiltinType, ListType, ListValue, RecognizeContext, SlotType, SlotValue, extract_all,
+};
 use crate::intent::{
-    DEFAULT_OUT_OF_SCOPE_THRESHOLD, IntentClassifier, IntentSettings, OUT_OF_SCOPE_LABEL, ScoredIntent,
+    DEFAULT_OUT_OF_SCOPE_THRESHOLD, IntentClassifier, IntentSettings, OUT_OF_SCOPE_LABEL,
+    ScoredIntent,
 };
 use crate::signals::{Language, Sentiment, detect_language, sentiment};
 use crate::tagger::{AnnotatedText, SlotTagger};
@@ -116,7 +119,14 @@ fn parse_utterance(utterance: &str) -> Result<Vec<Piece<'_>>, String> {
 fn builtin_samples(builtin: BuiltinType) -> &'static [&'static str] {
     match builtin {
         BuiltinType::Number => &["4", "two", "12", "one hundred", "3", "six", "25", "eight"],
-        BuiltinType::Money => &["$20", "50 dollars", "€15", "twenty bucks", "$1,200", "100 euros"],
+        BuiltinType::Money => &[
+            "$20",
+            "50 dollars",
+            "€15",
+            "twenty bucks",
+            "$1,200",
+            "100 euros",
+        ],
         BuiltinType::Date => &[
             "tomorrow",
             "next tuesday",
@@ -127,7 +137,14 @@ fn builtin_samples(builtin: BuiltinType) -> &'static [&'static str] {
             "12/24",
             "in 2 days",
         ],
-        BuiltinType::Time => &["3pm", "noon", "9:30", "7 in the evening", "10 am", "half past 4"],
+        BuiltinType::Time => &[
+            "3pm",
+            "noon",
+            "9:30",
+            "7 in the evening",
+            "10 am",
+            "half past 4",
+        ],
         BuiltinType::Datetime => &[
             "tomorrow at 3pm",
             "next friday at noon",
@@ -136,7 +153,13 @@ fn builtin_samples(builtin: BuiltinType) -> &'static [&'static str] {
             "march 3rd at 9:30",
             "tonight",
         ],
-        BuiltinType::Duration => &["2 hours", "30 minutes", "a week", "three days", "an hour and a half"],
+        BuiltinType::Duration => &[
+            "2 hours",
+            "30 minutes",
+            "a week",
+            "three days",
+            "an hour and a half",
+        ],
         BuiltinType::Email => &["jane.doe@example.com", "bob@mail.org", "sales@acme.io"],
         BuiltinType::Phone => &["(415) 555-2671", "+44 20 7946 0958", "555 867 5309"],
         BuiltinType::Text => &[
@@ -227,10 +250,7 @@ impl Recognizer {
         if let Some(threshold) = definition.out_of_scope_threshold
             && !(0.0..=1.0).contains(&threshold)
         {
-            return Err(error(
-                "out_of_scope_threshold",
-                "must be between 0 and 1",
-            ));
+            return Err(error("out_of_scope_threshold", "must be between 0 and 1"));
         }
         let mut examples: Vec<(String, String)> = Vec::new();
         let mut intents = HashMap::new();
@@ -272,7 +292,11 @@ impl Recognizer {
                 }
                 slots.push((slot.name.clone(), slot.slot_type.clone()));
             }
-            if intent.utterances.iter().all(|utterance| utterance.trim().is_empty()) {
+            if intent
+                .utterances
+                .iter()
+                .all(|utterance| utterance.trim().is_empty())
+            {
                 return Err(error(
                     format!("{field}.utterances"),
                     "an intent needs at least one non-empty utterance",
@@ -477,11 +501,14 @@ impl Recognizer {
             let Some(slot_type) = self.slot_types.get(type_name) else {
                 continue;
             };
-            if let Some(value) = extract_all(slot_type, text, context).into_iter().find(|value| {
-                !used
-                    .iter()
-                    .any(|range| value.span.start < range.end && range.start < value.span.end)
-            }) {
+            if let Some(value) = extract_all(slot_type, text, context)
+                .into_iter()
+                .find(|value| {
+                    !used
+                        .iter()
+                        .any(|range| value.span.start < range.end && range.start < value.span.end)
+                })
+            {
                 used.push(value.span.clone());
                 filled.insert(slot.clone(), value);
             }
@@ -501,7 +528,9 @@ impl Recognizer {
         let definition = self.intents.get(intent)?;
         let (_, type_name) = definition.slots.iter().find(|(name, _)| name == slot)?;
         let slot_type = self.slot_types.get(type_name)?;
-        extract_all(slot_type, bounded(text), context).into_iter().next()
+        extract_all(slot_type, bounded(text), context)
+            .into_iter()
+            .next()
     }
 
     /// The compiled slot type with this name (built-in or custom).
@@ -527,7 +556,9 @@ fn builtin_types() -> HashMap<String, SlotType> {
     .collect()
 }
 
-fn compile_slot_types(definition: &BotDefinition) -> Result<HashMap<String, SlotType>, DefinitionError> {
+fn compile_slot_types(
+    definition: &BotDefinition,
+) -> Result<HashMap<String, SlotType>, DefinitionError> {
     let mut types = builtin_types();
     for (index, slot_type) in definition.slot_types.iter().enumerate() {
         let field = format!("slot_types[{index}]");

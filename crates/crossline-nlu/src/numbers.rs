@@ -156,7 +156,9 @@ fn words_at(tokens: &[Token], start: usize) -> Option<NumberMatch> {
             }
             current += value;
             // "forty-five": the hyphen joins tens and units.
-            if tokens.get(index + 1).is_some_and(|token| token.lower == "-")
+            if tokens
+                .get(index + 1)
+                .is_some_and(|token| token.lower == "-")
                 && tokens
                     .get(index + 2)
                     .and_then(|token| unit_value(&token.lower))
@@ -273,11 +275,8 @@ pub fn find_money(tokens: &[Token]) -> Vec<MoneyMatch> {
     while index < tokens.len() {
         let word = tokens[index].lower.as_str();
         // Symbol or code first: "$20", "USD 40", "€ 15.50".
-        let prefix = currency_symbol(word).or_else(|| {
-            (word.len() == 3)
-                .then(|| currency_word(word))
-                .flatten()
-        });
+        let prefix = currency_symbol(word)
+            .or_else(|| (word.len() == 3).then(|| currency_word(word)).flatten());
         if let Some(currency) = prefix
             && let Some(number) = number_at(tokens, index + 1)
         {
@@ -293,12 +292,11 @@ pub fn find_money(tokens: &[Token]) -> Vec<MoneyMatch> {
         if let Some(number) = number_at(tokens, index) {
             let mut end = number.end;
             // "20 canadian dollars", "20 us dollars".
-            if tokens
-                .get(end)
-                .is_some_and(|token| matches!(token.lower.as_str(), "us" | "canadian" | "australian"))
-                && tokens
-                    .get(end + 1)
-                    .is_some_and(|token| currency_word(&token.lower) == Some("USD"))
+            if tokens.get(end).is_some_and(|token| {
+                matches!(token.lower.as_str(), "us" | "canadian" | "australian")
+            }) && tokens
+                .get(end + 1)
+                .is_some_and(|token| currency_word(&token.lower) == Some("USD"))
             {
                 let currency = match tokens[end].lower.as_str() {
                     "canadian" => "CAD",
@@ -314,15 +312,18 @@ pub fn find_money(tokens: &[Token]) -> Vec<MoneyMatch> {
                 index = end + 2;
                 continue;
             }
-            if let Some(currency) = tokens.get(end).and_then(|token| currency_word(&token.lower)) {
+            if let Some(currency) = tokens
+                .get(end)
+                .and_then(|token| currency_word(&token.lower))
+            {
                 end += 1;
                 let mut amount = number.value;
                 // "20 dollars and 50 cents".
                 if tokens.get(end).is_some_and(|token| token.lower == "and")
                     && let Some(cents) = number_at(tokens, end + 1)
-                    && tokens
-                        .get(cents.end)
-                        .is_some_and(|token| matches!(token.lower.as_str(), "cents" | "cent" | "pence"))
+                    && tokens.get(cents.end).is_some_and(|token| {
+                        matches!(token.lower.as_str(), "cents" | "cent" | "pence")
+                    })
                 {
                     amount += cents.value / 100.0;
                     end = cents.end + 1;

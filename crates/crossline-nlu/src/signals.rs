@@ -141,19 +141,30 @@ mod tests {
 
     #[test]
     fn sentiment_labels() {
-        assert_eq!(sentiment("I love this, thank you so much!").label, SentimentLabel::Positive);
-        assert_eq!(sentiment("This is terrible, I'm furious").label, SentimentLabel::Negative);
-        assert_eq!(sentiment("The package arrived on Tuesday.").label, SentimentLabel::Neutral);
+        assert_eq!(
+            sentiment("I love this, thank you so much!").label,
+            SentimentLabel::Positive
+        );
+        assert_eq!(
+            sentiment("This is terrible, I'm furious").label,
+            SentimentLabel::Negative
+        );
+        assert_eq!(
+            sentiment("The package arrived on Tuesday.").label,
+            SentimentLabel::Neutral
+        );
         assert_eq!(sentiment("").score, 0.0);
     }
 
     #[test]
     fn languages() {
-        let english = detect_language("I would like to book a table for four people tomorrow evening");
+        let english =
+            detect_language("I would like to book a table for four people tomorrow evening");
         assert_eq!(english.code, "en");
         assert!(english.confidence > 0.0 && english.confidence <= 1.0);
         assert_eq!(
-            detect_language("Je voudrais réserver une table pour quatre personnes demain soir").code,
+            detect_language("Je voudrais réserver une table pour quatre personnes demain soir")
+                .code,
             "fr"
         );
         assert_eq!(detect_language("🙂🙂🙂").code, "und");

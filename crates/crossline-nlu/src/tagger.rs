@@ -85,7 +85,9 @@ fn token_features(text: &str, tokens: &[Token], position: usize, output: &mut Ve
     push(8, &[word(-2), word(-1)]);
     push(9, &[word(1), word(2)]);
     let characters: Vec<char> = current.chars().collect();
-    let suffix: String = characters[characters.len().saturating_sub(3)..].iter().collect();
+    let suffix: String = characters[characters.len().saturating_sub(3)..]
+        .iter()
+        .collect();
     let prefix: String = characters[..characters.len().min(3)].iter().collect();
     push(10, &[&suffix]);
     push(11, &[&prefix]);
@@ -196,7 +198,11 @@ impl SlotTagger {
                         }
                     }
                     for position in 0..gold.len() {
-                        let previous_gold = if position == 0 { 0 } else { gold[position - 1] + 1 };
+                        let previous_gold = if position == 0 {
+                            0
+                        } else {
+                            gold[position - 1] + 1
+                        };
                         let previous_predicted = if position == 0 {
                             0
                         } else {
@@ -235,7 +241,7 @@ impl SlotTagger {
             return true;
         }
         match previous {
-            Some(previous) if previous != 0 => (previous + 1) / 2 == next / 2,
+            Some(previous) if previous != 0 => previous.div_ceil(2) == next / 2,
             _ => false,
         }
     }
@@ -267,7 +273,8 @@ impl SlotTagger {
                 let mut best = (f32::NEG_INFINITY, 0);
                 for previous in 0..labels {
                     let previous_score = scores[(position - 1) * labels + previous];
-                    if previous_score == f32::NEG_INFINITY || !Self::allowed(Some(previous), label) {
+                    if previous_score == f32::NEG_INFINITY || !Self::allowed(Some(previous), label)
+                    {
                         continue;
                     }
                     let candidate =
@@ -348,7 +355,11 @@ mod tests {
         let mut examples = Vec::new();
         for value in ["four", "2", "ten", "six people", "12"] {
             examples.push(annotate("book a table for {}", value, "party_size"));
-            examples.push(annotate("i need a reservation for {} tonight", value, "party_size"));
+            examples.push(annotate(
+                "i need a reservation for {} tonight",
+                value,
+                "party_size",
+            ));
         }
         let tagger = SlotTagger::train(&examples, 10);
         let text = "book a table for three";

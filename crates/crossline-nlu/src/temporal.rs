@@ -10,7 +10,9 @@
 //! - a time alone in a date-time slot is the next occurrence of that time; a date alone is its midnight;
 //! - numeric dates follow the region: month first for US-style regions, day first elsewhere.
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc, Weekday};
+use chrono::{
+    DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc, Weekday,
+};
 use chrono_tz::Tz;
 
 use crate::numbers::{is_digits, number_at};
@@ -173,7 +175,9 @@ fn year_at(tokens: &[Token], index: usize) -> Option<(i32, usize)> {
     let text = word(tokens, position);
     if is_digits(text) && text.len() == 4 {
         let year: i32 = text.parse().ok()?;
-        return (1900..=2200).contains(&year).then_some((year, position + 1));
+        return (1900..=2200)
+            .contains(&year)
+            .then_some((year, position + 1));
     }
     None
 }
@@ -257,7 +261,10 @@ fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<
     let after_the = if first == "the" { index + 1 } else { index };
     if word(tokens, after_the) == "day"
         && word(tokens, after_the + 1) == "after"
-        && matches!(word(tokens, after_the + 2), "tomorrow" | "tomorow" | "tommorow")
+        && matches!(
+            word(tokens, after_the + 2),
+            "tomorrow" | "tomorow" | "tommorow"
+        )
     {
         return found(after_the + 3, today + Duration::days(2));
     }
@@ -298,7 +305,8 @@ fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<
                 return found(index + 2, add_months(first_of_month, direction as i32));
             }
             "weekend" => {
-                let saturday_offset = (5 - today.weekday().num_days_from_monday() as i64).rem_euclid(7);
+                let saturday_offset =
+                    (5 - today.weekday().num_days_from_monday() as i64).rem_euclid(7);
                 let mut saturday = today + Duration::days(saturday_offset);
                 if first == "next" && saturday_offset < 2 {
                     saturday += Duration::days(7);
@@ -315,7 +323,11 @@ fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<
     }
     // Bare weekday.
     if let Some(weekday) = weekday_of(first) {
-        let previous = if index > 0 { word(tokens, index - 1) } else { "" };
+        let previous = if index > 0 {
+            word(tokens, index - 1)
+        } else {
+            ""
+        };
         if !is_ambiguous_name(first) || matches!(previous, "on" | "by" | "until" | "for") {
             let ahead = (weekday.num_days_from_monday() as i64
                 - today.weekday().num_days_from_monday() as i64)
@@ -414,8 +426,9 @@ fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<
         }
         if let Some((day, end, _)) = day_number_at(tokens, position) {
             return match year_at(tokens, end) {
-                Some((year, end)) => NaiveDate::from_ymd_opt(year, month, day)
-                    .and_then(|date| found(end, date)),
+                Some((year, end)) => {
+                    NaiveDate::from_ymd_opt(year, month, day).and_then(|date| found(end, date))
+                }
                 None => upcoming(today, month, day).and_then(|date| found(end, date)),
             };
         }
@@ -433,8 +446,9 @@ fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<
         if let Some(month) = month_of(word(tokens, month_position)) {
             let end = month_position + 1;
             return match year_at(tokens, end) {
-                Some((year, end)) => NaiveDate::from_ymd_opt(year, month, day)
-                    .and_then(|date| found(end, date)),
+                Some((year, end)) => {
+                    NaiveDate::from_ymd_opt(year, month, day).and_then(|date| found(end, date))
+                }
                 None => upcoming(today, month, day).and_then(|date| found(end, date)),
             };
         }
@@ -467,7 +481,11 @@ fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<
 
 /// A lone "5th" counts as a date after "on"/"by"/"until"/"for" or when it is the whole answer.
 fn ordinal_day_context(tokens: &[Token], index: usize) -> bool {
-    index == 0 || matches!(word(tokens, index - 1), "on" | "by" | "until" | "for" | "before" | "after")
+    index == 0
+        || matches!(
+            word(tokens, index - 1),
+            "on" | "by" | "until" | "for" | "before" | "after"
+        )
 }
 
 /// am/pm marker at `index`: "am", "pm", "a.m.", "p.m.". Returns (is pm, end).
@@ -594,9 +612,9 @@ fn time_at(tokens: &[Token], index: usize) -> Option<Found<NaiveTime>> {
         }
         let mut end = number.end;
         let mut minute = 0;
-        if let Some(minutes) = number_at(tokens, end).filter(|minutes| {
-            !minutes.digits && minutes.value >= 10.0 && minutes.value < 60.0
-        }) {
+        if let Some(minutes) = number_at(tokens, end)
+            .filter(|minutes| !minutes.digits && minutes.value >= 10.0 && minutes.value < 60.0)
+        {
             minute = minutes.value as u32;
             end = minutes.end;
         }
@@ -636,8 +654,13 @@ fn time_at(tokens: &[Token], index: usize) -> Option<Found<NaiveTime>> {
     if let Some((pm, after)) = meridiem_at(tokens, end).or_else(|| day_part_after(tokens, end)) {
         return make(after, apply_meridiem(hour, pm)?, minute);
     }
-    if word(tokens, end) == "o" && word(tokens, end + 1) == "'" && word(tokens, end + 2) == "clock" {
-        let hour = if (1..=7).contains(&hour) { hour + 12 } else { hour };
+    if word(tokens, end) == "o" && word(tokens, end + 1) == "'" && word(tokens, end + 2) == "clock"
+    {
+        let hour = if (1..=7).contains(&hour) {
+            hour + 12
+        } else {
+            hour
+        };
         return make(end + 3, hour, minute);
     }
     if has_minutes {
@@ -651,7 +674,11 @@ fn time_at(tokens: &[Token], index: usize) -> Option<Found<NaiveTime>> {
     }
     // "at 3": business hours.
     if index > 0 && matches!(word(tokens, index - 1), "at" | "around" | "by") && hour <= 12 {
-        let hour = if (1..=7).contains(&hour) { hour + 12 } else { hour };
+        let hour = if (1..=7).contains(&hour) {
+            hour + 12
+        } else {
+            hour
+        };
         return make(end, hour, minute);
     }
     None
@@ -670,10 +697,7 @@ fn day_part_time(text: &str) -> Option<NaiveTime> {
     NaiveTime::from_hms_opt(hour, 0, 0)
 }
 
-fn scan<T>(
-    tokens: &[Token],
-    mut at: impl FnMut(usize) -> Option<Found<T>>,
-) -> Vec<Found<T>> {
+fn scan<T>(tokens: &[Token], mut at: impl FnMut(usize) -> Option<Found<T>>) -> Vec<Found<T>> {
     let mut found = Vec::new();
     let mut index = 0;
     while index < tokens.len() {
@@ -740,9 +764,7 @@ fn duration_term_at(tokens: &[Token], index: usize) -> Option<(f64, usize)> {
     }
     let mut seconds = count * unit;
     let mut end = after + 1;
-    if word(tokens, end) == "and"
-        && word(tokens, end + 1) == "a"
-        && word(tokens, end + 2) == "half"
+    if word(tokens, end) == "and" && word(tokens, end + 1) == "a" && word(tokens, end + 2) == "half"
     {
         seconds += unit / 2.0;
         end += 3;
@@ -837,9 +859,8 @@ pub fn find_datetimes(tokens: &[Token], context: &TemporalContext) -> Vec<Found<
             }
             None => {
                 // "tonight" as a date carries its time.
-                let time = day_part_time(word(tokens, date.start)).filter(|_| {
-                    matches!(word(tokens, date.start), "tonight" | "tonite")
-                });
+                let time = day_part_time(word(tokens, date.start))
+                    .filter(|_| matches!(word(tokens, date.start), "tonight" | "tonite"));
                 // "tomorrow morning".
                 let after = day_part_time(word(tokens, date.end));
                 match (time, after) {
@@ -916,7 +937,10 @@ mod tests {
         assert_eq!(date("tomorrow please").as_deref(), Some("2026-11-24"));
         assert_eq!(date("can we do it tommorow").as_deref(), Some("2026-11-24"));
         assert_eq!(date("today").as_deref(), Some("2026-11-23"));
-        assert_eq!(date("the day after tomorrow").as_deref(), Some("2026-11-25"));
+        assert_eq!(
+            date("the day after tomorrow").as_deref(),
+            Some("2026-11-25")
+        );
         assert_eq!(date("next tuesday").as_deref(), Some("2026-11-24"));
         assert_eq!(date("next monday").as_deref(), Some("2026-11-30"));
         assert_eq!(date("on friday").as_deref(), Some("2026-11-27"));
@@ -939,7 +963,10 @@ mod tests {
         assert_eq!(date("march 3rd").as_deref(), Some("2027-03-03"));
         assert_eq!(date("December 24").as_deref(), Some("2026-12-24"));
         assert_eq!(date("3rd of march 2028").as_deref(), Some("2028-03-03"));
-        assert_eq!(date("the twenty-first of december").as_deref(), Some("2026-12-21"));
+        assert_eq!(
+            date("the twenty-first of december").as_deref(),
+            Some("2026-12-21")
+        );
         assert_eq!(date("12/24").as_deref(), Some("2026-12-24"));
         assert_eq!(date("12/24/2027").as_deref(), Some("2027-12-24"));
         assert_eq!(date("2027-01-15").as_deref(), Some("2027-01-15"));
@@ -961,7 +988,10 @@ mod tests {
         assert_eq!(time("9 a.m.").as_deref(), Some("09:00"));
         assert_eq!(time("12am").as_deref(), Some("00:00"));
         assert_eq!(time("half past 2").as_deref(), Some("14:30"));
-        assert_eq!(time("quarter to 9 in the morning").as_deref(), Some("08:45"));
+        assert_eq!(
+            time("quarter to 9 in the morning").as_deref(),
+            Some("08:45")
+        );
         assert_eq!(time("7 in the evening").as_deref(), Some("19:00"));
         assert_eq!(time("at 10").as_deref(), Some("10:00"));
         assert_eq!(time("seven pm").as_deref(), Some("19:00"));
@@ -996,7 +1026,10 @@ mod tests {
             datetime("3pm on december 1st").as_deref(),
             Some("2026-12-01T15:00:00-05:00")
         );
-        assert_eq!(datetime("tonight").as_deref(), Some("2026-11-23T20:00:00-05:00"));
+        assert_eq!(
+            datetime("tonight").as_deref(),
+            Some("2026-11-23T20:00:00-05:00")
+        );
     }
 
     #[test]

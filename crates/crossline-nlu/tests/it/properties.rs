@@ -8,8 +8,26 @@ use crate::context;
 
 fn say_number(value: u32) -> String {
     const UNITS: [&str; 20] = [
-        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-        "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+        "thirteen",
+        "fourteen",
+        "fifteen",
+        "sixteen",
+        "seventeen",
+        "eighteen",
+        "nineteen",
     ];
     const TENS: [&str; 10] = [
         "", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
@@ -24,10 +42,14 @@ fn say_number(value: u32) -> String {
     }
     let small = rest % 100;
     if small >= 20 {
-        if small % 10 == 0 {
+        if small.is_multiple_of(10) {
             parts.push(TENS[(small / 10) as usize].to_string());
         } else {
-            parts.push(format!("{}-{}", TENS[(small / 10) as usize], UNITS[(small % 10) as usize]));
+            parts.push(format!(
+                "{}-{}",
+                TENS[(small / 10) as usize],
+                UNITS[(small % 10) as usize]
+            ));
         }
     } else if small > 0 || parts.is_empty() {
         parts.push(UNITS[small as usize].to_string());
