@@ -1,0 +1,146 @@
+// The Crossline web console in a real headless Chromium: sign in with a workspace API key, check
+// the overview's server-drawn chart, search a customer by email and check their 360 page.
+//
+// It starts nothing itself; run.sh starts a server with data and calls it:
+//   node console.mjs --url http://127.0.0.1:PORT --api-key sk_... --profile-email ada@example.com \
+//        --screenshot /tmp/console-360.png
+// Exits 0 when every check passes, 1 with a sentence naming the failed check otherwise.
+
+import { chromium } from 'playwright-core';
+import { parseArgs } from 'node:util';
+
+const { values: options } = parseArgs({
+  options: {
+    url: { type: 'string' },
+    'api-key': { type: 'string' },
+    'profile-email': { type: 'string' },
+    screenshot: { type: 'string', default: 'console-360.png' },
+    chromium: { type: 'string', default: process.env.CHROMIUM_PATH || '/usr/bin/chromium' },
+  },
+});
+for (const required of ['url', 'api-key', 'profile-email']) {
+  if (!options[required]) {
+    console.error(`usage: node console.mjs --url URL --api-key KEY --profile-email EMAIL [--screenshot PATH]; --${required} is missing`);
+    process.exit(2);
+  }
+}
+const base = options.url.replace(/\/+$/, '');
+const screenshot = options.screenshot;
+const overviewShot = screenshot.replace(/(\.png)?$/, '-overview.png');
+
+class CheckFailed extends Error {}
+function check(condition, message) {
+  if (!condition) throw new CheckFailed(message);
+}
+function step(message) {
+  console.log(`  ✓ ${message}`);
+}
+
+const browser = await chromium.launch({
+  executablePath: options.chromium,
+  headless: true,
+  args: [
+    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  ],
+});
+const context = await browser.newContext({ viewport: { width: 1440, height: 1000 }, deviceScaleFactor: 1 });
+const page = await context.newPage();
+page.setDefaultTimeout(15_000);
+const pageErrors = [];
+page.on('pageerror', (error) => pageErrors.push(error.message));
+page.on('console', (message) => {
+  if (message.type() === 'error') pageErrors.push(message.text());
+});
+
+let exitCode = 0;
+try {
+  console.log(`console test against ${base}`);
+
+  // Signing in.
+  const login = await page.goto(`${base}/`);
+  check(login?.ok(), `GET / answered ${login?.status()}`);
+  check(new URL(page.url()).pathname === '/login', `without a session / should lead to /login, got ${page.url()}`);
+  await page.fill('[data-testid="login-token"]', 'sk_wrong');
+  await page.click('[data-testid="login-submit"]');
+  await page.waitForSelector('[data-testid="login-error"]');
+  step('a wrong key is refused with a message');
+  await page.fill('[data-testid="login-token"]', options['api-key']);
+  await Promise.all([page.waitForURL(`${base}/`), page.click('[data-testid="login-submit"]')]);
+  step('signed in with the workspace API key');
+
+  // Overview: counters, the SVG chart drawn by the server, the per-channel bars.
+  const chart = page.locator('svg[data-testid="events-chart"]');
+  await chart.waitFor();
+  const bars = await chart.locator('rect.bar').evaluateAll((rects) => rects.map((rect) => Number(rect.dataset.count)));
+  check(bars.length >= 28, `the chart should have a bar per day of the last 30 days, found ${bars.length}`);
+  check(bars.some((count) => count > 0), 'the chart shows no events although events were sent');
+  const tallest = await chart.locator('rect.bar').evaluateAll((rects) => Math.max(...rects.map((rect) => rect.getBoundingClientRect().height)));
+  check(tallest > 20, `the tallest bar is ${tallest}px high; the chart is not drawn`);
+  const barTitle = await chart.locator('g.bar-group title').last().textContent();
+  check(/\d+ events?$/.test(barTitle ?? ''), `bars should have hover titles such as "Mon, Nov 23, 2026: 12 events", got ${JSON.stringify(barTitle)}`);
+  const profilesStat = await page.locator('[data-testid="stat-profiles"] .value').textContent();
+  check(Number(profilesStat?.replace(/,/g, '')) >= 1, `the profiles counter shows ${JSON.stringify(profilesStat)}`);
+  const channels = await page.locator('[data-testid="channel-bars"] li').count();
+  check(channels >= 2, `events per channel should list at least two channels, found ${channels}`);
+  await page.screenshot({ path: overviewShot, fullPage: true });
+  step(`overview shows the chart (${bars.length} days, ${bars.reduce((a, b) => a + b, 0)} events) and ${channels} channels`);
+
+  // Profile search.
+  await page.click('nav a[href="/profiles"]');
+  const search = page.locator('[data-testid="profile-search"]');
+  await search.waitFor();
+  await search.fill(options['profile-email']);
+  await Promise.all([page.waitForURL(/\/profiles\?q=/), search.press('Enter')]);
+  const rows = page.locator('[data-testid="profile-row"]');
+  const found = await rows.count();
+  check(found >= 1, `searching for ${options['profile-email']} found no profile`);
+  step(`search for ${options['profile-email']} found ${found} profile(s)`);
+
+  // Customer 360.
+  await Promise.all([page.waitForURL(/\/profiles\/[^/?]+/), rows.first().locator('a').first().click()]);
+  const identities = await page.locator('[data-testid="identity"]').allTextContents();
+  check(identities.length >= 2, `a merged profile should show several identities, found ${identities.length}`);
+  check(
+    identities.some((text) => text.toLowerCase().includes(options['profile-email'].toLowerCase())),
+    `the identities do not include ${options['profile-email']}: ${JSON.stringify(identities)}`,
+  );
+  const traits = await page.locator('[data-testid="trait"]').count();
+  check(traits >= 1, 'no traits are shown');
+  const consent = await page.locator('[data-testid="consent"]').count();
+  check(consent >= 1, 'no consent rows are shown');
+  const events = await page.locator('[data-testid="timeline-event"]').evaluateAll((items) => items.map((item) => item.dataset.channel));
+  check(events.length >= 2, `the timeline shows ${events.length} events`);
+  const eventChannels = [...new Set(events.filter((channel) => channel !== 'system'))];
+  check(eventChannels.length >= 2, `the timeline should hold events of at least two channels, found ${JSON.stringify(eventChannels)}`);
+  const merges = await page.locator('[data-testid="merge-event"]').count();
+  check(merges >= 1, 'the timeline of a merged profile shows no merge');
+  step(`360 page: ${identities.length} identities, ${traits} traits, ${consent} consent rows, ${events.length} events on ${eventChannels.join(', ')}, ${merges} merge(s)`);
+
+  // The channel filter (the one piece of JavaScript on the page) narrows the timeline.
+  const filter = page.locator(`[data-timeline-filters] button[data-filter="${eventChannels[0]}"]`);
+  if (await filter.count()) {
+    await filter.click();
+    const visible = await page.locator('[data-testid="timeline-event"]:visible').evaluateAll((items) => items.map((item) => item.dataset.channel));
+    check(visible.length >= 1 && visible.every((channel) => channel === eventChannels[0]), `filtering by ${eventChannels[0]} shows ${JSON.stringify(visible)}`);
+    await page.locator('[data-timeline-filters] button[data-filter=""]').click();
+    step(`the timeline filter shows only ${eventChannels[0]} events`);
+  }
+
+  check(pageErrors.length === 0, `the page reported errors: ${pageErrors.join(' | ')}`);
+  await page.screenshot({ path: screenshot, fullPage: true });
+  step(`screenshots saved: ${screenshot}, ${overviewShot}`);
+  console.log('console test passed');
+} catch (error) {
+  exitCode = 1;
+  const failure = screenshot.replace(/(\.png)?$/, '-failure.png');
+  await page.screenshot({ path: failure, fullPage: true }).catch(() => {});
+  if (error instanceof CheckFailed) {
+    console.error(`console test FAILED: ${error.message} (page ${page.url()}, screenshot ${failure})`);
+  } else {
+    console.error(`console test FAILED: ${error.message.split('\n')[0]} (page ${page.url()}, screenshot ${failure})`);
+  }
+} finally {
+  await browser.close();
+}
+process.exit(exitCode);
