@@ -26,7 +26,8 @@ for (const required of ['url', 'api-key', 'profile-email']) {
 }
 const base = options.url.replace(/\/+$/, '');
 const screenshot = options.screenshot;
-const overviewShot = screenshot.replace(/(\.png)?$/, '-overview.png');
+const shot = (suffix) => screenshot.replace(/(\.png)?$/, `-${suffix}.png`);
+const overviewShot = shot('overview');
 
 class CheckFailed extends Error {}
 function check(condition, message) {
@@ -64,10 +65,13 @@ try {
   await page.fill('[data-testid="login-token"]', 'sk_wrong');
   await page.click('[data-testid="login-submit"]');
   await page.waitForSelector('[data-testid="login-error"]');
+  await page.screenshot({ path: shot('login') });
   step('a wrong key is refused with a message');
   await page.fill('[data-testid="login-token"]', options['api-key']);
   await Promise.all([page.waitForURL(`${base}/`), page.click('[data-testid="login-submit"]')]);
   step('signed in with the workspace API key');
+  // The refused attempt above is answered 401, which Chromium reports as a console error.
+  pageErrors.length = 0;
 
   // Overview: counters, the SVG chart drawn by the server, the per-channel bars.
   const chart = page.locator('svg[data-testid="events-chart"]');
@@ -96,6 +100,11 @@ try {
   const found = await rows.count();
   check(found >= 1, `searching for ${options['profile-email']} found no profile`);
   step(`search for ${options['profile-email']} found ${found} profile(s)`);
+  await page.goto(`${base}/profiles`);
+  check((await rows.count()) >= 2, 'the profile list shows fewer than two profiles');
+  await page.screenshot({ path: shot('profiles'), fullPage: true });
+  step(`the profile list shows ${await rows.count()} profiles`);
+  await page.goBack();
 
   // Customer 360.
   await Promise.all([page.waitForURL(/\/profiles\/[^/?]+/), rows.first().locator('a').first().click()]);
@@ -129,11 +138,11 @@ try {
 
   check(pageErrors.length === 0, `the page reported errors: ${pageErrors.join(' | ')}`);
   await page.screenshot({ path: screenshot, fullPage: true });
-  step(`screenshots saved: ${screenshot}, ${overviewShot}`);
+  step(`screenshots saved: ${screenshot}, ${shot('overview')}, ${shot('profiles')}, ${shot('login')}`);
   console.log('console test passed');
 } catch (error) {
   exitCode = 1;
-  const failure = screenshot.replace(/(\.png)?$/, '-failure.png');
+  const failure = shot('failure');
   await page.screenshot({ path: failure, fullPage: true }).catch(() => {});
   if (error instanceof CheckFailed) {
     console.error(`console test FAILED: ${error.message} (page ${page.url()}, screenshot ${failure})`);

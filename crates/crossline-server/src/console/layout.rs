@@ -153,6 +153,15 @@ pub fn time(at: DateTime<Utc>) -> Markup {
     }
 }
 
+/// A time as `<time>` showing the day only; the full time is in its title.
+pub fn date(at: DateTime<Utc>) -> Markup {
+    html! {
+        time datetime=(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)) title=(at.format("%A, %B %-d, %Y %H:%M:%S UTC").to_string()) {
+            (at.format("%b %-d, %Y").to_string())
+        }
+    }
+}
+
 /// A JSON value as short text: strings bare, everything else as JSON, cut at `limit` characters.
 pub fn value_text(value: &Value, limit: usize) -> String {
     let text = match value {

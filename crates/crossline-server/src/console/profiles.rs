@@ -109,7 +109,12 @@ fn list_content(page: &ProfilePage, search: Option<&str>, paged: bool, base_url:
                         @for profile in &page.profiles {
                             tr data-testid="profile-row" {
                                 td { a href=(profile_url(&profile.id)) { code { (profile.id) } } }
-                                td { (display_name(profile).unwrap_or_default()) }
+                                td {
+                                    @match display_name(profile) {
+                                        Some(name) => (name),
+                                        None => span.muted { "Anonymous" },
+                                    }
+                                }
                                 td.wrap { (contact(profile, "email", IdentityKind::Email).unwrap_or_default()) }
                                 td { (contact(profile, "phone", IdentityKind::Phone).unwrap_or_default()) }
                                 td.num { (profile.identities.len()) }
@@ -306,17 +311,16 @@ pub fn profile_content(
                     div.card-head { h2 { "Consent" } span.hint { "per channel" } }
                     div.card-body.flush {
                         table.compact {
-                            thead { tr { th { "Channel" } th { "Status" } th { "Source" } th { "Since" } } }
+                            thead { tr { th { "Channel" } th { "Status" } th { "Source, since" } } }
                             tbody {
                                 @for (channel, status) in profile.consent.summary() {
-                                    @let entry = profile.consent.0.get(&channel);
+                                    @let entry = profile.consent.0.get(&channel).filter(|entry| entry.status != ConsentStatus::Unknown);
                                     tr data-testid="consent" data-channel=(channel) {
                                         td { (channel) }
                                         td { span.badge.(status) { (status) } }
-                                        td.muted { (entry.map_or("—", |entry| entry.source.as_str())) }
                                         td.muted {
-                                            @match entry.filter(|entry| entry.status != ConsentStatus::Unknown) {
-                                                Some(entry) => (time(entry.updated_at)),
+                                            @match entry {
+                                                Some(entry) => { (entry.source) ", " (layout::date(entry.updated_at)) }
                                                 None => "—",
                                             }
                                         }
