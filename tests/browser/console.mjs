@@ -3,7 +3,9 @@
 //
 // It starts nothing itself; run.sh starts a server with data and calls it:
 //   node console.mjs --url http://127.0.0.1:PORT --api-key sk_... --profile-email ada@example.com \
-//        --screenshot /tmp/console-360.png
+//        --screenshot /tmp/console-360.png [--admin-token TOKEN]
+// With --admin-token it also signs in as the operator, picks workspaces from the list and checks
+// the empty states of a workspace without data (run.sh creates one named "empty-demo").
 // Exits 0 when every check passes, 1 with a sentence naming the failed check otherwise.
 
 import { chromium } from 'playwright-core';
@@ -14,6 +16,7 @@ const { values: options } = parseArgs({
     url: { type: 'string' },
     'api-key': { type: 'string' },
     'profile-email': { type: 'string' },
+    'admin-token': { type: 'string' },
     screenshot: { type: 'string', default: 'console-360.png' },
     chromium: { type: 'string', default: process.env.CHROMIUM_PATH || '/usr/bin/chromium' },
   },
@@ -138,7 +141,33 @@ try {
 
   check(pageErrors.length === 0, `the page reported errors: ${pageErrors.join(' | ')}`);
   await page.screenshot({ path: screenshot, fullPage: true });
-  step(`screenshots saved: ${screenshot}, ${shot('overview')}, ${shot('profiles')}, ${shot('login')}`);
+
+  if (options['admin-token']) {
+    // The operator: a fresh browser context, so nothing of the API-key session is shared.
+    const operator = await (await browser.newContext({ viewport: { width: 1440, height: 900 } })).newPage();
+    operator.setDefaultTimeout(15_000);
+    operator.on('pageerror', (error) => pageErrors.push(error.message));
+    await operator.goto(`${base}/login`);
+    await operator.fill('[data-testid="login-token"]', options['admin-token']);
+    await Promise.all([operator.waitForURL(`${base}/`), operator.click('[data-testid="login-submit"]')]);
+    const workspaces = operator.locator('[data-testid="workspace-row"]');
+    check((await workspaces.count()) >= 2, `the operator should see the workspace list, found ${await workspaces.count()} rows`);
+    await operator.screenshot({ path: shot('workspaces'), fullPage: true });
+    await Promise.all([operator.waitForURL(/\?workspace=/), workspaces.filter({ hasText: 'empty-demo' }).locator('a').click()]);
+    await operator.getByText('No events yet').waitFor();
+    await operator.screenshot({ path: shot('empty'), fullPage: true });
+    await operator.click('nav a[href="/profiles"]');
+    await operator.getByText('No profiles yet').waitFor();
+    step('operator: workspace list, and empty states of a workspace without data');
+    await operator.click('nav a[href="/workspaces"]');
+    await Promise.all([operator.waitForURL(/\?workspace=/), workspaces.filter({ hasNotText: 'empty-demo' }).first().locator('a').click()]);
+    await operator.locator('svg[data-testid="events-chart"]').waitFor();
+    await operator.click('nav a[href="/profiles"]');
+    check((await operator.locator('[data-testid="profile-row"]').count()) >= 2, 'the chosen workspace is not remembered across pages');
+    step('operator: the chosen workspace is remembered across pages');
+    check(pageErrors.length === 0, `the operator's pages reported errors: ${pageErrors.join(' | ')}`);
+  }
+  step(`screenshots saved: ${screenshot} and ${shot('*')}`);
   console.log('console test passed');
 } catch (error) {
   exitCode = 1;

@@ -51,6 +51,9 @@ workspace=$(curl -sf -X POST "$base/api/v1/workspaces" -H "Authorization: Bearer
   -H 'Content-Type: application/json' -d '{"name":"browser-test","default_region":"US"}')
 write_key=$(json_field write_key <<<"$workspace")
 api_key=$(json_field api_key <<<"$workspace")
+# A second workspace without data, for the operator's workspace list and the empty states.
+curl -sf -X POST "$base/api/v1/workspaces" -H "Authorization: Bearer $CROSSLINE_ADMIN_TOKEN" \
+  -H 'Content-Type: application/json' -d '{"name":"empty-demo"}' >/dev/null
 
 send() {
   curl -sf -X POST "$base/v1/batch" -u "$write_key:" -H 'Content-Type: application/json' -d "$1" >/dev/null \
@@ -100,7 +103,8 @@ filler=$(node -e "
 send "$filler"
 
 status=0
-node "$here/console.mjs" --url "$base" --api-key "$api_key" --profile-email ada@example.com --screenshot "$screenshot" || status=$?
+node "$here/console.mjs" --url "$base" --api-key "$api_key" --profile-email ada@example.com --screenshot "$screenshot" \
+  --admin-token "$CROSSLINE_ADMIN_TOKEN" || status=$?
 if [[ $status -ne 0 ]]; then
   echo "--- server log ---" >&2
   tail -n 40 "$work/server.log" >&2

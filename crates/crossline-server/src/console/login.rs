@@ -59,11 +59,31 @@ pub async fn form(
     Ok(login_page(None).into_response())
 }
 
+/// Refuse a form posted from another site. The session cookie is `SameSite=Strict`, which covers
+/// every other form; signing in and out set cookies themselves, so they check the browser's
+/// `Sec-Fetch-Site` (absent from non-browser clients, which are let through).
+fn refuse_cross_site(headers: &HeaderMap) -> Result<(), ConsoleError> {
+    match headers
+        .get("sec-fetch-site")
+        .and_then(|value| value.to_str().ok())
+    {
+        Some("cross-site") => Err(ConsoleError {
+            status: StatusCode::FORBIDDEN,
+            message:
+                "This form was sent from another site. Sign in from the console's own login page."
+                    .into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// `POST /login`: check the token, store it in the session cookie and go to the console.
 pub async fn submit(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, ConsoleError> {
+    refuse_cross_site(&headers)?;
     let token = form.token.trim();
     let refused =
         |message: &str| (StatusCode::UNAUTHORIZED, login_page(Some(message))).into_response();
@@ -77,13 +97,13 @@ pub async fn submit(
     }
     let secure = secure_cookies(&state);
     let mut response = Redirect::to("/").into_response();
-    let headers = response.headers_mut();
+    let response_headers = response.headers_mut();
     for value in [
         cookie(SESSION_COOKIE, token, secure, None),
         // A new session starts without the previous operator's workspace choice.
         cookie(WORKSPACE_COOKIE, "", secure, Some(0)),
     ] {
-        headers.append(
+        response_headers.append(
             header::SET_COOKIE,
             HeaderValue::from_str(&value).map_err(ConsoleError::internal)?,
         );
@@ -92,7 +112,11 @@ pub async fn submit(
 }
 
 /// `POST /logout`: forget the session and the workspace choice.
-pub async fn logout(State(state): State<AppState>) -> Result<Response, ConsoleError> {
+pub async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ConsoleError> {
+    refuse_cross_site(&headers)?;
     let secure = secure_cookies(&state);
     let mut response = Redirect::to("/login").into_response();
     for name in [SESSION_COOKIE, WORKSPACE_COOKIE] {

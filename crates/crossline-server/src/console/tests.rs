@@ -219,8 +219,26 @@ async fn console_shows_a_merged_customer_across_channels() {
         assert_eq!(reply.status, SEE_OTHER, "{path}");
         assert_eq!(reply.header("location"), "/login");
     }
-    let form = server.page("/login", "").await;
-    assert!(form.contains("Operator token or workspace API key"));
+    let form = server.get("/login", "").await;
+    assert!(form.body.contains("Operator token or workspace API key"));
+    assert!(
+        form.header("content-security-policy")
+            .contains("frame-ancestors 'none'")
+    );
+    assert_eq!(form.header("cache-control"), "private, no-store");
+    let forged = server
+        .request(
+            "POST",
+            "/login",
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Sec-Fetch-Site", "cross-site"),
+            ],
+            "token=admin",
+        )
+        .await;
+    assert_eq!(forged.status, 403);
+    assert!(forged.set_cookies().is_empty());
 
     let refused = server.login("sk_not_a_key").await;
     assert_eq!(refused.status, UNAUTHORIZED);
