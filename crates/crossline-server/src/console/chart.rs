@@ -267,6 +267,23 @@ mod tests {
     }
 
     #[test]
+    fn chart_matches_its_reviewed_snapshot() {
+        let counts: Vec<u64> = (0..30)
+            .map(|day| {
+                if day % 6 == 5 {
+                    0
+                } else {
+                    40 + (day * 37) % 90
+                }
+            })
+            .collect();
+        crate::console::snapshot::assert_snapshot(
+            "events_per_day.svg",
+            &events_per_day(&series(&counts)).into_string(),
+        );
+    }
+
+    #[test]
     fn short_counts() {
         assert_eq!(short_count(0), "0");
         assert_eq!(short_count(950), "950");

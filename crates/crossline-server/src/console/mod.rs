@@ -26,6 +26,8 @@ pub mod session;
 pub mod url;
 
 #[cfg(test)]
+mod snapshot;
+#[cfg(test)]
 mod tests;
 
 use crate::state::AppState;

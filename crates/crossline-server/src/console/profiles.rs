@@ -53,11 +53,12 @@ pub async fn list(
         .map(str::trim)
         .filter(|text| !text.is_empty());
     let after = params.after.filter(|cursor| !cursor.is_empty());
+    let text = search.map(|search| search_text(search, &workspace.default_region));
     let query = ProfileQuery {
         limit: PAGE_SIZE,
         after: after.clone(),
         trait_equals: None,
-        text: search.map(str::to_owned),
+        text,
     };
     let page = state.store.list_profiles(&workspace.id, &query).await?;
     let content = list_content(&page, search, after.is_some(), &base_url(&state, &headers));
@@ -135,6 +136,21 @@ fn list_content(page: &ProfilePage, search: Option<&str>, paged: bool, base_url:
             }
         }
     }
+}
+
+/// What to search for: a phone number as people type it (`(415) 555-0132`) becomes E.164, the
+/// form identities are stored in; anything else is searched as typed.
+pub fn search_text(search: &str, default_region: &str) -> String {
+    let phone_like = search
+        .chars()
+        .all(|c| c.is_ascii_digit() || " +-().".contains(c))
+        && search.chars().filter(char::is_ascii_digit).count() >= 7;
+    if phone_like
+        && let Ok(e164) = crossline_core::identity::normalize_phone(search, default_region)
+    {
+        return e164;
+    }
+    search.to_owned()
 }
 
 fn list_url(search: Option<&str>, after: Option<&str>) -> String {
@@ -568,6 +584,50 @@ mod tests {
         assert_eq!(html.matches("data-testid=\"consent\"").count(), 5);
         assert!(html.contains("sms_stop"));
         assert!(html.contains("data-testid=\"identity\" data-kind=\"email\""));
+    }
+
+    #[test]
+    fn typed_phone_numbers_are_searched_in_e164() {
+        assert_eq!(search_text("(415) 555-0132", "US"), "+14155550132");
+        assert_eq!(search_text("+44 20 7946 0958", "US"), "+442079460958");
+        assert_eq!(
+            search_text("4155", "US"),
+            "4155",
+            "too short to be a number: searched as typed"
+        );
+        assert_eq!(search_text("ada@example.com", "US"), "ada@example.com");
+        assert_eq!(search_text("u-1234567", "US"), "u-1234567");
+    }
+
+    #[test]
+    fn the_360_page_matches_its_reviewed_snapshot() {
+        let events = [
+            event(
+                "track",
+                "email",
+                Some("Email Opened"),
+                json!({"campaign": "Welcome", "subject": "Hello"}),
+            ),
+            event(
+                "merge",
+                "system",
+                None,
+                json!({"merged_profile_id": "prf_2", "survivor_profile_id": "prf_1", "cause_message_id": "join"}),
+            ),
+            event(
+                "page",
+                "web",
+                Some("Pricing"),
+                json!({"path": "/pricing", "url": "https://example.com/pricing"}),
+            ),
+        ];
+        let html = profile_content(
+            &profile(json!({"name": "Ada Lovelace", "plan": "pro"})),
+            &events,
+            None,
+        )
+        .into_string();
+        crate::console::snapshot::assert_snapshot("profile_360.html", &html);
     }
 
     #[test]

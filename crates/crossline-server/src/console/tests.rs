@@ -342,6 +342,14 @@ async fn console_shows_a_merged_customer_across_channels() {
         .page("/profiles?q=nobody%40example.com", &session)
         .await;
     assert!(nothing.contains("No profiles match"));
+    let by_phone = server
+        .page("/profiles?q=%28415%29+555-0132", &session)
+        .await;
+    assert_eq!(
+        by_phone.matches("data-testid=\"profile-row\"").count(),
+        1,
+        "a phone number as people type it"
+    );
 
     // A merged-away id leads to the survivor.
     let redirect = server
