@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The console in a real headless Chromium, against a real `crossline serve`.
 #
-#   tests/browser/run.sh path/to/crossline [screenshot.png]
+#   tests/browser/run.sh path/to/crossline [screenshot.png]   (default: /tmp/crossline-console-360.png)
 #
 # Builds nothing: pass a built binary. Needs node ≥ 18, curl, Debian's chromium
 # (apt-get install -y chromium) and `npm ci` in tests/browser (done here when missing).
@@ -16,7 +16,7 @@ if [[ $# -lt 1 || ! -x $1 ]]; then
 fi
 binary=$(realpath "$1")
 here=$(cd "$(dirname "$0")" && pwd)
-screenshot=$(realpath -m "${2:-$PWD/console-360.png}")
+screenshot=$(realpath -m "${2:-${TMPDIR:-/tmp}/crossline-console-360.png}")
 
 if [[ ! -d $here/node_modules/playwright-core ]]; then
   (cd "$here" && npm ci --no-audit --no-fund --loglevel=error)
