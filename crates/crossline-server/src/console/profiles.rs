@@ -99,8 +99,7 @@ fn list_content(page: &ProfilePage, search: Option<&str>, paged: bool, base_url:
             } @else {
                 table data-sortable {
                     thead { tr {
-                        th data-sort="text" { "Profile" }
-                        th data-sort="text" { "Name" }
+                        th data-sort="text" { "Customer" }
                         th data-sort="text" { "Email" }
                         th data-sort="text" { "Phone" }
                         th.num data-sort="number" { "Identities" }
@@ -108,16 +107,19 @@ fn list_content(page: &ProfilePage, search: Option<&str>, paged: bool, base_url:
                     } }
                     tbody {
                         @for profile in &page.profiles {
+                            @let name = display_name(profile);
                             tr data-testid="profile-row" {
-                                td { a href=(profile_url(&profile.id)) { code { (profile.id) } } }
-                                td {
-                                    @match display_name(profile) {
-                                        Some(name) => (name),
-                                        None => span.muted { "Anonymous" },
+                                td.customer data-sort-value=(name.as_deref().unwrap_or("~")) {
+                                    a href=(profile_url(&profile.id)) {
+                                        @match &name {
+                                            Some(name) => (name),
+                                            None => span.anonymous { "Anonymous" },
+                                        }
                                     }
+                                    div.id { (profile.id) }
                                 }
-                                td.wrap { (contact(profile, "email", IdentityKind::Email).unwrap_or_default()) }
-                                td { (contact(profile, "phone", IdentityKind::Phone).unwrap_or_default()) }
+                                td.ellipsis { (contact(profile, "email", IdentityKind::Email).unwrap_or_default()) }
+                                td.nowrap { (contact(profile, "phone", IdentityKind::Phone).unwrap_or_default()) }
                                 td.num { (profile.identities.len()) }
                                 td.muted data-sort-value=(profile.updated_at.to_rfc3339()) { (time(profile.updated_at)) }
                             }
