@@ -83,6 +83,9 @@ pub struct SoftmaxClassifier {
     bias: Vec<f32>,
 }
 
+/// Gradient components below this are skipped in SGD updates (see `SoftmaxClassifier::train`).
+const GRADIENT_FLOOR: f32 = 1e-4;
+
 /// A small deterministic generator (xorshift64*) for the example order.
 struct OrderGenerator(u64);
 
@@ -284,6 +287,7 @@ impl SoftmaxClassifier {
         let mut scale = 1.0f32;
         let mut step = 0usize;
         let mut scores = vec![0.0f32; classes];
+        let mut active_classes: Vec<usize> = Vec::with_capacity(classes);
         let mut previous_objective = f32::INFINITY;
         let mut average = (vec![0.0f32; 0], vec![0.0f32; classes]);
         let mut averaged_epochs = 0usize;
@@ -304,12 +308,29 @@ impl SoftmaxClassifier {
                 scores[label] -= 1.0;
                 scale *= 1.0 - rate * lambda;
                 let step_size = rate / scale;
+                // Once the model is fitting, most classes have a negligible gradient for an example;
+                // updating only the others makes later epochs several times cheaper.
+                active_classes.clear();
+                active_classes.extend(
+                    scores
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, gradient)| gradient.abs() > GRADIENT_FLOOR)
+                        .map(|(class, _)| class),
+                );
+                let dense = active_classes.len() * 4 > classes;
                 for (&feature, &value) in example.indices.iter().zip(&example.values) {
                     let row = &mut model.weights
                         [feature as usize * classes..(feature as usize + 1) * classes];
                     let coefficient = step_size * value;
-                    for (weight, gradient) in row.iter_mut().zip(&scores) {
-                        *weight -= coefficient * gradient;
+                    if dense {
+                        for (weight, gradient) in row.iter_mut().zip(&scores) {
+                            *weight -= coefficient * gradient;
+                        }
+                    } else {
+                        for &class in &active_classes {
+                            row[class] -= coefficient * scores[class];
+                        }
                     }
                 }
                 for (bias, gradient) in model.bias.iter_mut().zip(&scores) {

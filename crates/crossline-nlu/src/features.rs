@@ -349,7 +349,8 @@ impl Default for FeatureSettings {
         FeatureSettings {
             word_max_n: 2,
             char_min_n: 2,
-            char_max_n: 5,
+            // 2–4 beat 2–5 on the CLINC150 validation split and cost a third fewer features.
+            char_max_n: 4,
             word_weight: 1.0,
             char_weight: 1.0,
             minimum_documents: 1,
@@ -377,7 +378,7 @@ impl FeaturePipeline {
         }
     }
 
-    /// The default pipeline: word uni/bi-grams and character 2–5-grams.
+    /// The default pipeline: word uni/bi-grams and character 2–4-grams.
     pub fn from_settings(settings: &FeatureSettings) -> Self {
         FeaturePipeline::new(vec![
             (

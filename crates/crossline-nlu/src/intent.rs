@@ -36,6 +36,7 @@ impl Default for IntentSettings {
                 ClassifierSettings::default(),
                 ClassifierSettings {
                     loss: Loss::SquaredHinge,
+                    svm_cost: 2.0,
                     temperature: 0.15,
                     ..ClassifierSettings::default()
                 },
