@@ -144,7 +144,8 @@ fn train_one_vs_rest(
         let mut alpha = vec![0.0f32; count];
         let diagonal = 0.5 / settings.svm_cost.max(1e-6);
         let mut active: Vec<usize> = (0..count).collect();
-        let mut generator = OrderGenerator((settings.seed ^ ((class as u64 + 1) * 0x9e37_79b9)) | 1);
+        let mut generator =
+            OrderGenerator((settings.seed ^ ((class as u64 + 1) * 0x9e37_79b9)) | 1);
         let mut previous_max = f32::INFINITY;
         let mut iterations = 0;
         while iterations < settings.max_epochs.max(1) * 25 {

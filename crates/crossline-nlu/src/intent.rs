@@ -14,7 +14,7 @@ pub const OUT_OF_SCOPE_LABEL: &str = "oos";
 ///
 /// Chosen on the CLINC150 validation split (never its test split) with the default settings: see
 /// `docs/nlu.md`. Bots may override it.
-pub const DEFAULT_OUT_OF_SCOPE_THRESHOLD: f32 = 0.3;
+pub const DEFAULT_OUT_OF_SCOPE_THRESHOLD: f32 = 0.25;
 
 /// All settings of intent training.
 #[derive(Debug, Clone, PartialEq)]
