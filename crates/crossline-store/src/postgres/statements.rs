@@ -68,9 +68,11 @@ impl IngestTx for PgTx<'_> {
             .await?;
         tx.execute("UPDATE events SET profile_id = $1 WHERE workspace_id = $2 AND profile_id = $3", &[&survivor, &workspace_id, &loser])
             .await?;
+        tx.execute("UPDATE profiles SET merged_into = $1 WHERE workspace_id = $2 AND merged_into = $3", &[&survivor, &workspace_id, &loser])
+            .await?;
         tx.execute(
             "UPDATE profiles SET merged_into = $1, traits = '{}', trait_times = '{}', consent = '{}'
-             WHERE workspace_id = $2 AND (id = $3 OR merged_into = $3)",
+             WHERE workspace_id = $2 AND id = $3",
             &[&survivor, &workspace_id, &loser],
         )
         .await?;
@@ -257,8 +259,8 @@ pub(super) async fn delete_profile(tx: &Transaction<'_>, workspace_id: &str, pro
     };
     tx.execute("DELETE FROM events WHERE workspace_id = $1 AND profile_id = $2", &[&workspace_id, &live]).await?;
     tx.execute("DELETE FROM identities WHERE workspace_id = $1 AND profile_id = $2", &[&workspace_id, &live]).await?;
-    tx.execute("DELETE FROM profiles WHERE workspace_id = $1 AND (id = $2 OR merged_into = $2)", &[&workspace_id, &live])
-        .await?;
+    tx.execute("DELETE FROM profiles WHERE workspace_id = $1 AND merged_into = $2", &[&workspace_id, &live]).await?;
+    tx.execute("DELETE FROM profiles WHERE workspace_id = $1 AND id = $2", &[&workspace_id, &live]).await?;
     Ok(true)
 }
 

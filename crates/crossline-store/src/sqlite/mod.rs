@@ -8,6 +8,8 @@
 
 mod statements;
 
+pub use statements::KEYED_STATEMENTS;
+
 use crate::ingest::apply_batch;
 use crate::{
     EnqueueOutcome, EventQuery, IngestedEvent, Job, JobQueue, NewJob, ProfilePage, ProfileQuery, ProfileStore, Store,
@@ -39,6 +41,8 @@ enum Command {
 pub struct SqliteStore {
     writer: mpsc::Sender<Command>,
     readers: Arc<ReaderPool>,
+    // Dropping it stops the checkpoint thread.
+    _checkpointer: mpsc::Sender<()>,
 }
 
 struct ReaderPool {
@@ -71,7 +75,8 @@ fn open_writer(path: &Path) -> StoreResult<Connection> {
          PRAGMA synchronous = FULL;
          PRAGMA busy_timeout = 5000;
          PRAGMA cache_size = -32000;
-         PRAGMA temp_store = MEMORY;",
+         PRAGMA temp_store = MEMORY;
+         PRAGMA wal_autocheckpoint = 0;",
     )?;
     migrate(&mut conn)?;
     Ok(conn)
@@ -113,7 +118,14 @@ impl SqliteStore {
             .name("sqlite-writer".into())
             .spawn(move || writer_loop(conn, receiver))
             .map_err(|err| StoreError::Backend(err.to_string()))?;
+        let (checkpointer, stop) = mpsc::channel::<()>();
+        let checkpoint_path = path.to_owned();
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(&checkpoint_path, &stop))
+            .map_err(|err| StoreError::Backend(err.to_string()))?;
         Ok(SqliteStore {
+            _checkpointer: checkpointer,
             writer: sender,
             readers: Arc::new(ReaderPool { path: path.to_owned(), idle: Mutex::new(Vec::new()) }),
         })
@@ -151,6 +163,29 @@ impl SqliteStore {
         .await
         .map_err(|err| StoreError::Backend(err.to_string()))?
     }
+}
+
+/// Copy the WAL back into the database file from a thread of its own, so the writer never pays for
+/// it (the writer's automatic checkpoint is off). PASSIVE never blocks the writer or readers.
+fn checkpoint_loop(path: &Path, stop: &mpsc::Receiver<()>) {
+    let conn = match Connection::open(path) {
+        Ok(conn) => conn,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot open the checkpoint connection; the WAL will grow until restart");
+            return;
+        }
+    };
+    let _ = conn.execute_batch("PRAGMA busy_timeout = 1000;");
+    loop {
+        match stop.recv_timeout(std::time::Duration::from_millis(500)) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            _ => break,
+        }
+        if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %err, "WAL checkpoint failed; retrying");
+        }
+    }
+    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
 }
 
 fn writer_loop(mut conn: Connection, commands: mpsc::Receiver<Command>) {
@@ -403,6 +438,23 @@ mod tests {
             }
         })
         .await;
+    }
+
+    #[test]
+    fn keyed_statements_never_scan_a_workspace() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        for query in KEYED_STATEMENTS {
+            let mut statement = conn.prepare(&format!("EXPLAIN QUERY PLAN {query}")).unwrap();
+            let params: Vec<String> = (0..statement.parameter_count()).map(|index| format!("p{index}")).collect();
+            let plan: Vec<String> = statement
+                .query_map(rusqlite::params_from_iter(params.iter()), |row| row.get::<_, String>(3))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let scans = plan.iter().any(|step| step.starts_with("SCAN") || step.ends_with("(workspace_id=?)"));
+            assert!(!scans, "{query}\n  plan: {plan:?}");
+        }
     }
 
     #[tokio::test]

@@ -1,0 +1,385 @@
+//! `crossline bench ...`: benchmarks that drive the real server over loopback (or the real store
+//! in-process), and print a Markdown row for docs/BENCHMARKS.md.
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use clap::Subcommand;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The benchmarks.
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Drive `/v1/batch` from concurrent clients and report events/s, latency and server memory.
+    Ingest(IngestArgs),
+    /// Profile lookup by identity, in-process, on a store holding many profiles.
+    Lookup(LookupArgs),
+}
+
+/// Settings of the ingest benchmark.
+#[derive(clap::Args)]
+pub struct IngestArgs {
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Events per request.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    /// Benchmark on PostgreSQL at this URL (a fresh schema is not created: use an empty database).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Drive an already running server at this URL instead of starting one.
+    #[arg(long, requires = "write_key")]
+    url: Option<String>,
+    /// The write key for --url.
+    #[arg(long)]
+    write_key: Option<String>,
+    /// Append the messageId of every acknowledged event to this file (for crash tests).
+    #[arg(long)]
+    acked_log: Option<PathBuf>,
+}
+
+/// Settings of the lookup benchmark.
+#[derive(clap::Args)]
+pub struct LookupArgs {
+    /// Profiles to create before measuring.
+    #[arg(long, default_value_t = 1_000_000)]
+    profiles: usize,
+    /// Lookups to measure.
+    #[arg(long, default_value_t = 100_000)]
+    lookups: usize,
+    /// Keep the database here instead of a temporary directory (reused if it exists).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+/// Run a benchmark.
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Ingest(args) => ingest(args).await,
+        BenchCommand::Lookup(args) => lookup(args).await,
+    }
+}
+
+struct Child {
+    process: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+fn rss_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|line| line.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_healthy(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(response) = client.get(format!("{url}/healthz")).send().await
+            && response.status().is_success()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the server at {url} did not become healthy within 30 s")
+}
+
+/// One synthetic client: ~20% of events introduce a new person, ~2% join two known profiles.
+struct Generator {
+    rng: StdRng,
+    client: usize,
+    sequence: u64,
+    users: Vec<u64>,
+    anonymous_only: Vec<u64>,
+    next_person: u64,
+}
+
+impl Generator {
+    fn new(client: usize) -> Self {
+        Generator { rng: StdRng::seed_from_u64(client as u64), client, sequence: 0, users: Vec::new(), anonymous_only: Vec::new(), next_person: 0 }
+    }
+
+    fn event(&mut self) -> Value {
+        self.sequence += 1;
+        let message_id = format!("bench-{}-{}-{}", std::process::id(), self.client, self.sequence);
+        let context = json!({
+            "library": {"name": "analytics-python", "version": "2.3.3"},
+            "ip": "203.0.113.42",
+            "userAgent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36",
+            "locale": "en-US",
+            "page": {"path": "/pricing", "referrer": "https://www.google.com/", "title": "Pricing"},
+        });
+        let roll: f64 = self.rng.random();
+        if self.users.is_empty() || roll < 0.20 {
+            let person = self.next_person;
+            self.next_person += 1;
+            if self.rng.random_bool(0.5) {
+                self.users.push(person);
+                json!({"type": "identify", "messageId": message_id, "userId": format!("u-{}-{person}", self.client),
+                    "traits": {"email": format!("person{person}.c{}@example.com", self.client), "name": "Bench Person", "plan": "trial",
+                               "company": "Example Inc", "created_at": "2026-11-01T10:00:00Z"}, "context": context})
+            } else {
+                self.anonymous_only.push(person);
+                json!({"type": "page", "messageId": message_id, "anonymousId": format!("a-{}-{person}", self.client), "name": "Pricing",
+                    "properties": {"path": "/pricing", "url": "https://example.com/pricing", "title": "Pricing", "referrer": "https://www.google.com/"},
+                    "context": context})
+            }
+        } else if roll < 0.22 && !self.anonymous_only.is_empty() {
+            let anonymous = self.anonymous_only.swap_remove(self.rng.random_range(0..self.anonymous_only.len()));
+            let user = self.users[self.rng.random_range(0..self.users.len())];
+            json!({"type": "identify", "messageId": message_id, "userId": format!("u-{}-{user}", self.client),
+                "anonymousId": format!("a-{}-{anonymous}", self.client), "traits": {"plan": "pro"}, "context": context})
+        } else {
+            let user = self.users[self.rng.random_range(0..self.users.len())];
+            json!({"type": "track", "messageId": message_id, "userId": format!("u-{}-{user}", self.client), "event": "Product Viewed",
+                "properties": {"product_id": format!("sku-{}", self.rng.random_range(0..5000)), "category": "Games", "name": "Monopoly: 3rd Edition",
+                               "brand": "Hasbro", "variant": "200 pieces", "price": 18.99, "quantity": 1, "currency": "USD", "position": 3},
+                "context": context})
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 * fraction).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index]
+}
+
+async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(args.clients).build()?;
+    let mut child = None;
+    let (url, write_key, backend) = match (&args.url, &args.write_key) {
+        (Some(url), Some(key)) => (url.trim_end_matches('/').to_owned(), key.clone(), "external".to_owned()),
+        _ => {
+            let dir = tempfile::Builder::new().prefix("crossline-bench-").tempdir()?;
+            let port = free_port()?;
+            let token = "bench-operator-token-0123456789";
+            let mut command = tokio::process::Command::new(std::env::current_exe()?);
+            command
+                .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+                .arg(dir.path())
+                .env("CROSSLINE_ADMIN_TOKEN", token)
+                .env("CROSSLINE_LOG_LEVEL", "warn")
+                .env_remove("CROSSLINE_DATABASE_URL")
+                .env_remove("CROSSLINE_NATS_URL")
+                .kill_on_drop(true)
+                .stdout(std::process::Stdio::null());
+            if let Some(database_url) = &args.database_url {
+                command.env("CROSSLINE_DATABASE_URL", database_url);
+            }
+            let process = command.spawn().context("cannot start crossline serve")?;
+            let url = format!("http://127.0.0.1:{port}");
+            wait_healthy(&http, &url).await?;
+            let created: Value = http
+                .post(format!("{url}/api/v1/workspaces"))
+                .bearer_auth(token)
+                .json(&json!({"name": format!("bench-{}", std::process::id())}))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let key = created["write_key"].as_str().context("write_key in the answer")?.to_owned();
+            child = Some(Child { process, _dir: dir });
+            (url, key, if args.database_url.is_some() { "postgres".into() } else { "sqlite".into() })
+        }
+    };
+    let pid = child.as_ref().and_then(|child| child.process.id());
+    let idle_rss = pid.and_then(|pid| rss_kib(pid, "VmRSS:"));
+    let auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{write_key}:")));
+    let acked = match &args.acked_log {
+        Some(path) => Some(std::sync::Arc::new(std::sync::Mutex::new(
+            std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot open {}", path.display()))?,
+        ))),
+        None => None,
+    };
+
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.duration);
+    let mut tasks = Vec::new();
+    for client in 0..args.clients {
+        let (http, url, auth, acked) = (http.clone(), url.clone(), auth.clone(), acked.clone());
+        let batch_size = args.batch;
+        tasks.push(tokio::spawn(async move {
+            let mut generator = Generator::new(client);
+            let mut latencies = Vec::new();
+            let (mut events, mut bytes, mut failures) = (0usize, 0usize, 0usize);
+            while Instant::now() < deadline {
+                let batch: Vec<Value> = (0..batch_size).map(|_| generator.event()).collect();
+                let ids: Vec<String> = batch.iter().map(|event| event["messageId"].as_str().unwrap_or_default().to_owned()).collect();
+                let body = json!({"batch": batch, "sentAt": chrono::Utc::now().to_rfc3339()}).to_string();
+                bytes += body.len();
+                let sent = Instant::now();
+                let response = http
+                    .post(format!("{url}/v1/batch"))
+                    .header("authorization", &auth)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                match response {
+                    Ok(response) if response.status().is_success() => {
+                        latencies.push(sent.elapsed());
+                        events += batch_size;
+                        if let Some(log) = &acked {
+                            let mut file = log.lock().expect("acked log lock");
+                            let _ = file.write_all((ids.join("\n") + "\n").as_bytes());
+                        }
+                    }
+                    Ok(response) => {
+                        failures += 1;
+                        eprintln!("request failed: {} {}", response.status(), response.text().await.unwrap_or_default());
+                    }
+                    Err(err) => {
+                        failures += 1;
+                        if failures < 3 {
+                            eprintln!("request failed: {err}");
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+            (latencies, events, bytes, failures)
+        }));
+    }
+    let mut peak_rss = 0;
+    while Instant::now() < deadline {
+        if let Some(rss) = pid.and_then(|pid| rss_kib(pid, "VmRSS:")) {
+            peak_rss = peak_rss.max(rss);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut latencies = Vec::new();
+    let (mut events, mut bytes, mut failures) = (0, 0, 0);
+    for task in tasks {
+        let (client_latencies, client_events, client_bytes, client_failures) = task.await?;
+        latencies.extend(client_latencies);
+        events += client_events;
+        bytes += client_bytes;
+        failures += client_failures;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    if let Some(hwm) = pid.and_then(|pid| rss_kib(pid, "VmHWM:")) {
+        peak_rss = peak_rss.max(hwm);
+    }
+    latencies.sort();
+    let rate = events as f64 / elapsed;
+    println!("crossline bench ingest: {backend}, {} clients x {} events/request, {:.1} s", args.clients, args.batch, elapsed);
+    println!("  acknowledged events: {events} ({failures} failed requests), {:.1} MB sent", bytes as f64 / 1e6);
+    println!("  throughput:          {rate:.0} events/s ({:.0} requests/s)", latencies.len() as f64 / elapsed);
+    println!(
+        "  request latency:     p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+    if let Some(idle) = idle_rss {
+        println!("  server RSS:          idle {:.1} MB, peak {:.1} MB", idle as f64 / 1024.0, peak_rss as f64 / 1024.0);
+    }
+    println!(
+        "| {} | {backend} | {}x{} | {rate:.0} | {:.2} | {:.2} | {} | {} |",
+        chrono::Utc::now().format("%Y-%m-%d"),
+        args.clients,
+        args.batch,
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        idle_rss.map_or("-".into(), |kib| format!("{:.1} MB", kib as f64 / 1024.0)),
+        if peak_rss > 0 { format!("{:.1} MB", peak_rss as f64 / 1024.0) } else { "-".into() },
+    );
+    if let Some(mut child) = child {
+        #[cfg(unix)]
+        if let Some(pid) = child.process.id() {
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+        let status = tokio::time::timeout(Duration::from_secs(20), child.process.wait()).await;
+        match status {
+            Ok(Ok(status)) if status.success() => println!("  server stopped cleanly on SIGTERM"),
+            other => println!("  server did not stop cleanly: {other:?}"),
+        }
+    }
+    if events == 0 {
+        bail!("no event was acknowledged");
+    }
+    Ok(())
+}
+
+async fn lookup(args: LookupArgs) -> anyhow::Result<()> {
+    use crossline_core::event::{Endpoint, NormalizeOptions, parse_request};
+    use crossline_core::{Identity, IdentityKind};
+    let temporary = tempfile::Builder::new().prefix("crossline-bench-lookup-").tempdir()?;
+    let dir = args.data_dir.clone().unwrap_or_else(|| temporary.path().to_owned());
+    let store = crossline_store::sqlite::SqliteStore::open(&dir.join("crossline.db")).await?;
+    use crossline_store::{ProfileStore, WorkspaceStore};
+    let workspace = match store.workspaces().await?.into_iter().next() {
+        Some(workspace) => workspace,
+        None => {
+            let workspace = crossline_store::Workspace {
+                id: crossline_core::ids::new_id("ws"),
+                name: "lookup-bench".into(),
+                default_region: "US".into(),
+                time_zone: "UTC".into(),
+                created_at: chrono::Utc::now(),
+            };
+            store.create_workspace(&workspace, "bench-w", "bench-a").await?;
+            workspace
+        }
+    };
+    let existing = store.workspace_stats(&workspace.id, 1).await?.profiles as usize;
+    let started = Instant::now();
+    let chunk = 5_000;
+    let mut next = existing;
+    while next < args.profiles {
+        let end = (next + chunk).min(args.profiles);
+        let batch: Vec<Value> = (next..end)
+            .map(|index| json!({"type": "identify", "messageId": format!("p{index}"), "userId": format!("user-{index}"),
+                "traits": {"email": format!("person{index}@example.com"), "plan": "standard"}}))
+            .collect();
+        let body = json!({"batch": batch}).to_string();
+        let options = NormalizeOptions { default_region: "US", received_at: chrono::Utc::now() };
+        let events = parse_request(Endpoint::Batch, body.as_bytes(), &options).map_err(|err| anyhow::anyhow!("{err}"))?.events;
+        store.ingest(&workspace.id, events).await?;
+        next = end;
+    }
+    if args.profiles > existing {
+        println!("created {} profiles in {:.1} s", args.profiles - existing, started.elapsed().as_secs_f64());
+    }
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut latencies = Vec::with_capacity(args.lookups);
+    for _ in 0..args.lookups {
+        let index = rng.random_range(0..args.profiles);
+        let identity = if index % 2 == 0 {
+            Identity { kind: IdentityKind::Email, value: format!("person{index}@example.com") }
+        } else {
+            Identity { kind: IdentityKind::UserId, value: format!("user-{index}") }
+        };
+        let start = Instant::now();
+        let profile = store.lookup(&workspace.id, &identity).await?;
+        latencies.push(start.elapsed());
+        if profile.is_none() {
+            bail!("{identity} was not found");
+        }
+    }
+    latencies.sort();
+    println!(
+        "crossline bench lookup: {} profiles, {} lookups: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        args.profiles,
+        args.lookups,
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+    Ok(())
+}

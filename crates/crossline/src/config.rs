@@ -1,0 +1,177 @@
+//! Layered configuration: built-in defaults, then a TOML file, then `CROSSLINE_*` environment
+//! variables, then command-line flags. Everything is validated before the server starts, and a
+//! bad value stops it with one sentence naming the setting and the fix.
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Every setting of `crossline serve`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: String,
+    /// Directory of the embedded store (and the generated operator token).
+    pub data_dir: PathBuf,
+    /// `postgres://...` to use PostgreSQL instead of the embedded store.
+    pub database_url: Option<String>,
+    /// `nats://...` to use NATS JetStream instead of the in-process bus.
+    pub nats_url: Option<String>,
+    /// The operator token; generated and saved under `data_dir` when unset.
+    pub admin_token: Option<String>,
+    /// The URL the server is reached at from outside (links, webhook signatures).
+    pub public_url: Option<String>,
+    /// `text` or `json`.
+    pub log_format: String,
+    /// A tracing filter such as `info` or `crossline=debug,info`.
+    pub log_level: String,
+    /// Default phone region of new workspaces.
+    pub default_region: String,
+    /// Default time zone of new workspaces.
+    pub default_time_zone: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("crossline-data"),
+            database_url: None,
+            nats_url: None,
+            admin_token: None,
+            public_url: None,
+            log_format: "text".into(),
+            log_level: "info".into(),
+            default_region: "US".into(),
+            default_time_zone: "UTC".into(),
+        }
+    }
+}
+
+/// The environment variables read, as `CROSSLINE_` + the upper-cased key.
+const ENV_KEYS: [&str; 10] = [
+    "listen",
+    "data_dir",
+    "database_url",
+    "nats_url",
+    "admin_token",
+    "public_url",
+    "log_format",
+    "log_level",
+    "default_region",
+    "default_time_zone",
+];
+
+/// Flags given on the command line; they override everything else.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    /// `--listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// `--data-dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Load from defaults, `file` (if given, it must exist), the environment, and `overrides`.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                anyhow::bail!("configuration file {} does not exist; check --config or CROSSLINE_CONFIG", file.display());
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("CROSSLINE_").only(&ENV_KEYS)).merge(Serialized::defaults(overrides));
+        let config: Config = figment.extract().map_err(|err| anyhow::anyhow!("configuration error: {err}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check every setting; the error names the setting and the fix.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.listen_addr()?;
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            anyhow::bail!("database_url (CROSSLINE_DATABASE_URL) must start with postgres://, e.g. postgres://user@127.0.0.1:5432/crossline; unset it to use the embedded store");
+        }
+        if let Some(url) = &self.nats_url
+            && !(url.starts_with("nats://") || url.starts_with("tls://"))
+        {
+            anyhow::bail!("nats_url (CROSSLINE_NATS_URL) must start with nats://, e.g. nats://127.0.0.1:4222; unset it to use the in-process bus");
+        }
+        if let Some(token) = &self.admin_token
+            && token.len() < 16
+        {
+            anyhow::bail!("admin_token (CROSSLINE_ADMIN_TOKEN) is too short: use at least 16 characters, e.g. the output of `openssl rand -hex 24`");
+        }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            anyhow::bail!("public_url (CROSSLINE_PUBLIC_URL) must be an http:// or https:// URL, e.g. https://crossline.example.com");
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            anyhow::bail!("log_format (CROSSLINE_LOG_FORMAT) is \"{}\"; use text or json", self.log_format);
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            anyhow::bail!("log_level (CROSSLINE_LOG_LEVEL) \"{}\" is not a valid filter; use e.g. info, debug or crossline=debug,info", self.log_level);
+        }
+        if !crossline_core::identity::is_known_region(&self.default_region) {
+            anyhow::bail!("default_region (CROSSLINE_DEFAULT_REGION) \"{}\" is not an ISO 3166 alpha-2 code such as US, GB or DE", self.default_region);
+        }
+        if self.default_time_zone.parse::<chrono_tz::Tz>().is_err() {
+            anyhow::bail!("default_time_zone (CROSSLINE_DEFAULT_TIME_ZONE) \"{}\" is not an IANA time zone such as UTC or Europe/Paris", self.default_time_zone);
+        }
+        Ok(())
+    }
+
+    /// The parsed listen address.
+    pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.listen.parse().map_err(|_| {
+            anyhow::anyhow!("listen (--listen or CROSSLINE_LISTEN) \"{}\" is not an address; use HOST:PORT such as 127.0.0.1:8080 or 0.0.0.0:8080", self.listen)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order_and_bad_values_are_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("crossline.toml", "listen = \"127.0.0.1:9000\"\nlog_level = \"debug\"\n")?;
+            jail.set_env("CROSSLINE_LOG_LEVEL", "warn");
+            jail.set_env("CROSSLINE_TEST_DATABASE_URL", "ignored: not a setting");
+            let config = Config::load(Some(Path::new("crossline.toml")), &Overrides::default()).unwrap();
+            assert_eq!(config.listen, "127.0.0.1:9000", "file over defaults");
+            assert_eq!(config.log_level, "warn", "environment over file");
+            let config = Config::load(
+                Some(Path::new("crossline.toml")),
+                &Overrides { listen: Some("127.0.0.1:9100".into()), data_dir: None },
+            )
+            .unwrap();
+            assert_eq!(config.listen, "127.0.0.1:9100", "flags over everything");
+
+            jail.set_env("CROSSLINE_DATABASE_URL", "mysql://x");
+            let err = Config::load(None, &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("CROSSLINE_DATABASE_URL") && err.contains("postgres://"), "{err}");
+            jail.set_env("CROSSLINE_DATABASE_URL", "postgres://localhost/x");
+            jail.set_env("CROSSLINE_DEFAULT_TIME_ZONE", "Mars/Olympus");
+            let err = Config::load(None, &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("default_time_zone"), "{err}");
+            jail.set_env("CROSSLINE_DEFAULT_TIME_ZONE", "Europe/Paris");
+            jail.create_file("typo.toml", "listn = \"x\"\n")?;
+            let err = Config::load(Some(Path::new("typo.toml")), &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("listn"), "{err}");
+            let err = Config::load(Some(Path::new("missing.toml")), &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("does not exist"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,212 @@
+//! `crossline demo`: a ready-to-try instance with realistic, cross-channel sample data.
+
+use crate::config::Config;
+use anyhow::Context;
+use chrono::{DateTime, Duration, Utc};
+use crossline_core::event::{Endpoint, NormalizeOptions, parse_request};
+use crossline_core::keys::{KeyKind, generate_key, hash_key};
+use crossline_store::{DynStore, Workspace};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+
+const FIRST_NAMES: [&str; 20] = [
+    "Ada", "Grace", "Alan", "Katherine", "Linus", "Margaret", "Dennis", "Barbara", "Ken", "Frances", "Edsger", "Radia",
+    "Tim", "Hedy", "John", "Sophie", "Donald", "Karen", "Guido", "Anita",
+];
+const LAST_NAMES: [&str; 15] = [
+    "Lovelace", "Hopper", "Turing", "Johnson", "Torvalds", "Hamilton", "Ritchie", "Liskov", "Thompson", "Allen",
+    "Dijkstra", "Perlman", "Berners-Lee", "Lamarr", "McCarthy",
+];
+const CITIES: [&str; 6] = ["New York", "Chicago", "Austin", "Seattle", "Boston", "Denver"];
+const PAGES: [(&str, &str); 6] = [
+    ("Home", "/"),
+    ("Savings accounts", "/savings"),
+    ("Credit cards", "/cards"),
+    ("Mortgages", "/mortgages"),
+    ("Book an appointment", "/appointments"),
+    ("Branch locator", "/branches"),
+];
+
+/// The sample customer every tour uses: present on web, SMS, email and app, merged.
+pub const STAR_EMAIL: &str = "ada@example.com";
+
+/// Sample events: `customers` people over the last 30 days, in time order.
+pub fn sample_events(customers: usize, now: DateTime<Utc>, seed: u64) -> Vec<Value> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut events: Vec<(DateTime<Utc>, Value)> = Vec::new();
+    for index in 0..customers {
+        let (first, last) = if index == 0 {
+            ("Ada", "Lovelace")
+        } else {
+            (FIRST_NAMES[index % FIRST_NAMES.len()], LAST_NAMES[(index / FIRST_NAMES.len() + index) % LAST_NAMES.len()])
+        };
+        let email = if index == 0 { STAR_EMAIL.to_owned() } else { format!("{}.{}{index}@example.com", first.to_lowercase(), last.to_lowercase()) };
+        let phone = format!("+1415555{:04}", 100 + index);
+        let web = format!("web-{index:04}");
+        let user = format!("user-{index:04}");
+        let start = now - Duration::days(rng.random_range(3..30)) - Duration::minutes(rng.random_range(0..1440));
+        let mut at = start;
+        let mut push = |at: DateTime<Utc>, mut event: Value| {
+            event["messageId"] = json!(format!("demo-{index}-{}", events.len()));
+            event["timestamp"] = json!(at.to_rfc3339());
+            events.push((at, event));
+        };
+        for _ in 0..rng.random_range(2..7) {
+            let (name, path) = PAGES[rng.random_range(0..PAGES.len())];
+            push(at, json!({"type": "page", "anonymousId": web, "name": name,
+                "properties": {"path": path, "url": format!("https://bank.example{path}"), "title": name},
+                "context": {"channel": "web", "userAgent": "Mozilla/5.0", "library": {"name": "analytics.js", "version": "2.11.1"}}}));
+            at += Duration::seconds(rng.random_range(10..300));
+        }
+        let sms_optin = if index % 7 == 3 { "unsubscribed" } else { "subscribed" };
+        push(at, json!({"type": "identify", "anonymousId": web,
+            "traits": {"email": email, "name": format!("{first} {last}"), "first_name": first, "city": CITIES[index % CITIES.len()],
+                       "plan": if index % 4 == 0 { "premium" } else { "standard" },
+                       "consent": {"email": "subscribed"}},
+            "context": {"channel": "web"}}));
+        at += Duration::hours(rng.random_range(2..48));
+        push(at, json!({"type": "track", "anonymousId": format!("sms-{index:04}"), "event": "SMS Received",
+            "properties": {"body": "Your appointment reminder", "segments": 1},
+            "context": {"channel": "sms", "traits": {"phone": phone, "consent": {"sms": sms_optin}}}}));
+        if index % 3 != 2 {
+            at += Duration::minutes(rng.random_range(1..30));
+            push(at, json!({"type": "track", "anonymousId": format!("sms-{index:04}"), "event": "SMS Replied",
+                "properties": {"body": "Thanks, see you then"}, "context": {"channel": "sms"}}));
+        }
+        for _ in 0..rng.random_range(1..4) {
+            at += Duration::hours(rng.random_range(6..72));
+            push(at, json!({"type": "track", "anonymousId": web, "event": "Email Opened",
+                "properties": {"campaign": "November savings", "subject": "Earn 4.1% on savings"}, "context": {"channel": "email"}}));
+            if rng.random_bool(0.4) {
+                push(at + Duration::seconds(40), json!({"type": "track", "anonymousId": web, "event": "Email Link Clicked",
+                    "properties": {"campaign": "November savings", "url": "https://bank.example/savings"}, "context": {"channel": "email"}}));
+            }
+        }
+        // Most customers later sign in on the app with email and phone: their web and SMS profiles merge.
+        if index == 0 || index % 5 != 4 {
+            at += Duration::hours(rng.random_range(1..48));
+            push(at, json!({"type": "identify", "userId": user, "anonymousId": format!("app-{index:04}"),
+                "traits": {"email": email, "phone": phone},
+                "context": {"channel": "app", "device": {"token": format!("fcm-token-{index:04}"), "type": "android"}}}));
+            for _ in 0..rng.random_range(1..5) {
+                at += Duration::minutes(rng.random_range(1..90));
+                let screen = ["Accounts", "Card details", "Transfers", "Appointments"][rng.random_range(0..4)];
+                push(at, json!({"type": "screen", "userId": user, "name": screen, "context": {"channel": "app"}}));
+            }
+            if rng.random_bool(0.35) {
+                at += Duration::minutes(rng.random_range(1..60));
+                push(at, json!({"type": "track", "userId": user, "event": "Appointment Booked",
+                    "properties": {"branch": CITIES[index % CITIES.len()], "topic": "mortgage"}, "context": {"channel": "app"}}));
+            }
+        }
+    }
+    events.sort_by_key(|(at, _)| *at);
+    events.into_iter().filter(|(at, _)| *at <= now).map(|(_, event)| event).collect()
+}
+
+/// Store the sample data in a workspace.
+pub async fn seed(store: &DynStore, workspace: &Workspace, customers: usize) -> anyhow::Result<usize> {
+    let now = Utc::now();
+    let events = sample_events(customers, now, 7);
+    let total = events.len();
+    for chunk in events.chunks(250) {
+        let body = json!({"batch": chunk}).to_string();
+        let options = NormalizeOptions { default_region: &workspace.default_region, received_at: now };
+        let request = parse_request(Endpoint::Batch, body.as_bytes(), &options).map_err(|err| anyhow::anyhow!("demo data: {err}"))?;
+        store.ingest(&workspace.id, request.events).await?;
+    }
+    Ok(total)
+}
+
+/// Create the demo workspace, seed it and serve.
+pub async fn run(listen: String, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let (data_dir, _temporary) = match data_dir {
+        Some(dir) => (dir, None),
+        None => {
+            let dir = tempfile::Builder::new().prefix("crossline-demo-").tempdir().context("cannot create a temporary directory")?;
+            (dir.path().to_owned(), Some(dir))
+        }
+    };
+    let admin_token = generate_key(KeyKind::Api).replacen("sk_", "op_", 1);
+    let config = Config { listen, data_dir: data_dir.clone(), admin_token: Some(admin_token.clone()), log_level: "warn".into(), ..Config::default() };
+    config.validate()?;
+    crate::init_logging(&config);
+    let state = crate::state_for(&config, admin_token.clone()).await?;
+
+    let write_key = generate_key(KeyKind::Write);
+    let api_key = generate_key(KeyKind::Api);
+    let workspace = match state.store.workspaces().await?.into_iter().find(|workspace| workspace.name == "demo") {
+        Some(existing) => {
+            state.store.rotate_key(&existing.id, KeyKind::Write, &hash_key(&write_key)).await?;
+            state.store.rotate_key(&existing.id, KeyKind::Api, &hash_key(&api_key)).await?;
+            existing
+        }
+        None => {
+            let workspace = Workspace {
+                id: crossline_core::ids::new_id("ws"),
+                name: "demo".into(),
+                default_region: "US".into(),
+                time_zone: "America/New_York".into(),
+                created_at: Utc::now(),
+            };
+            state.store.create_workspace(&workspace, &hash_key(&write_key), &hash_key(&api_key)).await?;
+            let count = seed(&state.store, &workspace, 150).await?;
+            eprintln!("Seeded {count} events for 150 sample customers.");
+            workspace
+        }
+    };
+
+    let address = config.listen_addr()?;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address} (is another crossline running? use --listen 127.0.0.1:8081)"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    println!(
+        "\nCrossline demo is running at {url}\n\n  Console:        {url}/  (log in with the API key below)\n  API docs:       {url}/api/docs\n  Workspace:      demo ({id})\n  Write key:      {write_key}\n  API key:        {api_key}\n  Operator token: {admin_token}\n  Data:           {dir}\n\nTry:\n  curl -s -u {write_key}: {url}/v1/track -H 'content-type: application/json' \\\n    -d '{{\"userId\":\"user-0000\",\"event\":\"Demo Clicked\",\"context\":{{\"channel\":\"web\"}}}}'\n  curl -s -H 'Authorization: Bearer {api_key}' '{url}/api/v1/profiles/lookup?kind=email&value={STAR_EMAIL}'\n\nPress Ctrl-C to stop.",
+        id = workspace.id,
+        dir = data_dir.display(),
+    );
+    crossline_server::run(listener, state, crate::shutdown_signal()).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_data_is_valid_ordered_and_crosses_channels() {
+        let now = Utc::now();
+        let events = sample_events(40, now, 1);
+        assert!(events.len() > 500, "{} events", events.len());
+        let body = json!({"batch": events}).to_string();
+        let options = NormalizeOptions { default_region: "US", received_at: now };
+        let parsed = parse_request(Endpoint::Batch, body.as_bytes(), &options).unwrap().events;
+        let channels: std::collections::BTreeSet<&str> = parsed.iter().map(|event| event.channel.as_str()).collect();
+        assert_eq!(channels.into_iter().collect::<Vec<_>>(), ["app", "email", "sms", "web"]);
+        assert!(parsed.windows(2).all(|pair| pair[0].timestamp <= pair[1].timestamp));
+        assert_eq!(sample_events(40, now, 1), events, "deterministic for a seed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn seeding_merges_the_star_customer_across_channels() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: DynStore = std::sync::Arc::new(crossline_store::sqlite::SqliteStore::open(&dir.path().join("db")).await.unwrap());
+        let workspace = crossline_store::testsuite::sample_workspace("demo");
+        store.create_workspace(&workspace, "w", "a").await.unwrap();
+        seed(&store, &workspace, 20).await.unwrap();
+        let ada = crossline_core::Identity::parse(crossline_core::IdentityKind::Email, STAR_EMAIL, "US").unwrap();
+        let profile = store.lookup(&workspace.id, &ada).await.unwrap().unwrap();
+        let kinds: Vec<&str> = profile.identities.iter().map(|identity| identity.kind.as_str()).collect();
+        for kind in ["user_id", "anonymous_id", "email", "phone", "device_token"] {
+            assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+        }
+        let timeline = store.events(&workspace.id, &profile.id, &crossline_store::EventQuery { limit: 500, kind: None }).await.unwrap();
+        let channels: std::collections::BTreeSet<&str> = timeline.iter().map(|event| event.channel.as_str()).collect();
+        for channel in ["web", "sms", "email", "app", "system"] {
+            assert!(channels.contains(channel), "{channel} in {channels:?}");
+        }
+    }
+}

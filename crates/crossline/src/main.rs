@@ -1,0 +1,200 @@
+//! The `crossline` command: serve, demo, migrate, nlu eval and bench.
+
+mod bench;
+mod config;
+mod demo;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use config::{Config, Overrides};
+use crossline_server::{AppState, Settings};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Crossline: one hub for every channel a business talks to its customers on.
+#[derive(Parser)]
+#[command(name = "crossline", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server. Embedded SQLite under --data-dir by default; PostgreSQL when
+    /// CROSSLINE_DATABASE_URL is set and NATS JetStream when CROSSLINE_NATS_URL is set.
+    Serve(ServeArgs),
+    /// Start a ready-to-try instance with a demo workspace, sample profiles and events, and print
+    /// its URL and credentials.
+    Demo(DemoArgs),
+    /// Apply database migrations and exit (serve also applies them at start).
+    Migrate(ServeArgs),
+    /// Language-understanding tools.
+    #[command(subcommand)]
+    Nlu(NluCommand),
+    /// Benchmarks that drive a real server over loopback.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum NluCommand {
+    /// Train on --train, tune on --validation, evaluate on --test, and print the scores.
+    Eval(crossline_nlu_eval::EvalArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080; env: CROSSLINE_LISTEN]
+    #[arg(long)]
+    listen: Option<String>,
+    /// Directory for the embedded store [default: ./crossline-data; env: CROSSLINE_DATA_DIR]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// A TOML configuration file (keys as in `Config`: listen, data_dir, database_url, ...)
+    #[arg(long, env = "CROSSLINE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Directory for the demo's data; a fresh temporary directory when not given.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // One TLS crypto provider for the whole process (ring: no C toolchain beyond cc, no aws-lc).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(load_config(&args)?).await,
+            Command::Migrate(args) => migrate(load_config(&args)?).await,
+            Command::Demo(args) => demo::run(args.listen, args.data_dir).await,
+            Command::Nlu(NluCommand::Eval(args)) => tokio::task::spawn_blocking(move || crossline_nlu_eval::run(&args)).await?,
+            Command::Bench(command) => bench::run(command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    Config::load(args.config.as_deref(), &Overrides { listen: args.listen.clone(), data_dir: args.data_dir.clone() })
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if config.log_format == "json" { builder.json().try_init() } else { builder.try_init() };
+}
+
+/// The operator token: configured, or generated once and kept under the data directory.
+fn admin_token(config: &Config) -> anyhow::Result<(String, Option<PathBuf>)> {
+    if let Some(token) = &config.admin_token {
+        return Ok((token.clone(), None));
+    }
+    let path = config.data_dir.join("admin-token");
+    if let Ok(saved) = std::fs::read_to_string(&path) {
+        return Ok((saved.trim().to_owned(), None));
+    }
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let token = crossline_core::keys::generate_key(crossline_core::keys::KeyKind::Api).replacen("sk_", "op_", 1);
+    write_private(&path, &token)?;
+    Ok((token, Some(path)))
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+async fn open_backends(config: &Config) -> anyhow::Result<(crossline_store::DynStore, crossline_bus::DynBus)> {
+    let store = crossline_store::open(config.database_url.as_deref(), &config.data_dir).await.context("cannot open the store")?;
+    let bus = crossline_bus::open(config.nats_url.as_deref()).await.context("cannot open the event bus")?;
+    Ok((store, bus))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutdown signal received");
+}
+
+/// Build the server state from configuration.
+async fn state_for(config: &Config, admin_token: String) -> anyhow::Result<AppState> {
+    let (store, bus) = open_backends(config).await?;
+    Ok(AppState {
+        store,
+        bus,
+        admin_token: admin_token.into(),
+        settings: Arc::new(Settings {
+            default_region: config.default_region.clone(),
+            default_time_zone: config.default_time_zone.clone(),
+            public_url: config.public_url.clone(),
+        }),
+        metrics: crossline_server::metrics_handle(),
+    })
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    init_logging(&config);
+    let (token, generated) = admin_token(&config)?;
+    let state = state_for(&config, token.clone()).await?;
+    let address = config.listen_addr()?;
+    let listener = tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+    let local = listener.local_addr()?;
+    if let Some(path) = generated {
+        eprintln!("Generated the operator token (saved in {}; set CROSSLINE_ADMIN_TOKEN to choose your own):\n  {token}", path.display());
+    }
+    println!("crossline listening on http://{local} (store: {}, bus: {})", state.store.backend(), state.bus.backend());
+    crossline_server::run(listener, state, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn migrate(config: Config) -> anyhow::Result<()> {
+    init_logging(&config);
+    let store = crossline_store::open(config.database_url.as_deref(), &config.data_dir).await.context("cannot open the store")?;
+    store.ping().await?;
+    println!("migrations applied ({} store is up to date)", store.backend());
+    Ok(())
+}
