@@ -25,9 +25,9 @@ pub struct EvalArgs {
     /// Training files (.tsv, .csv or .jsonl); rows labelled `oos` train the out-of-scope class.
     #[arg(long, num_args = 1.., required = true)]
     pub train: Vec<PathBuf>,
-    /// Validation files, used only to choose the out-of-scope threshold. Without them a deterministic
-    /// slice of the training rows (every tenth) is held out for tuning and the final model is retrained on
-    /// all training rows.
+    /// Validation files, used only for tuning (probability temperatures and the out-of-scope threshold).
+    /// Without them a deterministic slice of the training rows (every tenth) is held out for tuning and the
+    /// final model is retrained on all training rows.
     #[arg(long, num_args = 1..)]
     pub validation: Vec<PathBuf>,
     /// Test files, evaluated once.
