@@ -54,6 +54,8 @@ pub trait IngestTx {
     async fn insert_identities(&mut self, workspace_id: &str, identities: &[(Identity, String)], now: DateTime<Utc>) -> StoreResult<()>;
     /// Insert events (their message ids are known to be new).
     async fn insert_events(&mut self, workspace_id: &str, rows: &[EventRow<'_>]) -> StoreResult<()>;
+    /// Add to the per-day, per-channel event counters: `(day since epoch, channel, events)`.
+    async fn add_event_counts(&mut self, workspace_id: &str, counts: &[(i64, &str, i64)]) -> StoreResult<()>;
     /// Insert or update profiles.
     async fn upsert_profiles(&mut self, workspace_id: &str, profiles: &[&ProfileState]) -> StoreResult<()>;
 }
@@ -150,6 +152,13 @@ pub async fn apply_batch<T: IngestTx>(
     }
     if !rows.is_empty() {
         tx.insert_events(workspace_id, &rows).await?;
+        let mut counts: HashMap<(i64, &str), i64> = HashMap::new();
+        for row in &rows {
+            *counts.entry((row.timestamp.timestamp().div_euclid(86_400), row.channel)).or_default() += 1;
+        }
+        let mut counts: Vec<(i64, &str, i64)> = counts.into_iter().map(|((day, channel), count)| (day, channel, count)).collect();
+        counts.sort_unstable();
+        tx.add_event_counts(workspace_id, &counts).await?;
     }
     let mut dirty: Vec<&ProfileState> = state.dirty.iter().filter_map(|id| state.profiles.get(id)).collect();
     dirty.sort_by(|a, b| a.id.cmp(&b.id));

@@ -47,7 +47,16 @@ CREATE TABLE events (
 );
 CREATE UNIQUE INDEX events_message ON events (workspace_id, message_id);
 CREATE INDEX events_profile ON events (workspace_id, profile_id, timestamp);
-CREATE INDEX events_time ON events (workspace_id, timestamp);
+
+-- Events per UTC day and channel, kept by ingestion (one upsert per batch, not an index entry per
+-- event) so the overview reads days, not events.
+CREATE TABLE event_counts (
+    workspace_id TEXT NOT NULL,
+    day BIGINT NOT NULL,
+    channel TEXT NOT NULL,
+    count BIGINT NOT NULL,
+    PRIMARY KEY (workspace_id, day, channel)
+);
 
 CREATE TABLE jobs (
     id BIGSERIAL PRIMARY KEY,

@@ -113,12 +113,31 @@ impl IngestTx for PgTx<'_> {
         Ok(())
     }
 
+    async fn add_event_counts(&mut self, workspace_id: &str, counts: &[(i64, &str, i64)]) -> StoreResult<()> {
+        add_event_counts(self.tx, workspace_id, counts).await
+    }
+
     async fn upsert_profiles(&mut self, workspace_id: &str, profiles: &[&ProfileState]) -> StoreResult<()> {
         for profile in profiles {
             upsert_profile(self.tx, workspace_id, profile).await?;
         }
         Ok(())
     }
+}
+
+async fn add_event_counts(client: &impl GenericClient, workspace_id: &str, counts: &[(i64, &str, i64)]) -> StoreResult<()> {
+    let days: Vec<i64> = counts.iter().map(|(day, _, _)| *day).collect();
+    let channels: Vec<&str> = counts.iter().map(|(_, channel, _)| *channel).collect();
+    let deltas: Vec<i64> = counts.iter().map(|(_, _, count)| *count).collect();
+    client
+        .execute(
+            "INSERT INTO event_counts (workspace_id, day, channel, count)
+             SELECT $1, * FROM unnest($2::int8[], $3::text[], $4::int8[])
+             ON CONFLICT (workspace_id, day, channel) DO UPDATE SET count = event_counts.count + excluded.count",
+            &[&workspace_id, &days, &channels, &deltas],
+        )
+        .await?;
+    Ok(())
 }
 
 async fn upsert_profile(client: &impl GenericClient, workspace_id: &str, profile: &ProfileState) -> StoreResult<()> {
@@ -257,6 +276,17 @@ pub(super) async fn delete_profile(tx: &Transaction<'_>, workspace_id: &str, pro
     let Some(live) = live_profile_id(tx, workspace_id, profile_id).await? else {
         return Ok(false);
     };
+    let erased: Vec<(i64, String, i64)> = tx
+        .query(
+            "SELECT timestamp / 86400000, channel, count(*) FROM events WHERE workspace_id = $1 AND profile_id = $2 GROUP BY 1, 2",
+            &[&workspace_id, &live],
+        )
+        .await?
+        .into_iter()
+        .map(|row| (row.get(0), row.get(1), -row.get::<_, i64>(2)))
+        .collect();
+    let erased: Vec<(i64, &str, i64)> = erased.iter().map(|(day, channel, count)| (*day, channel.as_str(), *count)).collect();
+    add_event_counts(tx, workspace_id, &erased).await?;
     tx.execute("DELETE FROM events WHERE workspace_id = $1 AND profile_id = $2", &[&workspace_id, &live]).await?;
     tx.execute("DELETE FROM identities WHERE workspace_id = $1 AND profile_id = $2", &[&workspace_id, &live]).await?;
     tx.execute("DELETE FROM profiles WHERE workspace_id = $1 AND merged_into = $2", &[&workspace_id, &live]).await?;
@@ -318,13 +348,16 @@ pub(super) async fn workspace_stats(
         .query_one("SELECT count(*) FROM profiles WHERE workspace_id = $1 AND merged_into IS NULL", &[&workspace_id])
         .await?
         .get(0);
-    let events: i64 = client.query_one("SELECT count(*) FROM events WHERE workspace_id = $1", &[&workspace_id]).await?.get(0);
-    let (first_day, since) = window_start(now, days);
+    let events: i64 = client
+        .query_one("SELECT coalesce(sum(count), 0)::int8 FROM event_counts WHERE workspace_id = $1", &[&workspace_id])
+        .await?
+        .get(0);
+    let (first_day, _) = window_start(now, days);
     let mut per_day = HashMap::new();
     for row in client
         .query(
-            "SELECT timestamp / 86400000, count(*) FROM events WHERE workspace_id = $1 AND timestamp >= $2 GROUP BY 1",
-            &[&workspace_id, &since],
+            "SELECT day, sum(count)::int8 FROM event_counts WHERE workspace_id = $1 AND day >= $2 GROUP BY day",
+            &[&workspace_id, &first_day],
         )
         .await?
     {
@@ -332,8 +365,9 @@ pub(super) async fn workspace_stats(
     }
     let per_channel = client
         .query(
-            "SELECT channel, count(*) FROM events WHERE workspace_id = $1 AND timestamp >= $2 GROUP BY channel ORDER BY 2 DESC, 1",
-            &[&workspace_id, &since],
+            "SELECT channel, sum(count)::int8 FROM event_counts WHERE workspace_id = $1 AND day >= $2
+             GROUP BY channel HAVING sum(count) > 0 ORDER BY 2 DESC, 1",
+            &[&workspace_id, &first_day],
         )
         .await?
         .into_iter()

@@ -427,15 +427,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite_passes_the_conformance_suite() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("test.db");
+        let counter = std::sync::atomic::AtomicUsize::new(0);
         crate::testsuite::run_all(|| {
-            let path = path.clone();
-            async move {
-                let _ = std::fs::remove_file(&path);
-                let _ = std::fs::remove_file(path.with_extension("db-wal"));
-                let _ = std::fs::remove_file(path.with_extension("db-shm"));
-                Arc::new(SqliteStore::open(&path).await.unwrap()) as crate::DynStore
-            }
+            let path = dir.path().join(format!("test-{}.db", counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst)));
+            async move { Arc::new(SqliteStore::open(&path).await.unwrap()) as crate::DynStore }
         })
         .await;
     }

@@ -122,12 +122,27 @@ impl IngestTx for SqliteTx<'_> {
         Ok(())
     }
 
+    async fn add_event_counts(&mut self, workspace_id: &str, counts: &[(i64, &str, i64)]) -> StoreResult<()> {
+        add_event_counts(self.conn, workspace_id, counts)
+    }
+
     async fn upsert_profiles(&mut self, workspace_id: &str, profiles: &[&ProfileState]) -> StoreResult<()> {
         for profile in profiles {
             upsert_profile(self.conn, workspace_id, profile)?;
         }
         Ok(())
     }
+}
+
+fn add_event_counts(conn: &Connection, workspace_id: &str, counts: &[(i64, &str, i64)]) -> StoreResult<()> {
+    let mut statement = conn.prepare_cached(
+        "INSERT INTO event_counts (workspace_id, day, channel, count) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (workspace_id, day, channel) DO UPDATE SET count = count + excluded.count",
+    )?;
+    for (day, channel, count) in counts {
+        statement.execute((workspace_id, day, channel, count))?;
+    }
+    Ok(())
 }
 
 fn upsert_profile(conn: &Connection, workspace_id: &str, profile: &ProfileState) -> StoreResult<()> {
@@ -278,6 +293,15 @@ pub(super) fn delete_profile(conn: &Connection, workspace_id: &str, profile_id: 
     let Some(live) = live_profile_id(conn, workspace_id, profile_id)? else {
         return Ok(false);
     };
+    let mut statement = conn.prepare_cached(
+        "SELECT timestamp / 86400000, channel, count(*) FROM events INDEXED BY events_profile
+         WHERE workspace_id = ?1 AND profile_id = ?2 GROUP BY 1, 2",
+    )?;
+    let erased: Vec<(i64, String, i64)> = statement
+        .query_map((workspace_id, &live), |row| Ok((row.get(0)?, row.get(1)?, -row.get::<_, i64>(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let erased: Vec<(i64, &str, i64)> = erased.iter().map(|(day, channel, count)| (*day, channel.as_str(), *count)).collect();
+    add_event_counts(conn, workspace_id, &erased)?;
     conn.execute(DELETE_EVENTS, (workspace_id, &live))?;
     conn.execute(DELETE_IDENTITIES, (workspace_id, &live))?;
     conn.execute(DELETE_TOMBSTONES, (workspace_id, &live))?;
@@ -342,21 +366,22 @@ pub(super) fn workspace_stats(conn: &Connection, workspace_id: &str, days: u32, 
         [workspace_id],
         |row| row.get(0),
     )?;
-    let events: i64 = conn.query_row("SELECT count(*) FROM events WHERE workspace_id = ?1", [workspace_id], |row| row.get(0))?;
-    let (first_day, since) = window_start(now, days);
+    let events: i64 =
+        conn.query_row("SELECT coalesce(sum(count), 0) FROM event_counts WHERE workspace_id = ?1", [workspace_id], |row| row.get(0))?;
+    let (first_day, _) = window_start(now, days);
     let mut per_day: HashMap<i64, u64> = HashMap::new();
-    let mut statement = conn.prepare_cached(
-        "SELECT timestamp / 86400000, count(*) FROM events WHERE workspace_id = ?1 AND timestamp >= ?2 GROUP BY 1",
-    )?;
-    for row in statement.query_map((workspace_id, since), |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))? {
+    let mut statement =
+        conn.prepare_cached("SELECT day, sum(count) FROM event_counts WHERE workspace_id = ?1 AND day >= ?2 GROUP BY day")?;
+    for row in statement.query_map((workspace_id, first_day), |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))? {
         let (day, count) = row?;
         per_day.insert(day, count as u64);
     }
     let mut per_channel = Vec::new();
     let mut statement = conn.prepare_cached(
-        "SELECT channel, count(*) FROM events WHERE workspace_id = ?1 AND timestamp >= ?2 GROUP BY channel ORDER BY 2 DESC, 1",
+        "SELECT channel, sum(count) FROM event_counts WHERE workspace_id = ?1 AND day >= ?2
+         GROUP BY channel HAVING sum(count) > 0 ORDER BY 2 DESC, 1",
     )?;
-    for row in statement.query_map((workspace_id, since), |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))? {
+    for row in statement.query_map((workspace_id, first_day), |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))? {
         let (channel, count) = row?;
         per_channel.push((channel, count as u64));
     }
