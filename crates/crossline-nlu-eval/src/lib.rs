@@ -3,6 +3,7 @@
 
 pub mod metrics;
 pub mod readers;
+pub mod sentiment;
 
 use std::fmt::Write as _;
 use std::io::Write as _;
