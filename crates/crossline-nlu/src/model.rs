@@ -476,11 +476,32 @@ impl Recognizer {
                 let Some(slot_type) = self.slot_types.get(type_name) else {
                     continue;
                 };
-                if let Some(mut value) = extract_all(slot_type, &text[range.clone()], context)
-                    .into_iter()
-                    .next()
-                {
-                    value.span = range.start + value.span.start..range.start + value.span.end;
+                // A typed value found in the whole message that overlaps the tagger's span wins over one
+                // read inside the span: the tagger may stop short ("friday" of "next friday"), and the
+                // words around a value can change it.
+                let whole_message = match slot_type {
+                    SlotType::Builtin(BuiltinType::Text) => None,
+                    _ => extract_all(slot_type, text, context)
+                        .into_iter()
+                        .find(|value| value.span.start < range.end && range.start < value.span.end),
+                };
+                let value = whole_message.or_else(|| {
+                    extract_all(slot_type, &text[range.clone()], context)
+                        .into_iter()
+                        .next()
+                        .map(|mut value| {
+                            value.span =
+                                range.start + value.span.start..range.start + value.span.end;
+                            value
+                        })
+                });
+                if let Some(value) = value {
+                    if used
+                        .iter()
+                        .any(|other| value.span.start < other.end && other.start < value.span.end)
+                    {
+                        continue;
+                    }
                     used.push(value.span.clone());
                     filled.insert(slot, value);
                 }

@@ -114,6 +114,12 @@ fn slots_are_filled_in_context() {
     assert_eq!(recognition.slots["date"].value, json!("2026-11-24"));
     assert_eq!(recognition.slots["time"].value, json!("15:00"));
 
+    // The tagger may mark only "monday"; the typed value must still be next week's Monday.
+    let recognition = model.recognize("cancel my booking for next monday", &context);
+    assert_eq!(recognition.intent.unwrap().name, "cancel_booking");
+    assert_eq!(recognition.slots["date"].value, json!("2026-11-30"));
+    assert_eq!(recognition.slots["date"].text, "next monday");
+
     let recognition = model.recognize("transfer $20 to my current account", &context);
     assert_eq!(recognition.intent.unwrap().name, "transfer_money");
     assert_eq!(
@@ -181,4 +187,11 @@ fn every_message_gets_sentiment_and_language() {
     let json = serde_json::to_value(&recognition).unwrap();
     assert!(json["sentiment"]["score"].is_number());
     assert_eq!(json["sentiment"]["label"], "positive");
+}
+
+#[test]
+fn models_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<crossline_nlu::Recognizer>();
+    assert_send_sync::<crossline_nlu::Recognition>();
 }
