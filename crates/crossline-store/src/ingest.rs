@@ -68,6 +68,8 @@ struct Resolution<'a> {
     owners: HashMap<Identity, String>,
     new_identities: Vec<(Identity, String)>,
     rows: Vec<EventRow<'a>>,
+    // Merge records wait here until the event that caused them is recorded, so they follow it.
+    merge_rows: Vec<EventRow<'a>>,
 }
 
 impl Resolution<'_> {
@@ -118,6 +120,7 @@ pub async fn apply_batch<T: IngestTx>(
         owners,
         new_identities: Vec::new(),
         rows: Vec::with_capacity(events.len()),
+        merge_rows: Vec::new(),
     };
 
     let mut results = Vec::with_capacity(events.len());
@@ -249,6 +252,7 @@ async fn apply_event<'a, T: IngestTx>(
         received_at: event.received_at,
         channel: &event.channel,
     });
+    state.rows.append(&mut state.merge_rows);
     Ok((profile_id, merged))
 }
 
@@ -271,9 +275,12 @@ async fn merge<'a, T: IngestTx>(
             *owner = survivor.to_owned();
         }
     }
-    if state.stored.contains(loser) {
-        tx.merge_stored_profile(workspace_id, survivor, loser).await?;
+    if !state.stored.contains(loser) {
+        // Created earlier in this batch: store it first, so its id (named in the merge record and
+        // maybe already handed out) resolves to the survivor like any other merged-away id.
+        tx.upsert_profiles(workspace_id, &[&loser_state]).await?;
     }
+    tx.merge_stored_profile(workspace_id, survivor, loser).await?;
     let properties = json!({
         "merged_profile_id": loser,
         "survivor_profile_id": survivor,
@@ -281,7 +288,7 @@ async fn merge<'a, T: IngestTx>(
         "cause_type": cause.kind.as_str(),
     });
     let Value::Object(properties) = properties else { unreachable!("json! object literal") };
-    state.rows.push(EventRow {
+    state.merge_rows.push(EventRow {
         message_id: format!("merge_{loser}"),
         profile_id: survivor.to_owned(),
         kind: EventKind::Merge,

@@ -246,7 +246,11 @@ async fn merges_inside_one_batch(store: DynStore) {
     let timeline = store.events(&ws.id, &survivor, &EventQuery::default()).await.unwrap();
     assert_eq!(timeline.iter().filter(|event| event.kind != "merge").count(), 4);
     let page = store.list_profiles(&ws.id, &ProfileQuery { limit: 10, ..Default::default() }).await.unwrap();
-    assert_eq!(page.profiles.len(), 1, "the merged-away profile of the batch was never kept");
+    assert_eq!(page.profiles.len(), 1, "the profile merged away inside the batch is not listed");
+    for merge in timeline.iter().filter(|event| event.kind == "merge") {
+        let loser = merge.properties["merged_profile_id"].as_str().unwrap();
+        assert_eq!(store.profile(&ws.id, loser).await.unwrap().unwrap().id, survivor, "{loser} resolves to the survivor");
+    }
 }
 
 async fn consent_through_traits_and_api(store: DynStore) {

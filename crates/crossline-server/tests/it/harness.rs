@@ -1,0 +1,98 @@
+//! Start a server in-process and talk to it.
+
+use crossline_bus::DynBus;
+use crossline_server::{AppState, Settings};
+use crossline_store::DynStore;
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+pub const ADMIN: &str = "test-operator-token-0123456789";
+
+pub struct TestServer {
+    pub url: String,
+    pub http: Client,
+    pub store: DynStore,
+    pub bus: DynBus,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub struct TestWorkspace {
+    pub id: String,
+    pub write_key: String,
+    pub api_key: String,
+}
+
+impl TestServer {
+    /// A server on the embedded store and the in-process bus.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store: DynStore = Arc::new(crossline_store::sqlite::SqliteStore::open(&dir.path().join("crossline.db")).await.unwrap());
+        let bus: DynBus = Arc::new(crossline_bus::memory::MemoryBus::new());
+        let mut server = Self::start_with(store, bus).await;
+        server._dir = Some(dir);
+        server
+    }
+
+    /// A server on the given backends.
+    pub async fn start_with(store: DynStore, bus: DynBus) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let state = AppState {
+            store: store.clone(),
+            bus: bus.clone(),
+            admin_token: ADMIN.into(),
+            settings: Arc::new(Settings::default()),
+            metrics: crossline_server::metrics_handle(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let handle = tokio::spawn(crossline_server::run(listener, state, async {
+            let _ = signal.await;
+        }));
+        TestServer { url, http: Client::new(), store, bus, shutdown: Some(shutdown), handle: Some(handle), _dir: None }
+    }
+
+    /// Stop gracefully and wait until it has.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle.await.unwrap().unwrap();
+        }
+    }
+
+    pub async fn workspace(&self, name: &str) -> TestWorkspace {
+        let response = self.http.post(format!("{}/api/v1/workspaces", self.url)).bearer_auth(ADMIN).json(&json!({"name": name})).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body: Value = response.json().await.unwrap();
+        TestWorkspace {
+            id: body["id"].as_str().unwrap().to_owned(),
+            write_key: body["write_key"].as_str().unwrap().to_owned(),
+            api_key: body["api_key"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// POST to a tracking endpoint with the write key as Basic user name.
+    pub async fn track(&self, path: &str, write_key: &str, body: &Value) -> Response {
+        self.http.post(format!("{}{path}", self.url)).basic_auth(write_key, Some("")).json(body).send().await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str, api_key: &str) -> Response {
+        self.http.get(format!("{}{path}", self.url)).bearer_auth(api_key).send().await.unwrap()
+    }
+}
+
+/// The JSON body and status, asserting the error shape on errors.
+pub async fn json_of(response: Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string(), "error shape: {body}");
+    }
+    (status, body)
+}

@@ -1,0 +1,9 @@
+//! Integration tests of the server over real HTTP on loopback. One test binary (faster links,
+//! shared helpers); each test starts its own server on port 0.
+
+mod harness;
+mod ingest;
+mod openapi;
+mod profiles;
+mod segment_python;
+mod two_nodes;

@@ -1,0 +1,81 @@
+//! Two nodes sharing PostgreSQL and NATS JetStream, as in the scaled-out mode. Runs when
+//! `CROSSLINE_TEST_DATABASE_URL` and `CROSSLINE_TEST_NATS_URL` are set (CI sets both).
+
+use crate::harness::{TestServer, json_of};
+use crossline_bus::DynBus;
+use crossline_store::DynStore;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+async fn node(database_url: &str, nats_url: &str, schema: &str, stream: &str) -> TestServer {
+    let store: DynStore = Arc::new(crossline_store::postgres::PgStore::connect_in_schema(database_url, Some(schema)).await.expect("PostgreSQL reachable"));
+    let bus: DynBus = Arc::new(crossline_bus::nats::NatsBus::connect(nats_url, stream, &stream.to_lowercase()).await.expect("NATS reachable"));
+    TestServer::start_with(store, bus).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_through_one_node_is_seen_through_the_other() {
+    let (Ok(database_url), Ok(nats_url)) = (std::env::var("CROSSLINE_TEST_DATABASE_URL"), std::env::var("CROSSLINE_TEST_NATS_URL")) else {
+        eprintln!("CROSSLINE_TEST_DATABASE_URL and CROSSLINE_TEST_NATS_URL are not both set: the two-node test did not run");
+        return;
+    };
+    let run = format!("{}_{}", std::process::id(), chrono::Utc::now().timestamp_millis());
+    let schema = format!("two_nodes_{run}");
+    let stream = format!("TWONODES_{run}");
+    let a = node(&database_url, &nats_url, &schema, &stream).await;
+    let b = node(&database_url, &nats_url, &schema, &stream).await;
+    let ws = a.workspace("shared").await;
+    let mut on_a = a.bus.subscribe(&format!("events.{}", ws.id)).await.unwrap();
+
+    let web = json!({"anonymousId": "web-9", "traits": {"email": "lin@example.com"}, "context": {"channel": "web"}});
+    let sms = json!({"anonymousId": "sms-9", "event": "SMS Replied", "context": {"channel": "sms", "traits": {"phone": "+14155550177"}}});
+    assert_eq!(a.track("/v1/identify", &ws.write_key, &web).await.status(), StatusCode::OK);
+    assert_eq!(b.track("/v1/track", &ws.write_key, &sms).await.status(), StatusCode::OK, "the workspace's key works on every node");
+    let published = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let message = on_a.next().await.unwrap();
+            let payload: Value = serde_json::from_slice(&message.payload).unwrap();
+            if payload["events"][0]["type"] == "track" {
+                break payload;
+            }
+        }
+    })
+    .await
+    .expect("node A hears node B's events over NATS");
+    assert_eq!(published["events"][0]["channel"], "sms");
+
+    let join = json!({"userId": "lin", "traits": {"email": "lin@example.com", "phone": "+1 415 555 0177"}});
+    assert_eq!(b.track("/v1/identify", &ws.write_key, &join).await.status(), StatusCode::OK);
+    let (status, via_a) = json_of(a.get("/api/v1/profiles/lookup?kind=anonymous_id&value=sms-9", &ws.api_key).await).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, via_b) = json_of(b.get("/api/v1/profiles/lookup?kind=anonymous_id&value=web-9", &ws.api_key).await).await;
+    assert_eq!(via_a["id"], via_b["id"], "node A sees the merge node B made");
+
+    // Both nodes ingest at once into one workspace with overlapping identities: every event is kept
+    // and identities never split across profiles.
+    let mut tasks = Vec::new();
+    for (index, server) in [&a, &b].into_iter().enumerate() {
+        let (http, url, key) = (server.http.clone(), server.url.clone(), ws.write_key.clone());
+        tasks.push(tokio::spawn(async move {
+            for round in 0..10 {
+                let batch: Vec<Value> = (0..20)
+                    .map(|n| json!({"type": "track", "event": "Tick", "messageId": format!("n{index}-{round}-{n}"),
+                        "anonymousId": format!("shared-{}", n % 4), "userId": format!("user-{index}-{n}")}))
+                    .collect();
+                let response = http.post(format!("{url}/v1/batch")).basic_auth(&key, Some("")).json(&json!({"batch": batch})).send().await.unwrap();
+                assert_eq!(response.status(), StatusCode::OK);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let stats = a.store.workspace_stats(&ws.id, 1).await.unwrap();
+    let merges = stats.events_per_channel.iter().find(|(channel, _)| channel == "system").map_or(0, |(_, count)| *count);
+    assert_eq!(stats.events - merges, 3 + 2 * 10 * 20);
+    assert_eq!(stats.profiles, 1 + 4, "Lin, and one profile per shared anonymous id");
+    a.stop().await;
+    b.stop().await;
+}
