@@ -59,9 +59,6 @@ pub struct EvalArgs {
     /// Use this out-of-scope threshold instead of tuning one (for experiments).
     #[arg(long, hide = true)]
     pub threshold: Option<f32>,
-    /// Threshold criterion: `accuracy`, `balanced` or `oos-f1` (for experiments).
-    #[arg(long, hide = true, default_value = "accuracy")]
-    pub criterion: String,
     /// Override the longest word n-gram (for experiments).
     #[arg(long, hide = true)]
     pub word_max_n: Option<usize>,
@@ -158,10 +155,7 @@ fn train(examples: &[Example], settings: &IntentSettings) -> Recognizer {
 }
 
 fn fit_temperature(recognizer: &mut Recognizer, rows: &[Example]) {
-    recognizer.classifier_mut().fit_temperature(
-        rows.iter()
-            .map(|row| (row.text.as_str(), row.intent.as_str())),
-    );
+    recognizer.classifier_mut().fit_temperature(rows.iter().map(|row| (row.text.as_str(), row.intent.as_str())));
 }
 
 /// Best in-scope intent and its probability, plus the explicit out-of-scope probability, per row.
@@ -172,11 +166,7 @@ fn score_rows(recognizer: &Recognizer, rows: &[Example]) -> Scored {
         .map(|row| {
             let scores = recognizer.classifier().score(&row.text);
             let best = scores.ranked.first();
-            (
-                best.map(|intent| intent.name.clone()),
-                best.map_or(0.0, |intent| intent.confidence),
-                scores.out_of_scope,
-            )
+            (best.map(|intent| intent.name.clone()), best.map_or(0.0, |intent| intent.confidence), scores.out_of_scope)
         })
         .collect()
 }
@@ -184,24 +174,18 @@ fn score_rows(recognizer: &Recognizer, rows: &[Example]) -> Scored {
 fn decide(scored: &Scored, threshold: f32) -> Vec<Option<&str>> {
     scored
         .iter()
-        .map(|(name, confidence, out_of_scope)| {
-            if *confidence < threshold || out_of_scope > confidence {
-                None
-            } else {
-                name.as_deref()
-            }
-        })
+        .map(
+            |(name, confidence, out_of_scope)| {
+                if *confidence < threshold || out_of_scope > confidence { None } else { name.as_deref() }
+            },
+        )
         .collect()
 }
 
-/// Chooses the threshold on validation rows. With out-of-scope rows it maximises the mean of in-scope
-/// accuracy and out-of-scope recall (each group counts equally, whatever their sizes); without them there
-/// is nothing to trade against and the threshold is 0.
-fn choose_threshold(
-    scored: &Scored,
-    rows: &[Example],
-    criterion: &str,
-) -> (f32, Option<IntentMetrics>) {
+/// Chooses the out-of-scope threshold on validation rows: the one that maximises validation accuracy
+/// (every row counts once; ties keep the lower threshold). Without out-of-scope rows there is nothing to
+/// trade against and the threshold is 0.
+fn choose_threshold(scored: &Scored, rows: &[Example]) -> (f32, Option<IntentMetrics>) {
     let gold: Vec<&str> = rows.iter().map(|row| row.intent.as_str()).collect();
     if !gold.contains(&OUT_OF_SCOPE_LABEL) {
         return (0.0, None);
@@ -210,23 +194,8 @@ fn choose_threshold(
     for step in 0..=190 {
         let threshold = step as f32 * 0.005;
         let metrics = intent_metrics(&gold, &decide(scored, threshold));
-        let recall = metrics.out_of_scope_recall.unwrap_or(0.0);
-        let objective = match criterion {
-            "balanced" => 0.5 * (metrics.in_scope_accuracy + recall),
-            "oos-f1" => {
-                let predicted = decide(scored, threshold);
-                let true_positives = gold
-                    .iter()
-                    .zip(&predicted)
-                    .filter(|(gold, predicted)| **gold == OUT_OF_SCOPE_LABEL && predicted.is_none())
-                    .count();
-                let predicted_count = predicted.iter().filter(|value| value.is_none()).count();
-                crate::metrics::f1(true_positives, predicted_count, metrics.out_of_scope_rows)
-            }
-            _ => metrics.accuracy,
-        };
-        if objective > best.0 + 1e-12 {
-            best = (objective, threshold, Some(metrics));
+        if metrics.accuracy > best.0 + 1e-12 {
+            best = (metrics.accuracy, threshold, Some(metrics));
         }
     }
     (best.1, best.2)
@@ -255,27 +224,20 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let mut report = String::new();
 
     // Tuning: on the validation files, or on a held-out slice of the training rows.
-    let (threshold, temperatures, validation_metrics, tuning_source) = if validation_rows.is_empty()
-    {
-        let (tuning_train, held_out): (Vec<_>, Vec<_>) = train_rows
-            .iter()
-            .cloned()
-            .enumerate()
-            .partition(|(index, _)| index % 10 != 9);
+    let (threshold, temperatures, validation_metrics, tuning_source) = if validation_rows.is_empty() {
+        let (tuning_train, held_out): (Vec<_>, Vec<_>) =
+            train_rows.iter().cloned().enumerate().partition(|(index, _)| index % 10 != 9);
         let tuning_train: Vec<Example> = tuning_train.into_iter().map(|(_, row)| row).collect();
         let held_out: Vec<Example> = held_out.into_iter().map(|(_, row)| row).collect();
         let mut recognizer = train(&tuning_train, &settings);
         fit_temperature(&mut recognizer, &held_out);
         let scored = score_rows(&recognizer, &held_out);
-        let (threshold, metrics) = choose_threshold(&scored, &held_out, &args.criterion);
+        let (threshold, metrics) = choose_threshold(&scored, &held_out);
         (
             threshold,
             recognizer.classifier().temperatures(),
             metrics,
-            format!(
-                "every 10th training row held out ({} rows), model retrained on all rows",
-                held_out.len()
-            ),
+            format!("every 10th training row held out ({} rows), model retrained on all rows", held_out.len()),
         )
     } else {
         (0.0, Vec::new(), None, String::new())
@@ -294,12 +256,8 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         (threshold, validation_metrics, tuning_source)
     } else {
         let scored = score_rows(&recognizer, &validation_rows);
-        let (threshold, metrics) = choose_threshold(&scored, &validation_rows, &args.criterion);
-        (
-            threshold,
-            metrics,
-            format!("validation files ({} rows)", validation_rows.len()),
-        )
+        let (threshold, metrics) = choose_threshold(&scored, &validation_rows);
+        (threshold, metrics, format!("validation files ({} rows)", validation_rows.len()))
     };
 
     let threshold = args.threshold.unwrap_or(threshold);
@@ -323,23 +281,12 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         recognitions.push(recognition);
     }
     latencies.sort_by(f64::total_cmp);
-    let predicted: Vec<Option<&str>> = recognitions
-        .iter()
-        .map(|recognition| {
-            recognition
-                .intent
-                .as_ref()
-                .map(|intent| intent.name.as_str())
-        })
-        .collect();
+    let predicted: Vec<Option<&str>> =
+        recognitions.iter().map(|recognition| recognition.intent.as_ref().map(|intent| intent.name.as_str())).collect();
     let confidences: Vec<f32> = recognitions
         .iter()
         .map(|recognition| {
-            recognition
-                .intent
-                .as_ref()
-                .or(recognition.alternatives.first())
-                .map_or(0.0, |intent| intent.confidence)
+            recognition.intent.as_ref().or(recognition.alternatives.first()).map_or(0.0, |intent| intent.confidence)
         })
         .collect();
     let gold: Vec<&str> = test_rows.iter().map(|row| row.intent.as_str()).collect();
@@ -347,20 +294,14 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let mut slot_counts: BTreeMap<&str, SlotCounts> = BTreeMap::new();
     if has_slots {
         for (row, recognition) in test_rows.iter().zip(&recognitions) {
-            let gold_slots: Vec<(String, usize, usize)> = row
-                .entities
-                .iter()
-                .map(|entity| (entity.entity.clone(), entity.start, entity.end))
-                .collect();
+            let gold_slots: Vec<(String, usize, usize)> =
+                row.entities.iter().map(|entity| (entity.entity.clone(), entity.start, entity.end)).collect();
             let predicted_slots: Vec<(String, usize, usize)> = recognition
                 .slots
                 .iter()
                 .map(|(name, value)| (name.clone(), value.span.start, value.span.end))
                 .collect();
-            slot_counts
-                .entry(row.intent.as_str())
-                .or_default()
-                .add(&gold_slots, &predicted_slots);
+            slot_counts.entry(row.intent.as_str()).or_default().add(&gold_slots, &predicted_slots);
         }
     }
 
@@ -371,32 +312,17 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         "train rows {} ({} intents{}), validation rows {}, test rows {}",
         train_rows.len(),
         intents,
-        if train_rows
-            .iter()
-            .any(|row| row.intent == OUT_OF_SCOPE_LABEL)
-        {
-            " + out-of-scope class"
-        } else {
-            ""
-        },
+        if train_rows.iter().any(|row| row.intent == OUT_OF_SCOPE_LABEL) { " + out-of-scope class" } else { "" },
         validation_rows.len(),
         test_rows.len()
     )?;
-    let blocks: Vec<String> = classifier
-        .feature_blocks()
-        .iter()
-        .map(|(name, size)| format!("{name} {size}"))
-        .collect();
+    let blocks: Vec<String> = classifier.feature_blocks().iter().map(|(name, size)| format!("{name} {size}")).collect();
     writeln!(
         report,
         "features: {}; training: {} epochs{}",
         blocks.join(", "),
         classifier.report().epochs,
-        if classifier.report().converged {
-            ", converged"
-        } else {
-            ", epoch limit"
-        }
+        if classifier.report().converged { ", converged" } else { ", epoch limit" }
     )?;
     writeln!(
         report,
@@ -412,16 +338,8 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         )?;
     }
     writeln!(report, "test results")?;
-    writeln!(
-        report,
-        "  accuracy              {}",
-        percent(metrics.accuracy)
-    )?;
-    writeln!(
-        report,
-        "  macro F1              {}",
-        percent(metrics.macro_f1)
-    )?;
+    writeln!(report, "  accuracy              {}", percent(metrics.accuracy))?;
+    writeln!(report, "  macro F1              {}", percent(metrics.macro_f1))?;
     writeln!(
         report,
         "  in-scope accuracy     {} ({} rows)",
@@ -429,12 +347,9 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         metrics.in_scope_rows
     )?;
     match metrics.out_of_scope_recall {
-        Some(recall) => writeln!(
-            report,
-            "  out-of-scope recall   {} ({} rows)",
-            percent(recall),
-            metrics.out_of_scope_rows
-        )?,
+        Some(recall) => {
+            writeln!(report, "  out-of-scope recall   {} ({} rows)", percent(recall), metrics.out_of_scope_rows)?
+        }
         None => writeln!(report, "  out-of-scope recall   n/a (no oos rows)")?,
     }
     if has_slots {
@@ -453,12 +368,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             percent(per_intent_sum / slot_counts.len().max(1) as f64)
         )?;
         for (intent, counts) in &slot_counts {
-            writeln!(
-                report,
-                "    {intent:<24} {} ({} gold slots)",
-                percent(counts.f1()),
-                counts.gold
-            )?;
+            writeln!(report, "    {intent:<24} {} ({} gold slots)", percent(counts.f1()), counts.gold)?;
         }
     }
     writeln!(report, "  training time         {training_seconds:.2} s")?;
@@ -484,8 +394,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
                 confidence
             )?;
         }
-        let mut file = std::fs::File::create(path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
+        let mut file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
         file.write_all(output.as_bytes())?;
         println!("predictions written to {}", path.display());
     }

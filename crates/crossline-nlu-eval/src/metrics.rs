@@ -25,10 +25,7 @@ pub struct IntentMetrics {
 
 /// Computes intent metrics; `predicted` uses `None` for "no intent".
 pub fn intent_metrics(gold: &[&str], predicted: &[Option<&str>]) -> IntentMetrics {
-    let mut metrics = IntentMetrics {
-        rows: gold.len(),
-        ..IntentMetrics::default()
-    };
+    let mut metrics = IntentMetrics { rows: gold.len(), ..IntentMetrics::default() };
     if gold.is_empty() {
         return metrics;
     }
@@ -57,18 +54,14 @@ pub fn intent_metrics(gold: &[&str], predicted: &[Option<&str>]) -> IntentMetric
     }
     metrics.accuracy = correct as f64 / gold.len() as f64;
     metrics.in_scope_accuracy = ratio(in_scope_correct, metrics.in_scope_rows);
-    metrics.out_of_scope_recall = (metrics.out_of_scope_rows > 0)
-        .then(|| ratio(out_of_scope_correct, metrics.out_of_scope_rows));
+    metrics.out_of_scope_recall =
+        (metrics.out_of_scope_rows > 0).then(|| ratio(out_of_scope_correct, metrics.out_of_scope_rows));
     let labels: BTreeSet<&str> = gold_count.keys().copied().collect();
     let f1_sum: f64 = labels
         .iter()
         .map(|label| {
             let hits = true_positive.get(label).copied().unwrap_or(0);
-            f1(
-                hits,
-                predicted_count.get(label).copied().unwrap_or(0),
-                gold_count[label],
-            )
+            f1(hits, predicted_count.get(label).copied().unwrap_or(0), gold_count[label])
         })
         .sum();
     metrics.macro_f1 = f1_sum / labels.len() as f64;
@@ -76,11 +69,7 @@ pub fn intent_metrics(gold: &[&str], predicted: &[Option<&str>]) -> IntentMetric
 }
 
 fn ratio(part: usize, whole: usize) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        part as f64 / whole as f64
-    }
+    if whole == 0 { 0.0 } else { part as f64 / whole as f64 }
 }
 
 /// F1 from true positives, predicted positives and gold positives (1.0 when both are empty).
@@ -90,11 +79,7 @@ pub fn f1(true_positives: usize, predicted: usize, gold: usize) -> f64 {
     }
     let precision = ratio(true_positives, predicted);
     let recall = ratio(true_positives, gold);
-    if precision + recall == 0.0 {
-        0.0
-    } else {
-        2.0 * precision * recall / (precision + recall)
-    }
+    if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) }
 }
 
 /// Counts for span-level slot F1: a predicted slot is correct when its name and its exact character span
@@ -155,10 +140,7 @@ mod tests {
     #[test]
     fn slot_counts() {
         let mut counts = SlotCounts::default();
-        counts.add(
-            &[("city".into(), 0, 5), ("date".into(), 6, 9)],
-            &[("city".into(), 0, 5), ("date".into(), 6, 8)],
-        );
+        counts.add(&[("city".into(), 0, 5), ("date".into(), 6, 9)], &[("city".into(), 0, 5), ("date".into(), 6, 8)]);
         assert_eq!(counts.true_positives, 1);
         assert!((counts.f1() - 0.5).abs() < 1e-9);
     }

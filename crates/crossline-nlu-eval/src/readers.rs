@@ -29,21 +29,13 @@ pub struct Example {
 /// Reads a data file: `.tsv` (header `text<TAB>intent[...]`), `.csv` (header `text,category`) or `.jsonl`
 /// (`{"text","intent","entities":[{"start","end","entity"}]}` with character offsets).
 pub fn read_examples(path: &Path) -> anyhow::Result<Vec<Example>> {
-    let content = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read data file {}", path.display()))?;
-    let extension = path
-        .extension()
-        .and_then(|extension| extension.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let content = std::fs::read_to_string(path).with_context(|| format!("cannot read data file {}", path.display()))?;
+    let extension = path.extension().and_then(|extension| extension.to_str()).unwrap_or("").to_ascii_lowercase();
     let parsed = match extension.as_str() {
         "tsv" => parse_tsv(&content),
         "csv" => parse_csv(&content),
         "jsonl" | "ndjson" => parse_jsonl(&content),
-        other => bail!(
-            "{}: unknown data format {other:?}; expected .tsv, .csv or .jsonl",
-            path.display()
-        ),
+        other => bail!("{}: unknown data format {other:?}; expected .tsv, .csv or .jsonl", path.display()),
     };
     parsed.with_context(|| format!("in data file {}", path.display()))
 }
@@ -64,11 +56,7 @@ pub fn parse_tsv(content: &str) -> anyhow::Result<Vec<Example>> {
         let Some(intent) = columns.next() else {
             bail!("line {}: expected text<TAB>intent", number + 1);
         };
-        examples.push(Example {
-            text: text.to_string(),
-            intent: intent.trim().to_string(),
-            entities: Vec::new(),
-        });
+        examples.push(Example { text: text.to_string(), intent: intent.trim().to_string(), entities: Vec::new() });
     }
     Ok(examples)
 }
@@ -133,11 +121,7 @@ pub fn parse_csv(content: &str) -> anyhow::Result<Vec<Example>> {
         if fields.len() < 2 {
             bail!("line {line}: expected text,category");
         }
-        examples.push(Example {
-            text: fields[0].clone(),
-            intent: fields[1].trim().to_string(),
-            entities: Vec::new(),
-        });
+        examples.push(Example { text: fields[0].clone(), intent: fields[1].trim().to_string(), entities: Vec::new() });
     }
     Ok(examples)
 }
@@ -162,9 +146,7 @@ fn byte_offset(text: &str, character_offset: usize) -> Option<usize> {
     if character_offset == text.chars().count() {
         return Some(text.len());
     }
-    text.char_indices()
-        .nth(character_offset)
-        .map(|(offset, _)| offset)
+    text.char_indices().nth(character_offset).map(|(offset, _)| offset)
 }
 
 /// Parses JSON lines (SNIPS).
@@ -174,30 +156,21 @@ pub fn parse_jsonl(content: &str) -> anyhow::Result<Vec<Example>> {
         if line.trim().is_empty() {
             continue;
         }
-        let parsed: JsonExample = serde_json::from_str(line)
-            .with_context(|| format!("line {}: invalid JSON example", number + 1))?;
+        let parsed: JsonExample =
+            serde_json::from_str(line).with_context(|| format!("line {}: invalid JSON example", number + 1))?;
         let mut entities = Vec::new();
         for entity in parsed.entities {
-            let (Some(start), Some(end)) = (
-                byte_offset(&parsed.text, entity.start),
-                byte_offset(&parsed.text, entity.end),
-            ) else {
+            let (Some(start), Some(end)) =
+                (byte_offset(&parsed.text, entity.start), byte_offset(&parsed.text, entity.end))
+            else {
                 bail!("line {}: entity offsets outside the text", number + 1);
             };
             if start >= end {
                 bail!("line {}: empty or reversed entity span", number + 1);
             }
-            entities.push(Entity {
-                start,
-                end,
-                entity: entity.entity,
-            });
+            entities.push(Entity { start, end, entity: entity.entity });
         }
-        examples.push(Example {
-            text: parsed.text,
-            intent: parsed.intent,
-            entities,
-        });
+        examples.push(Example { text: parsed.text, intent: parsed.intent, entities });
     }
     Ok(examples)
 }
@@ -232,8 +205,7 @@ mod tests {
 
     #[test]
     fn jsonl_rejects_bad_offsets() {
-        let line =
-            r#"{"text": "hi", "intent": "A", "entities": [{"start": 1, "end": 9, "entity": "x"}]}"#;
+        let line = r#"{"text": "hi", "intent": "A", "entities": [{"start": 1, "end": 9, "entity": "x"}]}"#;
         assert!(parse_jsonl(line).is_err());
     }
 }

@@ -19,13 +19,11 @@ pub struct SentimentAgreement {
 
 /// Compares sentiment scores with the ratings of a ground-truth file.
 pub fn sentiment_agreement(path: &Path) -> anyhow::Result<SentimentAgreement> {
-    let content =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let content = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut pairs = Vec::new();
     for line in content.lines() {
         let mut columns = line.splitn(3, '\t');
-        let (Some(_), Some(rating), Some(text)) = (columns.next(), columns.next(), columns.next())
-        else {
+        let (Some(_), Some(rating), Some(text)) = (columns.next(), columns.next(), columns.next()) else {
             continue;
         };
         let Ok(rating) = rating.trim().parse::<f64>() else {
@@ -45,17 +43,11 @@ pub fn sentiment_agreement(path: &Path) -> anyhow::Result<SentimentAgreement> {
         score_variance += (score - mean_score).powi(2);
         rating_variance += (rating - mean_rating).powi(2);
     }
-    let pearson =
-        covariance / (score_variance.sqrt() * rating_variance.sqrt()).max(f64::MIN_POSITIVE);
-    let polar: Vec<&(f64, f64)> = pairs
-        .iter()
-        .filter(|(_, rating)| rating.abs() >= 0.5)
-        .collect();
+    let pearson = covariance / (score_variance.sqrt() * rating_variance.sqrt()).max(f64::MIN_POSITIVE);
+    let polar: Vec<&(f64, f64)> = pairs.iter().filter(|(_, rating)| rating.abs() >= 0.5).collect();
     let agreeing = polar
         .iter()
-        .filter(|(score, rating)| {
-            (*score >= 0.05 && *rating > 0.0) || (*score <= -0.05 && *rating < 0.0)
-        })
+        .filter(|(score, rating)| (*score >= 0.05 && *rating > 0.0) || (*score <= -0.05 && *rating < 0.0))
         .count();
     Ok(SentimentAgreement {
         rows: pairs.len(),
@@ -70,8 +62,7 @@ mod tests {
 
     #[test]
     fn agreement_on_a_tiny_file() {
-        let path =
-            std::env::temp_dir().join(format!("crossline-sentiment-{}.txt", std::process::id()));
+        let path = std::env::temp_dir().join(format!("crossline-sentiment-{}.txt", std::process::id()));
         std::fs::write(
             &path,
             "1\t3.1\tI love it, wonderful!\n2\t-2.8\tThis is awful and I hate it\n3\t0.1\tThe box is blue\nbad line\n",

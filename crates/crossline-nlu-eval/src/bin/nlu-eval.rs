@@ -2,10 +2,7 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(
-    name = "nlu-eval",
-    about = "Train and evaluate crossline-nlu on labelled data sets"
-)]
+#[command(name = "nlu-eval", about = "Train and evaluate crossline-nlu on labelled data sets")]
 struct Cli {
     #[command(flatten)]
     args: crossline_nlu_eval::EvalArgs,
