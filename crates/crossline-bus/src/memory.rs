@@ -1,7 +1,9 @@
 //! The in-process bus, for the embedded single-node mode. Durable consumers live as long as the
 //! process: after a restart, work that must survive it is in the store's job queue, not here.
 
-use crate::{BusError, BusMessage, BusResult, Delivery, DurableConfig, DurableConsumer, EventBus, Subscription, subject_matches};
+use crate::{
+    BusError, BusMessage, BusResult, Delivery, DurableConfig, DurableConsumer, EventBus, Subscription, subject_matches,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -143,7 +145,9 @@ impl DurableConsumer for MemoryConsumer {
                         state.ready.push_front(pending);
                     }
                 }
-                if let Some(position) = state.ready.iter().position(|pending| pending.not_before.is_none_or(|at| at <= now)) {
+                if let Some(position) =
+                    state.ready.iter().position(|pending| pending.not_before.is_none_or(|at| at <= now))
+                {
                     let mut pending = state.ready.remove(position).expect("position is in range");
                     pending.deliveries += 1;
                     pending.not_before = None;

@@ -40,7 +40,11 @@ impl NatsBus {
                 ..Default::default()
             })
             .await
-            .map_err(|err| BusError::Backend(format!("cannot create JetStream stream {stream} (is JetStream enabled, -js?): {err}")))?;
+            .map_err(|err| {
+                BusError::Backend(format!(
+                    "cannot create JetStream stream {stream} (is JetStream enabled, -js?): {err}"
+                ))
+            })?;
         Ok(NatsBus { client, jetstream, stream: stream.to_owned(), prefix: prefix.to_owned() })
     }
 
@@ -123,12 +127,7 @@ struct NatsConsumer {
 #[async_trait]
 impl DurableConsumer for NatsConsumer {
     async fn next(&mut self) -> BusResult<Box<dyn Delivery>> {
-        let message = self
-            .messages
-            .next()
-            .await
-            .ok_or(BusError::Closed)?
-            .map_err(backend("receive"))?;
+        let message = self.messages.next().await.ok_or(BusError::Closed)?.map_err(backend("receive"))?;
         let deliveries = message.info().map(|info| info.delivered as u64).unwrap_or(1);
         let bus_message =
             BusMessage { subject: NatsBus::strip(&self.prefix, &message.subject), payload: message.payload.clone() };

@@ -69,10 +69,7 @@ impl Consent {
         match self.0.get(channel) {
             Some(existing) if existing.updated_at > at => {}
             _ => {
-                self.0.insert(
-                    channel.to_owned(),
-                    ConsentEntry { status, source: source.to_owned(), updated_at: at },
-                );
+                self.0.insert(channel.to_owned(), ConsentEntry { status, source: source.to_owned(), updated_at: at });
             }
         }
     }
@@ -91,10 +88,8 @@ impl Consent {
 
     /// The summary of the API: every standard channel plus any other known one, as a status name.
     pub fn summary(&self) -> BTreeMap<String, &'static str> {
-        let mut summary: BTreeMap<String, &'static str> = STANDARD_CHANNELS
-            .iter()
-            .map(|channel| ((*channel).to_owned(), ConsentStatus::Unknown.as_str()))
-            .collect();
+        let mut summary: BTreeMap<String, &'static str> =
+            STANDARD_CHANNELS.iter().map(|channel| ((*channel).to_owned(), ConsentStatus::Unknown.as_str())).collect();
         for (channel, entry) in &self.0 {
             summary.insert(channel.clone(), entry.status.as_str());
         }

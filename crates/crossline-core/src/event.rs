@@ -213,11 +213,7 @@ pub fn parse_request(
                 ));
             };
             if items.is_empty() {
-                return Err(EventValidationError::new(
-                    "invalid_field",
-                    "batch",
-                    "is empty; send at least one event",
-                ));
+                return Err(EventValidationError::new("invalid_field", "batch", "is empty; send at least one event"));
             }
             let batch_sent_at = match &envelope.sent_at {
                 Some(value) => parse_time_value(value, "sentAt")?,
@@ -227,11 +223,7 @@ pub fn parse_request(
                 Some(Value::Object(map)) => Some(map),
                 Some(Value::Null) | None => None,
                 Some(_) => {
-                    return Err(EventValidationError::new(
-                        "invalid_field",
-                        "context",
-                        "must be an object",
-                    ));
+                    return Err(EventValidationError::new("invalid_field", "context", "must be an object"));
                 }
             };
             let mut events = Vec::with_capacity(items.len());
@@ -241,14 +233,7 @@ pub fn parse_request(
                     return Err(too_large(&path, raw.get().len()));
                 }
                 let value: Value = parse_json(raw.get().as_bytes(), &path)?;
-                events.push(normalize_event(
-                    value,
-                    None,
-                    &path,
-                    batch_sent_at,
-                    batch_context.as_ref(),
-                    options,
-                )?);
+                events.push(normalize_event(value, None, &path, batch_sent_at, batch_context.as_ref(), options)?);
             }
             events
         }
@@ -265,9 +250,8 @@ fn too_large(path: &str, size: usize) -> EventValidationError {
 }
 
 fn parse_json(bytes: &[u8], path: &str) -> Result<Value, EventValidationError> {
-    serde_json::from_slice(bytes).map_err(|err| {
-        EventValidationError::new("invalid_json", path, format!("is not valid JSON ({err})"))
-    })
+    serde_json::from_slice(bytes)
+        .map_err(|err| EventValidationError::new("invalid_json", path, format!("is not valid JSON ({err})")))
 }
 
 fn normalize_event(
@@ -329,22 +313,27 @@ fn normalize_event(
     let mut properties = take_object(&mut event, "properties", &field("properties"))?;
     let event_traits = take_object(&mut event, "traits", &field("traits"))?;
 
-    let name = match kind {
-        EventKind::Track => {
-            let name = take_name(&mut event, "event", &field("event"))?;
-            Some(name.ok_or_else(|| {
-                EventValidationError::new("missing_field", field("event"), "is required for track: the name of the action, e.g. \"Order Completed\"")
-            })?)
-        }
-        EventKind::Page | EventKind::Screen => take_name(&mut event, "name", &field("name"))?,
-        EventKind::Group => {
-            let group = take_id(&mut event, "groupId", &field("groupId"))?;
-            Some(group.ok_or_else(|| {
-                EventValidationError::new("missing_field", field("groupId"), "is required for group")
-            })?)
-        }
-        _ => None,
-    };
+    let name =
+        match kind {
+            EventKind::Track => {
+                let name = take_name(&mut event, "event", &field("event"))?;
+                Some(name.ok_or_else(|| {
+                    EventValidationError::new(
+                        "missing_field",
+                        field("event"),
+                        "is required for track: the name of the action, e.g. \"Order Completed\"",
+                    )
+                })?)
+            }
+            EventKind::Page | EventKind::Screen => take_name(&mut event, "name", &field("name"))?,
+            EventKind::Group => {
+                let group = take_id(&mut event, "groupId", &field("groupId"))?;
+                Some(group.ok_or_else(|| {
+                    EventValidationError::new("missing_field", field("groupId"), "is required for group")
+                })?)
+            }
+            _ => None,
+        };
 
     // Profile traits: identify carries them at the top level; other calls repeat the user's traits in
     // `context.traits`. Group traits describe the group, never the person.
@@ -398,7 +387,11 @@ fn normalize_event(
             }
             Value::String(_) | Value::Null => {}
             _ => {
-                return Err(EventValidationError::new("invalid_identity", field("context.device.token"), "must be a string"));
+                return Err(EventValidationError::new(
+                    "invalid_identity",
+                    field("context.device.token"),
+                    "must be a string",
+                ));
             }
         }
     }
@@ -414,10 +407,18 @@ fn normalize_event(
     let mut previous_ids = Vec::new();
     if kind == EventKind::Alias {
         let previous = previous_id.ok_or_else(|| {
-            EventValidationError::new("missing_field", field("previousId"), "is required for alias: the user id or anonymous id the person had before")
+            EventValidationError::new(
+                "missing_field",
+                field("previousId"),
+                "is required for alias: the user id or anonymous id the person had before",
+            )
         })?;
         if user_id.is_none() {
-            return Err(EventValidationError::new("missing_field", field("userId"), "is required for alias: the person's new user id"));
+            return Err(EventValidationError::new(
+                "missing_field",
+                field("userId"),
+                "is required for alias: the person's new user id",
+            ));
         }
         for kind in [IdentityKind::UserId, IdentityKind::AnonymousId] {
             let identity = Identity::parse(kind, &previous, region)
@@ -494,7 +495,11 @@ fn event_channel(
     let explicit = context.get("channel").or_else(|| event.get("channel"));
     if let Some(value) = explicit.filter(|value| !value.is_null()) {
         let Some(raw) = value.as_str() else {
-            return Err(EventValidationError::new("invalid_field", path, "must be a string such as \"web\", \"app\" or \"sms\""));
+            return Err(EventValidationError::new(
+                "invalid_field",
+                path,
+                "must be a string such as \"web\", \"app\" or \"sms\"",
+            ));
         };
         let lowered = raw.trim().to_ascii_lowercase();
         // RudderStack's SDKs say "mobile" for apps; Crossline calls that channel "app".
@@ -503,7 +508,9 @@ fn event_channel(
             return Err(EventValidationError::new(
                 "invalid_field",
                 path,
-                format!("\"{raw}\" is not a channel name; use lower-case letters, digits and _ (e.g. web, app, email, sms)"),
+                format!(
+                    "\"{raw}\" is not a channel name; use lower-case letters, digits and _ (e.g. web, app, email, sms)"
+                ),
             ));
         }
         return Ok(channel);
@@ -543,7 +550,11 @@ fn take_consent(
     for (channel, status) in map {
         let at = format!("{path}.{channel}");
         if !is_valid_channel_name(&channel) {
-            return Err(EventValidationError::new("invalid_field", at, "is not a channel name; use lower-case names such as email, sms, push"));
+            return Err(EventValidationError::new(
+                "invalid_field",
+                at,
+                "is not a channel name; use lower-case names such as email, sms, push",
+            ));
         }
         let status = status.as_str().and_then(ConsentStatus::parse_statement).ok_or_else(|| {
             EventValidationError::new("invalid_field", at.clone(), "must be \"subscribed\" or \"unsubscribed\"")
@@ -562,7 +573,11 @@ fn take_id(event: &mut Map<String, Value>, key: &str, path: &str) -> Result<Opti
                 return Err(EventValidationError::new("invalid_field", path, "is empty; leave it out or give a value"));
             }
             if trimmed.len() > MAX_NAME_LEN {
-                return Err(EventValidationError::new("invalid_field", path, format!("is longer than {MAX_NAME_LEN} characters")));
+                return Err(EventValidationError::new(
+                    "invalid_field",
+                    path,
+                    format!("is longer than {MAX_NAME_LEN} characters"),
+                ));
             }
             Ok(Some(trimmed.to_owned()))
         }
@@ -576,17 +591,19 @@ fn take_name(event: &mut Map<String, Value>, key: &str, path: &str) -> Result<Op
     match event.remove(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(raw)) if raw.trim().is_empty() => Ok(None),
-        Some(Value::String(raw)) if raw.len() > MAX_NAME_LEN => Err(EventValidationError::new(
-            "invalid_field",
-            path,
-            format!("is longer than {MAX_NAME_LEN} characters"),
-        )),
+        Some(Value::String(raw)) if raw.len() > MAX_NAME_LEN => {
+            Err(EventValidationError::new("invalid_field", path, format!("is longer than {MAX_NAME_LEN} characters")))
+        }
         Some(Value::String(raw)) => Ok(Some(raw.trim().to_owned())),
         Some(_) => Err(EventValidationError::new("invalid_field", path, "must be a string")),
     }
 }
 
-fn take_object(event: &mut Map<String, Value>, key: &str, path: &str) -> Result<Map<String, Value>, EventValidationError> {
+fn take_object(
+    event: &mut Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<Map<String, Value>, EventValidationError> {
     match event.remove(key) {
         None | Some(Value::Null) => Ok(Map::new()),
         Some(Value::Object(map)) => Ok(map),
@@ -614,7 +631,8 @@ pub fn parse_time(raw: &str) -> Option<DateTime<Utc>> {
     if let Ok(time) = DateTime::parse_from_rfc3339(raw) {
         return Some(time.with_timezone(&Utc));
     }
-    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%:z"] {
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%:z"]
+    {
         if let Ok(time) = DateTime::parse_from_str(raw, format) {
             return Some(time.with_timezone(&Utc));
         }

@@ -144,11 +144,7 @@ pub fn normalize_email(raw: &str) -> Result<String, IdentityError> {
         }
         None => false,
     };
-    if valid {
-        Ok(lowered)
-    } else {
-        Err(IdentityError::InvalidEmail(raw.to_owned()))
-    }
+    if valid { Ok(lowered) } else { Err(IdentityError::InvalidEmail(raw.to_owned())) }
 }
 
 /// Whether `code` is a region the phone-number metadata knows (ISO 3166 alpha-2, upper case).
@@ -159,8 +155,7 @@ pub fn is_known_region(code: &str) -> bool {
 /// Format a phone number as E.164, reading national numbers in `default_region`.
 pub fn normalize_phone(raw: &str, default_region: &str) -> Result<String, IdentityError> {
     let region = default_region.parse::<phonenumber::country::Id>().ok();
-    let number = phonenumber::parse(region, raw)
-        .map_err(|_| IdentityError::InvalidPhone(raw.to_owned()))?;
+    let number = phonenumber::parse(region, raw).map_err(|_| IdentityError::InvalidPhone(raw.to_owned()))?;
     if !phonenumber::is_valid(&number) {
         return Err(IdentityError::InvalidPhone(raw.to_owned()));
     }
@@ -210,10 +205,7 @@ mod tests {
 
     #[test]
     fn empty_and_long_values_are_rejected() {
-        assert_eq!(
-            Identity::parse(IdentityKind::UserId, "  ", "US"),
-            Err(IdentityError::Empty(IdentityKind::UserId))
-        );
+        assert_eq!(Identity::parse(IdentityKind::UserId, "  ", "US"), Err(IdentityError::Empty(IdentityKind::UserId)));
         let long = "x".repeat(MAX_IDENTITY_LEN + 1);
         assert_eq!(
             Identity::parse(IdentityKind::UserId, &long, "US"),

@@ -6,8 +6,8 @@
 
 pub mod consent;
 pub mod event;
-pub mod ids;
 pub mod identity;
+pub mod ids;
 pub mod keys;
 pub mod profile;
 

@@ -58,7 +58,11 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// Serve until `shutdown` resolves, then stop accepting, finish in-flight requests and return.
-pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let address = listener.local_addr()?;
     tracing::info!(%address, store = state.store.backend(), bus = state.bus.backend(), "serving");
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await?;
@@ -71,9 +75,15 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
         Ok(Ok(())) => (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))),
         Ok(Err(err)) => {
             tracing::warn!(error = %err, "health check: storage failed");
-            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "unavailable", "reason": "storage"})))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(serde_json::json!({"status": "unavailable", "reason": "storage"})),
+            )
         }
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "unavailable", "reason": "storage timeout"}))),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "unavailable", "reason": "storage timeout"})),
+        ),
     }
 }
 

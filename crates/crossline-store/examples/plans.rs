@@ -17,7 +17,11 @@ fn main() {
             .collect();
         let scan = plan.iter().any(|step| step.starts_with("SCAN") || step.ends_with("(workspace_id=?)"));
         scans += usize::from(scan);
-        println!("{} {}\n    {plan:?}", if scan { "SCAN" } else { "ok  " }, query.split_whitespace().collect::<Vec<_>>().join(" "));
+        println!(
+            "{} {}\n    {plan:?}",
+            if scan { "SCAN" } else { "ok  " },
+            query.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
     }
     std::process::exit(i32::from(scans > 0));
 }

@@ -44,14 +44,23 @@ pub trait IngestTx {
     /// Which of these message ids the workspace already stores.
     async fn existing_message_ids(&mut self, workspace_id: &str, ids: &[&str]) -> StoreResult<HashSet<String>>;
     /// The live profile owning each of these identities (absent ones omitted).
-    async fn identity_owners(&mut self, workspace_id: &str, identities: &[Identity]) -> StoreResult<HashMap<Identity, String>>;
+    async fn identity_owners(
+        &mut self,
+        workspace_id: &str,
+        identities: &[Identity],
+    ) -> StoreResult<HashMap<Identity, String>>;
     /// The state of these live profiles.
     async fn load_profiles(&mut self, workspace_id: &str, ids: &[String]) -> StoreResult<Vec<ProfileState>>;
     /// Move a stored profile's identities and events to `survivor` and leave a tombstone that
     /// resolves `loser` (and anything merged into it before) to `survivor`.
     async fn merge_stored_profile(&mut self, workspace_id: &str, survivor: &str, loser: &str) -> StoreResult<()>;
     /// Attach identities to profiles.
-    async fn insert_identities(&mut self, workspace_id: &str, identities: &[(Identity, String)], now: DateTime<Utc>) -> StoreResult<()>;
+    async fn insert_identities(
+        &mut self,
+        workspace_id: &str,
+        identities: &[(Identity, String)],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
     /// Insert events (their message ids are known to be new).
     async fn insert_events(&mut self, workspace_id: &str, rows: &[EventRow<'_>]) -> StoreResult<()>;
     /// Add to the per-day, per-channel event counters: `(day since epoch, channel, events)`.
@@ -126,11 +135,21 @@ pub async fn apply_batch<T: IngestTx>(
     let mut results = Vec::with_capacity(events.len());
     for (event, fresh) in events.iter().zip(fresh) {
         if !fresh {
-            results.push(IngestedEvent { message_id: event.message_id.clone(), profile_id: None, stored: false, merged: Vec::new() });
+            results.push(IngestedEvent {
+                message_id: event.message_id.clone(),
+                profile_id: None,
+                stored: false,
+                merged: Vec::new(),
+            });
             continue;
         }
         let (profile_id, merged) = apply_event(tx, workspace_id, event, now, &mut state).await?;
-        results.push(IngestedEvent { message_id: event.message_id.clone(), profile_id: Some(profile_id), stored: true, merged });
+        results.push(IngestedEvent {
+            message_id: event.message_id.clone(),
+            profile_id: Some(profile_id),
+            stored: true,
+            merged,
+        });
     }
 
     // Later events of the batch may have merged away profiles that earlier rows point at.
@@ -159,7 +178,8 @@ pub async fn apply_batch<T: IngestTx>(
         for row in &rows {
             *counts.entry((row.timestamp.timestamp().div_euclid(86_400), row.channel)).or_default() += 1;
         }
-        let mut counts: Vec<(i64, &str, i64)> = counts.into_iter().map(|((day, channel), count)| (day, channel, count)).collect();
+        let mut counts: Vec<(i64, &str, i64)> =
+            counts.into_iter().map(|((day, channel), count)| (day, channel, count)).collect();
         counts.sort_unstable();
         tx.add_event_counts(workspace_id, &counts).await?;
     }

@@ -66,7 +66,12 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[async_trait]
 pub trait WorkspaceStore: Send + Sync {
     /// Create a workspace with the hashes of its two keys.
-    async fn create_workspace(&self, workspace: &Workspace, write_key_hash: &str, api_key_hash: &str) -> StoreResult<()>;
+    async fn create_workspace(
+        &self,
+        workspace: &Workspace,
+        write_key_hash: &str,
+        api_key_hash: &str,
+    ) -> StoreResult<()>;
     /// One workspace.
     async fn workspace(&self, id: &str) -> StoreResult<Option<Workspace>>;
     /// All workspaces, oldest first.
@@ -124,7 +129,13 @@ pub trait JobQueue: Send + Sync {
     /// Finish a job; false if the lease was lost (it expired and another worker took it).
     async fn complete(&self, job_id: i64, worker: &str) -> StoreResult<bool>;
     /// Give a job back to run again at `retry_at`, or mark it dead past `max_attempts`.
-    async fn fail(&self, job_id: i64, worker: &str, error: &str, retry_at: chrono::DateTime<chrono::Utc>) -> StoreResult<bool>;
+    async fn fail(
+        &self,
+        job_id: i64,
+        worker: &str,
+        error: &str,
+        retry_at: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<bool>;
     /// A job by id.
     async fn job(&self, job_id: i64) -> StoreResult<Option<Job>>;
 }

@@ -21,4 +21,3 @@ pub(crate) fn fill_days(first_day: i64, days: u32, counts: &HashMap<i64, u64>) -
         })
         .collect()
 }
-

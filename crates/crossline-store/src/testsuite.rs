@@ -3,7 +3,7 @@
 
 #![allow(missing_docs, clippy::missing_panics_doc)]
 
-use crate::{DynStore, EventQuery, JobStatus, NewJob, ProfileQuery, Workspace, EnqueueOutcome};
+use crate::{DynStore, EnqueueOutcome, EventQuery, JobStatus, NewJob, ProfileQuery, Workspace};
 use chrono::{Duration, TimeZone, Utc};
 use crossline_core::event::{Endpoint, NormalizeOptions, NormalizedEvent, parse_request};
 use crossline_core::keys::KeyKind;
@@ -126,7 +126,8 @@ async fn identify_creates_a_profile_found_by_every_identity(store: DynStore) {
     assert_eq!(timeline[1].properties["plan"], "pro", "identify shows its traits");
     let limited = store.events(&ws.id, &profile_id, &EventQuery { limit: 1, kind: None }).await.unwrap();
     assert_eq!(limited.len(), 1);
-    let tracks = store.events(&ws.id, &profile_id, &EventQuery { limit: 10, kind: Some("identify".into()) }).await.unwrap();
+    let tracks =
+        store.events(&ws.id, &profile_id, &EventQuery { limit: 10, kind: Some("identify".into()) }).await.unwrap();
     assert_eq!(tracks.len(), 1);
 }
 
@@ -181,7 +182,11 @@ async fn an_event_naming_two_profiles_merges_them(store: DynStore) {
     assert_eq!(survivor.traits["plan"], "pro", "the newer value wins");
     assert_eq!(survivor.traits["city"], "Paris");
     let kinds: Vec<IdentityKind> = survivor.identities.iter().map(|identity| identity.kind).collect();
-    assert!(kinds.contains(&IdentityKind::Phone) && kinds.contains(&IdentityKind::Email) && kinds.contains(&IdentityKind::UserId));
+    assert!(
+        kinds.contains(&IdentityKind::Phone)
+            && kinds.contains(&IdentityKind::Email)
+            && kinds.contains(&IdentityKind::UserId)
+    );
     assert_eq!(store.lookup(&ws.id, &id(IdentityKind::AnonymousId, "sms-1")).await.unwrap().unwrap().id, older);
 
     let timeline = store.events(&ws.id, &older, &EventQuery::default()).await.unwrap();
@@ -199,7 +204,10 @@ async fn an_event_naming_two_profiles_merges_them(store: DynStore) {
 async fn alias_merges_previous_id(store: DynStore) {
     let ws = workspace(&store, "acme").await;
     let anonymous = store
-        .ingest(&ws.id, events(json!({"batch": [{"type": "page", "messageId": "p1", "anonymousId": "anon-7", "name": "Home"}]})))
+        .ingest(
+            &ws.id,
+            events(json!({"batch": [{"type": "page", "messageId": "p1", "anonymousId": "anon-7", "name": "Home"}]})),
+        )
         .await
         .unwrap()[0]
         .profile_id
@@ -213,7 +221,12 @@ async fn alias_merges_previous_id(store: DynStore) {
         .clone()
         .unwrap();
     let outcome = store
-        .ingest(&ws.id, events(json!({"batch": [{"type": "alias", "messageId": "al", "userId": "user-7", "previousId": "anon-7"}]})))
+        .ingest(
+            &ws.id,
+            events(
+                json!({"batch": [{"type": "alias", "messageId": "al", "userId": "user-7", "previousId": "anon-7"}]}),
+            ),
+        )
         .await
         .unwrap();
     assert_eq!(outcome[0].profile_id.as_deref(), Some(anonymous.as_str()));
@@ -222,7 +235,12 @@ async fn alias_merges_previous_id(store: DynStore) {
 
     // An alias whose previous id is new to the graph records it as an anonymous id.
     store
-        .ingest(&ws.id, events(json!({"batch": [{"type": "alias", "messageId": "al2", "userId": "user-8", "previousId": "anon-8"}]})))
+        .ingest(
+            &ws.id,
+            events(
+                json!({"batch": [{"type": "alias", "messageId": "al2", "userId": "user-8", "previousId": "anon-8"}]}),
+            ),
+        )
         .await
         .unwrap();
     let via_anonymous = store.lookup(&ws.id, &id(IdentityKind::AnonymousId, "anon-8")).await.unwrap().unwrap();
@@ -249,7 +267,11 @@ async fn merges_inside_one_batch(store: DynStore) {
     assert_eq!(page.profiles.len(), 1, "the profile merged away inside the batch is not listed");
     for merge in timeline.iter().filter(|event| event.kind == "merge") {
         let loser = merge.properties["merged_profile_id"].as_str().unwrap();
-        assert_eq!(store.profile(&ws.id, loser).await.unwrap().unwrap().id, survivor, "{loser} resolves to the survivor");
+        assert_eq!(
+            store.profile(&ws.id, loser).await.unwrap().unwrap().id,
+            survivor,
+            "{loser} resolves to the survivor"
+        );
     }
 }
 
@@ -276,8 +298,11 @@ async fn consent_through_traits_and_api(store: DynStore) {
     assert_eq!(updated.consent.status("email"), ConsentStatus::Subscribed);
     // An older statement arriving late does not overwrite the newer one.
     store
-        .ingest(&ws.id, events(json!({"batch": [{"type": "identify", "messageId": "c2", "userId": "u",
-            "traits": {"consent": {"sms": "subscribed"}}, "timestamp": "2026-11-02T00:00:00Z"}]})))
+        .ingest(
+            &ws.id,
+            events(json!({"batch": [{"type": "identify", "messageId": "c2", "userId": "u",
+            "traits": {"consent": {"sms": "subscribed"}}, "timestamp": "2026-11-02T00:00:00Z"}]})),
+        )
         .await
         .unwrap();
     let profile = store.profile(&ws.id, &profile_id).await.unwrap().unwrap();
@@ -314,7 +339,9 @@ async fn delete_erases_everything(store: DynStore) {
         .unwrap();
 
     assert!(store.delete_profile(&ws.id, &second).await.unwrap(), "deleting by a merged-away id erases the survivor");
-    for identity in [id(IdentityKind::UserId, "u"), id(IdentityKind::AnonymousId, "a"), id(IdentityKind::Email, "e@example.com")] {
+    for identity in
+        [id(IdentityKind::UserId, "u"), id(IdentityKind::AnonymousId, "a"), id(IdentityKind::Email, "e@example.com")]
+    {
         assert!(store.lookup(&ws.id, &identity).await.unwrap().is_none(), "{identity} erased");
     }
     assert!(store.profile(&ws.id, &first).await.unwrap().is_none());
@@ -355,7 +382,10 @@ async fn listing_searching_and_stats(store: DynStore) {
     let mut seen = Vec::new();
     let mut after = None;
     loop {
-        let page = store.list_profiles(&ws.id, &ProfileQuery { limit: 10, after: after.clone(), ..Default::default() }).await.unwrap();
+        let page = store
+            .list_profiles(&ws.id, &ProfileQuery { limit: 10, after: after.clone(), ..Default::default() })
+            .await
+            .unwrap();
         seen.extend(page.profiles.iter().map(|profile| profile.id.clone()));
         match page.next_cursor {
             Some(cursor) => after = Some(cursor),
@@ -369,12 +399,18 @@ async fn listing_searching_and_stats(store: DynStore) {
     assert_eq!(sorted, seen, "pages are in id order without repeats");
 
     let pro = store
-        .list_profiles(&ws.id, &ProfileQuery { limit: 100, trait_equals: Some(("plan".into(), json!("pro"))), ..Default::default() })
+        .list_profiles(
+            &ws.id,
+            &ProfileQuery { limit: 100, trait_equals: Some(("plan".into(), json!("pro"))), ..Default::default() },
+        )
         .await
         .unwrap();
     assert_eq!(pro.profiles.len(), 5);
     let aged = store
-        .list_profiles(&ws.id, &ProfileQuery { limit: 100, trait_equals: Some(("age".into(), json!(7))), ..Default::default() })
+        .list_profiles(
+            &ws.id,
+            &ProfileQuery { limit: 100, trait_equals: Some(("age".into(), json!(7))), ..Default::default() },
+        )
         .await
         .unwrap();
     assert_eq!(aged.profiles.len(), 1);
@@ -408,8 +444,10 @@ async fn concurrent_ingest_keeps_every_event(store: DynStore) {
         tasks.push(tokio::spawn(async move {
             for round in 0..10 {
                 let batch: Vec<Value> = (0..20)
-                    .map(|index| json!({"type": "track", "event": "Tick", "messageId": format!("c{client}-{round}-{index}"),
-                        "anonymousId": format!("shared-{}", index % 5), "userId": format!("u-{client}-{index}")}))
+                    .map(|index| {
+                        json!({"type": "track", "event": "Tick", "messageId": format!("c{client}-{round}-{index}"),
+                        "anonymousId": format!("shared-{}", index % 5), "userId": format!("u-{client}-{index}")})
+                    })
                     .collect();
                 store.ingest(&workspace_id, events(json!({ "batch": batch }))).await.unwrap();
             }
@@ -419,7 +457,8 @@ async fn concurrent_ingest_keeps_every_event(store: DynStore) {
         task.await.unwrap();
     }
     let stats = store.workspace_stats(&ws.id, 1).await.unwrap();
-    let merges = stats.events_per_channel.iter().find(|(channel, _)| channel == "system").map_or(0, |(_, count)| *count);
+    let merges =
+        stats.events_per_channel.iter().find(|(channel, _)| channel == "system").map_or(0, |(_, count)| *count);
     assert_eq!(stats.events - merges, 8 * 10 * 20);
     // Every user id meets one of five shared anonymous ids, so five profiles remain.
     assert_eq!(stats.profiles, 5);
@@ -444,7 +483,10 @@ async fn job_queue_leases_and_idempotency(store: DynStore) {
     assert_eq!(claimed.len(), 1, "only due jobs are claimed");
     assert_eq!(claimed[0].payload["to"], "a");
     assert_eq!(claimed[0].attempts, 1);
-    assert!(store.claim("send.sms", "w2", 10, t0 + Duration::seconds(10), Duration::seconds(30)).await.unwrap().is_empty(), "leased");
+    assert!(
+        store.claim("send.sms", "w2", 10, t0 + Duration::seconds(10), Duration::seconds(30)).await.unwrap().is_empty(),
+        "leased"
+    );
     assert!(store.claim("other.queue", "w2", 10, t0, Duration::seconds(30)).await.unwrap().is_empty());
 
     // The lease expires: another worker takes it over and the first worker can no longer finish it.
@@ -460,7 +502,9 @@ async fn job_queue_leases_and_idempotency(store: DynStore) {
     let due = store.claim("send.sms", "w1", 10, t0 + Duration::hours(2), Duration::seconds(30)).await.unwrap();
     assert_eq!(due.iter().map(|job| job.id).collect::<Vec<_>>(), [later.id()]);
     assert!(store.fail(later.id(), "w1", "timeout", t0 + Duration::hours(3)).await.unwrap());
-    assert!(store.claim("send.sms", "w1", 10, t0 + Duration::hours(2), Duration::seconds(30)).await.unwrap().is_empty());
+    assert!(
+        store.claim("send.sms", "w1", 10, t0 + Duration::hours(2), Duration::seconds(30)).await.unwrap().is_empty()
+    );
     let retried = store.claim("send.sms", "w1", 10, t0 + Duration::hours(3), Duration::seconds(30)).await.unwrap();
     assert_eq!(retried.len(), 1);
     assert!(store.complete(later.id(), "w1").await.unwrap());
@@ -477,7 +521,10 @@ async fn job_queue_leases_and_idempotency(store: DynStore) {
         handles.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let jobs = store.claim("send.sms", &format!("bulk-{worker}"), 3, t0 + Duration::hours(4), Duration::minutes(5)).await.unwrap();
+                let jobs = store
+                    .claim("send.sms", &format!("bulk-{worker}"), 3, t0 + Duration::hours(4), Duration::minutes(5))
+                    .await
+                    .unwrap();
                 if jobs.is_empty() {
                     break mine;
                 }

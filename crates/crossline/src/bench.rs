@@ -107,7 +107,14 @@ struct Generator {
 
 impl Generator {
     fn new(client: usize) -> Self {
-        Generator { rng: StdRng::seed_from_u64(client as u64), client, sequence: 0, users: Vec::new(), anonymous_only: Vec::new(), next_person: 0 }
+        Generator {
+            rng: StdRng::seed_from_u64(client as u64),
+            client,
+            sequence: 0,
+            users: Vec::new(),
+            anonymous_only: Vec::new(),
+            next_person: 0,
+        }
     }
 
     /// One event as JSON text, and its messageId. Plain formatting, not `serde_json::Value`, so
@@ -202,7 +209,11 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{write_key}:")));
     let acked = match &args.acked_log {
         Some(path) => Some(std::sync::Arc::new(std::sync::Mutex::new(
-            std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot open {}", path.display()))?,
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?,
         ))),
         None => None,
     };
@@ -219,7 +230,8 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             let (mut acknowledged, mut bytes, mut failures) = (0usize, 0usize, 0usize);
             while Instant::now() < deadline {
                 let (events, ids): (Vec<String>, Vec<String>) = (0..batch_size).map(|_| generator.event()).unzip();
-                let body = format!(r#"{{"batch":[{}],"sentAt":"{}"}}"#, events.join(","), chrono::Utc::now().to_rfc3339());
+                let body =
+                    format!(r#"{{"batch":[{}],"sentAt":"{}"}}"#, events.join(","), chrono::Utc::now().to_rfc3339());
                 bytes += body.len();
                 let sent = Instant::now();
                 let response = http
@@ -240,7 +252,11 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                     }
                     Ok(response) => {
                         failures += 1;
-                        eprintln!("request failed: {} {}", response.status(), response.text().await.unwrap_or_default());
+                        eprintln!(
+                            "request failed: {} {}",
+                            response.status(),
+                            response.text().await.unwrap_or_default()
+                        );
                     }
                     Err(err) => {
                         failures += 1;
@@ -276,7 +292,10 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     }
     latencies.sort();
     let rate = events as f64 / elapsed;
-    println!("crossline bench ingest: {backend}, {} clients x {} events/request, {:.1} s", args.clients, args.batch, elapsed);
+    println!(
+        "crossline bench ingest: {backend}, {} clients x {} events/request, {:.1} s",
+        args.clients, args.batch, elapsed
+    );
     println!("  acknowledged events: {events} ({failures} failed requests), {:.1} MB sent", bytes as f64 / 1e6);
     println!("  throughput:          {rate:.0} events/s ({:.0} requests/s)", latencies.len() as f64 / elapsed);
     println!(
@@ -343,12 +362,15 @@ async fn lookup(args: LookupArgs) -> anyhow::Result<()> {
     while next < args.profiles {
         let end = (next + chunk).min(args.profiles);
         let batch: Vec<Value> = (next..end)
-            .map(|index| json!({"type": "identify", "messageId": format!("p{index}"), "userId": format!("user-{index}"),
-                "traits": {"email": format!("person{index}@example.com"), "plan": "standard"}}))
+            .map(|index| {
+                json!({"type": "identify", "messageId": format!("p{index}"), "userId": format!("user-{index}"),
+                "traits": {"email": format!("person{index}@example.com"), "plan": "standard"}})
+            })
             .collect();
         let body = json!({"batch": batch}).to_string();
         let options = NormalizeOptions { default_region: "US", received_at: chrono::Utc::now() };
-        let events = parse_request(Endpoint::Batch, body.as_bytes(), &options).map_err(|err| anyhow::anyhow!("{err}"))?.events;
+        let events =
+            parse_request(Endpoint::Batch, body.as_bytes(), &options).map_err(|err| anyhow::anyhow!("{err}"))?.events;
         store.ingest(&workspace.id, events).await?;
         next = end;
     }

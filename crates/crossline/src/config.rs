@@ -82,7 +82,10 @@ impl Config {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             if !file.exists() {
-                anyhow::bail!("configuration file {} does not exist; check --config or CROSSLINE_CONFIG", file.display());
+                anyhow::bail!(
+                    "configuration file {} does not exist; check --config or CROSSLINE_CONFIG",
+                    file.display()
+                );
             }
             figment = figment.merge(Toml::file(file));
         }
@@ -98,34 +101,51 @@ impl Config {
         if let Some(url) = &self.database_url
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
-            anyhow::bail!("database_url (CROSSLINE_DATABASE_URL) must start with postgres://, e.g. postgres://user@127.0.0.1:5432/crossline; unset it to use the embedded store");
+            anyhow::bail!(
+                "database_url (CROSSLINE_DATABASE_URL) must start with postgres://, e.g. postgres://user@127.0.0.1:5432/crossline; unset it to use the embedded store"
+            );
         }
         if let Some(url) = &self.nats_url
             && !(url.starts_with("nats://") || url.starts_with("tls://"))
         {
-            anyhow::bail!("nats_url (CROSSLINE_NATS_URL) must start with nats://, e.g. nats://127.0.0.1:4222; unset it to use the in-process bus");
+            anyhow::bail!(
+                "nats_url (CROSSLINE_NATS_URL) must start with nats://, e.g. nats://127.0.0.1:4222; unset it to use the in-process bus"
+            );
         }
         if let Some(token) = &self.admin_token
             && token.len() < 16
         {
-            anyhow::bail!("admin_token (CROSSLINE_ADMIN_TOKEN) is too short: use at least 16 characters, e.g. the output of `openssl rand -hex 24`");
+            anyhow::bail!(
+                "admin_token (CROSSLINE_ADMIN_TOKEN) is too short: use at least 16 characters, e.g. the output of `openssl rand -hex 24`"
+            );
         }
         if let Some(url) = &self.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
-            anyhow::bail!("public_url (CROSSLINE_PUBLIC_URL) must be an http:// or https:// URL, e.g. https://crossline.example.com");
+            anyhow::bail!(
+                "public_url (CROSSLINE_PUBLIC_URL) must be an http:// or https:// URL, e.g. https://crossline.example.com"
+            );
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             anyhow::bail!("log_format (CROSSLINE_LOG_FORMAT) is \"{}\"; use text or json", self.log_format);
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
-            anyhow::bail!("log_level (CROSSLINE_LOG_LEVEL) \"{}\" is not a valid filter; use e.g. info, debug or crossline=debug,info", self.log_level);
+            anyhow::bail!(
+                "log_level (CROSSLINE_LOG_LEVEL) \"{}\" is not a valid filter; use e.g. info, debug or crossline=debug,info",
+                self.log_level
+            );
         }
         if !crossline_core::identity::is_known_region(&self.default_region) {
-            anyhow::bail!("default_region (CROSSLINE_DEFAULT_REGION) \"{}\" is not an ISO 3166 alpha-2 code such as US, GB or DE", self.default_region);
+            anyhow::bail!(
+                "default_region (CROSSLINE_DEFAULT_REGION) \"{}\" is not an ISO 3166 alpha-2 code such as US, GB or DE",
+                self.default_region
+            );
         }
         if self.default_time_zone.parse::<chrono_tz::Tz>().is_err() {
-            anyhow::bail!("default_time_zone (CROSSLINE_DEFAULT_TIME_ZONE) \"{}\" is not an IANA time zone such as UTC or Europe/Paris", self.default_time_zone);
+            anyhow::bail!(
+                "default_time_zone (CROSSLINE_DEFAULT_TIME_ZONE) \"{}\" is not an IANA time zone such as UTC or Europe/Paris",
+                self.default_time_zone
+            );
         }
         Ok(())
     }
@@ -143,6 +163,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail fixes the closure's error type.
     fn layers_apply_in_order_and_bad_values_are_named() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("crossline.toml", "listen = \"127.0.0.1:9000\"\nlog_level = \"debug\"\n")?;

@@ -12,12 +12,43 @@ use serde_json::{Value, json};
 use std::path::PathBuf;
 
 const FIRST_NAMES: [&str; 20] = [
-    "Ada", "Grace", "Alan", "Katherine", "Linus", "Margaret", "Dennis", "Barbara", "Ken", "Frances", "Edsger", "Radia",
-    "Tim", "Hedy", "John", "Sophie", "Donald", "Karen", "Guido", "Anita",
+    "Ada",
+    "Grace",
+    "Alan",
+    "Katherine",
+    "Linus",
+    "Margaret",
+    "Dennis",
+    "Barbara",
+    "Ken",
+    "Frances",
+    "Edsger",
+    "Radia",
+    "Tim",
+    "Hedy",
+    "John",
+    "Sophie",
+    "Donald",
+    "Karen",
+    "Guido",
+    "Anita",
 ];
 const LAST_NAMES: [&str; 15] = [
-    "Lovelace", "Hopper", "Turing", "Johnson", "Torvalds", "Hamilton", "Ritchie", "Liskov", "Thompson", "Allen",
-    "Dijkstra", "Perlman", "Berners-Lee", "Lamarr", "McCarthy",
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "Johnson",
+    "Torvalds",
+    "Hamilton",
+    "Ritchie",
+    "Liskov",
+    "Thompson",
+    "Allen",
+    "Dijkstra",
+    "Perlman",
+    "Berners-Lee",
+    "Lamarr",
+    "McCarthy",
 ];
 const CITIES: [&str; 6] = ["New York", "Chicago", "Austin", "Seattle", "Boston", "Denver"];
 const PAGES: [(&str, &str); 6] = [
@@ -42,7 +73,11 @@ pub fn sample_events(customers: usize, now: DateTime<Utc>, seed: u64) -> Vec<Val
         } else {
             (FIRST_NAMES[index % FIRST_NAMES.len()], LAST_NAMES[(index / FIRST_NAMES.len() + index) % LAST_NAMES.len()])
         };
-        let email = if index == 0 { STAR_EMAIL.to_owned() } else { format!("{}.{}{index}@example.com", first.to_lowercase(), last.to_lowercase()) };
+        let email = if index == 0 {
+            STAR_EMAIL.to_owned()
+        } else {
+            format!("{}.{}{index}@example.com", first.to_lowercase(), last.to_lowercase())
+        };
         let phone = format!("+1415555{:04}", 100 + index);
         let web = format!("web-{index:04}");
         let user = format!("user-{index:04}");
@@ -55,41 +90,62 @@ pub fn sample_events(customers: usize, now: DateTime<Utc>, seed: u64) -> Vec<Val
         };
         for _ in 0..rng.random_range(2..7) {
             let (name, path) = PAGES[rng.random_range(0..PAGES.len())];
-            push(at, json!({"type": "page", "anonymousId": web, "name": name,
+            push(
+                at,
+                json!({"type": "page", "anonymousId": web, "name": name,
                 "properties": {"path": path, "url": format!("https://bank.example{path}"), "title": name},
-                "context": {"channel": "web", "userAgent": "Mozilla/5.0", "library": {"name": "analytics.js", "version": "2.11.1"}}}));
+                "context": {"channel": "web", "userAgent": "Mozilla/5.0", "library": {"name": "analytics.js", "version": "2.11.1"}}}),
+            );
             at += Duration::seconds(rng.random_range(10..300));
         }
         let sms_optin = if index % 7 == 3 { "unsubscribed" } else { "subscribed" };
-        push(at, json!({"type": "identify", "anonymousId": web,
+        push(
+            at,
+            json!({"type": "identify", "anonymousId": web,
             "traits": {"email": email, "name": format!("{first} {last}"), "first_name": first, "city": CITIES[index % CITIES.len()],
                        "plan": if index % 4 == 0 { "premium" } else { "standard" },
                        "consent": {"email": "subscribed"}},
-            "context": {"channel": "web"}}));
+            "context": {"channel": "web"}}),
+        );
         at += Duration::hours(rng.random_range(2..48));
-        push(at, json!({"type": "track", "anonymousId": format!("sms-{index:04}"), "event": "SMS Received",
+        push(
+            at,
+            json!({"type": "track", "anonymousId": format!("sms-{index:04}"), "event": "SMS Received",
             "properties": {"body": "Your appointment reminder", "segments": 1},
-            "context": {"channel": "sms", "traits": {"phone": phone, "consent": {"sms": sms_optin}}}}));
+            "context": {"channel": "sms", "traits": {"phone": phone, "consent": {"sms": sms_optin}}}}),
+        );
         if index % 3 != 2 {
             at += Duration::minutes(rng.random_range(1..30));
-            push(at, json!({"type": "track", "anonymousId": format!("sms-{index:04}"), "event": "SMS Replied",
-                "properties": {"body": "Thanks, see you then"}, "context": {"channel": "sms"}}));
+            push(
+                at,
+                json!({"type": "track", "anonymousId": format!("sms-{index:04}"), "event": "SMS Replied",
+                "properties": {"body": "Thanks, see you then"}, "context": {"channel": "sms"}}),
+            );
         }
         for _ in 0..rng.random_range(1..4) {
             at += Duration::hours(rng.random_range(6..72));
-            push(at, json!({"type": "track", "anonymousId": web, "event": "Email Opened",
-                "properties": {"campaign": "November savings", "subject": "Earn 4.1% on savings"}, "context": {"channel": "email"}}));
+            push(
+                at,
+                json!({"type": "track", "anonymousId": web, "event": "Email Opened",
+                "properties": {"campaign": "November savings", "subject": "Earn 4.1% on savings"}, "context": {"channel": "email"}}),
+            );
             if rng.random_bool(0.4) {
-                push(at + Duration::seconds(40), json!({"type": "track", "anonymousId": web, "event": "Email Link Clicked",
-                    "properties": {"campaign": "November savings", "url": "https://bank.example/savings"}, "context": {"channel": "email"}}));
+                push(
+                    at + Duration::seconds(40),
+                    json!({"type": "track", "anonymousId": web, "event": "Email Link Clicked",
+                    "properties": {"campaign": "November savings", "url": "https://bank.example/savings"}, "context": {"channel": "email"}}),
+                );
             }
         }
         // Most customers later sign in on the app with email and phone: their web and SMS profiles merge.
         if index == 0 || index % 5 != 4 {
             at += Duration::hours(rng.random_range(1..48));
-            push(at, json!({"type": "identify", "userId": user, "anonymousId": format!("app-{index:04}"),
+            push(
+                at,
+                json!({"type": "identify", "userId": user, "anonymousId": format!("app-{index:04}"),
                 "traits": {"email": email, "phone": phone},
-                "context": {"channel": "app", "device": {"token": format!("fcm-token-{index:04}"), "type": "android"}}}));
+                "context": {"channel": "app", "device": {"token": format!("fcm-token-{index:04}"), "type": "android"}}}),
+            );
             for _ in 0..rng.random_range(1..5) {
                 at += Duration::minutes(rng.random_range(1..90));
                 let screen = ["Accounts", "Card details", "Transfers", "Appointments"][rng.random_range(0..4)];
@@ -97,8 +153,11 @@ pub fn sample_events(customers: usize, now: DateTime<Utc>, seed: u64) -> Vec<Val
             }
             if rng.random_bool(0.35) {
                 at += Duration::minutes(rng.random_range(1..60));
-                push(at, json!({"type": "track", "userId": user, "event": "Appointment Booked",
-                    "properties": {"branch": CITIES[index % CITIES.len()], "topic": "mortgage"}, "context": {"channel": "app"}}));
+                push(
+                    at,
+                    json!({"type": "track", "userId": user, "event": "Appointment Booked",
+                    "properties": {"branch": CITIES[index % CITIES.len()], "topic": "mortgage"}, "context": {"channel": "app"}}),
+                );
             }
         }
     }
@@ -114,7 +173,8 @@ pub async fn seed(store: &DynStore, workspace: &Workspace, customers: usize) -> 
     for chunk in events.chunks(250) {
         let body = json!({"batch": chunk}).to_string();
         let options = NormalizeOptions { default_region: &workspace.default_region, received_at: now };
-        let request = parse_request(Endpoint::Batch, body.as_bytes(), &options).map_err(|err| anyhow::anyhow!("demo data: {err}"))?;
+        let request = parse_request(Endpoint::Batch, body.as_bytes(), &options)
+            .map_err(|err| anyhow::anyhow!("demo data: {err}"))?;
         store.ingest(&workspace.id, request.events).await?;
     }
     Ok(total)
@@ -125,12 +185,21 @@ pub async fn run(listen: String, data_dir: Option<PathBuf>) -> anyhow::Result<()
     let (data_dir, _temporary) = match data_dir {
         Some(dir) => (dir, None),
         None => {
-            let dir = tempfile::Builder::new().prefix("crossline-demo-").tempdir().context("cannot create a temporary directory")?;
+            let dir = tempfile::Builder::new()
+                .prefix("crossline-demo-")
+                .tempdir()
+                .context("cannot create a temporary directory")?;
             (dir.path().to_owned(), Some(dir))
         }
     };
     let admin_token = generate_key(KeyKind::Api).replacen("sk_", "op_", 1);
-    let config = Config { listen, data_dir: data_dir.clone(), admin_token: Some(admin_token.clone()), log_level: "warn".into(), ..Config::default() };
+    let config = Config {
+        listen,
+        data_dir: data_dir.clone(),
+        admin_token: Some(admin_token.clone()),
+        log_level: "warn".into(),
+        ..Config::default()
+    };
     config.validate()?;
     crate::init_logging(&config);
     let state = crate::state_for(&config, admin_token.clone()).await?;
@@ -159,9 +228,9 @@ pub async fn run(listen: String, data_dir: Option<PathBuf>) -> anyhow::Result<()
     };
 
     let address = config.listen_addr()?;
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .with_context(|| format!("cannot listen on {address} (is another crossline running? use --listen 127.0.0.1:8081)"))?;
+    let listener = tokio::net::TcpListener::bind(address).await.with_context(|| {
+        format!("cannot listen on {address} (is another crossline running? use --listen 127.0.0.1:8081)")
+    })?;
     let url = format!("http://{}", listener.local_addr()?);
     println!(
         "\nCrossline demo is running at {url}\n\n  Console:        {url}/  (log in with the API key below)\n  API docs:       {url}/api/docs\n  Workspace:      demo ({id})\n  Write key:      {write_key}\n  API key:        {api_key}\n  Operator token: {admin_token}\n  Data:           {dir}\n\nTry:\n  curl -s -u {write_key}: {url}/v1/track -H 'content-type: application/json' \\\n    -d '{{\"userId\":\"user-0000\",\"event\":\"Demo Clicked\",\"context\":{{\"channel\":\"web\"}}}}'\n  curl -s -H 'Authorization: Bearer {api_key}' '{url}/api/v1/profiles/lookup?kind=email&value={STAR_EMAIL}'\n\nPress Ctrl-C to stop.",
@@ -193,7 +262,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn seeding_merges_the_star_customer_across_channels() {
         let dir = tempfile::tempdir().unwrap();
-        let store: DynStore = std::sync::Arc::new(crossline_store::sqlite::SqliteStore::open(&dir.path().join("db")).await.unwrap());
+        let store: DynStore =
+            std::sync::Arc::new(crossline_store::sqlite::SqliteStore::open(&dir.path().join("db")).await.unwrap());
         let workspace = crossline_store::testsuite::sample_workspace("demo");
         store.create_workspace(&workspace, "w", "a").await.unwrap();
         seed(&store, &workspace, 20).await.unwrap();
@@ -203,7 +273,10 @@ mod tests {
         for kind in ["user_id", "anonymous_id", "email", "phone", "device_token"] {
             assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
         }
-        let timeline = store.events(&workspace.id, &profile.id, &crossline_store::EventQuery { limit: 500, kind: None }).await.unwrap();
+        let timeline = store
+            .events(&workspace.id, &profile.id, &crossline_store::EventQuery { limit: 500, kind: None })
+            .await
+            .unwrap();
         let channels: std::collections::BTreeSet<&str> = timeline.iter().map(|event| event.channel.as_str()).collect();
         for channel in ["web", "sms", "email", "app", "system"] {
             assert!(channels.contains(channel), "{channel} in {channels:?}");

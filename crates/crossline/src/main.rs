@@ -83,7 +83,9 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(load_config(&args)?).await,
             Command::Migrate(args) => migrate(load_config(&args)?).await,
             Command::Demo(args) => demo::run(args.listen, args.data_dir).await,
-            Command::Nlu(NluCommand::Eval(args)) => tokio::task::spawn_blocking(move || crossline_nlu_eval::run(&args)).await?,
+            Command::Nlu(NluCommand::Eval(args)) => {
+                tokio::task::spawn_blocking(move || crossline_nlu_eval::run(&args)).await?
+            }
             Command::Bench(command) => bench::run(command).await,
         }
     });
@@ -116,7 +118,8 @@ fn admin_token(config: &Config) -> anyhow::Result<(String, Option<PathBuf>)> {
     if let Ok(saved) = std::fs::read_to_string(&path) {
         return Ok((saved.trim().to_owned(), None));
     }
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let token = crossline_core::keys::generate_key(crossline_core::keys::KeyKind::Api).replacen("sk_", "op_", 1);
     write_private(&path, &token)?;
     Ok((token, Some(path)))
@@ -134,7 +137,9 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
 }
 
 async fn open_backends(config: &Config) -> anyhow::Result<(crossline_store::DynStore, crossline_bus::DynBus)> {
-    let store = crossline_store::open(config.database_url.as_deref(), &config.data_dir).await.context("cannot open the store")?;
+    let store = crossline_store::open(config.database_url.as_deref(), &config.data_dir)
+        .await
+        .context("cannot open the store")?;
     let bus = crossline_bus::open(config.nats_url.as_deref()).await.context("cannot open the event bus")?;
     Ok((store, bus))
 }
@@ -181,10 +186,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let (token, generated) = admin_token(&config)?;
     let state = state_for(&config, token.clone()).await?;
     let address = config.listen_addr()?;
-    let listener = tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
     let local = listener.local_addr()?;
     if let Some(path) = generated {
-        eprintln!("Generated the operator token (saved in {}; set CROSSLINE_ADMIN_TOKEN to choose your own):\n  {token}", path.display());
+        eprintln!(
+            "Generated the operator token (saved in {}; set CROSSLINE_ADMIN_TOKEN to choose your own):\n  {token}",
+            path.display()
+        );
     }
     println!("crossline listening on http://{local} (store: {}, bus: {})", state.store.backend(), state.bus.backend());
     crossline_server::run(listener, state, shutdown_signal()).await?;
@@ -193,7 +202,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 async fn migrate(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
-    let store = crossline_store::open(config.database_url.as_deref(), &config.data_dir).await.context("cannot open the store")?;
+    let store = crossline_store::open(config.database_url.as_deref(), &config.data_dir)
+        .await
+        .context("cannot open the store")?;
     store.ping().await?;
     println!("migrations applied ({} store is up to date)", store.backend());
     Ok(())

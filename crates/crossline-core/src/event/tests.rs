@@ -18,7 +18,8 @@ fn identify_collects_normalised_identities_and_traits() {
                    "consent": {"sms": "subscribed"}},
         "context": {"device": {"token": "tok-1"}}
     });
-    let request = parse_request(Endpoint::Single(EventKind::Identify), body.to_string().as_bytes(), &options()).unwrap();
+    let request =
+        parse_request(Endpoint::Single(EventKind::Identify), body.to_string().as_bytes(), &options()).unwrap();
     let event = &request.events[0];
     assert_eq!(event.kind, EventKind::Identify);
     let identities: Vec<String> = event.identities.iter().map(ToString::to_string).collect();
@@ -52,17 +53,41 @@ fn clock_skew_is_corrected_with_sent_at() {
 #[test]
 fn one_bad_event_rejects_the_batch_naming_the_field() {
     let cases = [
-        (json!({"batch": [{"type": "track", "userId": "u", "event": "A"}, {"type": "track", "event": "B"}]}), "missing_identity", "batch[1]"),
+        (
+            json!({"batch": [{"type": "track", "userId": "u", "event": "A"}, {"type": "track", "event": "B"}]}),
+            "missing_identity",
+            "batch[1]",
+        ),
         (json!({"batch": [{"type": "track", "userId": "u"}]}), "missing_field", "batch[0].event"),
         (json!({"batch": [{"type": "shout", "userId": "u"}]}), "invalid_field", "batch[0].type"),
-        (json!({"batch": [{"type": "identify", "userId": "u", "traits": {"email": "nope"}}]}), "invalid_identity", "batch[0].traits.email"),
-        (json!({"batch": [{"type": "identify", "userId": "u", "traits": {"phone": 12}}]}), "invalid_identity", "batch[0].traits.phone"),
+        (
+            json!({"batch": [{"type": "identify", "userId": "u", "traits": {"email": "nope"}}]}),
+            "invalid_identity",
+            "batch[0].traits.email",
+        ),
+        (
+            json!({"batch": [{"type": "identify", "userId": "u", "traits": {"phone": 12}}]}),
+            "invalid_identity",
+            "batch[0].traits.phone",
+        ),
         (json!({"batch": [{"type": "track", "event": "x", "userId": {"a": 1}}]}), "invalid_field", "batch[0].userId"),
-        (json!({"batch": [{"type": "track", "event": "x", "userId": "u", "properties": [1]}]}), "invalid_field", "batch[0].properties"),
-        (json!({"batch": [{"type": "track", "event": "x", "userId": "u", "timestamp": "yesterday"}]}), "invalid_field", "batch[0].timestamp"),
+        (
+            json!({"batch": [{"type": "track", "event": "x", "userId": "u", "properties": [1]}]}),
+            "invalid_field",
+            "batch[0].properties",
+        ),
+        (
+            json!({"batch": [{"type": "track", "event": "x", "userId": "u", "timestamp": "yesterday"}]}),
+            "invalid_field",
+            "batch[0].timestamp",
+        ),
         (json!({"batch": [{"type": "alias", "userId": "u"}]}), "missing_field", "batch[0].previousId"),
         (json!({"batch": [{"type": "group", "userId": "u"}]}), "missing_field", "batch[0].groupId"),
-        (json!({"batch": [{"type": "identify", "userId": "u", "traits": {"consent": {"sms": "maybe"}}}]}), "invalid_field", "batch[0].traits.consent.sms"),
+        (
+            json!({"batch": [{"type": "identify", "userId": "u", "traits": {"consent": {"sms": "maybe"}}}]}),
+            "invalid_field",
+            "batch[0].traits.consent.sms",
+        ),
         (json!({"batch": []}), "invalid_field", "batch"),
         (json!({"events": []}), "missing_field", "batch"),
     ];
@@ -77,7 +102,8 @@ fn one_bad_event_rejects_the_batch_naming_the_field() {
 fn malformed_json_and_wrong_endpoint() {
     let err = parse_request(Endpoint::Batch, b"{\"batch\": [", &options()).unwrap_err();
     assert_eq!(err.code, "invalid_json");
-    let err = parse_request(Endpoint::Single(EventKind::Track), br#"{"type":"page","userId":"u"}"#, &options()).unwrap_err();
+    let err =
+        parse_request(Endpoint::Single(EventKind::Track), br#"{"type":"page","userId":"u"}"#, &options()).unwrap_err();
     assert_eq!(err.code, "invalid_field");
     assert!(err.message.contains("/v1/page"));
 }
@@ -85,7 +111,8 @@ fn malformed_json_and_wrong_endpoint() {
 #[test]
 fn sizes_are_limited() {
     let big = "x".repeat(MAX_EVENT_BYTES);
-    let err = batch(json!({"batch": [{"type": "track", "event": "x", "userId": "u", "properties": {"blob": big}}]})).unwrap_err();
+    let err = batch(json!({"batch": [{"type": "track", "event": "x", "userId": "u", "properties": {"blob": big}}]}))
+        .unwrap_err();
     assert_eq!(err.code, "event_too_large");
     assert!(err.is_too_large());
     let huge = vec![b' '; MAX_REQUEST_BYTES + 1];
@@ -102,7 +129,8 @@ fn alias_offers_both_readings_of_previous_id() {
 #[test]
 fn write_key_and_batch_context() {
     let request = batch(json!({"writeKey": "wk_1", "context": {"channel": "email"},
-        "batch": [{"type": "track", "event": "Opened", "userId": 42, "context": {"ip": "1.2.3.4"}}]})).unwrap();
+        "batch": [{"type": "track", "event": "Opened", "userId": 42, "context": {"ip": "1.2.3.4"}}]}))
+    .unwrap();
     assert_eq!(request.write_key.as_deref(), Some("wk_1"));
     assert_eq!(request.events[0].channel, "email");
     assert_eq!(request.events[0].identities[0].value, "42");
@@ -111,7 +139,9 @@ fn write_key_and_batch_context() {
 #[test]
 fn rudderstack_mobile_channel_and_original_timestamp() {
     let events = batch(json!({"batch": [{"type": "screen", "anonymousId": "a", "channel": "mobile",
-        "originalTimestamp": "2026-11-23T11:00:00.000Z", "sentAt": "2026-11-23T11:00:00.000Z"}]})).unwrap().events;
+        "originalTimestamp": "2026-11-23T11:00:00.000Z", "sentAt": "2026-11-23T11:00:00.000Z"}]}))
+    .unwrap()
+    .events;
     assert_eq!(events[0].channel, "app");
     assert_eq!(events[0].timestamp, options().received_at);
 }

@@ -11,7 +11,9 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use chrono::Utc;
-use crossline_core::event::{Endpoint, EventKind, EventValidationError, MAX_REQUEST_BYTES, NormalizeOptions, parse_request, peek_write_key};
+use crossline_core::event::{
+    Endpoint, EventKind, EventValidationError, MAX_REQUEST_BYTES, NormalizeOptions, parse_request, peek_write_key,
+};
 use crossline_core::keys::{KeyKind, hash_key};
 use serde::Serialize;
 use std::io::Read;
@@ -43,7 +45,12 @@ async fn read_body(headers: &HeaderMap, body: Body) -> ApiResult<Vec<u8>> {
             flate2::read::GzDecoder::new(&raw[..])
                 .take(MAX_REQUEST_BYTES as u64 + 1)
                 .read_to_end(&mut inflated)
-                .map_err(|err| ApiError::bad_request("invalid_encoding", format!("body: Content-Encoding is gzip but the body is not valid gzip ({err})")))?;
+                .map_err(|err| {
+                    ApiError::bad_request(
+                        "invalid_encoding",
+                        format!("body: Content-Encoding is gzip but the body is not valid gzip ({err})"),
+                    )
+                })?;
             if inflated.len() > MAX_REQUEST_BYTES {
                 return Err(too_large());
             }
@@ -73,7 +80,9 @@ async fn ingest(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
         ));
     };
     let Some(workspace) = state.store.workspace_by_key(KeyKind::Write, &hash_key(&key)).await? else {
-        return Err(ApiError::unauthorized("the write key is not valid (it may have been rotated); use the workspace's current write_key"));
+        return Err(ApiError::unauthorized(
+            "the write key is not valid (it may have been rotated); use the workspace's current write_key",
+        ));
     };
     let options = NormalizeOptions { default_region: &workspace.default_region, received_at: Utc::now() };
     let request = parse_request(endpoint, &bytes, &options).map_err(|err| {
@@ -113,7 +122,8 @@ async fn ingest(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
         let payload = serde_json::json!({"workspace_id": workspace.id, "events": stored});
         // The events are durable already; a bus outage must not fail the request, so it is logged
         // and counted instead.
-        if let Err(err) = state.bus.publish(&format!("events.{}", workspace.id), None, payload.to_string().into()).await {
+        if let Err(err) = state.bus.publish(&format!("events.{}", workspace.id), None, payload.to_string().into()).await
+        {
             metrics::counter!("crossline_bus_publish_failed_total").increment(1);
             tracing::warn!(error = %err, workspace = %workspace.id, "stored events could not be published on the bus");
         }

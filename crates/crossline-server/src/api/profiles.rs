@@ -69,7 +69,12 @@ pub struct ProfileView {
 impl From<Profile> for ProfileView {
     fn from(profile: Profile) -> Self {
         ProfileView {
-            consent: profile.consent.summary().into_iter().map(|(channel, status)| (channel, status.to_owned())).collect(),
+            consent: profile
+                .consent
+                .summary()
+                .into_iter()
+                .map(|(channel, status)| (channel, status.to_owned()))
+                .collect(),
             consent_details: profile
                 .consent
                 .0
@@ -77,7 +82,11 @@ impl From<Profile> for ProfileView {
                 .map(|(channel, entry)| {
                     (
                         channel.clone(),
-                        ConsentDetail { status: entry.status.as_str().to_owned(), source: entry.source.clone(), updated_at: entry.updated_at },
+                        ConsentDetail {
+                            status: entry.status.as_str().to_owned(),
+                            source: entry.source.clone(),
+                            updated_at: entry.updated_at,
+                        },
                     )
                 })
                 .collect(),
@@ -188,7 +197,9 @@ fn check_limit(limit: Option<usize>, default: usize) -> ApiResult<usize> {
     match limit {
         None => Ok(default),
         Some(limit) if (1..=1000).contains(&limit) => Ok(limit),
-        Some(limit) => Err(ApiError::bad_request("invalid_query", format!("limit: {limit} is out of range; use 1 to 1000"))),
+        Some(limit) => {
+            Err(ApiError::bad_request("invalid_query", format!("limit: {limit} is out of range; use 1 to 1000")))
+        }
     }
 }
 
@@ -202,12 +213,20 @@ pub async fn lookup(
     params: Result<Query<LookupParams>, QueryRejection>,
 ) -> ApiResult<Json<ProfileView>> {
     let Query(params) = params.map_err(query_rejection)?;
-    let kind = params.kind.ok_or_else(|| ApiError::bad_request("missing_field", "kind: is required, e.g. ?kind=email&value=ada@example.com"))?;
-    let kind: IdentityKind = kind.parse().map_err(|err: crossline_core::IdentityError| ApiError::bad_request("invalid_field", format!("kind: {err}")))?;
+    let kind = params.kind.ok_or_else(|| {
+        ApiError::bad_request("missing_field", "kind: is required, e.g. ?kind=email&value=ada@example.com")
+    })?;
+    let kind: IdentityKind = kind
+        .parse()
+        .map_err(|err: crossline_core::IdentityError| ApiError::bad_request("invalid_field", format!("kind: {err}")))?;
     let value = params.value.ok_or_else(|| ApiError::bad_request("missing_field", "value: is required"))?;
     let identity = Identity::parse(kind, &value, &workspace.default_region)
         .map_err(|err| ApiError::bad_request("invalid_field", format!("value: {err}")))?;
-    let profile = state.store.lookup(&workspace.id, &identity).await?.ok_or_else(|| ApiError::not_found("a profile with that identity"))?;
+    let profile = state
+        .store
+        .lookup(&workspace.id, &identity)
+        .await?
+        .ok_or_else(|| ApiError::not_found("a profile with that identity"))?;
     Ok(Json(profile.into()))
 }
 
@@ -259,20 +278,31 @@ pub async fn set_consent(
 ) -> ApiResult<Json<ProfileView>> {
     let Json(body) = body.map_err(json_rejection)?;
     if body.is_empty() {
-        return Err(ApiError::bad_request("invalid_field", "body: name at least one channel, e.g. {\"email\": \"subscribed\"}"));
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "body: name at least one channel, e.g. {\"email\": \"subscribed\"}",
+        ));
     }
     let mut statements = Vec::with_capacity(body.len());
     for (channel, status) in &body {
         if !is_valid_channel_name(channel) {
-            return Err(ApiError::bad_request("invalid_field", format!("{channel}: is not a channel name; use lower-case names such as email, sms, push, voice, whatsapp")));
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                format!(
+                    "{channel}: is not a channel name; use lower-case names such as email, sms, push, voice, whatsapp"
+                ),
+            ));
         }
-        let status = status
-            .as_str()
-            .and_then(ConsentStatus::parse_statement)
-            .ok_or_else(|| ApiError::bad_request("invalid_field", format!("{channel}: must be \"subscribed\" or \"unsubscribed\"")))?;
+        let status = status.as_str().and_then(ConsentStatus::parse_statement).ok_or_else(|| {
+            ApiError::bad_request("invalid_field", format!("{channel}: must be \"subscribed\" or \"unsubscribed\""))
+        })?;
         statements.push((channel.clone(), status));
     }
-    let profile = state.store.set_consent(&workspace.id, &id, &statements, "api").await?.ok_or_else(|| ApiError::not_found("profile"))?;
+    let profile = state
+        .store
+        .set_consent(&workspace.id, &id, &statements, "api")
+        .await?
+        .ok_or_else(|| ApiError::not_found("profile"))?;
     Ok(Json(profile.into()))
 }
 
@@ -307,7 +337,10 @@ pub async fn list_profiles(
     let Query(params) = params.map_err(query_rejection)?;
     let query = profile_query(params)?;
     let page = state.store.list_profiles(&workspace.id, &query).await?;
-    Ok(Json(ProfileList { profiles: page.profiles.into_iter().map(ProfileView::from).collect(), next_cursor: page.next_cursor }))
+    Ok(Json(ProfileList {
+        profiles: page.profiles.into_iter().map(ProfileView::from).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
 /// Validate list parameters into a store query.
@@ -321,8 +354,18 @@ pub fn profile_query(params: ListParams) -> ApiResult<ProfileQuery> {
             let value = serde_json::from_str::<Value>(&raw).unwrap_or(Value::String(raw));
             Some((name, value))
         }
-        (Some(_), None) => return Err(ApiError::bad_request("invalid_query", "value: is required with trait, e.g. ?trait=plan&value=pro")),
-        (None, Some(_)) => return Err(ApiError::bad_request("invalid_query", "trait: is required with value, e.g. ?trait=plan&value=pro")),
+        (Some(_), None) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "value: is required with trait, e.g. ?trait=plan&value=pro",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "trait: is required with value, e.g. ?trait=plan&value=pro",
+            ));
+        }
         (None, None) => None,
     };
     let text = params.q.map(|q| q.trim().to_owned()).filter(|q| !q.is_empty());

@@ -91,16 +91,21 @@ pub fn validate_region(field: &str, region: &str) -> ApiResult<String> {
     if crossline_core::identity::is_known_region(&upper) {
         Ok(upper)
     } else {
-        Err(ApiError::bad_request("invalid_field", format!("{field}: \"{region}\" is not an ISO 3166 alpha-2 region code such as US, GB or DE")))
+        Err(ApiError::bad_request(
+            "invalid_field",
+            format!("{field}: \"{region}\" is not an ISO 3166 alpha-2 region code such as US, GB or DE"),
+        ))
     }
 }
 
 /// Check an IANA time zone name.
 pub fn validate_time_zone(field: &str, zone: &str) -> ApiResult<String> {
-    zone.trim()
-        .parse::<chrono_tz::Tz>()
-        .map(|tz| tz.name().to_owned())
-        .map_err(|_| ApiError::bad_request("invalid_field", format!("{field}: \"{zone}\" is not an IANA time zone such as Europe/Paris or America/New_York")))
+    zone.trim().parse::<chrono_tz::Tz>().map(|tz| tz.name().to_owned()).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_field",
+            format!("{field}: \"{zone}\" is not an IANA time zone such as Europe/Paris or America/New_York"),
+        )
+    })
 }
 
 /// Create a workspace.
@@ -121,13 +126,18 @@ pub async fn create_workspace(
     let Json(body) = body.map_err(crate::api::profiles::json_rejection)?;
     let name = body.name.unwrap_or_default().trim().to_owned();
     if name.is_empty() || name.chars().count() > 64 {
-        return Err(ApiError::bad_request("invalid_field", "name: give a name of 1 to 64 characters, e.g. {\"name\": \"acme\"}"));
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "name: give a name of 1 to 64 characters, e.g. {\"name\": \"acme\"}",
+        ));
     }
     if !name.chars().all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | ' ')) {
         return Err(ApiError::bad_request("invalid_field", "name: use letters, digits, spaces, -, _ and . only"));
     }
-    let default_region = validate_region("default_region", body.default_region.as_deref().unwrap_or(&state.settings.default_region))?;
-    let time_zone = validate_time_zone("time_zone", body.time_zone.as_deref().unwrap_or(&state.settings.default_time_zone))?;
+    let default_region =
+        validate_region("default_region", body.default_region.as_deref().unwrap_or(&state.settings.default_region))?;
+    let time_zone =
+        validate_time_zone("time_zone", body.time_zone.as_deref().unwrap_or(&state.settings.default_time_zone))?;
     let workspace = Workspace { id: new_id("ws"), name, default_region, time_zone, created_at: Utc::now() };
     let write_key = generate_key(KeyKind::Write);
     let api_key = generate_key(KeyKind::Api);
@@ -178,7 +188,12 @@ pub async fn rotate_key(
     let kind = match kind.as_str() {
         "write" => KeyKind::Write,
         "api" => KeyKind::Api,
-        other => return Err(ApiError::bad_request("invalid_field", format!("kind: \"{other}\" is not a key kind; use write or api"))),
+        other => {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                format!("kind: \"{other}\" is not a key kind; use write or api"),
+            ));
+        }
     };
     let key = generate_key(kind);
     if !state.store.rotate_key(&id, kind, &hash_key(&key)).await? {

@@ -26,33 +26,19 @@ const ASSETS: [Asset; 3] = [
         content_type: "text/javascript; charset=utf-8",
         bytes: include_bytes!("../../assets/console.js"),
     },
-    Asset {
-        name: "favicon.svg",
-        content_type: "image/svg+xml",
-        bytes: include_bytes!("../../assets/favicon.svg"),
-    },
+    Asset { name: "favicon.svg", content_type: "image/svg+xml", bytes: include_bytes!("../../assets/favicon.svg") },
 ];
 
 /// FNV-1a: a stable, dependency-free fingerprint; collisions only cost a stale cache.
 fn fingerprint(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// The URL of an embedded asset, with its content hash for cache busting.
 pub fn url(name: &str) -> String {
     static VERSIONS: OnceLock<Vec<(&'static str, String)>> = OnceLock::new();
     let versions = VERSIONS.get_or_init(|| {
-        ASSETS
-            .iter()
-            .map(|asset| {
-                (
-                    asset.name,
-                    format!("{:08x}", fingerprint(asset.bytes) as u32),
-                )
-            })
-            .collect()
+        ASSETS.iter().map(|asset| (asset.name, format!("{:08x}", fingerprint(asset.bytes) as u32))).collect()
     });
     match versions.iter().find(|(known, _)| *known == name) {
         Some((_, version)) => format!("/assets/{name}?v={version}"),
@@ -71,12 +57,7 @@ pub async fn serve(Path(name): Path<String>) -> Response {
             asset.bytes,
         )
             .into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            [(header::CACHE_CONTROL, "no-store")],
-            "no such asset",
-        )
-            .into_response(),
+        None => (StatusCode::NOT_FOUND, [(header::CACHE_CONTROL, "no-store")], "no such asset").into_response(),
     }
 }
 

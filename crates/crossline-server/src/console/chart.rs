@@ -50,28 +50,19 @@ pub struct Axis {
 /// A y axis reaching `peak` in at most five intervals of a round step (1, 2, 2.5 or 5 × 10ⁿ).
 pub fn axis_for(peak: u64) -> Axis {
     if peak == 0 {
-        return Axis {
-            max: 1,
-            ticks: vec![0, 1],
-        };
+        return Axis { max: 1, ticks: vec![0, 1] };
     }
     let mut magnitude = 1_u64;
     let step = loop {
         // For magnitude 1, 2.5 rounds down to 2: counts are whole, so are ticks.
         let candidates = [magnitude, magnitude * 2, magnitude * 5 / 2, magnitude * 5];
-        if let Some(step) = candidates
-            .into_iter()
-            .find(|step| peak.div_ceil(*step) <= 5)
-        {
+        if let Some(step) = candidates.into_iter().find(|step| peak.div_ceil(*step) <= 5) {
             break step;
         }
         magnitude = magnitude.saturating_mul(10);
     };
     let intervals = peak.div_ceil(step);
-    Axis {
-        max: intervals * step,
-        ticks: (0..=intervals).map(|index| index * step).collect(),
-    }
+    Axis { max: intervals * step, ticks: (0..=intervals).map(|index| index * step).collect() }
 }
 
 /// The bars of a per-day series, left to right in the order given.
@@ -107,10 +98,7 @@ pub fn short_count(value: u64) -> String {
         _ => (1_000_000.0, "M"),
     };
     let text = format!("{:.2}", value as f64 / unit);
-    format!(
-        "{}{suffix}",
-        text.trim_end_matches('0').trim_end_matches('.')
-    )
+    format!("{}{suffix}", text.trim_end_matches('0').trim_end_matches('.'))
 }
 
 fn number(value: f64) -> String {
@@ -164,50 +152,16 @@ mod tests {
 
     fn series(counts: &[u64]) -> Vec<(NaiveDate, u64)> {
         let first = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
-        counts
-            .iter()
-            .enumerate()
-            .map(|(offset, events)| (first + chrono::Days::new(offset as u64), *events))
-            .collect()
+        counts.iter().enumerate().map(|(offset, events)| (first + chrono::Days::new(offset as u64), *events)).collect()
     }
 
     #[test]
     fn axis_steps_are_round_and_reach_the_peak() {
-        assert_eq!(
-            axis_for(0),
-            Axis {
-                max: 1,
-                ticks: vec![0, 1]
-            }
-        );
-        assert_eq!(
-            axis_for(1),
-            Axis {
-                max: 1,
-                ticks: vec![0, 1]
-            }
-        );
-        assert_eq!(
-            axis_for(3),
-            Axis {
-                max: 3,
-                ticks: vec![0, 1, 2, 3]
-            }
-        );
-        assert_eq!(
-            axis_for(10),
-            Axis {
-                max: 10,
-                ticks: vec![0, 2, 4, 6, 8, 10]
-            }
-        );
-        assert_eq!(
-            axis_for(37),
-            Axis {
-                max: 40,
-                ticks: vec![0, 10, 20, 30, 40]
-            }
-        );
+        assert_eq!(axis_for(0), Axis { max: 1, ticks: vec![0, 1] });
+        assert_eq!(axis_for(1), Axis { max: 1, ticks: vec![0, 1] });
+        assert_eq!(axis_for(3), Axis { max: 3, ticks: vec![0, 1, 2, 3] });
+        assert_eq!(axis_for(10), Axis { max: 10, ticks: vec![0, 2, 4, 6, 8, 10] });
+        assert_eq!(axis_for(37), Axis { max: 40, ticks: vec![0, 10, 20, 30, 40] });
         assert_eq!(axis_for(1234).max, 1250);
         for peak in [1, 2, 5, 7, 9, 11, 99, 101, 4321, 1_000_001] {
             let axis = axis_for(peak);
@@ -226,18 +180,12 @@ mod tests {
         assert!((bars[0].height - 2.0 * bars[1].height).abs() < 1e-9);
         assert!((bars[3].height - 2.0 * bars[0].height).abs() < 1e-9);
         assert_eq!(bars[2].height, 0.0, "a day without events has no bar");
-        assert!(
-            (bars[3].height - (HEIGHT - TOP - BOTTOM)).abs() < 1e-9,
-            "the peak fills the plot"
-        );
+        assert!((bars[3].height - (HEIGHT - TOP - BOTTOM)).abs() < 1e-9, "the peak fills the plot");
         // Every bar stands on the baseline, and the slots tile the plot left to right.
         for bar in &bars {
             assert!((bar.y + bar.height - (HEIGHT - BOTTOM)).abs() < 1e-9);
         }
-        assert!(
-            bars.windows(2)
-                .all(|pair| (pair[1].slot_x - pair[0].slot_x - pair[0].slot_width).abs() < 1e-9)
-        );
+        assert!(bars.windows(2).all(|pair| (pair[1].slot_x - pair[0].slot_x - pair[0].slot_width).abs() < 1e-9));
     }
 
     #[test]
@@ -245,10 +193,7 @@ mod tests {
         let svg = events_per_day(&series(&[3, 0, 1200])).into_string();
         assert_eq!(svg.matches("class=\"bar\"").count(), 3);
         assert!(svg.contains("data-date=\"2026-11-02\" data-count=\"0\""));
-        assert!(
-            svg.contains("<title>Tue, Nov 3, 2026: 1,200 events</title>"),
-            "{svg}"
-        );
+        assert!(svg.contains("<title>Tue, Nov 3, 2026: 1,200 events</title>"), "{svg}");
         assert!(svg.contains("<title>Sun, Nov 1, 2026: 3 events</title>"));
         assert!(svg.contains(">Nov 3</text>"), "the last day is labelled");
         assert!(svg.contains(">1.25k</text>"), "axis top label: {svg}");
@@ -268,15 +213,7 @@ mod tests {
 
     #[test]
     fn chart_matches_its_reviewed_snapshot() {
-        let counts: Vec<u64> = (0..30)
-            .map(|day| {
-                if day % 6 == 5 {
-                    0
-                } else {
-                    40 + (day * 37) % 90
-                }
-            })
-            .collect();
+        let counts: Vec<u64> = (0..30).map(|day| if day % 6 == 5 { 0 } else { 40 + (day * 37) % 90 }).collect();
         crate::console::snapshot::assert_snapshot(
             "events_per_day.svg",
             &events_per_day(&series(&counts)).into_string(),

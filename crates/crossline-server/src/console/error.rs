@@ -24,19 +24,13 @@ impl ConsoleError {
 
     /// 404 with a sentence.
     pub fn not_found(message: impl Into<String>) -> Self {
-        ConsoleError {
-            status: StatusCode::NOT_FOUND,
-            message: message.into(),
-        }
+        ConsoleError { status: StatusCode::NOT_FOUND, message: message.into() }
     }
 }
 
 impl From<ApiError> for ConsoleError {
     fn from(err: ApiError) -> Self {
-        ConsoleError {
-            status: err.status,
-            message: err.message,
-        }
+        ConsoleError { status: err.status, message: err.message }
     }
 }
 

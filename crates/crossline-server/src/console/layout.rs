@@ -182,10 +182,7 @@ pub fn base_url(state: &AppState, headers: &HeaderMap) -> String {
     if let Some(url) = &state.settings.public_url {
         return url.trim_end_matches('/').to_owned();
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|host| host.to_str().ok())
-        .unwrap_or("localhost:8080");
+    let host = headers.get(header::HOST).and_then(|host| host.to_str().ok()).unwrap_or("localhost:8080");
     format!("http://{host}")
 }
 
@@ -210,8 +207,7 @@ mod tests {
 
     #[test]
     fn markup_is_escaped() {
-        let rendered =
-            empty_state("<b>", html! { "<script>alert(1)</script>" }, Some("a && b")).into_string();
+        let rendered = empty_state("<b>", html! { "<script>alert(1)</script>" }, Some("a && b")).into_string();
         assert!(rendered.contains("&lt;b&gt;"));
         assert!(rendered.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(rendered.contains("a &amp;&amp; b"));

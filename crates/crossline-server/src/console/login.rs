@@ -47,10 +47,7 @@ fn login_page(error: Option<&str>) -> Markup {
 }
 
 /// `GET /login`: the form, or straight to the console for a visitor already signed in.
-pub async fn form(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Response, ConsoleError> {
+pub async fn form(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ConsoleError> {
     if let Some(token) = session_cookie(&headers)
         && caller_for_token(&state, &token).await?.is_some()
     {
@@ -63,15 +60,10 @@ pub async fn form(
 /// every other form; signing in and out set cookies themselves, so they check the browser's
 /// `Sec-Fetch-Site` (absent from non-browser clients, which are let through).
 fn refuse_cross_site(headers: &HeaderMap) -> Result<(), ConsoleError> {
-    match headers
-        .get("sec-fetch-site")
-        .and_then(|value| value.to_str().ok())
-    {
+    match headers.get("sec-fetch-site").and_then(|value| value.to_str().ok()) {
         Some("cross-site") => Err(ConsoleError {
             status: StatusCode::FORBIDDEN,
-            message:
-                "This form was sent from another site. Sign in from the console's own login page."
-                    .into(),
+            message: "This form was sent from another site. Sign in from the console's own login page.".into(),
         }),
         _ => Ok(()),
     }
@@ -85,8 +77,7 @@ pub async fn submit(
 ) -> Result<Response, ConsoleError> {
     refuse_cross_site(&headers)?;
     let token = form.token.trim();
-    let refused =
-        |message: &str| (StatusCode::UNAUTHORIZED, login_page(Some(message))).into_response();
+    let refused = |message: &str| (StatusCode::UNAUTHORIZED, login_page(Some(message))).into_response();
     if token.is_empty() {
         return Ok(refused("Enter the operator token or a workspace API key."));
     }
@@ -103,25 +94,18 @@ pub async fn submit(
         // A new session starts without the previous operator's workspace choice.
         cookie(WORKSPACE_COOKIE, "", secure, Some(0)),
     ] {
-        response_headers.append(
-            header::SET_COOKIE,
-            HeaderValue::from_str(&value).map_err(ConsoleError::internal)?,
-        );
+        response_headers.append(header::SET_COOKIE, HeaderValue::from_str(&value).map_err(ConsoleError::internal)?);
     }
     Ok(response)
 }
 
 /// `POST /logout`: forget the session and the workspace choice.
-pub async fn logout(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Response, ConsoleError> {
+pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ConsoleError> {
     refuse_cross_site(&headers)?;
     let secure = secure_cookies(&state);
     let mut response = Redirect::to("/login").into_response();
     for name in [SESSION_COOKIE, WORKSPACE_COOKIE] {
-        let value = HeaderValue::from_str(&cookie(name, "", secure, Some(0)))
-            .map_err(ConsoleError::internal)?;
+        let value = HeaderValue::from_str(&cookie(name, "", secure, Some(0))).map_err(ConsoleError::internal)?;
         response.headers_mut().append(header::SET_COOKIE, value);
     }
     Ok(response)

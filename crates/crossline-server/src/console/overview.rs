@@ -24,10 +24,7 @@ pub async fn overview(
     let Some(workspace) = &session.workspace else {
         return workspaces(State(state), headers, session).await;
     };
-    let stats = state
-        .store
-        .workspace_stats(&workspace.id, OVERVIEW_DAYS)
-        .await?;
+    let stats = state.store.workspace_stats(&workspace.id, OVERVIEW_DAYS).await?;
     let content = overview_content(workspace, &stats, &base_url(&state, &headers));
     let page = layout::shell(&session, Section::Overview, "Overview", content);
     Ok(session.respond(secure_cookies(&state), page))
@@ -36,17 +33,8 @@ pub async fn overview(
 /// The overview's content: counters, the per-day chart and the per-channel bars.
 pub fn overview_content(workspace: &Workspace, stats: &WorkspaceStats, base_url: &str) -> Markup {
     let recent: u64 = stats.events_per_day.iter().map(|(_, events)| *events).sum();
-    let busiest = stats
-        .events_per_channel
-        .iter()
-        .map(|(_, events)| *events)
-        .max()
-        .unwrap_or(0);
-    let channels = stats
-        .events_per_channel
-        .iter()
-        .filter(|(channel, _)| channel != "system")
-        .count();
+    let busiest = stats.events_per_channel.iter().map(|(_, events)| *events).max().unwrap_or(0);
+    let channels = stats.events_per_channel.iter().filter(|(channel, _)| channel != "system").count();
     html! {
         (page_head("Overview", Some(html! { (workspace.name) " · " code { (workspace.id) } " · " (workspace.time_zone) })))
         div.grid.stats {
@@ -120,11 +108,7 @@ pub async fn workspaces(
         return Ok(Redirect::to("/").into_response());
     }
     let workspaces = state.store.workspaces().await?;
-    let content = workspace_list(
-        &workspaces,
-        session.workspace.as_ref(),
-        &base_url(&state, &headers),
-    );
+    let content = workspace_list(&workspaces, session.workspace.as_ref(), &base_url(&state, &headers));
     let page = layout::shell(&session, Section::Workspaces, "Workspaces", content);
     Ok(session.respond(secure_cookies(&state), page))
 }

@@ -1,9 +1,7 @@
 //! Profile search (`/profiles`) and the customer 360 page (`/profiles/{id}`).
 
 use super::error::ConsoleError;
-use super::layout::{
-    self, Section, base_url, channel_badge, count, empty_state, page_head, time, value_text,
-};
+use super::layout::{self, Section, base_url, channel_badge, count, empty_state, page_head, time, value_text};
 use super::session::{Session, secure_cookies};
 use super::url;
 use crate::state::AppState;
@@ -47,25 +45,13 @@ pub async fn list(
     let Some(workspace) = &session.workspace else {
         return Ok(Redirect::to("/").into_response());
     };
-    let search = params
-        .q
-        .as_deref()
-        .map(str::trim)
-        .filter(|text| !text.is_empty());
+    let search = params.q.as_deref().map(str::trim).filter(|text| !text.is_empty());
     let after = params.after.filter(|cursor| !cursor.is_empty());
     let text = search.map(|search| search_text(search, &workspace.default_region));
-    let query = ProfileQuery {
-        limit: PAGE_SIZE,
-        after: after.clone(),
-        trait_equals: None,
-        text,
-    };
+    let query = ProfileQuery { limit: PAGE_SIZE, after: after.clone(), trait_equals: None, text };
     let page = state.store.list_profiles(&workspace.id, &query).await?;
     let content = list_content(&page, search, after.is_some(), &base_url(&state, &headers));
-    Ok(session.respond(
-        secure_cookies(&state),
-        layout::shell(&session, Section::Profiles, "Profiles", content),
-    ))
+    Ok(session.respond(secure_cookies(&state), layout::shell(&session, Section::Profiles, "Profiles", content)))
 }
 
 fn list_content(page: &ProfilePage, search: Option<&str>, paged: bool, base_url: &str) -> Markup {
@@ -143,13 +129,9 @@ fn list_content(page: &ProfilePage, search: Option<&str>, paged: bool, base_url:
 /// What to search for: a phone number as people type it (`(415) 555-0132`) becomes E.164, the
 /// form identities are stored in; anything else is searched as typed.
 pub fn search_text(search: &str, default_region: &str) -> String {
-    let phone_like = search
-        .chars()
-        .all(|c| c.is_ascii_digit() || " +-().".contains(c))
+    let phone_like = search.chars().all(|c| c.is_ascii_digit() || " +-().".contains(c))
         && search.chars().filter(char::is_ascii_digit).count() >= 7;
-    if phone_like
-        && let Ok(e164) = crossline_core::identity::normalize_phone(search, default_region)
-    {
+    if phone_like && let Ok(e164) = crossline_core::identity::normalize_phone(search, default_region) {
         return e164;
     }
     search.to_owned()
@@ -163,11 +145,7 @@ fn list_url(search: Option<&str>, after: Option<&str>) -> String {
     if let Some(after) = after {
         parts.push(format!("after={}", url::encode(after)));
     }
-    if parts.is_empty() {
-        "/profiles".to_owned()
-    } else {
-        format!("/profiles?{}", parts.join("&"))
-    }
+    if parts.is_empty() { "/profiles".to_owned() } else { format!("/profiles?{}", parts.join("&")) }
 }
 
 fn profile_url(id: &str) -> String {
@@ -176,41 +154,23 @@ fn profile_url(id: &str) -> String {
 
 /// The person's name from `name`, else `first_name`/`last_name` (or their camel-case forms).
 pub fn display_name(profile: &Profile) -> Option<String> {
-    let text = |key: &str| {
-        profile
-            .traits
-            .get(key)
-            .and_then(Value::as_str)
-            .map(str::trim)
-            .filter(|text| !text.is_empty())
-    };
+    let text =
+        |key: &str| profile.traits.get(key).and_then(Value::as_str).map(str::trim).filter(|text| !text.is_empty());
     if let Some(name) = text("name") {
         return Some(name.to_owned());
     }
-    let parts: Vec<&str> = [
-        text("first_name").or(text("firstName")),
-        text("last_name").or(text("lastName")),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    let parts: Vec<&str> = [text("first_name").or(text("firstName")), text("last_name").or(text("lastName"))]
+        .into_iter()
+        .flatten()
+        .collect();
     (!parts.is_empty()).then(|| parts.join(" "))
 }
 
 /// A contact detail from a trait, else from the matching identity.
 fn contact(profile: &Profile, trait_name: &str, kind: IdentityKind) -> Option<String> {
-    profile
-        .traits
-        .get(trait_name)
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .or_else(|| {
-            profile
-                .identities
-                .iter()
-                .find(|identity| identity.kind == kind)
-                .map(|identity| identity.value.clone())
-        })
+    profile.traits.get(trait_name).and_then(Value::as_str).map(str::to_owned).or_else(|| {
+        profile.identities.iter().find(|identity| identity.kind == kind).map(|identity| identity.value.clone())
+    })
 }
 
 fn identity_label(kind: IdentityKind) -> &'static str {
@@ -245,45 +205,23 @@ pub async fn show(
         let target = format!("{}?merged={}", profile_url(&profile.id), url::encode(&id));
         return Ok(session.respond(secure_cookies(&state), Redirect::to(&target)));
     }
-    let query = EventQuery {
-        limit: TIMELINE_LIMIT,
-        kind: None,
-    };
-    let events = state
-        .store
-        .events(&workspace.id, &profile.id, &query)
-        .await?;
+    let query = EventQuery { limit: TIMELINE_LIMIT, kind: None };
+    let events = state.store.events(&workspace.id, &profile.id, &query).await?;
     let title = display_name(&profile).unwrap_or_else(|| profile.id.clone());
     let content = profile_content(&profile, &events, params.merged.as_deref());
-    Ok(session.respond(
-        secure_cookies(&state),
-        layout::shell(&session, Section::Profiles, &title, content),
-    ))
+    Ok(session.respond(secure_cookies(&state), layout::shell(&session, Section::Profiles, &title, content)))
 }
 
 /// The 360 page's content: who, how to reach them, what they agreed to, and what they did.
-pub fn profile_content(
-    profile: &Profile,
-    events: &[StoredEvent],
-    merged_from: Option<&str>,
-) -> Markup {
+pub fn profile_content(profile: &Profile, events: &[StoredEvent], merged_from: Option<&str>) -> Markup {
     let name = display_name(profile);
-    let heading = name
-        .clone()
-        .or_else(|| contact(profile, "email", IdentityKind::Email))
-        .unwrap_or_else(|| profile.id.clone());
-    let initials: String = heading
-        .split_whitespace()
-        .filter_map(|word| word.chars().next())
-        .take(2)
-        .collect::<String>()
-        .to_uppercase();
+    let heading =
+        name.clone().or_else(|| contact(profile, "email", IdentityKind::Email)).unwrap_or_else(|| profile.id.clone());
+    let initials: String =
+        heading.split_whitespace().filter_map(|word| word.chars().next()).take(2).collect::<String>().to_uppercase();
     let mut channels: Vec<(&str, usize)> = Vec::new();
     for event in events {
-        match channels
-            .iter_mut()
-            .find(|(channel, _)| *channel == event.channel)
-        {
+        match channels.iter_mut().find(|(channel, _)| *channel == event.channel) {
             Some((_, seen)) => *seen += 1,
             None => channels.push((&event.channel, 1)),
         }
@@ -435,13 +373,7 @@ fn timeline_item(event: &StoredEvent) -> Markup {
 
 /// What the timeline calls an event: the track or screen name, the page's name or path, ...
 fn event_name(event: &StoredEvent) -> String {
-    let property = |key: &str| {
-        event
-            .properties
-            .get(key)
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    };
+    let property = |key: &str| event.properties.get(key).and_then(Value::as_str).map(str::to_owned);
     match event.kind.as_str() {
         "identify" => "Identified".to_owned(),
         "alias" => "Aliased".to_owned(),
@@ -459,22 +391,15 @@ fn event_name(event: &StoredEvent) -> String {
 /// Up to five properties worth a glance; for pages the URL comes first.
 fn key_properties(event: &StoredEvent) -> Vec<(String, String)> {
     const PREFERRED: [&str; 6] = ["path", "url", "title", "revenue", "total", "text"];
-    let mut keys: Vec<&String> = PREFERRED
-        .iter()
-        .filter_map(|key| event.properties.get_key_value(*key).map(|(key, _)| key))
-        .collect();
+    let mut keys: Vec<&String> =
+        PREFERRED.iter().filter_map(|key| event.properties.get_key_value(*key).map(|(key, _)| key)).collect();
     for key in event.properties.keys() {
         if !keys.contains(&key) {
             keys.push(key);
         }
     }
     keys.into_iter()
-        .filter(|key| {
-            !matches!(
-                event.properties[key.as_str()],
-                Value::Null | Value::Object(_)
-            )
-        })
+        .filter(|key| !matches!(event.properties[key.as_str()], Value::Null | Value::Object(_)))
         .take(5)
         .map(|key| (key.clone(), value_text(&event.properties[key.as_str()], 60)))
         .collect()
@@ -494,10 +419,7 @@ mod tests {
         consent.set("sms", ConsentStatus::Unsubscribed, "sms_stop", at);
         Profile {
             id: "prf_1".into(),
-            identities: vec![Identity {
-                kind: IdentityKind::Email,
-                value: "ada@example.com".into(),
-            }],
+            identities: vec![Identity { kind: IdentityKind::Email, value: "ada@example.com".into() }],
             traits: traits.as_object().unwrap().clone(),
             consent,
             created_at: at,
@@ -522,28 +444,15 @@ mod tests {
 
     #[test]
     fn names_come_from_name_or_first_and_last() {
-        assert_eq!(
-            display_name(&profile(json!({"name": "Ada Lovelace"}))).as_deref(),
-            Some("Ada Lovelace")
-        );
-        assert_eq!(
-            display_name(&profile(json!({"firstName": "Ada", "last_name": "L"}))).as_deref(),
-            Some("Ada L")
-        );
+        assert_eq!(display_name(&profile(json!({"name": "Ada Lovelace"}))).as_deref(), Some("Ada Lovelace"));
+        assert_eq!(display_name(&profile(json!({"firstName": "Ada", "last_name": "L"}))).as_deref(), Some("Ada L"));
         assert_eq!(display_name(&profile(json!({"plan": "pro"}))), None);
     }
 
     #[test]
     fn the_360_page_escapes_what_customers_send() {
-        let hostile = profile(
-            json!({"name": "<script>alert(1)</script>", "note": "\"><img src=x onerror=alert(1)>"}),
-        );
-        let events = [event(
-            "track",
-            "web",
-            Some("<b>Bought</b>"),
-            json!({"item": "<i>x</i>"}),
-        )];
+        let hostile = profile(json!({"name": "<script>alert(1)</script>", "note": "\"><img src=x onerror=alert(1)>"}));
+        let events = [event("track", "web", Some("<b>Bought</b>"), json!({"item": "<i>x</i>"}))];
         let html = profile_content(&hostile, &events, None).into_string();
         assert!(
             !html.contains("<script>")
@@ -565,19 +474,10 @@ mod tests {
                 json!({"merged_profile_id": "prf_2", "survivor_profile_id": "prf_1", "cause_message_id": "join"}),
             ),
             event("track", "sms", Some("SMS Replied"), json!({"text": "yes"})),
-            event(
-                "page",
-                "web",
-                None,
-                json!({"path": "/pricing", "referrer": "https://example.com"}),
-            ),
+            event("page", "web", None, json!({"path": "/pricing", "referrer": "https://example.com"})),
         ];
-        let html =
-            profile_content(&profile(json!({"name": "Ada"})), &events, Some("prf_2")).into_string();
-        assert!(
-            html.contains("Merged profile <code>prf_2</code> into this one"),
-            "{html}"
-        );
+        let html = profile_content(&profile(json!({"name": "Ada"})), &events, Some("prf_2")).into_string();
+        assert!(html.contains("Merged profile <code>prf_2</code> into this one"), "{html}");
         assert!(html.contains("Profile <code>prf_2</code> was merged into this one"));
         assert_eq!(html.matches("data-testid=\"timeline-event\"").count(), 3);
         assert!(html.contains("data-channel=\"sms\" data-type=\"track\""));
@@ -592,11 +492,7 @@ mod tests {
     fn typed_phone_numbers_are_searched_in_e164() {
         assert_eq!(search_text("(415) 555-0132", "US"), "+14155550132");
         assert_eq!(search_text("+44 20 7946 0958", "US"), "+442079460958");
-        assert_eq!(
-            search_text("4155", "US"),
-            "4155",
-            "too short to be a number: searched as typed"
-        );
+        assert_eq!(search_text("4155", "US"), "4155", "too short to be a number: searched as typed");
         assert_eq!(search_text("ada@example.com", "US"), "ada@example.com");
         assert_eq!(search_text("u-1234567", "US"), "u-1234567");
     }
@@ -604,40 +500,23 @@ mod tests {
     #[test]
     fn the_360_page_matches_its_reviewed_snapshot() {
         let events = [
-            event(
-                "track",
-                "email",
-                Some("Email Opened"),
-                json!({"campaign": "Welcome", "subject": "Hello"}),
-            ),
+            event("track", "email", Some("Email Opened"), json!({"campaign": "Welcome", "subject": "Hello"})),
             event(
                 "merge",
                 "system",
                 None,
                 json!({"merged_profile_id": "prf_2", "survivor_profile_id": "prf_1", "cause_message_id": "join"}),
             ),
-            event(
-                "page",
-                "web",
-                Some("Pricing"),
-                json!({"path": "/pricing", "url": "https://example.com/pricing"}),
-            ),
+            event("page", "web", Some("Pricing"), json!({"path": "/pricing", "url": "https://example.com/pricing"})),
         ];
-        let html = profile_content(
-            &profile(json!({"name": "Ada Lovelace", "plan": "pro"})),
-            &events,
-            None,
-        )
-        .into_string();
+        let html =
+            profile_content(&profile(json!({"name": "Ada Lovelace", "plan": "pro"})), &events, None).into_string();
         crate::console::snapshot::assert_snapshot("profile_360.html", &html);
     }
 
     #[test]
     fn list_urls_keep_the_search() {
-        assert_eq!(
-            list_url(Some("ada@example.com"), Some("prf_9")),
-            "/profiles?q=ada%40example.com&after=prf_9"
-        );
+        assert_eq!(list_url(Some("ada@example.com"), Some("prf_9")), "/profiles?q=ada%40example.com&after=prf_9");
         assert_eq!(list_url(None, None), "/profiles");
     }
 }

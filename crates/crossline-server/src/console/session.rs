@@ -36,10 +36,7 @@ impl Session {
 
     /// The `Set-Cookie` remembering a workspace chosen on this request, if any.
     pub fn workspace_cookie(&self, secure: bool) -> Option<HeaderValue> {
-        let workspace = self
-            .workspace
-            .as_ref()
-            .filter(|_| self.remember_workspace)?;
+        let workspace = self.workspace.as_ref().filter(|_| self.remember_workspace)?;
         HeaderValue::from_str(&cookie(WORKSPACE_COOKIE, &workspace.id, secure, None)).ok()
     }
 
@@ -55,11 +52,7 @@ impl Session {
 
 /// Whether cookies should carry `Secure`: only when the server is reached over HTTPS.
 pub fn secure_cookies(state: &AppState) -> bool {
-    state
-        .settings
-        .public_url
-        .as_deref()
-        .is_some_and(|url| url.starts_with("https://"))
+    state.settings.public_url.as_deref().is_some_and(|url| url.starts_with("https://"))
 }
 
 /// A `Set-Cookie` value: HTTP-only, same-site strict, for the whole site. `max_age` of `Some(0)`
@@ -78,9 +71,7 @@ pub fn cookie(name: &str, value: &str, secure: bool, max_age: Option<u32>) -> St
 /// Whether a token can be stored in a cookie as is (RFC 6265 `cookie-octet`s).
 pub fn is_cookie_safe(token: &str) -> bool {
     !token.is_empty()
-        && token
-            .bytes()
-            .all(|byte| byte.is_ascii_graphic() && !matches!(byte, b'"' | b',' | b';' | b'\\'))
+        && token.bytes().all(|byte| byte.is_ascii_graphic() && !matches!(byte, b'"' | b',' | b';' | b'\\'))
 }
 
 /// A cookie's value from the request.
@@ -109,9 +100,7 @@ fn chosen_workspace(parts: &Parts) -> Option<String> {
 /// Where a visitor without a valid session goes.
 fn to_login(clear_cookie: bool) -> Response {
     let mut response = Redirect::to("/login").into_response();
-    if clear_cookie
-        && let Ok(value) = HeaderValue::from_str(&cookie(SESSION_COOKIE, "", false, Some(0)))
-    {
+    if clear_cookie && let Ok(value) = HeaderValue::from_str(&cookie(SESSION_COOKIE, "", false, Some(0))) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
     response
@@ -120,10 +109,7 @@ fn to_login(clear_cookie: bool) -> Response {
 impl FromRequestParts<AppState> for Session {
     type Rejection = Response;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let Some(token) = session_cookie(&parts.headers) else {
             return Err(to_login(false));
         };
@@ -145,18 +131,12 @@ impl FromRequestParts<AppState> for Session {
                     None => (request_cookie(&parts.headers, WORKSPACE_COOKIE), false),
                 };
                 let workspace = match id.filter(|id| !id.is_empty()) {
-                    Some(id) => state
-                        .store
-                        .workspace(&id)
-                        .await
-                        .map_err(|err| ConsoleError::from(err).into_response())?,
+                    Some(id) => {
+                        state.store.workspace(&id).await.map_err(|err| ConsoleError::from(err).into_response())?
+                    }
                     None => None,
                 };
-                Ok(Session {
-                    remember_workspace: remember && workspace.is_some(),
-                    workspace,
-                    caller: Caller::Admin,
-                })
+                Ok(Session { remember_workspace: remember && workspace.is_some(), workspace, caller: Caller::Admin })
             }
         }
     }
@@ -172,10 +152,7 @@ mod tests {
             cookie("crossline_session", "sk_1", false, None),
             "crossline_session=sk_1; HttpOnly; SameSite=Strict; Path=/"
         );
-        assert_eq!(
-            cookie("x", "", true, Some(0)),
-            "x=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0; Secure"
-        );
+        assert_eq!(cookie("x", "", true, Some(0)), "x=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0; Secure");
     }
 
     #[test]

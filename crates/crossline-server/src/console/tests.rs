@@ -28,10 +28,7 @@ struct Reply {
 
 impl Reply {
     fn header(&self, name: &str) -> &str {
-        self.headers
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map_or("", |(_, value)| value.as_str())
+        self.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map_or("", |(_, value)| value.as_str())
     }
 
     fn set_cookies(&self) -> Vec<String> {
@@ -63,20 +60,10 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         tokio::spawn(crate::run(listener, state, std::future::pending()));
-        Server {
-            address,
-            store,
-            _dir: dir,
-        }
+        Server { address, store, _dir: dir }
     }
 
-    async fn request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> Reply {
+    async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
         let mut stream = tokio::net::TcpStream::connect(self.address).await.unwrap();
         let mut request = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -94,39 +81,20 @@ impl Server {
         let raw = String::from_utf8(raw).expect("UTF-8 response");
         let (head, rest) = raw.split_once("\r\n\r\n").expect("complete response");
         let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .unwrap()
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
+        let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
         let headers: Vec<(String, String)> = lines
             .filter_map(|line| line.split_once(':'))
             .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
             .collect();
-        let chunked = headers.iter().any(|(key, value)| {
-            key.eq_ignore_ascii_case("transfer-encoding") && value.contains("chunked")
-        });
-        let body = if chunked {
-            dechunk(rest)
-        } else {
-            rest.to_owned()
-        };
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        let chunked = headers
+            .iter()
+            .any(|(key, value)| key.eq_ignore_ascii_case("transfer-encoding") && value.contains("chunked"));
+        let body = if chunked { dechunk(rest) } else { rest.to_owned() };
+        Reply { status, headers, body }
     }
 
     async fn get(&self, path: &str, cookies: &str) -> Reply {
-        let headers: &[(&str, &str)] = if cookies.is_empty() {
-            &[]
-        } else {
-            &[("Cookie", cookies)]
-        };
+        let headers: &[(&str, &str)] = if cookies.is_empty() { &[] } else { &[("Cookie", cookies)] };
         self.request("GET", path, headers, "").await
     }
 
@@ -139,60 +107,32 @@ impl Server {
 
     async fn login(&self, token: &str) -> Reply {
         let body = format!("token={}", super::url::encode(token));
-        self.request(
-            "POST",
-            "/login",
-            &[("Content-Type", "application/x-www-form-urlencoded")],
-            &body,
-        )
-        .await
+        self.request("POST", "/login", &[("Content-Type", "application/x-www-form-urlencoded")], &body).await
     }
 
     async fn session(&self, token: &str) -> String {
         let reply = self.login(token).await;
         assert_eq!(reply.status, SEE_OTHER, "{}", reply.body);
         assert_eq!(reply.header("location"), "/");
-        let cookie = reply
-            .set_cookies()
-            .into_iter()
-            .find(|cookie| cookie.starts_with("crossline_session="))
-            .unwrap();
-        assert_eq!(
-            cookie,
-            format!("crossline_session={token}; HttpOnly; SameSite=Strict; Path=/")
-        );
+        let cookie = reply.set_cookies().into_iter().find(|cookie| cookie.starts_with("crossline_session=")).unwrap();
+        assert_eq!(cookie, format!("crossline_session={token}; HttpOnly; SameSite=Strict; Path=/"));
         format!("crossline_session={token}")
     }
 
     async fn json(&self, path: &str, authorization: &str, body: Value) -> Reply {
-        let headers = [
-            ("Content-Type", "application/json"),
-            ("Authorization", authorization),
-        ];
-        self.request("POST", path, &headers, &body.to_string())
-            .await
+        let headers = [("Content-Type", "application/json"), ("Authorization", authorization)];
+        self.request("POST", path, &headers, &body.to_string()).await
     }
 
     async fn batch(&self, write_key: &str, batch: Value) {
-        let basic = format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{write_key}:"))
-        );
+        let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{write_key}:")));
         let reply = self.json("/v1/batch", &basic, batch).await;
         assert_eq!(reply.status, OK, "{}", reply.body);
     }
 
     async fn profile_of(&self, workspace_id: &str, kind: IdentityKind, value: &str) -> String {
-        let identity = Identity {
-            kind,
-            value: value.into(),
-        };
-        self.store
-            .lookup(workspace_id, &identity)
-            .await
-            .unwrap()
-            .expect("profile exists")
-            .id
+        let identity = Identity { kind, value: value.into() };
+        self.store.lookup(workspace_id, &identity).await.unwrap().expect("profile exists").id
     }
 }
 
@@ -221,19 +161,13 @@ async fn console_shows_a_merged_customer_across_channels() {
     }
     let form = server.get("/login", "").await;
     assert!(form.body.contains("Operator token or workspace API key"));
-    assert!(
-        form.header("content-security-policy")
-            .contains("frame-ancestors 'none'")
-    );
+    assert!(form.header("content-security-policy").contains("frame-ancestors 'none'"));
     assert_eq!(form.header("cache-control"), "private, no-store");
     let forged = server
         .request(
             "POST",
             "/login",
-            &[
-                ("Content-Type", "application/x-www-form-urlencoded"),
-                ("Sec-Fetch-Site", "cross-site"),
-            ],
+            &[("Content-Type", "application/x-www-form-urlencoded"), ("Sec-Fetch-Site", "cross-site")],
             "token=admin",
         )
         .await;
@@ -243,34 +177,18 @@ async fn console_shows_a_merged_customer_across_channels() {
     let refused = server.login("sk_not_a_key").await;
     assert_eq!(refused.status, UNAUTHORIZED);
     assert!(refused.set_cookies().is_empty());
-    assert!(
-        refused
-            .body
-            .contains("is not the operator token or a workspace API key")
-    );
+    assert!(refused.body.contains("is not the operator token or a workspace API key"));
 
     // The operator without workspaces is told how to create one.
     let admin = server.session("admin").await;
     let empty = server.page("/", &admin).await;
-    assert!(
-        empty.contains("No workspaces yet") && empty.contains("/api/v1/workspaces"),
-        "{empty}"
-    );
+    assert!(empty.contains("No workspaces yet") && empty.contains("/api/v1/workspaces"), "{empty}");
 
-    let created = server
-        .json(
-            "/api/v1/workspaces",
-            "Bearer admin",
-            json!({"name": "acme"}),
-        )
-        .await;
+    let created = server.json("/api/v1/workspaces", "Bearer admin", json!({"name": "acme"})).await;
     assert_eq!(created.status, CREATED, "{}", created.body);
     let created: Value = serde_json::from_str(&created.body).unwrap();
-    let (workspace_id, write_key, api_key) = (
-        created["id"].as_str().unwrap(),
-        created["write_key"].as_str().unwrap(),
-        created["api_key"].as_str().unwrap(),
-    );
+    let (workspace_id, write_key, api_key) =
+        (created["id"].as_str().unwrap(), created["write_key"].as_str().unwrap(), created["api_key"].as_str().unwrap());
 
     // A web visitor, later an SMS contact, then one identify naming both: a merge.
     server
@@ -285,12 +203,8 @@ async fn console_shows_a_merged_customer_across_channels() {
             {"type": "track", "anonymousId": "sms-1", "event": "SMS Replied", "properties": {"text": "YES"}, "context": {"channel": "sms"}}
         ]}))
         .await;
-    let survivor = server
-        .profile_of(workspace_id, IdentityKind::AnonymousId, "web-1")
-        .await;
-    let merged_away = server
-        .profile_of(workspace_id, IdentityKind::AnonymousId, "sms-1")
-        .await;
+    let survivor = server.profile_of(workspace_id, IdentityKind::AnonymousId, "web-1").await;
+    let merged_away = server.profile_of(workspace_id, IdentityKind::AnonymousId, "sms-1").await;
     assert_ne!(survivor, merged_away);
     server
         .batch(write_key, json!({"batch": [
@@ -298,30 +212,20 @@ async fn console_shows_a_merged_customer_across_channels() {
             {"type": "track", "userId": "u-ada", "event": "Email Opened", "context": {"channel": "email"}}
         ]}))
         .await;
-    assert_eq!(
-        server
-            .profile_of(workspace_id, IdentityKind::UserId, "u-ada")
-            .await,
-        survivor
-    );
+    assert_eq!(server.profile_of(workspace_id, IdentityKind::UserId, "u-ada").await, survivor);
 
     // The operator picks the workspace; the choice is remembered in a cookie.
     let list = server.page("/workspaces", &admin).await;
     assert!(list.contains(&format!("href=\"/?workspace={workspace_id}\"")));
-    let chosen = server
-        .get(&format!("/?workspace={workspace_id}"), &admin)
-        .await;
+    let chosen = server.get(&format!("/?workspace={workspace_id}"), &admin).await;
     assert_eq!(chosen.status, OK);
-    assert!(chosen.set_cookies().contains(&format!(
-        "crossline_workspace={workspace_id}; HttpOnly; SameSite=Strict; Path=/"
-    )));
-    let remembered = format!("{admin}; crossline_workspace={workspace_id}");
     assert!(
-        server
-            .page("/profiles", &remembered)
-            .await
-            .contains("data-testid=\"profile-row\"")
+        chosen
+            .set_cookies()
+            .contains(&format!("crossline_workspace={workspace_id}; HttpOnly; SameSite=Strict; Path=/"))
     );
+    let remembered = format!("{admin}; crossline_workspace={workspace_id}");
+    assert!(server.page("/profiles", &remembered).await.contains("data-testid=\"profile-row\""));
 
     // An API-key session is fixed to its workspace.
     let session = server.session(api_key).await;
@@ -332,43 +236,21 @@ async fn console_shows_a_merged_customer_across_channels() {
     assert_eq!(server.get("/workspaces", &session).await.status, SEE_OTHER);
 
     let search = server.page("/profiles?q=ada%40example.com", &session).await;
-    assert_eq!(
-        search.matches("data-testid=\"profile-row\"").count(),
-        1,
-        "{search}"
-    );
+    assert_eq!(search.matches("data-testid=\"profile-row\"").count(), 1, "{search}");
     assert!(search.contains(&format!("href=\"/profiles/{survivor}\"")));
-    let nothing = server
-        .page("/profiles?q=nobody%40example.com", &session)
-        .await;
+    let nothing = server.page("/profiles?q=nobody%40example.com", &session).await;
     assert!(nothing.contains("No profiles match"));
-    let by_phone = server
-        .page("/profiles?q=%28415%29+555-0132", &session)
-        .await;
-    assert_eq!(
-        by_phone.matches("data-testid=\"profile-row\"").count(),
-        1,
-        "a phone number as people type it"
-    );
+    let by_phone = server.page("/profiles?q=%28415%29+555-0132", &session).await;
+    assert_eq!(by_phone.matches("data-testid=\"profile-row\"").count(), 1, "a phone number as people type it");
 
     // A merged-away id leads to the survivor.
-    let redirect = server
-        .get(&format!("/profiles/{merged_away}"), &session)
-        .await;
+    let redirect = server.get(&format!("/profiles/{merged_away}"), &session).await;
     assert_eq!(redirect.status, SEE_OTHER);
-    assert_eq!(
-        redirect.header("location"),
-        format!("/profiles/{survivor}?merged={merged_away}")
-    );
+    assert_eq!(redirect.header("location"), format!("/profiles/{survivor}?merged={merged_away}"));
 
-    let page = server
-        .page(&format!("/profiles/{survivor}"), &session)
-        .await;
+    let page = server.page(&format!("/profiles/{survivor}"), &session).await;
     for kind in ["email", "phone", "user_id", "anonymous_id"] {
-        assert!(
-            page.contains(&format!("data-testid=\"identity\" data-kind=\"{kind}\"")),
-            "{kind}"
-        );
+        assert!(page.contains(&format!("data-testid=\"identity\" data-kind=\"{kind}\"")), "{kind}");
     }
     assert!(page.contains("ada@example.com") && page.contains("+14155550132"));
     assert!(page.contains("data-testid=\"trait\" data-trait=\"plan\""));
@@ -377,33 +259,22 @@ async fn console_shows_a_merged_customer_across_channels() {
     assert!(page.contains("badge subscribed"));
     for channel in ["web", "sms", "email", "system"] {
         assert!(
-            page.contains(&format!(
-                "data-testid=\"timeline-event\" data-channel=\"{channel}\""
-            )),
+            page.contains(&format!("data-testid=\"timeline-event\" data-channel=\"{channel}\"")),
             "{channel} event on the timeline"
         );
     }
-    assert!(page.contains(&format!(
-        "Merged profile <code>{merged_away}</code> into this one"
-    )));
+    assert!(page.contains(&format!("Merged profile <code>{merged_away}</code> into this one")));
 
     let missing = server.get("/profiles/prf_missing", &session).await;
     assert_eq!(missing.status, NOT_FOUND);
     assert!(missing.body.contains("There is no profile prf_missing"));
 
     // Signing out clears both cookies.
-    let out = server
-        .request("POST", "/logout", &[("Cookie", &session)], "")
-        .await;
+    let out = server.request("POST", "/logout", &[("Cookie", &session)], "").await;
     assert_eq!(out.status, SEE_OTHER);
     let cleared = out.set_cookies();
     assert!(cleared.iter().any(|cookie| cookie.starts_with("crossline_session=;") && cookie.contains("Max-Age=0")));
-    assert!(
-        cleared
-            .iter()
-            .any(|cookie| cookie.starts_with("crossline_workspace=;")
-                && cookie.contains("Max-Age=0"))
-    );
+    assert!(cleared.iter().any(|cookie| cookie.starts_with("crossline_workspace=;") && cookie.contains("Max-Age=0")));
 }
 
 #[tokio::test]
@@ -420,10 +291,7 @@ async fn assets_are_embedded_and_cached_for_a_year() {
         let reply = server.get(path, "").await;
         assert_eq!(reply.status, OK, "{path}");
         assert!(reply.header("content-type").starts_with(content_type));
-        assert_eq!(
-            reply.header("cache-control"),
-            "public, max-age=31536000, immutable"
-        );
+        assert_eq!(reply.header("cache-control"), "public, max-age=31536000, immutable");
     }
     assert_eq!(server.get("/assets/nope.css", "").await.status, NOT_FOUND);
 }
@@ -434,12 +302,7 @@ async fn a_stale_session_goes_back_to_login() {
     let reply = server.get("/", "crossline_session=sk_revoked").await;
     assert_eq!(reply.status, SEE_OTHER);
     assert_eq!(reply.header("location"), "/login");
-    assert!(
-        reply
-            .set_cookies()
-            .iter()
-            .any(|cookie| cookie.starts_with("crossline_session=;"))
-    );
+    assert!(reply.set_cookies().iter().any(|cookie| cookie.starts_with("crossline_session=;")));
     // The login form of a visitor with a valid session sends them to the console.
     let admin = server.session("admin").await;
     assert_eq!(server.get("/login", &admin).await.status, SEE_OTHER);

@@ -30,7 +30,8 @@ impl TestServer {
     /// A server on the embedded store and the in-process bus.
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store: DynStore = Arc::new(crossline_store::sqlite::SqliteStore::open(&dir.path().join("crossline.db")).await.unwrap());
+        let store: DynStore =
+            Arc::new(crossline_store::sqlite::SqliteStore::open(&dir.path().join("crossline.db")).await.unwrap());
         let bus: DynBus = Arc::new(crossline_bus::memory::MemoryBus::new());
         let mut server = Self::start_with(store, bus).await;
         server._dir = Some(dir);
@@ -67,7 +68,14 @@ impl TestServer {
     }
 
     pub async fn workspace(&self, name: &str) -> TestWorkspace {
-        let response = self.http.post(format!("{}/api/v1/workspaces", self.url)).bearer_auth(ADMIN).json(&json!({"name": name})).send().await.unwrap();
+        let response = self
+            .http
+            .post(format!("{}/api/v1/workspaces", self.url))
+            .bearer_auth(ADMIN)
+            .json(&json!({"name": name}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::CREATED);
         let body: Value = response.json().await.unwrap();
         TestWorkspace {

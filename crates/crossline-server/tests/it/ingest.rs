@@ -15,7 +15,10 @@ async fn every_call_type_with_both_auth_styles_and_gzip() {
     let ws = server.workspace("acme").await;
     let mut bus = server.bus.subscribe(&format!("events.{}", ws.id)).await.unwrap();
     let calls = [
-        ("/v1/identify", json!({"userId": "u1", "traits": {"email": "Ada@Example.com", "name": "Ada"}, "messageId": "i1"})),
+        (
+            "/v1/identify",
+            json!({"userId": "u1", "traits": {"email": "Ada@Example.com", "name": "Ada"}, "messageId": "i1"}),
+        ),
         ("/v1/track", json!({"userId": "u1", "event": "Signed Up", "properties": {"plan": "pro"}, "messageId": "t1"})),
         ("/v1/page", json!({"anonymousId": "a1", "name": "Home", "messageId": "p1"})),
         ("/v1/screen", json!({"userId": "u1", "name": "Settings", "messageId": "s1"})),
@@ -41,10 +44,17 @@ async fn every_call_type_with_both_auth_styles_and_gzip() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 
-    let (status, profile) = json_of(server.get("/api/v1/profiles/lookup?kind=email&value=ADA@example.com", &ws.api_key).await).await;
+    let (status, profile) =
+        json_of(server.get("/api/v1/profiles/lookup?kind=email&value=ADA@example.com", &ws.api_key).await).await;
     assert_eq!(status, StatusCode::OK);
-    let (_, timeline) = json_of(server.get(&format!("/api/v1/profiles/{}/events?limit=100", profile["id"].as_str().unwrap()), &ws.api_key).await).await;
-    let ids: Vec<&str> = timeline["events"].as_array().unwrap().iter().map(|event| event["id"].as_str().unwrap()).collect();
+    let (_, timeline) = json_of(
+        server
+            .get(&format!("/api/v1/profiles/{}/events?limit=100", profile["id"].as_str().unwrap()), &ws.api_key)
+            .await,
+    )
+    .await;
+    let ids: Vec<&str> =
+        timeline["events"].as_array().unwrap().iter().map(|event| event["id"].as_str().unwrap()).collect();
     for id in ["i1", "t1", "p1", "s1", "g1", "al1", "z1"] {
         assert!(ids.contains(&id), "{id} on the merged timeline: {ids:?}");
     }
@@ -60,23 +70,53 @@ async fn bad_input_gets_a_clear_error_and_stores_nothing() {
     let ws = server.workspace("acme").await;
     let good = json!({"type": "track", "userId": "u", "event": "Fine", "messageId": "ok-1"});
     let cases: Vec<(Value, StatusCode, &str, &str)> = vec![
-        (json!({"batch": [good, {"type": "track", "event": "No identity"}]}), StatusCode::BAD_REQUEST, "missing_identity", "batch[1]"),
-        (json!({"batch": [good, {"type": "track", "userId": 5.5e300, "event": 7}]}), StatusCode::BAD_REQUEST, "invalid_field", "batch[1].event"),
-        (json!({"batch": [good, {"type": "identify", "userId": "u", "traits": {"email": "not-an-email"}}]}), StatusCode::BAD_REQUEST, "invalid_identity", "traits.email"),
-        (json!({"batch": [good, {"type": "track", "userId": "u", "event": "Big", "properties": {"x": "y".repeat(33_000)}}]}), StatusCode::PAYLOAD_TOO_LARGE, "event_too_large", "batch[1]"),
+        (
+            json!({"batch": [good, {"type": "track", "event": "No identity"}]}),
+            StatusCode::BAD_REQUEST,
+            "missing_identity",
+            "batch[1]",
+        ),
+        (
+            json!({"batch": [good, {"type": "track", "userId": 5.5e300, "event": 7}]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "batch[1].event",
+        ),
+        (
+            json!({"batch": [good, {"type": "identify", "userId": "u", "traits": {"email": "not-an-email"}}]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_identity",
+            "traits.email",
+        ),
+        (
+            json!({"batch": [good, {"type": "track", "userId": "u", "event": "Big", "properties": {"x": "y".repeat(33_000)}}]}),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "event_too_large",
+            "batch[1]",
+        ),
     ];
     for (body, status, code, field) in cases {
         let (got, answer) = json_of(server.track("/v1/batch", &ws.write_key, &body).await).await;
         assert_eq!((got, answer["error"]["code"].as_str().unwrap()), (status, code), "{answer}");
         assert!(answer["error"]["message"].as_str().unwrap().contains(field), "{answer}");
     }
-    let response = server.http.post(format!("{}/v1/batch", server.url)).basic_auth(&ws.write_key, Some("")).body("{\"batch\": [").send().await.unwrap();
+    let response = server
+        .http
+        .post(format!("{}/v1/batch", server.url))
+        .basic_auth(&ws.write_key, Some(""))
+        .body("{\"batch\": [")
+        .send()
+        .await
+        .unwrap();
     let (status, answer) = json_of(response).await;
     assert_eq!((status, answer["error"]["code"].as_str().unwrap()), (StatusCode::BAD_REQUEST, "invalid_json"));
 
     let huge: Vec<Value> = (0..40).map(|i| json!({"type": "track", "userId": "u", "event": "E", "messageId": format!("h{i}"), "properties": {"p": "z".repeat(14_000)}})).collect();
     let (status, answer) = json_of(server.track("/v1/batch", &ws.write_key, &json!({"batch": huge})).await).await;
-    assert_eq!((status, answer["error"]["code"].as_str().unwrap()), (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large"));
+    assert_eq!(
+        (status, answer["error"]["code"].as_str().unwrap()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large")
+    );
 
     let response = server
         .http
@@ -141,7 +181,13 @@ async fn repeated_message_ids_are_stored_once_and_rotation_revokes() {
     let fresh = json!({"userId": "u", "event": "After rotation", "messageId": "r-1"});
     assert_eq!(server.track("/v1/track", new_key, &fresh).await.status(), StatusCode::OK);
     let (status, answer) = json_of(
-        server.http.post(format!("{}/api/v1/workspaces/{}/keys/secret/rotate", server.url, ws.id)).bearer_auth(&ws.api_key).send().await.unwrap(),
+        server
+            .http
+            .post(format!("{}/api/v1/workspaces/{}/keys/secret/rotate", server.url, ws.id))
+            .bearer_auth(&ws.api_key)
+            .send()
+            .await
+            .unwrap(),
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);

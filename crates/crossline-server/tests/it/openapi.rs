@@ -7,7 +7,8 @@ use serde_json::Value;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_is_current_and_every_path_is_routed() {
     let server = TestServer::start().await;
-    let served: Value = server.http.get(format!("{}/api/openapi.json", server.url)).send().await.unwrap().json().await.unwrap();
+    let served: Value =
+        server.http.get(format!("{}/api/openapi.json", server.url)).send().await.unwrap().json().await.unwrap();
     let generated: Value = serde_json::from_str(&crossline_server::openapi::document_json()).unwrap();
     assert_eq!(served, generated);
 
@@ -30,10 +31,12 @@ async fn openapi_document_is_current_and_every_path_is_routed() {
         let concrete = path.replace("{id}", "prf_x").replace("{kind}", "write");
         for method in operations.as_object().unwrap().keys() {
             let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-            let response = server.http.request(method.clone(), format!("{}{concrete}", server.url)).send().await.unwrap();
+            let response =
+                server.http.request(method.clone(), format!("{}{concrete}", server.url)).send().await.unwrap();
             let status = response.status();
             let body = response.text().await.unwrap();
-            let unrouted = status == StatusCode::METHOD_NOT_ALLOWED || (status == StatusCode::NOT_FOUND && body.contains("no such endpoint"));
+            let unrouted = status == StatusCode::METHOD_NOT_ALLOWED
+                || (status == StatusCode::NOT_FOUND && body.contains("no such endpoint"));
             assert!(!unrouted, "{method} {path} is documented but not routed ({status})");
         }
     }

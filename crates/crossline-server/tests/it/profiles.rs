@@ -18,15 +18,19 @@ async fn a_merged_profile_through_the_api() {
     ]});
     assert_eq!(server.track("/v1/batch", &ws.write_key, &batch).await.status(), StatusCode::OK);
 
-    let (status, by_phone) = json_of(server.get("/api/v1/profiles/lookup?kind=phone&value=%2B1%20415%20555%200132", &ws.api_key).await).await;
+    let (status, by_phone) =
+        json_of(server.get("/api/v1/profiles/lookup?kind=phone&value=%2B1%20415%20555%200132", &ws.api_key).await)
+            .await;
     assert_eq!(status, StatusCode::OK);
-    let (_, by_email) = json_of(server.get("/api/v1/profiles/lookup?kind=email&value=ada@example.com", &ws.api_key).await).await;
+    let (_, by_email) =
+        json_of(server.get("/api/v1/profiles/lookup?kind=email&value=ada@example.com", &ws.api_key).await).await;
     assert_eq!(by_phone["id"], by_email["id"]);
     assert_eq!(by_email["traits"]["plan"], "pro");
     assert_eq!(by_email["consent"]["sms"], "subscribed");
     assert_eq!(by_email["consent"]["email"], "unknown");
     assert_eq!(by_email["consent_details"]["sms"]["source"], "traits");
-    let kinds: Vec<&str> = by_email["identities"].as_array().unwrap().iter().map(|i| i["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> =
+        by_email["identities"].as_array().unwrap().iter().map(|i| i["kind"].as_str().unwrap()).collect();
     assert!(kinds.contains(&"phone") && kinds.contains(&"email") && kinds.contains(&"user_id"), "{kinds:?}");
     let id = by_email["id"].as_str().unwrap().to_owned();
 
@@ -37,25 +41,57 @@ async fn a_merged_profile_through_the_api() {
     assert_eq!(events[0]["type"], "merge", "the merge is the newest event");
     let loser = events[0]["properties"]["merged_profile_id"].as_str().unwrap();
     let (status, survivor) = json_of(server.get(&format!("/api/v1/profiles/{loser}"), &ws.api_key).await).await;
-    assert_eq!((status, survivor["id"].as_str().unwrap()), (StatusCode::OK, id.as_str()), "a merged-away id gives the survivor");
+    assert_eq!(
+        (status, survivor["id"].as_str().unwrap()),
+        (StatusCode::OK, id.as_str()),
+        "a merged-away id gives the survivor"
+    );
 
     let (status, profile) = json_of(
-        server.http.put(format!("{}/api/v1/profiles/{id}/consent", server.url)).bearer_auth(&ws.api_key).json(&json!({"sms": "unsubscribed", "email": "subscribed"})).send().await.unwrap(),
+        server
+            .http
+            .put(format!("{}/api/v1/profiles/{id}/consent", server.url))
+            .bearer_auth(&ws.api_key)
+            .json(&json!({"sms": "unsubscribed", "email": "subscribed"}))
+            .send()
+            .await
+            .unwrap(),
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!((profile["consent"]["sms"].as_str(), profile["consent"]["email"].as_str()), (Some("unsubscribed"), Some("subscribed")));
+    assert_eq!(
+        (profile["consent"]["sms"].as_str(), profile["consent"]["email"].as_str()),
+        (Some("unsubscribed"), Some("subscribed"))
+    );
     for bad in [json!({"sms": "maybe"}), json!({"SMS": "subscribed"}), json!({}), json!(["sms"])] {
         let (status, answer) = json_of(
-            server.http.put(format!("{}/api/v1/profiles/{id}/consent", server.url)).bearer_auth(&ws.api_key).json(&bad).send().await.unwrap(),
+            server
+                .http
+                .put(format!("{}/api/v1/profiles/{id}/consent", server.url))
+                .bearer_auth(&ws.api_key)
+                .json(&bad)
+                .send()
+                .await
+                .unwrap(),
         )
         .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {answer}");
     }
 
-    let response = server.http.delete(format!("{}/api/v1/profiles/{id}", server.url)).bearer_auth(&ws.api_key).send().await.unwrap();
+    let response = server
+        .http
+        .delete(format!("{}/api/v1/profiles/{id}", server.url))
+        .bearer_auth(&ws.api_key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    for lookup in ["kind=email&value=ada@example.com", "kind=phone&value=%2B14155550132", "kind=anonymous_id&value=sms-1", "kind=user_id&value=ada"] {
+    for lookup in [
+        "kind=email&value=ada@example.com",
+        "kind=phone&value=%2B14155550132",
+        "kind=anonymous_id&value=sms-1",
+        "kind=user_id&value=ada",
+    ] {
         let response = server.get(&format!("/api/v1/profiles/lookup?{lookup}"), &ws.api_key).await;
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "{lookup}");
     }
@@ -71,11 +107,21 @@ async fn keys_see_only_their_workspace_and_inputs_are_validated() {
     let globex = server.workspace("globex").await;
     let body = json!({"userId": "shared-id", "traits": {"email": "same@example.com"}});
     server.track("/v1/identify", &acme.write_key, &body).await;
-    let (_, profile) = json_of(server.get("/api/v1/profiles/lookup?kind=user_id&value=shared-id", &acme.api_key).await).await;
+    let (_, profile) =
+        json_of(server.get("/api/v1/profiles/lookup?kind=user_id&value=shared-id", &acme.api_key).await).await;
     let id = profile["id"].as_str().unwrap();
-    assert_eq!(server.get("/api/v1/profiles/lookup?kind=user_id&value=shared-id", &globex.api_key).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        server.get("/api/v1/profiles/lookup?kind=user_id&value=shared-id", &globex.api_key).await.status(),
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(server.get(&format!("/api/v1/profiles/{id}"), &globex.api_key).await.status(), StatusCode::NOT_FOUND);
-    let response = server.http.delete(format!("{}/api/v1/profiles/{id}", server.url)).bearer_auth(&globex.api_key).send().await.unwrap();
+    let response = server
+        .http
+        .delete(format!("{}/api/v1/profiles/{id}", server.url))
+        .bearer_auth(&globex.api_key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     let response = server
         .http
@@ -104,8 +150,15 @@ async fn keys_see_only_their_workspace_and_inputs_are_validated() {
         assert!(answer["error"]["message"].as_str().unwrap().contains(field), "{path}: {answer}");
     }
     assert_eq!(server.get("/api/v1/profiles", "sk_wrong").await.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(server.get("/api/v1/profiles", ADMIN).await.status(), StatusCode::FORBIDDEN, "the operator must use a workspace key");
-    assert_eq!(server.http.get(format!("{}/api/v1/profiles", server.url)).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        server.get("/api/v1/profiles", ADMIN).await.status(),
+        StatusCode::FORBIDDEN,
+        "the operator must use a workspace key"
+    );
+    assert_eq!(
+        server.http.get(format!("{}/api/v1/profiles", server.url)).send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
     server.stop().await;
 }
 
@@ -130,13 +183,21 @@ async fn workspace_creation_rules() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         assert!(answer["error"]["message"].as_str().unwrap().contains(field), "{body}: {answer}");
     }
-    let (status, created) = json_of(post(ADMIN, json!({"name": "london", "default_region": "gb", "time_zone": "Europe/London"})).await.unwrap()).await;
+    let (status, created) = json_of(
+        post(ADMIN, json!({"name": "london", "default_region": "gb", "time_zone": "Europe/London"})).await.unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED);
-    assert_eq!((created["default_region"].as_str(), created["time_zone"].as_str()), (Some("GB"), Some("Europe/London")));
+    assert_eq!(
+        (created["default_region"].as_str(), created["time_zone"].as_str()),
+        (Some("GB"), Some("Europe/London"))
+    );
     // A national number is read in the workspace's region.
     let key = created["write_key"].as_str().unwrap();
     server.track("/v1/identify", key, &json!({"userId": "u", "traits": {"phone": "020 7946 0958"}})).await;
-    let response = server.get("/api/v1/profiles/lookup?kind=phone&value=%2B442079460958", created["api_key"].as_str().unwrap()).await;
+    let response = server
+        .get("/api/v1/profiles/lookup?kind=phone&value=%2B442079460958", created["api_key"].as_str().unwrap())
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     server.stop().await;
 }

@@ -29,7 +29,9 @@ fn library() -> Option<PathBuf> {
                 std::env::var_os("CROSSLINE_REQUIRE_COMPAT").is_none(),
                 "cannot install segment-analytics-python {VERSION}: {reason}"
             );
-            eprintln!("segment-analytics-python could not be installed ({reason}): the Segment library test did not run");
+            eprintln!(
+                "segment-analytics-python could not be installed ({reason}): the Segment library test did not run"
+            );
             None
         }
     }
@@ -73,9 +75,15 @@ async fn the_official_segment_python_library_works_unchanged() {
         .output()
         .await
         .unwrap();
-    assert!(output.status.success(), "python: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "python: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 
-    let (status, profile) = json_of(server.get("/api/v1/profiles/lookup?kind=email&value=grace@example.com", &ws.api_key).await).await;
+    let (status, profile) =
+        json_of(server.get("/api/v1/profiles/lookup?kind=email&value=grace@example.com", &ws.api_key).await).await;
     assert_eq!(status, StatusCode::OK);
     let identities: Vec<String> = profile["identities"]
         .as_array()
@@ -86,8 +94,11 @@ async fn the_official_segment_python_library_works_unchanged() {
     for expected in ["user_id:py-user-1", "phone:+14155550199", "anonymous_id:py-anonymous-1"] {
         assert!(identities.contains(&expected.to_owned()), "{expected} in {identities:?}");
     }
-    let (_, events) = json_of(server.get(&format!("/api/v1/profiles/{}/events", profile["id"].as_str().unwrap()), &ws.api_key).await).await;
-    let kinds: Vec<&str> = events["events"].as_array().unwrap().iter().map(|event| event["type"].as_str().unwrap()).collect();
+    let (_, events) =
+        json_of(server.get(&format!("/api/v1/profiles/{}/events", profile["id"].as_str().unwrap()), &ws.api_key).await)
+            .await;
+    let kinds: Vec<&str> =
+        events["events"].as_array().unwrap().iter().map(|event| event["type"].as_str().unwrap()).collect();
     for kind in ["identify", "track", "page", "screen", "group", "alias"] {
         assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
     }

@@ -10,15 +10,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 async fn node(database_url: &str, nats_url: &str, schema: &str, stream: &str) -> TestServer {
-    let store: DynStore = Arc::new(crossline_store::postgres::PgStore::connect_in_schema(database_url, Some(schema)).await.expect("PostgreSQL reachable"));
-    let bus: DynBus = Arc::new(crossline_bus::nats::NatsBus::connect(nats_url, stream, &stream.to_lowercase()).await.expect("NATS reachable"));
+    let store: DynStore = Arc::new(
+        crossline_store::postgres::PgStore::connect_in_schema(database_url, Some(schema))
+            .await
+            .expect("PostgreSQL reachable"),
+    );
+    let bus: DynBus = Arc::new(
+        crossline_bus::nats::NatsBus::connect(nats_url, stream, &stream.to_lowercase()).await.expect("NATS reachable"),
+    );
     TestServer::start_with(store, bus).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merge_through_one_node_is_seen_through_the_other() {
-    let (Ok(database_url), Ok(nats_url)) = (std::env::var("CROSSLINE_TEST_DATABASE_URL"), std::env::var("CROSSLINE_TEST_NATS_URL")) else {
-        eprintln!("CROSSLINE_TEST_DATABASE_URL and CROSSLINE_TEST_NATS_URL are not both set: the two-node test did not run");
+    let (Ok(database_url), Ok(nats_url)) =
+        (std::env::var("CROSSLINE_TEST_DATABASE_URL"), std::env::var("CROSSLINE_TEST_NATS_URL"))
+    else {
+        eprintln!(
+            "CROSSLINE_TEST_DATABASE_URL and CROSSLINE_TEST_NATS_URL are not both set: the two-node test did not run"
+        );
         return;
     };
     let run = format!("{}_{}", std::process::id(), chrono::Utc::now().timestamp_millis());
@@ -32,7 +42,11 @@ async fn a_merge_through_one_node_is_seen_through_the_other() {
     let web = json!({"anonymousId": "web-9", "traits": {"email": "lin@example.com"}, "context": {"channel": "web"}});
     let sms = json!({"anonymousId": "sms-9", "event": "SMS Replied", "context": {"channel": "sms", "traits": {"phone": "+14155550177"}}});
     assert_eq!(a.track("/v1/identify", &ws.write_key, &web).await.status(), StatusCode::OK);
-    assert_eq!(b.track("/v1/track", &ws.write_key, &sms).await.status(), StatusCode::OK, "the workspace's key works on every node");
+    assert_eq!(
+        b.track("/v1/track", &ws.write_key, &sms).await.status(),
+        StatusCode::OK,
+        "the workspace's key works on every node"
+    );
     let published = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let message = on_a.next().await.unwrap();
@@ -48,7 +62,8 @@ async fn a_merge_through_one_node_is_seen_through_the_other() {
 
     let join = json!({"userId": "lin", "traits": {"email": "lin@example.com", "phone": "+1 415 555 0177"}});
     assert_eq!(b.track("/v1/identify", &ws.write_key, &join).await.status(), StatusCode::OK);
-    let (status, via_a) = json_of(a.get("/api/v1/profiles/lookup?kind=anonymous_id&value=sms-9", &ws.api_key).await).await;
+    let (status, via_a) =
+        json_of(a.get("/api/v1/profiles/lookup?kind=anonymous_id&value=sms-9", &ws.api_key).await).await;
     assert_eq!(status, StatusCode::OK);
     let (_, via_b) = json_of(b.get("/api/v1/profiles/lookup?kind=anonymous_id&value=web-9", &ws.api_key).await).await;
     assert_eq!(via_a["id"], via_b["id"], "node A sees the merge node B made");
@@ -61,10 +76,18 @@ async fn a_merge_through_one_node_is_seen_through_the_other() {
         tasks.push(tokio::spawn(async move {
             for round in 0..10 {
                 let batch: Vec<Value> = (0..20)
-                    .map(|n| json!({"type": "track", "event": "Tick", "messageId": format!("n{index}-{round}-{n}"),
-                        "anonymousId": format!("shared-{}", n % 4), "userId": format!("user-{index}-{n}")}))
+                    .map(|n| {
+                        json!({"type": "track", "event": "Tick", "messageId": format!("n{index}-{round}-{n}"),
+                        "anonymousId": format!("shared-{}", n % 4), "userId": format!("user-{index}-{n}")})
+                    })
                     .collect();
-                let response = http.post(format!("{url}/v1/batch")).basic_auth(&key, Some("")).json(&json!({"batch": batch})).send().await.unwrap();
+                let response = http
+                    .post(format!("{url}/v1/batch"))
+                    .basic_auth(&key, Some(""))
+                    .json(&json!({"batch": batch}))
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(response.status(), StatusCode::OK);
             }
         }));
@@ -73,7 +96,8 @@ async fn a_merge_through_one_node_is_seen_through_the_other() {
         task.await.unwrap();
     }
     let stats = a.store.workspace_stats(&ws.id, 1).await.unwrap();
-    let merges = stats.events_per_channel.iter().find(|(channel, _)| channel == "system").map_or(0, |(_, count)| *count);
+    let merges =
+        stats.events_per_channel.iter().find(|(channel, _)| channel == "system").map_or(0, |(_, count)| *count);
     assert_eq!(stats.events - merges, 3 + 2 * 10 * 20);
     assert_eq!(stats.profiles, 1 + 4, "Lin, and one profile per shared anonymous id");
     a.stop().await;

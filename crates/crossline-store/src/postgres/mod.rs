@@ -44,12 +44,14 @@ impl PgStore {
     /// Connect with every session's `search_path` set to `schema` (created if missing), so tests
     /// and tenants can share one database without sharing tables.
     pub async fn connect_in_schema(url: &str, schema: Option<&str>) -> StoreResult<Self> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|err| StoreError::Backend(format!("CROSSLINE_DATABASE_URL is not a valid PostgreSQL URL: {err}")))?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(|err| {
+            StoreError::Backend(format!("CROSSLINE_DATABASE_URL is not a valid PostgreSQL URL: {err}"))
+        })?;
         if let Some(schema) = schema {
             if !schema.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                return Err(StoreError::Backend(format!("schema name \"{schema}\" may only contain letters, digits and _")));
+                return Err(StoreError::Backend(format!(
+                    "schema name \"{schema}\" may only contain letters, digits and _"
+                )));
             }
             let (client, connection) = config
                 .connect(NoTls)
@@ -68,7 +70,9 @@ impl PgStore {
             .map_err(|err| StoreError::Backend(format!("PostgreSQL pool: {err}")))?;
         let store = PgStore { pool };
         store.migrate().await.map_err(|err| match err {
-            StoreError::Backend(message) => StoreError::Backend(format!("cannot prepare PostgreSQL at {url}: {message}")),
+            StoreError::Backend(message) => {
+                StoreError::Backend(format!("cannot prepare PostgreSQL at {url}: {message}"))
+            }
             other => other,
         })?;
         Ok(store)
@@ -121,7 +125,12 @@ async fn lock_workspace(tx: &tokio_postgres::Transaction<'_>, workspace_id: &str
 
 #[async_trait]
 impl WorkspaceStore for PgStore {
-    async fn create_workspace(&self, workspace: &Workspace, write_key_hash: &str, api_key_hash: &str) -> StoreResult<()> {
+    async fn create_workspace(
+        &self,
+        workspace: &Workspace,
+        write_key_hash: &str,
+        api_key_hash: &str,
+    ) -> StoreResult<()> {
         let client = self.pool.get().await?;
         statements::create_workspace(&**client, workspace, write_key_hash, api_key_hash).await
     }
@@ -239,7 +248,14 @@ impl JobQueue for PgStore {
         statements::enqueue(&**client, job, Utc::now()).await
     }
 
-    async fn claim(&self, queue: &str, worker: &str, limit: usize, now: DateTime<Utc>, lease: chrono::Duration) -> StoreResult<Vec<Job>> {
+    async fn claim(
+        &self,
+        queue: &str,
+        worker: &str,
+        limit: usize,
+        now: DateTime<Utc>,
+        lease: chrono::Duration,
+    ) -> StoreResult<Vec<Job>> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let jobs = statements::claim(&tx, queue, worker, limit, now, lease).await?;

@@ -3,8 +3,8 @@
 use crate::ingest::{EventRow, IngestTx};
 use crate::stats::{fill_days, window_start};
 use crate::{
-    EnqueueOutcome, EventQuery, Job, JobStatus, NewJob, ProfilePage, ProfileQuery, StoreError, StoreResult, StoredEvent,
-    Workspace, WorkspaceStats, from_millis, to_millis,
+    EnqueueOutcome, EventQuery, Job, JobStatus, NewJob, ProfilePage, ProfileQuery, StoreError, StoreResult,
+    StoredEvent, Workspace, WorkspaceStats, from_millis, to_millis,
 };
 use chrono::{DateTime, Utc};
 use crossline_core::consent::Consent;
@@ -24,12 +24,19 @@ impl IngestTx for PgTx<'_> {
     async fn existing_message_ids(&mut self, workspace_id: &str, ids: &[&str]) -> StoreResult<HashSet<String>> {
         let rows = self
             .tx
-            .query("SELECT message_id FROM events WHERE workspace_id = $1 AND message_id = ANY($2)", &[&workspace_id, &ids])
+            .query(
+                "SELECT message_id FROM events WHERE workspace_id = $1 AND message_id = ANY($2)",
+                &[&workspace_id, &ids],
+            )
             .await?;
         Ok(rows.into_iter().map(|row| row.get(0)).collect())
     }
 
-    async fn identity_owners(&mut self, workspace_id: &str, identities: &[Identity]) -> StoreResult<HashMap<Identity, String>> {
+    async fn identity_owners(
+        &mut self,
+        workspace_id: &str,
+        identities: &[Identity],
+    ) -> StoreResult<HashMap<Identity, String>> {
         let kinds: Vec<&str> = identities.iter().map(|identity| identity.kind.as_str()).collect();
         let values: Vec<&str> = identities.iter().map(|identity| identity.value.as_str()).collect();
         let rows = self
@@ -64,12 +71,21 @@ impl IngestTx for PgTx<'_> {
 
     async fn merge_stored_profile(&mut self, workspace_id: &str, survivor: &str, loser: &str) -> StoreResult<()> {
         let tx = self.tx;
-        tx.execute("UPDATE identities SET profile_id = $1 WHERE workspace_id = $2 AND profile_id = $3", &[&survivor, &workspace_id, &loser])
-            .await?;
-        tx.execute("UPDATE events SET profile_id = $1 WHERE workspace_id = $2 AND profile_id = $3", &[&survivor, &workspace_id, &loser])
-            .await?;
-        tx.execute("UPDATE profiles SET merged_into = $1 WHERE workspace_id = $2 AND merged_into = $3", &[&survivor, &workspace_id, &loser])
-            .await?;
+        tx.execute(
+            "UPDATE identities SET profile_id = $1 WHERE workspace_id = $2 AND profile_id = $3",
+            &[&survivor, &workspace_id, &loser],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE events SET profile_id = $1 WHERE workspace_id = $2 AND profile_id = $3",
+            &[&survivor, &workspace_id, &loser],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE profiles SET merged_into = $1 WHERE workspace_id = $2 AND merged_into = $3",
+            &[&survivor, &workspace_id, &loser],
+        )
+        .await?;
         tx.execute(
             "UPDATE profiles SET merged_into = $1, traits = '{}', trait_times = '{}', consent = '{}'
              WHERE workspace_id = $2 AND id = $3",
@@ -79,7 +95,12 @@ impl IngestTx for PgTx<'_> {
         Ok(())
     }
 
-    async fn insert_identities(&mut self, workspace_id: &str, identities: &[(Identity, String)], now: DateTime<Utc>) -> StoreResult<()> {
+    async fn insert_identities(
+        &mut self,
+        workspace_id: &str,
+        identities: &[(Identity, String)],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
         let kinds: Vec<&str> = identities.iter().map(|(identity, _)| identity.kind.as_str()).collect();
         let values: Vec<&str> = identities.iter().map(|(identity, _)| identity.value.as_str()).collect();
         let owners: Vec<&str> = identities.iter().map(|(_, owner)| owner.as_str()).collect();
@@ -99,7 +120,8 @@ impl IngestTx for PgTx<'_> {
         let kinds: Vec<&str> = rows.iter().map(|row| row.kind.as_str()).collect();
         let names: Vec<Option<&str>> = rows.iter().map(|row| row.name).collect();
         let channels: Vec<&str> = rows.iter().map(|row| row.channel).collect();
-        let properties: Vec<Value> = rows.iter().map(|row| Value::Object(row.properties.clone().into_owned())).collect();
+        let properties: Vec<Value> =
+            rows.iter().map(|row| Value::Object(row.properties.clone().into_owned())).collect();
         let contexts: Vec<Value> = rows.iter().map(|row| Value::Object(row.context.clone().into_owned())).collect();
         let timestamps: Vec<i64> = rows.iter().map(|row| to_millis(row.timestamp)).collect();
         let received: Vec<i64> = rows.iter().map(|row| to_millis(row.received_at)).collect();
@@ -125,7 +147,11 @@ impl IngestTx for PgTx<'_> {
     }
 }
 
-async fn add_event_counts(client: &impl GenericClient, workspace_id: &str, counts: &[(i64, &str, i64)]) -> StoreResult<()> {
+async fn add_event_counts(
+    client: &impl GenericClient,
+    workspace_id: &str,
+    counts: &[(i64, &str, i64)],
+) -> StoreResult<()> {
     let days: Vec<i64> = counts.iter().map(|(day, _, _)| *day).collect();
     let channels: Vec<&str> = counts.iter().map(|(_, channel, _)| *channel).collect();
     let deltas: Vec<i64> = counts.iter().map(|(_, _, count)| *count).collect();
@@ -195,9 +221,16 @@ async fn live_profile_id(client: &impl GenericClient, workspace_id: &str, id: &s
     Ok(row.map(|row| row.get::<_, Option<String>>(0).unwrap_or_else(|| id.to_owned())))
 }
 
-async fn identities_of(client: &impl GenericClient, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<Identity>> {
+async fn identities_of(
+    client: &impl GenericClient,
+    workspace_id: &str,
+    profile_id: &str,
+) -> StoreResult<Vec<Identity>> {
     let rows = client
-        .query("SELECT kind, value FROM identities WHERE workspace_id = $1 AND profile_id = $2", &[&workspace_id, &profile_id])
+        .query(
+            "SELECT kind, value FROM identities WHERE workspace_id = $1 AND profile_id = $2",
+            &[&workspace_id, &profile_id],
+        )
         .await?;
     Ok(rows
         .into_iter()
@@ -205,7 +238,11 @@ async fn identities_of(client: &impl GenericClient, workspace_id: &str, profile_
         .collect())
 }
 
-pub(super) async fn live_profile(client: &impl GenericClient, workspace_id: &str, id: &str) -> StoreResult<Option<Profile>> {
+pub(super) async fn live_profile(
+    client: &impl GenericClient,
+    workspace_id: &str,
+    id: &str,
+) -> StoreResult<Option<Profile>> {
     let Some(live) = live_profile_id(client, workspace_id, id).await? else {
         return Ok(None);
     };
@@ -216,7 +253,12 @@ pub(super) async fn live_profile(client: &impl GenericClient, workspace_id: &str
     Ok(Some(Profile::from_state(state, identities)))
 }
 
-pub(super) async fn events(client: &impl GenericClient, workspace_id: &str, profile_id: &str, query: &EventQuery) -> StoreResult<Vec<StoredEvent>> {
+pub(super) async fn events(
+    client: &impl GenericClient,
+    workspace_id: &str,
+    profile_id: &str,
+    query: &EventQuery,
+) -> StoreResult<Vec<StoredEvent>> {
     let Some(live) = live_profile_id(client, workspace_id, profile_id).await? else {
         return Ok(Vec::new());
     };
@@ -285,7 +327,8 @@ pub(super) async fn delete_profile(tx: &Transaction<'_>, workspace_id: &str, pro
         .into_iter()
         .map(|row| (row.get(0), row.get(1), -row.get::<_, i64>(2)))
         .collect();
-    let erased: Vec<(i64, &str, i64)> = erased.iter().map(|(day, channel, count)| (*day, channel.as_str(), *count)).collect();
+    let erased: Vec<(i64, &str, i64)> =
+        erased.iter().map(|(day, channel, count)| (*day, channel.as_str(), *count)).collect();
     add_event_counts(tx, workspace_id, &erased).await?;
     tx.execute("DELETE FROM events WHERE workspace_id = $1 AND profile_id = $2", &[&workspace_id, &live]).await?;
     tx.execute("DELETE FROM identities WHERE workspace_id = $1 AND profile_id = $2", &[&workspace_id, &live]).await?;
@@ -294,7 +337,11 @@ pub(super) async fn delete_profile(tx: &Transaction<'_>, workspace_id: &str, pro
     Ok(true)
 }
 
-pub(super) async fn list_profiles(client: &impl GenericClient, workspace_id: &str, query: &ProfileQuery) -> StoreResult<ProfilePage> {
+pub(super) async fn list_profiles(
+    client: &impl GenericClient,
+    workspace_id: &str,
+    query: &ProfileQuery,
+) -> StoreResult<ProfilePage> {
     let mut sql = String::from("SELECT id FROM profiles WHERE workspace_id = $1 AND merged_into IS NULL");
     let mut owned: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(workspace_id.to_owned())];
     if let Some(after) = &query.after {
@@ -381,7 +428,12 @@ pub(super) async fn workspace_stats(
     })
 }
 
-pub(super) async fn create_workspace(client: &impl GenericClient, workspace: &Workspace, write_hash: &str, api_hash: &str) -> StoreResult<()> {
+pub(super) async fn create_workspace(
+    client: &impl GenericClient,
+    workspace: &Workspace,
+    write_hash: &str,
+    api_hash: &str,
+) -> StoreResult<()> {
     let result = client
         .execute(
             "INSERT INTO workspaces (id, name, default_region, time_zone, write_key_hash, api_key_hash, created_at)
@@ -416,7 +468,11 @@ fn workspace_from_row(row: &Row) -> Workspace {
     }
 }
 
-pub(super) async fn workspace_where(client: &impl GenericClient, condition: &str, value: &str) -> StoreResult<Option<Workspace>> {
+pub(super) async fn workspace_where(
+    client: &impl GenericClient,
+    condition: &str,
+    value: &str,
+) -> StoreResult<Option<Workspace>> {
     let row = client
         .query_opt(
             &format!("SELECT id, name, default_region, time_zone, created_at FROM workspaces WHERE {condition}"),
@@ -433,7 +489,11 @@ pub(super) async fn workspaces(client: &impl GenericClient) -> StoreResult<Vec<W
     Ok(rows.iter().map(workspace_from_row).collect())
 }
 
-pub(super) async fn enqueue(client: &impl GenericClient, job: &NewJob, now: DateTime<Utc>) -> StoreResult<EnqueueOutcome> {
+pub(super) async fn enqueue(
+    client: &impl GenericClient,
+    job: &NewJob,
+    now: DateTime<Utc>,
+) -> StoreResult<EnqueueOutcome> {
     let inserted = client
         .query_opt(
             "INSERT INTO jobs (queue, workspace_id, idempotency_key, payload, status, max_attempts, run_at, created_at)
@@ -458,8 +518,7 @@ pub(super) async fn enqueue(client: &impl GenericClient, job: &NewJob, now: Date
     Ok(EnqueueOutcome::Duplicate(row.get(0)))
 }
 
-const JOB_COLUMNS: &str =
-    "id, queue, workspace_id, idempotency_key, payload, status, attempts, max_attempts, run_at, leased_by, leased_until, last_error";
+const JOB_COLUMNS: &str = "id, queue, workspace_id, idempotency_key, payload, status, attempts, max_attempts, run_at, leased_by, leased_until, last_error";
 
 fn job_from_row(row: &Row) -> Job {
     Job {

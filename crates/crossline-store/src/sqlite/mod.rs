@@ -33,7 +33,11 @@ const MAX_GROUP_EVENTS: usize = 20_000;
 type WriteFn = Box<dyn FnOnce(&mut Connection) + Send>;
 
 enum Command {
-    Ingest { workspace_id: String, events: Vec<NormalizedEvent>, reply: oneshot::Sender<StoreResult<Vec<IngestedEvent>>> },
+    Ingest {
+        workspace_id: String,
+        events: Vec<NormalizedEvent>,
+        reply: oneshot::Sender<StoreResult<Vec<IngestedEvent>>>,
+    },
     Write(WriteFn),
 }
 
@@ -55,7 +59,10 @@ impl ReaderPool {
         if let Some(conn) = self.idle.lock().expect("reader pool lock").pop() {
             return Ok(conn);
         }
-        let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
         conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA cache_size = -16000;")?;
         Ok(conn)
     }
@@ -106,8 +113,9 @@ impl SqliteStore {
     /// Open (creating if needed) the database file at `path` and start the writer thread.
     pub async fn open(path: &Path) -> StoreResult<Self> {
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|err| StoreError::Backend(format!("cannot create data directory {}: {err}", parent.display())))?;
+            std::fs::create_dir_all(parent).map_err(|err| {
+                StoreError::Backend(format!("cannot create data directory {}: {err}", parent.display()))
+            })?;
         }
         let writer_path = path.to_owned();
         let conn = tokio::task::spawn_blocking(move || open_writer(&writer_path))
@@ -145,7 +153,9 @@ impl SqliteStore {
             })();
             let _ = reply.send(result);
         });
-        self.writer.send(Command::Write(command)).map_err(|_| StoreError::Backend("the SQLite writer has stopped".into()))?;
+        self.writer
+            .send(Command::Write(command))
+            .map_err(|_| StoreError::Backend("the SQLite writer has stopped".into()))?;
         answer.await.map_err(|_| StoreError::Backend("the SQLite writer has stopped".into()))?
     }
 
@@ -176,11 +186,7 @@ fn checkpoint_loop(path: &Path, stop: &mpsc::Receiver<()>) {
         }
     };
     let _ = conn.execute_batch("PRAGMA busy_timeout = 1000;");
-    loop {
-        match stop.recv_timeout(std::time::Duration::from_millis(500)) {
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            _ => break,
-        }
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(std::time::Duration::from_millis(500)) {
         if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::warn!(error = %err, "WAL checkpoint failed; retrying");
         }
@@ -268,7 +274,12 @@ fn commit_group(conn: &mut Connection, group: Vec<IngestRequest>) {
 
 #[async_trait]
 impl WorkspaceStore for SqliteStore {
-    async fn create_workspace(&self, workspace: &Workspace, write_key_hash: &str, api_key_hash: &str) -> StoreResult<()> {
+    async fn create_workspace(
+        &self,
+        workspace: &Workspace,
+        write_key_hash: &str,
+        api_key_hash: &str,
+    ) -> StoreResult<()> {
         let (workspace, write_hash, api_hash) = (workspace.clone(), write_key_hash.to_owned(), api_key_hash.to_owned());
         self.write(move |tx| statements::create_workspace(tx, &workspace, &write_hash, &api_hash)).await
     }
@@ -346,7 +357,8 @@ impl ProfileStore for SqliteStore {
     ) -> StoreResult<Option<Profile>> {
         let (workspace_id, profile_id, statements, source) =
             (workspace_id.to_owned(), profile_id.to_owned(), statements.to_vec(), source.to_owned());
-        self.write(move |tx| statements::set_consent(tx, &workspace_id, &profile_id, &statements, &source, Utc::now())).await
+        self.write(move |tx| statements::set_consent(tx, &workspace_id, &profile_id, &statements, &source, Utc::now()))
+            .await
     }
 
     async fn delete_profile(&self, workspace_id: &str, profile_id: &str) -> StoreResult<bool> {
@@ -372,7 +384,14 @@ impl JobQueue for SqliteStore {
         self.write(move |tx| statements::enqueue(tx, &job, Utc::now())).await
     }
 
-    async fn claim(&self, queue: &str, worker: &str, limit: usize, now: DateTime<Utc>, lease: chrono::Duration) -> StoreResult<Vec<Job>> {
+    async fn claim(
+        &self,
+        queue: &str,
+        worker: &str,
+        limit: usize,
+        now: DateTime<Utc>,
+        lease: chrono::Duration,
+    ) -> StoreResult<Vec<Job>> {
         let (queue, worker) = (queue.to_owned(), worker.to_owned());
         self.write(move |tx| statements::claim(tx, &queue, &worker, limit, now, lease)).await
     }
@@ -429,7 +448,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let counter = std::sync::atomic::AtomicUsize::new(0);
         crate::testsuite::run_all(|| {
-            let path = dir.path().join(format!("test-{}.db", counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst)));
+            let path =
+                dir.path().join(format!("test-{}.db", counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst)));
             async move { Arc::new(SqliteStore::open(&path).await.unwrap()) as crate::DynStore }
         })
         .await;

@@ -1,11 +1,11 @@
 //! SQL for the SQLite backend.
 
 use crate::ingest::{EventRow, IngestTx};
+use crate::stats::{fill_days, window_start};
 use crate::{
     EnqueueOutcome, EventQuery, Job, JobStatus, NewJob, ProfilePage, ProfileQuery, StoreResult, StoredEvent, Workspace,
     WorkspaceStats, from_millis, to_millis,
 };
-use crate::stats::{fill_days, window_start};
 use chrono::{DateTime, Utc};
 use crossline_core::consent::Consent;
 use crossline_core::profile::ProfileState;
@@ -17,15 +17,20 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 // Statements looked up by key. SQLite's planner is pinned with INDEXED BY where version 3.50 was
 // measured to pick a range scan over the whole workspace instead.
 const EVENT_EXISTS: &str = "SELECT 1 FROM events WHERE workspace_id = ?1 AND message_id = ?2";
-const MOVE_IDENTITIES: &str = "UPDATE identities INDEXED BY identities_profile SET profile_id = ?1 WHERE workspace_id = ?2 AND profile_id = ?3";
-const MOVE_EVENTS: &str = "UPDATE events INDEXED BY events_profile SET profile_id = ?1 WHERE workspace_id = ?2 AND profile_id = ?3";
-const REPOINT_TOMBSTONES: &str = "UPDATE profiles INDEXED BY profiles_merged_into SET merged_into = ?1 WHERE workspace_id = ?2 AND merged_into = ?3";
+const MOVE_IDENTITIES: &str =
+    "UPDATE identities INDEXED BY identities_profile SET profile_id = ?1 WHERE workspace_id = ?2 AND profile_id = ?3";
+const MOVE_EVENTS: &str =
+    "UPDATE events INDEXED BY events_profile SET profile_id = ?1 WHERE workspace_id = ?2 AND profile_id = ?3";
+const REPOINT_TOMBSTONES: &str =
+    "UPDATE profiles INDEXED BY profiles_merged_into SET merged_into = ?1 WHERE workspace_id = ?2 AND merged_into = ?3";
 const IDENTITY_OWNER: &str = "SELECT profile_id FROM identities WHERE workspace_id = ?1 AND kind = ?2 AND value = ?3";
 const IDENTITIES_OF: &str = "SELECT kind, value FROM identities WHERE workspace_id = ?1 AND profile_id = ?2";
 const MERGED_INTO: &str = "SELECT merged_into FROM profiles WHERE workspace_id = ?1 AND id = ?2";
 const DELETE_EVENTS: &str = "DELETE FROM events INDEXED BY events_profile WHERE workspace_id = ?1 AND profile_id = ?2";
-const DELETE_IDENTITIES: &str = "DELETE FROM identities INDEXED BY identities_profile WHERE workspace_id = ?1 AND profile_id = ?2";
-const DELETE_TOMBSTONES: &str = "DELETE FROM profiles INDEXED BY profiles_merged_into WHERE workspace_id = ?1 AND merged_into = ?2";
+const DELETE_IDENTITIES: &str =
+    "DELETE FROM identities INDEXED BY identities_profile WHERE workspace_id = ?1 AND profile_id = ?2";
+const DELETE_TOMBSTONES: &str =
+    "DELETE FROM profiles INDEXED BY profiles_merged_into WHERE workspace_id = ?1 AND merged_into = ?2";
 const DELETE_PROFILE: &str = "DELETE FROM profiles WHERE workspace_id = ?1 AND id = ?2";
 const TOMBSTONE: &str = "UPDATE profiles SET merged_into = ?1, traits = '{}', trait_times = '{}', consent = '{}' WHERE workspace_id = ?2 AND id = ?3";
 const PROFILE_STATE: &str = "SELECT traits, trait_times, consent, created_at, updated_at FROM profiles WHERE workspace_id = ?1 AND id = ?2 AND merged_into IS NULL";
@@ -33,8 +38,20 @@ const TIMELINE: &str = "SELECT message_id, profile_id, kind, name, properties, c
 
 /// Statements that must find their rows by key; `examples/plans.rs` and a test check their plans.
 pub const KEYED_STATEMENTS: &[&str] = &[
-    EVENT_EXISTS, MOVE_IDENTITIES, MOVE_EVENTS, REPOINT_TOMBSTONES, TOMBSTONE, IDENTITY_OWNER, IDENTITIES_OF, MERGED_INTO,
-    PROFILE_STATE, TIMELINE, DELETE_EVENTS, DELETE_IDENTITIES, DELETE_TOMBSTONES, DELETE_PROFILE,
+    EVENT_EXISTS,
+    MOVE_IDENTITIES,
+    MOVE_EVENTS,
+    REPOINT_TOMBSTONES,
+    TOMBSTONE,
+    IDENTITY_OWNER,
+    IDENTITIES_OF,
+    MERGED_INTO,
+    PROFILE_STATE,
+    TIMELINE,
+    DELETE_EVENTS,
+    DELETE_IDENTITIES,
+    DELETE_TOMBSTONES,
+    DELETE_PROFILE,
 ];
 
 /// The ingest statements over one transaction (or savepoint).
@@ -54,7 +71,11 @@ impl IngestTx for SqliteTx<'_> {
         Ok(existing)
     }
 
-    async fn identity_owners(&mut self, workspace_id: &str, identities: &[Identity]) -> StoreResult<HashMap<Identity, String>> {
+    async fn identity_owners(
+        &mut self,
+        workspace_id: &str,
+        identities: &[Identity],
+    ) -> StoreResult<HashMap<Identity, String>> {
         let mut owners = HashMap::new();
         for identity in identities {
             if let Some(owner) = identity_owner(self.conn, workspace_id, identity)? {
@@ -76,24 +97,25 @@ impl IngestTx for SqliteTx<'_> {
 
     async fn merge_stored_profile(&mut self, workspace_id: &str, survivor: &str, loser: &str) -> StoreResult<()> {
         let conn = self.conn;
-        conn.prepare_cached(MOVE_IDENTITIES)?
-            .execute((survivor, workspace_id, loser))?;
-        conn.prepare_cached(MOVE_EVENTS)?
-            .execute((survivor, workspace_id, loser))?;
+        conn.prepare_cached(MOVE_IDENTITIES)?.execute((survivor, workspace_id, loser))?;
+        conn.prepare_cached(MOVE_EVENTS)?.execute((survivor, workspace_id, loser))?;
         // Two statements, not one with OR: an OR cannot use the partial index and scans every profile.
         // INDEXED BY because SQLite 3.50's planner otherwise walks the whole workspace's primary-key
         // range when an UPDATE changes a column of the better index (measured: 1.4 ms per merge).
-        conn.prepare_cached(REPOINT_TOMBSTONES)?
-            .execute((survivor, workspace_id, loser))?;
-        conn.prepare_cached(TOMBSTONE)?
-        .execute((survivor, workspace_id, loser))?;
+        conn.prepare_cached(REPOINT_TOMBSTONES)?.execute((survivor, workspace_id, loser))?;
+        conn.prepare_cached(TOMBSTONE)?.execute((survivor, workspace_id, loser))?;
         Ok(())
     }
 
-    async fn insert_identities(&mut self, workspace_id: &str, identities: &[(Identity, String)], now: DateTime<Utc>) -> StoreResult<()> {
-        let mut statement = self
-            .conn
-            .prepare_cached("INSERT INTO identities (workspace_id, kind, value, profile_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+    async fn insert_identities(
+        &mut self,
+        workspace_id: &str,
+        identities: &[(Identity, String)],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let mut statement = self.conn.prepare_cached(
+            "INSERT INTO identities (workspace_id, kind, value, profile_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
         for (identity, profile_id) in identities {
             statement.execute((workspace_id, identity.kind.as_str(), &identity.value, profile_id, to_millis(now)))?;
         }
@@ -165,7 +187,11 @@ fn upsert_profile(conn: &Connection, workspace_id: &str, profile: &ProfileState)
     Ok(())
 }
 
-pub(super) fn identity_owner(conn: &Connection, workspace_id: &str, identity: &Identity) -> StoreResult<Option<String>> {
+pub(super) fn identity_owner(
+    conn: &Connection,
+    workspace_id: &str,
+    identity: &Identity,
+) -> StoreResult<Option<String>> {
     Ok(conn
         .prepare_cached(IDENTITY_OWNER)?
         .query_row((workspace_id, identity.kind.as_str(), &identity.value), |row| row.get(0))
@@ -199,7 +225,8 @@ fn profile_state(conn: &Connection, workspace_id: &str, id: &str) -> StoreResult
 
 fn identities_of(conn: &Connection, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<Identity>> {
     let mut statement = conn.prepare_cached(IDENTITIES_OF)?;
-    let rows = statement.query_map((workspace_id, profile_id), |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?;
+    let rows = statement
+        .query_map((workspace_id, profile_id), |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?;
     let mut identities = Vec::new();
     for row in rows {
         let (kind, value) = row?;
@@ -212,10 +239,8 @@ fn identities_of(conn: &Connection, workspace_id: &str, profile_id: &str) -> Sto
 
 /// The live profile an id denotes, following a merge tombstone.
 pub(super) fn live_profile_id(conn: &Connection, workspace_id: &str, id: &str) -> StoreResult<Option<String>> {
-    let merged_into: Option<Option<String>> = conn
-        .prepare_cached(MERGED_INTO)?
-        .query_row((workspace_id, id), |row| row.get(0))
-        .optional()?;
+    let merged_into: Option<Option<String>> =
+        conn.prepare_cached(MERGED_INTO)?.query_row((workspace_id, id), |row| row.get(0)).optional()?;
     Ok(match merged_into {
         None => None,
         Some(None) => Some(id.to_owned()),
@@ -252,7 +277,12 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<(StoredEvent, String, Strin
     ))
 }
 
-pub(super) fn events(conn: &Connection, workspace_id: &str, profile_id: &str, query: &EventQuery) -> StoreResult<Vec<StoredEvent>> {
+pub(super) fn events(
+    conn: &Connection,
+    workspace_id: &str,
+    profile_id: &str,
+    query: &EventQuery,
+) -> StoreResult<Vec<StoredEvent>> {
     let Some(live) = live_profile_id(conn, workspace_id, profile_id)? else {
         return Ok(Vec::new());
     };
@@ -300,7 +330,8 @@ pub(super) fn delete_profile(conn: &Connection, workspace_id: &str, profile_id: 
     let erased: Vec<(i64, String, i64)> = statement
         .query_map((workspace_id, &live), |row| Ok((row.get(0)?, row.get(1)?, -row.get::<_, i64>(2)?)))?
         .collect::<Result<_, _>>()?;
-    let erased: Vec<(i64, &str, i64)> = erased.iter().map(|(day, channel, count)| (*day, channel.as_str(), *count)).collect();
+    let erased: Vec<(i64, &str, i64)> =
+        erased.iter().map(|(day, channel, count)| (*day, channel.as_str(), *count)).collect();
     add_event_counts(conn, workspace_id, &erased)?;
     conn.execute(DELETE_EVENTS, (workspace_id, &live))?;
     conn.execute(DELETE_IDENTITIES, (workspace_id, &live))?;
@@ -324,7 +355,11 @@ pub(super) fn list_profiles(conn: &Connection, workspace_id: &str, query: &Profi
     if let Some((name, value)) = &query.trait_equals {
         values.push(trait_path(name).into());
         values.push(serde_json::to_string(value)?.into());
-        sql.push_str(&format!(" AND json_extract(traits, ?{}) = json_extract(?{}, '$')", values.len() - 1, values.len()));
+        sql.push_str(&format!(
+            " AND json_extract(traits, ?{}) = json_extract(?{}, '$')",
+            values.len() - 1,
+            values.len()
+        ));
     }
     if let Some(text) = &query.text {
         let escaped = text.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
@@ -342,9 +377,8 @@ pub(super) fn list_profiles(conn: &Connection, workspace_id: &str, query: &Profi
     let limit = query.limit.clamp(1, 1000);
     sql.push_str(&format!(" ORDER BY id LIMIT {}", limit + 1));
     let mut statement = conn.prepare(&sql)?;
-    let mut ids: Vec<String> = statement
-        .query_map(rusqlite::params_from_iter(values), |row| row.get(0))?
-        .collect::<Result<_, _>>()?;
+    let mut ids: Vec<String> =
+        statement.query_map(rusqlite::params_from_iter(values), |row| row.get(0))?.collect::<Result<_, _>>()?;
     let next_cursor = if ids.len() > limit {
         ids.truncate(limit);
         ids.last().cloned()
@@ -360,19 +394,30 @@ pub(super) fn list_profiles(conn: &Connection, workspace_id: &str, query: &Profi
     Ok(ProfilePage { profiles, next_cursor })
 }
 
-pub(super) fn workspace_stats(conn: &Connection, workspace_id: &str, days: u32, now: DateTime<Utc>) -> StoreResult<WorkspaceStats> {
+pub(super) fn workspace_stats(
+    conn: &Connection,
+    workspace_id: &str,
+    days: u32,
+    now: DateTime<Utc>,
+) -> StoreResult<WorkspaceStats> {
     let profiles: i64 = conn.query_row(
         "SELECT count(*) FROM profiles WHERE workspace_id = ?1 AND merged_into IS NULL",
         [workspace_id],
         |row| row.get(0),
     )?;
-    let events: i64 =
-        conn.query_row("SELECT coalesce(sum(count), 0) FROM event_counts WHERE workspace_id = ?1", [workspace_id], |row| row.get(0))?;
+    let events: i64 = conn.query_row(
+        "SELECT coalesce(sum(count), 0) FROM event_counts WHERE workspace_id = ?1",
+        [workspace_id],
+        |row| row.get(0),
+    )?;
     let (first_day, _) = window_start(now, days);
     let mut per_day: HashMap<i64, u64> = HashMap::new();
-    let mut statement =
-        conn.prepare_cached("SELECT day, sum(count) FROM event_counts WHERE workspace_id = ?1 AND day >= ?2 GROUP BY day")?;
-    for row in statement.query_map((workspace_id, first_day), |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))? {
+    let mut statement = conn.prepare_cached(
+        "SELECT day, sum(count) FROM event_counts WHERE workspace_id = ?1 AND day >= ?2 GROUP BY day",
+    )?;
+    for row in
+        statement.query_map((workspace_id, first_day), |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))?
+    {
         let (day, count) = row?;
         per_day.insert(day, count as u64);
     }
@@ -381,7 +426,9 @@ pub(super) fn workspace_stats(conn: &Connection, workspace_id: &str, days: u32, 
         "SELECT channel, sum(count) FROM event_counts WHERE workspace_id = ?1 AND day >= ?2
          GROUP BY channel HAVING sum(count) > 0 ORDER BY 2 DESC, 1",
     )?;
-    for row in statement.query_map((workspace_id, first_day), |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))? {
+    for row in
+        statement.query_map((workspace_id, first_day), |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?
+    {
         let (channel, count) = row?;
         per_channel.push((channel, count as u64));
     }
@@ -393,7 +440,12 @@ pub(super) fn workspace_stats(conn: &Connection, workspace_id: &str, days: u32, 
     })
 }
 
-pub(super) fn create_workspace(conn: &Connection, workspace: &Workspace, write_hash: &str, api_hash: &str) -> StoreResult<()> {
+pub(super) fn create_workspace(
+    conn: &Connection,
+    workspace: &Workspace,
+    write_hash: &str,
+    api_hash: &str,
+) -> StoreResult<()> {
     let result = conn.execute(
         "INSERT INTO workspaces (id, name, default_region, time_zone, write_key_hash, api_key_hash, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -436,8 +488,9 @@ pub(super) fn workspace_where(conn: &Connection, condition: &str, value: &str) -
 }
 
 pub(super) fn workspaces(conn: &Connection) -> StoreResult<Vec<Workspace>> {
-    let mut statement =
-        conn.prepare_cached("SELECT id, name, default_region, time_zone, created_at FROM workspaces ORDER BY created_at, id")?;
+    let mut statement = conn.prepare_cached(
+        "SELECT id, name, default_region, time_zone, created_at FROM workspaces ORDER BY created_at, id",
+    )?;
     let rows = statement.query_map([], workspace_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -465,8 +518,7 @@ pub(super) fn enqueue(conn: &Connection, job: &NewJob, now: DateTime<Utc>) -> St
     Ok(if inserted == 1 { EnqueueOutcome::Created(id) } else { EnqueueOutcome::Duplicate(id) })
 }
 
-const JOB_COLUMNS: &str =
-    "id, queue, workspace_id, idempotency_key, payload, status, attempts, max_attempts, run_at, leased_by, leased_until, last_error";
+const JOB_COLUMNS: &str = "id, queue, workspace_id, idempotency_key, payload, status, attempts, max_attempts, run_at, leased_by, leased_until, last_error";
 
 fn job_from_row(row: &Row<'_>) -> rusqlite::Result<(Job, String)> {
     Ok((
