@@ -39,17 +39,7 @@ fn training_rows() -> Option<&'static Vec<(AnnotatedText, String)>> {
     static ROWS: OnceLock<Option<Vec<(AnnotatedText, String)>>> = OnceLock::new();
     ROWS.get_or_init(|| {
         read_rows(&["full_train.tsv", "full_oos_train.tsv"]).map(|rows| {
-            rows.into_iter()
-                .map(|(text, intent)| {
-                    (
-                        AnnotatedText {
-                            text,
-                            slots: Vec::new(),
-                        },
-                        intent,
-                    )
-                })
-                .collect()
+            rows.into_iter().map(|(text, intent)| (AnnotatedText { text, slots: Vec::new() }, intent)).collect()
         })
     })
     .as_ref()
@@ -69,17 +59,14 @@ fn clinc_model() -> Option<&'static Recognizer> {
     static MODEL: OnceLock<Option<Recognizer>> = OnceLock::new();
     MODEL
         .get_or_init(|| {
-            training_rows()
-                .map(|rows| Recognizer::train_annotated(rows, &IntentSettings::default(), 0.245))
+            training_rows().map(|rows| Recognizer::train_annotated(rows, &IntentSettings::default(), 0.245))
         })
         .as_ref()
 }
 
 fn context() -> RecognizeContext {
     RecognizeContext {
-        now: chrono::Utc
-            .with_ymd_and_hms(2026, 11, 23, 15, 0, 0)
-            .unwrap(),
+        now: chrono::Utc.with_ymd_and_hms(2026, 11, 23, 15, 0, 0).unwrap(),
         time_zone: chrono_tz::America::New_York,
         default_region: "US".into(),
     }
@@ -126,10 +113,7 @@ fn main() {
 /// p50/p99 of full recognition over every CLINC150 test utterance, three passes.
 fn print_clinc_percentiles() {
     let (Some(model), Some(texts)) = (clinc_model(), test_texts()) else {
-        println!(
-            "CLINC150 not found under {}: skipped",
-            data_directory().display()
-        );
+        println!("CLINC150 not found under {}: skipped", data_directory().display());
         return;
     };
     let context = context();
@@ -142,9 +126,7 @@ fn print_clinc_percentiles() {
         }
     }
     samples.sort_by(f64::total_cmp);
-    let at = |quantile: f64| {
-        samples[((quantile * samples.len() as f64) as usize).min(samples.len() - 1)]
-    };
+    let at = |quantile: f64| samples[((quantile * samples.len() as f64) as usize).min(samples.len() - 1)];
     println!(
         "CLINC150 recognition latency over {} calls: p50 {:.1} µs, p90 {:.1} µs, p99 {:.1} µs, max {:.1} µs",
         samples.len(),

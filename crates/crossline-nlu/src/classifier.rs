@@ -127,25 +127,15 @@ fn train_one_vs_rest(
     dimension: usize,
     settings: &ClassifierSettings,
 ) -> (SoftmaxClassifier, TrainingReport) {
-    let squared_norms: Vec<f32> = examples
-        .iter()
-        .map(|example| {
-            example
-                .values
-                .iter()
-                .map(|value| value * value)
-                .sum::<f32>()
-                + 1.0
-        })
-        .collect();
+    let squared_norms: Vec<f32> =
+        examples.iter().map(|example| example.values.iter().map(|value| value * value).sum::<f32>() + 1.0).collect();
     let train_class = |class: usize| -> (Vec<f32>, usize) {
         let mut weights = vec![0.0f32; dimension + 1];
         let count = examples.len();
         let mut alpha = vec![0.0f32; count];
         let diagonal = 0.5 / settings.svm_cost.max(1e-6);
         let mut active: Vec<usize> = (0..count).collect();
-        let mut generator =
-            OrderGenerator((settings.seed ^ ((class as u64 + 1) * 0x9e37_79b9)) | 1);
+        let mut generator = OrderGenerator((settings.seed ^ ((class as u64 + 1) * 0x9e37_79b9)) | 1);
         let mut previous_max = f32::INFINITY;
         let mut iterations = 0;
         while iterations < settings.max_epochs.max(1) * 25 {
@@ -193,11 +183,7 @@ fn train_one_vs_rest(
                 previous_max = f32::INFINITY;
                 continue;
             }
-            previous_max = if gradient_max <= 0.0 {
-                f32::INFINITY
-            } else {
-                gradient_max
-            };
+            previous_max = if gradient_max <= 0.0 { f32::INFINITY } else { gradient_max };
         }
         (weights, iterations)
     };
@@ -207,11 +193,7 @@ fn train_one_vs_rest(
         let first: Vec<_> = (0..split).map(train_class).collect();
         (first, handle.join().unwrap_or_default())
     });
-    let mut model = SoftmaxClassifier {
-        classes,
-        weights: vec![0.0; dimension * classes],
-        bias: vec![0.0; classes],
-    };
+    let mut model = SoftmaxClassifier { classes, weights: vec![0.0; dimension * classes], bias: vec![0.0; classes] };
     let mut most_iterations = 0;
     for (class, (weights, iterations)) in first.into_iter().chain(second).enumerate() {
         most_iterations = most_iterations.max(iterations);
@@ -229,12 +211,7 @@ fn train_one_vs_rest(
 }
 
 /// Folds the current weights into a running mean.
-fn accumulate_average(
-    model: &SoftmaxClassifier,
-    scale: f32,
-    average: &mut (Vec<f32>, Vec<f32>),
-    count: &mut usize,
-) {
+fn accumulate_average(model: &SoftmaxClassifier, scale: f32, average: &mut (Vec<f32>, Vec<f32>), count: &mut usize) {
     if average.0.is_empty() {
         average.0 = vec![0.0; model.weights.len()];
     }
@@ -262,25 +239,15 @@ impl SoftmaxClassifier {
         if settings.loss == Loss::SquaredHinge {
             return train_one_vs_rest(examples, labels, classes, dimension, settings);
         }
-        let mut model = SoftmaxClassifier {
-            classes,
-            weights: vec![0.0; dimension * classes],
-            bias: vec![0.0; classes],
-        };
-        let mut report = TrainingReport {
-            epochs: 0,
-            objective: 0.0,
-            converged: false,
-        };
+        let mut model =
+            SoftmaxClassifier { classes, weights: vec![0.0; dimension * classes], bias: vec![0.0; classes] };
+        let mut report = TrainingReport { epochs: 0, objective: 0.0, converged: false };
         if examples.is_empty() || classes == 0 {
             report.converged = true;
             return (model, report);
         }
         let count = examples.len();
-        let epochs = settings
-            .max_epochs
-            .max(settings.min_updates.div_ceil(count))
-            .min(10_000);
+        let epochs = settings.max_epochs.max(settings.min_updates.div_ceil(count)).min(10_000);
         let lambda = settings.l2_penalty.max(0.0);
         let mut order: Vec<usize> = (0..count).collect();
         let mut generator = OrderGenerator(settings.seed | 1);
@@ -298,8 +265,7 @@ impl SoftmaxClassifier {
             for &example_index in &order {
                 let example = &examples[example_index];
                 let label = labels[example_index];
-                let rate =
-                    settings.learning_rate / (1.0 + settings.learning_rate * lambda * step as f32);
+                let rate = settings.learning_rate / (1.0 + settings.learning_rate * lambda * step as f32);
                 step += 1;
                 model.raw_scores(example, scale, &mut scores);
                 softmax_in_place(&mut scores);
@@ -321,8 +287,7 @@ impl SoftmaxClassifier {
                 );
                 let dense = active_classes.len() * 4 > classes;
                 for (&feature, &value) in example.indices.iter().zip(&example.values) {
-                    let row = &mut model.weights
-                        [feature as usize * classes..(feature as usize + 1) * classes];
+                    let row = &mut model.weights[feature as usize * classes..(feature as usize + 1) * classes];
                     let coefficient = step_size * value;
                     if dense {
                         for (weight, gradient) in row.iter_mut().zip(&scores) {
@@ -341,21 +306,15 @@ impl SoftmaxClassifier {
                     model.fold_scale(&mut scale);
                 }
             }
-            let squared_norm: f64 = model
-                .weights
-                .iter()
-                .map(|weight| f64::from(*weight) * f64::from(*weight))
-                .sum::<f64>()
-                * f64::from(scale)
-                * f64::from(scale);
-            let objective =
-                (loss_sum / count as f64 + 0.5 * f64::from(lambda) * squared_norm) as f32;
+            let squared_norm: f64 =
+                model.weights.iter().map(|weight| f64::from(*weight) * f64::from(*weight)).sum::<f64>()
+                    * f64::from(scale)
+                    * f64::from(scale);
+            let objective = (loss_sum / count as f64 + 0.5 * f64::from(lambda) * squared_norm) as f32;
             report.epochs = epoch + 1;
             report.objective = objective;
             let improvement = (previous_objective - objective) / objective.abs().max(1e-12);
-            if epoch + 1 >= settings.min_updates.div_ceil(count).min(epochs)
-                && improvement.abs() < settings.tolerance
-            {
+            if epoch + 1 >= settings.min_updates.div_ceil(count).min(epochs) && improvement.abs() < settings.tolerance {
                 report.converged = true;
                 break;
             }
@@ -440,12 +399,8 @@ mod tests {
 
     #[test]
     fn separable_data_is_learned_deterministically() {
-        let examples = vec![
-            vector(&[(0, 1.0)]),
-            vector(&[(1, 1.0)]),
-            vector(&[(2, 1.0)]),
-            vector(&[(0, 0.8), (3, 0.6)]),
-        ];
+        let examples =
+            vec![vector(&[(0, 1.0)]), vector(&[(1, 1.0)]), vector(&[(2, 1.0)]), vector(&[(0, 0.8), (3, 0.6)])];
         let labels = vec![0, 1, 2, 0];
         let settings = ClassifierSettings::default();
         let (first, report) = SoftmaxClassifier::train(&examples, &labels, 3, 4, &settings);

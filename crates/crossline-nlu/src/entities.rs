@@ -117,10 +117,7 @@ impl ListType {
         let mut phrases = Vec::new();
         for (index, value) in values.iter().enumerate() {
             for phrase in std::iter::once(&value.value).chain(&value.synonyms) {
-                let words: Vec<String> = tokenize_with_symbols(phrase)
-                    .into_iter()
-                    .map(|token| token.lower)
-                    .collect();
+                let words: Vec<String> = tokenize_with_symbols(phrase).into_iter().map(|token| token.lower).collect();
                 if !words.is_empty() {
                     phrases.push((words, index));
                 }
@@ -128,11 +125,7 @@ impl ListType {
         }
         // Longer phrases first, so "new york city" beats "new york".
         phrases.sort_by_key(|phrase| std::cmp::Reverse(phrase.0.len()));
-        ListType {
-            name: name.into(),
-            values,
-            phrases,
-        }
+        ListType { name: name.into(), values, phrases }
     }
 
     /// Allowed typos for a phrase of this many characters: none for short words (where one edit turns
@@ -156,11 +149,7 @@ impl ListType {
                     continue;
                 }
                 let phrase = words.join(" ");
-                let limit = if allow_typos {
-                    Self::tolerance(phrase.chars().count())
-                } else {
-                    0
-                };
+                let limit = if allow_typos { Self::tolerance(phrase.chars().count()) } else { 0 };
                 if allow_typos && limit == 0 {
                     continue;
                 }
@@ -170,14 +159,10 @@ impl ListType {
                     }
                     let window = &tokens[start..start + length];
                     let matched = if allow_typos {
-                        let candidate: Vec<&str> =
-                            window.iter().map(|token| token.lower.as_str()).collect();
+                        let candidate: Vec<&str> = window.iter().map(|token| token.lower.as_str()).collect();
                         bounded_edit_distance(&candidate.join(" "), &phrase, limit) <= limit
                     } else {
-                        window
-                            .iter()
-                            .zip(words)
-                            .all(|(token, word)| token.lower == *word)
+                        window.iter().zip(words).all(|(token, word)| token.lower == *word)
                     };
                     if matched {
                         taken[start..start + length].fill(true);
@@ -217,11 +202,7 @@ fn span_of(tokens: &[Token], start: usize, end: usize) -> std::ops::Range<usize>
 }
 
 fn number_value(value: f64) -> Value {
-    if value.fract() == 0.0 && value.abs() < 9e15 {
-        json!(value as i64)
-    } else {
-        json!(value)
-    }
+    if value.fract() == 0.0 && value.abs() < 9e15 { json!(value as i64) } else { json!(value) }
 }
 
 /// Every value of `slot_type` in `text`, left to right.
@@ -238,21 +219,13 @@ pub fn extract_all(slot_type: &SlotType, text: &str, context: &RecognizeContext)
             .find(&tokens)
             .into_iter()
             .map(|(start, end, index)| {
-                make(
-                    span_of(&tokens, start, end),
-                    Value::String(list.values[index].value.clone()),
-                )
+                make(span_of(&tokens, start, end), Value::String(list.values[index].value.clone()))
             })
             .collect(),
         SlotType::Builtin(builtin) => match builtin {
             BuiltinType::Number => find_numbers(&tokens)
                 .into_iter()
-                .map(|found| {
-                    make(
-                        span_of(&tokens, found.start, found.end),
-                        number_value(found.value),
-                    )
-                })
+                .map(|found| make(span_of(&tokens, found.start, found.end), number_value(found.value)))
                 .collect(),
             BuiltinType::Money => find_money(&tokens)
                 .into_iter()
@@ -293,12 +266,7 @@ pub fn extract_all(slot_type: &SlotType, text: &str, context: &RecognizeContext)
                 .collect(),
             BuiltinType::Duration => find_durations(&tokens)
                 .into_iter()
-                .map(|found| {
-                    make(
-                        span_of(&tokens, found.start, found.end),
-                        json!(found.value.round() as i64),
-                    )
-                })
+                .map(|found| make(span_of(&tokens, found.start, found.end), json!(found.value.round() as i64)))
                 .collect(),
             BuiltinType::Email => find_emails(text)
                 .into_iter()
@@ -317,10 +285,7 @@ pub fn extract_all(slot_type: &SlotType, text: &str, context: &RecognizeContext)
                     Vec::new()
                 } else {
                     let start = text.len() - text.trim_start().len();
-                    vec![make(
-                        start..start + trimmed.len(),
-                        Value::String(trimmed.to_string()),
-                    )]
+                    vec![make(start..start + trimmed.len(), Value::String(trimmed.to_string()))]
                 }
             }
         },
@@ -329,11 +294,7 @@ pub fn extract_all(slot_type: &SlotType, text: &str, context: &RecognizeContext)
 
 /// The value of `slot_type` in a free answer to a slot prompt ("What day suits you?" → "next tuesday"):
 /// the first match, or `None` when the answer holds no such value.
-pub fn extract_slot(
-    slot_type: &SlotType,
-    text: &str,
-    context: &RecognizeContext,
-) -> Option<SlotValue> {
+pub fn extract_slot(slot_type: &SlotType, text: &str, context: &RecognizeContext) -> Option<SlotValue> {
     extract_all(slot_type, text, context).into_iter().next()
 }
 
@@ -373,9 +334,7 @@ fn find_emails(text: &str) -> Vec<std::ops::Range<usize>> {
             && !domain.starts_with('.')
             && !domain.contains("..")
             && domain.rsplit('.').next().is_some_and(|tld| tld.len() >= 2)
-            && found
-                .last()
-                .is_none_or(|previous: &std::ops::Range<usize>| previous.end <= start)
+            && found.last().is_none_or(|previous: &std::ops::Range<usize>| previous.end <= start)
         {
             found.push(start..end);
         }
@@ -392,8 +351,7 @@ fn find_phones(text: &str, region: &str) -> Vec<(std::ops::Range<usize>, String)
     let mut index = 0;
     while index < bytes.len() {
         let starts = bytes[index].is_ascii_digit()
-            || ((bytes[index] == b'+' || bytes[index] == b'(')
-                && bytes.get(index + 1).is_some_and(u8::is_ascii_digit));
+            || ((bytes[index] == b'+' || bytes[index] == b'(') && bytes.get(index + 1).is_some_and(u8::is_ascii_digit));
         if !starts || (index > 0 && bytes[index - 1].is_ascii_alphanumeric()) {
             index += 1;
             continue;
@@ -451,14 +409,8 @@ mod tests {
 
     #[test]
     fn phones_become_e164() {
-        assert_eq!(
-            value(BuiltinType::Phone, "call me at (415) 555-2671 tomorrow"),
-            Some(json!("+14155552671"))
-        );
-        assert_eq!(
-            value(BuiltinType::Phone, "my number is +44 20 7946 0958"),
-            Some(json!("+442079460958"))
-        );
+        assert_eq!(value(BuiltinType::Phone, "call me at (415) 555-2671 tomorrow"), Some(json!("+14155552671")));
+        assert_eq!(value(BuiltinType::Phone, "my number is +44 20 7946 0958"), Some(json!("+442079460958")));
         assert_eq!(value(BuiltinType::Phone, "order 12345"), None);
     }
 
@@ -466,23 +418,11 @@ mod tests {
     fn typed_values_follow_the_contract() {
         assert_eq!(value(BuiltinType::Number, "four"), Some(json!(4)));
         assert_eq!(value(BuiltinType::Number, "2.5"), Some(json!(2.5)));
-        assert_eq!(
-            value(BuiltinType::Money, "$20"),
-            Some(json!({"amount": 20.0, "currency": "USD"}))
-        );
-        assert_eq!(
-            value(BuiltinType::Date, "tomorrow"),
-            Some(json!("2026-11-24"))
-        );
+        assert_eq!(value(BuiltinType::Money, "$20"), Some(json!({"amount": 20.0, "currency": "USD"})));
+        assert_eq!(value(BuiltinType::Date, "tomorrow"), Some(json!("2026-11-24")));
         assert_eq!(value(BuiltinType::Time, "noon"), Some(json!("12:00")));
-        assert_eq!(
-            value(BuiltinType::Datetime, "next tuesday at 3pm"),
-            Some(json!("2026-11-24T15:00:00+01:00"))
-        );
-        assert_eq!(
-            value(BuiltinType::Duration, "in 2 days"),
-            Some(json!(172_800))
-        );
+        assert_eq!(value(BuiltinType::Datetime, "next tuesday at 3pm"), Some(json!("2026-11-24T15:00:00+01:00")));
+        assert_eq!(value(BuiltinType::Duration, "in 2 days"), Some(json!(172_800)));
         assert_eq!(value(BuiltinType::Text, "  hello  "), Some(json!("hello")));
         assert_eq!(value(BuiltinType::Text, "   "), None);
     }
@@ -492,21 +432,12 @@ mod tests {
         let list = SlotType::List(ListType::new(
             "account",
             vec![
-                ListValue {
-                    value: "checking".into(),
-                    synonyms: vec!["current".into(), "everyday account".into()],
-                },
-                ListValue {
-                    value: "savings".into(),
-                    synonyms: vec!["rainy day fund".into()],
-                },
+                ListValue { value: "checking".into(), synonyms: vec!["current".into(), "everyday account".into()] },
+                ListValue { value: "savings".into(), synonyms: vec!["rainy day fund".into()] },
             ],
         ));
         let get = |text: &str| extract_slot(&list, text, &context()).map(|slot| slot.value);
-        assert_eq!(
-            get("move it to my CURRENT account"),
-            Some(json!("checking"))
-        );
+        assert_eq!(get("move it to my CURRENT account"), Some(json!("checking")));
         assert_eq!(get("from savngs please"), Some(json!("savings")));
         assert_eq!(get("the rainy day fund"), Some(json!("savings")));
         assert_eq!(get("my everyday acount"), Some(json!("checking")));

@@ -22,10 +22,7 @@ pub struct PreparedText<'text> {
 impl<'text> PreparedText<'text> {
     /// Tokenises `text`.
     pub fn new(text: &'text str) -> Self {
-        PreparedText {
-            text,
-            tokens: tokenize(text),
-        }
+        PreparedText { text, tokens: tokenize(text) }
     }
 }
 
@@ -133,11 +130,7 @@ impl NgramVocabulary {
                 output.push((index, weight));
             }
         }
-        let norm = output[start..]
-            .iter()
-            .map(|(_, value)| value * value)
-            .sum::<f32>()
-            .sqrt();
+        let norm = output[start..].iter().map(|(_, value)| value * value).sum::<f32>().sqrt();
         if norm > 0.0 {
             for (_, value) in &mut output[start..] {
                 *value /= norm;
@@ -371,11 +364,7 @@ pub struct FeaturePipeline {
 impl FeaturePipeline {
     /// A pipeline from extractors and block weights; call [`FeaturePipeline::fit`] before use.
     pub fn new(extractors: Vec<(Box<dyn FeatureExtractor>, f32)>) -> Self {
-        FeaturePipeline {
-            extractors,
-            offsets: Vec::new(),
-            dimension: 0,
-        }
+        FeaturePipeline { extractors, offsets: Vec::new(), dimension: 0 }
     }
 
     /// The default pipeline: word uni/bi-grams and character 2–4-grams.
@@ -391,11 +380,7 @@ impl FeaturePipeline {
             (
                 Box::new(CharNgrams {
                     cross_words: settings.char_cross_words,
-                    ..CharNgrams::new(
-                        settings.char_min_n,
-                        settings.char_max_n,
-                        settings.minimum_documents,
-                    )
+                    ..CharNgrams::new(settings.char_min_n, settings.char_max_n, settings.minimum_documents)
                 }),
                 settings.char_weight,
             ),
@@ -421,10 +406,7 @@ impl FeaturePipeline {
 
     /// Names and sizes of the blocks, for reports.
     pub fn blocks(&self) -> Vec<(&'static str, usize)> {
-        self.extractors
-            .iter()
-            .map(|(extractor, _)| (extractor.name(), extractor.dimension()))
-            .collect()
+        self.extractors.iter().map(|(extractor, _)| (extractor.name(), extractor.dimension())).collect()
     }
 
     /// The feature vector of a text.
@@ -451,8 +433,7 @@ mod tests {
     #[test]
     fn pipeline_is_deterministic_and_normalised() {
         let corpus = ["check my balance", "what is my balance", "book a table"];
-        let prepared: Vec<PreparedText<'_>> =
-            corpus.iter().map(|text| PreparedText::new(text)).collect();
+        let prepared: Vec<PreparedText<'_>> = corpus.iter().map(|text| PreparedText::new(text)).collect();
         let mut pipeline = FeaturePipeline::from_settings(&FeatureSettings::default());
         pipeline.fit(&prepared);
         let first = pipeline.transform(&PreparedText::new("my balance please"));
@@ -469,17 +450,7 @@ mod tests {
         let prepared = vec![PreparedText::new("hello")];
         let mut pipeline = FeaturePipeline::from_settings(&FeatureSettings::default());
         pipeline.fit(&prepared);
-        assert!(
-            pipeline
-                .transform(&PreparedText::new(""))
-                .indices
-                .is_empty()
-        );
-        assert!(
-            pipeline
-                .transform(&PreparedText::new("🙂🙂"))
-                .indices
-                .is_empty()
-        );
+        assert!(pipeline.transform(&PreparedText::new("")).indices.is_empty());
+        assert!(pipeline.transform(&PreparedText::new("🙂🙂")).indices.is_empty());
     }
 }

@@ -94,10 +94,7 @@ impl IntentClassifier {
         examples: impl IntoIterator<Item = (&'a str, &'a str)>,
         settings: &IntentSettings,
     ) -> IntentClassifier {
-        let examples: Vec<(&str, &str)> = examples
-            .into_iter()
-            .map(|(text, label)| (bounded(text), label))
-            .collect();
+        let examples: Vec<(&str, &str)> = examples.into_iter().map(|(text, label)| (bounded(text), label)).collect();
         let mut label_index: BTreeMap<&str, usize> = BTreeMap::new();
         for (_, label) in &examples {
             label_index.insert(label, 0);
@@ -106,60 +103,40 @@ impl IntentClassifier {
         for (index, value) in label_index.values_mut().enumerate() {
             *value = index;
         }
-        let prepared: Vec<PreparedText<'_>> = examples
-            .iter()
-            .map(|(text, _)| PreparedText::new(text))
-            .collect();
+        let prepared: Vec<PreparedText<'_>> = examples.iter().map(|(text, _)| PreparedText::new(text)).collect();
         let mut pipeline = FeaturePipeline::from_settings(&settings.features);
         pipeline.fit(&prepared);
-        let vectors: Vec<_> = prepared
-            .iter()
-            .map(|text| pipeline.transform(text))
-            .collect();
-        let targets: Vec<usize> = examples
-            .iter()
-            .map(|(_, label)| label_index[label])
-            .collect();
+        let vectors: Vec<_> = prepared.iter().map(|text| pipeline.transform(text)).collect();
+        let targets: Vec<usize> = examples.iter().map(|(_, label)| label_index[label]).collect();
         let mut members = Vec::new();
-        let mut report = TrainingReport {
-            epochs: 0,
-            objective: 0.0,
-            converged: true,
-        };
+        let mut report = TrainingReport { epochs: 0, objective: 0.0, converged: true };
         // Members train concurrently (each is deterministic on its own, so the result does not depend on
         // scheduling): on two cores the ensemble costs little more than its slowest member.
         let dimension = pipeline.dimension();
-        let trained: Vec<(SoftmaxClassifier, TrainingReport)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = settings
-                .members
-                .iter()
-                .skip(1)
-                .map(|member| {
-                    let (vectors, targets) = (&vectors, &targets);
-                    let classes = labels.len();
-                    scope.spawn(move || {
-                        SoftmaxClassifier::train(vectors, targets, classes, dimension, member)
+        let trained: Vec<(SoftmaxClassifier, TrainingReport)> =
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = settings
+                    .members
+                    .iter()
+                    .skip(1)
+                    .map(|member| {
+                        let (vectors, targets) = (&vectors, &targets);
+                        let classes = labels.len();
+                        scope.spawn(move || SoftmaxClassifier::train(vectors, targets, classes, dimension, member))
                     })
-                })
-                .collect();
-            let mut trained = Vec::new();
-            if let Some(first) = settings.members.first() {
-                trained.push(SoftmaxClassifier::train(
-                    &vectors,
-                    &targets,
-                    labels.len(),
-                    dimension,
-                    first,
-                ));
-            }
-            for (handle, member) in handles.into_iter().zip(settings.members.iter().skip(1)) {
-                // A member thread can only fail by panicking; retrain inline rather than propagate.
-                trained.push(handle.join().unwrap_or_else(|_| {
-                    SoftmaxClassifier::train(&vectors, &targets, labels.len(), dimension, member)
-                }));
-            }
-            trained
-        });
+                    .collect();
+                let mut trained = Vec::new();
+                if let Some(first) = settings.members.first() {
+                    trained.push(SoftmaxClassifier::train(&vectors, &targets, labels.len(), dimension, first));
+                }
+                for (handle, member) in handles.into_iter().zip(settings.members.iter().skip(1)) {
+                    // A member thread can only fail by panicking; retrain inline rather than propagate.
+                    trained.push(handle.join().unwrap_or_else(|_| {
+                        SoftmaxClassifier::train(&vectors, &targets, labels.len(), dimension, member)
+                    }));
+                }
+                trained
+            });
         for ((classifier, member_report), member) in trained.into_iter().zip(&settings.members) {
             report.epochs = report.epochs.max(member_report.epochs);
             report.converged &= member_report.converged;
@@ -167,13 +144,7 @@ impl IntentClassifier {
             members.push((classifier, member.temperature));
         }
         let out_of_scope_index = labels.iter().position(|label| label == OUT_OF_SCOPE_LABEL);
-        IntentClassifier {
-            pipeline,
-            members,
-            labels,
-            out_of_scope_index,
-            report,
-        }
+        IntentClassifier { pipeline, members, labels, out_of_scope_index, report }
     }
 
     /// The in-scope intent names the classifier knows.
@@ -187,10 +158,7 @@ impl IntentClassifier {
 
     /// The softmax temperatures of the ensemble members.
     pub fn temperatures(&self) -> Vec<f32> {
-        self.members
-            .iter()
-            .map(|(_, temperature)| *temperature)
-            .collect()
+        self.members.iter().map(|(_, temperature)| *temperature).collect()
     }
 
     /// Sets the members' temperatures (as returned by [`IntentClassifier::temperatures`] of a model fitted
@@ -213,19 +181,14 @@ impl IntentClassifier {
             let Some(label) = self.labels.iter().position(|label| label == intent) else {
                 continue;
             };
-            vectors.push((
-                self.pipeline.transform(&PreparedText::new(bounded(text))),
-                label,
-            ));
+            vectors.push((self.pipeline.transform(&PreparedText::new(bounded(text))), label));
         }
         if vectors.is_empty() {
             return;
         }
         for (classifier, temperature) in &mut self.members {
-            let rows: Vec<(Vec<f32>, usize)> = vectors
-                .iter()
-                .map(|(vector, label)| (classifier.logits(vector), *label))
-                .collect();
+            let rows: Vec<(Vec<f32>, usize)> =
+                vectors.iter().map(|(vector, label)| (classifier.logits(vector), *label)).collect();
             *temperature = fit_temperature(&rows);
         }
     }
@@ -245,10 +208,7 @@ impl IntentClassifier {
         let vector = self.pipeline.transform(text);
         let mut probabilities = vec![0.0f32; self.labels.len()];
         for (classifier, temperature) in &self.members {
-            for (sum, probability) in probabilities
-                .iter_mut()
-                .zip(classifier.probabilities(&vector, *temperature))
-            {
+            for (sum, probability) in probabilities.iter_mut().zip(classifier.probabilities(&vector, *temperature)) {
                 *sum += probability;
             }
         }
@@ -262,23 +222,14 @@ impl IntentClassifier {
             if Some(index) == self.out_of_scope_index {
                 out_of_scope = probability;
             } else {
-                ranked.push(ScoredIntent {
-                    name: self.labels[index].clone(),
-                    confidence: probability,
-                });
+                ranked.push(ScoredIntent { name: self.labels[index].clone(), confidence: probability });
             }
         }
         // Ties broken by name keep the answer deterministic.
         ranked.sort_by(|left, right| {
-            right
-                .confidence
-                .total_cmp(&left.confidence)
-                .then_with(|| left.name.cmp(&right.name))
+            right.confidence.total_cmp(&left.confidence).then_with(|| left.name.cmp(&right.name))
         });
-        IntentScores {
-            ranked,
-            out_of_scope,
-        }
+        IntentScores { ranked, out_of_scope }
     }
 
     /// Scores a message.
@@ -295,10 +246,7 @@ fn fit_temperature(rows: &[(Vec<f32>, usize)]) -> f32 {
         rows.iter()
             .map(|(logits, label)| {
                 let maximum = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let normaliser: f64 = logits
-                    .iter()
-                    .map(|logit| (f64::from(logit - maximum) / temperature).exp())
-                    .sum();
+                let normaliser: f64 = logits.iter().map(|logit| (f64::from(logit - maximum) / temperature).exp()).sum();
                 normaliser.ln() - f64::from(logits[*label] - maximum) / temperature
             })
             .sum()

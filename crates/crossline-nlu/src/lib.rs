@@ -36,12 +36,11 @@ pub mod temporal;
 pub mod text;
 
 pub use entities::{
-    BuiltinType, ListType, ListValue, RecognizeContext, SlotType, SlotValue, extract_all,
-    extract_slot,
+    BuiltinType, ListType, ListValue, RecognizeContext, SlotType, SlotValue, extract_all, extract_slot,
 };
 pub use intent::{DEFAULT_OUT_OF_SCOPE_THRESHOLD, OUT_OF_SCOPE_LABEL, ScoredIntent};
 pub use model::{
-    BotDefinition, DefinitionError, IntentDefinition, Recognition, Recognizer, SlotDefinition,
-    SlotTypeDefinition, train,
+    BotDefinition, DefinitionError, IntentDefinition, Recognition, Recognizer, SlotDefinition, SlotTypeDefinition,
+    train,
 };
 pub use signals::{Language, Sentiment, SentimentLabel};

@@ -3,12 +3,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
-use crate::entities::{
-    BuiltinType, ListType, ListValue, RecognizeContext, SlotType, SlotValue, extract_all,
-};
+use crate::entities::{BuiltinType, ListType, ListValue, RecognizeContext, SlotType, SlotValue, extract_all};
 use crate::intent::{
-    DEFAULT_OUT_OF_SCOPE_THRESHOLD, IntentClassifier, IntentSettings, OUT_OF_SCOPE_LABEL,
-    ScoredIntent,
+    DEFAULT_OUT_OF_SCOPE_THRESHOLD, IntentClassifier, IntentSettings, OUT_OF_SCOPE_LABEL, ScoredIntent,
 };
 use crate::signals::{Language, Sentiment, detect_language, sentiment};
 use crate::tagger::{AnnotatedText, SlotTagger};
@@ -74,10 +71,7 @@ pub struct DefinitionError {
 }
 
 fn error(field: impl Into<String>, message: impl Into<String>) -> DefinitionError {
-    DefinitionError {
-        field: field.into(),
-        message: message.into(),
-    }
+    DefinitionError { field: field.into(), message: message.into() }
 }
 
 /// A piece of a sample utterance: literal text or a slot reference.
@@ -119,57 +113,18 @@ fn parse_utterance(utterance: &str) -> Result<Vec<Piece<'_>>, String> {
 fn builtin_samples(builtin: BuiltinType) -> &'static [&'static str] {
     match builtin {
         BuiltinType::Number => &["4", "two", "12", "one hundred", "3", "six", "25", "eight"],
-        BuiltinType::Money => &[
-            "$20",
-            "50 dollars",
-            "€15",
-            "twenty bucks",
-            "$1,200",
-            "100 euros",
-        ],
-        BuiltinType::Date => &[
-            "tomorrow",
-            "next tuesday",
-            "march 3rd",
-            "the 5th",
-            "today",
-            "friday",
-            "12/24",
-            "in 2 days",
-        ],
-        BuiltinType::Time => &[
-            "3pm",
-            "noon",
-            "9:30",
-            "7 in the evening",
-            "10 am",
-            "half past 4",
-        ],
-        BuiltinType::Datetime => &[
-            "tomorrow at 3pm",
-            "next friday at noon",
-            "in 2 hours",
-            "monday morning",
-            "march 3rd at 9:30",
-            "tonight",
-        ],
-        BuiltinType::Duration => &[
-            "2 hours",
-            "30 minutes",
-            "a week",
-            "three days",
-            "an hour and a half",
-        ],
+        BuiltinType::Money => &["$20", "50 dollars", "€15", "twenty bucks", "$1,200", "100 euros"],
+        BuiltinType::Date => {
+            &["tomorrow", "next tuesday", "march 3rd", "the 5th", "today", "friday", "12/24", "in 2 days"]
+        }
+        BuiltinType::Time => &["3pm", "noon", "9:30", "7 in the evening", "10 am", "half past 4"],
+        BuiltinType::Datetime => {
+            &["tomorrow at 3pm", "next friday at noon", "in 2 hours", "monday morning", "march 3rd at 9:30", "tonight"]
+        }
+        BuiltinType::Duration => &["2 hours", "30 minutes", "a week", "three days", "an hour and a half"],
         BuiltinType::Email => &["jane.doe@example.com", "bob@mail.org", "sales@acme.io"],
         BuiltinType::Phone => &["(415) 555-2671", "+44 20 7946 0958", "555 867 5309"],
-        BuiltinType::Text => &[
-            "the blue one",
-            "john smith",
-            "something else",
-            "my order",
-            "pizza",
-            "the usual",
-        ],
+        BuiltinType::Text => &["the blue one", "john smith", "something else", "my order", "pizza", "the usual"],
     }
 }
 
@@ -239,10 +194,7 @@ pub fn train(definition: &BotDefinition) -> Result<Recognizer, DefinitionError> 
 
 impl Recognizer {
     /// Validates `definition` and trains with explicit settings.
-    pub fn train(
-        definition: &BotDefinition,
-        settings: &IntentSettings,
-    ) -> Result<Recognizer, DefinitionError> {
+    pub fn train(definition: &BotDefinition, settings: &IntentSettings) -> Result<Recognizer, DefinitionError> {
         let slot_types = compile_slot_types(definition)?;
         if definition.intents.is_empty() {
             return Err(error("intents", "a bot needs at least one intent"));
@@ -267,10 +219,7 @@ impl Recognizer {
                 ));
             }
             if intents.contains_key(name) {
-                return Err(error(
-                    format!("{field}.name"),
-                    format!("duplicate intent name \"{name}\""),
-                ));
+                return Err(error(format!("{field}.name"), format!("duplicate intent name \"{name}\"")));
             }
             let mut slots: Vec<(String, String)> = Vec::new();
             for (slot_index, slot) in intent.slots.iter().enumerate() {
@@ -279,10 +228,7 @@ impl Recognizer {
                     return Err(error(format!("{slot_field}.name"), "must not be empty"));
                 }
                 if slots.iter().any(|(existing, _)| *existing == slot.name) {
-                    return Err(error(
-                        format!("{slot_field}.name"),
-                        format!("duplicate slot name \"{}\"", slot.name),
-                    ));
+                    return Err(error(format!("{slot_field}.name"), format!("duplicate slot name \"{}\"", slot.name)));
                 }
                 if !slot_types.contains_key(&slot.slot_type) {
                     return Err(error(
@@ -292,21 +238,13 @@ impl Recognizer {
                 }
                 slots.push((slot.name.clone(), slot.slot_type.clone()));
             }
-            if intent
-                .utterances
-                .iter()
-                .all(|utterance| utterance.trim().is_empty())
-            {
-                return Err(error(
-                    format!("{field}.utterances"),
-                    "an intent needs at least one non-empty utterance",
-                ));
+            if intent.utterances.iter().all(|utterance| utterance.trim().is_empty()) {
+                return Err(error(format!("{field}.utterances"), "an intent needs at least one non-empty utterance"));
             }
             let mut annotated = Vec::new();
             for (utterance_index, utterance) in intent.utterances.iter().enumerate() {
                 let utterance_field = format!("{field}.utterances[{utterance_index}]");
-                let pieces = parse_utterance(utterance)
-                    .map_err(|message| error(&utterance_field, message))?;
+                let pieces = parse_utterance(utterance).map_err(|message| error(&utterance_field, message))?;
                 for piece in &pieces {
                     if let Piece::Slot(slot) = piece
                         && !slots.iter().any(|(name, _)| name == slot)
@@ -325,10 +263,8 @@ impl Recognizer {
                 }
                 annotated.extend(variants);
             }
-            let tagger = annotated
-                .iter()
-                .any(|example| !example.slots.is_empty())
-                .then(|| SlotTagger::train(&annotated, 10));
+            let tagger =
+                annotated.iter().any(|example| !example.slots.is_empty()).then(|| SlotTagger::train(&annotated, 10));
             intents.insert(name.to_string(), IntentSlots { slots, tagger });
         }
         if definition.out_of_scope_examples.is_empty() {
@@ -340,17 +276,11 @@ impl Recognizer {
                 examples.push((example.clone(), OUT_OF_SCOPE_LABEL.to_string()));
             }
         }
-        let classifier = IntentClassifier::train(
-            examples
-                .iter()
-                .map(|(text, intent)| (text.as_str(), intent.as_str())),
-            settings,
-        );
+        let classifier =
+            IntentClassifier::train(examples.iter().map(|(text, intent)| (text.as_str(), intent.as_str())), settings);
         Ok(Recognizer {
             classifier,
-            threshold: definition
-                .out_of_scope_threshold
-                .unwrap_or(DEFAULT_OUT_OF_SCOPE_THRESHOLD),
+            threshold: definition.out_of_scope_threshold.unwrap_or(DEFAULT_OUT_OF_SCOPE_THRESHOLD),
             intents,
             slot_types,
         })
@@ -364,9 +294,7 @@ impl Recognizer {
         threshold: f32,
     ) -> Recognizer {
         let classifier = IntentClassifier::train(
-            examples
-                .iter()
-                .map(|(example, intent)| (example.text.as_str(), intent.as_str())),
+            examples.iter().map(|(example, intent)| (example.text.as_str(), intent.as_str())),
             settings,
         );
         let mut by_intent: BTreeMap<&str, Vec<AnnotatedText>> = BTreeMap::new();
@@ -385,12 +313,7 @@ impl Recognizer {
             let tagger = (!slots.is_empty()).then(|| SlotTagger::train(&annotated, 10));
             intents.insert(intent.to_string(), IntentSlots { slots, tagger });
         }
-        Recognizer {
-            classifier,
-            threshold,
-            intents,
-            slot_types: builtin_types(),
-        }
+        Recognizer { classifier, threshold, intents, slot_types: builtin_types() }
     }
 
     /// The intent classifier (for evaluation and calibration).
@@ -432,13 +355,7 @@ impl Recognizer {
             Some(intent) => self.fill_slots(&intent.name, text, context),
             None => BTreeMap::new(),
         };
-        Recognition {
-            intent,
-            alternatives,
-            slots,
-            sentiment: sentiment(text),
-            language: detect_language(text),
-        }
+        Recognition { intent, alternatives, slots, sentiment: sentiment(text), language: detect_language(text) }
     }
 
     /// Slot spans found by an intent's tagger, before typing (for evaluation).
@@ -453,12 +370,7 @@ impl Recognizer {
     /// Fills the slots of `intent` from `text`: spans the tagger found, typed by the slot's type; then
     /// any slot still empty whose type occurs once in the intent takes the first value of that type in
     /// the message that no other slot used.
-    pub fn fill_slots(
-        &self,
-        intent: &str,
-        text: &str,
-        context: &RecognizeContext,
-    ) -> BTreeMap<String, SlotValue> {
+    pub fn fill_slots(&self, intent: &str, text: &str, context: &RecognizeContext) -> BTreeMap<String, SlotValue> {
         let mut filled = BTreeMap::new();
         let Some(definition) = self.intents.get(intent) else {
             return filled;
@@ -469,8 +381,7 @@ impl Recognizer {
                 if filled.contains_key(&slot) {
                     continue;
                 }
-                let Some((_, type_name)) = definition.slots.iter().find(|(name, _)| *name == slot)
-                else {
+                let Some((_, type_name)) = definition.slots.iter().find(|(name, _)| *name == slot) else {
                     continue;
                 };
                 let Some(slot_type) = self.slot_types.get(type_name) else {
@@ -486,20 +397,13 @@ impl Recognizer {
                         .find(|value| value.span.start < range.end && range.start < value.span.end),
                 };
                 let value = whole_message.or_else(|| {
-                    extract_all(slot_type, &text[range.clone()], context)
-                        .into_iter()
-                        .next()
-                        .map(|mut value| {
-                            value.span =
-                                range.start + value.span.start..range.start + value.span.end;
-                            value
-                        })
+                    extract_all(slot_type, &text[range.clone()], context).into_iter().next().map(|mut value| {
+                        value.span = range.start + value.span.start..range.start + value.span.end;
+                        value
+                    })
                 });
                 if let Some(value) = value {
-                    if used
-                        .iter()
-                        .any(|other| value.span.start < other.end && other.start < value.span.end)
-                    {
+                    if used.iter().any(|other| value.span.start < other.end && other.start < value.span.end) {
                         continue;
                     }
                     used.push(value.span.clone());
@@ -511,11 +415,7 @@ impl Recognizer {
             if filled.contains_key(slot) || type_name == "text" {
                 continue;
             }
-            let same_type = definition
-                .slots
-                .iter()
-                .filter(|(_, other)| other == type_name)
-                .count();
+            let same_type = definition.slots.iter().filter(|(_, other)| other == type_name).count();
             if same_type != 1 {
                 continue;
             }
@@ -524,11 +424,7 @@ impl Recognizer {
             };
             if let Some(value) = extract_all(slot_type, text, context)
                 .into_iter()
-                .find(|value| {
-                    !used
-                        .iter()
-                        .any(|range| value.span.start < range.end && range.start < value.span.end)
-                })
+                .find(|value| !used.iter().any(|range| value.span.start < range.end && range.start < value.span.end))
             {
                 used.push(value.span.clone());
                 filled.insert(slot.clone(), value);
@@ -539,19 +435,11 @@ impl Recognizer {
 
     /// Fills one slot from a free answer to its prompt ("What day suits you?" → "next tuesday"), by the
     /// slot's type. `None` when the slot is unknown or the answer holds no value of its type.
-    pub fn extract_slot(
-        &self,
-        intent: &str,
-        slot: &str,
-        text: &str,
-        context: &RecognizeContext,
-    ) -> Option<SlotValue> {
+    pub fn extract_slot(&self, intent: &str, slot: &str, text: &str, context: &RecognizeContext) -> Option<SlotValue> {
         let definition = self.intents.get(intent)?;
         let (_, type_name) = definition.slots.iter().find(|(name, _)| name == slot)?;
         let slot_type = self.slot_types.get(type_name)?;
-        extract_all(slot_type, bounded(text), context)
-            .into_iter()
-            .next()
+        extract_all(slot_type, bounded(text), context).into_iter().next()
     }
 
     /// The compiled slot type with this name (built-in or custom).
@@ -577,9 +465,7 @@ fn builtin_types() -> HashMap<String, SlotType> {
     .collect()
 }
 
-fn compile_slot_types(
-    definition: &BotDefinition,
-) -> Result<HashMap<String, SlotType>, DefinitionError> {
+fn compile_slot_types(definition: &BotDefinition) -> Result<HashMap<String, SlotType>, DefinitionError> {
     let mut types = builtin_types();
     for (index, slot_type) in definition.slot_types.iter().enumerate() {
         let field = format!("slot_types[{index}]");
@@ -588,35 +474,20 @@ fn compile_slot_types(
             return Err(error(format!("{field}.name"), "must not be empty"));
         }
         if BuiltinType::from_name(name).is_some() {
-            return Err(error(
-                format!("{field}.name"),
-                format!("\"{name}\" is a built-in type; choose another name"),
-            ));
+            return Err(error(format!("{field}.name"), format!("\"{name}\" is a built-in type; choose another name")));
         }
         if types.contains_key(name) {
-            return Err(error(
-                format!("{field}.name"),
-                format!("duplicate slot type \"{name}\""),
-            ));
+            return Err(error(format!("{field}.name"), format!("duplicate slot type \"{name}\"")));
         }
         if slot_type.values.is_empty() {
-            return Err(error(
-                format!("{field}.values"),
-                "a list type needs at least one value",
-            ));
+            return Err(error(format!("{field}.values"), "a list type needs at least one value"));
         }
         for (value_index, value) in slot_type.values.iter().enumerate() {
             if value.value.trim().is_empty() {
-                return Err(error(
-                    format!("{field}.values[{value_index}].value"),
-                    "must not be empty",
-                ));
+                return Err(error(format!("{field}.values[{value_index}].value"), "must not be empty"));
             }
         }
-        types.insert(
-            name.to_string(),
-            SlotType::List(ListType::new(name, slot_type.values.clone())),
-        );
+        types.insert(name.to_string(), SlotType::List(ListType::new(name, slot_type.values.clone())));
     }
     Ok(types)
 }
@@ -629,10 +500,7 @@ fn expand_utterance(
     slot_types: &HashMap<String, SlotType>,
 ) -> Vec<AnnotatedText> {
     let samples_of = |slot: &str| -> Vec<String> {
-        let type_name = slots
-            .iter()
-            .find(|(name, _)| name == slot)
-            .map_or("text", |(_, type_name)| type_name.as_str());
+        let type_name = slots.iter().find(|(name, _)| name == slot).map_or("text", |(_, type_name)| type_name.as_str());
         match slot_types.get(type_name) {
             Some(SlotType::List(list)) => list
                 .values
@@ -640,10 +508,9 @@ fn expand_utterance(
                 .flat_map(|value| std::iter::once(&value.value).chain(&value.synonyms))
                 .cloned()
                 .collect(),
-            Some(SlotType::Builtin(builtin)) => builtin_samples(*builtin)
-                .iter()
-                .map(|sample| sample.to_string())
-                .collect(),
+            Some(SlotType::Builtin(builtin)) => {
+                builtin_samples(*builtin).iter().map(|sample| sample.to_string()).collect()
+            }
             None => vec!["something".to_string()],
         }
     };
@@ -655,16 +522,7 @@ fn expand_utterance(
         })
         .collect();
     let has_slots = pieces.iter().any(|piece| matches!(piece, Piece::Slot(_)));
-    let variants = if has_slots {
-        slot_pieces
-            .iter()
-            .map(Vec::len)
-            .max()
-            .unwrap_or(1)
-            .clamp(1, 8)
-    } else {
-        1
-    };
+    let variants = if has_slots { slot_pieces.iter().map(Vec::len).max().unwrap_or(1).clamp(1, 8) } else { 1 };
     let mut output = Vec::with_capacity(variants);
     for variant in 0..variants {
         let mut text = String::new();
@@ -673,19 +531,14 @@ fn expand_utterance(
             match piece {
                 Piece::Text(literal) => text.push_str(literal),
                 Piece::Slot(slot) => {
-                    let sample = samples
-                        .get(variant % samples.len().max(1))
-                        .map_or("something", String::as_str);
+                    let sample = samples.get(variant % samples.len().max(1)).map_or("something", String::as_str);
                     let start = text.len();
                     text.push_str(sample);
                     annotations.push((start..text.len(), slot.to_string()));
                 }
             }
         }
-        output.push(AnnotatedText {
-            text,
-            slots: annotations,
-        });
+        output.push(AnnotatedText { text, slots: annotations });
     }
     output
 }

@@ -112,12 +112,7 @@ fn digits_at(tokens: &[Token], start: usize) -> Option<NumberMatch> {
         value *= scale;
         end += 1;
     }
-    Some(NumberMatch {
-        start,
-        end,
-        value,
-        digits: true,
-    })
+    Some(NumberMatch { start, end, value, digits: true })
 }
 
 /// Parses a number written in words starting at `start`: "two hundred forty-five", "a thousand", "one
@@ -143,9 +138,7 @@ fn words_at(tokens: &[Token], start: usize) -> Option<NumberMatch> {
             // A unit may follow nothing, a round hundred ("two hundred five") or a round ten
             // ("twenty one"); "five six" and "ten five" are two numbers.
             let remainder = current % 100.0;
-            let joins = !seen_any
-                || remainder == 0.0
-                || (remainder >= 20.0 && remainder % 10.0 == 0.0 && value < 10.0);
+            let joins = !seen_any || remainder == 0.0 || (remainder >= 20.0 && remainder % 10.0 == 0.0 && value < 10.0);
             if !joins {
                 break;
             }
@@ -156,9 +149,7 @@ fn words_at(tokens: &[Token], start: usize) -> Option<NumberMatch> {
             }
             current += value;
             // "forty-five": the hyphen joins tens and units.
-            if tokens
-                .get(index + 1)
-                .is_some_and(|token| token.lower == "-")
+            if tokens.get(index + 1).is_some_and(|token| token.lower == "-")
                 && tokens
                     .get(index + 2)
                     .and_then(|token| unit_value(&token.lower))
@@ -176,9 +167,9 @@ fn words_at(tokens: &[Token], start: usize) -> Option<NumberMatch> {
             current = 0.0;
         } else if word == "and"
             && seen_any
-            && tokens.get(index + 1).is_some_and(|token| {
-                unit_value(&token.lower).is_some() || tens_value(&token.lower).is_some()
-            })
+            && tokens
+                .get(index + 1)
+                .is_some_and(|token| unit_value(&token.lower).is_some() || tens_value(&token.lower).is_some())
         {
             index += 1;
             continue;
@@ -192,12 +183,7 @@ fn words_at(tokens: &[Token], start: usize) -> Option<NumberMatch> {
     if !seen_any {
         return None;
     }
-    Some(NumberMatch {
-        start,
-        end,
-        value: total + current,
-        digits: false,
-    })
+    Some(NumberMatch { start, end, value: total + current, digits: false })
 }
 
 /// Parses a number (digits or words) starting exactly at token `start`.
@@ -275,78 +261,48 @@ pub fn find_money(tokens: &[Token]) -> Vec<MoneyMatch> {
     while index < tokens.len() {
         let word = tokens[index].lower.as_str();
         // Symbol or code first: "$20", "USD 40", "€ 15.50".
-        let prefix = currency_symbol(word)
-            .or_else(|| (word.len() == 3).then(|| currency_word(word)).flatten());
+        let prefix = currency_symbol(word).or_else(|| (word.len() == 3).then(|| currency_word(word)).flatten());
         if let Some(currency) = prefix
             && let Some(number) = number_at(tokens, index + 1)
         {
-            matches.push(MoneyMatch {
-                start: index,
-                end: number.end,
-                amount: number.value,
-                currency,
-            });
+            matches.push(MoneyMatch { start: index, end: number.end, amount: number.value, currency });
             index = number.end;
             continue;
         }
         if let Some(number) = number_at(tokens, index) {
             let mut end = number.end;
             // "20 canadian dollars", "20 us dollars".
-            if tokens.get(end).is_some_and(|token| {
-                matches!(token.lower.as_str(), "us" | "canadian" | "australian")
-            }) && tokens
-                .get(end + 1)
-                .is_some_and(|token| currency_word(&token.lower) == Some("USD"))
+            if tokens.get(end).is_some_and(|token| matches!(token.lower.as_str(), "us" | "canadian" | "australian"))
+                && tokens.get(end + 1).is_some_and(|token| currency_word(&token.lower) == Some("USD"))
             {
                 let currency = match tokens[end].lower.as_str() {
                     "canadian" => "CAD",
                     "australian" => "AUD",
                     _ => "USD",
                 };
-                matches.push(MoneyMatch {
-                    start: index,
-                    end: end + 2,
-                    amount: number.value,
-                    currency,
-                });
+                matches.push(MoneyMatch { start: index, end: end + 2, amount: number.value, currency });
                 index = end + 2;
                 continue;
             }
-            if let Some(currency) = tokens
-                .get(end)
-                .and_then(|token| currency_word(&token.lower))
-            {
+            if let Some(currency) = tokens.get(end).and_then(|token| currency_word(&token.lower)) {
                 end += 1;
                 let mut amount = number.value;
                 // "20 dollars and 50 cents".
                 if tokens.get(end).is_some_and(|token| token.lower == "and")
                     && let Some(cents) = number_at(tokens, end + 1)
-                    && tokens.get(cents.end).is_some_and(|token| {
-                        matches!(token.lower.as_str(), "cents" | "cent" | "pence")
-                    })
+                    && tokens
+                        .get(cents.end)
+                        .is_some_and(|token| matches!(token.lower.as_str(), "cents" | "cent" | "pence"))
                 {
                     amount += cents.value / 100.0;
                     end = cents.end + 1;
                 }
-                matches.push(MoneyMatch {
-                    start: index,
-                    end,
-                    amount,
-                    currency,
-                });
+                matches.push(MoneyMatch { start: index, end, amount, currency });
                 index = end;
                 continue;
             }
-            if tokens
-                .get(end)
-                .is_some_and(|token| matches!(token.lower.as_str(), "cents" | "cent"))
-            {
-                matches.push(MoneyMatch {
-                    start: index,
-                    end: end + 1,
-                    amount: number.value / 100.0,
-                    currency: "USD",
-                });
+            if tokens.get(end).is_some_and(|token| matches!(token.lower.as_str(), "cents" | "cent")) {
+                matches.push(MoneyMatch { start: index, end: end + 1, amount: number.value / 100.0, currency: "USD" });
                 index = end + 1;
                 continue;
             }
@@ -364,17 +320,11 @@ mod tests {
     use crate::text::tokenize_with_symbols;
 
     fn numbers(text: &str) -> Vec<f64> {
-        find_numbers(&tokenize_with_symbols(text))
-            .into_iter()
-            .map(|found| found.value)
-            .collect()
+        find_numbers(&tokenize_with_symbols(text)).into_iter().map(|found| found.value).collect()
     }
 
     fn money(text: &str) -> Vec<(f64, &'static str)> {
-        find_money(&tokenize_with_symbols(text))
-            .into_iter()
-            .map(|found| (found.amount, found.currency))
-            .collect()
+        find_money(&tokenize_with_symbols(text)).into_iter().map(|found| (found.amount, found.currency)).collect()
     }
 
     #[test]

@@ -32,13 +32,7 @@ pub fn sentiment(text: &str) -> Sentiment {
     let score = if text.trim().is_empty() {
         0.0
     } else {
-        ANALYZER.with(|analyzer| {
-            analyzer
-                .polarity_scores(text)
-                .get("compound")
-                .copied()
-                .unwrap_or(0.0)
-        })
+        ANALYZER.with(|analyzer| analyzer.polarity_scores(text).get("compound").copied().unwrap_or(0.0))
     };
     let score = if score.is_finite() { score } else { 0.0 };
     let label = if score >= 0.05 {
@@ -127,11 +121,7 @@ pub fn detect_language(text: &str) -> Language {
                 reliable: info.is_reliable(),
             }
         }
-        None => Language {
-            code: "und".to_string(),
-            confidence: 0.0,
-            reliable: false,
-        },
+        None => Language { code: "und".to_string(), confidence: 0.0, reliable: false },
     }
 }
 
@@ -141,32 +131,18 @@ mod tests {
 
     #[test]
     fn sentiment_labels() {
-        assert_eq!(
-            sentiment("I love this, thank you so much!").label,
-            SentimentLabel::Positive
-        );
-        assert_eq!(
-            sentiment("This is terrible, I'm furious").label,
-            SentimentLabel::Negative
-        );
-        assert_eq!(
-            sentiment("The package arrived on Tuesday.").label,
-            SentimentLabel::Neutral
-        );
+        assert_eq!(sentiment("I love this, thank you so much!").label, SentimentLabel::Positive);
+        assert_eq!(sentiment("This is terrible, I'm furious").label, SentimentLabel::Negative);
+        assert_eq!(sentiment("The package arrived on Tuesday.").label, SentimentLabel::Neutral);
         assert_eq!(sentiment("").score, 0.0);
     }
 
     #[test]
     fn languages() {
-        let english =
-            detect_language("I would like to book a table for four people tomorrow evening");
+        let english = detect_language("I would like to book a table for four people tomorrow evening");
         assert_eq!(english.code, "en");
         assert!(english.confidence > 0.0 && english.confidence <= 1.0);
-        assert_eq!(
-            detect_language("Je voudrais réserver une table pour quatre personnes demain soir")
-                .code,
-            "fr"
-        );
+        assert_eq!(detect_language("Je voudrais réserver une table pour quatre personnes demain soir").code, "fr");
         assert_eq!(detect_language("🙂🙂🙂").code, "und");
     }
 }

@@ -47,10 +47,7 @@ fn shape(text: &str) -> u8 {
             has_other = true;
         }
     }
-    u8::from(has_digit)
-        | (u8::from(has_upper) << 1)
-        | (u8::from(has_lower) << 2)
-        | (u8::from(has_other) << 3)
+    u8::from(has_digit) | (u8::from(has_upper) << 1) | (u8::from(has_lower) << 2) | (u8::from(has_other) << 3)
 }
 
 /// Hashed features of token `position`.
@@ -85,20 +82,15 @@ fn token_features(text: &str, tokens: &[Token], position: usize, output: &mut Ve
     push(8, &[word(-2), word(-1)]);
     push(9, &[word(1), word(2)]);
     let characters: Vec<char> = current.chars().collect();
-    let suffix: String = characters[characters.len().saturating_sub(3)..]
-        .iter()
-        .collect();
+    let suffix: String = characters[characters.len().saturating_sub(3)..].iter().collect();
     let prefix: String = characters[..characters.len().min(3)].iter().collect();
     push(10, &[&suffix]);
     push(11, &[&prefix]);
     let original = &text[tokens[position].span.clone()];
     let shape_text = shape(original).to_string();
     push(12, &[&shape_text]);
-    let previous_shape = if position > 0 {
-        shape(&text[tokens[position - 1].span.clone()]).to_string()
-    } else {
-        "-".to_string()
-    };
+    let previous_shape =
+        if position > 0 { shape(&text[tokens[position - 1].span.clone()]).to_string() } else { "-".to_string() };
     push(13, &[&previous_shape, &shape_text]);
 }
 
@@ -120,10 +112,8 @@ fn gold_labels(tokens: &[Token], slots: &[(Range<usize>, usize)]) -> Vec<usize> 
 impl SlotTagger {
     /// Trains on annotated texts for `epochs` passes.
     pub fn train(examples: &[AnnotatedText], epochs: usize) -> SlotTagger {
-        let mut slot_names: Vec<String> = examples
-            .iter()
-            .flat_map(|example| example.slots.iter().map(|(_, name)| name.clone()))
-            .collect();
+        let mut slot_names: Vec<String> =
+            examples.iter().flat_map(|example| example.slots.iter().map(|(_, name)| name.clone())).collect();
         slot_names.sort();
         slot_names.dedup();
         let label_count = 2 * slot_names.len() + 1;
@@ -139,12 +129,7 @@ impl SlotTagger {
             let slots: Vec<(Range<usize>, usize)> = example
                 .slots
                 .iter()
-                .filter_map(|(range, name)| {
-                    slot_names
-                        .binary_search(name)
-                        .ok()
-                        .map(|slot| (range.clone(), slot))
-                })
+                .filter_map(|(range, name)| slot_names.binary_search(name).ok().map(|slot| (range.clone(), slot)))
                 .collect();
             let labels = gold_labels(&tokens, &slots);
             let mut features = Vec::with_capacity(tokens.len());
@@ -198,16 +183,8 @@ impl SlotTagger {
                         }
                     }
                     for position in 0..gold.len() {
-                        let previous_gold = if position == 0 {
-                            0
-                        } else {
-                            gold[position - 1] + 1
-                        };
-                        let previous_predicted = if position == 0 {
-                            0
-                        } else {
-                            predicted[position - 1] + 1
-                        };
+                        let previous_gold = if position == 0 { 0 } else { gold[position - 1] + 1 };
+                        let previous_predicted = if position == 0 { 0 } else { predicted[position - 1] + 1 };
                         let gold_cell = previous_gold * label_count + gold[position];
                         let predicted_cell = previous_predicted * label_count + predicted[position];
                         if gold_cell != predicted_cell {
@@ -273,12 +250,10 @@ impl SlotTagger {
                 let mut best = (f32::NEG_INFINITY, 0);
                 for previous in 0..labels {
                     let previous_score = scores[(position - 1) * labels + previous];
-                    if previous_score == f32::NEG_INFINITY || !Self::allowed(Some(previous), label)
-                    {
+                    if previous_score == f32::NEG_INFINITY || !Self::allowed(Some(previous), label) {
                         continue;
                     }
-                    let candidate =
-                        previous_score + self.transitions[(previous + 1) * labels + label];
+                    let candidate = previous_score + self.transitions[(previous + 1) * labels + label];
                     if candidate > best.0 {
                         best = (candidate, previous);
                     }
@@ -288,11 +263,8 @@ impl SlotTagger {
             }
         }
         let last = &scores[(length - 1) * labels..length * labels];
-        let mut label = last
-            .iter()
-            .enumerate()
-            .max_by(|left, right| left.1.total_cmp(right.1))
-            .map_or(0, |(index, _)| index);
+        let mut label =
+            last.iter().enumerate().max_by(|left, right| left.1.total_cmp(right.1)).map_or(0, |(index, _)| index);
         let mut path = vec![0; length];
         for position in (0..length).rev() {
             path[position] = label;
@@ -311,10 +283,7 @@ impl SlotTagger {
         let features: Vec<Vec<usize>> = (0..tokens.len())
             .map(|position| {
                 token_features(text, &tokens, position, &mut scratch);
-                scratch
-                    .iter()
-                    .filter_map(|key| self.feature_index.get(key).copied())
-                    .collect()
+                scratch.iter().filter_map(|key| self.feature_index.get(key).copied()).collect()
             })
             .collect();
         let labels = self.decode_indices(&features);
@@ -344,10 +313,7 @@ mod tests {
     fn annotate(template: &str, value: &str, slot: &str) -> AnnotatedText {
         let start = template.find("{}").unwrap();
         let text = template.replacen("{}", value, 1);
-        AnnotatedText {
-            slots: vec![(start..start + value.len(), slot.to_string())],
-            text,
-        }
+        AnnotatedText { slots: vec![(start..start + value.len(), slot.to_string())], text }
     }
 
     #[test]
@@ -355,11 +321,7 @@ mod tests {
         let mut examples = Vec::new();
         for value in ["four", "2", "ten", "six people", "12"] {
             examples.push(annotate("book a table for {}", value, "party_size"));
-            examples.push(annotate(
-                "i need a reservation for {} tonight",
-                value,
-                "party_size",
-            ));
+            examples.push(annotate("i need a reservation for {} tonight", value, "party_size"));
         }
         let tagger = SlotTagger::train(&examples, 10);
         let text = "book a table for three";

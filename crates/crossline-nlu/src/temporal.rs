@@ -10,9 +10,7 @@
 //! - a time alone in a date-time slot is the next occurrence of that time; a date alone is its midnight;
 //! - numeric dates follow the region: month first for US-style regions, day first elsewhere.
 
-use chrono::{
-    DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc, Weekday,
-};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc, Weekday};
 use chrono_tz::Tz;
 
 use crate::numbers::{is_digits, number_at};
@@ -100,10 +98,7 @@ fn month_of(text: &str) -> Option<u32> {
 
 /// Words that are also ordinary English and count as dates only next to a date word.
 fn is_ambiguous_name(text: &str) -> bool {
-    matches!(
-        text,
-        "sun" | "sat" | "mon" | "wed" | "may" | "mar" | "jan" | "dec" | "sep"
-    )
+    matches!(text, "sun" | "sat" | "mon" | "wed" | "may" | "mar" | "jan" | "dec" | "sep")
 }
 
 fn ordinal_word(text: &str) -> Option<u32> {
@@ -175,9 +170,7 @@ fn year_at(tokens: &[Token], index: usize) -> Option<(i32, usize)> {
     let text = word(tokens, position);
     if is_digits(text) && text.len() == 4 {
         let year: i32 = text.parse().ok()?;
-        return (1900..=2200)
-            .contains(&year)
-            .then_some((year, position + 1));
+        return (1900..=2200).contains(&year).then_some((year, position + 1));
     }
     None
 }
@@ -242,13 +235,7 @@ fn count_at(tokens: &[Token], index: usize) -> Option<(f64, usize)> {
 fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<Found<NaiveDate>> {
     let today = context.today();
     let first = word(tokens, index);
-    let found = |end: usize, value: NaiveDate| {
-        Some(Found {
-            start: index,
-            end,
-            value,
-        })
-    };
+    let found = |end: usize, value: NaiveDate| Some(Found { start: index, end, value });
     match first {
         "today" | "tonight" | "tonite" | "2day" => return found(index + 1, today),
         "tomorrow" | "tomorow" | "tommorow" | "tommorrow" | "tmrw" | "tmr" | "tomorrows" => {
@@ -261,10 +248,7 @@ fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<
     let after_the = if first == "the" { index + 1 } else { index };
     if word(tokens, after_the) == "day"
         && word(tokens, after_the + 1) == "after"
-        && matches!(
-            word(tokens, after_the + 2),
-            "tomorrow" | "tomorow" | "tommorow"
-        )
+        && matches!(word(tokens, after_the + 2), "tomorrow" | "tomorow" | "tommorow")
     {
         return found(after_the + 3, today + Duration::days(2));
     }
@@ -305,8 +289,7 @@ fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<
                 return found(index + 2, add_months(first_of_month, direction as i32));
             }
             "weekend" => {
-                let saturday_offset =
-                    (5 - today.weekday().num_days_from_monday() as i64).rem_euclid(7);
+                let saturday_offset = (5 - today.weekday().num_days_from_monday() as i64).rem_euclid(7);
                 let mut saturday = today + Duration::days(saturday_offset);
                 if first == "next" && saturday_offset < 2 {
                     saturday += Duration::days(7);
@@ -323,15 +306,10 @@ fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<
     }
     // Bare weekday.
     if let Some(weekday) = weekday_of(first) {
-        let previous = if index > 0 {
-            word(tokens, index - 1)
-        } else {
-            ""
-        };
+        let previous = if index > 0 { word(tokens, index - 1) } else { "" };
         if !is_ambiguous_name(first) || matches!(previous, "on" | "by" | "until" | "for") {
-            let ahead = (weekday.num_days_from_monday() as i64
-                - today.weekday().num_days_from_monday() as i64)
-                .rem_euclid(7);
+            let ahead =
+                (weekday.num_days_from_monday() as i64 - today.weekday().num_days_from_monday() as i64).rem_euclid(7);
             return found(index + 1, today + Duration::days(ahead));
         }
     }
@@ -348,11 +326,7 @@ fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<
     {
         let tail = word(tokens, after + 1);
         if tail == "from" && matches!(word(tokens, after + 2), "now" | "today" | "tomorrow") {
-            let base = if word(tokens, after + 2) == "tomorrow" {
-                today + Duration::days(1)
-            } else {
-                today
-            };
+            let base = if word(tokens, after + 2) == "tomorrow" { today + Duration::days(1) } else { today };
             return found(after + 3, shift(base, count.round() as i64, &unit));
         }
         if tail == "ago" {
@@ -367,11 +341,8 @@ fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<
         && first.len() == 4
         && word(tokens, index + 1) == "-"
         && word(tokens, index + 3) == "-"
-        && let (Ok(year), Ok(month), Ok(day)) = (
-            first.parse::<i32>(),
-            word(tokens, index + 2).parse::<u32>(),
-            word(tokens, index + 4).parse::<u32>(),
-        )
+        && let (Ok(year), Ok(month), Ok(day)) =
+            (first.parse::<i32>(), word(tokens, index + 2).parse::<u32>(), word(tokens, index + 4).parse::<u32>())
         && let Some(date) = NaiveDate::from_ymd_opt(year, month, day)
     {
         return found(index + 5, date);
@@ -385,15 +356,10 @@ fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<
         && tokens[index + 1].span.start == tokens[index].span.end
     {
         let separator = word(tokens, index + 1).to_string();
-        let (Ok(left), Ok(right)) = (first.parse::<u32>(), word(tokens, index + 2).parse::<u32>())
-        else {
+        let (Ok(left), Ok(right)) = (first.parse::<u32>(), word(tokens, index + 2).parse::<u32>()) else {
             return None;
         };
-        let (month, day) = if context.day_first {
-            (right, left)
-        } else {
-            (left, right)
-        };
+        let (month, day) = if context.day_first { (right, left) } else { (left, right) };
         let mut end = index + 3;
         let mut year = None;
         if word(tokens, end) == separator && is_digits(word(tokens, end + 1)) {
@@ -426,9 +392,7 @@ fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<
         }
         if let Some((day, end, _)) = day_number_at(tokens, position) {
             return match year_at(tokens, end) {
-                Some((year, end)) => {
-                    NaiveDate::from_ymd_opt(year, month, day).and_then(|date| found(end, date))
-                }
+                Some((year, end)) => NaiveDate::from_ymd_opt(year, month, day).and_then(|date| found(end, date)),
                 None => upcoming(today, month, day).and_then(|date| found(end, date)),
             };
         }
@@ -446,9 +410,7 @@ fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<
         if let Some(month) = month_of(word(tokens, month_position)) {
             let end = month_position + 1;
             return match year_at(tokens, end) {
-                Some((year, end)) => {
-                    NaiveDate::from_ymd_opt(year, month, day).and_then(|date| found(end, date))
-                }
+                Some((year, end)) => NaiveDate::from_ymd_opt(year, month, day).and_then(|date| found(end, date)),
                 None => upcoming(today, month, day).and_then(|date| found(end, date)),
             };
         }
@@ -481,11 +443,7 @@ fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<
 
 /// A lone "5th" counts as a date after "on"/"by"/"until"/"for" or when it is the whole answer.
 fn ordinal_day_context(tokens: &[Token], index: usize) -> bool {
-    index == 0
-        || matches!(
-            word(tokens, index - 1),
-            "on" | "by" | "until" | "for" | "before" | "after"
-        )
+    index == 0 || matches!(word(tokens, index - 1), "on" | "by" | "until" | "for" | "before" | "after")
 }
 
 /// am/pm marker at `index`: "am", "pm", "a.m.", "p.m.". Returns (is pm, end).
@@ -494,11 +452,7 @@ fn meridiem_at(tokens: &[Token], index: usize) -> Option<(bool, usize)> {
         "am" => Some((false, index + 1)),
         "pm" => Some((true, index + 1)),
         "a" | "p" if word(tokens, index + 1) == "." && word(tokens, index + 2) == "m" => {
-            let end = if word(tokens, index + 3) == "." {
-                index + 4
-            } else {
-                index + 3
-            };
+            let end = if word(tokens, index + 3) == "." { index + 4 } else { index + 3 };
             Some((word(tokens, index) == "p", end))
         }
         _ => None,
@@ -549,11 +503,7 @@ fn day_part_after(tokens: &[Token], index: usize) -> Option<(bool, usize)> {
 fn time_at(tokens: &[Token], index: usize) -> Option<Found<NaiveTime>> {
     let first = word(tokens, index);
     let make = |end: usize, hour: u32, minute: u32| {
-        NaiveTime::from_hms_opt(hour, minute, 0).map(|value| Found {
-            start: index,
-            end,
-            value,
-        })
+        NaiveTime::from_hms_opt(hour, minute, 0).map(|value| Found { start: index, end, value })
     };
     match first {
         "noon" | "midday" => return make(index + 1, 12, 0),
@@ -573,9 +523,7 @@ fn time_at(tokens: &[Token], index: usize) -> Option<Found<NaiveTime>> {
                 };
                 let minutes = if first == "half" { 30 } else { 15 };
                 let mut hour = hour;
-                if let Some((pm, after)) =
-                    meridiem_at(tokens, end).or_else(|| day_part_after(tokens, end))
-                {
+                if let Some((pm, after)) = meridiem_at(tokens, end).or_else(|| day_part_after(tokens, end)) {
                     hour = apply_meridiem(hour, pm)?;
                     end = after;
                 } else if (1..=7).contains(&hour) {
@@ -612,18 +560,15 @@ fn time_at(tokens: &[Token], index: usize) -> Option<Found<NaiveTime>> {
         }
         let mut end = number.end;
         let mut minute = 0;
-        if let Some(minutes) = number_at(tokens, end)
-            .filter(|minutes| !minutes.digits && minutes.value >= 10.0 && minutes.value < 60.0)
+        if let Some(minutes) =
+            number_at(tokens, end).filter(|minutes| !minutes.digits && minutes.value >= 10.0 && minutes.value < 60.0)
         {
             minute = minutes.value as u32;
             end = minutes.end;
         }
         if let Some((pm, after)) = meridiem_at(tokens, end)
             .or_else(|| day_part_after(tokens, end))
-            .or_else(|| {
-                (word(tokens, end) == "o" && word(tokens, end + 2) == "clock")
-                    .then(|| (hour <= 7, end + 3))
-            })
+            .or_else(|| (word(tokens, end) == "o" && word(tokens, end + 2) == "clock").then(|| (hour <= 7, end + 3)))
         {
             return make(after, apply_meridiem(hour, pm)?, minute);
         }
@@ -654,31 +599,19 @@ fn time_at(tokens: &[Token], index: usize) -> Option<Found<NaiveTime>> {
     if let Some((pm, after)) = meridiem_at(tokens, end).or_else(|| day_part_after(tokens, end)) {
         return make(after, apply_meridiem(hour, pm)?, minute);
     }
-    if word(tokens, end) == "o" && word(tokens, end + 1) == "'" && word(tokens, end + 2) == "clock"
-    {
-        let hour = if (1..=7).contains(&hour) {
-            hour + 12
-        } else {
-            hour
-        };
+    if word(tokens, end) == "o" && word(tokens, end + 1) == "'" && word(tokens, end + 2) == "clock" {
+        let hour = if (1..=7).contains(&hour) { hour + 12 } else { hour };
         return make(end + 3, hour, minute);
     }
     if has_minutes {
         // 24-hour clock, or business hours for "at 3:30".
-        let hour = if (1..=7).contains(&hour) && index > 0 && word(tokens, index - 1) == "at" {
-            hour + 12
-        } else {
-            hour
-        };
+        let hour =
+            if (1..=7).contains(&hour) && index > 0 && word(tokens, index - 1) == "at" { hour + 12 } else { hour };
         return make(end, hour, minute);
     }
     // "at 3": business hours.
     if index > 0 && matches!(word(tokens, index - 1), "at" | "around" | "by") && hour <= 12 {
-        let hour = if (1..=7).contains(&hour) {
-            hour + 12
-        } else {
-            hour
-        };
+        let hour = if (1..=7).contains(&hour) { hour + 12 } else { hour };
         return make(end, hour, minute);
     }
     None
@@ -724,13 +657,7 @@ pub fn find_times(tokens: &[Token]) -> Vec<Found<NaiveTime>> {
     if !times.is_empty() {
         return times;
     }
-    scan(tokens, |index| {
-        day_part_time(word(tokens, index)).map(|value| Found {
-            start: index,
-            end: index + 1,
-            value,
-        })
-    })
+    scan(tokens, |index| day_part_time(word(tokens, index)).map(|value| Found { start: index, end: index + 1, value }))
 }
 
 fn duration_unit(text: &str) -> Option<f64> {
@@ -764,8 +691,7 @@ fn duration_term_at(tokens: &[Token], index: usize) -> Option<(f64, usize)> {
     }
     let mut seconds = count * unit;
     let mut end = after + 1;
-    if word(tokens, end) == "and" && word(tokens, end + 1) == "a" && word(tokens, end + 2) == "half"
-    {
+    if word(tokens, end) == "and" && word(tokens, end + 1) == "a" && word(tokens, end + 2) == "half" {
         seconds += unit / 2.0;
         end += 3;
     }
@@ -788,11 +714,7 @@ fn duration_at(tokens: &[Token], index: usize) -> Option<Found<f64>> {
             None => break,
         }
     }
-    Some(Found {
-        start: index,
-        end,
-        value: total,
-    })
+    Some(Found { start: index, end, value: total })
 }
 
 /// All durations, in seconds.
@@ -810,21 +732,13 @@ pub fn find_datetimes(tokens: &[Token], context: &TemporalContext) -> Vec<Found<
     while index < tokens.len() {
         let text = word(tokens, index);
         if text == "now" && !(index > 0 && word(tokens, index - 1) == "from") {
-            results.push(Found {
-                start: index,
-                end: index + 1,
-                value: context.now.with_timezone(&context.time_zone),
-            });
+            results.push(Found { start: index, end: index + 1, value: context.now.with_timezone(&context.time_zone) });
         } else if text == "in"
             && let Some(duration) = duration_at(tokens, index + 1)
             && duration.value < 86_400.0
         {
             let instant = context.now + Duration::seconds(duration.value.round() as i64);
-            results.push(Found {
-                start: index,
-                end: duration.end,
-                value: instant.with_timezone(&context.time_zone),
-            });
+            results.push(Found { start: index, end: duration.end, value: instant.with_timezone(&context.time_zone) });
             index = duration.end;
             continue;
         }
@@ -833,9 +747,7 @@ pub fn find_datetimes(tokens: &[Token], context: &TemporalContext) -> Vec<Found<
     let dates = find_dates(tokens, context);
     let times = find_times(tokens);
     let overlaps = |start: usize, end: usize, taken: &[Found<DateTime<Tz>>]| {
-        taken
-            .iter()
-            .any(|item| start < item.end && item.start < end)
+        taken.iter().any(|item| start < item.end && item.start < end)
     };
     let mut used_times = vec![false; times.len()];
     for date in &dates {
@@ -851,11 +763,7 @@ pub fn find_datetimes(tokens: &[Token], context: &TemporalContext) -> Vec<Found<
         let (start, end, time) = match partner {
             Some((position, time)) => {
                 used_times[position] = true;
-                (
-                    date.start.min(time.start),
-                    date.end.max(time.end),
-                    time.value,
-                )
+                (date.start.min(time.start), date.end.max(time.end), time.value)
             }
             None => {
                 // "tonight" as a date carries its time.
@@ -870,11 +778,7 @@ pub fn find_datetimes(tokens: &[Token], context: &TemporalContext) -> Vec<Found<
                 }
             }
         };
-        results.push(Found {
-            start,
-            end,
-            value: context.localize(date.value.and_time(time)),
-        });
+        results.push(Found { start, end, value: context.localize(date.value.and_time(time)) });
     }
     for (position, time) in times.iter().enumerate() {
         if used_times[position] || overlaps(time.start, time.end, &results) {
@@ -884,11 +788,7 @@ pub fn find_datetimes(tokens: &[Token], context: &TemporalContext) -> Vec<Found<
         if time.value <= now_local.time() {
             date += Duration::days(1);
         }
-        results.push(Found {
-            start: time.start,
-            end: time.end,
-            value: context.localize(date.and_time(time.value)),
-        });
+        results.push(Found { start: time.start, end: time.end, value: context.localize(date.and_time(time.value)) });
     }
     results.sort_by_key(|item| item.start);
     results
@@ -909,27 +809,19 @@ mod tests {
     }
 
     fn date(text: &str) -> Option<String> {
-        find_dates(&tokenize_with_symbols(text), &context())
-            .first()
-            .map(|found| found.value.to_string())
+        find_dates(&tokenize_with_symbols(text), &context()).first().map(|found| found.value.to_string())
     }
 
     fn time(text: &str) -> Option<String> {
-        find_times(&tokenize_with_symbols(text))
-            .first()
-            .map(|found| found.value.format("%H:%M").to_string())
+        find_times(&tokenize_with_symbols(text)).first().map(|found| found.value.format("%H:%M").to_string())
     }
 
     fn datetime(text: &str) -> Option<String> {
-        find_datetimes(&tokenize_with_symbols(text), &context())
-            .first()
-            .map(|found| found.value.to_rfc3339())
+        find_datetimes(&tokenize_with_symbols(text), &context()).first().map(|found| found.value.to_rfc3339())
     }
 
     fn duration(text: &str) -> Option<f64> {
-        find_durations(&tokenize_with_symbols(text))
-            .first()
-            .map(|found| found.value)
+        find_durations(&tokenize_with_symbols(text)).first().map(|found| found.value)
     }
 
     #[test]
@@ -937,10 +829,7 @@ mod tests {
         assert_eq!(date("tomorrow please").as_deref(), Some("2026-11-24"));
         assert_eq!(date("can we do it tommorow").as_deref(), Some("2026-11-24"));
         assert_eq!(date("today").as_deref(), Some("2026-11-23"));
-        assert_eq!(
-            date("the day after tomorrow").as_deref(),
-            Some("2026-11-25")
-        );
+        assert_eq!(date("the day after tomorrow").as_deref(), Some("2026-11-25"));
         assert_eq!(date("next tuesday").as_deref(), Some("2026-11-24"));
         assert_eq!(date("next monday").as_deref(), Some("2026-11-30"));
         assert_eq!(date("on friday").as_deref(), Some("2026-11-27"));
@@ -963,10 +852,7 @@ mod tests {
         assert_eq!(date("march 3rd").as_deref(), Some("2027-03-03"));
         assert_eq!(date("December 24").as_deref(), Some("2026-12-24"));
         assert_eq!(date("3rd of march 2028").as_deref(), Some("2028-03-03"));
-        assert_eq!(
-            date("the twenty-first of december").as_deref(),
-            Some("2026-12-21")
-        );
+        assert_eq!(date("the twenty-first of december").as_deref(), Some("2026-12-21"));
         assert_eq!(date("12/24").as_deref(), Some("2026-12-24"));
         assert_eq!(date("12/24/2027").as_deref(), Some("2027-12-24"));
         assert_eq!(date("2027-01-15").as_deref(), Some("2027-01-15"));
@@ -988,10 +874,7 @@ mod tests {
         assert_eq!(time("9 a.m.").as_deref(), Some("09:00"));
         assert_eq!(time("12am").as_deref(), Some("00:00"));
         assert_eq!(time("half past 2").as_deref(), Some("14:30"));
-        assert_eq!(
-            time("quarter to 9 in the morning").as_deref(),
-            Some("08:45")
-        );
+        assert_eq!(time("quarter to 9 in the morning").as_deref(), Some("08:45"));
         assert_eq!(time("7 in the evening").as_deref(), Some("19:00"));
         assert_eq!(time("at 10").as_deref(), Some("10:00"));
         assert_eq!(time("seven pm").as_deref(), Some("19:00"));
@@ -1002,34 +885,13 @@ mod tests {
 
     #[test]
     fn date_times() {
-        assert_eq!(
-            datetime("next tuesday at 3pm").as_deref(),
-            Some("2026-11-24T15:00:00-05:00")
-        );
-        assert_eq!(
-            datetime("tomorrow morning").as_deref(),
-            Some("2026-11-24T09:00:00-05:00")
-        );
-        assert_eq!(
-            datetime("at noon").as_deref(),
-            Some("2026-11-23T12:00:00-05:00")
-        );
-        assert_eq!(
-            datetime("at 9am").as_deref(),
-            Some("2026-11-24T09:00:00-05:00")
-        );
-        assert_eq!(
-            datetime("in 2 hours").as_deref(),
-            Some("2026-11-23T12:00:00-05:00")
-        );
-        assert_eq!(
-            datetime("3pm on december 1st").as_deref(),
-            Some("2026-12-01T15:00:00-05:00")
-        );
-        assert_eq!(
-            datetime("tonight").as_deref(),
-            Some("2026-11-23T20:00:00-05:00")
-        );
+        assert_eq!(datetime("next tuesday at 3pm").as_deref(), Some("2026-11-24T15:00:00-05:00"));
+        assert_eq!(datetime("tomorrow morning").as_deref(), Some("2026-11-24T09:00:00-05:00"));
+        assert_eq!(datetime("at noon").as_deref(), Some("2026-11-23T12:00:00-05:00"));
+        assert_eq!(datetime("at 9am").as_deref(), Some("2026-11-24T09:00:00-05:00"));
+        assert_eq!(datetime("in 2 hours").as_deref(), Some("2026-11-23T12:00:00-05:00"));
+        assert_eq!(datetime("3pm on december 1st").as_deref(), Some("2026-12-01T15:00:00-05:00"));
+        assert_eq!(datetime("tonight").as_deref(), Some("2026-11-23T20:00:00-05:00"));
     }
 
     #[test]

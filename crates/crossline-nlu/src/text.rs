@@ -58,10 +58,7 @@ pub fn tokenize(text: &str) -> Vec<Token> {
 }
 
 fn make_token(text: &str, start: usize, end: usize) -> Token {
-    Token {
-        lower: text[start..end].to_lowercase(),
-        span: start..end,
-    }
+    Token { lower: text[start..end].to_lowercase(), span: start..end }
 }
 
 /// Splits text into tokens for the slot tagger: words as in [`tokenize`], plus single punctuation characters
@@ -99,9 +96,7 @@ pub struct StableHasher {
 impl StableHasher {
     /// A hasher seeded with a namespace, so that equal strings in different feature families differ.
     pub fn new(namespace: u8) -> Self {
-        let mut hasher = StableHasher {
-            state: 0xcbf2_9ce4_8422_2325,
-        };
+        let mut hasher = StableHasher { state: 0xcbf2_9ce4_8422_2325 };
         hasher.write_byte(namespace);
         hasher
     }
@@ -153,9 +148,7 @@ pub fn bounded_edit_distance(left: &str, right: &str, limit: usize) -> usize {
         let mut row_minimum = current[0];
         for (column, right_char) in right.iter().enumerate() {
             let substitution = previous[column] + usize::from(left_char != right_char);
-            current[column + 1] = substitution
-                .min(previous[column + 1] + 1)
-                .min(current[column] + 1);
+            current[column + 1] = substitution.min(previous[column + 1] + 1).min(current[column] + 1);
             row_minimum = row_minimum.min(current[column + 1]);
         }
         if row_minimum > limit {

@@ -18,18 +18,12 @@ fn unknown_slot_type_is_named() {
         ],
         "slot_types": [{"name": "account", "values": [{"value": "checking"}]}]
     }));
-    assert_eq!(
-        message,
-        "intents[2].slots[0].type: unknown slot type \"acount\""
-    );
+    assert_eq!(message, "intents[2].slots[0].type: unknown slot type \"acount\"");
 }
 
 #[test]
 fn other_errors_are_named() {
-    assert_eq!(
-        error_of(json!({"intents": []})),
-        "intents: a bot needs at least one intent"
-    );
+    assert_eq!(error_of(json!({"intents": []})), "intents: a bot needs at least one intent");
     assert_eq!(
         error_of(json!({"intents": [{"name": "a", "utterances": ["for {size}"]}]})),
         "intents[0].utterances[0]: slot {size} is not declared in intents[0].slots"
@@ -43,9 +37,7 @@ fn other_errors_are_named() {
         "intents[0].utterances: an intent needs at least one non-empty utterance"
     );
     assert_eq!(
-        error_of(
-            json!({"intents": [{"name": "a", "utterances": ["x"]}, {"name": "a", "utterances": ["y"]}]})
-        ),
+        error_of(json!({"intents": [{"name": "a", "utterances": ["x"]}, {"name": "a", "utterances": ["y"]}]})),
         "intents[1].name: duplicate intent name \"a\""
     );
     assert_eq!(
@@ -59,9 +51,7 @@ fn other_errors_are_named() {
         "slot_types[0].values: a list type needs at least one value"
     );
     assert_eq!(
-        error_of(
-            json!({"intents": [{"name": "a", "utterances": ["x"]}], "out_of_scope_threshold": 2.0})
-        ),
+        error_of(json!({"intents": [{"name": "a", "utterances": ["x"]}], "out_of_scope_threshold": 2.0})),
         "out_of_scope_threshold: must be between 0 and 1"
     );
 }

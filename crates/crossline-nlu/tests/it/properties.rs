@@ -29,9 +29,7 @@ fn say_number(value: u32) -> String {
         "eighteen",
         "nineteen",
     ];
-    const TENS: [&str; 10] = [
-        "", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
-    ];
+    const TENS: [&str; 10] = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"];
     let mut parts = Vec::new();
     if value >= 1000 {
         parts.push(format!("{} thousand", say_number(value / 1000)));
@@ -45,11 +43,7 @@ fn say_number(value: u32) -> String {
         if small.is_multiple_of(10) {
             parts.push(TENS[(small / 10) as usize].to_string());
         } else {
-            parts.push(format!(
-                "{}-{}",
-                TENS[(small / 10) as usize],
-                UNITS[(small % 10) as usize]
-            ));
+            parts.push(format!("{}-{}", TENS[(small / 10) as usize], UNITS[(small % 10) as usize]));
         }
     } else if small > 0 || parts.is_empty() {
         parts.push(UNITS[small as usize].to_string());

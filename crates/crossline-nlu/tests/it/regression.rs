@@ -94,10 +94,7 @@ fn held_out_accuracy_does_not_regress() {
     }
     let accuracy = correct as f64 / HELD_OUT.len() as f64;
     // Measured 1.0 when written; allow one miss.
-    assert!(
-        accuracy >= 0.94,
-        "accuracy {accuracy:.3}; misses: {misses:#?}"
-    );
+    assert!(accuracy >= 0.94, "accuracy {accuracy:.3}; misses: {misses:#?}");
 }
 
 #[test]
@@ -122,17 +119,11 @@ fn slots_are_filled_in_context() {
 
     let recognition = model.recognize("transfer $20 to my current account", &context);
     assert_eq!(recognition.intent.unwrap().name, "transfer_money");
-    assert_eq!(
-        recognition.slots["amount"].value,
-        json!({"amount": 20.0, "currency": "USD"})
-    );
+    assert_eq!(recognition.slots["amount"].value, json!({"amount": 20.0, "currency": "USD"}));
     assert_eq!(recognition.slots["account"].value, json!("checking"));
 
     let recognition = model.recognize("email me at Jane.Doe@Example.com", &context);
-    assert_eq!(
-        recognition.slots["email"].value,
-        json!("jane.doe@example.com")
-    );
+    assert_eq!(recognition.slots["email"].value, json!("jane.doe@example.com"));
 }
 
 #[test]
@@ -145,32 +136,17 @@ fn elicited_slot_answers_are_understood() {
     assert_eq!(size.unwrap().value, json!(5));
     let account = model.extract_slot("transfer_money", "account", "savngs", &context);
     assert_eq!(account.unwrap().value, json!("savings"));
-    assert!(
-        model
-            .extract_slot("book_table", "date", "no idea", &context)
-            .is_none()
-    );
-    assert!(
-        model
-            .extract_slot("book_table", "nope", "tomorrow", &context)
-            .is_none()
-    );
+    assert!(model.extract_slot("book_table", "date", "no idea", &context).is_none());
+    assert!(model.extract_slot("book_table", "nope", "tomorrow", &context).is_none());
 }
 
 #[test]
 fn unrelated_messages_are_out_of_scope() {
     let model = train(&restaurant_bot()).unwrap();
     let context = context();
-    for text in [
-        "what's the capital of mongolia",
-        "tell me a joke about cats",
-    ] {
+    for text in ["what's the capital of mongolia", "tell me a joke about cats"] {
         let recognition = model.recognize(text, &context);
-        assert!(
-            recognition.intent.is_none(),
-            "{text:?} → {:?}",
-            recognition.intent
-        );
+        assert!(recognition.intent.is_none(), "{text:?} → {:?}", recognition.intent);
         assert!(!recognition.alternatives.is_empty());
     }
 }
@@ -179,10 +155,7 @@ fn unrelated_messages_are_out_of_scope() {
 fn every_message_gets_sentiment_and_language() {
     let model = train(&restaurant_bot()).unwrap();
     let recognition = model.recognize("I love this place, thank you so much!", &context());
-    assert_eq!(
-        recognition.sentiment.label,
-        crossline_nlu::SentimentLabel::Positive
-    );
+    assert_eq!(recognition.sentiment.label, crossline_nlu::SentimentLabel::Positive);
     assert_eq!(recognition.language.code, "en");
     let json = serde_json::to_value(&recognition).unwrap();
     assert!(json["sentiment"]["score"].is_number());
@@ -194,4 +167,14 @@ fn models_can_be_shared_across_threads() {
     fn assert_send_sync<T: Send + Sync + 'static>() {}
     assert_send_sync::<crossline_nlu::Recognizer>();
     assert_send_sync::<crossline_nlu::Recognition>();
+}
+
+#[test]
+fn training_is_deterministic() {
+    let first = train(&restaurant_bot()).unwrap();
+    let second = train(&restaurant_bot()).unwrap();
+    let context = context();
+    for (text, _) in HELD_OUT {
+        assert_eq!(first.recognize(text, &context), second.recognize(text, &context));
+    }
 }
