@@ -33,13 +33,18 @@ pub fn request_token(headers: &HeaderMap) -> Option<String> {
 
 /// The console session cookie's token.
 pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    request_cookie(headers, SESSION_COOKIE)
+}
+
+/// A cookie's value from the request.
+pub fn request_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .find(|(key, _)| *key == name)
         .map(|(_, value)| value.to_owned())
 }
 

@@ -6,11 +6,11 @@
 //! `crossline_workspace` cookie remembers.
 
 use super::error::ConsoleError;
-use crate::auth::{Caller, SESSION_COOKIE, caller_for_token, session_cookie};
+use crate::auth::{Caller, SESSION_COOKIE, caller_for_token, request_cookie, session_cookie};
 use crate::state::AppState;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use crossline_store::Workspace;
 
@@ -72,18 +72,6 @@ pub fn cookie(name: &str, value: &str, secure: bool, max_age: Option<u32>) -> St
 pub fn is_cookie_safe(token: &str) -> bool {
     !token.is_empty()
         && token.bytes().all(|byte| byte.is_ascii_graphic() && !matches!(byte, b'"' | b',' | b';' | b'\\'))
-}
-
-/// A cookie's value from the request.
-fn request_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value.to_owned())
 }
 
 /// The `workspace` query parameter, if the request has one.
