@@ -117,12 +117,22 @@ pub async fn apply_batch<T: IngestTx>(
         }
     }
     let owners = if wanted.is_empty() { HashMap::new() } else { tx.identity_owners(workspace_id, &wanted).await? };
-    let mut owner_ids: Vec<String> = owners.values().cloned().collect::<HashSet<_>>().into_iter().collect();
-    owner_ids.sort();
-    let loaded = if owner_ids.is_empty() { Vec::new() } else { tx.load_profiles(workspace_id, &owner_ids).await? };
+    // Profile state is read (and its JSON parsed) only where an event may change the profile: a
+    // `track` by a known user needs nothing but the owner's id. Anything missed here is loaded
+    // on demand by `ensure_loaded`.
+    let mut needed: HashSet<&String> = HashSet::new();
+    for (event, _) in events.iter().zip(&fresh).filter(|(_, fresh)| **fresh) {
+        if may_change_profile(event) {
+            needed
+                .extend(event.identities.iter().chain(&event.previous_ids).filter_map(|identity| owners.get(identity)));
+        }
+    }
+    let mut needed: Vec<String> = needed.into_iter().cloned().collect();
+    needed.sort();
+    let loaded = if needed.is_empty() { Vec::new() } else { tx.load_profiles(workspace_id, &needed).await? };
 
     let mut state = Resolution {
-        stored: loaded.iter().map(|profile| profile.id.clone()).collect(),
+        stored: owners.values().cloned().collect(),
         profiles: loaded.into_iter().map(|profile| (profile.id.clone(), profile)).collect(),
         dirty: HashSet::new(),
         redirect: HashMap::new(),
@@ -191,6 +201,34 @@ pub async fn apply_batch<T: IngestTx>(
     Ok(results)
 }
 
+/// Whether applying the event may need the profile's state: it sets traits or consent, or names
+/// more than one identity (a new identity to attach, or a merge).
+fn may_change_profile(event: &NormalizedEvent) -> bool {
+    !event.traits.is_empty() || !event.consent.is_empty() || event.identities.len() + event.previous_ids.len() > 1
+}
+
+/// Load the state of stored profiles not loaded yet.
+async fn ensure_loaded<T: IngestTx>(
+    tx: &mut T,
+    workspace_id: &str,
+    ids: &[String],
+    state: &mut Resolution<'_>,
+) -> StoreResult<()> {
+    let missing: Vec<String> = ids.iter().filter(|id| !state.profiles.contains_key(*id)).cloned().collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    for profile in tx.load_profiles(workspace_id, &missing).await? {
+        state.profiles.insert(profile.id.clone(), profile);
+    }
+    match missing.iter().find(|id| !state.profiles.contains_key(*id)) {
+        // An identity pointing at a profile that is not live: the graph is inconsistent, so stop
+        // rather than attach events to nothing.
+        Some(id) => Err(crate::StoreError::Backend(format!("identity owner {id} is not a live profile"))),
+        None => Ok(()),
+    }
+}
+
 async fn apply_event<'a, T: IngestTx>(
     tx: &mut T,
     workspace_id: &str,
@@ -218,6 +256,7 @@ async fn apply_event<'a, T: IngestTx>(
         }
         1 => candidates.remove(0),
         _ => {
+            ensure_loaded(tx, workspace_id, &candidates, state).await?;
             let survivor = candidates
                 .iter()
                 .filter_map(|id| state.profiles.get(id))
@@ -248,7 +287,15 @@ async fn apply_event<'a, T: IngestTx>(
             changed = true;
         }
     }
-    let profile = state.profiles.get_mut(&profile_id).expect("the resolved profile is loaded");
+    if changed || !event.traits.is_empty() || !event.consent.is_empty() {
+        ensure_loaded(tx, workspace_id, std::slice::from_ref(&profile_id), state).await?;
+    } else {
+        // Nothing about the profile changes; its state is not needed.
+        state.rows.push(event_row(event, &profile_id));
+        state.rows.append(&mut state.merge_rows);
+        return Ok((profile_id, merged));
+    }
+    let profile = state.profiles.get_mut(&profile_id).expect("ensure_loaded loaded it");
     if !event.traits.is_empty() {
         changed |= profile.apply_traits(&event.traits, event.timestamp);
     }
@@ -261,9 +308,15 @@ async fn apply_event<'a, T: IngestTx>(
         state.dirty.insert(profile_id.clone());
     }
 
-    state.rows.push(EventRow {
+    state.rows.push(event_row(event, &profile_id));
+    state.rows.append(&mut state.merge_rows);
+    Ok((profile_id, merged))
+}
+
+fn event_row<'a>(event: &'a NormalizedEvent, profile_id: &str) -> EventRow<'a> {
+    EventRow {
         message_id: event.message_id.clone(),
-        profile_id: profile_id.clone(),
+        profile_id: profile_id.to_owned(),
         kind: event.kind,
         name: event.name.as_deref(),
         properties: std::borrow::Cow::Borrowed(&event.properties),
@@ -271,9 +324,7 @@ async fn apply_event<'a, T: IngestTx>(
         timestamp: event.timestamp,
         received_at: event.received_at,
         channel: &event.channel,
-    });
-    state.rows.append(&mut state.merge_rows);
-    Ok((profile_id, merged))
+    }
 }
 
 async fn merge<'a, T: IngestTx>(
