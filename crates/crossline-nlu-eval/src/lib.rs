@@ -80,6 +80,15 @@ pub struct EvalArgs {
     /// Keep only this ensemble member (for experiments).
     #[arg(long, hide = true)]
     pub only_member: Option<usize>,
+    /// Add a network member with this many hidden units (for experiments).
+    #[arg(long, hide = true)]
+    pub mlp_hidden: Option<usize>,
+    /// Network epochs (for experiments).
+    #[arg(long, hide = true)]
+    pub mlp_epochs: Option<usize>,
+    /// Network learning rate (for experiments).
+    #[arg(long, hide = true)]
+    pub mlp_rate: Option<f32>,
     /// Override the minimum document frequency (for experiments).
     #[arg(long, hide = true)]
     pub minimum_documents: Option<usize>,
@@ -124,6 +133,16 @@ fn settings_from(args: &EvalArgs) -> IntentSettings {
     }
     if let Some(member) = args.only_member {
         settings.members = vec![settings.members[member].clone()];
+    }
+    if let Some(hidden) = args.mlp_hidden {
+        let mut mlp = crossline_nlu::mlp::MlpSettings { hidden, ..Default::default() };
+        if let Some(epochs) = args.mlp_epochs {
+            mlp.epochs = epochs;
+        }
+        if let Some(rate) = args.mlp_rate {
+            mlp.learning_rate = rate;
+        }
+        settings.mlp = Some(mlp);
     }
     settings.features.skip_bigrams |= args.skip_bigrams;
     settings.features.char_cross_words |= args.char_cross_words;

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::classifier::{ClassifierSettings, Loss, SoftmaxClassifier, TrainingReport};
 use crate::features::{FeaturePipeline, FeatureSettings, PreparedText};
+use crate::mlp::{MlpClassifier, MlpSettings};
 use crate::text::bounded;
 
 /// The label that marks out-of-scope training examples. A bot that provides examples under this label gets
@@ -23,6 +24,8 @@ pub struct IntentSettings {
     pub features: FeatureSettings,
     /// The linear models trained on the shared features; their calibrated probabilities are averaged.
     pub members: Vec<ClassifierSettings>,
+    /// Add a one-hidden-layer network as a further member.
+    pub mlp: Option<MlpSettings>,
 }
 
 impl Default for IntentSettings {
@@ -41,6 +44,7 @@ impl Default for IntentSettings {
                     ..ClassifierSettings::default()
                 },
             ],
+            mlp: Some(MlpSettings::default()),
         }
     }
 }
@@ -81,6 +85,8 @@ pub struct IntentClassifier {
     pipeline: FeaturePipeline,
     /// Each member with its softmax temperature.
     members: Vec<(SoftmaxClassifier, f32)>,
+    /// Optional network member with its temperature.
+    mlp: Option<(MlpClassifier, f32)>,
     labels: Vec<String>,
     out_of_scope_index: Option<usize>,
     report: TrainingReport,
@@ -113,8 +119,14 @@ impl IntentClassifier {
         // Members train concurrently (each is deterministic on its own, so the result does not depend on
         // scheduling): on two cores the ensemble costs little more than its slowest member.
         let dimension = pipeline.dimension();
+        let mut mlp = None;
         let trained: Vec<(SoftmaxClassifier, TrainingReport)> =
             std::thread::scope(|scope| {
+                let mlp_handle = settings.mlp.as_ref().map(|mlp_settings| {
+                    let (vectors, targets) = (&vectors, &targets);
+                    let classes = labels.len();
+                    scope.spawn(move || MlpClassifier::train(vectors, targets, classes, dimension, mlp_settings))
+                });
                 let handles: Vec<_> = settings
                     .members
                     .iter()
@@ -135,6 +147,12 @@ impl IntentClassifier {
                         SoftmaxClassifier::train(&vectors, &targets, labels.len(), dimension, member)
                     }));
                 }
+                if let Some(handle) = mlp_handle {
+                    mlp = handle
+                        .join()
+                        .ok()
+                        .map(|network| (network, settings.mlp.as_ref().map_or(1.0, |mlp| mlp.temperature)));
+                }
                 trained
             });
         for ((classifier, member_report), member) in trained.into_iter().zip(&settings.members) {
@@ -144,7 +162,7 @@ impl IntentClassifier {
             members.push((classifier, member.temperature));
         }
         let out_of_scope_index = labels.iter().position(|label| label == OUT_OF_SCOPE_LABEL);
-        IntentClassifier { pipeline, members, labels, out_of_scope_index, report }
+        IntentClassifier { pipeline, members, mlp, labels, out_of_scope_index, report }
     }
 
     /// The in-scope intent names the classifier knows.
@@ -158,13 +176,22 @@ impl IntentClassifier {
 
     /// The softmax temperatures of the ensemble members.
     pub fn temperatures(&self) -> Vec<f32> {
-        self.members.iter().map(|(_, temperature)| *temperature).collect()
+        self.members
+            .iter()
+            .map(|(_, temperature)| *temperature)
+            .chain(self.mlp.iter().map(|(_, temperature)| *temperature))
+            .collect()
     }
 
     /// Sets the members' temperatures (as returned by [`IntentClassifier::temperatures`] of a model fitted
     /// on the same data); extra or invalid values are ignored.
     pub fn set_temperatures(&mut self, temperatures: &[f32]) {
-        for ((_, temperature), value) in self.members.iter_mut().zip(temperatures) {
+        let slots = self
+            .members
+            .iter_mut()
+            .map(|(_, temperature)| temperature)
+            .chain(self.mlp.iter_mut().map(|(_, temperature)| temperature));
+        for (temperature, value) in slots.zip(temperatures) {
             if value.is_finite() && *value > 0.0 {
                 *temperature = *value;
             }
@@ -191,6 +218,11 @@ impl IntentClassifier {
                 vectors.iter().map(|(vector, label)| (classifier.logits(vector), *label)).collect();
             *temperature = fit_temperature(&rows);
         }
+        if let Some((network, temperature)) = &mut self.mlp {
+            let rows: Vec<(Vec<f32>, usize)> =
+                vectors.iter().map(|(vector, label)| (network.logits(vector), *label)).collect();
+            *temperature = fit_temperature(&rows);
+        }
     }
 
     /// How training went.
@@ -212,7 +244,19 @@ impl IntentClassifier {
                 *sum += probability;
             }
         }
-        let member_count = self.members.len().max(1) as f32;
+        if let Some((network, temperature)) = &self.mlp {
+            let mut logits = network.logits(&vector);
+            let maximum = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for logit in &mut logits {
+                *logit = ((*logit - maximum) / temperature).exp();
+                sum += *logit;
+            }
+            for (total, value) in probabilities.iter_mut().zip(&logits) {
+                *total += value / sum;
+            }
+        }
+        let member_count = (self.members.len() + usize::from(self.mlp.is_some())).max(1) as f32;
         for probability in &mut probabilities {
             *probability /= member_count;
         }

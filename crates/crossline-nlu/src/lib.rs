@@ -28,6 +28,7 @@ pub mod classifier;
 pub mod entities;
 pub mod features;
 pub mod intent;
+pub mod mlp;
 pub mod model;
 pub mod numbers;
 pub mod signals;
