@@ -89,6 +89,12 @@ pub struct EvalArgs {
     /// Network learning rate (for experiments).
     #[arg(long, hide = true)]
     pub mlp_rate: Option<f32>,
+    /// Leave the network member out (for experiments).
+    #[arg(long, hide = true)]
+    pub no_mlp: bool,
+    /// Keep only the network member (for experiments).
+    #[arg(long, hide = true)]
+    pub only_mlp: bool,
     /// Override the minimum document frequency (for experiments).
     #[arg(long, hide = true)]
     pub minimum_documents: Option<usize>,
@@ -105,13 +111,19 @@ fn read_all(paths: &[PathBuf]) -> anyhow::Result<Vec<Example>> {
 fn settings_from(args: &EvalArgs) -> IntentSettings {
     let mut settings = IntentSettings::default();
     if let Some(value) = args.l2_penalty {
-        settings.members[0].l2_penalty = value;
+        if let Some(member) = settings.members.get_mut(0) {
+            member.l2_penalty = value;
+        }
     }
     if let Some(value) = args.learning_rate {
-        settings.members[0].learning_rate = value;
+        if let Some(member) = settings.members.get_mut(0) {
+            member.learning_rate = value;
+        }
     }
     if let Some(value) = args.max_epochs {
-        settings.members[0].max_epochs = value;
+        if let Some(member) = settings.members.get_mut(0) {
+            member.max_epochs = value;
+        }
     }
     if let Some(value) = args.char_max_n {
         settings.features.char_max_n = value;
@@ -126,13 +138,20 @@ fn settings_from(args: &EvalArgs) -> IntentSettings {
         settings.features.word_max_n = value;
     }
     if let Some(value) = args.tolerance {
-        settings.members[0].tolerance = value;
+        if let Some(member) = settings.members.get_mut(0) {
+            member.tolerance = value;
+        }
     }
     if let Some(cost) = args.svm_cost {
-        settings.members[1].svm_cost = cost;
+        if let Some(member) = settings.members.get_mut(1) {
+            member.svm_cost = cost;
+        }
+    }
+    if let Some(member) = settings.members.get_mut(0) {
+        member.average |= args.average;
     }
     if let Some(member) = args.only_member {
-        settings.members = vec![settings.members[member].clone()];
+        settings.members = settings.members.get(member).cloned().into_iter().collect();
     }
     if let Some(hidden) = args.mlp_hidden {
         let mut mlp = crossline_nlu::mlp::MlpSettings { hidden, ..Default::default() };
@@ -144,9 +163,14 @@ fn settings_from(args: &EvalArgs) -> IntentSettings {
         }
         settings.mlp = Some(mlp);
     }
+    if args.no_mlp {
+        settings.mlp = None;
+    }
+    if args.only_mlp {
+        settings.members.clear();
+    }
     settings.features.skip_bigrams |= args.skip_bigrams;
     settings.features.char_cross_words |= args.char_cross_words;
-    settings.members[0].average |= args.average;
     if let Some(value) = args.minimum_documents {
         settings.features.minimum_documents = value;
     }
