@@ -357,7 +357,7 @@ async fn lookup(args: LookupArgs) -> anyhow::Result<()> {
     };
     let existing = store.workspace_stats(&workspace.id, 1).await?.profiles as usize;
     let started = Instant::now();
-    let chunk = 5_000;
+    let chunk = 2_000; // well under the 500 KB request limit that parse_request enforces
     let mut next = existing;
     while next < args.profiles {
         let end = (next + chunk).min(args.profiles);

@@ -83,7 +83,8 @@ fn open_writer(path: &Path) -> StoreResult<Connection> {
          PRAGMA busy_timeout = 5000;
          PRAGMA cache_size = -32000;
          PRAGMA temp_store = MEMORY;
-         PRAGMA wal_autocheckpoint = 0;",
+         PRAGMA wal_autocheckpoint = 0;
+         PRAGMA journal_size_limit = 67108864;",
     )?;
     migrate(&mut conn)?;
     Ok(conn)
@@ -186,9 +187,13 @@ fn checkpoint_loop(path: &Path, stop: &mpsc::Receiver<()>) {
         }
     };
     let _ = conn.execute_batch("PRAGMA busy_timeout = 1000;");
-    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(std::time::Duration::from_millis(500)) {
-        if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %err, "WAL checkpoint failed; retrying");
+    let mut pause = std::time::Duration::from_millis(500);
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(pause) {
+        // (busy, frames in the WAL, frames copied): while copying lags behind, go again at once.
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))) {
+            Ok((logged, copied)) if copied < logged => pause = std::time::Duration::from_millis(5),
+            Ok(_) => pause = std::time::Duration::from_millis(500),
+            Err(err) => tracing::warn!(error = %err, "WAL checkpoint failed; retrying"),
         }
     }
     let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
