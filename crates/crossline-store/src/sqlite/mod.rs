@@ -190,7 +190,9 @@ fn checkpoint_loop(path: &Path, stop: &mpsc::Receiver<()>) {
     let mut pause = std::time::Duration::from_millis(500);
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(pause) {
         // (busy, frames in the WAL, frames copied): while copying lags behind, go again at once.
-        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))) {
+        match conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?)))
+        {
             Ok((logged, copied)) if copied < logged => pause = std::time::Duration::from_millis(5),
             Ok(_) => pause = std::time::Duration::from_millis(500),
             Err(err) => tracing::warn!(error = %err, "WAL checkpoint failed; retrying"),
