@@ -110,20 +110,20 @@ fn read_all(paths: &[PathBuf]) -> anyhow::Result<Vec<Example>> {
 
 fn settings_from(args: &EvalArgs) -> IntentSettings {
     let mut settings = IntentSettings::default();
-    if let Some(value) = args.l2_penalty {
-        if let Some(member) = settings.members.get_mut(0) {
-            member.l2_penalty = value;
-        }
+    if let Some(value) = args.l2_penalty
+        && let Some(member) = settings.members.get_mut(0)
+    {
+        member.l2_penalty = value;
     }
-    if let Some(value) = args.learning_rate {
-        if let Some(member) = settings.members.get_mut(0) {
-            member.learning_rate = value;
-        }
+    if let Some(value) = args.learning_rate
+        && let Some(member) = settings.members.get_mut(0)
+    {
+        member.learning_rate = value;
     }
-    if let Some(value) = args.max_epochs {
-        if let Some(member) = settings.members.get_mut(0) {
-            member.max_epochs = value;
-        }
+    if let Some(value) = args.max_epochs
+        && let Some(member) = settings.members.get_mut(0)
+    {
+        member.max_epochs = value;
     }
     if let Some(value) = args.char_max_n {
         settings.features.char_max_n = value;
@@ -137,15 +137,15 @@ fn settings_from(args: &EvalArgs) -> IntentSettings {
     if let Some(value) = args.word_max_n {
         settings.features.word_max_n = value;
     }
-    if let Some(value) = args.tolerance {
-        if let Some(member) = settings.members.get_mut(0) {
-            member.tolerance = value;
-        }
+    if let Some(value) = args.tolerance
+        && let Some(member) = settings.members.get_mut(0)
+    {
+        member.tolerance = value;
     }
-    if let Some(cost) = args.svm_cost {
-        if let Some(member) = settings.members.get_mut(1) {
-            member.svm_cost = cost;
-        }
+    if let Some(cost) = args.svm_cost
+        && let Some(member) = settings.members.get_mut(1)
+    {
+        member.svm_cost = cost;
     }
     if let Some(member) = settings.members.get_mut(0) {
         member.average |= args.average;
