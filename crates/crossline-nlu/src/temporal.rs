@@ -280,8 +280,16 @@ fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<
         let direction = if first == "last" { -1 } else { 1 };
         match second {
             "week" if first != "this" => {
-                // The Monday of the next (or previous) week.
+                // The Monday of the next (or previous) week, or the named day in it ("next week on friday").
                 let monday = today - Duration::days(today.weekday().num_days_from_monday() as i64);
+                let mut day_position = index + 2;
+                if word(tokens, day_position) == "on" {
+                    day_position += 1;
+                }
+                if let Some(weekday) = weekday_of(word(tokens, day_position)) {
+                    let offset = 7 * direction + weekday.num_days_from_monday() as i64;
+                    return found(day_position + 1, monday + Duration::days(offset));
+                }
                 return found(index + 2, monday + Duration::days(7 * direction));
             }
             "month" if first != "this" => {
@@ -304,9 +312,13 @@ fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<
         let offset = (5 - today.weekday().num_days_from_monday() as i64).rem_euclid(7);
         return found(end, today + Duration::days(offset));
     }
-    // Bare weekday.
+    // Bare weekday, or "tuesday next week".
     if let Some(weekday) = weekday_of(first) {
         let previous = if index > 0 { word(tokens, index - 1) } else { "" };
+        if word(tokens, index + 1) == "next" && word(tokens, index + 2) == "week" {
+            let monday = today - Duration::days(today.weekday().num_days_from_monday() as i64);
+            return found(index + 3, monday + Duration::days(7 + weekday.num_days_from_monday() as i64));
+        }
         if !is_ambiguous_name(first) || matches!(previous, "on" | "by" | "until" | "for") {
             let ahead =
                 (weekday.num_days_from_monday() as i64 - today.weekday().num_days_from_monday() as i64).rem_euclid(7);
@@ -490,6 +502,7 @@ fn day_part_after(tokens: &[Token], index: usize) -> Option<(bool, usize)> {
         ("in", "the") => (word(tokens, index + 2), index + 3),
         ("this" | "tomorrow" | "in", _) => (second, index + 2),
         ("at", "night") => ("night", index + 2),
+        ("tonight" | "tonite", _) => ("night", index + 1),
         _ => return None,
     };
     match part.0 {
@@ -843,6 +856,8 @@ mod tests {
         assert_eq!(date("next week").as_deref(), Some("2026-11-30"));
         assert_eq!(date("next month").as_deref(), Some("2026-12-01"));
         assert_eq!(date("this weekend").as_deref(), Some("2026-11-28"));
+        assert_eq!(date("tuesday next week").as_deref(), Some("2026-12-01"));
+        assert_eq!(date("next week on friday").as_deref(), Some("2026-12-04"));
     }
 
     #[test]
@@ -880,6 +895,8 @@ mod tests {
         assert_eq!(time("seven pm").as_deref(), Some("19:00"));
         assert_eq!(time("5 o'clock").as_deref(), Some("17:00"));
         assert_eq!(time("in the morning").as_deref(), Some("09:00"));
+        assert_eq!(time("8 tonight").as_deref(), Some("20:00"));
+        assert_eq!(time("at 7:30 tonight").as_deref(), Some("19:30"));
         assert_eq!(time("I have 3 kids"), None);
     }
 
@@ -892,6 +909,7 @@ mod tests {
         assert_eq!(datetime("in 2 hours").as_deref(), Some("2026-11-23T12:00:00-05:00"));
         assert_eq!(datetime("3pm on december 1st").as_deref(), Some("2026-12-01T15:00:00-05:00"));
         assert_eq!(datetime("tonight").as_deref(), Some("2026-11-23T20:00:00-05:00"));
+        assert_eq!(datetime("friday next week at 9am").as_deref(), Some("2026-12-04T09:00:00-05:00"));
     }
 
     #[test]
