@@ -64,7 +64,7 @@ impl Default for ClassifierSettings {
 }
 
 /// What happened during training.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainingReport {
     /// Passes over the data.
     pub epochs: usize,
@@ -75,7 +75,7 @@ pub struct TrainingReport {
 }
 
 /// A trained softmax classifier.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SoftmaxClassifier {
     classes: usize,
     /// Row-major `[feature][class]`, so one feature's weights for all classes are contiguous.

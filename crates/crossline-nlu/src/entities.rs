@@ -35,7 +35,7 @@ impl RecognizeContext {
 }
 
 /// The built-in slot types of the contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum BuiltinType {
     /// A JSON number.
     Number,
@@ -101,7 +101,7 @@ pub struct ListValue {
 }
 
 /// A compiled custom list type.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ListType {
     /// Type name.
     pub name: String,
@@ -177,7 +177,7 @@ impl ListType {
 }
 
 /// A slot type: built-in or custom list.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum SlotType {
     /// A contract built-in.
     Builtin(BuiltinType),

@@ -69,7 +69,7 @@ impl Hasher for PassThroughHasher {
 type KeyMap = HashMap<u64, u32, BuildHasherDefault<PassThroughHasher>>;
 
 /// Vocabulary of hashed n-gram keys with inverse document frequencies, shared by the n-gram extractors.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct NgramVocabulary {
     index_of: KeyMap,
     inverse_document_frequency: Vec<f32>,
@@ -140,7 +140,7 @@ impl NgramVocabulary {
 }
 
 /// Word n-grams (unigrams and bigrams by default) with sentence-boundary markers, TF-IDF weighted.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct WordNgrams {
     /// Longest n-gram.
     pub max_n: usize,
@@ -222,7 +222,7 @@ impl FeatureExtractor for WordNgrams {
 
 /// Character n-grams inside word boundaries (each word padded with a space on both sides), TF-IDF weighted.
 /// They make the classifier robust to typos, inflections and unseen compounds.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CharNgrams {
     /// Shortest n-gram, in characters.
     pub min_n: usize,
@@ -353,17 +353,44 @@ impl Default for FeatureSettings {
     }
 }
 
+/// The feature extractors a pipeline can hold. A closed list (rather than boxed trait objects) keeps
+/// trained models serialisable; a new family (sentence embeddings behind a cargo feature) is a new variant
+/// implementing [`FeatureExtractor`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum FeatureBlock {
+    /// Word n-grams.
+    Words(WordNgrams),
+    /// Character n-grams.
+    Characters(CharNgrams),
+}
+
+impl FeatureBlock {
+    fn extractor(&self) -> &dyn FeatureExtractor {
+        match self {
+            FeatureBlock::Words(extractor) => extractor,
+            FeatureBlock::Characters(extractor) => extractor,
+        }
+    }
+
+    fn extractor_mut(&mut self) -> &mut dyn FeatureExtractor {
+        match self {
+            FeatureBlock::Words(extractor) => extractor,
+            FeatureBlock::Characters(extractor) => extractor,
+        }
+    }
+}
+
 /// The ordered list of extractors with their block weights.
-#[derive(Debug)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct FeaturePipeline {
-    extractors: Vec<(Box<dyn FeatureExtractor>, f32)>,
+    extractors: Vec<(FeatureBlock, f32)>,
     offsets: Vec<u32>,
     dimension: usize,
 }
 
 impl FeaturePipeline {
     /// A pipeline from extractors and block weights; call [`FeaturePipeline::fit`] before use.
-    pub fn new(extractors: Vec<(Box<dyn FeatureExtractor>, f32)>) -> Self {
+    pub fn new(extractors: Vec<(FeatureBlock, f32)>) -> Self {
         FeaturePipeline { extractors, offsets: Vec::new(), dimension: 0 }
     }
 
@@ -371,14 +398,14 @@ impl FeaturePipeline {
     pub fn from_settings(settings: &FeatureSettings) -> Self {
         FeaturePipeline::new(vec![
             (
-                Box::new(WordNgrams {
+                FeatureBlock::Words(WordNgrams {
                     skip_bigrams: settings.skip_bigrams,
                     ..WordNgrams::new(settings.word_max_n, settings.minimum_documents)
                 }),
                 settings.word_weight,
             ),
             (
-                Box::new(CharNgrams {
+                FeatureBlock::Characters(CharNgrams {
                     cross_words: settings.char_cross_words,
                     ..CharNgrams::new(settings.char_min_n, settings.char_max_n, settings.minimum_documents)
                 }),
@@ -391,7 +418,8 @@ impl FeaturePipeline {
     pub fn fit(&mut self, texts: &[PreparedText<'_>]) {
         self.offsets.clear();
         let mut offset = 0usize;
-        for (extractor, _) in &mut self.extractors {
+        for (block, _) in &mut self.extractors {
+            let extractor = block.extractor_mut();
             extractor.fit(texts);
             self.offsets.push(offset as u32);
             offset += extractor.dimension();
@@ -406,7 +434,7 @@ impl FeaturePipeline {
 
     /// Names and sizes of the blocks, for reports.
     pub fn blocks(&self) -> Vec<(&'static str, usize)> {
-        self.extractors.iter().map(|(extractor, _)| (extractor.name(), extractor.dimension())).collect()
+        self.extractors.iter().map(|(block, _)| (block.extractor().name(), block.extractor().dimension())).collect()
     }
 
     /// The feature vector of a text.
@@ -415,7 +443,7 @@ impl FeaturePipeline {
         let mut block = Vec::new();
         for ((extractor, weight), offset) in self.extractors.iter().zip(&self.offsets) {
             block.clear();
-            extractor.transform(text, &mut block);
+            extractor.extractor().transform(text, &mut block);
             block.sort_unstable_by_key(|(index, _)| *index);
             for (index, value) in &block {
                 vector.indices.push(offset + index);

@@ -80,7 +80,7 @@ impl IntentScores {
 }
 
 /// A trained intent classifier.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct IntentClassifier {
     pipeline: FeaturePipeline,
     /// Each member with its softmax temperature.

@@ -41,7 +41,7 @@ impl Default for MlpSettings {
 }
 
 /// A trained network.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct MlpClassifier {
     classes: usize,
     hidden: usize,

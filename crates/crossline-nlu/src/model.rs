@@ -154,7 +154,7 @@ const BACKGROUND_EXAMPLES: &[&str] = &[
 ];
 
 /// A trained bot model.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Recognizer {
     classifier: IntentClassifier,
     threshold: f32,
@@ -163,7 +163,7 @@ pub struct Recognizer {
     slot_types: HashMap<String, SlotType>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct IntentSlots {
     slots: Vec<(String, String)>,
     tagger: Option<SlotTagger>,

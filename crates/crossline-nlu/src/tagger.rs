@@ -20,7 +20,7 @@ pub struct AnnotatedText {
 }
 
 /// A trained tagger.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SlotTagger {
     /// Label 0 is "outside"; then B and I labels per slot: 2k+1 = B-slot k, 2k+2 = I-slot k.
     slot_names: Vec<String>,

@@ -178,3 +178,14 @@ fn training_is_deterministic() {
         assert_eq!(first.recognize(text, &context), second.recognize(text, &context));
     }
 }
+
+#[test]
+fn trained_models_survive_serialisation() {
+    let model = train(&restaurant_bot()).unwrap();
+    let stored = serde_json::to_string(&model).unwrap();
+    let restored: crossline_nlu::Recognizer = serde_json::from_str(&stored).unwrap();
+    let context = context();
+    for text in HELD_OUT.iter().map(|(text, _)| *text).chain(["book a table for four next monday at 7pm"]) {
+        assert_eq!(model.recognize(text, &context), restored.recognize(text, &context));
+    }
+}
