@@ -1,9 +1,12 @@
 //! The embedded backend: SQLite in WAL mode with `synchronous=FULL`.
 //!
 //! One writer thread owns the only write connection. Ingest requests that arrive while it is busy
-//! are committed together in one transaction (one fsync for the group, each request in its own
-//! savepoint so one failing request cannot fail the others), and each request is answered only
-//! after that commit. Reads use a small pool of read-only connections on the blocking pool, which
+//! are committed together in one transaction (each request in its own savepoint, so one failing
+//! request cannot fail the others). Commits are pipelined: the writer commits with
+//! `synchronous=NORMAL` (frames written to the WAL, not yet synced) and hands the group's answers
+//! to a sync thread, which fsyncs the WAL and only then answers, while the writer goes on with the
+//! next group. An answered request is therefore exactly as durable as with `synchronous=FULL`, and
+//! one fsync covers every group that committed while the previous one was syncing. Reads use a small pool of read-only connections on the blocking pool, which
 //! WAL lets run beside the writer.
 
 mod statements;
@@ -30,12 +33,18 @@ const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sq
 /// Most events committed in one group; bounds the time a group holds the write lock.
 const MAX_GROUP_EVENTS: usize = 20_000;
 
-type WriteFn = Box<dyn FnOnce(&mut Connection) + Send>;
+/// Answers a request once its commit is durable; given the fsync error, if there was one.
+type Deliver = Box<dyn FnOnce(Option<String>) + Send>;
+
+type WriteFn = Box<dyn FnOnce(&mut Connection) -> Deliver + Send>;
 
 enum Command {
     Ingest {
         workspace_id: String,
         events: Vec<NormalizedEvent>,
+        // `properties` and `context` of each event as JSON text, made by the caller's thread so the
+        // writer thread (the serial part) does not have to.
+        json: Vec<(String, String)>,
         reply: oneshot::Sender<StoreResult<Vec<IngestedEvent>>>,
     },
     Write(WriteFn),
@@ -79,7 +88,7 @@ fn open_writer(path: &Path) -> StoreResult<Connection> {
     let mut conn = Connection::open(path)?;
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
-         PRAGMA synchronous = FULL;
+         PRAGMA synchronous = NORMAL;
          PRAGMA busy_timeout = 5000;
          PRAGMA cache_size = -32000;
          PRAGMA temp_store = MEMORY;
@@ -122,10 +131,17 @@ impl SqliteStore {
         let conn = tokio::task::spawn_blocking(move || open_writer(&writer_path))
             .await
             .map_err(|err| StoreError::Backend(err.to_string()))??;
+        let wal_path = wal_path(path);
+        sync_file(&wal_path, &mut None).map_err(StoreError::Backend)?;
+        let (to_sync, pending) = mpsc::channel::<Deliver>();
+        std::thread::Builder::new()
+            .name("sqlite-sync".into())
+            .spawn(move || sync_loop(&wal_path, &pending))
+            .map_err(|err| StoreError::Backend(err.to_string()))?;
         let (sender, receiver) = mpsc::channel();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, receiver))
+            .spawn(move || writer_loop(conn, receiver, to_sync))
             .map_err(|err| StoreError::Backend(err.to_string()))?;
         let (checkpointer, stop) = mpsc::channel::<()>();
         let checkpoint_path = path.to_owned();
@@ -152,7 +168,15 @@ impl SqliteStore {
                 tx.commit()?;
                 Ok(value)
             })();
-            let _ = reply.send(result);
+            Box::new(move |sync_error: Option<String>| {
+                let result = match (result, sync_error) {
+                    (Ok(_), Some(err)) => {
+                        Err(StoreError::Backend(format!("the write could not be made durable: {err}")))
+                    }
+                    (result, _) => result,
+                };
+                let _ = reply.send(result);
+            })
         });
         self.writer
             .send(Command::Write(command))
@@ -201,7 +225,48 @@ fn checkpoint_loop(path: &Path, stop: &mpsc::Receiver<()>) {
     let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
 }
 
-fn writer_loop(mut conn: Connection, commands: mpsc::Receiver<Command>) {
+fn wal_path(database: &Path) -> PathBuf {
+    let mut name = database.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+/// fsync the WAL. A missing WAL holds nothing to make durable.
+fn sync_file(path: &Path, file: &mut Option<std::fs::File>) -> Result<(), String> {
+    if file.is_none() {
+        match std::fs::File::open(path) {
+            Ok(opened) => *file = Some(opened),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(format!("cannot open {}: {err}", path.display())),
+        }
+    }
+    match file.as_ref().map(std::fs::File::sync_data) {
+        Some(Err(err)) => {
+            *file = None;
+            Err(format!("fsync of {} failed: {err}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Make committed groups durable, then answer them. Groups that committed while the previous fsync
+/// ran share the next one.
+fn sync_loop(path: &Path, pending: &mpsc::Receiver<Deliver>) {
+    let mut file = None;
+    while let Ok(first) = pending.recv() {
+        let mut ready = vec![first];
+        ready.extend(pending.try_iter());
+        let error = sync_file(path, &mut file).err();
+        if let Some(err) = &error {
+            tracing::error!(error = %err, "WAL fsync failed; the affected requests are answered with an error");
+        }
+        for deliver in ready {
+            deliver(error.clone());
+        }
+    }
+}
+
+fn writer_loop(mut conn: Connection, commands: mpsc::Receiver<Command>, to_sync: mpsc::Sender<Deliver>) {
     let mut deferred: Vec<Command> = Vec::new();
     loop {
         let command = match deferred.pop() {
@@ -212,15 +277,20 @@ fn writer_loop(mut conn: Connection, commands: mpsc::Receiver<Command>) {
             },
         };
         match command {
-            Command::Write(operation) => operation(&mut conn),
-            Command::Ingest { workspace_id, events, reply } => {
-                let mut group = vec![(workspace_id, events, reply)];
-                let mut total: usize = group[0].1.len();
+            Command::Write(operation) => {
+                let deliver = operation(&mut conn);
+                if let Err(mpsc::SendError(deliver)) = to_sync.send(deliver) {
+                    deliver(Some("the sync thread has stopped".into()));
+                }
+            }
+            Command::Ingest { workspace_id, events, json, reply } => {
+                let mut group = vec![IngestRequest { workspace_id, events, json, reply }];
+                let mut total: usize = group[0].events.len();
                 while total < MAX_GROUP_EVENTS {
                     match commands.try_recv() {
-                        Ok(Command::Ingest { workspace_id, events, reply }) => {
+                        Ok(Command::Ingest { workspace_id, events, json, reply }) => {
                             total += events.len();
-                            group.push((workspace_id, events, reply));
+                            group.push(IngestRequest { workspace_id, events, json, reply });
                         }
                         Ok(other) => {
                             deferred.push(other);
@@ -229,35 +299,50 @@ fn writer_loop(mut conn: Connection, commands: mpsc::Receiver<Command>) {
                         Err(_) => break,
                     }
                 }
-                commit_group(&mut conn, group);
+                commit_group(&mut conn, group, &to_sync);
             }
         }
     }
     tracing::debug!("SQLite writer stopped");
 }
 
-type IngestRequest = (String, Vec<NormalizedEvent>, oneshot::Sender<StoreResult<Vec<IngestedEvent>>>);
+struct IngestRequest {
+    workspace_id: String,
+    events: Vec<NormalizedEvent>,
+    json: Vec<(String, String)>,
+    reply: oneshot::Sender<StoreResult<Vec<IngestedEvent>>>,
+}
 
-fn commit_group(conn: &mut Connection, group: Vec<IngestRequest>) {
+type Outcomes = Vec<(oneshot::Sender<StoreResult<Vec<IngestedEvent>>>, StoreResult<Vec<IngestedEvent>>)>;
+
+fn commit_group(conn: &mut Connection, group: Vec<IngestRequest>, to_sync: &mpsc::Sender<Deliver>) {
     let now = Utc::now();
-    let mut outcomes: Vec<(oneshot::Sender<_>, StoreResult<Vec<IngestedEvent>>)> = Vec::with_capacity(group.len());
+    let mut outcomes: Outcomes = Vec::with_capacity(group.len());
     let committed = (|| -> StoreResult<()> {
         let mut tx = conn.transaction()?;
-        for (workspace_id, events, reply) in group {
+        for request in group {
             let mut savepoint = tx.savepoint()?;
             let result = {
-                let mut statements = statements::SqliteTx { conn: &savepoint };
-                futures::executor::block_on(apply_batch(&mut statements, &workspace_id, &events, now))
+                let json = request
+                    .events
+                    .iter()
+                    .zip(&request.json)
+                    .map(|(event, (properties, context))| {
+                        (event.message_id.as_str(), (properties.as_str(), context.as_str()))
+                    })
+                    .collect();
+                let mut statements = statements::SqliteTx { conn: &savepoint, json };
+                futures::executor::block_on(apply_batch(&mut statements, &request.workspace_id, &request.events, now))
             };
             match result {
                 Ok(done) => {
                     savepoint.commit()?;
-                    outcomes.push((reply, Ok(done)));
+                    outcomes.push((request.reply, Ok(done)));
                 }
                 Err(err) => {
                     savepoint.rollback()?;
                     drop(savepoint);
-                    outcomes.push((reply, Err(err)));
+                    outcomes.push((request.reply, Err(err)));
                 }
             }
         }
@@ -266,8 +351,19 @@ fn commit_group(conn: &mut Connection, group: Vec<IngestRequest>) {
     })();
     match committed {
         Ok(()) => {
-            for (reply, outcome) in outcomes {
-                let _ = reply.send(outcome);
+            let deliver: Deliver = Box::new(move |sync_error| {
+                for (reply, outcome) in outcomes {
+                    let outcome = match (&sync_error, outcome) {
+                        (Some(err), Ok(_)) => {
+                            Err(StoreError::Backend(format!("the events could not be made durable: {err}")))
+                        }
+                        (_, outcome) => outcome,
+                    };
+                    let _ = reply.send(outcome);
+                }
+            });
+            if let Err(mpsc::SendError(deliver)) = to_sync.send(deliver) {
+                deliver(Some("the sync thread has stopped".into()));
             }
         }
         Err(err) => {
@@ -326,9 +422,13 @@ impl WorkspaceStore for SqliteStore {
 #[async_trait]
 impl ProfileStore for SqliteStore {
     async fn ingest(&self, workspace_id: &str, events: Vec<NormalizedEvent>) -> StoreResult<Vec<IngestedEvent>> {
+        let json = events
+            .iter()
+            .map(|event| Ok((serde_json::to_string(&event.properties)?, serde_json::to_string(&event.context)?)))
+            .collect::<StoreResult<Vec<_>>>()?;
         let (reply, answer) = oneshot::channel();
         self.writer
-            .send(Command::Ingest { workspace_id: workspace_id.to_owned(), events, reply })
+            .send(Command::Ingest { workspace_id: workspace_id.to_owned(), events, json, reply })
             .map_err(|_| StoreError::Backend("the SQLite writer has stopped".into()))?;
         answer.await.map_err(|_| StoreError::Backend("the SQLite writer has stopped".into()))?
     }

@@ -12,6 +12,7 @@ use crossline_core::profile::ProfileState;
 use crossline_core::{ConsentStatus, Identity, IdentityKind, Profile};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 // Statements looked up by key. SQLite's planner is pinned with INDEXED BY where version 3.50 was
@@ -57,6 +58,8 @@ pub const KEYED_STATEMENTS: &[&str] = &[
 /// The ingest statements over one transaction (or savepoint).
 pub(super) struct SqliteTx<'a> {
     pub(super) conn: &'a Connection,
+    /// `properties` and `context` as JSON text by message id, prepared off the writer thread.
+    pub(super) json: HashMap<&'a str, (&'a str, &'a str)>,
 }
 
 impl IngestTx for SqliteTx<'_> {
@@ -128,6 +131,13 @@ impl IngestTx for SqliteTx<'_> {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
         for row in rows {
+            let (properties, context) = match self.json.get(row.message_id.as_str()) {
+                Some((properties, context)) => (Cow::Borrowed(*properties), Cow::Borrowed(*context)),
+                None => (
+                    Cow::Owned(serde_json::to_string(&*row.properties)?),
+                    Cow::Owned(serde_json::to_string(&*row.context)?),
+                ),
+            };
             statement.execute(params![
                 workspace_id,
                 row.message_id,
@@ -135,8 +145,8 @@ impl IngestTx for SqliteTx<'_> {
                 row.kind.as_str(),
                 row.name,
                 row.channel,
-                serde_json::to_string(&*row.properties)?,
-                serde_json::to_string(&*row.context)?,
+                properties,
+                context,
                 to_millis(row.timestamp),
                 to_millis(row.received_at),
             ])?;
