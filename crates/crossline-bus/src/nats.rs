@@ -161,6 +161,18 @@ impl Delivery for NatsDelivery {
     }
 }
 
+/// Delete every stream whose name starts with `prefix` (tests clear earlier runs' streams with it).
+pub async fn remove_streams(url: &str, prefix: &str) {
+    let Ok(client) = async_nats::connect(url).await else {
+        return;
+    };
+    let context = jetstream::new(client);
+    let names: Vec<String> = context.stream_names().filter_map(|name| async move { name.ok() }).collect().await;
+    for name in names.into_iter().filter(|name| name.starts_with(prefix)) {
+        let _ = context.delete_stream(&name).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +185,7 @@ mod tests {
             eprintln!("CROSSLINE_TEST_NATS_URL is not set: the NATS JetStream conformance suite did not run");
             return;
         };
+        remove_streams(&url, "CONFORMANCE_").await;
         let run = std::process::id();
         let counter = std::sync::atomic::AtomicUsize::new(0);
         crate::testsuite::run_all(|| {

@@ -31,6 +31,8 @@ async fn a_merge_through_one_node_is_seen_through_the_other() {
         );
         return;
     };
+    crossline_store::postgres::drop_schemas(&database_url, "two_nodes_").await;
+    crossline_bus::nats::remove_streams(&nats_url, "TWONODES_").await;
     let run = format!("{}_{}", std::process::id(), chrono::Utc::now().timestamp_millis());
     let schema = format!("two_nodes_{run}");
     let stream = format!("TWONODES_{run}");

@@ -307,6 +307,24 @@ impl Store for PgStore {
     }
 }
 
+/// Drop every schema whose name starts with `prefix` (tests clear earlier runs' schemas with it).
+pub async fn drop_schemas(url: &str, prefix: &str) {
+    let Ok((client, connection)) = tokio_postgres::connect(url, NoTls).await else {
+        return;
+    };
+    tokio::spawn(connection);
+    let Ok(rows) = client.query("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, $1)", &[&prefix]).await
+    else {
+        return;
+    };
+    for row in rows {
+        let name: String = row.get(0);
+        if name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,6 +337,7 @@ mod tests {
             eprintln!("CROSSLINE_TEST_DATABASE_URL is not set: the PostgreSQL conformance suite did not run");
             return;
         };
+        drop_schemas(&url, "conformance_").await;
         let run = std::process::id();
         let counter = std::sync::atomic::AtomicUsize::new(0);
         crate::testsuite::run_all(|| {
