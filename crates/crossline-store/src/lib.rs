@@ -140,9 +140,20 @@ pub trait JobQueue: Send + Sync {
     async fn job(&self, job_id: i64) -> StoreResult<Option<Job>>;
 }
 
+/// Bot definitions, versioned.
+#[async_trait]
+pub trait BotStore: Send + Sync {
+    /// Store a new version of a bot (1 for a new bot) and return it.
+    async fn put_bot(&self, workspace_id: &str, name: &str, definition: &serde_json::Value) -> StoreResult<StoredBot>;
+    /// A bot's given version, or its latest when `version` is None.
+    async fn bot(&self, workspace_id: &str, name: &str, version: Option<i64>) -> StoreResult<Option<StoredBot>>;
+    /// The latest version of every bot of a workspace, by name.
+    async fn bots(&self, workspace_id: &str) -> StoreResult<Vec<StoredBot>>;
+}
+
 /// Everything the product stores.
 #[async_trait]
-pub trait Store: WorkspaceStore + ProfileStore + JobQueue {
+pub trait Store: WorkspaceStore + ProfileStore + JobQueue + BotStore {
     /// The backend's name, for logs and `/healthz`.
     fn backend(&self) -> &'static str;
     /// Check the backend answers.

@@ -212,3 +212,16 @@ pub fn to_millis(time: DateTime<Utc>) -> i64 {
 pub fn from_millis(millis: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(millis).unwrap_or_default()
 }
+
+/// One stored version of a bot definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredBot {
+    /// The bot's name.
+    pub name: String,
+    /// 1 for the first PUT, then one more each time.
+    pub version: i64,
+    /// The definition as given (validated before it was stored).
+    pub definition: Value,
+    /// When this version was stored.
+    pub created_at: DateTime<Utc>,
+}

@@ -57,6 +57,29 @@ where
     listing_searching_and_stats(fresh().await).await;
     concurrent_ingest_keeps_every_event(fresh().await).await;
     job_queue_leases_and_idempotency(fresh().await).await;
+    bots_are_versioned_per_workspace(fresh().await).await;
+}
+
+async fn bots_are_versioned_per_workspace(store: DynStore) {
+    let acme = workspace(&store, "acme").await;
+    let globex = workspace(&store, "globex").await;
+    assert!(store.bot(&acme.id, "helper", None).await.unwrap().is_none());
+    let first = store.put_bot(&acme.id, "helper", &json!({"intents": [], "greeting": "v1"})).await.unwrap();
+    assert_eq!(first.version, 1);
+    let second = store.put_bot(&acme.id, "helper", &json!({"intents": [], "greeting": "v2"})).await.unwrap();
+    assert_eq!(second.version, 2);
+    store.put_bot(&acme.id, "other", &json!({"intents": []})).await.unwrap();
+    store.put_bot(&globex.id, "helper", &json!({"intents": [], "greeting": "globex"})).await.unwrap();
+
+    let latest = store.bot(&acme.id, "helper", None).await.unwrap().unwrap();
+    assert_eq!((latest.version, latest.definition["greeting"].as_str()), (2, Some("v2")));
+    let old = store.bot(&acme.id, "helper", Some(1)).await.unwrap().unwrap();
+    assert_eq!(old.definition["greeting"], "v1", "earlier versions are kept");
+    assert!(store.bot(&acme.id, "helper", Some(3)).await.unwrap().is_none());
+    let listed: Vec<(String, i64)> =
+        store.bots(&acme.id).await.unwrap().into_iter().map(|bot| (bot.name, bot.version)).collect();
+    assert_eq!(listed, [("helper".to_owned(), 2), ("other".to_owned(), 1)]);
+    assert_eq!(store.bot(&globex.id, "helper", None).await.unwrap().unwrap().definition["greeting"], "globex");
 }
 
 async fn workspaces_and_keys(store: DynStore) {
