@@ -340,7 +340,8 @@ mod tests {
 
     #[test]
     fn faults_are_named_by_field() {
-        let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|bot| bot["intents"][0]["slots"][0]["type"] = json!("dat")), "intents[0].slots[0].type"),
             (Box::new(|bot| bot["intents"][0]["slots"][1]["prompt"] = json!(" ")), "intents[0].slots[1].prompt"),
             (Box::new(|bot| bot["intents"][0]["confirmation"] = json!("Book {day}?")), "intents[0].confirmation"),

@@ -2,7 +2,7 @@
 //! [`router`] together with their documentation, so a route cannot exist without its entry; the
 //! test `openapi_document_is_current` guards the committed `docs/openapi.json` copy.
 
-use crate::api::{ingest, profiles, workspaces};
+use crate::api::{bots, ingest, profiles, workspaces};
 use crate::state::AppState;
 use axum::Router;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -19,6 +19,7 @@ use utoipa_swagger_ui::SwaggerUi;
         (name = "tracking", description = "Segment HTTP tracking API"),
         (name = "workspaces", description = "Workspaces and keys"),
         (name = "profiles", description = "Unified customer profiles"),
+        (name = "bots", description = "Bot definitions and recognition"),
     )
 )]
 struct ApiDoc;
@@ -50,6 +51,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(profiles::get_profile, profiles::delete_profile))
         .routes(routes!(profiles::profile_events))
         .routes(routes!(profiles::set_consent))
+        .routes(routes!(bots::list_bots))
+        .routes(routes!(bots::put_bot, bots::get_bot))
+        .routes(routes!(bots::recognize))
 }
 
 /// The document as pretty JSON (what `/api/openapi.json` serves).

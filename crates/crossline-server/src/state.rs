@@ -18,6 +18,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Prometheus renderer.
     pub metrics: PrometheusHandle,
+    /// Trained bots, by workspace and name.
+    pub bots: Arc<crate::api::bots::BotRegistry>,
 }
 
 /// Server settings that handlers read.

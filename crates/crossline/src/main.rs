@@ -178,6 +178,7 @@ async fn state_for(config: &Config, admin_token: String) -> anyhow::Result<AppSt
             public_url: config.public_url.clone(),
         }),
         metrics: crossline_server::metrics_handle(),
+        bots: Default::default(),
     })
 }
 

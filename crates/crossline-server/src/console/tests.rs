@@ -56,6 +56,7 @@ impl Server {
             admin_token: "admin".into(),
             settings: Arc::new(Settings::default()),
             metrics: crate::metrics_handle(),
+            bots: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();

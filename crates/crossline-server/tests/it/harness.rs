@@ -47,6 +47,7 @@ impl TestServer {
             admin_token: ADMIN.into(),
             settings: Arc::new(Settings::default()),
             metrics: crossline_server::metrics_handle(),
+            bots: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

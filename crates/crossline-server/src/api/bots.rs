@@ -1,0 +1,262 @@
+//! Bots: definitions (`PUT/GET /api/v1/bots/{name}`, versioned) and recognition
+//! (`POST /api/v1/bots/{name}/recognize`).
+//!
+//! A bot is trained when it is stored (on the blocking pool, never on the async runtime) and the
+//! new model replaces the old one on this node at once. Other nodes, and this one after a restart,
+//! see the new version in the store on their next request and train it then.
+
+use crate::api::profiles::{json_rejection, query_rejection};
+use crate::auth::WorkspaceCaller;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use chrono::{DateTime, Utc};
+use crossline_nlu::Recognizer;
+use crossline_store::{StoredBot, Workspace};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use utoipa::{IntoParams, ToSchema};
+
+/// Longest text `recognize` accepts.
+pub const MAX_TEXT_CHARS: usize = 10_000;
+
+/// A bot: workspace id and name.
+type BotKey = (String, String);
+
+/// Trained models on this node: the newest version seen of each bot.
+#[derive(Default)]
+pub struct BotRegistry {
+    models: Mutex<HashMap<BotKey, (i64, Arc<Recognizer>)>>,
+}
+
+impl BotRegistry {
+    fn get(&self, workspace_id: &str, name: &str, version: i64) -> Option<Arc<Recognizer>> {
+        let models = self.models.lock().expect("bot registry lock");
+        match models.get(&(workspace_id.to_owned(), name.to_owned())) {
+            Some((cached, model)) if *cached == version => Some(model.clone()),
+            _ => None,
+        }
+    }
+
+    fn put(&self, workspace_id: &str, name: &str, version: i64, model: Arc<Recognizer>) {
+        let mut models = self.models.lock().expect("bot registry lock");
+        let entry = models.entry((workspace_id.to_owned(), name.to_owned())).or_insert((version, model.clone()));
+        // A slower training of an older version must not replace a newer model.
+        if entry.0 <= version {
+            *entry = (version, model);
+        }
+    }
+}
+
+/// Validate and train on the blocking pool.
+async fn train(definition: Value) -> ApiResult<Arc<Recognizer>> {
+    let trained = tokio::task::spawn_blocking(move || {
+        crossline_bot::parse(&definition).and_then(|definition| crossline_bot::compile(&definition))
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    trained.map(Arc::new).map_err(|err| ApiError::bad_request("invalid_field", err.to_string()))
+}
+
+/// The latest version of a bot and its trained model (training it here if this node has not yet).
+pub async fn live_bot(state: &AppState, workspace: &Workspace, name: &str) -> ApiResult<(StoredBot, Arc<Recognizer>)> {
+    let stored = state.store.bot(&workspace.id, name, None).await?.ok_or_else(|| ApiError::not_found("bot"))?;
+    if let Some(model) = state.bots.get(&workspace.id, name, stored.version) {
+        return Ok((stored, model));
+    }
+    let model = train(stored.definition.clone()).await.map_err(|err| {
+        ApiError::internal(format!("stored bot {name} v{} no longer trains: {}", stored.version, err.message))
+    })?;
+    state.bots.put(&workspace.id, name, stored.version, model.clone());
+    Ok((stored, model))
+}
+
+/// A stored bot version.
+#[derive(Serialize, ToSchema)]
+pub struct BotView {
+    /// The bot's name.
+    pub name: String,
+    /// Its version: 1 for the first PUT, then one more each time.
+    pub version: i64,
+    /// When this version was stored.
+    pub created_at: DateTime<Utc>,
+    /// The definition.
+    #[schema(value_type = Object)]
+    pub definition: Value,
+}
+
+impl From<StoredBot> for BotView {
+    fn from(bot: StoredBot) -> Self {
+        BotView { name: bot.name, version: bot.version, created_at: bot.created_at, definition: bot.definition }
+    }
+}
+
+/// A bot in the list.
+#[derive(Serialize, ToSchema)]
+pub struct BotSummary {
+    /// Name.
+    pub name: String,
+    /// Latest version.
+    pub version: i64,
+    /// When the latest version was stored.
+    pub created_at: DateTime<Utc>,
+    /// Number of intents.
+    pub intents: usize,
+}
+
+/// The bots of a workspace.
+#[derive(Serialize, ToSchema)]
+pub struct BotList {
+    /// By name.
+    pub bots: Vec<BotSummary>,
+}
+
+/// Which version to show.
+#[derive(Deserialize, IntoParams)]
+pub struct VersionParams {
+    /// A version number; the latest when absent.
+    pub version: Option<i64>,
+}
+
+fn check_name(name: &str) -> ApiResult<()> {
+    if crossline_bot::is_valid_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("invalid_field", "name: use 1–64 letters, digits, _ or - in the bot's name"))
+    }
+}
+
+/// Create or update a bot; answered once it is trained and live.
+#[utoipa::path(put, path = "/api/v1/bots/{name}", tag = "bots",
+    description = "The bot definition of the contract (`locale`, `greeting`, `fallback`, `intents` with `utterances`, `slots`, `confirmation`, `fulfillment`, and `slot_types`). Every PUT stores a new version; errors name the faulty field, e.g. `intents[0].slots[1].type`.",
+    params(("name" = String, Path, description = "Bot name")),
+    request_body(content = Object, content_type = "application/json"),
+    responses((status = 200, body = BotView), (status = 400, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn put_bot(
+    State(state): State<AppState>,
+    WorkspaceCaller(workspace): WorkspaceCaller,
+    Path(name): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult<Json<BotView>> {
+    check_name(&name)?;
+    let Json(definition) = body.map_err(json_rejection)?;
+    let model = train(definition.clone()).await?;
+    let stored = state.store.put_bot(&workspace.id, &name, &definition).await?;
+    state.bots.put(&workspace.id, &name, stored.version, model);
+    tracing::info!(workspace = %workspace.id, bot = %name, version = stored.version, "bot trained and live");
+    Ok(Json(stored.into()))
+}
+
+/// A bot's definition (the latest version, or `?version=N`).
+#[utoipa::path(get, path = "/api/v1/bots/{name}", tag = "bots",
+    params(("name" = String, Path, description = "Bot name"), VersionParams),
+    responses((status = 200, body = BotView), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_bot(
+    State(state): State<AppState>,
+    WorkspaceCaller(workspace): WorkspaceCaller,
+    Path(name): Path<String>,
+    params: Result<Query<VersionParams>, QueryRejection>,
+) -> ApiResult<Json<BotView>> {
+    let Query(params) = params.map_err(query_rejection)?;
+    let stored =
+        state.store.bot(&workspace.id, &name, params.version).await?.ok_or_else(|| ApiError::not_found("bot"))?;
+    Ok(Json(stored.into()))
+}
+
+/// The workspace's bots.
+#[utoipa::path(get, path = "/api/v1/bots", tag = "bots",
+    responses((status = 200, body = BotList)),
+    security(("bearer" = [])))]
+pub async fn list_bots(
+    State(state): State<AppState>,
+    WorkspaceCaller(workspace): WorkspaceCaller,
+) -> ApiResult<Json<BotList>> {
+    let bots = state.store.bots(&workspace.id).await?;
+    Ok(Json(BotList {
+        bots: bots
+            .into_iter()
+            .map(|bot| BotSummary {
+                intents: bot.definition.get("intents").and_then(Value::as_array).map_or(0, Vec::len),
+                name: bot.name,
+                version: bot.version,
+                created_at: bot.created_at,
+            })
+            .collect(),
+    }))
+}
+
+/// What to recognise.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecognizeRequest {
+    /// The customer's message.
+    pub text: Option<String>,
+    /// The moment relative expressions resolve against (RFC 3339); now when absent.
+    pub now: Option<String>,
+    /// The customer's IANA time zone; the workspace's when absent.
+    pub time_zone: Option<String>,
+}
+
+/// Recognise intent, slots, sentiment and language in a message.
+#[utoipa::path(post, path = "/api/v1/bots/{name}/recognize", tag = "bots",
+    description = "Answers `{\"intent\": {\"name\", \"confidence\"} | null, \"alternatives\", \"slots\": {NAME: {\"value\", \"text\"}}, \"sentiment\": {\"score\", \"label\"}, \"language\", \"language_confidence\", \"bot_version\"}`; `intent` is null when the text is out of scope.",
+    params(("name" = String, Path, description = "Bot name")),
+    request_body = RecognizeRequest,
+    responses((status = 200, body = Object), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn recognize(
+    State(state): State<AppState>,
+    WorkspaceCaller(workspace): WorkspaceCaller,
+    Path(name): Path<String>,
+    body: Result<Json<RecognizeRequest>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Json(request) = body.map_err(json_rejection)?;
+    let text = request.text.ok_or_else(|| {
+        ApiError::bad_request("missing_field", "text: is required, e.g. {\"text\": \"I lost my card\"}")
+    })?;
+    if text.chars().count() > MAX_TEXT_CHARS {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("text: is longer than {MAX_TEXT_CHARS} characters"),
+        ));
+    }
+    let now = match &request.now {
+        Some(raw) => DateTime::parse_from_rfc3339(raw).map(|time| time.with_timezone(&Utc)).map_err(|_| {
+            ApiError::bad_request(
+                "invalid_field",
+                format!("now: \"{raw}\" is not an RFC 3339 time such as 2026-11-23T10:15:00Z"),
+            )
+        })?,
+        None => Utc::now(),
+    };
+    let zone_name = request.time_zone.as_deref().unwrap_or(&workspace.time_zone);
+    let time_zone: chrono_tz::Tz = zone_name.parse().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_field",
+            format!("time_zone: \"{zone_name}\" is not an IANA time zone such as Europe/Paris"),
+        )
+    })?;
+    let (stored, model) = live_bot(&state, &workspace, &name).await?;
+    let context = crossline_nlu::RecognizeContext { now, time_zone, default_region: workspace.default_region.clone() };
+    let recognition = model.recognize(&text, &context);
+    let slots: Map<String, Value> = recognition
+        .slots
+        .iter()
+        .map(|(name, slot)| (name.clone(), serde_json::json!({"value": slot.value, "text": slot.text})))
+        .collect();
+    Ok(Json(serde_json::json!({
+        "intent": recognition.intent,
+        "alternatives": recognition.alternatives,
+        "slots": slots,
+        "sentiment": recognition.sentiment,
+        "language": recognition.language.code,
+        "language_confidence": recognition.language.confidence,
+        "bot_version": stored.version,
+    })))
+}
