@@ -6,6 +6,8 @@
 //!
 //! **Invariant:** this crate knows nothing of channels or SQL.
 
+pub mod dialog;
+
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 

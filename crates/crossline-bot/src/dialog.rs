@@ -1,0 +1,398 @@
+//! The dialog manager: one conversation turn as a pure function of the bot, the conversation's
+//! state and what the customer said. The caller recognises the text, loads and stores the state,
+//! and delivers the replies on the customer's channel.
+//!
+//! A turn does, in order: answer a pending confirmation; fill the slot being asked (or switch to
+//! another intent the customer clearly asked for, keeping the first to resume later); start the
+//! recognised intent; then ask for the next missing slot, ask for confirmation, or fulfil.
+
+use crate::{BotDefinition, Fulfillment, Intent};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// A recognised intent must be at least this sure to interrupt a form being filled.
+pub const SWITCH_CONFIDENCE: f32 = 0.6;
+
+/// Where a conversation stands between turns.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DialogState {
+    /// The intent being worked on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<ActiveIntent>,
+    /// Intents interrupted by another, most recent last; resumed when the current one is done.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paused: Vec<ActiveIntent>,
+    /// Consecutive turns the bot did not understand.
+    #[serde(default)]
+    pub misunderstandings: u32,
+    /// The channel of the customer's previous message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_channel: Option<String>,
+}
+
+/// An intent in progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActiveIntent {
+    /// Its name.
+    pub name: String,
+    /// Filled slots: `{"value", "text"}` per slot name.
+    pub slots: BTreeMap<String, Value>,
+    /// What the bot asked last.
+    pub awaiting: Awaiting,
+}
+
+/// What the bot is waiting for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "slot")]
+pub enum Awaiting {
+    /// Nothing yet (the intent was just recognised).
+    Nothing,
+    /// The value of this slot.
+    Slot(String),
+    /// A yes or no to the confirmation.
+    Confirmation,
+}
+
+/// What the caller gives a turn.
+pub struct TurnInput<'a> {
+    /// The customer's text.
+    pub text: &'a str,
+    /// The channel it came on (`chat`, `sms`, `voice`, `alexa`, `rest`, ...).
+    pub channel: &'a str,
+    /// The recognised intent and its confidence, if any.
+    pub intent: Option<(&'a str, f32)>,
+    /// Slots recognised in the text for that intent: `{"value", "text"}` by name.
+    pub slots: &'a BTreeMap<String, Value>,
+    /// Fill one slot of one intent from a free answer, as the NLU does for elicited slots.
+    pub extract: &'a dyn Fn(&str, &str, &str) -> Option<Value>,
+    /// Values the customer's profile already gives, by slot type (`email`, `phone`).
+    pub known: &'a BTreeMap<String, Value>,
+}
+
+/// What a turn decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnOutcome {
+    /// The replies, in order.
+    pub replies: Vec<String>,
+    /// Whether the bot understood the message.
+    pub understood: bool,
+    /// Set when the conversation goes to agents: the queue.
+    pub handoff: Option<String>,
+    /// Set when an intent was fulfilled by a webhook the caller must call: intent, URL and slots.
+    pub webhook: Option<(String, String, BTreeMap<String, Value>)>,
+    /// The intent that was fulfilled this turn, with its slots.
+    pub fulfilled: Option<(String, BTreeMap<String, Value>)>,
+}
+
+/// A friendly name for a channel, for the continuity acknowledgement.
+pub fn channel_name(channel: &str) -> &str {
+    match channel {
+        "chat" | "webchat" => "chat",
+        "sms" => "our text messages",
+        "voice" | "phone" => "our call",
+        "alexa" => "Alexa",
+        "kiosk" => "the kiosk",
+        other => other,
+    }
+}
+
+/// Yes, no, or neither, in many phrasings.
+pub fn yes_or_no(text: &str) -> Option<bool> {
+    let lowered: String =
+        text.to_lowercase().chars().map(|c| if c.is_alphanumeric() || c == '\'' { c } else { ' ' }).collect();
+    let padded = format!(" {} ", lowered.split_whitespace().collect::<Vec<_>>().join(" "));
+    const YES: [&str; 24] = [
+        "yes",
+        "yeah",
+        "yep",
+        "yup",
+        "ya",
+        "sure",
+        "ok",
+        "okay",
+        "correct",
+        "right",
+        "please do",
+        "go ahead",
+        "absolutely",
+        "definitely",
+        "sounds good",
+        "confirm",
+        "y",
+        "affirmative",
+        "of course",
+        "do it",
+        "perfect",
+        "that works",
+        "great",
+        "si",
+    ];
+    const NO: [&str; 16] = [
+        "no",
+        "nope",
+        "nah",
+        "don't",
+        "dont",
+        "do not",
+        "cancel",
+        "not really",
+        "negative",
+        "wrong",
+        "stop",
+        "never mind",
+        "nevermind",
+        "n",
+        "not now",
+        "change",
+    ];
+    let says = |phrases: &[&str]| phrases.iter().any(|phrase| padded.contains(&format!(" {phrase} ")));
+    match (says(&YES), says(&NO)) {
+        (true, false) => Some(true),
+        (false, true) => Some(false),
+        _ => None,
+    }
+}
+
+fn display(value: &Value) -> String {
+    match value.get("value").unwrap_or(value) {
+        Value::String(text) => text.clone(),
+        Value::Object(money) if money.contains_key("amount") => {
+            format!("{} {}", money["amount"], money.get("currency").and_then(Value::as_str).unwrap_or_default())
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Fill `{slot}` placeholders with the slots' values.
+pub fn render(template: &str, slots: &BTreeMap<String, Value>) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else { break };
+        out.push_str(&rest[..open]);
+        let name = rest[open + 1..open + close].trim();
+        match slots.get(name) {
+            Some(value) => out.push_str(&display(value)),
+            None => out.push_str(&rest[open..open + close + 1]),
+        }
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn intent<'a>(definition: &'a BotDefinition, name: &str) -> Option<&'a Intent> {
+    definition.intents.iter().find(|intent| intent.name == name)
+}
+
+/// Run one turn. `state` is updated in place.
+pub fn step(definition: &BotDefinition, state: &mut DialogState, input: &TurnInput<'_>) -> TurnOutcome {
+    let mut outcome =
+        TurnOutcome { replies: Vec::new(), understood: true, handoff: None, webhook: None, fulfilled: None };
+    let switched_channel = state.last_channel.as_deref().is_some_and(|last| last != input.channel);
+    let previous_channel = state.last_channel.replace(input.channel.to_owned());
+
+    // A confirmation pending?
+    if let Some(active) = state.active.as_mut()
+        && active.awaiting == Awaiting::Confirmation
+    {
+        match yes_or_no(input.text) {
+            Some(true) => {
+                let active = state.active.take().expect("checked above");
+                state.misunderstandings = 0;
+                fulfil(definition, state, active, &mut outcome);
+                return outcome;
+            }
+            Some(false) => {
+                state.active = None;
+                state.misunderstandings = 0;
+                outcome.replies.push("OK, I won't do that. What else can I help with?".into());
+                resume(definition, state, &mut outcome);
+                return outcome;
+            }
+            None => {}
+        }
+    }
+
+    // A slot being asked for?
+    let mut filled_by_answer = false;
+    if let Some(active) = state.active.as_mut()
+        && let Awaiting::Slot(slot) = &active.awaiting
+    {
+        let slot = slot.clone();
+        let interrupting = input
+            .intent
+            .filter(|(name, confidence)| *name != active.name && *confidence >= SWITCH_CONFIDENCE)
+            .is_some();
+        if !interrupting && let Some(value) = (input.extract)(&active.name, &slot, input.text) {
+            active.slots.insert(slot, value);
+            filled_by_answer = true;
+        }
+    }
+
+    if !filled_by_answer {
+        match input.intent {
+            Some((name, _)) if intent(definition, name).is_some() => {
+                let same = state.active.as_ref().is_some_and(|active| active.name == name);
+                if !same {
+                    if let Some(current) = state.active.take() {
+                        state.paused.push(current);
+                    }
+                    state.active = Some(ActiveIntent {
+                        name: name.to_owned(),
+                        slots: BTreeMap::new(),
+                        awaiting: Awaiting::Nothing,
+                    });
+                }
+                let active = state.active.as_mut().expect("just set");
+                for (slot, value) in input.slots {
+                    active.slots.insert(slot.clone(), value.clone());
+                }
+            }
+            _ => {
+                // Back on another channel with a form half filled: say so and ask what is missing.
+                if switched_channel && let Some(active) = state.active.take() {
+                    let name = previous_channel.as_deref().map(channel_name).unwrap_or("our last conversation");
+                    advance(
+                        definition,
+                        state,
+                        active,
+                        input,
+                        Some(format!("Picking up where we left off in {name}: ")),
+                        &mut outcome,
+                    );
+                    return outcome;
+                }
+                // Not understood: re-ask what was pending, or fall back.
+                state.misunderstandings += 1;
+                outcome.understood = false;
+                let handoff_after = definition.fallback.handoff_after;
+                if handoff_after > 0 && state.misunderstandings >= handoff_after {
+                    outcome.replies.push("Let me connect you with a person who can help.".into());
+                    outcome.handoff = Some("default".into());
+                    state.misunderstandings = 0;
+                    return outcome;
+                }
+                match state.active.as_ref().map(|active| (active, intent(definition, &active.name))) {
+                    Some((active, Some(found))) => {
+                        let question = match &active.awaiting {
+                            Awaiting::Slot(slot) => {
+                                found.slots.iter().find(|candidate| &candidate.name == slot).and_then(|candidate| {
+                                    candidate.reprompt.clone().or_else(|| candidate.prompt.clone())
+                                })
+                            }
+                            Awaiting::Confirmation => found
+                                .confirmation
+                                .as_ref()
+                                .map(|text| format!("Please answer yes or no: {}", render(text, &active.slots))),
+                            Awaiting::Nothing => None,
+                        };
+                        outcome.replies.push(question.unwrap_or_else(|| definition.fallback.response.clone()));
+                    }
+                    _ => outcome.replies.push(definition.fallback.response.clone()),
+                }
+                return outcome;
+            }
+        }
+    }
+    state.misunderstandings = 0;
+
+    let active = state.active.take().expect("an intent is active here");
+    // A customer who carries on a half-filled form on another channel hears that the bot knows.
+    let acknowledgement = (switched_channel && (filled_by_answer || !active.slots.is_empty()))
+        .then(|| {
+            previous_channel
+                .as_deref()
+                .map(channel_name)
+                .map(|name| format!("Picking up where we left off in {name}: "))
+        })
+        .flatten();
+    advance(definition, state, active, input, acknowledgement, &mut outcome);
+    outcome
+}
+
+/// Ask for the next missing slot, ask for confirmation, or fulfil.
+fn advance(
+    definition: &BotDefinition,
+    state: &mut DialogState,
+    mut active: ActiveIntent,
+    input: &TurnInput<'_>,
+    acknowledgement: Option<String>,
+    outcome: &mut TurnOutcome,
+) {
+    let Some(found) = intent(definition, &active.name) else {
+        outcome.replies.push(definition.fallback.response.clone());
+        return;
+    };
+    // Values the profile already knows are not asked for again.
+    for slot in &found.slots {
+        if !active.slots.contains_key(&slot.name)
+            && let Some(value) = input.known.get(&slot.slot_type)
+        {
+            active.slots.insert(slot.name.clone(), value.clone());
+        }
+    }
+    let prefix = acknowledgement.unwrap_or_default();
+    if let Some(missing) = found.slots.iter().find(|slot| slot.required && !active.slots.contains_key(&slot.name)) {
+        outcome.replies.push(format!("{prefix}{}", missing.prompt.clone().unwrap_or_default()));
+        active.awaiting = Awaiting::Slot(missing.name.clone());
+        state.active = Some(active);
+        return;
+    }
+    if let Some(confirmation) = &found.confirmation
+        && active.awaiting != Awaiting::Confirmation
+    {
+        outcome.replies.push(format!("{prefix}{}", render(confirmation, &active.slots)));
+        active.awaiting = Awaiting::Confirmation;
+        state.active = Some(active);
+        return;
+    }
+    fulfil(definition, state, active, outcome);
+}
+
+fn fulfil(definition: &BotDefinition, state: &mut DialogState, active: ActiveIntent, outcome: &mut TurnOutcome) {
+    let Some(found) = intent(definition, &active.name) else { return };
+    match &found.fulfillment {
+        Some(Fulfillment::Response { response }) => outcome.replies.push(render(response, &active.slots)),
+        Some(Fulfillment::Handoff { handoff }) => {
+            outcome.replies.push("Let me connect you with a person who can help.".into());
+            outcome.handoff = Some(handoff.queue.clone());
+        }
+        Some(Fulfillment::Webhook { webhook }) => {
+            outcome.webhook = Some((active.name.clone(), webhook.clone(), active.slots.clone()));
+        }
+        None => outcome.replies.push(definition.fallback.response.clone()),
+    }
+    outcome.fulfilled = Some((active.name, active.slots));
+    if outcome.handoff.is_none() {
+        resume(definition, state, outcome);
+    }
+}
+
+/// Come back to an interrupted intent.
+fn resume(definition: &BotDefinition, state: &mut DialogState, outcome: &mut TurnOutcome) {
+    let Some(paused) = state.paused.pop() else { return };
+    let question = match (&paused.awaiting, intent(definition, &paused.name)) {
+        (Awaiting::Slot(slot), Some(found)) => {
+            found.slots.iter().find(|candidate| &candidate.name == slot).and_then(|candidate| candidate.prompt.clone())
+        }
+        (Awaiting::Confirmation, Some(found)) => found.confirmation.as_ref().map(|text| render(text, &paused.slots)),
+        _ => None,
+    };
+    if let Some(question) = question {
+        outcome.replies.push(format!("Now, back to where we were: {question}"));
+        state.active = Some(paused);
+    }
+}
+
+/// Recognised slots in the `{"value", "text"}` form the dialog keeps.
+pub fn slot_entry(value: Value, text: &str) -> Value {
+    let mut entry = Map::new();
+    entry.insert("value".into(), value);
+    entry.insert("text".into(), Value::String(text.to_owned()));
+    Value::Object(entry)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,165 @@
+use super::*;
+use serde_json::json;
+
+fn bank() -> BotDefinition {
+    crate::parse(&json!({
+        "fallback": {"response": "Sorry, I didn't get that.", "handoff_after": 2},
+        "intents": [
+            {"name": "book_appointment", "utterances": ["book an appointment"],
+             "slots": [{"name": "date", "type": "date", "prompt": "What day suits you?"},
+                       {"name": "time", "type": "time", "prompt": "What time suits you?", "reprompt": "Which time, for example 3pm?"},
+                       {"name": "email", "type": "email", "prompt": "What is your email?"}],
+             "confirmation": "Shall I book {date} at {time}?",
+             "fulfillment": {"response": "Booked: {date} at {time}. Confirmation goes to {email}."}},
+            {"name": "opening_hours", "utterances": ["when are you open"], "fulfillment": {"response": "We are open 9 to 5."}},
+            {"name": "card_lost", "utterances": ["I lost my card"], "fulfillment": {"handoff": {"queue": "cards"}}},
+            {"name": "balance", "utterances": ["my balance"], "fulfillment": {"webhook": "https://bank.example/balance"}}
+        ]
+    }))
+    .unwrap()
+}
+
+/// A stand-in for the NLU's slot filling: dates are "tomorrow", times end in "pm".
+fn extract(_intent: &str, slot: &str, text: &str) -> Option<Value> {
+    match slot {
+        "date" if text.contains("tomorrow") => Some(slot_entry(json!("2026-11-24"), "tomorrow")),
+        "time" if text.contains("pm") => Some(slot_entry(json!("15:00"), "3pm")),
+        _ => None,
+    }
+}
+
+struct Say<'a> {
+    text: &'a str,
+    channel: &'a str,
+    intent: Option<(&'a str, f32)>,
+    slots: BTreeMap<String, Value>,
+}
+
+fn say<'a>(text: &'a str, channel: &'a str, intent: Option<(&'a str, f32)>) -> Say<'a> {
+    Say { text, channel, intent, slots: BTreeMap::new() }
+}
+
+fn turn(state: &mut DialogState, said: Say<'_>) -> TurnOutcome {
+    let known = BTreeMap::from([("email".to_owned(), slot_entry(json!("ada@example.com"), "ada@example.com"))]);
+    let input = TurnInput {
+        text: said.text,
+        channel: said.channel,
+        intent: said.intent,
+        slots: &said.slots,
+        extract: &extract,
+        known: &known,
+    };
+    step(&bank(), state, &input)
+}
+
+#[test]
+fn a_form_is_filled_confirmed_and_fulfilled_without_asking_what_the_profile_knows() {
+    let mut state = DialogState::default();
+    let out = turn(&mut state, say("I want to book an appointment", "chat", Some(("book_appointment", 0.95))));
+    assert_eq!(out.replies, ["What day suits you?"]);
+    let out = turn(&mut state, say("tomorrow please", "chat", None));
+    assert_eq!(out.replies, ["What time suits you?"]);
+    let out = turn(&mut state, say("3pm", "chat", None));
+    assert_eq!(out.replies, ["Shall I book 2026-11-24 at 15:00?"], "the email came from the profile");
+    let out = turn(&mut state, say("yes please", "chat", None));
+    assert_eq!(out.replies, ["Booked: 2026-11-24 at 15:00. Confirmation goes to ada@example.com."]);
+    let (name, slots) = out.fulfilled.unwrap();
+    assert_eq!((name.as_str(), slots.len()), ("book_appointment", 3));
+    assert!(state.active.is_none());
+}
+
+#[test]
+fn slots_given_with_the_intent_are_not_asked_again() {
+    let mut state = DialogState::default();
+    let mut said = say("book me in tomorrow at 3pm", "chat", Some(("book_appointment", 0.9)));
+    said.slots.insert("date".into(), slot_entry(json!("2026-11-24"), "tomorrow"));
+    said.slots.insert("time".into(), slot_entry(json!("15:00"), "3pm"));
+    assert_eq!(turn(&mut state, said).replies, ["Shall I book 2026-11-24 at 15:00?"]);
+    let out = turn(&mut state, say("no, cancel that", "chat", None));
+    assert_eq!(out.replies, ["OK, I won't do that. What else can I help with?"]);
+    assert!(out.fulfilled.is_none() && state.active.is_none());
+}
+
+#[test]
+fn the_conversation_follows_the_customer_to_another_channel() {
+    let mut state = DialogState::default();
+    turn(&mut state, say("book an appointment", "chat", Some(("book_appointment", 0.95))));
+    turn(&mut state, say("tomorrow", "chat", None));
+    // She texts later: something the bot cannot place, so it says where they were.
+    let out = turn(&mut state, say("hi it's me again", "sms", None));
+    assert_eq!(out.replies, ["Picking up where we left off in chat: What time suits you?"]);
+    assert!(out.understood);
+    // Then calls and answers the question.
+    let out = turn(&mut state, say("3pm works", "voice", None));
+    assert_eq!(out.replies, ["Picking up where we left off in our text messages: Shall I book 2026-11-24 at 15:00?"]);
+    assert_eq!(turn(&mut state, say("yeah", "voice", None)).fulfilled.unwrap().0, "book_appointment");
+}
+
+#[test]
+fn another_intent_mid_form_is_answered_and_the_form_resumes() {
+    let mut state = DialogState::default();
+    turn(&mut state, say("book an appointment", "chat", Some(("book_appointment", 0.95))));
+    turn(&mut state, say("tomorrow", "chat", None));
+    let out = turn(&mut state, say("wait, when are you open?", "chat", Some(("opening_hours", 0.9))));
+    assert_eq!(out.replies, ["We are open 9 to 5.", "Now, back to where we were: What time suits you?"]);
+    let out = turn(&mut state, say("3pm", "chat", None));
+    assert_eq!(out.replies, ["Shall I book 2026-11-24 at 15:00?"], "the date given before the detour is kept");
+}
+
+#[test]
+fn misunderstandings_reprompt_then_hand_off() {
+    let mut state = DialogState::default();
+    turn(&mut state, say("book an appointment", "chat", Some(("book_appointment", 0.95))));
+    turn(&mut state, say("tomorrow", "chat", None));
+    let out = turn(&mut state, say("purple", "chat", None));
+    assert_eq!((out.replies.as_slice(), out.understood), (&["Which time, for example 3pm?".to_owned()][..], false));
+    let out = turn(&mut state, say("banana", "chat", None));
+    assert_eq!(out.handoff.as_deref(), Some("default"));
+
+    let mut fresh = DialogState::default();
+    let out = turn(&mut fresh, say("asdf", "chat", None));
+    assert_eq!(out.replies, ["Sorry, I didn't get that."]);
+}
+
+#[test]
+fn handoff_and_webhook_fulfilments() {
+    let mut state = DialogState::default();
+    let out = turn(&mut state, say("I lost my card", "chat", Some(("card_lost", 0.99))));
+    assert_eq!(out.handoff.as_deref(), Some("cards"));
+    let out = turn(&mut DialogState::default(), say("my balance", "chat", Some(("balance", 0.99))));
+    let (intent, url, _) = out.webhook.unwrap();
+    assert_eq!((intent.as_str(), url.as_str()), ("balance", "https://bank.example/balance"));
+    assert!(out.replies.is_empty(), "the caller replies with the webhook's answer");
+}
+
+#[test]
+fn yes_and_no_in_many_phrasings() {
+    for text in
+        ["yes", "Yeah!", "yep, go ahead", "sure", "OK", "that's right", "Sounds good.", "absolutely", "y", "please do"]
+    {
+        assert_eq!(yes_or_no(text), Some(true), "{text}");
+    }
+    for text in ["no", "Nope.", "nah", "don't", "cancel it", "not really", "never mind", "N"] {
+        assert_eq!(yes_or_no(text), Some(false), "{text}");
+    }
+    for text in ["maybe", "what?", "yes no", "tomorrow at 3"] {
+        assert_eq!(yes_or_no(text), None, "{text}");
+    }
+}
+
+#[test]
+fn templates_render_values() {
+    let slots = BTreeMap::from([
+        ("amount".to_owned(), slot_entry(json!({"amount": 20.5, "currency": "USD"}), "$20.50")),
+        ("count".to_owned(), slot_entry(json!(4), "four")),
+    ]);
+    assert_eq!(render("Send {amount} to {count} people, {missing}", &slots), "Send 20.5 USD to 4 people, {missing}");
+}
+
+#[test]
+fn state_round_trips_through_json() {
+    let mut state = DialogState::default();
+    turn(&mut state, say("book an appointment", "chat", Some(("book_appointment", 0.95))));
+    let stored = serde_json::to_value(&state).unwrap();
+    assert_eq!(serde_json::from_value::<DialogState>(stored).unwrap(), state);
+}
