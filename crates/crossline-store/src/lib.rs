@@ -151,9 +151,34 @@ pub trait BotStore: Send + Sync {
     async fn bots(&self, workspace_id: &str) -> StoreResult<Vec<StoredBot>>;
 }
 
+/// Conversations and their messages.
+#[async_trait]
+pub trait ConversationStore: Send + Sync {
+    /// The profile's most recent conversation with `bot` that is not resolved and had a message
+    /// since `active_since` (older ones have timed out).
+    async fn open_conversation(
+        &self,
+        workspace_id: &str,
+        profile_id: &str,
+        bot: &str,
+        active_since: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<Option<Conversation>>;
+    /// Insert or update a conversation and append messages to it, in one transaction.
+    async fn save_conversation(
+        &self,
+        workspace_id: &str,
+        conversation: &Conversation,
+        messages: &[ConversationMessage],
+    ) -> StoreResult<()>;
+    /// A conversation by id.
+    async fn conversation(&self, workspace_id: &str, id: &str) -> StoreResult<Option<Conversation>>;
+    /// A conversation's messages, oldest first.
+    async fn conversation_messages(&self, workspace_id: &str, id: &str) -> StoreResult<Vec<ConversationMessage>>;
+}
+
 /// Everything the product stores.
 #[async_trait]
-pub trait Store: WorkspaceStore + ProfileStore + JobQueue + BotStore {
+pub trait Store: WorkspaceStore + ProfileStore + JobQueue + BotStore + ConversationStore {
     /// The backend's name, for logs and `/healthz`.
     fn backend(&self) -> &'static str;
     /// Check the backend answers.

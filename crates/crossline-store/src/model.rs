@@ -225,3 +225,39 @@ pub struct StoredBot {
     /// When this version was stored.
     pub created_at: DateTime<Utc>,
 }
+
+/// A conversation: a profile talking to a bot (and later to agents), on any channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conversation {
+    /// `cnv_...`.
+    pub id: String,
+    /// The customer.
+    pub profile_id: String,
+    /// The bot's name.
+    pub bot: String,
+    /// The bot version the conversation started on; it finishes on it.
+    pub bot_version: i64,
+    /// `bot`, `queued`, `assigned` or `resolved`.
+    pub status: String,
+    /// The channel of the customer's last message.
+    pub channel: String,
+    /// The dialog state.
+    pub state: Value,
+    /// Start.
+    pub created_at: DateTime<Utc>,
+    /// Last message.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationMessage {
+    /// `customer`, `bot` or `agent`.
+    pub author: String,
+    /// The channel it went over.
+    pub channel: String,
+    /// The text.
+    pub text: String,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}

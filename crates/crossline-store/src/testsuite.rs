@@ -58,6 +58,73 @@ where
     concurrent_ingest_keeps_every_event(fresh().await).await;
     job_queue_leases_and_idempotency(fresh().await).await;
     bots_are_versioned_per_workspace(fresh().await).await;
+    conversations_follow_profiles(fresh().await).await;
+}
+
+async fn conversations_follow_profiles(store: DynStore) {
+    use crate::{Conversation, ConversationMessage};
+    let ws = workspace(&store, "acme").await;
+    let identify = |id: &str, body: Value| {
+        let store = store.clone();
+        let (workspace_id, id) = (ws.id.clone(), id.to_owned());
+        async move {
+            let mut event = body;
+            event["type"] = json!("identify");
+            event["messageId"] = json!(id);
+            store.ingest(&workspace_id, events(json!({"batch": [event]}))).await.unwrap()[0].profile_id.clone().unwrap()
+        }
+    };
+    let chat = identify("c1", json!({"anonymousId": "visitor", "traits": {"email": "c@example.com"}})).await;
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+    let mut conversation = Conversation {
+        id: "cnv_1".into(),
+        profile_id: chat.clone(),
+        bot: "bank".into(),
+        bot_version: 1,
+        status: "bot".into(),
+        channel: "chat".into(),
+        state: json!({"active": {"name": "book"}}),
+        created_at: t0,
+        updated_at: t0,
+    };
+    let message = |author: &str, text: &str| ConversationMessage {
+        author: author.into(),
+        channel: "chat".into(),
+        text: text.into(),
+        created_at: t0,
+    };
+    store
+        .save_conversation(&ws.id, &conversation, &[message("customer", "book"), message("bot", "What day?")])
+        .await
+        .unwrap();
+    let open = store.open_conversation(&ws.id, &chat, "bank", t0 - Duration::minutes(30)).await.unwrap().unwrap();
+    assert_eq!(open, conversation);
+    assert!(
+        store.open_conversation(&ws.id, &chat, "bank", t0 + Duration::minutes(1)).await.unwrap().is_none(),
+        "timed out"
+    );
+    assert!(store.open_conversation(&ws.id, &chat, "other", t0).await.unwrap().is_none());
+
+    conversation.channel = "sms".into();
+    conversation.updated_at = t0 + Duration::minutes(5);
+    store.save_conversation(&ws.id, &conversation, &[message("customer", "tomorrow")]).await.unwrap();
+    let texts: Vec<String> =
+        store.conversation_messages(&ws.id, "cnv_1").await.unwrap().into_iter().map(|message| message.text).collect();
+    assert_eq!(texts, ["book", "What day?", "tomorrow"]);
+
+    // A merge brings the conversation along to the surviving profile; an erase removes it.
+    let sms = identify("c2", json!({"anonymousId": "texter", "traits": {"phone": "+14155550111"}})).await;
+    let survivor =
+        identify("c3", json!({"userId": "u", "traits": {"email": "c@example.com", "phone": "+14155550111"}})).await;
+    assert_eq!(survivor, chat);
+    assert_ne!(sms, chat);
+    assert!(store.open_conversation(&ws.id, &chat, "bank", t0).await.unwrap().is_some());
+    conversation.status = "resolved".into();
+    store.save_conversation(&ws.id, &conversation, &[]).await.unwrap();
+    assert!(store.open_conversation(&ws.id, &chat, "bank", t0).await.unwrap().is_none(), "resolved ones are closed");
+    assert!(store.delete_profile(&ws.id, &chat).await.unwrap());
+    assert!(store.conversation(&ws.id, "cnv_1").await.unwrap().is_none());
+    assert!(store.conversation_messages(&ws.id, "cnv_1").await.unwrap().is_empty());
 }
 
 async fn bots_are_versioned_per_workspace(store: DynStore) {

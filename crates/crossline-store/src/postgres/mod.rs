@@ -19,8 +19,11 @@ use crossline_core::{ConsentStatus, Identity, Profile};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
-const MIGRATIONS: &[&str] =
-    &[include_str!("../../migrations/postgres/0001_init.sql"), include_str!("../../migrations/postgres/0002_bots.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_init.sql"),
+    include_str!("../../migrations/postgres/0002_bots.sql"),
+    include_str!("../../migrations/postgres/0003_conversations.sql"),
+];
 
 /// Arbitrary constant for the advisory lock that serialises migrations across nodes.
 const MIGRATION_LOCK: i64 = 0x0c05_511e;
@@ -333,6 +336,47 @@ impl crate::BotStore for PgStore {
     async fn bots(&self, workspace_id: &str) -> StoreResult<Vec<crate::StoredBot>> {
         let client = self.pool.get().await?;
         statements::bots(&**client, workspace_id, None, None).await
+    }
+}
+
+#[async_trait]
+impl crate::ConversationStore for PgStore {
+    async fn open_conversation(
+        &self,
+        workspace_id: &str,
+        profile_id: &str,
+        bot: &str,
+        active_since: DateTime<Utc>,
+    ) -> StoreResult<Option<crate::Conversation>> {
+        let client = self.pool.get().await?;
+        statements::open_conversation(&**client, workspace_id, profile_id, bot, active_since).await
+    }
+
+    async fn save_conversation(
+        &self,
+        workspace_id: &str,
+        conversation: &crate::Conversation,
+        messages: &[crate::ConversationMessage],
+    ) -> StoreResult<()> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        statements::save_conversation(&tx, workspace_id, conversation, messages).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn conversation(&self, workspace_id: &str, id: &str) -> StoreResult<Option<crate::Conversation>> {
+        let client = self.pool.get().await?;
+        statements::conversation(&**client, workspace_id, id).await
+    }
+
+    async fn conversation_messages(
+        &self,
+        workspace_id: &str,
+        id: &str,
+    ) -> StoreResult<Vec<crate::ConversationMessage>> {
+        let client = self.pool.get().await?;
+        statements::conversation_messages(&**client, workspace_id, id).await
     }
 }
 

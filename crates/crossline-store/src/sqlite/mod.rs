@@ -28,8 +28,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use tokio::sync::oneshot;
 
-const MIGRATIONS: &[&str] =
-    &[include_str!("../../migrations/sqlite/0001_init.sql"), include_str!("../../migrations/sqlite/0002_bots.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+    include_str!("../../migrations/sqlite/0002_bots.sql"),
+    include_str!("../../migrations/sqlite/0003_conversations.sql"),
+];
 
 /// Most events committed in one group; bounds the time a group holds the write lock.
 const MAX_GROUP_EVENTS: usize = 20_000;
@@ -576,6 +579,44 @@ impl crate::BotStore for SqliteStore {
     async fn bots(&self, workspace_id: &str) -> StoreResult<Vec<crate::StoredBot>> {
         let workspace_id = workspace_id.to_owned();
         self.read(move |conn| statements::bots(conn, &workspace_id, None, None)).await
+    }
+}
+
+#[async_trait]
+impl crate::ConversationStore for SqliteStore {
+    async fn open_conversation(
+        &self,
+        workspace_id: &str,
+        profile_id: &str,
+        bot: &str,
+        active_since: DateTime<Utc>,
+    ) -> StoreResult<Option<crate::Conversation>> {
+        let (workspace_id, profile_id, bot) = (workspace_id.to_owned(), profile_id.to_owned(), bot.to_owned());
+        self.read(move |conn| statements::open_conversation(conn, &workspace_id, &profile_id, &bot, active_since)).await
+    }
+
+    async fn save_conversation(
+        &self,
+        workspace_id: &str,
+        conversation: &crate::Conversation,
+        messages: &[crate::ConversationMessage],
+    ) -> StoreResult<()> {
+        let (workspace_id, conversation, messages) = (workspace_id.to_owned(), conversation.clone(), messages.to_vec());
+        self.write(move |tx| statements::save_conversation(tx, &workspace_id, &conversation, &messages)).await
+    }
+
+    async fn conversation(&self, workspace_id: &str, id: &str) -> StoreResult<Option<crate::Conversation>> {
+        let (workspace_id, id) = (workspace_id.to_owned(), id.to_owned());
+        self.read(move |conn| statements::conversation(conn, &workspace_id, &id)).await
+    }
+
+    async fn conversation_messages(
+        &self,
+        workspace_id: &str,
+        id: &str,
+    ) -> StoreResult<Vec<crate::ConversationMessage>> {
+        let (workspace_id, id) = (workspace_id.to_owned(), id.to_owned());
+        self.read(move |conn| statements::conversation_messages(conn, &workspace_id, &id)).await
     }
 }
 

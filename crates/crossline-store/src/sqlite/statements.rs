@@ -33,6 +33,17 @@ const DELETE_IDENTITIES: &str =
 const DELETE_TOMBSTONES: &str =
     "DELETE FROM profiles INDEXED BY profiles_merged_into WHERE workspace_id = ?1 AND merged_into = ?2";
 const DELETE_PROFILE: &str = "DELETE FROM profiles WHERE workspace_id = ?1 AND id = ?2";
+const MOVE_CONVERSATIONS: &str = "UPDATE conversations INDEXED BY conversations_profile SET profile_id = ?1 WHERE workspace_id = ?2 AND profile_id = ?3";
+const DELETE_CONVERSATION_MESSAGES: &str =
+    "DELETE FROM conversation_messages WHERE workspace_id = ?1 AND conversation_id IN
+    (SELECT id FROM conversations INDEXED BY conversations_profile WHERE workspace_id = ?1 AND profile_id = ?2)";
+const DELETE_CONVERSATIONS: &str =
+    "DELETE FROM conversations INDEXED BY conversations_profile WHERE workspace_id = ?1 AND profile_id = ?2";
+const OPEN_CONVERSATION: &str =
+    "SELECT id, profile_id, bot, bot_version, status, channel, state, created_at, updated_at
+    FROM conversations INDEXED BY conversations_profile
+    WHERE workspace_id = ?1 AND profile_id = ?2 AND bot = ?3 AND status != 'resolved' AND updated_at >= ?4
+    ORDER BY updated_at DESC LIMIT 1";
 const TOMBSTONE: &str = "UPDATE profiles SET merged_into = ?1, traits = '{}', trait_times = '{}', consent = '{}' WHERE workspace_id = ?2 AND id = ?3";
 const PROFILE_STATE: &str = "SELECT traits, trait_times, consent, created_at, updated_at FROM profiles WHERE workspace_id = ?1 AND id = ?2 AND merged_into IS NULL";
 const TIMELINE: &str = "SELECT message_id, profile_id, kind, name, properties, context, timestamp, received_at, channel FROM events WHERE workspace_id = ?1 AND profile_id = ?2 AND (?3 IS NULL OR kind = ?3) ORDER BY timestamp DESC, seq DESC LIMIT ?4";
@@ -102,6 +113,7 @@ impl IngestTx for SqliteTx<'_> {
         let conn = self.conn;
         conn.prepare_cached(MOVE_IDENTITIES)?.execute((survivor, workspace_id, loser))?;
         conn.prepare_cached(MOVE_EVENTS)?.execute((survivor, workspace_id, loser))?;
+        conn.prepare_cached(MOVE_CONVERSATIONS)?.execute((survivor, workspace_id, loser))?;
         // Two statements, not one with OR: an OR cannot use the partial index and scans every profile.
         // INDEXED BY because SQLite 3.50's planner otherwise walks the whole workspace's primary-key
         // range when an UPDATE changes a column of the better index (measured: 1.4 ms per merge).
@@ -344,6 +356,8 @@ pub(super) fn delete_profile(conn: &Connection, workspace_id: &str, profile_id: 
         erased.iter().map(|(day, channel, count)| (*day, channel.as_str(), *count)).collect();
     add_event_counts(conn, workspace_id, &erased)?;
     conn.execute(DELETE_EVENTS, (workspace_id, &live))?;
+    conn.execute(DELETE_CONVERSATION_MESSAGES, (workspace_id, &live))?;
+    conn.execute(DELETE_CONVERSATIONS, (workspace_id, &live))?;
     conn.execute(DELETE_IDENTITIES, (workspace_id, &live))?;
     conn.execute(DELETE_TOMBSTONES, (workspace_id, &live))?;
     conn.execute(DELETE_PROFILE, (workspace_id, &live))?;
@@ -630,4 +644,126 @@ pub(super) fn bots(
         });
     }
     Ok(bots)
+}
+
+fn conversation_from_row(row: &Row<'_>) -> rusqlite::Result<(crate::Conversation, String)> {
+    Ok((
+        crate::Conversation {
+            id: row.get(0)?,
+            profile_id: row.get(1)?,
+            bot: row.get(2)?,
+            bot_version: row.get(3)?,
+            status: row.get(4)?,
+            channel: row.get(5)?,
+            state: Value::Null,
+            created_at: from_millis(row.get(7)?),
+            updated_at: from_millis(row.get(8)?),
+        },
+        row.get(6)?,
+    ))
+}
+
+pub(super) fn open_conversation(
+    conn: &Connection,
+    workspace_id: &str,
+    profile_id: &str,
+    bot: &str,
+    active_since: DateTime<Utc>,
+) -> StoreResult<Option<crate::Conversation>> {
+    let row = conn
+        .prepare_cached(OPEN_CONVERSATION)?
+        .query_row(params![workspace_id, profile_id, bot, to_millis(active_since)], conversation_from_row)
+        .optional()?;
+    row.map(|(mut conversation, state)| {
+        conversation.state = parse_json(&state)?;
+        Ok(conversation)
+    })
+    .transpose()
+}
+
+pub(super) fn conversation(
+    conn: &Connection,
+    workspace_id: &str,
+    id: &str,
+) -> StoreResult<Option<crate::Conversation>> {
+    let row = conn
+        .prepare_cached(
+            "SELECT id, profile_id, bot, bot_version, status, channel, state, created_at, updated_at
+             FROM conversations WHERE workspace_id = ?1 AND id = ?2",
+        )?
+        .query_row((workspace_id, id), conversation_from_row)
+        .optional()?;
+    row.map(|(mut conversation, state)| {
+        conversation.state = parse_json(&state)?;
+        Ok(conversation)
+    })
+    .transpose()
+}
+
+pub(super) fn save_conversation(
+    conn: &Connection,
+    workspace_id: &str,
+    conversation: &crate::Conversation,
+    messages: &[crate::ConversationMessage],
+) -> StoreResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO conversations (workspace_id, id, profile_id, bot, bot_version, status, channel, state, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (workspace_id, id) DO UPDATE SET profile_id = excluded.profile_id, status = excluded.status,
+            channel = excluded.channel, state = excluded.state, updated_at = excluded.updated_at",
+    )?
+    .execute(params![
+        workspace_id,
+        conversation.id,
+        conversation.profile_id,
+        conversation.bot,
+        conversation.bot_version,
+        conversation.status,
+        conversation.channel,
+        serde_json::to_string(&conversation.state)?,
+        to_millis(conversation.created_at),
+        to_millis(conversation.updated_at),
+    ])?;
+    let mut seq: i64 = conn.query_row(
+        "SELECT coalesce(max(seq), 0) FROM conversation_messages WHERE workspace_id = ?1 AND conversation_id = ?2",
+        (workspace_id, &conversation.id),
+        |row| row.get(0),
+    )?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO conversation_messages (workspace_id, conversation_id, seq, author, channel, text, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for message in messages {
+        seq += 1;
+        insert.execute(params![
+            workspace_id,
+            conversation.id,
+            seq,
+            message.author,
+            message.channel,
+            message.text,
+            to_millis(message.created_at)
+        ])?;
+    }
+    Ok(())
+}
+
+pub(super) fn conversation_messages(
+    conn: &Connection,
+    workspace_id: &str,
+    id: &str,
+) -> StoreResult<Vec<crate::ConversationMessage>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT author, channel, text, created_at FROM conversation_messages
+         WHERE workspace_id = ?1 AND conversation_id = ?2 ORDER BY seq",
+    )?;
+    let rows = statement.query_map((workspace_id, id), |row| {
+        Ok(crate::ConversationMessage {
+            author: row.get(0)?,
+            channel: row.get(1)?,
+            text: row.get(2)?,
+            created_at: from_millis(row.get(3)?),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
