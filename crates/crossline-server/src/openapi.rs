@@ -2,7 +2,7 @@
 //! [`router`] together with their documentation, so a route cannot exist without its entry; the
 //! test `openapi_document_is_current` guards the committed `docs/openapi.json` copy.
 
-use crate::api::{bots, ingest, profiles, workspaces};
+use crate::api::{bots, conversations, ingest, profiles, workspaces};
 use crate::state::AppState;
 use axum::Router;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -20,6 +20,7 @@ use utoipa_swagger_ui::SwaggerUi;
         (name = "workspaces", description = "Workspaces and keys"),
         (name = "profiles", description = "Unified customer profiles"),
         (name = "bots", description = "Bot definitions and recognition"),
+        (name = "conversations", description = "Conversations with bots on every channel"),
     )
 )]
 struct ApiDoc;
@@ -54,6 +55,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(bots::list_bots))
         .routes(routes!(bots::put_bot, bots::get_bot))
         .routes(routes!(bots::recognize))
+        .routes(routes!(conversations::post_message))
 }
 
 /// The document as pretty JSON (what `/api/openapi.json` serves).

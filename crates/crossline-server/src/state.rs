@@ -31,10 +31,17 @@ pub struct Settings {
     pub default_time_zone: String,
     /// The URL the server is reached at from outside, for links and webhook signatures.
     pub public_url: Option<String>,
+    /// A conversation without a message for this long is over; the next message starts a new one.
+    pub conversation_idle: chrono::Duration,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { default_region: "US".into(), default_time_zone: "UTC".into(), public_url: None }
+        Settings {
+            default_region: "US".into(),
+            default_time_zone: "UTC".into(),
+            public_url: None,
+            conversation_idle: chrono::Duration::minutes(30),
+        }
     }
 }

@@ -32,6 +32,8 @@ pub struct Config {
     pub default_region: String,
     /// Default time zone of new workspaces.
     pub default_time_zone: String,
+    /// Minutes without a message after which a conversation is over.
+    pub conversation_idle_minutes: u32,
 }
 
 impl Default for Config {
@@ -47,12 +49,13 @@ impl Default for Config {
             log_level: "info".into(),
             default_region: "US".into(),
             default_time_zone: "UTC".into(),
+            conversation_idle_minutes: 30,
         }
     }
 }
 
 /// The environment variables read, as `CROSSLINE_` + the upper-cased key.
-const ENV_KEYS: [&str; 10] = [
+const ENV_KEYS: [&str; 11] = [
     "listen",
     "data_dir",
     "database_url",
@@ -63,6 +66,7 @@ const ENV_KEYS: [&str; 10] = [
     "log_level",
     "default_region",
     "default_time_zone",
+    "conversation_idle_minutes",
 ];
 
 /// Flags given on the command line; they override everything else.
@@ -145,6 +149,11 @@ impl Config {
             anyhow::bail!(
                 "default_time_zone (CROSSLINE_DEFAULT_TIME_ZONE) \"{}\" is not an IANA time zone such as UTC or Europe/Paris",
                 self.default_time_zone
+            );
+        }
+        if !(1..=10_080).contains(&self.conversation_idle_minutes) {
+            anyhow::bail!(
+                "conversation_idle_minutes (CROSSLINE_CONVERSATION_IDLE_MINUTES) must be 1 to 10080 (a week)"
             );
         }
         Ok(())

@@ -176,6 +176,7 @@ async fn state_for(config: &Config, admin_token: String) -> anyhow::Result<AppSt
             default_region: config.default_region.clone(),
             default_time_zone: config.default_time_zone.clone(),
             public_url: config.public_url.clone(),
+            conversation_idle: chrono::Duration::minutes(i64::from(config.conversation_idle_minutes)),
         }),
         metrics: crossline_server::metrics_handle(),
         bots: Default::default(),

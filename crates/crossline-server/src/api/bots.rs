@@ -24,31 +24,36 @@ use utoipa::{IntoParams, ToSchema};
 /// Longest text `recognize` accepts.
 pub const MAX_TEXT_CHARS: usize = 10_000;
 
-/// A bot: workspace id and name.
-type BotKey = (String, String);
+/// A bot version: workspace id, name and version.
+type BotKey = (String, String, i64);
 
-/// Trained models on this node: the newest version seen of each bot.
+/// Trained models on this node, by bot version (a conversation finishes on the version it started
+/// with, so older versions stay while conversations use them), and the per-customer turn locks.
 #[derive(Default)]
 pub struct BotRegistry {
-    models: Mutex<HashMap<BotKey, (i64, Arc<Recognizer>)>>,
+    models: Mutex<HashMap<BotKey, Arc<Recognizer>>>,
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl BotRegistry {
     fn get(&self, workspace_id: &str, name: &str, version: i64) -> Option<Arc<Recognizer>> {
         let models = self.models.lock().expect("bot registry lock");
-        match models.get(&(workspace_id.to_owned(), name.to_owned())) {
-            Some((cached, model)) if *cached == version => Some(model.clone()),
-            _ => None,
-        }
+        models.get(&(workspace_id.to_owned(), name.to_owned(), version)).cloned()
     }
 
     fn put(&self, workspace_id: &str, name: &str, version: i64, model: Arc<Recognizer>) {
         let mut models = self.models.lock().expect("bot registry lock");
-        let entry = models.entry((workspace_id.to_owned(), name.to_owned())).or_insert((version, model.clone()));
-        // A slower training of an older version must not replace a newer model.
-        if entry.0 <= version {
-            *entry = (version, model);
+        models.insert((workspace_id.to_owned(), name.to_owned(), version), model);
+    }
+
+    /// The lock that serialises one customer's turns on this node, so two messages sent at once
+    /// cannot both read the same dialog state.
+    pub fn turn_lock(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.turns.lock().expect("turn lock table");
+        if turns.len() > 10_000 {
+            turns.retain(|_, lock| Arc::strong_count(lock) > 1);
         }
+        turns.entry(key).or_default().clone()
     }
 }
 
@@ -64,7 +69,17 @@ async fn train(definition: Value) -> ApiResult<Arc<Recognizer>> {
 
 /// The latest version of a bot and its trained model (training it here if this node has not yet).
 pub async fn live_bot(state: &AppState, workspace: &Workspace, name: &str) -> ApiResult<(StoredBot, Arc<Recognizer>)> {
-    let stored = state.store.bot(&workspace.id, name, None).await?.ok_or_else(|| ApiError::not_found("bot"))?;
+    bot_model(state, workspace, name, None).await
+}
+
+/// A version of a bot (the latest when None) and its trained model.
+pub async fn bot_model(
+    state: &AppState,
+    workspace: &Workspace,
+    name: &str,
+    version: Option<i64>,
+) -> ApiResult<(StoredBot, Arc<Recognizer>)> {
+    let stored = state.store.bot(&workspace.id, name, version).await?.ok_or_else(|| ApiError::not_found("bot"))?;
     if let Some(model) = state.bots.get(&workspace.id, name, stored.version) {
         return Ok((stored, model));
     }

@@ -4,7 +4,7 @@ use crate::harness::{TestServer, json_of};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-fn bank() -> Value {
+pub fn bank() -> Value {
     json!({
         "locale": "en",
         "greeting": "Hi! How can I help?",

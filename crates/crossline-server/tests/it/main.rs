@@ -2,6 +2,7 @@
 //! shared helpers); each test starts its own server on port 0.
 
 mod bots;
+mod conversations;
 mod harness;
 mod ingest;
 mod openapi;

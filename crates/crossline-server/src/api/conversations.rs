@@ -1,0 +1,290 @@
+//! The generic REST channel, `POST /api/v1/conversations/messages`, and the conversation turn that
+//! every channel shares: resolve the customer's profile, continue (or start) the conversation,
+//! recognise, run the dialog manager, store the messages and state, and record the turn as events
+//! on the profile's timeline.
+
+use crate::api::bots::bot_model;
+use crate::api::profiles::json_rejection;
+use crate::auth::WorkspaceCaller;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use chrono::{DateTime, Utc};
+use crossline_bot::dialog::{DialogState, TurnInput, slot_entry, step};
+use crossline_core::consent::is_valid_channel_name;
+use crossline_core::event::{EventKind, NormalizedEvent};
+use crossline_core::ids::{new_id, new_random_id};
+use crossline_core::{Identity, IdentityKind};
+use crossline_store::{Conversation, ConversationMessage, Workspace};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// Longest customer message accepted.
+pub const MAX_MESSAGE_CHARS: usize = 4_000;
+
+/// Who sent a message.
+#[derive(Deserialize, ToSchema)]
+pub struct From {
+    /// Identity kind: `user_id`, `email`, `phone`, `anonymous_id`, ...
+    pub kind: String,
+    /// Its value (normalised as at ingestion).
+    pub value: String,
+}
+
+/// A customer message on the REST channel.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InboundMessage {
+    /// The bot's name.
+    pub bot: Option<String>,
+    /// The customer.
+    pub from: Option<From>,
+    /// What they said.
+    pub text: Option<String>,
+    /// The channel to record the message under (`rest` by default).
+    pub channel: Option<String>,
+}
+
+/// One reply.
+#[derive(Serialize, ToSchema)]
+pub struct Reply {
+    /// The text.
+    pub text: String,
+}
+
+/// The bot's answer.
+#[derive(Serialize, ToSchema)]
+pub struct TurnAnswer {
+    /// The conversation the message belongs to.
+    pub conversation_id: String,
+    /// The replies, in order.
+    pub replies: Vec<Reply>,
+    /// `bot`, `queued`, `assigned` or `resolved`.
+    pub status: String,
+}
+
+/// A message on any channel, ready for [`converse`].
+pub struct Turn<'a> {
+    /// The bot's name.
+    pub bot: &'a str,
+    /// The sender.
+    pub from: Identity,
+    /// The text.
+    pub text: &'a str,
+    /// The channel.
+    pub channel: &'a str,
+    /// When it arrived.
+    pub now: DateTime<Utc>,
+}
+
+fn event(identity: &Identity, name: &str, channel: &str, properties: Value, now: DateTime<Utc>) -> NormalizedEvent {
+    NormalizedEvent {
+        message_id: new_random_id("msg"),
+        kind: EventKind::Track,
+        name: Some(name.to_owned()),
+        identities: vec![identity.clone()],
+        previous_ids: Vec::new(),
+        traits: Map::new(),
+        consent: Vec::new(),
+        properties: match properties {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        },
+        context: Map::new(),
+        channel: channel.to_owned(),
+        timestamp: now,
+        received_at: now,
+    }
+}
+
+/// Run one conversation turn for a customer message.
+pub async fn converse(state: &AppState, workspace: &Workspace, turn: Turn<'_>) -> ApiResult<TurnAnswer> {
+    let lock = state.bots.turn_lock(format!("{}/{}/{}", workspace.id, turn.bot, turn.from));
+    let _turn = lock.lock().await;
+
+    let (latest, _) = bot_model(state, workspace, turn.bot, None).await?;
+    let profile = match state.store.lookup(&workspace.id, &turn.from).await? {
+        Some(profile) => profile,
+        None => {
+            // A first message from someone unknown makes their profile.
+            let created = event(&turn.from, "conversation.started", turn.channel, json!({"bot": turn.bot}), turn.now);
+            state.store.ingest(&workspace.id, vec![created]).await?;
+            state
+                .store
+                .lookup(&workspace.id, &turn.from)
+                .await?
+                .ok_or_else(|| ApiError::internal("profile missing after ingest"))?
+        }
+    };
+    let active_since = turn.now - state.settings.conversation_idle;
+    let mut conversation =
+        match state.store.open_conversation(&workspace.id, &profile.id, turn.bot, active_since).await? {
+            Some(conversation) => conversation,
+            None => Conversation {
+                id: new_id("cnv"),
+                profile_id: profile.id.clone(),
+                bot: turn.bot.to_owned(),
+                bot_version: latest.version,
+                status: "bot".into(),
+                channel: turn.channel.to_owned(),
+                state: json!({}),
+                created_at: turn.now,
+                updated_at: turn.now,
+            },
+        };
+    // A conversation finishes on the bot version it started with.
+    let (stored, model) = bot_model(state, workspace, turn.bot, Some(conversation.bot_version)).await?;
+    let definition = crossline_bot::parse(&stored.definition).map_err(ApiError::internal)?;
+    let time_zone: chrono_tz::Tz = workspace.time_zone.parse().unwrap_or(chrono_tz::UTC);
+    let context =
+        crossline_nlu::RecognizeContext { now: turn.now, time_zone, default_region: workspace.default_region.clone() };
+    let recognition = model.recognize(turn.text, &context);
+
+    let slots: BTreeMap<String, Value> = recognition
+        .slots
+        .iter()
+        .map(|(name, slot)| (name.clone(), slot_entry(slot.value.clone(), &slot.text)))
+        .collect();
+    let known: BTreeMap<String, Value> = profile
+        .identities
+        .iter()
+        .filter(|identity| matches!(identity.kind, IdentityKind::Email | IdentityKind::Phone))
+        .map(|identity| (identity.kind.as_str().to_owned(), slot_entry(json!(identity.value), &identity.value)))
+        .collect();
+    let mut dialog: DialogState = serde_json::from_value(conversation.state.clone()).unwrap_or_default();
+    // The dialog step is synchronous; its borrowed closures end before the next await.
+    let mut outcome = {
+        let extract = |intent: &str, slot: &str, text: &str| {
+            model.extract_slot(intent, slot, text, &context).map(|value| slot_entry(value.value, &value.text))
+        };
+        let input = TurnInput {
+            text: turn.text,
+            channel: turn.channel,
+            intent: recognition.intent.as_ref().map(|intent| (intent.name.as_str(), intent.confidence)),
+            slots: &slots,
+            extract: &extract,
+            known: &known,
+        };
+        step(&definition, &mut dialog, &input)
+    };
+    if let Some((intent, _, _)) = &outcome.webhook {
+        // Webhook fulfilment (signed POST, timeout, retry) is the next part of this capability.
+        tracing::warn!(bot = turn.bot, intent, "webhook fulfilment is not available yet; answering with the fallback");
+        outcome.replies.push(definition.fallback.response.clone());
+    }
+    if outcome.handoff.is_some() {
+        conversation.status = "queued".into();
+    }
+    conversation.state = serde_json::to_value(&dialog).map_err(ApiError::internal)?;
+    conversation.channel = turn.channel.to_owned();
+    conversation.updated_at = turn.now;
+
+    let mut messages = vec![ConversationMessage {
+        author: "customer".into(),
+        channel: turn.channel.to_owned(),
+        text: turn.text.to_owned(),
+        created_at: turn.now,
+    }];
+    messages.extend(outcome.replies.iter().map(|reply| ConversationMessage {
+        author: "bot".into(),
+        channel: turn.channel.to_owned(),
+        text: reply.clone(),
+        created_at: turn.now,
+    }));
+    state.store.save_conversation(&workspace.id, &conversation, &messages).await?;
+
+    let mut events = vec![event(
+        &turn.from,
+        "message.received",
+        turn.channel,
+        json!({
+            "conversation_id": conversation.id, "bot": turn.bot, "bot_version": conversation.bot_version,
+            "text": turn.text, "intent": recognition.intent.as_ref().map(|intent| &intent.name),
+            "confidence": recognition.intent.as_ref().map(|intent| intent.confidence),
+            "slots": slots, "sentiment": recognition.sentiment, "language": recognition.language.code,
+            "understood": outcome.understood, "missed": !outcome.understood,
+        }),
+        turn.now,
+    )];
+    events.extend(outcome.replies.iter().map(|reply| {
+        event(
+            &turn.from,
+            "message.sent",
+            turn.channel,
+            json!({"conversation_id": conversation.id, "bot": turn.bot, "author": "bot", "text": reply}),
+            turn.now,
+        )
+    }));
+    if let Some(queue) = &outcome.handoff {
+        events.push(event(
+            &turn.from,
+            "conversation.handoff",
+            turn.channel,
+            json!({"conversation_id": conversation.id, "queue": queue}),
+            turn.now,
+        ));
+    }
+    state.store.ingest(&workspace.id, events).await?;
+    metrics::counter!("crossline_bot_turns_total", "understood" => if outcome.understood { "yes" } else { "no" })
+        .increment(1);
+
+    Ok(TurnAnswer {
+        conversation_id: conversation.id,
+        replies: outcome.replies.into_iter().map(|text| Reply { text }).collect(),
+        status: conversation.status,
+    })
+}
+
+/// Send a customer message to a bot over the generic REST channel.
+#[utoipa::path(post, path = "/api/v1/conversations/messages", tag = "conversations",
+    description = "`{\"bot\", \"from\": {\"kind\", \"value\"}, \"text\", \"channel\"?}` → `{\"conversation_id\", \"replies\": [{\"text\"}], \"status\"}`. The same customer reaching the same bot on another channel continues the open conversation (idle timeout 30 minutes by default).",
+    request_body = InboundMessage,
+    responses((status = 200, body = TurnAnswer), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn post_message(
+    State(state): State<AppState>,
+    WorkspaceCaller(workspace): WorkspaceCaller,
+    body: Result<Json<InboundMessage>, JsonRejection>,
+) -> ApiResult<Json<TurnAnswer>> {
+    let Json(message) = body.map_err(json_rejection)?;
+    let bot = message.bot.ok_or_else(|| ApiError::bad_request("missing_field", "bot: is required, the bot's name"))?;
+    let from = message.from.ok_or_else(|| {
+        ApiError::bad_request(
+            "missing_field",
+            "from: is required, e.g. {\"kind\": \"phone\", \"value\": \"+14155550123\"}",
+        )
+    })?;
+    let kind: IdentityKind = from.kind.parse().map_err(|err: crossline_core::IdentityError| {
+        ApiError::bad_request("invalid_field", format!("from.kind: {err}"))
+    })?;
+    let identity = Identity::parse(kind, &from.value, &workspace.default_region)
+        .map_err(|err| ApiError::bad_request("invalid_field", format!("from.value: {err}")))?;
+    let text = message.text.ok_or_else(|| ApiError::bad_request("missing_field", "text: is required"))?;
+    if text.trim().is_empty() {
+        return Err(ApiError::bad_request("invalid_field", "text: is empty"));
+    }
+    if text.chars().count() > MAX_MESSAGE_CHARS {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("text: is longer than {MAX_MESSAGE_CHARS} characters"),
+        ));
+    }
+    let channel = message.channel.unwrap_or_else(|| "rest".into());
+    if !is_valid_channel_name(&channel) {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "channel: use a lower-case channel name such as rest, chat or sms",
+        ));
+    }
+    let answer = converse(
+        &state,
+        &workspace,
+        Turn { bot: &bot, from: identity, text: &text, channel: &channel, now: Utc::now() },
+    )
+    .await?;
+    Ok(Json(answer))
+}

@@ -1,0 +1,156 @@
+//! Conversations over the REST channel: one bot, a conversation that follows the customer.
+
+use crate::bots::bank;
+use crate::harness::{TestServer, json_of};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+async fn say(server: &TestServer, key: &str, from: Value, channel: &str, text: &str) -> (StatusCode, Value) {
+    let body = json!({"bot": "bank", "from": from, "text": text, "channel": channel});
+    json_of(
+        server
+            .http
+            .post(format!("{}/api/v1/conversations/messages", server.url))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+fn replies(answer: &Value) -> Vec<String> {
+    answer["replies"].as_array().unwrap().iter().map(|reply| reply["text"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_booking_started_in_chat_is_finished_by_sms_and_voice() {
+    let server = TestServer::start().await;
+    let ws = server.workspace("bank").await;
+    let (status, _) = json_of(
+        server
+            .http
+            .put(format!("{}/api/v1/bots/bank", server.url))
+            .bearer_auth(&ws.api_key)
+            .json(&bank())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let chat = json!({"kind": "email", "value": "ada@example.com"});
+    let phone = json!({"kind": "phone", "value": "(415) 555-0199"});
+
+    let (status, first) = say(&server, &ws.api_key, chat.clone(), "chat", "I want to book an appointment").await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!((replies(&first), first["status"].as_str()), (vec!["What day suits you?".to_owned()], Some("bot")));
+    let (_, second) = say(&server, &ws.api_key, chat.clone(), "chat", "tomorrow").await;
+    assert_eq!(replies(&second), ["What time?"]);
+    assert_eq!(second["conversation_id"], first["conversation_id"]);
+
+    // She gave her phone number on the site; later she texts from it.
+    let identify = json!({"userId": "ada", "traits": {"email": "ada@example.com", "phone": "+1 415 555 0199"}});
+    assert_eq!(server.track("/v1/identify", &ws.write_key, &identify).await.status(), StatusCode::OK);
+    let (_, sms) = say(&server, &ws.api_key, phone.clone(), "sms", "hi, it's me again").await;
+    assert_eq!(replies(&sms), ["Picking up where we left off in chat: What time?"]);
+    assert_eq!(sms["conversation_id"], first["conversation_id"], "the conversation belongs to the customer");
+
+    let (_, voice) = say(&server, &ws.api_key, phone.clone(), "voice", "3pm").await;
+    let reply = &replies(&voice)[0];
+    assert!(reply.starts_with("Picking up where we left off in our text messages: Shall I book "), "{reply}");
+    assert!(reply.ends_with(" at 15:00?"), "{reply}");
+    let (_, done) = say(&server, &ws.api_key, phone.clone(), "voice", "yes please").await;
+    assert!(replies(&done)[0].starts_with("Booked: "), "{done}");
+
+    // Every turn is on the profile's timeline, on the channel it happened.
+    let (_, profile) =
+        json_of(server.get("/api/v1/profiles/lookup?kind=email&value=ada@example.com", &ws.api_key).await).await;
+    let (_, events) = json_of(
+        server
+            .get(
+                &format!("/api/v1/profiles/{}/events?limit=100&type=track", profile["id"].as_str().unwrap()),
+                &ws.api_key,
+            )
+            .await,
+    )
+    .await;
+    let received: Vec<(String, String)> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["event"] == "message.received")
+        .map(|event| {
+            (event["channel"].as_str().unwrap().to_owned(), event["properties"]["text"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(received.len(), 5, "{received:?}");
+    for channel in ["chat", "sms", "voice"] {
+        assert!(received.iter().any(|(on, _)| on == channel), "{channel}: {received:?}");
+    }
+    let first_turn =
+        events["events"].as_array().unwrap().iter().rev().find(|event| event["event"] == "message.received").unwrap();
+    assert_eq!(first_turn["properties"]["intent"], "book_appointment");
+    assert!(events["events"].as_array().unwrap().iter().any(|event| event["event"] == "message.sent"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoff_fallback_and_bad_input() {
+    let server = TestServer::start().await;
+    let ws = server.workspace("bank").await;
+    server
+        .http
+        .put(format!("{}/api/v1/bots/bank", server.url))
+        .bearer_auth(&ws.api_key)
+        .json(&bank())
+        .send()
+        .await
+        .unwrap();
+    let who = json!({"kind": "user_id", "value": "bo"});
+    let (_, lost) = say(&server, &ws.api_key, who.clone(), "rest", "I lost my card").await;
+    assert_eq!(lost["status"], "queued", "{lost}");
+
+    let someone = json!({"kind": "anonymous_id", "value": "visitor-7"});
+    let (_, fallback) = say(&server, &ws.api_key, someone.clone(), "rest", "what is the capital of australia").await;
+    assert_eq!(replies(&fallback), ["Sorry, I didn't get that."]);
+    let (_, again) = say(&server, &ws.api_key, someone, "rest", "purple monkey dishwasher").await;
+    assert_eq!(again["status"], "queued", "handoff_after 2 misunderstandings: {again}");
+
+    let post = |body: Value| {
+        server
+            .http
+            .post(format!("{}/api/v1/conversations/messages", server.url))
+            .bearer_auth(&ws.api_key)
+            .json(&body)
+            .send()
+    };
+    for (body, status, field) in [
+        (json!({"from": who, "text": "hi"}), StatusCode::BAD_REQUEST, "bot:"),
+        (json!({"bot": "bank", "text": "hi"}), StatusCode::BAD_REQUEST, "from:"),
+        (
+            json!({"bot": "bank", "from": {"kind": "fax", "value": "1"}, "text": "hi"}),
+            StatusCode::BAD_REQUEST,
+            "from.kind:",
+        ),
+        (
+            json!({"bot": "bank", "from": {"kind": "phone", "value": "call me"}, "text": "hi"}),
+            StatusCode::BAD_REQUEST,
+            "from.value:",
+        ),
+        (json!({"bot": "bank", "from": who, "text": "  "}), StatusCode::BAD_REQUEST, "text:"),
+        (json!({"bot": "bank", "from": who, "text": "x".repeat(4_001)}), StatusCode::BAD_REQUEST, "text:"),
+        (
+            json!({"bot": "bank", "from": who, "text": "hi", "channel": "Carrier Pigeon"}),
+            StatusCode::BAD_REQUEST,
+            "channel:",
+        ),
+        (json!({"bot": "nobody", "from": who, "text": "hi"}), StatusCode::NOT_FOUND, "bot"),
+    ] {
+        let (got, answer) = json_of(post(body.clone()).await.unwrap()).await;
+        assert_eq!(got, status, "{body}: {answer}");
+        assert!(answer["error"]["message"].as_str().unwrap().contains(field), "{field}: {answer}");
+    }
+    server.stop().await;
+}
