@@ -176,9 +176,18 @@ pub trait ConversationStore: Send + Sync {
     async fn conversation_messages(&self, workspace_id: &str, id: &str) -> StoreResult<Vec<ConversationMessage>>;
 }
 
+/// Channel configuration per workspace.
+#[async_trait]
+pub trait ChannelStore: Send + Sync {
+    /// Set a channel's configuration (replacing it).
+    async fn put_channel(&self, workspace_id: &str, kind: &str, config: &serde_json::Value) -> StoreResult<()>;
+    /// A channel's configuration.
+    async fn channel(&self, workspace_id: &str, kind: &str) -> StoreResult<Option<serde_json::Value>>;
+}
+
 /// Everything the product stores.
 #[async_trait]
-pub trait Store: WorkspaceStore + ProfileStore + JobQueue + BotStore + ConversationStore {
+pub trait Store: WorkspaceStore + ProfileStore + JobQueue + BotStore + ConversationStore + ChannelStore {
     /// The backend's name, for logs and `/healthz`.
     fn backend(&self) -> &'static str;
     /// Check the backend answers.

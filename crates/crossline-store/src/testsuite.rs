@@ -59,6 +59,18 @@ where
     job_queue_leases_and_idempotency(fresh().await).await;
     bots_are_versioned_per_workspace(fresh().await).await;
     conversations_follow_profiles(fresh().await).await;
+    channel_configuration(fresh().await).await;
+}
+
+async fn channel_configuration(store: DynStore) {
+    let acme = workspace(&store, "acme").await;
+    let globex = workspace(&store, "globex").await;
+    assert!(store.channel(&acme.id, "twilio").await.unwrap().is_none());
+    store.put_channel(&acme.id, "twilio", &json!({"bot": "a", "auth_token": "secret"})).await.unwrap();
+    store.put_channel(&acme.id, "twilio", &json!({"bot": "b", "auth_token": "secret2"})).await.unwrap();
+    assert_eq!(store.channel(&acme.id, "twilio").await.unwrap().unwrap()["bot"], "b");
+    assert!(store.channel(&globex.id, "twilio").await.unwrap().is_none());
+    assert!(store.channel(&acme.id, "alexa").await.unwrap().is_none());
 }
 
 async fn conversations_follow_profiles(store: DynStore) {
