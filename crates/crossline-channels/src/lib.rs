@@ -1,0 +1,32 @@
+//! Channel adapters. Each channel is one module with the same shape: a validated configuration,
+//! inbound parsing and signature verification as pure functions, rendering of replies for the
+//! channel's capabilities, and a [`Capabilities`] description the conversation engine reads.
+//!
+//! **Invariant:** this crate knows nothing of storage or HTTP servers.
+
+pub mod twilio;
+
+/// What a channel can carry, so the engine checks capabilities, not channel names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Longest reply in characters (after which it is cut).
+    pub max_reply_chars: usize,
+    /// Whether buttons and cards can be shown.
+    pub rich_content: bool,
+    /// Whether replies are spoken.
+    pub voice: bool,
+}
+
+/// A configuration error, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    /// The field at fault.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+pub(crate) fn config_error(field: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError { field: field.to_owned(), message: message.into() }
+}

@@ -1,0 +1,248 @@
+//! Twilio: SMS webhooks (TwiML `<Message>` replies) and the request signature.
+//!
+//! Twilio signs each webhook: HMAC-SHA1, keyed with the account's auth token, over the full URL it
+//! requested followed by every POST parameter's name and value in name order; base64 in
+//! `X-Twilio-Signature`.
+
+use crate::{Capabilities, ConfigError, config_error};
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha1::Sha1;
+use std::collections::BTreeMap;
+
+/// What an SMS can carry: 10 segments of text, nothing rich.
+pub const SMS_CAPABILITIES: Capabilities = Capabilities { max_reply_chars: 1530, rich_content: false, voice: false };
+
+/// The Twilio channel's configuration (`PUT /api/v1/channels/twilio`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwilioConfig {
+    /// The account SID (`AC` + 32 hex digits).
+    pub account_sid: String,
+    /// The account's auth token; signs webhooks. Never returned by a GET.
+    pub auth_token: String,
+    /// The Twilio number customers text and call (E.164).
+    pub phone_number: String,
+    /// The bot that answers.
+    pub bot: String,
+    /// Twilio's REST API base, for sending (tests point it at a fake).
+    #[serde(default = "default_api_base_url")]
+    pub api_base_url: String,
+}
+
+fn default_api_base_url() -> String {
+    "https://api.twilio.com".into()
+}
+
+impl TwilioConfig {
+    /// Check every field; the phone number is normalised to E.164.
+    pub fn validate(mut self) -> Result<Self, ConfigError> {
+        let sid = self.account_sid.trim();
+        if !(sid.len() == 34 && sid.starts_with("AC") && sid[2..].bytes().all(|b| b.is_ascii_hexdigit())) {
+            return Err(config_error(
+                "account_sid",
+                "must be your Twilio account SID: AC followed by 32 hexadecimal digits",
+            ));
+        }
+        if self.auth_token.trim().len() < 16 {
+            return Err(config_error(
+                "auth_token",
+                "must be the account's auth token (32 characters, from the Twilio console)",
+            ));
+        }
+        self.phone_number = crossline_core::identity::normalize_phone(&self.phone_number, "US")
+            .map_err(|err| config_error("phone_number", err.to_string()))?;
+        if !(self.api_base_url.starts_with("https://") || self.api_base_url.starts_with("http://")) {
+            return Err(config_error("api_base_url", "must be an http:// or https:// URL"));
+        }
+        Ok(self)
+    }
+
+    /// The configuration as a GET shows it: the auth token left out.
+    pub fn public_view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "account_sid": self.account_sid, "phone_number": self.phone_number, "bot": self.bot,
+            "api_base_url": self.api_base_url, "auth_token_set": !self.auth_token.is_empty(),
+        })
+    }
+}
+
+/// The signature Twilio sends for a request to `url` with form `params`.
+pub fn signature(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
+    let mut sorted: Vec<&(String, String)> = params.iter().collect();
+    sorted.sort();
+    let mut mac = Hmac::<Sha1>::new_from_slice(auth_token.as_bytes()).expect("HMAC takes any key length");
+    mac.update(url.as_bytes());
+    for (name, value) in sorted {
+        mac.update(name.as_bytes());
+        mac.update(value.as_bytes());
+    }
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// Whether `given` is the signature of the request (compared in constant time).
+pub fn verify(auth_token: &str, url: &str, params: &[(String, String)], given: &str) -> bool {
+    crossline_core::keys::secrets_equal(&signature(auth_token, url, params), given.trim())
+}
+
+/// An inbound SMS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundSms {
+    /// Twilio's id of the message.
+    pub message_sid: String,
+    /// The sender's number (E.164).
+    pub from: String,
+    /// The number texted.
+    pub to: String,
+    /// The text.
+    pub body: String,
+}
+
+/// Read an SMS webhook's parameters.
+pub fn parse_sms(params: &[(String, String)]) -> Result<InboundSms, ConfigError> {
+    let get = |name: &str| params.iter().find(|(key, _)| key == name).map(|(_, value)| value.clone());
+    let from = get("From").ok_or_else(|| config_error("From", "is missing: not a Twilio SMS webhook"))?;
+    Ok(InboundSms {
+        message_sid: get("MessageSid").or_else(|| get("SmsSid")).unwrap_or_default(),
+        from,
+        to: get("To").unwrap_or_default(),
+        body: get("Body").unwrap_or_default(),
+    })
+}
+
+/// The opt-out and opt-in keywords carriers and Twilio honour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keyword {
+    /// STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT.
+    Stop,
+    /// START, UNSTOP.
+    Start,
+    /// HELP, INFO.
+    Help,
+}
+
+/// Whether a message is one of the standard keywords (the whole message, any case).
+pub fn keyword(body: &str) -> Option<Keyword> {
+    match body.trim().trim_end_matches(['.', '!']).to_ascii_uppercase().as_str() {
+        "STOP" | "STOPALL" | "UNSUBSCRIBE" | "CANCEL" | "END" | "QUIT" => Some(Keyword::Stop),
+        "START" | "UNSTOP" => Some(Keyword::Start),
+        "HELP" | "INFO" => Some(Keyword::Help),
+        _ => None,
+    }
+}
+
+/// Cut replies to what an SMS carries.
+pub fn fit_sms(text: &str) -> String {
+    let limit = SMS_CAPABILITIES.max_reply_chars;
+    if text.chars().count() <= limit {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(limit - 1).collect();
+    cut.push('…');
+    cut
+}
+
+fn escape_xml(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// TwiML that replies with one SMS holding the replies (none: an empty response, no SMS).
+pub fn messaging_response(replies: &[String]) -> String {
+    let mut twiml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response>");
+    let text = replies.join("\n");
+    if !text.trim().is_empty() {
+        twiml.push_str("<Message>");
+        twiml.push_str(&escape_xml(&fit_sms(&text)));
+        twiml.push_str("</Message>");
+    }
+    twiml.push_str("</Response>");
+    twiml
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect()
+    }
+
+    #[test]
+    fn signature_matches_twilios_documented_example() {
+        // The example of Twilio's "Webhooks security" page: auth token 12345, this URL and these parameters.
+        let url = "https://mycompany.com/myapp.php?foo=1&bar=2";
+        let form = params(&[
+            ("CallSid", "CA1234567890ABCDE"),
+            ("Caller", "+12349013030"),
+            ("Digits", "1234"),
+            ("From", "+12349013030"),
+            ("To", "+18005551212"),
+        ]);
+        assert_eq!(signature("12345", url, &form), "0/KCTR6DLpKmkAf8muzZqo1nDgQ=");
+        assert!(verify("12345", url, &form, "0/KCTR6DLpKmkAf8muzZqo1nDgQ="));
+        assert!(!verify("12345", url, &form, "0/KCTR6DLpKmkAf8muzZqo1nDgQ"));
+        assert!(!verify("54321", url, &form, "0/KCTR6DLpKmkAf8muzZqo1nDgQ="));
+        let mut tampered = form.clone();
+        tampered[2].1 = "9999".into();
+        assert!(!verify("12345", url, &tampered, "0/KCTR6DLpKmkAf8muzZqo1nDgQ="));
+    }
+
+    #[test]
+    fn config_is_validated_and_secrets_hidden() {
+        let config = TwilioConfig {
+            account_sid: format!("AC{}", "a".repeat(32)),
+            auth_token: "0123456789abcdef0123456789abcdef".into(),
+            phone_number: "(415) 555-0100".into(),
+            bot: "bank".into(),
+            api_base_url: default_api_base_url(),
+        };
+        let valid = config.clone().validate().unwrap();
+        assert_eq!(valid.phone_number, "+14155550100");
+        assert!(!valid.public_view().to_string().contains("0123456789abcdef"));
+        let mut bad = config.clone();
+        bad.account_sid = "SK123".into();
+        assert_eq!(bad.validate().unwrap_err().field, "account_sid");
+        let mut bad = config;
+        bad.phone_number = "call me".into();
+        assert_eq!(bad.validate().unwrap_err().field, "phone_number");
+    }
+
+    #[test]
+    fn keywords_and_twiml() {
+        assert_eq!(keyword(" stop "), Some(Keyword::Stop));
+        assert_eq!(keyword("Unsubscribe."), Some(Keyword::Stop));
+        assert_eq!(keyword("START"), Some(Keyword::Start));
+        assert_eq!(keyword("stop sending me the offers"), None, "only the whole message is a keyword");
+        assert_eq!(
+            messaging_response(&["Booked: <Tue> & \"3pm\"".into(), "Thanks".into()]),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Message>Booked: &lt;Tue&gt; &amp; &quot;3pm&quot;\nThanks</Message></Response>"
+        );
+        assert_eq!(messaging_response(&[]), "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>");
+        assert_eq!(fit_sms(&"x".repeat(5000)).chars().count(), SMS_CAPABILITIES.max_reply_chars);
+    }
+
+    #[test]
+    fn sms_webhook_parameters() {
+        let sms = parse_sms(&params(&[
+            ("MessageSid", "SM1"),
+            ("From", "+14155550100"),
+            ("To", "+14155550999"),
+            ("Body", "hi"),
+        ]))
+        .unwrap();
+        assert_eq!((sms.from.as_str(), sms.body.as_str()), ("+14155550100", "hi"));
+        assert!(parse_sms(&params(&[("Body", "hi")])).is_err());
+    }
+}
