@@ -9,7 +9,6 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha1::Sha1;
-use std::collections::BTreeMap;
 
 /// What an SMS can carry: 10 segments of text, nothing rich.
 pub const SMS_CAPABILITIES: Capabilities = Capabilities { max_reply_chars: 1530, rich_content: false, voice: false };

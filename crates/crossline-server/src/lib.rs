@@ -49,6 +49,8 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(prometheus))
+        // Provider webhooks: authenticated by the provider's signature, so not in the API document.
+        .route("/hooks/{workspace_id}/twilio/sms", axum::routing::post(api::channels::twilio_sms))
         .merge(api_router)
         .merge(openapi::docs(openapi))
         .merge(console::router())

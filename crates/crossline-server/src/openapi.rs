@@ -2,7 +2,7 @@
 //! [`router`] together with their documentation, so a route cannot exist without its entry; the
 //! test `openapi_document_is_current` guards the committed `docs/openapi.json` copy.
 
-use crate::api::{bots, conversations, ingest, profiles, workspaces};
+use crate::api::{bots, channels, conversations, ingest, profiles, workspaces};
 use crate::state::AppState;
 use axum::Router;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -21,6 +21,7 @@ use utoipa_swagger_ui::SwaggerUi;
         (name = "profiles", description = "Unified customer profiles"),
         (name = "bots", description = "Bot definitions and recognition"),
         (name = "conversations", description = "Conversations with bots on every channel"),
+        (name = "channels", description = "Channel configuration"),
     )
 )]
 struct ApiDoc;
@@ -56,6 +57,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(bots::put_bot, bots::get_bot))
         .routes(routes!(bots::recognize))
         .routes(routes!(conversations::post_message))
+        .routes(routes!(channels::put_channel, channels::get_channel))
 }
 
 /// The document as pretty JSON (what `/api/openapi.json` serves).

@@ -1,6 +1,7 @@
 //! The REST API (`/api/v1/*`) and the Segment-compatible tracking API (`/v1/*`).
 
 pub mod bots;
+pub mod channels;
 pub mod conversations;
 pub mod ingest;
 pub mod profiles;

@@ -8,4 +8,5 @@ mod ingest;
 mod openapi;
 mod profiles;
 mod segment_python;
+mod twilio;
 mod two_nodes;

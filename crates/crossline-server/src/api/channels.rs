@@ -1,0 +1,174 @@
+//! Channel configuration (`PUT/GET /api/v1/channels/{kind}`) and the channels' webhooks
+//! (`/hooks/{workspace_id}/...`). Webhooks authenticate by the provider's signature, not by key.
+
+use crate::api::conversations::{Turn, converse};
+use crate::api::profiles::json_rejection;
+use crate::auth::WorkspaceCaller;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use crossline_channels::twilio::{self, Keyword, TwilioConfig};
+use crossline_core::event::{EventKind, NormalizedEvent};
+use crossline_core::{ConsentStatus, Identity, IdentityKind};
+use serde_json::Value;
+
+/// Set a channel's configuration.
+#[utoipa::path(put, path = "/api/v1/channels/{kind}", tag = "channels",
+    description = "`twilio`: `{\"account_sid\", \"auth_token\", \"phone_number\", \"bot\", \"api_base_url\"?}`. Secrets are never returned by a GET. Other kinds (`alexa`, `webchat`, `smtp`) come with their channels.",
+    params(("kind" = String, Path, description = "Channel kind, e.g. `twilio`")),
+    request_body(content = Object, content_type = "application/json"),
+    responses((status = 200, body = Object), (status = 400, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn put_channel(
+    State(state): State<AppState>,
+    WorkspaceCaller(workspace): WorkspaceCaller,
+    Path(kind): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Json(body) = body.map_err(json_rejection)?;
+    match kind.as_str() {
+        "twilio" => {
+            let config: TwilioConfig = serde_json::from_value(body).map_err(|err| {
+                ApiError::bad_request("invalid_field", format!("body: not a Twilio configuration ({err})"))
+            })?;
+            let config = config.validate().map_err(|err| ApiError::bad_request("invalid_field", err.to_string()))?;
+            if state.store.bot(&workspace.id, &config.bot, None).await?.is_none() {
+                return Err(ApiError::bad_request(
+                    "invalid_field",
+                    format!(
+                        "bot: there is no bot named \"{}\"; create it with PUT /api/v1/bots/{}",
+                        config.bot, config.bot
+                    ),
+                ));
+            }
+            let stored = serde_json::to_value(&config).map_err(ApiError::internal)?;
+            state.store.put_channel(&workspace.id, "twilio", &stored).await?;
+            Ok(Json(config.public_view()))
+        }
+        other => Err(ApiError::bad_request(
+            "invalid_field",
+            format!("kind: \"{other}\" is not a channel that can be configured yet; use twilio"),
+        )),
+    }
+}
+
+/// A channel's configuration, without its secrets.
+#[utoipa::path(get, path = "/api/v1/channels/{kind}", tag = "channels",
+    params(("kind" = String, Path, description = "Channel kind, e.g. `twilio`")),
+    responses((status = 200, body = Object), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_channel(
+    State(state): State<AppState>,
+    WorkspaceCaller(workspace): WorkspaceCaller,
+    Path(kind): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let stored = state.store.channel(&workspace.id, &kind).await?.ok_or_else(|| ApiError::not_found("channel"))?;
+    match kind.as_str() {
+        "twilio" => {
+            let config: TwilioConfig = serde_json::from_value(stored).map_err(ApiError::internal)?;
+            Ok(Json(config.public_view()))
+        }
+        _ => Err(ApiError::not_found("channel")),
+    }
+}
+
+fn twiml(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
+}
+
+/// The URL the provider requested, as it signed it: `public_url` + path and query, or this
+/// request's Host when no public URL is configured.
+fn signed_url(state: &AppState, headers: &HeaderMap, uri: &axum::http::Uri) -> String {
+    let path = uri.path_and_query().map_or(uri.path(), |path| path.as_str());
+    match &state.settings.public_url {
+        Some(public) => format!("{}{path}", public.trim_end_matches('/')),
+        None => {
+            let host = headers.get(header::HOST).and_then(|value| value.to_str().ok()).unwrap_or("localhost");
+            format!("http://{host}{path}")
+        }
+    }
+}
+
+/// Twilio's SMS webhook: verified, then answered with TwiML.
+pub async fn twilio_sms(
+    State(state): State<AppState>,
+    Path(workspace_id): Path<String>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let workspace = state.store.workspace(&workspace_id).await?.ok_or_else(|| ApiError::not_found("workspace"))?;
+    let config = state.store.channel(&workspace.id, "twilio").await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "channel_disabled",
+            "the twilio channel is not configured for this workspace",
+        )
+    })?;
+    let config: TwilioConfig = serde_json::from_value(config).map_err(ApiError::internal)?;
+    let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    let given = headers.get("x-twilio-signature").and_then(|value| value.to_str().ok()).unwrap_or_default();
+    if !twilio::verify(&config.auth_token, &signed_url(&state, &headers, &uri), &params, given) {
+        metrics::counter!("crossline_webhook_rejected_total", "channel" => "twilio").increment(1);
+        return Err(ApiError::forbidden(
+            "X-Twilio-Signature does not match this request; check the auth token and CROSSLINE_PUBLIC_URL",
+        ));
+    }
+    let sms = twilio::parse_sms(&params).map_err(|err| ApiError::bad_request("invalid_field", err.to_string()))?;
+    let from = Identity::parse(IdentityKind::Phone, &sms.from, &workspace.default_region)
+        .map_err(|err| ApiError::bad_request("invalid_field", format!("From: {err}")))?;
+
+    if let Some(keyword) = twilio::keyword(&sms.body) {
+        let (status, reply) = match keyword {
+            Keyword::Stop => (
+                Some(ConsentStatus::Unsubscribed),
+                "You have been unsubscribed and will receive no more messages. Reply START to resubscribe.",
+            ),
+            Keyword::Start => (Some(ConsentStatus::Subscribed), "You are subscribed again. Reply STOP to unsubscribe."),
+            Keyword::Help => (None, "Reply STOP to unsubscribe, START to subscribe again."),
+        };
+        if let Some(status) = status {
+            let profile = match state.store.lookup(&workspace.id, &from).await? {
+                Some(profile) => profile.id,
+                None => {
+                    let now = Utc::now();
+                    let created = NormalizedEvent {
+                        message_id: format!("twilio_{}", sms.message_sid),
+                        kind: EventKind::Track,
+                        name: Some("sms.keyword".into()),
+                        identities: vec![from.clone()],
+                        previous_ids: Vec::new(),
+                        traits: Default::default(),
+                        consent: Vec::new(),
+                        properties: Default::default(),
+                        context: Default::default(),
+                        channel: "sms".into(),
+                        timestamp: now,
+                        received_at: now,
+                    };
+                    state.store.ingest(&workspace.id, vec![created]).await?;
+                    state
+                        .store
+                        .lookup(&workspace.id, &from)
+                        .await?
+                        .ok_or_else(|| ApiError::internal("profile missing"))?
+                        .id
+                }
+            };
+            state.store.set_consent(&workspace.id, &profile, &[("sms".into(), status)], "sms_keyword").await?;
+        }
+        return Ok(twiml(twilio::messaging_response(&[reply.to_owned()])));
+    }
+
+    let answer =
+        converse(&state, &workspace, Turn { bot: &config.bot, from, text: &sms.body, channel: "sms", now: Utc::now() })
+            .await?;
+    let replies: Vec<String> = answer.replies.into_iter().map(|reply| reply.text).collect();
+    Ok(twiml(twilio::messaging_response(&replies)))
+}
