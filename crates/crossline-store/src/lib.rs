@@ -170,6 +170,14 @@ pub trait ConversationStore: Send + Sync {
         conversation: &Conversation,
         messages: &[ConversationMessage],
     ) -> StoreResult<()>;
+    /// Save a conversation turn and store its events in one transaction (one durable write).
+    async fn record_turn(
+        &self,
+        workspace_id: &str,
+        conversation: &Conversation,
+        messages: &[ConversationMessage],
+        events: Vec<NormalizedEvent>,
+    ) -> StoreResult<Vec<IngestedEvent>>;
     /// A conversation by id.
     async fn conversation(&self, workspace_id: &str, id: &str) -> StoreResult<Option<Conversation>>;
     /// A conversation's messages, oldest first.

@@ -119,7 +119,12 @@ async fn conversations_follow_profiles(store: DynStore) {
 
     conversation.channel = "sms".into();
     conversation.updated_at = t0 + Duration::minutes(5);
-    store.save_conversation(&ws.id, &conversation, &[message("customer", "tomorrow")]).await.unwrap();
+    let turn_events = events(
+        json!({"batch": [{"type": "track", "event": "message.received", "messageId": "turn-1", "anonymousId": "visitor"}]}),
+    );
+    let recorded =
+        store.record_turn(&ws.id, &conversation, &[message("customer", "tomorrow")], turn_events).await.unwrap();
+    assert_eq!(recorded[0].profile_id.as_deref(), Some(chat.as_str()), "the turn's events land on the profile");
     let texts: Vec<String> =
         store.conversation_messages(&ws.id, "cnv_1").await.unwrap().into_iter().map(|message| message.text).collect();
     assert_eq!(texts, ["book", "What day?", "tomorrow"]);

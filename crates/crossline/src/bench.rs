@@ -18,6 +18,28 @@ pub enum BenchCommand {
     Ingest(IngestArgs),
     /// Profile lookup by identity, in-process, on a store holding many profiles.
     Lookup(LookupArgs),
+    /// Bot turns over the REST channel (NLU + dialog + storage) on a many-intent bot.
+    Turn(TurnArgs),
+}
+
+/// Settings of the bot-turn benchmark.
+#[derive(clap::Args)]
+pub struct TurnArgs {
+    /// Concurrent clients, each with its own customers.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 15)]
+    duration: u64,
+    /// TSV `text<TAB>intent` to build the bot from (first 40 utterances per intent).
+    #[arg(long, default_value = "../shared/data/nlu/clinc150/full_train.tsv")]
+    train: PathBuf,
+    /// TSV of messages to send (their intents are ignored).
+    #[arg(long, default_value = "../shared/data/nlu/clinc150/full_test.tsv")]
+    messages: PathBuf,
+    /// Benchmark on PostgreSQL at this URL (an empty database).
+    #[arg(long)]
+    database_url: Option<String>,
 }
 
 /// Settings of the ingest benchmark.
@@ -65,6 +87,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Ingest(args) => ingest(args).await,
         BenchCommand::Lookup(args) => lookup(args).await,
+        BenchCommand::Turn(args) => turn(args).await,
     }
 }
 
@@ -402,5 +425,125 @@ async fn lookup(args: LookupArgs) -> anyhow::Result<()> {
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
     );
+    Ok(())
+}
+
+fn read_tsv(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(text, intent)| (text.to_owned(), intent.split('\t').next().unwrap_or(intent).to_owned()))
+        .collect())
+}
+
+/// Start `crossline serve` on a free port with a fresh data directory; returns it and its URL.
+async fn start_server(http: &reqwest::Client, database_url: Option<&str>) -> anyhow::Result<(Child, String)> {
+    let dir = tempfile::Builder::new().prefix("crossline-bench-").tempdir()?;
+    let port = free_port()?;
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    command
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir.path())
+        .env("CROSSLINE_ADMIN_TOKEN", "bench-operator-token-0123456789")
+        .env("CROSSLINE_LOG_LEVEL", "warn")
+        .env_remove("CROSSLINE_DATABASE_URL")
+        .env_remove("CROSSLINE_NATS_URL")
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null());
+    if let Some(database_url) = database_url {
+        command.env("CROSSLINE_DATABASE_URL", database_url);
+    }
+    let process = command.spawn().context("cannot start crossline serve")?;
+    let url = format!("http://127.0.0.1:{port}");
+    wait_healthy(http, &url).await?;
+    Ok((Child { process, _dir: dir }, url))
+}
+
+async fn turn(args: TurnArgs) -> anyhow::Result<()> {
+    let train = read_tsv(&args.train)?;
+    let messages: Vec<String> = read_tsv(&args.messages)?.into_iter().map(|(text, _)| text).collect();
+    if messages.is_empty() {
+        bail!("{} holds no messages", args.messages.display());
+    }
+    let mut by_intent: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+    for (text, intent) in train {
+        let utterances = by_intent.entry(intent).or_default();
+        if utterances.len() < 40 {
+            utterances.push(text);
+        }
+    }
+    let intents: Vec<Value> = by_intent
+        .iter()
+        .filter(|(name, _)| name.as_str() != "oos")
+        .map(|(name, utterances)| json!({"name": name, "utterances": utterances, "fulfillment": {"response": format!("OK: {name}")}}))
+        .collect();
+    let intent_count = intents.len();
+    let http = reqwest::Client::new();
+    let (mut child, url) = start_server(&http, args.database_url.as_deref()).await?;
+    let created: Value = http
+        .post(format!("{url}/api/v1/workspaces"))
+        .bearer_auth("bench-operator-token-0123456789")
+        .json(&json!({"name": "turn-bench"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let api_key = created["api_key"].as_str().context("api_key")?.to_owned();
+    let trained = Instant::now();
+    http.put(format!("{url}/api/v1/bots/bench"))
+        .bearer_auth(&api_key)
+        .json(&json!({"intents": intents}))
+        .send()
+        .await?
+        .error_for_status()?;
+    println!("trained a {intent_count}-intent bot in {:.1} s", trained.elapsed().as_secs_f64());
+
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.duration);
+    let messages = std::sync::Arc::new(messages);
+    let mut tasks = Vec::new();
+    for client in 0..args.clients {
+        let (http, url, api_key, messages) = (http.clone(), url.clone(), api_key.clone(), messages.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut index = client;
+            while Instant::now() < deadline {
+                let text = &messages[index % messages.len()];
+                let body = json!({"bot": "bench", "from": {"kind": "user_id", "value": format!("c{client}-{}", index % 200)}, "text": text});
+                let sent = Instant::now();
+                let response = http.post(format!("{url}/api/v1/conversations/messages")).bearer_auth(&api_key).json(&body).send().await;
+                match response {
+                    Ok(response) if response.status().is_success() => latencies.push(sent.elapsed()),
+                    Ok(response) => eprintln!("turn failed: {}", response.status()),
+                    Err(err) => eprintln!("turn failed: {err}"),
+                }
+                index += args.clients.max(1);
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await?);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let backend = if args.database_url.is_some() { "postgres" } else { "sqlite" };
+    println!(
+        "crossline bench turn: {backend}, {intent_count} intents, {} clients, {elapsed:.1} s: {} turns, {:.0} turns/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        args.clients,
+        latencies.len(),
+        latencies.len() as f64 / elapsed,
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+    let _ = child.process.kill().await;
+    if latencies.is_empty() {
+        bail!("no turn succeeded");
+    }
     Ok(())
 }

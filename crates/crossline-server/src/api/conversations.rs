@@ -106,7 +106,7 @@ pub async fn converse(state: &AppState, workspace: &Workspace, turn: Turn<'_>) -
     let lock = state.bots.turn_lock(format!("{}/{}/{}", workspace.id, turn.bot, turn.from));
     let _turn = lock.lock().await;
 
-    let (latest, _) = bot_model(state, workspace, turn.bot, None).await?;
+    let (latest, latest_model) = bot_model(state, workspace, turn.bot, None).await?;
     let profile = match state.store.lookup(&workspace.id, &turn.from).await? {
         Some(profile) => profile,
         None => {
@@ -137,7 +137,11 @@ pub async fn converse(state: &AppState, workspace: &Workspace, turn: Turn<'_>) -
             },
         };
     // A conversation finishes on the bot version it started with.
-    let (stored, model) = bot_model(state, workspace, turn.bot, Some(conversation.bot_version)).await?;
+    let (stored, model) = if conversation.bot_version == latest.version {
+        (latest, latest_model)
+    } else {
+        bot_model(state, workspace, turn.bot, Some(conversation.bot_version)).await?
+    };
     let definition = crossline_bot::parse(&stored.definition).map_err(ApiError::internal)?;
     let time_zone: chrono_tz::Tz = workspace.time_zone.parse().unwrap_or(chrono_tz::UTC);
     let context =
@@ -195,7 +199,6 @@ pub async fn converse(state: &AppState, workspace: &Workspace, turn: Turn<'_>) -
         text: reply.clone(),
         created_at: turn.now,
     }));
-    state.store.save_conversation(&workspace.id, &conversation, &messages).await?;
 
     let mut events = vec![event(
         &turn.from,
@@ -228,7 +231,8 @@ pub async fn converse(state: &AppState, workspace: &Workspace, turn: Turn<'_>) -
             turn.now,
         ));
     }
-    state.store.ingest(&workspace.id, events).await?;
+    // The conversation and the turn's events are one durable write.
+    state.store.record_turn(&workspace.id, &conversation, &messages, events).await?;
     metrics::counter!("crossline_bot_turns_total", "understood" => if outcome.understood { "yes" } else { "no" })
         .increment(1);
 

@@ -366,6 +366,25 @@ impl crate::ConversationStore for PgStore {
         Ok(())
     }
 
+    async fn record_turn(
+        &self,
+        workspace_id: &str,
+        conversation: &crate::Conversation,
+        messages: &[crate::ConversationMessage],
+        events: Vec<NormalizedEvent>,
+    ) -> StoreResult<Vec<IngestedEvent>> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        lock_workspace(&tx, workspace_id).await?;
+        statements::save_conversation(&tx, workspace_id, conversation, messages).await?;
+        let result = {
+            let mut statements = statements::PgTx { tx: &tx };
+            apply_batch(&mut statements, workspace_id, &events, Utc::now()).await?
+        };
+        tx.commit().await?;
+        Ok(result)
+    }
+
     async fn conversation(&self, workspace_id: &str, id: &str) -> StoreResult<Option<crate::Conversation>> {
         let client = self.pool.get().await?;
         statements::conversation(&**client, workspace_id, id).await

@@ -606,6 +606,22 @@ impl crate::ConversationStore for SqliteStore {
         self.write(move |tx| statements::save_conversation(tx, &workspace_id, &conversation, &messages)).await
     }
 
+    async fn record_turn(
+        &self,
+        workspace_id: &str,
+        conversation: &crate::Conversation,
+        messages: &[crate::ConversationMessage],
+        events: Vec<NormalizedEvent>,
+    ) -> StoreResult<Vec<IngestedEvent>> {
+        let (workspace_id, conversation, messages) = (workspace_id.to_owned(), conversation.clone(), messages.to_vec());
+        self.write(move |tx| {
+            statements::save_conversation(tx, &workspace_id, &conversation, &messages)?;
+            let mut statements = statements::SqliteTx { conn: tx, json: Default::default() };
+            futures::executor::block_on(apply_batch(&mut statements, &workspace_id, &events, Utc::now()))
+        })
+        .await
+    }
+
     async fn conversation(&self, workspace_id: &str, id: &str) -> StoreResult<Option<crate::Conversation>> {
         let (workspace_id, id) = (workspace_id.to_owned(), id.to_owned());
         self.read(move |conn| statements::conversation(conn, &workspace_id, &id)).await
