@@ -60,6 +60,9 @@ const PAGES: [(&str, &str); 6] = [
     ("Branch locator", "/branches"),
 ];
 
+/// The demo's bot: a bank assistant (appointments, lost card, opening hours, a person).
+pub const DEMO_BOT: &str = include_str!("../../../examples/bank-bot.json");
+
 /// The sample customer every tour uses: present on web, SMS, email and app, merged.
 pub const STAR_EMAIL: &str = "ada@example.com";
 
@@ -224,6 +227,16 @@ pub async fn run(listen: String, data_dir: Option<PathBuf>) -> anyhow::Result<()
             state.store.create_workspace(&workspace, &hash_key(&write_key), &hash_key(&api_key)).await?;
             let count = seed(&state.store, &workspace, 150).await?;
             eprintln!("Seeded {count} events for 150 sample customers.");
+            let bot: serde_json::Value = serde_json::from_str(DEMO_BOT).context("the demo bot parses")?;
+            let trained = tokio::task::spawn_blocking({
+                let bot = bot.clone();
+                move || {
+                    crossline_bot::parse(&bot).and_then(|definition| crossline_bot::compile(&definition).map(|_| ()))
+                }
+            })
+            .await?;
+            trained.map_err(|err| anyhow::anyhow!("the demo bot does not train: {err}"))?;
+            state.store.put_bot(&workspace.id, "bank", &bot).await?;
             workspace
         }
     };
@@ -234,7 +247,7 @@ pub async fn run(listen: String, data_dir: Option<PathBuf>) -> anyhow::Result<()
     })?;
     let url = format!("http://{}", listener.local_addr()?);
     println!(
-        "\nCrossline demo is running at {url}\n\n  Console:        {url}/  (log in with the API key below)\n  API docs:       {url}/api/docs\n  Workspace:      demo ({id})\n  Write key:      {write_key}\n  API key:        {api_key}\n  Operator token: {admin_token}\n  Data:           {dir}\n\nTry:\n  curl -s -u {write_key}: {url}/v1/track -H 'content-type: application/json' \\\n    -d '{{\"userId\":\"user-0000\",\"event\":\"Demo Clicked\",\"context\":{{\"channel\":\"web\"}}}}'\n  curl -s -H 'Authorization: Bearer {api_key}' '{url}/api/v1/profiles/lookup?kind=email&value={STAR_EMAIL}'\n\nPress Ctrl-C to stop.",
+        "\nCrossline demo is running at {url}\n\n  Console:        {url}/  (log in with the API key below)\n  API docs:       {url}/api/docs\n  Workspace:      demo ({id})\n  Write key:      {write_key}\n  API key:        {api_key}\n  Operator token: {admin_token}\n  Data:           {dir}\n\nTry:\n  curl -s -u {write_key}: {url}/v1/track -H 'content-type: application/json' \\\n    -d '{{\"userId\":\"user-0000\",\"event\":\"Demo Clicked\",\"context\":{{\"channel\":\"web\"}}}}'\n  curl -s -H 'Authorization: Bearer {api_key}' '{url}/api/v1/profiles/lookup?kind=email&value={STAR_EMAIL}'\n  curl -s -H 'Authorization: Bearer {api_key}' -H 'content-type: application/json' {url}/api/v1/conversations/messages \\\n    -d '{{\"bot\":\"bank\",\"from\":{{\"kind\":\"email\",\"value\":\"{STAR_EMAIL}\"}},\"channel\":\"chat\",\"text\":\"can I come in tomorrow?\"}}'\n\nPress Ctrl-C to stop.",
         id = workspace.id,
         dir = data_dir.display(),
     );
@@ -245,6 +258,12 @@ pub async fn run(listen: String, data_dir: Option<PathBuf>) -> anyhow::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_demo_bot_trains() {
+        let bot: serde_json::Value = serde_json::from_str(DEMO_BOT).unwrap();
+        crossline_bot::compile(&crossline_bot::parse(&bot).unwrap()).unwrap();
+    }
 
     #[test]
     fn sample_data_is_valid_ordered_and_crosses_channels() {
