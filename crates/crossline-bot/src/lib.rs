@@ -41,6 +41,9 @@ pub struct BotDefinition {
     /// Messages this bot should not answer, to train the out-of-scope class.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub out_of_scope_examples: Vec<String>,
+    /// Signs webhook fulfilment requests (HMAC-SHA256); required when an intent uses a webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
 }
 
 fn default_locale() -> String {
@@ -208,6 +211,23 @@ pub fn validate(definition: &BotDefinition) -> Result<(), DefinitionError> {
     if definition.intents.is_empty() {
         return Err(error("intents", "a bot needs at least one intent"));
     }
+    let uses_webhook =
+        definition.intents.iter().any(|intent| matches!(intent.fulfillment, Some(Fulfillment::Webhook { .. })));
+    match &definition.webhook_secret {
+        Some(secret) if secret.len() < 16 => {
+            return Err(error(
+                "webhook_secret",
+                "use at least 16 characters, e.g. the output of `openssl rand -hex 24`",
+            ));
+        }
+        None if uses_webhook => {
+            return Err(error(
+                "webhook_secret",
+                "is required when an intent is fulfilled by a webhook: requests are signed with it (16+ characters)",
+            ));
+        }
+        _ => {}
+    }
     let custom: BTreeSet<&str> = definition
         .slot_types
         .iter()
@@ -324,6 +344,7 @@ mod tests {
                 {"name": "balance", "utterances": ["what's my balance", "how much money do I have"],
                  "fulfillment": {"webhook": "https://bank.example/hooks/balance"}}
             ],
+            "webhook_secret": "a-secret-of-sixteen-plus",
             "slot_types": [{"name": "account", "values": [{"value": "checking", "synonyms": ["current"]}]}]
         })
     }
@@ -364,6 +385,13 @@ mod tests {
             (Box::new(|bot| bot["intents"][1]["utterances"] = json!([])), "intents[1].utterances"),
             (Box::new(|bot| bot["fallback"]["handoff_after"] = json!(99)), "fallback.handoff_after"),
             (Box::new(|bot| bot["intents"] = json!([])), "intents"),
+            (Box::new(|bot| bot["webhook_secret"] = json!("short")), "webhook_secret"),
+            (
+                Box::new(|bot| {
+                    bot.as_object_mut().unwrap().remove("webhook_secret");
+                }),
+                "webhook_secret",
+            ),
             (
                 Box::new(|bot| {
                     bot.as_object_mut().unwrap().remove("intents");

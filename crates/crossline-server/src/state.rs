@@ -33,6 +33,8 @@ pub struct Settings {
     pub public_url: Option<String>,
     /// A conversation without a message for this long is over; the next message starts a new one.
     pub conversation_idle: chrono::Duration,
+    /// How long a fulfilment webhook may take per attempt (there is one retry).
+    pub webhook_timeout: std::time::Duration,
 }
 
 impl Default for Settings {
@@ -42,6 +44,7 @@ impl Default for Settings {
             default_time_zone: "UTC".into(),
             public_url: None,
             conversation_idle: chrono::Duration::minutes(30),
+            webhook_timeout: std::time::Duration::from_secs(2),
         }
     }
 }

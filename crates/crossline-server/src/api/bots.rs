@@ -106,7 +106,14 @@ pub struct BotView {
 
 impl From<StoredBot> for BotView {
     fn from(bot: StoredBot) -> Self {
-        BotView { name: bot.name, version: bot.version, created_at: bot.created_at, definition: bot.definition }
+        let mut definition = bot.definition;
+        // The webhook secret signs requests; like every secret, it is never returned.
+        if let Some(object) = definition.as_object_mut()
+            && object.remove("webhook_secret").is_some()
+        {
+            object.insert("webhook_secret_set".into(), Value::Bool(true));
+        }
+        BotView { name: bot.name, version: bot.version, created_at: bot.created_at, definition }
     }
 }
 

@@ -175,10 +175,28 @@ pub async fn converse(state: &AppState, workspace: &Workspace, turn: Turn<'_>) -
         };
         step(&definition, &mut dialog, &input)
     };
-    if let Some((intent, _, _)) = &outcome.webhook {
-        // Webhook fulfilment (signed POST, timeout, retry) is the next part of this capability.
-        tracing::warn!(bot = turn.bot, intent, "webhook fulfilment is not available yet; answering with the fallback");
-        outcome.replies.push(definition.fallback.response.clone());
+    let mut traits_from_webhook = Map::new();
+    if let Some((intent, url, filled)) = outcome.webhook.take() {
+        let payload = json!({
+            "bot": turn.bot, "bot_version": stored.version, "intent": intent, "slots": filled,
+            "conversation_id": conversation.id, "channel": turn.channel, "text": turn.text,
+            "profile": {"id": profile.id, "traits": profile.traits, "identities": profile.identities},
+        });
+        let secret = definition.webhook_secret.as_deref().unwrap_or_default();
+        match crate::api::webhook::call(&url, secret, &payload, state.settings.webhook_timeout).await {
+            Ok(answer) => {
+                outcome.replies.extend(answer.replies);
+                traits_from_webhook = answer.traits;
+                if let Some((_, slots)) = outcome.fulfilled.as_mut() {
+                    slots.extend(answer.slots);
+                }
+            }
+            Err(err) => {
+                metrics::counter!("crossline_webhook_failed_total").increment(1);
+                tracing::warn!(bot = turn.bot, intent, url, error = %err, "fulfilment webhook failed");
+                outcome.replies.push("Sorry, I couldn't complete that just now. Please try again in a moment.".into());
+            }
+        }
     }
     if outcome.handoff.is_some() {
         conversation.status = "queued".into();
@@ -222,6 +240,14 @@ pub async fn converse(state: &AppState, workspace: &Workspace, turn: Turn<'_>) -
             turn.now,
         )
     }));
+    if !traits_from_webhook.is_empty() {
+        let mut update = event(&turn.from, "fulfillment.traits", turn.channel, json!({}), turn.now);
+        update.kind = EventKind::Identify;
+        update.name = None;
+        update.properties = traits_from_webhook.clone();
+        update.traits = traits_from_webhook;
+        events.push(update);
+    }
     if let Some(queue) = &outcome.handoff {
         events.push(event(
             &turn.from,

@@ -5,4 +5,5 @@ pub mod channels;
 pub mod conversations;
 pub mod ingest;
 pub mod profiles;
+pub mod webhook;
 pub mod workspaces;

@@ -90,6 +90,7 @@ async fn a_bot_is_trained_versioned_and_recognises() {
     v2["intents"].as_array_mut().unwrap().push(json!({"name": "balance",
         "utterances": ["what's my balance", "how much money do I have", "show my account balance"],
         "fulfillment": {"webhook": "https://bank.example/balance"}}));
+    v2["webhook_secret"] = json!("sixteen-characters-or-more");
     let (status, stored) = put(&server, &ws.api_key, "bank", &v2).await;
     assert_eq!((status, stored["version"].as_i64()), (StatusCode::OK, Some(2)));
     let (_, balance) = recognize(&server, &ws.api_key, "bank", json!({"text": "how much money do I have?"})).await;
@@ -98,6 +99,9 @@ async fn a_bot_is_trained_versioned_and_recognises() {
         (Some("balance"), Some(2)),
         "{balance}"
     );
+    let (_, latest) = json_of(server.get("/api/v1/bots/bank", &ws.api_key).await).await;
+    assert!(latest["definition"].get("webhook_secret").is_none(), "secrets are never returned: {latest}");
+    assert_eq!(latest["definition"]["webhook_secret_set"], true);
     let (_, old) = json_of(server.get("/api/v1/bots/bank?version=1", &ws.api_key).await).await;
     assert_eq!(old["definition"]["intents"].as_array().unwrap().len(), 3);
     let (_, list) = json_of(server.get("/api/v1/bots", &ws.api_key).await).await;

@@ -45,7 +45,10 @@ impl TestServer {
             store: store.clone(),
             bus: bus.clone(),
             admin_token: ADMIN.into(),
-            settings: Arc::new(Settings::default()),
+            settings: Arc::new(Settings {
+                webhook_timeout: std::time::Duration::from_millis(300),
+                ..Settings::default()
+            }),
             metrics: crossline_server::metrics_handle(),
             bots: Default::default(),
         };

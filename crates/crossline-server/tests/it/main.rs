@@ -10,3 +10,4 @@ mod profiles;
 mod segment_python;
 mod twilio;
 mod two_nodes;
+mod webhooks;

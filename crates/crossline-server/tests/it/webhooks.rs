@@ -1,0 +1,121 @@
+//! Fulfilment webhooks: signed requests, answers that set the reply and traits, and every way a
+//! webhook can fail ending in a clear fallback reply.
+
+use crate::harness::{TestServer, json_of};
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::Mutex;
+
+const SECRET: &str = "webhook-secret-0123456789";
+
+#[derive(Clone, Default)]
+struct Receiver {
+    received: Arc<Mutex<Vec<Value>>>,
+    failures: Arc<AtomicUsize>,
+}
+
+async fn ok(
+    State(receiver): State<Receiver>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> (StatusCode, Json<Value>) {
+    let header = headers.get("x-crossline-signature").and_then(|value| value.to_str().ok()).unwrap_or_default();
+    let timestamp: i64 =
+        header.strip_prefix("t=").and_then(|rest| rest.split(',').next()).and_then(|t| t.parse().ok()).unwrap_or(0);
+    if header != crossline_server::api::webhook::signature_header(SECRET, timestamp, &body) {
+        return (StatusCode::UNAUTHORIZED, Json(json!({"error": "bad signature"})));
+    }
+    receiver.received.lock().await.push(serde_json::from_slice(&body).unwrap());
+    (
+        StatusCode::OK,
+        Json(json!({"reply": "Your balance is $20.", "traits": {"balance": 20}, "slots": {"account": "checking"}})),
+    )
+}
+
+async fn slow() -> &'static str {
+    std::future::pending::<()>().await;
+    "never"
+}
+
+async fn garbage() -> &'static str {
+    "<html>oops</html>"
+}
+
+async fn failing(State(receiver): State<Receiver>) -> StatusCode {
+    receiver.failures.fetch_add(1, Ordering::SeqCst);
+    StatusCode::SERVICE_UNAVAILABLE
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_fulfilment_is_signed_and_fails_safely() {
+    let receiver = Receiver::default();
+    let app = axum::Router::new()
+        .route("/ok", post(ok))
+        .route("/slow", post(slow))
+        .route("/garbage", post(garbage))
+        .route("/failing", post(failing))
+        .with_state(receiver.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hooks = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let server = TestServer::start().await;
+    let ws = server.workspace("bank").await;
+    let bot = json!({
+        "webhook_secret": SECRET,
+        "intents": [
+            {"name": "balance", "utterances": ["what's my balance", "how much money do I have", "show my account balance"],
+             "fulfillment": {"webhook": format!("{hooks}/ok")}},
+            {"name": "statement", "utterances": ["send me my statement", "I need my monthly statement", "email my bank statement"],
+             "fulfillment": {"webhook": format!("{hooks}/slow")}},
+            {"name": "loan", "utterances": ["I want a loan", "can I borrow money", "apply for a personal loan"],
+             "fulfillment": {"webhook": format!("{hooks}/garbage")}},
+            {"name": "transfer", "utterances": ["transfer money to my savings", "move funds between accounts", "make a transfer"],
+             "fulfillment": {"webhook": format!("{hooks}/failing")}}
+        ]
+    });
+    let response = server
+        .http
+        .put(format!("{}/api/v1/bots/bank", server.url))
+        .bearer_auth(&ws.api_key)
+        .json(&bot)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let say = |text: &str| {
+        let body = json!({"bot": "bank", "from": {"kind": "user_id", "value": "ada"}, "text": text});
+        server
+            .http
+            .post(format!("{}/api/v1/conversations/messages", server.url))
+            .bearer_auth(&ws.api_key)
+            .json(&body)
+            .send()
+    };
+
+    let (_, answer) = json_of(say("how much money do I have?").await.unwrap()).await;
+    assert_eq!(answer["replies"], json!([{"text": "Your balance is $20."}]), "{answer}");
+    let sent = receiver.received.lock().await.clone();
+    assert_eq!(sent.len(), 1, "the signature was valid and the request sent once");
+    assert_eq!((sent[0]["intent"].as_str(), sent[0]["bot"].as_str()), (Some("balance"), Some("bank")));
+    assert!(sent[0]["profile"]["id"].as_str().unwrap().starts_with("prf_"));
+    let (_, profile) = json_of(server.get("/api/v1/profiles/lookup?kind=user_id&value=ada", &ws.api_key).await).await;
+    assert_eq!(profile["traits"]["balance"], 20, "the webhook set a trait");
+
+    let fallback = json!([{"text": "Sorry, I couldn't complete that just now. Please try again in a moment."}]);
+    let started = std::time::Instant::now();
+    let (status, answer) = json_of(say("please send me my monthly statement").await.unwrap()).await;
+    assert_eq!((status, &answer["replies"]), (StatusCode::OK, &fallback), "a webhook that never answers: {answer}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "two attempts of 300 ms, not forever");
+    let (_, answer) = json_of(say("I want a loan").await.unwrap()).await;
+    assert_eq!(answer["replies"], fallback, "garbage: {answer}");
+    let (_, answer) = json_of(say("make a transfer to my savings").await.unwrap()).await;
+    assert_eq!(answer["replies"], fallback, "a 503: {answer}");
+    assert_eq!(receiver.failures.load(Ordering::SeqCst), 2, "a server error is retried once");
+    server.stop().await;
+}
