@@ -143,15 +143,9 @@ pub struct Handoff {
     pub queue: String,
 }
 
-/// A definition error, naming the field: `intents[0].slots[1].prompt: ...`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct DefinitionError {
-    /// Path of the faulty field.
-    pub field: String,
-    /// What is wrong and how to fix it.
-    pub message: String,
-}
+/// A definition error naming the field, e.g. `intents[0].slots[1].prompt: ...` (the NLU's type, so
+/// errors from validation and from training read alike).
+pub use crossline_nlu::DefinitionError;
 
 fn error(field: impl Into<String>, message: impl Into<String>) -> DefinitionError {
     DefinitionError { field: field.into(), message: message.into() }
@@ -319,7 +313,7 @@ pub fn compile(definition: &BotDefinition) -> Result<crossline_nlu::Recognizer, 
     let json = serde_json::to_value(definition).map_err(|err| error("body", err.to_string()))?;
     let language: crossline_nlu::BotDefinition =
         serde_json::from_value(json).map_err(|err| error("body", format!("cannot be read for training ({err})")))?;
-    crossline_nlu::train(&language).map_err(|err| DefinitionError { field: err.field, message: err.message })
+    crossline_nlu::train(&language)
 }
 
 #[cfg(test)]

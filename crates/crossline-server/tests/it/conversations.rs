@@ -6,18 +6,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 async fn say(server: &TestServer, key: &str, from: Value, channel: &str, text: &str) -> (StatusCode, Value) {
-    let body = json!({"bot": "bank", "from": from, "text": text, "channel": channel});
-    json_of(
-        server
-            .http
-            .post(format!("{}/api/v1/conversations/messages", server.url))
-            .bearer_auth(key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    server.converse(key, &json!({"bot": "bank", "from": from, "text": text, "channel": channel})).await
 }
 
 fn replies(answer: &Value) -> Vec<String> {
@@ -28,18 +17,7 @@ fn replies(answer: &Value) -> Vec<String> {
 async fn a_booking_started_in_chat_is_finished_by_sms_and_voice() {
     let server = TestServer::start().await;
     let ws = server.workspace("bank").await;
-    let (status, _) = json_of(
-        server
-            .http
-            .put(format!("{}/api/v1/bots/bank", server.url))
-            .bearer_auth(&ws.api_key)
-            .json(&bank())
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
+    server.put_bot(&ws.api_key, "bank", &bank()).await;
     let chat = json!({"kind": "email", "value": "ada@example.com"});
     let phone = json!({"kind": "phone", "value": "(415) 555-0199"});
 
@@ -100,14 +78,7 @@ async fn a_booking_started_in_chat_is_finished_by_sms_and_voice() {
 async fn handoff_fallback_and_bad_input() {
     let server = TestServer::start().await;
     let ws = server.workspace("bank").await;
-    server
-        .http
-        .put(format!("{}/api/v1/bots/bank", server.url))
-        .bearer_auth(&ws.api_key)
-        .json(&bank())
-        .send()
-        .await
-        .unwrap();
+    server.put_bot(&ws.api_key, "bank", &bank()).await;
     let who = json!({"kind": "user_id", "value": "bo"});
     let (_, lost) = say(&server, &ws.api_key, who.clone(), "rest", "I lost my card").await;
     assert_eq!(lost["status"], "queued", "{lost}");
@@ -118,14 +89,6 @@ async fn handoff_fallback_and_bad_input() {
     let (_, again) = say(&server, &ws.api_key, someone, "rest", "purple monkey dishwasher").await;
     assert_eq!(again["status"], "queued", "handoff_after 2 misunderstandings: {again}");
 
-    let post = |body: Value| {
-        server
-            .http
-            .post(format!("{}/api/v1/conversations/messages", server.url))
-            .bearer_auth(&ws.api_key)
-            .json(&body)
-            .send()
-    };
     for (body, status, field) in [
         (json!({"from": who, "text": "hi"}), StatusCode::BAD_REQUEST, "bot:"),
         (json!({"bot": "bank", "text": "hi"}), StatusCode::BAD_REQUEST, "from:"),
@@ -148,7 +111,7 @@ async fn handoff_fallback_and_bad_input() {
         ),
         (json!({"bot": "nobody", "from": who, "text": "hi"}), StatusCode::NOT_FOUND, "bot"),
     ] {
-        let (got, answer) = json_of(post(body.clone()).await.unwrap()).await;
+        let (got, answer) = server.converse(&ws.api_key, &body).await;
         assert_eq!(got, status, "{body}: {answer}");
         assert!(answer["error"]["message"].as_str().unwrap().contains(field), "{field}: {answer}");
     }

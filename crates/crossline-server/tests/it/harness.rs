@@ -94,6 +94,26 @@ impl TestServer {
         self.http.post(format!("{}{path}", self.url)).basic_auth(write_key, Some("")).json(body).send().await.unwrap()
     }
 
+    /// PUT a bot definition, asserting it was accepted.
+    pub async fn put_bot(&self, api_key: &str, name: &str, definition: &Value) {
+        let response = self
+            .http
+            .put(format!("{}/api/v1/bots/{name}", self.url))
+            .bearer_auth(api_key)
+            .json(definition)
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = json_of(response).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    /// Send a message on the REST channel.
+    pub async fn converse(&self, api_key: &str, body: &Value) -> (StatusCode, Value) {
+        let url = format!("{}/api/v1/conversations/messages", self.url);
+        json_of(self.http.post(url).bearer_auth(api_key).json(body).send().await.unwrap()).await
+    }
+
     pub async fn get(&self, path: &str, api_key: &str) -> Response {
         self.http.get(format!("{}{path}", self.url)).bearer_auth(api_key).send().await.unwrap()
     }

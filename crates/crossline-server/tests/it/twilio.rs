@@ -8,14 +8,7 @@ use serde_json::json;
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
 async fn configure(server: &TestServer, api_key: &str) {
-    server
-        .http
-        .put(format!("{}/api/v1/bots/bank", server.url))
-        .bearer_auth(api_key)
-        .json(&bank())
-        .send()
-        .await
-        .unwrap();
+    server.put_bot(api_key, "bank", &bank()).await;
     let config = json!({"account_sid": format!("AC{}", "1".repeat(32)), "auth_token": TOKEN,
                         "phone_number": "+1 415 555 0999", "bot": "bank"});
     let response = server
@@ -64,17 +57,13 @@ async fn a_chat_booking_continues_over_sms_and_stop_unsubscribes() {
     configure(&server, &ws.api_key).await;
 
     // In web chat (REST for now) she asks to book and says which day, and gives her number.
+    let (server_ref, api_key) = (&server, &ws.api_key);
     let chat = |text: &str| {
         let body = json!({"bot": "bank", "from": {"kind": "email", "value": "ada@example.com"}, "channel": "chat", "text": text});
-        server
-            .http
-            .post(format!("{}/api/v1/conversations/messages", server.url))
-            .bearer_auth(&ws.api_key)
-            .json(&body)
-            .send()
+        async move { server_ref.converse(api_key, &body).await }
     };
-    chat("I want to book an appointment").await.unwrap();
-    chat("tomorrow").await.unwrap();
+    chat("I want to book an appointment").await;
+    chat("tomorrow").await;
     server
         .track(
             "/v1/identify",

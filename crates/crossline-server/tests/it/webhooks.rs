@@ -79,26 +79,14 @@ async fn webhook_fulfilment_is_signed_and_fails_safely() {
              "fulfillment": {"webhook": format!("{hooks}/failing")}}
         ]
     });
-    let response = server
-        .http
-        .put(format!("{}/api/v1/bots/bank", server.url))
-        .bearer_auth(&ws.api_key)
-        .json(&bot)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    server.put_bot(&ws.api_key, "bank", &bot).await;
+    let (server_ref, api_key) = (&server, &ws.api_key);
     let say = |text: &str| {
         let body = json!({"bot": "bank", "from": {"kind": "user_id", "value": "ada"}, "text": text});
-        server
-            .http
-            .post(format!("{}/api/v1/conversations/messages", server.url))
-            .bearer_auth(&ws.api_key)
-            .json(&body)
-            .send()
+        async move { server_ref.converse(api_key, &body).await }
     };
 
-    let (_, answer) = json_of(say("how much money do I have?").await.unwrap()).await;
+    let (_, answer) = say("how much money do I have?").await;
     assert_eq!(answer["replies"], json!([{"text": "Your balance is $20."}]), "{answer}");
     let sent = receiver.received.lock().await.clone();
     assert_eq!(sent.len(), 1, "the signature was valid and the request sent once");
@@ -109,12 +97,12 @@ async fn webhook_fulfilment_is_signed_and_fails_safely() {
 
     let fallback = json!([{"text": "Sorry, I couldn't complete that just now. Please try again in a moment."}]);
     let started = std::time::Instant::now();
-    let (status, answer) = json_of(say("please send me my monthly statement").await.unwrap()).await;
+    let (status, answer) = say("please send me my monthly statement").await;
     assert_eq!((status, &answer["replies"]), (StatusCode::OK, &fallback), "a webhook that never answers: {answer}");
     assert!(started.elapsed() < std::time::Duration::from_secs(5), "two attempts of 300 ms, not forever");
-    let (_, answer) = json_of(say("I want a loan").await.unwrap()).await;
+    let (_, answer) = say("I want a loan").await;
     assert_eq!(answer["replies"], fallback, "garbage: {answer}");
-    let (_, answer) = json_of(say("make a transfer to my savings").await.unwrap()).await;
+    let (_, answer) = say("make a transfer to my savings").await;
     assert_eq!(answer["replies"], fallback, "a 503: {answer}");
     assert_eq!(receiver.failures.load(Ordering::SeqCst), 2, "a server error is retried once");
     server.stop().await;
