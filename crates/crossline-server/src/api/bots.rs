@@ -33,7 +33,13 @@ type BotKey = (String, String, i64);
 pub struct BotRegistry {
     models: Mutex<HashMap<BotKey, Arc<Recognizer>>>,
     turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    budgets: Mutex<HashMap<String, (f64, std::time::Instant)>>,
 }
+
+/// Messages a customer may send to one bot in a burst, and how fast the allowance refills.
+pub const TURN_BURST: f64 = 10.0;
+/// Messages per second a customer may keep sending to one bot.
+pub const TURNS_PER_SECOND: f64 = 5.0;
 
 impl BotRegistry {
     fn get(&self, workspace_id: &str, name: &str, version: i64) -> Option<Arc<Recognizer>> {
@@ -44,6 +50,24 @@ impl BotRegistry {
     fn put(&self, workspace_id: &str, name: &str, version: i64, model: Arc<Recognizer>) {
         let mut models = self.models.lock().expect("bot registry lock");
         models.insert((workspace_id.to_owned(), name.to_owned(), version), model);
+    }
+
+    /// Take one message from a customer's allowance (a token bucket per customer and bot); false
+    /// when they are sending faster than [`TURNS_PER_SECOND`] after a burst of [`TURN_BURST`].
+    pub fn allow_turn(&self, key: &str, now: std::time::Instant) -> bool {
+        let mut budgets = self.budgets.lock().expect("turn budgets");
+        if budgets.len() > 10_000 {
+            budgets.retain(|_, (tokens, at)| *tokens < TURN_BURST || now.duration_since(*at).as_secs() < 60);
+        }
+        let (tokens, at) = budgets.entry(key.to_owned()).or_insert((TURN_BURST, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * TURNS_PER_SECOND).min(TURN_BURST);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     /// The lock that serialises one customer's turns on this node, so two messages sent at once
@@ -281,4 +305,21 @@ pub async fn recognize(
         "language_confidence": recognition.language.confidence,
         "bot_version": stored.version,
     })))
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_burst_then_the_steady_rate() {
+        let registry = BotRegistry::default();
+        let start = Instant::now();
+        let allowed = (0..50).filter(|_| registry.allow_turn("ws/bot/ada", start)).count();
+        assert_eq!(allowed, TURN_BURST as usize, "50 messages at once: the burst passes, the rest wait");
+        assert!(!registry.allow_turn("ws/bot/ada", start + Duration::from_millis(100)));
+        assert!(registry.allow_turn("ws/bot/ada", start + Duration::from_millis(250)), "one more after 1/5 s");
+        assert!(registry.allow_turn("ws/bot/bo", start), "others are not affected");
+    }
 }

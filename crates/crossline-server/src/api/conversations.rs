@@ -103,7 +103,20 @@ fn event(identity: &Identity, name: &str, channel: &str, properties: Value, now:
 
 /// Run one conversation turn for a customer message.
 pub async fn converse(state: &AppState, workspace: &Workspace, turn: Turn<'_>) -> ApiResult<TurnAnswer> {
-    let lock = state.bots.turn_lock(format!("{}/{}/{}", workspace.id, turn.bot, turn.from));
+    let key = format!("{}/{}/{}", workspace.id, turn.bot, turn.from);
+    if !state.bots.allow_turn(&key, std::time::Instant::now()) {
+        metrics::counter!("crossline_turns_rate_limited_total").increment(1);
+        return Err(ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "too many messages: at most {} per second per conversation after a burst of {}; wait a moment and send again",
+                crate::api::bots::TURNS_PER_SECOND,
+                crate::api::bots::TURN_BURST
+            ),
+        ));
+    }
+    let lock = state.bots.turn_lock(key);
     let _turn = lock.lock().await;
 
     let (latest, latest_model) = bot_model(state, workspace, turn.bot, None).await?;

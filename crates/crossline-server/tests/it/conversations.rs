@@ -117,3 +117,33 @@ async fn handoff_fallback_and_bad_input() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_sending_fifty_messages_at_once_is_slowed_not_broken() {
+    let server = TestServer::start().await;
+    let ws = server.workspace("bank").await;
+    server.put_bot(&ws.api_key, "bank", &bank()).await;
+    let body = json!({"bot": "bank", "from": {"kind": "user_id", "value": "flood"}, "text": "when are you open?"});
+    let sends = (0..50).map(|_| server.converse(&ws.api_key, &body));
+    let answers = futures::future::join_all(sends).await;
+    let ok = answers.iter().filter(|(status, _)| *status == StatusCode::OK).count();
+    let limited: Vec<&Value> =
+        answers.iter().filter(|(status, _)| *status == StatusCode::TOO_MANY_REQUESTS).map(|(_, body)| body).collect();
+    assert_eq!(ok + limited.len(), 50, "every message got an answer");
+    assert!((10..=12).contains(&ok), "the burst passes: {ok}");
+    assert_eq!(limited[0]["error"]["code"], "rate_limited");
+    let conversation = answers.iter().find(|(status, _)| *status == StatusCode::OK).unwrap().1["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let messages = server.store.conversation_messages(&ws.id, &conversation).await.unwrap();
+    assert_eq!(
+        messages.iter().filter(|message| message.author == "customer").count(),
+        ok,
+        "refused messages left no trace"
+    );
+    // Another customer is not slowed down.
+    let other = json!({"bot": "bank", "from": {"kind": "user_id", "value": "calm"}, "text": "when are you open?"});
+    assert_eq!(server.converse(&ws.api_key, &other).await.0, StatusCode::OK);
+    server.stop().await;
+}
