@@ -56,6 +56,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(bots::list_bots))
         .routes(routes!(bots::put_bot, bots::get_bot))
         .routes(routes!(bots::recognize))
+        .routes(routes!(bots::missed))
         .routes(routes!(conversations::post_message))
         .routes(routes!(channels::put_channel, channels::get_channel))
 }

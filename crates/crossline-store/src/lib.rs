@@ -182,6 +182,9 @@ pub trait ConversationStore: Send + Sync {
     async fn conversation(&self, workspace_id: &str, id: &str) -> StoreResult<Option<Conversation>>;
     /// A conversation's messages, oldest first.
     async fn conversation_messages(&self, workspace_id: &str, id: &str) -> StoreResult<Vec<ConversationMessage>>;
+    /// The newest messages a bot did not understand, newest first.
+    async fn missed_utterances(&self, workspace_id: &str, bot: &str, limit: usize)
+    -> StoreResult<Vec<MissedUtterance>>;
 }
 
 /// Channel configuration per workspace.

@@ -260,4 +260,20 @@ pub struct ConversationMessage {
     pub text: String,
     /// When.
     pub created_at: DateTime<Utc>,
+    /// A customer message the bot did not understand.
+    #[serde(default)]
+    pub missed: bool,
+}
+
+/// A customer message a bot did not understand.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MissedUtterance {
+    /// What the customer said.
+    pub text: String,
+    /// Where.
+    pub channel: String,
+    /// The conversation.
+    pub conversation_id: String,
+    /// When.
+    pub created_at: DateTime<Utc>,
 }

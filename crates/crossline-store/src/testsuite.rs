@@ -104,6 +104,7 @@ async fn conversations_follow_profiles(store: DynStore) {
         channel: "chat".into(),
         text: text.into(),
         created_at: t0,
+        missed: text.starts_with('?'),
     };
     store
         .save_conversation(&ws.id, &conversation, &[message("customer", "book"), message("bot", "What day?")])
@@ -128,6 +129,14 @@ async fn conversations_follow_profiles(store: DynStore) {
     let texts: Vec<String> =
         store.conversation_messages(&ws.id, "cnv_1").await.unwrap().into_iter().map(|message| message.text).collect();
     assert_eq!(texts, ["book", "What day?", "tomorrow"]);
+    store
+        .save_conversation(&ws.id, &conversation, &[message("customer", "?purple"), message("bot", "Sorry?")])
+        .await
+        .unwrap();
+    let missed = store.missed_utterances(&ws.id, "bank", 10).await.unwrap();
+    assert_eq!(missed.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["?purple"]);
+    assert_eq!(missed[0].conversation_id, "cnv_1");
+    assert!(store.missed_utterances(&ws.id, "other", 10).await.unwrap().is_empty());
 
     // A merge brings the conversation along to the surviving profile; an erase removes it.
     let sms = identify("c2", json!({"anonymousId": "texter", "traits": {"phone": "+14155550111"}})).await;

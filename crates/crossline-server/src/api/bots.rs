@@ -237,6 +237,66 @@ pub async fn list_bots(
     }))
 }
 
+/// How many missed utterances to list.
+#[derive(Deserialize, IntoParams)]
+pub struct MissedParams {
+    /// At most this many (1–1000, default 100).
+    pub limit: Option<usize>,
+}
+
+/// A message the bot did not understand.
+#[derive(Serialize, ToSchema)]
+pub struct MissedView {
+    /// What the customer said.
+    pub text: String,
+    /// The channel.
+    pub channel: String,
+    /// The conversation.
+    pub conversation_id: String,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Missed utterances, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct MissedList {
+    /// The messages.
+    pub missed: Vec<MissedView>,
+}
+
+/// Messages the bot did not understand, newest first: what to add as utterances next.
+#[utoipa::path(get, path = "/api/v1/bots/{name}/missed", tag = "bots",
+    params(("name" = String, Path, description = "Bot name"), MissedParams),
+    responses((status = 200, body = MissedList), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn missed(
+    State(state): State<AppState>,
+    WorkspaceCaller(workspace): WorkspaceCaller,
+    Path(name): Path<String>,
+    params: Result<Query<MissedParams>, QueryRejection>,
+) -> ApiResult<Json<MissedList>> {
+    let Query(params) = params.map_err(query_rejection)?;
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", format!("limit: {limit} is out of range; use 1 to 1000")));
+    }
+    if state.store.bot(&workspace.id, &name, None).await?.is_none() {
+        return Err(ApiError::not_found("bot"));
+    }
+    let missed = state.store.missed_utterances(&workspace.id, &name, limit).await?;
+    Ok(Json(MissedList {
+        missed: missed
+            .into_iter()
+            .map(|item| MissedView {
+                text: item.text,
+                channel: item.channel,
+                conversation_id: item.conversation_id,
+                created_at: item.created_at,
+            })
+            .collect(),
+    }))
+}
+
 /// What to recognise.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -223,12 +223,14 @@ pub async fn converse(state: &AppState, workspace: &Workspace, turn: Turn<'_>) -
         channel: turn.channel.to_owned(),
         text: turn.text.to_owned(),
         created_at: turn.now,
+        missed: !outcome.understood,
     }];
     messages.extend(outcome.replies.iter().map(|reply| ConversationMessage {
         author: "bot".into(),
         channel: turn.channel.to_owned(),
         text: reply.clone(),
         created_at: turn.now,
+        missed: false,
     }));
 
     let mut events = vec![event(

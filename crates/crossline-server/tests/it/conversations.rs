@@ -88,6 +88,13 @@ async fn handoff_fallback_and_bad_input() {
     assert_eq!(replies(&fallback), ["Sorry, I didn't get that."]);
     let (_, again) = say(&server, &ws.api_key, someone, "rest", "purple monkey dishwasher").await;
     assert_eq!(again["status"], "queued", "handoff_after 2 misunderstandings: {again}");
+    let (status, missed) = json_of(server.get("/api/v1/bots/bank/missed?limit=10", &ws.api_key).await).await;
+    assert_eq!(status, StatusCode::OK);
+    let texts: Vec<&str> =
+        missed["missed"].as_array().unwrap().iter().map(|item| item["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["purple monkey dishwasher", "what is the capital of australia"], "newest first");
+    assert_eq!(server.get("/api/v1/bots/bank/missed?limit=0", &ws.api_key).await.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(server.get("/api/v1/bots/nobody/missed", &ws.api_key).await.status(), StatusCode::NOT_FOUND);
 
     for (body, status, field) in [
         (json!({"from": who, "text": "hi"}), StatusCode::BAD_REQUEST, "bot:"),

@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0002_bots.sql"),
     include_str!("../../migrations/postgres/0003_conversations.sql"),
     include_str!("../../migrations/postgres/0004_channels.sql"),
+    include_str!("../../migrations/postgres/0005_missed.sql"),
 ];
 
 /// Arbitrary constant for the advisory lock that serialises migrations across nodes.
@@ -397,6 +398,16 @@ impl crate::ConversationStore for PgStore {
     ) -> StoreResult<Vec<crate::ConversationMessage>> {
         let client = self.pool.get().await?;
         statements::conversation_messages(&**client, workspace_id, id).await
+    }
+
+    async fn missed_utterances(
+        &self,
+        workspace_id: &str,
+        bot: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<crate::MissedUtterance>> {
+        let client = self.pool.get().await?;
+        statements::missed_utterances(&**client, workspace_id, bot, limit).await
     }
 }
 

@@ -703,8 +703,8 @@ pub(super) async fn save_conversation(
     for message in messages {
         seq += 1;
         tx.execute(
-            "INSERT INTO conversation_messages (workspace_id, conversation_id, seq, author, channel, text, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO conversation_messages (workspace_id, conversation_id, seq, author, channel, text, created_at, missed)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
                 &workspace_id,
                 &conversation.id,
@@ -713,6 +713,7 @@ pub(super) async fn save_conversation(
                 &message.channel,
                 &message.text,
                 &to_millis(message.created_at),
+                &message.missed,
             ],
         )
         .await?;
@@ -727,7 +728,7 @@ pub(super) async fn conversation_messages(
 ) -> StoreResult<Vec<crate::ConversationMessage>> {
     let rows = client
         .query(
-            "SELECT author, channel, text, created_at FROM conversation_messages
+            "SELECT author, channel, text, created_at, missed FROM conversation_messages
              WHERE workspace_id = $1 AND conversation_id = $2 ORDER BY seq",
             &[&workspace_id, &id],
         )
@@ -738,6 +739,33 @@ pub(super) async fn conversation_messages(
             author: row.get(0),
             channel: row.get(1),
             text: row.get(2),
+            created_at: from_millis(row.get(3)),
+            missed: row.get(4),
+        })
+        .collect())
+}
+
+pub(super) async fn missed_utterances(
+    client: &impl GenericClient,
+    workspace_id: &str,
+    bot: &str,
+    limit: usize,
+) -> StoreResult<Vec<crate::MissedUtterance>> {
+    let rows = client
+        .query(
+            "SELECT m.text, m.channel, m.conversation_id, m.created_at
+             FROM conversation_messages m JOIN conversations c ON c.workspace_id = m.workspace_id AND c.id = m.conversation_id
+             WHERE m.workspace_id = $1 AND m.missed AND c.bot = $2
+             ORDER BY m.created_at DESC LIMIT $3",
+            &[&workspace_id, &bot, &(limit as i64)],
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| crate::MissedUtterance {
+            text: row.get(0),
+            channel: row.get(1),
+            conversation_id: row.get(2),
             created_at: from_millis(row.get(3)),
         })
         .collect())

@@ -33,6 +33,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0002_bots.sql"),
     include_str!("../../migrations/sqlite/0003_conversations.sql"),
     include_str!("../../migrations/sqlite/0004_channels.sql"),
+    include_str!("../../migrations/sqlite/0005_missed.sql"),
 ];
 
 /// Most events committed in one group; bounds the time a group holds the write lock.
@@ -634,6 +635,16 @@ impl crate::ConversationStore for SqliteStore {
     ) -> StoreResult<Vec<crate::ConversationMessage>> {
         let (workspace_id, id) = (workspace_id.to_owned(), id.to_owned());
         self.read(move |conn| statements::conversation_messages(conn, &workspace_id, &id)).await
+    }
+
+    async fn missed_utterances(
+        &self,
+        workspace_id: &str,
+        bot: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<crate::MissedUtterance>> {
+        let (workspace_id, bot) = (workspace_id.to_owned(), bot.to_owned());
+        self.read(move |conn| statements::missed_utterances(conn, &workspace_id, &bot, limit)).await
     }
 }
 

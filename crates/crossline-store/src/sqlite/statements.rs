@@ -730,8 +730,8 @@ pub(super) fn save_conversation(
         |row| row.get(0),
     )?;
     let mut insert = conn.prepare_cached(
-        "INSERT INTO conversation_messages (workspace_id, conversation_id, seq, author, channel, text, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO conversation_messages (workspace_id, conversation_id, seq, author, channel, text, created_at, missed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     for message in messages {
         seq += 1;
@@ -742,7 +742,8 @@ pub(super) fn save_conversation(
             message.author,
             message.channel,
             message.text,
-            to_millis(message.created_at)
+            to_millis(message.created_at),
+            message.missed
         ])?;
     }
     Ok(())
@@ -754,7 +755,7 @@ pub(super) fn conversation_messages(
     id: &str,
 ) -> StoreResult<Vec<crate::ConversationMessage>> {
     let mut statement = conn.prepare_cached(
-        "SELECT author, channel, text, created_at FROM conversation_messages
+        "SELECT author, channel, text, created_at, missed FROM conversation_messages
          WHERE workspace_id = ?1 AND conversation_id = ?2 ORDER BY seq",
     )?;
     let rows = statement.query_map((workspace_id, id), |row| {
@@ -762,6 +763,31 @@ pub(super) fn conversation_messages(
             author: row.get(0)?,
             channel: row.get(1)?,
             text: row.get(2)?,
+            created_at: from_millis(row.get(3)?),
+            missed: row.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub(super) fn missed_utterances(
+    conn: &Connection,
+    workspace_id: &str,
+    bot: &str,
+    limit: usize,
+) -> StoreResult<Vec<crate::MissedUtterance>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT m.text, m.channel, m.conversation_id, m.created_at
+         FROM conversation_messages m INDEXED BY conversation_messages_missed
+         JOIN conversations c ON c.workspace_id = m.workspace_id AND c.id = m.conversation_id
+         WHERE m.workspace_id = ?1 AND m.missed = 1 AND c.bot = ?2
+         ORDER BY m.created_at DESC LIMIT ?3",
+    )?;
+    let rows = statement.query_map(params![workspace_id, bot, limit as i64], |row| {
+        Ok(crate::MissedUtterance {
+            text: row.get(0)?,
+            channel: row.get(1)?,
+            conversation_id: row.get(2)?,
             created_at: from_millis(row.get(3)?),
         })
     })?;
