@@ -170,6 +170,85 @@ pub fn messaging_response(replies: &[String]) -> String {
     twiml
 }
 
+/// What a spoken reply can carry: short speech.
+pub const VOICE_CAPABILITIES: Capabilities = Capabilities { max_reply_chars: 600, rich_content: false, voice: true };
+
+/// A Twilio Voice webhook: the call, and what the caller said or keyed since the last prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundCall {
+    /// Twilio's id of the call.
+    pub call_sid: String,
+    /// The caller's number (E.164).
+    pub from: String,
+    /// The transcribed speech, if any.
+    pub speech: Option<String>,
+    /// The keys pressed, if any.
+    pub digits: Option<String>,
+}
+
+impl InboundCall {
+    /// What the caller said, speech first, else the digits; None when nothing was said.
+    pub fn said(&self) -> Option<&str> {
+        self.speech.as_deref().or(self.digits.as_deref()).map(str::trim).filter(|text| !text.is_empty())
+    }
+}
+
+/// Read a voice webhook's parameters.
+pub fn parse_call(params: &[(String, String)]) -> Result<InboundCall, ConfigError> {
+    let get = |name: &str| params.iter().find(|(key, _)| key == name).map(|(_, value)| value.clone());
+    Ok(InboundCall {
+        call_sid: get("CallSid").unwrap_or_default(),
+        from: get("From").ok_or_else(|| config_error("From", "is missing: not a Twilio Voice webhook"))?,
+        speech: get("SpeechResult"),
+        digits: get("Digits"),
+    })
+}
+
+/// Text fit for speech: markup characters dropped, cut to what a caller will listen to.
+pub fn fit_speech(text: &str) -> String {
+    let cleaned: String = text.chars().filter(|c| !matches!(c, '*' | '_' | '#' | '`' | '<' | '>')).collect();
+    if cleaned.chars().count() <= VOICE_CAPABILITIES.max_reply_chars {
+        return cleaned;
+    }
+    cleaned.chars().take(VOICE_CAPABILITIES.max_reply_chars).collect()
+}
+
+/// TwiML that speaks the replies and listens for the answer (speech or keys, interruptible), posting
+/// it to `action`; after silence it says `reprompt` and comes back to `action`.
+pub fn gather_response(replies: &[String], action: &str, hints: &[String], reprompt: &str) -> String {
+    let hints = hints.iter().map(|hint| hint.replace(',', " ")).collect::<Vec<_>>().join(", ");
+    let mut twiml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response>");
+    twiml.push_str(&format!(
+        "<Gather input=\"speech dtmf\" action=\"{}\" method=\"POST\" speechTimeout=\"auto\" bargeIn=\"true\" actionOnEmptyResult=\"true\"",
+        escape_xml(action)
+    ));
+    if !hints.is_empty() {
+        twiml.push_str(&format!(" hints=\"{}\"", escape_xml(&hints)));
+    }
+    twiml.push('>');
+    for reply in replies {
+        twiml.push_str(&format!("<Say>{}</Say>", escape_xml(&fit_speech(reply))));
+    }
+    twiml.push_str("</Gather>");
+    twiml.push_str(&format!(
+        "<Say>{}</Say><Redirect method=\"POST\">{}</Redirect>",
+        escape_xml(reprompt),
+        escape_xml(action)
+    ));
+    twiml.push_str("</Response>");
+    twiml
+}
+
+/// TwiML that speaks the replies and ends the call.
+pub fn hangup_response(replies: &[String]) -> String {
+    let mut twiml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response>");
+    for reply in replies {
+        twiml.push_str(&format!("<Say>{}</Say>", escape_xml(&fit_speech(reply))));
+    }
+    twiml.push_str("<Hangup/></Response>");
+    twiml
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +309,32 @@ mod tests {
         );
         assert_eq!(messaging_response(&[]), "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>");
         assert_eq!(fit_sms(&"x".repeat(5000)).chars().count(), SMS_CAPABILITIES.max_reply_chars);
+    }
+
+    #[test]
+    fn voice_twiml_gathers_speech_and_keys() {
+        let twiml = gather_response(
+            &["What time suits you?".into()],
+            "/hooks/ws_1/twilio/voice",
+            &["checking".into(), "savings".into()],
+            "Sorry, I didn't catch that.",
+        );
+        assert_eq!(
+            twiml,
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Gather input=\"speech dtmf\" action=\"/hooks/ws_1/twilio/voice\" method=\"POST\" speechTimeout=\"auto\" bargeIn=\"true\" actionOnEmptyResult=\"true\" hints=\"checking, savings\"><Say>What time suits you?</Say></Gather><Say>Sorry, I didn&apos;t catch that.</Say><Redirect method=\"POST\">/hooks/ws_1/twilio/voice</Redirect></Response>"
+        );
+        assert!(hangup_response(&["Goodbye <3".into()]).ends_with("<Say>Goodbye 3</Say><Hangup/></Response>"));
+        let call = parse_call(&params(&[
+            ("CallSid", "CA1"),
+            ("From", "+14155550100"),
+            ("SpeechResult", " 3 pm "),
+            ("Digits", ""),
+        ]))
+        .unwrap();
+        assert_eq!(call.said(), Some("3 pm"));
+        let keyed = parse_call(&params(&[("From", "+14155550100"), ("Digits", "1234")])).unwrap();
+        assert_eq!(keyed.said(), Some("1234"));
+        assert_eq!(parse_call(&params(&[("From", "+14155550100")])).unwrap().said(), None);
     }
 
     #[test]

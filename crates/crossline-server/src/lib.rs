@@ -51,6 +51,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(prometheus))
         // Provider webhooks: authenticated by the provider's signature, so not in the API document.
         .route("/hooks/{workspace_id}/twilio/sms", axum::routing::post(api::channels::twilio_sms))
+        .route("/hooks/{workspace_id}/twilio/voice", axum::routing::post(api::channels::twilio_voice))
         .merge(api_router)
         .merge(openapi::docs(openapi))
         .merge(console::router())

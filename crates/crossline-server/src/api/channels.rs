@@ -95,15 +95,15 @@ fn signed_url(state: &AppState, headers: &HeaderMap, uri: &axum::http::Uri) -> S
     }
 }
 
-/// Twilio's SMS webhook: verified, then answered with TwiML.
-pub async fn twilio_sms(
-    State(state): State<AppState>,
-    Path(workspace_id): Path<String>,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Response> {
-    let workspace = state.store.workspace(&workspace_id).await?.ok_or_else(|| ApiError::not_found("workspace"))?;
+/// Check a Twilio webhook: known workspace, channel configured, valid signature.
+async fn verified_twilio(
+    state: &AppState,
+    workspace_id: &str,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<(crossline_store::Workspace, TwilioConfig, Vec<(String, String)>)> {
+    let workspace = state.store.workspace(workspace_id).await?.ok_or_else(|| ApiError::not_found("workspace"))?;
     let config = state.store.channel(&workspace.id, "twilio").await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -112,14 +112,26 @@ pub async fn twilio_sms(
         )
     })?;
     let config: TwilioConfig = serde_json::from_value(config).map_err(ApiError::internal)?;
-    let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    let params: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
     let given = headers.get("x-twilio-signature").and_then(|value| value.to_str().ok()).unwrap_or_default();
-    if !twilio::verify(&config.auth_token, &signed_url(&state, &headers, &uri), &params, given) {
+    if !twilio::verify(&config.auth_token, &signed_url(state, headers, uri), &params, given) {
         metrics::counter!("crossline_webhook_rejected_total", "channel" => "twilio").increment(1);
         return Err(ApiError::forbidden(
             "X-Twilio-Signature does not match this request; check the auth token and CROSSLINE_PUBLIC_URL",
         ));
     }
+    Ok((workspace, config, params))
+}
+
+/// Twilio's SMS webhook: verified, then answered with TwiML.
+pub async fn twilio_sms(
+    State(state): State<AppState>,
+    Path(workspace_id): Path<String>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let (workspace, config, params) = verified_twilio(&state, &workspace_id, &uri, &headers, &body).await?;
     let sms = twilio::parse_sms(&params).map_err(|err| ApiError::bad_request("invalid_field", err.to_string()))?;
     let from = Identity::parse(IdentityKind::Phone, &sms.from, &workspace.default_region)
         .map_err(|err| ApiError::bad_request("invalid_field", format!("From: {err}")))?;
@@ -171,4 +183,80 @@ pub async fn twilio_sms(
             .await?;
     let replies: Vec<String> = answer.replies.into_iter().map(|reply| reply.text).collect();
     Ok(twiml(twilio::messaging_response(&replies)))
+}
+
+/// Words the speech recogniser should expect: the bot's custom slot values and synonyms.
+fn speech_hints(definition: &Value) -> Vec<String> {
+    let mut hints = Vec::new();
+    for slot_type in definition.get("slot_types").and_then(Value::as_array).into_iter().flatten() {
+        for value in slot_type.get("values").and_then(Value::as_array).into_iter().flatten() {
+            hints.extend(value.get("value").and_then(Value::as_str).map(str::to_owned));
+            for synonym in value.get("synonyms").and_then(Value::as_array).into_iter().flatten() {
+                hints.extend(synonym.as_str().map(str::to_owned));
+            }
+        }
+    }
+    hints.truncate(100);
+    hints
+}
+
+/// Twilio's Voice webhook: each request carries what the caller said since the last prompt.
+pub async fn twilio_voice(
+    State(state): State<AppState>,
+    Path(workspace_id): Path<String>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let (workspace, config, params) = verified_twilio(&state, &workspace_id, &uri, &headers, &body).await?;
+    let call = twilio::parse_call(&params).map_err(|err| ApiError::bad_request("invalid_field", err.to_string()))?;
+    let from = Identity::parse(IdentityKind::Phone, &call.from, &workspace.default_region)
+        .map_err(|err| ApiError::bad_request("invalid_field", format!("From: {err}")))?;
+    let bot = state.store.bot(&workspace.id, &config.bot, None).await?.ok_or_else(|| ApiError::not_found("bot"))?;
+    let action = uri.path().to_owned();
+    let hints = speech_hints(&bot.definition);
+    let reprompt = "Sorry, I didn't catch that.";
+    let now = Utc::now();
+
+    let profile = state.store.lookup(&workspace.id, &from).await?;
+    let open = match &profile {
+        Some(profile) => {
+            state
+                .store
+                .open_conversation(&workspace.id, &profile.id, &config.bot, now - state.settings.conversation_idle)
+                .await?
+        }
+        None => None,
+    };
+    let text = call.said().map(str::to_owned);
+    if text.is_none() && open.is_none() {
+        // A new call: greet, by name when the profile knows it.
+        let greeting =
+            bot.definition.get("greeting").and_then(Value::as_str).unwrap_or("Hello! How can I help?").to_owned();
+        let name = profile.as_ref().and_then(|profile| {
+            profile
+                .traits
+                .get("first_name")
+                .or_else(|| profile.traits.get("name"))
+                .and_then(Value::as_str)
+                .map(|name| name.split_whitespace().next().unwrap_or(name).to_owned())
+        });
+        let greeting = match name {
+            Some(name) => format!("Hi {name}! {}", greeting.trim_start_matches("Hi! ").trim_start_matches("Hello! ")),
+            None => greeting,
+        };
+        return Ok(twiml(twilio::gather_response(&[greeting], &action, &hints, reprompt)));
+    }
+    // Speech, keys, or silence in an open conversation (the dialog re-asks, or picks up from another channel).
+    let said = text.unwrap_or_default();
+    let answer =
+        converse(&state, &workspace, Turn { bot: &config.bot, from, text: &said, channel: "voice", now }).await?;
+    let replies: Vec<String> = answer.replies.into_iter().map(|reply| reply.text).collect();
+    if answer.status == "queued" {
+        // Transfer to an agent comes with the contact centre; until then the caller is told and the call ends.
+        let mut replies = replies;
+        replies.push("An agent will call you back shortly. Goodbye.".into());
+        return Ok(twiml(twilio::hangup_response(&replies)));
+    }
+    Ok(twiml(twilio::gather_response(&replies, &action, &hints, reprompt)))
 }

@@ -140,3 +140,88 @@ async fn forged_or_misrouted_webhooks_are_refused_and_change_nothing() {
     assert!(shown.get("auth_token").is_none());
     server.stop().await;
 }
+
+/// POST a Voice webhook as Twilio does; `speech` is what the caller said since the last prompt.
+async fn voice(
+    server: &TestServer,
+    workspace_id: &str,
+    from: &str,
+    speech: Option<&str>,
+    token: &str,
+) -> (StatusCode, String) {
+    let url = format!("{}/hooks/{workspace_id}/twilio/voice", server.url);
+    let mut params: Vec<(String, String)> = [
+        ("AccountSid", "AC11111111111111111111111111111111"),
+        ("ApiVersion", "2010-04-01"),
+        ("CallSid", "CA0123"),
+        ("CallStatus", "in-progress"),
+        ("Direction", "inbound"),
+        ("From", from),
+        ("To", "+14155550999"),
+    ]
+    .iter()
+    .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+    .collect();
+    if let Some(speech) = speech {
+        params.push(("SpeechResult".into(), speech.into()));
+        params.push(("Confidence".into(), "0.93".into()));
+    }
+    let signature = crossline_channels::twilio::signature(token, &url, &params);
+    let response = server.http.post(&url).header("X-Twilio-Signature", signature).form(&params).send().await.unwrap();
+    let status = response.status();
+    (status, response.text().await.unwrap())
+}
+
+fn said(twiml: &str) -> Vec<String> {
+    twiml
+        .split("<Say>")
+        .skip(1)
+        .filter_map(|part| part.split("</Say>").next())
+        .map(|text| text.replace("&apos;", "'"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_booking_half_done_in_chat_is_finished_on_a_phone_call() {
+    let server = TestServer::start().await;
+    let ws = server.workspace("bank").await;
+    configure(&server, &ws.api_key).await;
+    let chat = json!({"bot": "bank", "from": {"kind": "email", "value": "ada@example.com"}, "channel": "chat", "text": "I want to book an appointment"});
+    server.converse(&ws.api_key, &chat).await;
+    let mut tomorrow = chat.clone();
+    tomorrow["text"] = json!("tomorrow");
+    server.converse(&ws.api_key, &tomorrow).await;
+    let identify =
+        json!({"userId": "ada", "traits": {"email": "ada@example.com", "phone": "+14155550123", "first_name": "Ada"}});
+    server.track("/v1/identify", &ws.write_key, &identify).await;
+
+    // She calls: the IVR knows her number and asks only for what is missing.
+    let (status, twiml) = voice(&server, &ws.id, "+14155550123", None, TOKEN).await;
+    assert_eq!(status, StatusCode::OK, "{twiml}");
+    assert!(twiml.contains("<Gather input=\"speech dtmf\""), "{twiml}");
+    assert_eq!(said(&twiml)[0], "Picking up where we left off in chat: What time?");
+    let (_, twiml) = voice(&server, &ws.id, "+14155550123", Some("3 pm please"), TOKEN).await;
+    assert!(said(&twiml)[0].starts_with("Shall I book ") && said(&twiml)[0].ends_with(" at 15:00?"), "{twiml}");
+    let (_, twiml) = voice(&server, &ws.id, "+14155550123", Some("yes"), TOKEN).await;
+    assert!(said(&twiml)[0].starts_with("Booked: "), "{twiml}");
+
+    // A known caller without an open conversation is greeted by name; a stranger gets the greeting.
+    server
+        .track(
+            "/v1/identify",
+            &ws.write_key,
+            &json!({"userId": "grace", "traits": {"phone": "+14155550124", "first_name": "Grace"}}),
+        )
+        .await;
+    let (_, twiml) = voice(&server, &ws.id, "+14155550124", None, TOKEN).await;
+    assert_eq!(said(&twiml)[0], "Hi Grace! How can I help?");
+    let (_, twiml) = voice(&server, &ws.id, "+14155550125", None, TOKEN).await;
+    assert_eq!(said(&twiml)[0], "Hi! How can I help?");
+    // A handoff ends the call politely until calls can be transferred.
+    let (_, twiml) = voice(&server, &ws.id, "+14155550125", Some("I lost my card"), TOKEN).await;
+    assert!(twiml.ends_with("<Hangup/></Response>"), "{twiml}");
+
+    let (status, _) = voice(&server, &ws.id, "+14155550123", Some("yes"), "a-different-token-0123456789abcd").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    server.stop().await;
+}
