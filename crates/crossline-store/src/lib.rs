@@ -88,6 +88,8 @@ pub trait ProfileStore: Send + Sync {
     /// Store events durably, resolving identities and merging profiles; a `message_id` already
     /// stored in the workspace is skipped. Returns the outcome per event, in order.
     async fn ingest(&self, workspace_id: &str, events: Vec<NormalizedEvent>) -> StoreResult<Vec<IngestedEvent>>;
+    /// Whether an event with this `messageId` is stored in the workspace.
+    async fn event_exists(&self, workspace_id: &str, message_id: &str) -> StoreResult<bool>;
     /// The live profile owning an identity.
     async fn lookup(&self, workspace_id: &str, identity: &Identity) -> StoreResult<Option<Profile>>;
     /// A profile by id; an id merged away resolves to its survivor.

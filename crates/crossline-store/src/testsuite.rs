@@ -258,6 +258,8 @@ async fn message_ids_are_stored_once(store: DynStore) {
     assert_eq!(first.iter().map(|e| e.stored).collect::<Vec<_>>(), [true, false, true]);
     let again = store.ingest(&ws.id, events(batch)).await.unwrap();
     assert!(again.iter().all(|event| !event.stored), "a replayed batch stores nothing");
+    assert!(store.event_exists(&ws.id, "dup").await.unwrap());
+    assert!(!store.event_exists(&ws.id, "never-sent").await.unwrap());
     let profile = store.lookup(&ws.id, &id(IdentityKind::UserId, "u1")).await.unwrap().unwrap();
     assert_eq!(store.events(&ws.id, &profile.id, &EventQuery::default()).await.unwrap().len(), 2);
 }

@@ -178,9 +178,14 @@ pub async fn twilio_sms(
         return Ok(twiml(twilio::messaging_response(&[reply.to_owned()])));
     }
 
-    let answer =
-        converse(&state, &workspace, Turn { bot: &config.bot, from, text: &sms.body, channel: "sms", now: Utc::now() })
-            .await?;
+    let message_id = (!sms.message_sid.is_empty()).then(|| format!("twilio_{}", sms.message_sid));
+    let turn = Turn { bot: &config.bot, from, text: &sms.body, channel: "sms", now: Utc::now(), message_id };
+    let answer = match converse(&state, &workspace, turn).await {
+        Ok(answer) => answer,
+        // Twilio retried (or someone replayed) a message already answered: answer with no SMS.
+        Err(err) if err.code == "duplicate_message" => return Ok(twiml(twilio::messaging_response(&[]))),
+        Err(err) => return Err(err),
+    };
     let replies: Vec<String> = answer.replies.into_iter().map(|reply| reply.text).collect();
     Ok(twiml(twilio::messaging_response(&replies)))
 }
@@ -249,8 +254,12 @@ pub async fn twilio_voice(
     }
     // Speech, keys, or silence in an open conversation (the dialog re-asks, or picks up from another channel).
     let said = text.unwrap_or_default();
-    let answer =
-        converse(&state, &workspace, Turn { bot: &config.bot, from, text: &said, channel: "voice", now }).await?;
+    let answer = converse(
+        &state,
+        &workspace,
+        Turn { bot: &config.bot, from, text: &said, channel: "voice", now, message_id: None },
+    )
+    .await?;
     let replies: Vec<String> = answer.replies.into_iter().map(|reply| reply.text).collect();
     if answer.status == "queued" {
         // Transfer to an agent comes with the contact centre; until then the caller is told and the call ends.

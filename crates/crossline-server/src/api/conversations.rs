@@ -11,6 +11,7 @@ use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use crossline_bot::dialog::{DialogState, TurnInput, slot_entry, step};
 use crossline_core::consent::is_valid_channel_name;
@@ -79,6 +80,9 @@ pub struct Turn<'a> {
     pub channel: &'a str,
     /// When it arrived.
     pub now: DateTime<Utc>,
+    /// The channel's id of the message, when it has one (Twilio's `MessageSid`): a message seen before
+    /// is not answered again.
+    pub message_id: Option<String>,
 }
 
 fn event(identity: &Identity, name: &str, channel: &str, properties: Value, now: DateTime<Utc>) -> NormalizedEvent {
@@ -118,6 +122,16 @@ pub async fn converse(state: &AppState, workspace: &Workspace, turn: Turn<'_>) -
     }
     let lock = state.bots.turn_lock(key);
     let _turn = lock.lock().await;
+    if let Some(message_id) = &turn.message_id
+        && state.store.event_exists(&workspace.id, message_id).await?
+    {
+        // A retried or replayed delivery: the turn was taken already.
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "duplicate_message",
+            format!("message {message_id} was already handled"),
+        ));
+    }
 
     let (latest, latest_model) = bot_model(state, workspace, turn.bot, None).await?;
     let profile = match state.store.lookup(&workspace.id, &turn.from).await? {
@@ -233,7 +247,7 @@ pub async fn converse(state: &AppState, workspace: &Workspace, turn: Turn<'_>) -
         missed: false,
     }));
 
-    let mut events = vec![event(
+    let mut received = event(
         &turn.from,
         "message.received",
         turn.channel,
@@ -245,7 +259,11 @@ pub async fn converse(state: &AppState, workspace: &Workspace, turn: Turn<'_>) -
             "understood": outcome.understood, "missed": !outcome.understood,
         }),
         turn.now,
-    )];
+    );
+    if let Some(message_id) = &turn.message_id {
+        received.message_id = message_id.clone();
+    }
+    let mut events = vec![received];
     events.extend(outcome.replies.iter().map(|reply| {
         event(
             &turn.from,
@@ -328,7 +346,7 @@ pub async fn post_message(
     let answer = converse(
         &state,
         &workspace,
-        Turn { bot: &bot, from: identity, text: &text, channel: &channel, now: Utc::now() },
+        Turn { bot: &bot, from: identity, text: &text, channel: &channel, now: Utc::now(), message_id: None },
     )
     .await?;
     Ok(Json(answer))

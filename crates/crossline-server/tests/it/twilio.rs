@@ -26,17 +26,30 @@ async fn configure(server: &TestServer, api_key: &str) {
 
 /// POST an SMS as Twilio does: form-encoded, signed over the URL and the sorted parameters.
 async fn sms(server: &TestServer, workspace_id: &str, from: &str, body: &str, token: &str) -> (StatusCode, String) {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let sid = format!("SMauto{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+    sms_with_sid(server, workspace_id, from, body, token, &sid).await
+}
+
+async fn sms_with_sid(
+    server: &TestServer,
+    workspace_id: &str,
+    from: &str,
+    body: &str,
+    token: &str,
+    sid: &str,
+) -> (StatusCode, String) {
     let url = format!("{}/hooks/{workspace_id}/twilio/sms", server.url);
     let params: Vec<(String, String)> = [
         ("ToCountry", "US"),
-        ("SmsMessageSid", "SM0123"),
+        ("SmsMessageSid", sid),
         ("NumMedia", "0"),
-        ("SmsSid", "SM0123"),
+        ("SmsSid", sid),
         ("SmsStatus", "received"),
         ("Body", body),
         ("To", "+14155550999"),
         ("NumSegments", "1"),
-        ("MessageSid", "SM0123"),
+        ("MessageSid", sid),
         ("AccountSid", "AC11111111111111111111111111111111"),
         ("From", from),
         ("ApiVersion", "2010-04-01"),
@@ -82,6 +95,15 @@ async fn a_chat_booking_continues_over_sms_and_stop_unsubscribes() {
     assert!(twiml.contains("<Message>Shall I book ") && twiml.contains(" at 15:00?</Message>"), "{twiml}");
     let (_, twiml) = sms(&server, &ws.id, "+14155550123", "Yes", TOKEN).await;
     assert!(twiml.contains("<Message>Booked: "), "{twiml}");
+    // Twilio retries (or an attacker replays) the same signed message: it is not answered twice.
+    let (status, twiml) = sms_with_sid(&server, &ws.id, "+14155550123", "when are you open?", TOKEN, "SM0003").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(twiml.contains("<Message>"), "a new message id is answered: {twiml}");
+    let (status, twiml) = sms_with_sid(&server, &ws.id, "+14155550123", "when are you open?", TOKEN, "SM0003").await;
+    assert_eq!(
+        (status, twiml.as_str()),
+        (StatusCode::OK, "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>")
+    );
 
     let (_, twiml) = sms(&server, &ws.id, "+14155550123", "STOP", TOKEN).await;
     assert!(twiml.contains("unsubscribed"), "{twiml}");

@@ -187,6 +187,17 @@ impl ProfileStore for PgStore {
         Ok(result)
     }
 
+    async fn event_exists(&self, workspace_id: &str, message_id: &str) -> StoreResult<bool> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT 1 FROM events WHERE workspace_id = $1 AND message_id = $2",
+                &[&workspace_id, &message_id],
+            )
+            .await?;
+        Ok(row.is_some())
+    }
+
     async fn lookup(&self, workspace_id: &str, identity: &Identity) -> StoreResult<Option<Profile>> {
         let client = self.pool.get().await?;
         let owner: Option<String> = client

@@ -439,6 +439,11 @@ impl ProfileStore for SqliteStore {
         answer.await.map_err(|_| StoreError::Backend("the SQLite writer has stopped".into()))?
     }
 
+    async fn event_exists(&self, workspace_id: &str, message_id: &str) -> StoreResult<bool> {
+        let (workspace_id, message_id) = (workspace_id.to_owned(), message_id.to_owned());
+        self.read(move |conn| statements::event_exists(conn, &workspace_id, &message_id)).await
+    }
+
     async fn lookup(&self, workspace_id: &str, identity: &Identity) -> StoreResult<Option<Profile>> {
         let (workspace_id, identity) = (workspace_id.to_owned(), identity.clone());
         self.read(move |conn| {

@@ -793,3 +793,7 @@ pub(super) fn missed_utterances(
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+pub(super) fn event_exists(conn: &Connection, workspace_id: &str, message_id: &str) -> StoreResult<bool> {
+    Ok(conn.prepare_cached(EVENT_EXISTS)?.exists((workspace_id, message_id))?)
+}
