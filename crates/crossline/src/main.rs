@@ -1,6 +1,7 @@
 //! The `crossline` command: serve, demo, migrate, nlu eval and bench.
 
 mod bench;
+mod bot;
 mod config;
 mod demo;
 
@@ -36,6 +37,9 @@ enum Command {
     /// Benchmarks that drive a real server over loopback.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Bot definitions from YAML or JSON files: check them offline, push them to a server.
+    #[command(subcommand)]
+    Bot(bot::BotCommand),
 }
 
 #[derive(Subcommand)]
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
                 tokio::task::spawn_blocking(move || crossline_nlu_eval::run(&args)).await?
             }
             Command::Bench(command) => bench::run(command).await,
+            Command::Bot(command) => bot::run(command).await,
         }
     });
     match result {
