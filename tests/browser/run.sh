@@ -105,6 +105,16 @@ send "$filler"
 status=0
 node "$here/console.mjs" --url "$base" --api-key "$api_key" --profile-email ada@example.com --screenshot "$screenshot" \
   --admin-token "$CROSSLINE_ADMIN_TOKEN" || status=$?
+
+# The hosted web chat, answered by the example bank bot.
+if [[ $status -eq 0 ]]; then
+  workspace_id=$(json_field id <<<"$workspace")
+  curl -sf -X PUT "$base/api/v1/bots/bank" -H "Authorization: Bearer $api_key" -H 'Content-Type: application/json' \
+    --data-binary @"$here/../../examples/bank-bot.json" >/dev/null
+  curl -sf -X PUT "$base/api/v1/channels/webchat" -H "Authorization: Bearer $api_key" -H 'Content-Type: application/json' \
+    -d '{"bot": "bank"}' >/dev/null
+  node "$here/chat.mjs" --url "$base" --workspace "$workspace_id" --screenshot "${screenshot%.png}-chat.png" || status=$?
+fi
 if [[ $status -ne 0 ]]; then
   echo "--- server log ---" >&2
   tail -n 40 "$work/server.log" >&2

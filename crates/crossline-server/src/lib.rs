@@ -52,6 +52,8 @@ pub fn app(state: AppState) -> Router {
         // Provider webhooks: authenticated by the provider's signature, so not in the API document.
         .route("/hooks/{workspace_id}/twilio/sms", axum::routing::post(api::channels::twilio_sms))
         .route("/hooks/{workspace_id}/twilio/voice", axum::routing::post(api::channels::twilio_voice))
+        .route("/chat/{workspace_id}", get(api::webchat::page))
+        .route("/chat/{workspace_id}/ws", get(api::webchat::socket))
         .merge(api_router)
         .merge(openapi::docs(openapi))
         .merge(console::router())

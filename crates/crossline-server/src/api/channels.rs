@@ -51,9 +51,23 @@ pub async fn put_channel(
             state.store.put_channel(&workspace.id, "twilio", &stored).await?;
             Ok(Json(config.public_view()))
         }
+        "webchat" => {
+            let bot = body.get("bot").and_then(Value::as_str).ok_or_else(|| {
+                ApiError::bad_request("missing_field", "bot: is required, the bot that answers the chat")
+            })?;
+            if state.store.bot(&workspace.id, bot, None).await?.is_none() {
+                return Err(ApiError::bad_request(
+                    "invalid_field",
+                    format!("bot: there is no bot named \"{bot}\"; create it with PUT /api/v1/bots/{bot}"),
+                ));
+            }
+            let config = serde_json::json!({"bot": bot});
+            state.store.put_channel(&workspace.id, "webchat", &config).await?;
+            Ok(Json(config))
+        }
         other => Err(ApiError::bad_request(
             "invalid_field",
-            format!("kind: \"{other}\" is not a channel that can be configured yet; use twilio"),
+            format!("kind: \"{other}\" is not a channel that can be configured yet; use twilio or webchat"),
         )),
     }
 }
@@ -74,6 +88,7 @@ pub async fn get_channel(
             let config: TwilioConfig = serde_json::from_value(stored).map_err(ApiError::internal)?;
             Ok(Json(config.public_view()))
         }
+        "webchat" => Ok(Json(stored)),
         _ => Err(ApiError::not_found("channel")),
     }
 }

@@ -5,5 +5,6 @@ pub mod channels;
 pub mod conversations;
 pub mod ingest;
 pub mod profiles;
+pub mod webchat;
 pub mod webhook;
 pub mod workspaces;

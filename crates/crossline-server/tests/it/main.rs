@@ -10,4 +10,5 @@ mod profiles;
 mod segment_python;
 mod twilio;
 mod two_nodes;
+mod webchat;
 mod webhooks;

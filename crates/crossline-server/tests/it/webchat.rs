@@ -1,0 +1,110 @@
+//! The hosted web chat: page, WebSocket protocol, and a socket that drops mid-turn.
+
+use crate::bots::bank;
+use crate::harness::{TestServer, json_of};
+use futures::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(server: &TestServer, workspace_id: &str, visitor: &str) -> Socket {
+    let url = format!("{}/chat/{workspace_id}/ws?visitor={visitor}", server.url.replace("http://", "ws://"));
+    tokio_tungstenite::connect_async(url).await.expect("the chat socket opens").0
+}
+
+async fn send(socket: &mut Socket, frame: Value) {
+    socket.send(Message::text(frame.to_string())).await.unwrap();
+}
+
+/// Frames until (and including) the first of type `until`.
+async fn frames_until(socket: &mut Socket, until: &str) -> Vec<Value> {
+    let mut frames = Vec::new();
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a frame in time")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(text) = frame {
+            let value: Value = serde_json::from_str(&text).unwrap();
+            let done = value["type"] == until;
+            frames.push(value);
+            if done {
+                return frames;
+            }
+        }
+    }
+}
+
+fn bot_texts(frames: &[Value]) -> Vec<(i64, String)> {
+    frames
+        .iter()
+        .filter(|frame| frame["type"] == "message")
+        .map(|frame| (frame["index"].as_i64().unwrap(), frame["text"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chat_survives_a_dropped_socket_without_losing_or_repeating() {
+    let server = TestServer::start().await;
+    let ws = server.workspace("bank").await;
+    assert_eq!(
+        server.http.get(format!("{}/chat/{}", server.url, ws.id)).send().await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    server.put_bot(&ws.api_key, "bank", &bank()).await;
+    let response = server
+        .http
+        .put(format!("{}/api/v1/channels/webchat", server.url))
+        .bearer_auth(&ws.api_key)
+        .json(&json!({"bot": "bank"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let page = server.http.get(format!("{}/chat/{}", server.url, ws.id)).send().await.unwrap().text().await.unwrap();
+    for testid in ["data-testid=\"chat-input\"", "data-testid=\"chat-send\"", "chat-message"] {
+        assert!(page.contains(testid), "{testid}");
+    }
+
+    let visitor = "visitor-0001abcd";
+    let mut socket = connect(&server, &ws.id, visitor).await;
+    send(&mut socket, json!({"type": "hello", "seen": 0})).await;
+    let greeting = frames_until(&mut socket, "message").await;
+    assert_eq!(bot_texts(&greeting), [(0, "Hi! How can I help?".to_owned())]);
+    send(&mut socket, json!({"type": "message", "id": "m1", "text": "I want to book an appointment"})).await;
+    let frames = frames_until(&mut socket, "ack").await;
+    assert_eq!(frames[0]["type"], "typing");
+    assert_eq!(bot_texts(&frames), [(1, "What day suits you?".to_owned())]);
+
+    // The answer is sent, then the socket drops before the page reads anything.
+    send(&mut socket, json!({"type": "message", "id": "m2", "text": "tomorrow"})).await;
+    drop(socket);
+    // The page reconnects, says what it has shown, and resends what was not acknowledged.
+    let mut socket = connect(&server, &ws.id, visitor).await;
+    send(&mut socket, json!({"type": "hello", "seen": 1})).await;
+    send(&mut socket, json!({"type": "message", "id": "m2", "text": "tomorrow"})).await;
+    let frames = frames_until(&mut socket, "ack").await;
+    assert_eq!(bot_texts(&frames), [(2, "What time?".to_owned())], "the reply arrives once: {frames:?}");
+
+    let (_, profile) = json_of(
+        server.get(&format!("/api/v1/profiles/lookup?kind=chat_visitor_id&value={visitor}"), &ws.api_key).await,
+    )
+    .await;
+    let (_, events) = json_of(
+        server.get(&format!("/api/v1/profiles/{}/events?limit=50", profile["id"].as_str().unwrap()), &ws.api_key).await,
+    )
+    .await;
+    let received =
+        events["events"].as_array().unwrap().iter().filter(|event| event["event"] == "message.received").count();
+    assert_eq!(received, 2, "the resent message was not handled twice");
+
+    send(&mut socket, json!({"type": "nonsense"})).await;
+    assert_eq!(frames_until(&mut socket, "error").await.last().unwrap()["code"], "invalid_field");
+    let bad = server.http.get(format!("{}/chat/{}/ws?visitor=x", server.url, ws.id)).send().await.unwrap();
+    assert_ne!(bad.status(), StatusCode::SWITCHING_PROTOCOLS);
+    server.stop().await;
+}
