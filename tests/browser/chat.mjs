@@ -37,10 +37,11 @@ try {
   await page.reload();
   await page.waitForFunction(() => document.getElementById("status").textContent === "", null, { timeout: 10000 })
     .catch(async () => fail(`the page did not reconnect: status "${await page.textContent("#status")}"`));
-  const restored = await page.locator('[data-testid="chat-message"]').allTextContents();
-  if (!restored.includes("I want to book an appointment") || !restored.includes("What day suits you?")) {
-    fail(`after a reload the transcript is shown again; found ${JSON.stringify(restored)}`);
-  }
+  await page.waitForFunction(() => {
+    const texts = [...document.querySelectorAll('[data-testid="chat-message"]')].map((item) => item.textContent);
+    return texts.includes("I want to book an appointment") && texts.includes("What day suits you?");
+  }, null, { timeout: 10000 }).catch(async () => fail(`after a reload the transcript is not shown again; found ${
+    JSON.stringify(await page.locator('[data-testid="chat-message"]').allTextContents())}`));
   await page.fill('[data-testid="chat-input"]', "tomorrow");
   await page.click('[data-testid="chat-send"]');
   await page.waitForFunction(() => [...document.querySelectorAll('[data-testid="chat-message"][data-author="bot"]')]
@@ -48,6 +49,26 @@ try {
   if (errors.length) fail(`JavaScript errors: ${errors.join("; ")}`);
   if (args.screenshot) await page.screenshot({ path: args.screenshot });
   console.log("chat test passed");
+
+  // The kiosk: the same bot, spoken aloud, with large touch buttons and typing as the fallback.
+  const kiosk = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  kiosk.on("pageerror", (error) => errors.push(error.message));
+  await kiosk.addInitScript(() => {
+    window.__spoken = [];
+    window.speechSynthesis.speak = (utterance) => window.__spoken.push(utterance.text);
+  });
+  await kiosk.goto(`${args.url}/kiosk/${args.workspace}`);
+  await kiosk.locator('[data-testid="chat-message"][data-author="bot"]').first().waitFor({ timeout: 10000 });
+  await kiosk.fill('[data-testid="chat-input"]', "when are you open?");
+  await kiosk.click('[data-testid="chat-send"]');
+  await kiosk.waitForFunction(() => window.__spoken.some((text) => text.startsWith("Our branches are open")), null, { timeout: 10000 })
+    .catch(async () => fail(`the kiosk did not speak the answer; spoke ${JSON.stringify(await kiosk.evaluate(() => window.__spoken))}`));
+  await kiosk.click('#quick button[data-say="talk to a person"]');
+  await kiosk.waitForFunction(() => window.__spoken.some((text) => text.includes("connect you")), null, { timeout: 10000 })
+    .catch(() => fail("a touch button did not reach the bot"));
+  if (errors.length) fail(`JavaScript errors on the kiosk: ${errors.join("; ")}`);
+  if (args.screenshot) await kiosk.screenshot({ path: args.screenshot.replace(/\.png$/, "-kiosk.png") });
+  console.log("kiosk test passed");
 } finally {
   await browser.close();
 }

@@ -54,6 +54,7 @@ pub fn app(state: AppState) -> Router {
         .route("/hooks/{workspace_id}/twilio/voice", axum::routing::post(api::channels::twilio_voice))
         .route("/chat/{workspace_id}", get(api::webchat::page))
         .route("/chat/{workspace_id}/ws", get(api::webchat::socket))
+        .route("/kiosk/{workspace_id}", get(api::webchat::kiosk))
         .merge(api_router)
         .merge(openapi::docs(openapi))
         .merge(console::router())

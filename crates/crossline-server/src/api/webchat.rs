@@ -28,6 +28,8 @@ use serde_json::{Value, json};
 pub struct ChatQuery {
     /// The visitor's id (8–64 letters, digits, `-` or `_`), kept by the page in local storage.
     pub visitor: Option<String>,
+    /// `chat` (default) or `kiosk`: the channel the turns are recorded on.
+    pub channel: Option<String>,
 }
 
 async fn webchat_bot(state: &AppState, workspace_id: &str) -> ApiResult<(Workspace, String)> {
@@ -42,6 +44,13 @@ async fn webchat_bot(state: &AppState, workspace_id: &str) -> ApiResult<(Workspa
     let bot =
         config.get("bot").and_then(Value::as_str).ok_or_else(|| ApiError::internal("webchat config without bot"))?;
     Ok((workspace, bot.to_owned()))
+}
+
+/// The kiosk page: full screen, speaks its replies and listens, with touch and typing as fallback.
+pub async fn kiosk(State(state): State<AppState>, Path(workspace_id): Path<String>) -> ApiResult<Response> {
+    webchat_bot(&state, &workspace_id).await?;
+    let html = include_str!("../../assets/kiosk.html").replace("{{WORKSPACE_ID}}", &workspace_id);
+    Ok(([(header::CACHE_CONTROL, "no-store")], Html(html)).into_response())
 }
 
 /// The hosted chat page.
@@ -66,8 +75,13 @@ pub async fn socket(
     let visitor = query.visitor.filter(|visitor| valid_visitor(visitor)).ok_or_else(|| {
         ApiError::bad_request("invalid_query", "visitor: give 8 to 64 letters, digits, - or _ (the page makes one)")
     })?;
+    let channel = match query.channel.as_deref() {
+        None | Some("chat") => "chat",
+        Some("kiosk") => "kiosk",
+        Some(_) => return Err(ApiError::bad_request("invalid_query", "channel: use chat or kiosk")),
+    };
     let identity = Identity { kind: IdentityKind::ChatVisitorId, value: visitor };
-    Ok(upgrade.on_upgrade(move |socket| serve_socket(socket, state, workspace, bot, identity)))
+    Ok(upgrade.on_upgrade(move |socket| serve_socket(socket, state, workspace, bot, identity, channel)))
 }
 
 async fn send(socket: &mut WebSocket, frame: Value) -> bool {
@@ -120,7 +134,14 @@ async fn open_conversation_id(
         .map(|conversation| conversation.id)
 }
 
-async fn serve_socket(mut socket: WebSocket, state: AppState, workspace: Workspace, bot: String, identity: Identity) {
+async fn serve_socket(
+    mut socket: WebSocket,
+    state: AppState,
+    workspace: Workspace,
+    bot: String,
+    identity: Identity,
+    channel: &'static str,
+) {
     let mut sent = 0usize;
     let mut conversation: Option<String> = None;
     while let Some(Ok(frame)) = socket.recv().await {
@@ -171,7 +192,7 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, workspace: Workspa
                     bot: &bot,
                     from: identity.clone(),
                     text: &body,
-                    channel: "chat",
+                    channel,
                     now: Utc::now(),
                     message_id: Some(format!("chat_{}_{id}", identity.value)),
                 };

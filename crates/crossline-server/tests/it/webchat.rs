@@ -108,3 +108,47 @@ async fn the_chat_survives_a_dropped_socket_without_losing_or_repeating() {
     assert_ne!(bad.status(), StatusCode::SWITCHING_PROTOCOLS);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kiosk_records_its_turns_on_the_kiosk_channel() {
+    let server = TestServer::start().await;
+    let ws = server.workspace("bank").await;
+    server.put_bot(&ws.api_key, "bank", &bank()).await;
+    server
+        .http
+        .put(format!("{}/api/v1/channels/webchat", server.url))
+        .bearer_auth(&ws.api_key)
+        .json(&json!({"bot": "bank"}))
+        .send()
+        .await
+        .unwrap();
+    let page = server.http.get(format!("{}/kiosk/{}", server.url, ws.id)).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().await.unwrap().contains("speechSynthesis"));
+
+    let url =
+        format!("{}/chat/{}/ws?visitor=kiosk-visitor-1&channel=kiosk", server.url.replace("http://", "ws://"), ws.id);
+    let mut socket = tokio_tungstenite::connect_async(url).await.unwrap().0;
+    send(&mut socket, json!({"type": "hello", "seen": 0, "history": true})).await;
+    frames_until(&mut socket, "message").await;
+    send(&mut socket, json!({"type": "message", "id": "k1", "text": "when are you open?"})).await;
+    let frames = frames_until(&mut socket, "ack").await;
+    assert_eq!(bot_texts(&frames).len(), 1);
+    let (_, profile) =
+        json_of(server.get("/api/v1/profiles/lookup?kind=chat_visitor_id&value=kiosk-visitor-1", &ws.api_key).await)
+            .await;
+    let (_, events) =
+        json_of(server.get(&format!("/api/v1/profiles/{}/events", profile["id"].as_str().unwrap()), &ws.api_key).await)
+            .await;
+    assert!(
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|event| event["event"] == "message.received" && event["channel"] == "kiosk")
+    );
+    let bad =
+        format!("{}/chat/{}/ws?visitor=kiosk-visitor-1&channel=fax", server.url.replace("http://", "ws://"), ws.id);
+    assert!(tokio_tungstenite::connect_async(bad).await.is_err(), "an unknown channel is refused");
+    server.stop().await;
+}
