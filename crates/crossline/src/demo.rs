@@ -237,6 +237,7 @@ pub async fn run(listen: String, data_dir: Option<PathBuf>) -> anyhow::Result<()
             .await?;
             trained.map_err(|err| anyhow::anyhow!("the demo bot does not train: {err}"))?;
             state.store.put_bot(&workspace.id, "bank", &bot).await?;
+            state.store.put_channel(&workspace.id, "webchat", &serde_json::json!({"bot": "bank"})).await?;
             workspace
         }
     };
@@ -247,7 +248,7 @@ pub async fn run(listen: String, data_dir: Option<PathBuf>) -> anyhow::Result<()
     })?;
     let url = format!("http://{}", listener.local_addr()?);
     println!(
-        "\nCrossline demo is running at {url}\n\n  Console:        {url}/  (log in with the API key below)\n  API docs:       {url}/api/docs\n  Workspace:      demo ({id})\n  Write key:      {write_key}\n  API key:        {api_key}\n  Operator token: {admin_token}\n  Data:           {dir}\n\nTry:\n  curl -s -u {write_key}: {url}/v1/track -H 'content-type: application/json' \\\n    -d '{{\"userId\":\"user-0000\",\"event\":\"Demo Clicked\",\"context\":{{\"channel\":\"web\"}}}}'\n  curl -s -H 'Authorization: Bearer {api_key}' '{url}/api/v1/profiles/lookup?kind=email&value={STAR_EMAIL}'\n  curl -s -H 'Authorization: Bearer {api_key}' -H 'content-type: application/json' {url}/api/v1/conversations/messages \\\n    -d '{{\"bot\":\"bank\",\"from\":{{\"kind\":\"email\",\"value\":\"{STAR_EMAIL}\"}},\"channel\":\"chat\",\"text\":\"can I come in tomorrow?\"}}'\n\nPress Ctrl-C to stop.",
+        "\nCrossline demo is running at {url}\n\n  Console:        {url}/  (log in with the API key below)\n  API docs:       {url}/api/docs\n  Web chat:       {url}/chat/{id}  (the bank bot)\n  Kiosk:          {url}/kiosk/{id}\n  Workspace:      demo ({id})\n  Write key:      {write_key}\n  API key:        {api_key}\n  Operator token: {admin_token}\n  Data:           {dir}\n\nTry:\n  curl -s -u {write_key}: {url}/v1/track -H 'content-type: application/json' \\\n    -d '{{\"userId\":\"user-0000\",\"event\":\"Demo Clicked\",\"context\":{{\"channel\":\"web\"}}}}'\n  curl -s -H 'Authorization: Bearer {api_key}' '{url}/api/v1/profiles/lookup?kind=email&value={STAR_EMAIL}'\n  curl -s -H 'Authorization: Bearer {api_key}' -H 'content-type: application/json' {url}/api/v1/conversations/messages \\\n    -d '{{\"bot\":\"bank\",\"from\":{{\"kind\":\"email\",\"value\":\"{STAR_EMAIL}\"}},\"channel\":\"chat\",\"text\":\"can I come in tomorrow?\"}}'\n\nPress Ctrl-C to stop.",
         id = workspace.id,
         dir = data_dir.display(),
     );
