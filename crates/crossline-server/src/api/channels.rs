@@ -1,7 +1,7 @@
 //! Channel configuration (`PUT/GET /api/v1/channels/{kind}`) and the channels' webhooks
 //! (`/hooks/{workspace_id}/...`). Webhooks authenticate by the provider's signature, not by key.
 
-use crate::api::conversations::{Turn, converse};
+use crate::api::conversations::{Turn, converse, event, profile_for};
 use crate::api::profiles::json_rejection;
 use crate::auth::WorkspaceCaller;
 use crate::error::{ApiError, ApiResult};
@@ -14,7 +14,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use crossline_channels::twilio::{self, Keyword, TwilioConfig};
-use crossline_core::event::{EventKind, NormalizedEvent};
 use crossline_core::{ConsentStatus, Identity, IdentityKind};
 use serde_json::Value;
 
@@ -161,33 +160,12 @@ pub async fn twilio_sms(
             Keyword::Help => (None, "Reply STOP to unsubscribe, START to subscribe again."),
         };
         if let Some(status) = status {
-            let profile = match state.store.lookup(&workspace.id, &from).await? {
-                Some(profile) => profile.id,
-                None => {
-                    let now = Utc::now();
-                    let created = NormalizedEvent {
-                        message_id: format!("twilio_{}", sms.message_sid),
-                        kind: EventKind::Track,
-                        name: Some("sms.keyword".into()),
-                        identities: vec![from.clone()],
-                        previous_ids: Vec::new(),
-                        traits: Default::default(),
-                        consent: Vec::new(),
-                        properties: Default::default(),
-                        context: Default::default(),
-                        channel: "sms".into(),
-                        timestamp: now,
-                        received_at: now,
-                    };
-                    state.store.ingest(&workspace.id, vec![created]).await?;
-                    state
-                        .store
-                        .lookup(&workspace.id, &from)
-                        .await?
-                        .ok_or_else(|| ApiError::internal("profile missing"))?
-                        .id
-                }
+            let keyword_event = || {
+                let mut created = event(&from, "sms.keyword", "sms", Value::Null, Utc::now());
+                created.message_id = format!("twilio_{}", sms.message_sid);
+                created
             };
+            let profile = profile_for(&state, &workspace, &from, keyword_event).await?.id;
             state.store.set_consent(&workspace.id, &profile, &[("sms".into(), status)], "sms_keyword").await?;
         }
         return Ok(twiml(twilio::messaging_response(&[reply.to_owned()])));

@@ -85,7 +85,13 @@ pub struct Turn<'a> {
     pub message_id: Option<String>,
 }
 
-fn event(identity: &Identity, name: &str, channel: &str, properties: Value, now: DateTime<Utc>) -> NormalizedEvent {
+pub(crate) fn event(
+    identity: &Identity,
+    name: &str,
+    channel: &str,
+    properties: Value,
+    now: DateTime<Utc>,
+) -> NormalizedEvent {
     NormalizedEvent {
         message_id: new_random_id("msg"),
         kind: EventKind::Track,
@@ -103,6 +109,20 @@ fn event(identity: &Identity, name: &str, channel: &str, properties: Value, now:
         timestamp: now,
         received_at: now,
     }
+}
+
+/// The profile an identity belongs to; for someone unknown, `first_contact` is stored to make it.
+pub async fn profile_for(
+    state: &AppState,
+    workspace: &Workspace,
+    identity: &Identity,
+    first_contact: impl FnOnce() -> NormalizedEvent,
+) -> ApiResult<crossline_core::Profile> {
+    if let Some(profile) = state.store.lookup(&workspace.id, identity).await? {
+        return Ok(profile);
+    }
+    state.store.ingest(&workspace.id, vec![first_contact()]).await?;
+    state.store.lookup(&workspace.id, identity).await?.ok_or_else(|| ApiError::internal("profile missing after ingest"))
 }
 
 /// Run one conversation turn for a customer message.
@@ -134,19 +154,8 @@ pub async fn converse(state: &AppState, workspace: &Workspace, turn: Turn<'_>) -
     }
 
     let (latest, latest_model) = bot_model(state, workspace, turn.bot, None).await?;
-    let profile = match state.store.lookup(&workspace.id, &turn.from).await? {
-        Some(profile) => profile,
-        None => {
-            // A first message from someone unknown makes their profile.
-            let created = event(&turn.from, "conversation.started", turn.channel, json!({"bot": turn.bot}), turn.now);
-            state.store.ingest(&workspace.id, vec![created]).await?;
-            state
-                .store
-                .lookup(&workspace.id, &turn.from)
-                .await?
-                .ok_or_else(|| ApiError::internal("profile missing after ingest"))?
-        }
-    };
+    let started = || event(&turn.from, "conversation.started", turn.channel, json!({"bot": turn.bot}), turn.now);
+    let profile = profile_for(state, workspace, &turn.from, started).await?;
     let active_since = turn.now - state.settings.conversation_idle;
     let mut conversation =
         match state.store.open_conversation(&workspace.id, &profile.id, turn.bot, active_since).await? {
