@@ -192,21 +192,42 @@ impl WordNgrams {
     }
 }
 
+/// Fit a hashed n-gram vocabulary: the keys of every text, kept where frequent enough.
+fn fit_hashed(
+    texts: &[PreparedText<'_>],
+    minimum_documents: usize,
+    keys: impl Fn(&PreparedText<'_>, &mut Vec<u64>),
+) -> NgramVocabulary {
+    let documents: Vec<Vec<u64>> = texts
+        .iter()
+        .map(|text| {
+            let mut found = Vec::new();
+            keys(text, &mut found);
+            found
+        })
+        .collect();
+    NgramVocabulary::fit(&documents, minimum_documents)
+}
+
+/// Weigh a text's hashed n-grams with a fitted vocabulary.
+fn transform_hashed(
+    vocabulary: &NgramVocabulary,
+    text: &PreparedText<'_>,
+    output: &mut Vec<(u32, f32)>,
+    keys: impl Fn(&PreparedText<'_>, &mut Vec<u64>),
+) {
+    let mut found = Vec::new();
+    keys(text, &mut found);
+    vocabulary.weigh(&mut found, output);
+}
+
 impl FeatureExtractor for WordNgrams {
     fn name(&self) -> &'static str {
         "word n-grams"
     }
 
     fn fit(&mut self, texts: &[PreparedText<'_>]) {
-        let documents: Vec<Vec<u64>> = texts
-            .iter()
-            .map(|text| {
-                let mut keys = Vec::new();
-                self.keys(text, &mut keys);
-                keys
-            })
-            .collect();
-        self.vocabulary = NgramVocabulary::fit(&documents, self.minimum_documents);
+        self.vocabulary = fit_hashed(texts, self.minimum_documents, |text, keys| self.keys(text, keys));
     }
 
     fn dimension(&self) -> usize {
@@ -214,9 +235,7 @@ impl FeatureExtractor for WordNgrams {
     }
 
     fn transform(&self, text: &PreparedText<'_>, output: &mut Vec<(u32, f32)>) {
-        let mut keys = Vec::new();
-        self.keys(text, &mut keys);
-        self.vocabulary.weigh(&mut keys, output);
+        transform_hashed(&self.vocabulary, text, output, |text, keys| self.keys(text, keys));
     }
 }
 
@@ -294,15 +313,7 @@ impl FeatureExtractor for CharNgrams {
     }
 
     fn fit(&mut self, texts: &[PreparedText<'_>]) {
-        let documents: Vec<Vec<u64>> = texts
-            .iter()
-            .map(|text| {
-                let mut keys = Vec::new();
-                self.keys(text, &mut keys);
-                keys
-            })
-            .collect();
-        self.vocabulary = NgramVocabulary::fit(&documents, self.minimum_documents);
+        self.vocabulary = fit_hashed(texts, self.minimum_documents, |text, keys| self.keys(text, keys));
     }
 
     fn dimension(&self) -> usize {
@@ -310,9 +321,7 @@ impl FeatureExtractor for CharNgrams {
     }
 
     fn transform(&self, text: &PreparedText<'_>, output: &mut Vec<(u32, f32)>) {
-        let mut keys = Vec::new();
-        self.keys(text, &mut keys);
-        self.vocabulary.weigh(&mut keys, output);
+        transform_hashed(&self.vocabulary, text, output, |text, keys| self.keys(text, keys));
     }
 }
 
