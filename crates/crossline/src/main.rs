@@ -56,7 +56,7 @@ struct ServeArgs {
     /// Directory for the embedded store [default: ./crossline-data; env: CROSSLINE_DATA_DIR]
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// A TOML configuration file (keys as in `Config`: listen, data_dir, database_url, ...)
+    /// A TOML configuration file (keys: listen, data_dir, database_url, nats_url, ...; see docs/operations.md)
     #[arg(long, env = "CROSSLINE_CONFIG")]
     config: Option<PathBuf>,
 }
