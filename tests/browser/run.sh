@@ -115,6 +115,15 @@ if [[ $status -eq 0 ]]; then
     -d '{"bot": "bank"}' >/dev/null
   node "$here/chat.mjs" --url "$base" --workspace "$workspace_id" --screenshot "${screenshot%.png}-chat.png" || status=$?
 fi
+# The widget on another site, and the conversation moving from it to SMS and to a phone call.
+if [[ $status -eq 0 ]]; then
+  twilio_token="browser-test-twilio-token"
+  curl -sf -X PUT "$base/api/v1/channels/twilio" -H "Authorization: Bearer $api_key" -H 'Content-Type: application/json' \
+    -d "{\"account_sid\": \"AC$(printf '0%.0s' {1..32})\", \"auth_token\": \"$twilio_token\", \"phone_number\": \"+14155550100\", \"bot\": \"bank\"}" >/dev/null \
+    || { echo "configuring the twilio channel failed" >&2; status=1; }
+  node "$here/widget.mjs" --url "$base" --workspace "$workspace_id" --write-key "$write_key" \
+    --twilio-token "$twilio_token" --screenshot "${screenshot%.png}-widget.png" || status=$?
+fi
 if [[ $status -ne 0 ]]; then
   echo "--- server log ---" >&2
   tail -n 40 "$work/server.log" >&2

@@ -83,6 +83,8 @@ pub struct TurnOutcome {
     pub webhook: Option<(String, String, BTreeMap<String, Value>)>,
     /// The intent that was fulfilled this turn, with its slots.
     pub fulfilled: Option<(String, BTreeMap<String, Value>)>,
+    /// Answers the customer can tap after the last reply (channels without buttons may list them).
+    pub quick_replies: Vec<String>,
 }
 
 /// A friendly name for a channel, for the continuity acknowledgement.
@@ -188,8 +190,49 @@ fn intent<'a>(definition: &'a BotDefinition, name: &str) -> Option<&'a Intent> {
 
 /// Run one turn. `state` is updated in place.
 pub fn step(definition: &BotDefinition, state: &mut DialogState, input: &TurnInput<'_>) -> TurnOutcome {
-    let mut outcome =
-        TurnOutcome { replies: Vec::new(), understood: true, handoff: None, webhook: None, fulfilled: None };
+    let mut outcome = decide(definition, state, input);
+    if outcome.handoff.is_none() && outcome.webhook.is_none() {
+        outcome.quick_replies = quick_replies(definition, state, outcome.understood);
+    }
+    outcome
+}
+
+/// What the customer can tap after this turn: yes and no for a confirmation, the values of a small
+/// custom slot type being asked for, and the bot's suggestions when it did not understand.
+pub fn quick_replies(definition: &BotDefinition, state: &DialogState, understood: bool) -> Vec<String> {
+    let Some(active) = &state.active else {
+        return if understood { Vec::new() } else { definition.suggestions.clone() };
+    };
+    match &active.awaiting {
+        Awaiting::Confirmation => vec!["Yes".into(), "No".into()],
+        Awaiting::Slot(slot) => {
+            let slot_type = intent(definition, &active.name)
+                .and_then(|found| found.slots.iter().find(|candidate| &candidate.name == slot))
+                .map(|slot| slot.slot_type.as_str());
+            let values: Vec<String> = definition
+                .slot_types
+                .iter()
+                .find(|custom| slot_type.is_some() && custom.get("name").and_then(Value::as_str) == slot_type)
+                .and_then(|custom| custom.get("values").and_then(Value::as_array))
+                .into_iter()
+                .flatten()
+                .filter_map(|value| value.get("value").and_then(Value::as_str).map(str::to_owned))
+                .collect();
+            if values.len() <= crate::MAX_QUICK_REPLIES { values } else { Vec::new() }
+        }
+        Awaiting::Nothing => Vec::new(),
+    }
+}
+
+fn decide(definition: &BotDefinition, state: &mut DialogState, input: &TurnInput<'_>) -> TurnOutcome {
+    let mut outcome = TurnOutcome {
+        replies: Vec::new(),
+        understood: true,
+        handoff: None,
+        webhook: None,
+        fulfilled: None,
+        quick_replies: Vec::new(),
+    };
     let switched_channel = state.last_channel.as_deref().is_some_and(|last| last != input.channel);
     let previous_channel = state.last_channel.replace(input.channel.to_owned());
 
@@ -225,7 +268,11 @@ pub fn step(definition: &BotDefinition, state: &mut DialogState, input: &TurnInp
             .intent
             .filter(|(name, confidence)| *name != active.name && *confidence >= SWITCH_CONFIDENCE)
             .is_some();
-        if !interrupting && let Some(value) = (input.extract)(&active.name, &slot, input.text) {
+        // An answer that is mostly the value asked for ("four pm please") is an answer, whatever
+        // intent the classifier thinks it sounds like; a value inside a longer request is not.
+        if let Some(value) = (input.extract)(&active.name, &slot, input.text)
+            && (!interrupting || is_mostly(&value, input.text))
+        {
             active.slots.insert(slot, value);
             filled_by_answer = true;
         }
@@ -310,6 +357,13 @@ pub fn step(definition: &BotDefinition, state: &mut DialogState, input: &TurnInp
         .flatten();
     advance(definition, state, active, input, acknowledgement, &mut outcome);
     outcome
+}
+
+/// Whether a slot value's matched text is at least half the words of what the customer said.
+fn is_mostly(value: &Value, said: &str) -> bool {
+    let matched = value.get("text").and_then(Value::as_str).unwrap_or_default().split_whitespace().count();
+    let total = said.split_whitespace().count();
+    matched > 0 && matched * 2 >= total
 }
 
 /// Ask for the next missing slot, ask for confirmation, or fulfil.

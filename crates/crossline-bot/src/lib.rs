@@ -44,7 +44,14 @@ pub struct BotDefinition {
     /// Signs webhook fulfilment requests (HMAC-SHA256); required when an intent uses a webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_secret: Option<String>,
+    /// Up to six things a customer can tap (on channels with buttons) after the greeting or a reply
+    /// the bot did not understand, e.g. `["Check my balance", "Opening hours"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suggestions: Vec<String>,
 }
+
+/// Most quick replies offered with one reply.
+pub const MAX_QUICK_REPLIES: usize = 6;
 
 fn default_locale() -> String {
     "en".into()
@@ -201,6 +208,15 @@ pub fn validate(definition: &BotDefinition) -> Result<(), DefinitionError> {
     }
     if definition.fallback.handoff_after > 20 {
         return Err(error("fallback.handoff_after", "must be 0 (never) to 20"));
+    }
+    if definition.suggestions.len() > MAX_QUICK_REPLIES {
+        return Err(error("suggestions", format!("give at most {MAX_QUICK_REPLIES}; buttons beyond that do not fit")));
+    }
+    for (index, suggestion) in definition.suggestions.iter().enumerate() {
+        let length = suggestion.trim().chars().count();
+        if length == 0 || length > 40 {
+            return Err(error(format!("suggestions[{index}]"), "give 1 to 40 characters, the text of a button"));
+        }
     }
     if definition.intents.is_empty() {
         return Err(error("intents", "a bot needs at least one intent"));

@@ -4,6 +4,7 @@
 //!
 //! **Invariant:** this crate knows nothing of storage or HTTP servers.
 
+pub mod reply;
 pub mod twilio;
 
 /// What a channel can carry, so the engine checks capabilities, not channel names.
@@ -15,6 +16,28 @@ pub struct Capabilities {
     pub rich_content: bool,
     /// Whether replies are spoken.
     pub voice: bool,
+    /// Whether speech can be given as SSML.
+    pub ssml: bool,
+}
+
+/// The web chat and the kiosk: long messages, buttons.
+pub const CHAT_CAPABILITIES: Capabilities =
+    Capabilities { max_reply_chars: 4000, rich_content: true, voice: false, ssml: false };
+
+/// Text with XML's five special characters escaped (TwiML, SSML).
+pub fn escape_xml(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A configuration error, naming the field.

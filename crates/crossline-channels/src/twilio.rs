@@ -4,14 +4,16 @@
 //! requested followed by every POST parameter's name and value in name order; base64 in
 //! `X-Twilio-Signature`.
 
-use crate::{Capabilities, ConfigError, config_error};
+use crate::reply::{fit, speech};
+use crate::{Capabilities, ConfigError, config_error, escape_xml};
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha1::Sha1;
 
 /// What an SMS can carry: 10 segments of text, nothing rich.
-pub const SMS_CAPABILITIES: Capabilities = Capabilities { max_reply_chars: 1530, rich_content: false, voice: false };
+pub const SMS_CAPABILITIES: Capabilities =
+    Capabilities { max_reply_chars: 1530, rich_content: false, voice: false, ssml: false };
 
 /// The Twilio channel's configuration (`PUT /api/v1/channels/twilio`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,39 +133,13 @@ pub fn keyword(body: &str) -> Option<Keyword> {
     }
 }
 
-/// Cut replies to what an SMS carries.
-pub fn fit_sms(text: &str) -> String {
-    let limit = SMS_CAPABILITIES.max_reply_chars;
-    if text.chars().count() <= limit {
-        return text.to_owned();
-    }
-    let mut cut: String = text.chars().take(limit - 1).collect();
-    cut.push('…');
-    cut
-}
-
-fn escape_xml(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// TwiML that replies with one SMS holding the replies (none: an empty response, no SMS).
 pub fn messaging_response(replies: &[String]) -> String {
     let mut twiml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response>");
     let text = replies.join("\n");
     if !text.trim().is_empty() {
         twiml.push_str("<Message>");
-        twiml.push_str(&escape_xml(&fit_sms(&text)));
+        twiml.push_str(&escape_xml(&fit(&text, SMS_CAPABILITIES.max_reply_chars)));
         twiml.push_str("</Message>");
     }
     twiml.push_str("</Response>");
@@ -171,7 +147,8 @@ pub fn messaging_response(replies: &[String]) -> String {
 }
 
 /// What a spoken reply can carry: short speech.
-pub const VOICE_CAPABILITIES: Capabilities = Capabilities { max_reply_chars: 600, rich_content: false, voice: true };
+pub const VOICE_CAPABILITIES: Capabilities =
+    Capabilities { max_reply_chars: 600, rich_content: false, voice: true, ssml: false };
 
 /// A Twilio Voice webhook: the call, and what the caller said or keyed since the last prompt.
 #[derive(Debug, Clone, PartialEq)]
@@ -204,15 +181,6 @@ pub fn parse_call(params: &[(String, String)]) -> Result<InboundCall, ConfigErro
     })
 }
 
-/// Text fit for speech: markup characters dropped, cut to what a caller will listen to.
-pub fn fit_speech(text: &str) -> String {
-    let cleaned: String = text.chars().filter(|c| !matches!(c, '*' | '_' | '#' | '`' | '<' | '>')).collect();
-    if cleaned.chars().count() <= VOICE_CAPABILITIES.max_reply_chars {
-        return cleaned;
-    }
-    cleaned.chars().take(VOICE_CAPABILITIES.max_reply_chars).collect()
-}
-
 /// TwiML that speaks the replies and listens for the answer (speech or keys, interruptible), posting
 /// it to `action`; after silence it says `reprompt` and comes back to `action`.
 pub fn gather_response(replies: &[String], action: &str, hints: &[String], reprompt: &str) -> String {
@@ -227,7 +195,7 @@ pub fn gather_response(replies: &[String], action: &str, hints: &[String], repro
     }
     twiml.push('>');
     for reply in replies {
-        twiml.push_str(&format!("<Say>{}</Say>", escape_xml(&fit_speech(reply))));
+        twiml.push_str(&format!("<Say>{}</Say>", escape_xml(&speech(reply, VOICE_CAPABILITIES.max_reply_chars))));
     }
     twiml.push_str("</Gather>");
     twiml.push_str(&format!(
@@ -243,7 +211,7 @@ pub fn gather_response(replies: &[String], action: &str, hints: &[String], repro
 pub fn hangup_response(replies: &[String]) -> String {
     let mut twiml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response>");
     for reply in replies {
-        twiml.push_str(&format!("<Say>{}</Say>", escape_xml(&fit_speech(reply))));
+        twiml.push_str(&format!("<Say>{}</Say>", escape_xml(&speech(reply, VOICE_CAPABILITIES.max_reply_chars))));
     }
     twiml.push_str("<Hangup/></Response>");
     twiml
@@ -308,7 +276,10 @@ mod tests {
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Message>Booked: &lt;Tue&gt; &amp; &quot;3pm&quot;\nThanks</Message></Response>"
         );
         assert_eq!(messaging_response(&[]), "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>");
-        assert_eq!(fit_sms(&"x".repeat(5000)).chars().count(), SMS_CAPABILITIES.max_reply_chars);
+        assert_eq!(
+            fit(&"x".repeat(5000), SMS_CAPABILITIES.max_reply_chars).chars().count(),
+            SMS_CAPABILITIES.max_reply_chars
+        );
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub fn app(state: AppState) -> Router {
         .route("/chat/{workspace_id}", get(api::webchat::page))
         .route("/chat/{workspace_id}/ws", get(api::webchat::socket))
         .route("/kiosk/{workspace_id}", get(api::webchat::kiosk))
+        .route("/widget.js", get(api::webchat::widget_script))
+        .route("/widget/frame", get(api::webchat::widget_frame))
         .merge(api_router)
         .merge(openapi::docs(openapi))
         .merge(console::router())

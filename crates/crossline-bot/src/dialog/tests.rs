@@ -4,7 +4,12 @@ use serde_json::json;
 fn bank() -> BotDefinition {
     crate::parse(&json!({
         "fallback": {"response": "Sorry, I didn't get that.", "handoff_after": 2},
+        "suggestions": ["Book an appointment", "Opening hours"],
+        "slot_types": [{"name": "account", "values": [{"value": "checking"}, {"value": "savings", "synonyms": ["saver"]}]}],
         "intents": [
+            {"name": "transfer", "utterances": ["move money"],
+             "slots": [{"name": "from", "type": "account", "prompt": "From which account?"}],
+             "fulfillment": {"response": "Done."}},
             {"name": "book_appointment", "utterances": ["book an appointment"],
              "slots": [{"name": "date", "type": "date", "prompt": "What day suits you?"},
                        {"name": "time", "type": "time", "prompt": "What time suits you?", "reprompt": "Which time, for example 3pm?"},
@@ -162,4 +167,37 @@ fn state_round_trips_through_json() {
     turn(&mut state, say("book an appointment", "chat", Some(("book_appointment", 0.95))));
     let stored = serde_json::to_value(&state).unwrap();
     assert_eq!(serde_json::from_value::<DialogState>(stored).unwrap(), state);
+}
+
+#[test]
+fn quick_replies_offer_yes_no_the_values_asked_for_and_suggestions_after_a_miss() {
+    let mut state = DialogState::default();
+    let out = turn(&mut state, say("move money", "chat", Some(("transfer", 0.9))));
+    assert_eq!(
+        (out.replies.as_slice(), out.quick_replies.as_slice()),
+        (&["From which account?".to_owned()][..], &["checking".to_owned(), "savings".to_owned()][..])
+    );
+    let mut state = DialogState::default();
+    let mut said = say("book me in tomorrow at 3pm", "chat", Some(("book_appointment", 0.9)));
+    said.slots.insert("date".into(), slot_entry(json!("2026-11-24"), "tomorrow"));
+    said.slots.insert("time".into(), slot_entry(json!("15:00"), "3pm"));
+    assert_eq!(turn(&mut state, said).quick_replies, ["Yes", "No"]);
+    let out = turn(&mut state, say("yes", "chat", None));
+    assert!(out.quick_replies.is_empty(), "nothing to tap after the booking: {:?}", out.quick_replies);
+    let out = turn(&mut DialogState::default(), say("purple elephants", "chat", None));
+    assert_eq!(out.quick_replies, ["Book an appointment", "Opening hours"]);
+    let out = turn(&mut DialogState::default(), say("date", "chat", Some(("book_appointment", 0.9))));
+    assert!(out.quick_replies.is_empty(), "a built-in slot type offers no buttons");
+}
+
+#[test]
+fn an_answer_that_is_mostly_the_value_is_not_taken_for_another_intent() {
+    let mut state = DialogState::default();
+    turn(&mut state, say("I want to book an appointment", "chat", Some(("book_appointment", 0.95))));
+    // The classifier hears "card_lost" in "tomorrow please", but the answer is the date asked for.
+    let out = turn(&mut state, say("tomorrow please", "chat", Some(("card_lost", 0.7))));
+    assert_eq!(out.replies, ["What time suits you?"]);
+    // A value inside a longer request for something else is the other request.
+    let out = turn(&mut state, say("at 3pm but first I lost my card and need help", "chat", Some(("card_lost", 0.9))));
+    assert!(out.handoff.is_some(), "{out:?}");
 }

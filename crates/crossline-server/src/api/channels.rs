@@ -15,11 +15,11 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use crossline_channels::twilio::{self, Keyword, TwilioConfig};
 use crossline_core::{ConsentStatus, Identity, IdentityKind};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// Set a channel's configuration.
 #[utoipa::path(put, path = "/api/v1/channels/{kind}", tag = "channels",
-    description = "`twilio`: `{\"account_sid\", \"auth_token\", \"phone_number\", \"bot\", \"api_base_url\"?}`. Secrets are never returned by a GET. Other kinds (`alexa`, `webchat`, `smtp`) come with their channels.",
+    description = "`twilio`: `{\"account_sid\", \"auth_token\", \"phone_number\", \"bot\", \"api_base_url\"?}`. Secrets are never returned by a GET. `webchat`: `{\"bot\", \"identity_secret\"?}` (with a secret, `Crossline.identify` from a host page must give `userHash`, the hex HMAC-SHA256 of the user id). Other kinds (`alexa`, `smtp`) come with their channels.",
     params(("kind" = String, Path, description = "Channel kind, e.g. `twilio`")),
     request_body(content = Object, content_type = "application/json"),
     responses((status = 200, body = Object), (status = 400, body = crate::error::ErrorBody)),
@@ -60,9 +60,27 @@ pub async fn put_channel(
                     format!("bot: there is no bot named \"{bot}\"; create it with PUT /api/v1/bots/{bot}"),
                 ));
             }
-            let config = serde_json::json!({"bot": bot});
+            let mut config = serde_json::json!({"bot": bot});
+            match body.get("identity_secret") {
+                None | Some(Value::Null) => {}
+                Some(Value::String(secret)) if secret.len() >= 16 => config["identity_secret"] = json!(secret),
+                Some(_) => {
+                    return Err(ApiError::bad_request(
+                        "invalid_field",
+                        "identity_secret: use a string of at least 16 characters, e.g. the output of `openssl rand -hex 24`",
+                    ));
+                }
+            }
+            if let Some(unknown) = body.as_object().and_then(|fields| {
+                fields.keys().find(|field| !matches!(field.as_str(), "bot" | "identity_secret")).cloned()
+            }) {
+                return Err(ApiError::bad_request(
+                    "invalid_field",
+                    format!("{unknown}: is not a web chat setting; use bot and identity_secret"),
+                ));
+            }
             state.store.put_channel(&workspace.id, "webchat", &config).await?;
-            Ok(Json(config))
+            Ok(Json(webchat_public_view(&config)))
         }
         other => Err(ApiError::bad_request(
             "invalid_field",
@@ -87,9 +105,14 @@ pub async fn get_channel(
             let config: TwilioConfig = serde_json::from_value(stored).map_err(ApiError::internal)?;
             Ok(Json(config.public_view()))
         }
-        "webchat" => Ok(Json(stored)),
+        "webchat" => Ok(Json(webchat_public_view(&stored))),
         _ => Err(ApiError::not_found("channel")),
     }
+}
+
+/// The web chat configuration without its secret: whether host-page identities must be signed.
+fn webchat_public_view(config: &Value) -> Value {
+    json!({"bot": config["bot"], "identity_verification": config.get("identity_secret").is_some()})
 }
 
 fn twiml(body: String) -> Response {
@@ -179,8 +202,7 @@ pub async fn twilio_sms(
         Err(err) if err.code == "duplicate_message" => return Ok(twiml(twilio::messaging_response(&[]))),
         Err(err) => return Err(err),
     };
-    let replies: Vec<String> = answer.replies.into_iter().map(|reply| reply.text).collect();
-    Ok(twiml(twilio::messaging_response(&replies)))
+    Ok(twiml(twilio::messaging_response(&answer.render(&twilio::SMS_CAPABILITIES).messages)))
 }
 
 /// Words the speech recogniser should expect: the bot's custom slot values and synonyms.
@@ -253,7 +275,7 @@ pub async fn twilio_voice(
         Turn { bot: &config.bot, from, text: &said, channel: "voice", now, message_id: None },
     )
     .await?;
-    let replies: Vec<String> = answer.replies.into_iter().map(|reply| reply.text).collect();
+    let replies = answer.render(&twilio::VOICE_CAPABILITIES).messages;
     if answer.status == "queued" {
         // Transfer to an agent comes with the contact centre; until then the caller is told and the call ends.
         let mut replies = replies;

@@ -55,6 +55,9 @@ pub struct InboundMessage {
 pub struct Reply {
     /// The text.
     pub text: String,
+    /// Answers the customer can tap (on the last reply of a turn only; absent when none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quick_replies: Vec<String>,
 }
 
 /// The bot's answer.
@@ -66,6 +69,24 @@ pub struct TurnAnswer {
     pub replies: Vec<Reply>,
     /// `bot`, `queued`, `assigned` or `resolved`.
     pub status: String,
+}
+
+impl TurnAnswer {
+    /// The replies as the channel renderer takes them.
+    pub fn channel_replies(&self) -> Vec<crossline_channels::reply::Reply> {
+        self.replies
+            .iter()
+            .map(|reply| crossline_channels::reply::Reply {
+                text: reply.text.clone(),
+                quick_replies: reply.quick_replies.clone(),
+            })
+            .collect()
+    }
+
+    /// The replies rendered for a channel's capabilities.
+    pub fn render(&self, capabilities: &crossline_channels::Capabilities) -> crossline_channels::reply::Rendered {
+        crossline_channels::reply::render(&self.channel_replies(), capabilities)
+    }
 }
 
 /// A message on any channel, ready for [`converse`].
@@ -306,14 +327,27 @@ pub async fn converse(state: &AppState, workspace: &Workspace, turn: Turn<'_>) -
 
     Ok(TurnAnswer {
         conversation_id: conversation.id,
-        replies: outcome.replies.into_iter().map(|text| Reply { text }).collect(),
+        replies: with_quick_replies(outcome.replies, outcome.quick_replies),
         status: conversation.status,
     })
 }
 
+/// Replies with the quick replies on the last one.
+fn with_quick_replies(texts: Vec<String>, quick_replies: Vec<String>) -> Vec<Reply> {
+    let count = texts.len();
+    texts
+        .into_iter()
+        .enumerate()
+        .map(|(index, text)| Reply {
+            text,
+            quick_replies: if index + 1 == count { quick_replies.clone() } else { Vec::new() },
+        })
+        .collect()
+}
+
 /// Send a customer message to a bot over the generic REST channel.
 #[utoipa::path(post, path = "/api/v1/conversations/messages", tag = "conversations",
-    description = "`{\"bot\", \"from\": {\"kind\", \"value\"}, \"text\", \"channel\"?}` → `{\"conversation_id\", \"replies\": [{\"text\"}], \"status\"}`. The same customer reaching the same bot on another channel continues the open conversation (idle timeout 30 minutes by default).",
+    description = "`{\"bot\", \"from\": {\"kind\", \"value\"}, \"text\", \"channel\"?}` → `{\"conversation_id\", \"replies\": [{\"text\", \"quick_replies\"?}], \"status\"}` (`quick_replies`, on the last reply, are answers the customer can tap: yes/no, a small slot type's values, the bot's `suggestions`). The same customer reaching the same bot on another channel continues the open conversation (idle timeout 30 minutes by default).",
     request_body = InboundMessage,
     responses((status = 200, body = TurnAnswer), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)),
     security(("bearer" = [])))]

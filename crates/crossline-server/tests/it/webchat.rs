@@ -152,3 +152,102 @@ async fn the_kiosk_records_its_turns_on_the_kiosk_channel() {
     assert!(tokio_tungstenite::connect_async(bad).await.is_err(), "an unknown channel is refused");
     server.stop().await;
 }
+
+async fn configure_webchat(server: &TestServer, api_key: &str, config: &Value) -> (StatusCode, Value) {
+    json_of(
+        server
+            .http
+            .put(format!("{}/api/v1/channels/webchat", server.url))
+            .bearer_auth(api_key)
+            .json(config)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_widget_links_the_chat_to_the_customer_the_host_page_identifies() {
+    let server = TestServer::start().await;
+    let ws = server.workspace("bank").await;
+    let mut bot = bank();
+    bot["suggestions"] = json!(["Book an appointment", "Opening hours"]);
+    server.put_bot(&ws.api_key, "bank", &bot).await;
+    let secret = "host-page-identity-secret-0123";
+    let (status, body) =
+        configure_webchat(&server, &ws.api_key, &json!({"bot": "bank", "identity_secret": "short"})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_field")), "{body}");
+    let (status, body) = configure_webchat(&server, &ws.api_key, &json!({"bot": "bank", "colour": "red"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().starts_with("colour:"), "{body}");
+    let (status, body) =
+        configure_webchat(&server, &ws.api_key, &json!({"bot": "bank", "identity_secret": secret})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"bot": "bank", "identity_verification": true}), "the secret is never shown");
+
+    // The script and its frame, found by the write key.
+    let script = server.http.get(format!("{}/widget.js", server.url)).send().await.unwrap();
+    assert!(script.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
+    assert!(script.text().await.unwrap().contains("data-write-key"));
+    let frame =
+        server.http.get(format!("{}/widget/frame?write_key={}", server.url, ws.write_key)).send().await.unwrap();
+    assert_eq!(frame.status(), StatusCode::OK);
+    let html = frame.text().await.unwrap();
+    assert!(html.contains(&format!("const workspace = \"{}\"", ws.id)) && html.contains("const embedded = true;"));
+    let forged = server.http.get(format!("{}/widget/frame?write_key=wk_nope", server.url)).send().await.unwrap();
+    assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+
+    // Quick replies come with the greeting, with a small slot type's values, and with yes/no.
+    let visitor = "widget-visitor-0001";
+    let mut socket = connect(&server, &ws.id, visitor).await;
+    send(&mut socket, json!({"type": "hello", "seen": 0})).await;
+    let greeting = frames_until(&mut socket, "message").await;
+    assert_eq!(greeting.last().unwrap()["quick_replies"], json!(["Book an appointment", "Opening hours"]));
+    send(&mut socket, json!({"type": "message", "id": "m1", "text": "book a visit for tomorrow"})).await;
+    let frames = frames_until(&mut socket, "ack").await;
+    assert_eq!(bot_texts(&frames), [(1, "What time?".to_owned())]);
+    assert!(frames.iter().all(|frame| frame.get("quick_replies").is_none()), "a time has no buttons: {frames:?}");
+    send(&mut socket, json!({"type": "message", "id": "m2", "text": "3pm"})).await;
+    let frames = frames_until(&mut socket, "ack").await;
+    let asked = frames.iter().find(|frame| frame["type"] == "message").unwrap();
+    assert_eq!(asked["quick_replies"], json!(["Yes", "No"]), "{frames:?}");
+    // A page that reloads gets the buttons of the pending question again.
+    let mut reloaded = connect(&server, &ws.id, visitor).await;
+    send(&mut reloaded, json!({"type": "hello", "seen": 0, "history": true})).await;
+    send(&mut reloaded, json!({"type": "message", "id": "m2", "text": "3pm"})).await;
+    let frames = frames_until(&mut reloaded, "ack").await;
+    let last = frames.iter().rfind(|frame| frame["author"] == "bot").unwrap();
+    assert_eq!(last["quick_replies"], json!(["Yes", "No"]), "{frames:?}");
+
+    // The host page says who this is; without the right hash nothing is linked.
+    let identify = |hash: &str| json!({"type": "identify", "user_id": "ada", "traits": {"email": "Ada@Example.com", "phone": "+14155550123"}, "user_hash": hash});
+    send(&mut socket, identify("00ff")).await;
+    let refused = frames_until(&mut socket, "error").await;
+    assert_eq!(refused.last().unwrap()["code"], "forbidden", "{refused:?}");
+    let unknown = server.get("/api/v1/profiles/lookup?kind=user_id&value=ada", &ws.api_key).await;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND, "a refused identify changes nothing");
+    send(&mut socket, json!({"type": "identify", "user_id": "ada", "traits": {"email": "not-an-email"}, "user_hash": crossline_server::api::webchat::user_hash(secret, "ada")})).await;
+    let invalid = frames_until(&mut socket, "error").await;
+    assert!(invalid.last().unwrap()["message"].as_str().unwrap().contains("traits.email"), "{invalid:?}");
+    send(&mut socket, identify(&crossline_server::api::webchat::user_hash(secret, "ada"))).await;
+    frames_until(&mut socket, "identified").await;
+    let (_, by_phone) =
+        json_of(server.get("/api/v1/profiles/lookup?kind=phone&value=%2B14155550123", &ws.api_key).await).await;
+    let (_, by_visitor) = json_of(
+        server.get(&format!("/api/v1/profiles/lookup?kind=chat_visitor_id&value={visitor}"), &ws.api_key).await,
+    )
+    .await;
+    assert_eq!(by_phone["id"], by_visitor["id"], "the chat visitor and the customer are one profile");
+    assert_eq!(by_phone["traits"]["email"], "ada@example.com");
+
+    // So the half-made booking continues by SMS... over the REST channel here; the browser test does Twilio.
+    let (_, answer) = server
+        .converse(
+            &ws.api_key,
+            &json!({"bot": "bank", "from": {"kind": "phone", "value": "+14155550123"}, "channel": "sms", "text": "yes"}),
+        )
+        .await;
+    assert!(answer["replies"][0]["text"].as_str().unwrap().starts_with("Booked: "), "{answer}");
+    server.stop().await;
+}

@@ -1,0 +1,75 @@
+// Crossline web chat widget. One tag on any page:
+//
+//   <script src="https://crossline.example.com/widget.js" data-write-key="wk_..." async></script>
+//
+// It adds a chat button in the corner that opens the workspace's chat in a frame, and defines
+// `Crossline.identify(userId, traits, {userHash})` so a page that knows its visitor links the chat to
+// that customer's profile (userHash is required when the workspace set an identity secret: the hex
+// HMAC-SHA256 of userId, computed by the site's server). Calls made before the script loaded are kept
+// when the page first sets `window.Crossline = window.Crossline || {q: []}` and pushes
+// `["identify", userId, traits]` onto `q`.
+(() => {
+  const script = document.currentScript;
+  if (!script || window.Crossline && window.Crossline.loaded) return;
+  const writeKey = script.dataset.writeKey;
+  if (!writeKey) {
+    console.error("Crossline widget: add data-write-key=\"wk_...\" to the script tag");
+    return;
+  }
+  const origin = new URL(script.src).origin;
+  const queued = (window.Crossline && window.Crossline.q) || [];
+  let ready = false;
+  const outbox = [];
+
+  const button = document.createElement("button");
+  button.type = "button";
+  button.setAttribute("aria-label", "Chat with us");
+  button.setAttribute("data-testid", "crossline-launcher");
+  // A speech bubble, drawn (an emoji depends on the visitor's fonts).
+  button.innerHTML = '<svg width="26" height="26" viewBox="0 0 24 24" fill="none" stroke="currentColor" stroke-width="2" ' +
+    'stroke-linecap="round" stroke-linejoin="round" aria-hidden="true"><path d="M21 12a8 8 0 0 1-11.6 7.1L4 20l1.1-4.6A8 8 0 1 1 21 12z"/></svg>';
+  button.style.cssText = "position:fixed;right:20px;bottom:20px;width:56px;height:56px;border-radius:50%;border:0;" +
+    "background:#4f46e5;color:#fff;display:flex;align-items:center;justify-content:center;cursor:pointer;box-shadow:0 4px 14px rgba(0,0,0,.25);z-index:2147483646";
+  const frame = document.createElement("iframe");
+  frame.title = "Chat";
+  frame.setAttribute("data-testid", "crossline-frame");
+  frame.src = `${origin}/widget/frame?write_key=${encodeURIComponent(writeKey)}`;
+  frame.style.cssText = "position:fixed;right:20px;bottom:88px;width:min(380px,calc(100vw - 40px));" +
+    "height:min(560px,calc(100vh - 120px));border:1px solid #e5e7eb;border-radius:14px;background:#fff;" +
+    "box-shadow:0 8px 30px rgba(0,0,0,.2);z-index:2147483647;display:none";
+  const open = () => { frame.style.display = "block"; };
+  const close = () => { frame.style.display = "none"; };
+  button.addEventListener("click", () => (frame.style.display === "none" ? open() : close()));
+
+  const post = (message) => {
+    if (ready) frame.contentWindow.postMessage(message, origin);
+    else outbox.push(message);
+  };
+  window.addEventListener("message", (event) => {
+    if (event.origin !== origin || event.source !== frame.contentWindow || !event.data) return;
+    if (event.data.type === "crossline.ready") {
+      ready = true;
+      outbox.splice(0).forEach((message) => frame.contentWindow.postMessage(message, origin));
+    }
+    if (event.data.type === "crossline.identified") {
+      document.dispatchEvent(new CustomEvent("crossline:identified"));
+    }
+  });
+
+  const api = {
+    loaded: true,
+    open,
+    close,
+    identify(userId, traits, options) {
+      if (userId === undefined || userId === null || String(userId) === "") {
+        console.error("Crossline.identify: give the customer's user id");
+        return;
+      }
+      post({ type: "crossline.identify", userId: String(userId), traits: traits || {}, userHash: options && options.userHash });
+    },
+  };
+  window.Crossline = api;
+  const mount = () => { document.body.append(frame, button); };
+  if (document.body) mount(); else document.addEventListener("DOMContentLoaded", mount);
+  for (const [method, ...args] of queued) if (typeof api[method] === "function") api[method](...args);
+})();
