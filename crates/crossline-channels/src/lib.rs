@@ -4,6 +4,7 @@
 //!
 //! **Invariant:** this crate knows nothing of storage or HTTP servers.
 
+pub mod alexa;
 pub mod reply;
 pub mod twilio;
 

@@ -52,6 +52,7 @@ pub fn app(state: AppState) -> Router {
         // Provider webhooks: authenticated by the provider's signature, so not in the API document.
         .route("/hooks/{workspace_id}/twilio/sms", axum::routing::post(api::channels::twilio_sms))
         .route("/hooks/{workspace_id}/twilio/voice", axum::routing::post(api::channels::twilio_voice))
+        .route("/hooks/{workspace_id}/alexa", axum::routing::post(api::alexa::alexa))
         .route("/chat/{workspace_id}", get(api::webchat::page))
         .route("/chat/{workspace_id}/ws", get(api::webchat::socket))
         .route("/kiosk/{workspace_id}", get(api::webchat::kiosk))

@@ -35,6 +35,8 @@ pub struct Settings {
     pub conversation_idle: chrono::Duration,
     /// How long a fulfilment webhook may take per attempt (there is one retry).
     pub webhook_timeout: std::time::Duration,
+    /// Alexa request verification: trusted roots and where certificates are fetched.
+    pub alexa: crate::api::alexa::AlexaSettings,
 }
 
 impl Default for Settings {
@@ -45,6 +47,7 @@ impl Default for Settings {
             public_url: None,
             conversation_idle: chrono::Duration::minutes(30),
             webhook_timeout: std::time::Duration::from_secs(2),
+            alexa: Default::default(),
         }
     }
 }

@@ -34,6 +34,10 @@ pub struct Config {
     pub default_time_zone: String,
     /// Minutes without a message after which a conversation is over.
     pub conversation_idle_minutes: u32,
+    /// A PEM file of the roots Alexa's signing certificates must chain to (default: the public roots).
+    pub alexa_trust_roots: Option<PathBuf>,
+    /// Fetch Alexa's signing certificates from this base URL instead of https://s3.amazonaws.com.
+    pub alexa_cert_fetch_base: Option<String>,
 }
 
 impl Default for Config {
@@ -50,12 +54,14 @@ impl Default for Config {
             default_region: "US".into(),
             default_time_zone: "UTC".into(),
             conversation_idle_minutes: 30,
+            alexa_trust_roots: None,
+            alexa_cert_fetch_base: None,
         }
     }
 }
 
 /// The environment variables read, as `CROSSLINE_` + the upper-cased key.
-const ENV_KEYS: [&str; 11] = [
+const ENV_KEYS: [&str; 13] = [
     "listen",
     "data_dir",
     "database_url",
@@ -67,6 +73,8 @@ const ENV_KEYS: [&str; 11] = [
     "default_region",
     "default_time_zone",
     "conversation_idle_minutes",
+    "alexa_trust_roots",
+    "alexa_cert_fetch_base",
 ];
 
 /// Flags given on the command line; they override everything else.
@@ -156,7 +164,34 @@ impl Config {
                 "conversation_idle_minutes (CROSSLINE_CONVERSATION_IDLE_MINUTES) must be 1 to 10080 (a week)"
             );
         }
+        if let Some(base) = &self.alexa_cert_fetch_base
+            && !(base.starts_with("http://") || base.starts_with("https://"))
+        {
+            anyhow::bail!(
+                "alexa_cert_fetch_base (CROSSLINE_ALEXA_CERT_FETCH_BASE) \"{base}\" is not an http(s) URL such as https://certs.example.com"
+            );
+        }
+        self.alexa_settings()?;
         Ok(())
+    }
+
+    /// Alexa request verification settings: trust roots read from `alexa_trust_roots`.
+    pub fn alexa_settings(&self) -> anyhow::Result<crossline_server::api::alexa::AlexaSettings> {
+        let roots = match &self.alexa_trust_roots {
+            None => crossline_channels::alexa::TrustRoots::public(),
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|err| {
+                    anyhow::anyhow!(
+                        "alexa_trust_roots (CROSSLINE_ALEXA_TRUST_ROOTS) {}: cannot be read ({err}); give a PEM file of root certificates",
+                        path.display()
+                    )
+                })?;
+                crossline_channels::alexa::TrustRoots::from_pem(&pem).map_err(|err| {
+                    anyhow::anyhow!("alexa_trust_roots (CROSSLINE_ALEXA_TRUST_ROOTS) {}: {err}", path.display())
+                })?
+            }
+        };
+        Ok(crossline_server::api::alexa::AlexaSettings { roots, cert_fetch_base: self.alexa_cert_fetch_base.clone() })
     }
 
     /// The parsed listen address.

@@ -1,7 +1,7 @@
 //! Channel configuration (`PUT/GET /api/v1/channels/{kind}`) and the channels' webhooks
 //! (`/hooks/{workspace_id}/...`). Webhooks authenticate by the provider's signature, not by key.
 
-use crate::api::conversations::{Turn, converse, event, profile_for};
+use crate::api::conversations::{Opening, Turn, converse, event, opening, profile_for};
 use crate::api::profiles::json_rejection;
 use crate::auth::WorkspaceCaller;
 use crate::error::{ApiError, ApiResult};
@@ -13,13 +13,14 @@ use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
+use crossline_channels::alexa::AlexaConfig;
 use crossline_channels::twilio::{self, Keyword, TwilioConfig};
 use crossline_core::{ConsentStatus, Identity, IdentityKind};
 use serde_json::{Value, json};
 
 /// Set a channel's configuration.
 #[utoipa::path(put, path = "/api/v1/channels/{kind}", tag = "channels",
-    description = "`twilio`: `{\"account_sid\", \"auth_token\", \"phone_number\", \"bot\", \"api_base_url\"?}`. Secrets are never returned by a GET. `webchat`: `{\"bot\", \"identity_secret\"?}` (with a secret, `Crossline.identify` from a host page must give `userHash`, the hex HMAC-SHA256 of the user id). Other kinds (`alexa`, `smtp`) come with their channels.",
+    description = "`twilio`: `{\"account_sid\", \"auth_token\", \"phone_number\", \"bot\", \"api_base_url\"?}`. Secrets are never returned by a GET. `webchat`: `{\"bot\", \"identity_secret\"?}` (with a secret, `Crossline.identify` from a host page must give `userHash`, the hex HMAC-SHA256 of the user id). `alexa`: `{\"skill_id\", \"bot\"}`. `smtp` comes with email campaigns.",
     params(("kind" = String, Path, description = "Channel kind, e.g. `twilio`")),
     request_body(content = Object, content_type = "application/json"),
     responses((status = 200, body = Object), (status = 400, body = crate::error::ErrorBody)),
@@ -37,29 +38,29 @@ pub async fn put_channel(
                 ApiError::bad_request("invalid_field", format!("body: not a Twilio configuration ({err})"))
             })?;
             let config = config.validate().map_err(|err| ApiError::bad_request("invalid_field", err.to_string()))?;
-            if state.store.bot(&workspace.id, &config.bot, None).await?.is_none() {
-                return Err(ApiError::bad_request(
-                    "invalid_field",
-                    format!(
-                        "bot: there is no bot named \"{}\"; create it with PUT /api/v1/bots/{}",
-                        config.bot, config.bot
-                    ),
-                ));
-            }
+            require_bot(&state, &workspace.id, &config.bot).await?;
             let stored = serde_json::to_value(&config).map_err(ApiError::internal)?;
             state.store.put_channel(&workspace.id, "twilio", &stored).await?;
             Ok(Json(config.public_view()))
+        }
+        "alexa" => {
+            let config: AlexaConfig = serde_json::from_value(body).map_err(|err| {
+                ApiError::bad_request(
+                    "invalid_field",
+                    format!("body: not an Alexa configuration; give {{\"skill_id\", \"bot\"}} ({err})"),
+                )
+            })?;
+            let config = config.validate().map_err(|err| ApiError::bad_request("invalid_field", err.to_string()))?;
+            require_bot(&state, &workspace.id, &config.bot).await?;
+            let stored = serde_json::to_value(&config).map_err(ApiError::internal)?;
+            state.store.put_channel(&workspace.id, "alexa", &stored).await?;
+            Ok(Json(stored))
         }
         "webchat" => {
             let bot = body.get("bot").and_then(Value::as_str).ok_or_else(|| {
                 ApiError::bad_request("missing_field", "bot: is required, the bot that answers the chat")
             })?;
-            if state.store.bot(&workspace.id, bot, None).await?.is_none() {
-                return Err(ApiError::bad_request(
-                    "invalid_field",
-                    format!("bot: there is no bot named \"{bot}\"; create it with PUT /api/v1/bots/{bot}"),
-                ));
-            }
+            require_bot(&state, &workspace.id, bot).await?;
             let mut config = serde_json::json!({"bot": bot});
             match body.get("identity_secret") {
                 None | Some(Value::Null) => {}
@@ -84,9 +85,20 @@ pub async fn put_channel(
         }
         other => Err(ApiError::bad_request(
             "invalid_field",
-            format!("kind: \"{other}\" is not a channel that can be configured yet; use twilio or webchat"),
+            format!("kind: \"{other}\" is not a channel that can be configured yet; use twilio, webchat or alexa"),
         )),
     }
+}
+
+/// The bot a channel names must exist.
+async fn require_bot(state: &AppState, workspace_id: &str, bot: &str) -> ApiResult<()> {
+    if state.store.bot(workspace_id, bot, None).await?.is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("bot: there is no bot named \"{bot}\"; create it with PUT /api/v1/bots/{bot}"),
+        ));
+    }
+    Ok(())
 }
 
 /// A channel's configuration, without its secrets.
@@ -106,6 +118,7 @@ pub async fn get_channel(
             Ok(Json(config.public_view()))
         }
         "webchat" => Ok(Json(webchat_public_view(&stored))),
+        "alexa" => Ok(Json(stored)),
         _ => Err(ApiError::not_found("channel")),
     }
 }
@@ -238,33 +251,11 @@ pub async fn twilio_voice(
     let reprompt = "Sorry, I didn't catch that.";
     let now = Utc::now();
 
-    let profile = state.store.lookup(&workspace.id, &from).await?;
-    let open = match &profile {
-        Some(profile) => {
-            state
-                .store
-                .open_conversation(&workspace.id, &profile.id, &config.bot, now - state.settings.conversation_idle)
-                .await?
-        }
-        None => None,
-    };
     let text = call.said().map(str::to_owned);
-    if text.is_none() && open.is_none() {
-        // A new call: greet, by name when the profile knows it.
-        let greeting =
-            bot.definition.get("greeting").and_then(Value::as_str).unwrap_or("Hello! How can I help?").to_owned();
-        let name = profile.as_ref().and_then(|profile| {
-            profile
-                .traits
-                .get("first_name")
-                .or_else(|| profile.traits.get("name"))
-                .and_then(Value::as_str)
-                .map(|name| name.split_whitespace().next().unwrap_or(name).to_owned())
-        });
-        let greeting = match name {
-            Some(name) => format!("Hi {name}! {}", greeting.trim_start_matches("Hi! ").trim_start_matches("Hello! ")),
-            None => greeting,
-        };
+    if text.is_none()
+        && let Opening::Greeting(greeting) =
+            opening(&state, &workspace, &config.bot, &bot.definition, &from, now).await?
+    {
         return Ok(twiml(twilio::gather_response(&[greeting], &action, &hints, reprompt)));
     }
     // Speech, keys, or silence in an open conversation (the dialog re-asks, or picks up from another channel).

@@ -146,6 +146,48 @@ pub async fn profile_for(
     state.store.lookup(&workspace.id, identity).await?.ok_or_else(|| ApiError::internal("profile missing after ingest"))
 }
 
+/// How a voice session (a call, an Alexa skill opened) starts.
+pub enum Opening {
+    /// No open conversation: say this greeting (by name when the profile knows it).
+    Greeting(String),
+    /// The customer has an open conversation with the bot: take a turn with no words, so the
+    /// dialog picks it up ("Picking up where we left off in chat: ...").
+    Continue,
+}
+
+/// Decide how a voice session starts for the customer `from`.
+pub async fn opening(
+    state: &AppState,
+    workspace: &Workspace,
+    bot: &str,
+    definition: &Value,
+    from: &Identity,
+    now: DateTime<Utc>,
+) -> ApiResult<Opening> {
+    let Some(profile) = state.store.lookup(&workspace.id, from).await? else {
+        return Ok(Opening::Greeting(greeting(definition, None)));
+    };
+    let since = now - state.settings.conversation_idle;
+    if state.store.open_conversation(&workspace.id, &profile.id, bot, since).await?.is_some() {
+        return Ok(Opening::Continue);
+    }
+    let name = profile
+        .traits
+        .get("first_name")
+        .or_else(|| profile.traits.get("name"))
+        .and_then(Value::as_str)
+        .map(|name| name.split_whitespace().next().unwrap_or(name).to_owned());
+    Ok(Opening::Greeting(greeting(definition, name.as_deref())))
+}
+
+fn greeting(definition: &Value, name: Option<&str>) -> String {
+    let greeting = definition.get("greeting").and_then(Value::as_str).unwrap_or("Hello! How can I help?");
+    match name {
+        Some(name) => format!("Hi {name}! {}", greeting.trim_start_matches("Hi! ").trim_start_matches("Hello! ")),
+        None => greeting.to_owned(),
+    }
+}
+
 /// Run one conversation turn for a customer message.
 pub async fn converse(state: &AppState, workspace: &Workspace, turn: Turn<'_>) -> ApiResult<TurnAnswer> {
     let key = format!("{}/{}/{}", workspace.id, turn.bot, turn.from);

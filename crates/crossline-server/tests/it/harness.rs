@@ -29,26 +29,37 @@ pub struct TestWorkspace {
 impl TestServer {
     /// A server on the embedded store and the in-process bus.
     pub async fn start() -> Self {
+        Self::start_with_settings(Self::settings()).await
+    }
+
+    /// The settings tests run with.
+    pub fn settings() -> Settings {
+        Settings { webhook_timeout: std::time::Duration::from_millis(300), ..Settings::default() }
+    }
+
+    /// A server on the embedded store and the in-process bus, with these settings.
+    pub async fn start_with_settings(settings: Settings) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store: DynStore =
             Arc::new(crossline_store::sqlite::SqliteStore::open(&dir.path().join("crossline.db")).await.unwrap());
         let bus: DynBus = Arc::new(crossline_bus::memory::MemoryBus::new());
-        let mut server = Self::start_with(store, bus).await;
+        let mut server = Self::start_full(store, bus, settings).await;
         server._dir = Some(dir);
         server
     }
 
     /// A server on the given backends.
     pub async fn start_with(store: DynStore, bus: DynBus) -> Self {
+        Self::start_full(store, bus, Self::settings()).await
+    }
+
+    async fn start_full(store: DynStore, bus: DynBus, settings: Settings) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let state = AppState {
             store: store.clone(),
             bus: bus.clone(),
             admin_token: ADMIN.into(),
-            settings: Arc::new(Settings {
-                webhook_timeout: std::time::Duration::from_millis(300),
-                ..Settings::default()
-            }),
+            settings: Arc::new(settings),
             metrics: crossline_server::metrics_handle(),
             bots: Default::default(),
         };

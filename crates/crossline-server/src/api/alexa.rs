@@ -1,0 +1,200 @@
+//! The Alexa Skills Kit endpoint, `POST /hooks/{workspace_id}/alexa`. Every request is verified as
+//! Amazon requires (see [`crossline_channels::alexa`]) before anything is read or stored; a request
+//! that cannot be verified gets 400 and changes nothing.
+//!
+//! The skill's interaction model needs one catch-all intent whose slot (named `utterance`, of type
+//! `AMAZON.SearchQuery`) carries what the customer said; our NLU does the understanding. Amazon's
+//! built-in intents are mapped: Stop/Cancel end the session, Yes/No/Help pass the words on.
+
+use crate::api::conversations::{Opening, Turn, converse, opening};
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use chrono::Utc;
+use crossline_channels::alexa::{self, ALEXA_CAPABILITIES, AlexaConfig, BuiltIn, RequestKind, TrustRoots};
+use crossline_channels::reply::{Reply, render};
+use crossline_core::{Identity, IdentityKind};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Where Alexa's signing certificates come from and which roots they must chain to.
+#[derive(Debug, Clone)]
+pub struct AlexaSettings {
+    /// Trusted roots (the public roots unless configured).
+    pub roots: TrustRoots,
+    /// Fetch certificates from this base instead of `https://s3.amazonaws.com` (the URL is still
+    /// checked as Amazon's); for tests and for egress through a mirror.
+    pub cert_fetch_base: Option<String>,
+}
+
+impl Default for AlexaSettings {
+    fn default() -> Self {
+        AlexaSettings { roots: TrustRoots::public(), cert_fetch_base: None }
+    }
+}
+
+/// How long a fetched certificate chain is reused.
+const CERT_CACHE_TTL: Duration = Duration::from_secs(3600);
+
+type CertCache = Mutex<HashMap<String, (Instant, Arc<Vec<u8>>)>>;
+
+fn cert_cache() -> &'static CertCache {
+    static CACHE: OnceLock<CertCache> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+fn client() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("the HTTP client builds")
+    })
+}
+
+/// The certificate chain at a checked URL, from the cache or fetched.
+async fn cert_chain(settings: &AlexaSettings, url: &url::Url) -> Result<Arc<Vec<u8>>, String> {
+    let fetch_url = match &settings.cert_fetch_base {
+        Some(base) => format!("{}{}", base.trim_end_matches('/'), url.path()),
+        None => url.to_string(),
+    };
+    if let Some((fetched, chain)) = cert_cache().lock().expect("cache lock").get(&fetch_url)
+        && fetched.elapsed() < CERT_CACHE_TTL
+    {
+        return Ok(chain.clone());
+    }
+    let response = client().get(&fetch_url).send().await.map_err(|err| format!("fetching it failed ({err})"))?;
+    if !response.status().is_success() {
+        return Err(format!("fetching it answered {}", response.status()));
+    }
+    let body = response.bytes().await.map_err(|err| format!("reading it failed ({err})"))?;
+    if body.len() > 64 * 1024 {
+        return Err("it is larger than 64 KB".into());
+    }
+    let chain = Arc::new(body.to_vec());
+    cert_cache().lock().expect("cache lock").insert(fetch_url, (Instant::now(), chain.clone()));
+    Ok(chain)
+}
+
+/// Read the customer's phone number and email from Alexa's Customer Profile API (each only when the
+/// customer granted the skill that permission) and record them with the Alexa user id, so someone
+/// known from chat, SMS or a call is the same profile on Alexa.
+async fn link_profile(
+    state: &AppState,
+    workspace: &crossline_store::Workspace,
+    from: &Identity,
+    endpoint: &str,
+    token: &str,
+    now: chrono::DateTime<Utc>,
+) -> ApiResult<()> {
+    let read = |path: &'static str| async move {
+        let response =
+            client().get(format!("{}{path}", endpoint.trim_end_matches('/'))).bearer_auth(token).send().await.ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response.json::<Value>().await.ok()
+    };
+    let (mobile, email) = tokio::join!(read(alexa::PROFILE_MOBILE_PATH), read(alexa::PROFILE_EMAIL_PATH));
+    let mut linked = crate::api::conversations::event(from, "alexa.linked", "alexa", Value::Null, now);
+    let phone = mobile
+        .as_ref()
+        .and_then(alexa::profile_phone)
+        .and_then(|phone| Identity::parse(IdentityKind::Phone, &phone, &workspace.default_region).ok());
+    let email = email
+        .as_ref()
+        .and_then(Value::as_str)
+        .and_then(|email| Identity::parse(IdentityKind::Email, email, &workspace.default_region).ok());
+    if phone.is_none() && email.is_none() {
+        return Ok(());
+    }
+    linked.identities.extend(phone.into_iter().chain(email));
+    state.store.ingest(&workspace.id, vec![linked]).await?;
+    Ok(())
+}
+
+fn rejected(message: impl Into<String>) -> ApiError {
+    metrics::counter!("crossline_webhook_rejected_total", "channel" => "alexa").increment(1);
+    ApiError::bad_request("unverified_request", message)
+}
+
+/// Alexa's webhook: verified, then answered with a response envelope.
+pub async fn alexa(
+    State(state): State<AppState>,
+    Path(workspace_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let workspace = state.store.workspace(&workspace_id).await?.ok_or_else(|| ApiError::not_found("workspace"))?;
+    let config = state.store.channel(&workspace.id, "alexa").await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "channel_disabled",
+            "the alexa channel is not configured for this workspace",
+        )
+    })?;
+    let config: AlexaConfig = serde_json::from_value(config).map_err(ApiError::internal)?;
+
+    // Verification, in Amazon's order; nothing is read from the body before it passes.
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok()).map(str::to_owned);
+    let cert_url = header("signaturecertchainurl")
+        .ok_or_else(|| rejected("SignatureCertChainUrl: the header is missing; only Alexa can call this endpoint"))?;
+    let signature = header("signature-256")
+        .ok_or_else(|| rejected("Signature-256: the header is missing; only Alexa can call this endpoint"))?;
+    let cert_url = alexa::check_cert_url(&cert_url).map_err(|err| rejected(err.0))?;
+    let chain = cert_chain(&state.settings.alexa, &cert_url)
+        .await
+        .map_err(|err| rejected(format!("SignatureCertChainUrl: {err}")))?;
+    let now = Utc::now();
+    alexa::verify_signature(&chain, &state.settings.alexa.roots, &body, &signature, now)
+        .map_err(|err| rejected(err.0))?;
+    let request = alexa::parse_request(&body).map_err(|err| rejected(err.0))?;
+    alexa::check_request(&request, &config.skill_id, now).map_err(|err| rejected(err.0))?;
+
+    let from = Identity::parse(IdentityKind::AlexaUserId, &request.user_id, &workspace.default_region)
+        .map_err(|err| rejected(format!("context.System.user.userId: {err}")))?;
+    if let Some((endpoint, token)) = &request.api
+        && state.store.lookup(&workspace.id, &from).await?.is_none()
+    {
+        link_profile(&state, &workspace, &from, endpoint, token, now).await?;
+    }
+    let message_id = Some(format!("alexa_{}", request.request_id));
+    let speak = |replies: Vec<Reply>, end: bool| Json(alexa::response(&render(&replies, &ALEXA_CAPABILITIES), end));
+    let said: String = match request.kind {
+        RequestKind::SessionEnded { .. } | RequestKind::Other(_) => return Ok(Json(alexa::empty_response())),
+        RequestKind::Launch => {
+            let bot =
+                state.store.bot(&workspace.id, &config.bot, None).await?.ok_or_else(|| ApiError::not_found("bot"))?;
+            match opening(&state, &workspace, &config.bot, &bot.definition, &from, now).await? {
+                Opening::Greeting(greeting) => return Ok(speak(vec![Reply::text(greeting)], false)),
+                Opening::Continue => String::new(),
+            }
+        }
+        RequestKind::Intent { name, utterance } => match (alexa::built_in(&name), utterance) {
+            (Some(BuiltIn::Stop), _) => return Ok(speak(vec![Reply::text("Goodbye.")], true)),
+            (_, Some(utterance)) => utterance,
+            (Some(BuiltIn::Say(words)), None) => words.to_owned(),
+            (None, None) => String::new(),
+        },
+    };
+    let turn = Turn { bot: &config.bot, from, text: &said, channel: "alexa", now, message_id };
+    let answer = match converse(&state, &workspace, turn).await {
+        Ok(answer) => answer,
+        // The same request again (Alexa retried it): it was answered; say nothing new.
+        Err(err) if err.code == "duplicate_message" => return Ok(Json(alexa::empty_response())),
+        Err(err) => return Err(err),
+    };
+    let mut replies = answer.channel_replies();
+    if answer.status == "queued" {
+        replies.push(Reply::text("I've passed this to our team, and someone will get back to you shortly. Goodbye."));
+        return Ok(speak(replies, true));
+    }
+    Ok(speak(replies, false))
+}
