@@ -170,9 +170,8 @@ pub async fn alexa(
     let said: String = match request.kind {
         RequestKind::SessionEnded { .. } | RequestKind::Other(_) => return Ok(Json(alexa::empty_response())),
         RequestKind::Launch => {
-            let bot =
-                state.store.bot(&workspace.id, &config.bot, None).await?.ok_or_else(|| ApiError::not_found("bot"))?;
-            match opening(&state, &workspace, &config.bot, &bot.definition, &from, now).await? {
+            let bot = crate::api::bots::live_bot(&state, &workspace, &config.bot).await?;
+            match opening(&state, &workspace, &config.bot, &bot.stored.definition, &from, now).await? {
                 Opening::Greeting(greeting) => return Ok(speak(vec![Reply::text(greeting)], false)),
                 Opening::Continue => String::new(),
             }

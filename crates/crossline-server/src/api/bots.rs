@@ -27,11 +27,27 @@ pub const MAX_TEXT_CHARS: usize = 10_000;
 /// A bot version: workspace id, name and version.
 type BotKey = (String, String, i64);
 
-/// Trained models on this node, by bot version (a conversation finishes on the version it started
-/// with, so older versions stay while conversations use them), and the per-customer turn locks.
+/// How long this node trusts its idea of a bot's latest version before asking the store again
+/// (a PUT on this node is seen at once; one on another node within this time).
+pub const LATEST_VERSION_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A bot version ready to take turns: as stored, parsed, and trained.
+pub struct LiveBot {
+    /// The stored version.
+    pub stored: StoredBot,
+    /// Its definition, parsed.
+    pub definition: crossline_bot::BotDefinition,
+    /// Its trained model.
+    pub model: Recognizer,
+}
+
+/// Trained bots on this node, by bot version (a conversation finishes on the version it started
+/// with, so older versions stay while conversations use them), each bot's latest version, and the
+/// per-customer turn locks and allowances.
 #[derive(Default)]
 pub struct BotRegistry {
-    models: Mutex<HashMap<BotKey, Arc<Recognizer>>>,
+    models: Mutex<HashMap<BotKey, Arc<LiveBot>>>,
+    latest: Mutex<HashMap<(String, String), (std::time::Instant, i64)>>,
     turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     budgets: Mutex<HashMap<String, (f64, std::time::Instant)>>,
 }
@@ -42,14 +58,32 @@ pub const TURN_BURST: f64 = 10.0;
 pub const TURNS_PER_SECOND: f64 = 5.0;
 
 impl BotRegistry {
-    fn get(&self, workspace_id: &str, name: &str, version: i64) -> Option<Arc<Recognizer>> {
+    fn get(&self, workspace_id: &str, name: &str, version: i64) -> Option<Arc<LiveBot>> {
         let models = self.models.lock().expect("bot registry lock");
         models.get(&(workspace_id.to_owned(), name.to_owned(), version)).cloned()
     }
 
-    fn put(&self, workspace_id: &str, name: &str, version: i64, model: Arc<Recognizer>) {
-        let mut models = self.models.lock().expect("bot registry lock");
-        models.insert((workspace_id.to_owned(), name.to_owned(), version), model);
+    fn put(&self, workspace_id: &str, bot: Arc<LiveBot>) {
+        let version = bot.stored.version;
+        let name = bot.stored.name.clone();
+        self.models.lock().expect("bot registry lock").insert((workspace_id.to_owned(), name.clone(), version), bot);
+        self.saw_latest(workspace_id, &name, version);
+    }
+
+    /// Note the latest version of a bot, as just read from the store or written to it.
+    fn saw_latest(&self, workspace_id: &str, name: &str, version: i64) {
+        let mut latest = self.latest.lock().expect("bot registry lock");
+        let entry = latest.entry((workspace_id.to_owned(), name.to_owned())).or_insert((std::time::Instant::now(), 0));
+        *entry = (std::time::Instant::now(), entry.1.max(version));
+    }
+
+    /// The latest version, if it was read from the store less than [`LATEST_VERSION_TTL`] ago.
+    fn fresh_latest(&self, workspace_id: &str, name: &str) -> Option<i64> {
+        let latest = self.latest.lock().expect("bot registry lock");
+        latest
+            .get(&(workspace_id.to_owned(), name.to_owned()))
+            .filter(|(checked, _)| checked.elapsed() < LATEST_VERSION_TTL)
+            .map(|(_, version)| *version)
     }
 
     /// Take one message from a customer's allowance (a token bucket per customer and bot); false
@@ -81,18 +115,20 @@ impl BotRegistry {
     }
 }
 
-/// Validate and train on the blocking pool.
-async fn train(definition: Value) -> ApiResult<Arc<Recognizer>> {
+/// Validate, parse and train on the blocking pool.
+async fn train(definition: Value) -> ApiResult<(crossline_bot::BotDefinition, Recognizer)> {
     let trained = tokio::task::spawn_blocking(move || {
-        crossline_bot::parse(&definition).and_then(|definition| crossline_bot::compile(&definition))
+        let parsed = crossline_bot::parse(&definition)?;
+        let model = crossline_bot::compile(&parsed)?;
+        Ok::<_, crossline_bot::DefinitionError>((parsed, model))
     })
     .await
     .map_err(ApiError::internal)?;
-    trained.map(Arc::new).map_err(|err| ApiError::bad_request("invalid_field", err.to_string()))
+    trained.map_err(|err| ApiError::bad_request("invalid_field", err.to_string()))
 }
 
-/// The latest version of a bot and its trained model (training it here if this node has not yet).
-pub async fn live_bot(state: &AppState, workspace: &Workspace, name: &str) -> ApiResult<(StoredBot, Arc<Recognizer>)> {
+/// The latest version of a bot, parsed and trained (training it here if this node has not yet).
+pub async fn live_bot(state: &AppState, workspace: &Workspace, name: &str) -> ApiResult<Arc<LiveBot>> {
     bot_model(state, workspace, name, None).await
 }
 
@@ -102,16 +138,26 @@ pub async fn bot_model(
     workspace: &Workspace,
     name: &str,
     version: Option<i64>,
-) -> ApiResult<(StoredBot, Arc<Recognizer>)> {
-    let stored = state.store.bot(&workspace.id, name, version).await?.ok_or_else(|| ApiError::not_found("bot"))?;
-    if let Some(model) = state.bots.get(&workspace.id, name, stored.version) {
-        return Ok((stored, model));
+) -> ApiResult<Arc<LiveBot>> {
+    let known = version.or_else(|| state.bots.fresh_latest(&workspace.id, name));
+    if let Some(version) = known
+        && let Some(bot) = state.bots.get(&workspace.id, name, version)
+    {
+        return Ok(bot);
     }
-    let model = train(stored.definition.clone()).await.map_err(|err| {
+    let stored = state.store.bot(&workspace.id, name, version).await?.ok_or_else(|| ApiError::not_found("bot"))?;
+    if version.is_none() {
+        state.bots.saw_latest(&workspace.id, name, stored.version);
+    }
+    if let Some(bot) = state.bots.get(&workspace.id, name, stored.version) {
+        return Ok(bot);
+    }
+    let (definition, model) = train(stored.definition.clone()).await.map_err(|err| {
         ApiError::internal(format!("stored bot {name} v{} no longer trains: {}", stored.version, err.message))
     })?;
-    state.bots.put(&workspace.id, name, stored.version, model.clone());
-    Ok((stored, model))
+    let bot = Arc::new(LiveBot { stored, definition, model });
+    state.bots.put(&workspace.id, bot.clone());
+    Ok(bot)
 }
 
 /// A stored bot version.
@@ -191,11 +237,12 @@ pub async fn put_bot(
 ) -> ApiResult<Json<BotView>> {
     check_name(&name)?;
     let Json(definition) = body.map_err(json_rejection)?;
-    let model = train(definition.clone()).await?;
+    let (parsed, model) = train(definition.clone()).await?;
     let stored = state.store.put_bot(&workspace.id, &name, &definition).await?;
-    state.bots.put(&workspace.id, &name, stored.version, model);
     tracing::info!(workspace = %workspace.id, bot = %name, version = stored.version, "bot trained and live");
-    Ok(Json(stored.into()))
+    let view = BotView::from(stored.clone());
+    state.bots.put(&workspace.id, Arc::new(LiveBot { stored, definition: parsed, model }));
+    Ok(Json(view))
 }
 
 /// A bot's definition (the latest version, or `?version=N`).
@@ -348,9 +395,9 @@ pub async fn recognize(
             format!("time_zone: \"{zone_name}\" is not an IANA time zone such as Europe/Paris"),
         )
     })?;
-    let (stored, model) = live_bot(&state, &workspace, &name).await?;
+    let bot = live_bot(&state, &workspace, &name).await?;
     let context = crossline_nlu::RecognizeContext { now, time_zone, default_region: workspace.default_region.clone() };
-    let recognition = model.recognize(&text, &context);
+    let recognition = bot.model.recognize(&text, &context);
     let slots: Map<String, Value> = recognition
         .slots
         .iter()
@@ -363,7 +410,7 @@ pub async fn recognize(
         "sentiment": recognition.sentiment,
         "language": recognition.language.code,
         "language_confidence": recognition.language.confidence,
-        "bot_version": stored.version,
+        "bot_version": bot.stored.version,
     })))
 }
 

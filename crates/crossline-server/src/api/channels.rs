@@ -245,16 +245,16 @@ pub async fn twilio_voice(
     let call = twilio::parse_call(&params).map_err(|err| ApiError::bad_request("invalid_field", err.to_string()))?;
     let from = Identity::parse(IdentityKind::Phone, &call.from, &workspace.default_region)
         .map_err(|err| ApiError::bad_request("invalid_field", format!("From: {err}")))?;
-    let bot = state.store.bot(&workspace.id, &config.bot, None).await?.ok_or_else(|| ApiError::not_found("bot"))?;
+    let bot = crate::api::bots::live_bot(&state, &workspace, &config.bot).await?;
     let action = uri.path().to_owned();
-    let hints = speech_hints(&bot.definition);
+    let hints = speech_hints(&bot.stored.definition);
     let reprompt = "Sorry, I didn't catch that.";
     let now = Utc::now();
 
     let text = call.said().map(str::to_owned);
     if text.is_none()
         && let Opening::Greeting(greeting) =
-            opening(&state, &workspace, &config.bot, &bot.definition, &from, now).await?
+            opening(&state, &workspace, &config.bot, &bot.stored.definition, &from, now).await?
     {
         return Ok(twiml(twilio::gather_response(&[greeting], &action, &hints, reprompt)));
     }

@@ -216,7 +216,7 @@ pub async fn converse(state: &AppState, workspace: &Workspace, turn: Turn<'_>) -
         ));
     }
 
-    let (latest, latest_model) = bot_model(state, workspace, turn.bot, None).await?;
+    let latest = bot_model(state, workspace, turn.bot, None).await?;
     let started = || event(&turn.from, "conversation.started", turn.channel, json!({"bot": turn.bot}), turn.now);
     let profile = profile_for(state, workspace, &turn.from, started).await?;
     let active_since = turn.now - state.settings.conversation_idle;
@@ -227,7 +227,7 @@ pub async fn converse(state: &AppState, workspace: &Workspace, turn: Turn<'_>) -
                 id: new_id("cnv"),
                 profile_id: profile.id.clone(),
                 bot: turn.bot.to_owned(),
-                bot_version: latest.version,
+                bot_version: latest.stored.version,
                 status: "bot".into(),
                 channel: turn.channel.to_owned(),
                 state: json!({}),
@@ -236,12 +236,12 @@ pub async fn converse(state: &AppState, workspace: &Workspace, turn: Turn<'_>) -
             },
         };
     // A conversation finishes on the bot version it started with.
-    let (stored, model) = if conversation.bot_version == latest.version {
-        (latest, latest_model)
+    let bot = if conversation.bot_version == latest.stored.version {
+        latest
     } else {
         bot_model(state, workspace, turn.bot, Some(conversation.bot_version)).await?
     };
-    let definition = crossline_bot::parse(&stored.definition).map_err(ApiError::internal)?;
+    let (definition, model) = (&bot.definition, &bot.model);
     let time_zone: chrono_tz::Tz = workspace.time_zone.parse().unwrap_or(chrono_tz::UTC);
     let context =
         crossline_nlu::RecognizeContext { now: turn.now, time_zone, default_region: workspace.default_region.clone() };
@@ -272,12 +272,12 @@ pub async fn converse(state: &AppState, workspace: &Workspace, turn: Turn<'_>) -
             extract: &extract,
             known: &known,
         };
-        step(&definition, &mut dialog, &input)
+        step(definition, &mut dialog, &input)
     };
     let mut traits_from_webhook = Map::new();
     if let Some((intent, url, filled)) = outcome.webhook.take() {
         let payload = json!({
-            "bot": turn.bot, "bot_version": stored.version, "intent": intent, "slots": filled,
+            "bot": turn.bot, "bot_version": bot.stored.version, "intent": intent, "slots": filled,
             "conversation_id": conversation.id, "channel": turn.channel, "text": turn.text,
             "profile": {"id": profile.id, "traits": profile.traits, "identities": profile.identities},
         });

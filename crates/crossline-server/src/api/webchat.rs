@@ -16,6 +16,7 @@
 //! answered `{"type": "identified"}`; with an identity secret configured, `user_hash` must be the hex
 //! HMAC-SHA256 of the user id.
 
+use crate::api::bots::bot_model;
 use crate::api::conversations::{Turn, converse};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -196,18 +197,17 @@ async fn open_conversation(
 
 /// The buttons that go with the last bot message of a conversation, from its dialog state.
 async fn pending_buttons(state: &AppState, workspace: &Workspace, conversation: &Conversation) -> Vec<String> {
-    let Ok(Some(stored)) = state.store.bot(&workspace.id, &conversation.bot, Some(conversation.bot_version)).await
-    else {
+    let Ok(bot) = bot_model(state, workspace, &conversation.bot, Some(conversation.bot_version)).await else {
         return Vec::new();
     };
-    let Ok(definition) = crossline_bot::parse(&stored.definition) else { return Vec::new() };
     let dialog: DialogState = serde_json::from_value(conversation.state.clone()).unwrap_or_default();
-    quick_replies(&definition, &dialog, true)
+    quick_replies(&bot.definition, &dialog, true)
 }
 
 /// The bot's greeting frame, with its suggestions as buttons.
 async fn greeting(state: &AppState, workspace: &Workspace, bot: &str) -> Option<Value> {
-    let stored = state.store.bot(&workspace.id, bot, None).await.ok()??;
+    let live = bot_model(state, workspace, bot, None).await.ok()?;
+    let stored = &live.stored;
     let text = stored.definition.get("greeting").and_then(Value::as_str)?;
     let mut frame = json!({"type": "message", "author": "bot", "text": text, "index": 0});
     if let Some(suggestions) = stored.definition.get("suggestions").filter(|value| value.is_array()) {
