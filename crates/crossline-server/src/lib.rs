@@ -74,6 +74,13 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let address = listener.local_addr()?;
     tracing::info!(%address, store = state.store.backend(), bus = state.bus.backend(), "serving");
+    // Replies are small writes answered at once (chat frames, JSON): Nagle's algorithm would hold
+    // them back for the peer's delayed ACK, ~40 ms a turn.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await?;
     tracing::info!("stopped accepting; in-flight requests finished");
     Ok(())

@@ -20,6 +20,28 @@ pub enum BenchCommand {
     Lookup(LookupArgs),
     /// Bot turns over the REST channel (NLU + dialog + storage) on a many-intent bot.
     Turn(TurnArgs),
+    /// Many concurrent web-chat WebSockets, each sending a message every few seconds.
+    Chat(ChatArgs),
+}
+
+/// Settings of the web-chat benchmark.
+#[derive(clap::Args)]
+pub struct ChatArgs {
+    /// Concurrent WebSockets (one visitor each).
+    #[arg(long, default_value_t = 10_000)]
+    sockets: usize,
+    /// Seconds between two messages of one visitor.
+    #[arg(long, default_value_t = 10.0)]
+    interval: f64,
+    /// Seconds of measured load, after every socket is open.
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// TSV `text<TAB>intent` to build the bot from.
+    #[arg(long, default_value = "../shared/data/nlu/clinc150/full_train.tsv")]
+    train: PathBuf,
+    /// TSV of messages to send.
+    #[arg(long, default_value = "../shared/data/nlu/clinc150/full_test.tsv")]
+    messages: PathBuf,
 }
 
 /// Settings of the bot-turn benchmark.
@@ -88,6 +110,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Ingest(args) => ingest(args).await,
         BenchCommand::Lookup(args) => lookup(args).await,
         BenchCommand::Turn(args) => turn(args).await,
+        BenchCommand::Chat(args) => chat(args).await,
     }
 }
 
@@ -461,11 +484,27 @@ async fn start_server(http: &reqwest::Client, database_url: Option<&str>) -> any
     Ok((Child { process, _dir: dir }, url))
 }
 
-async fn turn(args: TurnArgs) -> anyhow::Result<()> {
-    let train = read_tsv(&args.train)?;
-    let messages: Vec<String> = read_tsv(&args.messages)?.into_iter().map(|(text, _)| text).collect();
+/// A server with a workspace and a bot built from a `text<TAB>intent` file (first 40 utterances per
+/// intent), and the messages to send.
+struct BotBench {
+    child: Child,
+    url: String,
+    workspace_id: String,
+    api_key: String,
+    intent_count: usize,
+    messages: std::sync::Arc<Vec<String>>,
+}
+
+async fn bot_bench(
+    http: &reqwest::Client,
+    train: &std::path::Path,
+    messages: &std::path::Path,
+    database_url: Option<&str>,
+) -> anyhow::Result<BotBench> {
+    let train = read_tsv(train)?;
+    let messages: Vec<String> = read_tsv(messages)?.into_iter().map(|(text, _)| text).collect();
     if messages.is_empty() {
-        bail!("{} holds no messages", args.messages.display());
+        bail!("the messages file holds no messages");
     }
     let mut by_intent: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
     for (text, intent) in train {
@@ -480,18 +519,18 @@ async fn turn(args: TurnArgs) -> anyhow::Result<()> {
         .map(|(name, utterances)| json!({"name": name, "utterances": utterances, "fulfillment": {"response": format!("OK: {name}")}}))
         .collect();
     let intent_count = intents.len();
-    let http = reqwest::Client::new();
-    let (mut child, url) = start_server(&http, args.database_url.as_deref()).await?;
+    let (child, url) = start_server(http, database_url).await?;
     let created: Value = http
         .post(format!("{url}/api/v1/workspaces"))
         .bearer_auth("bench-operator-token-0123456789")
-        .json(&json!({"name": "turn-bench"}))
+        .json(&json!({"name": "bot-bench"}))
         .send()
         .await?
         .error_for_status()?
         .json()
         .await?;
     let api_key = created["api_key"].as_str().context("api_key")?.to_owned();
+    let workspace_id = created["id"].as_str().context("id")?.to_owned();
     let trained = Instant::now();
     http.put(format!("{url}/api/v1/bots/bench"))
         .bearer_auth(&api_key)
@@ -500,10 +539,15 @@ async fn turn(args: TurnArgs) -> anyhow::Result<()> {
         .await?
         .error_for_status()?;
     println!("trained a {intent_count}-intent bot in {:.1} s", trained.elapsed().as_secs_f64());
+    Ok(BotBench { child, url, workspace_id, api_key, intent_count, messages: std::sync::Arc::new(messages) })
+}
 
+async fn turn(args: TurnArgs) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let BotBench { mut child, url, api_key, intent_count, messages, .. } =
+        bot_bench(&http, &args.train, &args.messages, args.database_url.as_deref()).await?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration);
-    let messages = std::sync::Arc::new(messages);
     let mut tasks = Vec::new();
     for client in 0..args.clients {
         let (http, url, api_key, messages) = (http.clone(), url.clone(), api_key.clone(), messages.clone());
@@ -544,6 +588,129 @@ async fn turn(args: TurnArgs) -> anyhow::Result<()> {
     let _ = child.process.kill().await;
     if latencies.is_empty() {
         bail!("no turn succeeded");
+    }
+    Ok(())
+}
+
+type ChatSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Read frames until an `ack` for `id` (true), or the socket ends (false).
+async fn until_ack(socket: &mut ChatSocket, id: &str) -> bool {
+    use futures::StreamExt;
+    while let Some(Ok(frame)) = socket.next().await {
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = frame
+            && let Ok(frame) = serde_json::from_str::<Value>(&text)
+        {
+            if frame["type"] == "ack" && frame["id"] == id {
+                return true;
+            }
+            if frame["type"] == "error" {
+                eprintln!("chat error: {frame}");
+                return false;
+            }
+        }
+    }
+    false
+}
+
+async fn chat(args: ChatArgs) -> anyhow::Result<()> {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let http = reqwest::Client::new();
+    let bench = bot_bench(&http, &args.train, &args.messages, None).await?;
+    http.put(format!("{}/api/v1/channels/webchat", bench.url))
+        .bearer_auth(&bench.api_key)
+        .json(&json!({"bot": "bench"}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let pid = bench.child.process.id();
+    let ws_url = format!("{}/chat/{}/ws", bench.url.replace("http://", "ws://"), bench.workspace_id);
+
+    // Open every socket first (a few hundred at a time), then measure.
+    let opening = Instant::now();
+    let connect = std::sync::Arc::new(tokio::sync::Semaphore::new(256));
+    let mut opened = Vec::with_capacity(args.sockets);
+    for visitor in 0..args.sockets {
+        let (connect, url) = (connect.clone(), format!("{ws_url}?visitor=bench-visitor-{visitor:06}"));
+        opened.push(tokio::spawn(async move {
+            let _permit = connect.acquire().await.ok()?;
+            let (mut socket, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await.ok()?;
+            socket.send(Message::text(json!({"type": "hello", "seen": 0}).to_string())).await.ok()?;
+            Some(socket)
+        }));
+    }
+    let mut sockets = Vec::with_capacity(args.sockets);
+    for task in opened {
+        if let Some(socket) = task.await? {
+            sockets.push(socket);
+        }
+    }
+    if sockets.len() < args.sockets {
+        bail!("only {} of {} sockets opened (raise `ulimit -n`?)", sockets.len(), args.sockets);
+    }
+    println!("{} sockets open in {:.1} s", sockets.len(), opening.elapsed().as_secs_f64());
+    let open_rss = pid.and_then(|pid| rss_kib(pid, "VmRSS:"));
+
+    let interval = Duration::from_secs_f64(args.interval);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.duration);
+    let mut tasks = Vec::with_capacity(sockets.len());
+    for (visitor, mut socket) in sockets.into_iter().enumerate() {
+        let messages = bench.messages.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(visitor as u64);
+            // Spread the visitors over the interval.
+            let mut next = started + interval.mul_f64(rng.random::<f64>());
+            let (mut latencies, mut failed, mut sent) = (Vec::new(), 0usize, 0usize);
+            while next < deadline {
+                tokio::time::sleep_until(next.into()).await;
+                let text = &messages[rng.random_range(0..messages.len())];
+                let id = format!("m{sent}");
+                sent += 1;
+                let at = Instant::now();
+                let frame = json!({"type": "message", "id": id, "text": text}).to_string();
+                if socket.send(Message::text(frame)).await.is_err() || !until_ack(&mut socket, &id).await {
+                    failed += 1;
+                    break;
+                }
+                latencies.push(at.elapsed());
+                next += interval;
+            }
+            let _ = socket.close(None).await;
+            (latencies, failed)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut failed = 0;
+    let mut peak_rss = open_rss.unwrap_or_default();
+    for task in tasks {
+        let (visitor_latencies, visitor_failed) = task.await?;
+        latencies.extend(visitor_latencies);
+        failed += visitor_failed;
+    }
+    if let Some(hwm) = pid.and_then(|pid| rss_kib(pid, "VmHWM:")) {
+        peak_rss = peak_rss.max(hwm);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    println!(
+        "crossline bench chat: sqlite, {} intents, {} sockets, a message every {:.1} s each, {elapsed:.1} s: {} turns, {:.0} turns/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {failed} failed; server RSS with sockets open {} MiB, peak {} MiB",
+        bench.intent_count,
+        args.sockets,
+        args.interval,
+        latencies.len(),
+        latencies.len() as f64 / elapsed,
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        open_rss.unwrap_or_default() / 1024,
+        peak_rss / 1024,
+    );
+    let mut child = bench.child;
+    let _ = child.process.kill().await;
+    if latencies.is_empty() || failed > 0 {
+        bail!("{failed} visitors lost their socket or got no answer");
     }
     Ok(())
 }

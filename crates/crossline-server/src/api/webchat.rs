@@ -36,6 +36,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
+/// Read buffer of a chat socket.
+const SOCKET_BUFFER_BYTES: usize = 4 * 1024;
+/// Largest frame a page may send (a message is at most 4,000 characters).
+const MAX_FRAME_BYTES: usize = 64 * 1024;
+
 /// The chat page's query.
 #[derive(Deserialize)]
 pub struct ChatQuery {
@@ -141,6 +146,12 @@ pub async fn socket(
         Some(_) => return Err(ApiError::bad_request("invalid_query", "channel: use chat or kiosk")),
     };
     let identity = Identity { kind: IdentityKind::ChatVisitorId, value: visitor };
+    // Chat frames are small: small buffers keep ten thousand open sockets in little memory.
+    let upgrade = upgrade
+        .read_buffer_size(SOCKET_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES);
     Ok(upgrade.on_upgrade(move |socket| serve_socket(socket, state, workspace, config, identity, channel)))
 }
 

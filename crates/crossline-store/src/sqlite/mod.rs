@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use crossline_core::event::NormalizedEvent;
 use crossline_core::keys::KeyKind;
 use crossline_core::{ConsentStatus, Identity, Profile};
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use tokio::sync::oneshot;
@@ -64,9 +64,14 @@ pub struct SqliteStore {
     _checkpointer: mpsc::Sender<()>,
 }
 
+/// Reads running at once. Each holds a connection with a warm page cache; more would only open
+/// cold connections (parsing the schema, reading pages again) and thrash two cores.
+const READERS: usize = 8;
+
 struct ReaderPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    permits: tokio::sync::Semaphore,
 }
 
 impl ReaderPool {
@@ -84,7 +89,7 @@ impl ReaderPool {
 
     fn give_back(&self, conn: Connection) {
         let mut idle = self.idle.lock().expect("reader pool lock");
-        if idle.len() < 8 {
+        if idle.len() < READERS {
             idle.push(conn);
         }
     }
@@ -158,7 +163,11 @@ impl SqliteStore {
         Ok(SqliteStore {
             _checkpointer: checkpointer,
             writer: sender,
-            readers: Arc::new(ReaderPool { path: path.to_owned(), idle: Mutex::new(Vec::new()) }),
+            readers: Arc::new(ReaderPool {
+                path: path.to_owned(),
+                idle: Mutex::new(Vec::new()),
+                permits: tokio::sync::Semaphore::new(READERS),
+            }),
         })
     }
 
@@ -169,7 +178,7 @@ impl SqliteStore {
         let (reply, answer) = oneshot::channel();
         let command: WriteFn = Box::new(move |conn: &mut Connection| {
             let result = (|| {
-                let tx = conn.transaction()?;
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let value = operation(&tx)?;
                 tx.commit()?;
                 Ok(value)
@@ -195,6 +204,7 @@ impl SqliteStore {
         operation: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
     ) -> StoreResult<R> {
         let readers = self.readers.clone();
+        let _permit = self.readers.permits.acquire().await.map_err(|err| StoreError::Backend(err.to_string()))?;
         tokio::task::spawn_blocking(move || {
             let conn = readers.take()?;
             let result = operation(&conn);
@@ -208,6 +218,10 @@ impl SqliteStore {
 
 /// Copy the WAL back into the database file from a thread of its own, so the writer never pays for
 /// it (the writer's automatic checkpoint is off). PASSIVE never blocks the writer or readers.
+///
+/// Once a second, unless it falls [`CHECKPOINT_LAG_FRAMES`] behind: a page written many times in
+/// between is copied once, and the database file's fsync (which stalls the WAL's fsync behind it)
+/// comes once a second instead of continuously under load.
 fn checkpoint_loop(path: &Path, stop: &mpsc::Receiver<()>) {
     let conn = match Connection::open(path) {
         Ok(conn) => conn,
@@ -216,20 +230,39 @@ fn checkpoint_loop(path: &Path, stop: &mpsc::Receiver<()>) {
             return;
         }
     };
-    let _ = conn.execute_batch("PRAGMA busy_timeout = 1000;");
-    let mut pause = std::time::Duration::from_millis(500);
+    // A RESTART holds off writers while it waits for readers to leave the WAL: never for long.
+    let _ = conn.execute_batch("PRAGMA busy_timeout = 200;");
+    let mut pause = CHECKPOINT_EVERY;
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(pause) {
-        // (busy, frames in the WAL, frames copied): while copying lags behind, go again at once.
+        // (busy, frames in the WAL, frames copied): while copying lags far behind, go again soon.
         match conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?)))
         {
-            Ok((logged, copied)) if copied < logged => pause = std::time::Duration::from_millis(5),
-            Ok(_) => pause = std::time::Duration::from_millis(500),
+            Ok((logged, copied)) if logged - copied > CHECKPOINT_LAG_FRAMES => {
+                pause = std::time::Duration::from_millis(20)
+            }
+            Ok((logged, copied)) if copied == logged && logged > RESTART_FRAMES => {
+                // Everything is copied, but readers that never pause keep the writer from starting
+                // the WAL over, and it grows without end. RESTART waits (briefly) for them to move
+                // to the latest snapshot; the next write starts the WAL from the top.
+                if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
+                    tracing::warn!(error = %err, "WAL restart failed; retrying");
+                }
+                pause = CHECKPOINT_EVERY;
+            }
+            Ok(_) => pause = CHECKPOINT_EVERY,
             Err(err) => tracing::warn!(error = %err, "WAL checkpoint failed; retrying"),
         }
     }
     let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
 }
+
+/// How often the checkpoint thread copies the WAL into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Frames left uncopied after which it goes again at once (8,192 pages, 32 MiB).
+const CHECKPOINT_LAG_FRAMES: i64 = 8_192;
+/// WAL length (frames) past which a fully copied WAL is started over (16,384 pages, 64 MiB).
+const RESTART_FRAMES: i64 = 16_384;
 
 fn wal_path(database: &Path) -> PathBuf {
     let mut name = database.as_os_str().to_owned();
@@ -325,7 +358,9 @@ fn commit_group(conn: &mut Connection, group: Vec<IngestRequest>, to_sync: &mpsc
     let now = Utc::now();
     let mut outcomes: Outcomes = Vec::with_capacity(group.len());
     let committed = (|| -> StoreResult<()> {
-        let mut tx = conn.transaction()?;
+        // IMMEDIATE: take the write lock first, waiting (busy timeout) while a WAL restart holds it,
+        // rather than failing at once when a deferred transaction has already read.
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for request in group {
             let mut savepoint = tx.savepoint()?;
             let result = {
