@@ -83,8 +83,11 @@ try {
   await buttons.filter({ hasText: "Book an appointment" }).click();
   await waitForBot(2);
   if ((await lastBot()) !== "What day suits you?") fail(`after the button the bot said "${await lastBot()}"`);
-  await chat.locator('[data-testid="chat-input"]').fill("tomorrow");
-  await chat.locator('[data-testid="chat-send"]').click();
+  const type = async (text) => {
+    await chat.locator('[data-testid="chat-input"]').fill(text);
+    await chat.locator('[data-testid="chat-send"]').click();
+  };
+  await type("tomorrow");
   await waitForBot(3);
   if ((await lastBot()) !== "What time suits you?") fail(`the bot asked "${await lastBot()}"`);
   if (args.screenshot) await page.screenshot({ path: args.screenshot });
@@ -100,11 +103,9 @@ try {
 
   // Again in chat, and this time finished on a phone call.
   const before = await botCount();
-  await chat.locator('[data-testid="chat-input"]').fill("I'd like to book an appointment");
-  await chat.locator('[data-testid="chat-send"]').click();
+  await type("I'd like to book an appointment");
   await waitForBot(before + 1);
-  await chat.locator('[data-testid="chat-input"]').fill("friday");
-  await chat.locator('[data-testid="chat-send"]').click();
+  await type("friday");
   await waitForBot(before + 2);
   if ((await lastBot()) !== "What time suits you?") fail(`the second booking asked "${await lastBot()}"`);
   twiml = await call(null);

@@ -136,17 +136,7 @@ fn said(utterance: &str) -> Value {
 }
 
 async fn configure(server: &TestServer, api_key: &str, config: &Value) -> (StatusCode, Value) {
-    json_of(
-        server
-            .http
-            .put(format!("{}/api/v1/channels/alexa", server.url))
-            .bearer_auth(api_key)
-            .json(config)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    server.put_json("/api/v1/channels/alexa", api_key, config).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,17 +105,15 @@ impl TestServer {
         self.http.post(format!("{}{path}", self.url)).basic_auth(write_key, Some("")).json(body).send().await.unwrap()
     }
 
+    /// PUT a JSON body to an API path with a key.
+    pub async fn put_json(&self, path: &str, api_key: &str, body: &Value) -> (StatusCode, Value) {
+        json_of(self.http.put(format!("{}{path}", self.url)).bearer_auth(api_key).json(body).send().await.unwrap())
+            .await
+    }
+
     /// PUT a bot definition, asserting it was accepted.
     pub async fn put_bot(&self, api_key: &str, name: &str, definition: &Value) {
-        let response = self
-            .http
-            .put(format!("{}/api/v1/bots/{name}", self.url))
-            .bearer_auth(api_key)
-            .json(definition)
-            .send()
-            .await
-            .unwrap();
-        let (status, body) = json_of(response).await;
+        let (status, body) = self.put_json(&format!("/api/v1/bots/{name}"), api_key, definition).await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
 

@@ -154,17 +154,7 @@ async fn the_kiosk_records_its_turns_on_the_kiosk_channel() {
 }
 
 async fn configure_webchat(server: &TestServer, api_key: &str, config: &Value) -> (StatusCode, Value) {
-    json_of(
-        server
-            .http
-            .put(format!("{}/api/v1/channels/webchat", server.url))
-            .bearer_auth(api_key)
-            .json(config)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    server.put_json("/api/v1/channels/webchat", api_key, config).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
