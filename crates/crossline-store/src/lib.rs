@@ -41,6 +41,21 @@ pub enum StoreError {
     Backend(String),
 }
 
+/// What a turn read before deciding: the customer's open conversation with the bot (id and state),
+/// if there was one, and the idle cut-off it was found with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnRead {
+    /// Conversations without a message since then were over.
+    pub active_since: chrono::DateTime<chrono::Utc>,
+    /// The open conversation's id and state, or None when the turn starts a new one.
+    pub open: Option<(String, serde_json::Value)>,
+}
+
+/// The error [`ConversationStore::record_turn`] gives when the conversation changed since it was read.
+pub fn turn_conflict() -> StoreError {
+    StoreError::Conflict("the conversation changed since this turn read it".into())
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(err: rusqlite::Error) -> Self {
         StoreError::Backend(err.to_string())
@@ -173,10 +188,16 @@ pub trait ConversationStore: Send + Sync {
         messages: &[ConversationMessage],
     ) -> StoreResult<()>;
     /// Save a conversation turn and store its events in one transaction (one durable write).
+    ///
+    /// `read` is what the turn read before deciding. When the customer's open conversation with the
+    /// bot is no longer that — another node took a turn for the same customer in the meantime, or
+    /// started a conversation — nothing is written and the answer is [`StoreError::Conflict`]: read
+    /// again and retry.
     async fn record_turn(
         &self,
         workspace_id: &str,
         conversation: &Conversation,
+        read: &TurnRead,
         messages: &[ConversationMessage],
         events: Vec<NormalizedEvent>,
     ) -> StoreResult<Vec<IngestedEvent>>;

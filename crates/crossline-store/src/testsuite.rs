@@ -123,8 +123,20 @@ async fn conversations_follow_profiles(store: DynStore) {
     let turn_events = events(
         json!({"batch": [{"type": "track", "event": "message.received", "messageId": "turn-1", "anonymousId": "visitor"}]}),
     );
+    // A turn that read an older state, or no open conversation, while another node answered in
+    // between, writes nothing.
+    let since = t0 - Duration::minutes(30);
+    let stale = crate::TurnRead { active_since: since, open: Some(("cnv_1".into(), json!({"active": {"name": "x"}}))) };
+    let unseen = crate::TurnRead { active_since: since, open: None };
+    for read in [stale, unseen] {
+        let refused =
+            store.record_turn(&ws.id, &conversation, &read, &[message("customer", "lost")], turn_events.clone()).await;
+        assert!(matches!(refused, Err(crate::StoreError::Conflict(_))), "a stale turn is refused: {read:?}");
+        assert!(!store.event_exists(&ws.id, "turn-1").await.unwrap(), "a refused turn stores no event");
+    }
+    let read = crate::TurnRead { active_since: since, open: Some(("cnv_1".into(), conversation.state.clone())) };
     let recorded =
-        store.record_turn(&ws.id, &conversation, &[message("customer", "tomorrow")], turn_events).await.unwrap();
+        store.record_turn(&ws.id, &conversation, &read, &[message("customer", "tomorrow")], turn_events).await.unwrap();
     assert_eq!(recorded[0].profile_id.as_deref(), Some(chat.as_str()), "the turn's events land on the profile");
     let texts: Vec<String> =
         store.conversation_messages(&ws.id, "cnv_1").await.unwrap().into_iter().map(|message| message.text).collect();

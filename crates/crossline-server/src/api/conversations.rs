@@ -216,25 +216,67 @@ pub async fn converse(state: &AppState, workspace: &Workspace, turn: Turn<'_>) -
         ));
     }
 
+    // The turn lock serialises this customer's turns on this node; another node may still take one
+    // at the same moment, which the store notices (the state changed since it was read): read again.
+    for _ in 0..TURN_ATTEMPTS {
+        match take_turn(state, workspace, &turn).await {
+            Err(TurnError::Conflict) => metrics::counter!("crossline_turn_conflicts_total").increment(1),
+            Err(TurnError::Api(err)) => return Err(err),
+            Ok(answer) => return Ok(answer),
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "conversation_busy",
+        "the conversation kept changing while this message was handled (several nodes answering at once); send it again",
+    ))
+}
+
+/// How often a turn is tried when other nodes keep changing the conversation.
+const TURN_ATTEMPTS: usize = 3;
+
+enum TurnError {
+    Conflict,
+    Api(ApiError),
+}
+
+impl std::convert::From<ApiError> for TurnError {
+    fn from(err: ApiError) -> Self {
+        TurnError::Api(err)
+    }
+}
+
+impl std::convert::From<crossline_store::StoreError> for TurnError {
+    fn from(err: crossline_store::StoreError) -> Self {
+        TurnError::Api(err.into())
+    }
+}
+
+/// One attempt at a turn: read, decide, write (refused when the conversation changed meanwhile).
+async fn take_turn(state: &AppState, workspace: &Workspace, turn: &Turn<'_>) -> Result<TurnAnswer, TurnError> {
     let latest = bot_model(state, workspace, turn.bot, None).await?;
     let started = || event(&turn.from, "conversation.started", turn.channel, json!({"bot": turn.bot}), turn.now);
     let profile = profile_for(state, workspace, &turn.from, started).await?;
     let active_since = turn.now - state.settings.conversation_idle;
-    let mut conversation =
-        match state.store.open_conversation(&workspace.id, &profile.id, turn.bot, active_since).await? {
-            Some(conversation) => conversation,
-            None => Conversation {
-                id: new_id("cnv"),
-                profile_id: profile.id.clone(),
-                bot: turn.bot.to_owned(),
-                bot_version: latest.stored.version,
-                status: "bot".into(),
-                channel: turn.channel.to_owned(),
-                state: json!({}),
-                created_at: turn.now,
-                updated_at: turn.now,
-            },
-        };
+    let open = state.store.open_conversation(&workspace.id, &profile.id, turn.bot, active_since).await?;
+    let read = crossline_store::TurnRead {
+        active_since,
+        open: open.as_ref().map(|conversation| (conversation.id.clone(), conversation.state.clone())),
+    };
+    let mut conversation = match open {
+        Some(conversation) => conversation,
+        None => Conversation {
+            id: new_id("cnv"),
+            profile_id: profile.id.clone(),
+            bot: turn.bot.to_owned(),
+            bot_version: latest.stored.version,
+            status: "bot".into(),
+            channel: turn.channel.to_owned(),
+            state: json!({}),
+            created_at: turn.now,
+            updated_at: turn.now,
+        },
+    };
     // A conversation finishes on the bot version it started with.
     let bot = if conversation.bot_version == latest.stored.version {
         latest
@@ -363,7 +405,10 @@ pub async fn converse(state: &AppState, workspace: &Workspace, turn: Turn<'_>) -
         ));
     }
     // The conversation and the turn's events are one durable write.
-    state.store.record_turn(&workspace.id, &conversation, &messages, events).await?;
+    match state.store.record_turn(&workspace.id, &conversation, &read, &messages, events).await {
+        Err(crossline_store::StoreError::Conflict(_)) => return Err(TurnError::Conflict),
+        result => result?,
+    };
     metrics::counter!("crossline_bot_turns_total", "understood" => if outcome.understood { "yes" } else { "no" })
         .increment(1);
 

@@ -102,6 +102,30 @@ async fn a_merge_through_one_node_is_seen_through_the_other() {
         stats.events_per_channel.iter().find(|(channel, _)| channel == "system").map_or(0, |(_, count)| *count);
     assert_eq!(stats.events - merges, 3 + 2 * 10 * 20);
     assert_eq!(stats.profiles, 1 + 4, "Lin, and one profile per shared anonymous id");
+
+    // One customer's messages answered by both nodes at the same moment: no turn's update is lost.
+    // Two misunderstood messages in a row hand the conversation to a person; if both nodes read the
+    // state before either wrote it, each would count one miss and nobody would be handed over.
+    a.put_bot(&ws.api_key, "bank", &crate::bots::bank()).await;
+    for customer in 0..6 {
+        let message = |node: &TestServer| {
+            let body = json!({"bot": "bank", "from": {"kind": "user_id", "value": format!("both-{customer}")}, "text": "purple elephants sing"});
+            let request = node
+                .http
+                .post(format!("{}/api/v1/conversations/messages", node.url))
+                .bearer_auth(&ws.api_key)
+                .json(&body);
+            async move { json_of(request.send().await.unwrap()).await }
+        };
+        let ((status_a, answer_a), (status_b, answer_b)) = tokio::join!(message(&a), message(&b));
+        assert_eq!((status_a, status_b), (StatusCode::OK, StatusCode::OK), "{answer_a} {answer_b}");
+        let statuses = [answer_a["status"].as_str().unwrap(), answer_b["status"].as_str().unwrap()];
+        assert!(statuses.contains(&"queued"), "customer {customer}: the second miss hands over: {statuses:?}");
+        let conversation = answer_a["conversation_id"].as_str().unwrap();
+        assert_eq!(conversation, answer_b["conversation_id"], "one conversation");
+        let messages = a.store.conversation_messages(&ws.id, conversation).await.unwrap();
+        assert_eq!(messages.len(), 4, "two messages and two replies, each once");
+    }
     a.stop().await;
     b.stop().await;
 }

@@ -382,12 +382,25 @@ impl crate::ConversationStore for PgStore {
         &self,
         workspace_id: &str,
         conversation: &crate::Conversation,
+        read: &crate::TurnRead,
         messages: &[crate::ConversationMessage],
         events: Vec<NormalizedEvent>,
     ) -> StoreResult<Vec<IngestedEvent>> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         lock_workspace(&tx, workspace_id).await?;
+        // Under the workspace lock: nobody changes the conversation between this check and the write.
+        let open = statements::open_conversation(
+            &*tx,
+            workspace_id,
+            &conversation.profile_id,
+            &conversation.bot,
+            read.active_since,
+        )
+        .await?;
+        if open.map(|open| (open.id, open.state)) != read.open {
+            return Err(crate::turn_conflict());
+        }
         statements::save_conversation(&tx, workspace_id, conversation, messages).await?;
         let result = {
             let mut statements = statements::PgTx { tx: &tx };

@@ -651,11 +651,23 @@ impl crate::ConversationStore for SqliteStore {
         &self,
         workspace_id: &str,
         conversation: &crate::Conversation,
+        read: &crate::TurnRead,
         messages: &[crate::ConversationMessage],
         events: Vec<NormalizedEvent>,
     ) -> StoreResult<Vec<IngestedEvent>> {
         let (workspace_id, conversation, messages) = (workspace_id.to_owned(), conversation.clone(), messages.to_vec());
+        let read = read.clone();
         self.write(move |tx| {
+            let open = statements::open_conversation(
+                tx,
+                &workspace_id,
+                &conversation.profile_id,
+                &conversation.bot,
+                read.active_since,
+            )?;
+            if open.map(|open| (open.id, open.state)) != read.open {
+                return Err(crate::turn_conflict());
+            }
             statements::save_conversation(tx, &workspace_id, &conversation, &messages)?;
             let mut statements = statements::SqliteTx { conn: tx, json: Default::default() };
             futures::executor::block_on(apply_batch(&mut statements, &workspace_id, &events, Utc::now()))
