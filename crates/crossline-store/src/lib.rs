@@ -189,10 +189,11 @@ pub trait ConversationStore: Send + Sync {
     ) -> StoreResult<()>;
     /// Save a conversation turn and store its events in one transaction (one durable write).
     ///
-    /// `read` is what the turn read before deciding. When the customer's open conversation with the
-    /// bot is no longer that — another node took a turn for the same customer in the meantime, or
-    /// started a conversation — nothing is written and the answer is [`StoreError::Conflict`]: read
-    /// again and retry.
+    /// `read` is what the turn read before deciding. On a store that several nodes share, when the
+    /// customer's open conversation with the bot is no longer that — another node took a turn for the
+    /// same customer in the meantime, or started a conversation — nothing is written and the answer is
+    /// [`StoreError::Conflict`]: read again and retry. (A single-node store may skip the check: the
+    /// node's turn lock already serialises each customer's turns.)
     async fn record_turn(
         &self,
         workspace_id: &str,

@@ -128,7 +128,9 @@ async fn conversations_follow_profiles(store: DynStore) {
     let since = t0 - Duration::minutes(30);
     let stale = crate::TurnRead { active_since: since, open: Some(("cnv_1".into(), json!({"active": {"name": "x"}}))) };
     let unseen = crate::TurnRead { active_since: since, open: None };
-    for read in [stale, unseen] {
+    // Only a backend that several nodes share checks; on SQLite the node's turn lock is the guarantee.
+    let shared = store.backend() == "postgres";
+    for read in [stale, unseen].into_iter().filter(|_| shared) {
         let refused =
             store.record_turn(&ws.id, &conversation, &read, &[message("customer", "lost")], turn_events.clone()).await;
         assert!(matches!(refused, Err(crate::StoreError::Conflict(_))), "a stale turn is refused: {read:?}");
