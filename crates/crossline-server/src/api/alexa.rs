@@ -171,7 +171,7 @@ pub async fn alexa(
         RequestKind::SessionEnded { .. } | RequestKind::Other(_) => return Ok(Json(alexa::empty_response())),
         RequestKind::Launch => {
             let bot = crate::api::bots::live_bot(&state, &workspace, &config.bot).await?;
-            match opening(&state, &workspace, &config.bot, &bot.stored.definition, &from, now).await? {
+            match opening(&state, &workspace, &config.bot, &bot.definition, &from, now).await? {
                 Opening::Greeting(greeting) => return Ok(speak(vec![Reply::text(greeting)], false)),
                 Opening::Continue => String::new(),
             }

@@ -173,6 +173,12 @@ async fn verified_twilio(
     Ok((workspace, config, params))
 }
 
+/// The customer behind a Twilio webhook: the `From` number.
+fn caller(workspace: &crossline_store::Workspace, from: &str) -> ApiResult<Identity> {
+    Identity::parse(IdentityKind::Phone, from, &workspace.default_region)
+        .map_err(|err| ApiError::bad_request("invalid_field", format!("From: {err}")))
+}
+
 /// Twilio's SMS webhook: verified, then answered with TwiML.
 pub async fn twilio_sms(
     State(state): State<AppState>,
@@ -183,8 +189,7 @@ pub async fn twilio_sms(
 ) -> ApiResult<Response> {
     let (workspace, config, params) = verified_twilio(&state, &workspace_id, &uri, &headers, &body).await?;
     let sms = twilio::parse_sms(&params).map_err(|err| ApiError::bad_request("invalid_field", err.to_string()))?;
-    let from = Identity::parse(IdentityKind::Phone, &sms.from, &workspace.default_region)
-        .map_err(|err| ApiError::bad_request("invalid_field", format!("From: {err}")))?;
+    let from = caller(&workspace, &sms.from)?;
 
     if let Some(keyword) = twilio::keyword(&sms.body) {
         let (status, reply) = match keyword {
@@ -219,9 +224,9 @@ pub async fn twilio_sms(
 }
 
 /// Words the speech recogniser should expect: the bot's custom slot values and synonyms.
-fn speech_hints(definition: &Value) -> Vec<String> {
+fn speech_hints(slot_types: &[Value]) -> Vec<String> {
     let mut hints = Vec::new();
-    for slot_type in definition.get("slot_types").and_then(Value::as_array).into_iter().flatten() {
+    for slot_type in slot_types {
         for value in slot_type.get("values").and_then(Value::as_array).into_iter().flatten() {
             hints.extend(value.get("value").and_then(Value::as_str).map(str::to_owned));
             for synonym in value.get("synonyms").and_then(Value::as_array).into_iter().flatten() {
@@ -243,18 +248,17 @@ pub async fn twilio_voice(
 ) -> ApiResult<Response> {
     let (workspace, config, params) = verified_twilio(&state, &workspace_id, &uri, &headers, &body).await?;
     let call = twilio::parse_call(&params).map_err(|err| ApiError::bad_request("invalid_field", err.to_string()))?;
-    let from = Identity::parse(IdentityKind::Phone, &call.from, &workspace.default_region)
-        .map_err(|err| ApiError::bad_request("invalid_field", format!("From: {err}")))?;
+    let from = caller(&workspace, &call.from)?;
     let bot = crate::api::bots::live_bot(&state, &workspace, &config.bot).await?;
     let action = uri.path().to_owned();
-    let hints = speech_hints(&bot.stored.definition);
+    let hints = speech_hints(&bot.definition.slot_types);
     let reprompt = "Sorry, I didn't catch that.";
     let now = Utc::now();
 
     let text = call.said().map(str::to_owned);
     if text.is_none()
         && let Opening::Greeting(greeting) =
-            opening(&state, &workspace, &config.bot, &bot.stored.definition, &from, now).await?
+            opening(&state, &workspace, &config.bot, &bot.definition, &from, now).await?
     {
         return Ok(twiml(twilio::gather_response(&[greeting], &action, &hints, reprompt)));
     }

@@ -160,7 +160,7 @@ pub async fn opening(
     state: &AppState,
     workspace: &Workspace,
     bot: &str,
-    definition: &Value,
+    definition: &crossline_bot::BotDefinition,
     from: &Identity,
     now: DateTime<Utc>,
 ) -> ApiResult<Opening> {
@@ -180,8 +180,8 @@ pub async fn opening(
     Ok(Opening::Greeting(greeting(definition, name.as_deref())))
 }
 
-fn greeting(definition: &Value, name: Option<&str>) -> String {
-    let greeting = definition.get("greeting").and_then(Value::as_str).unwrap_or("Hello! How can I help?");
+fn greeting(definition: &crossline_bot::BotDefinition, name: Option<&str>) -> String {
+    let greeting = definition.greeting.as_deref().unwrap_or("Hello! How can I help?");
     match name {
         Some(name) => format!("Hi {name}! {}", greeting.trim_start_matches("Hi! ").trim_start_matches("Hello! ")),
         None => greeting.to_owned(),

@@ -218,11 +218,10 @@ async fn pending_buttons(state: &AppState, workspace: &Workspace, conversation: 
 /// The bot's greeting frame, with its suggestions as buttons.
 async fn greeting(state: &AppState, workspace: &Workspace, bot: &str) -> Option<Value> {
     let live = bot_model(state, workspace, bot, None).await.ok()?;
-    let stored = &live.stored;
-    let text = stored.definition.get("greeting").and_then(Value::as_str)?;
+    let text = live.definition.greeting.as_deref()?;
     let mut frame = json!({"type": "message", "author": "bot", "text": text, "index": 0});
-    if let Some(suggestions) = stored.definition.get("suggestions").filter(|value| value.is_array()) {
-        frame["quick_replies"] = suggestions.clone();
+    if !live.definition.suggestions.is_empty() {
+        frame["quick_replies"] = json!(live.definition.suggestions);
     }
     Some(frame)
 }
