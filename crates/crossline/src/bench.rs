@@ -124,6 +124,44 @@ fn rss_kib(pid: u32, field: &str) -> Option<u64> {
     status.lines().find(|line| line.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// CPU seconds each of a process's threads has used, summed by thread name (Linux `/proc`).
+fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, f64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        // `pid (name) state ...`: the name may hold spaces, so split after its closing parenthesis.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks: f64 =
+            fields.get(11..13).map_or(0.0, |times| times.iter().filter_map(|t| t.parse::<f64>().ok()).sum());
+        // Clock ticks are 1/100 s on every Linux this runs on (USER_HZ).
+        *by_name.entry(stat[open + 1..close].to_owned()).or_insert(0.0) += ticks / 100.0;
+    }
+    by_name
+}
+
+/// What each kind of server thread used between two readings of [`thread_cpu`], per acknowledged
+/// event: where a gain has to come from.
+fn cpu_per_event(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+    events: usize,
+) -> String {
+    let mut parts = Vec::new();
+    let mut total = 0.0;
+    for (name, seconds) in after {
+        let used = seconds - before.get(name).copied().unwrap_or(0.0);
+        total += used;
+        if used >= 0.01 {
+            parts.push(format!("{name} {:.1}", used * 1e6 / events.max(1) as f64));
+        }
+    }
+    format!("{:.1} µs/event ({})", total * 1e6 / events.max(1) as f64, parts.join(", "))
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -264,6 +302,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         None => None,
     };
 
+    let cpu_before = pid.map(thread_cpu);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration);
     let mut tasks = Vec::new();
@@ -333,6 +372,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         failures += client_failures;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_before.zip(pid).map(|(before, pid)| cpu_per_event(&before, &thread_cpu(pid), events));
     if let Some(hwm) = pid.and_then(|pid| rss_kib(pid, "VmHWM:")) {
         peak_rss = peak_rss.max(hwm);
     }
@@ -352,6 +392,9 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     );
     if let Some(idle) = idle_rss {
         println!("  server RSS:          idle {:.1} MB, peak {:.1} MB", idle as f64 / 1024.0, peak_rss as f64 / 1024.0);
+    }
+    if let Some(cpu) = cpu {
+        println!("  server CPU:          {cpu}");
     }
     println!(
         "| {} | {backend} | {}x{} | {rate:.0} | {:.2} | {:.2} | {} | {} |",
