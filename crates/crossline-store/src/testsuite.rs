@@ -331,6 +331,15 @@ async fn an_event_naming_two_profiles_merges_them(store: DynStore) {
     assert_eq!(merge.channel, "system");
     let via_old_id = store.events(&ws.id, &newer, &EventQuery::default()).await.unwrap();
     assert_eq!(via_old_id.len(), timeline.len(), "the timeline of a merged-away id is the survivor's");
+
+    // An identity the merged-away profile owned (and a backend may have remembered as its) now
+    // brings events to the survivor.
+    let later = store
+        .ingest(&ws.id, events(json!({"batch": [{"type": "track", "messageId": "after", "anonymousId": "sms-1", "event": "SMS Replied"}]})))
+        .await
+        .unwrap();
+    assert_eq!(later[0].profile_id.as_deref(), Some(older.as_str()));
+    assert!(later[0].merged.is_empty());
 }
 
 async fn alias_merges_previous_id(store: DynStore) {

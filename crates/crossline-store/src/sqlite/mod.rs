@@ -9,6 +9,7 @@
 //! one fsync covers every group that committed while the previous one was syncing. Reads use a small pool of read-only connections on the blocking pool, which
 //! WAL lets run beside the writer.
 
+mod cache;
 mod statements;
 
 pub use statements::KEYED_STATEMENTS;
@@ -19,6 +20,7 @@ use crate::{
     StoreError, StoreResult, StoredEvent, Workspace, WorkspaceStats, WorkspaceStore,
 };
 use async_trait::async_trait;
+use cache::IdentityCache;
 use chrono::{DateTime, Utc};
 use crossline_core::event::NormalizedEvent;
 use crossline_core::keys::KeyKind;
@@ -105,7 +107,7 @@ fn open_writer(path: &Path) -> StoreResult<Connection> {
          PRAGMA cache_size = -32000;
          PRAGMA temp_store = MEMORY;
          PRAGMA wal_autocheckpoint = 0;
-         PRAGMA journal_size_limit = 536870912;",
+         PRAGMA journal_size_limit = 1073741824;",
     )?;
     migrate(&mut conn)?;
     Ok(conn)
@@ -288,8 +290,8 @@ fn restart_wal(conn: &Connection, wal_frames: &AtomicI64) {
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 /// Frames left uncopied after which it goes again at once (8,192 pages, 32 MiB).
 const CHECKPOINT_LAG_FRAMES: i64 = 8_192;
-/// WAL length (frames) past which the writer starts it over (65,536 pages, 256 MiB).
-const RESTART_FRAMES: i64 = 65_536;
+/// WAL length (frames) past which the writer starts it over (131,072 pages, 512 MiB).
+const RESTART_FRAMES: i64 = 131_072;
 /// How long a write waits for a lock held by a checkpoint.
 const WRITER_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -341,6 +343,7 @@ fn writer_loop(
     wal_frames: &AtomicI64,
 ) {
     let mut deferred: Vec<Command> = Vec::new();
+    let mut cache = IdentityCache::default();
     let mut next_restart = std::time::Instant::now();
     loop {
         if wal_frames.load(Ordering::Relaxed) > RESTART_FRAMES && std::time::Instant::now() >= next_restart {
@@ -357,6 +360,8 @@ fn writer_loop(
         };
         match command {
             Command::Write(operation) => {
+                // Any other write (an erasure, a bot turn's events) may change identities.
+                cache.clear();
                 let deliver = operation(&mut conn);
                 if let Err(mpsc::SendError(deliver)) = to_sync.send(deliver) {
                     deliver(Some("the sync thread has stopped".into()));
@@ -378,7 +383,7 @@ fn writer_loop(
                         Err(_) => break,
                     }
                 }
-                commit_group(&mut conn, group, &to_sync);
+                commit_group(&mut conn, &mut cache, group, &to_sync);
             }
         }
     }
@@ -399,6 +404,7 @@ struct IngestRequest {
 /// got here hardly ever fail, so the group is tried without them first.
 fn run_group(
     conn: &mut Connection,
+    cache: &mut IdentityCache,
     group: &[IngestRequest],
     now: DateTime<Utc>,
     savepoints: bool,
@@ -415,22 +421,26 @@ fn run_group(
             .map(|(event, (properties, context))| (event.message_id.as_str(), (properties.as_str(), context.as_str())))
             .collect();
         if !savepoints {
-            let mut statements = statements::SqliteTx { conn: &tx, json };
+            let mut statements = statements::SqliteTx { conn: &tx, json, cache: Some(&mut *cache) };
             match futures::executor::block_on(apply_batch(&mut statements, &request.workspace_id, &request.events, now))
             {
                 Ok(done) => results.push(Ok(done)),
-                // Dropping the transaction rolls it back.
-                Err(_) => return Ok(None),
+                Err(_) => {
+                    // Dropping the transaction rolls it back; the cache may hold what it undoes.
+                    cache.clear();
+                    return Ok(None);
+                }
             }
             continue;
         }
         let mut savepoint = tx.savepoint()?;
-        let mut statements = statements::SqliteTx { conn: &savepoint, json };
+        let mut statements = statements::SqliteTx { conn: &savepoint, json, cache: Some(&mut *cache) };
         let result =
             futures::executor::block_on(apply_batch(&mut statements, &request.workspace_id, &request.events, now));
         if result.is_ok() {
             savepoint.commit()?;
         } else {
+            cache.clear();
             savepoint.rollback()?;
         }
         results.push(result);
@@ -439,12 +449,20 @@ fn run_group(
     Ok(Some(results))
 }
 
-fn commit_group(conn: &mut Connection, group: Vec<IngestRequest>, to_sync: &mpsc::Sender<Deliver>) {
+fn commit_group(
+    conn: &mut Connection,
+    cache: &mut IdentityCache,
+    group: Vec<IngestRequest>,
+    to_sync: &mpsc::Sender<Deliver>,
+) {
     let now = Utc::now();
-    let committed = match run_group(conn, &group, now, false) {
-        Ok(None) => run_group(conn, &group, now, true),
+    let committed = match run_group(conn, cache, &group, now, false) {
+        Ok(None) => run_group(conn, cache, &group, now, true),
         other => other,
     };
+    if committed.is_err() {
+        cache.clear();
+    }
     // The requests' events are freed by the sync thread after it answers: freeing thousands of
     // JSON maps was 5 % of the writer's time.
     let (replies, spent): (Vec<_>, Vec<_>) =
@@ -722,7 +740,7 @@ impl crate::ConversationStore for SqliteStore {
         let (workspace_id, conversation, messages) = (workspace_id.to_owned(), conversation.clone(), messages.to_vec());
         self.write(move |tx| {
             statements::save_conversation(tx, &workspace_id, &conversation, &messages)?;
-            let mut statements = statements::SqliteTx { conn: tx, json: Default::default() };
+            let mut statements = statements::SqliteTx { conn: tx, json: Default::default(), cache: None };
             futures::executor::block_on(apply_batch(&mut statements, &workspace_id, &events, Utc::now()))
         })
         .await
@@ -855,7 +873,7 @@ mod tests {
         let (last, last_answer) = request("grace", "m3");
         let mut conn = open_writer(&path).unwrap();
         let (to_sync, synced) = mpsc::channel::<Deliver>();
-        commit_group(&mut conn, vec![first, broken, last], &to_sync);
+        commit_group(&mut conn, &mut IdentityCache::default(), vec![first, broken, last], &to_sync);
         drop(to_sync);
         if let Ok(deliver) = synced.recv() {
             deliver(None);

@@ -1,5 +1,6 @@
 //! SQL for the SQLite backend.
 
+use super::cache::IdentityCache;
 use crate::ingest::{EventRow, IngestTx};
 use crate::stats::{fill_days, window_start};
 use crate::{
@@ -18,8 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 // Statements looked up by key. SQLite's planner is pinned with INDEXED BY where version 3.50 was
 // measured to pick a range scan over the whole workspace instead.
 const EVENT_EXISTS: &str = "SELECT 1 FROM events WHERE workspace_id = ?1 AND message_id = ?2";
-const MOVE_IDENTITIES: &str =
-    "UPDATE identities INDEXED BY identities_profile SET profile_id = ?1 WHERE workspace_id = ?2 AND profile_id = ?3";
+const MOVE_IDENTITIES: &str = "UPDATE identities INDEXED BY identities_profile SET profile_id = ?1 WHERE workspace_id = ?2 AND profile_id = ?3 RETURNING kind, value";
 const MOVE_EVENTS: &str =
     "UPDATE events INDEXED BY events_profile SET profile_id = ?1 WHERE workspace_id = ?2 AND profile_id = ?3";
 const REPOINT_TOMBSTONES: &str =
@@ -71,6 +71,9 @@ pub(super) struct SqliteTx<'a> {
     pub(super) conn: &'a Connection,
     /// `properties` and `context` as JSON text by message id, prepared off the writer thread.
     pub(super) json: HashMap<&'a str, (&'a str, &'a str)>,
+    /// The writer's identity owners, kept up to date with what this transaction reads and writes.
+    /// The caller clears it if the transaction does not commit.
+    pub(super) cache: Option<&'a mut IdentityCache>,
 }
 
 impl IngestTx for SqliteTx<'_> {
@@ -92,7 +95,12 @@ impl IngestTx for SqliteTx<'_> {
     ) -> StoreResult<HashMap<Identity, String>> {
         let mut owners = HashMap::new();
         for identity in identities {
-            if let Some(owner) = identity_owner(self.conn, workspace_id, identity)? {
+            if let Some(owner) = self.cache.as_mut().and_then(|cache| cache.get(workspace_id, identity)) {
+                owners.insert(identity.clone(), owner.as_ref().to_owned());
+            } else if let Some(owner) = identity_owner(self.conn, workspace_id, identity)? {
+                if let Some(cache) = self.cache.as_mut() {
+                    cache.insert(workspace_id, identity, &owner);
+                }
                 owners.insert(identity.clone(), owner);
             }
         }
@@ -111,7 +119,16 @@ impl IngestTx for SqliteTx<'_> {
 
     async fn merge_stored_profile(&mut self, workspace_id: &str, survivor: &str, loser: &str) -> StoreResult<()> {
         let conn = self.conn;
-        conn.prepare_cached(MOVE_IDENTITIES)?.execute((survivor, workspace_id, loser))?;
+        let mut moved = conn.prepare_cached(MOVE_IDENTITIES)?;
+        let mut rows = moved.query((survivor, workspace_id, loser))?;
+        while let Some(row) = rows.next()? {
+            // The survivor owns the loser's identities now; the writer's cache learns it here.
+            if let (Some(cache), Ok(kind)) = (self.cache.as_mut(), row.get::<_, String>(0)?.parse::<IdentityKind>()) {
+                cache.insert(workspace_id, &Identity { kind, value: row.get(1)? }, survivor);
+            }
+        }
+        drop(rows);
+        drop(moved);
         conn.prepare_cached(MOVE_EVENTS)?.execute((survivor, workspace_id, loser))?;
         conn.prepare_cached(MOVE_CONVERSATIONS)?.execute((survivor, workspace_id, loser))?;
         // Two statements, not one with OR: an OR cannot use the partial index and scans every profile.
@@ -133,6 +150,9 @@ impl IngestTx for SqliteTx<'_> {
         )?;
         for (identity, profile_id) in identities {
             statement.execute((workspace_id, identity.kind.as_str(), &identity.value, profile_id, to_millis(now)))?;
+            if let Some(cache) = self.cache.as_mut() {
+                cache.insert(workspace_id, identity, profile_id);
+            }
         }
         Ok(())
     }
