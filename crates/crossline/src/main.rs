@@ -71,6 +71,11 @@ struct DemoArgs {
     data_dir: Option<PathBuf>,
 }
 
+/// mimalloc instead of glibc's malloc: ingestion builds and frees many small JSON values on several
+/// threads, and glibc's allocator was 10–30 % of those threads' time (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // One TLS crypto provider for the whole process (ring: no C toolchain beyond cc, no aws-lc).

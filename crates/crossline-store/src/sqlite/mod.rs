@@ -27,7 +27,7 @@ use crossline_core::keys::KeyKind;
 use crossline_core::{ConsentStatus, Identity, Profile};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use tokio::sync::oneshot;
 
@@ -107,7 +107,7 @@ fn open_writer(path: &Path) -> StoreResult<Connection> {
          PRAGMA cache_size = -32000;
          PRAGMA temp_store = MEMORY;
          PRAGMA wal_autocheckpoint = 0;
-         PRAGMA journal_size_limit = 1073741824;",
+         PRAGMA journal_size_limit = 2147483648;",
     )?;
     migrate(&mut conn)?;
     Ok(conn)
@@ -153,17 +153,17 @@ impl SqliteStore {
             .spawn(move || sync_loop(&wal_path, &pending))
             .map_err(|err| StoreError::Backend(err.to_string()))?;
         let (sender, receiver) = mpsc::channel();
-        let wal_frames = Arc::new(AtomicI64::new(0));
-        let writer_wal_frames = wal_frames.clone();
+        let wal = Arc::new(WalProgress::default());
+        let writer_wal = wal.clone();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, receiver, to_sync, &writer_wal_frames))
+            .spawn(move || writer_loop(conn, receiver, to_sync, &writer_wal))
             .map_err(|err| StoreError::Backend(err.to_string()))?;
         let (checkpointer, stop) = mpsc::channel::<()>();
         let checkpoint_path = path.to_owned();
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(&checkpoint_path, &stop, &wal_frames))
+            .spawn(move || checkpoint_loop(&checkpoint_path, &stop, &wal))
             .map_err(|err| StoreError::Backend(err.to_string()))?;
         Ok(SqliteStore {
             _checkpointer: checkpointer,
@@ -221,16 +221,44 @@ impl SqliteStore {
     }
 }
 
+/// How far the WAL is written and copied, as the checkpoint thread last saw it (frames).
+#[derive(Default)]
+struct WalProgress {
+    /// Frames in the WAL in the high half, frames copied into the database in the low half.
+    frames: AtomicU64,
+}
+
+impl WalProgress {
+    fn report(&self, logged: i64, copied: i64) {
+        let (logged, copied) = (logged.clamp(0, u32::MAX.into()) as u64, copied.clamp(0, u32::MAX.into()) as u64);
+        self.frames.store(logged << 32 | copied, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> (i64, i64) {
+        let frames = self.frames.load(Ordering::Relaxed);
+        ((frames >> 32) as i64, (frames & u64::from(u32::MAX)) as i64)
+    }
+
+    /// Whether the writer should start the WAL over now: it is long, and (unless it is twice too
+    /// long) nearly all of it is copied already, so the restart has little left to copy while it
+    /// holds writes up.
+    fn restart_due(&self) -> bool {
+        let (logged, copied) = self.get();
+        logged > RESTART_FRAMES && (logged - copied <= RESTART_RESIDUE_FRAMES || logged > 2 * RESTART_FRAMES)
+    }
+}
+
 /// Copy the WAL back into the database file from a thread of its own, so the writer never pays for
 /// it (the writer's automatic checkpoint is off). PASSIVE never blocks the writer or readers.
 ///
 /// Every [`CHECKPOINT_EVERY`], so each checkpoint's fsync of the database file is small: a large one
 /// (a second of writes, tens of MB) delayed the WAL's fsync behind it on the same disk, and every
-/// answer waiting for that fsync with it — 100–500 ms stalls under load.
+/// answer waiting for that fsync with it — 100–500 ms stalls under load. More often while copying
+/// lags or a restart waits for it.
 ///
-/// After each pass it tells the writer how long the WAL is (`wal_frames`); starting the WAL over is
-/// the writer's job (see [`restart_wal`]).
-fn checkpoint_loop(path: &Path, stop: &mpsc::Receiver<()>, wal_frames: &AtomicI64) {
+/// After each pass it tells the writer how far the WAL is written and copied; starting the WAL over
+/// is the writer's job (see [`restart_wal`]).
+fn checkpoint_loop(path: &Path, stop: &mpsc::Receiver<()>, wal: &WalProgress) {
     let conn = match Connection::open(path) {
         Ok(conn) => conn,
         Err(err) => {
@@ -240,14 +268,14 @@ fn checkpoint_loop(path: &Path, stop: &mpsc::Receiver<()>, wal_frames: &AtomicI6
     };
     let mut pause = CHECKPOINT_EVERY;
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(pause) {
-        // (busy, frames in the WAL, frames copied): while copying lags far behind, go again soon.
+        // (busy, frames in the WAL, frames copied)
         match conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?)))
         {
             Ok((logged, copied)) => {
-                wal_frames.store(logged, Ordering::Relaxed);
-                pause = if logged - copied > CHECKPOINT_LAG_FRAMES {
-                    std::time::Duration::from_millis(20)
+                wal.report(logged, copied);
+                pause = if logged - copied > CHECKPOINT_LAG_FRAMES || logged > RESTART_FRAMES {
+                    CHECKPOINT_HURRY
                 } else {
                     CHECKPOINT_EVERY
                 };
@@ -264,12 +292,11 @@ fn checkpoint_loop(path: &Path, stop: &mpsc::Receiver<()>, wal_frames: &AtomicI6
 /// frame is already copied into the database, which under sustained writes is never the case: the
 /// WAL then grows without end (gigabytes in a minute of ingest), and every write past its end has
 /// the kernel zero fresh file pages first (measured: 42 % of the writer's time). So once the WAL
-/// is longer than [`RESTART_FRAMES`], the writer checkpoints in RESTART mode: it copies what the
-/// checkpoint thread has not copied yet (little: that thread runs every 20–100 ms), waits at most
-/// 10 ms for readers to leave the old frames, and the next commit writes from the top of the file
-/// again — over pages the file already has (`journal_size_limit` is above the restart length, so
-/// SQLite does not shrink it).
-fn restart_wal(conn: &Connection, wal_frames: &AtomicI64) {
+/// is longer than [`RESTART_FRAMES`] and the checkpoint thread has copied nearly all of it, the
+/// writer checkpoints in RESTART mode: it copies the rest, waits at most 10 ms for readers to leave
+/// the old frames, and the next commit writes from the top of the file again — over pages the file
+/// already has (`journal_size_limit` is above the restart length, so SQLite does not shrink it).
+fn restart_wal(conn: &Connection, wal: &WalProgress) {
     let started = std::time::Instant::now();
     let outcome = conn
         .busy_timeout(std::time::Duration::from_millis(10))
@@ -277,7 +304,7 @@ fn restart_wal(conn: &Connection, wal_frames: &AtomicI64) {
     let _ = conn.busy_timeout(WRITER_BUSY_TIMEOUT);
     match outcome {
         Ok(true) => {
-            wal_frames.store(0, Ordering::Relaxed);
+            wal.report(0, 0);
             tracing::debug!(elapsed = ?started.elapsed(), "WAL started over");
         }
         // A reader or the checkpoint thread is in the way; the next commit tries again.
@@ -288,10 +315,14 @@ fn restart_wal(conn: &Connection, wal_frames: &AtomicI64) {
 
 /// How often the checkpoint thread copies the WAL into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
-/// Frames left uncopied after which it goes again at once (8,192 pages, 32 MiB).
+/// How often while it lags behind or a restart waits.
+const CHECKPOINT_HURRY: std::time::Duration = std::time::Duration::from_millis(10);
+/// Frames left uncopied after which it hurries (8,192 pages, 32 MiB).
 const CHECKPOINT_LAG_FRAMES: i64 = 8_192;
-/// WAL length (frames) past which the writer starts it over (131,072 pages, 512 MiB).
-const RESTART_FRAMES: i64 = 131_072;
+/// WAL length (frames) past which the writer starts it over (262,144 pages, 1 GiB).
+const RESTART_FRAMES: i64 = 262_144;
+/// Uncopied frames a restart may have to copy itself (2,048 pages, 8 MiB).
+const RESTART_RESIDUE_FRAMES: i64 = 2_048;
 /// How long a write waits for a lock held by a checkpoint.
 const WRITER_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -340,16 +371,16 @@ fn writer_loop(
     mut conn: Connection,
     commands: mpsc::Receiver<Command>,
     to_sync: mpsc::Sender<Deliver>,
-    wal_frames: &AtomicI64,
+    wal: &WalProgress,
 ) {
     let mut deferred: Vec<Command> = Vec::new();
     let mut cache = IdentityCache::default();
     let mut next_restart = std::time::Instant::now();
     loop {
-        if wal_frames.load(Ordering::Relaxed) > RESTART_FRAMES && std::time::Instant::now() >= next_restart {
-            restart_wal(&conn, wal_frames);
-            // Not again before the checkpoint thread has reported the WAL's length anew.
-            next_restart = std::time::Instant::now() + CHECKPOINT_EVERY;
+        if wal.restart_due() && std::time::Instant::now() >= next_restart {
+            restart_wal(&conn, wal);
+            // Not again before the checkpoint thread has reported on the WAL anew.
+            next_restart = std::time::Instant::now() + CHECKPOINT_HURRY;
         }
         let command = match deferred.pop() {
             Some(command) => command,
