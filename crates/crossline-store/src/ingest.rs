@@ -13,8 +13,8 @@ use crossline_core::event::{EventKind, NormalizedEvent};
 use crossline_core::ids::new_id;
 use crossline_core::profile::{ProfileState, survivor_of};
 use crossline_core::{Identity, IdentityKind};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use serde_json::{Map, Value, json};
-use std::collections::{HashMap, HashSet};
 
 /// An event row ready to insert.
 #[derive(Debug, Clone)]
@@ -82,12 +82,13 @@ struct Resolution<'a> {
 }
 
 impl Resolution<'_> {
-    fn resolve(&self, id: &str) -> String {
+    /// The live profile `id` ended up in after this batch's merges.
+    fn resolve<'s>(&'s self, id: &'s str) -> &'s str {
         let mut current = id;
         while let Some(next) = self.redirect.get(current) {
             current = next;
         }
-        current.to_owned()
+        current
     }
 }
 
@@ -163,21 +164,20 @@ pub async fn apply_batch<T: IngestTx>(
     }
 
     // Later events of the batch may have merged away profiles that earlier rows point at.
-    for result in &mut results {
-        if let Some(profile_id) = &result.profile_id {
-            result.profile_id = Some(state.resolve(profile_id));
-        }
-    }
-    let identities: Vec<(Identity, String)> = std::mem::take(&mut state.new_identities)
-        .into_iter()
-        .map(|(identity, owner)| {
-            let owner = state.resolve(&owner);
-            (identity, owner)
-        })
-        .collect();
+    let mut identities = std::mem::take(&mut state.new_identities);
     let mut rows = std::mem::take(&mut state.rows);
-    for row in &mut rows {
-        row.profile_id = state.resolve(&row.profile_id);
+    if !state.redirect.is_empty() {
+        for profile_id in results
+            .iter_mut()
+            .filter_map(|result| result.profile_id.as_mut())
+            .chain(identities.iter_mut().map(|(_, owner)| owner))
+            .chain(rows.iter_mut().map(|row| &mut row.profile_id))
+        {
+            let live = state.resolve(profile_id);
+            if live != profile_id.as_str() {
+                *profile_id = live.to_owned();
+            }
+        }
     }
     if !identities.is_empty() {
         tx.insert_identities(workspace_id, &identities, now).await?;
@@ -240,8 +240,8 @@ async fn apply_event<'a, T: IngestTx>(
     for identity in event.identities.iter().chain(&event.previous_ids) {
         if let Some(owner) = state.owners.get(identity) {
             let owner = state.resolve(owner);
-            if !candidates.contains(&owner) {
-                candidates.push(owner);
+            if !candidates.iter().any(|candidate| candidate == owner) {
+                candidates.push(owner.to_owned());
             }
         }
     }

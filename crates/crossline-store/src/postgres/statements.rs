@@ -11,7 +11,7 @@ use crossline_core::consent::Consent;
 use crossline_core::profile::ProfileState;
 use crossline_core::{ConsentStatus, Identity, IdentityKind, Profile};
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row, Transaction};
 
@@ -21,7 +21,11 @@ pub(super) struct PgTx<'a> {
 }
 
 impl IngestTx for PgTx<'_> {
-    async fn existing_message_ids(&mut self, workspace_id: &str, ids: &[&str]) -> StoreResult<HashSet<String>> {
+    async fn existing_message_ids(
+        &mut self,
+        workspace_id: &str,
+        ids: &[&str],
+    ) -> StoreResult<foldhash::HashSet<String>> {
         let rows = self
             .tx
             .query(
@@ -36,7 +40,7 @@ impl IngestTx for PgTx<'_> {
         &mut self,
         workspace_id: &str,
         identities: &[Identity],
-    ) -> StoreResult<HashMap<Identity, String>> {
+    ) -> StoreResult<foldhash::HashMap<Identity, String>> {
         let kinds: Vec<&str> = identities.iter().map(|identity| identity.kind.as_str()).collect();
         let values: Vec<&str> = identities.iter().map(|identity| identity.value.as_str()).collect();
         let rows = self
@@ -48,7 +52,7 @@ impl IngestTx for PgTx<'_> {
                 &[&workspace_id, &kinds, &values],
             )
             .await?;
-        let mut owners = HashMap::new();
+        let mut owners = foldhash::HashMap::default();
         for row in rows {
             if let Ok(kind) = row.get::<_, &str>(0).parse::<IdentityKind>() {
                 owners.insert(Identity { kind, value: row.get(1) }, row.get(2));

@@ -14,7 +14,7 @@ use crossline_core::{ConsentStatus, Identity, IdentityKind, Profile};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 // Statements looked up by key. SQLite's planner is pinned with INDEXED BY where version 3.50 was
 // measured to pick a range scan over the whole workspace instead.
@@ -70,16 +70,20 @@ pub const KEYED_STATEMENTS: &[&str] = &[
 pub(super) struct SqliteTx<'a> {
     pub(super) conn: &'a Connection,
     /// `properties` and `context` as JSON text by message id, prepared off the writer thread.
-    pub(super) json: HashMap<&'a str, (&'a str, &'a str)>,
+    pub(super) json: foldhash::HashMap<&'a str, (&'a str, &'a str)>,
     /// The writer's identity owners, kept up to date with what this transaction reads and writes.
     /// The caller clears it if the transaction does not commit.
     pub(super) cache: Option<&'a mut IdentityCache>,
 }
 
 impl IngestTx for SqliteTx<'_> {
-    async fn existing_message_ids(&mut self, workspace_id: &str, ids: &[&str]) -> StoreResult<HashSet<String>> {
+    async fn existing_message_ids(
+        &mut self,
+        workspace_id: &str,
+        ids: &[&str],
+    ) -> StoreResult<foldhash::HashSet<String>> {
         let mut statement = self.conn.prepare_cached(EVENT_EXISTS)?;
-        let mut existing = HashSet::new();
+        let mut existing = foldhash::HashSet::default();
         for id in ids {
             if statement.exists((workspace_id, id))? {
                 existing.insert((*id).to_owned());
@@ -92,8 +96,8 @@ impl IngestTx for SqliteTx<'_> {
         &mut self,
         workspace_id: &str,
         identities: &[Identity],
-    ) -> StoreResult<HashMap<Identity, String>> {
-        let mut owners = HashMap::new();
+    ) -> StoreResult<foldhash::HashMap<Identity, String>> {
+        let mut owners = foldhash::HashMap::default();
         for identity in identities {
             if let Some(owner) = self.cache.as_mut().and_then(|cache| cache.get(workspace_id, identity)) {
                 owners.insert(identity.clone(), owner.as_ref().to_owned());
