@@ -37,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0003_conversations.sql"),
     include_str!("../../migrations/sqlite/0004_channels.sql"),
     include_str!("../../migrations/sqlite/0005_missed.sql"),
+    include_str!("../../migrations/sqlite/0006_profile_indexes.sql"),
 ];
 
 /// Most events committed in one group; bounds the time a group holds the write lock.
