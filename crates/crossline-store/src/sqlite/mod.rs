@@ -876,15 +876,21 @@ mod tests {
         }
     }
 
+    /// A store in a temporary directory (at `file` inside it) with one workspace.
+    async fn store_with_workspace(file: &str) -> (tempfile::TempDir, PathBuf, SqliteStore, crate::Workspace) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(file);
+        let store = SqliteStore::open(&path).await.unwrap();
+        let workspace = crate::testsuite::sample_workspace("test");
+        store.create_workspace(&workspace, "w", "a").await.unwrap();
+        (dir, path, store, workspace)
+    }
+
     /// One request of a group failing (here: an identity pointing at a profile that does not exist,
     /// which only a damaged database has) fails alone; the group's other requests are stored.
     #[tokio::test]
     async fn a_failing_request_does_not_fail_its_group() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("group.db");
-        let store = SqliteStore::open(&path).await.unwrap();
-        let workspace = crate::testsuite::sample_workspace("group");
-        store.create_workspace(&workspace, "w", "a").await.unwrap();
+        let (_dir, path, store, workspace) = store_with_workspace("group.db").await;
         Connection::open(&path)
             .unwrap()
             .execute(
@@ -920,15 +926,11 @@ mod tests {
 
     #[tokio::test]
     async fn reopening_keeps_data_and_migrations_are_idempotent() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("nested/dir/test.db");
-        let store = SqliteStore::open(&path).await.unwrap();
-        let workspace = crate::testsuite::sample_workspace("reopen");
-        store.create_workspace(&workspace, "w", "a").await.unwrap();
+        let (_dir, path, store, workspace) = store_with_workspace("nested/dir/test.db").await;
         drop(store);
         let mut conn = Connection::open(&path).unwrap();
         assert_eq!(migrate(&mut conn).unwrap(), 0);
         let store = SqliteStore::open(&path).await.unwrap();
-        assert_eq!(store.workspace(&workspace.id).await.unwrap().unwrap().name, "reopen");
+        assert_eq!(store.workspace(&workspace.id).await.unwrap().unwrap().name, "test");
     }
 }
