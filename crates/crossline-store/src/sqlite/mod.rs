@@ -227,12 +227,21 @@ impl SqliteStore {
 struct WalProgress {
     /// Frames in the WAL in the high half, frames copied into the database in the low half.
     frames: AtomicU64,
+    /// Checkpoint passes started, and the number of the pass `frames` comes from.
+    passes: AtomicU64,
+    reported: AtomicU64,
 }
 
 impl WalProgress {
-    fn report(&self, logged: i64, copied: i64) {
+    /// Number the pass about to run.
+    fn start_pass(&self) -> u64 {
+        self.passes.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn report(&self, pass: u64, logged: i64, copied: i64) {
         let (logged, copied) = (logged.clamp(0, u32::MAX.into()) as u64, copied.clamp(0, u32::MAX.into()) as u64);
         self.frames.store(logged << 32 | copied, Ordering::Relaxed);
+        self.reported.store(pass, Ordering::Relaxed);
     }
 
     fn get(&self) -> (i64, i64) {
@@ -240,12 +249,25 @@ impl WalProgress {
         ((frames >> 32) as i64, (frames & u64::from(u32::MAX)) as i64)
     }
 
-    /// Whether the writer should start the WAL over now: it is long, and (unless it is twice too
-    /// long) nearly all of it is copied already, so the restart has little left to copy while it
-    /// holds writes up.
-    fn restart_due(&self) -> bool {
+    /// The pass whose report will show a commit made now.
+    fn next_pass(&self) -> u64 {
+        self.passes.load(Ordering::Relaxed) + 1
+    }
+
+    /// Whether the writer should start the WAL over now; `next_pass` is what [`Self::next_pass`]
+    /// said at its last commit.
+    ///
+    /// Early and cheaply when a pass that began after the writer's last commit copied everything
+    /// (light writes under constant reads: readers that never pause would otherwise keep SQLite from
+    /// ever starting it over by itself) — there is nothing left to copy, so no database fsync holds
+    /// writes up. Under sustained writes, where copying never quite catches up, once it is long and
+    /// nearly all of it is copied; and regardless once it is twice too long.
+    fn restart_due(&self, next_pass: u64) -> bool {
         let (logged, copied) = self.get();
-        logged > RESTART_FRAMES && (logged - copied <= RESTART_RESIDUE_FRAMES || logged > 2 * RESTART_FRAMES)
+        let caught_up = self.reported.load(Ordering::Relaxed) >= next_pass && copied == logged;
+        (logged > RESTART_COPIED_FRAMES && caught_up)
+            || (logged > RESTART_FRAMES && logged - copied <= RESTART_RESIDUE_FRAMES)
+            || logged > 2 * RESTART_FRAMES
     }
 }
 
@@ -270,11 +292,12 @@ fn checkpoint_loop(path: &Path, stop: &mpsc::Receiver<()>, wal: &WalProgress) {
     let mut pause = CHECKPOINT_EVERY;
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(pause) {
         // (busy, frames in the WAL, frames copied)
+        let pass = wal.start_pass();
         match conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?)))
         {
             Ok((logged, copied)) => {
-                wal.report(logged, copied);
+                wal.report(pass, logged, copied);
                 pause = if logged - copied > CHECKPOINT_LAG_FRAMES || logged > RESTART_FRAMES {
                     CHECKPOINT_HURRY
                 } else {
@@ -305,7 +328,7 @@ fn restart_wal(conn: &Connection, wal: &WalProgress) {
     let _ = conn.busy_timeout(WRITER_BUSY_TIMEOUT);
     match outcome {
         Ok(true) => {
-            wal.report(0, 0);
+            wal.frames.store(0, Ordering::Relaxed);
             tracing::debug!(elapsed = ?started.elapsed(), "WAL started over");
         }
         // A reader or the checkpoint thread is in the way; the next commit tries again.
@@ -320,6 +343,8 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(1
 const CHECKPOINT_HURRY: std::time::Duration = std::time::Duration::from_millis(10);
 /// Frames left uncopied after which it hurries (8,192 pages, 32 MiB).
 const CHECKPOINT_LAG_FRAMES: i64 = 8_192;
+/// WAL length (frames) past which the writer starts a fully copied WAL over (16,384 pages, 64 MiB).
+const RESTART_COPIED_FRAMES: i64 = 16_384;
 /// WAL length (frames) past which the writer starts it over (262,144 pages, 1 GiB).
 const RESTART_FRAMES: i64 = 262_144;
 /// Uncopied frames a restart may have to copy itself (2,048 pages, 8 MiB).
@@ -377,8 +402,9 @@ fn writer_loop(
     let mut deferred: Vec<Command> = Vec::new();
     let mut cache = IdentityCache::default();
     let mut next_restart = std::time::Instant::now();
+    let mut committed_before = wal.next_pass();
     loop {
-        if wal.restart_due() && std::time::Instant::now() >= next_restart {
+        if wal.restart_due(committed_before) && std::time::Instant::now() >= next_restart {
             restart_wal(&conn, wal);
             // Not again before the checkpoint thread has reported on the WAL anew.
             next_restart = std::time::Instant::now() + CHECKPOINT_HURRY;
@@ -395,6 +421,7 @@ fn writer_loop(
                 // Any other write (an erasure, a bot turn's events) may change identities.
                 cache.clear();
                 let deliver = operation(&mut conn);
+                committed_before = wal.next_pass();
                 if let Err(mpsc::SendError(deliver)) = to_sync.send(deliver) {
                     deliver(Some("the sync thread has stopped".into()));
                 }
@@ -416,6 +443,7 @@ fn writer_loop(
                     }
                 }
                 commit_group(&mut conn, &mut cache, group, &to_sync);
+                committed_before = wal.next_pass();
             }
         }
     }
