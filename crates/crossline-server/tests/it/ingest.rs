@@ -61,6 +61,12 @@ async fn every_call_type_with_both_auth_styles_and_gzip() {
     // Every accepted request was published after it was stored.
     let first: Value = serde_json::from_slice(&bus.next().await.unwrap().payload).unwrap();
     assert_eq!(first["events"][0]["message_id"], "i1");
+    assert_eq!(first["workspace_id"], ws.id.as_str());
+    let published = &first["events"][0];
+    assert_eq!(published["type"], "identify");
+    assert!(published["profile_id"].as_str().is_some_and(|id| id.starts_with("prf_")), "{published}");
+    assert!(published["timestamp"].is_string() && published["channel"].is_string(), "{published}");
+    assert!(published.get("merged_profile_ids").is_none(), "only an event that merged names merged profiles");
     server.stop().await;
 }
 
