@@ -2,13 +2,13 @@
 //!
 //! One writer thread owns the only write connection. Ingest requests that arrive while it is busy
 //! are committed together in one transaction; one failing request cannot fail the others (the group
-//! is redone with a savepoint per request, see [`run_group`]). Commits are pipelined: the writer
+//! is redone with a savepoint per request, see `run_group`). Commits are pipelined: the writer
 //! commits with `synchronous=NORMAL` (frames written to the WAL, not yet synced) and hands the
 //! group's answers to a sync thread, which fsyncs the WAL and only then answers, while the writer
 //! goes on with the next group. An answered request is therefore exactly as durable as with
 //! `synchronous=FULL`, and one fsync covers every group that committed while the previous one was
 //! syncing. A checkpoint thread copies the WAL into the database; the writer starts the WAL over
-//! (see [`restart_wal`]). Reads use a small pool of read-only connections on the blocking pool,
+//! (see `restart_wal`). Reads use a small pool of read-only connections on the blocking pool,
 //! which WAL lets run beside the writer.
 
 mod cache;
