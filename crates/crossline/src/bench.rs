@@ -241,6 +241,17 @@ impl Generator {
     }
 }
 
+/// "p50 … ms, p99 … ms, max … ms" of sorted latencies, with `decimals` digits.
+fn latency_summary(sorted: &[Duration], decimals: usize) -> String {
+    let ms = |duration: Duration| duration.as_secs_f64() * 1e3;
+    format!(
+        "p50 {:.decimals$} ms, p99 {:.decimals$} ms, max {:.decimals$} ms",
+        ms(percentile(sorted, 0.50)),
+        ms(percentile(sorted, 0.99)),
+        ms(sorted.last().copied().unwrap_or_default()),
+    )
+}
+
 fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -384,12 +395,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     );
     println!("  acknowledged events: {events} ({failures} failed requests), {:.1} MB sent", bytes as f64 / 1e6);
     println!("  throughput:          {rate:.0} events/s ({:.0} requests/s)", latencies.len() as f64 / elapsed);
-    println!(
-        "  request latency:     p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
-    );
+    println!("  request latency:     {}", latency_summary(&latencies, 2));
     if let Some(idle) = idle_rss {
         println!("  server RSS:          idle {:.1} MB, peak {:.1} MB", idle as f64 / 1024.0, peak_rss as f64 / 1024.0);
     }
@@ -484,12 +490,10 @@ async fn lookup(args: LookupArgs) -> anyhow::Result<()> {
     }
     latencies.sort();
     println!(
-        "crossline bench lookup: {} profiles, {} lookups: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        "crossline bench lookup: {} profiles, {} lookups: {}",
         args.profiles,
         args.lookups,
-        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        latency_summary(&latencies, 3),
     );
     Ok(())
 }
@@ -620,13 +624,11 @@ async fn turn(args: TurnArgs) -> anyhow::Result<()> {
     latencies.sort();
     let backend = if args.database_url.is_some() { "postgres" } else { "sqlite" };
     println!(
-        "crossline bench turn: {backend}, {intent_count} intents, {} clients, {elapsed:.1} s: {} turns, {:.0} turns/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "crossline bench turn: {backend}, {intent_count} intents, {} clients, {elapsed:.1} s: {} turns, {:.0} turns/s, {}",
         args.clients,
         latencies.len(),
         latencies.len() as f64 / elapsed,
-        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        latency_summary(&latencies, 2),
     );
     let _ = child.process.kill().await;
     if latencies.is_empty() {
@@ -738,15 +740,13 @@ async fn chat(args: ChatArgs) -> anyhow::Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort();
     println!(
-        "crossline bench chat: sqlite, {} intents, {} sockets, a message every {:.1} s each, {elapsed:.1} s: {} turns, {:.0} turns/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {failed} failed; server RSS with sockets open {} MiB, peak {} MiB",
+        "crossline bench chat: sqlite, {} intents, {} sockets, a message every {:.1} s each, {elapsed:.1} s: {} turns, {:.0} turns/s, {}, {failed} failed; server RSS with sockets open {} MiB, peak {} MiB",
         bench.intent_count,
         args.sockets,
         args.interval,
         latencies.len(),
         latencies.len() as f64 / elapsed,
-        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        latency_summary(&latencies, 2),
         open_rss.unwrap_or_default() / 1024,
         peak_rss / 1024,
     );
