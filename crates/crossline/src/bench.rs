@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// The benchmarks.
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// Drive `/v1/batch` from concurrent clients and report events/s, latency and server memory.
+    /// Drive `/v1/batch` from concurrent clients and report events/s, latency, server memory and CPU per event.
     Ingest(IngestArgs),
     /// Profile lookup by identity, in-process, on a store holding many profiles.
     Lookup(LookupArgs),
