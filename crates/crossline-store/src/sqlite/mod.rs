@@ -13,6 +13,7 @@
 
 mod cache;
 mod statements;
+mod timeline;
 
 pub use statements::KEYED_STATEMENTS;
 
@@ -31,6 +32,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
+use timeline::{Limits, Pending, Timeline, TimelineWriter};
 use tokio::sync::oneshot;
 
 const MIGRATIONS: &[&str] = &[
@@ -40,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0004_channels.sql"),
     include_str!("../../migrations/sqlite/0005_missed.sql"),
     include_str!("../../migrations/sqlite/0006_profile_indexes.sql"),
+    include_str!("../../migrations/sqlite/0007_timeline.sql"),
 ];
 
 /// Most events committed in one group; bounds the time a group holds the write lock.
@@ -48,7 +51,7 @@ const MAX_GROUP_EVENTS: usize = 20_000;
 /// Answers a request once its commit is durable; given the fsync error, if there was one.
 type Deliver = Box<dyn FnOnce(Option<String>) + Send>;
 
-type WriteFn = Box<dyn FnOnce(&mut Connection) -> Deliver + Send>;
+type WriteFn = Box<dyn FnOnce(&mut Connection, &mut TimelineWriter) -> Deliver + Send>;
 
 enum Command {
     Ingest {
@@ -66,6 +69,7 @@ enum Command {
 pub struct SqliteStore {
     writer: mpsc::Sender<Command>,
     readers: Arc<ReaderPool>,
+    timeline: Arc<Timeline>,
     // Dropping it stops the checkpoint thread.
     _checkpointer: mpsc::Sender<()>,
 }
@@ -139,15 +143,24 @@ pub fn migrate(conn: &mut Connection) -> StoreResult<usize> {
 impl SqliteStore {
     /// Open (creating if needed) the database file at `path` and start the writer thread.
     pub async fn open(path: &Path) -> StoreResult<Self> {
+        Self::open_with(path, Limits::default()).await
+    }
+
+    async fn open_with(path: &Path, limits: Limits) -> StoreResult<Self> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|err| {
                 StoreError::Backend(format!("cannot create data directory {}: {err}", parent.display()))
             })?;
         }
         let writer_path = path.to_owned();
-        let conn = tokio::task::spawn_blocking(move || open_writer(&writer_path))
-            .await
-            .map_err(|err| StoreError::Backend(err.to_string()))??;
+        let (conn, timeline) = tokio::task::spawn_blocking(move || {
+            let conn = open_writer(&writer_path)?;
+            let timeline = TimelineWriter::open(&conn, limits)?;
+            Ok::<_, StoreError>((conn, timeline))
+        })
+        .await
+        .map_err(|err| StoreError::Backend(err.to_string()))??;
+        let shared_timeline = timeline.shared().clone();
         let wal_path = wal_path(path);
         sync_file(&wal_path, &mut None).map_err(StoreError::Backend)?;
         let (to_sync, pending) = mpsc::channel::<Deliver>();
@@ -160,7 +173,7 @@ impl SqliteStore {
         let writer_wal = wal.clone();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, receiver, to_sync, &writer_wal))
+            .spawn(move || writer_loop(conn, timeline, receiver, to_sync, &writer_wal))
             .map_err(|err| StoreError::Backend(err.to_string()))?;
         let (checkpointer, stop) = mpsc::channel::<()>();
         let checkpoint_path = path.to_owned();
@@ -171,6 +184,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             _checkpointer: checkpointer,
             writer: sender,
+            timeline: shared_timeline,
             readers: Arc::new(ReaderPool {
                 path: path.to_owned(),
                 idle: Mutex::new(Vec::new()),
@@ -183,12 +197,22 @@ impl SqliteStore {
         &self,
         operation: impl FnOnce(&rusqlite::Transaction<'_>) -> StoreResult<R> + Send + 'static,
     ) -> StoreResult<R> {
+        self.write_events(move |tx, _| operation(tx)).await
+    }
+
+    /// A write that may add, move or erase events: it numbers them and records what the timeline
+    /// tail learns at commit in `Pending`.
+    async fn write_events<R: Send + 'static>(
+        &self,
+        operation: impl FnOnce(&rusqlite::Transaction<'_>, &mut Pending) -> StoreResult<R> + Send + 'static,
+    ) -> StoreResult<R> {
         let (reply, answer) = oneshot::channel();
-        let command: WriteFn = Box::new(move |conn: &mut Connection| {
+        let command: WriteFn = Box::new(move |conn: &mut Connection, timeline: &mut TimelineWriter| {
             let result = (|| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let value = operation(&tx)?;
-                tx.commit()?;
+                let mut pending = timeline.pending();
+                let value = operation(&tx, &mut pending)?;
+                timeline.commit(tx, pending)?;
                 Ok(value)
             })();
             Box::new(move |sync_error: Option<String>| {
@@ -397,6 +421,7 @@ fn sync_loop(path: &Path, pending: &mpsc::Receiver<Deliver>) {
 
 fn writer_loop(
     mut conn: Connection,
+    mut timeline: TimelineWriter,
     commands: mpsc::Receiver<Command>,
     to_sync: mpsc::Sender<Deliver>,
     wal: &WalProgress,
@@ -413,16 +438,24 @@ fn writer_loop(
         }
         let command = match deferred.pop() {
             Some(command) => command,
-            None => match commands.recv() {
+            None => match timeline.idle_after().map_or_else(
+                || commands.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                |wait| commands.recv_timeout(wait),
+            ) {
                 Ok(command) => command,
-                Err(_) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    timeline.step(&mut conn, true);
+                    committed_before = wal.next_pass();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             },
         };
         match command {
             Command::Write(operation) => {
                 // Any other write (an erasure, a bot turn's events) may change identities.
                 cache.clear();
-                let deliver = operation(&mut conn);
+                let deliver = operation(&mut conn, &mut timeline);
                 committed_before = wal.next_pass();
                 if let Err(mpsc::SendError(deliver)) = to_sync.send(deliver) {
                     deliver(Some("the sync thread has stopped".into()));
@@ -444,10 +477,11 @@ fn writer_loop(
                         Err(_) => break,
                     }
                 }
-                commit_group(&mut conn, &mut cache, group, &to_sync);
+                commit_group(&mut conn, &mut cache, &mut timeline, group, &to_sync);
                 committed_before = wal.next_pass();
             }
         }
+        timeline.step(&mut conn, false);
     }
     tracing::debug!("SQLite writer stopped");
 }
@@ -467,6 +501,7 @@ struct IngestRequest {
 fn run_group(
     conn: &mut Connection,
     cache: &mut IdentityCache,
+    timeline: &mut TimelineWriter,
     group: &[IngestRequest],
     now: DateTime<Utc>,
     savepoints: bool,
@@ -474,6 +509,7 @@ fn run_group(
     // IMMEDIATE: take the write lock first, waiting (busy timeout) while a WAL restart holds it,
     // rather than failing at once when a deferred transaction has already read.
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut pending = timeline.pending();
     let mut results = Vec::with_capacity(group.len());
     for request in group {
         let json = request
@@ -483,7 +519,8 @@ fn run_group(
             .map(|(event, (properties, context))| (event.message_id.as_str(), (properties.as_str(), context.as_str())))
             .collect();
         if !savepoints {
-            let mut statements = statements::SqliteTx { conn: &tx, json, cache: Some(&mut *cache) };
+            let mut statements =
+                statements::SqliteTx { conn: &tx, json, cache: Some(&mut *cache), pending: &mut pending };
             match futures::executor::block_on(apply_batch(&mut statements, &request.workspace_id, &request.events, now))
             {
                 Ok(done) => results.push(Ok(done)),
@@ -496,30 +533,34 @@ fn run_group(
             continue;
         }
         let mut savepoint = tx.savepoint()?;
-        let mut statements = statements::SqliteTx { conn: &savepoint, json, cache: Some(&mut *cache) };
+        let mark = pending.mark();
+        let mut statements =
+            statements::SqliteTx { conn: &savepoint, json, cache: Some(&mut *cache), pending: &mut pending };
         let result =
             futures::executor::block_on(apply_batch(&mut statements, &request.workspace_id, &request.events, now));
         if result.is_ok() {
             savepoint.commit()?;
         } else {
             cache.clear();
+            pending.rollback_to(mark);
             savepoint.rollback()?;
         }
         results.push(result);
     }
-    tx.commit()?;
+    timeline.commit(tx, pending)?;
     Ok(Some(results))
 }
 
 fn commit_group(
     conn: &mut Connection,
     cache: &mut IdentityCache,
+    timeline: &mut TimelineWriter,
     group: Vec<IngestRequest>,
     to_sync: &mpsc::Sender<Deliver>,
 ) {
     let now = Utc::now();
-    let committed = match run_group(conn, cache, &group, now, false) {
-        Ok(None) => run_group(conn, cache, &group, now, true),
+    let committed = match run_group(conn, cache, timeline, &group, now, false) {
+        Ok(None) => run_group(conn, cache, timeline, &group, now, true),
         other => other,
     };
     if committed.is_err() {
@@ -639,7 +680,8 @@ impl ProfileStore for SqliteStore {
 
     async fn events(&self, workspace_id: &str, profile_id: &str, query: &EventQuery) -> StoreResult<Vec<StoredEvent>> {
         let (workspace_id, profile_id, query) = (workspace_id.to_owned(), profile_id.to_owned(), query.clone());
-        self.read(move |conn| statements::events(conn, &workspace_id, &profile_id, &query)).await
+        let timeline = self.timeline.clone();
+        self.read(move |conn| statements::events(conn, &timeline, &workspace_id, &profile_id, &query)).await
     }
 
     async fn set_consent(
@@ -657,7 +699,7 @@ impl ProfileStore for SqliteStore {
 
     async fn delete_profile(&self, workspace_id: &str, profile_id: &str) -> StoreResult<bool> {
         let (workspace_id, profile_id) = (workspace_id.to_owned(), profile_id.to_owned());
-        self.write(move |tx| statements::delete_profile(tx, &workspace_id, &profile_id)).await
+        self.write_events(move |tx, pending| statements::delete_profile(tx, pending, &workspace_id, &profile_id)).await
     }
 
     async fn list_profiles(&self, workspace_id: &str, query: &ProfileQuery) -> StoreResult<ProfilePage> {
@@ -800,9 +842,9 @@ impl crate::ConversationStore for SqliteStore {
         // the conversation cannot have changed since the turn read it: no check on the (busiest)
         // writer thread. PostgreSQL, shared by nodes, checks.
         let (workspace_id, conversation, messages) = (workspace_id.to_owned(), conversation.clone(), messages.to_vec());
-        self.write(move |tx| {
+        self.write_events(move |tx, pending| {
             statements::save_conversation(tx, &workspace_id, &conversation, &messages)?;
-            let mut statements = statements::SqliteTx { conn: tx, json: Default::default(), cache: None };
+            let mut statements = statements::SqliteTx { conn: tx, json: Default::default(), cache: None, pending };
             futures::executor::block_on(apply_batch(&mut statements, &workspace_id, &events, Utc::now()))
         })
         .await
@@ -889,6 +931,172 @@ mod tests {
         .await;
     }
 
+    /// The same suite with a timeline flush after every write, a chunk of one entry at a time, so
+    /// reads, merges and erasures meet flushes under way.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_passes_the_conformance_suite_while_flushing_timelines() {
+        let dir = tempfile::tempdir().unwrap();
+        let counter = std::sync::atomic::AtomicUsize::new(0);
+        crate::testsuite::run_all(|| {
+            let path =
+                dir.path().join(format!("test-{}.db", counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst)));
+            async move {
+                Arc::new(
+                    SqliteStore::open_with(&path, Limits { flush_entries: 1, chunk: 1, when_idle: false })
+                        .await
+                        .unwrap(),
+                ) as crate::DynStore
+            }
+        })
+        .await;
+    }
+
+    /// The number of events on a profile's timeline, checking none shows twice.
+    async fn timeline_len(store: &SqliteStore, workspace_id: &str, profile: &str) -> usize {
+        let events = store.events(workspace_id, profile, &EventQuery { limit: 1000, kind: None }).await.unwrap();
+        let mut ids: Vec<&str> = events.iter().map(|event| event.id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), events.len(), "no event twice");
+        events.len()
+    }
+
+    /// Timelines stay whole through flushes, merges and erasures in any order, and after the store
+    /// is reopened with entries left in the tail (rebuilt from the events past the watermark).
+    #[tokio::test]
+    async fn timelines_survive_flushes_merges_erasures_and_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("timeline.db");
+        let limits = Limits { flush_entries: 7, chunk: 3, when_idle: false };
+        let store = SqliteStore::open_with(&path, limits).await.unwrap();
+        let workspace = crate::testsuite::sample_workspace("test");
+        store.create_workspace(&workspace, "w", "a").await.unwrap();
+        let ingest = |batch: serde_json::Value| {
+            let store = &store;
+            let workspace_id = workspace.id.clone();
+            async move { store.ingest(&workspace_id, crate::testsuite::events(batch)).await.unwrap() }
+        };
+        let mut message = 0;
+        let mut track = |who: (&str, &str), count: usize| {
+            let batch: Vec<serde_json::Value> = (0..count)
+                .map(|_| {
+                    message += 1;
+                    serde_json::json!({"type": "track", "messageId": format!("m{message}"), who.0: who.1,
+                        "event": "Viewed", "timestamp": format!("2026-11-01T10:{:02}:00Z", message % 60)})
+                })
+                .collect();
+            serde_json::json!({ "batch": batch })
+        };
+        let web = ingest(track(("anonymousId", "web-1"), 5)).await[0].profile_id.clone().unwrap();
+        let app = ingest(track(("userId", "ada"), 4)).await[0].profile_id.clone().unwrap();
+        let gone = ingest(track(("userId", "bo"), 6)).await[0].profile_id.clone().unwrap();
+        ingest(track(("anonymousId", "web-1"), 3)).await;
+        // A merge in the same request as more events for both, while a flush may be under way.
+        let mut batch = track(("userId", "ada"), 2);
+        batch["batch"].as_array_mut().unwrap().push(serde_json::json!(
+            {"type": "identify", "messageId": "join", "userId": "ada", "anonymousId": "web-1"}));
+        ingest(batch).await;
+        assert!(store.delete_profile(&workspace.id, &gone).await.unwrap());
+        ingest(track(("userId", "bo"), 2)).await;
+        // 5 + 4 + 3 + 2 tracks, the identify and the merge record.
+        assert_eq!(timeline_len(&store, &workspace.id, &web).await, 16);
+        assert_eq!(
+            timeline_len(&store, &workspace.id, &app).await,
+            16,
+            "the merged-away id shows the survivor's timeline"
+        );
+        assert_eq!(timeline_len(&store, &workspace.id, &gone).await, 0);
+        let bo = Identity { kind: crossline_core::IdentityKind::UserId, value: "bo".into() };
+        let bo = store.lookup(&workspace.id, &bo).await;
+        let bo = bo.unwrap().unwrap().id;
+        assert_eq!(timeline_len(&store, &workspace.id, &bo).await, 2, "events after an erasure start a new profile");
+        let page = store.events(&workspace.id, &web, &EventQuery { limit: 3, kind: None }).await.unwrap();
+        assert_eq!(page.len(), 3);
+        assert!(page.windows(2).all(|pair| pair[0].timestamp >= pair[1].timestamp), "newest first");
+        drop(store);
+        for limits in [limits, Limits::default()] {
+            let store = SqliteStore::open_with(&path, limits).await.unwrap();
+            assert_eq!(timeline_len(&store, &workspace.id, &web).await, 16);
+            assert_eq!(timeline_len(&store, &workspace.id, &gone).await, 0);
+            assert_eq!(timeline_len(&store, &workspace.id, &bo).await, 2);
+        }
+        let conn = Connection::open(&path).unwrap();
+        let unindexed: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM events WHERE seq NOT IN (SELECT seq FROM timeline)
+                 AND seq <= (SELECT watermark FROM timeline_state)",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(unindexed, 0, "every event up to the watermark is in the timeline table");
+        let dangling: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM timeline t LEFT JOIN events e ON e.seq = t.seq AND e.profile_id = t.profile_id
+                 WHERE e.seq IS NULL",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(dangling, 0, "no entry names an erased event or an owner it no longer has");
+    }
+
+    /// A merge moves the events that earlier requests of its group stored, and a later merge in the
+    /// group moves on what an earlier one moved: the tail learns of neither before the commit.
+    #[tokio::test]
+    async fn merges_in_a_group_move_what_the_group_stored_before_them() {
+        let (_dir, path, store, workspace) = store_with_workspace("group-merges.db").await;
+        let events = |batch: serde_json::Value| crate::testsuite::events(serde_json::json!({ "batch": batch }));
+        let mut created = Vec::new();
+        for batch in [
+            serde_json::json!([{"type": "identify", "messageId": "c0", "anonymousId": "c", "traits": {"email": "c@example.com"}}]),
+            serde_json::json!([{"type": "identify", "messageId": "b0", "anonymousId": "b", "userId": "ub"}]),
+            serde_json::json!([{"type": "track", "messageId": "a0", "anonymousId": "a", "event": "Viewed"}]),
+        ] {
+            created.push(store.ingest(&workspace.id, events(batch)).await.unwrap()[0].profile_id.clone().unwrap());
+            // Profiles created in the same millisecond would survive by id, not by age.
+            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        }
+        drop(store);
+        let request = |batch: serde_json::Value| {
+            let events = events(batch);
+            let json = events.iter().map(|_| ("{}".to_owned(), "{}".to_owned())).collect();
+            let (reply, answer) = oneshot::channel();
+            (IngestRequest { workspace_id: workspace.id.clone(), events, json, reply }, answer)
+        };
+        let (tracks, _) = request(serde_json::json!([
+            {"type": "track", "messageId": "a1", "anonymousId": "a", "event": "Viewed"},
+            {"type": "track", "messageId": "a2", "anonymousId": "a", "event": "Viewed"}]));
+        let (into_b, _) = request(
+            serde_json::json!([{"type": "track", "messageId": "ab", "anonymousId": "a", "userId": "ub", "event": "Joined"}]),
+        );
+        let (into_c, answer) = request(
+            serde_json::json!([{"type": "identify", "messageId": "bc", "userId": "ub", "traits": {"email": "c@example.com"}}]),
+        );
+        let mut conn = open_writer(&path).unwrap();
+        let mut timeline = TimelineWriter::open(&conn, Limits::default()).unwrap();
+        let (to_sync, synced) = mpsc::channel::<Deliver>();
+        commit_group(&mut conn, &mut IdentityCache::default(), &mut timeline, vec![tracks, into_b, into_c], &to_sync);
+        synced.recv().unwrap()(None);
+        let outcome = answer.await.unwrap().unwrap();
+        assert_eq!(outcome[0].profile_id.as_deref(), Some(created[0].as_str()), "the oldest profile survives");
+        // c0, b0, a0, a1, a2, ab, bc and two merge records.
+        assert_eq!(timeline.shared().lock().entries_of(&created[0]).len(), 9, "the tail moved with the merges");
+        let owners: Vec<String> = conn
+            .prepare("SELECT DISTINCT profile_id FROM events")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(owners, vec![created[0].clone()], "every event row names the survivor");
+        drop(conn);
+        let store = SqliteStore::open(&path).await.unwrap();
+        for profile in &created {
+            assert_eq!(timeline_len(&store, &workspace.id, profile).await, 9);
+        }
+    }
+
     #[test]
     fn keyed_statements_never_scan_a_workspace() {
         let mut conn = Connection::open_in_memory().unwrap();
@@ -941,7 +1149,8 @@ mod tests {
         let (last, last_answer) = request("grace", "m3");
         let mut conn = open_writer(&path).unwrap();
         let (to_sync, synced) = mpsc::channel::<Deliver>();
-        commit_group(&mut conn, &mut IdentityCache::default(), vec![first, broken, last], &to_sync);
+        let mut timeline = TimelineWriter::open(&conn, Limits::default()).unwrap();
+        commit_group(&mut conn, &mut IdentityCache::default(), &mut timeline, vec![first, broken, last], &to_sync);
         drop(to_sync);
         if let Ok(deliver) = synced.recv() {
             deliver(None);

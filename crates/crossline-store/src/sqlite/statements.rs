@@ -1,6 +1,7 @@
 //! SQL for the SQLite backend.
 
 use super::cache::IdentityCache;
+use super::timeline::{Pending, Timeline};
 use crate::ingest::{EventRow, IngestTx};
 use crate::stats::{fill_days, window_start};
 use crate::{
@@ -20,14 +21,18 @@ use std::collections::{BTreeMap, HashMap};
 // measured to pick a range scan over the whole workspace instead.
 const EVENT_EXISTS: &str = "SELECT 1 FROM events WHERE workspace_id = ?1 AND message_id = ?2";
 const MOVE_IDENTITIES: &str = "UPDATE identities INDEXED BY identities_profile SET profile_id = ?1 WHERE workspace_id = ?2 AND profile_id = ?3 RETURNING kind, value";
-const MOVE_EVENTS: &str =
-    "UPDATE events INDEXED BY events_profile SET profile_id = ?1 WHERE workspace_id = ?2 AND profile_id = ?3";
+// Events of a profile are found through `timeline` and the writer's tail (see `timeline.rs`), then
+// changed by `seq`; each statement on `events` checks the workspace and owner on the row.
+const TIMELINE_SEQS: &str = "SELECT seq FROM timeline WHERE profile_id = ?1";
+const MOVE_TIMELINE: &str = "UPDATE timeline SET profile_id = ?1 WHERE profile_id = ?2";
+const DELETE_TIMELINE: &str = "DELETE FROM timeline WHERE profile_id = ?1";
+const MOVE_EVENT: &str = "UPDATE events SET profile_id = ?1 WHERE seq = ?2 AND workspace_id = ?3 AND profile_id = ?4";
+const ERASE_EVENT: &str = "DELETE FROM events WHERE seq = ?1 AND workspace_id = ?2 AND profile_id = ?3 RETURNING timestamp / 86400000, channel";
 const REPOINT_TOMBSTONES: &str =
     "UPDATE profiles INDEXED BY profiles_merged_into SET merged_into = ?1 WHERE workspace_id = ?2 AND merged_into = ?3";
 const IDENTITY_OWNER: &str = "SELECT profile_id FROM identities WHERE workspace_id = ?1 AND kind = ?2 AND value = ?3";
 const IDENTITIES_OF: &str = "SELECT kind, value FROM identities WHERE workspace_id = ?1 AND profile_id = ?2";
 const MERGED_INTO: &str = "SELECT merged_into FROM profiles WHERE workspace_id = ?1 AND id = ?2";
-const DELETE_EVENTS: &str = "DELETE FROM events INDEXED BY events_profile WHERE workspace_id = ?1 AND profile_id = ?2";
 const DELETE_IDENTITIES: &str =
     "DELETE FROM identities INDEXED BY identities_profile WHERE workspace_id = ?1 AND profile_id = ?2";
 const DELETE_TOMBSTONES: &str =
@@ -46,13 +51,24 @@ const OPEN_CONVERSATION: &str =
     ORDER BY updated_at DESC LIMIT 1";
 const TOMBSTONE: &str = "UPDATE profiles SET merged_into = ?1, traits = '{}', trait_times = '{}', consent = '{}' WHERE workspace_id = ?2 AND id = ?3";
 const PROFILE_STATE: &str = "SELECT traits, trait_times, consent, created_at, updated_at FROM profiles WHERE workspace_id = ?1 AND id = ?2 AND merged_into IS NULL";
-const TIMELINE: &str = "SELECT message_id, profile_id, kind, name, properties, context, timestamp, received_at, channel FROM events WHERE workspace_id = ?1 AND profile_id = ?2 AND (?3 IS NULL OR kind = ?3) ORDER BY timestamp DESC, seq DESC LIMIT ?4";
+const TIMELINE: &str = "SELECT e.message_id, e.profile_id, e.kind, e.name, e.properties, e.context, e.timestamp, e.received_at, e.channel, e.seq
+    FROM timeline t CROSS JOIN events e ON e.seq = t.seq
+    WHERE t.profile_id = ?2 AND e.profile_id = ?2 AND e.workspace_id = ?1 AND (?3 IS NULL OR e.kind = ?3)
+    ORDER BY t.timestamp DESC, t.seq DESC LIMIT ?4";
+const EVENT_BY_SEQ: &str =
+    "SELECT message_id, profile_id, kind, name, properties, context, timestamp, received_at, channel, seq
+    FROM events WHERE seq = ?4 AND workspace_id = ?1 AND profile_id = ?2 AND (?3 IS NULL OR kind = ?3)";
 
 /// Statements that must find their rows by key; `examples/plans.rs` and a test check their plans.
 pub const KEYED_STATEMENTS: &[&str] = &[
     EVENT_EXISTS,
     MOVE_IDENTITIES,
-    MOVE_EVENTS,
+    TIMELINE_SEQS,
+    MOVE_TIMELINE,
+    DELETE_TIMELINE,
+    MOVE_EVENT,
+    ERASE_EVENT,
+    EVENT_BY_SEQ,
     REPOINT_TOMBSTONES,
     TOMBSTONE,
     IDENTITY_OWNER,
@@ -60,7 +76,6 @@ pub const KEYED_STATEMENTS: &[&str] = &[
     MERGED_INTO,
     PROFILE_STATE,
     TIMELINE,
-    DELETE_EVENTS,
     DELETE_IDENTITIES,
     DELETE_TOMBSTONES,
     DELETE_PROFILE,
@@ -74,6 +89,8 @@ pub(super) struct SqliteTx<'a> {
     /// The writer's identity owners, kept up to date with what this transaction reads and writes.
     /// The caller clears it if the transaction does not commit.
     pub(super) cache: Option<&'a mut IdentityCache>,
+    /// Event numbers and the timeline changes the writer applies when this transaction commits.
+    pub(super) pending: &'a mut Pending,
 }
 
 impl IngestTx for SqliteTx<'_> {
@@ -133,7 +150,16 @@ impl IngestTx for SqliteTx<'_> {
         }
         drop(rows);
         drop(moved);
-        conn.prepare_cached(MOVE_EVENTS)?.execute((survivor, workspace_id, loser))?;
+        let mut seqs: Vec<i64> =
+            conn.prepare_cached(TIMELINE_SEQS)?.query_map([loser], |row| row.get(0))?.collect::<Result<_, _>>()?;
+        seqs.extend(self.pending.merge(loser, survivor));
+        seqs.sort_unstable();
+        seqs.dedup();
+        let mut move_event = conn.prepare_cached(MOVE_EVENT)?;
+        for seq in seqs {
+            move_event.execute((survivor, seq, workspace_id, loser))?;
+        }
+        conn.prepare_cached(MOVE_TIMELINE)?.execute((survivor, loser))?;
         conn.prepare_cached(MOVE_CONVERSATIONS)?.execute((survivor, workspace_id, loser))?;
         // Two statements, not one with OR: an OR cannot use the partial index and scans every profile.
         // INDEXED BY because SQLite 3.50's planner otherwise walks the whole workspace's primary-key
@@ -163,8 +189,8 @@ impl IngestTx for SqliteTx<'_> {
 
     async fn insert_events(&mut self, workspace_id: &str, rows: &[EventRow<'_>]) -> StoreResult<()> {
         let mut statement = self.conn.prepare_cached(
-            "INSERT INTO events (workspace_id, message_id, profile_id, kind, name, channel, properties, context, timestamp, received_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO events (workspace_id, message_id, profile_id, kind, name, channel, properties, context, timestamp, received_at, seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?;
         for row in rows {
             let (properties, context) = match self.json.get(row.message_id.as_str()) {
@@ -174,6 +200,8 @@ impl IngestTx for SqliteTx<'_> {
                     Cow::Owned(serde_json::to_string(&*row.context)?),
                 ),
             };
+            let timestamp = to_millis(row.timestamp);
+            let seq = self.pending.add(&row.profile_id, timestamp);
             statement.execute(params![
                 workspace_id,
                 row.message_id,
@@ -183,8 +211,9 @@ impl IngestTx for SqliteTx<'_> {
                 row.channel,
                 properties,
                 context,
-                to_millis(row.timestamp),
+                timestamp,
                 to_millis(row.received_at),
+                seq,
             ])?;
         }
         Ok(())
@@ -305,8 +334,13 @@ pub(super) fn live_profile(conn: &Connection, workspace_id: &str, id: &str) -> S
     Ok(Some(Profile::from_state(state, identities)))
 }
 
-fn event_from_row(row: &Row<'_>) -> rusqlite::Result<(StoredEvent, String, String)> {
+/// A timeline row with its `(timestamp, seq)`, and its properties and context as JSON text.
+type TimelineRow = ((i64, i64), StoredEvent, String, String);
+
+fn event_from_row(row: &Row<'_>) -> rusqlite::Result<TimelineRow> {
+    let timestamp = row.get(6)?;
     Ok((
+        (timestamp, row.get(9)?),
         StoredEvent {
             id: row.get(0)?,
             profile_id: row.get(1)?,
@@ -314,7 +348,7 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<(StoredEvent, String, Strin
             event: row.get(3)?,
             properties: Map::new(),
             context: Map::new(),
-            timestamp: from_millis(row.get(6)?),
+            timestamp: from_millis(timestamp),
             received_at: from_millis(row.get(7)?),
             channel: row.get(8)?,
         },
@@ -323,25 +357,52 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<(StoredEvent, String, Strin
     ))
 }
 
+/// A profile's events, newest first: those in the `timeline` table and those still in the
+/// writer's tail, from one snapshot taken while the tail is locked (see `timeline.rs`).
 pub(super) fn events(
     conn: &Connection,
+    timeline: &Timeline,
     workspace_id: &str,
     profile_id: &str,
     query: &EventQuery,
 ) -> StoreResult<Vec<StoredEvent>> {
-    let Some(live) = live_profile_id(conn, workspace_id, profile_id)? else {
-        return Ok(Vec::new());
+    let read = conn.unchecked_transaction()?;
+    let (live, mut recent) = {
+        let tail = timeline.lock();
+        let Some(live) = live_profile_id(&read, workspace_id, profile_id)? else {
+            return Ok(Vec::new());
+        };
+        let recent = tail.entries_of(&live);
+        (live, recent)
     };
-    let mut statement = conn.prepare_cached(TIMELINE)?;
-    let rows = statement.query_map(params![workspace_id, live, query.kind, query.limit as i64], event_from_row)?;
-    let mut events = Vec::new();
-    for row in rows {
-        let (mut event, properties, context) = row?;
-        event.properties = parse_json(&properties)?;
-        event.context = parse_json(&context)?;
-        events.push(event);
+    let limit = query.limit;
+    let mut statement = read.prepare_cached(TIMELINE)?;
+    let mut rows: Vec<TimelineRow> = statement
+        .query_map(params![workspace_id, live, query.kind, limit as i64], event_from_row)?
+        .collect::<Result<_, _>>()?;
+    recent.sort_unstable_by(|a, b| b.cmp(a));
+    let mut by_seq = read.prepare_cached(EVENT_BY_SEQ)?;
+    let mut found = 0;
+    for (_, seq) in recent {
+        if found == limit {
+            break;
+        }
+        if let Some(row) = by_seq.query_row(params![workspace_id, live, query.kind, seq], event_from_row).optional()? {
+            rows.push(row);
+            found += 1;
+        }
     }
-    Ok(events)
+    // A flush under way puts entries in the table before it drops them from the tail.
+    rows.sort_unstable_by_key(|row| std::cmp::Reverse(row.0));
+    rows.dedup_by_key(|row| row.0);
+    rows.truncate(limit);
+    rows.into_iter()
+        .map(|(_, mut event, properties, context)| {
+            event.properties = parse_json(&properties)?;
+            event.context = parse_json(&context)?;
+            Ok(event)
+        })
+        .collect()
 }
 
 pub(super) fn set_consent(
@@ -365,21 +426,33 @@ pub(super) fn set_consent(
     Ok(Some(Profile::from_state(state, identities)))
 }
 
-pub(super) fn delete_profile(conn: &Connection, workspace_id: &str, profile_id: &str) -> StoreResult<bool> {
+pub(super) fn delete_profile(
+    conn: &Connection,
+    pending: &mut Pending,
+    workspace_id: &str,
+    profile_id: &str,
+) -> StoreResult<bool> {
     let Some(live) = live_profile_id(conn, workspace_id, profile_id)? else {
         return Ok(false);
     };
-    let mut statement = conn.prepare_cached(
-        "SELECT timestamp / 86400000, channel, count(*) FROM events INDEXED BY events_profile
-         WHERE workspace_id = ?1 AND profile_id = ?2 GROUP BY 1, 2",
-    )?;
-    let erased: Vec<(i64, String, i64)> = statement
-        .query_map((workspace_id, &live), |row| Ok((row.get(0)?, row.get(1)?, -row.get::<_, i64>(2)?)))?
-        .collect::<Result<_, _>>()?;
+    let mut seqs: Vec<i64> =
+        conn.prepare_cached(TIMELINE_SEQS)?.query_map([&live], |row| row.get(0))?.collect::<Result<_, _>>()?;
+    seqs.extend(pending.erase(&live));
+    seqs.sort_unstable();
+    seqs.dedup();
+    let mut erased: HashMap<(i64, String), i64> = HashMap::new();
+    let mut erase = conn.prepare_cached(ERASE_EVENT)?;
+    for seq in seqs {
+        if let Some((day, channel)) =
+            erase.query_row((seq, workspace_id, &live), |row| Ok((row.get(0)?, row.get(1)?))).optional()?
+        {
+            *erased.entry((day, channel)).or_default() -= 1;
+        }
+    }
     let erased: Vec<(i64, &str, i64)> =
-        erased.iter().map(|(day, channel, count)| (*day, channel.as_str(), *count)).collect();
+        erased.iter().map(|((day, channel), count)| (*day, channel.as_str(), *count)).collect();
     add_event_counts(conn, workspace_id, &erased)?;
-    conn.execute(DELETE_EVENTS, (workspace_id, &live))?;
+    conn.execute(DELETE_TIMELINE, [&live])?;
     conn.execute(DELETE_CONVERSATION_MESSAGES, (workspace_id, &live))?;
     conn.execute(DELETE_CONVERSATIONS, (workspace_id, &live))?;
     conn.execute(DELETE_IDENTITIES, (workspace_id, &live))?;
