@@ -77,5 +77,12 @@ print(f"crash test: {len(acked)} acknowledged events, {len(counts)} stored, "
       f"{len(missing)} acknowledged but missing, {len(doubled)} stored more than once")
 if not acked:
     sys.exit("crash test: no event was acknowledged before the kill; raise the delay")
-sys.exit(1 if missing or doubled else 0)
+# The timeline table is complete up to its watermark (later events are in the tail the server
+# rebuilds at start) and names no event that is gone or belongs to someone else.
+(unindexed,) = conn.execute("""SELECT count(*) FROM events e WHERE e.seq <= (SELECT watermark FROM timeline_state)
+    AND NOT EXISTS (SELECT 1 FROM timeline t WHERE t.seq = e.seq AND t.profile_id = e.profile_id)""").fetchone()
+(dangling,) = conn.execute("""SELECT count(*) FROM timeline t
+    WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.seq = t.seq AND e.profile_id = t.profile_id)""").fetchone()
+print(f"crash test: timeline table: {unindexed} events up to the watermark missing, {dangling} entries dangling")
+sys.exit(1 if missing or doubled or unindexed or dangling else 0)
 PY
