@@ -51,8 +51,9 @@ pub trait IngestTx {
     ) -> StoreResult<HashMap<Identity, String>>;
     /// The state of these live profiles.
     async fn load_profiles(&mut self, workspace_id: &str, ids: &[String]) -> StoreResult<Vec<ProfileState>>;
-    /// Move a stored profile's identities and events to `survivor` and leave a tombstone that
-    /// resolves `loser` (and anything merged into it before) to `survivor`.
+    /// Move a stored profile's identities to `survivor`, make its events the survivor's (moved, or
+    /// found through the tombstone) and leave a tombstone that resolves `loser` (and anything
+    /// merged into it before) to `survivor`.
     async fn merge_stored_profile(&mut self, workspace_id: &str, survivor: &str, loser: &str) -> StoreResult<()>;
     /// Attach identities to profiles.
     async fn insert_identities(

@@ -21,12 +21,14 @@ use std::collections::{BTreeMap, HashMap};
 // measured to pick a range scan over the whole workspace instead.
 const EVENT_EXISTS: &str = "SELECT 1 FROM events WHERE workspace_id = ?1 AND message_id = ?2";
 const MOVE_IDENTITIES: &str = "UPDATE identities INDEXED BY identities_profile SET profile_id = ?1 WHERE workspace_id = ?2 AND profile_id = ?3 RETURNING kind, value";
-// Events of a profile are found through `timeline` and the writer's tail (see `timeline.rs`), then
-// changed by `seq`; each statement on `events` checks the workspace and owner on the row.
+// An event stays filed under the profile it was stored for (`events.profile_id`); a merge leaves a
+// tombstone, and reads and erasures gather the ids merged into a profile (see `timeline.rs`).
+// Events of an id are found through `timeline` and the writer's tail, then read or deleted by
+// `seq`; each statement on `events` checks the workspace and owner on the row.
+const MERGED_IDS: &str =
+    "SELECT id FROM profiles INDEXED BY profiles_merged_into WHERE workspace_id = ?1 AND merged_into = ?2";
 const TIMELINE_SEQS: &str = "SELECT seq FROM timeline WHERE profile_id = ?1";
-const MOVE_TIMELINE: &str = "UPDATE timeline SET profile_id = ?1 WHERE profile_id = ?2";
 const DELETE_TIMELINE: &str = "DELETE FROM timeline WHERE profile_id = ?1";
-const MOVE_EVENT: &str = "UPDATE events SET profile_id = ?1 WHERE seq = ?2 AND workspace_id = ?3 AND profile_id = ?4";
 const ERASE_EVENT: &str = "DELETE FROM events WHERE seq = ?1 AND workspace_id = ?2 AND profile_id = ?3 RETURNING timestamp / 86400000, channel";
 const REPOINT_TOMBSTONES: &str =
     "UPDATE profiles INDEXED BY profiles_merged_into SET merged_into = ?1 WHERE workspace_id = ?2 AND merged_into = ?3";
@@ -63,10 +65,9 @@ const EVENT_BY_SEQ: &str =
 pub const KEYED_STATEMENTS: &[&str] = &[
     EVENT_EXISTS,
     MOVE_IDENTITIES,
+    MERGED_IDS,
     TIMELINE_SEQS,
-    MOVE_TIMELINE,
     DELETE_TIMELINE,
-    MOVE_EVENT,
     ERASE_EVENT,
     EVENT_BY_SEQ,
     REPOINT_TOMBSTONES,
@@ -150,16 +151,7 @@ impl IngestTx for SqliteTx<'_> {
         }
         drop(rows);
         drop(moved);
-        let mut seqs: Vec<i64> =
-            conn.prepare_cached(TIMELINE_SEQS)?.query_map([loser], |row| row.get(0))?.collect::<Result<_, _>>()?;
-        seqs.extend(self.pending.merge(loser, survivor));
-        seqs.sort_unstable();
-        seqs.dedup();
-        let mut move_event = conn.prepare_cached(MOVE_EVENT)?;
-        for seq in seqs {
-            move_event.execute((survivor, seq, workspace_id, loser))?;
-        }
-        conn.prepare_cached(MOVE_TIMELINE)?.execute((survivor, loser))?;
+        // The loser's events stay filed under its id, which the tombstone below resolves.
         conn.prepare_cached(MOVE_CONVERSATIONS)?.execute((survivor, workspace_id, loser))?;
         // Two statements, not one with OR: an OR cannot use the partial index and scans every profile.
         // INDEXED BY because SQLite 3.50's planner otherwise walks the whole workspace's primary-key
@@ -357,8 +349,19 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<TimelineRow> {
     ))
 }
 
+/// The ids whose events are a live profile's: its own and every id merged into it.
+fn filed_under(conn: &Connection, workspace_id: &str, live: &str) -> StoreResult<Vec<String>> {
+    let mut ids = vec![live.to_owned()];
+    let mut statement = conn.prepare_cached(MERGED_IDS)?;
+    for id in statement.query_map((workspace_id, live), |row| row.get(0))? {
+        ids.push(id?);
+    }
+    Ok(ids)
+}
+
 /// A profile's events, newest first: those in the `timeline` table and those still in the
-/// writer's tail, from one snapshot taken while the tail is locked (see `timeline.rs`).
+/// writer's tail, under its own id and every id merged into it, from one snapshot taken while the
+/// tail is locked (see `timeline.rs`).
 pub(super) fn events(
     conn: &Connection,
     timeline: &Timeline,
@@ -367,29 +370,37 @@ pub(super) fn events(
     query: &EventQuery,
 ) -> StoreResult<Vec<StoredEvent>> {
     let read = conn.unchecked_transaction()?;
-    let (live, mut recent) = {
+    let (live, ids, recent) = {
         let tail = timeline.lock();
         let Some(live) = live_profile_id(&read, workspace_id, profile_id)? else {
             return Ok(Vec::new());
         };
-        let recent = tail.entries_of(&live);
-        (live, recent)
+        let ids = filed_under(&read, workspace_id, &live)?;
+        let recent: Vec<Vec<(i64, i64)>> = ids.iter().map(|id| tail.entries_of(id)).collect();
+        (live, ids, recent)
     };
     let limit = query.limit;
+    let mut rows: Vec<TimelineRow> = Vec::new();
     let mut statement = read.prepare_cached(TIMELINE)?;
-    let mut rows: Vec<TimelineRow> = statement
-        .query_map(params![workspace_id, live, query.kind, limit as i64], event_from_row)?
-        .collect::<Result<_, _>>()?;
-    recent.sort_unstable_by(|a, b| b.cmp(a));
     let mut by_seq = read.prepare_cached(EVENT_BY_SEQ)?;
-    let mut found = 0;
-    for (_, seq) in recent {
-        if found == limit {
-            break;
-        }
-        if let Some(row) = by_seq.query_row(params![workspace_id, live, query.kind, seq], event_from_row).optional()? {
-            rows.push(row);
-            found += 1;
+    for (id, mut recent) in ids.iter().zip(recent) {
+        rows.extend(
+            statement
+                .query_map(params![workspace_id, id, query.kind, limit as i64], event_from_row)?
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+        recent.sort_unstable_by(|a, b| b.cmp(a));
+        let mut found = 0;
+        for (_, seq) in recent {
+            if found == limit {
+                break;
+            }
+            if let Some(row) =
+                by_seq.query_row(params![workspace_id, id, query.kind, seq], event_from_row).optional()?
+            {
+                rows.push(row);
+                found += 1;
+            }
         }
     }
     // A flush under way puts entries in the table before it drops them from the tail.
@@ -398,6 +409,7 @@ pub(super) fn events(
     rows.truncate(limit);
     rows.into_iter()
         .map(|(_, mut event, properties, context)| {
+            event.profile_id.clone_from(&live);
             event.properties = parse_json(&properties)?;
             event.context = parse_json(&context)?;
             Ok(event)
@@ -435,24 +447,25 @@ pub(super) fn delete_profile(
     let Some(live) = live_profile_id(conn, workspace_id, profile_id)? else {
         return Ok(false);
     };
-    let mut seqs: Vec<i64> =
-        conn.prepare_cached(TIMELINE_SEQS)?.query_map([&live], |row| row.get(0))?.collect::<Result<_, _>>()?;
-    seqs.extend(pending.erase(&live));
-    seqs.sort_unstable();
-    seqs.dedup();
     let mut erased: HashMap<(i64, String), i64> = HashMap::new();
-    let mut erase = conn.prepare_cached(ERASE_EVENT)?;
-    for seq in seqs {
-        if let Some((day, channel)) =
-            erase.query_row((seq, workspace_id, &live), |row| Ok((row.get(0)?, row.get(1)?))).optional()?
-        {
-            *erased.entry((day, channel)).or_default() -= 1;
+    for id in filed_under(conn, workspace_id, &live)? {
+        let mut seqs: Vec<i64> =
+            conn.prepare_cached(TIMELINE_SEQS)?.query_map([&id], |row| row.get(0))?.collect::<Result<_, _>>()?;
+        seqs.extend(pending.erase(&id));
+        seqs.sort_unstable();
+        seqs.dedup();
+        let mut erase = conn.prepare_cached(ERASE_EVENT)?;
+        for seq in seqs {
+            let row = erase.query_row((seq, workspace_id, &id), |row| Ok((row.get(0)?, row.get(1)?))).optional()?;
+            if let Some((day, channel)) = row {
+                *erased.entry((day, channel)).or_default() -= 1;
+            }
         }
+        conn.prepare_cached(DELETE_TIMELINE)?.execute([&id])?;
     }
     let erased: Vec<(i64, &str, i64)> =
         erased.iter().map(|((day, channel), count)| (*day, channel.as_str(), *count)).collect();
     add_event_counts(conn, workspace_id, &erased)?;
-    conn.execute(DELETE_TIMELINE, [&live])?;
     conn.execute(DELETE_CONVERSATION_MESSAGES, (workspace_id, &live))?;
     conn.execute(DELETE_CONVERSATIONS, (workspace_id, &live))?;
     conn.execute(DELETE_IDENTITIES, (workspace_id, &live))?;
