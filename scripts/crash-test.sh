@@ -79,10 +79,19 @@ if not acked:
     sys.exit("crash test: no event was acknowledged before the kill; raise the delay")
 # The timeline table is complete up to its watermark (later events are in the tail the server
 # rebuilds at start) and names no event that is gone or belongs to someone else.
+# Entries name `prf_` profiles by the 16 bytes of their UUID (as `timeline_key` in src/sqlite/timeline.rs).
+def timeline_key(profile_id):
+    hex_part = profile_id[4:]
+    if profile_id.startswith("prf_") and len(hex_part) == 32 and all(c in "0123456789abcdef" for c in hex_part):
+        return bytes.fromhex(hex_part)
+    return profile_id
+conn.create_function("timeline_key", 1, timeline_key, deterministic=True)
+owner = "(CASE typeof(t.profile_id) WHEN 'blob' THEN 'prf_' || lower(hex(t.profile_id)) ELSE t.profile_id END)"
 (unindexed,) = conn.execute("""SELECT count(*) FROM events e WHERE e.seq <= (SELECT watermark FROM timeline_state)
-    AND NOT EXISTS (SELECT 1 FROM timeline t WHERE t.seq = e.seq AND t.profile_id = e.profile_id)""").fetchone()
-(dangling,) = conn.execute("""SELECT count(*) FROM timeline t
-    WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.seq = t.seq AND e.profile_id = t.profile_id)""").fetchone()
+    AND NOT EXISTS (SELECT 1 FROM timeline t WHERE t.profile_id = timeline_key(e.profile_id)
+        AND t.timestamp = e.timestamp AND t.seq = e.seq)""").fetchone()
+(dangling,) = conn.execute(f"""SELECT count(*) FROM timeline t
+    WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.seq = t.seq AND e.profile_id = {owner})""").fetchone()
 print(f"crash test: timeline table: {unindexed} events up to the watermark missing, {dangling} entries dangling")
 sys.exit(1 if missing or doubled or unindexed or dangling else 0)
 PY

@@ -43,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0005_missed.sql"),
     include_str!("../../migrations/sqlite/0006_profile_indexes.sql"),
     include_str!("../../migrations/sqlite/0007_timeline.sql"),
+    include_str!("../../migrations/sqlite/0008_timeline_keys.sql"),
 ];
 
 /// Most events committed in one group; bounds the time a group holds the write lock.
@@ -1032,7 +1033,8 @@ mod tests {
         assert_eq!(unindexed, 0, "every event up to the watermark is in the timeline table");
         let dangling: i64 = conn
             .query_row(
-                "SELECT count(*) FROM timeline t LEFT JOIN events e ON e.seq = t.seq AND e.profile_id = t.profile_id
+                "SELECT count(*) FROM timeline t LEFT JOIN events e ON e.seq = t.seq
+                    AND e.profile_id = (CASE typeof(t.profile_id) WHEN 'blob' THEN 'prf_' || lower(hex(t.profile_id)) ELSE t.profile_id END)
                  WHERE e.seq IS NULL",
                 [],
                 |row| row.get(0),
@@ -1088,6 +1090,41 @@ mod tests {
         let store = SqliteStore::open(&path).await.unwrap();
         for profile in &created {
             assert_eq!(timeline_len(&store, &workspace.id, profile).await, 9);
+        }
+    }
+
+    /// Migration 0008 keys the entries stored before it the way `timeline_key` keys new ones.
+    #[test]
+    fn timeline_keys_are_the_same_before_and_after_migration_0008() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..7] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch("PRAGMA user_version = 7").unwrap();
+        let ids = [
+            "prf_019ab1c2d3e4f5a6b7c8d9e0f1a2b3c4".to_owned(),
+            crossline_core::ids::new_id("prf"),
+            "prf_019AB1C2D3E4F5A6B7C8D9E0F1A2B3C4".to_owned(),
+            "prf_019ab1c2d3e4f5a6b7c8d9e0f1a2b3".to_owned(),
+            "prf_019ab1c2d3e4f5a6b7c8d9e0f1a2b3zz".to_owned(),
+            "prf_missing".to_owned(),
+            "usr_019ab1c2d3e4f5a6b7c8d9e0f1a2b3c4".to_owned(),
+        ];
+        for (seq, id) in ids.iter().enumerate() {
+            conn.execute("INSERT INTO timeline (profile_id, timestamp, seq) VALUES (?1, 0, ?2)", (id, seq)).unwrap();
+        }
+        assert_eq!(migrate(&mut conn).unwrap(), MIGRATIONS.len() - 7);
+        let blobs: i64 = conn
+            .query_row("SELECT count(*) FROM timeline WHERE typeof(profile_id) = 'blob'", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(blobs, 2, "only well-formed prf_ ids become bytes");
+        for (seq, id) in ids.iter().enumerate() {
+            let found: i64 = conn
+                .query_row("SELECT seq FROM timeline WHERE profile_id = ?1", [timeline::timeline_key(id)], |row| {
+                    row.get(0)
+                })
+                .unwrap();
+            assert_eq!(found, seq as i64, "{id}");
         }
     }
 

@@ -1,7 +1,7 @@
 //! SQL for the SQLite backend.
 
 use super::cache::IdentityCache;
-use super::timeline::{Pending, Timeline};
+use super::timeline::{Pending, Timeline, timeline_key};
 use crate::ingest::{EventRow, IngestTx};
 use crate::stats::{fill_days, window_start};
 use crate::{
@@ -55,7 +55,7 @@ const TOMBSTONE: &str = "UPDATE profiles SET merged_into = ?1, traits = '{}', tr
 const PROFILE_STATE: &str = "SELECT traits, trait_times, consent, created_at, updated_at FROM profiles WHERE workspace_id = ?1 AND id = ?2 AND merged_into IS NULL";
 const TIMELINE: &str = "SELECT e.message_id, e.profile_id, e.kind, e.name, e.properties, e.context, e.timestamp, e.received_at, e.channel, e.seq
     FROM timeline t CROSS JOIN events e ON e.seq = t.seq
-    WHERE t.profile_id = ?2 AND e.profile_id = ?2 AND e.workspace_id = ?1 AND (?3 IS NULL OR e.kind = ?3)
+    WHERE t.profile_id = ?5 AND e.profile_id = ?2 AND e.workspace_id = ?1 AND (?3 IS NULL OR e.kind = ?3)
     ORDER BY t.timestamp DESC, t.seq DESC LIMIT ?4";
 const EVENT_BY_SEQ: &str =
     "SELECT message_id, profile_id, kind, name, properties, context, timestamp, received_at, channel, seq
@@ -386,7 +386,7 @@ pub(super) fn events(
     for (id, mut recent) in ids.iter().zip(recent) {
         rows.extend(
             statement
-                .query_map(params![workspace_id, id, query.kind, limit as i64], event_from_row)?
+                .query_map(params![workspace_id, id, query.kind, limit as i64, timeline_key(id)], event_from_row)?
                 .collect::<Result<Vec<_>, _>>()?,
         );
         recent.sort_unstable_by(|a, b| b.cmp(a));
@@ -449,8 +449,10 @@ pub(super) fn delete_profile(
     };
     let mut erased: HashMap<(i64, String), i64> = HashMap::new();
     for id in filed_under(conn, workspace_id, &live)? {
-        let mut seqs: Vec<i64> =
-            conn.prepare_cached(TIMELINE_SEQS)?.query_map([&id], |row| row.get(0))?.collect::<Result<_, _>>()?;
+        let mut seqs: Vec<i64> = conn
+            .prepare_cached(TIMELINE_SEQS)?
+            .query_map([timeline_key(&id)], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
         seqs.extend(pending.erase(&id));
         seqs.sort_unstable();
         seqs.dedup();
@@ -461,7 +463,7 @@ pub(super) fn delete_profile(
                 *erased.entry((day, channel)).or_default() -= 1;
             }
         }
-        conn.prepare_cached(DELETE_TIMELINE)?.execute([&id])?;
+        conn.prepare_cached(DELETE_TIMELINE)?.execute([timeline_key(&id)])?;
     }
     let erased: Vec<(i64, &str, i64)> =
         erased.iter().map(|((day, channel), count)| (*day, channel.as_str(), *count)).collect();
