@@ -79,7 +79,7 @@ if not acked:
     sys.exit("crash test: no event was acknowledged before the kill; raise the delay")
 # The timeline table is complete up to its watermark (later events are in the tail the server
 # rebuilds at start) and names no event that is gone or belongs to someone else.
-# Entries name `prf_` profiles by the 16 bytes of their UUID (as `timeline_key` in src/sqlite/timeline.rs).
+# Entries name `prf_` profiles by the 16 bytes of their UUID (as `ProfileKey` in src/sqlite/timeline.rs).
 def timeline_key(profile_id):
     hex_part = profile_id[4:]
     if profile_id.startswith("prf_") and len(hex_part) == 32 and all(c in "0123456789abcdef" for c in hex_part):

@@ -1093,7 +1093,7 @@ mod tests {
         }
     }
 
-    /// Migration 0008 keys the entries stored before it the way `timeline_key` keys new ones.
+    /// Migration 0008 keys the entries stored before it the way `ProfileKey` keys new ones.
     #[test]
     fn timeline_keys_are_the_same_before_and_after_migration_0008() {
         let mut conn = Connection::open_in_memory().unwrap();
@@ -1120,7 +1120,7 @@ mod tests {
         assert_eq!(blobs, 2, "only well-formed prf_ ids become bytes");
         for (seq, id) in ids.iter().enumerate() {
             let found: i64 = conn
-                .query_row("SELECT seq FROM timeline WHERE profile_id = ?1", [timeline::timeline_key(id)], |row| {
+                .query_row("SELECT seq FROM timeline WHERE profile_id = ?1", [timeline::ProfileKey::of(id)], |row| {
                     row.get(0)
                 })
                 .unwrap();

@@ -1,7 +1,7 @@
 //! SQL for the SQLite backend.
 
 use super::cache::IdentityCache;
-use super::timeline::{Pending, Timeline, timeline_key};
+use super::timeline::{Pending, ProfileKey, Timeline};
 use crate::ingest::{EventRow, IngestTx};
 use crate::stats::{fill_days, window_start};
 use crate::{
@@ -386,7 +386,7 @@ pub(super) fn events(
     for (id, mut recent) in ids.iter().zip(recent) {
         rows.extend(
             statement
-                .query_map(params![workspace_id, id, query.kind, limit as i64, timeline_key(id)], event_from_row)?
+                .query_map(params![workspace_id, id, query.kind, limit as i64, ProfileKey::of(id)], event_from_row)?
                 .collect::<Result<Vec<_>, _>>()?,
         );
         recent.sort_unstable_by(|a, b| b.cmp(a));
@@ -451,7 +451,7 @@ pub(super) fn delete_profile(
     for id in filed_under(conn, workspace_id, &live)? {
         let mut seqs: Vec<i64> = conn
             .prepare_cached(TIMELINE_SEQS)?
-            .query_map([timeline_key(&id)], |row| row.get(0))?
+            .query_map([ProfileKey::of(&id)], |row| row.get(0))?
             .collect::<Result<_, _>>()?;
         seqs.extend(pending.erase(&id));
         seqs.sort_unstable();
@@ -463,7 +463,7 @@ pub(super) fn delete_profile(
                 *erased.entry((day, channel)).or_default() -= 1;
             }
         }
-        conn.prepare_cached(DELETE_TIMELINE)?.execute([timeline_key(&id)])?;
+        conn.prepare_cached(DELETE_TIMELINE)?.execute([ProfileKey::of(&id)])?;
     }
     let erased: Vec<(i64, &str, i64)> =
         erased.iter().map(|((day, channel), count)| (*day, channel.as_str(), *count)).collect();

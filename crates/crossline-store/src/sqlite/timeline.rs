@@ -1,7 +1,7 @@
 //! The timeline index, kept up in sorted batches instead of one entry per event.
 //!
 //! A profile's timeline is read through `timeline (profile_id, timestamp, seq)` (the id stored as
-//! a [`TimelineKey`]). Had every ingested
+//! a [`ProfileKey`]). Had every ingested
 //! event added its entry there, each would land at a random place in a large B-tree: a different
 //! leaf page per event, written whole to the WAL at commit and copied again by the checkpoint —
 //! measured, 62 % of the WAL and a third of the writer's time. So the writer leaves new events out
@@ -33,40 +33,44 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, ToSql, Transaction, TransactionBehavior};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// A profile id as the `timeline` table stores it: the 16 bytes of a `prf_` id's UUID — under half
-/// the 36 characters, so more entries per page and fewer pages for a flush to touch — and any
-/// other id as text. Migration 0008 applies the same rule to entries stored before.
-pub(super) enum TimelineKey<'a> {
+/// A profile id as the `timeline` table and the tail store it: the 16 bytes of a `prf_` id's UUID —
+/// under half the 36 characters, so more entries per page and fewer pages for a flush to touch,
+/// and no string to allocate per event — and any other id as text. Migration 0008 applies the
+/// same rule to entries stored before. Variants order as SQLite orders text before blobs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(super) enum ProfileKey {
+    Text(Box<str>),
     Uuid([u8; 16]),
-    Text(&'a str),
 }
 
-pub(super) fn timeline_key(profile_id: &str) -> TimelineKey<'_> {
-    fn nibble(digit: u8) -> Option<u8> {
-        match digit {
-            b'0'..=b'9' => Some(digit - b'0'),
-            b'a'..=b'f' => Some(digit - b'a' + 10),
-            _ => None,
+impl ProfileKey {
+    pub(super) fn of(profile_id: &str) -> Self {
+        fn nibble(digit: u8) -> Option<u8> {
+            match digit {
+                b'0'..=b'9' => Some(digit - b'0'),
+                b'a'..=b'f' => Some(digit - b'a' + 10),
+                _ => None,
+            }
         }
-    }
-    let uuid = profile_id.strip_prefix("prf_").filter(|hex| hex.len() == 32).and_then(|hex| {
-        let mut bytes = [0u8; 16];
-        for (byte, pair) in bytes.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
-            *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
+        let uuid = profile_id.strip_prefix("prf_").filter(|hex| hex.len() == 32).and_then(|hex| {
+            let mut bytes = [0u8; 16];
+            for (byte, pair) in bytes.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+                *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
+            }
+            Some(bytes)
+        });
+        match uuid {
+            Some(bytes) => ProfileKey::Uuid(bytes),
+            None => ProfileKey::Text(profile_id.into()),
         }
-        Some(bytes)
-    });
-    match uuid {
-        Some(bytes) => TimelineKey::Uuid(bytes),
-        None => TimelineKey::Text(profile_id),
     }
 }
 
-impl ToSql for TimelineKey<'_> {
+impl ToSql for ProfileKey {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         Ok(ToSqlOutput::Borrowed(match self {
-            TimelineKey::Uuid(bytes) => ValueRef::Blob(bytes),
-            TimelineKey::Text(text) => ValueRef::Text(text.as_bytes()),
+            ProfileKey::Uuid(bytes) => ValueRef::Blob(bytes),
+            ProfileKey::Text(text) => ValueRef::Text(text.as_bytes()),
         }))
     }
 }
@@ -95,10 +99,44 @@ const IDLE_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 /// `(timestamp in ms, seq)` of one event.
 type Entry = (i64, i64);
 
+/// A profile's entries in the tail: most profiles have one or two, so the first is kept inline.
+#[derive(Clone)]
+enum Entries {
+    One(Entry),
+    Many(Vec<Entry>),
+}
+
+impl Entries {
+    fn push(&mut self, entry: Entry) {
+        match self {
+            Entries::One(first) => *self = Entries::Many(vec![*first, entry]),
+            Entries::Many(entries) => entries.push(entry),
+        }
+    }
+
+    fn as_slice(&self) -> &[Entry] {
+        match self {
+            Entries::One(entry) => std::slice::from_ref(entry),
+            Entries::Many(entries) => entries,
+        }
+    }
+
+    /// Keep the entries past `upto`; false when none is left.
+    fn retain_after(&mut self, upto: i64) -> bool {
+        match self {
+            Entries::One((_, seq)) => *seq > upto,
+            Entries::Many(entries) => {
+                entries.retain(|(_, seq)| *seq > upto);
+                !entries.is_empty()
+            }
+        }
+    }
+}
+
 /// Timeline entries of events past the watermark, by profile.
 #[derive(Default)]
 pub(super) struct Tail {
-    profiles: HashMap<Arc<str>, Vec<Entry>>,
+    profiles: HashMap<ProfileKey, Entries>,
     entries: usize,
     /// The highest `seq` the tail has held.
     last_seq: i64,
@@ -107,14 +145,14 @@ pub(super) struct Tail {
 impl Tail {
     /// A copy of the profile's entries.
     pub(super) fn entries_of(&self, profile_id: &str) -> Vec<Entry> {
-        self.profiles.get(profile_id).cloned().unwrap_or_default()
+        self.profiles.get(&ProfileKey::of(profile_id)).map(|entries| entries.as_slice().to_vec()).unwrap_or_default()
     }
 
-    fn add(&mut self, profile_id: &Arc<str>, entry: Entry) {
-        match self.profiles.get_mut(&**profile_id) {
+    fn add(&mut self, profile: ProfileKey, entry: Entry) {
+        match self.profiles.get_mut(&profile) {
             Some(entries) => entries.push(entry),
             None => {
-                self.profiles.insert(profile_id.clone(), vec![entry]);
+                self.profiles.insert(profile, Entries::One(entry));
             }
         }
         self.entries += 1;
@@ -124,13 +162,13 @@ impl Tail {
     fn apply(&mut self, ops: Vec<Op>, mut flush: Option<&mut Flush>) {
         for op in ops {
             match op {
-                Op::Add(profile_id, entry) => self.add(&profile_id, entry),
-                Op::Erase(profile_id) => {
-                    if let Some(erased) = self.profiles.remove(&*profile_id) {
-                        self.entries -= erased.len();
+                Op::Add(profile, entry) => self.add(profile, entry),
+                Op::Erase(profile) => {
+                    if let Some(erased) = self.profiles.remove(&profile) {
+                        self.entries -= erased.as_slice().len();
                     }
                     if let Some(flush) = flush.as_deref_mut() {
-                        flush.erased.insert(profile_id);
+                        flush.erased.insert(profile);
                     }
                 }
             }
@@ -141,11 +179,14 @@ impl Tail {
     fn prune(&mut self, upto: i64) {
         let mut left = 0;
         self.profiles.retain(|_, entries| {
-            entries.retain(|(_, seq)| *seq > upto);
-            left += entries.len();
-            !entries.is_empty()
+            let keep = entries.retain_after(upto);
+            left += entries.as_slice().len() * usize::from(keep);
+            keep
         });
         self.entries = left;
+        if self.profiles.len() < self.profiles.capacity() / 4 {
+            self.profiles.shrink_to_fit();
+        }
     }
 }
 
@@ -163,19 +204,19 @@ impl Timeline {
     }
 
     /// The `seq`s of a profile's committed events past the watermark.
-    fn seqs_of(&self, profile_id: &str) -> Vec<i64> {
+    fn seqs_of(&self, profile: &ProfileKey) -> Vec<i64> {
         self.lock()
             .profiles
-            .get(profile_id)
-            .map(|entries| entries.iter().map(|(_, seq)| *seq).collect())
+            .get(profile)
+            .map(|entries| entries.as_slice().iter().map(|(_, seq)| *seq).collect())
             .unwrap_or_default()
     }
 }
 
 enum Op {
-    Add(Arc<str>, Entry),
+    Add(ProfileKey, Entry),
     /// An erasure.
-    Erase(Arc<str>),
+    Erase(ProfileKey),
 }
 
 /// What one transaction does to timelines, applied to the tail when it commits.
@@ -190,26 +231,23 @@ impl Pending {
     pub(super) fn add(&mut self, profile_id: &str, timestamp: i64) -> i64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let profile_id: Arc<str> = match self.ops.last() {
-            Some(Op::Add(last, _)) if **last == *profile_id => last.clone(),
-            _ => Arc::from(profile_id),
-        };
-        self.ops.push(Op::Add(profile_id, (timestamp, seq)));
+        self.ops.push(Op::Add(ProfileKey::of(profile_id), (timestamp, seq)));
         seq
     }
 
     /// An erasure of the events filed under `profile_id`: returns the `seq`s of those past the
     /// watermark, committed (the tail) or added by this transaction.
     pub(super) fn erase(&mut self, profile_id: &str) -> Vec<i64> {
-        let mut seqs = self.timeline.seqs_of(profile_id);
+        let profile = ProfileKey::of(profile_id);
+        let mut seqs = self.timeline.seqs_of(&profile);
         for op in &self.ops {
             if let Op::Add(owner, (_, seq)) = op
-                && **owner == *profile_id
+                && *owner == profile
             {
                 seqs.push(*seq);
             }
         }
-        self.ops.push(Op::Erase(Arc::from(profile_id)));
+        self.ops.push(Op::Erase(profile));
         seqs
     }
 
@@ -226,12 +264,12 @@ impl Pending {
 
 /// A flush under way: sorted entries, inserted a chunk at a time.
 struct Flush {
-    entries: Vec<(Arc<str>, i64, i64)>,
+    entries: Vec<(ProfileKey, i64, i64)>,
     next: usize,
     /// The watermark once done: the highest `seq` in the tail when it began.
     upto: i64,
     /// Profiles erased since it began, whose entries it must not insert.
-    erased: HashSet<Arc<str>>,
+    erased: HashSet<ProfileKey>,
 }
 
 /// The writer's side: hands out event numbers, applies transactions to the tail, flushes.
@@ -247,14 +285,18 @@ impl TimelineWriter {
     pub(super) fn open(conn: &Connection, limits: Limits) -> StoreResult<Self> {
         let watermark: i64 = conn.query_row("SELECT watermark FROM timeline_state", [], |row| row.get(0))?;
         let mut tail = Tail { last_seq: watermark, ..Tail::default() };
+        // The scan reads whole event rows; through a small page cache, so they do not stay in memory.
+        let cache_size: i64 = conn.query_row("PRAGMA cache_size", [], |row| row.get(0))?;
+        conn.execute_batch("PRAGMA cache_size = -2000")?;
         let mut statement =
             conn.prepare("SELECT seq, profile_id, timestamp FROM events WHERE seq > ?1 ORDER BY seq")?;
         let mut rows = statement.query([watermark])?;
         while let Some(row) = rows.next()? {
-            let profile_id: Arc<str> = Arc::from(row.get::<_, String>(1)?);
-            tail.add(&profile_id, (row.get(2)?, row.get(0)?));
+            tail.add(ProfileKey::of(&row.get::<_, String>(1)?), (row.get(2)?, row.get(0)?));
         }
         drop(rows);
+        drop(statement);
+        conn.execute_batch(&format!("PRAGMA cache_size = {cache_size}"))?;
         let last: Option<i64> =
             conn.query_row("SELECT max(seq) FROM events", [], |row| row.get(0)).optional()?.flatten();
         let next_seq = last.unwrap_or(0).max(watermark) + 1;
@@ -305,14 +347,17 @@ impl TimelineWriter {
             // The tail still holds every entry; a later flush starts over.
             tracing::warn!(error = %err, "timeline flush failed; it will be retried");
             self.flush = None;
+        } else if idle && self.flush.is_none() {
+            // Done while nothing else is going on: hand back the page cache the flush filled.
+            let _ = conn.execute_batch("PRAGMA shrink_memory");
         }
     }
 
     fn begin(&mut self) {
         let tail = self.shared.lock();
         let mut entries = Vec::with_capacity(tail.entries);
-        for (profile_id, list) in &tail.profiles {
-            entries.extend(list.iter().map(|(timestamp, seq)| (profile_id.clone(), *timestamp, *seq)));
+        for (profile, list) in &tail.profiles {
+            entries.extend(list.as_slice().iter().map(|(timestamp, seq)| (profile.clone(), *timestamp, *seq)));
         }
         let upto = tail.last_seq;
         drop(tail);
@@ -327,9 +372,9 @@ impl TimelineWriter {
         {
             let mut insert =
                 tx.prepare_cached("INSERT OR IGNORE INTO timeline (profile_id, timestamp, seq) VALUES (?1, ?2, ?3)")?;
-            for (profile_id, timestamp, seq) in &flush.entries[flush.next..end] {
-                if !flush.erased.contains(profile_id) {
-                    insert.execute((timeline_key(profile_id), timestamp, seq))?;
+            for (profile, timestamp, seq) in &flush.entries[flush.next..end] {
+                if !flush.erased.contains(profile) {
+                    insert.execute((profile, timestamp, seq))?;
                 }
             }
         }
