@@ -314,6 +314,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     };
 
     let cpu_before = pid.map(thread_cpu);
+    let generator_before = thread_cpu(std::process::id());
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration);
     let mut tasks = Vec::new();
@@ -384,6 +385,8 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_before.zip(pid).map(|(before, pid)| cpu_per_event(&before, &thread_cpu(pid), events));
+    // The load generator shares the machine's cores with the server.
+    let generator_cpu = cpu_per_event(&generator_before, &thread_cpu(std::process::id()), events);
     if let Some(hwm) = pid.and_then(|pid| rss_kib(pid, "VmHWM:")) {
         peak_rss = peak_rss.max(hwm);
     }
@@ -402,6 +405,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     if let Some(cpu) = cpu {
         println!("  server CPU:          {cpu}");
     }
+    println!("  load generator CPU:  {generator_cpu}");
     println!(
         "| {} | {backend} | {}x{} | {rate:.0} | {:.2} | {:.2} | {} | {} |",
         chrono::Utc::now().format("%Y-%m-%d"),

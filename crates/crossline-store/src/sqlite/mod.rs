@@ -9,7 +9,8 @@
 //! `synchronous=FULL`, and one fsync covers every group that committed while the previous one was
 //! syncing. A checkpoint thread copies the WAL into the database; the writer starts the WAL over
 //! (see `restart_wal`). Reads use a small pool of read-only connections on the blocking pool,
-//! which WAL lets run beside the writer.
+//! which WAL lets run beside the writer. The timeline index by profile is kept up by the writer in
+//! sorted batches, with the newest entries in memory (see `timeline`).
 
 mod cache;
 mod statements;

@@ -1,11 +1,10 @@
 //! The timeline index, kept up in sorted batches instead of one entry per event.
 //!
-//! A profile's timeline is read through `timeline (profile_id, timestamp, seq)` (the id stored as
-//! a [`ProfileKey`]). Had every ingested
-//! event added its entry there, each would land at a random place in a large B-tree: a different
-//! leaf page per event, written whole to the WAL at commit and copied again by the checkpoint —
-//! measured, 62 % of the WAL and a third of the writer's time. So the writer leaves new events out
-//! of it at first:
+//! A profile's timeline is read through `timeline (profile_id, timestamp, seq)` (the id stored as a
+//! [`ProfileKey`]). Had every ingested event added its entry there, each would land at a random
+//! place in a large B-tree: a different leaf page per event, written whole to the WAL at commit and
+//! copied again by the checkpoint — measured, 62 % of the WAL and a third of the writer's time. So
+//! the writer leaves new events out of it at first:
 //!
 //! - the **tail**, in memory, holds the timeline entries of events past the *watermark* (the last
 //!   event the table is complete up to, stored in `timeline_state`), by profile. The events table
@@ -24,8 +23,9 @@
 //! Every change to the tail is made by the writer right after the transaction it belongs to
 //! commits, with the tail locked around the commit; a read locks it while it starts its snapshot
 //! and copies the profile's tail entries. So a read sees a transaction's rows and its tail entries
-//! together or neither. Event numbers (`seq`) are handed out by the writer and never go back, so a
-//! flush knows that everything at or below its last number was in the tail when it began.
+//! together or neither. Event numbers (`seq`) are handed out by the writer, each above every stored
+//! event and the watermark, so a flush knows that everything at or below the highest number in the
+//! tail when it began was in the tail then.
 
 use crate::StoreResult;
 use foldhash::{HashMap, HashSet};
