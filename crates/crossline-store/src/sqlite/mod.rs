@@ -921,36 +921,28 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite_passes_the_conformance_suite() {
+    /// Run the conformance suite on stores in a temporary directory, each opened with `limits`.
+    async fn conformance_with(limits: Limits) {
         let dir = tempfile::tempdir().unwrap();
         let counter = std::sync::atomic::AtomicUsize::new(0);
         crate::testsuite::run_all(|| {
             let path =
                 dir.path().join(format!("test-{}.db", counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst)));
-            async move { Arc::new(SqliteStore::open(&path).await.unwrap()) as crate::DynStore }
+            async move { Arc::new(SqliteStore::open_with(&path, limits).await.unwrap()) as crate::DynStore }
         })
         .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_passes_the_conformance_suite() {
+        conformance_with(Limits::default()).await;
     }
 
     /// The same suite with a timeline flush after every write, a chunk of one entry at a time, so
     /// reads, merges and erasures meet flushes under way.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite_passes_the_conformance_suite_while_flushing_timelines() {
-        let dir = tempfile::tempdir().unwrap();
-        let counter = std::sync::atomic::AtomicUsize::new(0);
-        crate::testsuite::run_all(|| {
-            let path =
-                dir.path().join(format!("test-{}.db", counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst)));
-            async move {
-                Arc::new(
-                    SqliteStore::open_with(&path, Limits { flush_entries: 1, chunk: 1, when_idle: false })
-                        .await
-                        .unwrap(),
-                ) as crate::DynStore
-            }
-        })
-        .await;
+        conformance_with(Limits { flush_entries: 1, chunk: 1, when_idle: false }).await;
     }
 
     /// The number of events on a profile's timeline, checking none shows twice.
