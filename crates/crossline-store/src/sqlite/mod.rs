@@ -1077,7 +1077,8 @@ mod tests {
         let outcome = answer.await.unwrap().unwrap();
         assert_eq!(outcome[0].profile_id.as_deref(), Some(created[0].as_str()), "the oldest profile survives");
         // c0, b0, a0, a1, a2, ab, bc and two merge records.
-        let tail: usize = created.iter().map(|id| timeline.shared().lock().entries_of(id).len()).sum();
+        let tail: usize =
+            created.iter().map(|id| timeline.shared().lock().entries_of(&timeline::ProfileKey::of(id)).len()).sum();
         assert_eq!(tail, 9);
         drop(conn);
         let store = SqliteStore::open(&path).await.unwrap();

@@ -375,18 +375,24 @@ pub(super) fn events(
         let Some(live) = live_profile_id(&read, workspace_id, profile_id)? else {
             return Ok(Vec::new());
         };
-        let ids = filed_under(&read, workspace_id, &live)?;
-        let recent: Vec<Vec<(i64, i64)>> = ids.iter().map(|id| tail.entries_of(id)).collect();
+        let ids: Vec<(String, ProfileKey)> = filed_under(&read, workspace_id, &live)?
+            .into_iter()
+            .map(|id| {
+                let key = ProfileKey::of(&id);
+                (id, key)
+            })
+            .collect();
+        let recent: Vec<Vec<(i64, i64)>> = ids.iter().map(|(_, key)| tail.entries_of(key)).collect();
         (live, ids, recent)
     };
     let limit = query.limit;
     let mut rows: Vec<TimelineRow> = Vec::new();
     let mut statement = read.prepare_cached(TIMELINE)?;
     let mut by_seq = read.prepare_cached(EVENT_BY_SEQ)?;
-    for (id, mut recent) in ids.iter().zip(recent) {
+    for ((id, key), mut recent) in ids.iter().zip(recent) {
         rows.extend(
             statement
-                .query_map(params![workspace_id, id, query.kind, limit as i64, ProfileKey::of(id)], event_from_row)?
+                .query_map(params![workspace_id, id, query.kind, limit as i64, key], event_from_row)?
                 .collect::<Result<Vec<_>, _>>()?,
         );
         recent.sort_unstable_by(|a, b| b.cmp(a));
@@ -449,11 +455,10 @@ pub(super) fn delete_profile(
     };
     let mut erased: HashMap<(i64, String), i64> = HashMap::new();
     for id in filed_under(conn, workspace_id, &live)? {
-        let mut seqs: Vec<i64> = conn
-            .prepare_cached(TIMELINE_SEQS)?
-            .query_map([ProfileKey::of(&id)], |row| row.get(0))?
-            .collect::<Result<_, _>>()?;
-        seqs.extend(pending.erase(&id));
+        let key = ProfileKey::of(&id);
+        let mut seqs: Vec<i64> =
+            conn.prepare_cached(TIMELINE_SEQS)?.query_map([&key], |row| row.get(0))?.collect::<Result<_, _>>()?;
+        seqs.extend(pending.erase(&key));
         seqs.sort_unstable();
         seqs.dedup();
         let mut erase = conn.prepare_cached(ERASE_EVENT)?;
@@ -463,7 +468,7 @@ pub(super) fn delete_profile(
                 *erased.entry((day, channel)).or_default() -= 1;
             }
         }
-        conn.prepare_cached(DELETE_TIMELINE)?.execute([ProfileKey::of(&id)])?;
+        conn.prepare_cached(DELETE_TIMELINE)?.execute([&key])?;
     }
     let erased: Vec<(i64, &str, i64)> =
         erased.iter().map(|((day, channel), count)| (*day, channel.as_str(), *count)).collect();

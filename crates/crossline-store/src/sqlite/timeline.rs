@@ -45,20 +45,13 @@ pub(super) enum ProfileKey {
 
 impl ProfileKey {
     pub(super) fn of(profile_id: &str) -> Self {
-        fn nibble(digit: u8) -> Option<u8> {
-            match digit {
-                b'0'..=b'9' => Some(digit - b'0'),
-                b'a'..=b'f' => Some(digit - b'a' + 10),
-                _ => None,
-            }
-        }
-        let uuid = profile_id.strip_prefix("prf_").filter(|hex| hex.len() == 32).and_then(|hex| {
-            let mut bytes = [0u8; 16];
-            for (byte, pair) in bytes.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
-                *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
-            }
-            Some(bytes)
-        });
+        // Lower-case hex only, as ids are made and as migration 0008 checks.
+        let uuid = profile_id.strip_prefix("prf_").filter(|hex| !hex.bytes().any(|b| b.is_ascii_uppercase())).and_then(
+            |hex| {
+                let mut bytes = [0u8; 16];
+                hex::decode_to_slice(hex, &mut bytes).ok().map(|()| bytes)
+            },
+        );
         match uuid {
             Some(bytes) => ProfileKey::Uuid(bytes),
             None => ProfileKey::Text(profile_id.into()),
@@ -144,8 +137,8 @@ pub(super) struct Tail {
 
 impl Tail {
     /// A copy of the profile's entries.
-    pub(super) fn entries_of(&self, profile_id: &str) -> Vec<Entry> {
-        self.profiles.get(&ProfileKey::of(profile_id)).map(|entries| entries.as_slice().to_vec()).unwrap_or_default()
+    pub(super) fn entries_of(&self, profile: &ProfileKey) -> Vec<Entry> {
+        self.profiles.get(profile).map(|entries| entries.as_slice().to_vec()).unwrap_or_default()
     }
 
     fn add(&mut self, profile: ProfileKey, entry: Entry) {
@@ -205,11 +198,7 @@ impl Timeline {
 
     /// The `seq`s of a profile's committed events past the watermark.
     fn seqs_of(&self, profile: &ProfileKey) -> Vec<i64> {
-        self.lock()
-            .profiles
-            .get(profile)
-            .map(|entries| entries.as_slice().iter().map(|(_, seq)| *seq).collect())
-            .unwrap_or_default()
+        self.lock().entries_of(profile).into_iter().map(|(_, seq)| seq).collect()
     }
 }
 
@@ -235,19 +224,18 @@ impl Pending {
         seq
     }
 
-    /// An erasure of the events filed under `profile_id`: returns the `seq`s of those past the
+    /// An erasure of the events filed under `profile`: returns the `seq`s of those past the
     /// watermark, committed (the tail) or added by this transaction.
-    pub(super) fn erase(&mut self, profile_id: &str) -> Vec<i64> {
-        let profile = ProfileKey::of(profile_id);
-        let mut seqs = self.timeline.seqs_of(&profile);
+    pub(super) fn erase(&mut self, profile: &ProfileKey) -> Vec<i64> {
+        let mut seqs = self.timeline.seqs_of(profile);
         for op in &self.ops {
             if let Op::Add(owner, (_, seq)) = op
-                && *owner == profile
+                && owner == profile
             {
                 seqs.push(*seq);
             }
         }
-        self.ops.push(Op::Erase(profile));
+        self.ops.push(Op::Erase(profile.clone()));
         seqs
     }
 
