@@ -9,7 +9,9 @@ pub mod event;
 pub mod identity;
 pub mod ids;
 pub mod keys;
+pub mod limits;
 pub mod profile;
+pub mod trust;
 
 pub use consent::{Consent, ConsentEntry, ConsentStatus};
 pub use event::{EventKind, EventValidationError, NormalizedEvent, SegmentRequest};

@@ -55,6 +55,11 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
+    /// 429: the caller is over a rate limit.
+    pub fn rate_limited(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+    }
+
     /// 404.
     pub fn not_found(what: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} was not found"))
@@ -68,6 +73,23 @@ impl ApiError {
             "internal",
             "the server failed; the error is logged, and nothing of the request was stored",
         )
+    }
+}
+
+impl From<crossline_core::limits::LimitExceeded> for ApiError {
+    fn from(err: crossline_core::limits::LimitExceeded) -> Self {
+        ApiError::bad_request(err.code, err.message)
+    }
+}
+
+/// The first event of a store answer that was refused for a profile limit, as an error.
+pub fn refused_for_limits(outcome: &[crossline_store::IngestedEvent]) -> Result<(), ApiError> {
+    match outcome.iter().find_map(|event| event.rejected.clone()) {
+        Some(exceeded) => {
+            metrics::counter!("crossline_profile_limit_refused_total", "code" => exceeded.code).increment(1);
+            Err(exceeded.into())
+        }
+        None => Ok(()),
     }
 }
 

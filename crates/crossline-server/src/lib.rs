@@ -6,11 +6,13 @@
 //! **Invariant:** this crate knows no SQL; it speaks to storage only through
 //! [`crossline_store::Store`].
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod console;
 pub mod error;
 pub mod openapi;
+pub mod rate;
 pub mod state;
 
 pub use state::{AppState, Settings};

@@ -20,6 +20,10 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Trained bots, by workspace and name.
     pub bots: Arc<crate::api::bots::BotRegistry>,
+    /// Rate limits of the public endpoints (web chat).
+    pub limits: Arc<crate::rate::PublicLimits>,
+    /// Fair admission of tracking-API requests to the store, per workspace.
+    pub admission: Arc<crate::admission::Admission>,
 }
 
 /// Server settings that handlers read.

@@ -11,6 +11,7 @@ use crate::{IngestedEvent, StoreResult};
 use chrono::{DateTime, Utc};
 use crossline_core::event::{EventKind, NormalizedEvent};
 use crossline_core::ids::new_id;
+use crossline_core::limits::{LimitExceeded, ProfileLimits};
 use crossline_core::profile::{ProfileState, survivor_of};
 use crossline_core::{Identity, IdentityKind};
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
@@ -68,6 +69,12 @@ pub trait IngestTx {
     async fn add_event_counts(&mut self, workspace_id: &str, counts: &[(i64, &str, i64)]) -> StoreResult<()>;
     /// Insert or update profiles.
     async fn upsert_profiles(&mut self, workspace_id: &str, profiles: &[&ProfileState]) -> StoreResult<()>;
+    /// How many identities of each kind a stored profile has.
+    async fn identity_counts(
+        &mut self,
+        workspace_id: &str,
+        profile_id: &str,
+    ) -> StoreResult<Vec<(IdentityKind, usize)>>;
 }
 
 struct Resolution<'a> {
@@ -80,6 +87,9 @@ struct Resolution<'a> {
     rows: Vec<EventRow<'a>>,
     // Merge records wait here until the event that caused them is recorded, so they follow it.
     merge_rows: Vec<EventRow<'a>>,
+    /// Identities per kind of the profiles this batch attached identities to, read when first needed.
+    identity_counts: HashMap<String, HashMap<IdentityKind, usize>>,
+    limits: &'a ProfileLimits,
 }
 
 impl Resolution<'_> {
@@ -99,6 +109,7 @@ pub async fn apply_batch<T: IngestTx>(
     workspace_id: &str,
     events: &[NormalizedEvent],
     now: DateTime<Utc>,
+    limits: &ProfileLimits,
 ) -> StoreResult<Vec<IngestedEvent>> {
     let message_ids: Vec<&str> = events.iter().map(|event| event.message_id.as_str()).collect();
     let existing = tx.existing_message_ids(workspace_id, &message_ids).await?;
@@ -142,6 +153,8 @@ pub async fn apply_batch<T: IngestTx>(
         new_identities: Vec::new(),
         rows: Vec::with_capacity(events.len()),
         merge_rows: Vec::new(),
+        identity_counts: HashMap::new(),
+        limits,
     };
 
     let mut results = Vec::with_capacity(events.len());
@@ -152,15 +165,29 @@ pub async fn apply_batch<T: IngestTx>(
                 profile_id: None,
                 stored: false,
                 merged: Vec::new(),
+                rejected: None,
             });
             continue;
         }
-        let (profile_id, merged) = apply_event(tx, workspace_id, event, now, &mut state).await?;
-        results.push(IngestedEvent {
-            message_id: event.message_id.clone(),
-            profile_id: Some(profile_id),
-            stored: true,
-            merged,
+        let applied = match limits.check_event(event) {
+            Ok(()) => apply_event(tx, workspace_id, event, now, &mut state).await?,
+            Err(exceeded) => Err(exceeded),
+        };
+        results.push(match applied {
+            Ok((profile_id, merged)) => IngestedEvent {
+                message_id: event.message_id.clone(),
+                profile_id: Some(profile_id),
+                stored: true,
+                merged,
+                rejected: None,
+            },
+            Err(exceeded) => IngestedEvent {
+                message_id: event.message_id.clone(),
+                profile_id: None,
+                stored: false,
+                merged: Vec::new(),
+                rejected: Some(exceeded),
+            },
         });
     }
 
@@ -230,13 +257,80 @@ async fn ensure_loaded<T: IngestTx>(
     }
 }
 
+/// The identities per kind of a profile, read once per batch (a profile made in this batch has none
+/// stored).
+async fn identity_counts<'s, T: IngestTx>(
+    tx: &mut T,
+    workspace_id: &str,
+    profile_id: &str,
+    state: &'s mut Resolution<'_>,
+) -> StoreResult<&'s mut HashMap<IdentityKind, usize>> {
+    if !state.identity_counts.contains_key(profile_id) {
+        let counts = if state.stored.contains(profile_id) {
+            tx.identity_counts(workspace_id, profile_id).await?.into_iter().collect()
+        } else {
+            HashMap::new()
+        };
+        state.identity_counts.insert(profile_id.to_owned(), counts);
+    }
+    Ok(state.identity_counts.get_mut(profile_id).expect("inserted above"))
+}
+
+/// Check that merging `losers` into `survivor` and attaching `attach` keeps every limit; nothing
+/// is changed when it does not.
+async fn check_limits<T: IngestTx>(
+    tx: &mut T,
+    workspace_id: &str,
+    event: &NormalizedEvent,
+    survivor: &str,
+    losers: &[String],
+    attach: &[&Identity],
+    state: &mut Resolution<'_>,
+) -> StoreResult<Result<(), LimitExceeded>> {
+    let limits = *state.limits;
+    if !attach.is_empty() || !losers.is_empty() {
+        let mut combined: HashMap<IdentityKind, usize> =
+            identity_counts(tx, workspace_id, survivor, state).await?.clone();
+        for loser in losers {
+            for (kind, count) in identity_counts(tx, workspace_id, loser, state).await?.iter() {
+                *combined.entry(*kind).or_default() += count;
+            }
+        }
+        for identity in attach {
+            *combined.entry(identity.kind).or_default() += 1;
+        }
+        if let Some((kind, _)) = combined.iter().find(|(_, count)| **count > limits.identities_per_kind) {
+            return Ok(Err(LimitExceeded::too_many_identities(*kind, &limits)));
+        }
+    }
+    if !event.traits.is_empty() || !losers.is_empty() {
+        let profiles: Vec<String> = std::iter::once(survivor.to_owned()).chain(losers.iter().cloned()).collect();
+        ensure_loaded(tx, workspace_id, &profiles, state).await?;
+        let mut names: HashSet<&str> = HashSet::new();
+        for profile in profiles.iter().filter_map(|id| state.profiles.get(id)) {
+            names.extend(profile.traits.keys().map(String::as_str));
+        }
+        for (name, value) in &event.traits {
+            if value.is_null() {
+                names.remove(name.as_str());
+            } else {
+                names.insert(name);
+            }
+        }
+        if names.len() > limits.traits_per_profile {
+            return Ok(Err(LimitExceeded::too_many_traits(&limits)));
+        }
+    }
+    Ok(Ok(()))
+}
+
 async fn apply_event<'a, T: IngestTx>(
     tx: &mut T,
     workspace_id: &str,
     event: &'a NormalizedEvent,
     now: DateTime<Utc>,
     state: &mut Resolution<'a>,
-) -> StoreResult<(String, Vec<String>)> {
+) -> StoreResult<Result<(String, Vec<String>), LimitExceeded>> {
     let mut candidates: Vec<String> = Vec::new();
     for identity in event.identities.iter().chain(&event.previous_ids) {
         if let Some(owner) = state.owners.get(identity) {
@@ -247,31 +341,6 @@ async fn apply_event<'a, T: IngestTx>(
         }
     }
 
-    let mut merged = Vec::new();
-    let profile_id = match candidates.len() {
-        0 => {
-            let id = new_id("prf");
-            state.profiles.insert(id.clone(), ProfileState::new(id.clone(), now));
-            state.dirty.insert(id.clone());
-            id
-        }
-        1 => candidates.remove(0),
-        _ => {
-            ensure_loaded(tx, workspace_id, &candidates, state).await?;
-            let survivor = candidates
-                .iter()
-                .filter_map(|id| state.profiles.get(id))
-                .reduce(|a, b| survivor_of(a, b))
-                .map(|profile| profile.id.clone())
-                .expect("every candidate profile is loaded");
-            for loser in candidates.iter().filter(|id| **id != survivor) {
-                merge(tx, workspace_id, &survivor, loser, event, state).await?;
-                merged.push(loser.clone());
-            }
-            survivor
-        }
-    };
-
     let mut attach: Vec<&Identity> = event.identities.iter().collect();
     // An alias whose previous id nobody owns yet: it was, by Segment convention, an anonymous id.
     if event.kind == EventKind::Alias
@@ -280,13 +349,61 @@ async fn apply_event<'a, T: IngestTx>(
     {
         attach.push(anonymous);
     }
+    attach.retain(|identity| !state.owners.contains_key(*identity));
+
+    let mut merged = Vec::new();
+    let profile_id = match candidates.len() {
+        0 => {
+            let id = new_id("prf");
+            // A new profile holds only this event's identities and traits, which `check_event`
+            // bounds except for the identities per kind.
+            let mut per_kind: HashMap<IdentityKind, usize> = HashMap::new();
+            for identity in &attach {
+                *per_kind.entry(identity.kind).or_default() += 1;
+            }
+            if let Some((kind, _)) = per_kind.iter().find(|(_, count)| **count > state.limits.identities_per_kind) {
+                return Ok(Err(LimitExceeded::too_many_identities(*kind, state.limits)));
+            }
+            state.profiles.insert(id.clone(), ProfileState::new(id.clone(), now));
+            state.dirty.insert(id.clone());
+            state.identity_counts.insert(id.clone(), HashMap::new());
+            id
+        }
+        1 => {
+            let profile_id = candidates.remove(0);
+            if let Err(exceeded) = check_limits(tx, workspace_id, event, &profile_id, &[], &attach, state).await? {
+                return Ok(Err(exceeded));
+            }
+            profile_id
+        }
+        _ => {
+            ensure_loaded(tx, workspace_id, &candidates, state).await?;
+            let survivor = candidates
+                .iter()
+                .filter_map(|id| state.profiles.get(id))
+                .reduce(|a, b| survivor_of(a, b))
+                .map(|profile| profile.id.clone())
+                .expect("every candidate profile is loaded");
+            let losers: Vec<String> = candidates.iter().filter(|id| **id != survivor).cloned().collect();
+            if let Err(exceeded) = check_limits(tx, workspace_id, event, &survivor, &losers, &attach, state).await? {
+                return Ok(Err(exceeded));
+            }
+            for loser in &losers {
+                merge(tx, workspace_id, &survivor, loser, event, state).await?;
+                merged.push(loser.clone());
+            }
+            survivor
+        }
+    };
+
     let mut changed = false;
     for identity in attach {
-        if !state.owners.contains_key(identity) {
-            state.owners.insert(identity.clone(), profile_id.clone());
-            state.new_identities.push((identity.clone(), profile_id.clone()));
-            changed = true;
+        state.owners.insert(identity.clone(), profile_id.clone());
+        state.new_identities.push((identity.clone(), profile_id.clone()));
+        if let Some(counts) = state.identity_counts.get_mut(&profile_id) {
+            *counts.entry(identity.kind).or_default() += 1;
         }
+        changed = true;
     }
     if changed || !event.traits.is_empty() || !event.consent.is_empty() {
         ensure_loaded(tx, workspace_id, std::slice::from_ref(&profile_id), state).await?;
@@ -294,7 +411,7 @@ async fn apply_event<'a, T: IngestTx>(
         // Nothing about the profile changes; its state is not needed.
         state.rows.push(event_row(event, &profile_id));
         state.rows.append(&mut state.merge_rows);
-        return Ok((profile_id, merged));
+        return Ok(Ok((profile_id, merged)));
     }
     let profile = state.profiles.get_mut(&profile_id).expect("ensure_loaded loaded it");
     if !event.traits.is_empty() {
@@ -311,7 +428,7 @@ async fn apply_event<'a, T: IngestTx>(
 
     state.rows.push(event_row(event, &profile_id));
     state.rows.append(&mut state.merge_rows);
-    Ok((profile_id, merged))
+    Ok(Ok((profile_id, merged)))
 }
 
 fn event_row<'a>(event: &'a NormalizedEvent, profile_id: &str) -> EventRow<'a> {
@@ -336,6 +453,13 @@ async fn merge<'a, T: IngestTx>(
     cause: &'a NormalizedEvent,
     state: &mut Resolution<'a>,
 ) -> StoreResult<()> {
+    if let Some(loser_counts) = state.identity_counts.remove(loser)
+        && let Some(survivor_counts) = state.identity_counts.get_mut(survivor)
+    {
+        for (kind, count) in loser_counts {
+            *survivor_counts.entry(kind).or_default() += count;
+        }
+    }
     let loser_state = state.profiles.remove(loser).expect("the merged profile is loaded");
     let survivor_state = state.profiles.get_mut(survivor).expect("the surviving profile is loaded");
     survivor_state.absorb(&loser_state);

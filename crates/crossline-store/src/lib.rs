@@ -235,13 +235,24 @@ pub type DynStore = Arc<dyn Store>;
 /// Open the store a URL names: `postgres://...` for PostgreSQL, anything else is a SQLite file
 /// path. Migrations run before this returns.
 pub async fn open(database_url: Option<&str>, data_dir: &std::path::Path) -> StoreResult<DynStore> {
+    open_with(database_url, data_dir, crossline_core::limits::ProfileLimits::default()).await
+}
+
+/// [`open`], enforcing `limits` on what one profile may hold.
+pub async fn open_with(
+    database_url: Option<&str>,
+    data_dir: &std::path::Path,
+    limits: crossline_core::limits::ProfileLimits,
+) -> StoreResult<DynStore> {
     match database_url {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            Ok(Arc::new(postgres::PgStore::connect(url).await?))
+            Ok(Arc::new(postgres::PgStore::connect(url).await?.with_profile_limits(limits)))
         }
         Some(other) => Err(StoreError::Backend(format!(
             "CROSSLINE_DATABASE_URL \"{other}\" is not a postgres:// URL; unset it to use the embedded store"
         ))),
-        None => Ok(Arc::new(sqlite::SqliteStore::open(&data_dir.join("crossline.db")).await?)),
+        None => {
+            Ok(Arc::new(sqlite::SqliteStore::open(&data_dir.join("crossline.db")).await?.with_profile_limits(limits)))
+        }
     }
 }

@@ -31,6 +31,10 @@ pub struct IngestedEvent {
     pub stored: bool,
     /// Profiles merged away into `profile_id` by this event.
     pub merged: Vec<String>,
+    /// Set when the event was refused because the profile would break a limit; nothing of it was
+    /// stored (`stored` is false).
+    #[serde(skip)]
+    pub rejected: Option<crossline_core::limits::LimitExceeded>,
 }
 
 /// An event as stored and shown on a timeline.

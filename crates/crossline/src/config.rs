@@ -2,6 +2,7 @@
 //! variables, then command-line flags. Everything is validated before the server starts, and a
 //! bad value stops it with one sentence naming the setting and the fix.
 
+use crossline_core::limits::ProfileLimits;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -38,6 +39,15 @@ pub struct Config {
     pub alexa_trust_roots: Option<PathBuf>,
     /// Fetch Alexa's signing certificates from this base URL instead of https://s3.amazonaws.com.
     pub alexa_cert_fetch_base: Option<String>,
+    /// Traits one profile may have.
+    pub max_traits_per_profile: usize,
+    /// Bytes (as JSON) of one trait's value.
+    pub max_trait_value_bytes: usize,
+    /// Identities of one kind one profile may have.
+    pub max_identities_per_kind: usize,
+    /// Tracking-API requests of one workspace the store works on at once; more wait their turn, so
+    /// one flooding workspace cannot fill the writer's queue ahead of the others.
+    pub ingest_concurrency_per_workspace: usize,
 }
 
 impl Default for Config {
@@ -56,12 +66,16 @@ impl Default for Config {
             conversation_idle_minutes: 30,
             alexa_trust_roots: None,
             alexa_cert_fetch_base: None,
+            max_traits_per_profile: ProfileLimits::default().traits_per_profile,
+            max_trait_value_bytes: ProfileLimits::default().trait_value_bytes,
+            max_identities_per_kind: ProfileLimits::default().identities_per_kind,
+            ingest_concurrency_per_workspace: crossline_server::admission::DEFAULT_PER_WORKSPACE,
         }
     }
 }
 
 /// The environment variables read, as `CROSSLINE_` + the upper-cased key.
-const ENV_KEYS: [&str; 13] = [
+const ENV_KEYS: [&str; 17] = [
     "listen",
     "data_dir",
     "database_url",
@@ -75,6 +89,10 @@ const ENV_KEYS: [&str; 13] = [
     "conversation_idle_minutes",
     "alexa_trust_roots",
     "alexa_cert_fetch_base",
+    "max_traits_per_profile",
+    "max_trait_value_bytes",
+    "max_identities_per_kind",
+    "ingest_concurrency_per_workspace",
 ];
 
 /// Flags given on the command line; they override everything else.
@@ -107,9 +125,25 @@ impl Config {
         Ok(config)
     }
 
+    /// What one profile may hold.
+    pub fn profile_limits(&self) -> ProfileLimits {
+        ProfileLimits {
+            traits_per_profile: self.max_traits_per_profile,
+            trait_value_bytes: self.max_trait_value_bytes,
+            identities_per_kind: self.max_identities_per_kind,
+        }
+    }
+
     /// Check every setting; the error names the setting and the fix.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.listen_addr()?;
+        self.profile_limits().validate().map_err(|err| anyhow::anyhow!("{}", err.replace("limits.", "max_")))?;
+        if self.ingest_concurrency_per_workspace == 0 {
+            anyhow::bail!(
+                "ingest_concurrency_per_workspace is 0; give a positive number (default {})",
+                crossline_server::admission::DEFAULT_PER_WORKSPACE
+            );
+        }
         if let Some(url) = &self.database_url
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {

@@ -147,7 +147,7 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
 }
 
 async fn open_backends(config: &Config) -> anyhow::Result<(crossline_store::DynStore, crossline_bus::DynBus)> {
-    let store = crossline_store::open(config.database_url.as_deref(), &config.data_dir)
+    let store = crossline_store::open_with(config.database_url.as_deref(), &config.data_dir, config.profile_limits())
         .await
         .context("cannot open the store")?;
     let bus = crossline_bus::open(config.nats_url.as_deref()).await.context("cannot open the event bus")?;
@@ -192,6 +192,8 @@ async fn state_for(config: &Config, admin_token: String) -> anyhow::Result<AppSt
         }),
         metrics: crossline_server::metrics_handle(),
         bots: Default::default(),
+        limits: Default::default(),
+        admission: Arc::new(crossline_server::admission::Admission::new(config.ingest_concurrency_per_workspace)),
     })
 }
 
@@ -216,7 +218,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 async fn migrate(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
-    let store = crossline_store::open(config.database_url.as_deref(), &config.data_dir)
+    let store = crossline_store::open_with(config.database_url.as_deref(), &config.data_dir, config.profile_limits())
         .await
         .context("cannot open the store")?;
     store.ping().await?;

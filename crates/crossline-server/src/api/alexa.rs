@@ -40,6 +40,11 @@ impl Default for AlexaSettings {
 
 /// How long a fetched certificate chain is reused.
 const CERT_CACHE_TTL: Duration = Duration::from_secs(3600);
+/// How many certificate chains are kept at most (Amazon uses a handful at a time; the URL comes
+/// from the request, so the cache must not grow with what callers send).
+const CERT_CACHE_ENTRIES: usize = 32;
+/// Largest certificate chain fetched.
+const MAX_CERT_CHAIN_BYTES: usize = 64 * 1024;
 
 type CertCache = Mutex<HashMap<String, (Instant, Arc<Vec<u8>>)>>;
 
@@ -70,16 +75,26 @@ async fn cert_chain(settings: &AlexaSettings, url: &url::Url) -> Result<Arc<Vec<
     {
         return Ok(chain.clone());
     }
-    let response = client().get(&fetch_url).send().await.map_err(|err| format!("fetching it failed ({err})"))?;
+    let mut response = client().get(&fetch_url).send().await.map_err(|err| format!("fetching it failed ({err})"))?;
     if !response.status().is_success() {
         return Err(format!("fetching it answered {}", response.status()));
     }
-    let body = response.bytes().await.map_err(|err| format!("reading it failed ({err})"))?;
-    if body.len() > 64 * 1024 {
-        return Err("it is larger than 64 KB".into());
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|err| format!("reading it failed ({err})"))? {
+        if body.len() + chunk.len() > MAX_CERT_CHAIN_BYTES {
+            return Err("it is larger than 64 KB".into());
+        }
+        body.extend_from_slice(&chunk);
     }
-    let chain = Arc::new(body.to_vec());
-    cert_cache().lock().expect("cache lock").insert(fetch_url, (Instant::now(), chain.clone()));
+    let chain = Arc::new(body);
+    let mut cache = cert_cache().lock().expect("cache lock");
+    if cache.len() >= CERT_CACHE_ENTRIES {
+        cache.retain(|_, (fetched, _)| fetched.elapsed() < CERT_CACHE_TTL);
+        if cache.len() >= CERT_CACHE_ENTRIES {
+            cache.clear();
+        }
+    }
+    cache.insert(fetch_url, (Instant::now(), chain.clone()));
     Ok(chain)
 }
 

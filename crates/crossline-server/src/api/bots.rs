@@ -8,6 +8,7 @@
 use crate::api::profiles::{json_rejection, query_rejection};
 use crate::auth::WorkspaceCaller;
 use crate::error::{ApiError, ApiResult};
+use crate::rate::{Rate, RateLimiter};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -44,18 +45,30 @@ pub struct LiveBot {
 /// Trained bots on this node, by bot version (a conversation finishes on the version it started
 /// with, so older versions stay while conversations use them), each bot's latest version, and the
 /// per-customer turn locks and allowances.
-#[derive(Default)]
 pub struct BotRegistry {
     models: Mutex<HashMap<BotKey, Arc<LiveBot>>>,
     latest: Mutex<HashMap<(String, String), (std::time::Instant, i64)>>,
     turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    budgets: Mutex<HashMap<String, (f64, std::time::Instant)>>,
+    budgets: RateLimiter,
 }
 
 /// Messages a customer may send to one bot in a burst, and how fast the allowance refills.
 pub const TURN_BURST: f64 = 10.0;
 /// Messages per second a customer may keep sending to one bot.
 pub const TURNS_PER_SECOND: f64 = 5.0;
+/// How many customers' turn allowances a node remembers at most.
+const TURN_BUDGET_KEYS: usize = 100_000;
+
+impl Default for BotRegistry {
+    fn default() -> Self {
+        BotRegistry {
+            models: Mutex::default(),
+            latest: Mutex::default(),
+            turns: Mutex::default(),
+            budgets: RateLimiter::new(Rate { burst: TURN_BURST, per_second: TURNS_PER_SECOND }, TURN_BUDGET_KEYS),
+        }
+    }
+}
 
 impl BotRegistry {
     fn get(&self, workspace_id: &str, name: &str, version: i64) -> Option<Arc<LiveBot>> {
@@ -86,22 +99,11 @@ impl BotRegistry {
             .map(|(_, version)| *version)
     }
 
-    /// Take one message from a customer's allowance (a token bucket per customer and bot); false
-    /// when they are sending faster than [`TURNS_PER_SECOND`] after a burst of [`TURN_BURST`].
+    /// Take one message from a customer's allowance (a token bucket per customer and bot, in
+    /// bounded memory); false when they are sending faster than [`TURNS_PER_SECOND`] after a burst
+    /// of [`TURN_BURST`].
     pub fn allow_turn(&self, key: &str, now: std::time::Instant) -> bool {
-        let mut budgets = self.budgets.lock().expect("turn budgets");
-        if budgets.len() > 10_000 {
-            budgets.retain(|_, (tokens, at)| *tokens < TURN_BURST || now.duration_since(*at).as_secs() < 60);
-        }
-        let (tokens, at) = budgets.entry(key.to_owned()).or_insert((TURN_BURST, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * TURNS_PER_SECOND).min(TURN_BURST);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.budgets.allow(key, now)
     }
 
     /// The lock that serialises one customer's turns on this node, so two messages sent at once

@@ -117,7 +117,13 @@ async fn ingest(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
         .map(|event| (event.kind.as_str(), event.name.clone(), event.channel.clone(), event.timestamp))
         .collect();
     let count = request.events.len();
-    let outcome = state.store.ingest(&workspace.id, request.events).await?;
+    let outcome = {
+        let _turn = state.admission.enter(&workspace.id).await;
+        state.store.ingest(&workspace.id, request.events).await?
+    };
+    if matches!(endpoint, Endpoint::Single(_)) {
+        crate::error::refused_for_limits(&outcome)?;
+    }
 
     let stored: Vec<Published<'_>> = summaries
         .iter()

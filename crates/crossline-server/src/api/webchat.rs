@@ -12,13 +12,23 @@
 //! nothing is lost and nothing is duplicated when a socket drops mid-turn.
 //!
 //! `{"type": "identify", "user_id": ID, "traits": {..}, "user_hash"?: HEX}` (sent by the page when
-//! `widget.js` on the host page calls `Crossline.identify`) links the visitor to that customer and is
-//! answered `{"type": "identified"}`; with an identity secret configured, `user_hash` must be the hex
-//! HMAC-SHA256 of the user id.
+//! `widget.js` on the host page calls `Crossline.identify`) is answered `{"type": "identified",
+//! "verified": BOOL}`. What it may do follows [`crossline_core::trust`]: with the channel's
+//! identity secret set, `user_hash` must be the hex HMAC-SHA256 of
+//! [`identity_hash_message`] (the user id and every email and phone the identify names) — then the
+//! visitor and that customer are one profile and the chat continues the customer's conversations;
+//! a wrong or missing hash is refused and changes nothing. Without an identity secret nothing a
+//! page says is verified: the identify is kept as `unverified_claims` on the visitor's own profile
+//! and links nothing, so the socket only ever shows the visitor's own conversations.
+//!
+//! Every frame counts against the visitor's and the client address's allowance; a socket over it
+//! gets `{"type": "error", "code": "rate_limited"}` and the frame is dropped (a message keeps its id,
+//! so the page can send it again).
 
 use crate::api::bots::bot_model;
 use crate::api::conversations::{Turn, converse};
 use crate::error::{ApiError, ApiResult};
+use crate::rate::{PeerIp, ip_key};
 use crate::state::AppState;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
@@ -29,11 +39,12 @@ use crossline_bot::dialog::{DialogState, quick_replies};
 use crossline_channels::CHAT_CAPABILITIES;
 use crossline_core::event::{Endpoint, NormalizeOptions, parse_request};
 use crossline_core::keys::{KeyKind, hash_key, secrets_equal};
+use crossline_core::trust::{IdentitySource, identity_hash_message};
 use crossline_core::{EventKind, Identity, IdentityKind};
 use crossline_store::{Conversation, Workspace};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use sha2::Sha256;
 
 /// Read buffer of a chat socket.
@@ -125,8 +136,10 @@ pub async fn page(State(state): State<AppState>, Path(workspace_id): Path<String
     Ok(chat_page(&workspace_id, false))
 }
 
+/// A visitor id is the credential of that browser's conversations: the page makes 32 random hex
+/// digits, and anything much shorter could be guessed.
 fn valid_visitor(visitor: &str) -> bool {
-    (8..=64).contains(&visitor.len()) && visitor.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    (16..=64).contains(&visitor.len()) && visitor.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The chat WebSocket.
@@ -134,11 +147,21 @@ pub async fn socket(
     State(state): State<AppState>,
     Path(workspace_id): Path<String>,
     Query(query): Query<ChatQuery>,
+    PeerIp(peer): PeerIp,
     upgrade: WebSocketUpgrade,
 ) -> ApiResult<Response> {
+    let peer = peer.map(ip_key);
+    if let Some(peer) = &peer
+        && !state.limits.chat_connects.allow(peer, std::time::Instant::now())
+    {
+        metrics::counter!("crossline_chat_rate_limited_total", "what" => "connect").increment(1);
+        return Err(ApiError::rate_limited(
+            "too many chat connections from this address; wait a few seconds and connect again",
+        ));
+    }
     let (workspace, config) = webchat_bot(&state, &workspace_id).await?;
     let visitor = query.visitor.filter(|visitor| valid_visitor(visitor)).ok_or_else(|| {
-        ApiError::bad_request("invalid_query", "visitor: give 8 to 64 letters, digits, - or _ (the page makes one)")
+        ApiError::bad_request("invalid_query", "visitor: give 16 to 64 letters, digits, - or _ (the page makes one)")
     })?;
     let channel = match query.channel.as_deref() {
         None | Some("chat") => "chat",
@@ -152,7 +175,8 @@ pub async fn socket(
         .write_buffer_size(0)
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES);
-    Ok(upgrade.on_upgrade(move |socket| serve_socket(socket, state, workspace, config, identity, channel)))
+    let client = Client { workspace, config, visitor: identity, channel, peer };
+    Ok(upgrade.on_upgrade(move |socket| serve_socket(socket, state, client)))
 }
 
 async fn send(socket: &mut WebSocket, frame: Value) -> bool {
@@ -226,55 +250,147 @@ async fn greeting(state: &AppState, workspace: &Workspace, bot: &str) -> Option<
     Some(frame)
 }
 
-/// Link the chat visitor to the customer the host page knows (an `identify` frame from widget.js):
-/// the visitor's profile and the customer's merge, so the chat continues the customer's conversations.
-async fn identify(
-    state: &AppState,
-    workspace: &Workspace,
-    config: &WebchatConfig,
-    visitor: &Identity,
-    request: &Value,
-) -> ApiResult<()> {
-    let user_id = request.get("user_id").and_then(Value::as_str).unwrap_or_default();
-    if user_id.is_empty() || user_id.len() > 256 {
-        return Err(ApiError::bad_request("invalid_field", "user_id: give the customer's user id (1-256 characters)"));
-    }
-    if let Some(secret) = &config.identity_secret {
-        let given = request.get("user_hash").and_then(Value::as_str).unwrap_or_default();
-        if !secrets_equal(given, &user_hash(secret, user_id)) {
-            return Err(ApiError::forbidden(
-                "user_hash: does not match user_id; compute it on your server as the hex HMAC-SHA256 of the user id with the web chat identity secret",
-            ));
-        }
-    }
-    let traits = request.get("traits").cloned().unwrap_or_else(|| json!({}));
-    let body = json!({"type": "identify", "userId": user_id, "traits": traits, "context": {"channel": "chat"}});
-    let options = NormalizeOptions { default_region: &workspace.default_region, received_at: Utc::now() };
-    let mut parsed = parse_request(Endpoint::Single(EventKind::Identify), body.to_string().as_bytes(), &options)
-        .map_err(|err| ApiError::bad_request(err.code, err.message.replace("body.", "")))?;
-    for event in &mut parsed.events {
-        event.identities.push(visitor.clone());
-    }
-    state.store.ingest(&workspace.id, parsed.events).await?;
-    Ok(())
+/// What an `identify` frame did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Identified {
+    /// The hash verified it: the visitor and the customer are one profile.
+    Verified,
+    /// No identity secret on the channel: kept as claims on the visitor's own profile.
+    Claimed,
 }
 
-/// The `user_hash` a host page gives with an identity when the workspace set an identity secret.
-pub fn user_hash(secret: &str, user_id: &str) -> String {
+/// Longest user id an `identify` may name.
+const MAX_USER_ID_CHARS: usize = 256;
+
+/// Handle an `identify` frame from widget.js: link the visitor to the customer the host page
+/// vouches for, or keep what it claims on the visitor's own profile (see the module docs and
+/// [`crossline_core::trust`]).
+async fn identify(
+    state: &AppState,
+    client: &Client,
+    user_id: Option<String>,
+    traits: Option<Map<String, Value>>,
+    given_hash: Option<String>,
+) -> ApiResult<Identified> {
+    let user_id = user_id.map(|id| id.trim().to_owned()).unwrap_or_default();
+    if user_id.is_empty() || user_id.chars().count() > MAX_USER_ID_CHARS {
+        return Err(ApiError::bad_request("invalid_field", "user_id: give the customer's user id (1-256 characters)"));
+    }
+    let traits = traits.unwrap_or_default();
+    let asserted = |name: &str| traits.get(name).and_then(Value::as_str).filter(|value| !value.trim().is_empty());
+    let (email, phone) = (asserted("email"), asserted("phone"));
+    let source = match &client.config.identity_secret {
+        Some(secret) => {
+            let expected = user_hash(secret, &identity_hash_message(&user_id, email, phone));
+            if !secrets_equal(given_hash.as_deref().unwrap_or_default(), &expected) {
+                metrics::counter!("crossline_chat_identify_refused_total").increment(1);
+                return Err(ApiError::new(
+                    axum::http::StatusCode::FORBIDDEN,
+                    "identity_not_verified",
+                    "user_hash: does not match; compute it on your server as the hex HMAC-SHA256, with the web chat identity secret, of the user id followed by \"\\nemail:EMAIL\" and \"\\nphone:PHONE\" for each of them the identify names (docs/channels/webchat.md)",
+                ));
+            }
+            IdentitySource::WidgetVerified
+        }
+        None => IdentitySource::WidgetUnverified,
+    };
+    let workspace = &client.workspace;
+    let options = NormalizeOptions { default_region: &workspace.default_region, received_at: Utc::now() };
+    let events = if source.may_link() {
+        let body =
+            json!({"type": "identify", "userId": user_id, "traits": traits, "context": {"channel": client.channel}});
+        let mut parsed = parse_request(Endpoint::Single(EventKind::Identify), body.to_string().as_bytes(), &options)
+            .map_err(|err| ApiError::bad_request(err.code, err.message.replace("body.", "")))?;
+        for event in &mut parsed.events {
+            event.identities.push(client.visitor.clone());
+        }
+        parsed.events
+    } else {
+        // A claim: recorded on the visitor's own profile, naming no identity but the visitor's.
+        let mut claims = traits;
+        claims.insert("user_id".into(), Value::String(user_id));
+        let mut event = crate::api::conversations::event(
+            &client.visitor,
+            "chat.identify_claimed",
+            client.channel,
+            json!({}),
+            options.received_at,
+        );
+        event.kind = EventKind::Identify;
+        event.name = None;
+        event.traits.insert("unverified_claims".into(), Value::Object(claims.clone()));
+        event.properties = claims;
+        vec![event]
+    };
+    let outcome = state.store.ingest(&workspace.id, events).await?;
+    crate::error::refused_for_limits(&outcome)?;
+    Ok(if source.may_link() { Identified::Verified } else { Identified::Claimed })
+}
+
+/// The hex HMAC-SHA256 of `message` with the web chat identity secret: the `user_hash` a host page
+/// gives with an identity (`message` is [`identity_hash_message`]).
+pub fn user_hash(secret: &str, message: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
-    mac.update(user_id.as_bytes());
+    mac.update(message.as_bytes());
     hex::encode(mac.finalize().into_bytes())
 }
 
-async fn serve_socket(
-    mut socket: WebSocket,
-    state: AppState,
+/// Who is on the other end of a chat socket.
+struct Client {
     workspace: Workspace,
     config: WebchatConfig,
-    identity: Identity,
+    /// The page's visitor id: the socket's own identity.
+    visitor: Identity,
     channel: &'static str,
-) {
-    let bot = config.bot.clone();
+    /// The client's address as a rate-limit key.
+    peer: Option<String>,
+}
+
+/// A frame from the page.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientFrame {
+    /// Sent on every (re)connect.
+    Hello {
+        #[serde(default)]
+        seen: u64,
+        #[serde(default)]
+        history: bool,
+    },
+    /// A customer message, kept by the page until acknowledged.
+    Message {
+        #[serde(default)]
+        id: String,
+        #[serde(default)]
+        text: String,
+    },
+    /// Who the host page says the visitor is.
+    Identify {
+        #[serde(default)]
+        user_id: Option<String>,
+        #[serde(default)]
+        traits: Option<Map<String, Value>>,
+        #[serde(default)]
+        user_hash: Option<String>,
+    },
+}
+
+fn error_frame(code: &str, message: &str) -> Value {
+    json!({"type": "error", "code": code, "message": message})
+}
+
+/// Whether the visitor and its address may send another frame now.
+fn allow_frame(state: &AppState, client: &Client) -> bool {
+    let now = std::time::Instant::now();
+    let visitor_key = format!("{}/{}", client.workspace.id, client.visitor.value);
+    let by_visitor = state.limits.chat_frames_per_visitor.allow(&visitor_key, now);
+    let by_address = client.peer.as_ref().is_none_or(|peer| state.limits.chat_frames_per_ip.allow(peer, now));
+    by_visitor && by_address
+}
+
+async fn serve_socket(mut socket: WebSocket, state: AppState, client: Client) {
+    let bot = client.config.bot.clone();
+    let (workspace, identity, channel) = (&client.workspace, &client.visitor, client.channel);
     let mut sent = 0usize;
     let mut conversation: Option<String> = None;
     while let Some(Ok(frame)) = socket.recv().await {
@@ -284,34 +400,50 @@ async fn serve_socket(
             }
             continue;
         };
-        let Ok(request) = serde_json::from_str::<Value>(&text) else {
-            send(&mut socket, json!({"type": "error", "code": "invalid_json", "message": "frames are JSON objects"}))
+        if !allow_frame(&state, &client) {
+            metrics::counter!("crossline_chat_rate_limited_total", "what" => "frame").increment(1);
+            send(&mut socket, error_frame("rate_limited", "you are sending too fast; wait a moment and send again"))
                 .await;
             continue;
+        }
+        let request = match serde_json::from_str::<ClientFrame>(&text) {
+            Ok(request) => request,
+            Err(err) if serde_json::from_str::<Value>(&text).is_err() => {
+                tracing::debug!(error = %err, "chat frame is not JSON");
+                send(&mut socket, error_frame("invalid_json", "frames are JSON objects")).await;
+                continue;
+            }
+            Err(err) => {
+                let message = format!("type: use hello, message or identify with their fields ({err})");
+                send(&mut socket, error_frame("invalid_field", &message)).await;
+                continue;
+            }
         };
-        match request.get("type").and_then(Value::as_str) {
-            Some("hello") => {
-                sent = request.get("seen").and_then(Value::as_u64).unwrap_or(0) as usize;
-                let history = request.get("history").and_then(Value::as_bool).unwrap_or(false);
-                match open_conversation(&state, &workspace, &bot, &identity).await {
+        match request {
+            ClientFrame::Hello { seen, history } => {
+                sent = usize::try_from(seen).unwrap_or(usize::MAX);
+                match open_conversation(&state, workspace, &bot, identity).await {
                     Some(open) => {
-                        let buttons = pending_buttons(&state, &workspace, &open).await;
-                        sent = catch_up(&mut socket, &state, &workspace, &open.id, sent, history, &buttons).await;
+                        let buttons = pending_buttons(&state, workspace, &open).await;
+                        sent = catch_up(&mut socket, &state, workspace, &open.id, sent, history, &buttons).await;
                         conversation = Some(open.id);
                     }
                     None => {
                         conversation = None;
-                        if let Some(frame) = greeting(&state, &workspace, &bot).await {
+                        if let Some(frame) = greeting(&state, workspace, &bot).await {
                             send(&mut socket, frame).await;
                         }
                     }
                 }
             }
-            Some("message") => {
-                let id = request.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
-                let body = request.get("text").and_then(Value::as_str).unwrap_or_default().trim().to_owned();
+            ClientFrame::Message { id, text } => {
+                let body = text.trim().to_owned();
                 if id.is_empty() || id.len() > 64 || body.is_empty() {
-                    send(&mut socket, json!({"type": "error", "code": "invalid_field", "message": "a message needs an id (1-64 characters) and some text"})).await;
+                    send(
+                        &mut socket,
+                        error_frame("invalid_field", "a message needs an id (1-64 characters) and some text"),
+                    )
+                    .await;
                     continue;
                 }
                 send(&mut socket, json!({"type": "typing"})).await;
@@ -324,38 +456,32 @@ async fn serve_socket(
                     message_id: Some(format!("chat_{}_{id}", identity.value)),
                 };
                 let mut buttons = Vec::new();
-                match converse(&state, &workspace, turn).await {
+                match converse(&state, workspace, turn).await {
                     Ok(answer) => {
                         buttons = answer.render(&CHAT_CAPABILITIES).buttons;
                         conversation = Some(answer.conversation_id);
                     }
                     Err(err) if err.code == "duplicate_message" => {}
                     Err(err) => {
-                        send(&mut socket, json!({"type": "error", "code": err.code, "message": err.message})).await;
+                        send(&mut socket, json!({"type": "error", "code": err.code, "message": err.message, "id": id}))
+                            .await;
                         continue;
                     }
                 }
                 if conversation.is_none() {
-                    conversation = open_conversation(&state, &workspace, &bot, &identity).await.map(|open| open.id);
+                    conversation = open_conversation(&state, workspace, &bot, identity).await.map(|open| open.id);
                 }
                 if let Some(id) = &conversation {
-                    sent = catch_up(&mut socket, &state, &workspace, id, sent, false, &buttons).await;
+                    sent = catch_up(&mut socket, &state, workspace, id, sent, false, &buttons).await;
                 }
                 send(&mut socket, json!({"type": "ack", "id": id})).await;
             }
-            Some("identify") => {
-                let frame = match identify(&state, &workspace, &config, &identity, &request).await {
-                    Ok(()) => json!({"type": "identified"}),
-                    Err(err) => json!({"type": "error", "code": err.code, "message": err.message}),
+            ClientFrame::Identify { user_id, traits, user_hash } => {
+                let frame = match identify(&state, &client, user_id, traits, user_hash).await {
+                    Ok(outcome) => json!({"type": "identified", "verified": outcome == Identified::Verified}),
+                    Err(err) => error_frame(err.code, &err.message),
                 };
                 send(&mut socket, frame).await;
-            }
-            _ => {
-                send(
-                    &mut socket,
-                    json!({"type": "error", "code": "invalid_field", "message": "type: use hello, message or identify"}),
-                )
-                .await;
             }
         }
     }

@@ -57,6 +57,8 @@ impl Server {
             settings: Arc::new(Settings::default()),
             metrics: crate::metrics_handle(),
             bots: Default::default(),
+            limits: Default::default(),
+            admission: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();

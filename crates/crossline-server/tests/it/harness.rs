@@ -62,6 +62,8 @@ impl TestServer {
             settings: Arc::new(settings),
             metrics: crossline_server::metrics_handle(),
             bots: Default::default(),
+            limits: Default::default(),
+            admission: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

@@ -6,6 +6,7 @@ mod bots;
 mod conversations;
 mod harness;
 mod ingest;
+mod limits;
 mod openapi;
 mod profiles;
 mod segment_python;

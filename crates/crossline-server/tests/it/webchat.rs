@@ -2,6 +2,8 @@
 
 use crate::bots::bank;
 use crate::harness::{TestServer, json_of};
+use crossline_core::trust::identity_hash_message;
+use crossline_server::api::webchat::user_hash;
 use futures::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -126,8 +128,11 @@ async fn the_kiosk_records_its_turns_on_the_kiosk_channel() {
     assert_eq!(page.status(), StatusCode::OK);
     assert!(page.text().await.unwrap().contains("speechSynthesis"));
 
-    let url =
-        format!("{}/chat/{}/ws?visitor=kiosk-visitor-1&channel=kiosk", server.url.replace("http://", "ws://"), ws.id);
+    let url = format!(
+        "{}/chat/{}/ws?visitor=kiosk-visitor-0001&channel=kiosk",
+        server.url.replace("http://", "ws://"),
+        ws.id
+    );
     let mut socket = tokio_tungstenite::connect_async(url).await.unwrap().0;
     send(&mut socket, json!({"type": "hello", "seen": 0, "history": true})).await;
     frames_until(&mut socket, "message").await;
@@ -135,7 +140,7 @@ async fn the_kiosk_records_its_turns_on_the_kiosk_channel() {
     let frames = frames_until(&mut socket, "ack").await;
     assert_eq!(bot_texts(&frames).len(), 1);
     let (_, profile) =
-        json_of(server.get("/api/v1/profiles/lookup?kind=chat_visitor_id&value=kiosk-visitor-1", &ws.api_key).await)
+        json_of(server.get("/api/v1/profiles/lookup?kind=chat_visitor_id&value=kiosk-visitor-0001", &ws.api_key).await)
             .await;
     let (_, events) =
         json_of(server.get(&format!("/api/v1/profiles/{}/events", profile["id"].as_str().unwrap()), &ws.api_key).await)
@@ -148,7 +153,7 @@ async fn the_kiosk_records_its_turns_on_the_kiosk_channel() {
             .any(|event| event["event"] == "message.received" && event["channel"] == "kiosk")
     );
     let bad =
-        format!("{}/chat/{}/ws?visitor=kiosk-visitor-1&channel=fax", server.url.replace("http://", "ws://"), ws.id);
+        format!("{}/chat/{}/ws?visitor=kiosk-visitor-0001&channel=fax", server.url.replace("http://", "ws://"), ws.id);
     assert!(tokio_tungstenite::connect_async(bad).await.is_err(), "an unknown channel is refused");
     server.stop().await;
 }
@@ -210,18 +215,28 @@ async fn the_widget_links_the_chat_to_the_customer_the_host_page_identifies() {
     let last = frames.iter().rfind(|frame| frame["author"] == "bot").unwrap();
     assert_eq!(last["quick_replies"], json!(["Yes", "No"]), "{frames:?}");
 
-    // The host page says who this is; without the right hash nothing is linked.
-    let identify = |hash: &str| json!({"type": "identify", "user_id": "ada", "traits": {"email": "Ada@Example.com", "phone": "+14155550123"}, "user_hash": hash});
+    // The host page says who this is; without the right hash nothing is linked. The hash covers the
+    // user id and the email and phone the identify names.
+    let traits = json!({"email": "Ada@Example.com", "phone": "+14155550123"});
+    let identify = |hash: &str| json!({"type": "identify", "user_id": "ada", "traits": traits, "user_hash": hash});
     send(&mut socket, identify("00ff")).await;
     let refused = frames_until(&mut socket, "error").await;
-    assert_eq!(refused.last().unwrap()["code"], "forbidden", "{refused:?}");
+    assert_eq!(refused.last().unwrap()["code"], "identity_not_verified", "{refused:?}");
     let unknown = server.get("/api/v1/profiles/lookup?kind=user_id&value=ada", &ws.api_key).await;
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND, "a refused identify changes nothing");
-    send(&mut socket, json!({"type": "identify", "user_id": "ada", "traits": {"email": "not-an-email"}, "user_hash": crossline_server::api::webchat::user_hash(secret, "ada")})).await;
+    // A hash of the user id alone does not vouch for an email or phone.
+    send(&mut socket, identify(&user_hash(secret, "ada"))).await;
+    let refused = frames_until(&mut socket, "error").await;
+    assert_eq!(refused.last().unwrap()["code"], "identity_not_verified", "{refused:?}");
+    let bad_email = json!({"email": "not-an-email"});
+    let hash = user_hash(secret, &identity_hash_message("ada", Some("not-an-email"), None));
+    send(&mut socket, json!({"type": "identify", "user_id": "ada", "traits": bad_email, "user_hash": hash})).await;
     let invalid = frames_until(&mut socket, "error").await;
     assert!(invalid.last().unwrap()["message"].as_str().unwrap().contains("traits.email"), "{invalid:?}");
-    send(&mut socket, identify(&crossline_server::api::webchat::user_hash(secret, "ada"))).await;
-    frames_until(&mut socket, "identified").await;
+    let hash = user_hash(secret, &identity_hash_message("ada", Some("Ada@Example.com"), Some("+14155550123")));
+    send(&mut socket, identify(&hash)).await;
+    let identified = frames_until(&mut socket, "identified").await;
+    assert_eq!(identified.last().unwrap()["verified"], true);
     let (_, by_phone) =
         json_of(server.get("/api/v1/profiles/lookup?kind=phone&value=%2B14155550123", &ws.api_key).await).await;
     let (_, by_visitor) = json_of(
@@ -239,5 +254,152 @@ async fn the_widget_links_the_chat_to_the_customer_the_host_page_identifies() {
         )
         .await;
     assert!(answer["replies"][0]["text"].as_str().unwrap().starts_with("Booked: "), "{answer}");
+    server.stop().await;
+}
+
+/// Bob, known by user id, email and phone, half-way through booking over the REST channel.
+async fn bob_mid_booking(server: &TestServer, ws: &crate::harness::TestWorkspace) -> Value {
+    let identify = json!({"userId": "bob-42", "traits": {"email": "bob@example.com", "phone": "+14155550199"}});
+    assert_eq!(server.track("/v1/identify", &ws.write_key, &identify).await.status(), StatusCode::OK);
+    let (status, answer) = server
+        .converse(&ws.api_key, &json!({"bot": "bank", "from": {"kind": "user_id", "value": "bob-42"}, "text": "book a visit for tomorrow, my PIN hint is blue"}))
+        .await;
+    assert_eq!((status, answer["replies"][0]["text"].as_str()), (StatusCode::OK, Some("What time?")), "{answer}");
+    let (_, bob) = json_of(server.get("/api/v1/profiles/lookup?kind=user_id&value=bob-42", &ws.api_key).await).await;
+    bob
+}
+
+/// What a socket shows on a fresh page (`history`) and answers to one message, up to its ack.
+async fn what_the_socket_reveals(socket: &mut Socket) -> Vec<Value> {
+    send(socket, json!({"type": "hello", "seen": 0, "history": true})).await;
+    send(socket, json!({"type": "message", "id": "probe-1", "text": "3pm"})).await;
+    frames_until(socket, "ack").await
+}
+
+fn assert_nothing_of_bob(frames: &[Value]) {
+    for frame in frames {
+        let text = frame["text"].as_str().unwrap_or_default();
+        assert!(
+            !text.contains("PIN hint") && !text.starts_with("Shall I book"),
+            "Bob's conversation leaked: {frames:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_identity_secret_an_identify_is_only_a_claim_on_the_visitors_own_profile() {
+    let server = TestServer::start().await;
+    let ws = server.workspace("bank").await;
+    server.put_bot(&ws.api_key, "bank", &bank()).await;
+    assert_eq!(configure_webchat(&server, &ws.api_key, &json!({"bot": "bank"})).await.0, StatusCode::OK);
+    let bob = bob_mid_booking(&server, &ws).await;
+
+    // A stranger on the public chat page says they are Bob, with Bob's email.
+    let attacker = "attacker-visitor-0001";
+    let mut socket = connect(&server, &ws.id, attacker).await;
+    let claim = json!({"type": "identify", "user_id": "bob-42", "traits": {"email": "bob@example.com", "name": "Bob"}});
+    send(&mut socket, claim).await;
+    let identified = frames_until(&mut socket, "identified").await;
+    assert_eq!(identified.last().unwrap()["verified"], false);
+    assert_nothing_of_bob(&what_the_socket_reveals(&mut socket).await);
+
+    let lookup = |kind: &str, value: &str| {
+        let path = format!("/api/v1/profiles/lookup?kind={kind}&value={value}");
+        let (server, api_key) = (&server, ws.api_key.clone());
+        async move { server.get(&path, &api_key).await }
+    };
+    let (_, claimant) = json_of(lookup("chat_visitor_id", attacker).await).await;
+    assert_ne!(claimant["id"], bob["id"], "the claim merged nothing");
+    assert_eq!(claimant["traits"]["unverified_claims"]["user_id"], "bob-42");
+    assert_eq!(claimant["traits"]["unverified_claims"]["email"], "bob@example.com");
+    assert!(claimant["traits"].get("email").is_none(), "a claim is not a trait of the person");
+    let (_, by_email) = json_of(lookup("email", "bob%40example.com").await).await;
+    assert_eq!(by_email["id"], bob["id"], "Bob's email still names Bob alone");
+
+    // A reload with history, and a new socket, still show nothing of Bob; Bob's booking is untouched.
+    let mut again = connect(&server, &ws.id, attacker).await;
+    assert_nothing_of_bob(&what_the_socket_reveals(&mut again).await);
+    let (_, answer) = server
+        .converse(&ws.api_key, &json!({"bot": "bank", "from": {"kind": "user_id", "value": "bob-42"}, "text": "3pm"}))
+        .await;
+    assert!(answer["replies"][0]["text"].as_str().unwrap().starts_with("Shall I book"), "{answer}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_identity_secret_a_hash_for_ones_own_id_cannot_claim_someone_elses_email() {
+    let server = TestServer::start().await;
+    let ws = server.workspace("bank").await;
+    server.put_bot(&ws.api_key, "bank", &bank()).await;
+    let secret = "host-page-identity-secret-0123";
+    let config = json!({"bot": "bank", "identity_secret": secret});
+    assert_eq!(configure_webchat(&server, &ws.api_key, &config).await.0, StatusCode::OK);
+    let bob = bob_mid_booking(&server, &ws).await;
+
+    let attacker = "attacker-visitor-0002";
+    let mut socket = connect(&server, &ws.id, attacker).await;
+    // Mallory has an account on the host site, so her server signs her own user id...
+    let own = user_hash(secret, "mallory");
+    for frame in [
+        // ...which she reuses to claim Bob's email or phone,
+        json!({"type": "identify", "user_id": "mallory", "traits": {"email": "bob@example.com"}, "user_hash": own}),
+        json!({"type": "identify", "user_id": "mallory", "traits": {"phone": "+14155550199"}, "user_hash": own}),
+        // or she names Bob's user id with no hash, or with hers.
+        json!({"type": "identify", "user_id": "bob-42"}),
+        json!({"type": "identify", "user_id": "bob-42", "user_hash": own}),
+    ] {
+        send(&mut socket, frame.clone()).await;
+        let refused = frames_until(&mut socket, "error").await;
+        assert_eq!(refused.last().unwrap()["code"], "identity_not_verified", "{frame}: {refused:?}");
+    }
+    assert_nothing_of_bob(&what_the_socket_reveals(&mut socket).await);
+    let (_, by_email) =
+        json_of(server.get("/api/v1/profiles/lookup?kind=email&value=bob%40example.com", &ws.api_key).await).await;
+    assert_eq!(by_email["id"], bob["id"]);
+    assert!(
+        !by_email["identities"].as_array().unwrap().iter().any(|identity| identity["kind"] == "chat_visitor_id"),
+        "no chat visitor was linked to Bob: {by_email}"
+    );
+    // Her own, correctly signed identify links her visitor to her own profile only.
+    send(&mut socket, json!({"type": "identify", "user_id": "mallory", "user_hash": own})).await;
+    assert_eq!(frames_until(&mut socket, "identified").await.last().unwrap()["verified"], true);
+    let (_, mallory) =
+        json_of(server.get("/api/v1/profiles/lookup?kind=user_id&value=mallory", &ws.api_key).await).await;
+    assert_ne!(mallory["id"], bob["id"]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_frame_kind_counts_against_the_visitors_allowance() {
+    let server = TestServer::start().await;
+    let ws = server.workspace("bank").await;
+    server.put_bot(&ws.api_key, "bank", &bank()).await;
+    assert_eq!(configure_webchat(&server, &ws.api_key, &json!({"bot": "bank"})).await.0, StatusCode::OK);
+    let mut socket = connect(&server, &ws.id, "flooding-visitor-0001").await;
+    let mut limited = 0;
+    for index in 0..60 {
+        // hello and identify frames were not limited at all before.
+        let frame = if index % 2 == 0 {
+            json!({"type": "hello", "seen": 0})
+        } else {
+            json!({"type": "identify", "user_id": format!("user-{index}")})
+        };
+        send(&mut socket, frame).await;
+    }
+    send(&mut socket, json!({"type": "message", "id": "last", "text": "when are you open"})).await;
+    // Read until the socket goes quiet: the greeting frames, identified frames and the errors.
+    while let Ok(Some(Ok(Message::Text(text)))) = tokio::time::timeout(Duration::from_millis(500), socket.next()).await
+    {
+        let frame: Value = serde_json::from_str(&text).unwrap();
+        if frame["code"] == "rate_limited" {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 30, "only {limited} of 61 frames sent at once were refused");
+    let (_, profile) = json_of(
+        server.get("/api/v1/profiles/lookup?kind=chat_visitor_id&value=flooding-visitor-0001", &ws.api_key).await,
+    )
+    .await;
+    assert!(profile["id"].is_string());
     server.stop().await;
 }

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use crossline_core::event::NormalizedEvent;
 use crossline_core::keys::KeyKind;
+use crossline_core::limits::ProfileLimits;
 use crossline_core::{ConsentStatus, Identity, Profile};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
@@ -33,6 +34,7 @@ const MIGRATION_LOCK: i64 = 0x0c05_511e;
 /// The PostgreSQL store.
 pub struct PgStore {
     pool: Pool,
+    profile_limits: ProfileLimits,
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {
@@ -42,6 +44,12 @@ impl From<deadpool_postgres::PoolError> for StoreError {
 }
 
 impl PgStore {
+    /// Enforce these limits on what one profile may hold (the defaults otherwise).
+    pub fn with_profile_limits(mut self, limits: ProfileLimits) -> Self {
+        self.profile_limits = limits;
+        self
+    }
+
     /// Connect to `url` and run migrations.
     pub async fn connect(url: &str) -> StoreResult<Self> {
         Self::connect_in_schema(url, None).await
@@ -74,7 +82,7 @@ impl PgStore {
             .max_size(16)
             .build()
             .map_err(|err| StoreError::Backend(format!("PostgreSQL pool: {err}")))?;
-        let store = PgStore { pool };
+        let store = PgStore { pool, profile_limits: ProfileLimits::default() };
         store.migrate().await.map_err(|err| match err {
             StoreError::Backend(message) => {
                 StoreError::Backend(format!("cannot prepare PostgreSQL at {url}: {message}"))
@@ -181,7 +189,7 @@ impl ProfileStore for PgStore {
         lock_workspace(&tx, workspace_id).await?;
         let result = {
             let mut statements = statements::PgTx { tx: &tx };
-            apply_batch(&mut statements, workspace_id, &events, Utc::now()).await?
+            apply_batch(&mut statements, workspace_id, &events, Utc::now(), &self.profile_limits).await?
         };
         tx.commit().await?;
         Ok(result)
@@ -404,7 +412,7 @@ impl crate::ConversationStore for PgStore {
         statements::save_conversation(&tx, workspace_id, conversation, messages).await?;
         let result = {
             let mut statements = statements::PgTx { tx: &tx };
-            apply_batch(&mut statements, workspace_id, &events, Utc::now()).await?
+            apply_batch(&mut statements, workspace_id, &events, Utc::now(), &self.profile_limits).await?
         };
         tx.commit().await?;
         Ok(result)

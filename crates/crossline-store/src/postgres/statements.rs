@@ -154,6 +154,28 @@ impl IngestTx for PgTx<'_> {
         }
         Ok(())
     }
+
+    async fn identity_counts(
+        &mut self,
+        workspace_id: &str,
+        profile_id: &str,
+    ) -> StoreResult<Vec<(IdentityKind, usize)>> {
+        let rows = self
+            .tx
+            .query(
+                "SELECT kind, count(*) FROM identities WHERE workspace_id = $1 AND profile_id = $2 GROUP BY kind",
+                &[&workspace_id, &profile_id],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                let kind: String = row.get(0);
+                let count: i64 = row.get(1);
+                Some((kind.parse::<IdentityKind>().ok()?, usize::try_from(count).unwrap_or(usize::MAX)))
+            })
+            .collect())
+    }
 }
 
 async fn add_event_counts(

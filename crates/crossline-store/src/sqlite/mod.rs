@@ -28,6 +28,7 @@ use cache::IdentityCache;
 use chrono::{DateTime, Utc};
 use crossline_core::event::NormalizedEvent;
 use crossline_core::keys::KeyKind;
+use crossline_core::limits::ProfileLimits;
 use crossline_core::{ConsentStatus, Identity, Profile};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use std::path::{Path, PathBuf};
@@ -62,6 +63,7 @@ enum Command {
         // `properties` and `context` of each event as JSON text, made by the caller's thread so the
         // writer thread (the serial part) does not have to.
         json: Vec<(String, String)>,
+        limits: ProfileLimits,
         reply: oneshot::Sender<StoreResult<Vec<IngestedEvent>>>,
     },
     Write(WriteFn),
@@ -70,6 +72,7 @@ enum Command {
 /// The SQLite store.
 pub struct SqliteStore {
     writer: mpsc::Sender<Command>,
+    profile_limits: ProfileLimits,
     readers: Arc<ReaderPool>,
     timeline: Arc<Timeline>,
     // Dropping it stops the checkpoint thread.
@@ -184,6 +187,7 @@ impl SqliteStore {
             .spawn(move || checkpoint_loop(&checkpoint_path, &stop, &wal))
             .map_err(|err| StoreError::Backend(err.to_string()))?;
         Ok(SqliteStore {
+            profile_limits: ProfileLimits::default(),
             _checkpointer: checkpointer,
             writer: sender,
             timeline: shared_timeline,
@@ -193,6 +197,12 @@ impl SqliteStore {
                 permits: tokio::sync::Semaphore::new(READERS),
             }),
         })
+    }
+
+    /// Enforce these limits on what one profile may hold (the defaults otherwise).
+    pub fn with_profile_limits(mut self, limits: ProfileLimits) -> Self {
+        self.profile_limits = limits;
+        self
     }
 
     async fn write<R: Send + 'static>(
@@ -463,14 +473,14 @@ fn writer_loop(
                     deliver(Some("the sync thread has stopped".into()));
                 }
             }
-            Command::Ingest { workspace_id, events, json, reply } => {
-                let mut group = vec![IngestRequest { workspace_id, events, json, reply }];
+            Command::Ingest { workspace_id, events, json, limits, reply } => {
+                let mut group = vec![IngestRequest { workspace_id, events, json, limits, reply }];
                 let mut total: usize = group[0].events.len();
                 while total < MAX_GROUP_EVENTS {
                     match commands.try_recv() {
-                        Ok(Command::Ingest { workspace_id, events, json, reply }) => {
+                        Ok(Command::Ingest { workspace_id, events, json, limits, reply }) => {
                             total += events.len();
-                            group.push(IngestRequest { workspace_id, events, json, reply });
+                            group.push(IngestRequest { workspace_id, events, json, limits, reply });
                         }
                         Ok(other) => {
                             deferred.push(other);
@@ -492,6 +502,7 @@ struct IngestRequest {
     workspace_id: String,
     events: Vec<NormalizedEvent>,
     json: Vec<(String, String)>,
+    limits: ProfileLimits,
     reply: oneshot::Sender<StoreResult<Vec<IngestedEvent>>>,
 }
 
@@ -523,8 +534,13 @@ fn run_group(
         if !savepoints {
             let mut statements =
                 statements::SqliteTx { conn: &tx, json, cache: Some(&mut *cache), pending: &mut pending };
-            match futures::executor::block_on(apply_batch(&mut statements, &request.workspace_id, &request.events, now))
-            {
+            match futures::executor::block_on(apply_batch(
+                &mut statements,
+                &request.workspace_id,
+                &request.events,
+                now,
+                &request.limits,
+            )) {
                 Ok(done) => results.push(Ok(done)),
                 Err(_) => {
                     // Dropping the transaction rolls it back; the cache may hold what it undoes.
@@ -538,8 +554,13 @@ fn run_group(
         let mark = pending.mark();
         let mut statements =
             statements::SqliteTx { conn: &savepoint, json, cache: Some(&mut *cache), pending: &mut pending };
-        let result =
-            futures::executor::block_on(apply_batch(&mut statements, &request.workspace_id, &request.events, now));
+        let result = futures::executor::block_on(apply_batch(
+            &mut statements,
+            &request.workspace_id,
+            &request.events,
+            now,
+            &request.limits,
+        ));
         if result.is_ok() {
             savepoint.commit()?;
         } else {
@@ -653,7 +674,13 @@ impl ProfileStore for SqliteStore {
             .collect::<StoreResult<Vec<_>>>()?;
         let (reply, answer) = oneshot::channel();
         self.writer
-            .send(Command::Ingest { workspace_id: workspace_id.to_owned(), events, json, reply })
+            .send(Command::Ingest {
+                workspace_id: workspace_id.to_owned(),
+                events,
+                json,
+                limits: self.profile_limits,
+                reply,
+            })
             .map_err(|_| StoreError::Backend("the SQLite writer has stopped".into()))?;
         answer.await.map_err(|_| StoreError::Backend("the SQLite writer has stopped".into()))?
     }
@@ -844,10 +871,11 @@ impl crate::ConversationStore for SqliteStore {
         // the conversation cannot have changed since the turn read it: no check on the (busiest)
         // writer thread. PostgreSQL, shared by nodes, checks.
         let (workspace_id, conversation, messages) = (workspace_id.to_owned(), conversation.clone(), messages.to_vec());
+        let limits = self.profile_limits;
         self.write_events(move |tx, pending| {
             statements::save_conversation(tx, &workspace_id, &conversation, &messages)?;
             let mut statements = statements::SqliteTx { conn: tx, json: Default::default(), cache: None, pending };
-            futures::executor::block_on(apply_batch(&mut statements, &workspace_id, &events, Utc::now()))
+            futures::executor::block_on(apply_batch(&mut statements, &workspace_id, &events, Utc::now(), &limits))
         })
         .await
     }
@@ -1058,7 +1086,16 @@ mod tests {
             let events = events(batch);
             let json = events.iter().map(|_| ("{}".to_owned(), "{}".to_owned())).collect();
             let (reply, answer) = oneshot::channel();
-            (IngestRequest { workspace_id: workspace.id.clone(), events, json, reply }, answer)
+            (
+                IngestRequest {
+                    workspace_id: workspace.id.clone(),
+                    events,
+                    json,
+                    limits: ProfileLimits::default(),
+                    reply,
+                },
+                answer,
+            )
         };
         let (tracks, _) = request(serde_json::json!([
             {"type": "track", "messageId": "a1", "anonymousId": "a", "event": "Viewed"},
@@ -1167,7 +1204,16 @@ mod tests {
             ]}));
             let json = events.iter().map(|_| ("{}".to_owned(), "{}".to_owned())).collect();
             let (reply, answer) = oneshot::channel();
-            (IngestRequest { workspace_id: workspace.id.clone(), events, json, reply }, answer)
+            (
+                IngestRequest {
+                    workspace_id: workspace.id.clone(),
+                    events,
+                    json,
+                    limits: ProfileLimits::default(),
+                    reply,
+                },
+                answer,
+            )
         };
         let (first, first_answer) = request("ada", "m1");
         let (broken, broken_answer) = request("ghost", "m2");

@@ -221,7 +221,30 @@ impl IngestTx for SqliteTx<'_> {
         }
         Ok(())
     }
+
+    async fn identity_counts(
+        &mut self,
+        workspace_id: &str,
+        profile_id: &str,
+    ) -> StoreResult<Vec<(IdentityKind, usize)>> {
+        let mut statement = self.conn.prepare_cached(IDENTITY_COUNTS)?;
+        let rows = statement
+            .query_map((profile_id, workspace_id), |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?;
+        let mut counts = Vec::new();
+        for row in rows {
+            let (kind, count) = row?;
+            // A kind this build does not know cannot take part in a limit it checks.
+            if let Ok(kind) = kind.parse::<IdentityKind>() {
+                counts.push((kind, usize::try_from(count).unwrap_or(usize::MAX)));
+            }
+        }
+        Ok(counts)
+    }
 }
+
+/// Identities per kind of one profile, for the per-profile limit.
+pub(super) const IDENTITY_COUNTS: &str = "SELECT kind, count(*) FROM identities INDEXED BY identities_profile
+     WHERE profile_id = ?1 AND workspace_id = ?2 GROUP BY kind";
 
 fn add_event_counts(conn: &Connection, workspace_id: &str, counts: &[(i64, &str, i64)]) -> StoreResult<()> {
     let mut statement = conn.prepare_cached(
