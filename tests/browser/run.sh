@@ -118,11 +118,16 @@ fi
 # The widget on another site, and the conversation moving from it to SMS and to a phone call.
 if [[ $status -eq 0 ]]; then
   twilio_token="browser-test-twilio-token"
+  identity_secret="browser-test-identity-secret-0123"
+  curl -sf -X PUT "$base/api/v1/channels/webchat" -H "Authorization: Bearer $api_key" -H 'Content-Type: application/json' \
+    -d "{\"bot\": \"bank\", \"identity_secret\": \"$identity_secret\"}" >/dev/null \
+    || { echo "configuring the web chat's identity secret failed" >&2; status=1; }
   curl -sf -X PUT "$base/api/v1/channels/twilio" -H "Authorization: Bearer $api_key" -H 'Content-Type: application/json' \
     -d "{\"account_sid\": \"AC$(printf '0%.0s' {1..32})\", \"auth_token\": \"$twilio_token\", \"phone_number\": \"+14155550100\", \"bot\": \"bank\"}" >/dev/null \
     || { echo "configuring the twilio channel failed" >&2; status=1; }
   node "$here/widget.mjs" --url "$base" --workspace "$workspace_id" --write-key "$write_key" \
-    --twilio-token "$twilio_token" --screenshot "${screenshot%.png}-widget.png" || status=$?
+    --twilio-token "$twilio_token" --identity-secret "$identity_secret" --screenshot "${screenshot%.png}-widget.png" \
+    || status=$?
 fi
 if [[ $status -ne 0 ]]; then
   echo "--- server log ---" >&2

@@ -2,7 +2,8 @@
 // following the customer from that chat to SMS and to a phone call (Twilio's webhooks, signed as
 // Twilio signs them). The host page is served from another origin, as a real site would be.
 //
-//   node widget.mjs --url http://127.0.0.1:PORT --workspace WS_ID --write-key WK --twilio-token TOKEN [--screenshot PATH]
+//   node widget.mjs --url http://127.0.0.1:PORT --workspace WS_ID --write-key WK --twilio-token TOKEN \
+//     --identity-secret SECRET [--screenshot PATH]
 import { chromium } from "playwright-core";
 import { createHmac } from "node:crypto";
 import { createServer } from "node:http";
@@ -10,7 +11,7 @@ import { createServer } from "node:http";
 const args = Object.fromEntries(process.argv.slice(2).reduce((pairs, value, index, all) =>
   index % 2 === 0 ? [...pairs, [value.replace(/^--/, ""), all[index + 1]]] : pairs, []));
 const fail = (message) => { console.error(`widget test failed: ${message}`); process.exit(1); };
-for (const required of ["url", "workspace", "write-key", "twilio-token"]) {
+for (const required of ["url", "workspace", "write-key", "twilio-token", "identity-secret"]) {
   if (!args[required]) fail(`--${required} is required`);
 }
 
@@ -38,6 +39,12 @@ const expect = (what, body, needle) => {
   if (!body.includes(needle)) fail(`${what}: expected ${JSON.stringify(needle)} in ${body}`);
 };
 
+// The site's server vouches for its signed-in customer: an HMAC, with the web chat's identity
+// secret, over the user id and the email and phone it names (docs/channels/webchat.md).
+const grace = { name: "Grace Hopper", email: "grace@example.com", phone };
+const userHash = createHmac("sha256", args["identity-secret"])
+  .update(`u-grace\nemail:${grace.email}\nphone:${grace.phone}`).digest("hex");
+
 // The customer's site, on its own origin, with the one script tag.
 const site = createServer((request, response) => {
   response.writeHead(200, { "Content-Type": "text/html; charset=utf-8" });
@@ -45,8 +52,8 @@ const site = createServer((request, response) => {
 <h1>Welcome back, Grace</h1>
 <script>
   window.Crossline = window.Crossline || { q: [] };
-  window.Crossline.q.push(["identify", "u-grace", { name: "Grace Hopper", email: "grace@example.com", phone: "${phone}" }]);
-  document.addEventListener("crossline:identified", () => { window.__identified = true; });
+  window.Crossline.q.push(["identify", "u-grace", ${JSON.stringify(grace)}, { userHash: "${userHash}" }]);
+  document.addEventListener("crossline:identified", (event) => { window.__identified = event.detail.verified; });
 </script>
 <script src="${args.url}/widget.js" data-write-key="${args["write-key"]}" async></script>
 </body></html>`);

@@ -2,7 +2,7 @@
 //! every event about it (and, on the shared writer, every other tenant's) slows down.
 //!
 //! An event that would break one is refused whole — nothing of it is stored — with a stable code:
-//! `too_many_traits`, `trait_too_large` or `too_many_identities`.
+//! `too_many_traits`, `trait_too_large`, `traits_too_large` or `too_many_identities`.
 
 use crate::event::NormalizedEvent;
 use crate::identity::IdentityKind;
@@ -19,13 +19,20 @@ pub struct ProfileLimits {
     pub traits_per_profile: usize,
     /// Bytes of one trait's value, as JSON.
     pub trait_value_bytes: usize,
+    /// Bytes of all of one profile's traits (names and values as JSON) together.
+    pub trait_bytes_per_profile: usize,
     /// Identities of one kind (emails, phones, anonymous ids, chat visitor ids, ...) one profile may have.
     pub identities_per_kind: usize,
 }
 
 impl Default for ProfileLimits {
     fn default() -> Self {
-        ProfileLimits { traits_per_profile: 500, trait_value_bytes: 4 * 1024, identities_per_kind: 100 }
+        ProfileLimits {
+            traits_per_profile: 500,
+            trait_value_bytes: 4 * 1024,
+            trait_bytes_per_profile: 64 * 1024,
+            identities_per_kind: 100,
+        }
     }
 }
 
@@ -33,7 +40,7 @@ impl Default for ProfileLimits {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct LimitExceeded {
-    /// Stable code: `too_many_traits`, `trait_too_large` or `too_many_identities`.
+    /// Stable code: `too_many_traits`, `trait_too_large`, `traits_too_large` or `too_many_identities`.
     pub code: &'static str,
     /// A sentence naming the trait or identity kind and the limit.
     pub message: String,
@@ -47,6 +54,17 @@ impl LimitExceeded {
             message: format!(
                 "traits: the profile would have more than {} traits; remove traits you no longer need (set them to null) or keep such data in event properties",
                 limits.traits_per_profile
+            ),
+        }
+    }
+
+    /// A profile's traits together too large.
+    pub fn traits_too_large(size: usize, limits: &ProfileLimits) -> Self {
+        LimitExceeded {
+            code: "traits_too_large",
+            message: format!(
+                "traits: the profile's traits would take {size} bytes; a profile holds at most {} bytes of traits, so remove traits you no longer need (set them to null) or keep such data in event properties",
+                limits.trait_bytes_per_profile
             ),
         }
     }
@@ -97,6 +115,7 @@ impl ProfileLimits {
         for (name, value) in [
             ("traits_per_profile", self.traits_per_profile),
             ("trait_value_bytes", self.trait_value_bytes),
+            ("trait_bytes_per_profile", self.trait_bytes_per_profile),
             ("identities_per_kind", self.identities_per_kind),
         ] {
             if value == 0 {
@@ -108,7 +127,7 @@ impl ProfileLimits {
 }
 
 /// The size of a JSON value as serialised, without allocating it.
-fn json_size(value: &serde_json::Value) -> usize {
+pub fn json_size(value: &serde_json::Value) -> usize {
     struct Counter(usize);
     impl std::io::Write for Counter {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
@@ -138,7 +157,12 @@ mod tests {
 
     #[test]
     fn values_names_and_counts_are_bounded() {
-        let limits = ProfileLimits { traits_per_profile: 3, trait_value_bytes: 16, identities_per_kind: 2 };
+        let limits = ProfileLimits {
+            traits_per_profile: 3,
+            trait_value_bytes: 16,
+            trait_bytes_per_profile: 1024,
+            identities_per_kind: 2,
+        };
         assert_eq!(limits.check_event(&identify(serde_json::json!({"a": 1, "b": "short"}))), Ok(()));
         let large = limits.check_event(&identify(serde_json::json!({"bio": "x".repeat(20)}))).unwrap_err();
         assert_eq!(large.code, "trait_too_large");

@@ -4,10 +4,13 @@
 //
 // It adds a chat button in the corner that opens the workspace's chat in a frame, and defines
 // `Crossline.identify(userId, traits, {userHash})` so a page that knows its visitor links the chat to
-// that customer's profile (userHash is required when the workspace set an identity secret: the hex
-// HMAC-SHA256 of userId, computed by the site's server). Calls made before the script loaded are kept
-// when the page first sets `window.Crossline = window.Crossline || {q: []}` and pushes
-// `["identify", userId, traits]` onto `q`.
+// that customer's profile. Only a verified identify links: with the web chat's identity secret set,
+// userHash is the hex HMAC-SHA256, computed by the site's server, of userId followed by
+// "\nemail:" + traits.email and "\nphone:" + traits.phone for each it names. Without a secret an
+// identify is only a claim, kept on the visitor's own profile. Calls made before the script loaded
+// are kept when the page first sets `window.Crossline = window.Crossline || {q: []}` and pushes
+// `["identify", userId, traits, {userHash}]` onto `q`. The page hears `crossline:identified`
+// (event.detail.verified says whether it linked).
 (() => {
   const script = document.currentScript;
   if (!script || window.Crossline && window.Crossline.loaded) return;
@@ -52,7 +55,7 @@
       outbox.splice(0).forEach((message) => frame.contentWindow.postMessage(message, origin));
     }
     if (event.data.type === "crossline.identified") {
-      document.dispatchEvent(new CustomEvent("crossline:identified"));
+      document.dispatchEvent(new CustomEvent("crossline:identified", { detail: { verified: event.data.verified === true } }));
     }
   });
 

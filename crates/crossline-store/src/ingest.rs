@@ -11,7 +11,7 @@ use crate::{IngestedEvent, StoreResult};
 use chrono::{DateTime, Utc};
 use crossline_core::event::{EventKind, NormalizedEvent};
 use crossline_core::ids::new_id;
-use crossline_core::limits::{LimitExceeded, ProfileLimits};
+use crossline_core::limits::{LimitExceeded, ProfileLimits, json_size};
 use crossline_core::profile::{ProfileState, survivor_of};
 use crossline_core::{Identity, IdentityKind};
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
@@ -306,19 +306,28 @@ async fn check_limits<T: IngestTx>(
     if !event.traits.is_empty() || !losers.is_empty() {
         let profiles: Vec<String> = std::iter::once(survivor.to_owned()).chain(losers.iter().cloned()).collect();
         ensure_loaded(tx, workspace_id, &profiles, state).await?;
-        let mut names: HashSet<&str> = HashSet::new();
+        // Each trait's size (name and value as JSON) as the profile would hold it; where merged
+        // profiles share a name, the larger value counts, so the check never lets too much through.
+        let mut sizes: HashMap<&str, usize> = HashMap::new();
         for profile in profiles.iter().filter_map(|id| state.profiles.get(id)) {
-            names.extend(profile.traits.keys().map(String::as_str));
+            for (name, value) in &profile.traits {
+                let size = name.len() + json_size(value);
+                sizes.entry(name.as_str()).and_modify(|known| *known = (*known).max(size)).or_insert(size);
+            }
         }
         for (name, value) in &event.traits {
             if value.is_null() {
-                names.remove(name.as_str());
+                sizes.remove(name.as_str());
             } else {
-                names.insert(name);
+                sizes.insert(name, name.len() + json_size(value));
             }
         }
-        if names.len() > limits.traits_per_profile {
+        if sizes.len() > limits.traits_per_profile {
             return Ok(Err(LimitExceeded::too_many_traits(&limits)));
+        }
+        let total: usize = sizes.values().sum();
+        if total > limits.trait_bytes_per_profile {
+            return Ok(Err(LimitExceeded::traits_too_large(total, &limits)));
         }
     }
     Ok(Ok(()))

@@ -58,6 +58,7 @@ where
     concurrent_ingest_keeps_every_event(fresh().await).await;
     job_queue_leases_and_idempotency(fresh().await).await;
     bots_are_versioned_per_workspace(fresh().await).await;
+    profile_limits_hold_on_every_write(fresh().await).await;
     conversations_follow_profiles(fresh().await).await;
     channel_configuration(fresh().await).await;
 }
@@ -681,4 +682,60 @@ async fn job_queue_leases_and_idempotency(store: DynStore) {
     all.sort();
     all.dedup();
     assert_eq!((count, all.len()), (40, 40));
+}
+
+/// The default limits on one profile (`crossline_core::limits`): 100 identities of a kind and 500
+/// traits. An event past one is refused whole; the others of its batch are stored.
+async fn profile_limits_hold_on_every_write(store: DynStore) {
+    let ws = workspace(&store, "limits").await;
+    let anonymous = |user: &str, from: usize, to: usize| -> Value {
+        let batch: Vec<Value> = (from..to)
+            .map(|index| json!({"type": "identify", "userId": user, "anonymousId": format!("{user}-{index:03}")}))
+            .collect();
+        json!({"batch": batch})
+    };
+    let results = store.ingest(&ws.id, events(anonymous("many", 0, 101))).await.unwrap();
+    assert!(results[..100].iter().all(|result| result.stored && result.rejected.is_none()));
+    assert_eq!(results[100].rejected.as_ref().map(|exceeded| exceeded.code), Some("too_many_identities"));
+    assert!(!results[100].stored && results[100].profile_id.is_none());
+    assert!(store.lookup(&ws.id, &id(IdentityKind::AnonymousId, "many-100")).await.unwrap().is_none());
+
+    // Requests committed together (SQLite's group commit) count what the earlier ones attached.
+    store.ingest(&ws.id, events(anonymous("pair", 0, 50))).await.unwrap();
+    let (first, second) = tokio::join!(
+        store.ingest(&ws.id, events(anonymous("pair", 50, 80))),
+        store.ingest(&ws.id, events(anonymous("pair", 80, 110)))
+    );
+    let refused = first.unwrap().iter().chain(&second.unwrap()).filter(|result| result.rejected.is_some()).count();
+    assert_eq!(refused, 10);
+    let pair = store.lookup(&ws.id, &id(IdentityKind::UserId, "pair")).await.unwrap().unwrap();
+    let kinds = |profile: &crossline_core::Profile, kind: IdentityKind| {
+        profile.identities.iter().filter(|identity| identity.kind == kind).count()
+    };
+    assert_eq!(kinds(&pair, IdentityKind::AnonymousId), 100);
+
+    // A merge that would pass the limit is refused, and both profiles stay as they were.
+    store.ingest(&ws.id, events(anonymous("other", 0, 3))).await.unwrap();
+    let merge = json!({"batch": [{"type": "alias", "userId": "pair", "previousId": "other"}]});
+    let results = store.ingest(&ws.id, events(merge)).await.unwrap();
+    assert_eq!(results[0].rejected.as_ref().map(|exceeded| exceeded.code), Some("too_many_identities"));
+    let other = store.lookup(&ws.id, &id(IdentityKind::UserId, "other")).await.unwrap().unwrap();
+    assert_ne!(other.id, pair.id);
+    assert_eq!(kinds(&other, IdentityKind::AnonymousId), 3);
+
+    // Traits: five events of 120 new ones; the fifth would pass 500 and is refused whole.
+    let traits = |prefix: usize| -> Value {
+        let map: serde_json::Map<String, Value> =
+            (0..120).map(|index| (format!("t{prefix}_{index}"), json!(index))).collect();
+        json!({"batch": [{"type": "identify", "userId": "traits", "traits": map}]})
+    };
+    for round in 0..4 {
+        let results = store.ingest(&ws.id, events(traits(round))).await.unwrap();
+        assert!(results[0].stored, "round {round}");
+    }
+    let results = store.ingest(&ws.id, events(traits(4))).await.unwrap();
+    assert_eq!(results[0].rejected.as_ref().map(|exceeded| exceeded.code), Some("too_many_traits"));
+    let profile = store.lookup(&ws.id, &id(IdentityKind::UserId, "traits")).await.unwrap().unwrap();
+    assert_eq!(profile.traits.len(), 480);
+    assert!(!profile.traits.contains_key("t4_0"), "nothing of the refused event was stored");
 }

@@ -43,6 +43,8 @@ pub struct Config {
     pub max_traits_per_profile: usize,
     /// Bytes (as JSON) of one trait's value.
     pub max_trait_value_bytes: usize,
+    /// Bytes (names and values as JSON) of all of one profile's traits.
+    pub max_trait_bytes_per_profile: usize,
     /// Identities of one kind one profile may have.
     pub max_identities_per_kind: usize,
     /// Tracking-API requests of one workspace the store works on at once; more wait their turn, so
@@ -68,6 +70,7 @@ impl Default for Config {
             alexa_cert_fetch_base: None,
             max_traits_per_profile: ProfileLimits::default().traits_per_profile,
             max_trait_value_bytes: ProfileLimits::default().trait_value_bytes,
+            max_trait_bytes_per_profile: ProfileLimits::default().trait_bytes_per_profile,
             max_identities_per_kind: ProfileLimits::default().identities_per_kind,
             ingest_concurrency_per_workspace: crossline_server::admission::DEFAULT_PER_WORKSPACE,
         }
@@ -75,7 +78,7 @@ impl Default for Config {
 }
 
 /// The environment variables read, as `CROSSLINE_` + the upper-cased key.
-const ENV_KEYS: [&str; 17] = [
+const ENV_KEYS: [&str; 18] = [
     "listen",
     "data_dir",
     "database_url",
@@ -91,6 +94,7 @@ const ENV_KEYS: [&str; 17] = [
     "alexa_cert_fetch_base",
     "max_traits_per_profile",
     "max_trait_value_bytes",
+    "max_trait_bytes_per_profile",
     "max_identities_per_kind",
     "ingest_concurrency_per_workspace",
 ];
@@ -130,6 +134,7 @@ impl Config {
         ProfileLimits {
             traits_per_profile: self.max_traits_per_profile,
             trait_value_bytes: self.max_trait_value_bytes,
+            trait_bytes_per_profile: self.max_trait_bytes_per_profile,
             identities_per_kind: self.max_identities_per_kind,
         }
     }

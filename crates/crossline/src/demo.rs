@@ -237,10 +237,23 @@ pub async fn run(listen: String, data_dir: Option<PathBuf>) -> anyhow::Result<()
             .await?;
             trained.map_err(|err| anyhow::anyhow!("the demo bot does not train: {err}"))?;
             state.store.put_bot(&workspace.id, "bank", &bot).await?;
-            state.store.put_channel(&workspace.id, "webchat", &serde_json::json!({"bot": "bank"})).await?;
+            // A web chat that knows the demo's customers only when the host page vouches for them.
+            let identity_secret = generate_key(KeyKind::Api).replacen("sk_", "", 1);
+            let webchat = serde_json::json!({"bot": "bank", "identity_secret": identity_secret});
+            state.store.put_channel(&workspace.id, "webchat", &webchat).await?;
             workspace
         }
     };
+    let identity_secret = state
+        .store
+        .channel(&workspace.id, "webchat")
+        .await?
+        .and_then(|config| config.get("identity_secret").and_then(serde_json::Value::as_str).map(str::to_owned))
+        .unwrap_or_default();
+    let signed_identify = format!(
+        "Crossline.identify(\"user-0000\", {{}}, {{userHash: \"{}\"}})",
+        crossline_server::api::webchat::user_hash(&identity_secret, "user-0000")
+    );
 
     let address = config.listen_addr()?;
     let listener = tokio::net::TcpListener::bind(address).await.with_context(|| {
@@ -248,7 +261,7 @@ pub async fn run(listen: String, data_dir: Option<PathBuf>) -> anyhow::Result<()
     })?;
     let url = format!("http://{}", listener.local_addr()?);
     println!(
-        "\nCrossline demo is running at {url}\n\n  Console:        {url}/  (log in with the API key below)\n  API docs:       {url}/api/docs\n  Web chat:       {url}/chat/{id}  (the bank bot)\n  Kiosk:          {url}/kiosk/{id}\n  Widget:         <script src=\"{url}/widget.js\" data-write-key=\"{write_key}\" async></script>\n  Workspace:      demo ({id})\n  Write key:      {write_key}\n  API key:        {api_key}\n  Operator token: {admin_token}\n  Data:           {dir}\n\nTry:\n  curl -s -u {write_key}: {url}/v1/track -H 'content-type: application/json' \\\n    -d '{{\"userId\":\"user-0000\",\"event\":\"Demo Clicked\",\"context\":{{\"channel\":\"web\"}}}}'\n  curl -s -H 'Authorization: Bearer {api_key}' '{url}/api/v1/profiles/lookup?kind=email&value={STAR_EMAIL}'\n  curl -s -H 'Authorization: Bearer {api_key}' -H 'content-type: application/json' {url}/api/v1/conversations/messages \\\n    -d '{{\"bot\":\"bank\",\"from\":{{\"kind\":\"email\",\"value\":\"{STAR_EMAIL}\"}},\"channel\":\"chat\",\"text\":\"can I come in tomorrow?\"}}'\n\nPress Ctrl-C to stop.",
+        "\nCrossline demo is running at {url}\n\n  Console:        {url}/  (log in with the API key below)\n  API docs:       {url}/api/docs\n  Web chat:       {url}/chat/{id}  (the bank bot)\n  Kiosk:          {url}/kiosk/{id}\n  Widget:         <script src=\"{url}/widget.js\" data-write-key=\"{write_key}\" async></script>\n  Identify:       {signed_identify}  (Ada, signed with the web chat's identity secret: docs/channels/webchat.md)\n  Workspace:      demo ({id})\n  Write key:      {write_key}\n  API key:        {api_key}\n  Operator token: {admin_token}\n  Data:           {dir}\n\nTry:\n  curl -s -u {write_key}: {url}/v1/track -H 'content-type: application/json' \\\n    -d '{{\"userId\":\"user-0000\",\"event\":\"Demo Clicked\",\"context\":{{\"channel\":\"web\"}}}}'\n  curl -s -H 'Authorization: Bearer {api_key}' '{url}/api/v1/profiles/lookup?kind=email&value={STAR_EMAIL}'\n  curl -s -H 'Authorization: Bearer {api_key}' -H 'content-type: application/json' {url}/api/v1/conversations/messages \\\n    -d '{{\"bot\":\"bank\",\"from\":{{\"kind\":\"email\",\"value\":\"{STAR_EMAIL}\"}},\"channel\":\"chat\",\"text\":\"can I come in tomorrow?\"}}'\n\nPress Ctrl-C to stop.",
         id = workspace.id,
         dir = data_dir.display(),
     );

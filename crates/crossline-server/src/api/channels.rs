@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 /// Set a channel's configuration.
 #[utoipa::path(put, path = "/api/v1/channels/{kind}", tag = "channels",
-    description = "`twilio`: `{\"account_sid\", \"auth_token\", \"phone_number\", \"bot\", \"api_base_url\"?}`. Secrets are never returned by a GET. `webchat`: `{\"bot\", \"identity_secret\"?}` (with a secret, `Crossline.identify` from a host page must give `userHash`, the hex HMAC-SHA256 of the user id). `alexa`: `{\"skill_id\", \"bot\"}`. `smtp` comes with email campaigns.",
+    description = "`twilio`: `{\"account_sid\", \"auth_token\", \"phone_number\", \"bot\", \"api_base_url\"?}`. Secrets are never returned by a GET. `webchat`: `{\"bot\", \"identity_secret\"?}` (with a secret, `Crossline.identify` from a host page must give `userHash`, the hex HMAC-SHA256 of the user id and each email and phone it names, to link the visitor to that customer; without one, an identify is only a claim kept on the visitor's own profile). `alexa`: `{\"skill_id\", \"bot\"}`. `smtp` comes with email campaigns.",
     params(("kind" = String, Path, description = "Channel kind, e.g. `twilio`")),
     request_body(content = Object, content_type = "application/json"),
     responses((status = 200, body = Object), (status = 400, body = crate::error::ErrorBody)),

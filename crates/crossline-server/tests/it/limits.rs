@@ -12,7 +12,7 @@ fn traits(prefix: &str, count: usize) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_profile_holds_at_most_500_traits_of_at_most_4_kib_each() {
+async fn a_profile_holds_at_most_500_traits_of_at_most_4_kib_each_and_64_kib_in_all() {
     let server = TestServer::start().await;
     let ws = server.workspace("limits").await;
     let identify = |body: Value| {
@@ -51,6 +51,19 @@ async fn a_profile_holds_at_most_500_traits_of_at_most_4_kib_each() {
     }
     assert_eq!(identify(json!({"userId": "bloat", "traits": update})).await.0, StatusCode::OK);
     assert_eq!(identify(json!({"userId": "bloat", "traits": traits("c5", 50)})).await.0, StatusCode::OK);
+
+    // Large values add up: a profile's traits take at most 64 KiB together.
+    let mut sent = 0;
+    let (status, body) = loop {
+        let (status, body) =
+            identify(json!({"userId": "large", "traits": {format!("note_{sent}"): "x".repeat(3_990)}})).await;
+        if status != StatusCode::OK || sent == 40 {
+            break (status, body);
+        }
+        sent += 1;
+    };
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("traits_too_large")), "{body}");
+    assert_eq!(sent, 16, "16 values of ~4 KB fit in 64 KiB, the 17th does not");
     server.stop().await;
 }
 
