@@ -381,12 +381,61 @@ pub struct RecognizeRequest {
     pub time_zone: Option<String>,
 }
 
+/// What the bot understood in a message: the answer of recognize (built as JSON by the handler;
+/// this type describes it for the API document).
+#[derive(ToSchema)]
+pub struct RecognitionView {
+    /// The intent, or null when the message is out of scope.
+    #[schema(required = true)]
+    pub intent: Option<ScoredIntentView>,
+    /// The next most likely intents (up to three), most likely first.
+    pub alternatives: Vec<ScoredIntentView>,
+    /// Filled slots of the intent, by slot name.
+    pub slots: std::collections::BTreeMap<String, SlotView>,
+    /// Sentiment of the message.
+    pub sentiment: SentimentView,
+    /// Detected language: ISO 639-1 code where one exists (`en`), `und` when undetermined.
+    pub language: String,
+    /// The language detector's confidence in `[0, 1]`.
+    pub language_confidence: f64,
+    /// The bot version that answered.
+    pub bot_version: i64,
+}
+
+/// An intent with its probability.
+#[derive(ToSchema)]
+pub struct ScoredIntentView {
+    /// Intent name.
+    pub name: String,
+    /// Calibrated probability in `[0, 1]`.
+    pub confidence: f32,
+}
+
+/// A filled slot.
+#[derive(ToSchema)]
+pub struct SlotView {
+    /// The value in the contract's format (a date, a number, an email, a slot type's value, ...).
+    #[schema(value_type = Value)]
+    pub value: Value,
+    /// The text it was read from, as typed.
+    pub text: String,
+}
+
+/// Sentiment of a message.
+#[derive(ToSchema)]
+pub struct SentimentView {
+    /// VADER compound score in `[-1, 1]`.
+    pub score: f64,
+    /// `positive` (score ≥ 0.05), `negative` (≤ -0.05) or `neutral`.
+    pub label: String,
+}
+
 /// Recognise intent, slots, sentiment and language in a message.
 #[utoipa::path(post, path = "/api/v1/bots/{name}/recognize", tag = "bots",
     description = "Answers `{\"intent\": {\"name\", \"confidence\"} | null, \"alternatives\", \"slots\": {NAME: {\"value\", \"text\"}}, \"sentiment\": {\"score\", \"label\"}, \"language\", \"language_confidence\", \"bot_version\"}`; `intent` is null when the text is out of scope.",
     params(("name" = String, Path, description = "Bot name")),
     request_body = RecognizeRequest,
-    responses((status = 200, description = "What the bot understood.", body = Object),
+    responses((status = 200, description = "What the bot understood.", body = RecognitionView),
               (status = 400, response = crate::openapi::BadRequest),
               (status = 401, response = crate::openapi::Unauthorized),
               (status = 403, response = crate::openapi::WorkspaceOnly),

@@ -2,7 +2,7 @@
 
 use crate::harness::TestServer;
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_is_current_and_every_path_is_routed() {
@@ -233,4 +233,70 @@ fn openapi_validator_catches_what_broke_clients() {
     listed_types["paths"]["/bots/{name}"]["get"]["parameters"][0]["schema"] =
         serde_json::json!({"type": ["integer", "null"]});
     assert!(problems(&listed_types.to_string()).iter().any(|problem| problem.starts_with("not an OpenAPI 3 document")));
+}
+
+/// Where a real answer's top-level fields differ from the named schema of the document: a field the
+/// schema does not have, or a required one missing. Guards the types that only describe JSON a
+/// handler builds by hand (the recognize answer, the Segment calls' `Success`).
+fn drift(document: &Value, schema: &str, answer: &Value) -> Vec<String> {
+    let schema = &document["components"]["schemas"][schema];
+    let properties = schema["properties"].as_object().expect("an object schema");
+    let Some(fields) = answer.as_object() else { return vec![format!("not an object: {answer}")] };
+    let mut drift: Vec<String> = fields
+        .keys()
+        .filter(|field| !properties.contains_key(*field))
+        .map(|field| format!("undocumented `{field}`"))
+        .collect();
+    for required in schema["required"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        if !fields.contains_key(required) {
+            drift.push(format!("required `{required}` missing"));
+        }
+    }
+    drift
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_answers_have_their_documented_fields() {
+    let server = TestServer::start().await;
+    let document: Value = serde_json::from_str(&crossline_server::openapi::document_json()).unwrap();
+    let ws = server.workspace("documented").await;
+    server.put_bot(&ws.api_key, "bank", &crate::bots::bank()).await;
+    let mut answers = Vec::new();
+
+    let response = server.track("/v1/track", &ws.write_key, &json!({"userId": "ada", "event": "Signed Up"})).await;
+    answers.push(("Success", response.json::<Value>().await.unwrap()));
+    let recognized = server
+        .http
+        .post(format!("{}/api/v1/bots/bank/recognize", server.url))
+        .bearer_auth(&ws.api_key)
+        .json(&json!({"text": "I lost my card"}))
+        .send()
+        .await
+        .unwrap();
+    answers.push(("RecognitionView", recognized.json::<Value>().await.unwrap()));
+    let (_, turn) = server
+        .converse(
+            &ws.api_key,
+            &json!({"bot": "bank", "from": {"kind": "user_id", "value": "ada"}, "text": "I lost my card"}),
+        )
+        .await;
+    answers.push(("TurnAnswer", turn));
+    let profiles: Value = server.get("/api/v1/profiles", &ws.api_key).await.json().await.unwrap();
+    let profile = profiles["profiles"][0].clone();
+    let id = profile["id"].as_str().unwrap().to_owned();
+    answers.push(("ProfileList", profiles));
+    answers.push(("ProfileView", profile));
+    let events: Value = server.get(&format!("/api/v1/profiles/{id}/events"), &ws.api_key).await.json().await.unwrap();
+    answers.push(("EventView", events["events"][0].clone()));
+    answers.push(("EventList", events));
+    let bot: Value = server.get("/api/v1/bots/bank", &ws.api_key).await.json().await.unwrap();
+    answers.push(("BotView", bot));
+    let refused: Value = server.get("/api/v1/profiles/lookup", &ws.api_key).await.json().await.unwrap();
+    answers.push(("ErrorBody", refused));
+
+    for (schema, answer) in answers {
+        let drift = drift(&document, schema, &answer);
+        assert!(drift.is_empty(), "{schema} is not what the server answers: {drift:?}\n{answer}");
+    }
+    server.stop().await;
 }
