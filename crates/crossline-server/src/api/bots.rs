@@ -211,8 +211,10 @@ pub struct BotList {
 
 /// Which version to show.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct VersionParams {
     /// A version number; the latest when absent.
+    #[param(nullable = false, minimum = 1)]
     pub version: Option<i64>,
 }
 
@@ -227,9 +229,13 @@ fn check_name(name: &str) -> ApiResult<()> {
 /// Create or update a bot; answered once it is trained and live.
 #[utoipa::path(put, path = "/api/v1/bots/{name}", tag = "bots",
     description = "The bot definition of the contract (`locale`, `greeting`, `fallback`, `intents` with `utterances`, `slots`, `confirmation`, `fulfillment`, and `slot_types`). Every PUT stores a new version; errors name the faulty field, e.g. `intents[0].slots[1].type`.",
-    params(("name" = String, Path, description = "Bot name")),
-    request_body(content = Object, content_type = "application/json"),
-    responses((status = 200, body = BotView), (status = 400, body = crate::error::ErrorBody)),
+    params(("name" = String, Path, description = "Bot name: 1–64 letters, digits, `_` or `-`")),
+    request_body(content = Object, content_type = "application/json", description = "The bot definition."),
+    responses((status = 200, description = "The new version, trained and live.", body = BotView),
+              (status = 400, response = crate::openapi::BadRequest),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 500, response = crate::openapi::Internal)),
     security(("bearer" = [])))]
 pub async fn put_bot(
     State(state): State<AppState>,
@@ -250,7 +256,12 @@ pub async fn put_bot(
 /// A bot's definition (the latest version, or `?version=N`).
 #[utoipa::path(get, path = "/api/v1/bots/{name}", tag = "bots",
     params(("name" = String, Path, description = "Bot name"), VersionParams),
-    responses((status = 200, body = BotView), (status = 404, body = crate::error::ErrorBody)),
+    responses((status = 200, description = "The bot version (secrets left out).", body = BotView),
+              (status = 400, response = crate::openapi::BadRequest),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 500, response = crate::openapi::Internal)),
     security(("bearer" = [])))]
 pub async fn get_bot(
     State(state): State<AppState>,
@@ -266,7 +277,10 @@ pub async fn get_bot(
 
 /// The workspace's bots.
 #[utoipa::path(get, path = "/api/v1/bots", tag = "bots",
-    responses((status = 200, body = BotList)),
+    responses((status = 200, description = "The workspace's bots, by name.", body = BotList),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 500, response = crate::openapi::Internal)),
     security(("bearer" = [])))]
 pub async fn list_bots(
     State(state): State<AppState>,
@@ -288,8 +302,10 @@ pub async fn list_bots(
 
 /// How many missed utterances to list.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct MissedParams {
     /// At most this many (1–1000, default 100).
+    #[param(nullable = false, minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
@@ -316,7 +332,12 @@ pub struct MissedList {
 /// Messages the bot did not understand, newest first: what to add as utterances next.
 #[utoipa::path(get, path = "/api/v1/bots/{name}/missed", tag = "bots",
     params(("name" = String, Path, description = "Bot name"), MissedParams),
-    responses((status = 200, body = MissedList), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)),
+    responses((status = 200, description = "Missed utterances, newest first.", body = MissedList),
+              (status = 400, response = crate::openapi::BadRequest),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 500, response = crate::openapi::Internal)),
     security(("bearer" = [])))]
 pub async fn missed(
     State(state): State<AppState>,
@@ -350,12 +371,65 @@ pub async fn missed(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecognizeRequest {
-    /// The customer's message.
+    /// The customer's message (at most 10,000 characters). Required; `Option` only so that a missing
+    /// text gets a sentence naming it.
+    #[schema(required = true, nullable = false, max_length = 10000, example = "I lost my card")]
     pub text: Option<String>,
     /// The moment relative expressions resolve against (RFC 3339); now when absent.
+    #[schema(nullable = false, format = DateTime)]
     pub now: Option<String>,
     /// The customer's IANA time zone; the workspace's when absent.
+    #[schema(nullable = false, example = "Europe/Paris")]
     pub time_zone: Option<String>,
+}
+
+/// What the bot understood in a message: the answer of recognize (built as JSON by the handler;
+/// this type describes it for the API document).
+#[derive(ToSchema)]
+pub struct RecognitionView {
+    /// The intent, or null when the message is out of scope.
+    #[schema(required = true)]
+    pub intent: Option<ScoredIntentView>,
+    /// The next most likely intents (up to three), most likely first.
+    pub alternatives: Vec<ScoredIntentView>,
+    /// Filled slots of the intent, by slot name.
+    pub slots: std::collections::BTreeMap<String, SlotView>,
+    /// Sentiment of the message.
+    pub sentiment: SentimentView,
+    /// Detected language: ISO 639-1 code where one exists (`en`), `und` when undetermined.
+    pub language: String,
+    /// The language detector's confidence in `[0, 1]`.
+    pub language_confidence: f64,
+    /// The bot version that answered.
+    pub bot_version: i64,
+}
+
+/// An intent with its probability.
+#[derive(ToSchema)]
+pub struct ScoredIntentView {
+    /// Intent name.
+    pub name: String,
+    /// Calibrated probability in `[0, 1]`.
+    pub confidence: f32,
+}
+
+/// A filled slot.
+#[derive(ToSchema)]
+pub struct SlotView {
+    /// The value in the contract's format (a date, a number, an email, a slot type's value, ...).
+    #[schema(value_type = Value)]
+    pub value: Value,
+    /// The text it was read from, as typed.
+    pub text: String,
+}
+
+/// Sentiment of a message.
+#[derive(ToSchema)]
+pub struct SentimentView {
+    /// VADER compound score in `[-1, 1]`.
+    pub score: f64,
+    /// `positive` (score ≥ 0.05), `negative` (≤ -0.05) or `neutral`.
+    pub label: String,
 }
 
 /// Recognise intent, slots, sentiment and language in a message.
@@ -363,7 +437,12 @@ pub struct RecognizeRequest {
     description = "Answers `{\"intent\": {\"name\", \"confidence\"} | null, \"alternatives\", \"slots\": {NAME: {\"value\", \"text\"}}, \"sentiment\": {\"score\", \"label\"}, \"language\", \"language_confidence\", \"bot_version\"}`; `intent` is null when the text is out of scope.",
     params(("name" = String, Path, description = "Bot name")),
     request_body = RecognizeRequest,
-    responses((status = 200, body = Object), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)),
+    responses((status = 200, description = "What the bot understood.", body = RecognitionView),
+              (status = 400, response = crate::openapi::BadRequest),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 500, response = crate::openapi::Internal)),
     security(("bearer" = [])))]
 pub async fn recognize(
     State(state): State<AppState>,

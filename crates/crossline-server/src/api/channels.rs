@@ -22,8 +22,12 @@ use serde_json::{Value, json};
 #[utoipa::path(put, path = "/api/v1/channels/{kind}", tag = "channels",
     description = "`twilio`: `{\"account_sid\", \"auth_token\", \"phone_number\", \"bot\", \"api_base_url\"?}`. Secrets are never returned by a GET. `webchat`: `{\"bot\", \"identity_secret\"?}` (with a secret, `Crossline.identify` from a host page must give `userHash`, the hex HMAC-SHA256 of the user id and each email and phone it names, to link the visitor to that customer; without one, an identify is only a claim kept on the visitor's own profile). `alexa`: `{\"skill_id\", \"bot\"}`. `smtp` comes with email campaigns.",
     params(("kind" = String, Path, description = "Channel kind, e.g. `twilio`")),
-    request_body(content = Object, content_type = "application/json"),
-    responses((status = 200, body = Object), (status = 400, body = crate::error::ErrorBody)),
+    request_body(content = Object, content_type = "application/json", description = "The channel's configuration; see above per kind."),
+    responses((status = 200, description = "The stored configuration, without its secrets.", body = Object),
+              (status = 400, response = crate::openapi::BadRequest),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 500, response = crate::openapi::Internal)),
     security(("bearer" = [])))]
 pub async fn put_channel(
     State(state): State<AppState>,
@@ -104,7 +108,11 @@ async fn require_bot(state: &AppState, workspace_id: &str, bot: &str) -> ApiResu
 /// A channel's configuration, without its secrets.
 #[utoipa::path(get, path = "/api/v1/channels/{kind}", tag = "channels",
     params(("kind" = String, Path, description = "Channel kind, e.g. `twilio`")),
-    responses((status = 200, body = Object), (status = 404, body = crate::error::ErrorBody)),
+    responses((status = 200, description = "The configuration, without its secrets.", body = Object),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 500, response = crate::openapi::Internal)),
     security(("bearer" = [])))]
 pub async fn get_channel(
     State(state): State<AppState>,

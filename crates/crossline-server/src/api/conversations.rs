@@ -40,13 +40,18 @@ pub struct From {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InboundMessage {
-    /// The bot's name.
+    /// The bot's name. `bot`, `from` and `text` are required; they are `Option`s only so that a
+    /// missing one gets a sentence naming it.
+    #[schema(required = true, nullable = false)]
     pub bot: Option<String>,
     /// The customer.
+    #[schema(required = true, nullable = false)]
     pub from: Option<From>,
-    /// What they said.
+    /// What they said (not empty, at most 4,000 characters).
+    #[schema(required = true, nullable = false, min_length = 1, max_length = 4000)]
     pub text: Option<String>,
-    /// The channel to record the message under (`rest` by default).
+    /// The channel to record the message under (`rest` by default): a lower-case channel name.
+    #[schema(nullable = false)]
     pub channel: Option<String>,
 }
 
@@ -436,7 +441,14 @@ fn with_quick_replies(texts: Vec<String>, quick_replies: Vec<String>) -> Vec<Rep
 #[utoipa::path(post, path = "/api/v1/conversations/messages", tag = "conversations",
     description = "`{\"bot\", \"from\": {\"kind\", \"value\"}, \"text\", \"channel\"?}` → `{\"conversation_id\", \"replies\": [{\"text\", \"quick_replies\"?}], \"status\"}` (`quick_replies`, on the last reply, are answers the customer can tap: yes/no, a small slot type's values, the bot's `suggestions`). The same customer reaching the same bot on another channel continues the open conversation (idle timeout 30 minutes by default).",
     request_body = InboundMessage,
-    responses((status = 200, body = TurnAnswer), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)),
+    responses((status = 200, description = "The bot's replies.", body = TurnAnswer),
+              (status = 400, response = crate::openapi::BadRequest),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, description = "`not_found`: no bot of that name in the workspace.", body = crate::error::ErrorBody),
+              (status = 429, response = crate::openapi::RateLimited),
+              (status = 500, response = crate::openapi::Internal),
+              (status = 503, response = crate::openapi::ConversationBusy)),
     security(("bearer" = [])))]
 pub async fn post_message(
     State(state): State<AppState>,

@@ -3,6 +3,7 @@
 //! A request is answered `{"success": true}` only after every event of it is durably stored; then
 //! the stored events are published on the bus (`events.<workspace_id>`).
 
+use crate::api::segment_schema::{AliasCall, BatchRequest, GroupCall, IdentifyCall, PageCall, ScreenCall, TrackCall};
 use crate::auth::basic_user;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -25,6 +26,25 @@ use utoipa::ToSchema;
 pub struct Success {
     /// Always true.
     pub success: bool,
+    /// The events of a batch that failed validation and were not stored (the others were); absent
+    /// when every event was stored.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<RejectedEventBody>,
+}
+
+/// An event of a batch that was not stored, and why.
+#[derive(Serialize, ToSchema)]
+pub struct RejectedEventBody {
+    /// Its position in `batch`, from 0.
+    pub index: usize,
+    /// Its `messageId`, when it had one.
+    #[serde(rename = "messageId", skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub message_id: Option<String>,
+    /// Stable machine-readable code, e.g. `missing_identity`.
+    pub code: String,
+    /// What is wrong with the event, naming the field, e.g. `batch[3].userId: is empty; ...`.
+    pub message: String,
 }
 
 /// Stored events as published on the bus (`events.<workspace_id>`; docs/api.md). Typed rather than
@@ -159,38 +179,47 @@ async fn ingest(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
             tracing::warn!(error = %err, workspace = %workspace.id, "stored events could not be published on the bus");
         }
     }
-    Ok(Json(Success { success: true }))
+    Ok(Json(Success { success: true, rejected: Vec::new() }))
 }
 
 macro_rules! single_endpoint {
-    ($name:ident, $kind:expr, $path:literal, $summary:literal) => {
+    ($name:ident, $kind:expr, $path:literal, $schema:ty, $summary:literal) => {
         #[doc = $summary]
         #[utoipa::path(post, path = $path, tag = "tracking", summary = $summary,
-            description = "Segment-spec call. Auth: HTTP Basic with the write key as user name, or `writeKey` in the body. `Content-Encoding: gzip` accepted. Answered only once durable.",
-            request_body(content = serde_json::Value, content_type = "application/json"),
-            responses((status = 200, body = Success), (status = 400, body = crate::error::ErrorBody),
-                      (status = 401, body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody)),
-            security(("write_key" = [])))]
+            description = "Segment-spec call. Auth: HTTP Basic with the write key as user name, or `writeKey` in the body. `Content-Encoding: gzip` accepted. Answered only once durable; an event that fails validation is answered 400 and not stored.",
+            request_body(content = $schema, content_type = "application/json"),
+            responses((status = 200, description = "Stored (or a repeated `messageId`, stored before).", body = Success),
+                      (status = 400, response = crate::openapi::InvalidEvent),
+                      (status = 401, response = crate::openapi::InvalidWriteKey),
+                      (status = 413, response = crate::openapi::PayloadTooLarge),
+                      (status = 415, response = crate::openapi::UnsupportedEncoding),
+                      (status = 500, response = crate::openapi::Internal)),
+            security(("write_key" = []), ()))]
         pub async fn $name(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Json<Success>> {
             ingest(state, Endpoint::Single($kind), headers, body).await
         }
     };
 }
 
-single_endpoint!(identify, EventKind::Identify, "/v1/identify", "Identify a customer and set traits");
-single_endpoint!(track, EventKind::Track, "/v1/track", "Record an action");
-single_endpoint!(page, EventKind::Page, "/v1/page", "Record a web page view");
-single_endpoint!(screen, EventKind::Screen, "/v1/screen", "Record an app screen view");
-single_endpoint!(group, EventKind::Group, "/v1/group", "Associate a customer with a group");
-single_endpoint!(alias, EventKind::Alias, "/v1/alias", "Merge a previous id into a user id");
+single_endpoint!(identify, EventKind::Identify, "/v1/identify", IdentifyCall, "Identify a customer and set traits");
+single_endpoint!(track, EventKind::Track, "/v1/track", TrackCall, "Record an action");
+single_endpoint!(page, EventKind::Page, "/v1/page", PageCall, "Record a web page view");
+single_endpoint!(screen, EventKind::Screen, "/v1/screen", ScreenCall, "Record an app screen view");
+single_endpoint!(group, EventKind::Group, "/v1/group", GroupCall, "Associate a customer with a group");
+single_endpoint!(alias, EventKind::Alias, "/v1/alias", AliasCall, "Merge a previous id into a user id");
 
 /// Send many calls at once.
 #[utoipa::path(post, path = "/v1/batch", tag = "tracking", summary = "Send many calls at once",
-    description = "`{\"batch\": [call, ...], \"sentAt\"?, \"context\"?}`. Validated whole: one bad call rejects the batch and nothing is stored. At most 32 KB per call and 500 KB per request.",
-    request_body(content = serde_json::Value, content_type = "application/json"),
-    responses((status = 200, body = Success), (status = 400, body = crate::error::ErrorBody),
-              (status = 401, body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody)),
-    security(("write_key" = [])))]
+    description = "`{\"batch\": [call, ...], \"sentAt\"?, \"context\"?, \"writeKey\"?}`, each call with its `type`. An event that fails validation does not sink its batch: the valid events are stored and the answer lists the others in `rejected` (`index`, `messageId`, `code`, `message`). 400 when the body is not JSON or not a batch (nothing stored). At most 32 KB per call and 500 KB per request.",
+    request_body(content = BatchRequest, content_type = "application/json"),
+    responses((status = 200, description = "The valid events are stored; `rejected` lists the others.", body = Success,
+               example = json!({"success": true, "rejected": [{"index": 3, "messageId": "m-4", "code": "invalid_field", "message": "batch[3].userId: is empty; leave it out or give a value"}]})),
+              (status = 400, response = crate::openapi::InvalidEvent),
+              (status = 401, response = crate::openapi::InvalidWriteKey),
+              (status = 413, response = crate::openapi::PayloadTooLarge),
+              (status = 415, response = crate::openapi::UnsupportedEncoding),
+              (status = 500, response = crate::openapi::Internal)),
+    security(("write_key" = []), ()))]
 pub async fn batch(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Json<Success>> {
     ingest(state, Endpoint::Batch, headers, body).await
 }

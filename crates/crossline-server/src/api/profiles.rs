@@ -111,7 +111,8 @@ pub struct EventView {
     /// `identify`, `track`, `page`, `screen`, `group`, `alias` or `merge`.
     #[serde(rename = "type")]
     pub kind: String,
-    /// Track name, page or screen name, or group id.
+    /// Track name, page or screen name, or group id; null for the other types.
+    #[schema(required = true)]
     pub event: Option<String>,
     /// Properties (traits for identify and group).
     #[schema(value_type = Object)]
@@ -155,41 +156,55 @@ pub struct ProfileList {
     /// Profiles in id order.
     pub profiles: Vec<ProfileView>,
     /// Pass as `after` for the next page; null on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 
-/// Lookup parameters.
+/// Lookup parameters (both required; `Option` only so that a missing one gets a sentence naming it).
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LookupParams {
-    /// Identity kind, e.g. `email`.
+    /// Identity kind: `user_id`, `anonymous_id`, `email`, `phone`, `device_token`, `alexa_user_id` or
+    /// `chat_visitor_id`.
+    #[param(required = true, nullable = false, example = "email")]
     pub kind: Option<String>,
     /// Identity value; normalised as at ingestion (emails lower-cased, phones to E.164).
+    #[param(required = true, nullable = false, example = "ada@example.com")]
     pub value: Option<String>,
 }
 
 /// Timeline parameters.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventParams {
     /// At most this many events (1–1000, default 50).
+    #[param(nullable = false, minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
-    /// Only events of this type.
+    /// Only events of this type: `identify`, `track`, `page`, `screen`, `group`, `alias` or `merge`.
     #[serde(rename = "type")]
+    #[param(nullable = false)]
     pub kind: Option<String>,
 }
 
 /// List parameters.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Page size (1–1000, default 50).
+    #[param(nullable = false, minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// The previous page's `next_cursor`.
+    #[param(nullable = false)]
     pub after: Option<String>,
-    /// Only profiles whose trait `trait` equals `value`.
+    /// Only profiles whose trait `trait` equals `value` (give both or neither).
     #[serde(rename = "trait")]
+    #[param(nullable = false, example = "plan")]
     pub trait_name: Option<String>,
     /// The value for `trait`: JSON (`42`, `true`, `"42"`) or, if not JSON, a string.
+    #[param(nullable = false, example = "pro")]
     pub value: Option<String>,
     /// Free text: matches identity values by prefix, trait values anywhere, or the profile id.
+    #[param(nullable = false)]
     pub q: Option<String>,
 }
 
@@ -205,7 +220,12 @@ fn check_limit(limit: Option<usize>, default: usize) -> ApiResult<usize> {
 
 /// Find the profile an identity belongs to.
 #[utoipa::path(get, path = "/api/v1/profiles/lookup", tag = "profiles", params(LookupParams),
-    responses((status = 200, body = ProfileView), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)),
+    responses((status = 200, description = "The profile that has the identity.", body = ProfileView),
+              (status = 400, response = crate::openapi::BadRequest),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 500, response = crate::openapi::Internal)),
     security(("bearer" = [])))]
 pub async fn lookup(
     State(state): State<AppState>,
@@ -232,7 +252,11 @@ pub async fn lookup(
 
 /// A profile by id (an id merged away gives the surviving profile).
 #[utoipa::path(get, path = "/api/v1/profiles/{id}", tag = "profiles", params(("id" = String, Path, description = "Profile id")),
-    responses((status = 200, body = ProfileView), (status = 404, body = crate::error::ErrorBody)),
+    responses((status = 200, description = "The profile (the surviving one for an id merged away).", body = ProfileView),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 500, response = crate::openapi::Internal)),
     security(("bearer" = [])))]
 pub async fn get_profile(
     State(state): State<AppState>,
@@ -246,7 +270,12 @@ pub async fn get_profile(
 /// A profile's events, newest first.
 #[utoipa::path(get, path = "/api/v1/profiles/{id}/events", tag = "profiles",
     params(("id" = String, Path, description = "Profile id"), EventParams),
-    responses((status = 200, body = EventList), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)),
+    responses((status = 200, description = "The profile's events, newest first.", body = EventList),
+              (status = 400, response = crate::openapi::BadRequest),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 500, response = crate::openapi::Internal)),
     security(("bearer" = [])))]
 pub async fn profile_events(
     State(state): State<AppState>,
@@ -267,8 +296,15 @@ pub async fn profile_events(
 #[utoipa::path(put, path = "/api/v1/profiles/{id}/consent", tag = "profiles",
     description = "Body: `{CHANNEL: \"subscribed\" | \"unsubscribed\"}`, e.g. `{\"sms\": \"unsubscribed\"}`.",
     params(("id" = String, Path, description = "Profile id")),
-    request_body(content = Object, content_type = "application/json"),
-    responses((status = 200, body = ProfileView), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)),
+    request_body(content = BTreeMap<String, crate::api::segment_schema::ConsentStatement>, content_type = "application/json",
+        description = "At least one channel: a lower-case channel name mapped to `subscribed` or `unsubscribed`.",
+        example = json!({"sms": "unsubscribed", "email": "subscribed"})),
+    responses((status = 200, description = "The profile with its new consent.", body = ProfileView),
+              (status = 400, response = crate::openapi::BadRequest),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 500, response = crate::openapi::Internal)),
     security(("bearer" = [])))]
 pub async fn set_consent(
     State(state): State<AppState>,
@@ -310,7 +346,11 @@ pub async fn set_consent(
 #[utoipa::path(delete, path = "/api/v1/profiles/{id}", tag = "profiles",
     description = "GDPR erasure. Afterwards a lookup by any of the person's identities gives 404.",
     params(("id" = String, Path, description = "Profile id")),
-    responses((status = 204, description = "Erased"), (status = 404, body = crate::error::ErrorBody)),
+    responses((status = 204, description = "Erased"),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 500, response = crate::openapi::Internal)),
     security(("bearer" = [])))]
 pub async fn delete_profile(
     State(state): State<AppState>,
@@ -327,7 +367,11 @@ pub async fn delete_profile(
 
 /// List and search profiles.
 #[utoipa::path(get, path = "/api/v1/profiles", tag = "profiles", params(ListParams),
-    responses((status = 200, body = ProfileList), (status = 400, body = crate::error::ErrorBody)),
+    responses((status = 200, description = "A page of profiles in id order.", body = ProfileList),
+              (status = 400, response = crate::openapi::BadRequest),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 500, response = crate::openapi::Internal)),
     security(("bearer" = [])))]
 pub async fn list_profiles(
     State(state): State<AppState>,

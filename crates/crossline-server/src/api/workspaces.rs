@@ -17,11 +17,15 @@ use utoipa::ToSchema;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWorkspace {
-    /// Unique name: letters, digits, `-`, `_`, `.` and spaces, 1–64 characters.
+    /// Unique name: letters, digits, `-`, `_`, `.` and spaces, 1–64 characters. Required; `Option`
+    /// only so that a missing name gets a sentence naming it.
+    #[schema(required = true, nullable = false, min_length = 1, max_length = 64, example = "acme")]
     pub name: Option<String>,
     /// Region for phone numbers written without a country code (ISO 3166 alpha-2, default `US`).
+    #[schema(nullable = false, example = "US")]
     pub default_region: Option<String>,
     /// IANA time zone used when a customer's is unknown (default: the server's setting).
+    #[schema(nullable = false, example = "Europe/Paris")]
     pub time_zone: Option<String>,
 }
 
@@ -112,8 +116,12 @@ pub fn validate_time_zone(field: &str, zone: &str) -> ApiResult<String> {
 #[utoipa::path(post, path = "/api/v1/workspaces", tag = "workspaces",
     description = "Operator only. Returns the write key and API key once; they are stored hashed.",
     request_body = CreateWorkspace,
-    responses((status = 201, body = CreatedWorkspace), (status = 400, body = crate::error::ErrorBody),
-              (status = 401, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)),
+    responses((status = 201, description = "Created; the keys are shown this once.", body = CreatedWorkspace),
+              (status = 400, response = crate::openapi::BadRequest),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, description = "`forbidden`: a workspace's API key; creating workspaces needs the operator token.", body = crate::error::ErrorBody),
+              (status = 409, description = "`conflict`: a workspace of that name exists.", body = crate::error::ErrorBody),
+              (status = 500, response = crate::openapi::Internal)),
     security(("bearer" = [])))]
 pub async fn create_workspace(
     State(state): State<AppState>,
@@ -158,7 +166,9 @@ pub async fn create_workspace(
 
 /// List workspaces (operator) or show the caller's own (API key).
 #[utoipa::path(get, path = "/api/v1/workspaces", tag = "workspaces",
-    responses((status = 200, body = WorkspaceList), (status = 401, body = crate::error::ErrorBody)),
+    responses((status = 200, description = "Every workspace (operator token), or the caller's own (API key).", body = WorkspaceList),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 500, response = crate::openapi::Internal)),
     security(("bearer" = [])))]
 pub async fn list_workspaces(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<WorkspaceList>> {
     let workspaces = match caller {
@@ -172,8 +182,11 @@ pub async fn list_workspaces(State(state): State<AppState>, caller: Caller) -> A
 #[utoipa::path(post, path = "/api/v1/workspaces/{id}/keys/{kind}/rotate", tag = "workspaces",
     description = "Generates a new `write` or `api` key; the old one stops working at once. Operator token, or the workspace's own API key.",
     params(("id" = String, Path, description = "Workspace id"), ("kind" = String, Path, description = "`write` or `api`")),
-    responses((status = 200, body = RotatedKey), (status = 400, body = crate::error::ErrorBody),
-              (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)),
+    responses((status = 200, description = "The new key; the old one no longer works.", body = RotatedKey),
+              (status = 400, response = crate::openapi::BadRequest),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 404, description = "`not_found`: no such workspace, or another workspace than the API key's.", body = crate::error::ErrorBody),
+              (status = 500, response = crate::openapi::Internal)),
     security(("bearer" = [])))]
 pub async fn rotate_key(
     State(state): State<AppState>,
