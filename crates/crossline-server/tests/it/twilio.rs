@@ -168,8 +168,10 @@ async fn forged_or_misrouted_webhooks_are_refused_and_change_nothing() {
 
 /// One phone call as Twilio makes it: the first webhook to the number's URL, then each answer posted
 /// to the `action` of the last `<Gather>` (every request form-encoded and signed).
-struct Call<'a> {
-    server: &'a TestServer,
+struct Call {
+    /// The server's base URL (a call may move to another node).
+    base_url: String,
+    http: reqwest::Client,
     from: String,
     call_sid: String,
     /// Where the next request goes (path and query).
@@ -178,10 +180,11 @@ struct Call<'a> {
     last: Option<(String, Option<String>)>,
 }
 
-impl<'a> Call<'a> {
-    fn start(server: &'a TestServer, workspace_id: &str, from: &str, call_sid: &str) -> Self {
+impl Call {
+    fn start(server: &TestServer, workspace_id: &str, from: &str, call_sid: &str) -> Self {
         Call {
-            server,
+            base_url: server.url.clone(),
+            http: server.http.clone(),
             from: from.to_owned(),
             call_sid: call_sid.to_owned(),
             next: format!("/hooks/{workspace_id}/twilio/voice"),
@@ -200,6 +203,11 @@ impl<'a> Call<'a> {
         (status, twiml)
     }
 
+    /// The requests that follow go to another node (or the same node, restarted).
+    fn moved_to(&mut self, server: &TestServer) {
+        self.base_url.clone_from(&server.url);
+    }
+
     /// The last request sent again, byte for byte (Twilio's retry, or a replay).
     async fn replay(&self) -> (StatusCode, String) {
         let (path, speech) = self.last.clone().expect("a request to replay");
@@ -207,7 +215,7 @@ impl<'a> Call<'a> {
     }
 
     async fn post(&self, path: &str, speech: Option<&str>, token: &str) -> (StatusCode, String) {
-        let url = format!("{}{path}", self.server.url);
+        let url = format!("{}{path}", self.base_url);
         let mut params: Vec<(String, String)> = [
             ("AccountSid", "AC11111111111111111111111111111111"),
             ("ApiVersion", "2010-04-01"),
@@ -225,8 +233,7 @@ impl<'a> Call<'a> {
             params.push(("Confidence".into(), "0.93".into()));
         }
         let signature = crossline_channels::twilio::signature(token, &url, &params);
-        let response =
-            self.server.http.post(&url).header("X-Twilio-Signature", signature).form(&params).send().await.unwrap();
+        let response = self.http.post(&url).header("X-Twilio-Signature", signature).form(&params).send().await.unwrap();
         let status = response.status();
         (status, response.text().await.unwrap())
     }
@@ -517,4 +524,76 @@ async fn a_replayed_voice_request_is_answered_the_same_without_a_new_turn() {
     assert_eq!(events.iter().filter(|event| event["event"] == "conversation.handoff").count(), 1);
     assert_eq!(events.iter().filter(|event| event["event"] == "message.received").count(), 1);
     server.stop().await;
+}
+
+/// A call's first two requests on `first`; the second is replayed on `second` (another node, or the
+/// same one restarted), which then takes the call's next answer.
+async fn replay_on_another_node(
+    first: &TestServer,
+    second: &TestServer,
+    ws: &crate::harness::TestWorkspace,
+    from: &str,
+) {
+    let mut call = Call::start(first, &ws.id, from, &format!("CA{}", from.trim_start_matches('+')));
+    call.say(None).await;
+    let (_, answer) = call.say(Some("I want to book an appointment")).await;
+    assert_eq!(said(&answer), ["What day suits you?"]);
+    call.moved_to(second);
+    let (status, again) = call.replay().await;
+    assert_eq!((status, again.as_str()), (StatusCode::OK, answer.as_str()));
+    let (_, twiml) = call.say(Some("tomorrow")).await;
+    assert_eq!(said(&twiml), ["What time?"]);
+    let (events, _, messages) = caller_record(second, ws, from).await;
+    assert_eq!(customer_texts(&messages), ["I want to book an appointment", "tomorrow"]);
+    assert_eq!(events.iter().filter(|event| event["event"] == "message.received").count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_is_answered_from_the_store_after_a_restart_and_on_another_node() {
+    use crossline_store::DynStore;
+    use std::sync::Arc;
+    let bus = || -> crossline_bus::DynBus { Arc::new(crossline_bus::memory::MemoryBus::new()) };
+
+    // SQLite: the node restarts between the request and its replay, so nothing is left in memory.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crossline.db");
+    let sqlite = || async { Arc::new(crossline_store::sqlite::SqliteStore::open(&path).await.unwrap()) as DynStore };
+    let first = TestServer::start_with(sqlite().await, bus()).await;
+    let ws = first.workspace("bank").await;
+    configure(&first, &ws.api_key).await;
+    let mut call = Call::start(&first, &ws.id, "+14155550140", "CA0300");
+    call.say(None).await;
+    let (_, answer) = call.say(Some("I want to book an appointment")).await;
+    first.stop().await;
+    let restarted = TestServer::start_with(sqlite().await, bus()).await;
+    call.moved_to(&restarted);
+    assert_eq!(call.replay().await.1, answer);
+    let (_, twiml) = call.say(Some("tomorrow")).await;
+    assert_eq!(said(&twiml), ["What time?"]);
+    let (_, _, messages) = caller_record(&restarted, &ws, "+14155550140").await;
+    assert_eq!(customer_texts(&messages), ["I want to book an appointment", "tomorrow"]);
+    restarted.stop().await;
+
+    // PostgreSQL: two nodes share the store; the replay reaches the node that did not take the turn.
+    let Ok(database_url) = std::env::var("CROSSLINE_TEST_DATABASE_URL") else {
+        eprintln!("CROSSLINE_TEST_DATABASE_URL is not set: the two-node part of the voice replay test did not run");
+        return;
+    };
+    crossline_store::postgres::drop_schemas(&database_url, "voice_replay_").await;
+    let schema = format!("voice_replay_{}_{}", std::process::id(), chrono::Utc::now().timestamp_millis());
+    let postgres = || async {
+        Arc::new(
+            crossline_store::postgres::PgStore::connect_in_schema(&database_url, Some(&schema))
+                .await
+                .expect("PostgreSQL reachable"),
+        ) as DynStore
+    };
+    let (a, b) =
+        (TestServer::start_with(postgres().await, bus()).await, TestServer::start_with(postgres().await, bus()).await);
+    let ws = a.workspace("bank").await;
+    configure(&a, &ws.api_key).await;
+    replay_on_another_node(&a, &b, &ws, "+14155550141").await;
+    a.stop().await;
+    b.stop().await;
+    crossline_store::postgres::drop_schemas(&database_url, &schema).await;
 }
