@@ -6,8 +6,8 @@
 //! another intent the customer clearly asked for, keeping the first to resume later); start the
 //! recognised intent; then ask for the next missing slot, ask for confirmation, or fulfil.
 //!
-//! A message with no words is never a misunderstanding, and a silence (a spoken prompt that got no
-//! answer) is not a turn at all: [`silence`] decides what to say from the state without changing it.
+//! A silence (a spoken prompt that got no answer) is not a turn: [`silence`] decides what to say
+//! from the state without changing it.
 
 use crate::{AfterSilence, BotDefinition, Fulfillment, Intent};
 use serde::{Deserialize, Serialize};
@@ -313,22 +313,6 @@ fn decide(definition: &BotDefinition, state: &mut DialogState, input: &TurnInput
     };
     let switched_channel = state.last_channel.as_deref().is_some_and(|last| last != input.channel);
     let previous_channel = state.last_channel.replace(input.channel.to_owned());
-
-    // No words at all (a voice session opening on a conversation under way): never a misunderstanding.
-    // A form half filled on another channel is picked up; otherwise the pending question is asked.
-    if input.text.trim().is_empty() {
-        if switched_channel && let Some(active) = state.active.take() {
-            let name = previous_channel.as_deref().map(channel_name).unwrap_or("our last conversation");
-            let acknowledgement = Some(format!("Picking up where we left off in {name}: "));
-            advance(definition, state, active, input, acknowledgement, &mut outcome);
-            return outcome;
-        }
-        let question = pending_question(definition, state)
-            .or_else(|| definition.greeting.clone())
-            .unwrap_or_else(|| OPEN_QUESTION.to_owned());
-        outcome.replies.push(question);
-        return outcome;
-    }
 
     // A confirmation pending?
     if let Some(active) = state.active.as_mut()

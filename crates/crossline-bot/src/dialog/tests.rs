@@ -245,21 +245,3 @@ fn silence_hands_off_when_the_bot_says_so() {
         (&[HANDOFF_REPLY.to_owned()][..], true, Some(DEFAULT_QUEUE))
     );
 }
-
-#[test]
-fn no_words_is_never_a_misunderstanding() {
-    let mut state = DialogState::default();
-    turn(&mut state, say("book an appointment", "voice", Some(("book_appointment", 0.95))));
-    for _ in 0..3 {
-        let out = turn(&mut state, say("", "voice", None));
-        assert_eq!((out.replies.as_slice(), out.understood), (&["What day suits you?".to_owned()][..], true));
-        assert!(out.handoff.is_none());
-    }
-    assert_eq!(state.misunderstandings, 0);
-    // From another channel, the form is picked up.
-    let out = turn(&mut state, say(" ", "sms", None));
-    assert_eq!(out.replies, ["Picking up where we left off in our call: What day suits you?"]);
-    // With nothing pending: the greeting (an open question when the bot has none).
-    let out = turn(&mut DialogState::default(), say("", "voice", None));
-    assert_eq!((out.replies.as_slice(), out.understood), (&[OPEN_QUESTION.to_owned()][..], true));
-}

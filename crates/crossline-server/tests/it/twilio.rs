@@ -373,6 +373,13 @@ async fn silence_on_a_call_asks_again_then_says_goodbye_and_is_never_a_missed_ut
     assert_eq!(received, 1, "silence is no turn on the timeline");
     assert!(events.iter().all(|event| event["event"] != "conversation.handoff"));
     assert_eq!(missed(&server, &ws.api_key).await, Vec::<String>::new(), "silence is never a missed utterance");
+    // Calling back, the caller hears where the conversation stands; that takes no turn either.
+    let (_, twiml) = Call::start(&server, &ws.id, "+14155550130", "CA0133").say(None).await;
+    assert_eq!(said(&twiml), ["Picking up where we left off in our call: What day suits you?"]);
+    let (events, _, messages) = caller_record(&server, &ws, "+14155550130").await;
+    assert_eq!(customer_texts(&messages), ["I want to book an appointment"]);
+    assert_eq!(events.iter().filter(|event| event["event"] == "message.received").count(), 1);
+    assert_eq!(missed(&server, &ws.api_key).await, Vec::<String>::new());
 
     // Another call: speech after a silence fills the slot, and counts the silences from zero again.
     let mut call = Call::start(&server, &ws.id, "+14155550131", "CA0131");
