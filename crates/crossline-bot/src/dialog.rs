@@ -5,14 +5,32 @@
 //! A turn does, in order: answer a pending confirmation; fill the slot being asked (or switch to
 //! another intent the customer clearly asked for, keeping the first to resume later); start the
 //! recognised intent; then ask for the next missing slot, ask for confirmation, or fulfil.
+//!
+//! A silence (a spoken prompt that got no answer) is not a turn: [`silence`] decides what to say
+//! from the state without changing it.
 
-use crate::{BotDefinition, Fulfillment, Intent};
+use crate::{AfterSilence, BotDefinition, Fulfillment, Intent};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
 /// A recognised intent must be at least this sure to interrupt a form being filled.
 pub const SWITCH_CONFIDENCE: f32 = 0.6;
+
+/// Said when a conversation goes to agents.
+pub const HANDOFF_REPLY: &str = "Let me connect you with a person who can help.";
+
+/// Asked when nothing is pending and the bot has no greeting.
+pub const OPEN_QUESTION: &str = "How can I help?";
+
+/// Said before the question asked again after a silence.
+pub const SILENCE_PREFIX: &str = "Sorry, I didn't hear anything.";
+
+/// Said when the caller stayed silent through every re-ask and the session ends.
+pub const SILENCE_GOODBYE: &str = "Sorry, I still can't hear you. Please call again whenever it suits you. Goodbye.";
+
+/// The queue a conversation goes to when the bot hands it off by itself (misunderstandings, silence).
+pub const DEFAULT_QUEUE: &str = "default";
 
 /// Where a conversation stands between turns.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -85,6 +103,66 @@ pub struct TurnOutcome {
     pub fulfilled: Option<(String, BTreeMap<String, Value>)>,
     /// Answers the customer can tap after the last reply (channels without buttons may list them).
     pub quick_replies: Vec<String>,
+}
+
+/// What a silence decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SilenceOutcome {
+    /// What to say, in order.
+    pub replies: Vec<String>,
+    /// Answers the customer can give after the last reply (the pending question's).
+    pub quick_replies: Vec<String>,
+    /// Whether the session ends after the replies (the re-asks are used up).
+    pub ends: bool,
+    /// Set when the conversation goes to agents: the queue.
+    pub handoff: Option<String>,
+}
+
+/// A silence: the customer was asked something and said nothing (a spoken prompt timed out).
+///
+/// `silences_before` is how many silences in a row came before this one; the caller keeps that count
+/// (a silence is not a turn, so the state does not change). While it is under the bot's
+/// `voice.silence_reprompts`, the pending question is asked again — the slot's prompt, the
+/// confirmation, or an open question when nothing is pending; after that the session ends with a
+/// goodbye, or with a handoff, as `voice.after_silence` says.
+pub fn silence(definition: &BotDefinition, state: &DialogState, silences_before: u32) -> SilenceOutcome {
+    if silences_before < definition.voice.silence_reprompts {
+        let question = pending_question(definition, state).unwrap_or_else(|| OPEN_QUESTION.to_owned());
+        return SilenceOutcome {
+            replies: vec![format!("{SILENCE_PREFIX} {question}")],
+            quick_replies: quick_replies(definition, state, true),
+            ends: false,
+            handoff: None,
+        };
+    }
+    match definition.voice.after_silence {
+        AfterSilence::Goodbye => SilenceOutcome {
+            replies: vec![SILENCE_GOODBYE.into()],
+            quick_replies: Vec::new(),
+            ends: true,
+            handoff: None,
+        },
+        AfterSilence::Handoff => SilenceOutcome {
+            replies: vec![HANDOFF_REPLY.into()],
+            quick_replies: Vec::new(),
+            ends: true,
+            handoff: Some(DEFAULT_QUEUE.into()),
+        },
+    }
+}
+
+/// The question the bot is waiting on an answer to: the prompt of the slot being asked for, or the
+/// confirmation with its slots filled in; None when nothing is pending.
+pub fn pending_question(definition: &BotDefinition, state: &DialogState) -> Option<String> {
+    let active = state.active.as_ref()?;
+    let found = intent(definition, &active.name)?;
+    match &active.awaiting {
+        Awaiting::Slot(slot) => {
+            found.slots.iter().find(|candidate| &candidate.name == slot).and_then(|candidate| candidate.prompt.clone())
+        }
+        Awaiting::Confirmation => found.confirmation.as_ref().map(|text| render(text, &active.slots)),
+        Awaiting::Nothing => None,
+    }
 }
 
 /// A friendly name for a channel, for the continuity acknowledgement.
@@ -316,8 +394,8 @@ fn decide(definition: &BotDefinition, state: &mut DialogState, input: &TurnInput
                 outcome.understood = false;
                 let handoff_after = definition.fallback.handoff_after;
                 if handoff_after > 0 && state.misunderstandings >= handoff_after {
-                    outcome.replies.push("Let me connect you with a person who can help.".into());
-                    outcome.handoff = Some("default".into());
+                    outcome.replies.push(HANDOFF_REPLY.into());
+                    outcome.handoff = Some(DEFAULT_QUEUE.into());
                     state.misunderstandings = 0;
                     return outcome;
                 }
@@ -410,7 +488,7 @@ fn fulfil(definition: &BotDefinition, state: &mut DialogState, active: ActiveInt
     match &found.fulfillment {
         Some(Fulfillment::Response { response }) => outcome.replies.push(render(response, &active.slots)),
         Some(Fulfillment::Handoff { handoff }) => {
-            outcome.replies.push("Let me connect you with a person who can help.".into());
+            outcome.replies.push(HANDOFF_REPLY.into());
             outcome.handoff = Some(handoff.queue.clone());
         }
         Some(Fulfillment::Webhook { webhook }) => {

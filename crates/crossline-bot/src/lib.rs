@@ -48,6 +48,52 @@ pub struct BotDefinition {
     /// the bot did not understand, e.g. `["Check my balance", "Opening hours"]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub suggestions: Vec<String>,
+    /// What a spoken session (a phone call) does when the caller says nothing.
+    #[serde(default, skip_serializing_if = "VoiceSettings::is_default")]
+    pub voice: VoiceSettings,
+}
+
+/// Most times a silence may re-ask the pending question.
+pub const MAX_SILENCE_REPROMPTS: u32 = 5;
+
+/// How a spoken session treats a caller who says nothing: the bot asks its pending question again
+/// `silence_reprompts` times in a row, then `after_silence` ends the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoiceSettings {
+    /// How many silences in a row re-ask the question (0 to [`MAX_SILENCE_REPROMPTS`], default 2).
+    #[serde(default = "default_silence_reprompts")]
+    pub silence_reprompts: u32,
+    /// What the next silence does.
+    #[serde(default)]
+    pub after_silence: AfterSilence,
+}
+
+fn default_silence_reprompts() -> u32 {
+    2
+}
+
+impl Default for VoiceSettings {
+    fn default() -> Self {
+        VoiceSettings { silence_reprompts: default_silence_reprompts(), after_silence: AfterSilence::default() }
+    }
+}
+
+impl VoiceSettings {
+    /// Whether these are the defaults (left out when a definition is written back).
+    pub fn is_default(&self) -> bool {
+        *self == VoiceSettings::default()
+    }
+}
+
+/// How a spoken session ends once the caller has stayed silent through every re-ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AfterSilence {
+    /// Say a polite goodbye and end the session; the conversation stays as it was.
+    #[default]
+    Goodbye,
+    /// Hand the conversation to agents (queue `default`), then end the session.
+    Handoff,
 }
 
 /// Most quick replies offered with one reply.
@@ -183,6 +229,9 @@ pub fn parse(json: &serde_json::Value) -> Result<BotDefinition, DefinitionError>
     if json.get("intents").is_none() {
         return Err(error("intents", "is required: a list of intents with utterances and a fulfillment"));
     }
+    if let Some(voice) = json.get("voice") {
+        check_voice(voice)?;
+    }
     serde_json::from_value(json.clone()).map_err(|err| {
         let text = err.to_string();
         let field = if text.contains("untagged enum Fulfillment") { "fulfillment" } else { "body" };
@@ -193,6 +242,45 @@ pub fn parse(json: &serde_json::Value) -> Result<BotDefinition, DefinitionError>
         };
         error(field, message)
     })
+}
+
+/// The shape of the `voice` settings, checked before deserialising so that a fault names its field.
+fn check_voice(voice: &serde_json::Value) -> Result<(), DefinitionError> {
+    let Some(settings) = voice.as_object() else {
+        return Err(error(
+            "voice",
+            "must be an object such as {\"silence_reprompts\": 2, \"after_silence\": \"goodbye\"}",
+        ));
+    };
+    for (name, value) in settings {
+        match name.as_str() {
+            "silence_reprompts" => {
+                if value.as_u64().is_none_or(|count| count > u64::from(MAX_SILENCE_REPROMPTS)) {
+                    return Err(error(
+                        "voice.silence_reprompts",
+                        format!(
+                            "must be a whole number from 0 to {MAX_SILENCE_REPROMPTS}: how many silences in a row ask the question again"
+                        ),
+                    ));
+                }
+            }
+            "after_silence" => {
+                if !matches!(value.as_str(), Some("goodbye" | "handoff")) {
+                    return Err(error(
+                        "voice.after_silence",
+                        "must be \"goodbye\" (say goodbye and end the call) or \"handoff\" (pass the conversation to agents)",
+                    ));
+                }
+            }
+            other => {
+                return Err(error(
+                    format!("voice.{other}"),
+                    "is not a voice setting; use silence_reprompts and after_silence",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Check the dialog parts of a definition (the language parts are checked by [`compile`]).
@@ -208,6 +296,14 @@ pub fn validate(definition: &BotDefinition) -> Result<(), DefinitionError> {
     }
     if definition.fallback.handoff_after > 20 {
         return Err(error("fallback.handoff_after", "must be 0 (never) to 20"));
+    }
+    if definition.voice.silence_reprompts > MAX_SILENCE_REPROMPTS {
+        return Err(error(
+            "voice.silence_reprompts",
+            format!(
+                "must be a whole number from 0 to {MAX_SILENCE_REPROMPTS}: how many silences in a row ask the question again"
+            ),
+        ));
     }
     if definition.suggestions.len() > MAX_QUICK_REPLIES {
         return Err(error("suggestions", format!("give at most {MAX_QUICK_REPLIES}; buttons beyond that do not fit")));
@@ -395,6 +491,11 @@ mod tests {
             (Box::new(|bot| bot["intents"][1]["utterances"] = json!([])), "intents[1].utterances"),
             (Box::new(|bot| bot["fallback"]["handoff_after"] = json!(99)), "fallback.handoff_after"),
             (Box::new(|bot| bot["intents"] = json!([])), "intents"),
+            (Box::new(|bot| bot["voice"] = json!({"after_silence": "hangup"})), "voice.after_silence"),
+            (Box::new(|bot| bot["voice"] = json!({"silence_reprompts": 6})), "voice.silence_reprompts"),
+            (Box::new(|bot| bot["voice"] = json!({"silence_reprompts": 1.5})), "voice.silence_reprompts"),
+            (Box::new(|bot| bot["voice"] = json!({"reprompts": 1})), "voice.reprompts"),
+            (Box::new(|bot| bot["voice"] = json!(null)), "voice"),
             (Box::new(|bot| bot["webhook_secret"] = json!("short")), "webhook_secret"),
             (
                 Box::new(|bot| {
@@ -415,6 +516,21 @@ mod tests {
             let err = parse(&bot).and_then(|definition| validate(&definition)).unwrap_err();
             assert_eq!(err.field, field, "{err}");
         }
+    }
+
+    #[test]
+    fn voice_settings_default_and_parse() {
+        let definition = parse(&bank()).unwrap();
+        assert_eq!(definition.voice, VoiceSettings { silence_reprompts: 2, after_silence: AfterSilence::Goodbye });
+        assert!(serde_json::to_value(&definition).unwrap().get("voice").is_none(), "defaults are not written back");
+        let mut bot = bank();
+        bot["voice"] = json!({"silence_reprompts": 0, "after_silence": "handoff"});
+        let definition = parse(&bot).unwrap();
+        validate(&definition).unwrap();
+        assert_eq!(definition.voice, VoiceSettings { silence_reprompts: 0, after_silence: AfterSilence::Handoff });
+        let mut built = definition;
+        built.voice.silence_reprompts = 7;
+        assert_eq!(validate(&built).unwrap_err().field, "voice.silence_reprompts");
     }
 
     #[test]

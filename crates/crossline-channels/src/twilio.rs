@@ -181,9 +181,57 @@ pub fn parse_call(params: &[(String, String)]) -> Result<InboundCall, ConfigErro
     })
 }
 
+/// Where a call stands: the prompt a voice webhook answers, carried in the query of the `<Gather>`
+/// action URL (`?turn=N`, `&silence=K` after silences). Twilio signs the whole URL, so a replayed
+/// request cannot change it: a request is one prompt's answer, whatever the number of deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatherPosition {
+    /// The prompt's number in the call: 1 for the answer to the opening, one more per prompt.
+    pub sequence: u32,
+    /// How many silences in a row came before this prompt.
+    pub silences: u32,
+}
+
+/// Highest prompt number accepted in a call: more than a call can hold (Twilio ends a call after 24 hours at most).
+pub const MAX_GATHER_SEQUENCE: u32 = 100_000;
+
+/// Read the position from a voice webhook's query; None for the call's first request (no `turn`).
+pub fn parse_position(query: Option<&str>) -> Result<Option<GatherPosition>, ConfigError> {
+    let mut sequence = None;
+    let mut silences = 0;
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match name.as_ref() {
+            "turn" => {
+                sequence = Some(
+                    value.parse::<u32>().ok().filter(|number| (1..=MAX_GATHER_SEQUENCE).contains(number)).ok_or_else(
+                        || config_error("turn", "must be the prompt number Crossline put in the Gather action URL"),
+                    )?,
+                );
+            }
+            "silence" => {
+                silences =
+                    value.parse::<u32>().ok().filter(|count| *count <= MAX_GATHER_SEQUENCE).ok_or_else(|| {
+                        config_error("silence", "must be the silence count Crossline put in the Gather action URL")
+                    })?;
+            }
+            _ => {}
+        }
+    }
+    Ok(sequence.map(|sequence| GatherPosition { sequence, silences }))
+}
+
+/// The action URL for the prompt at `position`: the webhook's `path` with the position as its query.
+pub fn action_url(path: &str, position: GatherPosition) -> String {
+    match position.silences {
+        0 => format!("{path}?turn={}", position.sequence),
+        silences => format!("{path}?turn={}&silence={silences}", position.sequence),
+    }
+}
+
 /// TwiML that speaks the replies and listens for the answer (speech or keys, interruptible), posting
-/// it to `action`; after silence it says `reprompt` and comes back to `action`.
-pub fn gather_response(replies: &[String], action: &str, hints: &[String], reprompt: &str) -> String {
+/// it to `action`. Silence posts there too (`actionOnEmptyResult`); should Twilio fall through the
+/// `<Gather>` instead, the `<Redirect>` makes the same request.
+pub fn gather_response(replies: &[String], action: &str, hints: &[String]) -> String {
     let hints = hints.iter().map(|hint| hint.replace(',', " ")).collect::<Vec<_>>().join(", ");
     let mut twiml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response>");
     twiml.push_str(&format!(
@@ -198,11 +246,7 @@ pub fn gather_response(replies: &[String], action: &str, hints: &[String], repro
         twiml.push_str(&format!("<Say>{}</Say>", escape_xml(&speech(reply, VOICE_CAPABILITIES.max_reply_chars))));
     }
     twiml.push_str("</Gather>");
-    twiml.push_str(&format!(
-        "<Say>{}</Say><Redirect method=\"POST\">{}</Redirect>",
-        escape_xml(reprompt),
-        escape_xml(action)
-    ));
+    twiml.push_str(&format!("<Redirect method=\"POST\">{}</Redirect>", escape_xml(action)));
     twiml.push_str("</Response>");
     twiml
 }
@@ -284,15 +328,11 @@ mod tests {
 
     #[test]
     fn voice_twiml_gathers_speech_and_keys() {
-        let twiml = gather_response(
-            &["What time suits you?".into()],
-            "/hooks/ws_1/twilio/voice",
-            &["checking".into(), "savings".into()],
-            "Sorry, I didn't catch that.",
-        );
+        let action = action_url("/hooks/ws_1/twilio/voice", GatherPosition { sequence: 3, silences: 1 });
+        let twiml = gather_response(&["What time suits you?".into()], &action, &["checking".into(), "savings".into()]);
         assert_eq!(
             twiml,
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Gather input=\"speech dtmf\" action=\"/hooks/ws_1/twilio/voice\" method=\"POST\" speechTimeout=\"auto\" bargeIn=\"true\" actionOnEmptyResult=\"true\" hints=\"checking, savings\"><Say>What time suits you?</Say></Gather><Say>Sorry, I didn&apos;t catch that.</Say><Redirect method=\"POST\">/hooks/ws_1/twilio/voice</Redirect></Response>"
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Gather input=\"speech dtmf\" action=\"/hooks/ws_1/twilio/voice?turn=3&amp;silence=1\" method=\"POST\" speechTimeout=\"auto\" bargeIn=\"true\" actionOnEmptyResult=\"true\" hints=\"checking, savings\"><Say>What time suits you?</Say></Gather><Redirect method=\"POST\">/hooks/ws_1/twilio/voice?turn=3&amp;silence=1</Redirect></Response>"
         );
         assert!(hangup_response(&["Goodbye <3".into()]).ends_with("<Say>Goodbye 3</Say><Hangup/></Response>"));
         let call = parse_call(&params(&[
@@ -306,6 +346,22 @@ mod tests {
         let keyed = parse_call(&params(&[("From", "+14155550100"), ("Digits", "1234")])).unwrap();
         assert_eq!(keyed.said(), Some("1234"));
         assert_eq!(parse_call(&params(&[("From", "+14155550100")])).unwrap().said(), None);
+    }
+
+    #[test]
+    fn the_gather_position_travels_in_the_action_url() {
+        assert_eq!(parse_position(None).unwrap(), None, "the call's first request");
+        assert_eq!(parse_position(Some("")).unwrap(), None);
+        for position in [GatherPosition { sequence: 1, silences: 0 }, GatherPosition { sequence: 42, silences: 2 }] {
+            let url = action_url("/hooks/ws_1/twilio/voice", position);
+            assert_eq!(parse_position(url.split_once('?').map(|(_, query)| query)).unwrap(), Some(position));
+        }
+        assert_eq!(action_url("/v", GatherPosition { sequence: 7, silences: 0 }), "/v?turn=7");
+        assert_eq!(parse_position(Some("other=1&turn=2")).unwrap(), Some(GatherPosition { sequence: 2, silences: 0 }));
+        for bad in ["turn=0", "turn=x", "turn=-1", "turn=100001", "turn=1&silence=x", "turn=99999999999"] {
+            assert!(parse_position(Some(bad)).is_err(), "{bad}");
+        }
+        assert_eq!(parse_position(Some("turn=abc")).unwrap_err().field, "turn");
     }
 
     #[test]

@@ -201,3 +201,47 @@ fn an_answer_that_is_mostly_the_value_is_not_taken_for_another_intent() {
     let out = turn(&mut state, say("at 3pm but first I lost my card and need help", "chat", Some(("card_lost", 0.9))));
     assert!(out.handoff.is_some(), "{out:?}");
 }
+
+#[test]
+fn silence_asks_the_pending_question_again_then_says_goodbye_and_changes_nothing() {
+    let mut state = DialogState::default();
+    turn(&mut state, say("book an appointment", "voice", Some(("book_appointment", 0.95))));
+    let before = state.clone();
+    for silences_before in 0..2 {
+        let out = silence(&bank(), &state, silences_before);
+        assert_eq!(out.replies, ["Sorry, I didn't hear anything. What day suits you?"]);
+        assert!(!out.ends && out.handoff.is_none());
+    }
+    let out = silence(&bank(), &state, 2);
+    assert_eq!((out.replies.as_slice(), out.ends, out.handoff), (&[SILENCE_GOODBYE.to_owned()][..], true, None));
+    assert_eq!(state, before, "a silence is not a turn");
+
+    // At a confirmation it is the confirmation, with its yes/no; with nothing pending, an open question.
+    turn(&mut state, say("tomorrow", "voice", None));
+    turn(&mut state, say("3pm", "voice", None));
+    let out = silence(&bank(), &state, 0);
+    assert_eq!(
+        (out.replies.as_slice(), out.quick_replies.as_slice()),
+        (
+            &["Sorry, I didn't hear anything. Shall I book 2026-11-24 at 15:00?".to_owned()][..],
+            &["Yes".to_owned(), "No".to_owned()][..]
+        )
+    );
+    let out = silence(&bank(), &DialogState::default(), 0);
+    assert_eq!(out.replies, ["Sorry, I didn't hear anything. How can I help?"]);
+    // A small custom slot type's values are offered again.
+    let mut transfer = DialogState::default();
+    turn(&mut transfer, say("move money", "voice", Some(("transfer", 0.9))));
+    assert_eq!(silence(&bank(), &transfer, 0).quick_replies, ["checking", "savings"]);
+}
+
+#[test]
+fn silence_hands_off_when_the_bot_says_so() {
+    let mut definition = bank();
+    definition.voice = crate::VoiceSettings { silence_reprompts: 0, after_silence: crate::AfterSilence::Handoff };
+    let out = silence(&definition, &DialogState::default(), 0);
+    assert_eq!(
+        (out.replies.as_slice(), out.ends, out.handoff.as_deref()),
+        (&[HANDOFF_REPLY.to_owned()][..], true, Some(DEFAULT_QUEUE))
+    );
+}

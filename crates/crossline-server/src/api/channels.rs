@@ -13,9 +13,13 @@ use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
+use crossline_bot::dialog::{self, DialogState};
 use crossline_channels::alexa::AlexaConfig;
+use crossline_channels::reply::{Reply, render};
 use crossline_channels::twilio::{self, Keyword, TwilioConfig};
+use crossline_core::ids::new_id;
 use crossline_core::{ConsentStatus, Identity, IdentityKind};
+use crossline_store::{Conversation, ConversationMessage};
 use serde_json::{Value, json};
 
 /// Set a channel's configuration.
@@ -246,7 +250,15 @@ fn speech_hints(slot_types: &[Value]) -> Vec<String> {
     hints
 }
 
-/// Twilio's Voice webhook: each request carries what the caller said since the last prompt.
+/// Said after a handoff on a call, until calls can be transferred to agents.
+const AGENT_CALLBACK: &str = "An agent will call you back shortly. Goodbye.";
+
+/// Twilio's Voice webhook. The call's first request (to the number's URL) opens the call; each
+/// prompt's `<Gather>` then posts what the caller said — speech, keys, or nothing — to an action URL
+/// carrying the prompt's number ([`twilio::GatherPosition`], signed by Twilio with the rest of the URL).
+/// An answer is one turn whose id is the CallSid and that number, so Twilio's retry or a replay of
+/// the same request is answered again from what the turn stored, not taken again. Silence is not a
+/// turn: the bot asks its question again a few times, then says goodbye or hands off.
 pub async fn twilio_voice(
     State(state): State<AppState>,
     Path(workspace_id): Path<String>,
@@ -256,34 +268,331 @@ pub async fn twilio_voice(
 ) -> ApiResult<Response> {
     let (workspace, config, params) = verified_twilio(&state, &workspace_id, &uri, &headers, &body).await?;
     let call = twilio::parse_call(&params).map_err(|err| ApiError::bad_request("invalid_field", err.to_string()))?;
+    let position =
+        twilio::parse_position(uri.query()).map_err(|err| ApiError::bad_request("invalid_field", err.to_string()))?;
     let from = caller(&workspace, &call.from)?;
     let bot = crate::api::bots::live_bot(&state, &workspace, &config.bot).await?;
-    let action = uri.path().to_owned();
-    let hints = speech_hints(&bot.definition.slot_types);
-    let reprompt = "Sorry, I didn't catch that.";
-    let now = Utc::now();
+    let sequence = position.map_or(0, |position| position.sequence);
+    let prompting = Prompting {
+        path: uri.path().to_owned(),
+        hints: speech_hints(&bot.definition.slot_types),
+        next_sequence: sequence + 1,
+    };
+    let call_turn = CallTurn {
+        state: &state,
+        workspace: &workspace,
+        bot: &config.bot,
+        from: &from,
+        message_id: (!call.call_sid.is_empty()).then(|| format!("twilio_{}_{sequence}", call.call_sid)),
+        now: Utc::now(),
+        prompting: &prompting,
+    };
+    match (position, call.said()) {
+        (Some(position), None) => call_turn.silence(position.silences).await,
+        (None, None) => call_turn.open(&bot).await,
+        (_, Some(said)) => call_turn.answer(said).await,
+    }
+}
 
-    let text = call.said().map(str::to_owned);
-    if text.is_none()
-        && let Opening::Greeting(greeting) =
-            opening(&state, &workspace, &config.bot, &bot.definition, &from, now).await?
-    {
-        return Ok(twiml(twilio::gather_response(&[greeting], &action, &hints, reprompt)));
+/// How an answer to a caller is written as TwiML: listen for the next prompt's answer, or hang up.
+struct Prompting {
+    /// The webhook's path; the next prompt's position is added as the query.
+    path: String,
+    /// Speech hints for the recogniser.
+    hints: Vec<String>,
+    /// The number of the prompt this answer asks.
+    next_sequence: u32,
+}
+
+impl Prompting {
+    /// Say the replies and listen; `silences` in a row came before this prompt.
+    fn listen(&self, replies: &[Reply], silences: u32) -> Response {
+        let position = twilio::GatherPosition { sequence: self.next_sequence, silences };
+        let spoken = render(replies, &twilio::VOICE_CAPABILITIES).messages;
+        twiml(twilio::gather_response(&spoken, &twilio::action_url(&self.path, position), &self.hints))
     }
-    // Speech, keys, or silence in an open conversation (the dialog re-asks, or picks up from another channel).
-    let said = text.unwrap_or_default();
-    let answer = converse(
-        &state,
-        &workspace,
-        Turn { bot: &config.bot, from, text: &said, channel: "voice", now, message_id: None },
-    )
-    .await?;
-    let replies = answer.render(&twilio::VOICE_CAPABILITIES).messages;
-    if answer.status == "queued" {
-        // Transfer to an agent comes with the contact centre; until then the caller is told and the call ends.
-        let mut replies = replies;
-        replies.push("An agent will call you back shortly. Goodbye.".into());
-        return Ok(twiml(twilio::hangup_response(&replies)));
+
+    /// A turn's answer: after a handoff the caller is told an agent will call back and the call ends.
+    fn answer(&self, replies: &[Reply], queued: bool) -> Response {
+        if !queued {
+            return self.listen(replies, 0);
+        }
+        let mut spoken = render(replies, &twilio::VOICE_CAPABILITIES).messages;
+        spoken.push(AGENT_CALLBACK.into());
+        twiml(twilio::hangup_response(&spoken))
     }
-    Ok(twiml(twilio::gather_response(&replies, &action, &hints, reprompt)))
+}
+
+/// One request of a call, ready to be answered.
+struct CallTurn<'a> {
+    state: &'a AppState,
+    workspace: &'a crossline_store::Workspace,
+    /// The bot's name.
+    bot: &'a str,
+    /// The caller.
+    from: &'a Identity,
+    /// The turn's id: the CallSid and the prompt's number (None when Twilio gave no CallSid).
+    message_id: Option<String>,
+    now: chrono::DateTime<Utc>,
+    prompting: &'a Prompting,
+}
+
+/// A turn already taken, as it was answered.
+struct AnsweredTurn {
+    replies: Vec<Reply>,
+    queued: bool,
+}
+
+/// How many of the caller's newest events are searched for a replayed turn (Twilio retries within
+/// seconds; an older replay is answered without words).
+const REPLAY_WINDOW_EVENTS: usize = 200;
+
+impl CallTurn<'_> {
+    /// The caller said something: a conversation turn.
+    async fn answer(&self, said: &str) -> ApiResult<Response> {
+        let turn = Turn {
+            bot: self.bot,
+            from: self.from.clone(),
+            text: said,
+            channel: "voice",
+            now: self.now,
+            message_id: self.message_id.clone(),
+        };
+        match converse(self.state, self.workspace, turn).await {
+            Ok(answer) => Ok(self.prompting.answer(&answer.channel_replies(), answer.status == "queued")),
+            // Twilio retried (or someone replayed) a request already answered: the same answer, no new turn.
+            Err(err) if err.code == "duplicate_message" => self.replay().await,
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The call's first request: a greeting, or the conversation the caller has under way.
+    async fn open(&self, bot: &crate::api::bots::LiveBot) -> ApiResult<Response> {
+        if let Some(message_id) = &self.message_id
+            && self.state.store.event_exists(&self.workspace.id, message_id).await?
+        {
+            return self.replay().await;
+        }
+        match opening(self.state, self.workspace, self.bot, &bot.definition, self.from, self.now).await? {
+            Opening::Greeting(greeting) => Ok(self.prompting.listen(&[Reply::text(greeting)], 0)),
+            Opening::Continue => {
+                let conversation = self.open_conversation().await?;
+                let dialog = dialog_state(conversation.as_ref());
+                if dialog.active.is_some() && dialog.last_channel.as_deref() != Some("voice") {
+                    // A form half filled on another channel: a turn without words picks it up (and
+                    // makes the call the conversation's channel, so it is not picked up twice).
+                    return self.answer("").await;
+                }
+                // Calling again while the conversation is on the phone already: say where it stands,
+                // without a turn (a replay of this request changes nothing either).
+                let definition = &self.bot_of(conversation.as_ref()).await?.definition;
+                let reply = match dialog::pending_question(definition, &dialog) {
+                    Some(question) => Reply {
+                        text: format!("Picking up where we left off in {}: {question}", dialog::channel_name("voice")),
+                        quick_replies: dialog::quick_replies(definition, &dialog, true),
+                    },
+                    None => Reply::text(definition.greeting.clone().unwrap_or_else(|| dialog::OPEN_QUESTION.into())),
+                };
+                Ok(self.prompting.listen(&[reply], 0))
+            }
+        }
+    }
+
+    /// The caller said nothing at a prompt, after `silences_before` silences in a row. Nothing is
+    /// stored (the count travels in the next prompt's URL), except the handoff that may end the call.
+    async fn silence(&self, silences_before: u32) -> ApiResult<Response> {
+        let conversation = self.open_conversation().await?;
+        let bot = self.bot_of(conversation.as_ref()).await?;
+        let outcome = dialog::silence(&bot.definition, &dialog_state(conversation.as_ref()), silences_before);
+        let replies = with_quick_replies(&outcome.replies, &outcome.quick_replies);
+        let ending = match (outcome.ends, &outcome.handoff) {
+            (false, _) => "reask",
+            (true, None) => "goodbye",
+            (true, Some(_)) => "handoff",
+        };
+        metrics::counter!("crossline_voice_silences_total", "outcome" => ending).increment(1);
+        if !outcome.ends {
+            return Ok(self.prompting.listen(&replies, silences_before.saturating_add(1)));
+        }
+        match &outcome.handoff {
+            Some(queue) => {
+                self.hand_off(bot.stored.version, &outcome.replies, queue).await?;
+                Ok(self.prompting.answer(&replies, true))
+            }
+            None => {
+                let spoken = render(&replies, &twilio::VOICE_CAPABILITIES).messages;
+                Ok(twiml(twilio::hangup_response(&spoken)))
+            }
+        }
+    }
+
+    /// Answer a request seen before as it was answered the first time.
+    async fn replay(&self) -> ApiResult<Response> {
+        metrics::counter!("crossline_webhook_replayed_total", "channel" => "twilio_voice").increment(1);
+        let Some(message_id) = &self.message_id else { return Ok(self.prompting.listen(&[], 0)) };
+        match self.answered_turn(message_id).await? {
+            Some(answered) => Ok(self.prompting.answer(&answered.replies, answered.queued)),
+            // Too far back to find: listen again, saying nothing.
+            None => Ok(self.prompting.listen(&[], 0)),
+        }
+    }
+
+    /// The answer to the turn `message_id`, found again in what the turn stored: its
+    /// `message.received` event on the caller's timeline and the `message.sent` and
+    /// `conversation.handoff` events written with it (same conversation, same time). The quick
+    /// replies offered with the last reply are not stored; they come again from the conversation's
+    /// state while no turn came after this one.
+    async fn answered_turn(&self, message_id: &str) -> ApiResult<Option<AnsweredTurn>> {
+        let (state, workspace) = (self.state, self.workspace);
+        let Some(profile) = state.store.lookup(&workspace.id, self.from).await? else { return Ok(None) };
+        let query = crossline_store::EventQuery { limit: REPLAY_WINDOW_EVENTS, kind: Some("track".into()) };
+        // Newest first: the turn's own events sit just before its `message.received`.
+        let events = state.store.events(&workspace.id, &profile.id, &query).await?;
+        let Some(index) = events.iter().position(|event| event.id == message_id) else { return Ok(None) };
+        let received = &events[index];
+        let conversation_of = |event: &crossline_store::StoredEvent| {
+            event.properties.get("conversation_id").and_then(Value::as_str).map(str::to_owned)
+        };
+        let Some(conversation_id) = conversation_of(received) else { return Ok(None) };
+        let mut replies = Vec::new();
+        let mut handed_off = false;
+        let mut later_turn = false;
+        for event in events[..index].iter().rev() {
+            if conversation_of(event).as_deref() != Some(conversation_id.as_str()) {
+                continue;
+            }
+            let of_this_turn = event.timestamp == received.timestamp && !later_turn;
+            match event.event.as_deref() {
+                Some("message.received") => later_turn = true,
+                Some("message.sent") if of_this_turn => {
+                    let text = event.properties.get("text").and_then(Value::as_str).unwrap_or_default();
+                    replies.push(Reply::text(text));
+                }
+                Some("conversation.handoff") if of_this_turn => handed_off = true,
+                _ => {}
+            }
+        }
+        let conversation = state.store.conversation(&workspace.id, &conversation_id).await?;
+        let queued = handed_off || conversation.as_ref().is_some_and(|conversation| conversation.status == "queued");
+        if !handed_off
+            && !later_turn
+            && let Some(conversation) = &conversation
+            && let Some(last) = replies.last_mut()
+        {
+            let bot = self.bot_of(Some(conversation)).await?;
+            let understood = received.properties.get("understood").and_then(Value::as_bool).unwrap_or(true);
+            last.quick_replies = dialog::quick_replies(&bot.definition, &dialog_state(Some(conversation)), understood);
+        }
+        Ok(Some(AnsweredTurn { replies, queued }))
+    }
+
+    /// The caller's open conversation with the bot, if any (read only).
+    async fn open_conversation(&self) -> ApiResult<Option<Conversation>> {
+        let Some(profile) = self.state.store.lookup(&self.workspace.id, self.from).await? else { return Ok(None) };
+        let active_since = self.now - self.state.settings.conversation_idle;
+        Ok(self.state.store.open_conversation(&self.workspace.id, &profile.id, self.bot, active_since).await?)
+    }
+
+    /// The bot version a conversation runs on (the latest without one).
+    async fn bot_of(
+        &self,
+        conversation: Option<&Conversation>,
+    ) -> ApiResult<std::sync::Arc<crate::api::bots::LiveBot>> {
+        let version = conversation.map(|conversation| conversation.bot_version);
+        crate::api::bots::bot_model(self.state, self.workspace, self.bot, version).await
+    }
+
+    /// Hand a silent caller's conversation to agents: the conversation (a new one when none is open)
+    /// is queued, and the bot's words and a `conversation.handoff` event (`"reason": "silence"`, with
+    /// the request's id, so a replay hands off once) recorded. The dialog state is left as it was.
+    async fn hand_off(&self, latest_version: i64, replies: &[String], queue: &str) -> ApiResult<()> {
+        let (state, workspace, from, now) = (self.state, self.workspace, self.from, self.now);
+        // The same lock as the customer's turns: this write and a turn on another channel do not cross.
+        let lock = state.bots.turn_lock(format!("{}/{}/{}", workspace.id, self.bot, from));
+        let _turn = lock.lock().await;
+        if let Some(message_id) = &self.message_id
+            && state.store.event_exists(&workspace.id, message_id).await?
+        {
+            return Ok(());
+        }
+        for _ in 0..HANDOFF_ATTEMPTS {
+            let started = || event(from, "conversation.started", "voice", json!({"bot": self.bot}), now);
+            let profile = profile_for(state, workspace, from, started).await?;
+            let active_since = now - state.settings.conversation_idle;
+            let open = state.store.open_conversation(&workspace.id, &profile.id, self.bot, active_since).await?;
+            let read = crossline_store::TurnRead {
+                active_since,
+                open: open.as_ref().map(|conversation| (conversation.id.clone(), conversation.state.clone())),
+            };
+            let mut conversation = open.unwrap_or_else(|| Conversation {
+                id: new_id("cnv"),
+                profile_id: profile.id.clone(),
+                bot: self.bot.to_owned(),
+                bot_version: latest_version,
+                status: "bot".into(),
+                channel: "voice".into(),
+                state: json!({}),
+                created_at: now,
+                updated_at: now,
+            });
+            conversation.status = "queued".into();
+            conversation.channel = "voice".into();
+            conversation.updated_at = now;
+            let messages: Vec<ConversationMessage> = replies
+                .iter()
+                .map(|reply| ConversationMessage {
+                    author: "bot".into(),
+                    channel: "voice".into(),
+                    text: reply.clone(),
+                    created_at: now,
+                    missed: false,
+                })
+                .collect();
+            let mut events: Vec<_> = replies
+                .iter()
+                .map(|reply| {
+                    let properties =
+                        json!({"conversation_id": conversation.id, "bot": self.bot, "author": "bot", "text": reply});
+                    event(from, "message.sent", "voice", properties, now)
+                })
+                .collect();
+            let properties = json!({"conversation_id": conversation.id, "queue": queue, "reason": "silence"});
+            let mut handoff = event(from, "conversation.handoff", "voice", properties, now);
+            if let Some(message_id) = &self.message_id {
+                handoff.message_id.clone_from(message_id);
+            }
+            events.push(handoff);
+            match state.store.record_turn(&workspace.id, &conversation, &read, &messages, events).await {
+                Err(crossline_store::StoreError::Conflict(_)) => {
+                    metrics::counter!("crossline_turn_conflicts_total").increment(1);
+                }
+                result => {
+                    result?;
+                    return Ok(());
+                }
+            }
+        }
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "conversation_busy",
+            "the conversation kept changing while this call was handed to agents (several nodes answering at once); Twilio will ask again",
+        ))
+    }
+}
+
+/// How often the silence handoff is tried when other nodes keep changing the conversation.
+const HANDOFF_ATTEMPTS: usize = 3;
+
+/// A conversation's dialog state (a fresh one without a conversation).
+fn dialog_state(conversation: Option<&Conversation>) -> DialogState {
+    conversation.and_then(|conversation| serde_json::from_value(conversation.state.clone()).ok()).unwrap_or_default()
+}
+
+/// Replies with the quick replies on the last one.
+fn with_quick_replies(texts: &[String], quick_replies: &[String]) -> Vec<Reply> {
+    let mut replies: Vec<Reply> = texts.iter().map(Reply::text).collect();
+    if let Some(last) = replies.last_mut() {
+        last.quick_replies = quick_replies.to_vec();
+    }
+    replies
 }

@@ -166,39 +166,91 @@ async fn forged_or_misrouted_webhooks_are_refused_and_change_nothing() {
     server.stop().await;
 }
 
-/// POST a Voice webhook as Twilio does; `speech` is what the caller said since the last prompt.
-async fn voice(
-    server: &TestServer,
-    workspace_id: &str,
-    from: &str,
-    speech: Option<&str>,
-    token: &str,
-) -> (StatusCode, String) {
-    let url = format!("{}/hooks/{workspace_id}/twilio/voice", server.url);
-    let mut params: Vec<(String, String)> = [
-        ("AccountSid", "AC11111111111111111111111111111111"),
-        ("ApiVersion", "2010-04-01"),
-        ("CallSid", "CA0123"),
-        ("CallStatus", "in-progress"),
-        ("Direction", "inbound"),
-        ("From", from),
-        ("To", "+14155550999"),
-    ]
-    .iter()
-    .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
-    .collect();
-    if let Some(speech) = speech {
-        params.push(("SpeechResult".into(), speech.into()));
-        params.push(("Confidence".into(), "0.93".into()));
-    }
-    let signature = crossline_channels::twilio::signature(token, &url, &params);
-    let response = server.http.post(&url).header("X-Twilio-Signature", signature).form(&params).send().await.unwrap();
-    let status = response.status();
-    (status, response.text().await.unwrap())
+/// One phone call as Twilio makes it: the first webhook to the number's URL, then each answer posted
+/// to the `action` of the last `<Gather>` (every request form-encoded and signed).
+struct Call {
+    /// The server's base URL (a call may move to another node).
+    base_url: String,
+    http: reqwest::Client,
+    from: String,
+    call_sid: String,
+    /// Where the next request goes (path and query).
+    next: String,
+    /// The last request: its path and speech, to replay it.
+    last: Option<(String, Option<String>)>,
 }
 
+impl Call {
+    fn start(server: &TestServer, workspace_id: &str, from: &str, call_sid: &str) -> Self {
+        Call {
+            base_url: server.url.clone(),
+            http: server.http.clone(),
+            from: from.to_owned(),
+            call_sid: call_sid.to_owned(),
+            next: format!("/hooks/{workspace_id}/twilio/voice"),
+            last: None,
+        }
+    }
+
+    /// The caller says `speech` (None: silence, or the call opening); follows the answer's Gather.
+    async fn say(&mut self, speech: Option<&str>) -> (StatusCode, String) {
+        let path = self.next.clone();
+        let (status, twiml) = self.post(&path, speech, TOKEN).await;
+        if let Some(action) = gather_action(&twiml) {
+            self.next = action;
+        }
+        self.last = Some((path, speech.map(str::to_owned)));
+        (status, twiml)
+    }
+
+    /// The requests that follow go to another node (or the same node, restarted).
+    fn moved_to(&mut self, server: &TestServer) {
+        self.base_url.clone_from(&server.url);
+    }
+
+    /// The last request sent again, byte for byte (Twilio's retry, or a replay).
+    async fn replay(&self) -> (StatusCode, String) {
+        let (path, speech) = self.last.clone().expect("a request to replay");
+        self.post(&path, speech.as_deref(), TOKEN).await
+    }
+
+    async fn post(&self, path: &str, speech: Option<&str>, token: &str) -> (StatusCode, String) {
+        let url = format!("{}{path}", self.base_url);
+        let mut params: Vec<(String, String)> = [
+            ("AccountSid", "AC11111111111111111111111111111111"),
+            ("ApiVersion", "2010-04-01"),
+            ("CallSid", self.call_sid.as_str()),
+            ("CallStatus", "in-progress"),
+            ("Direction", "inbound"),
+            ("From", self.from.as_str()),
+            ("To", "+14155550999"),
+        ]
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+        .collect();
+        if let Some(speech) = speech {
+            params.push(("SpeechResult".into(), speech.into()));
+            params.push(("Confidence".into(), "0.93".into()));
+        }
+        let signature = crossline_channels::twilio::signature(token, &url, &params);
+        let response = self.http.post(&url).header("X-Twilio-Signature", signature).form(&params).send().await.unwrap();
+        let status = response.status();
+        (status, response.text().await.unwrap())
+    }
+}
+
+/// The `action` of a TwiML answer's `<Gather>`, unescaped.
+fn gather_action(twiml: &str) -> Option<String> {
+    let start = twiml.find("<Gather ")?;
+    let rest = &twiml[start..];
+    let value = rest.split("action=\"").nth(1)?.split('"').next()?;
+    Some(value.replace("&amp;", "&"))
+}
+
+/// What the answer says: inside its `<Gather>` when it listens, else everything before the hang-up.
 fn said(twiml: &str) -> Vec<String> {
-    twiml
+    let spoken = twiml.split("</Gather>").next().unwrap_or(twiml);
+    spoken
         .split("<Say>")
         .skip(1)
         .filter_map(|part| part.split("</Say>").next())
@@ -221,16 +273,17 @@ async fn a_booking_half_done_in_chat_is_finished_on_a_phone_call() {
     server.track("/v1/identify", &ws.write_key, &identify).await;
 
     // She calls: the IVR knows her number and asks only for what is missing.
-    let (status, twiml) = voice(&server, &ws.id, "+14155550123", None, TOKEN).await;
+    let mut call = Call::start(&server, &ws.id, "+14155550123", "CA0123");
+    let (status, twiml) = call.say(None).await;
     assert_eq!(status, StatusCode::OK, "{twiml}");
     assert!(twiml.contains("<Gather input=\"speech dtmf\""), "{twiml}");
     assert_eq!(said(&twiml)[0], "Picking up where we left off in chat: What time?");
-    let (_, twiml) = voice(&server, &ws.id, "+14155550123", Some("3 pm please"), TOKEN).await;
+    let (_, twiml) = call.say(Some("3 pm please")).await;
     assert!(
         said(&twiml)[0].starts_with("Shall I book ") && said(&twiml)[0].ends_with(" at 15:00? You can say yes or no."),
         "{twiml}"
     );
-    let (_, twiml) = voice(&server, &ws.id, "+14155550123", Some("yes"), TOKEN).await;
+    let (_, twiml) = call.say(Some("yes")).await;
     assert!(said(&twiml)[0].starts_with("Booked: "), "{twiml}");
 
     // A known caller without an open conversation is greeted by name; a stranger gets the greeting.
@@ -241,15 +294,313 @@ async fn a_booking_half_done_in_chat_is_finished_on_a_phone_call() {
             &json!({"userId": "grace", "traits": {"phone": "+14155550124", "first_name": "Grace"}}),
         )
         .await;
-    let (_, twiml) = voice(&server, &ws.id, "+14155550124", None, TOKEN).await;
+    let (_, twiml) = Call::start(&server, &ws.id, "+14155550124", "CA0124").say(None).await;
     assert_eq!(said(&twiml)[0], "Hi Grace! How can I help?");
-    let (_, twiml) = voice(&server, &ws.id, "+14155550125", None, TOKEN).await;
+    let mut stranger = Call::start(&server, &ws.id, "+14155550125", "CA0125");
+    let (_, twiml) = stranger.say(None).await;
     assert_eq!(said(&twiml)[0], "Hi! How can I help?");
     // A handoff ends the call politely until calls can be transferred.
-    let (_, twiml) = voice(&server, &ws.id, "+14155550125", Some("I lost my card"), TOKEN).await;
+    let (_, twiml) = stranger.say(Some("I lost my card")).await;
     assert!(twiml.ends_with("<Hangup/></Response>"), "{twiml}");
 
-    let (status, _) = voice(&server, &ws.id, "+14155550123", Some("yes"), "a-different-token-0123456789abcd").await;
+    let forged = Call::start(&server, &ws.id, "+14155550123", "CA0126");
+    let (status, _) = forged.post(&forged.next, Some("yes"), "a-different-token-0123456789abcd").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     server.stop().await;
+}
+
+/// The profile of a phone number, its `track` timeline, and its open conversation with the bank bot
+/// (status, dialog state and messages).
+async fn caller_record(
+    server: &TestServer,
+    ws: &crate::harness::TestWorkspace,
+    phone: &str,
+) -> (Vec<serde_json::Value>, crossline_store::Conversation, Vec<crossline_store::ConversationMessage>) {
+    let lookup = format!("/api/v1/profiles/lookup?kind=phone&value={}", phone.replace('+', "%2B"));
+    let (status, profile) = json_of(server.get(&lookup, &ws.api_key).await).await;
+    assert_eq!(status, StatusCode::OK, "{profile}");
+    let profile_id = profile["id"].as_str().unwrap();
+    let (_, events) =
+        json_of(server.get(&format!("/api/v1/profiles/{profile_id}/events?limit=200&type=track"), &ws.api_key).await)
+            .await;
+    let since = chrono::Utc::now() - chrono::Duration::hours(1);
+    let conversation =
+        server.store.open_conversation(&ws.id, profile_id, "bank", since).await.unwrap().expect("an open conversation");
+    let messages = server.store.conversation_messages(&ws.id, &conversation.id).await.unwrap();
+    (events["events"].as_array().unwrap().clone(), conversation, messages)
+}
+
+/// The texts of the bank bot's missed utterances.
+async fn missed(server: &TestServer, api_key: &str) -> Vec<String> {
+    let (status, missed) = json_of(server.get("/api/v1/bots/bank/missed?limit=100", api_key).await).await;
+    assert_eq!(status, StatusCode::OK, "{missed}");
+    missed["missed"].as_array().unwrap().iter().map(|item| item["text"].as_str().unwrap().to_owned()).collect()
+}
+
+fn customer_texts(messages: &[crossline_store::ConversationMessage]) -> Vec<&str> {
+    messages.iter().filter(|message| message.author == "customer").map(|message| message.text.as_str()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silence_on_a_call_asks_again_then_says_goodbye_and_is_never_a_missed_utterance() {
+    let server = TestServer::start().await;
+    let ws = server.workspace("bank").await;
+    configure(&server, &ws.api_key).await;
+
+    let mut call = Call::start(&server, &ws.id, "+14155550130", "CA0130");
+    let (_, twiml) = call.say(None).await;
+    assert_eq!(said(&twiml), ["Hi! How can I help?"]);
+    let (_, twiml) = call.say(Some("I want to book an appointment")).await;
+    assert_eq!(said(&twiml), ["What day suits you?"]);
+    // Two silences: the question is asked again each time, and the call goes on listening.
+    for _ in 0..2 {
+        let (status, twiml) = call.say(None).await;
+        assert_eq!(status, StatusCode::OK, "{twiml}");
+        assert_eq!(said(&twiml), ["Sorry, I didn't hear anything. What day suits you?"], "{twiml}");
+        assert!(twiml.contains("<Gather ") && !twiml.contains("<Hangup/>"), "{twiml}");
+    }
+    // The third: a polite goodbye, the call ends, and nobody is handed anything.
+    let (_, twiml) = call.say(None).await;
+    assert_eq!(said(&twiml), ["Sorry, I still can't hear you. Please call again whenever it suits you. Goodbye."]);
+    assert!(twiml.ends_with("<Hangup/></Response>") && !twiml.contains("<Gather"), "{twiml}");
+
+    let (events, conversation, messages) = caller_record(&server, &ws, "+14155550130").await;
+    assert_eq!(customer_texts(&messages), ["I want to book an appointment"], "no silence is a customer message");
+    assert_eq!(conversation.status, "bot", "silence handed nothing to agents");
+    assert_eq!(conversation.state["misunderstandings"], 0, "silence is no misunderstanding");
+    assert_eq!(conversation.state["active"]["awaiting"]["slot"], "date", "the question is still pending");
+    let received = events.iter().filter(|event| event["event"] == "message.received").count();
+    assert_eq!(received, 1, "silence is no turn on the timeline");
+    assert!(events.iter().all(|event| event["event"] != "conversation.handoff"));
+    assert_eq!(missed(&server, &ws.api_key).await, Vec::<String>::new(), "silence is never a missed utterance");
+    // Calling back, the caller hears where the conversation stands; that takes no turn either.
+    let (_, twiml) = Call::start(&server, &ws.id, "+14155550130", "CA0133").say(None).await;
+    assert_eq!(said(&twiml), ["Picking up where we left off in our call: What day suits you?"]);
+    let (events, _, messages) = caller_record(&server, &ws, "+14155550130").await;
+    assert_eq!(customer_texts(&messages), ["I want to book an appointment"]);
+    assert_eq!(events.iter().filter(|event| event["event"] == "message.received").count(), 1);
+    assert_eq!(missed(&server, &ws.api_key).await, Vec::<String>::new());
+
+    // Another call: speech after a silence fills the slot, and counts the silences from zero again.
+    let mut call = Call::start(&server, &ws.id, "+14155550131", "CA0131");
+    call.say(None).await;
+    call.say(Some("I want to book an appointment")).await;
+    let (_, twiml) = call.say(None).await;
+    assert_eq!(said(&twiml), ["Sorry, I didn't hear anything. What day suits you?"]);
+    let (_, twiml) = call.say(Some("tomorrow")).await;
+    assert_eq!(said(&twiml), ["What time?"]);
+    for _ in 0..2 {
+        let (_, twiml) = call.say(None).await;
+        assert_eq!(said(&twiml), ["Sorry, I didn't hear anything. What time?"], "{twiml}");
+    }
+    let (_, twiml) = call.say(Some("3 pm")).await;
+    assert!(
+        said(&twiml)[0].starts_with("Shall I book ") && said(&twiml)[0].ends_with(" at 15:00? You can say yes or no.")
+    );
+    // Silence at a confirmation asks for the confirmation again.
+    let (_, twiml) = call.say(None).await;
+    let again = &said(&twiml)[0];
+    assert!(
+        again.starts_with("Sorry, I didn't hear anything. Shall I book ") && again.ends_with(" You can say yes or no."),
+        "{twiml}"
+    );
+    let (_, twiml) = call.say(Some("yes")).await;
+    assert!(said(&twiml)[0].starts_with("Booked: "), "{twiml}");
+    let (_, _, messages) = caller_record(&server, &ws, "+14155550131").await;
+    assert_eq!(customer_texts(&messages), ["I want to book an appointment", "tomorrow", "3 pm", "yes"]);
+    assert_eq!(missed(&server, &ws.api_key).await, Vec::<String>::new());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_can_hand_a_silent_caller_to_agents_and_bad_voice_settings_are_refused() {
+    let server = TestServer::start().await;
+    let ws = server.workspace("bank").await;
+    configure(&server, &ws.api_key).await;
+
+    for (voice, field) in [
+        (json!({"after_silence": "hang up"}), "voice.after_silence:"),
+        (json!({"silence_reprompts": 9}), "voice.silence_reprompts:"),
+        (json!({"silence_reprompts": -1}), "voice.silence_reprompts:"),
+        (json!({"silence_reprompts": "2"}), "voice.silence_reprompts:"),
+        (json!({"repeat": 2}), "voice.repeat:"),
+        (json!("handoff"), "voice:"),
+    ] {
+        let mut bot = bank();
+        bot["voice"] = voice.clone();
+        let (status, answer) = server.put_json("/api/v1/bots/bank", &ws.api_key, &bot).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{voice}: {answer}");
+        assert_eq!(answer["error"]["code"], "invalid_field");
+        assert!(answer["error"]["message"].as_str().unwrap().starts_with(field), "{voice}: {answer}");
+    }
+    let mut bot = bank();
+    bot["voice"] = json!({"silence_reprompts": 1, "after_silence": "handoff"});
+    let (status, stored) = server.put_json("/api/v1/bots/bank", &ws.api_key, &bot).await;
+    assert_eq!(status, StatusCode::OK, "{stored}");
+
+    let mut call = Call::start(&server, &ws.id, "+14155550132", "CA0132");
+    call.say(None).await;
+    call.say(Some("I want to book an appointment")).await;
+    let (_, twiml) = call.say(None).await;
+    assert_eq!(said(&twiml), ["Sorry, I didn't hear anything. What day suits you?"]);
+    let (_, twiml) = call.say(None).await;
+    assert_eq!(
+        said(&twiml),
+        ["Let me connect you with a person who can help.", "An agent will call you back shortly. Goodbye."]
+    );
+    assert!(twiml.ends_with("<Hangup/></Response>"), "{twiml}");
+    // Twilio retries that request: the same answer, and the handoff is recorded once.
+    let (_, again) = call.replay().await;
+    assert_eq!(again, twiml);
+
+    let (events, conversation, messages) = caller_record(&server, &ws, "+14155550132").await;
+    assert_eq!(conversation.status, "queued");
+    assert_eq!(conversation.state["misunderstandings"], 0);
+    assert_eq!(customer_texts(&messages), ["I want to book an appointment"]);
+    let handoffs: Vec<_> = events.iter().filter(|event| event["event"] == "conversation.handoff").collect();
+    assert_eq!(handoffs.len(), 1, "{events:?}");
+    assert_eq!(handoffs[0]["properties"]["reason"], "silence");
+    assert_eq!(missed(&server, &ws.api_key).await, Vec::<String>::new());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_voice_request_is_answered_the_same_without_a_new_turn() {
+    let server = TestServer::start().await;
+    let ws = server.workspace("bank").await;
+    configure(&server, &ws.api_key).await;
+    let chat = json!({"bot": "bank", "from": {"kind": "email", "value": "ada@example.com"}, "channel": "chat", "text": "I want to book an appointment"});
+    server.converse(&ws.api_key, &chat).await;
+    let mut tomorrow = chat.clone();
+    tomorrow["text"] = json!("tomorrow");
+    server.converse(&ws.api_key, &tomorrow).await;
+    let identify = json!({"userId": "ada", "traits": {"email": "ada@example.com", "phone": "+14155550123"}});
+    server.track("/v1/identify", &ws.write_key, &identify).await;
+
+    // The call's opening, which picks up the chat, sent twice.
+    let mut call = Call::start(&server, &ws.id, "+14155550123", "CA0200");
+    let (_, opening) = call.say(None).await;
+    assert_eq!(said(&opening), ["Picking up where we left off in chat: What time?"]);
+    let (status, again) = call.replay().await;
+    assert_eq!((status, again.as_str()), (StatusCode::OK, opening.as_str()));
+    // An answer sent three times: one turn, answered the same each time.
+    let (_, answer) = call.say(Some("3 pm please")).await;
+    assert!(said(&answer)[0].ends_with(" at 15:00? You can say yes or no."), "{answer}");
+    for _ in 0..2 {
+        let (status, again) = call.replay().await;
+        assert_eq!((status, again.as_str()), (StatusCode::OK, answer.as_str()));
+    }
+
+    let (events, _, messages) = caller_record(&server, &ws, "+14155550123").await;
+    let count = |author: &str, prefix: &str| {
+        messages.iter().filter(|message| message.author == author && message.text.starts_with(prefix)).count()
+    };
+    assert_eq!(count("bot", "Picking up where we left off"), 1, "{messages:?}");
+    assert_eq!(count("customer", "3 pm please"), 1, "{messages:?}");
+    assert_eq!(count("bot", "Shall I book"), 1, "{messages:?}");
+    let on_timeline = |name: &str, prefix: &str| {
+        events
+            .iter()
+            .filter(|event| {
+                event["event"] == name
+                    && event["properties"]["text"].as_str().is_some_and(|text| text.starts_with(prefix))
+            })
+            .count()
+    };
+    assert_eq!(on_timeline("message.received", "3 pm please"), 1);
+    assert_eq!(on_timeline("message.sent", "Shall I book"), 1);
+    assert_eq!(on_timeline("message.sent", "Picking up where we left off"), 1);
+    // The call goes on from where it is.
+    let (_, twiml) = call.say(Some("yes")).await;
+    assert!(said(&twiml)[0].starts_with("Booked: "), "{twiml}");
+
+    // A stranger's greeting sent twice stores nothing; a handoff sent twice is one handoff.
+    let mut stranger = Call::start(&server, &ws.id, "+14155550127", "CA0201");
+    let (_, greeting) = stranger.say(None).await;
+    assert_eq!(stranger.replay().await.1, greeting);
+    assert_eq!(
+        server.get("/api/v1/profiles/lookup?kind=phone&value=%2B14155550127", &ws.api_key).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    let (_, handoff) = stranger.say(Some("I lost my card")).await;
+    assert!(handoff.ends_with("<Hangup/></Response>"), "{handoff}");
+    assert_eq!(stranger.replay().await.1, handoff);
+    let (events, conversation, messages) = caller_record(&server, &ws, "+14155550127").await;
+    assert_eq!(conversation.status, "queued");
+    assert_eq!(customer_texts(&messages), ["I lost my card"]);
+    assert_eq!(events.iter().filter(|event| event["event"] == "conversation.handoff").count(), 1);
+    assert_eq!(events.iter().filter(|event| event["event"] == "message.received").count(), 1);
+    server.stop().await;
+}
+
+/// A call's first two requests on `first`; the second is replayed on `second` (another node, or the
+/// same one restarted), which then takes the call's next answer.
+async fn replay_on_another_node(
+    first: &TestServer,
+    second: &TestServer,
+    ws: &crate::harness::TestWorkspace,
+    from: &str,
+) {
+    let mut call = Call::start(first, &ws.id, from, &format!("CA{}", from.trim_start_matches('+')));
+    call.say(None).await;
+    let (_, answer) = call.say(Some("I want to book an appointment")).await;
+    assert_eq!(said(&answer), ["What day suits you?"]);
+    call.moved_to(second);
+    let (status, again) = call.replay().await;
+    assert_eq!((status, again.as_str()), (StatusCode::OK, answer.as_str()));
+    let (_, twiml) = call.say(Some("tomorrow")).await;
+    assert_eq!(said(&twiml), ["What time?"]);
+    let (events, _, messages) = caller_record(second, ws, from).await;
+    assert_eq!(customer_texts(&messages), ["I want to book an appointment", "tomorrow"]);
+    assert_eq!(events.iter().filter(|event| event["event"] == "message.received").count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_is_answered_from_the_store_after_a_restart_and_on_another_node() {
+    use crossline_store::DynStore;
+    use std::sync::Arc;
+    let bus = || -> crossline_bus::DynBus { Arc::new(crossline_bus::memory::MemoryBus::new()) };
+
+    // SQLite: the node restarts between the request and its replay, so nothing is left in memory.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crossline.db");
+    let sqlite = || async { Arc::new(crossline_store::sqlite::SqliteStore::open(&path).await.unwrap()) as DynStore };
+    let first = TestServer::start_with(sqlite().await, bus()).await;
+    let ws = first.workspace("bank").await;
+    configure(&first, &ws.api_key).await;
+    let mut call = Call::start(&first, &ws.id, "+14155550140", "CA0300");
+    call.say(None).await;
+    let (_, answer) = call.say(Some("I want to book an appointment")).await;
+    first.stop().await;
+    let restarted = TestServer::start_with(sqlite().await, bus()).await;
+    call.moved_to(&restarted);
+    assert_eq!(call.replay().await.1, answer);
+    let (_, twiml) = call.say(Some("tomorrow")).await;
+    assert_eq!(said(&twiml), ["What time?"]);
+    let (_, _, messages) = caller_record(&restarted, &ws, "+14155550140").await;
+    assert_eq!(customer_texts(&messages), ["I want to book an appointment", "tomorrow"]);
+    restarted.stop().await;
+
+    // PostgreSQL: two nodes share the store; the replay reaches the node that did not take the turn.
+    let Ok(database_url) = std::env::var("CROSSLINE_TEST_DATABASE_URL") else {
+        eprintln!("CROSSLINE_TEST_DATABASE_URL is not set: the two-node part of the voice replay test did not run");
+        return;
+    };
+    crossline_store::postgres::drop_schemas(&database_url, "voice_replay_").await;
+    let schema = format!("voice_replay_{}_{}", std::process::id(), chrono::Utc::now().timestamp_millis());
+    let postgres = || async {
+        Arc::new(
+            crossline_store::postgres::PgStore::connect_in_schema(&database_url, Some(&schema))
+                .await
+                .expect("PostgreSQL reachable"),
+        ) as DynStore
+    };
+    let (a, b) =
+        (TestServer::start_with(postgres().await, bus()).await, TestServer::start_with(postgres().await, bus()).await);
+    let ws = a.workspace("bank").await;
+    configure(&a, &ws.api_key).await;
+    replay_on_another_node(&a, &b, &ws, "+14155550141").await;
+    a.stop().await;
+    b.stop().await;
+    crossline_store::postgres::drop_schemas(&database_url, &schema).await;
 }
