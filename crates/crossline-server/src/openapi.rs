@@ -2,7 +2,7 @@
 //! [`router`] together with their documentation, so a route cannot exist without its entry; the
 //! test `openapi_document_is_current` guards the committed `docs/openapi.json` copy.
 
-use crate::api::{bots, channels, conversations, ingest, profiles, workspaces};
+use crate::api::{bots, channels, conversations, ingest, profiles, rejected, workspaces};
 use crate::state::AppState;
 use axum::Router;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -46,6 +46,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(ingest::group))
         .routes(routes!(ingest::alias))
         .routes(routes!(ingest::batch))
+        .routes(routes!(rejected::list_rejected_events))
         .routes(routes!(workspaces::create_workspace, workspaces::list_workspaces))
         .routes(routes!(workspaces::rotate_key))
         .routes(routes!(profiles::list_profiles))

@@ -1,7 +1,9 @@
 //! The Segment HTTP tracking API: `/v1/identify|track|page|screen|group|alias|batch`.
 //!
-//! A request is answered `{"success": true}` only after every event of it is durably stored; then
-//! the stored events are published on the bus (`events.<workspace_id>`).
+//! A request is answered `{"success": true}` only after every accepted event of it is durably
+//! stored; then the stored events are published on the bus (`events.<workspace_id>`). An event of a
+//! batch that fails validation does not sink its batch: the others are stored, the answer lists it
+//! under `rejected`, and it is recorded for inspection (`GET /api/v1/rejected-events`, the console).
 
 use crate::auth::basic_user;
 use crate::error::{ApiError, ApiResult};
@@ -12,9 +14,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use chrono::{DateTime, Utc};
 use crossline_core::event::{
-    Endpoint, EventKind, EventValidationError, MAX_REQUEST_BYTES, NormalizeOptions, parse_request, peek_write_key,
+    Endpoint, EventKind, EventValidationError, MAX_REQUEST_BYTES, NormalizeOptions, RejectedEvent, SegmentRequest,
+    parse_request, peek_write_key,
 };
 use crossline_core::keys::{KeyKind, hash_key};
+use crossline_store::NewRejectedEvent;
 use serde::Serialize;
 use std::io::Read;
 use std::time::Instant;
@@ -26,6 +30,37 @@ pub struct Success {
     /// Always true.
     pub success: bool,
 }
+
+/// The answer to an accepted batch: `{"success": true}`, plus `rejected` when events of it failed
+/// validation (the others were stored).
+#[derive(Serialize, ToSchema)]
+pub struct BatchSuccess {
+    /// Always true.
+    pub success: bool,
+    /// The events that failed validation and were not stored, in batch order; absent when none were.
+    /// At most the first 1,000 are listed (and recorded).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<RejectedInBatch>,
+}
+
+/// An event of a batch that failed validation.
+#[derive(Serialize, ToSchema)]
+pub struct RejectedInBatch {
+    /// Its position in the batch, from 0.
+    pub index: usize,
+    /// Its `messageId`, when it had one.
+    #[serde(rename = "messageId", skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// Stable code, e.g. `missing_identity`.
+    pub code: &'static str,
+    /// The field at fault and the fix, e.g. `batch[1]: has neither userId nor anonymousId; ...`.
+    pub message: String,
+}
+
+/// Most rejected events of one request that are listed in the answer and recorded. A request can
+/// hold a hundred thousand tiny bad events (`{}`); listing and storing each would turn one public
+/// write key into a large write and answer. Metrics count every one.
+pub const MAX_REPORTED_REJECTIONS: usize = 1_000;
 
 /// Stored events as published on the bus (`events.<workspace_id>`; docs/api.md). Typed rather than
 /// built as `serde_json::Value`s: one map per event was a measurable part of the request threads' work.
@@ -91,7 +126,61 @@ fn validation_error(err: EventValidationError) -> ApiError {
     ApiError::new(status, err.code, err.message)
 }
 
-async fn ingest(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: Body) -> ApiResult<Json<Success>> {
+/// Count each rejected event by its code (few distinct codes: one counter update per code).
+fn count_rejections(rejected: &[RejectedEvent]) {
+    let mut per_code: Vec<(&'static str, u64)> = Vec::new();
+    for event in rejected {
+        match per_code.iter_mut().find(|(code, _)| *code == event.code) {
+            Some((_, count)) => *count += 1,
+            None => per_code.push((event.code, 1)),
+        }
+    }
+    for (code, count) in per_code {
+        metrics::counter!("crossline_ingest_rejected_total", "code" => code).increment(count);
+    }
+}
+
+/// What the answer lists and the store records of a request's rejected events.
+fn report_rejections(
+    endpoint: Endpoint,
+    received_at: DateTime<Utc>,
+    rejected: Vec<RejectedEvent>,
+) -> (Vec<RejectedInBatch>, Vec<NewRejectedEvent>) {
+    let path = match endpoint {
+        Endpoint::Batch => "/v1/batch".to_owned(),
+        Endpoint::Single(kind) => format!("/v1/{}", kind.as_str()),
+    };
+    rejected
+        .into_iter()
+        .take(MAX_REPORTED_REJECTIONS)
+        .map(|event| {
+            let listed = RejectedInBatch {
+                index: event.index,
+                message_id: event.message_id.clone(),
+                code: event.code,
+                message: event.message.clone(),
+            };
+            let recorded = NewRejectedEvent {
+                received_at,
+                endpoint: path.clone(),
+                index: u32::try_from(event.index).unwrap_or(u32::MAX),
+                message_id: event.message_id,
+                code: event.code.to_owned(),
+                message: event.message,
+                raw: event.raw,
+            };
+            (listed, recorded)
+        })
+        .unzip()
+}
+
+/// Store a request's valid events and record its rejected ones; the answer's `rejected` list.
+async fn ingest(
+    state: AppState,
+    endpoint: Endpoint,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Vec<RejectedInBatch>> {
     let started = Instant::now();
     let bytes = read_body(&headers, body).await?;
     let key = basic_user(&headers).filter(|key| !key.is_empty()).or_else(|| peek_write_key(&bytes));
@@ -106,18 +195,33 @@ async fn ingest(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
         ));
     };
     let options = NormalizeOptions { default_region: &workspace.default_region, received_at: Utc::now() };
-    let request = parse_request(endpoint, &bytes, &options).map_err(|err| {
+    let SegmentRequest { events, rejected, .. } = parse_request(endpoint, &bytes, &options).map_err(|err| {
         metrics::counter!("crossline_ingest_rejected_total", "code" => err.code).increment(1);
         validation_error(err)
     })?;
     // What the bus message needs of each event, kept before the events go to the store.
-    let summaries: Vec<(&'static str, Option<String>, String, DateTime<Utc>)> = request
-        .events
+    let summaries: Vec<(&'static str, Option<String>, String, DateTime<Utc>)> = events
         .iter()
         .map(|event| (event.kind.as_str(), event.name.clone(), event.channel.clone(), event.timestamp))
         .collect();
-    let count = request.events.len();
-    let outcome = state.store.ingest(&workspace.id, request.events).await?;
+    let count = events.len();
+    let (outcome, listed) = if rejected.is_empty() {
+        (state.store.ingest(&workspace.id, events).await?, Vec::new())
+    } else {
+        count_rejections(&rejected);
+        let (listed, recorded) = report_rejections(endpoint, options.received_at, rejected);
+        let store_valid =
+            async { if events.is_empty() { Ok(Vec::new()) } else { state.store.ingest(&workspace.id, events).await } };
+        let record = state.store.record_rejected(&workspace.id, &recorded, &state.settings.rejected_retention);
+        let (outcome, recorded) = tokio::join!(store_valid, record);
+        // The answer names the rejected events either way; failing the request would make the client
+        // send the stored events again, so a failure to keep them for inspection is logged and counted.
+        if let Err(err) = recorded {
+            metrics::counter!("crossline_rejected_record_failed_total").increment(1);
+            tracing::warn!(error = %err, workspace = %workspace.id, "rejected events could not be recorded");
+        }
+        (outcome?, listed)
+    };
 
     let stored: Vec<Published<'_>> = summaries
         .iter()
@@ -153,7 +257,7 @@ async fn ingest(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
             tracing::warn!(error = %err, workspace = %workspace.id, "stored events could not be published on the bus");
         }
     }
-    Ok(Json(Success { success: true }))
+    Ok(listed)
 }
 
 macro_rules! single_endpoint {
@@ -166,7 +270,9 @@ macro_rules! single_endpoint {
                       (status = 401, body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody)),
             security(("write_key" = [])))]
         pub async fn $name(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Json<Success>> {
-            ingest(state, Endpoint::Single($kind), headers, body).await
+            // A single call that fails validation is a 400, so nothing is ever listed as rejected here.
+            ingest(state, Endpoint::Single($kind), headers, body).await?;
+            Ok(Json(Success { success: true }))
         }
     };
 }
@@ -180,11 +286,12 @@ single_endpoint!(alias, EventKind::Alias, "/v1/alias", "Merge a previous id into
 
 /// Send many calls at once.
 #[utoipa::path(post, path = "/v1/batch", tag = "tracking", summary = "Send many calls at once",
-    description = "`{\"batch\": [call, ...], \"sentAt\"?, \"context\"?}`. Validated whole: one bad call rejects the batch and nothing is stored. At most 32 KB per call and 500 KB per request.",
+    description = "`{\"batch\": [call, ...], \"sentAt\"?, \"context\"?}`. An event that fails validation does not sink the batch: the others are stored and the answer lists it under `rejected` (index, messageId, code, message); it is kept for inspection at `GET /api/v1/rejected-events`. A body that is not a batch is a 400 and nothing is stored. At most 32 KB per call and 500 KB per request.",
     request_body(content = serde_json::Value, content_type = "application/json"),
-    responses((status = 200, body = Success), (status = 400, body = crate::error::ErrorBody),
+    responses((status = 200, body = BatchSuccess), (status = 400, body = crate::error::ErrorBody),
               (status = 401, body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody)),
     security(("write_key" = [])))]
-pub async fn batch(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Json<Success>> {
-    ingest(state, Endpoint::Batch, headers, body).await
+pub async fn batch(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Json<BatchSuccess>> {
+    let rejected = ingest(state, Endpoint::Batch, headers, body).await?;
+    Ok(Json(BatchSuccess { success: true, rejected }))
 }

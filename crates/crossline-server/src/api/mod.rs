@@ -6,6 +6,7 @@ pub mod channels;
 pub mod conversations;
 pub mod ingest;
 pub mod profiles;
+pub mod rejected;
 pub mod webchat;
 pub mod webhook;
 pub mod workspaces;

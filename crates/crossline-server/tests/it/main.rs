@@ -8,6 +8,7 @@ mod harness;
 mod ingest;
 mod openapi;
 mod profiles;
+mod rejected;
 mod segment_python;
 mod twilio;
 mod two_nodes;
