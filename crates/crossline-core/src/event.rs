@@ -160,6 +160,23 @@ pub struct SegmentRequest {
     pub events: Vec<NormalizedEvent>,
     /// `writeKey` from the body, if any.
     pub write_key: Option<String>,
+    /// Events of a batch that failed validation; the valid ones are in `events`.
+    pub rejected: Vec<RejectedEvent>,
+}
+
+/// An event of a batch that failed validation; the rest of the batch is still stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedEvent {
+    /// Its position in the batch, from 0.
+    pub index: usize,
+    /// Its `messageId`, when it had a readable one.
+    pub message_id: Option<String>,
+    /// Stable machine-readable code, as in [`EventValidationError::code`].
+    pub code: &'static str,
+    /// A sentence naming the field at fault and the fix.
+    pub message: String,
+    /// The event's JSON, cut to at most 2,048 bytes.
+    pub raw: String,
 }
 
 /// Extract `writeKey` without validating the rest, so authentication can run before validation.
@@ -238,7 +255,7 @@ pub fn parse_request(
             events
         }
     };
-    Ok(SegmentRequest { events, write_key })
+    Ok(SegmentRequest { events, write_key, rejected: Vec::new() })
 }
 
 fn too_large(path: &str, size: usize) -> EventValidationError {

@@ -8,7 +8,7 @@
 //! (`#/components/responses/...`), so each annotation lists its statuses in one line and each status
 //! means the same thing everywhere.
 
-use crate::api::{bots, channels, conversations, ingest, profiles, workspaces};
+use crate::api::{bots, channels, conversations, ingest, profiles, rejected, workspaces};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::state::AppState;
 use axum::Router;
@@ -150,6 +150,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(ingest::group))
         .routes(routes!(ingest::alias))
         .routes(routes!(ingest::batch))
+        .routes(routes!(rejected::list_rejected_events))
         .routes(routes!(workspaces::create_workspace, workspaces::list_workspaces))
         .routes(routes!(workspaces::rotate_key))
         .routes(routes!(profiles::list_profiles))

@@ -41,6 +41,8 @@ pub struct Settings {
     pub webhook_timeout: std::time::Duration,
     /// Alexa request verification: trusted roots and where certificates are fetched.
     pub alexa: crate::api::alexa::AlexaSettings,
+    /// How many rejected events of batches are kept per workspace, and for how long.
+    pub rejected_retention: crossline_store::RejectedRetention,
 }
 
 impl Default for Settings {
@@ -52,6 +54,7 @@ impl Default for Settings {
             conversation_idle: chrono::Duration::minutes(30),
             webhook_timeout: std::time::Duration::from_secs(2),
             alexa: Default::default(),
+            rejected_retention: Default::default(),
         }
     }
 }

@@ -14,6 +14,7 @@
 pub mod ingest;
 pub mod model;
 pub mod postgres;
+mod rejected;
 pub mod sqlite;
 mod stats;
 #[cfg(any(test, feature = "testsuite"))]
@@ -220,9 +221,36 @@ pub trait ChannelStore: Send + Sync {
     async fn channel(&self, workspace_id: &str, kind: &str) -> StoreResult<Option<serde_json::Value>>;
 }
 
+/// Events of batches that failed validation while the rest of their batch was stored, kept for
+/// inspection with bounded retention.
+#[async_trait]
+pub trait RejectedEventStore: Send + Sync {
+    /// Record the rejected events of one request, then trim the workspace's to `retention`: nothing
+    /// received more than `max_age` before the newest of `events` (in any workspace), and at most
+    /// `max_per_workspace` in this one, the oldest going first. Texts longer than their bound are cut.
+    async fn record_rejected(
+        &self,
+        workspace_id: &str,
+        events: &[NewRejectedEvent],
+        retention: &RejectedRetention,
+    ) -> StoreResult<()>;
+    /// A page of the workspace's rejected events, newest first: at most `limit`, only those older
+    /// than the cursor `before` (a previous page's `next_cursor`) when given.
+    async fn rejected_events(
+        &self,
+        workspace_id: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> StoreResult<RejectedEventPage>;
+    /// How many of the workspace's rejected events were received at `since` or later.
+    async fn rejected_count_since(&self, workspace_id: &str, since: chrono::DateTime<chrono::Utc>) -> StoreResult<u64>;
+}
+
 /// Everything the product stores.
 #[async_trait]
-pub trait Store: WorkspaceStore + ProfileStore + JobQueue + BotStore + ConversationStore + ChannelStore {
+pub trait Store:
+    WorkspaceStore + ProfileStore + JobQueue + BotStore + ConversationStore + ChannelStore + RejectedEventStore
+{
     /// The backend's name, for logs and `/healthz`.
     fn backend(&self) -> &'static str;
     /// Check the backend answers.

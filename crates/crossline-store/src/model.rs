@@ -281,3 +281,71 @@ pub struct MissedUtterance {
     /// When.
     pub created_at: DateTime<Utc>,
 }
+
+/// An event of a batch that failed validation while the rest of the batch was stored, as the ingest
+/// handler records it for inspection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewRejectedEvent {
+    /// When the request carrying it arrived.
+    pub received_at: DateTime<Utc>,
+    /// The endpoint it was sent to, e.g. `/v1/batch`.
+    pub endpoint: String,
+    /// Its position in the batch, from 0.
+    pub index: u32,
+    /// Its `messageId`, when it had a readable one.
+    pub message_id: Option<String>,
+    /// The validation error's stable code, e.g. `missing_identity`.
+    pub code: String,
+    /// The sentence naming the field at fault and the fix.
+    pub message: String,
+    /// The event's JSON as sent, cut to at most [`MAX_REJECTED_RAW_BYTES`].
+    pub raw: String,
+}
+
+/// A recorded rejected event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredRejectedEvent {
+    /// `rej_...`; ids sort by the time they were recorded, and the paging cursor is one.
+    pub id: String,
+    /// When the request carrying it arrived.
+    pub received_at: DateTime<Utc>,
+    /// The endpoint it was sent to.
+    pub endpoint: String,
+    /// Its position in the batch, from 0.
+    pub index: u32,
+    /// Its `messageId`, when it had a readable one.
+    pub message_id: Option<String>,
+    /// The validation error's code.
+    pub code: String,
+    /// The validation error's sentence.
+    pub message: String,
+    /// The event's JSON as sent, cut to at most [`MAX_REJECTED_RAW_BYTES`].
+    pub raw: String,
+}
+
+/// One page of rejected events, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedEventPage {
+    /// The rejected events, newest first.
+    pub events: Vec<StoredRejectedEvent>,
+    /// Pass as `before` for the next (older) page; None on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Most bytes of a rejected event's JSON that are kept; longer ones are cut (at a character boundary).
+pub const MAX_REJECTED_RAW_BYTES: usize = 2048;
+
+/// How long and how many rejected events are kept per workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RejectedRetention {
+    /// At most this many per workspace; the oldest go first.
+    pub max_per_workspace: usize,
+    /// Nothing older than this (by `received_at`) is kept.
+    pub max_age: chrono::Duration,
+}
+
+impl Default for RejectedRetention {
+    fn default() -> Self {
+        RejectedRetention { max_per_workspace: 10_000, max_age: chrono::Duration::days(7) }
+    }
+}

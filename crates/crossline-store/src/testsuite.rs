@@ -3,7 +3,10 @@
 
 #![allow(missing_docs, clippy::missing_panics_doc)]
 
-use crate::{DynStore, EnqueueOutcome, EventQuery, JobStatus, NewJob, ProfileQuery, Workspace};
+use crate::{
+    DynStore, EnqueueOutcome, EventQuery, JobStatus, NewJob, NewRejectedEvent, ProfileQuery, RejectedEventPage,
+    RejectedRetention, Workspace,
+};
 use chrono::{Duration, TimeZone, Utc};
 use crossline_core::event::{Endpoint, NormalizeOptions, NormalizedEvent, parse_request};
 use crossline_core::keys::KeyKind;
@@ -61,6 +64,93 @@ where
     profile_limits_hold_on_every_write(fresh().await).await;
     conversations_follow_profiles(fresh().await).await;
     channel_configuration(fresh().await).await;
+    rejected_events_are_kept_paged_isolated_and_trimmed(fresh().await).await;
+}
+
+fn rejected(index: u32, received_at: chrono::DateTime<Utc>) -> NewRejectedEvent {
+    NewRejectedEvent {
+        received_at,
+        endpoint: "/v1/batch".into(),
+        index,
+        message_id: index.is_multiple_of(2).then(|| format!("m-{index}")),
+        code: "missing_identity".into(),
+        message: format!("batch[{index}]: has neither userId nor anonymousId"),
+        raw: format!("{{\"type\":\"track\",\"event\":\"E{index}\"}}"),
+    }
+}
+
+async fn rejected_events_are_kept_paged_isolated_and_trimmed(store: DynStore) {
+    let acme = workspace(&store, "acme").await;
+    let globex = workspace(&store, "globex").await;
+    let now = crate::from_millis(Utc::now().timestamp_millis());
+    let retention = RejectedRetention::default();
+    assert_eq!(store.rejected_events(&acme.id, 50, None).await.unwrap(), RejectedEventPage::default());
+    let mut long = rejected(2, now);
+    long.raw = format!("{{\"x\":\"{}\"}}", "é".repeat(3000));
+    long.message = "m".repeat(5000);
+    let sent = [rejected(0, now), rejected(1, now), long.clone()];
+    store.record_rejected(&acme.id, &sent, &retention).await.unwrap();
+
+    // Newest first: the last recorded of a request comes first.
+    let page = store.rejected_events(&acme.id, 50, None).await.unwrap();
+    let indexes: Vec<u32> = page.events.iter().map(|event| event.index).collect();
+    assert_eq!(indexes, [2, 1, 0]);
+    assert_eq!(page.next_cursor, None);
+    let first = &page.events[2];
+    assert!(first.id.starts_with("rej_"));
+    assert_eq!(
+        (first.received_at, first.endpoint.as_str(), first.message_id.as_deref(), first.code.as_str()),
+        (now, "/v1/batch", Some("m-0"), "missing_identity")
+    );
+    assert_eq!(first.message, "batch[0]: has neither userId nor anonymousId");
+    assert_eq!(first.raw, "{\"type\":\"track\",\"event\":\"E0\"}");
+    assert_eq!(page.events[1].message_id, None);
+    let cut = &page.events[0];
+    assert!(cut.raw.len() <= crate::MAX_REJECTED_RAW_BYTES && cut.raw.len() > 2000, "{}", cut.raw.len());
+    assert!(long.raw.starts_with(&cut.raw), "cut at a character boundary");
+    assert!(cut.message.len() < 5000);
+
+    // Paging by cursor.
+    let first_page = store.rejected_events(&acme.id, 2, None).await.unwrap();
+    assert_eq!(first_page.events.len(), 2);
+    let cursor = first_page.next_cursor.expect("a second page");
+    let second_page = store.rejected_events(&acme.id, 2, Some(&cursor)).await.unwrap();
+    assert_eq!(second_page.events.iter().map(|event| event.index).collect::<Vec<_>>(), [0]);
+    assert_eq!(second_page.next_cursor, None);
+    assert_eq!(store.rejected_count_since(&acme.id, now - Duration::hours(24)).await.unwrap(), 3);
+    assert_eq!(store.rejected_count_since(&acme.id, now + Duration::seconds(1)).await.unwrap(), 0);
+
+    // Another workspace sees none of them, and its cursor-less page is empty.
+    assert!(store.rejected_events(&globex.id, 50, None).await.unwrap().events.is_empty());
+    assert!(store.rejected_events(&globex.id, 50, Some(&cursor)).await.unwrap().events.is_empty());
+    assert_eq!(store.rejected_count_since(&globex.id, now - Duration::days(30)).await.unwrap(), 0);
+
+    // Nothing older than the age limit survives the next recording, in any workspace.
+    let old = now - Duration::days(8);
+    store.record_rejected(&globex.id, &[rejected(0, old)], &retention).await.unwrap();
+    assert_eq!(store.rejected_events(&globex.id, 50, None).await.unwrap().events.len(), 1);
+    store.record_rejected(&acme.id, &[rejected(3, now)], &retention).await.unwrap();
+    assert!(store.rejected_events(&globex.id, 50, None).await.unwrap().events.is_empty(), "8 days old: trimmed");
+    assert_eq!(store.rejected_events(&acme.id, 50, None).await.unwrap().events.len(), 4, "recent ones stay");
+
+    // At most `max_per_workspace` per workspace, the newest kept, the other workspaces untouched.
+    let initech = workspace(&store, "initech").await;
+    let small = RejectedRetention { max_per_workspace: 10, ..RejectedRetention::default() };
+    for index in 0..25 {
+        store.record_rejected(&initech.id, &[rejected(index, now)], &small).await.unwrap();
+        let kept = store.rejected_events(&initech.id, 200, None).await.unwrap().events;
+        assert!(kept.len() <= 10, "{} kept after {} recorded", kept.len(), index + 1);
+        assert_eq!(kept[0].index, index, "the newest is always kept");
+    }
+    let kept = store.rejected_events(&initech.id, 200, None).await.unwrap().events;
+    assert!(kept.len() >= 9, "the cap is cut back by a tenth at most: {}", kept.len());
+    assert_eq!(kept.last().unwrap().index, 25 - kept.len() as u32, "the oldest went first");
+    let exact = RejectedRetention { max_per_workspace: 5, ..RejectedRetention::default() };
+    let burst: Vec<NewRejectedEvent> = (100..115).map(|index| rejected(index, now)).collect();
+    store.record_rejected(&initech.id, &burst, &exact).await.unwrap();
+    let kept = store.rejected_events(&initech.id, 200, None).await.unwrap().events;
+    assert_eq!(kept.iter().map(|event| event.index).collect::<Vec<_>>(), [114, 113, 112, 111, 110]);
+    assert_eq!(store.rejected_events(&acme.id, 50, None).await.unwrap().events.len(), 4);
 }
 
 async fn channel_configuration(store: DynStore) {

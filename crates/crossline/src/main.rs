@@ -189,6 +189,7 @@ async fn state_for(config: &Config, admin_token: String) -> anyhow::Result<AppSt
             conversation_idle: chrono::Duration::minutes(i64::from(config.conversation_idle_minutes)),
             webhook_timeout: std::time::Duration::from_secs(2),
             alexa: config.alexa_settings()?,
+            rejected_retention: Default::default(),
         }),
         metrics: crossline_server::metrics_handle(),
         bots: Default::default(),

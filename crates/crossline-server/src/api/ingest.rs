@@ -1,7 +1,11 @@
 //! The Segment HTTP tracking API: `/v1/identify|track|page|screen|group|alias|batch`.
 //!
-//! A request is answered `{"success": true}` only after every event of it is durably stored; then
-//! the stored events are published on the bus (`events.<workspace_id>`).
+//! A request is answered `{"success": true}` only after every accepted event of it is durably
+//! stored; then the stored events are published on the bus (`events.<workspace_id>`). An event of a
+//! batch that fails validation, or that would break a profile limit, does not sink its batch: the
+//! others are stored, the answer lists it under `rejected`, and it is recorded for inspection
+//! (`GET /api/v1/rejected-events`, the console). Each workspace has at most a few requests in the
+//! store at once ([`crate::admission`]), so one flooding workspace does not hold up the others.
 
 use crate::api::segment_schema::{AliasCall, BatchRequest, GroupCall, IdentifyCall, PageCall, ScreenCall, TrackCall};
 use crate::auth::basic_user;
@@ -13,9 +17,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use chrono::{DateTime, Utc};
 use crossline_core::event::{
-    Endpoint, EventKind, EventValidationError, MAX_REQUEST_BYTES, NormalizeOptions, parse_request, peek_write_key,
+    Endpoint, EventKind, EventValidationError, MAX_REQUEST_BYTES, NormalizeOptions, RejectedEvent, SegmentRequest,
+    parse_request, peek_write_key,
 };
 use crossline_core::keys::{KeyKind, hash_key};
+use crossline_store::NewRejectedEvent;
 use serde::Serialize;
 use std::io::Read;
 use std::time::Instant;
@@ -46,6 +52,11 @@ pub struct RejectedEventBody {
     /// What is wrong with the event, naming the field, e.g. `batch[3].userId: is empty; ...`.
     pub message: String,
 }
+
+/// Most rejected events of one request that are listed in the answer and recorded. A request can
+/// hold a hundred thousand tiny bad events (`{}`); listing and storing each would turn one public
+/// write key into a large write and answer. Metrics count every one.
+pub const MAX_REPORTED_REJECTIONS: usize = 1_000;
 
 /// Stored events as published on the bus (`events.<workspace_id>`; docs/api.md). Typed rather than
 /// built as `serde_json::Value`s: one map per event was a measurable part of the request threads' work.
@@ -111,7 +122,61 @@ fn validation_error(err: EventValidationError) -> ApiError {
     ApiError::new(status, err.code, err.message)
 }
 
-async fn ingest(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: Body) -> ApiResult<Json<Success>> {
+/// Count each rejected event by its code (few distinct codes: one counter update per code).
+fn count_rejections(rejected: &[RejectedEvent]) {
+    let mut per_code: Vec<(&'static str, u64)> = Vec::new();
+    for event in rejected {
+        match per_code.iter_mut().find(|(code, _)| *code == event.code) {
+            Some((_, count)) => *count += 1,
+            None => per_code.push((event.code, 1)),
+        }
+    }
+    for (code, count) in per_code {
+        metrics::counter!("crossline_ingest_rejected_total", "code" => code).increment(count);
+    }
+}
+
+/// What the answer lists and the store records of a request's rejected events.
+fn report_rejections(
+    endpoint: Endpoint,
+    received_at: DateTime<Utc>,
+    rejected: Vec<RejectedEvent>,
+) -> (Vec<RejectedEventBody>, Vec<NewRejectedEvent>) {
+    let path = match endpoint {
+        Endpoint::Batch => "/v1/batch".to_owned(),
+        Endpoint::Single(kind) => format!("/v1/{}", kind.as_str()),
+    };
+    rejected
+        .into_iter()
+        .take(MAX_REPORTED_REJECTIONS)
+        .map(|event| {
+            let listed = RejectedEventBody {
+                index: event.index,
+                message_id: event.message_id.clone(),
+                code: event.code.to_owned(),
+                message: event.message.clone(),
+            };
+            let recorded = NewRejectedEvent {
+                received_at,
+                endpoint: path.clone(),
+                index: u32::try_from(event.index).unwrap_or(u32::MAX),
+                message_id: event.message_id,
+                code: event.code.to_owned(),
+                message: event.message,
+                raw: event.raw,
+            };
+            (listed, recorded)
+        })
+        .unzip()
+}
+
+/// Store a request's valid events and record its rejected ones; the answer's `rejected` list.
+async fn ingest(
+    state: AppState,
+    endpoint: Endpoint,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Vec<RejectedEventBody>> {
     let started = Instant::now();
     let bytes = read_body(&headers, body).await?;
     let key = basic_user(&headers).filter(|key| !key.is_empty()).or_else(|| peek_write_key(&bytes));
@@ -126,24 +191,70 @@ async fn ingest(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
         ));
     };
     let options = NormalizeOptions { default_region: &workspace.default_region, received_at: Utc::now() };
-    let request = parse_request(endpoint, &bytes, &options).map_err(|err| {
+    let SegmentRequest { events, rejected, .. } = parse_request(endpoint, &bytes, &options).map_err(|err| {
         metrics::counter!("crossline_ingest_rejected_total", "code" => err.code).increment(1);
         validation_error(err)
     })?;
     // What the bus message needs of each event, kept before the events go to the store.
-    let summaries: Vec<(&'static str, Option<String>, String, DateTime<Utc>)> = request
-        .events
+    let summaries: Vec<(&'static str, Option<String>, String, DateTime<Utc>)> = events
         .iter()
         .map(|event| (event.kind.as_str(), event.name.clone(), event.channel.clone(), event.timestamp))
         .collect();
-    let count = request.events.len();
-    let outcome = {
-        let _turn = state.admission.enter(&workspace.id).await;
-        state.store.ingest(&workspace.id, request.events).await?
+    let count = events.len();
+    // The batch index of each valid event, to name events the store refuses for a profile limit.
+    let batch_indexes: Vec<usize> = if rejected.is_empty() {
+        Vec::new()
+    } else {
+        let refused: std::collections::HashSet<usize> = rejected.iter().map(|event| event.index).collect();
+        (0..count + rejected.len()).filter(|index| !refused.contains(index)).collect()
     };
-    if matches!(endpoint, Endpoint::Single(_)) {
-        crate::error::refused_for_limits(&outcome)?;
+    let _admitted = state.admission.enter(&workspace.id).await;
+    let (outcome, mut listed) = if rejected.is_empty() {
+        (state.store.ingest(&workspace.id, events).await?, Vec::new())
+    } else {
+        count_rejections(&rejected);
+        let (listed, recorded) = report_rejections(endpoint, options.received_at, rejected);
+        let store_valid =
+            async { if events.is_empty() { Ok(Vec::new()) } else { state.store.ingest(&workspace.id, events).await } };
+        let record = state.store.record_rejected(&workspace.id, &recorded, &state.settings.rejected_retention);
+        let (outcome, recorded) = tokio::join!(store_valid, record);
+        // The answer names the rejected events either way; failing the request would make the client
+        // send the stored events again, so a failure to keep them for inspection is logged and counted.
+        if let Err(err) = recorded {
+            metrics::counter!("crossline_rejected_record_failed_total").increment(1);
+            tracing::warn!(error = %err, workspace = %workspace.id, "rejected events could not be recorded");
+        }
+        (outcome?, listed)
+    };
+    if outcome.iter().any(|result| result.rejected.is_some()) {
+        if matches!(endpoint, Endpoint::Single(_)) {
+            crate::error::refused_for_limits(&outcome)?;
+        }
+        let refused: Vec<RejectedEvent> = outcome
+            .iter()
+            .enumerate()
+            .filter_map(|(position, result)| {
+                let exceeded = result.rejected.as_ref()?;
+                Some(RejectedEvent {
+                    index: batch_indexes.get(position).copied().unwrap_or(position),
+                    message_id: Some(result.message_id.clone()),
+                    code: exceeded.code,
+                    message: exceeded.message.clone(),
+                    raw: serde_json::json!({"messageId": result.message_id}).to_string(),
+                })
+            })
+            .collect();
+        count_rejections(&refused);
+        let (more, recorded) = report_rejections(endpoint, options.received_at, refused);
+        if let Err(err) = state.store.record_rejected(&workspace.id, &recorded, &state.settings.rejected_retention).await {
+            metrics::counter!("crossline_rejected_record_failed_total").increment(1);
+            tracing::warn!(error = %err, workspace = %workspace.id, "rejected events could not be recorded");
+        }
+        listed.extend(more);
+        listed.sort_by_key(|event| event.index);
+        listed.truncate(MAX_REPORTED_REJECTIONS);
     }
+    drop(_admitted);
 
     let stored: Vec<Published<'_>> = summaries
         .iter()
@@ -179,7 +290,7 @@ async fn ingest(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
             tracing::warn!(error = %err, workspace = %workspace.id, "stored events could not be published on the bus");
         }
     }
-    Ok(Json(Success { success: true, rejected: Vec::new() }))
+    Ok(listed)
 }
 
 macro_rules! single_endpoint {
@@ -196,7 +307,9 @@ macro_rules! single_endpoint {
                       (status = 500, response = crate::openapi::Internal)),
             security(("write_key" = []), ()))]
         pub async fn $name(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Json<Success>> {
-            ingest(state, Endpoint::Single($kind), headers, body).await
+            // A single call that fails validation is a 400, so nothing is listed as rejected here.
+            let rejected = ingest(state, Endpoint::Single($kind), headers, body).await?;
+            Ok(Json(Success { success: true, rejected }))
         }
     };
 }
@@ -221,5 +334,6 @@ single_endpoint!(alias, EventKind::Alias, "/v1/alias", AliasCall, "Merge a previ
               (status = 500, response = crate::openapi::Internal)),
     security(("write_key" = []), ()))]
 pub async fn batch(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Json<Success>> {
-    ingest(state, Endpoint::Batch, headers, body).await
+    let rejected = ingest(state, Endpoint::Batch, headers, body).await?;
+    Ok(Json(Success { success: true, rejected }))
 }

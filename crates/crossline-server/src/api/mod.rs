@@ -7,6 +7,7 @@ pub mod conversations;
 pub mod ingest;
 pub mod profiles;
 pub mod segment_schema;
+pub mod rejected;
 pub mod webchat;
 pub mod webhook;
 pub mod workspaces;

@@ -8,6 +8,7 @@
 //! - `GET /workspaces`: the operator's workspace list; `?workspace=ID` on any page chooses one.
 //! - `GET /profiles?q=&after=`: profile search and paged list.
 //! - `GET /profiles/{id}`: the customer 360 page.
+//! - `GET /rejected?before=`: events of batches that failed validation, newest first.
 //! - `GET /assets/{name}`: embedded CSS, JavaScript and icon, cacheable for a year.
 //!
 //! Every page but `/login` and the assets redirects a visitor without a valid session to `/login`.
@@ -22,6 +23,7 @@ pub mod layout;
 pub mod login;
 pub mod overview;
 pub mod profiles;
+pub mod rejected;
 pub mod session;
 pub mod url;
 
@@ -43,6 +45,7 @@ pub fn router() -> Router<AppState> {
         .route("/workspaces", get(overview::workspaces))
         .route("/profiles", get(profiles::list))
         .route("/profiles/{id}", get(profiles::show))
+        .route("/rejected", get(rejected::list))
         .route("/login", get(login::form).post(login::submit))
         .route("/logout", post(login::logout))
         .route("/assets/{name}", get(assets::serve))

@@ -24,14 +24,24 @@ pub async fn overview(
     let Some(workspace) = &session.workspace else {
         return workspaces(State(state), headers, session).await;
     };
-    let stats = state.store.workspace_stats(&workspace.id, OVERVIEW_DAYS).await?;
-    let content = overview_content(workspace, &stats, &base_url(&state, &headers));
+    let day_ago = chrono::Utc::now() - chrono::Duration::hours(24);
+    let (stats, rejected) = tokio::join!(
+        state.store.workspace_stats(&workspace.id, OVERVIEW_DAYS),
+        state.store.rejected_count_since(&workspace.id, day_ago)
+    );
+    let content = overview_content(workspace, &stats?, rejected?, &base_url(&state, &headers));
     let page = layout::shell(&session, Section::Overview, "Overview", content);
     Ok(session.respond(secure_cookies(&state), page))
 }
 
-/// The overview's content: counters, the per-day chart and the per-channel bars.
-pub fn overview_content(workspace: &Workspace, stats: &WorkspaceStats, base_url: &str) -> Markup {
+/// The overview's content: counters (with the events rejected in the last 24 hours), the per-day
+/// chart and the per-channel bars.
+pub fn overview_content(
+    workspace: &Workspace,
+    stats: &WorkspaceStats,
+    rejected_last_day: u64,
+    base_url: &str,
+) -> Markup {
     let recent: u64 = stats.events_per_day.iter().map(|(_, events)| *events).sum();
     let busiest = stats.events_per_channel.iter().map(|(_, events)| *events).max().unwrap_or(0);
     let channels = stats.events_per_channel.iter().filter(|(channel, _)| channel != "system").count();
@@ -57,6 +67,11 @@ pub fn overview_content(workspace: &Workspace, stats: &WorkspaceStats, base_url:
                 div.label { "Active channels" }
                 div.value { (channels) }
                 div.note { "last " (OVERVIEW_DAYS) " days" }
+            }
+            a.card.stat.link data-testid="stat-rejected" href="/rejected" {
+                div.label { "Rejected events" }
+                div.value { (count(rejected_last_day)) }
+                div.note { "last 24 hours" }
             }
         }
         @if stats.events == 0 {

@@ -48,13 +48,17 @@ struct Server {
 
 impl Server {
     async fn start() -> Server {
+        Self::start_with(Settings::default()).await
+    }
+
+    async fn start_with(settings: Settings) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let store: DynStore = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
         let state = AppState {
             store: store.clone(),
             bus: Arc::new(MemoryBus::new()),
             admin_token: "admin".into(),
-            settings: Arc::new(Settings::default()),
+            settings: Arc::new(settings),
             metrics: crate::metrics_handle(),
             bots: Default::default(),
             limits: Default::default(),
@@ -128,9 +132,37 @@ impl Server {
     }
 
     async fn batch(&self, write_key: &str, batch: Value) {
-        let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{write_key}:")));
-        let reply = self.json("/v1/batch", &basic, batch).await;
+        let reply = self.send_batch(write_key, batch).await;
         assert_eq!(reply.status, OK, "{}", reply.body);
+    }
+
+    async fn send_batch(&self, write_key: &str, batch: Value) -> Reply {
+        let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{write_key}:")));
+        self.json("/v1/batch", &basic, batch).await
+    }
+
+    /// A new workspace's id, write key and API key.
+    async fn workspace(&self, name: &str) -> (String, String, String) {
+        let created = self.json("/api/v1/workspaces", "Bearer admin", json!({"name": name})).await;
+        assert_eq!(created.status, CREATED, "{}", created.body);
+        let created: Value = serde_json::from_str(&created.body).unwrap();
+        let field = |name: &str| created[name].as_str().unwrap().to_owned();
+        (field("id"), field("write_key"), field("api_key"))
+    }
+
+    /// GET an API path with a bearer key: the status and the JSON body.
+    async fn api(&self, path: &str, api_key: &str) -> (u16, Value) {
+        let reply = self.request("GET", path, &[("Authorization", &format!("Bearer {api_key}"))], "").await;
+        (reply.status, serde_json::from_str(&reply.body).unwrap_or(Value::Null))
+    }
+
+    /// The value of a counter on `/metrics` (0 when it has not been counted yet).
+    async fn counter(&self, series: &str) -> f64 {
+        let metrics = self.get("/metrics", "").await.body;
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or(0.0)
     }
 
     async fn profile_of(&self, workspace_id: &str, kind: IdentityKind, value: &str) -> String {
@@ -309,4 +341,131 @@ async fn a_stale_session_goes_back_to_login() {
     // The login form of a visitor with a valid session sends them to the console.
     let admin = server.session("admin").await;
     assert_eq!(server.get("/login", &admin).await.status, SEE_OTHER);
+}
+
+/// Issue 10, finding 8: one bad event of a batch is rejected alone. The good events are stored, the
+/// answer names the bad one, and it is kept for inspection — on the API and the console, for its
+/// workspace only, within the retention.
+#[tokio::test]
+async fn a_bad_event_is_rejected_alone_and_kept_for_inspection() {
+    use crossline_store::{NewRejectedEvent, RejectedRetention};
+    let retention = RejectedRetention { max_per_workspace: 3, ..RejectedRetention::default() };
+    let server = Server::start_with(Settings { rejected_retention: retention, ..Settings::default() }).await;
+    let (acme, acme_write, acme_api) = server.workspace("acme").await;
+    let (globex, _, globex_api) = server.workspace("globex").await;
+    let counted = "crossline_ingest_rejected_total{code=\"missing_identity\"}";
+    let counted_before = server.counter(counted).await;
+
+    let reply = server
+        .send_batch(&acme_write, json!({"batch": [
+            {"type": "track", "userId": "ada", "event": "Signed Up", "messageId": "good-1"},
+            {"type": "track", "event": "Forgot who", "messageId": "bad-1", "properties": {"note": "<script>alert(1)</script>"}},
+            {"type": "track", "userId": "ada", "event": "Upgraded", "messageId": "good-2"}
+        ]}))
+        .await;
+    assert_eq!(reply.status, OK, "{}", reply.body);
+    let answer: Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(answer["success"], true, "{answer}");
+    let rejected = answer["rejected"].as_array().expect("the answer lists the rejected event");
+    assert_eq!(rejected.len(), 1, "{answer}");
+    assert_eq!(
+        (&rejected[0]["index"], &rejected[0]["messageId"], &rejected[0]["code"]),
+        (&json!(1), &json!("bad-1"), &json!("missing_identity"))
+    );
+    assert!(rejected[0]["message"].as_str().unwrap().contains("userId"), "{answer}");
+    for (message_id, stored) in [("good-1", true), ("bad-1", false), ("good-2", true)] {
+        assert_eq!(server.store.event_exists(&acme, message_id).await.unwrap(), stored, "{message_id}");
+    }
+    assert!(server.counter(counted).await > counted_before, "{counted} counts each rejected event");
+
+    // A batch without a bad event is answered exactly as before.
+    let clean = server
+        .send_batch(
+            &acme_write,
+            json!({"batch": [{"type": "track", "userId": "ada", "event": "Paid", "messageId": "good-3"}]}),
+        )
+        .await;
+    assert_eq!(serde_json::from_str::<Value>(&clean.body).unwrap(), json!({"success": true}));
+
+    // A later batch's rejection comes first.
+    let reply = server
+        .send_batch(
+            &acme_write,
+            json!({"batch": [
+                {"type": "identify", "userId": "grace", "messageId": "bad-2", "traits": {"email": "not-an-email"}},
+                {"type": "track", "userId": "grace", "event": "Signed Up", "messageId": "good-4"}
+            ]}),
+        )
+        .await;
+    let answer: Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(
+        (answer["rejected"][0]["index"].as_u64(), answer["rejected"][0]["code"].as_str()),
+        (Some(0), Some("invalid_identity"))
+    );
+    let (status, list) = server.api("/api/v1/rejected-events", &acme_api).await;
+    assert_eq!(status, OK, "{list}");
+    let listed = list["rejected_events"].as_array().unwrap();
+    let ids: Vec<&str> = listed.iter().map(|event| event["message_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["bad-2", "bad-1"], "newest first");
+    let bad = &listed[1];
+    assert_eq!((bad["index"].as_u64(), bad["code"].as_str()), (Some(1), Some("missing_identity")));
+    assert!(bad["id"].as_str().unwrap().starts_with("rej_") && bad["received_at"].is_string(), "{bad}");
+    assert!(bad["message"].as_str().unwrap().contains("userId"));
+    let raw: Value = serde_json::from_str(bad["raw"].as_str().unwrap()).expect("the event as sent");
+    assert_eq!(raw["event"], "Forgot who");
+    assert_eq!(list["next_cursor"], Value::Null);
+    let (_, first) = server.api("/api/v1/rejected-events?limit=1", &acme_api).await;
+    assert_eq!(first["rejected_events"].as_array().unwrap().len(), 1);
+    let cursor = first["next_cursor"].as_str().expect("a cursor to the older page");
+    let (_, older) = server.api(&format!("/api/v1/rejected-events?limit=1&before={cursor}"), &acme_api).await;
+    assert_eq!(older["rejected_events"][0]["message_id"], "bad-1");
+
+    // The console lists them, the raw JSON escaped inside <details>, and counts them on the overview.
+    let session = server.session(&acme_api).await;
+    let page = server.page("/rejected", &session).await;
+    assert_eq!(page.matches("data-testid=\"rejected-row\"").count(), 2, "{page}");
+    assert!(page.contains("missing_identity") && page.contains("invalid_identity") && page.contains("bad-1"));
+    assert!(page.contains("<details") && page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(!page.contains("<script>alert"), "the event as sent is shown as text");
+    assert!(page.contains("href=\"/rejected\" aria-current=\"page\""), "linked from the navigation");
+    let overview = server.page("/", &session).await;
+    assert!(overview.contains("data-testid=\"stat-rejected\""), "{overview}");
+    assert!(overview.contains("<div class=\"value\">2</div>"), "two rejected in the last 24 hours: {overview}");
+
+    // Another workspace sees none of it.
+    let (status, list) = server.api("/api/v1/rejected-events", &globex_api).await;
+    assert_eq!((status, list), (OK, json!({"rejected_events": [], "next_cursor": null})));
+    let (_, list) = server.api(&format!("/api/v1/rejected-events?before={cursor}"), &globex_api).await;
+    assert_eq!(list["rejected_events"], json!([]));
+    let globex_session = server.session(&globex_api).await;
+    let empty = server.page("/rejected", &globex_session).await;
+    assert!(empty.contains("Every event you sent was accepted") && !empty.contains("rejected-row"), "{empty}");
+
+    // Retention: at most 3 per workspace (the oldest go first), nothing older than 7 days.
+    let long_ago = chrono::Utc::now() - chrono::Duration::days(8);
+    let old = NewRejectedEvent {
+        received_at: long_ago,
+        endpoint: "/v1/batch".into(),
+        index: 0,
+        message_id: Some("ancient".into()),
+        code: "missing_identity".into(),
+        message: "batch[0]: has neither userId nor anonymousId".into(),
+        raw: "{}".into(),
+    };
+    server.store.record_rejected(&globex, &[old], &retention).await.unwrap();
+    assert_eq!(
+        server.api("/api/v1/rejected-events", &globex_api).await.1["rejected_events"].as_array().unwrap().len(),
+        1
+    );
+    for message_id in ["bad-3", "bad-4"] {
+        server
+            .send_batch(&acme_write, json!({"batch": [{"type": "track", "event": "No one", "messageId": message_id}]}))
+            .await;
+    }
+    let (_, list) = server.api("/api/v1/rejected-events", &acme_api).await;
+    let ids: Vec<&str> =
+        list["rejected_events"].as_array().unwrap().iter().map(|event| event["message_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["bad-4", "bad-3", "bad-2"], "three kept, the oldest gone");
+    let (_, list) = server.api("/api/v1/rejected-events", &globex_api).await;
+    assert_eq!(list["rejected_events"], json!([]), "the 8-day-old rejection was trimmed");
 }

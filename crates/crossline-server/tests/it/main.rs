@@ -9,6 +9,7 @@ mod ingest;
 mod limits;
 mod openapi;
 mod profiles;
+mod rejected;
 mod segment_python;
 mod twilio;
 mod two_nodes;

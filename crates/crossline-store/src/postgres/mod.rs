@@ -26,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0003_conversations.sql"),
     include_str!("../../migrations/postgres/0004_channels.sql"),
     include_str!("../../migrations/postgres/0005_missed.sql"),
+    include_str!("../../migrations/postgres/0007_rejected_events.sql"),
 ];
 
 /// Arbitrary constant for the advisory lock that serialises migrations across nodes.
@@ -463,6 +464,40 @@ impl crate::ChannelStore for PgStore {
             .query_opt("SELECT config FROM channels WHERE workspace_id = $1 AND kind = $2", &[&workspace_id, &kind])
             .await?;
         Ok(row.map(|row| row.get(0)))
+    }
+}
+
+#[async_trait]
+impl crate::RejectedEventStore for PgStore {
+    async fn record_rejected(
+        &self,
+        workspace_id: &str,
+        events: &[crate::NewRejectedEvent],
+        retention: &crate::RejectedRetention,
+    ) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        statements::record_rejected(&tx, workspace_id, events, retention).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn rejected_events(
+        &self,
+        workspace_id: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> StoreResult<crate::RejectedEventPage> {
+        let client = self.pool.get().await?;
+        statements::rejected_events(&**client, workspace_id, limit, before).await
+    }
+
+    async fn rejected_count_since(&self, workspace_id: &str, since: DateTime<Utc>) -> StoreResult<u64> {
+        let client = self.pool.get().await?;
+        statements::rejected_count_since(&**client, workspace_id, since).await
     }
 }
 

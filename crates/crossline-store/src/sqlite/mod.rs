@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0006_profile_indexes.sql"),
     include_str!("../../migrations/sqlite/0007_timeline.sql"),
     include_str!("../../migrations/sqlite/0008_timeline_keys.sql"),
+    include_str!("../../migrations/sqlite/0010_rejected_events.sql"),
 ];
 
 /// Most events committed in one group; bounds the time a group holds the write lock.
@@ -67,6 +68,9 @@ enum Command {
         reply: oneshot::Sender<StoreResult<Vec<IngestedEvent>>>,
     },
     Write(WriteFn),
+    /// A write to tables that identity resolution never reads (rejected events): the writer keeps
+    /// its identity cache, so recording rejections costs the ingest path nothing.
+    WriteAside(WriteFn),
 }
 
 /// The SQLite store.
@@ -218,8 +222,24 @@ impl SqliteStore {
         &self,
         operation: impl FnOnce(&rusqlite::Transaction<'_>, &mut Pending) -> StoreResult<R> + Send + 'static,
     ) -> StoreResult<R> {
+        self.send_write(operation, Command::Write).await
+    }
+
+    /// A write to tables identity resolution never reads; see [`Command::WriteAside`].
+    async fn write_aside<R: Send + 'static>(
+        &self,
+        operation: impl FnOnce(&rusqlite::Transaction<'_>) -> StoreResult<R> + Send + 'static,
+    ) -> StoreResult<R> {
+        self.send_write(move |tx, _| operation(tx), Command::WriteAside).await
+    }
+
+    async fn send_write<R: Send + 'static>(
+        &self,
+        operation: impl FnOnce(&rusqlite::Transaction<'_>, &mut Pending) -> StoreResult<R> + Send + 'static,
+        command: fn(WriteFn) -> Command,
+    ) -> StoreResult<R> {
         let (reply, answer) = oneshot::channel();
-        let command: WriteFn = Box::new(move |conn: &mut Connection, timeline: &mut TimelineWriter| {
+        let write: WriteFn = Box::new(move |conn: &mut Connection, timeline: &mut TimelineWriter| {
             let result = (|| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let mut pending = timeline.pending();
@@ -237,9 +257,7 @@ impl SqliteStore {
                 let _ = reply.send(result);
             })
         });
-        self.writer
-            .send(Command::Write(command))
-            .map_err(|_| StoreError::Backend("the SQLite writer has stopped".into()))?;
+        self.writer.send(command(write)).map_err(|_| StoreError::Backend("the SQLite writer has stopped".into()))?;
         answer.await.map_err(|_| StoreError::Backend("the SQLite writer has stopped".into()))?
     }
 
@@ -463,10 +481,12 @@ fn writer_loop(
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             },
         };
+        if let Command::Write(_) = command {
+            // Any other write (an erasure, a bot turn's events) may change identities.
+            cache.clear();
+        }
         match command {
-            Command::Write(operation) => {
-                // Any other write (an erasure, a bot turn's events) may change identities.
-                cache.clear();
+            Command::Write(operation) | Command::WriteAside(operation) => {
                 let deliver = operation(&mut conn, &mut timeline);
                 committed_before = wal.next_pass();
                 if let Err(mpsc::SendError(deliver)) = to_sync.send(deliver) {
@@ -931,6 +951,37 @@ impl crate::ChannelStore for SqliteStore {
             config.map(|text| Ok(serde_json::from_str(&text)?)).transpose()
         })
         .await
+    }
+}
+
+#[async_trait]
+impl crate::RejectedEventStore for SqliteStore {
+    async fn record_rejected(
+        &self,
+        workspace_id: &str,
+        events: &[crate::NewRejectedEvent],
+        retention: &crate::RejectedRetention,
+    ) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let (workspace_id, events, retention) = (workspace_id.to_owned(), events.to_vec(), *retention);
+        self.write_aside(move |tx| statements::record_rejected(tx, &workspace_id, &events, &retention)).await
+    }
+
+    async fn rejected_events(
+        &self,
+        workspace_id: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> StoreResult<crate::RejectedEventPage> {
+        let (workspace_id, before) = (workspace_id.to_owned(), before.map(str::to_owned));
+        self.read(move |conn| statements::rejected_events(conn, &workspace_id, limit, before.as_deref())).await
+    }
+
+    async fn rejected_count_since(&self, workspace_id: &str, since: DateTime<Utc>) -> StoreResult<u64> {
+        let workspace_id = workspace_id.to_owned();
+        self.read(move |conn| statements::rejected_count_since(conn, &workspace_id, since)).await
     }
 }
 

@@ -61,6 +61,22 @@ const EVENT_BY_SEQ: &str =
     "SELECT message_id, profile_id, kind, name, properties, context, timestamp, received_at, channel, seq
     FROM events WHERE seq = ?4 AND workspace_id = ?1 AND profile_id = ?2 AND (?3 IS NULL OR kind = ?3)";
 
+const INSERT_REJECTED: &str = "INSERT INTO rejected_events
+    (workspace_id, id, received_at, endpoint, batch_index, message_id, code, message, raw)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+const TRIM_REJECTED_BY_AGE: &str = "DELETE FROM rejected_events WHERE received_at < ?1";
+const COUNT_REJECTED_ADDED: &str = "INSERT INTO rejected_event_trims (workspace_id, since_trim) VALUES (?1, ?3)
+    ON CONFLICT (workspace_id) DO UPDATE SET since_trim = since_trim + ?2 RETURNING since_trim";
+// Walks the workspace's newest `keep` rows: run once per `slack` rows recorded (see `rejected.rs`).
+const TRIM_REJECTED_BY_COUNT: &str = "DELETE FROM rejected_events WHERE workspace_id = ?1 AND id <=
+    (SELECT id FROM rejected_events WHERE workspace_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)";
+const RESET_REJECTED_COUNT: &str = "UPDATE rejected_event_trims SET since_trim = 0 WHERE workspace_id = ?1";
+const REJECTED_PAGE: &str = "SELECT id, received_at, endpoint, batch_index, message_id, code, message, raw
+    FROM rejected_events WHERE workspace_id = ?1 ORDER BY id DESC LIMIT ?2";
+const REJECTED_PAGE_BEFORE: &str = "SELECT id, received_at, endpoint, batch_index, message_id, code, message, raw
+    FROM rejected_events WHERE workspace_id = ?1 AND id < ?3 ORDER BY id DESC LIMIT ?2";
+const REJECTED_SINCE: &str = "SELECT count(*) FROM rejected_events WHERE workspace_id = ?1 AND received_at >= ?2";
+
 /// Statements that must find their rows by key; `examples/plans.rs` and a test check their plans.
 pub const KEYED_STATEMENTS: &[&str] = &[
     EVENT_EXISTS,
@@ -80,6 +96,9 @@ pub const KEYED_STATEMENTS: &[&str] = &[
     DELETE_IDENTITIES,
     DELETE_TOMBSTONES,
     DELETE_PROFILE,
+    TRIM_REJECTED_BY_AGE,
+    REJECTED_PAGE_BEFORE,
+    REJECTED_SINCE,
 ];
 
 /// The ingest statements over one transaction (or savepoint).
@@ -936,4 +955,88 @@ pub(super) fn missed_utterances(
 
 pub(super) fn event_exists(conn: &Connection, workspace_id: &str, message_id: &str) -> StoreResult<bool> {
     Ok(conn.prepare_cached(EVENT_EXISTS)?.exists((workspace_id, message_id))?)
+}
+
+/// Record a request's rejected events and trim to `retention` (see `crate::rejected`).
+pub(super) fn record_rejected(
+    conn: &Connection,
+    workspace_id: &str,
+    events: &[crate::NewRejectedEvent],
+    retention: &crate::RejectedRetention,
+) -> StoreResult<()> {
+    let Some(cutoff) = crate::rejected::age_cutoff(events, retention) else {
+        return Ok(());
+    };
+    let mut insert = conn.prepare_cached(INSERT_REJECTED)?;
+    for event in events {
+        let row = crate::rejected::RejectedRow::of(event);
+        insert.execute(params![
+            workspace_id,
+            row.id,
+            row.received_at,
+            row.endpoint,
+            row.index,
+            row.message_id,
+            row.code,
+            row.message,
+            row.raw
+        ])?;
+    }
+    conn.prepare_cached(TRIM_REJECTED_BY_AGE)?.execute([cutoff])?;
+    let plan = crate::rejected::TrimPlan::of(retention);
+    let added = events.len() as i64;
+    let since_trim: i64 = conn
+        .prepare_cached(COUNT_REJECTED_ADDED)?
+        .query_row(params![workspace_id, added, plan.unknown(added)], |row| row.get(0))?;
+    if plan.due(since_trim) {
+        conn.prepare_cached(TRIM_REJECTED_BY_COUNT)?.execute(params![workspace_id, plan.keep])?;
+        conn.prepare_cached(RESET_REJECTED_COUNT)?.execute([workspace_id])?;
+    }
+    Ok(())
+}
+
+/// A page of rejected events, newest first.
+pub(super) fn rejected_events(
+    conn: &Connection,
+    workspace_id: &str,
+    limit: usize,
+    before: Option<&str>,
+) -> StoreResult<crate::RejectedEventPage> {
+    let fetch = limit.saturating_add(1) as i64;
+    let from_row = |row: &Row<'_>| {
+        Ok(crate::StoredRejectedEvent {
+            id: row.get(0)?,
+            received_at: from_millis(row.get(1)?),
+            endpoint: row.get(2)?,
+            index: u32::try_from(row.get::<_, i64>(3)?).unwrap_or(u32::MAX),
+            message_id: row.get(4)?,
+            code: row.get(5)?,
+            message: row.get(6)?,
+            raw: row.get(7)?,
+        })
+    };
+    let mut events: Vec<crate::StoredRejectedEvent> = match before {
+        Some(cursor) => conn
+            .prepare_cached(REJECTED_PAGE_BEFORE)?
+            .query_map(params![workspace_id, fetch, cursor], from_row)?
+            .collect::<Result<_, _>>()?,
+        None => conn
+            .prepare_cached(REJECTED_PAGE)?
+            .query_map(params![workspace_id, fetch], from_row)?
+            .collect::<Result<_, _>>()?,
+    };
+    let next_cursor = if events.len() > limit {
+        events.truncate(limit);
+        events.last().map(|event| event.id.clone())
+    } else {
+        None
+    };
+    Ok(crate::RejectedEventPage { events, next_cursor })
+}
+
+/// How many rejected events the workspace received since `since`.
+pub(super) fn rejected_count_since(conn: &Connection, workspace_id: &str, since: DateTime<Utc>) -> StoreResult<u64> {
+    let count: i64 =
+        conn.prepare_cached(REJECTED_SINCE)?.query_row(params![workspace_id, to_millis(since)], |row| row.get(0))?;
+    Ok(count.max(0) as u64)
 }
