@@ -63,7 +63,7 @@ pub struct BadRequest(pub ErrorBody);
 /// 400 on `/v1/*`: the body, or the event of a single call, fails validation.
 #[derive(ToResponse)]
 #[response(
-    description = "The request is invalid and nothing was stored. `code`: `invalid_json`, `missing_field`, `invalid_field`, `missing_identity`, `invalid_identity` or `invalid_encoding` (`Content-Encoding: gzip` on a body that is not gzip); `message` names the field, e.g. `batch[3].traits.email`.",
+    description = "The request is invalid and nothing was stored. `code`: `invalid_json`, `missing_field`, `invalid_field`, `missing_identity`, `invalid_identity`, `invalid_encoding` (`Content-Encoding: gzip` on a body that is not gzip), or a profile limit: `too_many_traits`, `trait_too_large`, `traits_too_large`, `too_many_identities`; `message` names the field, e.g. `batch[3].traits.email`.",
     example = json!({"error": {"code": "missing_identity", "message": "body: has neither userId nor anonymousId; every event needs at least one of them"}})
 )]
 pub struct InvalidEvent(pub ErrorBody);

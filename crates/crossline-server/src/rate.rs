@@ -158,8 +158,13 @@ mod tests {
             assert!(limiter.len() <= 1_000);
         }
         // Refilled buckets are forgotten first.
-        limiter.allow("late", start + Duration::from_secs(10));
-        assert_eq!(limiter.len(), 1);
+        let small = RateLimiter::new(Rate { burst: 10.0, per_second: 5.0 }, 10);
+        for index in 0..10 {
+            small.allow(&format!("early-{index}"), start);
+        }
+        assert_eq!(small.len(), 10);
+        small.allow("late", start + Duration::from_secs(10));
+        assert_eq!(small.len(), 1);
     }
 
     #[test]

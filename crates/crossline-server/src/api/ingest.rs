@@ -246,7 +246,9 @@ async fn ingest(
             .collect();
         count_rejections(&refused);
         let (more, recorded) = report_rejections(endpoint, options.received_at, refused);
-        if let Err(err) = state.store.record_rejected(&workspace.id, &recorded, &state.settings.rejected_retention).await {
+        if let Err(err) =
+            state.store.record_rejected(&workspace.id, &recorded, &state.settings.rejected_retention).await
+        {
             metrics::counter!("crossline_rejected_record_failed_total").increment(1);
             tracing::warn!(error = %err, workspace = %workspace.id, "rejected events could not be recorded");
         }

@@ -83,8 +83,11 @@ fn is_cursor(cursor: &str) -> bool {
 /// Events of batches that failed validation, newest first.
 #[utoipa::path(get, path = "/api/v1/rejected-events", tag = "tracking", params(RejectedParams),
     description = "Events of `/v1/batch` requests that failed validation while the rest of their batch was stored, newest first. By default kept 7 days and at most 10,000 per workspace (the oldest go first).",
-    responses((status = 200, body = RejectedEventList), (status = 400, body = crate::error::ErrorBody),
-              (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)),
+    responses((status = 200, body = RejectedEventList),
+              (status = 400, response = crate::openapi::BadRequest),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 500, response = crate::openapi::Internal)),
     security(("bearer" = [])))]
 pub async fn list_rejected_events(
     State(state): State<AppState>,
