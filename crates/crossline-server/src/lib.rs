@@ -11,6 +11,7 @@ pub mod auth;
 pub mod console;
 pub mod error;
 pub mod openapi;
+pub mod panic;
 pub mod state;
 
 pub use state::{AppState, Settings};
@@ -62,6 +63,7 @@ pub fn app(state: AppState) -> Router {
         .merge(openapi::docs(openapi))
         .merge(console::router())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(panic::catch_panic))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
