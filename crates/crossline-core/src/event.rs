@@ -804,4 +804,6 @@ pub fn parse_time(raw: &str) -> Option<DateTime<Utc>> {
 }
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;

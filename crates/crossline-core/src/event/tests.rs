@@ -285,11 +285,3 @@ fn identify_traits_come_from_context_when_traits_is_absent() {
         .events[0];
     assert_eq!(event.traits["plan"], "pro");
 }
-
-proptest::proptest! {
-    #[test]
-    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
-        let _ = parse_request(Endpoint::Batch, &bytes, &options());
-        let _ = parse_request(Endpoint::Single(EventKind::Track), &bytes, &options());
-    }
-}
