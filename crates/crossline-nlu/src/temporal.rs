@@ -15,7 +15,7 @@
 //! not a value — it is not found, never a panic. Dates are kept within years [`MIN_YEAR`]..=[`MAX_YEAR`],
 //! the four-digit years that the slot formats (`YYYY-MM-DD`, RFC 3339) can express.
 
-use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, TimeZone, Utc, Weekday};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeDelta, TimeZone, Utc, Weekday};
 use chrono_tz::Tz;
 
 use crate::numbers::{is_digits, number_at};
@@ -41,12 +41,17 @@ pub struct TemporalContext {
 }
 
 impl TemporalContext {
-    fn local_now(&self) -> NaiveDateTime {
-        self.now.with_timezone(&self.time_zone).naive_local()
+    /// The local wall-clock time, or `None` when it lies outside the years [`MIN_YEAR`]..=[`MAX_YEAR`]
+    /// (nothing relative to such a "now" can be written in the slot formats; chrono itself would panic
+    /// converting its extremes).
+    fn local_now(&self) -> Option<NaiveDateTime> {
+        let utc = self.now.naive_utc();
+        let offset = self.time_zone.offset_from_utc_datetime(&utc).fix();
+        utc.checked_add_offset(offset).filter(|local| (MIN_YEAR..=MAX_YEAR).contains(&local.year()))
     }
 
-    fn today(&self) -> NaiveDate {
-        self.local_now().date()
+    fn today(&self) -> Option<NaiveDate> {
+        self.local_now().map(|local| local.date())
     }
 
     /// Turns a local date-time into an instant, taking the earlier reading in a DST fold and skipping
@@ -260,7 +265,7 @@ fn count_at(tokens: &[Token], index: usize) -> Option<(f64, usize)> {
 
 /// Tries every date pattern at `index`.
 fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<Found<NaiveDate>> {
-    let today = context.today();
+    let today = context.today()?;
     let first = word(tokens, index);
     // Every date leaves through here, so none outside the four-digit years is ever a value.
     let found = |end: usize, value: NaiveDate| {
@@ -771,7 +776,9 @@ pub fn find_durations(tokens: &[Token]) -> Vec<Found<f64>> {
 /// All date-times: "now", "in 2 hours", dates with times in either order ("tomorrow at 3pm", "3pm next
 /// friday"), a date alone (its midnight) or a time alone (its next occurrence).
 pub fn find_datetimes(tokens: &[Token], context: &TemporalContext) -> Vec<Found<DateTime<Tz>>> {
-    let now_local = context.local_now();
+    let Some(now_local) = context.local_now() else {
+        return Vec::new();
+    };
     let mut results = Vec::new();
     // Relative instants first: "now", "in 20 minutes".
     let mut index = 0;
@@ -839,6 +846,8 @@ pub fn find_datetimes(tokens: &[Token], context: &TemporalContext) -> Vec<Found<
             results.push(Found { start: time.start, end: time.end, value: context.localize(date.and_time(time.value)) });
         }
     }
+    // "in 20 minutes" on the last evening of year 9999 is not a value the formats can write either.
+    results.retain(|item| (MIN_YEAR..=MAX_YEAR).contains(&item.value.year()));
     results.sort_by_key(|item| item.start);
     results
 }
@@ -1005,6 +1014,21 @@ mod out_of_range {
         let tokens = tokenize_with_symbols("in 2900000 days");
         assert_eq!(find_dates(&tokens, &context())[0].value.to_string(), "9966-10-29");
         assert!(find_dates(&tokenize_with_symbols("in 3000000 days"), &context()).is_empty());
+    }
+
+    #[test]
+    fn a_now_beyond_the_four_digit_years_resolves_nothing_relative() {
+        for (now, time_zone) in [
+            (DateTime::<Utc>::MAX_UTC, chrono_tz::Pacific::Kiritimati),
+            (DateTime::<Utc>::MIN_UTC, chrono_tz::Pacific::Pago_Pago),
+            (Utc.with_ymd_and_hms(9999, 12, 31, 23, 0, 0).unwrap(), chrono_tz::UTC),
+        ] {
+            let context = TemporalContext { now, time_zone, day_first: false };
+            let tokens = tokenize_with_symbols("tomorrow at 3pm, in 2 hours, next friday");
+            assert!(find_dates(&tokens, &context).iter().all(|found| found.value.year() <= MAX_YEAR));
+            let datetimes = find_datetimes(&tokens, &context);
+            assert!(datetimes.iter().all(|found| found.value.year() <= MAX_YEAR), "{datetimes:?}");
+        }
     }
 
     #[test]
