@@ -789,14 +789,12 @@ pub fn find_datetimes(tokens: &[Token], context: &TemporalContext) -> Vec<Found<
         } else if text == "in"
             && let Some(duration) = duration_at(tokens, index + 1)
             && duration.value < 86_400.0
-        {
-            if let Some(instant) = TimeDelta::try_seconds(duration.value.round() as i64)
+            && let Some(instant) = TimeDelta::try_seconds(duration.value.round() as i64)
                 .and_then(|delta| context.now.checked_add_signed(delta))
-            {
-                results.push(Found { start: index, end: duration.end, value: instant.with_timezone(&context.time_zone) });
-                index = duration.end;
-                continue;
-            }
+        {
+            results.push(Found { start: index, end: duration.end, value: instant.with_timezone(&context.time_zone) });
+            index = duration.end;
+            continue;
         }
         index += 1;
     }
@@ -843,7 +841,11 @@ pub fn find_datetimes(tokens: &[Token], context: &TemporalContext) -> Vec<Found<
         let today = now_local.date();
         let date = if time.value <= now_local.time() { plus_days(today, 1) } else { Some(today) };
         if let Some(date) = date {
-            results.push(Found { start: time.start, end: time.end, value: context.localize(date.and_time(time.value)) });
+            results.push(Found {
+                start: time.start,
+                end: time.end,
+                value: context.localize(date.and_time(time.value)),
+            });
         }
     }
     // "in 20 minutes" on the last evening of year 9999 is not a value the formats can write either.

@@ -33,8 +33,7 @@ use std::task::Poll;
 pub const PANICS_METRIC: &str = "crossline_panics_total";
 
 /// What the client is told: nothing of the internals, which are in the log.
-const PANIC_MESSAGE: &str =
-    "the server hit an internal fault on this request; it is logged and counted, and retrying will likely fail \
+const PANIC_MESSAGE: &str = "the server hit an internal fault on this request; it is logged and counted, and retrying will likely fail \
      the same way — report it with the time of the request";
 
 /// A panic caught by [`guard`], already logged and counted.
@@ -202,8 +201,7 @@ mod tests {
             .route("/test/fine", get(|| async { "fine" }))
             .layer(axum::middleware::from_fn(catch_panic));
         let before = panics_counted("/test/boom/{id}");
-        let response =
-            app.clone().oneshot(Request::get("/test/boom/42").body(Body::empty()).unwrap()).await.unwrap();
+        let response = app.clone().oneshot(Request::get("/test/boom/42").body(Body::empty()).unwrap()).await.unwrap();
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap();
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();

@@ -30,7 +30,10 @@ fn check(endpoint: Endpoint, body: &[u8], batch_length: Option<usize>) -> Result
                     if let Some(length) = batch_length {
                         prop_assert_eq!(request.events.len() + request.rejected.len(), length);
                     }
-                    prop_assert!(!request.events.is_empty() || !request.rejected.is_empty(), "an empty batch is refused");
+                    prop_assert!(
+                        !request.events.is_empty() || !request.rejected.is_empty(),
+                        "an empty batch is refused"
+                    );
                 }
             }
             for event in &request.events {
@@ -123,14 +126,16 @@ fn json_value() -> BoxedStrategy<Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
-        any::<f64>().prop_filter_map("JSON numbers are finite", |number| serde_json::Number::from_f64(number).map(Value::Number)),
+        any::<f64>().prop_filter_map("JSON numbers are finite", |number| serde_json::Number::from_f64(number)
+            .map(Value::Number)),
         text().prop_map(Value::String),
         time_text().prop_map(Value::String),
     ];
     leaf.prop_recursive(4, 40, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::vec((key(), inner), 0..6).prop_map(|entries| Value::Object(entries.into_iter().collect())),
+            prop::collection::vec((key(), inner), 0..6)
+                .prop_map(|entries| Value::Object(entries.into_iter().collect())),
         ]
     })
     .boxed()
@@ -138,9 +143,29 @@ fn json_value() -> BoxedStrategy<Value> {
 
 fn key() -> BoxedStrategy<String> {
     const KNOWN: [&str; 23] = [
-        "type", "userId", "anonymousId", "previousId", "messageId", "event", "name", "groupId", "traits",
-        "context", "properties", "timestamp", "originalTimestamp", "sentAt", "channel", "batch", "writeKey",
-        "email", "phone", "consent", "device", "token", "library",
+        "type",
+        "userId",
+        "anonymousId",
+        "previousId",
+        "messageId",
+        "event",
+        "name",
+        "groupId",
+        "traits",
+        "context",
+        "properties",
+        "timestamp",
+        "originalTimestamp",
+        "sentAt",
+        "channel",
+        "batch",
+        "writeKey",
+        "email",
+        "phone",
+        "consent",
+        "device",
+        "token",
+        "library",
     ];
     prop_oneof![3 => prop::sample::select(&KNOWN[..]).prop_map(str::to_owned), 1 => "\\PC{0,8}"].boxed()
 }
@@ -241,34 +266,41 @@ fn segment_event() -> BoxedStrategy<Value> {
         prop::option::weighted(0.4, properties),
         prop::option::weighted(0.3, name_value()),
     );
-    (prop::option::weighted(0.95, kind), ids, times, names, bodies).prop_map(
-        |(kind, (user_id, anonymous_id, previous_id), (timestamp, original, sent_at), (message_id, event, group_id), (traits, context, properties, name))| {
-            let mut fields = Map::new();
-            let all = [
-                ("type", kind),
-                ("userId", user_id),
-                ("anonymousId", anonymous_id),
-                ("previousId", previous_id),
-                ("timestamp", timestamp),
-                ("originalTimestamp", original),
-                ("sentAt", sent_at),
-                ("messageId", message_id),
-                ("event", event),
-                ("groupId", group_id),
-                ("traits", traits),
-                ("context", context),
-                ("properties", properties),
-                ("name", name),
-            ];
-            for (field, value) in all {
-                if let Some(value) = value {
-                    fields.insert(field.to_owned(), value);
+    (prop::option::weighted(0.95, kind), ids, times, names, bodies)
+        .prop_map(
+            |(
+                kind,
+                (user_id, anonymous_id, previous_id),
+                (timestamp, original, sent_at),
+                (message_id, event, group_id),
+                (traits, context, properties, name),
+            )| {
+                let mut fields = Map::new();
+                let all = [
+                    ("type", kind),
+                    ("userId", user_id),
+                    ("anonymousId", anonymous_id),
+                    ("previousId", previous_id),
+                    ("timestamp", timestamp),
+                    ("originalTimestamp", original),
+                    ("sentAt", sent_at),
+                    ("messageId", message_id),
+                    ("event", event),
+                    ("groupId", group_id),
+                    ("traits", traits),
+                    ("context", context),
+                    ("properties", properties),
+                    ("name", name),
+                ];
+                for (field, value) in all {
+                    if let Some(value) = value {
+                        fields.insert(field.to_owned(), value);
+                    }
                 }
-            }
-            Value::Object(fields)
-        },
-    )
-    .boxed()
+                Value::Object(fields)
+            },
+        )
+        .boxed()
 }
 
 proptest! {

@@ -57,12 +57,28 @@ fn a_bad_event_is_rejected_alone_naming_the_field() {
         (json!({"type": "track", "event": "B", "messageId": "bad-1"}), "missing_identity", "batch[1]"),
         (json!({"type": "track", "userId": "u"}), "missing_field", "batch[1].event"),
         (json!({"type": "shout", "userId": "u"}), "invalid_field", "batch[1].type"),
-        (json!({"type": "identify", "userId": "u", "traits": {"email": "nope"}}), "invalid_identity", "batch[1].traits.email"),
-        (json!({"type": "identify", "userId": "u", "traits": {"phone": 12}}), "invalid_identity", "batch[1].traits.phone"),
+        (
+            json!({"type": "identify", "userId": "u", "traits": {"email": "nope"}}),
+            "invalid_identity",
+            "batch[1].traits.email",
+        ),
+        (
+            json!({"type": "identify", "userId": "u", "traits": {"phone": 12}}),
+            "invalid_identity",
+            "batch[1].traits.phone",
+        ),
         (json!({"type": "track", "event": "x", "userId": {"a": 1}}), "invalid_field", "batch[1].userId"),
         (json!({"type": "track", "event": "x", "userId": " "}), "invalid_field", "batch[1].userId"),
-        (json!({"type": "track", "event": "x", "userId": "u", "properties": [1]}), "invalid_field", "batch[1].properties"),
-        (json!({"type": "track", "event": "x", "userId": "u", "timestamp": "yesterday"}), "invalid_field", "batch[1].timestamp"),
+        (
+            json!({"type": "track", "event": "x", "userId": "u", "properties": [1]}),
+            "invalid_field",
+            "batch[1].properties",
+        ),
+        (
+            json!({"type": "track", "event": "x", "userId": "u", "timestamp": "yesterday"}),
+            "invalid_field",
+            "batch[1].timestamp",
+        ),
         (json!({"type": "alias", "userId": "u"}), "missing_field", "batch[1].previousId"),
         (json!({"type": "group", "userId": "u"}), "missing_field", "batch[1].groupId"),
         (
@@ -135,8 +151,8 @@ fn request_level_faults_still_refuse_the_batch() {
 
 #[test]
 fn a_single_event_call_still_fails_whole() {
-    let err = parse_request(Endpoint::Single(EventKind::Track), br#"{"event": "x", "userId": " "}"#, &options())
-        .unwrap_err();
+    let err =
+        parse_request(Endpoint::Single(EventKind::Track), br#"{"event": "x", "userId": " "}"#, &options()).unwrap_err();
     assert_eq!((err.code, err.path.as_str()), ("invalid_field", "body.userId"));
 }
 
@@ -192,7 +208,8 @@ fn rudderstack_mobile_channel_and_original_timestamp() {
 
 #[test]
 fn times_outside_1970_to_2100_are_invalid_fields() {
-    let single = |body: Value| parse_request(Endpoint::Single(EventKind::Track), body.to_string().as_bytes(), &options());
+    let single =
+        |body: Value| parse_request(Endpoint::Single(EventKind::Track), body.to_string().as_bytes(), &options());
     // Finding 5: this overflowed the skew correction and panicked.
     let err = single(json!({"userId": "u", "event": "x", "timestamp": "-200000-01-01T00:00:00",
         "sentAt": "+200000-01-01T00:00:00"}))
@@ -209,9 +226,10 @@ fn times_outside_1970_to_2100_are_invalid_fields() {
         let err = single(json!({"userId": "u", "event": "x", field: raw})).unwrap_err();
         assert_eq!((err.code, err.path), ("invalid_field", format!("body.{field}")), "{raw}: {}", err.message);
     }
-    let rejected = batch(json!({"batch": [{"type": "track", "userId": "u", "event": "x", "timestamp": "9999-01-01T00:00:00Z"}]}))
-        .unwrap()
-        .rejected;
+    let rejected =
+        batch(json!({"batch": [{"type": "track", "userId": "u", "event": "x", "timestamp": "9999-01-01T00:00:00Z"}]}))
+            .unwrap()
+            .rejected;
     assert!(rejected[0].message.starts_with("batch[0].timestamp:"), "{}", rejected[0].message);
     // The edges of the range are accepted.
     for raw in ["1970-01-01T00:00:00Z", "2100-12-31T23:59:59Z"] {
@@ -222,7 +240,8 @@ fn times_outside_1970_to_2100_are_invalid_fields() {
 #[test]
 fn future_times_are_clamped_to_receipt_and_pre_1970_ones_rejected() {
     let received = options().received_at;
-    let single = |body: Value| parse_request(Endpoint::Single(EventKind::Track), body.to_string().as_bytes(), &options());
+    let single =
+        |body: Value| parse_request(Endpoint::Single(EventKind::Track), body.to_string().as_bytes(), &options());
     let time_of = |body: Value| single(body).unwrap().events[0].timestamp;
     // Up to 24 hours ahead is kept (a client a little ahead, time zones written wrong)...
     assert_eq!(
@@ -233,7 +252,9 @@ fn future_times_are_clamped_to_receipt_and_pre_1970_ones_rejected() {
     assert_eq!(time_of(json!({"userId": "u", "event": "x", "timestamp": "2026-11-24T12:00:01Z"})), received);
     assert_eq!(time_of(json!({"userId": "u", "event": "x", "timestamp": "2099-01-01T00:00:00Z"})), received);
     assert_eq!(
-        time_of(json!({"userId": "u", "event": "x", "timestamp": "2100-01-01T00:00:00Z", "sentAt": "1970-01-01T00:00:00Z"})),
+        time_of(
+            json!({"userId": "u", "event": "x", "timestamp": "2100-01-01T00:00:00Z", "sentAt": "1970-01-01T00:00:00Z"})
+        ),
         received
     );
     // Corrected for skew, this lands 130 years before the receive time: before 1970, so invalid.

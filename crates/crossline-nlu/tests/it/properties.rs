@@ -52,6 +52,7 @@ fn say_number(value: u32) -> String {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
     #[test]
     fn extractors_never_panic(text in "\\PC{0,80}") {
         let context = context();
@@ -108,13 +109,93 @@ proptest! {
 
 /// Words of dates, times, durations, numbers and money, for texts that reach deep into the normaliser.
 const TEMPORAL_WORDS: &[&str] = &[
-    "in", "a", "an", "the", "next", "last", "this", "coming", "following", "day", "days", "week", "weeks",
-    "fortnight", "month", "months", "year", "years", "yrs", "ago", "from", "now", "today", "tomorrow", "tonight",
-    "yesterday", "later", "out", "after", "before", "quarter", "half", "to", "past", "at", "around", "by", "on",
-    "of", "for", "until", "pm", "am", "a.m.", "o'clock", "and", "hundred", "thousand", "million", "billion",
-    "dozen", "noon", "midnight", "morning", "evening", "weekend", "monday", "friday", "sat", "may", "march",
-    "december", "31st", "29th", "5th", "twenty-first", "first", "twenty", "seven", ":", "/", "-", ".", ",", "$",
-    "€", "dollars", "cents", "hours", "minutes", "seconds", "h", "m", "s", "min", "book", "a visit",
+    "in",
+    "a",
+    "an",
+    "the",
+    "next",
+    "last",
+    "this",
+    "coming",
+    "following",
+    "day",
+    "days",
+    "week",
+    "weeks",
+    "fortnight",
+    "month",
+    "months",
+    "year",
+    "years",
+    "yrs",
+    "ago",
+    "from",
+    "now",
+    "today",
+    "tomorrow",
+    "tonight",
+    "yesterday",
+    "later",
+    "out",
+    "after",
+    "before",
+    "quarter",
+    "half",
+    "to",
+    "past",
+    "at",
+    "around",
+    "by",
+    "on",
+    "of",
+    "for",
+    "until",
+    "pm",
+    "am",
+    "a.m.",
+    "o'clock",
+    "and",
+    "hundred",
+    "thousand",
+    "million",
+    "billion",
+    "dozen",
+    "noon",
+    "midnight",
+    "morning",
+    "evening",
+    "weekend",
+    "monday",
+    "friday",
+    "sat",
+    "may",
+    "march",
+    "december",
+    "31st",
+    "29th",
+    "5th",
+    "twenty-first",
+    "first",
+    "twenty",
+    "seven",
+    ":",
+    "/",
+    "-",
+    ".",
+    ",",
+    "$",
+    "€",
+    "dollars",
+    "cents",
+    "hours",
+    "minutes",
+    "seconds",
+    "h",
+    "m",
+    "s",
+    "min",
+    "book",
+    "a visit",
 ];
 
 /// Numbers as customers (and attackers) type them, huge ones included.
@@ -204,7 +285,9 @@ fn well_formed(builtin: BuiltinType, value: &serde_json::Value) -> Result<(), Te
             let text = value.as_str().unwrap_or_default();
             prop_assert!(chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").is_ok() && text.len() == 10, "{}", value);
         }
-        BuiltinType::Time => prop_assert!(chrono::NaiveTime::parse_from_str(value.as_str().unwrap_or_default(), "%H:%M").is_ok()),
+        BuiltinType::Time => {
+            prop_assert!(chrono::NaiveTime::parse_from_str(value.as_str().unwrap_or_default(), "%H:%M").is_ok())
+        }
         BuiltinType::Datetime => {
             prop_assert!(chrono::DateTime::parse_from_rfc3339(value.as_str().unwrap_or_default()).is_ok(), "{}", value);
         }
@@ -229,25 +312,24 @@ const BUILTINS: [BuiltinType; 9] = [
 /// A small bot with a slot of every built-in type, so recognition runs every extractor.
 fn every_slot_bot() -> &'static crossline_nlu::Recognizer {
     static MODEL: std::sync::OnceLock<crossline_nlu::Recognizer> = std::sync::OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            let definition = serde_json::from_value(json!({
-                "intents": [
-                    {"name": "book", "utterances": ["book a visit {date} at {time}", "book a visit in {date}",
-                        "can I come {date}", "I want to book a visit", "schedule it for {when}"],
-                     "slots": [{"name": "date", "type": "date"}, {"name": "time", "type": "time"},
-                               {"name": "when", "type": "datetime"}]},
-                    {"name": "remind", "utterances": ["remind me in {wait}", "wait {wait} please",
-                        "ping me after {wait}", "set a timer for {wait}"],
-                     "slots": [{"name": "wait", "type": "duration"}]},
-                    {"name": "pay", "utterances": ["pay {amount}", "send {amount} to {count} people",
-                        "I owe you {amount}", "split {amount} {count} ways"],
-                     "slots": [{"name": "amount", "type": "money"}, {"name": "count", "type": "number"}]}
-                ]
-            }))
-            .unwrap();
-            train(&definition).unwrap()
-        })
+    MODEL.get_or_init(|| {
+        let definition = serde_json::from_value(json!({
+            "intents": [
+                {"name": "book", "utterances": ["book a visit {date} at {time}", "book a visit in {date}",
+                    "can I come {date}", "I want to book a visit", "schedule it for {when}"],
+                 "slots": [{"name": "date", "type": "date"}, {"name": "time", "type": "time"},
+                           {"name": "when", "type": "datetime"}]},
+                {"name": "remind", "utterances": ["remind me in {wait}", "wait {wait} please",
+                    "ping me after {wait}", "set a timer for {wait}"],
+                 "slots": [{"name": "wait", "type": "duration"}]},
+                {"name": "pay", "utterances": ["pay {amount}", "send {amount} to {count} people",
+                    "I owe you {amount}", "split {amount} {count} ways"],
+                 "slots": [{"name": "amount", "type": "money"}, {"name": "count", "type": "number"}]}
+            ]
+        }))
+        .unwrap();
+        train(&definition).unwrap()
+    })
 }
 
 proptest! {

@@ -79,7 +79,12 @@ async fn bad_input_gets_a_clear_error_and_stores_nothing() {
     let cases: Vec<(Value, StatusCode, &str, &str)> = vec![
         (json!({"batch": []}), StatusCode::BAD_REQUEST, "invalid_field", "batch"),
         (json!({"events": [good]}), StatusCode::BAD_REQUEST, "missing_field", "batch"),
-        (json!({"batch": [good], "sentAt": "+200000-01-01T00:00:00"}), StatusCode::BAD_REQUEST, "invalid_field", "sentAt"),
+        (
+            json!({"batch": [good], "sentAt": "+200000-01-01T00:00:00"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "sentAt",
+        ),
         (json!({"batch": [good], "context": [1]}), StatusCode::BAD_REQUEST, "invalid_field", "context"),
     ];
     for (body, status, code, field) in cases {
@@ -88,7 +93,8 @@ async fn bad_input_gets_a_clear_error_and_stores_nothing() {
         assert!(answer["error"]["message"].as_str().unwrap().contains(field), "{answer}");
     }
     // A single-event call that fails validation still answers 400.
-    let (status, answer) = json_of(server.track("/v1/track", &ws.write_key, &json!({"userId": " ", "event": "E"})).await).await;
+    let (status, answer) =
+        json_of(server.track("/v1/track", &ws.write_key, &json!({"userId": " ", "event": "E"})).await).await;
     assert_eq!((status, answer["error"]["code"].as_str().unwrap()), (StatusCode::BAD_REQUEST, "invalid_field"));
     assert!(answer["error"]["message"].as_str().unwrap().starts_with("body.userId:"), "{answer}");
     let response = server
@@ -173,7 +179,8 @@ async fn a_bad_event_does_not_sink_its_batch() {
     assert_eq!(response.status(), StatusCode::OK);
 
     assert_eq!(stats_events(&server, &ws.id).await, stored.len() as u64, "the good events and only them");
-    let (status, profile) = json_of(server.get("/api/v1/profiles/lookup?kind=user_id&value=u", &ws.api_key).await).await;
+    let (status, profile) =
+        json_of(server.get("/api/v1/profiles/lookup?kind=user_id&value=u", &ws.api_key).await).await;
     assert_eq!(status, StatusCode::OK);
     let (_, timeline) = json_of(
         server
@@ -181,12 +188,8 @@ async fn a_bad_event_does_not_sink_its_batch() {
             .await,
     )
     .await;
-    let mut ids: Vec<String> = timeline["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|event| event["id"].as_str().unwrap().to_owned())
-        .collect();
+    let mut ids: Vec<String> =
+        timeline["events"].as_array().unwrap().iter().map(|event| event["id"].as_str().unwrap().to_owned()).collect();
     ids.sort();
     stored.sort();
     assert_eq!(ids, stored);
@@ -221,7 +224,8 @@ async fn a_future_trait_time_does_not_pin_the_trait() {
     // ...so a later identify overwrites the trait.
     let later = json!({"userId": "u", "traits": {"plan": "pro"}});
     assert_eq!(server.track("/v1/identify", &ws.write_key, &later).await.status(), StatusCode::OK);
-    let (status, profile) = json_of(server.get("/api/v1/profiles/lookup?kind=user_id&value=u", &ws.api_key).await).await;
+    let (status, profile) =
+        json_of(server.get("/api/v1/profiles/lookup?kind=user_id&value=u", &ws.api_key).await).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(profile["traits"]["plan"], "pro", "{profile}");
     server.stop().await;
