@@ -9,7 +9,7 @@
 //!
 //! # Times
 //! Every parsed time — `timestamp`, `originalTimestamp`, `sentAt` and the batch's `sentAt` — must fall
-//! within the years [`MIN_EVENT_YEAR`]..=[`MAX_EVENT_YEAR`] (1970–2100); any other is an invalid field
+//! within the years [`MIN_EVENT_YEAR`]..=[`MAX_EVENT_YEAR`] (1970–2100, in UTC); any other is an invalid field
 //! (`invalid_field`, naming it). The event time is then corrected for client clock skew (see
 //! [`corrected_timestamp`]): a corrected time more than [`MAX_FUTURE_SKEW`] (24 hours) after the server's
 //! receive time is clamped to the receive time, as Segment does with future timestamps; one before 1970
@@ -750,7 +750,7 @@ fn take_object(
     }
 }
 
-/// A time field: `null` is absent; a string must be an ISO 8601 time within the years
+/// A time field: `null` is absent; a string must be an ISO 8601 time whose UTC year is within
 /// [`MIN_EVENT_YEAR`]..=[`MAX_EVENT_YEAR`].
 fn parse_time_value(value: &Value, path: &str) -> Result<Option<DateTime<Utc>>, EventValidationError> {
     match value {
