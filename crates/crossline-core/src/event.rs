@@ -1,11 +1,23 @@
 //! Segment-spec events: parsing, validation and normalisation.
 //!
-//! A request is validated whole before anything is stored: the first bad event rejects it, and the
-//! error names the field by its path (`batch[3].userId`) and says how to fix it.
+//! A request is validated before anything is stored, and every error names the field by its path
+//! (`batch[3].userId`) and says how to fix it. A single-event call (`/v1/track`, ...) that fails
+//! validation is refused whole. In a batch, as Segment does (its libraries drop a whole batch on a 400),
+//! only the request itself can fail — a body that is not JSON, no or an empty `batch`, a request over
+//! [`MAX_REQUEST_BYTES`], a bad batch-level `sentAt` or `context`; an *event* that fails validation is
+//! set aside as a [`RejectedEvent`] and the rest of the batch is kept.
+//!
+//! # Times
+//! Every parsed time — `timestamp`, `originalTimestamp`, `sentAt` and the batch's `sentAt` — must fall
+//! within the years [`MIN_EVENT_YEAR`]..=[`MAX_EVENT_YEAR`] (1970–2100, in UTC); any other is an invalid field
+//! (`invalid_field`, naming it). The event time is then corrected for client clock skew (see
+//! [`corrected_timestamp`]): a corrected time more than [`MAX_FUTURE_SKEW`] (24 hours) after the server's
+//! receive time is clamped to the receive time, as Segment does with future timestamps; one before 1970
+//! is rejected. All of it is checked arithmetic: no input time can overflow.
 
 use crate::consent::{ConsentStatus, is_valid_channel_name};
 use crate::identity::{Identity, IdentityKind};
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Datelike, NaiveDateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -16,6 +28,17 @@ pub const MAX_EVENT_BYTES: usize = 32 * 1024;
 pub const MAX_REQUEST_BYTES: usize = 500 * 1024;
 /// Longest accepted `messageId`, event name or group id.
 pub const MAX_NAME_LEN: usize = 512;
+/// Earliest year of an accepted time (`timestamp`, `originalTimestamp`, `sentAt`), before and after
+/// clock-skew correction.
+pub const MIN_EVENT_YEAR: i32 = 1970;
+/// Latest year of an accepted time (`timestamp`, `originalTimestamp`, `sentAt`) as sent.
+pub const MAX_EVENT_YEAR: i32 = 2100;
+/// How far after the server's receive time a corrected event time may lie; later ones are clamped to
+/// the receive time (Segment's rule for future timestamps), so a wrong client clock cannot pin a trait
+/// value against every later update.
+pub const MAX_FUTURE_SKEW: TimeDelta = TimeDelta::hours(24);
+/// Most bytes of a rejected event's JSON kept in [`RejectedEvent::raw`] for inspection.
+pub const MAX_REJECTED_RAW_BYTES: usize = 2048;
 
 /// The Segment call types, plus the `merge` events Crossline records itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -156,27 +179,69 @@ pub struct NormalizeOptions<'a> {
 /// A parsed Segment request body.
 #[derive(Debug)]
 pub struct SegmentRequest {
-    /// The events, in request order.
+    /// The valid events, in request order.
     pub events: Vec<NormalizedEvent>,
+    /// The events of a batch that failed validation, in request order (always empty for a single-event
+    /// call, which fails whole instead).
+    pub rejected: Vec<RejectedEvent>,
     /// `writeKey` from the body, if any.
     pub write_key: Option<String>,
-    /// Events of a batch that failed validation; the valid ones are in `events`.
-    pub rejected: Vec<RejectedEvent>,
 }
 
 /// An event of a batch that failed validation; the rest of the batch is still stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RejectedEvent {
-    /// Its position in the batch, from 0.
+    /// Its position in `batch`, from 0.
     pub index: usize,
-    /// Its `messageId`, when it had a readable one.
+    /// The event's `messageId` when it is a string (trimmed, cut to [`MAX_NAME_LEN`] bytes), so the
+    /// client can tell which of its events it was.
     pub message_id: Option<String>,
-    /// Stable machine-readable code, as in [`EventValidationError::code`].
+    /// Stable machine-readable code, as for a refused request (`missing_identity`, `invalid_field`, ...).
     pub code: &'static str,
-    /// A sentence naming the field at fault and the fix.
+    /// A sentence naming the field by its path (`batch[3].userId: ...`) and the fix.
     pub message: String,
-    /// The event's JSON, cut to at most 2,048 bytes.
+    /// The event's JSON text as received, cut to at most [`MAX_REJECTED_RAW_BYTES`] bytes on a character
+    /// boundary, for inspection.
     pub raw: String,
+}
+
+impl RejectedEvent {
+    fn new(index: usize, raw: &str, error: EventValidationError) -> Self {
+        RejectedEvent {
+            index,
+            message_id: rejected_message_id(raw),
+            code: error.code,
+            message: error.message,
+            raw: cut_at_char_boundary(raw, MAX_REJECTED_RAW_BYTES).to_owned(),
+        }
+    }
+}
+
+/// The `messageId` of an event that failed validation, if it is a string. Only read on the error path,
+/// so the event is parsed again rather than carried along on the hot path.
+fn rejected_message_id(raw: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Peek {
+        #[serde(rename = "messageId")]
+        message_id: Option<Value>,
+    }
+    let peek: Peek = serde_json::from_str(raw).ok()?;
+    match peek.message_id? {
+        Value::String(id) if !id.trim().is_empty() => Some(cut_at_char_boundary(id.trim(), MAX_NAME_LEN).to_owned()),
+        _ => None,
+    }
+}
+
+/// The longest prefix of `text` of at most `limit` bytes that ends on a character boundary.
+fn cut_at_char_boundary(text: &str, limit: usize) -> &str {
+    if text.len() <= limit {
+        return text;
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Extract `writeKey` without validating the rest, so authentication can run before validation.
@@ -190,6 +255,12 @@ pub fn peek_write_key(body: &[u8]) -> Option<String> {
 }
 
 /// Validate and normalise a request body received on `endpoint`.
+///
+/// `Err` refuses the whole request: any fault of a single-event call; for a batch only request-level
+/// faults (body not JSON or not `{"batch": [...]}`, an empty batch, a body over [`MAX_REQUEST_BYTES`], a
+/// bad batch-level `sentAt` or `context`). A batch event that fails validation — no identity, wrong
+/// types, a bad time, over [`MAX_EVENT_BYTES`], not an object — lands in [`SegmentRequest::rejected`]
+/// instead, and the request is `Ok` even when every event is rejected.
 pub fn parse_request(
     endpoint: Endpoint,
     body: &[u8],
@@ -206,13 +277,13 @@ pub fn parse_request(
         ));
     }
     let write_key = peek_write_key(body);
-    let events = match endpoint {
+    let (events, rejected) = match endpoint {
         Endpoint::Single(kind) => {
             if body.len() > MAX_EVENT_BYTES {
                 return Err(too_large("body", body.len()));
             }
             let value: Value = parse_json(body, "body")?;
-            vec![normalize_event(value, Some(kind), "body", None, None, options)?]
+            (vec![normalize_event(value, Some(kind), "body", None, None, options)?], Vec::new())
         }
         Endpoint::Batch => {
             let envelope: BatchEnvelope<'_> = serde_json::from_slice(body).map_err(|err| {
@@ -244,18 +315,26 @@ pub fn parse_request(
                 }
             };
             let mut events = Vec::with_capacity(items.len());
+            let mut rejected = Vec::new();
             for (index, raw) in items.into_iter().enumerate() {
                 let path = format!("batch[{index}]");
-                if raw.get().len() > MAX_EVENT_BYTES {
-                    return Err(too_large(&path, raw.get().len()));
+                let text = raw.get();
+                let event = if text.len() > MAX_EVENT_BYTES {
+                    Err(too_large(&path, text.len()))
+                } else {
+                    parse_json(text.as_bytes(), &path).and_then(|value| {
+                        normalize_event(value, None, &path, batch_sent_at, batch_context.as_ref(), options)
+                    })
+                };
+                match event {
+                    Ok(event) => events.push(event),
+                    Err(error) => rejected.push(RejectedEvent::new(index, text, error)),
                 }
-                let value: Value = parse_json(raw.get().as_bytes(), &path)?;
-                events.push(normalize_event(value, None, &path, batch_sent_at, batch_context.as_ref(), options)?);
             }
-            events
+            (events, rejected)
         }
     };
-    Ok(SegmentRequest { events, write_key, rejected: Vec::new() })
+    Ok(SegmentRequest { events, rejected, write_key })
 }
 
 fn too_large(path: &str, size: usize) -> EventValidationError {
@@ -328,6 +407,7 @@ fn normalize_event(
         }
     }
     let mut properties = take_object(&mut event, "properties", &field("properties"))?;
+    let traits_given = event.get("traits").is_some_and(|traits| !traits.is_null());
     let event_traits = take_object(&mut event, "traits", &field("traits"))?;
 
     let name =
@@ -352,10 +432,11 @@ fn normalize_event(
             _ => None,
         };
 
-    // Profile traits: identify carries them at the top level; other calls repeat the user's traits in
+    // Profile traits: identify carries them at the top level — or, when `traits` is absent, in
+    // `context.traits` (RudderStack's SDKs send them only there); other calls repeat the user's traits in
     // `context.traits`. Group traits describe the group, never the person.
     let (mut profile_traits, traits_path) = match kind {
-        EventKind::Identify => (event_traits.clone(), field("traits")),
+        EventKind::Identify if traits_given => (event_traits.clone(), field("traits")),
         _ => match context.get("traits") {
             Some(Value::Object(map)) => (map.clone(), field("context.traits")),
             Some(Value::Null) | None => (Map::new(), field("context.traits")),
@@ -466,11 +547,31 @@ fn normalize_event(
         Some(value) => parse_time_value(value, &field("sentAt"))?.or(batch_sent_at),
         None => batch_sent_at,
     };
-    let timestamp = corrected_timestamp(original, sent_at, options.received_at);
+    let timestamp = corrected_timestamp(original, sent_at, options.received_at).ok_or_else(|| {
+        let at = if event.get("timestamp").is_some_and(|value| !value.is_null()) {
+            field("timestamp")
+        } else {
+            field("originalTimestamp")
+        };
+        EventValidationError::new(
+            "invalid_field",
+            at,
+            format!(
+                "corrected for the client's clock (receive time - (sentAt - timestamp)) it falls before \
+                 {MIN_EVENT_YEAR}; check the client's timestamp and sentAt"
+            ),
+        )
+    })?;
 
     let channel = event_channel(kind, &event, &context, &field("channel"))?;
 
-    if matches!(kind, EventKind::Identify | EventKind::Group) {
+    if kind == EventKind::Identify && !traits_given {
+        // The timeline shows the traits the identify set, wherever the client put them.
+        properties = match context.get("traits") {
+            Some(Value::Object(traits)) => traits.clone(),
+            _ => Map::new(),
+        };
+    } else if matches!(kind, EventKind::Identify | EventKind::Group) {
         properties = event_traits;
     }
     Ok(NormalizedEvent {
@@ -491,15 +592,36 @@ fn normalize_event(
 
 /// Segment's clock-skew rule: a client whose clock is off by Δ stamps both `timestamp` and `sentAt`
 /// off by Δ, so `receivedAt - (sentAt - timestamp)` is the event time on the server's clock.
+///
+/// A corrected time more than [`MAX_FUTURE_SKEW`] after `received_at` is clamped to `received_at` (as
+/// Segment does with future timestamps); one before [`MIN_EVENT_YEAR`], or one that is not representable
+/// at all, is `None`: the event is invalid. Never panics, whatever the times.
 pub fn corrected_timestamp(
     original: Option<DateTime<Utc>>,
     sent_at: Option<DateTime<Utc>>,
     received_at: DateTime<Utc>,
-) -> DateTime<Utc> {
-    match (original, sent_at) {
-        (Some(original), Some(sent_at)) => received_at - (sent_at - original),
+) -> Option<DateTime<Utc>> {
+    let corrected = match (original, sent_at) {
+        (Some(original), Some(sent_at)) => {
+            // The difference of two `DateTime`s always fits a `TimeDelta`; the shift of `received_at`
+            // may leave chrono's range: past its future end it clamps like any future time, past its
+            // past end it is invalid like any time before 1970.
+            let skew = sent_at.signed_duration_since(original);
+            match received_at.checked_sub_signed(skew) {
+                Some(corrected) => corrected,
+                None if skew < TimeDelta::zero() => return Some(received_at),
+                None => return None,
+            }
+        }
         (Some(original), None) => original,
         (None, _) => received_at,
+    };
+    if corrected.year() < MIN_EVENT_YEAR {
+        return None;
+    }
+    match received_at.checked_add_signed(MAX_FUTURE_SKEW) {
+        Some(latest) if corrected > latest => Some(received_at),
+        _ => Some(corrected),
     }
 }
 
@@ -628,18 +750,39 @@ fn take_object(
     }
 }
 
+/// A time field: `null` is absent; a string must be an ISO 8601 time whose UTC year is within
+/// [`MIN_EVENT_YEAR`]..=[`MAX_EVENT_YEAR`].
 fn parse_time_value(value: &Value, path: &str) -> Result<Option<DateTime<Utc>>, EventValidationError> {
     match value {
         Value::Null => Ok(None),
-        Value::String(raw) => parse_time(raw).map(Some).ok_or_else(|| {
-            EventValidationError::new(
-                "invalid_field",
-                path,
-                format!("\"{raw}\" is not an ISO 8601 time; use e.g. 2026-11-23T10:15:00.000Z"),
-            )
-        }),
+        Value::String(raw) => {
+            let Some(time) = parse_time(raw) else {
+                return Err(EventValidationError::new(
+                    "invalid_field",
+                    path,
+                    format!("\"{}\" is not an ISO 8601 time; use e.g. 2026-11-23T10:15:00.000Z", quoted(raw)),
+                ));
+            };
+            if !(MIN_EVENT_YEAR..=MAX_EVENT_YEAR).contains(&time.year()) {
+                return Err(EventValidationError::new(
+                    "invalid_field",
+                    path,
+                    format!(
+                        "\"{}\" is outside the years {MIN_EVENT_YEAR}-{MAX_EVENT_YEAR}; send when the event \
+                         happened, e.g. 2026-11-23T10:15:00.000Z",
+                        quoted(raw)
+                    ),
+                ));
+            }
+            Ok(Some(time))
+        }
         _ => Err(EventValidationError::new("invalid_field", path, "must be an ISO 8601 string")),
     }
+}
+
+/// A client's string as quoted in an error message: at most 64 bytes, so an error stays a sentence.
+fn quoted(raw: &str) -> &str {
+    cut_at_char_boundary(raw, 64)
 }
 
 /// Parse an ISO 8601 time; a time without an offset is taken as UTC.
@@ -660,5 +803,7 @@ pub fn parse_time(raw: &str) -> Option<DateTime<Utc>> {
     None
 }
 
+#[cfg(test)]
+mod properties;
 #[cfg(test)]
 mod tests;

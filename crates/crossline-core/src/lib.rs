@@ -14,6 +14,6 @@ pub mod profile;
 pub mod trust;
 
 pub use consent::{Consent, ConsentEntry, ConsentStatus};
-pub use event::{EventKind, EventValidationError, NormalizedEvent, SegmentRequest};
+pub use event::{EventKind, EventValidationError, NormalizedEvent, RejectedEvent, SegmentRequest};
 pub use identity::{Identity, IdentityError, IdentityKind};
 pub use profile::{Profile, ProfileState};

@@ -230,7 +230,9 @@ pub fn extract_all(slot_type: &SlotType, text: &str, context: &RecognizeContext)
             BuiltinType::Money => find_money(&tokens)
                 .into_iter()
                 .map(|found| {
-                    let amount = (found.amount * 100.0).round() / 100.0;
+                    // Rounded to cents, unless the amount is so large that cents overflow a float.
+                    let cents = found.amount * 100.0;
+                    let amount = if cents.is_finite() { cents.round() / 100.0 } else { found.amount };
                     make(
                         span_of(&tokens, found.start, found.end),
                         json!({"amount": amount, "currency": found.currency}),

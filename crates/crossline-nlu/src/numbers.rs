@@ -186,9 +186,10 @@ fn words_at(tokens: &[Token], start: usize) -> Option<NumberMatch> {
     Some(NumberMatch { start, end, value: total + current, digits: false })
 }
 
-/// Parses a number (digits or words) starting exactly at token `start`.
+/// Parses a number (digits or words) starting exactly at token `start`. A number too large for a float
+/// ("hundred" said 200 times) is not a number.
 pub fn number_at(tokens: &[Token], start: usize) -> Option<NumberMatch> {
-    digits_at(tokens, start).or_else(|| words_at(tokens, start))
+    digits_at(tokens, start).or_else(|| words_at(tokens, start)).filter(|number| number.value.is_finite())
 }
 
 /// All non-overlapping numbers, left to right, longest at each position. A leading minus sign directly
@@ -346,6 +347,17 @@ mod tests {
         assert_eq!(numbers("twenty one guests"), [21.0]);
         assert_eq!(numbers("five six"), [5.0, 6.0]);
         assert_eq!(numbers("a table for us"), Vec::<f64>::new());
+    }
+
+    #[test]
+    fn numbers_beyond_a_float_are_not_numbers() {
+        // The whole run overflows a float; only a shorter tail of it is read as a number.
+        let hundreds = format!("one {}", "hundred ".repeat(400));
+        let found = find_numbers(&tokenize_with_symbols(&hundreds));
+        assert!(found.iter().all(|number| number.value.is_finite() && number.start > 0), "{found:?}");
+        let amounts = money(&format!("{hundreds}dollars"));
+        assert!(amounts.iter().all(|(amount, _)| amount.is_finite()), "{amounts:?}");
+        assert_eq!(numbers("999999999999999 billion"), [999999999999999e9]);
     }
 
     #[test]

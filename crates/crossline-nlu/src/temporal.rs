@@ -9,12 +9,25 @@
 //! - "at 3" (no am/pm) is read as business hours: 1–7 → afternoon, 8–11 → morning;
 //! - a time alone in a date-time slot is the next occurrence of that time; a date alone is its midnight;
 //! - numeric dates follow the region: month first for US-style regions, day first elsewhere.
+//!
+//! Every date and duration computation here is checked: customers type anything ("in 999999999 days",
+//! "quarter to 4294967296"), and an expression whose value falls outside the representable range is simply
+//! not a value — it is not found, never a panic. Dates are kept within years [`MIN_YEAR`]..=[`MAX_YEAR`],
+//! the four-digit years that the slot formats (`YYYY-MM-DD`, RFC 3339) can express.
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc, Weekday};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeDelta, TimeZone, Utc, Weekday};
 use chrono_tz::Tz;
 
 use crate::numbers::{is_digits, number_at};
 use crate::text::Token;
+
+/// Earliest year a resolved date may have: slot formats write years with four digits.
+pub const MIN_YEAR: i32 = 1;
+/// Latest year a resolved date may have: slot formats write years with four digits.
+pub const MAX_YEAR: i32 = 9999;
+/// Longest duration that is a value, in seconds: 2^53, the largest whole number a JSON number (an IEEE
+/// double) holds exactly, since durations are reported as whole seconds.
+pub const MAX_DURATION_SECONDS: f64 = 9_007_199_254_740_992.0;
 
 /// Reference point for relative expressions.
 #[derive(Debug, Clone, Copy)]
@@ -28,12 +41,17 @@ pub struct TemporalContext {
 }
 
 impl TemporalContext {
-    fn local_now(&self) -> NaiveDateTime {
-        self.now.with_timezone(&self.time_zone).naive_local()
+    /// The local wall-clock time, or `None` when it lies outside the years [`MIN_YEAR`]..=[`MAX_YEAR`]
+    /// (nothing relative to such a "now" can be written in the slot formats; chrono itself would panic
+    /// converting its extremes).
+    fn local_now(&self) -> Option<NaiveDateTime> {
+        let utc = self.now.naive_utc();
+        let offset = self.time_zone.offset_from_utc_datetime(&utc).fix();
+        utc.checked_add_offset(offset).filter(|local| (MIN_YEAR..=MAX_YEAR).contains(&local.year()))
     }
 
-    fn today(&self) -> NaiveDate {
-        self.local_now().date()
+    fn today(&self) -> Option<NaiveDate> {
+        self.local_now().map(|local| local.date())
     }
 
     /// Turns a local date-time into an instant, taking the earlier reading in a DST fold and skipping
@@ -41,10 +59,9 @@ impl TemporalContext {
     pub fn localize(&self, local: NaiveDateTime) -> DateTime<Tz> {
         match self.time_zone.from_local_datetime(&local).earliest() {
             Some(instant) => instant,
-            None => self
-                .time_zone
-                .from_local_datetime(&(local + Duration::hours(1)))
-                .earliest()
+            None => local
+                .checked_add_signed(TimeDelta::hours(1))
+                .and_then(|later| self.time_zone.from_local_datetime(&later).earliest())
                 .unwrap_or_else(|| self.time_zone.from_utc_datetime(&local)),
         }
     }
@@ -175,19 +192,27 @@ fn year_at(tokens: &[Token], index: usize) -> Option<(i32, usize)> {
     None
 }
 
-fn add_months(date: NaiveDate, months: i32) -> NaiveDate {
-    let total = date.year() * 12 + date.month0() as i32 + months;
-    let (year, month0) = (total.div_euclid(12), total.rem_euclid(12) as u32);
-    let mut day = date.day();
-    loop {
-        if let Some(result) = NaiveDate::from_ymd_opt(year, month0 + 1, day) {
-            return result;
-        }
-        if day <= 28 {
-            return date;
-        }
-        day -= 1;
-    }
+/// `date` moved by `days` days, or `None` when the result is not a representable date.
+fn plus_days(date: NaiveDate, days: i64) -> Option<NaiveDate> {
+    date.checked_add_signed(TimeDelta::try_days(days)?)
+}
+
+/// `date` moved back by `days` days, or `None` when the result is not a representable date.
+fn minus_days(date: NaiveDate, days: i64) -> Option<NaiveDate> {
+    plus_days(date, days.checked_neg()?)
+}
+
+/// `date` moved by `months` months, on the same day or the month's last day; `None` when out of range.
+fn add_months(date: NaiveDate, months: i64) -> Option<NaiveDate> {
+    let total = i64::from(date.year()).checked_mul(12)?.checked_add(i64::from(date.month0()))?.checked_add(months)?;
+    let year = i32::try_from(total.div_euclid(12)).ok()?;
+    let month = total.rem_euclid(12) as u32 + 1;
+    (month_days_down(date.day())).find_map(|day| NaiveDate::from_ymd_opt(year, month, day))
+}
+
+/// The day itself, then earlier days down to the 28th, the last day every month has.
+fn month_days_down(day: u32) -> impl Iterator<Item = u32> {
+    (day.min(28)..=day).rev()
 }
 
 /// A date in the future (or today) for a month/day without a year.
@@ -216,11 +241,18 @@ fn calendar_unit(text: &str) -> Option<CalendarUnit> {
     })
 }
 
-fn shift(date: NaiveDate, count: i64, unit: &CalendarUnit) -> NaiveDate {
+/// `date` moved by `count` units; `None` when the result is out of range.
+fn shift(date: NaiveDate, count: i64, unit: &CalendarUnit) -> Option<NaiveDate> {
     match unit {
-        CalendarUnit::Days(days) => date + Duration::days(count * days),
-        CalendarUnit::Months(months) => add_months(date, count as i32 * months),
+        CalendarUnit::Days(days) => plus_days(date, count.checked_mul(*days)?),
+        CalendarUnit::Months(months) => add_months(date, count.checked_mul(i64::from(*months))?),
     }
+}
+
+/// A span count as whole units: the saturating float-to-integer cast turns huge or non-finite counts into
+/// values that the checked date arithmetic then refuses.
+fn whole(count: f64) -> i64 {
+    count.round() as i64
 }
 
 /// Count of a span: a number, or "a"/"an"/"one".
@@ -233,15 +265,18 @@ fn count_at(tokens: &[Token], index: usize) -> Option<(f64, usize)> {
 
 /// Tries every date pattern at `index`.
 fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<Found<NaiveDate>> {
-    let today = context.today();
+    let today = context.today()?;
     let first = word(tokens, index);
-    let found = |end: usize, value: NaiveDate| Some(Found { start: index, end, value });
+    // Every date leaves through here, so none outside the four-digit years is ever a value.
+    let found = |end: usize, value: NaiveDate| {
+        (MIN_YEAR..=MAX_YEAR).contains(&value.year()).then_some(Found { start: index, end, value })
+    };
     match first {
         "today" | "tonight" | "tonite" | "2day" => return found(index + 1, today),
         "tomorrow" | "tomorow" | "tommorow" | "tommorrow" | "tmrw" | "tmr" | "tomorrows" => {
-            return found(index + 1, today + Duration::days(1));
+            return found(index + 1, plus_days(today, 1)?);
         }
-        "yesterday" => return found(index + 1, today - Duration::days(1)),
+        "yesterday" => return found(index + 1, minus_days(today, 1)?),
         _ => {}
     }
     // "(the) day after tomorrow".
@@ -250,13 +285,13 @@ fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<
         && word(tokens, after_the + 1) == "after"
         && matches!(word(tokens, after_the + 2), "tomorrow" | "tomorow" | "tommorow")
     {
-        return found(after_the + 3, today + Duration::days(2));
+        return found(after_the + 3, plus_days(today, 2)?);
     }
     if word(tokens, after_the) == "day"
         && word(tokens, after_the + 1) == "before"
         && word(tokens, after_the + 2) == "yesterday"
     {
-        return found(after_the + 3, today - Duration::days(2));
+        return found(after_the + 3, minus_days(today, 2)?);
     }
     // "next/this/last/coming <weekday>", "next week/month/year".
     if matches!(first, "next" | "this" | "last" | "coming" | "following") {
@@ -267,12 +302,12 @@ fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<
             let date = match first {
                 "last" => {
                     let back = (current - target).rem_euclid(7);
-                    today - Duration::days(if back == 0 { 7 } else { back })
+                    minus_days(today, if back == 0 { 7 } else { back })?
                 }
-                "this" => today + Duration::days((target - current).rem_euclid(7)),
+                "this" => plus_days(today, (target - current).rem_euclid(7))?,
                 _ => {
                     let ahead = (target - current).rem_euclid(7);
-                    today + Duration::days(if ahead == 0 { 7 } else { ahead })
+                    plus_days(today, if ahead == 0 { 7 } else { ahead })?
                 }
             };
             return found(index + 2, date);
@@ -281,26 +316,26 @@ fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<
         match second {
             "week" if first != "this" => {
                 // The Monday of the next (or previous) week, or the named day in it ("next week on friday").
-                let monday = today - Duration::days(today.weekday().num_days_from_monday() as i64);
+                let monday = minus_days(today, today.weekday().num_days_from_monday() as i64)?;
                 let mut day_position = index + 2;
                 if word(tokens, day_position) == "on" {
                     day_position += 1;
                 }
                 if let Some(weekday) = weekday_of(word(tokens, day_position)) {
                     let offset = 7 * direction + weekday.num_days_from_monday() as i64;
-                    return found(day_position + 1, monday + Duration::days(offset));
+                    return found(day_position + 1, plus_days(monday, offset)?);
                 }
-                return found(index + 2, monday + Duration::days(7 * direction));
+                return found(index + 2, plus_days(monday, 7 * direction)?);
             }
             "month" if first != "this" => {
                 let first_of_month = today.with_day(1).unwrap_or(today);
-                return found(index + 2, add_months(first_of_month, direction as i32));
+                return found(index + 2, add_months(first_of_month, direction)?);
             }
             "weekend" => {
                 let saturday_offset = (5 - today.weekday().num_days_from_monday() as i64).rem_euclid(7);
-                let mut saturday = today + Duration::days(saturday_offset);
+                let mut saturday = plus_days(today, saturday_offset)?;
                 if first == "next" && saturday_offset < 2 {
-                    saturday += Duration::days(7);
+                    saturday = plus_days(saturday, 7)?;
                 }
                 return found(index + 2, saturday);
             }
@@ -310,19 +345,19 @@ fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<
     if first == "weekend" || (first == "the" && word(tokens, index + 1) == "weekend") {
         let end = if first == "the" { index + 2 } else { index + 1 };
         let offset = (5 - today.weekday().num_days_from_monday() as i64).rem_euclid(7);
-        return found(end, today + Duration::days(offset));
+        return found(end, plus_days(today, offset)?);
     }
     // Bare weekday, or "tuesday next week".
     if let Some(weekday) = weekday_of(first) {
         let previous = if index > 0 { word(tokens, index - 1) } else { "" };
         if word(tokens, index + 1) == "next" && word(tokens, index + 2) == "week" {
-            let monday = today - Duration::days(today.weekday().num_days_from_monday() as i64);
-            return found(index + 3, monday + Duration::days(7 + weekday.num_days_from_monday() as i64));
+            let monday = minus_days(today, today.weekday().num_days_from_monday() as i64)?;
+            return found(index + 3, plus_days(monday, 7 + weekday.num_days_from_monday() as i64)?);
         }
         if !is_ambiguous_name(first) || matches!(previous, "on" | "by" | "until" | "for") {
             let ahead =
                 (weekday.num_days_from_monday() as i64 - today.weekday().num_days_from_monday() as i64).rem_euclid(7);
-            return found(index + 1, today + Duration::days(ahead));
+            return found(index + 1, plus_days(today, ahead)?);
         }
     }
     // "in 3 days", "in a week".
@@ -330,7 +365,7 @@ fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<
         && let Some((count, after)) = count_at(tokens, index + 1)
         && let Some(unit) = calendar_unit(word(tokens, after))
     {
-        return found(after + 1, shift(today, count.round() as i64, &unit));
+        return found(after + 1, shift(today, whole(count), &unit)?);
     }
     // "3 days from now", "a week from today", "2 weeks later", "3 days ago".
     if let Some((count, after)) = count_at(tokens, index)
@@ -338,14 +373,14 @@ fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<
     {
         let tail = word(tokens, after + 1);
         if tail == "from" && matches!(word(tokens, after + 2), "now" | "today" | "tomorrow") {
-            let base = if word(tokens, after + 2) == "tomorrow" { today + Duration::days(1) } else { today };
-            return found(after + 3, shift(base, count.round() as i64, &unit));
+            let base = if word(tokens, after + 2) == "tomorrow" { plus_days(today, 1)? } else { today };
+            return found(after + 3, shift(base, whole(count), &unit)?);
         }
         if tail == "ago" {
-            return found(after + 2, shift(today, -(count.round() as i64), &unit));
+            return found(after + 2, shift(today, whole(count).checked_neg()?, &unit)?);
         }
         if matches!(tail, "later" | "out") {
-            return found(after + 2, shift(today, count.round() as i64, &unit));
+            return found(after + 2, shift(today, whole(count), &unit)?);
         }
     }
     // ISO "2026-03-14".
@@ -432,7 +467,7 @@ fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<
             let date = match this_month {
                 Some(date) if date >= today => Some(date),
                 _ => {
-                    let mut month_start = add_months(today.with_day(1).unwrap_or(today), 1);
+                    let mut month_start = add_months(today.with_day(1).unwrap_or(today), 1)?;
                     // Skip months that lack this day (the 31st).
                     let mut result = None;
                     for _ in 0..3 {
@@ -440,7 +475,7 @@ fn date_at(tokens: &[Token], index: usize, context: &TemporalContext) -> Option<
                             result = Some(date);
                             break;
                         }
-                        month_start = add_months(month_start, 1);
+                        month_start = add_months(month_start, 1)?;
                     }
                     result
                 }
@@ -530,7 +565,9 @@ fn time_at(tokens: &[Token], index: usize) -> Option<Found<NaiveTime>> {
                     "noon" => (12, index + 3),
                     "midnight" => (0, index + 3),
                     _ => {
-                        let number = number_at(tokens, index + 2)?;
+                        // An hour of the clock: a whole number 0–23 ("quarter to 4294967296" is none).
+                        let number = number_at(tokens, index + 2)
+                            .filter(|number| number.value.fract() == 0.0 && (0.0..=23.0).contains(&number.value))?;
                         (number.value as u32, number.end)
                     }
                 };
@@ -727,7 +764,8 @@ fn duration_at(tokens: &[Token], index: usize) -> Option<Found<f64>> {
             None => break,
         }
     }
-    Some(Found { start: index, end, value: total })
+    // "999999999999999 years" is not a duration anyone means, and not one JSON can carry exactly.
+    (total.is_finite() && total.abs() <= MAX_DURATION_SECONDS).then_some(Found { start: index, end, value: total })
 }
 
 /// All durations, in seconds.
@@ -738,7 +776,9 @@ pub fn find_durations(tokens: &[Token]) -> Vec<Found<f64>> {
 /// All date-times: "now", "in 2 hours", dates with times in either order ("tomorrow at 3pm", "3pm next
 /// friday"), a date alone (its midnight) or a time alone (its next occurrence).
 pub fn find_datetimes(tokens: &[Token], context: &TemporalContext) -> Vec<Found<DateTime<Tz>>> {
-    let now_local = context.local_now();
+    let Some(now_local) = context.local_now() else {
+        return Vec::new();
+    };
     let mut results = Vec::new();
     // Relative instants first: "now", "in 20 minutes".
     let mut index = 0;
@@ -749,8 +789,9 @@ pub fn find_datetimes(tokens: &[Token], context: &TemporalContext) -> Vec<Found<
         } else if text == "in"
             && let Some(duration) = duration_at(tokens, index + 1)
             && duration.value < 86_400.0
+            && let Some(instant) = TimeDelta::try_seconds(duration.value.round() as i64)
+                .and_then(|delta| context.now.checked_add_signed(delta))
         {
-            let instant = context.now + Duration::seconds(duration.value.round() as i64);
             results.push(Found { start: index, end: duration.end, value: instant.with_timezone(&context.time_zone) });
             index = duration.end;
             continue;
@@ -797,12 +838,18 @@ pub fn find_datetimes(tokens: &[Token], context: &TemporalContext) -> Vec<Found<
         if used_times[position] || overlaps(time.start, time.end, &results) {
             continue;
         }
-        let mut date = now_local.date();
-        if time.value <= now_local.time() {
-            date += Duration::days(1);
+        let today = now_local.date();
+        let date = if time.value <= now_local.time() { plus_days(today, 1) } else { Some(today) };
+        if let Some(date) = date {
+            results.push(Found {
+                start: time.start,
+                end: time.end,
+                value: context.localize(date.and_time(time.value)),
+            });
         }
-        results.push(Found { start: time.start, end: time.end, value: context.localize(date.and_time(time.value)) });
     }
+    // "in 20 minutes" on the last evening of year 9999 is not a value the formats can write either.
+    results.retain(|item| (MIN_YEAR..=MAX_YEAR).contains(&item.value.year()));
     results.sort_by_key(|item| item.start);
     results
 }
@@ -934,5 +981,77 @@ mod tests {
         };
         let found = find_datetimes(&tokenize_with_symbols("tomorrow at 2:30am"), &context);
         assert_eq!(found[0].value.to_rfc3339(), "2027-03-14T03:30:00-04:00");
+    }
+}
+
+#[cfg(test)]
+mod out_of_range {
+    use super::*;
+    use crate::text::tokenize_with_symbols;
+
+    fn context() -> TemporalContext {
+        TemporalContext {
+            now: Utc.with_ymd_and_hms(2026, 11, 23, 15, 0, 0).unwrap(),
+            time_zone: chrono_tz::America::New_York,
+            day_first: false,
+        }
+    }
+
+    #[test]
+    fn huge_spans_are_not_values() {
+        for text in [
+            "book a visit in 999999999 days",
+            "in 999999999999999 weeks",
+            "in 99999999999 months",
+            "in 999999999999999 years",
+            "999999999999999 days ago",
+            "999999999999999 years later",
+            "in a billion billion billion years",
+        ] {
+            let tokens = tokenize_with_symbols(text);
+            assert!(find_dates(&tokens, &context()).is_empty(), "{text}");
+            assert!(find_datetimes(&tokens, &context()).is_empty(), "{text}");
+        }
+        // Spans that fit still resolve, right up to the last four-digit year.
+        let tokens = tokenize_with_symbols("in 2900000 days");
+        assert_eq!(find_dates(&tokens, &context())[0].value.to_string(), "9966-10-29");
+        assert!(find_dates(&tokenize_with_symbols("in 3000000 days"), &context()).is_empty());
+    }
+
+    #[test]
+    fn a_now_beyond_the_four_digit_years_resolves_nothing_relative() {
+        for (now, time_zone) in [
+            (DateTime::<Utc>::MAX_UTC, chrono_tz::Pacific::Kiritimati),
+            (DateTime::<Utc>::MIN_UTC, chrono_tz::Pacific::Pago_Pago),
+            (Utc.with_ymd_and_hms(9999, 12, 31, 23, 0, 0).unwrap(), chrono_tz::UTC),
+        ] {
+            let context = TemporalContext { now, time_zone, day_first: false };
+            let tokens = tokenize_with_symbols("tomorrow at 3pm, in 2 hours, next friday");
+            assert!(find_dates(&tokens, &context).iter().all(|found| found.value.year() <= MAX_YEAR));
+            let datetimes = find_datetimes(&tokens, &context);
+            assert!(datetimes.iter().all(|found| found.value.year() <= MAX_YEAR), "{datetimes:?}");
+        }
+    }
+
+    #[test]
+    fn huge_clock_hours_are_not_times() {
+        for text in ["quarter to 999999999999", "quarter to 4294967296", "half past 4294967295", "quarter to 25"] {
+            assert!(find_times(&tokenize_with_symbols(text)).is_empty(), "{text}");
+        }
+        assert_eq!(find_times(&tokenize_with_symbols("quarter to 23"))[0].value.to_string(), "22:45:00");
+    }
+
+    #[test]
+    fn huge_durations_are_not_values() {
+        let durations = |text: &str| find_durations(&tokenize_with_symbols(text));
+        assert!(durations("for 999999999999999 years").is_empty());
+        // Some tail of the hundreds is a finite, in-range duration; the whole of it is not.
+        let hundreds = format!("for a {}years", "hundred ".repeat(200));
+        for found in durations(&hundreds) {
+            assert!(found.start > 1 && found.value.is_finite() && found.value <= MAX_DURATION_SECONDS, "{found:?}");
+        }
+        assert_eq!(durations("999999999 days")[0].value, 86_399_999_913_600.0);
+        let datetimes = find_datetimes(&tokenize_with_symbols("in 999999999 days"), &context());
+        assert!(datetimes.is_empty(), "{datetimes:?}");
     }
 }

@@ -13,6 +13,7 @@ pub mod console;
 pub mod error;
 pub mod openapi;
 pub mod rate;
+pub mod panic;
 pub mod state;
 
 pub use state::{AppState, Settings};
@@ -64,6 +65,7 @@ pub fn app(state: AppState) -> Router {
         .merge(openapi::docs(openapi))
         .merge(console::router())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(panic::catch_panic))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

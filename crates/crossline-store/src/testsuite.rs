@@ -28,7 +28,9 @@ pub fn sample_workspace(name: &str) -> Workspace {
 /// Normalise a `/v1/batch` body, panicking on invalid test input.
 pub fn events(batch: Value) -> Vec<NormalizedEvent> {
     let options = NormalizeOptions { default_region: "US", received_at: Utc::now() };
-    parse_request(Endpoint::Batch, batch.to_string().as_bytes(), &options).expect("valid test batch").events
+    let request = parse_request(Endpoint::Batch, batch.to_string().as_bytes(), &options).expect("valid test batch");
+    assert!(request.rejected.is_empty(), "valid test events: {:?}", request.rejected);
+    request.events
 }
 
 fn id(kind: IdentityKind, value: &str) -> Identity {

@@ -494,8 +494,12 @@ async fn lookup(args: LookupArgs) -> anyhow::Result<()> {
             .collect();
         let body = json!({"batch": batch}).to_string();
         let options = NormalizeOptions { default_region: "US", received_at: chrono::Utc::now() };
-        let events =
-            parse_request(Endpoint::Batch, body.as_bytes(), &options).map_err(|err| anyhow::anyhow!("{err}"))?.events;
+        let request =
+            parse_request(Endpoint::Batch, body.as_bytes(), &options).map_err(|err| anyhow::anyhow!("{err}"))?;
+        if let Some(rejected) = request.rejected.first() {
+            anyhow::bail!("{}", rejected.message);
+        }
+        let events = request.events;
         store.ingest(&workspace.id, events).await?;
         next = end;
     }

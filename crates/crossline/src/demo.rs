@@ -179,6 +179,9 @@ pub async fn seed(store: &DynStore, workspace: &Workspace, customers: usize) -> 
         let options = NormalizeOptions { default_region: &workspace.default_region, received_at: now };
         let request = parse_request(Endpoint::Batch, body.as_bytes(), &options)
             .map_err(|err| anyhow::anyhow!("demo data: {err}"))?;
+        if let Some(rejected) = request.rejected.first() {
+            anyhow::bail!("demo data: {}", rejected.message);
+        }
         store.ingest(&workspace.id, request.events).await?;
     }
     Ok(total)
@@ -286,7 +289,9 @@ mod tests {
         assert!(events.len() > 500, "{} events", events.len());
         let body = json!({"batch": events}).to_string();
         let options = NormalizeOptions { default_region: "US", received_at: now };
-        let parsed = parse_request(Endpoint::Batch, body.as_bytes(), &options).unwrap().events;
+        let request = parse_request(Endpoint::Batch, body.as_bytes(), &options).unwrap();
+        assert!(request.rejected.is_empty(), "{:?}", request.rejected);
+        let parsed = request.events;
         let channels: std::collections::BTreeSet<&str> = parsed.iter().map(|event| event.channel.as_str()).collect();
         assert_eq!(channels.into_iter().collect::<Vec<_>>(), ["app", "email", "sms", "web"]);
         assert!(parsed.windows(2).all(|pair| pair[0].timestamp <= pair[1].timestamp));

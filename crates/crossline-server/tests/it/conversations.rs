@@ -154,3 +154,25 @@ async fn a_customer_sending_fifty_messages_at_once_is_slowed_not_broken() {
     assert_eq!(server.converse(&ws.api_key, &other).await.0, StatusCode::OK);
     server.stop().await;
 }
+
+/// Finding 5: this message panicked the temporal normaliser (date overflow), and the web chat resends an
+/// unacknowledged message on every reconnect, so one such message broke a customer's chat for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_out_of_range_date_is_no_date_not_a_failure() {
+    let server = TestServer::start().await;
+    let ws = server.workspace("bank").await;
+    server.put_bot(&ws.api_key, "bank", &bank()).await;
+    let who = json!({"kind": "user_id", "value": "far-future"});
+    let (status, answer) = say(&server, &ws.api_key, who.clone(), "rest", "book a visit in 999999999 days").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(replies(&answer), ["What day suits you?"], "no date was understood, so it is asked for");
+    for text in ["in 999999999999999 years", "quarter to 999999999999", "in 999999999 days at 3pm"] {
+        let (status, answer) = say(&server, &ws.api_key, who.clone(), "rest", text).await;
+        assert_eq!(status, StatusCode::OK, "{text}: {answer}");
+    }
+    // The time in the last message was understood; the date still is not, until a sane one comes.
+    let (_, answer) = say(&server, &ws.api_key, who, "rest", "tomorrow").await;
+    let reply = &replies(&answer)[0];
+    assert!(reply.starts_with("Shall I book ") && reply.ends_with(" at 15:00?"), "the conversation goes on: {answer}");
+    server.stop().await;
+}
