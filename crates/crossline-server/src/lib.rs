@@ -12,8 +12,8 @@ pub mod auth;
 pub mod console;
 pub mod error;
 pub mod openapi;
-pub mod rate;
 pub mod panic;
+pub mod rate;
 pub mod state;
 
 pub use state::{AppState, Settings};
