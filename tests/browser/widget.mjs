@@ -16,8 +16,8 @@ for (const required of ["url", "workspace", "write-key", "twilio-token", "identi
 }
 
 // Twilio's signature: HMAC-SHA1 of the URL followed by the sorted parameters, base64.
-const twilio = async (kind, params) => {
-  const url = `${args.url}/hooks/${args.workspace}/twilio/${kind}`;
+const twilio = async (kind, params, path = `/hooks/${args.workspace}/twilio/${kind}`) => {
+  const url = `${args.url}${path}`;
   const signed = url + Object.keys(params).sort().map((name) => name + params[name]).join("");
   const signature = createHmac("sha1", args["twilio-token"]).update(signed).digest("base64");
   const response = await fetch(url, {
@@ -33,8 +33,16 @@ const phone = "+14155550177";
 let sid = 0;
 const sms = (text) => twilio("sms", { MessageSid: `SM${String(++sid).padStart(32, "0")}`, AccountSid: "AC" + "0".repeat(32),
   From: phone, To: "+14155550100", Body: text });
-const call = (speech) => twilio("voice", { CallSid: "CA" + "1".repeat(32), AccountSid: "AC" + "0".repeat(32),
-  From: phone, To: "+14155550100", ...(speech ? { SpeechResult: speech } : {}) });
+// A call: the first request goes to the number's webhook, every later one to the action URL of
+// the last <Gather> (it carries the prompt's position, as Twilio follows it).
+let callAction = null;
+const call = async (speech) => {
+  const twiml = await twilio("voice", { CallSid: "CA" + "1".repeat(32), AccountSid: "AC" + "0".repeat(32),
+    From: phone, To: "+14155550100", ...(speech ? { SpeechResult: speech } : {}) }, callAction ?? undefined);
+  const action = /<Gather[^>]* action="([^"]*)"/.exec(twiml);
+  callAction = action ? action[1].replaceAll("&amp;", "&") : null;
+  return twiml;
+};
 const expect = (what, body, needle) => {
   if (!body.includes(needle)) fail(`${what}: expected ${JSON.stringify(needle)} in ${body}`);
 };

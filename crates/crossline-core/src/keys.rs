@@ -40,6 +40,13 @@ pub fn generate_key(kind: KeyKind) -> String {
     format!("{}_{}", kind.prefix(), hex::encode(bytes))
 }
 
+/// A new random token of 256 bits, `prefix_` + hex: session ids and other one-off secrets.
+pub fn generate_token(prefix: &str) -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{prefix}_{}", hex::encode(bytes))
+}
+
 /// The stored form of a key.
 pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))

@@ -9,8 +9,7 @@ use base64::Engine;
 use crossline_core::keys::{KeyKind, hash_key, secrets_equal};
 use crossline_store::Workspace;
 
-/// The session cookie of the console; it holds the token the person logged in with.
-pub const SESSION_COOKIE: &str = "crossline_session";
+pub use crate::sessions::SESSION_COOKIE;
 
 /// An authenticated caller of the REST API.
 #[derive(Debug, Clone)]
@@ -21,17 +20,14 @@ pub enum Caller {
     Workspace(Workspace),
 }
 
-/// The bearer token of a request, from `Authorization` or the console's session cookie.
-pub fn request_token(headers: &HeaderMap) -> Option<String> {
-    if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok())
-        && let Some(token) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))
-    {
-        return Some(token.trim().to_owned());
-    }
-    session_cookie(headers)
+/// The bearer token of a request's `Authorization` header.
+pub fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?;
+    Some(token.trim().to_owned())
 }
 
-/// The console session cookie's token.
+/// The console session cookie's id.
 pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
     request_cookie(headers, SESSION_COOKIE)
 }
@@ -50,6 +46,10 @@ pub fn request_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 
 /// Resolve a token to a caller.
 pub async fn caller_for_token(state: &AppState, token: &str) -> Result<Option<Caller>, ApiError> {
+    // No credential is that short: an empty cookie or header never matches anything.
+    if token.len() < 16 {
+        return Ok(None);
+    }
     if secrets_equal(token, &state.admin_token) {
         return Ok(Some(Caller::Admin));
     }
@@ -63,14 +63,23 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let Some(token) = request_token(&parts.headers) else {
+        if let Some(token) = bearer_token(&parts.headers) {
+            return caller_for_token(state, &token)
+                .await?
+                .ok_or_else(|| ApiError::unauthorized("the bearer token is not a valid API key or operator token"));
+        }
+        // The console calls the API with its session cookie.
+        let Some(session) = session_cookie(&parts.headers) else {
             return Err(ApiError::unauthorized(
                 "missing credentials: send Authorization: Bearer <api_key> (or the operator token)",
             ));
         };
-        caller_for_token(state, &token)
+        if !crate::sessions::same_origin(state, &parts.method, &parts.headers) {
+            return Err(crate::sessions::cross_site());
+        }
+        crate::sessions::caller(state, &session)
             .await?
-            .ok_or_else(|| ApiError::unauthorized("the bearer token is not a valid API key or operator token"))
+            .ok_or_else(|| ApiError::unauthorized("the console session has ended: sign in again"))
     }
 }
 

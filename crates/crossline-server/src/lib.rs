@@ -9,12 +9,15 @@
 pub mod admission;
 pub mod api;
 pub mod auth;
+pub mod connections;
 pub mod console;
 pub mod error;
 pub mod openapi;
 pub mod panic;
 pub mod rate;
+pub mod sessions;
 pub mod state;
+pub mod throttle;
 
 pub use state::{AppState, Settings};
 
@@ -78,14 +81,8 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let address = listener.local_addr()?;
     tracing::info!(%address, store = state.store.backend(), bus = state.bus.backend(), "serving");
-    // Replies are small writes answered at once (chat frames, JSON): Nagle's algorithm would hold
-    // them back for the peer's delayed ACK, ~40 ms a turn.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await?;
+    let settings = state.settings.connections.clone();
+    connections::serve(listener, app(state), settings, shutdown).await?;
     tracing::info!("stopped accepting; in-flight requests finished");
     Ok(())
 }

@@ -24,6 +24,8 @@ pub struct AppState {
     pub limits: Arc<crate::rate::PublicLimits>,
     /// Fair admission of tracking-API requests to the store, per workspace.
     pub admission: Arc<crate::admission::Admission>,
+    /// Failed console sign-ins, per address and account.
+    pub logins: Arc<crate::throttle::LoginThrottle>,
 }
 
 /// Server settings that handlers read.
@@ -43,6 +45,12 @@ pub struct Settings {
     pub alexa: crate::api::alexa::AlexaSettings,
     /// How many rejected events of batches are kept per workspace, and for how long.
     pub rejected_retention: crossline_store::RejectedRetention,
+    /// How long a console session lasts after sign-in.
+    pub console_session: chrono::Duration,
+    /// Whether a reverse proxy in front sets `X-Forwarded-Proto` (then trusted for `Secure` cookies).
+    pub trust_proxy: bool,
+    /// Timeouts and caps of client connections.
+    pub connections: crate::connections::ConnectionSettings,
 }
 
 impl Default for Settings {
@@ -55,6 +63,9 @@ impl Default for Settings {
             webhook_timeout: std::time::Duration::from_secs(2),
             alexa: Default::default(),
             rejected_retention: Default::default(),
+            console_session: chrono::Duration::hours(12),
+            trust_proxy: false,
+            connections: Default::default(),
         }
     }
 }

@@ -246,10 +246,42 @@ pub trait RejectedEventStore: Send + Sync {
     async fn rejected_count_since(&self, workspace_id: &str, since: chrono::DateTime<chrono::Utc>) -> StoreResult<u64>;
 }
 
+/// A console session as stored: the SHA-256 of the random id its cookie holds, and the SHA-256 of
+/// the credential (API key or operator token) it was opened with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleSession {
+    /// Hex SHA-256 of the cookie's id (the id itself is never stored).
+    pub id_hash: String,
+    /// Hex SHA-256 of the credential signed in with; checked again on every request.
+    pub credential_hash: String,
+    /// When it was opened.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// When it ends, whatever happens.
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Server-side console sessions, shared by every node.
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    /// Keep a new session, forgetting every one that ended before `session.created_at`.
+    async fn create_session(&self, session: &ConsoleSession) -> StoreResult<()>;
+    /// The session whose id hashes to `id_hash`, unless it has ended at `now`.
+    async fn session(&self, id_hash: &str, now: chrono::DateTime<chrono::Utc>) -> StoreResult<Option<ConsoleSession>>;
+    /// End a session (sign-out); ending an unknown one is no error.
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<()>;
+}
+
 /// Everything the product stores.
 #[async_trait]
 pub trait Store:
-    WorkspaceStore + ProfileStore + JobQueue + BotStore + ConversationStore + ChannelStore + RejectedEventStore
+    WorkspaceStore
+    + ProfileStore
+    + JobQueue
+    + BotStore
+    + ConversationStore
+    + ChannelStore
+    + RejectedEventStore
+    + SessionStore
 {
     /// The backend's name, for logs and `/healthz`.
     fn backend(&self) -> &'static str;

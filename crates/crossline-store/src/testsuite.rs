@@ -67,6 +67,32 @@ where
     conversations_follow_profiles(fresh().await).await;
     channel_configuration(fresh().await).await;
     rejected_events_are_kept_paged_isolated_and_trimmed(fresh().await).await;
+    console_sessions_end_when_they_expire_or_are_deleted(fresh().await).await;
+}
+
+async fn console_sessions_end_when_they_expire_or_are_deleted(store: DynStore) {
+    let now = crate::from_millis(Utc::now().timestamp_millis());
+    let session = |id: &str, created_at, hours| crate::ConsoleSession {
+        id_hash: id.into(),
+        credential_hash: format!("cred-{id}"),
+        created_at,
+        expires_at: created_at + chrono::Duration::hours(hours),
+    };
+    let first = session("a", now, 12);
+    store.create_session(&first).await.unwrap();
+    assert_eq!(store.session("a", now).await.unwrap(), Some(first.clone()));
+    assert_eq!(store.session("b", now).await.unwrap(), None, "unknown ids find nothing");
+    // Past its end it is gone, even before anything removes it.
+    assert_eq!(store.session("a", now + chrono::Duration::hours(12)).await.unwrap(), None);
+    store.create_session(&session("b", now, 1)).await.unwrap();
+    store.delete_session("b").await.unwrap();
+    store.delete_session("b").await.unwrap();
+    assert_eq!(store.session("b", now).await.unwrap(), None, "signed out");
+    // Opening a session later forgets the ended ones; the id cannot come back.
+    let later = now + chrono::Duration::hours(13);
+    store.create_session(&session("c", later, 12)).await.unwrap();
+    assert_eq!(store.session("a", now).await.unwrap(), None, "expired sessions are deleted");
+    assert!(store.session("c", later).await.unwrap().is_some());
 }
 
 fn rejected(index: u32, received_at: chrono::DateTime<Utc>) -> NewRejectedEvent {

@@ -50,6 +50,22 @@ pub struct Config {
     /// Tracking-API requests of one workspace the store works on at once; more wait their turn, so
     /// one flooding workspace cannot fill the writer's queue ahead of the others.
     pub ingest_concurrency_per_workspace: usize,
+    /// Seconds a client has to send a request's header (from its first byte, or the connection).
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a request's body.
+    pub body_timeout_secs: u64,
+    /// Seconds an idle keep-alive connection is kept between requests.
+    pub keepalive_timeout_secs: u64,
+    /// Connections open at once; unset: a little under the open-files limit.
+    pub max_connections: Option<usize>,
+    /// Connections open at once from one address (an IPv6 /64 is one); 0: no limit.
+    pub max_connections_per_ip: usize,
+    /// Connections of one address waiting for a request; a new one closes the oldest.
+    pub max_pending_connections_per_ip: usize,
+    /// Hours a console session lasts after sign-in.
+    pub console_session_hours: u32,
+    /// Trust `X-Forwarded-Proto` from a reverse proxy in front (for `Secure` cookies).
+    pub trust_proxy: bool,
 }
 
 impl Default for Config {
@@ -73,12 +89,20 @@ impl Default for Config {
             max_trait_bytes_per_profile: ProfileLimits::default().trait_bytes_per_profile,
             max_identities_per_kind: ProfileLimits::default().identities_per_kind,
             ingest_concurrency_per_workspace: crossline_server::admission::DEFAULT_PER_WORKSPACE,
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            keepalive_timeout_secs: 75,
+            max_connections: None,
+            max_connections_per_ip: 4096,
+            max_pending_connections_per_ip: 512,
+            console_session_hours: 12,
+            trust_proxy: false,
         }
     }
 }
 
 /// The environment variables read, as `CROSSLINE_` + the upper-cased key.
-const ENV_KEYS: [&str; 18] = [
+const ENV_KEYS: [&str; 26] = [
     "listen",
     "data_dir",
     "database_url",
@@ -97,6 +121,14 @@ const ENV_KEYS: [&str; 18] = [
     "max_trait_bytes_per_profile",
     "max_identities_per_kind",
     "ingest_concurrency_per_workspace",
+    "header_timeout_secs",
+    "body_timeout_secs",
+    "keepalive_timeout_secs",
+    "max_connections",
+    "max_connections_per_ip",
+    "max_pending_connections_per_ip",
+    "console_session_hours",
+    "trust_proxy",
 ];
 
 /// Flags given on the command line; they override everything else.
@@ -148,6 +180,23 @@ impl Config {
                 "ingest_concurrency_per_workspace is 0; give a positive number (default {})",
                 crossline_server::admission::DEFAULT_PER_WORKSPACE
             );
+        }
+        for (name, value) in [
+            ("header_timeout_secs", self.header_timeout_secs),
+            ("body_timeout_secs", self.body_timeout_secs),
+            ("keepalive_timeout_secs", self.keepalive_timeout_secs),
+        ] {
+            if !(1..=3600).contains(&value) {
+                anyhow::bail!("{name} (CROSSLINE_{}) must be 1 to 3600 seconds", name.to_uppercase());
+            }
+        }
+        if self.max_connections == Some(0) || self.max_pending_connections_per_ip == 0 {
+            anyhow::bail!(
+                "max_connections and max_pending_connections_per_ip must be positive (leave max_connections unset to follow the open-files limit)"
+            );
+        }
+        if !(1..=720).contains(&self.console_session_hours) {
+            anyhow::bail!("console_session_hours (CROSSLINE_CONSOLE_SESSION_HOURS) must be 1 to 720 (30 days)");
         }
         if let Some(url) = &self.database_url
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
@@ -231,6 +280,20 @@ impl Config {
             }
         };
         Ok(crossline_server::api::alexa::AlexaSettings { roots, cert_fetch_base: self.alexa_cert_fetch_base.clone() })
+    }
+
+    /// Timeouts and caps of client connections.
+    pub fn connection_settings(&self) -> crossline_server::connections::ConnectionSettings {
+        use std::time::Duration;
+        crossline_server::connections::ConnectionSettings {
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            body_timeout: Duration::from_secs(self.body_timeout_secs),
+            keepalive_timeout: Duration::from_secs(self.keepalive_timeout_secs),
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_pending_per_ip: self.max_pending_connections_per_ip,
+            ..Default::default()
+        }
     }
 
     /// The parsed listen address.

@@ -126,7 +126,16 @@ fn admin_token(config: &Config) -> anyhow::Result<(String, Option<PathBuf>)> {
     }
     let path = config.data_dir.join("admin-token");
     if let Ok(saved) = std::fs::read_to_string(&path) {
-        return Ok((saved.trim().to_owned(), None));
+        let token = saved.trim();
+        // An empty or short file would make an empty or guessable operator token.
+        if token.len() < 16 {
+            anyhow::bail!(
+                "the operator token in {} is {} characters long; it needs at least 16: put a long random token in it (e.g. the output of `openssl rand -hex 24`), or delete the file to have one generated",
+                path.display(),
+                token.len()
+            );
+        }
+        return Ok((token.to_owned(), None));
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
@@ -190,11 +199,15 @@ async fn state_for(config: &Config, admin_token: String) -> anyhow::Result<AppSt
             webhook_timeout: std::time::Duration::from_secs(2),
             alexa: config.alexa_settings()?,
             rejected_retention: Default::default(),
+            console_session: chrono::Duration::hours(i64::from(config.console_session_hours)),
+            trust_proxy: config.trust_proxy,
+            connections: config.connection_settings(),
         }),
         metrics: crossline_server::metrics_handle(),
         bots: Default::default(),
         limits: Default::default(),
         admission: Arc::new(crossline_server::admission::Admission::new(config.ingest_concurrency_per_workspace)),
+        logins: Default::default(),
     })
 }
 
@@ -225,4 +238,24 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
     store.ping().await?;
     println!("migrations applied ({} store is up to date)", store.backend());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_or_short_token_file_stops_the_server_with_a_sentence() {
+        let dir = std::env::temp_dir().join(format!("crossline-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = Config { data_dir: dir.clone(), ..Config::default() };
+        for contents in ["", "\n", "  short-token \n"] {
+            std::fs::write(dir.join("admin-token"), contents).unwrap();
+            let err = admin_token(&config).unwrap_err().to_string();
+            assert!(err.contains("needs at least 16"), "{err}");
+        }
+        std::fs::write(dir.join("admin-token"), "op_0123456789abcdef0123\n").unwrap();
+        assert_eq!(admin_token(&config).unwrap().0, "op_0123456789abcdef0123");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -1,10 +1,12 @@
-//! Signing in and out. The session cookie holds the token itself (HTTP-only, same-site strict), so
-//! there is no server-side session table to keep, and revoking a key ends its sessions.
+//! Signing in and out. A sign-in opens a server-side session ([`crate::sessions`]) whose random id
+//! is the cookie; failures are throttled per address and for the operator account
+//! ([`crate::throttle`]); signing out deletes the session.
 
 use super::error::ConsoleError;
 use super::layout;
-use super::session::{WORKSPACE_COOKIE, cookie, is_cookie_safe, secure_cookies};
+use super::session::{WORKSPACE_COOKIE, cookie};
 use crate::auth::{SESSION_COOKIE, caller_for_token, session_cookie};
+use crate::rate::PeerIp;
 use crate::state::AppState;
 use axum::Form;
 use axum::extract::State;
@@ -48,49 +50,68 @@ fn login_page(error: Option<&str>) -> Markup {
 
 /// `GET /login`: the form, or straight to the console for a visitor already signed in.
 pub async fn form(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ConsoleError> {
-    if let Some(token) = session_cookie(&headers)
-        && caller_for_token(&state, &token).await?.is_some()
+    if let Some(id) = session_cookie(&headers)
+        && crate::sessions::caller(&state, &id).await?.is_some()
     {
         return Ok(Redirect::to("/").into_response());
     }
     Ok(login_page(None).into_response())
 }
 
-/// Refuse a form posted from another site. The session cookie is `SameSite=Strict`, which covers
-/// every other form; signing in and out set cookies themselves, so they check the browser's
-/// `Sec-Fetch-Site` (absent from non-browser clients, which are let through).
-fn refuse_cross_site(headers: &HeaderMap) -> Result<(), ConsoleError> {
-    match headers.get("sec-fetch-site").and_then(|value| value.to_str().ok()) {
-        Some("cross-site") => Err(ConsoleError {
-            status: StatusCode::FORBIDDEN,
-            message: "This form was sent from another site. Sign in from the console's own login page.".into(),
-        }),
-        _ => Ok(()),
+/// Refuse a form posted from another site (a login CSRF, or signing someone out).
+fn refuse_cross_site(state: &AppState, headers: &HeaderMap) -> Result<(), ConsoleError> {
+    if crate::sessions::same_origin(state, &axum::http::Method::POST, headers) {
+        return Ok(());
     }
+    Err(ConsoleError {
+        status: StatusCode::FORBIDDEN,
+        message: "This form was sent from another site. Sign in from the console's own login page.".into(),
+    })
 }
 
-/// `POST /login`: check the token, store it in the session cookie and go to the console.
+/// `POST /login`: check the token, open a session and go to the console.
 pub async fn submit(
     State(state): State<AppState>,
+    PeerIp(ip): PeerIp,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, ConsoleError> {
-    refuse_cross_site(&headers)?;
+    refuse_cross_site(&state, &headers)?;
     let token = form.token.trim();
     let refused = |message: &str| (StatusCode::UNAUTHORIZED, login_page(Some(message))).into_response();
     if token.is_empty() {
         return Ok(refused("Enter the operator token or a workspace API key."));
     }
-    if !is_cookie_safe(token) || caller_for_token(&state, token).await?.is_none() {
+    let throttle_keys = crate::throttle::keys(ip, token);
+    let now = std::time::Instant::now();
+    if let Some(wait) = state.logins.wait(&throttle_keys, now) {
+        metrics::counter!("crossline_console_logins_total", "outcome" => "throttled").increment(1);
+        let seconds = wait.as_secs().max(1);
+        let message = format!(
+            "Too many failed sign-ins. Wait {seconds} second{} and try again.",
+            if seconds == 1 { "" } else { "s" }
+        );
+        let mut response = (StatusCode::TOO_MANY_REQUESTS, login_page(Some(&message))).into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        return Ok(response);
+    }
+    if caller_for_token(&state, token).await?.is_none() {
+        state.logins.failed(&throttle_keys, now);
+        metrics::counter!("crossline_console_logins_total", "outcome" => "failed").increment(1);
         return Ok(refused(
             "That token is not the operator token or a workspace API key. Check for a typo, or rotate the key if it was lost.",
         ));
     }
-    let secure = secure_cookies(&state);
+    state.logins.succeeded(&throttle_keys[0].0);
+    metrics::counter!("crossline_console_logins_total", "outcome" => "signed_in").increment(1);
+    // Always a new id: a session id planted before sign-in is worth nothing after it.
+    let previous = session_cookie(&headers);
+    let id = crate::sessions::open(&state, token, previous.as_deref()).await?;
+    let secure = crate::sessions::secure(&state, &headers);
     let mut response = Redirect::to("/").into_response();
     let response_headers = response.headers_mut();
     for value in [
-        cookie(SESSION_COOKIE, token, secure, None),
+        cookie(SESSION_COOKIE, &id, secure, None),
         // A new session starts without the previous operator's workspace choice.
         cookie(WORKSPACE_COOKIE, "", secure, Some(0)),
     ] {
@@ -101,8 +122,11 @@ pub async fn submit(
 
 /// `POST /logout`: forget the session and the workspace choice.
 pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ConsoleError> {
-    refuse_cross_site(&headers)?;
-    let secure = secure_cookies(&state);
+    refuse_cross_site(&state, &headers)?;
+    if let Some(id) = session_cookie(&headers) {
+        crate::sessions::close(&state, &id).await?;
+    }
+    let secure = crate::sessions::secure(&state, &headers);
     let mut response = Redirect::to("/login").into_response();
     for name in [SESSION_COOKIE, WORKSPACE_COOKIE] {
         let value = HeaderValue::from_str(&cookie(name, "", secure, Some(0))).map_err(ConsoleError::internal)?;

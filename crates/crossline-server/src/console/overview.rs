@@ -3,7 +3,7 @@
 use super::chart;
 use super::error::ConsoleError;
 use super::layout::{self, Section, base_url, count, empty_state, page_head};
-use super::session::{Session, secure_cookies};
+use super::session::Session;
 use super::url;
 use crate::state::AppState;
 use axum::extract::State;
@@ -31,7 +31,7 @@ pub async fn overview(
     );
     let content = overview_content(workspace, &stats?, rejected?, &base_url(&state, &headers));
     let page = layout::shell(&session, Section::Overview, "Overview", content);
-    Ok(session.respond(secure_cookies(&state), page))
+    Ok(session.respond(page))
 }
 
 /// The overview's content: counters (with the events rejected in the last 24 hours), the per-day
@@ -125,7 +125,7 @@ pub async fn workspaces(
     let workspaces = state.store.workspaces().await?;
     let content = workspace_list(&workspaces, session.workspace.as_ref(), &base_url(&state, &headers));
     let page = layout::shell(&session, Section::Workspaces, "Workspaces", content);
-    Ok(session.respond(secure_cookies(&state), page))
+    Ok(session.respond(page))
 }
 
 fn workspace_list(workspaces: &[Workspace], chosen: Option<&Workspace>, base_url: &str) -> Markup {

@@ -2,7 +2,7 @@
 
 use super::error::ConsoleError;
 use super::layout::{self, Section, base_url, channel_badge, count, empty_state, page_head, time, value_text};
-use super::session::{Session, secure_cookies};
+use super::session::Session;
 use super::url;
 use crate::state::AppState;
 use axum::extract::{Path, Query, State};
@@ -51,7 +51,7 @@ pub async fn list(
     let query = ProfileQuery { limit: PAGE_SIZE, after: after.clone(), trait_equals: None, text };
     let page = state.store.list_profiles(&workspace.id, &query).await?;
     let content = list_content(&page, search, after.is_some(), &base_url(&state, &headers));
-    Ok(session.respond(secure_cookies(&state), layout::shell(&session, Section::Profiles, "Profiles", content)))
+    Ok(session.respond(layout::shell(&session, Section::Profiles, "Profiles", content)))
 }
 
 fn list_content(page: &ProfilePage, search: Option<&str>, paged: bool, base_url: &str) -> Markup {
@@ -203,13 +203,13 @@ pub async fn show(
     };
     if profile.id != id {
         let target = format!("{}?merged={}", profile_url(&profile.id), url::encode(&id));
-        return Ok(session.respond(secure_cookies(&state), Redirect::to(&target)));
+        return Ok(session.respond(Redirect::to(&target)));
     }
     let query = EventQuery { limit: TIMELINE_LIMIT, kind: None };
     let events = state.store.events(&workspace.id, &profile.id, &query).await?;
     let title = display_name(&profile).unwrap_or_else(|| profile.id.clone());
     let content = profile_content(&profile, &events, params.merged.as_deref());
-    Ok(session.respond(secure_cookies(&state), layout::shell(&session, Section::Profiles, &title, content)))
+    Ok(session.respond(layout::shell(&session, Section::Profiles, &title, content)))
 }
 
 /// The 360 page's content: who, how to reach them, what they agreed to, and what they did.

@@ -3,7 +3,7 @@
 
 use super::error::ConsoleError;
 use super::layout::{self, Section, empty_state, page_head, time};
-use super::session::{Session, secure_cookies};
+use super::session::Session;
 use super::url;
 use crate::state::AppState;
 use axum::extract::{Query, State};
@@ -34,7 +34,7 @@ pub async fn list(
     let before = params.before.filter(|cursor| !cursor.is_empty());
     let page = state.store.rejected_events(&workspace.id, PAGE_SIZE, before.as_deref()).await?;
     let content = rejected_content(&page, before.is_some(), &state.settings.rejected_retention);
-    Ok(session.respond(secure_cookies(&state), layout::shell(&session, Section::Rejected, "Rejected events", content)))
+    Ok(session.respond(layout::shell(&session, Section::Rejected, "Rejected events", content)))
 }
 
 /// The page's content: the table of rejected events, or what an empty one means.

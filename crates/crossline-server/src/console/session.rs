@@ -1,12 +1,13 @@
 //! Who is looking at the console, and which workspace they look at.
 //!
-//! The session cookie holds the token the person logged in with and is checked on every request
-//! with [`caller_for_token`], so a rotated API key ends its console sessions at once. An API-key
-//! session is fixed to its workspace; an operator session picks one with `?workspace=ID`, which the
-//! `crossline_workspace` cookie remembers.
+//! The session cookie holds the id of a server-side session ([`crate::sessions`]), resolved on
+//! every request, so signing out or rotating the API key signed in with ends it at once. An
+//! API-key session is fixed to its workspace; an operator session picks one with `?workspace=ID`,
+//! which the `crossline_workspace` cookie remembers. Every state change (a form post) must come
+//! from the console's own pages ([`crate::sessions::same_origin`]).
 
 use super::error::ConsoleError;
-use crate::auth::{Caller, SESSION_COOKIE, caller_for_token, request_cookie, session_cookie};
+use crate::auth::{Caller, SESSION_COOKIE, request_cookie, session_cookie};
 use crate::state::AppState;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -26,6 +27,8 @@ pub struct Session {
     pub workspace: Option<Workspace>,
     /// True when this request chose the workspace (`?workspace=`), so the response remembers it.
     remember_workspace: bool,
+    /// Whether cookies set in the response carry `Secure`.
+    pub secure: bool,
 }
 
 impl Session {
@@ -35,24 +38,19 @@ impl Session {
     }
 
     /// The `Set-Cookie` remembering a workspace chosen on this request, if any.
-    pub fn workspace_cookie(&self, secure: bool) -> Option<HeaderValue> {
+    pub fn workspace_cookie(&self) -> Option<HeaderValue> {
         let workspace = self.workspace.as_ref().filter(|_| self.remember_workspace)?;
-        HeaderValue::from_str(&cookie(WORKSPACE_COOKIE, &workspace.id, secure, None)).ok()
+        HeaderValue::from_str(&cookie(WORKSPACE_COOKIE, &workspace.id, self.secure, None)).ok()
     }
 
     /// A page response, remembering the chosen workspace when this request chose one.
-    pub fn respond(&self, secure: bool, page: impl IntoResponse) -> Response {
+    pub fn respond(&self, page: impl IntoResponse) -> Response {
         let mut response = page.into_response();
-        if let Some(value) = self.workspace_cookie(secure) {
+        if let Some(value) = self.workspace_cookie() {
             response.headers_mut().append(header::SET_COOKIE, value);
         }
         response
     }
-}
-
-/// Whether cookies should carry `Secure`: only when the server is reached over HTTPS.
-pub fn secure_cookies(state: &AppState) -> bool {
-    state.settings.public_url.as_deref().is_some_and(|url| url.starts_with("https://"))
 }
 
 /// A `Set-Cookie` value: HTTP-only, same-site strict, for the whole site. `max_age` of `Some(0)`
@@ -66,12 +64,6 @@ pub fn cookie(name: &str, value: &str, secure: bool, max_age: Option<u32>) -> St
         cookie.push_str("; Secure");
     }
     cookie
-}
-
-/// Whether a token can be stored in a cookie as is (RFC 6265 `cookie-octet`s).
-pub fn is_cookie_safe(token: &str) -> bool {
-    !token.is_empty()
-        && token.bytes().all(|byte| byte.is_ascii_graphic() && !matches!(byte, b'"' | b',' | b';' | b'\\'))
 }
 
 /// The `workspace` query parameter, if the request has one.
@@ -98,20 +90,25 @@ impl FromRequestParts<AppState> for Session {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let Some(token) = session_cookie(&parts.headers) else {
+        let Some(id) = session_cookie(&parts.headers) else {
             return Err(to_login(false));
         };
-        let caller = match caller_for_token(state, &token).await {
+        if !crate::sessions::same_origin(state, &parts.method, &parts.headers) {
+            return Err(ConsoleError::from(crate::sessions::cross_site()).into_response());
+        }
+        let caller = match crate::sessions::caller(state, &id).await {
             Ok(Some(caller)) => caller,
-            // The key was rotated or the workspace deleted: the session is over.
+            // Signed out, expired, or the key was rotated or the workspace deleted: the session is over.
             Ok(None) => return Err(to_login(true)),
             Err(err) => return Err(ConsoleError::from(err).into_response()),
         };
+        let secure = crate::sessions::secure(state, &parts.headers);
         match caller {
             Caller::Workspace(workspace) => Ok(Session {
                 workspace: Some(workspace.clone()),
                 caller: Caller::Workspace(workspace),
                 remember_workspace: false,
+                secure,
             }),
             Caller::Admin => {
                 let (id, remember) = match chosen_workspace(parts) {
@@ -124,7 +121,12 @@ impl FromRequestParts<AppState> for Session {
                     }
                     None => None,
                 };
-                Ok(Session { remember_workspace: remember && workspace.is_some(), workspace, caller: Caller::Admin })
+                Ok(Session {
+                    remember_workspace: remember && workspace.is_some(),
+                    workspace,
+                    caller: Caller::Admin,
+                    secure,
+                })
             }
         }
     }
@@ -137,17 +139,9 @@ mod tests {
     #[test]
     fn cookies_are_http_only_strict_and_site_wide() {
         assert_eq!(
-            cookie("crossline_session", "sk_1", false, None),
-            "crossline_session=sk_1; HttpOnly; SameSite=Strict; Path=/"
+            cookie("crossline_session", "cs_1", false, None),
+            "crossline_session=cs_1; HttpOnly; SameSite=Strict; Path=/"
         );
         assert_eq!(cookie("x", "", true, Some(0)), "x=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0; Secure");
-    }
-
-    #[test]
-    fn tokens_that_would_break_a_cookie_are_refused() {
-        assert!(is_cookie_safe("sk_abcDEF123-_."));
-        for bad in ["", "a b", "a;b", "a,b", "a\"b", "a\\b", "é"] {
-            assert!(!is_cookie_safe(bad), "{bad:?}");
-        }
     }
 }

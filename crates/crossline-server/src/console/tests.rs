@@ -40,6 +40,9 @@ impl Reply {
     }
 }
 
+/// The operator token of these tests.
+const ADMIN: &str = "admin-token-for-tests";
+
 struct Server {
     address: std::net::SocketAddr,
     store: DynStore,
@@ -57,12 +60,13 @@ impl Server {
         let state = AppState {
             store: store.clone(),
             bus: Arc::new(MemoryBus::new()),
-            admin_token: "admin".into(),
+            admin_token: ADMIN.into(),
             settings: Arc::new(settings),
             metrics: crate::metrics_handle(),
             bots: Default::default(),
             limits: Default::default(),
             admission: Default::default(),
+            logins: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -122,8 +126,11 @@ impl Server {
         assert_eq!(reply.status, SEE_OTHER, "{}", reply.body);
         assert_eq!(reply.header("location"), "/");
         let cookie = reply.set_cookies().into_iter().find(|cookie| cookie.starts_with("crossline_session=")).unwrap();
-        assert_eq!(cookie, format!("crossline_session={token}; HttpOnly; SameSite=Strict; Path=/"));
-        format!("crossline_session={token}")
+        let (pair, attributes) = cookie.split_once(';').unwrap();
+        assert_eq!(attributes, " HttpOnly; SameSite=Strict; Path=/");
+        let id = pair.strip_prefix("crossline_session=").unwrap();
+        assert!(id.starts_with("cs_") && id.len() == 67 && !id.contains(token), "a random id, not the token: {id}");
+        pair.to_owned()
     }
 
     async fn json(&self, path: &str, authorization: &str, body: Value) -> Reply {
@@ -143,7 +150,7 @@ impl Server {
 
     /// A new workspace's id, write key and API key.
     async fn workspace(&self, name: &str) -> (String, String, String) {
-        let created = self.json("/api/v1/workspaces", "Bearer admin", json!({"name": name})).await;
+        let created = self.json("/api/v1/workspaces", &format!("Bearer {ADMIN}"), json!({"name": name})).await;
         assert_eq!(created.status, CREATED, "{}", created.body);
         let created: Value = serde_json::from_str(&created.body).unwrap();
         let field = |name: &str| created[name].as_str().unwrap().to_owned();
@@ -203,7 +210,7 @@ async fn console_shows_a_merged_customer_across_channels() {
             "POST",
             "/login",
             &[("Content-Type", "application/x-www-form-urlencoded"), ("Sec-Fetch-Site", "cross-site")],
-            "token=admin",
+            &format!("token={ADMIN}"),
         )
         .await;
     assert_eq!(forged.status, 403);
@@ -215,11 +222,11 @@ async fn console_shows_a_merged_customer_across_channels() {
     assert!(refused.body.contains("is not the operator token or a workspace API key"));
 
     // The operator without workspaces is told how to create one.
-    let admin = server.session("admin").await;
+    let admin = server.session(ADMIN).await;
     let empty = server.page("/", &admin).await;
     assert!(empty.contains("No workspaces yet") && empty.contains("/api/v1/workspaces"), "{empty}");
 
-    let created = server.json("/api/v1/workspaces", "Bearer admin", json!({"name": "acme"})).await;
+    let created = server.json("/api/v1/workspaces", &format!("Bearer {ADMIN}"), json!({"name": "acme"})).await;
     assert_eq!(created.status, CREATED, "{}", created.body);
     let created: Value = serde_json::from_str(&created.body).unwrap();
     let (workspace_id, write_key, api_key) =
@@ -334,13 +341,109 @@ async fn assets_are_embedded_and_cached_for_a_year() {
 #[tokio::test]
 async fn a_stale_session_goes_back_to_login() {
     let server = Server::start().await;
-    let reply = server.get("/", "crossline_session=sk_revoked").await;
+    let reply = server.get("/", &format!("crossline_session=cs_{}", "0".repeat(64))).await;
     assert_eq!(reply.status, SEE_OTHER);
     assert_eq!(reply.header("location"), "/login");
     assert!(reply.set_cookies().iter().any(|cookie| cookie.starts_with("crossline_session=;")));
     // The login form of a visitor with a valid session sends them to the console.
-    let admin = server.session("admin").await;
+    let admin = server.session(ADMIN).await;
     assert_eq!(server.get("/login", &admin).await.status, SEE_OTHER);
+}
+
+/// Issue 10, findings 4 and 6: the cookie is a server-side session, not a credential. An empty or
+/// forged cookie is nobody; signing out ends the session for whoever holds the cookie; each sign-in
+/// gets a new id; a cookie-authenticated change from another site is refused; failed sign-ins are
+/// throttled; `Secure` follows HTTPS.
+#[tokio::test]
+async fn sessions_are_server_side_revocable_same_origin_and_throttled() {
+    let server = Server::start().await;
+    // An empty cookie (the old hole with an empty operator token) and the token itself are nobody.
+    for cookie in ["crossline_session=", &format!("crossline_session={ADMIN}")] {
+        assert_eq!(server.get("/", cookie).await.header("location"), "/login", "{cookie}");
+        let api = server.request("GET", "/api/v1/workspaces", &[("Cookie", cookie)], "").await;
+        assert_eq!(api.status, UNAUTHORIZED, "{cookie}: {}", api.body);
+    }
+
+    let first = server.session(ADMIN).await;
+    let second = server.session(ADMIN).await;
+    assert_ne!(first, second, "every sign-in gets a new id");
+    assert_eq!(server.request("GET", "/api/v1/workspaces", &[("Cookie", &first)], "").await.status, OK);
+
+    // A change through the API with the cookie: from the console itself, or from another site.
+    let create = |cookie: &str, site: Option<(&'static str, &'static str)>| {
+        let mut headers = vec![("Cookie", cookie.to_owned()), ("Content-Type", "application/json".to_owned())];
+        if let Some((name, value)) = site {
+            headers.push((name, value.to_owned()));
+        }
+        headers
+    };
+    for site in [
+        Some(("Sec-Fetch-Site", "cross-site")),
+        Some(("Sec-Fetch-Site", "same-site")),
+        Some(("Origin", "https://evil.example")),
+    ] {
+        let headers = create(&first, site);
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
+        let reply = server.request("POST", "/api/v1/workspaces", &headers, r#"{"name":"csrf"}"#).await;
+        assert_eq!(reply.status, 403, "{site:?}: {}", reply.body);
+        assert!(reply.body.contains("cross_site_request"), "{}", reply.body);
+    }
+    let own_origin = format!("http://{}", server.address);
+    for site in [("Sec-Fetch-Site", "same-origin"), ("Origin", own_origin.as_str())] {
+        let headers = [("Cookie", first.as_str()), ("Content-Type", "application/json"), site];
+        let body = json!({"name": format!("mine-{}", site.0)}).to_string();
+        let reply = server.request("POST", "/api/v1/workspaces", &headers, &body).await;
+        assert_eq!(reply.status, CREATED, "{site:?}: {}", reply.body);
+    }
+    // A console form posted from another site (here: signing the person out) is refused too.
+    let forged = server.request("POST", "/logout", &[("Cookie", &first), ("Origin", "https://evil.example")], "").await;
+    assert_eq!(forged.status, 403);
+
+    // Signing out ends the session on the server: the same cookie, replayed, is nobody.
+    assert_eq!(server.request("POST", "/logout", &[("Cookie", &first)], "").await.status, SEE_OTHER);
+    assert_eq!(server.get("/", &first).await.header("location"), "/login");
+    assert_eq!(server.request("GET", "/api/v1/workspaces", &[("Cookie", &first)], "").await.status, UNAUTHORIZED);
+    assert_eq!(server.get("/", &second).await.status, OK, "other sessions go on");
+
+    // Failed sign-ins: a few are free, then the door closes and even the right token waits.
+    for _ in 0..crate::throttle::FREE_PER_ADDRESS {
+        assert_eq!(server.login("sk_wrong_guess_0123456789").await.status, UNAUTHORIZED);
+    }
+    let closed = server.login("sk_wrong_guess_0123456789").await;
+    assert_eq!(closed.status, UNAUTHORIZED, "the failure that closes the door is still answered");
+    let throttled = server.login(ADMIN).await;
+    assert_eq!(throttled.status, 429, "{}", throttled.body);
+    assert!(throttled.header("retry-after").parse::<u64>().unwrap() >= 1);
+    assert!(throttled.body.contains("Too many failed sign-ins"));
+    assert!(throttled.set_cookies().is_empty());
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(server.login(ADMIN).await.status, SEE_OTHER, "after the wait the right token signs in");
+}
+
+#[tokio::test]
+async fn session_cookies_are_secure_over_https() {
+    let behind_proxy = Server::start_with(Settings { trust_proxy: true, ..Settings::default() }).await;
+    let body = format!("token={ADMIN}");
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    let over_https = behind_proxy.request("POST", "/login", &[form, ("X-Forwarded-Proto", "https")], &body).await;
+    assert!(
+        over_https.set_cookies().iter().all(|cookie| cookie.ends_with("; Secure")),
+        "{:?}",
+        over_https.set_cookies()
+    );
+    let over_http = behind_proxy.request("POST", "/login", &[form], &body).await;
+    assert!(over_http.set_cookies().iter().all(|cookie| !cookie.contains("Secure")));
+    // Without trust_proxy the header is anybody's to send and changes nothing.
+    let direct = Server::start().await;
+    let spoofed = direct.request("POST", "/login", &[form, ("X-Forwarded-Proto", "https")], &body).await;
+    assert!(spoofed.set_cookies().iter().all(|cookie| !cookie.contains("Secure")));
+    let public = Server::start_with(Settings {
+        public_url: Some("https://crossline.example.com".into()),
+        ..Settings::default()
+    })
+    .await;
+    let reply = public.request("POST", "/login", &[form], &body).await;
+    assert!(reply.set_cookies().iter().all(|cookie| cookie.ends_with("; Secure")));
 }
 
 /// Issue 10, finding 8: one bad event of a batch is rejected alone. The good events are stored, the

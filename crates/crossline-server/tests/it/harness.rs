@@ -64,6 +64,7 @@ impl TestServer {
             bots: Default::default(),
             limits: Default::default(),
             admission: Default::default(),
+            logins: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

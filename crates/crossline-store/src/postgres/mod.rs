@@ -27,6 +27,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0004_channels.sql"),
     include_str!("../../migrations/postgres/0005_missed.sql"),
     include_str!("../../migrations/postgres/0007_rejected_events.sql"),
+    include_str!("../../migrations/postgres/0008_console_sessions.sql"),
 ];
 
 /// Arbitrary constant for the advisory lock that serialises migrations across nodes.
@@ -498,6 +499,45 @@ impl crate::RejectedEventStore for PgStore {
     async fn rejected_count_since(&self, workspace_id: &str, since: DateTime<Utc>) -> StoreResult<u64> {
         let client = self.pool.get().await?;
         statements::rejected_count_since(&**client, workspace_id, since).await
+    }
+}
+
+#[async_trait]
+impl crate::SessionStore for PgStore {
+    async fn create_session(&self, session: &crate::ConsoleSession) -> StoreResult<()> {
+        let client = self.pool.get().await?;
+        let now = crate::to_millis(session.created_at);
+        client.execute("DELETE FROM console_sessions WHERE expires_at <= $1", &[&now]).await?;
+        client
+            .execute(
+                "INSERT INTO console_sessions (id_hash, credential_hash, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+                &[&session.id_hash, &session.credential_hash, &now, &crate::to_millis(session.expires_at)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn session(&self, id_hash: &str, now: DateTime<Utc>) -> StoreResult<Option<crate::ConsoleSession>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT credential_hash, created_at, expires_at FROM console_sessions
+                 WHERE id_hash = $1 AND expires_at > $2",
+                &[&id_hash, &crate::to_millis(now)],
+            )
+            .await?;
+        Ok(row.map(|row| crate::ConsoleSession {
+            id_hash: id_hash.to_owned(),
+            credential_hash: row.get(0),
+            created_at: crate::from_millis(row.get(1)),
+            expires_at: crate::from_millis(row.get(2)),
+        }))
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<()> {
+        let client = self.pool.get().await?;
+        client.execute("DELETE FROM console_sessions WHERE id_hash = $1", &[&id_hash]).await?;
+        Ok(())
     }
 }
 

@@ -30,7 +30,7 @@ use crossline_core::event::NormalizedEvent;
 use crossline_core::keys::KeyKind;
 use crossline_core::limits::ProfileLimits;
 use crossline_core::{ConsentStatus, Identity, Profile};
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -47,6 +47,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0007_timeline.sql"),
     include_str!("../../migrations/sqlite/0008_timeline_keys.sql"),
     include_str!("../../migrations/sqlite/0010_rejected_events.sql"),
+    include_str!("../../migrations/sqlite/0011_console_sessions.sql"),
 ];
 
 /// Most events committed in one group; bounds the time a group holds the write lock.
@@ -982,6 +983,53 @@ impl crate::RejectedEventStore for SqliteStore {
     async fn rejected_count_since(&self, workspace_id: &str, since: DateTime<Utc>) -> StoreResult<u64> {
         let workspace_id = workspace_id.to_owned();
         self.read(move |conn| statements::rejected_count_since(conn, &workspace_id, since)).await
+    }
+}
+
+#[async_trait]
+impl crate::SessionStore for SqliteStore {
+    async fn create_session(&self, session: &crate::ConsoleSession) -> StoreResult<()> {
+        let session = session.clone();
+        self.write_aside(move |tx| {
+            let now = crate::to_millis(session.created_at);
+            tx.execute("DELETE FROM console_sessions WHERE expires_at <= ?1", [now])?;
+            tx.execute(
+                "INSERT INTO console_sessions (id_hash, credential_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![session.id_hash, session.credential_hash, now, crate::to_millis(session.expires_at)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session(&self, id_hash: &str, now: DateTime<Utc>) -> StoreResult<Option<crate::ConsoleSession>> {
+        let id_hash = id_hash.to_owned();
+        self.read(move |conn| {
+            let row = conn
+                .query_row(
+                    "SELECT credential_hash, created_at, expires_at FROM console_sessions
+                     WHERE id_hash = ?1 AND expires_at > ?2",
+                    rusqlite::params![id_hash, crate::to_millis(now)],
+                    |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?)),
+                )
+                .optional()?;
+            Ok(row.map(|(credential_hash, created_at, expires_at)| crate::ConsoleSession {
+                id_hash,
+                credential_hash,
+                created_at: crate::from_millis(created_at),
+                expires_at: crate::from_millis(expires_at),
+            }))
+        })
+        .await
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<()> {
+        let id_hash = id_hash.to_owned();
+        self.write_aside(move |tx| {
+            tx.execute("DELETE FROM console_sessions WHERE id_hash = ?1", [id_hash])?;
+            Ok(())
+        })
+        .await
     }
 }
 
