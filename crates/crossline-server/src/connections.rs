@@ -134,7 +134,11 @@ impl Refusal {
 /// The caps, with the global one resolved.
 #[derive(Debug, Clone, Copy)]
 struct Caps {
+    /// Connections counted at once.
     total: usize,
+    /// Sockets held at once, counting those closed to make room whose task has not yet let go of
+    /// them: past this the accept loop waits for them (the kernel queues new connections).
+    sockets: usize,
     per_ip: usize,
     pending_per_ip: usize,
 }
@@ -271,6 +275,8 @@ struct Shared {
     /// Connections still speaking HTTP (not upgraded), for the graceful shutdown.
     http_open: AtomicUsize,
     http_closed: Notify,
+    /// Signalled whenever a socket is let go of.
+    socket_closed: Notify,
 }
 
 impl Shared {
@@ -375,6 +381,7 @@ struct TrackedIo {
 impl Drop for TrackedIo {
     fn drop(&mut self) {
         self.activity.shared.table().close(self.activity.id);
+        self.activity.shared.socket_closed.notify_one();
         metrics::gauge!("crossline_connections_open").decrement(1.0);
     }
 }
@@ -533,6 +540,16 @@ async fn handle(
     Ok(Response::from_parts(parts, Body::new(TrackedBody { inner: body, _end: end })))
 }
 
+/// Listen on `address` with a deep accept queue (4096, or the kernel's `somaxconn` if lower): under
+/// a flood of connections the queue must not overflow, or a real client's SYN is dropped and
+/// retried only a second later.
+pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(4096)
+}
+
 /// Serve `router` on `listener` until `shutdown` resolves; then stop accepting, let requests in
 /// progress finish (at most `shutdown_grace`), and return.
 pub async fn serve(
@@ -541,8 +558,10 @@ pub async fn serve(
     settings: ConnectionSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    let total = settings.max_connections.unwrap_or_else(default_max_connections).max(1);
     let caps = Caps {
-        total: settings.max_connections.unwrap_or_else(default_max_connections).max(1),
+        total,
+        sockets: total + (total / 40).max(16),
         per_ip: settings.max_connections_per_ip,
         pending_per_ip: settings.max_pending_per_ip.max(1),
     };
@@ -558,10 +577,20 @@ pub async fn serve(
         caps,
         http_open: AtomicUsize::new(0),
         http_closed: Notify::new(),
+        socket_closed: Notify::new(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        // Connections closed to make room let go of their sockets a moment later; until they
+        // have, accepting more could run out of file descriptors.
+        while shared.table().entries.len() >= shared.caps.sockets {
+            let closed = shared.socket_closed.notified();
+            if shared.table().entries.len() < shared.caps.sockets {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(10), closed).await;
+        }
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
@@ -695,7 +724,7 @@ mod tests {
     use super::*;
 
     fn caps(total: usize, per_ip: usize, pending_per_ip: usize) -> Caps {
-        Caps { total, per_ip, pending_per_ip }
+        Caps { total, sockets: total + 16, per_ip, pending_per_ip }
     }
 
     #[test]

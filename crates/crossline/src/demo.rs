@@ -259,7 +259,7 @@ pub async fn run(listen: String, data_dir: Option<PathBuf>) -> anyhow::Result<()
     );
 
     let address = config.listen_addr()?;
-    let listener = tokio::net::TcpListener::bind(address).await.with_context(|| {
+    let listener = crossline_server::connections::bind(address).with_context(|| {
         format!("cannot listen on {address} (is another crossline running? use --listen 127.0.0.1:8081)")
     })?;
     let url = format!("http://{}", listener.local_addr()?);

@@ -217,7 +217,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let state = state_for(&config, token.clone()).await?;
     let address = config.listen_addr()?;
     let listener =
-        tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+        crossline_server::connections::bind(address).with_context(|| format!("cannot listen on {address}"))?;
     let local = listener.local_addr()?;
     if let Some(path) = generated {
         eprintln!(

@@ -3,6 +3,7 @@
 
 mod alexa;
 mod bots;
+mod connections;
 mod conversations;
 mod harness;
 mod ingest;
