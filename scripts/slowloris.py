@@ -57,6 +57,10 @@ def open_partial(port, source):
         return None
 
 
+# The health checker's address: a monitoring system is not the attacker.
+PROBE_SOURCE = os.environ.get("SLOWLORIS_PROBE_SOURCE", "127.0.0.200")
+
+
 def source_of(index):
     """A quarter from 127.0.0.1, the rest over 30 other addresses."""
     return "127.0.0.1" if index % 4 == 0 else f"127.0.1.{1 + index % 30}"
@@ -64,7 +68,11 @@ def source_of(index):
 
 def attack(port, indexes, duration, queue):
     """Hold a socket per index, each with half a header and one more byte a second; reopen any
-    the server closes. Reports, then holds them until terminated."""
+    the server closes. Reports, then holds them until terminated.
+
+    The attackers run at the lowest CPU priority: on a real network they would be other machines, not
+    the server's own two cores; here they would otherwise take most of them."""
+    os.nice(19)
     held = {}
     started = time.perf_counter()
     for index in indexes:
@@ -95,13 +103,17 @@ def health_probe(port, stop, results):
     while not stop.is_set():
         started = time.perf_counter()
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5, source_address=(PROBE_SOURCE, 0))
+            conn.connect()
+            connected = (time.perf_counter() - started) * 1000
             conn.request("GET", "/healthz")
             status = conn.getresponse().status
             conn.close()
         except OSError as err:
-            status = f"error: {err}"
+            status, connected = f"error: {err}", None
         results.append((status, (time.perf_counter() - started) * 1000))
+        if os.environ.get("SLOWLORIS_DEBUG") and results[-1][1] > 100:
+            print(f"slow check: {results[-1][1]:.0f} ms, of which connect {connected} ms")
         time.sleep(0.1)
 
 
@@ -113,10 +125,14 @@ def server_open_connections(port):
         conn.close()
     except OSError:
         return None
+    closed = {line.split('"')[1]: int(float(line.split()[-1])) for line in body.splitlines()
+              if line.startswith("crossline_connections_closed_total{")}
+    closed.update({"accept_paused": int(float(line.split()[-1])) for line in body.splitlines()
+                   if line.startswith("crossline_connections_accept_paused_total ")})
     for line in body.splitlines():
         if line.startswith("crossline_connections_open "):
-            return int(float(line.split()[1]))
-    return None
+            return int(float(line.split()[1])), closed
+    return None, closed
 
 
 def main():
@@ -167,7 +183,7 @@ def main():
         for attacker in attackers:
             attacker.start()
         reports = [queue.get(timeout=args.duration + 300) for _ in attackers]
-        server_side = server_open_connections(port)
+        server_side, closed = server_open_connections(port)
         for report in reports:
             print(f"attacker: opened {report['opened']} sockets in {report['opening']:.1f}s")
         reopened = sum(report["reopened"] for report in reports)
@@ -191,7 +207,8 @@ def main():
     p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")
     print(
         f"slow-loris: {sockets_wanted} sockets (server open-files limit {args.server_files}), "
-        f"{reopened} reopened after the server closed them, server holding {server_side} connections at the end"
+        f"{reopened} reopened after the server closed them, server holding {server_side} connections at the end; "
+        f"closed by the server: {closed}"
     )
     print(
         f"/healthz: {len(results)} checks, {len(failures)} failed, "

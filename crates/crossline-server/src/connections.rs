@@ -15,9 +15,11 @@
 //!
 //! And a cap: at most `max_connections` open (by default a little under the process's file
 //! descriptor limit), at most `max_connections_per_ip` from one address (an IPv6 /64 counts as
-//! one), and at most `max_pending_per_ip` of one address *waiting for a request*. When a new
+//! one), at most `max_pending_per_ip` of one address *waiting for a request*, and at most
+//! `max_pending` waiting over all addresses (each waiting connection is polled whenever a byte
+//! arrives on it, so this bounds the work a slow-loris can put in front of real requests). When a new
 //! connection would pass a cap, the oldest connection that is waiting for a request (of that
-//! address, or of anyone for the global cap) is closed to make room: a waiting connection costs
+//! address, or of anyone for the global caps) is closed to make room: a waiting connection costs
 //! its owner nothing to open again, and the oldest waiting one is, under attack, the attacker's.
 //! Only when nothing is waiting is the new connection refused, with a 503 `connection_limit` or
 //! 429 `too_many_connections`.
@@ -59,6 +61,10 @@ pub struct ConnectionSettings {
     pub max_connections_per_ip: usize,
     /// Connections of one address waiting for a request; the oldest goes for a new one.
     pub max_pending_per_ip: usize,
+    /// Connections waiting for a request, over all addresses; the oldest goes for a new one. Every
+    /// waiting connection is polled whenever a byte arrives on it, so this bounds the work a
+    /// slow-loris can queue in front of real requests.
+    pub max_pending: usize,
     /// How long a graceful shutdown waits for requests in progress.
     pub shutdown_grace: Duration,
 }
@@ -72,13 +78,15 @@ impl Default for ConnectionSettings {
             max_connections: None,
             max_connections_per_ip: 4096,
             max_pending_per_ip: 512,
+            max_pending: 2048,
             shutdown_grace: Duration::from_secs(30),
         }
     }
 }
 
 /// A little under the soft limit on open files (`/proc/self/limits`), leaving room for the store,
-/// the bus and outbound requests: the limit less a twentieth of it (at least 128, at most 1024).
+/// the bus, outbound requests and connections closed to make room whose task has not let go of
+/// them yet: the limit less a tenth of it (at least 128, at most 2048).
 pub fn default_max_connections() -> usize {
     let limit = std::fs::read_to_string("/proc/self/limits")
         .ok()
@@ -87,7 +95,7 @@ pub fn default_max_connections() -> usize {
             line.split_whitespace().nth(3)?.parse::<usize>().ok()
         })
         .unwrap_or(1024);
-    let reserve = (limit / 20).clamp(128, 1024);
+    let reserve = (limit / 10).clamp(128, 2048);
     limit.saturating_sub(reserve).max(16)
 }
 
@@ -141,6 +149,7 @@ struct Caps {
     sockets: usize,
     per_ip: usize,
     pending_per_ip: usize,
+    pending: usize,
 }
 
 /// Every open connection, and which of them wait for a request (oldest first).
@@ -182,6 +191,9 @@ impl Table {
         }
         if address_waiting >= caps.pending_per_ip {
             self.evict_oldest(Some(ip));
+        }
+        if self.waiting.len() >= caps.pending {
+            self.evict_oldest(None);
         }
         if self.open >= caps.total && !self.evict_oldest(None) {
             return Err(Refusal::Full);
@@ -561,14 +573,16 @@ pub async fn serve(
     let total = settings.max_connections.unwrap_or_else(default_max_connections).max(1);
     let caps = Caps {
         total,
-        sockets: total + (total / 40).max(16),
+        sockets: total + (total / 20).max(16),
         per_ip: settings.max_connections_per_ip,
         pending_per_ip: settings.max_pending_per_ip.max(1),
+        pending: settings.max_pending.max(1),
     };
     tracing::info!(
         max_connections = caps.total,
         max_connections_per_ip = caps.per_ip,
         max_pending_per_ip = caps.pending_per_ip,
+        max_pending = caps.pending,
         "connection limits"
     );
     let shared = Arc::new(Shared {
@@ -589,6 +603,7 @@ pub async fn serve(
             if shared.table().entries.len() < shared.caps.sockets {
                 break;
             }
+            metrics::counter!("crossline_connections_accept_paused_total").increment(1);
             let _ = tokio::time::timeout(Duration::from_millis(10), closed).await;
         }
         let accepted = tokio::select! {
@@ -724,7 +739,7 @@ mod tests {
     use super::*;
 
     fn caps(total: usize, per_ip: usize, pending_per_ip: usize) -> Caps {
-        Caps { total, sockets: total + 16, per_ip, pending_per_ip }
+        Caps { total, sockets: total + 16, per_ip, pending_per_ip, pending: 1_000 }
     }
 
     #[test]
@@ -774,6 +789,19 @@ mod tests {
         }
         assert_eq!(table.open, 1);
         assert_eq!(table.by_ip.len(), 1);
+    }
+
+    #[test]
+    fn waiting_connections_are_capped_over_all_addresses() {
+        let mut table = Table::default();
+        let caps = Caps { pending: 4, ..caps(100, 50, 10) };
+        let ids: Vec<u64> = (0..4).map(|index| table.admit(&format!("10.0.0.{index}"), caps).unwrap().0).collect();
+        table.busy(ids[1]);
+        let newcomer = table.admit("10.0.0.9", caps).unwrap().0;
+        assert_eq!(table.waiting.len(), 4);
+        assert!(!table.entries[&ids[0]].counted, "the oldest waiting one, of another address, made room");
+        assert!(table.entries[&ids[1]].counted, "a busy one is never closed for room");
+        assert!(table.entries[&newcomer].counted);
     }
 
     fn futures_ready(notify: Arc<Notify>) -> bool {

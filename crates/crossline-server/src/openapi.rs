@@ -28,7 +28,8 @@ use utoipa_swagger_ui::SwaggerUi;
         schemas(ErrorBody, ErrorDetail),
         responses(
             BadRequest, InvalidEvent, Unauthorized, InvalidWriteKey, WorkspaceOnly, NotFound, PayloadTooLarge,
-            UnsupportedEncoding, RateLimited, ConversationBusy, Internal,
+            UnsupportedEncoding, RateLimited, ConversationBusy, Internal, BodyTimeout, TooManyConnections,
+            ConnectionLimit,
         ),
     ),
     tags(
@@ -87,7 +88,7 @@ pub struct InvalidWriteKey(pub ErrorBody);
 /// 403 on the endpoints that act on one workspace.
 #[derive(ToResponse)]
 #[response(
-    description = "`forbidden`: the operator token was sent to an endpoint that acts on one workspace; use that workspace's API key.",
+    description = "`forbidden`: the operator token was sent to an endpoint that acts on one workspace; use that workspace's API key. Or `cross_site_request`: a change authenticated by the console's session cookie came from another site (send `Authorization: Bearer` instead).",
     example = json!({"error": {"code": "forbidden", "message": "this endpoint acts on one workspace: use that workspace's api_key, not the operator token"}})
 )]
 pub struct WorkspaceOnly(pub ErrorBody);
@@ -119,7 +120,7 @@ pub struct UnsupportedEncoding(pub ErrorBody);
 /// 429 where a rate limit applies.
 #[derive(ToResponse)]
 #[response(
-    description = "`rate_limited`: the customer sends messages to this bot faster than allowed (5 a second after a burst of 10); wait a moment and send again.",
+    description = "`rate_limited`: the customer sends messages to this bot faster than allowed (5 a second after a burst of 10); wait a moment and send again. Or `too_many_connections`: the client's address holds `max_connections_per_ip` busy connections.",
     example = json!({"error": {"code": "rate_limited", "message": "too many messages: at most 5 per second per conversation after a burst of 10; wait a moment and send again"}})
 )]
 pub struct RateLimited(pub ErrorBody);
@@ -127,7 +128,7 @@ pub struct RateLimited(pub ErrorBody);
 /// 503 when a conversation turn could not be taken.
 #[derive(ToResponse)]
 #[response(
-    description = "`conversation_busy`: other nodes kept changing the conversation while the message was handled; nothing was stored, send it again.",
+    description = "`conversation_busy`: other nodes kept changing the conversation while the message was handled; nothing was stored, send it again. Or `connection_limit`: the server holds `max_connections` busy connections; try again in a second.",
     example = json!({"error": {"code": "conversation_busy", "message": "the conversation kept changing while this message was handled (several nodes answering at once); send it again"}})
 )]
 pub struct ConversationBusy(pub ErrorBody);
@@ -139,6 +140,41 @@ pub struct ConversationBusy(pub ErrorBody);
     example = json!({"error": {"code": "internal", "message": "the server failed; the error is logged, and nothing of the request was stored"}})
 )]
 pub struct Internal(pub ErrorBody);
+
+/// 408 on every operation with a body (added by [`finish`]).
+#[derive(ToResponse)]
+#[response(
+    description = "`body_timeout`: the body did not arrive in full within `body_timeout_secs` (30 s) of the header; nothing was stored and the connection is closed.",
+    example = json!({"error": {"code": "body_timeout", "message": "the request body was not received in time; send it at once after the headers"}})
+)]
+pub struct BodyTimeout(pub ErrorBody);
+
+/// 429 on every operation without a rate limit of its own (added by [`finish`]).
+#[derive(ToResponse)]
+#[response(
+    description = "`too_many_connections`: the client's address holds `max_connections_per_ip` connections, all busy (docs/operations.md, Connections); the connection is closed.",
+    example = json!({"error": {"code": "too_many_connections", "message": "your address has too many connections open; close some and try again"}})
+)]
+pub struct TooManyConnections(pub ErrorBody);
+
+/// 503 on every operation without a 503 of its own (added by [`finish`]).
+#[derive(ToResponse)]
+#[response(
+    description = "`connection_limit`: the server holds `max_connections` connections, all busy; try again in a second (`Retry-After`).",
+    example = json!({"error": {"code": "connection_limit", "message": "the server is at its connection limit; try again in a second"}})
+)]
+pub struct ConnectionLimit(pub ErrorBody);
+
+/// The connection layer's answers, which any operation can get: 408 (with a body), 429 and 503.
+fn add_connection_responses(operation: &mut utoipa::openapi::path::Operation) {
+    let responses = &mut operation.responses.responses;
+    let shared = |name: &str| RefOr::Ref(utoipa::openapi::Ref::from_response_name(name));
+    if operation.request_body.is_some() {
+        responses.entry("408".into()).or_insert_with(|| shared("BodyTimeout"));
+    }
+    responses.entry("429".into()).or_insert_with(|| shared("TooManyConnections"));
+    responses.entry("503".into()).or_insert_with(|| shared("ConnectionLimit"));
+}
 
 /// The documented routes.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -200,6 +236,7 @@ fn finish(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
             &mut item.trace,
         ];
         for operation in operations.into_iter().flatten() {
+            add_connection_responses(operation);
             for parameter in operation.parameters.iter_mut().flatten() {
                 parameter.schema.iter_mut().for_each(type_lists_as_one_of);
             }

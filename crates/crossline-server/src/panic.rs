@@ -56,8 +56,13 @@ pub async fn catch_panic(request: Request, next: Next) -> Response {
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     match run_guarded(route, method.as_str(), next.run(request)).await {
         Ok(response) => response,
-        Err(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_panic", PANIC_MESSAGE).into_response(),
+        Err(_) => internal_panic().into_response(),
     }
+}
+
+/// The error a caught panic is answered with.
+pub fn internal_panic() -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_panic", PANIC_MESSAGE)
 }
 
 /// Runs `future`, catching a panic in any of its polls: `Err(Panicked)` once it has been logged and

@@ -814,7 +814,23 @@ async fn turn(args: TurnArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-type ChatSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type ChatSocket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A chat socket for visitor number `visitor`, from a loopback address of its own (127.1.x.y): ten
+/// thousand visitors are ten thousand addresses, not one, as the server's per-address limits see.
+async fn open_chat_socket(server: std::net::SocketAddr, url: &str, visitor: usize) -> Option<ChatSocket> {
+    let source = std::net::Ipv4Addr::new(
+        127,
+        1 + (visitor / 62_500) as u8,
+        (visitor / 250 % 250) as u8,
+        (visitor % 250 + 1) as u8,
+    );
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind((source, 0).into()).ok()?;
+    let stream = socket.connect(server).await.ok()?;
+    stream.set_nodelay(true).ok()?;
+    Some(tokio_tungstenite::client_async(url, stream).await.ok()?.0)
+}
 
 /// Read frames until an `ack` for `id` (true), or the socket ends (false).
 async fn until_ack(socket: &mut ChatSocket, id: &str) -> bool {
@@ -848,6 +864,7 @@ async fn chat(args: ChatArgs) -> anyhow::Result<()> {
         .error_for_status()?;
     let pid = bench.child.process.id();
     let ws_url = format!("{}/chat/{}/ws", bench.url.replace("http://", "ws://"), bench.workspace_id);
+    let server: std::net::SocketAddr = bench.url.trim_start_matches("http://").parse()?;
 
     // Open every socket first (a few hundred at a time), then measure.
     let opening = Instant::now();
@@ -857,7 +874,7 @@ async fn chat(args: ChatArgs) -> anyhow::Result<()> {
         let (connect, url) = (connect.clone(), format!("{ws_url}?visitor=bench-visitor-{visitor:06}"));
         opened.push(tokio::spawn(async move {
             let _permit = connect.acquire().await.ok()?;
-            let (mut socket, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await.ok()?;
+            let mut socket = open_chat_socket(server, &url, visitor).await?;
             socket.send(Message::text(json!({"type": "hello", "seen": 0}).to_string())).await.ok()?;
             Some(socket)
         }));

@@ -62,6 +62,8 @@ pub struct Config {
     pub max_connections_per_ip: usize,
     /// Connections of one address waiting for a request; a new one closes the oldest.
     pub max_pending_connections_per_ip: usize,
+    /// Connections waiting for a request over all addresses; a new one closes the oldest.
+    pub max_pending_connections: usize,
     /// Hours a console session lasts after sign-in.
     pub console_session_hours: u32,
     /// Trust `X-Forwarded-Proto` from a reverse proxy in front (for `Secure` cookies).
@@ -95,6 +97,7 @@ impl Default for Config {
             max_connections: None,
             max_connections_per_ip: 4096,
             max_pending_connections_per_ip: 512,
+            max_pending_connections: 2048,
             console_session_hours: 12,
             trust_proxy: false,
         }
@@ -102,7 +105,7 @@ impl Default for Config {
 }
 
 /// The environment variables read, as `CROSSLINE_` + the upper-cased key.
-const ENV_KEYS: [&str; 26] = [
+const ENV_KEYS: [&str; 27] = [
     "listen",
     "data_dir",
     "database_url",
@@ -127,6 +130,7 @@ const ENV_KEYS: [&str; 26] = [
     "max_connections",
     "max_connections_per_ip",
     "max_pending_connections_per_ip",
+    "max_pending_connections",
     "console_session_hours",
     "trust_proxy",
 ];
@@ -190,9 +194,12 @@ impl Config {
                 anyhow::bail!("{name} (CROSSLINE_{}) must be 1 to 3600 seconds", name.to_uppercase());
             }
         }
-        if self.max_connections == Some(0) || self.max_pending_connections_per_ip == 0 {
+        if self.max_connections == Some(0)
+            || self.max_pending_connections_per_ip == 0
+            || self.max_pending_connections == 0
+        {
             anyhow::bail!(
-                "max_connections and max_pending_connections_per_ip must be positive (leave max_connections unset to follow the open-files limit)"
+                "max_connections, max_pending_connections and max_pending_connections_per_ip must be positive (leave max_connections unset to follow the open-files limit)"
             );
         }
         if !(1..=720).contains(&self.console_session_hours) {
@@ -292,6 +299,7 @@ impl Config {
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
             max_pending_per_ip: self.max_pending_connections_per_ip,
+            max_pending: self.max_pending_connections,
             ..Default::default()
         }
     }

@@ -456,15 +456,22 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, client: Client) {
                     message_id: Some(format!("chat_{}_{id}", identity.value)),
                 };
                 let mut buttons = Vec::new();
-                match converse(&state, workspace, turn).await {
+                // A panic in the turn ends this message, not the socket (nor the task serving it).
+                let answered = crate::panic::guard("/chat/{workspace_id}/ws", converse(&state, workspace, turn))
+                    .await
+                    .unwrap_or_else(|_| Err(crate::panic::internal_panic()));
+                match answered {
                     Ok(answer) => {
                         buttons = answer.render(&CHAT_CAPABILITIES).buttons;
                         conversation = Some(answer.conversation_id);
                     }
                     Err(err) if err.code == "duplicate_message" => {}
                     Err(err) => {
-                        send(&mut socket, json!({"type": "error", "code": err.code, "message": err.message, "id": id}))
-                            .await;
+                        // Whether the page should send the message again (after a reconnect): only
+                        // when the server could not take it for now, never for what would fail again.
+                        let retry = err.status.is_server_error() && err.code != "internal_panic";
+                        let frame = json!({"type": "error", "code": err.code, "message": err.message, "id": id, "retry": retry});
+                        send(&mut socket, frame).await;
                         continue;
                     }
                 }
@@ -477,7 +484,13 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, client: Client) {
                 send(&mut socket, json!({"type": "ack", "id": id})).await;
             }
             ClientFrame::Identify { user_id, traits, user_hash } => {
-                let frame = match identify(&state, &client, user_id, traits, user_hash).await {
+                let identified = crate::panic::guard(
+                    "/chat/{workspace_id}/ws",
+                    identify(&state, &client, user_id, traits, user_hash),
+                )
+                .await
+                .unwrap_or_else(|_| Err(crate::panic::internal_panic()));
+                let frame = match identified {
                     Ok(outcome) => json!({"type": "identified", "verified": outcome == Identified::Verified}),
                     Err(err) => error_frame(err.code, &err.message),
                 };

@@ -403,3 +403,70 @@ async fn every_frame_kind_counts_against_the_visitors_allowance() {
     assert!(profile["id"].is_string());
     server.stop().await;
 }
+
+/// Issue 10, finding 5: no chat frame panics the server or ends the socket. Frames drawn by
+/// proptest (any text, any JSON under each frame type, messages with huge or negative numbers in
+/// dates and durations) go over real sockets; every socket still answers a plain message after
+/// them, and no panic was counted on the chat route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_chat_frame_panics_or_ends_the_socket() {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    let number = prop_oneof![
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<u64>().prop_map(|n| n.to_string()),
+        Just("999999999".to_owned())
+    ];
+    let temporal = (number.clone(), number.clone(), 0usize..6).prop_map(|(a, b, template)| match template {
+        0 => format!("book a visit in {a} days"),
+        1 => format!("in {a} weeks at {b}pm"),
+        2 => format!("on {a}-{b}-01"),
+        3 => format!("{a} hours from now"),
+        4 => format!("next monday at {a}:{b}"),
+        _ => format!("the {a}th of {b}"),
+    });
+    let json_value = prop_oneof![
+        Just(Value::Null),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_map(|float| json!(float)),
+        ".{0,40}".prop_map(Value::from),
+        prop::collection::vec(any::<bool>(), 0..3).prop_map(|flags| json!(flags)),
+    ];
+    let frame = prop_oneof![
+        ".{0,200}".prop_map(|text| text),
+        (prop_oneof![Just("hello"), Just("message"), Just("identify"), Just("nope"), Just("")], json_value.clone(), json_value.clone(), json_value)
+            .prop_map(|(kind, a, b, c)| json!({"type": kind, "seen": a, "history": b, "id": c.clone(), "text": c, "user_id": a, "traits": b, "user_hash": "00"}).to_string()),
+        (temporal, 0u32..1000).prop_map(|(text, id)| json!({"type": "message", "id": format!("f{id}"), "text": text}).to_string()),
+        (any::<i64>(), any::<bool>()).prop_map(|(seen, history)| json!({"type": "hello", "seen": seen, "history": history}).to_string()),
+    ];
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let frames: Vec<String> = (0..180).map(|_| frame.new_tree(&mut runner).unwrap().current()).collect();
+
+    let server = TestServer::start().await;
+    let ws = server.workspace("fuzz").await;
+    server.put_bot(&ws.api_key, "bank", &bank()).await;
+    assert_eq!(configure_webchat(&server, &ws.api_key, &json!({"bot": "bank"})).await.0, StatusCode::OK);
+    // Ten visitors, eighteen frames each: inside the per-visitor and per-address bursts.
+    for (visitor, frames) in frames.chunks(18).enumerate() {
+        let mut socket = connect(&server, &ws.id, &format!("fuzz-visitor-{visitor:08}")).await;
+        for frame in frames {
+            socket.send(Message::text(frame.clone())).await.expect("the socket takes every frame");
+        }
+        send(&mut socket, json!({"type": "message", "id": "last", "text": "hello"})).await;
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(20), socket.next())
+                .await
+                .expect("the socket still answers")
+                .expect("the socket is open")
+                .expect("a frame");
+            if let Message::Text(text) = frame {
+                let value: Value = serde_json::from_str(&text).unwrap();
+                if value["type"] == "ack" && value["id"] == "last" {
+                    break;
+                }
+            }
+        }
+    }
+    let metrics = server.http.get(format!("{}/metrics", server.url)).send().await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains("crossline_panics_total{route=\"/chat/"), "a chat frame panicked: {metrics}");
+}
