@@ -796,11 +796,13 @@ mod tests {
         let mut table = Table::default();
         let caps = Caps { pending: 4, ..caps(100, 50, 10) };
         let ids: Vec<u64> = (0..4).map(|index| table.admit(&format!("10.0.0.{index}"), caps).unwrap().0).collect();
-        table.busy(ids[1]);
+        table.busy(ids[0]);
+        table.admit("10.0.0.8", caps).unwrap();
+        assert_eq!(table.waiting.len(), 4);
         let newcomer = table.admit("10.0.0.9", caps).unwrap().0;
         assert_eq!(table.waiting.len(), 4);
-        assert!(!table.entries[&ids[0]].counted, "the oldest waiting one, of another address, made room");
-        assert!(table.entries[&ids[1]].counted, "a busy one is never closed for room");
+        assert!(table.entries[&ids[0]].counted, "a busy one is never closed for room");
+        assert!(!table.entries[&ids[1]].counted, "the oldest waiting one, of another address, made room");
         assert!(table.entries[&newcomer].counted);
     }
 
