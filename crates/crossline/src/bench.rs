@@ -780,7 +780,7 @@ async fn turn(args: TurnArgs) -> anyhow::Result<()> {
             let mut index = client;
             while Instant::now() < deadline {
                 let text = &messages[index % messages.len()];
-                let body = json!({"bot": "bench", "from": {"kind": "user_id", "value": format!("c{client}-{}", index % 200)}, "text": text});
+                let body = json!({"bot": "bench", "from": {"kind": "user_id", "value": format!("c{client}-{}", (index / args.clients.max(1)) % 200)}, "text": text});
                 let sent = Instant::now();
                 let response = http.post(format!("{url}/api/v1/conversations/messages")).bearer_auth(&api_key).json(&body).send().await;
                 match response {
