@@ -5,6 +5,7 @@
 //! definition of what an identity, an event, a profile and a merge are.
 
 pub mod consent;
+pub mod conversation;
 pub mod event;
 pub mod identity;
 pub mod ids;
@@ -14,6 +15,7 @@ pub mod profile;
 pub mod trust;
 
 pub use consent::{Consent, ConsentEntry, ConsentStatus};
+pub use conversation::{Author, ConversationStatus};
 pub use event::{EventKind, EventValidationError, NormalizedEvent, RejectedEvent, SegmentRequest};
 pub use identity::{Identity, IdentityError, IdentityKind};
 pub use profile::{Profile, ProfileState};

@@ -103,6 +103,32 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crossline_engine::BotError> for ApiError {
+    fn from(err: crossline_engine::BotError) -> Self {
+        use crossline_engine::BotError;
+        match err {
+            BotError::NotFound => ApiError::not_found("bot"),
+            BotError::Invalid(message) => ApiError::bad_request("invalid_field", message),
+            BotError::Store(err) => err.into(),
+            BotError::Internal(message) => ApiError::internal(message),
+        }
+    }
+}
+
+impl From<crossline_engine::TurnError> for ApiError {
+    fn from(err: crossline_engine::TurnError) -> Self {
+        use crossline_engine::TurnError;
+        match err {
+            TurnError::Duplicate { .. } => ApiError::new(StatusCode::CONFLICT, "duplicate_message", err.to_string()),
+            TurnError::RateLimited => ApiError::rate_limited(err.to_string()),
+            TurnError::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "conversation_busy", err.to_string()),
+            TurnError::BotNotFound => ApiError::not_found("bot"),
+            TurnError::Store(err) => err.into(),
+            TurnError::Internal(message) => ApiError::internal(message),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };

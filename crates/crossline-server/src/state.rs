@@ -5,7 +5,7 @@ use crossline_store::DynStore;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 
-/// What every handler can reach.
+/// What every handler can reach. Built by [`AppState::new`].
 #[derive(Clone)]
 pub struct AppState {
     /// Storage.
@@ -19,13 +19,56 @@ pub struct AppState {
     /// Prometheus renderer.
     pub metrics: PrometheusHandle,
     /// Trained bots, by workspace and name.
-    pub bots: Arc<crate::api::bots::BotRegistry>,
+    pub bots: Arc<crossline_engine::BotRegistry>,
+    /// The conversation engine every channel shares.
+    pub conversations: Arc<crossline_engine::Conversations>,
     /// Rate limits of the public endpoints (web chat).
     pub limits: Arc<crate::rate::PublicLimits>,
     /// Fair admission of tracking-API requests to the store, per workspace.
     pub admission: Arc<crate::admission::Admission>,
     /// Failed console sign-ins, per address and account.
     pub logins: Arc<crate::throttle::LoginThrottle>,
+    /// The only way anything becomes an event: stored, then published.
+    pub recorder: crossline_engine::EventRecorder,
+    /// Every outbound HTTP call, with the egress rules.
+    pub egress: crossline_engine::Egress,
+}
+
+impl AppState {
+    /// The state of a server on these backends with these settings.
+    pub fn new(store: DynStore, bus: DynBus, admin_token: &str, settings: Settings) -> Self {
+        let recorder = crossline_engine::EventRecorder::new(store.clone(), bus.clone());
+        let egress = crossline_engine::Egress::new(settings.egress.clone());
+        let bots = Arc::new(crossline_engine::BotRegistry::new(
+            store.clone(),
+            egress.clone(),
+            crossline_engine::bots::DEFAULT_MODEL_CAPACITY,
+        ));
+        let conversations = Arc::new(crossline_engine::Conversations::new(
+            store.clone(),
+            recorder.clone(),
+            bots.clone(),
+            egress.clone(),
+            crossline_engine::ConversationSettings {
+                idle: settings.conversation_idle,
+                webhook_timeout: settings.webhook_timeout,
+            },
+        ));
+        AppState {
+            recorder,
+            egress,
+            bots,
+            conversations,
+            admission: Arc::new(crate::admission::Admission::new(settings.ingest_concurrency_per_workspace)),
+            store,
+            bus,
+            admin_token: admin_token.into(),
+            settings: Arc::new(settings),
+            metrics: crate::metrics_handle(),
+            limits: Default::default(),
+            logins: Default::default(),
+        }
+    }
 }
 
 /// Server settings that handlers read.
@@ -51,6 +94,10 @@ pub struct Settings {
     pub trust_proxy: bool,
     /// Timeouts and caps of client connections.
     pub connections: crate::connections::ConnectionSettings,
+    /// Tracking-API requests of one workspace in the store at once.
+    pub ingest_concurrency_per_workspace: usize,
+    /// What outbound HTTP calls may reach.
+    pub egress: crossline_engine::EgressRules,
 }
 
 impl Default for Settings {
@@ -66,6 +113,8 @@ impl Default for Settings {
             console_session: chrono::Duration::hours(12),
             trust_proxy: false,
             connections: Default::default(),
+            ingest_concurrency_per_workspace: crate::admission::DEFAULT_PER_WORKSPACE,
+            egress: Default::default(),
         }
     }
 }

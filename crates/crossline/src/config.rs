@@ -68,6 +68,9 @@ pub struct Config {
     pub console_session_hours: u32,
     /// Trust `X-Forwarded-Proto` from a reverse proxy in front (for `Secure` cookies).
     pub trust_proxy: bool,
+    /// Let outbound calls (fulfilment webhooks, event destinations, providers) reach private,
+    /// loopback and link-local addresses: for tests, fake providers and on-premise receivers.
+    pub allow_private_egress: bool,
 }
 
 impl Default for Config {
@@ -100,12 +103,13 @@ impl Default for Config {
             max_pending_connections: 2048,
             console_session_hours: 12,
             trust_proxy: false,
+            allow_private_egress: false,
         }
     }
 }
 
 /// The environment variables read, as `CROSSLINE_` + the upper-cased key.
-const ENV_KEYS: [&str; 27] = [
+const ENV_KEYS: [&str; 28] = [
     "listen",
     "data_dir",
     "database_url",
@@ -133,6 +137,7 @@ const ENV_KEYS: [&str; 27] = [
     "max_pending_connections",
     "console_session_hours",
     "trust_proxy",
+    "allow_private_egress",
 ];
 
 /// Flags given on the command line; they override everything else.

@@ -11,7 +11,6 @@ use config::{Config, Overrides};
 use crossline_server::{AppState, Settings};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 /// Crossline: one hub for every channel a business talks to its customers on.
 #[derive(Parser)]
@@ -187,28 +186,24 @@ async fn shutdown_signal() {
 /// Build the server state from configuration.
 async fn state_for(config: &Config, admin_token: String) -> anyhow::Result<AppState> {
     let (store, bus) = open_backends(config).await?;
-    Ok(AppState {
-        store,
-        bus,
-        admin_token: admin_token.into(),
-        settings: Arc::new(Settings {
-            default_region: config.default_region.clone(),
-            default_time_zone: config.default_time_zone.clone(),
-            public_url: config.public_url.clone(),
-            conversation_idle: chrono::Duration::minutes(i64::from(config.conversation_idle_minutes)),
-            webhook_timeout: std::time::Duration::from_secs(2),
-            alexa: config.alexa_settings()?,
-            rejected_retention: Default::default(),
-            console_session: chrono::Duration::hours(i64::from(config.console_session_hours)),
-            trust_proxy: config.trust_proxy,
-            connections: config.connection_settings(),
-        }),
-        metrics: crossline_server::metrics_handle(),
-        bots: Default::default(),
-        limits: Default::default(),
-        admission: Arc::new(crossline_server::admission::Admission::new(config.ingest_concurrency_per_workspace)),
-        logins: Default::default(),
-    })
+    let settings = Settings {
+        default_region: config.default_region.clone(),
+        default_time_zone: config.default_time_zone.clone(),
+        public_url: config.public_url.clone(),
+        conversation_idle: chrono::Duration::minutes(i64::from(config.conversation_idle_minutes)),
+        webhook_timeout: std::time::Duration::from_secs(2),
+        alexa: config.alexa_settings()?,
+        rejected_retention: Default::default(),
+        console_session: chrono::Duration::hours(i64::from(config.console_session_hours)),
+        trust_proxy: config.trust_proxy,
+        connections: config.connection_settings(),
+        ingest_concurrency_per_workspace: config.ingest_concurrency_per_workspace,
+        egress: crossline_engine::EgressRules {
+            allow_private: config.allow_private_egress,
+            ..crossline_engine::EgressRules::default()
+        },
+    };
+    Ok(AppState::new(store, bus, &admin_token, settings))
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

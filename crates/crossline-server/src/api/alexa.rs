@@ -6,7 +6,6 @@
 //! `AMAZON.SearchQuery`) carries what the customer said; our NLU does the understanding. Amazon's
 //! built-in intents are mapped: Stop/Cancel end the session, Yes/No/Help pass the words on.
 
-use crate::api::conversations::{Opening, Turn, converse, opening};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::Json;
@@ -16,7 +15,8 @@ use axum::http::{HeaderMap, StatusCode};
 use chrono::Utc;
 use crossline_channels::alexa::{self, ALEXA_CAPABILITIES, AlexaConfig, BuiltIn, RequestKind, TrustRoots};
 use crossline_channels::reply::{Reply, render};
-use crossline_core::{Identity, IdentityKind};
+use crossline_core::{ConversationStatus, Identity, IdentityKind};
+use crossline_engine::conversations::{Opening, Turn, TurnError, event};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -118,7 +118,7 @@ async fn link_profile(
         response.json::<Value>().await.ok()
     };
     let (mobile, email) = tokio::join!(read(alexa::PROFILE_MOBILE_PATH), read(alexa::PROFILE_EMAIL_PATH));
-    let mut linked = crate::api::conversations::event(from, "alexa.linked", "alexa", Value::Null, now);
+    let mut linked = event(from, "alexa.linked", "alexa", Value::Null, now);
     let phone = mobile
         .as_ref()
         .and_then(alexa::profile_phone)
@@ -131,7 +131,7 @@ async fn link_profile(
         return Ok(());
     }
     linked.identities.extend(phone.into_iter().chain(email));
-    state.store.ingest(&workspace.id, vec![linked]).await?;
+    state.recorder.record(&workspace.id, vec![linked]).await?;
     Ok(())
 }
 
@@ -186,7 +186,7 @@ pub async fn alexa(
         RequestKind::SessionEnded { .. } | RequestKind::Other(_) => return Ok(Json(alexa::empty_response())),
         RequestKind::Launch => {
             let bot = crate::api::bots::live_bot(&state, &workspace, &config.bot).await?;
-            match opening(&state, &workspace, &config.bot, &bot.definition, &from, now).await? {
+            match state.conversations.opening(&workspace, &config.bot, &bot.definition, &from, now).await? {
                 Opening::Greeting(greeting) => return Ok(speak(vec![Reply::text(greeting)], false)),
                 Opening::Continue => String::new(),
             }
@@ -199,14 +199,14 @@ pub async fn alexa(
         },
     };
     let turn = Turn { bot: &config.bot, from, text: &said, channel: "alexa", now, message_id };
-    let answer = match converse(&state, &workspace, turn).await {
-        Ok(answer) => answer,
+    let outcome = match state.conversations.converse(&workspace, turn).await {
+        Ok(outcome) => outcome,
         // The same request again (Alexa retried it): it was answered; say nothing new.
-        Err(err) if err.code == "duplicate_message" => return Ok(Json(alexa::empty_response())),
-        Err(err) => return Err(err),
+        Err(TurnError::Duplicate { .. }) => return Ok(Json(alexa::empty_response())),
+        Err(err) => return Err(err.into()),
     };
-    let mut replies = answer.channel_replies();
-    if answer.status == "queued" {
+    let mut replies = outcome.replies;
+    if outcome.status == ConversationStatus::Queued {
         replies.push(Reply::text("I've passed this to our team, and someone will get back to you shortly. Goodbye."));
         return Ok(speak(replies, true));
     }

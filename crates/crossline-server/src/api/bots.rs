@@ -8,126 +8,21 @@
 use crate::api::profiles::{json_rejection, query_rejection};
 use crate::auth::WorkspaceCaller;
 use crate::error::{ApiError, ApiResult};
-use crate::rate::{Rate, RateLimiter};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use chrono::{DateTime, Utc};
-use crossline_nlu::Recognizer;
 use crossline_store::{StoredBot, Workspace};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
 
 /// Longest text `recognize` accepts.
 pub const MAX_TEXT_CHARS: usize = 10_000;
 
-/// A bot version: workspace id, name and version.
-type BotKey = (String, String, i64);
-
-/// How long this node trusts its idea of a bot's latest version before asking the store again
-/// (a PUT on this node is seen at once; one on another node within this time).
-pub const LATEST_VERSION_TTL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// A bot version ready to take turns: as stored, parsed, and trained.
-pub struct LiveBot {
-    /// The stored version.
-    pub stored: StoredBot,
-    /// Its definition, parsed.
-    pub definition: crossline_bot::BotDefinition,
-    /// Its trained model.
-    pub model: Recognizer,
-}
-
-/// Trained bots on this node, by bot version (a conversation finishes on the version it started
-/// with, so older versions stay while conversations use them), each bot's latest version, and the
-/// per-customer turn locks and allowances.
-pub struct BotRegistry {
-    models: Mutex<HashMap<BotKey, Arc<LiveBot>>>,
-    latest: Mutex<HashMap<(String, String), (std::time::Instant, i64)>>,
-    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    budgets: RateLimiter,
-}
-
-/// Messages a customer may send to one bot in a burst, and how fast the allowance refills.
-pub const TURN_BURST: f64 = 10.0;
-/// Messages per second a customer may keep sending to one bot.
-pub const TURNS_PER_SECOND: f64 = 5.0;
-/// How many customers' turn allowances a node remembers at most.
-const TURN_BUDGET_KEYS: usize = 100_000;
-
-impl Default for BotRegistry {
-    fn default() -> Self {
-        BotRegistry {
-            models: Mutex::default(),
-            latest: Mutex::default(),
-            turns: Mutex::default(),
-            budgets: RateLimiter::new(Rate { burst: TURN_BURST, per_second: TURNS_PER_SECOND }, TURN_BUDGET_KEYS),
-        }
-    }
-}
-
-impl BotRegistry {
-    fn get(&self, workspace_id: &str, name: &str, version: i64) -> Option<Arc<LiveBot>> {
-        let models = self.models.lock().expect("bot registry lock");
-        models.get(&(workspace_id.to_owned(), name.to_owned(), version)).cloned()
-    }
-
-    fn put(&self, workspace_id: &str, bot: Arc<LiveBot>) {
-        let version = bot.stored.version;
-        let name = bot.stored.name.clone();
-        self.models.lock().expect("bot registry lock").insert((workspace_id.to_owned(), name.clone(), version), bot);
-        self.saw_latest(workspace_id, &name, version);
-    }
-
-    /// Note the latest version of a bot, as just read from the store or written to it.
-    fn saw_latest(&self, workspace_id: &str, name: &str, version: i64) {
-        let mut latest = self.latest.lock().expect("bot registry lock");
-        let entry = latest.entry((workspace_id.to_owned(), name.to_owned())).or_insert((std::time::Instant::now(), 0));
-        *entry = (std::time::Instant::now(), entry.1.max(version));
-    }
-
-    /// The latest version, if it was read from the store less than [`LATEST_VERSION_TTL`] ago.
-    fn fresh_latest(&self, workspace_id: &str, name: &str) -> Option<i64> {
-        let latest = self.latest.lock().expect("bot registry lock");
-        latest
-            .get(&(workspace_id.to_owned(), name.to_owned()))
-            .filter(|(checked, _)| checked.elapsed() < LATEST_VERSION_TTL)
-            .map(|(_, version)| *version)
-    }
-
-    /// Take one message from a customer's allowance (a token bucket per customer and bot, in
-    /// bounded memory); false when they are sending faster than [`TURNS_PER_SECOND`] after a burst
-    /// of [`TURN_BURST`].
-    pub fn allow_turn(&self, key: &str, now: std::time::Instant) -> bool {
-        self.budgets.allow(key, now)
-    }
-
-    /// The lock that serialises one customer's turns on this node, so two messages sent at once
-    /// cannot both read the same dialog state.
-    pub fn turn_lock(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
-        let mut turns = self.turns.lock().expect("turn lock table");
-        if turns.len() > 10_000 {
-            turns.retain(|_, lock| Arc::strong_count(lock) > 1);
-        }
-        turns.entry(key).or_default().clone()
-    }
-}
-
-/// Validate, parse and train on the blocking pool.
-async fn train(definition: Value) -> ApiResult<(crossline_bot::BotDefinition, Recognizer)> {
-    let trained = tokio::task::spawn_blocking(move || {
-        let parsed = crossline_bot::parse(&definition)?;
-        let model = crossline_bot::compile(&parsed)?;
-        Ok::<_, crossline_bot::DefinitionError>((parsed, model))
-    })
-    .await
-    .map_err(ApiError::internal)?;
-    trained.map_err(|err| ApiError::bad_request("invalid_field", err.to_string()))
-}
+pub use crossline_engine::LiveBot;
 
 /// The latest version of a bot, parsed and trained (training it here if this node has not yet).
 pub async fn live_bot(state: &AppState, workspace: &Workspace, name: &str) -> ApiResult<Arc<LiveBot>> {
@@ -141,25 +36,7 @@ pub async fn bot_model(
     name: &str,
     version: Option<i64>,
 ) -> ApiResult<Arc<LiveBot>> {
-    let known = version.or_else(|| state.bots.fresh_latest(&workspace.id, name));
-    if let Some(version) = known
-        && let Some(bot) = state.bots.get(&workspace.id, name, version)
-    {
-        return Ok(bot);
-    }
-    let stored = state.store.bot(&workspace.id, name, version).await?.ok_or_else(|| ApiError::not_found("bot"))?;
-    if version.is_none() {
-        state.bots.saw_latest(&workspace.id, name, stored.version);
-    }
-    if let Some(bot) = state.bots.get(&workspace.id, name, stored.version) {
-        return Ok(bot);
-    }
-    let (definition, model) = train(stored.definition.clone()).await.map_err(|err| {
-        ApiError::internal(format!("stored bot {name} v{} no longer trains: {}", stored.version, err.message))
-    })?;
-    let bot = Arc::new(LiveBot { stored, definition, model });
-    state.bots.put(&workspace.id, bot.clone());
-    Ok(bot)
+    Ok(state.bots.live(&workspace.id, name, version).await?)
 }
 
 /// A stored bot version.
@@ -245,11 +122,8 @@ pub async fn put_bot(
 ) -> ApiResult<Json<BotView>> {
     check_name(&name)?;
     let Json(definition) = body.map_err(json_rejection)?;
-    let (parsed, model) = train(definition.clone()).await?;
-    let stored = state.store.put_bot(&workspace.id, &name, &definition).await?;
-    tracing::info!(workspace = %workspace.id, bot = %name, version = stored.version, "bot trained and live");
-    let view = BotView::from(stored.clone());
-    state.bots.put(&workspace.id, Arc::new(LiveBot { stored, definition: parsed, model }));
+    let bot = state.bots.put(&workspace.id, &name, &definition).await?;
+    let view = BotView::from(bot.stored.clone());
     Ok(Json(view))
 }
 
@@ -493,21 +367,4 @@ pub async fn recognize(
         "language_confidence": recognition.language.confidence,
         "bot_version": bot.stored.version,
     })))
-}
-
-#[cfg(test)]
-mod budget_tests {
-    use super::*;
-    use std::time::{Duration, Instant};
-
-    #[test]
-    fn a_burst_then_the_steady_rate() {
-        let registry = BotRegistry::default();
-        let start = Instant::now();
-        let allowed = (0..50).filter(|_| registry.allow_turn("ws/bot/ada", start)).count();
-        assert_eq!(allowed, TURN_BURST as usize, "50 messages at once: the burst passes, the rest wait");
-        assert!(!registry.allow_turn("ws/bot/ada", start + Duration::from_millis(100)));
-        assert!(registry.allow_turn("ws/bot/ada", start + Duration::from_millis(250)), "one more after 1/5 s");
-        assert!(registry.allow_turn("ws/bot/bo", start), "others are not affected");
-    }
 }

@@ -1,7 +1,6 @@
 //! Channel configuration (`PUT/GET /api/v1/channels/{kind}`) and the channels' webhooks
 //! (`/hooks/{workspace_id}/...`). Webhooks authenticate by the provider's signature, not by key.
 
-use crate::api::conversations::{Opening, Turn, converse, event, opening, profile_for};
 use crate::api::profiles::json_rejection;
 use crate::auth::WorkspaceCaller;
 use crate::error::{ApiError, ApiResult};
@@ -13,13 +12,13 @@ use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use crossline_bot::dialog::{self, DialogState};
+use crossline_bot::dialog;
 use crossline_channels::alexa::AlexaConfig;
 use crossline_channels::reply::{Reply, render};
 use crossline_channels::twilio::{self, Keyword, TwilioConfig};
-use crossline_core::ids::new_id;
-use crossline_core::{ConsentStatus, Identity, IdentityKind};
-use crossline_store::{Conversation, ConversationMessage};
+use crossline_core::{ConsentStatus, ConversationStatus, Identity, IdentityKind};
+use crossline_engine::conversations::{Opening, Turn, TurnError, dialog_state, event, status_of, with_quick_replies};
+use crossline_store::Conversation;
 use serde_json::{Value, json};
 
 /// Set a channel's configuration.
@@ -218,21 +217,24 @@ pub async fn twilio_sms(
                 created.message_id = format!("twilio_{}", sms.message_sid);
                 created
             };
-            let profile = profile_for(&state, &workspace, &from, keyword_event).await?.id;
-            state.store.set_consent(&workspace.id, &profile, &[("sms".into(), status)], "sms_keyword").await?;
+            let profile = state.conversations.profile_for(&workspace, &from, keyword_event).await?.id;
+            state
+                .recorder
+                .set_consent(&workspace.id, &profile, &[("sms".into(), status)], "sms_keyword", Utc::now())
+                .await?;
         }
         return Ok(twiml(twilio::messaging_response(&[reply.to_owned()])));
     }
 
     let message_id = (!sms.message_sid.is_empty()).then(|| format!("twilio_{}", sms.message_sid));
     let turn = Turn { bot: &config.bot, from, text: &sms.body, channel: "sms", now: Utc::now(), message_id };
-    let answer = match converse(&state, &workspace, turn).await {
-        Ok(answer) => answer,
+    let outcome = match state.conversations.converse(&workspace, turn).await {
+        Ok(outcome) => outcome,
         // Twilio retried (or someone replayed) a message already answered: answer with no SMS.
-        Err(err) if err.code == "duplicate_message" => return Ok(twiml(twilio::messaging_response(&[]))),
-        Err(err) => return Err(err),
+        Err(TurnError::Duplicate { .. }) => return Ok(twiml(twilio::messaging_response(&[]))),
+        Err(err) => return Err(err.into()),
     };
-    Ok(twiml(twilio::messaging_response(&answer.render(&twilio::SMS_CAPABILITIES).messages)))
+    Ok(twiml(twilio::messaging_response(&render(&outcome.replies, &twilio::SMS_CAPABILITIES).messages)))
 }
 
 /// Words the speech recogniser should expect: the bot's custom slot values and synonyms.
@@ -358,11 +360,11 @@ impl CallTurn<'_> {
             now: self.now,
             message_id: self.message_id.clone(),
         };
-        match converse(self.state, self.workspace, turn).await {
-            Ok(answer) => Ok(self.prompting.answer(&answer.channel_replies(), answer.status == "queued")),
+        match self.state.conversations.converse(self.workspace, turn).await {
+            Ok(outcome) => Ok(self.prompting.answer(&outcome.replies, outcome.status == ConversationStatus::Queued)),
             // Twilio retried (or someone replayed) a request already answered: the same answer, no new turn.
-            Err(err) if err.code == "duplicate_message" => self.replay().await,
-            Err(err) => Err(err),
+            Err(TurnError::Duplicate { .. }) => self.replay().await,
+            Err(err) => Err(err.into()),
         }
     }
 
@@ -373,7 +375,7 @@ impl CallTurn<'_> {
         {
             return self.replay().await;
         }
-        match opening(self.state, self.workspace, self.bot, &bot.definition, self.from, self.now).await? {
+        match self.state.conversations.opening(self.workspace, self.bot, &bot.definition, self.from, self.now).await? {
             Opening::Greeting(greeting) => Ok(self.prompting.listen(&[Reply::text(greeting)], 0)),
             Opening::Continue => {
                 let conversation = self.open_conversation().await?;
@@ -416,7 +418,7 @@ impl CallTurn<'_> {
         }
         match &outcome.handoff {
             Some(queue) => {
-                self.hand_off(bot.stored.version, &outcome.replies, queue).await?;
+                self.hand_off(&outcome.replies, queue).await?;
                 Ok(self.prompting.answer(&replies, true))
             }
             None => {
@@ -473,7 +475,8 @@ impl CallTurn<'_> {
             }
         }
         let conversation = state.store.conversation(&workspace.id, &conversation_id).await?;
-        let queued = handed_off || conversation.as_ref().is_some_and(|conversation| conversation.status == "queued");
+        let queued = handed_off
+            || conversation.as_ref().is_some_and(|conversation| status_of(conversation) == ConversationStatus::Queued);
         if !handed_off
             && !later_turn
             && let Some(conversation) = &conversation
@@ -488,9 +491,7 @@ impl CallTurn<'_> {
 
     /// The caller's open conversation with the bot, if any (read only).
     async fn open_conversation(&self) -> ApiResult<Option<Conversation>> {
-        let Some(profile) = self.state.store.lookup(&self.workspace.id, self.from).await? else { return Ok(None) };
-        let active_since = self.now - self.state.settings.conversation_idle;
-        Ok(self.state.store.open_conversation(&self.workspace.id, &profile.id, self.bot, active_since).await?)
+        Ok(self.state.conversations.open_conversation(self.workspace, self.from, self.bot, self.now).await?)
     }
 
     /// The bot version a conversation runs on (the latest without one).
@@ -505,94 +506,13 @@ impl CallTurn<'_> {
     /// Hand a silent caller's conversation to agents: the conversation (a new one when none is open)
     /// is queued, and the bot's words and a `conversation.handoff` event (`"reason": "silence"`, with
     /// the request's id, so a replay hands off once) recorded. The dialog state is left as it was.
-    async fn hand_off(&self, latest_version: i64, replies: &[String], queue: &str) -> ApiResult<()> {
+    async fn hand_off(&self, replies: &[String], queue: &str) -> ApiResult<()> {
         let (state, workspace, from, now) = (self.state, self.workspace, self.from, self.now);
-        // The same lock as the customer's turns: this write and a turn on another channel do not cross.
-        let lock = state.bots.turn_lock(format!("{}/{}/{}", workspace.id, self.bot, from));
-        let _turn = lock.lock().await;
-        if let Some(message_id) = &self.message_id
-            && state.store.event_exists(&workspace.id, message_id).await?
-        {
-            return Ok(());
-        }
-        for _ in 0..HANDOFF_ATTEMPTS {
-            let started = || event(from, "conversation.started", "voice", json!({"bot": self.bot}), now);
-            let profile = profile_for(state, workspace, from, started).await?;
-            let active_since = now - state.settings.conversation_idle;
-            let open = state.store.open_conversation(&workspace.id, &profile.id, self.bot, active_since).await?;
-            let read = crossline_store::TurnRead {
-                active_since,
-                open: open.as_ref().map(|conversation| (conversation.id.clone(), conversation.state.clone())),
-            };
-            let mut conversation = open.unwrap_or_else(|| Conversation {
-                id: new_id("cnv"),
-                profile_id: profile.id.clone(),
-                bot: self.bot.to_owned(),
-                bot_version: latest_version,
-                status: "bot".into(),
-                channel: "voice".into(),
-                state: json!({}),
-                created_at: now,
-                updated_at: now,
-            });
-            conversation.status = "queued".into();
-            conversation.channel = "voice".into();
-            conversation.updated_at = now;
-            let messages: Vec<ConversationMessage> = replies
-                .iter()
-                .map(|reply| ConversationMessage {
-                    author: "bot".into(),
-                    channel: "voice".into(),
-                    text: reply.clone(),
-                    created_at: now,
-                    missed: false,
-                })
-                .collect();
-            let mut events: Vec<_> = replies
-                .iter()
-                .map(|reply| {
-                    let properties =
-                        json!({"conversation_id": conversation.id, "bot": self.bot, "author": "bot", "text": reply});
-                    event(from, "message.sent", "voice", properties, now)
-                })
-                .collect();
-            let properties = json!({"conversation_id": conversation.id, "queue": queue, "reason": "silence"});
-            let mut handoff = event(from, "conversation.handoff", "voice", properties, now);
-            if let Some(message_id) = &self.message_id {
-                handoff.message_id.clone_from(message_id);
-            }
-            events.push(handoff);
-            match state.store.record_turn(&workspace.id, &conversation, &read, &messages, events).await {
-                Err(crossline_store::StoreError::Conflict(_)) => {
-                    metrics::counter!("crossline_turn_conflicts_total").increment(1);
-                }
-                result => {
-                    result?;
-                    return Ok(());
-                }
-            }
-        }
-        Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "conversation_busy",
-            "the conversation kept changing while this call was handed to agents (several nodes answering at once); Twilio will ask again",
-        ))
+        let message_id = self.message_id.as_deref();
+        state
+            .conversations
+            .hand_off(workspace, self.bot, from, "voice", replies, queue, "silence", message_id, now)
+            .await?;
+        Ok(())
     }
-}
-
-/// How often the silence handoff is tried when other nodes keep changing the conversation.
-const HANDOFF_ATTEMPTS: usize = 3;
-
-/// A conversation's dialog state (a fresh one without a conversation).
-fn dialog_state(conversation: Option<&Conversation>) -> DialogState {
-    conversation.and_then(|conversation| serde_json::from_value(conversation.state.clone()).ok()).unwrap_or_default()
-}
-
-/// Replies with the quick replies on the last one.
-fn with_quick_replies(texts: &[String], quick_replies: &[String]) -> Vec<Reply> {
-    let mut replies: Vec<Reply> = texts.iter().map(Reply::text).collect();
-    if let Some(last) = replies.last_mut() {
-        last.quick_replies = quick_replies.to_vec();
-    }
-    replies
 }

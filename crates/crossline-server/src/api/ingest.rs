@@ -58,27 +58,6 @@ pub struct RejectedEventBody {
 /// write key into a large write and answer. Metrics count every one.
 pub const MAX_REPORTED_REJECTIONS: usize = 1_000;
 
-/// Stored events as published on the bus (`events.<workspace_id>`; docs/api.md). Typed rather than
-/// built as `serde_json::Value`s: one map per event was a measurable part of the request threads' work.
-#[derive(Serialize)]
-struct PublishedBatch<'a> {
-    workspace_id: &'a str,
-    events: &'a [Published<'a>],
-}
-
-#[derive(Serialize)]
-struct Published<'a> {
-    message_id: &'a str,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    event: Option<&'a str>,
-    channel: &'a str,
-    timestamp: DateTime<Utc>,
-    profile_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    merged_profile_ids: &'a [String],
-}
-
 /// Read the body, inflating gzip, within the request size limit.
 async fn read_body(headers: &HeaderMap, body: Body) -> ApiResult<Vec<u8>> {
     let too_large = || {
@@ -195,11 +174,6 @@ async fn ingest(
         metrics::counter!("crossline_ingest_rejected_total", "code" => err.code).increment(1);
         validation_error(err)
     })?;
-    // What the bus message needs of each event, kept before the events go to the store.
-    let summaries: Vec<(&'static str, Option<String>, String, DateTime<Utc>)> = events
-        .iter()
-        .map(|event| (event.kind.as_str(), event.name.clone(), event.channel.clone(), event.timestamp))
-        .collect();
     let count = events.len();
     // The batch index of each valid event, to name events the store refuses for a profile limit.
     let batch_indexes: Vec<usize> = if rejected.is_empty() {
@@ -210,12 +184,11 @@ async fn ingest(
     };
     let _admitted = state.admission.enter(&workspace.id).await;
     let (outcome, mut listed) = if rejected.is_empty() {
-        (state.store.ingest(&workspace.id, events).await?, Vec::new())
+        (state.recorder.record(&workspace.id, events).await?, Vec::new())
     } else {
         count_rejections(&rejected);
         let (listed, recorded) = report_rejections(endpoint, options.received_at, rejected);
-        let store_valid =
-            async { if events.is_empty() { Ok(Vec::new()) } else { state.store.ingest(&workspace.id, events).await } };
+        let store_valid = state.recorder.record(&workspace.id, events);
         let record = state.store.record_rejected(&workspace.id, &recorded, &state.settings.rejected_retention);
         let (outcome, recorded) = tokio::join!(store_valid, record);
         // The answer names the rejected events either way; failing the request would make the client
@@ -258,40 +231,11 @@ async fn ingest(
     }
     drop(_admitted);
 
-    let stored: Vec<Published<'_>> = summaries
-        .iter()
-        .zip(&outcome)
-        .filter(|(_, result)| result.stored)
-        .map(|((kind, name, channel, timestamp), result)| Published {
-            message_id: &result.message_id,
-            kind,
-            event: name.as_deref(),
-            channel,
-            timestamp: *timestamp,
-            profile_id: result.profile_id.as_deref(),
-            merged_profile_ids: &result.merged,
-        })
-        .collect();
-    let duplicates = count - stored.len();
-    metrics::counter!("crossline_events_ingested_total").increment(stored.len() as u64);
+    let stored = outcome.iter().filter(|result| result.stored).count();
+    let duplicates = count - stored;
+    metrics::counter!("crossline_events_ingested_total").increment(stored as u64);
     metrics::counter!("crossline_events_duplicate_total").increment(duplicates as u64);
     metrics::histogram!("crossline_ingest_request_seconds").record(started.elapsed().as_secs_f64());
-    if !stored.is_empty() {
-        // The events are durable already; a bus outage must not fail the request, so it is logged
-        // and counted instead.
-        let published = match serde_json::to_vec(&PublishedBatch { workspace_id: &workspace.id, events: &stored }) {
-            Ok(payload) => state
-                .bus
-                .publish(&format!("events.{}", workspace.id), None, payload.into())
-                .await
-                .map_err(|err| err.to_string()),
-            Err(err) => Err(err.to_string()),
-        };
-        if let Err(err) = published {
-            metrics::counter!("crossline_bus_publish_failed_total").increment(1);
-            tracing::warn!(error = %err, workspace = %workspace.id, "stored events could not be published on the bus");
-        }
-    }
     Ok(listed)
 }
 

@@ -9,5 +9,4 @@ pub mod profiles;
 pub mod rejected;
 pub mod segment_schema;
 pub mod webchat;
-pub mod webhook;
 pub mod workspaces;

@@ -335,8 +335,8 @@ pub async fn set_consent(
         statements.push((channel.clone(), status));
     }
     let profile = state
-        .store
-        .set_consent(&workspace.id, &id, &statements, "api")
+        .recorder
+        .set_consent(&workspace.id, &id, &statements, "api", chrono::Utc::now())
         .await?
         .ok_or_else(|| ApiError::not_found("profile"))?;
     Ok(Json(profile.into()))
@@ -357,7 +357,7 @@ pub async fn delete_profile(
     WorkspaceCaller(workspace): WorkspaceCaller,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    if state.store.delete_profile(&workspace.id, &id).await? {
+    if state.recorder.erase(&workspace.id, &id, chrono::Utc::now()).await? {
         tracing::info!(workspace = %workspace.id, profile = %id, "profile erased");
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -26,7 +26,6 @@
 //! so the page can send it again).
 
 use crate::api::bots::bot_model;
-use crate::api::conversations::{Turn, converse};
 use crate::error::{ApiError, ApiResult};
 use crate::rate::{PeerIp, ip_key};
 use crate::state::AppState;
@@ -37,10 +36,12 @@ use axum::response::{Html, IntoResponse, Response};
 use chrono::Utc;
 use crossline_bot::dialog::{DialogState, quick_replies};
 use crossline_channels::CHAT_CAPABILITIES;
+use crossline_channels::reply::render;
 use crossline_core::event::{Endpoint, NormalizeOptions, parse_request};
 use crossline_core::keys::{KeyKind, hash_key, secrets_equal};
 use crossline_core::trust::{IdentitySource, identity_hash_message};
 use crossline_core::{EventKind, Identity, IdentityKind};
+use crossline_engine::conversations::{Turn, TurnError, event};
 use crossline_store::{Conversation, Workspace};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
@@ -225,9 +226,7 @@ async fn open_conversation(
     bot: &str,
     identity: &Identity,
 ) -> Option<Conversation> {
-    let profile = state.store.lookup(&workspace.id, identity).await.ok()??;
-    let since = Utc::now() - state.settings.conversation_idle;
-    state.store.open_conversation(&workspace.id, &profile.id, bot, since).await.ok()?
+    state.conversations.open_conversation(workspace, identity, bot, Utc::now()).await.ok()?
 }
 
 /// The buttons that go with the last bot message of a conversation, from its dialog state.
@@ -309,20 +308,14 @@ async fn identify(
         // A claim: recorded on the visitor's own profile, naming no identity but the visitor's.
         let mut claims = traits;
         claims.insert("user_id".into(), Value::String(user_id));
-        let mut event = crate::api::conversations::event(
-            &client.visitor,
-            "chat.identify_claimed",
-            client.channel,
-            json!({}),
-            options.received_at,
-        );
+        let mut event = event(&client.visitor, "chat.identify_claimed", client.channel, json!({}), options.received_at);
         event.kind = EventKind::Identify;
         event.name = None;
         event.traits.insert("unverified_claims".into(), Value::Object(claims.clone()));
         event.properties = claims;
         vec![event]
     };
-    let outcome = state.store.ingest(&workspace.id, events).await?;
+    let outcome = state.recorder.record(&workspace.id, events).await?;
     crate::error::refused_for_limits(&outcome)?;
     Ok(if source.may_link() { Identified::Verified } else { Identified::Claimed })
 }
@@ -457,16 +450,23 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, client: Client) {
                 };
                 let mut buttons = Vec::new();
                 // A panic in the turn ends this message, not the socket (nor the task serving it).
-                let answered = crate::panic::guard("/chat/{workspace_id}/ws", converse(&state, workspace, turn))
-                    .await
-                    .unwrap_or_else(|_| Err(crate::panic::internal_panic()));
+                let answered =
+                    match crate::panic::guard("/chat/{workspace_id}/ws", state.conversations.converse(workspace, turn))
+                        .await
+                    {
+                        Ok(Ok(outcome)) => Ok(outcome),
+                        // Sent again after a reconnect, and answered already: just acknowledge it.
+                        Ok(Err(TurnError::Duplicate { .. })) => Err(None),
+                        Ok(Err(err)) => Err(Some(ApiError::from(err))),
+                        Err(_) => Err(Some(crate::panic::internal_panic())),
+                    };
                 match answered {
-                    Ok(answer) => {
-                        buttons = answer.render(&CHAT_CAPABILITIES).buttons;
-                        conversation = Some(answer.conversation_id);
+                    Ok(outcome) => {
+                        buttons = render(&outcome.replies, &CHAT_CAPABILITIES).buttons;
+                        conversation = Some(outcome.conversation_id);
                     }
-                    Err(err) if err.code == "duplicate_message" => {}
-                    Err(err) => {
+                    Err(None) => {}
+                    Err(Some(err)) => {
                         // Whether the page should send the message again (after a reconnect): only
                         // when the server could not take it for now, never for what would fail again.
                         let retry = err.status.is_server_error() && err.code != "internal_panic";

@@ -57,17 +57,7 @@ impl Server {
     async fn start_with(settings: Settings) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let store: DynStore = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
-        let state = AppState {
-            store: store.clone(),
-            bus: Arc::new(MemoryBus::new()),
-            admin_token: ADMIN.into(),
-            settings: Arc::new(settings),
-            metrics: crate::metrics_handle(),
-            bots: Default::default(),
-            limits: Default::default(),
-            admission: Default::default(),
-            logins: Default::default(),
-        };
+        let state = AppState::new(store.clone(), Arc::new(MemoryBus::new()), ADMIN, settings);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         tokio::spawn(crate::run(listener, state, std::future::pending()));

@@ -201,13 +201,19 @@ async fn a_booking_started_in_chat_is_finished_on_alexa() {
             .await,
     )
     .await;
-    let on_alexa = events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|event| event["event"] == "message.received" && event["channel"] == "alexa")
-        .count();
-    assert_eq!(on_alexa, 3, "launch (picking up), the time and the yes");
+    let on_alexa = |name: &str| {
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|event| event["event"] == name && event["channel"] == "alexa")
+            .count()
+    };
+    assert_eq!(on_alexa("message.received"), 2, "the time and the yes");
+    // The launch picked the conversation up without words: no empty customer message, no missed utterance.
+    assert_eq!(on_alexa("conversation.resumed"), 1, "the launch");
+    let (_, missed) = json_of(server.get("/api/v1/bots/bank/missed", &ws.api_key).await).await;
+    assert!(!missed.to_string().contains("\"text\":\"\""), "an empty launch is no missed utterance: {missed}");
 
     // A stranger without permissions is greeted and can talk to the bot.
     let stranger =

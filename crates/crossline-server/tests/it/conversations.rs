@@ -176,3 +176,65 @@ async fn an_out_of_range_date_is_no_date_not_a_failure() {
     assert!(reply.starts_with("Shall I book ") && reply.ends_with(" at 15:00?"), "the conversation goes on: {answer}");
     server.stop().await;
 }
+
+/// Everything a customer does on a channel reaches the bus, once, as it reaches the timeline: the
+/// first contact, each turn's messages, a consent change and an erasure (a tombstone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turns_consent_and_erasure_are_published_on_the_bus() {
+    let server = TestServer::start().await;
+    let ws = server.workspace("bank").await;
+    server.put_bot(&ws.api_key, "bank", &bank()).await;
+    let mut bus = server.bus.subscribe(&format!("events.{}", ws.id)).await.unwrap();
+    let from = json!({"kind": "email", "value": "grace@example.com"});
+    let (status, answer) = say(&server, &ws.api_key, from.clone(), "chat", "I want to book an appointment").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+
+    let mut next = async || {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(5), bus.next()).await.unwrap().unwrap();
+        serde_json::from_slice::<Value>(&message.payload).unwrap()["events"].as_array().unwrap().clone()
+    };
+    let names = |events: &[Value]| -> Vec<String> {
+        events
+            .iter()
+            .map(|event| event["event"].as_str().unwrap_or(event["type"].as_str().unwrap()).to_owned())
+            .collect()
+    };
+    // The first contact makes the profile; the turn's two messages follow in one write.
+    let first_contact = next().await;
+    assert_eq!(names(&first_contact), ["conversation.started"]);
+    let turn = next().await;
+    assert_eq!(names(&turn), ["message.received", "message.sent"]);
+    let profile_id = turn[0]["profile_id"].as_str().unwrap().to_owned();
+    assert_eq!(first_contact[0]["profile_id"], profile_id.as_str());
+    assert!(turn.iter().all(|event| event["channel"] == "chat"));
+
+    let (status, _) = server
+        .put_json(&format!("/api/v1/profiles/{profile_id}/consent"), &ws.api_key, &json!({"email": "unsubscribed"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let consent = next().await;
+    assert_eq!(names(&consent), ["consent.changed"]);
+    assert_eq!(
+        (consent[0]["consent"].clone(), consent[0]["source"].clone()),
+        (json!({"email": "unsubscribed"}), json!("api"))
+    );
+
+    let erased = server
+        .http
+        .delete(format!("{}/api/v1/profiles/{profile_id}", server.url))
+        .bearer_auth(&ws.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(erased.status(), StatusCode::NO_CONTENT);
+    let tombstone = next().await;
+    assert_eq!(
+        (tombstone[0]["type"].as_str(), tombstone[0]["profile_id"].as_str()),
+        (Some("erasure"), Some(profile_id.as_str()))
+    );
+    assert!(!tombstone[0].to_string().contains("grace"), "no personal data in the tombstone");
+    // Nothing else was published: each event once.
+    let extra = tokio::time::timeout(std::time::Duration::from_millis(300), bus.next()).await;
+    assert!(extra.is_err(), "unexpected message: {extra:?}");
+    server.stop().await;
+}

@@ -34,7 +34,12 @@ impl TestServer {
 
     /// The settings tests run with.
     pub fn settings() -> Settings {
-        Settings { webhook_timeout: std::time::Duration::from_millis(300), ..Settings::default() }
+        Settings {
+            webhook_timeout: std::time::Duration::from_millis(300),
+            // Fake providers and webhook receivers listen on loopback.
+            egress: crossline_engine::EgressRules { allow_private: true, ..Default::default() },
+            ..Settings::default()
+        }
     }
 
     /// A server on the embedded store and the in-process bus, with these settings.
@@ -55,17 +60,7 @@ impl TestServer {
 
     async fn start_full(store: DynStore, bus: DynBus, settings: Settings) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let state = AppState {
-            store: store.clone(),
-            bus: bus.clone(),
-            admin_token: ADMIN.into(),
-            settings: Arc::new(settings),
-            metrics: crossline_server::metrics_handle(),
-            bots: Default::default(),
-            limits: Default::default(),
-            admission: Default::default(),
-            logins: Default::default(),
-        };
+        let state = AppState::new(store.clone(), bus.clone(), ADMIN, settings);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (shutdown, signal) = oneshot::channel::<()>();

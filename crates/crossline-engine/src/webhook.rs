@@ -4,11 +4,13 @@
 //! Signature: `X-Crossline-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, keyed
 //! with the bot's `webhook_secret`; a receiver recomputes it and rejects old timestamps (replays).
 //! Each attempt may take `webhook_timeout`; a timeout, a connection error or a 5xx is retried once.
+//! The call goes through the [`Egress`] client: no redirects, a size limit on the answer, and no
+//! private addresses unless allowed.
 
+use crate::egress::{Egress, EgressError};
 use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
 use sha2::Sha256;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 /// What a webhook answered.
@@ -29,16 +31,6 @@ pub fn signature_header(secret: &str, timestamp: i64, body: &[u8]) -> String {
     mac.update(b".");
     mac.update(body);
     format!("t={timestamp},v1={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-fn client() -> &'static reqwest::Client {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
-            .user_agent(concat!("crossline/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("HTTP client")
-    })
 }
 
 /// Read a webhook's answer: `{"reply": TEXT}` or `{"replies": [TEXT, ...]}`, optionally `"slots"` and `"traits"` objects.
@@ -72,30 +64,24 @@ pub fn parse_answer(body: &[u8]) -> Result<WebhookAnswer, String> {
     Ok(WebhookAnswer { replies, slots: object("slots")?, traits: object("traits")? })
 }
 
-/// POST `payload` to `url`, signed with `secret`.
-pub async fn call(url: &str, secret: &str, payload: &Value, timeout: Duration) -> Result<WebhookAnswer, String> {
+/// POST `payload` to `url`, signed with `secret`, through the egress client.
+pub async fn call(
+    egress: &Egress,
+    url: &str,
+    secret: &str,
+    payload: &Value,
+    timeout: Duration,
+) -> Result<WebhookAnswer, String> {
     let body = serde_json::to_vec(payload).map_err(|err| err.to_string())?;
     let mut last_error = String::new();
     for attempt in 0..2 {
         let header = signature_header(secret, chrono::Utc::now().timestamp(), &body);
-        let sent = client()
-            .post(url)
-            .header("content-type", "application/json")
-            .header("x-crossline-signature", header)
-            .timeout(timeout)
-            .body(body.clone())
-            .send()
-            .await;
-        match sent {
-            Ok(response) if response.status().is_success() => {
-                let bytes = response.bytes().await.map_err(|err| err.to_string())?;
-                return parse_answer(&bytes);
-            }
-            Ok(response) if response.status().is_server_error() => last_error = format!("status {}", response.status()),
-            Ok(response) => return Err(format!("status {}", response.status())),
-            Err(err) => {
-                last_error = if err.is_timeout() { format!("no answer within {timeout:?}") } else { err.to_string() }
-            }
+        match egress.post_json(url, &[("x-crossline-signature", header)], body.clone(), timeout).await {
+            Ok(answer) if (200..300).contains(&answer.status) => return parse_answer(&answer.body),
+            Ok(answer) if answer.status >= 500 => last_error = format!("status {}", answer.status),
+            Ok(answer) => return Err(format!("status {}", answer.status)),
+            Err(err @ (EgressError::Timeout(_) | EgressError::Transport(_))) => last_error = err.to_string(),
+            Err(err) => return Err(err.to_string()),
         }
         tracing::debug!(url, attempt, error = %last_error, "webhook attempt failed");
     }

@@ -1,0 +1,23 @@
+//! Crossline's application services, between the HTTP adapter (`crossline-server`) and the domain
+//! crates:
+//! - [`recorder::EventRecorder`] — the only way anything becomes an event: stored, then published;
+//! - [`conversations::Conversations`] — the conversation engine every channel shares, with typed
+//!   outcomes and errors;
+//! - [`bots::BotRegistry`] — bot versions trained and kept in a bounded cache;
+//! - [`egress::Egress`] — every outbound HTTP call, with egress rules; fulfilment [`webhook`]s use it;
+//! - [`rate`] — token-bucket limits in bounded memory.
+//!
+//! **Invariant:** this crate knows no HTTP server framework (no axum): what it returns is typed,
+//! and the server decides how an outcome or an error is rendered.
+
+pub mod bots;
+pub mod conversations;
+pub mod egress;
+pub mod rate;
+pub mod recorder;
+pub mod webhook;
+
+pub use bots::{BotError, BotRegistry, LiveBot};
+pub use conversations::{ConversationSettings, Conversations, Opening, Turn, TurnError, TurnOutcome};
+pub use egress::{Egress, EgressError, EgressRules};
+pub use recorder::EventRecorder;
