@@ -5,6 +5,8 @@
 //!   outcomes and errors;
 //! - [`bots::BotRegistry`] — bot versions trained and kept in a bounded cache;
 //! - [`egress::Egress`] — every outbound HTTP call, with egress rules; fulfilment [`webhook`]s use it;
+//! - [`worker::Worker`] — the durable worker on the store's job queue: leases, heartbeats, retries
+//!   with backoff and jitter, dead letters;
 //! - [`rate`] — token-bucket limits in bounded memory.
 //!
 //! **Invariant:** this crate knows no HTTP server framework (no axum): what it returns is typed,
@@ -16,6 +18,7 @@ pub mod egress;
 pub mod rate;
 pub mod recorder;
 pub mod webhook;
+pub mod worker;
 
 pub use bots::{BotError, BotRegistry, LiveBot};
 pub use conversations::{ConversationSettings, Conversations, Opening, Turn, TurnError, TurnOutcome};

@@ -156,6 +156,17 @@ pub trait JobQueue: Send + Sync {
     ) -> StoreResult<bool>;
     /// A job by id.
     async fn job(&self, job_id: i64) -> StoreResult<Option<Job>>;
+    /// Extend a held lease to `until` (the worker is still on the job); false if the lease was lost.
+    async fn heartbeat(&self, job_id: i64, worker: &str, until: chrono::DateTime<chrono::Utc>) -> StoreResult<bool>;
+    /// Give a job up at once (a failure that retrying cannot mend): dead, with the error; false if
+    /// the lease was lost.
+    async fn bury(&self, job_id: i64, worker: &str, error: &str) -> StoreResult<bool>;
+    /// Dead jobs of a queue (of one workspace, when given), newest first.
+    async fn dead_jobs(&self, queue: &str, workspace_id: Option<&str>, limit: usize) -> StoreResult<Vec<Job>>;
+    /// Run a dead job again, from its first attempt, at `now`; false if it is not dead.
+    async fn replay(&self, job_id: i64, now: chrono::DateTime<chrono::Utc>) -> StoreResult<bool>;
+    /// How a queue stands at `now`.
+    async fn queue_stats(&self, queue: &str, now: chrono::DateTime<chrono::Utc>) -> StoreResult<QueueStats>;
 }
 
 /// Bot definitions, versioned.

@@ -207,6 +207,19 @@ pub struct Job {
     pub last_error: Option<String>,
 }
 
+/// How a job queue stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct QueueStats {
+    /// Jobs waiting to run (due or not), not held by a worker.
+    pub waiting: u64,
+    /// Jobs held by a worker under an unexpired lease.
+    pub running: u64,
+    /// Jobs given up on.
+    pub dead: u64,
+    /// When the longest-waiting due job became due.
+    pub oldest_due: Option<DateTime<Utc>>,
+}
+
 /// Milliseconds since the epoch, the time format both backends store.
 pub fn to_millis(time: DateTime<Utc>) -> i64 {
     time.timestamp_millis()

@@ -62,6 +62,7 @@ where
     listing_searching_and_stats(fresh().await).await;
     concurrent_ingest_keeps_every_event(fresh().await).await;
     job_queue_leases_and_idempotency(fresh().await).await;
+    job_queue_heartbeats_dead_letters_and_replays(fresh().await).await;
     bots_are_versioned_per_workspace(fresh().await).await;
     profile_limits_hold_on_every_write(fresh().await).await;
     conversations_follow_profiles(fresh().await).await;
@@ -722,6 +723,59 @@ async fn concurrent_ingest_keeps_every_event(store: DynStore) {
     assert_eq!(stats.events - merges, 8 * 10 * 20);
     // Every user id meets one of five shared anonymous ids, so five profiles remain.
     assert_eq!(stats.profiles, 5);
+}
+
+async fn job_queue_heartbeats_dead_letters_and_replays(store: DynStore) {
+    let t0 = Utc.with_ymd_and_hms(2026, 12, 6, 12, 0, 0).unwrap();
+    let workspace = workspace(&store, "jobs").await;
+    let job = |key: &str, workspace_id: Option<&str>| NewJob {
+        queue: "deliver".into(),
+        workspace_id: workspace_id.map(str::to_owned),
+        idempotency_key: key.into(),
+        payload: json!({"key": key}),
+        run_at: t0,
+        max_attempts: 3,
+    };
+    let long = store.enqueue(&job("long", Some(&workspace.id))).await.unwrap().id();
+    let doomed = store.enqueue(&job("doomed", Some(&workspace.id))).await.unwrap().id();
+    let other = store.enqueue(&job("other", None)).await.unwrap().id();
+    let stats = store.queue_stats("deliver", t0).await.unwrap();
+    assert_eq!((stats.waiting, stats.running, stats.dead, stats.oldest_due), (3, 0, 0, Some(t0)));
+
+    let lease = Duration::seconds(30);
+    let claimed = store.claim("deliver", "w1", 10, t0, lease).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    let stats = store.queue_stats("deliver", t0 + Duration::seconds(1)).await.unwrap();
+    assert_eq!((stats.waiting, stats.running, stats.oldest_due), (0, 3, None));
+
+    // A heartbeat keeps a long job's lease; without one, the lease runs out and another worker takes it.
+    assert!(store.heartbeat(long, "w1", t0 + Duration::seconds(60)).await.unwrap());
+    assert!(!store.heartbeat(long, "w2", t0 + Duration::seconds(90)).await.unwrap(), "only the holder beats");
+    let after_lease = store.claim("deliver", "w2", 10, t0 + Duration::seconds(31), lease).await.unwrap();
+    assert_eq!(after_lease.iter().map(|job| job.id).collect::<Vec<_>>(), [doomed, other], "the long job is still held");
+    assert!(store.complete(long, "w1").await.unwrap());
+
+    // A permanent failure buries the job at once, whatever attempts are left; only its holder can.
+    assert!(!store.bury(doomed, "w1", "410 Gone").await.unwrap(), "w1 lost the lease");
+    assert!(store.bury(doomed, "w2", "410 Gone").await.unwrap());
+    let buried = store.job(doomed).await.unwrap().unwrap();
+    assert_eq!((buried.status, buried.last_error.as_deref()), (JobStatus::Dead, Some("410 Gone")));
+    assert!(store.fail(other, "w2", "timeout", t0 + Duration::seconds(40)).await.unwrap());
+    assert_eq!(store.queue_stats("deliver", t0 + Duration::seconds(41)).await.unwrap().dead, 1);
+
+    // Dead letters are listed per workspace, and a replay starts the job over.
+    assert_eq!(store.dead_jobs("deliver", Some(&workspace.id), 10).await.unwrap().len(), 1);
+    assert_eq!(store.dead_jobs("deliver", None, 10).await.unwrap()[0].id, doomed);
+    assert!(store.dead_jobs("deliver", Some("ws_other"), 10).await.unwrap().is_empty());
+    assert!(store.dead_jobs("other.queue", None, 10).await.unwrap().is_empty());
+    assert!(!store.replay(other, t0).await.unwrap(), "only a dead job is replayed");
+    let replay_at = t0 + Duration::minutes(5);
+    assert!(store.replay(doomed, replay_at).await.unwrap());
+    let replayed = store.job(doomed).await.unwrap().unwrap();
+    assert_eq!((replayed.status, replayed.attempts, replayed.run_at), (JobStatus::Pending, 0, replay_at));
+    let again = store.claim("deliver", "w3", 10, replay_at, lease).await.unwrap();
+    assert_eq!(again.iter().map(|job| job.id).collect::<Vec<_>>(), [other, doomed]);
+    assert!(store.dead_jobs("deliver", None, 10).await.unwrap().is_empty());
 }
 
 async fn job_queue_leases_and_idempotency(store: DynStore) {
