@@ -142,6 +142,14 @@ try {
   check(pageErrors.length === 0, `the page reported errors: ${pageErrors.join(' | ')}`);
   await page.screenshot({ path: screenshot, fullPage: true });
 
+  // Bots: this workspace has none yet (run.sh adds one later); the page says how to define one.
+  const botsPage = await page.goto(`${base}/bots`);
+  check(botsPage?.ok(), `GET /bots answered ${botsPage?.status()}`);
+  check((await page.getByText('No bots yet').count()) === 1, 'the bots page should say there are no bots yet');
+  check((await page.locator('nav a[href="/bots"][aria-current="page"]').count()) === 1, 'Bots is not the current section');
+  check(pageErrors.length === 0, `the bots page reported errors: ${pageErrors.join(' | ')}`);
+  step('the bots page explains how to define a bot');
+
   if (options['admin-token']) {
     // The operator: a fresh browser context, so nothing of the API-key session is shared.
     const operator = await (await browser.newContext({ viewport: { width: 1440, height: 900 } })).newPage();

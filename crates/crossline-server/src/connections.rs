@@ -24,6 +24,7 @@
 //! Only when nothing is waiting is the new connection refused, with a 503 `connection_limit` or
 //! 429 `too_many_connections`.
 
+use crate::error::ErrorCode;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -507,8 +508,7 @@ impl http_body::Body for TrackedBody {
 
 fn body_timeout_response() -> Response<Body> {
     let mut response = crate::error::ApiError::new(
-        StatusCode::REQUEST_TIMEOUT,
-        "body_timeout",
+        ErrorCode::BodyTimeout,
         "the request body was not received in time; send it at once after the headers",
     )
     .into_response();

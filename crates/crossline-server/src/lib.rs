@@ -21,6 +21,7 @@ pub mod throttle;
 
 pub use state::{AppState, Settings};
 
+use crate::error::ErrorCode;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -110,5 +111,5 @@ async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn not_found() -> error::ApiError {
-    error::ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see /api/docs for the API")
+    error::ApiError::new(ErrorCode::NotFound, "no such endpoint; see /api/docs for the API")
 }

@@ -17,8 +17,8 @@
 //! location instead of printing its own report.
 
 use crate::error::ApiError;
+use crate::error::ErrorCode;
 use axum::extract::{MatchedPath, Request};
-use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::any::Any;
@@ -62,7 +62,7 @@ pub async fn catch_panic(request: Request, next: Next) -> Response {
 
 /// The error a caught panic is answered with.
 pub fn internal_panic() -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_panic", PANIC_MESSAGE)
+    ApiError::new(ErrorCode::InternalPanic, PANIC_MESSAGE)
 }
 
 /// Runs `future`, catching a panic in any of its polls: `Err(Panicked)` once it has been logged and
@@ -179,6 +179,7 @@ mod tests {
     use super::*;
     use axum::Router;
     use axum::body::Body;
+    use axum::http::StatusCode;
     use axum::routing::get;
     use tower::ServiceExt;
 

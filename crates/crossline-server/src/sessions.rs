@@ -12,6 +12,7 @@
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::error::ErrorCode;
 use crate::state::AppState;
 use axum::http::{HeaderMap, Method, header};
 use chrono::Utc;
@@ -99,8 +100,7 @@ fn origin_of(url: &str) -> Option<String> {
 /// The 403 of a cross-site state change.
 pub fn cross_site() -> ApiError {
     ApiError::new(
-        axum::http::StatusCode::FORBIDDEN,
-        "cross_site_request",
+        ErrorCode::CrossSiteRequest,
         "this request changes something and carries the console's session cookie, but came from another site; use the console's own pages, or send Authorization: Bearer <api_key> instead of the cookie",
     )
 }

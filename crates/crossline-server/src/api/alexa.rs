@@ -6,12 +6,13 @@
 //! `AMAZON.SearchQuery`) carries what the customer said; our NLU does the understanding. Amazon's
 //! built-in intents are mapped: Stop/Cancel end the session, Yes/No/Help pass the words on.
 
+use crate::error::ErrorCode;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use chrono::Utc;
 use crossline_channels::alexa::{self, ALEXA_CAPABILITIES, AlexaConfig, BuiltIn, RequestKind, TrustRoots};
 use crossline_channels::reply::{Reply, render};
@@ -137,7 +138,7 @@ async fn link_profile(
 
 fn rejected(message: impl Into<String>) -> ApiError {
     metrics::counter!("crossline_webhook_rejected_total", "channel" => "alexa").increment(1);
-    ApiError::bad_request("unverified_request", message)
+    ApiError::bad_request(ErrorCode::UnverifiedRequest, message)
 }
 
 /// Alexa's webhook: verified, then answered with a response envelope.
@@ -149,11 +150,7 @@ pub async fn alexa(
 ) -> ApiResult<Json<Value>> {
     let workspace = state.store.workspace(&workspace_id).await?.ok_or_else(|| ApiError::not_found("workspace"))?;
     let config = state.store.channel(&workspace.id, "alexa").await?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "channel_disabled",
-            "the alexa channel is not configured for this workspace",
-        )
+        ApiError::new(ErrorCode::ChannelDisabled, "the alexa channel is not configured for this workspace")
     })?;
     let config: AlexaConfig = serde_json::from_value(config).map_err(ApiError::internal)?;
 

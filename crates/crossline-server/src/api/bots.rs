@@ -7,6 +7,7 @@
 
 use crate::api::profiles::{json_rejection, query_rejection};
 use crate::auth::WorkspaceCaller;
+use crate::error::ErrorCode;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::Json;
@@ -99,7 +100,7 @@ fn check_name(name: &str) -> ApiResult<()> {
     if crossline_bot::is_valid_name(name) {
         Ok(())
     } else {
-        Err(ApiError::bad_request("invalid_field", "name: use 1–64 letters, digits, _ or - in the bot's name"))
+        Err(ApiError::bad_request(ErrorCode::InvalidField, "name: use 1–64 letters, digits, _ or - in the bot's name"))
     }
 }
 
@@ -222,7 +223,10 @@ pub async fn missed(
     let Query(params) = params.map_err(query_rejection)?;
     let limit = params.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", format!("limit: {limit} is out of range; use 1 to 1000")));
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidQuery,
+            format!("limit: {limit} is out of range; use 1 to 1000"),
+        ));
     }
     if state.store.bot(&workspace.id, &name, None).await?.is_none() {
         return Err(ApiError::not_found("bot"));
@@ -326,18 +330,18 @@ pub async fn recognize(
 ) -> ApiResult<Json<Value>> {
     let Json(request) = body.map_err(json_rejection)?;
     let text = request.text.ok_or_else(|| {
-        ApiError::bad_request("missing_field", "text: is required, e.g. {\"text\": \"I lost my card\"}")
+        ApiError::bad_request(ErrorCode::MissingField, "text: is required, e.g. {\"text\": \"I lost my card\"}")
     })?;
     if text.chars().count() > MAX_TEXT_CHARS {
         return Err(ApiError::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("text: is longer than {MAX_TEXT_CHARS} characters"),
         ));
     }
     let now = match &request.now {
         Some(raw) => DateTime::parse_from_rfc3339(raw).map(|time| time.with_timezone(&Utc)).map_err(|_| {
             ApiError::bad_request(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 format!("now: \"{raw}\" is not an RFC 3339 time such as 2026-11-23T10:15:00Z"),
             )
         })?,
@@ -346,7 +350,7 @@ pub async fn recognize(
     let zone_name = request.time_zone.as_deref().unwrap_or(&workspace.time_zone);
     let time_zone: chrono_tz::Tz = zone_name.parse().map_err(|_| {
         ApiError::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("time_zone: \"{zone_name}\" is not an IANA time zone such as Europe/Paris"),
         )
     })?;

@@ -3,13 +3,14 @@
 
 use crate::api::profiles::json_rejection;
 use crate::auth::WorkspaceCaller;
+use crate::error::ErrorCode;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{OriginalUri, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use crossline_bot::dialog;
@@ -42,9 +43,10 @@ pub async fn put_channel(
     match kind.as_str() {
         "twilio" => {
             let config: TwilioConfig = serde_json::from_value(body).map_err(|err| {
-                ApiError::bad_request("invalid_field", format!("body: not a Twilio configuration ({err})"))
+                ApiError::bad_request(ErrorCode::InvalidField, format!("body: not a Twilio configuration ({err})"))
             })?;
-            let config = config.validate().map_err(|err| ApiError::bad_request("invalid_field", err.to_string()))?;
+            let config =
+                config.validate().map_err(|err| ApiError::bad_request(ErrorCode::InvalidField, err.to_string()))?;
             require_bot(&state, &workspace.id, &config.bot).await?;
             let stored = serde_json::to_value(&config).map_err(ApiError::internal)?;
             state.store.put_channel(&workspace.id, "twilio", &stored).await?;
@@ -53,11 +55,12 @@ pub async fn put_channel(
         "alexa" => {
             let config: AlexaConfig = serde_json::from_value(body).map_err(|err| {
                 ApiError::bad_request(
-                    "invalid_field",
+                    ErrorCode::InvalidField,
                     format!("body: not an Alexa configuration; give {{\"skill_id\", \"bot\"}} ({err})"),
                 )
             })?;
-            let config = config.validate().map_err(|err| ApiError::bad_request("invalid_field", err.to_string()))?;
+            let config =
+                config.validate().map_err(|err| ApiError::bad_request(ErrorCode::InvalidField, err.to_string()))?;
             require_bot(&state, &workspace.id, &config.bot).await?;
             let stored = serde_json::to_value(&config).map_err(ApiError::internal)?;
             state.store.put_channel(&workspace.id, "alexa", &stored).await?;
@@ -65,7 +68,7 @@ pub async fn put_channel(
         }
         "webchat" => {
             let bot = body.get("bot").and_then(Value::as_str).ok_or_else(|| {
-                ApiError::bad_request("missing_field", "bot: is required, the bot that answers the chat")
+                ApiError::bad_request(ErrorCode::MissingField, "bot: is required, the bot that answers the chat")
             })?;
             require_bot(&state, &workspace.id, bot).await?;
             let mut config = serde_json::json!({"bot": bot});
@@ -74,7 +77,7 @@ pub async fn put_channel(
                 Some(Value::String(secret)) if secret.len() >= 16 => config["identity_secret"] = json!(secret),
                 Some(_) => {
                     return Err(ApiError::bad_request(
-                        "invalid_field",
+                        ErrorCode::InvalidField,
                         "identity_secret: use a string of at least 16 characters, e.g. the output of `openssl rand -hex 24`",
                     ));
                 }
@@ -83,7 +86,7 @@ pub async fn put_channel(
                 fields.keys().find(|field| !matches!(field.as_str(), "bot" | "identity_secret")).cloned()
             }) {
                 return Err(ApiError::bad_request(
-                    "invalid_field",
+                    ErrorCode::InvalidField,
                     format!("{unknown}: is not a web chat setting; use bot and identity_secret"),
                 ));
             }
@@ -91,7 +94,7 @@ pub async fn put_channel(
             Ok(Json(webchat_public_view(&config)))
         }
         other => Err(ApiError::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("kind: \"{other}\" is not a channel that can be configured yet; use twilio, webchat or alexa"),
         )),
     }
@@ -101,7 +104,7 @@ pub async fn put_channel(
 async fn require_bot(state: &AppState, workspace_id: &str, bot: &str) -> ApiResult<()> {
     if state.store.bot(workspace_id, bot, None).await?.is_none() {
         return Err(ApiError::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("bot: there is no bot named \"{bot}\"; create it with PUT /api/v1/bots/{bot}"),
         ));
     }
@@ -166,11 +169,7 @@ async fn verified_twilio(
 ) -> ApiResult<(crossline_store::Workspace, TwilioConfig, Vec<(String, String)>)> {
     let workspace = state.store.workspace(workspace_id).await?.ok_or_else(|| ApiError::not_found("workspace"))?;
     let config = state.store.channel(&workspace.id, "twilio").await?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "channel_disabled",
-            "the twilio channel is not configured for this workspace",
-        )
+        ApiError::new(ErrorCode::ChannelDisabled, "the twilio channel is not configured for this workspace")
     })?;
     let config: TwilioConfig = serde_json::from_value(config).map_err(ApiError::internal)?;
     let params: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
@@ -187,7 +186,7 @@ async fn verified_twilio(
 /// The customer behind a Twilio webhook: the `From` number.
 fn caller(workspace: &crossline_store::Workspace, from: &str) -> ApiResult<Identity> {
     Identity::parse(IdentityKind::Phone, from, &workspace.default_region)
-        .map_err(|err| ApiError::bad_request("invalid_field", format!("From: {err}")))
+        .map_err(|err| ApiError::bad_request(ErrorCode::InvalidField, format!("From: {err}")))
 }
 
 /// Twilio's SMS webhook: verified, then answered with TwiML.
@@ -199,7 +198,8 @@ pub async fn twilio_sms(
     body: Bytes,
 ) -> ApiResult<Response> {
     let (workspace, config, params) = verified_twilio(&state, &workspace_id, &uri, &headers, &body).await?;
-    let sms = twilio::parse_sms(&params).map_err(|err| ApiError::bad_request("invalid_field", err.to_string()))?;
+    let sms =
+        twilio::parse_sms(&params).map_err(|err| ApiError::bad_request(ErrorCode::InvalidField, err.to_string()))?;
     let from = caller(&workspace, &sms.from)?;
 
     if let Some(keyword) = twilio::keyword(&sms.body) {
@@ -269,9 +269,10 @@ pub async fn twilio_voice(
     body: Bytes,
 ) -> ApiResult<Response> {
     let (workspace, config, params) = verified_twilio(&state, &workspace_id, &uri, &headers, &body).await?;
-    let call = twilio::parse_call(&params).map_err(|err| ApiError::bad_request("invalid_field", err.to_string()))?;
-    let position =
-        twilio::parse_position(uri.query()).map_err(|err| ApiError::bad_request("invalid_field", err.to_string()))?;
+    let call =
+        twilio::parse_call(&params).map_err(|err| ApiError::bad_request(ErrorCode::InvalidField, err.to_string()))?;
+    let position = twilio::parse_position(uri.query())
+        .map_err(|err| ApiError::bad_request(ErrorCode::InvalidField, err.to_string()))?;
     let from = caller(&workspace, &call.from)?;
     let bot = crate::api::bots::live_bot(&state, &workspace, &config.bot).await?;
     let sequence = position.map_or(0, |position| position.sequence);

@@ -3,6 +3,7 @@
 
 use crate::api::profiles::json_rejection;
 use crate::auth::WorkspaceCaller;
+use crate::error::ErrorCode;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::Json;
@@ -100,32 +101,34 @@ pub async fn post_message(
     body: Result<Json<InboundMessage>, JsonRejection>,
 ) -> ApiResult<Json<TurnAnswer>> {
     let Json(message) = body.map_err(json_rejection)?;
-    let bot = message.bot.ok_or_else(|| ApiError::bad_request("missing_field", "bot: is required, the bot's name"))?;
+    let bot = message
+        .bot
+        .ok_or_else(|| ApiError::bad_request(ErrorCode::MissingField, "bot: is required, the bot's name"))?;
     let from = message.from.ok_or_else(|| {
         ApiError::bad_request(
-            "missing_field",
+            ErrorCode::MissingField,
             "from: is required, e.g. {\"kind\": \"phone\", \"value\": \"+14155550123\"}",
         )
     })?;
     let kind: IdentityKind = from.kind.parse().map_err(|err: crossline_core::IdentityError| {
-        ApiError::bad_request("invalid_field", format!("from.kind: {err}"))
+        ApiError::bad_request(ErrorCode::InvalidField, format!("from.kind: {err}"))
     })?;
     let identity = Identity::parse(kind, &from.value, &workspace.default_region)
-        .map_err(|err| ApiError::bad_request("invalid_field", format!("from.value: {err}")))?;
-    let text = message.text.ok_or_else(|| ApiError::bad_request("missing_field", "text: is required"))?;
+        .map_err(|err| ApiError::bad_request(ErrorCode::InvalidField, format!("from.value: {err}")))?;
+    let text = message.text.ok_or_else(|| ApiError::bad_request(ErrorCode::MissingField, "text: is required"))?;
     if text.trim().is_empty() {
-        return Err(ApiError::bad_request("invalid_field", "text: is empty"));
+        return Err(ApiError::bad_request(ErrorCode::InvalidField, "text: is empty"));
     }
     if text.chars().count() > MAX_MESSAGE_CHARS {
         return Err(ApiError::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("text: is longer than {MAX_MESSAGE_CHARS} characters"),
         ));
     }
     let channel = message.channel.unwrap_or_else(|| "rest".into());
     if !is_valid_channel_name(&channel) {
         return Err(ApiError::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             "channel: use a lower-case channel name such as rest, chat or sms",
         ));
     }

@@ -9,12 +9,13 @@
 
 use crate::api::segment_schema::{AliasCall, BatchRequest, GroupCall, IdentifyCall, PageCall, ScreenCall, TrackCall};
 use crate::auth::basic_user;
+use crate::error::ErrorCode;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use chrono::{DateTime, Utc};
 use crossline_core::event::{
     Endpoint, EventKind, EventValidationError, MAX_REQUEST_BYTES, NormalizeOptions, RejectedEvent, SegmentRequest,
@@ -62,8 +63,7 @@ pub const MAX_REPORTED_REJECTIONS: usize = 1_000;
 async fn read_body(headers: &HeaderMap, body: Body) -> ApiResult<Vec<u8>> {
     let too_large = || {
         ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request_too_large",
+            ErrorCode::RequestTooLarge,
             format!("body: the request is larger than {MAX_REQUEST_BYTES} bytes; send fewer events per batch"),
         )
     };
@@ -78,7 +78,7 @@ async fn read_body(headers: &HeaderMap, body: Body) -> ApiResult<Vec<u8>> {
                 .read_to_end(&mut inflated)
                 .map_err(|err| {
                     ApiError::bad_request(
-                        "invalid_encoding",
+                        ErrorCode::InvalidEncoding,
                         format!("body: Content-Encoding is gzip but the body is not valid gzip ({err})"),
                     )
                 })?;
@@ -89,16 +89,14 @@ async fn read_body(headers: &HeaderMap, body: Body) -> ApiResult<Vec<u8>> {
         }
         "identity" | "" => Ok(raw.to_vec()),
         other => Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_encoding",
+            ErrorCode::UnsupportedEncoding,
             format!("Content-Encoding \"{other}\" is not supported; send the body plain or gzip-compressed"),
         )),
     }
 }
 
 fn validation_error(err: EventValidationError) -> ApiError {
-    let status = if err.is_too_large() { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
-    ApiError::new(status, err.code, err.message)
+    ApiError::named(err.code, err.message)
 }
 
 /// Count each rejected event by its code (few distinct codes: one counter update per code).

@@ -1,6 +1,7 @@
 //! The profile API: lookup, get, timeline, consent, erase, list and search.
 
 use crate::auth::WorkspaceCaller;
+use crate::error::ErrorCode;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::Json;
@@ -18,12 +19,12 @@ use utoipa::{IntoParams, ToSchema};
 
 /// Map a JSON body rejection to a clear 400.
 pub fn json_rejection(rejection: JsonRejection) -> ApiError {
-    ApiError::bad_request("invalid_json", format!("body: {}", rejection.body_text()))
+    ApiError::bad_request(ErrorCode::InvalidJson, format!("body: {}", rejection.body_text()))
 }
 
 /// Map a query-string rejection to a clear 400.
 pub fn query_rejection(rejection: QueryRejection) -> ApiError {
-    ApiError::bad_request("invalid_query", rejection.body_text())
+    ApiError::bad_request(ErrorCode::InvalidQuery, rejection.body_text())
 }
 
 /// An identity in API form.
@@ -212,9 +213,10 @@ fn check_limit(limit: Option<usize>, default: usize) -> ApiResult<usize> {
     match limit {
         None => Ok(default),
         Some(limit) if (1..=1000).contains(&limit) => Ok(limit),
-        Some(limit) => {
-            Err(ApiError::bad_request("invalid_query", format!("limit: {limit} is out of range; use 1 to 1000")))
-        }
+        Some(limit) => Err(ApiError::bad_request(
+            ErrorCode::InvalidQuery,
+            format!("limit: {limit} is out of range; use 1 to 1000"),
+        )),
     }
 }
 
@@ -234,14 +236,14 @@ pub async fn lookup(
 ) -> ApiResult<Json<ProfileView>> {
     let Query(params) = params.map_err(query_rejection)?;
     let kind = params.kind.ok_or_else(|| {
-        ApiError::bad_request("missing_field", "kind: is required, e.g. ?kind=email&value=ada@example.com")
+        ApiError::bad_request(ErrorCode::MissingField, "kind: is required, e.g. ?kind=email&value=ada@example.com")
     })?;
-    let kind: IdentityKind = kind
-        .parse()
-        .map_err(|err: crossline_core::IdentityError| ApiError::bad_request("invalid_field", format!("kind: {err}")))?;
-    let value = params.value.ok_or_else(|| ApiError::bad_request("missing_field", "value: is required"))?;
+    let kind: IdentityKind = kind.parse().map_err(|err: crossline_core::IdentityError| {
+        ApiError::bad_request(ErrorCode::InvalidField, format!("kind: {err}"))
+    })?;
+    let value = params.value.ok_or_else(|| ApiError::bad_request(ErrorCode::MissingField, "value: is required"))?;
     let identity = Identity::parse(kind, &value, &workspace.default_region)
-        .map_err(|err| ApiError::bad_request("invalid_field", format!("value: {err}")))?;
+        .map_err(|err| ApiError::bad_request(ErrorCode::InvalidField, format!("value: {err}")))?;
     let profile = state
         .store
         .lookup(&workspace.id, &identity)
@@ -315,7 +317,7 @@ pub async fn set_consent(
     let Json(body) = body.map_err(json_rejection)?;
     if body.is_empty() {
         return Err(ApiError::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             "body: name at least one channel, e.g. {\"email\": \"subscribed\"}",
         ));
     }
@@ -323,14 +325,17 @@ pub async fn set_consent(
     for (channel, status) in &body {
         if !is_valid_channel_name(channel) {
             return Err(ApiError::bad_request(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 format!(
                     "{channel}: is not a channel name; use lower-case names such as email, sms, push, voice, whatsapp"
                 ),
             ));
         }
         let status = status.as_str().and_then(ConsentStatus::parse_statement).ok_or_else(|| {
-            ApiError::bad_request("invalid_field", format!("{channel}: must be \"subscribed\" or \"unsubscribed\""))
+            ApiError::bad_request(
+                ErrorCode::InvalidField,
+                format!("{channel}: must be \"subscribed\" or \"unsubscribed\""),
+            )
         })?;
         statements.push((channel.clone(), status));
     }
@@ -393,20 +398,23 @@ pub fn profile_query(params: ListParams) -> ApiResult<ProfileQuery> {
     let trait_equals = match (params.trait_name, params.value) {
         (Some(name), Some(raw)) => {
             if name.is_empty() || name.contains('"') {
-                return Err(ApiError::bad_request("invalid_query", "trait: give a trait name without double quotes"));
+                return Err(ApiError::bad_request(
+                    ErrorCode::InvalidQuery,
+                    "trait: give a trait name without double quotes",
+                ));
             }
             let value = serde_json::from_str::<Value>(&raw).unwrap_or(Value::String(raw));
             Some((name, value))
         }
         (Some(_), None) => {
             return Err(ApiError::bad_request(
-                "invalid_query",
+                ErrorCode::InvalidQuery,
                 "value: is required with trait, e.g. ?trait=plan&value=pro",
             ));
         }
         (None, Some(_)) => {
             return Err(ApiError::bad_request(
-                "invalid_query",
+                ErrorCode::InvalidQuery,
                 "trait: is required with value, e.g. ?trait=plan&value=pro",
             ));
         }

@@ -3,6 +3,7 @@
 
 use super::profiles::query_rejection;
 use crate::auth::WorkspaceCaller;
+use crate::error::ErrorCode;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::Json;
@@ -100,7 +101,7 @@ pub async fn list_rejected_events(
         Some(limit) if (1..=MAX_LIMIT).contains(&limit) => limit,
         Some(limit) => {
             return Err(ApiError::bad_request(
-                "invalid_query",
+                ErrorCode::InvalidQuery,
                 format!("limit: {limit} is out of range; use 1 to {MAX_LIMIT}"),
             ));
         }
@@ -110,7 +111,7 @@ pub async fn list_rejected_events(
         && !is_cursor(cursor)
     {
         return Err(ApiError::bad_request(
-            "invalid_query",
+            ErrorCode::InvalidQuery,
             "before: is not a cursor; pass the next_cursor of a previous page, or leave it out for the newest",
         ));
     }

@@ -26,6 +26,7 @@
 //! so the page can send it again).
 
 use crate::api::bots::bot_model;
+use crate::error::ErrorCode;
 use crate::error::{ApiError, ApiResult};
 use crate::rate::{PeerIp, ip_key};
 use crate::state::AppState;
@@ -69,13 +70,10 @@ struct WebchatConfig {
 }
 
 async fn webchat_config(state: &AppState, workspace: Workspace) -> ApiResult<(Workspace, WebchatConfig)> {
-    let config = state.store.channel(&workspace.id, "webchat").await?.ok_or_else(|| {
-        ApiError::new(
-            axum::http::StatusCode::NOT_FOUND,
-            "channel_disabled",
-            "web chat is not configured for this workspace",
-        )
-    })?;
+    let config =
+        state.store.channel(&workspace.id, "webchat").await?.ok_or_else(|| {
+            ApiError::new(ErrorCode::ChannelDisabled, "web chat is not configured for this workspace")
+        })?;
     let bot =
         config.get("bot").and_then(Value::as_str).ok_or_else(|| ApiError::internal("webchat config without bot"))?;
     let identity_secret = config.get("identity_secret").and_then(Value::as_str).map(str::to_owned);
@@ -113,7 +111,10 @@ pub struct FrameQuery {
 /// The chat page in the widget's frame, found by the workspace's write key.
 pub async fn widget_frame(State(state): State<AppState>, Query(query): Query<FrameQuery>) -> ApiResult<Response> {
     let key = query.write_key.filter(|key| !key.is_empty()).ok_or_else(|| {
-        ApiError::bad_request("invalid_query", "write_key: is required; give the workspace's write key (wk_...)")
+        ApiError::bad_request(
+            ErrorCode::InvalidQuery,
+            "write_key: is required; give the workspace's write key (wk_...)",
+        )
     })?;
     let workspace = state.store.workspace_by_key(KeyKind::Write, &hash_key(&key)).await?.ok_or_else(|| {
         ApiError::unauthorized(
@@ -162,12 +163,15 @@ pub async fn socket(
     }
     let (workspace, config) = webchat_bot(&state, &workspace_id).await?;
     let visitor = query.visitor.filter(|visitor| valid_visitor(visitor)).ok_or_else(|| {
-        ApiError::bad_request("invalid_query", "visitor: give 16 to 64 letters, digits, - or _ (the page makes one)")
+        ApiError::bad_request(
+            ErrorCode::InvalidQuery,
+            "visitor: give 16 to 64 letters, digits, - or _ (the page makes one)",
+        )
     })?;
     let channel = match query.channel.as_deref() {
         None | Some("chat") => "chat",
         Some("kiosk") => "kiosk",
-        Some(_) => return Err(ApiError::bad_request("invalid_query", "channel: use chat or kiosk")),
+        Some(_) => return Err(ApiError::bad_request(ErrorCode::InvalidQuery, "channel: use chat or kiosk")),
     };
     let identity = Identity { kind: IdentityKind::ChatVisitorId, value: visitor };
     // Chat frames are small: small buffers keep ten thousand open sockets in little memory.
@@ -273,7 +277,10 @@ async fn identify(
 ) -> ApiResult<Identified> {
     let user_id = user_id.map(|id| id.trim().to_owned()).unwrap_or_default();
     if user_id.is_empty() || user_id.chars().count() > MAX_USER_ID_CHARS {
-        return Err(ApiError::bad_request("invalid_field", "user_id: give the customer's user id (1-256 characters)"));
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidField,
+            "user_id: give the customer's user id (1-256 characters)",
+        ));
     }
     let traits = traits.unwrap_or_default();
     let asserted = |name: &str| traits.get(name).and_then(Value::as_str).filter(|value| !value.trim().is_empty());
@@ -284,8 +291,7 @@ async fn identify(
             if !secrets_equal(given_hash.as_deref().unwrap_or_default(), &expected) {
                 metrics::counter!("crossline_chat_identify_refused_total").increment(1);
                 return Err(ApiError::new(
-                    axum::http::StatusCode::FORBIDDEN,
-                    "identity_not_verified",
+                    ErrorCode::IdentityNotVerified,
                     "user_hash: does not match; compute it on your server as the hex HMAC-SHA256, with the web chat identity secret, of the user id followed by \"\\nemail:EMAIL\" and \"\\nphone:PHONE\" for each of them the identify names (docs/channels/webchat.md)",
                 ));
             }
@@ -299,7 +305,7 @@ async fn identify(
         let body =
             json!({"type": "identify", "userId": user_id, "traits": traits, "context": {"channel": client.channel}});
         let mut parsed = parse_request(Endpoint::Single(EventKind::Identify), body.to_string().as_bytes(), &options)
-            .map_err(|err| ApiError::bad_request(err.code, err.message.replace("body.", "")))?;
+            .map_err(|err| ApiError::named(err.code, err.message.replace("body.", "")))?;
         for event in &mut parsed.events {
             event.identities.push(client.visitor.clone());
         }
@@ -368,8 +374,8 @@ enum ClientFrame {
     },
 }
 
-fn error_frame(code: &str, message: &str) -> Value {
-    json!({"type": "error", "code": code, "message": message})
+fn error_frame(code: ErrorCode, message: &str) -> Value {
+    json!({"type": "error", "code": code.as_str(), "message": message})
 }
 
 /// Whether the visitor and its address may send another frame now.
@@ -395,20 +401,23 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, client: Client) {
         };
         if !allow_frame(&state, &client) {
             metrics::counter!("crossline_chat_rate_limited_total", "what" => "frame").increment(1);
-            send(&mut socket, error_frame("rate_limited", "you are sending too fast; wait a moment and send again"))
-                .await;
+            send(
+                &mut socket,
+                error_frame(ErrorCode::RateLimited, "you are sending too fast; wait a moment and send again"),
+            )
+            .await;
             continue;
         }
         let request = match serde_json::from_str::<ClientFrame>(&text) {
             Ok(request) => request,
             Err(err) if serde_json::from_str::<Value>(&text).is_err() => {
                 tracing::debug!(error = %err, "chat frame is not JSON");
-                send(&mut socket, error_frame("invalid_json", "frames are JSON objects")).await;
+                send(&mut socket, error_frame(ErrorCode::InvalidJson, "frames are JSON objects")).await;
                 continue;
             }
             Err(err) => {
                 let message = format!("type: use hello, message or identify with their fields ({err})");
-                send(&mut socket, error_frame("invalid_field", &message)).await;
+                send(&mut socket, error_frame(ErrorCode::InvalidField, &message)).await;
                 continue;
             }
         };
@@ -434,7 +443,7 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, client: Client) {
                 if id.is_empty() || id.len() > 64 || body.is_empty() {
                     send(
                         &mut socket,
-                        error_frame("invalid_field", "a message needs an id (1-64 characters) and some text"),
+                        error_frame(ErrorCode::InvalidField, "a message needs an id (1-64 characters) and some text"),
                     )
                     .await;
                     continue;
@@ -469,8 +478,8 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, client: Client) {
                     Err(Some(err)) => {
                         // Whether the page should send the message again (after a reconnect): only
                         // when the server could not take it for now, never for what would fail again.
-                        let retry = err.status.is_server_error() && err.code != "internal_panic";
-                        let frame = json!({"type": "error", "code": err.code, "message": err.message, "id": id, "retry": retry});
+                        let retry = err.status.is_server_error() && err.code != ErrorCode::InternalPanic;
+                        let frame = json!({"type": "error", "code": err.code.as_str(), "message": err.message, "id": id, "retry": retry});
                         send(&mut socket, frame).await;
                         continue;
                     }

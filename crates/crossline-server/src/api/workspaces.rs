@@ -1,6 +1,7 @@
 //! Workspaces and their keys.
 
 use crate::auth::Caller;
+use crate::error::ErrorCode;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::Json;
@@ -96,7 +97,7 @@ pub fn validate_region(field: &str, region: &str) -> ApiResult<String> {
         Ok(upper)
     } else {
         Err(ApiError::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("{field}: \"{region}\" is not an ISO 3166 alpha-2 region code such as US, GB or DE"),
         ))
     }
@@ -106,7 +107,7 @@ pub fn validate_region(field: &str, region: &str) -> ApiResult<String> {
 pub fn validate_time_zone(field: &str, zone: &str) -> ApiResult<String> {
     zone.trim().parse::<chrono_tz::Tz>().map(|tz| tz.name().to_owned()).map_err(|_| {
         ApiError::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("{field}: \"{zone}\" is not an IANA time zone such as Europe/Paris or America/New_York"),
         )
     })
@@ -135,12 +136,15 @@ pub async fn create_workspace(
     let name = body.name.unwrap_or_default().trim().to_owned();
     if name.is_empty() || name.chars().count() > 64 {
         return Err(ApiError::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             "name: give a name of 1 to 64 characters, e.g. {\"name\": \"acme\"}",
         ));
     }
     if !name.chars().all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | ' ')) {
-        return Err(ApiError::bad_request("invalid_field", "name: use letters, digits, spaces, -, _ and . only"));
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidField,
+            "name: use letters, digits, spaces, -, _ and . only",
+        ));
     }
     let default_region =
         validate_region("default_region", body.default_region.as_deref().unwrap_or(&state.settings.default_region))?;
@@ -203,7 +207,7 @@ pub async fn rotate_key(
         "api" => KeyKind::Api,
         other => {
             return Err(ApiError::bad_request(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 format!("kind: \"{other}\" is not a key kind; use write or api"),
             ));
         }

@@ -18,6 +18,8 @@ pub enum Section {
     Profiles,
     /// Events of batches that failed validation.
     Rejected,
+    /// Bots: intents, versions, missed utterances.
+    Bots,
     /// The operator's workspace list.
     Workspaces,
 }
@@ -67,6 +69,7 @@ pub fn shell(session: &Session, section: Section, title: &str, content: Markup) 
                     nav.nav aria-label="Main" {
                         a href="/" aria-current=[current(Section::Overview)] { (icon(OVERVIEW_ICON)) "Overview" }
                         a href="/profiles" aria-current=[current(Section::Profiles)] { (icon(PROFILES_ICON)) "Profiles" }
+                        a href="/bots" aria-current=[current(Section::Bots)] { (icon(BOTS_ICON)) "Bots" }
                         a href="/rejected" aria-current=[current(Section::Rejected)] { (icon(REJECTED_ICON)) "Rejected events" }
                         @if session.is_admin() {
                             a href="/workspaces" aria-current=[current(Section::Workspaces)] { (icon(WORKSPACES_ICON)) "Workspaces" }
@@ -97,6 +100,7 @@ pub fn shell(session: &Session, section: Section, title: &str, content: Markup) 
 const OVERVIEW_ICON: &str = "M3 13h4v8H3zM10 3h4v18h-4zM17 8h4v13h-4z";
 const PROFILES_ICON: &str = "M12 12a4 4 0 1 0 0-8 4 4 0 0 0 0 8zm-8 9a8 8 0 0 1 16 0";
 const WORKSPACES_ICON: &str = "M3 4h18v6H3zM3 14h18v6H3z";
+const BOTS_ICON: &str = "M4 6h16v11H8l-4 3zM9 11h.01M15 11h.01";
 const REJECTED_ICON: &str = "M12 3a9 9 0 1 0 0 18 9 9 0 0 0 0-18zM5.6 5.6l12.8 12.8";
 
 fn icon(path: &str) -> Markup {

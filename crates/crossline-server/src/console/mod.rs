@@ -9,6 +9,7 @@
 //! - `GET /profiles?q=&after=`: profile search and paged list.
 //! - `GET /profiles/{id}`: the customer 360 page.
 //! - `GET /rejected?before=`: events of batches that failed validation, newest first.
+//! - `GET /bots`, `GET /bots/{name}`: each bot's intents, versions and missed utterances.
 //! - `GET /assets/{name}`: embedded CSS, JavaScript and icon, cacheable for a year.
 //!
 //! Every page but `/login` and the assets redirects a visitor without a valid session to `/login`.
@@ -17,6 +18,7 @@
 //! nothing but its own cookies.
 
 pub mod assets;
+pub mod bots;
 pub mod chart;
 pub mod error;
 pub mod layout;
@@ -46,6 +48,8 @@ pub fn router() -> Router<AppState> {
         .route("/profiles", get(profiles::list))
         .route("/profiles/{id}", get(profiles::show))
         .route("/rejected", get(rejected::list))
+        .route("/bots", get(bots::list))
+        .route("/bots/{name}", get(bots::show))
         .route("/login", get(login::form).post(login::submit))
         .route("/logout", post(login::logout))
         .route("/assets/{name}", get(assets::serve))

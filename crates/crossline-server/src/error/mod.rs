@@ -1,6 +1,10 @@
 //! The one error type of the HTTP boundary. Clients get a stable `code` and a sentence naming the
 //! field and the fix; internal details go to the log, never to the client.
 
+mod codes;
+
+pub use codes::ErrorCode;
+
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use crossline_store::StoreError;
@@ -13,7 +17,7 @@ pub struct ApiError {
     /// HTTP status.
     pub status: StatusCode,
     /// Stable machine-readable code.
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// Human sentence.
     pub message: String,
 }
@@ -35,50 +39,52 @@ pub struct ErrorDetail {
 }
 
 impl ApiError {
-    /// An error with a status, code and message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+    /// An error with a code (which gives the status) and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError { status: code.status(), code, message: message.into() }
     }
 
-    /// 400 with a code.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
+    /// A client error with a code, e.g. [`ErrorCode::InvalidField`] (400).
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::new(code, message)
+    }
+
+    /// The error of a code a domain crate gave by name (validation, profile limits); an unknown
+    /// name (a test keeps there being none) is an invalid field.
+    pub fn named(code: &str, message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::parse(code).unwrap_or(ErrorCode::InvalidField), message)
     }
 
     /// 401.
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        Self::new(ErrorCode::Unauthorized, message)
     }
 
     /// 403.
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Self::new(ErrorCode::Forbidden, message)
     }
 
     /// 429: the caller is over a rate limit.
     pub fn rate_limited(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+        Self::new(ErrorCode::RateLimited, message)
     }
 
     /// 404.
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} was not found"))
+        Self::new(ErrorCode::NotFound, format!("{what} was not found"))
     }
 
     /// 500, logging the cause.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the server failed; the error is logged, and nothing of the request was stored",
-        )
+        Self::new(ErrorCode::Internal, "the server failed; the error is logged, and nothing of the request was stored")
     }
 }
 
 impl From<crossline_core::limits::LimitExceeded> for ApiError {
     fn from(err: crossline_core::limits::LimitExceeded) -> Self {
-        ApiError::bad_request(err.code, err.message)
+        ApiError::named(err.code, err.message)
     }
 }
 
@@ -97,7 +103,7 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::NotFound(what) => ApiError::not_found(what),
-            StoreError::Conflict(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            StoreError::Conflict(message) => ApiError::new(ErrorCode::Conflict, message),
             StoreError::Backend(_) => ApiError::internal(err),
         }
     }
@@ -108,7 +114,7 @@ impl From<crossline_engine::BotError> for ApiError {
         use crossline_engine::BotError;
         match err {
             BotError::NotFound => ApiError::not_found("bot"),
-            BotError::Invalid(message) => ApiError::bad_request("invalid_field", message),
+            BotError::Invalid(message) => ApiError::new(ErrorCode::InvalidField, message),
             BotError::Store(err) => err.into(),
             BotError::Internal(message) => ApiError::internal(message),
         }
@@ -119,9 +125,9 @@ impl From<crossline_engine::TurnError> for ApiError {
     fn from(err: crossline_engine::TurnError) -> Self {
         use crossline_engine::TurnError;
         match err {
-            TurnError::Duplicate { .. } => ApiError::new(StatusCode::CONFLICT, "duplicate_message", err.to_string()),
+            TurnError::Duplicate { .. } => ApiError::new(ErrorCode::DuplicateMessage, err.to_string()),
             TurnError::RateLimited => ApiError::rate_limited(err.to_string()),
-            TurnError::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "conversation_busy", err.to_string()),
+            TurnError::Busy => ApiError::new(ErrorCode::ConversationBusy, err.to_string()),
             TurnError::BotNotFound => ApiError::not_found("bot"),
             TurnError::Store(err) => err.into(),
             TurnError::Internal(message) => ApiError::internal(message),
@@ -131,7 +137,7 @@ impl From<crossline_engine::TurnError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
+        let body = ErrorBody { error: ErrorDetail { code: self.code.as_str().to_owned(), message: self.message } };
         (self.status, axum::Json(body)).into_response()
     }
 }
