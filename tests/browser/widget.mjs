@@ -111,7 +111,7 @@ try {
   let twiml = await sms("Hi, it's about my appointment");
   expect("the first SMS", twiml, "<Message>Picking up where we left off in chat: What time suits you?</Message>");
   twiml = await sms("3pm");
-  expect("the time by SMS", twiml, "at 15:00?\nReply Yes / No</Message>");
+  expect("the time by SMS", twiml, "at 3 pm?\nReply Yes / No</Message>");
   twiml = await sms("yes");
   expect("the confirmation by SMS", twiml, "<Message>Booked: ");
   console.log("chat to SMS passed");

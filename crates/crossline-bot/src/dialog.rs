@@ -9,6 +9,7 @@
 //! A silence (a spoken prompt that got no answer) is not a turn: [`silence`] decides what to say
 //! from the state without changing it.
 
+use crate::template::render;
 use crate::{AfterSilence, BotDefinition, Fulfillment, Intent};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -160,7 +161,9 @@ pub fn pending_question(definition: &BotDefinition, state: &DialogState) -> Opti
         Awaiting::Slot(slot) => {
             found.slots.iter().find(|candidate| &candidate.name == slot).and_then(|candidate| candidate.prompt.clone())
         }
-        Awaiting::Confirmation => found.confirmation.as_ref().map(|text| render(text, &active.slots)),
+        Awaiting::Confirmation => {
+            found.confirmation.as_ref().map(|text| render(text, &active.slots, &definition.locale))
+        }
         Awaiting::Nothing => None,
     }
 }
@@ -232,34 +235,6 @@ pub fn yes_or_no(text: &str) -> Option<bool> {
         (false, true) => Some(false),
         _ => None,
     }
-}
-
-fn display(value: &Value) -> String {
-    match value.get("value").unwrap_or(value) {
-        Value::String(text) => text.clone(),
-        Value::Object(money) if money.contains_key("amount") => {
-            format!("{} {}", money["amount"], money.get("currency").and_then(Value::as_str).unwrap_or_default())
-        }
-        other => other.to_string(),
-    }
-}
-
-/// Fill `{slot}` placeholders with the slots' values.
-pub fn render(template: &str, slots: &BTreeMap<String, Value>) -> String {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        let Some(close) = rest[open..].find('}') else { break };
-        out.push_str(&rest[..open]);
-        let name = rest[open + 1..open + close].trim();
-        match slots.get(name) {
-            Some(value) => out.push_str(&display(value)),
-            None => out.push_str(&rest[open..open + close + 1]),
-        }
-        rest = &rest[open + close + 1..];
-    }
-    out.push_str(rest);
-    out
 }
 
 fn intent<'a>(definition: &'a BotDefinition, name: &str) -> Option<&'a Intent> {
@@ -407,10 +382,9 @@ fn decide(definition: &BotDefinition, state: &mut DialogState, input: &TurnInput
                                     candidate.reprompt.clone().or_else(|| candidate.prompt.clone())
                                 })
                             }
-                            Awaiting::Confirmation => found
-                                .confirmation
-                                .as_ref()
-                                .map(|text| format!("Please answer yes or no: {}", render(text, &active.slots))),
+                            Awaiting::Confirmation => found.confirmation.as_ref().map(|text| {
+                                format!("Please answer yes or no: {}", render(text, &active.slots, &definition.locale))
+                            }),
                             Awaiting::Nothing => None,
                         };
                         outcome.replies.push(question.unwrap_or_else(|| definition.fallback.response.clone()));
@@ -475,7 +449,7 @@ fn advance(
     if let Some(confirmation) = &found.confirmation
         && active.awaiting != Awaiting::Confirmation
     {
-        outcome.replies.push(format!("{prefix}{}", render(confirmation, &active.slots)));
+        outcome.replies.push(format!("{prefix}{}", render(confirmation, &active.slots, &definition.locale)));
         active.awaiting = Awaiting::Confirmation;
         state.active = Some(active);
         return;
@@ -486,7 +460,9 @@ fn advance(
 fn fulfil(definition: &BotDefinition, state: &mut DialogState, active: ActiveIntent, outcome: &mut TurnOutcome) {
     let Some(found) = intent(definition, &active.name) else { return };
     match &found.fulfillment {
-        Some(Fulfillment::Response { response }) => outcome.replies.push(render(response, &active.slots)),
+        Some(Fulfillment::Response { response }) => {
+            outcome.replies.push(render(response, &active.slots, &definition.locale))
+        }
         Some(Fulfillment::Handoff { handoff }) => {
             outcome.replies.push(HANDOFF_REPLY.into());
             outcome.handoff = Some(handoff.queue.clone());
@@ -509,7 +485,9 @@ fn resume(definition: &BotDefinition, state: &mut DialogState, outcome: &mut Tur
         (Awaiting::Slot(slot), Some(found)) => {
             found.slots.iter().find(|candidate| &candidate.name == slot).and_then(|candidate| candidate.prompt.clone())
         }
-        (Awaiting::Confirmation, Some(found)) => found.confirmation.as_ref().map(|text| render(text, &paused.slots)),
+        (Awaiting::Confirmation, Some(found)) => {
+            found.confirmation.as_ref().map(|text| render(text, &paused.slots, &definition.locale))
+        }
         _ => None,
     };
     if let Some(question) = question {

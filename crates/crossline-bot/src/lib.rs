@@ -7,6 +7,7 @@
 //! **Invariant:** this crate knows nothing of channels or SQL.
 
 pub mod dialog;
+pub mod template;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -209,17 +210,7 @@ pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// The `{name}` placeholders of a template.
-pub fn placeholders(template: &str) -> Vec<&str> {
-    let mut names = Vec::new();
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        let Some(close) = rest[open..].find('}') else { break };
-        names.push(rest[open + 1..open + close].trim());
-        rest = &rest[open + close + 1..];
-    }
-    names
-}
+pub use template::placeholders;
 
 /// Parse a definition from JSON, naming the field when the shape is wrong.
 pub fn parse(json: &serde_json::Value) -> Result<BotDefinition, DefinitionError> {
@@ -378,11 +369,20 @@ pub fn validate(definition: &BotDefinition) -> Result<(), DefinitionError> {
             }
         }
         let check_template = |field: String, template: &str| -> Result<(), DefinitionError> {
-            for name in placeholders(template) {
-                if !slot_names.contains(name) {
+            for piece in template::pieces(template) {
+                let template::Piece::Placeholder { slot, field: part, raw } = piece else { continue };
+                if !slot_names.contains(slot) {
                     return Err(error(
                         field.clone(),
-                        format!("refers to {{{name}}}, which is not a slot of this intent"),
+                        format!("refers to {{{slot}}}, which is not a slot of this intent"),
+                    ));
+                }
+                if part.is_some_and(|part| part != "value" && part != "text") {
+                    return Err(error(
+                        field.clone(),
+                        format!(
+                            "{raw}: write {{{slot}}} for the value as people read it, {{{slot}.value}} for the raw value or {{{slot}.text}} for the customer's words"
+                        ),
                     ));
                 }
             }
@@ -465,6 +465,10 @@ mod tests {
         );
         assert!(matches!(definition.intents[1].fulfillment, Some(Fulfillment::Handoff { .. })));
         compile(&definition).unwrap();
+        // The raw value and the customer's words are reachable too.
+        let mut raw = bank();
+        raw["intents"][0]["fulfillment"] = json!({"response": "Booked: {date.value} ({date.text}) at {time}."});
+        assert!(parse(&raw).is_ok());
     }
 
     #[test]
@@ -474,6 +478,7 @@ mod tests {
             (Box::new(|bot| bot["intents"][0]["slots"][0]["type"] = json!("dat")), "intents[0].slots[0].type"),
             (Box::new(|bot| bot["intents"][0]["slots"][1]["prompt"] = json!(" ")), "intents[0].slots[1].prompt"),
             (Box::new(|bot| bot["intents"][0]["confirmation"] = json!("Book {day}?")), "intents[0].confirmation"),
+            (Box::new(|bot| bot["intents"][0]["confirmation"] = json!("Book {date.when}?")), "intents[0].confirmation"),
             (
                 Box::new(|bot| bot["intents"][0]["fulfillment"] = json!({"response": "Done {when}"})),
                 "intents[0].fulfillment.response",

@@ -1,6 +1,5 @@
 //! The `crossline` command: serve, demo, migrate, nlu eval and bench.
 
-mod bench;
 mod bot;
 mod config;
 mod demo;
@@ -35,7 +34,7 @@ enum Command {
     Nlu(NluCommand),
     /// Benchmarks that drive a real server over loopback.
     #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    Bench(crossline_bench::BenchCommand),
     /// Bot definitions from YAML or JSON files: check them offline, push them to a server.
     #[command(subcommand)]
     Bot(bot::BotCommand),
@@ -94,7 +93,7 @@ fn main() -> ExitCode {
             Command::Nlu(NluCommand::Eval(args)) => {
                 tokio::task::spawn_blocking(move || crossline_nlu_eval::run(&args)).await?
             }
-            Command::Bench(command) => bench::run(command).await,
+            Command::Bench(command) => crossline_bench::run(command).await,
             Command::Bot(command) => bot::run(command).await,
         }
     });

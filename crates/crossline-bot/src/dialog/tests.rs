@@ -65,9 +65,9 @@ fn a_form_is_filled_confirmed_and_fulfilled_without_asking_what_the_profile_know
     let out = turn(&mut state, say("tomorrow please", "chat", None));
     assert_eq!(out.replies, ["What time suits you?"]);
     let out = turn(&mut state, say("3pm", "chat", None));
-    assert_eq!(out.replies, ["Shall I book 2026-11-24 at 15:00?"], "the email came from the profile");
+    assert_eq!(out.replies, ["Shall I book Tuesday, November 24 at 3 pm?"], "the email came from the profile");
     let out = turn(&mut state, say("yes please", "chat", None));
-    assert_eq!(out.replies, ["Booked: 2026-11-24 at 15:00. Confirmation goes to ada@example.com."]);
+    assert_eq!(out.replies, ["Booked: Tuesday, November 24 at 3 pm. Confirmation goes to ada@example.com."]);
     let (name, slots) = out.fulfilled.unwrap();
     assert_eq!((name.as_str(), slots.len()), ("book_appointment", 3));
     assert!(state.active.is_none());
@@ -79,7 +79,7 @@ fn slots_given_with_the_intent_are_not_asked_again() {
     let mut said = say("book me in tomorrow at 3pm", "chat", Some(("book_appointment", 0.9)));
     said.slots.insert("date".into(), slot_entry(json!("2026-11-24"), "tomorrow"));
     said.slots.insert("time".into(), slot_entry(json!("15:00"), "3pm"));
-    assert_eq!(turn(&mut state, said).replies, ["Shall I book 2026-11-24 at 15:00?"]);
+    assert_eq!(turn(&mut state, said).replies, ["Shall I book Tuesday, November 24 at 3 pm?"]);
     let out = turn(&mut state, say("no, cancel that", "chat", None));
     assert_eq!(out.replies, ["OK, I won't do that. What else can I help with?"]);
     assert!(out.fulfilled.is_none() && state.active.is_none());
@@ -96,7 +96,10 @@ fn the_conversation_follows_the_customer_to_another_channel() {
     assert!(out.understood);
     // Then calls and answers the question.
     let out = turn(&mut state, say("3pm works", "voice", None));
-    assert_eq!(out.replies, ["Picking up where we left off in our text messages: Shall I book 2026-11-24 at 15:00?"]);
+    assert_eq!(
+        out.replies,
+        ["Picking up where we left off in our text messages: Shall I book Tuesday, November 24 at 3 pm?"]
+    );
     assert_eq!(turn(&mut state, say("yeah", "voice", None)).fulfilled.unwrap().0, "book_appointment");
 }
 
@@ -108,7 +111,7 @@ fn another_intent_mid_form_is_answered_and_the_form_resumes() {
     let out = turn(&mut state, say("wait, when are you open?", "chat", Some(("opening_hours", 0.9))));
     assert_eq!(out.replies, ["We are open 9 to 5.", "Now, back to where we were: What time suits you?"]);
     let out = turn(&mut state, say("3pm", "chat", None));
-    assert_eq!(out.replies, ["Shall I book 2026-11-24 at 15:00?"], "the date given before the detour is kept");
+    assert_eq!(out.replies, ["Shall I book Tuesday, November 24 at 3 pm?"], "the date given before the detour is kept");
 }
 
 #[test]
@@ -158,7 +161,10 @@ fn templates_render_values() {
         ("amount".to_owned(), slot_entry(json!({"amount": 20.5, "currency": "USD"}), "$20.50")),
         ("count".to_owned(), slot_entry(json!(4), "four")),
     ]);
-    assert_eq!(render("Send {amount} to {count} people, {missing}", &slots), "Send 20.5 USD to 4 people, {missing}");
+    assert_eq!(
+        render("Send {amount} to {count} people, {missing}", &slots, "en"),
+        "Send $20.50 to 4 people, {missing}"
+    );
 }
 
 #[test]
@@ -223,7 +229,7 @@ fn silence_asks_the_pending_question_again_then_says_goodbye_and_changes_nothing
     assert_eq!(
         (out.replies.as_slice(), out.quick_replies.as_slice()),
         (
-            &["Sorry, I didn't hear anything. Shall I book 2026-11-24 at 15:00?".to_owned()][..],
+            &["Sorry, I didn't hear anything. Shall I book Tuesday, November 24 at 3 pm?".to_owned()][..],
             &["Yes".to_owned(), "No".to_owned()][..]
         )
     );

@@ -170,7 +170,7 @@ async fn a_booking_started_in_chat_is_finished_on_alexa() {
     let answer = signed(&server, &ws.id, &ada.body(said("three pm"))).await;
     assert!(
         speech(&answer).starts_with("<speak>Shall I book ")
-            && speech(&answer).ends_with(" at 15:00? You can say yes or no.</speak>"),
+            && speech(&answer).ends_with(" at 3 pm? You can say yes or no.</speak>"),
         "{answer}"
     );
     let answer = signed(

@@ -38,7 +38,7 @@ async fn a_booking_started_in_chat_is_finished_by_sms_and_voice() {
     let (_, voice) = say(&server, &ws.api_key, phone.clone(), "voice", "3pm").await;
     let reply = &replies(&voice)[0];
     assert!(reply.starts_with("Picking up where we left off in our text messages: Shall I book "), "{reply}");
-    assert!(reply.ends_with(" at 15:00?"), "{reply}");
+    assert!(reply.ends_with(" at 3 pm?"), "{reply}");
     let (_, done) = say(&server, &ws.api_key, phone.clone(), "voice", "yes please").await;
     assert!(replies(&done)[0].starts_with("Booked: "), "{done}");
 
@@ -173,7 +173,7 @@ async fn an_out_of_range_date_is_no_date_not_a_failure() {
     // The time in the last message was understood; the date still is not, until a sane one comes.
     let (_, answer) = say(&server, &ws.api_key, who, "rest", "tomorrow").await;
     let reply = &replies(&answer)[0];
-    assert!(reply.starts_with("Shall I book ") && reply.ends_with(" at 15:00?"), "the conversation goes on: {answer}");
+    assert!(reply.starts_with("Shall I book ") && reply.ends_with(" at 3 pm?"), "the conversation goes on: {answer}");
     server.stop().await;
 }
 

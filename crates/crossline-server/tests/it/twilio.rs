@@ -93,7 +93,7 @@ async fn a_chat_booking_continues_over_sms_and_stop_unsubscribes() {
     );
     let (_, twiml) = sms(&server, &ws.id, "+14155550123", "3pm", TOKEN).await;
     assert!(
-        twiml.contains("<Message>Shall I book ") && twiml.contains(" at 15:00?\nReply Yes / No</Message>"),
+        twiml.contains("<Message>Shall I book ") && twiml.contains(" at 3 pm?\nReply Yes / No</Message>"),
         "{twiml}"
     );
     let (_, twiml) = sms(&server, &ws.id, "+14155550123", "Yes", TOKEN).await;
@@ -280,7 +280,7 @@ async fn a_booking_half_done_in_chat_is_finished_on_a_phone_call() {
     assert_eq!(said(&twiml)[0], "Picking up where we left off in chat: What time?");
     let (_, twiml) = call.say(Some("3 pm please")).await;
     assert!(
-        said(&twiml)[0].starts_with("Shall I book ") && said(&twiml)[0].ends_with(" at 15:00? You can say yes or no."),
+        said(&twiml)[0].starts_with("Shall I book ") && said(&twiml)[0].ends_with(" at 3 pm? You can say yes or no."),
         "{twiml}"
     );
     let (_, twiml) = call.say(Some("yes")).await;
@@ -395,7 +395,7 @@ async fn silence_on_a_call_asks_again_then_says_goodbye_and_is_never_a_missed_ut
     }
     let (_, twiml) = call.say(Some("3 pm")).await;
     assert!(
-        said(&twiml)[0].starts_with("Shall I book ") && said(&twiml)[0].ends_with(" at 15:00? You can say yes or no.")
+        said(&twiml)[0].starts_with("Shall I book ") && said(&twiml)[0].ends_with(" at 3 pm? You can say yes or no.")
     );
     // Silence at a confirmation asks for the confirmation again.
     let (_, twiml) = call.say(None).await;
@@ -485,7 +485,7 @@ async fn a_replayed_voice_request_is_answered_the_same_without_a_new_turn() {
     assert_eq!((status, again.as_str()), (StatusCode::OK, opening.as_str()));
     // An answer sent three times: one turn, answered the same each time.
     let (_, answer) = call.say(Some("3 pm please")).await;
-    assert!(said(&answer)[0].ends_with(" at 15:00? You can say yes or no."), "{answer}");
+    assert!(said(&answer)[0].ends_with(" at 3 pm? You can say yes or no."), "{answer}");
     for _ in 0..2 {
         let (status, again) = call.replay().await;
         assert_eq!((status, again.as_str()), (StatusCode::OK, answer.as_str()));

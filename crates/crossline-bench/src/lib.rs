@@ -1,0 +1,62 @@
+//! `crossline bench ...`: load generators that drive the real server over loopback (or the real
+//! store in-process) and print a Markdown row for docs/BENCHMARKS.md. A crate of its own, so the
+//! product crate ships no load generator; the `crossline` binary still runs them (`crossline bench`),
+//! and a benchmarked server is that same binary started as a child process.
+
+mod chat;
+mod fairness;
+mod ingest;
+mod lookup;
+mod server;
+mod stats;
+mod turn;
+
+pub use chat::ChatArgs;
+pub use fairness::FairnessArgs;
+pub use ingest::IngestArgs;
+pub use lookup::LookupArgs;
+pub use turn::TurnArgs;
+
+use clap::Subcommand;
+
+/// What every benchmark module uses.
+mod prelude {
+    pub(crate) use crate::ingest::Generator;
+    pub(crate) use crate::server::*;
+    pub(crate) use crate::stats::*;
+    pub(crate) use crate::turn::bot_bench;
+    pub(crate) use anyhow::{Context, bail};
+    pub(crate) use base64::Engine;
+    pub(crate) use rand::rngs::StdRng;
+    pub(crate) use rand::{Rng, SeedableRng};
+    pub(crate) use serde_json::{Value, json};
+    pub(crate) use std::io::Write;
+    pub(crate) use std::path::PathBuf;
+    pub(crate) use std::time::{Duration, Instant};
+}
+
+/// The benchmarks.
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Drive `/v1/batch` from concurrent clients and report events/s, latency, server memory and CPU per event.
+    Ingest(IngestArgs),
+    /// Profile lookup by identity, in-process, on a store holding many profiles.
+    Lookup(LookupArgs),
+    /// Bot turns over the REST channel (NLU + dialog + storage) on a many-intent bot.
+    Turn(TurnArgs),
+    /// Many concurrent web-chat WebSockets, each sending a message every few seconds.
+    Chat(ChatArgs),
+    /// One workspace floods the tracking API while another sends a little: the quiet one's latency.
+    Fairness(FairnessArgs),
+}
+
+/// Run a benchmark.
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Ingest(args) => ingest::ingest(args).await,
+        BenchCommand::Lookup(args) => lookup::lookup(args).await,
+        BenchCommand::Turn(args) => turn::turn(args).await,
+        BenchCommand::Chat(args) => chat::chat(args).await,
+        BenchCommand::Fairness(args) => fairness::fairness(args).await,
+    }
+}
