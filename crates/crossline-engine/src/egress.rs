@@ -162,8 +162,33 @@ impl Egress {
     ) -> Result<EgressResponse, EgressError> {
         let url = parse(url)?;
         self.check_literal(&url)?;
+        let request = self.client.post(url.clone()).header("content-type", "application/json").body(body);
+        self.send(&url, request, headers, timeout).await
+    }
+
+    /// GET `url` with extra `headers` (e.g. `authorization`); the answer within `timeout`.
+    pub async fn get(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+        timeout: Duration,
+    ) -> Result<EgressResponse, EgressError> {
+        let url = parse(url)?;
+        self.check_literal(&url)?;
+        let request = self.client.get(url.clone());
+        self.send(&url, request, headers, timeout).await
+    }
+
+    /// Send a request within the rules: no redirect followed, the answer bounded and in time.
+    async fn send(
+        &self,
+        url: &Url,
+        request: reqwest::RequestBuilder,
+        headers: &[(&str, String)],
+        timeout: Duration,
+    ) -> Result<EgressResponse, EgressError> {
         let host = url.host_str().unwrap_or_default().to_owned();
-        let mut request = self.client.post(url).header("content-type", "application/json").timeout(timeout).body(body);
+        let mut request = request.timeout(timeout);
         for (name, value) in headers {
             request = request.header(*name, value);
         }

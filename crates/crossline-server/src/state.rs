@@ -32,6 +32,8 @@ pub struct AppState {
     pub recorder: crossline_engine::EventRecorder,
     /// Every outbound HTTP call, with the egress rules.
     pub egress: crossline_engine::Egress,
+    /// Alexa's signing certificate chains fetched lately.
+    pub alexa_certs: Arc<crate::api::alexa::CertCache>,
 }
 
 impl AppState {
@@ -67,6 +69,7 @@ impl AppState {
             metrics: crate::metrics_handle(),
             limits: Default::default(),
             logins: Default::default(),
+            alexa_certs: Default::default(),
         }
     }
 }

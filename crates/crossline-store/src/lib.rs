@@ -303,8 +303,9 @@ pub trait Store:
 /// A shared store handle.
 pub type DynStore = Arc<dyn Store>;
 
-/// Open the store a URL names: `postgres://...` for PostgreSQL, anything else is a SQLite file
-/// path. Migrations run before this returns.
+/// Open the store: PostgreSQL when `database_url` is a `postgres://` (or `postgresql://`) URL, the
+/// embedded SQLite file `crossline.db` under `data_dir` when it is None; any other URL is an error
+/// naming it. Migrations run before this returns.
 pub async fn open(database_url: Option<&str>, data_dir: &std::path::Path) -> StoreResult<DynStore> {
     open_with(database_url, data_dir, crossline_core::limits::ProfileLimits::default()).await
 }

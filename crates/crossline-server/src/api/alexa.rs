@@ -20,7 +20,7 @@ use crossline_core::{ConversationStatus, Identity, IdentityKind};
 use crossline_engine::conversations::{Opening, Turn, TurnError, event};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Where Alexa's signing certificates come from and which roots they must chain to.
@@ -47,48 +47,41 @@ const CERT_CACHE_ENTRIES: usize = 32;
 /// Largest certificate chain fetched.
 const MAX_CERT_CHAIN_BYTES: usize = 64 * 1024;
 
-type CertCache = Mutex<HashMap<String, (Instant, Arc<Vec<u8>>)>>;
+/// A certificate chain and when it was fetched.
+type FetchedChain = (Instant, Arc<Vec<u8>>);
 
-fn cert_cache() -> &'static CertCache {
-    static CACHE: OnceLock<CertCache> = OnceLock::new();
-    CACHE.get_or_init(Default::default)
+/// Alexa's signing certificate chains fetched lately, by URL (bounded; owned by the server state).
+#[derive(Default)]
+pub struct CertCache {
+    chains: Mutex<HashMap<String, FetchedChain>>,
 }
 
-fn client() -> &'static reqwest::Client {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(3))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("the HTTP client builds")
-    })
-}
+/// How long an Alexa HTTP call (a certificate, the Customer Profile API) may take.
+const ALEXA_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The certificate chain at a checked URL, from the cache or fetched.
-async fn cert_chain(settings: &AlexaSettings, url: &url::Url) -> Result<Arc<Vec<u8>>, String> {
+/// The certificate chain at a checked URL, from the cache or fetched through the egress client.
+async fn cert_chain(state: &AppState, url: &url::Url) -> Result<Arc<Vec<u8>>, String> {
+    let settings = &state.settings.alexa;
+    let cache = &state.alexa_certs.chains;
     let fetch_url = match &settings.cert_fetch_base {
         Some(base) => format!("{}{}", base.trim_end_matches('/'), url.path()),
         None => url.to_string(),
     };
-    if let Some((fetched, chain)) = cert_cache().lock().expect("cache lock").get(&fetch_url)
+    if let Some((fetched, chain)) = cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&fetch_url)
         && fetched.elapsed() < CERT_CACHE_TTL
     {
         return Ok(chain.clone());
     }
-    let mut response = client().get(&fetch_url).send().await.map_err(|err| format!("fetching it failed ({err})"))?;
-    if !response.status().is_success() {
-        return Err(format!("fetching it answered {}", response.status()));
+    let response =
+        state.egress.get(&fetch_url, &[], ALEXA_TIMEOUT).await.map_err(|err| format!("fetching it failed ({err})"))?;
+    if !(200..300).contains(&response.status) {
+        return Err(format!("fetching it answered {}", response.status));
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|err| format!("reading it failed ({err})"))? {
-        if body.len() + chunk.len() > MAX_CERT_CHAIN_BYTES {
-            return Err("it is larger than 64 KB".into());
-        }
-        body.extend_from_slice(&chunk);
+    if response.body.len() > MAX_CERT_CHAIN_BYTES {
+        return Err("it is larger than 64 KB".into());
     }
-    let chain = Arc::new(body);
-    let mut cache = cert_cache().lock().expect("cache lock");
+    let chain = Arc::new(response.body.to_vec());
+    let mut cache = cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if cache.len() >= CERT_CACHE_ENTRIES {
         cache.retain(|_, (fetched, _)| fetched.elapsed() < CERT_CACHE_TTL);
         if cache.len() >= CERT_CACHE_ENTRIES {
@@ -111,12 +104,13 @@ async fn link_profile(
     now: chrono::DateTime<Utc>,
 ) -> ApiResult<()> {
     let read = |path: &'static str| async move {
-        let response =
-            client().get(format!("{}{path}", endpoint.trim_end_matches('/'))).bearer_auth(token).send().await.ok()?;
-        if !response.status().is_success() {
+        let url = format!("{}{path}", endpoint.trim_end_matches('/'));
+        let authorization = [("authorization", format!("Bearer {token}"))];
+        let response = state.egress.get(&url, &authorization, ALEXA_TIMEOUT).await.ok()?;
+        if !(200..300).contains(&response.status) {
             return None;
         }
-        response.json::<Value>().await.ok()
+        serde_json::from_slice::<Value>(&response.body).ok()
     };
     let (mobile, email) = tokio::join!(read(alexa::PROFILE_MOBILE_PATH), read(alexa::PROFILE_EMAIL_PATH));
     let mut linked = event(from, "alexa.linked", "alexa", Value::Null, now);
@@ -161,9 +155,7 @@ pub async fn alexa(
     let signature = header("signature-256")
         .ok_or_else(|| rejected("Signature-256: the header is missing; only Alexa can call this endpoint"))?;
     let cert_url = alexa::check_cert_url(&cert_url).map_err(|err| rejected(err.0))?;
-    let chain = cert_chain(&state.settings.alexa, &cert_url)
-        .await
-        .map_err(|err| rejected(format!("SignatureCertChainUrl: {err}")))?;
+    let chain = cert_chain(&state, &cert_url).await.map_err(|err| rejected(format!("SignatureCertChainUrl: {err}")))?;
     let now = Utc::now();
     alexa::verify_signature(&chain, &state.settings.alexa.roots, &body, &signature, now)
         .map_err(|err| rejected(err.0))?;

@@ -5,10 +5,10 @@
 //! new model replaces the old one on this node at once. Other nodes, and this one after a restart,
 //! see the new version in the store on their next request and train it then.
 
-use crate::api::profiles::{json_rejection, query_rejection};
 use crate::auth::WorkspaceCaller;
 use crate::error::ErrorCode;
 use crate::error::{ApiError, ApiResult};
+use crate::error::{json_rejection, query_rejection};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};

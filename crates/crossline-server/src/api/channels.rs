@@ -1,9 +1,9 @@
 //! Channel configuration (`PUT/GET /api/v1/channels/{kind}`) and the channels' webhooks
 //! (`/hooks/{workspace_id}/...`). Webhooks authenticate by the provider's signature, not by key.
 
-use crate::api::profiles::json_rejection;
 use crate::auth::WorkspaceCaller;
 use crate::error::ErrorCode;
+use crate::error::json_rejection;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::Json;

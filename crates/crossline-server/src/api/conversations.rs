@@ -1,9 +1,9 @@
 //! The generic REST channel, `POST /api/v1/conversations/messages`: parse and check the message,
 //! hand it to the conversation engine ([`crossline_engine::Conversations`]), render its outcome.
 
-use crate::api::profiles::json_rejection;
 use crate::auth::WorkspaceCaller;
 use crate::error::ErrorCode;
+use crate::error::json_rejection;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::Json;

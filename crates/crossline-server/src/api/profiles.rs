@@ -2,7 +2,7 @@
 
 use crate::auth::WorkspaceCaller;
 use crate::error::ErrorCode;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, json_rejection, query_rejection};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -16,16 +16,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use utoipa::{IntoParams, ToSchema};
-
-/// Map a JSON body rejection to a clear 400.
-pub fn json_rejection(rejection: JsonRejection) -> ApiError {
-    ApiError::bad_request(ErrorCode::InvalidJson, format!("body: {}", rejection.body_text()))
-}
-
-/// Map a query-string rejection to a clear 400.
-pub fn query_rejection(rejection: QueryRejection) -> ApiError {
-    ApiError::bad_request(ErrorCode::InvalidQuery, rejection.body_text())
-}
 
 /// An identity in API form.
 #[derive(Serialize, Deserialize, ToSchema)]

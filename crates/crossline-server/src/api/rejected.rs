@@ -1,9 +1,9 @@
 //! `GET /api/v1/rejected-events`: the events of batches that failed validation while the rest of
 //! their batch was stored, newest first, for the workspace of the API key.
 
-use super::profiles::query_rejection;
 use crate::auth::WorkspaceCaller;
 use crate::error::ErrorCode;
+use crate::error::query_rejection;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::Json;

@@ -132,7 +132,7 @@ pub async fn create_workspace(
     if !matches!(caller, Caller::Admin) {
         return Err(ApiError::forbidden("creating workspaces needs the operator token (CROSSLINE_ADMIN_TOKEN)"));
     }
-    let Json(body) = body.map_err(crate::api::profiles::json_rejection)?;
+    let Json(body) = body.map_err(crate::error::json_rejection)?;
     let name = body.name.unwrap_or_default().trim().to_owned();
     if name.is_empty() || name.chars().count() > 64 {
         return Err(ApiError::bad_request(

@@ -82,6 +82,16 @@ impl ApiError {
     }
 }
 
+/// A JSON body that axum could not read, as a clear 400 `invalid_json` naming the problem.
+pub fn json_rejection(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
+    ApiError::bad_request(ErrorCode::InvalidJson, format!("body: {}", rejection.body_text()))
+}
+
+/// A query string that axum could not read, as a clear 400 `invalid_query`.
+pub fn query_rejection(rejection: axum::extract::rejection::QueryRejection) -> ApiError {
+    ApiError::bad_request(ErrorCode::InvalidQuery, rejection.body_text())
+}
+
 impl From<crossline_core::limits::LimitExceeded> for ApiError {
     fn from(err: crossline_core::limits::LimitExceeded) -> Self {
         ApiError::named(err.code, err.message)
