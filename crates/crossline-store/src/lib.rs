@@ -271,6 +271,53 @@ pub struct ConsoleSession {
     pub expires_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// Event destinations: where a workspace's events are POSTed, how far each got, what failed.
+#[async_trait]
+pub trait DestinationStore: Send + Sync {
+    /// Create or change a destination. A new one needs `secret` and starts after the newest event
+    /// stored now; a change keeps its secret (unless given) and how far it got. The destination and
+    /// whether it was created.
+    async fn put_destination(
+        &self,
+        workspace_id: &str,
+        destination: &NewDestination,
+    ) -> StoreResult<(Destination, bool)>;
+    /// A workspace's destinations, by name.
+    async fn destinations(&self, workspace_id: &str) -> StoreResult<Vec<Destination>>;
+    /// Every enabled destination of every workspace, with its workspace id.
+    async fn enabled_destinations(&self) -> StoreResult<Vec<(String, Destination)>>;
+    /// Delete a destination and its failures; false if unknown.
+    async fn delete_destination(&self, workspace_id: &str, name: &str) -> StoreResult<bool>;
+    /// Replace a destination's secret; false if unknown.
+    async fn rotate_destination_secret(&self, workspace_id: &str, name: &str, secret: &str) -> StoreResult<bool>;
+    /// Hold a destination for `holder` until `until` (one node delivers to it at a time): true when
+    /// it was free at `now`, its lease ran out, or `holder` held it already.
+    async fn claim_destination(
+        &self,
+        workspace_id: &str,
+        name: &str,
+        holder: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<bool>;
+    /// Note that the events up to `cursor` were handed over; false if `holder` lost the destination.
+    async fn advance_destination(&self, workspace_id: &str, name: &str, holder: &str, cursor: i64)
+    -> StoreResult<bool>;
+    /// The workspace's events stored after sequence number `after`, oldest first, at most `limit`.
+    async fn event_log(&self, workspace_id: &str, after: i64, limit: usize) -> StoreResult<Vec<LoggedEvent>>;
+    /// Keep an event a destination would not take.
+    async fn add_destination_failure(&self, workspace_id: &str, failure: &DestinationFailure) -> StoreResult<i64>;
+    /// A destination's failures, oldest first.
+    async fn destination_failures(
+        &self,
+        workspace_id: &str,
+        name: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<DestinationFailure>>;
+    /// Forget a failure (it was delivered on replay); false if unknown.
+    async fn remove_destination_failure(&self, workspace_id: &str, name: &str, id: i64) -> StoreResult<bool>;
+}
+
 /// Server-side console sessions, shared by every node.
 #[async_trait]
 pub trait SessionStore: Send + Sync {
@@ -293,6 +340,7 @@ pub trait Store:
     + ChannelStore
     + RejectedEventStore
     + SessionStore
+    + DestinationStore
 {
     /// The backend's name, for logs and `/healthz`.
     fn backend(&self) -> &'static str;

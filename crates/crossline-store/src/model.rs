@@ -207,6 +207,70 @@ pub struct Job {
     pub last_error: Option<String>,
 }
 
+/// A destination as saved or changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDestination {
+    /// Its name in the workspace.
+    pub name: String,
+    /// Where events are POSTed.
+    pub url: String,
+    /// The event types (or `track` names) it takes; None: all.
+    pub events: Option<Vec<String>>,
+    /// Whether events are delivered.
+    pub enabled: bool,
+    /// The signing secret: required for a new destination, kept when None.
+    pub secret: Option<String>,
+}
+
+/// A destination as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Destination {
+    /// Its name in the workspace.
+    pub name: String,
+    /// Where events are POSTed.
+    pub url: String,
+    /// The event types (or `track` names) it takes; None: all.
+    pub events: Option<Vec<String>>,
+    /// Whether events are delivered.
+    pub enabled: bool,
+    /// The signing secret (`whsec_` + base64).
+    pub secret: String,
+    /// The sequence number of the last event handed over (delivered or kept as a failure).
+    pub cursor: i64,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it was last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// An event of the log, with its sequence number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoggedEvent {
+    /// Its place in the log: larger is later.
+    pub seq: i64,
+    /// The event.
+    pub event: StoredEvent,
+}
+
+/// An event a destination did not take within its retry window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationFailure {
+    /// Id (0 before it is stored).
+    pub id: i64,
+    /// The destination.
+    pub destination: String,
+    /// The event's place in the log.
+    pub seq: i64,
+    /// The event's id (the `webhook-id` it was sent with).
+    pub event_id: String,
+    /// The last error.
+    pub error: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When it was given up.
+    pub failed_at: DateTime<Utc>,
+}
+
 /// How a job queue stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct QueueStats {

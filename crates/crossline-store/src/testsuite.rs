@@ -69,6 +69,140 @@ where
     channel_configuration(fresh().await).await;
     rejected_events_are_kept_paged_isolated_and_trimmed(fresh().await).await;
     console_sessions_end_when_they_expire_or_are_deleted(fresh().await).await;
+    destinations_follow_the_event_log(fresh().await).await;
+}
+
+async fn destinations_follow_the_event_log(store: DynStore) {
+    let ws = workspace(&store, "dest").await;
+    let other = workspace(&store, "other").await;
+    store
+        .ingest(
+            &ws.id,
+            events(json!({"batch": [{"type": "track", "userId": "u0", "event": "Before", "messageId": "before"}]})),
+        )
+        .await
+        .unwrap();
+    let new = |url: &str, secret: Option<&str>| crate::NewDestination {
+        name: "lake".into(),
+        url: url.into(),
+        events: Some(vec!["track".into()]),
+        enabled: true,
+        secret: secret.map(str::to_owned),
+    };
+    assert!(
+        store.put_destination(&ws.id, &new("https://a.example/hook", None)).await.is_err(),
+        "a new one needs a secret"
+    );
+    let (created, was_new) =
+        store.put_destination(&ws.id, &new("https://a.example/hook", Some("whsec_one"))).await.unwrap();
+    assert!(was_new);
+    assert_eq!((created.secret.as_str(), created.events.as_deref()), ("whsec_one", Some(&["track".to_owned()][..])));
+    // It starts after what was stored before it: the log after its cursor holds only later events.
+    assert!(store.event_log(&ws.id, created.cursor, 10).await.unwrap().is_empty());
+    let batch = json!({"batch": [
+        {"type": "track", "userId": "u1", "event": "First", "messageId": "m1", "properties": {"n": 1}},
+        {"type": "identify", "userId": "u1", "traits": {"plan": "pro"}, "messageId": "m2"},
+        {"type": "track", "userId": "u2", "event": "Second", "messageId": "m3"}]});
+    store.ingest(&ws.id, events(batch)).await.unwrap();
+    store
+        .ingest(
+            &other.id,
+            events(json!({"batch": [{"type": "track", "userId": "x", "event": "Elsewhere", "messageId": "x1"}]})),
+        )
+        .await
+        .unwrap();
+    let log = store.event_log(&ws.id, created.cursor, 10).await.unwrap();
+    assert_eq!(
+        log.iter().map(|logged| logged.event.id.as_str()).collect::<Vec<_>>(),
+        ["m1", "m2", "m3"],
+        "in order, this workspace only"
+    );
+    assert!(log.windows(2).all(|pair| pair[0].seq < pair[1].seq));
+    assert_eq!(log[0].event.properties["n"], 1);
+    assert_eq!(store.event_log(&ws.id, log[0].seq, 1).await.unwrap()[0].event.id, "m2", "paged by sequence");
+
+    // A change keeps the secret and how far it got; a rotation replaces the secret.
+    let (changed, was_new) = store
+        .put_destination(&ws.id, &crate::NewDestination { events: None, ..new("https://b.example/hook", None) })
+        .await
+        .unwrap();
+    assert!(!was_new);
+    assert_eq!(
+        (changed.url.as_str(), changed.secret.as_str(), changed.events, changed.cursor),
+        ("https://b.example/hook", "whsec_one", None, created.cursor)
+    );
+    assert!(store.rotate_destination_secret(&ws.id, "lake", "whsec_two").await.unwrap());
+    assert!(!store.rotate_destination_secret(&ws.id, "nope", "whsec_x").await.unwrap());
+
+    // One holder at a time; the cursor moves only forward and only for the holder.
+    let t0 = Utc.with_ymd_and_hms(2026, 12, 6, 12, 0, 0).unwrap();
+    assert!(store.claim_destination(&ws.id, "lake", "node-a", t0, t0 + Duration::seconds(30)).await.unwrap());
+    assert!(
+        !store
+            .claim_destination(&ws.id, "lake", "node-b", t0 + Duration::seconds(10), t0 + Duration::seconds(40))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_destination(&ws.id, "lake", "node-a", t0 + Duration::seconds(10), t0 + Duration::seconds(40))
+            .await
+            .unwrap(),
+        "renewed"
+    );
+    assert!(!store.advance_destination(&ws.id, "lake", "node-b", log[1].seq).await.unwrap());
+    assert!(store.advance_destination(&ws.id, "lake", "node-a", log[1].seq).await.unwrap());
+    assert!(store.advance_destination(&ws.id, "lake", "node-a", log[0].seq).await.unwrap());
+    let listed = store.destinations(&ws.id).await.unwrap();
+    assert_eq!(
+        (listed.len(), listed[0].cursor, listed[0].secret.as_str()),
+        (1, log[1].seq, "whsec_two"),
+        "never backwards"
+    );
+    assert!(
+        store
+            .claim_destination(&ws.id, "lake", "node-b", t0 + Duration::seconds(41), t0 + Duration::seconds(70))
+            .await
+            .unwrap(),
+        "a lapsed lease is taken over"
+    );
+    assert!(!store.advance_destination(&ws.id, "lake", "node-a", log[2].seq).await.unwrap(), "the old holder lost it");
+    assert!(store.destinations(&other.id).await.unwrap().is_empty());
+    let enabled = store.enabled_destinations().await.unwrap();
+    assert!(enabled.iter().any(|(workspace_id, destination)| workspace_id == &ws.id && destination.name == "lake"));
+    store
+        .put_destination(&ws.id, &crate::NewDestination { enabled: false, ..new("https://b.example/hook", None) })
+        .await
+        .unwrap();
+    assert!(!store.enabled_destinations().await.unwrap().iter().any(|(workspace_id, _)| workspace_id == &ws.id));
+    assert!(
+        !store
+            .claim_destination(&ws.id, "lake", "node-c", t0 + Duration::hours(1), t0 + Duration::hours(2))
+            .await
+            .unwrap(),
+        "a disabled one is not delivered"
+    );
+
+    // Failures are kept per destination until removed, and go with it.
+    let failure = crate::DestinationFailure {
+        id: 0,
+        destination: "lake".into(),
+        seq: log[2].seq,
+        event_id: "m3".into(),
+        error: "500 Internal Server Error".into(),
+        attempts: 7,
+        failed_at: t0,
+    };
+    let id = store.add_destination_failure(&ws.id, &failure).await.unwrap();
+    let failures = store.destination_failures(&ws.id, "lake", 10).await.unwrap();
+    assert_eq!(failures, [crate::DestinationFailure { id, ..failure.clone() }]);
+    assert!(store.destination_failures(&other.id, "lake", 10).await.unwrap().is_empty());
+    assert!(!store.remove_destination_failure(&other.id, "lake", id).await.unwrap(), "not across workspaces");
+    assert!(store.remove_destination_failure(&ws.id, "lake", id).await.unwrap());
+    store.add_destination_failure(&ws.id, &failure).await.unwrap();
+    assert!(store.delete_destination(&ws.id, "lake").await.unwrap());
+    assert!(!store.delete_destination(&ws.id, "lake").await.unwrap());
+    assert!(store.destination_failures(&ws.id, "lake", 10).await.unwrap().is_empty(), "deleted with it");
 }
 
 async fn console_sessions_end_when_they_expire_or_are_deleted(store: DynStore) {
