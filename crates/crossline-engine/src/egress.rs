@@ -91,6 +91,8 @@ pub struct EgressResponse {
     pub status: u16,
     /// The body, inflated.
     pub body: Bytes,
+    /// A `Retry-After` in seconds, when the answer had one.
+    pub retry_after: Option<Duration>,
 }
 
 /// The outbound HTTP client. Cheap to clone; clones share connections.
@@ -204,6 +206,12 @@ impl Egress {
                     .to_owned();
                 return Err(EgressError::Redirect { status: status.as_u16(), location });
             }
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
             let limit = self.rules.max_response_bytes;
             if response.content_length().is_some_and(|length| length > limit as u64) {
                 return Err(EgressError::TooLarge { limit });
@@ -215,7 +223,7 @@ impl Egress {
                 }
                 body.extend_from_slice(&chunk);
             }
-            Ok(EgressResponse { status: status.as_u16(), body: body.into() })
+            Ok(EgressResponse { status: status.as_u16(), body: body.into(), retry_after })
         };
         // reqwest's own deadline covers the body too; this one also covers a slow trickle of
         // compressed bytes that inflate to nothing.

@@ -5,6 +5,8 @@
 //!   outcomes and errors;
 //! - [`bots::BotRegistry`] — bot versions trained and kept in a bounded cache;
 //! - [`egress::Egress`] — every outbound HTTP call, with egress rules; fulfilment [`webhook`]s use it;
+//! - [`destinations::Destinations`] — event destinations: every event POSTed, signed per Standard
+//!   Webhooks, in order per profile, retried, failures kept and replayable;
 //! - [`worker::Worker`] — the durable worker on the store's job queue: leases, heartbeats, retries
 //!   with backoff and jitter, dead letters;
 //! - [`rate`] — token-bucket limits in bounded memory.
@@ -14,6 +16,7 @@
 
 pub mod bots;
 pub mod conversations;
+pub mod destinations;
 pub mod egress;
 pub mod rate;
 pub mod recorder;
