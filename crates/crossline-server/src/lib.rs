@@ -83,7 +83,14 @@ pub async fn run(
     let address = listener.local_addr()?;
     tracing::info!(%address, store = state.store.backend(), bus = state.bus.backend(), "serving");
     let settings = state.settings.connections.clone();
+    // Event destinations are delivered in the background while the server runs.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let delivering = tokio::spawn(state.destinations.clone().run(async {
+        let _ = stopped.await;
+    }));
     connections::serve(listener, app(state), settings, shutdown).await?;
+    let _ = stop.send(());
+    let _ = delivering.await;
     tracing::info!("stopped accepting; in-flight requests finished");
     Ok(())
 }

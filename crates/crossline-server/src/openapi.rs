@@ -8,7 +8,7 @@
 //! (`#/components/responses/...`), so each annotation lists its statuses in one line and each status
 //! means the same thing everywhere.
 
-use crate::api::{bots, channels, conversations, ingest, profiles, rejected, workspaces};
+use crate::api::{bots, channels, conversations, destinations, ingest, profiles, rejected, workspaces};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::state::AppState;
 use axum::Router;
@@ -39,6 +39,7 @@ use utoipa_swagger_ui::SwaggerUi;
         (name = "bots", description = "Bot definitions and recognition"),
         (name = "conversations", description = "Conversations with bots on every channel"),
         (name = "channels", description = "Channel configuration"),
+        (name = "destinations", description = "Event destinations: every event, signed, to other systems"),
     )
 )]
 struct ApiDoc;
@@ -200,6 +201,11 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(bots::missed))
         .routes(routes!(conversations::post_message))
         .routes(routes!(channels::put_channel, channels::get_channel))
+        .routes(routes!(destinations::list_destinations))
+        .routes(routes!(destinations::put_destination, destinations::delete_destination))
+        .routes(routes!(destinations::rotate_secret))
+        .routes(routes!(destinations::list_failures))
+        .routes(routes!(destinations::replay_failure))
 }
 
 /// The document as pretty JSON (what `/api/openapi.json` serves).

@@ -34,6 +34,8 @@ pub struct AppState {
     pub egress: crossline_engine::Egress,
     /// Alexa's signing certificate chains fetched lately.
     pub alexa_certs: Arc<crate::api::alexa::CertCache>,
+    /// Event destinations: saved through the API, delivered in the background.
+    pub destinations: Arc<crossline_engine::destinations::Destinations>,
 }
 
 impl AppState {
@@ -56,9 +58,16 @@ impl AppState {
                 webhook_timeout: settings.webhook_timeout,
             },
         ));
+        let destinations = Arc::new(crossline_engine::destinations::Destinations::new(
+            store.clone(),
+            egress.clone(),
+            settings.destinations.clone(),
+            crossline_core::ids::new_random_id("node"),
+        ));
         AppState {
             recorder,
             egress,
+            destinations,
             bots,
             conversations,
             admission: Arc::new(crate::admission::Admission::new(settings.ingest_concurrency_per_workspace)),
@@ -101,6 +110,8 @@ pub struct Settings {
     pub ingest_concurrency_per_workspace: usize,
     /// What outbound HTTP calls may reach.
     pub egress: crossline_engine::EgressRules,
+    /// How event destinations are delivered to.
+    pub destinations: crossline_engine::destinations::DestinationSettings,
 }
 
 impl Default for Settings {
@@ -118,6 +129,7 @@ impl Default for Settings {
             connections: Default::default(),
             ingest_concurrency_per_workspace: crate::admission::DEFAULT_PER_WORKSPACE,
             egress: Default::default(),
+            destinations: Default::default(),
         }
     }
 }

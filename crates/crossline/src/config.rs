@@ -71,6 +71,8 @@ pub struct Config {
     /// Let outbound calls (fulfilment webhooks, event destinations, providers) reach private,
     /// loopback and link-local addresses: for tests, fake providers and on-premise receivers.
     pub allow_private_egress: bool,
+    /// Seconds an event is retried for a destination that does not take it before it is kept as a failure.
+    pub destination_retry_window_secs: u64,
 }
 
 impl Default for Config {
@@ -104,12 +106,13 @@ impl Default for Config {
             console_session_hours: 12,
             trust_proxy: false,
             allow_private_egress: false,
+            destination_retry_window_secs: 3600,
         }
     }
 }
 
 /// The environment variables read, as `CROSSLINE_` + the upper-cased key.
-const ENV_KEYS: [&str; 28] = [
+const ENV_KEYS: [&str; 29] = [
     "listen",
     "data_dir",
     "database_url",
@@ -138,6 +141,7 @@ const ENV_KEYS: [&str; 28] = [
     "console_session_hours",
     "trust_proxy",
     "allow_private_egress",
+    "destination_retry_window_secs",
 ];
 
 /// Flags given on the command line; they override everything else.

@@ -29,6 +29,9 @@ enum Command {
     Demo(DemoArgs),
     /// Apply database migrations and exit (serve also applies them at start).
     Migrate(ServeArgs),
+    /// Deliver background work (event destinations) without serving HTTP: for PostgreSQL
+    /// deployments that run delivery on their own nodes (`serve` delivers too).
+    Worker(ServeArgs),
     /// Language-understanding tools.
     #[command(subcommand)]
     Nlu(NluCommand),
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(load_config(&args)?).await,
             Command::Migrate(args) => migrate(load_config(&args)?).await,
+            Command::Worker(args) => worker(load_config(&args)?).await,
             Command::Demo(args) => demo::run(args.listen, args.data_dir).await,
             Command::Nlu(NluCommand::Eval(args)) => {
                 tokio::task::spawn_blocking(move || crossline_nlu_eval::run(&args)).await?
@@ -201,6 +205,10 @@ async fn state_for(config: &Config, admin_token: String) -> anyhow::Result<AppSt
             allow_private: config.allow_private_egress,
             ..crossline_engine::EgressRules::default()
         },
+        destinations: crossline_engine::destinations::DestinationSettings {
+            retry_window: std::time::Duration::from_secs(config.destination_retry_window_secs),
+            ..Default::default()
+        },
     };
     Ok(AppState::new(store, bus, &admin_token, settings))
 }
@@ -221,6 +229,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     println!("crossline listening on http://{local} (store: {}, bus: {})", state.store.backend(), state.bus.backend());
     crossline_server::run(listener, state, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn worker(config: Config) -> anyhow::Result<()> {
+    init_logging(&config);
+    if config.database_url.is_none() {
+        anyhow::bail!(
+            "crossline worker needs CROSSLINE_DATABASE_URL (PostgreSQL): with the embedded store, `crossline serve` delivers in the same process and a second process must not write its database"
+        );
+    }
+    // No HTTP is served, so no operator token is needed: a random one that nobody knows.
+    let state = state_for(&config, crossline_core::ids::new_random_id("unused")).await?;
+    println!("crossline worker delivering event destinations (store: {})", state.store.backend());
+    state.destinations.clone().run(shutdown_signal()).await;
     Ok(())
 }
 

@@ -4,6 +4,7 @@ pub mod alexa;
 pub mod bots;
 pub mod channels;
 pub mod conversations;
+pub mod destinations;
 pub mod ingest;
 pub mod profiles;
 pub mod rejected;

@@ -5,6 +5,7 @@ mod alexa;
 mod bots;
 mod connections;
 mod conversations;
+mod destinations;
 mod harness;
 mod ingest;
 mod limits;
