@@ -4,6 +4,7 @@
 //! and a benchmarked server is that same binary started as a child process.
 
 mod chat;
+mod destinations;
 mod fairness;
 mod ingest;
 mod lookup;
@@ -12,6 +13,7 @@ mod stats;
 mod turn;
 
 pub use chat::ChatArgs;
+pub use destinations::DestinationsArgs;
 pub use fairness::FairnessArgs;
 pub use ingest::IngestArgs;
 pub use lookup::LookupArgs;
@@ -48,6 +50,8 @@ pub enum BenchCommand {
     Chat(ChatArgs),
     /// One workspace floods the tracking API while another sends a little: the quiet one's latency.
     Fairness(FairnessArgs),
+    /// Events ingested as fast as possible and delivered to an event destination on loopback.
+    Destinations(DestinationsArgs),
 }
 
 /// Run a benchmark.
@@ -58,5 +62,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Turn(args) => turn::turn(args).await,
         BenchCommand::Chat(args) => chat::chat(args).await,
         BenchCommand::Fairness(args) => fairness::fairness(args).await,
+        BenchCommand::Destinations(args) => destinations::destinations(args).await,
     }
 }

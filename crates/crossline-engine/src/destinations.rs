@@ -60,8 +60,8 @@ impl Default for DestinationSettings {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             timeout: Duration::from_secs(10),
-            lanes: 16,
-            batch: 1024,
+            lanes: 128,
+            batch: 8192,
             lease: Duration::from_secs(30),
             idle_poll: Duration::from_millis(200),
         }
