@@ -127,7 +127,7 @@ try {
   expect("the call's first prompt", twiml, "<Say>Picking up where we left off in chat: What time suits you?</Say>");
   expect("the call listens", twiml, '<Gather input="speech dtmf"');
   twiml = await call("four pm please");
-  expect("the time by voice", twiml, " at 16:00? You can say yes or no.</Say>");
+  expect("the time by voice", twiml, " at 4 pm? You can say yes or no.</Say>");
   twiml = await call("yes please");
   expect("the confirmation by voice", twiml, "<Say>Booked: ");
   console.log("chat to voice passed");

@@ -56,35 +56,9 @@ impl Receiver {
     }
 }
 
-/// `standardwebhooks` installed from PyPI into the target directory, or None (allowed only when
-/// `CROSSLINE_REQUIRE_COMPAT` is unset).
+/// `standardwebhooks` from PyPI, or None (allowed only when `CROSSLINE_REQUIRE_COMPAT` is unset).
 fn standardwebhooks() -> Option<PathBuf> {
-    let site = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("standardwebhooks-{STANDARDWEBHOOKS}"));
-    if site.join("standardwebhooks/webhooks.py").exists() {
-        return Some(site);
-    }
-    let output = std::process::Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"])
-        .arg(&site)
-        .arg(format!("standardwebhooks=={STANDARDWEBHOOKS}"))
-        .output();
-    match output {
-        Ok(output) if output.status.success() => Some(site),
-        other => {
-            let reason = match other {
-                Ok(output) => String::from_utf8_lossy(&output.stderr).into_owned(),
-                Err(err) => err.to_string(),
-            };
-            assert!(
-                std::env::var_os("CROSSLINE_REQUIRE_COMPAT").is_none(),
-                "cannot install standardwebhooks: {reason}"
-            );
-            eprintln!(
-                "standardwebhooks could not be installed ({reason}): the independent signature check did not run"
-            );
-            None
-        }
-    }
+    crate::harness::pypi_package("standardwebhooks", STANDARDWEBHOOKS, "standardwebhooks/webhooks.py")
 }
 
 const VERIFY: &str = r#"

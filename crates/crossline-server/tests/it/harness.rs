@@ -135,3 +135,33 @@ pub async fn json_of(response: Response) -> (StatusCode, Value) {
     }
     (status, body)
 }
+
+/// A PyPI package installed (with `pip --target`) into the test target directory, where `marker`
+/// (a file of the package) shows it is there; None when it cannot be installed, which
+/// `CROSSLINE_REQUIRE_COMPAT=1` (set by CI) turns into a failure.
+pub fn pypi_package(package: &str, version: &str, marker: &str) -> Option<std::path::PathBuf> {
+    let site = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{package}-{version}"));
+    if site.join(marker).exists() {
+        return Some(site);
+    }
+    let output = std::process::Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"])
+        .arg(&site)
+        .arg(format!("{package}=={version}"))
+        .output();
+    match output {
+        Ok(output) if output.status.success() => Some(site),
+        other => {
+            let reason = match other {
+                Ok(output) => String::from_utf8_lossy(&output.stderr).into_owned(),
+                Err(err) => err.to_string(),
+            };
+            assert!(
+                std::env::var_os("CROSSLINE_REQUIRE_COMPAT").is_none(),
+                "cannot install {package} {version}: {reason}"
+            );
+            eprintln!("{package} could not be installed ({reason}): the test that needs it did not run");
+            None
+        }
+    }
+}

@@ -9,32 +9,7 @@ use std::path::PathBuf;
 const VERSION: &str = "2.4.0";
 
 fn library() -> Option<PathBuf> {
-    let site = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("segment-analytics-python-{VERSION}"));
-    if site.join("segment/analytics/__init__.py").exists() {
-        return Some(site);
-    }
-    let output = std::process::Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"])
-        .arg(&site)
-        .arg(format!("segment-analytics-python=={VERSION}"))
-        .output();
-    match output {
-        Ok(output) if output.status.success() => Some(site),
-        other => {
-            let reason = match other {
-                Ok(output) => String::from_utf8_lossy(&output.stderr).into_owned(),
-                Err(err) => err.to_string(),
-            };
-            assert!(
-                std::env::var_os("CROSSLINE_REQUIRE_COMPAT").is_none(),
-                "cannot install segment-analytics-python {VERSION}: {reason}"
-            );
-            eprintln!(
-                "segment-analytics-python could not be installed ({reason}): the Segment library test did not run"
-            );
-            None
-        }
-    }
+    crate::harness::pypi_package("segment-analytics-python", VERSION, "segment/analytics/__init__.py")
 }
 
 const SCRIPT: &str = r#"
