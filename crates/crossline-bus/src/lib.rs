@@ -1,6 +1,7 @@
 //! The event bus: how one part of Crossline tells the others (and other nodes) that something
-//! happened. Subjects are dot-separated (`events.ws_123.track`); subscriptions use NATS wildcards
-//! (`*` one token, `>` the rest).
+//! happened. Subjects are dot-separated; subscriptions use NATS wildcards (`*` one token, `>` the
+//! rest). Recorded events go on `events.<workspace_id>` (docs/api.md § Bus subjects); the NATS backend
+//! puts every subject under its prefix (`crossline.events.<workspace_id>`).
 //!
 //! Two delivery styles:
 //! - [`EventBus::subscribe`]: live fan-out to whoever listens now (web-socket updates). Nothing is

@@ -93,7 +93,13 @@ async fn receiver(
                     log.push(Received { headers, raw, body, status });
                     status
                 };
-                let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                if status == 0 {
+                    // Never answer: a receiver that hangs.
+                    std::future::pending::<()>().await;
+                }
+                let retry_after = if status == 429 { "retry-after: 1\r\n" } else { "" };
+                let reply =
+                    format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n{retry_after}connection: close\r\n\r\n");
                 let _ = socket.write_all(reply.as_bytes()).await;
             });
         }
@@ -260,4 +266,43 @@ async fn one_node_at_a_time_and_private_urls_are_refused() {
         fixture.destinations.rotate_secret(&fixture.workspace, "none").await,
         Err(DestinationError::NotFound)
     ));
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_and_a_silent_receiver_times_out() {
+    let fixture = fixture().await;
+    // 429 with Retry-After: 1 on the first request, then 200.
+    let (url, seen) = receiver(|index, _| if index == 0 { 429 } else { 200 }).await;
+    let patient = Destinations::new(
+        fixture.store.clone(),
+        Egress::new(EgressRules { allow_private: true, ..EgressRules::default() }),
+        DestinationSettings {
+            backoff_max: Duration::from_secs(5),
+            retry_window: Duration::from_secs(10),
+            ..settings()
+        },
+        "node-p".into(),
+    );
+    patient.put(&fixture.workspace, "slow", &url, None, true).await.unwrap();
+    fixture.track(1, 1).await;
+    let started = Instant::now();
+    while patient.deliver_batch(&fixture.workspace, "slow").await.unwrap() {}
+    assert!(started.elapsed() >= Duration::from_millis(950), "waited for Retry-After: {:?}", started.elapsed());
+    let statuses: Vec<u16> = seen.lock().unwrap().iter().map(|received| received.status).collect();
+    assert_eq!(statuses, [429, 200]);
+
+    // A receiver that never answers: each attempt times out, then the event is kept.
+    let (url, _) = receiver(|_, _| 0).await;
+    let hurried = Destinations::new(
+        fixture.store.clone(),
+        Egress::new(EgressRules { allow_private: true, ..EgressRules::default() }),
+        DestinationSettings { timeout: Duration::from_millis(150), ..settings() },
+        "node-h".into(),
+    );
+    hurried.put(&fixture.workspace, "silent", &url, None, true).await.unwrap();
+    fixture.store.ingest(&fixture.workspace, events(serde_json::json!({"batch": [{"type": "track", "userId": "z", "event": "Late", "messageId": "late-1"}]}))).await.unwrap();
+    while hurried.deliver_batch(&fixture.workspace, "silent").await.unwrap() {}
+    let failures = fixture.store.destination_failures(&fixture.workspace, "silent", 10).await.unwrap();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(failures[0].attempts >= 2 && failures[0].error.contains("no answer within"), "{:?}", failures[0]);
 }
