@@ -1,0 +1,89 @@
+//! [`ProfileStore`] on PostgreSQL: identity work per workspace under its advisory lock.
+
+#[allow(unused_imports)]
+use super::*;
+
+#[async_trait]
+impl ProfileStore for PgStore {
+    async fn ingest(&self, workspace_id: &str, events: Vec<NormalizedEvent>) -> StoreResult<Vec<IngestedEvent>> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        lock_workspace(&tx, workspace_id).await?;
+        let result = {
+            let mut statements = statements::PgTx { tx: &tx };
+            apply_batch(&mut statements, workspace_id, &events, Utc::now(), &self.profile_limits).await?
+        };
+        tx.commit().await?;
+        Ok(result)
+    }
+
+    async fn event_exists(&self, workspace_id: &str, message_id: &str) -> StoreResult<bool> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT 1 FROM events WHERE workspace_id = $1 AND message_id = $2",
+                &[&workspace_id, &message_id],
+            )
+            .await?;
+        Ok(row.is_some())
+    }
+
+    async fn lookup(&self, workspace_id: &str, identity: &Identity) -> StoreResult<Option<Profile>> {
+        let client = self.pool.get().await?;
+        let owner: Option<String> = client
+            .query_opt(
+                "SELECT profile_id FROM identities WHERE workspace_id = $1 AND kind = $2 AND value = $3",
+                &[&workspace_id, &identity.kind.as_str(), &identity.value],
+            )
+            .await?
+            .map(|row| row.get(0));
+        match owner {
+            Some(profile_id) => statements::live_profile(&**client, workspace_id, &profile_id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn profile(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Option<Profile>> {
+        let client = self.pool.get().await?;
+        statements::live_profile(&**client, workspace_id, profile_id).await
+    }
+
+    async fn events(&self, workspace_id: &str, profile_id: &str, query: &EventQuery) -> StoreResult<Vec<StoredEvent>> {
+        let client = self.pool.get().await?;
+        statements::events(&**client, workspace_id, profile_id, query).await
+    }
+
+    async fn set_consent(
+        &self,
+        workspace_id: &str,
+        profile_id: &str,
+        statements: &[(String, ConsentStatus)],
+        source: &str,
+    ) -> StoreResult<Option<Profile>> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        lock_workspace(&tx, workspace_id).await?;
+        let profile = statements::set_consent(&tx, workspace_id, profile_id, statements, source, Utc::now()).await?;
+        tx.commit().await?;
+        Ok(profile)
+    }
+
+    async fn delete_profile(&self, workspace_id: &str, profile_id: &str) -> StoreResult<bool> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        lock_workspace(&tx, workspace_id).await?;
+        let deleted = statements::delete_profile(&tx, workspace_id, profile_id).await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    async fn list_profiles(&self, workspace_id: &str, query: &ProfileQuery) -> StoreResult<ProfilePage> {
+        let client = self.pool.get().await?;
+        statements::list_profiles(&**client, workspace_id, query).await
+    }
+
+    async fn workspace_stats(&self, workspace_id: &str, days: u32) -> StoreResult<WorkspaceStats> {
+        let client = self.pool.get().await?;
+        statements::workspace_stats(&**client, workspace_id, days, Utc::now()).await
+    }
+}

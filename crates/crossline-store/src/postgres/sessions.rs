@@ -1,0 +1,43 @@
+//! [`crate::SessionStore`] on PostgreSQL.
+
+#[allow(unused_imports)]
+use super::*;
+
+#[async_trait]
+impl crate::SessionStore for PgStore {
+    async fn create_session(&self, session: &crate::ConsoleSession) -> StoreResult<()> {
+        let client = self.pool.get().await?;
+        let now = crate::to_millis(session.created_at);
+        client.execute("DELETE FROM console_sessions WHERE expires_at <= $1", &[&now]).await?;
+        client
+            .execute(
+                "INSERT INTO console_sessions (id_hash, credential_hash, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+                &[&session.id_hash, &session.credential_hash, &now, &crate::to_millis(session.expires_at)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn session(&self, id_hash: &str, now: DateTime<Utc>) -> StoreResult<Option<crate::ConsoleSession>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT credential_hash, created_at, expires_at FROM console_sessions
+                 WHERE id_hash = $1 AND expires_at > $2",
+                &[&id_hash, &crate::to_millis(now)],
+            )
+            .await?;
+        Ok(row.map(|row| crate::ConsoleSession {
+            id_hash: id_hash.to_owned(),
+            credential_hash: row.get(0),
+            created_at: crate::from_millis(row.get(1)),
+            expires_at: crate::from_millis(row.get(2)),
+        }))
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<()> {
+        let client = self.pool.get().await?;
+        client.execute("DELETE FROM console_sessions WHERE id_hash = $1", &[&id_hash]).await?;
+        Ok(())
+    }
+}
