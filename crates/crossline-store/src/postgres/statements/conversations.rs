@@ -1,0 +1,158 @@
+//! Conversations and their messages.
+
+#[allow(unused_imports)]
+use super::*;
+
+pub(in crate::postgres) const CONVERSATION_COLUMNS: &str =
+    "id, profile_id, bot, bot_version, status, channel, state, created_at, updated_at";
+
+pub(in crate::postgres) fn conversation_from_row(row: &Row) -> crate::Conversation {
+    crate::Conversation {
+        id: row.get(0),
+        profile_id: row.get(1),
+        bot: row.get(2),
+        bot_version: row.get(3),
+        status: row.get(4),
+        channel: row.get(5),
+        state: row.get(6),
+        created_at: from_millis(row.get(7)),
+        updated_at: from_millis(row.get(8)),
+    }
+}
+
+pub(in crate::postgres) async fn open_conversation(
+    client: &impl GenericClient,
+    workspace_id: &str,
+    profile_id: &str,
+    bot: &str,
+    active_since: DateTime<Utc>,
+) -> StoreResult<Option<crate::Conversation>> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT {CONVERSATION_COLUMNS} FROM conversations
+                 WHERE workspace_id = $1 AND profile_id = $2 AND bot = $3 AND status != 'resolved' AND updated_at >= $4
+                 ORDER BY updated_at DESC LIMIT 1"
+            ),
+            &[&workspace_id, &profile_id, &bot, &to_millis(active_since)],
+        )
+        .await?;
+    Ok(row.as_ref().map(conversation_from_row))
+}
+
+pub(in crate::postgres) async fn conversation(
+    client: &impl GenericClient,
+    workspace_id: &str,
+    id: &str,
+) -> StoreResult<Option<crate::Conversation>> {
+    let row = client
+        .query_opt(
+            &format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE workspace_id = $1 AND id = $2"),
+            &[&workspace_id, &id],
+        )
+        .await?;
+    Ok(row.as_ref().map(conversation_from_row))
+}
+
+pub(in crate::postgres) async fn save_conversation(
+    tx: &Transaction<'_>,
+    workspace_id: &str,
+    conversation: &crate::Conversation,
+    messages: &[crate::ConversationMessage],
+) -> StoreResult<()> {
+    tx.execute(
+        "INSERT INTO conversations (workspace_id, id, profile_id, bot, bot_version, status, channel, state, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (workspace_id, id) DO UPDATE SET profile_id = excluded.profile_id, status = excluded.status,
+            channel = excluded.channel, state = excluded.state, updated_at = excluded.updated_at",
+        &[
+            &workspace_id,
+            &conversation.id,
+            &conversation.profile_id,
+            &conversation.bot,
+            &conversation.bot_version,
+            &conversation.status,
+            &conversation.channel,
+            &conversation.state,
+            &to_millis(conversation.created_at),
+            &to_millis(conversation.updated_at),
+        ],
+    )
+    .await?;
+    let mut seq: i64 = tx
+        .query_one(
+            "SELECT coalesce(max(seq), 0)::int8 FROM conversation_messages WHERE workspace_id = $1 AND conversation_id = $2",
+            &[&workspace_id, &conversation.id],
+        )
+        .await?
+        .get(0);
+    for message in messages {
+        seq += 1;
+        tx.execute(
+            "INSERT INTO conversation_messages (workspace_id, conversation_id, seq, author, channel, text, created_at, missed)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &workspace_id,
+                &conversation.id,
+                &seq,
+                &message.author,
+                &message.channel,
+                &message.text,
+                &to_millis(message.created_at),
+                &message.missed,
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+pub(in crate::postgres) async fn conversation_messages(
+    client: &impl GenericClient,
+    workspace_id: &str,
+    id: &str,
+) -> StoreResult<Vec<crate::ConversationMessage>> {
+    let rows = client
+        .query(
+            "SELECT author, channel, text, created_at, missed FROM conversation_messages
+             WHERE workspace_id = $1 AND conversation_id = $2 ORDER BY seq",
+            &[&workspace_id, &id],
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| crate::ConversationMessage {
+            author: row.get(0),
+            channel: row.get(1),
+            text: row.get(2),
+            created_at: from_millis(row.get(3)),
+            missed: row.get(4),
+        })
+        .collect())
+}
+
+pub(in crate::postgres) async fn missed_utterances(
+    client: &impl GenericClient,
+    workspace_id: &str,
+    bot: &str,
+    limit: usize,
+) -> StoreResult<Vec<crate::MissedUtterance>> {
+    let rows = client
+        .query(
+            "SELECT m.text, m.channel, m.conversation_id, m.created_at
+             FROM conversation_messages m JOIN conversations c ON c.workspace_id = m.workspace_id AND c.id = m.conversation_id
+             WHERE m.workspace_id = $1 AND m.missed AND c.bot = $2
+             ORDER BY m.created_at DESC LIMIT $3",
+            &[&workspace_id, &bot, &(limit as i64)],
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| crate::MissedUtterance {
+            text: row.get(0),
+            channel: row.get(1),
+            conversation_id: row.get(2),
+            created_at: from_millis(row.get(3)),
+        })
+        .collect())
+}
