@@ -7,8 +7,8 @@
 //!
 //! Published on `events.<workspace_id>` (NATS: `crossline.events.<workspace_id>`) as one JSON
 //! message per store write: `{"workspace_id", "events": [{"message_id", "type", "event", "channel",
-//! "timestamp", "profile_id", "merged_profile_ids"?, "consent"?, "source"?}]}` (docs/api.md). A
-//! consent change is `"type": "consent"` with the statements; an erasure is `"type": "erasure"`
+//! "timestamp", "profile_id", "merged_profile_ids"?}]}` (docs/api.md). A consent change is stored as
+//! a `consent.changed` track event on the profile (so destinations get it too); an erasure is `"type": "erasure"`
 //! naming only the erased profile id (a tombstone, no personal data). Duplicates the store skipped
 //! are not published. A bus outage does not fail the write (it is durable already): it is logged
 //! and counted (`crossline_bus_publish_failed_total`).
@@ -55,10 +55,6 @@ struct Published<'a> {
     profile_id: Option<&'a str>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     merged_profile_ids: &'a [String],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    consent: Option<&'a BTreeMap<String, ConsentStatus>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    source: Option<&'a str>,
 }
 
 /// What publishing needs of an event, kept before the event moves into the store.
@@ -128,21 +124,32 @@ impl EventRecorder {
         let Some(profile) = self.store.set_consent(workspace_id, profile_id, statements, source).await? else {
             return Ok(None);
         };
-        let consent: BTreeMap<String, ConsentStatus> = statements.iter().cloned().collect();
-        let message_id = new_random_id("cns");
+        // The change is also an event on the profile's timeline — `consent.changed`, naming the
+        // statements and their source — so the timeline, destinations and the bus see it. It names
+        // one of the profile's identities and carries no consent statement of its own (the consent
+        // is set above, with its source).
+        let Some(identity) = profile.identities.first() else { return Ok(Some(profile)) };
+        let consent: BTreeMap<String, &str> =
+            statements.iter().map(|(channel, status)| (channel.clone(), status.as_str())).collect();
         let channel = if statements.len() == 1 { statements[0].0.as_str() } else { "server" };
-        let published = Published {
-            message_id: &message_id,
-            kind: "consent",
-            event: Some("consent.changed"),
-            channel,
+        let mut properties = serde_json::Map::new();
+        properties.insert("consent".into(), serde_json::json!(consent));
+        properties.insert("source".into(), serde_json::json!(source));
+        let event = NormalizedEvent {
+            message_id: new_random_id("cns"),
+            kind: crossline_core::event::EventKind::Track,
+            name: Some("consent.changed".into()),
+            identities: vec![identity.clone()],
+            previous_ids: Vec::new(),
+            traits: serde_json::Map::new(),
+            consent: Vec::new(),
+            properties,
+            context: serde_json::Map::new(),
+            channel: channel.to_owned(),
             timestamp: now,
-            profile_id: Some(&profile.id),
-            merged_profile_ids: &[],
-            consent: Some(&consent),
-            source: Some(source),
+            received_at: now,
         };
-        self.publish(workspace_id, &[published]).await;
+        self.record(workspace_id, vec![event]).await?;
         Ok(Some(profile))
     }
 
@@ -161,8 +168,6 @@ impl EventRecorder {
             timestamp: now,
             profile_id: Some(profile_id),
             merged_profile_ids: &[],
-            consent: None,
-            source: None,
         };
         self.publish(workspace_id, &[published]).await;
         Ok(true)
@@ -181,8 +186,6 @@ impl EventRecorder {
                 timestamp: summary.timestamp,
                 profile_id: result.profile_id.as_deref(),
                 merged_profile_ids: &result.merged,
-                consent: None,
-                source: None,
             })
             .collect();
         if !stored.is_empty() {

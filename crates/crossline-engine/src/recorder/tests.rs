@@ -190,9 +190,19 @@ async fn turns_consent_and_erasure_are_published() {
     let updated = fixture.recorder.set_consent(&fixture.workspace, &profile.id, &statements, "sms_keyword", now).await;
     assert!(updated.unwrap().is_some());
     let published = fixture.take();
-    assert_eq!(kinds(&published), [("consent".into(), "consent.changed".into())]);
-    assert_eq!(published[0]["consent"], json!({"sms": "unsubscribed"}));
-    assert_eq!((published[0]["source"].as_str(), published[0]["channel"].as_str()), (Some("sms_keyword"), Some("sms")));
+    assert_eq!(kinds(&published), [("track".into(), "consent.changed".into())]);
+    assert_eq!(
+        (published[0]["channel"].as_str(), published[0]["profile_id"].as_str()),
+        (Some("sms"), Some(profile.id.as_str()))
+    );
+    // It is an event on the profile's timeline, with the statements and their source.
+    let timeline = fixture.store.events(&fixture.workspace, &profile.id, &Default::default()).await.unwrap();
+    let changed =
+        timeline.iter().find(|event| event.event.as_deref() == Some("consent.changed")).expect("on the timeline");
+    assert_eq!(changed.properties["consent"], json!({"sms": "unsubscribed"}));
+    assert_eq!(changed.properties["source"], "sms_keyword");
+    let consent = fixture.store.profile(&fixture.workspace, &profile.id).await.unwrap().unwrap().consent;
+    assert_eq!(consent.status("sms"), ConsentStatus::Unsubscribed, "the consent itself is set, with its source");
     let unknown = fixture.recorder.set_consent(&fixture.workspace, "prf_unknown", &statements, "api", now).await;
     assert!(unknown.unwrap().is_none());
     assert!(fixture.take().is_empty(), "nothing is published for an unknown profile");
