@@ -7,6 +7,37 @@
 pub mod alexa;
 pub mod reply;
 pub mod twilio;
+pub mod webchat;
+
+/// The channels a workspace configures (`PUT /api/v1/channels/{kind}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChannelKind {
+    /// Twilio SMS and Voice.
+    Twilio,
+    /// The hosted web chat, the widget and the kiosk.
+    WebChat,
+    /// An Alexa skill.
+    Alexa,
+}
+
+impl ChannelKind {
+    /// Every kind.
+    pub const ALL: [ChannelKind; 3] = [ChannelKind::Twilio, ChannelKind::WebChat, ChannelKind::Alexa];
+
+    /// The name in URLs and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelKind::Twilio => "twilio",
+            ChannelKind::WebChat => "webchat",
+            ChannelKind::Alexa => "alexa",
+        }
+    }
+
+    /// The kind of a name; None for anything else.
+    pub fn parse(name: &str) -> Option<Self> {
+        ChannelKind::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+}
 
 /// What a channel can carry, so the engine checks capabilities, not channel names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,4 +84,17 @@ pub struct ConfigError {
 
 pub(crate) fn config_error(field: &str, message: impl Into<String>) -> ConfigError {
     ConfigError { field: field.to_owned(), message: message.into() }
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip() {
+        for kind in ChannelKind::ALL {
+            assert_eq!(ChannelKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(ChannelKind::parse("smtp"), None);
+    }
 }

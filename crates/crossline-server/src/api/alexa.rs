@@ -143,9 +143,10 @@ pub async fn alexa(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let workspace = state.store.workspace(&workspace_id).await?.ok_or_else(|| ApiError::not_found("workspace"))?;
-    let config = state.store.channel(&workspace.id, "alexa").await?.ok_or_else(|| {
-        ApiError::new(ErrorCode::ChannelDisabled, "the alexa channel is not configured for this workspace")
-    })?;
+    let config =
+        state.store.channel(&workspace.id, crossline_channels::ChannelKind::Alexa.as_str()).await?.ok_or_else(
+            || ApiError::new(ErrorCode::ChannelDisabled, "the alexa channel is not configured for this workspace"),
+        )?;
     let config: AlexaConfig = serde_json::from_value(config).map_err(ApiError::internal)?;
 
     // Verification, in Amazon's order; nothing is read from the body before it passes.

@@ -14,13 +14,15 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use crossline_bot::dialog;
+use crossline_channels::ChannelKind;
 use crossline_channels::alexa::AlexaConfig;
 use crossline_channels::reply::{Reply, render};
 use crossline_channels::twilio::{self, Keyword, TwilioConfig};
+use crossline_channels::webchat::WebChatConfig;
 use crossline_core::{ConsentStatus, ConversationStatus, Identity, IdentityKind};
 use crossline_engine::conversations::{Opening, Turn, TurnError, dialog_state, event, status_of, with_quick_replies};
 use crossline_store::Conversation;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// Set a channel's configuration.
 #[utoipa::path(put, path = "/api/v1/channels/{kind}", tag = "channels",
@@ -40,8 +42,14 @@ pub async fn put_channel(
     body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let Json(body) = body.map_err(json_rejection)?;
-    match kind.as_str() {
-        "twilio" => {
+    let kind = ChannelKind::parse(&kind).ok_or_else(|| {
+        ApiError::bad_request(
+            ErrorCode::InvalidField,
+            format!("kind: \"{kind}\" is not a channel that can be configured yet; use twilio, webchat or alexa"),
+        )
+    })?;
+    match kind {
+        ChannelKind::Twilio => {
             let config: TwilioConfig = serde_json::from_value(body).map_err(|err| {
                 ApiError::bad_request(ErrorCode::InvalidField, format!("body: not a Twilio configuration ({err})"))
             })?;
@@ -49,10 +57,10 @@ pub async fn put_channel(
                 config.validate().map_err(|err| ApiError::bad_request(ErrorCode::InvalidField, err.to_string()))?;
             require_bot(&state, &workspace.id, &config.bot).await?;
             let stored = serde_json::to_value(&config).map_err(ApiError::internal)?;
-            state.store.put_channel(&workspace.id, "twilio", &stored).await?;
+            state.store.put_channel(&workspace.id, kind.as_str(), &stored).await?;
             Ok(Json(config.public_view()))
         }
-        "alexa" => {
+        ChannelKind::Alexa => {
             let config: AlexaConfig = serde_json::from_value(body).map_err(|err| {
                 ApiError::bad_request(
                     ErrorCode::InvalidField,
@@ -63,40 +71,23 @@ pub async fn put_channel(
                 config.validate().map_err(|err| ApiError::bad_request(ErrorCode::InvalidField, err.to_string()))?;
             require_bot(&state, &workspace.id, &config.bot).await?;
             let stored = serde_json::to_value(&config).map_err(ApiError::internal)?;
-            state.store.put_channel(&workspace.id, "alexa", &stored).await?;
+            state.store.put_channel(&workspace.id, kind.as_str(), &stored).await?;
             Ok(Json(stored))
         }
-        "webchat" => {
-            let bot = body.get("bot").and_then(Value::as_str).ok_or_else(|| {
-                ApiError::bad_request(ErrorCode::MissingField, "bot: is required, the bot that answers the chat")
+        ChannelKind::WebChat => {
+            let config = WebChatConfig::from_json(&body).map_err(|err| {
+                let code = if err.message.starts_with("is required") {
+                    ErrorCode::MissingField
+                } else {
+                    ErrorCode::InvalidField
+                };
+                ApiError::bad_request(code, err.to_string())
             })?;
-            require_bot(&state, &workspace.id, bot).await?;
-            let mut config = serde_json::json!({"bot": bot});
-            match body.get("identity_secret") {
-                None | Some(Value::Null) => {}
-                Some(Value::String(secret)) if secret.len() >= 16 => config["identity_secret"] = json!(secret),
-                Some(_) => {
-                    return Err(ApiError::bad_request(
-                        ErrorCode::InvalidField,
-                        "identity_secret: use a string of at least 16 characters, e.g. the output of `openssl rand -hex 24`",
-                    ));
-                }
-            }
-            if let Some(unknown) = body.as_object().and_then(|fields| {
-                fields.keys().find(|field| !matches!(field.as_str(), "bot" | "identity_secret")).cloned()
-            }) {
-                return Err(ApiError::bad_request(
-                    ErrorCode::InvalidField,
-                    format!("{unknown}: is not a web chat setting; use bot and identity_secret"),
-                ));
-            }
-            state.store.put_channel(&workspace.id, "webchat", &config).await?;
-            Ok(Json(webchat_public_view(&config)))
+            require_bot(&state, &workspace.id, &config.bot).await?;
+            let stored = serde_json::to_value(&config).map_err(ApiError::internal)?;
+            state.store.put_channel(&workspace.id, kind.as_str(), &stored).await?;
+            Ok(Json(config.public_view()))
         }
-        other => Err(ApiError::bad_request(
-            ErrorCode::InvalidField,
-            format!("kind: \"{other}\" is not a channel that can be configured yet; use twilio, webchat or alexa"),
-        )),
     }
 }
 
@@ -125,21 +116,23 @@ pub async fn get_channel(
     WorkspaceCaller(workspace): WorkspaceCaller,
     Path(kind): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let stored = state.store.channel(&workspace.id, &kind).await?.ok_or_else(|| ApiError::not_found("channel"))?;
-    match kind.as_str() {
-        "twilio" => {
+    let kind = ChannelKind::parse(&kind).ok_or_else(|| ApiError::not_found("channel"))?;
+    let stored =
+        state.store.channel(&workspace.id, kind.as_str()).await?.ok_or_else(|| ApiError::not_found("channel"))?;
+    match kind {
+        ChannelKind::Twilio => {
             let config: TwilioConfig = serde_json::from_value(stored).map_err(ApiError::internal)?;
             Ok(Json(config.public_view()))
         }
-        "webchat" => Ok(Json(webchat_public_view(&stored))),
-        "alexa" => Ok(Json(stored)),
-        _ => Err(ApiError::not_found("channel")),
+        ChannelKind::WebChat => {
+            let config: WebChatConfig = serde_json::from_value(stored).map_err(ApiError::internal)?;
+            Ok(Json(config.public_view()))
+        }
+        ChannelKind::Alexa => {
+            let config: AlexaConfig = serde_json::from_value(stored).map_err(ApiError::internal)?;
+            Ok(Json(serde_json::to_value(config).map_err(ApiError::internal)?))
+        }
     }
-}
-
-/// The web chat configuration without its secret: whether host-page identities must be signed.
-fn webchat_public_view(config: &Value) -> Value {
-    json!({"bot": config["bot"], "identity_verification": config.get("identity_secret").is_some()})
 }
 
 fn twiml(body: String) -> Response {
@@ -168,7 +161,7 @@ async fn verified_twilio(
     body: &[u8],
 ) -> ApiResult<(crossline_store::Workspace, TwilioConfig, Vec<(String, String)>)> {
     let workspace = state.store.workspace(workspace_id).await?.ok_or_else(|| ApiError::not_found("workspace"))?;
-    let config = state.store.channel(&workspace.id, "twilio").await?.ok_or_else(|| {
+    let config = state.store.channel(&workspace.id, ChannelKind::Twilio.as_str()).await?.ok_or_else(|| {
         ApiError::new(ErrorCode::ChannelDisabled, "the twilio channel is not configured for this workspace")
     })?;
     let config: TwilioConfig = serde_json::from_value(config).map_err(ApiError::internal)?;

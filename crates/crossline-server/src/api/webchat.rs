@@ -38,6 +38,7 @@ use chrono::Utc;
 use crossline_bot::dialog::{DialogState, quick_replies};
 use crossline_channels::CHAT_CAPABILITIES;
 use crossline_channels::reply::render;
+use crossline_channels::webchat::WebChatConfig;
 use crossline_core::event::{Endpoint, NormalizeOptions, parse_request};
 use crossline_core::keys::{KeyKind, hash_key, secrets_equal};
 use crossline_core::trust::{IdentitySource, identity_hash_message};
@@ -63,24 +64,17 @@ pub struct ChatQuery {
     pub channel: Option<String>,
 }
 
-/// The web chat channel's configuration: the bot, and the secret that signs host-page identities.
-struct WebchatConfig {
-    bot: String,
-    identity_secret: Option<String>,
-}
-
-async fn webchat_config(state: &AppState, workspace: Workspace) -> ApiResult<(Workspace, WebchatConfig)> {
+async fn webchat_config(state: &AppState, workspace: Workspace) -> ApiResult<(Workspace, WebChatConfig)> {
+    let kind = crossline_channels::ChannelKind::WebChat;
     let config =
-        state.store.channel(&workspace.id, "webchat").await?.ok_or_else(|| {
+        state.store.channel(&workspace.id, kind.as_str()).await?.ok_or_else(|| {
             ApiError::new(ErrorCode::ChannelDisabled, "web chat is not configured for this workspace")
         })?;
-    let bot =
-        config.get("bot").and_then(Value::as_str).ok_or_else(|| ApiError::internal("webchat config without bot"))?;
-    let identity_secret = config.get("identity_secret").and_then(Value::as_str).map(str::to_owned);
-    Ok((workspace, WebchatConfig { bot: bot.to_owned(), identity_secret }))
+    let config: WebChatConfig = serde_json::from_value(config).map_err(ApiError::internal)?;
+    Ok((workspace, config))
 }
 
-async fn webchat_bot(state: &AppState, workspace_id: &str) -> ApiResult<(Workspace, WebchatConfig)> {
+async fn webchat_bot(state: &AppState, workspace_id: &str) -> ApiResult<(Workspace, WebChatConfig)> {
     let workspace = state.store.workspace(workspace_id).await?.ok_or_else(|| ApiError::not_found("workspace"))?;
     webchat_config(state, workspace).await
 }
@@ -337,7 +331,7 @@ pub fn user_hash(secret: &str, message: &str) -> String {
 /// Who is on the other end of a chat socket.
 struct Client {
     workspace: Workspace,
-    config: WebchatConfig,
+    config: WebChatConfig,
     /// The page's visitor id: the socket's own identity.
     visitor: Identity,
     channel: &'static str,
