@@ -46,7 +46,7 @@ use crossline_core::{EventKind, Identity, IdentityKind};
 use crossline_engine::conversations::{Turn, TurnError, event};
 use crossline_store::{Conversation, Workspace};
 use hmac::{Hmac, Mac};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::Sha256;
 
@@ -178,8 +178,39 @@ pub async fn socket(
     Ok(upgrade.on_upgrade(move |socket| serve_socket(socket, state, client)))
 }
 
-async fn send(socket: &mut WebSocket, frame: Value) -> bool {
-    socket.send(Message::Text(frame.to_string().into())).await.is_ok()
+/// What the server sends on a chat socket (the protocol above).
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ServerFrame<'a> {
+    /// A message of the conversation; `index` counts the bot's messages (absent on the customer's).
+    Message {
+        author: &'a str,
+        text: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        index: Option<usize>,
+        #[serde(skip_serializing_if = "<[String]>::is_empty")]
+        quick_replies: &'a [String],
+    },
+    /// The bot is working on an answer.
+    Typing,
+    /// A customer message was handled.
+    Ack { id: &'a str },
+    /// What an identify did.
+    Identified { verified: bool },
+    /// A frame was refused; `id` and `retry` for a message the page keeps.
+    Error {
+        code: &'static str,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry: Option<bool>,
+    },
+}
+
+async fn send(socket: &mut WebSocket, frame: ServerFrame<'_>) -> bool {
+    let text = serde_json::to_string(&frame).expect("frames serialise");
+    socket.send(Message::Text(text.into())).await.is_ok()
 }
 
 /// Send the conversation's bot messages after the `sent` already shown (with `history`, the customer's
@@ -201,15 +232,16 @@ async fn catch_up(
     for message in &messages {
         if message.author == "customer" {
             if history {
-                send(socket, json!({"type": "message", "author": "customer", "text": message.text})).await;
+                let frame =
+                    ServerFrame::Message { author: "customer", text: &message.text, index: None, quick_replies: &[] };
+                send(socket, frame).await;
             }
             continue;
         }
         index += 1;
-        let mut frame = json!({"type": "message", "author": message.author, "text": message.text, "index": index});
-        if index == total && !buttons.is_empty() {
-            frame["quick_replies"] = json!(buttons);
-        }
+        let quick_replies = if index == total { buttons } else { &[] };
+        let frame =
+            ServerFrame::Message { author: &message.author, text: &message.text, index: Some(index), quick_replies };
         if index > sent && !send(socket, frame).await {
             return index - 1;
         }
@@ -236,15 +268,11 @@ async fn pending_buttons(state: &AppState, workspace: &Workspace, conversation: 
     quick_replies(&bot.definition, &dialog, true)
 }
 
-/// The bot's greeting frame, with its suggestions as buttons.
-async fn greeting(state: &AppState, workspace: &Workspace, bot: &str) -> Option<Value> {
+/// The bot's greeting and its suggestions (shown as buttons).
+async fn greeting(state: &AppState, workspace: &Workspace, bot: &str) -> Option<(String, Vec<String>)> {
     let live = bot_model(state, workspace, bot, None).await.ok()?;
-    let text = live.definition.greeting.as_deref()?;
-    let mut frame = json!({"type": "message", "author": "bot", "text": text, "index": 0});
-    if !live.definition.suggestions.is_empty() {
-        frame["quick_replies"] = json!(live.definition.suggestions);
-    }
-    Some(frame)
+    let text = live.definition.greeting.clone()?;
+    Some((text, live.definition.suggestions.clone()))
 }
 
 /// What an `identify` frame did.
@@ -368,8 +396,8 @@ enum ClientFrame {
     },
 }
 
-fn error_frame(code: ErrorCode, message: &str) -> Value {
-    json!({"type": "error", "code": code.as_str(), "message": message})
+fn error_frame(code: ErrorCode, message: &str) -> ServerFrame<'_> {
+    ServerFrame::Error { code: code.as_str(), message, id: None, retry: None }
 }
 
 /// Whether the visitor and its address may send another frame now.
@@ -426,7 +454,13 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, client: Client) {
                     }
                     None => {
                         conversation = None;
-                        if let Some(frame) = greeting(&state, workspace, &bot).await {
+                        if let Some((text, suggestions)) = greeting(&state, workspace, &bot).await {
+                            let frame = ServerFrame::Message {
+                                author: "bot",
+                                text: &text,
+                                index: Some(0),
+                                quick_replies: &suggestions,
+                            };
                             send(&mut socket, frame).await;
                         }
                     }
@@ -442,7 +476,7 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, client: Client) {
                     .await;
                     continue;
                 }
-                send(&mut socket, json!({"type": "typing"})).await;
+                send(&mut socket, ServerFrame::Typing).await;
                 let turn = Turn {
                     bot: &bot,
                     from: identity.clone(),
@@ -473,7 +507,12 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, client: Client) {
                         // Whether the page should send the message again (after a reconnect): only
                         // when the server could not take it for now, never for what would fail again.
                         let retry = err.status.is_server_error() && err.code != ErrorCode::InternalPanic;
-                        let frame = json!({"type": "error", "code": err.code.as_str(), "message": err.message, "id": id, "retry": retry});
+                        let frame = ServerFrame::Error {
+                            code: err.code.as_str(),
+                            message: &err.message,
+                            id: Some(&id),
+                            retry: Some(retry),
+                        };
                         send(&mut socket, frame).await;
                         continue;
                     }
@@ -484,7 +523,7 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, client: Client) {
                 if let Some(id) = &conversation {
                     sent = catch_up(&mut socket, &state, workspace, id, sent, false, &buttons).await;
                 }
-                send(&mut socket, json!({"type": "ack", "id": id})).await;
+                send(&mut socket, ServerFrame::Ack { id: &id }).await;
             }
             ClientFrame::Identify { user_id, traits, user_hash } => {
                 let identified = crate::panic::guard(
@@ -493,8 +532,8 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, client: Client) {
                 )
                 .await
                 .unwrap_or_else(|_| Err(crate::panic::internal_panic()));
-                let frame = match identified {
-                    Ok(outcome) => json!({"type": "identified", "verified": outcome == Identified::Verified}),
+                let frame = match &identified {
+                    Ok(outcome) => ServerFrame::Identified { verified: *outcome == Identified::Verified },
                     Err(err) => error_frame(err.code, &err.message),
                 };
                 send(&mut socket, frame).await;
