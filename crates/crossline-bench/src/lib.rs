@@ -11,6 +11,7 @@ mod lookup;
 mod server;
 mod stats;
 mod turn;
+mod worker;
 
 pub use chat::ChatArgs;
 pub use destinations::DestinationsArgs;
@@ -18,6 +19,7 @@ pub use fairness::FairnessArgs;
 pub use ingest::IngestArgs;
 pub use lookup::LookupArgs;
 pub use turn::TurnArgs;
+pub use worker::WorkerArgs;
 
 use clap::Subcommand;
 
@@ -52,6 +54,8 @@ pub enum BenchCommand {
     Fairness(FairnessArgs),
     /// Events ingested as fast as possible and delivered to an event destination on loopback.
     Destinations(DestinationsArgs),
+    /// The durable worker's own cost per job (claim, lease, complete), in-process on the real store.
+    Worker(WorkerArgs),
 }
 
 /// Run a benchmark.
@@ -63,5 +67,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Chat(args) => chat::chat(args).await,
         BenchCommand::Fairness(args) => fairness::fairness(args).await,
         BenchCommand::Destinations(args) => destinations::destinations(args).await,
+        BenchCommand::Worker(args) => worker::worker(args).await,
     }
 }
