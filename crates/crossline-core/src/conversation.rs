@@ -72,6 +72,11 @@ impl Author {
             Author::Agent => "agent",
         }
     }
+
+    /// Read a stored name; None for anything else.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Author::Customer, Author::Bot, Author::Agent].into_iter().find(|author| author.as_str() == name)
+    }
 }
 
 #[cfg(test)]

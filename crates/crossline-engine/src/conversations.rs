@@ -196,17 +196,11 @@ pub fn with_quick_replies(texts: &[String], quick_replies: &[String]) -> Vec<Rep
 
 /// The status a stored conversation is in (an unknown name reads as with the bot).
 pub fn status_of(conversation: &Conversation) -> ConversationStatus {
-    ConversationStatus::parse(&conversation.status).unwrap_or(ConversationStatus::Bot)
+    conversation.status
 }
 
 fn message(author: Author, channel: &str, text: &str, now: DateTime<Utc>, missed: bool) -> ConversationMessage {
-    ConversationMessage {
-        author: author.as_str().into(),
-        channel: channel.to_owned(),
-        text: text.to_owned(),
-        created_at: now,
-        missed,
-    }
+    ConversationMessage { author, channel: channel.to_owned(), text: text.to_owned(), created_at: now, missed }
 }
 
 impl Conversations {
@@ -331,7 +325,7 @@ impl Conversations {
                 profile_id: profile.id.clone(),
                 bot: turn.bot.to_owned(),
                 bot_version: latest.stored.version,
-                status: ConversationStatus::Bot.as_str().into(),
+                status: ConversationStatus::Bot,
                 channel: turn.channel.to_owned(),
                 state: json!({}),
                 created_at: turn.now,
@@ -404,7 +398,7 @@ impl Conversations {
             }
         }
         if outcome.handoff.is_some() {
-            conversation.status = ConversationStatus::Queued.as_str().into();
+            conversation.status = ConversationStatus::Queued;
         }
         conversation.state = serde_json::to_value(&dialog).map_err(|err| TurnError::Internal(err.to_string()))?;
         conversation.channel = turn.channel.to_owned();
@@ -516,13 +510,13 @@ impl Conversations {
                 profile_id: profile.id.clone(),
                 bot: bot.to_owned(),
                 bot_version: latest.stored.version,
-                status: ConversationStatus::Bot.as_str().into(),
+                status: ConversationStatus::Bot,
                 channel: channel.into(),
                 state: json!({}),
                 created_at: now,
                 updated_at: now,
             });
-            conversation.status = ConversationStatus::Queued.as_str().into();
+            conversation.status = ConversationStatus::Queued;
             conversation.channel = channel.into();
             conversation.updated_at = now;
             let messages: Vec<ConversationMessage> =

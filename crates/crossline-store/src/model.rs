@@ -318,8 +318,8 @@ pub struct Conversation {
     pub bot: String,
     /// The bot version the conversation started on; it finishes on it.
     pub bot_version: i64,
-    /// `bot`, `queued`, `assigned` or `resolved`.
-    pub status: String,
+    /// Where it stands.
+    pub status: crossline_core::ConversationStatus,
     /// The channel of the customer's last message.
     pub channel: String,
     /// The dialog state.
@@ -333,8 +333,8 @@ pub struct Conversation {
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConversationMessage {
-    /// `customer`, `bot` or `agent`.
-    pub author: String,
+    /// Who wrote it.
+    pub author: crossline_core::Author,
     /// The channel it went over.
     pub channel: String,
     /// The text.

@@ -347,14 +347,14 @@ async fn conversations_follow_profiles(store: DynStore) {
         profile_id: chat.clone(),
         bot: "bank".into(),
         bot_version: 1,
-        status: "bot".into(),
+        status: crossline_core::ConversationStatus::Bot,
         channel: "chat".into(),
         state: json!({"active": {"name": "book"}}),
         created_at: t0,
         updated_at: t0,
     };
     let message = |author: &str, text: &str| ConversationMessage {
-        author: author.into(),
+        author: crossline_core::Author::parse(author).unwrap(),
         channel: "chat".into(),
         text: text.into(),
         created_at: t0,
@@ -413,7 +413,7 @@ async fn conversations_follow_profiles(store: DynStore) {
     assert_eq!(survivor, chat);
     assert_ne!(sms, chat);
     assert!(store.open_conversation(&ws.id, &chat, "bank", t0).await.unwrap().is_some());
-    conversation.status = "resolved".into();
+    conversation.status = crossline_core::ConversationStatus::Resolved;
     store.save_conversation(&ws.id, &conversation, &[]).await.unwrap();
     assert!(store.open_conversation(&ws.id, &chat, "bank", t0).await.unwrap().is_none(), "resolved ones are closed");
     assert!(store.delete_profile(&ws.id, &chat).await.unwrap());

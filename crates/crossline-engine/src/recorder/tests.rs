@@ -142,7 +142,7 @@ async fn turns_consent_and_erasure_are_published() {
         profile_id: profile.id.clone(),
         bot: "help".into(),
         bot_version: 1,
-        status: "bot".into(),
+        status: crossline_core::ConversationStatus::Bot,
         channel: "sms".into(),
         state: json!({}),
         created_at: now,
@@ -150,7 +150,7 @@ async fn turns_consent_and_erasure_are_published() {
     };
     let read = TurnRead { active_since: now - chrono::Duration::minutes(30), open: None };
     let message = |author: &str, text: &str| ConversationMessage {
-        author: author.into(),
+        author: crossline_core::Author::parse(author).unwrap(),
         channel: "sms".into(),
         text: text.into(),
         created_at: now,

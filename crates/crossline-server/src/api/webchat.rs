@@ -42,7 +42,7 @@ use crossline_channels::webchat::WebChatConfig;
 use crossline_core::event::{Endpoint, NormalizeOptions, parse_request};
 use crossline_core::keys::{KeyKind, hash_key, secrets_equal};
 use crossline_core::trust::{IdentitySource, identity_hash_message};
-use crossline_core::{EventKind, Identity, IdentityKind};
+use crossline_core::{Author, EventKind, Identity, IdentityKind};
 use crossline_engine::conversations::{Turn, TurnError, event};
 use crossline_store::{Conversation, Workspace};
 use hmac::{Hmac, Mac};
@@ -227,10 +227,10 @@ async fn catch_up(
     let Ok(messages) = state.store.conversation_messages(&workspace.id, conversation_id).await else {
         return sent;
     };
-    let total = messages.iter().filter(|message| message.author != "customer").count();
+    let total = messages.iter().filter(|message| message.author != Author::Customer).count();
     let mut index = 0;
     for message in &messages {
-        if message.author == "customer" {
+        if message.author == Author::Customer {
             if history {
                 let frame =
                     ServerFrame::Message { author: "customer", text: &message.text, index: None, quick_replies: &[] };
@@ -240,8 +240,12 @@ async fn catch_up(
         }
         index += 1;
         let quick_replies = if index == total { buttons } else { &[] };
-        let frame =
-            ServerFrame::Message { author: &message.author, text: &message.text, index: Some(index), quick_replies };
+        let frame = ServerFrame::Message {
+            author: message.author.as_str(),
+            text: &message.text,
+            index: Some(index),
+            quick_replies,
+        };
         if index > sent && !send(socket, frame).await {
             return index - 1;
         }

@@ -145,7 +145,7 @@ async fn a_customer_sending_fifty_messages_at_once_is_slowed_not_broken() {
         .to_owned();
     let messages = server.store.conversation_messages(&ws.id, &conversation).await.unwrap();
     assert_eq!(
-        messages.iter().filter(|message| message.author == "customer").count(),
+        messages.iter().filter(|message| message.author.as_str() == "customer").count(),
         ok,
         "refused messages left no trace"
     );

@@ -338,7 +338,11 @@ async fn missed(server: &TestServer, api_key: &str) -> Vec<String> {
 }
 
 fn customer_texts(messages: &[crossline_store::ConversationMessage]) -> Vec<&str> {
-    messages.iter().filter(|message| message.author == "customer").map(|message| message.text.as_str()).collect()
+    messages
+        .iter()
+        .filter(|message| message.author.as_str() == "customer")
+        .map(|message| message.text.as_str())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,7 +370,7 @@ async fn silence_on_a_call_asks_again_then_says_goodbye_and_is_never_a_missed_ut
 
     let (events, conversation, messages) = caller_record(&server, &ws, "+14155550130").await;
     assert_eq!(customer_texts(&messages), ["I want to book an appointment"], "no silence is a customer message");
-    assert_eq!(conversation.status, "bot", "silence handed nothing to agents");
+    assert_eq!(conversation.status.as_str(), "bot", "silence handed nothing to agents");
     assert_eq!(conversation.state["misunderstandings"], 0, "silence is no misunderstanding");
     assert_eq!(conversation.state["active"]["awaiting"]["slot"], "date", "the question is still pending");
     let received = events.iter().filter(|event| event["event"] == "message.received").count();
@@ -454,7 +458,7 @@ async fn a_bot_can_hand_a_silent_caller_to_agents_and_bad_voice_settings_are_ref
     assert_eq!(again, twiml);
 
     let (events, conversation, messages) = caller_record(&server, &ws, "+14155550132").await;
-    assert_eq!(conversation.status, "queued");
+    assert_eq!(conversation.status.as_str(), "queued");
     assert_eq!(conversation.state["misunderstandings"], 0);
     assert_eq!(customer_texts(&messages), ["I want to book an appointment"]);
     let handoffs: Vec<_> = events.iter().filter(|event| event["event"] == "conversation.handoff").collect();
@@ -493,7 +497,7 @@ async fn a_replayed_voice_request_is_answered_the_same_without_a_new_turn() {
 
     let (events, _, messages) = caller_record(&server, &ws, "+14155550123").await;
     let count = |author: &str, prefix: &str| {
-        messages.iter().filter(|message| message.author == author && message.text.starts_with(prefix)).count()
+        messages.iter().filter(|message| message.author.as_str() == author && message.text.starts_with(prefix)).count()
     };
     assert_eq!(count("bot", "Picking up where we left off"), 1, "{messages:?}");
     assert_eq!(count("customer", "3 pm please"), 1, "{messages:?}");
@@ -526,7 +530,7 @@ async fn a_replayed_voice_request_is_answered_the_same_without_a_new_turn() {
     assert!(handoff.ends_with("<Hangup/></Response>"), "{handoff}");
     assert_eq!(stranger.replay().await.1, handoff);
     let (events, conversation, messages) = caller_record(&server, &ws, "+14155550127").await;
-    assert_eq!(conversation.status, "queued");
+    assert_eq!(conversation.status.as_str(), "queued");
     assert_eq!(customer_texts(&messages), ["I lost my card"]);
     assert_eq!(events.iter().filter(|event| event["event"] == "conversation.handoff").count(), 1);
     assert_eq!(events.iter().filter(|event| event["event"] == "message.received").count(), 1);

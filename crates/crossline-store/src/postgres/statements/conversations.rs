@@ -12,7 +12,8 @@ pub(in crate::postgres) fn conversation_from_row(row: &Row) -> crate::Conversati
         profile_id: row.get(1),
         bot: row.get(2),
         bot_version: row.get(3),
-        status: row.get(4),
+        status: crossline_core::ConversationStatus::parse(row.get(4))
+            .unwrap_or(crossline_core::ConversationStatus::Bot),
         channel: row.get(5),
         state: row.get(6),
         created_at: from_millis(row.get(7)),
@@ -71,7 +72,7 @@ pub(in crate::postgres) async fn save_conversation(
             &conversation.profile_id,
             &conversation.bot,
             &conversation.bot_version,
-            &conversation.status,
+            &conversation.status.as_str(),
             &conversation.channel,
             &conversation.state,
             &to_millis(conversation.created_at),
@@ -95,7 +96,7 @@ pub(in crate::postgres) async fn save_conversation(
                 &workspace_id,
                 &conversation.id,
                 &seq,
-                &message.author,
+                &message.author.as_str(),
                 &message.channel,
                 &message.text,
                 &to_millis(message.created_at),
@@ -122,7 +123,7 @@ pub(in crate::postgres) async fn conversation_messages(
     Ok(rows
         .into_iter()
         .map(|row| crate::ConversationMessage {
-            author: row.get(0),
+            author: crossline_core::Author::parse(row.get(0)).unwrap_or(crossline_core::Author::Bot),
             channel: row.get(1),
             text: row.get(2),
             created_at: from_millis(row.get(3)),

@@ -10,7 +10,8 @@ pub(in crate::sqlite) fn conversation_from_row(row: &Row<'_>) -> rusqlite::Resul
             profile_id: row.get(1)?,
             bot: row.get(2)?,
             bot_version: row.get(3)?,
-            status: row.get(4)?,
+            status: crossline_core::ConversationStatus::parse(&row.get::<_, String>(4)?)
+                .unwrap_or(crossline_core::ConversationStatus::Bot),
             channel: row.get(5)?,
             state: Value::Null,
             created_at: from_millis(row.get(7)?),
@@ -75,7 +76,7 @@ pub(in crate::sqlite) fn save_conversation(
         conversation.profile_id,
         conversation.bot,
         conversation.bot_version,
-        conversation.status,
+        conversation.status.as_str(),
         conversation.channel,
         serde_json::to_string(&conversation.state)?,
         to_millis(conversation.created_at),
@@ -96,7 +97,7 @@ pub(in crate::sqlite) fn save_conversation(
             workspace_id,
             conversation.id,
             seq,
-            message.author,
+            message.author.as_str(),
             message.channel,
             message.text,
             to_millis(message.created_at),
@@ -117,7 +118,7 @@ pub(in crate::sqlite) fn conversation_messages(
     )?;
     let rows = statement.query_map((workspace_id, id), |row| {
         Ok(crate::ConversationMessage {
-            author: row.get(0)?,
+            author: crossline_core::Author::parse(&row.get::<_, String>(0)?).unwrap_or(crossline_core::Author::Bot),
             channel: row.get(1)?,
             text: row.get(2)?,
             created_at: from_millis(row.get(3)?),
