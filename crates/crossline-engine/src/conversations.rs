@@ -103,6 +103,19 @@ impl From<BotError> for TurnError {
     }
 }
 
+/// A turn already taken, as it was answered (to answer a provider's retry the same way).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnsweredTurn {
+    /// The replies, quick replies on the last one while no later turn came.
+    pub replies: Vec<Reply>,
+    /// Whether the turn handed the conversation to agents (or it is with them).
+    pub queued: bool,
+}
+
+/// How many of the customer's newest events are searched for a replayed turn (providers retry
+/// within seconds; an older replay is answered without words).
+const REPLAY_WINDOW_EVENTS: usize = 200;
+
 /// How a voice session (a call, an Alexa skill opened) starts.
 pub enum Opening {
     /// No open conversation: say this greeting (by name when the profile knows it).
@@ -192,11 +205,6 @@ pub fn with_quick_replies(texts: &[String], quick_replies: &[String]) -> Vec<Rep
         last.quick_replies = quick_replies.to_vec();
     }
     replies
-}
-
-/// The status a stored conversation is in (an unknown name reads as with the bot).
-pub fn status_of(conversation: &Conversation) -> ConversationStatus {
-    conversation.status
 }
 
 fn message(author: Author, channel: &str, text: &str, now: DateTime<Utc>, missed: bool) -> ConversationMessage {
@@ -465,8 +473,64 @@ impl Conversations {
         Ok(TurnOutcome {
             conversation_id: conversation.id.clone(),
             replies: with_quick_replies(&outcome.replies, &outcome.quick_replies),
-            status: status_of(&conversation),
+            status: conversation.status,
         })
+    }
+
+    /// The answer to the turn `message_id` of `from` with `bot`, found again in what the turn
+    /// stored: its `message.received` (or `conversation.resumed`) event on the customer's timeline
+    /// and the `message.sent` and `conversation.handoff` events written with it (same
+    /// conversation, same time). The quick replies offered with the last reply are not stored; they
+    /// come again from the conversation's state while no turn came after this one. None when the
+    /// turn is too far back (or unknown).
+    pub async fn answered_turn(
+        &self,
+        workspace: &Workspace,
+        bot: &str,
+        from: &Identity,
+        message_id: &str,
+    ) -> Result<Option<AnsweredTurn>, TurnError> {
+        let Some(profile) = self.store.lookup(&workspace.id, from).await? else { return Ok(None) };
+        let query = crossline_store::EventQuery { limit: REPLAY_WINDOW_EVENTS, kind: Some("track".into()) };
+        // Newest first: the turn's own events sit just before its `message.received`.
+        let events = self.store.events(&workspace.id, &profile.id, &query).await?;
+        let Some(index) = events.iter().position(|event| event.id == message_id) else { return Ok(None) };
+        let received = &events[index];
+        let conversation_of = |event: &crossline_store::StoredEvent| {
+            event.properties.get("conversation_id").and_then(Value::as_str).map(str::to_owned)
+        };
+        let Some(conversation_id) = conversation_of(received) else { return Ok(None) };
+        let mut replies = Vec::new();
+        let mut handed_off = false;
+        let mut later_turn = false;
+        for event in events[..index].iter().rev() {
+            if conversation_of(event).as_deref() != Some(conversation_id.as_str()) {
+                continue;
+            }
+            let of_this_turn = event.timestamp == received.timestamp && !later_turn;
+            match event.event.as_deref() {
+                Some("message.received" | "conversation.resumed") => later_turn = true,
+                Some("message.sent") if of_this_turn => {
+                    let text = event.properties.get("text").and_then(Value::as_str).unwrap_or_default();
+                    replies.push(Reply::text(text));
+                }
+                Some("conversation.handoff") if of_this_turn => handed_off = true,
+                _ => {}
+            }
+        }
+        let conversation = self.store.conversation(&workspace.id, &conversation_id).await?;
+        let queued = handed_off || conversation.as_ref().is_some_and(|conversation| conversation.status.with_agents());
+        if !handed_off
+            && !later_turn
+            && let Some(conversation) = &conversation
+            && let Some(last) = replies.last_mut()
+        {
+            let live = self.bots.live(&workspace.id, bot, Some(conversation.bot_version)).await?;
+            let understood = received.properties.get("understood").and_then(Value::as_bool).unwrap_or(true);
+            last.quick_replies =
+                crossline_bot::dialog::quick_replies(&live.definition, &dialog_state(Some(conversation)), understood);
+        }
+        Ok(Some(AnsweredTurn { replies, queued }))
     }
 
     /// Hand a customer's conversation with `bot` to agents without a turn (a caller who stayed

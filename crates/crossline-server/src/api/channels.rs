@@ -20,7 +20,7 @@ use crossline_channels::reply::{Reply, render};
 use crossline_channels::twilio::{self, Keyword, TwilioConfig};
 use crossline_channels::webchat::WebChatConfig;
 use crossline_core::{ConsentStatus, ConversationStatus, Identity, IdentityKind};
-use crossline_engine::conversations::{Opening, Turn, TurnError, dialog_state, event, status_of, with_quick_replies};
+use crossline_engine::conversations::{Opening, Turn, TurnError, dialog_state, event, with_quick_replies};
 use crossline_store::Conversation;
 use serde_json::Value;
 
@@ -333,16 +333,6 @@ struct CallTurn<'a> {
     prompting: &'a Prompting,
 }
 
-/// A turn already taken, as it was answered.
-struct AnsweredTurn {
-    replies: Vec<Reply>,
-    queued: bool,
-}
-
-/// How many of the caller's newest events are searched for a replayed turn (Twilio retries within
-/// seconds; an older replay is answered without words).
-const REPLAY_WINDOW_EVENTS: usize = 200;
-
 impl CallTurn<'_> {
     /// The caller said something: a conversation turn.
     async fn answer(&self, said: &str) -> ApiResult<Response> {
@@ -426,61 +416,11 @@ impl CallTurn<'_> {
     async fn replay(&self) -> ApiResult<Response> {
         metrics::counter!("crossline_webhook_replayed_total", "channel" => "twilio_voice").increment(1);
         let Some(message_id) = &self.message_id else { return Ok(self.prompting.listen(&[], 0)) };
-        match self.answered_turn(message_id).await? {
+        match self.state.conversations.answered_turn(self.workspace, self.bot, self.from, message_id).await? {
             Some(answered) => Ok(self.prompting.answer(&answered.replies, answered.queued)),
             // Too far back to find: listen again, saying nothing.
             None => Ok(self.prompting.listen(&[], 0)),
         }
-    }
-
-    /// The answer to the turn `message_id`, found again in what the turn stored: its
-    /// `message.received` event on the caller's timeline and the `message.sent` and
-    /// `conversation.handoff` events written with it (same conversation, same time). The quick
-    /// replies offered with the last reply are not stored; they come again from the conversation's
-    /// state while no turn came after this one.
-    async fn answered_turn(&self, message_id: &str) -> ApiResult<Option<AnsweredTurn>> {
-        let (state, workspace) = (self.state, self.workspace);
-        let Some(profile) = state.store.lookup(&workspace.id, self.from).await? else { return Ok(None) };
-        let query = crossline_store::EventQuery { limit: REPLAY_WINDOW_EVENTS, kind: Some("track".into()) };
-        // Newest first: the turn's own events sit just before its `message.received`.
-        let events = state.store.events(&workspace.id, &profile.id, &query).await?;
-        let Some(index) = events.iter().position(|event| event.id == message_id) else { return Ok(None) };
-        let received = &events[index];
-        let conversation_of = |event: &crossline_store::StoredEvent| {
-            event.properties.get("conversation_id").and_then(Value::as_str).map(str::to_owned)
-        };
-        let Some(conversation_id) = conversation_of(received) else { return Ok(None) };
-        let mut replies = Vec::new();
-        let mut handed_off = false;
-        let mut later_turn = false;
-        for event in events[..index].iter().rev() {
-            if conversation_of(event).as_deref() != Some(conversation_id.as_str()) {
-                continue;
-            }
-            let of_this_turn = event.timestamp == received.timestamp && !later_turn;
-            match event.event.as_deref() {
-                Some("message.received") => later_turn = true,
-                Some("message.sent") if of_this_turn => {
-                    let text = event.properties.get("text").and_then(Value::as_str).unwrap_or_default();
-                    replies.push(Reply::text(text));
-                }
-                Some("conversation.handoff") if of_this_turn => handed_off = true,
-                _ => {}
-            }
-        }
-        let conversation = state.store.conversation(&workspace.id, &conversation_id).await?;
-        let queued = handed_off
-            || conversation.as_ref().is_some_and(|conversation| status_of(conversation) == ConversationStatus::Queued);
-        if !handed_off
-            && !later_turn
-            && let Some(conversation) = &conversation
-            && let Some(last) = replies.last_mut()
-        {
-            let bot = self.bot_of(Some(conversation)).await?;
-            let understood = received.properties.get("understood").and_then(Value::as_bool).unwrap_or(true);
-            last.quick_replies = dialog::quick_replies(&bot.definition, &dialog_state(Some(conversation)), understood);
-        }
-        Ok(Some(AnsweredTurn { replies, queued }))
     }
 
     /// The caller's open conversation with the bot, if any (read only).
