@@ -8,7 +8,7 @@
 //! (`#/components/responses/...`), so each annotation lists its statuses in one line and each status
 //! means the same thing everywhere.
 
-use crate::api::{bots, channels, conversations, destinations, ingest, profiles, rejected, workspaces};
+use crate::api::{bots, channels, conversations, destinations, ingest, jobs, profiles, rejected, workspaces};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::state::AppState;
 use axum::Router;
@@ -40,6 +40,7 @@ use utoipa_swagger_ui::SwaggerUi;
         (name = "conversations", description = "Conversations with bots on every channel"),
         (name = "channels", description = "Channel configuration"),
         (name = "destinations", description = "Event destinations: every event, signed, to other systems"),
+        (name = "jobs", description = "The durable worker's dead letters"),
     )
 )]
 struct ApiDoc;
@@ -206,6 +207,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(destinations::rotate_secret))
         .routes(routes!(destinations::list_failures))
         .routes(routes!(destinations::replay_failure))
+        .routes(routes!(jobs::list_dead_jobs))
+        .routes(routes!(jobs::replay_job))
 }
 
 /// The document as pretty JSON (what `/api/openapi.json` serves).

@@ -6,6 +6,7 @@ pub mod channels;
 pub mod conversations;
 pub mod destinations;
 pub mod ingest;
+pub mod jobs;
 pub mod profiles;
 pub mod rejected;
 pub mod segment_schema;

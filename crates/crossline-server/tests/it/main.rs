@@ -8,6 +8,7 @@ mod conversations;
 mod destinations;
 mod harness;
 mod ingest;
+mod jobs;
 mod limits;
 mod openapi;
 mod profiles;
