@@ -116,6 +116,17 @@ pub struct AnsweredTurn {
 /// within seconds; an older replay is answered without words).
 const REPLAY_WINDOW_EVENTS: usize = 200;
 
+/// What a voice customer's silence at a prompt leads to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Silence {
+    /// Ask the pending question again (the count travels with the next prompt; nothing is stored).
+    AskAgain(Vec<Reply>),
+    /// Say goodbye and end the session.
+    Goodbye(Vec<Reply>),
+    /// The conversation was handed to agents (stored); say these and end the session.
+    HandedOff(Vec<Reply>),
+}
+
 /// How a voice session (a call, an Alexa skill opened) starts.
 pub enum Opening {
     /// No open conversation: say this greeting (by name when the profile knows it).
@@ -531,6 +542,41 @@ impl Conversations {
                 crossline_bot::dialog::quick_replies(&live.definition, &dialog_state(Some(conversation)), understood);
         }
         Ok(Some(AnsweredTurn { replies, queued }))
+    }
+
+    /// The customer said nothing at a prompt, after `silences_before` silences in a row: ask again,
+    /// say goodbye, or hand the conversation to agents, as the bot's `voice` settings say. Only a
+    /// handoff is stored (with `message_id`, so a replay hands off once).
+    pub async fn silence(
+        &self,
+        workspace: &Workspace,
+        bot: &str,
+        from: &Identity,
+        silences_before: u32,
+        message_id: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Silence, TurnError> {
+        let conversation = self.open_conversation(workspace, from, bot, now).await?;
+        let version = conversation.as_ref().map(|conversation| conversation.bot_version);
+        let live = self.bots.live(&workspace.id, bot, version).await?;
+        let outcome =
+            crossline_bot::dialog::silence(&live.definition, &dialog_state(conversation.as_ref()), silences_before);
+        let replies = with_quick_replies(&outcome.replies, &outcome.quick_replies);
+        let ending = match (outcome.ends, &outcome.handoff) {
+            (false, _) => "reask",
+            (true, None) => "goodbye",
+            (true, Some(_)) => "handoff",
+        };
+        metrics::counter!("crossline_voice_silences_total", "outcome" => ending).increment(1);
+        match (outcome.ends, &outcome.handoff) {
+            (false, _) => Ok(Silence::AskAgain(replies)),
+            (true, None) => Ok(Silence::Goodbye(replies)),
+            (true, Some(queue)) => {
+                self.hand_off(workspace, bot, from, "voice", &outcome.replies, queue, "silence", message_id, now)
+                    .await?;
+                Ok(Silence::HandedOff(replies))
+            }
+        }
     }
 
     /// Hand a customer's conversation with `bot` to agents without a turn (a caller who stayed

@@ -83,16 +83,28 @@ pub async fn run(
     let address = listener.local_addr()?;
     tracing::info!(%address, store = state.store.backend(), bus = state.bus.backend(), "serving");
     let settings = state.settings.connections.clone();
-    // Event destinations are delivered in the background while the server runs.
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let delivering = tokio::spawn(state.destinations.clone().run(async {
-        let _ = stopped.await;
-    }));
+    // Background work — event destinations and the durable worker — runs while the server does.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let background = background(&state, stopped);
     connections::serve(listener, app(state), settings, shutdown).await?;
-    let _ = stop.send(());
-    let _ = delivering.await;
+    let _ = stop.send(true);
+    for task in background {
+        let _ = task.await;
+    }
     tracing::info!("stopped accepting; in-flight requests finished");
     Ok(())
+}
+
+/// Start the background work of a node: event destinations and the durable worker, until `stop`
+/// turns true. `crossline worker` runs just this.
+pub fn background(state: &AppState, stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+    let until = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    vec![
+        tokio::spawn(state.destinations.clone().run(until(stop.clone()))),
+        tokio::spawn(state.worker.clone().run(until(stop))),
+    ]
 }
 
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {

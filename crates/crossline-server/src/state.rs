@@ -36,6 +36,8 @@ pub struct AppState {
     pub alexa_certs: Arc<crate::api::alexa::CertCache>,
     /// Event destinations: saved through the API, delivered in the background.
     pub destinations: Arc<crossline_engine::destinations::Destinations>,
+    /// The durable worker, running in the background (its job kinds come with campaigns).
+    pub worker: Arc<crossline_engine::worker::Worker>,
 }
 
 impl AppState {
@@ -64,10 +66,16 @@ impl AppState {
             settings.destinations.clone(),
             crossline_core::ids::new_random_id("node"),
         ));
+        let worker = Arc::new(crossline_engine::worker::Worker::new(
+            store.clone(),
+            Arc::new(crossline_engine::worker::SystemClock),
+            crossline_engine::worker::WorkerConfig::default(),
+        ));
         AppState {
             recorder,
             egress,
             destinations,
+            worker,
             bots,
             conversations,
             admission: Arc::new(crate::admission::Admission::new(settings.ingest_concurrency_per_workspace)),

@@ -241,8 +241,14 @@ async fn worker(config: Config) -> anyhow::Result<()> {
     }
     // No HTTP is served, so no operator token is needed: a random one that nobody knows.
     let state = state_for(&config, crossline_core::ids::new_random_id("unused")).await?;
-    println!("crossline worker delivering event destinations (store: {})", state.store.backend());
-    state.destinations.clone().run(shutdown_signal()).await;
+    println!("crossline worker: event destinations and background jobs (store: {})", state.store.backend());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let background = crossline_server::background(&state, stopped);
+    shutdown_signal().await;
+    let _ = stop.send(true);
+    for task in background {
+        let _ = task.await;
+    }
     Ok(())
 }
 

@@ -20,7 +20,7 @@ use crossline_channels::reply::{Reply, render};
 use crossline_channels::twilio::{self, Keyword, TwilioConfig};
 use crossline_channels::webchat::WebChatConfig;
 use crossline_core::{ConsentStatus, ConversationStatus, Identity, IdentityKind};
-use crossline_engine::conversations::{Opening, Turn, TurnError, dialog_state, event, with_quick_replies};
+use crossline_engine::conversations::{Opening, Silence, Turn, TurnError, dialog_state, event};
 use crossline_store::Conversation;
 use serde_json::Value;
 
@@ -387,25 +387,12 @@ impl CallTurn<'_> {
     /// The caller said nothing at a prompt, after `silences_before` silences in a row. Nothing is
     /// stored (the count travels in the next prompt's URL), except the handoff that may end the call.
     async fn silence(&self, silences_before: u32) -> ApiResult<Response> {
-        let conversation = self.open_conversation().await?;
-        let bot = self.bot_of(conversation.as_ref()).await?;
-        let outcome = dialog::silence(&bot.definition, &dialog_state(conversation.as_ref()), silences_before);
-        let replies = with_quick_replies(&outcome.replies, &outcome.quick_replies);
-        let ending = match (outcome.ends, &outcome.handoff) {
-            (false, _) => "reask",
-            (true, None) => "goodbye",
-            (true, Some(_)) => "handoff",
-        };
-        metrics::counter!("crossline_voice_silences_total", "outcome" => ending).increment(1);
-        if !outcome.ends {
-            return Ok(self.prompting.listen(&replies, silences_before.saturating_add(1)));
-        }
-        match &outcome.handoff {
-            Some(queue) => {
-                self.hand_off(&outcome.replies, queue).await?;
-                Ok(self.prompting.answer(&replies, true))
-            }
-            None => {
+        let message_id = self.message_id.as_deref();
+        let conversations = &self.state.conversations;
+        match conversations.silence(self.workspace, self.bot, self.from, silences_before, message_id, self.now).await? {
+            Silence::AskAgain(replies) => Ok(self.prompting.listen(&replies, silences_before.saturating_add(1))),
+            Silence::HandedOff(replies) => Ok(self.prompting.answer(&replies, true)),
+            Silence::Goodbye(replies) => {
                 let spoken = render(&replies, &twilio::VOICE_CAPABILITIES).messages;
                 Ok(twiml(twilio::hangup_response(&spoken)))
             }
@@ -435,18 +422,5 @@ impl CallTurn<'_> {
     ) -> ApiResult<std::sync::Arc<crate::api::bots::LiveBot>> {
         let version = conversation.map(|conversation| conversation.bot_version);
         crate::api::bots::bot_model(self.state, self.workspace, self.bot, version).await
-    }
-
-    /// Hand a silent caller's conversation to agents: the conversation (a new one when none is open)
-    /// is queued, and the bot's words and a `conversation.handoff` event (`"reason": "silence"`, with
-    /// the request's id, so a replay hands off once) recorded. The dialog state is left as it was.
-    async fn hand_off(&self, replies: &[String], queue: &str) -> ApiResult<()> {
-        let (state, workspace, from, now) = (self.state, self.workspace, self.from, self.now);
-        let message_id = self.message_id.as_deref();
-        state
-            .conversations
-            .hand_off(workspace, self.bot, from, "voice", replies, queue, "silence", message_id, now)
-            .await?;
-        Ok(())
     }
 }
