@@ -6,6 +6,7 @@
 
 pub mod alexa;
 pub mod reply;
+pub mod sms;
 pub mod twilio;
 pub mod webchat;
 
