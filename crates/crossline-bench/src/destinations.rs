@@ -122,13 +122,7 @@ pub(crate) async fn destinations(args: DestinationsArgs) -> anyhow::Result<()> {
             while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < batches {
                 let batch: Vec<String> = (0..100).map(|_| generator.event().0).collect();
                 let body = format!(r#"{{"batch":[{}]}}"#, batch.join(","));
-                let response = http
-                    .post(format!("{url}/v1/batch"))
-                    .header("authorization", &auth)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await;
+                let response = post_tracking(&http, &url, "batch", &auth, body).await;
                 if matches!(response, Ok(response) if response.status().is_success()) {
                     sent += 100;
                 }

@@ -62,13 +62,7 @@ pub(crate) async fn fairness(args: FairnessArgs) -> anyhow::Result<()> {
                     let batch: Vec<String> = (0..100).map(|_| generator.event().0).collect();
                     ("batch", format!(r#"{{"batch":[{}]}}"#, batch.join(",")), 100)
                 };
-                let response = http
-                    .post(format!("{url}/v1/{path}"))
-                    .header("authorization", &auth)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await;
+                let response = post_tracking(&http, &url, path, &auth, body).await;
                 match response {
                     Ok(response) if response.status().is_success() => events += count,
                     _ => refused += 1,
@@ -89,13 +83,7 @@ pub(crate) async fn fairness(args: FairnessArgs) -> anyhow::Result<()> {
                 sequence += 1;
                 let body = format!(r#"{{"userId":"quiet-{}","event":"Heartbeat"}}"#, sequence % 50);
                 let sent = Instant::now();
-                let response = http
-                    .post(format!("{url}/v1/track"))
-                    .header("authorization", &auth)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await;
+                let response = post_tracking(&http, &url, "track", &auth, body).await;
                 match response {
                     Ok(response) if response.status().is_success() => latencies.push(sent.elapsed()),
                     _ => failures += 1,

@@ -162,13 +162,7 @@ pub(crate) async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                     format!(r#"{{"batch":[{}],"sentAt":"{}"}}"#, events.join(","), chrono::Utc::now().to_rfc3339());
                 bytes += body.len();
                 let sent = Instant::now();
-                let response = http
-                    .post(format!("{url}/v1/batch"))
-                    .header("authorization", &auth)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await;
+                let response = post_tracking(&http, &url, "batch", &auth, body).await;
                 match response {
                     Ok(response) if response.status().is_success() => {
                         latencies.push(sent.elapsed());

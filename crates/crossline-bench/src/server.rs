@@ -118,3 +118,19 @@ pub(crate) async fn bench_workspace(http: &reqwest::Client, url: &str, name: &st
         .await?;
     Ok(created["write_key"].as_str().context("write_key in the answer")?.to_owned())
 }
+
+/// POST a tracking-API body (`path`: `batch`, `track`, …) with the write key's Basic authorization.
+pub(crate) async fn post_tracking(
+    http: &reqwest::Client,
+    url: &str,
+    path: &str,
+    authorization: &str,
+    body: String,
+) -> reqwest::Result<reqwest::Response> {
+    http.post(format!("{url}/v1/{path}"))
+        .header("authorization", authorization)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+}
