@@ -29,13 +29,13 @@ enum Command {
     Demo(DemoArgs),
     /// Apply database migrations and exit (serve also applies them at start).
     Migrate(ServeArgs),
-    /// Deliver background work (event destinations) without serving HTTP: for PostgreSQL
-    /// deployments that run delivery on their own nodes (`serve` delivers too).
+    /// Run the background work (event destinations, the durable job worker) without serving HTTP:
+    /// for PostgreSQL deployments that run it on their own nodes (`serve` runs it too).
     Worker(ServeArgs),
     /// Language-understanding tools.
     #[command(subcommand)]
     Nlu(NluCommand),
-    /// Benchmarks that drive a real server over loopback.
+    /// Benchmarks: a real server driven over loopback, or the real store in-process.
     #[command(subcommand)]
     Bench(crossline_bench::BenchCommand),
     /// Bot definitions from YAML or JSON files: check them offline, push them to a server.

@@ -223,14 +223,15 @@ async fn heartbeats_keep_a_long_job() {
             _: &'a Job,
         ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), JobFailure>> + Send + 'a>> {
             Box::pin(async {
-                tokio::time::sleep(Duration::from_millis(1500)).await;
+                tokio::time::sleep(Duration::from_millis(2500)).await;
                 Ok(())
             })
         }
     }
     let config = WorkerConfig {
         name: "beating".into(),
-        lease: Duration::from_millis(500),
+        // A lease of 1 s renewed every 100 ms: a loaded machine may delay a few heartbeats, not ten.
+        lease: Duration::from_millis(1000),
         heartbeat: Duration::from_millis(100),
         ..WorkerConfig::default()
     };
@@ -240,7 +241,7 @@ async fn heartbeats_keep_a_long_job() {
         async move { worker.run_once().await }
     });
     // Well past the first lease, the job is still held: nobody else can claim it.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_millis(1800)).await;
     let stolen = store.claim("test", "thief", 10, Utc::now(), chrono::Duration::seconds(30)).await.unwrap();
     assert!(stolen.is_empty(), "the heartbeat kept the lease");
     assert_eq!(running.await.unwrap().unwrap(), 1);
