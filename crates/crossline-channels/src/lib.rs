@@ -5,6 +5,8 @@
 //! **Invariant:** this crate knows nothing of storage or HTTP servers.
 
 pub mod alexa;
+pub mod email;
+pub mod outbound;
 pub mod reply;
 pub mod sms;
 pub mod twilio;

@@ -1,15 +1,18 @@
-//! Twilio: SMS webhooks (TwiML `<Message>` replies) and the request signature.
+//! Twilio: SMS webhooks (TwiML `<Message>` replies) and the request signature; outbound messages
+//! (the Messages API request, the classification of its answer, status callbacks).
 //!
 //! Twilio signs each webhook: HMAC-SHA1, keyed with the account's auth token, over the full URL it
 //! requested followed by every POST parameter's name and value in name order; base64 in
 //! `X-Twilio-Signature`.
 
+use crate::outbound::{OutboundCapabilities, SendError, SendReceipt};
 use crate::reply::{fit, speech};
 use crate::{Capabilities, ConfigError, config_error, escape_xml};
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha1::Sha1;
+use std::time::Duration;
 
 /// What an SMS can carry: 10 segments of text, nothing rich.
 pub const SMS_CAPABILITIES: Capabilities =
@@ -261,6 +264,149 @@ pub fn hangup_response(replies: &[String]) -> String {
     twiml
 }
 
+/// What an outbound SMS can carry: text only, with delivery reported through the status callback.
+/// Twilio takes a body of at most 1,600 characters; counting bytes is never more lenient.
+pub const SMS_OUTBOUND_CAPABILITIES: OutboundCapabilities =
+    OutboundCapabilities { subject: false, html: false, max_body_bytes: 1600, delivery_receipts: true };
+
+/// Twilio error codes meaning the number can never receive messages: 21211 invalid number,
+/// 21614 not a mobile number.
+const UNREACHABLE_NUMBER_CODES: [u64; 2] = [21211, 21614];
+/// Twilio error codes meaning the sending number is wrong for the account, so every message would
+/// fail: 21212 invalid From number, 21606 From is not a message-capable Twilio number, 21660 From
+/// belongs to another account.
+const SENDER_CONFIG_CODES: [u64; 3] = [21212, 21606, 21660];
+
+/// The Messages API request for one SMS (or WhatsApp when `to` starts with "whatsapp:"). The
+/// caller makes the HTTP call (a form POST), so its egress rules apply.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MessageRequest {
+    /// Where to POST: the account's `Messages.json`.
+    pub url: String,
+    /// The `Authorization` header's value: `Basic` base64(account SID `:` auth token).
+    pub authorization: String,
+    /// The form fields (`application/x-www-form-urlencoded`).
+    pub form: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for MessageRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageRequest")
+            .field("url", &self.url)
+            .field("authorization", &"Basic <redacted>")
+            .field("form", &self.form)
+            .finish()
+    }
+}
+
+/// The request that sends `body` to `to` from the channel's number, asking Twilio to report the
+/// message's progress to `status_callback` when given.
+pub fn message_request(config: &TwilioConfig, to: &str, body: &str, status_callback: Option<&str>) -> MessageRequest {
+    let account_sid = config.account_sid.trim();
+    let url = format!("{}/2010-04-01/Accounts/{account_sid}/Messages.json", config.api_base_url.trim_end_matches('/'));
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("{account_sid}:{}", config.auth_token.trim()));
+    let to = to.trim();
+    // WhatsApp wants both ends in its address form.
+    let from = if to.starts_with("whatsapp:") && !config.phone_number.starts_with("whatsapp:") {
+        format!("whatsapp:{}", config.phone_number)
+    } else {
+        config.phone_number.clone()
+    };
+    let mut form =
+        vec![("To".to_owned(), to.to_owned()), ("From".to_owned(), from), ("Body".to_owned(), body.to_owned())];
+    if let Some(callback) = status_callback {
+        form.push(("StatusCallback".to_owned(), callback.to_owned()));
+    }
+    MessageRequest { url, authorization: format!("Basic {credentials}"), form }
+}
+
+/// Classifies Twilio's answer to a Messages.json POST: its HTTP status, its body, and the wait
+/// its `Retry-After` header asked for.
+///
+/// 2xx is sent (the receipt holds the message's `sid` and `status`); 429 and 5xx are retryable;
+/// 401, 403 and 404 (no such account) mean the credentials or account are wrong, as do the error
+/// codes of a wrong sending number; any other 4xx is permanent, the address unreachable only for
+/// an invalid or non-mobile number (21211, 21614). 21610, a recipient who replied STOP, is
+/// permanent but says nothing against the number: consent handles it.
+pub fn classify_message_response(
+    status: u16,
+    body: &[u8],
+    retry_after: Option<Duration>,
+) -> Result<SendReceipt, SendError> {
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
+    let text = |name: &str| json.get(name).and_then(serde_json::Value::as_str).map(str::to_owned);
+    let code = match json.get("code") {
+        Some(serde_json::Value::Number(number)) => number.as_u64(),
+        Some(serde_json::Value::String(code)) => code.trim().parse::<u64>().ok(),
+        _ => None,
+    };
+    let detail = text("message").unwrap_or_else(|| String::from_utf8_lossy(body).trim().chars().take(200).collect());
+    let described = match code {
+        Some(code) => format!("{detail} (Twilio error {code})"),
+        None => detail,
+    };
+    match status {
+        200..=299 => {
+            Ok(SendReceipt { provider_id: text("sid"), status: text("status").unwrap_or_else(|| "queued".to_owned()) })
+        }
+        429 => {
+            let message = format!("Twilio is limiting the sending rate: {described}");
+            Err(SendError::Retryable { message, retry_after })
+        }
+        500..=599 => {
+            Err(SendError::Retryable { message: format!("Twilio failed (HTTP {status}): {described}"), retry_after })
+        }
+        401 | 403 => Err(SendError::Misconfigured {
+            message: format!("Twilio refused the account SID and auth token (HTTP {status}): {described}"),
+        }),
+        404 => Err(SendError::Misconfigured {
+            message: format!("Twilio does not know the account; check the account SID and API base URL: {described}"),
+        }),
+        400..=499 if code.is_some_and(|code| SENDER_CONFIG_CODES.contains(&code)) => Err(SendError::Misconfigured {
+            message: format!("Twilio refused the channel's phone number as the sender: {described}"),
+        }),
+        400..=499 => Err(SendError::Permanent {
+            message: format!("Twilio refused the message: {described}"),
+            code: code.map(|code| code.to_string()),
+            address_unreachable: code.is_some_and(|code| UNREACHABLE_NUMBER_CODES.contains(&code)),
+        }),
+        _ => Err(SendError::Misconfigured {
+            message: format!("Twilio answered with HTTP {status}; check the API base URL: {described}"),
+        }),
+    }
+}
+
+/// A message status callback's fields (Twilio posts one as the message moves along: queued, sent,
+/// delivered, undelivered, failed, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusCallback {
+    /// Twilio's id of the message (the receipt's provider id).
+    pub message_sid: String,
+    /// Where the message stands, as Twilio names it.
+    pub status: String,
+    /// Twilio's error code when the message was not delivered.
+    pub error_code: Option<String>,
+}
+
+/// Read a message status callback's parameters.
+pub fn parse_status_callback(params: &[(String, String)]) -> Result<StatusCallback, ConfigError> {
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.trim().to_owned())
+            .filter(|value| !value.is_empty())
+    };
+    let message_sid = get("MessageSid")
+        .or_else(|| get("SmsSid"))
+        .ok_or_else(|| config_error("MessageSid", "is missing: not a Twilio message status callback"))?;
+    let status = get("MessageStatus")
+        .or_else(|| get("SmsStatus"))
+        .ok_or_else(|| config_error("MessageStatus", "is missing: not a Twilio message status callback"))?;
+    Ok(StatusCallback { message_sid, status, error_code: get("ErrorCode") })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,5 +521,148 @@ mod tests {
         .unwrap();
         assert_eq!((sms.from.as_str(), sms.body.as_str()), ("+14155550100", "hi"));
         assert!(parse_sms(&params(&[("Body", "hi")])).is_err());
+    }
+}
+
+#[cfg(test)]
+mod outbound_tests {
+    use super::*;
+
+    fn pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect()
+    }
+
+    fn config() -> TwilioConfig {
+        TwilioConfig {
+            account_sid: format!("AC{}", "a".repeat(32)),
+            auth_token: "0123456789abcdef0123456789abcdef".into(),
+            phone_number: "+14155550100".into(),
+            bot: "bank".into(),
+            api_base_url: default_api_base_url(),
+        }
+    }
+
+    fn permanent(status: u16, body: &[u8]) -> (Option<String>, bool) {
+        match classify_message_response(status, body, None) {
+            Err(SendError::Permanent { code, address_unreachable, .. }) => (code, address_unreachable),
+            other => panic!("expected a permanent failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_request_posts_the_form_with_basic_auth() {
+        let callback = "https://crossline.example/hooks/ws_1/twilio/status";
+        let request = message_request(&config(), "+14155550123", "Your code is 1234", Some(callback));
+        let sid = format!("AC{}", "a".repeat(32));
+        assert_eq!(request.url, format!("https://api.twilio.com/2010-04-01/Accounts/{sid}/Messages.json"));
+        let encoded = request.authorization.strip_prefix("Basic ").expect("basic authentication");
+        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).unwrap();
+        assert_eq!(String::from_utf8(decoded).unwrap(), format!("{sid}:0123456789abcdef0123456789abcdef"));
+        assert_eq!(
+            request.form,
+            pairs(&[
+                ("To", "+14155550123"),
+                ("From", "+14155550100"),
+                ("Body", "Your code is 1234"),
+                ("StatusCallback", callback),
+            ])
+        );
+        assert!(!format!("{request:?}").contains(encoded), "the credentials stay out of logs");
+
+        let mut local = config();
+        local.api_base_url = "http://127.0.0.1:9999/".into();
+        let request = message_request(&local, "whatsapp:+14155550123", "hi", None);
+        assert_eq!(request.url, format!("http://127.0.0.1:9999/2010-04-01/Accounts/{sid}/Messages.json"));
+        assert_eq!(
+            request.form,
+            pairs(&[("To", "whatsapp:+14155550123"), ("From", "whatsapp:+14155550100"), ("Body", "hi")])
+        );
+    }
+
+    #[test]
+    fn twilio_answers_are_classified() {
+        let accepted = br#"{"sid": "SM0123", "status": "queued", "body": "hi"}"#;
+        assert_eq!(
+            classify_message_response(201, accepted, None),
+            Ok(SendReceipt { provider_id: Some("SM0123".into()), status: "queued".into() })
+        );
+        assert_eq!(
+            classify_message_response(200, br#"{"sid": "SM9", "status": "accepted"}"#, None),
+            Ok(SendReceipt { provider_id: Some("SM9".into()), status: "accepted".into() })
+        );
+
+        let limited = classify_message_response(
+            429,
+            br#"{"code": 20429, "message": "Too Many Requests"}"#,
+            Some(Duration::from_secs(3)),
+        );
+        let three_seconds = Some(Duration::from_secs(3));
+        assert!(
+            matches!(&limited, Err(SendError::Retryable { retry_after, .. }) if *retry_after == three_seconds),
+            "{limited:?}"
+        );
+        assert!(matches!(
+            classify_message_response(503, b"Service Unavailable", None),
+            Err(SendError::Retryable { retry_after: None, .. })
+        ));
+        assert!(matches!(
+            classify_message_response(401, br#"{"code": 20003, "message": "Authenticate"}"#, None),
+            Err(SendError::Misconfigured { .. })
+        ));
+        assert!(matches!(classify_message_response(403, b"", None), Err(SendError::Misconfigured { .. })));
+        assert!(matches!(classify_message_response(404, b"", None), Err(SendError::Misconfigured { .. })));
+        let wrong_sender = br#"{"code": 21606, "message": "The From phone number is not valid"}"#;
+        assert!(matches!(classify_message_response(400, wrong_sender, None), Err(SendError::Misconfigured { .. })));
+
+        let invalid =
+            br#"{"code": 21211, "message": "The 'To' number +1555 is not a valid phone number.", "status": 400}"#;
+        assert_eq!(permanent(400, invalid), (Some("21211".into()), true));
+        let landline = br#"{"code": 21614, "message": "not a mobile number"}"#;
+        assert_eq!(permanent(400, landline), (Some("21614".into()), true));
+        assert_eq!(
+            permanent(400, br#"{"code": 21610, "message": "Attempt to send to unsubscribed recipient"}"#),
+            (Some("21610".into()), false),
+            "a STOP is consent's business, the number is fine"
+        );
+        assert_eq!(permanent(400, br#"{"code": "21211", "message": "invalid"}"#), (Some("21211".into()), true));
+        let region = br#"{"code": 21408, "message": "region not enabled"}"#;
+        assert_eq!(permanent(400, region), (Some("21408".into()), false));
+        assert_eq!(permanent(422, b"not json"), (None, false));
+        match classify_message_response(400, invalid, None) {
+            Err(SendError::Permanent { message, .. }) => {
+                assert!(message.contains("not a valid phone number"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn status_callbacks_are_read() {
+        let delivered = parse_status_callback(&pairs(&[
+            ("MessageSid", "SM0123"),
+            ("MessageStatus", "delivered"),
+            ("AccountSid", "AC1"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            delivered,
+            StatusCallback { message_sid: "SM0123".into(), status: "delivered".into(), error_code: None }
+        );
+        let failed = parse_status_callback(&pairs(&[
+            ("SmsSid", "SM1"),
+            ("SmsStatus", "undelivered"),
+            ("MessageStatus", "undelivered"),
+            ("ErrorCode", "30003"),
+        ]))
+        .unwrap();
+        assert_eq!((failed.message_sid.as_str(), failed.error_code.as_deref()), ("SM1", Some("30003")));
+        assert_eq!(parse_status_callback(&pairs(&[("ErrorCode", "")])).unwrap_err().field, "MessageSid");
+        assert_eq!(
+            parse_status_callback(&pairs(&[("MessageSid", "SM1"), ("ErrorCode", "")])).unwrap_err().field,
+            "MessageStatus"
+        );
+        let empty_code =
+            parse_status_callback(&pairs(&[("MessageSid", "SM1"), ("MessageStatus", "sent"), ("ErrorCode", "")]));
+        assert_eq!(empty_code.unwrap().error_code, None);
     }
 }

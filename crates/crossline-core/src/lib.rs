@@ -12,6 +12,7 @@ pub mod ids;
 pub mod keys;
 pub mod limits;
 pub mod profile;
+pub mod segment;
 pub mod trust;
 
 pub use consent::{Consent, ConsentEntry, ConsentStatus};

@@ -11,10 +11,12 @@
 //! **Invariant:** a call that returns `Ok` has committed durably; ingestion acknowledges nothing
 //! before its transaction is on disk.
 
+pub mod engage;
 pub mod ingest;
 pub mod model;
 pub mod postgres;
 mod rejected;
+pub mod segment_sql;
 pub mod sqlite;
 mod stats;
 #[cfg(any(test, feature = "testsuite"))]
@@ -65,7 +67,11 @@ impl From<rusqlite::Error> for StoreError {
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(err: tokio_postgres::Error) -> Self {
-        StoreError::Backend(err.to_string())
+        // The driver's own text is "db error"; the server's message is what a log needs.
+        match err.as_db_error() {
+            Some(db) => StoreError::Backend(format!("{}: {}", db.code().code(), db.message())),
+            None => StoreError::Backend(err.to_string()),
+        }
     }
 }
 
@@ -329,6 +335,159 @@ pub trait SessionStore: Send + Sync {
     async fn delete_session(&self, id_hash: &str) -> StoreResult<()>;
 }
 
+/// Engagement: definitions, segment evaluation, memberships, address states and deliveries.
+#[async_trait]
+pub trait EngageStore: Send + Sync {
+    /// Creates or replaces a definition (by id); a name taken by another of the kind is a conflict.
+    async fn put_object(&self, workspace_id: &str, object: &engage::EngageObject) -> StoreResult<()>;
+    /// One definition.
+    async fn object(
+        &self,
+        workspace_id: &str,
+        kind: engage::ObjectKind,
+        id: &str,
+    ) -> StoreResult<Option<engage::EngageObject>>;
+    /// Every definition of a kind, newest first.
+    async fn objects(&self, workspace_id: &str, kind: engage::ObjectKind) -> StoreResult<Vec<engage::EngageObject>>;
+    /// Deletes a definition (a segment's memberships go with it). Whether it existed.
+    async fn delete_object(&self, workspace_id: &str, kind: engage::ObjectKind, id: &str) -> StoreResult<bool>;
+    /// Sets a definition's status (and reason); when `expected` is given, only from one of those.
+    /// Whether it changed.
+    async fn set_object_status(
+        &self,
+        workspace_id: &str,
+        kind: engage::ObjectKind,
+        id: &str,
+        status: &str,
+        reason: Option<&str>,
+        expected: &[&str],
+    ) -> StoreResult<bool>;
+    /// Every object of a kind in a status, across workspaces (the scheduler's view).
+    async fn objects_in_status(
+        &self,
+        kind: engage::ObjectKind,
+        status: &str,
+    ) -> StoreResult<Vec<(String, engage::EngageObject)>>;
+
+    /// How many live profiles match a resolved filter at `now`.
+    async fn segment_size(
+        &self,
+        workspace_id: &str,
+        filter: &crossline_core::segment::Filter,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<u64>;
+    /// The ids of matching profiles after `after`, in id order, at most `limit`.
+    async fn segment_members(
+        &self,
+        workspace_id: &str,
+        filter: &crossline_core::segment::Filter,
+        now: chrono::DateTime<chrono::Utc>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>>;
+    /// Whether one profile (by its current id) matches.
+    async fn segment_matches(
+        &self,
+        workspace_id: &str,
+        filter: &crossline_core::segment::Filter,
+        now: chrono::DateTime<chrono::Utc>,
+        profile_id: &str,
+    ) -> StoreResult<bool>;
+    /// Adds (`member`) or removes a profile's membership of a segment; whether that changed it.
+    async fn set_membership(
+        &self,
+        workspace_id: &str,
+        segment_id: &str,
+        profile_id: &str,
+        member: bool,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<bool>;
+    /// Replaces a segment's stored members with `profile_ids` (an imported list or a full
+    /// recomputation): (entered, left).
+    async fn replace_members(
+        &self,
+        workspace_id: &str,
+        segment_id: &str,
+        profile_ids: &[String],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<(Vec<String>, Vec<String>)>;
+    /// The segments a profile is stored as a member of.
+    async fn memberships(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<String>>;
+
+    /// Marks an address unreachable (a hard bounce, an invalid number).
+    async fn set_address_unreachable(
+        &self,
+        workspace_id: &str,
+        kind: &str,
+        value: &str,
+        reason: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<()>;
+    /// Clears it (the customer gave the address again, an operator fixed it).
+    async fn clear_address_state(&self, workspace_id: &str, kind: &str, value: &str) -> StoreResult<bool>;
+    /// The unreachable addresses among a profile's identities.
+    async fn address_states(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<engage::AddressState>>;
+
+    /// Stores deliveries; one whose idempotency key exists is skipped. How many were new.
+    async fn insert_deliveries(&self, workspace_id: &str, deliveries: &[engage::NewDelivery]) -> StoreResult<usize>;
+    /// Claims up to `limit` due deliveries (queued and due, or sending with an expired lease) of
+    /// running campaigns (or of none), across workspaces: status `sending`, leased to `holder`
+    /// until `until`, attempts counted. Returns them with their workspace.
+    async fn claim_deliveries(
+        &self,
+        holder: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, engage::Delivery)>>;
+    /// Records what happened to claimed deliveries; an update for a delivery no longer leased to
+    /// `holder` is skipped. How many were applied.
+    async fn finish_deliveries(&self, holder: &str, updates: &[engage::DeliveryUpdate]) -> StoreResult<usize>;
+    /// One delivery.
+    async fn delivery(&self, workspace_id: &str, id: &str) -> StoreResult<Option<engage::Delivery>>;
+    /// The delivery a provider's id names.
+    async fn delivery_by_provider_id(
+        &self,
+        workspace_id: &str,
+        provider_id: &str,
+    ) -> StoreResult<Option<engage::Delivery>>;
+    /// A provider's receipt: moves a sent delivery to `status` (delivered, failed, bounced).
+    async fn set_delivery_status(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        status: engage::DeliveryStatus,
+        error_code: Option<&str>,
+    ) -> StoreResult<bool>;
+    /// Records engagement on a delivery; true the first time.
+    async fn record_engagement(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        engagement: engage::Engagement,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<bool>;
+    /// Deliveries of a campaign counted by treatment, status, reason and deferral.
+    async fn delivery_counts(&self, workspace_id: &str, campaign_id: &str) -> StoreResult<Vec<engage::DeliveryCount>>;
+    /// How many marketing messages were sent to a profile since `since` (frequency caps).
+    async fn marketing_sends_since(
+        &self,
+        workspace_id: &str,
+        profile_id: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<u64>;
+    /// Cancels a campaign's deliveries not yet claimed. How many.
+    async fn cancel_deliveries(&self, workspace_id: &str, campaign_id: &str) -> StoreResult<u64>;
+    /// The sent deliveries of a profile since `since`, newest first (conversions, the profile page).
+    async fn profile_deliveries(
+        &self,
+        workspace_id: &str,
+        profile_id: &str,
+        since: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<engage::Delivery>>;
+}
+
 /// Everything the product stores.
 #[async_trait]
 pub trait Store:
@@ -341,6 +500,7 @@ pub trait Store:
     + RejectedEventStore
     + SessionStore
     + DestinationStore
+    + EngageStore
 {
     /// The backend's name, for logs and `/healthz`.
     fn backend(&self) -> &'static str;

@@ -14,6 +14,8 @@ use crossline_core::{ConsentStatus, Identity, IdentityKind};
 use serde_json::{Value, json};
 use std::future::Future;
 
+mod engage;
+
 /// A workspace record for tests.
 pub fn sample_workspace(name: &str) -> Workspace {
     Workspace {
@@ -70,6 +72,9 @@ where
     rejected_events_are_kept_paged_isolated_and_trimmed(fresh().await).await;
     console_sessions_end_when_they_expire_or_are_deleted(fresh().await).await;
     destinations_follow_the_event_log(fresh().await).await;
+    engage::segments_are_evaluated_in_the_store(fresh().await).await;
+    engage::definitions_and_the_delivery_queue(fresh().await).await;
+    engage::erasing_a_profile_erases_its_engagement(fresh().await).await;
 }
 
 async fn destinations_follow_the_event_log(store: DynStore) {

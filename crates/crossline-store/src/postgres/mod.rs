@@ -8,6 +8,7 @@ mod bots;
 mod channels;
 mod conversations;
 mod destinations;
+mod engage;
 mod jobs;
 mod profiles;
 mod rejected_events;
@@ -38,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0007_rejected_events.sql"),
     include_str!("../../migrations/postgres/0008_console_sessions.sql"),
     include_str!("../../migrations/postgres/0009_destinations.sql"),
+    include_str!("../../migrations/postgres/0010_engagement.sql"),
 ];
 
 /// Arbitrary constant for the advisory lock that serialises migrations across nodes.

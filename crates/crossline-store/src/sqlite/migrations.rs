@@ -15,6 +15,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0010_rejected_events.sql"),
     include_str!("../../migrations/sqlite/0011_console_sessions.sql"),
     include_str!("../../migrations/sqlite/0012_destinations.sql"),
+    include_str!("../../migrations/sqlite/0013_engagement.sql"),
 ];
 
 /// Apply the migrations this binary knows and the database lacks. Idempotent.

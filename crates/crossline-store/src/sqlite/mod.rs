@@ -47,6 +47,7 @@ mod bots;
 mod channels;
 mod conversations;
 mod destinations;
+mod engage;
 mod jobs;
 mod migrations;
 mod profiles;
@@ -57,6 +58,7 @@ mod wal;
 mod workspaces;
 mod writer;
 
+pub use engage::sorted_difference;
 pub use migrations::migrate;
 use readers::*;
 use wal::*;

@@ -166,6 +166,17 @@ pub(in crate::postgres) async fn delete_profile(
     .await?;
     tx.execute("DELETE FROM conversations WHERE workspace_id = $1 AND profile_id = $2", &[&workspace_id, &live])
         .await?;
+    // Its engagement: its addresses' states, its deliveries (also those planned under an id merged
+    // into it), its segment memberships.
+    for statement in [
+        "DELETE FROM address_states WHERE workspace_id = $1 AND (kind, value) IN
+            (SELECT kind, value FROM identities WHERE workspace_id = $1 AND profile_id = $2)",
+        "DELETE FROM deliveries WHERE workspace_id = $1 AND (profile_id = $2 OR profile_id IN
+            (SELECT id FROM profiles WHERE workspace_id = $1 AND merged_into = $2))",
+        "DELETE FROM segment_members WHERE workspace_id = $1 AND profile_id = $2",
+    ] {
+        tx.execute(statement, &[&workspace_id, &live]).await?;
+    }
     tx.execute("DELETE FROM identities WHERE workspace_id = $1 AND profile_id = $2", &[&workspace_id, &live]).await?;
     tx.execute("DELETE FROM profiles WHERE workspace_id = $1 AND merged_into = $2", &[&workspace_id, &live]).await?;
     tx.execute("DELETE FROM profiles WHERE workspace_id = $1 AND id = $2", &[&workspace_id, &live]).await?;

@@ -1,0 +1,640 @@
+//! [`crate::EngageStore`] on PostgreSQL (deliveries claimed with `FOR UPDATE SKIP LOCKED`).
+
+#[allow(unused_imports)]
+use super::*;
+use crate::engage::{
+    AddressState, Delivery, DeliveryCount, DeliveryStatus, DeliveryUpdate, EngageObject, Engagement, NewDelivery,
+    ObjectKind,
+};
+use crate::segment_sql::{self, Dialect, Param};
+use crossline_core::segment::Filter;
+use tokio_postgres::types::ToSql;
+
+const OBJECT_COLUMNS: &str = "id, kind, name, body, status, status_reason, created_at, updated_at";
+
+fn object_at(row: &tokio_postgres::Row, offset: usize) -> EngageObject {
+    let kind: String = row.get(offset + 1);
+    EngageObject {
+        id: row.get(offset),
+        kind: ObjectKind::parse(&kind).unwrap_or(ObjectKind::Campaign),
+        name: row.get(offset + 2),
+        body: row.get(offset + 3),
+        status: row.get(offset + 4),
+        status_reason: row.get(offset + 5),
+        created_at: crate::from_millis(row.get(offset + 6)),
+        updated_at: crate::from_millis(row.get(offset + 7)),
+    }
+}
+
+const DELIVERY_COLUMNS: &str = "id, idempotency_key, campaign_id, run_id, profile_id, treatment, channel, address, \
+     template_id, kind, status, reason, deferred, run_at, event, attempts, provider_id, error_code, sent_at, created_at, updated_at";
+
+fn delivery_at(row: &tokio_postgres::Row, offset: usize) -> Delivery {
+    let status: String = row.get(offset + 10);
+    Delivery {
+        new: NewDelivery {
+            id: row.get(offset),
+            idempotency_key: row.get(offset + 1),
+            campaign_id: row.get(offset + 2),
+            run_id: row.get(offset + 3),
+            profile_id: row.get(offset + 4),
+            treatment: row.get(offset + 5),
+            channel: row.get(offset + 6),
+            address: row.get(offset + 7),
+            template_id: row.get(offset + 8),
+            kind: row.get(offset + 9),
+            status: DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Failed),
+            reason: row.get(offset + 11),
+            deferred: row.get(offset + 12),
+            run_at: crate::from_millis(row.get(offset + 13)),
+            event: row.get(offset + 14),
+        },
+        attempts: row.get::<_, i32>(offset + 15) as u32,
+        provider_id: row.get(offset + 16),
+        error_code: row.get(offset + 17),
+        sent_at: row.get::<_, Option<i64>>(offset + 18).map(crate::from_millis),
+        created_at: crate::from_millis(row.get(offset + 19)),
+        updated_at: crate::from_millis(row.get(offset + 20)),
+    }
+}
+
+fn boxed(param: &Param) -> Box<dyn ToSql + Sync + Send> {
+    match param {
+        Param::Text(text) => Box::new(text.clone()),
+        Param::Int(n) => Box::new(*n),
+        Param::Real(n) => Box::new(*n),
+        Param::Bool(flag) => Box::new(*flag),
+        Param::TextArray(items) => Box::new(items.clone()),
+    }
+}
+
+impl PgStore {
+    /// Runs a compiled segment query; `shape` wraps the condition and adds its own parameters.
+    async fn segment_rows(
+        &self,
+        workspace_id: &str,
+        filter: &Filter,
+        now: DateTime<Utc>,
+        shape: impl FnOnce(&str, usize) -> (String, Vec<Box<dyn ToSql + Sync + Send>>),
+    ) -> StoreResult<Vec<tokio_postgres::Row>> {
+        let compiled = segment_sql::compile(filter, workspace_id, crate::to_millis(now), Dialect::Postgres);
+        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = compiled.params.iter().map(boxed).collect();
+        let (sql, extra) = shape(&compiled.condition, params.len());
+        params.extend(extra);
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        let client = self.pool.get().await?;
+        Ok(client.query(&sql, &refs).await?)
+    }
+}
+
+#[async_trait]
+impl crate::EngageStore for PgStore {
+    async fn put_object(&self, workspace_id: &str, object: &EngageObject) -> StoreResult<()> {
+        let client = self.pool.get().await?;
+        let taken = client
+            .query_opt(
+                "SELECT id FROM engage_objects WHERE workspace_id = $1 AND kind = $2 AND name = $3",
+                &[&workspace_id, &object.kind.as_str(), &object.name],
+            )
+            .await?;
+        if taken.is_some_and(|row| row.get::<_, String>(0) != object.id) {
+            return Err(StoreError::Conflict(format!("a {} named {:?} exists", object.kind.as_str(), object.name)));
+        }
+        let result = client
+            .execute(
+                "INSERT INTO engage_objects (workspace_id, kind, id, name, body, status, status_reason, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (workspace_id, kind, id) DO UPDATE SET name = excluded.name, body = excluded.body,
+                    status = excluded.status, status_reason = excluded.status_reason, updated_at = excluded.updated_at",
+                &[
+                    &workspace_id,
+                    &object.kind.as_str(),
+                    &object.id,
+                    &object.name,
+                    &object.body,
+                    &object.status,
+                    &object.status_reason,
+                    &crate::to_millis(object.created_at),
+                    &crate::to_millis(object.updated_at),
+                ],
+            )
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Two writers racing for one name: the unique index decides.
+            Err(err) if err.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                Err(StoreError::Conflict(format!("a {} named {:?} exists", object.kind.as_str(), object.name)))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn object(&self, workspace_id: &str, kind: ObjectKind, id: &str) -> StoreResult<Option<EngageObject>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT {OBJECT_COLUMNS} FROM engage_objects WHERE workspace_id = $1 AND kind = $2 AND id = $3"
+                ),
+                &[&workspace_id, &kind.as_str(), &id],
+            )
+            .await?;
+        Ok(row.map(|row| object_at(&row, 0)))
+    }
+
+    async fn objects(&self, workspace_id: &str, kind: ObjectKind) -> StoreResult<Vec<EngageObject>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {OBJECT_COLUMNS} FROM engage_objects WHERE workspace_id = $1 AND kind = $2 ORDER BY created_at DESC, id DESC"
+                ),
+                &[&workspace_id, &kind.as_str()],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| object_at(row, 0)).collect())
+    }
+
+    async fn delete_object(&self, workspace_id: &str, kind: ObjectKind, id: &str) -> StoreResult<bool> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        if kind == ObjectKind::Segment {
+            tx.execute(
+                "DELETE FROM segment_members WHERE workspace_id = $1 AND segment_id = $2",
+                &[&workspace_id, &id],
+            )
+            .await?;
+        }
+        let deleted = tx
+            .execute(
+                "DELETE FROM engage_objects WHERE workspace_id = $1 AND kind = $2 AND id = $3",
+                &[&workspace_id, &kind.as_str(), &id],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(deleted == 1)
+    }
+
+    async fn set_object_status(
+        &self,
+        workspace_id: &str,
+        kind: ObjectKind,
+        id: &str,
+        status: &str,
+        reason: Option<&str>,
+        expected: &[&str],
+    ) -> StoreResult<bool> {
+        let client = self.pool.get().await?;
+        let expected: Vec<String> = expected.iter().map(|s| (*s).to_owned()).collect();
+        let changed = client
+            .execute(
+                "UPDATE engage_objects SET status = $4, status_reason = $5, updated_at = $6
+                 WHERE workspace_id = $1 AND kind = $2 AND id = $3 AND (cardinality($7::text[]) = 0 OR status = ANY($7::text[]))",
+                &[&workspace_id, &kind.as_str(), &id, &status, &reason, &crate::to_millis(Utc::now()), &expected],
+            )
+            .await?;
+        Ok(changed == 1)
+    }
+
+    async fn objects_in_status(&self, kind: ObjectKind, status: &str) -> StoreResult<Vec<(String, EngageObject)>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT workspace_id, {OBJECT_COLUMNS} FROM engage_objects WHERE kind = $1 AND status = $2 ORDER BY workspace_id, id"
+                ),
+                &[&kind.as_str(), &status],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| (row.get(0), object_at(row, 1))).collect())
+    }
+
+    async fn segment_size(&self, workspace_id: &str, filter: &Filter, now: DateTime<Utc>) -> StoreResult<u64> {
+        let rows = self
+            .segment_rows(workspace_id, filter, now, |condition, _| {
+                (
+                    format!(
+                        "SELECT count(*) FROM profiles p WHERE p.workspace_id = $1::text AND p.merged_into IS NULL AND {condition}"
+                    ),
+                    Vec::new(),
+                )
+            })
+            .await?;
+        Ok(rows.first().map(|row| row.get::<_, i64>(0)).unwrap_or(0) as u64)
+    }
+
+    async fn segment_members(
+        &self,
+        workspace_id: &str,
+        filter: &Filter,
+        now: DateTime<Utc>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        let after = after.unwrap_or("").to_owned();
+        let rows = self
+            .segment_rows(workspace_id, filter, now, |condition, used| {
+                (
+                    format!(
+                        "SELECT p.id FROM profiles p WHERE p.workspace_id = $1::text AND p.merged_into IS NULL AND p.id COLLATE \"C\" > ${}::text
+                         AND {condition} ORDER BY p.id COLLATE \"C\" LIMIT ${}::bigint",
+                        used + 1,
+                        used + 2
+                    ),
+                    vec![Box::new(after) as Box<dyn ToSql + Sync + Send>, Box::new(limit as i64)],
+                )
+            })
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    async fn segment_matches(
+        &self,
+        workspace_id: &str,
+        filter: &Filter,
+        now: DateTime<Utc>,
+        profile_id: &str,
+    ) -> StoreResult<bool> {
+        let profile_id = profile_id.to_owned();
+        let rows = self
+            .segment_rows(workspace_id, filter, now, |condition, used| {
+                (
+                    format!(
+                        "SELECT count(*) FROM profiles p WHERE p.workspace_id = $1::text AND p.id = ${}::text AND p.merged_into IS NULL AND {condition}",
+                        used + 1
+                    ),
+                    vec![Box::new(profile_id) as Box<dyn ToSql + Sync + Send>],
+                )
+            })
+            .await?;
+        Ok(rows.first().map(|row| row.get::<_, i64>(0)).unwrap_or(0) > 0)
+    }
+
+    async fn set_membership(
+        &self,
+        workspace_id: &str,
+        segment_id: &str,
+        profile_id: &str,
+        member: bool,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let client = self.pool.get().await?;
+        let changed = if member {
+            client
+                .execute(
+                    "INSERT INTO segment_members (workspace_id, segment_id, profile_id, since) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    &[&workspace_id, &segment_id, &profile_id, &crate::to_millis(now)],
+                )
+                .await?
+        } else {
+            client
+                .execute(
+                    "DELETE FROM segment_members WHERE workspace_id = $1 AND segment_id = $2 AND profile_id = $3",
+                    &[&workspace_id, &segment_id, &profile_id],
+                )
+                .await?
+        };
+        Ok(changed == 1)
+    }
+
+    async fn replace_members(
+        &self,
+        workspace_id: &str,
+        segment_id: &str,
+        profile_ids: &[String],
+        now: DateTime<Utc>,
+    ) -> StoreResult<(Vec<String>, Vec<String>)> {
+        let mut wanted = profile_ids.to_vec();
+        wanted.sort();
+        wanted.dedup();
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let mut current: Vec<String> = tx
+            .query(
+                "SELECT profile_id FROM segment_members WHERE workspace_id = $1 AND segment_id = $2 FOR UPDATE",
+                &[&workspace_id, &segment_id],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        current.sort();
+        let (entered, left) = crate::sqlite::sorted_difference(&wanted, &current);
+        tx.execute(
+            "INSERT INTO segment_members (workspace_id, segment_id, profile_id, since)
+             SELECT $1, $2, unnest($3::text[]), $4 ON CONFLICT DO NOTHING",
+            &[&workspace_id, &segment_id, &entered, &crate::to_millis(now)],
+        )
+        .await?;
+        tx.execute(
+            "DELETE FROM segment_members WHERE workspace_id = $1 AND segment_id = $2 AND profile_id = ANY($3::text[])",
+            &[&workspace_id, &segment_id, &left],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((entered, left))
+    }
+
+    async fn memberships(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<String>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT segment_id FROM segment_members WHERE workspace_id = $1 AND profile_id = $2 ORDER BY segment_id",
+                &[&workspace_id, &profile_id],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    async fn set_address_unreachable(
+        &self,
+        workspace_id: &str,
+        kind: &str,
+        value: &str,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO address_states (workspace_id, kind, value, reason, unreachable_at) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (workspace_id, kind, value) DO UPDATE SET reason = excluded.reason, unreachable_at = excluded.unreachable_at",
+                &[&workspace_id, &kind, &value, &reason, &crate::to_millis(at)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn clear_address_state(&self, workspace_id: &str, kind: &str, value: &str) -> StoreResult<bool> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .execute(
+                "DELETE FROM address_states WHERE workspace_id = $1 AND kind = $2 AND value = $3",
+                &[&workspace_id, &kind, &value],
+            )
+            .await?
+            == 1)
+    }
+
+    async fn address_states(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<AddressState>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT s.kind, s.value, s.reason, s.unreachable_at FROM identities i
+                 JOIN address_states s ON s.workspace_id = i.workspace_id AND s.kind = i.kind AND s.value = i.value
+                 WHERE i.workspace_id = $1 AND i.profile_id = $2 AND s.unreachable_at IS NOT NULL ORDER BY s.kind, s.value",
+                &[&workspace_id, &profile_id],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| AddressState {
+                kind: row.get(0),
+                value: row.get(1),
+                reason: row.get(2),
+                unreachable_at: crate::from_millis(row.get(3)),
+            })
+            .collect())
+    }
+
+    async fn insert_deliveries(&self, workspace_id: &str, deliveries: &[NewDelivery]) -> StoreResult<usize> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let statement = tx
+            .prepare(
+                "INSERT INTO deliveries (id, workspace_id, idempotency_key, campaign_id, run_id, profile_id, treatment, channel,
+                    address, template_id, kind, status, reason, deferred, run_at, event, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17)
+                 ON CONFLICT DO NOTHING",
+            )
+            .await?;
+        let now = crate::to_millis(Utc::now());
+        let mut inserted = 0;
+        for delivery in deliveries {
+            inserted += tx
+                .execute(
+                    &statement,
+                    &[
+                        &delivery.id,
+                        &workspace_id,
+                        &delivery.idempotency_key,
+                        &delivery.campaign_id,
+                        &delivery.run_id,
+                        &delivery.profile_id,
+                        &delivery.treatment,
+                        &delivery.channel,
+                        &delivery.address,
+                        &delivery.template_id,
+                        &delivery.kind,
+                        &delivery.status.as_str(),
+                        &delivery.reason,
+                        &delivery.deferred,
+                        &crate::to_millis(delivery.run_at),
+                        &delivery.event,
+                        &now,
+                    ],
+                )
+                .await? as usize;
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn claim_deliveries(
+        &self,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, Delivery)>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "UPDATE deliveries SET status = 'sending', leased_by = $1, leased_until = $3, attempts = attempts + 1, updated_at = $2
+                     WHERE id IN (
+                        SELECT d.id FROM deliveries d
+                        WHERE d.status IN ('queued', 'sending') AND d.run_at <= $2
+                          AND (d.status = 'queued' OR d.leased_until < $2)
+                          AND (d.campaign_id IS NULL OR EXISTS (SELECT 1 FROM engage_objects c
+                               WHERE c.workspace_id = d.workspace_id AND c.kind = 'campaign' AND c.id = d.campaign_id AND c.status = 'running'))
+                        ORDER BY d.run_at LIMIT $4 FOR UPDATE SKIP LOCKED)
+                     RETURNING workspace_id, {DELIVERY_COLUMNS}"
+                ),
+                &[&holder, &crate::to_millis(now), &crate::to_millis(until), &(limit as i64)],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| (row.get(0), delivery_at(row, 1))).collect())
+    }
+
+    async fn finish_deliveries(&self, holder: &str, updates: &[DeliveryUpdate]) -> StoreResult<usize> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let statement = tx
+            .prepare(
+                "UPDATE deliveries SET status = $3, reason = coalesce($4, reason), error_code = coalesce($5, error_code),
+                    provider_id = coalesce($6, provider_id), run_at = coalesce($7, run_at), sent_at = coalesce($8, sent_at),
+                    leased_by = NULL, leased_until = NULL, updated_at = $9
+                 WHERE id = $1 AND leased_by = $2 AND status = 'sending'",
+            )
+            .await?;
+        let now = crate::to_millis(Utc::now());
+        let mut applied = 0;
+        for update in updates {
+            applied += tx
+                .execute(
+                    &statement,
+                    &[
+                        &update.id,
+                        &holder,
+                        &update.status.as_str(),
+                        &update.reason,
+                        &update.error_code,
+                        &update.provider_id,
+                        &update.run_at.map(crate::to_millis),
+                        &update.sent_at.map(crate::to_millis),
+                        &now,
+                    ],
+                )
+                .await? as usize;
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    async fn delivery(&self, workspace_id: &str, id: &str) -> StoreResult<Option<Delivery>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $2 AND workspace_id = $1"),
+                &[&workspace_id, &id],
+            )
+            .await?;
+        Ok(row.map(|row| delivery_at(&row, 0)))
+    }
+
+    async fn delivery_by_provider_id(&self, workspace_id: &str, provider_id: &str) -> StoreResult<Option<Delivery>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE workspace_id = $1 AND provider_id = $2 LIMIT 1"
+                ),
+                &[&workspace_id, &provider_id],
+            )
+            .await?;
+        Ok(row.map(|row| delivery_at(&row, 0)))
+    }
+
+    async fn set_delivery_status(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        status: DeliveryStatus,
+        error_code: Option<&str>,
+    ) -> StoreResult<bool> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .execute(
+                "UPDATE deliveries SET status = $3, error_code = coalesce($4, error_code), updated_at = $5
+                 WHERE id = $2 AND workspace_id = $1 AND status IN ('sent', 'delivered', 'failed', 'bounced')",
+                &[&workspace_id, &id, &status.as_str(), &error_code, &crate::to_millis(Utc::now())],
+            )
+            .await?
+            == 1)
+    }
+
+    async fn record_engagement(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        engagement: Engagement,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let client = self.pool.get().await?;
+        let column = format!("{}_at", engagement.as_str());
+        Ok(client
+            .execute(
+                &format!(
+                    "UPDATE deliveries SET {column} = $3 WHERE id = $2 AND workspace_id = $1 AND {column} IS NULL"
+                ),
+                &[&workspace_id, &id, &crate::to_millis(at)],
+            )
+            .await?
+            == 1)
+    }
+
+    async fn delivery_counts(&self, workspace_id: &str, campaign_id: &str) -> StoreResult<Vec<DeliveryCount>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT treatment, status, CASE WHEN status IN ('suppressed', 'failed', 'bounced') THEN reason END, deferred,
+                        count(*), count(opened_at), count(clicked_at), count(unsubscribed_at), count(converted_at)
+                 FROM deliveries WHERE workspace_id = $1 AND campaign_id = $2
+                 GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+                &[&workspace_id, &campaign_id],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| DeliveryCount {
+                treatment: row.get(0),
+                status: row.get(1),
+                reason: row.get(2),
+                deferred: row.get(3),
+                count: row.get::<_, i64>(4) as u64,
+                opened: row.get::<_, i64>(5) as u64,
+                clicked: row.get::<_, i64>(6) as u64,
+                unsubscribed: row.get::<_, i64>(7) as u64,
+                converted: row.get::<_, i64>(8) as u64,
+            })
+            .collect())
+    }
+
+    async fn marketing_sends_since(
+        &self,
+        workspace_id: &str,
+        profile_id: &str,
+        since: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM deliveries WHERE workspace_id = $1 AND profile_id = $2 AND sent_at >= $3 AND kind = 'marketing'",
+                &[&workspace_id, &profile_id, &crate::to_millis(since)],
+            )
+            .await?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    async fn cancel_deliveries(&self, workspace_id: &str, campaign_id: &str) -> StoreResult<u64> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .execute(
+                "UPDATE deliveries SET status = 'cancelled', updated_at = $3
+                 WHERE workspace_id = $1 AND campaign_id = $2 AND status = 'queued'",
+                &[&workspace_id, &campaign_id, &crate::to_millis(Utc::now())],
+            )
+            .await?)
+    }
+
+    async fn profile_deliveries(
+        &self,
+        workspace_id: &str,
+        profile_id: &str,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE workspace_id = $1 AND profile_id = $2 AND sent_at >= $3
+                     ORDER BY sent_at DESC LIMIT $4"
+                ),
+                &[&workspace_id, &profile_id, &crate::to_millis(since), &(limit as i64)],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| delivery_at(row, 0)).collect())
+    }
+}

@@ -1,0 +1,716 @@
+//! [`crate::EngageStore`] on SQLite.
+
+#[allow(unused_imports)]
+use super::*;
+use crate::engage::{
+    AddressState, Delivery, DeliveryCount, DeliveryStatus, DeliveryUpdate, EngageObject, Engagement, NewDelivery,
+    ObjectKind,
+};
+use crate::segment_sql::{self, Dialect, Param};
+use crossline_core::segment::Filter;
+
+const OBJECT_COLUMNS: &str = "id, kind, name, body, status, status_reason, created_at, updated_at";
+
+fn object_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EngageObject> {
+    object_at(row, 0)
+}
+
+fn object_at(row: &rusqlite::Row<'_>, offset: usize) -> rusqlite::Result<EngageObject> {
+    let kind: String = row.get(offset + 1)?;
+    let body: String = row.get(offset + 3)?;
+    Ok(EngageObject {
+        id: row.get(offset)?,
+        kind: ObjectKind::parse(&kind).unwrap_or(ObjectKind::Campaign),
+        name: row.get(offset + 2)?,
+        body: serde_json::from_str(&body).unwrap_or_default(),
+        status: row.get(offset + 4)?,
+        status_reason: row.get(offset + 5)?,
+        created_at: crate::from_millis(row.get(offset + 6)?),
+        updated_at: crate::from_millis(row.get(offset + 7)?),
+    })
+}
+
+pub(super) const DELIVERY_COLUMNS: &str = "id, idempotency_key, campaign_id, run_id, profile_id, treatment, channel, address, \
+     template_id, kind, status, reason, deferred, run_at, event, attempts, provider_id, error_code, sent_at, created_at, updated_at";
+
+fn delivery_from_row(row: &rusqlite::Row<'_>, offset: usize) -> rusqlite::Result<Delivery> {
+    let status: String = row.get(offset + 10)?;
+    let event: Option<String> = row.get(offset + 14)?;
+    Ok(Delivery {
+        new: NewDelivery {
+            id: row.get(offset)?,
+            idempotency_key: row.get(offset + 1)?,
+            campaign_id: row.get(offset + 2)?,
+            run_id: row.get(offset + 3)?,
+            profile_id: row.get(offset + 4)?,
+            treatment: row.get(offset + 5)?,
+            channel: row.get(offset + 6)?,
+            address: row.get(offset + 7)?,
+            template_id: row.get(offset + 8)?,
+            kind: row.get(offset + 9)?,
+            status: DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Failed),
+            reason: row.get(offset + 11)?,
+            deferred: row.get(offset + 12)?,
+            run_at: crate::from_millis(row.get(offset + 13)?),
+            event: event.and_then(|event| serde_json::from_str(&event).ok()),
+        },
+        attempts: row.get(offset + 15)?,
+        provider_id: row.get(offset + 16)?,
+        error_code: row.get(offset + 17)?,
+        sent_at: row.get::<_, Option<i64>>(offset + 18)?.map(crate::from_millis),
+        created_at: crate::from_millis(row.get(offset + 19)?),
+        updated_at: crate::from_millis(row.get(offset + 20)?),
+    })
+}
+
+fn to_sql(param: &Param) -> rusqlite::types::Value {
+    use rusqlite::types::Value as V;
+    match param {
+        Param::Text(text) => V::Text(text.clone()),
+        Param::Int(n) => V::Integer(*n),
+        Param::Real(n) => V::Real(*n),
+        Param::Bool(flag) => V::Integer(*flag as i64),
+        Param::TextArray(items) => V::Text(items.join(".")),
+    }
+}
+
+/// Runs a compiled segment query: `select` over `profiles p`, `extra` appended to the condition
+/// with its own parameters numbered after the filter's.
+fn segment_query<R>(
+    conn: &Connection,
+    workspace_id: &str,
+    filter: &Filter,
+    now: DateTime<Utc>,
+    shape: impl FnOnce(&str, usize) -> (String, Vec<rusqlite::types::Value>),
+    mut each: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<R>,
+) -> StoreResult<Vec<R>> {
+    let compiled = segment_sql::compile(filter, workspace_id, crate::to_millis(now), Dialect::Sqlite);
+    let mut params: Vec<rusqlite::types::Value> = compiled.params.iter().map(to_sql).collect();
+    let (sql, extra) = shape(&compiled.condition, params.len());
+    params.extend(extra);
+    let mut statement = conn.prepare(&sql)?;
+    let mut rows = statement.query(rusqlite::params_from_iter(params.iter()))?;
+    let mut found = Vec::new();
+    while let Some(row) = rows.next()? {
+        found.push(each(row)?);
+    }
+    Ok(found)
+}
+
+#[async_trait]
+impl crate::EngageStore for SqliteStore {
+    async fn put_object(&self, workspace_id: &str, object: &EngageObject) -> StoreResult<()> {
+        let (workspace_id, object) = (workspace_id.to_owned(), object.clone());
+        self.write_aside(move |tx| {
+            let taken: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM engage_objects WHERE workspace_id = ?1 AND kind = ?2 AND name = ?3",
+                    (&workspace_id, object.kind.as_str(), &object.name),
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if taken.is_some_and(|id| id != object.id) {
+                return Err(StoreError::Conflict(format!("a {} named {:?} exists", object.kind.as_str(), object.name)));
+            }
+            tx.execute(
+                "INSERT INTO engage_objects (workspace_id, kind, id, name, body, status, status_reason, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (workspace_id, kind, id) DO UPDATE SET name = excluded.name, body = excluded.body,
+                    status = excluded.status, status_reason = excluded.status_reason, updated_at = excluded.updated_at",
+                rusqlite::params![
+                    workspace_id,
+                    object.kind.as_str(),
+                    object.id,
+                    object.name,
+                    object.body.to_string(),
+                    object.status,
+                    object.status_reason,
+                    crate::to_millis(object.created_at),
+                    crate::to_millis(object.updated_at)
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn object(&self, workspace_id: &str, kind: ObjectKind, id: &str) -> StoreResult<Option<EngageObject>> {
+        let (workspace_id, id) = (workspace_id.to_owned(), id.to_owned());
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT {OBJECT_COLUMNS} FROM engage_objects WHERE workspace_id = ?1 AND kind = ?2 AND id = ?3"
+                ))?
+                .query_row((&workspace_id, kind.as_str(), &id), object_from_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn objects(&self, workspace_id: &str, kind: ObjectKind) -> StoreResult<Vec<EngageObject>> {
+        let workspace_id = workspace_id.to_owned();
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT {OBJECT_COLUMNS} FROM engage_objects WHERE workspace_id = ?1 AND kind = ?2 ORDER BY created_at DESC, id DESC"
+            ))?;
+            Ok(statement.query_map((&workspace_id, kind.as_str()), object_from_row)?.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn delete_object(&self, workspace_id: &str, kind: ObjectKind, id: &str) -> StoreResult<bool> {
+        let (workspace_id, id) = (workspace_id.to_owned(), id.to_owned());
+        self.write_aside(move |tx| {
+            if kind == ObjectKind::Segment {
+                tx.execute(
+                    "DELETE FROM segment_members WHERE workspace_id = ?1 AND segment_id = ?2",
+                    (&workspace_id, &id),
+                )?;
+            }
+            Ok(tx.execute(
+                "DELETE FROM engage_objects WHERE workspace_id = ?1 AND kind = ?2 AND id = ?3",
+                (&workspace_id, kind.as_str(), &id),
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn set_object_status(
+        &self,
+        workspace_id: &str,
+        kind: ObjectKind,
+        id: &str,
+        status: &str,
+        reason: Option<&str>,
+        expected: &[&str],
+    ) -> StoreResult<bool> {
+        let (workspace_id, id, status) = (workspace_id.to_owned(), id.to_owned(), status.to_owned());
+        let reason = reason.map(str::to_owned);
+        let expected: Vec<String> = expected.iter().map(|s| (*s).to_owned()).collect();
+        self.write_aside(move |tx| {
+            let current: Option<String> = tx
+                .query_row(
+                    "SELECT status FROM engage_objects WHERE workspace_id = ?1 AND kind = ?2 AND id = ?3",
+                    (&workspace_id, kind.as_str(), &id),
+                    |row| row.get(0),
+                )
+                .optional()?;
+            match current {
+                Some(current) if expected.is_empty() || expected.contains(&current) => {
+                    tx.execute(
+                        "UPDATE engage_objects SET status = ?4, status_reason = ?5, updated_at = ?6
+                         WHERE workspace_id = ?1 AND kind = ?2 AND id = ?3",
+                        rusqlite::params![
+                            workspace_id,
+                            kind.as_str(),
+                            id,
+                            status,
+                            reason,
+                            crate::to_millis(Utc::now())
+                        ],
+                    )?;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        })
+        .await
+    }
+
+    async fn objects_in_status(&self, kind: ObjectKind, status: &str) -> StoreResult<Vec<(String, EngageObject)>> {
+        let status = status.to_owned();
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT workspace_id, {OBJECT_COLUMNS} FROM engage_objects WHERE kind = ?1 AND status = ?2 ORDER BY workspace_id, id"
+            ))?;
+            let rows = statement.query_map((kind.as_str(), &status), |row| Ok((row.get::<_, String>(0)?, object_at(row, 1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn segment_size(&self, workspace_id: &str, filter: &Filter, now: DateTime<Utc>) -> StoreResult<u64> {
+        let (workspace_id, filter) = (workspace_id.to_owned(), filter.clone());
+        self.read(move |conn| {
+            let counts = segment_query(
+                conn,
+                &workspace_id,
+                &filter,
+                now,
+                |condition, _| {
+                    (
+                        format!(
+                            "SELECT count(*) FROM profiles p WHERE p.workspace_id = ?1 AND p.merged_into IS NULL AND {condition}"
+                        ),
+                        Vec::new(),
+                    )
+                },
+                |row| row.get::<_, i64>(0),
+            )?;
+            Ok(counts.first().copied().unwrap_or(0) as u64)
+        })
+        .await
+    }
+
+    async fn segment_members(
+        &self,
+        workspace_id: &str,
+        filter: &Filter,
+        now: DateTime<Utc>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        let (workspace_id, filter, after) = (workspace_id.to_owned(), filter.clone(), after.unwrap_or("").to_owned());
+        self.read(move |conn| {
+            segment_query(
+                conn,
+                &workspace_id,
+                &filter,
+                now,
+                |condition, used| {
+                    (
+                        format!(
+                            "SELECT p.id FROM profiles p WHERE p.workspace_id = ?1 AND p.merged_into IS NULL AND p.id > ?{} AND {condition}
+                             ORDER BY p.id LIMIT ?{}",
+                            used + 1,
+                            used + 2
+                        ),
+                        vec![rusqlite::types::Value::Text(after), rusqlite::types::Value::Integer(limit as i64)],
+                    )
+                },
+                |row| row.get::<_, String>(0),
+            )
+        })
+        .await
+    }
+
+    async fn segment_matches(
+        &self,
+        workspace_id: &str,
+        filter: &Filter,
+        now: DateTime<Utc>,
+        profile_id: &str,
+    ) -> StoreResult<bool> {
+        let (workspace_id, filter, profile_id) = (workspace_id.to_owned(), filter.clone(), profile_id.to_owned());
+        self.read(move |conn| {
+            let found = segment_query(
+                conn,
+                &workspace_id,
+                &filter,
+                now,
+                |condition, used| {
+                    (
+                        format!(
+                            "SELECT count(*) FROM profiles p WHERE p.workspace_id = ?1 AND p.id = ?{} AND p.merged_into IS NULL AND {condition}",
+                            used + 1
+                        ),
+                        vec![rusqlite::types::Value::Text(profile_id)],
+                    )
+                },
+                |row| row.get::<_, i64>(0),
+            )?;
+            Ok(found.first().copied().unwrap_or(0) > 0)
+        })
+        .await
+    }
+
+    async fn set_membership(
+        &self,
+        workspace_id: &str,
+        segment_id: &str,
+        profile_id: &str,
+        member: bool,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let (workspace_id, segment_id, profile_id) =
+            (workspace_id.to_owned(), segment_id.to_owned(), profile_id.to_owned());
+        self.write_aside(move |tx| {
+            let changed = if member {
+                tx.execute(
+                    "INSERT INTO segment_members (workspace_id, segment_id, profile_id, since) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT DO NOTHING",
+                    (&workspace_id, &segment_id, &profile_id, crate::to_millis(now)),
+                )?
+            } else {
+                tx.execute(
+                    "DELETE FROM segment_members WHERE workspace_id = ?1 AND segment_id = ?2 AND profile_id = ?3",
+                    (&workspace_id, &segment_id, &profile_id),
+                )?
+            };
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn replace_members(
+        &self,
+        workspace_id: &str,
+        segment_id: &str,
+        profile_ids: &[String],
+        now: DateTime<Utc>,
+    ) -> StoreResult<(Vec<String>, Vec<String>)> {
+        let (workspace_id, segment_id) = (workspace_id.to_owned(), segment_id.to_owned());
+        let mut wanted: Vec<String> = profile_ids.to_vec();
+        wanted.sort();
+        wanted.dedup();
+        self.write_aside(move |tx| {
+            let mut current: Vec<String> = tx
+                .prepare_cached("SELECT profile_id FROM segment_members WHERE workspace_id = ?1 AND segment_id = ?2")?
+                .query_map((&workspace_id, &segment_id), |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            current.sort();
+            let (entered, left) = sorted_difference(&wanted, &current);
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO segment_members (workspace_id, segment_id, profile_id, since) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+            )?;
+            for id in &entered {
+                insert.execute((&workspace_id, &segment_id, id, crate::to_millis(now)))?;
+            }
+            let mut delete = tx.prepare_cached(
+                "DELETE FROM segment_members WHERE workspace_id = ?1 AND segment_id = ?2 AND profile_id = ?3",
+            )?;
+            for id in &left {
+                delete.execute((&workspace_id, &segment_id, id))?;
+            }
+            Ok((entered, left))
+        })
+        .await
+    }
+
+    async fn memberships(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<String>> {
+        let (workspace_id, profile_id) = (workspace_id.to_owned(), profile_id.to_owned());
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT segment_id FROM segment_members WHERE workspace_id = ?1 AND profile_id = ?2 ORDER BY segment_id",
+                )?
+                .query_map((&workspace_id, &profile_id), |row| row.get(0))?
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn set_address_unreachable(
+        &self,
+        workspace_id: &str,
+        kind: &str,
+        value: &str,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let (workspace_id, kind, value, reason) =
+            (workspace_id.to_owned(), kind.to_owned(), value.to_owned(), reason.to_owned());
+        self.write_aside(move |tx| {
+            tx.execute(
+                "INSERT INTO address_states (workspace_id, kind, value, reason, unreachable_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (workspace_id, kind, value) DO UPDATE SET reason = excluded.reason, unreachable_at = excluded.unreachable_at",
+                (&workspace_id, &kind, &value, &reason, crate::to_millis(at)),
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn clear_address_state(&self, workspace_id: &str, kind: &str, value: &str) -> StoreResult<bool> {
+        let (workspace_id, kind, value) = (workspace_id.to_owned(), kind.to_owned(), value.to_owned());
+        self.write_aside(move |tx| {
+            Ok(tx.execute(
+                "DELETE FROM address_states WHERE workspace_id = ?1 AND kind = ?2 AND value = ?3",
+                (&workspace_id, &kind, &value),
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn address_states(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<AddressState>> {
+        let (workspace_id, profile_id) = (workspace_id.to_owned(), profile_id.to_owned());
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT s.kind, s.value, s.reason, s.unreachable_at FROM identities i
+                 JOIN address_states s ON s.workspace_id = i.workspace_id AND s.kind = i.kind AND s.value = i.value
+                 WHERE i.profile_id = ?2 AND i.workspace_id = ?1 AND s.unreachable_at IS NOT NULL ORDER BY s.kind, s.value",
+            )?;
+            let rows = statement.query_map((&workspace_id, &profile_id), |row| {
+                Ok(AddressState {
+                    kind: row.get(0)?,
+                    value: row.get(1)?,
+                    reason: row.get(2)?,
+                    unreachable_at: crate::from_millis(row.get(3)?),
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn insert_deliveries(&self, workspace_id: &str, deliveries: &[NewDelivery]) -> StoreResult<usize> {
+        let (workspace_id, deliveries) = (workspace_id.to_owned(), deliveries.to_vec());
+        self.write_aside(move |tx| {
+            let now = crate::to_millis(Utc::now());
+            let mut statement = tx.prepare_cached(
+                "INSERT INTO deliveries (id, workspace_id, idempotency_key, campaign_id, run_id, profile_id, treatment, channel,
+                    address, template_id, kind, status, reason, deferred, run_at, event, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?17)
+                 ON CONFLICT DO NOTHING",
+            )?;
+            let mut inserted = 0;
+            for delivery in &deliveries {
+                inserted += statement.execute(rusqlite::params![
+                    delivery.id,
+                    workspace_id,
+                    delivery.idempotency_key,
+                    delivery.campaign_id,
+                    delivery.run_id,
+                    delivery.profile_id,
+                    delivery.treatment,
+                    delivery.channel,
+                    delivery.address,
+                    delivery.template_id,
+                    delivery.kind,
+                    delivery.status.as_str(),
+                    delivery.reason,
+                    delivery.deferred,
+                    crate::to_millis(delivery.run_at),
+                    delivery.event.as_ref().map(|event| event.to_string()),
+                    now,
+                ])?;
+            }
+            Ok(inserted)
+        })
+        .await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, Delivery)>> {
+        let holder = holder.to_owned();
+        self.write_aside(move |tx| {
+            // Deliveries of a campaign that is not running (paused, cancelled) stay where they are.
+            let mut statement = tx.prepare_cached(&format!(
+                "UPDATE deliveries SET status = 'sending', leased_by = ?1, leased_until = ?3, attempts = attempts + 1, updated_at = ?2
+                 WHERE id IN (
+                    SELECT d.id FROM deliveries d INDEXED BY deliveries_due
+                    WHERE d.status IN ('queued', 'sending') AND d.run_at <= ?2
+                      AND (d.status = 'queued' OR d.leased_until < ?2)
+                      AND (d.campaign_id IS NULL OR EXISTS (SELECT 1 FROM engage_objects c
+                           WHERE c.workspace_id = d.workspace_id AND c.kind = 'campaign' AND c.id = d.campaign_id AND c.status = 'running'))
+                    ORDER BY d.run_at LIMIT ?4)
+                 RETURNING workspace_id, {DELIVERY_COLUMNS}"
+            ))?;
+            let rows = statement.query_map(
+                (&holder, crate::to_millis(now), crate::to_millis(until), limit as i64),
+                |row| Ok((row.get::<_, String>(0)?, delivery_from_row(row, 1)?)),
+            )?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn finish_deliveries(&self, holder: &str, updates: &[DeliveryUpdate]) -> StoreResult<usize> {
+        let (holder, updates) = (holder.to_owned(), updates.to_vec());
+        self.write_aside(move |tx| {
+            let now = crate::to_millis(Utc::now());
+            let mut statement = tx.prepare_cached(
+                "UPDATE deliveries SET status = ?3, reason = coalesce(?4, reason), error_code = coalesce(?5, error_code),
+                    provider_id = coalesce(?6, provider_id), run_at = coalesce(?7, run_at), sent_at = coalesce(?8, sent_at),
+                    leased_by = NULL, leased_until = NULL, updated_at = ?9
+                 WHERE id = ?1 AND leased_by = ?2 AND status = 'sending'",
+            )?;
+            let mut applied = 0;
+            for update in &updates {
+                applied += statement.execute(rusqlite::params![
+                    update.id,
+                    holder,
+                    update.status.as_str(),
+                    update.reason,
+                    update.error_code,
+                    update.provider_id,
+                    update.run_at.map(crate::to_millis),
+                    update.sent_at.map(crate::to_millis),
+                    now
+                ])?;
+            }
+            Ok(applied)
+        })
+        .await
+    }
+
+    async fn delivery(&self, workspace_id: &str, id: &str) -> StoreResult<Option<Delivery>> {
+        let (workspace_id, id) = (workspace_id.to_owned(), id.to_owned());
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?2 AND workspace_id = ?1"
+                ))?
+                .query_row((&workspace_id, &id), |row| delivery_from_row(row, 0))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn delivery_by_provider_id(&self, workspace_id: &str, provider_id: &str) -> StoreResult<Option<Delivery>> {
+        let (workspace_id, provider_id) = (workspace_id.to_owned(), provider_id.to_owned());
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE workspace_id = ?1 AND provider_id = ?2 LIMIT 1"
+                ))?
+                .query_row((&workspace_id, &provider_id), |row| delivery_from_row(row, 0))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn set_delivery_status(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        status: DeliveryStatus,
+        error_code: Option<&str>,
+    ) -> StoreResult<bool> {
+        let (workspace_id, id, error_code) = (workspace_id.to_owned(), id.to_owned(), error_code.map(str::to_owned));
+        self.write_aside(move |tx| {
+            Ok(tx.execute(
+                "UPDATE deliveries SET status = ?3, error_code = coalesce(?4, error_code), updated_at = ?5
+                 WHERE id = ?2 AND workspace_id = ?1 AND status IN ('sent', 'delivered', 'failed', 'bounced')",
+                rusqlite::params![workspace_id, id, status.as_str(), error_code, crate::to_millis(Utc::now())],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn record_engagement(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        engagement: Engagement,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let (workspace_id, id) = (workspace_id.to_owned(), id.to_owned());
+        let column = format!("{}_at", engagement.as_str());
+        self.write_aside(move |tx| {
+            Ok(tx.execute(
+                &format!(
+                    "UPDATE deliveries SET {column} = ?3 WHERE id = ?2 AND workspace_id = ?1 AND {column} IS NULL"
+                ),
+                (&workspace_id, &id, crate::to_millis(at)),
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn delivery_counts(&self, workspace_id: &str, campaign_id: &str) -> StoreResult<Vec<DeliveryCount>> {
+        let (workspace_id, campaign_id) = (workspace_id.to_owned(), campaign_id.to_owned());
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT treatment, status, CASE WHEN status IN ('suppressed', 'failed', 'bounced') THEN reason END, deferred,
+                        count(*), count(opened_at), count(clicked_at), count(unsubscribed_at), count(converted_at)
+                 FROM deliveries WHERE workspace_id = ?1 AND campaign_id = ?2
+                 GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+            )?;
+            let rows = statement.query_map((&workspace_id, &campaign_id), |row| {
+                Ok(DeliveryCount {
+                    treatment: row.get(0)?,
+                    status: row.get(1)?,
+                    reason: row.get(2)?,
+                    deferred: row.get(3)?,
+                    count: row.get::<_, i64>(4)? as u64,
+                    opened: row.get::<_, i64>(5)? as u64,
+                    clicked: row.get::<_, i64>(6)? as u64,
+                    unsubscribed: row.get::<_, i64>(7)? as u64,
+                    converted: row.get::<_, i64>(8)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn marketing_sends_since(
+        &self,
+        workspace_id: &str,
+        profile_id: &str,
+        since: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let (workspace_id, profile_id) = (workspace_id.to_owned(), profile_id.to_owned());
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT count(*) FROM deliveries WHERE workspace_id = ?1 AND profile_id = ?2 AND sent_at >= ?3 AND kind = 'marketing'",
+                )?
+                .query_row((&workspace_id, &profile_id, crate::to_millis(since)), |row| row.get::<_, i64>(0))?
+                as u64)
+        })
+        .await
+    }
+
+    async fn cancel_deliveries(&self, workspace_id: &str, campaign_id: &str) -> StoreResult<u64> {
+        let (workspace_id, campaign_id) = (workspace_id.to_owned(), campaign_id.to_owned());
+        self.write_aside(move |tx| {
+            Ok(tx.execute(
+                "UPDATE deliveries SET status = 'cancelled', updated_at = ?3
+                 WHERE workspace_id = ?1 AND campaign_id = ?2 AND status = 'queued'",
+                (&workspace_id, &campaign_id, crate::to_millis(Utc::now())),
+            )? as u64)
+        })
+        .await
+    }
+
+    async fn profile_deliveries(
+        &self,
+        workspace_id: &str,
+        profile_id: &str,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        let (workspace_id, profile_id) = (workspace_id.to_owned(), profile_id.to_owned());
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE workspace_id = ?1 AND profile_id = ?2 AND sent_at >= ?3
+                 ORDER BY sent_at DESC LIMIT ?4"
+            ))?;
+            let rows = statement
+                .query_map((&workspace_id, &profile_id, crate::to_millis(since), limit as i64), |row| {
+                    delivery_from_row(row, 0)
+                })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+}
+
+/// Two sorted lists compared: (in `wanted` only, in `current` only).
+pub fn sorted_difference(wanted: &[String], current: &[String]) -> (Vec<String>, Vec<String>) {
+    let (mut entered, mut left) = (Vec::new(), Vec::new());
+    let (mut a, mut b) = (0, 0);
+    while a < wanted.len() || b < current.len() {
+        match (wanted.get(a), current.get(b)) {
+            (Some(x), Some(y)) if x == y => {
+                a += 1;
+                b += 1;
+            }
+            (Some(x), Some(y)) if x < y => {
+                entered.push(x.clone());
+                a += 1;
+            }
+            (Some(_), Some(y)) => {
+                left.push(y.clone());
+                b += 1;
+            }
+            (Some(x), None) => {
+                entered.push(x.clone());
+                a += 1;
+            }
+            (None, Some(y)) => {
+                left.push(y.clone());
+                b += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    (entered, left)
+}

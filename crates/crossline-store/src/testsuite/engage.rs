@@ -1,0 +1,331 @@
+//! The engagement part of the conformance suite: segment evaluation, memberships, address states
+//! and the delivery queue.
+
+use super::{events, workspace};
+use crate::DynStore;
+use crate::engage::{DeliveryStatus, DeliveryUpdate, EngageObject, Engagement, NewDelivery, ObjectKind};
+use chrono::{Duration, Utc};
+use crossline_core::segment::Filter;
+use serde_json::{Value, json};
+
+async fn size(store: &DynStore, ws: &str, filter: Value) -> u64 {
+    let filter = Filter::parse(&filter).unwrap();
+    store.segment_size(ws, &filter, Utc::now()).await.unwrap()
+}
+
+async fn members(store: &DynStore, ws: &str, filter: Value) -> Vec<String> {
+    let filter = Filter::parse(&filter).unwrap();
+    let mut found = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.segment_members(ws, &filter, Utc::now(), after.as_deref(), 2).await.unwrap();
+        if page.is_empty() {
+            return found;
+        }
+        after = page.last().cloned();
+        found.extend(page);
+    }
+}
+
+async fn profile_of(store: &DynStore, ws: &str, user: &str) -> String {
+    let identity = crossline_core::Identity { kind: crossline_core::IdentityKind::UserId, value: user.into() };
+    store.lookup(ws, &identity).await.unwrap().unwrap().id
+}
+
+pub(super) async fn segments_are_evaluated_in_the_store(store: DynStore) {
+    let ws = workspace(&store, "seg").await;
+    let other = workspace(&store, "seg-other").await;
+    let now = Utc::now();
+    let days_ago = |days: i64| (now - Duration::days(days)).to_rfc3339();
+    let batch = json!({"batch": [
+        {"type": "identify", "userId": "ann", "traits": {"plan": "pro", "age": 41, "email": "ann@example.com", "tags": ["vip", "beta"], "address": {"city": "Oslo"}}, "messageId": "s1"},
+        {"type": "identify", "userId": "bob", "traits": {"plan": "free", "age": "41", "email": "bob@example.com", "nickname": "Bobby Tables"}, "messageId": "s2"},
+        {"type": "identify", "userId": "cy", "traits": {"plan": "pro", "phone": "+14155550100", "newsletter": true}, "messageId": "s3"},
+        {"type": "track", "userId": "ann", "event": "Order Completed", "properties": {"total": 80}, "timestamp": days_ago(2), "messageId": "s4"},
+        {"type": "track", "userId": "ann", "event": "Order Completed", "properties": {"total": 20}, "timestamp": days_ago(3), "messageId": "s5"},
+        {"type": "track", "userId": "ann", "event": "Order Completed", "properties": {"total": 90}, "timestamp": days_ago(60), "messageId": "s6"},
+        {"type": "track", "userId": "bob", "event": "Order Completed", "properties": {"total": 70}, "timestamp": days_ago(1), "messageId": "s7"},
+        {"type": "track", "userId": "cy", "event": "message.received", "properties": {"intent": "cancel", "missed": false, "sentiment": {"label": "negative", "score": -0.6}}, "timestamp": days_ago(4), "messageId": "s8"},
+        {"type": "track", "userId": "cy", "event": "message.received", "properties": {"intent": null, "missed": true, "sentiment": {"label": "neutral", "score": 0.0}}, "timestamp": days_ago(1), "messageId": "s9"},
+        {"type": "track", "userId": "bob", "event": "message.received", "properties": {"intent": "cancel", "missed": false, "sentiment": {"label": "negative", "score": -0.5}}, "timestamp": days_ago(1), "messageId": "s10"},
+        {"type": "track", "userId": "bob", "event": "conversation.handoff", "properties": {}, "timestamp": days_ago(1), "messageId": "s11"}
+    ]});
+    store.ingest(&ws.id, events(batch)).await.unwrap();
+    store
+        .ingest(
+            &other.id,
+            events(
+                json!({"batch": [{"type": "identify", "userId": "ann", "traits": {"plan": "pro"}, "messageId": "o1"}]}),
+            ),
+        )
+        .await
+        .unwrap();
+    let (ann, bob, cy) = (
+        profile_of(&store, &ws.id, "ann").await,
+        profile_of(&store, &ws.id, "bob").await,
+        profile_of(&store, &ws.id, "cy").await,
+    );
+
+    // Traits, typed: "41" is a string, not the number 41.
+    assert_eq!(size(&store, &ws.id, json!({"trait": "plan", "op": "eq", "value": "pro"})).await, 2);
+    assert_eq!(size(&store, &ws.id, json!({"trait": "plan", "op": "ne", "value": "pro"})).await, 1);
+    assert_eq!(members(&store, &ws.id, json!({"trait": "age", "op": "gte", "value": 40})).await, vec![ann.clone()]);
+    assert_eq!(members(&store, &ws.id, json!({"trait": "age", "op": "eq", "value": "41"})).await, vec![bob.clone()]);
+    assert_eq!(
+        members(&store, &ws.id, json!({"trait": "tags", "op": "contains", "value": "vip"})).await,
+        vec![ann.clone()]
+    );
+    assert_eq!(
+        members(&store, &ws.id, json!({"trait": "nickname", "op": "contains", "value": "tables"})).await,
+        vec![bob.clone()]
+    );
+    assert_eq!(
+        members(&store, &ws.id, json!({"trait": "address.city", "op": "eq", "value": "Oslo"})).await,
+        vec![ann.clone()]
+    );
+    assert_eq!(
+        members(&store, &ws.id, json!({"trait": "newsletter", "op": "eq", "value": true})).await,
+        vec![cy.clone()]
+    );
+    assert_eq!(size(&store, &ws.id, json!({"trait": "nickname", "op": "exists"})).await, 1);
+    assert_eq!(size(&store, &ws.id, json!({"all": []})).await, 3, "the other workspace's ann is not here");
+    assert_eq!(size(&store, &ws.id, json!({"any": []})).await, 0);
+
+    // Events: counts, windows, property conditions, and counts that zero satisfies.
+    assert_eq!(
+        members(&store, &ws.id, json!({"event": "Order Completed", "count": {"gte": 2}, "within_days": 30})).await,
+        vec![ann.clone()]
+    );
+    assert_eq!(size(&store, &ws.id, json!({"event": "Order Completed", "count": {"gte": 3}})).await, 1);
+    assert_eq!(
+        size(&store, &ws.id, json!({"event": "Order Completed", "count": {"gte": 3}, "within_days": 30})).await,
+        0
+    );
+    assert_eq!(
+        size(&store, &ws.id, json!({"event": "Order Completed", "within_days": 30, "where": [{"property": "total", "op": "gt", "value": 60}]})).await,
+        2
+    );
+    let never = members(&store, &ws.id, json!({"event": "Order Completed", "count": {"eq": 0}})).await;
+    assert_eq!(never, vec![cy.clone()]);
+    let at_most_one =
+        members(&store, &ws.id, json!({"event": "Order Completed", "count": {"lte": 1}, "within_days": 30})).await;
+    let mut expected = vec![bob.clone(), cy.clone()];
+    expected.sort();
+    assert_eq!(at_most_one, expected);
+
+    // Conversation signals.
+    let mut cancel = vec![bob.clone()];
+    cancel.sort();
+    assert_eq!(
+        members(&store, &ws.id, json!({"conversation": {"intent": "cancel", "within_days": 30}})).await,
+        cancel,
+        "cy's last message had no intent"
+    );
+    assert_eq!(
+        members(&store, &ws.id, json!({"conversation": {"missed": true, "within_days": 7}})).await,
+        vec![cy.clone()]
+    );
+    assert_eq!(members(&store, &ws.id, json!({"conversation": {"handoff": true}})).await, vec![bob.clone()]);
+    assert_eq!(members(&store, &ws.id, json!({"conversation": {"sentiment": "negative"}})).await, vec![bob.clone()]);
+
+    // Reachability: an address, consent not withdrawn, not unreachable.
+    assert_eq!(size(&store, &ws.id, json!({"reachable": "email"})).await, 2);
+    assert_eq!(members(&store, &ws.id, json!({"reachable": "sms"})).await, vec![cy.clone()]);
+    store
+        .set_consent(&ws.id, &bob, &[("email".into(), crossline_core::ConsentStatus::Unsubscribed)], "api")
+        .await
+        .unwrap();
+    store.set_address_unreachable(&ws.id, "email", "ann@example.com", "hard_bounce 550", now).await.unwrap();
+    assert_eq!(size(&store, &ws.id, json!({"reachable": "email"})).await, 0);
+    let states = store.address_states(&ws.id, &ann).await.unwrap();
+    assert_eq!(states.len(), 1);
+    assert_eq!(states[0].reason, "hard_bounce 550");
+    assert!(store.clear_address_state(&ws.id, "email", "ann@example.com").await.unwrap());
+    assert_eq!(members(&store, &ws.id, json!({"reachable": "email"})).await, vec![ann.clone()]);
+
+    // Lists and memberships.
+    let (entered, left) = store.replace_members(&ws.id, "seg_list", &[bob.clone(), cy.clone()], now).await.unwrap();
+    assert_eq!(entered.len(), 2);
+    assert!(left.is_empty());
+    let (entered, left) = store.replace_members(&ws.id, "seg_list", &[cy.clone(), ann.clone()], now).await.unwrap();
+    assert_eq!((entered, left), (vec![ann.clone()], vec![bob.clone()]));
+    let list = Filter::List("seg_list".into());
+    let mut in_list = vec![ann.clone(), cy.clone()];
+    in_list.sort();
+    assert_eq!(store.segment_members(&ws.id, &list, now, None, 10).await.unwrap(), in_list);
+    assert!(store.segment_matches(&ws.id, &list, now, &cy).await.unwrap());
+    assert!(!store.segment_matches(&ws.id, &list, now, &bob).await.unwrap());
+    assert!(store.set_membership(&ws.id, "seg_list", &bob, true, now).await.unwrap());
+    assert!(!store.set_membership(&ws.id, "seg_list", &bob, true, now).await.unwrap(), "already a member");
+    assert_eq!(store.memberships(&ws.id, &bob).await.unwrap(), vec!["seg_list".to_owned()]);
+
+    // A merge: events filed under both ids count for the survivor.
+    let merge = json!({"batch": [
+        {"type": "track", "userId": "dee", "event": "Order Completed", "properties": {"total": 5}, "messageId": "m1"},
+        {"type": "identify", "anonymousId": "anon-dee", "traits": {"plan": "trial"}, "messageId": "m2"},
+        {"type": "track", "anonymousId": "anon-dee", "event": "Order Completed", "properties": {"total": 5}, "messageId": "m3"}
+    ]});
+    store.ingest(&ws.id, events(merge)).await.unwrap();
+    store
+        .ingest(
+            &ws.id,
+            events(json!({"batch": [{"type": "alias", "userId": "dee", "previousId": "anon-dee", "messageId": "m4"}]})),
+        )
+        .await
+        .unwrap();
+    let dee = profile_of(&store, &ws.id, "dee").await;
+    assert_eq!(
+        members(&store, &ws.id, json!({"all": [{"trait": "plan", "op": "eq", "value": "trial"}, {"event": "Order Completed", "count": {"eq": 2}}]})).await,
+        vec![dee.clone()]
+    );
+    assert_eq!(size(&store, &ws.id, json!({"all": []})).await, 4, "the merged-away profile is not counted");
+}
+
+fn delivery(id: &str, profile: &str, campaign: Option<&str>, run_at: chrono::DateTime<Utc>) -> NewDelivery {
+    NewDelivery {
+        id: id.into(),
+        idempotency_key: format!("run1:{profile}:A:email"),
+        campaign_id: campaign.map(str::to_owned),
+        run_id: Some("run1".into()),
+        profile_id: profile.into(),
+        treatment: "A".into(),
+        channel: "email".into(),
+        address: format!("{profile}@example.com"),
+        template_id: Some("tpl_1".into()),
+        kind: "marketing".into(),
+        status: DeliveryStatus::Queued,
+        reason: None,
+        deferred: false,
+        run_at,
+        event: None,
+    }
+}
+
+fn campaign(id: &str, status: &str) -> EngageObject {
+    EngageObject {
+        id: id.into(),
+        kind: ObjectKind::Campaign,
+        name: format!("campaign {id}"),
+        body: json!({"channel": "email"}),
+        status: status.into(),
+        status_reason: None,
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    }
+}
+
+pub(super) async fn definitions_and_the_delivery_queue(store: DynStore) {
+    let ws = workspace(&store, "dlv").await;
+    let other = workspace(&store, "dlv-other").await;
+    let now = Utc::now();
+
+    // Definitions: names unique per kind, status changes guarded.
+    store.put_object(&ws.id, &campaign("cmp_1", "draft")).await.unwrap();
+    let mut clash = campaign("cmp_2", "draft");
+    clash.name = "campaign cmp_1".into();
+    assert!(matches!(store.put_object(&ws.id, &clash).await, Err(crate::StoreError::Conflict(_))));
+    let mut segment = campaign("cmp_1", "active");
+    segment.kind = ObjectKind::Segment;
+    store.put_object(&ws.id, &segment).await.unwrap();
+    assert_eq!(store.objects(&ws.id, ObjectKind::Campaign).await.unwrap().len(), 1);
+    assert!(store.object(&other.id, ObjectKind::Campaign, "cmp_1").await.unwrap().is_none());
+    assert!(
+        !store.set_object_status(&ws.id, ObjectKind::Campaign, "cmp_1", "paused", None, &["running"]).await.unwrap()
+    );
+    assert!(store.set_object_status(&ws.id, ObjectKind::Campaign, "cmp_1", "running", None, &["draft"]).await.unwrap());
+    assert_eq!(store.objects_in_status(ObjectKind::Campaign, "running").await.unwrap().len(), 1);
+
+    // Deliveries: one per idempotency key; only due ones of running campaigns are claimed.
+    let first = vec![
+        delivery("dlv_1", "p1", Some("cmp_1"), now),
+        delivery("dlv_2", "p2", Some("cmp_1"), now + Duration::hours(1)),
+    ];
+    assert_eq!(store.insert_deliveries(&ws.id, &first).await.unwrap(), 2);
+    let mut again = first.clone();
+    again[0].id = "dlv_other".into();
+    assert_eq!(store.insert_deliveries(&ws.id, &again).await.unwrap(), 0, "the same keys are skipped");
+    store.put_object(&ws.id, &campaign("cmp_3", "paused")).await.unwrap();
+    let mut paused = delivery("dlv_3", "p3", Some("cmp_3"), now);
+    paused.idempotency_key = "paused".into();
+    store.insert_deliveries(&ws.id, &[paused]).await.unwrap();
+
+    let claimed = store.claim_deliveries("w1", now, now + Duration::seconds(30), 10).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|(w, d)| (w.as_str(), d.new.id.as_str())).collect::<Vec<_>>(),
+        [(ws.id.as_str(), "dlv_1")]
+    );
+    assert_eq!(claimed[0].1.attempts, 1);
+    assert!(store.claim_deliveries("w2", now, now + Duration::seconds(30), 10).await.unwrap().is_empty(), "leased");
+    // The lease runs out (a crashed sender): another claims it, and the first cannot finish it.
+    let later = now + Duration::seconds(31);
+    let reclaimed = store.claim_deliveries("w2", later, later + Duration::seconds(30), 10).await.unwrap();
+    assert_eq!(reclaimed.len(), 1);
+    assert_eq!(reclaimed[0].1.attempts, 2);
+    let sent = |id: &str| DeliveryUpdate {
+        id: id.into(),
+        status: DeliveryStatus::Sent,
+        reason: None,
+        error_code: None,
+        provider_id: Some(format!("SM{id}")),
+        run_at: None,
+        sent_at: Some(now),
+    };
+    assert_eq!(store.finish_deliveries("w1", &[sent("dlv_1")]).await.unwrap(), 0);
+    assert_eq!(store.finish_deliveries("w2", &[sent("dlv_1")]).await.unwrap(), 1);
+    let stored = store.delivery(&ws.id, "dlv_1").await.unwrap().unwrap();
+    assert_eq!((stored.new.status, stored.provider_id.as_deref()), (DeliveryStatus::Sent, Some("SMdlv_1")));
+    assert!(store.delivery(&other.id, "dlv_1").await.unwrap().is_none());
+    assert_eq!(store.delivery_by_provider_id(&ws.id, "SMdlv_1").await.unwrap().unwrap().new.id, "dlv_1");
+    assert!(store.set_delivery_status(&ws.id, "dlv_1", DeliveryStatus::Delivered, None).await.unwrap());
+    assert!(
+        !store.set_delivery_status(&ws.id, "dlv_2", DeliveryStatus::Delivered, None).await.unwrap(),
+        "not sent yet"
+    );
+
+    // A retry goes back to the queue for later.
+    let due = now + Duration::hours(2);
+    let claimed = store.claim_deliveries("w1", due, due + Duration::seconds(30), 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let retry = DeliveryUpdate {
+        id: "dlv_2".into(),
+        status: DeliveryStatus::Queued,
+        reason: Some("421 try later".into()),
+        error_code: Some("421".into()),
+        provider_id: None,
+        run_at: Some(due + Duration::minutes(1)),
+        sent_at: None,
+    };
+    store.finish_deliveries("w1", &[retry]).await.unwrap();
+    assert!(store.claim_deliveries("w1", due, due + Duration::seconds(30), 10).await.unwrap().is_empty());
+
+    // Engagement counts once; stats group by treatment, status and reason.
+    assert!(store.record_engagement(&ws.id, "dlv_1", Engagement::Opened, now).await.unwrap());
+    assert!(!store.record_engagement(&ws.id, "dlv_1", Engagement::Opened, now).await.unwrap());
+    let counts = store.delivery_counts(&ws.id, "cmp_1").await.unwrap();
+    let delivered = counts.iter().find(|c| c.status == "delivered").unwrap();
+    assert_eq!((delivered.count, delivered.opened), (1, 1));
+    assert_eq!(counts.iter().find(|c| c.status == "queued").unwrap().count, 1);
+    assert_eq!(store.marketing_sends_since(&ws.id, "p1", now - Duration::days(7)).await.unwrap(), 1);
+    assert_eq!(store.marketing_sends_since(&ws.id, "p1", now + Duration::seconds(1)).await.unwrap(), 0);
+    assert_eq!(store.profile_deliveries(&ws.id, "p1", now - Duration::days(1), 10).await.unwrap().len(), 1);
+    assert_eq!(store.cancel_deliveries(&ws.id, "cmp_1").await.unwrap(), 1);
+    assert_eq!(store.delivery(&ws.id, "dlv_2").await.unwrap().unwrap().new.status, DeliveryStatus::Cancelled);
+}
+
+pub(super) async fn erasing_a_profile_erases_its_engagement(store: DynStore) {
+    let ws = workspace(&store, "erase-engage").await;
+    let batch = json!({"batch": [{"type": "identify", "userId": "gone", "traits": {"email": "gone@example.com"}, "messageId": "e1"}]});
+    store.ingest(&ws.id, events(batch)).await.unwrap();
+    let gone = profile_of(&store, &ws.id, "gone").await;
+    let now = Utc::now();
+    store.insert_deliveries(&ws.id, &[delivery("dlv_gone", &gone, None, now)]).await.unwrap();
+    store.set_address_unreachable(&ws.id, "email", "gone@example.com", "hard_bounce 550", now).await.unwrap();
+    store.set_membership(&ws.id, "seg_x", &gone, true, now).await.unwrap();
+    assert!(store.delete_profile(&ws.id, &gone).await.unwrap());
+    assert!(store.delivery(&ws.id, "dlv_gone").await.unwrap().is_none());
+    assert!(store.memberships(&ws.id, &gone).await.unwrap().is_empty());
+    assert!(
+        !store.clear_address_state(&ws.id, "email", "gone@example.com").await.unwrap(),
+        "the address state went too"
+    );
+}
