@@ -21,11 +21,14 @@ pub enum ChannelKind {
     WebChat,
     /// An Alexa skill.
     Alexa,
+    /// Email over SMTP (outbound).
+    Email,
 }
 
 impl ChannelKind {
     /// Every kind.
-    pub const ALL: [ChannelKind; 3] = [ChannelKind::Twilio, ChannelKind::WebChat, ChannelKind::Alexa];
+    pub const ALL: [ChannelKind; 4] =
+        [ChannelKind::Twilio, ChannelKind::WebChat, ChannelKind::Alexa, ChannelKind::Email];
 
     /// The name in URLs and the store.
     pub fn as_str(self) -> &'static str {
@@ -33,6 +36,7 @@ impl ChannelKind {
             ChannelKind::Twilio => "twilio",
             ChannelKind::WebChat => "webchat",
             ChannelKind::Alexa => "alexa",
+            ChannelKind::Email => "email",
         }
     }
 

@@ -168,6 +168,22 @@ impl Egress {
         self.send(&url, request, headers, timeout).await
     }
 
+    /// POST `form` as `application/x-www-form-urlencoded` (provider APIs such as Twilio's).
+    pub async fn post_form(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+        form: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<EgressResponse, EgressError> {
+        let url = parse(url)?;
+        self.check_literal(&url)?;
+        let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+        let request =
+            self.client.post(url.clone()).header("content-type", "application/x-www-form-urlencoded").body(body);
+        self.send(&url, request, headers, timeout).await
+    }
+
     /// GET `url` with extra `headers` (e.g. `authorization`); the answer within `timeout`.
     pub async fn get(
         &self,

@@ -60,6 +60,9 @@ pub fn app(state: AppState) -> Router {
         .route("/hooks/{workspace_id}/twilio/sms", axum::routing::post(api::channels::twilio_sms))
         .route("/hooks/{workspace_id}/twilio/voice", axum::routing::post(api::channels::twilio_voice))
         .route("/hooks/{workspace_id}/alexa", axum::routing::post(api::alexa::alexa))
+        .route("/hooks/{workspace_id}/twilio/status", axum::routing::post(api::channels::twilio_status))
+        // A recipient's unsubscribe link: deliberately public, named by an unguessable delivery id.
+        .route("/u/{workspace_id}/{delivery_id}", get(api::engage::unsubscribe_page).post(api::engage::unsubscribe))
         .route("/chat/{workspace_id}", get(api::webchat::page))
         .route("/chat/{workspace_id}/ws", get(api::webchat::socket))
         .route("/kiosk/{workspace_id}", get(api::webchat::kiosk))
@@ -95,7 +98,7 @@ pub async fn run(
     Ok(())
 }
 
-/// Start the background work of a node: event destinations and the durable worker, until `stop`
+/// Start the background work of a node: event destinations, the delivery senders and the durable worker, until `stop`
 /// turns true. `crossline worker` runs just this.
 pub fn background(state: &AppState, stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
     let until = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
@@ -103,6 +106,7 @@ pub fn background(state: &AppState, stop: tokio::sync::watch::Receiver<bool>) ->
     };
     vec![
         tokio::spawn(state.destinations.clone().run(until(stop.clone()))),
+        tokio::spawn(state.engage.clone().run(until(stop.clone()))),
         tokio::spawn(state.worker.clone().run(until(stop))),
     ]
 }

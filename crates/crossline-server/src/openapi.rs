@@ -8,7 +8,7 @@
 //! (`#/components/responses/...`), so each annotation lists its statuses in one line and each status
 //! means the same thing everywhere.
 
-use crate::api::{bots, channels, conversations, destinations, ingest, jobs, profiles, rejected, workspaces};
+use crate::api::{bots, channels, conversations, destinations, engage, ingest, jobs, profiles, rejected, workspaces};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::state::AppState;
 use axum::Router;
@@ -40,6 +40,7 @@ use utoipa_swagger_ui::SwaggerUi;
         (name = "conversations", description = "Conversations with bots on every channel"),
         (name = "channels", description = "Channel configuration"),
         (name = "destinations", description = "Event destinations: every event, signed, to other systems"),
+        (name = "engagement", description = "Segments, templates, campaigns and the send policy"),
         (name = "jobs", description = "The durable worker's dead letters"),
     )
 )]
@@ -209,6 +210,18 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(destinations::replay_failure))
         .routes(routes!(jobs::list_dead_jobs))
         .routes(routes!(jobs::replay_job))
+        .routes(routes!(engage::create_segment, engage::list_segments))
+        .routes(routes!(engage::get_segment, engage::delete_segment))
+        .routes(routes!(engage::segment_size))
+        .routes(routes!(engage::segment_members))
+        .routes(routes!(engage::import_segment))
+        .routes(routes!(engage::create_template, engage::list_templates))
+        .routes(routes!(engage::get_template, engage::delete_template))
+        .routes(routes!(engage::preview_template))
+        .routes(routes!(engage::create_campaign, engage::list_campaigns))
+        .routes(routes!(engage::get_campaign))
+        .routes(routes!(engage::campaign_action))
+        .routes(routes!(engage::put_messaging_settings, engage::get_messaging_settings))
 }
 
 /// The document as pretty JSON (what `/api/openapi.json` serves).

@@ -36,8 +36,10 @@ pub struct AppState {
     pub alexa_certs: Arc<crate::api::alexa::CertCache>,
     /// Event destinations: saved through the API, delivered in the background.
     pub destinations: Arc<crossline_engine::destinations::Destinations>,
-    /// The durable worker, running in the background (its job kinds come with campaigns).
+    /// The durable worker, running in the background.
     pub worker: Arc<crossline_engine::worker::Worker>,
+    /// Engagement: segments, templates, campaigns and the delivery senders.
+    pub engage: Arc<crossline_engage::Engage>,
 }
 
 impl AppState {
@@ -71,7 +73,17 @@ impl AppState {
             Arc::new(crossline_engine::worker::SystemClock),
             crossline_engine::worker::WorkerConfig::default(),
         ));
+        let engage = Arc::new(crossline_engage::Engage::new(
+            store.clone(),
+            recorder.clone(),
+            egress.clone(),
+            crossline_engage::PipelineConfig {
+                public_url: settings.public_url.clone().unwrap_or_else(|| "http://127.0.0.1:8080".into()),
+                ..Default::default()
+            },
+        ));
         AppState {
+            engage,
             recorder,
             egress,
             destinations,

@@ -34,8 +34,8 @@ fn rules() -> Vec<(&'static str, Vec<&'static str>, &'static str)> {
         ("crossline-bot", with(&[IO], &["crossline-channels"]), "the dialog manager knows no channels and no IO"),
         (
             "crossline-channels",
-            with(&[SQL, HTTP_SERVER], &["crossline-store", "crossline-bus", "tokio"]),
-            "channels parse, verify and render; they store nothing",
+            with(&[SQL, HTTP_SERVER], &["crossline-store", "crossline-bus", "crossline-engine"]),
+            "channels parse, verify, render and send; they store nothing and serve nothing",
         ),
         ("crossline-bus", with(&[SQL, HTTP_SERVER], &["crossline-store"]), "the bus knows no SQL"),
         (
@@ -47,6 +47,11 @@ fn rules() -> Vec<(&'static str, Vec<&'static str>, &'static str)> {
             "crossline-engine",
             with(&[HTTP_SERVER, SQL], &["crossline-server"]),
             "the engine knows no HTTP server and no SQL driver (it calls the store's traits)",
+        ),
+        (
+            "crossline-engage",
+            with(&[HTTP_SERVER, SQL], &["crossline-server"]),
+            "engagement knows no HTTP server and no SQL driver (it calls the store's traits)",
         ),
         ("crossline-server", with(&[SQL], &[]), "the HTTP adapter calls the store's traits, never a driver"),
     ]

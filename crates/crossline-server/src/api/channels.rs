@@ -10,7 +10,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{OriginalUri, Path, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use crossline_bot::dialog;
@@ -45,7 +45,9 @@ pub async fn put_channel(
     let kind = ChannelKind::parse(&kind).ok_or_else(|| {
         ApiError::bad_request(
             ErrorCode::InvalidField,
-            format!("kind: \"{kind}\" is not a channel that can be configured yet; use twilio, webchat or alexa"),
+            format!(
+                "kind: \"{kind}\" is not a channel that can be configured yet; use twilio, webchat, alexa or email"
+            ),
         )
     })?;
     match kind {
@@ -73,6 +75,22 @@ pub async fn put_channel(
             let stored = serde_json::to_value(&config).map_err(ApiError::internal)?;
             state.store.put_channel(&workspace.id, kind.as_str(), &stored).await?;
             Ok(Json(stored))
+        }
+        ChannelKind::Email => {
+            let config: crossline_channels::email::EmailConfig = serde_json::from_value(body).map_err(|err| {
+                ApiError::bad_request(ErrorCode::InvalidField, format!("body: not an email configuration ({err})"))
+            })?;
+            let config =
+                config.validate().map_err(|err| ApiError::bad_request(ErrorCode::InvalidField, err.to_string()))?;
+            // The SMTP server is reached from here: the egress rules hold for it as for HTTP.
+            state
+                .egress
+                .check_url(&format!("https://{}/", config.host))
+                .await
+                .map_err(|err| ApiError::bad_request(ErrorCode::InvalidField, format!("host: {err}")))?;
+            let stored = serde_json::to_value(&config).map_err(ApiError::internal)?;
+            state.store.put_channel(&workspace.id, kind.as_str(), &stored).await?;
+            Ok(Json(config.public_view()))
         }
         ChannelKind::WebChat => {
             let config = WebChatConfig::from_json(&body).map_err(|err| {
@@ -131,6 +149,11 @@ pub async fn get_channel(
         ChannelKind::Alexa => {
             let config: AlexaConfig = serde_json::from_value(stored).map_err(ApiError::internal)?;
             Ok(Json(serde_json::to_value(config).map_err(ApiError::internal)?))
+        }
+        ChannelKind::Email => {
+            let config: crossline_channels::email::EmailConfig =
+                serde_json::from_value(stored).map_err(ApiError::internal)?;
+            Ok(Json(config.public_view()))
         }
     }
 }
@@ -423,4 +446,50 @@ impl CallTurn<'_> {
         let version = conversation.map(|conversation| conversation.bot_version);
         crate::api::bots::bot_model(self.state, self.workspace, self.bot, version).await
     }
+}
+
+/// Twilio's delivery receipts (`StatusCallback` of messages Crossline sent): verified like every
+/// Twilio hook, then the delivery moves to `delivered`, `failed` or `bounced` (an invalid number
+/// is marked unreachable), keeping Twilio's error code.
+pub async fn twilio_status(
+    State(state): State<AppState>,
+    Path(workspace_id): Path<String>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let (workspace, _config, params) = verified_twilio(&state, &workspace_id, &uri, &headers, &body).await?;
+    let receipt = twilio::parse_status_callback(&params)
+        .map_err(|err| ApiError::bad_request(ErrorCode::InvalidField, err.to_string()))?;
+    let Some(delivery) = state.store.delivery_by_provider_id(&workspace.id, &receipt.message_sid).await? else {
+        // A message Crossline did not send (or one since erased): nothing to update.
+        return Ok(StatusCode::NO_CONTENT);
+    };
+    use crossline_store::engage::DeliveryStatus;
+    let invalid_number = matches!(receipt.error_code.as_deref(), Some("21211" | "21614" | "30003" | "30005" | "30006"));
+    let status = match receipt.status.as_str() {
+        "delivered" | "read" => DeliveryStatus::Delivered,
+        "undelivered" | "failed" if invalid_number => DeliveryStatus::Bounced,
+        "undelivered" | "failed" => DeliveryStatus::Failed,
+        // queued, sending, sent, accepted: nothing new to record.
+        _ => return Ok(StatusCode::NO_CONTENT),
+    };
+    let changed =
+        state.store.set_delivery_status(&workspace.id, &delivery.new.id, status, receipt.error_code.as_deref()).await?;
+    if changed && status == DeliveryStatus::Bounced {
+        let now = Utc::now();
+        let reason = format!("invalid_number {}", receipt.error_code.clone().unwrap_or_default());
+        state.store.set_address_unreachable(&workspace.id, "phone", &delivery.new.address, &reason, now).await?;
+        state
+            .engage
+            .record(
+                &workspace.id,
+                &delivery.new,
+                "delivery.bounced",
+                serde_json::json!({"code": receipt.error_code}),
+                now,
+            )
+            .await;
+    }
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -5,6 +5,7 @@ pub mod bots;
 pub mod channels;
 pub mod conversations;
 pub mod destinations;
+pub mod engage;
 pub mod ingest;
 pub mod jobs;
 pub mod profiles;

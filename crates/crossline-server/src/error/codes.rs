@@ -60,7 +60,7 @@ error_codes! {
     NotFound = "not_found", 404, "no such profile, workspace, bot or endpoint (also for another workspace's ids)";
     ChannelDisabled = "channel_disabled", 404, "the channel (web chat, Twilio, Alexa) is not configured for the workspace";
     BodyTimeout = "body_timeout", 408, "the request's body did not arrive within `body_timeout_secs` (30 s); the connection is closed";
-    Conflict = "conflict", 409, "a workspace name in use";
+    Conflict = "conflict", 409, "a name in use (a workspace, a segment, a template, a campaign), or an action the object's state does not allow (a campaign whose segment or template is gone, pausing a completed campaign)";
     DuplicateMessage = "duplicate_message", 409, "a channel's message id was handled before (a provider's retry or a replay); it is not answered again";
     EventTooLarge = "event_too_large", 413, "an event above 32 KB (after decompression)";
     RequestTooLarge = "request_too_large", 413, "a request above 500 KB (after decompression)";

@@ -58,11 +58,13 @@ impl TestServer {
         Self::start_full(store, bus, Self::settings()).await
     }
 
-    async fn start_full(store: DynStore, bus: DynBus, settings: Settings) -> Self {
+    async fn start_full(store: DynStore, bus: DynBus, mut settings: Settings) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let state = AppState::new(store.clone(), bus.clone(), ADMIN, settings);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        // Links the server writes (unsubscribe pages, callbacks) point at this server.
+        settings.public_url.get_or_insert_with(|| url.clone());
+        let state = AppState::new(store.clone(), bus.clone(), ADMIN, settings);
         let (shutdown, signal) = oneshot::channel::<()>();
         let handle = tokio::spawn(crossline_server::run(listener, state, async {
             let _ = signal.await;

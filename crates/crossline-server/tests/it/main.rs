@@ -6,6 +6,7 @@ mod bots;
 mod connections;
 mod conversations;
 mod destinations;
+mod engage;
 mod harness;
 mod ingest;
 mod jobs;

@@ -1,0 +1,855 @@
+//! The delivery pipeline: a campaign run is *planned* (every member of the segment gets one
+//! delivery row, decided by the send policy, keyed so a re-plan adds nothing), then *sent* by
+//! senders that claim due deliveries with a lease, render, call the provider and record what
+//! happened.
+//!
+//! What is guaranteed (docs/engagement.md says it for users): a planned delivery is never lost (it
+//! is a row before anything is sent); a delivery is sent at most once unless a sender dies after
+//! the provider accepted it and before the result was stored, in which case the lease runs out
+//! and it is sent again with the same `Message-ID` (email) — the only possible repeat. Consent and
+//! reachability are checked again just before each send, so an unsubscribe between planning and
+//! sending is honoured.
+
+use crate::campaign::{self, CampaignSpec, Schedule};
+use crate::policy::{self, Decision, MessagingSettings, Recipient, SendKind, Suppression};
+use crate::template::{self, CompiledTemplate, RenderContext, TemplateSource};
+use chrono::{DateTime, Duration, Utc};
+use crossline_channels::email::{Email, EmailConfig, EmailSender};
+use crossline_channels::outbound::SendError;
+use crossline_channels::twilio::{self, TwilioConfig};
+use crossline_core::segment::Filter;
+use crossline_core::{ConsentStatus, Identity, IdentityKind, Profile};
+use crossline_engine::{Egress, EventRecorder};
+use crossline_store::engage::{Delivery, DeliveryStatus, DeliveryUpdate, EngageObject, NewDelivery, ObjectKind};
+use crossline_store::{DynStore, StoreError};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// The channel configuration key under which a workspace's messaging settings are kept.
+pub const SETTINGS_KEY: &str = "settings.messaging";
+
+/// Errors of the engagement layer, each with the field or object at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum EngageError {
+    /// The input is wrong; `field` names where.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Something named does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The action does not fit the object's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> EngageError {
+    EngageError::Invalid { field: field.into(), message: message.into() }
+}
+
+/// How the pipeline runs.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// The sender's lease name, unique per node.
+    pub holder: String,
+    /// Deliveries claimed at once.
+    pub batch: usize,
+    /// Provider calls in flight at once.
+    pub concurrency: usize,
+    /// How long a claimed delivery is held.
+    pub lease: Duration,
+    /// Attempts before a retryable failure is final.
+    pub max_attempts: u32,
+    /// The public base URL (unsubscribe links, Twilio status callbacks).
+    pub public_url: String,
+    /// Consecutive connection failures of one campaign that pause it.
+    pub pause_after_failures: u32,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            holder: format!("sender-{}", crossline_core::ids::new_random_id("n")),
+            batch: 512,
+            concurrency: 64,
+            lease: Duration::seconds(60),
+            max_attempts: 8,
+            public_url: "http://127.0.0.1:8080".into(),
+            pause_after_failures: 20,
+        }
+    }
+}
+
+/// The engagement service.
+pub struct Engage {
+    store: DynStore,
+    recorder: EventRecorder,
+    egress: Egress,
+    config: PipelineConfig,
+    templates: Mutex<HashMap<(String, String), CachedTemplate>>,
+    email: Mutex<HashMap<String, (Value, Arc<EmailSender>)>>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+/// A compiled template and the version (its `updated_at`) it was compiled from.
+type CachedTemplate = (DateTime<Utc>, Arc<CompiledTemplate>);
+
+/// One recipient's planning inputs.
+struct Planned {
+    channel: String,
+    address: String,
+    decision: Decision,
+}
+
+impl Engage {
+    /// A service on `store`, recording through `recorder`, calling HTTP providers through `egress`.
+    pub fn new(store: DynStore, recorder: EventRecorder, egress: Egress, config: PipelineConfig) -> Self {
+        Engage {
+            store,
+            recorder,
+            egress,
+            config,
+            templates: Mutex::default(),
+            email: Mutex::default(),
+            failures: Mutex::default(),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &DynStore {
+        &self.store
+    }
+
+    /// A workspace's messaging settings (defaults when never set).
+    pub async fn settings(&self, workspace_id: &str) -> Result<MessagingSettings, EngageError> {
+        Ok(self
+            .store
+            .channel(workspace_id, SETTINGS_KEY)
+            .await?
+            .and_then(|value| serde_json::from_value(value).ok())
+            .unwrap_or_default())
+    }
+
+    /// Replaces a workspace's messaging settings.
+    pub async fn put_settings(&self, workspace_id: &str, body: &Value) -> Result<MessagingSettings, EngageError> {
+        let settings: MessagingSettings =
+            serde_json::from_value(body.clone()).map_err(|err| invalid("body", err.to_string()))?;
+        settings.validate().map_err(|message| invalid("body", message))?;
+        self.store
+            .put_channel(workspace_id, SETTINGS_KEY, &serde_json::to_value(&settings).unwrap_or_default())
+            .await?;
+        Ok(settings)
+    }
+
+    /// A segment's filter with every reference resolved (lists become membership lookups).
+    pub async fn resolve_segment(&self, workspace_id: &str, segment_id: &str) -> Result<Filter, EngageError> {
+        let segments = self.store.objects(workspace_id, ObjectKind::Segment).await?;
+        let by_id: HashMap<&str, &EngageObject> = segments.iter().map(|s| (s.id.as_str(), s)).collect();
+        let mut lookup = |id: &str| -> Option<Filter> {
+            let segment = by_id.get(id)?;
+            match segment.body.get("filter") {
+                Some(filter) if !filter.is_null() => Filter::parse(filter).ok(),
+                _ => Some(Filter::List(id.to_owned())),
+            }
+        };
+        Filter::Segment(segment_id.to_owned())
+            .resolve(&mut lookup, 0, &mut Vec::new())
+            .map_err(|err| EngageError::NotFound(format!("{}: {}", err.path, err.message)))
+    }
+
+    /// A compiled template, cached until it changes.
+    pub async fn template(&self, workspace_id: &str, template_id: &str) -> Result<Arc<CompiledTemplate>, EngageError> {
+        let stored = self
+            .store
+            .object(workspace_id, ObjectKind::Template, template_id)
+            .await?
+            .ok_or_else(|| EngageError::NotFound(format!("template {template_id} does not exist")))?;
+        let key = (workspace_id.to_owned(), template_id.to_owned());
+        if let Some((at, compiled)) = self.templates.lock().expect("template cache").get(&key)
+            && *at == stored.updated_at
+        {
+            return Ok(compiled.clone());
+        }
+        let source: TemplateSource =
+            serde_json::from_value(stored.body.clone()).map_err(|err| invalid("template", err.to_string()))?;
+        let compiled = Arc::new(template::compile(&source).map_err(|err| invalid(&err.field, err.to_string()))?);
+        let mut cache = self.templates.lock().expect("template cache");
+        if cache.len() > 1024 {
+            cache.clear();
+        }
+        cache.insert(key, (stored.updated_at, compiled.clone()));
+        Ok(compiled)
+    }
+
+    /// Starts a campaign: checks that its segment and templates exist, then runs it now or
+    /// schedules it. Returns the run id when it runs now.
+    pub async fn launch(
+        &self,
+        workspace_id: &str,
+        campaign_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, EngageError> {
+        let stored = self
+            .store
+            .object(workspace_id, ObjectKind::Campaign, campaign_id)
+            .await?
+            .ok_or_else(|| EngageError::NotFound(format!("campaign {campaign_id} does not exist")))?;
+        let spec: CampaignSpec =
+            serde_json::from_value(stored.body.clone()).map_err(|err| invalid("campaign", err.to_string()))?;
+        self.resolve_segment(workspace_id, &spec.segment_id).await.map_err(|err| match err {
+            EngageError::NotFound(message) => EngageError::Conflict(format!(
+                "the campaign cannot start: its segment {} is gone ({message})",
+                spec.segment_id
+            )),
+            other => other,
+        })?;
+        for (field, template_id) in spec.templates() {
+            if self.store.object(workspace_id, ObjectKind::Template, template_id).await?.is_none() {
+                return Err(EngageError::Conflict(format!(
+                    "the campaign cannot start: its template {template_id} ({field}) is gone"
+                )));
+            }
+        }
+        let (status, run) = match spec.schedule {
+            Schedule::Now(_) => (campaign::status::RUNNING, Some(format!("{campaign_id}:now"))),
+            _ => (campaign::status::SCHEDULED, None),
+        };
+        let mut body = stored.body.clone();
+        body["current_run"] = run.clone().into();
+        let mut updated = stored.clone();
+        updated.body = body;
+        updated.status = status.into();
+        updated.updated_at = now;
+        if stored.status != campaign::status::DRAFT {
+            return Err(EngageError::Conflict(format!(
+                "campaign {campaign_id} is {}, not a draft: it was started before",
+                stored.status
+            )));
+        }
+        self.store.put_object(workspace_id, &updated).await?;
+        Ok(run)
+    }
+
+    /// Runs the senders and the scheduler until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut last_schedule = std::time::Instant::now() - std::time::Duration::from_secs(10);
+        loop {
+            if last_schedule.elapsed() >= std::time::Duration::from_millis(500) {
+                last_schedule = std::time::Instant::now();
+                if let Err(err) = self.schedule_once(Utc::now()).await {
+                    tracing::warn!(error = %err, "campaign scheduling failed");
+                }
+            }
+            let sent = match self.deliver_once(Utc::now()).await {
+                Ok(sent) => sent,
+                Err(err) => {
+                    tracing::warn!(error = %err, "sending deliveries failed");
+                    0
+                }
+            };
+            if sent == 0 {
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                }
+            }
+        }
+    }
+
+    /// One scheduler pass: starts due scheduled campaigns, plans runs not yet planned (again
+    /// after a crash: planning is idempotent), completes campaigns with nothing left to send.
+    pub async fn schedule_once(&self, now: DateTime<Utc>) -> Result<(), EngageError> {
+        for (workspace_id, stored) in
+            self.store.objects_in_status(ObjectKind::Campaign, campaign::status::SCHEDULED).await?
+        {
+            let Ok(spec) = serde_json::from_value::<CampaignSpec>(stored.body.clone()) else { continue };
+            let run = match &spec.schedule {
+                // Local-time sends start when the earliest zone (UTC+14) reaches the time.
+                Schedule::At { at, local_time } => {
+                    let start = if *local_time { *at - Duration::hours(14) } else { *at };
+                    (start <= now).then(|| format!("{}:at", stored.id))
+                }
+                Schedule::Cron { cron, time_zone } => {
+                    let zone: chrono_tz::Tz = time_zone.parse().unwrap_or(chrono_tz::UTC);
+                    let after = stored
+                        .body
+                        .get("last_run_at")
+                        .and_then(Value::as_str)
+                        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                        .map(|t| t.with_timezone(&Utc))
+                        .unwrap_or(stored.created_at);
+                    let next = croner::parser::CronParser::new()
+                        .parse(cron)
+                        .ok()
+                        .and_then(|cron| cron.find_next_occurrence(&after.with_timezone(&zone), false).ok());
+                    next.map(|next| next.with_timezone(&Utc))
+                        .filter(|next| *next <= now)
+                        .map(|next| format!("{}:{}", stored.id, next.timestamp()))
+                }
+                _ => None,
+            };
+            let Some(run) = run else { continue };
+            let mut updated = stored.clone();
+            updated.body["current_run"] = run.into();
+            if matches!(spec.schedule, Schedule::Cron { .. }) {
+                updated.body["last_run_at"] = now.to_rfc3339().into();
+            }
+            updated.status = campaign::status::RUNNING.into();
+            updated.updated_at = now;
+            self.store.put_object(&workspace_id, &updated).await?;
+        }
+        for (workspace_id, stored) in
+            self.store.objects_in_status(ObjectKind::Campaign, campaign::status::RUNNING).await?
+        {
+            let Some(run) = stored.body.get("current_run").and_then(Value::as_str).map(str::to_owned) else { continue };
+            let planned = stored
+                .body
+                .get("planned_runs")
+                .and_then(Value::as_array)
+                .is_some_and(|runs| runs.iter().any(|r| r.as_str() == Some(&run)));
+            if !planned {
+                match self.plan(&workspace_id, &stored.id, &run, now).await {
+                    Ok(count) => {
+                        tracing::info!(workspace = %workspace_id, campaign = %stored.id, run, count, "campaign run planned")
+                    }
+                    Err(err) => {
+                        let reason = format!("the run could not be planned: {err}");
+                        self.pause(&workspace_id, &stored.id, &reason).await;
+                        continue;
+                    }
+                }
+                // Re-read: a pause may have come in while planning.
+                let Some(mut fresh) = self.store.object(&workspace_id, ObjectKind::Campaign, &stored.id).await? else {
+                    continue;
+                };
+                let mut runs = fresh.body.get("planned_runs").and_then(Value::as_array).cloned().unwrap_or_default();
+                runs.push(run.into());
+                fresh.body["planned_runs"] = Value::Array(runs);
+                self.store.put_object(&workspace_id, &fresh).await?;
+                continue;
+            }
+            let pending = self
+                .store
+                .delivery_counts(&workspace_id, &stored.id)
+                .await?
+                .iter()
+                .any(|count| count.status == "queued" || count.status == "sending");
+            if !pending {
+                let recurring = stored.body.get("schedule").is_some_and(|s| s.get("cron").is_some());
+                let next = if recurring { campaign::status::SCHEDULED } else { campaign::status::COMPLETED };
+                self.store
+                    .set_object_status(
+                        &workspace_id,
+                        ObjectKind::Campaign,
+                        &stored.id,
+                        next,
+                        None,
+                        &[campaign::status::RUNNING],
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Plans one run of a campaign: a delivery per segment member, decided by the send policy.
+    /// Idempotent: planning the same run again adds nothing.
+    pub async fn plan(
+        &self,
+        workspace_id: &str,
+        campaign_id: &str,
+        run_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<usize, EngageError> {
+        let stored = self
+            .store
+            .object(workspace_id, ObjectKind::Campaign, campaign_id)
+            .await?
+            .ok_or_else(|| EngageError::NotFound(format!("campaign {campaign_id} does not exist")))?;
+        let spec: CampaignSpec =
+            serde_json::from_value(stored.body.clone()).map_err(|err| invalid("campaign", err.to_string()))?;
+        let filter = self.resolve_segment(workspace_id, &spec.segment_id).await?;
+        let settings = self.settings(workspace_id).await?;
+        let workspace_zone =
+            self.store.workspace(workspace_id).await?.map(|w| w.time_zone).unwrap_or_else(|| "UTC".into());
+        let mut planned = 0usize;
+        let mut queued_total = 0u64;
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.segment_members(workspace_id, &filter, now, after.as_deref(), 1000).await?;
+            let Some(last) = page.last().cloned() else { break };
+            let profiles = futures::stream::iter(page.clone().into_iter().map(|id| {
+                let (store, workspace) = (self.store.clone(), workspace_id.to_owned());
+                async move { store.profile(&workspace, &id).await }
+            }))
+            .buffered(16)
+            .collect::<Vec<_>>()
+            .await;
+            let mut rows = Vec::with_capacity(page.len());
+            for profile in profiles {
+                let Some(profile) = profile? else { continue };
+                let (treatment, template_id) = spec.assign(campaign_id, &profile.id);
+                let mut row = NewDelivery {
+                    id: crossline_core::ids::new_random_id("dlv"),
+                    idempotency_key: String::new(),
+                    campaign_id: Some(campaign_id.to_owned()),
+                    run_id: Some(run_id.to_owned()),
+                    profile_id: profile.id.clone(),
+                    treatment: treatment.clone(),
+                    channel: spec.channels[0].clone(),
+                    address: String::new(),
+                    template_id: template_id.map(str::to_owned),
+                    kind: spec.kind.as_str().to_owned(),
+                    status: DeliveryStatus::Queued,
+                    reason: None,
+                    deferred: false,
+                    run_at: now,
+                    event: None,
+                };
+                if template_id.is_none() {
+                    row.status = DeliveryStatus::Suppressed;
+                    row.reason = Some(Suppression::Holdout.as_str().into());
+                } else {
+                    let zone = self.time_zone(workspace_id, &profile, &workspace_zone, &settings, &spec).await?;
+                    let send_at = match &spec.schedule {
+                        Schedule::At { at, local_time: true } => policy::local_instant(at.naive_utc(), zone).max(now),
+                        _ => now,
+                    };
+                    row.run_at = send_at;
+                    let choice = self.choose(workspace_id, &spec, &settings, &profile, zone, send_at).await?;
+                    row.channel = choice.channel;
+                    row.address = choice.address;
+                    match choice.decision {
+                        Decision::Send => {}
+                        Decision::Defer(until) => {
+                            row.deferred = true;
+                            row.run_at = until;
+                        }
+                        Decision::Suppress(reason) => {
+                            row.status = DeliveryStatus::Suppressed;
+                            row.reason = Some(reason.as_str().into());
+                        }
+                    }
+                    if row.status == DeliveryStatus::Queued {
+                        queued_total += 1;
+                        if spec.limits.total.is_some_and(|total| queued_total > total) {
+                            row.status = DeliveryStatus::Suppressed;
+                            row.reason = Some(Suppression::Limit.as_str().into());
+                        }
+                    }
+                }
+                // One delivery per run and profile: its treatment and channel follow from them.
+                row.idempotency_key = format!("{run_id}:{}", profile.id);
+                rows.push(row);
+            }
+            planned += self.store.insert_deliveries(workspace_id, &rows).await?;
+            after = Some(last);
+        }
+        Ok(planned)
+    }
+
+    /// The first channel in the campaign's order with an address the customer did not
+    /// unsubscribe and that is not unreachable, and the policy's decision for it.
+    async fn choose(
+        &self,
+        workspace_id: &str,
+        spec: &CampaignSpec,
+        settings: &MessagingSettings,
+        profile: &Profile,
+        zone: chrono_tz::Tz,
+        now: DateTime<Utc>,
+    ) -> Result<Planned, EngageError> {
+        let unreachable = self.store.address_states(workspace_id, &profile.id).await?;
+        let recent = match settings.frequency_cap {
+            Some(cap) if spec.kind == SendKind::Marketing => {
+                self.store
+                    .marketing_sends_since(workspace_id, &profile.id, now - Duration::days(i64::from(cap.days)))
+                    .await?
+            }
+            _ => 0,
+        };
+        let mut first: Option<Planned> = None;
+        for channel in &spec.channels {
+            let address = address_for(profile, channel);
+            let recipient = Recipient {
+                consent: consent_of(profile, channel),
+                has_address: address.is_some(),
+                unreachable: address.as_ref().is_some_and(|address| {
+                    unreachable
+                        .iter()
+                        .any(|state| state.value == *address && address_kind(channel) == Some(state.kind.as_str()))
+                }),
+                time_zone: zone,
+                recent_marketing_sends: recent,
+            };
+            let decision = policy::decide(settings, spec.kind, &recipient, now);
+            let planned = Planned { channel: channel.clone(), address: address.unwrap_or_default(), decision };
+            if matches!(decision, Decision::Send | Decision::Defer(_)) {
+                return Ok(planned);
+            }
+            // The reason reported is the first channel's (an address the customer unsubscribed
+            // matters more than a channel they never gave an address for).
+            if first.is_none()
+                || matches!(decision, Decision::Suppress(Suppression::Unsubscribed))
+                    && !first
+                        .as_ref()
+                        .is_some_and(|f| matches!(f.decision, Decision::Suppress(Suppression::Unsubscribed)))
+            {
+                first = Some(planned);
+            }
+        }
+        Ok(first.expect("a campaign has at least one channel"))
+    }
+
+    async fn time_zone(
+        &self,
+        workspace_id: &str,
+        profile: &Profile,
+        workspace_zone: &str,
+        settings: &MessagingSettings,
+        spec: &CampaignSpec,
+    ) -> Result<chrono_tz::Tz, EngageError> {
+        let trait_zone = profile.traits.get("timezone").and_then(Value::as_str);
+        let local = matches!(spec.schedule, Schedule::At { local_time: true, .. });
+        if trait_zone.is_some() || (settings.quiet_hours.is_none() && !local) {
+            return Ok(policy::customer_time_zone(trait_zone, None, workspace_zone));
+        }
+        // Only needed for quiet hours: the newest event that carried `context.timezone`.
+        let query = crossline_store::EventQuery { limit: 20, ..Default::default() };
+        let events = self.store.events(workspace_id, &profile.id, &query).await?;
+        let context_zone =
+            events.iter().find_map(|event| event.context.get("timezone").and_then(Value::as_str).map(str::to_owned));
+        Ok(policy::customer_time_zone(None, context_zone.as_deref(), workspace_zone))
+    }
+
+    /// One sender pass: claims due deliveries, sends them, records the results. How many were
+    /// claimed.
+    pub async fn deliver_once(&self, now: DateTime<Utc>) -> Result<usize, EngageError> {
+        let claimed =
+            self.store.claim_deliveries(&self.config.holder, now, now + self.config.lease, self.config.batch).await?;
+        if claimed.is_empty() {
+            return Ok(0);
+        }
+        let count = claimed.len();
+        let updates: Vec<DeliveryUpdate> =
+            futures::stream::iter(claimed.into_iter().map(|(workspace, delivery)| async move {
+                let outcome = self.send_one(&workspace, &delivery, now).await;
+                (workspace, delivery, outcome)
+            }))
+            .buffer_unordered(self.config.concurrency)
+            .then(
+                |(workspace, delivery, outcome)| async move { self.settle(&workspace, &delivery, outcome, now).await },
+            )
+            .collect()
+            .await;
+        self.store.finish_deliveries(&self.config.holder, &updates).await?;
+        metrics::counter!("crossline_deliveries_processed_total").increment(count as u64);
+        Ok(count)
+    }
+
+    /// Re-checks consent and reachability, renders and sends one delivery.
+    async fn send_one(&self, workspace_id: &str, delivery: &Delivery, now: DateTime<Utc>) -> Result<Sent, Outcome> {
+        let d = &delivery.new;
+        let profile = match self.store.profile(workspace_id, &d.profile_id).await {
+            Ok(Some(profile)) => profile,
+            Ok(None) => return Err(Outcome::Suppressed(Suppression::Unreachable)),
+            Err(err) => return Err(Outcome::Retry(err.to_string(), None)),
+        };
+        if consent_of(&profile, &d.channel) == ConsentStatus::Unsubscribed {
+            return Err(Outcome::Suppressed(Suppression::Unsubscribed));
+        }
+        match self.store.address_states(workspace_id, &profile.id).await {
+            Ok(states) if states.iter().any(|state| state.value == d.address) => {
+                return Err(Outcome::Suppressed(Suppression::Unreachable));
+            }
+            Ok(_) => {}
+            Err(err) => return Err(Outcome::Retry(err.to_string(), None)),
+        }
+        let Some(template_id) = &d.template_id else {
+            return Err(Outcome::Failed("the delivery has no template".into(), None));
+        };
+        let compiled = match self.template(workspace_id, template_id).await {
+            Ok(compiled) => compiled,
+            Err(EngageError::Store(err)) => return Err(Outcome::Retry(err.to_string(), None)),
+            Err(err) => return Err(Outcome::Failed(err.to_string(), None)),
+        };
+        let workspace_zone = match self.store.workspace(workspace_id).await {
+            Ok(workspace) => workspace.map(|w| w.time_zone).unwrap_or_else(|| "UTC".into()),
+            Err(err) => return Err(Outcome::Retry(err.to_string(), None)),
+        };
+        let zone =
+            policy::customer_time_zone(profile.traits.get("timezone").and_then(Value::as_str), None, &workspace_zone);
+        let profile_json = json!({"id": profile.id, "traits": profile.traits});
+        let unsubscribe_url = format!("{}/u/{workspace_id}/{}", self.config.public_url.trim_end_matches('/'), d.id);
+        let context = RenderContext {
+            profile: &profile_json,
+            event: d.event.as_ref(),
+            unsubscribe_url: &unsubscribe_url,
+            time_zone: zone,
+        };
+        let rendered = compiled.render(&context).map_err(|err| Outcome::Failed(err.to_string(), None))?;
+        let _ = now;
+        match d.channel.as_str() {
+            "email" => {
+                let sender = self.email_sender(workspace_id).await?;
+                let message_id = format!("{}@crossline", d.id);
+                let headers = [("X-Crossline-Delivery", d.id.as_str())];
+                let email = Email {
+                    to: &d.address,
+                    subject: rendered.subject.as_deref().unwrap_or_default(),
+                    html: rendered.html.as_deref(),
+                    text: &rendered.text,
+                    message_id: &message_id,
+                    // One-click unsubscribe (RFC 8058) needs https; over plain http the link stays
+                    // in the body and the mailto: form in the header.
+                    unsubscribe_url: unsubscribe_url.starts_with("https://").then_some(unsubscribe_url.as_str()),
+                    headers: &headers,
+                };
+                sender
+                    .send(&email)
+                    .await
+                    .map(|receipt| Sent { provider_id: receipt.provider_id })
+                    .map_err(Outcome::from)
+            }
+            "sms" => {
+                let config = self.twilio(workspace_id).await?;
+                let callback =
+                    format!("{}/hooks/{workspace_id}/twilio/status", self.config.public_url.trim_end_matches('/'));
+                let request = twilio::message_request(&config, &d.address, &rendered.text, Some(&callback));
+                let answer = self
+                    .egress
+                    .post_form(
+                        &request.url,
+                        &[("authorization", request.authorization.clone())],
+                        &request.form,
+                        std::time::Duration::from_secs(15),
+                    )
+                    .await;
+                match answer {
+                    Ok(response) => {
+                        twilio::classify_message_response(response.status, &response.body, response.retry_after)
+                            .map(|receipt| Sent { provider_id: receipt.provider_id })
+                            .map_err(Outcome::from)
+                    }
+                    Err(err) if err.is_retryable() => Err(Outcome::Retry(err.to_string(), None)),
+                    Err(err) => Err(Outcome::Misconfigured(err.to_string())),
+                }
+            }
+            other => Err(Outcome::Failed(format!("no sender for channel {other}"), None)),
+        }
+    }
+
+    async fn email_sender(&self, workspace_id: &str) -> Result<Arc<EmailSender>, Outcome> {
+        let raw = match self.store.channel(workspace_id, "email").await {
+            Ok(Some(raw)) => raw,
+            Ok(None) => {
+                return Err(Outcome::Misconfigured("email is not configured (PUT /api/v1/channels/email)".into()));
+            }
+            Err(err) => return Err(Outcome::Retry(err.to_string(), None)),
+        };
+        if let Some((seen, sender)) = self.email.lock().expect("email senders").get(workspace_id)
+            && *seen == raw
+        {
+            return Ok(sender.clone());
+        }
+        let config: EmailConfig =
+            serde_json::from_value(raw.clone()).map_err(|err| Outcome::Misconfigured(err.to_string()))?;
+        let sender = Arc::new(EmailSender::new(&config).map_err(Outcome::from)?);
+        self.email.lock().expect("email senders").insert(workspace_id.to_owned(), (raw, sender.clone()));
+        Ok(sender)
+    }
+
+    async fn twilio(&self, workspace_id: &str) -> Result<TwilioConfig, Outcome> {
+        match self.store.channel(workspace_id, "twilio").await {
+            Ok(Some(raw)) => serde_json::from_value(raw).map_err(|err| Outcome::Misconfigured(err.to_string())),
+            Ok(None) => Err(Outcome::Misconfigured("Twilio is not configured (PUT /api/v1/channels/twilio)".into())),
+            Err(err) => Err(Outcome::Retry(err.to_string(), None)),
+        }
+    }
+
+    /// Turns a send's outcome into the delivery's update, marking unreachable addresses,
+    /// recording bounces and pausing a campaign whose channel is broken.
+    async fn settle(
+        &self,
+        workspace_id: &str,
+        delivery: &Delivery,
+        outcome: Result<Sent, Outcome>,
+        now: DateTime<Utc>,
+    ) -> DeliveryUpdate {
+        let d = &delivery.new;
+        let mut update = DeliveryUpdate {
+            id: d.id.clone(),
+            status: DeliveryStatus::Sent,
+            reason: None,
+            error_code: None,
+            provider_id: None,
+            run_at: None,
+            sent_at: None,
+        };
+        let campaign = d.campaign_id.clone().unwrap_or_default();
+        match outcome {
+            Ok(sent) => {
+                self.failures.lock().expect("failures").remove(&campaign);
+                update.provider_id = sent.provider_id;
+                update.sent_at = Some(now);
+            }
+            Err(Outcome::Suppressed(reason)) => {
+                update.status = DeliveryStatus::Suppressed;
+                update.reason = Some(reason.as_str().into());
+            }
+            Err(Outcome::Retry(message, retry_after)) => {
+                let failures = {
+                    let mut failures = self.failures.lock().expect("failures");
+                    let count = failures.entry(campaign.clone()).or_default();
+                    *count += 1;
+                    *count
+                };
+                if failures >= self.config.pause_after_failures && !campaign.is_empty() {
+                    self.pause(workspace_id, &campaign, &format!("the channel keeps failing: {message}")).await;
+                }
+                if delivery.attempts >= self.config.max_attempts {
+                    update.status = DeliveryStatus::Failed;
+                    update.reason = Some(format!("gave up after {} attempts: {message}", delivery.attempts));
+                } else {
+                    update.status = DeliveryStatus::Queued;
+                    update.reason = Some(message);
+                    update.run_at = Some(
+                        now + retry_after
+                            .map(|d| Duration::from_std(d).unwrap_or(Duration::seconds(60)))
+                            .unwrap_or_else(|| backoff(delivery.attempts)),
+                    );
+                }
+            }
+            Err(Outcome::Misconfigured(message)) => {
+                if !campaign.is_empty() {
+                    self.pause(workspace_id, &campaign, &message).await;
+                }
+                update.status = DeliveryStatus::Queued;
+                update.reason = Some(message);
+                update.run_at = Some(now);
+            }
+            Err(Outcome::Failed(message, code)) => {
+                update.status = DeliveryStatus::Failed;
+                update.reason = Some(message);
+                update.error_code = code;
+            }
+            Err(Outcome::Bounced(message, code)) => {
+                update.status = DeliveryStatus::Bounced;
+                update.reason = Some(message.clone());
+                update.error_code = code.clone();
+                if let Some(kind) = address_kind(&d.channel) {
+                    let reason = format!(
+                        "{} {}",
+                        if d.channel == "email" { "hard_bounce" } else { "invalid_number" },
+                        code.clone().unwrap_or_default()
+                    );
+                    if let Err(err) =
+                        self.store.set_address_unreachable(workspace_id, kind, &d.address, reason.trim(), now).await
+                    {
+                        tracing::warn!(error = %err, "could not mark an address unreachable");
+                    }
+                    self.record(workspace_id, d, "delivery.bounced", json!({"reason": message, "code": code}), now)
+                        .await;
+                }
+            }
+        }
+        update
+    }
+
+    async fn pause(&self, workspace_id: &str, campaign_id: &str, reason: &str) {
+        let paused = self
+            .store
+            .set_object_status(
+                workspace_id,
+                ObjectKind::Campaign,
+                campaign_id,
+                campaign::status::PAUSED,
+                Some(reason),
+                &[campaign::status::RUNNING],
+            )
+            .await;
+        if matches!(paused, Ok(true)) {
+            tracing::warn!(workspace_id, campaign_id, reason, "campaign paused");
+        }
+        self.failures.lock().expect("failures").remove(campaign_id);
+    }
+
+    /// Records an engagement event about a delivery on its recipient's profile.
+    pub async fn record(
+        &self,
+        workspace_id: &str,
+        delivery: &NewDelivery,
+        name: &str,
+        mut properties: Value,
+        now: DateTime<Utc>,
+    ) {
+        let kind = match delivery.channel.as_str() {
+            "email" => IdentityKind::Email,
+            _ => IdentityKind::Phone,
+        };
+        if let Value::Object(map) = &mut properties {
+            map.insert("delivery_id".into(), delivery.id.clone().into());
+            map.insert("campaign_id".into(), delivery.campaign_id.clone().into());
+            map.insert("treatment".into(), delivery.treatment.clone().into());
+            map.insert("channel".into(), delivery.channel.clone().into());
+        }
+        let identity = Identity { kind, value: delivery.address.clone() };
+        let event = crossline_engine::conversations::event(&identity, name, &delivery.channel, properties, now);
+        if let Err(err) = self.recorder.record(workspace_id, vec![event]).await {
+            tracing::warn!(error = %err, name, "could not record an engagement event");
+        }
+    }
+}
+
+fn backoff(attempts: u32) -> Duration {
+    let base = 30i64 << attempts.min(8);
+    let jitter = rand::random_range(0..=base / 4);
+    Duration::seconds((base + jitter).min(3600))
+}
+
+struct Sent {
+    provider_id: Option<String>,
+}
+
+enum Outcome {
+    Suppressed(Suppression),
+    Retry(String, Option<std::time::Duration>),
+    Misconfigured(String),
+    Failed(String, Option<String>),
+    Bounced(String, Option<String>),
+}
+
+impl From<SendError> for Outcome {
+    fn from(err: SendError) -> Self {
+        match err {
+            SendError::Retryable { message, retry_after } => Outcome::Retry(message, retry_after),
+            SendError::Misconfigured { message } => Outcome::Misconfigured(message),
+            SendError::Permanent { message, code, address_unreachable: true } => Outcome::Bounced(message, code),
+            SendError::Permanent { message, code, .. } => Outcome::Failed(message, code),
+        }
+    }
+}
+
+/// The identity kind that carries a channel's address.
+pub fn address_kind(channel: &str) -> Option<&'static str> {
+    crossline_store::segment_sql::address_kinds(channel).first().copied()
+}
+
+fn address_for(profile: &Profile, channel: &str) -> Option<String> {
+    let kind = address_kind(channel)?;
+    profile.identities.iter().find(|identity| identity.kind.as_str() == kind).map(|identity| identity.value.clone())
+}
+
+fn consent_of(profile: &Profile, channel: &str) -> ConsentStatus {
+    profile.consent.0.get(channel).map(|entry| entry.status).unwrap_or(ConsentStatus::Unknown)
+}
