@@ -1,5 +1,8 @@
 // The Crossline web console in a real headless Chromium: sign in with a workspace API key, check
-// the overview's server-drawn chart, search a customer by email and check their 360 page.
+// the overview's server-drawn chart, search a customer by email and check their 360 page; then make
+// a segment, a template and a campaign (scheduled for 2099, so nothing is sent) with the REST API
+// and check them in the console: the segments table, the template editor's live preview, the
+// campaign's funnel and its pause and resume buttons.
 //
 // It starts nothing itself; run.sh starts a server with data and calls it:
 //   node console.mjs --url http://127.0.0.1:PORT --api-key sk_... --profile-email ada@example.com \
@@ -149,6 +152,104 @@ try {
   check((await page.locator('nav a[href="/bots"][aria-current="page"]').count()) === 1, 'Bots is not the current section');
   check(pageErrors.length === 0, `the bots page reported errors: ${pageErrors.join(' | ')}`);
   step('the bots page explains how to define a bot');
+
+  // Engagement, made with the REST API and the workspace's API key.
+  const api = async (path, body) => {
+    const response = await fetch(`${base}${path}`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${options['api-key']}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+    const text = await response.text();
+    check(response.ok, `POST ${path} answered ${response.status}: ${text}`);
+    return JSON.parse(text);
+  };
+  const stamp = Date.now().toString(36);
+  const segment = await api('/api/v1/segments', {
+    name: `Pro customers ${stamp}`,
+    filter: { all: [{ trait: 'plan', op: 'eq', value: 'pro' }, { reachable: 'email' }] },
+  });
+  const template = await api('/api/v1/templates', {
+    name: `Welcome ${stamp}`,
+    channel: 'email',
+    subject: 'Welcome, {{ profile.traits.name | default: "friend" }}',
+    body: '<p>Hello {{ profile.traits.name | default: "friend" }}!</p>',
+  });
+  const campaign = await api('/api/v1/campaigns', {
+    name: `Winter ${stamp}`,
+    segment_id: segment.id,
+    channel: 'email',
+    template_id: template.id,
+    schedule: { at: '2099-01-01T00:00:00Z' },
+  });
+  check(campaign.status === 'scheduled', `a campaign for 2099 should be scheduled: ${JSON.stringify(campaign)}`);
+  step(`made segment ${segment.id}, template ${template.id} and campaign ${campaign.id} with the API`);
+
+  // Segments: the table, with each segment's size counted live.
+  await page.goto(`${base}/segments`);
+  const segmentRow = page.locator('[data-testid="segments-table"] [data-testid="segment-row"]', { hasText: `Pro customers ${stamp}` });
+  await segmentRow.waitFor();
+  const size = (await segmentRow.locator('[data-testid="segment-size"]').textContent())?.trim() ?? '';
+  check(/^[\d,]+$/.test(size), `the segment's size should be a count, got ${JSON.stringify(size)}`);
+  check((await page.locator('nav a[href="/segments"][aria-current="page"]').count()) === 1, 'Segments is not the current section');
+  await page.screenshot({ path: shot('segments'), fullPage: true });
+  step(`the segments table shows the new segment with ${size} profile(s)`);
+
+  // The template editor: typing re-renders the preview frame; a broken template names its line and
+  // column while the last good preview stays; Save stores what was typed.
+  await page.goto(`${base}/templates`);
+  const templateLink = page.locator('[data-testid="templates-table"] a', { hasText: `Welcome ${stamp}` });
+  await Promise.all([page.waitForURL(/\/templates\/tpl_/), templateLink.click()]);
+  const preview = page.locator('iframe[data-testid="template-preview"]');
+  await preview.waitFor();
+  check((await preview.getAttribute('srcdoc'))?.includes('Hello'), 'the editor should open with a preview rendered by the server');
+  const marker = `browser-check-${stamp}`;
+  const body = page.locator('[data-testid="template-body"]');
+  const good = `<p>Hi {{ profile.traits.name | default: "friend" }}, ${marker}</p>`;
+  await body.fill(good);
+  await page.locator(`iframe[data-testid="template-preview"][srcdoc*="${marker}"]`).waitFor();
+  await page.frameLocator('iframe[data-testid="template-preview"]').getByText(marker).waitFor();
+  step('typing in the body re-renders the preview frame');
+  await body.fill('<p>Hello</p>\n{{ profile.traits.name | shout }}');
+  const fault = page.locator('[data-testid="template-error"]');
+  await fault.waitFor({ state: 'visible' });
+  const faultText = (await fault.textContent()) ?? '';
+  check(/line 2, column \d+/.test(faultText), `a broken template should name its line and column, got ${JSON.stringify(faultText)}`);
+  check((await preview.getAttribute('srcdoc'))?.includes(marker), 'the last good preview should stay while the template is broken');
+  await page.screenshot({ path: shot('template-error'), fullPage: true });
+  step(`a broken template is reported: ${faultText}`);
+  await body.fill(good);
+  await fault.waitFor({ state: 'hidden' });
+  await Promise.all([page.waitForURL(/\?saved=1$/), page.click('[data-testid="template-save"]')]);
+  await page.locator('[data-testid="template-saved"]').waitFor();
+  check((await body.inputValue()).includes(marker), 'after saving, the editor should hold what was typed');
+  await page.screenshot({ path: shot('template'), fullPage: true });
+  step('the template is saved');
+
+  // The campaign: its status, a funnel per treatment drawn by the server, pause and resume.
+  await page.goto(`${base}/campaigns`);
+  const campaignRow = page.locator('[data-testid="campaigns-table"] [data-testid="campaign-row"]', { hasText: `Winter ${stamp}` });
+  await campaignRow.waitFor();
+  const listed = await campaignRow.locator('[data-testid="campaign-status"]').getAttribute('data-status');
+  check(listed === 'scheduled', `the campaigns table shows the campaign as ${listed}`);
+  await Promise.all([page.waitForURL(/\/campaigns\/cmp_/), campaignRow.locator('a').first().click()]);
+  const funnel = page.locator('svg[data-testid="campaign-funnel"]').first();
+  await funnel.waitFor();
+  const stages = await funnel.locator('rect.bar').evaluateAll((rects) => rects.map((rect) => rect.dataset.stage));
+  check(stages.join(' ') === 'targeted sent delivered opened clicked converted', `the funnel's stages are ${JSON.stringify(stages)}`);
+  const funnelWidth = (await funnel.boundingBox())?.width ?? 0;
+  check(funnelWidth > 200, `the funnel is ${funnelWidth}px wide; it is not drawn`);
+  await page.screenshot({ path: shot('campaign'), fullPage: true });
+  await page.click('[data-testid="campaign-pause"]');
+  await page.locator('[data-testid="campaign-status"][data-status="paused"]').waitFor();
+  await page.locator('[data-testid="campaign-resume"]').waitFor();
+  await page.click('[data-testid="campaign-resume"]');
+  // It never ran, so resuming makes it wait for its time again; either way it can be paused again.
+  await page.locator('[data-testid="campaign-pause"]').waitFor();
+  const resumed = await page.locator('[data-testid="campaign-status"]').getAttribute('data-status');
+  check(resumed === 'scheduled' || resumed === 'running', `after resuming, the campaign is ${resumed}`);
+  check(pageErrors.length === 0, `the engagement pages reported errors: ${pageErrors.join(' | ')}`);
+  step(`campaign page: a funnel of ${stages.length} stages; paused, then resumed (${resumed})`);
 
   if (options['admin-token']) {
     // The operator: a fresh browser context, so nothing of the API-key session is shared.

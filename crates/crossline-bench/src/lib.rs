@@ -8,6 +8,7 @@ mod destinations;
 mod fairness;
 mod ingest;
 mod lookup;
+mod segment;
 mod server;
 mod stats;
 mod turn;
@@ -18,6 +19,7 @@ pub use destinations::DestinationsArgs;
 pub use fairness::FairnessArgs;
 pub use ingest::IngestArgs;
 pub use lookup::LookupArgs;
+pub use segment::SegmentArgs;
 pub use turn::TurnArgs;
 pub use worker::WorkerArgs;
 
@@ -56,6 +58,8 @@ pub enum BenchCommand {
     Destinations(DestinationsArgs),
     /// The durable worker's own cost per job (claim, lease, complete), in-process on the real store.
     Worker(WorkerArgs),
+    /// A segment's size over many profiles and events, in-process on the real store.
+    Segment(SegmentArgs),
 }
 
 /// Run a benchmark.
@@ -68,5 +72,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Fairness(args) => fairness::fairness(args).await,
         BenchCommand::Destinations(args) => destinations::destinations(args).await,
         BenchCommand::Worker(args) => worker::worker(args).await,
+        BenchCommand::Segment(args) => segment::segment(args).await,
     }
 }

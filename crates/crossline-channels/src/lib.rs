@@ -21,7 +21,7 @@ pub enum ChannelKind {
     WebChat,
     /// An Alexa skill.
     Alexa,
-    /// Email over SMTP (outbound).
+    /// Email over SMTP (outbound), configured as `smtp`.
     Email,
 }
 
@@ -36,12 +36,14 @@ impl ChannelKind {
             ChannelKind::Twilio => "twilio",
             ChannelKind::WebChat => "webchat",
             ChannelKind::Alexa => "alexa",
-            ChannelKind::Email => "email",
+            ChannelKind::Email => "smtp",
         }
     }
 
     /// The kind of a name; None for anything else.
     pub fn parse(name: &str) -> Option<Self> {
+        // `email` names the same channel as `smtp` (the channel campaigns send on).
+        let name = if name == "email" { "smtp" } else { name };
         ChannelKind::ALL.into_iter().find(|kind| kind.as_str() == name)
     }
 }
@@ -102,6 +104,7 @@ mod kind_tests {
         for kind in ChannelKind::ALL {
             assert_eq!(ChannelKind::parse(kind.as_str()), Some(kind));
         }
-        assert_eq!(ChannelKind::parse("smtp"), None);
+        assert_eq!(ChannelKind::parse("email"), Some(ChannelKind::Email), "email names the smtp channel");
+        assert_eq!(ChannelKind::parse("fax"), None);
     }
 }

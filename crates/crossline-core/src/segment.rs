@@ -175,7 +175,7 @@ impl SentimentLabel {
 /// Conversation signals; every given part must hold.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ConversationCondition {
-    /// The customer's last understood message had this intent.
+    /// The customer's last message in the window was recognised as this intent.
     pub intent: Option<String>,
     /// The customer's last message had this sentiment.
     pub sentiment: Option<SentimentLabel>,

@@ -147,8 +147,26 @@ impl CampaignSpec {
         let Value::Object(object) = body else {
             return Err(fault("body", "must be a JSON object"));
         };
+        const FIELDS: [&str; 12] = [
+            "name",
+            "segment_id",
+            "channel",
+            "channels",
+            "template_id",
+            "kind",
+            "schedule",
+            "treatments",
+            "holdout_percent",
+            "limits",
+            "conversion",
+            "description",
+        ];
+        if let Some(unknown) = object.keys().find(|key| !FIELDS.contains(&key.as_str())) {
+            return Err(fault(unknown, format!("is not a campaign field (expected one of: {})", FIELDS.join(", "))));
+        }
         let mut object = object.clone();
         object.remove("name");
+        object.remove("description");
         if let Some(channel) = object.remove("channel") {
             if object.contains_key("channels") {
                 return Err(fault("channel", "give channel or channels, not both"));

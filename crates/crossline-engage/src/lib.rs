@@ -9,6 +9,7 @@
 //! the senders of `crossline-channels` and the engine's egress client.
 
 pub mod campaign;
+pub mod evaluate;
 pub mod lists;
 pub mod pipeline;
 pub mod policy;

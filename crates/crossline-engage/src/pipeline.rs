@@ -103,6 +103,15 @@ pub struct Engage {
 /// A compiled template and the version (its `updated_at`) it was compiled from.
 type CachedTemplate = (DateTime<Utc>, Arc<CompiledTemplate>);
 
+/// What every recipient of one run shares.
+struct Plan<'a> {
+    campaign_id: &'a str,
+    run_id: &'a str,
+    spec: &'a CampaignSpec,
+    settings: &'a MessagingSettings,
+    workspace_zone: &'a str,
+}
+
 /// One recipient's planning inputs.
 struct Planned {
     channel: String,
@@ -221,6 +230,8 @@ impl Engage {
         }
         let (status, run) = match spec.schedule {
             Schedule::Now(_) => (campaign::status::RUNNING, Some(format!("{campaign_id}:now"))),
+            // A triggered campaign runs from now on: each matching event plans one delivery.
+            Schedule::Trigger { .. } => (campaign::status::RUNNING, None),
             _ => (campaign::status::SCHEDULED, None),
         };
         let mut body = stored.body.clone();
@@ -398,64 +409,281 @@ impl Engage {
             let mut rows = Vec::with_capacity(page.len());
             for profile in profiles {
                 let Some(profile) = profile? else { continue };
-                let (treatment, template_id) = spec.assign(campaign_id, &profile.id);
-                let mut row = NewDelivery {
-                    id: crossline_core::ids::new_random_id("dlv"),
-                    idempotency_key: String::new(),
-                    campaign_id: Some(campaign_id.to_owned()),
-                    run_id: Some(run_id.to_owned()),
-                    profile_id: profile.id.clone(),
-                    treatment: treatment.clone(),
-                    channel: spec.channels[0].clone(),
-                    address: String::new(),
-                    template_id: template_id.map(str::to_owned),
-                    kind: spec.kind.as_str().to_owned(),
-                    status: DeliveryStatus::Queued,
-                    reason: None,
-                    deferred: false,
-                    run_at: now,
-                    event: None,
-                };
-                if template_id.is_none() {
-                    row.status = DeliveryStatus::Suppressed;
-                    row.reason = Some(Suppression::Holdout.as_str().into());
-                } else {
-                    let zone = self.time_zone(workspace_id, &profile, &workspace_zone, &settings, &spec).await?;
-                    let send_at = match &spec.schedule {
-                        Schedule::At { at, local_time: true } => policy::local_instant(at.naive_utc(), zone).max(now),
-                        _ => now,
-                    };
-                    row.run_at = send_at;
-                    let choice = self.choose(workspace_id, &spec, &settings, &profile, zone, send_at).await?;
-                    row.channel = choice.channel;
-                    row.address = choice.address;
-                    match choice.decision {
-                        Decision::Send => {}
-                        Decision::Defer(until) => {
-                            row.deferred = true;
-                            row.run_at = until;
-                        }
-                        Decision::Suppress(reason) => {
-                            row.status = DeliveryStatus::Suppressed;
-                            row.reason = Some(reason.as_str().into());
-                        }
-                    }
-                    if row.status == DeliveryStatus::Queued {
-                        queued_total += 1;
-                        if spec.limits.total.is_some_and(|total| queued_total > total) {
-                            row.status = DeliveryStatus::Suppressed;
-                            row.reason = Some(Suppression::Limit.as_str().into());
-                        }
+                let plan =
+                    Plan { campaign_id, run_id, spec: &spec, settings: &settings, workspace_zone: &workspace_zone };
+                let mut row = self.plan_row(workspace_id, &plan, &profile, now, now).await?;
+                if row.status == DeliveryStatus::Queued {
+                    queued_total += 1;
+                    if spec.limits.total.is_some_and(|total| queued_total > total) {
+                        row.status = DeliveryStatus::Suppressed;
+                        row.reason = Some(Suppression::Limit.as_str().into());
                     }
                 }
-                // One delivery per run and profile: its treatment and channel follow from them.
-                row.idempotency_key = format!("{run_id}:{}", profile.id);
                 rows.push(row);
             }
             planned += self.store.insert_deliveries(workspace_id, &rows).await?;
             after = Some(last);
         }
         Ok(planned)
+    }
+
+    /// Follows the event stream until `shutdown`: every stored event updates its profile's
+    /// memberships (entering or leaving a segment is recorded as `segment.entered` /
+    /// `segment.exited`) and starts the triggered campaigns it matches. A durable consumer shared
+    /// by the nodes: each batch is handled once (again after a crash, harmlessly: memberships and
+    /// triggered deliveries are idempotent).
+    pub async fn listen(self: Arc<Self>, bus: crossline_bus::DynBus, shutdown: impl std::future::Future<Output = ()>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let config = crossline_bus::DurableConfig {
+            name: "engage".into(),
+            filter: "events.>".into(),
+            ack_wait: std::time::Duration::from_secs(30),
+        };
+        let mut consumer = loop {
+            match bus.durable(&config).await {
+                Ok(consumer) => break consumer,
+                Err(err) => {
+                    tracing::warn!(error = %err, "the engagement listener cannot subscribe; retrying");
+                    tokio::select! {
+                        _ = &mut shutdown => return,
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        loop {
+            let delivery = tokio::select! {
+                _ = &mut shutdown => return,
+                next = consumer.next() => next,
+            };
+            let delivery = match delivery {
+                Ok(delivery) => delivery,
+                Err(err) => {
+                    tracing::warn!(error = %err, "the engagement listener lost the bus");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let handled = match serde_json::from_slice::<StreamBatch>(&delivery.message().payload) {
+                Ok(batch) => self.on_events(&batch, Utc::now()).await,
+                Err(err) => {
+                    tracing::warn!(error = %err, "an event batch on the bus could not be read; skipped");
+                    Ok(())
+                }
+            };
+            let acked = match handled {
+                Ok(()) => delivery.ack().await,
+                Err(err) => {
+                    tracing::warn!(error = %err, "engagement could not handle events; they come again");
+                    delivery.nack(std::time::Duration::from_secs(1)).await
+                }
+            };
+            if let Err(err) = acked {
+                tracing::warn!(error = %err, "acknowledging an event batch failed");
+            }
+        }
+    }
+
+    /// Memberships and triggers for one batch of stored events.
+    pub async fn on_events(&self, batch: &StreamBatch, now: DateTime<Utc>) -> Result<(), EngageError> {
+        let workspace_id = batch.workspace_id.as_str();
+        // The engine's own membership events change no membership.
+        let relevant: Vec<&StreamEvent> = batch
+            .events
+            .iter()
+            .filter(|event| {
+                event.profile_id.is_some() && !event.event.as_deref().is_some_and(|name| name.starts_with("segment."))
+            })
+            .collect();
+        if relevant.is_empty() {
+            return Ok(());
+        }
+        let segments: Vec<(EngageObject, Filter)> = {
+            let stored = self.store.objects(workspace_id, ObjectKind::Segment).await?;
+            let mut resolved = Vec::new();
+            for segment in stored.into_iter().filter(|segment| segment.body.get("filter").is_some_and(|f| !f.is_null()))
+            {
+                if let Ok(filter) = self.resolve_segment(workspace_id, &segment.id).await {
+                    resolved.push((segment, filter));
+                }
+            }
+            resolved
+        };
+        let triggered: Vec<(EngageObject, CampaignSpec)> = self
+            .store
+            .objects(workspace_id, ObjectKind::Campaign)
+            .await?
+            .into_iter()
+            .filter(|campaign| campaign.status == campaign::status::RUNNING)
+            .filter_map(|campaign| {
+                let spec: CampaignSpec = serde_json::from_value(campaign.body.clone()).ok()?;
+                matches!(spec.schedule, Schedule::Trigger { .. }).then_some((campaign, spec))
+            })
+            .collect();
+        if segments.is_empty() && triggered.is_empty() {
+            return Ok(());
+        }
+        let mut profiles: Vec<&str> = relevant.iter().filter_map(|event| event.profile_id.as_deref()).collect();
+        profiles.sort_unstable();
+        profiles.dedup();
+        for profile_id in profiles {
+            let Some(profile) = self.store.profile(workspace_id, profile_id).await? else { continue };
+            let query = crossline_store::EventQuery { limit: crate::evaluate::EVENT_WINDOW, kind: None };
+            let events = self.store.events(workspace_id, &profile.id, &query).await?;
+            let unreachable = self.store.address_states(workspace_id, &profile.id).await?;
+            let lists = self.store.memberships(workspace_id, &profile.id).await?;
+            let facts = crate::evaluate::Facts {
+                profile: &profile,
+                events: &events,
+                unreachable: &unreachable,
+                lists: &lists,
+                now,
+            };
+            let mut in_segment: HashMap<&str, bool> = HashMap::new();
+            for (segment, filter) in &segments {
+                let member = crate::evaluate::matches(filter, &facts);
+                in_segment.insert(segment.id.as_str(), member);
+                if self.store.set_membership(workspace_id, &segment.id, &profile.id, member, now).await? {
+                    let name = if member { "segment.entered" } else { "segment.exited" };
+                    self.record_on_profile(
+                        workspace_id,
+                        &profile,
+                        name,
+                        json!({"segment_id": segment.id, "segment": segment.name}),
+                        now,
+                    )
+                    .await;
+                }
+            }
+            for event in relevant.iter().filter(|event| event.profile_id.as_deref() == Some(profile_id)) {
+                for (campaign, spec) in &triggered {
+                    let Schedule::Trigger { trigger } = &spec.schedule else { continue };
+                    if event.event.as_deref() != Some(trigger.event.as_str()) {
+                        continue;
+                    }
+                    let audience = match in_segment.get(spec.segment_id.as_str()) {
+                        Some(member) => *member,
+                        None => match self.resolve_segment(workspace_id, &spec.segment_id).await {
+                            Ok(filter) => crate::evaluate::matches(&filter, &facts),
+                            Err(_) => false,
+                        },
+                    };
+                    if !audience {
+                        continue;
+                    }
+                    self.trigger(workspace_id, campaign, spec, &profile, &events, event, now).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Plans one triggered delivery: keyed by campaign and event, so a redelivered event adds none.
+    #[allow(clippy::too_many_arguments)]
+    async fn trigger(
+        &self,
+        workspace_id: &str,
+        campaign: &EngageObject,
+        spec: &CampaignSpec,
+        profile: &Profile,
+        events: &[crossline_store::StoredEvent],
+        event: &StreamEvent,
+        now: DateTime<Utc>,
+    ) -> Result<(), EngageError> {
+        let Schedule::Trigger { trigger } = &spec.schedule else { return Ok(()) };
+        let settings = self.settings(workspace_id).await?;
+        let workspace_zone =
+            self.store.workspace(workspace_id).await?.map(|w| w.time_zone).unwrap_or_else(|| "UTC".into());
+        let run_id = format!("{}:{}", campaign.id, event.message_id);
+        let plan = Plan {
+            campaign_id: &campaign.id,
+            run_id: &run_id,
+            spec,
+            settings: &settings,
+            workspace_zone: &workspace_zone,
+        };
+        let earliest =
+            event.timestamp.max(now - Duration::minutes(5)) + Duration::seconds(trigger.delay_seconds as i64);
+        let mut row = self.plan_row(workspace_id, &plan, profile, earliest.max(now), now).await?;
+        row.idempotency_key = run_id.clone();
+        row.event = events.iter().find(|stored| stored.id == event.message_id).map(|stored| {
+            json!({"id": stored.id, "type": stored.kind, "name": stored.event, "properties": stored.properties,
+                   "timestamp": stored.timestamp.to_rfc3339(), "channel": stored.channel})
+        });
+        self.store.insert_deliveries(workspace_id, &[row]).await?;
+        Ok(())
+    }
+
+    async fn record_on_profile(
+        &self,
+        workspace_id: &str,
+        profile: &Profile,
+        name: &str,
+        properties: Value,
+        now: DateTime<Utc>,
+    ) {
+        let Some(identity) = profile.identities.first() else { return };
+        let event = crossline_engine::conversations::event(identity, name, "engagement", properties, now);
+        if let Err(err) = self.recorder.record(workspace_id, vec![event]).await {
+            tracing::warn!(error = %err, name, "could not record a membership event");
+        }
+    }
+
+    /// One recipient's delivery: treatment, channel, the policy's decision, when to send.
+    async fn plan_row(
+        &self,
+        workspace_id: &str,
+        plan: &Plan<'_>,
+        profile: &Profile,
+        earliest: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<NewDelivery, EngageError> {
+        let spec = plan.spec;
+        let (treatment, template_id) = spec.assign(plan.campaign_id, &profile.id);
+        let mut row = NewDelivery {
+            id: crossline_core::ids::new_random_id("dlv"),
+            // One delivery per run and profile: its treatment and channel follow from them.
+            idempotency_key: format!("{}:{}", plan.run_id, profile.id),
+            campaign_id: Some(plan.campaign_id.to_owned()),
+            run_id: Some(plan.run_id.to_owned()),
+            profile_id: profile.id.clone(),
+            treatment,
+            channel: spec.channels[0].clone(),
+            address: String::new(),
+            template_id: template_id.map(str::to_owned),
+            kind: spec.kind.as_str().to_owned(),
+            status: DeliveryStatus::Queued,
+            reason: None,
+            deferred: false,
+            run_at: earliest,
+            event: None,
+        };
+        if template_id.is_none() {
+            row.status = DeliveryStatus::Suppressed;
+            row.reason = Some(Suppression::Holdout.as_str().into());
+            return Ok(row);
+        }
+        let zone = self.time_zone(workspace_id, profile, plan.workspace_zone, plan.settings, spec).await?;
+        let send_at = match &spec.schedule {
+            Schedule::At { at, local_time: true } => policy::local_instant(at.naive_utc(), zone).max(now),
+            _ => earliest,
+        };
+        row.run_at = send_at;
+        let choice = self.choose(workspace_id, spec, plan.settings, profile, zone, send_at).await?;
+        row.channel = choice.channel;
+        row.address = choice.address;
+        match choice.decision {
+            Decision::Send => {}
+            Decision::Defer(until) => {
+                row.deferred = true;
+                row.run_at = until;
+            }
+            Decision::Suppress(reason) => {
+                row.status = DeliveryStatus::Suppressed;
+                row.reason = Some(reason.as_str().into());
+            }
+        }
+        Ok(row)
     }
 
     /// The first channel in the campaign's order with an address the customer did not
@@ -532,8 +760,8 @@ impl Engage {
         Ok(policy::customer_time_zone(None, context_zone.as_deref(), workspace_zone))
     }
 
-    /// One sender pass: claims due deliveries, sends them, records the results. How many were
-    /// claimed.
+    /// One sender pass: claims due deliveries, sends them, records the results as they come (in
+    /// small groups, so a receipt or a crash finds most of them stored). How many were claimed.
     pub async fn deliver_once(&self, now: DateTime<Utc>) -> Result<usize, EngageError> {
         let claimed =
             self.store.claim_deliveries(&self.config.holder, now, now + self.config.lease, self.config.batch).await?;
@@ -541,24 +769,48 @@ impl Engage {
             return Ok(0);
         }
         let count = claimed.len();
-        let updates: Vec<DeliveryUpdate> =
-            futures::stream::iter(claimed.into_iter().map(|(workspace, delivery)| async move {
-                let outcome = self.send_one(&workspace, &delivery, now).await;
+        // Each workspace's send policy, read once per pass.
+        let mut policies: HashMap<String, Arc<(MessagingSettings, String)>> = HashMap::new();
+        for (workspace, _) in &claimed {
+            if !policies.contains_key(workspace) {
+                let settings = self.settings(workspace).await?;
+                let zone = self.store.workspace(workspace).await?.map(|w| w.time_zone).unwrap_or_else(|| "UTC".into());
+                policies.insert(workspace.clone(), Arc::new((settings, zone)));
+            }
+        }
+        let sends = futures::stream::iter(claimed.into_iter().map(|(workspace, delivery)| {
+            let policy = policies[&workspace].clone();
+            async move {
+                let outcome = self.send_one(&workspace, &delivery, &policy.0, &policy.1, now).await;
                 (workspace, delivery, outcome)
-            }))
-            .buffer_unordered(self.config.concurrency)
-            .then(
-                |(workspace, delivery, outcome)| async move { self.settle(&workspace, &delivery, outcome, now).await },
-            )
-            .collect()
-            .await;
-        self.store.finish_deliveries(&self.config.holder, &updates).await?;
+            }
+        }))
+        .buffer_unordered(self.config.concurrency);
+        let mut sends = std::pin::pin!(sends);
+        let mut updates = Vec::with_capacity(64);
+        while let Some((workspace, delivery, outcome)) = sends.next().await {
+            updates.push(self.settle(&workspace, &delivery, outcome, now).await);
+            if updates.len() >= 64 {
+                self.store.finish_deliveries(&self.config.holder, &updates).await?;
+                updates.clear();
+            }
+        }
+        if !updates.is_empty() {
+            self.store.finish_deliveries(&self.config.holder, &updates).await?;
+        }
         metrics::counter!("crossline_deliveries_processed_total").increment(count as u64);
         Ok(count)
     }
 
     /// Re-checks consent and reachability, renders and sends one delivery.
-    async fn send_one(&self, workspace_id: &str, delivery: &Delivery, now: DateTime<Utc>) -> Result<Sent, Outcome> {
+    async fn send_one(
+        &self,
+        workspace_id: &str,
+        delivery: &Delivery,
+        settings: &MessagingSettings,
+        workspace_zone: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Sent, Outcome> {
         let d = &delivery.new;
         let profile = match self.store.profile(workspace_id, &d.profile_id).await {
             Ok(Some(profile)) => profile,
@@ -574,6 +826,31 @@ impl Engage {
             }
             Ok(_) => {}
             Err(err) => return Err(Outcome::Retry(err.to_string(), None)),
+        }
+        let zone =
+            policy::customer_time_zone(profile.traits.get("timezone").and_then(Value::as_str), None, workspace_zone);
+        // Quiet hours and the cap again, as they are now: a retry or a resumed campaign keeps them.
+        if d.kind == SendKind::Marketing.as_str() {
+            let recent = match settings.frequency_cap {
+                Some(cap) => self
+                    .store
+                    .marketing_sends_since(workspace_id, &profile.id, now - Duration::days(i64::from(cap.days)))
+                    .await
+                    .map_err(|err| Outcome::Retry(err.to_string(), None))?,
+                None => 0,
+            };
+            let recipient = Recipient {
+                consent: consent_of(&profile, &d.channel),
+                has_address: !d.address.is_empty(),
+                unreachable: false,
+                time_zone: zone,
+                recent_marketing_sends: recent,
+            };
+            match policy::decide(settings, SendKind::Marketing, &recipient, now) {
+                Decision::Send => {}
+                Decision::Defer(until) => return Err(Outcome::Deferred(until)),
+                Decision::Suppress(reason) => return Err(Outcome::Suppressed(reason)),
+            }
         }
         let Some(template_id) = &d.template_id else {
             return Err(Outcome::Failed("the delivery has no template".into(), None));
@@ -598,7 +875,6 @@ impl Engage {
             time_zone: zone,
         };
         let rendered = compiled.render(&context).map_err(|err| Outcome::Failed(err.to_string(), None))?;
-        let _ = now;
         match d.channel.as_str() {
             "email" => {
                 let sender = self.email_sender(workspace_id).await?;
@@ -650,10 +926,10 @@ impl Engage {
     }
 
     async fn email_sender(&self, workspace_id: &str) -> Result<Arc<EmailSender>, Outcome> {
-        let raw = match self.store.channel(workspace_id, "email").await {
+        let raw = match self.store.channel(workspace_id, "smtp").await {
             Ok(Some(raw)) => raw,
             Ok(None) => {
-                return Err(Outcome::Misconfigured("email is not configured (PUT /api/v1/channels/email)".into()));
+                return Err(Outcome::Misconfigured("email is not configured (PUT /api/v1/channels/smtp)".into()));
             }
             Err(err) => return Err(Outcome::Retry(err.to_string(), None)),
         };
@@ -706,6 +982,11 @@ impl Engage {
             Err(Outcome::Suppressed(reason)) => {
                 update.status = DeliveryStatus::Suppressed;
                 update.reason = Some(reason.as_str().into());
+            }
+            Err(Outcome::Deferred(until)) => {
+                update.status = DeliveryStatus::Queued;
+                update.reason = Some("quiet hours".into());
+                update.run_at = Some(until);
             }
             Err(Outcome::Retry(message, retry_after)) => {
                 let failures = {
@@ -811,6 +1092,31 @@ impl Engage {
     }
 }
 
+/// A batch of stored events as the recorder publishes it (`events.<workspace>`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct StreamBatch {
+    /// The workspace.
+    pub workspace_id: String,
+    /// The events.
+    pub events: Vec<StreamEvent>,
+}
+
+/// One published event.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct StreamEvent {
+    /// Its id.
+    pub message_id: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its name (track events).
+    pub event: Option<String>,
+    /// When it happened.
+    pub timestamp: DateTime<Utc>,
+    /// Its profile.
+    pub profile_id: Option<String>,
+}
+
 fn backoff(attempts: u32) -> Duration {
     let base = 30i64 << attempts.min(8);
     let jitter = rand::random_range(0..=base / 4);
@@ -823,6 +1129,7 @@ struct Sent {
 
 enum Outcome {
     Suppressed(Suppression),
+    Deferred(DateTime<Utc>),
     Retry(String, Option<std::time::Duration>),
     Misconfigured(String),
     Failed(String, Option<String>),

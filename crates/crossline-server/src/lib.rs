@@ -107,6 +107,7 @@ pub fn background(state: &AppState, stop: tokio::sync::watch::Receiver<bool>) ->
     vec![
         tokio::spawn(state.destinations.clone().run(until(stop.clone()))),
         tokio::spawn(state.engage.clone().run(until(stop.clone()))),
+        tokio::spawn(state.engage.clone().listen(state.bus.clone(), until(stop.clone()))),
         tokio::spawn(state.worker.clone().run(until(stop))),
     ]
 }

@@ -26,7 +26,7 @@ use serde_json::Value;
 
 /// Set a channel's configuration.
 #[utoipa::path(put, path = "/api/v1/channels/{kind}", tag = "channels",
-    description = "`twilio`: `{\"account_sid\", \"auth_token\", \"phone_number\", \"bot\", \"api_base_url\"?}`. Secrets are never returned by a GET. `webchat`: `{\"bot\", \"identity_secret\"?}` (with a secret, `Crossline.identify` from a host page must give `userHash`, the hex HMAC-SHA256 of the user id and each email and phone it names, to link the visitor to that customer; without one, an identify is only a claim kept on the visitor's own profile). `alexa`: `{\"skill_id\", \"bot\"}`. `smtp` comes with email campaigns.",
+    description = "`twilio`: `{\"account_sid\", \"auth_token\", \"phone_number\", \"bot\", \"api_base_url\"?}`. Secrets are never returned by a GET. `webchat`: `{\"bot\", \"identity_secret\"?}` (with a secret, `Crossline.identify` from a host page must give `userHash`, the hex HMAC-SHA256 of the user id and each email and phone it names, to link the visitor to that customer; without one, an identify is only a claim kept on the visitor's own profile). `alexa`: `{\"skill_id\", \"bot\"}`. `smtp` (alias `email`): `{\"host\", \"port\"?, \"tls\": \"starttls\" | \"tls\" | \"none\", \"username\"?, \"password\"?, \"from\", \"reply_to\"?, \"envelope_from\"?, \"unsubscribe_mailto\"?, \"pool_size\"?, \"timeout_seconds\"?}` — the password is never returned; the host must not be a private address unless private egress is allowed.",
     params(("kind" = String, Path, description = "Channel kind, e.g. `twilio`")),
     request_body(content = Object, content_type = "application/json", description = "The channel's configuration; see above per kind."),
     responses((status = 200, description = "The stored configuration, without its secrets.", body = Object),
@@ -45,9 +45,7 @@ pub async fn put_channel(
     let kind = ChannelKind::parse(&kind).ok_or_else(|| {
         ApiError::bad_request(
             ErrorCode::InvalidField,
-            format!(
-                "kind: \"{kind}\" is not a channel that can be configured yet; use twilio, webchat, alexa or email"
-            ),
+            format!("kind: \"{kind}\" is not a channel that can be configured yet; use twilio, webchat, alexa or smtp"),
         )
     })?;
     match kind {

@@ -603,27 +603,48 @@ pub async fn campaign_action(
     WorkspaceCaller(workspace): WorkspaceCaller,
     Path((id, action)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    let (to, from): (&str, &[&str]) = match action.as_str() {
+    let to = act_on_campaign(&state, &workspace.id, &id, &action).await?;
+    Ok(Json(json!({"id": id, "status": to})))
+}
+
+/// What a campaign action does: the status it moves the campaign to and the statuses it may move
+/// it from; None for an unknown action. The API and the console's buttons follow this one rule.
+pub fn campaign_transition(action: &str) -> Option<(&'static str, &'static [&'static str])> {
+    let rule: (&'static str, &'static [&'static str]) = match action {
         "pause" => (status::PAUSED, &[status::RUNNING, status::SCHEDULED]),
         "resume" => (status::RUNNING, &[status::PAUSED]),
         "cancel" => (status::CANCELLED, &[status::RUNNING, status::SCHEDULED, status::PAUSED, status::DRAFT]),
-        _ => return Err(ApiError::not_found("action")),
+        _ => return None,
     };
+    Some(rule)
+}
+
+/// Pause, resume or cancel a campaign by [`campaign_transition`]'s rule (a cancel also cancels
+/// what was not sent yet); the new status. An unknown action or campaign is a 404, a campaign in
+/// a state that does not allow the action a 409.
+pub async fn act_on_campaign(state: &AppState, workspace_id: &str, id: &str, action: &str) -> ApiResult<&'static str> {
+    let (to, from) = campaign_transition(action).ok_or_else(|| ApiError::not_found("action"))?;
     let campaign = state
         .store
-        .object(&workspace.id, ObjectKind::Campaign, &id)
+        .object(workspace_id, ObjectKind::Campaign, id)
         .await?
         .ok_or_else(|| ApiError::not_found("campaign"))?;
-    if !state.store.set_object_status(&workspace.id, ObjectKind::Campaign, &id, to, None, from).await? {
+    // Paused before its first run (waiting for its time): resuming makes it wait again.
+    let to = if action == "resume" && campaign.body.get("current_run").and_then(Value::as_str).is_none() {
+        status::SCHEDULED
+    } else {
+        to
+    };
+    if !state.store.set_object_status(workspace_id, ObjectKind::Campaign, id, to, None, from).await? {
         return Err(ApiError::new(
             ErrorCode::Conflict,
             format!("campaign {id} is {}; it cannot {action}", campaign.status),
         ));
     }
     if to == status::CANCELLED {
-        state.store.cancel_deliveries(&workspace.id, &id).await?;
+        state.store.cancel_deliveries(workspace_id, id).await?;
     }
-    Ok(Json(json!({"id": id, "status": to})))
+    Ok(to)
 }
 
 // ---- settings ----

@@ -15,7 +15,7 @@ struct Asset {
     bytes: &'static [u8],
 }
 
-const ASSETS: [Asset; 3] = [
+const ASSETS: [Asset; 4] = [
     Asset {
         name: "console.css",
         content_type: "text/css; charset=utf-8",
@@ -25,6 +25,12 @@ const ASSETS: [Asset; 3] = [
         name: "console.js",
         content_type: "text/javascript; charset=utf-8",
         bytes: include_bytes!("../../assets/console.js"),
+    },
+    // Loaded only by the template editor's page.
+    Asset {
+        name: "template-editor.js",
+        content_type: "text/javascript; charset=utf-8",
+        bytes: include_bytes!("../../assets/template-editor.js"),
     },
     Asset { name: "favicon.svg", content_type: "image/svg+xml", bytes: include_bytes!("../../assets/favicon.svg") },
 ];

@@ -16,6 +16,12 @@ pub enum Section {
     Overview,
     /// Profile search and the customer 360 page.
     Profiles,
+    /// Segments: their sizes, members and the builder.
+    Segments,
+    /// Message templates and their editor.
+    Templates,
+    /// Campaigns: status, results and funnels.
+    Campaigns,
     /// Events of batches that failed validation.
     Rejected,
     /// Bots: intents, versions, missed utterances.
@@ -69,6 +75,9 @@ pub fn shell(session: &Session, section: Section, title: &str, content: Markup) 
                     nav.nav aria-label="Main" {
                         a href="/" aria-current=[current(Section::Overview)] { (icon(OVERVIEW_ICON)) "Overview" }
                         a href="/profiles" aria-current=[current(Section::Profiles)] { (icon(PROFILES_ICON)) "Profiles" }
+                        a href="/segments" aria-current=[current(Section::Segments)] { (icon(SEGMENTS_ICON)) "Segments" }
+                        a href="/templates" aria-current=[current(Section::Templates)] { (icon(TEMPLATES_ICON)) "Templates" }
+                        a href="/campaigns" aria-current=[current(Section::Campaigns)] { (icon(CAMPAIGNS_ICON)) "Campaigns" }
                         a href="/bots" aria-current=[current(Section::Bots)] { (icon(BOTS_ICON)) "Bots" }
                         a href="/rejected" aria-current=[current(Section::Rejected)] { (icon(REJECTED_ICON)) "Rejected events" }
                         @if session.is_admin() {
@@ -102,6 +111,9 @@ const PROFILES_ICON: &str = "M12 12a4 4 0 1 0 0-8 4 4 0 0 0 0 8zm-8 9a8 8 0 0 1 
 const WORKSPACES_ICON: &str = "M3 4h18v6H3zM3 14h18v6H3z";
 const BOTS_ICON: &str = "M4 6h16v11H8l-4 3zM9 11h.01M15 11h.01";
 const REJECTED_ICON: &str = "M12 3a9 9 0 1 0 0 18 9 9 0 0 0 0-18zM5.6 5.6l12.8 12.8";
+const SEGMENTS_ICON: &str = "M3 5h18l-7 8v6l-4 2v-8z";
+const TEMPLATES_ICON: &str = "M6 3h9l4 4v14H6zM14 3v5h5M9 12h7M9 16h7";
+const CAMPAIGNS_ICON: &str = "M21 3L3 10.5l7 2.5 2.5 7zM10 13l5-5";
 
 fn icon(path: &str) -> Markup {
     html! {

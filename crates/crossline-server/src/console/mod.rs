@@ -10,16 +10,25 @@
 //! - `GET /profiles/{id}`: the customer 360 page.
 //! - `GET /rejected?before=`: events of batches that failed validation, newest first.
 //! - `GET /bots`, `GET /bots/{name}`: each bot's intents, versions and missed utterances.
+//! - `GET /segments`, `POST /segments` (the builder form), `GET /segments/{id}`: segments with
+//!   their sizes counted live, and a segment's filter and first members.
+//! - `GET /templates`, `GET /templates/{id}`, `POST /templates/{id}` (save),
+//!   `POST /templates/preview` (JSON, for the editor's live preview).
+//! - `GET /campaigns`, `GET /campaigns/{id}`, `POST /campaigns/{id}/{pause|resume|cancel}`:
+//!   campaigns with their status, results and a funnel per treatment.
 //! - `GET /assets/{name}`: embedded CSS, JavaScript and icon, cacheable for a year.
 //!
 //! Every page but `/login` and the assets redirects a visitor without a valid session to `/login`.
 //!
-//! **Invariant:** handlers only read through [`crossline_store::Store`]; the console changes
-//! nothing but its own cookies.
+//! **Invariant:** handlers read through [`crossline_store::Store`]; besides its own cookies the
+//! console changes only engagement definitions (creating a segment, saving a template, pausing,
+//! resuming or cancelling a campaign), with the same checks as the REST API, and only on a POST
+//! that the [`session::Session`] extractor accepted as coming from the console's own pages.
 
 pub mod assets;
 pub mod bots;
 pub mod chart;
+pub mod engage;
 pub mod error;
 pub mod layout;
 pub mod login;
@@ -50,6 +59,14 @@ pub fn router() -> Router<AppState> {
         .route("/rejected", get(rejected::list))
         .route("/bots", get(bots::list))
         .route("/bots/{name}", get(bots::show))
+        .route("/segments", get(engage::segment_list).post(engage::segment_create))
+        .route("/segments/{id}", get(engage::segment_show))
+        .route("/templates", get(engage::template_list))
+        .route("/templates/preview", post(engage::template_preview))
+        .route("/templates/{id}", get(engage::template_show).post(engage::template_save))
+        .route("/campaigns", get(engage::campaign_list))
+        .route("/campaigns/{id}", get(engage::campaign_show))
+        .route("/campaigns/{id}/{action}", post(engage::campaign_act))
         .route("/login", get(login::form).post(login::submit))
         .route("/logout", post(login::logout))
         .route("/assets/{name}", get(assets::serve))

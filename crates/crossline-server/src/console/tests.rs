@@ -562,3 +562,223 @@ async fn a_bad_event_is_rejected_alone_and_kept_for_inspection() {
     let (_, list) = server.api("/api/v1/rejected-events", &globex_api).await;
     assert_eq!(list["rejected_events"], json!([]), "the 8-day-old rejection was trimmed");
 }
+
+/// The engagement pages: each says what to do while empty; segments, templates and campaigns made
+/// with the API show with their test ids; the segment builder names a fault's place, the template
+/// preview names its line and column, a save stores only what compiles, and the campaign buttons
+/// follow the API's rule. Every change is a POST from the console's own pages.
+#[tokio::test]
+async fn engagement_pages_show_and_change_segments_templates_and_campaigns() {
+    use crossline_store::engage::{DeliveryStatus, NewDelivery};
+    let server = Server::start().await;
+    let (workspace_id, write_key, api_key) = server.workspace("acme").await;
+    let bearer = format!("Bearer {api_key}");
+    let session = server.session(&api_key).await;
+    let cookie = [("Cookie", session.as_str())];
+    let form = [("Content-Type", "application/x-www-form-urlencoded"), ("Cookie", session.as_str())];
+    let json_post = [("Content-Type", "application/json"), ("Cookie", session.as_str())];
+    let encode = super::url::encode;
+
+    for path in ["/segments", "/segments/seg_x", "/templates", "/templates/tpl_x", "/campaigns", "/campaigns/cmp_x"] {
+        let reply = server.get(path, "").await;
+        assert_eq!((reply.status, reply.header("location")), (SEE_OTHER, "/login"), "{path}");
+    }
+
+    // Empty states say what to do next.
+    let segments = server.page("/segments", &session).await;
+    assert!(segments.contains("No segments yet") && segments.contains("/api/v1/segments"), "{segments}");
+    assert!(segments.contains("data-testid=\"segment-builder\"") && segments.contains("&quot;reachable&quot;"));
+    assert!(segments.contains("href=\"/segments\" aria-current=\"page\""), "linked from the navigation");
+    let templates = server.page("/templates", &session).await;
+    assert!(templates.contains("No templates yet") && templates.contains("/api/v1/templates"), "{templates}");
+    let campaigns = server.page("/campaigns", &session).await;
+    assert!(campaigns.contains("No campaigns yet") && campaigns.contains("/api/v1/campaigns"), "{campaigns}");
+
+    let traits = json!({
+        "email": "ada@example.com", "name": "Ada", "plan": "pro", "consent": {"email": "subscribed"}
+    });
+    server.batch(&write_key, json!({"batch": [{"type": "identify", "userId": "u-ada", "traits": traits}]})).await;
+    let ada = server.profile_of(&workspace_id, IdentityKind::UserId, "u-ada").await;
+
+    // The segment builder: a fault named by its place, with what was typed kept; then a segment.
+    let wrong = r#"{"all": [{"trait": "plan", "op": "equals", "value": "pro"}]}"#;
+    let refused = server.request("POST", "/segments", &form, &format!("name=Pros&filter={}", encode(wrong))).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body.contains("data-testid=\"segment-error\""), "{}", refused.body);
+    assert!(refused.body.contains("filter.all[0].op: must be one of"), "{}", refused.body);
+    assert!(refused.body.contains("&quot;equals&quot;"), "what was typed is kept");
+    let not_json = server.request("POST", "/segments", &form, "name=Pros&filter=%7B%22all%22").await;
+    assert!(not_json.status == 400 && not_json.body.contains("filter: not JSON"), "{}", not_json.body);
+    let filter = r#"{"all": [{"trait": "plan", "op": "eq", "value": "pro"}, {"reachable": "email"}]}"#;
+    let create = format!("name=Pros&filter={}", encode(filter));
+    let created = server.request("POST", "/segments", &form, &create).await;
+    assert_eq!(created.status, SEE_OTHER, "{}", created.body);
+    let segment_path = created.header("location").to_owned();
+    let segment_id = segment_path.strip_prefix("/segments/").expect("the new segment's page").to_owned();
+    assert!(segment_id.starts_with("seg_"), "{segment_id}");
+    let (_, stored) = server.api(&format!("/api/v1/segments/{segment_id}"), &api_key).await;
+    assert_eq!(stored["name"], "Pros", "created as the API creates it: {stored}");
+    let taken = server.request("POST", "/segments", &form, &create).await;
+    assert!(taken.status == 400 && taken.body.contains("segment named"), "{}", taken.body);
+
+    let segment = server.page(&segment_path, &session).await;
+    assert!(segment.contains("data-testid=\"segment-size\">1</div>"), "{segment}");
+    assert!(segment.contains(&format!("href=\"/profiles/{ada}\"")) && segment.contains("ada@example.com"));
+    assert!(segment.contains("data-testid=\"segment-definition\"") && segment.contains("&quot;reachable&quot;"));
+    let segments = server.page("/segments", &session).await;
+    for testid in ["segments-table", "segment-row", "segment-size"] {
+        assert!(segments.contains(&format!("data-testid=\"{testid}\"")), "{testid}: {segments}");
+    }
+    assert_eq!(server.get("/segments/seg_missing", &session).await.status, NOT_FOUND);
+
+    // Templates: the list, and the editor with the server's first preview (for the only profile).
+    let template = json!({
+        "name": "welcome",
+        "channel": "email",
+        "subject": "Hi {{ profile.traits.name }}",
+        "body": "<p>Hello {{ profile.traits.name | default: \"friend\" }}</p>"
+    });
+    let created = server.json("/api/v1/templates", &bearer, template).await;
+    assert_eq!(created.status, CREATED, "{}", created.body);
+    let template_id = serde_json::from_str::<Value>(&created.body).unwrap()["id"].as_str().unwrap().to_owned();
+    let template_path = format!("/templates/{template_id}");
+    let templates = server.page("/templates", &session).await;
+    assert!(templates.contains("data-testid=\"templates-table\""), "{templates}");
+    assert!(templates.contains(&format!("href=\"{template_path}\"")), "{templates}");
+    let editor = server.page(&template_path, &session).await;
+    for testid in ["template-preview", "template-error", "template-body", "template-save"] {
+        assert!(editor.contains(&format!("data-testid=\"{testid}\"")), "{testid}: {editor}");
+    }
+    assert!(editor.contains("Hello Ada") && editor.contains("Hi Ada"), "previewed for the first profile: {editor}");
+    assert!(editor.contains(&super::assets::url("template-editor.js")), "the editor's script");
+
+    // The live preview: a rendering, or the fault with its line and column.
+    let preview = |body: Value| {
+        let server = &server;
+        let json_post = &json_post;
+        async move {
+            let reply = server.request("POST", "/templates/preview", json_post, &body.to_string()).await;
+            assert_eq!(reply.status, OK, "{}", reply.body);
+            serde_json::from_str::<Value>(&reply.body).unwrap()
+        }
+    };
+    let subject = "Hey {{ profile.traits.name }}";
+    let rendered = preview(json!({"template_id": template_id, "subject": subject, "body": "<p>Bye</p>"})).await;
+    assert_eq!(rendered["subject"], "Hey Ada", "{rendered}");
+    assert_eq!(rendered["profile_id"], ada.as_str(), "{rendered}");
+    assert!(rendered["html"].as_str().unwrap().contains("<p>Bye</p>"), "{rendered}");
+    assert!(rendered["srcdoc"].as_str().unwrap().contains("<p>Bye</p>"), "{rendered}");
+    let unclosed = "Hello\nthere\n{% if profile.traits.vip %}VIP\n";
+    let broken = preview(json!({"template_id": template_id, "subject": "s", "body": unclosed})).await;
+    let place = (broken["field"].as_str(), broken["line"].as_u64(), broken["column"].as_u64());
+    assert_eq!(place, (Some("body"), Some(3), Some(1)), "{broken}");
+    assert!(broken["error"].as_str().unwrap().contains("line 3, column 1"), "{broken}");
+    let sms = preview(json!({"channel": "sms", "body": "Hi {{ profile.traits.name }}", "profile_id": ada})).await;
+    assert_eq!((&sms["text"], &sms["html"]), (&json!("Hi Ada"), &Value::Null), "{sms}");
+    assert!(sms["srcdoc"].as_str().unwrap().contains("<pre"), "text is shown as text: {sms}");
+    let nobody = preview(json!({"channel": "sms", "body": "Hi", "profile_id": "prf_nobody"})).await;
+    assert_eq!(nobody["field"], "profile_id", "{nobody}");
+    assert!(nobody["error"].as_str().unwrap().contains("prf_nobody"), "{nobody}");
+    assert_eq!(server.request("POST", "/templates/preview", &json_post, "{").await.status, 400);
+    let anonymous = server.request("POST", "/templates/preview", &[("Content-Type", "application/json")], "{}").await;
+    assert_eq!((anonymous.status, anonymous.header("location")), (SEE_OTHER, "/login"));
+    let evil = ("Origin", "https://evil.example");
+    let forged = [("Content-Type", "application/json"), ("Cookie", session.as_str()), evil];
+    assert_eq!(server.request("POST", "/templates/preview", &forged, "{}").await.status, 403);
+
+    // Saving: only what compiles, with the browser's CRLF line breaks stored as LF.
+    let save = |subject: &str, body: &str| format!("subject={}&body={}", encode(subject), encode(body));
+    let body = save("Welcome {{ profile.traits.name }}", "<p>Saved\r\n{{ profile.traits.name }}</p>");
+    let saved = server.request("POST", &template_path, &form, &body).await;
+    assert_eq!(saved.status, SEE_OTHER, "{}", saved.body);
+    assert_eq!(saved.header("location"), format!("{template_path}?saved=1"));
+    let (_, stored) = server.api(&format!("/api/v1/templates/{template_id}"), &api_key).await;
+    assert_eq!(stored["subject"], "Welcome {{ profile.traits.name }}", "{stored}");
+    assert_eq!(stored["body"], "<p>Saved\n{{ profile.traits.name }}</p>", "{stored}");
+    let editor = server.page(&format!("{template_path}?saved=1"), &session).await;
+    assert!(editor.contains("data-testid=\"template-saved\"") && editor.contains("Saved\nAda"), "{editor}");
+    let refused = server.request("POST", &template_path, &form, &save("Hi", "{% if profile.traits.vip %}")).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body.contains("line 1, column 1"), "{}", refused.body);
+    assert!(refused.body.contains("{% if profile.traits.vip %}"), "what was typed is kept: {}", refused.body);
+    let (_, unchanged) = server.api(&format!("/api/v1/templates/{template_id}"), &api_key).await;
+    assert_eq!(unchanged["body"], stored["body"], "a template that does not compile is not saved");
+
+    // Campaigns: scheduled far ahead, so nothing is sent; a few deliveries planned by hand (a
+    // scheduled campaign's are never claimed) give the results and the funnel something to show.
+    let campaign = json!({
+        "name": "Winter",
+        "segment_id": segment_id,
+        "channel": "email",
+        "template_id": template_id,
+        "schedule": {"at": "2099-01-01T00:00:00Z"}
+    });
+    let created = server.json("/api/v1/campaigns", &bearer, campaign).await;
+    assert_eq!(created.status, CREATED, "{}", created.body);
+    let created: Value = serde_json::from_str(&created.body).unwrap();
+    assert_eq!(created["status"], "scheduled");
+    let campaign_id = created["id"].as_str().unwrap().to_owned();
+    let delivery = |n: u32, treatment: &str, status: DeliveryStatus| NewDelivery {
+        id: format!("dlv_console_{n}"),
+        idempotency_key: format!("console-test:{n}"),
+        campaign_id: Some(campaign_id.clone()),
+        run_id: Some("console-test".into()),
+        profile_id: ada.clone(),
+        treatment: treatment.into(),
+        channel: "email".into(),
+        address: "ada@example.com".into(),
+        template_id: Some(template_id.clone()),
+        kind: "marketing".into(),
+        status,
+        reason: (status == DeliveryStatus::Suppressed).then(|| "holdout".to_owned()),
+        deferred: false,
+        run_at: chrono::Utc::now() + chrono::Duration::days(365),
+        event: None,
+    };
+    let planned = [
+        delivery(1, "A", DeliveryStatus::Queued),
+        delivery(2, "A", DeliveryStatus::Queued),
+        delivery(3, "holdout", DeliveryStatus::Suppressed),
+    ];
+    assert_eq!(server.store.insert_deliveries(&workspace_id, &planned).await.unwrap(), 3);
+
+    let campaigns = server.page("/campaigns", &session).await;
+    for testid in ["campaigns-table", "campaign-row", "campaign-status"] {
+        assert!(campaigns.contains(&format!("data-testid=\"{testid}\"")), "{testid}: {campaigns}");
+    }
+    assert!(campaigns.contains("data-status=\"scheduled\"") && campaigns.contains(">Pros</a>"), "{campaigns}");
+    assert!(campaigns.contains("data-sort-value=\"3\">3</td>"), "three targeted: {campaigns}");
+    let campaign_path = format!("/campaigns/{campaign_id}");
+    let page = server.page(&campaign_path, &session).await;
+    for testid in ["campaign-status", "campaign-funnel", "campaign-pause", "campaign-stats"] {
+        assert!(page.contains(&format!("data-testid=\"{testid}\"")), "{testid}: {page}");
+    }
+    assert!(!page.contains("data-testid=\"campaign-resume\""), "a scheduled campaign cannot be resumed");
+    assert_eq!(page.matches("data-testid=\"campaign-funnel\"").count(), 1, "treatment A, not the holdout");
+    assert!(page.contains("data-stage=\"targeted\" data-count=\"2\""), "{page}");
+    assert!(page.contains("<code>holdout</code> 1"), "suppressed, by reason: {page}");
+
+    // The buttons: pause, pause again (refused with the reason), resume; another site cannot press
+    // them.
+    let action = |name: &str| format!("{campaign_path}/{name}");
+    let forged = [("Cookie", session.as_str()), evil];
+    assert_eq!(server.request("POST", &action("pause"), &forged, "").await.status, 403);
+    let status = |value: Value| value["status"].as_str().unwrap_or_default().to_owned();
+    let api_path = format!("/api/v1/campaigns/{campaign_id}");
+    assert_eq!(status(server.api(&api_path, &api_key).await.1), "scheduled", "the forged press changed nothing");
+    let paused = server.request("POST", &action("pause"), &cookie, "").await;
+    assert_eq!((paused.status, paused.header("location")), (SEE_OTHER, campaign_path.as_str()), "{}", paused.body);
+    assert_eq!(status(server.api(&api_path, &api_key).await.1), "paused");
+    let page = server.page(&campaign_path, &session).await;
+    assert!(page.contains("data-testid=\"campaign-resume\"") && !page.contains("data-testid=\"campaign-pause\""));
+    let again = server.request("POST", &action("pause"), &cookie, "").await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert!(again.body.contains("data-testid=\"campaign-problem\"") && again.body.contains("cannot pause"));
+    assert_eq!(server.request("POST", &action("explode"), &cookie, "").await.status, NOT_FOUND);
+    let resumed = server.request("POST", &action("resume"), &cookie, "").await;
+    assert_eq!(resumed.status, SEE_OTHER, "{}", resumed.body);
+    // It never ran, so resuming makes it wait for its time again.
+    assert_eq!(status(server.api(&api_path, &api_key).await.1), "scheduled");
+    assert!(server.page(&campaign_path, &session).await.contains("data-testid=\"campaign-pause\""));
+    assert_eq!(server.get("/campaigns/cmp_missing", &session).await.status, NOT_FOUND);
+}

@@ -117,7 +117,7 @@ async fn a_campaign_reaches_the_right_people_through_a_real_smtp_server() {
 
     let email = json!({"host": "127.0.0.1", "port": sink.port, "tls": "none", "from": "Acme <news@acme.example>",
                        "envelope_from": "bounces@acme.example", "unsubscribe_mailto": "unsubscribe@acme.example"});
-    let (status, shown) = server.put_json("/api/v1/channels/email", &ws.api_key, &email).await;
+    let (status, shown) = server.put_json("/api/v1/channels/smtp", &ws.api_key, &email).await;
     assert_eq!(status, StatusCode::OK, "{shown}");
 
     // Bad input is refused at save time, naming its place.
@@ -235,5 +235,234 @@ async fn a_campaign_reaches_the_right_people_through_a_real_smtp_server() {
     let other = server.workspace("engage-other").await;
     let response = server.get(&format!("/api/v1/campaigns/{}", created["id"].as_str().unwrap()), &other.api_key).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    server.stop().await;
+}
+
+/// A fake of Twilio's Messages API that checks what Crossline sends: Basic auth with the
+/// account's SID and token, form fields, and answers as Twilio does (201 with a SID, 400 with
+/// Twilio's error code for an invalid number, 503 once for a number to show a retry).
+#[derive(Clone, Default)]
+struct FakeTwilio {
+    sent: std::sync::Arc<std::sync::Mutex<Vec<std::collections::HashMap<String, String>>>>,
+    failed_once: std::sync::Arc<std::sync::Mutex<bool>>,
+}
+
+const SID: &str = "AC22222222222222222222222222222222";
+const TOKEN: &str = "fedcba9876543210fedcba9876543210";
+
+async fn fake_twilio_messages(
+    axum::extract::State(fake): axum::extract::State<FakeTwilio>,
+    axum::extract::Path(account): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Form(form): axum::extract::Form<std::collections::HashMap<String, String>>,
+) -> (axum::http::StatusCode, axum::Json<Value>) {
+    use base64::Engine;
+    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{SID}:{TOKEN}")));
+    if account != SID || headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+        return (axum::http::StatusCode::UNAUTHORIZED, axum::Json(json!({"code": 20003, "message": "Authenticate"})));
+    }
+    let to = form.get("To").cloned().unwrap_or_default();
+    if to == "+14155550111" {
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            axum::Json(json!({"code": 21211, "message": "The 'To' number is not a valid phone number."})),
+        );
+    }
+    if to == "+14155550122" {
+        let mut failed = fake.failed_once.lock().unwrap();
+        if !*failed {
+            *failed = true;
+            return (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"message": "try later"})));
+        }
+    }
+    let mut sent = fake.sent.lock().unwrap();
+    sent.push(form);
+    let sid = format!("SM{:032}", sent.len());
+    (axum::http::StatusCode::CREATED, axum::Json(json!({"sid": sid, "status": "queued", "to": to})))
+}
+
+impl FakeTwilio {
+    async fn start() -> (String, FakeTwilio) {
+        let fake = FakeTwilio::default();
+        let app = axum::Router::new()
+            .route("/2010-04-01/Accounts/{account}/Messages.json", axum::routing::post(fake_twilio_messages))
+            .with_state(fake.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, fake)
+    }
+
+    fn to(&self, number: &str) -> Vec<std::collections::HashMap<String, String>> {
+        self.sent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|form| form.get("To").map(String::as_str) == Some(number))
+            .cloned()
+            .collect()
+    }
+
+    async fn until(&self, number: &str, count: usize) -> Vec<std::collections::HashMap<String, String>> {
+        for _ in 0..150 {
+            let found = self.to(number);
+            if found.len() >= count {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no SMS to {number}: {:?}", self.sent.lock().unwrap());
+    }
+}
+
+async fn signed_post(server: &TestServer, path: &str, params: &[(&str, &str)]) -> StatusCode {
+    let url = format!("{}{path}", server.url);
+    let params: Vec<(String, String)> = params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let signature = crossline_channels::twilio::signature(TOKEN, &url, &params);
+    server.http.post(&url).header("X-Twilio-Signature", signature).form(&params).send().await.unwrap().status()
+}
+
+async fn events_named(server: &TestServer, key: &str, user: &str, name: &str) -> Vec<Value> {
+    let (_, profile) =
+        json_of(server.get(&format!("/api/v1/profiles/lookup?kind=user_id&value={user}"), key).await).await;
+    let id = profile["id"].as_str().unwrap();
+    let (_, events) = json_of(server.get(&format!("/api/v1/profiles/{id}/events?limit=100"), key).await).await;
+    events["events"].as_array().unwrap().iter().filter(|event| event["event"] == name).cloned().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_triggered_sms_campaign_follows_events_receipts_and_stop() {
+    let (twilio_url, twilio) = FakeTwilio::start().await;
+    let server = TestServer::start().await;
+    let ws = server.workspace("triggers").await;
+    server.put_bot(&ws.api_key, "bank", &crate::bots::bank()).await;
+    let config = json!({"account_sid": SID, "auth_token": TOKEN, "phone_number": "+14155550999", "bot": "bank", "api_base_url": twilio_url});
+    let (status, shown) = server.put_json("/api/v1/channels/twilio", &ws.api_key, &config).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+
+    let (_, segment) = post(
+        &server,
+        "/api/v1/segments",
+        &ws.api_key,
+        &json!({"name": "Pro", "filter": {"trait": "plan", "op": "eq", "value": "pro"}}),
+    )
+    .await;
+    let segment_id = segment["id"].as_str().unwrap().to_owned();
+    let (status, template) = post(&server, "/api/v1/templates", &ws.api_key, &json!({"name": "Cart", "channel": "sms", "body": "Hi {{ profile.traits.first_name }}, your {{ event.properties.item }} is waiting."})).await;
+    assert_eq!(status, StatusCode::CREATED, "{template}");
+    let (status, campaign) = post(
+        &server,
+        "/api/v1/campaigns",
+        &ws.api_key,
+        &json!({"name": "Cart reminder", "segment_id": segment_id, "channel": "sms",
+        "template_id": template["id"], "schedule": {"trigger": {"event": "Cart Abandoned"}}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{campaign}");
+    assert_eq!(campaign["status"], "running");
+    let campaign_id = campaign["id"].as_str().unwrap().to_owned();
+
+    let people = json!({"batch": [
+        {"type": "identify", "userId": "ann", "traits": {"plan": "pro", "first_name": "Ann", "phone": "+14155550100"}},
+        {"type": "identify", "userId": "dee", "traits": {"plan": "pro", "first_name": "Dee", "phone": "+14155550111"}},
+        {"type": "identify", "userId": "flo", "traits": {"plan": "pro", "first_name": "Flo", "phone": "+14155550122"}},
+        {"type": "identify", "userId": "gus", "traits": {"plan": "free", "first_name": "Gus", "phone": "+14155550133"}}
+    ]});
+    assert_eq!(server.track("/v1/batch", &ws.write_key, &people).await.status(), StatusCode::OK);
+    // Entering the segment is an event on the profile, within seconds.
+    let mut entered = Vec::new();
+    for _ in 0..100 {
+        entered = events_named(&server, &ws.api_key, "ann", "segment.entered").await;
+        if !entered.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(entered.len(), 1, "ann entered the segment once");
+    assert_eq!(entered[0]["properties"]["segment_id"], segment_id.as_str());
+    assert!(events_named(&server, &ws.api_key, "gus", "segment.entered").await.is_empty(), "gus is on the free plan");
+
+    let cart = |user: &str, id: &str| json!({"type": "track", "userId": user, "event": "Cart Abandoned", "messageId": id, "properties": {"item": "boots"}});
+    let batch = json!({"batch": [cart("ann", "c1"), cart("dee", "c2"), cart("flo", "c3"), cart("gus", "c4")]});
+    assert_eq!(server.track("/v1/batch", &ws.write_key, &batch).await.status(), StatusCode::OK);
+    let to_ann = twilio.until("+14155550100", 1).await;
+    assert_eq!(to_ann[0]["Body"], "Hi Ann, your boots is waiting.");
+    assert_eq!(to_ann[0]["From"], "+14155550999");
+    assert_eq!(to_ann[0]["StatusCallback"], format!("{}/hooks/{}/twilio/status", server.url, ws.id));
+    // The same event again (a client's retry) sends nothing more.
+    assert_eq!(
+        server.track("/v1/batch", &ws.write_key, &json!({"batch": [cart("ann", "c1")]})).await.status(),
+        StatusCode::OK
+    );
+
+    // Twilio's receipt: signed, it moves the delivery to delivered.
+    let receipt =
+        [("MessageSid", "SM00000000000000000000000000000001"), ("MessageStatus", "delivered"), ("AccountSid", SID)];
+    assert_eq!(
+        signed_post(&server, &format!("/hooks/{}/twilio/status", ws.id), &receipt).await,
+        StatusCode::NO_CONTENT
+    );
+    let forged = server
+        .http
+        .post(format!("{}/hooks/{}/twilio/status", server.url, ws.id))
+        .header("X-Twilio-Signature", "forged")
+        .form(&receipt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+
+    // Flo's first attempt met a 503 and was retried later; Dee's number is invalid (21211).
+    let mut stats = Value::Null;
+    for _ in 0..100 {
+        let (_, campaign) = json_of(server.get(&format!("/api/v1/campaigns/{campaign_id}"), &ws.api_key).await).await;
+        stats = campaign["stats"].clone();
+        if stats["bounced"] == 1 && stats["delivered"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stats["targeted"], 3, "gus is not in the segment: {stats}");
+    assert_eq!(stats["delivered"], 1, "{stats}");
+    assert_eq!(stats["bounced"], 1, "{stats}");
+    assert_eq!(stats["queued"], 1, "flo waits for her retry: {stats}");
+    let (_, dee) = json_of(server.get("/api/v1/profiles/lookup?kind=user_id&value=dee", &ws.api_key).await).await;
+    let dee_id = dee["id"].as_str().unwrap();
+    let bounced = events_named(&server, &ws.api_key, "dee", "delivery.bounced").await;
+    assert_eq!(bounced.len(), 1, "the bounce is an event on dee's profile");
+    let (_, reachable) =
+        post(&server, "/api/v1/segments", &ws.api_key, &json!({"name": "SMS", "filter": {"reachable": "sms"}})).await;
+    let (_, members) = json_of(
+        server.get(&format!("/api/v1/segments/{}/members", reachable["id"].as_str().unwrap()), &ws.api_key).await,
+    )
+    .await;
+    assert!(
+        !members["profiles"].as_array().unwrap().iter().any(|p| p["id"] == dee_id),
+        "dee's number is unreachable: {members}"
+    );
+
+    // STOP keeps working and is honoured by the campaign: no further SMS to Ann.
+    let stop = [
+        ("MessageSid", "SMstop1"),
+        ("From", "+14155550100"),
+        ("To", "+14155550999"),
+        ("Body", "STOP"),
+        ("AccountSid", SID),
+    ];
+    assert_eq!(signed_post(&server, &format!("/hooks/{}/twilio/sms", ws.id), &stop).await, StatusCode::OK);
+    assert_eq!(
+        server.track("/v1/batch", &ws.write_key, &json!({"batch": [cart("ann", "c5")]})).await.status(),
+        StatusCode::OK
+    );
+    for _ in 0..100 {
+        let (_, campaign) = json_of(server.get(&format!("/api/v1/campaigns/{campaign_id}"), &ws.api_key).await).await;
+        if campaign["stats"]["suppressed_by"]["unsubscribed"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, campaign) = json_of(server.get(&format!("/api/v1/campaigns/{campaign_id}"), &ws.api_key).await).await;
+    assert_eq!(campaign["stats"]["suppressed_by"]["unsubscribed"], 1, "{campaign}");
+    assert_eq!(twilio.to("+14155550100").len(), 1, "one SMS to Ann in all");
     server.stop().await;
 }
