@@ -3,6 +3,7 @@
 //! product crate ships no load generator; the `crossline` binary still runs them (`crossline bench`),
 //! and a benchmarked server is that same binary started as a child process.
 
+mod campaign;
 mod chat;
 mod destinations;
 mod fairness;
@@ -14,6 +15,7 @@ mod stats;
 mod turn;
 mod worker;
 
+pub use campaign::CampaignArgs;
 pub use chat::ChatArgs;
 pub use destinations::DestinationsArgs;
 pub use fairness::FairnessArgs;
@@ -60,6 +62,8 @@ pub enum BenchCommand {
     Worker(WorkerArgs),
     /// A segment's size over many profiles and events, in-process on the real store.
     Segment(SegmentArgs),
+    /// A personalised campaign sent by the real server to smtp-sink (email) or a Twilio-like sink (SMS).
+    Campaign(CampaignArgs),
 }
 
 /// Run a benchmark.
@@ -73,5 +77,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Destinations(args) => destinations::destinations(args).await,
         BenchCommand::Worker(args) => worker::worker(args).await,
         BenchCommand::Segment(args) => segment::segment(args).await,
+        BenchCommand::Campaign(args) => campaign::campaign(args).await,
     }
 }

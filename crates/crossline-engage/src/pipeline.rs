@@ -29,6 +29,18 @@ use std::sync::{Arc, Mutex};
 
 /// The channel configuration key under which a workspace's messaging settings are kept.
 pub const SETTINGS_KEY: &str = "settings.messaging";
+/// ... and its key for signing tracked links.
+const LINK_KEY: &str = "settings.link_key";
+
+/// HMAC-SHA256 over the delivery and the URL, hex, first 32 characters (128 bits).
+fn link_signature(key: &[u8], delivery_id: &str, url: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(delivery_id.as_bytes());
+    mac.update(b"\n");
+    mac.update(url.as_bytes());
+    hex::encode(mac.finalize().into_bytes())[..32].to_owned()
+}
 
 /// Errors of the engagement layer, each with the field or object at fault.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +110,7 @@ pub struct Engage {
     templates: Mutex<HashMap<(String, String), CachedTemplate>>,
     email: Mutex<HashMap<String, (Value, Arc<EmailSender>)>>,
     failures: Mutex<HashMap<String, u32>>,
+    link_keys: Mutex<HashMap<String, Vec<u8>>>,
 }
 
 /// A compiled template and the version (its `updated_at`) it was compiled from.
@@ -130,6 +143,7 @@ impl Engage {
             templates: Mutex::default(),
             email: Mutex::default(),
             failures: Mutex::default(),
+            link_keys: Mutex::default(),
         }
     }
 
@@ -509,18 +523,25 @@ impl Engage {
             }
             resolved
         };
-        let triggered: Vec<(EngageObject, CampaignSpec)> = self
+        let campaigns: Vec<(EngageObject, CampaignSpec)> = self
             .store
             .objects(workspace_id, ObjectKind::Campaign)
             .await?
             .into_iter()
-            .filter(|campaign| campaign.status == campaign::status::RUNNING)
             .filter_map(|campaign| {
                 let spec: CampaignSpec = serde_json::from_value(campaign.body.clone()).ok()?;
-                matches!(spec.schedule, Schedule::Trigger { .. }).then_some((campaign, spec))
+                Some((campaign, spec))
             })
             .collect();
-        if segments.is_empty() && triggered.is_empty() {
+        let triggered: Vec<&(EngageObject, CampaignSpec)> = campaigns
+            .iter()
+            .filter(|(campaign, spec)| {
+                campaign.status == campaign::status::RUNNING && matches!(spec.schedule, Schedule::Trigger { .. })
+            })
+            .collect();
+        let converting: Vec<&(EngageObject, CampaignSpec)> =
+            campaigns.iter().filter(|(_, spec)| spec.conversion.is_some()).collect();
+        if segments.is_empty() && triggered.is_empty() && converting.is_empty() {
             return Ok(());
         }
         let mut profiles: Vec<&str> = relevant.iter().filter_map(|event| event.profile_id.as_deref()).collect();
@@ -556,7 +577,13 @@ impl Engage {
                 }
             }
             for event in relevant.iter().filter(|event| event.profile_id.as_deref() == Some(profile_id)) {
-                for (campaign, spec) in &triggered {
+                for (campaign, spec) in converting.iter().map(|pair| (&pair.0, &pair.1)) {
+                    let Some(conversion) = &spec.conversion else { continue };
+                    if event.event.as_deref() == Some(conversion.event.as_str()) {
+                        self.convert(workspace_id, campaign, conversion, &profile, event, now).await?;
+                    }
+                }
+                for (campaign, spec) in triggered.iter().map(|pair| (&pair.0, &pair.1)) {
                     let Schedule::Trigger { trigger } = &spec.schedule else { continue };
                     if event.event.as_deref() != Some(trigger.event.as_str()) {
                         continue;
@@ -611,6 +638,35 @@ impl Engage {
                    "timestamp": stored.timestamp.to_rfc3339(), "channel": stored.channel})
         });
         self.store.insert_deliveries(workspace_id, &[row]).await?;
+        Ok(())
+    }
+
+    /// A conversion event after a message of a campaign: the newest such delivery within the
+    /// window counts as converted (once).
+    async fn convert(
+        &self,
+        workspace_id: &str,
+        campaign: &EngageObject,
+        conversion: &campaign::Conversion,
+        profile: &Profile,
+        event: &StreamEvent,
+        now: DateTime<Utc>,
+    ) -> Result<(), EngageError> {
+        let since = event.timestamp - Duration::hours(i64::from(conversion.within_hours));
+        let deliveries = self.store.profile_deliveries(workspace_id, &profile.id, since, 100).await?;
+        let converted = deliveries.into_iter().find(|delivery| {
+            delivery.new.campaign_id.as_deref() == Some(campaign.id.as_str())
+                && delivery.sent_at.is_some_and(|sent| sent <= event.timestamp)
+        });
+        if let Some(delivery) = converted
+            && self
+                .store
+                .record_engagement(workspace_id, &delivery.new.id, crossline_store::engage::Engagement::Converted, now)
+                .await?
+        {
+            let properties = json!({"event": conversion.event, "event_id": event.message_id});
+            self.record(workspace_id, &delivery.new, "delivery.converted", properties, now).await;
+        }
         Ok(())
     }
 
@@ -879,11 +935,22 @@ impl Engage {
             "email" => {
                 let sender = self.email_sender(workspace_id).await?;
                 let message_id = format!("{}@crossline", d.id);
+                // Opens and clicks: a pixel, and links through a redirect signed per delivery.
+                let key = self.link_key(workspace_id).await.map_err(|err| Outcome::Retry(err.to_string(), None))?;
+                let base = self.config.public_url.trim_end_matches('/');
+                let html = rendered.html.as_deref().map(|html| {
+                    let tracked = template::track_links(html, &unsubscribe_url, |_, url| {
+                        let signature = link_signature(&key, &d.id, url);
+                        let target: String = url::form_urlencoded::byte_serialize(url.as_bytes()).collect();
+                        format!("{base}/c/{workspace_id}/{}?u={target}&s={signature}", d.id)
+                    });
+                    template::add_open_pixel(&tracked, &format!("{base}/o/{workspace_id}/{}", d.id))
+                });
                 let headers = [("X-Crossline-Delivery", d.id.as_str())];
                 let email = Email {
                     to: &d.address,
                     subject: rendered.subject.as_deref().unwrap_or_default(),
-                    html: rendered.html.as_deref(),
+                    html: html.as_deref(),
                     text: &rendered.text,
                     message_id: &message_id,
                     // One-click unsubscribe (RFC 8058) needs https; over plain http the link stays
@@ -923,6 +990,67 @@ impl Engage {
             }
             other => Err(Outcome::Failed(format!("no sender for channel {other}"), None)),
         }
+    }
+
+    /// The workspace's key for signing tracked links (made on first use, kept in the store so
+    /// every node and every restart signs alike).
+    pub async fn link_key(&self, workspace_id: &str) -> Result<Vec<u8>, EngageError> {
+        if let Some(key) = self.link_keys.lock().expect("link keys").get(workspace_id) {
+            return Ok(key.clone());
+        }
+        let stored = self.store.channel(workspace_id, LINK_KEY).await?;
+        let key = match stored.as_ref().and_then(|value| value.get("key")).and_then(Value::as_str) {
+            Some(key) => hex::decode(key).unwrap_or_default(),
+            None => {
+                let key: [u8; 32] = rand::random();
+                self.store.put_channel(workspace_id, LINK_KEY, &json!({"key": hex::encode(key)})).await?;
+                // Two nodes racing to make it: the one stored last wins, and is read back.
+                let stored = self.store.channel(workspace_id, LINK_KEY).await?;
+                stored
+                    .and_then(|value| value.get("key").and_then(Value::as_str).map(str::to_owned))
+                    .and_then(|key| hex::decode(key).ok())
+                    .unwrap_or_else(|| key.to_vec())
+            }
+        };
+        self.link_keys.lock().expect("link keys").insert(workspace_id.to_owned(), key.clone());
+        Ok(key)
+    }
+
+    /// Whether a tracked link's signature is this workspace's for this delivery and URL.
+    pub async fn verify_link(
+        &self,
+        workspace_id: &str,
+        delivery_id: &str,
+        url: &str,
+        signature: &str,
+    ) -> Result<bool, EngageError> {
+        let key = self.link_key(workspace_id).await?;
+        let expected = link_signature(&key, delivery_id, url);
+        // Equal length hex strings compared without an early exit.
+        Ok(expected.len() == signature.len()
+            && expected.bytes().zip(signature.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0)
+    }
+
+    /// Records an open or a click of a delivery: the first of each counts in the stats and becomes
+    /// an event on the recipient's profile. Whether the delivery exists.
+    pub async fn engaged(
+        &self,
+        workspace_id: &str,
+        delivery_id: &str,
+        engagement: crossline_store::engage::Engagement,
+        url: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, EngageError> {
+        let Some(delivery) = self.store.delivery(workspace_id, delivery_id).await? else { return Ok(false) };
+        if self.store.record_engagement(workspace_id, delivery_id, engagement, now).await? {
+            let name = format!("delivery.{}", engagement.as_str());
+            let properties = match url {
+                Some(url) => json!({"url": url}),
+                None => json!({}),
+            };
+            self.record(workspace_id, &delivery.new, &name, properties, now).await;
+        }
+        Ok(true)
     }
 
     async fn email_sender(&self, workspace_id: &str) -> Result<Arc<EmailSender>, Outcome> {

@@ -63,6 +63,9 @@ pub fn app(state: AppState) -> Router {
         .route("/hooks/{workspace_id}/twilio/status", axum::routing::post(api::channels::twilio_status))
         // A recipient's unsubscribe link: deliberately public, named by an unguessable delivery id.
         .route("/u/{workspace_id}/{delivery_id}", get(api::engage::unsubscribe_page).post(api::engage::unsubscribe))
+        // Opens and clicks of an email, named by its delivery id; a click's target is signed.
+        .route("/o/{workspace_id}/{delivery_id}", get(api::engage::open_pixel))
+        .route("/c/{workspace_id}/{delivery_id}", get(api::engage::click))
         .route("/chat/{workspace_id}", get(api::webchat::page))
         .route("/chat/{workspace_id}/ws", get(api::webchat::socket))
         .route("/kiosk/{workspace_id}", get(api::webchat::kiosk))

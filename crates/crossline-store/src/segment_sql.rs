@@ -241,15 +241,26 @@ impl Compiler {
         within_days.map(|days| self.bind(Param::Int(self.now_millis - i64::from(days) * 86_400_000)))
     }
 
-    /// `SELECT owner FROM (rows of pid) ...`: the surviving profile of each stored id.
-    fn owners(&self, per_stored_id: &str, having: Option<&str>) -> String {
+    /// `SELECT owner ...`: the surviving profile of each stored id in `per_stored_id` (rows of
+    /// `pid`, and `n` when `compare` is given: then only owners whose summed `n` meets it, e.g.
+    /// `>= 2`). Most ids were never merged into or away: they are answered from their own row,
+    /// and only ids that took part in a merge are mapped and summed (measured on a million
+    /// profiles: regrouping every id by its owner cost more than counting the events).
+    fn owners(&self, per_stored_id: &str, compare: Option<&str>) -> String {
         let ws = self.workspace();
-        match having {
-            Some(having) => format!(
-                "SELECT coalesce(o.merged_into, g.pid) AS owner FROM ({per_stored_id}) g LEFT JOIN profiles o ON o.workspace_id = {ws} AND o.id = g.pid GROUP BY coalesce(o.merged_into, g.pid) HAVING {having}"
+        let tombstones = format!(
+            "t AS MATERIALIZED (SELECT o.id AS id, o.merged_into AS owner FROM profiles o WHERE o.workspace_id = {ws} AND o.merged_into IS NOT NULL)"
+        );
+        match compare {
+            Some(compare) => format!(
+                "WITH g AS MATERIALIZED ({per_stored_id}), {tombstones} \
+                 SELECT g.pid FROM g WHERE g.n {compare} AND g.pid NOT IN (SELECT id FROM t) AND g.pid NOT IN (SELECT owner FROM t) \
+                 UNION ALL SELECT x.owner FROM (SELECT g.pid AS owner, g.n AS n FROM g WHERE g.pid IN (SELECT owner FROM t) \
+                 UNION ALL SELECT t.owner AS owner, g.n AS n FROM g JOIN t ON t.id = g.pid) x GROUP BY x.owner HAVING sum(x.n) {compare}"
             ),
             None => format!(
-                "SELECT coalesce(o.merged_into, g.pid) AS owner FROM ({per_stored_id}) g LEFT JOIN profiles o ON o.workspace_id = {ws} AND o.id = g.pid"
+                "WITH g AS MATERIALIZED ({per_stored_id}), {tombstones} \
+                 SELECT g.pid FROM g WHERE g.pid NOT IN (SELECT id FROM t) UNION ALL SELECT t.owner FROM g JOIN t ON t.id = g.pid"
             ),
         }
     }
@@ -271,10 +282,10 @@ impl Compiler {
         let counted =
             format!("SELECT e.profile_id AS pid, count(*) AS n FROM events e WHERE {filters} GROUP BY e.profile_id");
         let (negated, having) = match condition.count {
-            Count::Gte(n) => (false, format!("sum(g.n) >= {n}")),
-            Count::Eq(0) => (true, "sum(g.n) >= 1".to_owned()),
-            Count::Eq(n) => (false, format!("sum(g.n) = {n}")),
-            Count::Lte(n) => (true, format!("sum(g.n) > {n}")),
+            Count::Gte(n) => (false, format!(">= {n}")),
+            Count::Eq(0) => (true, ">= 1".to_owned()),
+            Count::Eq(n) => (false, format!("= {n}")),
+            Count::Lte(n) => (true, format!("> {n}")),
         };
         let owners = self.owners(&counted, Some(&having));
         format!("(p.id {}IN ({owners}))", if negated { "NOT " } else { "" })
@@ -302,8 +313,10 @@ impl Compiler {
         let kinds: Vec<String> = kinds.iter().map(|kind| self.bind(Param::Text((*kind).to_owned()))).collect();
         let kinds = kinds.join(", ");
         let consent = self.consent_not_unsubscribed(channel);
+        // Correlated on the profile (the identities-by-profile index): by the time it runs, the
+        // other conditions of a segment have usually cut the candidates to a few.
         format!(
-            "({consent} AND p.id IN (SELECT i.profile_id FROM identities i WHERE i.workspace_id = {ws} AND i.kind IN ({kinds}) \
+            "({consent} AND EXISTS (SELECT 1 FROM identities i WHERE i.profile_id = p.id AND i.workspace_id = {ws} AND i.kind IN ({kinds}) \
              AND NOT EXISTS (SELECT 1 FROM address_states s WHERE s.workspace_id = {ws} AND s.kind = i.kind AND s.value = i.value AND s.unreachable_at IS NOT NULL)))"
         )
     }
@@ -404,8 +417,8 @@ mod tests {
     #[test]
     fn counts_that_zero_satisfies_are_negated_sets() {
         let lte = Filter::parse(&json!({"event": "x", "count": {"lte": 2}})).unwrap();
-        assert!(compile(&lte, "ws", 0, Dialect::Sqlite).condition.contains("NOT IN"));
+        assert!(compile(&lte, "ws", 0, Dialect::Sqlite).condition.starts_with("(p.id NOT IN"));
         let gte = Filter::parse(&json!({"event": "x", "count": {"gte": 2}})).unwrap();
-        assert!(!compile(&gte, "ws", 0, Dialect::Sqlite).condition.contains("NOT IN"));
+        assert!(compile(&gte, "ws", 0, Dialect::Sqlite).condition.starts_with("(p.id IN"));
     }
 }

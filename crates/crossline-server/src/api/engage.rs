@@ -743,3 +743,46 @@ pub async fn unsubscribe(
 fn html_escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
+
+/// The open pixel of an email: records the first open, answers a 1×1 transparent GIF.
+pub async fn open_pixel(
+    State(state): State<AppState>,
+    Path((workspace_id, delivery_id)): Path<(String, String)>,
+) -> axum::response::Response {
+    const GIF: &[u8] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\x00\x00\x00!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;";
+    if let Err(err) = state.engage.engaged(&workspace_id, &delivery_id, Engagement::Opened, None, Utc::now()).await {
+        tracing::warn!(error = %err, "recording an open failed");
+    }
+    ([(axum::http::header::CONTENT_TYPE, "image/gif"), (axum::http::header::CACHE_CONTROL, "no-store")], GIF)
+        .into_response()
+}
+
+/// A tracked link's query: the target and its signature.
+#[derive(Deserialize)]
+pub struct ClickParams {
+    u: Option<String>,
+    s: Option<String>,
+}
+
+/// A tracked link: checks the signature (so the redirect goes only where the message pointed),
+/// records the first click, redirects.
+pub async fn click(
+    State(state): State<AppState>,
+    Path((workspace_id, delivery_id)): Path<(String, String)>,
+    Query(params): Query<ClickParams>,
+) -> axum::response::Response {
+    let (Some(url), Some(signature)) = (params.u, params.s) else {
+        return (StatusCode::NOT_FOUND, Html("<!doctype html><p>This link is not valid.</p>")).into_response();
+    };
+    match state.engage.verify_link(&workspace_id, &delivery_id, &url, &signature).await {
+        Ok(true) if url.starts_with("https://") || url.starts_with("http://") => {}
+        Ok(_) => return (StatusCode::NOT_FOUND, Html("<!doctype html><p>This link is not valid.</p>")).into_response(),
+        Err(err) => return ApiError::from(err).into_response(),
+    }
+    if let Err(err) =
+        state.engage.engaged(&workspace_id, &delivery_id, Engagement::Clicked, Some(&url), Utc::now()).await
+    {
+        tracing::warn!(error = %err, "recording a click failed");
+    }
+    axum::response::Redirect::to(&url).into_response()
+}

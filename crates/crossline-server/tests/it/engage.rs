@@ -177,7 +177,8 @@ async fn a_campaign_reaches_the_right_people_through_a_real_smtp_server() {
     let (status, err) = post(&server, "/api/v1/campaigns", &ws.api_key, &json!({"name": "Ghost", "segment_id": "seg_nope", "channel": "email", "template_id": template_id, "schedule": "now"})).await;
     assert_eq!(status, StatusCode::CONFLICT, "{err}");
 
-    let (status, created) = post(&server, "/api/v1/campaigns", &ws.api_key, &json!({"name": "Winter sale", "segment_id": segment_id, "channel": "email", "template_id": template_id, "schedule": "now"})).await;
+    let (status, created) = post(&server, "/api/v1/campaigns", &ws.api_key, &json!({"name": "Winter sale", "segment_id": segment_id, "channel": "email", "template_id": template_id, "schedule": "now",
+        "conversion": {"event": "Order Completed", "within_hours": 24}})).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let campaign = campaign_when_done(&server, &ws.api_key, created["id"].as_str().unwrap()).await;
     let stats = &campaign["stats"];
@@ -215,8 +216,48 @@ async fn a_campaign_reaches_the_right_people_through_a_real_smtp_server() {
             .await;
     assert_eq!(size["size"], 2, "ann and cy: bob unsubscribed, dee bounced, eve has no address");
 
-    // One-click unsubscribe (RFC 8058): a POST to the https link, as a mail client sends it.
+    // Opens and clicks: the pixel and the signed redirect, each counted once and an event.
     let body = data.replace("=\r\n", "").replace("=3D", "=");
+    let find = |marker: &str| {
+        let start = body.find(&format!("{}{marker}", server.url)).unwrap_or_else(|| panic!("{marker} in {body}"));
+        body[start..].split(['"', ')', '<', ' ', '\r', '\n']).next().unwrap().replace("&amp;", "&")
+    };
+    let pixel = find("/o/");
+    for _ in 0..2 {
+        let response = server.http.get(&pixel).send().await.unwrap();
+        assert_eq!(response.headers()["content-type"], "image/gif");
+    }
+    let click = find("/c/");
+    let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let followed = no_redirects.get(&click).send().await.unwrap();
+    assert_eq!(followed.status(), StatusCode::SEE_OTHER, "{click}");
+    assert_eq!(followed.headers()["location"], "https://acme.example/sale");
+    let forged = click.replace("acme.example%2Fsale", "evil.example%2F");
+    assert_eq!(no_redirects.get(&forged).send().await.unwrap().status(), StatusCode::NOT_FOUND, "no open redirect");
+    // A conversion: the chosen event after the message.
+    let order = json!({"type": "track", "userId": "ann", "event": "Order Completed", "properties": {"total": 40}});
+    assert_eq!(server.track("/v1/track", &ws.write_key, &order).await.status(), StatusCode::OK);
+    let mut stats = Value::Null;
+    for _ in 0..100 {
+        let (_, campaign) =
+            json_of(server.get(&format!("/api/v1/campaigns/{}", created["id"].as_str().unwrap()), &ws.api_key).await)
+                .await;
+        stats = campaign["stats"].clone();
+        if stats["converted"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        (stats["opened"].clone(), stats["clicked"].clone(), stats["converted"].clone()),
+        (json!(1), json!(1), json!(1)),
+        "{stats}"
+    );
+    for name in ["delivery.opened", "delivery.clicked", "delivery.converted"] {
+        assert_eq!(events_named(&server, &ws.api_key, "ann", name).await.len(), 1, "{name} on ann's profile");
+    }
+
+    // One-click unsubscribe (RFC 8058): a POST to the https link, as a mail client sends it.
     let start = body.find(&format!("{}/u/", server.url)).expect("the unsubscribe link is in the body");
     let link = body[start..].split(['"', ')', '<', ' ', '\r', '\n']).next().unwrap().to_owned();
     let page = server.http.get(&link).send().await.unwrap();
