@@ -101,13 +101,30 @@ pub(crate) async fn campaign(args: CampaignArgs) -> anyhow::Result<()> {
     let port = free_port()?;
     let sms_count = Arc::new(AtomicUsize::new(0));
     let mut sink = None;
+    // smtp-sink's running counter, read as it is written (an unread pipe would stall the sink).
+    let counter = Arc::new(std::sync::Mutex::new(String::new()));
     if args.channel == "email" {
-        let process = tokio::process::Command::new(&args.smtp_sink)
+        let mut process = tokio::process::Command::new(&args.smtp_sink)
             .args(["-c", "-u", "root", &format!("127.0.0.1:{port}"), "1024"])
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("cannot start {} (apt-get install postfix)", args.smtp_sink.display()))?;
+        let mut stdout = process.stdout.take().context("smtp-sink's output")?;
+        let last = counter.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut chunk = [0u8; 4096];
+            while let Ok(read) = stdout.read(&mut chunk).await {
+                if read == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&chunk[..read]).into_owned();
+                if let Some(line) = text.split(['\r', '\n']).rev().find(|line| !line.trim().is_empty()) {
+                    *last.lock().unwrap_or_else(|p| p.into_inner()) = line.trim().to_owned();
+                }
+            }
+        });
         sink = Some(process);
         tokio::time::sleep(Duration::from_millis(300)).await;
         let config = json!({"host": "127.0.0.1", "port": port, "tls": "none", "from": "Bench <bench@example.com>", "pool_size": 64});
@@ -150,7 +167,7 @@ pub(crate) async fn campaign(args: CampaignArgs) -> anyhow::Result<()> {
                 .map(|i| {
                     json!({"type": "identify", "userId": format!("r{i}"), "messageId": format!("r{i}"),
                         "traits": {"first_name": format!("Person {i}"), "plan": "pro", "email": format!("person{i}@example.com"),
-                                   "phone": format!("+1415{:07}", 1_000_000 + i)}})
+                                   "phone": format!("+1415{}", 2_000_000 + i)}})
                 })
                 .collect();
             json!({"batch": events}).to_string()
@@ -163,7 +180,10 @@ pub(crate) async fn campaign(args: CampaignArgs) -> anyhow::Result<()> {
         clients.push(tokio::spawn(async move {
             loop {
                 let Some(body) = batches.lock().unwrap_or_else(|p| p.into_inner()).pop() else { return anyhow::Ok(()) };
-                post_tracking(&http, &url, "batch", &auth, body).await?.error_for_status()?;
+                let answer: Value = post_tracking(&http, &url, "batch", &auth, body).await?.error_for_status()?.json().await?;
+                if let Some(rejected) = answer["rejected"].as_array().and_then(|r| r.first()) {
+                    bail!("a recipient was rejected: {rejected}");
+                }
             }
         }));
     }

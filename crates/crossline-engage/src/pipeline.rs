@@ -92,7 +92,7 @@ impl Default for PipelineConfig {
         PipelineConfig {
             holder: format!("sender-{}", crossline_core::ids::new_random_id("n")),
             batch: 512,
-            concurrency: 64,
+            concurrency: 128,
             lease: Duration::seconds(60),
             max_attempts: 8,
             public_url: "http://127.0.0.1:8080".into(),
@@ -114,7 +114,10 @@ pub struct Engage {
 }
 
 /// A compiled template and the version (its `updated_at`) it was compiled from.
-type CachedTemplate = (DateTime<Utc>, Arc<CompiledTemplate>);
+type CachedTemplate = (DateTime<Utc>, Arc<CompiledTemplate>, std::time::Instant);
+
+/// How long a compiled template is used without asking the store whether it changed.
+const TEMPLATE_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What every recipient of one run shares.
 struct Plan<'a> {
@@ -191,15 +194,22 @@ impl Engage {
 
     /// A compiled template, cached until it changes.
     pub async fn template(&self, workspace_id: &str, template_id: &str) -> Result<Arc<CompiledTemplate>, EngageError> {
+        let key = (workspace_id.to_owned(), template_id.to_owned());
+        // A send reads its template once per TEMPLATE_FRESH, not once per message.
+        if let Some((_, compiled, checked)) = self.templates.lock().expect("template cache").get(&key)
+            && checked.elapsed() < TEMPLATE_FRESH
+        {
+            return Ok(compiled.clone());
+        }
         let stored = self
             .store
             .object(workspace_id, ObjectKind::Template, template_id)
             .await?
             .ok_or_else(|| EngageError::NotFound(format!("template {template_id} does not exist")))?;
-        let key = (workspace_id.to_owned(), template_id.to_owned());
-        if let Some((at, compiled)) = self.templates.lock().expect("template cache").get(&key)
+        if let Some((at, compiled, checked)) = self.templates.lock().expect("template cache").get_mut(&key)
             && *at == stored.updated_at
         {
+            *checked = std::time::Instant::now();
             return Ok(compiled.clone());
         }
         let source: TemplateSource =
@@ -209,7 +219,7 @@ impl Engage {
         if cache.len() > 1024 {
             cache.clear();
         }
-        cache.insert(key, (stored.updated_at, compiled.clone()));
+        cache.insert(key, (stored.updated_at, compiled.clone(), std::time::Instant::now()));
         Ok(compiled)
     }
 
