@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Crash test of a campaign: a real `crossline serve` sends a campaign to a local SMTP server, is
+# Crash test of a campaign: a real `crossline serve` sends a campaign to Postfix's smtp-sink, is
 # killed with SIGKILL mid-campaign, restarted on the same data, and finishes it. Every recipient
 # must get the message (0 lost); a repeat is allowed only for a message whose send was under way at
 # the kill, and it must carry the same Message-ID. Prints the counts.
@@ -26,58 +26,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A small SMTP server (RFC 5321's commands, one thread per connection) that accepts every message
-# and appends "recipient Message-ID" to a file.
-python3 - "$SMTP_PORT" "$WORK/mail.txt" <<'PY' &
-import socketserver, sys, threading
-port, path = int(sys.argv[1]), sys.argv[2]
-lock = threading.Lock()
-out = open(path, "a", buffering=1)
-class Session(socketserver.StreamRequestHandler):
-    def reply(self, line):
-        self.wfile.write((line + "\r\n").encode())
-    def handle(self):
-        self.reply("220 sink ESMTP")
-        rcpt = []
-        while True:
-            line = self.rfile.readline()
-            if not line:
-                return
-            command = line.decode("utf-8", "replace").strip()
-            verb = command[:4].upper()
-            if verb in ("EHLO", "HELO"):
-                self.reply("250-sink\r\n250 8BITMIME" if verb == "EHLO" else "250 sink")
-            elif verb == "MAIL":
-                rcpt = []
-                self.reply("250 OK")
-            elif verb == "RCPT":
-                rcpt.append(command.split(":", 1)[1].strip().strip("<>"))
-                self.reply("250 OK")
-            elif verb == "DATA":
-                self.reply("354 go on")
-                message_id = ""
-                while True:
-                    data = self.rfile.readline()
-                    if not data or data in (b".\r\n", b".\n"):
-                        break
-                    if not message_id and data.lower().startswith(b"message-id:"):
-                        message_id = data.split(b":", 1)[1].strip().decode()
-                with lock:
-                    for address in rcpt:
-                        out.write(f"{address} {message_id}\n")
-                self.reply("250 queued")
-            elif verb == "QUIT":
-                self.reply("221 bye")
-                return
-            else:
-                self.reply("250 OK")
-class Server(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    def handle_error(self, request, address):
-        pass
-Server(("127.0.0.1", port), Session).serve_forever()
-PY
+# A real SMTP server: Postfix's smtp-sink, writing every message (envelope and content) to a file.
+mkdir -p "$WORK/mail"
+/usr/sbin/smtp-sink -u "$(id -un)" -d "$WORK/mail/%Y/" "127.0.0.1:$SMTP_PORT" 256 &
 SINK=$!
 
 start_server() {
@@ -118,13 +69,13 @@ CAMPAIGN=$(api POST /api/v1/campaigns "{\"name\": \"Crash\", \"segment_id\": \"$
 
 # Kill it once a tenth of the messages are out.
 for _ in $(seq 1 600); do
-    SENT=$(wc -l <"$WORK/mail.txt" 2>/dev/null || echo 0)
+    SENT=$(find "$WORK/mail" -type f | wc -l)
     [ "$SENT" -ge $((RECIPIENTS / 10)) ] && break
     sleep 0.05
 done
 kill -9 "$SERVER"
 SERVER=""
-AT_KILL=$(wc -l <"$WORK/mail.txt")
+AT_KILL=$(find "$WORK/mail" -type f | wc -l)
 echo "campaign crash test: killed the server with SIGKILL after $AT_KILL of $RECIPIENTS messages"
 
 start_server
@@ -133,14 +84,21 @@ for _ in $(seq 1 1200); do
     [ "$STATUS" = completed ] && break
     sleep 0.25
 done
-python3 - "$WORK/mail.txt" "$RECIPIENTS" "$STATUS" <<'PY'
-import collections, sys
-path, count, status = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+python3 - "$WORK/mail" "$RECIPIENTS" "$STATUS" <<'PY'
+import collections, pathlib, sys
+root, count, status = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 by_recipient = collections.defaultdict(list)
-for line in open(path):
-    if line.endswith("\n"):
-        address, message_id = (line.split() + [""])[:2]
-        by_recipient[address].append(message_id)
+for path in pathlib.Path(root).rglob("*"):
+    if not path.is_file():
+        continue
+    headers = {}
+    for line in path.read_text(errors="replace").splitlines():
+        if not line:
+            break
+        name, _, value = line.partition(":")
+        headers.setdefault(name.strip().lower(), value.strip())
+    for address in headers.get("x-rcpt-args", "").split():
+        by_recipient[address.strip("<>")].append(headers.get("message-id", ""))
 expected = {f"person{i}@example.com" for i in range(count)}
 missing = expected - set(by_recipient)
 repeated = {address: ids for address, ids in by_recipient.items() if len(ids) > 1}

@@ -180,7 +180,8 @@ pub(crate) async fn campaign(args: CampaignArgs) -> anyhow::Result<()> {
         clients.push(tokio::spawn(async move {
             loop {
                 let Some(body) = batches.lock().unwrap_or_else(|p| p.into_inner()).pop() else { return anyhow::Ok(()) };
-                let answer: Value = post_tracking(&http, &url, "batch", &auth, body).await?.error_for_status()?.json().await?;
+                let answer: Value =
+                    post_tracking(&http, &url, "batch", &auth, body).await?.error_for_status()?.json().await?;
                 if let Some(rejected) = answer["rejected"].as_array().and_then(|r| r.first()) {
                     bail!("a recipient was rejected: {rejected}");
                 }

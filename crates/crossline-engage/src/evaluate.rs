@@ -1,9 +1,9 @@
 //! One profile against a filter, in memory: what an arriving event needs (incremental membership,
-//! triggers), where running the set-based SQL would cost a scan. The same semantics as
-//! `crossline_store::segment_sql`, which a test checks on random data against the store.
+//! triggers), where running the set-based SQL would cost a scan. Meant to have the same semantics
+//! as `crossline_store::segment_sql` (a test comparing the two on random data is still to write).
 //!
 //! Bounded: the profile's newest [`EVENT_WINDOW`] events are read; a count beyond them is counted
-//! as far as they go (the periodic full evaluation in SQL has no such bound).
+//! as far as they go (size, members and planning always run the SQL, which has no such bound).
 
 use chrono::{DateTime, Duration, Utc};
 use crossline_core::segment::{ConversationCondition, Count, EventCondition, Filter, Op, ValueCondition};

@@ -1008,6 +1008,10 @@ impl Engage {
         if let Some(key) = self.link_keys.lock().expect("link keys").get(workspace_id) {
             return Ok(key.clone());
         }
+        // Only a workspace that exists gets a key (a made-up id in a link must not create rows).
+        if self.store.workspace(workspace_id).await?.is_none() {
+            return Err(EngageError::NotFound(format!("workspace {workspace_id} does not exist")));
+        }
         let stored = self.store.channel(workspace_id, LINK_KEY).await?;
         let key = match stored.as_ref().and_then(|value| value.get("key")).and_then(Value::as_str) {
             Some(key) => hex::decode(key).unwrap_or_default(),

@@ -629,12 +629,17 @@ pub async fn act_on_campaign(state: &AppState, workspace_id: &str, id: &str, act
         .object(workspace_id, ObjectKind::Campaign, id)
         .await?
         .ok_or_else(|| ApiError::not_found("campaign"))?;
-    // Paused before its first run (waiting for its time): resuming makes it wait again.
-    let to = if action == "resume" && campaign.body.get("current_run").and_then(Value::as_str).is_none() {
-        status::SCHEDULED
-    } else {
-        to
-    };
+    // Paused before its first run (waiting for its time): resuming makes it wait again. A triggered
+    // campaign has no runs of its own and goes back to running.
+    let waits_for_a_time =
+        campaign.body.get("schedule").is_some_and(|s| s.get("at").is_some() || s.get("cron").is_some());
+    let to =
+        if action == "resume" && waits_for_a_time && campaign.body.get("current_run").and_then(Value::as_str).is_none()
+        {
+            status::SCHEDULED
+        } else {
+            to
+        };
     if !state.store.set_object_status(workspace_id, ObjectKind::Campaign, id, to, None, from).await? {
         return Err(ApiError::new(
             ErrorCode::Conflict,
@@ -776,7 +781,9 @@ pub async fn click(
     };
     match state.engage.verify_link(&workspace_id, &delivery_id, &url, &signature).await {
         Ok(true) if url.starts_with("https://") || url.starts_with("http://") => {}
-        Ok(_) => return (StatusCode::NOT_FOUND, Html("<!doctype html><p>This link is not valid.</p>")).into_response(),
+        Ok(_) | Err(EngageError::NotFound(_)) => {
+            return (StatusCode::NOT_FOUND, Html("<!doctype html><p>This link is not valid.</p>")).into_response();
+        }
         Err(err) => return ApiError::from(err).into_response(),
     }
     if let Err(err) =
