@@ -1,11 +1,11 @@
 //! One profile against a filter, in memory: what an arriving event needs (incremental membership,
 //! triggers), where running the set-based SQL would cost a scan. Meant to have the same semantics
-//! as `crossline_store::segment_sql` (a test comparing the two on random data is still to write).
+//! as `crossline_store::segment_sql`; `tests/evaluate_matches_sql.rs` compares the two on random data.
 //!
 //! Bounded: the profile's newest [`EVENT_WINDOW`] events are read; a count beyond them is counted
 //! as far as they go (size, members and planning always run the SQL, which has no such bound).
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use crossline_core::segment::{ConversationCondition, Count, EventCondition, Filter, Op, ValueCondition};
 use crossline_core::{ConsentStatus, Profile};
 use crossline_store::StoredEvent;
@@ -97,8 +97,10 @@ pub fn value_test(object: &Map<String, Value>, condition: &ValueCondition) -> bo
     }
 }
 
+/// In milliseconds, as the store keeps times and the SQL compares them.
 fn in_window(event: &StoredEvent, within_days: Option<u32>, now: DateTime<Utc>) -> bool {
-    within_days.is_none_or(|days| event.timestamp >= now - Duration::days(i64::from(days)))
+    within_days
+        .is_none_or(|days| event.timestamp.timestamp_millis() >= now.timestamp_millis() - i64::from(days) * 86_400_000)
 }
 
 fn event(condition: &EventCondition, facts: &Facts<'_>) -> bool {
