@@ -179,17 +179,7 @@ impl Engage {
     /// A segment's filter with every reference resolved (lists become membership lookups).
     pub async fn resolve_segment(&self, workspace_id: &str, segment_id: &str) -> Result<Filter, EngageError> {
         let segments = self.store.objects(workspace_id, ObjectKind::Segment).await?;
-        let by_id: HashMap<&str, &EngageObject> = segments.iter().map(|s| (s.id.as_str(), s)).collect();
-        let mut lookup = |id: &str| -> Option<Filter> {
-            let segment = by_id.get(id)?;
-            match segment.body.get("filter") {
-                Some(filter) if !filter.is_null() => Filter::parse(filter).ok(),
-                _ => Some(Filter::List(id.to_owned())),
-            }
-        };
-        Filter::Segment(segment_id.to_owned())
-            .resolve(&mut lookup, 0, &mut Vec::new())
-            .map_err(|err| EngageError::NotFound(format!("{}: {}", err.path, err.message)))
+        resolve_among(&segments, segment_id)
     }
 
     /// A compiled template, cached until it changes.
@@ -523,15 +513,13 @@ impl Engage {
             return Ok(());
         }
         let segments: Vec<(EngageObject, Filter)> = {
+            // Read once per batch and resolved from that list (not one read per segment).
             let stored = self.store.objects(workspace_id, ObjectKind::Segment).await?;
-            let mut resolved = Vec::new();
-            for segment in stored.into_iter().filter(|segment| segment.body.get("filter").is_some_and(|f| !f.is_null()))
-            {
-                if let Ok(filter) = self.resolve_segment(workspace_id, &segment.id).await {
-                    resolved.push((segment, filter));
-                }
-            }
-            resolved
+            stored
+                .iter()
+                .filter(|segment| segment.body.get("filter").is_some_and(|f| !f.is_null()))
+                .filter_map(|segment| Some((segment.clone(), resolve_among(&stored, &segment.id).ok()?)))
+                .collect()
         };
         let campaigns: Vec<(EngageObject, CampaignSpec)> = self
             .store
@@ -1257,6 +1245,22 @@ pub struct StreamEvent {
     pub timestamp: DateTime<Utc>,
     /// Its profile.
     pub profile_id: Option<String>,
+}
+
+/// A segment's filter resolved among a workspace's segments (references inlined, lists as
+/// membership lookups); a missing segment or a cycle is an error naming it.
+fn resolve_among(segments: &[EngageObject], segment_id: &str) -> Result<Filter, EngageError> {
+    let by_id: HashMap<&str, &EngageObject> = segments.iter().map(|s| (s.id.as_str(), s)).collect();
+    let mut lookup = |id: &str| -> Option<Filter> {
+        let segment = by_id.get(id)?;
+        match segment.body.get("filter") {
+            Some(filter) if !filter.is_null() => Filter::parse(filter).ok(),
+            _ => Some(Filter::List(id.to_owned())),
+        }
+    };
+    Filter::Segment(segment_id.to_owned())
+        .resolve(&mut lookup, 0, &mut Vec::new())
+        .map_err(|err| EngageError::NotFound(format!("{}: {}", err.path, err.message)))
 }
 
 fn backoff(attempts: u32) -> Duration {
