@@ -6,9 +6,9 @@
 //! What is guaranteed (docs/engagement.md says it for users): a planned delivery is never lost (it
 //! is a row before anything is sent); a delivery is sent at most once unless a sender dies after
 //! the provider accepted it and before the result was stored, in which case the lease runs out
-//! and it is sent again with the same `Message-ID` (email) — the only possible repeat. Consent and
-//! reachability are checked again just before each send, so an unsubscribe between planning and
-//! sending is honoured.
+//! and it is sent again with the same `Message-ID` (email) — the only possible repeat. Consent,
+//! reachability, quiet hours and caps are checked again when a batch is claimed, moments before
+//! its sends, so an unsubscribe between planning and sending is honoured.
 
 use crate::campaign::{self, CampaignSpec, Schedule};
 use crate::policy::{self, Decision, MessagingSettings, Recipient, SendKind, Suppression};
@@ -20,9 +20,10 @@ use crossline_channels::twilio::{self, TwilioConfig};
 use crossline_core::segment::Filter;
 use crossline_core::{ConsentStatus, Identity, IdentityKind, Profile};
 use crossline_engine::{Egress, EventRecorder};
-use crossline_store::engage::{Delivery, DeliveryStatus, DeliveryUpdate, EngageObject, NewDelivery, ObjectKind};
+use crossline_store::engage::{
+    Delivery, DeliveryStatus, DeliveryUpdate, EngageObject, NewDelivery, ObjectKind, RecipientFacts,
+};
 use crossline_store::{DynStore, StoreError};
-use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -264,30 +265,114 @@ impl Engage {
         Ok(run)
     }
 
-    /// Runs the senders and the scheduler until `shutdown`.
+    /// Runs the scheduler and the senders until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
-        let mut shutdown = std::pin::pin!(shutdown);
-        let mut last_schedule = std::time::Instant::now() - std::time::Duration::from_secs(10);
-        loop {
-            if last_schedule.elapsed() >= std::time::Duration::from_millis(500) {
-                last_schedule = std::time::Instant::now();
-                if let Err(err) = self.schedule_once(Utc::now()).await {
-                    tracing::warn!(error = %err, "campaign scheduling failed");
-                }
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let signal = async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        };
+        tokio::join!(signal, self.schedule_loop(stopped.clone()), self.clone().send_loop(stopped));
+    }
+
+    /// Starts due campaigns and plans their runs, every half second. Planning a large run takes
+    /// a while; the senders go on meanwhile and send its first pages as they are stored.
+    async fn schedule_loop(&self, mut stopped: tokio::sync::watch::Receiver<bool>) {
+        while !*stopped.borrow() {
+            if let Err(err) = self.schedule_once(Utc::now()).await {
+                tracing::warn!(error = %err, "campaign scheduling failed");
             }
-            let sent = match self.deliver_once(Utc::now()).await {
-                Ok(sent) => sent,
+            tokio::select! {
+                _ = stopped.changed() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    /// Claims due deliveries, decides each against the send policy with what the store says
+    /// about its recipient now (one read per batch), and sends the rest with at most
+    /// `concurrency` provider calls in flight. A batch is claimed as soon as the previous one
+    /// has all started, so the providers never wait for the database; results are stored as they
+    /// come by [`Engage::record_results`].
+    async fn send_loop(self: Arc<Self>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+        let permits = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency));
+        let (results, finished) = tokio::sync::mpsc::channel(self.config.concurrency * 4);
+        let recorder = tokio::spawn(self.clone().record_results(finished));
+        'claiming: while !*stopped.borrow() {
+            let now = Utc::now();
+            let until = now + self.config.lease;
+            let claimed = match self.store.claim_deliveries(&self.config.holder, now, until, self.config.batch).await {
+                Ok(claimed) => claimed,
                 Err(err) => {
-                    tracing::warn!(error = %err, "sending deliveries failed");
-                    0
+                    tracing::warn!(error = %err, "claiming deliveries failed");
+                    Vec::new()
                 }
             };
-            if sent == 0 {
+            if claimed.is_empty() {
                 tokio::select! {
-                    _ = &mut shutdown => break,
+                    _ = stopped.changed() => {}
                     _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
                 }
+                continue;
             }
+            metrics::counter!("crossline_deliveries_processed_total").increment(claimed.len() as u64);
+            let mut steps = self.prepare(claimed, now).await.into_iter();
+            while let Some(step) = steps.next() {
+                let job = match step {
+                    Step::Settled(update) => {
+                        let _ = results.send(update).await;
+                        continue;
+                    }
+                    Step::Send(job) => job,
+                };
+                let permit = tokio::select! {
+                    permit = permits.clone().acquire_owned() => permit.ok(),
+                    _ = stopped.changed() => None,
+                };
+                let Some(permit) = permit else {
+                    // Shutting down: what was claimed and not started goes back to the queue now
+                    // rather than when its lease runs out.
+                    let unsent = std::iter::once(job.delivery.new.id).chain(steps.filter_map(|step| match step {
+                        Step::Send(job) => Some(job.delivery.new.id),
+                        Step::Settled(_) => None,
+                    }));
+                    for id in unsent {
+                        let _ = results.send(released(id, "the sender stopped before sending it", Utc::now())).await;
+                    }
+                    break 'claiming;
+                };
+                let (this, results) = (self.clone(), results.clone());
+                tokio::spawn(async move {
+                    let update = this.deliver(job, until).await;
+                    let _ = results.send(update).await;
+                    drop(permit);
+                });
+            }
+        }
+        // Every send started finishes and is recorded before the loop returns.
+        let _ = permits.acquire_many(self.config.concurrency as u32).await;
+        drop(results);
+        let _ = recorder.await;
+    }
+
+    /// Stores send results as they arrive, as many at once as have arrived (so a crash finds
+    /// all but the last few milliseconds' stored). A store that fails is retried for as long as
+    /// the deliveries' lease lasts; after that another sender may take them again.
+    async fn record_results(self: Arc<Self>, mut finished: tokio::sync::mpsc::Receiver<DeliveryUpdate>) {
+        let mut updates = Vec::with_capacity(256);
+        while finished.recv_many(&mut updates, 256).await > 0 {
+            let give_up = std::time::Instant::now() + self.config.lease.to_std().unwrap_or_default();
+            let mut wait = std::time::Duration::from_millis(50);
+            while let Err(err) = self.store.finish_deliveries(&self.config.holder, &updates).await {
+                if std::time::Instant::now() + wait > give_up {
+                    tracing::error!(error = %err, count = updates.len(), "send results could not be stored");
+                    break;
+                }
+                tracing::warn!(error = %err, "storing send results failed; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(2));
+            }
+            updates.clear();
         }
     }
 
@@ -413,19 +498,13 @@ impl Engage {
         loop {
             let page = self.store.segment_members(workspace_id, &filter, now, after.as_deref(), 1000).await?;
             let Some(last) = page.last().cloned() else { break };
-            let profiles = futures::stream::iter(page.clone().into_iter().map(|id| {
-                let (store, workspace) = (self.store.clone(), workspace_id.to_owned());
-                async move { store.profile(&workspace, &id).await }
-            }))
-            .buffered(16)
-            .collect::<Vec<_>>()
-            .await;
+            let mut facts = self.store.recipients(workspace_id, &page, cap_since(&settings, &spec, now)).await?;
             let mut rows = Vec::with_capacity(page.len());
-            for profile in profiles {
-                let Some(profile) = profile? else { continue };
+            for id in &page {
+                let Some(facts) = facts.remove(id) else { continue };
                 let plan =
                     Plan { campaign_id, run_id, spec: &spec, settings: &settings, workspace_zone: &workspace_zone };
-                let mut row = self.plan_row(workspace_id, &plan, &profile, now, now).await?;
+                let mut row = self.plan_row(workspace_id, &plan, &facts, now, now).await?;
                 if row.status == DeliveryStatus::Queued {
                     queued_total += 1;
                     if spec.limits.total.is_some_and(|total| queued_total > total) {
@@ -629,7 +708,13 @@ impl Engage {
         };
         let earliest =
             event.timestamp.max(now - Duration::minutes(5)) + Duration::seconds(trigger.delay_seconds as i64);
-        let mut row = self.plan_row(workspace_id, &plan, profile, earliest.max(now), now).await?;
+        let asked = [profile.id.clone()];
+        let Some(facts) =
+            self.store.recipients(workspace_id, &asked, cap_since(&settings, spec, now)).await?.remove(&profile.id)
+        else {
+            return Ok(());
+        };
+        let mut row = self.plan_row(workspace_id, &plan, &facts, earliest.max(now), now).await?;
         row.idempotency_key = run_id.clone();
         row.event = events.iter().find(|stored| stored.id == event.message_id).map(|stored| {
             json!({"id": stored.id, "type": stored.kind, "name": stored.event, "properties": stored.properties,
@@ -688,11 +773,12 @@ impl Engage {
         &self,
         workspace_id: &str,
         plan: &Plan<'_>,
-        profile: &Profile,
+        facts: &RecipientFacts,
         earliest: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<NewDelivery, EngageError> {
         let spec = plan.spec;
+        let profile = &facts.profile;
         let (treatment, template_id) = spec.assign(plan.campaign_id, &profile.id);
         let mut row = NewDelivery {
             id: crossline_core::ids::new_random_id("dlv"),
@@ -723,7 +809,7 @@ impl Engage {
             _ => earliest,
         };
         row.run_at = send_at;
-        let choice = self.choose(workspace_id, spec, plan.settings, profile, zone, send_at).await?;
+        let choice = choose(spec, plan.settings, facts, zone, send_at);
         row.channel = choice.channel;
         row.address = choice.address;
         match choice.decision {
@@ -738,59 +824,6 @@ impl Engage {
             }
         }
         Ok(row)
-    }
-
-    /// The first channel in the campaign's order with an address the customer did not
-    /// unsubscribe and that is not unreachable, and the policy's decision for it.
-    async fn choose(
-        &self,
-        workspace_id: &str,
-        spec: &CampaignSpec,
-        settings: &MessagingSettings,
-        profile: &Profile,
-        zone: chrono_tz::Tz,
-        now: DateTime<Utc>,
-    ) -> Result<Planned, EngageError> {
-        let unreachable = self.store.address_states(workspace_id, &profile.id).await?;
-        let recent = match settings.frequency_cap {
-            Some(cap) if spec.kind == SendKind::Marketing => {
-                self.store
-                    .marketing_sends_since(workspace_id, &profile.id, now - Duration::days(i64::from(cap.days)))
-                    .await?
-            }
-            _ => 0,
-        };
-        let mut first: Option<Planned> = None;
-        for channel in &spec.channels {
-            let address = address_for(profile, channel);
-            let recipient = Recipient {
-                consent: consent_of(profile, channel),
-                has_address: address.is_some(),
-                unreachable: address.as_ref().is_some_and(|address| {
-                    unreachable
-                        .iter()
-                        .any(|state| state.value == *address && address_kind(channel) == Some(state.kind.as_str()))
-                }),
-                time_zone: zone,
-                recent_marketing_sends: recent,
-            };
-            let decision = policy::decide(settings, spec.kind, &recipient, now);
-            let planned = Planned { channel: channel.clone(), address: address.unwrap_or_default(), decision };
-            if matches!(decision, Decision::Send | Decision::Defer(_)) {
-                return Ok(planned);
-            }
-            // The reason reported is the first channel's (an address the customer unsubscribed
-            // matters more than a channel they never gave an address for).
-            if first.is_none()
-                || matches!(decision, Decision::Suppress(Suppression::Unsubscribed))
-                    && !first
-                        .as_ref()
-                        .is_some_and(|f| matches!(f.decision, Decision::Suppress(Suppression::Unsubscribed)))
-            {
-                first = Some(planned);
-            }
-        }
-        Ok(first.expect("a campaign has at least one channel"))
     }
 
     async fn time_zone(
@@ -814,94 +847,117 @@ impl Engage {
         Ok(policy::customer_time_zone(None, context_zone.as_deref(), workspace_zone))
     }
 
-    /// One sender pass: claims due deliveries, sends them, records the results as they come (in
-    /// small groups, so a receipt or a crash finds most of them stored). How many were claimed.
-    pub async fn deliver_once(&self, now: DateTime<Utc>) -> Result<usize, EngageError> {
-        let claimed =
-            self.store.claim_deliveries(&self.config.holder, now, now + self.config.lease, self.config.batch).await?;
-        if claimed.is_empty() {
-            return Ok(0);
-        }
-        let count = claimed.len();
-        // Each workspace's send policy, read once per pass.
-        let mut policies: HashMap<String, Arc<(MessagingSettings, String)>> = HashMap::new();
-        for (workspace, _) in &claimed {
-            if !policies.contains_key(workspace) {
-                let settings = self.settings(workspace).await?;
-                let zone = self.store.workspace(workspace).await?.map(|w| w.time_zone).unwrap_or_else(|| "UTC".into());
-                policies.insert(workspace.clone(), Arc::new((settings, zone)));
+    /// What to do with each claimed delivery: settled at once (suppressed, deferred, a channel
+    /// that is not configured) or sent. The recipients' profiles, consent, unreachable addresses
+    /// and recent sends are read once per workspace in the batch, at claim time — moments before
+    /// the sends, so an unsubscribe between planning and sending is honoured.
+    async fn prepare(&self, claimed: Vec<(String, Delivery)>, now: DateTime<Utc>) -> Vec<Step> {
+        let mut by_workspace: Vec<(String, Vec<Delivery>)> = Vec::new();
+        for (workspace, delivery) in claimed {
+            match by_workspace.iter_mut().find(|(id, _)| *id == workspace) {
+                Some((_, deliveries)) => deliveries.push(delivery),
+                None => by_workspace.push((workspace, vec![delivery])),
             }
         }
-        let sends = futures::stream::iter(claimed.into_iter().map(|(workspace, delivery)| {
-            let policy = policies[&workspace].clone();
-            async move {
-                let outcome = self.send_one(&workspace, &delivery, &policy.0, &policy.1, now).await;
-                (workspace, delivery, outcome)
-            }
-        }))
-        .buffer_unordered(self.config.concurrency);
-        let mut sends = std::pin::pin!(sends);
-        let mut updates = Vec::with_capacity(64);
-        while let Some((workspace, delivery, outcome)) = sends.next().await {
-            updates.push(self.settle(&workspace, &delivery, outcome, now).await);
-            if updates.len() >= 64 {
-                self.store.finish_deliveries(&self.config.holder, &updates).await?;
-                updates.clear();
+        let mut steps = Vec::new();
+        for (workspace, deliveries) in by_workspace {
+            let context = match self.workspace_batch(&workspace, &deliveries, now).await {
+                Ok(context) => context,
+                Err(outcome) => {
+                    for delivery in deliveries {
+                        let update = self.settle(&workspace, &delivery, Err(outcome.clone()), now).await;
+                        steps.push(Step::Settled(update));
+                    }
+                    continue;
+                }
+            };
+            // Marketing sends granted in this batch count against the cap of the next ones.
+            let mut granted: HashMap<String, u64> = HashMap::new();
+            for delivery in deliveries {
+                match self.decide(&workspace, &context, &delivery, &mut granted, now).await {
+                    Ok(job) => steps.push(Step::Send(Box::new(job))),
+                    Err(outcome) => {
+                        steps.push(Step::Settled(self.settle(&workspace, &delivery, Err(outcome), now).await))
+                    }
+                }
             }
         }
-        if !updates.is_empty() {
-            self.store.finish_deliveries(&self.config.holder, &updates).await?;
-        }
-        metrics::counter!("crossline_deliveries_processed_total").increment(count as u64);
-        Ok(count)
+        steps
     }
 
-    /// Re-checks consent and reachability, renders and sends one delivery.
-    async fn send_one(
+    /// What one workspace's deliveries in a batch share.
+    async fn workspace_batch(
         &self,
         workspace_id: &str,
-        delivery: &Delivery,
-        settings: &MessagingSettings,
-        workspace_zone: &str,
+        deliveries: &[Delivery],
         now: DateTime<Utc>,
-    ) -> Result<Sent, Outcome> {
-        let d = &delivery.new;
-        let profile = match self.store.profile(workspace_id, &d.profile_id).await {
-            Ok(Some(profile)) => profile,
-            Ok(None) => return Err(Outcome::Suppressed(Suppression::Unreachable)),
-            Err(err) => return Err(Outcome::Retry(err.to_string(), None)),
+    ) -> Result<WorkspaceBatch, Outcome> {
+        // The store failing is not the channel failing: the batch goes back to the queue for a bit.
+        let retry = |err: &dyn std::fmt::Display| Outcome::Released(err.to_string(), Duration::seconds(5));
+        let settings = self.settings(workspace_id).await.map_err(|err| retry(&err))?;
+        let workspace_zone = self
+            .store
+            .workspace(workspace_id)
+            .await
+            .map_err(|err| retry(&err))?
+            .map(|w| w.time_zone)
+            .unwrap_or_else(|| "UTC".into());
+        let mut ids: Vec<String> = deliveries.iter().map(|d| d.new.profile_id.clone()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let marketing = deliveries.iter().any(|d| d.new.kind == SendKind::Marketing.as_str());
+        let since = settings.frequency_cap.filter(|_| marketing).map(|cap| now - Duration::days(i64::from(cap.days)));
+        let facts = self.store.recipients(workspace_id, &ids, since).await.map_err(|err| retry(&err))?;
+        let uses = |channel: &str| deliveries.iter().any(|d| d.new.channel == channel);
+        let email = if uses("email") { Some(self.email_sender(workspace_id).await) } else { None };
+        let link_key = match &email {
+            Some(Ok(_)) => Some(self.link_key(workspace_id).await.map_err(|err| retry(&err))?),
+            _ => None,
         };
-        if consent_of(&profile, &d.channel) == ConsentStatus::Unsubscribed {
+        let twilio = if uses("sms") { Some(self.twilio(workspace_id).await.map(Arc::new)) } else { None };
+        Ok(WorkspaceBatch { settings, workspace_zone, facts, email, link_key, twilio })
+    }
+
+    /// The send policy for one claimed delivery, as things are now: consent, reachability, quiet
+    /// hours and the cap (a retry or a resumed campaign keeps them).
+    async fn decide(
+        &self,
+        workspace_id: &str,
+        context: &WorkspaceBatch,
+        delivery: &Delivery,
+        granted: &mut HashMap<String, u64>,
+        now: DateTime<Utc>,
+    ) -> Result<SendJob, Outcome> {
+        let d = &delivery.new;
+        let Some(facts) = context.facts.get(&d.profile_id) else {
+            // Erased since it was planned.
+            return Err(Outcome::Suppressed(Suppression::Unreachable));
+        };
+        let profile = &facts.profile;
+        if consent_of(profile, &d.channel) == ConsentStatus::Unsubscribed {
             return Err(Outcome::Suppressed(Suppression::Unsubscribed));
         }
-        match self.store.address_states(workspace_id, &profile.id).await {
-            Ok(states) if states.iter().any(|state| state.value == d.address) => {
-                return Err(Outcome::Suppressed(Suppression::Unreachable));
-            }
-            Ok(_) => {}
-            Err(err) => return Err(Outcome::Retry(err.to_string(), None)),
+        if facts.unreachable.iter().any(|state| state.value == d.address) {
+            return Err(Outcome::Suppressed(Suppression::Unreachable));
         }
-        let zone =
-            policy::customer_time_zone(profile.traits.get("timezone").and_then(Value::as_str), None, workspace_zone);
-        // Quiet hours and the cap again, as they are now: a retry or a resumed campaign keeps them.
+        let zone = policy::customer_time_zone(
+            profile.traits.get("timezone").and_then(Value::as_str),
+            None,
+            &context.workspace_zone,
+        );
         if d.kind == SendKind::Marketing.as_str() {
-            let recent = match settings.frequency_cap {
-                Some(cap) => self
-                    .store
-                    .marketing_sends_since(workspace_id, &profile.id, now - Duration::days(i64::from(cap.days)))
-                    .await
-                    .map_err(|err| Outcome::Retry(err.to_string(), None))?,
-                None => 0,
-            };
+            let already = granted.get(&profile.id).copied().unwrap_or(0);
             let recipient = Recipient {
-                consent: consent_of(&profile, &d.channel),
+                consent: consent_of(profile, &d.channel),
                 has_address: !d.address.is_empty(),
                 unreachable: false,
                 time_zone: zone,
-                recent_marketing_sends: recent,
+                recent_marketing_sends: facts.marketing_sends + already,
             };
-            match policy::decide(settings, SendKind::Marketing, &recipient, now) {
-                Decision::Send => {}
+            match policy::decide(&context.settings, SendKind::Marketing, &recipient, now) {
+                Decision::Send => {
+                    granted.insert(profile.id.clone(), already + 1);
+                }
                 Decision::Defer(until) => return Err(Outcome::Deferred(until)),
                 Decision::Suppress(reason) => return Err(Outcome::Suppressed(reason)),
             }
@@ -909,36 +965,67 @@ impl Engage {
         let Some(template_id) = &d.template_id else {
             return Err(Outcome::Failed("the delivery has no template".into(), None));
         };
-        let compiled = match self.template(workspace_id, template_id).await {
+        let template = match self.template(workspace_id, template_id).await {
             Ok(compiled) => compiled,
             Err(EngageError::Store(err)) => return Err(Outcome::Retry(err.to_string(), None)),
             Err(err) => return Err(Outcome::Failed(err.to_string(), None)),
         };
-        let workspace_zone = match self.store.workspace(workspace_id).await {
-            Ok(workspace) => workspace.map(|w| w.time_zone).unwrap_or_else(|| "UTC".into()),
-            Err(err) => return Err(Outcome::Retry(err.to_string(), None)),
+        let via = match d.channel.as_str() {
+            "email" => match (&context.email, &context.link_key) {
+                (Some(Ok(sender)), Some(key)) => Via::Email(sender.clone(), key.clone()),
+                (Some(Err(outcome)), _) => return Err(outcome.clone()),
+                _ => return Err(Outcome::Misconfigured("email is not configured".into())),
+            },
+            "sms" => match &context.twilio {
+                Some(Ok(config)) => Via::Sms(config.clone()),
+                Some(Err(outcome)) => return Err(outcome.clone()),
+                None => return Err(Outcome::Misconfigured("Twilio is not configured".into())),
+            },
+            other => return Err(Outcome::Failed(format!("no sender for channel {other}"), None)),
         };
-        let zone =
-            policy::customer_time_zone(profile.traits.get("timezone").and_then(Value::as_str), None, &workspace_zone);
-        let profile_json = json!({"id": profile.id, "traits": profile.traits});
-        let unsubscribe_url = format!("{}/u/{workspace_id}/{}", self.config.public_url.trim_end_matches('/'), d.id);
+        Ok(SendJob {
+            workspace_id: workspace_id.to_owned(),
+            delivery: delivery.clone(),
+            profile: json!({"id": profile.id, "traits": profile.traits}),
+            zone,
+            template,
+            via,
+        })
+    }
+
+    /// Sends one delivery, within what is left of its claim, and settles the outcome.
+    async fn deliver(&self, job: Box<SendJob>, claimed_until: DateTime<Utc>) -> DeliveryUpdate {
+        let left = (claimed_until - SEND_MARGIN - Utc::now()).to_std().ok().filter(|left| *left >= MIN_SEND_TIME);
+        let outcome = match left {
+            // Too little of the lease is left to be sure nobody else takes it mid-send.
+            None => Err(Outcome::Released("the claim ran out before the send started".into(), Duration::zero())),
+            Some(left) => match tokio::time::timeout(left, self.send(&job)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(Outcome::Retry("the provider did not answer before the claim ran out".into(), None)),
+            },
+        };
+        self.settle(&job.workspace_id, &job.delivery, outcome, Utc::now()).await
+    }
+
+    /// Renders and hands one message to its provider.
+    async fn send(&self, job: &SendJob) -> Result<Sent, Outcome> {
+        let (workspace_id, d) = (job.workspace_id.as_str(), &job.delivery.new);
+        let base = self.config.public_url.trim_end_matches('/');
+        let unsubscribe_url = format!("{base}/u/{workspace_id}/{}", d.id);
         let context = RenderContext {
-            profile: &profile_json,
+            profile: &job.profile,
             event: d.event.as_ref(),
             unsubscribe_url: &unsubscribe_url,
-            time_zone: zone,
+            time_zone: job.zone,
         };
-        let rendered = compiled.render(&context).map_err(|err| Outcome::Failed(err.to_string(), None))?;
-        match d.channel.as_str() {
-            "email" => {
-                let sender = self.email_sender(workspace_id).await?;
+        let rendered = job.template.render(&context).map_err(|err| Outcome::Failed(err.to_string(), None))?;
+        match &job.via {
+            Via::Email(sender, key) => {
                 let message_id = format!("{}@crossline", d.id);
                 // Opens and clicks: a pixel, and links through a redirect signed per delivery.
-                let key = self.link_key(workspace_id).await.map_err(|err| Outcome::Retry(err.to_string(), None))?;
-                let base = self.config.public_url.trim_end_matches('/');
                 let html = rendered.html.as_deref().map(|html| {
                     let tracked = template::track_links(html, &unsubscribe_url, |_, url| {
-                        let signature = link_signature(&key, &d.id, url);
+                        let signature = link_signature(key, &d.id, url);
                         let target: String = url::form_urlencoded::byte_serialize(url.as_bytes()).collect();
                         format!("{base}/c/{workspace_id}/{}?u={target}&s={signature}", d.id)
                     });
@@ -962,11 +1049,9 @@ impl Engage {
                     .map(|receipt| Sent { provider_id: receipt.provider_id })
                     .map_err(Outcome::from)
             }
-            "sms" => {
-                let config = self.twilio(workspace_id).await?;
-                let callback =
-                    format!("{}/hooks/{workspace_id}/twilio/status", self.config.public_url.trim_end_matches('/'));
-                let request = twilio::message_request(&config, &d.address, &rendered.text, Some(&callback));
+            Via::Sms(config) => {
+                let callback = format!("{base}/hooks/{workspace_id}/twilio/status");
+                let request = twilio::message_request(config, &d.address, &rendered.text, Some(&callback));
                 let answer = self
                     .egress
                     .post_form(
@@ -986,7 +1071,6 @@ impl Engage {
                     Err(err) => Err(Outcome::Misconfigured(err.to_string())),
                 }
             }
-            other => Err(Outcome::Failed(format!("no sender for channel {other}"), None)),
         }
     }
 
@@ -1113,6 +1197,7 @@ impl Engage {
                 update.status = DeliveryStatus::Suppressed;
                 update.reason = Some(reason.as_str().into());
             }
+            Err(Outcome::Released(reason, delay)) => return released(d.id.clone(), &reason, now + delay),
             Err(Outcome::Deferred(until)) => {
                 update.status = DeliveryStatus::Queued;
                 update.reason = Some("quiet hours".into());
@@ -1263,6 +1348,57 @@ fn resolve_among(segments: &[EngageObject], segment_id: &str) -> Result<Filter, 
         .map_err(|err| EngageError::NotFound(format!("{}: {}", err.path, err.message)))
 }
 
+/// The first channel in the campaign's order with an address the customer did not unsubscribe
+/// and that is not unreachable, and the policy's decision for it.
+fn choose(
+    spec: &CampaignSpec,
+    settings: &MessagingSettings,
+    facts: &RecipientFacts,
+    zone: chrono_tz::Tz,
+    now: DateTime<Utc>,
+) -> Planned {
+    let profile = &facts.profile;
+    let recent = if spec.kind == SendKind::Marketing { facts.marketing_sends } else { 0 };
+    let mut first: Option<Planned> = None;
+    for channel in &spec.channels {
+        let address = address_for(profile, channel);
+        let recipient = Recipient {
+            consent: consent_of(profile, channel),
+            has_address: address.is_some(),
+            unreachable: address.as_ref().is_some_and(|address| is_unreachable(facts, channel, address)),
+            time_zone: zone,
+            recent_marketing_sends: recent,
+        };
+        let decision = policy::decide(settings, spec.kind, &recipient, now);
+        let planned = Planned { channel: channel.clone(), address: address.unwrap_or_default(), decision };
+        if matches!(decision, Decision::Send | Decision::Defer(_)) {
+            return planned;
+        }
+        // The reason reported is the first channel's (an address the customer unsubscribed
+        // matters more than a channel they never gave an address for).
+        if first.is_none()
+            || matches!(decision, Decision::Suppress(Suppression::Unsubscribed))
+                && !first.as_ref().is_some_and(|f| matches!(f.decision, Decision::Suppress(Suppression::Unsubscribed)))
+        {
+            first = Some(planned);
+        }
+    }
+    first.expect("a campaign has at least one channel")
+}
+
+/// Whether this address of the recipient's is known to be unreachable on this channel.
+fn is_unreachable(facts: &RecipientFacts, channel: &str, address: &str) -> bool {
+    facts.unreachable.iter().any(|state| state.value == address && address_kind(channel) == Some(state.kind.as_str()))
+}
+
+/// Since when marketing sends count against the frequency cap, when one applies.
+fn cap_since(settings: &MessagingSettings, spec: &CampaignSpec, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    match settings.frequency_cap {
+        Some(cap) if spec.kind == SendKind::Marketing => Some(now - Duration::days(i64::from(cap.days))),
+        _ => None,
+    }
+}
+
 fn backoff(attempts: u32) -> Duration {
     let base = 30i64 << attempts.min(8);
     let jitter = rand::random_range(0..=base / 4);
@@ -1273,7 +1409,64 @@ struct Sent {
     provider_id: Option<String>,
 }
 
+/// A send is not started with less than this left of its claim ...
+const MIN_SEND_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+/// ... and is abandoned this long before the claim runs out, so no other sender can take a
+/// delivery while its provider call may still be going on.
+const SEND_MARGIN: Duration = Duration::seconds(5);
+
+/// A claimed delivery, decided.
+enum Step {
+    /// Not sent: the update that records why.
+    Settled(DeliveryUpdate),
+    /// To send.
+    Send(Box<SendJob>),
+}
+
+/// Everything one send needs, so it runs on its own task.
+struct SendJob {
+    workspace_id: String,
+    delivery: Delivery,
+    profile: Value,
+    zone: chrono_tz::Tz,
+    template: Arc<CompiledTemplate>,
+    via: Via,
+}
+
+/// The provider a send goes through.
+enum Via {
+    Email(Arc<EmailSender>, Vec<u8>),
+    Sms(Arc<TwilioConfig>),
+}
+
+/// What one workspace's deliveries in a claimed batch share.
+struct WorkspaceBatch {
+    settings: MessagingSettings,
+    workspace_zone: String,
+    facts: HashMap<String, RecipientFacts>,
+    email: Option<Result<Arc<EmailSender>, Outcome>>,
+    link_key: Option<Vec<u8>>,
+    twilio: Option<Result<Arc<TwilioConfig>, Outcome>>,
+}
+
+/// A claimed delivery handed back to the queue, due at `at`, as not sent.
+fn released(id: String, reason: &str, at: DateTime<Utc>) -> DeliveryUpdate {
+    DeliveryUpdate {
+        id,
+        status: DeliveryStatus::Queued,
+        reason: Some(reason.into()),
+        error_code: None,
+        provider_id: None,
+        run_at: Some(at),
+        sent_at: None,
+    }
+}
+
+#[derive(Clone)]
 enum Outcome {
+    /// Not sent, and nothing wrong with the message or its channel: back to the queue after the
+    /// given delay (a claim running out, a shutdown, the store failing before the send).
+    Released(String, Duration),
     Suppressed(Suppression),
     Deferred(DateTime<Utc>),
     Retry(String, Option<std::time::Duration>),

@@ -233,6 +233,17 @@ pub struct DeliveryCount {
     pub converted: u64,
 }
 
+/// What the send policy needs to know about one recipient, read for many at once.
+#[derive(Debug, Clone)]
+pub struct RecipientFacts {
+    /// The live profile (a merged id followed to its survivor).
+    pub profile: crossline_core::Profile,
+    /// Its unreachable addresses.
+    pub unreachable: Vec<AddressState>,
+    /// Marketing messages sent to it since the time asked for (0 when none was asked).
+    pub marketing_sends: u64,
+}
+
 /// An address known to be unreachable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AddressState {

@@ -427,6 +427,15 @@ pub trait EngageStore: Send + Sync {
     async fn clear_address_state(&self, workspace_id: &str, kind: &str, value: &str) -> StoreResult<bool>;
     /// The unreachable addresses among a profile's identities.
     async fn address_states(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<engage::AddressState>>;
+    /// The profiles of these recipients with their unreachable addresses and, given
+    /// `marketing_since`, their marketing sends since then: one round trip for a sender's batch.
+    /// Keyed by the id asked for; ids of erased or unknown profiles are absent.
+    async fn recipients(
+        &self,
+        workspace_id: &str,
+        profile_ids: &[String],
+        marketing_since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> StoreResult<std::collections::HashMap<String, engage::RecipientFacts>>;
 
     /// Stores deliveries; one whose idempotency key exists is skipped. How many were new.
     async fn insert_deliveries(&self, workspace_id: &str, deliveries: &[engage::NewDelivery]) -> StoreResult<usize>;
@@ -469,6 +478,8 @@ pub trait EngageStore: Send + Sync {
     ) -> StoreResult<bool>;
     /// Deliveries of a campaign counted by treatment, status, reason and deferral.
     async fn delivery_counts(&self, workspace_id: &str, campaign_id: &str) -> StoreResult<Vec<engage::DeliveryCount>>;
+    /// Whether a campaign has deliveries still to send (queued or being sent).
+    async fn has_pending_deliveries(&self, workspace_id: &str, campaign_id: &str) -> StoreResult<bool>;
     /// How many marketing messages were sent to a profile since `since` (frequency caps).
     async fn marketing_sends_since(
         &self,

@@ -4,10 +4,11 @@
 use super::*;
 use crate::engage::{
     AddressState, Delivery, DeliveryCount, DeliveryStatus, DeliveryUpdate, EngageObject, Engagement, NewDelivery,
-    ObjectKind,
+    ObjectKind, RecipientFacts,
 };
 use crate::segment_sql::{self, Dialect, Param};
 use crossline_core::segment::Filter;
+use std::collections::HashMap;
 use tokio_postgres::types::ToSql;
 
 const OBJECT_COLUMNS: &str = "id, kind, name, body, status, status_reason, created_at, updated_at";
@@ -378,23 +379,31 @@ impl crate::EngageStore for PgStore {
 
     async fn address_states(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<AddressState>> {
         let client = self.pool.get().await?;
-        let rows = client
-            .query(
-                "SELECT s.kind, s.value, s.reason, s.unreachable_at FROM identities i
-                 JOIN address_states s ON s.workspace_id = i.workspace_id AND s.kind = i.kind AND s.value = i.value
-                 WHERE i.workspace_id = $1 AND i.profile_id = $2 AND s.unreachable_at IS NOT NULL ORDER BY s.kind, s.value",
-                &[&workspace_id, &profile_id],
-            )
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|row| AddressState {
-                kind: row.get(0),
-                value: row.get(1),
-                reason: row.get(2),
-                unreachable_at: crate::from_millis(row.get(3)),
-            })
-            .collect())
+        address_states_of(&client, workspace_id, profile_id).await
+    }
+
+    async fn recipients(
+        &self,
+        workspace_id: &str,
+        profile_ids: &[String],
+        marketing_since: Option<DateTime<Utc>>,
+    ) -> StoreResult<HashMap<String, RecipientFacts>> {
+        let client = self.pool.get().await?;
+        let client: &tokio_postgres::Client = &client;
+        // The queries of all recipients go out pipelined on one connection.
+        let facts = futures::future::try_join_all(profile_ids.iter().map(|id| async move {
+            let Some(profile) = statements::live_profile(client, workspace_id, id).await? else {
+                return Ok::<_, StoreError>(None);
+            };
+            let unreachable = address_states_of(client, workspace_id, &profile.id).await?;
+            let marketing_sends = match marketing_since {
+                Some(since) => marketing_sends_of(client, workspace_id, &profile.id, since).await?,
+                None => 0,
+            };
+            Ok(Some((id.clone(), RecipientFacts { profile, unreachable, marketing_sends })))
+        }))
+        .await?;
+        Ok(facts.into_iter().flatten().collect())
     }
 
     async fn insert_deliveries(&self, workspace_id: &str, deliveries: &[NewDelivery]) -> StoreResult<usize> {
@@ -598,13 +607,19 @@ impl crate::EngageStore for PgStore {
         since: DateTime<Utc>,
     ) -> StoreResult<u64> {
         let client = self.pool.get().await?;
+        marketing_sends_of(&client, workspace_id, profile_id, since).await
+    }
+
+    async fn has_pending_deliveries(&self, workspace_id: &str, campaign_id: &str) -> StoreResult<bool> {
+        let client = self.pool.get().await?;
         let row = client
             .query_one(
-                "SELECT count(*) FROM deliveries WHERE workspace_id = $1 AND profile_id = $2 AND sent_at >= $3 AND kind = 'marketing'",
-                &[&workspace_id, &profile_id, &crate::to_millis(since)],
+                "SELECT EXISTS (SELECT 1 FROM deliveries
+                 WHERE workspace_id = $1 AND campaign_id = $2 AND status IN ('queued', 'sending'))",
+                &[&workspace_id, &campaign_id],
             )
             .await?;
-        Ok(row.get::<_, i64>(0) as u64)
+        Ok(row.get(0))
     }
 
     async fn cancel_deliveries(&self, workspace_id: &str, campaign_id: &str) -> StoreResult<u64> {
@@ -637,4 +652,43 @@ impl crate::EngageStore for PgStore {
             .await?;
         Ok(rows.iter().map(|row| delivery_at(row, 0)).collect())
     }
+}
+
+async fn address_states_of(
+    client: &tokio_postgres::Client,
+    workspace_id: &str,
+    profile_id: &str,
+) -> StoreResult<Vec<AddressState>> {
+    let rows = client
+        .query(
+            "SELECT s.kind, s.value, s.reason, s.unreachable_at FROM identities i
+             JOIN address_states s ON s.workspace_id = i.workspace_id AND s.kind = i.kind AND s.value = i.value
+             WHERE i.workspace_id = $1 AND i.profile_id = $2 AND s.unreachable_at IS NOT NULL ORDER BY s.kind, s.value",
+            &[&workspace_id, &profile_id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| AddressState {
+            kind: row.get(0),
+            value: row.get(1),
+            reason: row.get(2),
+            unreachable_at: crate::from_millis(row.get(3)),
+        })
+        .collect())
+}
+
+async fn marketing_sends_of(
+    client: &tokio_postgres::Client,
+    workspace_id: &str,
+    profile_id: &str,
+    since: DateTime<Utc>,
+) -> StoreResult<u64> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM deliveries WHERE workspace_id = $1 AND profile_id = $2 AND sent_at >= $3 AND kind = 'marketing'",
+            &[&workspace_id, &profile_id, &crate::to_millis(since)],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) as u64)
 }

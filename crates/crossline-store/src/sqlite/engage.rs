@@ -4,10 +4,11 @@
 use super::*;
 use crate::engage::{
     AddressState, Delivery, DeliveryCount, DeliveryStatus, DeliveryUpdate, EngageObject, Engagement, NewDelivery,
-    ObjectKind,
+    ObjectKind, RecipientFacts,
 };
 use crate::segment_sql::{self, Dialect, Param};
 use crossline_core::segment::Filter;
+use std::collections::HashMap;
 
 const OBJECT_COLUMNS: &str = "id, kind, name, body, status, status_reason, created_at, updated_at";
 
@@ -424,21 +425,28 @@ impl crate::EngageStore for SqliteStore {
 
     async fn address_states(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<AddressState>> {
         let (workspace_id, profile_id) = (workspace_id.to_owned(), profile_id.to_owned());
+        self.read(move |conn| address_states_of(conn, &workspace_id, &profile_id)).await
+    }
+
+    async fn recipients(
+        &self,
+        workspace_id: &str,
+        profile_ids: &[String],
+        marketing_since: Option<DateTime<Utc>>,
+    ) -> StoreResult<HashMap<String, RecipientFacts>> {
+        let (workspace_id, ids) = (workspace_id.to_owned(), profile_ids.to_vec());
         self.read(move |conn| {
-            let mut statement = conn.prepare_cached(
-                "SELECT s.kind, s.value, s.reason, s.unreachable_at FROM identities i
-                 JOIN address_states s ON s.workspace_id = i.workspace_id AND s.kind = i.kind AND s.value = i.value
-                 WHERE i.profile_id = ?2 AND i.workspace_id = ?1 AND s.unreachable_at IS NOT NULL ORDER BY s.kind, s.value",
-            )?;
-            let rows = statement.query_map((&workspace_id, &profile_id), |row| {
-                Ok(AddressState {
-                    kind: row.get(0)?,
-                    value: row.get(1)?,
-                    reason: row.get(2)?,
-                    unreachable_at: crate::from_millis(row.get(3)?),
-                })
-            })?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            let mut found = HashMap::with_capacity(ids.len());
+            for id in ids {
+                let Some(profile) = statements::live_profile(conn, &workspace_id, &id)? else { continue };
+                let unreachable = address_states_of(conn, &workspace_id, &profile.id)?;
+                let marketing_sends = match marketing_since {
+                    Some(since) => marketing_sends_of(conn, &workspace_id, &profile.id, since)?,
+                    None => 0,
+                };
+                found.insert(id, RecipientFacts { profile, unreachable, marketing_sends });
+            }
+            Ok(found)
         })
         .await
     }
@@ -637,13 +645,18 @@ impl crate::EngageStore for SqliteStore {
         since: DateTime<Utc>,
     ) -> StoreResult<u64> {
         let (workspace_id, profile_id) = (workspace_id.to_owned(), profile_id.to_owned());
+        self.read(move |conn| marketing_sends_of(conn, &workspace_id, &profile_id, since)).await
+    }
+
+    async fn has_pending_deliveries(&self, workspace_id: &str, campaign_id: &str) -> StoreResult<bool> {
+        let (workspace_id, campaign_id) = (workspace_id.to_owned(), campaign_id.to_owned());
         self.read(move |conn| {
             Ok(conn
                 .prepare_cached(
-                    "SELECT count(*) FROM deliveries WHERE workspace_id = ?1 AND profile_id = ?2 AND sent_at >= ?3 AND kind = 'marketing'",
+                    "SELECT EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_pending
+                     WHERE workspace_id = ?1 AND campaign_id = ?2 AND status IN ('queued', 'sending'))",
                 )?
-                .query_row((&workspace_id, &profile_id, crate::to_millis(since)), |row| row.get::<_, i64>(0))?
-                as u64)
+                .query_row((&workspace_id, &campaign_id), |row| row.get(0))?)
         })
         .await
     }
@@ -713,4 +726,34 @@ pub fn sorted_difference(wanted: &[String], current: &[String]) -> (Vec<String>,
         }
     }
     (entered, left)
+}
+
+fn address_states_of(conn: &Connection, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<AddressState>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT s.kind, s.value, s.reason, s.unreachable_at FROM identities i
+         JOIN address_states s ON s.workspace_id = i.workspace_id AND s.kind = i.kind AND s.value = i.value
+         WHERE i.profile_id = ?2 AND i.workspace_id = ?1 AND s.unreachable_at IS NOT NULL ORDER BY s.kind, s.value",
+    )?;
+    let rows = statement.query_map((workspace_id, profile_id), |row| {
+        Ok(AddressState {
+            kind: row.get(0)?,
+            value: row.get(1)?,
+            reason: row.get(2)?,
+            unreachable_at: crate::from_millis(row.get(3)?),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn marketing_sends_of(
+    conn: &Connection,
+    workspace_id: &str,
+    profile_id: &str,
+    since: DateTime<Utc>,
+) -> StoreResult<u64> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT count(*) FROM deliveries WHERE workspace_id = ?1 AND profile_id = ?2 AND sent_at >= ?3 AND kind = 'marketing'",
+        )?
+        .query_row((workspace_id, profile_id, crate::to_millis(since)), |row| row.get::<_, i64>(0))? as u64)
 }

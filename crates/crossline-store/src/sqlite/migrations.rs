@@ -16,6 +16,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0011_console_sessions.sql"),
     include_str!("../../migrations/sqlite/0012_destinations.sql"),
     include_str!("../../migrations/sqlite/0013_engagement.sql"),
+    include_str!("../../migrations/sqlite/0014_deliveries_pending.sql"),
 ];
 
 /// Apply the migrations this binary knows and the database lacks. Idempotent.

@@ -140,6 +140,15 @@ pub(super) async fn segments_are_evaluated_in_the_store(store: DynStore) {
     let states = store.address_states(&ws.id, &ann).await.unwrap();
     assert_eq!(states.len(), 1);
     assert_eq!(states[0].reason, "hard_bounce 550");
+    // The same, for a sender's batch at once: unknown ids are left out.
+    let asked = [ann.clone(), bob.clone(), "prf_nobody".to_owned()];
+    let facts = store.recipients(&ws.id, &asked, Some(now - chrono::Duration::days(7))).await.unwrap();
+    assert_eq!(facts.len(), 2);
+    assert_eq!(facts[&ann].unreachable, states);
+    assert_eq!(facts[&ann].profile.id, ann);
+    assert!(facts[&bob].unreachable.is_empty());
+    assert_eq!(facts[&bob].profile.consent.status("email"), crossline_core::ConsentStatus::Unsubscribed);
+    assert_eq!(facts[&bob].marketing_sends, 0);
     assert!(store.clear_address_state(&ws.id, "email", "ann@example.com").await.unwrap());
     assert_eq!(members(&store, &ws.id, json!({"reachable": "email"})).await, vec![ann.clone()]);
 
@@ -307,9 +316,12 @@ pub(super) async fn definitions_and_the_delivery_queue(store: DynStore) {
     assert_eq!(counts.iter().find(|c| c.status == "queued").unwrap().count, 1);
     assert_eq!(store.marketing_sends_since(&ws.id, "p1", now - Duration::days(7)).await.unwrap(), 1);
     assert_eq!(store.marketing_sends_since(&ws.id, "p1", now + Duration::seconds(1)).await.unwrap(), 0);
+    assert!(store.has_pending_deliveries(&ws.id, "cmp_1").await.unwrap(), "dlv_2 is queued");
+    assert!(!store.has_pending_deliveries(&other.id, "cmp_1").await.unwrap());
     assert_eq!(store.profile_deliveries(&ws.id, "p1", now - Duration::days(1), 10).await.unwrap().len(), 1);
     assert_eq!(store.cancel_deliveries(&ws.id, "cmp_1").await.unwrap(), 1);
     assert_eq!(store.delivery(&ws.id, "dlv_2").await.unwrap().unwrap().new.status, DeliveryStatus::Cancelled);
+    assert!(!store.has_pending_deliveries(&ws.id, "cmp_1").await.unwrap(), "nothing left to send");
 }
 
 pub(super) async fn erasing_a_profile_erases_its_engagement(store: DynStore) {
