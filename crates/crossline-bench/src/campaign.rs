@@ -235,14 +235,9 @@ pub(crate) async fn campaign(args: CampaignArgs) -> anyhow::Result<()> {
     let _ = child.process.kill().await;
     let sink_count = if let Some(mut process) = sink {
         let _ = process.start_kill();
-        let output = process.wait_with_output().await?;
-        // smtp-sink -c prints running counters; the last number of the last line is the messages.
-        String::from_utf8_lossy(&output.stdout)
-            .split(['\r', '\n'])
-            .rev()
-            .find(|line| !line.trim().is_empty())
-            .unwrap_or("")
-            .to_owned()
+        let _ = process.wait().await;
+        // smtp-sink -c prints running counters; the last line it printed.
+        counter.lock().unwrap_or_else(|p| p.into_inner()).clone()
     } else {
         format!("{} requests", sms_count.load(Ordering::SeqCst))
     };

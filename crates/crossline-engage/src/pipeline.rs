@@ -21,7 +21,7 @@ use crossline_core::segment::Filter;
 use crossline_core::{ConsentStatus, Identity, IdentityKind, Profile};
 use crossline_engine::{Egress, EventRecorder};
 use crossline_store::engage::{
-    Delivery, DeliveryStatus, DeliveryUpdate, EngageObject, NewDelivery, ObjectKind, RecipientFacts,
+    Delivery, DeliveryCount, DeliveryStatus, DeliveryUpdate, EngageObject, NewDelivery, ObjectKind, RecipientFacts,
 };
 use crossline_store::{DynStore, StoreError};
 use serde_json::{Value, json};
@@ -112,7 +112,15 @@ pub struct Engage {
     email: Mutex<HashMap<String, (Value, Arc<EmailSender>)>>,
     failures: Mutex<HashMap<String, u32>>,
     link_keys: Mutex<HashMap<String, Vec<u8>>>,
+    stats: Mutex<HashMap<(String, String), CachedCounts>>,
 }
+
+/// A campaign's counts and when they were counted.
+type CachedCounts = (std::time::Instant, Arc<Vec<DeliveryCount>>);
+
+/// How long a running campaign's counts are reused: a console or a script polling its stats
+/// costs one count per second, not one per request (counting reads every delivery).
+const STATS_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A compiled template and the version (its `updated_at`) it was compiled from.
 type CachedTemplate = (DateTime<Utc>, Arc<CompiledTemplate>, std::time::Instant);
@@ -148,6 +156,7 @@ impl Engage {
             email: Mutex::default(),
             failures: Mutex::default(),
             link_keys: Mutex::default(),
+            stats: Mutex::default(),
         }
     }
 
@@ -181,6 +190,34 @@ impl Engage {
     pub async fn resolve_segment(&self, workspace_id: &str, segment_id: &str) -> Result<Filter, EngageError> {
         let segments = self.store.objects(workspace_id, ObjectKind::Segment).await?;
         resolve_among(&segments, segment_id)
+    }
+
+    /// A campaign's deliveries counted by treatment, status and reason. While it runs, counts up
+    /// to [`STATS_FRESH`] old are reused; otherwise they are counted afresh.
+    pub async fn campaign_counts(
+        &self,
+        workspace_id: &str,
+        campaign: &EngageObject,
+    ) -> Result<Arc<Vec<DeliveryCount>>, EngageError> {
+        let key = (workspace_id.to_owned(), campaign.id.clone());
+        let running = campaign.status == campaign::status::RUNNING;
+        if running
+            && let Some((at, counts)) = self.stats.lock().expect("stats cache").get(&key)
+            && at.elapsed() < STATS_FRESH
+        {
+            return Ok(counts.clone());
+        }
+        let counts = Arc::new(self.store.delivery_counts(workspace_id, &campaign.id).await?);
+        let mut cache = self.stats.lock().expect("stats cache");
+        if cache.len() > 1024 {
+            cache.clear();
+        }
+        if running {
+            cache.insert(key, (std::time::Instant::now(), counts.clone()));
+        } else {
+            cache.remove(&key);
+        }
+        Ok(counts)
     }
 
     /// A compiled template, cached until it changes.
@@ -448,13 +485,7 @@ impl Engage {
                 self.store.put_object(&workspace_id, &fresh).await?;
                 continue;
             }
-            let pending = self
-                .store
-                .delivery_counts(&workspace_id, &stored.id)
-                .await?
-                .iter()
-                .any(|count| count.status == "queued" || count.status == "sending");
-            if !pending {
+            if !self.store.has_pending_deliveries(&workspace_id, &stored.id).await? {
                 let recurring = stored.body.get("schedule").is_some_and(|s| s.get("cron").is_some());
                 let next = if recurring { campaign::status::SCHEDULED } else { campaign::status::COMPLETED };
                 self.store

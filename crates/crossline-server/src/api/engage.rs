@@ -507,10 +507,10 @@ pub async fn get_campaign(
         .object(&workspace.id, ObjectKind::Campaign, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("campaign"))?;
-    let counts = state.store.delivery_counts(&workspace.id, &id).await?;
+    let counts = state.engage.campaign_counts(&workspace.id, &campaign).await?;
     let mut total = Stats::default();
     let mut by_treatment: BTreeMap<String, Stats> = BTreeMap::new();
-    for count in &counts {
+    for count in counts.iter() {
         total.add(count);
         by_treatment.entry(count.treatment.clone()).or_default().add(count);
     }
