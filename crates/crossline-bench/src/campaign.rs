@@ -213,11 +213,15 @@ pub(crate) async fn campaign(args: CampaignArgs) -> anyhow::Result<()> {
     .await?;
     let id = campaign["id"].as_str().context("campaign id")?.to_owned();
     let mut first_sent: Option<f64> = None;
+    let mut all_planned: Option<f64> = None;
     let stats = loop {
         let current: Value =
             http.get(format!("{url}/api/v1/campaigns/{id}")).bearer_auth(&api_key).send().await?.json().await?;
         if first_sent.is_none() && current["stats"]["sent"].as_u64().unwrap_or(0) > 0 {
             first_sent = Some(launched.elapsed().as_secs_f64());
+        }
+        if all_planned.is_none() && current["stats"]["targeted"].as_u64().unwrap_or(0) >= args.recipients as u64 {
+            all_planned = Some(launched.elapsed().as_secs_f64());
         }
         match current["status"].as_str() {
             Some("completed") => break current["stats"].clone(),
@@ -242,11 +246,12 @@ pub(crate) async fn campaign(args: CampaignArgs) -> anyhow::Result<()> {
         format!("{} requests", sms_count.load(Ordering::SeqCst))
     };
     println!(
-        "crossline bench campaign: {} {} recipients, sent {sent} in {seconds:.1} s from launch to completion: {:.0} messages/s (first sent after {:.1} s); failed {}, suppressed {}; sink counted: {}; server peak RSS {} MiB",
+        "crossline bench campaign: {} {} recipients, sent {sent} in {seconds:.1} s from launch to completion: {:.0} messages/s (first sent after {:.1} s, all planned after {:.1} s); failed {}, suppressed {}; sink counted: {}; server peak RSS {} MiB",
         args.recipients,
         args.channel,
         sent as f64 / seconds,
         first_sent.unwrap_or(0.0),
+        all_planned.unwrap_or(seconds),
         stats["failed"],
         stats["suppressed"],
         sink_count.trim(),

@@ -526,10 +526,28 @@ impl Engage {
         let mut planned = 0usize;
         let mut queued_total = 0u64;
         let mut after: Option<String> = None;
+        let since = cap_since(&settings, &spec, now);
+        // A page is read while the previous one is written: the reads run on a reader
+        // connection beside the writer.
+        let mut writing: Option<futures::future::BoxFuture<'static, Result<usize, StoreError>>> = None;
         loop {
-            let page = self.store.segment_members(workspace_id, &filter, now, after.as_deref(), 1000).await?;
-            let Some(last) = page.last().cloned() else { break };
-            let mut facts = self.store.recipients(workspace_id, &page, cap_since(&settings, &spec, now)).await?;
+            let read = async {
+                let page = self.store.segment_members(workspace_id, &filter, now, after.as_deref(), 1000).await?;
+                if page.is_empty() {
+                    return Ok::<_, StoreError>(None);
+                }
+                let facts = self.store.recipients(workspace_id, &page, since).await?;
+                Ok(Some((page, facts)))
+            };
+            let read = match writing.take() {
+                Some(write) => {
+                    let (read, written) = tokio::join!(read, write);
+                    planned += written?;
+                    read?
+                }
+                None => read.await?,
+            };
+            let Some((page, mut facts)) = read else { break };
             let mut rows = Vec::with_capacity(page.len());
             for id in &page {
                 let Some(facts) = facts.remove(id) else { continue };
@@ -545,8 +563,12 @@ impl Engage {
                 }
                 rows.push(row);
             }
-            planned += self.store.insert_deliveries(workspace_id, &rows).await?;
-            after = Some(last);
+            after = page.last().cloned();
+            let (store, workspace) = (self.store.clone(), workspace_id.to_owned());
+            writing = Some(Box::pin(async move { store.insert_deliveries(&workspace, &rows).await }));
+        }
+        if let Some(write) = writing {
+            planned += write.await?;
         }
         Ok(planned)
     }
@@ -812,7 +834,9 @@ impl Engage {
         let profile = &facts.profile;
         let (treatment, template_id) = spec.assign(plan.campaign_id, &profile.id);
         let mut row = NewDelivery {
-            id: crossline_core::ids::new_random_id("dlv"),
+            // Time-ordered: the table is clustered on the id, so a run's rows are written (and
+            // claimed) side by side; 74 random bits keep the public links unguessable.
+            id: crossline_core::ids::new_id("dlv"),
             // One delivery per run and profile: its treatment and channel follow from them.
             idempotency_key: format!("{}:{}", plan.run_id, profile.id),
             campaign_id: Some(plan.campaign_id.to_owned()),
