@@ -235,10 +235,21 @@ impl CompiledTemplate {
     pub fn render(&self, context: &RenderContext<'_>) -> Result<Rendered, TemplateError> {
         let globals = Globals::new(context);
         let time_zone = context.time_zone;
-        let body = render_part(&self.body, &globals, "body", time_zone)?;
         if !self.email {
+            let body = render_part(&self.body, &globals, "body", time_zone)?;
             return Ok(Rendered { subject: None, html: None, text: body });
         }
+        // The HTML body sees every string of the data HTML-escaped: a trait or an event property
+        // (which anyone with the write key can set) cannot add markup, links or scripts to an
+        // email. The subject and the text part see the values as they are.
+        let (profile, event) = (html_escaped(context.profile), context.event.map(html_escaped));
+        let html_context = RenderContext {
+            profile: &profile,
+            event: event.as_ref(),
+            unsubscribe_url: context.unsubscribe_url,
+            time_zone,
+        };
+        let body = render_part(&self.body, &Globals::new(&html_context), "body", time_zone)?;
         let subject = match &self.subject {
             Some(part) => Some(single_line(render_part(part, &globals, "subject", time_zone)?)),
             None => None,
@@ -1921,6 +1932,26 @@ fn decode_entity(name: &str) -> Option<char> {
     Some(c)
 }
 
+/// A copy of `value` with every string (and object key) HTML-escaped.
+fn html_escaped(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    let escape = |s: &str| {
+        if s.contains(['&', '"', '\'', '<', '>']) {
+            let mut out = String::with_capacity(s.len() + 16);
+            push_escaped(&mut out, s);
+            out
+        } else {
+            s.to_owned()
+        }
+    };
+    match value {
+        Value::String(s) => Value::String(escape(s)),
+        Value::Array(items) => Value::Array(items.iter().map(html_escaped).collect()),
+        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (escape(k), html_escaped(v))).collect()),
+        other => other.clone(),
+    }
+}
+
 fn push_escaped(out: &mut String, s: &str) {
     for c in s.chars() {
         match c {
@@ -2024,6 +2055,28 @@ mod tests {
             chrono_tz::UTC,
         );
         assert_eq!(text, "Hi Ada, you are on PRO (p-1).");
+    }
+
+    #[test]
+    fn data_is_html_escaped_in_the_html_body_only() {
+        let profile = json!({"id": "p-1", "traits": {"first_name": "<a href=\"https://evil.test\">Ada</a> & co"}});
+        let event = json!({"properties": {"note": "<script>x()</script>"}});
+        let template = compile(&source(
+            "email",
+            Some("Hi {{ profile.traits.first_name }}"),
+            "<p>Hi {{ profile.traits.first_name }}</p><p>{{ event.properties.note }}</p>",
+        ))
+        .expect("compiles");
+        let rendered = template.render(&context(&profile, Some(&event), chrono_tz::UTC)).expect("renders");
+        let html = rendered.html.expect("html");
+        assert!(html.contains("Hi &lt;a href=&quot;https://evil.test&quot;&gt;Ada&lt;/a&gt; &amp; co"), "{html}");
+        assert!(html.contains("&lt;script&gt;x()&lt;/script&gt;"), "{html}");
+        assert!(!html.contains("<script>") && !html.contains("<a href"), "{html}");
+        assert_eq!(rendered.subject.as_deref(), Some("Hi <a href=\"https://evil.test\">Ada</a> & co"));
+        assert!(rendered.text.contains("Hi <a href=\"https://evil.test\">Ada</a> & co"), "{}", rendered.text);
+        // SMS is text: nothing to escape.
+        let text = render_sms("{{ profile.traits.first_name }}", None, chrono_tz::UTC);
+        assert_eq!(text, "Ada");
     }
 
     #[test]
