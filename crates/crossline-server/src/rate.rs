@@ -27,6 +27,9 @@ pub struct PublicLimits {
     pub chat_frames_per_visitor: RateLimiter,
     /// Frames per client address, over all its sockets.
     pub chat_frames_per_ip: RateLimiter,
+    /// Requests per client address to the recipients' links: unsubscribe pages, open pixels and
+    /// tracked links (`/u`, `/o`, `/c`).
+    pub recipient_links: RateLimiter,
 }
 
 /// Keys each public limiter remembers at most.
@@ -40,6 +43,9 @@ impl Default for PublicLimits {
             // A person types a few messages a minute; a reconnect sends hello and identify.
             chat_frames_per_visitor: RateLimiter::new(Rate { burst: 20.0, per_second: 5.0 }, PUBLIC_LIMIT_KEYS),
             chat_frames_per_ip: RateLimiter::new(Rate { burst: 200.0, per_second: 50.0 }, PUBLIC_LIMIT_KEYS),
+            // A person opens a message and clicks now and then; a company's mail scanner fetches
+            // every link of many messages from one address, so the burst is generous.
+            recipient_links: RateLimiter::new(Rate { burst: 120.0, per_second: 20.0 }, PUBLIC_LIMIT_KEYS),
         }
     }
 }

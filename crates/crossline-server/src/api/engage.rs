@@ -4,6 +4,7 @@
 
 use crate::auth::WorkspaceCaller;
 use crate::error::{ApiError, ApiResult, ErrorCode, json_rejection};
+use crate::rate::{PeerIp, ip_key};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -691,11 +692,34 @@ pub async fn get_messaging_settings(
 
 // ---- the recipient's side ----
 
+/// Whether a request to a recipient's link from this address is within the public limit.
+fn link_allowed(state: &AppState, peer: PeerIp, what: &'static str) -> bool {
+    let Some(ip) = peer.0 else { return true };
+    let allowed = state.limits.recipient_links.allow(&ip_key(ip), std::time::Instant::now());
+    if !allowed {
+        metrics::counter!("crossline_recipient_links_rate_limited_total", "what" => what).increment(1);
+    }
+    allowed
+}
+
+fn too_many() -> axum::response::Response {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(axum::http::header::RETRY_AFTER, "1")],
+        Html("<!doctype html><p>Too many requests from your network; try again in a moment.</p>"),
+    )
+        .into_response()
+}
+
 /// The unsubscribe page of one delivery: GET confirms, POST (RFC 8058 one-click) unsubscribes.
 pub async fn unsubscribe_page(
     State(state): State<AppState>,
     Path((workspace_id, delivery_id)): Path<(String, String)>,
+    peer: PeerIp,
 ) -> axum::response::Response {
+    if !link_allowed(&state, peer, "unsubscribe") {
+        return too_many();
+    }
     match state.store.delivery(&workspace_id, &delivery_id).await {
         Ok(Some(delivery)) => Html(format!(
             "<!doctype html><html lang=\"en\"><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
@@ -714,7 +738,11 @@ pub async fn unsubscribe_page(
 pub async fn unsubscribe(
     State(state): State<AppState>,
     Path((workspace_id, delivery_id)): Path<(String, String)>,
+    peer: PeerIp,
 ) -> axum::response::Response {
+    if !link_allowed(&state, peer, "unsubscribe") {
+        return too_many();
+    }
     let delivery = match state.store.delivery(&workspace_id, &delivery_id).await {
         Ok(Some(delivery)) => delivery,
         Ok(None) => {
@@ -753,9 +781,14 @@ fn html_escape(text: &str) -> String {
 pub async fn open_pixel(
     State(state): State<AppState>,
     Path((workspace_id, delivery_id)): Path<(String, String)>,
+    peer: PeerIp,
 ) -> axum::response::Response {
     const GIF: &[u8] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\x00\x00\x00!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;";
-    if let Err(err) = state.engage.engaged(&workspace_id, &delivery_id, Engagement::Opened, None, Utc::now()).await {
+    // Over the limit the image is still served (a broken image helps nobody); the open is not
+    // recorded.
+    if link_allowed(&state, peer, "open")
+        && let Err(err) = state.engage.engaged(&workspace_id, &delivery_id, Engagement::Opened, None, Utc::now()).await
+    {
         tracing::warn!(error = %err, "recording an open failed");
     }
     ([(axum::http::header::CONTENT_TYPE, "image/gif"), (axum::http::header::CACHE_CONTROL, "no-store")], GIF)
@@ -775,7 +808,11 @@ pub async fn click(
     State(state): State<AppState>,
     Path((workspace_id, delivery_id)): Path<(String, String)>,
     Query(params): Query<ClickParams>,
+    peer: PeerIp,
 ) -> axum::response::Response {
+    if !link_allowed(&state, peer, "click") {
+        return too_many();
+    }
     let (Some(url), Some(signature)) = (params.u, params.s) else {
         return (StatusCode::NOT_FOUND, Html("<!doctype html><p>This link is not valid.</p>")).into_response();
     };

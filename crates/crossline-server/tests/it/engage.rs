@@ -272,6 +272,24 @@ async fn a_campaign_reaches_the_right_people_through_a_real_smtp_server() {
         json_of(server.get(&format!("/api/v1/campaigns/{}", created["id"].as_str().unwrap()), &ws.api_key).await).await;
     assert_eq!(campaign["stats"]["unsubscribed"], 1, "{campaign}");
 
+    // The recipients' links are public: one address hammering them is slowed down (429 with
+    // Retry-After), while the pixel still answers with its image.
+    let mut limited = 0;
+    for _ in 0..200 {
+        let response = no_redirects.get(&forged).send().await.unwrap();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(response.headers()["retry-after"], "1");
+            limited += 1;
+        }
+    }
+    assert!(limited >= 50, "only {limited} of 200 link requests from one address were limited");
+    let response = server.http.get(&pixel).send().await.unwrap();
+    assert_eq!(
+        (response.status(), response.headers()["content-type"].clone()),
+        (StatusCode::OK, "image/gif".parse().unwrap())
+    );
+    assert_eq!(server.http.get(&link).send().await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
+
     // Another workspace sees none of it.
     let other = server.workspace("engage-other").await;
     let response = server.get(&format!("/api/v1/campaigns/{}", created["id"].as_str().unwrap()), &other.api_key).await;
