@@ -61,7 +61,7 @@ pub struct Treatment {
 /// Limits on a campaign's sending.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Limits {
-    /// Most messages per second (per node).
+    /// Most messages per second: a run's messages are planned this far apart (across nodes).
     #[serde(default)]
     pub per_second: Option<u32>,
     /// Most messages in all.

@@ -559,6 +559,11 @@ impl Engage {
                     if spec.limits.total.is_some_and(|total| queued_total > total) {
                         row.status = DeliveryStatus::Suppressed;
                         row.reason = Some(Suppression::Limit.as_str().into());
+                    } else if let Some(per_second) = spec.limits.per_second {
+                        // The rate is kept by spacing the run's messages in time: every node and
+                        // every restart sends them no sooner than planned.
+                        let offset = (queued_total - 1) * 1000 / u64::from(per_second.max(1));
+                        row.run_at = row.run_at.max(now + Duration::milliseconds(offset as i64));
                     }
                 }
                 rows.push(row);

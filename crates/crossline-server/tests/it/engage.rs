@@ -177,10 +177,26 @@ async fn a_campaign_reaches_the_right_people_through_a_real_smtp_server() {
     let (status, err) = post(&server, "/api/v1/campaigns", &ws.api_key, &json!({"name": "Ghost", "segment_id": "seg_nope", "channel": "email", "template_id": template_id, "schedule": "now"})).await;
     assert_eq!(status, StatusCode::CONFLICT, "{err}");
 
+    // Two messages go out (ann's, and dee's that bounces), one a second at most.
     let (status, created) = post(&server, "/api/v1/campaigns", &ws.api_key, &json!({"name": "Winter sale", "segment_id": segment_id, "channel": "email", "template_id": template_id, "schedule": "now",
-        "conversion": {"event": "Order Completed", "within_hours": 24}})).await;
+        "limits": {"per_second": 1}, "conversion": {"event": "Order Completed", "within_hours": 24}})).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let campaign = campaign_when_done(&server, &ws.api_key, created["id"].as_str().unwrap()).await;
+    // ann's message is sent at once, dee's (it bounces) a second later.
+    let (_, ann) = json_of(server.get("/api/v1/profiles/lookup?kind=user_id&value=ann", &ws.api_key).await).await;
+    let ann_sent = server
+        .store
+        .profile_deliveries(&ws.id, ann["id"].as_str().unwrap(), chrono::Utc::now() - chrono::Duration::hours(1), 10)
+        .await
+        .unwrap()[0]
+        .sent_at
+        .expect("ann's message was sent");
+    let bounced = events_named(&server, &ws.api_key, "dee", "delivery.bounced").await;
+    let bounced_at: chrono::DateTime<chrono::Utc> = bounced[0]["timestamp"].as_str().unwrap().parse().unwrap();
+    assert!(
+        bounced_at - ann_sent >= chrono::Duration::milliseconds(900),
+        "per_second 1 spaces the two messages: ann at {ann_sent}, dee at {bounced_at}"
+    );
     let stats = &campaign["stats"];
     assert_eq!(campaign["status"], "completed", "{campaign}");
     assert_eq!(stats["targeted"], 4, "{campaign}");
