@@ -440,7 +440,7 @@ impl AsyncTokioStream for ImplicitTls {
 }
 
 fn unreachable_server(err: impl std::fmt::Display) -> SendError {
-    SendError::Retryable { message: format!("the SMTP server could not be reached: {err}"), retry_after: None }
+    SendError::Unavailable { message: format!("the SMTP server cannot be reached: {err}") }
 }
 
 impl EmailSender {
@@ -487,7 +487,10 @@ impl EmailSender {
     pub async fn send(&self, email: &Email<'_>) -> Result<SendReceipt, SendError> {
         let message = build_message(&self.config, email)?;
         let (envelope, bytes) = (message.envelope().clone(), message.formatted());
-        let _slot = self.slots.acquire().await.map_err(unreachable_server)?;
+        let _slot = self.slots.acquire().await.map_err(|err| SendError::Retryable {
+            message: format!("the email sender is closing: {err}"),
+            retry_after: None,
+        })?;
         let sent = tokio::time::timeout(self.timeout, self.send_on_pool(&envelope, &bytes)).await.map_err(|_| {
             let message = format!("the SMTP server did not answer within {} s", self.timeout.as_secs());
             SendError::Retryable { message, retry_after: None }
@@ -1004,7 +1007,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_unreachable_server_is_retryable() {
+    async fn an_unreachable_server_is_unavailable() {
         let sender = EmailSender::new(&EmailConfig {
             host: "127.0.0.1".into(),
             // Port 1 on the loopback interface: nothing listens, the connection is refused at once.
@@ -1017,7 +1020,7 @@ mod tests {
         })
         .unwrap();
         let result = sender.send(&email(&[])).await;
-        assert!(matches!(result, Err(SendError::Retryable { .. })), "{result:?}");
+        assert!(matches!(result, Err(SendError::Unavailable { .. })), "{result:?}");
     }
 
     #[tokio::test]

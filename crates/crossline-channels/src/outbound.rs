@@ -25,8 +25,17 @@ pub enum SendError {
         /// Whether the address itself must be marked unreachable on the profile.
         address_unreachable: bool,
     },
+    /// The provider could not be reached at all — connection refused, no route, a TLS handshake
+    /// or connection that timed out: nothing was sent. Retryable, but a few of these in a row mean
+    /// the channel is down, and the pipeline pauses the campaign with the reason instead of burning
+    /// retries.
+    #[error("unavailable: {message}")]
+    Unavailable {
+        /// What went wrong.
+        message: String,
+    },
     /// The channel's configuration is wrong (authentication refused, account suspended). A server
-    /// that cannot be reached, even for a long time, is not this: that is [`SendError::Retryable`].
+    /// that cannot be reached is not this: that is [`SendError::Unavailable`].
     /// The pipeline pauses the campaign instead of burning retries.
     #[error("misconfigured: {message}")]
     Misconfigured {

@@ -1127,6 +1127,9 @@ impl Engage {
                             .map(|receipt| Sent { provider_id: receipt.provider_id })
                             .map_err(Outcome::from)
                     }
+                    Err(err @ crossline_engine::EgressError::Connect(_)) => {
+                        Err(Outcome::Unavailable(format!("Twilio cannot be reached: {err}")))
+                    }
                     Err(err) if err.is_retryable() => Err(Outcome::Retry(err.to_string(), None)),
                     Err(err) => Err(Outcome::Misconfigured(err.to_string())),
                 }
@@ -1249,7 +1252,10 @@ impl Engage {
         let campaign = d.campaign_id.clone().unwrap_or_default();
         match outcome {
             Ok(sent) => {
-                self.failures.lock().expect("failures").remove(&campaign);
+                let mut failures = self.failures.lock().expect("failures");
+                failures.remove(&campaign);
+                failures.remove(&format!("{campaign}\u{0}down"));
+                drop(failures);
                 update.provider_id = sent.provider_id;
                 update.sent_at = Some(now);
             }
@@ -1285,6 +1291,23 @@ impl Engage {
                             .unwrap_or_else(|| backoff(delivery.attempts)),
                     );
                 }
+            }
+            Err(Outcome::Unavailable(message)) => {
+                // A few in a row and the channel is down: the campaign pauses with the reason
+                // rather than spending its retries; after a resume the delivery goes out again.
+                let failures = {
+                    let mut failures = self.failures.lock().expect("failures");
+                    let count = failures.entry(format!("{campaign}\u{0}down")).or_default();
+                    *count += 1;
+                    *count
+                };
+                if failures >= PAUSE_AFTER_UNAVAILABLE && !campaign.is_empty() {
+                    self.pause(workspace_id, &campaign, &message).await;
+                }
+                update.status = DeliveryStatus::Queued;
+                update.reason = Some(message);
+                // Not a failure of this message: tried again soon, never given up on.
+                update.run_at = Some(now + Duration::seconds(5));
             }
             Err(Outcome::Misconfigured(message)) => {
                 if !campaign.is_empty() {
@@ -1337,7 +1360,9 @@ impl Engage {
         if matches!(paused, Ok(true)) {
             tracing::warn!(workspace_id, campaign_id, reason, "campaign paused");
         }
-        self.failures.lock().expect("failures").remove(campaign_id);
+        let mut failures = self.failures.lock().expect("failures");
+        failures.remove(campaign_id);
+        failures.remove(&format!("{campaign_id}\u{0}down"));
     }
 
     /// Records an engagement event about a delivery on its recipient's profile.
@@ -1469,6 +1494,9 @@ struct Sent {
     provider_id: Option<String>,
 }
 
+/// Sends in a row of one campaign that found the provider unreachable before it is paused.
+const PAUSE_AFTER_UNAVAILABLE: u32 = 3;
+
 /// A send is not started with less than this left of its claim ...
 const MIN_SEND_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 /// ... and is abandoned this long before the claim runs out, so no other sender can take a
@@ -1530,6 +1558,8 @@ enum Outcome {
     Suppressed(Suppression),
     Deferred(DateTime<Utc>),
     Retry(String, Option<std::time::Duration>),
+    /// The provider could not be reached at all; nothing was sent.
+    Unavailable(String),
     Misconfigured(String),
     Failed(String, Option<String>),
     Bounced(String, Option<String>),
@@ -1539,6 +1569,7 @@ impl From<SendError> for Outcome {
     fn from(err: SendError) -> Self {
         match err {
             SendError::Retryable { message, retry_after } => Outcome::Retry(message, retry_after),
+            SendError::Unavailable { message } => Outcome::Unavailable(message),
             SendError::Misconfigured { message } => Outcome::Misconfigured(message),
             SendError::Permanent { message, code, address_unreachable: true } => Outcome::Bounced(message, code),
             SendError::Permanent { message, code, .. } => Outcome::Failed(message, code),

@@ -75,12 +75,15 @@ pub enum EgressError {
     /// The host could not be resolved or reached, or the exchange broke off.
     #[error("{0}")]
     Transport(String),
+    /// No connection could be made (refused, unresolvable, unreachable): nothing was sent.
+    #[error("cannot connect: {0}")]
+    Connect(String),
 }
 
 impl EgressError {
     /// Whether trying again later may succeed (a refusal or an oversized answer will not).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, EgressError::Timeout(_) | EgressError::Transport(_))
+        matches!(self, EgressError::Timeout(_) | EgressError::Transport(_) | EgressError::Connect(_))
     }
 }
 
@@ -286,7 +289,7 @@ fn transport(host: &str, err: reqwest::Error, timeout: Duration) -> EgressError 
         message = format!("{message}: {current}");
         source = current.source();
     }
-    EgressError::Transport(message)
+    if err.is_connect() { EgressError::Connect(message) } else { EgressError::Transport(message) }
 }
 
 /// The resolver's refusal, found again in the error chain.

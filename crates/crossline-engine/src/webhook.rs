@@ -80,7 +80,9 @@ pub async fn call(
             Ok(answer) if (200..300).contains(&answer.status) => return parse_answer(&answer.body),
             Ok(answer) if answer.status >= 500 => last_error = format!("status {}", answer.status),
             Ok(answer) => return Err(format!("status {}", answer.status)),
-            Err(err @ (EgressError::Timeout(_) | EgressError::Transport(_))) => last_error = err.to_string(),
+            Err(err @ (EgressError::Timeout(_) | EgressError::Transport(_) | EgressError::Connect(_))) => {
+                last_error = err.to_string()
+            }
             Err(err) => return Err(err.to_string()),
         }
         tracing::debug!(url, attempt, error = %last_error, "webhook attempt failed");

@@ -541,3 +541,68 @@ async fn a_triggered_sms_campaign_follows_events_receipts_and_stop() {
     assert_eq!(twilio.to("+14155550100").len(), 1, "one SMS to Ann in all");
     server.stop().await;
 }
+
+/// An SMTP server that cannot be reached pauses the campaign with the reason after a few sends,
+/// instead of spending every recipient's retries; nothing is lost: the deliveries wait in the
+/// queue and go out after the campaign is resumed on a working server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_smtp_server_pauses_the_campaign() {
+    let Some(sink) = SmtpSink::start() else { return };
+    let server = TestServer::start().await;
+    let ws = server.workspace("engage-dead-smtp").await;
+    let batch: Vec<Value> = (0..6)
+        .map(|i| json!({"type": "identify", "userId": format!("u{i}"), "traits": {"email": format!("u{i}@example.com")}}))
+        .collect();
+    assert_eq!(server.track("/v1/batch", &ws.write_key, &json!({"batch": batch})).await.status(), StatusCode::OK);
+    // A port nothing listens on: bound, then let go.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let smtp =
+        |port: u16| json!({"host": "127.0.0.1", "port": port, "tls": "none", "from": "Acme <news@acme.example>"});
+    let (status, shown) = server.put_json("/api/v1/channels/smtp", &ws.api_key, &smtp(dead)).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    let (_, segment) =
+        post(&server, "/api/v1/segments", &ws.api_key, &json!({"name": "all", "filter": {"reachable": "email"}})).await;
+    let (_, template) = post(
+        &server,
+        "/api/v1/templates",
+        &ws.api_key,
+        &json!({
+        "name": "Hello", "channel": "email", "subject": "Hello", "body": "<p>Hello</p>"}),
+    )
+    .await;
+    let (status, created) = post(
+        &server,
+        "/api/v1/campaigns",
+        &ws.api_key,
+        &json!({"name": "Hello", "segment_id": segment["id"],
+        "channel": "email", "template_id": template["id"], "schedule": "now"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap();
+    let campaign = campaign_when_done(&server, &ws.api_key, id).await;
+    assert_eq!(campaign["status"], "paused", "{campaign}");
+    assert!(campaign["status_reason"].as_str().unwrap().contains("cannot be reached"), "{campaign}");
+    assert_eq!(campaign["stats"]["sent"], 0, "{campaign}");
+    assert_eq!(campaign["stats"]["failed"], 0, "nothing was given up: {campaign}");
+
+    // The server is fixed and the campaign resumed: everyone gets the message, once.
+    let (status, _) = server.put_json("/api/v1/channels/smtp", &ws.api_key, &smtp(sink.port)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, resumed) = post(&server, &format!("/api/v1/campaigns/{id}/resume"), &ws.api_key, &json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{resumed}");
+    // The deliveries are due again 5 s after their last attempt.
+    let mut campaign = Value::Null;
+    for _ in 0..300 {
+        let (_, current) = json_of(server.get(&format!("/api/v1/campaigns/{id}"), &ws.api_key).await).await;
+        campaign = current;
+        if campaign["status"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(campaign["status"], "completed", "{campaign}");
+    assert_eq!(campaign["stats"]["sent"], 6, "{campaign}");
+    assert_eq!(sink.messages().len(), 6);
+    server.stop().await;
+}
