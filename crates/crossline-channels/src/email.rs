@@ -911,59 +911,6 @@ mod tests {
         assert!(capabilities.subject && capabilities.html && !capabilities.delivery_receipts);
     }
 
-    type Counter = std::sync::Arc<std::sync::atomic::AtomicUsize>;
-
-    /// A minimal SMTP server on loopback that accepts every message (or refuses every recipient)
-    /// and counts sessions and messages.
-    async fn fake_smtp(refuse_rcpt: bool) -> (u16, Counter, Counter) {
-        use std::sync::atomic::Ordering::SeqCst;
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let sessions = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let messages = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (s, m) = (sessions.clone(), messages.clone());
-        tokio::spawn(async move {
-            loop {
-                let (socket, _) = listener.accept().await.unwrap();
-                s.fetch_add(1, SeqCst);
-                let m = m.clone();
-                tokio::spawn(async move {
-                    let (read, mut write) = socket.into_split();
-                    let mut lines = BufReader::new(read).lines();
-                    write.write_all(b"220 fake ESMTP\r\n").await.unwrap();
-                    let mut in_data = false;
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        let reply: &[u8] = if in_data {
-                            if line != "." {
-                                continue;
-                            }
-                            in_data = false;
-                            m.fetch_add(1, SeqCst);
-                            b"250 2.0.0 Ok: queued as FAKE1\r\n"
-                        } else {
-                            match line.get(..4).unwrap_or_default().to_ascii_uppercase().as_str() {
-                                "EHLO" => b"250-fake\r\n250 8BITMIME\r\n",
-                                "RCPT" if refuse_rcpt => b"550 5.1.1 no such user\r\n",
-                                "DATA" => {
-                                    in_data = true;
-                                    b"354 go on\r\n"
-                                }
-                                "QUIT" => {
-                                    let _ = write.write_all(b"221 bye\r\n").await;
-                                    break;
-                                }
-                                _ => b"250 Ok\r\n",
-                            }
-                        };
-                        write.write_all(reply).await.unwrap();
-                    }
-                });
-            }
-        });
-        (port, sessions, messages)
-    }
-
     fn plain(port: u16) -> EmailConfig {
         EmailConfig {
             host: "127.0.0.1".into(),
@@ -979,31 +926,33 @@ mod tests {
 
     #[tokio::test]
     async fn the_pool_reuses_connections_and_drops_failed_ones() {
-        use std::sync::atomic::Ordering::SeqCst;
-        let (port, sessions, messages) = fake_smtp(false).await;
-        let sender = EmailSender::new(&plain(port)).unwrap();
+        let sink = crate::smtp_sink::LocalSmtpSink::start(false).await.unwrap();
+        let sender = EmailSender::new(&plain(sink.port)).unwrap();
         for _ in 0..5 {
             let receipt = sender.send(&email(&[])).await.unwrap();
-            assert_eq!(receipt.provider_id.as_deref(), Some("FAKE1"));
+            assert!(receipt.provider_id.as_deref().is_some_and(|id| id.starts_with("LOCAL")), "{receipt:?}");
         }
-        assert_eq!((sessions.load(SeqCst), messages.load(SeqCst)), (1, 5), "one session carried all five");
+        assert_eq!((sink.sessions(), sink.accepted()), (1, 5), "one session carried all five");
+        let received = sink.messages();
+        assert_eq!(received[0].to, ["jane@example.com"]);
+        assert!(received[0].data.contains("Message-ID: <dlv_123@crossline>"), "{}", received[0].data);
         // Twenty at once: no more sessions than the pool's size.
         let message = email(&[]);
         let sends = (0..20).map(|_| sender.send(&message));
         for result in futures::future::join_all(sends).await {
             result.unwrap();
         }
-        assert_eq!(messages.load(SeqCst), 25);
-        assert!(sessions.load(SeqCst) <= 4, "{} sessions for a pool of 4", sessions.load(SeqCst));
+        assert_eq!(sink.accepted(), 25);
+        assert!(sink.sessions() <= 4, "{} sessions for a pool of 4", sink.sessions());
 
         // A refused recipient is permanent and unreachable; the session it broke is not reused.
-        let (port, sessions, _) = fake_smtp(true).await;
-        let sender = EmailSender::new(&plain(port)).unwrap();
+        let refusing = crate::smtp_sink::LocalSmtpSink::start(true).await.unwrap();
+        let sender = EmailSender::new(&plain(refusing.port)).unwrap();
         for _ in 0..2 {
             let result = sender.send(&email(&[])).await;
             assert!(matches!(result, Err(SendError::Permanent { address_unreachable: true, .. })), "{result:?}");
         }
-        assert_eq!(sessions.load(SeqCst), 2);
+        assert_eq!(refusing.sessions(), 2);
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@ pub mod email;
 pub mod outbound;
 pub mod reply;
 pub mod sms;
+pub mod smtp_sink;
 pub mod twilio;
 pub mod webchat;
 

@@ -200,7 +200,10 @@ pub async fn run(listen: String, data_dir: Option<PathBuf>) -> anyhow::Result<()
         }
     };
     let admin_token = generate_key(KeyKind::Api).replacen("sk_", "op_", 1);
+    // Unsubscribe, open and click links in the demo's emails point back at this server.
+    let public_url = (!listen.ends_with(":0")).then(|| format!("http://{listen}"));
     let config = Config {
+        public_url,
         listen,
         data_dir: data_dir.clone(),
         admin_token: Some(admin_token.clone()),
@@ -247,6 +250,14 @@ pub async fn run(listen: String, data_dir: Option<PathBuf>) -> anyhow::Result<()
             workspace
         }
     };
+    // Email goes to a sink inside this process: the demo's campaign is really sent, over SMTP,
+    // and nothing leaves the machine. Its port changes every run, so the channel is set each time.
+    let sink = std::sync::Arc::new(
+        crossline_channels::smtp_sink::LocalSmtpSink::start(false).await.context("the demo's mail sink")?,
+    );
+    let smtp = json!({"host": "127.0.0.1", "port": sink.port, "tls": "none", "from": "Acme Bank <news@bank.example>",
+                      "unsubscribe_mailto": "unsubscribe@bank.example"});
+    state.store.put_channel(&workspace.id, "smtp", &smtp).await?;
     let identity_secret = state
         .store
         .channel(&workspace.id, "webchat")
@@ -263,12 +274,98 @@ pub async fn run(listen: String, data_dir: Option<PathBuf>) -> anyhow::Result<()
         format!("cannot listen on {address} (is another crossline running? use --listen 127.0.0.1:8081)")
     })?;
     let url = format!("http://{}", listener.local_addr()?);
+    let fresh = state.store.objects(&workspace.id, crossline_store::engage::ObjectKind::Campaign).await?.is_empty();
+    if fresh {
+        // Through the API, as a user would: it answers once the server below is serving.
+        let (url, api_key, sink) = (url.clone(), api_key.clone(), sink.clone());
+        tokio::spawn(async move {
+            if let Err(err) = ship_sample_campaign(&url, &api_key, &sink).await {
+                eprintln!("The demo's sample campaign could not be created: {err:#}");
+            }
+        });
+    }
     println!(
-        "\nCrossline demo is running at {url}\n\n  Console:        {url}/  (log in with the API key below)\n  API docs:       {url}/api/docs\n  Web chat:       {url}/chat/{id}  (the bank bot)\n  Kiosk:          {url}/kiosk/{id}\n  Widget:         <script src=\"{url}/widget.js\" data-write-key=\"{write_key}\" async></script>\n  Identify:       {signed_identify}  (Ada, signed with the web chat's identity secret: docs/channels/webchat.md)\n  Workspace:      demo ({id})\n  Write key:      {write_key}\n  API key:        {api_key}\n  Operator token: {admin_token}\n  Data:           {dir}\n\nTry:\n  curl -s -u {write_key}: {url}/v1/track -H 'content-type: application/json' \\\n    -d '{{\"userId\":\"user-0000\",\"event\":\"Demo Clicked\",\"context\":{{\"channel\":\"web\"}}}}'\n  curl -s -H 'Authorization: Bearer {api_key}' '{url}/api/v1/profiles/lookup?kind=email&value={STAR_EMAIL}'\n  curl -s -H 'Authorization: Bearer {api_key}' -H 'content-type: application/json' {url}/api/v1/conversations/messages \\\n    -d '{{\"bot\":\"bank\",\"from\":{{\"kind\":\"email\",\"value\":\"{STAR_EMAIL}\"}},\"channel\":\"chat\",\"text\":\"can I come in tomorrow?\"}}'\n\nPress Ctrl-C to stop.",
+        "\nCrossline demo is running at {url}\n\n  Console:        {url}/  (log in with the API key below)\n  API docs:       {url}/api/docs\n  Web chat:       {url}/chat/{id}  (the bank bot)\n  Kiosk:          {url}/kiosk/{id}\n  Widget:         <script src=\"{url}/widget.js\" data-write-key=\"{write_key}\" async></script>\n  Identify:       {signed_identify}  (Ada, signed with the web chat's identity secret: docs/channels/webchat.md)\n  Campaign:       {url}/campaigns  (\"December savings\" to the premium customers, sent to a mail sink inside this process: nothing leaves the machine)\n  Workspace:      demo ({id})\n  Write key:      {write_key}\n  API key:        {api_key}\n  Operator token: {admin_token}\n  Data:           {dir}\n\nTry:\n  curl -s -u {write_key}: {url}/v1/track -H 'content-type: application/json' \\\n    -d '{{\"userId\":\"user-0000\",\"event\":\"Demo Clicked\",\"context\":{{\"channel\":\"web\"}}}}'\n  curl -s -H 'Authorization: Bearer {api_key}' '{url}/api/v1/profiles/lookup?kind=email&value={STAR_EMAIL}'\n  curl -s -H 'Authorization: Bearer {api_key}' -H 'content-type: application/json' {url}/api/v1/conversations/messages \\\n    -d '{{\"bot\":\"bank\",\"from\":{{\"kind\":\"email\",\"value\":\"{STAR_EMAIL}\"}},\"channel\":\"chat\",\"text\":\"can I come in tomorrow?\"}}'\n\nPress Ctrl-C to stop.",
         id = workspace.id,
         dir = data_dir.display(),
     );
     crossline_server::run(listener, state, crate::shutdown_signal()).await?;
+    drop(sink);
+    Ok(())
+}
+
+/// The demo's segment, template and campaign, made through the API and sent at once; then some
+/// sample recipients open their email and click its link (requests to the pixel and the tracked
+/// link found in the messages the sink received), so the funnel has something to show.
+async fn ship_sample_campaign(
+    url: &str,
+    api_key: &str,
+    sink: &crossline_channels::smtp_sink::LocalSmtpSink,
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let post = |path: &'static str, body: serde_json::Value| {
+        let request = http.post(format!("{url}{path}")).bearer_auth(api_key).json(&body);
+        async move {
+            let response = request.send().await?;
+            let status = response.status();
+            let answer: serde_json::Value = response.json().await?;
+            anyhow::ensure!(status.is_success(), "{path} answered {status}: {answer}");
+            anyhow::Ok(answer)
+        }
+    };
+    let segment = post(
+        "/api/v1/segments",
+        json!({"name": "Premium customers", "filter": {"all": [
+            {"trait": "plan", "op": "eq", "value": "premium"}, {"reachable": "email"}]}}),
+    )
+    .await?;
+    let template = post(
+        "/api/v1/templates",
+        json!({"name": "December savings", "channel": "email",
+               "subject": "{{ profile.traits.first_name | default: \"Hello\" }}, 4.1% on your savings",
+               "body": "<mjml><mj-body><mj-section><mj-column>\
+                        <mj-text font-size=\"20px\">Hi {{ profile.traits.first_name | default: \"there\" }},</mj-text>\
+                        <mj-text>As a premium customer in {{ profile.traits.city | default: \"your city\" }} you can now earn 4.1% on savings.</mj-text>\
+                        <mj-button href=\"https://bank.example/savings\">See the offer</mj-button>\
+                        <mj-text font-size=\"11px\"><a href=\"{{ unsubscribe_url }}\">Unsubscribe</a></mj-text>\
+                        </mj-column></mj-section></mj-body></mjml>"}),
+    )
+    .await?;
+    let campaign = post(
+        "/api/v1/campaigns",
+        json!({"name": "December savings", "segment_id": segment["id"], "channel": "email",
+               "template_id": template["id"], "schedule": "now", "holdout_percent": 10,
+               "conversion": {"event": "Savings Account Opened", "within_hours": 72}}),
+    )
+    .await?;
+    let id = campaign["id"].as_str().context("the campaign's id")?;
+    for _ in 0..600 {
+        let current: serde_json::Value =
+            http.get(format!("{url}/api/v1/campaigns/{id}")).bearer_auth(api_key).send().await?.json().await?;
+        if current["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+    for (index, mail) in sink.messages().iter().enumerate() {
+        // Quoted-printable, undone enough to find the links.
+        let body = mail.data.replace("=\r\n", "").replace("=3D", "=").replace("&amp;", "&");
+        let link = |marker: &str| {
+            let start = body.find(&format!("{url}{marker}"))?;
+            body[start..].split(['"', '\'', ')', '<', ' ', '\r', '\n']).next().map(str::to_owned)
+        };
+        if index % 2 == 0
+            && let Some(pixel) = link("/o/")
+        {
+            no_redirects.get(pixel).send().await?;
+        }
+        if index % 5 == 0
+            && let Some(click) = link("/c/")
+        {
+            no_redirects.get(click).send().await?;
+        }
+    }
     Ok(())
 }
 
