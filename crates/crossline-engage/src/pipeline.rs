@@ -1137,6 +1137,70 @@ impl Engage {
         }
     }
 
+    /// Sends one message of a stored template to an address its author chose: a test. It is no
+    /// delivery (no stats, no tracking, no consent check — the author is the recipient), the
+    /// subject starts with `[Test]`, and it is rendered for `profile` (`{"id", "traits"}`). Returns
+    /// the provider's id. A channel that is not configured or a provider that refuses is a
+    /// conflict naming why; an address the provider calls invalid is an invalid `to`.
+    pub async fn test_send(
+        &self,
+        workspace_id: &str,
+        template_id: &str,
+        to: &str,
+        profile: &Value,
+        time_zone: chrono_tz::Tz,
+    ) -> Result<Option<String>, EngageError> {
+        let compiled = self.template(workspace_id, template_id).await?;
+        let id = crossline_core::ids::new_id("test");
+        // A test has no delivery, so its unsubscribe link leads to "no longer valid".
+        let unsubscribe_url = format!("{}/u/{workspace_id}/{id}", self.config.public_url.trim_end_matches('/'));
+        let context = RenderContext { profile, event: None, unsubscribe_url: &unsubscribe_url, time_zone };
+        let rendered = compiled.render(&context).map_err(|err| invalid("template", err.to_string()))?;
+        let refused = |outcome: Outcome| match outcome {
+            Outcome::Bounced(message, _) | Outcome::Failed(message, _) => invalid("to", message),
+            Outcome::Misconfigured(message)
+            | Outcome::Unavailable(message)
+            | Outcome::Retry(message, _)
+            | Outcome::Released(message, _) => EngageError::Conflict(format!("the test was not sent: {message}")),
+            Outcome::Suppressed(_) | Outcome::Deferred(_) => EngageError::Conflict("the test was not sent".into()),
+        };
+        match compiled.channel() {
+            "email" => {
+                let sender = self.email_sender(workspace_id).await.map_err(refused)?;
+                let subject = format!("[Test] {}", rendered.subject.as_deref().unwrap_or_default());
+                let message_id = format!("{id}@crossline");
+                let email = Email {
+                    to,
+                    subject: &subject,
+                    html: rendered.html.as_deref(),
+                    text: &rendered.text,
+                    message_id: &message_id,
+                    unsubscribe_url: None,
+                    headers: &[],
+                };
+                sender.send(&email).await.map(|receipt| receipt.provider_id).map_err(|err| refused(err.into()))
+            }
+            "sms" => {
+                let config = self.twilio(workspace_id).await.map_err(refused)?;
+                let request = twilio::message_request(&config, to, &rendered.text, None);
+                let response = self
+                    .egress
+                    .post_form(
+                        &request.url,
+                        &[("authorization", request.authorization.clone())],
+                        &request.form,
+                        std::time::Duration::from_secs(15),
+                    )
+                    .await
+                    .map_err(|err| EngageError::Conflict(format!("the test was not sent: Twilio: {err}")))?;
+                twilio::classify_message_response(response.status, &response.body, response.retry_after)
+                    .map(|receipt| receipt.provider_id)
+                    .map_err(|err| refused(err.into()))
+            }
+            other => Err(invalid("template", format!("test sends of {other} templates are not supported yet"))),
+        }
+    }
+
     /// The workspace's key for signing tracked links (made on first use, kept in the store so
     /// every node and every restart signs alike).
     pub async fn link_key(&self, workspace_id: &str) -> Result<Vec<u8>, EngageError> {

@@ -115,9 +115,21 @@ pub fn background(state: &AppState, stop: tokio::sync::watch::Receiver<bool>) ->
     ]
 }
 
+/// How long a store that answered a health check counts as healthy without asking it again: a
+/// monitor polling often (or a flood of checks) costs the store one query a second.
+const HEALTH_FRESH: Duration = Duration::from_secs(1);
+
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
-    match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))),
+    let ok = || (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"})));
+    let fresh = |at: &Option<std::time::Instant>| at.is_some_and(|at| at.elapsed() < HEALTH_FRESH);
+    if fresh(&state.last_healthy.lock().unwrap_or_else(|p| p.into_inner())) {
+        return ok();
+    }
+    let answer = tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await;
+    *state.last_healthy.lock().unwrap_or_else(|p| p.into_inner()) =
+        matches!(answer, Ok(Ok(()))).then(std::time::Instant::now);
+    match answer {
+        Ok(Ok(())) => ok(),
         Ok(Err(err)) => {
             tracing::warn!(error = %err, "health check: storage failed");
             (

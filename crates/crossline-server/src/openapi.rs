@@ -218,6 +218,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(engage::create_template, engage::list_templates))
         .routes(routes!(engage::get_template, engage::delete_template))
         .routes(routes!(engage::preview_template))
+        .routes(routes!(engage::test_template))
         .routes(routes!(engage::create_campaign, engage::list_campaigns))
         .routes(routes!(engage::get_campaign))
         .routes(routes!(engage::campaign_action))

@@ -30,6 +30,8 @@ pub struct PublicLimits {
     /// Requests per client address to the recipients' links: unsubscribe pages, open pixels and
     /// tracked links (`/u`, `/o`, `/c`).
     pub recipient_links: RateLimiter,
+    /// Template test sends per workspace (they reach real inboxes and phones).
+    pub test_sends: RateLimiter,
 }
 
 /// Keys each public limiter remembers at most.
@@ -46,6 +48,7 @@ impl Default for PublicLimits {
             // A person opens a message and clicks now and then; a company's mail scanner fetches
             // every link of many messages from one address, so the burst is generous.
             recipient_links: RateLimiter::new(Rate { burst: 120.0, per_second: 20.0 }, PUBLIC_LIMIT_KEYS),
+            test_sends: crate::api::engage::test_send_limiter(),
         }
     }
 }

@@ -24,6 +24,8 @@ pub struct AppState {
     pub conversations: Arc<crossline_engine::Conversations>,
     /// Rate limits of the public endpoints (web chat).
     pub limits: Arc<crate::rate::PublicLimits>,
+    /// When the store last answered a health check: checks within a second of it answer at once.
+    pub last_healthy: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     /// Fair admission of tracking-API requests to the store, per workspace.
     pub admission: Arc<crate::admission::Admission>,
     /// Failed console sign-ins, per address and account.
@@ -83,6 +85,7 @@ impl AppState {
             },
         ));
         AppState {
+            last_healthy: Arc::default(),
             engage,
             recorder,
             egress,

@@ -16,12 +16,13 @@ use chrono::Utc;
 use crossline_bot::dialog;
 use crossline_channels::ChannelKind;
 use crossline_channels::alexa::AlexaConfig;
+use crossline_channels::email::EmailConfig;
 use crossline_channels::reply::{Reply, render};
 use crossline_channels::twilio::{self, Keyword, TwilioConfig};
 use crossline_channels::webchat::WebChatConfig;
 use crossline_core::{ConsentStatus, ConversationStatus, Identity, IdentityKind};
 use crossline_engine::conversations::{Opening, Silence, Turn, TurnError, dialog_state, event};
-use crossline_store::Conversation;
+use crossline_store::{Conversation, Workspace};
 use serde_json::Value;
 
 /// Set a channel's configuration.
@@ -42,7 +43,13 @@ pub async fn put_channel(
     body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let Json(body) = body.map_err(json_rejection)?;
-    let kind = ChannelKind::parse(&kind).ok_or_else(|| {
+    Ok(Json(save_channel(&state, &workspace, &kind, body).await?))
+}
+
+/// Check a channel's configuration and store it, as `PUT /api/v1/channels/{kind}` does (the console's
+/// Channels page saves through it too): the stored configuration as a GET shows it, without its secrets.
+pub async fn save_channel(state: &AppState, workspace: &Workspace, kind: &str, body: Value) -> ApiResult<Value> {
+    let kind = ChannelKind::parse(kind).ok_or_else(|| {
         ApiError::bad_request(
             ErrorCode::InvalidField,
             format!("kind: \"{kind}\" is not a channel that can be configured yet; use twilio, webchat, alexa or smtp"),
@@ -55,10 +62,10 @@ pub async fn put_channel(
             })?;
             let config =
                 config.validate().map_err(|err| ApiError::bad_request(ErrorCode::InvalidField, err.to_string()))?;
-            require_bot(&state, &workspace.id, &config.bot).await?;
+            require_bot(state, &workspace.id, &config.bot).await?;
             let stored = serde_json::to_value(&config).map_err(ApiError::internal)?;
             state.store.put_channel(&workspace.id, kind.as_str(), &stored).await?;
-            Ok(Json(config.public_view()))
+            Ok(config.public_view())
         }
         ChannelKind::Alexa => {
             let config: AlexaConfig = serde_json::from_value(body).map_err(|err| {
@@ -69,13 +76,13 @@ pub async fn put_channel(
             })?;
             let config =
                 config.validate().map_err(|err| ApiError::bad_request(ErrorCode::InvalidField, err.to_string()))?;
-            require_bot(&state, &workspace.id, &config.bot).await?;
+            require_bot(state, &workspace.id, &config.bot).await?;
             let stored = serde_json::to_value(&config).map_err(ApiError::internal)?;
             state.store.put_channel(&workspace.id, kind.as_str(), &stored).await?;
-            Ok(Json(stored))
+            Ok(stored)
         }
         ChannelKind::Email => {
-            let config: crossline_channels::email::EmailConfig = serde_json::from_value(body).map_err(|err| {
+            let config: EmailConfig = serde_json::from_value(body).map_err(|err| {
                 ApiError::bad_request(ErrorCode::InvalidField, format!("body: not an email configuration ({err})"))
             })?;
             let config =
@@ -88,7 +95,7 @@ pub async fn put_channel(
                 .map_err(|err| ApiError::bad_request(ErrorCode::InvalidField, format!("host: {err}")))?;
             let stored = serde_json::to_value(&config).map_err(ApiError::internal)?;
             state.store.put_channel(&workspace.id, kind.as_str(), &stored).await?;
-            Ok(Json(config.public_view()))
+            Ok(config.public_view())
         }
         ChannelKind::WebChat => {
             let config = WebChatConfig::from_json(&body).map_err(|err| {
@@ -99,10 +106,10 @@ pub async fn put_channel(
                 };
                 ApiError::bad_request(code, err.to_string())
             })?;
-            require_bot(&state, &workspace.id, &config.bot).await?;
+            require_bot(state, &workspace.id, &config.bot).await?;
             let stored = serde_json::to_value(&config).map_err(ApiError::internal)?;
             state.store.put_channel(&workspace.id, kind.as_str(), &stored).await?;
-            Ok(Json(config.public_view()))
+            Ok(config.public_view())
         }
     }
 }
@@ -133,27 +140,35 @@ pub async fn get_channel(
     Path(kind): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let kind = ChannelKind::parse(&kind).ok_or_else(|| ApiError::not_found("channel"))?;
-    let stored =
-        state.store.channel(&workspace.id, kind.as_str()).await?.ok_or_else(|| ApiError::not_found("channel"))?;
-    match kind {
+    let view = channel_view(&state, &workspace.id, kind).await?.ok_or_else(|| ApiError::not_found("channel"))?;
+    Ok(Json(view))
+}
+
+/// A channel's stored configuration as `GET /api/v1/channels/{kind}` shows it, without its secrets
+/// (the console's Channels page shows the same); None when the channel is not configured.
+pub async fn channel_view(state: &AppState, workspace_id: &str, kind: ChannelKind) -> ApiResult<Option<Value>> {
+    let Some(stored) = state.store.channel(workspace_id, kind.as_str()).await? else {
+        return Ok(None);
+    };
+    let view = match kind {
         ChannelKind::Twilio => {
             let config: TwilioConfig = serde_json::from_value(stored).map_err(ApiError::internal)?;
-            Ok(Json(config.public_view()))
+            config.public_view()
         }
         ChannelKind::WebChat => {
             let config: WebChatConfig = serde_json::from_value(stored).map_err(ApiError::internal)?;
-            Ok(Json(config.public_view()))
+            config.public_view()
         }
         ChannelKind::Alexa => {
             let config: AlexaConfig = serde_json::from_value(stored).map_err(ApiError::internal)?;
-            Ok(Json(serde_json::to_value(config).map_err(ApiError::internal)?))
+            serde_json::to_value(config).map_err(ApiError::internal)?
         }
         ChannelKind::Email => {
-            let config: crossline_channels::email::EmailConfig =
-                serde_json::from_value(stored).map_err(ApiError::internal)?;
-            Ok(Json(config.public_view()))
+            let config: EmailConfig = serde_json::from_value(stored).map_err(ApiError::internal)?;
+            config.public_view()
         }
-    }
+    };
+    Ok(Some(view))
 }
 
 fn twiml(body: String) -> Response {

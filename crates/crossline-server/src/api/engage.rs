@@ -429,6 +429,65 @@ pub async fn preview_template(
     Ok(Json(json!({"subject": rendered.subject, "html": rendered.html, "text": rendered.text})))
 }
 
+/// Test sends per workspace: a burst of 10, then one every 6 seconds.
+pub fn test_send_limiter() -> crate::rate::RateLimiter {
+    crate::rate::RateLimiter::new(crate::rate::Rate { burst: 10.0, per_second: 1.0 / 6.0 }, 10_000)
+}
+
+/// Send one message of a stored template to an address, as a test.
+#[utoipa::path(post, path = "/api/v1/templates/{id}/test", tag = "engagement",
+    description = "`{\"to\": ADDRESS, \"profile_id\"?}`: renders the template for that profile (or an empty one) and sends it through the workspace's channel for the template's channel (email: the SMTP server, subject starting `[Test]`; SMS: Twilio) to `to`. No delivery is recorded, nothing is tracked, consent is not checked (the author is the recipient). Returns `{\"sent\": true, \"provider_id\"}`. 409 when the channel is not configured or the provider refuses or cannot be reached (the message says which); 429 after 10 tests in a burst (then one every 6 s).",
+    params(("id" = String, Path, description = "The template's id")),
+    request_body = Object,
+    responses((status = 200, description = "`{\"sent\": true, \"provider_id\"}`", body = Object),
+              (status = 400, response = crate::openapi::BadRequest),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 409, description = "The channel is not configured, or the provider refused or cannot be reached", body = crate::error::ErrorBody),
+              (status = 429, response = crate::openapi::RateLimited),
+              (status = 500, response = crate::openapi::Internal)),
+    security(("bearer" = [])))]
+pub async fn test_template(
+    State(state): State<AppState>,
+    WorkspaceCaller(workspace): WorkspaceCaller,
+    Path(id): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Json(body) = body.map_err(json_rejection)?;
+    let to = match body.get("to").and_then(Value::as_str).map(str::trim) {
+        Some(to) if !to.is_empty() && to.len() <= 320 && !to.contains(['\r', '\n']) => to.to_owned(),
+        Some(_) => return Err(invalid("to: must be one email address or phone number (at most 320 characters)")),
+        None => return Err(ApiError::bad_request(ErrorCode::MissingField, "to: is required")),
+    };
+    let profile_id = body.get("profile_id").and_then(Value::as_str).map(str::to_owned);
+    let result = send_test(&state, &workspace, &id, &to, profile_id.as_deref()).await?;
+    Ok(Json(json!({"sent": true, "provider_id": result})))
+}
+
+/// A test send as the API and the console make it: rate-limited per workspace.
+pub async fn send_test(
+    state: &AppState,
+    workspace: &crossline_store::Workspace,
+    template_id: &str,
+    to: &str,
+    profile_id: Option<&str>,
+) -> ApiResult<Option<String>> {
+    if !state.limits.test_sends.allow(&workspace.id, std::time::Instant::now()) {
+        return Err(ApiError::rate_limited("too many test sends: at most 10 at once, then one every 6 seconds"));
+    }
+    let profile = match profile_id {
+        Some(id) => {
+            let profile =
+                state.store.profile(&workspace.id, id).await?.ok_or_else(|| ApiError::not_found("profile"))?;
+            json!({"id": profile.id, "traits": profile.traits})
+        }
+        None => json!({"id": "prf_preview", "traits": {}}),
+    };
+    let zone = profile["traits"]["timezone"].as_str().unwrap_or(&workspace.time_zone).parse().unwrap_or(chrono_tz::UTC);
+    Ok(state.engage.test_send(&workspace.id, template_id, to, &profile, zone).await?)
+}
+
 // ---- campaigns ----
 
 /// Create a campaign; with `"schedule": "now"` it starts sending at once.

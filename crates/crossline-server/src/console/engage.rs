@@ -367,6 +367,32 @@ pub fn segment_content(segment: &EngageObject, members: &Result<(u64, Vec<Profil
 pub struct TemplateParams {
     /// Set after a save.
     pub saved: Option<String>,
+    /// Set after a test send.
+    pub tested: Option<String>,
+}
+
+/// The test-send form's fields.
+#[derive(Debug, Default, Deserialize)]
+pub struct TestSendForm {
+    /// The address the test goes to.
+    #[serde(default)]
+    pub to: String,
+    /// The profile it is rendered for (none: an empty one).
+    #[serde(default)]
+    pub profile_id: Option<String>,
+}
+
+/// What the editor says above itself.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TemplateNotice {
+    /// Nothing.
+    None,
+    /// The template was saved.
+    Saved,
+    /// A test was sent.
+    TestSent,
+    /// A test was not sent, and why.
+    TestFailed(String),
 }
 
 /// The editor form's fields.
@@ -469,7 +495,14 @@ pub async fn template_show(
     };
     let source = stored_source(&stored)?;
     let preview = preview(&state, workspace, &source, None).await?;
-    let content = template_content(&stored, &source, None, &preview, params.saved.is_some());
+    let notice = if params.saved.is_some() {
+        TemplateNotice::Saved
+    } else if params.tested.is_some() {
+        TemplateNotice::TestSent
+    } else {
+        TemplateNotice::None
+    };
+    let content = template_content(&stored, &source, None, &preview, &notice);
     Ok(session.respond(layout::shell(&session, Section::Templates, &stored.name, content)))
 }
 
@@ -496,7 +529,7 @@ pub async fn template_save(
     }
     if let Err(err) = template::compile(&source) {
         let profile_id = form.profile_id.as_deref().map(str::trim).filter(|id| !id.is_empty());
-        let content = template_content(&stored, &source, profile_id, &Preview::fault(&err), false);
+        let content = template_content(&stored, &source, profile_id, &Preview::fault(&err), &TemplateNotice::None);
         let page = layout::shell(&session, Section::Templates, &stored.name, content);
         return Ok(session.respond((StatusCode::BAD_REQUEST, page)));
     }
@@ -506,6 +539,40 @@ pub async fn template_save(
     updated.updated_at = Utc::now().max(stored.updated_at + chrono::Duration::milliseconds(1));
     state.store.put_object(&workspace.id, &updated).await?;
     Ok(Redirect::to(&format!("{}?saved=1", template_url(&id))).into_response())
+}
+
+/// `POST /templates/{id}/test`: send the stored version to an address as a test, then back to the
+/// editor saying whether it went.
+pub async fn template_test_send(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+    Form(form): Form<TestSendForm>,
+) -> Result<Response, ConsoleError> {
+    let Some(workspace) = &session.workspace else {
+        return Ok(Redirect::to("/").into_response());
+    };
+    let Some(stored) = state.store.object(&workspace.id, ObjectKind::Template, &id).await? else {
+        return Err(ConsoleError::not_found(format!("There is no template {id} in this workspace.")));
+    };
+    let to = form.to.trim();
+    let profile_id = form.profile_id.as_deref().map(str::trim).filter(|id| !id.is_empty());
+    let why = if to.is_empty() || to.len() > 320 || to.contains(['\r', '\n']) {
+        Some((StatusCode::BAD_REQUEST, "give one email address or phone number".to_owned()))
+    } else {
+        match crate::api::engage::send_test(&state, workspace, &id, to, profile_id).await {
+            Ok(_) => None,
+            Err(err) => Some((err.status, err.message)),
+        }
+    };
+    let Some((status, why)) = why else {
+        return Ok(Redirect::to(&format!("{}?tested=1", template_url(&id))).into_response());
+    };
+    let source = stored_source(&stored)?;
+    let preview = preview(&state, workspace, &source, profile_id).await?;
+    let content = template_content(&stored, &source, profile_id, &preview, &TemplateNotice::TestFailed(why));
+    let page = layout::shell(&session, Section::Templates, &stored.name, content);
+    Ok(session.respond((status, page)))
 }
 
 /// `POST /templates/preview`: render a template being written for one customer. A template that
@@ -677,7 +744,7 @@ pub fn template_content(
     source: &TemplateSource,
     profile_id: Option<&str>,
     preview: &Preview,
-    saved: bool,
+    notice: &TemplateNotice,
 ) -> Markup {
     let email = source.channel == "email";
     let (srcdoc, subject, rendered_for, fault) = match preview {
@@ -695,8 +762,19 @@ pub fn template_content(
             (channel_badge(&source.channel)) " · " code { (template.id) } " · updated " (time(template.updated_at)) ". "
             a href="/templates" { "All templates" }
         })))
-        @if saved {
-            div.alert.info role="status" data-testid="template-saved" { "Saved. Campaigns that use this template send this version from now on." }
+        @match notice {
+            TemplateNotice::Saved => {
+                div.alert.info role="status" data-testid="template-saved" { "Saved. Campaigns that use this template send this version from now on." }
+            }
+            TemplateNotice::TestSent => {
+                div.alert.info role="status" data-testid="template-test-sent" { "The test was sent. It is not counted in any campaign's stats." }
+            }
+            TemplateNotice::TestFailed(why) => {
+                div.alert.error role="alert" data-testid="template-test-failed" {
+                    @if why.starts_with("the test was not sent") { "T" (why[1..]) } @else { "The test was not sent: " (why) }
+                }
+            }
+            TemplateNotice::None => {}
         }
         div.grid.editor data-template-editor data-preview-url="/templates/preview" data-template-id=(template.id) {
             section.card {
@@ -721,6 +799,16 @@ pub fn template_content(
                         div.form-actions {
                             button.button type="submit" data-testid="template-save" { "Save" }
                             span.field-hint { "Saved only when it compiles." }
+                        }
+                    }
+                    form.stacked method="post" action=(format!("{}/test", template_url(&template.id))) data-testid="template-test-form" {
+                        label for="template-test-to" { "Send the saved version as a test to" }
+                        input #template-test-to type="text" name="to" required maxlength="320"
+                            placeholder=(if email { "you@example.com" } else { "+15551234567" }) data-testid="template-test-to";
+                        input type="hidden" name="profile_id" value=[profile_id.or(rendered_for).filter(|id| *id != STAND_IN_PROFILE)];
+                        div.form-actions {
+                            button.button.secondary type="submit" data-testid="template-test-send" { "Send test" }
+                            span.field-hint { "Through this workspace's " (if email { "SMTP server" } else { "Twilio account" }) "; rendered for the previewed profile; not counted in stats." }
                         }
                     }
                 }

@@ -22,6 +22,8 @@ pub enum Section {
     Templates,
     /// Campaigns: status, results and funnels.
     Campaigns,
+    /// Channels: the SMTP server, the Twilio account and the messaging settings.
+    Channels,
     /// Events of batches that failed validation.
     Rejected,
     /// Bots: intents, versions, missed utterances.
@@ -78,6 +80,7 @@ pub fn shell(session: &Session, section: Section, title: &str, content: Markup) 
                         a href="/segments" aria-current=[current(Section::Segments)] { (icon(SEGMENTS_ICON)) "Segments" }
                         a href="/templates" aria-current=[current(Section::Templates)] { (icon(TEMPLATES_ICON)) "Templates" }
                         a href="/campaigns" aria-current=[current(Section::Campaigns)] { (icon(CAMPAIGNS_ICON)) "Campaigns" }
+                        a href="/channels" aria-current=[current(Section::Channels)] { (icon(CHANNELS_ICON)) "Channels" }
                         a href="/bots" aria-current=[current(Section::Bots)] { (icon(BOTS_ICON)) "Bots" }
                         a href="/rejected" aria-current=[current(Section::Rejected)] { (icon(REJECTED_ICON)) "Rejected events" }
                         @if session.is_admin() {
@@ -114,6 +117,7 @@ const REJECTED_ICON: &str = "M12 3a9 9 0 1 0 0 18 9 9 0 0 0 0-18zM5.6 5.6l12.8 1
 const SEGMENTS_ICON: &str = "M3 5h18l-7 8v6l-4 2v-8z";
 const TEMPLATES_ICON: &str = "M6 3h9l4 4v14H6zM14 3v5h5M9 12h7M9 16h7";
 const CAMPAIGNS_ICON: &str = "M21 3L3 10.5l7 2.5 2.5 7zM10 13l5-5";
+const CHANNELS_ICON: &str = "M3 5h18v14H3zM3 6l9 7 9-7";
 
 fn icon(path: &str) -> Markup {
     html! {

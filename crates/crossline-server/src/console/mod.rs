@@ -13,20 +13,26 @@
 //! - `GET /segments`, `POST /segments` (the builder form), `GET /segments/{id}`: segments with
 //!   their sizes counted live, and a segment's filter and first members.
 //! - `GET /templates`, `GET /templates/{id}`, `POST /templates/{id}` (save),
-//!   `POST /templates/preview` (JSON, for the editor's live preview).
+//!   `POST /templates/preview` (JSON, for the editor's live preview), `POST /templates/{id}/test`
+//!   (a test send).
 //! - `GET /campaigns`, `GET /campaigns/{id}`, `POST /campaigns/{id}/{pause|resume|cancel}`:
 //!   campaigns with their status, results and a funnel per treatment.
+//! - `GET /channels`, `POST /channels/smtp`, `POST /channels/twilio`, `POST /settings/messaging`:
+//!   the SMTP server, the Twilio account and the messaging settings (quiet hours, frequency cap),
+//!   secrets never shown.
 //! - `GET /assets/{name}`: embedded CSS, JavaScript and icon, cacheable for a year.
 //!
 //! Every page but `/login` and the assets redirects a visitor without a valid session to `/login`.
 //!
 //! **Invariant:** handlers read through [`crossline_store::Store`]; besides its own cookies the
 //! console changes only engagement definitions (creating a segment, saving a template, pausing,
-//! resuming or cancelling a campaign), with the same checks as the REST API, and only on a POST
-//! that the [`session::Session`] extractor accepted as coming from the console's own pages.
+//! resuming or cancelling a campaign) and the workspace's email, SMS and messaging settings, with
+//! the same checks as the REST API, and only on a POST that the [`session::Session`] extractor
+//! accepted as coming from the console's own pages.
 
 pub mod assets;
 pub mod bots;
+pub mod channels;
 pub mod chart;
 pub mod engage;
 pub mod error;
@@ -64,9 +70,14 @@ pub fn router() -> Router<AppState> {
         .route("/templates", get(engage::template_list))
         .route("/templates/preview", post(engage::template_preview))
         .route("/templates/{id}", get(engage::template_show).post(engage::template_save))
+        .route("/templates/{id}/test", post(engage::template_test_send))
         .route("/campaigns", get(engage::campaign_list))
         .route("/campaigns/{id}", get(engage::campaign_show))
         .route("/campaigns/{id}/{action}", post(engage::campaign_act))
+        .route("/channels", get(channels::show))
+        .route("/channels/smtp", post(channels::save_smtp))
+        .route("/channels/twilio", post(channels::save_twilio))
+        .route("/settings/messaging", post(channels::save_messaging))
         .route("/login", get(login::form).post(login::submit))
         .route("/logout", post(login::logout))
         .route("/assets/{name}", get(assets::serve))

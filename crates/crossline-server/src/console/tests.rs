@@ -704,6 +704,21 @@ async fn engagement_pages_show_and_change_segments_templates_and_campaigns() {
     let (_, unchanged) = server.api(&format!("/api/v1/templates/{template_id}"), &api_key).await;
     assert_eq!(unchanged["body"], stored["body"], "a template that does not compile is not saved");
 
+    // A test send from the editor: this workspace has no SMTP server, so the editor says so.
+    let editor = server.page(&template_path, &session).await;
+    for testid in ["template-test-form", "template-test-to", "template-test-send"] {
+        assert!(editor.contains(&format!("data-testid=\"{testid}\"")), "{testid}: {editor}");
+    }
+    let test_path = format!("{template_path}/test");
+    let tested = server.request("POST", &test_path, &form, "to=author%40acme.example").await;
+    assert_eq!(tested.status, 409, "{}", tested.body);
+    assert!(tested.body.contains("data-testid=\"template-test-failed\""), "{}", tested.body);
+    assert!(tested.body.contains("email is not configured"), "{}", tested.body);
+    let empty = server.request("POST", &test_path, &form, "to=").await;
+    assert_eq!(empty.status, 400, "{}", empty.body);
+    let forged_form = [("Content-Type", "application/x-www-form-urlencoded"), ("Cookie", session.as_str()), evil];
+    assert_eq!(server.request("POST", &test_path, &forged_form, "to=a%40b.example").await.status, 403);
+
     // Campaigns: scheduled far ahead, so nothing is sent; a few deliveries planned by hand (a
     // scheduled campaign's are never claimed) give the results and the funnel something to show.
     let campaign = json!({
@@ -781,4 +796,171 @@ async fn engagement_pages_show_and_change_segments_templates_and_campaigns() {
     assert_eq!(status(server.api(&api_path, &api_key).await.1), "scheduled");
     assert!(server.page(&campaign_path, &session).await.contains("data-testid=\"campaign-pause\""));
     assert_eq!(server.get("/campaigns/cmp_missing", &session).await.status, NOT_FOUND);
+}
+
+/// The Channels page: the SMTP server, the Twilio account and the messaging settings are saved from
+/// their forms through the API's own checks; a fault is named inside its form with what was typed
+/// kept; a secret is never written into a page, and a secret's field left empty keeps the stored
+/// one. Every change is a POST from the console's own pages.
+#[tokio::test]
+async fn channels_page_configures_email_sms_and_the_send_policy() {
+    const PASSWORD: &str = "smtp-secret-0123456789";
+    const TOKEN: &str = "twilio-token-0123456789abcdef";
+    const SID: &str = "AC0123456789abcdef0123456789abcdef";
+    let server = Server::start().await;
+    let (workspace_id, _, api_key) = server.workspace("acme").await;
+    let session = server.session(&api_key).await;
+    let form = [("Content-Type", "application/x-www-form-urlencoded"), ("Cookie", session.as_str())];
+    let encode = super::url::encode;
+    let keep_hint = super::channels::KEEP_SECRET_HINT;
+
+    let anonymous = server.get("/channels", "").await;
+    assert_eq!((anonymous.status, anonymous.header("location")), (SEE_OTHER, "/login"));
+    // An operator who has not chosen a workspace is sent to the overview to choose one.
+    let operator = server.session(ADMIN).await;
+    let unchosen = server.get("/channels", &operator).await;
+    assert_eq!((unchosen.status, unchosen.header("location")), (SEE_OTHER, "/"));
+    let operator_form = [("Content-Type", "application/x-www-form-urlencoded"), ("Cookie", operator.as_str())];
+    let unchosen = server.request("POST", "/settings/messaging", &operator_form, "cap_max=3&cap_days=7").await;
+    assert_eq!((unchosen.status, unchosen.header("location")), (SEE_OTHER, "/"));
+
+    // The page: three forms, linked from the navigation; nothing stored yet.
+    let page = server.page("/channels", &session).await;
+    let testids = [
+        "channels-smtp-form",
+        "channels-smtp-host",
+        "channels-smtp-save",
+        "channels-twilio-form",
+        "channels-twilio-save",
+        "channels-messaging-form",
+        "channels-quiet-start",
+        "channels-quiet-end",
+        "channels-cap-max",
+        "channels-cap-days",
+        "channels-messaging-save",
+    ];
+    for testid in testids {
+        assert!(page.contains(&format!("data-testid=\"{testid}\"")), "{testid}: {page}");
+    }
+    assert!(page.contains("href=\"/channels\" aria-current=\"page\""), "linked from the navigation");
+    assert!(!page.contains("data-testid=\"channels-saved\"") && !page.contains("data-testid=\"channels-error\""));
+    assert!(!page.contains(keep_hint), "no secret is stored yet");
+
+    // Email: stored as the API stores it, the password never shown back.
+    let smtp = |host: &str, port: &str, password: &str| {
+        format!(
+            "host={}&port={port}&tls=starttls&username=news&password={}&from={}&reply_to=&envelope_from=\
+             &unsubscribe_mailto=&pool_size=&timeout_seconds=20",
+            encode(host),
+            encode(password),
+            encode("News <news@example.com>")
+        )
+    };
+    let saved = server.request("POST", "/channels/smtp", &form, &smtp("smtp.example.com", "587", PASSWORD)).await;
+    assert_eq!((saved.status, saved.header("location")), (SEE_OTHER, "/channels?saved=smtp"), "{}", saved.body);
+    let (status, shown) = server.api("/api/v1/channels/smtp", &api_key).await;
+    assert_eq!(status, OK, "{shown}");
+    assert_eq!(shown["host"], "smtp.example.com", "{shown}");
+    assert_eq!(shown["from"], "News <news@example.com>", "{shown}");
+    let numbers = (&shown["port"], &shown["timeout_seconds"], &shown["password_set"]);
+    assert_eq!(numbers, (&json!(587), &json!(20), &json!(true)), "{shown}");
+    assert!(shown.get("password").is_none() && !shown.to_string().contains(PASSWORD), "{shown}");
+    let page = server.page("/channels?saved=smtp", &session).await;
+    assert!(page.contains("data-testid=\"channels-saved\""), "{page}");
+    assert!(page.contains("value=\"smtp.example.com\"") && page.contains("value=\"News &lt;news@example.com&gt;\""));
+    assert!(page.contains(keep_hint), "the password is said to be stored: {page}");
+    assert!(!page.contains(PASSWORD), "the password is never written into the page");
+
+    // Saved again with the password left empty: the stored one is kept.
+    let kept = server.request("POST", "/channels/smtp", &form, &smtp("smtp.example.com", "2525", "")).await;
+    assert_eq!(kept.status, SEE_OTHER, "{}", kept.body);
+    let stored = server.store.channel(&workspace_id, "smtp").await.unwrap().expect("smtp is configured");
+    assert_eq!((&stored["password"], &stored["port"]), (&json!(PASSWORD), &json!(2525)), "{stored}");
+
+    // Faults: named by the API's own messages, in the email form, with what was typed but the
+    // password kept; nothing is stored.
+    let zero_port = server.request("POST", "/channels/smtp", &form, &smtp("smtp.example.com", "0", "")).await;
+    assert_eq!(zero_port.status, 400, "{}", zero_port.body);
+    assert!(zero_port.body.contains("data-testid=\"channels-error\""), "{}", zero_port.body);
+    assert!(zero_port.body.contains("port: must be between 1 and 65535"), "{}", zero_port.body);
+    let words = server.request("POST", "/channels/smtp", &form, &smtp("smtp.example.com", "smtp", "")).await;
+    assert!(words.status == 400 && words.body.contains("port: must be a whole number"), "{}", words.body);
+    assert!(words.body.contains("name=\"port\" value=\"smtp\""), "what was typed is kept: {}", words.body);
+    let no_host = server.request("POST", "/channels/smtp", &form, &smtp("", "587", "typed-secret-42")).await;
+    assert_eq!(no_host.status, 400, "{}", no_host.body);
+    assert!(no_host.body.contains("host: must be the SMTP server"), "{}", no_host.body);
+    assert!(!no_host.body.contains("typed-secret-42") && !no_host.body.contains(PASSWORD), "{}", no_host.body);
+    // This server does not allow private egress: a loopback SMTP server is refused like an HTTP one.
+    let private = server.request("POST", "/channels/smtp", &form, &smtp("127.0.0.1", "25", "")).await;
+    assert_eq!(private.status, 400, "{}", private.body);
+    assert!(private.body.contains("host: 127.0.0.1") && private.body.contains("private"), "{}", private.body);
+    let (_, shown) = server.api("/api/v1/channels/smtp", &api_key).await;
+    assert_eq!((&shown["host"], &shown["port"]), (&json!("smtp.example.com"), &json!(2525)), "unchanged: {shown}");
+
+    // SMS: the bot must exist, the number is stored in E.164, the auth token never shown back.
+    let twilio = |token: &str| {
+        format!(
+            "account_sid={SID}&auth_token={}&phone_number={}&bot=concierge&api_base_url=",
+            encode(token),
+            encode("+1 415 555 0999")
+        )
+    };
+    let no_bot = server.request("POST", "/channels/twilio", &form, &twilio(TOKEN)).await;
+    assert_eq!(no_bot.status, 400, "{}", no_bot.body);
+    assert!(no_bot.body.contains("bot: there is no bot named"), "{}", no_bot.body);
+    assert!(no_bot.body.contains("data-testid=\"channels-error\"") && !no_bot.body.contains(TOKEN));
+    server.store.put_bot(&workspace_id, "concierge", &json!({"intents": []})).await.unwrap();
+    let saved = server.request("POST", "/channels/twilio", &form, &twilio(TOKEN)).await;
+    assert_eq!((saved.status, saved.header("location")), (SEE_OTHER, "/channels?saved=twilio"), "{}", saved.body);
+    let (_, shown) = server.api("/api/v1/channels/twilio", &api_key).await;
+    assert_eq!((&shown["phone_number"], &shown["auth_token_set"]), (&json!("+14155550999"), &json!(true)));
+    assert!(shown.get("auth_token").is_none() && !shown.to_string().contains(TOKEN), "{shown}");
+    let page = server.page("/channels", &session).await;
+    assert!(page.contains("value=\"+14155550999\"") && !page.contains(TOKEN), "{page}");
+    assert!(page.contains(&format!("/hooks/{workspace_id}/twilio/sms")), "where Twilio posts: {page}");
+    let kept = server.request("POST", "/channels/twilio", &form, &twilio("")).await;
+    assert_eq!(kept.status, SEE_OTHER, "{}", kept.body);
+    let stored = server.store.channel(&workspace_id, "twilio").await.unwrap().expect("twilio is configured");
+    assert_eq!(stored["auth_token"], TOKEN, "an empty auth token field keeps the stored token");
+
+    // Messaging settings: quiet hours 21:00–08:00 and at most 3 messages in 7 days.
+    let messaging = |start: &str, end: &str, max: &str, days: &str| {
+        format!("quiet_start={}&quiet_end={}&cap_max={max}&cap_days={days}", encode(start), encode(end))
+    };
+    let saved = server.request("POST", "/settings/messaging", &form, &messaging("21:00", "08:00", "3", "7")).await;
+    assert_eq!((saved.status, saved.header("location")), (SEE_OTHER, "/channels?saved=messaging"), "{}", saved.body);
+    let policy = json!({"quiet_hours": {"start": "21:00", "end": "08:00"}, "frequency_cap": {"max": 3, "days": 7}});
+    assert_eq!(server.api("/api/v1/settings/messaging", &api_key).await, (OK, policy.clone()));
+    let page = server.page("/channels?saved=messaging", &session).await;
+    assert!(page.contains("data-testid=\"channels-saved\"") && page.contains("value=\"21:00\""), "{page}");
+    assert!(page.contains("name=\"cap_max\" value=\"3\""), "{page}");
+    let late = server.request("POST", "/settings/messaging", &form, &messaging("25:00", "08:00", "3", "7")).await;
+    assert_eq!(late.status, 400, "{}", late.body);
+    assert!(late.body.contains("data-testid=\"channels-error\"") && late.body.contains("HH:MM"), "{}", late.body);
+    assert!(late.body.contains("value=\"25:00\""), "what was typed is kept: {}", late.body);
+    let half = server.request("POST", "/settings/messaging", &form, &messaging("21:00", "", "", "")).await;
+    assert!(half.status == 400 && half.body.contains("quiet_hours:"), "{}", half.body);
+    let none = server.request("POST", "/settings/messaging", &form, &messaging("", "", "0", "7")).await;
+    assert!(none.status == 400 && none.body.contains("frequency_cap.max must be from 1 to 1000"), "{}", none.body);
+    assert_eq!(server.api("/api/v1/settings/messaging", &api_key).await, (OK, policy), "refusals store nothing");
+
+    // Another site cannot change any of them.
+    let evil = ("Origin", "https://evil.example");
+    let forged = [("Content-Type", "application/x-www-form-urlencoded"), ("Cookie", session.as_str()), evil];
+    let posts = [
+        ("/channels/smtp", smtp("smtp.evil.example", "587", "evil-password")),
+        ("/channels/twilio", twilio("evil-token-0123456789")),
+        ("/settings/messaging", messaging("", "", "", "")),
+    ];
+    for (path, body) in posts {
+        assert_eq!(server.request("POST", path, &forged, &body).await.status, 403, "{path}");
+    }
+    let (_, shown) = server.api("/api/v1/channels/smtp", &api_key).await;
+    assert_eq!(shown["host"], "smtp.example.com", "the forged post changed nothing");
+
+    // Both empty: no quiet hours and no cap.
+    let cleared = server.request("POST", "/settings/messaging", &form, &messaging("", "", "", "")).await;
+    assert_eq!(cleared.status, SEE_OTHER, "{}", cleared.body);
+    let (_, settings) = server.api("/api/v1/settings/messaging", &api_key).await;
+    assert_eq!(settings, json!({"quiet_hours": null, "frequency_cap": null}));
 }

@@ -585,6 +585,12 @@ async fn a_dead_smtp_server_pauses_the_campaign() {
     assert!(campaign["status_reason"].as_str().unwrap().contains("cannot be reached"), "{campaign}");
     assert_eq!(campaign["stats"]["sent"], 0, "{campaign}");
     assert_eq!(campaign["stats"]["failed"], 0, "nothing was given up: {campaign}");
+    // A test send says why it could not go.
+    let template_id = template["id"].as_str().unwrap();
+    let test_path = format!("/api/v1/templates/{template_id}/test");
+    let (status, err) = post(&server, &test_path, &ws.api_key, &json!({"to": "author@acme.example"})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("cannot be reached"), "{err}");
 
     // The server is fixed and the campaign resumed: everyone gets the message, once.
     let (status, _) = server.put_json("/api/v1/channels/smtp", &ws.api_key, &smtp(sink.port)).await;
@@ -604,5 +610,43 @@ async fn a_dead_smtp_server_pauses_the_campaign() {
     assert_eq!(campaign["status"], "completed", "{campaign}");
     assert_eq!(campaign["stats"]["sent"], 6, "{campaign}");
     assert_eq!(sink.messages().len(), 6);
+
+    // A test send: the saved template rendered for a chosen profile, marked [Test], to the address
+    // given, whatever that profile's consent; no delivery, no stats.
+    for (body, expected) in [
+        (json!({}), StatusCode::BAD_REQUEST),
+        (json!({"to": "a@example.com\r\nBcc: everyone@example.com"}), StatusCode::BAD_REQUEST),
+        (json!({"to": "a@example.com", "profile_id": "prf_nobody"}), StatusCode::NOT_FOUND),
+    ] {
+        let (status, answer) = post(&server, &test_path, &ws.api_key, &body).await;
+        assert_eq!(status, expected, "{body} → {answer}");
+    }
+    let (status, _) =
+        post(&server, "/api/v1/templates/tpl_nope/test", &ws.api_key, &json!({"to": "a@example.com"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, u0) = json_of(server.get("/api/v1/profiles/lookup?kind=user_id&value=u0", &ws.api_key).await).await;
+    let (status, sent) =
+        post(&server, &test_path, &ws.api_key, &json!({"to": "author@acme.example", "profile_id": u0["id"]})).await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    assert_eq!(sent["sent"], true);
+    let messages = sink.messages();
+    let test = messages.last().unwrap();
+    assert_eq!(test["rcpt_to"], json!(["author@acme.example"]));
+    assert!(test["data"].as_str().unwrap().contains("Subject: [Test] Hello"), "{test}");
+    let (_, campaign) = json_of(server.get(&format!("/api/v1/campaigns/{id}"), &ws.api_key).await).await;
+    assert_eq!(campaign["stats"]["sent"], 6, "a test is counted nowhere");
+    // Another workspace cannot use this template.
+    let other = server.workspace("engage-dead-smtp-other").await;
+    let (status, _) = post(&server, &test_path, &other.api_key, &json!({"to": "a@example.com"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // At most 10 at once per workspace.
+    let mut limited = 0;
+    for _ in 0..12 {
+        let (status, _) = post(&server, &test_path, &ws.api_key, &json!({"to": "author@acme.example"})).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 2, "{limited} of 12 test sends limited");
     server.stop().await;
 }
