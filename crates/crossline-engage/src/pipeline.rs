@@ -1112,16 +1112,7 @@ impl Engage {
             Via::Sms(config) => {
                 let callback = format!("{base}/hooks/{workspace_id}/twilio/status");
                 let request = twilio::message_request(config, &d.address, &rendered.text, Some(&callback));
-                let answer = self
-                    .egress
-                    .post_form(
-                        &request.url,
-                        &[("authorization", request.authorization.clone())],
-                        &request.form,
-                        std::time::Duration::from_secs(15),
-                    )
-                    .await;
-                match answer {
+                match self.post_to_twilio(&request).await {
                     Ok(response) => {
                         twilio::classify_message_response(response.status, &response.body, response.retry_after)
                             .map(|receipt| Sent { provider_id: receipt.provider_id })
@@ -1184,13 +1175,7 @@ impl Engage {
                 let config = self.twilio(workspace_id).await.map_err(refused)?;
                 let request = twilio::message_request(&config, to, &rendered.text, None);
                 let response = self
-                    .egress
-                    .post_form(
-                        &request.url,
-                        &[("authorization", request.authorization.clone())],
-                        &request.form,
-                        std::time::Duration::from_secs(15),
-                    )
+                    .post_to_twilio(&request)
                     .await
                     .map_err(|err| EngageError::Conflict(format!("the test was not sent: Twilio: {err}")))?;
                 twilio::classify_message_response(response.status, &response.body, response.retry_after)
@@ -1199,6 +1184,15 @@ impl Engage {
             }
             other => Err(invalid("template", format!("test sends of {other} templates are not supported yet"))),
         }
+    }
+
+    /// One request to Twilio's Messages API, through the egress rules.
+    async fn post_to_twilio(
+        &self,
+        request: &twilio::MessageRequest,
+    ) -> Result<crossline_engine::egress::EgressResponse, crossline_engine::EgressError> {
+        let authorization = [("authorization", request.authorization.clone())];
+        self.egress.post_form(&request.url, &authorization, &request.form, std::time::Duration::from_secs(15)).await
     }
 
     /// The workspace's key for signing tracked links (made on first use, kept in the store so

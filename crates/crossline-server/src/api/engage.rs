@@ -410,15 +410,7 @@ pub async fn preview_template(
             std::sync::Arc::new(template::compile(&template_source(&body)?).map_err(|err| invalid(err.to_string()))?)
         }
     };
-    let profile = match body.get("profile_id").and_then(Value::as_str) {
-        Some(id) => {
-            let profile =
-                state.store.profile(&workspace.id, id).await?.ok_or_else(|| ApiError::not_found("profile"))?;
-            json!({"id": profile.id, "traits": profile.traits})
-        }
-        None => json!({"id": "prf_preview", "traits": {}}),
-    };
-    let zone = profile["traits"]["timezone"].as_str().unwrap_or(&workspace.time_zone).parse().unwrap_or(chrono_tz::UTC);
+    let (profile, zone) = rendered_for(&state, &workspace, body.get("profile_id").and_then(Value::as_str)).await?;
     let context = template::RenderContext {
         profile: &profile,
         event: body.get("event"),
@@ -476,6 +468,17 @@ pub async fn send_test(
     if !state.limits.test_sends.allow(&workspace.id, std::time::Instant::now()) {
         return Err(ApiError::rate_limited("too many test sends: at most 10 at once, then one every 6 seconds"));
     }
+    let (profile, zone) = rendered_for(state, workspace, profile_id).await?;
+    Ok(state.engage.test_send(&workspace.id, template_id, to, &profile, zone).await?)
+}
+
+/// What a preview or a test is rendered for: the profile (`{"id", "traits"}`; without one, empty
+/// traits) and its time zone (the `timezone` trait, else the workspace's).
+async fn rendered_for(
+    state: &AppState,
+    workspace: &crossline_store::Workspace,
+    profile_id: Option<&str>,
+) -> ApiResult<(Value, chrono_tz::Tz)> {
     let profile = match profile_id {
         Some(id) => {
             let profile =
@@ -485,7 +488,7 @@ pub async fn send_test(
         None => json!({"id": "prf_preview", "traits": {}}),
     };
     let zone = profile["traits"]["timezone"].as_str().unwrap_or(&workspace.time_zone).parse().unwrap_or(chrono_tz::UTC);
-    Ok(state.engage.test_send(&workspace.id, template_id, to, &profile, zone).await?)
+    Ok((profile, zone))
 }
 
 // ---- campaigns ----
