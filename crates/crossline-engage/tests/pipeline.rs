@@ -1,0 +1,223 @@
+//! The delivery pipeline on real stores, with its clock in the test's hands where it matters:
+//! two senders (two nodes) sending one campaign through one SMTP server send every message exactly
+//! once — on SQLite, and on PostgreSQL when `CROSSLINE_TEST_DATABASE_URL` is set (CI sets it) —
+//! and scheduled campaigns (`at`, at each customer's local time, cron) start when their time comes.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use crossline_channels::smtp_sink::LocalSmtpSink;
+use crossline_engage::campaign::CampaignSpec;
+use crossline_engage::template::TemplateSource;
+use crossline_engage::{Engage, PipelineConfig};
+use crossline_engine::{Egress, EgressRules, EventRecorder};
+use crossline_store::DynStore;
+use crossline_store::engage::{Delivery, EngageObject, ObjectKind};
+use serde_json::{Value, json};
+
+fn engage(store: &DynStore, holder: &str) -> Arc<Engage> {
+    let bus: crossline_bus::DynBus = Arc::new(crossline_bus::memory::MemoryBus::new());
+    let recorder = EventRecorder::new(store.clone(), bus);
+    let egress = Egress::new(EgressRules { allow_private: true, ..EgressRules::default() });
+    // Small batches, so the two senders take turns.
+    let config = PipelineConfig { holder: holder.into(), batch: 16, concurrency: 8, ..PipelineConfig::default() };
+    Arc::new(Engage::new(store.clone(), recorder, egress, config))
+}
+
+fn object(id: &str, kind: ObjectKind, body: Value, status: &str) -> EngageObject {
+    EngageObject {
+        id: id.into(),
+        kind,
+        name: id.into(),
+        body,
+        status: status.into(),
+        status_reason: None,
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    }
+}
+
+/// A workspace with `people` profiles that have an email address (and `zones` as their
+/// `timezone` traits, in turn), a segment `seg_all` of those reachable by email, a segment
+/// `seg_none` of nobody and an email template `tpl_hi`.
+async fn workspace(store: &DynStore, name: &str, people: usize, zones: &[&str]) -> String {
+    let ws = crossline_store::testsuite::sample_workspace(name);
+    store.create_workspace(&ws, &format!("{name}-w"), &format!("{name}-a")).await.unwrap();
+    let batch: Vec<Value> = (0..people)
+        .map(|i| {
+            let mut traits = json!({"email": format!("p{i}@example.com"), "first_name": format!("P{i}")});
+            if !zones.is_empty() {
+                traits["timezone"] = zones[i % zones.len()].into();
+            }
+            json!({"type": "identify", "userId": format!("u{i}"), "messageId": format!("m{i}"), "traits": traits})
+        })
+        .collect();
+    for chunk in batch.chunks(200) {
+        store.ingest(&ws.id, crossline_store::testsuite::events(json!({"batch": chunk}))).await.unwrap();
+    }
+    let put = |object: EngageObject| {
+        let (store, id) = (store.clone(), ws.id.clone());
+        async move { store.put_object(&id, &object).await.unwrap() }
+    };
+    put(object("seg_all", ObjectKind::Segment, json!({"filter": {"reachable": "email"}}), "active")).await;
+    let nobody = json!({"filter": {"trait": "plan", "op": "eq", "value": "nobody"}});
+    put(object("seg_none", ObjectKind::Segment, nobody, "active")).await;
+    let source = TemplateSource {
+        channel: "email".into(),
+        subject: Some("Hi {{ profile.traits.first_name }}".into()),
+        body: "<p>Hello {{ profile.traits.first_name }}</p>".into(),
+        text: None,
+    };
+    put(object("tpl_hi", ObjectKind::Template, serde_json::to_value(source).unwrap(), "active")).await;
+    ws.id
+}
+
+/// Stores a campaign as a draft (as the API does) and launches it at `now`.
+async fn campaign(engage: &Engage, store: &DynStore, ws: &str, id: &str, body: Value, now: DateTime<Utc>) {
+    let spec = CampaignSpec::parse(&body).unwrap();
+    let stored = object(id, ObjectKind::Campaign, serde_json::to_value(spec).unwrap(), "draft");
+    store.put_object(ws, &stored).await.unwrap();
+    engage.launch(ws, id, now).await.unwrap();
+}
+
+async fn status(store: &DynStore, ws: &str, id: &str) -> EngageObject {
+    store.object(ws, ObjectKind::Campaign, id).await.unwrap().unwrap()
+}
+
+/// Every delivery due by `at`, claimed (and so read) by a test holder.
+async fn planned(store: &DynStore, at: DateTime<Utc>) -> Vec<Delivery> {
+    let claimed = store.claim_deliveries("test-reader", at, at + Duration::minutes(1), 10_000).await.unwrap();
+    claimed.into_iter().map(|(_, delivery)| delivery).collect()
+}
+
+/// Two senders on one store: every recipient gets exactly one message.
+async fn two_senders_send_each_message_once(first: DynStore, second: DynStore, name: &str) {
+    const PEOPLE: usize = 300;
+    let ws = workspace(&first, name, PEOPLE, &[]).await;
+    let sink = LocalSmtpSink::start(false).await.unwrap();
+    let smtp =
+        json!({"host": "127.0.0.1", "port": sink.port, "tls": "none", "from": "Test <t@example.com>", "pool_size": 4});
+    first.put_channel(&ws, "smtp", &smtp).await.unwrap();
+    let (a, b) = (engage(&first, &format!("{name}-a")), engage(&second, &format!("{name}-b")));
+    let body = json!({"name": "both", "segment_id": "seg_all", "channel": "email", "template_id": "tpl_hi", "schedule": "now"});
+    campaign(&a, &first, &ws, "cmp_both", body, Utc::now()).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let runs =
+        [tokio::spawn(a.clone().run(until(stopped.clone()))), tokio::spawn(b.clone().run(until(stopped.clone())))];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while status(&first, &ws, "cmp_both").await.status != "completed" {
+        assert!(std::time::Instant::now() < deadline, "the campaign did not complete: {} sent", sink.accepted());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    stop.send(true).unwrap();
+    for run in runs {
+        run.await.unwrap();
+    }
+    let recipients: Vec<String> = sink.messages().into_iter().flat_map(|mail| mail.to).collect();
+    let distinct: HashSet<&String> = recipients.iter().collect();
+    assert_eq!(distinct.len(), PEOPLE, "everyone got the message");
+    assert_eq!(recipients.len(), PEOPLE, "nobody got it twice");
+    let counts = first.delivery_counts(&ws, "cmp_both").await.unwrap();
+    let sent: u64 = counts.iter().filter(|count| count.status == "sent").map(|count| count.count).sum();
+    assert_eq!(sent, PEOPLE as u64, "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_senders_on_sqlite_send_each_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: DynStore = Arc::new(crossline_store::sqlite::SqliteStore::open(&dir.path().join("db")).await.unwrap());
+    two_senders_send_each_message_once(store.clone(), store, "pipe-sqlite").await;
+}
+
+/// Two nodes on PostgreSQL: two stores (connection pools) on one schema, each with its sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_postgres_send_each_message_once() {
+    let Ok(url) = std::env::var("CROSSLINE_TEST_DATABASE_URL") else {
+        eprintln!("CROSSLINE_TEST_DATABASE_URL is not set: the two-node campaign test on PostgreSQL did not run");
+        return;
+    };
+    crossline_store::postgres::drop_schemas(&url, "pipeline_").await;
+    let schema = format!("pipeline_{}", std::process::id());
+    let connect = || crossline_store::postgres::PgStore::connect_in_schema(&url, Some(&schema));
+    let first: DynStore = Arc::new(connect().await.unwrap());
+    let second: DynStore = Arc::new(connect().await.unwrap());
+    two_senders_send_each_message_once(first, second, "pipe-pg").await;
+}
+
+/// `at`, `at` in each customer's local time, and cron: nothing starts early, each starts on time,
+/// a recurring campaign runs again at its next time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_campaigns_start_on_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: DynStore = Arc::new(crossline_store::sqlite::SqliteStore::open(&dir.path().join("db")).await.unwrap());
+    let ws = workspace(&store, "schedules", 4, &["Asia/Tokyo", "America/New_York"]).await;
+    let engage = engage(&store, "schedules");
+    let now = Utc::now();
+
+    // At a time (UTC): scheduled until then, then running with one delivery per member.
+    let at = now + Duration::hours(3);
+    let body = json!({"name": "at", "segment_id": "seg_all", "channel": "email", "template_id": "tpl_hi",
+                      "schedule": {"at": at.to_rfc3339()}});
+    campaign(&engage, &store, &ws, "cmp_at", body, now).await;
+    assert_eq!(status(&store, &ws, "cmp_at").await.status, "scheduled");
+    engage.schedule_once(at - Duration::seconds(1)).await.unwrap();
+    assert_eq!(status(&store, &ws, "cmp_at").await.status, "scheduled", "not a second early");
+    engage.schedule_once(at).await.unwrap();
+    engage.schedule_once(at).await.unwrap();
+    let started = status(&store, &ws, "cmp_at").await;
+    assert_eq!(started.status, "running");
+    assert_eq!(started.body["planned_runs"], json!(["cmp_at:at"]), "planned once");
+    let deliveries = planned(&store, at + Duration::days(2)).await;
+    assert_eq!(deliveries.len(), 4, "one per member");
+    assert!(deliveries.iter().all(|d| d.new.run_at <= at + Duration::seconds(1)), "due at once");
+
+    // At 09:00 in each customer's zone: the run starts when the first zone reaches it (UTC+14),
+    // and each message is due at 09:00 where its customer is.
+    let nine = Utc.with_ymd_and_hms(2031, 1, 15, 9, 0, 0).unwrap();
+    let body = json!({"name": "local", "segment_id": "seg_all", "channel": "email", "template_id": "tpl_hi",
+                      "schedule": {"at": nine.to_rfc3339(), "local_time": true}});
+    campaign(&engage, &store, &ws, "cmp_local", body, now).await;
+    engage.schedule_once(nine - Duration::hours(15)).await.unwrap();
+    assert_eq!(status(&store, &ws, "cmp_local").await.status, "scheduled");
+    engage.schedule_once(nine - Duration::hours(14)).await.unwrap();
+    assert_eq!(status(&store, &ws, "cmp_local").await.status, "running");
+    let deliveries = planned(&store, nine + Duration::days(1)).await;
+    let local: Vec<_> = deliveries.iter().filter(|d| d.new.campaign_id.as_deref() == Some("cmp_local")).collect();
+    assert_eq!(local.len(), 4);
+    let tokyo = Utc.with_ymd_and_hms(2031, 1, 15, 0, 0, 0).unwrap(); // 09:00 JST
+    let new_york = Utc.with_ymd_and_hms(2031, 1, 15, 14, 0, 0).unwrap(); // 09:00 EST
+    let mut due: Vec<DateTime<Utc>> = local.iter().map(|d| d.new.run_at).collect();
+    due.sort();
+    assert_eq!(due, [tokyo, tokyo, new_york, new_york]);
+
+    // Cron, every day at 09:00 in Oslo: runs at the first 09:00 after it was made, and again the
+    // next day once the first run is done (this segment is empty, so each run is done at once).
+    let body = json!({"name": "daily", "segment_id": "seg_none", "channel": "email", "template_id": "tpl_hi",
+                      "schedule": {"cron": "0 9 * * *", "time_zone": "Europe/Oslo"}});
+    campaign(&engage, &store, &ws, "cmp_daily", body, now).await;
+    let oslo: chrono_tz::Tz = "Europe/Oslo".parse().unwrap();
+    let created = status(&store, &ws, "cmp_daily").await.created_at.with_timezone(&oslo);
+    let mut first = oslo.from_local_datetime(&created.date_naive().and_hms_opt(9, 0, 0).unwrap()).unwrap();
+    if first <= created {
+        first += Duration::days(1);
+    }
+    let first = first.with_timezone(&Utc);
+    engage.schedule_once(first - Duration::minutes(1)).await.unwrap();
+    assert_eq!(status(&store, &ws, "cmp_daily").await.status, "scheduled");
+    engage.schedule_once(first + Duration::seconds(30)).await.unwrap();
+    engage.schedule_once(first + Duration::seconds(31)).await.unwrap();
+    engage.schedule_once(first + Duration::seconds(32)).await.unwrap();
+    let after_first = status(&store, &ws, "cmp_daily").await;
+    assert_eq!(after_first.status, "scheduled", "done, waiting for the next time: {after_first:?}");
+    let second = first + Duration::days(1);
+    for at in [second - Duration::minutes(1), second + Duration::seconds(1), second + Duration::seconds(2)] {
+        engage.schedule_once(at).await.unwrap();
+    }
+    let runs = status(&store, &ws, "cmp_daily").await.body["planned_runs"].clone();
+    assert_eq!(runs.as_array().map(Vec::len), Some(2), "two runs: {runs}");
+    assert_ne!(runs[0], runs[1]);
+}
