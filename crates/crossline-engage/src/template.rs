@@ -2320,4 +2320,56 @@ mod tests {
         let back: TemplateSource = serde_json::from_value(json).expect("deserialises");
         assert_eq!(back, source);
     }
+
+    /// Whatever an author types — Liquid fragments, the custom filters in odd places, quotes,
+    /// multi-byte characters next to every delimiter — compiling and rendering answer with a
+    /// template or a fault, and never panic.
+    mod never_panics {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn fragment() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("{{ ".to_owned()),
+                Just(" }}".to_owned()),
+                Just("{%".to_owned()),
+                Just("%}".to_owned()),
+                Just("{%- if profile.traits.vip -%}".to_owned()),
+                Just("{% endif %}".to_owned()),
+                Just("| local_date".to_owned()),
+                Just("| local_date: \"%d %B\"".to_owned()),
+                Just("| money: 'EUR'".to_owned()),
+                Just("| default: \"x\"".to_owned()),
+                Just("| ".to_owned()),
+                Just(":".to_owned()),
+                Just(",".to_owned()),
+                Just("\"".to_owned()),
+                Just("'".to_owned()),
+                Just("profile.traits.first_name".to_owned()),
+                Just("<mjml><mj-body>".to_owned()),
+                Just("<a href=\"https://x.test\">".to_owned()),
+                "[a-zé日本\u{3000} ]{0,6}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+            #[test]
+            fn compiling_and_rendering_never_panic(
+                pieces in proptest::collection::vec(fragment(), 0..14),
+                email in any::<bool>(),
+            ) {
+                let body: String = pieces.concat();
+                let source = if email {
+                    source("email", Some(&body), &body)
+                } else {
+                    source("sms", None, &body)
+                };
+                if let Ok(template) = compile(&source) {
+                    let profile = json!({"id": "p", "traits": {"first_name": "Zoë 日本", "vip": true, "balance": "12.5"}});
+                    let _ = template.render(&context(&profile, None, chrono_tz::Asia::Tokyo));
+                }
+            }
+        }
+    }
 }
