@@ -226,6 +226,40 @@ try {
   await page.screenshot({ path: shot('template'), fullPage: true });
   step('the template is saved');
 
+  // A test send with no email channel yet: the editor says why it did not go.
+  await page.fill('[data-testid="template-test-to"]', 'author@example.com');
+  await page.click('[data-testid="template-test-send"]');
+  const testFailed = page.locator('[data-testid="template-test-failed"]');
+  await testFailed.waitFor();
+  const testFailure = (await testFailed.textContent()) ?? '';
+  check(testFailure.includes('not configured'), `a test send without SMTP should say so, got ${JSON.stringify(testFailure)}`);
+  // The refused test answers 409, which the browser logs; nothing else may have gone wrong.
+  const unexpected = pageErrors.filter((error) => !error.includes('status of 409'));
+  check(unexpected.length === 0, `the template page reported errors: ${unexpected.join(' | ')}`);
+  pageErrors.length = 0;
+  step(`Send test without an SMTP server: ${testFailure.trim()}`);
+
+  // The Channels page: an SMTP server and quiet hours, saved from forms; the password is never shown.
+  await page.goto(`${base}/channels`);
+  check((await page.locator('nav a[href="/channels"][aria-current="page"]').count()) === 1, 'Channels is not the current section');
+  const smtpForm = page.locator('[data-testid="channels-smtp-form"]');
+  await smtpForm.locator('[data-testid="channels-smtp-host"]').fill('smtp.example.com');
+  await smtpForm.locator('input[name="from"]').fill('News <news@example.com>');
+  const secret = `browser-secret-${stamp}`;
+  await smtpForm.locator('input[name="username"]').fill('news');
+  await smtpForm.locator('input[name="password"]').fill(secret);
+  await Promise.all([page.waitForURL(/\/channels\?saved=smtp$/), page.click('[data-testid="channels-smtp-save"]')]);
+  await page.locator('[data-testid="channels-saved"]').waitFor();
+  check(!(await page.content()).includes(secret), 'the SMTP password should never be shown back');
+  check((await page.locator('[data-testid="channels-smtp-host"]').inputValue()) === 'smtp.example.com', 'the saved host is shown');
+  await page.fill('[data-testid="channels-quiet-start"]', '21:00');
+  await page.fill('[data-testid="channels-quiet-end"]', '08:00');
+  await Promise.all([page.waitForURL(/\/channels\?saved=messaging$/), page.click('[data-testid="channels-messaging-save"]')]);
+  check((await page.locator('[data-testid="channels-quiet-start"]').inputValue()) === '21:00', 'quiet hours are saved');
+  await page.screenshot({ path: shot('channels'), fullPage: true });
+  check(pageErrors.length === 0, `the channels page reported errors: ${pageErrors.join(' | ')}`);
+  step('the Channels page saves an SMTP server (password not shown back) and quiet hours');
+
   // The campaign: its status, a funnel per treatment drawn by the server, pause and resume.
   await page.goto(`${base}/campaigns`);
   const campaignRow = page.locator('[data-testid="campaigns-table"] [data-testid="campaign-row"]', { hasText: `Winter ${stamp}` });
