@@ -801,7 +801,7 @@ pub fn template_content(
                             span.field-hint { "Saved only when it compiles." }
                         }
                     }
-                    form.stacked method="post" action=(format!("{}/test", template_url(&template.id))) data-testid="template-test-form" {
+                    form.stacked.test-send method="post" action=(format!("{}/test", template_url(&template.id))) data-testid="template-test-form" {
                         label for="template-test-to" { "Send the saved version as a test to" }
                         input #template-test-to type="text" name="to" required maxlength="320"
                             placeholder=(if email { "you@example.com" } else { "+15551234567" }) data-testid="template-test-to";
