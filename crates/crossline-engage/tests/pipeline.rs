@@ -282,3 +282,117 @@ async fn treatments_and_the_holdout_are_sent_and_counted_apart() {
         "holdout_percent": 20})).unwrap();
     assert_eq!(spec.assign("cmp_ab", "prf_x"), spec.assign("cmp_ab", "prf_x"));
 }
+
+/// A local stand-in for Twilio's Messages API: the first request is answered 429 with
+/// `Retry-After: 2`, every later one 201 with a message SID. Returns its URL and when each request came.
+async fn twilio_that_limits_once() -> (String, Arc<std::sync::Mutex<Vec<std::time::Instant>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One request: headers, then a body of Content-Length bytes.
+                    let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|line| line.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                        .unwrap_or(0);
+                    while buffer.len() < end + 4 + length {
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+                        }
+                    }
+                    buffer.drain(..end + 4 + length);
+                    let first = {
+                        let mut log = log.lock().unwrap();
+                        log.push(std::time::Instant::now());
+                        log.len() == 1
+                    };
+                    let (status, extra, body) = if first {
+                        (
+                            "429 Too Many Requests",
+                            "Retry-After: 2\r\n",
+                            r#"{"code": 20429, "message": "Too Many Requests"}"#,
+                        )
+                    } else {
+                        ("201 Created", "", r#"{"sid": "SM0123456789abcdef0123456789abcdef", "status": "queued"}"#)
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if socket.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// Twilio answering 429 with Retry-After: the message is sent again no sooner than it said, and once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_asking_to_wait_is_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: DynStore = Arc::new(crossline_store::sqlite::SqliteStore::open(&dir.path().join("db")).await.unwrap());
+    let ws = workspace(&store, "limited", 0, &[]).await;
+    let batch = json!({"batch": [{"type": "identify", "userId": "sam", "messageId": "s1",
+                                  "traits": {"phone": "+14155550123", "first_name": "Sam"}}]});
+    store.ingest(&ws, crossline_store::testsuite::events(batch)).await.unwrap();
+    store
+        .put_object(&ws, &object("seg_sms", ObjectKind::Segment, json!({"filter": {"reachable": "sms"}}), "active"))
+        .await
+        .unwrap();
+    let text = TemplateSource {
+        channel: "sms".into(),
+        subject: None,
+        body: "Hi {{ profile.traits.first_name }}".into(),
+        text: None,
+    };
+    store
+        .put_object(&ws, &object("tpl_sms", ObjectKind::Template, serde_json::to_value(text).unwrap(), "active"))
+        .await
+        .unwrap();
+    let (url, seen) = twilio_that_limits_once().await;
+    let twilio = json!({"account_sid": "AC11111111111111111111111111111111", "auth_token": "0123456789abcdef0123456789abcdef",
+                        "phone_number": "+15555550199", "bot": "none", "api_base_url": url});
+    store.put_channel(&ws, "twilio", &twilio).await.unwrap();
+    let sender = engage(&store, "limited");
+    let body =
+        json!({"name": "sms", "segment_id": "seg_sms", "channel": "sms", "template_id": "tpl_sms", "schedule": "now"});
+    campaign(&sender, &store, &ws, "cmp_sms", body, Utc::now()).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(sender.clone().run(async move {
+        let mut stopped = stopped;
+        let _ = stopped.wait_for(|stop| *stop).await;
+    }));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while status(&store, &ws, "cmp_sms").await.status != "completed" {
+        assert!(std::time::Instant::now() < deadline, "the campaign did not complete");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    stop.send(true).unwrap();
+    run.await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "refused once, then sent once");
+    let waited = seen[1] - seen[0];
+    assert!(waited >= std::time::Duration::from_millis(1900), "sent again after {waited:?}, before Retry-After's 2 s");
+    let counts = store.delivery_counts(&ws, "cmp_sms").await.unwrap();
+    assert!(counts.iter().any(|c| c.status == "sent" && c.count == 1), "{counts:?}");
+}
