@@ -396,3 +396,45 @@ async fn a_provider_asking_to_wait_is_waited_for() {
     let counts = store.delivery_counts(&ws, "cmp_sms").await.unwrap();
     assert!(counts.iter().any(|c| c.status == "sent" && c.count == 1), "{counts:?}");
 }
+
+/// An SMTP server that accepts connections and never answers: each send is given up on after the
+/// channel's `timeout_seconds`, the delivery goes back to the queue with the reason, and the sender
+/// is not stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_is_given_up_on_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: DynStore = Arc::new(crossline_store::sqlite::SqliteStore::open(&dir.path().join("db")).await.unwrap());
+    let ws = workspace(&store, "silent", 2, &[]).await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let smtp =
+        json!({"host": "127.0.0.1", "port": port, "tls": "none", "from": "Test <t@example.com>", "timeout_seconds": 1});
+    store.put_channel(&ws, "smtp", &smtp).await.unwrap();
+    let sender = engage(&store, "silent");
+    let body = json!({"name": "silent", "segment_id": "seg_all", "channel": "email", "template_id": "tpl_hi", "schedule": "now"});
+    let started = Utc::now();
+    campaign(&sender, &store, &ws, "cmp_silent", body, started).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(sender.clone().run(async move {
+        let mut stopped = stopped;
+        let _ = stopped.wait_for(|stop| *stop).await;
+    }));
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    stop.send(true).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), run).await.expect("the sender stops").unwrap();
+    let waiting = planned(&store, started + Duration::days(1)).await;
+    assert_eq!(waiting.len(), 2, "both deliveries are still to send");
+    for delivery in &waiting {
+        let reason = delivery.new.reason.clone().unwrap_or_default();
+        assert!(reason.contains("did not answer within 1 s"), "{reason}");
+        assert!(delivery.new.run_at > started + Duration::seconds(20), "retried later, with backoff");
+    }
+    let counts = store.delivery_counts(&ws, "cmp_silent").await.unwrap();
+    assert!(counts.iter().all(|c| c.status != "sent" && c.status != "failed"), "{counts:?}");
+}
