@@ -9,6 +9,7 @@ set -euo pipefail
 
 BIN=${1:-target/release/crossline}
 RECIPIENTS=${2:-5000}
+MODE=${3:-sqlite}
 WORK=$(mktemp -d -t crossline-campaign-crash-XXXXXX)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PORT=$(free_port)
@@ -18,10 +19,23 @@ export CROSSLINE_ADMIN_TOKEN="campaign-crash-operator-token-$RANDOM$RANDOM"
 export CROSSLINE_ALLOW_PRIVATE_EGRESS=true
 unset CROSSLINE_DATABASE_URL CROSSLINE_NATS_URL
 SERVER=""
+OTHER=""
 SINK=""
+DATABASE=""
+if [ "$MODE" = postgres ]; then
+    PG=${CROSSLINE_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
+    DATABASE="crossline_campaign_crash_$$"
+    psql "$PG" -qc "CREATE DATABASE $DATABASE" >/dev/null
+    export CROSSLINE_DATABASE_URL="${PG%/*}/$DATABASE"
+    export CROSSLINE_NATS_URL=${CROSSLINE_TEST_NATS_URL:-nats://127.0.0.1:4222}
+    OTHER_PORT=$(free_port)
+fi
 cleanup() {
     [ -n "$SERVER" ] && kill -9 "$SERVER" 2>/dev/null || true
+    [ -n "$OTHER" ] && kill -9 "$OTHER" 2>/dev/null || true
     [ -n "$SINK" ] && kill "$SINK" 2>/dev/null || true
+    [ -n "$DATABASE" ] && sleep 0.5 && psql "$PG" -qc "DROP DATABASE IF EXISTS $DATABASE WITH (FORCE)" >/dev/null 2>&1 || true
+    [ -n "${KEEP_LOGS:-}" ] && cp "$WORK"/*.log "$KEEP_LOGS"/ 2>/dev/null
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -46,6 +60,15 @@ api() { curl -sf -X "$1" "$URL$2" -H "Authorization: Bearer $API_KEY" -H 'conten
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])"; }
 
 start_server
+if [ "$MODE" = postgres ]; then
+    # The second node: same database and bus, its own port and data directory.
+    CROSSLINE_LOG_LEVEL=warn "$BIN" serve --listen "127.0.0.1:$OTHER_PORT" --data-dir "$WORK/other" >>"$WORK/other.log" 2>&1 &
+    OTHER=$!
+    for _ in $(seq 1 100); do
+        curl -sf "http://127.0.0.1:$OTHER_PORT/healthz" >/dev/null && break
+        sleep 0.1
+    done
+fi
 CREATED=$(curl -sf -X POST "$URL/api/v1/workspaces" -H "Authorization: Bearer $CROSSLINE_ADMIN_TOKEN" \
     -H 'content-type: application/json' -d '{"name":"campaign-crash"}')
 WRITE_KEY=$(echo "$CREATED" | field write_key)
@@ -76,9 +99,16 @@ done
 kill -9 "$SERVER"
 SERVER=""
 AT_KILL=$(find "$WORK/mail" -type f | wc -l)
-echo "campaign crash test: killed the server with SIGKILL after $AT_KILL of $RECIPIENTS messages"
+echo "campaign crash test ($MODE): killed a server with SIGKILL after $AT_KILL of $RECIPIENTS messages"
 
-start_server
+if [ "$MODE" = postgres ]; then
+    # Not restarted: the other node finishes, talking to the same API.
+    SERVER=$OTHER
+    OTHER=""
+    URL="http://127.0.0.1:$OTHER_PORT"
+else
+    start_server
+fi
 for _ in $(seq 1 1200); do
     STATUS=$(api GET "/api/v1/campaigns/$CAMPAIGN" "" 2>/dev/null | field status || echo unknown)
     [ "$STATUS" = completed ] && break
@@ -108,5 +138,5 @@ print(f"campaign crash test: campaign {status}; {count} recipients, {len(missing
 sys.exit(1 if missing or different or status != "completed" else 0)
 PY
 kill -TERM "$SERVER"
-wait "$SERVER" || { echo "campaign crash test: the restarted server did not exit cleanly on SIGTERM" >&2; exit 1; }
+wait "$SERVER" || { echo "campaign crash test: the surviving server did not exit cleanly on SIGTERM" >&2; exit 1; }
 SERVER=""

@@ -488,11 +488,14 @@ impl crate::EngageStore for PgStore {
             )
             .await?;
         let now = crate::to_millis(Utc::now());
-        let mut applied = 0;
-        for update in updates {
-            applied += tx
+        // The updates go out pipelined on the transaction's connection: one round trip for the
+        // batch, not one per row (a sender's results must be stored as fast as they come).
+        let (shared, statement) = (&tx, &statement);
+        let applied = futures::future::try_join_all(updates.iter().map(|update| async move {
+            let (run_at, sent_at) = (update.run_at.map(crate::to_millis), update.sent_at.map(crate::to_millis));
+            shared
                 .execute(
-                    &statement,
+                    statement,
                     &[
                         &update.id,
                         &holder,
@@ -500,13 +503,16 @@ impl crate::EngageStore for PgStore {
                         &update.reason,
                         &update.error_code,
                         &update.provider_id,
-                        &update.run_at.map(crate::to_millis),
-                        &update.sent_at.map(crate::to_millis),
+                        &run_at,
+                        &sent_at,
                         &now,
                     ],
                 )
-                .await? as usize;
-        }
+                .await
+        }))
+        .await?
+        .into_iter()
+        .sum::<u64>() as usize;
         tx.commit().await?;
         Ok(applied)
     }
