@@ -24,49 +24,16 @@ pub struct CampaignArgs {
 
 /// Answers every request as Twilio's Messages API does (201 with a SID), counting them.
 async fn serve_twilio_sink(listener: tokio::net::TcpListener, count: Arc<AtomicUsize>) {
-    while let Ok((mut socket, _)) = listener.accept().await {
-        let count = count.clone();
-        tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let _ = socket.set_nodelay(true);
-            let mut buffer = Vec::with_capacity(8 * 1024);
-            let mut chunk = [0u8; 8 * 1024];
-            loop {
-                let (end, length) = loop {
-                    if let Some(end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
-                        let length = head
-                            .lines()
-                            .find_map(|line| {
-                                line.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        break (end + 4, length);
-                    }
-                    match socket.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(read) => buffer.extend_from_slice(&chunk[..read]),
-                    }
-                };
-                while buffer.len() < end + length {
-                    match socket.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(read) => buffer.extend_from_slice(&chunk[..read]),
-                    }
-                }
-                buffer.drain(..end + length);
-                let n = count.fetch_add(1, Ordering::SeqCst) + 1;
-                let body = format!(r#"{{"sid":"SM{n:032}","status":"queued"}}"#);
-                let answer = format!(
-                    "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                if socket.write_all(answer.as_bytes()).await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
+    crate::http_sink::serve(listener, move |_head: &str| {
+        let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+        let body = format!(r#"{{"sid":"SM{n:032}","status":"queued"}}"#);
+        format!(
+            "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    })
+    .await;
 }
 
 pub(crate) async fn campaign(args: CampaignArgs) -> anyhow::Result<()> {

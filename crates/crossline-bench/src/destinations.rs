@@ -6,7 +6,6 @@
 use crate::prelude::*;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Settings of the destinations benchmark.
 #[derive(clap::Args)]
@@ -29,57 +28,22 @@ struct Seen {
 
 /// Answer every request 200, noting its `webhook-id`.
 async fn serve_receiver(listener: tokio::net::TcpListener, seen: Arc<Mutex<Seen>>) {
-    while let Ok((mut socket, _)) = listener.accept().await {
-        let seen = seen.clone();
-        tokio::spawn(async move {
-            let _ = socket.set_nodelay(true);
-            let mut buffer = Vec::with_capacity(16 * 1024);
-            let mut chunk = [0u8; 16 * 1024];
-            loop {
-                // One request: its head, then as many body bytes as it names.
-                let (end, length) = loop {
-                    if let Some(end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
-                        let length = head
-                            .lines()
-                            .find_map(|line| line.strip_prefix("content-length:"))
-                            .and_then(|value| value.trim().parse::<usize>().ok())
-                            .unwrap_or(0);
-                        break (end, length);
-                    }
-                    match socket.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(read) => buffer.extend_from_slice(&chunk[..read]),
-                    }
-                };
-                while buffer.len() < end + 4 + length {
-                    match socket.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(read) => buffer.extend_from_slice(&chunk[..read]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&buffer[..end]).to_string();
-                let id = head
-                    .lines()
-                    .find_map(|line| {
-                        let (name, value) = line.split_once(':')?;
-                        name.trim().eq_ignore_ascii_case("webhook-id").then(|| value.trim().to_owned())
-                    })
-                    .unwrap_or_default();
-                {
-                    let mut seen = seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                    seen.requests += 1;
-                    if seen.ids.insert(id) {
-                        seen.last = Some(Instant::now());
-                    }
-                }
-                buffer.drain(..end + 4 + length);
-                if socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
+    crate::http_sink::serve(listener, move |head: &str| {
+        let id = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.trim().eq_ignore_ascii_case("webhook-id").then(|| value.trim().to_owned())
+            })
+            .unwrap_or_default();
+        let mut seen = seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        seen.requests += 1;
+        if seen.ids.insert(id) {
+            seen.last = Some(Instant::now());
+        }
+        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec()
+    })
+    .await;
 }
 
 pub(crate) async fn destinations(args: DestinationsArgs) -> anyhow::Result<()> {

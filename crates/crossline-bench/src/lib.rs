@@ -7,6 +7,7 @@ mod campaign;
 mod chat;
 mod destinations;
 mod fairness;
+mod http_sink;
 mod ingest;
 mod lookup;
 mod segment;
