@@ -21,8 +21,11 @@
 //! connection would pass a cap, the oldest connection that is waiting for a request (of that
 //! address, or of anyone for the global caps) is closed to make room: a waiting connection costs
 //! its owner nothing to open again, and the oldest waiting one is, under attack, the attacker's.
-//! Only when nothing is waiting is the new connection refused, with a 503 `connection_limit` or
-//! 429 `too_many_connections`.
+//! At the global waiting cap, though, an address already holding its fair share of the waiting
+//! connections has its newcomer refused at once instead (a slow-loris reconnecting as fast as it is
+//! evicted would otherwise keep the accept loop busy admitting and closing its own sockets). Only
+//! when nothing is waiting is the new connection refused, with a 503 `connection_limit` or 429
+//! `too_many_connections`.
 
 use crate::error::ErrorCode;
 use axum::Router;
@@ -107,13 +110,15 @@ pub enum Refusal {
     Full,
     /// The address holds `max_connections_per_ip` and none of them is waiting for a request.
     TooManyFromAddress,
+    /// `max_pending` connections wait for a request and the address already holds its share.
+    OverShare,
 }
 
 impl Refusal {
     /// The whole HTTP response written before the socket is closed.
     fn response(self) -> Vec<u8> {
         let (status, code, message) = match self {
-            Refusal::Full => (
+            Refusal::Full | Refusal::OverShare => (
                 "503 Service Unavailable",
                 "connection_limit",
                 "the server is at its connection limit; try again in a second",
@@ -136,6 +141,7 @@ impl Refusal {
         match self {
             Refusal::Full => "refused_full",
             Refusal::TooManyFromAddress => "refused_address",
+            Refusal::OverShare => "refused_share",
         }
     }
 }
@@ -194,6 +200,16 @@ impl Table {
             self.evict_oldest(Some(ip));
         }
         if self.waiting.len() >= caps.pending {
+            // Fair shares: an address already holding its share of the waiting connections
+            // (the cap over the addresses connected) gets no room at the others' expense; its
+            // newcomer is refused at once, never read nor polled, which costs a fraction of
+            // admitting it and closing another. Anyone else's newcomer takes the place of the
+            // oldest waiting connection. So a slow-loris from a few addresses mostly bounces off
+            // the accept loop, and the queue in front of a real client stays short.
+            let share = (caps.pending / self.by_ip.len().max(1)).max(1);
+            if address_waiting >= share {
+                return Err(Refusal::OverShare);
+            }
             self.evict_oldest(None);
         }
         if self.open >= caps.total && !self.evict_oldest(None) {
@@ -804,6 +820,28 @@ mod tests {
         assert!(table.entries[&ids[0]].counted, "a busy one is never closed for room");
         assert!(!table.entries[&ids[1]].counted, "the oldest waiting one, of another address, made room");
         assert!(table.entries[&newcomer].counted);
+    }
+
+    #[test]
+    fn at_the_waiting_cap_an_address_over_its_share_is_refused_and_others_get_in() {
+        let mut table = Table::default();
+        let caps = Caps { pending: 6, ..caps(100, 50, 10) };
+        // Two attackers fill the waiting cap: 4 + 2 (shares of 3 each).
+        let heavy: Vec<u64> = (0..4).map(|_| table.admit("10.0.0.1", caps).unwrap().0).collect();
+        for _ in 0..2 {
+            table.admit("10.0.0.2", caps).unwrap();
+        }
+        assert_eq!(table.admit("10.0.0.1", caps).unwrap_err(), Refusal::OverShare);
+        assert_eq!(table.waiting.len(), 6, "refused without closing anyone");
+        assert!(heavy.iter().all(|id| table.entries[id].counted));
+        // Below its share (6 / 2 = 3), the second still gets a place, at the oldest's expense.
+        table.admit("10.0.0.2", caps).unwrap();
+        assert!(!table.entries[&heavy[0]].counted);
+        // A real client from a third address always gets in.
+        let client = table.admit("10.0.0.3", caps).unwrap().0;
+        assert!(table.entries[&client].counted);
+        assert_eq!(table.waiting.len(), 6);
+        assert_eq!(Refusal::OverShare.label(), "refused_share");
     }
 
     fn futures_ready(notify: Arc<Notify>) -> bool {
