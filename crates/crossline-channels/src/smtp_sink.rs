@@ -30,6 +30,7 @@ struct Shared {
     accepted: AtomicUsize,
     kept: Mutex<VecDeque<ReceivedMail>>,
     refuse_recipients: bool,
+    delay: std::time::Duration,
 }
 
 /// A running sink; it stops when dropped.
@@ -50,9 +51,15 @@ impl LocalSmtpSink {
     /// Listens on a free loopback port. With `refuse_recipients`, every `RCPT TO` is answered
     /// `550 5.1.1` (a hard bounce), for tests.
     pub async fn start(refuse_recipients: bool) -> std::io::Result<Self> {
+        Self::start_slow(refuse_recipients, std::time::Duration::ZERO).await
+    }
+
+    /// As [`LocalSmtpSink::start`], taking `delay` to accept each message (a slow server, to
+    /// have sends in flight for a while).
+    pub async fn start_slow(refuse_recipients: bool, delay: std::time::Duration) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
-        let shared = Arc::new(Shared { refuse_recipients, ..Shared::default() });
+        let shared = Arc::new(Shared { refuse_recipients, delay, ..Shared::default() });
         let accepting = shared.clone();
         let task = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
@@ -121,6 +128,9 @@ async fn session(socket: tokio::net::TcpStream, shared: Arc<Shared>) {
                     return;
                 }
                 let Some(data) = read_data(&mut reader).await else { return };
+                if !shared.delay.is_zero() {
+                    tokio::time::sleep(shared.delay).await;
+                }
                 let number = shared.accepted.fetch_add(1, Ordering::SeqCst) + 1;
                 let mail = ReceivedMail { from: std::mem::take(&mut from), to: std::mem::take(&mut to), data };
                 keep(&shared, mail);

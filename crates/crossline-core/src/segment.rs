@@ -312,6 +312,18 @@ impl Filter {
         })
     }
 
+    /// Whether who matches can change with the passing of time alone: an event or conversation
+    /// condition with `within_days` (call it on a resolved filter, or references are not seen).
+    pub fn looks_back(&self) -> bool {
+        let mut found = false;
+        self.visit(&mut |filter| match filter {
+            Filter::Event(condition) => found |= condition.within_days.is_some(),
+            Filter::Conversation(condition) => found |= condition.within_days.is_some(),
+            _ => {}
+        });
+        found
+    }
+
     fn visit<'a>(&'a self, each: &mut dyn FnMut(&'a Filter)) {
         each(self);
         match self {
@@ -474,6 +486,27 @@ fn value_condition(object: &Map<String, Value>, key: &str, path: &str) -> Result
     Ok(ValueCondition { name, op, value })
 }
 
+/// A `where` list: at most 20 property conditions `{"property", "op", "value"?}` (an event
+/// condition's, a campaign trigger's); absent or null is none.
+pub fn property_conditions(value: Option<&Value>, path: &str) -> Result<Vec<ValueCondition>, FilterError> {
+    match value {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) if items.len() <= 20 => items
+            .iter()
+            .enumerate()
+            .map(|(index, item)| {
+                let at = format!("{path}[{index}]");
+                let Value::Object(condition) = item else {
+                    return Err(fault(&at, "must be a property condition {\"property\", \"op\", \"value\"}"));
+                };
+                only_keys(condition, &["property", "op", "value"], &at)?;
+                value_condition(condition, "property", &at)
+            })
+            .collect(),
+        Some(_) => Err(fault(path, "must be a list of at most 20 property conditions")),
+    }
+}
+
 fn event_condition(object: &Map<String, Value>, path: &str) -> Result<EventCondition, FilterError> {
     only_keys(object, &["event", "count", "within_days", "where"], path)?;
     let event = name(object.get("event"), &format!("{path}.event"))?;
@@ -497,23 +530,7 @@ fn event_condition(object: &Map<String, Value>, path: &str) -> Result<EventCondi
         Some(_) => return Err(fault(&count_path, "must be one of {\"gte\": N}, {\"lte\": N}, {\"eq\": N}")),
     };
     let within_days = days(object.get("within_days"), &format!("{path}.within_days"))?;
-    let where_path = format!("{path}.where");
-    let conditions = match object.get("where") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) if items.len() <= 20 => items
-            .iter()
-            .enumerate()
-            .map(|(index, item)| {
-                let at = format!("{where_path}[{index}]");
-                let Value::Object(condition) = item else {
-                    return Err(fault(&at, "must be a property condition {\"property\", \"op\", \"value\"}"));
-                };
-                only_keys(condition, &["property", "op", "value"], &at)?;
-                value_condition(condition, "property", &at)
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err(fault(&where_path, "must be a list of at most 20 property conditions")),
-    };
+    let conditions = property_conditions(object.get("where"), &format!("{path}.where"))?;
     Ok(EventCondition { event, count, within_days, conditions })
 }
 
@@ -604,6 +621,18 @@ mod tests {
             deep = json!({"not": deep});
         }
         assert!(Filter::parse(&deep).unwrap_err().message.contains("deeper"));
+    }
+
+    #[test]
+    fn only_windows_look_back() {
+        let parse = |value: Value| Filter::parse(&value).unwrap();
+        assert!(!parse(json!({"trait": "plan", "op": "eq", "value": "pro"})).looks_back());
+        assert!(!parse(json!({"event": "Order Completed"})).looks_back());
+        assert!(parse(json!({"not": {"event": "Order Completed", "within_days": 30}})).looks_back());
+        assert!(
+            parse(json!({"any": [{"reachable": "sms"}, {"conversation": {"handoff": true, "within_days": 7}}]}))
+                .looks_back()
+        );
     }
 
     #[test]

@@ -47,6 +47,18 @@ pub struct Trigger {
     /// How long after the event to send.
     #[serde(default)]
     pub delay_seconds: u64,
+    /// Property conditions the event must meet (`{"property", "op", "value"}`, as in a segment's
+    /// event condition), checked when it arrives.
+    #[serde(default, rename = "where", skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Value>,
+}
+
+impl Trigger {
+    /// Its property conditions (validated when the campaign was made).
+    pub fn conditions(&self) -> Vec<crossline_core::segment::ValueCondition> {
+        crossline_core::segment::property_conditions(Some(&Value::Array(self.conditions.clone())), "where")
+            .unwrap_or_default()
+    }
 }
 
 /// An A/B treatment.
@@ -244,6 +256,12 @@ impl CampaignSpec {
                 }
                 if trigger.delay_seconds > 90 * 86_400 {
                     return Err(fault("schedule.trigger.delay_seconds", "at most 90 days"));
+                }
+                let conditions = Value::Array(trigger.conditions.clone());
+                if let Err(err) =
+                    crossline_core::segment::property_conditions(Some(&conditions), "schedule.trigger.where")
+                {
+                    return Err(fault(&err.path, err.message));
                 }
             }
         }

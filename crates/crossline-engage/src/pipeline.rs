@@ -86,6 +86,9 @@ pub struct PipelineConfig {
     pub public_url: String,
     /// Consecutive connection failures of one campaign that pause it.
     pub pause_after_failures: u32,
+    /// How often a segment whose filter looks back a number of days is evaluated again in full:
+    /// its members change as time passes, with no event to notice it.
+    pub segment_refresh: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -98,6 +101,7 @@ impl Default for PipelineConfig {
             max_attempts: 8,
             public_url: "http://127.0.0.1:8080".into(),
             pause_after_failures: 20,
+            segment_refresh: Duration::minutes(15),
         }
     }
 }
@@ -309,7 +313,144 @@ impl Engage {
             shutdown.await;
             let _ = stop.send(true);
         };
-        tokio::join!(signal, self.schedule_loop(stopped.clone()), self.clone().send_loop(stopped));
+        tokio::join!(
+            signal,
+            self.schedule_loop(stopped.clone()),
+            self.refresh_loop(stopped.clone()),
+            self.clone().send_loop(stopped)
+        );
+    }
+
+    /// Evaluates time-windowed segments again, every `segment_refresh` ([`Engage::refresh_once`]).
+    async fn refresh_loop(&self, mut stopped: tokio::sync::watch::Receiver<bool>) {
+        let mut enqueued = None;
+        while !*stopped.borrow() {
+            match self.refresh_once(Utc::now(), &mut enqueued).await {
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "segment refresh failed"),
+            }
+            tokio::select! {
+                _ = stopped.changed() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            }
+        }
+    }
+
+    /// One pass of the membership refresh. Once per `segment_refresh` period (`enqueued` holds
+    /// the last period this node enqueued), a job per segment whose filter looks back a number
+    /// of days goes on the `segment.refresh` queue, keyed by segment and period so the nodes
+    /// enqueue one between them; then this node runs the refresh jobs that are due, leased, so a
+    /// node that dies mid-way leaves its job to another. How many segments it refreshed.
+    pub async fn refresh_once(&self, now: DateTime<Utc>, enqueued: &mut Option<i64>) -> Result<usize, EngageError> {
+        let period = self.config.segment_refresh.num_seconds().max(1);
+        let slot = now.timestamp().div_euclid(period);
+        if *enqueued != Some(slot) {
+            let segments = self.store.objects_in_status(ObjectKind::Segment, "active").await?;
+            let mut by_workspace: HashMap<&str, Vec<EngageObject>> = HashMap::new();
+            for (workspace_id, segment) in &segments {
+                by_workspace.entry(workspace_id.as_str()).or_default().push(segment.clone());
+            }
+            for (workspace_id, segments) in &by_workspace {
+                for segment in segments.iter().filter(|s| s.body.get("filter").is_some_and(|f| !f.is_null())) {
+                    if !resolve_among(segments, &segment.id).is_ok_and(|filter| filter.looks_back()) {
+                        continue;
+                    }
+                    let job = crossline_store::NewJob {
+                        queue: REFRESH_QUEUE.into(),
+                        workspace_id: Some((*workspace_id).to_owned()),
+                        idempotency_key: format!("{}:{slot}", segment.id),
+                        payload: json!({"segment_id": segment.id}),
+                        run_at: now,
+                        max_attempts: 3,
+                    };
+                    self.store.enqueue(&job).await?;
+                }
+            }
+            *enqueued = Some(slot);
+        }
+        let jobs = self.store.claim(REFRESH_QUEUE, &self.config.holder, 4, now, Duration::minutes(10)).await?;
+        let mut refreshed = 0;
+        for job in jobs {
+            let segment_id = job.payload.get("segment_id").and_then(Value::as_str).unwrap_or_default();
+            let Some(workspace_id) = job.workspace_id.as_deref() else {
+                self.store.bury(job.id, &self.config.holder, "a refresh job without a workspace").await?;
+                continue;
+            };
+            match self.refresh_segment(workspace_id, segment_id, now).await {
+                Ok(()) => {
+                    self.store.complete(job.id, &self.config.holder).await?;
+                    refreshed += 1;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, segment_id, "refreshing a segment failed");
+                    self.store.fail(job.id, &self.config.holder, &err.to_string(), now + Duration::minutes(1)).await?;
+                }
+            }
+        }
+        Ok(refreshed)
+    }
+
+    /// Evaluates a segment in full at `now` and stores who is in it, recording `segment.entered`
+    /// and `segment.exited` for each change.
+    pub async fn refresh_segment(
+        &self,
+        workspace_id: &str,
+        segment_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), EngageError> {
+        const PAGE: usize = 10_000;
+        let Some(segment) = self.store.object(workspace_id, ObjectKind::Segment, segment_id).await? else {
+            return Ok(());
+        };
+        let filter = self.resolve_segment(workspace_id, segment_id).await?;
+        let mut members = Vec::new();
+        loop {
+            let page = self
+                .store
+                .segment_members(workspace_id, &filter, now, members.last().map(String::as_str), PAGE)
+                .await?;
+            let done = page.len() < PAGE;
+            members.extend(page);
+            if done {
+                break;
+            }
+        }
+        let (entered, left) = self.store.replace_members(workspace_id, segment_id, &members, now).await?;
+        self.record_membership_changes(workspace_id, &segment, &entered, &left, now).await
+    }
+
+    /// Records `segment.entered` for each of `entered` and `segment.exited` for each of `left`
+    /// (a refresh, an imported list), in batches of 500 events.
+    pub async fn record_membership_changes(
+        &self,
+        workspace_id: &str,
+        segment: &EngageObject,
+        entered: &[String],
+        left: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<(), EngageError> {
+        let properties = json!({"segment_id": segment.id, "segment": segment.name});
+        for (ids, name) in [(entered, "segment.entered"), (left, "segment.exited")] {
+            for chunk in ids.chunks(500) {
+                let mut events = Vec::with_capacity(chunk.len());
+                for id in chunk {
+                    let Some(profile) = self.store.profile(workspace_id, id).await? else { continue };
+                    if let Some(identity) = profile.identities.first() {
+                        events.push(crossline_engine::conversations::event(
+                            identity,
+                            name,
+                            "engagement",
+                            properties.clone(),
+                            now,
+                        ));
+                    }
+                }
+                if let Err(err) = self.recorder.record(workspace_id, events).await {
+                    tracing::warn!(error = %err, name, "could not record membership events");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Starts due campaigns and plans their runs, every half second. Planning a large run takes
@@ -638,14 +779,10 @@ impl Engage {
     /// Memberships and triggers for one batch of stored events.
     pub async fn on_events(&self, batch: &StreamBatch, now: DateTime<Utc>) -> Result<(), EngageError> {
         let workspace_id = batch.workspace_id.as_str();
-        // The engine's own membership events change no membership.
-        let relevant: Vec<&StreamEvent> = batch
-            .events
-            .iter()
-            .filter(|event| {
-                event.profile_id.is_some() && !event.event.as_deref().is_some_and(|name| name.starts_with("segment."))
-            })
-            .collect();
+        let relevant: Vec<&StreamEvent> = batch.events.iter().filter(|event| event.profile_id.is_some()).collect();
+        // The engine's own membership events change no membership (they may trigger campaigns).
+        let membership_event =
+            |event: &StreamEvent| event.event.as_deref().is_some_and(|name| name.starts_with("segment."));
         if relevant.is_empty() {
             return Ok(());
         }
@@ -696,7 +833,10 @@ impl Engage {
                 now,
             };
             let mut in_segment: HashMap<&str, bool> = HashMap::new();
-            for (segment, filter) in &segments {
+            let changes_memberships = relevant
+                .iter()
+                .any(|event| event.profile_id.as_deref() == Some(profile_id) && !membership_event(event));
+            for (segment, filter) in segments.iter().filter(|_| changes_memberships) {
                 let member = crate::evaluate::matches(filter, &facts);
                 in_segment.insert(segment.id.as_str(), member);
                 if self.store.set_membership(workspace_id, &segment.id, &profile.id, member, now).await? {
@@ -722,6 +862,17 @@ impl Engage {
                     let Schedule::Trigger { trigger } = &spec.schedule else { continue };
                     if event.event.as_deref() != Some(trigger.event.as_str()) {
                         continue;
+                    }
+                    let conditions = trigger.conditions();
+                    if !conditions.is_empty() {
+                        let empty = serde_json::Map::new();
+                        let properties = events
+                            .iter()
+                            .find(|stored| stored.id == event.message_id)
+                            .map_or(&empty, |stored| &stored.properties);
+                        if !conditions.iter().all(|condition| crate::evaluate::value_test(properties, condition)) {
+                            continue;
+                        }
                     }
                     let audience = match in_segment.get(spec.segment_id.as_str()) {
                         Some(member) => *member,
@@ -857,6 +1008,7 @@ impl Engage {
             deferred: false,
             run_at: earliest,
             event: None,
+            time_zone: None,
         };
         if template_id.is_none() {
             row.status = DeliveryStatus::Suppressed;
@@ -864,6 +1016,7 @@ impl Engage {
             return Ok(row);
         }
         let zone = self.time_zone(workspace_id, profile, plan.workspace_zone, plan.settings, spec).await?;
+        row.time_zone = Some(zone.name().to_owned());
         let send_at = match &spec.schedule {
             Schedule::At { at, local_time: true } => policy::local_instant(at.naive_utc(), zone).max(now),
             _ => earliest,
@@ -1000,9 +1153,11 @@ impl Engage {
         if facts.unreachable.iter().any(|state| state.value == d.address) {
             return Err(Outcome::Suppressed(Suppression::Unreachable));
         }
+        // A trait set since planning wins; else the zone planning found (it may have come from an
+        // event's `context.timezone`, which is not read again here).
         let zone = policy::customer_time_zone(
             profile.traits.get("timezone").and_then(Value::as_str),
-            None,
+            d.time_zone.as_deref(),
             &context.workspace_zone,
         );
         if d.kind == SendKind::Marketing.as_str() {
@@ -1477,6 +1632,9 @@ pub struct StreamEvent {
 
 /// A segment's filter resolved among a workspace's segments (references inlined, lists as
 /// membership lookups); a missing segment or a cycle is an error naming it.
+/// The job queue of segment refreshes.
+pub const REFRESH_QUEUE: &str = "segment.refresh";
+
 fn resolve_among(segments: &[EngageObject], segment_id: &str) -> Result<Filter, EngageError> {
     let by_id: HashMap<&str, &EngageObject> = segments.iter().map(|s| (s.id.as_str(), s)).collect();
     let mut lookup = |id: &str| -> Option<Filter> {

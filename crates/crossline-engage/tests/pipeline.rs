@@ -438,3 +438,181 @@ async fn a_server_that_never_answers_is_given_up_on_in_time() {
     let counts = store.delivery_counts(&ws, "cmp_silent").await.unwrap();
     assert!(counts.iter().all(|c| c.status != "sent" && c.status != "failed"), "{counts:?}");
 }
+
+/// Quiet hours are checked twice — when a run is planned and when each message is sent — in the
+/// same zone: a customer known only by an event's `context.timezone`, at midday there while the
+/// workspace's zone is inside quiet hours, gets the message now (it is not put off to the end of
+/// the workspace's night).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_hours_at_send_time_use_the_zone_planning_found() {
+    use chrono::Timelike;
+    let dir = tempfile::tempdir().unwrap();
+    let store: DynStore = Arc::new(crossline_store::sqlite::SqliteStore::open(&dir.path().join("db")).await.unwrap());
+    let ws = workspace(&store, "zones", 1, &[]).await;
+    // Quiet from an hour ago to two hours from now in UTC (the workspace's zone); UTC+6 is well
+    // outside that window.
+    let hour = Utc::now().hour();
+    let quiet = json!({"quiet_hours": {"start": format!("{:02}:00", (hour + 23) % 24), "end": format!("{:02}:00", (hour + 2) % 24)}});
+    let sender = engage(&store, "zones");
+    sender.put_settings(&ws, &quiet).await.unwrap();
+    let seen = json!({"type": "track", "userId": "u0", "event": "Viewed", "messageId": "zone-1",
+                      "context": {"timezone": "Asia/Dhaka"}});
+    store.ingest(&ws, crossline_store::testsuite::events(json!({"batch": [seen]}))).await.unwrap();
+    let sink = LocalSmtpSink::start(false).await.unwrap();
+    let smtp = json!({"host": "127.0.0.1", "port": sink.port, "tls": "none", "from": "Test <t@example.com>"});
+    store.put_channel(&ws, "smtp", &smtp).await.unwrap();
+    let body = json!({"name": "zones", "segment_id": "seg_all", "channel": "email", "template_id": "tpl_hi", "schedule": "now"});
+    campaign(&sender, &store, &ws, "cmp_zones", body, Utc::now()).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(sender.clone().run(async move {
+        let mut stopped = stopped;
+        let _ = stopped.wait_for(|stop| *stop).await;
+    }));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while sink.accepted() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    stop.send(true).unwrap();
+    run.await.unwrap();
+    let counts = store.delivery_counts(&ws, "cmp_zones").await.unwrap();
+    assert_eq!(sink.accepted(), 1, "sent now, in the customer's daytime: {counts:?}");
+    assert!(counts.iter().all(|c| !c.deferred), "{counts:?}");
+}
+
+/// A segment that looks back a number of days changes as time passes: the refresh evaluates it
+/// again in full, stores who is in it and records `segment.entered` / `segment.exited`; the nodes
+/// share one refresh per period through the job queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windowed_segments_are_refreshed_as_time_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: DynStore = Arc::new(crossline_store::sqlite::SqliteStore::open(&dir.path().join("db")).await.unwrap());
+    let ws = workspace(&store, "refresh", 3, &[]).await;
+    let now = Utc::now();
+    let order = |user: &str, id: &str, days_ago: i64| {
+        json!({"type": "track", "userId": user, "event": "Order Completed", "messageId": id,
+               "timestamp": (now - Duration::days(days_ago)).to_rfc3339()})
+    };
+    let batch = json!({"batch": [order("u0", "o0", 6), order("u1", "o1", 1)]});
+    store.ingest(&ws, crossline_store::testsuite::events(batch)).await.unwrap();
+    let recent = json!({"filter": {"event": "Order Completed", "within_days": 7}});
+    store.put_object(&ws, &object("seg_recent", ObjectKind::Segment, recent, "active")).await.unwrap();
+    let (a, b) = (engage(&store, "refresh-a"), engage(&store, "refresh-b"));
+    let profile_of = |user: &'static str| {
+        let (store, ws) = (store.clone(), ws.clone());
+        async move {
+            let identity = crossline_core::Identity { kind: crossline_core::IdentityKind::UserId, value: user.into() };
+            store.lookup(&ws, &identity).await.unwrap().unwrap().id
+        }
+    };
+    let (p0, p1, p2) = (profile_of("u0").await, profile_of("u1").await, profile_of("u2").await);
+    let named = |profile: String, name: &'static str| {
+        let (store, ws) = (store.clone(), ws.clone());
+        async move {
+            let query = crossline_store::EventQuery { limit: 100, ..Default::default() };
+            let events = store.events(&ws, &profile, &query).await.unwrap();
+            events.iter().filter(|event| event.event.as_deref() == Some(name)).count()
+        }
+    };
+
+    // Two nodes in one period: one refresh between them.
+    let (mut a_slot, mut b_slot) = (None, None);
+    let refreshed = a.refresh_once(now, &mut a_slot).await.unwrap() + b.refresh_once(now, &mut b_slot).await.unwrap();
+    assert_eq!(refreshed, 1, "one refresh per segment and period");
+    assert_eq!(b.refresh_once(now, &mut b_slot).await.unwrap(), 0, "and not again in the same period");
+    for (profile, member) in [(&p0, true), (&p1, true), (&p2, false)] {
+        let stored = store.memberships(&ws, profile).await.unwrap();
+        assert_eq!(stored.contains(&"seg_recent".to_owned()), member, "{profile}: {stored:?}");
+    }
+    assert_eq!(named(p0.clone(), "segment.entered").await, 1);
+    assert_eq!(named(p2.clone(), "segment.entered").await, 0);
+
+    // Two days on, with no new event, u0's order has left the window: u0 leaves, once.
+    let later = now + Duration::days(2);
+    a.refresh_once(later, &mut a_slot).await.unwrap();
+    b.refresh_once(later, &mut b_slot).await.unwrap();
+    assert!(store.memberships(&ws, &p0).await.unwrap().is_empty());
+    assert_eq!(store.memberships(&ws, &p1).await.unwrap(), ["seg_recent"]);
+    assert_eq!(named(p0.clone(), "segment.exited").await, 1);
+    assert_eq!(named(p1.clone(), "segment.exited").await, 0);
+    // A segment that does not look back is never refreshed this way.
+    let plain = json!({"filter": {"event": "Order Completed"}});
+    store.put_object(&ws, &object("seg_ever", ObjectKind::Segment, plain, "active")).await.unwrap();
+    let much_later = now + Duration::days(30);
+    a.refresh_once(much_later, &mut a_slot).await.unwrap();
+    assert!(store.memberships(&ws, &p0).await.unwrap().is_empty(), "seg_ever was not refreshed");
+}
+
+/// Two campaigns to the same people at the same moment, sent by two senders, under a cap of one
+/// marketing message a week: everyone gets exactly one, and the other is suppressed by the cap —
+/// a message being sent by one sender holds back the other's to the same customer until it has
+/// been recorded.
+async fn two_senders_keep_the_frequency_cap(first: DynStore, second: DynStore, name: &str) {
+    // Between one and two claims (of 16): the first claim takes the first campaign's 12 and 4 of
+    // the second's; the other sender's claim, at the same moment, would take the second's other 8
+    // while the first's are still being sent (a slow server) — unless it waits for them.
+    const PEOPLE: usize = 12;
+    let ws = workspace(&first, name, PEOPLE, &[]).await;
+    let sink = LocalSmtpSink::start_slow(false, std::time::Duration::from_millis(300)).await.unwrap();
+    let smtp =
+        json!({"host": "127.0.0.1", "port": sink.port, "tls": "none", "from": "Test <t@example.com>", "pool_size": 4});
+    first.put_channel(&ws, "smtp", &smtp).await.unwrap();
+    let (a, b) = (engage(&first, &format!("{name}-a")), engage(&second, &format!("{name}-b")));
+    a.put_settings(&ws, &json!({"frequency_cap": {"max": 1, "days": 7}})).await.unwrap();
+    let now = Utc::now();
+    for id in ["cmp_one", "cmp_two"] {
+        let body = json!({"name": id, "segment_id": "seg_all", "channel": "email", "template_id": "tpl_hi", "schedule": "now"});
+        campaign(&a, &first, &ws, id, body, now).await;
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let runs =
+        [tokio::spawn(a.clone().run(until(stopped.clone()))), tokio::spawn(b.clone().run(until(stopped.clone())))];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    for id in ["cmp_one", "cmp_two"] {
+        while status(&first, &ws, id).await.status != "completed" {
+            assert!(std::time::Instant::now() < deadline, "{id} did not complete: {} sent", sink.accepted());
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    stop.send(true).unwrap();
+    for run in runs {
+        run.await.unwrap();
+    }
+    let recipients: Vec<String> = sink.messages().into_iter().flat_map(|mail| mail.to).collect();
+    let distinct: HashSet<&String> = recipients.iter().collect();
+    assert_eq!(distinct.len(), PEOPLE, "everyone got a message");
+    assert_eq!(recipients.len(), PEOPLE, "nobody got two in a week");
+    let mut capped = 0;
+    for id in ["cmp_one", "cmp_two"] {
+        let counts = first.delivery_counts(&ws, id).await.unwrap();
+        capped += counts
+            .iter()
+            .filter(|c| c.status == "suppressed" && c.reason.as_deref() == Some("frequency_cap"))
+            .map(|c| c.count)
+            .sum::<u64>();
+    }
+    assert_eq!(capped, PEOPLE as u64, "the other message of each was suppressed by the cap");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_senders_on_sqlite_keep_the_frequency_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: DynStore = Arc::new(crossline_store::sqlite::SqliteStore::open(&dir.path().join("db")).await.unwrap());
+    two_senders_keep_the_frequency_cap(store.clone(), store, "cap-sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_postgres_keep_the_frequency_cap() {
+    let Ok(url) = std::env::var("CROSSLINE_TEST_DATABASE_URL") else {
+        eprintln!("CROSSLINE_TEST_DATABASE_URL is not set: the two-node frequency cap test on PostgreSQL did not run");
+        return;
+    };
+    crossline_store::postgres::drop_schemas(&url, "pipecap_").await;
+    let schema = format!("pipecap_{}", std::process::id());
+    let connect = || crossline_store::postgres::PgStore::connect_in_schema(&url, Some(&schema));
+    let first: DynStore = Arc::new(connect().await.unwrap());
+    let second: DynStore = Arc::new(connect().await.unwrap());
+    two_senders_keep_the_frequency_cap(first, second, "cap-pg").await;
+}

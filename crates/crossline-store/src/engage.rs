@@ -87,6 +87,8 @@ pub struct NewDelivery {
     pub run_at: DateTime<Utc>,
     /// The triggering event (triggered sends), for templates' `event.*`.
     pub event: Option<serde_json::Value>,
+    /// The customer's time zone decided at planning (quiet hours are checked again in it).
+    pub time_zone: Option<String>,
 }
 
 /// A delivery's state.

@@ -241,6 +241,9 @@ pub async fn segment_members(
     Ok(Json(json!({"profiles": profiles, "next_cursor": next_cursor})))
 }
 
+/// The largest CSV a list import reads.
+const MAX_IMPORT_BYTES: usize = 10 * 1024 * 1024;
+
 /// Import a list segment's members from CSV.
 #[utoipa::path(post, path = "/api/v1/segments/{id}/import", tag = "engagement",
     description = "A CSV body (`text/csv`, at most 10 MiB) whose header names identity kinds (`user_id`, `email`, `phone`, `anonymous_id`, ...); each row names one person by any of them. The list's members become exactly the profiles found; rows naming no known profile are reported by line. A row with a malformed value is refused with its line and column, and nothing is changed.",
@@ -257,7 +260,7 @@ pub async fn import_segment(
     State(state): State<AppState>,
     WorkspaceCaller(workspace): WorkspaceCaller,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> ApiResult<Json<Value>> {
     let segment = state
         .store
@@ -267,9 +270,10 @@ pub async fn import_segment(
     if segment.body.get("list").and_then(Value::as_bool) != Some(true) {
         return Err(invalid("id: this segment is a filter, not an imported list"));
     }
-    if body.len() > 10 * 1024 * 1024 {
-        return Err(ApiError::new(ErrorCode::RequestTooLarge, "body: a CSV import is at most 10 MiB"));
-    }
+    // Read here, within the import's own limit (the extractors' default is 2 MB).
+    let body = axum::body::to_bytes(body, MAX_IMPORT_BYTES)
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::RequestTooLarge, "body: a CSV import is at most 10 MiB"))?;
     let text = std::str::from_utf8(&body).map_err(|_| invalid("body: the CSV is not UTF-8"))?;
     let rows =
         crossline_engage::lists::parse_csv(text, &workspace.default_region).map_err(|err| invalid(err.to_string()))?;
@@ -288,7 +292,9 @@ pub async fn import_segment(
             None => unknown.push(json!({"line": row.line, "value": row.identities.first().map(|i| i.value.clone())})),
         }
     }
-    let (entered, left) = state.store.replace_members(&workspace.id, &id, &found, Utc::now()).await?;
+    let now = Utc::now();
+    let (entered, left) = state.store.replace_members(&workspace.id, &id, &found, now).await?;
+    state.engage.record_membership_changes(&workspace.id, &segment, &entered, &left, now).await?;
     found.sort();
     found.dedup();
     Ok(Json(json!({"members": found.len(), "entered": entered.len(), "left": left.len(), "unknown": unknown})))

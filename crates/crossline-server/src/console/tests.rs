@@ -749,6 +749,7 @@ async fn engagement_pages_show_and_change_segments_templates_and_campaigns() {
         deferred: false,
         run_at: chrono::Utc::now() + chrono::Duration::days(365),
         event: None,
+        time_zone: None,
     };
     let planned = [
         delivery(1, "A", DeliveryStatus::Queued),

@@ -84,6 +84,9 @@ impl ApiError {
 
 /// A JSON body that axum could not read, as a clear 400 `invalid_json` naming the problem.
 pub fn json_rejection(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
+    if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(ErrorCode::RequestTooLarge, format!("body: {}", rejection.body_text()));
+    }
     ApiError::bad_request(ErrorCode::InvalidJson, format!("body: {}", rejection.body_text()))
 }
 

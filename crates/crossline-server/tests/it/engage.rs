@@ -650,3 +650,113 @@ async fn a_dead_smtp_server_pauses_the_campaign() {
     assert!(limited >= 2, "{limited} of 12 test sends limited");
     server.stop().await;
 }
+
+/// An imported list, end to end and with bad input: members are exactly the profiles found (by any
+/// identity in a row), unknown rows are reported by line, entering and leaving are events on the
+/// profiles, a malformed file changes nothing, and a campaign triggered by `segment.entered` with
+/// a `where` on the segment sends to those who enter that list and nobody else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_list_records_entries_and_refuses_bad_files() {
+    let (twilio_url, twilio) = FakeTwilio::start().await;
+    let server = TestServer::start().await;
+    let ws = server.workspace("lists").await;
+    let other = server.workspace("lists-other").await;
+    server.put_bot(&ws.api_key, "bank", &crate::bots::bank()).await;
+    let config = json!({"account_sid": SID, "auth_token": TOKEN, "phone_number": "+14155550999", "bot": "bank", "api_base_url": twilio_url});
+    let (status, shown) = server.put_json("/api/v1/channels/twilio", &ws.api_key, &config).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    let people = json!({"batch": [
+        {"type": "identify", "userId": "ann", "traits": {"email": "ann@example.com", "phone": "+14155550100", "first_name": "Ann"}},
+        {"type": "identify", "userId": "bob", "traits": {"email": "bob@example.com", "phone": "+14155550144", "first_name": "Bob"}},
+        {"type": "identify", "userId": "cy", "traits": {"phone": "+14155550155", "first_name": "Cy"}}
+    ]});
+    assert_eq!(server.track("/v1/batch", &ws.write_key, &people).await.status(), StatusCode::OK);
+    let (status, list) = post(&server, "/api/v1/segments", &ws.api_key, &json!({"name": "VIP", "list": true})).await;
+    assert_eq!(status, StatusCode::CREATED, "{list}");
+    let list_id = list["id"].as_str().unwrap().to_owned();
+    let (_, other_list) = post(&server, "/api/v1/segments", &ws.api_key, &json!({"name": "Other", "list": true})).await;
+    let (_, filter) =
+        post(&server, "/api/v1/segments", &ws.api_key, &json!({"name": "Everyone", "filter": {"reachable": "sms"}}))
+            .await;
+    let (_, template) = post(
+        &server,
+        "/api/v1/templates",
+        &ws.api_key,
+        &json!({"name": "Welcome", "channel": "sms", "body": "Welcome to VIP, {{ profile.traits.first_name }}"}),
+    )
+    .await;
+    let trigger =
+        json!({"event": "segment.entered", "where": [{"property": "segment_id", "op": "eq", "value": list_id}]});
+    let (status, campaign) = post(
+        &server,
+        "/api/v1/campaigns",
+        &ws.api_key,
+        &json!({"name": "VIP welcome",
+        "segment_id": filter["id"], "channel": "sms", "template_id": template["id"], "schedule": {"trigger": trigger}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{campaign}");
+    let bad_where =
+        json!({"event": "segment.entered", "where": [{"property": "segment_id", "op": "like", "value": "x"}]});
+    let (status, err) = post(&server, "/api/v1/campaigns", &ws.api_key, &json!({"name": "Bad",
+        "segment_id": filter["id"], "channel": "sms", "template_id": template["id"], "schedule": {"trigger": bad_where}})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("schedule.trigger.where[0].op"), "{err}");
+
+    let import = |id: String, key: String, body: Vec<u8>| {
+        let request = server
+            .http
+            .post(format!("{}/api/v1/segments/{id}/import", server.url))
+            .bearer_auth(key)
+            .header("content-type", "text/csv")
+            .body(body);
+        async move { json_of(request.send().await.unwrap()).await }
+    };
+    let csv = "email,phone\nann@example.com,\n,+1 415 555 0155\nnobody@example.com,\n";
+    let (status, imported) = import(list_id.clone(), ws.api_key.clone(), csv.into()).await;
+    assert_eq!(status, StatusCode::OK, "{imported}");
+    assert_eq!(imported["members"], 2);
+    assert_eq!(imported["entered"], 2);
+    assert_eq!(imported["unknown"], json!([{"line": 4, "value": "nobody@example.com"}]));
+    // Entering is an event on each profile, and the triggered campaign welcomes exactly them.
+    assert_eq!(events_named(&server, &ws.api_key, "ann", "segment.entered").await.len(), 1);
+    assert_eq!(events_named(&server, &ws.api_key, "cy", "segment.entered").await.len(), 1);
+    assert!(events_named(&server, &ws.api_key, "bob", "segment.entered").await.is_empty());
+    assert_eq!(twilio.until("+14155550100", 1).await[0]["Body"], "Welcome to VIP, Ann");
+    assert_eq!(twilio.until("+14155550155", 1).await[0]["Body"], "Welcome to VIP, Cy");
+
+    // Another list entering is not this trigger's.
+    let (status, _) =
+        import(other_list["id"].as_str().unwrap().into(), ws.api_key.clone(), "user_id\nbob\n".into()).await;
+    assert_eq!(status, StatusCode::OK);
+    // Bob replaces Ann: Ann leaves, Bob enters.
+    let (status, imported) = import(list_id.clone(), ws.api_key.clone(), "user_id\nbob\ncy\n".into()).await;
+    assert_eq!(status, StatusCode::OK, "{imported}");
+    assert_eq!((imported["entered"].clone(), imported["left"].clone()), (json!(1), json!(1)));
+    assert_eq!(events_named(&server, &ws.api_key, "ann", "segment.exited").await.len(), 1);
+    assert_eq!(twilio.until("+14155550144", 1).await[0]["Body"], "Welcome to VIP, Bob");
+
+    // Bad files change nothing: a malformed value names its line and column.
+    for (body, wanted) in [
+        ("".as_bytes().to_vec(), "line 1"),
+        (b"favourite_colour\nblue\n".to_vec(), "names no identity kind"),
+        (b"email\nann@example.com\nnot an email\n".to_vec(), "line 3, column 1"),
+        (b"user_id\n\xff\xfe\n".to_vec(), "not UTF-8"),
+    ] {
+        let (status, err) = import(list_id.clone(), ws.api_key.clone(), body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+        assert!(err["error"]["message"].as_str().unwrap().contains(wanted), "{wanted}: {err}");
+    }
+    let huge = format!("user_id\n{}", "someone-with-a-long-user-id\n".repeat(400_000)).into_bytes();
+    let (status, _) = import(list_id.clone(), ws.api_key.clone(), huge).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let (_, members) = json_of(server.get(&format!("/api/v1/segments/{list_id}/members"), &ws.api_key).await).await;
+    assert_eq!(members["profiles"].as_array().unwrap().len(), 2, "{members}");
+    // A filter segment is not a list; another workspace's list is not found; no key, no import.
+    let (status, _) = import(filter["id"].as_str().unwrap().into(), ws.api_key.clone(), "user_id\nbob\n".into()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = import(list_id.clone(), other.api_key.clone(), "user_id\nbob\n".into()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = import(list_id.clone(), ws.write_key.clone(), "user_id\nbob\n".into()).await;
+    assert!(status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN, "{status}");
+}

@@ -27,8 +27,11 @@ fn object_at(row: &tokio_postgres::Row, offset: usize) -> EngageObject {
     }
 }
 
+/// The advisory lock claims of deliveries take turns on (`crossline:claim` as a number).
+const CLAIM_LOCK: i64 = 0x636c_6169_6d5f_646c;
+
 const DELIVERY_COLUMNS: &str = "id, idempotency_key, campaign_id, run_id, profile_id, treatment, channel, address, \
-     template_id, kind, status, reason, deferred, run_at, event, attempts, provider_id, error_code, sent_at, created_at, updated_at";
+     template_id, kind, status, reason, deferred, run_at, event, attempts, provider_id, error_code, sent_at, created_at, updated_at, time_zone";
 
 fn delivery_at(row: &tokio_postgres::Row, offset: usize) -> Delivery {
     let status: String = row.get(offset + 10);
@@ -49,6 +52,7 @@ fn delivery_at(row: &tokio_postgres::Row, offset: usize) -> Delivery {
             deferred: row.get(offset + 12),
             run_at: crate::from_millis(row.get(offset + 13)),
             event: row.get(offset + 14),
+            time_zone: row.get(offset + 21),
         },
         attempts: row.get::<_, i32>(offset + 15) as u32,
         provider_id: row.get(offset + 16),
@@ -412,8 +416,8 @@ impl crate::EngageStore for PgStore {
         let statement = tx
             .prepare(
                 "INSERT INTO deliveries (id, workspace_id, idempotency_key, campaign_id, run_id, profile_id, treatment, channel,
-                    address, template_id, kind, status, reason, deferred, run_at, event, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17)
+                    address, template_id, kind, status, reason, deferred, run_at, event, created_at, updated_at, time_zone)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17, $18)
                  ON CONFLICT DO NOTHING",
             )
             .await?;
@@ -441,6 +445,7 @@ impl crate::EngageStore for PgStore {
                         &crate::to_millis(delivery.run_at),
                         &delivery.event,
                         &now,
+                        &delivery.time_zone,
                     ],
                 )
                 .await? as usize;
@@ -456,8 +461,14 @@ impl crate::EngageStore for PgStore {
         until: DateTime<Utc>,
         limit: usize,
     ) -> StoreResult<Vec<(String, Delivery)>> {
-        let client = self.pool.get().await?;
-        let rows = client
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // Claims take turns across nodes (a transaction lock, held until commit): a claim's
+        // statement then sees every delivery an earlier claim took, so a marketing message waits
+        // while another to the same customer is being sent and the frequency cap is checked against
+        // it once it has been recorded. Deliveries of a campaign that is not running stay put.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK]).await?;
+        let rows = tx
             .query(
                 &format!(
                     "UPDATE deliveries SET status = 'sending', leased_by = $1, leased_until = $3, attempts = attempts + 1, updated_at = $2
@@ -467,12 +478,16 @@ impl crate::EngageStore for PgStore {
                           AND (d.status = 'queued' OR d.leased_until < $2)
                           AND (d.campaign_id IS NULL OR EXISTS (SELECT 1 FROM engage_objects c
                                WHERE c.workspace_id = d.workspace_id AND c.kind = 'campaign' AND c.id = d.campaign_id AND c.status = 'running'))
+                          AND (d.kind <> 'marketing' OR NOT EXISTS (SELECT 1 FROM deliveries o
+                               WHERE o.workspace_id = d.workspace_id AND o.profile_id = d.profile_id AND o.status = 'sending'
+                                 AND o.kind = 'marketing' AND o.leased_until >= $2))
                         ORDER BY d.run_at LIMIT $4 FOR UPDATE SKIP LOCKED)
                      RETURNING workspace_id, {DELIVERY_COLUMNS}"
                 ),
                 &[&holder, &crate::to_millis(now), &crate::to_millis(until), &(limit as i64)],
             )
             .await?;
+        tx.commit().await?;
         Ok(rows.iter().map(|row| (row.get(0), delivery_at(row, 1))).collect())
     }
 

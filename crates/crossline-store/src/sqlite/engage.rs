@@ -32,7 +32,7 @@ fn object_at(row: &rusqlite::Row<'_>, offset: usize) -> rusqlite::Result<EngageO
 }
 
 pub(super) const DELIVERY_COLUMNS: &str = "id, idempotency_key, campaign_id, run_id, profile_id, treatment, channel, address, \
-     template_id, kind, status, reason, deferred, run_at, event, attempts, provider_id, error_code, sent_at, created_at, updated_at";
+     template_id, kind, status, reason, deferred, run_at, event, attempts, provider_id, error_code, sent_at, created_at, updated_at, time_zone";
 
 fn delivery_from_row(row: &rusqlite::Row<'_>, offset: usize) -> rusqlite::Result<Delivery> {
     let status: String = row.get(offset + 10)?;
@@ -54,6 +54,7 @@ fn delivery_from_row(row: &rusqlite::Row<'_>, offset: usize) -> rusqlite::Result
             deferred: row.get(offset + 12)?,
             run_at: crate::from_millis(row.get(offset + 13)?),
             event: event.and_then(|event| serde_json::from_str(&event).ok()),
+            time_zone: row.get(offset + 21)?,
         },
         attempts: row.get(offset + 15)?,
         provider_id: row.get(offset + 16)?,
@@ -457,8 +458,8 @@ impl crate::EngageStore for SqliteStore {
             let now = crate::to_millis(Utc::now());
             let mut statement = tx.prepare_cached(
                 "INSERT INTO deliveries (id, workspace_id, idempotency_key, campaign_id, run_id, profile_id, treatment, channel,
-                    address, template_id, kind, status, reason, deferred, run_at, event, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?17)
+                    address, template_id, kind, status, reason, deferred, run_at, event, created_at, updated_at, time_zone)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?17, ?18)
                  ON CONFLICT DO NOTHING",
             )?;
             let mut inserted = 0;
@@ -481,6 +482,7 @@ impl crate::EngageStore for SqliteStore {
                     crate::to_millis(delivery.run_at),
                     delivery.event.as_ref().map(|event| event.to_string()),
                     now,
+                    delivery.time_zone,
                 ])?;
             }
             Ok(inserted)
@@ -497,7 +499,9 @@ impl crate::EngageStore for SqliteStore {
     ) -> StoreResult<Vec<(String, Delivery)>> {
         let holder = holder.to_owned();
         self.write_aside(move |tx| {
-            // Deliveries of a campaign that is not running (paused, cancelled) stay where they are.
+            // Deliveries of a campaign that is not running (paused, cancelled) stay where they are;
+            // a marketing message waits while another to the same customer is being sent (by any
+            // sender), so the frequency cap is checked against it once it has been recorded.
             let mut statement = tx.prepare_cached(&format!(
                 "UPDATE deliveries SET status = 'sending', leased_by = ?1, leased_until = ?3, attempts = attempts + 1, updated_at = ?2
                  WHERE id IN (
@@ -506,6 +510,9 @@ impl crate::EngageStore for SqliteStore {
                       AND (d.status = 'queued' OR d.leased_until < ?2)
                       AND (d.campaign_id IS NULL OR EXISTS (SELECT 1 FROM engage_objects c
                            WHERE c.workspace_id = d.workspace_id AND c.kind = 'campaign' AND c.id = d.campaign_id AND c.status = 'running'))
+                      AND (d.kind <> 'marketing' OR NOT EXISTS (SELECT 1 FROM deliveries o INDEXED BY deliveries_profile
+                           WHERE o.workspace_id = d.workspace_id AND o.profile_id = d.profile_id AND o.status = 'sending'
+                             AND o.kind = 'marketing' AND o.leased_until >= ?2))
                     ORDER BY d.run_at LIMIT ?4)
                  RETURNING workspace_id, {DELIVERY_COLUMNS}"
             ))?;

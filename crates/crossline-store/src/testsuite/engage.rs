@@ -175,6 +175,15 @@ pub(super) async fn segments_are_evaluated_in_the_store(store: DynStore) {
         {"type": "track", "anonymousId": "anon-dee", "event": "Order Completed", "properties": {"total": 5}, "messageId": "m3"}
     ]});
     store.ingest(&ws.id, events(merge)).await.unwrap();
+    // Memberships follow the person through a merge: the anonymous profile's list, and one both were in.
+    let anonymous =
+        crossline_core::Identity { kind: crossline_core::IdentityKind::AnonymousId, value: "anon-dee".into() };
+    let anon_dee = store.lookup(&ws.id, &anonymous).await.unwrap().unwrap().id;
+    let known_dee = profile_of(&store, &ws.id, "dee").await;
+    assert_ne!(anon_dee, known_dee);
+    store.set_membership(&ws.id, "seg_list", &anon_dee, true, now).await.unwrap();
+    store.set_membership(&ws.id, "seg_both", &anon_dee, true, now).await.unwrap();
+    store.set_membership(&ws.id, "seg_both", &known_dee, true, now).await.unwrap();
     store
         .ingest(
             &ws.id,
@@ -183,6 +192,10 @@ pub(super) async fn segments_are_evaluated_in_the_store(store: DynStore) {
         .await
         .unwrap();
     let dee = profile_of(&store, &ws.id, "dee").await;
+    assert_eq!(store.memberships(&ws.id, &dee).await.unwrap(), ["seg_both", "seg_list"]);
+    let loser = if dee == anon_dee { &known_dee } else { &anon_dee };
+    assert!(store.memberships(&ws.id, loser).await.unwrap().is_empty(), "nothing left under the merged-away id");
+    assert!(store.segment_matches(&ws.id, &Filter::List("seg_list".into()), now, &dee).await.unwrap());
     assert_eq!(
         members(&store, &ws.id, json!({"all": [{"trait": "plan", "op": "eq", "value": "trial"}, {"event": "Order Completed", "count": {"eq": 2}}]})).await,
         vec![dee.clone()]
@@ -207,6 +220,7 @@ fn delivery(id: &str, profile: &str, campaign: Option<&str>, run_at: chrono::Dat
         deferred: false,
         run_at,
         event: None,
+        time_zone: None,
     }
 }
 

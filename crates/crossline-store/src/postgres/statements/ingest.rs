@@ -78,6 +78,17 @@ impl IngestTx for PgTx<'_> {
             &[&survivor, &workspace_id, &loser],
         )
         .await?;
+        // Segment memberships (imported lists above all) follow the person; where both were
+        // members, the survivor's stays.
+        tx.execute(
+            "INSERT INTO segment_members (workspace_id, segment_id, profile_id, since)
+             SELECT workspace_id, segment_id, $1, since FROM segment_members WHERE workspace_id = $2 AND profile_id = $3
+             ON CONFLICT DO NOTHING",
+            &[&survivor, &workspace_id, &loser],
+        )
+        .await?;
+        tx.execute("DELETE FROM segment_members WHERE workspace_id = $1 AND profile_id = $2", &[&workspace_id, &loser])
+            .await?;
         tx.execute(
             "UPDATE profiles SET merged_into = $1 WHERE workspace_id = $2 AND merged_into = $3",
             &[&survivor, &workspace_id, &loser],

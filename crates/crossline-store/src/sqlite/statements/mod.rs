@@ -81,6 +81,11 @@ pub(in crate::sqlite) const DELETE_TOMBSTONES: &str =
 
 pub(in crate::sqlite) const DELETE_PROFILE: &str = "DELETE FROM profiles WHERE workspace_id = ?1 AND id = ?2";
 
+/// Segment memberships (imported lists above all) follow the person; where both were members,
+/// the survivor's stays and the loser's is deleted by [`DROP_MEMBERSHIPS`].
+pub(in crate::sqlite) const MOVE_MEMBERSHIPS: &str = "UPDATE OR IGNORE segment_members INDEXED BY segment_members_profile SET profile_id = ?1 WHERE workspace_id = ?2 AND profile_id = ?3";
+pub(in crate::sqlite) const DROP_MEMBERSHIPS: &str =
+    "DELETE FROM segment_members INDEXED BY segment_members_profile WHERE workspace_id = ?1 AND profile_id = ?2";
 pub(in crate::sqlite) const MOVE_CONVERSATIONS: &str = "UPDATE conversations INDEXED BY conversations_profile SET profile_id = ?1 WHERE workspace_id = ?2 AND profile_id = ?3";
 
 pub(in crate::sqlite) const DELETE_CONVERSATION_MESSAGES: &str =
@@ -149,6 +154,8 @@ pub const KEYED_STATEMENTS: &[&str] = &[
     EVENT_BY_SEQ,
     REPOINT_TOMBSTONES,
     TOMBSTONE,
+    MOVE_MEMBERSHIPS,
+    DROP_MEMBERSHIPS,
     IDENTITY_OWNER,
     IDENTITIES_OF,
     MERGED_INTO,
