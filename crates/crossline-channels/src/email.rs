@@ -372,6 +372,10 @@ pub struct EmailSender {
     slots: tokio::sync::Semaphore,
     /// Implicit TLS (`tls: "tls"`) connects through this.
     tls_connector: Option<tokio_rustls::TlsConnector>,
+    /// Addresses never connected to (the egress rules: private ones unless allowed), checked on
+    /// what the host resolves to at each connect, so a name re-pointed after it was saved (DNS
+    /// rebinding) reaches nothing internal.
+    refused: Option<fn(std::net::IpAddr) -> bool>,
 }
 
 impl std::fmt::Debug for EmailSender {
@@ -473,7 +477,14 @@ impl EmailSender {
             slots: tokio::sync::Semaphore::new(config.pool_size.unwrap_or(DEFAULT_POOL_SIZE) as usize),
             tls_connector,
             config,
+            refused: None,
         })
+    }
+
+    /// Never connects to an address `refused` says no to.
+    pub fn refusing(mut self, refused: fn(std::net::IpAddr) -> bool) -> Self {
+        self.refused = Some(refused);
+        self
     }
 
     /// What email carries: a subject, HTML, large bodies; no delivery receipts (bounces arrive
@@ -536,7 +547,20 @@ impl EmailSender {
     /// A new session: TCP (with `TCP_NODELAY`), TLS as configured, EHLO, AUTH.
     async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
         let address = (self.config.host.as_str(), self.config.effective_port());
-        let tcp = tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect(address))
+        let resolved: Vec<std::net::SocketAddr> = tokio::time::timeout(self.timeout, tokio::net::lookup_host(address))
+            .await
+            .map_err(|_| unreachable_server("resolving the host timed out"))?
+            .map_err(unreachable_server)?
+            .collect();
+        let allowed: Vec<std::net::SocketAddr> =
+            resolved.iter().copied().filter(|found| !self.refused.is_some_and(|refused| refused(found.ip()))).collect();
+        if allowed.is_empty() && !resolved.is_empty() {
+            return Err(misconfigured(format!(
+                "{} resolves only to private or reserved addresses, which this server does not connect to",
+                self.config.host
+            )));
+        }
+        let tcp = tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect(&allowed[..]))
             .await
             .map_err(|_| unreachable_server("the connection timed out"))?
             .map_err(unreachable_server)?;
@@ -953,6 +977,24 @@ mod tests {
             assert!(matches!(result, Err(SendError::Permanent { address_unreachable: true, .. })), "{result:?}");
         }
         assert_eq!(refusing.sessions(), 2);
+    }
+
+    /// The address check runs on what the host resolves to at connect time: a server reached by
+    /// a name that now points at a refused address is never connected to.
+    #[tokio::test]
+    async fn refused_addresses_are_checked_at_connect_time() {
+        let sink = crate::smtp_sink::LocalSmtpSink::start(false).await.unwrap();
+        let config = EmailConfig { host: "localhost".into(), ..plain(sink.port) };
+        let sender = EmailSender::new(&config).unwrap().refusing(|ip| ip.is_loopback());
+        let result = sender.send(&email(&[])).await;
+        assert!(
+            matches!(&result, Err(SendError::Misconfigured { message }) if message.contains("private or reserved")),
+            "{result:?}"
+        );
+        assert_eq!(sink.sessions(), 0, "nothing was connected to");
+        let allowed = EmailSender::new(&plain(sink.port)).unwrap().refusing(|ip| ip.is_multicast());
+        allowed.send(&email(&[])).await.unwrap();
+        assert_eq!(sink.accepted(), 1);
     }
 
     #[tokio::test]

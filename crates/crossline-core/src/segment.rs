@@ -11,6 +11,8 @@ use std::fmt;
 pub const MAX_NODES: usize = 100;
 /// Deepest nesting of `all` / `any` / `not`, and of segments referring to segments.
 pub const MAX_DEPTH: usize = 8;
+/// Most conditions a filter has with the segments it refers to inlined.
+pub const MAX_RESOLVED_NODES: usize = 1_000;
 /// The longest trait, property, event or intent name.
 pub const MAX_NAME_LEN: usize = 256;
 /// The longest window in days.
@@ -284,14 +286,34 @@ impl Filter {
         depth: usize,
         chain: &mut Vec<String>,
     ) -> Result<Filter, FilterError> {
+        self.resolve_within(resolve, depth, chain, &mut 0)
+    }
+
+    /// [`Filter::resolve`], counting the nodes made in `made`: a segment may be referenced many
+    /// times over, and without a bound a few segments of a hundred references each would expand
+    /// to more nodes than memory holds.
+    fn resolve_within(
+        &self,
+        resolve: &mut dyn FnMut(&str) -> Option<Filter>,
+        depth: usize,
+        chain: &mut Vec<String>,
+        made: &mut usize,
+    ) -> Result<Filter, FilterError> {
+        *made += 1;
+        if *made > MAX_RESOLVED_NODES {
+            return Err(FilterError {
+                path: "filter".into(),
+                message: format!("with the segments it refers to, it has more than {MAX_RESOLVED_NODES} conditions"),
+            });
+        }
         Ok(match self {
-            Filter::All(items) => {
-                Filter::All(items.iter().map(|f| f.resolve(resolve, depth, chain)).collect::<Result<_, _>>()?)
-            }
-            Filter::Any(items) => {
-                Filter::Any(items.iter().map(|f| f.resolve(resolve, depth, chain)).collect::<Result<_, _>>()?)
-            }
-            Filter::Not(inner) => Filter::Not(Box::new(inner.resolve(resolve, depth, chain)?)),
+            Filter::All(items) => Filter::All(
+                items.iter().map(|f| f.resolve_within(resolve, depth, chain, made)).collect::<Result<_, _>>()?,
+            ),
+            Filter::Any(items) => Filter::Any(
+                items.iter().map(|f| f.resolve_within(resolve, depth, chain, made)).collect::<Result<_, _>>()?,
+            ),
+            Filter::Not(inner) => Filter::Not(Box::new(inner.resolve_within(resolve, depth, chain, made)?)),
             Filter::Segment(id) => {
                 let at = || FilterError { path: format!("segment {id}"), message: String::new() };
                 if chain.iter().any(|seen| seen == id) {
@@ -304,7 +326,7 @@ impl Filter {
                     return Err(FilterError { message: "no such segment".into(), ..at() });
                 };
                 chain.push(id.clone());
-                let resolved = target.resolve(resolve, depth + 1, chain)?;
+                let resolved = target.resolve_within(resolve, depth + 1, chain, made)?;
                 chain.pop();
                 resolved
             }
@@ -633,6 +655,25 @@ mod tests {
             parse(json!({"any": [{"reachable": "sms"}, {"conversation": {"handoff": true, "within_days": 7}}]}))
                 .looks_back()
         );
+    }
+
+    #[test]
+    fn references_cannot_expand_without_bound() {
+        // s0 is one condition; each s(n) refers to s(n-1) 99 times: s7 would be 99^7 nodes.
+        let wide = |n: usize| -> Filter {
+            if n == 0 {
+                return Filter::parse(&json!({"trait": "x", "op": "exists"})).unwrap();
+            }
+            let refs: Vec<Value> = (0..99).map(|_| json!({"segment": format!("s{}", n - 1)})).collect();
+            Filter::parse(&json!({"any": refs})).unwrap()
+        };
+        let mut lookup = |id: &str| id.strip_prefix('s').and_then(|n| n.parse().ok()).map(wide);
+        let started = std::time::Instant::now();
+        let err = wide(7).resolve(&mut lookup, 0, &mut Vec::new()).unwrap_err();
+        assert!(err.message.contains("more than 1000 conditions"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        // One level of 99 references is fine.
+        assert!(wide(1).resolve(&mut lookup, 0, &mut Vec::new()).is_ok());
     }
 
     #[test]

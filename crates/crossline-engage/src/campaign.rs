@@ -232,7 +232,7 @@ impl CampaignSpec {
             if self.treatments.len() > 5 {
                 return Err(fault("treatments", "at most 5 treatments"));
             }
-            let total: u32 = self.treatments.iter().map(|t| t.percent).sum();
+            let total: u64 = self.treatments.iter().map(|t| u64::from(t.percent)).sum();
             if total != 100 {
                 return Err(fault("treatments", format!("percentages sum to {total}, not 100")));
             }
@@ -246,9 +246,20 @@ impl CampaignSpec {
                 time_zone
                     .parse::<chrono_tz::Tz>()
                     .map_err(|_| fault("schedule.time_zone", format!("{time_zone:?} is not an IANA time zone")))?;
-                croner::parser::CronParser::new()
+                let parsed = croner::parser::CronParser::new()
                     .parse(cron)
                     .map_err(|err| fault("schedule.cron", format!("{cron:?} is not a cron expression: {err}")))?;
+                // Each run reads the whole segment: at most one every 15 minutes.
+                let start = DateTime::<Utc>::from_timestamp(1_893_456_000, 0).unwrap_or_default(); // 2030-01-01
+                let mut previous = parsed.find_next_occurrence(&start, false).ok();
+                for _ in 0..8 {
+                    let Some(at) = previous else { break };
+                    let Ok(next) = parsed.find_next_occurrence(&at, false) else { break };
+                    if next - at < chrono::Duration::minutes(15) {
+                        return Err(fault("schedule.cron", "runs at most every 15 minutes"));
+                    }
+                    previous = Some(next);
+                }
             }
             Schedule::Trigger { trigger } => {
                 if trigger.event.trim().is_empty() || trigger.event.len() > 256 {
@@ -263,6 +274,14 @@ impl CampaignSpec {
                 {
                     return Err(fault(&err.path, err.message));
                 }
+            }
+        }
+        if let Some(conversion) = &self.conversion {
+            if conversion.event.trim().is_empty() || conversion.event.len() > 256 {
+                return Err(fault("conversion.event", "must name an event"));
+            }
+            if !(1..=8_760).contains(&conversion.within_hours) {
+                return Err(fault("conversion.within_hours", "must be from 1 to 8760 (a year)"));
             }
         }
         if let Some(per_second) = self.limits.per_second
@@ -355,6 +374,23 @@ mod tests {
         assert_eq!(with("channel", json!("fax")), "channels[0]");
         assert_eq!(with("holdout_percent", json!(80)), "holdout_percent");
         assert_eq!(with("treatments", json!([{"template_id": "a", "percent": 60}])), "treatments");
+        // Percentages that would wrap a u32 to 100 do not.
+        let wrapping = json!([{"template_id": "a", "percent": 4_294_967_295u32}, {"template_id": "b", "percent": 101}]);
+        assert_eq!(with("treatments", wrapping), "treatments");
+        // Every second, every minute: refused; every quarter of an hour, hourly: fine.
+        for cron in ["* * * * * *", "* * * * *", "*/5 * * * *", "0,10 * * * *"] {
+            assert_eq!(with("schedule", json!({"cron": cron, "time_zone": "UTC"})), "schedule.cron", "{cron}");
+        }
+        for cron in ["*/15 * * * *", "0 * * * *", "0 9 * * MON"] {
+            let mut body = base.clone();
+            body["schedule"] = json!({"cron": cron, "time_zone": "UTC"});
+            assert!(CampaignSpec::parse(&body).is_ok(), "{cron}");
+        }
+        assert_eq!(
+            with("conversion", json!({"event": "Order", "within_hours": 4_000_000_000u32})),
+            "conversion.within_hours"
+        );
+        assert_eq!(with("conversion", json!({"event": " ", "within_hours": 24})), "conversion.event");
         let mut missing = base.clone();
         missing.as_object_mut().unwrap().remove("segment_id");
         assert_eq!(CampaignSpec::parse(&missing).unwrap_err().field, "segment_id");

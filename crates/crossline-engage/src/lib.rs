@@ -2,6 +2,7 @@
 //!
 //! - [`policy`] — the one send policy (consent, reachability, quiet hours, frequency caps), pure;
 //! - [`template`] — Liquid templates, MJML for email, text parts, link tracking;
+//! - [`liquid_limits`] — what rendering one template may cost (loops, sizes);
 //! - [`campaign`] — campaign definitions and the per-recipient choices (treatment, holdout);
 //! - [`pipeline::Engage`] — planning runs into deliveries and sending them.
 //!
@@ -10,6 +11,7 @@
 
 pub mod campaign;
 pub mod evaluate;
+pub mod liquid_limits;
 pub mod lists;
 pub mod pipeline;
 pub mod policy;

@@ -26,6 +26,9 @@ pub struct CsvError {
     pub message: String,
 }
 
+/// The most columns a list may have.
+pub const MAX_COLUMNS: usize = 64;
+
 /// Parses a list: a header of identity kinds (`user_id`, `email`, `phone`, ...; other columns are
 /// ignored), then one row per person; values are normalised as ingestion does (phones in
 /// `default_region`). Quoted fields (`"a, b"`, `""` for a quote) are understood.
@@ -90,7 +93,16 @@ fn fields(line: &str, number: usize) -> Result<Vec<String>, CsvError> {
                 field.push('"');
             }
             ('"', true) => quoted = false,
-            (',', false) => fields.push(String::new()),
+            (',', false) => {
+                if fields.len() >= MAX_COLUMNS {
+                    return Err(CsvError {
+                        line: number,
+                        column: fields.len() + 1,
+                        message: format!("more than {MAX_COLUMNS} columns"),
+                    });
+                }
+                fields.push(String::new())
+            }
             (c, _) => field.push(c),
         }
     }
@@ -114,5 +126,8 @@ mod tests {
         assert_eq!((err.line, err.column), (3, 1));
         assert!(parse_csv("name,age\nann,3\n", "US").unwrap_err().message.contains("header"));
         assert_eq!(parse_csv("email\n\"open\n", "US").unwrap_err().line, 2);
+        let wide = format!("user_id\n{}\n", ",".repeat(1_000_000));
+        let err = parse_csv(&wide, "US").unwrap_err();
+        assert_eq!((err.line, err.column), (2, 65), "{err}");
     }
 }

@@ -24,6 +24,7 @@ use crossline_store::engage::{
     Delivery, DeliveryCount, DeliveryStatus, DeliveryUpdate, EngageObject, NewDelivery, ObjectKind, RecipientFacts,
 };
 use crossline_store::{DynStore, StoreError};
+use futures::FutureExt;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -188,6 +189,13 @@ impl Engage {
             .put_channel(workspace_id, SETTINGS_KEY, &serde_json::to_value(&settings).unwrap_or_default())
             .await?;
         Ok(settings)
+    }
+
+    /// A filter not yet stored (a new segment's) resolved among the workspace's segments: a
+    /// reference that is missing, circular or expands too far is an error naming it.
+    pub async fn resolve_filter(&self, workspace_id: &str, filter: &Filter) -> Result<Filter, EngageError> {
+        let segments = self.store.objects(workspace_id, ObjectKind::Segment).await?;
+        resolve_filter_among(&segments, filter)
     }
 
     /// A segment's filter with every reference resolved (lists become membership lookups).
@@ -622,6 +630,9 @@ impl Engage {
                 };
                 let mut runs = fresh.body.get("planned_runs").and_then(Value::as_array).cloned().unwrap_or_default();
                 runs.push(run.into());
+                // Only the current run is ever looked up: a recurring campaign keeps its last 50.
+                let excess = runs.len().saturating_sub(50);
+                runs.drain(..excess);
                 fresh.body["planned_runs"] = Value::Array(runs);
                 self.store.put_object(&workspace_id, &fresh).await?;
                 continue;
@@ -757,7 +768,18 @@ impl Engage {
                 }
             };
             let handled = match serde_json::from_slice::<StreamBatch>(&delivery.message().payload) {
-                Ok(batch) => self.on_events(&batch, Utc::now()).await,
+                // A bug that panics on one batch must not stop the listener for every workspace
+                // (nor, redelivered, on every node): the batch is logged and skipped.
+                Ok(batch) => {
+                    match std::panic::AssertUnwindSafe(self.on_events(&batch, Utc::now())).catch_unwind().await {
+                        Ok(handled) => handled,
+                        Err(_) => {
+                            metrics::counter!("crossline_panics_total", "where" => "engage_listener").increment(1);
+                            tracing::error!(workspace = %batch.workspace_id, "handling an event batch panicked; skipped");
+                            Ok(())
+                        }
+                    }
+                }
                 Err(err) => {
                     tracing::warn!(error = %err, "an event batch on the bus could not be read; skipped");
                     Ok(())
@@ -944,7 +966,10 @@ impl Engage {
         event: &StreamEvent,
         now: DateTime<Utc>,
     ) -> Result<(), EngageError> {
-        let since = event.timestamp - Duration::hours(i64::from(conversion.within_hours));
+        let Some(since) = event.timestamp.checked_sub_signed(Duration::hours(i64::from(conversion.within_hours)))
+        else {
+            return Ok(());
+        };
         let deliveries = self.store.profile_deliveries(workspace_id, &profile.id, since, 100).await?;
         let converted = deliveries.into_iter().find(|delivery| {
             delivery.new.campaign_id.as_deref() == Some(campaign.id.as_str())
@@ -991,8 +1016,8 @@ impl Engage {
         let (treatment, template_id) = spec.assign(plan.campaign_id, &profile.id);
         let mut row = NewDelivery {
             // Time-ordered: the table is clustered on the id, so a run's rows are written (and
-            // claimed) side by side; 74 random bits keep the public links unguessable.
-            id: crossline_core::ids::new_id("dlv"),
+            // claimed) side by side; 80 random bits keep the public links unguessable.
+            id: crossline_core::ids::new_sortable_secret_id("dlv"),
             // One delivery per run and profile: its treatment and channel follow from them.
             idempotency_key: format!("{}:{}", plan.run_id, profile.id),
             campaign_id: Some(plan.campaign_id.to_owned()),
@@ -1364,16 +1389,18 @@ impl Engage {
         let key = match stored.as_ref().and_then(|value| value.get("key")).and_then(Value::as_str) {
             Some(key) => hex::decode(key).unwrap_or_default(),
             None => {
-                let key: [u8; 32] = rand::random();
-                self.store.put_channel(workspace_id, LINK_KEY, &json!({"key": hex::encode(key)})).await?;
-                // Two nodes racing to make it: the one stored last wins, and is read back.
-                let stored = self.store.channel(workspace_id, LINK_KEY).await?;
-                stored
-                    .and_then(|value| value.get("key").and_then(Value::as_str).map(str::to_owned))
-                    .and_then(|key| hex::decode(key).ok())
-                    .unwrap_or_else(|| key.to_vec())
+                // Two nodes racing to make it: the first one stored is the one both use.
+                let made: [u8; 32] = rand::random();
+                let stored =
+                    self.store.init_channel(workspace_id, LINK_KEY, &json!({"key": hex::encode(made)})).await?;
+                stored.get("key").and_then(Value::as_str).and_then(|key| hex::decode(key).ok()).unwrap_or_default()
             }
         };
+        if key.len() != 32 {
+            return Err(EngageError::Store(StoreError::Backend(format!(
+                "the link key of {workspace_id} is not 32 bytes"
+            ))));
+        }
         self.link_keys.lock().expect("link keys").insert(workspace_id.to_owned(), key.clone());
         Ok(key)
     }
@@ -1430,7 +1457,11 @@ impl Engage {
         }
         let config: EmailConfig =
             serde_json::from_value(raw.clone()).map_err(|err| Outcome::Misconfigured(err.to_string()))?;
-        let sender = Arc::new(EmailSender::new(&config).map_err(Outcome::from)?);
+        let mut sender = EmailSender::new(&config).map_err(Outcome::from)?;
+        if !self.egress.rules().allow_private {
+            sender = sender.refusing(crossline_engine::egress::is_refused);
+        }
+        let sender = Arc::new(sender);
         self.email.lock().expect("email senders").insert(workspace_id.to_owned(), (raw, sender.clone()));
         Ok(sender)
     }
@@ -1498,11 +1529,10 @@ impl Engage {
                 } else {
                     update.status = DeliveryStatus::Queued;
                     update.reason = Some(message);
-                    update.run_at = Some(
-                        now + retry_after
-                            .map(|d| Duration::from_std(d).unwrap_or(Duration::seconds(60)))
-                            .unwrap_or_else(|| backoff(delivery.attempts)),
-                    );
+                    let wait = retry_after
+                        .map(|d| Duration::from_std(d).unwrap_or(Duration::days(1)).min(Duration::days(1)))
+                        .unwrap_or_else(|| backoff(delivery.attempts));
+                    update.run_at = Some(now.checked_add_signed(wait).unwrap_or(now));
                 }
             }
             Err(Outcome::Unavailable(message)) => {
@@ -1630,12 +1660,17 @@ pub struct StreamEvent {
     pub profile_id: Option<String>,
 }
 
-/// A segment's filter resolved among a workspace's segments (references inlined, lists as
-/// membership lookups); a missing segment or a cycle is an error naming it.
 /// The job queue of segment refreshes.
 pub const REFRESH_QUEUE: &str = "segment.refresh";
 
+/// A segment's filter resolved among a workspace's segments (references inlined, lists as
+/// membership lookups); a missing segment, a cycle or an expansion past
+/// [`crossline_core::segment::MAX_RESOLVED_NODES`] is an error naming it.
 fn resolve_among(segments: &[EngageObject], segment_id: &str) -> Result<Filter, EngageError> {
+    resolve_filter_among(segments, &Filter::Segment(segment_id.to_owned()))
+}
+
+fn resolve_filter_among(segments: &[EngageObject], filter: &Filter) -> Result<Filter, EngageError> {
     let by_id: HashMap<&str, &EngageObject> = segments.iter().map(|s| (s.id.as_str(), s)).collect();
     let mut lookup = |id: &str| -> Option<Filter> {
         let segment = by_id.get(id)?;
@@ -1644,7 +1679,7 @@ fn resolve_among(segments: &[EngageObject], segment_id: &str) -> Result<Filter, 
             _ => Some(Filter::List(id.to_owned())),
         }
     };
-    Filter::Segment(segment_id.to_owned())
+    filter
         .resolve(&mut lookup, 0, &mut Vec::new())
         .map_err(|err| EngageError::NotFound(format!("{}: {}", err.path, err.message)))
 }

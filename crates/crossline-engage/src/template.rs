@@ -290,9 +290,67 @@ const _: fn() = || {
 fn parser() -> &'static liquid::Parser {
     static PARSER: OnceLock<liquid::Parser> = OnceLock::new();
     PARSER.get_or_init(|| {
-        liquid::ParserBuilder::with_stdlib()
-            .build()
-            .expect("the Liquid standard library has no partials and always builds")
+        use crate::liquid_limits::{CaptureBlock, Checked, JoinFilter, LoopTag, ReplaceFilter};
+        use liquid_lib::stdlib;
+        // Every standard filter's result is checked for size; `replace`, `replace_first` and
+        // `join` know theirs beforehand; captures are bounded; loops are counted.
+        let checked: Vec<Box<dyn liquid_core::ParseFilter>> = vec![
+            Box::new(stdlib::Abs),
+            Box::new(stdlib::Append),
+            Box::new(stdlib::AtLeast),
+            Box::new(stdlib::AtMost),
+            Box::new(stdlib::Capitalize),
+            Box::new(stdlib::Ceil),
+            Box::new(stdlib::Compact),
+            Box::new(stdlib::Concat),
+            Box::new(stdlib::Date),
+            Box::new(stdlib::Default),
+            Box::new(stdlib::DividedBy),
+            Box::new(stdlib::Downcase),
+            Box::new(stdlib::Escape),
+            Box::new(stdlib::EscapeOnce),
+            Box::new(stdlib::First),
+            Box::new(stdlib::Floor),
+            Box::new(stdlib::Last),
+            Box::new(stdlib::Lstrip),
+            Box::new(stdlib::Map),
+            Box::new(stdlib::Minus),
+            Box::new(stdlib::Modulo),
+            Box::new(stdlib::NewlineToBr),
+            Box::new(stdlib::Plus),
+            Box::new(stdlib::Prepend),
+            Box::new(stdlib::Remove),
+            Box::new(stdlib::RemoveFirst),
+            Box::new(stdlib::Reverse),
+            Box::new(stdlib::Round),
+            Box::new(stdlib::Rstrip),
+            Box::new(stdlib::Size),
+            Box::new(stdlib::Slice),
+            Box::new(stdlib::Sort),
+            Box::new(stdlib::SortNatural),
+            Box::new(stdlib::Split),
+            Box::new(stdlib::Strip),
+            Box::new(stdlib::StripHtml),
+            Box::new(stdlib::StripNewlines),
+            Box::new(stdlib::Times),
+            Box::new(stdlib::Truncate),
+            Box::new(stdlib::TruncateWords),
+            Box::new(stdlib::Uniq),
+            Box::new(stdlib::Upcase),
+            Box::new(stdlib::UrlDecode),
+            Box::new(stdlib::UrlEncode),
+            Box::new(stdlib::Where),
+        ];
+        let mut builder = liquid::ParserBuilder::with_stdlib()
+            .tag(LoopTag)
+            .block(CaptureBlock)
+            .filter(ReplaceFilter { first: false })
+            .filter(ReplaceFilter { first: true })
+            .filter(JoinFilter);
+        for filter in checked {
+            builder = builder.filter(Checked(filter));
+        }
+        builder.build().expect("the Liquid standard library has no partials and always builds")
     })
 }
 
@@ -324,7 +382,45 @@ fn is_mjml(body: &str) -> bool {
         .is_some_and(|rest| rest.starts_with(|c: char| c == '>' || c.is_whitespace()))
 }
 
+/// The deepest MJML/HTML element nesting `mrml` may parse: it recurses once per level.
+const MAX_MARKUP_DEPTH: usize = 100;
+
+/// How deep elements nest in `markup` (void and self-closed elements do not count; comments
+/// are skipped). One pass: a tag that never closes ends the count.
+fn markup_depth(markup: &str) -> usize {
+    const VOID: [&str; 14] =
+        ["area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source", "track", "wbr"];
+    let (mut depth, mut deepest, mut at) = (0usize, 0usize, 0usize);
+    while let Some(found) = markup[at..].find('<') {
+        let start = at + found;
+        let rest = &markup[start + 1..];
+        if rest.starts_with("!--") {
+            at = rest.find("-->").map_or(markup.len(), |end| start + 1 + end + 3);
+            continue;
+        }
+        let Some(end) = rest.find('>') else { break };
+        let tag = &rest[..end];
+        at = start + 1 + end + 1;
+        if let Some(closing) = tag.strip_prefix('/') {
+            if !closing.is_empty() {
+                depth = depth.saturating_sub(1);
+            }
+            continue;
+        }
+        let name: String = tag.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+        if name.is_empty() || tag.ends_with('/') || VOID.contains(&name.to_ascii_lowercase().as_str()) {
+            continue;
+        }
+        depth += 1;
+        deepest = deepest.max(depth);
+    }
+    deepest
+}
+
 fn mjml_to_html(body: &str) -> Result<String, TemplateError> {
+    if markup_depth(body) > MAX_MARKUP_DEPTH {
+        return Err(TemplateError::new("body", 1, 1, format!("elements nest deeper than {MAX_MARKUP_DEPTH}")));
+    }
     let lead = body.len() - body.trim_start().len();
     // Same byte length as `body`, so mrml's offsets are offsets into `body` too.
     let protected = protect_liquid(body);
@@ -618,17 +714,47 @@ struct CustomCall {
     args: Vec<(usize, usize)>,
 }
 
-/// Turns each `{{ x | money: "EUR" }}` into `OPEN 0 SEP {{ "EUR" }} SEP {{ x }} CLOSE`.
+/// The deepest nesting of Liquid blocks (`if`, `for`, `capture`, …), and of `[`/`(` within one
+/// tag: Liquid's parser recurses on both, and a few thousand levels would overflow the stack.
+const MAX_NESTING: usize = 32;
+
+/// Turns each `{{ x | money: "EUR" }}` into `OPEN 0 SEP {{ "EUR" }} SEP {{ x }} CLOSE`, and starts
+/// the body of every `for` and `tablerow` with the tag counting its passes
+/// ([`crate::liquid_limits`]); refuses nesting past [`MAX_NESTING`] and ranges that are not
+/// numbers written in the template.
 fn rewrite_custom_filters(src: &str) -> Result<Rewritten, (usize, String)> {
     let mut out = Rewritten { text: String::with_capacity(src.len() + 32), ..Rewritten::default() };
     let mut copied = 0;
     let mut pos = 0;
+    let mut depth = 0usize;
     while let Some(tok) = next_token(src, pos) {
         pos = tok.end;
+        if bracket_depth(&src[tok.start..tok.end]) > MAX_NESTING {
+            return Err((tok.start, format!("brackets nest deeper than {MAX_NESTING}")));
+        }
         match tok.kind {
             TokenKind::Tag => match tag_name(src, tok) {
                 "raw" => pos = skip_block(src, tok.end, "raw", "endraw", false),
                 "comment" => pos = skip_block(src, tok.end, "comment", "endcomment", true),
+                name @ ("for" | "tablerow" | "if" | "unless" | "case" | "capture" | "ifchanged") => {
+                    depth += 1;
+                    if depth > MAX_NESTING {
+                        return Err((tok.start, format!("blocks nest deeper than {MAX_NESTING}")));
+                    }
+                    if matches!(name, "for" | "tablerow") {
+                        check_loop_range(src, tok)?;
+                        out.copy(src, copied, tok.end);
+                        // The loop's own `-%}` trims what follows; the inserted tag now does.
+                        let trims = src[..tok.end].ends_with("-%}");
+                        let pass = crate::liquid_limits::LOOP_TAG;
+                        let tag = if trims { format!("{{%- {pass} -%}}") } else { format!("{{% {pass} %}}") };
+                        out.insert(&tag, tok.end);
+                        copied = tok.end;
+                    }
+                }
+                "endfor" | "endtablerow" | "endif" | "endunless" | "endcase" | "endcapture" | "endifchanged" => {
+                    depth = depth.saturating_sub(1);
+                }
                 _ => {}
             },
             TokenKind::Output => {
@@ -642,6 +768,60 @@ fn rewrite_custom_filters(src: &str) -> Result<Rewritten, (usize, String)> {
     }
     out.copy(src, copied, src.len());
     Ok(out)
+}
+
+/// The deepest nesting of `[` and `(` outside string literals.
+fn bracket_depth(text: &str) -> usize {
+    let (mut depth, mut deepest, mut quote) = (0usize, 0usize, None);
+    for b in text.bytes() {
+        match (quote, b) {
+            (Some(q), _) if b == q => quote = None,
+            (Some(_), _) => {}
+            (None, b'"' | b'\'') => quote = Some(b),
+            (None, b'[' | b'(') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (None, b']' | b')') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// A loop over a range walks whole numbers written in the template, at most
+/// [`crate::liquid_limits::MAX_RANGE`] of them: Liquid makes the whole range before the first pass,
+/// and a bound from a variable would let a trait (anyone with the write key) choose its length.
+fn check_loop_range(src: &str, tok: Token) -> Result<(), (usize, String)> {
+    use crate::liquid_limits::MAX_RANGE;
+    let inner = &src[tok.start..tok.end];
+    let mut quote = None;
+    let mut open = None;
+    for (i, b) in inner.bytes().enumerate() {
+        match (quote, b) {
+            (Some(q), _) if b == q => quote = None,
+            (Some(_), _) => {}
+            (None, b'"' | b'\'') => quote = Some(b),
+            (None, b'(') => {
+                open = Some(i);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let Some(open) = open else { return Ok(()) };
+    let at = tok.start + open;
+    let fault = || {
+        (at, format!("a loop's range must be two whole numbers written here, at most {MAX_RANGE} apart, like (1..10)"))
+    };
+    let close = inner[open..].find(')').ok_or_else(fault)? + open;
+    let (start, end) = inner[open + 1..close].split_once("..").ok_or_else(fault)?;
+    let (start, end) =
+        (start.trim().parse::<i64>().map_err(|_| fault())?, end.trim().parse::<i64>().map_err(|_| fault())?);
+    if end.saturating_sub(start) >= MAX_RANGE {
+        return Err(fault());
+    }
+    Ok(())
 }
 
 fn custom_call(src: &str, tok: Token) -> Result<Option<CustomCall>, (usize, String)> {
@@ -1087,15 +1267,32 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 // ---------------------------------------------------------------------------------------------
 
 fn render_part(part: &Part, globals: &Globals<'_>, field: &str, time_zone: Tz) -> Result<String, TemplateError> {
-    let rendered = part
-        .template
-        .render(globals)
-        .map_err(|err| TemplateError::new(field, 1, 1, summarize_render_error(&err.to_string())))?;
+    use crate::liquid_limits::{CappedWriter, MAX_OUTPUT_BYTES, with_loop_budget};
+    let mut output = CappedWriter::new(MAX_OUTPUT_BYTES);
+    let rendered = with_loop_budget(|| part.template.render_to(&mut output, globals));
+    if output.exceeded {
+        let message = format!("the rendered {field} is longer than {} KiB", MAX_OUTPUT_BYTES / 1024);
+        return Err(TemplateError::new(field, 1, 1, message));
+    }
+    rendered.map_err(|err| TemplateError::new(field, 1, 1, summarize_render_error(&err.to_string())))?;
+    let rendered = String::from_utf8(output.bytes)
+        .map_err(|_| TemplateError::new(field, 1, 1, "the rendered text is not UTF-8"))?;
     Ok(apply_hooks(rendered, &part.hooks, time_zone))
 }
 
+/// The subject on one line (no header can be injected) and at most [`MAX_SUBJECT_BYTES`] long
+/// (a trait may be long; a header line may not), cut at a character boundary.
 fn single_line(subject: String) -> String {
-    if subject.contains(['\r', '\n']) { subject.replace("\r\n", " ").replace(['\r', '\n'], " ") } else { subject }
+    let mut subject =
+        if subject.contains(['\r', '\n']) { subject.replace("\r\n", " ").replace(['\r', '\n'], " ") } else { subject };
+    if subject.len() > MAX_SUBJECT_BYTES {
+        let mut end = MAX_SUBJECT_BYTES;
+        while !subject.is_char_boundary(end) {
+            end -= 1;
+        }
+        subject.truncate(end);
+    }
+    subject
 }
 
 static UNDEFINED: Undefined = Undefined;
@@ -1619,11 +1816,20 @@ pub fn html_to_text(html: &str) -> String {
             text_start = i;
             continue;
         }
-        let Some(tag) = parse_tag(html, i) else {
+        let tag = match parse_tag(html, i) {
+            Ok(tag) => tag,
             // Not markup (`a < b`): the `<` stays as text.
-            text_start = i;
-            i += 1;
-            continue;
+            Err(NotTag::Text) => {
+                text_start = i;
+                i += 1;
+                continue;
+            }
+            // A tag that never closes runs to the end: the rest is text. (Trying again at each
+            // later `<` would scan the rest once per `<`: quadratic in a hostile body.)
+            Err(NotTag::Unterminated) => {
+                text_start = i;
+                break;
+            }
         };
         i = tag.end;
         text_start = i;
@@ -1666,7 +1872,15 @@ struct TagInfo<'h> {
     end: usize,
 }
 
-fn parse_tag(html: &str, start: usize) -> Option<TagInfo<'_>> {
+/// Why a `<` does not start a tag.
+enum NotTag {
+    /// It is followed by no tag name (`a < b`).
+    Text,
+    /// The tag's `>` never comes.
+    Unterminated,
+}
+
+fn parse_tag(html: &str, start: usize) -> Result<TagInfo<'_>, NotTag> {
     let bytes = html.as_bytes();
     let mut j = start + 1;
     let closing = bytes.get(j) == Some(&b'/');
@@ -1676,7 +1890,7 @@ fn parse_tag(html: &str, start: usize) -> Option<TagInfo<'_>> {
     let name_start = j;
     match bytes.get(j) {
         Some(b) if b.is_ascii_alphabetic() || *b == b'!' || *b == b'?' => {}
-        _ => return None,
+        _ => return Err(NotTag::Text),
     }
     while j < bytes.len() && (bytes[j].is_ascii_alphanumeric() || matches!(bytes[j], b'!' | b'?' | b'-' | b':' | b'_'))
     {
@@ -1698,7 +1912,7 @@ fn parse_tag(html: &str, start: usize) -> Option<TagInfo<'_>> {
                     quote = Some(b);
                 } else if b == b'>' {
                     let attrs = &html[attrs_start..j];
-                    return Some(TagInfo {
+                    return Ok(TagInfo {
                         name,
                         closing,
                         self_closing: attrs.trim_end().ends_with('/'),
@@ -1710,7 +1924,7 @@ fn parse_tag(html: &str, start: usize) -> Option<TagInfo<'_>> {
         }
         j += 1;
     }
-    None
+    Err(NotTag::Unterminated)
 }
 
 fn lower_name<'b>(name: &str, buf: &'b mut [u8; 16]) -> &'b str {
@@ -1965,7 +2179,8 @@ fn push_escaped(out: &mut String, s: &str) {
     }
 }
 
-fn is_http_url(url: &str) -> bool {
+/// Whether `url` is http(s), the scheme in any case (as browsers read it).
+pub fn is_http_url(url: &str) -> bool {
     let bytes = url.as_bytes();
     bytes.get(..7).is_some_and(|p| p.eq_ignore_ascii_case(b"http://"))
         || bytes.get(..8).is_some_and(|p| p.eq_ignore_ascii_case(b"https://"))
@@ -2035,6 +2250,63 @@ mod tests {
 
     fn sms(body: &str) -> Result<CompiledTemplate, TemplateError> {
         compile(&source("sms", None, body))
+    }
+
+    fn sms_text(body: &str) -> Result<String, TemplateError> {
+        let profile = profile();
+        sms(body)?.render(&context(&profile, None, Tz::UTC)).map(|rendered| rendered.text)
+    }
+
+    /// What a hostile (or careless) template can cost is bounded: refused when it is saved, or
+    /// failing fast when it is rendered, never running away with the server's memory or time.
+    #[test]
+    fn templates_cannot_run_away() {
+        let started = std::time::Instant::now();
+        // Ranges: whole numbers written in the template, at most 10,000 apart.
+        for body in ["{% for i in (1..300000000) %}x{% endfor %}", "{% for i in (1..profile.traits.n) %}x{% endfor %}"]
+        {
+            let err = sms(body).unwrap_err();
+            assert!(err.message.contains("range"), "{body}: {err}");
+        }
+        assert_eq!(sms_text("{% for i in (1..3) %}{{ i }}{% endfor %}").unwrap(), "123");
+        // Whitespace control is kept around the inserted counter.
+        assert_eq!(sms_text("{%- for i in (1..3) -%}\n {{ i }} \n{%- endfor -%}").unwrap(), "123");
+        assert_eq!(sms_text("{% tablerow i in (1..2) %}{{ i }}{% endtablerow %}").unwrap().matches("<td").count(), 2);
+        // Loops: 10,000 passes in all.
+        let nested = "{% for i in (1..10000) %}{% for j in (1..10000) %}{% endfor %}{% endfor %}";
+        assert!(sms_text(nested).unwrap_err().message.contains("more than 10000 times"));
+        // Growth: a doubling string, a doubling capture, a multiplying replace, a long join.
+        let doubling = "{% assign s = \"xxxxxxxx\" %}{% for i in (1..40) %}{% assign s = s | append: s %}{% endfor %}{{ s | size }}";
+        assert!(sms_text(doubling).unwrap_err().message.contains("longer than 256 KiB"));
+        let capture = "{% capture s %}x{% endcapture %}{% for i in (1..40) %}{% capture s %}{{ s }}{{ s }}{% endcapture %}{% endfor %}";
+        assert!(sms_text(capture).unwrap_err().message.contains("more than 256 KiB"));
+        let replace = format!("{{% assign a = \"{}\" %}}{{{{ a | replace: \"a\", a }}}}", "a".repeat(1000));
+        assert!(sms_text(&replace).unwrap_err().message.contains("longer than 256 KiB"));
+        assert_eq!(
+            sms_text("{{ \"a-b-c\" | replace: \"-\", \"+\" }} {{ \"a-b\" | replace_first: \"-\", \"\" }}").unwrap(),
+            "a+b+c ab"
+        );
+        assert_eq!(
+            sms_text("{{ \"a,b,c\" | split: \",\" | join: \"; \" }} {{ \"x y\" | split: \" \" | join }}").unwrap(),
+            "a; b; c x y"
+        );
+        // Output: at most 1 MiB per field.
+        let wide = format!("{{% for i in (1..10000) %}}{}{{% endfor %}}", "y".repeat(200));
+        assert!(sms_text(&wide).unwrap_err().message.contains("longer than 1024 KiB"));
+        // Nesting that would overflow a parser's stack is refused at once.
+        let deep_if = format!("{}x{}", "{% if a %}".repeat(20_000), "{% endif %}".repeat(20_000));
+        assert!(sms(&deep_if).unwrap_err().message.contains("nest deeper"));
+        let deep_index = format!("{{{{ {}1{} }}}}", "a[".repeat(50_000), "]".repeat(50_000));
+        assert!(sms(&deep_index).unwrap_err().message.contains("nest deeper"));
+        let deep_mjml = format!("<mjml><mj-body><mj-raw>{}</mj-raw></mj-body></mjml>", "<b>".repeat(170_000));
+        let err = compile(&source("email", Some("Hi"), &deep_mjml)).unwrap_err();
+        assert!(err.message.contains("nest deeper"), "{err}");
+        // The text part of a body of unclosed `<` is made in one pass.
+        let unclosed = "<a".repeat(200_000);
+        let text_started = std::time::Instant::now();
+        assert!(html_to_text(&unclosed).starts_with("<a<a"));
+        assert!(text_started.elapsed() < std::time::Duration::from_secs(1));
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
     }
 
     fn render_sms(body: &str, event: Option<&serde_json::Value>, time_zone: Tz) -> String {
@@ -2292,6 +2564,11 @@ mod tests {
             .expect("compiles");
         let rendered = template.render(&context(&profile, None, chrono_tz::UTC)).expect("renders");
         assert_eq!(rendered.subject.as_deref(), Some("Hello Ada Bcc: evil@x.test Bye"));
+        // A long trait makes a subject cut to a header's length, at a character boundary.
+        let long = json!({"id": "p", "traits": {"first_name": "é".repeat(3000)}});
+        let rendered = template.render(&context(&long, None, chrono_tz::UTC)).expect("renders");
+        let subject = rendered.subject.expect("a subject");
+        assert!(subject.len() <= MAX_SUBJECT_BYTES && subject.len() > 990, "{}", subject.len());
     }
 
     #[test]

@@ -230,7 +230,8 @@ impl Egress {
                 .get("retry-after")
                 .and_then(|value| value.to_str().ok())
                 .and_then(|value| value.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+                // A day at most: whatever the far end asks, a retry stays within reach.
+                .map(|seconds| Duration::from_secs(seconds.min(86_400)));
             let limit = self.rules.max_response_bytes;
             if response.content_length().is_some_and(|length| length > limit as u64) {
                 return Err(EgressError::TooLarge { limit });

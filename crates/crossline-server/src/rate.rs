@@ -53,22 +53,52 @@ impl Default for PublicLimits {
     }
 }
 
-/// The client's address: the TCP peer, when the server runs with connect info (it does in [`crate::run`]).
+/// The client's address: the TCP peer, when the server runs with connect info (it does in
+/// [`crate::run`]) — or, with `trust_proxy`, the address the reverse proxy in front saw (the last
+/// `X-Forwarded-For` entry, which that proxy appended), so clients behind one proxy are not limited
+/// as one.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerIp(pub Option<IpAddr>);
 
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerIp {
+impl axum::extract::FromRequestParts<crate::state::AppState> for PeerIp {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &crate::state::AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if state.settings.trust_proxy
+            && let Some(forwarded) = last_forwarded_for(&parts.headers)
+        {
+            return Ok(PeerIp(Some(forwarded)));
+        }
         let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
         Ok(PeerIp(peer.map(|info| info.0.ip())))
     }
 }
 
+/// The last address of the `X-Forwarded-For` headers (a proxy appends the peer it saw).
+fn last_forwarded_for(headers: &axum::http::HeaderMap) -> Option<IpAddr> {
+    let last = headers.get_all("x-forwarded-for").iter().filter_map(|value| value.to_str().ok()).next_back()?;
+    let entry = last.rsplit(',').next()?.trim();
+    entry.parse::<IpAddr>().ok().or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|address| address.ip()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_proxy_appended_address_is_the_last() {
+        let mut headers = axum::http::HeaderMap::new();
+        assert_eq!(last_forwarded_for(&headers), None);
+        headers.append("x-forwarded-for", "198.51.100.9, 203.0.113.5".parse().unwrap());
+        assert_eq!(last_forwarded_for(&headers), Some("203.0.113.5".parse().unwrap()));
+        headers.append("x-forwarded-for", "[2001:db8::1]:443".parse().unwrap());
+        assert_eq!(last_forwarded_for(&headers), Some("2001:db8::1".parse().unwrap()));
+        headers.append("x-forwarded-for", "not an address".parse().unwrap());
+        assert_eq!(last_forwarded_for(&headers), None);
+    }
 
     #[test]
     fn ipv6_clients_are_limited_by_their_network() {

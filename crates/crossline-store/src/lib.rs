@@ -234,6 +234,14 @@ pub trait ConversationStore: Send + Sync {
 pub trait ChannelStore: Send + Sync {
     /// Set a channel's configuration (replacing it).
     async fn put_channel(&self, workspace_id: &str, kind: &str, config: &serde_json::Value) -> StoreResult<()>;
+    /// Stores `config` for `kind` unless one is stored already, and returns what is stored then:
+    /// nodes racing to make a value (a signing key) all end with the same one.
+    async fn init_channel(
+        &self,
+        workspace_id: &str,
+        kind: &str,
+        config: &serde_json::Value,
+    ) -> StoreResult<serde_json::Value>;
     /// A channel's configuration.
     async fn channel(&self, workspace_id: &str, kind: &str) -> StoreResult<Option<serde_json::Value>>;
 }

@@ -330,6 +330,14 @@ async fn channel_configuration(store: DynStore) {
     assert_eq!(store.channel(&acme.id, "twilio").await.unwrap().unwrap()["bot"], "b");
     assert!(store.channel(&globex.id, "twilio").await.unwrap().is_none());
     assert!(store.channel(&acme.id, "alexa").await.unwrap().is_none());
+    // Made once: whoever comes second gets the first one's value, at the same moment too.
+    let (one, two) = (json!({"key": "one"}), json!({"key": "two"}));
+    let (first, second) =
+        tokio::join!(store.init_channel(&acme.id, "link_key", &one), store.init_channel(&acme.id, "link_key", &two));
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(first, second);
+    assert_eq!(store.channel(&acme.id, "link_key").await.unwrap().unwrap(), first);
+    assert_eq!(store.init_channel(&acme.id, "link_key", &json!({"key": "three"})).await.unwrap(), first);
 }
 
 async fn conversations_follow_profiles(store: DynStore) {

@@ -63,6 +63,12 @@ pub async fn save_channel(state: &AppState, workspace: &Workspace, kind: &str, b
             let config =
                 config.validate().map_err(|err| ApiError::bad_request(ErrorCode::InvalidField, err.to_string()))?;
             require_bot(state, &workspace.id, &config.bot).await?;
+            // Messages are sent to the API base from here: the egress rules hold when it is saved.
+            state
+                .egress
+                .check_url(&config.api_base_url)
+                .await
+                .map_err(|err| ApiError::bad_request(ErrorCode::InvalidField, format!("api_base_url: {err}")))?;
             let stored = serde_json::to_value(&config).map_err(ApiError::internal)?;
             state.store.put_channel(&workspace.id, kind.as_str(), &stored).await?;
             Ok(config.public_view())

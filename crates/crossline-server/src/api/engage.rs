@@ -58,6 +58,9 @@ fn object_view(object: &EngageObject) -> Value {
     Value::Object(view)
 }
 
+/// Most segments, templates or campaigns of one workspace.
+pub const MAX_OBJECTS_PER_KIND: usize = 1_000;
+
 async fn new_object(
     state: &AppState,
     workspace_id: &str,
@@ -67,6 +70,14 @@ async fn new_object(
     body: Value,
     status: &str,
 ) -> ApiResult<EngageObject> {
+    // Every event batch is checked against all of a workspace's segments and triggered
+    // campaigns, and schedulers read every campaign: a workspace keeps a bounded number.
+    if state.store.objects(workspace_id, kind).await?.len() >= MAX_OBJECTS_PER_KIND {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("a workspace has at most {MAX_OBJECTS_PER_KIND} {}s; delete one first", kind.as_str()),
+        ));
+    }
     let now = Utc::now();
     let object = EngageObject {
         id: crossline_core::ids::new_id(prefix),
@@ -105,11 +116,15 @@ pub async fn create_segment(
     let stored = match (body.get("filter"), body.get("list").and_then(Value::as_bool)) {
         (Some(filter), _) if !filter.is_null() => {
             let parsed = Filter::parse(filter).map_err(|err| invalid(err.to_string()))?;
-            // References must name segments of this workspace, without cycles.
+            // References must name segments of this workspace, without cycles, and not expand
+            // past the bound when inlined.
             for id in parsed.referenced_segments() {
                 if state.store.object(&workspace.id, ObjectKind::Segment, id).await?.is_none() {
                     return Err(invalid(format!("filter: segment {id} does not exist")));
                 }
+            }
+            if let Err(err) = state.engage.resolve_filter(&workspace.id, &parsed).await {
+                return Err(invalid(format!("filter: {err}")));
             }
             json!({"filter": parsed.to_json()})
         }
@@ -885,7 +900,7 @@ pub async fn click(
         return (StatusCode::NOT_FOUND, Html("<!doctype html><p>This link is not valid.</p>")).into_response();
     };
     match state.engage.verify_link(&workspace_id, &delivery_id, &url, &signature).await {
-        Ok(true) if url.starts_with("https://") || url.starts_with("http://") => {}
+        Ok(true) if crossline_engage::template::is_http_url(&url) => {}
         Ok(_) | Err(EngageError::NotFound(_)) => {
             return (StatusCode::NOT_FOUND, Html("<!doctype html><p>This link is not valid.</p>")).into_response();
         }

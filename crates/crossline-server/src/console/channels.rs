@@ -352,15 +352,30 @@ async fn load(state: &AppState, workspace: &Workspace, headers: &HeaderMap) -> R
 }
 
 /// A stored secret of a channel (`password`, `auth_token`), to keep when its field was left empty.
+/// The stored secret (`field`) a form left empty may keep — only while the fields in `bound` (where
+/// the secret is sent: host, port, login, API base) are as stored, so nobody who cannot read the
+/// secret can have it sent to a server of their choosing. `Err(())` when one changed.
 async fn stored_secret(
     state: &AppState,
     workspace_id: &str,
     kind: ChannelKind,
     field: &str,
-) -> Result<Option<String>, ConsoleError> {
+    bound: &[(&str, &str)],
+) -> Result<Result<Option<String>, ()>, ConsoleError> {
     let stored = state.store.channel(workspace_id, kind.as_str()).await?;
-    let secret = stored.as_ref().and_then(|stored| stored.get(field)).and_then(Value::as_str);
-    Ok(secret.filter(|secret| !secret.is_empty()).map(str::to_owned))
+    let Some(stored) = stored else { return Ok(Ok(None)) };
+    let Some(secret) = stored.get(field).and_then(Value::as_str).filter(|secret| !secret.is_empty()) else {
+        return Ok(Ok(None));
+    };
+    let as_stored = |name: &str| match stored.get(name) {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(text)) => text.trim().to_owned(),
+        Some(other) => other.to_string(),
+    };
+    if bound.iter().any(|(name, typed)| as_stored(name) != typed.trim()) {
+        return Ok(Err(()));
+    }
+    Ok(Ok(Some(secret.to_owned())))
 }
 
 /// What a save came to: None when it was stored, else the status and the message to show. A
@@ -413,10 +428,19 @@ pub async fn save_smtp(
     let Some(workspace) = &session.workspace else {
         return Ok(Redirect::to("/").into_response());
     };
-    let stored_password = stored_secret(&state, &workspace.id, ChannelKind::Email, "password").await?;
-    let refusal = match form.body(stored_password) {
-        Ok(body) => outcome(api::save_channel(&state, workspace, ChannelKind::Email.as_str(), body).await)?,
-        Err(fault) => Some((StatusCode::BAD_REQUEST, fault)),
+    let bound = [("host", form.host.as_str()), ("username", form.username.as_str())];
+    let stored = stored_secret(&state, &workspace.id, ChannelKind::Email, "password", &bound).await?;
+    let refusal = match stored {
+        Err(()) if form.password.is_empty() && !form.username.trim().is_empty() => Some((
+            StatusCode::BAD_REQUEST,
+            "password: type it again — the host or username changed, and the stored password is only sent \
+             where it was given for"
+                .to_owned(),
+        )),
+        stored => match form.body(stored.unwrap_or_default()) {
+            Ok(body) => outcome(api::save_channel(&state, workspace, ChannelKind::Email.as_str(), body).await)?,
+            Err(fault) => Some((StatusCode::BAD_REQUEST, fault)),
+        },
     };
     let Some((status, fault)) = refusal else {
         return Ok(Redirect::to(&saved_url(ChannelsForm::Smtp)).into_response());
@@ -437,9 +461,25 @@ pub async fn save_twilio(
     let Some(workspace) = &session.workspace else {
         return Ok(Redirect::to("/").into_response());
     };
-    let stored_token = stored_secret(&state, &workspace.id, ChannelKind::Twilio, "auth_token").await?;
-    let body = form.body(stored_token);
-    let refusal = outcome(api::save_channel(&state, workspace, ChannelKind::Twilio.as_str(), body).await)?;
+    // An empty API base is Twilio's own, as the API stores it.
+    let base = match form.api_base_url.trim() {
+        "" => "https://api.twilio.com",
+        typed => typed,
+    };
+    let bound = [("account_sid", form.account_sid.as_str()), ("api_base_url", base)];
+    let stored = stored_secret(&state, &workspace.id, ChannelKind::Twilio, "auth_token", &bound).await?;
+    let refusal = match stored {
+        Err(()) if form.auth_token.trim().is_empty() => Some((
+            StatusCode::BAD_REQUEST,
+            "auth_token: type it again — the account SID or API base changed, and the stored token is only sent \
+             where it was given for"
+                .to_owned(),
+        )),
+        stored => {
+            let body = form.body(stored.unwrap_or_default());
+            outcome(api::save_channel(&state, workspace, ChannelKind::Twilio.as_str(), body).await)?
+        }
+    };
     let Some((status, fault)) = refusal else {
         return Ok(Redirect::to(&saved_url(ChannelsForm::Twilio)).into_response());
     };

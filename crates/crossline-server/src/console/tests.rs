@@ -892,7 +892,11 @@ async fn channels_page_configures_email_sms_and_the_send_policy() {
     assert!(no_host.body.contains("host: must be the SMTP server"), "{}", no_host.body);
     assert!(!no_host.body.contains("typed-secret-42") && !no_host.body.contains(PASSWORD), "{}", no_host.body);
     // This server does not allow private egress: a loopback SMTP server is refused like an HTTP one.
-    let private = server.request("POST", "/channels/smtp", &form, &smtp("127.0.0.1", "25", "")).await;
+    // The stored password goes only to the host it was given for: another host needs it typed again.
+    let elsewhere = server.request("POST", "/channels/smtp", &form, &smtp("smtp.attacker.example", "25", "")).await;
+    assert_eq!(elsewhere.status, 400, "{}", elsewhere.body);
+    assert!(elsewhere.body.contains("password: type it again"), "{}", elsewhere.body);
+    let private = server.request("POST", "/channels/smtp", &form, &smtp("127.0.0.1", "25", "typed-secret-42")).await;
     assert_eq!(private.status, 400, "{}", private.body);
     assert!(private.body.contains("host: 127.0.0.1") && private.body.contains("private"), "{}", private.body);
     let (_, shown) = server.api("/api/v1/channels/smtp", &api_key).await;
@@ -923,6 +927,10 @@ async fn channels_page_configures_email_sms_and_the_send_policy() {
     assert_eq!(kept.status, SEE_OTHER, "{}", kept.body);
     let stored = server.store.channel(&workspace_id, "twilio").await.unwrap().expect("twilio is configured");
     assert_eq!(stored["auth_token"], TOKEN, "an empty auth token field keeps the stored token");
+    let moved = twilio("").replace("api_base_url=", "api_base_url=https%3A%2F%2Fapi.attacker.example");
+    let moved = server.request("POST", "/channels/twilio", &form, &moved).await;
+    assert_eq!(moved.status, 400, "{}", moved.body);
+    assert!(moved.body.contains("auth_token: type it again"), "{}", moved.body);
 
     // Messaging settings: quiet hours 21:00–08:00 and at most 3 messages in 7 days.
     let messaging = |start: &str, end: &str, max: &str, days: &str| {

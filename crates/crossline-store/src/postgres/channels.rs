@@ -17,6 +17,26 @@ impl crate::ChannelStore for PgStore {
         Ok(())
     }
 
+    async fn init_channel(
+        &self,
+        workspace_id: &str,
+        kind: &str,
+        config: &serde_json::Value,
+    ) -> StoreResult<serde_json::Value> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO channels (workspace_id, kind, config, updated_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (workspace_id, kind) DO NOTHING",
+                &[&workspace_id, &kind, config, &Utc::now().timestamp_millis()],
+            )
+            .await?;
+        let row = client
+            .query_one("SELECT config FROM channels WHERE workspace_id = $1 AND kind = $2", &[&workspace_id, &kind])
+            .await?;
+        Ok(row.get(0))
+    }
+
     async fn channel(&self, workspace_id: &str, kind: &str) -> StoreResult<Option<serde_json::Value>> {
         let client = self.pool.get().await?;
         let row = client

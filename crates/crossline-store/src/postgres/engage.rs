@@ -567,7 +567,7 @@ impl crate::EngageStore for PgStore {
         Ok(client
             .execute(
                 "UPDATE deliveries SET status = $3, error_code = coalesce($4, error_code), updated_at = $5
-                 WHERE id = $2 AND workspace_id = $1 AND status IN ('sent', 'delivered', 'failed', 'bounced')",
+                 WHERE id = $2 AND workspace_id = $1 AND status = 'sent'",
                 &[&workspace_id, &id, &status.as_str(), &error_code, &crate::to_millis(Utc::now())],
             )
             .await?

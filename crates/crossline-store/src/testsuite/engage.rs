@@ -300,6 +300,10 @@ pub(super) async fn definitions_and_the_delivery_queue(store: DynStore) {
     assert!(store.delivery(&other.id, "dlv_1").await.unwrap().is_none());
     assert_eq!(store.delivery_by_provider_id(&ws.id, "SMdlv_1").await.unwrap().unwrap().new.id, "dlv_1");
     assert!(store.set_delivery_status(&ws.id, "dlv_1", DeliveryStatus::Delivered, None).await.unwrap());
+    // Receipts move one way: a late or replayed one changes nothing.
+    assert!(!store.set_delivery_status(&ws.id, "dlv_1", DeliveryStatus::Failed, Some("30003")).await.unwrap());
+    assert!(!store.set_delivery_status(&ws.id, "dlv_1", DeliveryStatus::Delivered, None).await.unwrap());
+    assert_eq!(store.delivery(&ws.id, "dlv_1").await.unwrap().unwrap().new.status, DeliveryStatus::Delivered);
     assert!(
         !store.set_delivery_status(&ws.id, "dlv_2", DeliveryStatus::Delivered, None).await.unwrap(),
         "not sent yet"
