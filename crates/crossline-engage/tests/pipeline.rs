@@ -346,12 +346,10 @@ async fn twilio_that_limits_once() -> (String, Arc<std::sync::Mutex<Vec<std::tim
     (url, seen)
 }
 
-/// Twilio answering 429 with Retry-After: the message is sent again no sooner than it said, and once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_provider_asking_to_wait_is_waited_for() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: DynStore = Arc::new(crossline_store::sqlite::SqliteStore::open(&dir.path().join("db")).await.unwrap());
-    let ws = workspace(&store, "limited", 0, &[]).await;
+/// A workspace with one customer reachable by SMS (Sam), a segment `seg_sms` of them, a template
+/// `tpl_sms` and Twilio at `url`.
+async fn sms_workspace(store: &DynStore, name: &str, url: &str) -> String {
+    let ws = workspace(store, name, 0, &[]).await;
     let batch = json!({"batch": [{"type": "identify", "userId": "sam", "messageId": "s1",
                                   "traits": {"phone": "+14155550123", "first_name": "Sam"}}]});
     store.ingest(&ws, crossline_store::testsuite::events(batch)).await.unwrap();
@@ -369,10 +367,19 @@ async fn a_provider_asking_to_wait_is_waited_for() {
         .put_object(&ws, &object("tpl_sms", ObjectKind::Template, serde_json::to_value(text).unwrap(), "active"))
         .await
         .unwrap();
-    let (url, seen) = twilio_that_limits_once().await;
     let twilio = json!({"account_sid": "AC11111111111111111111111111111111", "auth_token": "0123456789abcdef0123456789abcdef",
                         "phone_number": "+15555550199", "bot": "none", "api_base_url": url});
     store.put_channel(&ws, "twilio", &twilio).await.unwrap();
+    ws
+}
+
+/// Twilio answering 429 with Retry-After: the message is sent again no sooner than it said, and once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_asking_to_wait_is_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: DynStore = Arc::new(crossline_store::sqlite::SqliteStore::open(&dir.path().join("db")).await.unwrap());
+    let (url, seen) = twilio_that_limits_once().await;
+    let ws = sms_workspace(&store, "limited", &url).await;
     let sender = engage(&store, "limited");
     let body =
         json!({"name": "sms", "segment_id": "seg_sms", "channel": "sms", "template_id": "tpl_sms", "schedule": "now"});
@@ -615,4 +622,51 @@ async fn two_nodes_on_postgres_keep_the_frequency_cap() {
     let first: DynStore = Arc::new(connect().await.unwrap());
     let second: DynStore = Arc::new(connect().await.unwrap());
     two_senders_keep_the_frequency_cap(first, second, "cap-pg").await;
+}
+
+/// Twilio's API taking the request and never answering: the send is given up on when the egress
+/// client's 15 s run out, the delivery goes back to the queue with the reason and a backoff (it may
+/// have been accepted: docs/engagement.md says so), and the sender is not stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twilio_that_never_answers_is_given_up_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: DynStore = Arc::new(crossline_store::sqlite::SqliteStore::open(&dir.path().join("db")).await.unwrap());
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = requests.clone();
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        while let Ok((mut socket, _)) = silent.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // Read everything, answer nothing, keep the socket open.
+            tokio::spawn(async move {
+                let mut sink = [0u8; 4096];
+                while socket.read(&mut sink).await.is_ok_and(|read| read > 0) {}
+                std::future::pending::<()>().await;
+            });
+        }
+    });
+    let ws = sms_workspace(&store, "silent-twilio", &url).await;
+    let sender = engage(&store, "silent-twilio");
+    let body =
+        json!({"name": "sms", "segment_id": "seg_sms", "channel": "sms", "template_id": "tpl_sms", "schedule": "now"});
+    let started = Utc::now();
+    campaign(&sender, &store, &ws, "cmp_silent_sms", body, started).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(sender.clone().run(async move {
+        let mut stopped = stopped;
+        let _ = stopped.wait_for(|stop| *stop).await;
+    }));
+    tokio::time::sleep(std::time::Duration::from_secs(18)).await;
+    stop.send(true).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), run).await.expect("the sender stops").unwrap();
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1, "asked once, not again at once");
+    let waiting = planned(&store, started + Duration::days(1)).await;
+    assert_eq!(waiting.len(), 1, "still to send");
+    let reason = waiting[0].new.reason.clone().unwrap_or_default();
+    assert!(reason.contains("no answer within 15s"), "{reason}");
+    assert!(waiting[0].new.run_at > started + Duration::seconds(30), "retried later, with backoff");
+    let counts = store.delivery_counts(&ws, "cmp_silent_sms").await.unwrap();
+    assert!(counts.iter().all(|c| c.status != "sent" && c.status != "failed"), "{counts:?}");
 }

@@ -103,7 +103,7 @@ async fn new_object(
               (status = 400, response = crate::openapi::BadRequest),
               (status = 401, response = crate::openapi::Unauthorized),
               (status = 403, response = crate::openapi::WorkspaceOnly),
-              (status = 409, description = "A segment with that name exists", body = crate::error::ErrorBody),
+              (status = 409, description = "A segment with that name exists, or the workspace has 1,000 segments", body = crate::error::ErrorBody),
               (status = 500, response = crate::openapi::Internal)),
     security(("bearer" = [])))]
 pub async fn create_segment(
@@ -325,7 +325,7 @@ pub async fn import_segment(
               (status = 400, response = crate::openapi::BadRequest),
               (status = 401, response = crate::openapi::Unauthorized),
               (status = 403, response = crate::openapi::WorkspaceOnly),
-              (status = 409, description = "A template with that name exists", body = crate::error::ErrorBody),
+              (status = 409, description = "A template with that name exists, or the workspace has 1,000 templates", body = crate::error::ErrorBody),
               (status = 500, response = crate::openapi::Internal)),
     security(("bearer" = [])))]
 pub async fn create_template(
@@ -516,13 +516,13 @@ async fn rendered_for(
 
 /// Create a campaign; with `"schedule": "now"` it starts sending at once.
 #[utoipa::path(post, path = "/api/v1/campaigns", tag = "engagement",
-    description = "`{\"name\", \"segment_id\", \"channel\" | \"channels\": [preference order], \"template_id\", \"kind\"?: \"marketing\" | \"transactional\", \"schedule\": \"now\" | {\"at\", \"local_time\"?} | {\"cron\", \"time_zone\"} | {\"trigger\": {\"event\", \"delay_seconds\"?}}, \"treatments\"?: [{\"template_id\", \"percent\"}], \"holdout_percent\"?, \"limits\"?: {\"per_second\"?, \"total\"?}}`. A campaign whose segment or template does not exist is refused (409).",
+    description = "`{\"name\", \"segment_id\", \"channel\" | \"channels\": [preference order], \"template_id\", \"kind\"?: \"marketing\" | \"transactional\", \"schedule\": \"now\" | {\"at\", \"local_time\"?} | {\"cron\", \"time_zone\"} | {\"trigger\": {\"event\", \"where\"?: [conditions], \"delay_seconds\"?}}, \"treatments\"?: [{\"template_id\", \"percent\"}], \"holdout_percent\"?, \"limits\"?: {\"per_second\"?, \"total\"?}}`. A campaign whose segment or template does not exist is refused (409).",
     request_body = Object,
     responses((status = 201, description = "`{\"id\", \"status\"}`", body = Object),
               (status = 400, response = crate::openapi::BadRequest),
               (status = 401, response = crate::openapi::Unauthorized),
               (status = 403, response = crate::openapi::WorkspaceOnly),
-              (status = 409, description = "Its segment or template is missing, or the name is taken", body = crate::error::ErrorBody),
+              (status = 409, description = "Its segment or template is missing, the name is taken, or the workspace has 1,000 campaigns", body = crate::error::ErrorBody),
               (status = 500, response = crate::openapi::Internal)),
     security(("bearer" = [])))]
 pub async fn create_campaign(
