@@ -477,32 +477,26 @@ impl Engage {
 
     /// Claims due deliveries, decides each against the send policy with what the store says
     /// about its recipient now (one read per batch), and sends the rest with at most
-    /// `concurrency` provider calls in flight. A batch is claimed as soon as the previous one
-    /// has all started, so the providers never wait for the database; results are stored as they
-    /// come by [`Engage::record_results`].
+    /// `concurrency` provider calls in flight. The next batch is claimed and decided while this one
+    /// is being sent (one batch ahead), so the providers never wait for the database; results are
+    /// stored as they come by [`Engage::record_results`].
     async fn send_loop(self: Arc<Self>, mut stopped: tokio::sync::watch::Receiver<bool>) {
         let permits = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency));
         let (results, finished) = tokio::sync::mpsc::channel(self.config.concurrency * 4);
         let recorder = tokio::spawn(self.clone().record_results(finished));
+        let mut ahead = tokio::spawn(self.clone().claim_batch());
         'claiming: while !*stopped.borrow() {
-            let now = Utc::now();
-            let until = now + self.config.lease;
-            let claimed = match self.store.claim_deliveries(&self.config.holder, now, until, self.config.batch).await {
-                Ok(claimed) => claimed,
-                Err(err) => {
-                    tracing::warn!(error = %err, "claiming deliveries failed");
-                    Vec::new()
-                }
-            };
-            if claimed.is_empty() {
+            let fetched = (&mut ahead).await.ok().flatten();
+            ahead = tokio::spawn(self.clone().claim_batch());
+            let Some((steps, until)) = fetched else {
+                // Nothing was due: wait a little before the claim already on its way is looked at.
                 tokio::select! {
                     _ = stopped.changed() => {}
                     _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
                 }
                 continue;
-            }
-            metrics::counter!("crossline_deliveries_processed_total").increment(claimed.len() as u64);
-            let mut steps = self.prepare(claimed, now).await.into_iter();
+            };
+            let mut steps = steps.into_iter();
             while let Some(step) = steps.next() {
                 let job = match step {
                     Step::Settled(update) => {
@@ -518,13 +512,8 @@ impl Engage {
                 let Some(permit) = permit else {
                     // Shutting down: what was claimed and not started goes back to the queue now
                     // rather than when its lease runs out.
-                    let unsent = std::iter::once(job.delivery.new.id).chain(steps.filter_map(|step| match step {
-                        Step::Send(job) => Some(job.delivery.new.id),
-                        Step::Settled(_) => None,
-                    }));
-                    for id in unsent {
-                        let _ = results.send(released(id, "the sender stopped before sending it", Utc::now())).await;
-                    }
+                    let unsent = std::iter::once(Step::Send(job)).chain(steps);
+                    self.give_back(unsent, &results).await;
                     break 'claiming;
                 };
                 let (this, results) = (self.clone(), results.clone());
@@ -535,10 +524,44 @@ impl Engage {
                 });
             }
         }
+        // The batch claimed ahead goes back to the queue too.
+        if let Ok(Some((steps, _))) = ahead.await {
+            self.give_back(steps.into_iter(), &results).await;
+        }
         // Every send started finishes and is recorded before the loop returns.
         let _ = permits.acquire_many(self.config.concurrency as u32).await;
         drop(results);
         let _ = recorder.await;
+    }
+
+    /// Claims the due deliveries of one batch and decides each ([`Engage::prepare`]), with the
+    /// end of their lease; None when nothing was due (or the claim failed).
+    async fn claim_batch(self: Arc<Self>) -> Option<(Vec<Step>, DateTime<Utc>)> {
+        let now = Utc::now();
+        let until = now + self.config.lease;
+        let claimed = match self.store.claim_deliveries(&self.config.holder, now, until, self.config.batch).await {
+            Ok(claimed) => claimed,
+            Err(err) => {
+                tracing::warn!(error = %err, "claiming deliveries failed");
+                return None;
+            }
+        };
+        if claimed.is_empty() {
+            return None;
+        }
+        metrics::counter!("crossline_deliveries_processed_total").increment(claimed.len() as u64);
+        Some((self.prepare(claimed, now).await, until))
+    }
+
+    /// Records what was decided and releases what was not sent, for a sender that stops.
+    async fn give_back(&self, steps: impl Iterator<Item = Step>, results: &tokio::sync::mpsc::Sender<DeliveryUpdate>) {
+        for step in steps {
+            let update = match step {
+                Step::Settled(update) => update,
+                Step::Send(job) => released(job.delivery.new.id, "the sender stopped before sending it", Utc::now()),
+            };
+            let _ = results.send(update).await;
+        }
     }
 
     /// Stores send results as they arrive, as many at once as have arrived (so a crash finds
@@ -1492,6 +1515,7 @@ impl Engage {
             provider_id: None,
             run_at: None,
             sent_at: None,
+            not_attempted: false,
         };
         let campaign = d.campaign_id.clone().unwrap_or_default();
         match outcome {
@@ -1512,6 +1536,7 @@ impl Engage {
                 update.status = DeliveryStatus::Queued;
                 update.reason = Some("quiet hours".into());
                 update.run_at = Some(until);
+                update.not_attempted = true;
             }
             Err(Outcome::Retry(message, retry_after)) => {
                 let failures = {
@@ -1549,8 +1574,10 @@ impl Engage {
                 }
                 update.status = DeliveryStatus::Queued;
                 update.reason = Some(message);
-                // Not a failure of this message: tried again soon, never given up on.
+                // Not a failure of this message: tried again soon, never given up on, and not
+                // counted against its attempts.
                 update.run_at = Some(now + Duration::seconds(5));
+                update.not_attempted = true;
             }
             Err(Outcome::Misconfigured(message)) => {
                 if !campaign.is_empty() {
@@ -1559,6 +1586,7 @@ impl Engage {
                 update.status = DeliveryStatus::Queued;
                 update.reason = Some(message);
                 update.run_at = Some(now);
+                update.not_attempted = true;
             }
             Err(Outcome::Failed(message, code)) => {
                 update.status = DeliveryStatus::Failed;
@@ -1798,6 +1826,7 @@ fn released(id: String, reason: &str, at: DateTime<Utc>) -> DeliveryUpdate {
         provider_id: None,
         run_at: Some(at),
         sent_at: None,
+        not_attempted: true,
     }
 }
 

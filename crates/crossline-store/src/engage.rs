@@ -184,6 +184,9 @@ pub struct DeliveryUpdate {
     pub run_at: Option<DateTime<Utc>>,
     /// When it was sent (status `sent`).
     pub sent_at: Option<DateTime<Utc>>,
+    /// The provider was not tried (given back unsent, put off by quiet hours, a channel that
+    /// could not be reached or is not configured): the claim does not count as an attempt.
+    pub not_attempted: bool,
 }
 
 /// Engagement recorded on a delivery, each counted once.

@@ -498,7 +498,7 @@ impl crate::EngageStore for PgStore {
             .prepare(
                 "UPDATE deliveries SET status = $3, reason = coalesce($4, reason), error_code = coalesce($5, error_code),
                     provider_id = coalesce($6, provider_id), run_at = coalesce($7, run_at), sent_at = coalesce($8, sent_at),
-                    leased_by = NULL, leased_until = NULL, updated_at = $9
+                    leased_by = NULL, leased_until = NULL, updated_at = $9, attempts = greatest(attempts - $10, 0)
                  WHERE id = $1 AND leased_by = $2 AND status = 'sending'",
             )
             .await?;
@@ -508,6 +508,7 @@ impl crate::EngageStore for PgStore {
         let (shared, statement) = (&tx, &statement);
         let applied = futures::future::try_join_all(updates.iter().map(|update| async move {
             let (run_at, sent_at) = (update.run_at.map(crate::to_millis), update.sent_at.map(crate::to_millis));
+            let given_back = i32::from(update.not_attempted);
             shared
                 .execute(
                     statement,
@@ -521,6 +522,7 @@ impl crate::EngageStore for PgStore {
                         &run_at,
                         &sent_at,
                         &now,
+                        &given_back,
                     ],
                 )
                 .await

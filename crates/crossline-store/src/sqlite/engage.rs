@@ -532,7 +532,7 @@ impl crate::EngageStore for SqliteStore {
             let mut statement = tx.prepare_cached(
                 "UPDATE deliveries SET status = ?3, reason = coalesce(?4, reason), error_code = coalesce(?5, error_code),
                     provider_id = coalesce(?6, provider_id), run_at = coalesce(?7, run_at), sent_at = coalesce(?8, sent_at),
-                    leased_by = NULL, leased_until = NULL, updated_at = ?9
+                    leased_by = NULL, leased_until = NULL, updated_at = ?9, attempts = max(attempts - ?10, 0)
                  WHERE id = ?1 AND leased_by = ?2 AND status = 'sending'",
             )?;
             let mut applied = 0;
@@ -546,7 +546,8 @@ impl crate::EngageStore for SqliteStore {
                     update.provider_id,
                     update.run_at.map(crate::to_millis),
                     update.sent_at.map(crate::to_millis),
-                    now
+                    now,
+                    i64::from(update.not_attempted)
                 ])?;
             }
             Ok(applied)

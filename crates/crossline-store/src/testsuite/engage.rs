@@ -292,6 +292,7 @@ pub(super) async fn definitions_and_the_delivery_queue(store: DynStore) {
         provider_id: Some(format!("SM{id}")),
         run_at: None,
         sent_at: Some(now),
+        not_attempted: false,
     };
     assert_eq!(store.finish_deliveries("w1", &[sent("dlv_1")]).await.unwrap(), 0);
     assert_eq!(store.finish_deliveries("w2", &[sent("dlv_1")]).await.unwrap(), 1);
@@ -321,9 +322,19 @@ pub(super) async fn definitions_and_the_delivery_queue(store: DynStore) {
         provider_id: None,
         run_at: Some(due + Duration::minutes(1)),
         sent_at: None,
+        not_attempted: false,
     };
-    store.finish_deliveries("w1", &[retry]).await.unwrap();
+    store.finish_deliveries("w1", &[retry.clone()]).await.unwrap();
     assert!(store.claim_deliveries("w1", due, due + Duration::seconds(30), 10).await.unwrap().is_empty());
+    // Given back without trying the provider (a sender stopping, quiet hours): no attempt spent.
+    let again = due + Duration::minutes(2);
+    let claimed = store.claim_deliveries("w1", again, again + Duration::seconds(30), 10).await.unwrap();
+    assert_eq!(claimed[0].1.attempts, 2, "the retry spent one");
+    let given_back = DeliveryUpdate { run_at: Some(again), not_attempted: true, ..retry };
+    store.finish_deliveries("w1", &[given_back.clone()]).await.unwrap();
+    let claimed = store.claim_deliveries("w1", again, again + Duration::seconds(30), 10).await.unwrap();
+    assert_eq!(claimed[0].1.attempts, 2, "the claim given back did not count");
+    store.finish_deliveries("w1", &[given_back]).await.unwrap();
 
     // Engagement counts once; stats group by treatment, status and reason.
     assert!(store.record_engagement(&ws.id, "dlv_1", Engagement::Opened, now).await.unwrap());
