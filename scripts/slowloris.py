@@ -18,6 +18,7 @@ import http.client
 import multiprocessing
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -201,6 +202,8 @@ def main():
             server.wait()
         log.seek(0)
         err = log.read()
+        log.close()
+        shutil.rmtree(data, ignore_errors=True)
 
     latencies = sorted(ms for status, ms in results if status == 200)
     failures = [status for status, _ in results if status != 200]
