@@ -1041,11 +1041,20 @@ fn schedule_text(schedule: &Schedule) -> String {
             format!("Once, at {} in each customer's time zone", at.format("%b %-d, %Y %H:%M"))
         }
         Schedule::Cron { cron, time_zone } => format!("Recurring: {cron} ({time_zone})"),
-        Schedule::Trigger { trigger } if trigger.delay_seconds == 0 => {
-            format!("When a customer does “{}”", trigger.event)
-        }
         Schedule::Trigger { trigger } => {
-            format!("{} after a customer does “{}”", delay_text(trigger.delay_seconds), trigger.event)
+            let when = match trigger.delay_seconds {
+                0 => format!("When a customer does “{}”", trigger.event),
+                delay => format!("{} after a customer does “{}”", delay_text(delay), trigger.event),
+            };
+            let conditions: Vec<String> = trigger
+                .conditions()
+                .iter()
+                .map(|condition| match &condition.value {
+                    Some(value) => format!("{} {} {value}", condition.name, condition.op.as_str()),
+                    None => format!("{} {}", condition.name, condition.op.as_str()),
+                })
+                .collect();
+            if conditions.is_empty() { when } else { format!("{when}, where {}", conditions.join(" and ")) }
         }
     }
 }
@@ -1515,6 +1524,13 @@ mod tests {
     fn schedules_and_delays_read_as_sentences() {
         let at = Utc.with_ymd_and_hms(2099, 1, 1, 0, 0, 0).unwrap();
         assert_eq!(schedule_text(&Schedule::At { at, local_time: false }), "Once, at Jan 1, 2099 00:00 UTC");
+        let trigger: Schedule = serde_json::from_value(serde_json::json!({"trigger": {"event": "segment.entered",
+            "delay_seconds": 3600, "where": [{"property": "segment_id", "op": "eq", "value": "seg_1"}]}}))
+        .unwrap();
+        assert_eq!(
+            schedule_text(&trigger),
+            "1 hour after a customer does “segment.entered”, where segment_id eq \"seg_1\""
+        );
         assert_eq!(delay_text(3_600), "1 hour");
         assert_eq!(delay_text(172_800), "2 days");
         assert_eq!(delay_text(90), "90 seconds");

@@ -24,8 +24,13 @@ class Sink:
             sink.write(json.dumps({"mail_from": envelope.mail_from, "rcpt_to": envelope.rcpt_tos,
                                    "data": envelope.content.decode("utf-8", "replace")}) + "\n")
         return "250 2.0.0 Ok: queued as X1"
-controller = Controller(Sink(), hostname="127.0.0.1", port=int(sys.argv[1]))
-controller.start()
+# A loaded machine may take a while to answer the controller's own check.
+controller = Controller(Sink(), hostname="127.0.0.1", port=int(sys.argv[1]), ready_timeout=30)
+try:
+    controller.start()
+except Exception as err:
+    print("failed: %r" % err, flush=True)
+    sys.exit(1)
 print("ready", flush=True)
 while True:
     time.sleep(3600)
@@ -42,18 +47,29 @@ impl SmtpSink {
     fn start() -> Option<SmtpSink> {
         let site = crate::harness::pypi_package("aiosmtpd", AIOSMTPD, "aiosmtpd/controller.py")?;
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let log = dir.path().join("mail.jsonl");
-        let mut child = std::process::Command::new("python3")
-            .args(["-c", SINK, &port.to_string(), log.to_str().unwrap()])
-            .env("PYTHONPATH", &site)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut ready = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut ready).unwrap();
-        assert_eq!(ready.trim(), "ready", "the SMTP sink started");
-        Some(SmtpSink { port, log, child, _dir: dir })
+        // The port is free when chosen, but another test may take it before the sink binds it:
+        // a sink that could not start is tried again on another port.
+        let mut said = Vec::new();
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let mut child = std::process::Command::new("python3")
+                .args(["-c", SINK, &port.to_string(), log.to_str().unwrap()])
+                .env("PYTHONPATH", &site)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut ready = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut ready)
+                .unwrap();
+            if ready.trim() == "ready" {
+                return Some(SmtpSink { port, log, child, _dir: dir });
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            said.push(ready);
+        }
+        panic!("the SMTP sink did not start: {said:?}");
     }
 
     fn messages(&self) -> Vec<Value> {

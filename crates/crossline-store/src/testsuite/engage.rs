@@ -324,14 +324,14 @@ pub(super) async fn definitions_and_the_delivery_queue(store: DynStore) {
         sent_at: None,
         not_attempted: false,
     };
-    store.finish_deliveries("w1", &[retry.clone()]).await.unwrap();
+    store.finish_deliveries("w1", std::slice::from_ref(&retry)).await.unwrap();
     assert!(store.claim_deliveries("w1", due, due + Duration::seconds(30), 10).await.unwrap().is_empty());
     // Given back without trying the provider (a sender stopping, quiet hours): no attempt spent.
     let again = due + Duration::minutes(2);
     let claimed = store.claim_deliveries("w1", again, again + Duration::seconds(30), 10).await.unwrap();
     assert_eq!(claimed[0].1.attempts, 2, "the retry spent one");
     let given_back = DeliveryUpdate { run_at: Some(again), not_attempted: true, ..retry };
-    store.finish_deliveries("w1", &[given_back.clone()]).await.unwrap();
+    store.finish_deliveries("w1", std::slice::from_ref(&given_back)).await.unwrap();
     let claimed = store.claim_deliveries("w1", again, again + Duration::seconds(30), 10).await.unwrap();
     assert_eq!(claimed[0].1.attempts, 2, "the claim given back did not count");
     store.finish_deliveries("w1", &[given_back]).await.unwrap();
