@@ -91,32 +91,67 @@ async fn planned(store: &DynStore, at: DateTime<Utc>) -> Vec<Delivery> {
     claimed.into_iter().map(|(_, delivery)| delivery).collect()
 }
 
-/// Two senders on one store: every recipient gets exactly one message.
-async fn two_senders_send_each_message_once(first: DynStore, second: DynStore, name: &str) {
-    const PEOPLE: usize = 300;
-    let ws = workspace(&first, name, PEOPLE, &[]).await;
-    let sink = LocalSmtpSink::start(false).await.unwrap();
-    let smtp =
-        json!({"host": "127.0.0.1", "port": sink.port, "tls": "none", "from": "Test <t@example.com>", "pool_size": 4});
-    first.put_channel(&ws, "smtp", &smtp).await.unwrap();
-    let (a, b) = (engage(&first, &format!("{name}-a")), engage(&second, &format!("{name}-b")));
-    let body = json!({"name": "both", "segment_id": "seg_all", "channel": "email", "template_id": "tpl_hi", "schedule": "now"});
-    campaign(&a, &first, &ws, "cmp_both", body, Utc::now()).await;
+/// Two senders (`name-a` on `first`, `name-b` on `second`) run until every campaign of `ids` in
+/// workspace `ws` is completed (at most 120 s), then stop; what `sink` received is then the whole story.
+async fn run_two_senders_until_done(
+    first: &DynStore,
+    second: &DynStore,
+    name: &str,
+    ws: &str,
+    ids: &[&str],
+    sink: &LocalSmtpSink,
+) {
+    let (a, b) = (engage(first, &format!("{name}-a")), engage(second, &format!("{name}-b")));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
-    let runs =
-        [tokio::spawn(a.clone().run(until(stopped.clone()))), tokio::spawn(b.clone().run(until(stopped.clone())))];
+    let runs = [tokio::spawn(a.run(until(stopped.clone()))), tokio::spawn(b.run(until(stopped.clone())))];
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while status(&first, &ws, "cmp_both").await.status != "completed" {
-        assert!(std::time::Instant::now() < deadline, "the campaign did not complete: {} sent", sink.accepted());
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    for id in ids {
+        while status(first, ws, id).await.status != "completed" {
+            assert!(std::time::Instant::now() < deadline, "{id} did not complete: {} sent", sink.accepted());
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
     stop.send(true).unwrap();
     for run in runs {
         run.await.unwrap();
     }
+}
+
+/// An SMTP sink (taking `delay` per message) set up as the workspace's server.
+async fn smtp_sink(store: &DynStore, ws: &str, delay: std::time::Duration) -> LocalSmtpSink {
+    let sink = LocalSmtpSink::start_slow(false, delay).await.unwrap();
+    let smtp =
+        json!({"host": "127.0.0.1", "port": sink.port, "tls": "none", "from": "Test <t@example.com>", "pool_size": 4});
+    store.put_channel(ws, "smtp", &smtp).await.unwrap();
+    sink
+}
+
+/// Two stores (connection pools, as two nodes have) on one fresh PostgreSQL schema named after
+/// `prefix`; None, saying so, when `CROSSLINE_TEST_DATABASE_URL` is not set.
+async fn two_postgres_nodes(prefix: &str, test: &str) -> Option<(DynStore, DynStore)> {
+    let Ok(url) = std::env::var("CROSSLINE_TEST_DATABASE_URL") else {
+        eprintln!("CROSSLINE_TEST_DATABASE_URL is not set: {test} on PostgreSQL did not run");
+        return None;
+    };
+    crossline_store::postgres::drop_schemas(&url, prefix).await;
+    let schema = format!("{prefix}{}", std::process::id());
+    let connect = || crossline_store::postgres::PgStore::connect_in_schema(&url, Some(&schema));
+    let first: DynStore = Arc::new(connect().await.unwrap());
+    let second: DynStore = Arc::new(connect().await.unwrap());
+    Some((first, second))
+}
+
+/// Two senders on one store: every recipient gets exactly one message.
+async fn two_senders_send_each_message_once(first: DynStore, second: DynStore, name: &str) {
+    const PEOPLE: usize = 300;
+    let ws = workspace(&first, name, PEOPLE, &[]).await;
+    let sink = smtp_sink(&first, &ws, std::time::Duration::ZERO).await;
+    let body = json!({"name": "both", "segment_id": "seg_all", "channel": "email", "template_id": "tpl_hi", "schedule": "now"});
+    campaign(&engage(&first, name), &first, &ws, "cmp_both", body, Utc::now()).await;
+    run_two_senders_until_done(&first, &second, name, &ws, &["cmp_both"], &sink).await;
     let recipients: Vec<String> = sink.messages().into_iter().flat_map(|mail| mail.to).collect();
     let distinct: HashSet<&String> = recipients.iter().collect();
     assert_eq!(distinct.len(), PEOPLE, "everyone got the message");
@@ -136,16 +171,9 @@ async fn two_senders_on_sqlite_send_each_message_once() {
 /// Two nodes on PostgreSQL: two stores (connection pools) on one schema, each with its sender.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_on_postgres_send_each_message_once() {
-    let Ok(url) = std::env::var("CROSSLINE_TEST_DATABASE_URL") else {
-        eprintln!("CROSSLINE_TEST_DATABASE_URL is not set: the two-node campaign test on PostgreSQL did not run");
-        return;
-    };
-    crossline_store::postgres::drop_schemas(&url, "pipeline_").await;
-    let schema = format!("pipeline_{}", std::process::id());
-    let connect = || crossline_store::postgres::PgStore::connect_in_schema(&url, Some(&schema));
-    let first: DynStore = Arc::new(connect().await.unwrap());
-    let second: DynStore = Arc::new(connect().await.unwrap());
-    two_senders_send_each_message_once(first, second, "pipe-pg").await;
+    if let Some((first, second)) = two_postgres_nodes("pipeline_", "the two-node campaign test").await {
+        two_senders_send_each_message_once(first, second, "pipe-pg").await;
+    }
 }
 
 /// `at`, `at` in each customer's local time, and cron: nothing starts early, each starts on time,
@@ -559,34 +587,15 @@ async fn two_senders_keep_the_frequency_cap(first: DynStore, second: DynStore, n
     // while the first's are still being sent (a slow server) — unless it waits for them.
     const PEOPLE: usize = 12;
     let ws = workspace(&first, name, PEOPLE, &[]).await;
-    let sink = LocalSmtpSink::start_slow(false, std::time::Duration::from_millis(300)).await.unwrap();
-    let smtp =
-        json!({"host": "127.0.0.1", "port": sink.port, "tls": "none", "from": "Test <t@example.com>", "pool_size": 4});
-    first.put_channel(&ws, "smtp", &smtp).await.unwrap();
-    let (a, b) = (engage(&first, &format!("{name}-a")), engage(&second, &format!("{name}-b")));
+    let sink = smtp_sink(&first, &ws, std::time::Duration::from_millis(300)).await;
+    let a = engage(&first, name);
     a.put_settings(&ws, &json!({"frequency_cap": {"max": 1, "days": 7}})).await.unwrap();
     let now = Utc::now();
     for id in ["cmp_one", "cmp_two"] {
         let body = json!({"name": id, "segment_id": "seg_all", "channel": "email", "template_id": "tpl_hi", "schedule": "now"});
         campaign(&a, &first, &ws, id, body, now).await;
     }
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let until = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = stopped.wait_for(|stop| *stop).await;
-    };
-    let runs =
-        [tokio::spawn(a.clone().run(until(stopped.clone()))), tokio::spawn(b.clone().run(until(stopped.clone())))];
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    for id in ["cmp_one", "cmp_two"] {
-        while status(&first, &ws, id).await.status != "completed" {
-            assert!(std::time::Instant::now() < deadline, "{id} did not complete: {} sent", sink.accepted());
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    }
-    stop.send(true).unwrap();
-    for run in runs {
-        run.await.unwrap();
-    }
+    run_two_senders_until_done(&first, &second, name, &ws, &["cmp_one", "cmp_two"], &sink).await;
     let recipients: Vec<String> = sink.messages().into_iter().flat_map(|mail| mail.to).collect();
     let distinct: HashSet<&String> = recipients.iter().collect();
     assert_eq!(distinct.len(), PEOPLE, "everyone got a message");
@@ -612,16 +621,9 @@ async fn two_senders_on_sqlite_keep_the_frequency_cap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_on_postgres_keep_the_frequency_cap() {
-    let Ok(url) = std::env::var("CROSSLINE_TEST_DATABASE_URL") else {
-        eprintln!("CROSSLINE_TEST_DATABASE_URL is not set: the two-node frequency cap test on PostgreSQL did not run");
-        return;
-    };
-    crossline_store::postgres::drop_schemas(&url, "pipecap_").await;
-    let schema = format!("pipecap_{}", std::process::id());
-    let connect = || crossline_store::postgres::PgStore::connect_in_schema(&url, Some(&schema));
-    let first: DynStore = Arc::new(connect().await.unwrap());
-    let second: DynStore = Arc::new(connect().await.unwrap());
-    two_senders_keep_the_frequency_cap(first, second, "cap-pg").await;
+    if let Some((first, second)) = two_postgres_nodes("pipecap_", "the two-node frequency cap test").await {
+        two_senders_keep_the_frequency_cap(first, second, "cap-pg").await;
+    }
 }
 
 /// Twilio's API taking the request and never answering: the send is given up on when the egress
