@@ -12,6 +12,7 @@ pub mod sms;
 pub mod smtp_sink;
 pub mod twilio;
 pub mod webchat;
+pub mod webpush;
 
 /// The channels a workspace configures (`PUT /api/v1/channels/{kind}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -19,3 +19,4 @@ mod twilio;
 mod two_nodes;
 mod webchat;
 mod webhooks;
+mod webpush;
