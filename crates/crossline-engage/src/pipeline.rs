@@ -33,6 +33,8 @@ use std::sync::{Arc, Mutex};
 pub const SETTINGS_KEY: &str = "settings.messaging";
 /// ... and its key for signing tracked links.
 const LINK_KEY: &str = "settings.link_key";
+/// Where a workspace's VAPID key is kept (its private part, PKCS#8 in hex; never shown).
+const VAPID_KEY: &str = "settings.vapid_key";
 
 /// HMAC-SHA256 over the delivery and the URL, hex, first 32 characters (128 bits).
 fn link_signature(key: &[u8], delivery_id: &str, url: &str) -> String {
@@ -117,6 +119,8 @@ pub struct Engage {
     email: Mutex<HashMap<String, (Value, Arc<EmailSender>)>>,
     failures: Mutex<HashMap<String, u32>>,
     link_keys: Mutex<HashMap<String, Vec<u8>>>,
+    /// Each workspace's VAPID key (Web Push), once read or made.
+    vapid_keys: Mutex<HashMap<String, Arc<crossline_channels::webpush::VapidKey>>>,
     stats: Mutex<HashMap<(String, String), CachedCounts>>,
 }
 
@@ -161,6 +165,7 @@ impl Engage {
             email: Mutex::default(),
             failures: Mutex::default(),
             link_keys: Mutex::default(),
+            vapid_keys: Mutex::default(),
             stats: Mutex::default(),
         }
     }
@@ -1425,6 +1430,37 @@ impl Engage {
             ))));
         }
         self.link_keys.lock().expect("link keys").insert(workspace_id.to_owned(), key.clone());
+        Ok(key)
+    }
+
+    /// The workspace's VAPID key for Web Push: made on first use (once across nodes) and kept in
+    /// the store; browsers subscribe with its public part.
+    pub async fn vapid_key(
+        &self,
+        workspace_id: &str,
+    ) -> Result<Arc<crossline_channels::webpush::VapidKey>, EngageError> {
+        use crossline_channels::webpush::VapidKey;
+        if let Some(key) = self.vapid_keys.lock().expect("vapid keys").get(workspace_id) {
+            return Ok(key.clone());
+        }
+        if self.store.workspace(workspace_id).await?.is_none() {
+            return Err(EngageError::NotFound(format!("workspace {workspace_id} does not exist")));
+        }
+        let broken =
+            |why: &str| EngageError::Store(StoreError::Backend(format!("the VAPID key of {workspace_id} {why}")));
+        let stored = match self.store.channel(workspace_id, VAPID_KEY).await? {
+            Some(stored) => stored,
+            None => {
+                let made = VapidKey::generate().map_err(|err| broken(&err.to_string()))?;
+                let value = json!({"pkcs8": hex::encode(made.pkcs8())});
+                self.store.init_channel(workspace_id, VAPID_KEY, &value).await?
+            }
+        };
+        let pkcs8 = stored.get("pkcs8").and_then(Value::as_str).and_then(|text| hex::decode(text).ok());
+        let key = VapidKey::from_pkcs8(&pkcs8.ok_or_else(|| broken("is not stored as hex"))?)
+            .map_err(|err| broken(&err.to_string()))?;
+        let key = Arc::new(key);
+        self.vapid_keys.lock().expect("vapid keys").insert(workspace_id.to_owned(), key.clone());
         Ok(key)
     }
 

@@ -133,6 +133,7 @@ async fn require_bot(state: &AppState, workspace_id: &str, bot: &str) -> ApiResu
 
 /// A channel's configuration, without its secrets.
 #[utoipa::path(get, path = "/api/v1/channels/{kind}", tag = "channels",
+    description = "`twilio`, `webchat`, `alexa`, `smtp`: the stored configuration without its secrets. `webpush`: `{\"vapid_public_key\"}`, the workspace's VAPID public key (base64url, uncompressed P-256) that browsers subscribe with — made on first use; its private part is never returned.",
     params(("kind" = String, Path, description = "Channel kind, e.g. `twilio`")),
     responses((status = 200, description = "The configuration, without its secrets.", body = Object),
               (status = 401, response = crate::openapi::Unauthorized),
@@ -145,6 +146,10 @@ pub async fn get_channel(
     WorkspaceCaller(workspace): WorkspaceCaller,
     Path(kind): Path<String>,
 ) -> ApiResult<Json<Value>> {
+    if kind == "webpush" {
+        let key = state.engage.vapid_key(&workspace.id).await?;
+        return Ok(Json(serde_json::json!({"vapid_public_key": key.public_key()})));
+    }
     let kind = ChannelKind::parse(&kind).ok_or_else(|| ApiError::not_found("channel"))?;
     let view = channel_view(&state, &workspace.id, kind).await?.ok_or_else(|| ApiError::not_found("channel"))?;
     Ok(Json(view))

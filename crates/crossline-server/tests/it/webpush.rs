@@ -57,3 +57,30 @@ fn http_ece_decrypts_what_crossline_encrypts() {
         assert_eq!(plain, payload);
     }
 }
+
+/// A workspace's VAPID key: made on first use, the same ever after (and for two requests at once),
+/// its own per workspace, the private part never shown; the API key only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_workspace_has_one_vapid_key_whose_private_part_is_never_shown() {
+    use crate::harness::{TestServer, json_of};
+    use base64::Engine;
+    let server = TestServer::start().await;
+    let (ws, other) = (server.workspace("push").await, server.workspace("push-other").await);
+    let key_of = |key: String| {
+        let server = &server;
+        async move { json_of(server.get("/api/v1/channels/webpush", &key).await).await }
+    };
+    let (first, second) = tokio::join!(key_of(ws.api_key.clone()), key_of(ws.api_key.clone()));
+    assert_eq!(first.0, reqwest::StatusCode::OK, "{}", first.1);
+    assert_eq!(first.1, second.1, "made once, even when asked twice at once");
+    let public = first.1["vapid_public_key"].as_str().unwrap().to_owned();
+    let point = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&public).unwrap();
+    assert_eq!((point.len(), point[0]), (65, 4), "an uncompressed P-256 point");
+    assert_eq!(first.1.as_object().unwrap().len(), 1, "only the public key: {}", first.1);
+    assert_eq!(key_of(ws.api_key.clone()).await.1, first.1, "the same later");
+    assert_ne!(key_of(other.api_key.clone()).await.1, first.1, "another workspace has its own");
+    let stored = server.store.channel(&ws.id, "settings.vapid_key").await.unwrap().unwrap();
+    assert!(!stored.to_string().contains(&public), "the store keeps the private key");
+    assert_eq!(key_of(ws.write_key.clone()).await.0, reqwest::StatusCode::UNAUTHORIZED);
+    assert_eq!(key_of("nonsense".into()).await.0, reqwest::StatusCode::UNAUTHORIZED);
+}
