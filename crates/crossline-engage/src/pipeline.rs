@@ -1403,27 +1403,36 @@ impl Engage {
         self.egress.post_form(&request.url, &authorization, &request.form, std::time::Duration::from_secs(15)).await
     }
 
+    /// A per-workspace secret kept in the store under `name` as `{field: HEX}`: read, or made by
+    /// `make` on first use — once across nodes ([`crossline_store::ChannelStore::init_channel`]) and
+    /// only for a workspace that exists (a made-up id in a public link must not create rows).
+    async fn workspace_secret(
+        &self,
+        workspace_id: &str,
+        name: &str,
+        field: &str,
+        make: impl FnOnce() -> Result<Vec<u8>, EngageError>,
+    ) -> Result<Vec<u8>, EngageError> {
+        if self.store.workspace(workspace_id).await?.is_none() {
+            return Err(EngageError::NotFound(format!("workspace {workspace_id} does not exist")));
+        }
+        let stored = match self.store.channel(workspace_id, name).await? {
+            Some(stored) => stored,
+            None => self.store.init_channel(workspace_id, name, &json!({field: hex::encode(make()?)})).await?,
+        };
+        stored.get(field).and_then(Value::as_str).and_then(|text| hex::decode(text).ok()).ok_or_else(|| {
+            EngageError::Store(StoreError::Backend(format!("{name} of {workspace_id} is not stored as hex")))
+        })
+    }
+
     /// The workspace's key for signing tracked links (made on first use, kept in the store so
     /// every node and every restart signs alike).
     pub async fn link_key(&self, workspace_id: &str) -> Result<Vec<u8>, EngageError> {
         if let Some(key) = self.link_keys.lock().expect("link keys").get(workspace_id) {
             return Ok(key.clone());
         }
-        // Only a workspace that exists gets a key (a made-up id in a link must not create rows).
-        if self.store.workspace(workspace_id).await?.is_none() {
-            return Err(EngageError::NotFound(format!("workspace {workspace_id} does not exist")));
-        }
-        let stored = self.store.channel(workspace_id, LINK_KEY).await?;
-        let key = match stored.as_ref().and_then(|value| value.get("key")).and_then(Value::as_str) {
-            Some(key) => hex::decode(key).unwrap_or_default(),
-            None => {
-                // Two nodes racing to make it: the first one stored is the one both use.
-                let made: [u8; 32] = rand::random();
-                let stored =
-                    self.store.init_channel(workspace_id, LINK_KEY, &json!({"key": hex::encode(made)})).await?;
-                stored.get("key").and_then(Value::as_str).and_then(|key| hex::decode(key).ok()).unwrap_or_default()
-            }
-        };
+        let key =
+            self.workspace_secret(workspace_id, LINK_KEY, "key", || Ok(rand::random::<[u8; 32]>().to_vec())).await?;
         if key.len() != 32 {
             return Err(EngageError::Store(StoreError::Backend(format!(
                 "the link key of {workspace_id} is not 32 bytes"
@@ -1434,7 +1443,7 @@ impl Engage {
     }
 
     /// The workspace's VAPID key for Web Push: made on first use (once across nodes) and kept in
-    /// the store; browsers subscribe with its public part.
+    /// the store (PKCS#8, never shown); browsers subscribe with its public part.
     pub async fn vapid_key(
         &self,
         workspace_id: &str,
@@ -1443,23 +1452,11 @@ impl Engage {
         if let Some(key) = self.vapid_keys.lock().expect("vapid keys").get(workspace_id) {
             return Ok(key.clone());
         }
-        if self.store.workspace(workspace_id).await?.is_none() {
-            return Err(EngageError::NotFound(format!("workspace {workspace_id} does not exist")));
-        }
         let broken =
-            |why: &str| EngageError::Store(StoreError::Backend(format!("the VAPID key of {workspace_id} {why}")));
-        let stored = match self.store.channel(workspace_id, VAPID_KEY).await? {
-            Some(stored) => stored,
-            None => {
-                let made = VapidKey::generate().map_err(|err| broken(&err.to_string()))?;
-                let value = json!({"pkcs8": hex::encode(made.pkcs8())});
-                self.store.init_channel(workspace_id, VAPID_KEY, &value).await?
-            }
-        };
-        let pkcs8 = stored.get("pkcs8").and_then(Value::as_str).and_then(|text| hex::decode(text).ok());
-        let key = VapidKey::from_pkcs8(&pkcs8.ok_or_else(|| broken("is not stored as hex"))?)
-            .map_err(|err| broken(&err.to_string()))?;
-        let key = Arc::new(key);
+            |why: String| EngageError::Store(StoreError::Backend(format!("the VAPID key of {workspace_id}: {why}")));
+        let make = || VapidKey::generate().map(|made| made.pkcs8().to_vec()).map_err(|err| broken(err.to_string()));
+        let pkcs8 = self.workspace_secret(workspace_id, VAPID_KEY, "pkcs8", make).await?;
+        let key = Arc::new(VapidKey::from_pkcs8(&pkcs8).map_err(|err| broken(err.to_string()))?);
         self.vapid_keys.lock().expect("vapid keys").insert(workspace_id.to_owned(), key.clone());
         Ok(key)
     }
