@@ -927,6 +927,11 @@ async fn channels_page_configures_email_sms_and_the_send_policy() {
     assert_eq!(kept.status, SEE_OTHER, "{}", kept.body);
     let stored = server.store.channel(&workspace_id, "twilio").await.unwrap().expect("twilio is configured");
     assert_eq!(stored["auth_token"], TOKEN, "an empty auth token field keeps the stored token");
+    // Messages go to the API base from this server: a private one is refused when saved.
+    let private = twilio(TOKEN).replace("api_base_url=", "api_base_url=http%3A%2F%2F127.0.0.1%3A9");
+    let private = server.request("POST", "/channels/twilio", &form, &private).await;
+    assert_eq!(private.status, 400, "{}", private.body);
+    assert!(private.body.contains("api_base_url:"), "{}", private.body);
     let moved = twilio("").replace("api_base_url=", "api_base_url=https%3A%2F%2Fapi.attacker.example");
     let moved = server.request("POST", "/channels/twilio", &form, &moved).await;
     assert_eq!(moved.status, 400, "{}", moved.body);

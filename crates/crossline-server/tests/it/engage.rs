@@ -776,3 +776,43 @@ async fn an_imported_list_records_entries_and_refuses_bad_files() {
     let (status, _) = import(list_id.clone(), ws.write_key.clone(), "user_id\nbob\n".into()).await;
     assert!(status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN, "{status}");
 }
+
+/// Bounds a workspace cannot pass: segments whose references would expand past 1,000 conditions
+/// are refused when saved (400, nothing stored), and a workspace keeps at most 1,000 segments
+/// (409 past it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_are_bounded_in_expansion_and_number() {
+    let server = TestServer::start().await;
+    let ws = server.workspace("bounds").await;
+    let create = |body: Value| {
+        let (server, key) = (&server, ws.api_key.clone());
+        async move { post(server, "/api/v1/segments", &key, &body).await }
+    };
+    let (status, base) = create(json!({"name": "s0", "filter": {"trait": "plan", "op": "exists"}})).await;
+    assert_eq!(status, StatusCode::CREATED, "{base}");
+    let refs = |id: &Value| json!({"any": (0..99).map(|_| json!({"segment": id})).collect::<Vec<_>>()});
+    let (status, wide) = create(json!({"name": "s1", "filter": refs(&base["id"])})).await;
+    assert_eq!(status, StatusCode::CREATED, "99 references to one condition are fine: {wide}");
+    let (status, err) = create(json!({"name": "s2", "filter": refs(&wide["id"])})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("more than 1000 conditions"), "{err}");
+    let (_, listed) = json_of(server.get("/api/v1/segments", &ws.api_key).await).await;
+    assert_eq!(listed["segments"].as_array().unwrap().len(), 2, "nothing stored: {listed}");
+
+    for n in 0..998 {
+        let segment = crossline_store::engage::EngageObject {
+            id: format!("seg_filler_{n}"),
+            kind: crossline_store::engage::ObjectKind::Segment,
+            name: format!("filler {n}"),
+            body: json!({"list": true}),
+            status: "active".into(),
+            status_reason: None,
+            created_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+        };
+        server.store.put_object(&ws.id, &segment).await.unwrap();
+    }
+    let (status, err) = create(json!({"name": "one too many", "list": true})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("at most 1000 segments"), "{err}");
+}
