@@ -208,6 +208,10 @@ pub async fn run(listen: String, data_dir: Option<PathBuf>) -> anyhow::Result<()
         data_dir: data_dir.clone(),
         admin_token: Some(admin_token.clone()),
         log_level: "warn".into(),
+        // The demo's mail sink runs on loopback inside this process, and a local trial is where
+        // webhooks to localhost are tried: private addresses are allowed here (and said so below);
+        // `crossline serve` refuses them unless configured.
+        allow_private_egress: true,
         ..Config::default()
     };
     config.validate()?;
@@ -285,7 +289,7 @@ pub async fn run(listen: String, data_dir: Option<PathBuf>) -> anyhow::Result<()
         });
     }
     println!(
-        "\nCrossline demo is running at {url}\n\n  Console:        {url}/  (log in with the API key below)\n  API docs:       {url}/api/docs\n  Web chat:       {url}/chat/{id}  (the bank bot)\n  Kiosk:          {url}/kiosk/{id}\n  Widget:         <script src=\"{url}/widget.js\" data-write-key=\"{write_key}\" async></script>\n  Identify:       {signed_identify}  (Ada, signed with the web chat's identity secret: docs/channels/webchat.md)\n  Campaign:       {url}/campaigns  (\"December savings\" to the premium customers, sent to a mail sink inside this process: nothing leaves the machine)\n  Workspace:      demo ({id})\n  Write key:      {write_key}\n  API key:        {api_key}\n  Operator token: {admin_token}\n  Data:           {dir}\n\nTry:\n  curl -s -u {write_key}: {url}/v1/track -H 'content-type: application/json' \\\n    -d '{{\"userId\":\"user-0000\",\"event\":\"Demo Clicked\",\"context\":{{\"channel\":\"web\"}}}}'\n  curl -s -H 'Authorization: Bearer {api_key}' '{url}/api/v1/profiles/lookup?kind=email&value={STAR_EMAIL}'\n  curl -s -H 'Authorization: Bearer {api_key}' -H 'content-type: application/json' {url}/api/v1/conversations/messages \\\n    -d '{{\"bot\":\"bank\",\"from\":{{\"kind\":\"email\",\"value\":\"{STAR_EMAIL}\"}},\"channel\":\"chat\",\"text\":\"can I come in tomorrow?\"}}'\n\nPress Ctrl-C to stop.",
+        "\nCrossline demo is running at {url}\n\n  Console:        {url}/  (log in with the API key below)\n  API docs:       {url}/api/docs\n  Web chat:       {url}/chat/{id}  (the bank bot)\n  Kiosk:          {url}/kiosk/{id}\n  Widget:         <script src=\"{url}/widget.js\" data-write-key=\"{write_key}\" async></script>\n  Identify:       {signed_identify}  (Ada, signed with the web chat's identity secret: docs/channels/webchat.md)\n  Campaign:       {url}/campaigns  (\"December savings\" to the premium customers, sent to a mail sink inside this process: nothing leaves the machine)\n  Workspace:      demo ({id})\n  Write key:      {write_key}\n  API key:        {api_key}\n  Operator token: {admin_token}\n  Data:           {dir}\n  Egress:         private and loopback addresses allowed (a local demo; `crossline serve` refuses them by default)\n\nTry:\n  curl -s -u {write_key}: {url}/v1/track -H 'content-type: application/json' \\\n    -d '{{\"userId\":\"user-0000\",\"event\":\"Demo Clicked\",\"context\":{{\"channel\":\"web\"}}}}'\n  curl -s -H 'Authorization: Bearer {api_key}' '{url}/api/v1/profiles/lookup?kind=email&value={STAR_EMAIL}'\n  curl -s -H 'Authorization: Bearer {api_key}' -H 'content-type: application/json' {url}/api/v1/conversations/messages \\\n    -d '{{\"bot\":\"bank\",\"from\":{{\"kind\":\"email\",\"value\":\"{STAR_EMAIL}\"}},\"channel\":\"chat\",\"text\":\"can I come in tomorrow?\"}}'\n\nPress Ctrl-C to stop.",
         id = workspace.id,
         dir = data_dir.display(),
     );
