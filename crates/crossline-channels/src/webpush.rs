@@ -19,6 +19,9 @@ pub const RECORD_SIZE: u32 = 4096;
 /// header takes 86 and the record's tag and delimiter 17.
 pub const MAX_PLAINTEXT: usize = 4096 - 86 - 17;
 
+/// How long a VAPID `Authorization` header is valid (its JWT's `exp`; services accept up to 24 h).
+pub const VAPID_LIFETIME_SECONDS: i64 = 12 * 3600;
+
 /// Why a subscription or a message was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WebPushError {
@@ -94,6 +97,56 @@ impl Subscription {
             return Err(invalid("keys.auth", "must be 16 bytes"));
         }
         Ok(Subscription { endpoint, p256dh, auth })
+    }
+}
+
+impl Subscription {
+    /// A subscription as stored after [`Subscription::parse`] checked it: the endpoint and the
+    /// base64url keys, only decoded (the curve check is not repeated per message).
+    pub fn from_stored(endpoint: &str, p256dh: &str, auth: &str) -> Result<Self, WebPushError> {
+        let endpoint = url::Url::parse(endpoint).map_err(|err| invalid("endpoint", format!("not a URL: {err}")))?;
+        let decode = |field: &'static str, text: &str, len: usize| {
+            URL_SAFE_NO_PAD
+                .decode(text.trim_end_matches('='))
+                .ok()
+                .filter(|bytes| bytes.len() == len)
+                .ok_or_else(|| invalid(field, format!("must be {len} bytes of base64url")))
+        };
+        Ok(Subscription { endpoint, p256dh: decode("keys.p256dh", p256dh, 65)?, auth: decode("keys.auth", auth, 16)? })
+    }
+
+    /// The keys as stored: base64url without padding.
+    pub fn stored_keys(&self) -> (String, String) {
+        (URL_SAFE_NO_PAD.encode(&self.p256dh), URL_SAFE_NO_PAD.encode(&self.auth))
+    }
+}
+
+/// What a push service's answer to a message means (RFC 8030 § 5, and the services' documented
+/// codes): 201 (or another 2xx) accepted; 404 and 410 the subscription is gone (never retried,
+/// the address marked); 429 and 5xx retried (with `Retry-After`); 413 a payload too large and
+/// 400/401/403 a request the service refused (a VAPID key the subscription was not made with is a
+/// 403): failed, not retried, the address kept.
+pub fn classify_response(
+    status: u16,
+    body: &[u8],
+    retry_after: Option<std::time::Duration>,
+) -> Result<(), crate::outbound::SendError> {
+    use crate::outbound::SendError;
+    let said = || {
+        let text = String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_owned();
+        if text.is_empty() {
+            format!("the push service answered {status}")
+        } else {
+            format!("the push service answered {status}: {text}")
+        }
+    };
+    match status {
+        200..=299 => Ok(()),
+        404 | 410 => {
+            Err(SendError::Permanent { message: said(), code: Some(status.to_string()), address_unreachable: true })
+        }
+        429 | 500..=599 => Err(SendError::Retryable { message: said(), retry_after }),
+        _ => Err(SendError::Permanent { message: said(), code: Some(status.to_string()), address_unreachable: false }),
     }
 }
 
@@ -214,7 +267,7 @@ impl VapidKey {
     pub fn authorization(&self, endpoint: &url::Url, subject: &str, now: i64) -> Result<String, WebPushError> {
         let audience = endpoint.origin().ascii_serialization();
         let header = URL_SAFE_NO_PAD.encode(br#"{"typ":"JWT","alg":"ES256"}"#);
-        let claims = serde_json::json!({"aud": audience, "exp": now + 12 * 3600, "sub": subject});
+        let claims = serde_json::json!({"aud": audience, "exp": now + VAPID_LIFETIME_SECONDS, "sub": subject});
         let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
         let signing_input = format!("{header}.{claims}");
         let signature = self

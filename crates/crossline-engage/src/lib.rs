@@ -3,6 +3,7 @@
 //! - [`policy`] — the one send policy (consent, reachability, quiet hours, frequency caps), pure;
 //! - [`template`] — Liquid templates, MJML for email, text parts, link tracking;
 //! - [`liquid_limits`] — what rendering one template may cost (loops, sizes);
+//! - [`push`] — push addresses (browser subscriptions, device tokens) checked as customers give them;
 //! - [`campaign`] — campaign definitions and the per-recipient choices (treatment, holdout);
 //! - [`pipeline::Engage`] — planning runs into deliveries and sending them.
 //!
@@ -15,6 +16,7 @@ pub mod liquid_limits;
 pub mod lists;
 pub mod pipeline;
 pub mod policy;
+pub mod push;
 pub mod template;
 
 pub use pipeline::{Engage, EngageError, PipelineConfig};

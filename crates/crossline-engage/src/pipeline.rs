@@ -17,6 +17,7 @@ use chrono::{DateTime, Duration, Utc};
 use crossline_channels::email::{Email, EmailConfig, EmailSender};
 use crossline_channels::outbound::SendError;
 use crossline_channels::twilio::{self, TwilioConfig};
+use crossline_channels::webpush::{self, Subscription, VapidKey};
 use crossline_core::segment::Filter;
 use crossline_core::{ConsentStatus, Identity, IdentityKind, Profile};
 use crossline_engine::{Egress, EventRecorder};
@@ -120,7 +121,10 @@ pub struct Engage {
     failures: Mutex<HashMap<String, u32>>,
     link_keys: Mutex<HashMap<String, Vec<u8>>>,
     /// Each workspace's VAPID key (Web Push), once read or made.
-    vapid_keys: Mutex<HashMap<String, Arc<crossline_channels::webpush::VapidKey>>>,
+    vapid_keys: Mutex<HashMap<String, Arc<VapidKey>>>,
+    /// VAPID `Authorization` headers by workspace and push-service origin, with their expiry
+    /// (UNIX seconds): one signature per service every few hours, not one per message.
+    vapid_headers: Mutex<HashMap<(String, String), (String, i64)>>,
     stats: Mutex<HashMap<(String, String), CachedCounts>>,
 }
 
@@ -166,6 +170,7 @@ impl Engage {
             failures: Mutex::default(),
             link_keys: Mutex::default(),
             vapid_keys: Mutex::default(),
+            vapid_headers: Mutex::default(),
             stats: Mutex::default(),
         }
     }
@@ -1181,7 +1186,9 @@ impl Engage {
             _ => None,
         };
         let twilio = if uses("sms") { Some(self.twilio(workspace_id).await.map(Arc::new)) } else { None };
-        Ok(WorkspaceBatch { settings, workspace_zone, facts, email, link_key, twilio })
+        let vapid =
+            if uses("push") { Some(self.vapid_key(workspace_id).await.map_err(|err| retry(&err))?) } else { None };
+        Ok(WorkspaceBatch { settings, workspace_zone, facts, email, link_key, twilio, vapid })
     }
 
     /// The send policy for one claimed delivery, as things are now: consent, reachability, quiet
@@ -1248,6 +1255,17 @@ impl Engage {
                 Some(Ok(config)) => Via::Sms(config.clone()),
                 Some(Err(outcome)) => return Err(outcome.clone()),
                 None => return Err(Outcome::Misconfigured("Twilio is not configured".into())),
+            },
+            "push" => match push_target(facts, &d.address) {
+                // Registered to someone else since planning, or removed: not this customer's.
+                None => return Err(Outcome::Suppressed(Suppression::Unreachable)),
+                Some(PushTarget::Web(subscription)) => match &context.vapid {
+                    Some(key) => Via::WebPush(key.clone(), Box::new(subscription)),
+                    None => return Err(Outcome::Released("the VAPID key was not read".into(), Duration::seconds(5))),
+                },
+                Some(PushTarget::Device { platform }) => {
+                    return Err(Outcome::Misconfigured(format!("{platform} push is not configured")));
+                }
             },
             other => return Err(Outcome::Failed(format!("no sender for channel {other}"), None)),
         };
@@ -1317,6 +1335,7 @@ impl Engage {
                     .map(|receipt| Sent { provider_id: receipt.provider_id })
                     .map_err(Outcome::from)
             }
+            Via::WebPush(key, subscription) => self.send_web_push(job, key, subscription, &rendered).await,
             Via::Sms(config) => {
                 let callback = format!("{base}/hooks/{workspace_id}/twilio/status");
                 let request = twilio::message_request(config, &d.address, &rendered.text, Some(&callback));
@@ -1334,6 +1353,94 @@ impl Engage {
                 }
             }
         }
+    }
+
+    /// One Web Push message (RFC 8030): the JSON payload encrypted for the subscription, posted
+    /// with the workspace's VAPID header, a `TTL` and an `Urgency`.
+    async fn send_web_push(
+        &self,
+        job: &SendJob,
+        key: &VapidKey,
+        subscription: &Subscription,
+        rendered: &template::Rendered,
+    ) -> Result<Sent, Outcome> {
+        let d = &job.delivery.new;
+        let Some(push) = &rendered.push else {
+            return Err(Outcome::Failed("the template is not a push template".into(), None));
+        };
+        let mut payload = json!({"title": push.title, "body": rendered.text, "delivery_id": d.id});
+        if let Some(url) = &push.url {
+            payload["url"] = json!(url);
+        }
+        if let Some(icon) = &push.icon {
+            payload["icon"] = json!(icon);
+        }
+        if let Some(data) = &push.data {
+            payload["data"] = data.clone();
+        }
+        let plaintext = serde_json::to_vec(&payload).unwrap_or_default();
+        let body = webpush::encrypt(subscription, &plaintext).map_err(|err| Outcome::Failed(err.to_string(), None))?;
+        let authorization = self
+            .vapid_header(&job.workspace_id, key, &subscription.endpoint)
+            .map_err(|err| Outcome::Failed(err.to_string(), None))?;
+        // Marketing can wait for the device to be on a charger; a transactional message cannot.
+        let urgency = if d.kind == SendKind::Transactional.as_str() { "high" } else { "normal" };
+        let headers = [
+            ("authorization", authorization),
+            ("content-encoding", "aes128gcm".to_owned()),
+            ("ttl", WEB_PUSH_TTL_SECONDS.to_string()),
+            ("urgency", urgency.to_owned()),
+        ];
+        let response = self
+            .egress
+            .post_bytes(subscription.endpoint.as_str(), &headers, "application/octet-stream", body, PROVIDER_TIMEOUT)
+            .await;
+        match response {
+            Ok(response) => webpush::classify_response(response.status, &response.body, response.retry_after)
+                .map(|()| Sent { provider_id: None })
+                .map_err(Outcome::from),
+            Err(err @ crossline_engine::EgressError::Connect(_)) => {
+                Err(Outcome::Unavailable(format!("the push service cannot be reached: {err}")))
+            }
+            Err(err) if err.is_retryable() => Err(Outcome::Retry(err.to_string(), None)),
+            // A refused address or an oversized answer is this subscription's problem, not the channel's.
+            Err(err) => Err(Outcome::Failed(err.to_string(), None)),
+        }
+    }
+
+    /// The VAPID `Authorization` header for a push service's origin, signed again when less than
+    /// an hour of its 12 is left.
+    fn vapid_header(
+        &self,
+        workspace_id: &str,
+        key: &VapidKey,
+        endpoint: &url::Url,
+    ) -> Result<String, webpush::WebPushError> {
+        let now = Utc::now().timestamp();
+        let cache_key = (workspace_id.to_owned(), endpoint.origin().ascii_serialization());
+        if let Some((header, expires)) = self.vapid_headers.lock().expect("vapid headers").get(&cache_key)
+            && *expires - now > 3600
+        {
+            return Ok(header.clone());
+        }
+        let header = key.authorization(endpoint, &self.vapid_subject(), now)?;
+        let mut cache = self.vapid_headers.lock().expect("vapid headers");
+        if cache.len() > 4096 {
+            cache.clear();
+        }
+        cache.insert(cache_key, (header.clone(), now + webpush::VAPID_LIFETIME_SECONDS));
+        Ok(header)
+    }
+
+    /// Who push services may contact about our messages (the VAPID `sub`): the public URL when it
+    /// is https, else a `mailto:` at its host.
+    fn vapid_subject(&self) -> String {
+        let public = self.config.public_url.trim_end_matches('/');
+        if public.starts_with("https://") {
+            return public.to_owned();
+        }
+        let host = url::Url::parse(public).ok().and_then(|url| url.host_str().map(str::to_owned));
+        format!("mailto:push@{}", host.unwrap_or_else(|| "localhost".into()))
     }
 
     /// Sends one message of a stored template to an address its author chose: a test. It is no
@@ -1440,6 +1547,28 @@ impl Engage {
         }
         self.link_keys.lock().expect("link keys").insert(workspace_id.to_owned(), key.clone());
         Ok(key)
+    }
+
+    /// Registers a push address for a profile: a browser's `PushSubscription` or an app's device
+    /// token (see [`crate::push::parse`]); a web endpoint must also pass the egress rules (a name
+    /// resolving to a private address is refused unless private egress is allowed). Returns it and
+    /// whether it was new to the profile; `NotFound` for an unknown profile.
+    pub async fn register_push(
+        &self,
+        workspace_id: &str,
+        profile_id: &str,
+        body: &Value,
+    ) -> Result<(crossline_store::engage::PushAddress, bool), EngageError> {
+        let allow_private = self.egress.rules().allow_private;
+        let address = crate::push::parse(body, allow_private, Utc::now())
+            .map_err(|refused| invalid(&refused.field, refused.message))?;
+        if address.kind == "webpush" {
+            self.egress.check_url(&address.value).await.map_err(|err| invalid("endpoint", err.to_string()))?;
+        }
+        match self.store.put_push_address(workspace_id, profile_id, &address).await? {
+            Some(new) => Ok((address, new)),
+            None => Err(EngageError::NotFound(format!("profile {profile_id} does not exist"))),
+        }
     }
 
     /// The workspace's VAPID key for Web Push: made on first use (once across nodes) and kept in
@@ -1630,10 +1759,14 @@ impl Engage {
                 update.status = DeliveryStatus::Bounced;
                 update.reason = Some(message.clone());
                 update.error_code = code.clone();
-                if let Some(kind) = address_kind(&d.channel) {
+                if let Some(kind) = address_kind_of(&d.channel, &d.address) {
                     let reason = format!(
                         "{} {}",
-                        if d.channel == "email" { "hard_bounce" } else { "invalid_number" },
+                        match d.channel.as_str() {
+                            "email" => "hard_bounce",
+                            "push" => "unregistered",
+                            _ => "invalid_number",
+                        },
                         code.clone().unwrap_or_default()
                     );
                     if let Err(err) =
@@ -1758,7 +1891,7 @@ fn choose(
     let recent = if spec.kind == SendKind::Marketing { facts.marketing_sends } else { 0 };
     let mut first: Option<Planned> = None;
     for channel in &spec.channels {
-        let address = address_for(profile, channel);
+        let address = address_for(facts, channel);
         let recipient = Recipient {
             consent: consent_of(profile, channel),
             has_address: address.is_some(),
@@ -1785,7 +1918,10 @@ fn choose(
 
 /// Whether this address of the recipient's is known to be unreachable on this channel.
 fn is_unreachable(facts: &RecipientFacts, channel: &str, address: &str) -> bool {
-    facts.unreachable.iter().any(|state| state.value == address && address_kind(channel) == Some(state.kind.as_str()))
+    facts
+        .unreachable
+        .iter()
+        .any(|state| state.value == address && address_kind_of(channel, address) == Some(state.kind.as_str()))
 }
 
 /// Since when marketing sends count against the frequency cap, when one applies.
@@ -1837,6 +1973,53 @@ struct SendJob {
 enum Via {
     Email(Arc<EmailSender>, Vec<u8>),
     Sms(Arc<TwilioConfig>),
+    WebPush(Arc<VapidKey>, Box<Subscription>),
+}
+
+/// How long a push service keeps a message for a device that is offline.
+const WEB_PUSH_TTL_SECONDS: u32 = 24 * 3600;
+
+/// How long a provider may take to answer one message.
+const PROVIDER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Where a push delivery goes.
+enum PushTarget {
+    Web(Subscription),
+    Device { platform: &'static str },
+}
+
+/// The push address `address` of the recipient's, when it is still theirs.
+fn push_target(facts: &RecipientFacts, address: &str) -> Option<PushTarget> {
+    if let Some(registered) = facts.push.iter().find(|registered| registered.value == address) {
+        return match (registered.platform.as_str(), &registered.p256dh, &registered.auth) {
+            ("webpush", Some(p256dh), Some(auth)) => {
+                Subscription::from_stored(&registered.value, p256dh, auth).ok().map(PushTarget::Web)
+            }
+            ("apns", ..) => Some(PushTarget::Device { platform: "apns" }),
+            ("fcm", ..) => Some(PushTarget::Device { platform: "fcm" }),
+            _ => None,
+        };
+    }
+    let token = facts
+        .profile
+        .identities
+        .iter()
+        .find(|identity| identity.kind == IdentityKind::DeviceToken && identity.value == address)?;
+    Some(PushTarget::Device { platform: device_platform(&token.value) })
+}
+
+/// The platform of a device token nobody registered with one (Segment's `context.device.token`):
+/// APNs tokens are 32 bytes in hex; anything else is taken for FCM.
+fn device_platform(token: &str) -> &'static str {
+    if token.len() == 64 && token.bytes().all(|byte| byte.is_ascii_hexdigit()) { "apns" } else { "fcm" }
+}
+
+/// The identity or push-address kind an address of a channel is stored under.
+fn address_kind_of(channel: &str, address: &str) -> Option<&'static str> {
+    if channel == "push" && (address.starts_with("https://") || address.starts_with("http://")) {
+        return Some("webpush");
+    }
+    address_kind(channel)
 }
 
 /// What one workspace's deliveries in a claimed batch share.
@@ -1847,6 +2030,7 @@ struct WorkspaceBatch {
     email: Option<Result<Arc<EmailSender>, Outcome>>,
     link_key: Option<Vec<u8>>,
     twilio: Option<Result<Arc<TwilioConfig>, Outcome>>,
+    vapid: Option<Arc<VapidKey>>,
 }
 
 /// A claimed delivery handed back to the queue, due at `at`, as not sent.
@@ -1895,9 +2079,25 @@ pub fn address_kind(channel: &str) -> Option<&'static str> {
     crossline_store::segment_sql::address_kinds(channel).first().copied()
 }
 
-fn address_for(profile: &Profile, channel: &str) -> Option<String> {
+/// The recipient's address on a channel. Push: the newest registered push address that is not
+/// unreachable (else the newest), then a device token from events.
+fn address_for(facts: &RecipientFacts, channel: &str) -> Option<String> {
     let kind = address_kind(channel)?;
-    profile.identities.iter().find(|identity| identity.kind.as_str() == kind).map(|identity| identity.value.clone())
+    let identities = facts.profile.identities.iter().filter(|identity| identity.kind.as_str() == kind);
+    if channel != "push" {
+        return identities.map(|identity| identity.value.clone()).next();
+    }
+    let candidates: Vec<&str> = facts
+        .push
+        .iter()
+        .map(|registered| registered.value.as_str())
+        .chain(identities.map(|identity| identity.value.as_str()))
+        .collect();
+    candidates
+        .iter()
+        .find(|address| !is_unreachable(facts, channel, address))
+        .or(candidates.first())
+        .map(|address| (*address).to_owned())
 }
 
 fn consent_of(profile: &Profile, channel: &str) -> ConsentStatus {

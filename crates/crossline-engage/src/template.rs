@@ -62,7 +62,7 @@ const HOOK_CLOSE: char = '\u{FDD2}';
 const PLACEHOLDER: char = '\u{FDD3}';
 
 /// What a user saves (`POST /api/v1/templates`).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct TemplateSource {
     /// The channel: one of [`CHANNELS`].
     pub channel: String,
@@ -75,7 +75,26 @@ pub struct TemplateSource {
     /// Email only: an explicit plain-text part (Liquid). Generated from the HTML when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// Push only, and required there: the notification's title (Liquid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Push only: the page a tap opens (Liquid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Push only: the notification's icon URL (Liquid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icon: Option<String>,
+    /// Push only: a JSON object handed to the app or service worker as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
 }
+
+/// The longest push title accepted, in bytes.
+pub const MAX_PUSH_TITLE_BYTES: usize = 256;
+/// The longest push `url` or `icon` accepted, in bytes.
+pub const MAX_PUSH_URL_BYTES: usize = 1024;
+/// The largest push `data` accepted, serialised, in bytes (a push message carries about 4 KB).
+pub const MAX_PUSH_DATA_BYTES: usize = 2048;
 
 /// A template fault, naming where it is.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -112,6 +131,15 @@ pub struct CompiledTemplate {
     subject: Option<Part>,
     body: Part,
     text: Option<Part>,
+    push: Option<PushParts>,
+}
+
+/// A push template's other fields.
+struct PushParts {
+    title: Part,
+    url: Option<Part>,
+    icon: Option<Part>,
+    data: Option<serde_json::Value>,
 }
 
 impl fmt::Debug for CompiledTemplate {
@@ -147,6 +175,21 @@ pub struct Rendered {
     pub html: Option<String>,
     /// The plain text: the text part of an email, or the whole message on other channels.
     pub text: String,
+    /// Push: the notification's title, page and icon, and the template's `data`.
+    pub push: Option<RenderedPush>,
+}
+
+/// A rendered push notification's fields beside its body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedPush {
+    /// The title, on one line.
+    pub title: String,
+    /// The page a tap opens.
+    pub url: Option<String>,
+    /// The icon URL.
+    pub icon: Option<String>,
+    /// The template's data object.
+    pub data: Option<serde_json::Value>,
 }
 
 /// Validates `source` and compiles it for rendering.
@@ -223,7 +266,55 @@ pub fn compile(source: &TemplateSource) -> Result<CompiledTemplate, TemplateErro
         _ => None,
     };
 
-    Ok(CompiledTemplate { channel: channel.to_owned(), email, subject, body, text })
+    let push = if channel == "push" { Some(compile_push(source)?) } else { None };
+
+    Ok(CompiledTemplate { channel: channel.to_owned(), email, subject, body, text, push })
+}
+
+/// A push template's title (required), page, icon and data.
+fn compile_push(source: &TemplateSource) -> Result<PushParts, TemplateError> {
+    let title = source.title.as_deref().unwrap_or_default();
+    if title.trim().is_empty() {
+        return Err(TemplateError::new("title", 1, 1, "a push notification needs a title"));
+    }
+    if title.len() > MAX_PUSH_TITLE_BYTES {
+        return Err(TemplateError::new(
+            "title",
+            1,
+            1,
+            format!("the title is longer than {MAX_PUSH_TITLE_BYTES} bytes"),
+        ));
+    }
+    let optional = |field: &str, value: Option<&str>| -> Result<Option<Part>, TemplateError> {
+        match value.filter(|value| !value.trim().is_empty()) {
+            None => Ok(None),
+            Some(value) if value.len() > MAX_PUSH_URL_BYTES => {
+                Err(TemplateError::new(field, 1, 1, format!("longer than {MAX_PUSH_URL_BYTES} bytes")))
+            }
+            Some(value) => compile_liquid(field, value).map(Some),
+        }
+    };
+    let data = match &source.data {
+        None | Some(serde_json::Value::Null) => None,
+        Some(data @ serde_json::Value::Object(_)) => {
+            if data.to_string().len() > MAX_PUSH_DATA_BYTES {
+                return Err(TemplateError::new(
+                    "data",
+                    1,
+                    1,
+                    format!("larger than {MAX_PUSH_DATA_BYTES} bytes as JSON"),
+                ));
+            }
+            Some(data.clone())
+        }
+        Some(_) => return Err(TemplateError::new("data", 1, 1, "must be a JSON object")),
+    };
+    Ok(PushParts {
+        title: compile_liquid("title", title)?,
+        url: optional("url", source.url.as_deref())?,
+        icon: optional("icon", source.icon.as_deref())?,
+        data,
+    })
 }
 
 impl CompiledTemplate {
@@ -237,7 +328,24 @@ impl CompiledTemplate {
         let time_zone = context.time_zone;
         if !self.email {
             let body = render_part(&self.body, &globals, "body", time_zone)?;
-            return Ok(Rendered { subject: None, html: None, text: body });
+            let push = match &self.push {
+                Some(parts) => {
+                    let optional = |part: &Option<Part>, field: &str| match part {
+                        Some(part) => {
+                            render_part(part, &globals, field, time_zone).map(|text| Some(text.trim().to_owned()))
+                        }
+                        None => Ok(None),
+                    };
+                    Some(RenderedPush {
+                        title: single_line(render_part(&parts.title, &globals, "title", time_zone)?),
+                        url: optional(&parts.url, "url")?.filter(|url| !url.is_empty()),
+                        icon: optional(&parts.icon, "icon")?.filter(|icon| !icon.is_empty()),
+                        data: parts.data.clone(),
+                    })
+                }
+                None => None,
+            };
+            return Ok(Rendered { subject: None, html: None, text: body, push });
         }
         // The HTML body sees every string of the data HTML-escaped: a trait or an event property
         // (which anyone with the write key can set) cannot add markup, links or scripts to an
@@ -258,7 +366,7 @@ impl CompiledTemplate {
             Some(part) => render_part(part, &globals, "text", time_zone)?,
             None => html_to_text(&body),
         };
-        Ok(Rendered { subject, html: Some(body), text })
+        Ok(Rendered { subject, html: Some(body), text, push: None })
     }
 
     /// The channel the template was written for.
@@ -2245,7 +2353,40 @@ mod tests {
             subject: subject.map(str::to_owned),
             body: body.to_owned(),
             text: None,
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn push_templates_render_a_title_page_icon_and_data() {
+        let mut push = source("push", None, "Your {{ profile.traits.plan }} plan renews soon");
+        assert_eq!(compile(&push).unwrap_err().field, "title");
+        push.title = Some("Hi {{ profile.traits.first_name }}\nthere".into());
+        push.url = Some("https://shop.example/p/{{ profile.id }}".into());
+        push.icon = Some("  ".into());
+        push.data = Some(serde_json::json!({"screen": "billing"}));
+        let compiled = compile(&push).unwrap();
+        let profile = serde_json::json!({"id": "prf_1", "traits": {"first_name": "Ada", "plan": "pro"}});
+        let rendered = compiled.render(&context(&profile, None, chrono_tz::UTC)).unwrap();
+        assert_eq!(rendered.text, "Your pro plan renews soon");
+        let fields = rendered.push.unwrap();
+        assert_eq!(fields.title, "Hi Ada there", "one line");
+        assert_eq!(fields.url.as_deref(), Some("https://shop.example/p/prf_1"));
+        assert_eq!(fields.icon, None, "blank is absent");
+        assert_eq!(fields.data, Some(serde_json::json!({"screen": "billing"})));
+        push.data = Some(serde_json::json!([1]));
+        assert_eq!(compile(&push).unwrap_err().field, "data");
+        push.data = None;
+        push.title = Some("{{ oops".into());
+        assert_eq!(compile(&push).unwrap_err().field, "title");
+        assert!(
+            compile(&source("sms", None, "x"))
+                .unwrap()
+                .render(&context(&profile, None, chrono_tz::UTC))
+                .unwrap()
+                .push
+                .is_none()
+        );
     }
 
     fn sms(body: &str) -> Result<CompiledTemplate, TemplateError> {

@@ -68,6 +68,7 @@ async fn workspace(store: &DynStore, name: &str, people: usize, zones: &[&str]) 
         subject: Some("Hi {{ profile.traits.first_name }}".into()),
         body: "<p>Hello {{ profile.traits.first_name }}</p>".into(),
         text: None,
+        ..Default::default()
     };
     put(object("tpl_hi", ObjectKind::Template, serde_json::to_value(source).unwrap(), "active")).await;
     ws.id
@@ -263,6 +264,7 @@ async fn treatments_and_the_holdout_are_sent_and_counted_apart() {
         subject: Some("Offer B for {{ profile.traits.first_name }}".into()),
         body: "<p>B</p>".into(),
         text: None,
+        ..Default::default()
     };
     store
         .put_object(&ws, &object("tpl_b", ObjectKind::Template, serde_json::to_value(other).unwrap(), "active"))
@@ -390,6 +392,7 @@ async fn sms_workspace(store: &DynStore, name: &str, url: &str) -> String {
         subject: None,
         body: "Hi {{ profile.traits.first_name }}".into(),
         text: None,
+        ..Default::default()
     };
     store
         .put_object(&ws, &object("tpl_sms", ObjectKind::Template, serde_json::to_value(text).unwrap(), "active"))

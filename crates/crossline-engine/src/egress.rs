@@ -171,6 +171,21 @@ impl Egress {
         self.send(&url, request, headers, timeout).await
     }
 
+    /// POST raw `body` bytes of `content_type` (a Web Push message).
+    pub async fn post_bytes(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+        content_type: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<EgressResponse, EgressError> {
+        let url = parse(url)?;
+        self.check_literal(&url)?;
+        let request = self.client.post(url.clone()).header("content-type", content_type).body(body);
+        self.send(&url, request, headers, timeout).await
+    }
+
     /// POST `form` as `application/x-www-form-urlencoded` (provider APIs such as Twilio's).
     pub async fn post_form(
         &self,

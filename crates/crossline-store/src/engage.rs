@@ -247,6 +247,28 @@ pub struct RecipientFacts {
     pub unreachable: Vec<AddressState>,
     /// Marketing messages sent to it since the time asked for (0 when none was asked).
     pub marketing_sends: u64,
+    /// Its registered push addresses, newest first.
+    pub push: Vec<PushAddress>,
+}
+
+/// The most push addresses one profile keeps; registering another drops the oldest.
+pub const MAX_PUSH_ADDRESSES: usize = 10;
+
+/// A push address given through the API or the widget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushAddress {
+    /// `webpush` (a browser subscription) or `device_token` (an app).
+    pub kind: String,
+    /// The subscription's endpoint, or the device token.
+    pub value: String,
+    /// `webpush`, `fcm` or `apns`.
+    pub platform: String,
+    /// Web Push: the browser's public key (base64url).
+    pub p256dh: Option<String>,
+    /// Web Push: the browser's authentication secret (base64url).
+    pub auth: Option<String>,
+    /// When it was registered (last).
+    pub created_at: DateTime<Utc>,
 }
 
 /// An address known to be unreachable.

@@ -433,7 +433,19 @@ pub trait EngageStore: Send + Sync {
     ) -> StoreResult<()>;
     /// Clears it (the customer gave the address again, an operator fixed it).
     async fn clear_address_state(&self, workspace_id: &str, kind: &str, value: &str) -> StoreResult<bool>;
-    /// The unreachable addresses among a profile's identities.
+    /// Registers a push address for a profile (a merged id is followed to its survivor): moves it
+    /// from whoever held it, replaces its keys and platform, clears an unreachable mark (it was
+    /// given again) and keeps the profile's newest [`engage::MAX_PUSH_ADDRESSES`]. `None` when the
+    /// profile does not exist; else whether the address was new to it.
+    async fn put_push_address(
+        &self,
+        workspace_id: &str,
+        profile_id: &str,
+        address: &engage::PushAddress,
+    ) -> StoreResult<Option<bool>>;
+    /// A profile's push addresses, newest first.
+    async fn push_addresses(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<engage::PushAddress>>;
+    /// The unreachable addresses among a profile's identities and push addresses.
     async fn address_states(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<engage::AddressState>>;
     /// The profiles of these recipients with their unreachable addresses and, given
     /// `marketing_since`, their marketing sends since then: one round trip for a sender's batch.

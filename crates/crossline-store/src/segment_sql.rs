@@ -315,9 +315,18 @@ impl Compiler {
         let consent = self.consent_not_unsubscribed(channel);
         // Correlated on the profile (the identities-by-profile index): by the time it runs, the
         // other conditions of a segment have usually cut the candidates to a few.
+        // Push addresses registered through the API or the widget count for push.
+        let registered = if channel == "push" {
+            format!(
+                " OR EXISTS (SELECT 1 FROM push_addresses a WHERE a.workspace_id = {ws} AND a.profile_id = p.id \
+                 AND NOT EXISTS (SELECT 1 FROM address_states s WHERE s.workspace_id = {ws} AND s.kind = a.kind AND s.value = a.value AND s.unreachable_at IS NOT NULL))"
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "({consent} AND EXISTS (SELECT 1 FROM identities i WHERE i.profile_id = p.id AND i.workspace_id = {ws} AND i.kind IN ({kinds}) \
-             AND NOT EXISTS (SELECT 1 FROM address_states s WHERE s.workspace_id = {ws} AND s.kind = i.kind AND s.value = i.value AND s.unreachable_at IS NOT NULL)))"
+            "({consent} AND (EXISTS (SELECT 1 FROM identities i WHERE i.profile_id = p.id AND i.workspace_id = {ws} AND i.kind IN ({kinds}) \
+             AND NOT EXISTS (SELECT 1 FROM address_states s WHERE s.workspace_id = {ws} AND s.kind = i.kind AND s.value = i.value AND s.unreachable_at IS NOT NULL)){registered}))"
         )
     }
 

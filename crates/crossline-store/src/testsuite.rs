@@ -75,6 +75,7 @@ where
     engage::segments_are_evaluated_in_the_store(fresh().await).await;
     engage::definitions_and_the_delivery_queue(fresh().await).await;
     engage::erasing_a_profile_erases_its_engagement(fresh().await).await;
+    engage::push_addresses_follow_their_browser_and_the_person(fresh().await).await;
 }
 
 async fn destinations_follow_the_event_log(store: DynStore) {

@@ -337,6 +337,91 @@ pub async fn set_consent(
     Ok(Json(profile.into()))
 }
 
+/// A push address of a profile (its Web Push keys are never shown).
+#[derive(Serialize, ToSchema)]
+pub struct PushAddressView {
+    /// `webpush` (a browser subscription) or `device_token` (an app).
+    pub kind: String,
+    /// The subscription's endpoint, or the device token.
+    pub value: String,
+    /// `webpush`, `fcm` or `apns`.
+    pub platform: String,
+    /// When it was registered (last).
+    pub created_at: DateTime<Utc>,
+    /// Why it is unreachable (`unregistered 410`), when the push service said so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreachable: Option<String>,
+}
+
+/// A profile's push addresses.
+#[derive(Serialize, ToSchema)]
+pub struct PushAddressList {
+    /// Newest first.
+    pub push_addresses: Vec<PushAddressView>,
+}
+
+/// Register a push address.
+#[utoipa::path(post, path = "/api/v1/profiles/{id}/push-subscriptions", tag = "profiles",
+    description = "Body: the browser's `PushSubscription` JSON `{\"endpoint\", \"keys\": {\"p256dh\", \"auth\"}}` (subscribed with the workspace's VAPID public key from `GET /api/v1/channels/webpush`), or an app's device token `{\"token\", \"platform\": \"fcm\" | \"apns\"}`. The endpoint must be an https URL of a push service browsers use; a malformed key is refused naming the field. Registering an address another profile held moves it here; a profile keeps its 10 newest.",
+    params(("id" = String, Path, description = "Profile id")),
+    request_body(content = Object, content_type = "application/json",
+        example = json!({"endpoint": "https://fcm.googleapis.com/fcm/send/c1KrmpTuRm…", "keys": {"p256dh": "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4", "auth": "BTBZMqHH6r4Tts7J_aSIgg"}})),
+    responses((status = 201, description = "Registered.", body = PushAddressView),
+              (status = 400, response = crate::openapi::BadRequest),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 500, response = crate::openapi::Internal)),
+    security(("bearer" = [])))]
+pub async fn add_push_subscription(
+    State(state): State<AppState>,
+    WorkspaceCaller(workspace): WorkspaceCaller,
+    Path(id): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<PushAddressView>)> {
+    let Json(body) = body.map_err(json_rejection)?;
+    let (address, _) = state.engage.register_push(&workspace.id, &id, &body).await?;
+    Ok((StatusCode::CREATED, Json(push_view(address, None))))
+}
+
+/// A profile's push addresses.
+#[utoipa::path(get, path = "/api/v1/profiles/{id}/push-subscriptions", tag = "profiles",
+    params(("id" = String, Path, description = "Profile id")),
+    responses((status = 200, description = "Its push addresses, newest first, with any unreachable mark.", body = PushAddressList),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 500, response = crate::openapi::Internal)),
+    security(("bearer" = [])))]
+pub async fn list_push_subscriptions(
+    State(state): State<AppState>,
+    WorkspaceCaller(workspace): WorkspaceCaller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<PushAddressList>> {
+    let profile = state.store.profile(&workspace.id, &id).await?.ok_or_else(|| ApiError::not_found("profile"))?;
+    let addresses = state.store.push_addresses(&workspace.id, &profile.id).await?;
+    let states = state.store.address_states(&workspace.id, &profile.id).await?;
+    let push_addresses = addresses
+        .into_iter()
+        .map(|address| {
+            let mark = states.iter().find(|s| s.kind == address.kind && s.value == address.value);
+            let reason = mark.map(|mark| mark.reason.clone());
+            push_view(address, reason)
+        })
+        .collect();
+    Ok(Json(PushAddressList { push_addresses }))
+}
+
+fn push_view(address: crossline_store::engage::PushAddress, unreachable: Option<String>) -> PushAddressView {
+    PushAddressView {
+        kind: address.kind,
+        value: address.value,
+        platform: address.platform,
+        created_at: address.created_at,
+        unreachable,
+    }
+}
+
 /// Erase a person: profile, identities and events.
 #[utoipa::path(delete, path = "/api/v1/profiles/{id}", tag = "profiles",
     description = "GDPR erasure. Afterwards a lookup by any of the person's identities gives 404.",

@@ -607,7 +607,7 @@ pub async fn template_preview(
         },
         None => (request.channel.clone().unwrap_or_default(), None),
     };
-    let source = TemplateSource { channel, subject: request.subject, body: request.body, text };
+    let source = TemplateSource { channel, subject: request.subject, body: request.body, text, ..Default::default() };
     let profile_id = request.profile_id.as_deref().map(str::trim).filter(|id| !id.is_empty());
     let preview = preview(&state, workspace, &source, profile_id).await?;
     Ok(Json(preview).into_response())

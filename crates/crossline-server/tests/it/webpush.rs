@@ -84,3 +84,263 @@ async fn each_workspace_has_one_vapid_key_whose_private_part_is_never_shown() {
     assert_eq!(key_of(ws.write_key.clone()).await.0, reqwest::StatusCode::UNAUTHORIZED);
     assert_eq!(key_of("nonsense".into()).await.0, reqwest::StatusCode::UNAUTHORIZED);
 }
+
+const PY_VAPID: &str = "1.9.2";
+
+/// A push service on loopback that checks what a real one would: the VAPID JWT verified with
+/// py_vapid against the `k=` key (which must be the workspace's), its `aud` this origin and its
+/// `exp` within 24 hours; `Content-Encoding: aes128gcm`, a `TTL`; then the body decrypted with
+/// http_ece for the browser the path names. `/push/gone` answers 410, `/push/busy` answers 429
+/// with `Retry-After: 1` the first time. Every accepted message is kept; `GET /received` lists them.
+/// argv: port-file, expected VAPID key, browsers JSON {name: {pem, auth}}.
+const PUSH_SERVICE: &str = r#"
+import base64, json, sys, threading, time
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+from cryptography.hazmat.primitives import serialization
+import http_ece
+from py_vapid import jwt
+
+unb64 = lambda text: base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+expected_key, browsers = sys.argv[2], json.loads(sys.argv[3])
+received, seen, lock = [], set(), threading.Lock()
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+    def answer(self, status, body=b"", headers=()):
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        with lock:
+            self.answer(200, json.dumps(received).encode())
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        name = self.path.rsplit("/", 1)[-1]
+        try:
+            scheme, params = self.headers["Authorization"].split(" ", 1)
+            assert scheme == "vapid", scheme
+            params = dict(part.strip().split("=", 1) for part in params.split(","))
+            assert params["k"] == expected_key, "not the workspace's VAPID key"
+            claims = jwt.decode(params["t"], params["k"])
+            origin = "http://%s" % self.headers["Host"]
+            assert claims["aud"] == origin, (claims, origin)
+            assert time.time() < claims["exp"] <= time.time() + 24 * 3600, claims
+            assert claims["sub"].startswith(("mailto:", "https:")), claims
+            assert self.headers["Content-Encoding"] == "aes128gcm"
+            assert int(self.headers["TTL"]) > 0
+            browser = browsers[name]
+            key = serialization.load_pem_private_key(browser["pem"].encode(), password=None)
+            plain = http_ece.decrypt(body, private_key=key, auth_secret=unb64(browser["auth"]), version="aes128gcm")
+        except Exception as err:
+            return self.answer(400, ("refused: %r" % (err,)).encode())
+        if name == "gone":
+            return self.answer(410, b"push subscription has unsubscribed or expired.")
+        with lock:
+            if name == "busy" and name not in seen:
+                seen.add(name)
+                return self.answer(429, b"slow down", [("Retry-After", "1")])
+            received.append({"browser": name, "payload": json.loads(plain), "ttl": self.headers["TTL"],
+                             "urgency": self.headers.get("Urgency")})
+        self.answer(201, headers=[("Location", "%s/m/%d" % (self.path, len(received)))])
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+with open(sys.argv[1], "w") as out:
+    out.write(str(server.server_address[1]))
+server.serve_forever()
+"#;
+
+/// The fake push service, stopped when dropped.
+struct PushService {
+    url: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl PushService {
+    fn start(path: &str, vapid_key: &str, browsers: &serde_json::Value) -> PushService {
+        let dir = tempfile::tempdir().unwrap();
+        let port_file = dir.path().join("port");
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", PUSH_SERVICE, port_file.to_str().unwrap(), vapid_key, &browsers.to_string()])
+            .env("PYTHONPATH", path)
+            .spawn()
+            .unwrap();
+        for _ in 0..300 {
+            if let Ok(port) = std::fs::read_to_string(&port_file)
+                && !port.is_empty()
+            {
+                return PushService { url: format!("http://127.0.0.1:{port}"), child, _dir: dir };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the fake push service did not start");
+    }
+
+    async fn received(&self) -> Vec<serde_json::Value> {
+        let answer = reqwest::get(format!("{}/received", self.url)).await.unwrap();
+        answer.json().await.unwrap()
+    }
+}
+
+impl Drop for PushService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A push campaign end to end: subscriptions registered through the API (a malformed one refused
+/// naming the field), a campaign to `{"reachable": "push"}` decrypted at a push service that
+/// verifies the VAPID JWT independently; 410 marks the subscription unreachable and is not
+/// retried, 429 is retried after its Retry-After, a customer who unsubscribed from push gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_campaign_reaches_browsers_through_a_push_service_that_checks_everything() {
+    use crate::harness::{TestServer, json_of};
+    use reqwest::StatusCode;
+    use serde_json::json;
+    let Some(ece) = pypi_package("http_ece", HTTP_ECE, "http_ece/__init__.py") else { return };
+    let Some(vapid) = pypi_package("py_vapid", PY_VAPID, "py_vapid/jwt.py") else { return };
+    let path = std::env::join_paths([&ece, &vapid]).unwrap();
+    let server = TestServer::start().await;
+    let ws = server.workspace("push-campaign").await;
+    let post = |path: String, body: serde_json::Value| {
+        let (server, key) = (&server, ws.api_key.clone());
+        async move {
+            json_of(
+                server.http.post(format!("{}{path}", server.url)).bearer_auth(key).json(&body).send().await.unwrap(),
+            )
+            .await
+        }
+    };
+    let (_, key) = json_of(server.get("/api/v1/channels/webpush", &ws.api_key).await).await;
+    let vapid_key = key["vapid_public_key"].as_str().unwrap().to_owned();
+
+    let names = ["ann", "gone", "busy", "quiet"];
+    let mut browsers = serde_json::Map::new();
+    for name in names {
+        browsers.insert(name.into(), serde_json::from_str(&python(&ece, &["keys"])).unwrap());
+    }
+    let service = PushService::start(path.to_str().unwrap(), &vapid_key, &json!(browsers));
+
+    let people: Vec<_> = names
+        .iter()
+        .map(|name| json!({"type": "identify", "userId": name, "traits": {"first_name": name.to_uppercase()}}))
+        .collect();
+    assert_eq!(server.track("/v1/batch", &ws.write_key, &json!({"batch": people})).await.status(), StatusCode::OK);
+    let mut profile_ids = std::collections::HashMap::new();
+    for name in names {
+        let (status, profile) =
+            json_of(server.get(&format!("/api/v1/profiles/lookup?kind=user_id&value={name}"), &ws.api_key).await).await;
+        assert_eq!(status, StatusCode::OK, "{profile}");
+        profile_ids.insert(name, profile["id"].as_str().unwrap().to_owned());
+    }
+    for name in names {
+        let browser = &browsers[name];
+        let subscription = json!({"endpoint": format!("{}/push/{name}", service.url),
+                                  "keys": {"p256dh": browser["p256dh"], "auth": browser["auth"]}});
+        let (status, registered) =
+            post(format!("/api/v1/profiles/{}/push-subscriptions", profile_ids[name]), subscription).await;
+        assert_eq!(status, StatusCode::CREATED, "{registered}");
+        assert_eq!(registered["platform"], "webpush");
+        assert!(
+            registered.get("keys").is_none() && !registered.to_string().contains(browser["auth"].as_str().unwrap())
+        );
+    }
+    // Malformed subscriptions are refused with the field named.
+    let ann = profile_ids["ann"].clone();
+    for (body, field) in [
+        (
+            json!({"endpoint": "ftp://x/1", "keys": {"p256dh": browsers["ann"]["p256dh"], "auth": browsers["ann"]["auth"]}}),
+            "endpoint",
+        ),
+        (
+            json!({"endpoint": format!("{}/push/x", service.url), "keys": {"p256dh": "BAAA", "auth": browsers["ann"]["auth"]}}),
+            "keys.p256dh",
+        ),
+        (
+            json!({"endpoint": format!("{}/push/x", service.url), "keys": {"p256dh": browsers["ann"]["p256dh"], "auth": "AAAA"}}),
+            "keys.auth",
+        ),
+        (json!({"token": "abc", "platform": "apns"}), "token"),
+    ] {
+        let (status, error) = post(format!("/api/v1/profiles/{ann}/push-subscriptions"), body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+        assert!(error["error"]["message"].as_str().unwrap().starts_with(field), "{field}: {error}");
+    }
+    let (status, _) =
+        post("/api/v1/profiles/prf_nobody/push-subscriptions".into(), json!({"token": "t", "platform": "fcm"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = server
+        .put_json(
+            &format!("/api/v1/profiles/{}/consent", profile_ids["quiet"]),
+            &ws.api_key,
+            &json!({"push": "unsubscribed"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let everyone = json!({"name": "Everyone", "filter": {"trait": "first_name", "op": "exists"}});
+    let (_, segment) = post("/api/v1/segments".into(), everyone).await;
+    let (_, reachable) =
+        post("/api/v1/segments".into(), json!({"name": "Push", "filter": {"reachable": "push"}})).await;
+    let (status, template) = post(
+        "/api/v1/templates".into(),
+        json!({"name": "Sale", "channel": "push", "title": "Hi {{ profile.traits.first_name }}",
+               "body": "Spring sale: 20% off", "url": "https://shop.example/sale?u={{ profile.id }}",
+               "icon": "https://shop.example/icon.png"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{template}");
+    let (status, missing_title) =
+        post("/api/v1/templates".into(), json!({"name": "Bad", "channel": "push", "body": "x"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(missing_title["error"]["message"].as_str().unwrap().starts_with("title"), "{missing_title}");
+    let (status, campaign) = post(
+        "/api/v1/campaigns".into(),
+        json!({"name": "Sale", "segment_id": segment["id"], "channel": "push", "template_id": template["id"], "schedule": "now"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{campaign}");
+    let id = campaign["id"].as_str().unwrap().to_owned();
+    let mut stats = json!(null);
+    for _ in 0..300 {
+        let (_, campaign) = json_of(server.get(&format!("/api/v1/campaigns/{id}"), &ws.api_key).await).await;
+        stats = campaign["stats"].clone();
+        if campaign["status"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(stats["sent"], 2, "{stats}");
+    assert_eq!(stats["bounced"], 1, "{stats}");
+    assert_eq!(stats["suppressed_by"]["unsubscribed"], 1, "{stats}");
+
+    let mut received = service.received().await;
+    received.sort_by_key(|message| message["browser"].as_str().unwrap().to_owned());
+    assert_eq!(received.len(), 2, "once each, the 429 retried once: {received:?}");
+    assert_eq!(received[0]["browser"], "ann");
+    assert_eq!(received[1]["browser"], "busy");
+    let payload = &received[0]["payload"];
+    assert_eq!(payload["title"], "Hi ANN");
+    assert_eq!(payload["body"], "Spring sale: 20% off");
+    assert_eq!(payload["url"], format!("https://shop.example/sale?u={}", profile_ids["ann"]));
+    assert_eq!(payload["icon"], "https://shop.example/icon.png");
+    assert!(payload["delivery_id"].as_str().unwrap().starts_with("dlv_"), "{payload}");
+    assert_eq!((received[0]["ttl"].as_str(), received[0]["urgency"].as_str()), (Some("86400"), Some("normal")));
+
+    // The 410 marked the subscription; it shows, and the next campaign does not try it.
+    let (_, listed) =
+        json_of(server.get(&format!("/api/v1/profiles/{}/push-subscriptions", profile_ids["gone"]), &ws.api_key).await)
+            .await;
+    assert_eq!(listed["push_addresses"][0]["unreachable"], "unregistered 410", "{listed}");
+    let (_, size) =
+        json_of(server.get(&format!("/api/v1/segments/{}/size", reachable["id"].as_str().unwrap()), &ws.api_key).await)
+            .await;
+    assert_eq!(size["size"], 2, "ann and busy are reachable by push; gone is not, quiet unsubscribed: {size}");
+}

@@ -4,7 +4,7 @@
 use super::*;
 use crate::engage::{
     AddressState, Delivery, DeliveryCount, DeliveryStatus, DeliveryUpdate, EngageObject, Engagement, NewDelivery,
-    ObjectKind, RecipientFacts,
+    ObjectKind, PushAddress, RecipientFacts,
 };
 use crate::segment_sql::{self, Dialect, Param};
 use crossline_core::segment::Filter;
@@ -381,6 +381,65 @@ impl crate::EngageStore for PgStore {
             == 1)
     }
 
+    async fn put_push_address(
+        &self,
+        workspace_id: &str,
+        profile_id: &str,
+        address: &PushAddress,
+    ) -> StoreResult<Option<bool>> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // Merges take the same lock: the profile cannot move while the address is attached.
+        lock_workspace(&tx, workspace_id).await?;
+        let Some(live) = statements::live_profile_id(&*tx, workspace_id, profile_id).await? else {
+            return Ok(None);
+        };
+        let before: Option<String> = tx
+            .query_opt(
+                "SELECT profile_id FROM push_addresses WHERE workspace_id = $1 AND kind = $2 AND value = $3",
+                &[&workspace_id, &address.kind, &address.value],
+            )
+            .await?
+            .map(|row| row.get(0));
+        tx.execute(
+            "INSERT INTO push_addresses (workspace_id, kind, value, platform, profile_id, p256dh, auth, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (workspace_id, kind, value) DO UPDATE SET platform = excluded.platform,
+                profile_id = excluded.profile_id, p256dh = excluded.p256dh, auth = excluded.auth,
+                created_at = excluded.created_at",
+            &[
+                &workspace_id,
+                &address.kind,
+                &address.value,
+                &address.platform,
+                &live,
+                &address.p256dh,
+                &address.auth,
+                &crate::to_millis(address.created_at),
+            ],
+        )
+        .await?;
+        tx.execute(
+            "DELETE FROM address_states WHERE workspace_id = $1 AND kind = $2 AND value = $3",
+            &[&workspace_id, &address.kind, &address.value],
+        )
+        .await?;
+        tx.execute(
+            "DELETE FROM push_addresses WHERE workspace_id = $1 AND profile_id = $2 AND (kind, value) NOT IN
+                (SELECT kind, value FROM push_addresses WHERE workspace_id = $1 AND profile_id = $2
+                 ORDER BY created_at DESC, value LIMIT $3)",
+            &[&workspace_id, &live, &(crate::engage::MAX_PUSH_ADDRESSES as i64)],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(before.as_deref() != Some(live.as_str())))
+    }
+
+    async fn push_addresses(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<PushAddress>> {
+        let client = self.pool.get().await?;
+        push_addresses_of(&**client, workspace_id, profile_id).await
+    }
+
     async fn address_states(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<AddressState>> {
         let client = self.pool.get().await?;
         address_states_of(&client, workspace_id, profile_id).await
@@ -404,7 +463,8 @@ impl crate::EngageStore for PgStore {
                 Some(since) => marketing_sends_of(client, workspace_id, &profile.id, since).await?,
                 None => 0,
             };
-            Ok(Some((id.clone(), RecipientFacts { profile, unreachable, marketing_sends })))
+            let push = push_addresses_of(client, workspace_id, &profile.id).await?;
+            Ok(Some((id.clone(), RecipientFacts { profile, unreachable, marketing_sends, push })))
         }))
         .await?;
         Ok(facts.into_iter().flatten().collect())
@@ -677,6 +737,31 @@ impl crate::EngageStore for PgStore {
     }
 }
 
+async fn push_addresses_of(
+    client: &impl tokio_postgres::GenericClient,
+    workspace_id: &str,
+    profile_id: &str,
+) -> StoreResult<Vec<PushAddress>> {
+    let rows = client
+        .query(
+            "SELECT kind, value, platform, p256dh, auth, created_at FROM push_addresses
+             WHERE workspace_id = $1 AND profile_id = $2 ORDER BY created_at DESC, value",
+            &[&workspace_id, &profile_id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| PushAddress {
+            kind: row.get(0),
+            value: row.get(1),
+            platform: row.get(2),
+            p256dh: row.get(3),
+            auth: row.get(4),
+            created_at: crate::from_millis(row.get(5)),
+        })
+        .collect())
+}
+
 async fn address_states_of(
     client: &tokio_postgres::Client,
     workspace_id: &str,
@@ -686,7 +771,12 @@ async fn address_states_of(
         .query(
             "SELECT s.kind, s.value, s.reason, s.unreachable_at FROM identities i
              JOIN address_states s ON s.workspace_id = i.workspace_id AND s.kind = i.kind AND s.value = i.value
-             WHERE i.workspace_id = $1 AND i.profile_id = $2 AND s.unreachable_at IS NOT NULL ORDER BY s.kind, s.value",
+             WHERE i.workspace_id = $1 AND i.profile_id = $2 AND s.unreachable_at IS NOT NULL
+             UNION
+             SELECT s.kind, s.value, s.reason, s.unreachable_at FROM push_addresses a
+             JOIN address_states s ON s.workspace_id = a.workspace_id AND s.kind = a.kind AND s.value = a.value
+             WHERE a.workspace_id = $1 AND a.profile_id = $2 AND s.unreachable_at IS NOT NULL
+             ORDER BY 1, 2",
             &[&workspace_id, &profile_id],
         )
         .await?;

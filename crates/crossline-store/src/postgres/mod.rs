@@ -42,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0010_engagement.sql"),
     include_str!("../../migrations/postgres/0011_deliveries_pending.sql"),
     include_str!("../../migrations/postgres/0012_delivery_time_zone.sql"),
+    include_str!("../../migrations/postgres/0013_push_addresses.sql"),
 ];
 
 /// Arbitrary constant for the advisory lock that serialises migrations across nodes.

@@ -4,7 +4,7 @@
 use super::*;
 use crate::engage::{
     AddressState, Delivery, DeliveryCount, DeliveryStatus, DeliveryUpdate, EngageObject, Engagement, NewDelivery,
-    ObjectKind, RecipientFacts,
+    ObjectKind, PushAddress, RecipientFacts,
 };
 use crate::segment_sql::{self, Dialect, Param};
 use crossline_core::segment::Filter;
@@ -424,6 +424,56 @@ impl crate::EngageStore for SqliteStore {
         .await
     }
 
+    async fn put_push_address(
+        &self,
+        workspace_id: &str,
+        profile_id: &str,
+        address: &PushAddress,
+    ) -> StoreResult<Option<bool>> {
+        let (workspace_id, profile_id, address) = (workspace_id.to_owned(), profile_id.to_owned(), address.clone());
+        self.write_aside(move |tx| {
+            let Some(live) = statements::live_profile_id(tx, &workspace_id, &profile_id)? else { return Ok(None) };
+            let before: Option<String> = tx
+                .prepare_cached(
+                    "SELECT profile_id FROM push_addresses WHERE workspace_id = ?1 AND kind = ?2 AND value = ?3",
+                )?
+                .query_row((&workspace_id, &address.kind, &address.value), |row| row.get(0))
+                .optional()?;
+            tx.prepare_cached(
+                "INSERT INTO push_addresses (workspace_id, kind, value, platform, profile_id, p256dh, auth, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (workspace_id, kind, value) DO UPDATE SET platform = excluded.platform,
+                    profile_id = excluded.profile_id, p256dh = excluded.p256dh, auth = excluded.auth,
+                    created_at = excluded.created_at",
+            )?
+            .execute(rusqlite::params![
+                workspace_id,
+                address.kind,
+                address.value,
+                address.platform,
+                live,
+                address.p256dh,
+                address.auth,
+                crate::to_millis(address.created_at),
+            ])?;
+            tx.prepare_cached("DELETE FROM address_states WHERE workspace_id = ?1 AND kind = ?2 AND value = ?3")?
+                .execute((&workspace_id, &address.kind, &address.value))?;
+            tx.prepare_cached(
+                "DELETE FROM push_addresses WHERE workspace_id = ?1 AND profile_id = ?2 AND (kind, value) NOT IN
+                    (SELECT kind, value FROM push_addresses WHERE workspace_id = ?1 AND profile_id = ?2
+                     ORDER BY created_at DESC, value LIMIT ?3)",
+            )?
+            .execute((&workspace_id, &live, crate::engage::MAX_PUSH_ADDRESSES as i64))?;
+            Ok(Some(before.as_deref() != Some(live.as_str())))
+        })
+        .await
+    }
+
+    async fn push_addresses(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<PushAddress>> {
+        let (workspace_id, profile_id) = (workspace_id.to_owned(), profile_id.to_owned());
+        self.read(move |conn| push_addresses_of(conn, &workspace_id, &profile_id)).await
+    }
+
     async fn address_states(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<AddressState>> {
         let (workspace_id, profile_id) = (workspace_id.to_owned(), profile_id.to_owned());
         self.read(move |conn| address_states_of(conn, &workspace_id, &profile_id)).await
@@ -445,7 +495,8 @@ impl crate::EngageStore for SqliteStore {
                     Some(since) => marketing_sends_of(conn, &workspace_id, &profile.id, since)?,
                     None => 0,
                 };
-                found.insert(id, RecipientFacts { profile, unreachable, marketing_sends });
+                let push = push_addresses_of(conn, &workspace_id, &profile.id)?;
+                found.insert(id, RecipientFacts { profile, unreachable, marketing_sends, push });
             }
             Ok(found)
         })
@@ -736,11 +787,34 @@ pub fn sorted_difference(wanted: &[String], current: &[String]) -> (Vec<String>,
     (entered, left)
 }
 
+fn push_addresses_of(conn: &Connection, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<PushAddress>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT kind, value, platform, p256dh, auth, created_at FROM push_addresses INDEXED BY push_addresses_profile
+         WHERE workspace_id = ?1 AND profile_id = ?2 ORDER BY created_at DESC, value",
+    )?;
+    let rows = statement.query_map((workspace_id, profile_id), |row| {
+        Ok(PushAddress {
+            kind: row.get(0)?,
+            value: row.get(1)?,
+            platform: row.get(2)?,
+            p256dh: row.get(3)?,
+            auth: row.get(4)?,
+            created_at: crate::from_millis(row.get(5)?),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 fn address_states_of(conn: &Connection, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<AddressState>> {
     let mut statement = conn.prepare_cached(
         "SELECT s.kind, s.value, s.reason, s.unreachable_at FROM identities i
          JOIN address_states s ON s.workspace_id = i.workspace_id AND s.kind = i.kind AND s.value = i.value
-         WHERE i.profile_id = ?2 AND i.workspace_id = ?1 AND s.unreachable_at IS NOT NULL ORDER BY s.kind, s.value",
+         WHERE i.profile_id = ?2 AND i.workspace_id = ?1 AND s.unreachable_at IS NOT NULL
+         UNION
+         SELECT s.kind, s.value, s.reason, s.unreachable_at FROM push_addresses a
+         JOIN address_states s ON s.workspace_id = a.workspace_id AND s.kind = a.kind AND s.value = a.value
+         WHERE a.profile_id = ?2 AND a.workspace_id = ?1 AND s.unreachable_at IS NOT NULL
+         ORDER BY 1, 2",
     )?;
     let rows = statement.query_map((workspace_id, profile_id), |row| {
         Ok(AddressState {

@@ -203,6 +203,80 @@ pub(super) async fn segments_are_evaluated_in_the_store(store: DynStore) {
     assert_eq!(size(&store, &ws.id, json!({"all": []})).await, 4, "the merged-away profile is not counted");
 }
 
+fn push_address(endpoint: &str, at: chrono::DateTime<Utc>) -> crate::engage::PushAddress {
+    crate::engage::PushAddress {
+        kind: "webpush".into(),
+        value: endpoint.into(),
+        platform: "webpush".into(),
+        p256dh: Some("key".into()),
+        auth: Some("auth".into()),
+        created_at: at,
+    }
+}
+
+/// Push addresses: registered to a profile, moved by registering them for another, kept to the
+/// newest ten, marked unreachable (which registering again clears), counted by `reachable`,
+/// carried through a merge.
+pub(super) async fn push_addresses_follow_their_browser_and_the_person(store: DynStore) {
+    let ws = workspace(&store, "push-addresses").await;
+    let batch = json!({"batch": [
+        {"type": "identify", "userId": "ann", "messageId": "p1"},
+        {"type": "identify", "userId": "bob", "messageId": "p2"},
+        {"type": "identify", "anonymousId": "anon-ann", "messageId": "p3"}
+    ]});
+    store.ingest(&ws.id, events(batch)).await.unwrap();
+    let (ann, bob) = (profile_of(&store, &ws.id, "ann").await, profile_of(&store, &ws.id, "bob").await);
+    let now = Utc::now();
+    let first = push_address("https://push.example/1", now);
+    assert_eq!(store.put_push_address(&ws.id, &ann, &first).await.unwrap(), Some(true));
+    assert_eq!(store.put_push_address(&ws.id, &ann, &first).await.unwrap(), Some(false), "already hers");
+    assert_eq!(store.put_push_address(&ws.id, "prf_nobody", &first).await.unwrap(), None);
+    assert_eq!(members(&store, &ws.id, json!({"reachable": "push"})).await, vec![ann.clone()]);
+    // The browser now belongs to Bob: it moves.
+    assert_eq!(store.put_push_address(&ws.id, &bob, &first).await.unwrap(), Some(true));
+    assert!(store.push_addresses(&ws.id, &ann).await.unwrap().is_empty());
+    assert_eq!(store.push_addresses(&ws.id, &bob).await.unwrap()[0].value, "https://push.example/1");
+    store.set_address_unreachable(&ws.id, "webpush", "https://push.example/1", "unregistered 410", now).await.unwrap();
+    assert_eq!(store.address_states(&ws.id, &bob).await.unwrap()[0].reason, "unregistered 410");
+    assert!(members(&store, &ws.id, json!({"reachable": "push"})).await.is_empty());
+    let facts = store.recipients(&ws.id, std::slice::from_ref(&bob), None).await.unwrap();
+    assert_eq!((facts[&bob].push.len(), facts[&bob].unreachable.len()), (1, 1));
+    // Given again: reachable again.
+    store.put_push_address(&ws.id, &bob, &first).await.unwrap();
+    assert!(store.address_states(&ws.id, &bob).await.unwrap().is_empty());
+    // Ten at most, the newest kept.
+    for n in 0..12 {
+        let at = now + chrono::Duration::seconds(n + 1);
+        store
+            .put_push_address(&ws.id, &ann, &push_address(&format!("https://push.example/a{n:02}"), at))
+            .await
+            .unwrap();
+    }
+    let kept = store.push_addresses(&ws.id, &ann).await.unwrap();
+    assert_eq!(kept.len(), crate::engage::MAX_PUSH_ADDRESSES);
+    assert_eq!(
+        (kept[0].value.as_str(), kept[9].value.as_str()),
+        ("https://push.example/a11", "https://push.example/a02")
+    );
+    // A merge carries them to the survivor.
+    let anonymous =
+        crossline_core::Identity { kind: crossline_core::IdentityKind::AnonymousId, value: "anon-ann".into() };
+    let anon = store.lookup(&ws.id, &anonymous).await.unwrap().unwrap().id;
+    store.put_push_address(&ws.id, &anon, &push_address("https://push.example/anon", now)).await.unwrap();
+    let alias = json!({"batch": [{"type": "alias", "userId": "ann", "previousId": "anon-ann", "messageId": "p4"}]});
+    store.ingest(&ws.id, events(alias)).await.unwrap();
+    let survivor = profile_of(&store, &ws.id, "ann").await;
+    let values: Vec<String> =
+        store.push_addresses(&ws.id, &survivor).await.unwrap().into_iter().map(|address| address.value).collect();
+    assert!(
+        values.contains(&"https://push.example/anon".to_owned())
+            && values.contains(&"https://push.example/a11".to_owned()),
+        "{values:?}"
+    );
+    let loser = if survivor == anon { &ann } else { &anon };
+    assert!(store.push_addresses(&ws.id, loser).await.unwrap().is_empty());
+}
+
 fn delivery(id: &str, profile: &str, campaign: Option<&str>, run_at: chrono::DateTime<Utc>) -> NewDelivery {
     NewDelivery {
         id: id.into(),
@@ -362,7 +436,17 @@ pub(super) async fn erasing_a_profile_erases_its_engagement(store: DynStore) {
     store.insert_deliveries(&ws.id, &[delivery("dlv_gone", &gone, None, now)]).await.unwrap();
     store.set_address_unreachable(&ws.id, "email", "gone@example.com", "hard_bounce 550", now).await.unwrap();
     store.set_membership(&ws.id, "seg_x", &gone, true, now).await.unwrap();
+    store.put_push_address(&ws.id, &gone, &push_address("https://push.example/gone", now)).await.unwrap();
+    store
+        .set_address_unreachable(&ws.id, "webpush", "https://push.example/gone", "unregistered 410", now)
+        .await
+        .unwrap();
     assert!(store.delete_profile(&ws.id, &gone).await.unwrap());
+    assert!(store.push_addresses(&ws.id, &gone).await.unwrap().is_empty());
+    assert!(
+        !store.clear_address_state(&ws.id, "webpush", "https://push.example/gone").await.unwrap(),
+        "the push address's state went too"
+    );
     assert!(store.delivery(&ws.id, "dlv_gone").await.unwrap().is_none());
     assert!(store.memberships(&ws.id, &gone).await.unwrap().is_empty());
     assert!(

@@ -90,6 +90,11 @@ impl IngestTx for PgTx<'_> {
         tx.execute("DELETE FROM segment_members WHERE workspace_id = $1 AND profile_id = $2", &[&workspace_id, &loser])
             .await?;
         tx.execute(
+            "UPDATE push_addresses SET profile_id = $1 WHERE workspace_id = $2 AND profile_id = $3",
+            &[&survivor, &workspace_id, &loser],
+        )
+        .await?;
+        tx.execute(
             "UPDATE profiles SET merged_into = $1 WHERE workspace_id = $2 AND merged_into = $3",
             &[&survivor, &workspace_id, &loser],
         )

@@ -171,6 +171,9 @@ pub(in crate::postgres) async fn delete_profile(
     for statement in [
         "DELETE FROM address_states WHERE workspace_id = $1 AND (kind, value) IN
             (SELECT kind, value FROM identities WHERE workspace_id = $1 AND profile_id = $2)",
+        "DELETE FROM address_states WHERE workspace_id = $1 AND (kind, value) IN
+            (SELECT kind, value FROM push_addresses WHERE workspace_id = $1 AND profile_id = $2)",
+        "DELETE FROM push_addresses WHERE workspace_id = $1 AND profile_id = $2",
         "DELETE FROM deliveries WHERE workspace_id = $1 AND (profile_id = $2 OR profile_id IN
             (SELECT id FROM profiles WHERE workspace_id = $1 AND merged_into = $2))",
         "DELETE FROM segment_members WHERE workspace_id = $1 AND profile_id = $2",

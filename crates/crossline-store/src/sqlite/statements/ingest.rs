@@ -76,6 +76,7 @@ impl IngestTx for SqliteTx<'_> {
         conn.prepare_cached(MOVE_CONVERSATIONS)?.execute((survivor, workspace_id, loser))?;
         conn.prepare_cached(MOVE_MEMBERSHIPS)?.execute((survivor, workspace_id, loser))?;
         conn.prepare_cached(DROP_MEMBERSHIPS)?.execute((workspace_id, loser))?;
+        conn.prepare_cached(MOVE_PUSH_ADDRESSES)?.execute((survivor, workspace_id, loser))?;
         // Two statements, not one with OR: an OR cannot use the partial index and scans every profile.
         // INDEXED BY because SQLite 3.50's planner otherwise walks the whole workspace's primary-key
         // range when an UPDATE changes a column of the better index (measured: 1.4 ms per merge).

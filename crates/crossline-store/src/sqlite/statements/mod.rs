@@ -68,9 +68,12 @@ pub(in crate::sqlite) const DELETE_IDENTITIES: &str =
 
 /// An erased profile's engagement: its addresses' states, its deliveries (also those planned
 /// under an id merged into it), its segment memberships. Run before its identities and tombstones go.
-pub(in crate::sqlite) const ERASE_ENGAGEMENT: [&str; 3] = [
+pub(in crate::sqlite) const ERASE_ENGAGEMENT: [&str; 5] = [
     "DELETE FROM address_states WHERE workspace_id = ?1 AND (kind, value) IN
         (SELECT kind, value FROM identities INDEXED BY identities_profile WHERE workspace_id = ?1 AND profile_id = ?2)",
+    "DELETE FROM address_states WHERE workspace_id = ?1 AND (kind, value) IN
+        (SELECT kind, value FROM push_addresses WHERE workspace_id = ?1 AND profile_id = ?2)",
+    "DELETE FROM push_addresses WHERE workspace_id = ?1 AND profile_id = ?2",
     "DELETE FROM deliveries WHERE workspace_id = ?1 AND (profile_id = ?2 OR profile_id IN
         (SELECT id FROM profiles INDEXED BY profiles_merged_into WHERE workspace_id = ?1 AND merged_into = ?2))",
     "DELETE FROM segment_members WHERE workspace_id = ?1 AND profile_id = ?2",
@@ -86,6 +89,8 @@ pub(in crate::sqlite) const DELETE_PROFILE: &str = "DELETE FROM profiles WHERE w
 pub(in crate::sqlite) const MOVE_MEMBERSHIPS: &str = "UPDATE OR IGNORE segment_members INDEXED BY segment_members_profile SET profile_id = ?1 WHERE workspace_id = ?2 AND profile_id = ?3";
 pub(in crate::sqlite) const DROP_MEMBERSHIPS: &str =
     "DELETE FROM segment_members INDEXED BY segment_members_profile WHERE workspace_id = ?1 AND profile_id = ?2";
+/// Push addresses follow the person too.
+pub(in crate::sqlite) const MOVE_PUSH_ADDRESSES: &str = "UPDATE push_addresses INDEXED BY push_addresses_profile SET profile_id = ?1 WHERE workspace_id = ?2 AND profile_id = ?3";
 pub(in crate::sqlite) const MOVE_CONVERSATIONS: &str = "UPDATE conversations INDEXED BY conversations_profile SET profile_id = ?1 WHERE workspace_id = ?2 AND profile_id = ?3";
 
 pub(in crate::sqlite) const DELETE_CONVERSATION_MESSAGES: &str =
@@ -156,6 +161,7 @@ pub const KEYED_STATEMENTS: &[&str] = &[
     TOMBSTONE,
     MOVE_MEMBERSHIPS,
     DROP_MEMBERSHIPS,
+    MOVE_PUSH_ADDRESSES,
     IDENTITY_OWNER,
     IDENTITIES_OF,
     MERGED_INTO,
