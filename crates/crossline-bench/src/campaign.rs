@@ -14,7 +14,8 @@ pub struct CampaignArgs {
     /// Recipients (profiles with an address, all in the segment).
     #[arg(long, default_value_t = 100_000)]
     recipients: usize,
-    /// `email` (to smtp-sink) or `sms` (to a local Twilio-like HTTP sink).
+    /// `email` (to smtp-sink), `sms` (to a local Twilio-like HTTP sink) or `push` (Web Push, to a
+    /// local push-service sink; every message encrypted for its subscription).
     #[arg(long, default_value = "email")]
     channel: String,
     /// The smtp-sink binary (Debian package `postfix`).
@@ -34,6 +35,68 @@ async fn serve_twilio_sink(listener: tokio::net::TcpListener, count: Arc<AtomicU
         .into_bytes()
     })
     .await;
+}
+
+/// Answers every push message with 201, as a push service does, counting those that carry an
+/// encrypted body and a VAPID header (others get 400).
+async fn serve_push_sink(listener: tokio::net::TcpListener, count: Arc<AtomicUsize>) {
+    crate::http_sink::serve(listener, move |head: &str| {
+        let head = head.to_ascii_lowercase();
+        if head.contains("content-encoding: aes128gcm") && head.contains("authorization: vapid t=") {
+            count.fetch_add(1, Ordering::SeqCst);
+            b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n".to_vec()
+        } else {
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n".to_vec()
+        }
+    })
+    .await;
+}
+
+/// The browser of RFC 8291's example: every bench subscription has its keys (each its own endpoint).
+const BROWSER_P256DH: &str = "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4";
+const BROWSER_AUTH: &str = "BTBZMqHH6r4Tts7J_aSIgg";
+
+/// Registers a push subscription at the sink for every profile of the workspace.
+async fn register_subscriptions(http: &reqwest::Client, url: &str, api_key: &str, port: u16) -> anyhow::Result<usize> {
+    let mut ids = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut page = format!("{url}/api/v1/profiles?limit=1000");
+        if let Some(after) = &after {
+            page.push_str(&format!("&after={after}"));
+        }
+        let listed: Value = http.get(page).bearer_auth(api_key).send().await?.error_for_status()?.json().await?;
+        for profile in listed["profiles"].as_array().context("profiles")? {
+            ids.push(profile["id"].as_str().context("id")?.to_owned());
+        }
+        match listed["next_cursor"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let total = ids.len();
+    let ids = Arc::new(std::sync::Mutex::new(ids));
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        let (http, url, api_key, ids) = (http.clone(), url.to_owned(), api_key.to_owned(), ids.clone());
+        clients.push(tokio::spawn(async move {
+            loop {
+                let Some(id) = ids.lock().unwrap_or_else(|p| p.into_inner()).pop() else { return anyhow::Ok(()) };
+                let subscription = json!({"endpoint": format!("http://127.0.0.1:{port}/push/{id}"),
+                    "keys": {"p256dh": BROWSER_P256DH, "auth": BROWSER_AUTH}});
+                http.post(format!("{url}/api/v1/profiles/{id}/push-subscriptions"))
+                    .bearer_auth(&api_key)
+                    .json(&subscription)
+                    .send()
+                    .await?
+                    .error_for_status()?;
+            }
+        }));
+    }
+    for client in clients {
+        client.await??;
+    }
+    Ok(total)
 }
 
 pub(crate) async fn campaign(args: CampaignArgs) -> anyhow::Result<()> {
@@ -101,6 +164,9 @@ pub(crate) async fn campaign(args: CampaignArgs) -> anyhow::Result<()> {
             .send()
             .await?
             .error_for_status()?;
+    } else if args.channel == "push" {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        tokio::spawn(serve_push_sink(listener, sms_count.clone()));
     } else {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         tokio::spawn(serve_twilio_sink(listener, sms_count.clone()));
@@ -159,6 +225,11 @@ pub(crate) async fn campaign(args: CampaignArgs) -> anyhow::Result<()> {
         client.await??;
     }
     println!("{} recipients ingested in {:.1} s", args.recipients, started.elapsed().as_secs_f64());
+    if args.channel == "push" {
+        let registering = Instant::now();
+        let registered = register_subscriptions(&http, &url, &api_key, port).await?;
+        println!("{registered} push subscriptions registered in {:.1} s", registering.elapsed().as_secs_f64());
+    }
 
     let segment = api(
         "/api/v1/segments",
@@ -168,6 +239,9 @@ pub(crate) async fn campaign(args: CampaignArgs) -> anyhow::Result<()> {
     let template = if args.channel == "email" {
         api("/api/v1/templates", json!({"name": "Bench", "channel": "email", "subject": "Hello {{ profile.traits.first_name }}",
             "body": "<html><body><h1>Hi {{ profile.traits.first_name | default: \"there\" }}</h1><p>Your plan: {{ profile.traits.plan }}.</p><p><a href=\"https://example.com/offer\">See the offer</a> · <a href=\"{{ unsubscribe_url }}\">Unsubscribe</a></p></body></html>"})).await?
+    } else if args.channel == "push" {
+        api("/api/v1/templates", json!({"name": "Bench", "channel": "push", "title": "Hi {{ profile.traits.first_name }}",
+            "body": "Your {{ profile.traits.plan }} offer is ready.", "url": "https://example.com/offer?p={{ profile.id }}"})).await?
     } else {
         api("/api/v1/templates", json!({"name": "Bench", "channel": "sms", "body": "Hi {{ profile.traits.first_name }}, your {{ profile.traits.plan }} offer is ready."})).await?
     };

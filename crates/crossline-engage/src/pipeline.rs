@@ -712,6 +712,7 @@ impl Engage {
         let mut queued_total = 0u64;
         let mut after: Option<String> = None;
         let since = cap_since(&settings, &spec, now);
+        let uses_push = spec.channels.iter().any(|channel| channel == "push");
         // A page is read while the previous one is written: the reads run on a reader
         // connection beside the writer.
         let mut writing: Option<futures::future::BoxFuture<'static, Result<usize, StoreError>>> = None;
@@ -721,7 +722,7 @@ impl Engage {
                 if page.is_empty() {
                     return Ok::<_, StoreError>(None);
                 }
-                let facts = self.store.recipients(workspace_id, &page, since).await?;
+                let facts = self.store.recipients(workspace_id, &page, since, uses_push).await?;
                 Ok(Some((page, facts)))
             };
             let read = match writing.take() {
@@ -973,8 +974,12 @@ impl Engage {
         let earliest =
             event.timestamp.max(now - Duration::minutes(5)) + Duration::seconds(trigger.delay_seconds as i64);
         let asked = [profile.id.clone()];
-        let Some(facts) =
-            self.store.recipients(workspace_id, &asked, cap_since(&settings, spec, now)).await?.remove(&profile.id)
+        let push = spec.channels.iter().any(|channel| channel == "push");
+        let Some(facts) = self
+            .store
+            .recipients(workspace_id, &asked, cap_since(&settings, spec, now), push)
+            .await?
+            .remove(&profile.id)
         else {
             return Ok(());
         };
@@ -1178,8 +1183,8 @@ impl Engage {
         ids.dedup();
         let marketing = deliveries.iter().any(|d| d.new.kind == SendKind::Marketing.as_str());
         let since = settings.frequency_cap.filter(|_| marketing).map(|cap| now - Duration::days(i64::from(cap.days)));
-        let facts = self.store.recipients(workspace_id, &ids, since).await.map_err(|err| retry(&err))?;
         let uses = |channel: &str| deliveries.iter().any(|d| d.new.channel == channel);
+        let facts = self.store.recipients(workspace_id, &ids, since, uses("push")).await.map_err(|err| retry(&err))?;
         let email = if uses("email") { Some(self.email_sender(workspace_id).await) } else { None };
         let link_key = match &email {
             Some(Ok(_)) => Some(self.link_key(workspace_id).await.map_err(|err| retry(&err))?),

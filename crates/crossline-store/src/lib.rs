@@ -447,14 +447,16 @@ pub trait EngageStore: Send + Sync {
     async fn push_addresses(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<engage::PushAddress>>;
     /// The unreachable addresses among a profile's identities and push addresses.
     async fn address_states(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<engage::AddressState>>;
-    /// The profiles of these recipients with their unreachable addresses and, given
-    /// `marketing_since`, their marketing sends since then: one round trip for a sender's batch.
-    /// Keyed by the id asked for; ids of erased or unknown profiles are absent.
+    /// The profiles of these recipients with their unreachable addresses, given
+    /// `marketing_since` their marketing sends since then, and with `push` their push addresses:
+    /// one round trip for a sender's batch. Keyed by the id asked for; ids of erased or unknown
+    /// profiles are absent.
     async fn recipients(
         &self,
         workspace_id: &str,
         profile_ids: &[String],
         marketing_since: Option<chrono::DateTime<chrono::Utc>>,
+        push: bool,
     ) -> StoreResult<std::collections::HashMap<String, engage::RecipientFacts>>;
 
     /// Stores deliveries; one whose idempotency key exists is skipped. How many were new.

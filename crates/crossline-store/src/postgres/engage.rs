@@ -450,6 +450,7 @@ impl crate::EngageStore for PgStore {
         workspace_id: &str,
         profile_ids: &[String],
         marketing_since: Option<DateTime<Utc>>,
+        push: bool,
     ) -> StoreResult<HashMap<String, RecipientFacts>> {
         let client = self.pool.get().await?;
         let client: &tokio_postgres::Client = &client;
@@ -463,7 +464,7 @@ impl crate::EngageStore for PgStore {
                 Some(since) => marketing_sends_of(client, workspace_id, &profile.id, since).await?,
                 None => 0,
             };
-            let push = push_addresses_of(client, workspace_id, &profile.id).await?;
+            let push = if push { push_addresses_of(client, workspace_id, &profile.id).await? } else { Vec::new() };
             Ok(Some((id.clone(), RecipientFacts { profile, unreachable, marketing_sends, push })))
         }))
         .await?;

@@ -458,12 +458,27 @@ impl crate::EngageStore for SqliteStore {
             ])?;
             tx.prepare_cached("DELETE FROM address_states WHERE workspace_id = ?1 AND kind = ?2 AND value = ?3")?
                 .execute((&workspace_id, &address.kind, &address.value))?;
-            tx.prepare_cached(
-                "DELETE FROM push_addresses WHERE workspace_id = ?1 AND profile_id = ?2 AND (kind, value) NOT IN
-                    (SELECT kind, value FROM push_addresses WHERE workspace_id = ?1 AND profile_id = ?2
-                     ORDER BY created_at DESC, value LIMIT ?3)",
-            )?
-            .execute((&workspace_id, &live, crate::engage::MAX_PUSH_ADDRESSES as i64))?;
+            // Ten kept: the oldest beyond them go (found through the profile's index, deleted by key).
+            let held: i64 = tx
+                .prepare_cached(
+                    "SELECT count(*) FROM push_addresses INDEXED BY push_addresses_profile WHERE workspace_id = ?1 AND profile_id = ?2",
+                )?
+                .query_row((&workspace_id, &live), |row| row.get(0))?;
+            let excess = held - crate::engage::MAX_PUSH_ADDRESSES as i64;
+            if excess > 0 {
+                let oldest: Vec<(String, String)> = tx
+                    .prepare_cached(
+                        "SELECT kind, value FROM push_addresses INDEXED BY push_addresses_profile
+                         WHERE workspace_id = ?1 AND profile_id = ?2 ORDER BY created_at, value DESC LIMIT ?3",
+                    )?
+                    .query_map((&workspace_id, &live, excess), |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                let mut delete = tx
+                    .prepare_cached("DELETE FROM push_addresses WHERE workspace_id = ?1 AND kind = ?2 AND value = ?3")?;
+                for (kind, value) in oldest {
+                    delete.execute((&workspace_id, &kind, &value))?;
+                }
+            }
             Ok(Some(before.as_deref() != Some(live.as_str())))
         })
         .await
@@ -484,6 +499,7 @@ impl crate::EngageStore for SqliteStore {
         workspace_id: &str,
         profile_ids: &[String],
         marketing_since: Option<DateTime<Utc>>,
+        push: bool,
     ) -> StoreResult<HashMap<String, RecipientFacts>> {
         let (workspace_id, ids) = (workspace_id.to_owned(), profile_ids.to_vec());
         self.read(move |conn| {
@@ -495,7 +511,7 @@ impl crate::EngageStore for SqliteStore {
                     Some(since) => marketing_sends_of(conn, &workspace_id, &profile.id, since)?,
                     None => 0,
                 };
-                let push = push_addresses_of(conn, &workspace_id, &profile.id)?;
+                let push = if push { push_addresses_of(conn, &workspace_id, &profile.id)? } else { Vec::new() };
                 found.insert(id, RecipientFacts { profile, unreachable, marketing_sends, push });
             }
             Ok(found)

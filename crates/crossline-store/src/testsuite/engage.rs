@@ -142,7 +142,7 @@ pub(super) async fn segments_are_evaluated_in_the_store(store: DynStore) {
     assert_eq!(states[0].reason, "hard_bounce 550");
     // The same, for a sender's batch at once: unknown ids are left out.
     let asked = [ann.clone(), bob.clone(), "prf_nobody".to_owned()];
-    let facts = store.recipients(&ws.id, &asked, Some(now - chrono::Duration::days(7))).await.unwrap();
+    let facts = store.recipients(&ws.id, &asked, Some(now - chrono::Duration::days(7)), false).await.unwrap();
     assert_eq!(facts.len(), 2);
     assert_eq!(facts[&ann].unreachable, states);
     assert_eq!(facts[&ann].profile.id, ann);
@@ -239,7 +239,7 @@ pub(super) async fn push_addresses_follow_their_browser_and_the_person(store: Dy
     store.set_address_unreachable(&ws.id, "webpush", "https://push.example/1", "unregistered 410", now).await.unwrap();
     assert_eq!(store.address_states(&ws.id, &bob).await.unwrap()[0].reason, "unregistered 410");
     assert!(members(&store, &ws.id, json!({"reachable": "push"})).await.is_empty());
-    let facts = store.recipients(&ws.id, std::slice::from_ref(&bob), None).await.unwrap();
+    let facts = store.recipients(&ws.id, std::slice::from_ref(&bob), None, true).await.unwrap();
     assert_eq!((facts[&bob].push.len(), facts[&bob].unreachable.len()), (1, 1));
     // Given again: reachable again.
     store.put_push_address(&ws.id, &bob, &first).await.unwrap();
