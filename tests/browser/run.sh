@@ -37,7 +37,8 @@ port=$(node -e "const s = require('net').createServer().listen(0, '127.0.0.1', (
 base="http://127.0.0.1:$port"
 export CROSSLINE_ADMIN_TOKEN="browser-test-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 
-"$binary" serve --listen "127.0.0.1:$port" --data-dir "$work/data" >"$work/server.log" 2>&1 &
+# The push test's push service listens on loopback.
+CROSSLINE_ALLOW_PRIVATE_EGRESS=true "$binary" serve --listen "127.0.0.1:$port" --data-dir "$work/data" >"$work/server.log" 2>&1 &
 server_pid=$!
 if ! curl -sf --retry 40 --retry-connrefused --retry-delay 1 --retry-max-time 40 "$base/healthz" >/dev/null; then
   echo "the server did not become healthy at $base; its log:" >&2
@@ -128,6 +129,11 @@ if [[ $status -eq 0 ]]; then
   node "$here/widget.mjs" --url "$base" --workspace "$workspace_id" --write-key "$write_key" \
     --twilio-token "$twilio_token" --identity-secret "$identity_secret" --screenshot "${screenshot%.png}-widget.png" \
     || status=$?
+fi
+# Web Push through the widget: subscribePush() in Chromium, a push campaign decrypted and shown.
+if [[ $status -eq 0 ]]; then
+  node "$here/push.mjs" --url "$base" --api-key "$api_key" --write-key "$write_key" \
+    --identity-secret "$identity_secret" --screenshot "${screenshot%.png}-push.png" || status=$?
 fi
 if [[ $status -ne 0 ]]; then
   echo "--- server log ---" >&2

@@ -6,6 +6,7 @@
 
 pub mod alexa;
 pub mod email;
+pub mod fcm;
 pub mod outbound;
 pub mod reply;
 pub mod sms;
@@ -25,12 +26,14 @@ pub enum ChannelKind {
     Alexa,
     /// Email over SMTP (outbound), configured as `smtp`.
     Email,
+    /// Firebase Cloud Messaging (push to app device tokens).
+    Fcm,
 }
 
 impl ChannelKind {
     /// Every kind.
-    pub const ALL: [ChannelKind; 4] =
-        [ChannelKind::Twilio, ChannelKind::WebChat, ChannelKind::Alexa, ChannelKind::Email];
+    pub const ALL: [ChannelKind; 5] =
+        [ChannelKind::Twilio, ChannelKind::WebChat, ChannelKind::Alexa, ChannelKind::Email, ChannelKind::Fcm];
 
     /// The name in URLs and the store.
     pub fn as_str(self) -> &'static str {
@@ -39,6 +42,7 @@ impl ChannelKind {
             ChannelKind::WebChat => "webchat",
             ChannelKind::Alexa => "alexa",
             ChannelKind::Email => "smtp",
+            ChannelKind::Fcm => "fcm",
         }
     }
 

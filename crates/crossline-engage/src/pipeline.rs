@@ -15,6 +15,7 @@ use crate::policy::{self, Decision, MessagingSettings, Recipient, SendKind, Supp
 use crate::template::{self, CompiledTemplate, RenderContext, TemplateSource};
 use chrono::{DateTime, Duration, Utc};
 use crossline_channels::email::{Email, EmailConfig, EmailSender};
+use crossline_channels::fcm::{self, FcmConfig};
 use crossline_channels::outbound::SendError;
 use crossline_channels::twilio::{self, TwilioConfig};
 use crossline_channels::webpush::{self, Subscription, VapidKey};
@@ -125,6 +126,10 @@ pub struct Engage {
     /// VAPID `Authorization` headers by workspace and push-service origin, with their expiry
     /// (UNIX seconds): one signature per service every few hours, not one per message.
     vapid_headers: Mutex<HashMap<(String, String), (String, i64)>>,
+    /// FCM access tokens by workspace: (the account they were issued to, the token, when to renew).
+    fcm_tokens: Mutex<HashMap<String, (String, String, std::time::Instant)>>,
+    /// One token request at a time (a batch of sends waits for it rather than each asking).
+    fcm_token_refresh: tokio::sync::Mutex<()>,
     stats: Mutex<HashMap<(String, String), CachedCounts>>,
 }
 
@@ -171,6 +176,8 @@ impl Engage {
             link_keys: Mutex::default(),
             vapid_keys: Mutex::default(),
             vapid_headers: Mutex::default(),
+            fcm_tokens: Mutex::default(),
+            fcm_token_refresh: tokio::sync::Mutex::new(()),
             stats: Mutex::default(),
         }
     }
@@ -1193,7 +1200,8 @@ impl Engage {
         let twilio = if uses("sms") { Some(self.twilio(workspace_id).await.map(Arc::new)) } else { None };
         let vapid =
             if uses("push") { Some(self.vapid_key(workspace_id).await.map_err(|err| retry(&err))?) } else { None };
-        Ok(WorkspaceBatch { settings, workspace_zone, facts, email, link_key, twilio, vapid })
+        let fcm = if uses("push") { Some(self.fcm(workspace_id).await.map(Arc::new)) } else { None };
+        Ok(WorkspaceBatch { settings, workspace_zone, facts, email, link_key, twilio, vapid, fcm })
     }
 
     /// The send policy for one claimed delivery, as things are now: consent, reachability, quiet
@@ -1268,8 +1276,16 @@ impl Engage {
                     Some(key) => Via::WebPush(key.clone(), Box::new(subscription)),
                     None => return Err(Outcome::Released("the VAPID key was not read".into(), Duration::seconds(5))),
                 },
+                // A platform the workspace has not configured fails that one message, not the
+                // campaign: a web push campaign goes on when a customer also has an app token.
+                Some(PushTarget::Device { platform: "fcm" }) => match &context.fcm {
+                    Some(Ok(config)) => Via::Fcm(config.clone()),
+                    Some(Err(Outcome::Misconfigured(why))) => return Err(Outcome::Failed(why.clone(), None)),
+                    Some(Err(outcome)) => return Err(outcome.clone()),
+                    None => return Err(Outcome::Failed("FCM is not configured".into(), None)),
+                },
                 Some(PushTarget::Device { platform }) => {
-                    return Err(Outcome::Misconfigured(format!("{platform} push is not configured")));
+                    return Err(Outcome::Failed(format!("{platform} push is not configured"), None));
                 }
             },
             other => return Err(Outcome::Failed(format!("no sender for channel {other}"), None)),
@@ -1341,6 +1357,7 @@ impl Engage {
                     .map_err(Outcome::from)
             }
             Via::WebPush(key, subscription) => self.send_web_push(job, key, subscription, &rendered).await,
+            Via::Fcm(config) => self.send_fcm(job, config, &rendered).await,
             Via::Sms(config) => {
                 let callback = format!("{base}/hooks/{workspace_id}/twilio/status");
                 let request = twilio::message_request(config, &d.address, &rendered.text, Some(&callback));
@@ -1410,6 +1427,97 @@ impl Engage {
             Err(err) if err.is_retryable() => Err(Outcome::Retry(err.to_string(), None)),
             // A refused address or an oversized answer is this subscription's problem, not the channel's.
             Err(err) => Err(Outcome::Failed(err.to_string(), None)),
+        }
+    }
+
+    /// One FCM message to the delivery's device token: the notification and, as string data, the
+    /// template's `data`, `url` and the delivery id.
+    async fn send_fcm(
+        &self,
+        job: &SendJob,
+        config: &FcmConfig,
+        rendered: &template::Rendered,
+    ) -> Result<Sent, Outcome> {
+        let d = &job.delivery.new;
+        let Some(push) = &rendered.push else {
+            return Err(Outcome::Failed("the template is not a push template".into(), None));
+        };
+        let mut data = match &push.data {
+            Some(Value::Object(data)) => data.clone(),
+            _ => serde_json::Map::new(),
+        };
+        if let Some(url) = &push.url {
+            data.insert("url".into(), json!(url));
+        }
+        data.insert("delivery_id".into(), json!(d.id));
+        let body = fcm::message_body(&d.address, &push.title, &rendered.text, push.icon.as_deref(), &data);
+        let token = self.fcm_access_token(&job.workspace_id, config).await?;
+        let headers = [("authorization", format!("Bearer {token}"))];
+        let response =
+            self.egress.post_json(&config.send_url(), &headers, body.to_string().into_bytes(), PROVIDER_TIMEOUT).await;
+        match response {
+            Ok(response) => {
+                let outcome = fcm::classify_send_response(response.status, &response.body, response.retry_after);
+                if response.status == 401 {
+                    // The token was revoked or expired early: the next send asks for another.
+                    self.fcm_tokens.lock().expect("fcm tokens").remove(&job.workspace_id);
+                }
+                outcome.map(|provider_id| Sent { provider_id }).map_err(Outcome::from)
+            }
+            Err(err @ crossline_engine::EgressError::Connect(_)) => {
+                Err(Outcome::Unavailable(format!("FCM cannot be reached: {err}")))
+            }
+            Err(err) if err.is_retryable() => Err(Outcome::Retry(err.to_string(), None)),
+            Err(err) => Err(Outcome::Misconfigured(format!("FCM: {err}"))),
+        }
+    }
+
+    /// The workspace's FCM access token: kept until 5 minutes before it expires, asked for once
+    /// when many sends need it at the same moment.
+    async fn fcm_access_token(&self, workspace_id: &str, config: &FcmConfig) -> Result<String, Outcome> {
+        let account = format!("{} {}", config.client_email, config.token_uri);
+        let cached = || {
+            let tokens = self.fcm_tokens.lock().expect("fcm tokens");
+            tokens
+                .get(workspace_id)
+                .filter(|(issued_to, _, renew)| *issued_to == account && *renew > std::time::Instant::now())
+                .map(|(_, token, _)| token.clone())
+        };
+        if let Some(token) = cached() {
+            return Ok(token);
+        }
+        let _turn = self.fcm_token_refresh.lock().await;
+        if let Some(token) = cached() {
+            return Ok(token);
+        }
+        let key = config.key().map_err(|err| Outcome::Misconfigured(format!("FCM: {err}")))?;
+        let assertion = fcm::assertion(config, &key, Utc::now().timestamp()).map_err(Outcome::from)?;
+        let response = self
+            .egress
+            .post_form(&config.token_uri, &[], &fcm::token_form(&assertion), PROVIDER_TIMEOUT)
+            .await
+            .map_err(|err| match err {
+                crossline_engine::EgressError::Connect(_) => {
+                    Outcome::Unavailable(format!("FCM's token endpoint cannot be reached: {err}"))
+                }
+                err if err.is_retryable() => Outcome::Retry(err.to_string(), None),
+                err => Outcome::Misconfigured(format!("FCM's token endpoint: {err}")),
+            })?;
+        let (token, lifetime) = fcm::parse_token_response(response.status, &response.body).map_err(Outcome::from)?;
+        let renew = std::time::Instant::now() + std::time::Duration::from_secs(lifetime.saturating_sub(300).max(60));
+        let mut tokens = self.fcm_tokens.lock().expect("fcm tokens");
+        if tokens.len() > 4096 {
+            tokens.clear();
+        }
+        tokens.insert(workspace_id.to_owned(), (account, token.clone(), renew));
+        Ok(token)
+    }
+
+    async fn fcm(&self, workspace_id: &str) -> Result<FcmConfig, Outcome> {
+        match self.store.channel(workspace_id, "fcm").await {
+            Ok(Some(raw)) => serde_json::from_value(raw).map_err(|err| Outcome::Misconfigured(err.to_string())),
+            Ok(None) => Err(Outcome::Misconfigured("FCM is not configured (PUT /api/v1/channels/fcm)".into())),
+            Err(err) => Err(Outcome::Retry(err.to_string(), None)),
         }
     }
 
@@ -1979,6 +2087,7 @@ enum Via {
     Email(Arc<EmailSender>, Vec<u8>),
     Sms(Arc<TwilioConfig>),
     WebPush(Arc<VapidKey>, Box<Subscription>),
+    Fcm(Arc<FcmConfig>),
 }
 
 /// How long a push service keeps a message for a device that is offline.
@@ -2036,6 +2145,7 @@ struct WorkspaceBatch {
     link_key: Option<Vec<u8>>,
     twilio: Option<Result<Arc<TwilioConfig>, Outcome>>,
     vapid: Option<Arc<VapidKey>>,
+    fcm: Option<Result<Arc<FcmConfig>, Outcome>>,
 }
 
 /// A claimed delivery handed back to the queue, due at `at`, as not sent.

@@ -11,6 +11,12 @@
 // are kept when the page first sets `window.Crossline = window.Crossline || {q: []}` and pushes
 // `["identify", userId, traits, {userHash}]` onto `q`. The page hears `crossline:identified`
 // (event.detail.verified says whether it linked).
+//
+// `Crossline.subscribePush({serviceWorker: "/widget-sw.js"})` asks the visitor's permission for
+// notifications, registers the service worker (served from the page's own origin; it may just hold
+// `importScripts("https://CROSSLINE/widget-sw.js")`), subscribes with the workspace's VAPID key and
+// registers the subscription on the visitor's profile (the customer's, once identified). It resolves
+// to {subscribed: true} or {subscribed: false, reason}.
 (() => {
   const script = document.currentScript;
   if (!script || window.Crossline && window.Crossline.loaded) return;
@@ -22,6 +28,8 @@
   const origin = new URL(script.src).origin;
   const queued = (window.Crossline && window.Crossline.q) || [];
   let ready = false;
+  let vapidKey = null;
+  let pushWaiter = null;
   const outbox = [];
 
   const button = document.createElement("button");
@@ -52,15 +60,47 @@
     if (event.origin !== origin || event.source !== frame.contentWindow || !event.data) return;
     if (event.data.type === "crossline.ready") {
       ready = true;
+      vapidKey = typeof event.data.vapidKey === "string" ? event.data.vapidKey : null;
       outbox.splice(0).forEach((message) => frame.contentWindow.postMessage(message, origin));
+    }
+    if (event.data.type === "crossline.push_subscribed" && pushWaiter) {
+      const settle = pushWaiter;
+      pushWaiter = null;
+      settle(event.data.ok === true ? { subscribed: true } : { subscribed: false, reason: String(event.data.message || "refused") });
     }
     if (event.data.type === "crossline.identified") {
       document.dispatchEvent(new CustomEvent("crossline:identified", { detail: { verified: event.data.verified === true } }));
     }
   });
 
+  const whenReady = () => new Promise((resolve) => {
+    const check = () => (ready ? resolve() : setTimeout(check, 50));
+    check();
+  });
+  const applicationServerKey = (key) => {
+    const text = atob(key.replace(/-/g, "+").replace(/_/g, "/") + "=".repeat((4 - (key.length % 4)) % 4));
+    return Uint8Array.from(text, (c) => c.charCodeAt(0));
+  };
+
   const api = {
     loaded: true,
+    async subscribePush(options) {
+      const worker = (options && options.serviceWorker) || "/widget-sw.js";
+      if (!("serviceWorker" in navigator) || !("PushManager" in window) || !("Notification" in window)) {
+        return { subscribed: false, reason: "this browser cannot receive push messages" };
+      }
+      const permission = await Notification.requestPermission();
+      if (permission !== "granted") return { subscribed: false, reason: `notifications are ${permission}` };
+      await whenReady();
+      if (!vapidKey) return { subscribed: false, reason: "the chat frame gave no VAPID key" };
+      const registration = await navigator.serviceWorker.register(worker);
+      await navigator.serviceWorker.ready;
+      const subscription = (await registration.pushManager.getSubscription()) ||
+        (await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: applicationServerKey(vapidKey) }));
+      const answer = new Promise((resolve) => { pushWaiter = resolve; });
+      post({ type: "crossline.push", subscription: subscription.toJSON() });
+      return answer;
+    },
     open,
     close,
     identify(userId, traits, options) {

@@ -70,6 +70,7 @@ pub fn app(state: AppState) -> Router {
         .route("/chat/{workspace_id}/ws", get(api::webchat::socket))
         .route("/kiosk/{workspace_id}", get(api::webchat::kiosk))
         .route("/widget.js", get(api::webchat::widget_script))
+        .route("/widget-sw.js", get(api::webchat::widget_service_worker))
         .route("/widget/frame", get(api::webchat::widget_frame))
         .merge(api_router)
         .merge(openapi::docs(openapi))

@@ -79,10 +79,11 @@ async fn webchat_bot(state: &AppState, workspace_id: &str) -> ApiResult<(Workspa
     webchat_config(state, workspace).await
 }
 
-fn chat_page(workspace_id: &str, embedded: bool) -> Response {
+fn chat_page(workspace_id: &str, embedded: bool, vapid_key: &str) -> Response {
     let html = include_str!("../../assets/chat.html")
         .replace("{{WORKSPACE_ID}}", workspace_id)
-        .replace("{{EMBED}}", if embedded { "true" } else { "false" });
+        .replace("{{EMBED}}", if embedded { "true" } else { "false" })
+        .replace("{{VAPID_KEY}}", vapid_key);
     ([(header::CACHE_CONTROL, "no-store")], Html(html)).into_response()
 }
 
@@ -91,6 +92,17 @@ pub async fn widget_script() -> Response {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=300")],
         include_str!("../../assets/widget.js"),
+    )
+        .into_response()
+}
+
+/// The service worker of `Crossline.subscribePush()`: shows a push message as a notification and
+/// opens its `url` on a click. A site serves it from its own origin (a service worker must be
+/// same-origin with the page), e.g. a `/widget-sw.js` holding `importScripts("https://CROSSLINE/widget-sw.js")`.
+pub async fn widget_service_worker() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=300")],
+        include_str!("../../assets/widget-sw.js"),
     )
         .into_response()
 }
@@ -116,7 +128,9 @@ pub async fn widget_frame(State(state): State<AppState>, Query(query): Query<Fra
         )
     })?;
     let (workspace, _) = webchat_config(&state, workspace).await?;
-    Ok(chat_page(&workspace.id, true))
+    // The host page subscribes to push with it (Crossline.subscribePush()).
+    let vapid_key = state.engage.vapid_key(&workspace.id).await?.public_key();
+    Ok(chat_page(&workspace.id, true, &vapid_key))
 }
 
 /// The kiosk page: full screen, speaks its replies and listens, with touch and typing as fallback.
@@ -129,7 +143,7 @@ pub async fn kiosk(State(state): State<AppState>, Path(workspace_id): Path<Strin
 /// The hosted chat page.
 pub async fn page(State(state): State<AppState>, Path(workspace_id): Path<String>) -> ApiResult<Response> {
     webchat_bot(&state, &workspace_id).await?;
-    Ok(chat_page(&workspace_id, false))
+    Ok(chat_page(&workspace_id, false, ""))
 }
 
 /// A visitor id is the credential of that browser's conversations: the page makes 32 random hex
@@ -197,6 +211,8 @@ enum ServerFrame<'a> {
     Ack { id: &'a str },
     /// What an identify did.
     Identified { verified: bool },
+    /// A push subscription was registered.
+    PushSubscribed,
     /// A frame was refused; `id` and `retry` for a message the page keeps.
     Error {
         code: &'static str,
@@ -352,6 +368,21 @@ async fn identify(
     Ok(if source.may_link() { Identified::Verified } else { Identified::Claimed })
 }
 
+/// Registers the visitor's browser for push on the visitor's profile (the customer's, once a
+/// verified identify linked them): a `push.subscribed` event (which makes the profile of a visitor
+/// who has not written yet), then the subscription, checked as the API checks it.
+async fn subscribe_push(state: &AppState, client: &Client, subscription: &Value) -> ApiResult<()> {
+    let workspace = &client.workspace;
+    let now = Utc::now();
+    let recorded = event(&client.visitor, "push.subscribed", client.channel, json!({}), now);
+    let outcome = state.recorder.record(&workspace.id, vec![recorded]).await?;
+    crate::error::refused_for_limits(&outcome)?;
+    let profile =
+        state.store.lookup(&workspace.id, &client.visitor).await?.ok_or_else(|| ApiError::not_found("profile"))?;
+    state.engage.register_push(&workspace.id, &profile.id, subscription).await?;
+    Ok(())
+}
+
 /// The hex HMAC-SHA256 of `message` with the web chat identity secret: the `user_hash` a host page
 /// gives with an identity (`message` is [`identity_hash_message`]).
 pub fn user_hash(secret: &str, message: &str) -> String {
@@ -388,6 +419,11 @@ enum ClientFrame {
         id: String,
         #[serde(default)]
         text: String,
+    },
+    /// The browser's `PushSubscription` (from `Crossline.subscribePush()` on the host page).
+    PushSubscription {
+        #[serde(default)]
+        subscription: Value,
     },
     /// Who the host page says the visitor is.
     Identify {
@@ -442,7 +478,8 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, client: Client) {
                 continue;
             }
             Err(err) => {
-                let message = format!("type: use hello, message or identify with their fields ({err})");
+                let message =
+                    format!("type: use hello, message, identify or push_subscription with their fields ({err})");
                 send(&mut socket, error_frame(ErrorCode::InvalidField, &message)).await;
                 continue;
             }
@@ -528,6 +565,17 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, client: Client) {
                     sent = catch_up(&mut socket, &state, workspace, id, sent, false, &buttons).await;
                 }
                 send(&mut socket, ServerFrame::Ack { id: &id }).await;
+            }
+            ClientFrame::PushSubscription { subscription } => {
+                let registered =
+                    crate::panic::guard("/chat/{workspace_id}/ws", subscribe_push(&state, &client, &subscription))
+                        .await
+                        .unwrap_or_else(|_| Err(crate::panic::internal_panic()));
+                let frame = match &registered {
+                    Ok(()) => ServerFrame::PushSubscribed,
+                    Err(err) => error_frame(err.code, &err.message),
+                };
+                send(&mut socket, frame).await;
             }
             ClientFrame::Identify { user_id, traits, user_hash } => {
                 let identified = crate::panic::guard(

@@ -594,20 +594,19 @@ pub async fn template_preview(
             return Ok((StatusCode::BAD_REQUEST, Json(answer)).into_response());
         }
     };
-    let (channel, text) = match request.template_id.as_deref().filter(|id| !id.is_empty()) {
+    // A stored template keeps its other fields (an email's text part, a push message's title, page
+    // and icon); the editor changes the subject and the body.
+    let base = match request.template_id.as_deref().filter(|id| !id.is_empty()) {
         Some(id) => match state.store.object(&workspace.id, ObjectKind::Template, id).await? {
-            Some(stored) => {
-                let stored = stored_source(&stored)?;
-                (stored.channel, stored.text)
-            }
+            Some(stored) => stored_source(&stored)?,
             None => {
                 let answer = json!({"error": format!("template_id: there is no template {id} in this workspace")});
                 return Ok((StatusCode::NOT_FOUND, Json(answer)).into_response());
             }
         },
-        None => (request.channel.clone().unwrap_or_default(), None),
+        None => TemplateSource { channel: request.channel.clone().unwrap_or_default(), ..Default::default() },
     };
-    let source = TemplateSource { channel, subject: request.subject, body: request.body, text, ..Default::default() };
+    let source = TemplateSource { subject: request.subject, body: request.body, ..base };
     let profile_id = request.profile_id.as_deref().map(str::trim).filter(|id| !id.is_empty());
     let preview = preview(&state, workspace, &source, profile_id).await?;
     Ok(Json(preview).into_response())
@@ -657,7 +656,9 @@ pub async fn preview(
     Ok(match compiled.render(&context) {
         Ok(rendered) => {
             let srcdoc = frame_document(rendered.html.as_deref(), &rendered.text);
-            let (subject, html, text) = (rendered.subject, rendered.html, rendered.text);
+            // A push message's title stands where an email's subject does.
+            let subject = rendered.subject.or(rendered.push.map(|push| push.title));
+            let (html, text) = (rendered.html, rendered.text);
             Preview::Rendered { profile_id, subject, html, text, srcdoc }
         }
         Err(err) => Preview::fault(&err),

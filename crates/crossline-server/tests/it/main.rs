@@ -7,6 +7,7 @@ mod connections;
 mod conversations;
 mod destinations;
 mod engage;
+mod fcm;
 mod harness;
 mod ingest;
 mod jobs;

@@ -470,3 +470,48 @@ async fn no_chat_frame_panics_or_ends_the_socket() {
     let metrics = server.http.get(format!("{}/metrics", server.url)).send().await.unwrap().text().await.unwrap();
     assert!(!metrics.contains("crossline_panics_total{route=\"/chat/"), "a chat frame panicked: {metrics}");
 }
+
+/// A visitor's browser subscription registers on the visitor's own profile over the chat socket:
+/// checked as the API checks it (a bad key is an error frame naming the field), never on someone
+/// else's profile, and the frame page carries the workspace's VAPID key for `subscribePush()`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_registers_push_on_their_own_profile_over_the_socket() {
+    let server = TestServer::start().await;
+    let ws = server.workspace("push-chat").await;
+    server.put_bot(&ws.api_key, "bank", &bank()).await;
+    assert_eq!(configure_webchat(&server, &ws.api_key, &json!({"bot": "bank"})).await.0, StatusCode::OK);
+    let frame =
+        server.http.get(format!("{}/widget/frame?write_key={}", server.url, ws.write_key)).send().await.unwrap();
+    let html = frame.text().await.unwrap();
+    let (_, key) = json_of(server.get("/api/v1/channels/webpush", &ws.api_key).await).await;
+    let vapid = key["vapid_public_key"].as_str().unwrap();
+    assert!(html.contains(&format!("const vapidKey = \"{vapid}\"")), "the frame carries the VAPID key");
+    let worker = server.http.get(format!("{}/widget-sw.js", server.url)).send().await.unwrap();
+    assert!(worker.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
+    assert!(worker.text().await.unwrap().contains("showNotification"));
+
+    let visitor = "push-visitor-000001";
+    let mut socket = connect(&server, &ws.id, visitor).await;
+    // RFC 8291's example browser key.
+    let keys = json!({"p256dh": "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4", "auth": "BTBZMqHH6r4Tts7J_aSIgg"});
+    let bad = json!({"type": "push_subscription", "subscription": {"endpoint": "http://127.0.0.1:9/push/1", "keys": {"p256dh": keys["p256dh"], "auth": "AAAA"}}});
+    send(&mut socket, bad).await;
+    let refused = frames_until(&mut socket, "error").await;
+    assert!(refused.last().unwrap()["message"].as_str().unwrap().starts_with("keys.auth"), "{refused:?}");
+    let good =
+        json!({"type": "push_subscription", "subscription": {"endpoint": "http://127.0.0.1:9/push/1", "keys": keys}});
+    send(&mut socket, good).await;
+    frames_until(&mut socket, "push_subscribed").await;
+
+    let (_, profile) = json_of(
+        server.get(&format!("/api/v1/profiles/lookup?kind=chat_visitor_id&value={visitor}"), &ws.api_key).await,
+    )
+    .await;
+    let id = profile["id"].as_str().unwrap();
+    let (_, listed) =
+        json_of(server.get(&format!("/api/v1/profiles/{id}/push-subscriptions"), &ws.api_key).await).await;
+    assert_eq!(listed["push_addresses"][0]["value"], "http://127.0.0.1:9/push/1", "{listed}");
+    let (_, events) = json_of(server.get(&format!("/api/v1/profiles/{id}/events"), &ws.api_key).await).await;
+    assert!(events["events"].as_array().unwrap().iter().any(|event| event["event"] == "push.subscribed"), "{events}");
+    server.stop().await;
+}
