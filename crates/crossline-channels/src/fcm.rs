@@ -21,7 +21,7 @@ pub const DEFAULT_API_BASE_URL: &str = "https://fcm.googleapis.com";
 pub const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
 
 /// A workspace's FCM configuration: its service account, and where to reach FCM.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FcmConfig {
     /// The Firebase project.
     pub project_id: String,
@@ -35,6 +35,17 @@ pub struct FcmConfig {
     /// FCM's API base (tests point it at a fake).
     #[serde(default = "default_api_base_url")]
     pub api_base_url: String,
+}
+
+impl std::fmt::Debug for FcmConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FcmConfig")
+            .field("project_id", &self.project_id)
+            .field("client_email", &self.client_email)
+            .field("token_uri", &self.token_uri)
+            .field("api_base_url", &self.api_base_url)
+            .finish_non_exhaustive()
+    }
 }
 
 fn default_token_uri() -> String {
@@ -204,14 +215,16 @@ pub fn classify_send_response(
         address_unreachable: unreachable,
     };
     match (status, code.as_str()) {
-        (_, "UNREGISTERED") | (404, _) => Err(permanent(true)),
+        // Only FCM's own word marks a token: a bare 404 may be a wrong project or base URL.
+        (_, "UNREGISTERED") => Err(permanent(true)),
         (400, "INVALID_ARGUMENT") if message.to_ascii_lowercase().contains("registration token") => {
             Err(permanent(true))
         }
         (429, _) | (500..=599, _) | (_, "QUOTA_EXCEEDED" | "UNAVAILABLE" | "INTERNAL") => {
             Err(SendError::Retryable { message, retry_after })
         }
-        (401, _) | (_, "THIRD_PARTY_AUTH_ERROR") => Err(SendError::Misconfigured { message }),
+        (_, "SENDER_ID_MISMATCH") => Err(permanent(false)),
+        (401 | 403, _) | (_, "THIRD_PARTY_AUTH_ERROR") => Err(SendError::Misconfigured { message }),
         _ => Err(permanent(false)),
     }
 }
@@ -238,6 +251,16 @@ mod tests {
         assert!(matches!(classify_send_response(503, b"", None), Err(SendError::Retryable { .. })));
         let auth = br#"{"error": {"code": 401, "status": "UNAUTHENTICATED"}}"#;
         assert!(matches!(classify_send_response(401, auth, None), Err(SendError::Misconfigured { .. })));
+        let wrong_project = br#"{"error": {"code": 404, "status": "NOT_FOUND", "message": "no such project"}}"#;
+        assert!(
+            matches!(
+                classify_send_response(404, wrong_project, None),
+                Err(SendError::Permanent { address_unreachable: false, .. })
+            ),
+            "a bare 404 marks no token"
+        );
+        let denied = br#"{"error": {"code": 403, "status": "PERMISSION_DENIED"}}"#;
+        assert!(matches!(classify_send_response(403, denied, None), Err(SendError::Misconfigured { .. })));
         let mismatch = br#"{"error": {"code": 403, "status": "PERMISSION_DENIED", "details": [{"errorCode": "SENDER_ID_MISMATCH"}]}}"#;
         assert!(matches!(
             classify_send_response(403, mismatch, None),

@@ -5,6 +5,7 @@
 //! **Invariant:** this crate knows nothing of storage or HTTP servers.
 
 pub mod alexa;
+pub mod apns;
 pub mod email;
 pub mod fcm;
 pub mod outbound;
@@ -28,12 +29,20 @@ pub enum ChannelKind {
     Email,
     /// Firebase Cloud Messaging (push to app device tokens).
     Fcm,
+    /// Apple Push Notification service (push to iOS device tokens).
+    Apns,
 }
 
 impl ChannelKind {
     /// Every kind.
-    pub const ALL: [ChannelKind; 5] =
-        [ChannelKind::Twilio, ChannelKind::WebChat, ChannelKind::Alexa, ChannelKind::Email, ChannelKind::Fcm];
+    pub const ALL: [ChannelKind; 6] = [
+        ChannelKind::Twilio,
+        ChannelKind::WebChat,
+        ChannelKind::Alexa,
+        ChannelKind::Email,
+        ChannelKind::Fcm,
+        ChannelKind::Apns,
+    ];
 
     /// The name in URLs and the store.
     pub fn as_str(self) -> &'static str {
@@ -43,6 +52,7 @@ impl ChannelKind {
             ChannelKind::Alexa => "alexa",
             ChannelKind::Email => "smtp",
             ChannelKind::Fcm => "fcm",
+            ChannelKind::Apns => "apns",
         }
     }
 

@@ -14,6 +14,7 @@ use crate::campaign::{self, CampaignSpec, Schedule};
 use crate::policy::{self, Decision, MessagingSettings, Recipient, SendKind, Suppression};
 use crate::template::{self, CompiledTemplate, RenderContext, TemplateSource};
 use chrono::{DateTime, Duration, Utc};
+use crossline_channels::apns::{self, ApnsConfig};
 use crossline_channels::email::{Email, EmailConfig, EmailSender};
 use crossline_channels::fcm::{self, FcmConfig};
 use crossline_channels::outbound::SendError;
@@ -128,10 +129,16 @@ pub struct Engage {
     vapid_headers: Mutex<HashMap<(String, String), (String, i64)>>,
     /// FCM access tokens by workspace: (the account they were issued to, the token, when to renew).
     fcm_tokens: Mutex<HashMap<String, (String, String, std::time::Instant)>>,
-    /// One token request at a time (a batch of sends waits for it rather than each asking).
-    fcm_token_refresh: tokio::sync::Mutex<()>,
+    /// One token request at a time per workspace (a batch of sends waits for it rather than each
+    /// asking), and a refusal remembered for a while (a broken account does not ask per message).
+    fcm_token_refresh: Mutex<HashMap<String, Arc<TokenTurn>>>,
+    /// APNs provider tokens by workspace: (the key they were signed with, the token, when to renew).
+    apns_tokens: Mutex<HashMap<String, (String, String, std::time::Instant)>>,
     stats: Mutex<HashMap<(String, String), CachedCounts>>,
 }
+
+/// A workspace's turn at asking for an FCM token, holding its last refusal and until when it stands.
+type TokenTurn = tokio::sync::Mutex<Option<(Outcome, std::time::Instant)>>;
 
 /// A campaign's counts and when they were counted.
 type CachedCounts = (std::time::Instant, Arc<Vec<DeliveryCount>>);
@@ -177,7 +184,8 @@ impl Engage {
             vapid_keys: Mutex::default(),
             vapid_headers: Mutex::default(),
             fcm_tokens: Mutex::default(),
-            fcm_token_refresh: tokio::sync::Mutex::new(()),
+            fcm_token_refresh: Mutex::default(),
+            apns_tokens: Mutex::default(),
             stats: Mutex::default(),
         }
     }
@@ -1200,8 +1208,11 @@ impl Engage {
         let twilio = if uses("sms") { Some(self.twilio(workspace_id).await.map(Arc::new)) } else { None };
         let vapid =
             if uses("push") { Some(self.vapid_key(workspace_id).await.map_err(|err| retry(&err))?) } else { None };
-        let fcm = if uses("push") { Some(self.fcm(workspace_id).await.map(Arc::new)) } else { None };
-        Ok(WorkspaceBatch { settings, workspace_zone, facts, email, link_key, twilio, vapid, fcm })
+        let fcm =
+            if uses("push") { Some(self.push_config(workspace_id, "fcm", "FCM").await.map(Arc::new)) } else { None };
+        let apns =
+            if uses("push") { Some(self.push_config(workspace_id, "apns", "APNs").await.map(Arc::new)) } else { None };
+        Ok(WorkspaceBatch { settings, workspace_zone, facts, email, link_key, twilio, vapid, fcm, apns })
     }
 
     /// The send policy for one claimed delivery, as things are now: consent, reachability, quiet
@@ -1284,6 +1295,12 @@ impl Engage {
                     Some(Err(outcome)) => return Err(outcome.clone()),
                     None => return Err(Outcome::Failed("FCM is not configured".into(), None)),
                 },
+                Some(PushTarget::Device { platform: "apns" }) => match &context.apns {
+                    Some(Ok(config)) => Via::Apns(config.clone()),
+                    Some(Err(Outcome::Misconfigured(why))) => return Err(Outcome::Failed(why.clone(), None)),
+                    Some(Err(outcome)) => return Err(outcome.clone()),
+                    None => return Err(Outcome::Failed("APNs is not configured".into(), None)),
+                },
                 Some(PushTarget::Device { platform }) => {
                     return Err(Outcome::Failed(format!("{platform} push is not configured"), None));
                 }
@@ -1358,6 +1375,7 @@ impl Engage {
             }
             Via::WebPush(key, subscription) => self.send_web_push(job, key, subscription, &rendered).await,
             Via::Fcm(config) => self.send_fcm(job, config, &rendered).await,
+            Via::Apns(config) => self.send_apns(job, config, &rendered).await,
             Via::Sms(config) => {
                 let callback = format!("{base}/hooks/{workspace_id}/twilio/status");
                 let request = twilio::message_request(config, &d.address, &rendered.text, Some(&callback));
@@ -1421,11 +1439,10 @@ impl Engage {
             Ok(response) => webpush::classify_response(response.status, &response.body, response.retry_after)
                 .map(|()| Sent { provider_id: None })
                 .map_err(Outcome::from),
-            Err(err @ crossline_engine::EgressError::Connect(_)) => {
-                Err(Outcome::Unavailable(format!("the push service cannot be reached: {err}")))
-            }
-            Err(err) if err.is_retryable() => Err(Outcome::Retry(err.to_string(), None)),
-            // A refused address or an oversized answer is this subscription's problem, not the channel's.
+            // The endpoint is a URL a visitor gave: a host that does not answer is that
+            // subscription's problem, never the campaign's (it must not pause it).
+            Err(err) if err.is_retryable() => Err(Outcome::AddressRetry(format!("the push service: {err}"))),
+            // A refused address or an oversized answer is this subscription's problem too.
             Err(err) => Err(Outcome::Failed(err.to_string(), None)),
         }
     }
@@ -1442,14 +1459,7 @@ impl Engage {
         let Some(push) = &rendered.push else {
             return Err(Outcome::Failed("the template is not a push template".into(), None));
         };
-        let mut data = match &push.data {
-            Some(Value::Object(data)) => data.clone(),
-            _ => serde_json::Map::new(),
-        };
-        if let Some(url) = &push.url {
-            data.insert("url".into(), json!(url));
-        }
-        data.insert("delivery_id".into(), json!(d.id));
+        let data = push_data(push, &d.id);
         let body = fcm::message_body(&d.address, &push.title, &rendered.text, push.icon.as_deref(), &data);
         let token = self.fcm_access_token(&job.workspace_id, config).await?;
         let headers = [("authorization", format!("Bearer {token}"))];
@@ -1486,10 +1496,44 @@ impl Engage {
         if let Some(token) = cached() {
             return Ok(token);
         }
-        let _turn = self.fcm_token_refresh.lock().await;
+        let turn = {
+            let mut turns = self.fcm_token_refresh.lock().expect("fcm token turns");
+            if turns.len() > 4096 {
+                turns.clear();
+            }
+            turns.entry(workspace_id.to_owned()).or_default().clone()
+        };
+        let mut last_failure = turn.lock().await;
         if let Some(token) = cached() {
             return Ok(token);
         }
+        if let Some((outcome, until)) = last_failure.as_ref()
+            && *until > std::time::Instant::now()
+        {
+            return Err(outcome.clone());
+        }
+        let fetched = self.fetch_fcm_token(config).await;
+        match fetched {
+            Ok((token, lifetime)) => {
+                *last_failure = None;
+                // At most an hour, whatever the endpoint says (a huge `expires_in` must not overflow).
+                let lifetime = std::time::Duration::from_secs(lifetime.clamp(360, 3600) - 300);
+                let mut tokens = self.fcm_tokens.lock().expect("fcm tokens");
+                if tokens.len() > 4096 {
+                    tokens.clear();
+                }
+                tokens.insert(workspace_id.to_owned(), (account, token.clone(), std::time::Instant::now() + lifetime));
+                Ok(token)
+            }
+            Err(outcome) => {
+                *last_failure = Some((outcome.clone(), std::time::Instant::now() + std::time::Duration::from_secs(30)));
+                Err(outcome)
+            }
+        }
+    }
+
+    /// Trades a freshly signed assertion for an access token: (token, lifetime in seconds).
+    async fn fetch_fcm_token(&self, config: &FcmConfig) -> Result<(String, u64), Outcome> {
         let key = config.key().map_err(|err| Outcome::Misconfigured(format!("FCM: {err}")))?;
         let assertion = fcm::assertion(config, &key, Utc::now().timestamp()).map_err(Outcome::from)?;
         let response = self
@@ -1503,22 +1547,90 @@ impl Engage {
                 err if err.is_retryable() => Outcome::Retry(err.to_string(), None),
                 err => Outcome::Misconfigured(format!("FCM's token endpoint: {err}")),
             })?;
-        let (token, lifetime) = fcm::parse_token_response(response.status, &response.body).map_err(Outcome::from)?;
-        let renew = std::time::Instant::now() + std::time::Duration::from_secs(lifetime.saturating_sub(300).max(60));
-        let mut tokens = self.fcm_tokens.lock().expect("fcm tokens");
+        fcm::parse_token_response(response.status, &response.body).map_err(Outcome::from)
+    }
+
+    /// A push provider's stored configuration (`fcm`, `apns`).
+    async fn push_config<T: serde::de::DeserializeOwned>(
+        &self,
+        workspace_id: &str,
+        kind: &str,
+        name: &str,
+    ) -> Result<T, Outcome> {
+        match self.store.channel(workspace_id, kind).await {
+            Ok(Some(raw)) => serde_json::from_value(raw).map_err(|err| Outcome::Misconfigured(err.to_string())),
+            Ok(None) => Err(Outcome::Misconfigured(format!("{name} is not configured (PUT /api/v1/channels/{kind})"))),
+            Err(err) => Err(Outcome::Retry(err.to_string(), None)),
+        }
+    }
+
+    /// One APNs alert to the delivery's device token, over HTTP/2: the title and body, and beside
+    /// `aps` the template's `data`, `url` and the delivery id.
+    async fn send_apns(
+        &self,
+        job: &SendJob,
+        config: &ApnsConfig,
+        rendered: &template::Rendered,
+    ) -> Result<Sent, Outcome> {
+        let d = &job.delivery.new;
+        let Some(push) = &rendered.push else {
+            return Err(Outcome::Failed("the template is not a push template".into(), None));
+        };
+        if !apns::is_device_token(&d.address) {
+            return Err(Outcome::Failed("not an APNs device token (64 hexadecimal digits)".into(), None));
+        }
+        let data = push_data(push, &d.id);
+        let body = apns::payload(&push.title, &rendered.text, &data).to_string();
+        if body.len() > apns::MAX_PAYLOAD_BYTES {
+            return Err(Outcome::Failed(
+                format!("the payload is {} bytes; APNs takes {}", body.len(), apns::MAX_PAYLOAD_BYTES),
+                None,
+            ));
+        }
+        let token = self.apns_provider_token(&job.workspace_id, config)?;
+        let urgent = d.kind == SendKind::Transactional.as_str();
+        let expires = Utc::now().timestamp() + i64::from(WEB_PUSH_TTL_SECONDS);
+        let headers = apns::headers(config, &token, urgent, expires);
+        let response = self
+            .egress
+            .post_json_http2(&config.device_url(&d.address), &headers, body.into_bytes(), PROVIDER_TIMEOUT)
+            .await;
+        match response {
+            Ok(response) => {
+                let outcome = apns::classify_response(response.status, &response.body, response.retry_after);
+                if response.status == 403 {
+                    // A provider token APNs no longer takes: the next send signs another.
+                    self.apns_tokens.lock().expect("apns tokens").remove(&job.workspace_id);
+                }
+                outcome.map(|()| Sent { provider_id: None }).map_err(Outcome::from)
+            }
+            Err(err @ crossline_engine::EgressError::Connect(_)) => {
+                Err(Outcome::Unavailable(format!("APNs cannot be reached: {err}")))
+            }
+            Err(err) if err.is_retryable() => Err(Outcome::Retry(err.to_string(), None)),
+            Err(err) => Err(Outcome::Misconfigured(format!("APNs: {err}"))),
+        }
+    }
+
+    /// The workspace's APNs provider token, signed again every 50 minutes (APNs refuses tokens
+    /// renewed more often than every 20 or older than 60).
+    fn apns_provider_token(&self, workspace_id: &str, config: &ApnsConfig) -> Result<String, Outcome> {
+        let signer = format!("{} {} {}", config.team_id, config.key_id, config.api_base_url);
+        let mut tokens = self.apns_tokens.lock().expect("apns tokens");
+        if let Some((signed_by, token, renew)) = tokens.get(workspace_id)
+            && *signed_by == signer
+            && *renew > std::time::Instant::now()
+        {
+            return Ok(token.clone());
+        }
+        let key = config.key().map_err(|err| Outcome::Misconfigured(format!("APNs: {err}")))?;
+        let token = apns::provider_token(config, &key, Utc::now().timestamp()).map_err(Outcome::from)?;
         if tokens.len() > 4096 {
             tokens.clear();
         }
-        tokens.insert(workspace_id.to_owned(), (account, token.clone(), renew));
+        let renew = std::time::Instant::now() + std::time::Duration::from_secs(apns::TOKEN_LIFETIME_SECONDS);
+        tokens.insert(workspace_id.to_owned(), (signer, token.clone(), renew));
         Ok(token)
-    }
-
-    async fn fcm(&self, workspace_id: &str) -> Result<FcmConfig, Outcome> {
-        match self.store.channel(workspace_id, "fcm").await {
-            Ok(Some(raw)) => serde_json::from_value(raw).map_err(|err| Outcome::Misconfigured(err.to_string())),
-            Ok(None) => Err(Outcome::Misconfigured("FCM is not configured (PUT /api/v1/channels/fcm)".into())),
-            Err(err) => Err(Outcome::Retry(err.to_string(), None)),
-        }
     }
 
     /// The VAPID `Authorization` header for a push service's origin, signed again when less than
@@ -1580,6 +1692,7 @@ impl Engage {
             Outcome::Misconfigured(message)
             | Outcome::Unavailable(message)
             | Outcome::Retry(message, _)
+            | Outcome::AddressRetry(message)
             | Outcome::Released(message, _) => EngageError::Conflict(format!("the test was not sent: {message}")),
             Outcome::Suppressed(_) | Outcome::Deferred(_) => EngageError::Conflict("the test was not sent".into()),
         };
@@ -1676,7 +1789,16 @@ impl Engage {
         let address = crate::push::parse(body, allow_private, Utc::now())
             .map_err(|refused| invalid(&refused.field, refused.message))?;
         if address.kind == "webpush" {
-            self.egress.check_url(&address.value).await.map_err(|err| invalid("endpoint", err.to_string()))?;
+            let url =
+                self.egress.check_url(&address.value).await.map_err(|err| invalid("endpoint", err.to_string()))?;
+            // A name that does not resolve could never take a message (a made-up subdomain of a
+            // push service): refused now rather than retried at every send.
+            if !allow_private
+                && let Some(host) = url.host_str()
+                && tokio::net::lookup_host((host, 443)).await.map(|mut found| found.next().is_none()).unwrap_or(true)
+            {
+                return Err(invalid("endpoint", format!("{host} does not resolve")));
+            }
         }
         match self.store.put_push_address(workspace_id, profile_id, &address).await? {
             Some(new) => Ok((address, new)),
@@ -1835,6 +1957,22 @@ impl Engage {
                     update.run_at = Some(now.checked_add_signed(wait).unwrap_or(now));
                 }
             }
+            Err(Outcome::AddressRetry(message)) => {
+                if delivery.attempts >= self.config.max_attempts {
+                    update.status = DeliveryStatus::Failed;
+                    update.reason = Some(format!("gave up after {} attempts: {message}", delivery.attempts));
+                    if let Some(kind) = address_kind_of(&d.channel, &d.address)
+                        && let Err(err) =
+                            self.store.set_address_unreachable(workspace_id, kind, &d.address, "no answer", now).await
+                    {
+                        tracing::warn!(error = %err, "could not mark an address unreachable");
+                    }
+                } else {
+                    update.status = DeliveryStatus::Queued;
+                    update.reason = Some(message);
+                    update.run_at = Some(now.checked_add_signed(backoff(delivery.attempts)).unwrap_or(now));
+                }
+            }
             Err(Outcome::Unavailable(message)) => {
                 // A few in a row and the channel is down: the campaign pauses with the reason
                 // rather than spending its retries; after a resume the delivery goes out again.
@@ -1924,17 +2062,24 @@ impl Engage {
         mut properties: Value,
         now: DateTime<Utc>,
     ) {
-        let kind = match delivery.channel.as_str() {
-            "email" => IdentityKind::Email,
-            _ => IdentityKind::Phone,
-        };
         if let Value::Object(map) = &mut properties {
             map.insert("delivery_id".into(), delivery.id.clone().into());
             map.insert("campaign_id".into(), delivery.campaign_id.clone().into());
             map.insert("treatment".into(), delivery.treatment.clone().into());
             map.insert("channel".into(), delivery.channel.clone().into());
         }
-        let identity = Identity { kind, value: delivery.address.clone() };
+        let identity = match delivery.channel.as_str() {
+            "email" => Identity { kind: IdentityKind::Email, value: delivery.address.clone() },
+            "sms" | "voice" | "whatsapp" => Identity { kind: IdentityKind::Phone, value: delivery.address.clone() },
+            // A push address is no identity: the event goes to the recipient's profile as it is now.
+            _ => match self.store.profile(workspace_id, &delivery.profile_id).await {
+                Ok(Some(profile)) => match profile.identities.first() {
+                    Some(identity) => identity.clone(),
+                    None => return,
+                },
+                _ => return,
+            },
+        };
         let event = crossline_engine::conversations::event(&identity, name, &delivery.channel, properties, now);
         if let Err(err) = self.recorder.record(workspace_id, vec![event]).await {
             tracing::warn!(error = %err, name, "could not record an engagement event");
@@ -2088,6 +2233,7 @@ enum Via {
     Sms(Arc<TwilioConfig>),
     WebPush(Arc<VapidKey>, Box<Subscription>),
     Fcm(Arc<FcmConfig>),
+    Apns(Arc<ApnsConfig>),
 }
 
 /// How long a push service keeps a message for a device that is offline.
@@ -2095,6 +2241,20 @@ const WEB_PUSH_TTL_SECONDS: u32 = 24 * 3600;
 
 /// How long a provider may take to answer one message.
 const PROVIDER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// What an app's push message carries beside its title and body: the template's `data`, the page
+/// (`url`) and the delivery id.
+fn push_data(push: &template::RenderedPush, delivery_id: &str) -> serde_json::Map<String, Value> {
+    let mut data = match &push.data {
+        Some(Value::Object(data)) => data.clone(),
+        _ => serde_json::Map::new(),
+    };
+    if let Some(url) = &push.url {
+        data.insert("url".into(), json!(url));
+    }
+    data.insert("delivery_id".into(), json!(delivery_id));
+    data
+}
 
 /// Where a push delivery goes.
 enum PushTarget {
@@ -2146,6 +2306,7 @@ struct WorkspaceBatch {
     twilio: Option<Result<Arc<TwilioConfig>, Outcome>>,
     vapid: Option<Arc<VapidKey>>,
     fcm: Option<Result<Arc<FcmConfig>, Outcome>>,
+    apns: Option<Result<Arc<ApnsConfig>, Outcome>>,
 }
 
 /// A claimed delivery handed back to the queue, due at `at`, as not sent.
@@ -2170,6 +2331,9 @@ enum Outcome {
     Suppressed(Suppression),
     Deferred(DateTime<Utc>),
     Retry(String, Option<std::time::Duration>),
+    /// This one address (a web push endpoint a visitor gave) did not answer: retried with backoff,
+    /// marked unreachable when given up on, and never counted against the campaign.
+    AddressRetry(String),
     /// The provider could not be reached at all; nothing was sent.
     Unavailable(String),
     Misconfigured(String),

@@ -53,6 +53,9 @@ pub fn parse(body: &Value, allow_private: bool, now: chrono::DateTime<chrono::Ut
     })?;
     let host = subscription.endpoint.host_str().unwrap_or_default().to_ascii_lowercase();
     let known = PUSH_SERVICES.iter().any(|service| host == *service || host.ends_with(&format!(".{service}")));
+    if subscription.endpoint.port().is_some() && !allow_private {
+        return Err(refused("endpoint", "must use the push service's own port (no port in the URL)"));
+    }
     if !known && !allow_private {
         return Err(refused(
             "endpoint",
@@ -75,7 +78,11 @@ pub fn parse(body: &Value, allow_private: bool, now: chrono::DateTime<chrono::Ut
 
 fn device_token(body: &Value, now: chrono::DateTime<chrono::Utc>) -> Result<PushAddress, Refused> {
     let token = body.get("token").and_then(Value::as_str).map(str::trim).unwrap_or_default();
-    if token.is_empty() || token.len() > MAX_DEVICE_TOKEN_LEN || !token.bytes().all(|byte| byte.is_ascii_graphic()) {
+    if token.is_empty()
+        || token.len() > MAX_DEVICE_TOKEN_LEN
+        || !token.bytes().all(|byte| byte.is_ascii_graphic())
+        || token.contains("://")
+    {
         return Err(refused(
             "token",
             format!("give the device token: 1 to {MAX_DEVICE_TOKEN_LEN} printable characters"),
@@ -125,9 +132,12 @@ mod tests {
 
     #[test]
     fn endpoints_that_are_not_push_services_are_refused_naming_the_field() {
-        for endpoint in
-            ["https://evil.example.com/x", "https://fcm.googleapis.com.evil.example/x", "http://fcm.googleapis.com/x"]
-        {
+        for endpoint in [
+            "https://evil.example.com/x",
+            "https://fcm.googleapis.com.evil.example/x",
+            "http://fcm.googleapis.com/x",
+            "https://fcm.googleapis.com:9/x",
+        ] {
             let body = json!({"endpoint": endpoint, "keys": {"p256dh": P256DH, "auth": AUTH}});
             assert_eq!(parse(&body, false, at()).unwrap_err().field, "endpoint", "{endpoint}");
         }

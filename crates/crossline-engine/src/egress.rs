@@ -102,6 +102,8 @@ pub struct EgressResponse {
 #[derive(Clone)]
 pub struct Egress {
     client: reqwest::Client,
+    /// HTTP/2 only (APNs speaks nothing else), with prior knowledge on plain `http` too.
+    http2: reqwest::Client,
     rules: Arc<EgressRules>,
 }
 
@@ -121,16 +123,20 @@ impl Egress {
             .expect("ring supports the default TLS versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .user_agent(concat!("crossline/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .connect_timeout(rules.connect_timeout)
-            .dns_resolver(Arc::new(GuardedResolver { allow_private: rules.allow_private }))
-            .build()
-            .expect("the HTTP client's settings are valid");
-        Egress { client, rules: Arc::new(rules) }
+        let builder = |tls: rustls::ClientConfig| {
+            reqwest::Client::builder()
+                .use_preconfigured_tls(tls)
+                .user_agent(concat!("crossline/", env!("CARGO_PKG_VERSION")))
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .connect_timeout(rules.connect_timeout)
+                .dns_resolver(Arc::new(GuardedResolver { allow_private: rules.allow_private }))
+        };
+        let mut http2_tls = tls.clone();
+        http2_tls.alpn_protocols = vec![b"h2".to_vec()];
+        let client = builder(tls).http1_only().build().expect("the HTTP client's settings are valid");
+        let http2 = builder(http2_tls).http2_prior_knowledge().build().expect("the HTTP/2 client's settings are valid");
+        Egress { client, http2, rules: Arc::new(rules) }
     }
 
     /// The rules it keeps.
@@ -168,6 +174,20 @@ impl Egress {
         let url = parse(url)?;
         self.check_literal(&url)?;
         let request = self.client.post(url.clone()).header("content-type", "application/json").body(body);
+        self.send(&url, request, headers, timeout).await
+    }
+
+    /// POST `body` as JSON over HTTP/2 (APNs).
+    pub async fn post_json_http2(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<EgressResponse, EgressError> {
+        let url = parse(url)?;
+        self.check_literal(&url)?;
+        let request = self.http2.post(url.clone()).header("content-type", "application/json").body(body);
         self.send(&url, request, headers, timeout).await
     }
 

@@ -97,6 +97,7 @@
       await navigator.serviceWorker.ready;
       const subscription = (await registration.pushManager.getSubscription()) ||
         (await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: applicationServerKey(vapidKey) }));
+      if (pushWaiter) return { subscribed: false, reason: "a subscription is already being registered" };
       const answer = new Promise((resolve) => { pushWaiter = resolve; });
       post({ type: "crossline.push", subscription: subscription.toJSON() });
       return answer;

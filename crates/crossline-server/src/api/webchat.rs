@@ -374,6 +374,10 @@ async fn identify(
 async fn subscribe_push(state: &AppState, client: &Client, subscription: &Value) -> ApiResult<()> {
     let workspace = &client.workspace;
     let now = Utc::now();
+    // Checked before anything is recorded: a malformed frame leaves no event behind.
+    crossline_engage::push::parse(subscription, state.egress.rules().allow_private, now).map_err(|refused| {
+        ApiError::bad_request(ErrorCode::InvalidField, format!("{}: {}", refused.field, refused.message))
+    })?;
     let recorded = event(&client.visitor, "push.subscribed", client.channel, json!({}), now);
     let outcome = state.recorder.record(&workspace.id, vec![recorded]).await?;
     crate::error::refused_for_limits(&outcome)?;

@@ -2,6 +2,7 @@
 //! shared helpers); each test starts its own server on port 0.
 
 mod alexa;
+mod apns;
 mod bots;
 mod connections;
 mod conversations;
