@@ -242,6 +242,8 @@ try {
   // The Channels page: an SMTP server and quiet hours, saved from forms; the password is never shown.
   await page.goto(`${base}/channels`);
   check((await page.locator('nav a[href="/channels"][aria-current="page"]').count()) === 1, 'Channels is not the current section');
+  const vapidKey = (await page.locator('[data-testid="vapid-public-key"]').textContent()).trim();
+  check(/^B[A-Za-z0-9_-]{86}$/.test(vapidKey), `the Push card should show the VAPID public key, found ${JSON.stringify(vapidKey)}`);
   const smtpForm = page.locator('[data-testid="channels-smtp-form"]');
   await smtpForm.locator('[data-testid="channels-smtp-host"]').fill('smtp.example.com');
   await smtpForm.locator('input[name="from"]').fill('News <news@example.com>');

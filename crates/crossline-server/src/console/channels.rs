@@ -323,6 +323,8 @@ pub struct ChannelsPage {
     pub bots: Vec<String>,
     /// Where this workspace's provider webhooks are: `{base}/hooks/{workspace_id}`.
     pub hooks_url: String,
+    /// The workspace's VAPID public key, which browsers subscribe to Web Push with.
+    pub vapid_public_key: String,
 }
 
 /// The page as stored now.
@@ -331,7 +333,7 @@ async fn load(state: &AppState, workspace: &Workspace, headers: &HeaderMap) -> R
     let twilio = api::channel_view(state, &workspace.id, ChannelKind::Twilio).await?;
     let settings = state.engage.settings(&workspace.id).await.map_err(ApiError::from)?;
     let mut others = Vec::new();
-    for kind in [ChannelKind::WebChat, ChannelKind::Alexa] {
+    for kind in [ChannelKind::WebChat, ChannelKind::Alexa, ChannelKind::Fcm, ChannelKind::Apns] {
         if let Some(view) = api::channel_view(state, &workspace.id, kind).await? {
             others.push((kind.as_str(), view));
         }
@@ -348,6 +350,7 @@ async fn load(state: &AppState, workspace: &Workspace, headers: &HeaderMap) -> R
         others,
         bots,
         hooks_url: format!("{}/hooks/{}", base_url(state, headers), url::encode(&workspace.id)),
+        vapid_public_key: state.engage.vapid_key(&workspace.id).await.map_err(ApiError::from)?.public_key(),
     })
 }
 
@@ -526,6 +529,7 @@ pub fn channels_content(page: &ChannelsPage, notice: &ChannelsNotice) -> Markup 
             (smtp_card(page, notice.fault(ChannelsForm::Smtp)))
             (twilio_card(page, notice.fault(ChannelsForm::Twilio)))
             (messaging_card(page, notice.fault(ChannelsForm::Messaging)))
+            (push_card(page))
             @if !page.others.is_empty() { (others_card(&page.others)) }
         }
     }
@@ -677,6 +681,33 @@ fn messaging_card(page: &ChannelsPage, fault: Option<&str>) -> Markup {
                     div.form-actions {
                         button.button type="submit" data-testid="channels-messaging-save" { "Save messaging settings" }
                     }
+                }
+            }
+        }
+    }
+}
+
+/// Push: the VAPID key browsers subscribe with, and where app push is set up.
+fn push_card(page: &ChannelsPage) -> Markup {
+    html! {
+        section.card #push data-testid="channels-push" {
+            div.card-head {
+                h2 { "Push" }
+                span.hint { "browsers, Android and iOS apps" }
+            }
+            div.card-body {
+                p {
+                    "Web Push needs no account: browsers subscribe with this workspace's VAPID public key — "
+                    code { "Crossline.subscribePush()" } " in the chat widget does it for your visitors."
+                }
+                dl.facts {
+                    dt { "VAPID public key" }
+                    dd { code.wrap data-testid="vapid-public-key" { (page.vapid_public_key) } }
+                }
+                p.hint {
+                    "App push: give Crossline your Firebase service account (" code { "PUT /api/v1/channels/fcm" }
+                    ") or your APNs key (" code { "PUT /api/v1/channels/apns" } "); they show under Other channels once set. "
+                    "Register subscriptions and device tokens with " code { "POST /api/v1/profiles/{id}/push-subscriptions" } "."
                 }
             }
         }
