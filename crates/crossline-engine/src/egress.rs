@@ -171,10 +171,7 @@ impl Egress {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<EgressResponse, EgressError> {
-        let url = parse(url)?;
-        self.check_literal(&url)?;
-        let request = self.client.post(url.clone()).header("content-type", "application/json").body(body);
-        self.send(&url, request, headers, timeout).await
+        self.post(&self.client, url, headers, "application/json", body, timeout).await
     }
 
     /// POST `body` as JSON over HTTP/2 (APNs).
@@ -185,10 +182,7 @@ impl Egress {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<EgressResponse, EgressError> {
-        let url = parse(url)?;
-        self.check_literal(&url)?;
-        let request = self.http2.post(url.clone()).header("content-type", "application/json").body(body);
-        self.send(&url, request, headers, timeout).await
+        self.post(&self.http2, url, headers, "application/json", body, timeout).await
     }
 
     /// POST raw `body` bytes of `content_type` (a Web Push message).
@@ -200,10 +194,7 @@ impl Egress {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<EgressResponse, EgressError> {
-        let url = parse(url)?;
-        self.check_literal(&url)?;
-        let request = self.client.post(url.clone()).header("content-type", content_type).body(body);
-        self.send(&url, request, headers, timeout).await
+        self.post(&self.client, url, headers, content_type, body, timeout).await
     }
 
     /// POST `form` as `application/x-www-form-urlencoded` (provider APIs such as Twilio's).
@@ -214,11 +205,23 @@ impl Egress {
         form: &[(String, String)],
         timeout: Duration,
     ) -> Result<EgressResponse, EgressError> {
+        let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+        self.post(&self.client, url, headers, "application/x-www-form-urlencoded", body.into_bytes(), timeout).await
+    }
+
+    /// One POST through `client`, within the rules.
+    async fn post(
+        &self,
+        client: &reqwest::Client,
+        url: &str,
+        headers: &[(&str, String)],
+        content_type: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<EgressResponse, EgressError> {
         let url = parse(url)?;
         self.check_literal(&url)?;
-        let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
-        let request =
-            self.client.post(url.clone()).header("content-type", "application/x-www-form-urlencoded").body(body);
+        let request = client.post(url.clone()).header("content-type", content_type).body(body);
         self.send(&url, request, headers, timeout).await
     }
 

@@ -84,52 +84,25 @@ print(json.dumps({"port": port, "private_key": pem}), flush=True)
 asyncio.run(serve(app, config))
 "#;
 
-struct FakeApns {
-    url: String,
-    private_key: String,
-    child: std::process::Child,
-}
-
-impl Drop for FakeApns {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+struct FakeApns(crate::harness::PythonFake);
 
 impl FakeApns {
     fn start(path: &std::ffi::OsStr) -> FakeApns {
-        let mut child = std::process::Command::new("python3")
-            .args(["-c", &FAKE_APNS.replace("GONE", GONE)])
-            .env("PYTHONPATH", path)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-        let started: Value = match serde_json::from_str(&line) {
-            Ok(started) => started,
-            Err(err) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the fake APNs did not start ({err}): {line}");
-            }
-        };
-        let url = format!("http://127.0.0.1:{}", started["port"]);
-        // Serving starts just after the line is printed.
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(url.trim_start_matches("http://")).is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        FakeApns { url, private_key: started["private_key"].as_str().unwrap().to_owned(), child }
+        FakeApns(crate::harness::PythonFake::start(&FAKE_APNS.replace("GONE", GONE), path))
+    }
+
+    fn url(&self) -> &str {
+        &self.0.url
+    }
+
+    fn private_key(&self) -> &str {
+        self.0.started["private_key"].as_str().unwrap()
     }
 
     /// What it took, asked over HTTP/2 as it speaks nothing else.
     async fn log(&self) -> Value {
         let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
-        client.get(format!("{}/log", self.url)).send().await.unwrap().json().await.unwrap()
+        client.get(format!("{}/log", self.url())).send().await.unwrap().json().await.unwrap()
     }
 }
 
@@ -150,8 +123,8 @@ async fn a_push_campaign_reaches_ios_devices_through_apns_over_http2() {
             .await
         }
     };
-    let config = json!({"team_id": "TEAM123456", "key_id": "KEY1234567", "private_key": fake.private_key,
-                        "topic": "com.example.shop", "api_base_url": fake.url});
+    let config = json!({"team_id": "TEAM123456", "key_id": "KEY1234567", "private_key": fake.private_key(),
+                        "topic": "com.example.shop", "api_base_url": fake.url()});
     let (status, shown) = server.put_json("/api/v1/channels/apns", &ws.api_key, &config).await;
     assert_eq!(status, StatusCode::OK, "{shown}");
     assert!(!shown.to_string().contains("PRIVATE KEY"), "{shown}");

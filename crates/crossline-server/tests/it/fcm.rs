@@ -76,46 +76,23 @@ print(json.dumps({"port": server.server_address[1], "private_key": pem}), flush=
 server.serve_forever()
 "#;
 
-struct FakeFcm {
-    url: String,
-    private_key: String,
-    child: std::process::Child,
-}
-
-impl Drop for FakeFcm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+struct FakeFcm(crate::harness::PythonFake);
 
 impl FakeFcm {
-    fn start(site: &std::path::Path) -> FakeFcm {
-        let mut child = std::process::Command::new("python3")
-            .args(["-c", FAKE_FCM])
-            .env("PYTHONPATH", site)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-        let started: Value = match serde_json::from_str(&line) {
-            Ok(started) => started,
-            Err(err) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the fake FCM did not start ({err}): {line}");
-            }
-        };
-        FakeFcm {
-            url: format!("http://127.0.0.1:{}", started["port"]),
-            private_key: started["private_key"].as_str().unwrap().to_owned(),
-            child,
-        }
+    fn start(path: &std::path::Path) -> FakeFcm {
+        FakeFcm(crate::harness::PythonFake::start(FAKE_FCM, path.as_os_str()))
+    }
+
+    fn url(&self) -> &str {
+        &self.0.url
+    }
+
+    fn private_key(&self) -> &str {
+        self.0.started["private_key"].as_str().unwrap()
     }
 
     async fn log(&self) -> Value {
-        reqwest::get(format!("{}/log", self.url)).await.unwrap().json().await.unwrap()
+        reqwest::get(format!("{}/log", self.url())).await.unwrap().json().await.unwrap()
     }
 }
 
@@ -136,8 +113,8 @@ async fn a_push_campaign_reaches_app_tokens_through_fcm() {
     };
     // The service account file as Google gives it, pointed at the fake.
     let account = json!({"type": "service_account", "project_id": "demo-project", "private_key_id": "abc",
-        "private_key": fake.private_key, "client_email": "crossline@demo-project.iam.gserviceaccount.com",
-        "token_uri": format!("{}/token", fake.url), "api_base_url": fake.url});
+        "private_key": fake.private_key(), "client_email": "crossline@demo-project.iam.gserviceaccount.com",
+        "token_uri": format!("{}/token", fake.url()), "api_base_url": fake.url()});
     let (status, shown) = server.put_json("/api/v1/channels/fcm", &ws.api_key, &account).await;
     assert_eq!(status, StatusCode::OK, "{shown}");
     assert_eq!(shown["private_key_set"], true);

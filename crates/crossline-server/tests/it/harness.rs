@@ -167,3 +167,50 @@ pub fn pypi_package(package: &str, version: &str, marker: &str) -> Option<std::p
         }
     }
 }
+
+/// A fake provider written in Python (`script`, run with `PYTHONPATH=path`) that prints one JSON
+/// line (its port and whatever the test needs) once it listens; killed when dropped.
+pub struct PythonFake {
+    /// What it printed.
+    pub started: serde_json::Value,
+    /// `http://127.0.0.1:{port}`.
+    pub url: String,
+    child: std::process::Child,
+}
+
+impl PythonFake {
+    pub fn start(script: &str, path: &std::ffi::OsStr) -> PythonFake {
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .env("PYTHONPATH", path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        let started: serde_json::Value = match serde_json::from_str(&line) {
+            Ok(started) => started,
+            Err(err) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the fake did not start ({err}): {line}");
+            }
+        };
+        let address = format!("127.0.0.1:{}", started["port"]);
+        // Some servers print before they serve: wait until the port takes connections.
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&address).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        PythonFake { started, url: format!("http://{address}"), child }
+    }
+}
+
+impl Drop for PythonFake {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
