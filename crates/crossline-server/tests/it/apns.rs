@@ -166,15 +166,7 @@ async fn a_push_campaign_reaches_ios_devices_through_apns_over_http2() {
     .await;
     assert_eq!(status, StatusCode::CREATED, "{campaign}");
     let id = campaign["id"].as_str().unwrap().to_owned();
-    let mut stats = Value::Null;
-    for _ in 0..200 {
-        let (_, current) = json_of(server.get(&format!("/api/v1/campaigns/{id}"), &ws.api_key).await).await;
-        stats = current["stats"].clone();
-        if current["status"] == "completed" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let stats = crate::harness::stats_when_completed(&server, &ws.api_key, &id).await;
     let log = fake.log().await;
     assert!(log["refused"].as_array().unwrap().is_empty(), "{log}");
     assert_eq!((stats["sent"].as_u64(), stats["bounced"].as_u64()), (Some(1), Some(1)), "{stats} {log}");

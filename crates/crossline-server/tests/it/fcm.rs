@@ -155,15 +155,7 @@ async fn a_push_campaign_reaches_app_tokens_through_fcm() {
     .await;
     assert_eq!(status, StatusCode::CREATED, "{campaign}");
     let id = campaign["id"].as_str().unwrap().to_owned();
-    let mut stats = Value::Null;
-    for _ in 0..200 {
-        let (_, current) = json_of(server.get(&format!("/api/v1/campaigns/{id}"), &ws.api_key).await).await;
-        stats = current["stats"].clone();
-        if current["status"] == "completed" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let stats = crate::harness::stats_when_completed(&server, &ws.api_key, &id).await;
     assert_eq!((stats["sent"].as_u64(), stats["bounced"].as_u64()), (Some(2), Some(1)), "{stats}");
 
     let log = fake.log().await;

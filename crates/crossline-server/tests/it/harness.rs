@@ -214,3 +214,17 @@ impl Drop for PythonFake {
         let _ = self.child.wait();
     }
 }
+
+/// A campaign's stats once it completed (or after 30 s, as they stand then).
+pub async fn stats_when_completed(server: &TestServer, api_key: &str, campaign_id: &str) -> serde_json::Value {
+    let mut stats = serde_json::Value::Null;
+    for _ in 0..300 {
+        let (_, current) = json_of(server.get(&format!("/api/v1/campaigns/{campaign_id}"), api_key).await).await;
+        stats = current["stats"].clone();
+        if current["status"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    stats
+}

@@ -308,15 +308,7 @@ async fn a_push_campaign_reaches_browsers_through_a_push_service_that_checks_eve
     .await;
     assert_eq!(status, StatusCode::CREATED, "{campaign}");
     let id = campaign["id"].as_str().unwrap().to_owned();
-    let mut stats = json!(null);
-    for _ in 0..300 {
-        let (_, campaign) = json_of(server.get(&format!("/api/v1/campaigns/{id}"), &ws.api_key).await).await;
-        stats = campaign["stats"].clone();
-        if campaign["status"] == "completed" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let stats = crate::harness::stats_when_completed(&server, &ws.api_key, &id).await;
     assert_eq!(stats["sent"], 2, "{stats}");
     assert_eq!(stats["bounced"], 1, "{stats}");
     assert_eq!(stats["suppressed_by"]["unsubscribed"], 1, "{stats}");
