@@ -1205,7 +1205,8 @@ impl Engage {
             Some(Ok(_)) => Some(self.link_key(workspace_id).await.map_err(|err| retry(&err))?),
             _ => None,
         };
-        let twilio = if uses("sms") { Some(self.twilio(workspace_id).await.map(Arc::new)) } else { None };
+        let twilio =
+            if uses("sms") || uses("whatsapp") { Some(self.twilio(workspace_id).await.map(Arc::new)) } else { None };
         let vapid =
             if uses("push") { Some(self.vapid_key(workspace_id).await.map_err(|err| retry(&err))?) } else { None };
         let fcm =
@@ -1275,7 +1276,7 @@ impl Engage {
                 (Some(Err(outcome)), _) => return Err(outcome.clone()),
                 _ => return Err(Outcome::Misconfigured("email is not configured".into())),
             },
-            "sms" => match &context.twilio {
+            "sms" | "whatsapp" => match &context.twilio {
                 Some(Ok(config)) => Via::Sms(config.clone()),
                 Some(Err(outcome)) => return Err(outcome.clone()),
                 None => return Err(Outcome::Misconfigured("Twilio is not configured".into())),
@@ -1378,7 +1379,9 @@ impl Engage {
             Via::Apns(config) => self.send_apns(job, config, &rendered).await,
             Via::Sms(config) => {
                 let callback = format!("{base}/hooks/{workspace_id}/twilio/status");
-                let request = twilio::message_request(config, &d.address, &rendered.text, Some(&callback));
+                // WhatsApp goes through the same Messages API, both numbers written `whatsapp:+E164`.
+                let to = if d.channel == "whatsapp" { format!("whatsapp:{}", d.address) } else { d.address.clone() };
+                let request = twilio::message_request(config, &to, &rendered.text, Some(&callback));
                 match self.post_to_twilio(&request).await {
                     Ok(response) => {
                         twilio::classify_message_response(response.status, &response.body, response.retry_after)
@@ -2292,6 +2295,10 @@ fn device_platform(token: &str) -> &'static str {
 fn address_kind_of(channel: &str, address: &str) -> Option<&'static str> {
     if channel == "push" && (address.starts_with("https://") || address.starts_with("http://")) {
         return Some("webpush");
+    }
+    // A number WhatsApp cannot reach may still take SMS: its marks are its own.
+    if channel == "whatsapp" {
+        return Some("whatsapp");
     }
     address_kind(channel)
 }

@@ -324,9 +324,11 @@ impl Compiler {
         } else {
             String::new()
         };
+        // WhatsApp's marks are its own (a number it cannot reach may still take SMS) besides the phone's.
+        let marked = if channel == "whatsapp" { "(s.kind = i.kind OR s.kind = 'whatsapp')" } else { "s.kind = i.kind" };
         format!(
             "({consent} AND (EXISTS (SELECT 1 FROM identities i WHERE i.profile_id = p.id AND i.workspace_id = {ws} AND i.kind IN ({kinds}) \
-             AND NOT EXISTS (SELECT 1 FROM address_states s WHERE s.workspace_id = {ws} AND s.kind = i.kind AND s.value = i.value AND s.unreachable_at IS NOT NULL)){registered}))"
+             AND NOT EXISTS (SELECT 1 FROM address_states s WHERE s.workspace_id = {ws} AND {marked} AND s.value = i.value AND s.unreachable_at IS NOT NULL)){registered}))"
         )
     }
 

@@ -279,7 +279,13 @@ pub async fn twilio_sms(
     let (workspace, config, params) = verified_twilio(&state, &workspace_id, &uri, &headers, &body).await?;
     let sms =
         twilio::parse_sms(&params).map_err(|err| ApiError::bad_request(ErrorCode::InvalidField, err.to_string()))?;
-    let from = caller(&workspace, &sms.from)?;
+    // WhatsApp comes to the same webhook, its numbers written `whatsapp:+E164`: the same person by
+    // phone, on its own channel (its own consent, its own conversation turns).
+    let (channel, number) = match sms.from.strip_prefix("whatsapp:") {
+        Some(number) => ("whatsapp", number),
+        None => ("sms", sms.from.as_str()),
+    };
+    let from = caller(&workspace, number)?;
 
     if let Some(keyword) = twilio::keyword(&sms.body) {
         let (status, reply) = match keyword {
@@ -292,21 +298,27 @@ pub async fn twilio_sms(
         };
         if let Some(status) = status {
             let keyword_event = || {
-                let mut created = event(&from, "sms.keyword", "sms", Value::Null, Utc::now());
+                let mut created = event(&from, &format!("{channel}.keyword"), channel, Value::Null, Utc::now());
                 created.message_id = format!("twilio_{}", sms.message_sid);
                 created
             };
             let profile = state.conversations.profile_for(&workspace, &from, keyword_event).await?.id;
             state
                 .recorder
-                .set_consent(&workspace.id, &profile, &[("sms".into(), status)], "sms_keyword", Utc::now())
+                .set_consent(
+                    &workspace.id,
+                    &profile,
+                    &[(channel.into(), status)],
+                    &format!("{channel}_keyword"),
+                    Utc::now(),
+                )
                 .await?;
         }
         return Ok(twiml(twilio::messaging_response(&[reply.to_owned()])));
     }
 
     let message_id = (!sms.message_sid.is_empty()).then(|| format!("twilio_{}", sms.message_sid));
-    let turn = Turn { bot: &config.bot, from, text: &sms.body, channel: "sms", now: Utc::now(), message_id };
+    let turn = Turn { bot: &config.bot, from, text: &sms.body, channel, now: Utc::now(), message_id };
     let outcome = match state.conversations.converse(&workspace, turn).await {
         Ok(outcome) => outcome,
         // Twilio retried (or someone replayed) a message already answered: answer with no SMS.

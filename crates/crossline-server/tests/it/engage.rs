@@ -816,3 +816,69 @@ async fn segments_are_bounded_in_expansion_and_number() {
     assert_eq!(status, StatusCode::CONFLICT, "{err}");
     assert!(err["error"]["message"].as_str().unwrap().contains("at most 1000 segments"), "{err}");
 }
+
+/// WhatsApp through Twilio: a campaign sends `whatsapp:` messages to whoever did not opt out of
+/// WhatsApp (an SMS opt-in does not count, nor the other way round); a WhatsApp message reaches the bot
+/// on the same webhook and is answered there; STOP on WhatsApp ends WhatsApp, not SMS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whatsapp_campaigns_and_replies_keep_their_own_consent() {
+    let (twilio_url, twilio) = FakeTwilio::start().await;
+    let server = TestServer::start().await;
+    let ws = server.workspace("whatsapp").await;
+    server.put_bot(&ws.api_key, "bank", &crate::bots::bank()).await;
+    let config = json!({"account_sid": SID, "auth_token": TOKEN, "phone_number": "+14155550999", "bot": "bank", "api_base_url": twilio_url});
+    assert_eq!(server.put_json("/api/v1/channels/twilio", &ws.api_key, &config).await.0, StatusCode::OK);
+    let people = json!({"batch": [
+        {"type": "identify", "userId": "ann", "traits": {"first_name": "Ann", "phone": "+14155550100"}},
+        {"type": "identify", "userId": "bob", "traits": {"first_name": "Bob", "phone": "+14155550101"}}
+    ]});
+    assert_eq!(server.track("/v1/batch", &ws.write_key, &people).await.status(), StatusCode::OK);
+    let (_, bob) = json_of(server.get("/api/v1/profiles/lookup?kind=user_id&value=bob", &ws.api_key).await).await;
+    let consent = json!({"whatsapp": "unsubscribed", "sms": "subscribed"});
+    let path = format!("/api/v1/profiles/{}/consent", bob["id"].as_str().unwrap());
+    assert_eq!(server.put_json(&path, &ws.api_key, &consent).await.0, StatusCode::OK);
+
+    let (_, segment) =
+        post(&server, "/api/v1/segments", &ws.api_key, &json!({"name": "All", "filter": {"reachable": "sms"}})).await;
+    let (status, template) = post(&server, "/api/v1/templates", &ws.api_key, &json!({"name": "Hi", "channel": "whatsapp", "body": "Hi {{ profile.traits.first_name }}, your card is on its way."})).await;
+    assert_eq!(status, StatusCode::CREATED, "{template}");
+    let (status, campaign) = post(&server, "/api/v1/campaigns", &ws.api_key, &json!({"name": "Card", "segment_id": segment["id"], "channel": "whatsapp", "template_id": template["id"], "schedule": "now"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{campaign}");
+    let stats = crate::harness::stats_when_completed(&server, &ws.api_key, campaign["id"].as_str().unwrap()).await;
+    assert_eq!(
+        (stats["sent"].as_u64(), stats["suppressed_by"]["unsubscribed"].as_u64()),
+        (Some(1), Some(1)),
+        "{stats}"
+    );
+    let sent = twilio.until("whatsapp:+14155550100", 1).await;
+    assert_eq!(sent[0]["From"], "whatsapp:+14155550999");
+    assert_eq!(sent[0]["Body"], "Hi Ann, your card is on its way.");
+    assert!(twilio.to("whatsapp:+14155550101").is_empty() && twilio.to("+14155550101").is_empty(), "nothing to Bob");
+
+    // Ann answers on WhatsApp: the bot replies in TwiML, and the turn is on the whatsapp channel.
+    let hook = format!("/hooks/{}/twilio/sms", ws.id);
+    let hello = [
+        ("MessageSid", "SMwa1"),
+        ("From", "whatsapp:+14155550100"),
+        ("To", "whatsapp:+14155550999"),
+        ("Body", "hello"),
+        ("AccountSid", SID),
+    ];
+    assert_eq!(signed_post(&server, &hook, &hello).await, StatusCode::OK);
+    let received = events_named(&server, &ws.api_key, "ann", "message.received").await;
+    assert!(received.iter().any(|event| event["channel"] == "whatsapp"), "{received:?}");
+    // STOP on WhatsApp ends WhatsApp only.
+    let stop = [
+        ("MessageSid", "SMwa2"),
+        ("From", "whatsapp:+14155550100"),
+        ("To", "whatsapp:+14155550999"),
+        ("Body", "STOP"),
+        ("AccountSid", SID),
+    ];
+    assert_eq!(signed_post(&server, &hook, &stop).await, StatusCode::OK);
+    let (_, ann) = json_of(server.get("/api/v1/profiles/lookup?kind=user_id&value=ann", &ws.api_key).await).await;
+    assert_eq!(ann["consent"]["whatsapp"], "unsubscribed", "{ann}");
+    assert_ne!(ann["consent"]["sms"], "unsubscribed", "{ann}");
+    assert_eq!(ann["consent_details"]["whatsapp"]["source"], "whatsapp_keyword", "{ann}");
+    server.stop().await;
+}

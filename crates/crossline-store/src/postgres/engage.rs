@@ -774,6 +774,10 @@ async fn address_states_of(
              JOIN address_states s ON s.workspace_id = i.workspace_id AND s.kind = i.kind AND s.value = i.value
              WHERE i.workspace_id = $1 AND i.profile_id = $2 AND s.unreachable_at IS NOT NULL
              UNION
+             SELECT s.kind, s.value, s.reason, s.unreachable_at FROM identities i
+             JOIN address_states s ON s.workspace_id = i.workspace_id AND s.kind = 'whatsapp' AND s.value = i.value
+             WHERE i.workspace_id = $1 AND i.profile_id = $2 AND i.kind = 'phone' AND s.unreachable_at IS NOT NULL
+             UNION
              SELECT s.kind, s.value, s.reason, s.unreachable_at FROM push_addresses a
              JOIN address_states s ON s.workspace_id = a.workspace_id AND s.kind = a.kind AND s.value = a.value
              WHERE a.workspace_id = $1 AND a.profile_id = $2 AND s.unreachable_at IS NOT NULL

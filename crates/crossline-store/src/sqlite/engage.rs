@@ -827,6 +827,10 @@ fn address_states_of(conn: &Connection, workspace_id: &str, profile_id: &str) ->
          JOIN address_states s ON s.workspace_id = i.workspace_id AND s.kind = i.kind AND s.value = i.value
          WHERE i.profile_id = ?2 AND i.workspace_id = ?1 AND s.unreachable_at IS NOT NULL
          UNION
+         SELECT s.kind, s.value, s.reason, s.unreachable_at FROM identities i
+         JOIN address_states s ON s.workspace_id = i.workspace_id AND s.kind = 'whatsapp' AND s.value = i.value
+         WHERE i.profile_id = ?2 AND i.workspace_id = ?1 AND i.kind = 'phone' AND s.unreachable_at IS NOT NULL
+         UNION
          SELECT s.kind, s.value, s.reason, s.unreachable_at FROM push_addresses a
          JOIN address_states s ON s.workspace_id = a.workspace_id AND s.kind = a.kind AND s.value = a.value
          WHERE a.profile_id = ?2 AND a.workspace_id = ?1 AND s.unreachable_at IS NOT NULL
