@@ -14,6 +14,7 @@ pub mod sms;
 pub mod smtp_sink;
 pub mod twilio;
 pub mod webchat;
+pub mod webhook;
 pub mod webpush;
 
 /// The channels a workspace configures (`PUT /api/v1/channels/{kind}`).
@@ -31,17 +32,20 @@ pub enum ChannelKind {
     Fcm,
     /// Apple Push Notification service (push to iOS device tokens).
     Apns,
+    /// A signed HTTP call per recipient (campaigns).
+    Webhook,
 }
 
 impl ChannelKind {
     /// Every kind.
-    pub const ALL: [ChannelKind; 6] = [
+    pub const ALL: [ChannelKind; 7] = [
         ChannelKind::Twilio,
         ChannelKind::WebChat,
         ChannelKind::Alexa,
         ChannelKind::Email,
         ChannelKind::Fcm,
         ChannelKind::Apns,
+        ChannelKind::Webhook,
     ];
 
     /// The name in URLs and the store.
@@ -53,6 +57,7 @@ impl ChannelKind {
             ChannelKind::Email => "smtp",
             ChannelKind::Fcm => "fcm",
             ChannelKind::Apns => "apns",
+            ChannelKind::Webhook => "webhook",
         }
     }
 

@@ -19,6 +19,7 @@ use crossline_channels::email::{Email, EmailConfig, EmailSender};
 use crossline_channels::fcm::{self, FcmConfig};
 use crossline_channels::outbound::SendError;
 use crossline_channels::twilio::{self, TwilioConfig};
+use crossline_channels::webhook::WebhookChannelConfig;
 use crossline_channels::webpush::{self, Subscription, VapidKey};
 use crossline_core::segment::Filter;
 use crossline_core::{ConsentStatus, Identity, IdentityKind, Profile};
@@ -1213,7 +1214,12 @@ impl Engage {
             if uses("push") { Some(self.push_config(workspace_id, "fcm", "FCM").await.map(Arc::new)) } else { None };
         let apns =
             if uses("push") { Some(self.push_config(workspace_id, "apns", "APNs").await.map(Arc::new)) } else { None };
-        Ok(WorkspaceBatch { settings, workspace_zone, facts, email, link_key, twilio, vapid, fcm, apns })
+        let webhook = if uses("webhook") {
+            Some(self.push_config(workspace_id, "webhook", "The webhook channel").await.map(Arc::new))
+        } else {
+            None
+        };
+        Ok(WorkspaceBatch { settings, workspace_zone, facts, email, link_key, twilio, vapid, fcm, apns, webhook })
     }
 
     /// The send policy for one claimed delivery, as things are now: consent, reachability, quiet
@@ -1280,6 +1286,11 @@ impl Engage {
                 Some(Ok(config)) => Via::Sms(config.clone()),
                 Some(Err(outcome)) => return Err(outcome.clone()),
                 None => return Err(Outcome::Misconfigured("Twilio is not configured".into())),
+            },
+            "webhook" => match &context.webhook {
+                Some(Ok(config)) => Via::Webhook(config.clone()),
+                Some(Err(outcome)) => return Err(outcome.clone()),
+                None => return Err(Outcome::Misconfigured("the webhook channel is not configured".into())),
             },
             "push" => match push_target(facts, &d.address) {
                 // Registered to someone else since planning, or removed: not this customer's.
@@ -1377,6 +1388,7 @@ impl Engage {
             Via::WebPush(key, subscription) => self.send_web_push(job, key, subscription, &rendered).await,
             Via::Fcm(config) => self.send_fcm(job, config, &rendered).await,
             Via::Apns(config) => self.send_apns(job, config, &rendered).await,
+            Via::Webhook(config) => self.send_webhook(job, config, &rendered).await,
             Via::Sms(config) => {
                 let callback = format!("{base}/hooks/{workspace_id}/twilio/status");
                 // WhatsApp goes through the same Messages API, both numbers written `whatsapp:+E164`.
@@ -1564,6 +1576,38 @@ impl Engage {
             Ok(Some(raw)) => serde_json::from_value(raw).map_err(|err| Outcome::Misconfigured(err.to_string())),
             Ok(None) => Err(Outcome::Misconfigured(format!("{name} is not configured (PUT /api/v1/channels/{kind})"))),
             Err(err) => Err(Outcome::Retry(err.to_string(), None)),
+        }
+    }
+
+    /// One signed call to the workspace's webhook for the delivery's recipient (Standard Webhooks;
+    /// `webhook-id` is the delivery id, the same on every retry, so the receiver can drop repeats).
+    async fn send_webhook(
+        &self,
+        job: &SendJob,
+        config: &WebhookChannelConfig,
+        rendered: &template::Rendered,
+    ) -> Result<Sent, Outcome> {
+        let d = &job.delivery.new;
+        let now = Utc::now();
+        let body = json!({"type": "campaign.message", "timestamp": now.to_rfc3339(), "data": {
+            "delivery_id": d.id, "campaign_id": d.campaign_id, "treatment": d.treatment, "kind": d.kind,
+            "profile": job.profile, "message": rendered.text, "event": d.event}});
+        let body = body.to_string().into_bytes();
+        let timestamp = now.timestamp();
+        let headers = [
+            ("webhook-id", d.id.clone()),
+            ("webhook-timestamp", timestamp.to_string()),
+            ("webhook-signature", crossline_engine::destinations::signature(&config.secret, &d.id, timestamp, &body)),
+        ];
+        match self.egress.post_json(&config.url, &headers, body, PROVIDER_TIMEOUT).await {
+            Ok(response) => crossline_channels::webhook::classify_response(response.status, response.retry_after)
+                .map(|()| Sent { provider_id: None })
+                .map_err(Outcome::from),
+            Err(err @ crossline_engine::EgressError::Connect(_)) => {
+                Err(Outcome::Unavailable(format!("the webhook cannot be reached: {err}")))
+            }
+            Err(err) if err.is_retryable() => Err(Outcome::Retry(err.to_string(), None)),
+            Err(err) => Err(Outcome::Misconfigured(format!("the webhook: {err}"))),
         }
     }
 
@@ -2237,6 +2281,7 @@ enum Via {
     WebPush(Arc<VapidKey>, Box<Subscription>),
     Fcm(Arc<FcmConfig>),
     Apns(Arc<ApnsConfig>),
+    Webhook(Arc<WebhookChannelConfig>),
 }
 
 /// How long a push service keeps a message for a device that is offline.
@@ -2314,6 +2359,7 @@ struct WorkspaceBatch {
     vapid: Option<Arc<VapidKey>>,
     fcm: Option<Result<Arc<FcmConfig>, Outcome>>,
     apns: Option<Result<Arc<ApnsConfig>, Outcome>>,
+    webhook: Option<Result<Arc<WebhookChannelConfig>, Outcome>>,
 }
 
 /// A claimed delivery handed back to the queue, due at `at`, as not sent.
@@ -2368,6 +2414,10 @@ pub fn address_kind(channel: &str) -> Option<&'static str> {
 /// The recipient's address on a channel. Push: the newest registered push address that is not
 /// unreachable (else the newest), then a device token from events.
 fn address_for(facts: &RecipientFacts, channel: &str) -> Option<String> {
+    // The webhook channel calls the business's own system about the profile: always reachable.
+    if channel == "webhook" {
+        return Some(facts.profile.id.clone());
+    }
     let kind = address_kind(channel)?;
     let identities = facts.profile.identities.iter().filter(|identity| identity.kind.as_str() == kind);
     if channel != "push" {

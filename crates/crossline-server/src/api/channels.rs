@@ -27,7 +27,7 @@ use serde_json::Value;
 
 /// Set a channel's configuration.
 #[utoipa::path(put, path = "/api/v1/channels/{kind}", tag = "channels",
-    description = "`twilio`: `{\"account_sid\", \"auth_token\", \"phone_number\", \"bot\", \"api_base_url\"?}`. Secrets are never returned by a GET. `webchat`: `{\"bot\", \"identity_secret\"?}` (with a secret, `Crossline.identify` from a host page must give `userHash`, the hex HMAC-SHA256 of the user id and each email and phone it names, to link the visitor to that customer; without one, an identify is only a claim kept on the visitor's own profile). `alexa`: `{\"skill_id\", \"bot\"}`. `smtp` (alias `email`): `{\"host\", \"port\"?, \"tls\": \"starttls\" | \"tls\" | \"none\", \"username\"?, \"password\"?, \"from\", \"reply_to\"?, \"envelope_from\"?, \"unsubscribe_mailto\"?, \"pool_size\"?, \"timeout_seconds\"?}` — the password is never returned; the host must not be a private address unless private egress is allowed. `fcm`: the Firebase service account JSON file as Google gives it (`project_id`, `client_email`, `private_key`, `token_uri`), plus `api_base_url`? — the key is never returned. `apns`: `{\"team_id\", \"key_id\", \"private_key\" (the .p8 file), \"topic\" (the bundle id), \"environment\"?: \"production\" | \"sandbox\", \"api_base_url\"?}` — the key is never returned.",
+    description = "`twilio`: `{\"account_sid\", \"auth_token\", \"phone_number\", \"bot\", \"api_base_url\"?}`. Secrets are never returned by a GET. `webchat`: `{\"bot\", \"identity_secret\"?}` (with a secret, `Crossline.identify` from a host page must give `userHash`, the hex HMAC-SHA256 of the user id and each email and phone it names, to link the visitor to that customer; without one, an identify is only a claim kept on the visitor's own profile). `alexa`: `{\"skill_id\", \"bot\"}`. `smtp` (alias `email`): `{\"host\", \"port\"?, \"tls\": \"starttls\" | \"tls\" | \"none\", \"username\"?, \"password\"?, \"from\", \"reply_to\"?, \"envelope_from\"?, \"unsubscribe_mailto\"?, \"pool_size\"?, \"timeout_seconds\"?}` — the password is never returned; the host must not be a private address unless private egress is allowed. `fcm`: the Firebase service account JSON file as Google gives it (`project_id`, `client_email`, `private_key`, `token_uri`), plus `api_base_url`? — the key is never returned. `webhook` (campaigns call your system per recipient): `{\"url\", \"secret\"?}` — without a secret one is made and returned once (`whsec_…`, Standard Webhooks). `apns`: `{\"team_id\", \"key_id\", \"private_key\" (the .p8 file), \"topic\" (the bundle id), \"environment\"?: \"production\" | \"sandbox\", \"api_base_url\"?}` — the key is never returned.",
     params(("kind" = String, Path, description = "Channel kind, e.g. `twilio`")),
     request_body(content = Object, content_type = "application/json", description = "The channel's configuration; see above per kind."),
     responses((status = 200, description = "The stored configuration, without its secrets.", body = Object),
@@ -53,7 +53,7 @@ pub async fn save_channel(state: &AppState, workspace: &Workspace, kind: &str, b
         ApiError::bad_request(
             ErrorCode::InvalidField,
             format!(
-                "kind: \"{kind}\" is not a channel that can be configured yet; use twilio, webchat, alexa, smtp, fcm or apns"
+                "kind: \"{kind}\" is not a channel that can be configured yet; use twilio, webchat, alexa, smtp, fcm, apns or webhook"
             ),
         )
     })?;
@@ -89,6 +89,32 @@ pub async fn save_channel(state: &AppState, workspace: &Workspace, kind: &str, b
             let stored = serde_json::to_value(&config).map_err(ApiError::internal)?;
             state.store.put_channel(&workspace.id, kind.as_str(), &stored).await?;
             Ok(config.public_view())
+        }
+        ChannelKind::Webhook => {
+            use crossline_channels::webhook::WebhookChannelConfig;
+            let (url, given) = WebhookChannelConfig::parse(&body)
+                .map_err(|err| ApiError::bad_request(ErrorCode::InvalidField, err.to_string()))?;
+            state
+                .egress
+                .check_url(&url)
+                .await
+                .map_err(|err| ApiError::bad_request(ErrorCode::InvalidField, format!("url: {err}")))?;
+            // The secret: the one given, else the stored one, else a new one — shown only then.
+            let stored = state.store.channel(&workspace.id, kind.as_str()).await?;
+            let stored = stored.and_then(|stored| serde_json::from_value::<WebhookChannelConfig>(stored).ok());
+            let (secret, made) = match (given, stored) {
+                (Some(secret), _) => (secret, false),
+                (None, Some(stored)) => (stored.secret, false),
+                (None, None) => (crossline_engine::destinations::new_secret(), true),
+            };
+            let config = WebhookChannelConfig { url, secret };
+            let stored = serde_json::to_value(&config).map_err(ApiError::internal)?;
+            state.store.put_channel(&workspace.id, kind.as_str(), &stored).await?;
+            let mut view = config.public_view();
+            if made {
+                view["secret"] = Value::String(config.secret.clone());
+            }
+            Ok(view)
         }
         ChannelKind::Apns => {
             let config = crossline_channels::apns::ApnsConfig::from_json(&body)
@@ -214,6 +240,11 @@ pub async fn channel_view(state: &AppState, workspace_id: &str, kind: ChannelKin
         }
         ChannelKind::Apns => {
             let config: crossline_channels::apns::ApnsConfig =
+                serde_json::from_value(stored).map_err(ApiError::internal)?;
+            config.public_view()
+        }
+        ChannelKind::Webhook => {
+            let config: crossline_channels::webhook::WebhookChannelConfig =
                 serde_json::from_value(stored).map_err(ApiError::internal)?;
             config.public_view()
         }

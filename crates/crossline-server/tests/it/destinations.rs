@@ -241,3 +241,76 @@ async fn refused_events_are_listed_and_replayed_and_private_urls_refused() {
     assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("missing_field")));
     strict.stop().await;
 }
+
+/// The webhook channel: a campaign calls the business's system once per recipient, signed per
+/// Standard Webhooks (verified by the PyPI library), with the delivery id as `webhook-id`; a customer
+/// who unsubscribed from the channel gets no call; the secret is shown once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_campaign_calls_once_per_recipient_signed() {
+    let (url, receiver) = start_receiver(200).await;
+    let server = TestServer::start().await;
+    let ws = server.workspace("webhook-channel").await;
+    let (status, created) = server.put_json("/api/v1/channels/webhook", &ws.api_key, &json!({"url": url})).await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let secret = created["secret"].as_str().expect("made and shown once").to_owned();
+    let (status, again) = server.put_json("/api/v1/channels/webhook", &ws.api_key, &json!({"url": url})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(again.get("secret").is_none() && again["secret_set"] == true, "kept, not shown again: {again}");
+    let (status, _) = server.put_json("/api/v1/channels/webhook", &ws.api_key, &json!({"url": "ftp://x"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let batch = json!({"batch": [
+        {"type": "identify", "userId": "ann", "traits": {"plan": "pro", "first_name": "Ann"}},
+        {"type": "identify", "userId": "bob", "traits": {"plan": "pro", "first_name": "Bob"}},
+        {"type": "identify", "userId": "cy", "traits": {"plan": "pro", "first_name": "Cy"}}]});
+    assert_eq!(server.track("/v1/batch", &ws.write_key, &batch).await.status(), StatusCode::OK);
+    let (_, cy) = json_of(server.get("/api/v1/profiles/lookup?kind=user_id&value=cy", &ws.api_key).await).await;
+    let consent = format!("/api/v1/profiles/{}/consent", cy["id"].as_str().unwrap());
+    assert_eq!(server.put_json(&consent, &ws.api_key, &json!({"webhook": "unsubscribed"})).await.0, StatusCode::OK);
+    let post = |path: &str, body: Value| {
+        let request = server.http.post(format!("{}{path}", server.url)).bearer_auth(&ws.api_key).json(&body);
+        async move { json_of(request.send().await.unwrap()).await }
+    };
+    let (_, segment) =
+        post("/api/v1/segments", json!({"name": "Pro", "filter": {"trait": "plan", "op": "eq", "value": "pro"}})).await;
+    let (_, template) = post("/api/v1/templates", json!({"name": "CRM task", "channel": "webhook", "body": "Call {{ profile.traits.first_name }} about the upgrade"})).await;
+    let (status, campaign) = post("/api/v1/campaigns", json!({"name": "Upgrade calls", "segment_id": segment["id"], "channel": "webhook", "template_id": template["id"], "schedule": "now"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{campaign}");
+    let stats = crate::harness::stats_when_completed(&server, &ws.api_key, campaign["id"].as_str().unwrap()).await;
+    assert_eq!(
+        (stats["sent"].as_u64(), stats["suppressed_by"]["unsubscribed"].as_u64()),
+        (Some(2), Some(1)),
+        "{stats}"
+    );
+
+    let seen = receiver.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "once per recipient");
+    let mut messages = Vec::new();
+    for (headers, body) in &seen {
+        let header = |name: &str| headers.get(name).unwrap().to_str().unwrap().to_owned();
+        let parsed: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(parsed["type"], "campaign.message");
+        assert_eq!(
+            header("webhook-id"),
+            parsed["data"]["delivery_id"].as_str().unwrap(),
+            "the delivery id names the call"
+        );
+        let name = parsed["data"]["profile"]["traits"]["first_name"].as_str().unwrap().to_owned();
+        assert_eq!(parsed["data"]["message"], format!("Call {name} about the upgrade"));
+        messages.push(json!({"body": String::from_utf8(body.clone()).unwrap(), "headers": {
+            "webhook-id": header("webhook-id"), "webhook-timestamp": header("webhook-timestamp"),
+            "webhook-signature": header("webhook-signature")}}));
+    }
+    if let Some(site) = standardwebhooks() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), serde_json::to_vec(&messages).unwrap()).unwrap();
+        let output = std::process::Command::new("python3")
+            .env("PYTHONPATH", &site)
+            .args(["-c", VERIFY, &secret])
+            .arg(file.path())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "standardwebhooks refused: {}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "2");
+    }
+}
