@@ -8,7 +8,7 @@
 use crate::outbound::SendError;
 use crate::{ConfigError, config_error};
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use serde_json::{Map, Value, json};
@@ -103,7 +103,7 @@ impl ApnsConfig {
 
     /// The key, ready to sign.
     pub fn key(&self) -> Result<EcdsaKeyPair, ConfigError> {
-        let der = pem_body(&self.private_key)
+        let der = crate::pkcs8_pem(&self.private_key)
             .ok_or_else(|| config_error("private_key", "is not a PEM \"PRIVATE KEY\" (the .p8 file Apple gives)"))?;
         EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der, &SystemRandom::new())
             .map_err(|err| config_error("private_key", format!("is not a P-256 key this server can sign with ({err})")))
@@ -113,13 +113,6 @@ impl ApnsConfig {
     pub fn device_url(&self, device_token: &str) -> String {
         format!("{}/3/device/{device_token}", self.api_base_url)
     }
-}
-
-fn pem_body(pem: &str) -> Option<Vec<u8>> {
-    let begin = pem.find("-----BEGIN PRIVATE KEY-----")? + "-----BEGIN PRIVATE KEY-----".len();
-    let end = pem[begin..].find("-----END PRIVATE KEY-----")? + begin;
-    let body: String = pem[begin..end].chars().filter(|c| !c.is_whitespace()).collect();
-    STANDARD.decode(body).ok()
 }
 
 /// The provider token: an ES256 JWT `{"alg": "ES256", "kid": KEY_ID}.{"iss": TEAM_ID, "iat": NOW}`.
@@ -184,6 +177,7 @@ pub fn classify_response(status: u16, body: &[u8], retry_after: Option<std::time
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::STANDARD;
 
     #[test]
     fn answers_are_classified_as_the_pipeline_acts_on_them() {

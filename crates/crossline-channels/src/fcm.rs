@@ -8,7 +8,7 @@
 use crate::outbound::SendError;
 use crate::{ConfigError, config_error};
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::SystemRandom;
 use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
 use serde_json::{Map, Value, json};
@@ -102,7 +102,7 @@ impl FcmConfig {
 
     /// The service account's key, ready to sign.
     pub fn key(&self) -> Result<RsaKeyPair, ConfigError> {
-        let der = pem_body(&self.private_key)
+        let der = crate::pkcs8_pem(&self.private_key)
             .ok_or_else(|| config_error("private_key", "is not a PEM \"PRIVATE KEY\" (PKCS#8)"))?;
         RsaKeyPair::from_pkcs8(&der)
             .map_err(|err| config_error("private_key", format!("is not an RSA key this server can sign with ({err})")))
@@ -112,14 +112,6 @@ impl FcmConfig {
     pub fn send_url(&self) -> String {
         format!("{}/v1/projects/{}/messages:send", self.api_base_url, self.project_id)
     }
-}
-
-/// The DER inside a PEM block.
-fn pem_body(pem: &str) -> Option<Vec<u8>> {
-    let begin = pem.find("-----BEGIN PRIVATE KEY-----")? + "-----BEGIN PRIVATE KEY-----".len();
-    let end = pem[begin..].find("-----END PRIVATE KEY-----")? + begin;
-    let body: String = pem[begin..end].chars().filter(|c| !c.is_whitespace()).collect();
-    STANDARD.decode(body).ok()
 }
 
 /// The signed JWT (RS256) a service account trades for an access token, valid an hour from `now`.

@@ -112,6 +112,16 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// The DER of a PEM `PRIVATE KEY` block (PKCS#8), as Google's service accounts and Apple's `.p8`
+/// files hold their keys.
+pub(crate) fn pkcs8_pem(pem: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let begin = pem.find("-----BEGIN PRIVATE KEY-----")? + "-----BEGIN PRIVATE KEY-----".len();
+    let end = pem[begin..].find("-----END PRIVATE KEY-----")? + begin;
+    let body: String = pem[begin..end].chars().filter(|c| !c.is_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD.decode(body).ok()
+}
+
 pub(crate) fn config_error(field: &str, message: impl Into<String>) -> ConfigError {
     ConfigError { field: field.to_owned(), message: message.into() }
 }

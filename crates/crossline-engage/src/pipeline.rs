@@ -1211,11 +1211,14 @@ impl Engage {
         let vapid =
             if uses("push") { Some(self.vapid_key(workspace_id).await.map_err(|err| retry(&err))?) } else { None };
         let fcm =
-            if uses("push") { Some(self.push_config(workspace_id, "fcm", "FCM").await.map(Arc::new)) } else { None };
-        let apns =
-            if uses("push") { Some(self.push_config(workspace_id, "apns", "APNs").await.map(Arc::new)) } else { None };
+            if uses("push") { Some(self.channel_config(workspace_id, "fcm", "FCM").await.map(Arc::new)) } else { None };
+        let apns = if uses("push") {
+            Some(self.channel_config(workspace_id, "apns", "APNs").await.map(Arc::new))
+        } else {
+            None
+        };
         let webhook = if uses("webhook") {
-            Some(self.push_config(workspace_id, "webhook", "The webhook channel").await.map(Arc::new))
+            Some(self.channel_config(workspace_id, "webhook", "The webhook channel").await.map(Arc::new))
         } else {
             None
         };
@@ -1565,8 +1568,8 @@ impl Engage {
         fcm::parse_token_response(response.status, &response.body).map_err(Outcome::from)
     }
 
-    /// A push provider's stored configuration (`fcm`, `apns`).
-    async fn push_config<T: serde::de::DeserializeOwned>(
+    /// A sending channel's stored configuration (`twilio`, `fcm`, `apns`, `webhook`).
+    async fn channel_config<T: serde::de::DeserializeOwned>(
         &self,
         workspace_id: &str,
         kind: &str,
@@ -1934,11 +1937,7 @@ impl Engage {
     }
 
     async fn twilio(&self, workspace_id: &str) -> Result<TwilioConfig, Outcome> {
-        match self.store.channel(workspace_id, "twilio").await {
-            Ok(Some(raw)) => serde_json::from_value(raw).map_err(|err| Outcome::Misconfigured(err.to_string())),
-            Ok(None) => Err(Outcome::Misconfigured("Twilio is not configured (PUT /api/v1/channels/twilio)".into())),
-            Err(err) => Err(Outcome::Retry(err.to_string(), None)),
-        }
+        self.channel_config(workspace_id, "twilio", "Twilio").await
     }
 
     /// Turns a send's outcome into the delivery's update, marking unreachable addresses,
