@@ -273,6 +273,16 @@ async fn a_push_campaign_reaches_browsers_through_a_push_service_that_checks_eve
         assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
         assert!(error["error"]["message"].as_str().unwrap().starts_with(field), "{field}: {error}");
     }
+    // Only the workspace's API key registers, and only on its own profiles.
+    let path = format!("{}/api/v1/profiles/{ann}/push-subscriptions", server.url);
+    let token = json!({"token": "fcm-token-1", "platform": "fcm"});
+    let with_write_key = server.http.post(&path).bearer_auth(&ws.write_key).json(&token).send().await.unwrap();
+    assert_eq!(with_write_key.status(), StatusCode::UNAUTHORIZED);
+    let other = server.workspace("push-campaign-other").await;
+    let from_other = server.http.post(&path).bearer_auth(&other.api_key).json(&token).send().await.unwrap();
+    assert_eq!(from_other.status(), StatusCode::NOT_FOUND, "another workspace's profile does not exist there");
+    let listed = server.http.get(&path).bearer_auth(&other.api_key).send().await.unwrap();
+    assert_eq!(listed.status(), StatusCode::NOT_FOUND);
     let (status, _) =
         post("/api/v1/profiles/prf_nobody/push-subscriptions".into(), json!({"token": "t", "platform": "fcm"})).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
