@@ -208,8 +208,39 @@ try {
     fail(`notifications shown: ${JSON.stringify(shown)}`);
   }
   console.log("the browser's service worker showed the notification");
+
+  // An in-app campaign: the widget draws it on the customer's page when it next loads; a display
+  // and a click are counted, and a followed message is not shown again.
+  const inAppTemplate = await api("POST", "/api/v1/templates", { name: "Sale modal", channel: "in_app", layout: "modal",
+    title: "Hi {{ profile.traits.name }}", body: "Spring sale <b>today</b>", background_color: "#fefce8",
+    buttons: [{ text: "See the sale", action: "link", link: `${siteOrigin}/sale` }, { text: "Later" }] });
+  const inApp = await api("POST", "/api/v1/campaigns", { name: "In-app sale", segment_id: segment.id, channel: "in_app",
+    template_id: inAppTemplate.id, schedule: "now" });
+  for (let i = 0; i < 100; i++) {
+    if ((await api("GET", `/api/v1/campaigns/${inApp.id}`)).status === "completed") break;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  await page.goto(`${siteOrigin}/`);
+  const modal = page.getByTestId("crossline-in-app");
+  await modal.waitFor({ timeout: 15000 });
+  if ((await modal.getAttribute("data-layout")) !== "MOBILE_FEED") fail("the in-app message is not drawn as a modal");
+  const title = await page.getByTestId("crossline-in-app-title").textContent();
+  const body = await page.getByTestId("crossline-in-app-body").textContent();
+  if (title !== "Hi Linus" || body !== "Spring sale <b>today</b>") fail(`in-app text: ${title} / ${body}`);
+  if (await page.locator("[data-testid=crossline-in-app] b").count()) fail("the in-app body was read as markup");
+  if (args.screenshot) await page.screenshot({ path: args.screenshot.replace(/\.png$/, "-in-app.png") });
+  await Promise.all([page.waitForURL(`${siteOrigin}/sale`), page.getByTestId("crossline-in-app-button").first().click()]);
+  let inAppStats = null;
+  for (let i = 0; i < 50; i++) {
+    inAppStats = (await api("GET", `/api/v1/campaigns/${inApp.id}`)).stats;
+    if (inAppStats.opened === 1 && inAppStats.clicked === 1) break;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  if (inAppStats.opened !== 1 || inAppStats.clicked !== 1) fail(`in-app stats: ${JSON.stringify(inAppStats)}`);
+  await page.waitForTimeout(1500);
+  if (await page.getByTestId("crossline-in-app").count()) fail("a followed in-app message was shown again");
+  console.log("the widget drew the in-app modal; its display and click were counted; it is not shown again");
   if (errors.length) fail(`page errors: ${errors.join("; ")}`);
-  if (args.screenshot) await page.screenshot({ path: args.screenshot });
 } finally {
   await browser.close();
   site.close();

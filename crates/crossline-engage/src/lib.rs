@@ -4,6 +4,7 @@
 //! - [`template`] — Liquid templates, MJML for email, text parts, link tracking;
 //! - [`liquid_limits`] — what rendering one template may cost (loops, sizes);
 //! - [`push`] — push addresses (browser subscriptions, device tokens) checked as customers give them;
+//! - [`in_app`] — in-app messages in the shape of Pinpoint's `GetInAppMessages`;
 //! - [`campaign`] — campaign definitions and the per-recipient choices (treatment, holdout);
 //! - [`pipeline::Engage`] — planning runs into deliveries and sending them.
 //!
@@ -12,6 +13,7 @@
 
 pub mod campaign;
 pub mod evaluate;
+pub mod in_app;
 pub mod liquid_limits;
 pub mod lists;
 pub mod pipeline;

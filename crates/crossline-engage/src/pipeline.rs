@@ -1295,6 +1295,7 @@ impl Engage {
                 Some(Err(outcome)) => return Err(outcome.clone()),
                 None => return Err(Outcome::Misconfigured("the webhook channel is not configured".into())),
             },
+            "in_app" => Via::InApp,
             "push" => match push_target(facts, &d.address) {
                 // Registered to someone else since planning, or removed: not this customer's.
                 None => return Err(Outcome::Suppressed(Suppression::Unreachable)),
@@ -1392,6 +1393,7 @@ impl Engage {
             Via::Fcm(config) => self.send_fcm(job, config, &rendered).await,
             Via::Apns(config) => self.send_apns(job, config, &rendered).await,
             Via::Webhook(config) => self.send_webhook(job, config, &rendered).await,
+            Via::InApp => self.leave_in_app(job, &rendered).await,
             Via::Sms(config) => {
                 let callback = format!("{base}/hooks/{workspace_id}/twilio/status");
                 // WhatsApp goes through the same Messages API, both numbers written `whatsapp:+E164`.
@@ -1580,6 +1582,76 @@ impl Engage {
             Ok(None) => Err(Outcome::Misconfigured(format!("{name} is not configured (PUT /api/v1/channels/{kind})"))),
             Err(err) => Err(Outcome::Retry(err.to_string(), None)),
         }
+    }
+
+    /// Leaves the in-app message on the recipient's profile for its app or the widget to fetch; sent
+    /// once stored (a retry leaves nothing twice).
+    async fn leave_in_app(&self, job: &SendJob, rendered: &template::Rendered) -> Result<Sent, Outcome> {
+        let d = &job.delivery.new;
+        let Some(content) = crate::in_app::pinpoint_message(rendered) else {
+            return Err(Outcome::Failed("the template is not an in-app template".into(), None));
+        };
+        let now = Utc::now();
+        let message = crossline_store::engage::InAppMessage {
+            delivery_id: d.id.clone(),
+            profile_id: job.profile["id"].as_str().unwrap_or(&d.profile_id).to_owned(),
+            campaign_id: d.campaign_id.clone(),
+            content,
+            priority: i64::from(d.kind == SendKind::Transactional.as_str()),
+            created_at: now,
+            expires_at: now + Duration::days(crate::in_app::IN_APP_LIFETIME_DAYS),
+        };
+        match self.store.put_in_app_message(&job.workspace_id, &message).await {
+            Ok(()) => Ok(Sent { provider_id: None }),
+            Err(err) => Err(Outcome::Retry(err.to_string(), None)),
+        }
+    }
+
+    /// The in-app messages waiting for a profile, as Pinpoint's `GetInAppMessages` answers.
+    pub async fn in_app_messages(&self, workspace_id: &str, profile_id: &str) -> Result<Value, EngageError> {
+        let messages = self
+            .store
+            .in_app_messages(workspace_id, profile_id, Utc::now(), crossline_store::engage::MAX_IN_APP_FETCH)
+            .await?;
+        Ok(crate::in_app::get_in_app_messages(&messages))
+    }
+
+    /// What the customer did with one of their in-app messages: displayed counts as the delivery's
+    /// open, clicked as its click; clicked and dismissed stop it being shown. `NotFound` when the
+    /// profile holds no such message waiting (someone else's, or dismissed already).
+    pub async fn in_app_event(
+        &self,
+        workspace_id: &str,
+        profile_id: &str,
+        delivery_id: &str,
+        event: crate::in_app::InAppEvent,
+    ) -> Result<(), EngageError> {
+        use crate::in_app::InAppEvent;
+        let now = Utc::now();
+        let waiting = self
+            .store
+            .in_app_messages(workspace_id, profile_id, now, crossline_store::engage::MAX_IN_APP_FETCH)
+            .await?;
+        if !waiting.iter().any(|message| message.delivery_id == delivery_id) {
+            return Err(EngageError::NotFound(format!("in-app message {delivery_id}")));
+        }
+        match event {
+            InAppEvent::Displayed => {
+                self.engaged(workspace_id, delivery_id, crossline_store::engage::Engagement::Opened, None, now).await?;
+            }
+            InAppEvent::Clicked | InAppEvent::Dismissed => {
+                if !self.store.dismiss_in_app_message(workspace_id, profile_id, delivery_id, now).await? {
+                    return Err(EngageError::NotFound(format!("in-app message {delivery_id}")));
+                }
+                if event == InAppEvent::Clicked {
+                    let engagement = crossline_store::engage::Engagement::Clicked;
+                    self.engaged(workspace_id, delivery_id, engagement, None, now).await?;
+                } else if let Some(delivery) = self.store.delivery(workspace_id, delivery_id).await? {
+                    self.record(workspace_id, &delivery.new, "delivery.dismissed", json!({}), now).await;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// One signed call to the workspace's webhook for the delivery's recipient (Standard Webhooks;
@@ -2281,6 +2353,7 @@ enum Via {
     Fcm(Arc<FcmConfig>),
     Apns(Arc<ApnsConfig>),
     Webhook(Arc<WebhookChannelConfig>),
+    InApp,
 }
 
 /// How long a push service keeps a message for a device that is offline.
@@ -2413,8 +2486,9 @@ pub fn address_kind(channel: &str) -> Option<&'static str> {
 /// The recipient's address on a channel. Push: the newest registered push address that is not
 /// unreachable (else the newest), then a device token from events.
 fn address_for(facts: &RecipientFacts, channel: &str) -> Option<String> {
-    // The webhook channel calls the business's own system about the profile: always reachable.
-    if channel == "webhook" {
+    // The webhook channel calls the business's own system about the profile, and an in-app message
+    // waits on the profile for its app: always reachable.
+    if channel == "webhook" || channel == "in_app" {
         return Some(facts.profile.id.clone());
     }
     let kind = address_kind(channel)?;

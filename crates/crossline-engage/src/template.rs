@@ -84,10 +84,49 @@ pub struct TemplateSource {
     /// Push only: the notification's icon URL (Liquid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub icon: Option<String>,
-    /// Push only: a JSON object handed to the app or service worker as it is.
+    /// Push and in-app: a JSON object handed to the app or service worker as it is (in-app:
+    /// Pinpoint's `CustomConfig`, string values only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<serde_json::Value>,
+    /// In-app only: `top_banner`, `middle_banner`, `bottom_banner`, `modal` or `full_screen`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
+    /// In-app only: an image shown above the text (Liquid; an http(s) URL once rendered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_url: Option<String>,
+    /// In-app only: up to two buttons, the first the primary one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buttons: Option<Vec<ButtonSource>>,
+    /// In-app only: the message's background colour, `#rgb` or `#rrggbb`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background_color: Option<String>,
+    /// In-app only: the text colour, `#rgb` or `#rrggbb`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_color: Option<String>,
 }
+
+/// An in-app message's button as written.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct ButtonSource {
+    /// The label (Liquid).
+    pub text: String,
+    /// `close` (the default), `link` (an http(s) page) or `deep_link` (a screen of the app: any
+    /// scheme but `javascript:`, `data:`, `vbscript:` and `file:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Where `link` and `deep_link` go (Liquid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
+/// The in-app layouts.
+pub const IN_APP_LAYOUTS: [&str; 5] = ["top_banner", "middle_banner", "bottom_banner", "modal", "full_screen"];
+/// The most buttons an in-app message has.
+pub const MAX_IN_APP_BUTTONS: usize = 2;
+/// The longest in-app body accepted, in bytes.
+pub const MAX_IN_APP_BODY_BYTES: usize = 2048;
+/// The longest button label accepted, in bytes.
+pub const MAX_BUTTON_TEXT_BYTES: usize = 64;
 
 /// The longest push title accepted, in bytes.
 pub const MAX_PUSH_TITLE_BYTES: usize = 256;
@@ -132,6 +171,40 @@ pub struct CompiledTemplate {
     body: Part,
     text: Option<Part>,
     push: Option<PushParts>,
+    in_app: Option<InAppParts>,
+}
+
+/// An in-app template's other fields.
+struct InAppParts {
+    layout: &'static str,
+    title: Option<Part>,
+    image_url: Option<Part>,
+    buttons: Vec<(Part, ButtonAction, Option<Part>)>,
+    background_color: Option<String>,
+    text_color: Option<String>,
+    data: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// What an in-app button does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ButtonAction {
+    /// Dismisses the message.
+    Close,
+    /// Opens an http(s) page.
+    Link,
+    /// Opens a screen of the app.
+    DeepLink,
+}
+
+impl ButtonAction {
+    /// Pinpoint's name (`ButtonAction`).
+    pub fn pinpoint(self) -> &'static str {
+        match self {
+            ButtonAction::Close => "CLOSE",
+            ButtonAction::Link => "LINK",
+            ButtonAction::DeepLink => "DEEP_LINK",
+        }
+    }
 }
 
 /// A push template's other fields.
@@ -177,6 +250,38 @@ pub struct Rendered {
     pub text: String,
     /// Push: the notification's title, page and icon, and the template's `data`.
     pub push: Option<RenderedPush>,
+    /// In-app: the message's layout, title, image, buttons and colours.
+    pub in_app: Option<RenderedInApp>,
+}
+
+/// A rendered in-app message's fields beside its body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedInApp {
+    /// One of [`IN_APP_LAYOUTS`].
+    pub layout: &'static str,
+    /// The header, on one line.
+    pub title: Option<String>,
+    /// The image (http(s)).
+    pub image_url: Option<String>,
+    /// The buttons: label, action and link.
+    pub buttons: Vec<RenderedButton>,
+    /// The background colour.
+    pub background_color: Option<String>,
+    /// The text colour.
+    pub text_color: Option<String>,
+    /// The template's data (Pinpoint's `CustomConfig`).
+    pub data: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A rendered in-app button.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedButton {
+    /// The label, on one line.
+    pub text: String,
+    /// What it does.
+    pub action: ButtonAction,
+    /// Where `Link` and `DeepLink` go.
+    pub link: Option<String>,
 }
 
 /// A rendered push notification's fields beside its body.
@@ -267,8 +372,124 @@ pub fn compile(source: &TemplateSource) -> Result<CompiledTemplate, TemplateErro
     };
 
     let push = if channel == "push" { Some(compile_push(source)?) } else { None };
+    let in_app = if channel == "in_app" { Some(compile_in_app(source)?) } else { None };
 
-    Ok(CompiledTemplate { channel: channel.to_owned(), email, subject, body, text, push })
+    Ok(CompiledTemplate { channel: channel.to_owned(), email, subject, body, text, push, in_app })
+}
+
+/// An optional one-line Liquid field of a push or in-app template (a title, a URL).
+fn optional_part(field: &str, value: Option<&str>, max: usize) -> Result<Option<Part>, TemplateError> {
+    match value.filter(|value| !value.trim().is_empty()) {
+        None => Ok(None),
+        Some(value) if value.len() > max => Err(TemplateError::new(field, 1, 1, format!("longer than {max} bytes"))),
+        Some(value) => compile_liquid(field, value).map(Some),
+    }
+}
+
+/// Whether `color` is `#rgb` or `#rrggbb`.
+fn is_hex_color(color: &str) -> bool {
+    let digits = color.strip_prefix('#').unwrap_or_default();
+    matches!(digits.len(), 3 | 6) && digits.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// An in-app template's layout (required), title, image, buttons, colours and data.
+fn compile_in_app(source: &TemplateSource) -> Result<InAppParts, TemplateError> {
+    if source.body.len() > MAX_IN_APP_BODY_BYTES {
+        return Err(TemplateError::new(
+            "body",
+            1,
+            1,
+            format!("an in-app message's body is at most {MAX_IN_APP_BODY_BYTES} bytes"),
+        ));
+    }
+    let layout = source.layout.as_deref().unwrap_or_default();
+    let Some(layout) = IN_APP_LAYOUTS.iter().copied().find(|known| *known == layout) else {
+        return Err(TemplateError::new(
+            "layout",
+            1,
+            1,
+            format!("an in-app message needs a layout: one of {}", IN_APP_LAYOUTS.join(", ")),
+        ));
+    };
+    let buttons = source.buttons.as_deref().unwrap_or_default();
+    if buttons.len() > MAX_IN_APP_BUTTONS {
+        return Err(TemplateError::new("buttons", 1, 1, format!("at most {MAX_IN_APP_BUTTONS} buttons")));
+    }
+    let buttons = buttons
+        .iter()
+        .enumerate()
+        .map(|(i, button)| {
+            let field = format!("buttons[{i}]");
+            if button.text.trim().is_empty() || button.text.len() > MAX_BUTTON_TEXT_BYTES {
+                return Err(TemplateError::new(
+                    &field,
+                    1,
+                    1,
+                    format!("a button needs a label of 1 to {MAX_BUTTON_TEXT_BYTES} bytes"),
+                ));
+            }
+            let action = match button.action.as_deref().unwrap_or("close") {
+                "close" => ButtonAction::Close,
+                "link" => ButtonAction::Link,
+                "deep_link" => ButtonAction::DeepLink,
+                other => {
+                    return Err(TemplateError::new(
+                        &field,
+                        1,
+                        1,
+                        format!("action `{other}`: use close, link or deep_link"),
+                    ));
+                }
+            };
+            let link = optional_part(&format!("{field}.link"), button.link.as_deref(), MAX_PUSH_URL_BYTES)?;
+            if action != ButtonAction::Close && link.is_none() {
+                return Err(TemplateError::new(&field, 1, 1, "a link or deep_link button needs a link"));
+            }
+            Ok((compile_liquid(&field, &button.text)?, action, link))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let color = |field: &str, value: &Option<String>| match value.as_deref().filter(|value| !value.is_empty()) {
+        None => Ok(None),
+        Some(value) if is_hex_color(value) => Ok(Some(value.to_owned())),
+        Some(_) => Err(TemplateError::new(field, 1, 1, "a colour is #rgb or #rrggbb")),
+    };
+    let data = match &source.data {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Object(data)) => {
+            if serde_json::to_string(data).map_or(0, |json| json.len()) > MAX_PUSH_DATA_BYTES {
+                return Err(TemplateError::new(
+                    "data",
+                    1,
+                    1,
+                    format!("larger than {MAX_PUSH_DATA_BYTES} bytes as JSON"),
+                ));
+            }
+            if data.values().any(|value| !value.is_string()) {
+                return Err(TemplateError::new("data", 1, 1, "an in-app message's data holds strings only"));
+            }
+            Some(data.clone())
+        }
+        Some(_) => return Err(TemplateError::new("data", 1, 1, "must be a JSON object of strings")),
+    };
+    Ok(InAppParts {
+        layout,
+        title: optional_part("title", source.title.as_deref(), MAX_PUSH_TITLE_BYTES)?,
+        image_url: optional_part("image_url", source.image_url.as_deref(), MAX_PUSH_URL_BYTES)?,
+        buttons,
+        background_color: color("background_color", &source.background_color)?,
+        text_color: color("text_color", &source.text_color)?,
+        data,
+    })
+}
+
+/// Whether a rendered deep link may be handed to an app: any scheme but those that run or read
+/// something where they are opened.
+pub fn is_safe_deep_link(link: &str) -> bool {
+    let Some((scheme, _)) = link.split_once(':') else { return false };
+    let scheme = scheme.trim().to_ascii_lowercase();
+    !scheme.is_empty()
+        && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        && !matches!(scheme.as_str(), "javascript" | "data" | "vbscript" | "file")
 }
 
 /// A push template's title (required), page, icon and data.
@@ -285,15 +506,7 @@ fn compile_push(source: &TemplateSource) -> Result<PushParts, TemplateError> {
             format!("the title is longer than {MAX_PUSH_TITLE_BYTES} bytes"),
         ));
     }
-    let optional = |field: &str, value: Option<&str>| -> Result<Option<Part>, TemplateError> {
-        match value.filter(|value| !value.trim().is_empty()) {
-            None => Ok(None),
-            Some(value) if value.len() > MAX_PUSH_URL_BYTES => {
-                Err(TemplateError::new(field, 1, 1, format!("longer than {MAX_PUSH_URL_BYTES} bytes")))
-            }
-            Some(value) => compile_liquid(field, value).map(Some),
-        }
-    };
+    let optional = |field: &str, value: Option<&str>| optional_part(field, value, MAX_PUSH_URL_BYTES);
     let data = match &source.data {
         None | Some(serde_json::Value::Null) => None,
         Some(data @ serde_json::Value::Object(_)) => {
@@ -328,24 +541,25 @@ impl CompiledTemplate {
         let time_zone = context.time_zone;
         if !self.email {
             let body = render_part(&self.body, &globals, "body", time_zone)?;
+            let render_one = |part: &Part, field: &str| render_part(part, &globals, field, time_zone);
+            let optional = |part: &Option<Part>, field: &str| match part {
+                Some(part) => render_one(part, field).map(|text| Some(text.trim().to_owned())),
+                None => Ok(None),
+            };
             let push = match &self.push {
-                Some(parts) => {
-                    let optional = |part: &Option<Part>, field: &str| match part {
-                        Some(part) => {
-                            render_part(part, &globals, field, time_zone).map(|text| Some(text.trim().to_owned()))
-                        }
-                        None => Ok(None),
-                    };
-                    Some(RenderedPush {
-                        title: single_line(render_part(&parts.title, &globals, "title", time_zone)?),
-                        url: optional(&parts.url, "url")?.filter(|url| !url.is_empty()),
-                        icon: optional(&parts.icon, "icon")?.filter(|icon| !icon.is_empty()),
-                        data: parts.data.clone(),
-                    })
-                }
+                Some(parts) => Some(RenderedPush {
+                    title: single_line(render_part(&parts.title, &globals, "title", time_zone)?),
+                    url: optional(&parts.url, "url")?.filter(|url| !url.is_empty()),
+                    icon: optional(&parts.icon, "icon")?.filter(|icon| !icon.is_empty()),
+                    data: parts.data.clone(),
+                }),
                 None => None,
             };
-            return Ok(Rendered { subject: None, html: None, text: body, push });
+            let in_app = match &self.in_app {
+                Some(parts) => Some(render_in_app(parts, &render_one)?),
+                None => None,
+            };
+            return Ok(Rendered { subject: None, html: None, text: body, push, in_app });
         }
         // The HTML body sees every string of the data HTML-escaped: a trait or an event property
         // (which anyone with the write key can set) cannot add markup, links or scripts to an
@@ -366,9 +580,54 @@ impl CompiledTemplate {
             Some(part) => render_part(part, &globals, "text", time_zone)?,
             None => html_to_text(&body),
         };
-        Ok(Rendered { subject, html: Some(body), text, push: None })
+        Ok(Rendered { subject, html: Some(body), text, push: None, in_app: None })
     }
+}
 
+/// An in-app message's fields for one recipient; a link that renders to something an app or a page
+/// must not open fails the message.
+fn render_in_app(
+    parts: &InAppParts,
+    render: &dyn Fn(&Part, &str) -> Result<String, TemplateError>,
+) -> Result<RenderedInApp, TemplateError> {
+    let optional = |part: &Option<Part>, field: &str| match part {
+        Some(part) => render(part, field).map(|text| Some(text.trim().to_owned())),
+        None => Ok(None),
+    };
+    let image_url = optional(&parts.image_url, "image_url")?.filter(|url| !url.is_empty());
+    if let Some(url) = &image_url
+        && !is_http_url(url)
+    {
+        return Err(TemplateError::new("image_url", 1, 1, "the image must be an http(s) URL once rendered"));
+    }
+    let mut buttons = Vec::with_capacity(parts.buttons.len());
+    for (i, (text, action, link)) in parts.buttons.iter().enumerate() {
+        let field = format!("buttons[{i}]");
+        let text = single_line(render(text, &field)?.trim().to_owned());
+        let link = optional(link, &field)?.filter(|link| !link.is_empty());
+        let allowed = match (action, &link) {
+            (ButtonAction::Close, _) => true,
+            (ButtonAction::Link, Some(link)) => is_http_url(link),
+            (ButtonAction::DeepLink, Some(link)) => is_safe_deep_link(link),
+            (_, None) => false,
+        };
+        if !allowed {
+            return Err(TemplateError::new(&field, 1, 1, "the button's link is not one a page or app may open"));
+        }
+        buttons.push(RenderedButton { text, action: *action, link });
+    }
+    Ok(RenderedInApp {
+        layout: parts.layout,
+        title: optional(&parts.title, "title")?.map(single_line).filter(|title| !title.is_empty()),
+        image_url,
+        buttons,
+        background_color: parts.background_color.clone(),
+        text_color: parts.text_color.clone(),
+        data: parts.data.clone(),
+    })
+}
+
+impl CompiledTemplate {
     /// The channel the template was written for.
     pub fn channel(&self) -> &str {
         &self.channel

@@ -17,6 +17,14 @@
 // `importScripts("https://CROSSLINE/widget-sw.js")`), subscribes with the workspace's VAPID key and
 // registers the subscription on the visitor's profile (the customer's, once identified). It resolves
 // to {subscribed: true} or {subscribed: false, reason}.
+//
+// In-app messages a campaign left for the visitor are shown once the chat frame has connected: a
+// top, middle or bottom banner, a modal or a full-screen message, with up to two buttons. The page
+// hears `crossline:in_app` first (event.detail is Pinpoint's InAppMessageCampaign); calling
+// preventDefault() on it shows nothing, for a page that draws its own and reports with
+// `Crossline.inAppEvent(deliveryId, "displayed" | "clicked" | "dismissed")`. A deep link is handed
+// to the page as `crossline:deep_link` (event.detail.link); http(s) links are opened. Add
+// data-in-app="off" to the script tag to receive the events but never have messages drawn.
 (() => {
   const script = document.currentScript;
   if (!script || window.Crossline && window.Crossline.loaded) return;
@@ -41,6 +49,9 @@
     'stroke-linecap="round" stroke-linejoin="round" aria-hidden="true"><path d="M21 12a8 8 0 0 1-11.6 7.1L4 20l1.1-4.6A8 8 0 1 1 21 12z"/></svg>';
   button.style.cssText = "position:fixed;right:20px;bottom:20px;width:56px;height:56px;border-radius:50%;border:0;" +
     "background:#4f46e5;color:#fff;display:flex;align-items:center;justify-content:center;cursor:pointer;box-shadow:0 4px 14px rgba(0,0,0,.25);z-index:2147483646";
+  const drawInApp = script.dataset.inApp !== "off";
+  const shownInApp = new Set();
+  const recordWaiters = new Map();
   const frame = document.createElement("iframe");
   frame.title = "Chat";
   frame.setAttribute("data-testid", "crossline-frame");
@@ -68,6 +79,13 @@
       pushWaiter = null;
       settle(event.data.ok === true ? { subscribed: true } : { subscribed: false, reason: String(event.data.message || "refused") });
     }
+    if (event.data.type === "crossline.in_app" && Array.isArray(event.data.campaigns)) {
+      showInApp(event.data.campaigns);
+    }
+    if (event.data.type === "crossline.in_app_recorded") {
+      const settle = recordWaiters.get(String(event.data.deliveryId));
+      if (settle) settle(event.data.ok === true);
+    }
     if (event.data.type === "crossline.identified") {
       document.dispatchEvent(new CustomEvent("crossline:identified", { detail: { verified: event.data.verified === true } }));
     }
@@ -82,8 +100,109 @@
     return Uint8Array.from(text, (c) => c.charCodeAt(0));
   };
 
+  // Reports what the visitor did with an in-app message; resolves once the server has it (or after
+  // a second), so a link is followed only after its click is recorded.
+  const inAppEvent = (deliveryId, name) => new Promise((resolve) => {
+    const id = String(deliveryId);
+    const timer = setTimeout(() => { recordWaiters.delete(id); resolve(false); }, 1000);
+    recordWaiters.set(id, (ok) => { clearTimeout(timer); recordWaiters.delete(id); resolve(ok); });
+    post({ type: "crossline.in_app_event", deliveryId: id, event: name });
+  });
+  const isHttp = (link) => { try { return ["http:", "https:"].includes(new URL(link, location.href).protocol); } catch { return false; } };
+  const LAYOUTS = {
+    TOP_BANNER: "top:0;left:0;right:0;border-radius:0 0 12px 12px",
+    MIDDLE_BANNER: "top:50%;left:0;right:0;transform:translateY(-50%)",
+    BOTTOM_BANNER: "bottom:0;left:0;right:0;border-radius:12px 12px 0 0",
+    MOBILE_FEED: "top:50%;left:50%;transform:translate(-50%,-50%);width:min(420px,calc(100vw - 40px));border-radius:14px",
+    OVERLAYS: "inset:0;display:flex;flex-direction:column;justify-content:center",
+  };
+  // Draws one message with DOM text only: nothing in it is read as markup.
+  const drawMessage = (campaign) => {
+    const message = campaign.InAppMessage || {};
+    const content = (message.Content || [])[0] || {};
+    const layout = LAYOUTS[message.Layout] ? message.Layout : "MOBILE_FEED";
+    const id = String(campaign.DeliveryId);
+    const box = document.createElement("div");
+    box.setAttribute("data-testid", "crossline-in-app");
+    box.setAttribute("role", layout === "MOBILE_FEED" || layout === "OVERLAYS" ? "dialog" : "status");
+    box.dataset.layout = layout;
+    box.dataset.deliveryId = id;
+    box.style.cssText = `position:fixed;${LAYOUTS[layout]};z-index:2147483645;padding:18px 22px;` +
+      "box-shadow:0 8px 30px rgba(0,0,0,.25);font:15px/1.45 system-ui,sans-serif;text-align:center;box-sizing:border-box";
+    box.style.background = content.BackgroundColor || "#fff";
+    const close = async (name) => { box.remove(); await inAppEvent(id, name); };
+    const cross = document.createElement("button");
+    cross.type = "button";
+    cross.textContent = "\u00d7";
+    cross.setAttribute("aria-label", "Close");
+    cross.setAttribute("data-testid", "crossline-in-app-close");
+    cross.style.cssText = "position:absolute;top:6px;right:10px;border:0;background:none;font-size:22px;cursor:pointer;color:inherit";
+    cross.addEventListener("click", () => close("dismissed"));
+    box.append(cross);
+    if (content.ImageUrl && isHttp(content.ImageUrl)) {
+      const image = document.createElement("img");
+      image.src = content.ImageUrl;
+      image.alt = "";
+      image.style.cssText = "max-width:100%;max-height:40vh;display:block;margin:0 auto 10px";
+      box.append(image);
+    }
+    for (const [key, tag] of [["HeaderConfig", "strong"], ["BodyConfig", "p"]]) {
+      const part = content[key];
+      const text = part && (part.Header || part.Body);
+      if (!text) continue;
+      const element = document.createElement(tag);
+      element.textContent = text;
+      element.setAttribute("data-testid", key === "HeaderConfig" ? "crossline-in-app-title" : "crossline-in-app-body");
+      element.style.cssText = "display:block;margin:0 24px 8px";
+      element.style.color = part.TextColor || "#111827";
+      box.append(element);
+    }
+    const row = document.createElement("div");
+    row.style.cssText = "display:flex;gap:10px;justify-content:center;flex-wrap:wrap;margin-top:6px";
+    for (const key of ["PrimaryBtn", "SecondaryBtn"]) {
+      const config = content[key] && content[key].DefaultConfig;
+      if (!config || !config.Text) continue;
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = config.Text;
+      button.setAttribute("data-testid", "crossline-in-app-button");
+      button.dataset.action = config.ButtonAction || "CLOSE";
+      button.style.cssText = "border:0;padding:9px 18px;border-radius:8px;cursor:pointer;font:inherit";
+      button.style.background = config.BackgroundColor || "#4f46e5";
+      button.style.color = config.TextColor || "#fff";
+      button.addEventListener("click", async () => {
+        const link = config.Link;
+        if (config.ButtonAction === "LINK" || config.ButtonAction === "DEEP_LINK") {
+          await close("clicked");
+          if (config.ButtonAction === "LINK" && isHttp(link)) location.assign(link);
+          else document.dispatchEvent(new CustomEvent("crossline:deep_link", { detail: { link, deliveryId: id } }));
+        } else {
+          await close("dismissed");
+        }
+      });
+      row.append(button);
+    }
+    if (row.childElementCount) box.append(row);
+    document.body.append(box);
+    inAppEvent(id, "displayed");
+  };
+  // The most urgent message not yet shown on this page (Pinpoint's Priority: 1 first).
+  const showInApp = (campaigns) => {
+    const waiting = campaigns
+      .filter((campaign) => campaign && campaign.DeliveryId && !shownInApp.has(String(campaign.DeliveryId)))
+      .sort((a, b) => (a.Priority || 3) - (b.Priority || 3));
+    const campaign = waiting[0];
+    if (!campaign) return;
+    shownInApp.add(String(campaign.DeliveryId));
+    const announced = new CustomEvent("crossline:in_app", { detail: campaign, cancelable: true });
+    if (!document.dispatchEvent(announced) || !drawInApp) return;
+    if (document.body) drawMessage(campaign);
+    else document.addEventListener("DOMContentLoaded", () => drawMessage(campaign));
+  };
+
   const api = {
     loaded: true,
+    inAppEvent,
     async subscribePush(options) {
       const worker = (options && options.serviceWorker) || "/widget-sw.js";
       if (!("serviceWorker" in navigator) || !("PushManager" in window) || !("Notification" in window)) {

@@ -198,6 +198,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(profiles::profile_events))
         .routes(routes!(profiles::set_consent))
         .routes(routes!(profiles::add_push_subscription, profiles::list_push_subscriptions))
+        .routes(routes!(profiles::in_app_messages))
+        .routes(routes!(profiles::in_app_event))
         .routes(routes!(bots::list_bots))
         .routes(routes!(bots::put_bot, bots::get_bot))
         .routes(routes!(bots::recognize))

@@ -271,6 +271,28 @@ pub struct PushAddress {
     pub created_at: DateTime<Utc>,
 }
 
+/// An in-app message a campaign left for a profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InAppMessage {
+    /// The delivery that made it.
+    pub delivery_id: String,
+    /// The profile it was planned for.
+    pub profile_id: String,
+    /// Its campaign.
+    pub campaign_id: Option<String>,
+    /// The rendered message (Pinpoint's `InAppMessage` JSON).
+    pub content: serde_json::Value,
+    /// Higher first when several wait.
+    pub priority: i64,
+    /// When it was left.
+    pub created_at: DateTime<Utc>,
+    /// When it stops being shown.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The most in-app messages a fetch returns.
+pub const MAX_IN_APP_FETCH: usize = 20;
+
 /// An address known to be unreachable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AddressState {

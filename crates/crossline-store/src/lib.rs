@@ -445,6 +445,26 @@ pub trait EngageStore: Send + Sync {
     ) -> StoreResult<Option<bool>>;
     /// A profile's push addresses, newest first.
     async fn push_addresses(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<engage::PushAddress>>;
+    /// Leaves an in-app message for a profile; a second put of the same delivery changes nothing.
+    async fn put_in_app_message(&self, workspace_id: &str, message: &engage::InAppMessage) -> StoreResult<()>;
+    /// The in-app messages waiting for a profile (and the profiles merged into it): not expired at
+    /// `now`, not dismissed; by priority, then newest first; at most `limit`.
+    async fn in_app_messages(
+        &self,
+        workspace_id: &str,
+        profile_id: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<engage::InAppMessage>>;
+    /// Stops showing a profile's in-app message (dismissed or followed). False when the profile
+    /// (or one merged into it) holds no such message or it was dismissed before.
+    async fn dismiss_in_app_message(
+        &self,
+        workspace_id: &str,
+        profile_id: &str,
+        delivery_id: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<bool>;
     /// The unreachable addresses among a profile's identities and push addresses.
     async fn address_states(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<engage::AddressState>>;
     /// The profiles of these recipients with their unreachable addresses, given

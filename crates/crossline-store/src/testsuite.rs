@@ -76,6 +76,7 @@ where
     engage::definitions_and_the_delivery_queue(fresh().await).await;
     engage::erasing_a_profile_erases_its_engagement(fresh().await).await;
     engage::push_addresses_follow_their_browser_and_the_person(fresh().await).await;
+    engage::in_app_messages_wait_for_their_profile(fresh().await).await;
 }
 
 async fn destinations_follow_the_event_log(store: DynStore) {

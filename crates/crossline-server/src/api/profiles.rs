@@ -412,6 +412,58 @@ pub async fn list_push_subscriptions(
     Ok(Json(PushAddressList { push_addresses }))
 }
 
+/// The in-app messages waiting for a profile.
+#[utoipa::path(get, path = "/api/v1/profiles/{id}/in-app-messages", tag = "profiles",
+    description = "Amazon Pinpoint's `GetInAppMessages` answer for the profile (and the profiles merged into it): `{\"InAppMessageCampaigns\": [{\"CampaignId\", \"DeliveryId\", \"Priority\", \"Schedule\": {\"EndDate\"}, \"InAppMessage\": {\"Layout\", \"Content\": [{\"HeaderConfig\", \"BodyConfig\", \"ImageUrl\", \"PrimaryBtn\", \"SecondaryBtn\", \"BackgroundColor\"}], \"CustomConfig\"}}]}`, highest priority then newest first, at most 20. A message waits 30 days, until it is clicked or dismissed.",
+    params(("id" = String, Path, description = "Profile id")),
+    responses((status = 200, description = "The messages waiting.", body = Object),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 500, response = crate::openapi::Internal)),
+    security(("bearer" = [])))]
+pub async fn in_app_messages(
+    State(state): State<AppState>,
+    WorkspaceCaller(workspace): WorkspaceCaller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let profile = state.store.profile(&workspace.id, &id).await?.ok_or_else(|| ApiError::not_found("profile"))?;
+    Ok(Json(state.engage.in_app_messages(&workspace.id, &profile.id).await?))
+}
+
+/// What a customer did with an in-app message.
+#[derive(Deserialize, ToSchema)]
+pub struct InAppEventRequest {
+    /// `displayed` (the delivery's open), `clicked` (its click) or `dismissed`.
+    pub event: String,
+}
+
+/// Record a display, click or dismissal of an in-app message.
+#[utoipa::path(post, path = "/api/v1/profiles/{id}/in-app-messages/{delivery_id}/events", tag = "profiles",
+    description = "`displayed` counts as the delivery's open, `clicked` as its click; `clicked` and `dismissed` stop the message being shown. Each is recorded on the profile as an event (`delivery.opened`, `delivery.clicked`, `delivery.dismissed`).",
+    params(("id" = String, Path, description = "Profile id"), ("delivery_id" = String, Path, description = "The message's `DeliveryId`")),
+    request_body = InAppEventRequest,
+    responses((status = 204, description = "Recorded."),
+              (status = 400, response = crate::openapi::BadRequest),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 500, response = crate::openapi::Internal)),
+    security(("bearer" = [])))]
+pub async fn in_app_event(
+    State(state): State<AppState>,
+    WorkspaceCaller(workspace): WorkspaceCaller,
+    Path((id, delivery_id)): Path<(String, String)>,
+    body: Result<Json<InAppEventRequest>, JsonRejection>,
+) -> ApiResult<StatusCode> {
+    let Json(body) = body.map_err(json_rejection)?;
+    let event = crossline_engage::in_app::InAppEvent::parse(&body.event)
+        .ok_or_else(|| ApiError::bad_request(ErrorCode::InvalidField, "event: use displayed, clicked or dismissed"))?;
+    let profile = state.store.profile(&workspace.id, &id).await?.ok_or_else(|| ApiError::not_found("profile"))?;
+    state.engage.in_app_event(&workspace.id, &profile.id, &delivery_id, event).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 fn push_view(address: crossline_store::engage::PushAddress, unreachable: Option<String>) -> PushAddressView {
     PushAddressView {
         kind: address.kind,

@@ -21,6 +21,13 @@
 //! page says is verified: the identify is kept as `unverified_claims` on the visitor's own profile
 //! and links nothing, so the socket only ever shows the visitor's own conversations.
 //!
+//! `{"type": "in_app_fetch"}` is answered `{"type": "in_app_messages", "campaigns": [...]}`: the
+//! in-app messages waiting for the visitor's profile, each as Pinpoint's `InAppMessageCampaign`
+//! (see [`crossline_engage::in_app`]); `{"type": "in_app_event", "delivery_id": ID, "event":
+//! "displayed" | "clicked" | "dismissed"}` records what the visitor did with one of them and is
+//! answered `{"type": "in_app_recorded", "delivery_id": ID, "ok": BOOL}` (false for a message that
+//! is not the visitor's or no longer waits).
+//!
 //! Every frame counts against the visitor's and the client address's allowance; a socket over it
 //! gets `{"type": "error", "code": "rate_limited"}` and the frame is dropped (a message keeps its id,
 //! so the page can send it again).
@@ -213,6 +220,10 @@ enum ServerFrame<'a> {
     Identified { verified: bool },
     /// A push subscription was registered.
     PushSubscribed,
+    /// The in-app messages waiting for the visitor (Pinpoint's `InAppMessageCampaigns`).
+    InAppMessages { campaigns: &'a Value },
+    /// What an `in_app_event` did.
+    InAppRecorded { delivery_id: &'a str, ok: bool },
     /// A frame was refused; `id` and `retry` for a message the page keeps.
     Error {
         code: &'static str,
@@ -387,6 +398,26 @@ async fn subscribe_push(state: &AppState, client: &Client, subscription: &Value)
     Ok(())
 }
 
+/// The in-app messages waiting for the visitor's profile (none before the visitor has one).
+async fn visitor_in_app(state: &AppState, client: &Client) -> ApiResult<Value> {
+    let workspace = &client.workspace;
+    match state.store.lookup(&workspace.id, &client.visitor).await? {
+        Some(profile) => Ok(state.engage.in_app_messages(&workspace.id, &profile.id).await?),
+        None => Ok(crossline_engage::in_app::get_in_app_messages(&[])),
+    }
+}
+
+/// Records what the visitor did with one of their own in-app messages.
+async fn visitor_in_app_event(state: &AppState, client: &Client, delivery_id: &str, event: &str) -> ApiResult<()> {
+    let event = crossline_engage::in_app::InAppEvent::parse(event)
+        .ok_or_else(|| ApiError::bad_request(ErrorCode::InvalidField, "event: use displayed, clicked or dismissed"))?;
+    let workspace = &client.workspace;
+    let profile =
+        state.store.lookup(&workspace.id, &client.visitor).await?.ok_or_else(|| ApiError::not_found("profile"))?;
+    state.engage.in_app_event(&workspace.id, &profile.id, delivery_id, event).await?;
+    Ok(())
+}
+
 /// The hex HMAC-SHA256 of `message` with the web chat identity secret: the `user_hash` a host page
 /// gives with an identity (`message` is [`identity_hash_message`]).
 pub fn user_hash(secret: &str, message: &str) -> String {
@@ -428,6 +459,15 @@ enum ClientFrame {
     PushSubscription {
         #[serde(default)]
         subscription: Value,
+    },
+    /// The page asks for the in-app messages waiting for the visitor.
+    InAppFetch,
+    /// What the visitor did with an in-app message.
+    InAppEvent {
+        #[serde(default)]
+        delivery_id: String,
+        #[serde(default)]
+        event: String,
     },
     /// Who the host page says the visitor is.
     Identify {
@@ -482,8 +522,9 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, client: Client) {
                 continue;
             }
             Err(err) => {
-                let message =
-                    format!("type: use hello, message, identify or push_subscription with their fields ({err})");
+                let message = format!(
+                    "type: use hello, message, identify, push_subscription, in_app_fetch or in_app_event with their fields ({err})"
+                );
                 send(&mut socket, error_frame(ErrorCode::InvalidField, &message)).await;
                 continue;
             }
@@ -579,6 +620,25 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, client: Client) {
                     Ok(()) => ServerFrame::PushSubscribed,
                     Err(err) => error_frame(err.code, &err.message),
                 };
+                send(&mut socket, frame).await;
+            }
+            ClientFrame::InAppFetch => {
+                let fetched = crate::panic::guard("/chat/{workspace_id}/ws", visitor_in_app(&state, &client))
+                    .await
+                    .unwrap_or_else(|_| Err(crate::panic::internal_panic()));
+                match &fetched {
+                    Ok(campaigns) => send(&mut socket, ServerFrame::InAppMessages { campaigns }).await,
+                    Err(err) => send(&mut socket, error_frame(err.code, &err.message)).await,
+                };
+            }
+            ClientFrame::InAppEvent { delivery_id, event } => {
+                let recorded = crate::panic::guard(
+                    "/chat/{workspace_id}/ws",
+                    visitor_in_app_event(&state, &client, &delivery_id, &event),
+                )
+                .await
+                .unwrap_or_else(|_| Err(crate::panic::internal_panic()));
+                let frame = ServerFrame::InAppRecorded { delivery_id: &delivery_id, ok: recorded.is_ok() };
                 send(&mut socket, frame).await;
             }
             ClientFrame::Identify { user_id, traits, user_hash } => {

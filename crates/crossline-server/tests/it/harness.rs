@@ -111,6 +111,12 @@ impl TestServer {
             .await
     }
 
+    /// POST a JSON body to an API path with a key.
+    pub async fn post_json(&self, path: &str, api_key: &str, body: &Value) -> (StatusCode, Value) {
+        json_of(self.http.post(format!("{}{path}", self.url)).bearer_auth(api_key).json(body).send().await.unwrap())
+            .await
+    }
+
     /// PUT a bot definition, asserting it was accepted.
     pub async fn put_bot(&self, api_key: &str, name: &str, definition: &Value) {
         let (status, body) = self.put_json(&format!("/api/v1/bots/{name}"), api_key, definition).await;

@@ -10,6 +10,7 @@ mod destinations;
 mod engage;
 mod fcm;
 mod harness;
+mod in_app;
 mod ingest;
 mod jobs;
 mod limits;

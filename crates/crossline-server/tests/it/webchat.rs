@@ -12,17 +12,17 @@ use tokio_tungstenite::tungstenite::Message;
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(server: &TestServer, workspace_id: &str, visitor: &str) -> Socket {
+pub(crate) async fn connect(server: &TestServer, workspace_id: &str, visitor: &str) -> Socket {
     let url = format!("{}/chat/{workspace_id}/ws?visitor={visitor}", server.url.replace("http://", "ws://"));
     tokio_tungstenite::connect_async(url).await.expect("the chat socket opens").0
 }
 
-async fn send(socket: &mut Socket, frame: Value) {
+pub(crate) async fn send(socket: &mut Socket, frame: Value) {
     socket.send(Message::text(frame.to_string())).await.unwrap();
 }
 
 /// Frames until (and including) the first of type `until`.
-async fn frames_until(socket: &mut Socket, until: &str) -> Vec<Value> {
+pub(crate) async fn frames_until(socket: &mut Socket, until: &str) -> Vec<Value> {
     let mut frames = Vec::new();
     loop {
         let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
@@ -158,7 +158,7 @@ async fn the_kiosk_records_its_turns_on_the_kiosk_channel() {
     server.stop().await;
 }
 
-async fn configure_webchat(server: &TestServer, api_key: &str, config: &Value) -> (StatusCode, Value) {
+pub(crate) async fn configure_webchat(server: &TestServer, api_key: &str, config: &Value) -> (StatusCode, Value) {
     server.put_json("/api/v1/channels/webchat", api_key, config).await
 }
 

@@ -3,8 +3,8 @@
 #[allow(unused_imports)]
 use super::*;
 use crate::engage::{
-    AddressState, Delivery, DeliveryCount, DeliveryStatus, DeliveryUpdate, EngageObject, Engagement, NewDelivery,
-    ObjectKind, PushAddress, RecipientFacts,
+    AddressState, Delivery, DeliveryCount, DeliveryStatus, DeliveryUpdate, EngageObject, Engagement, InAppMessage,
+    NewDelivery, ObjectKind, PushAddress, RecipientFacts,
 };
 use crate::segment_sql::{self, Dialect, Param};
 use crossline_core::segment::Filter;
@@ -433,6 +433,85 @@ impl crate::EngageStore for PgStore {
         .await?;
         tx.commit().await?;
         Ok(Some(before.as_deref() != Some(live.as_str())))
+    }
+
+    async fn put_in_app_message(&self, workspace_id: &str, message: &InAppMessage) -> StoreResult<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO in_app_messages (workspace_id, delivery_id, profile_id, campaign_id, content, priority,
+                    created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (workspace_id, delivery_id) DO NOTHING",
+                &[
+                    &workspace_id,
+                    &message.delivery_id,
+                    &message.profile_id,
+                    &message.campaign_id,
+                    &message.content.to_string(),
+                    &message.priority,
+                    &crate::to_millis(message.created_at),
+                    &crate::to_millis(message.expires_at),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn in_app_messages(
+        &self,
+        workspace_id: &str,
+        profile_id: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<InAppMessage>> {
+        let client = self.pool.get().await?;
+        let Some(live) = statements::live_profile_id(&**client, workspace_id, profile_id).await? else {
+            return Ok(Vec::new());
+        };
+        let rows = client
+            .query(
+                "SELECT delivery_id, profile_id, campaign_id, content, priority, created_at, expires_at
+                 FROM in_app_messages WHERE workspace_id = $1 AND (profile_id = $2 OR profile_id IN
+                    (SELECT id FROM profiles WHERE workspace_id = $1 AND merged_into = $2))
+                    AND dismissed_at IS NULL AND expires_at > $3
+                 ORDER BY priority DESC, created_at DESC, delivery_id LIMIT $4",
+                &[&workspace_id, &live, &crate::to_millis(now), &(limit as i64)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| InAppMessage {
+                delivery_id: row.get(0),
+                profile_id: row.get(1),
+                campaign_id: row.get(2),
+                content: serde_json::from_str(row.get::<_, &str>(3)).unwrap_or_default(),
+                priority: row.get(4),
+                created_at: crate::from_millis(row.get(5)),
+                expires_at: crate::from_millis(row.get(6)),
+            })
+            .collect())
+    }
+
+    async fn dismiss_in_app_message(
+        &self,
+        workspace_id: &str,
+        profile_id: &str,
+        delivery_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let client = self.pool.get().await?;
+        let Some(live) = statements::live_profile_id(&**client, workspace_id, profile_id).await? else {
+            return Ok(false);
+        };
+        let changed = client
+            .execute(
+                "UPDATE in_app_messages SET dismissed_at = $4
+                 WHERE workspace_id = $1 AND delivery_id = $3 AND dismissed_at IS NULL AND (profile_id = $2 OR
+                    profile_id IN (SELECT id FROM profiles WHERE workspace_id = $1 AND merged_into = $2))",
+                &[&workspace_id, &live, &delivery_id, &crate::to_millis(now)],
+            )
+            .await?;
+        Ok(changed > 0)
     }
 
     async fn push_addresses(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<PushAddress>> {

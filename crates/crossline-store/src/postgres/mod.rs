@@ -43,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0011_deliveries_pending.sql"),
     include_str!("../../migrations/postgres/0012_delivery_time_zone.sql"),
     include_str!("../../migrations/postgres/0013_push_addresses.sql"),
+    include_str!("../../migrations/postgres/0014_in_app_messages.sql"),
 ];
 
 /// Arbitrary constant for the advisory lock that serialises migrations across nodes.

@@ -3,8 +3,8 @@
 #[allow(unused_imports)]
 use super::*;
 use crate::engage::{
-    AddressState, Delivery, DeliveryCount, DeliveryStatus, DeliveryUpdate, EngageObject, Engagement, NewDelivery,
-    ObjectKind, PushAddress, RecipientFacts,
+    AddressState, Delivery, DeliveryCount, DeliveryStatus, DeliveryUpdate, EngageObject, Engagement, InAppMessage,
+    NewDelivery, ObjectKind, PushAddress, RecipientFacts,
 };
 use crate::segment_sql::{self, Dialect, Param};
 use crossline_core::segment::Filter;
@@ -480,6 +480,89 @@ impl crate::EngageStore for SqliteStore {
                 }
             }
             Ok(Some(before.as_deref() != Some(live.as_str())))
+        })
+        .await
+    }
+
+    async fn put_in_app_message(&self, workspace_id: &str, message: &InAppMessage) -> StoreResult<()> {
+        let (workspace_id, message) = (workspace_id.to_owned(), message.clone());
+        self.write_aside(move |tx| {
+            tx.prepare_cached(
+                "INSERT INTO in_app_messages (workspace_id, delivery_id, profile_id, campaign_id, content, priority,
+                    created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (workspace_id, delivery_id) DO NOTHING",
+            )?
+            .execute(rusqlite::params![
+                workspace_id,
+                message.delivery_id,
+                message.profile_id,
+                message.campaign_id,
+                message.content.to_string(),
+                message.priority,
+                crate::to_millis(message.created_at),
+                crate::to_millis(message.expires_at),
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn in_app_messages(
+        &self,
+        workspace_id: &str,
+        profile_id: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<InAppMessage>> {
+        let (workspace_id, profile_id) = (workspace_id.to_owned(), profile_id.to_owned());
+        self.read(move |conn| {
+            let Some(live) = statements::live_profile_id(conn, &workspace_id, &profile_id)? else {
+                return Ok(Vec::new());
+            };
+            let mut statement = conn.prepare_cached(
+                "SELECT delivery_id, profile_id, campaign_id, content, priority, created_at, expires_at
+                 FROM in_app_messages WHERE workspace_id = ?1 AND (profile_id = ?2 OR profile_id IN
+                    (SELECT id FROM profiles INDEXED BY profiles_merged_into WHERE workspace_id = ?1 AND merged_into = ?2))
+                    AND dismissed_at IS NULL AND expires_at > ?3
+                 ORDER BY priority DESC, created_at DESC, delivery_id LIMIT ?4",
+            )?;
+            let rows = statement.query_map((&workspace_id, &live, crate::to_millis(now), limit as i64), |row| {
+                let content: String = row.get(3)?;
+                Ok(InAppMessage {
+                    delivery_id: row.get(0)?,
+                    profile_id: row.get(1)?,
+                    campaign_id: row.get(2)?,
+                    content: serde_json::from_str(&content).unwrap_or_default(),
+                    priority: row.get(4)?,
+                    created_at: crate::from_millis(row.get(5)?),
+                    expires_at: crate::from_millis(row.get(6)?),
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn dismiss_in_app_message(
+        &self,
+        workspace_id: &str,
+        profile_id: &str,
+        delivery_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let (workspace_id, profile_id, delivery_id) =
+            (workspace_id.to_owned(), profile_id.to_owned(), delivery_id.to_owned());
+        self.write_aside(move |tx| {
+            let Some(live) = statements::live_profile_id(tx, &workspace_id, &profile_id)? else { return Ok(false) };
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE in_app_messages SET dismissed_at = ?4
+                     WHERE workspace_id = ?1 AND delivery_id = ?3 AND dismissed_at IS NULL AND (profile_id = ?2 OR
+                        profile_id IN (SELECT id FROM profiles INDEXED BY profiles_merged_into
+                                       WHERE workspace_id = ?1 AND merged_into = ?2))",
+                )?
+                .execute((&workspace_id, &live, &delivery_id, crate::to_millis(now)))?;
+            Ok(changed > 0)
         })
         .await
     }

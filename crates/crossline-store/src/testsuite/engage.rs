@@ -3,7 +3,7 @@
 
 use super::{events, workspace};
 use crate::DynStore;
-use crate::engage::{DeliveryStatus, DeliveryUpdate, EngageObject, Engagement, NewDelivery, ObjectKind};
+use crate::engage::{DeliveryStatus, DeliveryUpdate, EngageObject, Engagement, InAppMessage, NewDelivery, ObjectKind};
 use chrono::{Duration, Utc};
 use crossline_core::segment::Filter;
 use serde_json::{Value, json};
@@ -275,6 +275,65 @@ pub(super) async fn push_addresses_follow_their_browser_and_the_person(store: Dy
     );
     let loser = if survivor == anon { &ann } else { &anon };
     assert!(store.push_addresses(&ws.id, loser).await.unwrap().is_empty());
+}
+
+fn in_app(delivery_id: &str, profile_id: &str, priority: i64, at: chrono::DateTime<Utc>) -> InAppMessage {
+    InAppMessage {
+        delivery_id: delivery_id.into(),
+        profile_id: profile_id.into(),
+        campaign_id: Some("cmp_in_app".into()),
+        content: json!({"Layout": "MODAL", "Content": [{"BodyConfig": {"Body": delivery_id}}]}),
+        priority,
+        created_at: at,
+        expires_at: at + Duration::days(30),
+    }
+}
+
+/// In-app messages: kept once per delivery, by priority then newest, until they expire or are
+/// dismissed (only by their own profile), and found through a merge.
+pub(super) async fn in_app_messages_wait_for_their_profile(store: DynStore) {
+    let ws = workspace(&store, "in-app").await;
+    let batch = json!({"batch": [
+        {"type": "identify", "userId": "ann", "messageId": "i1"},
+        {"type": "identify", "userId": "bob", "messageId": "i2"},
+        {"type": "identify", "anonymousId": "anon-ann", "messageId": "i3"}
+    ]});
+    store.ingest(&ws.id, events(batch)).await.unwrap();
+    let (ann, bob) = (profile_of(&store, &ws.id, "ann").await, profile_of(&store, &ws.id, "bob").await);
+    let now = Utc::now();
+    store.put_in_app_message(&ws.id, &in_app("dlv_old", &ann, 0, now - Duration::hours(1))).await.unwrap();
+    store.put_in_app_message(&ws.id, &in_app("dlv_new", &ann, 0, now)).await.unwrap();
+    store.put_in_app_message(&ws.id, &in_app("dlv_urgent", &ann, 5, now - Duration::hours(2))).await.unwrap();
+    // A retried send leaves nothing twice.
+    store.put_in_app_message(&ws.id, &in_app("dlv_new", &ann, 0, now)).await.unwrap();
+    let mut expired = in_app("dlv_expired", &ann, 9, now - Duration::days(40));
+    expired.expires_at = now - Duration::days(10);
+    store.put_in_app_message(&ws.id, &expired).await.unwrap();
+    let ids = |messages: Vec<InAppMessage>| messages.into_iter().map(|m| m.delivery_id).collect::<Vec<_>>();
+    assert_eq!(ids(store.in_app_messages(&ws.id, &ann, now, 10).await.unwrap()), ["dlv_urgent", "dlv_new", "dlv_old"]);
+    assert_eq!(ids(store.in_app_messages(&ws.id, &ann, now, 1).await.unwrap()), ["dlv_urgent"]);
+    assert!(store.in_app_messages(&ws.id, &bob, now, 10).await.unwrap().is_empty());
+    // Bob cannot dismiss Ann's message; Ann can, once.
+    assert!(!store.dismiss_in_app_message(&ws.id, &bob, "dlv_urgent", now).await.unwrap());
+    assert!(store.dismiss_in_app_message(&ws.id, &ann, "dlv_urgent", now).await.unwrap());
+    assert!(!store.dismiss_in_app_message(&ws.id, &ann, "dlv_urgent", now).await.unwrap());
+    assert_eq!(ids(store.in_app_messages(&ws.id, &ann, now, 10).await.unwrap()), ["dlv_new", "dlv_old"]);
+    // One left for the anonymous visitor is found once the visitor is known to be Ann.
+    let anonymous =
+        crossline_core::Identity { kind: crossline_core::IdentityKind::AnonymousId, value: "anon-ann".into() };
+    let anon = store.lookup(&ws.id, &anonymous).await.unwrap().unwrap().id;
+    store.put_in_app_message(&ws.id, &in_app("dlv_anon", &anon, 0, now + Duration::seconds(1))).await.unwrap();
+    let alias = json!({"batch": [{"type": "alias", "userId": "ann", "previousId": "anon-ann", "messageId": "i4"}]});
+    store.ingest(&ws.id, events(alias)).await.unwrap();
+    for asked in [&ann, &anon] {
+        assert_eq!(
+            ids(store.in_app_messages(&ws.id, asked, now, 10).await.unwrap()),
+            ["dlv_anon", "dlv_new", "dlv_old"],
+            "asked as {asked}"
+        );
+    }
+    assert!(store.dismiss_in_app_message(&ws.id, &ann, "dlv_anon", now).await.unwrap());
+    assert!(store.in_app_messages(&ws.id, "prf_nobody", now, 10).await.unwrap().is_empty());
 }
 
 fn delivery(id: &str, profile: &str, campaign: Option<&str>, run_at: chrono::DateTime<Utc>) -> NewDelivery {

@@ -177,6 +177,8 @@ pub(in crate::postgres) async fn delete_profile(
         "DELETE FROM deliveries WHERE workspace_id = $1 AND (profile_id = $2 OR profile_id IN
             (SELECT id FROM profiles WHERE workspace_id = $1 AND merged_into = $2))",
         "DELETE FROM segment_members WHERE workspace_id = $1 AND profile_id = $2",
+        "DELETE FROM in_app_messages WHERE workspace_id = $1 AND (profile_id = $2 OR profile_id IN
+            (SELECT id FROM profiles WHERE workspace_id = $1 AND merged_into = $2))",
     ] {
         tx.execute(statement, &[&workspace_id, &live]).await?;
     }

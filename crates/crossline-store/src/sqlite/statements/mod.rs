@@ -68,7 +68,7 @@ pub(in crate::sqlite) const DELETE_IDENTITIES: &str =
 
 /// An erased profile's engagement: its addresses' states, its deliveries (also those planned
 /// under an id merged into it), its segment memberships. Run before its identities and tombstones go.
-pub(in crate::sqlite) const ERASE_ENGAGEMENT: [&str; 5] = [
+pub(in crate::sqlite) const ERASE_ENGAGEMENT: [&str; 6] = [
     "DELETE FROM address_states WHERE workspace_id = ?1 AND (kind, value) IN
         (SELECT kind, value FROM identities INDEXED BY identities_profile WHERE workspace_id = ?1 AND profile_id = ?2)",
     "DELETE FROM address_states WHERE workspace_id = ?1 AND (kind, value) IN
@@ -77,6 +77,8 @@ pub(in crate::sqlite) const ERASE_ENGAGEMENT: [&str; 5] = [
     "DELETE FROM deliveries WHERE workspace_id = ?1 AND (profile_id = ?2 OR profile_id IN
         (SELECT id FROM profiles INDEXED BY profiles_merged_into WHERE workspace_id = ?1 AND merged_into = ?2))",
     "DELETE FROM segment_members WHERE workspace_id = ?1 AND profile_id = ?2",
+    "DELETE FROM in_app_messages WHERE workspace_id = ?1 AND (profile_id = ?2 OR profile_id IN
+        (SELECT id FROM profiles INDEXED BY profiles_merged_into WHERE workspace_id = ?1 AND merged_into = ?2))",
 ];
 
 pub(in crate::sqlite) const DELETE_TOMBSTONES: &str =
