@@ -321,6 +321,24 @@ pub fn message_request(config: &TwilioConfig, to: &str, body: &str, status_callb
     MessageRequest { url, authorization: format!("Basic {credentials}"), form }
 }
 
+/// The request that sends an approved WhatsApp template (`ContentSid`, filled with the JSON
+/// object `variables` as `ContentVariables`) instead of free text.
+pub fn content_request(
+    config: &TwilioConfig,
+    to: &str,
+    content_sid: &str,
+    variables: &serde_json::Map<String, serde_json::Value>,
+    status_callback: Option<&str>,
+) -> MessageRequest {
+    let mut request = message_request(config, to, "", status_callback);
+    request.form.retain(|(name, _)| name != "Body");
+    request.form.push(("ContentSid".to_owned(), content_sid.to_owned()));
+    if !variables.is_empty() {
+        request.form.push(("ContentVariables".to_owned(), serde_json::Value::Object(variables.clone()).to_string()));
+    }
+    request
+}
+
 /// Classifies Twilio's answer to a Messages.json POST: its HTTP status, its body, and the wait
 /// its `Retry-After` header asked for.
 ///

@@ -1398,7 +1398,12 @@ impl Engage {
                 let callback = format!("{base}/hooks/{workspace_id}/twilio/status");
                 // WhatsApp goes through the same Messages API, both numbers written `whatsapp:+E164`.
                 let to = if d.channel == "whatsapp" { format!("whatsapp:{}", d.address) } else { d.address.clone() };
-                let request = twilio::message_request(config, &to, &rendered.text, Some(&callback));
+                let request = match &rendered.content {
+                    Some(content) => {
+                        twilio::content_request(config, &to, &content.sid, &content.variables, Some(&callback))
+                    }
+                    None => twilio::message_request(config, &to, &rendered.text, Some(&callback)),
+                };
                 match self.post_to_twilio(&request).await {
                     Ok(response) => {
                         twilio::classify_message_response(response.status, &response.body, response.retry_after)

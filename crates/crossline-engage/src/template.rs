@@ -70,7 +70,9 @@ pub struct TemplateSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
     /// The body (Liquid). For email it is MJML when it starts with `<mjml>` (after leading
-    /// whitespace), HTML otherwise; for the other channels it is plain text.
+    /// whitespace), HTML otherwise; for the other channels it is plain text. Required, but for a
+    /// WhatsApp template that names an approved one.
+    #[serde(default)]
     pub body: String,
     /// Email only: an explicit plain-text part (Liquid). Generated from the HTML when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,7 +105,19 @@ pub struct TemplateSource {
     /// In-app only: the text colour, `#rgb` or `#rrggbb`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text_color: Option<String>,
+    /// WhatsApp only: an approved template's Twilio Content SID (`HX` and 32 hex digits); the
+    /// message is that template, filled with `content_variables`, and `body` (optional then) is only
+    /// how it reads in previews.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_sid: Option<String>,
+    /// WhatsApp only: the approved template's variables (`{"1": "{{ profile.traits.first_name }}"}`),
+    /// each value Liquid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_variables: Option<std::collections::BTreeMap<String, String>>,
 }
+
+/// The most variables an approved WhatsApp template takes here.
+pub const MAX_CONTENT_VARIABLES: usize = 32;
 
 /// An in-app message's button as written.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -172,6 +186,13 @@ pub struct CompiledTemplate {
     text: Option<Part>,
     push: Option<PushParts>,
     in_app: Option<InAppParts>,
+    content: Option<ContentParts>,
+}
+
+/// An approved WhatsApp template: its Content SID and its variables.
+struct ContentParts {
+    sid: String,
+    variables: Vec<(String, Part)>,
 }
 
 /// An in-app template's other fields.
@@ -252,6 +273,17 @@ pub struct Rendered {
     pub push: Option<RenderedPush>,
     /// In-app: the message's layout, title, image, buttons and colours.
     pub in_app: Option<RenderedInApp>,
+    /// WhatsApp: the approved template and its variables, sent instead of the text.
+    pub content: Option<RenderedContent>,
+}
+
+/// An approved WhatsApp template filled for one recipient.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedContent {
+    /// Twilio's Content SID.
+    pub sid: String,
+    /// The variables, as Twilio's `ContentVariables` JSON object.
+    pub variables: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A rendered in-app message's fields beside its body.
@@ -335,14 +367,23 @@ pub fn compile(source: &TemplateSource) -> Result<CompiledTemplate, TemplateErro
         None
     };
 
+    let content = if channel == "whatsapp" {
+        compile_content(source)?
+    } else if source.content_sid.is_some() {
+        return Err(TemplateError::new("content_sid", 1, 1, "approved templates are for the whatsapp channel"));
+    } else {
+        None
+    };
     let body_source = source.body.as_str();
-    if body_source.trim().is_empty() {
+    if body_source.trim().is_empty() && content.is_none() {
         return Err(TemplateError::new("body", 1, 1, "the body is empty"));
     }
     if body_source.len() > MAX_BODY_BYTES {
         return Err(TemplateError::new("body", 1, 1, format!("the body is longer than {MAX_BODY_BYTES} bytes")));
     }
-    let body = if email && is_mjml(body_source) {
+    let body = if body_source.trim().is_empty() {
+        compile_liquid("body", "")?
+    } else if email && is_mjml(body_source) {
         // Liquid faults are reported against what the author wrote, not the generated HTML.
         compile_liquid("body", body_source)?;
         let html = mjml_to_html(body_source)?;
@@ -374,7 +415,39 @@ pub fn compile(source: &TemplateSource) -> Result<CompiledTemplate, TemplateErro
     let push = if channel == "push" { Some(compile_push(source)?) } else { None };
     let in_app = if channel == "in_app" { Some(compile_in_app(source)?) } else { None };
 
-    Ok(CompiledTemplate { channel: channel.to_owned(), email, subject, body, text, push, in_app })
+    Ok(CompiledTemplate { channel: channel.to_owned(), email, subject, body, text, push, in_app, content })
+}
+
+/// A WhatsApp template's approved template, when it names one.
+fn compile_content(source: &TemplateSource) -> Result<Option<ContentParts>, TemplateError> {
+    let Some(sid) = source.content_sid.as_deref().map(str::trim).filter(|sid| !sid.is_empty()) else {
+        if source.content_variables.as_ref().is_some_and(|variables| !variables.is_empty()) {
+            return Err(TemplateError::new("content_variables", 1, 1, "variables need a content_sid"));
+        }
+        return Ok(None);
+    };
+    let hex = sid.strip_prefix("HX").unwrap_or_default();
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(TemplateError::new("content_sid", 1, 1, "a Twilio Content SID is HX and 32 hex digits"));
+    }
+    let given = source.content_variables.clone().unwrap_or_default();
+    if given.len() > MAX_CONTENT_VARIABLES {
+        return Err(TemplateError::new("content_variables", 1, 1, format!("at most {MAX_CONTENT_VARIABLES}")));
+    }
+    let mut variables = Vec::with_capacity(given.len());
+    for (name, value) in given {
+        let field = format!("content_variables.{name}");
+        if name.is_empty() || name.len() > 64 || value.len() > MAX_PUSH_URL_BYTES {
+            return Err(TemplateError::new(
+                &field,
+                1,
+                1,
+                format!("a name of 1 to 64 bytes and a value of at most {MAX_PUSH_URL_BYTES} bytes"),
+            ));
+        }
+        variables.push((name, compile_liquid(&field, &value)?));
+    }
+    Ok(Some(ContentParts { sid: sid.to_owned(), variables }))
 }
 
 /// An optional one-line Liquid field of a push or in-app template (a title, a URL).
@@ -559,7 +632,17 @@ impl CompiledTemplate {
                 Some(parts) => Some(render_in_app(parts, &render_one)?),
                 None => None,
             };
-            return Ok(Rendered { subject: None, html: None, text: body, push, in_app });
+            let content = match &self.content {
+                Some(parts) => {
+                    let mut variables = serde_json::Map::new();
+                    for (name, part) in &parts.variables {
+                        variables.insert(name.clone(), single_line(render_one(part, "content_variables")?).into());
+                    }
+                    Some(RenderedContent { sid: parts.sid.clone(), variables })
+                }
+                None => None,
+            };
+            return Ok(Rendered { subject: None, html: None, text: body, push, in_app, content });
         }
         // The HTML body sees every string of the data HTML-escaped: a trait or an event property
         // (which anyone with the write key can set) cannot add markup, links or scripts to an
@@ -580,7 +663,7 @@ impl CompiledTemplate {
             Some(part) => render_part(part, &globals, "text", time_zone)?,
             None => html_to_text(&body),
         };
-        Ok(Rendered { subject, html: Some(body), text, push: None, in_app: None })
+        Ok(Rendered { subject, html: Some(body), text, push: None, in_app: None, content: None })
     }
 }
 

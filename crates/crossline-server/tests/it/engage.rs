@@ -353,6 +353,20 @@ async fn fake_twilio_messages(
         return (axum::http::StatusCode::UNAUTHORIZED, axum::Json(json!({"code": 20003, "message": "Authenticate"})));
     }
     let to = form.get("To").cloned().unwrap_or_default();
+    // As Twilio: free text or an approved template (HX…, its variables a JSON object of strings).
+    let content_ok = form.get("ContentSid").is_none_or(|sid| {
+        sid.len() == 34
+            && sid.starts_with("HX")
+            && form.get("ContentVariables").is_none_or(|variables| {
+                serde_json::from_str::<std::collections::HashMap<String, String>>(variables).is_ok()
+            })
+    });
+    if !content_ok || (form.get("Body").is_none() && form.get("ContentSid").is_none()) {
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            axum::Json(json!({"code": 21619, "message": "A text message body or content SID must be specified."})),
+        );
+    }
     if to == "+14155550111" {
         return (
             axum::http::StatusCode::BAD_REQUEST,
@@ -854,6 +868,40 @@ async fn whatsapp_campaigns_and_replies_keep_their_own_consent() {
     assert_eq!(sent[0]["From"], "whatsapp:+14155550999");
     assert_eq!(sent[0]["Body"], "Hi Ann, your card is on its way.");
     assert!(twilio.to("whatsapp:+14155550101").is_empty() && twilio.to("+14155550101").is_empty(), "nothing to Bob");
+
+    // An approved template: its Content SID and variables go instead of free text.
+    let approved = json!({"name": "Card shipped (approved)", "channel": "whatsapp",
+        "content_sid": "HX0123456789abcdef0123456789abcdef",
+        "content_variables": {"1": "{{ profile.traits.first_name }}", "2": "{{ 'now' | date: '%Y' }}"}});
+    let (status, refused) = post(
+        &server,
+        "/api/v1/templates",
+        &ws.api_key,
+        &json!({"name": "x", "channel": "whatsapp", "content_sid": "HX12"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(refused["error"]["message"].as_str().unwrap().starts_with("content_sid"), "{refused}");
+    let (status, refused) = post(
+        &server,
+        "/api/v1/templates",
+        &ws.api_key,
+        &json!({"name": "x", "channel": "sms", "body": "hi", "content_sid": approved["content_sid"]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    let (status, template) = post(&server, "/api/v1/templates", &ws.api_key, &approved).await;
+    assert_eq!(status, StatusCode::CREATED, "{template}");
+    let (status, campaign) = post(&server, "/api/v1/campaigns", &ws.api_key, &json!({"name": "Card (approved)", "segment_id": segment["id"], "channel": "whatsapp", "template_id": template["id"], "schedule": "now", "kind": "transactional"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{campaign}");
+    let stats = crate::harness::stats_when_completed(&server, &ws.api_key, campaign["id"].as_str().unwrap()).await;
+    assert_eq!(stats["sent"].as_u64(), Some(1), "{stats}");
+    let sent = twilio.until("whatsapp:+14155550100", 2).await;
+    assert_eq!(sent[1]["ContentSid"], "HX0123456789abcdef0123456789abcdef");
+    assert!(sent[1].get("Body").is_none(), "no free text with an approved template: {:?}", sent[1]);
+    let variables: Value = serde_json::from_str(&sent[1]["ContentVariables"]).unwrap();
+    assert_eq!(variables["1"], "Ann", "{variables}");
+    assert_eq!(variables["2"].as_str().map(str::len), Some(4), "{variables}");
 
     // Ann answers on WhatsApp: the bot replies in TwiML, and the turn is on the whatsapp channel.
     let hook = format!("/hooks/{}/twilio/sms", ws.id);
