@@ -164,6 +164,9 @@ pub struct InboundCall {
     pub speech: Option<String>,
     /// The keys pressed, if any.
     pub digits: Option<String>,
+    /// On a call Crossline placed with answering-machine detection: `human`, `machine_start`,
+    /// `machine_end_beep`, `fax`, `unknown`, ...
+    pub answered_by: Option<String>,
 }
 
 impl InboundCall {
@@ -181,6 +184,7 @@ pub fn parse_call(params: &[(String, String)]) -> Result<InboundCall, ConfigErro
         from: get("From").ok_or_else(|| config_error("From", "is missing: not a Twilio Voice webhook"))?,
         speech: get("SpeechResult"),
         digits: get("Digits"),
+        answered_by: get("AnsweredBy"),
     })
 }
 
@@ -337,6 +341,32 @@ pub fn content_request(
         request.form.push(("ContentVariables".to_owned(), serde_json::Value::Object(variables.clone()).to_string()));
     }
     request
+}
+
+/// The Calls API request that rings `to` from the channel's number: when the call is answered
+/// Twilio fetches `url` for TwiML (with `AnsweredBy`, as answering-machine detection is on) and
+/// reports the call's end to `status_callback`. Twilio answers as it does for messages (a `sid`,
+/// `CA…`, and a `status`), so [`classify_message_response`] reads the answer.
+pub fn call_request(config: &TwilioConfig, to: &str, url: &str, status_callback: &str) -> MessageRequest {
+    let account_sid = config.account_sid.trim();
+    let mut request = message_request(config, to, "", None);
+    request.url = format!("{}/2010-04-01/Accounts/{account_sid}/Calls.json", config.api_base_url.trim_end_matches('/'));
+    request.form.retain(|(name, _)| name != "Body");
+    for (name, value) in [
+        ("Url", url),
+        ("Method", "POST"),
+        ("StatusCallback", status_callback),
+        ("StatusCallbackMethod", "POST"),
+        ("MachineDetection", "Enable"),
+    ] {
+        request.form.push((name.to_owned(), value.to_owned()));
+    }
+    request
+}
+
+/// Whether answering-machine detection found a machine (or a fax) rather than a person.
+pub fn answered_by_machine(answered_by: Option<&str>) -> bool {
+    answered_by.is_some_and(|by| by.starts_with("machine") || by == "fax")
 }
 
 /// Classifies Twilio's answer to a Messages.json POST: its HTTP status, its body, and the wait

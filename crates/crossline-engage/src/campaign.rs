@@ -8,7 +8,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// Channels a campaign can send on today (the senders that exist).
-pub const SENDABLE_CHANNELS: [&str; 6] = ["email", "sms", "push", "whatsapp", "in_app", "webhook"];
+pub const SENDABLE_CHANNELS: [&str; 7] = ["email", "sms", "push", "whatsapp", "in_app", "webhook", "voice"];
 
 /// When a campaign sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

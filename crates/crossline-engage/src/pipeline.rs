@@ -1206,8 +1206,11 @@ impl Engage {
             Some(Ok(_)) => Some(self.link_key(workspace_id).await.map_err(|err| retry(&err))?),
             _ => None,
         };
-        let twilio =
-            if uses("sms") || uses("whatsapp") { Some(self.twilio(workspace_id).await.map(Arc::new)) } else { None };
+        let twilio = if uses("sms") || uses("whatsapp") || uses("voice") {
+            Some(self.twilio(workspace_id).await.map(Arc::new))
+        } else {
+            None
+        };
         let vapid =
             if uses("push") { Some(self.vapid_key(workspace_id).await.map_err(|err| retry(&err))?) } else { None };
         let fcm =
@@ -1271,13 +1274,17 @@ impl Engage {
                 Decision::Suppress(reason) => return Err(Outcome::Suppressed(reason)),
             }
         }
-        let Some(template_id) = &d.template_id else {
-            return Err(Outcome::Failed("the delivery has no template".into(), None));
-        };
-        let template = match self.template(workspace_id, template_id).await {
-            Ok(compiled) => compiled,
-            Err(EngageError::Store(err)) => return Err(Outcome::Retry(err.to_string(), None)),
-            Err(err) => return Err(Outcome::Failed(err.to_string(), None)),
+        let template = match (&d.template_id, inline_template(d)) {
+            (Some(template_id), _) => match self.template(workspace_id, template_id).await {
+                Ok(compiled) => compiled,
+                Err(EngageError::Store(err)) => return Err(Outcome::Retry(err.to_string(), None)),
+                Err(err) => return Err(Outcome::Failed(err.to_string(), None)),
+            },
+            (None, Some(source)) => match template::compile(&source) {
+                Ok(compiled) => Arc::new(compiled),
+                Err(err) => return Err(Outcome::Failed(err.to_string(), None)),
+            },
+            (None, None) => return Err(Outcome::Failed("the delivery has no template".into(), None)),
         };
         let via = match d.channel.as_str() {
             "email" => match (&context.email, &context.link_key) {
@@ -1285,7 +1292,8 @@ impl Engage {
                 (Some(Err(outcome)), _) => return Err(outcome.clone()),
                 _ => return Err(Outcome::Misconfigured("email is not configured".into())),
             },
-            "sms" | "whatsapp" => match &context.twilio {
+            "sms" | "whatsapp" | "voice" => match &context.twilio {
+                Some(Ok(config)) if d.channel == "voice" => Via::Call(config.clone()),
                 Some(Ok(config)) => Via::Sms(config.clone()),
                 Some(Err(outcome)) => return Err(outcome.clone()),
                 None => return Err(Outcome::Misconfigured("Twilio is not configured".into())),
@@ -1404,20 +1412,117 @@ impl Engage {
                     }
                     None => twilio::message_request(config, &to, &rendered.text, Some(&callback)),
                 };
-                match self.post_to_twilio(&request).await {
-                    Ok(response) => {
-                        twilio::classify_message_response(response.status, &response.body, response.retry_after)
-                            .map(|receipt| Sent { provider_id: receipt.provider_id })
-                            .map_err(Outcome::from)
-                    }
-                    Err(err @ crossline_engine::EgressError::Connect(_)) => {
-                        Err(Outcome::Unavailable(format!("Twilio cannot be reached: {err}")))
-                    }
-                    Err(err) if err.is_retryable() => Err(Outcome::Retry(err.to_string(), None)),
-                    Err(err) => Err(Outcome::Misconfigured(err.to_string())),
-                }
+                self.send_to_twilio(&request).await
+            }
+            // The call rings; when it is answered, Twilio fetches the call's hook, which opens the
+            // conversation with the script's bot (see `call_script`).
+            Via::Call(config) => {
+                let url = format!("{base}/hooks/{workspace_id}/twilio/call/{}", d.id);
+                let request = twilio::call_request(config, &d.address, &url, &format!("{url}/status"));
+                self.send_to_twilio(&request).await
             }
         }
+    }
+
+    /// One request to Twilio's REST API (a message or a call) and what its answer means.
+    async fn send_to_twilio(&self, request: &twilio::MessageRequest) -> Result<Sent, Outcome> {
+        match self.post_to_twilio(request).await {
+            Ok(response) => twilio::classify_message_response(response.status, &response.body, response.retry_after)
+                .map(|receipt| Sent { provider_id: receipt.provider_id })
+                .map_err(Outcome::from),
+            Err(err @ crossline_engine::EgressError::Connect(_)) => {
+                Err(Outcome::Unavailable(format!("Twilio cannot be reached: {err}")))
+            }
+            Err(err) if err.is_retryable() => Err(Outcome::Retry(err.to_string(), None)),
+            Err(err) => Err(Outcome::Misconfigured(err.to_string())),
+        }
+    }
+
+    /// Places one call the bot answers (`POST /api/v1/calls`): a delivery on the `voice` channel
+    /// for the number's profile (made when the number is new), sent through the send policy like a
+    /// campaign's — voice consent always, quiet hours and caps when `kind` is marketing. Returns the
+    /// delivery id. The script is checked here; the caller checks the bot and intent exist.
+    pub async fn place_call(&self, workspace_id: &str, call: &CallRequest) -> Result<String, EngageError> {
+        let source = call.template_source();
+        template::compile(&source).map_err(|err| invalid(&err.field, err.message))?;
+        let now = Utc::now();
+        let identity = Identity { kind: IdentityKind::Phone, value: call.to.clone() };
+        let requested = crossline_engine::conversations::event(
+            &identity,
+            "call.requested",
+            "voice",
+            json!({"bot": call.bot, "intent": call.intent}),
+            now,
+        );
+        self.recorder
+            .record(workspace_id, vec![requested])
+            .await
+            .map_err(|err| EngageError::Invalid { field: "to".into(), message: err.to_string() })?;
+        let profile = self
+            .store
+            .lookup(workspace_id, &identity)
+            .await?
+            .ok_or_else(|| EngageError::NotFound(format!("the profile of {}", call.to)))?;
+        let id = crossline_core::ids::new_id("dlv");
+        let row = NewDelivery {
+            id: id.clone(),
+            idempotency_key: format!("call:{id}"),
+            campaign_id: None,
+            run_id: None,
+            profile_id: profile.id,
+            treatment: "A".into(),
+            channel: "voice".into(),
+            address: call.to.clone(),
+            template_id: None,
+            kind: call.kind.as_str().to_owned(),
+            status: DeliveryStatus::Queued,
+            reason: None,
+            deferred: false,
+            run_at: now,
+            event: Some(json!({INLINE_TEMPLATE: source})),
+            time_zone: None,
+        };
+        self.store.insert_deliveries(workspace_id, &[row]).await?;
+        Ok(id)
+    }
+
+    /// What a placed call says and does once answered, for its delivery: the greeting, bot,
+    /// intent and slots rendered for the callee as they are now. `NotFound` for a delivery that is
+    /// not a call.
+    pub async fn call_script(&self, workspace_id: &str, delivery_id: &str) -> Result<CallScript, EngageError> {
+        let not_found = || EngageError::NotFound(format!("call {delivery_id}"));
+        let delivery = self.store.delivery(workspace_id, delivery_id).await?.ok_or_else(not_found)?;
+        let d = &delivery.new;
+        if d.channel != "voice" {
+            return Err(not_found());
+        }
+        let template = match (&d.template_id, inline_template(d)) {
+            (Some(template_id), _) => self.template(workspace_id, template_id).await?,
+            (None, Some(source)) => {
+                Arc::new(template::compile(&source).map_err(|err| invalid(&err.field, err.message))?)
+            }
+            (None, None) => return Err(not_found()),
+        };
+        let profile = self.store.profile(workspace_id, &d.profile_id).await?.ok_or_else(not_found)?;
+        let workspace_zone =
+            self.store.workspace(workspace_id).await?.map(|w| w.time_zone).unwrap_or_else(|| "UTC".into());
+        let zone = policy::customer_time_zone(
+            profile.traits.get("timezone").and_then(Value::as_str),
+            d.time_zone.as_deref(),
+            &workspace_zone,
+        );
+        let base = self.config.public_url.trim_end_matches('/');
+        let unsubscribe_url = format!("{base}/u/{workspace_id}/{}", d.id);
+        let profile_json = json!({"id": profile.id, "traits": profile.traits});
+        let context = RenderContext {
+            profile: &profile_json,
+            event: d.event.as_ref(),
+            unsubscribe_url: &unsubscribe_url,
+            time_zone: zone,
+        };
+        let rendered = template.render(&context).map_err(|err| invalid(&err.field, err.message))?;
+        let call = rendered.call.ok_or_else(not_found)?;
+        Ok(CallScript { delivery, greeting: rendered.text.trim().to_owned(), call })
     }
 
     /// One Web Push message (RFC 8030): the JSON payload encrypted for the subscription, posted
@@ -2359,6 +2464,7 @@ enum Via {
     Apns(Arc<ApnsConfig>),
     Webhook(Arc<WebhookChannelConfig>),
     InApp,
+    Call(Arc<TwilioConfig>),
 }
 
 /// How long a push service keeps a message for a device that is offline.
@@ -2481,6 +2587,55 @@ impl From<SendError> for Outcome {
             SendError::Permanent { message, code, .. } => Outcome::Failed(message, code),
         }
     }
+}
+
+/// Where a delivery that has no stored template (a call placed through the API) keeps its own,
+/// in `event`.
+const INLINE_TEMPLATE: &str = "inline_template";
+
+fn inline_template(delivery: &NewDelivery) -> Option<TemplateSource> {
+    serde_json::from_value(delivery.event.as_ref()?.get(INLINE_TEMPLATE)?.clone()).ok()
+}
+
+/// A call to place (`POST /api/v1/calls`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallRequest {
+    /// The number to ring (E.164).
+    pub to: String,
+    /// The bot that talks once the call is answered.
+    pub bot: String,
+    /// The intent the call starts.
+    pub intent: Option<String>,
+    /// Slot values the intent starts with.
+    pub slots: std::collections::BTreeMap<String, String>,
+    /// Said first when the call is answered (Liquid).
+    pub greeting: Option<String>,
+    /// Marketing calls keep quiet hours and caps; transactional ones only consent.
+    pub kind: SendKind,
+}
+
+impl CallRequest {
+    fn template_source(&self) -> TemplateSource {
+        TemplateSource {
+            channel: "voice".into(),
+            body: self.greeting.clone().unwrap_or_default(),
+            bot: Some(self.bot.clone()),
+            intent: self.intent.clone(),
+            slots: (!self.slots.is_empty()).then(|| self.slots.clone()),
+            ..TemplateSource::default()
+        }
+    }
+}
+
+/// A placed call's script, rendered for its callee.
+#[derive(Debug, Clone)]
+pub struct CallScript {
+    /// The call's delivery.
+    pub delivery: Delivery,
+    /// Said first (may be empty).
+    pub greeting: String,
+    /// The bot, intent and slots.
+    pub call: template::RenderedCall,
 }
 
 /// The identity kind that carries a channel's address.

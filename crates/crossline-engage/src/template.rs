@@ -114,6 +114,16 @@ pub struct TemplateSource {
     /// each value Liquid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_variables: Option<std::collections::BTreeMap<String, String>>,
+    /// Voice only, and required there: the bot that talks with the customer once they answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bot: Option<String>,
+    /// Voice only: the intent the call starts (else the bot greets, or continues an open
+    /// conversation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<String>,
+    /// Voice only: slot values the intent starts with, each Liquid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// The most variables an approved WhatsApp template takes here.
@@ -187,6 +197,14 @@ pub struct CompiledTemplate {
     push: Option<PushParts>,
     in_app: Option<InAppParts>,
     content: Option<ContentParts>,
+    call: Option<CallParts>,
+}
+
+/// A voice template's bot, intent and slots.
+struct CallParts {
+    bot: String,
+    intent: Option<String>,
+    slots: Vec<(String, Part)>,
 }
 
 /// An approved WhatsApp template: its Content SID and its variables.
@@ -275,6 +293,19 @@ pub struct Rendered {
     pub in_app: Option<RenderedInApp>,
     /// WhatsApp: the approved template and its variables, sent instead of the text.
     pub content: Option<RenderedContent>,
+    /// Voice: who answers the call and what it is about (the text is the greeting).
+    pub call: Option<RenderedCall>,
+}
+
+/// A voice call's script for one recipient.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedCall {
+    /// The bot's name.
+    pub bot: String,
+    /// The intent the call starts.
+    pub intent: Option<String>,
+    /// The slots it starts with.
+    pub slots: serde_json::Map<String, serde_json::Value>,
 }
 
 /// An approved WhatsApp template filled for one recipient.
@@ -374,8 +405,10 @@ pub fn compile(source: &TemplateSource) -> Result<CompiledTemplate, TemplateErro
     } else {
         None
     };
+    let call = if channel == "voice" { Some(compile_call(source)?) } else { None };
     let body_source = source.body.as_str();
-    if body_source.trim().is_empty() && content.is_none() {
+    // An approved WhatsApp template carries its own text; a call may start without a greeting.
+    if body_source.trim().is_empty() && content.is_none() && call.is_none() {
         return Err(TemplateError::new("body", 1, 1, "the body is empty"));
     }
     if body_source.len() > MAX_BODY_BYTES {
@@ -415,7 +448,45 @@ pub fn compile(source: &TemplateSource) -> Result<CompiledTemplate, TemplateErro
     let push = if channel == "push" { Some(compile_push(source)?) } else { None };
     let in_app = if channel == "in_app" { Some(compile_in_app(source)?) } else { None };
 
-    Ok(CompiledTemplate { channel: channel.to_owned(), email, subject, body, text, push, in_app, content })
+    Ok(CompiledTemplate { channel: channel.to_owned(), email, subject, body, text, push, in_app, content, call })
+}
+
+/// Whether `name` can be a bot, intent or slot name.
+fn is_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// A voice template's bot (required), intent and slots.
+fn compile_call(source: &TemplateSource) -> Result<CallParts, TemplateError> {
+    let bot = source.bot.as_deref().map(str::trim).unwrap_or_default();
+    if !is_name(bot) {
+        return Err(TemplateError::new("bot", 1, 1, "a call needs the name of the bot that answers it"));
+    }
+    let intent = match source.intent.as_deref().map(str::trim).filter(|intent| !intent.is_empty()) {
+        Some(intent) if !is_name(intent) => return Err(TemplateError::new("intent", 1, 1, "not an intent name")),
+        intent => intent.map(str::to_owned),
+    };
+    let given = source.slots.clone().unwrap_or_default();
+    if given.len() > MAX_CONTENT_VARIABLES {
+        return Err(TemplateError::new("slots", 1, 1, format!("at most {MAX_CONTENT_VARIABLES}")));
+    }
+    if !given.is_empty() && intent.is_none() {
+        return Err(TemplateError::new("slots", 1, 1, "slots need an intent"));
+    }
+    let mut slots = Vec::with_capacity(given.len());
+    for (name, value) in given {
+        let field = format!("slots.{name}");
+        if !is_name(&name) || value.len() > MAX_PUSH_URL_BYTES {
+            return Err(TemplateError::new(
+                &field,
+                1,
+                1,
+                format!("a slot name and a value of at most {MAX_PUSH_URL_BYTES} bytes"),
+            ));
+        }
+        slots.push((name, compile_liquid(&field, &value)?));
+    }
+    Ok(CallParts { bot: bot.to_owned(), intent, slots })
 }
 
 /// A WhatsApp template's approved template, when it names one.
@@ -642,7 +713,17 @@ impl CompiledTemplate {
                 }
                 None => None,
             };
-            return Ok(Rendered { subject: None, html: None, text: body, push, in_app, content });
+            let call = match &self.call {
+                Some(parts) => {
+                    let mut slots = serde_json::Map::new();
+                    for (name, part) in &parts.slots {
+                        slots.insert(name.clone(), single_line(render_one(part, "slots")?.trim().to_owned()).into());
+                    }
+                    Some(RenderedCall { bot: parts.bot.clone(), intent: parts.intent.clone(), slots })
+                }
+                None => None,
+            };
+            return Ok(Rendered { subject: None, html: None, text: body, push, in_app, content, call });
         }
         // The HTML body sees every string of the data HTML-escaped: a trait or an event property
         // (which anyone with the write key can set) cannot add markup, links or scripts to an
@@ -663,7 +744,7 @@ impl CompiledTemplate {
             Some(part) => render_part(part, &globals, "text", time_zone)?,
             None => html_to_text(&body),
         };
-        Ok(Rendered { subject, html: Some(body), text, push: None, in_app: None, content: None })
+        Ok(Rendered { subject, html: Some(body), text, push: None, in_app: None, content: None, call: None })
     }
 }
 

@@ -50,6 +50,19 @@ pub struct Turn<'a> {
     /// The channel's id of the message, when it has one (Twilio's `MessageSid`): a message seen before
     /// is not answered again.
     pub message_id: Option<String>,
+    /// Start this intent with these slots instead of recognising the text (an outbound call the bot
+    /// opens) — unless the conversation has an intent under way, which then continues.
+    pub start: Option<StartIntent<'a>>,
+}
+
+/// An intent a turn starts by itself, with slots already known (`{"value", "text"}` are made from
+/// each value).
+#[derive(Debug, Clone, Copy)]
+pub struct StartIntent<'a> {
+    /// The intent's name.
+    pub intent: &'a str,
+    /// Slot values by name.
+    pub slots: &'a Map<String, Value>,
 }
 
 /// What a turn produced.
@@ -365,19 +378,31 @@ impl Conversations {
             default_region: workspace.default_region.clone(),
         };
         let recognition = model.recognize(turn.text, &context);
+        let mut dialog: DialogState = serde_json::from_value(conversation.state.clone()).unwrap_or_default();
+        // An intent the caller starts, unless one is under way (the conversation continues).
+        let started = turn.start.filter(|_| dialog.active.is_none());
 
-        let slots: BTreeMap<String, Value> = recognition
-            .slots
-            .iter()
-            .map(|(name, slot)| (name.clone(), slot_entry(slot.value.clone(), &slot.text)))
-            .collect();
+        let slots: BTreeMap<String, Value> = match started {
+            Some(start) => start
+                .slots
+                .iter()
+                .map(|(name, value)| {
+                    let text = value.as_str().map_or_else(|| value.to_string(), str::to_owned);
+                    (name.clone(), slot_entry(value.clone(), &text))
+                })
+                .collect(),
+            None => recognition
+                .slots
+                .iter()
+                .map(|(name, slot)| (name.clone(), slot_entry(slot.value.clone(), &slot.text)))
+                .collect(),
+        };
         let known: BTreeMap<String, Value> = profile
             .identities
             .iter()
             .filter(|identity| matches!(identity.kind, IdentityKind::Email | IdentityKind::Phone))
             .map(|identity| (identity.kind.as_str().to_owned(), slot_entry(json!(identity.value), &identity.value)))
             .collect();
-        let mut dialog: DialogState = serde_json::from_value(conversation.state.clone()).unwrap_or_default();
         // The dialog step is synchronous; its borrowed closures end before the next await.
         let mut outcome = {
             let extract = |intent: &str, slot: &str, text: &str| {
@@ -386,7 +411,10 @@ impl Conversations {
             let input = TurnInput {
                 text: turn.text,
                 channel: turn.channel,
-                intent: recognition.intent.as_ref().map(|intent| (intent.name.as_str(), intent.confidence)),
+                intent: match started {
+                    Some(start) => Some((start.intent, 1.0)),
+                    None => recognition.intent.as_ref().map(|intent| (intent.name.as_str(), intent.confidence)),
+                },
                 slots: &slots,
                 extract: &extract,
                 known: &known,
@@ -433,7 +461,8 @@ impl Conversations {
         messages.extend(outcome.replies.iter().map(|reply| message(Author::Bot, turn.channel, reply, turn.now, false)));
 
         let received_properties = if resumed {
-            json!({"conversation_id": conversation.id, "bot": turn.bot, "bot_version": conversation.bot_version})
+            json!({"conversation_id": conversation.id, "bot": turn.bot, "bot_version": conversation.bot_version,
+                   "intent": started.map(|start| start.intent)})
         } else {
             json!({
                 "conversation_id": conversation.id, "bot": turn.bot, "bot_version": conversation.bot_version,

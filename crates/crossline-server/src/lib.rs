@@ -61,6 +61,11 @@ pub fn app(state: AppState) -> Router {
         .route("/hooks/{workspace_id}/twilio/voice", axum::routing::post(api::channels::twilio_voice))
         .route("/hooks/{workspace_id}/alexa", axum::routing::post(api::alexa::alexa))
         .route("/hooks/{workspace_id}/twilio/status", axum::routing::post(api::channels::twilio_status))
+        .route("/hooks/{workspace_id}/twilio/call/{delivery_id}", axum::routing::post(api::calls::twilio_call))
+        .route(
+            "/hooks/{workspace_id}/twilio/call/{delivery_id}/status",
+            axum::routing::post(api::calls::twilio_call_status),
+        )
         // A recipient's unsubscribe link: deliberately public, named by an unguessable delivery id.
         .route("/u/{workspace_id}/{delivery_id}", get(api::engage::unsubscribe_page).post(api::engage::unsubscribe))
         // Opens and clicks of an email, named by its delivery id; a click's target is signed.

@@ -8,7 +8,9 @@
 //! (`#/components/responses/...`), so each annotation lists its statuses in one line and each status
 //! means the same thing everywhere.
 
-use crate::api::{bots, channels, conversations, destinations, engage, ingest, jobs, profiles, rejected, workspaces};
+use crate::api::{
+    bots, calls, channels, conversations, destinations, engage, ingest, jobs, profiles, rejected, workspaces,
+};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::state::AppState;
 use axum::Router;
@@ -198,6 +200,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(profiles::profile_events))
         .routes(routes!(profiles::set_consent))
         .routes(routes!(profiles::add_push_subscription, profiles::list_push_subscriptions))
+        .routes(routes!(calls::place_call))
+        .routes(routes!(calls::get_call))
         .routes(routes!(profiles::in_app_messages))
         .routes(routes!(profiles::in_app_event))
         .routes(routes!(bots::list_bots))

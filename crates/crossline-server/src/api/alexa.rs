@@ -188,7 +188,7 @@ pub async fn alexa(
             (None, None) => String::new(),
         },
     };
-    let turn = Turn { bot: &config.bot, from, text: &said, channel: "alexa", now, message_id };
+    let turn = Turn { bot: &config.bot, from, text: &said, channel: "alexa", now, message_id, start: None };
     let outcome = match state.conversations.converse(&workspace, turn).await {
         Ok(outcome) => outcome,
         // The same request again (Alexa retried it): it was answered; say nothing new.

@@ -252,7 +252,7 @@ pub async fn channel_view(state: &AppState, workspace_id: &str, kind: ChannelKin
     Ok(Some(view))
 }
 
-fn twiml(body: String) -> Response {
+pub(crate) fn twiml(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
 }
 
@@ -270,7 +270,7 @@ fn signed_url(state: &AppState, headers: &HeaderMap, uri: &axum::http::Uri) -> S
 }
 
 /// Check a Twilio webhook: known workspace, channel configured, valid signature.
-async fn verified_twilio(
+pub(crate) async fn verified_twilio(
     state: &AppState,
     workspace_id: &str,
     uri: &axum::http::Uri,
@@ -349,7 +349,7 @@ pub async fn twilio_sms(
     }
 
     let message_id = (!sms.message_sid.is_empty()).then(|| format!("twilio_{}", sms.message_sid));
-    let turn = Turn { bot: &config.bot, from, text: &sms.body, channel, now: Utc::now(), message_id };
+    let turn = Turn { bot: &config.bot, from, text: &sms.body, channel, now: Utc::now(), message_id, start: None };
     let outcome = match state.conversations.converse(&workspace, turn).await {
         Ok(outcome) => outcome,
         // Twilio retried (or someone replayed) a message already answered: answer with no SMS.
@@ -360,7 +360,7 @@ pub async fn twilio_sms(
 }
 
 /// Words the speech recogniser should expect: the bot's custom slot values and synonyms.
-fn speech_hints(slot_types: &[Value]) -> Vec<String> {
+pub(crate) fn speech_hints(slot_types: &[Value]) -> Vec<String> {
     let mut hints = Vec::new();
     for slot_type in slot_types {
         for value in slot_type.get("values").and_then(Value::as_array).into_iter().flatten() {
@@ -411,6 +411,7 @@ pub async fn twilio_voice(
         message_id: (!call.call_sid.is_empty()).then(|| format!("twilio_{}_{sequence}", call.call_sid)),
         now: Utc::now(),
         prompting: &prompting,
+        start: None,
     };
     match (position, call.said()) {
         (Some(position), None) => call_turn.silence(position.silences).await,
@@ -420,13 +421,13 @@ pub async fn twilio_voice(
 }
 
 /// How an answer to a caller is written as TwiML: listen for the next prompt's answer, or hang up.
-struct Prompting {
+pub(crate) struct Prompting {
     /// The webhook's path; the next prompt's position is added as the query.
-    path: String,
+    pub(crate) path: String,
     /// Speech hints for the recogniser.
-    hints: Vec<String>,
+    pub(crate) hints: Vec<String>,
     /// The number of the prompt this answer asks.
-    next_sequence: u32,
+    pub(crate) next_sequence: u32,
 }
 
 impl Prompting {
@@ -449,22 +450,24 @@ impl Prompting {
 }
 
 /// One request of a call, ready to be answered.
-struct CallTurn<'a> {
-    state: &'a AppState,
-    workspace: &'a crossline_store::Workspace,
+pub(crate) struct CallTurn<'a> {
+    pub(crate) state: &'a AppState,
+    pub(crate) workspace: &'a crossline_store::Workspace,
     /// The bot's name.
-    bot: &'a str,
+    pub(crate) bot: &'a str,
     /// The caller.
-    from: &'a Identity,
+    pub(crate) from: &'a Identity,
     /// The turn's id: the CallSid and the prompt's number (None when Twilio gave no CallSid).
-    message_id: Option<String>,
-    now: chrono::DateTime<Utc>,
-    prompting: &'a Prompting,
+    pub(crate) message_id: Option<String>,
+    pub(crate) now: chrono::DateTime<Utc>,
+    pub(crate) prompting: &'a Prompting,
+    /// An outbound call's first turn: the intent the call starts.
+    pub(crate) start: Option<crossline_engine::conversations::StartIntent<'a>>,
 }
 
 impl CallTurn<'_> {
     /// The caller said something: a conversation turn.
-    async fn answer(&self, said: &str) -> ApiResult<Response> {
+    pub(crate) async fn answer(&self, said: &str) -> ApiResult<Response> {
         let turn = Turn {
             bot: self.bot,
             from: self.from.clone(),
@@ -472,6 +475,7 @@ impl CallTurn<'_> {
             channel: "voice",
             now: self.now,
             message_id: self.message_id.clone(),
+            start: self.start,
         };
         match self.state.conversations.converse(self.workspace, turn).await {
             Ok(outcome) => Ok(self.prompting.answer(&outcome.replies, outcome.status == ConversationStatus::Queued)),
@@ -513,9 +517,44 @@ impl CallTurn<'_> {
         }
     }
 
+    /// A call Crossline placed was answered by a person: the greeting, then the turn that starts the
+    /// call's intent (or picks up the intent under way); without an intent and with nothing under
+    /// way, the greeting (the bot's own when the call has none) and an open question.
+    pub(crate) async fn answered(&self, bot: &crate::api::bots::LiveBot, greeting: &str) -> ApiResult<Response> {
+        let mut replies = Vec::new();
+        if !greeting.is_empty() {
+            replies.push(Reply::text(greeting.to_owned()));
+        }
+        let under_way = dialog_state(self.open_conversation().await?.as_ref()).active.is_some();
+        if self.start.is_none() && !under_way {
+            if replies.is_empty() {
+                replies
+                    .push(Reply::text(bot.definition.greeting.clone().unwrap_or_else(|| dialog::OPEN_QUESTION.into())));
+            }
+            return Ok(self.prompting.listen(&replies, 0));
+        }
+        let turn = Turn {
+            bot: self.bot,
+            from: self.from.clone(),
+            text: "",
+            channel: "voice",
+            now: self.now,
+            message_id: self.message_id.clone(),
+            start: self.start,
+        };
+        match self.state.conversations.converse(self.workspace, turn).await {
+            Ok(outcome) => {
+                replies.extend(outcome.replies);
+                Ok(self.prompting.answer(&replies, outcome.status == ConversationStatus::Queued))
+            }
+            Err(TurnError::Duplicate { .. }) => self.replay().await,
+            Err(err) => Err(err.into()),
+        }
+    }
+
     /// The caller said nothing at a prompt, after `silences_before` silences in a row. Nothing is
     /// stored (the count travels in the next prompt's URL), except the handoff that may end the call.
-    async fn silence(&self, silences_before: u32) -> ApiResult<Response> {
+    pub(crate) async fn silence(&self, silences_before: u32) -> ApiResult<Response> {
         let message_id = self.message_id.as_deref();
         let conversations = &self.state.conversations;
         match conversations.silence(self.workspace, self.bot, self.from, silences_before, message_id, self.now).await? {

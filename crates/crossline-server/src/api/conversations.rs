@@ -132,7 +132,15 @@ pub async fn post_message(
             "channel: use a lower-case channel name such as rest, chat or sms",
         ));
     }
-    let turn = Turn { bot: &bot, from: identity, text: &text, channel: &channel, now: Utc::now(), message_id: None };
+    let turn = Turn {
+        bot: &bot,
+        from: identity,
+        text: &text,
+        channel: &channel,
+        now: Utc::now(),
+        message_id: None,
+        start: None,
+    };
     let outcome = state.conversations.converse(&workspace, turn).await?;
     Ok(Json(outcome.into()))
 }

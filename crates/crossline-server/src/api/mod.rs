@@ -2,6 +2,7 @@
 
 pub mod alexa;
 pub mod bots;
+pub mod calls;
 pub mod channels;
 pub mod conversations;
 pub mod destinations;

@@ -570,6 +570,7 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, client: Client) {
                     channel,
                     now: Utc::now(),
                     message_id: Some(format!("chat_{}_{id}", identity.value)),
+                    start: None,
                 };
                 let mut buttons = Vec::new();
                 // A panic in the turn ends this message, not the socket (nor the task serving it).

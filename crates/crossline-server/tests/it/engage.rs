@@ -336,6 +336,33 @@ async fn a_campaign_reaches_the_right_people_through_a_real_smtp_server() {
 struct FakeTwilio {
     sent: std::sync::Arc<std::sync::Mutex<Vec<std::collections::HashMap<String, String>>>>,
     failed_once: std::sync::Arc<std::sync::Mutex<bool>>,
+    calls: std::sync::Arc<std::sync::Mutex<Vec<std::collections::HashMap<String, String>>>>,
+}
+
+/// Twilio's Calls API: the same auth; `To`, `From` and an absolute `Url` are required, as Twilio
+/// requires them.
+async fn fake_twilio_calls(
+    axum::extract::State(fake): axum::extract::State<FakeTwilio>,
+    axum::extract::Path(account): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Form(form): axum::extract::Form<std::collections::HashMap<String, String>>,
+) -> (axum::http::StatusCode, axum::Json<Value>) {
+    use base64::Engine;
+    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{SID}:{TOKEN}")));
+    if account != SID || headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+        return (axum::http::StatusCode::UNAUTHORIZED, axum::Json(json!({"code": 20003, "message": "Authenticate"})));
+    }
+    let url_ok = form.get("Url").is_some_and(|url| url.starts_with("http://") || url.starts_with("https://"));
+    if !url_ok || !form.contains_key("To") || !form.contains_key("From") {
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            axum::Json(json!({"code": 21205, "message": "Url parameter is required and must be a valid URL."})),
+        );
+    }
+    let mut calls = fake.calls.lock().unwrap();
+    calls.push(form);
+    let sid = format!("CA{:032}", calls.len());
+    (axum::http::StatusCode::CREATED, axum::Json(json!({"sid": sid, "status": "queued"})))
 }
 
 const SID: &str = "AC22222222222222222222222222222222";
@@ -391,6 +418,7 @@ impl FakeTwilio {
         let fake = FakeTwilio::default();
         let app = axum::Router::new()
             .route("/2010-04-01/Accounts/{account}/Messages.json", axum::routing::post(fake_twilio_messages))
+            .route("/2010-04-01/Accounts/{account}/Calls.json", axum::routing::post(fake_twilio_calls))
             .with_state(fake.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -928,5 +956,277 @@ async fn whatsapp_campaigns_and_replies_keep_their_own_consent() {
     assert_eq!(ann["consent"]["whatsapp"], "unsubscribed", "{ann}");
     assert_ne!(ann["consent"]["sms"], "unsubscribed", "{ann}");
     assert_eq!(ann["consent_details"]["whatsapp"]["source"], "whatsapp_keyword", "{ann}");
+    server.stop().await;
+}
+
+fn clinic() -> Value {
+    json!({
+        "locale": "en",
+        "greeting": "Hello, Acme Dental here.",
+        "fallback": {"response": "Sorry, I didn't get that.", "handoff_after": 3},
+        "intents": [
+            {"name": "reschedule_appointment",
+             "utterances": ["I need to move my appointment", "can we reschedule", "move it to {date}", "another day please"],
+             "slots": [{"name": "date", "type": "date", "prompt": "Which day would suit you better?"},
+                       {"name": "time", "type": "time", "prompt": "And what time?"}],
+             "confirmation": "Shall I move your appointment to {date} at {time}?",
+             "fulfillment": {"response": "Done: your appointment is now {date} at {time}. See you then."}}
+        ]
+    })
+}
+
+impl FakeTwilio {
+    /// The calls placed to `number`, waiting up to 15 s for `count` of them.
+    async fn calls_to(&self, number: &str, count: usize) -> Vec<std::collections::HashMap<String, String>> {
+        for _ in 0..150 {
+            let found: Vec<_> = self
+                .calls
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|form| form.get("To").map(String::as_str) == Some(number))
+                .cloned()
+                .collect();
+            if found.len() >= count {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no call to {number}: {:?}", self.calls.lock().unwrap());
+    }
+}
+
+/// Twilio's request to a call's URL (absolute, as Crossline gave it, or a `<Gather>` action path),
+/// signed as Twilio signs: the TwiML answer.
+async fn twilio_fetch(server: &TestServer, url: &str, params: &[(&str, &str)]) -> (StatusCode, String) {
+    let url = if url.starts_with('/') { format!("{}{url}", server.url) } else { url.to_owned() };
+    let params: Vec<(String, String)> = params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let signature = crossline_channels::twilio::signature(TOKEN, &url, &params);
+    let response = server.http.post(&url).header("X-Twilio-Signature", signature).form(&params).send().await.unwrap();
+    let status = response.status();
+    (status, response.text().await.unwrap())
+}
+
+/// The `<Say>` texts of a TwiML answer, and its `<Gather>` action when it listens.
+fn spoken(twiml: &str) -> (Vec<String>, Option<String>) {
+    let said = twiml
+        .split("<Say>")
+        .skip(1)
+        .filter_map(|part| part.split("</Say>").next())
+        .map(|text| text.replace("&apos;", "'"))
+        .collect();
+    let action = twiml
+        .split("<Gather ")
+        .nth(1)
+        .and_then(|rest| rest.split("action=\"").nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .map(|action| action.replace("&amp;", "&"));
+    (said, action)
+}
+
+async fn call_status(server: &TestServer, key: &str, id: &str, until: &str) -> Value {
+    let mut call = Value::Null;
+    for _ in 0..150 {
+        call = json_of(server.get(&format!("/api/v1/calls/{id}"), key).await).await.1;
+        if call["status"] == until {
+            return call;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("call {id} never became {until}: {call}");
+}
+
+/// An appointment reminder call: placed through Twilio's Calls API, answered by a person, the bot
+/// starts the reschedule intent and moves the appointment by voice (every TwiML answer checked); an
+/// answering machine hears only the greeting; a busy line fails the call; a number that opted out of
+/// voice is never rung; bad requests name the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reminder_call_is_answered_and_the_bot_reschedules_by_voice() {
+    let (twilio_url, twilio) = FakeTwilio::start().await;
+    let server = TestServer::start().await;
+    let ws = server.workspace("calls").await;
+    let key = ws.api_key.as_str();
+    server.put_bot(key, "clinic", &clinic()).await;
+    let api = &server;
+    let place = |body: Value| async move { api.post_json("/api/v1/calls", key, &body).await };
+    let (status, refused) = place(json!({"to": "+14155550100", "bot": "clinic"})).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("channel_disabled")));
+    let config = json!({"account_sid": SID, "auth_token": TOKEN, "phone_number": "+14155550999", "bot": "clinic", "api_base_url": twilio_url});
+    assert_eq!(server.put_json("/api/v1/channels/twilio", key, &config).await.0, StatusCode::OK);
+    let people = json!({"batch": [
+        {"type": "identify", "userId": "ann", "traits": {"first_name": "Ann", "phone": "+14155550100"}},
+        {"type": "identify", "userId": "bob", "traits": {"first_name": "Bob", "phone": "+14155550101"}}
+    ]});
+    assert_eq!(server.track("/v1/batch", &ws.write_key, &people).await.status(), StatusCode::OK);
+    let (_, bob) = json_of(server.get("/api/v1/profiles/lookup?kind=user_id&value=bob", key).await).await;
+    let consent = format!("/api/v1/profiles/{}/consent", bob["id"].as_str().unwrap());
+    assert_eq!(server.put_json(&consent, key, &json!({"voice": "unsubscribed"})).await.0, StatusCode::OK);
+
+    for (body, field) in [
+        (json!({"to": "12", "bot": "clinic"}), "to"),
+        (json!({"to": "+14155550100", "bot": "clinic", "intent": "nope"}), "intent"),
+        (json!({"to": "+14155550100", "bot": "clinic", "kind": "urgent"}), "kind"),
+        (json!({"to": "+14155550100", "bot": "clinic", "greeting": "{% if %}"}), "body"),
+    ] {
+        let (status, refused) = place(body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {refused}");
+        assert!(refused["error"]["message"].as_str().unwrap().starts_with(field), "{field}: {refused}");
+    }
+    let (status, _) = json_of(
+        server
+            .http
+            .post(format!("{}/api/v1/calls", server.url))
+            .basic_auth(&ws.write_key, Some(""))
+            .json(&json!({"to": "+14155550100", "bot": "clinic"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the write key cannot ring anyone");
+
+    // Bob opted out of calls: suppressed, never rung.
+    let (status, call) = place(
+        json!({"to": "+14155550101", "bot": "clinic", "intent": "reschedule_appointment", "kind": "transactional"}),
+    )
+    .await;
+    assert_eq!((status, call["status"].as_str()), (StatusCode::CREATED, Some("queued")), "{call}");
+    let bob_call = call_status(&server, key, call["id"].as_str().unwrap(), "suppressed").await;
+    assert_eq!(bob_call["reason"], "unsubscribed", "{bob_call}");
+
+    let reminder = json!({"to": "+1 415 555 0100", "bot": "clinic", "intent": "reschedule_appointment", "kind": "transactional",
+        "greeting": "Hi {{ profile.traits.first_name }}, this is Acme Dental about your appointment tomorrow at 10. If that no longer suits you, tell me another day."});
+    let (status, call) = place(reminder.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{call}");
+    let id = call["id"].as_str().unwrap().to_owned();
+    let placed = twilio.calls_to("+14155550100", 1).await;
+    let form = &placed[0];
+    assert_eq!((form["From"].as_str(), form["MachineDetection"].as_str()), ("+14155550999", "Enable"));
+    let url = form["Url"].clone();
+    assert_eq!(url, format!("{}/hooks/{}/twilio/call/{id}", server.url, ws.id));
+    assert_eq!(form["StatusCallback"], format!("{url}/status"));
+    let ringing = call_status(&server, key, &id, "sent").await;
+    assert_eq!(ringing["call_sid"], "CA00000000000000000000000000000001", "{ringing}");
+    assert!(twilio.calls_to("+14155550101", 0).await.is_empty());
+
+    // Ann picks up.
+    let twilio_params = |said: Option<&'static str>| {
+        let mut params = vec![
+            ("CallSid", "CA00000000000000000000000000000001"),
+            ("AccountSid", SID),
+            ("From", "+14155550999"),
+            ("To", "+14155550100"),
+            ("Direction", "outbound-api"),
+            ("AnsweredBy", "human"),
+        ];
+        if let Some(said) = said {
+            params.push(("SpeechResult", said));
+        }
+        params
+    };
+    let (status, twiml) = twilio_fetch(&server, &url, &twilio_params(None)).await;
+    assert_eq!(status, StatusCode::OK, "{twiml}");
+    assert!(twiml.contains("<Gather input=\"speech dtmf\""), "{twiml}");
+    let (said, action) = spoken(&twiml);
+    assert_eq!(
+        said,
+        [
+            "Hi Ann, this is Acme Dental about your appointment tomorrow at 10. If that no longer suits you, tell me another day.",
+            "Which day would suit you better?"
+        ],
+        "{twiml}"
+    );
+    let action = action.expect("it listens");
+    assert_eq!(action, format!("/hooks/{}/twilio/call/{id}?turn=1", ws.id));
+    // Twilio's retry of the same request: the same answer, nothing taken twice.
+    let (_, again) = twilio_fetch(&server, &url, &twilio_params(None)).await;
+    assert_eq!(spoken(&again).0.last(), said.last(), "{again}");
+
+    let (_, twiml) = twilio_fetch(&server, &action, &twilio_params(Some("next friday"))).await;
+    let (said, action) = spoken(&twiml);
+    assert_eq!(said, ["And what time?"], "{twiml}");
+    let (_, twiml) = twilio_fetch(&server, &action.unwrap(), &twilio_params(Some("3 pm"))).await;
+    let (said, action) = spoken(&twiml);
+    assert!(said[0].starts_with("Shall I move your appointment to ") && said[0].contains(" at 3 pm?"), "{twiml}");
+    let (_, twiml) = twilio_fetch(&server, &action.unwrap(), &twilio_params(Some("yes"))).await;
+    let (said, _) = spoken(&twiml);
+    assert!(
+        said[0].starts_with("Done: your appointment is now ") && said[0].ends_with("at 3 pm. See you then."),
+        "{twiml}"
+    );
+
+    let answered = call_status(&server, key, &id, "delivered").await;
+    assert_eq!(answered["outcome"], "human", "{answered}");
+    let calls = events_named(&server, key, "ann", "call.answered").await;
+    assert_eq!((calls.len(), calls[0]["properties"]["answered_by"].as_str()), (1, Some("human")), "{calls:?}");
+    let heard = events_named(&server, key, "ann", "message.received").await;
+    assert!(
+        heard.iter().any(|e| e["channel"] == "voice" && e["properties"]["text"] == "next friday"),
+        "the conversation is Ann's, on the phone: {heard:?}"
+    );
+
+    // An answering machine hears the greeting, and the call ends.
+    let (_, call) = place(reminder.clone()).await;
+    let machine_id = call["id"].as_str().unwrap().to_owned();
+    let url = twilio.calls_to("+14155550100", 2).await[1]["Url"].clone();
+    let machine = [
+        ("CallSid", "CA00000000000000000000000000000002"),
+        ("AccountSid", SID),
+        ("From", "+14155550999"),
+        ("To", "+14155550100"),
+        ("Direction", "outbound-api"),
+        ("AnsweredBy", "machine_end_beep"),
+    ];
+    let (_, twiml) = twilio_fetch(&server, &url, &machine).await;
+    assert!(!twiml.contains("<Gather") && twiml.ends_with("<Hangup/></Response>"), "{twiml}");
+    assert!(spoken(&twiml).0[0].starts_with("Hi Ann, this is Acme Dental"), "{twiml}");
+    assert_eq!(call_status(&server, key, &machine_id, "delivered").await["outcome"], "machine_end_beep");
+
+    // A busy line: the call fails.
+    let (_, call) = place(reminder).await;
+    let busy_id = call["id"].as_str().unwrap().to_owned();
+    let url = twilio.calls_to("+14155550100", 3).await[2]["StatusCallback"].clone();
+    let busy = [
+        ("CallSid", "CA00000000000000000000000000000003"),
+        ("AccountSid", SID),
+        ("CallStatus", "busy"),
+        ("From", "+14155550999"),
+        ("To", "+14155550100"),
+    ];
+    let (status, _) = twilio_fetch(&server, &url, &busy).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(call_status(&server, key, &busy_id, "failed").await["outcome"], "busy");
+    // A forged request changes nothing.
+    let forged = server.http.post(&url).form(&[("CallStatus", "completed")]).send().await.unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+
+    // A voice campaign rings the same way: its template names the bot and the intent.
+    let template = json!({"name": "Reminder call", "channel": "voice", "bot": "clinic", "intent": "reschedule_appointment",
+        "body": "Hi {{ profile.traits.first_name }}, a reminder from Acme Dental."});
+    let (status, template) = server.post_json("/api/v1/templates", key, &template).await;
+    assert_eq!(status, StatusCode::CREATED, "{template}");
+    let (_, segment) =
+        server.post_json("/api/v1/segments", key, &json!({"name": "Phones", "filter": {"reachable": "voice"}})).await;
+    let campaign = json!({"name": "Reminders", "segment_id": segment["id"], "channel": "voice",
+        "template_id": template["id"], "schedule": "now"});
+    let (status, campaign) = server.post_json("/api/v1/campaigns", key, &campaign).await;
+    assert_eq!(status, StatusCode::CREATED, "{campaign}");
+    let stats = crate::harness::stats_when_completed(&server, key, campaign["id"].as_str().unwrap()).await;
+    // Bob, who opted out of calls, is not reachable by voice: not even targeted.
+    assert_eq!((stats["targeted"].as_u64(), stats["sent"].as_u64()), (Some(1), Some(1)), "{stats}");
+    let url = twilio.calls_to("+14155550100", 4).await[3]["Url"].clone();
+    let answered = [
+        ("CallSid", "CA00000000000000000000000000000004"),
+        ("AccountSid", SID),
+        ("From", "+14155550999"),
+        ("To", "+14155550100"),
+        ("AnsweredBy", "human"),
+    ];
+    let (_, twiml) = twilio_fetch(&server, &url, &answered).await;
+    assert_eq!(
+        spoken(&twiml).0,
+        ["Hi Ann, a reminder from Acme Dental.", "Which day would suit you better?"],
+        "{twiml}"
+    );
     server.stop().await;
 }
