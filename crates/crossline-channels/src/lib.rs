@@ -96,6 +96,10 @@ pub fn escape_xml(text: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
+            // Characters XML 1.0 does not allow (control characters, U+FFFE/U+FFFF) are dropped:
+            // one in a trait would make a whole TwiML answer invalid.
+            '\t' | '\n' | '\r' => out.push(c),
+            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => {}
             c => out.push(c),
         }
     }
@@ -137,5 +141,13 @@ mod kind_tests {
         }
         assert_eq!(ChannelKind::parse("email"), Some(ChannelKind::Email), "email names the smtp channel");
         assert_eq!(ChannelKind::parse("fax"), None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn xml_escaping_drops_what_xml_cannot_hold() {
+        assert_eq!(super::escape_xml("a<b & \"c\"\u{1}\u{1f}\tok\u{FFFE}"), "a&lt;b &amp; &quot;c&quot;\tok");
     }
 }

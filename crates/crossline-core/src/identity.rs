@@ -152,6 +152,21 @@ pub fn is_known_region(code: &str) -> bool {
     code.parse::<phonenumber::country::Id>().is_ok()
 }
 
+/// Whether calling or texting `e164` costs the business more than a normal number (premium
+/// rate, shared cost, universal access, personal-number forwarding) — the numbers toll fraud uses.
+/// A number that does not parse is treated as costly.
+pub fn is_costly_number(e164: &str) -> bool {
+    let Ok(number) = phonenumber::parse(None, e164) else { return true };
+    matches!(
+        number.number_type(&phonenumber::metadata::DATABASE),
+        phonenumber::Type::PremiumRate
+            | phonenumber::Type::SharedCost
+            | phonenumber::Type::Uan
+            | phonenumber::Type::PersonalNumber
+            | phonenumber::Type::Carrier
+    )
+}
+
 /// Format a phone number as E.164, reading national numbers in `default_region`.
 pub fn normalize_phone(raw: &str, default_region: &str) -> Result<String, IdentityError> {
     let region = default_region.parse::<phonenumber::country::Id>().ok();
@@ -175,6 +190,17 @@ mod tests {
                 matches!(Identity::parse(IdentityKind::Email, bad, "US"), Err(IdentityError::InvalidEmail(_))),
                 "{bad} should be rejected"
             );
+        }
+    }
+
+    #[test]
+    fn premium_rate_and_shared_cost_numbers_are_costly() {
+        // libphonenumber's example numbers: UK premium rate and shared cost, a US premium rate.
+        for costly in ["+449012345678", "+448431234567", "+19002345678", "not a number"] {
+            assert!(is_costly_number(costly), "{costly}");
+        }
+        for normal in ["+447400123456", "+442079460958", "+14155550132", "+18002345678"] {
+            assert!(!is_costly_number(normal), "{normal}");
         }
     }
 

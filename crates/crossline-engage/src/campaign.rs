@@ -104,6 +104,11 @@ pub struct CampaignSpec {
     pub channels: Vec<String>,
     /// The template (treatment `A` when there are no treatments).
     pub template_id: String,
+    /// A template per channel, for a preference order whose channels need their own (a push
+    /// title, an in-app layout): a customer reached on a channel named here gets its template,
+    /// on any other channel the treatment's. Not with treatments.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub templates: std::collections::BTreeMap<String, String>,
     /// Marketing or transactional.
     #[serde(default)]
     pub kind: SendKind,
@@ -159,12 +164,13 @@ impl CampaignSpec {
         let Value::Object(object) = body else {
             return Err(fault("body", "must be a JSON object"));
         };
-        const FIELDS: [&str; 12] = [
+        const FIELDS: [&str; 13] = [
             "name",
             "segment_id",
             "channel",
             "channels",
             "template_id",
+            "templates",
             "kind",
             "schedule",
             "treatments",
@@ -224,6 +230,17 @@ impl CampaignSpec {
                     ),
                 ));
             }
+        }
+        for (channel, template_id) in &self.templates {
+            if !self.channels.contains(channel) {
+                return Err(fault(&format!("templates.{channel}"), "name a channel of the campaign's channels"));
+            }
+            if template_id.trim().is_empty() {
+                return Err(fault(&format!("templates.{channel}"), "give a template id"));
+            }
+        }
+        if !self.templates.is_empty() && !self.treatments.is_empty() {
+            return Err(fault("templates", "per-channel templates do not go with treatments; A/B test one channel"));
         }
         if self.holdout_percent > 50 {
             return Err(fault("holdout_percent", "must be from 0 to 50"));
@@ -295,7 +312,9 @@ impl CampaignSpec {
     /// Every template the campaign uses, with the field naming it.
     pub fn templates(&self) -> Vec<(String, &str)> {
         if self.treatments.is_empty() {
-            vec![("template_id".into(), self.template_id.as_str())]
+            let mut all = vec![("template_id".into(), self.template_id.as_str())];
+            all.extend(self.templates.iter().map(|(channel, id)| (format!("templates.{channel}"), id.as_str())));
+            all
         } else {
             self.treatments
                 .iter()

@@ -136,7 +136,13 @@ pub struct Engage {
     /// APNs provider tokens by workspace: (the key they were signed with, the token, when to renew).
     apns_tokens: Mutex<HashMap<String, (String, String, std::time::Instant)>>,
     stats: Mutex<HashMap<(String, String), CachedCounts>>,
+    /// Calls per workspace and number, transactional ones too: a number is rung at most
+    /// [`CALLS_PER_NUMBER_PER_HOUR`] times an hour (per node), whatever triggers the calls.
+    calls_per_number: crossline_engine::rate::RateLimiter,
 }
+
+/// The most calls one number gets in an hour.
+pub const CALLS_PER_NUMBER_PER_HOUR: f64 = 3.0;
 
 /// A workspace's turn at asking for an FCM token, holding its last refusal and until when it stands.
 type TokenTurn = tokio::sync::Mutex<Option<(Outcome, std::time::Instant)>>;
@@ -188,6 +194,13 @@ impl Engage {
             fcm_token_refresh: Mutex::default(),
             apns_tokens: Mutex::default(),
             stats: Mutex::default(),
+            calls_per_number: crossline_engine::rate::RateLimiter::new(
+                crossline_engine::rate::Rate {
+                    burst: CALLS_PER_NUMBER_PER_HOUR,
+                    per_second: CALLS_PER_NUMBER_PER_HOUR / 3600.0,
+                },
+                100_000,
+            ),
         }
     }
 
@@ -1102,6 +1115,9 @@ impl Engage {
         };
         row.run_at = send_at;
         let choice = choose(spec, plan.settings, facts, zone, send_at);
+        if let Some(template_id) = spec.templates.get(&choice.channel) {
+            row.template_id = Some(template_id.clone());
+        }
         row.channel = choice.channel;
         row.address = choice.address;
         match choice.decision {
@@ -1286,6 +1302,19 @@ impl Engage {
             },
             (None, None) => return Err(Outcome::Failed("the delivery has no template".into(), None)),
         };
+        if matches!(d.channel.as_str(), "sms" | "whatsapp" | "voice")
+            && crossline_core::identity::is_costly_number(&d.address)
+        {
+            return Err(Outcome::Failed(
+                "premium-rate and shared-cost numbers are never messaged or called".into(),
+                None,
+            ));
+        }
+        if d.channel == "voice"
+            && !self.calls_per_number.allow(&format!("{workspace_id}/{}", d.address), std::time::Instant::now())
+        {
+            return Err(Outcome::Suppressed(Suppression::FrequencyCap));
+        }
         let via = match d.channel.as_str() {
             "email" => match (&context.email, &context.link_key) {
                 (Some(Ok(sender)), Some(key)) => Via::Email(sender.clone(), key.clone()),
@@ -1349,6 +1378,10 @@ impl Engage {
             None => Err(Outcome::Released("the claim ran out before the send started".into(), Duration::zero())),
             Some(left) => match tokio::time::timeout(left, self.send(&job)).await {
                 Ok(outcome) => outcome,
+                // A call may have been placed: never rung twice.
+                Err(_) if job.delivery.new.channel == "voice" => {
+                    Err(Outcome::Failed("Twilio did not answer in time; the call is not retried".into(), None))
+                }
                 Err(_) => Err(Outcome::Retry("the provider did not answer before the claim ran out".into(), None)),
             },
         };
@@ -1419,7 +1452,22 @@ impl Engage {
             Via::Call(config) => {
                 let url = format!("{base}/hooks/{workspace_id}/twilio/call/{}", d.id);
                 let request = twilio::call_request(config, &d.address, &url, &format!("{url}/status"));
-                self.send_to_twilio(&request).await
+                match self.post_to_twilio(&request).await {
+                    Ok(response) => {
+                        twilio::classify_message_response(response.status, &response.body, response.retry_after)
+                            .map(|receipt| Sent { provider_id: receipt.provider_id })
+                            .map_err(Outcome::from)
+                    }
+                    // Never connected: nothing was placed, so trying again rings nobody twice.
+                    Err(err @ crossline_engine::EgressError::Connect(_)) => {
+                        Err(Outcome::Unavailable(format!("Twilio cannot be reached: {err}")))
+                    }
+                    // Sent but unanswered: Twilio may have placed the call; ringing again could
+                    // reach the customer twice, so the call is not retried.
+                    Err(err) => {
+                        Err(Outcome::Failed(format!("the call may not have been placed ({err}); not retried"), None))
+                    }
+                }
             }
         }
     }
@@ -1463,7 +1511,8 @@ impl Engage {
             .lookup(workspace_id, &identity)
             .await?
             .ok_or_else(|| EngageError::NotFound(format!("the profile of {}", call.to)))?;
-        let id = crossline_core::ids::new_id("dlv");
+        // Unguessable: the id names the call's hook and its unsubscribe link.
+        let id = crossline_core::ids::new_sortable_secret_id("dlv");
         let row = NewDelivery {
             id: id.clone(),
             idempotency_key: format!("call:{id}"),
@@ -1719,6 +1768,11 @@ impl Engage {
 
     /// The in-app messages waiting for a profile, as Pinpoint's `GetInAppMessages` answers.
     pub async fn in_app_messages(&self, workspace_id: &str, profile_id: &str) -> Result<Value, EngageError> {
+        // A customer who opted out since the message was left sees it no more.
+        let profile = self.store.profile(workspace_id, profile_id).await?;
+        if profile.is_none_or(|profile| consent_of(&profile, "in_app") == ConsentStatus::Unsubscribed) {
+            return Ok(crate::in_app::get_in_app_messages(&[]));
+        }
         let messages = self
             .store
             .in_app_messages(workspace_id, profile_id, Utc::now(), crossline_store::engage::MAX_IN_APP_FETCH)
@@ -2287,8 +2341,22 @@ impl Engage {
         workspace_id: &str,
         delivery: &NewDelivery,
         name: &str,
+        properties: Value,
+        now: DateTime<Utc>,
+    ) {
+        self.record_once(workspace_id, delivery, name, properties, now, None).await;
+    }
+
+    /// [`Engage::record`] with the event's message id: a provider's report delivered twice (a
+    /// replay, a retry) is recorded once.
+    pub async fn record_once(
+        &self,
+        workspace_id: &str,
+        delivery: &NewDelivery,
+        name: &str,
         mut properties: Value,
         now: DateTime<Utc>,
+        message_id: Option<String>,
     ) {
         if let Value::Object(map) = &mut properties {
             map.insert("delivery_id".into(), delivery.id.clone().into());
@@ -2308,7 +2376,10 @@ impl Engage {
                 _ => return,
             },
         };
-        let event = crossline_engine::conversations::event(&identity, name, &delivery.channel, properties, now);
+        let mut event = crossline_engine::conversations::event(&identity, name, &delivery.channel, properties, now);
+        if let Some(message_id) = message_id {
+            event.message_id = message_id;
+        }
         if let Err(err) = self.recorder.record(workspace_id, vec![event]).await {
             tracing::warn!(error = %err, name, "could not record an engagement event");
         }

@@ -626,14 +626,21 @@ fn compile_in_app(source: &TemplateSource) -> Result<InAppParts, TemplateError> 
     })
 }
 
-/// Whether a rendered deep link may be handed to an app: any scheme but those that run or read
-/// something where they are opened.
+/// Whether a rendered deep link may be handed to an app: an app's own scheme, never one that runs
+/// or reads something where it is opened (`javascript:`, `data:`, `file:`, `intent:`, Windows'
+/// `ms-*:` and `search-ms:` handlers, ...).
 pub fn is_safe_deep_link(link: &str) -> bool {
     let Some((scheme, _)) = link.split_once(':') else { return false };
     let scheme = scheme.trim().to_ascii_lowercase();
     !scheme.is_empty()
         && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
-        && !matches!(scheme.as_str(), "javascript" | "data" | "vbscript" | "file")
+        && !matches!(
+            scheme.as_str(),
+            "javascript" | "data" | "vbscript" | "file" | "blob" | "about" | "intent" | "filesystem" | "jar" | "view-source"
+        )
+        // Windows protocol handlers that run programs (ms-msdt:, search-ms:, ms-officecmd:, ...).
+        && !scheme.starts_with("ms-")
+        && !scheme.starts_with("search")
 }
 
 /// A push template's title (required), page, icon and data.
@@ -769,6 +776,8 @@ fn render_in_app(
         let field = format!("buttons[{i}]");
         let text = single_line(render(text, &field)?.trim().to_owned());
         let link = optional(link, &field)?.filter(|link| !link.is_empty());
+        // A close button goes nowhere: whatever its link rendered to is dropped.
+        let link = if *action == ButtonAction::Close { None } else { link };
         let allowed = match (action, &link) {
             (ButtonAction::Close, _) => true,
             (ButtonAction::Link, Some(link)) => is_http_url(link),
@@ -3212,5 +3221,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn in_app_links_are_checked_once_rendered() {
+        for safe in ["shop://deals", "myapp://screen/2", "https://example.com"] {
+            assert!(is_safe_deep_link(safe), "{safe}");
+        }
+        for unsafe_link in [
+            "javascript:alert(1)",
+            " JavaScript:x",
+            "data:text/html,x",
+            "ms-msdt:/id",
+            "search-ms:q",
+            "intent://x#Intent;end",
+            "blob:https://a/b",
+            "no scheme",
+            ":x",
+        ] {
+            assert!(!is_safe_deep_link(unsafe_link), "{unsafe_link}");
+        }
+        let mut source = source("in_app", None, "Hi");
+        source.layout = Some("bottom_banner".into());
+        source.buttons = Some(vec![
+            ButtonSource {
+                text: "Go".into(),
+                action: Some("deep_link".into()),
+                link: Some("{{ profile.traits.plan }}://x".into()),
+            },
+            ButtonSource { text: "Close".into(), action: None, link: Some("javascript:alert(1)".into()) },
+        ]);
+        let compiled = compile(&source).unwrap();
+        let profile = profile();
+        let rendered = compiled.render(&context(&profile, None, chrono_tz::UTC)).unwrap().in_app.unwrap();
+        assert_eq!(rendered.buttons[0].link.as_deref(), Some("pro://x"));
+        assert_eq!(rendered.buttons[1].link, None, "a close button keeps no link");
+        let evil = json!({"id": "p-2", "traits": {"plan": "javascript"}});
+        let refused = compiled.render(&context(&evil, None, chrono_tz::UTC)).unwrap_err();
+        assert_eq!(refused.field, "buttons[0]");
     }
 }

@@ -383,9 +383,15 @@ impl Conversations {
         let started = turn.start.filter(|_| dialog.active.is_none());
 
         let slots: BTreeMap<String, Value> = match started {
+            // Only the intent's own slots: a value rendered from an event cannot fill others.
             Some(start) => start
                 .slots
                 .iter()
+                .filter(|(name, _)| {
+                    definition.intents.iter().any(|intent| {
+                        intent.name == start.intent && intent.slots.iter().any(|slot| &slot.name == *name)
+                    })
+                })
                 .map(|(name, value)| {
                     let text = value.as_str().map_or_else(|| value.to_string(), str::to_owned);
                     (name.clone(), slot_entry(value.clone(), &text))

@@ -32,6 +32,8 @@ pub struct PublicLimits {
     pub recipient_links: RateLimiter,
     /// Template test sends per workspace (they reach real inboxes and phones).
     pub test_sends: RateLimiter,
+    /// Calls placed through the API, per workspace (a leaked key cannot ring thousands at once).
+    pub calls: RateLimiter,
 }
 
 /// Keys each public limiter remembers at most.
@@ -49,6 +51,7 @@ impl Default for PublicLimits {
             // every link of many messages from one address, so the burst is generous.
             recipient_links: RateLimiter::new(Rate { burst: 120.0, per_second: 20.0 }, PUBLIC_LIMIT_KEYS),
             test_sends: crate::api::engage::test_send_limiter(),
+            calls: RateLimiter::new(Rate { burst: 60.0, per_second: 1.0 }, 10_000),
         }
     }
 }

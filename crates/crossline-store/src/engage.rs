@@ -220,6 +220,8 @@ impl Engagement {
 pub struct DeliveryCount {
     /// The treatment.
     pub treatment: String,
+    /// The channel.
+    pub channel: String,
     /// The status.
     pub status: String,
     /// The suppression reason or error, for `suppressed` and `failed`.
@@ -289,6 +291,10 @@ pub struct InAppMessage {
     /// When it stops being shown.
     pub expires_at: DateTime<Utc>,
 }
+
+/// How long a dismissed in-app message is kept (so a late retry of its send finds it and leaves
+/// nothing twice), in milliseconds: a week.
+pub const IN_APP_KEEP_DISMISSED_MILLIS: i64 = 7 * 24 * 3600 * 1000;
 
 /// The most in-app messages a fetch returns.
 pub const MAX_IN_APP_FETCH: usize = 20;

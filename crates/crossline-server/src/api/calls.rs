@@ -100,11 +100,27 @@ pub async fn place_call(
         Some("transactional") => SendKind::Transactional,
         Some(_) => return Err(field("kind", "use marketing or transactional".into())),
     };
+    if crossline_core::identity::is_costly_number(&to) {
+        return Err(field("to", "premium-rate and shared-cost numbers are never called".into()));
+    }
+    if !state.limits.calls.allow(&workspace.id, std::time::Instant::now()) {
+        return Err(ApiError::rate_limited("too many calls placed at once; wait a few seconds"));
+    }
     let bot = crate::api::bots::live_bot(&state, &workspace, &body.bot).await?;
-    if let Some(intent) = &body.intent
-        && !bot.definition.intents.iter().any(|known| &known.name == intent)
-    {
-        return Err(field("intent", format!("the bot {} has no intent {intent}", body.bot)));
+    let intent = match &body.intent {
+        Some(name) => Some(
+            bot.definition
+                .intents
+                .iter()
+                .find(|known| &known.name == name)
+                .ok_or_else(|| field("intent", format!("the bot {} has no intent {name}", body.bot)))?,
+        ),
+        None => None,
+    };
+    for name in body.slots.iter().flat_map(|slots| slots.keys()) {
+        if !intent.is_some_and(|intent| intent.slots.iter().any(|slot| &slot.name == name)) {
+            return Err(field(&format!("slots.{name}"), "the intent has no such slot".into()));
+        }
     }
     if state.store.channel(&workspace.id, "twilio").await?.is_none() {
         return Err(ApiError::new(
@@ -175,6 +191,10 @@ pub async fn twilio_call(
         Err(EngageError::NotFound(_)) => return Ok(twiml(twilio::hangup_response(&[]))),
         Err(err) => return Err(err.into()),
     };
+    // Another call's request (once this one's CallSid is known) is not this call's.
+    if script.delivery.provider_id.as_deref().is_some_and(|placed| placed != call.call_sid) {
+        return Ok(twiml(twilio::hangup_response(&[])));
+    }
     // The callee is the number the call was placed to, whatever the request's parameters say.
     let callee = Identity { kind: IdentityKind::Phone, value: script.delivery.new.address.clone() };
     let bot = crate::api::bots::live_bot(&state, &workspace, &script.call.bot).await?;
@@ -233,7 +253,13 @@ pub async fn twilio_call_status(
     let (workspace, _config, params) = verified_twilio(&state, &workspace_id, &uri, &headers, &body).await?;
     let get = |name: &str| params.iter().find(|(key, _)| key == name).map(|(_, value)| value.clone());
     let status = get("CallStatus").unwrap_or_default();
-    let Some(delivery) = state.store.delivery(&workspace.id, &delivery_id).await?.filter(|d| d.new.channel == "voice")
+    let call_sid = get("CallSid").unwrap_or_default();
+    // Only the call this delivery placed speaks for it.
+    let Some(delivery) = state
+        .store
+        .delivery(&workspace.id, &delivery_id)
+        .await?
+        .filter(|d| d.new.channel == "voice" && d.provider_id.as_deref() == Some(call_sid.as_str()))
     else {
         return Ok(StatusCode::NO_CONTENT);
     };
@@ -243,8 +269,10 @@ pub async fn twilio_call_status(
     }
     if matches!(status.as_str(), "completed" | "busy" | "no-answer" | "failed" | "canceled") {
         let duration = get("CallDuration").and_then(|seconds| seconds.parse::<u64>().ok());
-        let properties = json!({"status": status, "duration_seconds": duration, "call_sid": get("CallSid")});
-        state.engage.record(&workspace.id, &delivery.new, "call.completed", properties, now).await;
+        let properties = json!({"status": status, "duration_seconds": duration, "call_sid": call_sid});
+        // Once per call, however often the callback is replayed.
+        let message_id = Some(format!("twilio_{call_sid}_completed"));
+        state.engage.record_once(&workspace.id, &delivery.new, "call.completed", properties, now, message_id).await;
     }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -575,7 +575,7 @@ pub async fn list_campaigns(
 /// A campaign with its status and stats (per treatment too).
 #[utoipa::path(get, path = "/api/v1/campaigns/{id}", tag = "engagement",
     params(("id" = String, Path, description = "Campaign id")),
-    responses((status = 200, description = "`{\"id\", \"name\", \"status\", \"status_reason\", \"stats\": {\"targeted\", \"suppressed\", \"suppressed_by\", \"deferred\", \"sent\", \"delivered\", \"failed\", \"bounced\", \"opened\", \"clicked\", \"unsubscribed\", \"converted\"}, \"treatments\": {NAME: stats}}`", body = Object),
+    responses((status = 200, description = "`{\"id\", \"name\", \"status\", \"status_reason\", \"stats\": {\"targeted\", \"suppressed\", \"suppressed_by\", \"deferred\", \"sent\", \"delivered\", \"failed\", \"bounced\", \"opened\", \"clicked\", \"unsubscribed\", \"converted\"}, \"treatments\": {NAME: stats}, \"channels\": {CHANNEL: stats}}` — `channels` counts per channel (a campaign with a preference order sends each customer on the first channel that reaches them).", body = Object),
               (status = 401, response = crate::openapi::Unauthorized),
               (status = 403, response = crate::openapi::WorkspaceOnly),
               (status = 404, response = crate::openapi::NotFound),
@@ -594,15 +594,18 @@ pub async fn get_campaign(
     let counts = state.engage.campaign_counts(&workspace.id, &campaign).await?;
     let mut total = Stats::default();
     let mut by_treatment: BTreeMap<String, Stats> = BTreeMap::new();
+    let mut by_channel: BTreeMap<String, Stats> = BTreeMap::new();
     for count in counts.iter() {
         total.add(count);
         by_treatment.entry(count.treatment.clone()).or_default().add(count);
+        by_channel.entry(count.channel.clone()).or_default().add(count);
     }
     let mut view = object_view(&campaign);
     view["status"] = campaign.status.clone().into();
     view["status_reason"] = campaign.status_reason.clone().into();
     view["stats"] = total.json();
     view["treatments"] = Value::Object(by_treatment.into_iter().map(|(name, stats)| (name, stats.json())).collect());
+    view["channels"] = Value::Object(by_channel.into_iter().map(|(name, stats)| (name, stats.json())).collect());
     Ok(Json(view))
 }
 

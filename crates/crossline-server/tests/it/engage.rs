@@ -931,6 +931,35 @@ async fn whatsapp_campaigns_and_replies_keep_their_own_consent() {
     assert_eq!(variables["1"], "Ann", "{variables}");
     assert_eq!(variables["2"].as_str().map(str::len), Some(4), "{variables}");
 
+    // A preference order: WhatsApp first (its approved template), SMS for whoever WhatsApp cannot
+    // reach (Bob opted out of it); stats per channel.
+    let (status, sms_text) = post(&server, "/api/v1/templates", &ws.api_key, &json!({"name": "Card (SMS)", "channel": "sms", "body": "Hi {{ profile.traits.first_name }}, your card shipped."})).await;
+    assert_eq!(status, StatusCode::CREATED, "{sms_text}");
+    let both = json!({"name": "Card (both)", "segment_id": segment["id"], "channels": ["whatsapp", "sms"],
+        "template_id": sms_text["id"], "templates": {"whatsapp": template["id"]}, "schedule": "now", "kind": "transactional"});
+    let (status, refused) = post(&server, "/api/v1/campaigns", &ws.api_key, &json!({"name": "x", "segment_id": segment["id"], "channels": ["sms"], "template_id": sms_text["id"], "templates": {"push": template["id"]}, "schedule": "now"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().starts_with("templates.push"), "{refused}");
+    let (status, campaign) = post(&server, "/api/v1/campaigns", &ws.api_key, &both).await;
+    assert_eq!(status, StatusCode::CREATED, "{campaign}");
+    let stats = crate::harness::stats_when_completed(&server, &ws.api_key, campaign["id"].as_str().unwrap()).await;
+    assert_eq!(stats["sent"].as_u64(), Some(2), "{stats}");
+    let (_, shown) =
+        json_of(server.get(&format!("/api/v1/campaigns/{}", campaign["id"].as_str().unwrap()), &ws.api_key).await)
+            .await;
+    assert_eq!(
+        (shown["channels"]["whatsapp"]["sent"].as_u64(), shown["channels"]["sms"]["sent"].as_u64()),
+        (Some(1), Some(1)),
+        "{shown}"
+    );
+    let ann_whatsapp = twilio.until("whatsapp:+14155550100", 3).await;
+    assert_eq!(
+        ann_whatsapp[2]["ContentSid"], "HX0123456789abcdef0123456789abcdef",
+        "the WhatsApp template on WhatsApp"
+    );
+    let bob_sms = twilio.until("+14155550101", 1).await;
+    assert_eq!(bob_sms[0]["Body"], "Hi Bob, your card shipped.", "the SMS template on SMS");
+
     // Ann answers on WhatsApp: the bot replies in TwiML, and the turn is on the whatsapp channel.
     let hook = format!("/hooks/{}/twilio/sms", ws.id);
     let hello = [
@@ -1055,12 +1084,20 @@ async fn a_reminder_call_is_answered_and_the_bot_reschedules_by_voice() {
     assert_eq!(server.put_json("/api/v1/channels/twilio", key, &config).await.0, StatusCode::OK);
     let people = json!({"batch": [
         {"type": "identify", "userId": "ann", "traits": {"first_name": "Ann", "phone": "+14155550100"}},
-        {"type": "identify", "userId": "bob", "traits": {"first_name": "Bob", "phone": "+14155550101"}}
+        {"type": "identify", "userId": "bob", "traits": {"first_name": "Bob", "phone": "+14155550101"}},
+        {"type": "identify", "userId": "cy", "traits": {"first_name": "Cy", "phone": "+14155550102"}},
+        {"type": "identify", "userId": "fraud", "traits": {"phone": "+19002345678"}}
     ]});
     assert_eq!(server.track("/v1/batch", &ws.write_key, &people).await.status(), StatusCode::OK);
     let (_, bob) = json_of(server.get("/api/v1/profiles/lookup?kind=user_id&value=bob", key).await).await;
     let consent = format!("/api/v1/profiles/{}/consent", bob["id"].as_str().unwrap());
     assert_eq!(server.put_json(&consent, key, &json!({"voice": "unsubscribed"})).await.0, StatusCode::OK);
+    let (status, refused) = place(json!({"to": "+19002345678", "bot": "clinic"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a premium-rate number is never called: {refused}");
+    let (status, refused) =
+        place(json!({"to": "+14155550100", "bot": "clinic", "intent": "reschedule_appointment", "slots": {"x": "1"}}))
+            .await;
+    assert!(status == StatusCode::BAD_REQUEST && refused["error"]["message"].as_str().unwrap().starts_with("slots.x"));
 
     for (body, field) in [
         (json!({"to": "12", "bot": "clinic"}), "to"),
@@ -1212,20 +1249,29 @@ async fn a_reminder_call_is_answered_and_the_bot_reschedules_by_voice() {
     let (status, campaign) = server.post_json("/api/v1/campaigns", key, &campaign).await;
     assert_eq!(status, StatusCode::CREATED, "{campaign}");
     let stats = crate::harness::stats_when_completed(&server, key, campaign["id"].as_str().unwrap()).await;
-    // Bob, who opted out of calls, is not reachable by voice: not even targeted.
-    assert_eq!((stats["targeted"].as_u64(), stats["sent"].as_u64()), (Some(1), Some(1)), "{stats}");
-    let url = twilio.calls_to("+14155550100", 4).await[3]["Url"].clone();
+    // Bob, who opted out of calls, is not reachable by voice: not even targeted. Ann was rung three
+    // times this hour: no fourth call. The premium-rate number (its traits came with the write key)
+    // is never called.
+    assert_eq!(
+        (stats["targeted"].as_u64(), stats["sent"].as_u64(), stats["suppressed_by"]["frequency_cap"].as_u64()),
+        (Some(3), Some(1), Some(1)),
+        "{stats}"
+    );
+    assert_eq!(stats["failed"].as_u64(), Some(1), "{stats}");
+    assert_eq!(twilio.calls_to("+14155550100", 3).await.len(), 3);
+    assert!(twilio.calls_to("+19002345678", 0).await.is_empty());
+    let url = twilio.calls_to("+14155550102", 1).await[0]["Url"].clone();
     let answered = [
         ("CallSid", "CA00000000000000000000000000000004"),
         ("AccountSid", SID),
         ("From", "+14155550999"),
-        ("To", "+14155550100"),
+        ("To", "+14155550102"),
         ("AnsweredBy", "human"),
     ];
     let (_, twiml) = twilio_fetch(&server, &url, &answered).await;
     assert_eq!(
         spoken(&twiml).0,
-        ["Hi Ann, a reminder from Acme Dental.", "Which day would suit you better?"],
+        ["Hi Cy, a reminder from Acme Dental.", "Which day would suit you better?"],
         "{twiml}"
     );
     server.stop().await;

@@ -454,6 +454,15 @@ impl crate::EngageStore for PgStore {
                 ],
             )
             .await?;
+        // The profile's expired messages, and those dismissed a week ago, go.
+        let now = crate::to_millis(message.created_at);
+        client
+            .execute(
+                "DELETE FROM in_app_messages WHERE workspace_id = $1 AND profile_id = $2
+                 AND (expires_at <= $3 OR dismissed_at <= $4)",
+                &[&workspace_id, &message.profile_id, &now, &(now - crate::engage::IN_APP_KEEP_DISMISSED_MILLIS)],
+            )
+            .await?;
         Ok(())
     }
 
@@ -741,9 +750,9 @@ impl crate::EngageStore for PgStore {
         let rows = client
             .query(
                 "SELECT treatment, status, CASE WHEN status IN ('suppressed', 'failed', 'bounced') THEN reason END, deferred,
-                        count(*), count(opened_at), count(clicked_at), count(unsubscribed_at), count(converted_at)
+                        count(*), count(opened_at), count(clicked_at), count(unsubscribed_at), count(converted_at), channel
                  FROM deliveries WHERE workspace_id = $1 AND campaign_id = $2
-                 GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+                 GROUP BY 1, 2, 3, 4, 10 ORDER BY 1, 2, 3, 4, 10",
                 &[&workspace_id, &campaign_id],
             )
             .await?;
@@ -751,6 +760,7 @@ impl crate::EngageStore for PgStore {
             .iter()
             .map(|row| DeliveryCount {
                 treatment: row.get(0),
+                channel: row.get(9),
                 status: row.get(1),
                 reason: row.get(2),
                 deferred: row.get(3),

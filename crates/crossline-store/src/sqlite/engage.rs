@@ -485,6 +485,7 @@ impl crate::EngageStore for SqliteStore {
     }
 
     async fn put_in_app_message(&self, workspace_id: &str, message: &InAppMessage) -> StoreResult<()> {
+        use crate::engage::IN_APP_KEEP_DISMISSED_MILLIS;
         let (workspace_id, message) = (workspace_id.to_owned(), message.clone());
         self.write_aside(move |tx| {
             tx.prepare_cached(
@@ -502,6 +503,13 @@ impl crate::EngageStore for SqliteStore {
                 crate::to_millis(message.created_at),
                 crate::to_millis(message.expires_at),
             ])?;
+            // The profile's expired messages, and those dismissed a week ago, go.
+            let now = crate::to_millis(message.created_at);
+            tx.prepare_cached(
+                "DELETE FROM in_app_messages WHERE workspace_id = ?1 AND profile_id = ?2
+                 AND (expires_at <= ?3 OR dismissed_at <= ?4)",
+            )?
+            .execute((&workspace_id, &message.profile_id, now, now - IN_APP_KEEP_DISMISSED_MILLIS))?;
             Ok(())
         })
         .await
@@ -774,13 +782,14 @@ impl crate::EngageStore for SqliteStore {
         self.read(move |conn| {
             let mut statement = conn.prepare_cached(
                 "SELECT treatment, status, CASE WHEN status IN ('suppressed', 'failed', 'bounced') THEN reason END, deferred,
-                        count(*), count(opened_at), count(clicked_at), count(unsubscribed_at), count(converted_at)
+                        count(*), count(opened_at), count(clicked_at), count(unsubscribed_at), count(converted_at), channel
                  FROM deliveries WHERE workspace_id = ?1 AND campaign_id = ?2
-                 GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+                 GROUP BY 1, 2, 3, 4, 10 ORDER BY 1, 2, 3, 4, 10",
             )?;
             let rows = statement.query_map((&workspace_id, &campaign_id), |row| {
                 Ok(DeliveryCount {
                     treatment: row.get(0)?,
+                    channel: row.get(9)?,
                     status: row.get(1)?,
                     reason: row.get(2)?,
                     deferred: row.get(3)?,
