@@ -407,6 +407,65 @@ pub struct TemplateForm {
     /// The profile the preview is rendered for.
     #[serde(default)]
     pub profile_id: Option<String>,
+    /// The channel's own fields as a JSON object (push, in-app, WhatsApp, voice): see
+    /// [`CHANNEL_FIELDS`].
+    #[serde(default)]
+    pub fields: Option<String>,
+}
+
+/// A template's fields that belong to its channel, edited as one JSON object in the console: a
+/// push title and page, an in-app layout and buttons, an approved WhatsApp template, a call's bot.
+pub const CHANNEL_FIELDS: [&str; 14] = [
+    "title",
+    "url",
+    "icon",
+    "data",
+    "layout",
+    "image_url",
+    "buttons",
+    "background_color",
+    "text_color",
+    "content_sid",
+    "content_variables",
+    "bot",
+    "intent",
+    "slots",
+];
+
+/// The channels whose templates have fields of their own.
+fn has_channel_fields(channel: &str) -> bool {
+    matches!(channel, "push" | "in_app" | "whatsapp" | "voice")
+}
+
+/// A template's channel fields as the editor shows them (pretty JSON).
+fn channel_fields_json(source: &TemplateSource) -> String {
+    let all = serde_json::to_value(source).unwrap_or_default();
+    let fields: serde_json::Map<String, Value> = all
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(name, _)| CHANNEL_FIELDS.contains(&name.as_str()))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    serde_json::to_string_pretty(&fields).unwrap_or_default()
+}
+
+/// `source` with its channel fields replaced by those of the editor's JSON object; what is wrong
+/// with it, naming the field.
+fn with_channel_fields(source: &TemplateSource, fields: &str) -> Result<TemplateSource, String> {
+    let given: serde_json::Map<String, Value> = match serde_json::from_str(fields.trim()) {
+        Ok(Value::Object(given)) => given,
+        Ok(_) => return Err("channel fields: give a JSON object".into()),
+        Err(err) => return Err(format!("channel fields: not JSON ({err})")),
+    };
+    if let Some(unknown) = given.keys().find(|name| !CHANNEL_FIELDS.contains(&name.as_str())) {
+        return Err(format!("channel fields: {unknown} is not one of {}", CHANNEL_FIELDS.join(", ")));
+    }
+    let mut all = serde_json::to_value(source).map_err(|err| err.to_string())?;
+    let object = all.as_object_mut().ok_or("the template is not an object")?;
+    object.retain(|name, _| !CHANNEL_FIELDS.contains(&name.as_str()));
+    object.extend(given.into_iter().filter(|(_, value)| !value.is_null()));
+    serde_json::from_value(all).map_err(|err| format!("channel fields: {err}"))
 }
 
 /// What the editor sends to `POST /templates/preview`.
@@ -526,6 +585,18 @@ pub async fn template_save(
     source.body = form.body.replace("\r\n", "\n");
     if source.channel == "email" {
         source.subject = Some(form.subject.as_deref().unwrap_or_default().replace("\r\n", "\n"));
+    }
+    if let Some(fields) = form.fields.as_deref().filter(|_| has_channel_fields(&source.channel)) {
+        match with_channel_fields(&source, fields) {
+            Ok(changed) => source = changed,
+            Err(why) => {
+                let profile_id = form.profile_id.as_deref().map(str::trim).filter(|id| !id.is_empty());
+                let fault = Preview::Fault { error: why, field: "fields".into(), line: None, column: None };
+                let content = template_content(&stored, &source, profile_id, &fault, &TemplateNotice::None);
+                let page = layout::shell(&session, Section::Templates, &stored.name, content);
+                return Ok(session.respond((StatusCode::BAD_REQUEST, page)));
+            }
+        }
     }
     if let Err(err) = template::compile(&source) {
         let profile_id = form.profile_id.as_deref().map(str::trim).filter(|id| !id.is_empty());
@@ -793,6 +864,21 @@ pub fn template_content(
                         label for="template-body" { "Body" @if email { " (HTML, or MJML starting with " code { "<mjml>" } ")" } }
                         textarea #template-body class="code" name="body" rows="18" spellcheck="false" data-testid="template-body" {
                             "\n" (source.body)
+                        }
+                        @if has_channel_fields(&source.channel) {
+                            label for="template-fields" { "Channel fields (JSON)" }
+                            textarea #template-fields class="code" name="fields" rows="8" spellcheck="false" data-testid="template-fields" {
+                                "\n" (channel_fields_json(source))
+                            }
+                            span.field-hint {
+                                @match source.channel.as_str() {
+                                    "push" => { code { "title" } " (required), " code { "url" } ", " code { "icon" } ", " code { "data" } ". " }
+                                    "in_app" => { code { "layout" } " (required: top_banner, middle_banner, bottom_banner, modal, full_screen), " code { "title" } ", " code { "image_url" } ", " code { "buttons" } " (" code { "{\"text\", \"action\": \"close\" | \"link\" | \"deep_link\", \"link\"}" } ", at most 2), " code { "background_color" } ", " code { "text_color" } ", " code { "data" } ". " }
+                                    "whatsapp" => { code { "content_sid" } " (an approved template, HX…) and " code { "content_variables" } ". " }
+                                    _ => { code { "bot" } " (required), " code { "intent" } ", " code { "slots" } "; the body is the greeting. " }
+                                }
+                                "Saved with the body; the preview shows the saved fields."
+                            }
                         }
                         label for="template-profile" { "Preview for profile" }
                         input #template-profile type="text" name="profile_id" value=[profile_id]

@@ -704,6 +704,38 @@ async fn engagement_pages_show_and_change_segments_templates_and_campaigns() {
     let (_, unchanged) = server.api(&format!("/api/v1/templates/{template_id}"), &api_key).await;
     assert_eq!(unchanged["body"], stored["body"], "a template that does not compile is not saved");
 
+    // A template with fields of its own channel (here in-app): edited as one JSON object.
+    let created = server
+        .json(
+            "/api/v1/templates",
+            &format!("Bearer {api_key}"),
+            json!({"name": "Banner", "channel": "in_app", "layout": "top_banner", "body": "Hi {{ profile.traits.name }}"}),
+        )
+        .await;
+    assert_eq!(created.status, CREATED, "{}", created.body);
+    let in_app: Value = serde_json::from_str(&created.body).unwrap();
+    let in_app_path = format!("/templates/{}", in_app["id"].as_str().unwrap());
+    let editor = server.page(&in_app_path, &session).await;
+    assert!(editor.contains("data-testid=\"template-fields\"") && editor.contains("top_banner"), "{editor}");
+    let fields =
+        json!({"layout": "modal", "buttons": [{"text": "Go", "action": "link", "link": "https://example.com"}]});
+    let body = format!("body={}&fields={}", encode("Hello"), encode(&fields.to_string()));
+    let saved = server.request("POST", &in_app_path, &form, &body).await;
+    assert_eq!(saved.status, SEE_OTHER, "{}", saved.body);
+    let (_, stored) = server.api(&format!("/api/v1/templates/{}", in_app["id"].as_str().unwrap()), &api_key).await;
+    assert_eq!(
+        (stored["layout"].as_str(), stored["buttons"][0]["link"].as_str()),
+        (Some("modal"), Some("https://example.com"))
+    );
+    for (bad, says) in
+        [("{\"colour\": 1}", "colour is not one of"), ("[1]", "give a JSON object"), ("{\"layout\": \"x\"}", "layout")]
+    {
+        let body = format!("body={}&fields={}", encode("Hello"), encode(bad));
+        let refused = server.request("POST", &in_app_path, &form, &body).await;
+        assert_eq!(refused.status, 400, "{bad}: {}", refused.body);
+        assert!(refused.body.contains(says), "{bad}: {}", refused.body);
+    }
+
     // A test send from the editor: this workspace has no SMTP server, so the editor says so.
     let editor = server.page(&template_path, &session).await;
     for testid in ["template-test-form", "template-test-to", "template-test-send"] {

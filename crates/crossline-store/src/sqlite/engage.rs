@@ -458,27 +458,7 @@ impl crate::EngageStore for SqliteStore {
             ])?;
             tx.prepare_cached("DELETE FROM address_states WHERE workspace_id = ?1 AND kind = ?2 AND value = ?3")?
                 .execute((&workspace_id, &address.kind, &address.value))?;
-            // Ten kept: the oldest beyond them go (found through the profile's index, deleted by key).
-            let held: i64 = tx
-                .prepare_cached(
-                    "SELECT count(*) FROM push_addresses INDEXED BY push_addresses_profile WHERE workspace_id = ?1 AND profile_id = ?2",
-                )?
-                .query_row((&workspace_id, &live), |row| row.get(0))?;
-            let excess = held - crate::engage::MAX_PUSH_ADDRESSES as i64;
-            if excess > 0 {
-                let oldest: Vec<(String, String)> = tx
-                    .prepare_cached(
-                        "SELECT kind, value FROM push_addresses INDEXED BY push_addresses_profile
-                         WHERE workspace_id = ?1 AND profile_id = ?2 ORDER BY created_at, value DESC LIMIT ?3",
-                    )?
-                    .query_map((&workspace_id, &live, excess), |row| Ok((row.get(0)?, row.get(1)?)))?
-                    .collect::<Result<_, _>>()?;
-                let mut delete = tx
-                    .prepare_cached("DELETE FROM push_addresses WHERE workspace_id = ?1 AND kind = ?2 AND value = ?3")?;
-                for (kind, value) in oldest {
-                    delete.execute((&workspace_id, &kind, &value))?;
-                }
-            }
+            trim_push_addresses(tx, &workspace_id, &live)?;
             Ok(Some(before.as_deref() != Some(live.as_str())))
         })
         .await
@@ -893,6 +873,36 @@ pub fn sorted_difference(wanted: &[String], current: &[String]) -> (Vec<String>,
         }
     }
     (entered, left)
+}
+
+/// Keeps a profile's newest [`crate::engage::MAX_PUSH_ADDRESSES`] push addresses: the oldest beyond
+/// them go (found through the profile's index, deleted by key).
+pub(in crate::sqlite) fn trim_push_addresses(
+    conn: &Connection,
+    workspace_id: &str,
+    profile_id: &str,
+) -> StoreResult<()> {
+    let held: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM push_addresses INDEXED BY push_addresses_profile WHERE workspace_id = ?1 AND profile_id = ?2",
+        )?
+        .query_row((workspace_id, profile_id), |row| row.get(0))?;
+    let excess = held - crate::engage::MAX_PUSH_ADDRESSES as i64;
+    if excess > 0 {
+        let oldest: Vec<(String, String)> = conn
+            .prepare_cached(
+                "SELECT kind, value FROM push_addresses INDEXED BY push_addresses_profile
+                 WHERE workspace_id = ?1 AND profile_id = ?2 ORDER BY created_at, value DESC LIMIT ?3",
+            )?
+            .query_map((workspace_id, profile_id, excess), |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut delete =
+            conn.prepare_cached("DELETE FROM push_addresses WHERE workspace_id = ?1 AND kind = ?2 AND value = ?3")?;
+        for (kind, value) in oldest {
+            delete.execute((workspace_id, &kind, &value))?;
+        }
+    }
+    Ok(())
 }
 
 fn push_addresses_of(conn: &Connection, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<PushAddress>> {

@@ -262,7 +262,8 @@ pub(super) async fn push_addresses_follow_their_browser_and_the_person(store: Dy
     let anonymous =
         crossline_core::Identity { kind: crossline_core::IdentityKind::AnonymousId, value: "anon-ann".into() };
     let anon = store.lookup(&ws.id, &anonymous).await.unwrap().unwrap().id;
-    store.put_push_address(&ws.id, &anon, &push_address("https://push.example/anon", now)).await.unwrap();
+    let newest = now + chrono::Duration::seconds(20);
+    store.put_push_address(&ws.id, &anon, &push_address("https://push.example/anon", newest)).await.unwrap();
     let alias = json!({"batch": [{"type": "alias", "userId": "ann", "previousId": "anon-ann", "messageId": "p4"}]});
     store.ingest(&ws.id, events(alias)).await.unwrap();
     let survivor = profile_of(&store, &ws.id, "ann").await;
@@ -275,6 +276,8 @@ pub(super) async fn push_addresses_follow_their_browser_and_the_person(store: Dy
     );
     let loser = if survivor == anon { &ann } else { &anon };
     assert!(store.push_addresses(&ws.id, loser).await.unwrap().is_empty());
+    assert_eq!(values.len(), crate::engage::MAX_PUSH_ADDRESSES, "the survivor keeps its newest ten: {values:?}");
+    assert!(!values.contains(&"https://push.example/a02".to_owned()), "the oldest went: {values:?}");
 }
 
 fn in_app(delivery_id: &str, profile_id: &str, priority: i64, at: chrono::DateTime<Utc>) -> InAppMessage {

@@ -89,11 +89,22 @@ impl IngestTx for PgTx<'_> {
         .await?;
         tx.execute("DELETE FROM segment_members WHERE workspace_id = $1 AND profile_id = $2", &[&workspace_id, &loser])
             .await?;
-        tx.execute(
-            "UPDATE push_addresses SET profile_id = $1 WHERE workspace_id = $2 AND profile_id = $3",
-            &[&survivor, &workspace_id, &loser],
-        )
-        .await?;
+        // Push addresses follow the person, and the survivor keeps its newest ten.
+        let moved = tx
+            .execute(
+                "UPDATE push_addresses SET profile_id = $1 WHERE workspace_id = $2 AND profile_id = $3",
+                &[&survivor, &workspace_id, &loser],
+            )
+            .await?;
+        if moved > 0 {
+            tx.execute(
+                "DELETE FROM push_addresses WHERE workspace_id = $1 AND profile_id = $2 AND (kind, value) NOT IN
+                    (SELECT kind, value FROM push_addresses WHERE workspace_id = $1 AND profile_id = $2
+                     ORDER BY created_at DESC, value LIMIT $3)",
+                &[&workspace_id, &survivor, &(crate::engage::MAX_PUSH_ADDRESSES as i64)],
+            )
+            .await?;
+        }
         tx.execute(
             "UPDATE profiles SET merged_into = $1 WHERE workspace_id = $2 AND merged_into = $3",
             &[&survivor, &workspace_id, &loser],

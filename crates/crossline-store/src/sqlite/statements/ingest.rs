@@ -76,7 +76,10 @@ impl IngestTx for SqliteTx<'_> {
         conn.prepare_cached(MOVE_CONVERSATIONS)?.execute((survivor, workspace_id, loser))?;
         conn.prepare_cached(MOVE_MEMBERSHIPS)?.execute((survivor, workspace_id, loser))?;
         conn.prepare_cached(DROP_MEMBERSHIPS)?.execute((workspace_id, loser))?;
-        conn.prepare_cached(MOVE_PUSH_ADDRESSES)?.execute((survivor, workspace_id, loser))?;
+        // Push addresses follow the person, and the survivor keeps its newest ten.
+        if conn.prepare_cached(MOVE_PUSH_ADDRESSES)?.execute((survivor, workspace_id, loser))? > 0 {
+            crate::sqlite::engage::trim_push_addresses(conn, workspace_id, survivor)?;
+        }
         // Two statements, not one with OR: an OR cannot use the partial index and scans every profile.
         // INDEXED BY because SQLite 3.50's planner otherwise walks the whole workspace's primary-key
         // range when an UPDATE changes a column of the better index (measured: 1.4 ms per merge).
