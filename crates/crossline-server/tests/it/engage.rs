@@ -339,6 +339,18 @@ struct FakeTwilio {
     calls: std::sync::Arc<std::sync::Mutex<Vec<std::collections::HashMap<String, String>>>>,
 }
 
+/// Twilio's answer to a request without the account's Basic credentials, as Twilio gives it.
+fn refused_credentials(
+    account: &str,
+    headers: &axum::http::HeaderMap,
+) -> Option<(axum::http::StatusCode, axum::Json<Value>)> {
+    use base64::Engine;
+    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{SID}:{TOKEN}")));
+    let given = headers.get("authorization").and_then(|v| v.to_str().ok());
+    (account != SID || given != Some(expected.as_str()))
+        .then(|| (axum::http::StatusCode::UNAUTHORIZED, axum::Json(json!({"code": 20003, "message": "Authenticate"}))))
+}
+
 /// Twilio's Calls API: the same auth; `To`, `From` and an absolute `Url` are required, as Twilio
 /// requires them.
 async fn fake_twilio_calls(
@@ -347,10 +359,8 @@ async fn fake_twilio_calls(
     headers: axum::http::HeaderMap,
     axum::extract::Form(form): axum::extract::Form<std::collections::HashMap<String, String>>,
 ) -> (axum::http::StatusCode, axum::Json<Value>) {
-    use base64::Engine;
-    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{SID}:{TOKEN}")));
-    if account != SID || headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
-        return (axum::http::StatusCode::UNAUTHORIZED, axum::Json(json!({"code": 20003, "message": "Authenticate"})));
+    if let Some(refused) = refused_credentials(&account, &headers) {
+        return refused;
     }
     let url_ok = form.get("Url").is_some_and(|url| url.starts_with("http://") || url.starts_with("https://"));
     if !url_ok || !form.contains_key("To") || !form.contains_key("From") {
@@ -374,10 +384,8 @@ async fn fake_twilio_messages(
     headers: axum::http::HeaderMap,
     axum::extract::Form(form): axum::extract::Form<std::collections::HashMap<String, String>>,
 ) -> (axum::http::StatusCode, axum::Json<Value>) {
-    use base64::Engine;
-    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{SID}:{TOKEN}")));
-    if account != SID || headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
-        return (axum::http::StatusCode::UNAUTHORIZED, axum::Json(json!({"code": 20003, "message": "Authenticate"})));
+    if let Some(refused) = refused_credentials(&account, &headers) {
+        return refused;
     }
     let to = form.get("To").cloned().unwrap_or_default();
     // As Twilio: free text or an approved template (HX…, its variables a JSON object of strings).
