@@ -1298,17 +1298,13 @@ impl Engage {
                 Decision::Suppress(reason) => return Err(Outcome::Suppressed(reason)),
             }
         }
-        let template = match (&d.template_id, inline_template(d)) {
-            (Some(template_id), _) => match self.template(workspace_id, template_id).await {
-                Ok(compiled) => compiled,
-                Err(EngageError::Store(err)) => return Err(Outcome::Retry(err.to_string(), None)),
-                Err(err) => return Err(Outcome::Failed(err.to_string(), None)),
-            },
-            (None, Some(source)) => match template::compile(&source) {
-                Ok(compiled) => Arc::new(compiled),
-                Err(err) => return Err(Outcome::Failed(err.to_string(), None)),
-            },
-            (None, None) => return Err(Outcome::Failed("the delivery has no template".into(), None)),
+        let template = match self.delivery_template(workspace_id, d).await {
+            Ok(compiled) => compiled,
+            Err(EngageError::Store(err)) => return Err(Outcome::Retry(err.to_string(), None)),
+            Err(EngageError::NotFound(_)) if d.template_id.is_none() => {
+                return Err(Outcome::Failed("the delivery has no template".into(), None));
+            }
+            Err(err) => return Err(Outcome::Failed(err.to_string(), None)),
         };
         // Toll fraud rings premium-rate numbers (checking one costs ~20 µs, so only calls are checked).
         if d.channel == "voice" && crossline_core::identity::is_costly_number(&d.address) {
@@ -1449,41 +1445,48 @@ impl Engage {
                     }
                     None => twilio::message_request(config, &to, &rendered.text, Some(&callback)),
                 };
-                self.send_to_twilio(&request).await
+                self.send_to_twilio(&request, false).await
             }
             // The call rings; when it is answered, Twilio fetches the call's hook, which opens the
             // conversation with the script's bot (see `call_script`).
             Via::Call(config) => {
                 let url = format!("{base}/hooks/{workspace_id}/twilio/call/{}", d.id);
                 let request = twilio::call_request(config, &d.address, &url, &format!("{url}/status"));
-                match self.post_to_twilio(&request).await {
-                    Ok(response) => {
-                        twilio::classify_message_response(response.status, &response.body, response.retry_after)
-                            .map(|receipt| Sent { provider_id: receipt.provider_id })
-                            .map_err(Outcome::from)
-                    }
-                    // Never connected: nothing was placed, so trying again rings nobody twice.
-                    Err(err @ crossline_engine::EgressError::Connect(_)) => {
-                        Err(Outcome::Unavailable(format!("Twilio cannot be reached: {err}")))
-                    }
-                    // Sent but unanswered: Twilio may have placed the call; ringing again could
-                    // reach the customer twice, so the call is not retried.
-                    Err(err) => {
-                        Err(Outcome::Failed(format!("the call may not have been placed ({err}); not retried"), None))
-                    }
-                }
+                self.send_to_twilio(&request, true).await
             }
         }
     }
 
-    /// One request to Twilio's REST API (a message or a call) and what its answer means.
-    async fn send_to_twilio(&self, request: &twilio::MessageRequest) -> Result<Sent, Outcome> {
+    /// The template a delivery renders: its stored one, or the one it carries (a call placed
+    /// through the API). `NotFound` when it has neither.
+    async fn delivery_template(
+        &self,
+        workspace_id: &str,
+        d: &NewDelivery,
+    ) -> Result<Arc<CompiledTemplate>, EngageError> {
+        match (&d.template_id, inline_template(d)) {
+            (Some(template_id), _) => self.template(workspace_id, template_id).await,
+            (None, Some(source)) => {
+                Ok(Arc::new(template::compile(&source).map_err(|err| invalid(&err.field, err.message))?))
+            }
+            (None, None) => Err(EngageError::NotFound(format!("the template of delivery {}", d.id))),
+        }
+    }
+
+    /// One request to Twilio's REST API (a message or a `call`) and what its answer means.
+    async fn send_to_twilio(&self, request: &twilio::MessageRequest, call: bool) -> Result<Sent, Outcome> {
         match self.post_to_twilio(request).await {
             Ok(response) => twilio::classify_message_response(response.status, &response.body, response.retry_after)
                 .map(|receipt| Sent { provider_id: receipt.provider_id })
                 .map_err(Outcome::from),
+            // Never connected: nothing was placed, so trying again sends or rings nobody twice.
             Err(err @ crossline_engine::EgressError::Connect(_)) => {
                 Err(Outcome::Unavailable(format!("Twilio cannot be reached: {err}")))
+            }
+            // Sent but unanswered: Twilio may have placed the call; ringing again could reach the
+            // customer twice, so a call is not retried.
+            Err(err) if call => {
+                Err(Outcome::Failed(format!("the call may not have been placed ({err}); not retried"), None))
             }
             Err(err) if err.is_retryable() => Err(Outcome::Retry(err.to_string(), None)),
             Err(err) => Err(Outcome::Misconfigured(err.to_string())),
@@ -1549,13 +1552,7 @@ impl Engage {
         if d.channel != "voice" {
             return Err(not_found());
         }
-        let template = match (&d.template_id, inline_template(d)) {
-            (Some(template_id), _) => self.template(workspace_id, template_id).await?,
-            (None, Some(source)) => {
-                Arc::new(template::compile(&source).map_err(|err| invalid(&err.field, err.message))?)
-            }
-            (None, None) => return Err(not_found()),
-        };
+        let template = self.delivery_template(workspace_id, d).await?;
         let profile = self.store.profile(workspace_id, &d.profile_id).await?.ok_or_else(not_found)?;
         let workspace_zone =
             self.store.workspace(workspace_id).await?.map(|w| w.time_zone).unwrap_or_else(|| "UTC".into());

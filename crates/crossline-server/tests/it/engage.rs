@@ -1150,6 +1150,9 @@ async fn a_reminder_call_is_answered_and_the_bot_reschedules_by_voice() {
     let url = form["Url"].clone();
     assert_eq!(url, format!("{}/hooks/{}/twilio/call/{id}", server.url, ws.id));
     assert_eq!(form["StatusCallback"], format!("{url}/status"));
+    let other = server.workspace("calls-other").await;
+    let elsewhere = server.get(&format!("/api/v1/calls/{id}"), &other.api_key).await.status();
+    assert_eq!(elsewhere, StatusCode::NOT_FOUND, "another workspace's key does not see the call");
     let ringing = call_status(&server, key, &id, "sent").await;
     assert_eq!(ringing["call_sid"], "CA00000000000000000000000000000001", "{ringing}");
     assert!(twilio.calls_to("+14155550101", 0).await.is_empty());
