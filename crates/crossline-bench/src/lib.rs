@@ -63,7 +63,7 @@ pub enum BenchCommand {
     Worker(WorkerArgs),
     /// A segment's size over many profiles and events, in-process on the real store.
     Segment(SegmentArgs),
-    /// A personalised campaign sent by the real server to smtp-sink (email) or a Twilio-like sink (SMS).
+    /// A personalised campaign sent by the real server to smtp-sink (email), a Twilio-like sink (SMS) or a push-service sink (Web Push, every message encrypted).
     Campaign(CampaignArgs),
 }
 
