@@ -87,6 +87,8 @@ pub struct TurnInput<'a> {
     pub extract: &'a dyn Fn(&str, &str, &str) -> Option<Value>,
     /// Values the customer's profile already gives, by slot type (`email`, `phone`).
     pub known: &'a BTreeMap<String, Value>,
+    /// The message's sentiment score (VADER compound, -1 to 1), when it was measured.
+    pub sentiment: Option<f64>,
 }
 
 /// What a turn decided.
@@ -98,6 +100,9 @@ pub struct TurnOutcome {
     pub understood: bool,
     /// Set when the conversation goes to agents: the queue.
     pub handoff: Option<String>,
+    /// Why it goes to agents: `request` (the customer asked for a person), `sentiment`,
+    /// `misunderstood` (`fallback.handoff_after`) or `intent` (an intent's `handoff` fulfilment).
+    pub handoff_reason: Option<&'static str>,
     /// Set when an intent was fulfilled by a webhook the caller must call: intent, URL and slots.
     pub webhook: Option<(String, String, BTreeMap<String, Value>)>,
     /// The intent that was fulfilled this turn, with its slots.
@@ -147,7 +152,7 @@ pub fn silence(definition: &BotDefinition, state: &DialogState, silences_before:
             replies: vec![HANDOFF_REPLY.into()],
             quick_replies: Vec::new(),
             ends: true,
-            handoff: Some(DEFAULT_QUEUE.into()),
+            handoff: Some(definition.handoff.queue.clone()),
         },
     }
 }
@@ -237,6 +242,43 @@ pub fn yes_or_no(text: &str) -> Option<bool> {
     }
 }
 
+/// Whether a message asks for a person: a short message naming one ("agent", "a real person
+/// please", "can I talk to a human?") — the request words are a verb of talking or wanting, or
+/// nothing but the person itself.
+pub fn asks_for_a_person(text: &str) -> bool {
+    const PEOPLE: [&str; 12] = [
+        "human",
+        "humans",
+        "person",
+        "people",
+        "agent",
+        "agents",
+        "representative",
+        "operator",
+        "staff",
+        "advisor",
+        "adviser",
+        "someone",
+    ];
+    const ASKING: [&str; 11] =
+        ["talk", "speak", "chat", "connect", "transfer", "want", "need", "put", "through", "contact", "reach"];
+    const FILLER: [&str; 12] = ["a", "an", "the", "real", "live", "please", "pls", "now", "to", "with", "me", "actual"];
+    let lower = text.to_lowercase();
+    let words: Vec<&str> = lower.split(|c: char| !c.is_alphanumeric()).filter(|word| !word.is_empty()).collect();
+    if words.is_empty() || words.len() > 14 || !words.iter().any(|word| PEOPLE.contains(word)) {
+        return false;
+    }
+    // "someone" only right after a verb of talking: "speak to someone", "talk with someone".
+    let about_someone = words.windows(3).any(|window| {
+        matches!(window[0], "talk" | "speak" | "chat") && matches!(window[1], "to" | "with") && window[2] == "someone"
+    });
+    let person = words.iter().any(|word| PEOPLE.contains(word) && *word != "someone");
+    about_someone
+        || (person
+            && (words.iter().any(|word| ASKING.contains(word))
+                || words.iter().all(|word| PEOPLE.contains(word) || FILLER.contains(word))))
+}
+
 fn intent<'a>(definition: &'a BotDefinition, name: &str) -> Option<&'a Intent> {
     definition.intents.iter().find(|intent| intent.name == name)
 }
@@ -282,10 +324,28 @@ fn decide(definition: &BotDefinition, state: &mut DialogState, input: &TurnInput
         replies: Vec::new(),
         understood: true,
         handoff: None,
+        handoff_reason: None,
         webhook: None,
         fulfilled: None,
         quick_replies: Vec::new(),
     };
+    // Asking for a person, or a message angrier than the bot's threshold, goes to people at once;
+    // the form under way stays as it is, for the agent to see.
+    let reason = if definition.handoff.on_request && asks_for_a_person(input.text) {
+        Some("request")
+    } else if definition.handoff.sentiment_below.zip(input.sentiment).is_some_and(|(below, score)| score < below) {
+        Some("sentiment")
+    } else {
+        None
+    };
+    if let Some(reason) = reason {
+        state.last_channel = Some(input.channel.to_owned());
+        state.misunderstandings = 0;
+        outcome.replies.push(HANDOFF_REPLY.into());
+        outcome.handoff = Some(definition.handoff.queue.clone());
+        outcome.handoff_reason = Some(reason);
+        return outcome;
+    }
     let switched_channel = state.last_channel.as_deref().is_some_and(|last| last != input.channel);
     let previous_channel = state.last_channel.replace(input.channel.to_owned());
 
@@ -370,7 +430,8 @@ fn decide(definition: &BotDefinition, state: &mut DialogState, input: &TurnInput
                 let handoff_after = definition.fallback.handoff_after;
                 if handoff_after > 0 && state.misunderstandings >= handoff_after {
                     outcome.replies.push(HANDOFF_REPLY.into());
-                    outcome.handoff = Some(DEFAULT_QUEUE.into());
+                    outcome.handoff = Some(definition.handoff.queue.clone());
+                    outcome.handoff_reason = Some("misunderstood");
                     state.misunderstandings = 0;
                     return outcome;
                 }
@@ -466,6 +527,7 @@ fn fulfil(definition: &BotDefinition, state: &mut DialogState, active: ActiveInt
         Some(Fulfillment::Handoff { handoff }) => {
             outcome.replies.push(HANDOFF_REPLY.into());
             outcome.handoff = Some(handoff.queue.clone());
+            outcome.handoff_reason = Some("intent");
         }
         Some(Fulfillment::Webhook { webhook }) => {
             outcome.webhook = Some((active.name.clone(), webhook.clone(), active.slots.clone()));

@@ -52,6 +52,47 @@ pub struct BotDefinition {
     /// What a spoken session (a phone call) does when the caller says nothing.
     #[serde(default, skip_serializing_if = "VoiceSettings::is_default")]
     pub voice: VoiceSettings,
+    /// When the bot hands a conversation to people besides an intent's `handoff` fulfilment and
+    /// `fallback.handoff_after`.
+    #[serde(default, skip_serializing_if = "HandoffRules::is_default")]
+    pub handoff: HandoffRules,
+}
+
+/// When a conversation goes to people, and to which queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandoffRules {
+    /// The queue a handoff goes to unless an intent's `handoff` names another (`default`).
+    #[serde(default = "default_queue")]
+    pub queue: String,
+    /// Whether a customer asking for a person ("can I talk to a human?") is handed off at once
+    /// (default true).
+    #[serde(default = "default_true")]
+    pub on_request: bool,
+    /// Hand off when a message's sentiment score (VADER compound, -1 to 1) is below this; absent:
+    /// never for sentiment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentiment_below: Option<f64>,
+}
+
+fn default_queue() -> String {
+    dialog::DEFAULT_QUEUE.to_owned()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for HandoffRules {
+    fn default() -> Self {
+        HandoffRules { queue: default_queue(), on_request: true, sentiment_below: None }
+    }
+}
+
+impl HandoffRules {
+    fn is_default(&self) -> bool {
+        *self == HandoffRules::default()
+    }
 }
 
 /// Most times a silence may re-ask the pending question.
@@ -225,9 +266,21 @@ pub fn parse(json: &serde_json::Value) -> Result<BotDefinition, DefinitionError>
     }
     serde_json::from_value(json.clone()).map_err(|err| {
         let text = err.to_string();
-        let field = if text.contains("untagged enum Fulfillment") { "fulfillment" } else { "body" };
+        let field = if text.contains("untagged enum Fulfillment") {
+            "fulfillment"
+        } else if json.get("handoff").is_some()
+            && serde_json::from_value::<HandoffRules>(json["handoff"].clone()).is_err()
+        {
+            "handoff"
+        } else {
+            "body"
+        };
         let message = if field == "fulfillment" {
             "must be one of {\"response\": TEXT}, {\"webhook\": URL} or {\"handoff\": {\"queue\": NAME}}".to_owned()
+        } else if field == "handoff" {
+            format!(
+                "must be {{\"queue\": NAME, \"on_request\": true, \"sentiment_below\": -0.6}}, each optional ({text})"
+            )
         } else {
             format!("does not have the shape of a bot definition ({text})")
         };
@@ -284,6 +337,15 @@ pub fn validate(definition: &BotDefinition) -> Result<(), DefinitionError> {
     }
     if definition.fallback.response.trim().is_empty() {
         return Err(error("fallback.response", "is empty; give the reply for messages the bot does not understand"));
+    }
+    if !is_valid_name(&definition.handoff.queue) {
+        return Err(error("handoff.queue", "use 1–64 letters, digits, _ or -"));
+    }
+    if definition.handoff.sentiment_below.is_some_and(|score| !(-1.0..=1.0).contains(&score)) {
+        return Err(error(
+            "handoff.sentiment_below",
+            "must be a sentiment score from -1 (angriest) to 1, e.g. -0.6; leave it out to ignore sentiment",
+        ));
     }
     if definition.fallback.handoff_after > 20 {
         return Err(error("fallback.handoff_after", "must be 0 (never) to 20"));

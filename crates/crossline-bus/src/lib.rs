@@ -101,6 +101,16 @@ pub trait EventBus: Send + Sync {
     async fn subscribe(&self, filter: &str) -> BusResult<Subscription>;
     /// Open (creating on first use) a durable consumer.
     async fn durable(&self, config: &DurableConfig) -> BusResult<Box<dyn DurableConsumer>>;
+    /// Publish a notice to whoever listens now (see [`EventBus::listen`]): not stored, never
+    /// redelivered, not seen by durable consumers. For live views (a chat socket, an agent's inbox)
+    /// that read what changed from the store.
+    async fn notify(&self, subject: &str, payload: Bytes) -> BusResult<()> {
+        self.publish(subject, None, payload).await
+    }
+    /// Listen to notices on subjects matching `filter`.
+    async fn listen(&self, filter: &str) -> BusResult<Subscription> {
+        self.subscribe(filter).await
+    }
     /// The backend's name.
     fn backend(&self) -> &'static str;
 }

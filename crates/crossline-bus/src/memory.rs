@@ -24,6 +24,8 @@ pub struct MemoryBus {
 #[derive(Default)]
 struct Inner {
     live: Vec<(String, mpsc::Sender<BusMessage>)>,
+    /// Those listening to notices.
+    listeners: Vec<(String, mpsc::Sender<BusMessage>)>,
     durables: HashMap<String, Arc<DurableQueue>>,
     recent_ids: HashSet<String>,
     recent_order: VecDeque<String>,
@@ -49,6 +51,25 @@ struct Pending {
     not_before: Option<Instant>,
 }
 
+/// Hand a message to the subscribers whose filter matches (forgetting those gone); one too slow
+/// to keep up misses it.
+fn fan_out(subscribers: &mut Vec<(String, mpsc::Sender<BusMessage>)>, message: &BusMessage) {
+    let subject = message.subject.as_str();
+    subscribers.retain(|(filter, sender)| {
+        if !subject_matches(filter, subject) {
+            return !sender.is_closed();
+        }
+        match sender.try_send(message.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(subject, "a live subscriber is too slow; message dropped for it");
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    });
+}
+
 impl MemoryBus {
     /// A new, empty bus.
     pub fn new() -> Self {
@@ -72,19 +93,7 @@ impl EventBus for MemoryBus {
                 inner.recent_ids.remove(&oldest);
             }
         }
-        inner.live.retain(|(filter, sender)| {
-            if !subject_matches(filter, subject) {
-                return !sender.is_closed();
-            }
-            match sender.try_send(message.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::warn!(subject, "a live subscriber is too slow; message dropped for it");
-                    true
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            }
-        });
+        fan_out(&mut inner.live, &message);
         for queue in inner.durables.values() {
             if subject_matches(&queue.filter, subject) {
                 queue.state.lock().expect("queue lock").ready.push_back(Pending {
@@ -101,6 +110,18 @@ impl EventBus for MemoryBus {
     async fn subscribe(&self, filter: &str) -> BusResult<Subscription> {
         let (sender, receiver) = mpsc::channel(4096);
         self.inner.lock().expect("bus lock").live.push((filter.to_owned(), sender));
+        Ok(Subscription::new(receiver))
+    }
+
+    async fn notify(&self, subject: &str, payload: Bytes) -> BusResult<()> {
+        let message = BusMessage { subject: subject.to_owned(), payload };
+        fan_out(&mut self.inner.lock().expect("bus lock").listeners, &message);
+        Ok(())
+    }
+
+    async fn listen(&self, filter: &str) -> BusResult<Subscription> {
+        let (sender, receiver) = mpsc::channel(4096);
+        self.inner.lock().expect("bus lock").listeners.push((filter.to_owned(), sender));
         Ok(Subscription::new(receiver))
     }
 

@@ -52,6 +52,11 @@ impl NatsBus {
         format!("{}.{subject}", self.prefix)
     }
 
+    /// Where notices travel: beside the stream's subjects, not under them.
+    fn notice_subject(&self, subject: &str) -> String {
+        format!("{}_notice.{subject}", self.prefix)
+    }
+
     fn strip(prefix: &str, subject: &str) -> String {
         subject.strip_prefix(prefix).and_then(|rest| rest.strip_prefix('.')).unwrap_or(subject).to_owned()
     }
@@ -83,6 +88,26 @@ impl EventBus for NatsBus {
         let mut subscriber = self.client.subscribe(self.full(filter)).await.map_err(backend("subscribe"))?;
         let (sender, receiver) = mpsc::channel(4096);
         let prefix = self.prefix.clone();
+        tokio::spawn(async move {
+            while let Some(message) = subscriber.next().await {
+                let message = BusMessage { subject: Self::strip(&prefix, &message.subject), payload: message.payload };
+                if sender.send(message).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Subscription::new(receiver))
+    }
+
+    async fn notify(&self, subject: &str, payload: Bytes) -> BusResult<()> {
+        // Core NATS, outside the stream's subjects: JetStream keeps none of it.
+        self.client.publish(self.notice_subject(subject), payload).await.map_err(backend("notify"))
+    }
+
+    async fn listen(&self, filter: &str) -> BusResult<Subscription> {
+        let mut subscriber = self.client.subscribe(self.notice_subject(filter)).await.map_err(backend("listen"))?;
+        let (sender, receiver) = mpsc::channel(4096);
+        let prefix = format!("{}_notice", self.prefix);
         tokio::spawn(async move {
             while let Some(message) = subscriber.next().await {
                 let message = BusMessage { subject: Self::strip(&prefix, &message.subject), payload: message.payload };

@@ -24,6 +24,7 @@ where
     durable_consumers_get_everything_until_acked(fresh().await).await;
     consumers_sharing_a_name_share_the_work(fresh().await).await;
     message_ids_deduplicate(fresh().await).await;
+    notices_reach_listeners_and_no_durable_consumer(fresh().await).await;
 }
 
 async fn live_subscribers_get_matching_messages(bus: DynBus) {
@@ -108,4 +109,21 @@ async fn message_ids_deduplicate(bus: DynBus) {
     let b = timeout(WAIT, consumer.next()).await.unwrap().unwrap();
     assert_eq!(&b.message().payload[..], b"second", "the republished id-1 was dropped");
     b.ack().await.unwrap();
+}
+
+async fn notices_reach_listeners_and_no_durable_consumer(bus: DynBus) {
+    let mut durable = bus.durable(&config("notices", "live.>")).await.unwrap();
+    let mut one = bus.listen("live.ws1.*").await.unwrap();
+    let mut all = bus.listen("live.>").await.unwrap();
+    bus.notify("live.ws2.c", Bytes::from_static(b"2")).await.unwrap();
+    bus.notify("live.ws1.c", Bytes::from_static(b"1")).await.unwrap();
+    let first = timeout(WAIT, one.next()).await.unwrap().unwrap();
+    assert_eq!((first.subject.as_str(), &first.payload[..]), ("live.ws1.c", &b"1"[..]));
+    let a = timeout(WAIT, all.next()).await.unwrap().unwrap();
+    let b = timeout(WAIT, all.next()).await.unwrap().unwrap();
+    assert_eq!((a.subject.as_str(), b.subject.as_str()), ("live.ws2.c", "live.ws1.c"));
+    assert!(
+        timeout(Duration::from_millis(300), durable.next()).await.is_err(),
+        "a notice is not stored for durable consumers"
+    );
 }

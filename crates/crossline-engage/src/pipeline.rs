@@ -1542,6 +1542,86 @@ impl Engage {
         Ok(id)
     }
 
+    /// Where a message of people to a customer by SMS or WhatsApp would go: the profile's phone,
+    /// when the send policy lets a transactional message through now — else why not (the customer
+    /// opted out of the channel, has no number or an unreachable one). Asked before the agent's
+    /// message is stored, so the agent is told at once.
+    pub async fn agent_reply_address(
+        &self,
+        workspace_id: &str,
+        profile_id: &str,
+        channel: &str,
+    ) -> Result<Result<String, Suppression>, EngageError> {
+        if !matches!(channel, "sms" | "whatsapp") {
+            return Err(invalid("channel", format!("agent replies go by sms or whatsapp here, not {channel}")));
+        }
+        let profile = self
+            .store
+            .profile(workspace_id, profile_id)
+            .await?
+            .ok_or_else(|| EngageError::NotFound(format!("profile {profile_id}")))?;
+        let address = profile
+            .identities
+            .iter()
+            .find(|identity| identity.kind == IdentityKind::Phone)
+            .map(|identity| identity.value.clone());
+        let states = self.store.address_states(workspace_id, &profile.id).await?;
+        let unreachable = address.as_ref().is_some_and(|address| {
+            states.iter().any(|state| &state.value == address && state.kind.as_str() == channel)
+        });
+        let recipient = Recipient {
+            consent: consent_of(&profile, channel),
+            has_address: address.is_some(),
+            unreachable,
+            time_zone: chrono_tz::UTC,
+            recent_marketing_sends: 0,
+        };
+        let settings = MessagingSettings::default();
+        match (policy::decide(&settings, SendKind::Transactional, &recipient, Utc::now()), address) {
+            (Decision::Suppress(reason), _) => Ok(Err(reason)),
+            (_, Some(address)) => Ok(Ok(address)),
+            (_, None) => Ok(Err(Suppression::Unreachable)),
+        }
+    }
+
+    /// Queue a message of people to `address` (from [`Engage::agent_reply_address`]) as a
+    /// transactional delivery: sent once, retried like any other, the policy asked again when it
+    /// goes. `key` names the message: the same key is one delivery. Returns the delivery id.
+    pub async fn queue_agent_reply(
+        &self,
+        workspace_id: &str,
+        profile_id: &str,
+        channel: &str,
+        address: &str,
+        text: &str,
+        key: &str,
+    ) -> Result<String, EngageError> {
+        let source =
+            TemplateSource { channel: channel.to_owned(), body: template::literal(text), ..TemplateSource::default() };
+        template::compile(&source).map_err(|err| invalid("text", err.message))?;
+        let id = crossline_core::ids::new_sortable_secret_id("dlv");
+        let row = NewDelivery {
+            id: id.clone(),
+            idempotency_key: format!("agent:{key}"),
+            campaign_id: None,
+            run_id: None,
+            profile_id: profile_id.to_owned(),
+            treatment: "A".into(),
+            channel: channel.to_owned(),
+            address: address.to_owned(),
+            template_id: None,
+            kind: SendKind::Transactional.as_str().to_owned(),
+            status: DeliveryStatus::Queued,
+            reason: None,
+            deferred: false,
+            run_at: Utc::now(),
+            event: Some(json!({INLINE_TEMPLATE: source})),
+            time_zone: None,
+        };
+        self.store.insert_deliveries(workspace_id, &[row]).await?;
+        Ok(id)
+    }
+
     /// What a placed call says and does once answered, for its delivery: the greeting, bot,
     /// intent and slots rendered for the callee as they are now. `NotFound` for a delivery that is
     /// not a call.

@@ -360,6 +360,12 @@ pub struct RenderedPush {
     pub data: Option<serde_json::Value>,
 }
 
+/// A Liquid source that renders exactly `text` (what a person typed, not a template): every `{`
+/// is written as a Liquid string, so nothing in the text opens a tag or an output.
+pub fn literal(text: &str) -> String {
+    text.replace('{', "{{ '{' }}")
+}
+
 /// Validates `source` and compiles it for rendering.
 ///
 /// Checks the channel, the email subject, that the body is not empty and the size limits;
@@ -2786,6 +2792,22 @@ mod tests {
             body: body.to_owned(),
             text: None,
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_literal_renders_exactly_what_was_typed() {
+        let profile = profile();
+        for typed in [
+            "Hi {{ profile.traits.first_name }}",
+            "{% if true %}x{% endif %} {%raw%} {{{ }}} %} }",
+            "{'{'} {{ '{' }}",
+            "plain text, 100% sure",
+            "{",
+        ] {
+            let compiled = compile(&source("sms", None, &literal(typed))).unwrap();
+            let rendered = compiled.render(&context(&profile, None, Tz::UTC)).unwrap();
+            assert_eq!(rendered.text, typed);
         }
     }
 

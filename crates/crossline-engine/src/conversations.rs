@@ -352,17 +352,14 @@ impl Conversations {
         };
         let mut conversation = match open {
             Some(conversation) => conversation,
-            None => Conversation {
-                id: new_id("cnv"),
-                profile_id: profile.id.clone(),
-                bot: turn.bot.to_owned(),
-                bot_version: latest.stored.version,
-                status: ConversationStatus::Bot,
-                channel: turn.channel.to_owned(),
-                state: json!({}),
-                created_at: turn.now,
-                updated_at: turn.now,
-            },
+            None => Conversation::new(
+                new_id("cnv"),
+                profile.id.clone(),
+                turn.bot,
+                latest.stored.version,
+                turn.channel,
+                turn.now,
+            ),
         };
         // A conversation finishes on the bot version it started with.
         let bot: Arc<LiveBot> = if conversation.bot_version == latest.stored.version {
@@ -378,6 +375,10 @@ impl Conversations {
             default_region: workspace.default_region.clone(),
         };
         let recognition = model.recognize(turn.text, &context);
+        // People have the conversation: the message is theirs to answer, not the bot's.
+        if conversation.status.with_agents() {
+            return self.to_people(workspace, turn, conversation, &read, &recognition).await;
+        }
         let mut dialog: DialogState = serde_json::from_value(conversation.state.clone()).unwrap_or_default();
         // An intent the caller starts, unless one is under way (the conversation continues).
         let started = turn.start.filter(|_| dialog.active.is_none());
@@ -424,6 +425,7 @@ impl Conversations {
                 slots: &slots,
                 extract: &extract,
                 known: &known,
+                sentiment: Some(recognition.sentiment.score),
             };
             step(definition, &mut dialog, &input)
         };
@@ -450,8 +452,10 @@ impl Conversations {
                 }
             }
         }
-        if outcome.handoff.is_some() {
+        if let Some(queue) = &outcome.handoff {
             conversation.status = ConversationStatus::Queued;
+            conversation.queue = Some(queue.clone());
+            conversation.queued_at = Some(turn.now);
         }
         conversation.state = serde_json::to_value(&dialog).map_err(|err| TurnError::Internal(err.to_string()))?;
         conversation.channel = turn.channel.to_owned();
@@ -502,16 +506,21 @@ impl Conversations {
             events.push(update);
         }
         if let Some(queue) = &outcome.handoff {
+            let summary = handoff_summary(&dialog, &recognition, turn.text);
             events.push(event(
                 &turn.from,
                 "conversation.handoff",
                 turn.channel,
-                json!({"conversation_id": conversation.id, "queue": queue}),
+                json!({"conversation_id": conversation.id, "queue": queue, "reason": outcome.handoff_reason,
+                       "summary": summary}),
                 turn.now,
             ));
         }
         // The conversation and the turn's events are one durable write.
         self.recorder.record_turn(&workspace.id, &conversation, &read, &messages, events).await?;
+        if outcome.handoff.is_some() {
+            crate::agents::announce(self.recorder.bus(), &workspace.id, &conversation).await;
+        }
         if !resumed {
             let understood = if outcome.understood { "yes" } else { "no" };
             metrics::counter!("crossline_bot_turns_total", "understood" => understood).increment(1);
@@ -521,6 +530,40 @@ impl Conversations {
             replies: with_quick_replies(&outcome.replies, &outcome.quick_replies),
             status: conversation.status,
         })
+    }
+
+    /// A customer's message to a conversation people have: stored (with its sentiment, for the
+    /// agent) and announced to live views; the bot says nothing.
+    async fn to_people(
+        &self,
+        workspace: &Workspace,
+        turn: &Turn<'_>,
+        mut conversation: Conversation,
+        read: &TurnRead,
+        recognition: &crossline_nlu::Recognition,
+    ) -> Result<TurnOutcome, TurnError> {
+        conversation.channel = turn.channel.to_owned();
+        conversation.updated_at = turn.now;
+        let resumed = turn.text.trim().is_empty();
+        let messages: Vec<ConversationMessage> = if resumed {
+            Vec::new()
+        } else {
+            vec![message(Author::Customer, turn.channel, turn.text, turn.now, false)]
+        };
+        let properties = json!({
+            "conversation_id": conversation.id, "bot": turn.bot, "bot_version": conversation.bot_version,
+            "text": turn.text, "sentiment": recognition.sentiment, "language": recognition.language.code,
+            "with_people": true,
+        });
+        let name = if resumed { "conversation.resumed" } else { "message.received" };
+        let mut received = event(&turn.from, name, turn.channel, properties, turn.now);
+        if let Some(message_id) = &turn.message_id {
+            received.message_id = message_id.clone();
+        }
+        self.recorder.record_turn(&workspace.id, &conversation, read, &messages, vec![received]).await?;
+        // What people did meanwhile stands in the store; live views read it from there.
+        crate::agents::announce(self.recorder.bus(), &workspace.id, &conversation).await;
+        Ok(TurnOutcome { conversation_id: conversation.id.clone(), replies: Vec::new(), status: conversation.status })
     }
 
     /// The answer to the turn `message_id` of `from` with `bot`, found again in what the turn
@@ -650,18 +693,12 @@ impl Conversations {
                 active_since,
                 open: open.as_ref().map(|conversation| (conversation.id.clone(), conversation.state.clone())),
             };
-            let mut conversation = open.unwrap_or_else(|| Conversation {
-                id: new_id("cnv"),
-                profile_id: profile.id.clone(),
-                bot: bot.to_owned(),
-                bot_version: latest.stored.version,
-                status: ConversationStatus::Bot,
-                channel: channel.into(),
-                state: json!({}),
-                created_at: now,
-                updated_at: now,
+            let mut conversation = open.unwrap_or_else(|| {
+                Conversation::new(new_id("cnv"), profile.id.clone(), bot, latest.stored.version, channel, now)
             });
             conversation.status = ConversationStatus::Queued;
+            conversation.queue = Some(queue.to_owned());
+            conversation.queued_at = Some(now);
             conversation.channel = channel.into();
             conversation.updated_at = now;
             let messages: Vec<ConversationMessage> =
@@ -684,12 +721,25 @@ impl Conversations {
                 Err(StoreError::Conflict(_)) => metrics::counter!("crossline_turn_conflicts_total").increment(1),
                 result => {
                     result?;
+                    crate::agents::announce(self.recorder.bus(), &workspace.id, &conversation).await;
                     return Ok(true);
                 }
             }
         }
         Err(TurnError::Busy)
     }
+}
+
+/// What travels with a handoff for the agent: the intent under way and its filled slots, the
+/// message's sentiment and the customer's words.
+fn handoff_summary(dialog: &DialogState, recognition: &crossline_nlu::Recognition, text: &str) -> Value {
+    let active = dialog.active.as_ref().or(dialog.paused.last());
+    json!({
+        "intent": active.map(|active| &active.name),
+        "slots": active.map(|active| &active.slots),
+        "sentiment": recognition.sentiment.score,
+        "last_message": text,
+    })
 }
 
 /// Each customer's allowance of turns with one bot: [`TURN_BURST`], then [`TURNS_PER_SECOND`].

@@ -14,6 +14,7 @@
 //! **Invariant:** this crate knows no HTTP server framework (no axum): what it returns is typed,
 //! and the server decides how an outcome or an error is rendered.
 
+pub mod agents;
 pub mod bots;
 pub mod conversations;
 pub mod destinations;

@@ -112,6 +112,28 @@ impl EventRecorder {
         Ok(outcome)
     }
 
+    /// Write what people did to a conversation (see
+    /// [`crossline_store::AgentStore::record_people_change`]), then publish its events.
+    pub async fn record_people_change(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        change: &crossline_store::agents::PeopleChange,
+        messages: &[ConversationMessage],
+        events: Vec<NormalizedEvent>,
+    ) -> StoreResult<(Conversation, Vec<IngestedEvent>)> {
+        let summaries = summaries(&events);
+        let (conversation, outcome) =
+            self.store.record_people_change(workspace_id, conversation_id, change, messages, events).await?;
+        self.publish_stored(workspace_id, &summaries, &outcome).await;
+        Ok((conversation, outcome))
+    }
+
+    /// The bus it publishes on.
+    pub fn bus(&self) -> &DynBus {
+        &self.bus
+    }
+
     /// Set consent for channels on a profile, then publish the change. None if the profile is unknown.
     pub async fn set_consent(
         &self,

@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, header};
 use base64::Engine;
 use crossline_core::keys::{KeyKind, hash_key, secrets_equal};
 use crossline_store::Workspace;
+use crossline_store::agents::Agent;
 
 pub use crate::sessions::SESSION_COOKIE;
 
@@ -18,6 +19,8 @@ pub enum Caller {
     Admin,
     /// A workspace's API key: may act on that workspace only.
     Workspace(Workspace),
+    /// An agent's token: the conversation API of the agent's workspace only.
+    Agent(Workspace, Box<Agent>),
 }
 
 /// The bearer token of a request's `Authorization` header.
@@ -52,6 +55,13 @@ pub async fn caller_for_token(state: &AppState, token: &str) -> Result<Option<Ca
     }
     if secrets_equal(token, &state.admin_token) {
         return Ok(Some(Caller::Admin));
+    }
+    if let Some((workspace_id, agent)) = state.contact_centre.authenticate(token).await? {
+        return Ok(state
+            .store
+            .workspace(&workspace_id)
+            .await?
+            .map(|workspace| Caller::Agent(workspace, Box::new(agent))));
     }
     if !token.starts_with("sk_") {
         return Ok(None);
@@ -95,6 +105,9 @@ impl FromRequestParts<AppState> for WorkspaceCaller {
             Caller::Admin => Err(ApiError::forbidden(
                 "this endpoint acts on one workspace: use that workspace's api_key, not the operator token",
             )),
+            Caller::Agent(..) => Err(ApiError::forbidden(
+                "an agent token may use the conversation API (/api/v1/conversations, /api/v1/agents/{id}/status) only; use the workspace's api_key",
+            )),
         }
     }
 }
@@ -107,4 +120,26 @@ pub fn basic_user(headers: &HeaderMap) -> Option<String> {
     let text = String::from_utf8(decoded).ok()?;
     let user = text.split_once(':').map_or(text.as_str(), |(user, _)| user);
     Some(user.to_owned())
+}
+
+/// A caller of the conversation API: the workspace (API key) or one of its agents (agent token).
+pub struct PeopleCaller {
+    /// The workspace.
+    pub workspace: Workspace,
+    /// The agent, when an agent token called.
+    pub agent: Option<Agent>,
+}
+
+impl FromRequestParts<AppState> for PeopleCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::Workspace(workspace) => Ok(PeopleCaller { workspace, agent: None }),
+            Caller::Agent(workspace, agent) => Ok(PeopleCaller { workspace, agent: Some(*agent) }),
+            Caller::Admin => Err(ApiError::forbidden(
+                "this endpoint acts on one workspace: use that workspace's api_key or an agent token, not the operator token",
+            )),
+        }
+    }
 }

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod connections;
 pub mod console;
 pub mod error;
+pub mod live;
 pub mod openapi;
 pub mod panic;
 pub mod rate;
@@ -97,7 +98,11 @@ pub async fn run(
     let settings = state.settings.connections.clone();
     // Background work — event destinations and the durable worker — runs while the server does.
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let background = background(&state, stopped);
+    let mut background = background(&state, stopped.clone());
+    let until = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    background.push(tokio::spawn(state.live.clone().run(state.bus.clone(), until(stopped))));
     connections::serve(listener, app(state), settings, shutdown).await?;
     let _ = stop.send(true);
     for task in background {

@@ -9,7 +9,7 @@
 //! means the same thing everywhere.
 
 use crate::api::{
-    bots, calls, channels, conversations, destinations, engage, ingest, jobs, profiles, rejected, workspaces,
+    agents, bots, calls, channels, conversations, destinations, engage, ingest, jobs, profiles, rejected, workspaces,
 };
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::state::AppState;
@@ -40,6 +40,7 @@ use utoipa_swagger_ui::SwaggerUi;
         (name = "profiles", description = "Unified customer profiles"),
         (name = "bots", description = "Bot definitions and recognition"),
         (name = "conversations", description = "Conversations with bots on every channel"),
+        (name = "agents", description = "The contact centre: agents, and the conversations the bot hands to people"),
         (name = "channels", description = "Channel configuration"),
         (name = "destinations", description = "Event destinations: every event, signed, to other systems"),
         (name = "engagement", description = "Segments, templates, campaigns and the send policy"),
@@ -209,6 +210,15 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(bots::recognize))
         .routes(routes!(bots::missed))
         .routes(routes!(conversations::post_message))
+        .routes(routes!(agents::create_agent, agents::list_agents))
+        .routes(routes!(agents::set_status))
+        .routes(routes!(agents::list_conversations))
+        .routes(routes!(agents::get_conversation))
+        .routes(routes!(agents::assign))
+        .routes(routes!(agents::post_agent_message))
+        .routes(routes!(agents::transfer))
+        .routes(routes!(agents::resolve))
+        .routes(routes!(agents::hand_back))
         .routes(routes!(channels::put_channel, channels::get_channel))
         .routes(routes!(destinations::list_destinations))
         .routes(routes!(destinations::put_destination, destinations::delete_destination))

@@ -42,6 +42,10 @@ pub struct AppState {
     pub worker: Arc<crossline_engine::worker::Worker>,
     /// Engagement: segments, templates, campaigns and the delivery senders.
     pub engage: Arc<crossline_engage::Engage>,
+    /// The contact centre: agents, and conversations people have.
+    pub contact_centre: Arc<crossline_engine::agents::ContactCentre>,
+    /// Live views of conversations on this node (chat sockets, inboxes).
+    pub live: Arc<crate::live::LiveConversations>,
 }
 
 impl AppState {
@@ -84,8 +88,11 @@ impl AppState {
                 ..Default::default()
             },
         ));
+        let contact_centre = Arc::new(crossline_engine::agents::ContactCentre::new(store.clone(), recorder.clone()));
         AppState {
             last_healthy: Arc::default(),
+            contact_centre,
+            live: Arc::default(),
             engage,
             recorder,
             egress,

@@ -11,6 +11,7 @@
 //! **Invariant:** a call that returns `Ok` has committed durably; ingestion acknowledges nothing
 //! before its transaction is on disk.
 
+pub mod agents;
 pub mod engage;
 pub mod ingest;
 pub mod model;
@@ -541,6 +542,45 @@ pub trait EngageStore: Send + Sync {
     ) -> StoreResult<Vec<engage::Delivery>>;
 }
 
+/// The contact centre: agents, and conversations as people see them.
+#[async_trait]
+pub trait AgentStore: Send + Sync {
+    /// Store a new agent, with the SHA-256 of its token. A conflict when the workspace has an
+    /// agent with that email.
+    async fn create_agent(&self, workspace_id: &str, agent: &agents::Agent, token_hash: &str) -> StoreResult<()>;
+    /// An agent by id.
+    async fn agent(&self, workspace_id: &str, id: &str) -> StoreResult<Option<agents::Agent>>;
+    /// The agent a token's SHA-256 belongs to, with its workspace id.
+    async fn agent_by_token(&self, token_hash: &str) -> StoreResult<Option<(String, agents::Agent)>>;
+    /// The workspace's agents, by name.
+    async fn agents(&self, workspace_id: &str) -> StoreResult<Vec<agents::Agent>>;
+    /// Set an agent's status; false for an unknown agent.
+    async fn set_agent_status(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        status: agents::AgentStatus,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<bool>;
+    /// Conversations as the filter asks: queued ones longest waiting first, others most recent first.
+    async fn list_conversations(
+        &self,
+        workspace_id: &str,
+        filter: &agents::ConversationFilter,
+    ) -> StoreResult<Vec<Conversation>>;
+    /// Write what people did to a conversation (took, answered, moved, resolved or handed it back)
+    /// with its messages and events, in one transaction, if it still stands as the change expects;
+    /// else a [`StoreError::Conflict`] and nothing is written. Returns the conversation as it is now.
+    async fn record_people_change(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        change: &agents::PeopleChange,
+        messages: &[ConversationMessage],
+        events: Vec<NormalizedEvent>,
+    ) -> StoreResult<(Conversation, Vec<IngestedEvent>)>;
+}
+
 /// Everything the product stores.
 #[async_trait]
 pub trait Store:
@@ -554,6 +594,7 @@ pub trait Store:
     + SessionStore
     + DestinationStore
     + EngageStore
+    + AgentStore
 {
     /// The backend's name, for logs and `/healthz`.
     fn backend(&self) -> &'static str;

@@ -328,6 +328,39 @@ pub struct Conversation {
     pub created_at: DateTime<Utc>,
     /// Last message.
     pub updated_at: DateTime<Utc>,
+    /// The queue it was handed to (None while the bot has it and never handed it off).
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// The agent who has it (`agt_...`), while assigned.
+    #[serde(default)]
+    pub assignee: Option<String>,
+    /// When it was last handed to people.
+    #[serde(default)]
+    pub queued_at: Option<DateTime<Utc>>,
+    /// When an agent last took it.
+    #[serde(default)]
+    pub assigned_at: Option<DateTime<Utc>>,
+}
+
+impl Conversation {
+    /// A new conversation of a profile with a bot, the bot answering.
+    pub fn new(id: String, profile_id: String, bot: &str, bot_version: i64, channel: &str, now: DateTime<Utc>) -> Self {
+        Conversation {
+            id,
+            profile_id,
+            bot: bot.to_owned(),
+            bot_version,
+            status: crossline_core::ConversationStatus::Bot,
+            channel: channel.to_owned(),
+            state: Value::Object(Map::new()),
+            created_at: now,
+            updated_at: now,
+            queue: None,
+            assignee: None,
+            queued_at: None,
+            assigned_at: None,
+        }
+    }
 }
 
 /// One message of a conversation.

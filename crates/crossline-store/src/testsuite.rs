@@ -14,6 +14,7 @@ use crossline_core::{ConsentStatus, Identity, IdentityKind};
 use serde_json::{Value, json};
 use std::future::Future;
 
+mod agents;
 mod engage;
 
 /// A workspace record for tests.
@@ -77,6 +78,7 @@ where
     engage::erasing_a_profile_erases_its_engagement(fresh().await).await;
     engage::push_addresses_follow_their_browser_and_the_person(fresh().await).await;
     engage::in_app_messages_wait_for_their_profile(fresh().await).await;
+    agents::a_conversation_is_taken_once_and_turns_do_not_undo_it(fresh().await).await;
 }
 
 async fn destinations_follow_the_event_log(store: DynStore) {
@@ -357,17 +359,8 @@ async fn conversations_follow_profiles(store: DynStore) {
     };
     let chat = identify("c1", json!({"anonymousId": "visitor", "traits": {"email": "c@example.com"}})).await;
     let t0 = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
-    let mut conversation = Conversation {
-        id: "cnv_1".into(),
-        profile_id: chat.clone(),
-        bot: "bank".into(),
-        bot_version: 1,
-        status: crossline_core::ConversationStatus::Bot,
-        channel: "chat".into(),
-        state: json!({"active": {"name": "book"}}),
-        created_at: t0,
-        updated_at: t0,
-    };
+    let mut conversation = Conversation::new("cnv_1".into(), chat.clone(), "bank", 1, "chat", t0);
+    conversation.state = json!({"active": {"name": "book"}});
     let message = |author: &str, text: &str| ConversationMessage {
         author: crossline_core::Author::parse(author).unwrap(),
         channel: "chat".into(),

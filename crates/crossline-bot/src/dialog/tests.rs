@@ -53,6 +53,7 @@ fn turn(state: &mut DialogState, said: Say<'_>) -> TurnOutcome {
         slots: &said.slots,
         extract: &extract,
         known: &known,
+        sentiment: None,
     };
     step(&bank(), state, &input)
 }
@@ -250,4 +251,61 @@ fn silence_hands_off_when_the_bot_says_so() {
         (out.replies.as_slice(), out.ends, out.handoff.as_deref()),
         (&[HANDOFF_REPLY.to_owned()][..], true, Some(DEFAULT_QUEUE))
     );
+}
+
+#[test]
+fn asking_for_a_person_is_told_from_other_talk() {
+    for asked in [
+        "agent",
+        "Human please!",
+        "can I talk to a real person?",
+        "I want to speak to someone",
+        "connect me with an agent",
+        "Let me speak with a representative now",
+        "operator",
+    ] {
+        assert!(asks_for_a_person(asked), "{asked}");
+    }
+    for other in [
+        "I want to book an appointment",
+        "the person at the desk was rude and I want my money back from this shop today thanks",
+        "people say you are open on sundays",
+        "can someone help me get my card back",
+        "someone took my wallet",
+        "",
+        "speak",
+    ] {
+        assert!(!asks_for_a_person(other), "{other}");
+    }
+}
+
+#[test]
+fn a_request_for_a_person_or_an_angry_message_hands_off_keeping_the_form() {
+    let mut state = DialogState::default();
+    turn(&mut state, say("I want to book an appointment", "chat", Some(("book_appointment", 0.95))));
+    let out = turn(&mut state, say("can I talk to a human?", "chat", None));
+    assert_eq!((out.handoff.as_deref(), out.handoff_reason), (Some(DEFAULT_QUEUE), Some("request")));
+    assert_eq!(out.replies, [HANDOFF_REPLY]);
+    assert_eq!(state.active.as_ref().map(|active| active.name.as_str()), Some("book_appointment"), "the form stays");
+
+    let mut definition = bank();
+    definition.handoff.sentiment_below = Some(-0.5);
+    definition.handoff.queue = "care".into();
+    definition.handoff.on_request = false;
+    let known = BTreeMap::new();
+    let slots = BTreeMap::new();
+    let angry = |score: f64, text: &'static str| TurnInput {
+        text,
+        channel: "sms",
+        intent: None,
+        slots: &slots,
+        extract: &extract,
+        known: &known,
+        sentiment: Some(score),
+    };
+    let mut state = DialogState::default();
+    let out = step(&definition, &mut state, &angry(-0.8, "this is useless, I am furious"));
+    assert_eq!((out.handoff.as_deref(), out.handoff_reason), (Some("care"), Some("sentiment")));
+    let out = step(&definition, &mut DialogState::default(), &angry(-0.2, "agent"));
+    assert_eq!(out.handoff, None, "on_request off, sentiment above the threshold");
 }

@@ -137,17 +137,7 @@ async fn turns_consent_and_erasure_are_published() {
     let profile = fixture.store.lookup(&fixture.workspace, &customer).await.unwrap().unwrap();
     fixture.take();
 
-    let conversation = Conversation {
-        id: "cnv_1".into(),
-        profile_id: profile.id.clone(),
-        bot: "help".into(),
-        bot_version: 1,
-        status: crossline_core::ConversationStatus::Bot,
-        channel: "sms".into(),
-        state: json!({}),
-        created_at: now,
-        updated_at: now,
-    };
+    let conversation = Conversation::new("cnv_1".into(), profile.id.clone(), "help", 1, "sms", now);
     let read = TurnRead { active_since: now - chrono::Duration::minutes(30), open: None };
     let message = |author: &str, text: &str| ConversationMessage {
         author: crossline_core::Author::parse(author).unwrap(),

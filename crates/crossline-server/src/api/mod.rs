@@ -1,5 +1,6 @@
 //! The REST API (`/api/v1/*`) and the Segment-compatible tracking API (`/v1/*`).
 
+pub mod agents;
 pub mod alexa;
 pub mod bots;
 pub mod calls;

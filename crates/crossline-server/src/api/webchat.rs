@@ -1,15 +1,18 @@
 //! Web chat: the hosted page `/chat/{workspace_id}` and its WebSocket `/chat/{workspace_id}/ws`.
 //!
-//! Protocol (JSON text frames). The page sends `{"type": "hello", "seen": N}` on every (re)connect,
-//! where N is how many bot messages of the conversation it has shown (a page that starts empty sends
-//! `"seen": 0, "history": true` and gets the whole transcript, the customer's messages included), and
-//! `{"type": "message", "id": ID, "text": TEXT}` for each customer message, keeping it until it is
-//! acknowledged. The server answers `{"type": "typing"}` while the bot works, `{"type": "message",
-//! "author": "bot", "text": TEXT, "index": K, "quick_replies"?: [..]}` for each bot message (K counts them
-//! from 1; buttons come with the last message of a turn and with the greeting), and
-//! `{"type": "ack", "id": ID}` once a message is handled. On a reconnect the bot messages after N are
-//! sent again, and a message resent with an id already handled is acknowledged, not answered twice:
-//! nothing is lost and nothing is duplicated when a socket drops mid-turn.
+//! Protocol (JSON text frames). The page sends `{"type": "hello", "seen": N, "conversation": ID}` on
+//! every (re)connect, where N is how many bot and agent messages of conversation ID it has shown (a
+//! page that starts empty sends `"seen": 0, "history": true` and gets the whole transcript, the
+//! customer's messages included), and `{"type": "message", "id": ID, "text": TEXT}` for each
+//! customer message, keeping it until it is acknowledged. The server answers `{"type": "typing"}`
+//! while the bot works, `{"type": "message", "author": "bot" | "agent", "text": TEXT, "index": K,
+//! "conversation": ID, "quick_replies"?: [..]}` for each bot or agent message (K counts them from 1
+//! within the conversation, and a new conversation counts from 1 again; buttons come with the last
+//! message of a turn and with the greeting), and `{"type": "ack", "id": ID}` once a message is
+//! handled. On a reconnect the messages after N are sent again, and a message resent with an id
+//! already handled is acknowledged, not answered twice: nothing is lost and nothing is duplicated
+//! when a socket drops mid-turn. An agent's message comes without the customer writing: the socket
+//! watches its conversation's notices ([`crate::live`]) and sends what is new.
 //!
 //! `{"type": "identify", "user_id": ID, "traits": {..}, "user_hash"?: HEX}` (sent by the page when
 //! `widget.js` on the host page calls `Crossline.identify`) is answered `{"type": "identified",
@@ -50,6 +53,7 @@ use crossline_core::event::{Endpoint, NormalizeOptions, parse_request};
 use crossline_core::keys::{KeyKind, hash_key, secrets_equal};
 use crossline_core::trust::{IdentitySource, identity_hash_message};
 use crossline_core::{Author, EventKind, Identity, IdentityKind};
+use crossline_engine::agents::ConversationNotice;
 use crossline_engine::conversations::{Turn, TurnError, event};
 use crossline_store::{Conversation, Workspace};
 use hmac::{Hmac, Mac};
@@ -203,12 +207,15 @@ pub async fn socket(
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ServerFrame<'a> {
-    /// A message of the conversation; `index` counts the bot's messages (absent on the customer's).
+    /// A message of the conversation; `index` counts the bot's and agents' messages of
+    /// `conversation` (absent on the customer's); a new conversation counts from 1 again.
     Message {
         author: &'a str,
         text: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         index: Option<usize>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        conversation: Option<&'a str>,
         #[serde(skip_serializing_if = "<[String]>::is_empty")]
         quick_replies: &'a [String],
     },
@@ -259,8 +266,13 @@ async fn catch_up(
     for message in &messages {
         if message.author == Author::Customer {
             if history {
-                let frame =
-                    ServerFrame::Message { author: "customer", text: &message.text, index: None, quick_replies: &[] };
+                let frame = ServerFrame::Message {
+                    author: "customer",
+                    text: &message.text,
+                    index: None,
+                    conversation: Some(conversation_id),
+                    quick_replies: &[],
+                };
                 send(socket, frame).await;
             }
             continue;
@@ -271,6 +283,7 @@ async fn catch_up(
             author: message.author.as_str(),
             text: &message.text,
             index: Some(index),
+            conversation: Some(conversation_id),
             quick_replies,
         };
         if index > sent && !send(socket, frame).await {
@@ -426,6 +439,23 @@ pub fn user_hash(secret: &str, message: &str) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
+/// The next notice about the watched conversation; None when nothing is watched (or the watch
+/// ended), which never resolves a `select!` branch.
+async fn next_notice(
+    watching: &mut Option<(String, tokio::sync::broadcast::Receiver<std::sync::Arc<ConversationNotice>>)>,
+) -> Option<Result<std::sync::Arc<ConversationNotice>, tokio::sync::broadcast::error::RecvError>> {
+    match watching {
+        Some((_, notices)) => match notices.recv().await {
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                *watching = None;
+                None
+            }
+            notice => Some(notice),
+        },
+        None => std::future::pending().await,
+    }
+}
+
 /// Who is on the other end of a chat socket.
 struct Client {
     workspace: Workspace,
@@ -445,6 +475,9 @@ enum ClientFrame {
     Hello {
         #[serde(default)]
         seen: u64,
+        /// The conversation `seen` counts in (absent from older pages: the open one).
+        #[serde(default)]
+        conversation: Option<String>,
         #[serde(default)]
         history: bool,
     },
@@ -498,7 +531,27 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, client: Client) {
     let (workspace, identity, channel) = (&client.workspace, &client.visitor, client.channel);
     let mut sent = 0usize;
     let mut conversation: Option<String> = None;
-    while let Some(Ok(frame)) = socket.recv().await {
+    // What people write reaches the page live: the socket watches its conversation's notices (from
+    // any node) and catches up on them.
+    let mut watching: Option<(String, tokio::sync::broadcast::Receiver<_>)> = None;
+    loop {
+        if let Some(id) = &conversation
+            && watching.as_ref().is_none_or(|(watched, _)| watched != id)
+        {
+            watching = Some((id.clone(), state.live.watch_conversation(&workspace.id, id)));
+            // Anything written before the watch began is caught up on now.
+            sent = catch_up(&mut socket, &state, workspace, id, sent, false, &[]).await;
+        }
+        let frame = tokio::select! {
+            frame = socket.recv() => frame,
+            Some(notice) = next_notice(&mut watching) => {
+                if let (Some(id), Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) = (&conversation, notice) {
+                    sent = catch_up(&mut socket, &state, workspace, id, sent, false, &[]).await;
+                }
+                continue;
+            }
+        };
+        let Some(Ok(frame)) = frame else { break };
         let Message::Text(text) = frame else {
             if matches!(frame, Message::Close(_)) {
                 break;
@@ -530,10 +583,14 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, client: Client) {
             }
         };
         match request {
-            ClientFrame::Hello { seen, history } => {
+            ClientFrame::Hello { seen, conversation: counted_in, history } => {
                 sent = usize::try_from(seen).unwrap_or(usize::MAX);
                 match open_conversation(&state, workspace, &bot, identity).await {
                     Some(open) => {
+                        // The page counted in another conversation: this one is all new to it.
+                        if counted_in.is_some_and(|counted_in| counted_in != open.id) {
+                            sent = 0;
+                        }
                         let buttons = pending_buttons(&state, workspace, &open).await;
                         sent = catch_up(&mut socket, &state, workspace, &open.id, sent, history, &buttons).await;
                         conversation = Some(open.id);
@@ -545,6 +602,7 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, client: Client) {
                                 author: "bot",
                                 text: &text,
                                 index: Some(0),
+                                conversation: None,
                                 quick_replies: &suggestions,
                             };
                             send(&mut socket, frame).await;
@@ -587,6 +645,10 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, client: Client) {
                 match answered {
                     Ok(outcome) => {
                         buttons = render(&outcome.replies, &CHAT_CAPABILITIES).buttons;
+                        // A new conversation (the last was resolved, or went idle) counts from 1.
+                        if conversation.as_ref().is_some_and(|current| *current != outcome.conversation_id) {
+                            sent = 0;
+                        }
                         conversation = Some(outcome.conversation_id);
                     }
                     Err(None) => {}

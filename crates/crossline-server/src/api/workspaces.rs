@@ -177,7 +177,7 @@ pub async fn create_workspace(
 pub async fn list_workspaces(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<WorkspaceList>> {
     let workspaces = match caller {
         Caller::Admin => state.store.workspaces().await?,
-        Caller::Workspace(workspace) => vec![workspace],
+        Caller::Workspace(workspace) | Caller::Agent(workspace, _) => vec![workspace],
     };
     Ok(Json(WorkspaceList { workspaces: workspaces.into_iter().map(WorkspaceView::from).collect() }))
 }

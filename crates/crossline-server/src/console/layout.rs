@@ -98,6 +98,7 @@ pub fn shell(session: &Session, section: Section, title: &str, content: Markup) 
                         @match &session.caller {
                             Caller::Admin => "Signed in as operator",
                             Caller::Workspace(_) => "Signed in with an API key",
+                            Caller::Agent(..) => "Signed in as an agent",
                         }
                     }
                     form method="post" action="/logout" { button type="submit" { "Sign out" } }

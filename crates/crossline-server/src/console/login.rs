@@ -95,7 +95,15 @@ pub async fn submit(
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         return Ok(response);
     }
-    if caller_for_token(&state, token).await?.is_none() {
+    let caller = caller_for_token(&state, token).await?;
+    if matches!(caller, Some(crate::auth::Caller::Agent(..))) {
+        state.logins.failed(&throttle_keys, now);
+        metrics::counter!("crossline_console_logins_total", "outcome" => "failed").increment(1);
+        return Ok(refused(
+            "That is an agent token: it works for the agent API (/api/v1/conversations). The console's agent inbox is not available yet.",
+        ));
+    }
+    if caller.is_none() {
         state.logins.failed(&throttle_keys, now);
         metrics::counter!("crossline_console_logins_total", "outcome" => "failed").increment(1);
         return Ok(refused(

@@ -104,6 +104,9 @@ impl FromRequestParts<AppState> for Session {
         };
         let secure = crate::sessions::secure(state, &parts.headers);
         match caller {
+            // Agents have no console pages yet (the inbox comes with roles): their sessions are not
+            // opened, and one could not get here.
+            Caller::Agent(..) => Err(to_login(true)),
             Caller::Workspace(workspace) => Ok(Session {
                 workspace: Some(workspace.clone()),
                 caller: Caller::Workspace(workspace),

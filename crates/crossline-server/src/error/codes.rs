@@ -61,6 +61,8 @@ error_codes! {
     ChannelDisabled = "channel_disabled", 404, "the channel (web chat, Twilio, Alexa) is not configured for the workspace";
     BodyTimeout = "body_timeout", 408, "the request's body did not arrive within `body_timeout_secs` (30 s); the connection is closed";
     Conflict = "conflict", 409, "a name in use (a workspace, a segment, a template, a campaign), or an action the object's state does not allow (a campaign whose segment or template is gone, pausing a completed campaign)";
+    AlreadyAssigned = "already_assigned", 409, "the conversation is not where the request needs it: another agent took it first (two accepted at once), it is resolved, or the agent does not have it; the message says which";
+    NotDeliverable = "not_deliverable", 409, "an agent's message cannot reach the customer on their channel (they opted out of it, or have no reachable number there); nothing was stored or sent";
     DuplicateMessage = "duplicate_message", 409, "a channel's message id was handled before (a provider's retry or a replay); it is not answered again";
     EventTooLarge = "event_too_large", 413, "an event above 32 KB (after decompression)";
     RequestTooLarge = "request_too_large", 413, "a request above 500 KB (after decompression)";

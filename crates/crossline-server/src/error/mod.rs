@@ -148,6 +148,30 @@ impl From<crossline_engine::TurnError> for ApiError {
     }
 }
 
+impl From<crossline_engine::agents::AgentError> for ApiError {
+    fn from(err: crossline_engine::agents::AgentError) -> Self {
+        use crossline_engine::agents::AgentError;
+        match err {
+            AgentError::Invalid { field, message } => {
+                ApiError::bad_request(ErrorCode::InvalidField, format!("{field}: {message}"))
+            }
+            AgentError::NotFound(what) => ApiError::not_found(&what),
+            AgentError::Conflict { message, status, assignee } => {
+                let mut message = message;
+                if let Some(status) = status {
+                    message.push_str(&format!(" (status: {status}"));
+                    if let Some(assignee) = assignee {
+                        message.push_str(&format!(", assignee: {assignee}"));
+                    }
+                    message.push(')');
+                }
+                ApiError::new(ErrorCode::AlreadyAssigned, message)
+            }
+            AgentError::Store(err) => err.into(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { error: ErrorDetail { code: self.code.as_str().to_owned(), message: self.message } };

@@ -333,7 +333,7 @@ async fn a_campaign_reaches_the_right_people_through_a_real_smtp_server() {
 /// account's SID and token, form fields, and answers as Twilio does (201 with a SID, 400 with
 /// Twilio's error code for an invalid number, 503 once for a number to show a retry).
 #[derive(Clone, Default)]
-struct FakeTwilio {
+pub(crate) struct FakeTwilio {
     sent: std::sync::Arc<std::sync::Mutex<Vec<std::collections::HashMap<String, String>>>>,
     failed_once: std::sync::Arc<std::sync::Mutex<bool>>,
     calls: std::sync::Arc<std::sync::Mutex<Vec<std::collections::HashMap<String, String>>>>,
@@ -375,8 +375,8 @@ async fn fake_twilio_calls(
     (axum::http::StatusCode::CREATED, axum::Json(json!({"sid": sid, "status": "queued"})))
 }
 
-const SID: &str = "AC22222222222222222222222222222222";
-const TOKEN: &str = "fedcba9876543210fedcba9876543210";
+pub(crate) const SID: &str = "AC22222222222222222222222222222222";
+pub(crate) const TOKEN: &str = "fedcba9876543210fedcba9876543210";
 
 async fn fake_twilio_messages(
     axum::extract::State(fake): axum::extract::State<FakeTwilio>,
@@ -422,7 +422,7 @@ async fn fake_twilio_messages(
 }
 
 impl FakeTwilio {
-    async fn start() -> (String, FakeTwilio) {
+    pub(crate) async fn start() -> (String, FakeTwilio) {
         let fake = FakeTwilio::default();
         let app = axum::Router::new()
             .route("/2010-04-01/Accounts/{account}/Messages.json", axum::routing::post(fake_twilio_messages))
@@ -434,7 +434,7 @@ impl FakeTwilio {
         (url, fake)
     }
 
-    fn to(&self, number: &str) -> Vec<std::collections::HashMap<String, String>> {
+    pub(crate) fn to(&self, number: &str) -> Vec<std::collections::HashMap<String, String>> {
         self.sent
             .lock()
             .unwrap()
@@ -444,7 +444,7 @@ impl FakeTwilio {
             .collect()
     }
 
-    async fn until(&self, number: &str, count: usize) -> Vec<std::collections::HashMap<String, String>> {
+    pub(crate) async fn until(&self, number: &str, count: usize) -> Vec<std::collections::HashMap<String, String>> {
         for _ in 0..150 {
             let found = self.to(number);
             if found.len() >= count {
@@ -456,7 +456,7 @@ impl FakeTwilio {
     }
 }
 
-async fn signed_post(server: &TestServer, path: &str, params: &[(&str, &str)]) -> StatusCode {
+pub(crate) async fn signed_post(server: &TestServer, path: &str, params: &[(&str, &str)]) -> StatusCode {
     let url = format!("{}{path}", server.url);
     let params: Vec<(String, String)> = params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     let signature = crossline_channels::twilio::signature(TOKEN, &url, &params);

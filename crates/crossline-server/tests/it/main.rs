@@ -1,6 +1,7 @@
 //! Integration tests of the server over real HTTP on loopback. One test binary (faster links,
 //! shared helpers); each test starts its own server on port 0.
 
+mod agents;
 mod alexa;
 mod apns;
 mod bots;

@@ -4,6 +4,7 @@
 //! serialised by a transaction-scoped advisory lock keyed on the workspace id, so two nodes never
 //! attach one identity to two profiles or merge the same pair twice.
 
+mod agents;
 mod bots;
 mod channels;
 mod conversations;
@@ -44,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0012_delivery_time_zone.sql"),
     include_str!("../../migrations/postgres/0013_push_addresses.sql"),
     include_str!("../../migrations/postgres/0014_in_app_messages.sql"),
+    include_str!("../../migrations/postgres/0015_agents.sql"),
 ];
 
 /// Arbitrary constant for the advisory lock that serialises migrations across nodes.

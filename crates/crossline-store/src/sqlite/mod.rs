@@ -43,6 +43,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use timeline::{Limits, Pending, Timeline, TimelineWriter};
 use tokio::sync::oneshot;
 
+mod agents;
 mod bots;
 mod channels;
 mod conversations;

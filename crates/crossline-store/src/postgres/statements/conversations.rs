@@ -3,8 +3,7 @@
 #[allow(unused_imports)]
 use super::*;
 
-pub(in crate::postgres) const CONVERSATION_COLUMNS: &str =
-    "id, profile_id, bot, bot_version, status, channel, state, created_at, updated_at";
+pub(in crate::postgres) const CONVERSATION_COLUMNS: &str = "id, profile_id, bot, bot_version, status, channel, state, created_at, updated_at, queue, assignee, queued_at, assigned_at";
 
 pub(in crate::postgres) fn conversation_from_row(row: &Row) -> crate::Conversation {
     crate::Conversation {
@@ -18,6 +17,10 @@ pub(in crate::postgres) fn conversation_from_row(row: &Row) -> crate::Conversati
         state: row.get(6),
         created_at: from_millis(row.get(7)),
         updated_at: from_millis(row.get(8)),
+        queue: row.get(9),
+        assignee: row.get(10),
+        queued_at: row.get::<_, Option<i64>>(11).map(from_millis),
+        assigned_at: row.get::<_, Option<i64>>(12).map(from_millis),
     }
 }
 
@@ -32,7 +35,8 @@ pub(in crate::postgres) async fn open_conversation(
         .query_opt(
             &format!(
                 "SELECT {CONVERSATION_COLUMNS} FROM conversations
-                 WHERE workspace_id = $1 AND profile_id = $2 AND bot = $3 AND status != 'resolved' AND updated_at >= $4
+                 WHERE workspace_id = $1 AND profile_id = $2 AND bot = $3 AND status != 'resolved'
+                   AND (updated_at >= $4 OR status IN ('queued', 'assigned'))
                  ORDER BY updated_at DESC LIMIT 1"
             ),
             &[&workspace_id, &profile_id, &bot, &to_millis(active_since)],
@@ -61,10 +65,15 @@ pub(in crate::postgres) async fn save_conversation(
     conversation: &crate::Conversation,
     messages: &[crate::ConversationMessage],
 ) -> StoreResult<()> {
+    // A turn moves a conversation between the bot and the queue; what people did to it meanwhile
+    // (took it, resolved it) stands, and only a handoff sets the queue.
     tx.execute(
-        "INSERT INTO conversations (workspace_id, id, profile_id, bot, bot_version, status, channel, state, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-         ON CONFLICT (workspace_id, id) DO UPDATE SET profile_id = excluded.profile_id, status = excluded.status,
+        "INSERT INTO conversations (workspace_id, id, profile_id, bot, bot_version, status, channel, state, created_at, updated_at, queue, queued_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+         ON CONFLICT (workspace_id, id) DO UPDATE SET profile_id = excluded.profile_id,
+            status = CASE WHEN conversations.status IN ('bot', 'queued') THEN excluded.status ELSE conversations.status END,
+            queue = CASE WHEN conversations.status = 'bot' AND excluded.status = 'queued' THEN excluded.queue ELSE conversations.queue END,
+            queued_at = CASE WHEN conversations.status = 'bot' AND excluded.status = 'queued' THEN excluded.queued_at ELSE conversations.queued_at END,
             channel = excluded.channel, state = excluded.state, updated_at = excluded.updated_at",
         &[
             &workspace_id,
@@ -77,13 +86,25 @@ pub(in crate::postgres) async fn save_conversation(
             &conversation.state,
             &to_millis(conversation.created_at),
             &to_millis(conversation.updated_at),
+            &conversation.queue,
+            &conversation.queued_at.map(to_millis),
         ],
     )
     .await?;
+    append_messages(tx, workspace_id, &conversation.id, messages).await
+}
+
+/// Append messages to a conversation, after those it has.
+pub(in crate::postgres) async fn append_messages(
+    tx: &Transaction<'_>,
+    workspace_id: &str,
+    conversation_id: &str,
+    messages: &[crate::ConversationMessage],
+) -> StoreResult<()> {
     let mut seq: i64 = tx
         .query_one(
             "SELECT coalesce(max(seq), 0)::int8 FROM conversation_messages WHERE workspace_id = $1 AND conversation_id = $2",
-            &[&workspace_id, &conversation.id],
+            &[&workspace_id, &conversation_id],
         )
         .await?
         .get(0);
@@ -94,7 +115,7 @@ pub(in crate::postgres) async fn save_conversation(
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
                 &workspace_id,
-                &conversation.id,
+                &conversation_id,
                 &seq,
                 &message.author.as_str(),
                 &message.channel,

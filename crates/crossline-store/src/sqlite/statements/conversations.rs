@@ -16,6 +16,10 @@ pub(in crate::sqlite) fn conversation_from_row(row: &Row<'_>) -> rusqlite::Resul
             state: Value::Null,
             created_at: from_millis(row.get(7)?),
             updated_at: from_millis(row.get(8)?),
+            queue: row.get(9)?,
+            assignee: row.get(10)?,
+            queued_at: row.get::<_, Option<i64>>(11)?.map(from_millis),
+            assigned_at: row.get::<_, Option<i64>>(12)?.map(from_millis),
         },
         row.get(6)?,
     ))
@@ -45,10 +49,9 @@ pub(in crate::sqlite) fn conversation(
     id: &str,
 ) -> StoreResult<Option<crate::Conversation>> {
     let row = conn
-        .prepare_cached(
-            "SELECT id, profile_id, bot, bot_version, status, channel, state, created_at, updated_at
-             FROM conversations WHERE workspace_id = ?1 AND id = ?2",
-        )?
+        .prepare_cached(&format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE workspace_id = ?1 AND id = ?2"
+        ))?
         .query_row((workspace_id, id), conversation_from_row)
         .optional()?;
     row.map(|(mut conversation, state)| {
@@ -64,10 +67,15 @@ pub(in crate::sqlite) fn save_conversation(
     conversation: &crate::Conversation,
     messages: &[crate::ConversationMessage],
 ) -> StoreResult<()> {
+    // A turn moves a conversation between the bot and the queue; what people did to it meanwhile
+    // (took it, resolved it) stands, and only a handoff sets the queue.
     conn.prepare_cached(
-        "INSERT INTO conversations (workspace_id, id, profile_id, bot, bot_version, status, channel, state, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-         ON CONFLICT (workspace_id, id) DO UPDATE SET profile_id = excluded.profile_id, status = excluded.status,
+        "INSERT INTO conversations (workspace_id, id, profile_id, bot, bot_version, status, channel, state, created_at, updated_at, queue, queued_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+         ON CONFLICT (workspace_id, id) DO UPDATE SET profile_id = excluded.profile_id,
+            status = CASE WHEN conversations.status IN ('bot', 'queued') THEN excluded.status ELSE conversations.status END,
+            queue = CASE WHEN conversations.status = 'bot' AND excluded.status = 'queued' THEN excluded.queue ELSE conversations.queue END,
+            queued_at = CASE WHEN conversations.status = 'bot' AND excluded.status = 'queued' THEN excluded.queued_at ELSE conversations.queued_at END,
             channel = excluded.channel, state = excluded.state, updated_at = excluded.updated_at",
     )?
     .execute(params![
@@ -81,10 +89,22 @@ pub(in crate::sqlite) fn save_conversation(
         serde_json::to_string(&conversation.state)?,
         to_millis(conversation.created_at),
         to_millis(conversation.updated_at),
+        conversation.queue,
+        conversation.queued_at.map(to_millis),
     ])?;
+    append_messages(conn, workspace_id, &conversation.id, messages)
+}
+
+/// Append messages to a conversation, after those it has.
+pub(in crate::sqlite) fn append_messages(
+    conn: &Connection,
+    workspace_id: &str,
+    conversation_id: &str,
+    messages: &[crate::ConversationMessage],
+) -> StoreResult<()> {
     let mut seq: i64 = conn.query_row(
         "SELECT coalesce(max(seq), 0) FROM conversation_messages WHERE workspace_id = ?1 AND conversation_id = ?2",
-        (workspace_id, &conversation.id),
+        (workspace_id, conversation_id),
         |row| row.get(0),
     )?;
     let mut insert = conn.prepare_cached(
@@ -95,7 +115,7 @@ pub(in crate::sqlite) fn save_conversation(
         seq += 1;
         insert.execute(params![
             workspace_id,
-            conversation.id,
+            conversation_id,
             seq,
             message.author.as_str(),
             message.channel,

@@ -102,10 +102,16 @@ pub(in crate::sqlite) const DELETE_CONVERSATION_MESSAGES: &str =
 pub(in crate::sqlite) const DELETE_CONVERSATIONS: &str =
     "DELETE FROM conversations INDEXED BY conversations_profile WHERE workspace_id = ?1 AND profile_id = ?2";
 
+/// The columns [`conversations::conversation_from_row`] reads, in its order.
+pub(in crate::sqlite) const CONVERSATION_COLUMNS: &str = "id, profile_id, bot, bot_version, status, channel, state, created_at, updated_at, queue, assignee, queued_at, assigned_at";
+
+/// A customer's open conversation with a bot: not resolved, and either recent or with people (a
+/// conversation waiting for an agent, or held by one, stays open however long it waits).
 pub(in crate::sqlite) const OPEN_CONVERSATION: &str =
-    "SELECT id, profile_id, bot, bot_version, status, channel, state, created_at, updated_at
+    "SELECT id, profile_id, bot, bot_version, status, channel, state, created_at, updated_at, queue, assignee, queued_at, assigned_at
     FROM conversations INDEXED BY conversations_profile
-    WHERE workspace_id = ?1 AND profile_id = ?2 AND bot = ?3 AND status != 'resolved' AND updated_at >= ?4
+    WHERE workspace_id = ?1 AND profile_id = ?2 AND bot = ?3 AND status != 'resolved'
+      AND (updated_at >= ?4 OR status IN ('queued', 'assigned'))
     ORDER BY updated_at DESC LIMIT 1";
 
 pub(in crate::sqlite) const TOMBSTONE: &str = "UPDATE profiles SET merged_into = ?1, traits = '{}', trait_times = '{}', consent = '{}' WHERE workspace_id = ?2 AND id = ?3";

@@ -1,0 +1,544 @@
+//! The contact centre: agents, and what people do with the conversations the bot hands them.
+//!
+//! A conversation the bot hands off is `queued` in a queue; an agent takes it (`assigned`, once:
+//! two agents accepting at once on any nodes get one 200 and one conflict, because the change is
+//! written only if the conversation still stands as it was read), answers, moves it to another
+//! queue or agent, resolves it, or hands it back to the bot. Every change is one durable write of
+//! the conversation, its messages and its events (`conversation.assigned`, `message.sent` with
+//! `author: agent`, `conversation.transferred`, `conversation.resolved`,
+//! `conversation.handed_back`), then a notice on the bus (`live.{workspace}.conversations`) that
+//! live views — the customer's chat socket, agents' inboxes — on every node read the change from.
+//!
+//! Delivering an agent's words on SMS or WhatsApp is the engagement pipeline's (the server asks it
+//! before the message is stored, so an opted-out customer is refused and the agent told why); on web
+//! chat the notice is the delivery.
+
+use crate::recorder::EventRecorder;
+use chrono::{DateTime, Utc};
+use crossline_core::conversation::{Author, ConversationStatus};
+use crossline_core::event::NormalizedEvent;
+use crossline_core::keys::{generate_token, hash_key};
+use crossline_store::agents::{Agent, AgentStatus, ConversationFilter, PeopleChange};
+use crossline_store::{Conversation, ConversationMessage, DynStore, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// The prefix of an agent's token.
+pub const AGENT_TOKEN_PREFIX: &str = "at";
+/// Most conversations an agent may hold at once.
+pub const MAX_CAPACITY: u32 = 50;
+/// Most skills or languages an agent has.
+const MAX_TAGS: usize = 32;
+/// Longest message an agent sends.
+pub const MAX_REPLY_CHARS: usize = 4_000;
+/// How often a change is tried again when the conversation changed in between (a customer turn).
+const ATTEMPTS: usize = 3;
+
+/// The subject live notices about a workspace's conversations travel on.
+pub fn notice_subject(workspace_id: &str) -> String {
+    format!("live.{workspace_id}.conversations")
+}
+
+/// What changed in a conversation, for live views: they read the conversation again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationNotice {
+    /// The workspace.
+    pub workspace_id: String,
+    /// The conversation.
+    pub conversation_id: String,
+    /// Its customer.
+    pub profile_id: String,
+    /// Its status now.
+    pub status: ConversationStatus,
+    /// Who has it now.
+    pub assignee: Option<String>,
+    /// Its queue.
+    pub queue: Option<String>,
+    /// The channel of the customer's last message.
+    pub channel: String,
+}
+
+impl ConversationNotice {
+    /// The notice of a conversation as it is.
+    pub fn of(workspace_id: &str, conversation: &Conversation) -> Self {
+        ConversationNotice {
+            workspace_id: workspace_id.to_owned(),
+            conversation_id: conversation.id.clone(),
+            profile_id: conversation.profile_id.clone(),
+            status: conversation.status,
+            assignee: conversation.assignee.clone(),
+            queue: conversation.queue.clone(),
+            channel: conversation.channel.clone(),
+        }
+    }
+}
+
+/// Tell live views on every node that a conversation changed. A bus outage only delays them until
+/// their next read; it fails nothing.
+pub async fn announce(bus: &crossline_bus::DynBus, workspace_id: &str, conversation: &Conversation) {
+    let notice = ConversationNotice::of(workspace_id, conversation);
+    let payload = serde_json::to_vec(&notice).expect("notices serialise");
+    if let Err(err) = bus.notify(&notice_subject(workspace_id), payload.into()).await {
+        metrics::counter!("crossline_notices_failed_total").increment(1);
+        tracing::warn!(error = %err, workspace = workspace_id, "a conversation notice could not be sent");
+    }
+}
+
+/// An agent to make.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NewAgent {
+    /// Shown to colleagues.
+    pub name: String,
+    /// Unique in the workspace.
+    pub email: String,
+    /// Skills routing matches.
+    pub skills: Vec<String>,
+    /// Languages (ISO 639-1).
+    pub languages: Vec<String>,
+    /// Conversations held at once at most.
+    pub capacity: u32,
+}
+
+/// Why the contact centre refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A field of the request is wrong.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No such thing in the workspace.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The conversation is not where the request needs it.
+    #[error("{message}")]
+    Conflict {
+        /// A sentence for the caller.
+        message: String,
+        /// Its status now.
+        status: Option<ConversationStatus>,
+        /// Who has it now.
+        assignee: Option<String>,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> AgentError {
+    AgentError::Invalid { field: field.to_owned(), message: message.into() }
+}
+
+fn conflict(message: impl Into<String>, conversation: &Conversation) -> AgentError {
+    AgentError::Conflict {
+        message: message.into(),
+        status: Some(conversation.status),
+        assignee: conversation.assignee.clone(),
+    }
+}
+
+/// A skill, language or queue name: 1–64 letters, digits, `_` or `-`.
+pub fn valid_tag(tag: &str) -> bool {
+    (1..=64).contains(&tag.len())
+        && tag.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-')
+}
+
+fn tags(field: &str, values: &[String]) -> Result<Vec<String>, AgentError> {
+    if values.len() > MAX_TAGS {
+        return Err(invalid(field, format!("give at most {MAX_TAGS}")));
+    }
+    let mut tags = Vec::with_capacity(values.len());
+    for (index, value) in values.iter().enumerate() {
+        let tag = value.trim().to_ascii_lowercase();
+        if !valid_tag(&tag) {
+            return Err(invalid(&format!("{field}[{index}]"), "use 1-64 letters, digits, _ or -"));
+        }
+        if !tags.contains(&tag) {
+            tags.push(tag);
+        }
+    }
+    Ok(tags)
+}
+
+/// What an agent did, for the conversation's events.
+enum Act<'a> {
+    Assign,
+    Reply(&'a str),
+    Transfer { queue: Option<&'a str>, agent: Option<&'a Agent> },
+    Resolve,
+    HandBack,
+}
+
+/// The contact centre's engine.
+pub struct ContactCentre {
+    store: DynStore,
+    recorder: EventRecorder,
+}
+
+impl ContactCentre {
+    /// The contact centre over the store, recording through `recorder` (whose bus carries notices).
+    pub fn new(store: DynStore, recorder: EventRecorder) -> Self {
+        ContactCentre { store, recorder }
+    }
+
+    /// Make an agent (offline until its status says otherwise); returns it with its token, which is
+    /// not kept (only its SHA-256 is).
+    pub async fn create_agent(
+        &self,
+        workspace_id: &str,
+        new: NewAgent,
+        now: DateTime<Utc>,
+    ) -> Result<(Agent, String), AgentError> {
+        let name = new.name.trim();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(invalid("name", "give the agent's name (1-200 characters)"));
+        }
+        let email = crossline_core::identity::normalize_email(&new.email)
+            .map_err(|_| invalid("email", "give the agent's email address"))?;
+        if !(1..=MAX_CAPACITY).contains(&new.capacity) {
+            return Err(invalid("capacity", format!("give 1 to {MAX_CAPACITY} conversations at once")));
+        }
+        let agent = Agent {
+            id: crossline_core::ids::new_id("agt"),
+            name: name.to_owned(),
+            email,
+            skills: tags("skills", &new.skills)?,
+            languages: tags("languages", &new.languages)?,
+            capacity: new.capacity,
+            status: AgentStatus::Offline,
+            created_at: now,
+            status_at: now,
+        };
+        let token = generate_token(AGENT_TOKEN_PREFIX);
+        match self.store.create_agent(workspace_id, &agent, &hash_key(&token)).await {
+            Err(StoreError::Conflict(message)) => Err(invalid("email", message)),
+            result => result.map(|()| (agent, token)).map_err(AgentError::from),
+        }
+    }
+
+    /// The agent a token authenticates, with its workspace id.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<(String, Agent)>, StoreError> {
+        if !token.starts_with("at_") {
+            return Ok(None);
+        }
+        self.store.agent_by_token(&hash_key(token)).await
+    }
+
+    /// Set an agent's status.
+    pub async fn set_status(
+        &self,
+        workspace_id: &str,
+        agent_id: &str,
+        status: AgentStatus,
+        now: DateTime<Utc>,
+    ) -> Result<(), AgentError> {
+        if self.store.set_agent_status(workspace_id, agent_id, status, now).await? {
+            Ok(())
+        } else {
+            Err(AgentError::NotFound(format!("agent {agent_id}")))
+        }
+    }
+
+    /// Conversations as the filter asks.
+    pub async fn conversations(
+        &self,
+        workspace_id: &str,
+        filter: &ConversationFilter,
+    ) -> Result<Vec<Conversation>, AgentError> {
+        Ok(self.store.list_conversations(workspace_id, filter).await?)
+    }
+
+    /// A conversation of the workspace.
+    pub async fn conversation(&self, workspace_id: &str, id: &str) -> Result<Conversation, AgentError> {
+        self.store
+            .conversation(workspace_id, id)
+            .await?
+            .ok_or_else(|| AgentError::NotFound(format!("conversation {id}")))
+    }
+
+    /// An agent takes a conversation: one waiting in a queue, or one the bot has (taking over). Once:
+    /// a conversation someone has is a conflict naming who.
+    pub async fn assign(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        agent: &Agent,
+        now: DateTime<Utc>,
+    ) -> Result<Conversation, AgentError> {
+        self.change(
+            workspace_id,
+            id,
+            now,
+            |conversation| match conversation.status {
+                ConversationStatus::Bot | ConversationStatus::Queued => Ok(change(
+                    conversation,
+                    ConversationStatus::Assigned,
+                    Some(&agent.id),
+                    conversation.queue.clone(),
+                    now,
+                )),
+                ConversationStatus::Assigned if conversation.assignee.as_deref() == Some(agent.id.as_str()) => {
+                    Err(conflict("you have this conversation already", conversation))
+                }
+                ConversationStatus::Assigned => {
+                    Err(conflict("another agent has taken this conversation", conversation))
+                }
+                ConversationStatus::Resolved => Err(conflict("this conversation is resolved", conversation)),
+            },
+            Act::Assign,
+            Some(agent),
+        )
+        .await
+        .map(|(conversation, _)| conversation)
+    }
+
+    /// A message of people to the customer, stored on the conversation (on the channel of the
+    /// customer's last message); returns the conversation and the id of the message's
+    /// `message.sent` event. An agent must have the conversation; without an agent (the
+    /// workspace's API key) it must be with people ([`may_act`]).
+    pub async fn reply(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        agent: Option<&Agent>,
+        text: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(Conversation, String), AgentError> {
+        let text = text.trim();
+        if text.is_empty() || text.chars().count() > MAX_REPLY_CHARS {
+            return Err(invalid("text", format!("give the message (1-{MAX_REPLY_CHARS} characters)")));
+        }
+        self.change(
+            workspace_id,
+            id,
+            now,
+            |conversation| {
+                may_act(conversation, agent)?;
+                Ok(change(
+                    conversation,
+                    conversation.status,
+                    conversation.assignee.as_deref(),
+                    conversation.queue.clone(),
+                    now,
+                ))
+            },
+            Act::Reply(text),
+            agent,
+        )
+        .await
+    }
+
+    /// Move a conversation to a queue (waiting there) or to an agent (who has it then).
+    pub async fn transfer(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        by: Option<&Agent>,
+        queue: Option<&str>,
+        to_agent: Option<&Agent>,
+        now: DateTime<Utc>,
+    ) -> Result<Conversation, AgentError> {
+        if let Some(queue) = queue
+            && !valid_tag(queue)
+        {
+            return Err(invalid("queue", "use 1-64 letters, digits, _ or -"));
+        }
+        if queue.is_none() && to_agent.is_none() {
+            return Err(invalid("queue", "give a queue or an agent_id to move the conversation to"));
+        }
+        self.change(
+            workspace_id,
+            id,
+            now,
+            |conversation| {
+                may_act(conversation, by)?;
+                let queue = queue.map(str::to_owned).or_else(|| conversation.queue.clone());
+                Ok(match to_agent {
+                    Some(agent) => change(conversation, ConversationStatus::Assigned, Some(&agent.id), queue, now),
+                    None => change(conversation, ConversationStatus::Queued, None, queue, now),
+                })
+            },
+            Act::Transfer { queue, agent: to_agent },
+            by,
+        )
+        .await
+        .map(|(conversation, _)| conversation)
+    }
+
+    /// Close a conversation people have; the customer's next message starts a new one with the bot.
+    pub async fn resolve(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        by: Option<&Agent>,
+        now: DateTime<Utc>,
+    ) -> Result<Conversation, AgentError> {
+        self.change(
+            workspace_id,
+            id,
+            now,
+            |conversation| {
+                may_act(conversation, by)?;
+                Ok(change(
+                    conversation,
+                    ConversationStatus::Resolved,
+                    conversation.assignee.as_deref(),
+                    conversation.queue.clone(),
+                    now,
+                ))
+            },
+            Act::Resolve,
+            by,
+        )
+        .await
+        .map(|(conversation, _)| conversation)
+    }
+
+    /// Give a conversation back to the bot, which answers the customer's next message.
+    pub async fn hand_back(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        by: Option<&Agent>,
+        now: DateTime<Utc>,
+    ) -> Result<Conversation, AgentError> {
+        self.change(
+            workspace_id,
+            id,
+            now,
+            |conversation| {
+                may_act(conversation, by)?;
+                Ok(change(conversation, ConversationStatus::Bot, None, conversation.queue.clone(), now))
+            },
+            Act::HandBack,
+            by,
+        )
+        .await
+        .map(|(conversation, _)| conversation)
+    }
+
+    /// Read the conversation, decide the change, write it if the conversation did not change in
+    /// between (else read again), then tell live views.
+    async fn change(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        now: DateTime<Utc>,
+        decide: impl Fn(&Conversation) -> Result<PeopleChange, AgentError>,
+        act: Act<'_>,
+        agent: Option<&Agent>,
+    ) -> Result<(Conversation, String), AgentError> {
+        for _ in 0..ATTEMPTS {
+            let conversation = self.conversation(workspace_id, id).await?;
+            let change = decide(&conversation)?;
+            let profile = self
+                .store
+                .profile(workspace_id, &conversation.profile_id)
+                .await?
+                .ok_or_else(|| AgentError::NotFound(format!("the customer of conversation {id}")))?;
+            let Some(identity) = profile.identities.first() else {
+                return Err(AgentError::NotFound(format!("the customer of conversation {id}")));
+            };
+            let (messages, events) = record_of(&act, &conversation, &change, agent, identity, now);
+            let event_id = events.first().map(|event| event.message_id.clone()).unwrap_or_default();
+            match self.recorder.record_people_change(workspace_id, id, &change, &messages, events).await {
+                Ok((changed, _)) => {
+                    announce(self.recorder.bus(), workspace_id, &changed).await;
+                    return Ok((changed, event_id));
+                }
+                Err(StoreError::Conflict(_)) => metrics::counter!("crossline_people_conflicts_total").increment(1),
+                Err(err) => return Err(err.into()),
+            }
+        }
+        let conversation = self.conversation(workspace_id, id).await?;
+        Err(conflict("the conversation kept changing; read it again and retry", &conversation))
+    }
+}
+
+/// Whether `agent` (or, without one, the workspace itself) may act on a conversation people have.
+pub fn may_act(conversation: &Conversation, agent: Option<&Agent>) -> Result<(), AgentError> {
+    match (conversation.status, agent) {
+        (ConversationStatus::Assigned, Some(agent)) if conversation.assignee.as_deref() == Some(agent.id.as_str()) => {
+            Ok(())
+        }
+        (ConversationStatus::Assigned, Some(_)) => Err(conflict("another agent has this conversation", conversation)),
+        (ConversationStatus::Queued, Some(_)) => {
+            Err(conflict("take the conversation first (POST .../assign)", conversation))
+        }
+        (ConversationStatus::Queued | ConversationStatus::Assigned, None) => Ok(()),
+        (ConversationStatus::Bot, _) => {
+            Err(conflict("the bot has this conversation; take it first (POST .../assign)", conversation))
+        }
+        (ConversationStatus::Resolved, _) => Err(conflict("this conversation is resolved", conversation)),
+    }
+}
+
+fn change(
+    conversation: &Conversation,
+    status: ConversationStatus,
+    assignee: Option<&str>,
+    queue: Option<String>,
+    now: DateTime<Utc>,
+) -> PeopleChange {
+    PeopleChange {
+        expected_status: conversation.status,
+        expected_assignee: conversation.assignee.clone(),
+        status,
+        assignee: assignee.map(str::to_owned),
+        queue,
+        now,
+    }
+}
+
+/// The messages and events of what people did.
+fn record_of(
+    act: &Act<'_>,
+    conversation: &Conversation,
+    change: &PeopleChange,
+    agent: Option<&Agent>,
+    identity: &crossline_core::Identity,
+    now: DateTime<Utc>,
+) -> (Vec<ConversationMessage>, Vec<NormalizedEvent>) {
+    let channel = conversation.channel.as_str();
+    let agent_id = agent.map(|agent| agent.id.as_str());
+    let mut properties = json!({"conversation_id": conversation.id, "bot": conversation.bot, "agent_id": agent_id});
+    let wait =
+        |since: Option<DateTime<Utc>>| since.map(|since| (now - since).num_milliseconds().max(0) as f64 / 1000.0);
+    let (name, messages) = match act {
+        Act::Assign => {
+            properties["queue"] = json!(change.queue);
+            properties["wait_seconds"] = json!(wait(conversation.queued_at));
+            ("conversation.assigned", Vec::new())
+        }
+        Act::Reply(text) => {
+            properties["author"] = json!(Author::Agent.as_str());
+            properties["text"] = json!(text);
+            let message = ConversationMessage {
+                author: Author::Agent,
+                channel: channel.to_owned(),
+                text: (*text).to_owned(),
+                created_at: now,
+                missed: false,
+            };
+            ("message.sent", vec![message])
+        }
+        Act::Transfer { queue, agent: to } => {
+            properties["from_queue"] = json!(conversation.queue);
+            properties["from_agent_id"] = json!(conversation.assignee);
+            properties["queue"] = json!(queue);
+            properties["to_agent_id"] = json!(to.map(|agent| agent.id.as_str()));
+            ("conversation.transferred", Vec::new())
+        }
+        Act::Resolve => {
+            properties["handle_seconds"] = json!(wait(conversation.assigned_at));
+            properties["assignee"] = json!(conversation.assignee);
+            ("conversation.resolved", Vec::new())
+        }
+        Act::HandBack => ("conversation.handed_back", Vec::new()),
+    };
+    let event = crate::conversations::event(identity, name, channel, Value::clone(&properties), now);
+    (messages, vec![event])
+}

@@ -1,0 +1,570 @@
+//! The contact centre's REST API (`CONTRACT.md` § Agents): agents, and the conversations the bot
+//! hands to people — listed, taken once, answered on the customer's channel, moved, resolved or
+//! handed back to the bot. The workspace's API key may do everything; an agent's token may read,
+//! take conversations for itself and act on those it has ([`crossline_engine::agents`]).
+//!
+//! An agent's message reaches the customer on the channel of their last message: web chat live
+//! (a notice to the socket, on whichever node holds it), SMS and WhatsApp as a transactional
+//! delivery through the send policy — asked before anything is stored, so a customer who opted
+//! out is refused with `not_deliverable` and the agent told why — and a phone caller by SMS.
+
+use crate::auth::{PeopleCaller, WorkspaceCaller};
+use crate::error::{ApiError, ApiResult, ErrorCode, json_rejection};
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use crossline_core::ConversationStatus;
+use crossline_engine::agents::NewAgent;
+use crossline_store::agents::{Agent, AgentStatus, ConversationFilter};
+use crossline_store::{Conversation, Workspace};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// An agent to make.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAgent {
+    /// Shown to colleagues.
+    pub name: String,
+    /// Unique in the workspace.
+    pub email: String,
+    /// Skills routing matches (letters, digits, `_`, `-`).
+    #[serde(default)]
+    pub skills: Vec<String>,
+    /// Languages the agent answers in (ISO 639-1, e.g. `en`).
+    #[serde(default)]
+    pub languages: Vec<String>,
+    /// Conversations held at once at most (1–50, default 3).
+    #[serde(default)]
+    pub capacity: Option<u32>,
+}
+
+/// An agent.
+#[derive(Serialize, ToSchema)]
+pub struct AgentView {
+    /// `agt_...`.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Email.
+    pub email: String,
+    /// Skills.
+    pub skills: Vec<String>,
+    /// Languages.
+    pub languages: Vec<String>,
+    /// Conversations held at once at most.
+    pub capacity: u32,
+    /// `available`, `away` or `offline`.
+    pub status: String,
+    /// The agent's token: only in the answer that made the agent (`Authorization: Bearer` for the
+    /// agent's API calls). Only its SHA-256 is kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl From<Agent> for AgentView {
+    fn from(agent: Agent) -> Self {
+        AgentView {
+            id: agent.id,
+            name: agent.name,
+            email: agent.email,
+            skills: agent.skills,
+            languages: agent.languages,
+            capacity: agent.capacity,
+            status: agent.status.as_str().to_owned(),
+            token: None,
+        }
+    }
+}
+
+/// The workspace's agents.
+#[derive(Serialize, ToSchema)]
+pub struct AgentList {
+    /// By name.
+    pub agents: Vec<AgentView>,
+}
+
+/// An agent's new status.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusChange {
+    /// `available` (routed to), `away` or `offline`.
+    pub status: String,
+}
+
+/// A conversation as people see it.
+#[derive(Serialize, ToSchema)]
+pub struct ConversationView {
+    /// `cnv_...`.
+    pub id: String,
+    /// The customer.
+    pub profile_id: String,
+    /// `bot`, `queued`, `assigned` or `resolved`.
+    pub status: String,
+    /// The queue it was handed to.
+    pub queue: Option<String>,
+    /// The channel of the customer's last message (where a reply goes).
+    pub channel: String,
+    /// The agent who has it.
+    pub assignee: Option<String>,
+    /// The bot.
+    pub bot: String,
+    /// When it was last handed to people.
+    pub queued_at: Option<DateTime<Utc>>,
+    /// Its last message.
+    pub updated_at: DateTime<Utc>,
+    /// The messages, oldest first (one conversation's view only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<MessageView>>,
+}
+
+/// One message of a conversation.
+#[derive(Serialize, ToSchema)]
+pub struct MessageView {
+    /// `customer`, `bot` or `agent`.
+    pub author: String,
+    /// The channel it went on.
+    pub channel: String,
+    /// The text.
+    pub text: String,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<Conversation> for ConversationView {
+    fn from(conversation: Conversation) -> Self {
+        ConversationView {
+            id: conversation.id,
+            profile_id: conversation.profile_id,
+            status: conversation.status.as_str().to_owned(),
+            queue: conversation.queue,
+            channel: conversation.channel,
+            assignee: conversation.assignee,
+            bot: conversation.bot,
+            queued_at: conversation.queued_at,
+            updated_at: conversation.updated_at,
+            messages: None,
+        }
+    }
+}
+
+/// Conversations.
+#[derive(Serialize, ToSchema)]
+pub struct ConversationList {
+    /// Queued ones longest waiting first; others most recent first.
+    pub conversations: Vec<ConversationView>,
+}
+
+/// Which conversations to list.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ConversationQuery {
+    /// `queued`, `assigned`, `resolved` or `bot`; absent: queued and assigned.
+    #[param(nullable = false)]
+    pub status: Option<String>,
+    /// Only this queue.
+    #[param(nullable = false)]
+    pub queue: Option<String>,
+    /// Only those this agent has (`agt_...`, or `me` with an agent token).
+    #[param(nullable = false)]
+    pub assignee: Option<String>,
+    /// At most this many (1–500, default 100).
+    #[param(nullable = false, minimum = 1, maximum = 500)]
+    pub limit: Option<usize>,
+}
+
+/// Whom to give a conversation to.
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AssignTo {
+    /// The agent (with the API key; an agent token takes it for itself and gives none).
+    #[serde(default)]
+    pub agent_id: Option<String>,
+}
+
+/// A message of people to the customer.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentMessage {
+    /// The text (1–4,000 characters), sent as written.
+    pub text: String,
+}
+
+/// Where an agent's message went.
+#[derive(Serialize, ToSchema)]
+pub struct SentMessage {
+    /// The conversation as it is now.
+    pub conversation: ConversationView,
+    /// How it reaches the customer: `chat` and `kiosk` (live on the page), `sms` or `whatsapp` (a
+    /// delivery), or `stored` (channels without a way back, such as `rest`: the message is on the
+    /// conversation).
+    pub delivered_by: String,
+    /// The delivery, when it went by SMS or WhatsApp.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_id: Option<String>,
+}
+
+/// Where to move a conversation.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferTo {
+    /// A queue: the conversation waits there.
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// An agent: who has it then.
+    #[serde(default)]
+    pub agent_id: Option<String>,
+}
+
+fn body_or_default<T: Default>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
+    match body {
+        Ok(Json(body)) => Ok(body),
+        Err(JsonRejection::MissingJsonContentType(_)) => Ok(T::default()),
+        Err(err) => Err(json_rejection(err)),
+    }
+}
+
+async fn agent_of(state: &AppState, workspace: &Workspace, id: &str) -> ApiResult<Agent> {
+    state.store.agent(&workspace.id, id).await?.ok_or_else(|| ApiError::not_found("agent"))
+}
+
+/// Make an agent.
+#[utoipa::path(post, path = "/api/v1/agents", tag = "agents",
+    description = "Makes a person of the contact centre. The answer carries the agent's `token` (once; only its SHA-256 is kept): `Authorization: Bearer <token>` lets the agent list, take and answer conversations. A new agent is `offline` (not routed to) until `PUT /api/v1/agents/{id}/status`.",
+    request_body(content = CreateAgent, example = json!({"name": "Grace", "email": "grace@example.com", "skills": ["billing"], "languages": ["en"], "capacity": 3})),
+    responses((status = 201, description = "Made; `token` is shown this once.", body = AgentView),
+              (status = 400, response = crate::openapi::BadRequest),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 500, response = crate::openapi::Internal)),
+    security(("bearer" = [])))]
+pub async fn create_agent(
+    State(state): State<AppState>,
+    WorkspaceCaller(workspace): WorkspaceCaller,
+    body: Result<Json<CreateAgent>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<AgentView>)> {
+    let Json(body) = body.map_err(json_rejection)?;
+    let new = NewAgent {
+        name: body.name,
+        email: body.email,
+        skills: body.skills,
+        languages: body.languages,
+        capacity: body.capacity.unwrap_or(3),
+    };
+    let (agent, token) = state.contact_centre.create_agent(&workspace.id, new, Utc::now()).await?;
+    let mut view = AgentView::from(agent);
+    view.token = Some(token);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// List agents.
+#[utoipa::path(get, path = "/api/v1/agents", tag = "agents",
+    responses((status = 200, description = "The workspace's agents, by name.", body = AgentList),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 500, response = crate::openapi::Internal)),
+    security(("bearer" = [])))]
+pub async fn list_agents(State(state): State<AppState>, caller: PeopleCaller) -> ApiResult<Json<AgentList>> {
+    let agents = state.store.agents(&caller.workspace.id).await?;
+    Ok(Json(AgentList { agents: agents.into_iter().map(AgentView::from).collect() }))
+}
+
+/// Set an agent's status.
+#[utoipa::path(put, path = "/api/v1/agents/{id}/status", tag = "agents",
+    description = "`available` agents are routed to (up to their capacity); `away` and `offline` ones are not, though they may still take a conversation themselves. An agent token may set only its own.",
+    params(("id" = String, Path, description = "The agent (`me` with an agent token)")),
+    request_body(content = StatusChange, example = json!({"status": "available"})),
+    responses((status = 200, description = "The agent now.", body = AgentView),
+              (status = 400, response = crate::openapi::BadRequest),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 500, response = crate::openapi::Internal)),
+    security(("bearer" = [])))]
+pub async fn set_status(
+    State(state): State<AppState>,
+    caller: PeopleCaller,
+    Path(id): Path<String>,
+    body: Result<Json<StatusChange>, JsonRejection>,
+) -> ApiResult<Json<AgentView>> {
+    let Json(body) = body.map_err(json_rejection)?;
+    let id = match (&caller.agent, id.as_str()) {
+        (Some(agent), "me") => agent.id.clone(),
+        (Some(agent), id) if id != agent.id => {
+            return Err(ApiError::forbidden("an agent token may set only its own status"));
+        }
+        (_, id) => id.to_owned(),
+    };
+    let status = AgentStatus::parse(&body.status)
+        .ok_or_else(|| ApiError::bad_request(ErrorCode::InvalidField, "status: use available, away or offline"))?;
+    state.contact_centre.set_status(&caller.workspace.id, &id, status, Utc::now()).await?;
+    Ok(Json(agent_of(&state, &caller.workspace, &id).await?.into()))
+}
+
+/// List conversations people see.
+#[utoipa::path(get, path = "/api/v1/conversations", tag = "agents", params(ConversationQuery),
+    responses((status = 200, description = "The conversations.", body = ConversationList),
+              (status = 400, response = crate::openapi::BadRequest),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 500, response = crate::openapi::Internal)),
+    security(("bearer" = [])))]
+pub async fn list_conversations(
+    State(state): State<AppState>,
+    caller: PeopleCaller,
+    Query(query): Query<ConversationQuery>,
+) -> ApiResult<Json<ConversationList>> {
+    let statuses = match query.status.as_deref() {
+        None => Vec::new(),
+        Some(name) => vec![ConversationStatus::parse(name).ok_or_else(|| {
+            ApiError::bad_request(ErrorCode::InvalidQuery, "status: use queued, assigned, resolved or bot")
+        })?],
+    };
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request(ErrorCode::InvalidQuery, "limit: use 1 to 500"));
+    }
+    let assignee = match (query.assignee, &caller.agent) {
+        (Some(me), Some(agent)) if me == "me" => Some(agent.id.clone()),
+        (Some(me), None) if me == "me" => {
+            return Err(ApiError::bad_request(ErrorCode::InvalidQuery, "assignee: `me` needs an agent token"));
+        }
+        (assignee, _) => assignee,
+    };
+    let filter = ConversationFilter { statuses, queue: query.queue, assignee, limit };
+    let conversations = state.contact_centre.conversations(&caller.workspace.id, &filter).await?;
+    Ok(Json(ConversationList { conversations: conversations.into_iter().map(ConversationView::from).collect() }))
+}
+
+/// One conversation, with its messages.
+#[utoipa::path(get, path = "/api/v1/conversations/{id}", tag = "agents",
+    params(("id" = String, Path, description = "The conversation")),
+    responses((status = 200, description = "The conversation and its transcript (each message with its channel).", body = ConversationView),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 500, response = crate::openapi::Internal)),
+    security(("bearer" = [])))]
+pub async fn get_conversation(
+    State(state): State<AppState>,
+    caller: PeopleCaller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ConversationView>> {
+    let conversation = state.contact_centre.conversation(&caller.workspace.id, &id).await?;
+    let messages = state.store.conversation_messages(&caller.workspace.id, &id).await?;
+    let mut view = ConversationView::from(conversation);
+    view.messages = Some(
+        messages
+            .into_iter()
+            .map(|message| MessageView {
+                author: message.author.as_str().to_owned(),
+                channel: message.channel,
+                text: message.text,
+                created_at: message.created_at,
+            })
+            .collect(),
+    );
+    Ok(Json(view))
+}
+
+/// Take a conversation.
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/assign", tag = "agents",
+    description = "An agent token takes the conversation for itself; the API key gives it to `agent_id`. A conversation waiting in a queue, or one the bot has (taking over), is taken once: when two agents accept at once, on one node or several, one gets 200 and the other 409 `already_assigned` naming who has it.",
+    params(("id" = String, Path, description = "The conversation")),
+    request_body(content = AssignTo, description = "Only with the API key.", example = json!({"agent_id": "agt_0f3c"})),
+    responses((status = 200, description = "Taken.", body = ConversationView),
+              (status = 400, response = crate::openapi::BadRequest),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 409, description = "`already_assigned`: someone has it, or it is resolved.", body = crate::error::ErrorBody),
+              (status = 500, response = crate::openapi::Internal)),
+    security(("bearer" = [])))]
+pub async fn assign(
+    State(state): State<AppState>,
+    caller: PeopleCaller,
+    Path(id): Path<String>,
+    body: Result<Json<AssignTo>, JsonRejection>,
+) -> ApiResult<Json<ConversationView>> {
+    let body = body_or_default(body)?;
+    let agent = match (&caller.agent, body.agent_id) {
+        (Some(agent), None) => agent.clone(),
+        (Some(agent), Some(other)) if other == agent.id => agent.clone(),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::forbidden("an agent token takes conversations for itself; leave out agent_id"));
+        }
+        (None, Some(agent_id)) => agent_of(&state, &caller.workspace, &agent_id).await?,
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                ErrorCode::MissingField,
+                "agent_id: is required with the API key (an agent token takes it for itself)",
+            ));
+        }
+    };
+    let conversation = state.contact_centre.assign(&caller.workspace.id, &id, &agent, Utc::now()).await?;
+    Ok(Json(conversation.into()))
+}
+
+/// Send the customer a message.
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/messages", tag = "agents",
+    description = "Delivered on the channel of the customer's last message: web chat and kiosk live on the page; SMS and WhatsApp through the Twilio channel as a transactional message (the send policy applies: a customer who opted out gets nothing, and the answer is 409 `not_deliverable` naming why, with nothing stored); a phone caller by SMS. An agent token must have the conversation (take it first); the API key may write to any conversation people have.",
+    params(("id" = String, Path, description = "The conversation")),
+    request_body(content = AgentMessage, example = json!({"text": "Hi Ada, I can see your booking for Tuesday. Let me move it."})),
+    responses((status = 201, description = "Stored, and on its way.", body = SentMessage),
+              (status = 400, response = crate::openapi::BadRequest),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 409, description = "`already_assigned`: the agent does not have the conversation; `not_deliverable`: the customer cannot be reached on their channel.", body = crate::error::ErrorBody),
+              (status = 500, response = crate::openapi::Internal)),
+    security(("bearer" = [])))]
+pub async fn post_agent_message(
+    State(state): State<AppState>,
+    caller: PeopleCaller,
+    Path(id): Path<String>,
+    body: Result<Json<AgentMessage>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<SentMessage>)> {
+    let Json(body) = body.map_err(json_rejection)?;
+    let workspace = &caller.workspace;
+    let agent = caller.agent.as_ref();
+    let conversation = state.contact_centre.conversation(&workspace.id, &id).await?;
+    crossline_engine::agents::may_act(&conversation, agent)?;
+    // SMS and WhatsApp (and a caller, by SMS): asked of the send policy before anything is stored.
+    let by_phone = match conversation.channel.as_str() {
+        "sms" | "voice" => Some("sms"),
+        "whatsapp" => Some("whatsapp"),
+        _ => None,
+    };
+    let address = match by_phone {
+        Some(channel) => {
+            match state.engage.agent_reply_address(&workspace.id, &conversation.profile_id, channel).await? {
+                Ok(address) => Some((channel, address)),
+                Err(reason) => {
+                    return Err(ApiError::new(
+                        ErrorCode::NotDeliverable,
+                        format!(
+                            "the customer's last message came by {}, and a message by {channel} cannot reach them: {}; nothing was sent",
+                            conversation.channel,
+                            match reason {
+                                crossline_engage::policy::Suppression::Unsubscribed => {
+                                    format!("they opted out of {channel}")
+                                }
+                                _ => "they have no reachable number".to_owned(),
+                            }
+                        ),
+                    ));
+                }
+            }
+        }
+        None if conversation.channel == "alexa" => {
+            return Err(ApiError::new(
+                ErrorCode::NotDeliverable,
+                "the customer's last message came through Alexa, which cannot be written to later; nothing was sent",
+            ));
+        }
+        None => None,
+    };
+    let (conversation, message_id) =
+        state.contact_centre.reply(&workspace.id, &id, agent, &body.text, Utc::now()).await?;
+    let (delivered_by, delivery_id) = match address {
+        Some((channel, address)) => {
+            let delivery = state
+                .engage
+                .queue_agent_reply(
+                    &workspace.id,
+                    &conversation.profile_id,
+                    channel,
+                    &address,
+                    body.text.trim(),
+                    &message_id,
+                )
+                .await?;
+            (channel.to_owned(), Some(delivery))
+        }
+        None if matches!(conversation.channel.as_str(), "chat" | "kiosk") => (conversation.channel.clone(), None),
+        None => ("stored".to_owned(), None),
+    };
+    Ok((StatusCode::CREATED, Json(SentMessage { conversation: conversation.into(), delivered_by, delivery_id })))
+}
+
+/// Move a conversation to a queue or an agent.
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/transfer", tag = "agents",
+    params(("id" = String, Path, description = "The conversation")),
+    request_body(content = TransferTo, example = json!({"queue": "billing"})),
+    responses((status = 200, description = "Moved: waiting in the queue, or with the agent.", body = ConversationView),
+              (status = 400, response = crate::openapi::BadRequest),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 409, description = "`already_assigned`: the agent does not have the conversation.", body = crate::error::ErrorBody),
+              (status = 500, response = crate::openapi::Internal)),
+    security(("bearer" = [])))]
+pub async fn transfer(
+    State(state): State<AppState>,
+    caller: PeopleCaller,
+    Path(id): Path<String>,
+    body: Result<Json<TransferTo>, JsonRejection>,
+) -> ApiResult<Json<ConversationView>> {
+    let Json(body) = body.map_err(json_rejection)?;
+    let to_agent = match &body.agent_id {
+        Some(agent_id) => Some(agent_of(&state, &caller.workspace, agent_id).await?),
+        None => None,
+    };
+    let conversation = state
+        .contact_centre
+        .transfer(
+            &caller.workspace.id,
+            &id,
+            caller.agent.as_ref(),
+            body.queue.as_deref(),
+            to_agent.as_ref(),
+            Utc::now(),
+        )
+        .await?;
+    Ok(Json(conversation.into()))
+}
+
+/// Resolve a conversation.
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/resolve", tag = "agents",
+    description = "Ends the conversation; the customer's next message starts a new one with the bot. Records `conversation.resolved` with the handle time.",
+    params(("id" = String, Path, description = "The conversation")),
+    responses((status = 200, description = "Resolved.", body = ConversationView),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 409, description = "`already_assigned`: the agent does not have the conversation, or it is resolved.", body = crate::error::ErrorBody),
+              (status = 500, response = crate::openapi::Internal)),
+    security(("bearer" = [])))]
+pub async fn resolve(
+    State(state): State<AppState>,
+    caller: PeopleCaller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ConversationView>> {
+    let conversation =
+        state.contact_centre.resolve(&caller.workspace.id, &id, caller.agent.as_ref(), Utc::now()).await?;
+    Ok(Json(conversation.into()))
+}
+
+/// Give a conversation back to the bot.
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/hand-back", tag = "agents",
+    description = "The bot answers the customer's next message, with the conversation's form as it was.",
+    params(("id" = String, Path, description = "The conversation")),
+    responses((status = 200, description = "The bot has it.", body = ConversationView),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 409, description = "`already_assigned`: the agent does not have the conversation.", body = crate::error::ErrorBody),
+              (status = 500, response = crate::openapi::Internal)),
+    security(("bearer" = [])))]
+pub async fn hand_back(
+    State(state): State<AppState>,
+    caller: PeopleCaller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ConversationView>> {
+    let conversation =
+        state.contact_centre.hand_back(&caller.workspace.id, &id, caller.agent.as_ref(), Utc::now()).await?;
+    Ok(Json(conversation.into()))
+}

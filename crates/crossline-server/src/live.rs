@@ -1,0 +1,137 @@
+//! Live views of conversations on this node: the customer's chat socket watching its conversation,
+//! and (with the inbox) agents watching a workspace. Every node listens to the bus's conversation
+//! notices (`live.*.conversations`, sent by whichever node changed a conversation) and hands each
+//! to the views here that watch it; a view reads what changed from the store.
+//!
+//! Watchers are kept by key, so a notice wakes only the sockets that watch its conversation or
+//! workspace, however many thousand chats are open on the node.
+
+use crossline_engine::agents::ConversationNotice;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+
+/// Notices a slow watcher may fall behind by before it is told it lagged (it then reads again).
+const WATCHER_BUFFER: usize = 64;
+/// Keys kept before those nobody watches any more are forgotten.
+const MAX_IDLE_KEYS: usize = 10_000;
+
+/// The node's live views.
+#[derive(Default)]
+pub struct LiveConversations {
+    watchers: Mutex<HashMap<String, broadcast::Sender<Arc<ConversationNotice>>>>,
+}
+
+fn conversation_key(workspace_id: &str, conversation_id: &str) -> String {
+    format!("c/{workspace_id}/{conversation_id}")
+}
+
+fn workspace_key(workspace_id: &str) -> String {
+    format!("w/{workspace_id}")
+}
+
+impl LiveConversations {
+    /// Watch one conversation.
+    pub fn watch_conversation(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+    ) -> broadcast::Receiver<Arc<ConversationNotice>> {
+        self.watch(conversation_key(workspace_id, conversation_id))
+    }
+
+    /// Watch every conversation of a workspace.
+    pub fn watch_workspace(&self, workspace_id: &str) -> broadcast::Receiver<Arc<ConversationNotice>> {
+        self.watch(workspace_key(workspace_id))
+    }
+
+    fn watch(&self, key: String) -> broadcast::Receiver<Arc<ConversationNotice>> {
+        let mut watchers = self.watchers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if watchers.len() > MAX_IDLE_KEYS {
+            watchers.retain(|_, sender| sender.receiver_count() > 0);
+        }
+        watchers.entry(key).or_insert_with(|| broadcast::channel(WATCHER_BUFFER).0).subscribe()
+    }
+
+    /// Hand a notice to those watching its conversation or its workspace.
+    pub fn deliver(&self, notice: ConversationNotice) {
+        let notice = Arc::new(notice);
+        let mut watchers = self.watchers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for key in
+            [conversation_key(&notice.workspace_id, &notice.conversation_id), workspace_key(&notice.workspace_id)]
+        {
+            if let Some(sender) = watchers.get(&key)
+                && sender.send(notice.clone()).is_err()
+            {
+                // Nobody watches it any more.
+                watchers.remove(&key);
+            }
+        }
+    }
+
+    /// Listen to the bus's notices until `shutdown`, handing each to the watchers here; listens
+    /// again after the bus drops the subscription.
+    pub async fn run(self: Arc<Self>, bus: crossline_bus::DynBus, shutdown: impl Future<Output = ()>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let mut notices = match bus.listen("live.*.conversations").await {
+                Ok(notices) => notices,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot listen to conversation notices; retrying");
+                    tokio::select! {
+                        _ = &mut shutdown => return,
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            loop {
+                let message = tokio::select! {
+                    _ = &mut shutdown => return,
+                    message = notices.next() => message,
+                };
+                let Some(message) = message else { break };
+                match serde_json::from_slice::<ConversationNotice>(&message.payload) {
+                    Ok(notice) => self.deliver(notice),
+                    Err(err) => tracing::warn!(error = %err, "a conversation notice could not be read"),
+                }
+            }
+            tracing::warn!("the bus ended the conversation notices; listening again");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossline_core::ConversationStatus;
+
+    fn notice(workspace: &str, conversation: &str) -> ConversationNotice {
+        ConversationNotice {
+            workspace_id: workspace.into(),
+            conversation_id: conversation.into(),
+            profile_id: "prf_1".into(),
+            status: ConversationStatus::Assigned,
+            assignee: None,
+            queue: None,
+            channel: "chat".into(),
+        }
+    }
+
+    #[test]
+    fn a_notice_reaches_only_who_watches_it() {
+        let live = LiveConversations::default();
+        let mut mine = live.watch_conversation("ws1", "cnv_1");
+        let mut other = live.watch_conversation("ws1", "cnv_2");
+        let mut inbox = live.watch_workspace("ws1");
+        let mut elsewhere = live.watch_workspace("ws2");
+        live.deliver(notice("ws1", "cnv_1"));
+        assert_eq!(mine.try_recv().unwrap().conversation_id, "cnv_1");
+        assert_eq!(inbox.try_recv().unwrap().conversation_id, "cnv_1");
+        assert!(other.try_recv().is_err());
+        assert!(elsewhere.try_recv().is_err());
+        drop(mine);
+        live.deliver(notice("ws1", "cnv_1"));
+        assert!(!live.watchers.lock().unwrap().contains_key("c/ws1/cnv_1"), "forgotten once nobody watches");
+    }
+}

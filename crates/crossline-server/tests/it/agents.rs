@@ -1,0 +1,233 @@
+//! The contact centre over real HTTP: a customer asks for a person, two agents accept at once and
+//! one wins, the agent's reply reaches the chat page live, an SMS conversation is answered through
+//! the (fake) Twilio API, and an opted-out customer is not written to.
+
+use crate::engage::{FakeTwilio, SID, TOKEN, signed_post};
+use crate::harness::{TestServer, json_of};
+use crate::webchat::{configure_webchat, connect, frames_until, send};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+async fn agent(server: &TestServer, key: &str, name: &str) -> (String, String) {
+    let body = json!({"name": name, "email": format!("{}@example.com", name.to_lowercase()), "skills": ["cards"], "languages": ["en"]});
+    let (status, made) = server.post_json("/api/v1/agents", key, &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    assert_eq!(made["status"], "offline", "a new agent is offline: {made}");
+    (made["id"].as_str().unwrap().to_owned(), made["token"].as_str().unwrap().to_owned())
+}
+
+async fn queued(server: &TestServer, token: &str) -> Vec<Value> {
+    let (status, list) = json_of(server.get("/api/v1/conversations?status=queued", token).await).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    list["conversations"].as_array().unwrap().clone()
+}
+
+async fn post_empty(server: &TestServer, path: &str, token: &str) -> (StatusCode, Value) {
+    json_of(server.http.post(format!("{}{path}", server.url)).bearer_auth(token).send().await.unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_handoff_is_taken_once_and_the_agents_reply_reaches_the_page_live() {
+    let server = TestServer::start().await;
+    let ws = server.workspace("care").await;
+    server.put_bot(&ws.api_key, "bank", &crate::bots::bank()).await;
+    assert_eq!(configure_webchat(&server, &ws.api_key, &json!({"bot": "bank"})).await.0, StatusCode::OK);
+    let (grace_id, grace) = agent(&server, &ws.api_key, "Grace").await;
+    let (_, alan) = agent(&server, &ws.api_key, "Alan").await;
+    let (status, refused) =
+        server.post_json("/api/v1/agents", &ws.api_key, &json!({"name": "G", "email": "GRACE@example.com"})).await;
+    assert_eq!(
+        (status, refused["error"]["message"].as_str().unwrap().starts_with("email")),
+        (StatusCode::BAD_REQUEST, true)
+    );
+
+    let mut socket = connect(&server, &ws.id, "visitor-0123456789abcdef").await;
+    send(&mut socket, json!({"type": "hello"})).await;
+    frames_until(&mut socket, "message").await;
+    send(&mut socket, json!({"type": "message", "id": "m1", "text": "I want to book an appointment"})).await;
+    frames_until(&mut socket, "ack").await;
+    send(&mut socket, json!({"type": "message", "id": "m2", "text": "can I talk to a real person please?"})).await;
+    let frames = frames_until(&mut socket, "ack").await;
+    assert!(
+        frames
+            .iter()
+            .any(|frame| frame["author"] == "bot" && frame["text"] == "Let me connect you with a person who can help."),
+        "{frames:?}"
+    );
+
+    let waiting = queued(&server, &grace).await;
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    let conversation = waiting[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!((waiting[0]["channel"].as_str(), waiting[0]["queue"].as_str()), (Some("chat"), Some("default")));
+    // The handoff names why and carries the half-filled form for the agent.
+    let (_, profile) = json_of(
+        server
+            .get(
+                &format!("/api/v1/profiles/{}/events?limit=50", waiting[0]["profile_id"].as_str().unwrap()),
+                &ws.api_key,
+            )
+            .await,
+    )
+    .await;
+    let handoff = profile["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|event| event["event"] == "conversation.handoff")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (handoff["properties"]["reason"].as_str(), handoff["properties"]["summary"]["intent"].as_str()),
+        (Some("request"), Some("book_appointment")),
+        "{handoff}"
+    );
+
+    // Before anyone takes it, an agent cannot write to it.
+    let path = format!("/api/v1/conversations/{conversation}");
+    let (status, early) = server.post_json(&format!("{path}/messages"), &grace, &json!({"text": "hello?"})).await;
+    assert_eq!((status, early["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("already_assigned")), "{early}");
+
+    // Two agents accept at once: one has it, the other is told who does.
+    let assign = format!("{path}/assign");
+    let (first, second) = tokio::join!(post_empty(&server, &assign, &grace), post_empty(&server, &assign, &alan));
+    let mut outcomes = [first.0, second.0];
+    outcomes.sort();
+    assert_eq!(outcomes, [StatusCode::OK, StatusCode::CONFLICT], "{first:?} {second:?}");
+    let (winner, loser) = if first.0 == StatusCode::OK { (&grace, &alan) } else { (&alan, &grace) };
+    let taken = if first.0 == StatusCode::OK { &first.1 } else { &second.1 };
+    assert_eq!(taken["status"], "assigned");
+    let lost = if first.0 == StatusCode::OK { &second.1 } else { &first.1 };
+    assert!(lost["error"]["message"].as_str().unwrap().contains("assignee: agt_"), "{lost}");
+    assert!(queued(&server, winner).await.is_empty());
+
+    // The customer writes again: people have the conversation, so the bot stays quiet.
+    send(&mut socket, json!({"type": "message", "id": "m3", "text": "my card is blocked too"})).await;
+    let frames = frames_until(&mut socket, "ack").await;
+    assert!(frames.iter().all(|frame| frame["type"] != "message"), "the bot says nothing: {frames:?}");
+
+    // The agent answers; the page shows it without the customer sending anything.
+    let (status, sent) =
+        server.post_json(&format!("{path}/messages"), winner, &json!({"text": "Hi, I'm here. {{ not liquid }}"})).await;
+    assert_eq!((status, sent["delivered_by"].as_str()), (StatusCode::CREATED, Some("chat")), "{sent}");
+    let frames = frames_until(&mut socket, "message").await;
+    let live = frames.last().unwrap();
+    assert_eq!(
+        (live["author"].as_str(), live["text"].as_str()),
+        (Some("agent"), Some("Hi, I'm here. {{ not liquid }}")),
+        "{frames:?}"
+    );
+    let (status, other) = server.post_json(&format!("{path}/messages"), loser, &json!({"text": "me too"})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{other}");
+
+    // The transcript has every part, each with its author and channel.
+    let (_, transcript) = json_of(server.get(&path, winner).await).await;
+    let authors: Vec<&str> =
+        transcript["messages"].as_array().unwrap().iter().map(|message| message["author"].as_str().unwrap()).collect();
+    assert_eq!(authors.last(), Some(&"agent"), "{transcript}");
+    assert!(authors.contains(&"customer") && authors.contains(&"bot"), "{transcript}");
+
+    // An agent token is for the conversation API only, and only in its workspace.
+    assert_eq!(server.get("/api/v1/profiles", winner).await.status(), StatusCode::FORBIDDEN);
+    let other_ws = server.workspace("other").await;
+    let (_, stranger) = agent(&server, &other_ws.api_key, "Eve").await;
+    assert_eq!(server.get(&path, &stranger).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(post_empty(&server, &assign, &stranger).await.0, StatusCode::NOT_FOUND);
+    let (status, _) =
+        server.put_json(&format!("/api/v1/agents/{grace_id}/status"), &alan, &json!({"status": "away"})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "an agent sets only its own status");
+    let (status, me) = server.put_json("/api/v1/agents/me/status", &grace, &json!({"status": "available"})).await;
+    assert_eq!((status, me["status"].as_str()), (StatusCode::OK, Some("available")));
+
+    // Resolved: the customer's next message is the bot's again, in a new conversation.
+    let (status, resolved) = post_empty(&server, &format!("{path}/resolve"), winner).await;
+    assert_eq!((status, resolved["status"].as_str()), (StatusCode::OK, Some("resolved")));
+    send(&mut socket, json!({"type": "message", "id": "m4", "text": "when are you open"})).await;
+    let frames = frames_until(&mut socket, "ack").await;
+    assert!(
+        frames.iter().any(|frame| frame["author"] == "bot" && frame["text"] == "We are open 9 to 5, Monday to Friday."),
+        "{frames:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sms_handoff_is_answered_through_twilio_and_an_opted_out_customer_is_not_written_to() {
+    let (twilio_url, twilio) = FakeTwilio::start().await;
+    let server = TestServer::start().await;
+    let ws = server.workspace("sms-care").await;
+    server.put_bot(&ws.api_key, "bank", &crate::bots::bank()).await;
+    let config = json!({"account_sid": SID, "auth_token": TOKEN, "phone_number": "+14155550999", "bot": "bank", "api_base_url": twilio_url});
+    assert_eq!(server.put_json("/api/v1/channels/twilio", &ws.api_key, &config).await.0, StatusCode::OK);
+    let (agent_id, token) = agent(&server, &ws.api_key, "Grace").await;
+
+    let hook = format!("/hooks/{}/twilio/sms", ws.id);
+    let sms = |sid: &'static str, from: &'static str, body: &'static str| {
+        [("MessageSid", sid), ("From", from), ("To", "+14155550999"), ("Body", body), ("AccountSid", SID)]
+    };
+    assert_eq!(signed_post(&server, &hook, &sms("SMa1", "+14155550100", "I lost my card")).await, StatusCode::OK);
+    let waiting = queued(&server, &token).await;
+    assert_eq!(
+        (waiting.len(), waiting[0]["queue"].as_str(), waiting[0]["channel"].as_str()),
+        (1, Some("cards"), Some("sms"))
+    );
+    let path = format!("/api/v1/conversations/{}", waiting[0]["id"].as_str().unwrap());
+    // The workspace's key gives it to the agent.
+    let (status, taken) =
+        server.post_json(&format!("{path}/assign"), &ws.api_key, &json!({"agent_id": agent_id})).await;
+    assert_eq!((status, taken["assignee"].as_str()), (StatusCode::OK, Some(agent_id.as_str())), "{taken}");
+    let (status, sent) = server
+        .post_json(&format!("{path}/messages"), &token, &json!({"text": "I've blocked it. A new card is on its way."}))
+        .await;
+    assert_eq!((status, sent["delivered_by"].as_str()), (StatusCode::CREATED, Some("sms")), "{sent}");
+    let delivered = twilio.until("+14155550100", 1).await;
+    assert_eq!(
+        (delivered[0]["Body"].as_str(), delivered[0]["From"].as_str()),
+        ("I've blocked it. A new card is on its way.", "+14155550999")
+    );
+
+    // A second customer hands off, then texts STOP: the agent's reply is refused, and nothing goes.
+    assert_eq!(signed_post(&server, &hook, &sms("SMb1", "+14155550101", "agent")).await, StatusCode::OK);
+    let second = queued(&server, &token).await;
+    let path = format!("/api/v1/conversations/{}", second[0]["id"].as_str().unwrap());
+    assert_eq!(post_empty(&server, &format!("{path}/assign"), &token).await.0, StatusCode::OK);
+    assert_eq!(signed_post(&server, &hook, &sms("SMb2", "+14155550101", "STOP")).await, StatusCode::OK);
+    let (status, refused) =
+        server.post_json(&format!("{path}/messages"), &token, &json!({"text": "Are you there?"})).await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("not_deliverable")),
+        "{refused}"
+    );
+    assert!(refused["error"]["message"].as_str().unwrap().contains("opted out of sms"), "{refused}");
+    let (_, transcript) = json_of(server.get(&path, &token).await).await;
+    assert!(
+        transcript["messages"].as_array().unwrap().iter().all(|message| message["author"] != "agent"),
+        "nothing stored: {transcript}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(twilio.to("+14155550101").is_empty(), "nothing sent to the opted-out customer");
+
+    // Handed back to the bot, which answers the next text itself.
+    assert_eq!(signed_post(&server, &hook, &sms("SMa2", "+14155550100", "thanks")).await, StatusCode::OK);
+    let first = format!("/api/v1/conversations/{}", waiting[0]["id"].as_str().unwrap());
+    let (status, back) = post_empty(&server, &format!("{first}/hand-back"), &token).await;
+    assert_eq!((status, back["status"].as_str()), (StatusCode::OK, Some("bot")), "{back}");
+    let response = server
+        .http
+        .post(format!("{}{hook}", server.url))
+        .header(
+            "X-Twilio-Signature",
+            crossline_channels::twilio::signature(
+                TOKEN,
+                &format!("{}{hook}", server.url),
+                &sms("SMa3", "+14155550100", "when are you open").map(|(k, v)| (k.to_owned(), v.to_owned())),
+            ),
+        )
+        .form(&sms("SMa3", "+14155550100", "when are you open"))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.text().await.unwrap().contains("We are open 9 to 5"), "the bot answers again");
+    server.stop().await;
+}

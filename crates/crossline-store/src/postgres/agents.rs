@@ -1,0 +1,177 @@
+//! [`crate::AgentStore`] on PostgreSQL.
+
+#[allow(unused_imports)]
+use super::*;
+use crate::agents::{Agent, AgentStatus, ConversationFilter, PeopleChange};
+use crate::{Conversation, ConversationMessage, from_millis, to_millis};
+use tokio_postgres::Row;
+
+const AGENT_COLUMNS: &str = "id, name, email, skills, languages, capacity, status, created_at, status_at";
+
+fn agent_from_row(row: &Row) -> StoreResult<Agent> {
+    Ok(Agent {
+        id: row.get(0),
+        name: row.get(1),
+        email: row.get(2),
+        skills: serde_json::from_str(row.get(3))?,
+        languages: serde_json::from_str(row.get(4))?,
+        capacity: u32::try_from(row.get::<_, i64>(5)).unwrap_or(u32::MAX),
+        status: AgentStatus::parse(row.get(6)).unwrap_or(AgentStatus::Offline),
+        created_at: from_millis(row.get(7)),
+        status_at: from_millis(row.get(8)),
+    })
+}
+
+#[async_trait]
+impl crate::AgentStore for PgStore {
+    async fn create_agent(&self, workspace_id: &str, agent: &Agent, token_hash: &str) -> StoreResult<()> {
+        let client = self.pool.get().await?;
+        let inserted = client
+            .execute(
+                "INSERT INTO agents (workspace_id, id, name, email, skills, languages, capacity, status, token_hash, created_at, status_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                &[
+                    &workspace_id,
+                    &agent.id,
+                    &agent.name,
+                    &agent.email,
+                    &serde_json::to_string(&agent.skills)?,
+                    &serde_json::to_string(&agent.languages)?,
+                    &i64::from(agent.capacity),
+                    &agent.status.as_str(),
+                    &token_hash,
+                    &to_millis(agent.created_at),
+                    &to_millis(agent.status_at),
+                ],
+            )
+            .await;
+        match inserted {
+            Ok(_) => Ok(()),
+            Err(err) if err.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                Err(StoreError::Conflict(format!("an agent with the email {} exists", agent.email)))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn agent(&self, workspace_id: &str, id: &str) -> StoreResult<Option<Agent>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE workspace_id = $1 AND id = $2"),
+                &[&workspace_id, &id],
+            )
+            .await?;
+        row.as_ref().map(agent_from_row).transpose()
+    }
+
+    async fn agent_by_token(&self, token_hash: &str) -> StoreResult<Option<(String, Agent)>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                &format!("SELECT {AGENT_COLUMNS}, workspace_id FROM agents WHERE token_hash = $1"),
+                &[&token_hash],
+            )
+            .await?;
+        row.map(|row| Ok((row.get(9), agent_from_row(&row)?))).transpose()
+    }
+
+    async fn agents(&self, workspace_id: &str) -> StoreResult<Vec<Agent>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE workspace_id = $1 ORDER BY name, id"),
+                &[&workspace_id],
+            )
+            .await?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
+    async fn set_agent_status(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        status: AgentStatus,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let client = self.pool.get().await?;
+        let changed = client
+            .execute(
+                "UPDATE agents SET status = $1, status_at = $2 WHERE workspace_id = $3 AND id = $4",
+                &[&status.as_str(), &to_millis(now), &workspace_id, &id],
+            )
+            .await?;
+        Ok(changed == 1)
+    }
+
+    async fn list_conversations(
+        &self,
+        workspace_id: &str,
+        filter: &ConversationFilter,
+    ) -> StoreResult<Vec<Conversation>> {
+        let client = self.pool.get().await?;
+        let statuses: Vec<String> =
+            crate::agents::status_names(&filter.statuses).into_iter().map(str::to_owned).collect();
+        let order = if statuses == ["queued"] { "queued_at, id" } else { "updated_at DESC, id" };
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {} FROM conversations WHERE workspace_id = $1 AND status = ANY($2)
+                       AND ($3::text IS NULL OR queue = $3) AND ($4::text IS NULL OR assignee = $4)
+                     ORDER BY {order} LIMIT $5",
+                    statements::CONVERSATION_COLUMNS
+                ),
+                &[&workspace_id, &statuses, &filter.queue, &filter.assignee, &(filter.limit as i64)],
+            )
+            .await?;
+        Ok(rows.iter().map(statements::conversation_from_row).collect())
+    }
+
+    async fn record_people_change(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        change: &PeopleChange,
+        messages: &[ConversationMessage],
+        events: Vec<NormalizedEvent>,
+    ) -> StoreResult<(Conversation, Vec<IngestedEvent>)> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // The same lock as a customer's turn: the two never interleave their messages.
+        lock_workspace(&tx, workspace_id).await?;
+        let now = to_millis(change.now);
+        let changed = tx
+            .execute(
+                "UPDATE conversations SET status = $1, assignee = $2, queue = $3,
+                    queued_at = CASE WHEN $1 = 'queued' AND (status != 'queued' OR queue IS DISTINCT FROM $3) THEN $4 ELSE queued_at END,
+                    assigned_at = CASE WHEN $1 = 'assigned' AND assignee IS DISTINCT FROM $2 THEN $4 ELSE assigned_at END,
+                    updated_at = CASE WHEN $5 THEN greatest(updated_at, $4) ELSE updated_at END
+                 WHERE workspace_id = $6 AND id = $7 AND status = $8 AND assignee IS NOT DISTINCT FROM $9",
+                &[
+                    &change.status.as_str(),
+                    &change.assignee,
+                    &change.queue,
+                    &now,
+                    &!messages.is_empty(),
+                    &workspace_id,
+                    &conversation_id,
+                    &change.expected_status.as_str(),
+                    &change.expected_assignee,
+                ],
+            )
+            .await?;
+        if changed == 0 {
+            return Err(StoreError::Conflict("the conversation changed since it was read".into()));
+        }
+        statements::append_messages(&tx, workspace_id, conversation_id, messages).await?;
+        let ingested = {
+            let mut statements = statements::PgTx { tx: &tx };
+            apply_batch(&mut statements, workspace_id, &events, Utc::now(), &self.profile_limits).await?
+        };
+        let conversation = statements::conversation(&*tx, workspace_id, conversation_id)
+            .await?
+            .ok_or_else(|| StoreError::Backend("the conversation vanished while it was changed".into()))?;
+        tx.commit().await?;
+        Ok((conversation, ingested))
+    }
+}

@@ -1,0 +1,208 @@
+//! [`crate::AgentStore`] on SQLite.
+
+#[allow(unused_imports)]
+use super::*;
+use crate::agents::{Agent, AgentStatus, ConversationFilter, PeopleChange};
+use crate::{Conversation, ConversationMessage, from_millis, to_millis};
+
+const AGENT_COLUMNS: &str = "id, name, email, skills, languages, capacity, status, created_at, status_at";
+
+fn agent_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Agent, String, String)> {
+    Ok((
+        Agent {
+            id: row.get(0)?,
+            name: row.get(1)?,
+            email: row.get(2)?,
+            skills: Vec::new(),
+            languages: Vec::new(),
+            capacity: row.get(5)?,
+            status: AgentStatus::parse(&row.get::<_, String>(6)?).unwrap_or(AgentStatus::Offline),
+            created_at: from_millis(row.get(7)?),
+            status_at: from_millis(row.get(8)?),
+        },
+        row.get(3)?,
+        row.get(4)?,
+    ))
+}
+
+fn agent_of((mut agent, skills, languages): (Agent, String, String)) -> StoreResult<Agent> {
+    agent.skills = statements::parse_json(&skills)?;
+    agent.languages = statements::parse_json(&languages)?;
+    Ok(agent)
+}
+
+#[async_trait]
+impl crate::AgentStore for SqliteStore {
+    async fn create_agent(&self, workspace_id: &str, agent: &Agent, token_hash: &str) -> StoreResult<()> {
+        let (workspace_id, agent, token_hash) = (workspace_id.to_owned(), agent.clone(), token_hash.to_owned());
+        self.write_aside(move |tx| {
+            let taken: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM agents WHERE workspace_id = ?1 AND email = ?2)",
+                (&workspace_id, &agent.email),
+                |row| row.get(0),
+            )?;
+            if taken {
+                return Err(StoreError::Conflict(format!("an agent with the email {} exists", agent.email)));
+            }
+            tx.execute(
+                "INSERT INTO agents (workspace_id, id, name, email, skills, languages, capacity, status, token_hash, created_at, status_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                rusqlite::params![
+                    workspace_id,
+                    agent.id,
+                    agent.name,
+                    agent.email,
+                    serde_json::to_string(&agent.skills)?,
+                    serde_json::to_string(&agent.languages)?,
+                    agent.capacity,
+                    agent.status.as_str(),
+                    token_hash,
+                    to_millis(agent.created_at),
+                    to_millis(agent.status_at),
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn agent(&self, workspace_id: &str, id: &str) -> StoreResult<Option<Agent>> {
+        let (workspace_id, id) = (workspace_id.to_owned(), id.to_owned());
+        self.read(move |conn| {
+            conn.query_row(
+                &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE workspace_id = ?1 AND id = ?2"),
+                (&workspace_id, &id),
+                agent_from_row,
+            )
+            .optional()?
+            .map(agent_of)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn agent_by_token(&self, token_hash: &str) -> StoreResult<Option<(String, Agent)>> {
+        let token_hash = token_hash.to_owned();
+        self.read(move |conn| {
+            let row = conn
+                .query_row(
+                    &format!("SELECT {AGENT_COLUMNS}, workspace_id FROM agents WHERE token_hash = ?1"),
+                    [&token_hash],
+                    |row| Ok((agent_from_row(row)?, row.get::<_, String>(9)?)),
+                )
+                .optional()?;
+            row.map(|(agent, workspace_id)| Ok((workspace_id, agent_of(agent)?))).transpose()
+        })
+        .await
+    }
+
+    async fn agents(&self, workspace_id: &str) -> StoreResult<Vec<Agent>> {
+        let workspace_id = workspace_id.to_owned();
+        self.read(move |conn| {
+            let mut statement =
+                conn.prepare(&format!("SELECT {AGENT_COLUMNS} FROM agents WHERE workspace_id = ?1 ORDER BY name, id"))?;
+            let rows = statement.query_map([&workspace_id], agent_from_row)?.collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(agent_of).collect()
+        })
+        .await
+    }
+
+    async fn set_agent_status(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        status: AgentStatus,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let (workspace_id, id) = (workspace_id.to_owned(), id.to_owned());
+        self.write_aside(move |tx| {
+            let changed = tx.execute(
+                "UPDATE agents SET status = ?1, status_at = ?2 WHERE workspace_id = ?3 AND id = ?4",
+                rusqlite::params![status.as_str(), to_millis(now), workspace_id, id],
+            )?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn list_conversations(
+        &self,
+        workspace_id: &str,
+        filter: &ConversationFilter,
+    ) -> StoreResult<Vec<Conversation>> {
+        let (workspace_id, filter) = (workspace_id.to_owned(), filter.clone());
+        self.read(move |conn| {
+            let statuses = crate::agents::status_names(&filter.statuses);
+            // Statuses are our own names, not input: they may be spelled into the SQL.
+            let list = statuses.iter().map(|status| format!("'{status}'")).collect::<Vec<_>>().join(", ");
+            let order = if statuses == ["queued"] { "queued_at, id" } else { "updated_at DESC, id" };
+            let sql = format!(
+                "SELECT {} FROM conversations WHERE workspace_id = ?1 AND status IN ({list})
+                   AND (?2 IS NULL OR queue = ?2) AND (?3 IS NULL OR assignee = ?3)
+                 ORDER BY {order} LIMIT ?4",
+                statements::CONVERSATION_COLUMNS
+            );
+            let mut statement = conn.prepare_cached(&sql)?;
+            let rows = statement
+                .query_map(
+                    rusqlite::params![workspace_id, filter.queue, filter.assignee, filter.limit as i64],
+                    statements::conversation_from_row,
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(mut conversation, state)| {
+                    conversation.state = statements::parse_json(&state)?;
+                    Ok(conversation)
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn record_people_change(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        change: &PeopleChange,
+        messages: &[ConversationMessage],
+        events: Vec<NormalizedEvent>,
+    ) -> StoreResult<(Conversation, Vec<IngestedEvent>)> {
+        let (workspace_id, conversation_id, change, messages) =
+            (workspace_id.to_owned(), conversation_id.to_owned(), change.clone(), messages.to_vec());
+        let limits = self.profile_limits;
+        self.write_events(move |tx, pending| {
+            let now = to_millis(change.now);
+            let changed = tx.execute(
+                "UPDATE conversations SET status = ?1, assignee = ?2, queue = ?3,
+                    queued_at = CASE WHEN ?1 = 'queued' AND (status != 'queued' OR queue IS NOT ?3) THEN ?4 ELSE queued_at END,
+                    assigned_at = CASE WHEN ?1 = 'assigned' AND assignee IS NOT ?2 THEN ?4 ELSE assigned_at END,
+                    updated_at = CASE WHEN ?5 THEN max(updated_at, ?4) ELSE updated_at END
+                 WHERE workspace_id = ?6 AND id = ?7 AND status = ?8 AND assignee IS ?9",
+                rusqlite::params![
+                    change.status.as_str(),
+                    change.assignee,
+                    change.queue,
+                    now,
+                    !messages.is_empty(),
+                    workspace_id,
+                    conversation_id,
+                    change.expected_status.as_str(),
+                    change.expected_assignee,
+                ],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::Conflict("the conversation changed since it was read".into()));
+            }
+            statements::append_messages(tx, &workspace_id, &conversation_id, &messages)?;
+            let ingested = {
+                let mut statements =
+                    statements::SqliteTx { conn: tx, json: Default::default(), cache: None, pending };
+                futures::executor::block_on(apply_batch(&mut statements, &workspace_id, &events, Utc::now(), &limits))?
+            };
+            let conversation = statements::conversation(tx, &workspace_id, &conversation_id)?
+                .ok_or_else(|| StoreError::Backend("the conversation vanished while it was changed".into()))?;
+            Ok((conversation, ingested))
+        })
+        .await
+    }
+}

@@ -1,0 +1,184 @@
+//! The contact centre's part of the store: agents, and changes people make to conversations.
+
+use super::{events, workspace};
+use crate::agents::{Agent, AgentStatus, ConversationFilter, PeopleChange};
+use crate::{Conversation, ConversationMessage, DynStore, StoreError, TurnRead};
+use chrono::{Duration, TimeZone, Utc};
+use crossline_core::{Author, ConversationStatus};
+use serde_json::json;
+
+fn agent(id: &str, email: &str) -> Agent {
+    let at = Utc.with_ymd_and_hms(2026, 12, 1, 9, 0, 0).unwrap();
+    Agent {
+        id: id.into(),
+        name: id.to_uppercase(),
+        email: email.into(),
+        skills: vec!["cards".into()],
+        languages: vec!["en".into()],
+        capacity: 3,
+        status: AgentStatus::Offline,
+        created_at: at,
+        status_at: at,
+    }
+}
+
+pub(super) async fn a_conversation_is_taken_once_and_turns_do_not_undo_it(store: DynStore) {
+    let ws = workspace(&store, "care").await;
+    let other = workspace(&store, "other").await;
+    store.create_agent(&ws.id, &agent("agt_a", "a@example.com"), "hash-a").await.unwrap();
+    store.create_agent(&ws.id, &agent("agt_b", "b@example.com"), "hash-b").await.unwrap();
+    let taken = store.create_agent(&ws.id, &agent("agt_c", "a@example.com"), "hash-c").await;
+    assert!(matches!(taken, Err(StoreError::Conflict(_))), "one email per workspace: {taken:?}");
+    store.create_agent(&other.id, &agent("agt_x", "a@example.com"), "hash-x").await.unwrap();
+    let (workspace_id, found) = store.agent_by_token("hash-b").await.unwrap().unwrap();
+    assert_eq!(
+        (workspace_id.as_str(), found.id.as_str(), found.skills.as_slice()),
+        (ws.id.as_str(), "agt_b", &["cards".to_owned()][..])
+    );
+    assert!(store.agent_by_token("hash-none").await.unwrap().is_none());
+    let now = Utc.with_ymd_and_hms(2026, 12, 1, 10, 0, 0).unwrap();
+    assert!(store.set_agent_status(&ws.id, "agt_a", AgentStatus::Available, now).await.unwrap());
+    assert!(
+        !store.set_agent_status(&other.id, "agt_a", AgentStatus::Available, now).await.unwrap(),
+        "another workspace's agent"
+    );
+    assert_eq!(store.agent(&ws.id, "agt_a").await.unwrap().unwrap().status, AgentStatus::Available);
+    assert_eq!(store.agents(&ws.id).await.unwrap().len(), 2);
+
+    let profile = store
+        .ingest(&ws.id, events(json!({"batch": [{"type": "identify", "userId": "ada", "messageId": "i1"}]})))
+        .await
+        .unwrap()[0]
+        .profile_id
+        .clone()
+        .unwrap();
+    let customer = crossline_core::Identity { kind: crossline_core::IdentityKind::UserId, value: "ada".into() };
+    let turn_event = |name: &str, id: &str| {
+        let mut event = crate::testsuite::events(
+            json!({"batch": [{"type": "track", "userId": "ada", "event": name, "messageId": id}]}),
+        )
+        .remove(0);
+        event.identities = vec![customer.clone()];
+        event
+    };
+    let said = |author: Author, text: &str| ConversationMessage {
+        author,
+        channel: "chat".into(),
+        text: text.into(),
+        created_at: now,
+        missed: false,
+    };
+    // The bot hands off in a turn: the conversation waits in its queue.
+    let mut conversation = Conversation::new("cnv_1".into(), profile.clone(), "bank", 1, "chat", now);
+    conversation.status = ConversationStatus::Queued;
+    conversation.queue = Some("cards".into());
+    conversation.queued_at = Some(now);
+    let read = TurnRead { active_since: now - Duration::minutes(30), open: None };
+    store
+        .record_turn(
+            &ws.id,
+            &conversation,
+            &read,
+            &[said(Author::Customer, "agent please")],
+            vec![turn_event("message.received", "t1")],
+        )
+        .await
+        .unwrap();
+    let filter = |statuses: Vec<ConversationStatus>| ConversationFilter { statuses, limit: 10, ..Default::default() };
+    let waiting = store.list_conversations(&ws.id, &filter(vec![ConversationStatus::Queued])).await.unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!((waiting[0].queue.as_deref(), waiting[0].queued_at), (Some("cards"), Some(now)));
+    assert!(store.list_conversations(&other.id, &filter(vec![])).await.unwrap().is_empty());
+
+    // Two agents take it at once: one change is written, the other finds it changed.
+    let take = |by: &str| PeopleChange {
+        expected_status: ConversationStatus::Queued,
+        expected_assignee: None,
+        status: ConversationStatus::Assigned,
+        assignee: Some(by.into()),
+        queue: Some("cards".into()),
+        now: now + Duration::seconds(30),
+    };
+    let assigned = |by: &str| {
+        let mut event = turn_event("conversation.assigned", &format!("as-{by}"));
+        event.properties.insert("agent_id".into(), json!(by));
+        event
+    };
+    let (take_a, take_b) = (take("agt_a"), take("agt_b"));
+    let (a, b) = tokio::join!(
+        store.record_people_change(&ws.id, "cnv_1", &take_a, &[], vec![assigned("agt_a")]),
+        store.record_people_change(&ws.id, "cnv_1", &take_b, &[], vec![assigned("agt_b")]),
+    );
+    let winners: Vec<_> = [&a, &b].into_iter().filter(|result| result.is_ok()).collect();
+    assert_eq!(winners.len(), 1, "taken once: {a:?} {b:?}");
+    assert!([&a, &b].into_iter().any(|result| matches!(result, Err(StoreError::Conflict(_)))));
+    let (now_assigned, ingested) = winners[0].as_ref().unwrap();
+    assert_eq!(now_assigned.status, ConversationStatus::Assigned);
+    assert_eq!(now_assigned.assigned_at, Some(now + Duration::seconds(30)));
+    assert_eq!(ingested.len(), 1, "the winner's event is stored with the change");
+    let loser_event = if a.is_ok() { "as-agt_b" } else { "as-agt_a" };
+    assert!(!store.event_exists(&ws.id, loser_event).await.unwrap(), "nothing of the refused change is stored");
+    let holder = now_assigned.assignee.clone().unwrap();
+
+    // A customer turn read before the assignment saves the conversation as queued: the assignment stands.
+    let mut stale = conversation.clone();
+    stale.updated_at = now + Duration::seconds(40);
+    let read = TurnRead { active_since: now - Duration::minutes(30), open: Some(("cnv_1".into(), json!({}))) };
+    store
+        .record_turn(
+            &ws.id,
+            &stale,
+            &read,
+            &[said(Author::Customer, "hello?")],
+            vec![turn_event("message.received", "t2")],
+        )
+        .await
+        .unwrap();
+    let after = store.conversation(&ws.id, "cnv_1").await.unwrap().unwrap();
+    assert_eq!((after.status, after.assignee.as_deref()), (ConversationStatus::Assigned, Some(holder.as_str())));
+    // Still the customer's open conversation, however long people take.
+    let open = store.open_conversation(&ws.id, &profile, "bank", now + Duration::hours(5)).await.unwrap();
+    assert_eq!(open.map(|open| open.id), Some("cnv_1".to_owned()));
+
+    // The agent answers: the message follows the customer's, and the conversation is touched.
+    let reply = PeopleChange {
+        expected_status: ConversationStatus::Assigned,
+        expected_assignee: Some(holder.clone()),
+        status: ConversationStatus::Assigned,
+        assignee: Some(holder.clone()),
+        queue: Some("cards".into()),
+        now: now + Duration::seconds(50),
+    };
+    let (answered, _) = store
+        .record_people_change(
+            &ws.id,
+            "cnv_1",
+            &reply,
+            &[said(Author::Agent, "I'm here")],
+            vec![turn_event("message.sent", "r1")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(answered.updated_at, now + Duration::seconds(50));
+    let texts: Vec<String> =
+        store.conversation_messages(&ws.id, "cnv_1").await.unwrap().into_iter().map(|m| m.text).collect();
+    assert_eq!(texts, ["agent please", "hello?", "I'm here"]);
+    let mine = ConversationFilter { assignee: Some(holder.clone()), limit: 10, ..Default::default() };
+    assert_eq!(store.list_conversations(&ws.id, &mine).await.unwrap().len(), 1);
+
+    // Resolved, it is no one's open conversation; a stale change is refused.
+    let resolve = PeopleChange { status: ConversationStatus::Resolved, ..reply.clone() };
+    store.record_people_change(&ws.id, "cnv_1", &resolve, &[], vec![]).await.unwrap();
+    assert!(matches!(
+        store.record_people_change(&ws.id, "cnv_1", &reply, &[], vec![]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(store.open_conversation(&ws.id, &profile, "bank", now).await.unwrap().is_none());
+    assert!(
+        matches!(
+            store.record_people_change(&other.id, "cnv_1", &resolve, &[], vec![]).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "another workspace's id"
+    );
+}
