@@ -14,14 +14,17 @@
 //! chat the notice is the delivery.
 
 use crate::recorder::EventRecorder;
+use crate::routing::{QueueSpec, Seat, Waiting, plan};
 use chrono::{DateTime, Utc};
 use crossline_core::conversation::{Author, ConversationStatus};
 use crossline_core::event::NormalizedEvent;
 use crossline_core::keys::{generate_token, hash_key};
 use crossline_store::agents::{Agent, AgentStatus, ConversationFilter, PeopleChange};
+use crossline_store::engage::ObjectKind;
 use crossline_store::{Conversation, ConversationMessage, DynStore, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::collections::HashMap;
 
 /// The prefix of an agent's token.
 pub const AGENT_TOKEN_PREFIX: &str = "at";
@@ -33,6 +36,10 @@ const MAX_TAGS: usize = 32;
 pub const MAX_REPLY_CHARS: usize = 4_000;
 /// How often a change is tried again when the conversation changed in between (a customer turn).
 const ATTEMPTS: usize = 3;
+/// Waiting conversations one routing pass reads (the longest-waiting first).
+const ROUTE_BATCH: usize = 1_000;
+/// Conversations held by agents one routing pass reads to count their load.
+const HELD_LIMIT: usize = 20_000;
 
 /// The subject live notices about a workspace's conversations travel on.
 pub fn notice_subject(workspace_id: &str) -> String {
@@ -166,6 +173,7 @@ fn tags(field: &str, values: &[String]) -> Result<Vec<String>, AgentError> {
 /// What an agent did, for the conversation's events.
 enum Act<'a> {
     Assign,
+    Route,
     Reply(&'a str),
     Transfer { queue: Option<&'a str>, agent: Option<&'a Agent> },
     Resolve,
@@ -420,6 +428,100 @@ impl ContactCentre {
         .map(|(conversation, _)| conversation)
     }
 
+    /// One routing pass over a workspace ([`crate::routing::plan`]): the waiting conversations (the
+    /// longest-waiting 1,000), the available agents with room, the queues' definitions; each
+    /// conversation planned is taken for its agent as an agent takes one, so a pass on another node
+    /// at the same moment cannot give it twice (that one is skipped). Returns how many were given.
+    pub async fn route(&self, workspace_id: &str, now: DateTime<Utc>) -> Result<usize, AgentError> {
+        let queued =
+            ConversationFilter { statuses: vec![ConversationStatus::Queued], limit: ROUTE_BATCH, ..Default::default() };
+        let waiting = self.store.list_conversations(workspace_id, &queued).await?;
+        if waiting.is_empty() {
+            return Ok(0);
+        }
+        let agents: Vec<Agent> = self
+            .store
+            .agents(workspace_id)
+            .await?
+            .into_iter()
+            .filter(|agent| agent.status == AgentStatus::Available)
+            .collect();
+        if agents.is_empty() {
+            return Ok(0);
+        }
+        let assigned = ConversationFilter {
+            statuses: vec![ConversationStatus::Assigned],
+            limit: HELD_LIMIT,
+            ..Default::default()
+        };
+        let mut held: HashMap<String, (u32, DateTime<Utc>)> = HashMap::new();
+        for conversation in self.store.list_conversations(workspace_id, &assigned).await? {
+            if let Some(agent) = conversation.assignee {
+                let entry = held.entry(agent).or_insert((0, DateTime::<Utc>::MIN_UTC));
+                entry.0 += 1;
+                entry.1 = entry.1.max(conversation.assigned_at.unwrap_or(conversation.updated_at));
+            }
+        }
+        let seats: Vec<Seat> = agents
+            .iter()
+            .map(|agent| {
+                let (load, last) = held.get(&agent.id).copied().unwrap_or((0, DateTime::<Utc>::MIN_UTC));
+                Seat {
+                    agent_id: agent.id.clone(),
+                    skills: agent.skills.clone(),
+                    languages: agent.languages.clone(),
+                    free: agent.capacity.saturating_sub(load),
+                    idle_since: last.max(agent.status_at),
+                }
+            })
+            .collect();
+        let queues: HashMap<String, QueueSpec> = self
+            .store
+            .objects(workspace_id, ObjectKind::Queue)
+            .await?
+            .into_iter()
+            .filter_map(|object| Some((object.name, serde_json::from_value(object.body).ok()?)))
+            .collect();
+        let waiting: Vec<Waiting> = waiting
+            .into_iter()
+            .map(|conversation| Waiting {
+                queued_at: conversation.queued_at.unwrap_or(conversation.updated_at),
+                queue: conversation.queue.unwrap_or_else(|| crossline_bot::dialog::DEFAULT_QUEUE.to_owned()),
+                id: conversation.id,
+            })
+            .collect();
+        let mut given = 0;
+        for (conversation_id, agent_id) in plan(&waiting, &queues, seats, now) {
+            let Some(agent) = agents.iter().find(|agent| agent.id == agent_id) else { continue };
+            let taken = self
+                .change(
+                    workspace_id,
+                    &conversation_id,
+                    now,
+                    |conversation| match conversation.status {
+                        ConversationStatus::Queued => Ok(change(
+                            conversation,
+                            ConversationStatus::Assigned,
+                            Some(&agent.id),
+                            conversation.queue.clone(),
+                            now,
+                        )),
+                        _ => Err(conflict("taken meanwhile", conversation)),
+                    },
+                    Act::Route,
+                    Some(agent),
+                )
+                .await;
+            match taken {
+                Ok(_) => given += 1,
+                Err(AgentError::Conflict { .. } | AgentError::NotFound(_)) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        metrics::counter!("crossline_routed_total").increment(given as u64);
+        Ok(given)
+    }
+
     /// Read the conversation, decide the change, write it if the conversation did not change in
     /// between (else read again), then tell live views.
     async fn change(
@@ -508,7 +610,8 @@ fn record_of(
     let wait =
         |since: Option<DateTime<Utc>>| since.map(|since| (now - since).num_milliseconds().max(0) as f64 / 1000.0);
     let (name, messages) = match act {
-        Act::Assign => {
+        Act::Assign | Act::Route => {
+            properties["routed"] = json!(matches!(act, Act::Route));
             properties["queue"] = json!(change.queue);
             properties["wait_seconds"] = json!(wait(conversation.queued_at));
             ("conversation.assigned", Vec::new())

@@ -21,6 +21,7 @@ pub mod destinations;
 pub mod egress;
 pub mod rate;
 pub mod recorder;
+pub mod routing;
 pub mod webhook;
 pub mod worker;
 

@@ -102,7 +102,8 @@ pub async fn run(
     let until = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
-    background.push(tokio::spawn(state.live.clone().run(state.bus.clone(), until(stopped))));
+    background.push(tokio::spawn(state.live.clone().run(state.bus.clone(), until(stopped.clone()))));
+    background.push(tokio::spawn(live::run_router(state.clone(), until(stopped))));
     connections::serve(listener, app(state), settings, shutdown).await?;
     let _ = stop.send(true);
     for task in background {

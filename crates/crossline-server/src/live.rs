@@ -6,11 +6,13 @@
 //! Watchers are kept by key, so a notice wakes only the sockets that watch its conversation or
 //! workspace, however many thousand chats are open on the node.
 
+use crossline_core::ConversationStatus;
 use crossline_engine::agents::ConversationNotice;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use tokio::sync::broadcast;
+use std::time::Duration;
+use tokio::sync::{Notify, broadcast};
 
 /// Notices a slow watcher may fall behind by before it is told it lagged (it then reads again).
 const WATCHER_BUFFER: usize = 64;
@@ -21,6 +23,10 @@ const MAX_IDLE_KEYS: usize = 10_000;
 #[derive(Default)]
 pub struct LiveConversations {
     watchers: Mutex<HashMap<String, broadcast::Sender<Arc<ConversationNotice>>>>,
+    /// Workspaces whose conversations changed since the router last looked.
+    dirty: Mutex<HashSet<String>>,
+    /// Wakes the router.
+    wake: Notify,
 }
 
 fn conversation_key(workspace_id: &str, conversation_id: &str) -> String {
@@ -54,8 +60,22 @@ impl LiveConversations {
         watchers.entry(key).or_insert_with(|| broadcast::channel(WATCHER_BUFFER).0).subscribe()
     }
 
-    /// Hand a notice to those watching its conversation or its workspace.
+    /// Ask the router to look at a workspace now (a conversation waits, an agent has room).
+    pub fn nudge_router(&self, workspace_id: &str) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if dirty.len() < MAX_IDLE_KEYS {
+            dirty.insert(workspace_id.to_owned());
+        }
+        drop(dirty);
+        self.wake.notify_one();
+    }
+
+    /// Hand a notice to those watching its conversation or its workspace (and to the router, when
+    /// people have the conversation or just let it go).
     pub fn deliver(&self, notice: ConversationNotice) {
+        if notice.status != ConversationStatus::Bot {
+            self.nudge_router(&notice.workspace_id);
+        }
         let notice = Arc::new(notice);
         let mut watchers = self.watchers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         for key in
@@ -101,10 +121,43 @@ impl LiveConversations {
     }
 }
 
+/// How often every workspace is routed, besides the nudges (a missed notice, an agent whose room
+/// came from a conversation another node resolved).
+const ROUTE_SWEEP: Duration = Duration::from_secs(5);
+
+/// Route waiting conversations to available agents ([`crossline_engine::agents::ContactCentre::route`]):
+/// a workspace at once when nudged, and every workspace every few seconds, until `shutdown`.
+pub async fn run_router(state: crate::state::AppState, shutdown: impl Future<Output = ()>) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut last_sweep = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = state.live.wake.notified() => {}
+            _ = tokio::time::sleep_until(last_sweep + ROUTE_SWEEP) => {}
+        }
+        let mut workspaces: Vec<String> =
+            std::mem::take(&mut *state.live.dirty.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+                .into_iter()
+                .collect();
+        if last_sweep.elapsed() >= ROUTE_SWEEP {
+            last_sweep = tokio::time::Instant::now();
+            match state.store.workspaces().await {
+                Ok(all) => workspaces = all.into_iter().map(|workspace| workspace.id).collect(),
+                Err(err) => tracing::warn!(error = %err, "the router cannot list workspaces"),
+            }
+        }
+        for workspace_id in workspaces {
+            if let Err(err) = state.contact_centre.route(&workspace_id, chrono::Utc::now()).await {
+                tracing::warn!(error = %err, workspace = %workspace_id, "routing failed");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crossline_core::ConversationStatus;
 
     fn notice(workspace: &str, conversation: &str) -> ConversationNotice {
         ConversationNotice {

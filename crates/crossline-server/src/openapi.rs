@@ -219,6 +219,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(agents::transfer))
         .routes(routes!(agents::resolve))
         .routes(routes!(agents::hand_back))
+        .routes(routes!(agents::put_queue, agents::delete_queue))
+        .routes(routes!(agents::list_queues))
         .routes(routes!(channels::put_channel, channels::get_channel))
         .routes(routes!(destinations::list_destinations))
         .routes(routes!(destinations::put_destination, destinations::delete_destination))

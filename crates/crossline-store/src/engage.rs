@@ -15,6 +15,8 @@ pub enum ObjectKind {
     Template,
     /// A campaign.
     Campaign,
+    /// A contact-centre queue.
+    Queue,
 }
 
 impl ObjectKind {
@@ -24,12 +26,15 @@ impl ObjectKind {
             ObjectKind::Segment => "segment",
             ObjectKind::Template => "template",
             ObjectKind::Campaign => "campaign",
+            ObjectKind::Queue => "queue",
         }
     }
 
     /// The kind of a stored name.
     pub fn parse(name: &str) -> Option<Self> {
-        [ObjectKind::Segment, ObjectKind::Template, ObjectKind::Campaign].into_iter().find(|kind| kind.as_str() == name)
+        [ObjectKind::Segment, ObjectKind::Template, ObjectKind::Campaign, ObjectKind::Queue]
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
     }
 }
 

@@ -18,7 +18,9 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use crossline_core::ConversationStatus;
 use crossline_engine::agents::NewAgent;
+use crossline_engine::routing::QueueSpec;
 use crossline_store::agents::{Agent, AgentStatus, ConversationFilter};
+use crossline_store::engage::{EngageObject, ObjectKind};
 use crossline_store::{Conversation, Workspace};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -301,6 +303,9 @@ pub async fn set_status(
     let status = AgentStatus::parse(&body.status)
         .ok_or_else(|| ApiError::bad_request(ErrorCode::InvalidField, "status: use available, away or offline"))?;
     state.contact_centre.set_status(&caller.workspace.id, &id, status, Utc::now()).await?;
+    if status == AgentStatus::Available {
+        state.live.nudge_router(&caller.workspace.id);
+    }
     Ok(Json(agent_of(&state, &caller.workspace, &id).await?.into()))
 }
 
@@ -567,4 +572,108 @@ pub async fn hand_back(
     let conversation =
         state.contact_centre.hand_back(&caller.workspace.id, &id, caller.agent.as_ref(), Utc::now()).await?;
     Ok(Json(conversation.into()))
+}
+
+/// A queue's definition, as stored.
+#[derive(Serialize, ToSchema)]
+pub struct QueueView {
+    /// The queue's name (what a bot's `handoff.queue` or an intent's `handoff` names).
+    pub name: String,
+    /// The definition.
+    #[schema(value_type = Object)]
+    pub definition: QueueSpec,
+}
+
+/// The workspace's queues.
+#[derive(Serialize, ToSchema)]
+pub struct QueueList {
+    /// By name.
+    pub queues: Vec<QueueView>,
+}
+
+async fn stored_queue(state: &AppState, workspace: &Workspace, name: &str) -> ApiResult<Option<EngageObject>> {
+    Ok(state.store.objects(&workspace.id, ObjectKind::Queue).await?.into_iter().find(|object| object.name == name))
+}
+
+/// Define a queue.
+#[utoipa::path(put, path = "/api/v1/queues/{name}", tag = "agents",
+    description = "How conversations handed to the queue are routed: to an `available` agent who has every one of `skills`, speaks one of `languages` (any when empty) and has room under their capacity — the longest-waiting conversation of the highest `priority` (0–9) first, to the longest-idle such agent — and only within `business_hours` when given. A queue a bot names without a definition routes to any available agent.",
+    params(("name" = String, Path, description = "The queue (letters, digits, `_`, `-`)")),
+    request_body(content = Object, example = json!({"skills": ["cards"], "languages": ["en"], "priority": 5, "business_hours": {"time_zone": "Europe/London", "days": ["mon", "tue", "wed", "thu", "fri"], "open": "09:00", "close": "17:30"}})),
+    responses((status = 200, description = "Saved.", body = QueueView),
+              (status = 400, response = crate::openapi::BadRequest),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 500, response = crate::openapi::Internal)),
+    security(("bearer" = [])))]
+pub async fn put_queue(
+    State(state): State<AppState>,
+    WorkspaceCaller(workspace): WorkspaceCaller,
+    Path(name): Path<String>,
+    body: Result<Json<QueueSpec>, JsonRejection>,
+) -> ApiResult<Json<QueueView>> {
+    if !crossline_engine::agents::valid_tag(&name) {
+        return Err(ApiError::bad_request(ErrorCode::InvalidField, "name: use 1-64 letters, digits, _ or -"));
+    }
+    let Json(mut spec) = body.map_err(json_rejection)?;
+    spec.skills = spec.skills.iter().map(|skill| skill.trim().to_ascii_lowercase()).collect();
+    spec.languages = spec.languages.iter().map(|language| language.trim().to_ascii_lowercase()).collect();
+    spec.validate()
+        .map_err(|(field, message)| ApiError::bad_request(ErrorCode::InvalidField, format!("{field}: {message}")))?;
+    let now = Utc::now();
+    let existing = stored_queue(&state, &workspace, &name).await?;
+    let object = EngageObject {
+        id: existing.as_ref().map_or_else(|| crossline_core::ids::new_id("que"), |object| object.id.clone()),
+        kind: ObjectKind::Queue,
+        name: name.clone(),
+        body: serde_json::to_value(&spec).map_err(ApiError::internal)?,
+        status: "active".into(),
+        status_reason: None,
+        created_at: existing.map_or(now, |object| object.created_at),
+        updated_at: now,
+    };
+    state.store.put_object(&workspace.id, &object).await?;
+    state.live.nudge_router(&workspace.id);
+    Ok(Json(QueueView { name, definition: spec }))
+}
+
+/// List queues.
+#[utoipa::path(get, path = "/api/v1/queues", tag = "agents",
+    responses((status = 200, description = "The workspace's queue definitions.", body = QueueList),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 500, response = crate::openapi::Internal)),
+    security(("bearer" = [])))]
+pub async fn list_queues(State(state): State<AppState>, caller: PeopleCaller) -> ApiResult<Json<QueueList>> {
+    let mut queues: Vec<QueueView> = state
+        .store
+        .objects(&caller.workspace.id, ObjectKind::Queue)
+        .await?
+        .into_iter()
+        .filter_map(|object| {
+            Some(QueueView { name: object.name, definition: serde_json::from_value(object.body).ok()? })
+        })
+        .collect();
+    queues.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(QueueList { queues }))
+}
+
+/// Remove a queue's definition.
+#[utoipa::path(delete, path = "/api/v1/queues/{name}", tag = "agents",
+    description = "Conversations waiting in it stay there and are routed to any available agent.",
+    params(("name" = String, Path, description = "The queue")),
+    responses((status = 204, description = "Removed."),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 500, response = crate::openapi::Internal)),
+    security(("bearer" = [])))]
+pub async fn delete_queue(
+    State(state): State<AppState>,
+    WorkspaceCaller(workspace): WorkspaceCaller,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    let existing = stored_queue(&state, &workspace, &name).await?.ok_or_else(|| ApiError::not_found("queue"))?;
+    state.store.delete_object(&workspace.id, ObjectKind::Queue, &existing.id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

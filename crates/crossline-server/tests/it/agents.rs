@@ -231,3 +231,162 @@ async fn an_sms_handoff_is_answered_through_twilio_and_an_opted_out_customer_is_
     assert!(response.text().await.unwrap().contains("We are open 9 to 5"), "the bot answers again");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_give_a_conversation_to_one_agent_and_the_reply_crosses_to_the_customers_node() {
+    let (Ok(database_url), Ok(nats_url)) =
+        (std::env::var("CROSSLINE_TEST_DATABASE_URL"), std::env::var("CROSSLINE_TEST_NATS_URL"))
+    else {
+        eprintln!(
+            "CROSSLINE_TEST_DATABASE_URL and CROSSLINE_TEST_NATS_URL are not both set: the two-node agent test did not run"
+        );
+        return;
+    };
+    crossline_store::postgres::drop_schemas(&database_url, "agents_nodes_").await;
+    crossline_bus::nats::remove_streams(&nats_url, "AGENTSNODES_").await;
+    let run = format!("{}_{}", std::process::id(), chrono::Utc::now().timestamp_millis());
+    let a =
+        crate::two_nodes::node(&database_url, &nats_url, &format!("agents_nodes_{run}"), &format!("AGENTSNODES_{run}"))
+            .await;
+    let b =
+        crate::two_nodes::node(&database_url, &nats_url, &format!("agents_nodes_{run}"), &format!("AGENTSNODES_{run}"))
+            .await;
+    let ws = a.workspace("shared-care").await;
+    a.put_bot(&ws.api_key, "bank", &crate::bots::bank()).await;
+    assert_eq!(configure_webchat(&a, &ws.api_key, &json!({"bot": "bank"})).await.0, StatusCode::OK);
+
+    // Ten customers on node A's chat ask for a person.
+    let mut sockets = Vec::new();
+    for index in 0..10 {
+        let mut socket = connect(&a, &ws.id, &format!("visitor-{index:02}-0123456789abcdef")).await;
+        send(&mut socket, json!({"type": "hello"})).await;
+        frames_until(&mut socket, "message").await;
+        send(&mut socket, json!({"type": "message", "id": "m1", "text": "agent please"})).await;
+        frames_until(&mut socket, "ack").await;
+        sockets.push(socket);
+    }
+    let (ada, on_a) = agent(&a, &ws.api_key, "Ada").await;
+    let (_, on_b) = agent(&b, &ws.api_key, "Bob").await;
+    let waiting = queued(&b, &on_b).await;
+    assert_eq!(waiting.len(), 10, "node B sees node A's queue");
+
+    // The two agents, one on each node, accept every conversation at the same moment.
+    let mut won = Vec::new();
+    for conversation in &waiting {
+        let path = format!("/api/v1/conversations/{}/assign", conversation["id"].as_str().unwrap());
+        let (first, second) = tokio::join!(post_empty(&a, &path, &on_a), post_empty(&b, &path, &on_b));
+        let mut statuses = [first.0, second.0];
+        statuses.sort();
+        assert_eq!(statuses, [StatusCode::OK, StatusCode::CONFLICT], "{first:?} {second:?}");
+        won.push(if first.0 == StatusCode::OK { first.1["assignee"].clone() } else { second.1["assignee"].clone() });
+    }
+    let (_, assigned) = json_of(a.get("/api/v1/conversations?status=assigned&limit=50", &ws.api_key).await).await;
+    let assigned = assigned["conversations"].as_array().unwrap();
+    assert_eq!(assigned.len(), 10, "every conversation has exactly one agent");
+    for conversation in assigned {
+        assert!(won.contains(&conversation["assignee"]), "{conversation}");
+    }
+
+    // The reply is posted to node B; the customer's socket is on node A.
+    let first = &assigned[0];
+    let token = if first["assignee"] == json!(ada) { &on_a } else { &on_b };
+    let path = format!("/api/v1/conversations/{}/messages", first["id"].as_str().unwrap());
+    let (status, sent) = b.post_json(&path, token, &json!({"text": "Hello from the other node"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    // Which socket is that customer's: the one whose transcript holds the reply.
+    let mut reached = 0;
+    for socket in &mut sockets {
+        if let Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text)))) =
+            tokio::time::timeout(Duration::from_millis(300), futures::StreamExt::next(socket)).await
+        {
+            let frame: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                (frame["author"].as_str(), frame["text"].as_str()),
+                (Some("agent"), Some("Hello from the other node"))
+            );
+            reached += 1;
+        }
+    }
+    assert_eq!(reached, 1, "the reply crossed from node B to its customer's socket on node A, and to no other");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_conversations_are_routed_by_skill_idle_time_and_capacity() {
+    let server = TestServer::start().await;
+    let ws = server.workspace("routing").await;
+    server.put_bot(&ws.api_key, "bank", &crate::bots::bank()).await;
+    let (status, refused) = server.put_json("/api/v1/queues/cards", &ws.api_key, &json!({"priority": 12})).await;
+    assert_eq!(
+        (status, refused["error"]["message"].as_str().unwrap().starts_with("priority")),
+        (StatusCode::BAD_REQUEST, true)
+    );
+    let (status, queue) =
+        server.put_json("/api/v1/queues/cards", &ws.api_key, &json!({"skills": ["Cards"], "priority": 5})).await;
+    assert_eq!((status, &queue["definition"]["skills"]), (StatusCode::OK, &json!(["cards"])), "{queue}");
+    let (srv, key) = (&server, ws.api_key.as_str());
+    let make = |name: &'static str, skills: Value| {
+        let body = json!({"name": name, "email": format!("{name}@example.com"), "skills": skills, "capacity": 1});
+        async move { srv.post_json("/api/v1/agents", key, &body).await.1 }
+    };
+    let ben = make("ben", json!([])).await;
+    let ann = make("ann", json!(["cards"])).await;
+    for agent in [&ben, &ann] {
+        let path = format!("/api/v1/agents/{}/status", agent["id"].as_str().unwrap());
+        assert_eq!(server.put_json(&path, &ws.api_key, &json!({"status": "available"})).await.0, StatusCode::OK);
+    }
+    let say = |phone: &'static str, text: &'static str| json!({"bot": "bank", "from": {"kind": "phone", "value": phone}, "text": text, "channel": "sms"});
+    let assignee_of = |conversation_id: String| async move {
+        for _ in 0..100 {
+            let (_, found) = json_of(srv.get(&format!("/api/v1/conversations/{conversation_id}"), key).await).await;
+            if found["status"] == "assigned" {
+                return found["assignee"].clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Value::Null
+    };
+    // A lost card goes to the only agent with the skill, though Ben has waited longer.
+    let (_, card) = server.converse(&ws.api_key, &say("+14155550100", "I lost my card")).await;
+    assert_eq!(assignee_of(card["conversation_id"].as_str().unwrap().to_owned()).await, ann["id"], "{card}");
+    // A general request goes to whoever fits: Ben.
+    let (_, general) = server.converse(&ws.api_key, &say("+14155550101", "can I speak to an agent")).await;
+    assert_eq!(assignee_of(general["conversation_id"].as_str().unwrap().to_owned()).await, ben["id"]);
+    // Both are full: the next one waits in its queue.
+    let (_, third) = server.converse(&ws.api_key, &say("+14155550102", "agent")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiting = queued(&server, &ws.api_key).await;
+    assert_eq!(waiting.iter().map(|c| c["id"].clone()).collect::<Vec<_>>(), [third["conversation_id"].clone()]);
+    // Ben resolves his: the waiting one is his now.
+    let path = format!("/api/v1/conversations/{}/resolve", general["conversation_id"].as_str().unwrap());
+    assert_eq!(post_empty(&server, &path, &ws.api_key).await.0, StatusCode::OK);
+    assert_eq!(assignee_of(third["conversation_id"].as_str().unwrap().to_owned()).await, ben["id"]);
+    let (_, events) = json_of(
+        server
+            .get(
+                &format!(
+                    "/api/v1/profiles/{}/events?limit=20",
+                    card_profile(&server, &ws.api_key, "+14155550100").await
+                ),
+                &ws.api_key,
+            )
+            .await,
+    )
+    .await;
+    let assigned =
+        events["events"].as_array().unwrap().iter().find(|event| event["event"] == "conversation.assigned").unwrap();
+    assert_eq!(
+        (assigned["properties"]["routed"].as_bool(), assigned["properties"]["queue"].as_str()),
+        (Some(true), Some("cards"))
+    );
+    server.stop().await;
+}
+
+async fn card_profile(server: &TestServer, key: &str, phone: &str) -> String {
+    let (_, profile) = json_of(
+        server.get(&format!("/api/v1/profiles/lookup?kind=phone&value={}", phone.replace('+', "%2B")), key).await,
+    )
+    .await;
+    profile["id"].as_str().unwrap().to_owned()
+}

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 
-async fn node(database_url: &str, nats_url: &str, schema: &str, stream: &str) -> TestServer {
+pub(crate) async fn node(database_url: &str, nats_url: &str, schema: &str, stream: &str) -> TestServer {
     let store: DynStore = Arc::new(
         crossline_store::postgres::PgStore::connect_in_schema(database_url, Some(schema))
             .await
