@@ -135,6 +135,12 @@ if [[ $status -eq 0 ]]; then
   node "$here/push.mjs" --url "$base" --api-key "$api_key" --write-key "$write_key" \
     --identity-secret "$identity_secret" --screenshot "${screenshot%.png}-push.png" || status=$?
 fi
+# The contact centre: a customer hands off from the widget, an agent answers from the console's inbox.
+if [[ $status -eq 0 ]]; then
+  node "$here/inbox.mjs" --url "$base" --workspace "$workspace_id" --write-key "$write_key" --api-key "$api_key" \
+    --twilio-token "$twilio_token" --identity-secret "$identity_secret" --screenshot "${screenshot%.png}-inbox.png" \
+    || status=$?
+fi
 if [[ $status -ne 0 ]]; then
   echo "--- server log ---" >&2
   tail -n 40 "$work/server.log" >&2

@@ -214,6 +214,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(agents::set_status))
         .routes(routes!(agents::list_conversations))
         .routes(routes!(agents::get_conversation))
+        .routes(routes!(agents::customer))
         .routes(routes!(agents::assign))
         .routes(routes!(agents::post_agent_message))
         .routes(routes!(agents::transfer))

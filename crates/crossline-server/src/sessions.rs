@@ -51,6 +51,14 @@ pub async fn caller(state: &AppState, id: &str) -> Result<Option<Caller>, ApiErr
     if secrets_equal(&session.credential_hash, &hash_key(&state.admin_token)) {
         return Ok(Some(Caller::Admin));
     }
+    // An agent's session: the token's hash is the agent's key in the store.
+    if let Some((workspace_id, agent)) = state.store.agent_by_token(&session.credential_hash).await? {
+        return Ok(state
+            .store
+            .workspace(&workspace_id)
+            .await?
+            .map(|workspace| Caller::Agent(workspace, Box::new(agent))));
+    }
     Ok(state.store.workspace_by_key(KeyKind::Api, &session.credential_hash).await?.map(Caller::Workspace))
 }
 

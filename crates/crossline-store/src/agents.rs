@@ -66,6 +66,8 @@ pub struct ConversationFilter {
     pub queue: Option<String>,
     /// Only those this agent has.
     pub assignee: Option<String>,
+    /// Only this customer's.
+    pub profile_id: Option<String>,
     /// At most this many: the longest waiting first for queued ones, else the most recent first.
     pub limit: usize,
 }

@@ -339,7 +339,7 @@ pub async fn list_conversations(
         }
         (assignee, _) => assignee,
     };
-    let filter = ConversationFilter { statuses, queue: query.queue, assignee, limit };
+    let filter = ConversationFilter { statuses, queue: query.queue, assignee, limit, profile_id: None };
     let conversations = state.contact_centre.conversations(&caller.workspace.id, &filter).await?;
     Ok(Json(ConversationList { conversations: conversations.into_iter().map(ConversationView::from).collect() }))
 }
@@ -373,6 +373,115 @@ pub async fn get_conversation(
             .collect(),
     );
     Ok(Json(view))
+}
+
+/// What an agent sees of a conversation's customer: the customer 360 beside the transcript.
+#[derive(Serialize, ToSchema)]
+pub struct CustomerView {
+    /// The profile: `id`, `identities` (`[{"kind", "value"}]`), `traits`, `consent` (`{CHANNEL: status}`).
+    #[schema(value_type = Object)]
+    pub profile: serde_json::Value,
+    /// The segments the customer is a member of, by name.
+    pub segments: Vec<String>,
+    /// The bot's form under way in this conversation: `{"intent", "slots"}`, or null.
+    #[schema(value_type = Object)]
+    pub form: serde_json::Value,
+    /// The sentiment scores (-1 to 1) of the customer's last messages, oldest first.
+    pub sentiment: Vec<f64>,
+    /// The customer's other conversations on any channel, most recent first.
+    pub conversations: Vec<ConversationView>,
+    /// The customer's newest events (pages, tracks, messages), newest first.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<serde_json::Value>,
+}
+
+/// Events the customer panel shows.
+const PANEL_EVENTS: usize = 30;
+
+/// The customer of a conversation.
+#[utoipa::path(get, path = "/api/v1/conversations/{id}/customer", tag = "agents",
+    description = "The customer 360 for the agent: identities, traits, consent, segments, the bot's half-filled form, the sentiment of their last messages, their other conversations and their newest events. An agent sees the customers of its workspace's conversations only.",
+    params(("id" = String, Path, description = "The conversation")),
+    responses((status = 200, description = "The customer.", body = CustomerView),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 500, response = crate::openapi::Internal)),
+    security(("bearer" = [])))]
+pub async fn customer(
+    State(state): State<AppState>,
+    caller: PeopleCaller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<CustomerView>> {
+    let workspace = &caller.workspace;
+    let conversation = state.contact_centre.conversation(&workspace.id, &id).await?;
+    let profile = state
+        .store
+        .profile(&workspace.id, &conversation.profile_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("customer"))?;
+    let consent: serde_json::Map<String, serde_json::Value> =
+        profile.consent.0.iter().map(|(channel, entry)| (channel.clone(), serde_json::json!(entry.status))).collect();
+    let identities: Vec<serde_json::Value> = profile
+        .identities
+        .iter()
+        .map(|identity| serde_json::json!({"kind": identity.kind.as_str(), "value": identity.value}))
+        .collect();
+    let segment_ids = state.store.memberships(&workspace.id, &profile.id).await?;
+    let segments = if segment_ids.is_empty() {
+        Vec::new()
+    } else {
+        let all = state.store.objects(&workspace.id, ObjectKind::Segment).await?;
+        all.into_iter().filter(|segment| segment_ids.contains(&segment.id)).map(|segment| segment.name).collect()
+    };
+    let dialog = crossline_engine::conversations::dialog_state(Some(&conversation));
+    let form = match dialog.active.as_ref().or(dialog.paused.last()) {
+        Some(active) => serde_json::json!({"intent": active.name, "slots": active.slots}),
+        None => serde_json::Value::Null,
+    };
+    let query = crossline_store::EventQuery { limit: PANEL_EVENTS, kind: None };
+    let events = state.store.events(&workspace.id, &profile.id, &query).await?;
+    let mut sentiment: Vec<f64> = events
+        .iter()
+        .filter(|event| event.event.as_deref() == Some("message.received"))
+        .filter_map(|event| event.properties.get("sentiment")?.get("score")?.as_f64())
+        .take(10)
+        .collect();
+    sentiment.reverse();
+    let events = events
+        .into_iter()
+        .map(|event| {
+            serde_json::json!({"id": event.id, "type": event.kind, "event": event.event, "channel": event.channel,
+                "timestamp": event.timestamp})
+        })
+        .collect();
+    let others = ConversationFilter {
+        statuses: vec![
+            ConversationStatus::Bot,
+            ConversationStatus::Queued,
+            ConversationStatus::Assigned,
+            ConversationStatus::Resolved,
+        ],
+        profile_id: Some(conversation.profile_id.clone()),
+        limit: 20,
+        ..Default::default()
+    };
+    let conversations = state
+        .contact_centre
+        .conversations(&workspace.id, &others)
+        .await?
+        .into_iter()
+        .filter(|other| other.id != conversation.id)
+        .map(ConversationView::from)
+        .collect();
+    Ok(Json(CustomerView {
+        profile: serde_json::json!({"id": profile.id, "identities": identities, "traits": profile.traits, "consent": consent}),
+        segments,
+        form,
+        sentiment,
+        conversations,
+        events,
+    }))
 }
 
 /// Take a conversation.

@@ -15,7 +15,7 @@ struct Asset {
     bytes: &'static [u8],
 }
 
-const ASSETS: [Asset; 4] = [
+const ASSETS: [Asset; 5] = [
     Asset {
         name: "console.css",
         content_type: "text/css; charset=utf-8",
@@ -31,6 +31,12 @@ const ASSETS: [Asset; 4] = [
         name: "template-editor.js",
         content_type: "text/javascript; charset=utf-8",
         bytes: include_bytes!("../../assets/template-editor.js"),
+    },
+    // Loaded only by the agent inbox.
+    Asset {
+        name: "inbox.js",
+        content_type: "text/javascript; charset=utf-8",
+        bytes: include_bytes!("../../assets/inbox.js"),
     },
     Asset { name: "favicon.svg", content_type: "image/svg+xml", bytes: include_bytes!("../../assets/favicon.svg") },
 ];

@@ -22,6 +22,11 @@ impl ConsoleError {
         ApiError::internal(cause).into()
     }
 
+    /// 403 with a sentence.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        ConsoleError { status: StatusCode::FORBIDDEN, message: message.into() }
+    }
+
     /// 404 with a sentence.
     pub fn not_found(message: impl Into<String>) -> Self {
         ConsoleError { status: StatusCode::NOT_FOUND, message: message.into() }

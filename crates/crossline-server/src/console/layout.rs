@@ -30,6 +30,8 @@ pub enum Section {
     Bots,
     /// The operator's workspace list.
     Workspaces,
+    /// The agent inbox.
+    Inbox,
 }
 
 /// A whole HTML document around `body`.
@@ -74,8 +76,14 @@ pub fn shell(session: &Session, section: Section, title: &str, content: Markup) 
                         div.name title=(workspace.id) { (workspace.name) }
                         @if session.is_admin() { a href="/workspaces" { "Switch workspace" } }
                     }
+                    @if session.is_agent() {
+                        nav.nav aria-label="Main" {
+                            a href="/inbox" aria-current=[current(Section::Inbox)] { (icon(INBOX_ICON)) "Inbox" }
+                        }
+                    } @else {
                     nav.nav aria-label="Main" {
                         a href="/" aria-current=[current(Section::Overview)] { (icon(OVERVIEW_ICON)) "Overview" }
+                        a href="/inbox" aria-current=[current(Section::Inbox)] { (icon(INBOX_ICON)) "Inbox" }
                         a href="/profiles" aria-current=[current(Section::Profiles)] { (icon(PROFILES_ICON)) "Profiles" }
                         a href="/segments" aria-current=[current(Section::Segments)] { (icon(SEGMENTS_ICON)) "Segments" }
                         a href="/templates" aria-current=[current(Section::Templates)] { (icon(TEMPLATES_ICON)) "Templates" }
@@ -86,6 +94,7 @@ pub fn shell(session: &Session, section: Section, title: &str, content: Markup) 
                         @if session.is_admin() {
                             a href="/workspaces" aria-current=[current(Section::Workspaces)] { (icon(WORKSPACES_ICON)) "Workspaces" }
                         }
+                    }
                     }
                 } @else {
                     nav.nav aria-label="Main" {
@@ -119,6 +128,7 @@ const SEGMENTS_ICON: &str = "M3 5h18l-7 8v6l-4 2v-8z";
 const TEMPLATES_ICON: &str = "M6 3h9l4 4v14H6zM14 3v5h5M9 12h7M9 16h7";
 const CAMPAIGNS_ICON: &str = "M21 3L3 10.5l7 2.5 2.5 7zM10 13l5-5";
 const CHANNELS_ICON: &str = "M3 5h18v14H3zM3 6l9 7 9-7";
+const INBOX_ICON: &str = "M3 13l3-8h12l3 8v6H3zM3 13h5l1 3h6l1-3h5";
 
 fn icon(path: &str) -> Markup {
     html! {

@@ -96,13 +96,6 @@ pub async fn submit(
         return Ok(response);
     }
     let caller = caller_for_token(&state, token).await?;
-    if matches!(caller, Some(crate::auth::Caller::Agent(..))) {
-        state.logins.failed(&throttle_keys, now);
-        metrics::counter!("crossline_console_logins_total", "outcome" => "failed").increment(1);
-        return Ok(refused(
-            "That is an agent token: it works for the agent API (/api/v1/conversations). The console's agent inbox is not available yet.",
-        ));
-    }
     if caller.is_none() {
         state.logins.failed(&throttle_keys, now);
         metrics::counter!("crossline_console_logins_total", "outcome" => "failed").increment(1);
@@ -116,7 +109,8 @@ pub async fn submit(
     let previous = session_cookie(&headers);
     let id = crate::sessions::open(&state, token, previous.as_deref()).await?;
     let secure = crate::sessions::secure(&state, &headers);
-    let mut response = Redirect::to("/").into_response();
+    let home = if matches!(caller, Some(crate::auth::Caller::Agent(..))) { "/inbox" } else { "/" };
+    let mut response = Redirect::to(home).into_response();
     let response_headers = response.headers_mut();
     for value in [
         cookie(SESSION_COOKIE, &id, secure, None),

@@ -2,8 +2,8 @@
 //! in the binary, charts drawn on the server as SVG.
 //!
 //! Routes:
-//! - `GET /login`, `POST /login`, `POST /logout`: sign in with the operator token or a workspace
-//!   API key; the token rides in the `crossline_session` cookie.
+//! - `GET /login`, `POST /login`, `POST /logout`: sign in with the operator token, a workspace
+//!   API key or an agent's token; a server-side session rides in the `crossline_session` cookie.
 //! - `GET /`: the workspace overview (or, for an operator who has not chosen, the workspace list).
 //! - `GET /workspaces`: the operator's workspace list; `?workspace=ID` on any page chooses one.
 //! - `GET /profiles?q=&after=`: profile search and paged list.
@@ -20,6 +20,8 @@
 //! - `GET /channels`, `POST /channels/smtp`, `POST /channels/twilio`, `POST /settings/messaging`:
 //!   the SMTP server, the Twilio account and the messaging settings (quiet hours, frequency cap),
 //!   secrets never shown.
+//! - `GET /inbox`, `GET /inbox/ws`: the agent inbox and its live notices (an agent's session may
+//!   open these and nothing else).
 //! - `GET /assets/{name}`: embedded CSS, JavaScript and icon, cacheable for a year.
 //!
 //! Every page but `/login` and the assets redirects a visitor without a valid session to `/login`.
@@ -36,6 +38,7 @@ pub mod channels;
 pub mod chart;
 pub mod engage;
 pub mod error;
+pub mod inbox;
 pub mod layout;
 pub mod login;
 pub mod overview;
@@ -63,6 +66,8 @@ pub fn router() -> Router<AppState> {
         .route("/profiles", get(profiles::list))
         .route("/profiles/{id}", get(profiles::show))
         .route("/rejected", get(rejected::list))
+        .route("/inbox", get(inbox::page))
+        .route("/inbox/ws", get(inbox::socket))
         .route("/bots", get(bots::list))
         .route("/bots/{name}", get(bots::show))
         .route("/segments", get(engage::segment_list).post(engage::segment_create))

@@ -37,6 +37,11 @@ impl Session {
         matches!(self.caller, Caller::Admin)
     }
 
+    /// Whether the visitor signed in with an agent's token.
+    pub fn is_agent(&self) -> bool {
+        matches!(self.caller, Caller::Agent(..))
+    }
+
     /// The `Set-Cookie` remembering a workspace chosen on this request, if any.
     pub fn workspace_cookie(&self) -> Option<HeaderValue> {
         let workspace = self.workspace.as_ref().filter(|_| self.remember_workspace)?;
@@ -77,6 +82,9 @@ fn chosen_workspace(parts: &Parts) -> Option<String> {
         .map(|(_, value)| super::url::decode(value))
 }
 
+/// The console pages an agent's session may open.
+const AGENT_PAGES: [&str; 2] = ["/inbox", "/inbox/ws"];
+
 /// Where a visitor without a valid session goes.
 fn to_login(clear_cookie: bool) -> Response {
     let mut response = Redirect::to("/login").into_response();
@@ -104,9 +112,21 @@ impl FromRequestParts<AppState> for Session {
         };
         let secure = crate::sessions::secure(state, &parts.headers);
         match caller {
-            // Agents have no console pages yet (the inbox comes with roles): their sessions are not
-            // opened, and one could not get here.
-            Caller::Agent(..) => Err(to_login(true)),
+            // An agent has the inbox and nothing else of the console.
+            Caller::Agent(workspace, agent) => {
+                if parts.uri.path() == "/" {
+                    return Err(Redirect::to("/inbox").into_response());
+                }
+                if !AGENT_PAGES.iter().any(|page| parts.uri.path() == *page) {
+                    return Err(ConsoleError::forbidden("agents have the inbox only: open /inbox").into_response());
+                }
+                Ok(Session {
+                    workspace: Some(workspace.clone()),
+                    caller: Caller::Agent(workspace, agent),
+                    remember_workspace: false,
+                    secure,
+                })
+            }
             Caller::Workspace(workspace) => Ok(Session {
                 workspace: Some(workspace.clone()),
                 caller: Caller::Workspace(workspace),

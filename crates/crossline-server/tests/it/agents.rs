@@ -390,3 +390,77 @@ async fn card_profile(server: &TestServer, key: &str, phone: &str) -> String {
     .await;
     profile["id"].as_str().unwrap().to_owned()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_signs_in_to_the_inbox_only_and_its_socket_hears_the_workspace() {
+    let server = TestServer::start().await;
+    let ws = server.workspace("desk").await;
+    server.put_bot(&ws.api_key, "bank", &crate::bots::bank()).await;
+    let (_, token) = agent(&server, &ws.api_key, "Grace").await;
+    let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let signed_in =
+        browser.post(format!("{}/login", server.url)).form(&[("token", token.as_str())]).send().await.unwrap();
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+    assert_eq!(signed_in.headers()["location"], "/inbox", "an agent lands in the inbox");
+    let cookie = signed_in
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|value| value.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .find(|pair| pair.starts_with("crossline_session="))
+        .unwrap();
+    let get = |path: &str| browser.get(format!("{}{path}", server.url)).header("cookie", &cookie).send();
+    let inbox = get("/inbox").await.unwrap();
+    assert_eq!(inbox.status(), StatusCode::OK);
+    let page = inbox.text().await.unwrap();
+    assert!(page.contains("data-inbox") && page.contains("data-testid=\"inbox-customer\""), "{page}");
+    assert!(!page.contains("href=\"/profiles\""), "no other sections in an agent's sidebar");
+    for path in ["/profiles", "/campaigns", "/channels", "/workspaces", "/bots", "/segments"] {
+        assert_eq!(get(path).await.unwrap().status(), StatusCode::FORBIDDEN, "{path}");
+    }
+    assert_eq!(get("/").await.unwrap().headers()["location"], "/inbox");
+    assert_eq!(get("/api/v1/conversations").await.unwrap().status(), StatusCode::OK, "the API with the session cookie");
+    assert_eq!(get("/api/v1/profiles").await.unwrap().status(), StatusCode::FORBIDDEN);
+
+    // The inbox socket, opened with the session, hears a handoff; another site cannot open it.
+    let url = format!("{}/inbox/ws", server.url.replace("http://", "ws://"));
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url.as_str()).unwrap();
+    request.headers_mut().insert("cookie", cookie.parse().unwrap());
+    let mut forged = request.clone();
+    forged.headers_mut().insert("origin", "https://evil.example".parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(forged).await.is_err(), "a cross-site socket is refused");
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let (_, handed) = server
+        .converse(
+            &ws.api_key,
+            &json!({"bot": "bank", "from": {"kind": "phone", "value": "+14155550100"}, "text": "agent"}),
+        )
+        .await;
+    let frame = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut socket))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let notice: Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+    assert_eq!(
+        (&notice["conversation_id"], notice["status"].as_str()),
+        (&handed["conversation_id"], Some("queued")),
+        "{notice}"
+    );
+    assert!(notice.get("text").is_none() && notice.get("profile_id").is_none(), "a notice carries no customer data");
+
+    // The customer panel: identities, traits and the form, for the workspace's conversations only.
+    let panel_path = format!("/api/v1/conversations/{}/customer", handed["conversation_id"].as_str().unwrap());
+    let (status, panel) = json_of(server.get(&panel_path, &token).await).await;
+    assert_eq!(status, StatusCode::OK, "{panel}");
+    assert_eq!(panel["profile"]["identities"][0]["value"], "+14155550100", "{panel}");
+    assert!(
+        panel["events"].as_array().unwrap().iter().any(|event| event["event"] == "conversation.handoff"),
+        "{panel}"
+    );
+    let other = server.workspace("elsewhere").await;
+    let (_, stranger) = agent(&server, &other.api_key, "Eve").await;
+    assert_eq!(server.get(&panel_path, &stranger).await.status(), StatusCode::NOT_FOUND);
+    server.stop().await;
+}

@@ -118,10 +118,18 @@ impl crate::AgentStore for PgStore {
                 &format!(
                     "SELECT {} FROM conversations WHERE workspace_id = $1 AND status = ANY($2)
                        AND ($3::text IS NULL OR queue = $3) AND ($4::text IS NULL OR assignee = $4)
+                       AND ($6::text IS NULL OR profile_id = $6)
                      ORDER BY {order} LIMIT $5",
                     statements::CONVERSATION_COLUMNS
                 ),
-                &[&workspace_id, &statuses, &filter.queue, &filter.assignee, &(filter.limit as i64)],
+                &[
+                    &workspace_id,
+                    &statuses,
+                    &filter.queue,
+                    &filter.assignee,
+                    &(filter.limit as i64),
+                    &filter.profile_id,
+                ],
             )
             .await?;
         Ok(rows.iter().map(statements::conversation_from_row).collect())

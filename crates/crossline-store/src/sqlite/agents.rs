@@ -138,14 +138,20 @@ impl crate::AgentStore for SqliteStore {
             let order = if statuses == ["queued"] { "queued_at, id" } else { "updated_at DESC, id" };
             let sql = format!(
                 "SELECT {} FROM conversations WHERE workspace_id = ?1 AND status IN ({list})
-                   AND (?2 IS NULL OR queue = ?2) AND (?3 IS NULL OR assignee = ?3)
+                   AND (?2 IS NULL OR queue = ?2) AND (?3 IS NULL OR assignee = ?3) AND (?5 IS NULL OR profile_id = ?5)
                  ORDER BY {order} LIMIT ?4",
                 statements::CONVERSATION_COLUMNS
             );
             let mut statement = conn.prepare_cached(&sql)?;
             let rows = statement
                 .query_map(
-                    rusqlite::params![workspace_id, filter.queue, filter.assignee, filter.limit as i64],
+                    rusqlite::params![
+                        workspace_id,
+                        filter.queue,
+                        filter.assignee,
+                        filter.limit as i64,
+                        filter.profile_id
+                    ],
                     statements::conversation_from_row,
                 )?
                 .collect::<Result<Vec<_>, _>>()?;

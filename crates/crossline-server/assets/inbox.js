@@ -1,0 +1,193 @@
+// The agent inbox: the conversations waiting and those the agent has, one conversation's transcript
+// with the customer 360 beside it, and the composer. Live: a WebSocket (/inbox/ws) tells the page
+// which conversation changed, on any node; the page reads it again through the REST API with the
+// console's session cookie. Everything a customer wrote is put on the page as text, never as HTML.
+const root = document.querySelector("[data-inbox]");
+if (root) {
+  const me = root.dataset.agent || null;
+  const lists = { queued: document.getElementById("inbox-queued"), mine: document.getElementById("inbox-mine"),
+    others: document.getElementById("inbox-others") };
+  const thread = document.getElementById("inbox-thread");
+  const title = document.getElementById("inbox-title");
+  const messages = document.getElementById("inbox-messages");
+  const customer = document.getElementById("inbox-customer");
+  const accept = document.getElementById("inbox-accept");
+  const composer = document.getElementById("inbox-composer");
+  const input = document.getElementById("inbox-reply-input");
+  const problem = document.getElementById("inbox-error");
+  const liveState = document.getElementById("inbox-live");
+  let open = null;
+
+  const api = async (path, options = {}) => {
+    const response = await fetch(path, { credentials: "same-origin", headers: { "Content-Type": "application/json" }, ...options });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(body.error ? body.error.message : `HTTP ${response.status}`);
+    return body;
+  };
+  const element = (tag, className, text) => {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  };
+  const since = (iso) => {
+    if (!iso) return "";
+    const seconds = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+    if (seconds < 60) return `${seconds}s`;
+    if (seconds < 3600) return `${Math.round(seconds / 60)}m`;
+    return `${Math.round(seconds / 3600)}h`;
+  };
+  const say = (text) => { problem.textContent = text || ""; };
+
+  const row = (conversation) => {
+    const item = element("li", "inbox-row");
+    item.setAttribute("data-testid", "inbox-conversation");
+    item.dataset.conversationId = conversation.id;
+    item.dataset.status = conversation.status;
+    if (conversation.id === open) item.setAttribute("aria-current", "true");
+    const link = element("button", "inbox-open");
+    link.type = "button";
+    link.append(element("span", "inbox-channel", conversation.channel),
+      element("span", "inbox-queue", conversation.queue || "default"),
+      element("span", "inbox-wait", since(conversation.queued_at || conversation.updated_at)));
+    link.addEventListener("click", () => show(conversation.id));
+    item.append(link);
+    return item;
+  };
+
+  const refresh = async () => {
+    const { conversations } = await api("/api/v1/conversations?limit=200");
+    const groups = { queued: [], mine: [], others: [] };
+    for (const conversation of conversations) {
+      if (conversation.status === "queued") groups.queued.push(conversation);
+      else if (me && conversation.assignee === me) groups.mine.push(conversation);
+      else groups.others.push(conversation);
+    }
+    groups.queued.sort((a, b) => Date.parse(a.queued_at) - Date.parse(b.queued_at));
+    for (const [name, list] of Object.entries(lists)) {
+      if (!list) continue;
+      list.replaceChildren(...groups[name].map(row));
+      if (!groups[name].length) list.append(element("li", "inbox-empty", name === "queued" ? "Nobody is waiting." : "None."));
+    }
+  };
+
+  const panel = (view) => {
+    const parts = [];
+    const profile = view.profile;
+    const name = profile.traits.name || [profile.traits.first_name, profile.traits.last_name].filter(Boolean).join(" ");
+    parts.push(element("h2", null, name || "Customer"));
+    const facts = element("dl", "inbox-facts");
+    const fact = (label, value) => { facts.append(element("dt", null, label), element("dd", null, value)); };
+    for (const identity of profile.identities) fact(identity.kind, identity.value);
+    for (const [trait, value] of Object.entries(profile.traits)) {
+      fact(trait, typeof value === "string" ? value : JSON.stringify(value));
+    }
+    for (const [channel, status] of Object.entries(profile.consent)) fact(`consent: ${channel}`, status);
+    parts.push(facts);
+    if (view.form && view.form.intent) {
+      parts.push(element("h3", null, "Half-filled form"));
+      const form = element("dl", "inbox-form");
+      form.append(element("dt", null, "intent"), element("dd", null, view.form.intent));
+      for (const [slot, value] of Object.entries(view.form.slots || {})) {
+        form.append(element("dt", null, slot), element("dd", null, value && value.text !== undefined ? value.text : JSON.stringify(value)));
+      }
+      parts.push(form);
+    }
+    if (view.sentiment.length) {
+      parts.push(element("h3", null, "Sentiment"));
+      const trend = element("p", "inbox-sentiment", view.sentiment.map((score) => score.toFixed(2)).join(" → "));
+      trend.dataset.testid = "inbox-sentiment";
+      parts.push(trend);
+    }
+    if (view.segments.length) {
+      parts.push(element("h3", null, "Segments"));
+      parts.push(element("p", null, view.segments.join(", ")));
+    }
+    if (view.conversations.length) {
+      parts.push(element("h3", null, "Earlier conversations"));
+      const list = element("ul", "inbox-earlier");
+      for (const earlier of view.conversations) {
+        list.append(element("li", null, `${earlier.channel} · ${earlier.status} · ${since(earlier.updated_at)} ago`));
+      }
+      parts.push(list);
+    }
+    parts.push(element("h3", null, "Recent activity"));
+    const events = element("ul", "inbox-events");
+    for (const event of view.events) {
+      const what = event.event || event.name || event.type;
+      events.append(element("li", null, `${event.channel} · ${what} · ${since(event.timestamp)} ago`));
+    }
+    parts.push(events);
+    customer.replaceChildren(...parts);
+  };
+
+  const show = async (id) => {
+    open = id;
+    say("");
+    const conversation = await api(`/api/v1/conversations/${encodeURIComponent(id)}`);
+    thread.hidden = false;
+    title.textContent = `${conversation.channel} · ${conversation.queue || "default"} · ${conversation.status}`;
+    accept.hidden = !(me && (conversation.status === "queued" || conversation.status === "bot"));
+    const mine = conversation.status === "assigned" && (!me || conversation.assignee === me);
+    composer.hidden = !mine;
+    for (const button of root.querySelectorAll("[data-act]")) button.hidden = !mine;
+    messages.replaceChildren(...conversation.messages.map((message) => {
+      const item = element("div", `inbox-message inbox-by-${message.author}`);
+      item.setAttribute("data-testid", "inbox-message");
+      item.dataset.author = message.author;
+      item.dataset.channel = message.channel;
+      item.append(element("span", "inbox-meta", `${message.author} · ${message.channel}`), element("p", null, message.text));
+      return item;
+    }));
+    messages.scrollTop = messages.scrollHeight;
+    for (const item of root.querySelectorAll("[data-testid=inbox-conversation]")) {
+      item.toggleAttribute("aria-current", item.dataset.conversationId === id);
+    }
+    panel(await api(`/api/v1/conversations/${encodeURIComponent(id)}/customer`));
+  };
+
+  accept.addEventListener("click", async () => {
+    try {
+      await api(`/api/v1/conversations/${encodeURIComponent(open)}/assign`, { method: "POST", body: "{}" });
+    } catch (error) { say(error.message); }
+    await show(open);
+    await refresh();
+  });
+  for (const button of root.querySelectorAll("[data-act]")) {
+    button.addEventListener("click", async () => {
+      try {
+        await api(`/api/v1/conversations/${encodeURIComponent(open)}/${button.dataset.act}`, { method: "POST", body: "{}" });
+        await show(open);
+      } catch (error) { say(error.message); }
+      await refresh();
+    });
+  }
+  composer.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const text = input.value.trim();
+    if (!text) return;
+    try {
+      await api(`/api/v1/conversations/${encodeURIComponent(open)}/messages`, { method: "POST", body: JSON.stringify({ text }) });
+      input.value = "";
+      await show(open);
+    } catch (error) { say(error.message); }
+  });
+
+  // Live: every notice of the workspace reads the list again, and the open conversation if it changed.
+  let delay = 250;
+  const connect = () => {
+    const socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/inbox/ws`);
+    socket.onopen = () => { delay = 250; liveState.textContent = "Live"; refresh().catch((error) => say(error.message)); };
+    socket.onmessage = (event) => {
+      const notice = JSON.parse(event.data);
+      refresh().catch((error) => say(error.message));
+      if (notice.conversation_id === open) show(open).catch((error) => say(error.message));
+    };
+    socket.onclose = () => {
+      liveState.textContent = "Reconnecting…";
+      setTimeout(connect, delay);
+      delay = Math.min(delay * 2, 5000);
+    };
+  };
+  connect();
+}

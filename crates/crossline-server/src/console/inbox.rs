@@ -1,0 +1,114 @@
+//! The agent inbox (`GET /inbox`): the conversations waiting and held, one conversation's transcript
+//! with the channel of every message, the customer 360 beside it, and the composer. The page is a
+//! shell; `inbox.js` fills it through the REST API (`/api/v1/conversations…`, with the session
+//! cookie) and keeps it live through `GET /inbox/ws`, which sends the workspace's conversation notices
+//! ([`crate::live`]) — from whichever node changed a conversation — and nothing else: the page reads
+//! what changed through the API, so a notice carries no customer data.
+
+use super::layout::{self, Section};
+use super::session::Session;
+use crate::auth::Caller;
+use crate::state::AppState;
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::{IntoResponse, Response};
+use maud::html;
+use tokio::sync::broadcast::error::RecvError;
+
+/// The inbox page.
+pub async fn page(session: Session) -> Response {
+    let agent = match &session.caller {
+        Caller::Agent(_, agent) => Some(agent.id.clone()),
+        _ => None,
+    };
+    let who = match &session.caller {
+        Caller::Agent(_, agent) => agent.name.clone(),
+        _ => "the workspace".to_owned(),
+    };
+    let content = html! {
+        div.page-head {
+            h1 { "Inbox" }
+            p.muted { "Answering as " (who) ". " span #inbox-live.live-state { "Connecting…" } }
+        }
+        div.inbox data-inbox="" data-agent=[agent.as_deref()] {
+            section.inbox-lists aria-label="Conversations" {
+                h2 { "Waiting" }
+                ul #inbox-queued.inbox-list {}
+                @if agent.is_some() {
+                    h2 { "Mine" }
+                    ul #inbox-mine.inbox-list {}
+                }
+                h2 { "With colleagues" }
+                ul #inbox-others.inbox-list {}
+            }
+            section #inbox-thread.inbox-thread hidden aria-label="Conversation" {
+                div.inbox-thread-head {
+                    span #inbox-title {}
+                    button #inbox-accept.button type="button" data-testid="inbox-accept" hidden { "Accept" }
+                    button.button.secondary type="button" data-act="resolve" hidden { "Resolve" }
+                    button.button.secondary type="button" data-act="hand-back" hidden { "Hand back to the bot" }
+                }
+                div #inbox-messages.inbox-messages aria-live="polite" {}
+                form #inbox-composer.inbox-composer hidden {
+                    textarea #inbox-reply-input name="text" rows="3" maxlength="4000" data-testid="inbox-reply-input"
+                        placeholder="Reply on the customer's channel…" {}
+                    button.button type="submit" data-testid="inbox-reply-send" { "Send" }
+                }
+                p #inbox-error.error role="alert" {}
+            }
+            aside #inbox-customer.inbox-customer data-testid="inbox-customer" aria-label="Customer" {
+                p.muted { "Open a conversation to see the customer." }
+            }
+        }
+        script type="module" src=(super::assets::url("inbox.js")) {}
+    };
+    session.respond(layout::shell(&session, Section::Inbox, "Inbox", content))
+}
+
+/// The inbox's live notices.
+pub async fn socket(
+    State(state): State<AppState>,
+    session: Session,
+    headers: axum::http::HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    // A page of another site cannot open it with the visitor's cookie (the cookie is SameSite=Strict;
+    // the origin is checked as for any change).
+    if !crate::sessions::same_origin(&state, &axum::http::Method::POST, &headers) {
+        return super::error::ConsoleError::from(crate::sessions::cross_site()).into_response();
+    }
+    let Some(workspace) = session.workspace.clone() else {
+        return axum::http::StatusCode::NOT_FOUND.into_response();
+    };
+    let notices = state.live.watch_workspace(&workspace.id);
+    upgrade.max_message_size(4096).on_upgrade(move |socket| serve(socket, notices))
+}
+
+async fn serve(
+    mut socket: WebSocket,
+    mut notices: tokio::sync::broadcast::Receiver<std::sync::Arc<crossline_engine::agents::ConversationNotice>>,
+) {
+    loop {
+        tokio::select! {
+            frame = socket.recv() => match frame {
+                // The page says nothing; a close or an error ends the socket.
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+            notice = notices.recv() => {
+                let text = match notice {
+                    Ok(notice) => serde_json::json!({
+                        "conversation_id": notice.conversation_id, "status": notice.status,
+                        "assignee": notice.assignee, "queue": notice.queue,
+                    }).to_string(),
+                    // Fell behind: the page reads everything again.
+                    Err(RecvError::Lagged(_)) => serde_json::json!({"conversation_id": null}).to_string(),
+                    Err(RecvError::Closed) => return,
+                };
+                if socket.send(Message::Text(text.into())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
