@@ -575,15 +575,8 @@ impl crate::EngageStore for SqliteStore {
         let (workspace_id, ids) = (workspace_id.to_owned(), profile_ids.to_vec());
         self.read(move |conn| {
             let mut found = HashMap::with_capacity(ids.len());
-            for id in ids {
-                let Some(profile) = statements::live_profile(conn, &workspace_id, &id)? else { continue };
-                let unreachable = address_states_of(conn, &workspace_id, &profile.id)?;
-                let marketing_sends = match marketing_since {
-                    Some(since) => marketing_sends_of(conn, &workspace_id, &profile.id, since)?,
-                    None => 0,
-                };
-                let push = if push { push_addresses_of(conn, &workspace_id, &profile.id)? } else { Vec::new() };
-                found.insert(id, RecipientFacts { profile, unreachable, marketing_sends, push });
+            for chunk in ids.chunks(RECIPIENT_CHUNK) {
+                recipients_of(conn, &workspace_id, chunk, marketing_since, push, &mut found)?;
             }
             Ok(found)
         })
@@ -901,6 +894,190 @@ pub(in crate::sqlite) fn trim_push_addresses(
         for (kind, value) in oldest {
             delete.execute((workspace_id, &kind, &value))?;
         }
+    }
+    Ok(())
+}
+
+/// Profiles one set of [`recipients_of`] statements reads.
+const RECIPIENT_CHUNK: usize = 64;
+
+/// `?2, ?3, …` for a chunk of ids (always [`RECIPIENT_CHUNK`] of them: a short chunk repeats its last
+/// id, so each statement has one text and stays in the statement cache).
+fn chunk_params(first: usize) -> String {
+    (first..first + RECIPIENT_CHUNK).map(|index| format!("?{index}")).collect::<Vec<_>>().join(", ")
+}
+
+/// The statements of [`recipients_of`], by what they read.
+struct RecipientStatements {
+    live: String,
+    states: String,
+    identities: String,
+    unreachable: String,
+    marketing: String,
+    push: String,
+}
+
+fn recipient_statements() -> &'static RecipientStatements {
+    static STATEMENTS: std::sync::OnceLock<RecipientStatements> = std::sync::OnceLock::new();
+    STATEMENTS.get_or_init(|| {
+        let ids = chunk_params(2);
+        RecipientStatements {
+            live: format!("SELECT id, coalesce(merged_into, id) FROM profiles WHERE workspace_id = ?1 AND id IN ({ids})"),
+            states: format!(
+                "SELECT id, traits, consent, created_at, updated_at FROM profiles
+                 WHERE workspace_id = ?1 AND id IN ({ids}) AND merged_into IS NULL"
+            ),
+            identities: format!(
+                "SELECT profile_id, kind, value FROM identities INDEXED BY identities_profile
+                 WHERE profile_id IN ({ids}) AND workspace_id = ?1"
+            ),
+            unreachable: format!(
+                "SELECT i.profile_id, s.kind, s.value, s.reason, s.unreachable_at FROM identities i INDEXED BY identities_profile
+                 JOIN address_states s ON s.workspace_id = i.workspace_id AND s.kind = i.kind AND s.value = i.value
+                 WHERE i.profile_id IN ({ids}) AND i.workspace_id = ?1 AND s.unreachable_at IS NOT NULL
+                 UNION
+                 SELECT i.profile_id, s.kind, s.value, s.reason, s.unreachable_at FROM identities i INDEXED BY identities_profile
+                 JOIN address_states s ON s.workspace_id = i.workspace_id AND s.kind = 'whatsapp' AND s.value = i.value
+                 WHERE i.profile_id IN ({ids}) AND i.workspace_id = ?1 AND i.kind = 'phone' AND s.unreachable_at IS NOT NULL
+                 UNION
+                 SELECT a.profile_id, s.kind, s.value, s.reason, s.unreachable_at FROM push_addresses a INDEXED BY push_addresses_profile
+                 JOIN address_states s ON s.workspace_id = a.workspace_id AND s.kind = a.kind AND s.value = a.value
+                 WHERE a.workspace_id = ?1 AND a.profile_id IN ({ids}) AND s.unreachable_at IS NOT NULL
+                 ORDER BY 1, 2, 3"
+            ),
+            marketing: format!(
+                "SELECT profile_id, count(*) FROM deliveries INDEXED BY deliveries_profile
+                 WHERE workspace_id = ?1 AND profile_id IN ({ids}) AND sent_at >= ?{} AND kind = 'marketing'
+                 GROUP BY profile_id",
+                RECIPIENT_CHUNK + 2
+            ),
+            push: format!(
+                "SELECT profile_id, kind, value, platform, p256dh, auth, created_at FROM push_addresses INDEXED BY push_addresses_profile
+                 WHERE workspace_id = ?1 AND profile_id IN ({ids}) ORDER BY profile_id, created_at DESC, value"
+            ),
+        }
+    })
+}
+
+/// The texts of [`recipients_of`]'s statements (their query plans are checked like the keyed ones).
+#[cfg(test)]
+pub(super) fn recipient_statement_texts() -> Vec<&'static str> {
+    let sql = recipient_statements();
+    vec![&sql.live, &sql.states, &sql.identities, &sql.unreachable, &sql.marketing, &sql.push]
+}
+
+/// The recipient facts of up to [`RECIPIENT_CHUNK`] profile ids, a handful of statements for all of
+/// them (a merged id is followed to its survivor; an erased one is left out).
+fn recipients_of(
+    conn: &Connection,
+    workspace_id: &str,
+    chunk: &[String],
+    marketing_since: Option<DateTime<Utc>>,
+    push: bool,
+    found: &mut HashMap<String, RecipientFacts>,
+) -> StoreResult<()> {
+    let Some(last) = chunk.last() else { return Ok(()) };
+    let sql = recipient_statements();
+    let padded = |ids: &[&str]| -> Vec<rusqlite::types::Value> {
+        let mut params: Vec<rusqlite::types::Value> = Vec::with_capacity(RECIPIENT_CHUNK + 2);
+        params.push(workspace_id.to_owned().into());
+        let filler = ids.last().copied().unwrap_or(last.as_str());
+        for index in 0..RECIPIENT_CHUNK {
+            params.push(ids.get(index).copied().unwrap_or(filler).to_owned().into());
+        }
+        params
+    };
+    let asked: Vec<&str> = chunk.iter().map(String::as_str).collect();
+    // Asked id → live id.
+    let mut live_of: HashMap<String, String> = HashMap::with_capacity(chunk.len());
+    let mut statement = conn.prepare_cached(&sql.live)?;
+    let mut rows = statement.query(rusqlite::params_from_iter(padded(&asked)))?;
+    while let Some(row) = rows.next()? {
+        live_of.insert(row.get(0)?, row.get(1)?);
+    }
+    let mut live: Vec<&str> = live_of.values().map(String::as_str).collect();
+    live.sort_unstable();
+    live.dedup();
+    if live.is_empty() {
+        return Ok(());
+    }
+    let params = padded(&live);
+    let mut profiles: HashMap<String, Profile> = HashMap::with_capacity(live.len());
+    let mut statement = conn.prepare_cached(&sql.states)?;
+    let mut rows = statement.query(rusqlite::params_from_iter(params.iter()))?;
+    while let Some(row) = rows.next()? {
+        let id: String = row.get(0)?;
+        let traits: String = row.get(1)?;
+        let consent: String = row.get(2)?;
+        // Trait times are not part of a profile as it is read here.
+        let state = crossline_core::profile::ProfileState {
+            id: id.clone(),
+            traits: statements::parse_json(&traits)?,
+            trait_times: Default::default(),
+            consent: statements::parse_json(&consent)?,
+            created_at: crate::from_millis(row.get(3)?),
+            updated_at: crate::from_millis(row.get(4)?),
+        };
+        profiles.insert(id, Profile::from_state(state, Vec::new()));
+    }
+    let mut statement = conn.prepare_cached(&sql.identities)?;
+    let mut rows = statement.query(rusqlite::params_from_iter(params.iter()))?;
+    while let Some(row) = rows.next()? {
+        let profile_id: String = row.get(0)?;
+        let kind: String = row.get(1)?;
+        if let (Some(profile), Ok(kind)) = (profiles.get_mut(&profile_id), kind.parse()) {
+            profile.identities.push(Identity { kind, value: row.get(2)? });
+        }
+    }
+    let mut unreachable: HashMap<String, Vec<AddressState>> = HashMap::new();
+    let mut statement = conn.prepare_cached(&sql.unreachable)?;
+    let mut rows = statement.query(rusqlite::params_from_iter(params.iter()))?;
+    while let Some(row) = rows.next()? {
+        unreachable.entry(row.get(0)?).or_default().push(AddressState {
+            kind: row.get(1)?,
+            value: row.get(2)?,
+            reason: row.get(3)?,
+            unreachable_at: crate::from_millis(row.get(4)?),
+        });
+    }
+    let mut marketing: HashMap<String, u64> = HashMap::new();
+    if let Some(since) = marketing_since {
+        let mut with_since = params.clone();
+        with_since.push(crate::to_millis(since).into());
+        let mut statement = conn.prepare_cached(&sql.marketing)?;
+        let mut rows = statement.query(rusqlite::params_from_iter(with_since))?;
+        while let Some(row) = rows.next()? {
+            marketing.insert(row.get(0)?, row.get::<_, i64>(1)? as u64);
+        }
+    }
+    let mut pushes: HashMap<String, Vec<PushAddress>> = HashMap::new();
+    if push {
+        let mut statement = conn.prepare_cached(&sql.push)?;
+        let mut rows = statement.query(rusqlite::params_from_iter(params.iter()))?;
+        while let Some(row) = rows.next()? {
+            pushes.entry(row.get(0)?).or_default().push(PushAddress {
+                kind: row.get(1)?,
+                value: row.get(2)?,
+                platform: row.get(3)?,
+                p256dh: row.get(4)?,
+                auth: row.get(5)?,
+                created_at: crate::from_millis(row.get(6)?),
+            });
+        }
+    }
+    for asked in chunk {
+        let Some(profile) = live_of.get(asked).and_then(|live| profiles.get(live)) else { continue };
+        let mut profile = profile.clone();
+        profile.identities.sort();
+        found.insert(
+            asked.clone(),
+            RecipientFacts {
+                unreachable: unreachable.get(&profile.id).cloned().unwrap_or_default(),
+                marketing_sends: marketing.get(&profile.id).copied().unwrap_or(0),
+                push: pushes.get(&profile.id).cloned().unwrap_or_default(),
+                profile,
+            },
+        );
     }
     Ok(())
 }

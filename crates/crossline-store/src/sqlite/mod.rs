@@ -434,7 +434,7 @@ mod tests {
     fn keyed_statements_never_scan_a_workspace() {
         let mut conn = Connection::open_in_memory().unwrap();
         migrate(&mut conn).unwrap();
-        for query in KEYED_STATEMENTS {
+        for query in KEYED_STATEMENTS.iter().copied().chain(engage::recipient_statement_texts()) {
             let mut statement = conn.prepare(&format!("EXPLAIN QUERY PLAN {query}")).unwrap();
             let params: Vec<String> = (0..statement.parameter_count()).map(|index| format!("p{index}")).collect();
             let plan: Vec<String> = statement
