@@ -41,6 +41,15 @@ const ROUTE_BATCH: usize = 1_000;
 /// Conversations held by agents one routing pass reads to count their load.
 const HELD_LIMIT: usize = 20_000;
 
+/// What a customer is asked when people resolve their conversation; a digit answers it.
+pub const CSAT_QUESTION: &str = "How did we do? Reply with a number from 1 (poor) to 5 (great).";
+/// How long after the question a digit still answers it.
+pub const CSAT_WINDOW_HOURS: i64 = 24;
+
+fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+    (to - from).num_milliseconds().max(0) as f64 / 1000.0
+}
+
 /// The subject live notices about a workspace's conversations travel on.
 pub fn notice_subject(workspace_id: &str) -> String {
     format!("live.{workspace_id}.conversations")
@@ -176,7 +185,7 @@ enum Act<'a> {
     Route,
     Reply(&'a str),
     Transfer { queue: Option<&'a str>, agent: Option<&'a Agent> },
-    Resolve,
+    Resolve { first_response_seconds: Option<f64>, asks_csat: bool },
     HandBack,
 }
 
@@ -377,32 +386,47 @@ impl ContactCentre {
     }
 
     /// Close a conversation people have; the customer's next message starts a new one with the bot.
+    /// `conversation.resolved` carries the conversation's times (wait, first response, handle). On a
+    /// channel the customer can answer later (chat, kiosk, SMS, WhatsApp) the customer is asked for a
+    /// score, 1 to 5 ([`CSAT_QUESTION`], stored as the bot's message): their next message, a digit, is
+    /// recorded as `csat.submitted` ([`crate::conversations::Conversations`]). Returns the
+    /// conversation and the question when it was asked (for the caller to deliver by SMS).
     pub async fn resolve(
         &self,
         workspace_id: &str,
         id: &str,
         by: Option<&Agent>,
         now: DateTime<Utc>,
-    ) -> Result<Conversation, AgentError> {
-        self.change(
-            workspace_id,
-            id,
-            now,
-            |conversation| {
-                may_act(conversation, by)?;
-                Ok(change(
-                    conversation,
-                    ConversationStatus::Resolved,
-                    conversation.assignee.as_deref(),
-                    conversation.queue.clone(),
-                    now,
-                ))
-            },
-            Act::Resolve,
-            by,
-        )
-        .await
-        .map(|(conversation, _)| conversation)
+    ) -> Result<(Conversation, Option<&'static str>), AgentError> {
+        let read = self.conversation(workspace_id, id).await?;
+        let messages = self.store.conversation_messages(workspace_id, id).await?;
+        let first_reply =
+            messages.iter().find(|message| message.author == Author::Agent).map(|message| message.created_at);
+        let first_response_seconds = match (read.queued_at, first_reply) {
+            (Some(queued), Some(replied)) => Some(seconds_between(queued, replied)),
+            _ => None,
+        };
+        let asks_csat = matches!(read.channel.as_str(), "chat" | "kiosk" | "sms" | "whatsapp");
+        let (conversation, _) = self
+            .change(
+                workspace_id,
+                id,
+                now,
+                |conversation| {
+                    may_act(conversation, by)?;
+                    Ok(change(
+                        conversation,
+                        ConversationStatus::Resolved,
+                        conversation.assignee.as_deref(),
+                        conversation.queue.clone(),
+                        now,
+                    ))
+                },
+                Act::Resolve { first_response_seconds, asks_csat },
+                by,
+            )
+            .await?;
+        Ok((conversation, asks_csat.then_some(CSAT_QUESTION)))
     }
 
     /// Give a conversation back to the bot, which answers the customer's next message.
@@ -433,8 +457,12 @@ impl ContactCentre {
     /// conversation planned is taken for its agent as an agent takes one, so a pass on another node
     /// at the same moment cannot give it twice (that one is skipped). Returns how many were given.
     pub async fn route(&self, workspace_id: &str, now: DateTime<Utc>) -> Result<usize, AgentError> {
-        let queued =
-            ConversationFilter { statuses: vec![ConversationStatus::Queued], limit: ROUTE_BATCH, ..Default::default() };
+        let queued = ConversationFilter {
+            statuses: vec![ConversationStatus::Queued],
+            limit: ROUTE_BATCH,
+            without_state: true,
+            ..Default::default()
+        };
         let waiting = self.store.list_conversations(workspace_id, &queued).await?;
         if waiting.is_empty() {
             return Ok(0);
@@ -452,6 +480,7 @@ impl ContactCentre {
         let assigned = ConversationFilter {
             statuses: vec![ConversationStatus::Assigned],
             limit: HELD_LIMIT,
+            without_state: true,
             ..Default::default()
         };
         let mut held: HashMap<String, (u32, DateTime<Utc>)> = HashMap::new();
@@ -635,13 +664,37 @@ fn record_of(
             properties["to_agent_id"] = json!(to.map(|agent| agent.id.as_str()));
             ("conversation.transferred", Vec::new())
         }
-        Act::Resolve => {
+        Act::Resolve { first_response_seconds, asks_csat } => {
             properties["handle_seconds"] = json!(wait(conversation.assigned_at));
+            properties["wait_seconds"] = json!(match (conversation.queued_at, conversation.assigned_at) {
+                (Some(queued), Some(assigned)) => Some(seconds_between(queued, assigned)),
+                _ => None,
+            });
+            properties["first_response_seconds"] = json!(first_response_seconds);
             properties["assignee"] = json!(conversation.assignee);
-            ("conversation.resolved", Vec::new())
+            properties["csat_asked"] = json!(asks_csat);
+            let mut messages = Vec::new();
+            if *asks_csat {
+                messages.push(ConversationMessage {
+                    author: Author::Bot,
+                    channel: channel.to_owned(),
+                    text: CSAT_QUESTION.to_owned(),
+                    created_at: now,
+                    missed: false,
+                });
+            }
+            ("conversation.resolved", messages)
         }
         Act::HandBack => ("conversation.handed_back", Vec::new()),
     };
     let event = crate::conversations::event(identity, name, channel, Value::clone(&properties), now);
-    (messages, vec![event])
+    let mut events = vec![event];
+    for message in &messages {
+        if message.author == Author::Bot {
+            let properties = json!({"conversation_id": conversation.id, "bot": conversation.bot,
+                                    "author": Author::Bot.as_str(), "text": message.text});
+            events.push(crate::conversations::event(identity, "message.sent", channel, properties, now));
+        }
+    }
+    (messages, events)
 }

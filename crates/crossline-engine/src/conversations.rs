@@ -350,6 +350,13 @@ impl Conversations {
             active_since,
             open: open.as_ref().map(|conversation| (conversation.id.clone(), conversation.state.clone())),
         };
+        // A digit right after people resolved the customer's conversation answers the score asked.
+        if open.is_none()
+            && let Some(score) = csat_score(turn.text)
+            && let Some(outcome) = self.answer_csat(workspace, turn, &profile, &read, score).await?
+        {
+            return Ok(outcome);
+        }
         let mut conversation = match open {
             Some(conversation) => conversation,
             None => Conversation::new(
@@ -530,6 +537,72 @@ impl Conversations {
             replies: with_quick_replies(&outcome.replies, &outcome.quick_replies),
             status: conversation.status,
         })
+    }
+
+    /// The score a customer gave after people resolved their conversation with this bot, when the
+    /// question is still open (asked within a day, not answered, nothing said since): recorded as
+    /// `csat.submitted` on that conversation, with a thank-you. None when no score was asked.
+    async fn answer_csat(
+        &self,
+        workspace: &Workspace,
+        turn: &Turn<'_>,
+        profile: &Profile,
+        read: &TurnRead,
+        score: u8,
+    ) -> Result<Option<TurnOutcome>, TurnError> {
+        let query = crossline_store::EventQuery { limit: 30, kind: Some("track".into()) };
+        let events = self.store.events(&workspace.id, &profile.id, &query).await?;
+        let since = turn.now - chrono::Duration::hours(crate::agents::CSAT_WINDOW_HOURS);
+        let asked = events.iter().find_map(|event| match event.event.as_deref() {
+            Some("csat.submitted" | "message.received") => Some(None),
+            Some("conversation.resolved") => Some(
+                (event.properties.get("csat_asked") == Some(&Value::Bool(true))
+                    && event.properties.get("bot").and_then(Value::as_str) == Some(turn.bot)
+                    && event.timestamp >= since)
+                    .then_some(event),
+            ),
+            _ => None,
+        });
+        let Some(Some(resolved)) = asked else { return Ok(None) };
+        let Some(conversation_id) = resolved.properties.get("conversation_id").and_then(Value::as_str) else {
+            return Ok(None);
+        };
+        let Some(mut conversation) = self.store.conversation(&workspace.id, conversation_id).await? else {
+            return Ok(None);
+        };
+        conversation.channel = turn.channel.to_owned();
+        conversation.updated_at = turn.now;
+        let thanks = CSAT_THANKS.to_owned();
+        let messages = vec![
+            message(Author::Customer, turn.channel, turn.text, turn.now, false),
+            message(Author::Bot, turn.channel, &thanks, turn.now, false),
+        ];
+        let properties = json!({"conversation_id": conversation.id, "bot": turn.bot, "text": turn.text, "csat": score});
+        let mut received = event(&turn.from, "message.received", turn.channel, properties, turn.now);
+        if let Some(message_id) = &turn.message_id {
+            received.message_id = message_id.clone();
+        }
+        let agent = resolved.properties.get("assignee").cloned().unwrap_or(Value::Null);
+        let submitted = json!({"conversation_id": conversation.id, "bot": turn.bot, "score": score, "agent_id": agent,
+                               "queue": conversation.queue});
+        let events = vec![
+            received,
+            event(&turn.from, "csat.submitted", turn.channel, submitted, turn.now),
+            event(
+                &turn.from,
+                "message.sent",
+                turn.channel,
+                json!({"conversation_id": conversation.id, "bot": turn.bot, "author": Author::Bot.as_str(), "text": thanks}),
+                turn.now,
+            ),
+        ];
+        self.recorder.record_turn(&workspace.id, &conversation, read, &messages, events).await?;
+        metrics::counter!("crossline_csat_total", "score" => score.to_string()).increment(1);
+        Ok(Some(TurnOutcome {
+            conversation_id: conversation.id.clone(),
+            replies: vec![Reply::text(&thanks)],
+            status: conversation.status,
+        }))
     }
 
     /// A customer's message to a conversation people have: stored (with its sentiment, for the
@@ -727,6 +800,18 @@ impl Conversations {
             }
         }
         Err(TurnError::Busy)
+    }
+}
+
+/// The thank-you for a score.
+pub const CSAT_THANKS: &str = "Thank you for your feedback!";
+
+/// A satisfaction score, 1 to 5, as a customer answers it ("4", " 5 ", "3." — a digit and nothing else).
+fn csat_score(text: &str) -> Option<u8> {
+    let text = text.trim().trim_end_matches(['.', '!']);
+    match text.as_bytes() {
+        [digit @ b'1'..=b'5'] => Some(digit - b'0'),
+        _ => None,
     }
 }
 

@@ -68,6 +68,8 @@ pub struct ConversationFilter {
     pub assignee: Option<String>,
     /// Only this customer's.
     pub profile_id: Option<String>,
+    /// Leave out the dialog state (an empty object instead): routing does not read it.
+    pub without_state: bool,
     /// At most this many: the longest waiting first for queued ones, else the most recent first.
     pub limit: usize,
 }

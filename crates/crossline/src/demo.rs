@@ -278,6 +278,16 @@ pub async fn run(listen: String, data_dir: Option<PathBuf>) -> anyhow::Result<()
         format!("cannot listen on {address} (is another crossline running? use --listen 127.0.0.1:8081)")
     })?;
     let url = format!("http://{}", listener.local_addr()?);
+    // A person of the contact centre, offline so the waiting customer stays in the queue for the
+    // visitor to accept (a new one each run: an agent's token is shown once and never stored).
+    let agent = crossline_engine::agents::NewAgent {
+        name: "Grace (demo agent)".into(),
+        email: format!("grace+{}@bank.example", &crossline_core::ids::new_random_id("a")[2..10]),
+        skills: vec!["cards".into()],
+        languages: vec!["en".into()],
+        capacity: 3,
+    };
+    let (_, agent_token) = state.contact_centre.create_agent(&workspace.id, agent, Utc::now()).await?;
     let fresh = state.store.objects(&workspace.id, crossline_store::engage::ObjectKind::Campaign).await?.is_empty();
     if fresh {
         // Through the API, as a user would: it answers once the server below is serving.
@@ -286,15 +296,43 @@ pub async fn run(listen: String, data_dir: Option<PathBuf>) -> anyhow::Result<()
             if let Err(err) = ship_sample_campaign(&url, &api_key, &sink).await {
                 eprintln!("The demo's sample campaign could not be created: {err:#}");
             }
+            if let Err(err) = ask_for_a_person(&url, &api_key).await {
+                eprintln!("The demo's waiting customer could not be made: {err:#}");
+            }
         });
     }
     println!(
-        "\nCrossline demo is running at {url}\n\n  Console:        {url}/  (log in with the API key below)\n  API docs:       {url}/api/docs\n  Web chat:       {url}/chat/{id}  (the bank bot)\n  Kiosk:          {url}/kiosk/{id}\n  Widget:         <script src=\"{url}/widget.js\" data-write-key=\"{write_key}\" async></script>\n  Identify:       {signed_identify}  (Ada, signed with the web chat's identity secret: docs/channels/webchat.md)\n  Campaign:       {url}/campaigns  (\"December savings\" to the premium customers, sent to a mail sink inside this process: nothing leaves the machine)\n  Workspace:      demo ({id})\n  Write key:      {write_key}\n  API key:        {api_key}\n  Operator token: {admin_token}\n  Data:           {dir}\n  Egress:         private and loopback addresses allowed (a local demo; `crossline serve` refuses them by default)\n\nTry:\n  curl -s -u {write_key}: {url}/v1/track -H 'content-type: application/json' \\\n    -d '{{\"userId\":\"user-0000\",\"event\":\"Demo Clicked\",\"context\":{{\"channel\":\"web\"}}}}'\n  curl -s -H 'Authorization: Bearer {api_key}' '{url}/api/v1/profiles/lookup?kind=email&value={STAR_EMAIL}'\n  curl -s -H 'Authorization: Bearer {api_key}' -H 'content-type: application/json' {url}/api/v1/conversations/messages \\\n    -d '{{\"bot\":\"bank\",\"from\":{{\"kind\":\"email\",\"value\":\"{STAR_EMAIL}\"}},\"channel\":\"chat\",\"text\":\"can I come in tomorrow?\"}}'\n\nPress Ctrl-C to stop.",
+        "\nCrossline demo is running at {url}\n\n  Console:        {url}/  (log in with the API key below)\n  API docs:       {url}/api/docs\n  Web chat:       {url}/chat/{id}  (the bank bot)\n  Kiosk:          {url}/kiosk/{id}\n  Widget:         <script src=\"{url}/widget.js\" data-write-key=\"{write_key}\" async></script>\n  Identify:       {signed_identify}  (Ada, signed with the web chat's identity secret: docs/channels/webchat.md)\n  Agent inbox:    {url}/inbox  (log in with the agent token below: Ada is waiting for a person)\n  Campaign:       {url}/campaigns  (\"December savings\" to the premium customers, sent to a mail sink inside this process: nothing leaves the machine)\n  Workspace:      demo ({id})\n  Write key:      {write_key}\n  API key:        {api_key}\n  Agent token:    {agent_token}\n  Operator token: {admin_token}\n  Data:           {dir}\n  Egress:         private and loopback addresses allowed (a local demo; `crossline serve` refuses them by default)\n\nTry:\n  curl -s -u {write_key}: {url}/v1/track -H 'content-type: application/json' \\\n    -d '{{\"userId\":\"user-0000\",\"event\":\"Demo Clicked\",\"context\":{{\"channel\":\"web\"}}}}'\n  curl -s -H 'Authorization: Bearer {api_key}' '{url}/api/v1/profiles/lookup?kind=email&value={STAR_EMAIL}'\n  curl -s -H 'Authorization: Bearer {api_key}' -H 'content-type: application/json' {url}/api/v1/conversations/messages \\\n    -d '{{\"bot\":\"bank\",\"from\":{{\"kind\":\"email\",\"value\":\"{STAR_EMAIL}\"}},\"channel\":\"chat\",\"text\":\"can I come in tomorrow?\"}}'\n\nPress Ctrl-C to stop.",
         id = workspace.id,
         dir = data_dir.display(),
     );
     crossline_server::run(listener, state, crate::shutdown_signal()).await?;
     drop(sink);
+    Ok(())
+}
+
+/// Ada, the demo's star customer, asks the bank bot for a person in chat: a conversation waits in the
+/// inbox, with her whole story beside it.
+async fn ask_for_a_person(url: &str, api_key: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    for _ in 0..50 {
+        if http.get(format!("{url}/healthz")).send().await.is_ok_and(|response| response.status().is_success()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let body = json!({"bot": "bank", "from": {"kind": "email", "value": STAR_EMAIL}, "channel": "chat",
+                      "text": "My card was declined twice today, can I talk to a person please?"});
+    let answer: serde_json::Value = http
+        .post(format!("{url}/api/v1/conversations/messages"))
+        .bearer_auth(api_key)
+        .json(&body)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    anyhow::ensure!(answer["status"] == "queued", "the bot did not hand Ada to people: {answer}");
     Ok(())
 }
 

@@ -221,6 +221,16 @@ pub struct TransferTo {
     pub agent_id: Option<String>,
 }
 
+/// The channel a message to a customer whose last message came on `channel` goes by, when it is a
+/// text message.
+fn phone_channel(channel: &str) -> Option<&'static str> {
+    match channel {
+        "sms" => Some("sms"),
+        "whatsapp" => Some("whatsapp"),
+        _ => None,
+    }
+}
+
 fn body_or_default<T: Default>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
     match body {
         Ok(Json(body)) => Ok(body),
@@ -339,7 +349,7 @@ pub async fn list_conversations(
         }
         (assignee, _) => assignee,
     };
-    let filter = ConversationFilter { statuses, queue: query.queue, assignee, limit, profile_id: None };
+    let filter = ConversationFilter { statuses, queue: query.queue, assignee, limit, ..Default::default() };
     let conversations = state.contact_centre.conversations(&caller.workspace.id, &filter).await?;
     Ok(Json(ConversationList { conversations: conversations.into_iter().map(ConversationView::from).collect() }))
 }
@@ -548,9 +558,8 @@ pub async fn post_agent_message(
     crossline_engine::agents::may_act(&conversation, agent)?;
     // SMS and WhatsApp (and a caller, by SMS): asked of the send policy before anything is stored.
     let by_phone = match conversation.channel.as_str() {
-        "sms" | "voice" => Some("sms"),
-        "whatsapp" => Some("whatsapp"),
-        _ => None,
+        "voice" => Some("sms"),
+        channel => phone_channel(channel),
     };
     let address = match by_phone {
         Some(channel) => {
@@ -643,7 +652,7 @@ pub async fn transfer(
 
 /// Resolve a conversation.
 #[utoipa::path(post, path = "/api/v1/conversations/{id}/resolve", tag = "agents",
-    description = "Ends the conversation; the customer's next message starts a new one with the bot. Records `conversation.resolved` with the handle time.",
+    description = "Ends the conversation; the customer's next message starts a new one with the bot. Records `conversation.resolved` with its times (`wait_seconds`, `first_response_seconds`, `handle_seconds`). On chat, kiosk, SMS and WhatsApp the customer is asked for a score from 1 to 5; a digit answering it within a day is recorded as `csat.submitted`.",
     params(("id" = String, Path, description = "The conversation")),
     responses((status = 200, description = "Resolved.", body = ConversationView),
               (status = 401, response = crate::openapi::Unauthorized),
@@ -657,8 +666,19 @@ pub async fn resolve(
     caller: PeopleCaller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<ConversationView>> {
-    let conversation =
-        state.contact_centre.resolve(&caller.workspace.id, &id, caller.agent.as_ref(), Utc::now()).await?;
+    let workspace = &caller.workspace;
+    let (conversation, question) =
+        state.contact_centre.resolve(&workspace.id, &id, caller.agent.as_ref(), Utc::now()).await?;
+    // The score question reaches a texting customer as a message of its own (when they may get one).
+    if let (Some(question), Some(channel)) = (question, phone_channel(&conversation.channel))
+        && let Ok(address) = state.engage.agent_reply_address(&workspace.id, &conversation.profile_id, channel).await?
+    {
+        let key = format!("csat:{}", conversation.id);
+        state
+            .engage
+            .queue_agent_reply(&workspace.id, &conversation.profile_id, channel, &address, question, &key)
+            .await?;
+    }
     Ok(Json(conversation.into()))
 }
 

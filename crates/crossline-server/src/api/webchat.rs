@@ -262,6 +262,10 @@ async fn catch_up(
         return sent;
     };
     let total = messages.iter().filter(|message| message.author != Author::Customer).count();
+    // A score asked after people resolved the conversation comes with its five buttons.
+    let csat_buttons: Vec<String> = (1..=5).map(|score| score.to_string()).collect();
+    let asks_score = messages.last().is_some_and(|message| message.text == crossline_engine::agents::CSAT_QUESTION);
+    let buttons = if buttons.is_empty() && asks_score { &csat_buttons[..] } else { buttons };
     let mut index = 0;
     for message in &messages {
         if message.author == Author::Customer {

@@ -139,9 +139,30 @@ async fn a_chat_handoff_is_taken_once_and_the_agents_reply_reaches_the_page_live
     let (status, me) = server.put_json("/api/v1/agents/me/status", &grace, &json!({"status": "available"})).await;
     assert_eq!((status, me["status"].as_str()), (StatusCode::OK, Some("available")));
 
-    // Resolved: the customer's next message is the bot's again, in a new conversation.
+    // Resolved: the customer is asked for a score, with buttons, and answers it.
     let (status, resolved) = post_empty(&server, &format!("{path}/resolve"), winner).await;
     assert_eq!((status, resolved["status"].as_str()), (StatusCode::OK, Some("resolved")));
+    let frames = frames_until(&mut socket, "message").await;
+    let asked = frames.last().unwrap();
+    assert!(asked["text"].as_str().unwrap().starts_with("How did we do?"), "{frames:?}");
+    assert_eq!(asked["quick_replies"], json!(["1", "2", "3", "4", "5"]));
+    send(&mut socket, json!({"type": "message", "id": "m-score", "text": "4"})).await;
+    let frames = frames_until(&mut socket, "ack").await;
+    assert!(frames.iter().any(|frame| frame["text"] == "Thank you for your feedback!"), "{frames:?}");
+    let profile_id = waiting[0]["profile_id"].as_str().unwrap();
+    let (_, timeline) =
+        json_of(server.get(&format!("/api/v1/profiles/{profile_id}/events?limit=50"), &ws.api_key).await).await;
+    let events = timeline["events"].as_array().unwrap();
+    let score = events.iter().find(|event| event["event"] == "csat.submitted").expect("the score is an event");
+    assert_eq!(
+        (score["properties"]["score"].as_u64(), score["properties"]["agent_id"].as_str().is_some()),
+        (Some(4), true)
+    );
+    let closed = events.iter().find(|event| event["event"] == "conversation.resolved").unwrap();
+    for time in ["wait_seconds", "first_response_seconds", "handle_seconds"] {
+        assert!(closed["properties"][time].as_f64().is_some(), "{time}: {closed}");
+    }
+    // A second digit is just a message to the bot, in a new conversation.
     send(&mut socket, json!({"type": "message", "id": "m4", "text": "when are you open"})).await;
     let frames = frames_until(&mut socket, "ack").await;
     assert!(
@@ -205,8 +226,26 @@ async fn an_sms_handoff_is_answered_through_twilio_and_an_opted_out_customer_is_
         transcript["messages"].as_array().unwrap().iter().all(|message| message["author"] != "agent"),
         "nothing stored: {transcript}"
     );
+    assert_eq!(post_empty(&server, &format!("{path}/resolve"), &token).await.0, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(twilio.to("+14155550101").is_empty(), "nothing sent to the opted-out customer");
+    assert!(
+        twilio.to("+14155550101").is_empty(),
+        "nothing sent to the opted-out customer, not even the score question"
+    );
+
+    // Resolved by SMS: the score is asked by SMS and a digit answers it.
+    assert_eq!(signed_post(&server, &hook, &sms("SMc1", "+14155550102", "speak to someone")).await, StatusCode::OK);
+    let third = queued(&server, &token).await;
+    let path_c = format!("/api/v1/conversations/{}", third[0]["id"].as_str().unwrap());
+    assert_eq!(post_empty(&server, &format!("{path_c}/assign"), &token).await.0, StatusCode::OK);
+    assert_eq!(post_empty(&server, &format!("{path_c}/resolve"), &token).await.0, StatusCode::OK);
+    let asked = twilio.until("+14155550102", 1).await;
+    assert!(asked[0]["Body"].starts_with("How did we do?"), "{asked:?}");
+    let url = format!("{}{hook}", server.url);
+    let score = sms("SMc2", "+14155550102", "5").map(|(k, v)| (k.to_owned(), v.to_owned()));
+    let signature = crossline_channels::twilio::signature(TOKEN, &url, &score);
+    let answer = server.http.post(&url).header("X-Twilio-Signature", signature).form(&score).send().await.unwrap();
+    assert!(answer.text().await.unwrap().contains("Thank you for your feedback!"));
 
     // Handed back to the bot, which answers the next text itself.
     assert_eq!(signed_post(&server, &hook, &sms("SMa2", "+14155550100", "thanks")).await, StatusCode::OK);

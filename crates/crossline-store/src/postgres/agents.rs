@@ -113,14 +113,18 @@ impl crate::AgentStore for PgStore {
         let statuses: Vec<String> =
             crate::agents::status_names(&filter.statuses).into_iter().map(str::to_owned).collect();
         let order = if statuses == ["queued"] { "queued_at, id" } else { "updated_at DESC, id" };
+        let columns = if filter.without_state {
+            statements::CONVERSATION_COLUMNS.replace(" state,", " '{}'::jsonb,")
+        } else {
+            statements::CONVERSATION_COLUMNS.to_owned()
+        };
         let rows = client
             .query(
                 &format!(
-                    "SELECT {} FROM conversations WHERE workspace_id = $1 AND status = ANY($2)
+                    "SELECT {columns} FROM conversations WHERE workspace_id = $1 AND status = ANY($2)
                        AND ($3::text IS NULL OR queue = $3) AND ($4::text IS NULL OR assignee = $4)
                        AND ($6::text IS NULL OR profile_id = $6)
-                     ORDER BY {order} LIMIT $5",
-                    statements::CONVERSATION_COLUMNS
+                     ORDER BY {order} LIMIT $5"
                 ),
                 &[
                     &workspace_id,

@@ -136,11 +136,15 @@ impl crate::AgentStore for SqliteStore {
             // Statuses are our own names, not input: they may be spelled into the SQL.
             let list = statuses.iter().map(|status| format!("'{status}'")).collect::<Vec<_>>().join(", ");
             let order = if statuses == ["queued"] { "queued_at, id" } else { "updated_at DESC, id" };
+            let columns = if filter.without_state {
+                statements::CONVERSATION_COLUMNS.replace(" state,", " '{}',")
+            } else {
+                statements::CONVERSATION_COLUMNS.to_owned()
+            };
             let sql = format!(
-                "SELECT {} FROM conversations WHERE workspace_id = ?1 AND status IN ({list})
+                "SELECT {columns} FROM conversations WHERE workspace_id = ?1 AND status IN ({list})
                    AND (?2 IS NULL OR queue = ?2) AND (?3 IS NULL OR assignee = ?3) AND (?5 IS NULL OR profile_id = ?5)
-                 ORDER BY {order} LIMIT ?4",
-                statements::CONVERSATION_COLUMNS
+                 ORDER BY {order} LIMIT ?4"
             );
             let mut statement = conn.prepare_cached(&sql)?;
             let rows = statement
