@@ -331,7 +331,12 @@ fn decide(definition: &BotDefinition, state: &mut DialogState, input: &TurnInput
     };
     // Asking for a person, or a message angrier than the bot's threshold, goes to people at once;
     // the form under way stays as it is, for the agent to see.
-    let reason = if definition.handoff.on_request && asks_for_a_person(input.text) {
+    // An intent of the bot's own that hands off (to its queue) takes precedence.
+    let intent_hands_off = input
+        .intent
+        .and_then(|(name, _)| intent(definition, name))
+        .is_some_and(|found| matches!(found.fulfillment, Some(Fulfillment::Handoff { .. })));
+    let reason = if definition.handoff.on_request && !intent_hands_off && asks_for_a_person(input.text) {
         Some("request")
     } else if definition.handoff.sentiment_below.zip(input.sentiment).is_some_and(|(below, score)| score < below) {
         Some("sentiment")
