@@ -46,6 +46,11 @@ pub const CSAT_QUESTION: &str = "How did we do? Reply with a number from 1 (poor
 /// How long after the question a digit still answers it.
 pub const CSAT_WINDOW_HOURS: i64 = 24;
 
+/// The id of a conversation's first-response breach for one wait (so it is recorded once).
+fn breach_event_id(conversation_id: &str, queued_at: DateTime<Utc>) -> String {
+    format!("sla_{conversation_id}_{}", queued_at.timestamp_millis())
+}
+
 fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
     (to - from).num_milliseconds().max(0) as f64 / 1000.0
 }
@@ -187,6 +192,8 @@ enum Act<'a> {
     Transfer { queue: Option<&'a str>, agent: Option<&'a Agent> },
     Resolve { first_response_seconds: Option<f64>, asks_csat: bool },
     HandBack,
+    Breach { limit: u32, queue: &'a str, escalated_to: Option<&'a str>, queued_at: DateTime<Utc> },
+    Requeue,
 }
 
 /// The contact centre's engine.
@@ -467,6 +474,15 @@ impl ContactCentre {
         if waiting.is_empty() {
             return Ok(0);
         }
+        let queues: HashMap<String, QueueSpec> = self
+            .store
+            .objects(workspace_id, ObjectKind::Queue)
+            .await?
+            .into_iter()
+            .filter_map(|object| Some((object.name, serde_json::from_value(object.body).ok()?)))
+            .collect();
+        // Past their first-response time: recorded, and moved on when the queue says where.
+        let waiting = self.enforce_first_response(workspace_id, waiting, &queues, now).await?;
         let agents: Vec<Agent> = self
             .store
             .agents(workspace_id)
@@ -503,13 +519,6 @@ impl ContactCentre {
                     idle_since: last.max(agent.status_at),
                 }
             })
-            .collect();
-        let queues: HashMap<String, QueueSpec> = self
-            .store
-            .objects(workspace_id, ObjectKind::Queue)
-            .await?
-            .into_iter()
-            .filter_map(|object| Some((object.name, serde_json::from_value(object.body).ok()?)))
             .collect();
         let waiting: Vec<Waiting> = waiting
             .into_iter()
@@ -549,6 +558,108 @@ impl ContactCentre {
         }
         metrics::counter!("crossline_routed_total").increment(given as u64);
         Ok(given)
+    }
+
+    /// Conversations waiting longer than their queue's `first_response_seconds`: the breach is
+    /// recorded once (`conversation.sla_breached`, keyed by the conversation and when it was queued)
+    /// and, with `escalate_to`, the conversation moves to that queue. Returns those still waiting
+    /// where they were.
+    async fn enforce_first_response(
+        &self,
+        workspace_id: &str,
+        waiting: Vec<Conversation>,
+        queues: &HashMap<String, QueueSpec>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Conversation>, AgentError> {
+        let mut still = Vec::with_capacity(waiting.len());
+        for conversation in waiting {
+            let queue = conversation.queue.clone().unwrap_or_else(|| crossline_bot::dialog::DEFAULT_QUEUE.to_owned());
+            let spec = queues.get(&queue);
+            let limit = spec.and_then(|spec| spec.first_response_seconds);
+            let queued_at = conversation.queued_at.unwrap_or(conversation.updated_at);
+            let Some(limit) = limit.filter(|limit| now - queued_at > chrono::Duration::seconds(i64::from(*limit)))
+            else {
+                still.push(conversation);
+                continue;
+            };
+            let escalate_to = spec.and_then(|spec| spec.escalate_to.clone()).filter(|target| *target != queue);
+            let breach_id = breach_event_id(&conversation.id, queued_at);
+            if escalate_to.is_none() && self.store.event_exists(workspace_id, &breach_id).await? {
+                // Recorded already; it waits on where it is.
+                still.push(conversation);
+                continue;
+            }
+            let breach = Act::Breach { limit, queue: &queue, escalated_to: escalate_to.as_deref(), queued_at };
+            let moved = self
+                .change(
+                    workspace_id,
+                    &conversation.id,
+                    now,
+                    |current| match current.status {
+                        ConversationStatus::Queued if current.queued_at == conversation.queued_at => Ok(change(
+                            current,
+                            ConversationStatus::Queued,
+                            None,
+                            escalate_to.clone().or_else(|| current.queue.clone()),
+                            now,
+                        )),
+                        _ => Err(conflict("taken meanwhile", current)),
+                    },
+                    breach,
+                    None,
+                )
+                .await;
+            match moved {
+                Ok(_) if escalate_to.is_some() => metrics::counter!("crossline_sla_escalations_total").increment(1),
+                Ok(_) => still.push(conversation),
+                Err(AgentError::Conflict { .. } | AgentError::NotFound(_)) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(still)
+    }
+
+    /// An agent who left the inbox and did not come back within the grace period: they go offline
+    /// and the conversations they hold wait in their queues again (`conversation.requeued`).
+    /// Returns how many were re-queued.
+    pub async fn requeue_agent(
+        &self,
+        workspace_id: &str,
+        agent_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<usize, AgentError> {
+        self.set_status(workspace_id, agent_id, AgentStatus::Offline, now).await?;
+        let held = ConversationFilter {
+            statuses: vec![ConversationStatus::Assigned],
+            assignee: Some(agent_id.to_owned()),
+            limit: HELD_LIMIT,
+            without_state: true,
+            ..Default::default()
+        };
+        let mut moved = 0;
+        for conversation in self.store.list_conversations(workspace_id, &held).await? {
+            let requeued = self
+                .change(
+                    workspace_id,
+                    &conversation.id,
+                    now,
+                    |current| match (current.status, current.assignee.as_deref()) {
+                        (ConversationStatus::Assigned, Some(holder)) if holder == agent_id => {
+                            Ok(change(current, ConversationStatus::Queued, None, current.queue.clone(), now))
+                        }
+                        _ => Err(conflict("moved meanwhile", current)),
+                    },
+                    Act::Requeue,
+                    None,
+                )
+                .await;
+            match requeued {
+                Ok(_) => moved += 1,
+                Err(AgentError::Conflict { .. } | AgentError::NotFound(_)) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(moved)
     }
 
     /// Read the conversation, decide the change, write it if the conversation did not change in
@@ -686,8 +797,25 @@ fn record_of(
             ("conversation.resolved", messages)
         }
         Act::HandBack => ("conversation.handed_back", Vec::new()),
+        Act::Breach { limit, queue, escalated_to, queued_at } => {
+            properties["kind"] = json!("first_response");
+            properties["queue"] = json!(queue);
+            properties["limit_seconds"] = json!(limit);
+            properties["waited_seconds"] = json!(seconds_between(*queued_at, now));
+            properties["escalated_to"] = json!(escalated_to);
+            ("conversation.sla_breached", Vec::new())
+        }
+        Act::Requeue => {
+            properties["reason"] = json!("agent_disconnected");
+            properties["from_agent_id"] = json!(conversation.assignee);
+            ("conversation.requeued", Vec::new())
+        }
     };
-    let event = crate::conversations::event(identity, name, channel, Value::clone(&properties), now);
+    let mut event = crate::conversations::event(identity, name, channel, Value::clone(&properties), now);
+    if let Act::Breach { queued_at, .. } = act {
+        // One breach per wait: a pass that finds it again records nothing new.
+        event.message_id = breach_event_id(&conversation.id, *queued_at);
+    }
     let mut events = vec![event];
     for message in &messages {
         if message.author == Author::Bot {

@@ -28,6 +28,13 @@ pub struct QueueSpec {
     /// take conversations themselves).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub business_hours: Option<BusinessHours>,
+    /// How long a conversation may wait for its first agent message; past it the breach is recorded
+    /// (`conversation.sla_breached`) and the conversation moved to `escalate_to` when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_response_seconds: Option<u32>,
+    /// The queue a conversation past `first_response_seconds` moves to (a more senior team).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalate_to: Option<String>,
 }
 
 /// Opening hours in a time zone.
@@ -74,6 +81,17 @@ impl QueueSpec {
         }
         if self.priority > 9 {
             return fault("priority", "use 0 (lowest) to 9");
+        }
+        if self.first_response_seconds.is_some_and(|seconds| !(1..=7 * 24 * 3600).contains(&seconds)) {
+            return fault("first_response_seconds", "use 1 to 604800 (a week)");
+        }
+        if let Some(target) = &self.escalate_to {
+            if !crate::agents::valid_tag(target) {
+                return fault("escalate_to", "use 1-64 letters, digits, _ or - (a queue's name)");
+            }
+            if self.first_response_seconds.is_none() {
+                return fault("escalate_to", "needs first_response_seconds: when to escalate");
+            }
         }
         if let Some(hours) = &self.business_hours {
             if hours.time_zone.parse::<chrono_tz::Tz>().is_err() {

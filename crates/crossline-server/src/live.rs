@@ -27,6 +27,8 @@ pub struct LiveConversations {
     dirty: Mutex<HashSet<String>>,
     /// Wakes the router.
     wake: Notify,
+    /// Open inbox sockets per agent (`workspace/agent`) on this node.
+    present: Mutex<HashMap<String, usize>>,
 }
 
 fn conversation_key(workspace_id: &str, conversation_id: &str) -> String {
@@ -58,6 +60,31 @@ impl LiveConversations {
             watchers.retain(|_, sender| sender.receiver_count() > 0);
         }
         watchers.entry(key).or_insert_with(|| broadcast::channel(WATCHER_BUFFER).0).subscribe()
+    }
+
+    /// An agent opened the inbox on this node.
+    pub fn agent_arrived(&self, workspace_id: &str, agent_id: &str) {
+        let mut present = self.present.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *present.entry(format!("{workspace_id}/{agent_id}")).or_default() += 1;
+    }
+
+    /// An agent's inbox socket closed; true when it was their last on this node.
+    pub fn agent_left(&self, workspace_id: &str, agent_id: &str) -> bool {
+        let mut present = self.present.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let key = format!("{workspace_id}/{agent_id}");
+        let count = present.entry(key.clone()).or_default();
+        *count = count.saturating_sub(1);
+        let gone = *count == 0;
+        if gone {
+            present.remove(&key);
+        }
+        gone
+    }
+
+    /// Whether an agent has the inbox open on this node.
+    pub fn agent_present(&self, workspace_id: &str, agent_id: &str) -> bool {
+        let present = self.present.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        present.get(&format!("{workspace_id}/{agent_id}")).is_some_and(|count| *count > 0)
     }
 
     /// Ask the router to look at a workspace now (a conversation waits, an agent has room).

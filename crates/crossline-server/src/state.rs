@@ -142,6 +142,9 @@ pub struct Settings {
     pub egress: crossline_engine::EgressRules,
     /// How event destinations are delivered to.
     pub destinations: crossline_engine::destinations::DestinationSettings,
+    /// How long an agent who closed the inbox has to come back before they go offline and their
+    /// conversations wait in their queues again.
+    pub agent_grace: std::time::Duration,
 }
 
 impl Default for Settings {
@@ -160,6 +163,7 @@ impl Default for Settings {
             ingest_concurrency_per_workspace: crate::admission::DEFAULT_PER_WORKSPACE,
             egress: Default::default(),
             destinations: Default::default(),
+            agent_grace: std::time::Duration::from_secs(120),
         }
     }
 }

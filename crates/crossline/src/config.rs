@@ -35,6 +35,8 @@ pub struct Config {
     pub default_time_zone: String,
     /// Minutes without a message after which a conversation is over.
     pub conversation_idle_minutes: u32,
+    /// Seconds an agent who closed the inbox has to come back before their conversations are re-queued.
+    pub agent_grace_seconds: u32,
     /// A PEM file of the roots Alexa's signing certificates must chain to (default: the public roots).
     pub alexa_trust_roots: Option<PathBuf>,
     /// Fetch Alexa's signing certificates from this base URL instead of https://s3.amazonaws.com.
@@ -89,6 +91,7 @@ impl Default for Config {
             default_region: "US".into(),
             default_time_zone: "UTC".into(),
             conversation_idle_minutes: 30,
+            agent_grace_seconds: 120,
             alexa_trust_roots: None,
             alexa_cert_fetch_base: None,
             max_traits_per_profile: ProfileLimits::default().traits_per_profile,
@@ -112,7 +115,7 @@ impl Default for Config {
 }
 
 /// The environment variables read, as `CROSSLINE_` + the upper-cased key.
-const ENV_KEYS: [&str; 29] = [
+const ENV_KEYS: [&str; 30] = [
     "listen",
     "data_dir",
     "database_url",
@@ -124,6 +127,7 @@ const ENV_KEYS: [&str; 29] = [
     "default_region",
     "default_time_zone",
     "conversation_idle_minutes",
+    "agent_grace_seconds",
     "alexa_trust_roots",
     "alexa_cert_fetch_base",
     "max_traits_per_profile",
@@ -267,6 +271,9 @@ impl Config {
             anyhow::bail!(
                 "conversation_idle_minutes (CROSSLINE_CONVERSATION_IDLE_MINUTES) must be 1 to 10080 (a week)"
             );
+        }
+        if !(1..=86_400).contains(&self.agent_grace_seconds) {
+            anyhow::bail!("agent_grace_seconds (CROSSLINE_AGENT_GRACE_SECONDS) must be 1 to 86400 (a day)");
         }
         if let Some(base) = &self.alexa_cert_fetch_base
             && !(base.starts_with("http://") || base.starts_with("https://"))

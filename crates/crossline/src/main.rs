@@ -194,6 +194,7 @@ async fn state_for(config: &Config, admin_token: String) -> anyhow::Result<AppSt
         default_time_zone: config.default_time_zone.clone(),
         public_url: config.public_url.clone(),
         conversation_idle: chrono::Duration::minutes(i64::from(config.conversation_idle_minutes)),
+        agent_grace: std::time::Duration::from_secs(u64::from(config.agent_grace_seconds)),
         webhook_timeout: std::time::Duration::from_secs(2),
         alexa: config.alexa_settings()?,
         rejected_retention: Default::default(),

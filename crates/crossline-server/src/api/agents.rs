@@ -726,9 +726,9 @@ async fn stored_queue(state: &AppState, workspace: &Workspace, name: &str) -> Ap
 
 /// Define a queue.
 #[utoipa::path(put, path = "/api/v1/queues/{name}", tag = "agents",
-    description = "How conversations handed to the queue are routed: to an `available` agent who has every one of `skills`, speaks one of `languages` (any when empty) and has room under their capacity — the longest-waiting conversation of the highest `priority` (0–9) first, to the longest-idle such agent — and only within `business_hours` when given. A queue a bot names without a definition routes to any available agent.",
+    description = "How conversations handed to the queue are routed: to an `available` agent who has every one of `skills`, speaks one of `languages` (any when empty) and has room under their capacity — the longest-waiting conversation of the highest `priority` (0–9) first, to the longest-idle such agent — and only within `business_hours` when given. A queue a bot names without a definition routes to any available agent. With `first_response_seconds`, a conversation waiting longer is recorded as `conversation.sla_breached` and, with `escalate_to`, moved to that queue.",
     params(("name" = String, Path, description = "The queue (letters, digits, `_`, `-`)")),
-    request_body(content = Object, example = json!({"skills": ["cards"], "languages": ["en"], "priority": 5, "business_hours": {"time_zone": "Europe/London", "days": ["mon", "tue", "wed", "thu", "fri"], "open": "09:00", "close": "17:30"}})),
+    request_body(content = Object, example = json!({"skills": ["cards"], "languages": ["en"], "priority": 5, "first_response_seconds": 120, "escalate_to": "seniors", "business_hours": {"time_zone": "Europe/London", "days": ["mon", "tue", "wed", "thu", "fri"], "open": "09:00", "close": "17:30"}})),
     responses((status = 200, description = "Saved.", body = QueueView),
               (status = 400, response = crate::openapi::BadRequest),
               (status = 401, response = crate::openapi::Unauthorized),

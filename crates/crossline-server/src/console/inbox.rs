@@ -81,7 +81,35 @@ pub async fn socket(
         return axum::http::StatusCode::NOT_FOUND.into_response();
     };
     let notices = state.live.watch_workspace(&workspace.id);
-    upgrade.max_message_size(4096).on_upgrade(move |socket| serve(socket, notices))
+    let agent = match &session.caller {
+        Caller::Agent(_, agent) => Some(agent.id.clone()),
+        _ => None,
+    };
+    upgrade.max_message_size(4096).on_upgrade(move |socket| async move {
+        if let Some(agent) = &agent {
+            state.live.agent_arrived(&workspace.id, agent);
+        }
+        serve(socket, notices).await;
+        if let Some(agent) = agent
+            && state.live.agent_left(&workspace.id, &agent)
+        {
+            // Gone for good unless they come back within the grace period (a reload, a dropped
+            // network): then offline, and what they held waits for someone else.
+            tokio::spawn(async move {
+                tokio::time::sleep(state.settings.agent_grace).await;
+                if state.live.agent_present(&workspace.id, &agent) {
+                    return;
+                }
+                match state.contact_centre.requeue_agent(&workspace.id, &agent, chrono::Utc::now()).await {
+                    Ok(moved) if moved > 0 => state.live.nudge_router(&workspace.id),
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(error = %err, agent, "could not re-queue a departed agent's conversations")
+                    }
+                }
+            });
+        }
+    })
 }
 
 async fn serve(

@@ -503,3 +503,94 @@ async fn an_agent_signs_in_to_the_inbox_only_and_its_socket_hears_the_workspace(
     assert_eq!(server.get(&panel_path, &stranger).await.status(), StatusCode::NOT_FOUND);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_first_response_escalates_and_a_departed_agents_conversations_wait_again() {
+    let server = TestServer::start_with_settings(crossline_server::Settings {
+        agent_grace: Duration::from_millis(300),
+        ..TestServer::settings()
+    })
+    .await;
+    let ws = server.workspace("sla").await;
+    server.put_bot(&ws.api_key, "bank", &crate::bots::bank()).await;
+    let (status, refused) =
+        server.put_json("/api/v1/queues/cards", &ws.api_key, &json!({"escalate_to": "seniors"})).await;
+    assert_eq!(
+        (status, refused["error"]["message"].as_str().unwrap().starts_with("escalate_to")),
+        (StatusCode::BAD_REQUEST, true)
+    );
+    let cards = json!({"skills": ["cards"], "first_response_seconds": 1, "escalate_to": "seniors"});
+    assert_eq!(server.put_json("/api/v1/queues/cards", &ws.api_key, &cards).await.0, StatusCode::OK);
+    let (_, lost) = server
+        .converse(
+            &ws.api_key,
+            &json!({"bot": "bank", "from": {"kind": "phone", "value": "+14155550100"}, "text": "I lost my card"}),
+        )
+        .await;
+    let path = format!("/api/v1/conversations/{}", lost["conversation_id"].as_str().unwrap());
+    // Nobody takes it within a second: the next routing pass escalates it.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(server.put_json("/api/v1/queues/seniors", &ws.api_key, &json!({"priority": 9})).await.0, StatusCode::OK);
+    let mut escalated = Value::Null;
+    for _ in 0..100 {
+        let (_, conversation) = json_of(server.get(&path, &ws.api_key).await).await;
+        if conversation["queue"] == "seniors" {
+            escalated = conversation;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        (escalated["queue"].as_str(), escalated["status"].as_str()),
+        (Some("seniors"), Some("queued")),
+        "{escalated}"
+    );
+    let profile = escalated["profile_id"].as_str().unwrap();
+    let (_, timeline) =
+        json_of(server.get(&format!("/api/v1/profiles/{profile}/events?limit=30"), &ws.api_key).await).await;
+    let breach = timeline["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|event| event["event"] == "conversation.sla_breached")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (breach["properties"]["kind"].as_str(), breach["properties"]["escalated_to"].as_str()),
+        (Some("first_response"), Some("seniors"))
+    );
+
+    // An agent takes it in the inbox, then closes the inbox and does not come back.
+    let (agent_id, token) = agent(&server, &ws.api_key, "Grace").await;
+    let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let signed_in =
+        browser.post(format!("{}/login", server.url)).form(&[("token", token.as_str())]).send().await.unwrap();
+    let cookie = signed_in
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|value| value.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .find(|pair| pair.starts_with("crossline_session="))
+        .unwrap();
+    let url = format!("{}/inbox/ws", server.url.replace("http://", "ws://"));
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url.as_str()).unwrap();
+    request.headers_mut().insert("cookie", cookie.parse().unwrap());
+    let (socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(post_empty(&server, &format!("{path}/assign"), &token).await.0, StatusCode::OK);
+    drop(socket);
+    let mut requeued = Value::Null;
+    for _ in 0..100 {
+        let (_, conversation) = json_of(server.get(&path, &ws.api_key).await).await;
+        if conversation["status"] == "queued" {
+            requeued = conversation;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!((requeued["status"].as_str(), requeued["assignee"].as_str()), (Some("queued"), None), "{requeued}");
+    let (_, agents) = json_of(server.get("/api/v1/agents", &ws.api_key).await).await;
+    let grace = agents["agents"].as_array().unwrap().iter().find(|agent| agent["id"] == json!(agent_id)).unwrap();
+    assert_eq!(grace["status"], "offline");
+    server.stop().await;
+}
