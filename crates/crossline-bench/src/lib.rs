@@ -3,6 +3,7 @@
 //! product crate ships no load generator; the `crossline` binary still runs them (`crossline bench`),
 //! and a benchmarked server is that same binary started as a child process.
 
+mod agents;
 mod campaign;
 mod chat;
 mod destinations;
@@ -16,6 +17,7 @@ mod stats;
 mod turn;
 mod worker;
 
+pub use agents::AgentsArgs;
 pub use campaign::CampaignArgs;
 pub use chat::ChatArgs;
 pub use destinations::DestinationsArgs;
@@ -65,6 +67,8 @@ pub enum BenchCommand {
     Segment(SegmentArgs),
     /// A personalised campaign sent by the real server to smtp-sink (email), a Twilio-like sink (SMS) or a push-service sink (Web Push, every message encrypted).
     Campaign(CampaignArgs),
+    /// Live web-chat customers handed to agents: the time from an agent's reply to the customer's page.
+    Agents(AgentsArgs),
 }
 
 /// Run a benchmark.
@@ -79,5 +83,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Worker(args) => worker::worker(args).await,
         BenchCommand::Segment(args) => segment::segment(args).await,
         BenchCommand::Campaign(args) => campaign::campaign(args).await,
+        BenchCommand::Agents(args) => agents::agents(args).await,
     }
 }
