@@ -23,6 +23,18 @@ async fn queued(server: &TestServer, token: &str) -> Vec<Value> {
     list["conversations"].as_array().unwrap().clone()
 }
 
+/// The conversation at `path` once `ready` holds (within 5 s), else null.
+async fn conversation_when(server: &TestServer, path: &str, key: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..100 {
+        let (_, conversation) = json_of(server.get(path, key).await).await;
+        if ready(&conversation) {
+            return conversation;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Value::Null
+}
+
 async fn post_empty(server: &TestServer, path: &str, token: &str) -> (StatusCode, Value) {
     json_of(server.http.post(format!("{}{path}", server.url)).bearer_auth(token).send().await.unwrap()).await
 }
@@ -531,15 +543,7 @@ async fn a_late_first_response_escalates_and_a_departed_agents_conversations_wai
     // Nobody takes it within a second: the next routing pass escalates it.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(server.put_json("/api/v1/queues/seniors", &ws.api_key, &json!({"priority": 9})).await.0, StatusCode::OK);
-    let mut escalated = Value::Null;
-    for _ in 0..100 {
-        let (_, conversation) = json_of(server.get(&path, &ws.api_key).await).await;
-        if conversation["queue"] == "seniors" {
-            escalated = conversation;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let escalated = conversation_when(&server, &path, &ws.api_key, |c| c["queue"] == "seniors").await;
     assert_eq!(
         (escalated["queue"].as_str(), escalated["status"].as_str()),
         (Some("seniors"), Some("queued")),
@@ -579,15 +583,7 @@ async fn a_late_first_response_escalates_and_a_departed_agents_conversations_wai
     let (socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     assert_eq!(post_empty(&server, &format!("{path}/assign"), &token).await.0, StatusCode::OK);
     drop(socket);
-    let mut requeued = Value::Null;
-    for _ in 0..100 {
-        let (_, conversation) = json_of(server.get(&path, &ws.api_key).await).await;
-        if conversation["status"] == "queued" {
-            requeued = conversation;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let requeued = conversation_when(&server, &path, &ws.api_key, |c| c["status"] == "queued").await;
     assert_eq!((requeued["status"].as_str(), requeued["assignee"].as_str()), (Some("queued"), None), "{requeued}");
     let (_, agents) = json_of(server.get("/api/v1/agents", &ws.api_key).await).await;
     let grace = agents["agents"].as_array().unwrap().iter().find(|agent| agent["id"] == json!(agent_id)).unwrap();
