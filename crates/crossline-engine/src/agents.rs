@@ -619,6 +619,21 @@ impl ContactCentre {
         Ok(still)
     }
 
+    /// Remove an agent: their token stops working at once (and so do their console sessions), and the
+    /// conversations they held wait in their queues again. Returns how many were re-queued.
+    pub async fn remove_agent(
+        &self,
+        workspace_id: &str,
+        agent_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<usize, AgentError> {
+        let moved = self.requeue_agent(workspace_id, agent_id, now).await?;
+        if !self.store.delete_agent(workspace_id, agent_id).await? {
+            return Err(AgentError::NotFound(format!("agent {agent_id}")));
+        }
+        Ok(moved)
+    }
+
     /// An agent who left the inbox and did not come back within the grace period: they go offline
     /// and the conversations they hold wait in their queues again (`conversation.requeued`).
     /// Returns how many were re-queued.

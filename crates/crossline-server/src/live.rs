@@ -29,6 +29,26 @@ pub struct LiveConversations {
     wake: Notify,
     /// Open inbox sockets per agent (`workspace/agent`) on this node.
     present: Mutex<HashMap<String, usize>>,
+    /// When each agent's inbox was last heard of on any node (presence notices).
+    heard: Mutex<HashMap<String, std::time::Instant>>,
+}
+
+/// "This agent has the inbox open", sent by the node holding the socket every few seconds.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Presence {
+    /// The workspace.
+    pub workspace_id: String,
+    /// The agent.
+    pub agent_id: String,
+}
+
+/// Tell every node an agent has the inbox open here.
+pub async fn announce_presence(bus: &crossline_bus::DynBus, workspace_id: &str, agent_id: &str) {
+    let presence = Presence { workspace_id: workspace_id.to_owned(), agent_id: agent_id.to_owned() };
+    let payload = serde_json::to_vec(&presence).expect("presence serialises");
+    if let Err(err) = bus.notify(&format!("live.{workspace_id}.presence"), payload.into()).await {
+        tracing::warn!(error = %err, "a presence notice could not be sent");
+    }
 }
 
 fn conversation_key(workspace_id: &str, conversation_id: &str) -> String {
@@ -81,10 +101,30 @@ impl LiveConversations {
         gone
     }
 
-    /// Whether an agent has the inbox open on this node.
-    pub fn agent_present(&self, workspace_id: &str, agent_id: &str) -> bool {
-        let present = self.present.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        present.get(&format!("{workspace_id}/{agent_id}")).is_some_and(|count| *count > 0)
+    /// Whether an agent has the inbox open on this node, or another node said so within `within`.
+    pub fn agent_present(&self, workspace_id: &str, agent_id: &str, within: std::time::Duration) -> bool {
+        let key = format!("{workspace_id}/{agent_id}");
+        let here = self
+            .present
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&key)
+            .is_some_and(|count| *count > 0);
+        here || self
+            .heard
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&key)
+            .is_some_and(|at| at.elapsed() < within)
+    }
+
+    /// A presence notice arrived.
+    fn seen(&self, workspace_id: &str, agent_id: &str) {
+        let mut heard = self.heard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if heard.len() > MAX_IDLE_KEYS {
+            heard.retain(|_, at| at.elapsed() < Duration::from_secs(3600));
+        }
+        heard.insert(format!("{workspace_id}/{agent_id}"), std::time::Instant::now());
     }
 
     /// Ask the router to look at a workspace now (a conversation waits, an agent has room).
@@ -122,7 +162,7 @@ impl LiveConversations {
     pub async fn run(self: Arc<Self>, bus: crossline_bus::DynBus, shutdown: impl Future<Output = ()>) {
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
-            let mut notices = match bus.listen("live.*.conversations").await {
+            let mut notices = match bus.listen("live.>").await {
                 Ok(notices) => notices,
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot listen to conversation notices; retrying");
@@ -138,6 +178,12 @@ impl LiveConversations {
                     message = notices.next() => message,
                 };
                 let Some(message) = message else { break };
+                if message.subject.ends_with(".presence") {
+                    if let Ok(presence) = serde_json::from_slice::<Presence>(&message.payload) {
+                        self.seen(&presence.workspace_id, &presence.agent_id);
+                    }
+                    continue;
+                }
                 match serde_json::from_slice::<ConversationNotice>(&message.payload) {
                     Ok(notice) => self.deliver(notice),
                     Err(err) => tracing::warn!(error = %err, "a conversation notice could not be read"),

@@ -212,6 +212,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(conversations::post_message))
         .routes(routes!(agents::create_agent, agents::list_agents))
         .routes(routes!(agents::set_status))
+        .routes(routes!(agents::delete_agent))
         .routes(routes!(agents::list_conversations))
         .routes(routes!(agents::get_conversation))
         .routes(routes!(agents::customer))

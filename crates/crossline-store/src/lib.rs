@@ -554,6 +554,8 @@ pub trait AgentStore: Send + Sync {
     async fn agent_by_token(&self, token_hash: &str) -> StoreResult<Option<(String, agents::Agent)>>;
     /// The workspace's agents, by name.
     async fn agents(&self, workspace_id: &str) -> StoreResult<Vec<agents::Agent>>;
+    /// Remove an agent (its token stops working at once); false for an unknown agent.
+    async fn delete_agent(&self, workspace_id: &str, id: &str) -> StoreResult<bool>;
     /// Set an agent's status; false for an unknown agent.
     async fn set_agent_status(
         &self,

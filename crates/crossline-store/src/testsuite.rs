@@ -421,8 +421,19 @@ async fn conversations_follow_profiles(store: DynStore) {
     assert_eq!(survivor, chat);
     assert_ne!(sms, chat);
     assert!(store.open_conversation(&ws.id, &chat, "bank", t0).await.unwrap().is_some());
+    // Only people resolve a conversation (a turn's save cannot).
     conversation.status = crossline_core::ConversationStatus::Resolved;
     store.save_conversation(&ws.id, &conversation, &[]).await.unwrap();
+    assert!(store.open_conversation(&ws.id, &chat, "bank", t0).await.unwrap().is_some(), "a save does not resolve");
+    let resolve = crate::agents::PeopleChange {
+        expected_status: crossline_core::ConversationStatus::Bot,
+        expected_assignee: None,
+        status: crossline_core::ConversationStatus::Resolved,
+        assignee: None,
+        queue: None,
+        now: t0,
+    };
+    store.record_people_change(&ws.id, "cnv_1", &resolve, &[], vec![]).await.unwrap();
     assert!(store.open_conversation(&ws.id, &chat, "bank", t0).await.unwrap().is_none(), "resolved ones are closed");
     assert!(store.delete_profile(&ws.id, &chat).await.unwrap());
     assert!(store.conversation(&ws.id, "cnv_1").await.unwrap().is_none());

@@ -319,6 +319,28 @@ pub async fn set_status(
     Ok(Json(agent_of(&state, &caller.workspace, &id).await?.into()))
 }
 
+/// Remove an agent.
+#[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents",
+    description = "The agent's token stops working at once, and so do their console sessions; the conversations they held wait in their queues again (`conversation.requeued`).",
+    params(("id" = String, Path, description = "The agent")),
+    responses((status = 204, description = "Removed."),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 500, response = crate::openapi::Internal)),
+    security(("bearer" = [])))]
+pub async fn delete_agent(
+    State(state): State<AppState>,
+    WorkspaceCaller(workspace): WorkspaceCaller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let moved = state.contact_centre.remove_agent(&workspace.id, &id, Utc::now()).await?;
+    if moved > 0 {
+        state.live.nudge_router(&workspace.id);
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// List conversations people see.
 #[utoipa::path(get, path = "/api/v1/conversations", tag = "agents", params(ConversationQuery),
     responses((status = 200, description = "The conversations.", body = ConversationList),

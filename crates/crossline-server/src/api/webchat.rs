@@ -36,6 +36,7 @@
 //! so the page can send it again).
 
 use crate::api::bots::bot_model;
+use crate::api::conversations::MAX_MESSAGE_CHARS;
 use crate::error::ErrorCode;
 use crate::error::{ApiError, ApiResult};
 use crate::rate::{PeerIp, ip_key};
@@ -616,10 +617,13 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, client: Client) {
             }
             ClientFrame::Message { id, text } => {
                 let body = text.trim().to_owned();
-                if id.is_empty() || id.len() > 64 || body.is_empty() {
+                if id.is_empty() || id.len() > 64 || body.is_empty() || body.chars().count() > MAX_MESSAGE_CHARS {
                     send(
                         &mut socket,
-                        error_frame(ErrorCode::InvalidField, "a message needs an id (1-64 characters) and some text"),
+                        error_frame(
+                            ErrorCode::InvalidField,
+                            "a message needs an id (1-64 characters) and some text (at most 4,000 characters)",
+                        ),
                     )
                     .await;
                     continue;

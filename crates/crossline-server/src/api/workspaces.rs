@@ -168,16 +168,25 @@ pub async fn create_workspace(
     ))
 }
 
+/// The 403 of an agent's token on the workspace endpoints.
+fn agent_refused() -> ApiError {
+    ApiError::forbidden(
+        "an agent token may use the conversation API only; workspaces and keys need the API key or the operator token",
+    )
+}
+
 /// List workspaces (operator) or show the caller's own (API key).
 #[utoipa::path(get, path = "/api/v1/workspaces", tag = "workspaces",
     responses((status = 200, description = "Every workspace (operator token), or the caller's own (API key).", body = WorkspaceList),
               (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, description = "`forbidden`: an agent's token.", body = crate::error::ErrorBody),
               (status = 500, response = crate::openapi::Internal)),
     security(("bearer" = [])))]
 pub async fn list_workspaces(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<WorkspaceList>> {
     let workspaces = match caller {
         Caller::Admin => state.store.workspaces().await?,
-        Caller::Workspace(workspace) | Caller::Agent(workspace, _) => vec![workspace],
+        Caller::Workspace(workspace) => vec![workspace],
+        Caller::Agent(..) => return Err(agent_refused()),
     };
     Ok(Json(WorkspaceList { workspaces: workspaces.into_iter().map(WorkspaceView::from).collect() }))
 }
@@ -189,6 +198,7 @@ pub async fn list_workspaces(State(state): State<AppState>, caller: Caller) -> A
     responses((status = 200, description = "The new key; the old one no longer works.", body = RotatedKey),
               (status = 400, response = crate::openapi::BadRequest),
               (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, description = "`forbidden`: an agent's token.", body = crate::error::ErrorBody),
               (status = 404, description = "`not_found`: no such workspace, or another workspace than the API key's.", body = crate::error::ErrorBody),
               (status = 500, response = crate::openapi::Internal)),
     security(("bearer" = [])))]
@@ -197,10 +207,11 @@ pub async fn rotate_key(
     caller: Caller,
     Path((id, kind)): Path<(String, String)>,
 ) -> ApiResult<Json<RotatedKey>> {
-    if let Caller::Workspace(own) = &caller
-        && own.id != id
-    {
-        return Err(ApiError::not_found("workspace"));
+    match &caller {
+        Caller::Admin => {}
+        Caller::Workspace(own) if own.id == id => {}
+        Caller::Workspace(_) => return Err(ApiError::not_found("workspace")),
+        Caller::Agent(..) => return Err(agent_refused()),
     }
     let kind = match kind.as_str() {
         "write" => KeyKind::Write,

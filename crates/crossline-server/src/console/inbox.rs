@@ -89,7 +89,10 @@ pub async fn socket(
         if let Some(agent) = &agent {
             state.live.agent_arrived(&workspace.id, agent);
         }
-        serve(socket, notices).await;
+        let heartbeat = agent
+            .as_ref()
+            .map(|agent| (state.bus.clone(), workspace.id.clone(), agent.clone(), state.settings.agent_grace / 3));
+        serve(socket, notices, heartbeat).await;
         if let Some(agent) = agent
             && state.live.agent_left(&workspace.id, &agent)
         {
@@ -97,7 +100,8 @@ pub async fn socket(
             // network): then offline, and what they held waits for someone else.
             tokio::spawn(async move {
                 tokio::time::sleep(state.settings.agent_grace).await;
-                if state.live.agent_present(&workspace.id, &agent) {
+                // Here, or on another node since the socket closed (a reload through the other node).
+                if state.live.agent_present(&workspace.id, &agent, state.settings.agent_grace) {
                     return;
                 }
                 match state.contact_centre.requeue_agent(&workspace.id, &agent, chrono::Utc::now()).await {
@@ -112,12 +116,26 @@ pub async fn socket(
     })
 }
 
+/// What an agent's inbox socket says on the bus while it is open: every node then knows the agent
+/// is here (so none re-queues their conversations after a reload through another node).
+type Heartbeat = (crossline_bus::DynBus, String, String, std::time::Duration);
+
 async fn serve(
     mut socket: WebSocket,
     mut notices: tokio::sync::broadcast::Receiver<std::sync::Arc<crossline_engine::agents::ConversationNotice>>,
+    heartbeat: Option<Heartbeat>,
 ) {
+    let every = heartbeat.as_ref().map_or(std::time::Duration::from_secs(3600), |(_, _, _, every)| {
+        (*every).max(std::time::Duration::from_millis(100))
+    });
+    let mut beats = tokio::time::interval(every);
     loop {
         tokio::select! {
+            _ = beats.tick(), if heartbeat.is_some() => {
+                if let Some((bus, workspace_id, agent_id, _)) = &heartbeat {
+                    crate::live::announce_presence(bus, workspace_id, agent_id).await;
+                }
+            }
             frame = socket.recv() => match frame {
                 // The page says nothing; a close or an error ends the socket.
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,

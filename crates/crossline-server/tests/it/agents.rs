@@ -513,6 +513,20 @@ async fn an_agent_signs_in_to_the_inbox_only_and_its_socket_hears_the_workspace(
     let other = server.workspace("elsewhere").await;
     let (_, stranger) = agent(&server, &other.api_key, "Eve").await;
     assert_eq!(server.get(&panel_path, &stranger).await.status(), StatusCode::NOT_FOUND);
+
+    // Removed: the token and the console session stop working at once.
+    let (_, listed) = json_of(server.get("/api/v1/agents", &ws.api_key).await).await;
+    let grace = listed["agents"][0]["id"].as_str().unwrap().to_owned();
+    let removed = server
+        .http
+        .delete(format!("{}/api/v1/agents/{grace}", server.url))
+        .bearer_auth(&ws.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), StatusCode::NO_CONTENT);
+    assert_eq!(server.get("/api/v1/conversations", &token).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(get("/inbox").await.unwrap().headers()["location"], "/login");
     server.stop().await;
 }
 
@@ -588,5 +602,59 @@ async fn a_late_first_response_escalates_and_a_departed_agents_conversations_wai
     let (_, agents) = json_of(server.get("/api/v1/agents", &ws.api_key).await).await;
     let grace = agents["agents"].as_array().unwrap().iter().find(|agent| agent["id"] == json!(agent_id)).unwrap();
     assert_eq!(grace["status"], "offline");
+    server.stop().await;
+}
+
+/// Every operation of the API document an agent's token is not for answers it 403, whatever its
+/// method and path; the conversation API answers it (not 401 or 403).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_token_is_refused_by_every_operation_but_the_conversation_api() {
+    let server = TestServer::start().await;
+    let ws = server.workspace("walk").await;
+    let (agent_id, token) = agent(&server, &ws.api_key, "Grace").await;
+    let document: Value =
+        server.http.get(format!("{}/api/openapi.json", server.url)).send().await.unwrap().json().await.unwrap();
+    let agents_may = |method: &str, path: &str| {
+        (path.starts_with("/api/v1/conversations/") && path != "/api/v1/conversations/messages")
+            || (method == "get" && matches!(path, "/api/v1/conversations" | "/api/v1/agents" | "/api/v1/queues"))
+            || (method == "put" && path == "/api/v1/agents/{id}/status")
+    };
+    let mut walked = 0;
+    for (path, operations) in document["paths"].as_object().unwrap() {
+        for (method, operation) in operations.as_object().unwrap() {
+            let bearer = operation["security"]
+                .as_array()
+                .is_some_and(|schemes| schemes.iter().any(|s| s.get("bearer").is_some()));
+            if !bearer {
+                continue;
+            }
+            // Path parameters: the agent's own workspace and id where they fit, else a made-up name.
+            let concrete = path
+                .replace("{id}", if path.starts_with("/api/v1/workspaces") { &ws.id } else { &agent_id })
+                .replace("{kind}", "api")
+                .split('/')
+                .map(|part| if part.starts_with('{') { "x" } else { part })
+                .collect::<Vec<_>>()
+                .join("/");
+            let request = server
+                .http
+                .request(method.to_uppercase().parse().unwrap(), format!("{}{concrete}", server.url))
+                .bearer_auth(&token)
+                .json(&json!({}));
+            let status = request.send().await.unwrap().status();
+            walked += 1;
+            if agents_may(method, path) {
+                assert!(
+                    status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
+                    "{method} {path}: {status}"
+                );
+            } else {
+                assert_eq!(status, StatusCode::FORBIDDEN, "{method} {concrete} answered an agent's token");
+            }
+        }
+    }
+    assert!(walked > 50, "the document's operations were walked ({walked})");
+    // The key the agent could not rotate still works.
+    assert_eq!(server.get("/api/v1/profiles", &ws.api_key).await.status(), StatusCode::OK);
     server.stop().await;
 }

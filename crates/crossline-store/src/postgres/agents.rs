@@ -87,6 +87,11 @@ impl crate::AgentStore for PgStore {
         rows.iter().map(agent_from_row).collect()
     }
 
+    async fn delete_agent(&self, workspace_id: &str, id: &str) -> StoreResult<bool> {
+        let client = self.pool.get().await?;
+        Ok(client.execute("DELETE FROM agents WHERE workspace_id = $1 AND id = $2", &[&workspace_id, &id]).await? == 1)
+    }
+
     async fn set_agent_status(
         &self,
         workspace_id: &str,

@@ -107,6 +107,14 @@ impl crate::AgentStore for SqliteStore {
         .await
     }
 
+    async fn delete_agent(&self, workspace_id: &str, id: &str) -> StoreResult<bool> {
+        let (workspace_id, id) = (workspace_id.to_owned(), id.to_owned());
+        self.write_aside(move |tx| {
+            Ok(tx.execute("DELETE FROM agents WHERE workspace_id = ?1 AND id = ?2", (&workspace_id, &id))? == 1)
+        })
+        .await
+    }
+
     async fn set_agent_status(
         &self,
         workspace_id: &str,

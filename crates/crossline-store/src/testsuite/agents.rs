@@ -166,6 +166,54 @@ pub(super) async fn a_conversation_is_taken_once_and_turns_do_not_undo_it(store:
     let mine = ConversationFilter { assignee: Some(holder.clone()), limit: 10, ..Default::default() };
     assert_eq!(store.list_conversations(&ws.id, &mine).await.unwrap().len(), 1);
 
+    // Moved back to the queue, then handed back to the bot: turns that read it before either cannot
+    // write their old status back.
+    let to_queue = PeopleChange {
+        status: ConversationStatus::Queued,
+        assignee: None,
+        now: now + Duration::seconds(55),
+        ..reply.clone()
+    };
+    store.record_people_change(&ws.id, "cnv_1", &to_queue, &[], vec![]).await.unwrap();
+    let mut stale_assigned = answered.clone();
+    stale_assigned.updated_at = now + Duration::seconds(56);
+    store.record_turn(&ws.id, &stale_assigned, &read, &[said(Author::Customer, "still there?")], vec![]).await.unwrap();
+    let after = store.conversation(&ws.id, "cnv_1").await.unwrap().unwrap();
+    assert_eq!(
+        (after.status, after.assignee.as_deref()),
+        (ConversationStatus::Queued, None),
+        "a stale turn does not re-assign"
+    );
+    let back = PeopleChange {
+        expected_status: ConversationStatus::Queued,
+        expected_assignee: None,
+        status: ConversationStatus::Bot,
+        assignee: None,
+        queue: Some("cards".into()),
+        now: now + Duration::seconds(57),
+    };
+    store.record_people_change(&ws.id, "cnv_1", &back, &[], vec![]).await.unwrap();
+    let mut stale_queued = after.clone();
+    stale_queued.updated_at = now + Duration::seconds(58);
+    store.record_turn(&ws.id, &stale_queued, &read, &[said(Author::Customer, "hello")], vec![]).await.unwrap();
+    let after = store.conversation(&ws.id, "cnv_1").await.unwrap().unwrap();
+    assert_eq!(after.status, ConversationStatus::Bot, "a turn that read it queued does not queue it again");
+    // A new handoff (a new queued_at) does.
+    let mut handoff = after.clone();
+    handoff.status = ConversationStatus::Queued;
+    handoff.queued_at = Some(now + Duration::seconds(59));
+    store.record_turn(&ws.id, &handoff, &read, &[said(Author::Customer, "agent")], vec![]).await.unwrap();
+    assert_eq!(store.conversation(&ws.id, "cnv_1").await.unwrap().unwrap().status, ConversationStatus::Queued);
+    let take_again = PeopleChange {
+        expected_status: ConversationStatus::Queued,
+        expected_assignee: None,
+        status: ConversationStatus::Assigned,
+        assignee: Some(holder.clone()),
+        queue: Some("cards".into()),
+        now: now + Duration::seconds(60),
+    };
+    store.record_people_change(&ws.id, "cnv_1", &take_again, &[], vec![]).await.unwrap();
+
     // Resolved, it is no one's open conversation; a stale change is refused.
     let resolve = PeopleChange { status: ConversationStatus::Resolved, ..reply.clone() };
     store.record_people_change(&ws.id, "cnv_1", &resolve, &[], vec![]).await.unwrap();

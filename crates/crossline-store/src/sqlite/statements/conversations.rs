@@ -67,15 +67,16 @@ pub(in crate::sqlite) fn save_conversation(
     conversation: &crate::Conversation,
     messages: &[crate::ConversationMessage],
 ) -> StoreResult<()> {
-    // A turn moves a conversation between the bot and the queue; what people did to it meanwhile
-    // (took it, resolved it) stands, and only a handoff sets the queue.
+    // The only status a turn changes is the bot's handing off (bot → queued, with a new queued_at):
+    // whatever people did meanwhile (took, moved, resolved, handed back) stands, and a turn that read
+    // the conversation before they did cannot write its old status back.
     conn.prepare_cached(
         "INSERT INTO conversations (workspace_id, id, profile_id, bot, bot_version, status, channel, state, created_at, updated_at, queue, queued_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
          ON CONFLICT (workspace_id, id) DO UPDATE SET profile_id = excluded.profile_id,
-            status = CASE WHEN conversations.status IN ('bot', 'queued') THEN excluded.status ELSE conversations.status END,
-            queue = CASE WHEN conversations.status = 'bot' AND excluded.status = 'queued' THEN excluded.queue ELSE conversations.queue END,
-            queued_at = CASE WHEN conversations.status = 'bot' AND excluded.status = 'queued' THEN excluded.queued_at ELSE conversations.queued_at END,
+            status = CASE WHEN conversations.status = 'bot' AND excluded.status = 'queued' AND excluded.queued_at IS NOT conversations.queued_at THEN 'queued' ELSE conversations.status END,
+            queue = CASE WHEN conversations.status = 'bot' AND excluded.status = 'queued' AND excluded.queued_at IS NOT conversations.queued_at THEN excluded.queue ELSE conversations.queue END,
+            queued_at = CASE WHEN conversations.status = 'bot' AND excluded.status = 'queued' AND excluded.queued_at IS NOT conversations.queued_at THEN excluded.queued_at ELSE conversations.queued_at END,
             channel = excluded.channel, state = excluded.state, updated_at = excluded.updated_at",
     )?
     .execute(params![
