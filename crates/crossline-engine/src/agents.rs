@@ -36,7 +36,7 @@ const MAX_TAGS: usize = 32;
 pub const MAX_REPLY_CHARS: usize = 4_000;
 /// How often a change is tried again when the conversation changed in between (a customer turn).
 const ATTEMPTS: usize = 3;
-/// Waiting conversations one routing pass reads (the longest-waiting first).
+/// Waiting conversations of one queue a routing pass reads (the longest-waiting first).
 const ROUTE_BATCH: usize = 1_000;
 /// Conversations held by agents one routing pass reads to count their load.
 const HELD_LIMIT: usize = 20_000;
@@ -460,18 +460,12 @@ impl ContactCentre {
     }
 
     /// One routing pass over a workspace ([`crate::routing::plan`]): the waiting conversations (the
-    /// longest-waiting 1,000), the available agents with room, the queues' definitions; each
+    /// longest-waiting 1,000 of each open queue), the available agents with room, the queues' definitions; each
     /// conversation planned is taken for its agent as an agent takes one, so a pass on another node
     /// at the same moment cannot give it twice (that one is skipped). Returns how many were given.
     pub async fn route(&self, workspace_id: &str, now: DateTime<Utc>) -> Result<usize, AgentError> {
-        let queued = ConversationFilter {
-            statuses: vec![ConversationStatus::Queued],
-            limit: ROUTE_BATCH,
-            without_state: true,
-            ..Default::default()
-        };
-        let waiting = self.store.list_conversations(workspace_id, &queued).await?;
-        if waiting.is_empty() {
+        let waiting_in = self.store.waiting_queues(workspace_id).await?;
+        if waiting_in.is_empty() {
             return Ok(0);
         }
         let queues: HashMap<String, QueueSpec> = self
@@ -481,6 +475,22 @@ impl ContactCentre {
             .into_iter()
             .filter_map(|object| Some((object.name, serde_json::from_value(object.body).ok()?)))
             .collect();
+        // The longest-waiting of each open queue: a backlog in one (closed, or nobody suits it)
+        // cannot hide another's.
+        let mut waiting = Vec::new();
+        for (queue, _) in waiting_in {
+            if !queues.get(&queue).is_none_or(|spec| spec.is_open(now)) {
+                continue;
+            }
+            let queued = ConversationFilter {
+                statuses: vec![ConversationStatus::Queued],
+                queue: Some(queue),
+                limit: ROUTE_BATCH,
+                without_state: true,
+                ..Default::default()
+            };
+            waiting.extend(self.store.list_conversations(workspace_id, &queued).await?);
+        }
         // Past their first-response time: recorded, and moved on when the queue says where.
         let waiting = self.enforce_first_response(workspace_id, waiting, &queues, now).await?;
         let agents: Vec<Agent> = self

@@ -564,6 +564,9 @@ pub trait AgentStore: Send + Sync {
         status: agents::AgentStatus,
         now: chrono::DateTime<chrono::Utc>,
     ) -> StoreResult<bool>;
+    /// The queues conversations wait in (a conversation without a queue counts as `default`), with
+    /// how many wait in each.
+    async fn waiting_queues(&self, workspace_id: &str) -> StoreResult<Vec<(String, u64)>>;
     /// Conversations as the filter asks: queued ones longest waiting first, others most recent first.
     async fn list_conversations(
         &self,

@@ -109,6 +109,18 @@ impl crate::AgentStore for PgStore {
         Ok(changed == 1)
     }
 
+    async fn waiting_queues(&self, workspace_id: &str) -> StoreResult<Vec<(String, u64)>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT coalesce(queue, 'default'), count(*) FROM conversations
+                 WHERE workspace_id = $1 AND status = 'queued' GROUP BY 1 ORDER BY 1",
+                &[&workspace_id],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get::<_, i64>(1) as u64)).collect())
+    }
+
     async fn list_conversations(
         &self,
         workspace_id: &str,
@@ -127,7 +139,7 @@ impl crate::AgentStore for PgStore {
             .query(
                 &format!(
                     "SELECT {columns} FROM conversations WHERE workspace_id = $1 AND status = ANY($2)
-                       AND ($3::text IS NULL OR queue = $3) AND ($4::text IS NULL OR assignee = $4)
+                       AND ($3::text IS NULL OR coalesce(queue, 'default') = $3) AND ($4::text IS NULL OR assignee = $4)
                        AND ($6::text IS NULL OR profile_id = $6)
                      ORDER BY {order} LIMIT $5"
                 ),

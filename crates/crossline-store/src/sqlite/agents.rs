@@ -133,6 +133,19 @@ impl crate::AgentStore for SqliteStore {
         .await
     }
 
+    async fn waiting_queues(&self, workspace_id: &str) -> StoreResult<Vec<(String, u64)>> {
+        let workspace_id = workspace_id.to_owned();
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT coalesce(queue, 'default'), count(*) FROM conversations INDEXED BY conversations_status
+                 WHERE workspace_id = ?1 AND status = 'queued' GROUP BY 1 ORDER BY 1",
+            )?;
+            let rows = statement.query_map([&workspace_id], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
     async fn list_conversations(
         &self,
         workspace_id: &str,
@@ -151,7 +164,7 @@ impl crate::AgentStore for SqliteStore {
             };
             let sql = format!(
                 "SELECT {columns} FROM conversations WHERE workspace_id = ?1 AND status IN ({list})
-                   AND (?2 IS NULL OR queue = ?2) AND (?3 IS NULL OR assignee = ?3) AND (?5 IS NULL OR profile_id = ?5)
+                   AND (?2 IS NULL OR coalesce(queue, 'default') = ?2) AND (?3 IS NULL OR assignee = ?3) AND (?5 IS NULL OR profile_id = ?5)
                  ORDER BY {order} LIMIT ?4"
             );
             let mut statement = conn.prepare_cached(&sql)?;

@@ -89,6 +89,8 @@ pub(super) async fn a_conversation_is_taken_once_and_turns_do_not_undo_it(store:
     assert_eq!(waiting.len(), 1);
     assert_eq!((waiting[0].queue.as_deref(), waiting[0].queued_at), (Some("cards"), Some(now)));
     assert!(store.list_conversations(&other.id, &filter(vec![])).await.unwrap().is_empty());
+    assert_eq!(store.waiting_queues(&ws.id).await.unwrap(), [("cards".to_owned(), 1)]);
+    assert!(store.waiting_queues(&other.id).await.unwrap().is_empty());
 
     // Two agents take it at once: one change is written, the other finds it changed.
     let take = |by: &str| PeopleChange {
