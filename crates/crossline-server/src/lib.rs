@@ -82,9 +82,20 @@ pub fn app(state: AppState) -> Router {
         .merge(openapi::docs(openapi))
         .merge(console::router())
         .fallback(not_found)
+        .layer(axum::middleware::map_response(close_after_refused_body))
         .layer(axum::middleware::from_fn(panic::catch_panic))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// A request refused for its size is answered before its body was read: the connection is closed
+/// after the answer, and says so (`Connection: close`), so a client does not send its next request on
+/// a connection the server is about to drop.
+async fn close_after_refused_body(mut response: axum::response::Response) -> axum::response::Response {
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Serve until `shutdown` resolves, then stop accepting, finish in-flight requests and return.

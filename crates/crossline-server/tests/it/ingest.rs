@@ -138,6 +138,9 @@ async fn bad_input_gets_a_clear_error_and_stores_nothing() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // Answered before the body was read: the connection is closed after it, and says so, so no client
+    // sends its next request on it.
+    assert_eq!(response.headers().get("connection").and_then(|value| value.to_str().ok()), Some("close"));
 
     // Unknown or missing keys.
     let (status, answer) = json_of(server.track("/v1/track", "wk_not_a_key", &good).await).await;
