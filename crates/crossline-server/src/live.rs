@@ -137,10 +137,11 @@ impl LiveConversations {
         self.wake.notify_one();
     }
 
-    /// Hand a notice to those watching its conversation or its workspace (and to the router, when
-    /// people have the conversation or just let it go).
+    /// Hand a notice to those watching its conversation or its workspace (and to the router when the
+    /// change can route something: a conversation waits, or an agent's room opened by a resolve or a
+    /// hand-back — not a message in a conversation an agent holds, the busiest notice).
     pub fn deliver(&self, notice: ConversationNotice) {
-        if notice.status != ConversationStatus::Bot {
+        if notice.status != ConversationStatus::Assigned {
             self.nudge_router(&notice.workspace_id);
         }
         let notice = Arc::new(notice);
