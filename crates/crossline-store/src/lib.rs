@@ -22,6 +22,7 @@ pub mod sqlite;
 mod stats;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
+pub mod users;
 
 pub use model::*;
 
@@ -280,6 +281,8 @@ pub struct ConsoleSession {
     pub id_hash: String,
     /// Hex SHA-256 of the credential signed in with; checked again on every request.
     pub credential_hash: String,
+    /// The user signed in, when a user signed in with a password.
+    pub user_id: Option<String>,
     /// When it was opened.
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// When it ends, whatever happens.
@@ -586,6 +589,39 @@ pub trait AgentStore: Send + Sync {
     ) -> StoreResult<(Conversation, Vec<IngestedEvent>)>;
 }
 
+/// Users of the console and the API, with their roles and invitations.
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Store a new user with an invitation. A conflict when the email is taken on the server.
+    async fn create_user(&self, user: &users::User, invitation: &users::Invitation) -> StoreResult<()>;
+    /// A user of a workspace by id.
+    async fn user(&self, workspace_id: &str, id: &str) -> StoreResult<Option<users::User>>;
+    /// A user by the email they sign in with (lower-case).
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<users::User>>;
+    /// The workspace's users, by email.
+    async fn users(&self, workspace_id: &str) -> StoreResult<Vec<users::User>>;
+    /// Change a user's name, role and agent; false for an unknown user.
+    async fn update_user(&self, user: &users::User) -> StoreResult<bool>;
+    /// Give a user a new invitation (the old one stops working); false for an unknown user.
+    async fn set_invitation(&self, workspace_id: &str, id: &str, invitation: &users::Invitation) -> StoreResult<bool>;
+    /// The user an invitation token's SHA-256 belongs to, while it is valid at `now`.
+    async fn user_by_invitation(
+        &self,
+        token_hash: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<Option<users::User>>;
+    /// Accept an invitation: set the password and forget the invitation, only if it is still valid
+    /// at `now` (so a link works once). Returns the user as it is now.
+    async fn accept_invitation(
+        &self,
+        token_hash: &str,
+        password_hash: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<Option<users::User>>;
+    /// Remove a user (their sessions stop working at once); false for an unknown user.
+    async fn delete_user(&self, workspace_id: &str, id: &str) -> StoreResult<bool>;
+}
+
 /// Everything the product stores.
 #[async_trait]
 pub trait Store:
@@ -600,6 +636,7 @@ pub trait Store:
     + DestinationStore
     + EngageStore
     + AgentStore
+    + UserStore
 {
     /// The backend's name, for logs and `/healthz`.
     fn backend(&self) -> &'static str;

@@ -16,6 +16,7 @@ use std::future::Future;
 
 mod agents;
 mod engage;
+mod users;
 
 /// A workspace record for tests.
 pub fn sample_workspace(name: &str) -> Workspace {
@@ -79,6 +80,7 @@ where
     engage::push_addresses_follow_their_browser_and_the_person(fresh().await).await;
     engage::in_app_messages_wait_for_their_profile(fresh().await).await;
     agents::a_conversation_is_taken_once_and_turns_do_not_undo_it(fresh().await).await;
+    users::users_sign_in_by_email_and_invitations_work_once(fresh().await).await;
 }
 
 async fn destinations_follow_the_event_log(store: DynStore) {
@@ -219,6 +221,7 @@ async fn console_sessions_end_when_they_expire_or_are_deleted(store: DynStore) {
     let session = |id: &str, created_at, hours| crate::ConsoleSession {
         id_hash: id.into(),
         credential_hash: format!("cred-{id}"),
+        user_id: (id == "a").then(|| "usr_a".to_owned()),
         created_at,
         expires_at: created_at + chrono::Duration::hours(hours),
     };

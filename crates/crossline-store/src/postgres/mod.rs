@@ -15,6 +15,7 @@ mod profiles;
 mod rejected_events;
 mod sessions;
 mod statements;
+mod users;
 mod workspaces;
 
 use crate::ingest::apply_batch;
@@ -46,6 +47,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0013_push_addresses.sql"),
     include_str!("../../migrations/postgres/0014_in_app_messages.sql"),
     include_str!("../../migrations/postgres/0015_agents.sql"),
+    include_str!("../../migrations/postgres/0016_users.sql"),
 ];
 
 /// Arbitrary constant for the advisory lock that serialises migrations across nodes.

@@ -11,8 +11,8 @@ impl crate::SessionStore for PgStore {
         client.execute("DELETE FROM console_sessions WHERE expires_at <= $1", &[&now]).await?;
         client
             .execute(
-                "INSERT INTO console_sessions (id_hash, credential_hash, created_at, expires_at) VALUES ($1, $2, $3, $4)",
-                &[&session.id_hash, &session.credential_hash, &now, &crate::to_millis(session.expires_at)],
+                "INSERT INTO console_sessions (id_hash, credential_hash, created_at, expires_at, user_id) VALUES ($1, $2, $3, $4, $5)",
+                &[&session.id_hash, &session.credential_hash, &now, &crate::to_millis(session.expires_at), &session.user_id],
             )
             .await?;
         Ok(())
@@ -22,7 +22,7 @@ impl crate::SessionStore for PgStore {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
-                "SELECT credential_hash, created_at, expires_at FROM console_sessions
+                "SELECT credential_hash, created_at, expires_at, user_id FROM console_sessions
                  WHERE id_hash = $1 AND expires_at > $2",
                 &[&id_hash, &crate::to_millis(now)],
             )
@@ -30,6 +30,7 @@ impl crate::SessionStore for PgStore {
         Ok(row.map(|row| crate::ConsoleSession {
             id_hash: id_hash.to_owned(),
             credential_hash: row.get(0),
+            user_id: row.get(3),
             created_at: crate::from_millis(row.get(1)),
             expires_at: crate::from_millis(row.get(2)),
         }))

@@ -55,6 +55,7 @@ mod profiles;
 mod readers;
 mod rejected_events;
 mod sessions;
+mod users;
 mod wal;
 mod workspaces;
 mod writer;

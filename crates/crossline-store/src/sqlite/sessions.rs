@@ -11,8 +11,14 @@ impl crate::SessionStore for SqliteStore {
             let now = crate::to_millis(session.created_at);
             tx.execute("DELETE FROM console_sessions WHERE expires_at <= ?1", [now])?;
             tx.execute(
-                "INSERT INTO console_sessions (id_hash, credential_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-                rusqlite::params![session.id_hash, session.credential_hash, now, crate::to_millis(session.expires_at)],
+                "INSERT INTO console_sessions (id_hash, credential_hash, created_at, expires_at, user_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![
+                    session.id_hash,
+                    session.credential_hash,
+                    now,
+                    crate::to_millis(session.expires_at),
+                    session.user_id
+                ],
             )?;
             Ok(())
         })
@@ -24,15 +30,23 @@ impl crate::SessionStore for SqliteStore {
         self.read(move |conn| {
             let row = conn
                 .query_row(
-                    "SELECT credential_hash, created_at, expires_at FROM console_sessions
+                    "SELECT credential_hash, created_at, expires_at, user_id FROM console_sessions
                      WHERE id_hash = ?1 AND expires_at > ?2",
                     rusqlite::params![id_hash, crate::to_millis(now)],
-                    |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?)),
+                    |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, i64>(1)?,
+                            row.get::<_, i64>(2)?,
+                            row.get::<_, Option<String>>(3)?,
+                        ))
+                    },
                 )
                 .optional()?;
-            Ok(row.map(|(credential_hash, created_at, expires_at)| crate::ConsoleSession {
+            Ok(row.map(|(credential_hash, created_at, expires_at, user_id)| crate::ConsoleSession {
                 id_hash,
                 credential_hash,
+                user_id,
                 created_at: crate::from_millis(created_at),
                 expires_at: crate::from_millis(expires_at),
             }))
