@@ -102,3 +102,65 @@ pub fn status_names(statuses: &[ConversationStatus]) -> Vec<&'static str> {
     names.dedup();
     names
 }
+
+/// The names of the contact centre's events the supervisor view counts (the partial index
+/// `events_people` holds exactly these).
+pub const PEOPLE_EVENTS: &str = "('conversation.started', 'conversation.handoff', 'conversation.resolved', \
+    'conversation.sla_breached', 'csat.submitted')";
+
+/// What the contact centre did since a moment (the supervisor view asks for today).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PeopleStats {
+    /// Conversations the bot started.
+    pub started: u64,
+    /// Conversations handed to people.
+    pub handoffs: u64,
+    /// Conversations people resolved.
+    pub resolved: u64,
+    /// First-response breaches.
+    pub sla_breaches: u64,
+    /// CSAT answers per score, 1 to 5.
+    pub csat: [u64; 5],
+    /// Mean wait before an agent took the conversation, of those resolved.
+    pub mean_wait_seconds: Option<f64>,
+    /// Mean time to the first answer of a person, of those resolved.
+    pub mean_first_response_seconds: Option<f64>,
+    /// Mean handle time (taken to resolved), of those resolved.
+    pub mean_handle_seconds: Option<f64>,
+}
+
+impl PeopleStats {
+    /// CSAT answers in all.
+    pub fn csat_answers(&self) -> u64 {
+        self.csat.iter().sum()
+    }
+
+    /// The mean CSAT score; None without answers.
+    pub fn csat_mean(&self) -> Option<f64> {
+        let answers = self.csat_answers();
+        (answers > 0).then(|| {
+            self.csat.iter().zip(1..=5u64).map(|(count, score)| count * score).sum::<u64>() as f64 / answers as f64
+        })
+    }
+
+    /// The share of conversations the bot kept (not handed to people); None before any started.
+    pub fn containment(&self) -> Option<f64> {
+        (self.started > 0).then(|| 1.0 - (self.handoffs.min(self.started) as f64 / self.started as f64))
+    }
+
+    /// Add a count read from the store.
+    pub fn add(&mut self, name: &str, score: Option<i64>, count: u64) {
+        match name {
+            "conversation.started" => self.started += count,
+            "conversation.handoff" => self.handoffs += count,
+            "conversation.resolved" => self.resolved += count,
+            "conversation.sla_breached" => self.sla_breaches += count,
+            "csat.submitted" => {
+                if let Some(score @ 1..=5) = score {
+                    self.csat[(score - 1) as usize] += count;
+                }
+            }
+            _ => {}
+        }
+    }
+}

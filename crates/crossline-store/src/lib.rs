@@ -570,6 +570,12 @@ pub trait AgentStore: Send + Sync {
     /// The queues conversations wait in (a conversation without a queue counts as `default`), with
     /// how many wait in each.
     async fn waiting_queues(&self, workspace_id: &str) -> StoreResult<Vec<(String, u64)>>;
+    /// What the contact centre did since `since` (its events of that time, counted).
+    async fn people_stats(
+        &self,
+        workspace_id: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<agents::PeopleStats>;
     /// Conversations as the filter asks: queued ones longest waiting first, others most recent first.
     async fn list_conversations(
         &self,
@@ -596,6 +602,8 @@ pub trait UserStore: Send + Sync {
     async fn create_user(&self, user: &users::User, invitation: &users::Invitation) -> StoreResult<()>;
     /// A user of a workspace by id.
     async fn user(&self, workspace_id: &str, id: &str) -> StoreResult<Option<users::User>>;
+    /// A user by id, whatever the workspace (a console session names its user).
+    async fn user_by_id(&self, id: &str) -> StoreResult<Option<users::User>>;
     /// A user by the email they sign in with (lower-case).
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<users::User>>;
     /// The workspace's users, by email.

@@ -81,6 +81,7 @@ where
     engage::in_app_messages_wait_for_their_profile(fresh().await).await;
     agents::a_conversation_is_taken_once_and_turns_do_not_undo_it(fresh().await).await;
     users::users_sign_in_by_email_and_invitations_work_once(fresh().await).await;
+    agents::people_stats_count_the_contact_centre_of_a_day(fresh().await).await;
 }
 
 async fn destinations_follow_the_event_log(store: DynStore) {

@@ -24,6 +24,38 @@ fn agent_from_row(row: &Row) -> StoreResult<Agent> {
 
 #[async_trait]
 impl crate::AgentStore for PgStore {
+    async fn people_stats(&self, workspace_id: &str, since: DateTime<Utc>) -> StoreResult<crate::agents::PeopleStats> {
+        let client = self.pool.get().await?;
+        // The IN list is the partial index's own, so the index serves the query.
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT name,
+                            CASE WHEN name = 'csat.submitted' THEN (properties->>'score')::float8::int8 END,
+                            count(*)::int8,
+                            avg(CASE WHEN name = 'conversation.resolved' THEN (properties->>'wait_seconds')::float8 END),
+                            avg(CASE WHEN name = 'conversation.resolved' THEN (properties->>'first_response_seconds')::float8 END),
+                            avg(CASE WHEN name = 'conversation.resolved' THEN (properties->>'handle_seconds')::float8 END)
+                     FROM events WHERE workspace_id = $1 AND name IN {} AND timestamp >= $2
+                     GROUP BY 1, 2",
+                    crate::agents::PEOPLE_EVENTS
+                ),
+                &[&workspace_id, &to_millis(since)],
+            )
+            .await?;
+        let mut stats = crate::agents::PeopleStats::default();
+        for row in rows {
+            let name: String = row.get(0);
+            stats.add(&name, row.get(1), row.get::<_, i64>(2).max(0) as u64);
+            if name == "conversation.resolved" {
+                stats.mean_wait_seconds = row.get(3);
+                stats.mean_first_response_seconds = row.get(4);
+                stats.mean_handle_seconds = row.get(5);
+            }
+        }
+        Ok(stats)
+    }
+
     async fn create_agent(&self, workspace_id: &str, agent: &Agent, token_hash: &str) -> StoreResult<()> {
         let client = self.pool.get().await?;
         let inserted = client

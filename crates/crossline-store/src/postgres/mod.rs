@@ -48,6 +48,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0014_in_app_messages.sql"),
     include_str!("../../migrations/postgres/0015_agents.sql"),
     include_str!("../../migrations/postgres/0016_users.sql"),
+    include_str!("../../migrations/postgres/0017_people_events.sql"),
 ];
 
 /// Arbitrary constant for the advisory lock that serialises migrations across nodes.

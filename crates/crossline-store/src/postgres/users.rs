@@ -67,6 +67,12 @@ impl crate::UserStore for PgStore {
         Ok(row.as_ref().map(user_from_row))
     }
 
+    async fn user_by_id(&self, id: &str) -> StoreResult<Option<User>> {
+        let client = self.pool.get().await?;
+        let row = client.query_opt(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"), &[&id]).await?;
+        Ok(row.as_ref().map(user_from_row))
+    }
+
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
         let client = self.pool.get().await?;
         let row = client.query_opt(&format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1"), &[&email]).await?;

@@ -515,4 +515,19 @@ mod tests {
         let store = SqliteStore::open(&path).await.unwrap();
         assert_eq!(store.workspace(&workspace.id).await.unwrap().unwrap().name, "test");
     }
+
+    #[tokio::test]
+    async fn the_supervisor_count_reads_the_partial_index() {
+        let (_dir, path, store, _workspace) = store_with_workspace("plan.db").await;
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", agents::people_stats_sql()))
+            .unwrap()
+            .query_map(rusqlite::params!["ws", 0], |row| row.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(plan.iter().any(|step| step.contains("events_people")), "{plan:?}");
+    }
 }

@@ -69,6 +69,16 @@ impl crate::UserStore for SqliteStore {
         .await
     }
 
+    async fn user_by_id(&self, id: &str) -> StoreResult<Option<User>> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"), [&id], user_from_row)
+                .optional()?)
+        })
+        .await
+    }
+
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
         let email = email.to_owned();
         self.read(move |conn| {

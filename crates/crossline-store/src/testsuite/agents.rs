@@ -232,3 +232,43 @@ pub(super) async fn a_conversation_is_taken_once_and_turns_do_not_undo_it(store:
         "another workspace's id"
     );
 }
+
+pub(super) async fn people_stats_count_the_contact_centre_of_a_day(store: DynStore) {
+    let ws = workspace(&store, "care").await;
+    let other = workspace(&store, "other").await;
+    let track = |id: &str, name: &str, at: &str, properties: serde_json::Value| json!({"type": "track", "userId": "u1", "event": name, "messageId": id, "timestamp": at, "properties": properties});
+    let today = "2026-12-07T10:00:00Z";
+    let yesterday = "2026-12-06T10:00:00Z";
+    let batch = json!({"batch": [
+        track("s1", "conversation.started", today, json!({})),
+        track("s2", "conversation.started", today, json!({})),
+        track("s3", "conversation.started", today, json!({})),
+        track("s4", "conversation.started", today, json!({})),
+        track("s0", "conversation.started", yesterday, json!({})),
+        track("h1", "conversation.handoff", today, json!({"queue": "default"})),
+        track("r1", "conversation.resolved", today, json!({"wait_seconds": 10.0, "first_response_seconds": 20.0, "handle_seconds": 100.0})),
+        track("r2", "conversation.resolved", today, json!({"wait_seconds": 30.0, "first_response_seconds": 40.0, "handle_seconds": 300.0})),
+        track("b1", "conversation.sla_breached", today, json!({"limit_seconds": 60})),
+        track("c1", "csat.submitted", today, json!({"score": 5})),
+        track("c2", "csat.submitted", today, json!({"score": 5})),
+        track("c3", "csat.submitted", today, json!({"score": 2})),
+        track("c4", "csat.submitted", yesterday, json!({"score": 1})),
+        track("x1", "Order Completed", today, json!({"score": 1})),
+    ]});
+    store.ingest(&ws.id, events(batch.clone())).await.unwrap();
+    store
+        .ingest(&other.id, events(json!({"batch": [track("o1", "csat.submitted", today, json!({"score": 1}))]})))
+        .await
+        .unwrap();
+    let since = Utc.with_ymd_and_hms(2026, 12, 7, 0, 0, 0).unwrap();
+    let stats = store.people_stats(&ws.id, since).await.unwrap();
+    assert_eq!((stats.started, stats.handoffs, stats.resolved, stats.sla_breaches), (4, 1, 2, 1));
+    assert_eq!(stats.csat, [0, 1, 0, 0, 2], "today's answers of this workspace only");
+    assert_eq!(stats.mean_wait_seconds, Some(20.0));
+    assert_eq!(stats.mean_first_response_seconds, Some(30.0));
+    assert_eq!(stats.mean_handle_seconds, Some(200.0));
+    assert_eq!(stats.containment(), Some(0.75));
+    assert_eq!(stats.csat_mean(), Some(4.0));
+    let empty = store.people_stats(&ws.id, since + Duration::days(1)).await.unwrap();
+    assert_eq!(empty, crate::agents::PeopleStats::default());
+}

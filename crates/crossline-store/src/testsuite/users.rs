@@ -30,6 +30,8 @@ pub(super) async fn users_sign_in_by_email_and_invitations_work_once(store: DynS
 
     assert_eq!(store.user(&ws.id, "usr_ann").await.unwrap(), Some(ann.clone()));
     assert_eq!(store.user(&other.id, "usr_ann").await.unwrap(), None, "another workspace's user is not found");
+    assert_eq!(store.user_by_id("usr_ann").await.unwrap(), Some(ann.clone()));
+    assert_eq!(store.user_by_id("usr_none").await.unwrap(), None);
     assert_eq!(store.user_by_email("ann@example.com").await.unwrap().map(|user| user.id), Some("usr_ann".into()));
     let emails: Vec<String> = store.users(&ws.id).await.unwrap().into_iter().map(|user| user.email).collect();
     assert_eq!(emails, ["ann@example.com", "bo@example.com"]);
