@@ -22,6 +22,7 @@ pub mod egress;
 pub mod rate;
 pub mod recorder;
 pub mod routing;
+pub mod users;
 pub mod webhook;
 pub mod worker;
 

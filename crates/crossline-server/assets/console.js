@@ -59,6 +59,26 @@ function searchShortcut() {
   });
 }
 
+// A region marked data-refresh-seconds reads itself again from the server every so often (the
+// supervisor view), replacing only its own contents; a failed read keeps what is shown.
+function refreshingRegions() {
+  for (const region of document.querySelectorAll('[data-refresh-seconds][data-testid]')) {
+    const seconds = Math.max(2, Number(region.dataset.refreshSeconds) || 10);
+    const testid = region.dataset.testid;
+    setInterval(async () => {
+      if (document.hidden) return;
+      try {
+        const response = await fetch(location.href, { credentials: 'same-origin', headers: { Accept: 'text/html' } });
+        if (!response.ok) return;
+        const page = new DOMParser().parseFromString(await response.text(), 'text/html');
+        const fresh = page.querySelector(`[data-testid="${CSS.escape(testid)}"]`);
+        if (fresh) region.replaceChildren(...fresh.childNodes);
+      } catch (_) { /* the next tick tries again */ }
+    }, seconds * 1000);
+  }
+}
+
 sortableTables();
 timelineFilters();
 searchShortcut();
+refreshingRegions();

@@ -18,8 +18,11 @@ if (root) {
   const liveState = document.getElementById("inbox-live");
   let open = null;
 
+  // Every change the page asks for carries the session's CSRF token.
+  const csrf = document.querySelector('meta[name="csrf-token"]')?.content ?? "";
   const api = async (path, options = {}) => {
-    const response = await fetch(path, { credentials: "same-origin", headers: { "Content-Type": "application/json" }, ...options });
+    const headers = { "Content-Type": "application/json", "X-CSRF-Token": csrf };
+    const response = await fetch(path, { credentials: "same-origin", headers, ...options });
     const body = await response.json().catch(() => ({}));
     if (!response.ok) throw new Error(body.error ? body.error.message : `HTTP ${response.status}`);
     return body;

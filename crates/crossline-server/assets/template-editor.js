@@ -46,7 +46,11 @@ if (editor) {
     try {
       const response = await fetch(editor.dataset.previewUrl, {
         method: 'POST',
-        headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+        headers: {
+          'Content-Type': 'application/json',
+          Accept: 'application/json',
+          'X-CSRF-Token': document.querySelector('meta[name="csrf-token"]')?.content ?? '',
+        },
         body: JSON.stringify({
           template_id: editor.dataset.templateId,
           subject: field('subject') ?? null,

@@ -9,6 +9,7 @@ use base64::Engine;
 use crossline_core::keys::{KeyKind, hash_key, secrets_equal};
 use crossline_store::Workspace;
 use crossline_store::agents::Agent;
+use crossline_store::users::{Role, User};
 
 pub use crate::sessions::SESSION_COOKIE;
 
@@ -19,8 +20,44 @@ pub enum Caller {
     Admin,
     /// A workspace's API key: may act on that workspace only.
     Workspace(Workspace),
-    /// An agent's token: the conversation API of the agent's workspace only.
+    /// An agent's token, or a user with the `agent` role: the conversation API of the agent's
+    /// workspace only.
     Agent(Workspace, Box<Agent>),
+    /// A user signed in to the console (any role but `agent`), acting on their workspace.
+    User(Workspace, Box<User>),
+}
+
+impl Caller {
+    /// The caller's role in its workspace; None for the operator, who has no workspace.
+    pub fn role(&self) -> Option<Role> {
+        match self {
+            Caller::Admin => None,
+            Caller::Workspace(_) => Some(Role::Admin),
+            Caller::Agent(..) => Some(Role::Agent),
+            Caller::User(_, user) => Some(user.role),
+        }
+    }
+
+    /// The workspace the caller acts on; None for the operator.
+    pub fn workspace(&self) -> Option<&Workspace> {
+        match self {
+            Caller::Admin => None,
+            Caller::Workspace(workspace) | Caller::Agent(workspace, _) | Caller::User(workspace, _) => Some(workspace),
+        }
+    }
+
+    /// Refuse a caller whose role may not make this request (see [`crate::roles`]).
+    pub fn check_role(&self, method: &axum::http::Method, route: Option<&str>) -> Result<(), ApiError> {
+        let Some(role) = self.role() else {
+            return Ok(());
+        };
+        // Fail closed: a request that matched no route is the admin's alone.
+        let route = route.unwrap_or("");
+        if crate::roles::api_allows(role, method, route) {
+            return Ok(());
+        }
+        Err(ApiError::forbidden(crate::roles::refusal(role, method, route)))
+    }
 }
 
 /// The bearer token of a request's `Authorization` header.
@@ -73,10 +110,13 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let route = parts.extensions.get::<axum::extract::MatchedPath>().map(|path| path.as_str().to_owned());
         if let Some(token) = bearer_token(&parts.headers) {
-            return caller_for_token(state, &token)
+            let caller = caller_for_token(state, &token)
                 .await?
-                .ok_or_else(|| ApiError::unauthorized("the bearer token is not a valid API key or operator token"));
+                .ok_or_else(|| ApiError::unauthorized("the bearer token is not a valid API key or operator token"))?;
+            caller.check_role(&parts.method, route.as_deref())?;
+            return Ok(caller);
         }
         // The console calls the API with its session cookie.
         let Some(session) = session_cookie(&parts.headers) else {
@@ -87,10 +127,23 @@ impl FromRequestParts<AppState> for Caller {
         if !crate::sessions::same_origin(state, &parts.method, &parts.headers) {
             return Err(crate::sessions::cross_site());
         }
-        crate::sessions::caller(state, &session)
+        // A state change on the cookie also carries the page's CSRF token.
+        if !crate::sessions::is_safe(&parts.method)
+            && !crate::sessions::csrf_matches(&session, request_header(&parts.headers, crate::sessions::CSRF_HEADER))
+        {
+            return Err(crate::sessions::csrf_refused());
+        }
+        let caller = crate::sessions::caller(state, &session)
             .await?
-            .ok_or_else(|| ApiError::unauthorized("the console session has ended: sign in again"))
+            .ok_or_else(|| ApiError::unauthorized("the console session has ended: sign in again"))?;
+        caller.check_role(&parts.method, route.as_deref())?;
+        Ok(caller)
     }
+}
+
+/// A header's value as text.
+pub fn request_header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
 }
 
 /// A caller that must be a workspace (the profile API acts on one workspace).
@@ -101,7 +154,8 @@ impl FromRequestParts<AppState> for WorkspaceCaller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         match Caller::from_request_parts(parts, state).await? {
-            Caller::Workspace(workspace) => Ok(WorkspaceCaller(workspace)),
+            // The role was checked against the route already.
+            Caller::Workspace(workspace) | Caller::User(workspace, _) => Ok(WorkspaceCaller(workspace)),
             Caller::Admin => Err(ApiError::forbidden(
                 "this endpoint acts on one workspace: use that workspace's api_key, not the operator token",
             )),
@@ -135,7 +189,7 @@ impl FromRequestParts<AppState> for PeopleCaller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         match Caller::from_request_parts(parts, state).await? {
-            Caller::Workspace(workspace) => Ok(PeopleCaller { workspace, agent: None }),
+            Caller::Workspace(workspace) | Caller::User(workspace, _) => Ok(PeopleCaller { workspace, agent: None }),
             Caller::Agent(workspace, agent) => Ok(PeopleCaller { workspace, agent: Some(*agent) }),
             Caller::Admin => Err(ApiError::forbidden(
                 "this endpoint acts on one workspace: use that workspace's api_key or an agent token, not the operator token",

@@ -16,6 +16,7 @@ pub mod live;
 pub mod openapi;
 pub mod panic;
 pub mod rate;
+pub mod roles;
 pub mod sessions;
 pub mod state;
 pub mod throttle;

@@ -9,7 +9,8 @@
 //! means the same thing everywhere.
 
 use crate::api::{
-    agents, bots, calls, channels, conversations, destinations, engage, ingest, jobs, profiles, rejected, workspaces,
+    agents, bots, calls, channels, conversations, destinations, engage, ingest, jobs, profiles, rejected, users,
+    workspaces,
 };
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::state::AppState;
@@ -45,6 +46,7 @@ use utoipa_swagger_ui::SwaggerUi;
         (name = "destinations", description = "Event destinations: every event, signed, to other systems"),
         (name = "engagement", description = "Segments, templates, campaigns and the send policy"),
         (name = "jobs", description = "The durable worker's dead letters"),
+        (name = "users", description = "Users of the console and the API, with their roles"),
     )
 )]
 struct ApiDoc;
@@ -94,7 +96,7 @@ pub struct InvalidWriteKey(pub ErrorBody);
 /// 403 on the endpoints that act on one workspace.
 #[derive(ToResponse)]
 #[response(
-    description = "`forbidden`: the operator token was sent to an endpoint that acts on one workspace; use that workspace's API key. Or `cross_site_request`: a change authenticated by the console's session cookie came from another site (send `Authorization: Bearer` instead).",
+    description = "`forbidden`: the caller's role may not do this (roles: admin, marketer, supervisor, agent, viewer; an API key acts as admin, an agent token as agent), or the operator token was sent to an endpoint that acts on one workspace (use that workspace's API key). Or `cross_site_request`: a change authenticated by the console's session cookie came from another site or without the session's CSRF token (send `Authorization: Bearer` instead).",
     example = json!({"error": {"code": "forbidden", "message": "this endpoint acts on one workspace: use that workspace's api_key, not the operator token"}})
 )]
 pub struct WorkspaceOnly(pub ErrorBody);
@@ -223,6 +225,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(agents::hand_back))
         .routes(routes!(agents::put_queue, agents::delete_queue))
         .routes(routes!(agents::list_queues))
+        .routes(routes!(users::create_user, users::list_users))
+        .routes(routes!(users::change_user, users::delete_user))
+        .routes(routes!(users::reinvite_user))
         .routes(routes!(channels::put_channel, channels::get_channel))
         .routes(routes!(destinations::list_destinations))
         .routes(routes!(destinations::put_destination, destinations::delete_destination))

@@ -18,12 +18,56 @@ use axum::http::{HeaderMap, Method, header};
 use chrono::Utc;
 use crossline_core::keys::{KeyKind, generate_token, hash_key, secrets_equal};
 use crossline_store::ConsoleSession;
+use crossline_store::users::{Role, User};
 
 /// The console's session cookie.
 pub const SESSION_COOKIE: &str = "crossline_session";
 
+/// The header a console page's script sends its CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// The form field a console form sends its CSRF token in.
+pub const CSRF_FIELD: &str = "csrf";
+
+/// The CSRF token of a session: derived from its id (a 256-bit secret the page's script cannot
+/// read, HTTP-only), so it needs no storage and changes with every sign-in.
+pub fn csrf_token(session_id: &str) -> String {
+    hash_key(&format!("csrf:{session_id}"))
+}
+
+/// Whether a request's CSRF token is the session's.
+pub fn csrf_matches(session_id: &str, supplied: Option<&str>) -> bool {
+    supplied.is_some_and(|supplied| secrets_equal(supplied, &csrf_token(session_id)))
+}
+
+/// Whether a method only reads (no CSRF token needed).
+pub fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// The 403 of a state change without the session's CSRF token.
+pub fn csrf_refused() -> ApiError {
+    ApiError::new(
+        ErrorCode::CrossSiteRequest,
+        "this request changes something and carries the console's session cookie but not its CSRF token (the X-CSRF-Token header, or the csrf field of a console form); reload the page, or send Authorization: Bearer <api_key> instead of the cookie",
+    )
+}
+
+/// Open a session for a user whose password was checked; returns the id for the cookie.
+pub async fn open_for_user(state: &AppState, user: &User, previous: Option<&str>) -> Result<String, ApiError> {
+    open_session(state, &crossline_engine::users::session_credential(user), Some(user.id.clone()), previous).await
+}
+
 /// Open a session for a credential already checked; returns the id for the cookie.
 pub async fn open(state: &AppState, credential: &str, previous: Option<&str>) -> Result<String, ApiError> {
+    open_session(state, credential, None, previous).await
+}
+
+async fn open_session(
+    state: &AppState,
+    credential: &str,
+    user_id: Option<String>,
+    previous: Option<&str>,
+) -> Result<String, ApiError> {
     if let Some(previous) = previous {
         close(state, previous).await?;
     }
@@ -32,6 +76,7 @@ pub async fn open(state: &AppState, credential: &str, previous: Option<&str>) ->
     let session = ConsoleSession {
         id_hash: hash_key(&id),
         credential_hash: hash_key(credential),
+        user_id,
         created_at: now,
         expires_at: now + state.settings.console_session,
     };
@@ -48,6 +93,9 @@ pub async fn caller(state: &AppState, id: &str) -> Result<Option<Caller>, ApiErr
     let Some(session) = state.store.session(&hash_key(id), Utc::now()).await? else {
         return Ok(None);
     };
+    if let Some(user_id) = &session.user_id {
+        return user_caller(state, user_id, &session.credential_hash).await;
+    }
     if secrets_equal(&session.credential_hash, &hash_key(&state.admin_token)) {
         return Ok(Some(Caller::Admin));
     }
@@ -60,6 +108,31 @@ pub async fn caller(state: &AppState, id: &str) -> Result<Option<Caller>, ApiErr
             .map(|workspace| Caller::Agent(workspace, Box::new(agent))));
     }
     Ok(state.store.workspace_by_key(KeyKind::Api, &session.credential_hash).await?.map(Caller::Workspace))
+}
+
+/// The caller a user's session stands for, read afresh: a removed user, a changed password or a
+/// deleted workspace ends it; a changed role applies at once.
+async fn user_caller(state: &AppState, user_id: &str, credential_hash: &str) -> Result<Option<Caller>, ApiError> {
+    let Some(user) = state.store.user_by_id(user_id).await? else {
+        return Ok(None);
+    };
+    if !secrets_equal(credential_hash, &hash_key(&crossline_engine::users::session_credential(&user))) {
+        return Ok(None);
+    }
+    let Some(workspace) = state.store.workspace(&user.workspace_id).await? else {
+        return Ok(None);
+    };
+    if user.role == Role::Agent {
+        let Some(agent_id) = &user.agent_id else {
+            return Ok(None);
+        };
+        return Ok(state
+            .store
+            .agent(&workspace.id, agent_id)
+            .await?
+            .map(|agent| Caller::Agent(workspace, Box::new(agent))));
+    }
+    Ok(Some(Caller::User(workspace, Box::new(user))))
 }
 
 /// End a session (sign-out).

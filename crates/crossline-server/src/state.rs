@@ -44,6 +44,8 @@ pub struct AppState {
     pub engage: Arc<crossline_engage::Engage>,
     /// The contact centre: agents, and conversations people have.
     pub contact_centre: Arc<crossline_engine::agents::ContactCentre>,
+    /// Users of the console and the API: invitations, passwords, roles.
+    pub users: Arc<crossline_engine::users::Users>,
     /// Live views of conversations on this node (chat sockets, inboxes).
     pub live: Arc<crate::live::LiveConversations>,
 }
@@ -89,8 +91,10 @@ impl AppState {
             },
         ));
         let contact_centre = Arc::new(crossline_engine::agents::ContactCentre::new(store.clone(), recorder.clone()));
+        let users = Arc::new(crossline_engine::users::Users::new(store.clone(), contact_centre.clone()));
         AppState {
             last_healthy: Arc::default(),
+            users,
             contact_centre,
             live: Arc::default(),
             engage,

@@ -8,7 +8,9 @@
 //!
 //! The accounts are the operator (any credential that is not an API key); API keys are 192 random
 //! bits, which no one guesses, so they are throttled per address only — a stranger cannot lock
-//! every workspace out of the console by failing on purpose.
+//! every workspace out of the console by failing on purpose. A user's email is an account too
+//! (20 free failures, then the backoff): someone failing on purpose can slow that one user's
+//! sign-ins, never learn their password; an admin can send a new invitation.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -116,6 +118,14 @@ pub fn keys(ip: Option<std::net::IpAddr>, credential: &str) -> Vec<(String, u32)
         keys.push(("account:operator".into(), FREE_PER_ACCOUNT));
     }
     keys
+}
+
+/// The keys a password sign-in for `email` counts against: the address and that user's account.
+pub fn user_keys(ip: Option<std::net::IpAddr>, email: &str) -> Vec<(String, u32)> {
+    vec![
+        (format!("ip:{}", ip.map_or_else(|| "unknown".into(), crate::rate::ip_key)), FREE_PER_ADDRESS),
+        (format!("account:user:{}", email.trim().to_lowercase()), FREE_PER_ACCOUNT),
+    ]
 }
 
 #[cfg(test)]

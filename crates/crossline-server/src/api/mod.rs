@@ -13,5 +13,6 @@ pub mod jobs;
 pub mod profiles;
 pub mod rejected;
 pub mod segment_schema;
+pub mod users;
 pub mod webchat;
 pub mod workspaces;

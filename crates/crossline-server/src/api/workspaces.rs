@@ -185,7 +185,7 @@ fn agent_refused() -> ApiError {
 pub async fn list_workspaces(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<WorkspaceList>> {
     let workspaces = match caller {
         Caller::Admin => state.store.workspaces().await?,
-        Caller::Workspace(workspace) => vec![workspace],
+        Caller::Workspace(workspace) | Caller::User(workspace, _) => vec![workspace],
         Caller::Agent(..) => return Err(agent_refused()),
     };
     Ok(Json(WorkspaceList { workspaces: workspaces.into_iter().map(WorkspaceView::from).collect() }))
@@ -209,8 +209,8 @@ pub async fn rotate_key(
 ) -> ApiResult<Json<RotatedKey>> {
     match &caller {
         Caller::Admin => {}
-        Caller::Workspace(own) if own.id == id => {}
-        Caller::Workspace(_) => return Err(ApiError::not_found("workspace")),
+        Caller::Workspace(own) | Caller::User(own, _) if own.id == id => {}
+        Caller::Workspace(_) | Caller::User(..) => return Err(ApiError::not_found("workspace")),
         Caller::Agent(..) => return Err(agent_refused()),
     }
     let kind = match kind.as_str() {

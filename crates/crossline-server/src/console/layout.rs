@@ -32,10 +32,24 @@ pub enum Section {
     Workspaces,
     /// The agent inbox.
     Inbox,
+    /// The supervisor view of the contact centre.
+    Supervisor,
+    /// Users and their roles.
+    Users,
 }
 
 /// A whole HTML document around `body`.
 pub fn document(title: &str, body: Markup) -> Markup {
+    document_with_csrf(title, body, None)
+}
+
+/// A whole HTML document around `body`, with the session's CSRF token for its scripts
+/// (`<meta name="csrf-token">`) and in every form that posts.
+pub fn document_with_csrf(title: &str, body: Markup, csrf: Option<&str>) -> Markup {
+    let body = match csrf {
+        Some(token) => with_csrf_fields(body, token),
+        None => body,
+    };
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -43,6 +57,7 @@ pub fn document(title: &str, body: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 meta name="color-scheme" content="light";
+                @if let Some(token) = csrf { meta name="csrf-token" content=(token); }
                 title { (title) " · Crossline" }
                 link rel="icon" type="image/svg+xml" href=(assets::url("favicon.svg"));
                 link rel="stylesheet" href=(assets::url("console.css"));
@@ -51,6 +66,28 @@ pub fn document(title: &str, body: Markup) -> Markup {
             body { (body) }
         }
     }
+}
+
+/// `markup` with the CSRF field inserted at the start of every `<form method="post">`: one place
+/// for every form, so a new form cannot forget it. Text from customers is escaped (`<` is `&lt;`), so
+/// every `<form` here is the console's own.
+pub fn with_csrf_fields(markup: Markup, token: &str) -> Markup {
+    let html = markup.into_string();
+    let field = html! { input type="hidden" name=(crate::sessions::CSRF_FIELD) value=(token); }.into_string();
+    let mut out = String::with_capacity(html.len() + 128);
+    let mut rest = html.as_str();
+    while let Some(start) = rest.find("<form") {
+        let Some(end) = rest[start..].find('>').map(|end| start + end + 1) else {
+            break;
+        };
+        out.push_str(&rest[..end]);
+        if rest[start..end].contains(r#"method="post""#) {
+            out.push_str(&field);
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    maud::PreEscaped(out)
 }
 
 /// The logo and name.
@@ -76,25 +113,15 @@ pub fn shell(session: &Session, section: Section, title: &str, content: Markup) 
                         div.name title=(workspace.id) { (workspace.name) }
                         @if session.is_admin() { a href="/workspaces" { "Switch workspace" } }
                     }
-                    @if session.is_agent() {
-                        nav.nav aria-label="Main" {
-                            a href="/inbox" aria-current=[current(Section::Inbox)] { (icon(INBOX_ICON)) "Inbox" }
-                        }
-                    } @else {
                     nav.nav aria-label="Main" {
-                        a href="/" aria-current=[current(Section::Overview)] { (icon(OVERVIEW_ICON)) "Overview" }
-                        a href="/inbox" aria-current=[current(Section::Inbox)] { (icon(INBOX_ICON)) "Inbox" }
-                        a href="/profiles" aria-current=[current(Section::Profiles)] { (icon(PROFILES_ICON)) "Profiles" }
-                        a href="/segments" aria-current=[current(Section::Segments)] { (icon(SEGMENTS_ICON)) "Segments" }
-                        a href="/templates" aria-current=[current(Section::Templates)] { (icon(TEMPLATES_ICON)) "Templates" }
-                        a href="/campaigns" aria-current=[current(Section::Campaigns)] { (icon(CAMPAIGNS_ICON)) "Campaigns" }
-                        a href="/channels" aria-current=[current(Section::Channels)] { (icon(CHANNELS_ICON)) "Channels" }
-                        a href="/bots" aria-current=[current(Section::Bots)] { (icon(BOTS_ICON)) "Bots" }
-                        a href="/rejected" aria-current=[current(Section::Rejected)] { (icon(REJECTED_ICON)) "Rejected events" }
+                        @for (href, page_section, icon_path, label) in NAV {
+                            @if session.may_see(href) {
+                                a href=(href) aria-current=[current(page_section)] { (icon(icon_path)) (label) }
+                            }
+                        }
                         @if session.is_admin() {
                             a href="/workspaces" aria-current=[current(Section::Workspaces)] { (icon(WORKSPACES_ICON)) "Workspaces" }
                         }
-                    }
                     }
                 } @else {
                     nav.nav aria-label="Main" {
@@ -108,6 +135,7 @@ pub fn shell(session: &Session, section: Section, title: &str, content: Markup) 
                             Caller::Admin => "Signed in as operator",
                             Caller::Workspace(_) => "Signed in with an API key",
                             Caller::Agent(..) => "Signed in as an agent",
+                            Caller::User(_, user) => (format!("Signed in as {} ({})", user.name, user.role)),
                         }
                     }
                     form method="post" action="/logout" { button type="submit" { "Sign out" } }
@@ -116,8 +144,23 @@ pub fn shell(session: &Session, section: Section, title: &str, content: Markup) 
             main.main { (content) }
         }
     };
-    document(title, body)
+    document_with_csrf(title, body, Some(&session.csrf))
 }
+
+/// The sidebar's links: where, which section, icon, label; each shown only to roles that may open it.
+const NAV: [(&str, Section, &str, &str); 11] = [
+    ("/", Section::Overview, OVERVIEW_ICON, "Overview"),
+    ("/inbox", Section::Inbox, INBOX_ICON, "Inbox"),
+    ("/supervisor", Section::Supervisor, SUPERVISOR_ICON, "Supervisor"),
+    ("/profiles", Section::Profiles, PROFILES_ICON, "Profiles"),
+    ("/segments", Section::Segments, SEGMENTS_ICON, "Segments"),
+    ("/templates", Section::Templates, TEMPLATES_ICON, "Templates"),
+    ("/campaigns", Section::Campaigns, CAMPAIGNS_ICON, "Campaigns"),
+    ("/channels", Section::Channels, CHANNELS_ICON, "Channels"),
+    ("/bots", Section::Bots, BOTS_ICON, "Bots"),
+    ("/rejected", Section::Rejected, REJECTED_ICON, "Rejected events"),
+    ("/users", Section::Users, USERS_ICON, "Users"),
+];
 
 const OVERVIEW_ICON: &str = "M3 13h4v8H3zM10 3h4v18h-4zM17 8h4v13h-4z";
 const PROFILES_ICON: &str = "M12 12a4 4 0 1 0 0-8 4 4 0 0 0 0 8zm-8 9a8 8 0 0 1 16 0";
@@ -128,6 +171,9 @@ const SEGMENTS_ICON: &str = "M3 5h18l-7 8v6l-4 2v-8z";
 const TEMPLATES_ICON: &str = "M6 3h9l4 4v14H6zM14 3v5h5M9 12h7M9 16h7";
 const CAMPAIGNS_ICON: &str = "M21 3L3 10.5l7 2.5 2.5 7zM10 13l5-5";
 const CHANNELS_ICON: &str = "M3 5h18v14H3zM3 6l9 7 9-7";
+const SUPERVISOR_ICON: &str = "M3 3v18h18M7 15l4-4 3 3 5-6";
+const USERS_ICON: &str =
+    "M9 11a4 4 0 1 0 0-8 4 4 0 0 0 0 8zM2 21a7 7 0 0 1 14 0M17 11a3 3 0 1 0 0-6M22 21a6 6 0 0 0-5-6";
 const INBOX_ICON: &str = "M3 13l3-8h12l3 8v6H3zM3 13h5l1 3h6l1-3h5";
 
 fn icon(path: &str) -> Markup {
@@ -224,6 +270,20 @@ pub fn base_url(state: &AppState, headers: &HeaderMap) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_posting_form_gets_the_csrf_field() {
+        let page = html! {
+            form method="post" action="/a" { input name="x"; }
+            form method="get" action="/search" {}
+            p { "<form method=\"post\">" }
+            form.stacked method="post" action="/b" {}
+        };
+        let out = with_csrf_fields(page, "tok").into_string();
+        assert_eq!(out.matches(r#"<input type="hidden" name="csrf" value="tok">"#).count(), 2, "{out}");
+        assert!(out.contains(r#"<form method="post" action="/a"><input type="hidden" name="csrf" value="tok">"#));
+        assert!(out.contains(r#"<form method="get" action="/search"></form>"#));
+    }
 
     #[test]
     fn counts_are_grouped_by_thousands() {

@@ -15,31 +15,49 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-/// The login form's fields.
+/// The login form's fields: email and password, or a token.
 #[derive(Debug, Deserialize)]
 pub struct LoginForm {
-    /// The operator token or a workspace API key.
+    /// The operator token, a workspace API key or an agent token.
     #[serde(default)]
     pub token: String,
+    /// A user's email.
+    #[serde(default)]
+    pub email: String,
+    /// A user's password.
+    #[serde(default)]
+    pub password: String,
 }
 
-fn login_page(error: Option<&str>) -> Markup {
+fn login_page(error: Option<&str>, email: &str) -> Markup {
     let body = html! {
         div.login-wrap {
             div.login {
                 (layout::brand())
                 div.card { div.card-body {
                     h1 { "Sign in to the console" }
-                    p.sub { "Use the operator token to see every workspace, or a workspace's API key to see that workspace." }
                     @if let Some(error) = error {
                         div.alert.error role="alert" data-testid="login-error" { (error) }
                     }
-                    form method="post" action="/login" {
-                        label for="token" { "Operator token or workspace API key" }
-                        input #token type="password" name="token" autocomplete="current-password" required autofocus
-                            placeholder="operator token or workspace API key" data-testid="login-token";
-                        div.field-hint { "API keys start with " code { "sk_" } ". The operator token is the server's " code { "CROSSLINE_ADMIN_TOKEN" } "." }
-                        button.button type="submit" data-testid="login-submit" { "Sign in" }
+                    form.stacked method="post" action="/login" data-testid="login-password-form" {
+                        label for="email" { "Email" }
+                        input #email type="email" name="email" autocomplete="username" required autofocus
+                            value=(email) data-testid="login-email";
+                        label for="password" { "Password" }
+                        input #password type="password" name="password" autocomplete="current-password" required
+                            data-testid="login-password";
+                        button.button type="submit" data-testid="login-password-submit" { "Sign in" }
+                    }
+                    div.login-token {
+                        h2 { "Or with a token" }
+                        p.sub { "The operator token sees every workspace; a workspace's API key that workspace; an agent's token the inbox." }
+                        form method="post" action="/login" {
+                            label for="token" { "Operator token, workspace API key or agent token" }
+                            input #token type="password" name="token" autocomplete="off"
+                                placeholder="sk_… or at_… or the operator token" data-testid="login-token";
+                            div.field-hint { "API keys start with " code { "sk_" } ", agent tokens with " code { "at_" } ". The operator token is the server's " code { "CROSSLINE_ADMIN_TOKEN" } "." }
+                            button.button.secondary type="submit" data-testid="login-submit" { "Sign in with the token" }
+                        }
                     }
                 } }
             }
@@ -55,11 +73,11 @@ pub async fn form(State(state): State<AppState>, headers: HeaderMap) -> Result<R
     {
         return Ok(Redirect::to("/").into_response());
     }
-    Ok(login_page(None).into_response())
+    Ok(login_page(None, "").into_response())
 }
 
 /// Refuse a form posted from another site (a login CSRF, or signing someone out).
-fn refuse_cross_site(state: &AppState, headers: &HeaderMap) -> Result<(), ConsoleError> {
+pub fn refuse_cross_site(state: &AppState, headers: &HeaderMap) -> Result<(), ConsoleError> {
     if crate::sessions::same_origin(state, &axum::http::Method::POST, headers) {
         return Ok(());
     }
@@ -77,43 +95,85 @@ pub async fn submit(
     Form(form): Form<LoginForm>,
 ) -> Result<Response, ConsoleError> {
     refuse_cross_site(&state, &headers)?;
+    if !form.email.trim().is_empty() {
+        return password_sign_in(&state, ip, &headers, &form).await;
+    }
     let token = form.token.trim();
-    let refused = |message: &str| (StatusCode::UNAUTHORIZED, login_page(Some(message))).into_response();
+    let refused = |message: &str| (StatusCode::UNAUTHORIZED, login_page(Some(message), "")).into_response();
     if token.is_empty() {
-        return Ok(refused("Enter the operator token or a workspace API key."));
+        return Ok(refused("Enter your email and password, or a token."));
     }
     let throttle_keys = crate::throttle::keys(ip, token);
-    let now = std::time::Instant::now();
-    if let Some(wait) = state.logins.wait(&throttle_keys, now) {
-        metrics::counter!("crossline_console_logins_total", "outcome" => "throttled").increment(1);
-        let seconds = wait.as_secs().max(1);
-        let message = format!(
-            "Too many failed sign-ins. Wait {seconds} second{} and try again.",
-            if seconds == 1 { "" } else { "s" }
-        );
-        let mut response = (StatusCode::TOO_MANY_REQUESTS, login_page(Some(&message))).into_response();
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    if let Some(response) = throttled(&state, &throttle_keys, "") {
         return Ok(response);
     }
     let caller = caller_for_token(&state, token).await?;
     if caller.is_none() {
-        state.logins.failed(&throttle_keys, now);
+        state.logins.failed(&throttle_keys, std::time::Instant::now());
         metrics::counter!("crossline_console_logins_total", "outcome" => "failed").increment(1);
         return Ok(refused(
-            "That token is not the operator token or a workspace API key. Check for a typo, or rotate the key if it was lost.",
+            "That token is not the operator token, a workspace API key or an agent token. Check for a typo, or rotate the key if it was lost.",
         ));
     }
     state.logins.succeeded(&throttle_keys[0].0);
-    metrics::counter!("crossline_console_logins_total", "outcome" => "signed_in").increment(1);
-    // Always a new id: a session id planted before sign-in is worth nothing after it.
-    let previous = session_cookie(&headers);
-    let id = crate::sessions::open(&state, token, previous.as_deref()).await?;
-    let secure = crate::sessions::secure(&state, &headers);
+    let id = crate::sessions::open(&state, token, session_cookie(&headers).as_deref()).await?;
     let home = if matches!(caller, Some(crate::auth::Caller::Agent(..))) { "/inbox" } else { "/" };
+    signed_in(&state, &headers, &id, home)
+}
+
+/// A 429 with the login page while `keys` must wait.
+fn throttled(state: &AppState, keys: &[(String, u32)], email: &str) -> Option<Response> {
+    let wait = state.logins.wait(keys, std::time::Instant::now())?;
+    metrics::counter!("crossline_console_logins_total", "outcome" => "throttled").increment(1);
+    let seconds = wait.as_secs().max(1);
+    let message = format!(
+        "Too many failed sign-ins. Wait {seconds} second{} and try again.",
+        if seconds == 1 { "" } else { "s" }
+    );
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, login_page(Some(&message), email)).into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    Some(response)
+}
+
+/// Sign a user in with email and password.
+async fn password_sign_in(
+    state: &AppState,
+    ip: Option<std::net::IpAddr>,
+    headers: &HeaderMap,
+    form: &LoginForm,
+) -> Result<Response, ConsoleError> {
+    let email = form.email.trim();
+    let throttle_keys = crate::throttle::user_keys(ip, email);
+    if let Some(response) = throttled(state, &throttle_keys, email) {
+        return Ok(response);
+    }
+    let Some(user) = state.users.sign_in(email, &form.password).await? else {
+        state.logins.failed(&throttle_keys, std::time::Instant::now());
+        metrics::counter!("crossline_console_logins_total", "outcome" => "failed").increment(1);
+        let page = login_page(
+            Some(
+                "That email and password do not match. Check both, or ask an admin of your workspace for a new invitation.",
+            ),
+            email,
+        );
+        return Ok((StatusCode::UNAUTHORIZED, page).into_response());
+    };
+    for (key, _) in &throttle_keys {
+        state.logins.succeeded(key);
+    }
+    let id = crate::sessions::open_for_user(state, &user, session_cookie(headers).as_deref()).await?;
+    let home = if user.role == crossline_store::users::Role::Agent { "/inbox" } else { "/" };
+    signed_in(state, headers, &id, home)
+}
+
+/// The redirect after a sign-in, with the new session's cookie.
+pub fn signed_in(state: &AppState, headers: &HeaderMap, id: &str, home: &str) -> Result<Response, ConsoleError> {
+    metrics::counter!("crossline_console_logins_total", "outcome" => "signed_in").increment(1);
+    let secure = crate::sessions::secure(state, headers);
     let mut response = Redirect::to(home).into_response();
     let response_headers = response.headers_mut();
     for value in [
-        cookie(SESSION_COOKIE, &id, secure, None),
+        cookie(SESSION_COOKIE, id, secure, None),
         // A new session starts without the previous operator's workspace choice.
         cookie(WORKSPACE_COOKIE, "", secure, Some(0)),
     ] {

@@ -2,8 +2,10 @@
 //! in the binary, charts drawn on the server as SVG.
 //!
 //! Routes:
-//! - `GET /login`, `POST /login`, `POST /logout`: sign in with the operator token, a workspace
-//!   API key or an agent's token; a server-side session rides in the `crossline_session` cookie.
+//! - `GET /login`, `POST /login`, `POST /logout`: sign in with email and password (users), or the
+//!   operator token, a workspace API key or an agent's token; a server-side session rides in the
+//!   `crossline_session` cookie. Roles gate every page ([`crate::roles`]); every form that changes
+//!   something carries the session's CSRF token ([`csrf`]).
 //! - `GET /`: the workspace overview (or, for an operator who has not chosen, the workspace list).
 //! - `GET /workspaces`: the operator's workspace list; `?workspace=ID` on any page chooses one.
 //! - `GET /profiles?q=&after=`: profile search and paged list.
@@ -22,6 +24,10 @@
 //!   secrets never shown.
 //! - `GET /inbox`, `GET /inbox/ws`: the agent inbox and its live notices (an agent's session may
 //!   open these and nothing else).
+//! - `GET /users`, `POST /users` (invite), `POST /users/{id}` (role), `POST /users/{id}/invite`
+//!   (a new link), `POST /users/{id}/remove`: users and their roles, for admins.
+//! - `GET /invite/{token}`, `POST /invite/{token}`: an invited person sets a password and is signed in.
+//! - `GET /supervisor`: the contact centre now — queues, agents, SLA breaches, CSAT, containment.
 //! - `GET /assets/{name}`: embedded CSS, JavaScript and icon, cacheable for a year.
 //!
 //! Every page but `/login` and the assets redirects a visitor without a valid session to `/login`.
@@ -36,6 +42,7 @@ pub mod assets;
 pub mod bots;
 pub mod channels;
 pub mod chart;
+pub mod csrf;
 pub mod engage;
 pub mod error;
 pub mod inbox;
@@ -45,7 +52,9 @@ pub mod overview;
 pub mod profiles;
 pub mod rejected;
 pub mod session;
+pub mod supervisor;
 pub mod url;
+pub mod users;
 
 #[cfg(test)]
 mod snapshot;
@@ -83,9 +92,16 @@ pub fn router() -> Router<AppState> {
         .route("/channels/smtp", post(channels::save_smtp))
         .route("/channels/twilio", post(channels::save_twilio))
         .route("/settings/messaging", post(channels::save_messaging))
+        .route("/supervisor", get(supervisor::page))
+        .route("/users", get(users::list).post(users::invite))
+        .route("/users/{id}", post(users::change_role))
+        .route("/users/{id}/invite", post(users::reinvite))
+        .route("/users/{id}/remove", post(users::remove))
+        .route("/invite/{token}", get(users::invitation).post(users::accept))
         .route("/login", get(login::form).post(login::submit))
         .route("/logout", post(login::logout))
         .route("/assets/{name}", get(assets::serve))
+        .layer(axum::middleware::from_fn(csrf::guard))
         .layer(axum::middleware::map_response(security_headers))
 }
 

@@ -21,8 +21,10 @@ pub const WORKSPACE_COOKIE: &str = "crossline_workspace";
 /// An authenticated console visitor.
 #[derive(Debug, Clone)]
 pub struct Session {
-    /// The operator or a workspace's API key.
+    /// The operator, a workspace's API key, an agent or a user.
     pub caller: Caller,
+    /// The token forms and scripts send back with every change (see [`crate::sessions::csrf_token`]).
+    pub csrf: String,
     /// The workspace shown; None while an operator has not chosen one.
     pub workspace: Option<Workspace>,
     /// True when this request chose the workspace (`?workspace=`), so the response remembers it.
@@ -40,6 +42,22 @@ impl Session {
     /// Whether the visitor signed in with an agent's token.
     pub fn is_agent(&self) -> bool {
         matches!(self.caller, Caller::Agent(..))
+    }
+
+    /// Whether the visitor may open `page` (a route of the console) with `method`; the operator may
+    /// open every page.
+    pub fn may(&self, method: &axum::http::Method, page: &str) -> bool {
+        self.caller.role().is_none_or(|role| crate::roles::page_allows(role, method, page))
+    }
+
+    /// Whether the visitor may see `page`.
+    pub fn may_see(&self, page: &str) -> bool {
+        self.may(&axum::http::Method::GET, page)
+    }
+
+    /// Whether the visitor may change what `page` shows (post its forms).
+    pub fn may_change(&self, page: &str) -> bool {
+        self.may(&axum::http::Method::POST, page)
     }
 
     /// The `Set-Cookie` remembering a workspace chosen on this request, if any.
@@ -82,9 +100,6 @@ fn chosen_workspace(parts: &Parts) -> Option<String> {
         .map(|(_, value)| super::url::decode(value))
 }
 
-/// The console pages an agent's session may open.
-const AGENT_PAGES: [&str; 2] = ["/inbox", "/inbox/ws"];
-
 /// Where a visitor without a valid session goes.
 fn to_login(clear_cookie: bool) -> Response {
     let mut response = Redirect::to("/login").into_response();
@@ -111,28 +126,19 @@ impl FromRequestParts<AppState> for Session {
             Err(err) => return Err(ConsoleError::from(err).into_response()),
         };
         let secure = crate::sessions::secure(state, &parts.headers);
-        match caller {
-            // An agent has the inbox and nothing else of the console.
-            Caller::Agent(workspace, agent) => {
-                if parts.uri.path() == "/" {
+        let csrf = crate::sessions::csrf_token(&id);
+        if let Some(role) = caller.role() {
+            // Fail closed: a request that matched no page is the admin's alone.
+            let route = parts.extensions.get::<axum::extract::MatchedPath>().map_or("", |path| path.as_str());
+            if !crate::roles::page_allows(role, &parts.method, route) {
+                // An agent's home is the inbox.
+                if role == crossline_store::users::Role::Agent && route == "/" {
                     return Err(Redirect::to("/inbox").into_response());
                 }
-                if !AGENT_PAGES.iter().any(|page| parts.uri.path() == *page) {
-                    return Err(ConsoleError::forbidden("agents have the inbox only: open /inbox").into_response());
-                }
-                Ok(Session {
-                    workspace: Some(workspace.clone()),
-                    caller: Caller::Agent(workspace, agent),
-                    remember_workspace: false,
-                    secure,
-                })
+                return Err(ConsoleError::forbidden(crate::roles::refusal(role, &parts.method, route)).into_response());
             }
-            Caller::Workspace(workspace) => Ok(Session {
-                workspace: Some(workspace.clone()),
-                caller: Caller::Workspace(workspace),
-                remember_workspace: false,
-                secure,
-            }),
+        }
+        match caller {
             Caller::Admin => {
                 let (id, remember) = match chosen_workspace(parts) {
                     Some(id) => (Some(id), true),
@@ -148,8 +154,12 @@ impl FromRequestParts<AppState> for Session {
                     remember_workspace: remember && workspace.is_some(),
                     workspace,
                     caller: Caller::Admin,
+                    csrf,
                     secure,
                 })
+            }
+            caller => {
+                Ok(Session { workspace: caller.workspace().cloned(), caller, csrf, remember_workspace: false, secure })
             }
         }
     }

@@ -168,6 +168,11 @@ impl Server {
     }
 }
 
+/// The CSRF token of a `crossline_session=...` cookie pair, as its pages carry it.
+fn csrf(cookie: &str) -> String {
+    crate::sessions::csrf_token(cookie.strip_prefix("crossline_session=").unwrap_or(cookie))
+}
+
 fn dechunk(mut rest: &str) -> String {
     let mut body = String::new();
     while let Some((size, after)) = rest.split_once("\r\n") {
@@ -192,7 +197,10 @@ async fn console_shows_a_merged_customer_across_channels() {
         assert_eq!(reply.header("location"), "/login");
     }
     let form = server.get("/login", "").await;
-    assert!(form.body.contains("Operator token or workspace API key"));
+    assert!(form.body.contains("Operator token, workspace API key or agent token"));
+    assert!(
+        form.body.contains(r#"data-testid="login-email""#) && form.body.contains(r#"data-testid="login-password""#)
+    );
     assert!(form.header("content-security-policy").contains("frame-ancestors 'none'"));
     assert_eq!(form.header("cache-control"), "private, no-store");
     let forged = server
@@ -209,7 +217,7 @@ async fn console_shows_a_merged_customer_across_channels() {
     let refused = server.login("sk_not_a_key").await;
     assert_eq!(refused.status, UNAUTHORIZED);
     assert!(refused.set_cookies().is_empty());
-    assert!(refused.body.contains("is not the operator token or a workspace API key"));
+    assert!(refused.body.contains("is not the operator token, a workspace API key or an agent token"));
 
     // The operator without workspaces is told how to create one.
     let admin = server.session(ADMIN).await;
@@ -302,7 +310,13 @@ async fn console_shows_a_merged_customer_across_channels() {
     assert!(missing.body.contains("There is no profile prf_missing"));
 
     // Signing out clears both cookies.
-    let out = server.request("POST", "/logout", &[("Cookie", &session)], "").await;
+    let no_token = server.request("POST", "/logout", &[("Cookie", &session)], "").await;
+    assert_eq!(no_token.status, 403, "a form without the session's CSRF token is refused");
+    let wrong = server.request("POST", "/logout", &[("Cookie", &session), ("X-CSRF-Token", &"0".repeat(64))], "").await;
+    assert_eq!(wrong.status, 403);
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    let in_body = format!("csrf={}", csrf(&session));
+    let out = server.request("POST", "/logout", &[("Cookie", &session), form], &in_body).await;
     assert_eq!(out.status, SEE_OTHER);
     let cleared = out.set_cookies();
     assert!(cleared.iter().any(|cookie| cookie.starts_with("crossline_session=;") && cookie.contains("Max-Age=0")));
@@ -361,7 +375,11 @@ async fn sessions_are_server_side_revocable_same_origin_and_throttled() {
 
     // A change through the API with the cookie: from the console itself, or from another site.
     let create = |cookie: &str, site: Option<(&'static str, &'static str)>| {
-        let mut headers = vec![("Cookie", cookie.to_owned()), ("Content-Type", "application/json".to_owned())];
+        let mut headers = vec![
+            ("Cookie", cookie.to_owned()),
+            ("Content-Type", "application/json".to_owned()),
+            ("X-CSRF-Token", csrf(cookie)),
+        ];
         if let Some((name, value)) = site {
             headers.push((name, value.to_owned()));
         }
@@ -379,8 +397,15 @@ async fn sessions_are_server_side_revocable_same_origin_and_throttled() {
         assert!(reply.body.contains("cross_site_request"), "{}", reply.body);
     }
     let own_origin = format!("http://{}", server.address);
+    let token = csrf(&first);
+    let no_token =
+        [("Cookie", first.as_str()), ("Content-Type", "application/json"), ("Sec-Fetch-Site", "same-origin")];
+    let reply = server.request("POST", "/api/v1/workspaces", &no_token, r#"{"name":"no-token"}"#).await;
+    assert_eq!(reply.status, 403, "same origin but no CSRF token: {}", reply.body);
+    assert!(reply.body.contains("CSRF token"), "{}", reply.body);
     for site in [("Sec-Fetch-Site", "same-origin"), ("Origin", own_origin.as_str())] {
-        let headers = [("Cookie", first.as_str()), ("Content-Type", "application/json"), site];
+        let headers =
+            [("Cookie", first.as_str()), ("Content-Type", "application/json"), ("X-CSRF-Token", &token), site];
         let body = json!({"name": format!("mine-{}", site.0)}).to_string();
         let reply = server.request("POST", "/api/v1/workspaces", &headers, &body).await;
         assert_eq!(reply.status, CREATED, "{site:?}: {}", reply.body);
@@ -390,7 +415,8 @@ async fn sessions_are_server_side_revocable_same_origin_and_throttled() {
     assert_eq!(forged.status, 403);
 
     // Signing out ends the session on the server: the same cookie, replayed, is nobody.
-    assert_eq!(server.request("POST", "/logout", &[("Cookie", &first)], "").await.status, SEE_OTHER);
+    let logout = [("Cookie", first.as_str()), ("X-CSRF-Token", token.as_str())];
+    assert_eq!(server.request("POST", "/logout", &logout, "").await.status, SEE_OTHER);
     assert_eq!(server.get("/", &first).await.header("location"), "/login");
     assert_eq!(server.request("GET", "/api/v1/workspaces", &[("Cookie", &first)], "").await.status, UNAUTHORIZED);
     assert_eq!(server.get("/", &second).await.status, OK, "other sessions go on");
@@ -574,9 +600,12 @@ async fn engagement_pages_show_and_change_segments_templates_and_campaigns() {
     let (workspace_id, write_key, api_key) = server.workspace("acme").await;
     let bearer = format!("Bearer {api_key}");
     let session = server.session(&api_key).await;
-    let cookie = [("Cookie", session.as_str())];
-    let form = [("Content-Type", "application/x-www-form-urlencoded"), ("Cookie", session.as_str())];
-    let json_post = [("Content-Type", "application/json"), ("Cookie", session.as_str())];
+    let token = csrf(&session);
+    let token = token.as_str();
+    let cookie = [("Cookie", session.as_str()), ("X-CSRF-Token", token)];
+    let form =
+        [("Content-Type", "application/x-www-form-urlencoded"), ("Cookie", session.as_str()), ("X-CSRF-Token", token)];
+    let json_post = [("Content-Type", "application/json"), ("Cookie", session.as_str()), ("X-CSRF-Token", token)];
     let encode = super::url::encode;
 
     for path in ["/segments", "/segments/seg_x", "/templates", "/templates/tpl_x", "/campaigns", "/campaigns/cmp_x"] {
@@ -586,6 +615,12 @@ async fn engagement_pages_show_and_change_segments_templates_and_campaigns() {
 
     // Empty states say what to do next.
     let segments = server.page("/segments", &session).await;
+    assert!(segments.contains(&format!(r#"<meta name="csrf-token" content="{token}">"#)), "scripts read it here");
+    assert!(
+        segments
+            .contains(&format!(r#"data-testid="segment-builder"><input type="hidden" name="csrf" value="{token}">"#)),
+        "the form carries it: {segments}"
+    );
     assert!(segments.contains("No segments yet") && segments.contains("/api/v1/segments"), "{segments}");
     assert!(segments.contains("data-testid=\"segment-builder\"") && segments.contains("&quot;reachable&quot;"));
     assert!(segments.contains("href=\"/segments\" aria-current=\"page\""), "linked from the navigation");
@@ -843,7 +878,9 @@ async fn channels_page_configures_email_sms_and_the_send_policy() {
     let server = Server::start().await;
     let (workspace_id, _, api_key) = server.workspace("acme").await;
     let session = server.session(&api_key).await;
-    let form = [("Content-Type", "application/x-www-form-urlencoded"), ("Cookie", session.as_str())];
+    let token = csrf(&session);
+    let form =
+        [("Content-Type", "application/x-www-form-urlencoded"), ("Cookie", session.as_str()), ("X-CSRF-Token", &token)];
     let encode = super::url::encode;
     let keep_hint = super::channels::KEEP_SECRET_HINT;
 
@@ -853,7 +890,12 @@ async fn channels_page_configures_email_sms_and_the_send_policy() {
     let operator = server.session(ADMIN).await;
     let unchosen = server.get("/channels", &operator).await;
     assert_eq!((unchosen.status, unchosen.header("location")), (SEE_OTHER, "/"));
-    let operator_form = [("Content-Type", "application/x-www-form-urlencoded"), ("Cookie", operator.as_str())];
+    let operator_token = csrf(&operator);
+    let operator_form = [
+        ("Content-Type", "application/x-www-form-urlencoded"),
+        ("Cookie", operator.as_str()),
+        ("X-CSRF-Token", &operator_token),
+    ];
     let unchosen = server.request("POST", "/settings/messaging", &operator_form, "cap_max=3&cap_days=7").await;
     assert_eq!((unchosen.status, unchosen.header("location")), (SEE_OTHER, "/"));
 

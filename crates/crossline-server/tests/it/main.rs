@@ -21,6 +21,7 @@ mod rejected;
 mod segment_python;
 mod twilio;
 mod two_nodes;
+mod users;
 mod webchat;
 mod webhooks;
 mod webpush;
