@@ -41,8 +41,11 @@ const api = async (method, path, body) => {
 const twiml = await sms("when are you open");
 if (!twiml.includes("open")) fail(`the bot's SMS answer: ${twiml}`);
 
-// An agent who has the skill the bank's card queue asks for, available.
-const agent = await api("POST", "/api/v1/agents", { name: "Grace <b>Hopper</b>", email: "grace.inbox@example.com", skills: ["cards"] });
+// An agent who has the skill the bank's card queue asks for, invited as a user with the agent role;
+// and a supervisor.
+const agent = await api("POST", "/api/v1/users", { name: "Grace <b>Hopper</b>", email: "grace.inbox@example.com", role: "agent", skills: ["cards"] });
+const supervisor = await api("POST", "/api/v1/users", { name: "Sam", email: "sam.inbox@example.com", role: "supervisor" });
+const password = "correct horse battery staple";
 
 // The business's site, on its own origin; it vouches for Lin with an HMAC of her id and phone.
 const lin = { name: "Lin <img src=x onerror=alert(1)>", phone };
@@ -66,15 +69,23 @@ const browser = await chromium.launch({
 });
 const errors = [];
 try {
-  // The agent signs in with the agent token and opens the inbox before anyone waits.
+  // The agent opens the invitation, sets a password, signs out and signs in with email and password,
+  // and lands in the inbox before anyone waits.
   const desk = await browser.newContext({ viewport: { width: 1400, height: 860 } });
   const inbox = await desk.newPage();
   inbox.on("pageerror", (error) => errors.push(`inbox: ${error.message}`));
   inbox.on("dialog", (dialog) => { errors.push(`a dialog opened: ${dialog.message()}`); dialog.dismiss(); });
-  await inbox.goto(`${args.url}/login`);
-  await inbox.fill('input[name="token"]', agent.token);
-  await inbox.click('button[type="submit"]');
-  await inbox.goto(`${args.url}/inbox`);
+  await inbox.goto(agent.invite_url);
+  await inbox.fill('[data-testid="invite-password"]', password);
+  await inbox.fill('[data-testid="invite-confirm"]', password);
+  await inbox.click('[data-testid="invite-submit"]');
+  await inbox.waitForURL(`${args.url}/inbox`).catch(() => fail(`setting the password did not open the inbox: ${inbox.url()}`));
+  await inbox.click('form[action="/logout"] button');
+  await inbox.waitForURL(`${args.url}/login`);
+  await inbox.fill('[data-testid="login-email"]', "grace.inbox@example.com");
+  await inbox.fill('[data-testid="login-password"]', password);
+  await inbox.click('[data-testid="login-password-submit"]');
+  await inbox.waitForURL(`${args.url}/inbox`).catch(() => fail(`signing in did not open the inbox: ${inbox.url()}`));
   await inbox.waitForFunction(() => document.getElementById("inbox-live").textContent === "Live", null, { timeout: 10000 })
     .catch(() => fail("the inbox did not go live"));
   const before = await inbox.locator('[data-testid="inbox-conversation"]').count();
@@ -126,8 +137,32 @@ try {
   await inbox.waitForFunction(() => [...document.querySelectorAll('[data-testid="inbox-message"][data-author="agent"]')]
     .some((item) => item.textContent.includes("frozen the card")), null, { timeout: 10000 })
     .catch(() => fail("the reply is not in the agent's transcript"));
+  // Grace makes herself available (routing offers her conversations from now on; she took this one herself).
+  const statusSaved = inbox.waitForResponse((response) => response.url().endsWith("/api/v1/agents/me/status"));
+  await inbox.selectOption('[data-testid="inbox-status"]', "available");
+  if ((await statusSaved).status() !== 200) fail("setting the agent's status failed");
+
+  // The supervisor sees Grace holding the conversation.
+  const office = await browser.newContext({ viewport: { width: 1400, height: 1000 } });
+  const view = await office.newPage();
+  view.on("pageerror", (error) => errors.push(`supervisor: ${error.message}`));
+  await view.goto(supervisor.invite_url);
+  await view.fill('[data-testid="invite-password"]', password);
+  await view.fill('[data-testid="invite-confirm"]', password);
+  await view.click('[data-testid="invite-submit"]');
+  await view.goto(`${args.url}/supervisor`);
+  const holding = await view.locator('[data-testid="supervisor-agent"]').evaluateAll((rows) =>
+    rows.map((row) => `${row.textContent.includes("Grace <b>Hopper</b>")}:${row.dataset.status}:${row.dataset.holding}`));
+  // She holds the one she took, and any the router gave her once she was available.
+  if (!holding.some((row) => /^true:available:[1-9]/.test(row))) fail(`the supervisor does not see Grace available and holding: ${holding}`);
+  if (await view.locator('[data-testid="supervisor-queues"]').count() !== 1) fail("the queue chart is missing");
+  const users = await office.request.get(`${args.url}/users`);
+  if (users.status() !== 403) fail(`a supervisor opened /users: ${users.status()}`);
   if (errors.length) fail(errors.join("; "));
-  if (args.screenshot) await inbox.screenshot({ path: args.screenshot });
+  if (args.screenshot) {
+    await inbox.screenshot({ path: args.screenshot });
+    await view.screenshot({ path: args.screenshot.replace(/\.png$/, "-supervisor.png"), fullPage: true });
+  }
   console.log("inbox test passed");
 } finally {
   await browser.close();

@@ -165,6 +165,16 @@ if (root) {
       await refresh();
     });
   }
+  // An agent's own status: available agents are routed to.
+  const status = document.getElementById("inbox-status");
+  if (status) {
+    status.addEventListener("change", async () => {
+      try {
+        await api("/api/v1/agents/me/status", { method: "PUT", body: JSON.stringify({ status: status.value }) });
+        say("");
+      } catch (error) { say(error.message); }
+    });
+  }
   composer.addEventListener("submit", async (event) => {
     event.preventDefault();
     const text = input.value.trim();

@@ -159,22 +159,24 @@ pub struct Bar {
 
 /// Height of one bar's row in a horizontal bar chart.
 const ROW: f64 = 28.0;
+/// Width of a horizontal bar chart (half a page: its text stays the size of the page's).
+const BARS_WIDTH: f64 = 520.0;
 /// Width of the labels' column.
-const LABEL_WIDTH: f64 = 180.0;
+const LABEL_WIDTH: f64 = 150.0;
 /// Width of the values' column.
-const VALUE_WIDTH: f64 = 64.0;
+const VALUE_WIDTH: f64 = 56.0;
 
 /// A horizontal bar chart: one labelled row per bar, lengths proportional to the largest value.
 pub fn bars(testid: &str, label: &str, rows: &[Bar], empty: &str) -> Markup {
     let height = (rows.len().max(1) as f64) * ROW + 8.0;
     let peak = rows.iter().map(|row| row.value).max().unwrap_or(0).max(1);
-    let track = WIDTH - LABEL_WIDTH - VALUE_WIDTH - 16.0;
+    let track = BARS_WIDTH - LABEL_WIDTH - VALUE_WIDTH - 16.0;
     html! {
-        svg.chart.hbars data-testid=(testid) viewBox=(format!("0 0 {WIDTH} {}", number(height))) role="img"
+        svg.chart.hbars data-testid=(testid) viewBox=(format!("0 0 {BARS_WIDTH} {}", number(height))) role="img"
             aria-label=(label) xmlns="http://www.w3.org/2000/svg" preserveAspectRatio="xMinYMin meet" {
             title { (label) }
             @if rows.is_empty() {
-                text.empty-note x=(number(WIDTH / 2.0)) y=(number(ROW * 0.65)) text-anchor="middle" { (empty) }
+                text.empty-note x=(number(BARS_WIDTH / 2.0)) y=(number(ROW * 0.65)) text-anchor="middle" { (empty) }
             }
             @for (index, row) in rows.iter().enumerate() {
                 @let y = 4.0 + index as f64 * ROW;
@@ -182,7 +184,7 @@ pub fn bars(testid: &str, label: &str, rows: &[Bar], empty: &str) -> Markup {
                 g.bar-group data-label=(row.label) data-count=(row.value) {
                     title { (row.label) ": " (count(row.value)) @if !row.note.is_empty() { " — " (row.note) } }
                     text.tick x=(number(LABEL_WIDTH - 8.0)) y=(number(y + ROW * 0.62)) text-anchor="end" { (row.label) }
-                    rect.hit x="0" y=(number(y)) width=(number(WIDTH)) height=(number(ROW)) {}
+                    rect.hit x="0" y=(number(y)) width=(number(BARS_WIDTH)) height=(number(ROW)) {}
                     rect.bar x=(number(LABEL_WIDTH)) y=(number(y + 6.0)) width=(number(length)) height=(number(ROW - 12.0)) rx="2" {}
                     text.tick x=(number(LABEL_WIDTH + track + 8.0)) y=(number(y + ROW * 0.62)) { (count(row.value)) }
                 }
@@ -273,8 +275,8 @@ mod tests {
             Bar { label: "idle".into(), value: 0, note: String::new() },
         ];
         let svg = bars("queues-chart", "Waiting per queue", &rows, "Nobody waits").into_string();
-        assert!(svg.contains(r#"width="500.00""#), "the largest fills the track: {svg}");
-        assert!(svg.contains(r#"width="250.00""#), "half the largest, half the track");
+        assert!(svg.contains(r#"width="298.00""#), "the largest fills the track: {svg}");
+        assert!(svg.contains(r#"width="149.00""#), "half the largest, half the track");
         assert!(svg.contains("&lt;b&gt;vip&lt;/b&gt;") && !svg.contains("<b>"), "labels are text");
         assert!(svg.contains("<title>billing: 4 — longest 2 min</title>"));
         assert!(!svg.contains("Nobody waits") && !svg.contains("NaN"));

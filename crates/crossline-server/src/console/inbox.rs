@@ -12,6 +12,7 @@ use crate::state::AppState;
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
+use crossline_store::agents::AgentStatus;
 use maud::html;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -25,10 +26,24 @@ pub async fn page(session: Session) -> Response {
         Caller::Agent(_, agent) => agent.name.clone(),
         _ => "the workspace".to_owned(),
     };
+    let status = match &session.caller {
+        Caller::Agent(_, agent) => Some(agent.status),
+        _ => None,
+    };
     let content = html! {
         div.page-head {
             h1 { "Inbox" }
             p.muted { "Answering as " (who) ". " span #inbox-live.live-state { "Connecting…" } }
+            @if let Some(status) = status {
+                label.inbox-status {
+                    "Status "
+                    select #inbox-status data-testid="inbox-status" {
+                        @for (value, text) in [(AgentStatus::Available, "Available — route conversations to me"), (AgentStatus::Away, "Away"), (AgentStatus::Offline, "Offline")] {
+                            option value=(value.as_str()) selected[status == value] { (text) }
+                        }
+                    }
+                }
+            }
         }
         div.inbox data-inbox="" data-agent=[agent.as_deref()] {
             section.inbox-lists aria-label="Conversations" {

@@ -206,7 +206,7 @@ pub fn supervisor_content(view: &SupervisorView) -> Markup {
                     div.note { (count(today.started)) " conversations, " (count(today.handoffs)) " handed to people" }
                 }
             }
-            div.grid.two {
+            div.grid.halves {
                 div.card {
                     div.card-head { h2 { "Waiting per queue" } span.hint { "hover for the longest wait" } }
                     div.card-body { (chart::bars("supervisor-queues", "Conversations waiting per queue", &queue_bars, "Nobody is waiting")) }
