@@ -65,6 +65,10 @@ pub const DEMO_BOT: &str = include_str!("../../../examples/bank-bot.json");
 
 /// The sample customer every tour uses: present on web, SMS, email and app, merged.
 pub const STAR_EMAIL: &str = "ada@example.com";
+/// The demo's admin user.
+pub const ADMIN_EMAIL: &str = "admin@bank.example";
+/// The demo's agent user.
+pub const AGENT_EMAIL: &str = "grace@bank.example";
 
 /// Sample events: `customers` people over the last 30 days, in time order.
 pub fn sample_events(customers: usize, now: DateTime<Utc>, seed: u64) -> Vec<Value> {
@@ -278,16 +282,11 @@ pub async fn run(listen: String, data_dir: Option<PathBuf>) -> anyhow::Result<()
         format!("cannot listen on {address} (is another crossline running? use --listen 127.0.0.1:8081)")
     })?;
     let url = format!("http://{}", listener.local_addr()?);
-    // A person of the contact centre, offline so the waiting customer stays in the queue for the
-    // visitor to accept (a new one each run: an agent's token is shown once and never stored).
-    let agent = crossline_engine::agents::NewAgent {
-        name: "Grace (demo agent)".into(),
-        email: format!("grace+{}@bank.example", &crossline_core::ids::new_random_id("a")[2..10]),
-        skills: vec!["cards".into()],
-        languages: vec!["en".into()],
-        capacity: 3,
-    };
-    let (_, agent_token) = state.contact_centre.create_agent(&workspace.id, agent, Utc::now()).await?;
+    // People: an admin, and an agent of the contact centre — offline, so the waiting customer stays
+    // in the queue for the visitor to accept. New passwords every run (set through an invitation,
+    // as a person would; only their argon2id hashes are kept).
+    let admin_password = demo_user(&state, &workspace.id, ADMIN_EMAIL, "Alex (demo admin)", "admin").await?;
+    let agent_password = demo_user(&state, &workspace.id, AGENT_EMAIL, "Grace (demo agent)", "agent").await?;
     let fresh = state.store.objects(&workspace.id, crossline_store::engage::ObjectKind::Campaign).await?.is_empty();
     if fresh {
         // Through the API, as a user would: it answers once the server below is serving.
@@ -302,7 +301,7 @@ pub async fn run(listen: String, data_dir: Option<PathBuf>) -> anyhow::Result<()
         });
     }
     println!(
-        "\nCrossline demo is running at {url}\n\n  Console:        {url}/  (log in with the API key below)\n  API docs:       {url}/api/docs\n  Web chat:       {url}/chat/{id}  (the bank bot)\n  Kiosk:          {url}/kiosk/{id}\n  Widget:         <script src=\"{url}/widget.js\" data-write-key=\"{write_key}\" async></script>\n  Identify:       {signed_identify}  (Ada, signed with the web chat's identity secret: docs/channels/webchat.md)\n  Agent inbox:    {url}/inbox  (log in with the agent token below: Ada is waiting for a person)\n  Campaign:       {url}/campaigns  (\"December savings\" to the premium customers, sent to a mail sink inside this process: nothing leaves the machine)\n  Workspace:      demo ({id})\n  Write key:      {write_key}\n  API key:        {api_key}\n  Agent token:    {agent_token}\n  Operator token: {admin_token}\n  Data:           {dir}\n  Egress:         private and loopback addresses allowed (a local demo; `crossline serve` refuses them by default)\n\nTry:\n  curl -s -u {write_key}: {url}/v1/track -H 'content-type: application/json' \\\n    -d '{{\"userId\":\"user-0000\",\"event\":\"Demo Clicked\",\"context\":{{\"channel\":\"web\"}}}}'\n  curl -s -H 'Authorization: Bearer {api_key}' '{url}/api/v1/profiles/lookup?kind=email&value={STAR_EMAIL}'\n  curl -s -H 'Authorization: Bearer {api_key}' -H 'content-type: application/json' {url}/api/v1/conversations/messages \\\n    -d '{{\"bot\":\"bank\",\"from\":{{\"kind\":\"email\",\"value\":\"{STAR_EMAIL}\"}},\"channel\":\"chat\",\"text\":\"can I come in tomorrow?\"}}'\n\nPress Ctrl-C to stop.",
+        "\nCrossline demo is running at {url}\n\n  Console:        {url}/  (sign in as {ADMIN_EMAIL} / {admin_password}, or with the API key below)\n  API docs:       {url}/api/docs\n  Web chat:       {url}/chat/{id}  (the bank bot)\n  Kiosk:          {url}/kiosk/{id}\n  Widget:         <script src=\"{url}/widget.js\" data-write-key=\"{write_key}\" async></script>\n  Identify:       {signed_identify}  (Ada, signed with the web chat's identity secret: docs/channels/webchat.md)\n  Agent inbox:    {url}/inbox  (sign in as {AGENT_EMAIL} / {agent_password}: Ada is waiting for a person)\n  Campaign:       {url}/campaigns  (\"December savings\" to the premium customers, sent to a mail sink inside this process: nothing leaves the machine)\n  Workspace:      demo ({id})\n  Write key:      {write_key}\n  API key:        {api_key}\n  Operator token: {admin_token}\n  Data:           {dir}\n  Egress:         private and loopback addresses allowed (a local demo; `crossline serve` refuses them by default)\n\nTry:\n  curl -s -u {write_key}: {url}/v1/track -H 'content-type: application/json' \\\n    -d '{{\"userId\":\"user-0000\",\"event\":\"Demo Clicked\",\"context\":{{\"channel\":\"web\"}}}}'\n  curl -s -H 'Authorization: Bearer {api_key}' '{url}/api/v1/profiles/lookup?kind=email&value={STAR_EMAIL}'\n  curl -s -H 'Authorization: Bearer {api_key}' -H 'content-type: application/json' {url}/api/v1/conversations/messages \\\n    -d '{{\"bot\":\"bank\",\"from\":{{\"kind\":\"email\",\"value\":\"{STAR_EMAIL}\"}},\"channel\":\"chat\",\"text\":\"can I come in tomorrow?\"}}'\n\nPress Ctrl-C to stop.",
         id = workspace.id,
         dir = data_dir.display(),
     );
@@ -313,6 +312,35 @@ pub async fn run(listen: String, data_dir: Option<PathBuf>) -> anyhow::Result<()
 
 /// Ada, the demo's star customer, asks the bank bot for a person in chat: a conversation waits in the
 /// inbox, with her whole story beside it.
+/// A demo user with a new password: invited the first time, sent a new invitation on later runs,
+/// and the invitation accepted with a fresh random password, which is returned.
+async fn demo_user(
+    state: &crossline_server::AppState,
+    workspace_id: &str,
+    email: &str,
+    name: &str,
+    role: &str,
+) -> anyhow::Result<String> {
+    let now = Utc::now();
+    let token = match state.store.user_by_email(email).await? {
+        Some(user) => state.users.reinvite(workspace_id, &user.id, now).await?,
+        None => {
+            let new = crossline_engine::users::NewUser {
+                email: email.into(),
+                name: name.into(),
+                role: role.into(),
+                skills: vec!["cards".into()],
+                languages: vec!["en".into()],
+                capacity: Some(3),
+            };
+            state.users.invite(workspace_id, new, now).await?.1
+        }
+    };
+    let password = format!("demo-{}", &generate_key(KeyKind::Api)[3..19]);
+    state.users.accept(&token, &password, now).await?;
+    Ok(password)
+}
+
 async fn ask_for_a_person(url: &str, api_key: &str) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     for _ in 0..50 {
