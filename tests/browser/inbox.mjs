@@ -46,6 +46,7 @@ if (!twiml.includes("open")) fail(`the bot's SMS answer: ${twiml}`);
 const agent = await api("POST", "/api/v1/users", { name: "Grace <b>Hopper</b>", email: "grace.inbox@example.com", role: "agent", skills: ["cards"] });
 const supervisor = await api("POST", "/api/v1/users", { name: "Sam", email: "sam.inbox@example.com", role: "supervisor" });
 const password = "correct horse battery staple";
+await api("PUT", "/api/v1/canned-replies/greet", { text: "Hello {{ profile.traits.name | default: \"there\" }}, one moment please." });
 
 // The business's site, on its own origin; it vouches for Lin with an HMAC of her id and phone.
 const lin = { name: "Lin <img src=x onerror=alert(1)>", phone };
@@ -137,6 +138,19 @@ try {
   await inbox.waitForFunction(() => [...document.querySelectorAll('[data-testid="inbox-message"][data-author="agent"]')]
     .some((item) => item.textContent.includes("frozen the card")), null, { timeout: 10000 })
     .catch(() => fail("the reply is not in the agent's transcript"));
+  // A canned reply fills the composer for this customer; a note stays with colleagues.
+  await inbox.locator('[data-testid="inbox-canned"]').waitFor({ state: "visible", timeout: 10000 })
+    .catch(() => fail("the canned replies are not offered"));
+  await inbox.selectOption('[data-testid="inbox-canned"]', { label: "greet" });
+  const filled = await inbox.inputValue('[data-testid="inbox-reply-input"]');
+  if (filled !== "Hello Lin <img src=x onerror=alert(1)>, one moment please.") fail(`the canned reply read "${filled}"`);
+  await inbox.fill('[data-testid="inbox-reply-input"]', "Card frozen; she will call back about the replacement.");
+  await inbox.click('[data-testid="inbox-note-add"]');
+  await inbox.locator('[data-testid="inbox-note"]').first().waitFor({ timeout: 10000 })
+    .catch(() => fail("the note is not in the transcript"));
+  await page.waitForTimeout(500);
+  const seen = await chat.locator('[data-testid="chat-message"]').allTextContents();
+  if (seen.some((text) => text.includes("replacement"))) fail(`the customer saw the note: ${seen}`);
   // Grace makes herself available (routing offers her conversations from now on; she took this one herself).
   const statusSaved = inbox.waitForResponse((response) => response.url().endsWith("/api/v1/agents/me/status"));
   await inbox.selectOption('[data-testid="inbox-status"]', "available");

@@ -176,6 +176,17 @@ pub struct NormalizeOptions<'a> {
     pub received_at: DateTime<Utc>,
 }
 
+/// Events Crossline records itself (the contact centre's): a client's tracking call may not send
+/// them, so what the supervisor view counts is what happened, not what a page with the public write
+/// key says happened.
+pub const OWN_EVENT_NAMES: [&str; 5] = [
+    "conversation.started",
+    "conversation.handoff",
+    "conversation.resolved",
+    "conversation.sla_breached",
+    "csat.submitted",
+];
+
 /// A parsed Segment request body.
 #[derive(Debug)]
 pub struct SegmentRequest {
@@ -413,14 +424,21 @@ fn normalize_event(
     let name =
         match kind {
             EventKind::Track => {
-                let name = take_name(&mut event, "event", &field("event"))?;
-                Some(name.ok_or_else(|| {
+                let name = take_name(&mut event, "event", &field("event"))?.ok_or_else(|| {
                     EventValidationError::new(
                         "missing_field",
                         field("event"),
                         "is required for track: the name of the action, e.g. \"Order Completed\"",
                     )
-                })?)
+                })?;
+                if OWN_EVENT_NAMES.contains(&name.as_str()) {
+                    return Err(EventValidationError::new(
+                        "reserved_event_name",
+                        field("event"),
+                        format!("\"{name}\" is an event Crossline records itself; give yours another name"),
+                    ));
+                }
+                Some(name)
             }
             EventKind::Page | EventKind::Screen => take_name(&mut event, "name", &field("name"))?,
             EventKind::Group => {

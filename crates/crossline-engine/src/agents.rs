@@ -283,6 +283,34 @@ impl ContactCentre {
             .ok_or_else(|| AgentError::NotFound(format!("conversation {id}")))
     }
 
+    /// Leave an internal note on a conversation, for colleagues (never sent to the customer); live
+    /// views hear of it. `author` is the agent or user who wrote it (None: the API key).
+    pub async fn add_note(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        author: Option<(&str, &str)>,
+        text: &str,
+        now: DateTime<Utc>,
+    ) -> Result<crossline_store::agents::Note, AgentError> {
+        let text = text.trim();
+        if text.is_empty() || text.chars().count() > MAX_REPLY_CHARS {
+            return Err(invalid("text", format!("write the note (1-{MAX_REPLY_CHARS} characters)")));
+        }
+        let conversation = self.conversation(workspace_id, conversation_id).await?;
+        let note = crossline_store::agents::Note {
+            id: crossline_core::ids::new_id("nte"),
+            conversation_id: conversation.id.clone(),
+            author_id: author.map(|(id, _)| id.to_owned()),
+            author_name: author.map_or_else(|| "API".to_owned(), |(_, name)| name.to_owned()),
+            text: text.to_owned(),
+            created_at: now,
+        };
+        self.store.add_note(workspace_id, &note).await?;
+        announce(self.recorder.bus(), workspace_id, &conversation).await;
+        Ok(note)
+    }
+
     /// An agent takes a conversation: one waiting in a queue, or one the bot has (taking over). Once:
     /// a conversation someone has is a conflict naming who.
     pub async fn assign(

@@ -114,16 +114,42 @@ pub fn session_credential(user: &User) -> String {
     format!("user:{}:{}", user.id, user.password_hash.as_deref().unwrap_or(""))
 }
 
+/// The longest email accepted at sign-in (RFC 5321's path limit).
+pub const MAX_EMAIL_BYTES: usize = 254;
+
+/// What a sign-in came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SignIn {
+    /// The email and password match this user.
+    Matched(Box<User>),
+    /// They do not (or nobody has that email).
+    Refused,
+    /// The caller's gate said no once the attempt's turn came (throttled meanwhile).
+    Held,
+}
+
 /// Users' engine.
 pub struct Users {
     store: DynStore,
     contact_centre: Arc<ContactCentre>,
+    /// Argon2 runs at most this many at once (19 MiB and a core each): a flood of sign-ins queues
+    /// here instead of taking the machine's memory.
+    hashing: Arc<tokio::sync::Semaphore>,
 }
 
 impl Users {
     /// Users over the store; agents are made through `contact_centre`.
     pub fn new(store: DynStore, contact_centre: Arc<ContactCentre>) -> Self {
-        Users { store, contact_centre }
+        // Made now, not on the first unknown email's sign-in.
+        let _ = decoy_hash();
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        Users { store, contact_centre, hashing: Arc::new(tokio::sync::Semaphore::new(cores)) }
+    }
+
+    /// Run argon2 on a blocking thread, when a slot is free.
+    async fn argon2<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, StoreError> {
+        let _slot = self.hashing.acquire().await.map_err(|err| StoreError::Backend(err.to_string()))?;
+        tokio::task::spawn_blocking(work).await.map_err(|err| StoreError::Backend(format!("argon2 failed: {err}")))
     }
 
     fn invitation(now: DateTime<Utc>) -> (Invitation, String) {
@@ -131,7 +157,7 @@ impl Users {
         (Invitation { token_hash: hash_key(&token), expires_at: now + Duration::days(INVITATION_DAYS) }, token)
     }
 
-    /// The workspace's agent for this user: the one with their email, or a new one.
+    /// A new agent for this user.
     async fn agent_for(
         &self,
         workspace_id: &str,
@@ -139,9 +165,14 @@ impl Users {
         email: &str,
         new: Option<&NewUser>,
         now: DateTime<Utc>,
-    ) -> Result<(String, bool), AgentError> {
-        if let Some(agent) = self.store.agents(workspace_id).await?.into_iter().find(|agent| agent.email == email) {
-            return Ok((agent.id, false));
+    ) -> Result<String, AgentError> {
+        // An agent made with a token (POST /api/v1/agents) is not linked: whoever kept its token
+        // could act as this person.
+        if self.store.agents(workspace_id).await?.iter().any(|agent| agent.email == email) {
+            return Err(invalid(
+                "email",
+                "an agent with this email exists (made with an agent token): delete it first, or use another email",
+            ));
         }
         let agent = NewAgent {
             name: name.to_owned(),
@@ -152,7 +183,7 @@ impl Users {
         };
         // The agent's own token is dropped: this person signs in with their password.
         let (agent, _token) = self.contact_centre.create_agent(workspace_id, agent, now).await?;
-        Ok((agent.id, true))
+        Ok(agent.id)
     }
 
     /// Invite a user; returns them with the invitation's token (only its SHA-256 is kept).
@@ -180,7 +211,7 @@ impl Users {
             name,
             role,
             password_hash: None,
-            agent_id: agent.as_ref().map(|(id, _)| id.clone()),
+            agent_id: agent.clone(),
             created_at: now,
             updated_at: now,
         };
@@ -188,7 +219,7 @@ impl Users {
         match self.store.create_user(&user, &invitation).await {
             Ok(()) => Ok((user, token)),
             Err(err) => {
-                if let Some((agent_id, true)) = agent {
+                if let Some(agent_id) = agent {
                     let _ = self.contact_centre.remove_agent(workspace_id, &agent_id, now).await;
                 }
                 Err(match err {
@@ -221,19 +252,24 @@ impl Users {
         let user = self.invited(token, now).await?.ok_or_else(|| AgentError::NotFound("invitation".into()))?;
         check_password(password, &user.email)?;
         let password = password.to_owned();
-        let phc = tokio::task::spawn_blocking(move || hash_password(&password))
-            .await
-            .map_err(|err| AgentError::Store(StoreError::Backend(format!("hashing failed: {err}"))))?;
+        let phc = self.argon2(move || hash_password(&password)).await?;
         self.store
             .accept_invitation(&hash_key(token), &phc, now)
             .await?
             .ok_or_else(|| AgentError::NotFound("invitation".into()))
     }
 
-    /// The user an email and password sign in, if they match.
-    pub async fn sign_in(&self, email: &str, password: &str) -> Result<Option<User>, StoreError> {
-        if password.len() > MAX_PASSWORD_BYTES {
-            return Ok(None);
+    /// Whether an email and password sign a user in. `may_try` is asked once the attempt's turn to
+    /// run argon2 comes (a throttle that closed meanwhile holds it, so a burst of parallel guesses
+    /// cannot all slip past a check made before any of them failed).
+    pub async fn sign_in(
+        &self,
+        email: &str,
+        password: &str,
+        may_try: impl FnOnce() -> bool + Send,
+    ) -> Result<SignIn, StoreError> {
+        if password.len() > MAX_PASSWORD_BYTES || email.len() > MAX_EMAIL_BYTES {
+            return Ok(SignIn::Refused);
         }
         let user = match crossline_core::identity::normalize_email(email) {
             Ok(email) => self.store.user_by_email(&email).await?,
@@ -241,10 +277,18 @@ impl Users {
         };
         let phc = user.as_ref().and_then(|user| user.password_hash.clone()).unwrap_or_else(|| decoy_hash().to_owned());
         let password = password.to_owned();
+        let _slot = self.hashing.acquire().await.map_err(|err| StoreError::Backend(err.to_string()))?;
+        if !may_try() {
+            return Ok(SignIn::Held);
+        }
         let matches = tokio::task::spawn_blocking(move || verify_password(&password, &phc))
             .await
-            .map_err(|err| StoreError::Backend(format!("verifying failed: {err}")))?;
-        Ok(user.filter(|user| matches && user.password_hash.is_some()))
+            .map_err(|err| StoreError::Backend(format!("argon2 failed: {err}")))?;
+
+        Ok(match user.filter(|user| matches && user.password_hash.is_some()) {
+            Some(user) => SignIn::Matched(Box::new(user)),
+            None => SignIn::Refused,
+        })
     }
 
     /// Change a user's name or role. Becoming an agent makes (or links) the agent; no longer being
@@ -268,7 +312,7 @@ impl Users {
                 None => false,
             };
             if new_role == Role::Agent && !has_agent {
-                user.agent_id = Some(self.agent_for(workspace_id, &user.name, &user.email, None, now).await?.0);
+                user.agent_id = Some(self.agent_for(workspace_id, &user.name, &user.email, None, now).await?);
             }
             if new_role != Role::Agent
                 && let Some(agent_id) = user.agent_id.take()

@@ -16,6 +16,9 @@ if (root) {
   const input = document.getElementById("inbox-reply-input");
   const problem = document.getElementById("inbox-error");
   const liveState = document.getElementById("inbox-live");
+  const noteButton = document.getElementById("inbox-note");
+  const send = document.getElementById("inbox-send");
+  const canned = document.getElementById("inbox-canned");
   let open = null;
 
   // Every change the page asks for carries the session's CSRF token.
@@ -132,9 +135,19 @@ if (root) {
     title.textContent = `${conversation.channel} · ${conversation.queue || "default"} · ${conversation.status}`;
     accept.hidden = !(me && (conversation.status === "queued" || conversation.status === "bot"));
     const mine = conversation.status === "assigned" && (!me || conversation.assignee === me);
-    composer.hidden = !mine;
     for (const button of root.querySelectorAll("[data-act]")) button.hidden = !mine;
-    messages.replaceChildren(...conversation.messages.map((message) => {
+    // The transcript, with colleagues' notes (never the customer's) in time order among it.
+    const items = [
+      ...conversation.messages.map((message) => ({ at: message.created_at, message })),
+      ...(conversation.notes || []).map((note) => ({ at: note.created_at, note })),
+    ].sort((a, b) => (a.at < b.at ? -1 : a.at > b.at ? 1 : 0));
+    messages.replaceChildren(...items.map(({ message, note }) => {
+      if (note) {
+        const item = element("div", "inbox-message inbox-note");
+        item.setAttribute("data-testid", "inbox-note");
+        item.append(element("span", "inbox-meta", `note · ${note.author_name}`), element("p", null, note.text));
+        return item;
+      }
       const item = element("div", `inbox-message inbox-by-${message.author}`);
       item.setAttribute("data-testid", "inbox-message");
       item.dataset.author = message.author;
@@ -142,6 +155,20 @@ if (root) {
       item.append(element("span", "inbox-meta", `${message.author} · ${message.channel}`), element("p", null, message.text));
       return item;
     }));
+    noteButton.hidden = false;
+    composer.hidden = false;
+    send.hidden = !mine;
+    input.placeholder = mine ? "Reply on the customer's channel, or add a note for colleagues…" : "A note for colleagues…";
+    // Canned replies, rendered for this customer.
+    api(`/api/v1/conversations/${encodeURIComponent(id)}/canned-replies`).then((list) => {
+      canned.replaceChildren(element("option", null, "Canned replies…"), ...list.canned_replies.map((reply) => {
+        const option = element("option", null, reply.name);
+        option.value = reply.text;
+        return option;
+      }));
+      canned.hidden = !mine || list.canned_replies.length === 0;
+      canned.value = "Canned replies…";
+    }).catch(() => { canned.hidden = true; });
     messages.scrollTop = messages.scrollHeight;
     for (const item of root.querySelectorAll("[data-testid=inbox-conversation]")) {
       item.toggleAttribute("aria-current", item.dataset.conversationId === id);
@@ -165,6 +192,21 @@ if (root) {
       await refresh();
     });
   }
+  // A canned reply fills the composer; the agent edits it before sending.
+  canned.addEventListener("change", () => {
+    if (canned.selectedIndex > 0) input.value = canned.value;
+    canned.selectedIndex = 0;
+    input.focus();
+  });
+  noteButton.addEventListener("click", async () => {
+    const text = input.value.trim();
+    if (!text) return;
+    try {
+      await api(`/api/v1/conversations/${encodeURIComponent(open)}/notes`, { method: "POST", body: JSON.stringify({ text }) });
+      input.value = "";
+      await show(open);
+    } catch (error) { say(error.message); }
+  });
   // An agent's own status: available agents are routed to.
   const status = document.getElementById("inbox-status");
   if (status) {

@@ -180,8 +180,20 @@ pub fn basic_user(headers: &HeaderMap) -> Option<String> {
 pub struct PeopleCaller {
     /// The workspace.
     pub workspace: Workspace,
-    /// The agent, when an agent token called.
+    /// The agent, when an agent token (or a user with the agent role) called.
     pub agent: Option<Agent>,
+    /// The user, when a signed-in user of another role called.
+    pub user: Option<User>,
+}
+
+impl PeopleCaller {
+    /// Who is acting, as `(id, name)`: the agent, the signed-in user, or None for the API key.
+    pub fn author(&self) -> Option<(String, String)> {
+        if let Some(agent) = &self.agent {
+            return Some((agent.id.clone(), agent.name.clone()));
+        }
+        self.user.as_ref().map(|user| (user.id.clone(), user.name.clone()))
+    }
 }
 
 impl FromRequestParts<AppState> for PeopleCaller {
@@ -189,8 +201,9 @@ impl FromRequestParts<AppState> for PeopleCaller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         match Caller::from_request_parts(parts, state).await? {
-            Caller::Workspace(workspace) | Caller::User(workspace, _) => Ok(PeopleCaller { workspace, agent: None }),
-            Caller::Agent(workspace, agent) => Ok(PeopleCaller { workspace, agent: Some(*agent) }),
+            Caller::Workspace(workspace) => Ok(PeopleCaller { workspace, agent: None, user: None }),
+            Caller::User(workspace, user) => Ok(PeopleCaller { workspace, agent: None, user: Some(*user) }),
+            Caller::Agent(workspace, agent) => Ok(PeopleCaller { workspace, agent: Some(*agent), user: None }),
             Caller::Admin => Err(ApiError::forbidden(
                 "this endpoint acts on one workspace: use that workspace's api_key or an agent token, not the operator token",
             )),

@@ -9,7 +9,7 @@
 //! means the same thing everywhere.
 
 use crate::api::{
-    agents, bots, calls, channels, conversations, destinations, engage, ingest, jobs, profiles, rejected, users,
+    agents, bots, calls, channels, conversations, destinations, engage, inbox, ingest, jobs, profiles, rejected, users,
     workspaces,
 };
 use crate::error::{ErrorBody, ErrorDetail};
@@ -225,6 +225,10 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(agents::hand_back))
         .routes(routes!(agents::put_queue, agents::delete_queue))
         .routes(routes!(agents::list_queues))
+        .routes(routes!(inbox::add_note))
+        .routes(routes!(inbox::conversation_canned_replies))
+        .routes(routes!(inbox::list_canned_replies))
+        .routes(routes!(inbox::put_canned_reply, inbox::delete_canned_reply))
         .routes(routes!(users::create_user, users::list_users))
         .routes(routes!(users::change_user, users::delete_user))
         .routes(routes!(users::reinvite_user))

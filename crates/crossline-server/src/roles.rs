@@ -15,11 +15,12 @@
 //! | settings (channels, destinations, messaging settings, dead jobs) | write | read | read | — | read |
 //! | engagement (profiles, segments, templates, campaigns, calls) | write | write | read | — | read |
 //! | bots | write | write | read | — | read |
-//! | contact centre (agents, queues, supervisor view) | write | read | write | read¹ | read |
+//! | contact centre (agents, queues, canned replies, supervisor view) | write | read | write | read¹ | read |
 //! | conversations with people (and the inbox) | write | read | write | write² | read |
 //! | data (rejected events, overview) | read | read | read | — | read |
 //!
-//! ¹ and their own status. ² the conversations they take or are given; the handlers check which.
+//! ¹ through the API (agents and queues, to route and transfer), and their own status; not the
+//! supervisor view. ² the conversations they take or are given; the handlers check which.
 
 use axum::http::Method;
 use crossline_store::users::Role;
@@ -72,7 +73,7 @@ pub fn access(role: Role, area: Area) -> Access {
 
 /// The area of an API route (as axum matched it, e.g. `/api/v1/profiles/{id}`).
 pub fn api_area(route: &str) -> Option<Area> {
-    const AREAS: [(&str, Area); 16] = [
+    const AREAS: [(&str, Area); 17] = [
         ("/api/v1/users", Area::Team),
         ("/api/v1/workspaces", Area::Team),
         ("/api/v1/channels", Area::Settings),
@@ -89,6 +90,7 @@ pub fn api_area(route: &str) -> Option<Area> {
         ("/api/v1/bots", Area::Bots),
         ("/api/v1/agents", Area::ContactCentre),
         ("/api/v1/queues", Area::ContactCentre),
+        ("/api/v1/canned-replies", Area::ContactCentre),
         ("/api/v1/conversations", Area::Conversations),
     ];
     if route.starts_with("/api/v1/rejected-events") {
@@ -143,8 +145,12 @@ pub fn api_allows(role: Role, method: &Method, route: &str) -> bool {
     allows(role, api_area(route), needed(method, route))
 }
 
-/// Whether `role` may open the console `route` with `method`.
+/// Whether `role` may open the console `route` with `method`. Agents have the inbox: the
+/// supervisor view (colleagues' load, CSAT) is for the others.
 pub fn page_allows(role: Role, method: &Method, route: &str) -> bool {
+    if role == Role::Agent && route == "/supervisor" {
+        return false;
+    }
     allows(role, page_area(route), needed(method, route))
 }
 
@@ -194,6 +200,8 @@ mod tests {
         assert!(api_allows(Role::Admin, &get, "/api/v1/unknown"));
         assert!(!api_allows(Role::Admin, &post, "/api/v1/rejected-events"), "data is read-only for everyone");
         assert!(page_allows(Role::Agent, &get, "/inbox/ws"));
+        assert!(!page_allows(Role::Agent, &get, "/supervisor"));
+        assert!(page_allows(Role::Viewer, &get, "/supervisor"));
         assert!(!page_allows(Role::Agent, &get, "/"));
         assert!(!page_allows(Role::Agent, &get, "/profiles/{id}"));
         assert!(page_allows(Role::Viewer, &get, "/campaigns/{id}"));

@@ -164,3 +164,20 @@ impl PeopleStats {
         }
     }
 }
+
+/// An internal note on a conversation: for colleagues, never for the customer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Note {
+    /// `nte_...`.
+    pub id: String,
+    /// The conversation.
+    pub conversation_id: String,
+    /// The agent or user who wrote it (None: the workspace's API key).
+    pub author_id: Option<String>,
+    /// Their name as it was then.
+    pub author_name: String,
+    /// What they wrote.
+    pub text: String,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}

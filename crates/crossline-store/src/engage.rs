@@ -17,6 +17,8 @@ pub enum ObjectKind {
     Campaign,
     /// A contact-centre queue.
     Queue,
+    /// A canned reply agents pick in the inbox.
+    CannedReply,
 }
 
 impl ObjectKind {
@@ -27,12 +29,13 @@ impl ObjectKind {
             ObjectKind::Template => "template",
             ObjectKind::Campaign => "campaign",
             ObjectKind::Queue => "queue",
+            ObjectKind::CannedReply => "canned_reply",
         }
     }
 
     /// The kind of a stored name.
     pub fn parse(name: &str) -> Option<Self> {
-        [ObjectKind::Segment, ObjectKind::Template, ObjectKind::Campaign, ObjectKind::Queue]
+        [ObjectKind::Segment, ObjectKind::Template, ObjectKind::Campaign, ObjectKind::Queue, ObjectKind::CannedReply]
             .into_iter()
             .find(|kind| kind.as_str() == name)
     }

@@ -570,6 +570,10 @@ pub trait AgentStore: Send + Sync {
     /// The queues conversations wait in (a conversation without a queue counts as `default`), with
     /// how many wait in each.
     async fn waiting_queues(&self, workspace_id: &str) -> StoreResult<Vec<(String, u64)>>;
+    /// Keep an internal note on a conversation.
+    async fn add_note(&self, workspace_id: &str, note: &agents::Note) -> StoreResult<()>;
+    /// A conversation's notes, oldest first (at most `limit`, the newest ones).
+    async fn notes(&self, workspace_id: &str, conversation_id: &str, limit: usize) -> StoreResult<Vec<agents::Note>>;
     /// What the contact centre did since `since` (its events of that time, counted).
     async fn people_stats(
         &self,

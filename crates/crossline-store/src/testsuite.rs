@@ -29,12 +29,26 @@ pub fn sample_workspace(name: &str) -> Workspace {
     }
 }
 
-/// Normalise a `/v1/batch` body, panicking on invalid test input.
-pub fn events(batch: Value) -> Vec<NormalizedEvent> {
+/// Normalise a `/v1/batch` body, panicking on invalid test input. Events named as Crossline's own
+/// (`crossline_core::event::OWN_EVENT_NAMES`, which clients may not send) are written as the engine
+/// writes them.
+pub fn events(mut batch: Value) -> Vec<NormalizedEvent> {
+    let mut own = Vec::new();
+    for (index, event) in batch["batch"].as_array_mut().into_iter().flatten().enumerate() {
+        if let Some(name) = event["event"].as_str().filter(|name| crossline_core::event::OWN_EVENT_NAMES.contains(name))
+        {
+            own.push((index, name.to_owned()));
+            event["event"] = Value::String("own-event".into());
+        }
+    }
     let options = NormalizeOptions { default_region: "US", received_at: Utc::now() };
     let request = parse_request(Endpoint::Batch, batch.to_string().as_bytes(), &options).expect("valid test batch");
     assert!(request.rejected.is_empty(), "valid test events: {:?}", request.rejected);
-    request.events
+    let mut events = request.events;
+    for (index, name) in own {
+        events[index].name = Some(name);
+    }
+    events
 }
 
 fn id(kind: IdentityKind, value: &str) -> Identity {

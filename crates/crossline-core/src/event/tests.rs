@@ -56,6 +56,12 @@ fn a_bad_event_is_rejected_alone_naming_the_field() {
     let cases = [
         (json!({"type": "track", "event": "B", "messageId": "bad-1"}), "missing_identity", "batch[1]"),
         (json!({"type": "track", "userId": "u"}), "missing_field", "batch[1].event"),
+        (json!({"type": "track", "userId": "u", "event": "csat.submitted"}), "reserved_event_name", "batch[1].event"),
+        (
+            json!({"type": "track", "userId": "u", "event": " conversation.resolved "}),
+            "reserved_event_name",
+            "batch[1].event",
+        ),
         (json!({"type": "shout", "userId": "u"}), "invalid_field", "batch[1].type"),
         (
             json!({"type": "identify", "userId": "u", "traits": {"email": "nope"}}),

@@ -121,6 +121,9 @@ pub struct ConversationView {
     /// The messages, oldest first (one conversation's view only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub messages: Option<Vec<MessageView>>,
+    /// Internal notes for colleagues, oldest first (one conversation's view only; never the customer's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notes: Option<Vec<crate::api::inbox::NoteView>>,
 }
 
 /// One message of a conversation.
@@ -149,6 +152,7 @@ impl From<Conversation> for ConversationView {
             queued_at: conversation.queued_at,
             updated_at: conversation.updated_at,
             messages: None,
+            notes: None,
         }
     }
 }
@@ -321,12 +325,13 @@ pub async fn set_status(
 
 /// Remove an agent.
 #[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents",
-    description = "The agent's token stops working at once, and so do their console sessions; the conversations they held wait in their queues again (`conversation.requeued`).",
+    description = "The agent's token stops working at once, and so do their console sessions; the conversations they held wait in their queues again (`conversation.requeued`). The agent of a user (role `agent`) is removed by changing the user's role or removing the user (409 here).",
     params(("id" = String, Path, description = "The agent")),
     responses((status = 204, description = "Removed."),
               (status = 401, response = crate::openapi::Unauthorized),
               (status = 403, response = crate::openapi::WorkspaceOnly),
               (status = 404, response = crate::openapi::NotFound),
+              (status = 409, description = "`conflict`: the agent is a user's; change their role or remove the user.", body = crate::error::ErrorBody),
               (status = 500, response = crate::openapi::Internal)),
     security(("bearer" = [])))]
 pub async fn delete_agent(
@@ -334,6 +339,17 @@ pub async fn delete_agent(
     WorkspaceCaller(workspace): WorkspaceCaller,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
+    if let Some(user) =
+        state.store.users(&workspace.id).await?.into_iter().find(|user| user.agent_id.as_deref() == Some(&id))
+    {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "agent {id} is the user {}: change their role or remove the user (an admin, on the Users page)",
+                user.email
+            ),
+        ));
+    }
     let moved = state.contact_centre.remove_agent(&workspace.id, &id, Utc::now()).await?;
     if moved > 0 {
         state.live.nudge_router(&workspace.id);
@@ -404,6 +420,7 @@ pub async fn get_conversation(
             })
             .collect(),
     );
+    view.notes = Some(crate::api::inbox::notes_of(&state, &caller.workspace.id, &id).await?);
     Ok(Json(view))
 }
 

@@ -495,7 +495,7 @@ pub async fn send_test(
 
 /// What a preview or a test is rendered for: the profile (`{"id", "traits"}`; without one, empty
 /// traits) and its time zone (the `timezone` trait, else the workspace's).
-async fn rendered_for(
+pub async fn rendered_for(
     state: &AppState,
     workspace: &crossline_store::Workspace,
     profile_id: Option<&str>,

@@ -8,6 +8,7 @@ pub mod channels;
 pub mod conversations;
 pub mod destinations;
 pub mod engage;
+pub mod inbox;
 pub mod ingest;
 pub mod jobs;
 pub mod profiles;

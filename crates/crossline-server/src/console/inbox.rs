@@ -67,7 +67,11 @@ pub async fn page(session: Session) -> Response {
                 form #inbox-composer.inbox-composer hidden {
                     textarea #inbox-reply-input name="text" rows="3" maxlength="4000" data-testid="inbox-reply-input"
                         placeholder="Reply on the customer's channel…" {}
-                    button.button type="submit" data-testid="inbox-reply-send" { "Send" }
+                    div.inbox-composer-actions {
+                        select #inbox-canned data-testid="inbox-canned" hidden aria-label="Canned replies" {}
+                        button #inbox-note.button.secondary type="button" data-testid="inbox-note-add" hidden { "Add note" }
+                        button #inbox-send.button type="submit" data-testid="inbox-reply-send" { "Send" }
+                    }
                 }
                 p #inbox-error.error role="alert" {}
             }
@@ -96,6 +100,7 @@ pub async fn socket(
         return axum::http::StatusCode::NOT_FOUND.into_response();
     };
     let notices = state.live.watch_workspace(&workspace.id);
+    let session_id = crate::auth::session_cookie(&headers).unwrap_or_default();
     let agent = match &session.caller {
         Caller::Agent(_, agent) => Some(agent.id.clone()),
         _ => None,
@@ -107,7 +112,7 @@ pub async fn socket(
         let heartbeat = agent
             .as_ref()
             .map(|agent| (state.bus.clone(), workspace.id.clone(), agent.clone(), state.settings.agent_grace / 3));
-        serve(socket, notices, heartbeat).await;
+        serve(socket, notices, heartbeat, (&state, &session_id)).await;
         if let Some(agent) = agent
             && state.live.agent_left(&workspace.id, &agent)
         {
@@ -135,17 +140,41 @@ pub async fn socket(
 /// is here (so none re-queues their conversations after a reload through another node).
 type Heartbeat = (crossline_bus::DynBus, String, String, std::time::Duration);
 
+/// How often an open inbox socket checks its session again (a removed user, a role without the
+/// inbox, a signed-out session: the socket closes).
+const SESSION_RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Whether the session behind a socket may still watch the inbox.
+async fn still_allowed(state: &AppState, session_id: &str) -> bool {
+    match crate::sessions::caller(state, session_id).await {
+        Ok(Some(caller)) => {
+            caller.role().is_none_or(|role| crate::roles::page_allows(role, &axum::http::Method::GET, "/inbox/ws"))
+        }
+        Ok(None) => false,
+        // The store did not answer: keep the socket; the next check decides.
+        Err(_) => true,
+    }
+}
+
 async fn serve(
     mut socket: WebSocket,
     mut notices: tokio::sync::broadcast::Receiver<std::sync::Arc<crossline_engine::agents::ConversationNotice>>,
     heartbeat: Option<Heartbeat>,
+    (state, session_id): (&AppState, &str),
 ) {
     let every = heartbeat.as_ref().map_or(std::time::Duration::from_secs(3600), |(_, _, _, every)| {
         (*every).max(std::time::Duration::from_millis(100))
     });
     let mut beats = tokio::time::interval(every);
+    let mut checks = tokio::time::interval_at(tokio::time::Instant::now() + SESSION_RECHECK, SESSION_RECHECK);
     loop {
         tokio::select! {
+            _ = checks.tick() => {
+                if !still_allowed(state, session_id).await {
+                    let _ = socket.send(Message::Close(None)).await;
+                    return;
+                }
+            }
             _ = beats.tick(), if heartbeat.is_some() => {
                 if let Some((bus, workspace_id, agent_id, _)) = &heartbeat {
                     crate::live::announce_presence(bus, workspace_id, agent_id).await;

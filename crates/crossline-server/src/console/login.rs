@@ -12,6 +12,8 @@ use axum::Form;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+use crossline_core::keys::{hash_key, secrets_equal};
+use crossline_engine::users::SignIn;
 use maud::{Markup, html};
 use serde::Deserialize;
 
@@ -143,27 +145,66 @@ async fn password_sign_in(
     form: &LoginForm,
 ) -> Result<Response, ConsoleError> {
     let email = form.email.trim();
-    let throttle_keys = crate::throttle::user_keys(ip, email);
+    if email.len() > crossline_engine::users::MAX_EMAIL_BYTES {
+        return Ok((StatusCode::BAD_REQUEST, login_page(Some("That is not an email address."), "")).into_response());
+    }
+    // A browser this person signed in from before is not held back by failures on their account
+    // from elsewhere (a stranger failing on purpose cannot lock them out); its address still is.
+    let known = crate::auth::request_cookie(headers, DEVICE_COOKIE)
+        .is_some_and(|value| secrets_equal(&value, &device_mark(state, email)));
+    let mut throttle_keys = crate::throttle::user_keys(ip, email);
+    if known {
+        throttle_keys.truncate(1);
+    }
     if let Some(response) = throttled(state, &throttle_keys, email) {
         return Ok(response);
     }
-    let Some(user) = state.users.sign_in(email, &form.password).await? else {
-        state.logins.failed(&throttle_keys, std::time::Instant::now());
-        metrics::counter!("crossline_console_logins_total", "outcome" => "failed").increment(1);
-        let page = login_page(
-            Some(
-                "That email and password do not match. Check both, or ask an admin of your workspace for a new invitation.",
-            ),
-            email,
-        );
-        return Ok((StatusCode::UNAUTHORIZED, page).into_response());
+    let may_try = || state.logins.wait(&throttle_keys, std::time::Instant::now()).is_none();
+    let user = match state.users.sign_in(email, &form.password, may_try).await? {
+        SignIn::Matched(user) => user,
+        SignIn::Held => {
+            return Ok(throttled(state, &throttle_keys, email).unwrap_or_else(|| {
+                (StatusCode::TOO_MANY_REQUESTS, login_page(Some("Too many sign-ins at once. Try again."), email))
+                    .into_response()
+            }));
+        }
+        SignIn::Refused => {
+            state.logins.failed(&throttle_keys, std::time::Instant::now());
+            metrics::counter!("crossline_console_logins_total", "outcome" => "failed").increment(1);
+            let page = login_page(
+                Some(
+                    "That email and password do not match. Check both, or ask an admin of your workspace for a new invitation.",
+                ),
+                email,
+            );
+            return Ok((StatusCode::UNAUTHORIZED, page).into_response());
+        }
     };
-    for (key, _) in &throttle_keys {
-        state.logins.succeeded(key);
-    }
+    // The address may try again; the account's count of failures stays (a success does not hand a
+    // guesser elsewhere fresh tries).
+    state.logins.succeeded(&throttle_keys[0].0);
     let id = crate::sessions::open_for_user(state, &user, session_cookie(headers).as_deref()).await?;
     let home = if user.role == crossline_store::users::Role::Agent { "/inbox" } else { "/" };
-    signed_in(state, headers, &id, home)
+    let mut response = signed_in(state, headers, &id, home)?;
+    let secure = crate::sessions::secure(state, headers);
+    let mark = cookie(DEVICE_COOKIE, &device_mark(state, &user.email), secure, Some(DEVICE_COOKIE_SECONDS));
+    response.headers_mut().append(header::SET_COOKIE, HeaderValue::from_str(&mark).map_err(ConsoleError::internal)?);
+    Ok(response)
+}
+
+/// The cookie that marks a browser a user signed in from.
+pub const DEVICE_COOKIE: &str = "crossline_device";
+/// How long a browser stays known: 180 days.
+const DEVICE_COOKIE_SECONDS: u32 = 180 * 24 * 3600;
+
+/// The mark of a browser that signed in as `email`: HMAC-SHA256 of the email under a key only the
+/// server knows (derived from the operator token), so it cannot be made elsewhere.
+fn device_mark(state: &AppState, email: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let key = hash_key(&format!("crossline device key:{}", state.admin_token));
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
+    mac.update(email.trim().to_lowercase().as_bytes());
+    hex::encode(mac.finalize().into_bytes())
 }
 
 /// The redirect after a sign-in, with the new session's cookie.

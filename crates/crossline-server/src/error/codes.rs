@@ -45,6 +45,7 @@ error_codes! {
     MissingField = "missing_field", 400, "a required field is absent (`event` for track, `groupId` for group, `previousId` for alias, `batch`, …)";
     InvalidField = "invalid_field", 400, "a field has the wrong type or value (`type`, `timestamp`, `properties`, consent values, a bot definition's field, …)";
     MissingIdentity = "missing_identity", 400, "an event has neither `userId` nor `anonymousId`";
+    ReservedEventName = "reserved_event_name", 400, "a track event named as one Crossline records itself (`conversation.started`, `conversation.handoff`, `conversation.resolved`, `conversation.sla_breached`, `csat.submitted`): the supervisor view counts only the server's own";
     InvalidIdentity = "invalid_identity", 400, "`traits.email`, `traits.phone`, `context.device.token` cannot be an identity";
     InvalidEncoding = "invalid_encoding", 400, "`Content-Encoding: gzip` but the body is not gzip";
     InvalidQuery = "invalid_query", 400, "a query parameter is wrong (`limit`, `trait`/`value`, …)";

@@ -616,7 +616,11 @@ async fn an_agent_token_is_refused_by_every_operation_but_the_conversation_api()
         server.http.get(format!("{}/api/openapi.json", server.url)).send().await.unwrap().json().await.unwrap();
     let agents_may = |method: &str, path: &str| {
         (path.starts_with("/api/v1/conversations/") && path != "/api/v1/conversations/messages")
-            || (method == "get" && matches!(path, "/api/v1/conversations" | "/api/v1/agents" | "/api/v1/queues"))
+            || (method == "get"
+                && matches!(
+                    path,
+                    "/api/v1/conversations" | "/api/v1/agents" | "/api/v1/queues" | "/api/v1/canned-replies"
+                ))
             || (method == "put" && path == "/api/v1/agents/{id}/status")
     };
     let mut walked = 0;
@@ -656,5 +660,74 @@ async fn an_agent_token_is_refused_by_every_operation_but_the_conversation_api()
     assert!(walked > 50, "the document's operations were walked ({walked})");
     // The key the agent could not rotate still works.
     assert_eq!(server.get("/api/v1/profiles", &ws.api_key).await.status(), StatusCode::OK);
+    server.stop().await;
+}
+
+/// Notes are for colleagues (in the conversation's view, never in the customer's transcript), and
+/// canned replies render for the conversation's customer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notes_stay_with_colleagues_and_canned_replies_render_for_the_customer() {
+    let server = TestServer::start().await;
+    let ws = server.workspace("notes").await;
+    server.put_bot(&ws.api_key, "bank", &crate::bots::bank()).await;
+    let (_, token) = agent(&server, &ws.api_key, "Nia").await;
+    let identify = json!({"userId": "u-fay", "traits": {"first_name": "Fay <b>", "phone": "+14155550177"}});
+    assert_eq!(server.track("/v1/identify", &ws.write_key, &identify).await.status(), StatusCode::OK);
+    let say = json!({"bot": "bank", "from": {"kind": "phone", "value": "+14155550177"}, "text": "can I talk to a person", "channel": "sms"});
+    let (status, _) = server.converse(&ws.api_key, &say).await;
+    assert_eq!(status, StatusCode::OK);
+    let waiting = queued(&server, &token).await;
+    let id = waiting[0]["id"].as_str().unwrap().to_owned();
+
+    // A note, by the agent; bad ones name the field.
+    let notes = format!("/api/v1/conversations/{id}/notes");
+    let (status, note) =
+        server.post_json(&notes, &token, &json!({"text": "VIP: <script>x</script> card blocked twice"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{note}");
+    assert_eq!(
+        (note["author_name"].as_str(), note["id"].as_str().map(|id| id.starts_with("nte_"))),
+        (Some("Nia"), Some(true))
+    );
+    for bad in [json!({"text": "  "}), json!({"text": "x".repeat(4_001)}), json!({"words": "x"})] {
+        let (status, error) = server.post_json(&notes, &token, &bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    }
+    let (status, _) = server.post_json("/api/v1/conversations/cnv_none/notes", &token, &json!({"text": "x"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, view) = json_of(server.get(&format!("/api/v1/conversations/{id}"), &token).await).await;
+    assert_eq!(view["notes"][0]["text"], "VIP: <script>x</script> card blocked twice");
+    let transcript = view["messages"].to_string();
+    assert!(!transcript.contains("card blocked"), "a note is not a message: {transcript}");
+    // Another workspace cannot see or write them.
+    let other = server.workspace("other").await;
+    let (status, _) = server.post_json(&notes, &other.api_key, &json!({"text": "x"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Canned replies: saved by the workspace (Liquid checked), read and rendered for agents.
+    let (status, error) = server
+        .put_json("/api/v1/canned-replies/greet", &ws.api_key, &json!({"text": "Hi {{ profile.traits.first_name"}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error["error"]["message"].as_str().unwrap().starts_with("text: line 1"), "{error}");
+    let greet = json!({"text": "Hi {{ profile.traits.first_name | default: \"there\" }}, thanks for waiting."});
+    assert_eq!(server.put_json("/api/v1/canned-replies/greet", &ws.api_key, &greet).await.0, StatusCode::OK);
+    let bye = json!({"text": "Anything else?"});
+    assert_eq!(server.put_json("/api/v1/canned-replies/bye", &ws.api_key, &bye).await.0, StatusCode::OK);
+    let (status, _) = server.put_json("/api/v1/canned-replies/greet", &token, &greet).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "agents use canned replies, admins and supervisors write them");
+    let (_, list) = json_of(server.get("/api/v1/canned-replies", &token).await).await;
+    assert_eq!(list["canned_replies"][0]["name"], "bye");
+    let (_, rendered) = json_of(server.get(&format!("/api/v1/conversations/{id}/canned-replies"), &token).await).await;
+    assert_eq!(rendered["canned_replies"][1], json!({"name": "greet", "text": "Hi Fay <b>, thanks for waiting."}));
+    let deleted = server
+        .http
+        .delete(format!("{}/api/v1/canned-replies/bye", server.url))
+        .bearer_auth(&ws.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let (_, list) = json_of(server.get("/api/v1/canned-replies", &token).await).await;
+    assert_eq!(list["canned_replies"].as_array().unwrap().len(), 1);
     server.stop().await;
 }

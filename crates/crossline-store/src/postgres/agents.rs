@@ -24,18 +24,68 @@ fn agent_from_row(row: &Row) -> StoreResult<Agent> {
 
 #[async_trait]
 impl crate::AgentStore for PgStore {
+    async fn add_note(&self, workspace_id: &str, note: &crate::agents::Note) -> StoreResult<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO conversation_notes (workspace_id, conversation_id, id, author_id, author_name, text, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &workspace_id,
+                    &note.conversation_id,
+                    &note.id,
+                    &note.author_id,
+                    &note.author_name,
+                    &note.text,
+                    &to_millis(note.created_at),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn notes(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<crate::agents::Note>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT id, author_id, author_name, text, created_at FROM conversation_notes
+                 WHERE workspace_id = $1 AND conversation_id = $2 ORDER BY created_at DESC, id DESC LIMIT $3",
+                &[&workspace_id, &conversation_id, &(limit as i64)],
+            )
+            .await?;
+        let mut notes: Vec<crate::agents::Note> = rows
+            .iter()
+            .map(|row| crate::agents::Note {
+                id: row.get(0),
+                conversation_id: conversation_id.to_owned(),
+                author_id: row.get(1),
+                author_name: row.get(2),
+                text: row.get(3),
+                created_at: from_millis(row.get(4)),
+            })
+            .collect();
+        notes.reverse();
+        Ok(notes)
+    }
+
     async fn people_stats(&self, workspace_id: &str, since: DateTime<Utc>) -> StoreResult<crate::agents::PeopleStats> {
         let client = self.pool.get().await?;
-        // The IN list is the partial index's own, so the index serves the query.
+        // The IN list is the partial index's own, so the index serves the query. Only the server
+        // writes these events (clients may not: `OWN_EVENT_NAMES`), and the casts are guarded anyway.
         let rows = client
             .query(
                 &format!(
                     "SELECT name,
-                            CASE WHEN name = 'csat.submitted' THEN (properties->>'score')::float8::int8 END,
+                            CASE WHEN name = 'csat.submitted' AND properties->>'score' ~ '^[1-5](\\.0+)?$' THEN (properties->>'score')::float8::int8 END,
                             count(*)::int8,
-                            avg(CASE WHEN name = 'conversation.resolved' THEN (properties->>'wait_seconds')::float8 END),
-                            avg(CASE WHEN name = 'conversation.resolved' THEN (properties->>'first_response_seconds')::float8 END),
-                            avg(CASE WHEN name = 'conversation.resolved' THEN (properties->>'handle_seconds')::float8 END)
+                            avg(CASE WHEN name = 'conversation.resolved' AND jsonb_typeof(properties->'wait_seconds') = 'number' THEN (properties->>'wait_seconds')::float8 END),
+                            avg(CASE WHEN name = 'conversation.resolved' AND jsonb_typeof(properties->'first_response_seconds') = 'number' THEN (properties->>'first_response_seconds')::float8 END),
+                            avg(CASE WHEN name = 'conversation.resolved' AND jsonb_typeof(properties->'handle_seconds') = 'number' THEN (properties->>'handle_seconds')::float8 END)
                      FROM events WHERE workspace_id = $1 AND name IN {} AND timestamp >= $2
                      GROUP BY 1, 2",
                     crate::agents::PEOPLE_EVENTS

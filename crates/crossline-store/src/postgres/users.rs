@@ -146,7 +146,11 @@ impl crate::UserStore for PgStore {
     async fn delete_user(&self, workspace_id: &str, id: &str) -> StoreResult<bool> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        tx.execute("DELETE FROM console_sessions WHERE user_id = $1", &[&id]).await?;
+        tx.execute(
+            "DELETE FROM console_sessions WHERE user_id IN (SELECT id FROM users WHERE id = $1 AND workspace_id = $2)",
+            &[&id, &workspace_id],
+        )
+        .await?;
         let deleted =
             tx.execute("DELETE FROM users WHERE id = $1 AND workspace_id = $2", &[&id, &workspace_id]).await?;
         tx.commit().await?;

@@ -49,6 +49,57 @@ pub(in crate::sqlite) fn people_stats_sql() -> String {
 
 #[async_trait]
 impl crate::AgentStore for SqliteStore {
+    async fn add_note(&self, workspace_id: &str, note: &crate::agents::Note) -> StoreResult<()> {
+        let (workspace_id, note) = (workspace_id.to_owned(), note.clone());
+        self.write_aside(move |tx| {
+            tx.execute(
+                "INSERT INTO conversation_notes (workspace_id, conversation_id, id, author_id, author_name, text, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                rusqlite::params![
+                    workspace_id,
+                    note.conversation_id,
+                    note.id,
+                    note.author_id,
+                    note.author_name,
+                    note.text,
+                    to_millis(note.created_at)
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn notes(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<crate::agents::Note>> {
+        let (workspace_id, conversation_id) = (workspace_id.to_owned(), conversation_id.to_owned());
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT id, author_id, author_name, text, created_at FROM conversation_notes
+                 WHERE workspace_id = ?1 AND conversation_id = ?2 ORDER BY created_at DESC, id DESC LIMIT ?3",
+            )?;
+            let mut notes = statement
+                .query_map(rusqlite::params![workspace_id, conversation_id, limit as i64], |row| {
+                    Ok(crate::agents::Note {
+                        id: row.get(0)?,
+                        conversation_id: conversation_id.clone(),
+                        author_id: row.get(1)?,
+                        author_name: row.get(2)?,
+                        text: row.get(3)?,
+                        created_at: from_millis(row.get(4)?),
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            notes.reverse();
+            Ok(notes)
+        })
+        .await
+    }
+
     async fn people_stats(&self, workspace_id: &str, since: DateTime<Utc>) -> StoreResult<crate::agents::PeopleStats> {
         let workspace_id = workspace_id.to_owned();
         self.read(move |conn| {

@@ -176,7 +176,10 @@ impl crate::UserStore for SqliteStore {
     async fn delete_user(&self, workspace_id: &str, id: &str) -> StoreResult<bool> {
         let (workspace_id, id) = (workspace_id.to_owned(), id.to_owned());
         self.write_aside(move |tx| {
-            tx.execute("DELETE FROM console_sessions WHERE user_id = ?1", [&id])?;
+            tx.execute(
+                "DELETE FROM console_sessions WHERE user_id IN (SELECT id FROM users WHERE id = ?1 AND workspace_id = ?2)",
+                (&id, &workspace_id),
+            )?;
             Ok(tx.execute("DELETE FROM users WHERE id = ?1 AND workspace_id = ?2", (&id, &workspace_id))? == 1)
         })
         .await

@@ -231,6 +231,38 @@ pub(super) async fn a_conversation_is_taken_once_and_turns_do_not_undo_it(store:
         ),
         "another workspace's id"
     );
+
+    // Internal notes: for colleagues, oldest first, the newest `limit`; scoped to the workspace;
+    // erased with the customer.
+    for (index, text) in ["checked the card", "called the branch", "card frozen"].iter().enumerate() {
+        let note = crate::agents::Note {
+            id: format!("nte_{index}"),
+            conversation_id: "cnv_1".into(),
+            author_id: Some("agt_a".into()),
+            author_name: "A".into(),
+            text: (*text).into(),
+            created_at: now + Duration::seconds(index as i64),
+        };
+        store.add_note(&ws.id, &note).await.unwrap();
+    }
+    let texts = |notes: Vec<crate::agents::Note>| notes.into_iter().map(|note| note.text).collect::<Vec<_>>();
+    assert_eq!(
+        texts(store.notes(&ws.id, "cnv_1", 10).await.unwrap()),
+        ["checked the card", "called the branch", "card frozen"]
+    );
+    assert_eq!(texts(store.notes(&ws.id, "cnv_1", 2).await.unwrap()), ["called the branch", "card frozen"]);
+    assert!(store.notes(&other.id, "cnv_1", 10).await.unwrap().is_empty());
+    assert!(
+        !store
+            .conversation_messages(&ws.id, "cnv_1")
+            .await
+            .unwrap()
+            .iter()
+            .any(|message| message.text.contains("frozen")),
+        "notes are not messages"
+    );
+    assert!(store.delete_profile(&ws.id, &profile).await.unwrap());
+    assert!(store.notes(&ws.id, "cnv_1", 10).await.unwrap().is_empty(), "erased with the customer");
 }
 
 pub(super) async fn people_stats_count_the_contact_centre_of_a_day(store: DynStore) {

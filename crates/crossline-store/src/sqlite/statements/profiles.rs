@@ -224,6 +224,7 @@ pub(in crate::sqlite) fn delete_profile(
         erased.iter().map(|((day, channel), count)| (*day, channel.as_str(), *count)).collect();
     add_event_counts(conn, workspace_id, &erased)?;
     conn.execute(DELETE_CONVERSATION_MESSAGES, (workspace_id, &live))?;
+    conn.execute(DELETE_CONVERSATION_NOTES, (workspace_id, &live))?;
     conn.execute(DELETE_CONVERSATIONS, (workspace_id, &live))?;
     for statement in ERASE_ENGAGEMENT {
         conn.execute(statement, (workspace_id, &live))?;
