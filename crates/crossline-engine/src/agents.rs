@@ -38,6 +38,8 @@ pub const MAX_REPLY_CHARS: usize = 4_000;
 const ATTEMPTS: usize = 3;
 /// Waiting conversations of one queue a routing pass reads (the longest-waiting first).
 const ROUTE_BATCH: usize = 1_000;
+/// Customers waiting for a next answer one routing pass reads (the longest waiting first).
+const AWAITING_READ: usize = 1_000;
 /// Conversations held by agents one routing pass reads to count their load.
 const HELD_LIMIT: usize = 20_000;
 
@@ -49,6 +51,11 @@ pub const CSAT_WINDOW_HOURS: i64 = 24;
 /// The id of a conversation's first-response breach for one wait (so it is recorded once).
 fn breach_event_id(conversation_id: &str, queued_at: DateTime<Utc>) -> String {
     format!("sla_{conversation_id}_{}", queued_at.timestamp_millis())
+}
+
+/// The id of a conversation's next-response breach for one wait of its customer.
+fn next_breach_event_id(conversation_id: &str, since: DateTime<Utc>) -> String {
+    format!("sla_next_{conversation_id}_{}", since.timestamp_millis())
 }
 
 fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
@@ -193,6 +200,7 @@ enum Act<'a> {
     Resolve { first_response_seconds: Option<f64>, asks_csat: bool },
     HandBack,
     Breach { limit: u32, queue: &'a str, escalated_to: Option<&'a str>, queued_at: DateTime<Utc> },
+    NextBreach { limit: u32, queue: &'a str, since: DateTime<Utc> },
     Requeue,
 }
 
@@ -493,7 +501,8 @@ impl ContactCentre {
     /// at the same moment cannot give it twice (that one is skipped). Returns how many were given.
     pub async fn route(&self, workspace_id: &str, now: DateTime<Utc>) -> Result<usize, AgentError> {
         let waiting_in = self.store.waiting_queues(workspace_id).await?;
-        if waiting_in.is_empty() {
+        let awaiting = self.store.awaiting(workspace_id, now, AWAITING_READ).await?;
+        if waiting_in.is_empty() && awaiting.is_empty() {
             return Ok(0);
         }
         let queues: HashMap<String, QueueSpec> = self
@@ -503,6 +512,12 @@ impl ContactCentre {
             .into_iter()
             .filter_map(|object| Some((object.name, serde_json::from_value(object.body).ok()?)))
             .collect();
+        if !awaiting.is_empty() {
+            self.enforce_next_response(workspace_id, &awaiting, &queues, now).await?;
+        }
+        if waiting_in.is_empty() {
+            return Ok(0);
+        }
         // The longest-waiting of each open queue: a backlog in one (closed, or nobody suits it)
         // cannot hide another's.
         let mut waiting = Vec::new();
@@ -596,6 +611,73 @@ impl ContactCentre {
         }
         metrics::counter!("crossline_routed_total").increment(given as u64);
         Ok(given)
+    }
+
+    /// Customers of conversations agents hold who have waited for the next answer longer than their
+    /// queue's `next_response_seconds`: the breach is recorded once per wait (the conversation stays
+    /// with its agent; the supervisor view counts it).
+    async fn enforce_next_response(
+        &self,
+        workspace_id: &str,
+        awaiting: &[(String, DateTime<Utc>)],
+        queues: &HashMap<String, QueueSpec>,
+        now: DateTime<Utc>,
+    ) -> Result<(), AgentError> {
+        let limits: Vec<u32> = queues.values().filter_map(|spec| spec.next_response_seconds).collect();
+        let Some(shortest) = limits.iter().min() else {
+            return Ok(());
+        };
+        for (conversation_id, since) in awaiting {
+            // Too soon for any queue's limit: the rest (longer waiting first) are sooner still.
+            if now - *since <= chrono::Duration::seconds(i64::from(*shortest)) {
+                break;
+            }
+            if self.store.event_exists(workspace_id, &next_breach_event_id(conversation_id, *since)).await? {
+                continue;
+            }
+            let Some(conversation) = self.store.conversation(workspace_id, conversation_id).await? else {
+                self.store.clear_awaiting(workspace_id, conversation_id).await?;
+                continue;
+            };
+            if conversation.status != ConversationStatus::Assigned {
+                self.store.clear_awaiting(workspace_id, conversation_id).await?;
+                continue;
+            }
+            let queue = conversation.queue.clone().unwrap_or_else(|| crossline_bot::dialog::DEFAULT_QUEUE.to_owned());
+            let Some(limit) = queues
+                .get(&queue)
+                .and_then(|spec| spec.next_response_seconds)
+                .filter(|limit| now - *since > chrono::Duration::seconds(i64::from(*limit)))
+            else {
+                continue;
+            };
+            let breach = Act::NextBreach { limit, queue: &queue, since: *since };
+            let recorded = self
+                .change(
+                    workspace_id,
+                    conversation_id,
+                    now,
+                    |current| match current.status {
+                        ConversationStatus::Assigned => Ok(change(
+                            current,
+                            ConversationStatus::Assigned,
+                            current.assignee.as_deref(),
+                            current.queue.clone(),
+                            now,
+                        )),
+                        _ => Err(conflict("no longer with an agent", current)),
+                    },
+                    breach,
+                    None,
+                )
+                .await;
+            match recorded {
+                Ok(_) => metrics::counter!("crossline_sla_breaches_total", "kind" => "next_response").increment(1),
+                Err(AgentError::Conflict { .. } | AgentError::NotFound(_)) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
     }
 
     /// Conversations waiting longer than their queue's `first_response_seconds`: the breach is
@@ -741,6 +823,13 @@ impl ContactCentre {
             let event_id = events.first().map(|event| event.message_id.clone()).unwrap_or_default();
             match self.recorder.record_people_change(workspace_id, id, &change, &messages, events).await {
                 Ok((changed, _)) => {
+                    // An answer, or the conversation left people: the customer waits no more. Taken
+                    // by an agent: the customer waits for that agent's first answer.
+                    if matches!(act, Act::Reply(_)) || changed.status != ConversationStatus::Assigned {
+                        self.store.clear_awaiting(workspace_id, id).await?;
+                    } else if matches!(act, Act::Assign | Act::Route) {
+                        self.store.mark_awaiting(workspace_id, id, now).await?;
+                    }
                     announce(self.recorder.bus(), workspace_id, &changed).await;
                     return Ok((changed, event_id));
                 }
@@ -858,6 +947,14 @@ fn record_of(
             properties["escalated_to"] = json!(escalated_to);
             ("conversation.sla_breached", Vec::new())
         }
+        Act::NextBreach { limit, queue, since } => {
+            properties["kind"] = json!("next_response");
+            properties["queue"] = json!(queue);
+            properties["limit_seconds"] = json!(limit);
+            properties["waited_seconds"] = json!(seconds_between(*since, now));
+            properties["agent_id"] = json!(conversation.assignee);
+            ("conversation.sla_breached", Vec::new())
+        }
         Act::Requeue => {
             properties["reason"] = json!("agent_disconnected");
             properties["from_agent_id"] = json!(conversation.assignee);
@@ -868,6 +965,9 @@ fn record_of(
     if let Act::Breach { queued_at, .. } = act {
         // One breach per wait: a pass that finds it again records nothing new.
         event.message_id = breach_event_id(&conversation.id, *queued_at);
+    }
+    if let Act::NextBreach { since, .. } = act {
+        event.message_id = next_breach_event_id(&conversation.id, *since);
     }
     let mut events = vec![event];
     for message in &messages {

@@ -634,6 +634,10 @@ impl Conversations {
             received.message_id = message_id.clone();
         }
         self.recorder.record_turn(&workspace.id, &conversation, read, &messages, vec![received]).await?;
+        // An agent has it: the customer now waits for their next answer (the next-response SLA).
+        if !resumed && conversation.status == crossline_core::ConversationStatus::Assigned {
+            self.store.mark_awaiting(&workspace.id, &conversation.id, turn.now).await?;
+        }
         // What people did meanwhile stands in the store; live views read it from there.
         crate::agents::announce(self.recorder.bus(), &workspace.id, &conversation).await;
         Ok(TurnOutcome { conversation_id: conversation.id.clone(), replies: Vec::new(), status: conversation.status })

@@ -35,6 +35,10 @@ pub struct QueueSpec {
     /// The queue a conversation past `first_response_seconds` moves to (a more senior team).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalate_to: Option<String>,
+    /// How long a customer of a conversation an agent holds may wait for the next answer; past it
+    /// the breach is recorded (`conversation.sla_breached`, `kind: "next_response"`), once per wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_response_seconds: Option<u32>,
 }
 
 /// Opening hours in a time zone.
@@ -84,6 +88,9 @@ impl QueueSpec {
         }
         if self.first_response_seconds.is_some_and(|seconds| !(1..=7 * 24 * 3600).contains(&seconds)) {
             return fault("first_response_seconds", "use 1 to 604800 (a week)");
+        }
+        if self.next_response_seconds.is_some_and(|seconds| !(1..=7 * 24 * 3600).contains(&seconds)) {
+            return fault("next_response_seconds", "use 1 to 604800 (a week)");
         }
         if let Some(target) = &self.escalate_to {
             if !crate::agents::valid_tag(target) {

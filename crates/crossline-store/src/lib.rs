@@ -570,6 +570,23 @@ pub trait AgentStore: Send + Sync {
     /// The queues conversations wait in (a conversation without a queue counts as `default`), with
     /// how many wait in each.
     async fn waiting_queues(&self, workspace_id: &str) -> StoreResult<Vec<(String, u64)>>;
+    /// The customer of a conversation people have wrote at `since` and waits for an answer (kept
+    /// if they already waited: the wait counts from their first unanswered message).
+    async fn mark_awaiting(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<()>;
+    /// A person answered (or the conversation left them): the customer no longer waits.
+    async fn clear_awaiting(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<()>;
+    /// The conversations whose customer has waited since before `before`, longest first (at most `limit`).
+    async fn awaiting(
+        &self,
+        workspace_id: &str,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, chrono::DateTime<chrono::Utc>)>>;
     /// Keep an internal note on a conversation.
     async fn add_note(&self, workspace_id: &str, note: &agents::Note) -> StoreResult<()>;
     /// A conversation's notes, oldest first (at most `limit`, the newest ones).

@@ -731,3 +731,72 @@ async fn notes_stay_with_colleagues_and_canned_replies_render_for_the_customer()
     assert_eq!(list["canned_replies"].as_array().unwrap().len(), 1);
     server.stop().await;
 }
+
+/// A customer an agent holds who waits past the queue's `next_response_seconds` for the next answer
+/// is recorded once as a breach; an answer in time is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_next_response_is_recorded_once_and_a_timely_one_is_not() {
+    let server = TestServer::start().await;
+    let ws = server.workspace("next").await;
+    server.put_bot(&ws.api_key, "bank", &crate::bots::bank()).await;
+    let (status, refused) =
+        server.put_json("/api/v1/queues/cards", &ws.api_key, &json!({"next_response_seconds": 0})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(refused["error"]["message"].as_str().unwrap().starts_with("next_response_seconds"));
+    let cards = json!({"skills": ["cards"], "next_response_seconds": 1});
+    assert_eq!(server.put_json("/api/v1/queues/cards", &ws.api_key, &cards).await.0, StatusCode::OK);
+    let say = |text: &str| json!({"bot": "bank", "from": {"kind": "phone", "value": "+14155550123"}, "text": text});
+    let (_, lost) = server.converse(&ws.api_key, &say("I lost my card")).await;
+    let id = lost["conversation_id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/conversations/{id}");
+    let (_, token) = agent(&server, &ws.api_key, "Ola").await;
+    assert_eq!(post_empty(&server, &format!("{path}/assign"), &token).await.0, StatusCode::OK);
+    let (status, _) = server.post_json(&format!("{path}/messages"), &token, &json!({"text": "Hi, I am on it."})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let nudge = || server.put_json("/api/v1/queues/cards", &ws.api_key, &cards);
+    let breaches = || async {
+        let (_, profile) = json_of(server.get(&path, &ws.api_key).await).await;
+        let profile_id = profile["profile_id"].as_str().unwrap().to_owned();
+        let (_, timeline) =
+            json_of(server.get(&format!("/api/v1/profiles/{profile_id}/events?limit=100"), &ws.api_key).await).await;
+        timeline["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|event| event["event"] == "conversation.sla_breached")
+            .cloned()
+            .collect::<Vec<Value>>()
+    };
+    // Answered in time: the wait after taking it ended with the reply; nothing is recorded.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(nudge().await.0, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(breaches().await.is_empty(), "no breach: {:?}", breaches().await);
+
+    // The customer writes again and nobody answers for over a second.
+    let (status, _) = server.converse(&ws.api_key, &say("hello? are you there?")).await;
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let mut found = Vec::new();
+    for _ in 0..50 {
+        assert_eq!(nudge().await.0, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        found = breaches().await;
+        if !found.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(found.len(), 1, "{found:?}");
+    let properties = &found[0]["properties"];
+    assert_eq!((properties["kind"].as_str(), properties["queue"].as_str()), (Some("next_response"), Some("cards")));
+    assert!(properties["waited_seconds"].as_f64().unwrap() > 1.0, "{properties}");
+    // Found again by later passes, it is not recorded twice; the conversation stays with its agent.
+    for _ in 0..3 {
+        nudge().await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(breaches().await.len(), 1);
+    let (_, now) = json_of(server.get(&path, &ws.api_key).await).await;
+    assert_eq!(now["status"], "assigned");
+    server.stop().await;
+}

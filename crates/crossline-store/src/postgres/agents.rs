@@ -24,6 +24,46 @@ fn agent_from_row(row: &Row) -> StoreResult<Agent> {
 
 #[async_trait]
 impl crate::AgentStore for PgStore {
+    async fn mark_awaiting(&self, workspace_id: &str, conversation_id: &str, since: DateTime<Utc>) -> StoreResult<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO conversation_waits (workspace_id, conversation_id, since) VALUES ($1, $2, $3)
+                 ON CONFLICT (workspace_id, conversation_id) DO NOTHING",
+                &[&workspace_id, &conversation_id, &to_millis(since)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn clear_awaiting(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "DELETE FROM conversation_waits WHERE workspace_id = $1 AND conversation_id = $2",
+                &[&workspace_id, &conversation_id],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn awaiting(
+        &self,
+        workspace_id: &str,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, DateTime<Utc>)>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT conversation_id, since FROM conversation_waits WHERE workspace_id = $1 AND since < $2
+                 ORDER BY since LIMIT $3",
+                &[&workspace_id, &to_millis(before), &(limit as i64)],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| (row.get(0), from_millis(row.get(1)))).collect())
+    }
+
     async fn add_note(&self, workspace_id: &str, note: &crate::agents::Note) -> StoreResult<()> {
         let client = self.pool.get().await?;
         client

@@ -49,6 +49,53 @@ pub(in crate::sqlite) fn people_stats_sql() -> String {
 
 #[async_trait]
 impl crate::AgentStore for SqliteStore {
+    async fn mark_awaiting(&self, workspace_id: &str, conversation_id: &str, since: DateTime<Utc>) -> StoreResult<()> {
+        let (workspace_id, conversation_id) = (workspace_id.to_owned(), conversation_id.to_owned());
+        self.write_aside(move |tx| {
+            tx.execute(
+                "INSERT INTO conversation_waits (workspace_id, conversation_id, since) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (workspace_id, conversation_id) DO NOTHING",
+                rusqlite::params![workspace_id, conversation_id, to_millis(since)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn clear_awaiting(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<()> {
+        let (workspace_id, conversation_id) = (workspace_id.to_owned(), conversation_id.to_owned());
+        self.write_aside(move |tx| {
+            tx.execute(
+                "DELETE FROM conversation_waits WHERE workspace_id = ?1 AND conversation_id = ?2",
+                (&workspace_id, &conversation_id),
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn awaiting(
+        &self,
+        workspace_id: &str,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, DateTime<Utc>)>> {
+        let workspace_id = workspace_id.to_owned();
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT conversation_id, since FROM conversation_waits WHERE workspace_id = ?1 AND since < ?2
+                 ORDER BY since LIMIT ?3",
+            )?;
+            let waits = statement
+                .query_map(rusqlite::params![workspace_id, to_millis(before), limit as i64], |row| {
+                    Ok((row.get::<_, String>(0)?, from_millis(row.get(1)?)))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(waits)
+        })
+        .await
+    }
+
     async fn add_note(&self, workspace_id: &str, note: &crate::agents::Note) -> StoreResult<()> {
         let (workspace_id, note) = (workspace_id.to_owned(), note.clone());
         self.write_aside(move |tx| {

@@ -261,8 +261,18 @@ pub(super) async fn a_conversation_is_taken_once_and_turns_do_not_undo_it(store:
             .any(|message| message.text.contains("frozen")),
         "notes are not messages"
     );
+    // A customer waiting for the next answer: from their first unanswered message, until a reply.
+    store.mark_awaiting(&ws.id, "cnv_1", now).await.unwrap();
+    store.mark_awaiting(&ws.id, "cnv_1", now + Duration::seconds(30)).await.unwrap();
+    assert_eq!(store.awaiting(&ws.id, now + Duration::seconds(1), 10).await.unwrap(), [("cnv_1".to_owned(), now)]);
+    assert!(store.awaiting(&ws.id, now, 10).await.unwrap().is_empty(), "not waiting before that");
+    assert!(store.awaiting(&other.id, now + Duration::hours(1), 10).await.unwrap().is_empty());
+    store.clear_awaiting(&ws.id, "cnv_1").await.unwrap();
+    assert!(store.awaiting(&ws.id, now + Duration::hours(1), 10).await.unwrap().is_empty());
+    store.mark_awaiting(&ws.id, "cnv_1", now + Duration::seconds(40)).await.unwrap();
     assert!(store.delete_profile(&ws.id, &profile).await.unwrap());
     assert!(store.notes(&ws.id, "cnv_1", 10).await.unwrap().is_empty(), "erased with the customer");
+    assert!(store.awaiting(&ws.id, now + Duration::hours(1), 10).await.unwrap().is_empty(), "erased too");
 }
 
 pub(super) async fn people_stats_count_the_contact_centre_of_a_day(store: DynStore) {

@@ -165,6 +165,12 @@ pub(in crate::postgres) async fn delete_profile(
     )
     .await?;
     tx.execute(
+        "DELETE FROM conversation_waits WHERE workspace_id = $1 AND conversation_id IN
+            (SELECT id FROM conversations WHERE workspace_id = $1 AND profile_id = $2)",
+        &[&workspace_id, &live],
+    )
+    .await?;
+    tx.execute(
         "DELETE FROM conversation_notes WHERE workspace_id = $1 AND conversation_id IN
             (SELECT id FROM conversations WHERE workspace_id = $1 AND profile_id = $2)",
         &[&workspace_id, &live],

@@ -225,6 +225,7 @@ pub(in crate::sqlite) fn delete_profile(
     add_event_counts(conn, workspace_id, &erased)?;
     conn.execute(DELETE_CONVERSATION_MESSAGES, (workspace_id, &live))?;
     conn.execute(DELETE_CONVERSATION_NOTES, (workspace_id, &live))?;
+    conn.execute(DELETE_CONVERSATION_WAITS, (workspace_id, &live))?;
     conn.execute(DELETE_CONVERSATIONS, (workspace_id, &live))?;
     for statement in ERASE_ENGAGEMENT {
         conn.execute(statement, (workspace_id, &live))?;
