@@ -228,15 +228,27 @@ if (root) {
     } catch (error) { say(error.message); }
   });
 
-  // Live: every notice of the workspace reads the list again, and the open conversation if it changed.
+  // Live: notices read the list again, and the open conversation if it changed — at most once per
+  // quarter second however many arrive (a busy workspace sends many).
+  let pending = null;
+  let reshow = false;
+  const later = () => {
+    if (pending) return;
+    pending = setTimeout(() => {
+      pending = null;
+      refresh().catch((error) => say(error.message));
+      if (reshow && open) show(open).catch((error) => say(error.message));
+      reshow = false;
+    }, 250);
+  };
   let delay = 250;
   const connect = () => {
     const socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/inbox/ws`);
     socket.onopen = () => { delay = 250; liveState.textContent = "Live"; refresh().catch((error) => say(error.message)); };
     socket.onmessage = (event) => {
       const notice = JSON.parse(event.data);
-      refresh().catch((error) => say(error.message));
-      if (notice.conversation_id === open) show(open).catch((error) => say(error.message));
+      if (notice.conversation_id === null || notice.conversation_id === open) reshow = true;
+      later();
     };
     socket.onclose = () => {
       liveState.textContent = "Reconnecting…";

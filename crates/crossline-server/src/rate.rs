@@ -34,6 +34,9 @@ pub struct PublicLimits {
     pub test_sends: RateLimiter,
     /// Calls placed through the API, per workspace (a leaked key cannot ring thousands at once).
     pub calls: RateLimiter,
+    /// Messages people send to customers, per agent (or per workspace for its API key): a person
+    /// writes a message every few seconds; a leaked token cannot text thousands of customers.
+    pub agent_messages: RateLimiter,
 }
 
 /// Keys each public limiter remembers at most.
@@ -52,6 +55,7 @@ impl Default for PublicLimits {
             recipient_links: RateLimiter::new(Rate { burst: 120.0, per_second: 20.0 }, PUBLIC_LIMIT_KEYS),
             test_sends: crate::api::engage::test_send_limiter(),
             calls: RateLimiter::new(Rate { burst: 60.0, per_second: 1.0 }, 10_000),
+            agent_messages: RateLimiter::new(Rate { burst: 60.0, per_second: 20.0 }, PUBLIC_LIMIT_KEYS),
         }
     }
 }

@@ -573,7 +573,7 @@ pub async fn assign(
 
 /// Send the customer a message.
 #[utoipa::path(post, path = "/api/v1/conversations/{id}/messages", tag = "agents",
-    description = "Delivered on the channel of the customer's last message: web chat and kiosk live on the page; SMS and WhatsApp through the Twilio channel as a transactional message (the send policy applies: a customer who opted out gets nothing, and the answer is 409 `not_deliverable` naming why, with nothing stored); a phone caller by SMS. An agent token must have the conversation (take it first); the API key may write to any conversation people have.",
+    description = "Delivered on the channel of the customer's last message: web chat and kiosk live on the page; SMS and WhatsApp through the Twilio channel as a transactional message (the send policy applies: a customer who opted out gets nothing, and the answer is 409 `not_deliverable` naming why, with nothing stored); a phone caller by SMS. An agent token must have the conversation (take it first); the API key may write to any conversation people have. Each sender (agent, user, or the API key) may send 60 at once, then 20 a second (429 beyond).",
     params(("id" = String, Path, description = "The conversation")),
     request_body(content = AgentMessage, example = json!({"text": "Hi Ada, I can see your booking for Tuesday. Let me move it."})),
     responses((status = 201, description = "Stored, and on its way.", body = SentMessage),
@@ -582,6 +582,7 @@ pub async fn assign(
               (status = 403, response = crate::openapi::WorkspaceOnly),
               (status = 404, response = crate::openapi::NotFound),
               (status = 409, description = "`already_assigned`: the agent does not have the conversation; `not_deliverable`: the customer cannot be reached on their channel.", body = crate::error::ErrorBody),
+              (status = 429, description = "`rate_limited`: this sender sent more than 60 at once, or more than 20 a second since; wait a moment.", body = crate::error::ErrorBody),
               (status = 500, response = crate::openapi::Internal)),
     security(("bearer" = [])))]
 pub async fn post_agent_message(
@@ -593,6 +594,14 @@ pub async fn post_agent_message(
     let Json(body) = body.map_err(json_rejection)?;
     let workspace = &caller.workspace;
     let agent = caller.agent.as_ref();
+    let sender = match (agent, &caller.user) {
+        (Some(agent), _) => format!("{}:{}", workspace.id, agent.id),
+        (None, Some(user)) => format!("{}:{}", workspace.id, user.id),
+        (None, None) => workspace.id.clone(),
+    };
+    if !state.limits.agent_messages.allow(&sender, std::time::Instant::now()) {
+        return Err(ApiError::rate_limited("too many messages: at most 60 at once, then 20 a second per sender"));
+    }
     let conversation = state.contact_centre.conversation(&workspace.id, &id).await?;
     crossline_engine::agents::may_act(&conversation, agent)?;
     // SMS and WhatsApp (and a caller, by SMS): asked of the send policy before anything is stored.

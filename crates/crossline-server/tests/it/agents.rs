@@ -798,5 +798,15 @@ async fn a_late_next_response_is_recorded_once_and_a_timely_one_is_not() {
     assert_eq!(breaches().await.len(), 1);
     let (_, now) = json_of(server.get(&path, &ws.api_key).await).await;
     assert_eq!(now["status"], "assigned");
+
+    // A script with the agent's token cannot flood the customer: 60 at once, then 20 a second.
+    let url = format!("{}{path}/messages", server.url);
+    let flood = (0..150)
+        .map(|index| server.http.post(&url).bearer_auth(&token).json(&json!({"text": format!("spam {index}")})).send());
+    let statuses: Vec<StatusCode> =
+        futures::future::join_all(flood).await.into_iter().map(|response| response.unwrap().status()).collect();
+    let limited = statuses.iter().filter(|status| **status == StatusCode::TOO_MANY_REQUESTS).count();
+    assert!(limited >= 150 - 60 - 40, "{limited} of 150 refused: {statuses:?}");
+    assert!(statuses.iter().all(|status| *status == StatusCode::CREATED || *status == StatusCode::TOO_MANY_REQUESTS));
     server.stop().await;
 }
