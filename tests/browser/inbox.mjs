@@ -128,6 +128,17 @@ try {
   if (!channels.includes("customer/sms") || !channels.includes("bot/sms")) fail(`the earlier SMS turns are missing: ${channels}`);
   if (!channels.includes("customer/chat")) fail(`the chat message is missing: ${channels}`);
 
+  // Typing shows across: Lin types, Grace sees it; Grace types, Lin sees it.
+  // (The page says so at most every 3 seconds: Lin's last keystrokes, asking for a person, were just now.)
+  await page.waitForTimeout(3100);
+  await chat.locator('[data-testid="chat-input"]').fill("one more th");
+  await inbox.locator('[data-testid="inbox-typing"]').waitFor({ state: "visible", timeout: 10000 })
+    .catch(() => fail("the agent did not see the customer typing"));
+  await chat.locator('[data-testid="chat-input"]').fill("");
+  await inbox.fill('[data-testid="inbox-reply-input"]', "Hi Lin");
+  await chat.locator("#typing").waitFor({ state: "visible", timeout: 10000 })
+    .catch(() => fail("the customer did not see the agent typing"));
+
   // The agent replies; Lin sees it live.
   await inbox.fill('[data-testid="inbox-reply-input"]', "Hi Lin, I'm Grace. I've frozen the card for you.");
   await inbox.click('[data-testid="inbox-reply-send"]');

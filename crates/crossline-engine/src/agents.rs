@@ -84,6 +84,10 @@ pub struct ConversationNotice {
     pub queue: Option<String>,
     /// The channel of the customer's last message.
     pub channel: String,
+    /// Set on a typing notice: who is typing (`agent` or `customer`); nothing changed then, and
+    /// live views show an indicator instead of reading the conversation again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub typing: Option<String>,
 }
 
 impl ConversationNotice {
@@ -97,6 +101,7 @@ impl ConversationNotice {
             assignee: conversation.assignee.clone(),
             queue: conversation.queue.clone(),
             channel: conversation.channel.clone(),
+            typing: None,
         }
     }
 }
@@ -109,6 +114,17 @@ pub async fn announce(bus: &crossline_bus::DynBus, workspace_id: &str, conversat
     if let Err(err) = bus.notify(&notice_subject(workspace_id), payload.into()).await {
         metrics::counter!("crossline_notices_failed_total").increment(1);
         tracing::warn!(error = %err, workspace = workspace_id, "a conversation notice could not be sent");
+    }
+}
+
+/// Tell live views on every node that someone is typing in a conversation (`who`: `agent` or
+/// `customer`). Nothing is stored; a bus outage only loses the indicator.
+pub async fn announce_typing(bus: &crossline_bus::DynBus, workspace_id: &str, conversation: &Conversation, who: &str) {
+    let mut notice = ConversationNotice::of(workspace_id, conversation);
+    notice.typing = Some(who.to_owned());
+    let payload = serde_json::to_vec(&notice).expect("notices serialise");
+    if let Err(err) = bus.notify(&notice_subject(workspace_id), payload.into()).await {
+        tracing::debug!(error = %err, workspace = workspace_id, "a typing notice could not be sent");
     }
 }
 

@@ -19,6 +19,7 @@ if (root) {
   const noteButton = document.getElementById("inbox-note");
   const send = document.getElementById("inbox-send");
   const canned = document.getElementById("inbox-canned");
+  const typingNote = document.getElementById("inbox-typing");
   let open = null;
 
   // Every change the page asks for carries the session's CSRF token.
@@ -192,6 +193,13 @@ if (root) {
       await refresh();
     });
   }
+  // While the agent types, the customer's page shows it (a notice every 3 s at most).
+  let typingSent = 0;
+  input.addEventListener("input", () => {
+    if (send.hidden || !open || Date.now() - typingSent < 3000) return;
+    typingSent = Date.now();
+    api(`/api/v1/conversations/${encodeURIComponent(open)}/typing`, { method: "POST", body: "{}" }).catch(() => {});
+  });
   // A canned reply fills the composer; the agent edits it before sending.
   canned.addEventListener("change", () => {
     if (canned.selectedIndex > 0) input.value = canned.value;
@@ -247,6 +255,14 @@ if (root) {
     socket.onopen = () => { delay = 250; liveState.textContent = "Live"; refresh().catch((error) => say(error.message)); };
     socket.onmessage = (event) => {
       const notice = JSON.parse(event.data);
+      if (notice.typing) {
+        if (notice.typing === "customer" && notice.conversation_id === open) {
+          typingNote.hidden = false;
+          clearTimeout(typingNote.timer);
+          typingNote.timer = setTimeout(() => { typingNote.hidden = true; }, 5000);
+        }
+        return;
+      }
       if (notice.conversation_id === null || notice.conversation_id === open) reshow = true;
       later();
     };

@@ -141,7 +141,7 @@ impl LiveConversations {
     /// change can route something: a conversation waits, or an agent's room opened by a resolve or a
     /// hand-back — not a message in a conversation an agent holds, the busiest notice).
     pub fn deliver(&self, notice: ConversationNotice) {
-        if notice.status != ConversationStatus::Assigned {
+        if notice.typing.is_none() && notice.status != ConversationStatus::Assigned {
             self.nudge_router(&notice.workspace_id);
         }
         let notice = Arc::new(notice);
@@ -242,6 +242,7 @@ mod tests {
             assignee: None,
             queue: None,
             channel: "chat".into(),
+            typing: None,
         }
     }
 

@@ -226,6 +226,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(agents::put_queue, agents::delete_queue))
         .routes(routes!(agents::list_queues))
         .routes(routes!(inbox::add_note))
+        .routes(routes!(inbox::typing))
         .routes(routes!(inbox::conversation_canned_replies))
         .routes(routes!(inbox::list_canned_replies))
         .routes(routes!(inbox::put_canned_reply, inbox::delete_canned_reply))

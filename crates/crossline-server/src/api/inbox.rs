@@ -88,6 +88,37 @@ pub async fn add_note(
     Ok((StatusCode::CREATED, Json(NoteView::from(note))))
 }
 
+/// Tell the customer the agent is typing.
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/typing", tag = "agents",
+    description = "The customer's chat page shows that someone is typing (for a few seconds; the inbox sends it every few seconds while the agent types). Nothing is stored. The agent must have the conversation.",
+    params(("id" = String, Path, description = "The conversation")),
+    responses((status = 204, description = "Told."),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 409, description = "`already_assigned`: the agent does not have the conversation.", body = crate::error::ErrorBody),
+              (status = 429, description = "`rate_limited`: more than the sender's message allowance.", body = crate::error::ErrorBody),
+              (status = 500, response = crate::openapi::Internal)),
+    security(("bearer" = [])))]
+pub async fn typing(
+    State(state): State<AppState>,
+    caller: PeopleCaller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let sender = caller.author().map_or_else(|| caller.workspace.id.clone(), |(id, _)| id);
+    if !state
+        .limits
+        .agent_messages
+        .allow(&format!("typing:{}:{sender}", caller.workspace.id), std::time::Instant::now())
+    {
+        return Err(ApiError::rate_limited("too many typing notices"));
+    }
+    let conversation = state.contact_centre.conversation(&caller.workspace.id, &id).await?;
+    crossline_engine::agents::may_act(&conversation, caller.agent.as_ref())?;
+    crossline_engine::agents::announce_typing(&state.bus, &caller.workspace.id, &conversation, "agent").await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// A canned reply as saved.
 #[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -50,6 +50,7 @@ use crossline_bot::dialog::{DialogState, quick_replies};
 use crossline_channels::CHAT_CAPABILITIES;
 use crossline_channels::reply::render;
 use crossline_channels::webchat::WebChatConfig;
+use crossline_core::ConversationStatus;
 use crossline_core::event::{Endpoint, NormalizeOptions, parse_request};
 use crossline_core::keys::{KeyKind, hash_key, secrets_equal};
 use crossline_core::trust::{IdentitySource, identity_hash_message};
@@ -486,6 +487,9 @@ enum ClientFrame {
         #[serde(default)]
         history: bool,
     },
+    /// The customer is typing (the page sends it at most every few seconds while they type); the
+    /// agent who has the conversation sees an indicator.
+    Typing,
     /// A customer message, kept by the page until acknowledged.
     Message {
         #[serde(default)]
@@ -550,6 +554,15 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, client: Client) {
         let frame = tokio::select! {
             frame = socket.recv() => frame,
             Some(notice) = next_notice(&mut watching) => {
+                // An agent typing: the page shows its indicator; nothing to read.
+                if let Ok(notice) = &notice
+                    && notice.typing.is_some()
+                {
+                    if notice.typing.as_deref() == Some("agent") {
+                        send(&mut socket, ServerFrame::Typing).await;
+                    }
+                    continue;
+                }
                 if let (Some(id), Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) = (&conversation, notice) {
                     sent = catch_up(&mut socket, &state, workspace, id, sent, false, &[]).await;
                 }
@@ -581,13 +594,22 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, client: Client) {
             }
             Err(err) => {
                 let message = format!(
-                    "type: use hello, message, identify, push_subscription, in_app_fetch or in_app_event with their fields ({err})"
+                    "type: use hello, message, typing, identify, push_subscription, in_app_fetch or in_app_event with their fields ({err})"
                 );
                 send(&mut socket, error_frame(ErrorCode::InvalidField, &message)).await;
                 continue;
             }
         };
         match request {
+            ClientFrame::Typing => {
+                // Only a conversation people have: the bot needs no indicator.
+                if let Some(id) = &conversation
+                    && let Ok(Some(current)) = state.store.conversation(&workspace.id, id).await
+                    && matches!(current.status, ConversationStatus::Assigned | ConversationStatus::Queued)
+                {
+                    crossline_engine::agents::announce_typing(&state.bus, &workspace.id, &current, "customer").await;
+                }
+            }
             ClientFrame::Hello { seen, conversation: counted_in, history } => {
                 sent = usize::try_from(seen).unwrap_or(usize::MAX);
                 match open_conversation(&state, workspace, &bot, identity).await {

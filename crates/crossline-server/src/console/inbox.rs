@@ -64,6 +64,7 @@ pub async fn page(session: Session) -> Response {
                     button.button.secondary type="button" data-act="hand-back" hidden { "Hand back to the bot" }
                 }
                 div #inbox-messages.inbox-messages aria-live="polite" {}
+                p #inbox-typing.inbox-typing data-testid="inbox-typing" hidden { "The customer is typing…" }
                 form #inbox-composer.inbox-composer hidden {
                     textarea #inbox-reply-input name="text" rows="3" maxlength="4000" data-testid="inbox-reply-input"
                         placeholder="Reply on the customer's channel…" {}
@@ -189,7 +190,7 @@ async fn serve(
                 let text = match notice {
                     Ok(notice) => serde_json::json!({
                         "conversation_id": notice.conversation_id, "status": notice.status,
-                        "assignee": notice.assignee, "queue": notice.queue,
+                        "assignee": notice.assignee, "queue": notice.queue, "typing": notice.typing,
                     }).to_string(),
                     // Fell behind: the page reads everything again.
                     Err(RecvError::Lagged(_)) => serde_json::json!({"conversation_id": null}).to_string(),

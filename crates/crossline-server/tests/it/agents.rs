@@ -810,3 +810,71 @@ async fn a_late_next_response_is_recorded_once_and_a_timely_one_is_not() {
     assert!(statuses.iter().all(|status| *status == StatusCode::CREATED || *status == StatusCode::TOO_MANY_REQUESTS));
     server.stop().await;
 }
+
+/// Typing shows across: the customer typing reaches the inbox of the agent who has the conversation,
+/// the agent typing reaches the customer's page; nothing is stored, and only the agent who has it
+/// may say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_reaches_the_other_side_live() {
+    let server = TestServer::start().await;
+    let ws = server.workspace("typing").await;
+    server.put_bot(&ws.api_key, "bank", &crate::bots::bank()).await;
+    assert_eq!(configure_webchat(&server, &ws.api_key, &json!({"bot": "bank"})).await.0, StatusCode::OK);
+    let (_, grace) = agent(&server, &ws.api_key, "Grace").await;
+    let (_, alan) = agent(&server, &ws.api_key, "Alan").await;
+    let mut chat = connect(&server, &ws.id, "visitor-typing-0123456789").await;
+    send(&mut chat, json!({"type": "hello"})).await;
+    frames_until(&mut chat, "message").await;
+    send(&mut chat, json!({"type": "message", "id": "m1", "text": "can I talk to a real person please?"})).await;
+    frames_until(&mut chat, "ack").await;
+    let id = queued(&server, &grace).await[0]["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/conversations/{id}");
+    assert_eq!(post_empty(&server, &format!("{path}/assign"), &grace).await.0, StatusCode::OK);
+    let (_, before) = json_of(server.get(&path, &ws.api_key).await).await;
+
+    // Grace's inbox is open.
+    let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let signed_in =
+        browser.post(format!("{}/login", server.url)).form(&[("token", grace.as_str())]).send().await.unwrap();
+    let cookie = signed_in
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|value| value.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .find(|pair| pair.starts_with("crossline_session="))
+        .unwrap();
+    let url = format!("{}/inbox/ws", server.url.replace("http://", "ws://"));
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url.as_str()).unwrap();
+    request.headers_mut().insert("cookie", cookie.parse().unwrap());
+    let (mut inbox, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+
+    // The customer types: the inbox hears it, marked as typing.
+    send(&mut chat, json!({"type": "typing"})).await;
+    let mut heard = Value::Null;
+    for _ in 0..20 {
+        let frame = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut inbox))
+            .await
+            .expect("a notice in time")
+            .unwrap()
+            .unwrap();
+        let notice: Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+        if notice["typing"] == "customer" {
+            heard = notice;
+            break;
+        }
+    }
+    assert_eq!(heard["conversation_id"].as_str(), Some(id.as_str()), "{heard}");
+
+    // Grace types: the page shows it. Alan, who does not have it, may not.
+    let (status, _) = post_empty(&server, &format!("{path}/typing"), &alan).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _) = post_empty(&server, &format!("{path}/typing"), &grace).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let frames = frames_until(&mut chat, "typing").await;
+    assert_eq!(frames.last().unwrap()["type"], "typing");
+    // Nothing was stored.
+    let (_, after) = json_of(server.get(&path, &ws.api_key).await).await;
+    assert_eq!(after["messages"], before["messages"]);
+    server.stop().await;
+}
