@@ -64,6 +64,21 @@ impl crate::AgentStore for SqliteStore {
 
     async fn clear_awaiting(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<()> {
         let (workspace_id, conversation_id) = (workspace_id.to_owned(), conversation_id.to_owned());
+        // Most replies find no wait to end: a read (on the readers, in parallel) spares the writer a
+        // transaction. A wait marked after this read is a newer one, which stays anyway.
+        let (ws, id) = (workspace_id.clone(), conversation_id.clone());
+        let waiting: bool = self
+            .read(move |conn| {
+                Ok(conn.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM conversation_waits WHERE workspace_id = ?1 AND conversation_id = ?2)",
+                    (&ws, &id),
+                    |row| row.get(0),
+                )?)
+            })
+            .await?;
+        if !waiting {
+            return Ok(());
+        }
         self.write_aside(move |tx| {
             tx.execute(
                 "DELETE FROM conversation_waits WHERE workspace_id = ?1 AND conversation_id = ?2",
