@@ -102,15 +102,7 @@ pub struct Invited {
 
 /// The link of an invitation token, on the URL people reach this server at.
 pub fn invite_url(state: &AppState, headers: &HeaderMap, token: &str) -> String {
-    let base = crate::console::layout::base_url(state, headers);
-    // Without a public URL the base is the Host reached; behind a proxy that says HTTPS, keep it.
-    let base = match base.strip_prefix("http://") {
-        Some(rest) if state.settings.public_url.is_none() && crate::sessions::secure(state, headers) => {
-            format!("https://{rest}")
-        }
-        _ => base,
-    };
-    format!("{base}/invite/{token}")
+    format!("{}/invite/{token}", crate::console::layout::base_url(state, headers))
 }
 
 /// Invite a user.

@@ -258,13 +258,16 @@ pub fn value_text(value: &Value, limit: usize) -> String {
     }
 }
 
-/// The URL people reach this server at, for commands shown in empty states.
+/// The URL people reach this server at, for commands shown in empty states and links handed out
+/// (invitations): `public_url`, else the `Host` reached, over HTTPS when a trusted proxy says so.
 pub fn base_url(state: &AppState, headers: &HeaderMap) -> String {
     if let Some(url) = &state.settings.public_url {
         return url.trim_end_matches('/').to_owned();
     }
     let host = headers.get(header::HOST).and_then(|host| host.to_str().ok()).unwrap_or("localhost:8080");
-    format!("http://{host}")
+    // Behind a trusted proxy that says the request came over HTTPS, links keep HTTPS.
+    let scheme = if crate::sessions::secure(state, headers) { "https" } else { "http" };
+    format!("{scheme}://{host}")
 }
 
 #[cfg(test)]

@@ -35,6 +35,29 @@ async fn conversation_when(server: &TestServer, path: &str, key: &str, ready: im
     Value::Null
 }
 
+/// The `crossline_session=...` pair a sign-in set.
+fn session_cookie(signed_in: &reqwest::Response) -> String {
+    signed_in
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|value| value.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .find(|pair| pair.starts_with("crossline_session="))
+        .unwrap()
+}
+
+/// A request opening the inbox socket with a session cookie.
+fn inbox_socket_request(
+    server: &TestServer,
+    cookie: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let url = format!("{}/inbox/ws", server.url.replace("http://", "ws://"));
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url.as_str()).unwrap();
+    request.headers_mut().insert("cookie", cookie.parse().unwrap());
+    request
+}
+
 async fn post_empty(server: &TestServer, path: &str, token: &str) -> (StatusCode, Value) {
     json_of(server.http.post(format!("{}{path}", server.url)).bearer_auth(token).send().await.unwrap()).await
 }
@@ -453,13 +476,7 @@ async fn an_agent_signs_in_to_the_inbox_only_and_its_socket_hears_the_workspace(
         browser.post(format!("{}/login", server.url)).form(&[("token", token.as_str())]).send().await.unwrap();
     assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
     assert_eq!(signed_in.headers()["location"], "/inbox", "an agent lands in the inbox");
-    let cookie = signed_in
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|value| value.to_str().unwrap().split(';').next().unwrap().to_owned())
-        .find(|pair| pair.starts_with("crossline_session="))
-        .unwrap();
+    let cookie = session_cookie(&signed_in);
     let get = |path: &str| browser.get(format!("{}{path}", server.url)).header("cookie", &cookie).send();
     let inbox = get("/inbox").await.unwrap();
     assert_eq!(inbox.status(), StatusCode::OK);
@@ -474,10 +491,7 @@ async fn an_agent_signs_in_to_the_inbox_only_and_its_socket_hears_the_workspace(
     assert_eq!(get("/api/v1/profiles").await.unwrap().status(), StatusCode::FORBIDDEN);
 
     // The inbox socket, opened with the session, hears a handoff; another site cannot open it.
-    let url = format!("{}/inbox/ws", server.url.replace("http://", "ws://"));
-    let mut request =
-        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url.as_str()).unwrap();
-    request.headers_mut().insert("cookie", cookie.parse().unwrap());
+    let request = inbox_socket_request(&server, &cookie);
     let mut forged = request.clone();
     forged.headers_mut().insert("origin", "https://evil.example".parse().unwrap());
     assert!(tokio_tungstenite::connect_async(forged).await.is_err(), "a cross-site socket is refused");
@@ -583,17 +597,8 @@ async fn a_late_first_response_escalates_and_a_departed_agents_conversations_wai
     let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let signed_in =
         browser.post(format!("{}/login", server.url)).form(&[("token", token.as_str())]).send().await.unwrap();
-    let cookie = signed_in
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|value| value.to_str().unwrap().split(';').next().unwrap().to_owned())
-        .find(|pair| pair.starts_with("crossline_session="))
-        .unwrap();
-    let url = format!("{}/inbox/ws", server.url.replace("http://", "ws://"));
-    let mut request =
-        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url.as_str()).unwrap();
-    request.headers_mut().insert("cookie", cookie.parse().unwrap());
+    let cookie = session_cookie(&signed_in);
+    let request = inbox_socket_request(&server, &cookie);
     let (socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     assert_eq!(post_empty(&server, &format!("{path}/assign"), &token).await.0, StatusCode::OK);
     drop(socket);
@@ -836,17 +841,8 @@ async fn typing_reaches_the_other_side_live() {
     let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let signed_in =
         browser.post(format!("{}/login", server.url)).form(&[("token", grace.as_str())]).send().await.unwrap();
-    let cookie = signed_in
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|value| value.to_str().unwrap().split(';').next().unwrap().to_owned())
-        .find(|pair| pair.starts_with("crossline_session="))
-        .unwrap();
-    let url = format!("{}/inbox/ws", server.url.replace("http://", "ws://"));
-    let mut request =
-        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url.as_str()).unwrap();
-    request.headers_mut().insert("cookie", cookie.parse().unwrap());
+    let cookie = session_cookie(&signed_in);
+    let request = inbox_socket_request(&server, &cookie);
     let (mut inbox, _) = tokio_tungstenite::connect_async(request).await.unwrap();
 
     // The customer types: the inbox hears it, marked as typing.
