@@ -773,6 +773,9 @@ async fn a_late_next_response_is_recorded_once_and_a_timely_one_is_not() {
             .collect::<Vec<Value>>()
     };
     // Answered in time: the wait after taking it ended with the reply; nothing is recorded.
+    use crossline_store::AgentStore;
+    let waits = || server.store.awaiting(&ws.id, chrono::Utc::now() + chrono::Duration::hours(1), 10);
+    assert!(waits().await.unwrap().is_empty(), "the reply ended the wait");
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(nudge().await.0, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -781,6 +784,7 @@ async fn a_late_next_response_is_recorded_once_and_a_timely_one_is_not() {
     // The customer writes again and nobody answers for over a second.
     let (status, _) = server.converse(&ws.api_key, &say("hello? are you there?")).await;
     assert_eq!(status, StatusCode::OK);
+    assert_eq!(waits().await.unwrap().iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), [id.as_str()]);
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let mut found = Vec::new();
     for _ in 0..50 {
