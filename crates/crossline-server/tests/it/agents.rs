@@ -773,7 +773,6 @@ async fn a_late_next_response_is_recorded_once_and_a_timely_one_is_not() {
             .collect::<Vec<Value>>()
     };
     // Answered in time: the wait after taking it ended with the reply; nothing is recorded.
-    use crossline_store::AgentStore;
     let waits = || server.store.awaiting(&ws.id, chrono::Utc::now() + chrono::Duration::hours(1), 10);
     assert!(waits().await.unwrap().is_empty(), "the reply ended the wait");
     tokio::time::sleep(Duration::from_millis(1300)).await;
