@@ -167,6 +167,9 @@ pub struct InboundCall {
     /// On a call Crossline placed with answering-machine detection: `human`, `machine_start`,
     /// `machine_end_beep`, `fax`, `unknown`, ...
     pub answered_by: Option<String>,
+    /// On a `<Dial>`'s action: how the dialled leg ended (`completed`, `busy`, `no-answer`,
+    /// `failed`, `canceled`).
+    pub dial_status: Option<String>,
 }
 
 impl InboundCall {
@@ -185,6 +188,7 @@ pub fn parse_call(params: &[(String, String)]) -> Result<InboundCall, ConfigErro
         speech: get("SpeechResult"),
         digits: get("Digits"),
         answered_by: get("AnsweredBy"),
+        dial_status: get("DialCallStatus"),
     })
 }
 
@@ -255,6 +259,91 @@ pub fn gather_response(replies: &[String], action: &str, hints: &[String]) -> St
     twiml.push_str("</Gather>");
     twiml.push_str(&format!("<Redirect method=\"POST\">{}</Redirect>", escape_xml(action)));
     twiml.push_str("</Response>");
+    twiml
+}
+
+/// A caller on hold for a person, carried in the hold loop's URL: `hold=` the Unix second the hold
+/// began, and on a `<Dial>`'s action `dialed=` the agent the call was put through to. Twilio signs
+/// the whole URL, so a caller cannot shorten their wait or name an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    /// When the hold began (Unix seconds).
+    pub since: i64,
+    /// The agent dialled, on the `<Dial>`'s action request.
+    pub dialed: Option<String>,
+}
+
+/// Read a hold from a voice webhook's query; None when the request is not one of a hold loop.
+pub fn parse_hold(query: Option<&str>) -> Result<Option<Hold>, ConfigError> {
+    let mut since = None;
+    let mut dialed = None;
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match name.as_ref() {
+            "hold" => {
+                since =
+                    Some(
+                        value.parse::<i64>().ok().filter(|seconds| *seconds > 0).ok_or_else(|| {
+                            config_error("hold", "must be the time Crossline put in the hold loop's URL")
+                        })?,
+                    )
+            }
+            "dialed" => {
+                if value.is_empty()
+                    || value.len() > 64
+                    || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
+                    return Err(config_error("dialed", "must be the agent Crossline put in the Dial action URL"));
+                }
+                dialed = Some(value.into_owned());
+            }
+            _ => {}
+        }
+    }
+    Ok(since.map(|since| Hold { since, dialed }))
+}
+
+/// The URL of a hold loop's next request: the webhook's `path` with the hold as its query, after
+/// the number of the prompt the caller answers once off hold (`turn`).
+pub fn hold_url(path: &str, sequence: u32, hold: &Hold) -> String {
+    match &hold.dialed {
+        None => format!("{path}?turn={sequence}&hold={}", hold.since),
+        Some(agent) => format!("{path}?turn={sequence}&hold={}&dialed={agent}", hold.since),
+    }
+}
+
+/// TwiML that keeps a caller on hold: says `said` (maybe nothing), waits `pause_seconds` listening
+/// for one key (the caller may ask for a call back), then asks `action` again.
+pub fn hold_response(said: &[String], action: &str, pause_seconds: u32) -> String {
+    let action = escape_xml(action);
+    let mut twiml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response>");
+    twiml.push_str(&format!(
+        "<Gather input=\"dtmf\" numDigits=\"1\" timeout=\"1\" action=\"{action}\" method=\"POST\">"
+    ));
+    for text in said {
+        twiml.push_str(&format!("<Say>{}</Say>", escape_xml(&speech(text, VOICE_CAPABILITIES.max_reply_chars))));
+    }
+    twiml.push_str(&format!("<Pause length=\"{}\"/>", pause_seconds.clamp(1, 60)));
+    twiml.push_str("</Gather>");
+    twiml.push_str(&format!("<Redirect method=\"POST\">{action}</Redirect>"));
+    twiml.push_str("</Response>");
+    twiml
+}
+
+/// TwiML that puts the caller through to `to` — an E.164 number (`<Number>`) or a SIP address
+/// (`<Sip>`) — after saying `said`; when that leg ends Twilio posts `DialCallStatus` to `action`.
+pub fn dial_response(said: &[String], to: &str, action: &str, timeout_seconds: u32) -> String {
+    let mut twiml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response>");
+    for text in said {
+        twiml.push_str(&format!("<Say>{}</Say>", escape_xml(&speech(text, VOICE_CAPABILITIES.max_reply_chars))));
+    }
+    twiml.push_str(&format!(
+        "<Dial action=\"{}\" method=\"POST\" timeout=\"{}\" answerOnBridge=\"true\">",
+        escape_xml(action),
+        timeout_seconds.clamp(5, 600)
+    ));
+    let element = if to.starts_with("sip:") || to.starts_with("sips:") { "Sip" } else { "Number" };
+    twiml.push_str(&format!("<{element}>{}</{element}>", escape_xml(to)));
+    twiml.push_str("</Dial></Response>");
     twiml
 }
 
@@ -712,5 +801,33 @@ mod outbound_tests {
         let empty_code =
             parse_status_callback(&pairs(&[("MessageSid", "SM1"), ("MessageStatus", "sent"), ("ErrorCode", "")]));
         assert_eq!(empty_code.unwrap().error_code, None);
+    }
+
+    #[test]
+    fn a_hold_loop_and_its_dial_carry_their_state_in_the_url() {
+        let hold = Hold { since: 1_796_000_000, dialed: None };
+        let url = hold_url("/hooks/ws_1/twilio/voice", 4, &hold);
+        assert_eq!(url, "/hooks/ws_1/twilio/voice?turn=4&hold=1796000000");
+        assert_eq!(parse_position(url.split_once('?').map(|(_, query)| query)).unwrap().unwrap().sequence, 4);
+        assert_eq!(parse_hold(url.split_once('?').map(|(_, query)| query)).unwrap(), Some(hold));
+        let dialed = Hold { since: 1_796_000_000, dialed: Some("agt_01".into()) };
+        let url = hold_url("/v", 4, &dialed);
+        assert_eq!(parse_hold(url.split_once('?').map(|(_, query)| query)).unwrap(), Some(dialed));
+        assert_eq!(parse_hold(Some("turn=3")).unwrap(), None);
+        assert!(parse_hold(Some("hold=soon")).is_err());
+        assert!(parse_hold(Some("hold=5&dialed=agt%3C1")).is_err(), "an agent id is letters, digits and _");
+
+        let twiml = hold_response(&["Please hold.".into()], "/v?hold=5", 8);
+        assert!(twiml.contains(r#"<Gather input="dtmf" numDigits="1" timeout="1" action="/v?hold=5" method="POST"><Say>Please hold.</Say><Pause length="8"/></Gather><Redirect method="POST">/v?hold=5</Redirect>"#), "{twiml}");
+        let number = dial_response(&[], "+15550001111", "/v?hold=5&dialed=agt_1", 20);
+        assert!(number.contains(r#"<Dial action="/v?hold=5&amp;dialed=agt_1" method="POST" timeout="20" answerOnBridge="true"><Number>+15550001111</Number></Dial>"#), "{number}");
+        let sip = dial_response(&["Connecting you.".into()], "sip:grace@pbx.example;transport=tls", "/v", 20);
+        assert!(
+            sip.contains("<Say>Connecting you.</Say><Dial")
+                && sip.contains("<Sip>sip:grace@pbx.example;transport=tls</Sip>"),
+            "{sip}"
+        );
+        let call = parse_call(&pairs(&[("From", "+15550002222"), ("DialCallStatus", "no-answer")])).unwrap();
+        assert_eq!(call.dial_status.as_deref(), Some("no-answer"));
     }
 }

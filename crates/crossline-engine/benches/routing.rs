@@ -33,6 +33,7 @@ fn waiting() -> Vec<Waiting> {
             id: format!("cnv_{index:05}"),
             queue: names[index % names.len()].to_owned(),
             queued_at: start + Duration::seconds(index as i64),
+            call: false,
         })
         .collect()
 }
@@ -51,6 +52,7 @@ fn seats(free: impl Fn(usize) -> u32) -> Vec<Seat> {
             },
             languages: if index % 5 == 0 { vec!["en".into(), "de".into()] } else { vec!["en".into()] },
             free: free(index),
+            free_calls: 0,
             idle_since: start + Duration::seconds((index * 7 % AGENTS) as i64),
         })
         .collect()
@@ -115,6 +117,8 @@ fn route_pass_on_sqlite_1000_waiting_200_agents(bencher: Bencher) {
                 status: AgentStatus::Available,
                 created_at: now,
                 status_at: now,
+                phone: None,
+                calls: 0,
             };
             store.create_agent(&workspace.id, &agent, &format!("hash-{index}")).await.unwrap();
         }

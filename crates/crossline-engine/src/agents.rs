@@ -45,6 +45,22 @@ const HELD_LIMIT: usize = 20_000;
 
 /// What a customer is asked when people resolve their conversation; a digit answers it.
 pub const CSAT_QUESTION: &str = "How did we do? Reply with a number from 1 (poor) to 5 (great).";
+/// The question on a call, after the caller's talk with an agent: a key answers it.
+pub const CSAT_QUESTION_VOICE: &str = "Before you go: how did we do? Press a number from 1 for poor to 5 for great.";
+
+/// The CSAT question as it is put on a channel.
+pub fn csat_question(channel: &str) -> &'static str {
+    if is_call(channel) { CSAT_QUESTION_VOICE } else { CSAT_QUESTION }
+}
+
+/// Whether a conversation on this channel is a phone call (it needs an agent who takes calls).
+pub fn is_call(channel: &str) -> bool {
+    channel == "voice"
+}
+
+/// Longest a conversation is snoozed.
+pub const MAX_SNOOZE_DAYS: i64 = 30;
+
 /// How long after the question a digit still answers it.
 pub const CSAT_WINDOW_HOURS: i64 = 24;
 
@@ -139,8 +155,78 @@ pub struct NewAgent {
     pub skills: Vec<String>,
     /// Languages (ISO 639-1).
     pub languages: Vec<String>,
-    /// Conversations held at once at most.
+    /// Conversations held at once at most, calls aside.
     pub capacity: u32,
+    /// Where live calls are transferred to the agent: `+E164` or `sip:user@host` (None: no calls).
+    pub phone: Option<String>,
+    /// Calls held at once at most (0 to [`MAX_CALLS`]); None: 1 with a phone, else 0.
+    pub calls: Option<u32>,
+}
+
+/// Most calls an agent holds at once.
+pub const MAX_CALLS: u32 = 5;
+
+/// A voice address a live call can be transferred to: an E.164 number (`+` and 7 to 15 digits)
+/// or a SIP address (`sip:` or `sips:`, a user, `@`, a host; at most 200 characters, no spaces,
+/// quotes or angle brackets).
+pub fn valid_phone(phone: &str) -> bool {
+    if let Some(digits) = phone.strip_prefix('+') {
+        return (7..=15).contains(&digits.len())
+            && digits.bytes().all(|byte| byte.is_ascii_digit())
+            && !digits.starts_with('0');
+    }
+    let Some(address) = phone.strip_prefix("sip:").or_else(|| phone.strip_prefix("sips:")) else { return false };
+    let Some((user, host)) = address.split_once('@') else { return false };
+    let allowed = |byte: u8| byte.is_ascii_alphanumeric() || b"._-+:;=%!~*'()&$,?/".contains(&byte);
+    phone.len() <= 200
+        && !user.is_empty()
+        && !host.is_empty()
+        && !host.contains('@')
+        && address.bytes().all(|byte| allowed(byte) || byte == b'@')
+}
+
+/// The checked fields of an agent to make or change.
+struct AgentFields {
+    name: String,
+    skills: Vec<String>,
+    languages: Vec<String>,
+    capacity: u32,
+    phone: Option<String>,
+    calls: u32,
+}
+
+impl AgentFields {
+    fn of(new: &NewAgent) -> Result<Self, AgentError> {
+        let name = new.name.trim();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(invalid("name", "give the agent's name (1-200 characters)"));
+        }
+        if !(1..=MAX_CAPACITY).contains(&new.capacity) {
+            return Err(invalid("capacity", format!("give 1 to {MAX_CAPACITY} conversations at once")));
+        }
+        let phone = new.phone.as_deref().map(str::trim).filter(|phone| !phone.is_empty());
+        if phone.is_some_and(|phone| !valid_phone(phone)) {
+            return Err(invalid(
+                "phone",
+                "give an E.164 number (+15551234567) or a SIP address (sip:grace@pbx.example)",
+            ));
+        }
+        let calls = new.calls.unwrap_or(u32::from(phone.is_some()));
+        if calls > MAX_CALLS {
+            return Err(invalid("calls", format!("give 0 to {MAX_CALLS} calls at once")));
+        }
+        if calls > 0 && phone.is_none() {
+            return Err(invalid("calls", "an agent takes calls on a phone: give `phone` too"));
+        }
+        Ok(AgentFields {
+            name: name.to_owned(),
+            skills: tags("skills", &new.skills)?,
+            languages: tags("languages", &new.languages)?,
+            capacity: new.capacity,
+            phone: phone.map(str::to_owned),
+            calls,
+        })
+    }
 }
 
 /// Why the contact centre refused.
@@ -217,7 +303,7 @@ enum Act<'a> {
     HandBack,
     Breach { limit: u32, queue: &'a str, escalated_to: Option<&'a str>, queued_at: DateTime<Utc> },
     NextBreach { limit: u32, queue: &'a str, since: DateTime<Utc> },
-    Requeue,
+    Requeue { reason: &'a str },
 }
 
 /// The contact centre's engine.
@@ -240,31 +326,45 @@ impl ContactCentre {
         new: NewAgent,
         now: DateTime<Utc>,
     ) -> Result<(Agent, String), AgentError> {
-        let name = new.name.trim();
-        if name.is_empty() || name.chars().count() > 200 {
-            return Err(invalid("name", "give the agent's name (1-200 characters)"));
-        }
+        let fields = AgentFields::of(&new)?;
         let email = crossline_core::identity::normalize_email(&new.email)
             .map_err(|_| invalid("email", "give the agent's email address"))?;
-        if !(1..=MAX_CAPACITY).contains(&new.capacity) {
-            return Err(invalid("capacity", format!("give 1 to {MAX_CAPACITY} conversations at once")));
-        }
         let agent = Agent {
             id: crossline_core::ids::new_id("agt"),
-            name: name.to_owned(),
+            name: fields.name,
             email,
-            skills: tags("skills", &new.skills)?,
-            languages: tags("languages", &new.languages)?,
-            capacity: new.capacity,
+            skills: fields.skills,
+            languages: fields.languages,
+            capacity: fields.capacity,
             status: AgentStatus::Offline,
             created_at: now,
             status_at: now,
+            phone: fields.phone,
+            calls: fields.calls,
         };
         let token = generate_token(AGENT_TOKEN_PREFIX);
         match self.store.create_agent(workspace_id, &agent, &hash_key(&token)).await {
             Err(StoreError::Conflict(message)) => Err(invalid("email", message)),
             result => result.map(|()| (agent, token)).map_err(AgentError::from),
         }
+    }
+
+    /// Change an agent's name, skills, languages, capacity, phone and calls (`changed.email` is not
+    /// read: the email stays). Returns the agent as it is now.
+    pub async fn update_agent(&self, workspace_id: &str, id: &str, changed: NewAgent) -> Result<Agent, AgentError> {
+        let fields = AgentFields::of(&changed)?;
+        let mut agent =
+            self.store.agent(workspace_id, id).await?.ok_or_else(|| AgentError::NotFound(format!("agent {id}")))?;
+        agent.name = fields.name;
+        agent.skills = fields.skills;
+        agent.languages = fields.languages;
+        agent.capacity = fields.capacity;
+        agent.phone = fields.phone;
+        agent.calls = fields.calls;
+        if !self.store.update_agent(workspace_id, &agent).await? {
+            return Err(AgentError::NotFound(format!("agent {id}")));
+        }
+        Ok(agent)
     }
 
     /// The agent a token authenticates, with its workspace id.
@@ -457,6 +557,18 @@ impl ContactCentre {
         by: Option<&Agent>,
         now: DateTime<Utc>,
     ) -> Result<(Conversation, Option<&'static str>), AgentError> {
+        self.resolve_asking(workspace_id, id, by, now, None).await
+    }
+
+    /// Resolve; `asks_csat` None: as the channel says (on a call, only [`Self::call_ended`] asks).
+    async fn resolve_asking(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        by: Option<&Agent>,
+        now: DateTime<Utc>,
+        asks_csat: Option<bool>,
+    ) -> Result<(Conversation, Option<&'static str>), AgentError> {
         let read = self.conversation(workspace_id, id).await?;
         let messages = self.store.conversation_messages(workspace_id, id).await?;
         let first_reply =
@@ -465,7 +577,7 @@ impl ContactCentre {
             (Some(queued), Some(replied)) => Some(seconds_between(queued, replied)),
             _ => None,
         };
-        let asks_csat = matches!(read.channel.as_str(), "chat" | "kiosk" | "sms" | "whatsapp");
+        let asks_csat = asks_csat.unwrap_or(matches!(read.channel.as_str(), "chat" | "kiosk" | "sms" | "whatsapp"));
         let (conversation, _) = self
             .change(
                 workspace_id,
@@ -485,7 +597,147 @@ impl ContactCentre {
                 by,
             )
             .await?;
-        Ok((conversation, asks_csat.then_some(CSAT_QUESTION)))
+        let question = csat_question(&conversation.channel);
+        Ok((conversation, asks_csat.then_some(question)))
+    }
+
+    /// An agent snoozes a conversation they have until `until` (a minute to 30 days away): out of
+    /// their list and their load until then, or until the customer writes; the customer's wait for
+    /// an answer (next-response SLA) ends. `until` None wakes it now.
+    pub async fn snooze(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        by: Option<&Agent>,
+        until: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<Conversation, AgentError> {
+        let conversation = self.conversation(workspace_id, id).await?;
+        may_act(&conversation, by)?;
+        if conversation.status != ConversationStatus::Assigned {
+            return Err(conflict("only a conversation an agent has can be snoozed; take it first", &conversation));
+        }
+        match until {
+            Some(until) => {
+                if until < now + chrono::Duration::minutes(1) || until > now + chrono::Duration::days(MAX_SNOOZE_DAYS) {
+                    return Err(invalid("until", format!("snooze from a minute to {MAX_SNOOZE_DAYS} days ahead")));
+                }
+                if is_call(&conversation.channel) {
+                    return Err(invalid("until", "a call is not snoozed; resolve it or call the customer back"));
+                }
+                self.store.snooze(workspace_id, id, now, until).await?;
+            }
+            None => {
+                self.store.unsnooze(workspace_id, id).await?;
+            }
+        }
+        announce(self.recorder.bus(), workspace_id, &conversation).await;
+        Ok(conversation)
+    }
+
+    /// Wake the snoozed conversations whose time came (live views hear of each); returns the ones
+    /// still asleep.
+    async fn wake(
+        &self,
+        workspace_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<std::collections::HashSet<String>, AgentError> {
+        let mut asleep = std::collections::HashSet::new();
+        for (id, until) in self.store.snoozes(workspace_id, HELD_LIMIT).await? {
+            if until > now {
+                asleep.insert(id);
+                continue;
+            }
+            if self.store.unsnooze(workspace_id, &id).await?
+                && let Some(conversation) = self.store.conversation(workspace_id, &id).await?
+            {
+                announce(self.recorder.bus(), workspace_id, &conversation).await;
+            }
+        }
+        Ok(asleep)
+    }
+
+    /// Whether a caller handed off now would reach a person on the line: an agent who takes calls
+    /// and has a call free is available (else the caller is offered a call back).
+    pub async fn takes_calls_now(&self, workspace_id: &str) -> Result<bool, AgentError> {
+        let agents = self.store.agents(workspace_id).await?;
+        let mut ready: Vec<&Agent> =
+            agents.iter().filter(|agent| agent.status == AgentStatus::Available && agent.calls > 0).collect();
+        if ready.is_empty() {
+            return Ok(false);
+        }
+        let assigned = ConversationFilter {
+            statuses: vec![ConversationStatus::Assigned],
+            limit: HELD_LIMIT,
+            without_state: true,
+            ..Default::default()
+        };
+        let held = self.store.list_conversations(workspace_id, &assigned).await?;
+        ready.retain(|agent| {
+            let calls = held
+                .iter()
+                .filter(|held| held.assignee.as_deref() == Some(agent.id.as_str()) && is_call(&held.channel))
+                .count();
+            (calls as u32) < agent.calls
+        });
+        Ok(!ready.is_empty())
+    }
+
+    /// The agent a live call was transferred to did not answer (busy, no answer, failed): the
+    /// conversation waits in its queue again (`conversation.requeued`, reason `call_missed`) and the
+    /// agent is set `away`, so the next pass offers the call to someone else.
+    pub async fn call_missed(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        agent_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Conversation, AgentError> {
+        // Away first: the requeue's notice wakes routing, which must not offer the call to them again.
+        self.set_status(workspace_id, agent_id, AgentStatus::Away, now).await?;
+        self.requeue(workspace_id, id, agent_id, "call_missed", now).await
+    }
+
+    /// Put a conversation `agent_id` holds back in its queue (`conversation.requeued` with `reason`);
+    /// a conflict when it moved meanwhile.
+    async fn requeue(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        agent_id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Conversation, AgentError> {
+        let (conversation, _) = self
+            .change(
+                workspace_id,
+                id,
+                now,
+                |current| match (current.status, current.assignee.as_deref()) {
+                    (ConversationStatus::Assigned, Some(holder)) if holder == agent_id => {
+                        Ok(change(current, ConversationStatus::Queued, None, current.queue.clone(), now))
+                    }
+                    _ => Err(conflict("moved meanwhile", current)),
+                },
+                Act::Requeue { reason },
+                None,
+            )
+            .await?;
+        Ok(conversation)
+    }
+
+    /// The caller's talk with the agent ended (the agent hung up first): the conversation is resolved
+    /// by that agent, and the caller, still on the line, is asked for a score by keypad
+    /// ([`CSAT_QUESTION_VOICE`]; the key is answered as a digit by SMS is).
+    pub async fn call_ended(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        agent_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(Conversation, Option<&'static str>), AgentError> {
+        let agent = self.store.agent(workspace_id, agent_id).await?;
+        self.resolve_asking(workspace_id, id, agent.as_ref(), now, Some(true)).await
     }
 
     /// Give a conversation back to the bot, which answers the customer's next message.
@@ -516,6 +768,7 @@ impl ContactCentre {
     /// conversation planned is taken for its agent as an agent takes one, so a pass on another node
     /// at the same moment cannot give it twice (that one is skipped). Returns how many were given.
     pub async fn route(&self, workspace_id: &str, now: DateTime<Utc>) -> Result<usize, AgentError> {
+        let snoozed = self.wake(workspace_id, now).await?;
         let waiting_in = self.store.waiting_queues(workspace_id).await?;
         let awaiting = self.store.awaiting(workspace_id, now, AWAITING_READ).await?;
         if waiting_in.is_empty() && awaiting.is_empty() {
@@ -568,23 +821,30 @@ impl ContactCentre {
             without_state: true,
             ..Default::default()
         };
-        let mut held: HashMap<String, (u32, DateTime<Utc>)> = HashMap::new();
+        // Snoozed conversations are out of their agent's load until they wake.
+        // Per agent: conversations and calls held, and when they were last given one.
+        let mut held: HashMap<String, (u32, u32, DateTime<Utc>)> = HashMap::new();
         for conversation in self.store.list_conversations(workspace_id, &assigned).await? {
             if let Some(agent) = conversation.assignee {
-                let entry = held.entry(agent).or_insert((0, DateTime::<Utc>::MIN_UTC));
-                entry.0 += 1;
-                entry.1 = entry.1.max(conversation.assigned_at.unwrap_or(conversation.updated_at));
+                let entry = held.entry(agent).or_insert((0, 0, DateTime::<Utc>::MIN_UTC));
+                if is_call(&conversation.channel) {
+                    entry.1 += 1;
+                } else if !snoozed.contains(&conversation.id) {
+                    entry.0 += 1;
+                }
+                entry.2 = entry.2.max(conversation.assigned_at.unwrap_or(conversation.updated_at));
             }
         }
         let seats: Vec<Seat> = agents
             .iter()
             .map(|agent| {
-                let (load, last) = held.get(&agent.id).copied().unwrap_or((0, DateTime::<Utc>::MIN_UTC));
+                let (load, calls, last) = held.get(&agent.id).copied().unwrap_or((0, 0, DateTime::<Utc>::MIN_UTC));
                 Seat {
                     agent_id: agent.id.clone(),
                     skills: agent.skills.clone(),
                     languages: agent.languages.clone(),
                     free: agent.capacity.saturating_sub(load),
+                    free_calls: agent.calls.saturating_sub(calls),
                     idle_since: last.max(agent.status_at),
                 }
             })
@@ -594,6 +854,7 @@ impl ContactCentre {
             .map(|conversation| Waiting {
                 queued_at: conversation.queued_at.unwrap_or(conversation.updated_at),
                 queue: conversation.queue.unwrap_or_else(|| crossline_bot::dialog::DEFAULT_QUEUE.to_owned()),
+                call: is_call(&conversation.channel),
                 id: conversation.id,
             })
             .collect();
@@ -789,22 +1050,7 @@ impl ContactCentre {
         };
         let mut moved = 0;
         for conversation in self.store.list_conversations(workspace_id, &held).await? {
-            let requeued = self
-                .change(
-                    workspace_id,
-                    &conversation.id,
-                    now,
-                    |current| match (current.status, current.assignee.as_deref()) {
-                        (ConversationStatus::Assigned, Some(holder)) if holder == agent_id => {
-                            Ok(change(current, ConversationStatus::Queued, None, current.queue.clone(), now))
-                        }
-                        _ => Err(conflict("moved meanwhile", current)),
-                    },
-                    Act::Requeue,
-                    None,
-                )
-                .await;
-            match requeued {
+            match self.requeue(workspace_id, &conversation.id, agent_id, "agent_disconnected", now).await {
                 Ok(_) => moved += 1,
                 Err(AgentError::Conflict { .. } | AgentError::NotFound(_)) => {}
                 Err(err) => return Err(err),
@@ -947,7 +1193,7 @@ fn record_of(
                 messages.push(ConversationMessage {
                     author: Author::Bot,
                     channel: channel.to_owned(),
-                    text: CSAT_QUESTION.to_owned(),
+                    text: csat_question(channel).to_owned(),
                     created_at: now,
                     missed: false,
                 });
@@ -971,8 +1217,8 @@ fn record_of(
             properties["agent_id"] = json!(conversation.assignee);
             ("conversation.sla_breached", Vec::new())
         }
-        Act::Requeue => {
-            properties["reason"] = json!("agent_disconnected");
+        Act::Requeue { reason } => {
+            properties["reason"] = json!(reason);
             properties["from_agent_id"] = json!(conversation.assignee);
             ("conversation.requeued", Vec::new())
         }

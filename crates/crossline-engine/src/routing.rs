@@ -152,6 +152,8 @@ pub struct Waiting {
     pub queue: String,
     /// Since when it waits.
     pub queued_at: DateTime<Utc>,
+    /// A call (the customer's last message came by voice): it needs an agent with a call free.
+    pub call: bool,
 }
 
 /// An available agent as routing sees them.
@@ -163,13 +165,26 @@ pub struct Seat {
     pub skills: Vec<String>,
     /// Their languages.
     pub languages: Vec<String>,
-    /// Room left: capacity less the conversations they hold.
+    /// Room left: capacity less the conversations (not calls) they hold.
     pub free: u32,
+    /// Calls they may take still: their call capacity less the calls they hold.
+    pub free_calls: u32,
     /// When they were last given a conversation (or became available): the longest idle goes first.
     pub idle_since: DateTime<Utc>,
 }
 
 impl Seat {
+    /// Room left for a conversation of this kind.
+    fn room(&self, call: bool) -> u32 {
+        if call { self.free_calls } else { self.free }
+    }
+
+    /// Take room for a conversation of this kind.
+    fn take(&mut self, call: bool) {
+        let room = if call { &mut self.free_calls } else { &mut self.free };
+        *room -= 1;
+    }
+
     /// Whether the agent may take the queue's conversations at all (room aside).
     fn suits(&self, queue: &QueueSpec) -> bool {
         queue.skills.iter().all(|skill| self.skills.contains(skill))
@@ -178,7 +193,9 @@ impl Seat {
 }
 
 /// One pass: conversations by queue priority (highest first) then wait (longest first), each to the
-/// longest-idle seat that fits it. Conversations of closed queues, and those no seat fits, wait.
+/// longest-idle seat that fits it and has room of its kind (calls count against an agent's calls,
+/// other conversations against their capacity). Conversations of closed queues, and those no seat
+/// fits, wait.
 /// Returns `(conversation, agent)` pairs in the order decided.
 ///
 /// Which agents suit a queue is worked out once per queue, and a queue whose agents are all full is
@@ -211,31 +228,35 @@ pub fn plan(
     order.sort_unstable_by(|(priority_a, a), (priority_b, b)| {
         priority_b.cmp(priority_a).then(a.queued_at.cmp(&b.queued_at)).then(a.id.cmp(&b.id))
     });
-    let mut room: u64 = seats.iter().map(|seat| u64::from(seat.free)).sum();
-    let mut full: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut room: [u64; 2] = [
+        seats.iter().map(|seat| u64::from(seat.free)).sum(),
+        seats.iter().map(|seat| u64::from(seat.free_calls)).sum(),
+    ];
+    let mut full: std::collections::HashSet<(&str, bool)> = std::collections::HashSet::new();
     let mut decided = Vec::new();
     for (_, conversation) in order {
-        if room == 0 {
+        let kind = usize::from(conversation.call);
+        if room == [0, 0] {
             break;
         }
-        if full.contains(conversation.queue.as_str()) {
+        if room[kind] == 0 || full.contains(&(conversation.queue.as_str(), conversation.call)) {
             continue;
         }
         let suited = &per_queue[conversation.queue.as_str()].2;
-        let best = suited.iter().copied().filter(|&index| seats[index].free > 0).min_by(|&a, &b| {
+        let best = suited.iter().copied().filter(|&index| seats[index].room(conversation.call) > 0).min_by(|&a, &b| {
             seats[a].idle_since.cmp(&seats[b].idle_since).then(seats[a].agent_id.cmp(&seats[b].agent_id))
         });
         match best {
             Some(index) => {
                 let seat = &mut seats[index];
-                seat.free -= 1;
+                seat.take(conversation.call);
                 seat.idle_since = now;
-                room -= 1;
+                room[kind] -= 1;
                 decided.push((conversation.id.clone(), seat.agent_id.clone()));
             }
-            // Seats only fill up during a pass: nobody will suit this queue's next ones either.
+            // Seats only fill up during a pass: nobody will suit this queue's next ones of this kind either.
             None => {
-                full.insert(conversation.queue.as_str());
+                full.insert((conversation.queue.as_str(), conversation.call));
             }
         }
     }
@@ -252,7 +273,7 @@ mod tests {
     }
 
     fn waiting(id: &str, queue: &str, minute: u32) -> Waiting {
-        Waiting { id: id.into(), queue: queue.into(), queued_at: at(minute) }
+        Waiting { id: id.into(), queue: queue.into(), queued_at: at(minute), call: false }
     }
 
     fn seat(id: &str, skills: &[&str], languages: &[&str], free: u32, idle_minute: u32) -> Seat {
@@ -261,6 +282,7 @@ mod tests {
             skills: skills.iter().map(|skill| (*skill).to_owned()).collect(),
             languages: languages.iter().map(|language| (*language).to_owned()).collect(),
             free,
+            free_calls: 0,
             idle_since: at(idle_minute),
         }
     }
@@ -319,6 +341,25 @@ mod tests {
             late,
         );
         assert_eq!(plan, [("c2".to_owned(), "ann".to_owned())], "the closed queue waits; one seat, one conversation");
+    }
+
+    #[test]
+    fn calls_go_to_agents_with_a_call_free() {
+        let call = |id: &str, minute: u32| Waiting { call: true, ..waiting(id, "default", minute) };
+        let mut phone = seat("pat", &[], &[], 2, 0);
+        phone.free_calls = 1;
+        let chat_only = seat("cy", &[], &[], 3, 1);
+        let plan = plan(
+            &[call("call-1", 1), call("call-2", 2), waiting("chat-1", "default", 3)],
+            &HashMap::new(),
+            vec![chat_only, phone],
+            at(10),
+        );
+        assert_eq!(
+            plan,
+            [("call-1".to_owned(), "pat".to_owned()), ("chat-1".to_owned(), "cy".to_owned())],
+            "one call for the agent with a phone (their chat room does not take calls); the second call waits"
+        );
     }
 
     #[test]

@@ -180,6 +180,7 @@ impl Users {
             skills: new.map(|new| new.skills.clone()).unwrap_or_default(),
             languages: new.map(|new| new.languages.clone()).unwrap_or_default(),
             capacity: new.and_then(|new| new.capacity).unwrap_or(DEFAULT_AGENT_CAPACITY),
+            ..NewAgent::default()
         };
         // The agent's own token is dropped: this person signs in with their password.
         let (agent, _token) = self.contact_centre.create_agent(workspace_id, agent, now).await?;

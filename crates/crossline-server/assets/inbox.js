@@ -6,7 +6,7 @@ const root = document.querySelector("[data-inbox]");
 if (root) {
   const me = root.dataset.agent || null;
   const lists = { queued: document.getElementById("inbox-queued"), mine: document.getElementById("inbox-mine"),
-    others: document.getElementById("inbox-others") };
+    others: document.getElementById("inbox-others"), snoozed: document.getElementById("inbox-snoozed") };
   const thread = document.getElementById("inbox-thread");
   const title = document.getElementById("inbox-title");
   const messages = document.getElementById("inbox-messages");
@@ -20,6 +20,7 @@ if (root) {
   const send = document.getElementById("inbox-send");
   const canned = document.getElementById("inbox-canned");
   const typingNote = document.getElementById("inbox-typing");
+  const snooze = document.getElementById("inbox-snooze");
   let open = null;
 
   // Every change the page asks for carries the session's CSRF token.
@@ -56,7 +57,9 @@ if (root) {
     link.type = "button";
     link.append(element("span", "inbox-channel", conversation.channel),
       element("span", "inbox-queue", conversation.queue || "default"),
-      element("span", "inbox-wait", since(conversation.queued_at || conversation.updated_at)));
+      element("span", "inbox-wait", conversation.snoozed_until
+        ? `until ${new Date(conversation.snoozed_until).toLocaleString()}`
+        : since(conversation.queued_at || conversation.updated_at)));
     link.addEventListener("click", () => show(conversation.id));
     item.append(link);
     return item;
@@ -64,9 +67,10 @@ if (root) {
 
   const refresh = async () => {
     const { conversations } = await api("/api/v1/conversations?limit=200");
-    const groups = { queued: [], mine: [], others: [] };
+    const groups = { queued: [], mine: [], others: [], snoozed: [] };
     for (const conversation of conversations) {
       if (conversation.status === "queued") groups.queued.push(conversation);
+      else if (me && conversation.assignee === me && conversation.snoozed_until) groups.snoozed.push(conversation);
       else if (me && conversation.assignee === me) groups.mine.push(conversation);
       else groups.others.push(conversation);
     }
@@ -137,6 +141,9 @@ if (root) {
     accept.hidden = !(me && (conversation.status === "queued" || conversation.status === "bot"));
     const mine = conversation.status === "assigned" && (!me || conversation.assignee === me);
     for (const button of root.querySelectorAll("[data-act]")) button.hidden = !mine;
+    snooze.hidden = !mine || conversation.channel === "voice";
+    snooze.value = "";
+    if (conversation.snoozed_until) title.textContent += ` · snoozed until ${new Date(conversation.snoozed_until).toLocaleString()}`;
     // The transcript, with colleagues' notes (never the customer's) in time order among it.
     const items = [
       ...conversation.messages.map((message) => ({ at: message.created_at, message })),
@@ -193,6 +200,15 @@ if (root) {
       await refresh();
     });
   }
+  // Snooze: out of "Mine" until the time, or until the customer writes.
+  snooze.addEventListener("change", async () => {
+    if (snooze.value === "") return;
+    try {
+      await api(`/api/v1/conversations/${encodeURIComponent(open)}/snooze`, { method: "POST", body: JSON.stringify({ minutes: Number(snooze.value) }) });
+      await show(open);
+    } catch (error) { say(error.message); }
+    await refresh();
+  });
   // While the agent types, the customer's page shows it (a notice every 3 s at most).
   let typingSent = 0;
   input.addEventListener("input", () => {

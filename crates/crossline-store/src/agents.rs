@@ -47,8 +47,13 @@ pub struct Agent {
     pub skills: Vec<String>,
     /// Languages (ISO 639-1) the agent answers in.
     pub languages: Vec<String>,
-    /// Conversations the agent holds at once at most.
+    /// Conversations the agent holds at once at most, calls aside.
     pub capacity: u32,
+    /// Where a live call is transferred to them: an E.164 number or a `sip:` address (None: they
+    /// take no live calls).
+    pub phone: Option<String>,
+    /// Calls (voice conversations) the agent holds at once at most; 0 without a `phone`.
+    pub calls: u32,
     /// Available, away or offline.
     pub status: AgentStatus,
     /// When the agent was made.

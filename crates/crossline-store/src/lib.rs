@@ -571,13 +571,35 @@ pub trait AgentStore: Send + Sync {
     /// how many wait in each.
     async fn waiting_queues(&self, workspace_id: &str) -> StoreResult<Vec<(String, u64)>>;
     /// The customer of a conversation people have wrote at `since` and waits for an answer (kept
-    /// if they already waited: the wait counts from their first unanswered message).
+    /// if they already waited: the wait counts from their first unanswered message). A snooze of
+    /// the conversation ends: the customer's message wakes it.
     async fn mark_awaiting(
         &self,
         workspace_id: &str,
         conversation_id: &str,
         since: chrono::DateTime<chrono::Utc>,
     ) -> StoreResult<()>;
+    /// Change an agent's name, skills, languages, capacity, phone and calls (the id names it; the
+    /// email, status and token stay); false for an unknown agent.
+    async fn update_agent(&self, workspace_id: &str, agent: &agents::Agent) -> StoreResult<bool>;
+    /// An agent snoozed a conversation at `now` until `until`: out of sight (and of the agent's
+    /// load) until then, or until the customer writes ([`Self::mark_awaiting`] ends the snooze);
+    /// the customer's wait for an answer, if any, ends. [`Self::clear_awaiting`] ends it too.
+    async fn snooze(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<()>;
+    /// Wake a snoozed conversation (a customer's wait stays); false when it was not snoozed.
+    async fn unsnooze(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<bool>;
+    /// The snoozed conversations with the time each wakes, soonest first (at most `limit`).
+    async fn snoozes(
+        &self,
+        workspace_id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, chrono::DateTime<chrono::Utc>)>>;
     /// A person answered (or the conversation left them): the customer no longer waits.
     async fn clear_awaiting(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<()>;
     /// The conversations whose customer has waited since before `before`, longest first (at most `limit`).

@@ -39,9 +39,16 @@ pub struct CreateAgent {
     /// Languages the agent answers in (ISO 639-1, e.g. `en`).
     #[serde(default)]
     pub languages: Vec<String>,
-    /// Conversations held at once at most (1–50, default 3).
+    /// Conversations held at once at most, calls aside (1–50, default 3).
     #[serde(default)]
     pub capacity: Option<u32>,
+    /// Where a live call is put through to the agent: an E.164 number (`+15551234567`) or a SIP
+    /// address (`sip:grace@pbx.example`). Without one the agent takes no calls.
+    #[serde(default)]
+    pub phone: Option<String>,
+    /// Calls held at once at most (0–5; default 1 with a `phone`, else 0).
+    #[serde(default)]
+    pub calls: Option<u32>,
 }
 
 /// An agent.
@@ -57,8 +64,12 @@ pub struct AgentView {
     pub skills: Vec<String>,
     /// Languages.
     pub languages: Vec<String>,
-    /// Conversations held at once at most.
+    /// Conversations held at once at most, calls aside.
     pub capacity: u32,
+    /// Where a live call is put through to the agent (None: no calls).
+    pub phone: Option<String>,
+    /// Calls held at once at most.
+    pub calls: u32,
     /// `available`, `away` or `offline`.
     pub status: String,
     /// The agent's token: only in the answer that made the agent (`Authorization: Bearer` for the
@@ -76,6 +87,8 @@ impl From<Agent> for AgentView {
             skills: agent.skills,
             languages: agent.languages,
             capacity: agent.capacity,
+            phone: agent.phone,
+            calls: agent.calls,
             status: agent.status.as_str().to_owned(),
             token: None,
         }
@@ -118,6 +131,9 @@ pub struct ConversationView {
     pub queued_at: Option<DateTime<Utc>>,
     /// Its last message.
     pub updated_at: DateTime<Utc>,
+    /// Snoozed by its agent until then (it wakes sooner when the customer writes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snoozed_until: Option<DateTime<Utc>>,
     /// The messages, oldest first (one conversation's view only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub messages: Option<Vec<MessageView>>,
@@ -151,6 +167,7 @@ impl From<Conversation> for ConversationView {
             bot: conversation.bot,
             queued_at: conversation.queued_at,
             updated_at: conversation.updated_at,
+            snoozed_until: None,
             messages: None,
             notes: None,
         }
@@ -269,11 +286,69 @@ pub async fn create_agent(
         skills: body.skills,
         languages: body.languages,
         capacity: body.capacity.unwrap_or(3),
+        phone: body.phone,
+        calls: body.calls,
     };
     let (agent, token) = state.contact_centre.create_agent(&workspace.id, new, Utc::now()).await?;
     let mut view = AgentView::from(agent);
     view.token = Some(token);
     Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// An agent as it should be (`PUT /api/v1/agents/{id}`): the email stays as it was made.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAgent {
+    /// Shown to colleagues.
+    pub name: String,
+    /// Skills routing matches (letters, digits, `_`, `-`).
+    #[serde(default)]
+    pub skills: Vec<String>,
+    /// Languages the agent answers in (ISO 639-1).
+    #[serde(default)]
+    pub languages: Vec<String>,
+    /// Conversations held at once at most, calls aside (1–50, default 3).
+    #[serde(default)]
+    pub capacity: Option<u32>,
+    /// An E.164 number or a SIP address live calls are put through to (absent: no calls).
+    #[serde(default)]
+    pub phone: Option<String>,
+    /// Calls held at once at most (0–5; default 1 with a `phone`, else 0).
+    #[serde(default)]
+    pub calls: Option<u32>,
+}
+
+/// Change an agent.
+#[utoipa::path(put, path = "/api/v1/agents/{id}", tag = "agents",
+    description = "Sets the agent's name, skills, languages, capacity and — for agents who take calls — `phone` and `calls`. Fields left out take their defaults (as when an agent is made); the email, status and token stay. Routing uses the new values from its next pass.",
+    params(("id" = String, Path, description = "The agent")),
+    request_body(content = UpdateAgent, example = json!({"name": "Grace", "skills": ["billing"], "languages": ["en"], "capacity": 3, "phone": "+15550001111", "calls": 1})),
+    responses((status = 200, description = "The agent now.", body = AgentView),
+              (status = 400, response = crate::openapi::BadRequest),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 500, response = crate::openapi::Internal)),
+    security(("bearer" = [])))]
+pub async fn update_agent(
+    State(state): State<AppState>,
+    WorkspaceCaller(workspace): WorkspaceCaller,
+    Path(id): Path<String>,
+    body: Result<Json<UpdateAgent>, JsonRejection>,
+) -> ApiResult<Json<AgentView>> {
+    let Json(body) = body.map_err(json_rejection)?;
+    let changed = NewAgent {
+        name: body.name,
+        email: String::new(),
+        skills: body.skills,
+        languages: body.languages,
+        capacity: body.capacity.unwrap_or(3),
+        phone: body.phone,
+        calls: body.calls,
+    };
+    let agent = state.contact_centre.update_agent(&workspace.id, &id, changed).await?;
+    state.live.nudge_router(&workspace.id);
+    Ok(Json(agent.into()))
 }
 
 /// List agents.
@@ -389,7 +464,25 @@ pub async fn list_conversations(
     };
     let filter = ConversationFilter { statuses, queue: query.queue, assignee, limit, ..Default::default() };
     let conversations = state.contact_centre.conversations(&caller.workspace.id, &filter).await?;
-    Ok(Json(ConversationList { conversations: conversations.into_iter().map(ConversationView::from).collect() }))
+    let snoozes = snoozes_of(&state, &caller.workspace.id).await?;
+    let views = conversations
+        .into_iter()
+        .map(|conversation| {
+            let until = snoozes.get(&conversation.id).copied();
+            let mut view = ConversationView::from(conversation);
+            view.snoozed_until = until;
+            view
+        })
+        .collect();
+    Ok(Json(ConversationList { conversations: views }))
+}
+
+/// The workspace's snoozed conversations and when each wakes.
+async fn snoozes_of(
+    state: &AppState,
+    workspace_id: &str,
+) -> ApiResult<std::collections::HashMap<String, DateTime<Utc>>> {
+    Ok(state.store.snoozes(workspace_id, 20_000).await?.into_iter().collect())
 }
 
 /// One conversation, with its messages.
@@ -409,6 +502,7 @@ pub async fn get_conversation(
     let conversation = state.contact_centre.conversation(&caller.workspace.id, &id).await?;
     let messages = state.store.conversation_messages(&caller.workspace.id, &id).await?;
     let mut view = ConversationView::from(conversation);
+    view.snoozed_until = snoozes_of(&state, &caller.workspace.id).await?.get(&id).copied();
     view.messages = Some(
         messages
             .into_iter()
@@ -728,6 +822,66 @@ pub async fn resolve(
             .await?;
     }
     Ok(Json(conversation.into()))
+}
+
+/// When a snooze ends.
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SnoozeRequest {
+    /// Wake it then (a minute to 30 days ahead).
+    #[serde(default)]
+    pub until: Option<DateTime<Utc>>,
+    /// Or wake it this many minutes from now (1 to 43,200); 0 wakes it now.
+    #[serde(default)]
+    pub minutes: Option<u32>,
+}
+
+/// Snooze a conversation.
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/snooze", tag = "agents",
+    description = "The agent who has the conversation puts it aside until `until` (or for `minutes`): it leaves their list and their load (routing may give them another), the customer's next-response wait ends, and it wakes at that time — or at once when the customer writes. `{\"minutes\": 0}` wakes it now. Calls are not snoozed.",
+    params(("id" = String, Path, description = "The conversation")),
+    request_body(content = SnoozeRequest, example = json!({"minutes": 120})),
+    responses((status = 200, description = "Snoozed (or woken).", body = ConversationView),
+              (status = 400, response = crate::openapi::BadRequest),
+              (status = 401, response = crate::openapi::Unauthorized),
+              (status = 403, response = crate::openapi::WorkspaceOnly),
+              (status = 404, response = crate::openapi::NotFound),
+              (status = 409, description = "`already_assigned`: the agent does not have the conversation.", body = crate::error::ErrorBody),
+              (status = 500, response = crate::openapi::Internal)),
+    security(("bearer" = [])))]
+pub async fn snooze(
+    State(state): State<AppState>,
+    caller: PeopleCaller,
+    Path(id): Path<String>,
+    body: Result<Json<SnoozeRequest>, JsonRejection>,
+) -> ApiResult<Json<ConversationView>> {
+    let Json(body) = body.map_err(json_rejection)?;
+    let now = Utc::now();
+    let until = match (body.until, body.minutes) {
+        (Some(until), None) => Some(until),
+        (None, Some(0)) => None,
+        (None, Some(minutes)) if minutes <= 43_200 => Some(now + chrono::Duration::minutes(i64::from(minutes))),
+        (None, Some(_)) => {
+            return Err(ApiError::bad_request(ErrorCode::InvalidField, "minutes: use 0 (wake now) to 43200 (30 days)"));
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                ErrorCode::InvalidField,
+                "until: give either `until` (RFC 3339) or `minutes`",
+            ));
+        }
+    };
+    // The store keeps milliseconds: the answer says what it keeps.
+    let until = until.map(|until| DateTime::from_timestamp_millis(until.timestamp_millis()).unwrap_or(until));
+    let conversation =
+        state.contact_centre.snooze(&caller.workspace.id, &id, caller.agent.as_ref(), until, now).await?;
+    if until.is_some() {
+        // Its agent has room again.
+        state.live.nudge_router(&caller.workspace.id);
+    }
+    let mut view = ConversationView::from(conversation);
+    view.snoozed_until = until;
+    Ok(Json(view))
 }
 
 /// Give a conversation back to the bot.

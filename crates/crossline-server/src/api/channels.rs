@@ -21,6 +21,7 @@ use crossline_channels::reply::{Reply, render};
 use crossline_channels::twilio::{self, Keyword, TwilioConfig};
 use crossline_channels::webchat::WebChatConfig;
 use crossline_core::{ConsentStatus, ConversationStatus, Identity, IdentityKind};
+use crossline_engine::agents::AgentError;
 use crossline_engine::conversations::{Opening, Silence, Turn, TurnError, dialog_state, event};
 use crossline_store::{Conversation, Workspace};
 use serde_json::Value;
@@ -374,8 +375,34 @@ pub(crate) fn speech_hints(slot_types: &[Value]) -> Vec<String> {
     hints
 }
 
-/// Said after a handoff on a call, until calls can be transferred to agents.
+/// Said after a handoff on a call when nobody who takes calls is free: the conversation waits in
+/// its queue, and an agent calls back.
 const AGENT_CALLBACK: &str = "An agent will call you back shortly. Goodbye.";
+/// Said when a caller is put on hold for a person.
+const HOLD_GREETING: &str =
+    "Please hold while I find someone to help you. Press 1 at any time to get a call back instead.";
+/// Said about once a minute on hold.
+const HOLD_REMINDER: &str = "Thank you for holding. Press 1 to get a call back instead.";
+/// Said when the caller pressed 1 on hold.
+const CALL_BACK_CHOSEN: &str = "Thank you. An agent will call you back shortly. Goodbye.";
+/// Said when a caller held for [`MAX_HOLD_SECONDS`].
+const HELD_TOO_LONG: &str = "Sorry to keep you waiting. An agent will call you back shortly. Goodbye.";
+/// Said before the call is put through to the agent who took it.
+const CONNECTING: &str = "Connecting you to an agent now.";
+/// Said when the agent the call was put through to did not answer.
+const AGENT_MISSED: &str = "The agent could not take your call. Please keep holding.";
+/// Said when an agent without a phone took the caller's conversation.
+const AGENT_ON_IT: &str = "An agent has your conversation and will get back to you shortly. Goodbye.";
+/// Said when the call has nothing left to do.
+const GOODBYE: &str = "Thank you for calling. Goodbye.";
+/// Said when the agent handed the conversation back to the bot while the caller held.
+const BACK_WITH_BOT: &str = "You are back with the assistant. How can I help?";
+/// Longest a caller holds for a person before a call back is promised instead.
+const MAX_HOLD_SECONDS: i64 = 600;
+/// Each hold request waits this long (listening for the call-back key) before asking again.
+const HOLD_PAUSE_SECONDS: u32 = 8;
+/// How long the agent's phone rings.
+const DIAL_TIMEOUT_SECONDS: u32 = 20;
 
 /// Twilio's Voice webhook. The call's first request (to the number's URL) opens the call; each
 /// prompt's `<Gather>` then posts what the caller said — speech, keys, or nothing — to an action URL
@@ -395,6 +422,8 @@ pub async fn twilio_voice(
         twilio::parse_call(&params).map_err(|err| ApiError::bad_request(ErrorCode::InvalidField, err.to_string()))?;
     let position = twilio::parse_position(uri.query())
         .map_err(|err| ApiError::bad_request(ErrorCode::InvalidField, err.to_string()))?;
+    let hold = twilio::parse_hold(uri.query())
+        .map_err(|err| ApiError::bad_request(ErrorCode::InvalidField, err.to_string()))?;
     let from = caller(&workspace, &call.from)?;
     let bot = crate::api::bots::live_bot(&state, &workspace, &config.bot).await?;
     let sequence = position.map_or(0, |position| position.sequence);
@@ -413,6 +442,9 @@ pub async fn twilio_voice(
         prompting: &prompting,
         start: None,
     };
+    if let Some(hold) = hold {
+        return call_turn.on_hold(hold, &call).await;
+    }
     match (position, call.said()) {
         (Some(position), None) => call_turn.silence(position.silences).await,
         (None, None) => call_turn.open(&bot).await,
@@ -438,14 +470,17 @@ impl Prompting {
         twiml(twilio::gather_response(&spoken, &twilio::action_url(&self.path, position), &self.hints))
     }
 
-    /// A turn's answer: after a handoff the caller is told an agent will call back and the call ends.
-    fn answer(&self, replies: &[Reply], queued: bool) -> Response {
-        if !queued {
-            return self.listen(replies, 0);
-        }
-        let mut spoken = render(replies, &twilio::VOICE_CAPABILITIES).messages;
-        spoken.push(AGENT_CALLBACK.into());
-        twiml(twilio::hangup_response(&spoken))
+    /// Say the replies and end the call.
+    fn hang_up(&self, replies: &[Reply]) -> Response {
+        twiml(twilio::hangup_response(&render(replies, &twilio::VOICE_CAPABILITIES).messages))
+    }
+
+    /// Keep the caller on hold (since `since`, Unix seconds), saying `said` first.
+    fn hold(&self, said: &[Reply], since: i64) -> Response {
+        let spoken = render(said, &twilio::VOICE_CAPABILITIES).messages;
+        let hold = twilio::Hold { since, dialed: None };
+        let url = twilio::hold_url(&self.path, self.next_sequence, &hold);
+        twiml(twilio::hold_response(&spoken, &url, HOLD_PAUSE_SECONDS))
     }
 }
 
@@ -466,6 +501,92 @@ pub(crate) struct CallTurn<'a> {
 }
 
 impl CallTurn<'_> {
+    /// How a call goes on after a turn with `status`: the bot listens; after a handoff the caller
+    /// holds for a person when someone who takes calls is free, else is promised a call back; a
+    /// turn that resolved the conversation (a CSAT key) ends the call.
+    async fn after(&self, replies: Vec<Reply>, status: ConversationStatus) -> ApiResult<Response> {
+        match status {
+            ConversationStatus::Queued => {
+                let mut replies = replies;
+                if self.state.contact_centre.takes_calls_now(&self.workspace.id).await? {
+                    replies.push(Reply::text(HOLD_GREETING));
+                    Ok(self.prompting.hold(&replies, self.now.timestamp()))
+                } else {
+                    replies.push(Reply::text(AGENT_CALLBACK));
+                    Ok(self.prompting.hang_up(&replies))
+                }
+            }
+            ConversationStatus::Resolved => Ok(self.prompting.hang_up(&replies)),
+            ConversationStatus::Bot | ConversationStatus::Assigned => Ok(self.prompting.listen(&replies, 0)),
+        }
+    }
+
+    /// A request of the hold loop: put the caller through to the agent who took the conversation,
+    /// keep them holding, or end the call (a call back chosen with 1, held too long, or the
+    /// conversation gone). On the `<Dial>`'s action: the agent answered and the talk is over (the
+    /// conversation is resolved and the caller asked for a score by keypad), or the agent missed the
+    /// call (the conversation waits again; the caller holds on).
+    pub(crate) async fn on_hold(&self, hold: twilio::Hold, call: &twilio::InboundCall) -> ApiResult<Response> {
+        let centre = &self.state.contact_centre;
+        let workspace_id = &self.workspace.id;
+        let mut conversation = self.open_conversation().await?;
+        let mut said = Vec::new();
+        if let (Some(agent_id), Some(status)) = (&hold.dialed, &call.dial_status) {
+            let Some(id) = conversation.as_ref().map(|conversation| conversation.id.clone()) else {
+                return Ok(self.prompting.hang_up(&[Reply::text(GOODBYE)]));
+            };
+            if status == "completed" {
+                return match centre.call_ended(workspace_id, &id, agent_id, self.now).await {
+                    Ok((_, Some(question))) => Ok(self.prompting.listen(&[Reply::text(question)], 0)),
+                    Ok((_, None)) | Err(AgentError::Conflict { .. } | AgentError::NotFound(_)) => {
+                        Ok(self.prompting.hang_up(&[Reply::text(GOODBYE)]))
+                    }
+                    Err(err) => Err(err.into()),
+                };
+            }
+            match centre.call_missed(workspace_id, &id, agent_id, self.now).await {
+                Ok(_) => self.state.live.nudge_router(workspace_id),
+                // A retry of this request, or the conversation moved meanwhile.
+                Err(AgentError::Conflict { .. } | AgentError::NotFound(_)) => {}
+                Err(err) => return Err(err.into()),
+            }
+            said.push(Reply::text(AGENT_MISSED));
+            conversation = self.open_conversation().await?;
+        } else if call.digits.as_deref().map(str::trim) == Some("1") {
+            return Ok(self.prompting.hang_up(&[Reply::text(CALL_BACK_CHOSEN)]));
+        }
+        let Some(conversation) = conversation else { return Ok(self.prompting.hang_up(&[Reply::text(GOODBYE)])) };
+        let held = self.now.timestamp() - hold.since;
+        match conversation.status {
+            ConversationStatus::Queued if held >= MAX_HOLD_SECONDS => {
+                Ok(self.prompting.hang_up(&[Reply::text(HELD_TOO_LONG)]))
+            }
+            ConversationStatus::Queued => {
+                if said.is_empty() && held >= 60 && held % 60 < i64::from(HOLD_PAUSE_SECONDS) {
+                    said.push(Reply::text(HOLD_REMINDER));
+                }
+                Ok(self.prompting.hold(&said, hold.since))
+            }
+            ConversationStatus::Assigned => {
+                let agent = match &conversation.assignee {
+                    Some(id) => self.state.store.agent(workspace_id, id).await?,
+                    None => None,
+                };
+                match agent {
+                    Some(agent) if agent.calls > 0 && agent.phone.is_some() => {
+                        let dialed = twilio::Hold { since: hold.since, dialed: Some(agent.id.clone()) };
+                        let action = twilio::hold_url(&self.prompting.path, self.prompting.next_sequence, &dialed);
+                        let phone = agent.phone.as_deref().unwrap_or_default();
+                        Ok(twiml(twilio::dial_response(&[CONNECTING.to_owned()], phone, &action, DIAL_TIMEOUT_SECONDS)))
+                    }
+                    _ => Ok(self.prompting.hang_up(&[Reply::text(AGENT_ON_IT)])),
+                }
+            }
+            ConversationStatus::Bot => Ok(self.prompting.listen(&[Reply::text(BACK_WITH_BOT)], 0)),
+            ConversationStatus::Resolved => Ok(self.prompting.hang_up(&[Reply::text(GOODBYE)])),
+        }
+    }
+
     /// The caller said something: a conversation turn.
     pub(crate) async fn answer(&self, said: &str) -> ApiResult<Response> {
         let turn = Turn {
@@ -478,7 +599,7 @@ impl CallTurn<'_> {
             start: self.start,
         };
         match self.state.conversations.converse(self.workspace, turn).await {
-            Ok(outcome) => Ok(self.prompting.answer(&outcome.replies, outcome.status == ConversationStatus::Queued)),
+            Ok(outcome) => self.after(outcome.replies, outcome.status).await,
             // Twilio retried (or someone replayed) a request already answered: the same answer, no new turn.
             Err(TurnError::Duplicate { .. }) => self.replay().await,
             Err(err) => Err(err.into()),
@@ -545,7 +666,7 @@ impl CallTurn<'_> {
         match self.state.conversations.converse(self.workspace, turn).await {
             Ok(outcome) => {
                 replies.extend(outcome.replies);
-                Ok(self.prompting.answer(&replies, outcome.status == ConversationStatus::Queued))
+                self.after(replies, outcome.status).await
             }
             Err(TurnError::Duplicate { .. }) => self.replay().await,
             Err(err) => Err(err.into()),
@@ -559,7 +680,7 @@ impl CallTurn<'_> {
         let conversations = &self.state.conversations;
         match conversations.silence(self.workspace, self.bot, self.from, silences_before, message_id, self.now).await? {
             Silence::AskAgain(replies) => Ok(self.prompting.listen(&replies, silences_before.saturating_add(1))),
-            Silence::HandedOff(replies) => Ok(self.prompting.answer(&replies, true)),
+            Silence::HandedOff(replies) => self.after(replies, ConversationStatus::Queued).await,
             Silence::Goodbye(replies) => {
                 let spoken = render(&replies, &twilio::VOICE_CAPABILITIES).messages;
                 Ok(twiml(twilio::hangup_response(&spoken)))
@@ -572,7 +693,10 @@ impl CallTurn<'_> {
         metrics::counter!("crossline_webhook_replayed_total", "channel" => "twilio_voice").increment(1);
         let Some(message_id) = &self.message_id else { return Ok(self.prompting.listen(&[], 0)) };
         match self.state.conversations.answered_turn(self.workspace, self.bot, self.from, message_id).await? {
-            Some(answered) => Ok(self.prompting.answer(&answered.replies, answered.queued)),
+            Some(answered) => {
+                let status = if answered.queued { ConversationStatus::Queued } else { ConversationStatus::Bot };
+                self.after(answered.replies, status).await
+            }
             // Too far back to find: listen again, saying nothing.
             None => Ok(self.prompting.listen(&[], 0)),
         }

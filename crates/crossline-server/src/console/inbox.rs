@@ -52,6 +52,8 @@ pub async fn page(session: Session) -> Response {
                 @if agent.is_some() {
                     h2 { "Mine" }
                     ul #inbox-mine.inbox-list {}
+                    h2 { "Snoozed" }
+                    ul #inbox-snoozed.inbox-list data-testid="inbox-snoozed" {}
                 }
                 h2 { "With colleagues" }
                 ul #inbox-others.inbox-list {}
@@ -62,6 +64,12 @@ pub async fn page(session: Session) -> Response {
                     button #inbox-accept.button type="button" data-testid="inbox-accept" hidden { "Accept" }
                     button.button.secondary type="button" data-act="resolve" hidden { "Resolve" }
                     button.button.secondary type="button" data-act="hand-back" hidden { "Hand back to the bot" }
+                    select #inbox-snooze data-testid="inbox-snooze" aria-label="Snooze" hidden {
+                        option value="" { "Snooze…" }
+                        @for (minutes, text) in [(60, "for an hour"), (240, "for 4 hours"), (1440, "until tomorrow"), (10080, "for a week"), (0, "Wake now")] {
+                            option value=(minutes) { (text) }
+                        }
+                    }
                 }
                 div #inbox-messages.inbox-messages aria-live="polite" {}
                 p #inbox-typing.inbox-typing data-testid="inbox-typing" hidden { "The customer is typing…" }

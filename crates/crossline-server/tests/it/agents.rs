@@ -877,3 +877,85 @@ async fn typing_reaches_the_other_side_live() {
     assert_eq!(after["messages"], before["messages"]);
     server.stop().await;
 }
+
+/// An agent snoozes a conversation: it shows `snoozed_until`, leaves the agent's load (routing gives
+/// them the next one though their capacity is one), and wakes when the customer writes or when its
+/// time comes; a snooze out of range, of a conversation not theirs, or of nothing is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snoozed_conversation_frees_its_agent_and_wakes_when_the_customer_writes_or_its_time_comes() {
+    let server = TestServer::start().await;
+    let ws = server.workspace("snooze").await;
+    server.put_bot(&ws.api_key, "bank", &crate::bots::bank()).await;
+    let body = json!({"name": "Ann", "email": "ann@example.com", "skills": ["cards"], "capacity": 1});
+    let (_, ann) = server.post_json("/api/v1/agents", &ws.api_key, &body).await;
+    let (ann_id, token) = (ann["id"].as_str().unwrap().to_owned(), ann["token"].as_str().unwrap().to_owned());
+    let available = json!({"status": "available"});
+    server.put_json(&format!("/api/v1/agents/{ann_id}/status"), &ws.api_key, &available).await;
+    let say = |phone: &str, text: &str| json!({"bot": "bank", "from": {"kind": "phone", "value": phone}, "text": text, "channel": "sms"});
+    let (_, first) = server.converse(&ws.api_key, &say("+14155550200", "I lost my card")).await;
+    let first = format!("/api/v1/conversations/{}", first["conversation_id"].as_str().unwrap());
+    let taken = conversation_when(&server, &first, &ws.api_key, |c| c["status"] == "assigned").await;
+    assert_eq!(taken["assignee"], ann_id.as_str());
+    let snooze = |body: Value| {
+        let path = format!("{first}/snooze");
+        let (server, token) = (&server, &token);
+        async move { server.post_json(&path, token, &body).await }
+    };
+    for (body, field) in [
+        (json!({}), "until:"),
+        (json!({"minutes": 43_201}), "minutes:"),
+        (json!({"until": "2020-01-01T00:00:00Z"}), "until:"),
+        (json!({"until": "2030-01-01T00:00:00Z", "minutes": 5}), "until:"),
+        (json!({"minutes": "soon"}), ""),
+    ] {
+        let (status, answer) = snooze(body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        assert!(answer["error"]["message"].as_str().unwrap().starts_with(field), "{body}: {answer}");
+    }
+    let (status, snoozed) = snooze(json!({"minutes": 60})).await;
+    assert_eq!(status, StatusCode::OK, "{snoozed}");
+    let until = chrono::DateTime::parse_from_rfc3339(snoozed["snoozed_until"].as_str().unwrap()).unwrap();
+    let ahead = until.signed_duration_since(chrono::Utc::now()).num_minutes();
+    assert!((58..=60).contains(&ahead), "an hour ahead: {snoozed}");
+    let (_, listed) = json_of(server.get("/api/v1/conversations?status=assigned", &token).await).await;
+    assert_eq!(listed["conversations"][0]["snoozed_until"], snoozed["snoozed_until"]);
+
+    // Ann's only seat is free while it sleeps: the next card customer is hers.
+    let (_, second) = server.converse(&ws.api_key, &say("+14155550201", "my card was stolen")).await;
+    let second = format!("/api/v1/conversations/{}", second["conversation_id"].as_str().unwrap());
+    let taken = conversation_when(&server, &second, &ws.api_key, |c| c["status"] == "assigned").await;
+    assert_eq!(taken["assignee"], ann_id.as_str(), "a snoozed conversation is out of the agent's load");
+    // Someone else's conversation, or one waiting, is not hers to snooze.
+    let (_, bob) =
+        server.post_json("/api/v1/agents", &ws.api_key, &json!({"name": "Bob", "email": "bob@example.com"})).await;
+    let (status, _) =
+        server.post_json(&format!("{second}/snooze"), bob["token"].as_str().unwrap(), &json!({"minutes": 5})).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // The customer writes: it wakes, and their wait for an answer begins.
+    server.converse(&ws.api_key, &say("+14155550200", "hello? any news?")).await;
+    let (_, woken) = json_of(server.get(&first, &token).await).await;
+    assert!(woken.get("snoozed_until").is_none(), "{woken}");
+    let first_id = first.rsplit('/').next().unwrap();
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    assert!(server.store.awaiting(&ws.id, later, 10).await.unwrap().iter().any(|(id, _)| id == first_id));
+
+    // Snoozed again, then its time comes: the next routing pass wakes it.
+    assert_eq!(snooze(json!({"minutes": 30})).await.0, StatusCode::OK);
+    let now = chrono::Utc::now();
+    server
+        .store
+        .snooze(&ws.id, first_id, now - chrono::Duration::minutes(2), now - chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    server.put_json(&format!("/api/v1/agents/{ann_id}/status"), &ws.api_key, &available).await;
+    let awake = conversation_when(&server, &first, &token, |c| c.get("snoozed_until").is_none()).await;
+    assert_eq!(awake["status"], "assigned", "{awake}");
+    // Wake at once: minutes 0.
+    assert_eq!(snooze(json!({"minutes": 30})).await.0, StatusCode::OK);
+    let (status, now_awake) = snooze(json!({"minutes": 0})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(now_awake.get("snoozed_until").is_none(), "{now_awake}");
+    assert!(server.store.snoozes(&ws.id, 10).await.unwrap().is_empty());
+    server.stop().await;
+}

@@ -203,6 +203,17 @@ impl Call {
         (status, twiml)
     }
 
+    /// The caller's side sends Twilio's other parameters (`Digits`, `DialCallStatus`) to where the
+    /// last answer points: its `<Gather>` or its `<Dial>`'s action.
+    async fn send(&mut self, extra: &[(&str, &str)]) -> (StatusCode, String) {
+        let path = self.next.clone();
+        let (status, twiml) = self.post_with(&path, None, extra, TOKEN).await;
+        if let Some(action) = gather_action(&twiml).or_else(|| dial_action(&twiml)) {
+            self.next = action;
+        }
+        (status, twiml)
+    }
+
     /// The requests that follow go to another node (or the same node, restarted).
     fn moved_to(&mut self, server: &TestServer) {
         self.base_url.clone_from(&server.url);
@@ -215,6 +226,16 @@ impl Call {
     }
 
     async fn post(&self, path: &str, speech: Option<&str>, token: &str) -> (StatusCode, String) {
+        self.post_with(path, speech, &[], token).await
+    }
+
+    async fn post_with(
+        &self,
+        path: &str,
+        speech: Option<&str>,
+        extra: &[(&str, &str)],
+        token: &str,
+    ) -> (StatusCode, String) {
         let url = format!("{}{path}", self.base_url);
         let mut params: Vec<(String, String)> = [
             ("AccountSid", "AC11111111111111111111111111111111"),
@@ -232,6 +253,7 @@ impl Call {
             params.push(("SpeechResult".into(), speech.into()));
             params.push(("Confidence".into(), "0.93".into()));
         }
+        params.extend(extra.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())));
         let signature = crossline_channels::twilio::signature(token, &url, &params);
         let response = self.http.post(&url).header("X-Twilio-Signature", signature).form(&params).send().await.unwrap();
         let status = response.status();
@@ -244,6 +266,13 @@ fn gather_action(twiml: &str) -> Option<String> {
     let start = twiml.find("<Gather ")?;
     let rest = &twiml[start..];
     let value = rest.split("action=\"").nth(1)?.split('"').next()?;
+    Some(value.replace("&amp;", "&"))
+}
+
+/// The `action` of a TwiML answer's `<Dial>`, unescaped, with whom it dials.
+fn dial_action(twiml: &str) -> Option<String> {
+    let start = twiml.find("<Dial ")?;
+    let value = twiml[start..].split("action=\"").nth(1)?.split('"').next()?;
     Some(value.replace("&amp;", "&"))
 }
 
@@ -607,4 +636,194 @@ async fn a_replay_is_answered_from_the_store_after_a_restart_and_on_another_node
     a.stop().await;
     b.stop().await;
     crossline_store::postgres::drop_schemas(&database_url, &schema).await;
+}
+
+/// The caller's conversations with the bank bot, newest first, as the store has them.
+async fn calls_of(
+    server: &TestServer,
+    ws: &crate::harness::TestWorkspace,
+    phone: &str,
+) -> Vec<crossline_store::Conversation> {
+    let identity = crossline_core::Identity { kind: crossline_core::IdentityKind::Phone, value: phone.into() };
+    let profile = server.store.lookup(&ws.id, &identity).await.unwrap().expect("the caller's profile");
+    let filter = crossline_store::agents::ConversationFilter {
+        statuses: vec![
+            crossline_core::ConversationStatus::Queued,
+            crossline_core::ConversationStatus::Assigned,
+            crossline_core::ConversationStatus::Resolved,
+        ],
+        profile_id: Some(profile.id),
+        limit: 10,
+        ..Default::default()
+    };
+    server.store.list_conversations(&ws.id, &filter).await.unwrap()
+}
+
+/// The caller's conversation once routing gave it to `agent` (within 5 s).
+async fn assigned_to(server: &TestServer, ws: &crate::harness::TestWorkspace, phone: &str, agent: &str) {
+    for _ in 0..100 {
+        if calls_of(server, ws, phone)
+            .await
+            .iter()
+            .any(|c| c.assignee.as_deref() == Some(agent) && c.status.as_str() == "assigned")
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{phone}'s call was not given to {agent}: {:?}", calls_of(server, ws, phone).await);
+}
+
+/// A caller the bot hands off holds for a person when someone who takes calls is available: the
+/// agent routing gives the call to is dialled (`<Dial>` to their number or SIP address); an agent
+/// who misses it is set away and the call waits for the next; after the talk the caller scores it
+/// by keypad (`csat.submitted`). Pressing 1 on hold, or holding too long, ends in a call back; with
+/// nobody who takes calls the caller is promised one at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_holds_for_an_agent_is_put_through_and_scores_the_call_by_keypad() {
+    let server = TestServer::start().await;
+    let ws = server.workspace("bank").await;
+    configure(&server, &ws.api_key).await;
+    let hung_up = |twiml: &str| twiml.ends_with("<Hangup/></Response>");
+
+    // Nobody takes calls: a call back is promised at once.
+    let mut call = Call::start(&server, &ws.id, "+14155550140", "CA0140");
+    call.say(None).await;
+    let (_, twiml) = call.say(Some("I lost my card")).await;
+    assert_eq!(
+        said(&twiml).last().map(String::as_str),
+        Some("An agent will call you back shortly. Goodbye."),
+        "{twiml}"
+    );
+    assert!(hung_up(&twiml), "{twiml}");
+    let waiting = &calls_of(&server, &ws, "+14155550140").await[0];
+    assert_eq!(waiting.status.as_str(), "queued");
+    let resolve = format!("/api/v1/conversations/{}/resolve", waiting.id);
+    assert_eq!(server.post_json(&resolve, &ws.api_key, &json!({})).await.0, StatusCode::OK);
+
+    // Agents who take calls: a number, or a SIP address; bad ones are refused, naming the field.
+    for (body, field) in [
+        (json!({"name": "X", "email": "x@example.com", "phone": "555-0100"}), "phone:"),
+        (json!({"name": "X", "email": "x@example.com", "phone": "sip:a b@pbx"}), "phone:"),
+        (json!({"name": "X", "email": "x@example.com", "calls": 1}), "calls:"),
+        (json!({"name": "X", "email": "x@example.com", "phone": "+14155550100", "calls": 6}), "calls:"),
+    ] {
+        let (status, answer) = server.post_json("/api/v1/agents", &ws.api_key, &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        assert!(answer["error"]["message"].as_str().unwrap().starts_with(field), "{body}: {answer}");
+    }
+    let new = json!({"name": "Pat", "email": "pat@example.com", "skills": ["cards"], "phone": "+14155550177"});
+    let (status, pat) = server.post_json("/api/v1/agents", &ws.api_key, &new).await;
+    assert_eq!(
+        (status, pat["calls"].as_u64()),
+        (StatusCode::CREATED, Some(1)),
+        "a phone takes one call by default: {pat}"
+    );
+    let pat_id = pat["id"].as_str().unwrap().to_owned();
+    let new = json!({"name": "Sam", "email": "sam@example.com", "skills": ["cards"]});
+    let (_, sam) = server.post_json("/api/v1/agents", &ws.api_key, &new).await;
+    let sam_id = sam["id"].as_str().unwrap().to_owned();
+    let change = json!({"name": "Sam", "skills": ["cards"], "phone": "sip:sam@pbx.example;transport=tls"});
+    let (status, changed) = server.put_json(&format!("/api/v1/agents/{sam_id}"), &ws.api_key, &change).await;
+    assert_eq!(
+        (status, changed["calls"].as_u64(), changed["email"].as_str()),
+        (StatusCode::OK, Some(1), Some("sam@example.com")),
+        "{changed}"
+    );
+    let (status, _) =
+        server.put_json(&format!("/api/v1/agents/{sam_id}"), sam["token"].as_str().unwrap(), &change).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "an agent does not change agents");
+    let available = json!({"status": "available"});
+    server.put_json(&format!("/api/v1/agents/{pat_id}/status"), &ws.api_key, &available).await;
+
+    // A caller hands off: on hold, with the way to a call back said; routing gives the call to Pat.
+    let phone = "+14155550141";
+    let mut call = Call::start(&server, &ws.id, phone, "CA0141");
+    call.say(None).await;
+    let (_, twiml) = call.say(Some("I lost my card")).await;
+    assert_eq!(
+        said(&twiml).last().map(String::as_str),
+        Some("Please hold while I find someone to help you. Press 1 at any time to get a call back instead."),
+        "{twiml}"
+    );
+    assert!(twiml.contains("<Gather input=\"dtmf\" numDigits=\"1\"") && twiml.contains("<Pause length="), "{twiml}");
+    assert!(call.next.contains("&hold="), "the hold loop: {}", call.next);
+    assigned_to(&server, &ws, phone, &pat_id).await;
+    // The next request of the hold loop puts the call through to Pat's phone.
+    let (_, twiml) = call.send(&[]).await;
+    assert!(twiml.contains("<Say>Connecting you to an agent now.</Say><Dial "), "{twiml}");
+    assert!(twiml.contains("<Number>+14155550177</Number></Dial>"), "{twiml}");
+    assert!(call.next.contains(&format!("dialed={pat_id}")), "{}", call.next);
+    // Pat does not answer: the call waits again (Pat is away now) and the caller holds on.
+    let (_, twiml) = call.send(&[("DialCallStatus", "no-answer"), ("DialCallDuration", "0")]).await;
+    assert_eq!(said(&twiml), ["The agent could not take your call. Please keep holding."], "{twiml}");
+    let (_, pat_now) = json_of(server.get("/api/v1/agents", &ws.api_key).await).await;
+    let pat_status =
+        pat_now["agents"].as_array().unwrap().iter().find(|a| a["id"] == pat_id.as_str()).unwrap()["status"].clone();
+    assert_eq!(pat_status, "away", "an agent who missed a call is not offered the next");
+    assert_eq!(calls_of(&server, &ws, phone).await[0].status.as_str(), "queued");
+    // Sam becomes available and gets it; the call goes to his SIP address.
+    server.put_json(&format!("/api/v1/agents/{sam_id}/status"), &ws.api_key, &available).await;
+    assigned_to(&server, &ws, phone, &sam_id).await;
+    let (_, twiml) = call.send(&[]).await;
+    assert!(twiml.contains("<Sip>sip:sam@pbx.example;transport=tls</Sip>"), "{twiml}");
+    // They talk; Sam hangs up: the conversation is resolved by Sam and the caller asked for a score.
+    let (_, twiml) = call.send(&[("DialCallStatus", "completed"), ("DialCallDuration", "95")]).await;
+    assert_eq!(
+        said(&twiml),
+        ["Before you go: how did we do? Press a number from 1 for poor to 5 for great."],
+        "{twiml}"
+    );
+    let (_, twiml) = call.send(&[("Digits", "4")]).await;
+    assert_eq!(said(&twiml), ["Thank you for your feedback!"], "{twiml}");
+    assert!(hung_up(&twiml), "{twiml}");
+    let conversation = &calls_of(&server, &ws, phone).await[0];
+    assert_eq!((conversation.status.as_str(), conversation.assignee.as_deref()), ("resolved", Some(sam_id.as_str())));
+    let (_, events) = json_of(
+        server
+            .get(&format!("/api/v1/profiles/{}/events?limit=200&type=track", conversation.profile_id), &ws.api_key)
+            .await,
+    )
+    .await;
+    let events = events["events"].as_array().unwrap();
+    let named = |name: &str| events.iter().filter(|event| event["event"] == name).cloned().collect::<Vec<_>>();
+    let requeued = named("conversation.requeued");
+    assert_eq!(requeued.len(), 1, "{events:?}");
+    assert_eq!(
+        (requeued[0]["properties"]["reason"].as_str(), requeued[0]["properties"]["from_agent_id"].as_str()),
+        (Some("call_missed"), Some(pat_id.as_str()))
+    );
+    let resolved = named("conversation.resolved");
+    assert_eq!(resolved[0]["properties"]["csat_asked"], true);
+    let scored = named("csat.submitted");
+    assert_eq!(scored.len(), 1, "{events:?}");
+    assert_eq!(
+        (scored[0]["properties"]["score"].as_u64(), scored[0]["properties"]["agent_id"].as_str()),
+        (Some(4), Some(sam_id.as_str()))
+    );
+    assert_eq!(scored[0]["channel"], "voice");
+
+    // Nobody suits the queue (it asks a skill no agent has) though Sam takes calls: the caller
+    // holds, presses 1 for a call back; a hold of more than ten minutes ends in one as well.
+    let (status, _) = server.put_json("/api/v1/queues/cards", &ws.api_key, &json!({"skills": ["vip"]})).await;
+    assert_eq!(status, StatusCode::OK);
+    let phone = "+14155550142";
+    let mut call = Call::start(&server, &ws.id, phone, "CA0142");
+    call.say(None).await;
+    let (_, twiml) = call.say(Some("I lost my card")).await;
+    assert!(twiml.contains("Please hold"), "{twiml}");
+    let hold = call.next.clone();
+    let (_, twiml) = call.send(&[("Digits", "1")]).await;
+    assert_eq!(said(&twiml), ["Thank you. An agent will call you back shortly. Goodbye."], "{twiml}");
+    assert!(hung_up(&twiml));
+    assert_eq!(calls_of(&server, &ws, phone).await[0].status.as_str(), "queued", "it waits for the call back");
+    let turn = hold.split("turn=").nth(1).unwrap().split('&').next().unwrap().to_owned();
+    let long_ago = (chrono::Utc::now() - chrono::Duration::minutes(11)).timestamp();
+    call.next = format!("/hooks/{}/twilio/voice?turn={turn}&hold={long_ago}", ws.id);
+    let (_, twiml) = call.send(&[]).await;
+    assert_eq!(said(&twiml), ["Sorry to keep you waiting. An agent will call you back shortly. Goodbye."], "{twiml}");
+    // A hold URL Crossline did not sign is refused.
+    let (status, _) = call.post_with(&hold, None, &[], "not-the-token").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    server.stop().await;
 }

@@ -6,7 +6,7 @@ use crate::agents::{Agent, AgentStatus, ConversationFilter, PeopleChange};
 use crate::{Conversation, ConversationMessage, from_millis, to_millis};
 use tokio_postgres::Row;
 
-const AGENT_COLUMNS: &str = "id, name, email, skills, languages, capacity, status, created_at, status_at";
+const AGENT_COLUMNS: &str = "id, name, email, skills, languages, capacity, status, created_at, status_at, phone, calls";
 
 fn agent_from_row(row: &Row) -> StoreResult<Agent> {
     Ok(Agent {
@@ -19,6 +19,8 @@ fn agent_from_row(row: &Row) -> StoreResult<Agent> {
         status: AgentStatus::parse(row.get(6)).unwrap_or(AgentStatus::Offline),
         created_at: from_millis(row.get(7)),
         status_at: from_millis(row.get(8)),
+        phone: row.get(9),
+        calls: u32::try_from(row.get::<_, i64>(10)).unwrap_or(0),
     })
 }
 
@@ -29,7 +31,8 @@ impl crate::AgentStore for PgStore {
         client
             .execute(
                 "INSERT INTO conversation_waits (workspace_id, conversation_id, since) VALUES ($1, $2, $3)
-                 ON CONFLICT (workspace_id, conversation_id) DO NOTHING",
+                 ON CONFLICT (workspace_id, conversation_id) DO UPDATE SET since = excluded.since, snoozed_until = NULL
+                 WHERE conversation_waits.snoozed_until IS NOT NULL",
                 &[&workspace_id, &conversation_id, &to_millis(since)],
             )
             .await?;
@@ -57,6 +60,7 @@ impl crate::AgentStore for PgStore {
         let rows = client
             .query(
                 "SELECT conversation_id, since FROM conversation_waits WHERE workspace_id = $1 AND since < $2
+                 AND snoozed_until IS NULL
                  ORDER BY since LIMIT $3",
                 &[&workspace_id, &to_millis(before), &(limit as i64)],
             )
@@ -150,8 +154,8 @@ impl crate::AgentStore for PgStore {
         let client = self.pool.get().await?;
         let inserted = client
             .execute(
-                "INSERT INTO agents (workspace_id, id, name, email, skills, languages, capacity, status, token_hash, created_at, status_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                "INSERT INTO agents (workspace_id, id, name, email, skills, languages, capacity, status, token_hash, created_at, status_at, phone, calls)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                 &[
                     &workspace_id,
                     &agent.id,
@@ -164,6 +168,8 @@ impl crate::AgentStore for PgStore {
                     &token_hash,
                     &to_millis(agent.created_at),
                     &to_millis(agent.status_at),
+                    &agent.phone,
+                    &i64::from(agent.calls),
                 ],
             )
             .await;
@@ -195,7 +201,7 @@ impl crate::AgentStore for PgStore {
                 &[&token_hash],
             )
             .await?;
-        row.map(|row| Ok((row.get(9), agent_from_row(&row)?))).transpose()
+        row.map(|row| Ok((row.get(11), agent_from_row(&row)?))).transpose()
     }
 
     async fn agents(&self, workspace_id: &str) -> StoreResult<Vec<Agent>> {
@@ -229,6 +235,69 @@ impl crate::AgentStore for PgStore {
             )
             .await?;
         Ok(changed == 1)
+    }
+
+    async fn update_agent(&self, workspace_id: &str, agent: &Agent) -> StoreResult<bool> {
+        let client = self.pool.get().await?;
+        let changed = client
+            .execute(
+                "UPDATE agents SET name = $1, skills = $2, languages = $3, capacity = $4, phone = $5, calls = $6
+                 WHERE workspace_id = $7 AND id = $8",
+                &[
+                    &agent.name,
+                    &serde_json::to_string(&agent.skills)?,
+                    &serde_json::to_string(&agent.languages)?,
+                    &i64::from(agent.capacity),
+                    &agent.phone,
+                    &i64::from(agent.calls),
+                    &workspace_id,
+                    &agent.id,
+                ],
+            )
+            .await?;
+        Ok(changed == 1)
+    }
+
+    async fn snooze(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO conversation_waits (workspace_id, conversation_id, since, snoozed_until) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (workspace_id, conversation_id) DO UPDATE SET since = excluded.since,
+                 snoozed_until = excluded.snoozed_until",
+                &[&workspace_id, &conversation_id, &to_millis(now), &to_millis(until)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn unsnooze(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<bool> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .execute(
+                "DELETE FROM conversation_waits WHERE workspace_id = $1 AND conversation_id = $2 AND snoozed_until IS NOT NULL",
+                &[&workspace_id, &conversation_id],
+            )
+            .await?
+            == 1)
+    }
+
+    async fn snoozes(&self, workspace_id: &str, limit: usize) -> StoreResult<Vec<(String, DateTime<Utc>)>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT conversation_id, snoozed_until FROM conversation_waits
+                 WHERE workspace_id = $1 AND snoozed_until IS NOT NULL ORDER BY snoozed_until LIMIT $2",
+                &[&workspace_id, &(limit as i64)],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| (row.get(0), from_millis(row.get(1)))).collect())
     }
 
     async fn waiting_queues(&self, workspace_id: &str) -> StoreResult<Vec<(String, u64)>> {

@@ -5,7 +5,7 @@ use super::*;
 use crate::agents::{Agent, AgentStatus, ConversationFilter, PeopleChange};
 use crate::{Conversation, ConversationMessage, from_millis, to_millis};
 
-const AGENT_COLUMNS: &str = "id, name, email, skills, languages, capacity, status, created_at, status_at";
+const AGENT_COLUMNS: &str = "id, name, email, skills, languages, capacity, status, created_at, status_at, phone, calls";
 
 fn agent_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Agent, String, String)> {
     Ok((
@@ -19,6 +19,8 @@ fn agent_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Agent, String, S
             status: AgentStatus::parse(&row.get::<_, String>(6)?).unwrap_or(AgentStatus::Offline),
             created_at: from_millis(row.get(7)?),
             status_at: from_millis(row.get(8)?),
+            phone: row.get(9)?,
+            calls: row.get(10)?,
         },
         row.get(3)?,
         row.get(4)?,
@@ -54,7 +56,8 @@ impl crate::AgentStore for SqliteStore {
         self.write_aside(move |tx| {
             tx.execute(
                 "INSERT INTO conversation_waits (workspace_id, conversation_id, since) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (workspace_id, conversation_id) DO NOTHING",
+                 ON CONFLICT (workspace_id, conversation_id) DO UPDATE SET since = excluded.since, snoozed_until = NULL
+                 WHERE snoozed_until IS NOT NULL",
                 rusqlite::params![workspace_id, conversation_id, to_millis(since)],
             )?;
             Ok(())
@@ -99,6 +102,7 @@ impl crate::AgentStore for SqliteStore {
         self.read(move |conn| {
             let mut statement = conn.prepare_cached(
                 "SELECT conversation_id, since FROM conversation_waits WHERE workspace_id = ?1 AND since < ?2
+                 AND snoozed_until IS NULL
                  ORDER BY since LIMIT ?3",
             )?;
             let waits = statement
@@ -194,8 +198,8 @@ impl crate::AgentStore for SqliteStore {
                 return Err(StoreError::Conflict(format!("an agent with the email {} exists", agent.email)));
             }
             tx.execute(
-                "INSERT INTO agents (workspace_id, id, name, email, skills, languages, capacity, status, token_hash, created_at, status_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO agents (workspace_id, id, name, email, skills, languages, capacity, status, token_hash, created_at, status_at, phone, calls)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 rusqlite::params![
                     workspace_id,
                     agent.id,
@@ -208,6 +212,8 @@ impl crate::AgentStore for SqliteStore {
                     token_hash,
                     to_millis(agent.created_at),
                     to_millis(agent.status_at),
+                    agent.phone,
+                    agent.calls,
                 ],
             )?;
             Ok(())
@@ -237,7 +243,7 @@ impl crate::AgentStore for SqliteStore {
                 .query_row(
                     &format!("SELECT {AGENT_COLUMNS}, workspace_id FROM agents WHERE token_hash = ?1"),
                     [&token_hash],
-                    |row| Ok((agent_from_row(row)?, row.get::<_, String>(9)?)),
+                    |row| Ok((agent_from_row(row)?, row.get::<_, String>(11)?)),
                 )
                 .optional()?;
             row.map(|(agent, workspace_id)| Ok((workspace_id, agent_of(agent)?))).transpose()
@@ -278,6 +284,76 @@ impl crate::AgentStore for SqliteStore {
                 rusqlite::params![status.as_str(), to_millis(now), workspace_id, id],
             )?;
             Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn update_agent(&self, workspace_id: &str, agent: &Agent) -> StoreResult<bool> {
+        let (workspace_id, agent) = (workspace_id.to_owned(), agent.clone());
+        self.write_aside(move |tx| {
+            let changed = tx.execute(
+                "UPDATE agents SET name = ?1, skills = ?2, languages = ?3, capacity = ?4, phone = ?5, calls = ?6
+                 WHERE workspace_id = ?7 AND id = ?8",
+                rusqlite::params![
+                    agent.name,
+                    serde_json::to_string(&agent.skills)?,
+                    serde_json::to_string(&agent.languages)?,
+                    agent.capacity,
+                    agent.phone,
+                    agent.calls,
+                    workspace_id,
+                    agent.id,
+                ],
+            )?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn snooze(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let (workspace_id, conversation_id) = (workspace_id.to_owned(), conversation_id.to_owned());
+        self.write_aside(move |tx| {
+            tx.execute(
+                "INSERT INTO conversation_waits (workspace_id, conversation_id, since, snoozed_until) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (workspace_id, conversation_id) DO UPDATE SET since = excluded.since,
+                 snoozed_until = excluded.snoozed_until",
+                rusqlite::params![workspace_id, conversation_id, to_millis(now), to_millis(until)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn unsnooze(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<bool> {
+        let (workspace_id, conversation_id) = (workspace_id.to_owned(), conversation_id.to_owned());
+        self.write_aside(move |tx| {
+            Ok(tx.execute(
+                "DELETE FROM conversation_waits WHERE workspace_id = ?1 AND conversation_id = ?2 AND snoozed_until IS NOT NULL",
+                (&workspace_id, &conversation_id),
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn snoozes(&self, workspace_id: &str, limit: usize) -> StoreResult<Vec<(String, DateTime<Utc>)>> {
+        let workspace_id = workspace_id.to_owned();
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT conversation_id, snoozed_until FROM conversation_waits
+                 WHERE workspace_id = ?1 AND snoozed_until IS NOT NULL ORDER BY snoozed_until LIMIT ?2",
+            )?;
+            let rows = statement
+                .query_map(rusqlite::params![workspace_id, limit as i64], |row| {
+                    Ok((row.get::<_, String>(0)?, from_millis(row.get(1)?)))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
         })
         .await
     }

@@ -25,6 +25,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0020_people_events.sql"),
     include_str!("../../migrations/sqlite/0021_conversation_notes.sql"),
     include_str!("../../migrations/sqlite/0022_conversation_waits.sql"),
+    include_str!("../../migrations/sqlite/0023_calls_and_snoozes.sql"),
 ];
 
 /// Apply the migrations this binary knows and the database lacks. Idempotent.

@@ -19,6 +19,8 @@ fn agent(id: &str, email: &str) -> Agent {
         status: AgentStatus::Offline,
         created_at: at,
         status_at: at,
+        phone: None,
+        calls: 0,
     }
 }
 
@@ -44,6 +46,19 @@ pub(super) async fn a_conversation_is_taken_once_and_turns_do_not_undo_it(store:
     );
     assert_eq!(store.agent(&ws.id, "agt_a").await.unwrap().unwrap().status, AgentStatus::Available);
     assert_eq!(store.agents(&ws.id).await.unwrap().len(), 2);
+    // An agent who takes calls: their number and call capacity; email, status and token stay.
+    let mut changed = agent("agt_a", "changed@example.com");
+    changed.name = "Ann".into();
+    changed.phone = Some("+15550001111".into());
+    changed.calls = 1;
+    assert!(store.update_agent(&ws.id, &changed).await.unwrap());
+    assert!(!store.update_agent(&other.id, &agent("agt_b", "b@example.com")).await.unwrap(), "another workspace's");
+    let read = store.agent(&ws.id, "agt_a").await.unwrap().unwrap();
+    assert_eq!(
+        (read.name.as_str(), read.phone.as_deref(), read.calls, read.email.as_str(), read.status),
+        ("Ann", Some("+15550001111"), 1, "a@example.com", AgentStatus::Available)
+    );
+    assert_eq!(store.agent_by_token("hash-a").await.unwrap().unwrap().1.phone.as_deref(), Some("+15550001111"));
 
     let profile = store
         .ingest(&ws.id, events(json!({"batch": [{"type": "identify", "userId": "ada", "messageId": "i1"}]})))
@@ -269,10 +284,33 @@ pub(super) async fn a_conversation_is_taken_once_and_turns_do_not_undo_it(store:
     assert!(store.awaiting(&other.id, now + Duration::hours(1), 10).await.unwrap().is_empty());
     store.clear_awaiting(&ws.id, "cnv_1").await.unwrap();
     assert!(store.awaiting(&ws.id, now + Duration::hours(1), 10).await.unwrap().is_empty());
-    store.mark_awaiting(&ws.id, "cnv_1", now + Duration::seconds(40)).await.unwrap();
+    // A snooze: out of the waits until the customer writes, which ends it and starts a wait.
+    store.mark_awaiting(&ws.id, "cnv_1", now).await.unwrap();
+    let until = now + Duration::hours(2);
+    store.snooze(&ws.id, "cnv_1", now + Duration::seconds(5), until).await.unwrap();
+    assert!(store.awaiting(&ws.id, now + Duration::hours(1), 10).await.unwrap().is_empty(), "a snooze is no wait");
+    assert_eq!(store.snoozes(&ws.id, 10).await.unwrap(), [("cnv_1".to_owned(), until)]);
+    assert!(store.snoozes(&other.id, 10).await.unwrap().is_empty());
+    store.mark_awaiting(&ws.id, "cnv_1", now + Duration::seconds(9)).await.unwrap();
+    assert!(store.snoozes(&ws.id, 10).await.unwrap().is_empty(), "the customer's message wakes it");
+    assert_eq!(
+        store.awaiting(&ws.id, now + Duration::hours(1), 10).await.unwrap(),
+        [("cnv_1".to_owned(), now + Duration::seconds(9))]
+    );
+    store.snooze(&ws.id, "cnv_1", now + Duration::seconds(10), until).await.unwrap();
+    assert!(store.unsnooze(&ws.id, "cnv_1").await.unwrap(), "woken");
+    assert!(!store.unsnooze(&ws.id, "cnv_1").await.unwrap(), "once");
+    store.mark_awaiting(&ws.id, "cnv_1", now + Duration::seconds(11)).await.unwrap();
+    assert!(!store.unsnooze(&ws.id, "cnv_1").await.unwrap(), "a wait is no snooze");
+    assert_eq!(store.awaiting(&ws.id, now + Duration::hours(1), 10).await.unwrap().len(), 1, "and stays");
+    store.snooze(&ws.id, "cnv_1", now + Duration::seconds(10), until).await.unwrap();
+    store.clear_awaiting(&ws.id, "cnv_1").await.unwrap();
+    assert!(store.snoozes(&ws.id, 10).await.unwrap().is_empty(), "leaving people ends a snooze");
+    store.snooze(&ws.id, "cnv_1", now + Duration::seconds(10), until).await.unwrap();
     assert!(store.delete_profile(&ws.id, &profile).await.unwrap());
     assert!(store.notes(&ws.id, "cnv_1", 10).await.unwrap().is_empty(), "erased with the customer");
     assert!(store.awaiting(&ws.id, now + Duration::hours(1), 10).await.unwrap().is_empty(), "erased too");
+    assert!(store.snoozes(&ws.id, 10).await.unwrap().is_empty(), "snoozes too");
 }
 
 pub(super) async fn people_stats_count_the_contact_centre_of_a_day(store: DynStore) {
