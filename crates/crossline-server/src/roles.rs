@@ -148,7 +148,7 @@ pub fn api_allows(role: Role, method: &Method, route: &str) -> bool {
 /// Whether `role` may open the console `route` with `method`. Agents have the inbox: the
 /// supervisor view (colleagues' load, CSAT) is for the others.
 pub fn page_allows(role: Role, method: &Method, route: &str) -> bool {
-    if role == Role::Agent && route == "/supervisor" {
+    if role == Role::Agent && under(route, "/supervisor") {
         return false;
     }
     allows(role, page_area(route), needed(method, route))

@@ -28,6 +28,7 @@
 //!   (a new link), `POST /users/{id}/remove`: users and their roles, for admins.
 //! - `GET /invite/{token}`, `POST /invite/{token}`: an invited person sets a password and is signed in.
 //! - `GET /supervisor`: the contact centre now — queues, agents, SLA breaches, CSAT, containment.
+//! - `GET`/`POST /supervisor/agents/{id}`: an agent's skills, capacity, phone and calls.
 //! - `GET /assets/{name}`: embedded CSS, JavaScript and icon, cacheable for a year.
 //!
 //! Every page but `/login` and the assets redirects a visitor without a valid session to `/login`.
@@ -38,6 +39,7 @@
 //! the same checks as the REST API, and only on a POST that the [`session::Session`] extractor
 //! accepted as coming from the console's own pages.
 
+pub mod agents;
 pub mod assets;
 pub mod bots;
 pub mod channels;
@@ -93,6 +95,7 @@ pub fn router() -> Router<AppState> {
         .route("/channels/twilio", post(channels::save_twilio))
         .route("/settings/messaging", post(channels::save_messaging))
         .route("/supervisor", get(supervisor::page))
+        .route("/supervisor/agents/{id}", get(agents::show).post(agents::save))
         .route("/users", get(users::list).post(users::invite))
         .route("/users/{id}", post(users::change_role))
         .route("/users/{id}/invite", post(users::reinvite))

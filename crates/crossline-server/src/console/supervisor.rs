@@ -238,19 +238,20 @@ pub fn supervisor_content(view: &SupervisorView) -> Markup {
             div.card.table-card {
                 div.card-head { h2 { "Agents" } }
                 table data-testid="supervisor-agents" {
-                    thead { tr { th { "Agent" } th { "Status" } th { "Holding" } th { "Skills" } th { "Languages" } } }
+                    thead { tr { th { "Agent" } th { "Status" } th { "Holding" } th { "Skills" } th { "Languages" } th { "Calls" } } }
                     tbody {
                         @for agent in &view.agents {
                             tr data-testid="supervisor-agent" data-agent-id=(agent.agent.id) data-status=(agent.agent.status.as_str()) data-holding=(agent.holding) {
-                                td { (agent.agent.name) " " span.muted { (agent.agent.email) } }
+                                td { a href=(format!("/supervisor/agents/{}", agent.agent.id)) { (agent.agent.name) } " " span.muted { (agent.agent.email) } }
                                 td { span.badge { (agent.agent.status.as_str()) } }
                                 td { (agent.holding) " / " (agent.agent.capacity) }
                                 td { (agent.agent.skills.join(", ")) }
                                 td { (agent.agent.languages.join(", ")) }
+                                td { @match &agent.agent.phone { Some(phone) => { (agent.agent.calls) " on " (phone) }, None => span.muted { "—" } } }
                             }
                         }
                         @if view.agents.is_empty() {
-                            tr { td colspan="5" .muted { "No agents yet: invite a user with the agent role, or POST /api/v1/agents." } }
+                            tr { td colspan="6" .muted { "No agents yet: invite a user with the agent role, or POST /api/v1/agents." } }
                         }
                     }
                 }
