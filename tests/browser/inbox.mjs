@@ -162,6 +162,17 @@ try {
   await page.waitForTimeout(500);
   const seen = await chat.locator('[data-testid="chat-message"]').allTextContents();
   if (seen.some((text) => text.includes("replacement"))) fail(`the customer saw the note: ${seen}`);
+  // Snoozed for an hour: the conversation moves to her Snoozed list; Lin writes, and it is back in Mine, live.
+  await inbox.selectOption('[data-testid="inbox-snooze"]', "60");
+  await inbox.locator('[data-testid="inbox-snoozed"] [data-testid="inbox-conversation"]').first().waitFor({ timeout: 10000 })
+    .catch(() => fail("the snoozed conversation is not in the Snoozed list"));
+  await chat.locator('[data-testid="chat-input"]').fill("Thanks! Also, when does the new card arrive?");
+  await chat.locator('[data-testid="chat-send"]').click();
+  await inbox.locator('#inbox-mine [data-testid="inbox-conversation"]').first().waitFor({ timeout: 10000 })
+    .catch(() => fail("the customer's message did not wake the snoozed conversation"));
+  if (await inbox.locator('[data-testid="inbox-snoozed"] [data-testid="inbox-conversation"]').count() !== 0) {
+    fail("the woken conversation is still in the Snoozed list");
+  }
   // Grace makes herself available (routing offers her conversations from now on; she took this one herself).
   const statusSaved = inbox.waitForResponse((response) => response.url().endsWith("/api/v1/agents/me/status"));
   await inbox.selectOption('[data-testid="inbox-status"]', "available");

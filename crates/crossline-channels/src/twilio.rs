@@ -263,52 +263,62 @@ pub fn gather_response(replies: &[String], action: &str, hints: &[String]) -> St
 }
 
 /// A caller on hold for a person, carried in the hold loop's URL: `hold=` the Unix second the hold
-/// began, and on a `<Dial>`'s action `dialed=` the agent the call was put through to. Twilio signs
-/// the whole URL, so a caller cannot shorten their wait or name an agent.
+/// began, `cnv=` the caller's conversation, and on the `<Dial>` `dialed=` the agent the call is put
+/// through to (`screen=1` on the request that asks that agent to take it). Twilio signs the whole
+/// URL, so a caller cannot shorten their wait, name a conversation or an agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hold {
     /// When the hold began (Unix seconds).
     pub since: i64,
-    /// The agent dialled, on the `<Dial>`'s action request.
+    /// The caller's conversation.
+    pub conversation: String,
+    /// The agent dialled, on the `<Dial>`'s requests.
     pub dialed: Option<String>,
+    /// The request Twilio makes when the agent picks up, before the caller is connected.
+    pub screen: bool,
+}
+
+/// An id Crossline made: letters, digits and `_`, at most 64.
+fn is_id(value: &str) -> bool {
+    !value.is_empty() && value.len() <= 64 && value.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
 }
 
 /// Read a hold from a voice webhook's query; None when the request is not one of a hold loop.
 pub fn parse_hold(query: Option<&str>) -> Result<Option<Hold>, ConfigError> {
-    let mut since = None;
-    let mut dialed = None;
+    let (mut since, mut conversation, mut dialed, mut screen) = (None, None, None, false);
+    let refused = |field: &str| config_error(field, "must be what Crossline put in the hold loop's URL");
     for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match name.as_ref() {
             "hold" => {
-                since =
-                    Some(
-                        value.parse::<i64>().ok().filter(|seconds| *seconds > 0).ok_or_else(|| {
-                            config_error("hold", "must be the time Crossline put in the hold loop's URL")
-                        })?,
-                    )
+                since = Some(value.parse::<i64>().ok().filter(|seconds| *seconds > 0).ok_or_else(|| refused("hold"))?)
             }
-            "dialed" => {
-                if value.is_empty()
-                    || value.len() > 64
-                    || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                {
-                    return Err(config_error("dialed", "must be the agent Crossline put in the Dial action URL"));
-                }
-                dialed = Some(value.into_owned());
-            }
+            "cnv" if is_id(&value) => conversation = Some(value.into_owned()),
+            "cnv" => return Err(refused("cnv")),
+            "dialed" if is_id(&value) => dialed = Some(value.into_owned()),
+            "dialed" => return Err(refused("dialed")),
+            "screen" => screen = value == "1",
             _ => {}
         }
     }
-    Ok(since.map(|since| Hold { since, dialed }))
+    let Some(since) = since else { return Ok(None) };
+    let conversation = conversation.ok_or_else(|| refused("cnv"))?;
+    if screen && dialed.is_none() {
+        return Err(refused("screen"));
+    }
+    Ok(Some(Hold { since, conversation, dialed, screen }))
 }
 
 /// The URL of a hold loop's next request: the webhook's `path` with the hold as its query, after
 /// the number of the prompt the caller answers once off hold (`turn`).
 pub fn hold_url(path: &str, sequence: u32, hold: &Hold) -> String {
-    match &hold.dialed {
-        None => format!("{path}?turn={sequence}&hold={}", hold.since),
-        Some(agent) => format!("{path}?turn={sequence}&hold={}&dialed={agent}", hold.since),
+    let mut url = format!("{path}?turn={sequence}&hold={}&cnv={}", hold.since, hold.conversation);
+    if let Some(agent) = &hold.dialed {
+        url.push_str(&format!("&dialed={agent}"));
     }
+    if hold.screen {
+        url.push_str("&screen=1");
+    }
+    url
 }
 
 /// TwiML that keeps a caller on hold: says `said` (maybe nothing), waits `pause_seconds` listening
@@ -330,8 +340,10 @@ pub fn hold_response(said: &[String], action: &str, pause_seconds: u32) -> Strin
 }
 
 /// TwiML that puts the caller through to `to` — an E.164 number (`<Number>`) or a SIP address
-/// (`<Sip>`) — after saying `said`; when that leg ends Twilio posts `DialCallStatus` to `action`.
-pub fn dial_response(said: &[String], to: &str, action: &str, timeout_seconds: u32) -> String {
+/// (`<Sip>`) — after saying `said`; when the agent picks up Twilio asks `screen` what to play them
+/// first (the caller hears ringing until they take the call), and when that leg ends it posts
+/// `DialCallStatus` to `action`.
+pub fn dial_response(said: &[String], to: &str, action: &str, screen: &str, timeout_seconds: u32) -> String {
     let mut twiml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response>");
     for text in said {
         twiml.push_str(&format!("<Say>{}</Say>", escape_xml(&speech(text, VOICE_CAPABILITIES.max_reply_chars))));
@@ -342,9 +354,28 @@ pub fn dial_response(said: &[String], to: &str, action: &str, timeout_seconds: u
         timeout_seconds.clamp(5, 600)
     ));
     let element = if to.starts_with("sip:") || to.starts_with("sips:") { "Sip" } else { "Number" };
-    twiml.push_str(&format!("<{element}>{}</{element}>", escape_xml(to)));
+    twiml.push_str(&format!(
+        "<{element} url=\"{}\" method=\"POST\">{}</{element}>",
+        escape_xml(screen),
+        escape_xml(to)
+    ));
     twiml.push_str("</Dial></Response>");
     twiml
+}
+
+/// TwiML played to the agent who picked up, before the caller is connected: `prompt`, then one key
+/// posted to `action`; no key hangs up the agent's leg (a voicemail never takes the call).
+pub fn screen_response(prompt: &str, action: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Gather input=\"dtmf\" numDigits=\"1\" timeout=\"8\" action=\"{}\" method=\"POST\"><Say>{}</Say></Gather><Hangup/></Response>",
+        escape_xml(action),
+        escape_xml(&speech(prompt, VOICE_CAPABILITIES.max_reply_chars))
+    )
+}
+
+/// TwiML that ends the screening and connects the agent to the caller.
+pub fn connect_response() -> String {
+    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>".to_owned()
 }
 
 /// TwiML that speaks the replies and ends the call.
@@ -805,27 +836,37 @@ mod outbound_tests {
 
     #[test]
     fn a_hold_loop_and_its_dial_carry_their_state_in_the_url() {
-        let hold = Hold { since: 1_796_000_000, dialed: None };
+        let query = |url: &str| url.split_once('?').map(|(_, query)| query.to_owned());
+        let hold = Hold { since: 1_796_000_000, conversation: "cnv_1".into(), dialed: None, screen: false };
         let url = hold_url("/hooks/ws_1/twilio/voice", 4, &hold);
-        assert_eq!(url, "/hooks/ws_1/twilio/voice?turn=4&hold=1796000000");
-        assert_eq!(parse_position(url.split_once('?').map(|(_, query)| query)).unwrap().unwrap().sequence, 4);
-        assert_eq!(parse_hold(url.split_once('?').map(|(_, query)| query)).unwrap(), Some(hold));
-        let dialed = Hold { since: 1_796_000_000, dialed: Some("agt_01".into()) };
-        let url = hold_url("/v", 4, &dialed);
-        assert_eq!(parse_hold(url.split_once('?').map(|(_, query)| query)).unwrap(), Some(dialed));
+        assert_eq!(url, "/hooks/ws_1/twilio/voice?turn=4&hold=1796000000&cnv=cnv_1");
+        assert_eq!(parse_hold(query(&url).as_deref()).unwrap(), Some(hold.clone()));
+        assert_eq!(parse_position(query(&url).as_deref()).unwrap().unwrap().sequence, 4);
+        let screen = Hold { dialed: Some("agt_01".into()), screen: true, ..hold };
+        let url = hold_url("/v", 4, &screen);
+        assert_eq!(parse_hold(query(&url).as_deref()).unwrap(), Some(screen));
         assert_eq!(parse_hold(Some("turn=3")).unwrap(), None);
-        assert!(parse_hold(Some("hold=soon")).is_err());
-        assert!(parse_hold(Some("hold=5&dialed=agt%3C1")).is_err(), "an agent id is letters, digits and _");
+        for bad in
+            ["hold=soon&cnv=c", "hold=5", "hold=5&cnv=c%3C1", "hold=5&cnv=c&dialed=agt%3C1", "hold=5&cnv=c&screen=1"]
+        {
+            assert!(parse_hold(Some(bad)).is_err(), "{bad}");
+        }
 
         let twiml = hold_response(&["Please hold.".into()], "/v?hold=5", 8);
         assert!(twiml.contains(r#"<Gather input="dtmf" numDigits="1" timeout="1" action="/v?hold=5" method="POST"><Say>Please hold.</Say><Pause length="8"/></Gather><Redirect method="POST">/v?hold=5</Redirect>"#), "{twiml}");
-        let number = dial_response(&[], "+15550001111", "/v?hold=5&dialed=agt_1", 20);
-        assert!(number.contains(r#"<Dial action="/v?hold=5&amp;dialed=agt_1" method="POST" timeout="20" answerOnBridge="true"><Number>+15550001111</Number></Dial>"#), "{number}");
-        let sip = dial_response(&["Connecting you.".into()], "sip:grace@pbx.example;transport=tls", "/v", 20);
+        let number = dial_response(&[], "+15550001111", "/v?hold=5&dialed=agt_1", "/v?screen=1&x=2", 20);
+        assert!(number.contains(r#"<Dial action="/v?hold=5&amp;dialed=agt_1" method="POST" timeout="20" answerOnBridge="true"><Number url="/v?screen=1&amp;x=2" method="POST">+15550001111</Number></Dial>"#), "{number}");
+        let sip = dial_response(&["Connecting you.".into()], "sip:grace@pbx.example;transport=tls", "/v", "/s", 20);
         assert!(
             sip.contains("<Say>Connecting you.</Say><Dial")
-                && sip.contains("<Sip>sip:grace@pbx.example;transport=tls</Sip>"),
+                && sip.contains(r#"<Sip url="/s" method="POST">sip:grace@pbx.example;transport=tls</Sip>"#),
             "{sip}"
+        );
+        let screening = screen_response("Cards & loans: a caller waits.", "/s&a=1");
+        assert!(
+            screening.contains(r#"action="/s&amp;a=1""#)
+                && screening.contains("<Say>Cards &amp; loans: a caller waits.</Say></Gather><Hangup/>"),
+            "{screening}"
         );
         let call = parse_call(&pairs(&[("From", "+15550002222"), ("DialCallStatus", "no-answer")])).unwrap();
         assert_eq!(call.dial_status.as_deref(), Some("no-answer"));

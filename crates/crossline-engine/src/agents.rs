@@ -50,12 +50,21 @@ pub const CSAT_QUESTION_VOICE: &str = "Before you go: how did we do? Press a num
 
 /// The CSAT question as it is put on a channel.
 pub fn csat_question(channel: &str) -> &'static str {
-    if is_call(channel) { CSAT_QUESTION_VOICE } else { CSAT_QUESTION }
+    if channel == "voice" { CSAT_QUESTION_VOICE } else { CSAT_QUESTION }
 }
 
-/// Whether a conversation on this channel is a phone call (it needs an agent who takes calls).
-pub fn is_call(channel: &str) -> bool {
-    channel == "voice"
+/// A caller on hold is heard at every request of the hold loop (about every 9 seconds); one not
+/// heard for this long hung up, and their conversation is a call back (not a live call) from then.
+pub const HOLD_HEARD_SECONDS: i64 = 30;
+/// A call put through to an agent counts as theirs at most this long (a talk is not heard from).
+const PUT_THROUGH_HOURS: i64 = 4;
+
+/// Whether a call hold stands at `now`: a caller heard lately, or a call being put through.
+fn live(hold: &crossline_store::agents::CallHold, now: DateTime<Utc>) -> bool {
+    match hold.agent_id {
+        None => now - hold.heard_at < chrono::Duration::seconds(HOLD_HEARD_SECONDS),
+        Some(_) => now - hold.heard_at < chrono::Duration::hours(PUT_THROUGH_HOURS),
+    }
 }
 
 /// Longest a conversation is snoozed.
@@ -614,18 +623,25 @@ impl ContactCentre {
     ) -> Result<Conversation, AgentError> {
         let conversation = self.conversation(workspace_id, id).await?;
         may_act(&conversation, by)?;
-        if conversation.status != ConversationStatus::Assigned {
+        let Some(holder) =
+            conversation.assignee.clone().filter(|_| conversation.status == ConversationStatus::Assigned)
+        else {
             return Err(conflict("only a conversation an agent has can be snoozed; take it first", &conversation));
-        }
+        };
         match until {
             Some(until) => {
                 if until < now + chrono::Duration::minutes(1) || until > now + chrono::Duration::days(MAX_SNOOZE_DAYS) {
                     return Err(invalid("until", format!("snooze from a minute to {MAX_SNOOZE_DAYS} days ahead")));
                 }
-                if is_call(&conversation.channel) {
-                    return Err(invalid("until", "a call is not snoozed; resolve it or call the customer back"));
+                let on_the_line = self.live_calls(workspace_id, now).await?.contains_key(id);
+                if on_the_line {
+                    return Err(invalid("until", "a caller is on the line: a call is not snoozed"));
                 }
-                self.store.snooze(workspace_id, id, now, until).await?;
+                // Written only if it is still the holder's (a resolve or transfer meanwhile wins).
+                if !self.store.snooze(workspace_id, id, &holder, until).await? {
+                    let conversation = self.conversation(workspace_id, id).await?;
+                    return Err(conflict("the conversation moved meanwhile", &conversation));
+                }
             }
             None => {
                 self.store.unsnooze(workspace_id, id).await?;
@@ -657,44 +673,84 @@ impl ContactCentre {
         Ok(asleep)
     }
 
-    /// Whether a caller handed off now would reach a person on the line: an agent who takes calls
-    /// and has a call free is available (else the caller is offered a call back).
-    pub async fn takes_calls_now(&self, workspace_id: &str) -> Result<bool, AgentError> {
+    /// The calls on the line at `now` (callers holding, and calls being put through), by conversation.
+    pub async fn live_calls(
+        &self,
+        workspace_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<String, crossline_store::agents::CallHold>, AgentError> {
+        Ok(self
+            .store
+            .call_holds(workspace_id, HELD_LIMIT)
+            .await?
+            .into_iter()
+            .filter(|hold| live(hold, now))
+            .map(|hold| (hold.conversation_id.clone(), hold))
+            .collect())
+    }
+
+    /// Whether a caller handed off to `queue` now may hold for a person: the queue is open and an
+    /// available agent who suits it (skills, languages) takes calls and has a call free (else the
+    /// caller is promised a call back).
+    pub async fn takes_calls_now(
+        &self,
+        workspace_id: &str,
+        queue: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, AgentError> {
+        let spec: QueueSpec = self
+            .store
+            .objects(workspace_id, ObjectKind::Queue)
+            .await?
+            .into_iter()
+            .find(|object| object.name == queue)
+            .and_then(|object| serde_json::from_value(object.body).ok())
+            .unwrap_or_default();
+        if !spec.is_open(now) {
+            return Ok(false);
+        }
         let agents = self.store.agents(workspace_id).await?;
-        let mut ready: Vec<&Agent> =
-            agents.iter().filter(|agent| agent.status == AgentStatus::Available && agent.calls > 0).collect();
+        let ready: Vec<&Agent> = agents
+            .iter()
+            .filter(|agent| {
+                agent.status == AgentStatus::Available && agent.calls > 0 && spec.suits(&agent.skills, &agent.languages)
+            })
+            .collect();
         if ready.is_empty() {
             return Ok(false);
         }
-        let assigned = ConversationFilter {
-            statuses: vec![ConversationStatus::Assigned],
-            limit: HELD_LIMIT,
-            without_state: true,
-            ..Default::default()
-        };
-        let held = self.store.list_conversations(workspace_id, &assigned).await?;
-        ready.retain(|agent| {
-            let calls = held
-                .iter()
-                .filter(|held| held.assignee.as_deref() == Some(agent.id.as_str()) && is_call(&held.channel))
-                .count();
-            (calls as u32) < agent.calls
-        });
-        Ok(!ready.is_empty())
+        // The calls each holds: live calls whose conversation is theirs.
+        let mut calls: HashMap<String, u32> = HashMap::new();
+        for id in self.live_calls(workspace_id, now).await?.keys() {
+            if let Some(conversation) = self.store.conversation(workspace_id, id).await?
+                && conversation.status == ConversationStatus::Assigned
+                && let Some(holder) = conversation.assignee
+            {
+                *calls.entry(holder).or_default() += 1;
+            }
+        }
+        Ok(ready.iter().any(|agent| calls.get(&agent.id).copied().unwrap_or(0) < agent.calls))
     }
 
-    /// The agent a live call was transferred to did not answer (busy, no answer, failed): the
-    /// conversation waits in its queue again (`conversation.requeued`, reason `call_missed`) and the
-    /// agent is set `away`, so the next pass offers the call to someone else.
+    /// The agent a live call was put through to did not take it: the conversation waits in its
+    /// queue again (`conversation.requeued`, reason `call_missed`). With `away` (they did not answer:
+    /// busy, no answer, or their voicemail took it) the agent is set `away` first, so the routing the
+    /// requeue wakes does not offer them the call again. Nothing changes unless they hold it.
     pub async fn call_missed(
         &self,
         workspace_id: &str,
         id: &str,
         agent_id: &str,
+        away: bool,
         now: DateTime<Utc>,
     ) -> Result<Conversation, AgentError> {
-        // Away first: the requeue's notice wakes routing, which must not offer the call to them again.
-        self.set_status(workspace_id, agent_id, AgentStatus::Away, now).await?;
+        let conversation = self.conversation(workspace_id, id).await?;
+        if conversation.status != ConversationStatus::Assigned || conversation.assignee.as_deref() != Some(agent_id) {
+            return Err(conflict("moved meanwhile", &conversation));
+        }
+        if away {
+            self.set_status(workspace_id, agent_id, AgentStatus::Away, now).await?;
+        }
         self.requeue(workspace_id, id, agent_id, "call_missed", now).await
     }
 
@@ -736,8 +792,12 @@ impl ContactCentre {
         agent_id: &str,
         now: DateTime<Utc>,
     ) -> Result<(Conversation, Option<&'static str>), AgentError> {
-        let agent = self.store.agent(workspace_id, agent_id).await?;
-        self.resolve_asking(workspace_id, id, agent.as_ref(), now, Some(true)).await
+        let agent = self
+            .store
+            .agent(workspace_id, agent_id)
+            .await?
+            .ok_or_else(|| AgentError::NotFound(format!("agent {agent_id}")))?;
+        self.resolve_asking(workspace_id, id, Some(&agent), now, Some(true)).await
     }
 
     /// Give a conversation back to the bot, which answers the customer's next message.
@@ -821,13 +881,15 @@ impl ContactCentre {
             without_state: true,
             ..Default::default()
         };
-        // Snoozed conversations are out of their agent's load until they wake.
+        // Snoozed conversations are out of their agent's load until they wake; live calls count
+        // against their calls (a call back is an ordinary conversation).
+        let calls = self.live_calls(workspace_id, now).await?;
         // Per agent: conversations and calls held, and when they were last given one.
         let mut held: HashMap<String, (u32, u32, DateTime<Utc>)> = HashMap::new();
         for conversation in self.store.list_conversations(workspace_id, &assigned).await? {
             if let Some(agent) = conversation.assignee {
                 let entry = held.entry(agent).or_insert((0, 0, DateTime::<Utc>::MIN_UTC));
-                if is_call(&conversation.channel) {
+                if calls.contains_key(&conversation.id) {
                     entry.1 += 1;
                 } else if !snoozed.contains(&conversation.id) {
                     entry.0 += 1;
@@ -854,7 +916,7 @@ impl ContactCentre {
             .map(|conversation| Waiting {
                 queued_at: conversation.queued_at.unwrap_or(conversation.updated_at),
                 queue: conversation.queue.unwrap_or_else(|| crossline_bot::dialog::DEFAULT_QUEUE.to_owned()),
-                call: is_call(&conversation.channel),
+                call: calls.contains_key(&conversation.id),
                 id: conversation.id,
             })
             .collect();
@@ -1091,6 +1153,10 @@ impl ContactCentre {
                         self.store.clear_awaiting(workspace_id, id).await?;
                     } else if matches!(act, Act::Assign | Act::Route) {
                         self.store.mark_awaiting(workspace_id, id, now).await?;
+                    }
+                    // A snooze is its holder's: it ends when the conversation leaves them.
+                    if changed.status != ConversationStatus::Assigned || changed.assignee != conversation.assignee {
+                        self.store.unsnooze(workspace_id, id).await?;
                     }
                     announce(self.recorder.bus(), workspace_id, &changed).await;
                     return Ok((changed, event_id));

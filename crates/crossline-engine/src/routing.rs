@@ -118,6 +118,12 @@ impl QueueSpec {
         Ok(())
     }
 
+    /// Whether an agent with these skills and languages may take the queue's conversations.
+    pub fn suits(&self, skills: &[String], languages: &[String]) -> bool {
+        self.skills.iter().all(|skill| skills.contains(skill))
+            && (self.languages.is_empty() || self.languages.iter().any(|language| languages.contains(language)))
+    }
+
     /// Whether the queue is staffed at `now`.
     pub fn is_open(&self, now: DateTime<Utc>) -> bool {
         let Some(hours) = &self.business_hours else { return true };
@@ -187,8 +193,7 @@ impl Seat {
 
     /// Whether the agent may take the queue's conversations at all (room aside).
     fn suits(&self, queue: &QueueSpec) -> bool {
-        queue.skills.iter().all(|skill| self.skills.contains(skill))
-            && (queue.languages.is_empty() || queue.languages.iter().any(|language| self.languages.contains(language)))
+        queue.suits(&self.skills, &self.languages)
     }
 }
 

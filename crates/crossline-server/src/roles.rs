@@ -161,6 +161,19 @@ fn allows(role: Role, area: Option<Area>, needed: Access) -> bool {
     }
 }
 
+/// Whether a role sees agents' phones (often personal numbers): admins and supervisors (`None`:
+/// the operator).
+pub fn sees_phones(role: Option<Role>) -> bool {
+    matches!(role, None | Some(Role::Admin | Role::Supervisor))
+}
+
+/// Whether a role says where an agent's calls are put through (their `phone`): admins only — a
+/// phone pointed at a premium-rate number or a stranger's SIP server is paid for by the workspace
+/// and hears its customers.
+pub fn sets_phones(role: Option<Role>) -> bool {
+    matches!(role, None | Some(Role::Admin))
+}
+
 /// The sentence of a refusal.
 pub fn refusal(role: Role, method: &Method, route: &str) -> String {
     let what = if reads(method, route) { "see" } else { "change" };

@@ -170,6 +170,19 @@ impl PeopleStats {
     }
 }
 
+/// A caller on the line for a person.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallHold {
+    /// The caller's conversation.
+    pub conversation_id: String,
+    /// When the hold loop last heard from the call (or the call was put through).
+    pub heard_at: DateTime<Utc>,
+    /// The agent the call is being put through to.
+    pub agent_id: Option<String>,
+    /// Whether that agent answered.
+    pub answered: bool,
+}
+
 /// An internal note on a conversation: for colleagues, never for the customer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Note {

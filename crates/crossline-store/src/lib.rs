@@ -572,7 +572,7 @@ pub trait AgentStore: Send + Sync {
     async fn waiting_queues(&self, workspace_id: &str) -> StoreResult<Vec<(String, u64)>>;
     /// The customer of a conversation people have wrote at `since` and waits for an answer (kept
     /// if they already waited: the wait counts from their first unanswered message). A snooze of
-    /// the conversation ends: the customer's message wakes it.
+    /// the conversation ends: the customer's message wakes it, in the same transaction.
     async fn mark_awaiting(
         &self,
         workspace_id: &str,
@@ -582,17 +582,18 @@ pub trait AgentStore: Send + Sync {
     /// Change an agent's name, skills, languages, capacity, phone and calls (the id names it; the
     /// email, status and token stay); false for an unknown agent.
     async fn update_agent(&self, workspace_id: &str, agent: &agents::Agent) -> StoreResult<bool>;
-    /// An agent snoozed a conversation at `now` until `until`: out of sight (and of the agent's
-    /// load) until then, or until the customer writes ([`Self::mark_awaiting`] ends the snooze);
-    /// the customer's wait for an answer, if any, ends. [`Self::clear_awaiting`] ends it too.
+    /// `agent_id` snoozes a conversation they hold until `until`: out of sight (and of their load)
+    /// until then, or until the customer writes ([`Self::mark_awaiting`] ends the snooze); the
+    /// customer's wait for an answer, if any, is not counted while it sleeps. Written only if the
+    /// conversation is assigned to `agent_id` (false otherwise).
     async fn snooze(
         &self,
         workspace_id: &str,
         conversation_id: &str,
-        now: chrono::DateTime<chrono::Utc>,
+        agent_id: &str,
         until: chrono::DateTime<chrono::Utc>,
-    ) -> StoreResult<()>;
-    /// Wake a snoozed conversation (a customer's wait stays); false when it was not snoozed.
+    ) -> StoreResult<bool>;
+    /// Wake a snoozed conversation; false when it was not snoozed.
     async fn unsnooze(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<bool>;
     /// The snoozed conversations with the time each wakes, soonest first (at most `limit`).
     async fn snoozes(
@@ -600,9 +601,26 @@ pub trait AgentStore: Send + Sync {
         workspace_id: &str,
         limit: usize,
     ) -> StoreResult<Vec<(String, chrono::DateTime<chrono::Utc>)>>;
+    /// A caller of the conversation is on the line at `now`, holding (`agent_id` None) or being put
+    /// through to `agent_id` (who has not answered yet).
+    async fn hold_call(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        agent_id: Option<&str>,
+    ) -> StoreResult<()>;
+    /// The agent the call is being put through to answered it; false when the call is not being put
+    /// through to them.
+    async fn answer_call(&self, workspace_id: &str, conversation_id: &str, agent_id: &str) -> StoreResult<bool>;
+    /// The caller is off hold (put through and done, gone, or promised a call back).
+    async fn end_call_hold(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<()>;
+    /// The workspace's callers on hold or being put through, most recently heard first (at most `limit`).
+    async fn call_holds(&self, workspace_id: &str, limit: usize) -> StoreResult<Vec<agents::CallHold>>;
     /// A person answered (or the conversation left them): the customer no longer waits.
     async fn clear_awaiting(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<()>;
-    /// The conversations whose customer has waited since before `before`, longest first (at most `limit`).
+    /// The conversations whose customer has waited since before `before`, longest first (at most
+    /// `limit`); snoozed ones are left out.
     async fn awaiting(
         &self,
         workspace_id: &str,

@@ -320,7 +320,7 @@ pub struct UpdateAgent {
 
 /// Change an agent.
 #[utoipa::path(put, path = "/api/v1/agents/{id}", tag = "agents",
-    description = "Sets the agent's name, skills, languages, capacity and — for agents who take calls — `phone` and `calls`. Fields left out take their defaults (as when an agent is made); the email, status and token stay. Routing uses the new values from its next pass.",
+    description = "Sets the agent's name, skills, languages, capacity and — for agents who take calls — `phone` and `calls`. Fields left out take their defaults (as when an agent is made); the email, status and token stay. Only an admin (or the API key) changes `phone`: send it as it is otherwise (403). Routing uses the new values from its next pass.",
     params(("id" = String, Path, description = "The agent")),
     request_body(content = UpdateAgent, example = json!({"name": "Grace", "skills": ["billing"], "languages": ["en"], "capacity": 3, "phone": "+15550001111", "calls": 1})),
     responses((status = 200, description = "The agent now.", body = AgentView),
@@ -332,10 +332,13 @@ pub struct UpdateAgent {
     security(("bearer" = [])))]
 pub async fn update_agent(
     State(state): State<AppState>,
-    WorkspaceCaller(workspace): WorkspaceCaller,
+    caller: crate::auth::Caller,
     Path(id): Path<String>,
     body: Result<Json<UpdateAgent>, JsonRejection>,
 ) -> ApiResult<Json<AgentView>> {
+    let Some(workspace) = caller.workspace().cloned() else {
+        return Err(ApiError::forbidden("this endpoint acts on one workspace: use that workspace's api_key"));
+    };
     let Json(body) = body.map_err(json_rejection)?;
     let changed = NewAgent {
         name: body.name,
@@ -346,9 +349,28 @@ pub async fn update_agent(
         phone: body.phone,
         calls: body.calls,
     };
-    let agent = state.contact_centre.update_agent(&workspace.id, &id, changed).await?;
-    state.live.nudge_router(&workspace.id);
+    let agent = update(&state, &workspace.id, &id, changed, caller.role()).await?;
     Ok(Json(agent.into()))
+}
+
+/// Change an agent as `role` may: where calls are put through (the phone) is an admin's to change.
+pub(crate) async fn update(
+    state: &AppState,
+    workspace_id: &str,
+    id: &str,
+    changed: NewAgent,
+    role: Option<crossline_store::users::Role>,
+) -> ApiResult<Agent> {
+    let current = state.store.agent(workspace_id, id).await?.ok_or_else(|| ApiError::not_found("agent"))?;
+    let phone = changed.phone.as_deref().map(str::trim).filter(|phone| !phone.is_empty());
+    if phone != current.phone.as_deref() && !crate::roles::sets_phones(role) {
+        return Err(ApiError::forbidden(
+            "only an admin changes an agent's phone (where their calls are put through); leave it as it is",
+        ));
+    }
+    let agent = state.contact_centre.update_agent(workspace_id, id, changed).await?;
+    state.live.nudge_router(workspace_id);
+    Ok(agent)
 }
 
 /// List agents.
@@ -360,7 +382,22 @@ pub async fn update_agent(
     security(("bearer" = [])))]
 pub async fn list_agents(State(state): State<AppState>, caller: PeopleCaller) -> ApiResult<Json<AgentList>> {
     let agents = state.store.agents(&caller.workspace.id).await?;
-    Ok(Json(AgentList { agents: agents.into_iter().map(AgentView::from).collect() }))
+    let role = match (&caller.agent, &caller.user) {
+        (Some(_), _) => Some(crossline_store::users::Role::Agent),
+        (None, Some(user)) => Some(user.role),
+        (None, None) => None,
+    };
+    let sees_phones = crate::roles::sees_phones(role);
+    let views = agents
+        .into_iter()
+        .map(|mut agent| {
+            if !sees_phones {
+                agent.phone = None;
+            }
+            AgentView::from(agent)
+        })
+        .collect();
+    Ok(Json(AgentList { agents: views }))
 }
 
 /// Set an agent's status.

@@ -216,6 +216,11 @@ pub async fn twilio_call(
         prompting: &prompting,
         start: if position.is_none() { start } else { None },
     };
+    let hold = twilio::parse_hold(uri.query())
+        .map_err(|err| ApiError::bad_request(ErrorCode::InvalidField, err.to_string()))?;
+    if let Some(hold) = hold {
+        return call_turn.on_hold(hold, &call).await;
+    }
     match (position, call.said()) {
         (Some(position), None) => call_turn.silence(position.silences).await,
         (Some(_), Some(said)) => call_turn.answer(said).await,

@@ -389,6 +389,8 @@ const CALL_BACK_CHOSEN: &str = "Thank you. An agent will call you back shortly. 
 const HELD_TOO_LONG: &str = "Sorry to keep you waiting. An agent will call you back shortly. Goodbye.";
 /// Said before the call is put through to the agent who took it.
 const CONNECTING: &str = "Connecting you to an agent now.";
+/// Said to the agent who picked up, before the caller is connected.
+const SCREEN_PROMPT: &str = "A customer is waiting for you on this call. Press 1 to take it.";
 /// Said when the agent the call was put through to did not answer.
 const AGENT_MISSED: &str = "The agent could not take your call. Please keep holding.";
 /// Said when an agent without a phone took the caller's conversation.
@@ -475,10 +477,10 @@ impl Prompting {
         twiml(twilio::hangup_response(&render(replies, &twilio::VOICE_CAPABILITIES).messages))
     }
 
-    /// Keep the caller on hold (since `since`, Unix seconds), saying `said` first.
-    fn hold(&self, said: &[Reply], since: i64) -> Response {
+    /// Keep the caller of `conversation` on hold (since `since`, Unix seconds), saying `said` first.
+    fn hold(&self, said: &[Reply], since: i64, conversation: &str) -> Response {
         let spoken = render(said, &twilio::VOICE_CAPABILITIES).messages;
-        let hold = twilio::Hold { since, dialed: None };
+        let hold = twilio::Hold { since, conversation: conversation.to_owned(), dialed: None, screen: false };
         let url = twilio::hold_url(&self.path, self.next_sequence, &hold);
         twiml(twilio::hold_response(&spoken, &url, HOLD_PAUSE_SECONDS))
     }
@@ -502,15 +504,28 @@ pub(crate) struct CallTurn<'a> {
 
 impl CallTurn<'_> {
     /// How a call goes on after a turn with `status`: the bot listens; after a handoff the caller
-    /// holds for a person when someone who takes calls is free, else is promised a call back; a
-    /// turn that resolved the conversation (a CSAT key) ends the call.
-    async fn after(&self, replies: Vec<Reply>, status: ConversationStatus) -> ApiResult<Response> {
+    /// holds for a person when someone who takes calls and suits the queue is free, else is promised
+    /// a call back; a turn that resolved the conversation (a CSAT key) ends the call.
+    async fn after(
+        &self,
+        replies: Vec<Reply>,
+        status: ConversationStatus,
+        conversation_id: Option<&str>,
+    ) -> ApiResult<Response> {
         match status {
             ConversationStatus::Queued => {
                 let mut replies = replies;
-                if self.state.contact_centre.takes_calls_now(&self.workspace.id).await? {
+                let conversation = match conversation_id {
+                    Some(id) => self.state.store.conversation(&self.workspace.id, id).await?,
+                    None => self.open_conversation().await?,
+                };
+                let Some(conversation) = conversation else { return Ok(self.prompting.hang_up(&replies)) };
+                let queue = conversation.queue.as_deref().unwrap_or(dialog::DEFAULT_QUEUE);
+                let centre = &self.state.contact_centre;
+                if centre.takes_calls_now(&self.workspace.id, queue, self.now).await? {
+                    self.state.store.hold_call(&self.workspace.id, &conversation.id, self.now, None).await?;
                     replies.push(Reply::text(HOLD_GREETING));
-                    Ok(self.prompting.hold(&replies, self.now.timestamp()))
+                    Ok(self.prompting.hold(&replies, self.now.timestamp(), &conversation.id))
                 } else {
                     replies.push(Reply::text(AGENT_CALLBACK));
                     Ok(self.prompting.hang_up(&replies))
@@ -522,21 +537,40 @@ impl CallTurn<'_> {
     }
 
     /// A request of the hold loop: put the caller through to the agent who took the conversation,
-    /// keep them holding, or end the call (a call back chosen with 1, held too long, or the
-    /// conversation gone). On the `<Dial>`'s action: the agent answered and the talk is over (the
-    /// conversation is resolved and the caller asked for a score by keypad), or the agent missed the
-    /// call (the conversation waits again; the caller holds on).
+    /// keep them holding (each request tells that they are still on the line), or end the call (a
+    /// call back chosen with 1, held too long, or the conversation over). The `<Dial>`'s requests:
+    /// the agent picked up (`screen`: they press 1 to take the call, so a voicemail never does), and
+    /// the dialled leg ended — after a talk the conversation is resolved and the caller asked for a
+    /// score by keypad; a call the agent did not take waits again while the caller holds on.
     pub(crate) async fn on_hold(&self, hold: twilio::Hold, call: &twilio::InboundCall) -> ApiResult<Response> {
-        let centre = &self.state.contact_centre;
+        let (centre, store) = (&self.state.contact_centre, &self.state.store);
         let workspace_id = &self.workspace.id;
-        let mut conversation = self.open_conversation().await?;
+        let id = hold.conversation.as_str();
+        let pressed = call.digits.as_deref().map(str::trim);
         let mut said = Vec::new();
-        if let (Some(agent_id), Some(status)) = (&hold.dialed, &call.dial_status) {
-            let Some(id) = conversation.as_ref().map(|conversation| conversation.id.clone()) else {
+        if let Some(agent_id) = &hold.dialed {
+            if hold.screen {
+                return Ok(match pressed {
+                    Some("1") if store.answer_call(workspace_id, id, agent_id).await? => {
+                        twiml(twilio::connect_response())
+                    }
+                    Some(_) => self.prompting.hang_up(&[]),
+                    None => {
+                        let action = twilio::hold_url(&self.prompting.path, self.prompting.next_sequence, &hold);
+                        twiml(twilio::screen_response(SCREEN_PROMPT, &action))
+                    }
+                });
+            }
+            let Some(status) = call.dial_status.as_deref() else {
                 return Ok(self.prompting.hang_up(&[Reply::text(GOODBYE)]));
             };
-            if status == "completed" {
-                return match centre.call_ended(workspace_id, &id, agent_id, self.now).await {
+            let answered =
+                store.call_holds(workspace_id, 1_000).await?.into_iter().any(|held| {
+                    held.conversation_id == id && held.agent_id.as_deref() == Some(agent_id) && held.answered
+                });
+            if status == "completed" && answered {
+                store.end_call_hold(workspace_id, id).await?;
+                return match centre.call_ended(workspace_id, id, agent_id, self.now).await {
                     Ok((_, Some(question))) => Ok(self.prompting.listen(&[Reply::text(question)], 0)),
                     Ok((_, None)) | Err(AgentError::Conflict { .. } | AgentError::NotFound(_)) => {
                         Ok(self.prompting.hang_up(&[Reply::text(GOODBYE)]))
@@ -544,46 +578,67 @@ impl CallTurn<'_> {
                     Err(err) => Err(err.into()),
                 };
             }
-            match centre.call_missed(workspace_id, &id, agent_id, self.now).await {
+            // Not taken: busy, no answer, or picked up without pressing 1 (a voicemail) set the
+            // agent away; a failed or cancelled dial does not.
+            let away = matches!(status, "busy" | "no-answer" | "completed");
+            match centre.call_missed(workspace_id, id, agent_id, away, self.now).await {
                 Ok(_) => self.state.live.nudge_router(workspace_id),
                 // A retry of this request, or the conversation moved meanwhile.
                 Err(AgentError::Conflict { .. } | AgentError::NotFound(_)) => {}
                 Err(err) => return Err(err.into()),
             }
             said.push(Reply::text(AGENT_MISSED));
-            conversation = self.open_conversation().await?;
-        } else if call.digits.as_deref().map(str::trim) == Some("1") {
+        } else if pressed == Some("1") {
+            store.end_call_hold(workspace_id, id).await?;
             return Ok(self.prompting.hang_up(&[Reply::text(CALL_BACK_CHOSEN)]));
         }
-        let Some(conversation) = conversation else { return Ok(self.prompting.hang_up(&[Reply::text(GOODBYE)])) };
-        let held = self.now.timestamp() - hold.since;
+        let Some(conversation) = store.conversation(workspace_id, id).await? else {
+            return Ok(self.prompting.hang_up(&[Reply::text(GOODBYE)]));
+        };
+        let held = self.now.timestamp().saturating_sub(hold.since);
+        let holding = |said: &[Reply]| self.prompting.hold(said, hold.since, id);
         match conversation.status {
             ConversationStatus::Queued if held >= MAX_HOLD_SECONDS => {
+                store.end_call_hold(workspace_id, id).await?;
                 Ok(self.prompting.hang_up(&[Reply::text(HELD_TOO_LONG)]))
             }
             ConversationStatus::Queued => {
+                store.hold_call(workspace_id, id, self.now, None).await?;
                 if said.is_empty() && held >= 60 && held % 60 < i64::from(HOLD_PAUSE_SECONDS) {
                     said.push(Reply::text(HOLD_REMINDER));
                 }
-                Ok(self.prompting.hold(&said, hold.since))
+                Ok(holding(&said))
             }
             ConversationStatus::Assigned => {
                 let agent = match &conversation.assignee {
-                    Some(id) => self.state.store.agent(workspace_id, id).await?,
+                    Some(agent_id) => store.agent(workspace_id, agent_id).await?,
                     None => None,
                 };
                 match agent {
                     Some(agent) if agent.calls > 0 && agent.phone.is_some() => {
-                        let dialed = twilio::Hold { since: hold.since, dialed: Some(agent.id.clone()) };
+                        store.hold_call(workspace_id, id, self.now, Some(&agent.id)).await?;
+                        let mut dialed = twilio::Hold { dialed: Some(agent.id.clone()), ..hold };
                         let action = twilio::hold_url(&self.prompting.path, self.prompting.next_sequence, &dialed);
+                        dialed.screen = true;
+                        let screen = twilio::hold_url(&self.prompting.path, self.prompting.next_sequence, &dialed);
                         let phone = agent.phone.as_deref().unwrap_or_default();
-                        Ok(twiml(twilio::dial_response(&[CONNECTING.to_owned()], phone, &action, DIAL_TIMEOUT_SECONDS)))
+                        let connecting = [CONNECTING.to_owned()];
+                        Ok(twiml(twilio::dial_response(&connecting, phone, &action, &screen, DIAL_TIMEOUT_SECONDS)))
                     }
-                    _ => Ok(self.prompting.hang_up(&[Reply::text(AGENT_ON_IT)])),
+                    _ => {
+                        store.end_call_hold(workspace_id, id).await?;
+                        Ok(self.prompting.hang_up(&[Reply::text(AGENT_ON_IT)]))
+                    }
                 }
             }
-            ConversationStatus::Bot => Ok(self.prompting.listen(&[Reply::text(BACK_WITH_BOT)], 0)),
-            ConversationStatus::Resolved => Ok(self.prompting.hang_up(&[Reply::text(GOODBYE)])),
+            ConversationStatus::Bot => {
+                store.end_call_hold(workspace_id, id).await?;
+                Ok(self.prompting.listen(&[Reply::text(BACK_WITH_BOT)], 0))
+            }
+            ConversationStatus::Resolved => {
+                store.end_call_hold(workspace_id, id).await?;
+                Ok(self.prompting.hang_up(&[Reply::text(GOODBYE)]))
+            }
         }
     }
 
@@ -599,7 +654,7 @@ impl CallTurn<'_> {
             start: self.start,
         };
         match self.state.conversations.converse(self.workspace, turn).await {
-            Ok(outcome) => self.after(outcome.replies, outcome.status).await,
+            Ok(outcome) => self.after(outcome.replies, outcome.status, Some(&outcome.conversation_id)).await,
             // Twilio retried (or someone replayed) a request already answered: the same answer, no new turn.
             Err(TurnError::Duplicate { .. }) => self.replay().await,
             Err(err) => Err(err.into()),
@@ -666,7 +721,7 @@ impl CallTurn<'_> {
         match self.state.conversations.converse(self.workspace, turn).await {
             Ok(outcome) => {
                 replies.extend(outcome.replies);
-                self.after(replies, outcome.status).await
+                self.after(replies, outcome.status, Some(&outcome.conversation_id)).await
             }
             Err(TurnError::Duplicate { .. }) => self.replay().await,
             Err(err) => Err(err.into()),
@@ -680,7 +735,7 @@ impl CallTurn<'_> {
         let conversations = &self.state.conversations;
         match conversations.silence(self.workspace, self.bot, self.from, silences_before, message_id, self.now).await? {
             Silence::AskAgain(replies) => Ok(self.prompting.listen(&replies, silences_before.saturating_add(1))),
-            Silence::HandedOff(replies) => self.after(replies, ConversationStatus::Queued).await,
+            Silence::HandedOff(replies) => self.after(replies, ConversationStatus::Queued, None).await,
             Silence::Goodbye(replies) => {
                 let spoken = render(&replies, &twilio::VOICE_CAPABILITIES).messages;
                 Ok(twiml(twilio::hangup_response(&spoken)))
@@ -695,7 +750,7 @@ impl CallTurn<'_> {
         match self.state.conversations.answered_turn(self.workspace, self.bot, self.from, message_id).await? {
             Some(answered) => {
                 let status = if answered.queued { ConversationStatus::Queued } else { ConversationStatus::Bot };
-                self.after(answered.replies, status).await
+                self.after(answered.replies, status, None).await
             }
             // Too far back to find: listen again, saying nothing.
             None => Ok(self.prompting.listen(&[], 0)),

@@ -1,7 +1,7 @@
 //! An agent's settings (`GET`/`POST /supervisor/agents/{id}`): name, skills, languages, capacity, and —
 //! for agents who take calls — the number or SIP address a live call is put through to and how many
-//! calls they hold at once. Admins and supervisors change them; the other roles that see the
-//! supervisor view read them.
+//! calls they hold at once. Admins and supervisors change them (the phone: admins only); the other
+//! roles that see the supervisor view read them (without the phone).
 
 use super::error::ConsoleError;
 use super::layout::{self, Section, page_head};
@@ -14,6 +14,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use crossline_engine::agents::{MAX_CALLS, MAX_CAPACITY, NewAgent};
 use crossline_store::agents::Agent;
+use crossline_store::users::Role;
 use maud::{Markup, html};
 use serde::Deserialize;
 
@@ -71,7 +72,13 @@ impl AgentForm {
 }
 
 /// The page's content.
-pub fn agent_content(agent: &Agent, form: &AgentForm, notice: Option<Result<&str, &str>>) -> Markup {
+pub fn agent_content(
+    agent: &Agent,
+    form: &AgentForm,
+    role: Option<Role>,
+    notice: Option<Result<&str, &str>>,
+) -> Markup {
+    let (sees, sets) = (crate::roles::sees_phones(role), crate::roles::sets_phones(role));
     html! {
         (page_head(&format!("Agent: {}", agent.name), Some(html! {
             (agent.email) " · " (agent.status.as_str()) ". Routing uses these settings from its next pass. "
@@ -92,9 +99,18 @@ pub fn agent_content(agent: &Agent, form: &AgentForm, notice: Option<Result<&str
                 input #agent-languages type="text" name="languages" value=(form.languages);
                 label for="agent-capacity" { "Conversations at once " span.muted { "(calls aside)" } }
                 input #agent-capacity type="number" name="capacity" min="1" max=(MAX_CAPACITY) value=(form.capacity);
-                label for="agent-phone" { "Phone for calls " span.muted { "(+E.164 number or sip: address; empty: no calls)" } }
-                input #agent-phone type="text" name="phone" maxlength="200" value=(form.phone) data-testid="agent-phone"
-                    placeholder="+15551234567 or sip:grace@pbx.example";
+                @if sets {
+                    label for="agent-phone" { "Phone for calls " span.muted { "(+E.164 number or sip: address; empty: no calls)" } }
+                    input #agent-phone type="text" name="phone" maxlength="200" value=(form.phone) data-testid="agent-phone"
+                        placeholder="+15551234567 or sip:grace@pbx.example";
+                } @else {
+                    p.muted data-testid="agent-phone-fixed" {
+                        "Phone for calls: "
+                        @if !sees { @if agent.phone.is_some() { "set" } @else { "none" } }
+                        @else { (agent.phone.as_deref().unwrap_or("none")) }
+                        " (an admin changes it)"
+                    }
+                }
                 label for="agent-calls" { "Calls at once" }
                 input #agent-calls type="number" name="calls" min="0" max=(MAX_CALLS) value=(form.calls);
                 button.button type="submit" data-testid="agent-save" { "Save" }
@@ -117,7 +133,7 @@ pub async fn show(
     let Some(agent) = agent_of(&state, &session, &id).await? else {
         return Ok(Redirect::to("/supervisor").into_response());
     };
-    let content = agent_content(&agent, &AgentForm::of(&agent), None);
+    let content = agent_content(&agent, &AgentForm::of(&agent), session.caller.role(), None);
     Ok(session.respond(layout::shell(&session, Section::Supervisor, "Agent", content)))
 }
 
@@ -132,17 +148,20 @@ pub async fn save(
         return Ok(Redirect::to("/supervisor").into_response());
     };
     let workspace_id = session.workspace.as_ref().map(|workspace| workspace.id.clone()).unwrap_or_default();
+    let role = session.caller.role();
+    let mut form = form;
+    if !crate::roles::sets_phones(role) {
+        // The field is not shown to them: the phone stays as it is.
+        form.phone = agent.phone.clone().unwrap_or_default();
+    }
     let changed = match form.change() {
-        Ok(change) => state.contact_centre.update_agent(&workspace_id, &id, change).await.map_err(ApiError::from),
+        Ok(change) => crate::api::agents::update(&state, &workspace_id, &id, change, role).await,
         Err(fault) => Err(ApiError::bad_request(crate::error::ErrorCode::InvalidField, fault)),
     };
     let (status, content) = match changed {
-        Ok(agent) => {
-            state.live.nudge_router(&workspace_id);
-            (StatusCode::OK, agent_content(&agent, &AgentForm::of(&agent), Some(Ok("Saved."))))
-        }
+        Ok(agent) => (StatusCode::OK, agent_content(&agent, &AgentForm::of(&agent), role, Some(Ok("Saved.")))),
         Err(err) if err.status.is_server_error() => return Err(err.into()),
-        Err(err) => (err.status, agent_content(&agent, &form, Some(Err(&err.message)))),
+        Err(err) => (err.status, agent_content(&agent, &form, role, Some(Err(&err.message)))),
     };
     Ok(session.respond((status, layout::shell(&session, Section::Supervisor, "Agent", content))))
 }

@@ -128,7 +128,12 @@ pub async fn page(State(state): State<AppState>, session: Session) -> Result<Res
     let Some(workspace) = &session.workspace else {
         return Ok(Redirect::to("/").into_response());
     };
-    let view = load(&state, &workspace.id, Utc::now()).await?;
+    let mut view = load(&state, &workspace.id, Utc::now()).await?;
+    if !crate::roles::sees_phones(session.caller.role()) {
+        for agent in &mut view.agents {
+            agent.agent.phone = agent.agent.phone.take().map(|_| "a phone".to_owned());
+        }
+    }
     let content = supervisor_content(&view);
     Ok(session.respond(layout::shell(&session, Section::Supervisor, "Supervisor", content)))
 }

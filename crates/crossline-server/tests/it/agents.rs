@@ -943,11 +943,7 @@ async fn a_snoozed_conversation_frees_its_agent_and_wakes_when_the_customer_writ
     // Snoozed again, then its time comes: the next routing pass wakes it.
     assert_eq!(snooze(json!({"minutes": 30})).await.0, StatusCode::OK);
     let now = chrono::Utc::now();
-    server
-        .store
-        .snooze(&ws.id, first_id, now - chrono::Duration::minutes(2), now - chrono::Duration::seconds(1))
-        .await
-        .unwrap();
+    assert!(server.store.snooze(&ws.id, first_id, &ann_id, now - chrono::Duration::seconds(1)).await.unwrap());
     server.put_json(&format!("/api/v1/agents/{ann_id}/status"), &ws.api_key, &available).await;
     let awake = conversation_when(&server, &first, &token, |c| c.get("snoozed_until").is_none()).await;
     assert_eq!(awake["status"], "assigned", "{awake}");

@@ -276,6 +276,15 @@ fn dial_action(twiml: &str) -> Option<String> {
     Some(value.replace("&amp;", "&"))
 }
 
+/// The URL Twilio asks when the dialled agent picks up (`<Number url>` or `<Sip url>`), unescaped.
+fn screen_url(twiml: &str) -> Option<String> {
+    let start = twiml.find("<Dial ")?;
+    let rest = &twiml[start..];
+    let element = rest.find("<Number ").or_else(|| rest.find("<Sip "))?;
+    let value = rest[element..].split("url=\"").nth(1)?.split('"').next()?;
+    Some(value.replace("&amp;", "&"))
+}
+
 /// What the answer says: inside its `<Gather>` when it listens, else everything before the hang-up.
 fn said(twiml: &str) -> Vec<String> {
     let spoken = twiml.split("</Gather>").next().unwrap_or(twiml);
@@ -671,7 +680,8 @@ async fn assigned_to(server: &TestServer, ws: &crate::harness::TestWorkspace, ph
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    panic!("{phone}'s call was not given to {agent}: {:?}", calls_of(server, ws, phone).await);
+    let (_, agents) = json_of(server.get("/api/v1/agents", &ws.api_key).await).await;
+    panic!("{phone}'s call was not given to {agent}: {:?}; agents: {agents}", calls_of(server, ws, phone).await);
 }
 
 /// A caller the bot hands off holds for a person when someone who takes calls is available: the
@@ -752,7 +762,7 @@ async fn a_caller_holds_for_an_agent_is_put_through_and_scores_the_call_by_keypa
     // The next request of the hold loop puts the call through to Pat's phone.
     let (_, twiml) = call.send(&[]).await;
     assert!(twiml.contains("<Say>Connecting you to an agent now.</Say><Dial "), "{twiml}");
-    assert!(twiml.contains("<Number>+14155550177</Number></Dial>"), "{twiml}");
+    assert!(twiml.contains(">+14155550177</Number></Dial>"), "{twiml}");
     assert!(call.next.contains(&format!("dialed={pat_id}")), "{}", call.next);
     // Pat does not answer: the call waits again (Pat is away now) and the caller holds on.
     let (_, twiml) = call.send(&[("DialCallStatus", "no-answer"), ("DialCallDuration", "0")]).await;
@@ -762,12 +772,26 @@ async fn a_caller_holds_for_an_agent_is_put_through_and_scores_the_call_by_keypa
         pat_now["agents"].as_array().unwrap().iter().find(|a| a["id"] == pat_id.as_str()).unwrap()["status"].clone();
     assert_eq!(pat_status, "away", "an agent who missed a call is not offered the next");
     assert_eq!(calls_of(&server, &ws, phone).await[0].status.as_str(), "queued");
-    // Sam becomes available and gets it; the call goes to his SIP address.
+    // Sam becomes available and gets it; the call goes to his SIP address. His voicemail picks up
+    // (nobody presses 1 when asked to take the call): not a talk — he is set away, the call waits.
     server.put_json(&format!("/api/v1/agents/{sam_id}/status"), &ws.api_key, &available).await;
     assigned_to(&server, &ws, phone, &sam_id).await;
     let (_, twiml) = call.send(&[]).await;
-    assert!(twiml.contains("<Sip>sip:sam@pbx.example;transport=tls</Sip>"), "{twiml}");
-    // They talk; Sam hangs up: the conversation is resolved by Sam and the caller asked for a score.
+    assert!(twiml.contains(">sip:sam@pbx.example;transport=tls</Sip>"), "{twiml}");
+    let screen = screen_url(&twiml).expect("the agent is asked to take the call");
+    let (_, asked) = call.post_with(&screen, None, &[], TOKEN).await;
+    assert_eq!(said(&asked), ["A customer is waiting for you on this call. Press 1 to take it."], "{asked}");
+    let (_, twiml) = call.send(&[("DialCallStatus", "completed"), ("DialCallDuration", "31")]).await;
+    assert_eq!(said(&twiml), ["The agent could not take your call. Please keep holding."], "voicemail: {twiml}");
+    assert_eq!(calls_of(&server, &ws, phone).await[0].status.as_str(), "queued");
+    // Back available, Sam gets it again, presses 1, and they talk; Sam hangs up: the conversation is
+    // resolved by Sam and the caller asked for a score.
+    server.put_json(&format!("/api/v1/agents/{sam_id}/status"), &ws.api_key, &available).await;
+    assigned_to(&server, &ws, phone, &sam_id).await;
+    let (_, twiml) = call.send(&[]).await;
+    let screen = screen_url(&twiml).expect("the agent is asked to take the call");
+    let (_, connect) = call.post_with(&screen, None, &[("Digits", "1")], TOKEN).await;
+    assert!(connect.ends_with("<Response></Response>"), "pressing 1 connects: {connect}");
     let (_, twiml) = call.send(&[("DialCallStatus", "completed"), ("DialCallDuration", "95")]).await;
     assert_eq!(
         said(&twiml),
@@ -788,11 +812,13 @@ async fn a_caller_holds_for_an_agent_is_put_through_and_scores_the_call_by_keypa
     let events = events["events"].as_array().unwrap();
     let named = |name: &str| events.iter().filter(|event| event["event"] == name).cloned().collect::<Vec<_>>();
     let requeued = named("conversation.requeued");
-    assert_eq!(requeued.len(), 1, "{events:?}");
-    assert_eq!(
-        (requeued[0]["properties"]["reason"].as_str(), requeued[0]["properties"]["from_agent_id"].as_str()),
-        (Some("call_missed"), Some(pat_id.as_str()))
-    );
+    assert_eq!(requeued.len(), 2, "{events:?}");
+    let missed: Vec<_> = requeued
+        .iter()
+        .map(|event| (event["properties"]["reason"].as_str(), event["properties"]["from_agent_id"].as_str()))
+        .collect();
+    assert!(missed.contains(&(Some("call_missed"), Some(pat_id.as_str()))), "{missed:?}");
+    assert!(missed.contains(&(Some("call_missed"), Some(sam_id.as_str()))), "{missed:?}");
     let resolved = named("conversation.resolved");
     assert_eq!(resolved[0]["properties"]["csat_asked"], true);
     let scored = named("csat.submitted");
@@ -803,27 +829,47 @@ async fn a_caller_holds_for_an_agent_is_put_through_and_scores_the_call_by_keypa
     );
     assert_eq!(scored[0]["channel"], "voice");
 
-    // Nobody suits the queue (it asks a skill no agent has) though Sam takes calls: the caller
-    // holds, presses 1 for a call back; a hold of more than ten minutes ends in one as well.
-    let (status, _) = server.put_json("/api/v1/queues/cards", &ws.api_key, &json!({"skills": ["vip"]})).await;
-    assert_eq!(status, StatusCode::OK);
-    let phone = "+14155550142";
-    let mut call = Call::start(&server, &ws.id, phone, "CA0142");
+    // Sam is free again: the next caller holds, and presses 1 for a call back (whoever routing
+    // gave the call to meanwhile: the caller asked for a call back).
+    let mut call = Call::start(&server, &ws.id, "+14155550142", "CA0142");
     call.say(None).await;
     let (_, twiml) = call.say(Some("I lost my card")).await;
     assert!(twiml.contains("Please hold"), "{twiml}");
-    let hold = call.next.clone();
     let (_, twiml) = call.send(&[("Digits", "1")]).await;
     assert_eq!(said(&twiml), ["Thank you. An agent will call you back shortly. Goodbye."], "{twiml}");
     assert!(hung_up(&twiml));
-    assert_eq!(calls_of(&server, &ws, phone).await[0].status.as_str(), "queued", "it waits for the call back");
-    let turn = hold.split("turn=").nth(1).unwrap().split('&').next().unwrap().to_owned();
+
+    // Nobody who suits the queue takes calls (it asks a skill Sam lacks): a call back at once, and
+    // the conversation waits. A hold loop request older than ten minutes (as Twilio would send
+    // had the caller held that long) ends in a call back too; one Twilio did not sign is refused.
+    let (status, _) = server.put_json("/api/v1/queues/cards", &ws.api_key, &json!({"skills": ["vip"]})).await;
+    assert_eq!(status, StatusCode::OK);
+    let phone = "+14155550143";
+    let mut call = Call::start(&server, &ws.id, phone, "CA0143");
+    call.say(None).await;
+    let (_, twiml) = call.say(Some("I lost my card")).await;
+    assert_eq!(
+        said(&twiml).last().map(String::as_str),
+        Some("An agent will call you back shortly. Goodbye."),
+        "{twiml}"
+    );
+    let waiting = calls_of(&server, &ws, phone).await[0].clone();
+    assert_eq!(waiting.status.as_str(), "queued", "it waits for the call back");
     let long_ago = (chrono::Utc::now() - chrono::Duration::minutes(11)).timestamp();
-    call.next = format!("/hooks/{}/twilio/voice?turn={turn}&hold={long_ago}", ws.id);
-    let (_, twiml) = call.send(&[]).await;
+    let hold = format!("/hooks/{}/twilio/voice?turn=3&hold={long_ago}&cnv={}", ws.id, waiting.id);
+    let (_, twiml) = call.post_with(&hold, None, &[], TOKEN).await;
     assert_eq!(said(&twiml), ["Sorry to keep you waiting. An agent will call you back shortly. Goodbye."], "{twiml}");
-    // A hold URL Crossline did not sign is refused.
     let (status, _) = call.post_with(&hold, None, &[], "not-the-token").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // A call back is an ordinary conversation: routed to any agent who suits the queue, Bob (no
+    // phone) included.
+    server.put_json(&format!("/api/v1/agents/{sam_id}/status"), &ws.api_key, &json!({"status": "offline"})).await;
+    let (status, _) = server.put_json("/api/v1/queues/cards", &ws.api_key, &json!({"skills": ["cards"]})).await;
+    assert_eq!(status, StatusCode::OK);
+    let new = json!({"name": "Bob", "email": "bob@example.com", "skills": ["cards"]});
+    let (_, bob) = server.post_json("/api/v1/agents", &ws.api_key, &new).await;
+    let bob_id = bob["id"].as_str().unwrap().to_owned();
+    server.put_json(&format!("/api/v1/agents/{bob_id}/status"), &ws.api_key, &available).await;
+    assigned_to(&server, &ws, phone, &bob_id).await;
     server.stop().await;
 }

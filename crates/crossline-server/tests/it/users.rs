@@ -487,44 +487,56 @@ async fn every_operation_and_page_checks_the_role() {
     server.stop().await;
 }
 
-/// A supervisor sets an agent's phone and call capacity on the agent's page (reached from the
-/// supervisor view); a bad phone is refused on the page, naming the field; an agent cannot open it.
+/// An admin gives an agent a phone and a call capacity on the agent's page (reached from the
+/// supervisor view); a bad phone is refused on the page, naming the field. A supervisor changes the
+/// rest but not the phone (page or API: where calls go is an admin's), viewers and agents do not see
+/// the number, and an agent cannot open the page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_supervisor_gives_an_agent_a_phone_on_the_agents_page() {
+async fn an_admin_gives_an_agent_a_phone_and_a_supervisor_cannot_redirect_calls() {
     let server = TestServer::start().await;
     let ws = server.workspace("calls").await;
-    let (_, link) = invite(&server, &ws.api_key, "sue@example.com", "supervisor").await;
-    let sue = person(&server, accept(&server, &link, PASSWORD).await).await;
-    let (_, link) = invite(&server, &ws.api_key, "ada@example.com", "agent").await;
-    let ada = person(&server, accept(&server, &link, PASSWORD).await).await;
+    let mut people = Vec::new();
+    for (email, role) in [
+        ("al@example.com", "admin"),
+        ("sue@example.com", "supervisor"),
+        ("vi@example.com", "viewer"),
+        ("ada@example.com", "agent"),
+    ] {
+        let (_, link) = invite(&server, &ws.api_key, email, role).await;
+        people.push(person(&server, accept(&server, &link, PASSWORD).await).await);
+    }
+    let [al, sue, vi, ada] = <[Person; 4]>::try_from(people).ok().unwrap();
     let (_, agents) = json_of(server.get("/api/v1/agents", &ws.api_key).await).await;
     let agent_id = agents["agents"][0]["id"].as_str().unwrap().to_owned();
     let page = format!("/supervisor/agents/{agent_id}");
-
-    let supervisor = sue.request(&server, "GET", "/supervisor").send().await.unwrap().text().await.unwrap();
-    assert!(supervisor.contains(&format!(r#"href="{page}""#)), "the supervisor view links the agent's page");
-    let form = sue.request(&server, "GET", &page).send().await.unwrap().text().await.unwrap();
-    assert!(form.contains(r#"data-testid="agent-form""#) && form.contains(r#"name="csrf""#), "{form}");
-    let post = |fields: Vec<(&'static str, &'static str)>| {
-        let (server, sue, page) = (&server, &sue, page.clone());
+    let post = |who: &Person, fields: Vec<(&'static str, &'static str)>| {
+        let request = who.request(&server, "POST", &page).form(&fields);
         async move {
-            let response = sue.request(server, "POST", &page).form(&fields).send().await.unwrap();
+            let response = request.send().await.unwrap();
             (response.status(), response.text().await.unwrap())
         }
     };
+
+    let supervisor = al.request(&server, "GET", "/supervisor").send().await.unwrap().text().await.unwrap();
+    assert!(supervisor.contains(&format!(r#"href="{page}""#)), "the supervisor view links the agent's page");
+    let form = al.request(&server, "GET", &page).send().await.unwrap().text().await.unwrap();
+    assert!(form.contains(r#"data-testid="agent-phone""#) && form.contains(r#"name="csrf""#), "{form}");
     let (status, body) =
-        post(vec![("name", "Ada"), ("capacity", "2"), ("phone", "call me <maybe>"), ("calls", "1")]).await;
+        post(&al, vec![("name", "Ada"), ("capacity", "2"), ("phone", "call me <maybe>"), ("calls", "1")]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.contains(r#"data-testid="agent-error""#) && body.contains("phone: give an E.164 number"), "{body}");
     assert!(body.contains("call me &lt;maybe&gt;") && !body.contains("<maybe>"), "the form is kept, escaped");
-    let (status, body) = post(vec![
-        ("name", "Ada"),
-        ("skills", "cards, loans"),
-        ("languages", "en"),
-        ("capacity", "2"),
-        ("phone", "+14155550188"),
-        ("calls", "1"),
-    ])
+    let (status, body) = post(
+        &al,
+        vec![
+            ("name", "Ada"),
+            ("skills", "cards, loans"),
+            ("languages", "en"),
+            ("capacity", "2"),
+            ("phone", "+14155550188"),
+            ("calls", "1"),
+        ],
+    )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.contains(r#"data-testid="agent-done""#), "{body}");
@@ -533,6 +545,37 @@ async fn a_supervisor_gives_an_agent_a_phone_on_the_agents_page() {
         (agent.phone.as_deref(), agent.calls, agent.capacity, agent.skills.clone()),
         (Some("+14155550188"), 1, 2, vec!["cards".to_owned(), "loans".to_owned()])
     );
+
+    // The supervisor: the page shows the number without a field; a posted phone is not taken; the
+    // API refuses a new phone but takes the rest with the phone as it is.
+    let form = sue.request(&server, "GET", &page).send().await.unwrap().text().await.unwrap();
+    assert!(!form.contains(r#"data-testid="agent-phone""#) && form.contains("+14155550188"), "{form}");
+    let (status, body) = post(
+        &sue,
+        vec![("name", "Ada"), ("skills", "cards"), ("capacity", "3"), ("phone", "+19005550100"), ("calls", "1")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let agent = server.store.agent(&ws.id, &agent_id).await.unwrap().unwrap();
+    assert_eq!((agent.phone.as_deref(), agent.capacity), (Some("+14155550188"), 3));
+    let api = format!("/api/v1/agents/{agent_id}");
+    let redirect = json!({"name": "Ada", "skills": ["cards"], "phone": "+19005550100"});
+    let response = sue.request(&server, "PUT", &api).json(&redirect).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let keep = json!({"name": "Ada", "skills": ["cards"], "capacity": 4, "phone": "+14155550188"});
+    let response = sue.request(&server, "PUT", &api).json(&keep).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(server.store.agent(&ws.id, &agent_id).await.unwrap().unwrap().capacity, 4);
+
+    // Viewers and agents do not see the number; an agent does not open the page.
+    let listed = vi.request(&server, "GET", "/api/v1/agents").send().await.unwrap().text().await.unwrap();
+    assert!(!listed.contains("4155550188") && listed.contains(r#""calls":1"#), "{listed}");
+    let listed = ada.request(&server, "GET", "/api/v1/agents").send().await.unwrap().text().await.unwrap();
+    assert!(!listed.contains("4155550188"), "{listed}");
+    let viewed = vi.request(&server, "GET", "/supervisor").send().await.unwrap().text().await.unwrap();
+    assert!(!viewed.contains("4155550188"), "the supervisor view hides it from viewers");
+    let viewed = vi.request(&server, "GET", &page).send().await.unwrap().text().await.unwrap();
+    assert!(!viewed.contains("4155550188"), "so does the agent's page");
     for method in ["GET", "POST"] {
         let response = ada
             .request(&server, method, &page)

@@ -1,7 +1,25 @@
--- Agents who take calls: the number or SIP address a live call is transferred to, and how many
--- calls they take at once (besides `capacity`, which counts the other conversations).
+-- Agents who take calls: the number or SIP address a live call is put through to, and how many
+-- calls they hold at once (besides `capacity`, which counts the other conversations).
 ALTER TABLE agents ADD COLUMN phone TEXT;
 ALTER TABLE agents ADD COLUMN calls BIGINT NOT NULL DEFAULT 0;
--- A row of conversation_waits is either the customer's wait for an answer (snoozed_until NULL) or
--- the agent's snooze of the conversation until a time (the customer's next message ends it).
-ALTER TABLE conversation_waits ADD COLUMN snoozed_until BIGINT;
+
+-- Conversations an agent put aside until a time (the customer's next message wakes them sooner).
+CREATE TABLE conversation_snoozes (
+    workspace_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    until BIGINT NOT NULL,
+    PRIMARY KEY (workspace_id, conversation_id)
+);
+CREATE INDEX conversation_snoozes_until ON conversation_snoozes (workspace_id, until);
+
+-- Callers on the line for a person: heard at each request of the hold loop (a caller who hangs up
+-- is heard no more), and the agent their call is being put through to, who answered or not.
+CREATE TABLE call_holds (
+    workspace_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    heard_at BIGINT NOT NULL,
+    agent_id TEXT,
+    answered BOOLEAN NOT NULL DEFAULT false,
+    PRIMARY KEY (workspace_id, conversation_id)
+);

@@ -28,11 +28,12 @@ fn agent_from_row(row: &Row) -> StoreResult<Agent> {
 impl crate::AgentStore for PgStore {
     async fn mark_awaiting(&self, workspace_id: &str, conversation_id: &str, since: DateTime<Utc>) -> StoreResult<()> {
         let client = self.pool.get().await?;
+        // The customer's message also wakes a snoozed conversation, in the same statement.
         client
             .execute(
-                "INSERT INTO conversation_waits (workspace_id, conversation_id, since) VALUES ($1, $2, $3)
-                 ON CONFLICT (workspace_id, conversation_id) DO UPDATE SET since = excluded.since, snoozed_until = NULL
-                 WHERE conversation_waits.snoozed_until IS NOT NULL",
+                "WITH woken AS (DELETE FROM conversation_snoozes WHERE workspace_id = $1 AND conversation_id = $2)
+                 INSERT INTO conversation_waits (workspace_id, conversation_id, since) VALUES ($1, $2, $3)
+                 ON CONFLICT (workspace_id, conversation_id) DO NOTHING",
                 &[&workspace_id, &conversation_id, &to_millis(since)],
             )
             .await?;
@@ -59,8 +60,9 @@ impl crate::AgentStore for PgStore {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT conversation_id, since FROM conversation_waits WHERE workspace_id = $1 AND since < $2
-                 AND snoozed_until IS NULL
+                "SELECT conversation_id, since FROM conversation_waits w WHERE workspace_id = $1 AND since < $2
+                 AND NOT EXISTS (SELECT 1 FROM conversation_snoozes s
+                                 WHERE s.workspace_id = w.workspace_id AND s.conversation_id = w.conversation_id)
                  ORDER BY since LIMIT $3",
                 &[&workspace_id, &to_millis(before), &(limit as i64)],
             )
@@ -262,26 +264,27 @@ impl crate::AgentStore for PgStore {
         &self,
         workspace_id: &str,
         conversation_id: &str,
-        now: DateTime<Utc>,
+        agent_id: &str,
         until: DateTime<Utc>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
         let client = self.pool.get().await?;
-        client
+        Ok(client
             .execute(
-                "INSERT INTO conversation_waits (workspace_id, conversation_id, since, snoozed_until) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (workspace_id, conversation_id) DO UPDATE SET since = excluded.since,
-                 snoozed_until = excluded.snoozed_until",
-                &[&workspace_id, &conversation_id, &to_millis(now), &to_millis(until)],
+                "INSERT INTO conversation_snoozes (workspace_id, conversation_id, agent_id, until)
+                 SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM conversations WHERE workspace_id = $1 AND id = $2
+                                                     AND status = 'assigned' AND assignee = $3)
+                 ON CONFLICT (workspace_id, conversation_id) DO UPDATE SET agent_id = excluded.agent_id, until = excluded.until",
+                &[&workspace_id, &conversation_id, &agent_id, &to_millis(until)],
             )
-            .await?;
-        Ok(())
+            .await?
+            == 1)
     }
 
     async fn unsnooze(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<bool> {
         let client = self.pool.get().await?;
         Ok(client
             .execute(
-                "DELETE FROM conversation_waits WHERE workspace_id = $1 AND conversation_id = $2 AND snoozed_until IS NOT NULL",
+                "DELETE FROM conversation_snoozes WHERE workspace_id = $1 AND conversation_id = $2",
                 &[&workspace_id, &conversation_id],
             )
             .await?
@@ -292,12 +295,72 @@ impl crate::AgentStore for PgStore {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT conversation_id, snoozed_until FROM conversation_waits
-                 WHERE workspace_id = $1 AND snoozed_until IS NOT NULL ORDER BY snoozed_until LIMIT $2",
+                "SELECT conversation_id, until FROM conversation_snoozes WHERE workspace_id = $1 ORDER BY until LIMIT $2",
                 &[&workspace_id, &(limit as i64)],
             )
             .await?;
         Ok(rows.iter().map(|row| (row.get(0), from_millis(row.get(1)))).collect())
+    }
+
+    async fn hold_call(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        now: DateTime<Utc>,
+        agent_id: Option<&str>,
+    ) -> StoreResult<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO call_holds (workspace_id, conversation_id, heard_at, agent_id, answered) VALUES ($1, $2, $3, $4, false)
+                 ON CONFLICT (workspace_id, conversation_id) DO UPDATE SET heard_at = excluded.heard_at,
+                 agent_id = excluded.agent_id, answered = false",
+                &[&workspace_id, &conversation_id, &to_millis(now), &agent_id],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn answer_call(&self, workspace_id: &str, conversation_id: &str, agent_id: &str) -> StoreResult<bool> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .execute(
+                "UPDATE call_holds SET answered = true WHERE workspace_id = $1 AND conversation_id = $2 AND agent_id = $3",
+                &[&workspace_id, &conversation_id, &agent_id],
+            )
+            .await?
+            == 1)
+    }
+
+    async fn end_call_hold(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "DELETE FROM call_holds WHERE workspace_id = $1 AND conversation_id = $2",
+                &[&workspace_id, &conversation_id],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn call_holds(&self, workspace_id: &str, limit: usize) -> StoreResult<Vec<crate::agents::CallHold>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT conversation_id, heard_at, agent_id, answered FROM call_holds WHERE workspace_id = $1
+                 ORDER BY heard_at DESC LIMIT $2",
+                &[&workspace_id, &(limit as i64)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| crate::agents::CallHold {
+                conversation_id: row.get(0),
+                heard_at: from_millis(row.get(1)),
+                agent_id: row.get(2),
+                answered: row.get(3),
+            })
+            .collect())
     }
 
     async fn waiting_queues(&self, workspace_id: &str) -> StoreResult<Vec<(String, u64)>> {

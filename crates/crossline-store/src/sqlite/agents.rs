@@ -56,9 +56,12 @@ impl crate::AgentStore for SqliteStore {
         self.write_aside(move |tx| {
             tx.execute(
                 "INSERT INTO conversation_waits (workspace_id, conversation_id, since) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (workspace_id, conversation_id) DO UPDATE SET since = excluded.since, snoozed_until = NULL
-                 WHERE snoozed_until IS NOT NULL",
+                 ON CONFLICT (workspace_id, conversation_id) DO NOTHING",
                 rusqlite::params![workspace_id, conversation_id, to_millis(since)],
+            )?;
+            tx.execute(
+                "DELETE FROM conversation_snoozes WHERE workspace_id = ?1 AND conversation_id = ?2",
+                (&workspace_id, &conversation_id),
             )?;
             Ok(())
         })
@@ -101,8 +104,9 @@ impl crate::AgentStore for SqliteStore {
         let workspace_id = workspace_id.to_owned();
         self.read(move |conn| {
             let mut statement = conn.prepare_cached(
-                "SELECT conversation_id, since FROM conversation_waits WHERE workspace_id = ?1 AND since < ?2
-                 AND snoozed_until IS NULL
+                "SELECT conversation_id, since FROM conversation_waits w WHERE workspace_id = ?1 AND since < ?2
+                 AND NOT EXISTS (SELECT 1 FROM conversation_snoozes s
+                                 WHERE s.workspace_id = w.workspace_id AND s.conversation_id = w.conversation_id)
                  ORDER BY since LIMIT ?3",
             )?;
             let waits = statement
@@ -314,27 +318,42 @@ impl crate::AgentStore for SqliteStore {
         &self,
         workspace_id: &str,
         conversation_id: &str,
-        now: DateTime<Utc>,
+        agent_id: &str,
         until: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        let (workspace_id, conversation_id) = (workspace_id.to_owned(), conversation_id.to_owned());
+    ) -> StoreResult<bool> {
+        let (workspace_id, conversation_id, agent_id) =
+            (workspace_id.to_owned(), conversation_id.to_owned(), agent_id.to_owned());
         self.write_aside(move |tx| {
-            tx.execute(
-                "INSERT INTO conversation_waits (workspace_id, conversation_id, since, snoozed_until) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (workspace_id, conversation_id) DO UPDATE SET since = excluded.since,
-                 snoozed_until = excluded.snoozed_until",
-                rusqlite::params![workspace_id, conversation_id, to_millis(now), to_millis(until)],
-            )?;
-            Ok(())
+            Ok(tx.execute(
+                "INSERT INTO conversation_snoozes (workspace_id, conversation_id, agent_id, until)
+                 SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM conversations WHERE workspace_id = ?1 AND id = ?2
+                                                     AND status = 'assigned' AND assignee = ?3)
+                 ON CONFLICT (workspace_id, conversation_id) DO UPDATE SET agent_id = excluded.agent_id, until = excluded.until",
+                rusqlite::params![workspace_id, conversation_id, agent_id, to_millis(until)],
+            )? == 1)
         })
         .await
     }
 
     async fn unsnooze(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<bool> {
         let (workspace_id, conversation_id) = (workspace_id.to_owned(), conversation_id.to_owned());
+        // Most changes find no snooze to end: a read spares the writer a transaction.
+        let (ws, id) = (workspace_id.clone(), conversation_id.clone());
+        let snoozed: bool = self
+            .read(move |conn| {
+                Ok(conn.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM conversation_snoozes WHERE workspace_id = ?1 AND conversation_id = ?2)",
+                    (&ws, &id),
+                    |row| row.get(0),
+                )?)
+            })
+            .await?;
+        if !snoozed {
+            return Ok(false);
+        }
         self.write_aside(move |tx| {
             Ok(tx.execute(
-                "DELETE FROM conversation_waits WHERE workspace_id = ?1 AND conversation_id = ?2 AND snoozed_until IS NOT NULL",
+                "DELETE FROM conversation_snoozes WHERE workspace_id = ?1 AND conversation_id = ?2",
                 (&workspace_id, &conversation_id),
             )? == 1)
         })
@@ -345,12 +364,78 @@ impl crate::AgentStore for SqliteStore {
         let workspace_id = workspace_id.to_owned();
         self.read(move |conn| {
             let mut statement = conn.prepare_cached(
-                "SELECT conversation_id, snoozed_until FROM conversation_waits
-                 WHERE workspace_id = ?1 AND snoozed_until IS NOT NULL ORDER BY snoozed_until LIMIT ?2",
+                "SELECT conversation_id, until FROM conversation_snoozes WHERE workspace_id = ?1 ORDER BY until LIMIT ?2",
             )?;
             let rows = statement
                 .query_map(rusqlite::params![workspace_id, limit as i64], |row| {
                     Ok((row.get::<_, String>(0)?, from_millis(row.get(1)?)))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn hold_call(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        now: DateTime<Utc>,
+        agent_id: Option<&str>,
+    ) -> StoreResult<()> {
+        let (workspace_id, conversation_id, agent_id) =
+            (workspace_id.to_owned(), conversation_id.to_owned(), agent_id.map(str::to_owned));
+        self.write_aside(move |tx| {
+            tx.execute(
+                "INSERT INTO call_holds (workspace_id, conversation_id, heard_at, agent_id, answered) VALUES (?1, ?2, ?3, ?4, 0)
+                 ON CONFLICT (workspace_id, conversation_id) DO UPDATE SET heard_at = excluded.heard_at,
+                 agent_id = excluded.agent_id, answered = 0",
+                rusqlite::params![workspace_id, conversation_id, to_millis(now), agent_id],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn answer_call(&self, workspace_id: &str, conversation_id: &str, agent_id: &str) -> StoreResult<bool> {
+        let (workspace_id, conversation_id, agent_id) =
+            (workspace_id.to_owned(), conversation_id.to_owned(), agent_id.to_owned());
+        self.write_aside(move |tx| {
+            Ok(tx.execute(
+                "UPDATE call_holds SET answered = 1 WHERE workspace_id = ?1 AND conversation_id = ?2 AND agent_id = ?3",
+                (&workspace_id, &conversation_id, &agent_id),
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn end_call_hold(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<()> {
+        let (workspace_id, conversation_id) = (workspace_id.to_owned(), conversation_id.to_owned());
+        self.write_aside(move |tx| {
+            tx.execute(
+                "DELETE FROM call_holds WHERE workspace_id = ?1 AND conversation_id = ?2",
+                (&workspace_id, &conversation_id),
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn call_holds(&self, workspace_id: &str, limit: usize) -> StoreResult<Vec<crate::agents::CallHold>> {
+        let workspace_id = workspace_id.to_owned();
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT conversation_id, heard_at, agent_id, answered FROM call_holds WHERE workspace_id = ?1
+                 ORDER BY heard_at DESC LIMIT ?2",
+            )?;
+            let rows = statement
+                .query_map(rusqlite::params![workspace_id, limit as i64], |row| {
+                    Ok(crate::agents::CallHold {
+                        conversation_id: row.get(0)?,
+                        heard_at: from_millis(row.get(1)?),
+                        agent_id: row.get(2)?,
+                        answered: row.get(3)?,
+                    })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)

@@ -231,6 +231,49 @@ pub(super) async fn a_conversation_is_taken_once_and_turns_do_not_undo_it(store:
     };
     store.record_people_change(&ws.id, "cnv_1", &take_again, &[], vec![]).await.unwrap();
 
+    // A snooze: only by the agent who has the conversation; its customer's wait is not counted while
+    // it sleeps, and the customer's message wakes it.
+    let until = now + Duration::hours(2);
+    assert!(!store.snooze(&ws.id, "cnv_1", "agt_nobody", until).await.unwrap(), "not theirs");
+    assert!(!store.snooze(&other.id, "cnv_1", &holder, until).await.unwrap(), "another workspace's");
+    store.mark_awaiting(&ws.id, "cnv_1", now).await.unwrap();
+    assert!(store.snooze(&ws.id, "cnv_1", &holder, until).await.unwrap());
+    assert_eq!(store.snoozes(&ws.id, 10).await.unwrap(), [("cnv_1".to_owned(), until)]);
+    assert!(store.snoozes(&other.id, 10).await.unwrap().is_empty());
+    assert!(store.awaiting(&ws.id, now + Duration::hours(1), 10).await.unwrap().is_empty(), "asleep: not counted");
+    assert!(store.unsnooze(&ws.id, "cnv_1").await.unwrap());
+    assert!(!store.unsnooze(&ws.id, "cnv_1").await.unwrap(), "once");
+    assert_eq!(
+        store.awaiting(&ws.id, now + Duration::hours(1), 10).await.unwrap(),
+        [("cnv_1".to_owned(), now)],
+        "awake: the wait it had counts again"
+    );
+    assert!(store.snooze(&ws.id, "cnv_1", &holder, until).await.unwrap());
+    store.mark_awaiting(&ws.id, "cnv_1", now + Duration::seconds(61)).await.unwrap();
+    assert!(store.snoozes(&ws.id, 10).await.unwrap().is_empty(), "the customer's message wakes it");
+    store.clear_awaiting(&ws.id, "cnv_1").await.unwrap();
+
+    // A caller on hold, then put through to an agent who answers; scoped to the workspace.
+    store.hold_call(&ws.id, "cnv_1", now, None).await.unwrap();
+    assert!(!store.answer_call(&ws.id, "cnv_1", &holder).await.unwrap(), "not being put through yet");
+    store.hold_call(&ws.id, "cnv_1", now + Duration::seconds(9), Some(&holder)).await.unwrap();
+    assert!(!store.answer_call(&ws.id, "cnv_1", "agt_other").await.unwrap(), "another agent");
+    assert!(!store.answer_call(&other.id, "cnv_1", &holder).await.unwrap(), "another workspace");
+    assert!(store.answer_call(&ws.id, "cnv_1", &holder).await.unwrap());
+    let holds = store.call_holds(&ws.id, 10).await.unwrap();
+    assert_eq!(holds.len(), 1);
+    assert_eq!(
+        (holds[0].heard_at, holds[0].agent_id.as_deref(), holds[0].answered),
+        (now + Duration::seconds(9), Some(holder.as_str()), true)
+    );
+    store.hold_call(&ws.id, "cnv_1", now + Duration::seconds(20), None).await.unwrap();
+    assert!(!store.call_holds(&ws.id, 10).await.unwrap()[0].answered, "on hold again: not answered");
+    assert!(store.call_holds(&other.id, 10).await.unwrap().is_empty());
+    store.end_call_hold(&ws.id, "cnv_1").await.unwrap();
+    assert!(store.call_holds(&ws.id, 10).await.unwrap().is_empty());
+    // Left asleep (the engine ends snoozes; the erasure below must take it).
+    assert!(store.snooze(&ws.id, "cnv_1", &holder, until).await.unwrap());
+
     // Resolved, it is no one's open conversation; a stale change is refused.
     let resolve = PeopleChange { status: ConversationStatus::Resolved, ..reply.clone() };
     store.record_people_change(&ws.id, "cnv_1", &resolve, &[], vec![]).await.unwrap();
@@ -284,33 +327,12 @@ pub(super) async fn a_conversation_is_taken_once_and_turns_do_not_undo_it(store:
     assert!(store.awaiting(&other.id, now + Duration::hours(1), 10).await.unwrap().is_empty());
     store.clear_awaiting(&ws.id, "cnv_1").await.unwrap();
     assert!(store.awaiting(&ws.id, now + Duration::hours(1), 10).await.unwrap().is_empty());
-    // A snooze: out of the waits until the customer writes, which ends it and starts a wait.
-    store.mark_awaiting(&ws.id, "cnv_1", now).await.unwrap();
-    let until = now + Duration::hours(2);
-    store.snooze(&ws.id, "cnv_1", now + Duration::seconds(5), until).await.unwrap();
-    assert!(store.awaiting(&ws.id, now + Duration::hours(1), 10).await.unwrap().is_empty(), "a snooze is no wait");
-    assert_eq!(store.snoozes(&ws.id, 10).await.unwrap(), [("cnv_1".to_owned(), until)]);
-    assert!(store.snoozes(&other.id, 10).await.unwrap().is_empty());
-    store.mark_awaiting(&ws.id, "cnv_1", now + Duration::seconds(9)).await.unwrap();
-    assert!(store.snoozes(&ws.id, 10).await.unwrap().is_empty(), "the customer's message wakes it");
-    assert_eq!(
-        store.awaiting(&ws.id, now + Duration::hours(1), 10).await.unwrap(),
-        [("cnv_1".to_owned(), now + Duration::seconds(9))]
-    );
-    store.snooze(&ws.id, "cnv_1", now + Duration::seconds(10), until).await.unwrap();
-    assert!(store.unsnooze(&ws.id, "cnv_1").await.unwrap(), "woken");
-    assert!(!store.unsnooze(&ws.id, "cnv_1").await.unwrap(), "once");
-    store.mark_awaiting(&ws.id, "cnv_1", now + Duration::seconds(11)).await.unwrap();
-    assert!(!store.unsnooze(&ws.id, "cnv_1").await.unwrap(), "a wait is no snooze");
-    assert_eq!(store.awaiting(&ws.id, now + Duration::hours(1), 10).await.unwrap().len(), 1, "and stays");
-    store.snooze(&ws.id, "cnv_1", now + Duration::seconds(10), until).await.unwrap();
-    store.clear_awaiting(&ws.id, "cnv_1").await.unwrap();
-    assert!(store.snoozes(&ws.id, 10).await.unwrap().is_empty(), "leaving people ends a snooze");
-    store.snooze(&ws.id, "cnv_1", now + Duration::seconds(10), until).await.unwrap();
+    store.hold_call(&ws.id, "cnv_1", now, None).await.unwrap();
     assert!(store.delete_profile(&ws.id, &profile).await.unwrap());
     assert!(store.notes(&ws.id, "cnv_1", 10).await.unwrap().is_empty(), "erased with the customer");
     assert!(store.awaiting(&ws.id, now + Duration::hours(1), 10).await.unwrap().is_empty(), "erased too");
     assert!(store.snoozes(&ws.id, 10).await.unwrap().is_empty(), "snoozes too");
+    assert!(store.call_holds(&ws.id, 10).await.unwrap().is_empty(), "and calls on hold");
 }
 
 pub(super) async fn people_stats_count_the_contact_centre_of_a_day(store: DynStore) {

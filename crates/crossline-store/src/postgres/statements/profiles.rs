@@ -170,6 +170,16 @@ pub(in crate::postgres) async fn delete_profile(
         &[&workspace_id, &live],
     )
     .await?;
+    for table in ["conversation_snoozes", "call_holds"] {
+        tx.execute(
+            &format!(
+                "DELETE FROM {table} WHERE workspace_id = $1 AND conversation_id IN
+                    (SELECT id FROM conversations WHERE workspace_id = $1 AND profile_id = $2)"
+            ),
+            &[&workspace_id, &live],
+        )
+        .await?;
+    }
     tx.execute(
         "DELETE FROM conversation_notes WHERE workspace_id = $1 AND conversation_id IN
             (SELECT id FROM conversations WHERE workspace_id = $1 AND profile_id = $2)",

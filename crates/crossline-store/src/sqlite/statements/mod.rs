@@ -107,6 +107,14 @@ pub(in crate::sqlite) const DELETE_CONVERSATION_WAITS: &str =
     "DELETE FROM conversation_waits WHERE workspace_id = ?1 AND conversation_id IN
     (SELECT id FROM conversations INDEXED BY conversations_profile WHERE workspace_id = ?1 AND profile_id = ?2)";
 
+pub(in crate::sqlite) const DELETE_CONVERSATION_SNOOZES: &str =
+    "DELETE FROM conversation_snoozes WHERE workspace_id = ?1 AND conversation_id IN
+    (SELECT id FROM conversations INDEXED BY conversations_profile WHERE workspace_id = ?1 AND profile_id = ?2)";
+
+pub(in crate::sqlite) const DELETE_CALL_HOLDS: &str =
+    "DELETE FROM call_holds WHERE workspace_id = ?1 AND conversation_id IN
+    (SELECT id FROM conversations INDEXED BY conversations_profile WHERE workspace_id = ?1 AND profile_id = ?2)";
+
 pub(in crate::sqlite) const DELETE_CONVERSATIONS: &str =
     "DELETE FROM conversations INDEXED BY conversations_profile WHERE workspace_id = ?1 AND profile_id = ?2";
 

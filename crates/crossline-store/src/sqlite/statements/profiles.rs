@@ -226,6 +226,8 @@ pub(in crate::sqlite) fn delete_profile(
     conn.execute(DELETE_CONVERSATION_MESSAGES, (workspace_id, &live))?;
     conn.execute(DELETE_CONVERSATION_NOTES, (workspace_id, &live))?;
     conn.execute(DELETE_CONVERSATION_WAITS, (workspace_id, &live))?;
+    conn.execute(DELETE_CONVERSATION_SNOOZES, (workspace_id, &live))?;
+    conn.execute(DELETE_CALL_HOLDS, (workspace_id, &live))?;
     conn.execute(DELETE_CONVERSATIONS, (workspace_id, &live))?;
     for statement in ERASE_ENGAGEMENT {
         conn.execute(statement, (workspace_id, &live))?;
