@@ -1596,12 +1596,26 @@ impl Engage {
         text: &str,
         key: &str,
     ) -> Result<String, EngageError> {
+        let row = self.agent_reply_delivery(profile_id, channel, address, text, key)?;
+        self.store.insert_deliveries(workspace_id, std::slice::from_ref(&row)).await?;
+        Ok(row.id)
+    }
+
+    /// The delivery of a message of people to `address`, for the caller to store — with the
+    /// message, in one transaction ([`crossline_store::agents::PeopleChange::delivery`]).
+    pub fn agent_reply_delivery(
+        &self,
+        profile_id: &str,
+        channel: &str,
+        address: &str,
+        text: &str,
+        key: &str,
+    ) -> Result<NewDelivery, EngageError> {
         let source =
             TemplateSource { channel: channel.to_owned(), body: template::literal(text), ..TemplateSource::default() };
         template::compile(&source).map_err(|err| invalid("text", err.message))?;
-        let id = crossline_core::ids::new_sortable_secret_id("dlv");
-        let row = NewDelivery {
-            id: id.clone(),
+        Ok(NewDelivery {
+            id: crossline_core::ids::new_sortable_secret_id("dlv"),
             idempotency_key: format!("agent:{key}"),
             campaign_id: None,
             run_id: None,
@@ -1617,9 +1631,7 @@ impl Engage {
             run_at: Utc::now(),
             event: Some(json!({INLINE_TEMPLATE: source})),
             time_zone: None,
-        };
-        self.store.insert_deliveries(workspace_id, &[row]).await?;
-        Ok(id)
+        })
     }
 
     /// What a placed call says and does once answered, for its delivery: the greeting, bot,

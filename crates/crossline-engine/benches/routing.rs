@@ -135,6 +135,7 @@ fn route_pass_on_sqlite_1000_waiting_200_agents(bencher: Bencher) {
                 assignee: Some(format!("agt_{index:03}")),
                 queue: conversation.queue.clone(),
                 now,
+                delivery: None,
             };
             store.record_people_change(&workspace.id, &conversation.id, &change, &[], Vec::new()).await.unwrap();
         }

@@ -59,11 +59,27 @@ pub const HOLD_HEARD_SECONDS: i64 = 30;
 /// A call put through to an agent counts as theirs at most this long (a talk is not heard from).
 const PUT_THROUGH_HOURS: i64 = 4;
 
-/// Whether a call hold stands at `now`: a caller heard lately, or a call being put through.
-fn live(hold: &crossline_store::agents::CallHold, now: DateTime<Utc>) -> bool {
-    match hold.agent_id {
-        None => now - hold.heard_at < chrono::Duration::seconds(HOLD_HEARD_SECONDS),
-        Some(_) => now - hold.heard_at < chrono::Duration::hours(PUT_THROUGH_HOURS),
+/// Whether a caller is on the line at `now`: heard lately on hold, or being put through to an agent.
+pub fn on_the_line(hold: &crossline_store::agents::CallHold, now: DateTime<Utc>) -> bool {
+    hold.on_line
+        && match hold.agent_id {
+            None => now - hold.heard_at < chrono::Duration::seconds(HOLD_HEARD_SECONDS),
+            Some(_) => now - hold.heard_at < chrono::Duration::hours(PUT_THROUGH_HOURS),
+        }
+}
+
+/// Whether a conversation is a live call at `now`, given its hold (if any): a caller on the line, or
+/// one just handed off on a call whose hold loop has not been heard from yet (so routing does not
+/// give the call to someone who cannot take it in the moment before).
+fn is_call(conversation: &Conversation, hold: Option<&crossline_store::agents::CallHold>, now: DateTime<Utc>) -> bool {
+    match hold {
+        Some(hold) => on_the_line(hold, now),
+        None => {
+            conversation.channel == "voice"
+                && conversation
+                    .queued_at
+                    .is_some_and(|queued| now - queued < chrono::Duration::seconds(HOLD_HEARD_SECONDS))
+        }
     }
 }
 
@@ -490,6 +506,7 @@ impl ContactCentre {
         id: &str,
         agent: Option<&Agent>,
         text: &str,
+        delivery: Option<&crossline_store::engage::NewDelivery>,
         now: DateTime<Utc>,
     ) -> Result<(Conversation, String), AgentError> {
         let text = text.trim();
@@ -502,13 +519,16 @@ impl ContactCentre {
             now,
             |conversation| {
                 may_act(conversation, agent)?;
-                Ok(change(
+                let mut change = change(
                     conversation,
                     conversation.status,
                     conversation.assignee.as_deref(),
                     conversation.queue.clone(),
                     now,
-                ))
+                );
+                // Sent with the message, in its transaction: stored means queued.
+                change.delivery = delivery.cloned();
+                Ok(change)
             },
             Act::Reply(text),
             agent,
@@ -612,7 +632,7 @@ impl ContactCentre {
 
     /// An agent snoozes a conversation they have until `until` (a minute to 30 days away): out of
     /// their list and their load until then, or until the customer writes; the customer's wait for
-    /// an answer (next-response SLA) ends. `until` None wakes it now.
+    /// an answer (next-response SLA) is not counted while it sleeps. `until` None wakes it now.
     pub async fn snooze(
         &self,
         workspace_id: &str,
@@ -633,8 +653,8 @@ impl ContactCentre {
                 if until < now + chrono::Duration::minutes(1) || until > now + chrono::Duration::days(MAX_SNOOZE_DAYS) {
                     return Err(invalid("until", format!("snooze from a minute to {MAX_SNOOZE_DAYS} days ahead")));
                 }
-                let on_the_line = self.live_calls(workspace_id, now).await?.contains_key(id);
-                if on_the_line {
+                let hold = self.store.call_hold(workspace_id, id).await?;
+                if hold.is_some_and(|hold| on_the_line(&hold, now)) {
                     return Err(invalid("until", "a caller is on the line: a call is not snoozed"));
                 }
                 // Written only if it is still the holder's (a resolve or transfer meanwhile wins).
@@ -673,20 +693,24 @@ impl ContactCentre {
         Ok(asleep)
     }
 
-    /// The calls on the line at `now` (callers holding, and calls being put through), by conversation.
-    pub async fn live_calls(
+    /// The holds of calls at `now` by conversation: callers on the line (holding, or being put
+    /// through) and callers just promised a call back. Holds of callers who hung up, and promises
+    /// older than a hold's silence, are forgotten here.
+    pub async fn call_holds(
         &self,
         workspace_id: &str,
         now: DateTime<Utc>,
     ) -> Result<HashMap<String, crossline_store::agents::CallHold>, AgentError> {
-        Ok(self
-            .store
-            .call_holds(workspace_id, HELD_LIMIT)
-            .await?
-            .into_iter()
-            .filter(|hold| live(hold, now))
-            .map(|hold| (hold.conversation_id.clone(), hold))
-            .collect())
+        let mut holds = HashMap::new();
+        for hold in self.store.call_holds(workspace_id, HELD_LIMIT).await? {
+            let promised = !hold.on_line && now - hold.heard_at < chrono::Duration::seconds(HOLD_HEARD_SECONDS);
+            if promised || on_the_line(&hold, now) {
+                holds.insert(hold.conversation_id.clone(), hold);
+            } else {
+                self.store.end_call_hold(workspace_id, &hold.conversation_id).await?;
+            }
+        }
+        Ok(holds)
     }
 
     /// Whether a caller handed off to `queue` now may hold for a person: the queue is open and an
@@ -720,10 +744,16 @@ impl ContactCentre {
             return Ok(false);
         }
         // The calls each holds: live calls whose conversation is theirs.
+        let holds = self.call_holds(workspace_id, now).await?;
+        let assigned = ConversationFilter {
+            statuses: vec![ConversationStatus::Assigned],
+            limit: HELD_LIMIT,
+            without_state: true,
+            ..Default::default()
+        };
         let mut calls: HashMap<String, u32> = HashMap::new();
-        for id in self.live_calls(workspace_id, now).await?.keys() {
-            if let Some(conversation) = self.store.conversation(workspace_id, id).await?
-                && conversation.status == ConversationStatus::Assigned
+        for conversation in self.store.list_conversations(workspace_id, &assigned).await? {
+            if is_call(&conversation, holds.get(&conversation.id), now)
                 && let Some(holder) = conversation.assignee
             {
                 *calls.entry(holder).or_default() += 1;
@@ -748,6 +778,13 @@ impl ContactCentre {
         if conversation.status != ConversationStatus::Assigned || conversation.assignee.as_deref() != Some(agent_id) {
             return Err(conflict("moved meanwhile", &conversation));
         }
+        // Only while the call is being put through to them: a replay of an old dial's outcome, once
+        // the caller holds again (or was put through again), changes nothing.
+        let dialing = self.store.call_hold(workspace_id, id).await?;
+        if !dialing.is_some_and(|hold| hold.agent_id.as_deref() == Some(agent_id) && !hold.answered) {
+            return Err(conflict("this call is not being put through to the agent", &conversation));
+        }
+        self.store.hold_call(workspace_id, id, now, None).await?;
         if away {
             self.set_status(workspace_id, agent_id, AgentStatus::Away, now).await?;
         }
@@ -883,13 +920,14 @@ impl ContactCentre {
         };
         // Snoozed conversations are out of their agent's load until they wake; live calls count
         // against their calls (a call back is an ordinary conversation).
-        let calls = self.live_calls(workspace_id, now).await?;
+        let holds = self.call_holds(workspace_id, now).await?;
         // Per agent: conversations and calls held, and when they were last given one.
         let mut held: HashMap<String, (u32, u32, DateTime<Utc>)> = HashMap::new();
         for conversation in self.store.list_conversations(workspace_id, &assigned).await? {
+            let call = is_call(&conversation, holds.get(&conversation.id), now);
             if let Some(agent) = conversation.assignee {
                 let entry = held.entry(agent).or_insert((0, 0, DateTime::<Utc>::MIN_UTC));
-                if calls.contains_key(&conversation.id) {
+                if call {
                     entry.1 += 1;
                 } else if !snoozed.contains(&conversation.id) {
                     entry.0 += 1;
@@ -914,9 +952,9 @@ impl ContactCentre {
         let waiting: Vec<Waiting> = waiting
             .into_iter()
             .map(|conversation| Waiting {
+                call: is_call(&conversation, holds.get(&conversation.id), now),
                 queued_at: conversation.queued_at.unwrap_or(conversation.updated_at),
                 queue: conversation.queue.unwrap_or_else(|| crossline_bot::dialog::DEFAULT_QUEUE.to_owned()),
-                call: calls.contains_key(&conversation.id),
                 id: conversation.id,
             })
             .collect();
@@ -1202,6 +1240,7 @@ fn change(
         assignee: assignee.map(str::to_owned),
         queue,
         now,
+        delivery: None,
     }
 }
 

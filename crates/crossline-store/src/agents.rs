@@ -95,6 +95,9 @@ pub struct PeopleChange {
     pub queue: Option<String>,
     /// When this happens.
     pub now: DateTime<Utc>,
+    /// A message to send with the change (an agent's reply by SMS or WhatsApp), queued in the same
+    /// transaction: a reply stored is a reply sent, and a change refused sends nothing.
+    pub delivery: Option<crate::engage::NewDelivery>,
 }
 
 /// The names of the statuses a filter asks for (queued and assigned when it names none).
@@ -181,6 +184,8 @@ pub struct CallHold {
     pub agent_id: Option<String>,
     /// Whether that agent answered.
     pub answered: bool,
+    /// Whether the caller is on the line (false: promised a call back, off the line).
+    pub on_line: bool,
 }
 
 /// An internal note on a conversation: for colleagues, never for the customer.

@@ -593,6 +593,12 @@ pub trait AgentStore: Send + Sync {
         agent_id: &str,
         until: chrono::DateTime<chrono::Utc>,
     ) -> StoreResult<bool>;
+    /// When a snoozed conversation wakes; None when it is not snoozed.
+    async fn snoozed_until(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+    ) -> StoreResult<Option<chrono::DateTime<chrono::Utc>>>;
     /// Wake a snoozed conversation; false when it was not snoozed.
     async fn unsnooze(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<bool>;
     /// The snoozed conversations with the time each wakes, soonest first (at most `limit`).
@@ -613,8 +619,18 @@ pub trait AgentStore: Send + Sync {
     /// The agent the call is being put through to answered it; false when the call is not being put
     /// through to them.
     async fn answer_call(&self, workspace_id: &str, conversation_id: &str, agent_id: &str) -> StoreResult<bool>;
+    /// The caller was promised a call back at `now` and is off the line (kept as such until the hold
+    /// is ended, so nothing takes the conversation for a live call meanwhile).
+    async fn promise_call_back(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<()>;
     /// The caller is off hold (put through and done, gone, or promised a call back).
     async fn end_call_hold(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<()>;
+    /// The caller of a conversation on hold or being put through, if any.
+    async fn call_hold(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<Option<agents::CallHold>>;
     /// The workspace's callers on hold or being put through, most recently heard first (at most `limit`).
     async fn call_holds(&self, workspace_id: &str, limit: usize) -> StoreResult<Vec<agents::CallHold>>;
     /// A person answered (or the conversation left them): the customer no longer waits.

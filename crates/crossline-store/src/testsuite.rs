@@ -450,6 +450,7 @@ async fn conversations_follow_profiles(store: DynStore) {
         assignee: None,
         queue: None,
         now: t0,
+        delivery: None,
     };
     store.record_people_change(&ws.id, "cnv_1", &resolve, &[], vec![]).await.unwrap();
     assert!(store.open_conversation(&ws.id, &chat, "bank", t0).await.unwrap().is_none(), "resolved ones are closed");

@@ -276,10 +276,15 @@ async fn agent_of(state: &AppState, workspace: &Workspace, id: &str) -> ApiResul
     security(("bearer" = [])))]
 pub async fn create_agent(
     State(state): State<AppState>,
-    WorkspaceCaller(workspace): WorkspaceCaller,
+    caller: crate::auth::Caller,
     body: Result<Json<CreateAgent>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<AgentView>)> {
+    let workspace = one_workspace(&caller)?;
     let Json(body) = body.map_err(json_rejection)?;
+    if body.phone.as_deref().is_some_and(|phone| !phone.trim().is_empty()) && !crate::roles::sets_phones(caller.role())
+    {
+        return Err(ApiError::forbidden("only an admin gives an agent a phone (where their calls are put through)"));
+    }
     let new = NewAgent {
         name: body.name,
         email: body.email,
@@ -336,9 +341,7 @@ pub async fn update_agent(
     Path(id): Path<String>,
     body: Result<Json<UpdateAgent>, JsonRejection>,
 ) -> ApiResult<Json<AgentView>> {
-    let Some(workspace) = caller.workspace().cloned() else {
-        return Err(ApiError::forbidden("this endpoint acts on one workspace: use that workspace's api_key"));
-    };
+    let workspace = one_workspace(&caller)?;
     let Json(body) = body.map_err(json_rejection)?;
     let changed = NewAgent {
         name: body.name,
@@ -351,6 +354,15 @@ pub async fn update_agent(
     };
     let agent = update(&state, &workspace.id, &id, changed, caller.role()).await?;
     Ok(Json(agent.into()))
+}
+
+/// The one workspace a caller of an agents endpoint acts on (an agent's token is refused by the
+/// role table before this).
+fn one_workspace(caller: &crate::auth::Caller) -> ApiResult<Workspace> {
+    caller
+        .workspace()
+        .cloned()
+        .ok_or_else(|| ApiError::forbidden("this endpoint acts on one workspace: use that workspace's api_key"))
 }
 
 /// Change an agent as `role` may: where calls are put through (the phone) is an admin's to change.
@@ -539,7 +551,7 @@ pub async fn get_conversation(
     let conversation = state.contact_centre.conversation(&caller.workspace.id, &id).await?;
     let messages = state.store.conversation_messages(&caller.workspace.id, &id).await?;
     let mut view = ConversationView::from(conversation);
-    view.snoozed_until = snoozes_of(&state, &caller.workspace.id).await?.get(&id).copied();
+    view.snoozed_until = state.store.snoozed_until(&caller.workspace.id, &id).await?;
     view.messages = Some(
         messages
             .into_iter()
@@ -769,25 +781,23 @@ pub async fn post_agent_message(
         }
         None => None,
     };
-    let (conversation, message_id) =
-        state.contact_centre.reply(&workspace.id, &id, agent, &body.text, Utc::now()).await?;
-    let (delivered_by, delivery_id) = match address {
-        Some((channel, address)) => {
-            let delivery = state
-                .engage
-                .queue_agent_reply(
-                    &workspace.id,
-                    &conversation.profile_id,
-                    channel,
-                    &address,
-                    body.text.trim(),
-                    &message_id,
-                )
-                .await?;
-            (channel.to_owned(), Some(delivery))
-        }
-        None if matches!(conversation.channel.as_str(), "chat" | "kiosk") => (conversation.channel.clone(), None),
-        None => ("stored".to_owned(), None),
+    // The SMS goes with the message: queued in the transaction that stores it.
+    let delivery = match &address {
+        Some((channel, address)) => Some(state.engage.agent_reply_delivery(
+            &conversation.profile_id,
+            channel,
+            address,
+            body.text.trim(),
+            &crossline_core::ids::new_id("rpl"),
+        )?),
+        None => None,
+    };
+    let (conversation, _) =
+        state.contact_centre.reply(&workspace.id, &id, agent, &body.text, delivery.as_ref(), Utc::now()).await?;
+    let (delivered_by, delivery_id) = match (address, delivery) {
+        (Some((channel, _)), Some(delivery)) => (channel.to_owned(), Some(delivery.id)),
+        _ if matches!(conversation.channel.as_str(), "chat" | "kiosk") => (conversation.channel.clone(), None),
+        _ => ("stored".to_owned(), None),
     };
     Ok((StatusCode::CREATED, Json(SentMessage { conversation: conversation.into(), delivered_by, delivery_id })))
 }
@@ -875,7 +885,7 @@ pub struct SnoozeRequest {
 
 /// Snooze a conversation.
 #[utoipa::path(post, path = "/api/v1/conversations/{id}/snooze", tag = "agents",
-    description = "The agent who has the conversation puts it aside until `until` (or for `minutes`): it leaves their list and their load (routing may give them another), the customer's next-response wait ends, and it wakes at that time — or at once when the customer writes. `{\"minutes\": 0}` wakes it now. Calls are not snoozed.",
+    description = "The agent who has the conversation puts it aside until `until` (or for `minutes`): it leaves their list and their load (routing may give them another), the customer's next-response wait is not counted while it sleeps, and it wakes at that time — or at once when the customer writes. `{\"minutes\": 0}` wakes it now. Calls are not snoozed.",
     params(("id" = String, Path, description = "The conversation")),
     request_body(content = SnoozeRequest, example = json!({"minutes": 120})),
     responses((status = 200, description = "Snoozed (or woken).", body = ConversationView),

@@ -191,8 +191,12 @@ pub async fn twilio_call(
         Err(EngageError::NotFound(_)) => return Ok(twiml(twilio::hangup_response(&[]))),
         Err(err) => return Err(err.into()),
     };
-    // Another call's request (once this one's CallSid is known) is not this call's.
-    if script.delivery.provider_id.as_deref().is_some_and(|placed| placed != call.call_sid) {
+    let hold = twilio::parse_hold(uri.query())
+        .map_err(|err| ApiError::bad_request(ErrorCode::InvalidField, err.to_string()))?;
+    // Another call's request (once this one's CallSid is known) is not this call's — but the agent
+    // picking up a call put through to them asks from their own leg (signed URL, another CallSid).
+    let screening = hold.as_ref().is_some_and(|hold| hold.screen);
+    if !screening && script.delivery.provider_id.as_deref().is_some_and(|placed| placed != call.call_sid) {
         return Ok(twiml(twilio::hangup_response(&[])));
     }
     // The callee is the number the call was placed to, whatever the request's parameters say.

@@ -527,6 +527,7 @@ impl CallTurn<'_> {
                     replies.push(Reply::text(HOLD_GREETING));
                     Ok(self.prompting.hold(&replies, self.now.timestamp(), &conversation.id))
                 } else {
+                    self.state.store.promise_call_back(&self.workspace.id, &conversation.id, self.now).await?;
                     replies.push(Reply::text(AGENT_CALLBACK));
                     Ok(self.prompting.hang_up(&replies))
                 }
@@ -578,9 +579,10 @@ impl CallTurn<'_> {
                     Err(err) => Err(err.into()),
                 };
             }
-            // Not taken: busy, no answer, or picked up without pressing 1 (a voicemail) set the
-            // agent away; a failed or cancelled dial does not.
-            let away = matches!(status, "busy" | "no-answer" | "completed");
+            // Not taken: busy, no answer, a phone that cannot be reached, or picked up without
+            // pressing 1 (a voicemail) set the agent away; a dial the caller cancelled (hanging up
+            // while it rang) does not.
+            let away = status != "canceled";
             match centre.call_missed(workspace_id, id, agent_id, away, self.now).await {
                 Ok(_) => self.state.live.nudge_router(workspace_id),
                 // A retry of this request, or the conversation moved meanwhile.
@@ -589,7 +591,7 @@ impl CallTurn<'_> {
             }
             said.push(Reply::text(AGENT_MISSED));
         } else if pressed == Some("1") {
-            store.end_call_hold(workspace_id, id).await?;
+            store.promise_call_back(workspace_id, id, self.now).await?;
             return Ok(self.prompting.hang_up(&[Reply::text(CALL_BACK_CHOSEN)]));
         }
         let Some(conversation) = store.conversation(workspace_id, id).await? else {
@@ -599,7 +601,7 @@ impl CallTurn<'_> {
         let holding = |said: &[Reply]| self.prompting.hold(said, hold.since, id);
         match conversation.status {
             ConversationStatus::Queued if held >= MAX_HOLD_SECONDS => {
-                store.end_call_hold(workspace_id, id).await?;
+                store.promise_call_back(workspace_id, id, self.now).await?;
                 Ok(self.prompting.hang_up(&[Reply::text(HELD_TOO_LONG)]))
             }
             ConversationStatus::Queued => {

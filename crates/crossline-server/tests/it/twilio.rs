@@ -779,7 +779,9 @@ async fn a_caller_holds_for_an_agent_is_put_through_and_scores_the_call_by_keypa
     let (_, twiml) = call.send(&[]).await;
     assert!(twiml.contains(">sip:sam@pbx.example;transport=tls</Sip>"), "{twiml}");
     let screen = screen_url(&twiml).expect("the agent is asked to take the call");
-    let (_, asked) = call.post_with(&screen, None, &[], TOKEN).await;
+    // Twilio asks from the agent's leg: its own CallSid.
+    let sams_leg = Call::start(&server, &ws.id, phone, "CA0141sam");
+    let (_, asked) = sams_leg.post_with(&screen, None, &[], TOKEN).await;
     assert_eq!(said(&asked), ["A customer is waiting for you on this call. Press 1 to take it."], "{asked}");
     let (_, twiml) = call.send(&[("DialCallStatus", "completed"), ("DialCallDuration", "31")]).await;
     assert_eq!(said(&twiml), ["The agent could not take your call. Please keep holding."], "voicemail: {twiml}");
@@ -790,7 +792,7 @@ async fn a_caller_holds_for_an_agent_is_put_through_and_scores_the_call_by_keypa
     assigned_to(&server, &ws, phone, &sam_id).await;
     let (_, twiml) = call.send(&[]).await;
     let screen = screen_url(&twiml).expect("the agent is asked to take the call");
-    let (_, connect) = call.post_with(&screen, None, &[("Digits", "1")], TOKEN).await;
+    let (_, connect) = sams_leg.post_with(&screen, None, &[("Digits", "1")], TOKEN).await;
     assert!(connect.ends_with("<Response></Response>"), "pressing 1 connects: {connect}");
     let (_, twiml) = call.send(&[("DialCallStatus", "completed"), ("DialCallDuration", "95")]).await;
     assert_eq!(

@@ -280,6 +280,17 @@ impl crate::AgentStore for PgStore {
             == 1)
     }
 
+    async fn snoozed_until(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<Option<DateTime<Utc>>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT until FROM conversation_snoozes WHERE workspace_id = $1 AND conversation_id = $2",
+                &[&workspace_id, &conversation_id],
+            )
+            .await?;
+        Ok(row.map(|row| from_millis(row.get(0))))
+    }
+
     async fn unsnooze(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<bool> {
         let client = self.pool.get().await?;
         Ok(client
@@ -312,9 +323,10 @@ impl crate::AgentStore for PgStore {
         let client = self.pool.get().await?;
         client
             .execute(
-                "INSERT INTO call_holds (workspace_id, conversation_id, heard_at, agent_id, answered) VALUES ($1, $2, $3, $4, false)
+                "INSERT INTO call_holds (workspace_id, conversation_id, heard_at, agent_id, answered, on_line)
+                 VALUES ($1, $2, $3, $4, false, true)
                  ON CONFLICT (workspace_id, conversation_id) DO UPDATE SET heard_at = excluded.heard_at,
-                 agent_id = excluded.agent_id, answered = false",
+                 agent_id = excluded.agent_id, answered = false, on_line = true",
                 &[&workspace_id, &conversation_id, &to_millis(now), &agent_id],
             )
             .await?;
@@ -332,6 +344,25 @@ impl crate::AgentStore for PgStore {
             == 1)
     }
 
+    async fn promise_call_back(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO call_holds (workspace_id, conversation_id, heard_at, agent_id, answered, on_line)
+                 VALUES ($1, $2, $3, NULL, false, false)
+                 ON CONFLICT (workspace_id, conversation_id) DO UPDATE SET heard_at = excluded.heard_at,
+                 agent_id = NULL, answered = false, on_line = false",
+                &[&workspace_id, &conversation_id, &to_millis(now)],
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn end_call_hold(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<()> {
         let client = self.pool.get().await?;
         client
@@ -343,11 +374,33 @@ impl crate::AgentStore for PgStore {
         Ok(())
     }
 
+    async fn call_hold(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+    ) -> StoreResult<Option<crate::agents::CallHold>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT conversation_id, heard_at, agent_id, answered, on_line FROM call_holds
+                 WHERE workspace_id = $1 AND conversation_id = $2",
+                &[&workspace_id, &conversation_id],
+            )
+            .await?;
+        Ok(row.map(|row| crate::agents::CallHold {
+            conversation_id: row.get(0),
+            heard_at: from_millis(row.get(1)),
+            agent_id: row.get(2),
+            answered: row.get(3),
+            on_line: row.get(4),
+        }))
+    }
+
     async fn call_holds(&self, workspace_id: &str, limit: usize) -> StoreResult<Vec<crate::agents::CallHold>> {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT conversation_id, heard_at, agent_id, answered FROM call_holds WHERE workspace_id = $1
+                "SELECT conversation_id, heard_at, agent_id, answered, on_line FROM call_holds WHERE workspace_id = $1
                  ORDER BY heard_at DESC LIMIT $2",
                 &[&workspace_id, &(limit as i64)],
             )
@@ -359,6 +412,7 @@ impl crate::AgentStore for PgStore {
                 heard_at: from_millis(row.get(1)),
                 agent_id: row.get(2),
                 answered: row.get(3),
+                on_line: row.get(4),
             })
             .collect())
     }
@@ -447,6 +501,9 @@ impl crate::AgentStore for PgStore {
             return Err(StoreError::Conflict("the conversation changed since it was read".into()));
         }
         statements::append_messages(&tx, workspace_id, conversation_id, messages).await?;
+        if let Some(delivery) = &change.delivery {
+            super::engage::insert_delivery_rows(&tx, workspace_id, std::slice::from_ref(delivery)).await?;
+        }
         let ingested = {
             let mut statements = statements::PgTx { tx: &tx };
             apply_batch(&mut statements, workspace_id, &events, Utc::now(), &self.profile_limits).await?

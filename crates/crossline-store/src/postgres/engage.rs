@@ -562,43 +562,7 @@ impl crate::EngageStore for PgStore {
     async fn insert_deliveries(&self, workspace_id: &str, deliveries: &[NewDelivery]) -> StoreResult<usize> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let statement = tx
-            .prepare(
-                "INSERT INTO deliveries (id, workspace_id, idempotency_key, campaign_id, run_id, profile_id, treatment, channel,
-                    address, template_id, kind, status, reason, deferred, run_at, event, created_at, updated_at, time_zone)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17, $18)
-                 ON CONFLICT DO NOTHING",
-            )
-            .await?;
-        let now = crate::to_millis(Utc::now());
-        let mut inserted = 0;
-        for delivery in deliveries {
-            inserted += tx
-                .execute(
-                    &statement,
-                    &[
-                        &delivery.id,
-                        &workspace_id,
-                        &delivery.idempotency_key,
-                        &delivery.campaign_id,
-                        &delivery.run_id,
-                        &delivery.profile_id,
-                        &delivery.treatment,
-                        &delivery.channel,
-                        &delivery.address,
-                        &delivery.template_id,
-                        &delivery.kind,
-                        &delivery.status.as_str(),
-                        &delivery.reason,
-                        &delivery.deferred,
-                        &crate::to_millis(delivery.run_at),
-                        &delivery.event,
-                        &now,
-                        &delivery.time_zone,
-                    ],
-                )
-                .await? as usize;
-        }
+        let inserted = insert_delivery_rows(&tx, workspace_id, deliveries).await?;
         tx.commit().await?;
         Ok(inserted)
     }
@@ -898,4 +862,51 @@ async fn marketing_sends_of(
         )
         .await?;
     Ok(row.get::<_, i64>(0) as u64)
+}
+
+/// Insert deliveries in a transaction (one already there by id or idempotency key is left as it
+/// is); how many were new.
+pub(in crate::postgres) async fn insert_delivery_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    workspace_id: &str,
+    deliveries: &[NewDelivery],
+) -> StoreResult<usize> {
+    let statement = tx
+        .prepare(
+            "INSERT INTO deliveries (id, workspace_id, idempotency_key, campaign_id, run_id, profile_id, treatment, channel,
+                address, template_id, kind, status, reason, deferred, run_at, event, created_at, updated_at, time_zone)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17, $18)
+             ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    let now = crate::to_millis(Utc::now());
+    let mut inserted = 0;
+    for delivery in deliveries {
+        inserted += tx
+            .execute(
+                &statement,
+                &[
+                    &delivery.id,
+                    &workspace_id,
+                    &delivery.idempotency_key,
+                    &delivery.campaign_id,
+                    &delivery.run_id,
+                    &delivery.profile_id,
+                    &delivery.treatment,
+                    &delivery.channel,
+                    &delivery.address,
+                    &delivery.template_id,
+                    &delivery.kind,
+                    &delivery.status.as_str(),
+                    &delivery.reason,
+                    &delivery.deferred,
+                    &crate::to_millis(delivery.run_at),
+                    &delivery.event,
+                    &now,
+                    &delivery.time_zone,
+                ],
+            )
+            .await? as usize;
+    }
+    Ok(inserted)
 }

@@ -335,6 +335,21 @@ impl crate::AgentStore for SqliteStore {
         .await
     }
 
+    async fn snoozed_until(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<Option<DateTime<Utc>>> {
+        let (workspace_id, conversation_id) = (workspace_id.to_owned(), conversation_id.to_owned());
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT until FROM conversation_snoozes WHERE workspace_id = ?1 AND conversation_id = ?2",
+                    (&workspace_id, &conversation_id),
+                    |row| row.get::<_, i64>(0),
+                )
+                .optional()?
+                .map(from_millis))
+        })
+        .await
+    }
+
     async fn unsnooze(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<bool> {
         let (workspace_id, conversation_id) = (workspace_id.to_owned(), conversation_id.to_owned());
         // Most changes find no snooze to end: a read spares the writer a transaction.
@@ -387,9 +402,10 @@ impl crate::AgentStore for SqliteStore {
             (workspace_id.to_owned(), conversation_id.to_owned(), agent_id.map(str::to_owned));
         self.write_aside(move |tx| {
             tx.execute(
-                "INSERT INTO call_holds (workspace_id, conversation_id, heard_at, agent_id, answered) VALUES (?1, ?2, ?3, ?4, 0)
+                "INSERT INTO call_holds (workspace_id, conversation_id, heard_at, agent_id, answered, on_line)
+                 VALUES (?1, ?2, ?3, ?4, 0, 1)
                  ON CONFLICT (workspace_id, conversation_id) DO UPDATE SET heard_at = excluded.heard_at,
-                 agent_id = excluded.agent_id, answered = 0",
+                 agent_id = excluded.agent_id, answered = 0, on_line = 1",
                 rusqlite::params![workspace_id, conversation_id, to_millis(now), agent_id],
             )?;
             Ok(())
@@ -409,6 +425,26 @@ impl crate::AgentStore for SqliteStore {
         .await
     }
 
+    async fn promise_call_back(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let (workspace_id, conversation_id) = (workspace_id.to_owned(), conversation_id.to_owned());
+        self.write_aside(move |tx| {
+            tx.execute(
+                "INSERT INTO call_holds (workspace_id, conversation_id, heard_at, agent_id, answered, on_line)
+                 VALUES (?1, ?2, ?3, NULL, 0, 0)
+                 ON CONFLICT (workspace_id, conversation_id) DO UPDATE SET heard_at = excluded.heard_at,
+                 agent_id = NULL, answered = 0, on_line = 0",
+                rusqlite::params![workspace_id, conversation_id, to_millis(now)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn end_call_hold(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<()> {
         let (workspace_id, conversation_id) = (workspace_id.to_owned(), conversation_id.to_owned());
         self.write_aside(move |tx| {
@@ -421,11 +457,38 @@ impl crate::AgentStore for SqliteStore {
         .await
     }
 
+    async fn call_hold(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+    ) -> StoreResult<Option<crate::agents::CallHold>> {
+        let (workspace_id, conversation_id) = (workspace_id.to_owned(), conversation_id.to_owned());
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT conversation_id, heard_at, agent_id, answered, on_line FROM call_holds
+                     WHERE workspace_id = ?1 AND conversation_id = ?2",
+                    (&workspace_id, &conversation_id),
+                    |row| {
+                        Ok(crate::agents::CallHold {
+                            conversation_id: row.get(0)?,
+                            heard_at: from_millis(row.get(1)?),
+                            agent_id: row.get(2)?,
+                            answered: row.get(3)?,
+                            on_line: row.get(4)?,
+                        })
+                    },
+                )
+                .optional()?)
+        })
+        .await
+    }
+
     async fn call_holds(&self, workspace_id: &str, limit: usize) -> StoreResult<Vec<crate::agents::CallHold>> {
         let workspace_id = workspace_id.to_owned();
         self.read(move |conn| {
             let mut statement = conn.prepare_cached(
-                "SELECT conversation_id, heard_at, agent_id, answered FROM call_holds WHERE workspace_id = ?1
+                "SELECT conversation_id, heard_at, agent_id, answered, on_line FROM call_holds WHERE workspace_id = ?1
                  ORDER BY heard_at DESC LIMIT ?2",
             )?;
             let rows = statement
@@ -435,6 +498,7 @@ impl crate::AgentStore for SqliteStore {
                         heard_at: from_millis(row.get(1)?),
                         agent_id: row.get(2)?,
                         answered: row.get(3)?,
+                        on_line: row.get(4)?,
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -535,6 +599,9 @@ impl crate::AgentStore for SqliteStore {
                 return Err(StoreError::Conflict("the conversation changed since it was read".into()));
             }
             statements::append_messages(tx, &workspace_id, &conversation_id, &messages)?;
+            if let Some(delivery) = &change.delivery {
+                super::engage::insert_delivery_rows(tx, &workspace_id, std::slice::from_ref(delivery))?;
+            }
             let ingested = {
                 let mut statements =
                     statements::SqliteTx { conn: tx, json: Default::default(), cache: None, pending };

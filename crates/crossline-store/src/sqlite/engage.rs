@@ -585,40 +585,7 @@ impl crate::EngageStore for SqliteStore {
 
     async fn insert_deliveries(&self, workspace_id: &str, deliveries: &[NewDelivery]) -> StoreResult<usize> {
         let (workspace_id, deliveries) = (workspace_id.to_owned(), deliveries.to_vec());
-        self.write_aside(move |tx| {
-            let now = crate::to_millis(Utc::now());
-            let mut statement = tx.prepare_cached(
-                "INSERT INTO deliveries (id, workspace_id, idempotency_key, campaign_id, run_id, profile_id, treatment, channel,
-                    address, template_id, kind, status, reason, deferred, run_at, event, created_at, updated_at, time_zone)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?17, ?18)
-                 ON CONFLICT DO NOTHING",
-            )?;
-            let mut inserted = 0;
-            for delivery in &deliveries {
-                inserted += statement.execute(rusqlite::params![
-                    delivery.id,
-                    workspace_id,
-                    delivery.idempotency_key,
-                    delivery.campaign_id,
-                    delivery.run_id,
-                    delivery.profile_id,
-                    delivery.treatment,
-                    delivery.channel,
-                    delivery.address,
-                    delivery.template_id,
-                    delivery.kind,
-                    delivery.status.as_str(),
-                    delivery.reason,
-                    delivery.deferred,
-                    crate::to_millis(delivery.run_at),
-                    delivery.event.as_ref().map(|event| event.to_string()),
-                    now,
-                    delivery.time_zone,
-                ])?;
-            }
-            Ok(inserted)
-        })
-        .await
+        self.write_aside(move |tx| insert_delivery_rows(tx, &workspace_id, &deliveries)).await
     }
 
     async fn claim_deliveries(
@@ -1137,4 +1104,43 @@ fn marketing_sends_of(
             "SELECT count(*) FROM deliveries WHERE workspace_id = ?1 AND profile_id = ?2 AND sent_at >= ?3 AND kind = 'marketing'",
         )?
         .query_row((workspace_id, profile_id, crate::to_millis(since)), |row| row.get::<_, i64>(0))? as u64)
+}
+
+/// Insert deliveries (one already there by id or idempotency key is left as it is); how many were new.
+pub(in crate::sqlite) fn insert_delivery_rows(
+    tx: &rusqlite::Connection,
+    workspace_id: &str,
+    deliveries: &[NewDelivery],
+) -> StoreResult<usize> {
+    let now = crate::to_millis(Utc::now());
+    let mut statement = tx.prepare_cached(
+        "INSERT INTO deliveries (id, workspace_id, idempotency_key, campaign_id, run_id, profile_id, treatment, channel,
+            address, template_id, kind, status, reason, deferred, run_at, event, created_at, updated_at, time_zone)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?17, ?18)
+         ON CONFLICT DO NOTHING",
+    )?;
+    let mut inserted = 0;
+    for delivery in deliveries {
+        inserted += statement.execute(rusqlite::params![
+            delivery.id,
+            workspace_id,
+            delivery.idempotency_key,
+            delivery.campaign_id,
+            delivery.run_id,
+            delivery.profile_id,
+            delivery.treatment,
+            delivery.channel,
+            delivery.address,
+            delivery.template_id,
+            delivery.kind,
+            delivery.status.as_str(),
+            delivery.reason,
+            delivery.deferred,
+            crate::to_millis(delivery.run_at),
+            delivery.event.as_ref().map(|event| event.to_string()),
+            now,
+            delivery.time_zone,
+        ])?;
+    }
+    Ok(inserted)
 }

@@ -115,6 +115,7 @@ pub(super) async fn a_conversation_is_taken_once_and_turns_do_not_undo_it(store:
         assignee: Some(by.into()),
         queue: Some("cards".into()),
         now: now + Duration::seconds(30),
+        delivery: None,
     };
     let assigned = |by: &str| {
         let mut event = turn_event("conversation.assigned", &format!("as-{by}"));
@@ -165,6 +166,7 @@ pub(super) async fn a_conversation_is_taken_once_and_turns_do_not_undo_it(store:
         assignee: Some(holder.clone()),
         queue: Some("cards".into()),
         now: now + Duration::seconds(50),
+        delivery: None,
     };
     let (answered, _) = store
         .record_people_change(
@@ -180,6 +182,38 @@ pub(super) async fn a_conversation_is_taken_once_and_turns_do_not_undo_it(store:
     let texts: Vec<String> =
         store.conversation_messages(&ws.id, "cnv_1").await.unwrap().into_iter().map(|m| m.text).collect();
     assert_eq!(texts, ["agent please", "hello?", "I'm here"]);
+    // A reply by SMS is queued with the message, in its transaction: a change refused queues nothing.
+    let sms = |id: &str| crate::engage::NewDelivery {
+        id: id.into(),
+        idempotency_key: format!("agent:{id}"),
+        campaign_id: None,
+        run_id: None,
+        profile_id: profile.clone(),
+        treatment: "A".into(),
+        channel: "sms".into(),
+        address: "+14155550100".into(),
+        template_id: None,
+        kind: "transactional".into(),
+        status: crate::engage::DeliveryStatus::Queued,
+        reason: None,
+        deferred: false,
+        run_at: now,
+        event: None,
+        time_zone: None,
+    };
+    let stale = PeopleChange {
+        expected_status: ConversationStatus::Queued,
+        delivery: Some(sms("dlv_refused")),
+        ..reply.clone()
+    };
+    let refused = store.record_people_change(&ws.id, "cnv_1", &stale, &[said(Author::Agent, "lost")], vec![]).await;
+    assert!(matches!(refused, Err(StoreError::Conflict(_))), "{refused:?}");
+    assert!(store.delivery(&ws.id, "dlv_refused").await.unwrap().is_none(), "nothing queued for a refused reply");
+    let by_sms = PeopleChange { delivery: Some(sms("dlv_sent")), ..reply.clone() };
+    store.record_people_change(&ws.id, "cnv_1", &by_sms, &[said(Author::Agent, "by text")], vec![]).await.unwrap();
+    let queued = store.delivery(&ws.id, "dlv_sent").await.unwrap().expect("queued with the message");
+    assert_eq!((queued.new.channel.as_str(), queued.new.address.as_str()), ("sms", "+14155550100"));
+    assert!(store.delivery(&other.id, "dlv_sent").await.unwrap().is_none(), "in the conversation's workspace");
     let mine = ConversationFilter { assignee: Some(holder.clone()), limit: 10, ..Default::default() };
     assert_eq!(store.list_conversations(&ws.id, &mine).await.unwrap().len(), 1);
 
@@ -189,6 +223,7 @@ pub(super) async fn a_conversation_is_taken_once_and_turns_do_not_undo_it(store:
         status: ConversationStatus::Queued,
         assignee: None,
         now: now + Duration::seconds(55),
+        delivery: None,
         ..reply.clone()
     };
     store.record_people_change(&ws.id, "cnv_1", &to_queue, &[], vec![]).await.unwrap();
@@ -208,6 +243,7 @@ pub(super) async fn a_conversation_is_taken_once_and_turns_do_not_undo_it(store:
         assignee: None,
         queue: Some("cards".into()),
         now: now + Duration::seconds(57),
+        delivery: None,
     };
     store.record_people_change(&ws.id, "cnv_1", &back, &[], vec![]).await.unwrap();
     let mut stale_queued = after.clone();
@@ -228,6 +264,7 @@ pub(super) async fn a_conversation_is_taken_once_and_turns_do_not_undo_it(store:
         assignee: Some(holder.clone()),
         queue: Some("cards".into()),
         now: now + Duration::seconds(60),
+        delivery: None,
     };
     store.record_people_change(&ws.id, "cnv_1", &take_again, &[], vec![]).await.unwrap();
 
@@ -239,6 +276,8 @@ pub(super) async fn a_conversation_is_taken_once_and_turns_do_not_undo_it(store:
     store.mark_awaiting(&ws.id, "cnv_1", now).await.unwrap();
     assert!(store.snooze(&ws.id, "cnv_1", &holder, until).await.unwrap());
     assert_eq!(store.snoozes(&ws.id, 10).await.unwrap(), [("cnv_1".to_owned(), until)]);
+    assert_eq!(store.snoozed_until(&ws.id, "cnv_1").await.unwrap(), Some(until));
+    assert_eq!(store.snoozed_until(&other.id, "cnv_1").await.unwrap(), None);
     assert!(store.snoozes(&other.id, 10).await.unwrap().is_empty());
     assert!(store.awaiting(&ws.id, now + Duration::hours(1), 10).await.unwrap().is_empty(), "asleep: not counted");
     assert!(store.unsnooze(&ws.id, "cnv_1").await.unwrap());
@@ -266,9 +305,15 @@ pub(super) async fn a_conversation_is_taken_once_and_turns_do_not_undo_it(store:
         (holds[0].heard_at, holds[0].agent_id.as_deref(), holds[0].answered),
         (now + Duration::seconds(9), Some(holder.as_str()), true)
     );
+    assert_eq!(store.call_hold(&ws.id, "cnv_1").await.unwrap().as_ref(), holds.first());
+    assert_eq!(store.call_hold(&other.id, "cnv_1").await.unwrap(), None);
     store.hold_call(&ws.id, "cnv_1", now + Duration::seconds(20), None).await.unwrap();
     assert!(!store.call_holds(&ws.id, 10).await.unwrap()[0].answered, "on hold again: not answered");
     assert!(store.call_holds(&other.id, 10).await.unwrap().is_empty());
+    assert!(store.call_hold(&ws.id, "cnv_1").await.unwrap().unwrap().on_line);
+    store.promise_call_back(&ws.id, "cnv_1", now + Duration::seconds(25)).await.unwrap();
+    let promised = store.call_hold(&ws.id, "cnv_1").await.unwrap().unwrap();
+    assert_eq!((promised.on_line, promised.agent_id, promised.heard_at), (false, None, now + Duration::seconds(25)));
     store.end_call_hold(&ws.id, "cnv_1").await.unwrap();
     assert!(store.call_holds(&ws.id, 10).await.unwrap().is_empty());
     // Left asleep (the engine ends snoozes; the erasure below must take it).
