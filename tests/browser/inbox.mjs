@@ -46,6 +46,7 @@ if (!twiml.includes("open")) fail(`the bot's SMS answer: ${twiml}`);
 const agent = await api("POST", "/api/v1/users", { name: "Grace <b>Hopper</b>", email: "grace.inbox@example.com", role: "agent", skills: ["cards"] });
 const supervisor = await api("POST", "/api/v1/users", { name: "Sam", email: "sam.inbox@example.com", role: "supervisor" });
 const password = "correct horse battery staple";
+await api("PUT", "/api/v1/queues/vip", { skills: ["vip"] });
 await api("PUT", "/api/v1/canned-replies/greet", { text: "Hello {{ profile.traits.name | default: \"there\" }}, one moment please." });
 
 // The business's site, on its own origin; it vouches for Lin with an HMAC of her id and phone.
@@ -192,6 +193,15 @@ try {
   // She holds the one she took, and any the router gave her once she was available.
   if (!holding.some((row) => /^true:available:[1-9]/.test(row))) fail(`the supervisor does not see Grace available and holding: ${holding}`);
   if (await view.locator('[data-testid="supervisor-queues"]').count() !== 1) fail("the queue chart is missing");
+  // Grace transfers the conversation to the VIP queue (a skill she lacks): it waits there, for everyone.
+  await inbox.locator('#inbox-mine [data-testid="inbox-conversation"]').first().click();
+  await inbox.locator('[data-testid="inbox-transfer"]').waitFor({ state: "visible", timeout: 10000 })
+    .catch(() => fail("the transfer menu is not offered"));
+  await inbox.waitForFunction(() => document.querySelector('[data-testid="inbox-transfer"]').options.length > 1, null, { timeout: 10000 })
+    .catch(() => fail("the transfer menu lists no queue"));
+  await inbox.selectOption('[data-testid="inbox-transfer"]', "queue:vip");
+  await inbox.locator('#inbox-queued [data-testid="inbox-conversation"]').first().waitFor({ timeout: 10000 })
+    .catch(() => fail("the transferred conversation does not wait in the queue"));
   const users = await office.request.get(`${args.url}/users`);
   if (users.status() !== 403) fail(`a supervisor opened /users: ${users.status()}`);
   if (errors.length) fail(errors.join("; "));

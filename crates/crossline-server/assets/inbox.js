@@ -21,6 +21,7 @@ if (root) {
   const canned = document.getElementById("inbox-canned");
   const typingNote = document.getElementById("inbox-typing");
   const snooze = document.getElementById("inbox-snooze");
+  const transfer = document.getElementById("inbox-transfer");
   let open = null;
 
   // Every change the page asks for carries the session's CSRF token.
@@ -142,6 +143,8 @@ if (root) {
     const mine = conversation.status === "assigned" && (!me || conversation.assignee === me);
     for (const button of root.querySelectorAll("[data-act]")) button.hidden = !mine;
     snooze.hidden = !mine || conversation.channel === "voice";
+    transfer.hidden = !mine;
+    if (mine) fillTransfer(conversation).catch(() => { transfer.hidden = true; });
     snooze.value = "";
     if (conversation.snoozed_until) title.textContent += ` · snoozed until ${new Date(conversation.snoozed_until).toLocaleString()}`;
     // The transcript, with colleagues' notes (never the customer's) in time order among it.
@@ -200,6 +203,38 @@ if (root) {
       await refresh();
     });
   }
+  // Transfer: to a queue (it waits there) or to a colleague (who has it then).
+  const fillTransfer = async (conversation) => {
+    const [{ queues }, { agents }] = await Promise.all([api("/api/v1/queues"), api("/api/v1/agents")]);
+    const names = new Set(queues.map((queue) => queue.name));
+    names.add("default");
+    if (conversation.queue) names.add(conversation.queue);
+    const options = [element("option", null, "Transfer…")];
+    options[0].value = "";
+    for (const name of [...names].sort()) {
+      const option = element("option", null, `to the ${name} queue`);
+      option.value = `queue:${name}`;
+      options.push(option);
+    }
+    for (const agent of agents) {
+      if (agent.id === me) continue;
+      const option = element("option", null, `to ${agent.name} (${agent.status})`);
+      option.value = `agent:${agent.id}`;
+      options.push(option);
+    }
+    transfer.replaceChildren(...options);
+    transfer.value = "";
+  };
+  transfer.addEventListener("change", async () => {
+    const [kind, target] = [transfer.value.slice(0, transfer.value.indexOf(":")), transfer.value.slice(transfer.value.indexOf(":") + 1)];
+    if (!kind) return;
+    const body = kind === "queue" ? { queue: target } : { agent_id: target };
+    try {
+      await api(`/api/v1/conversations/${encodeURIComponent(open)}/transfer`, { method: "POST", body: JSON.stringify(body) });
+      await show(open);
+    } catch (error) { say(error.message); }
+    await refresh();
+  });
   // Snooze: out of "Mine" until the time, or until the customer writes.
   snooze.addEventListener("change", async () => {
     if (snooze.value === "") return;

@@ -64,6 +64,9 @@ pub async fn page(session: Session) -> Response {
                     button #inbox-accept.button type="button" data-testid="inbox-accept" hidden { "Accept" }
                     button.button.secondary type="button" data-act="resolve" hidden { "Resolve" }
                     button.button.secondary type="button" data-act="hand-back" hidden { "Hand back to the bot" }
+                    select #inbox-transfer data-testid="inbox-transfer" aria-label="Transfer" hidden {
+                        option value="" { "Transfer…" }
+                    }
                     select #inbox-snooze data-testid="inbox-snooze" aria-label="Snooze" hidden {
                         option value="" { "Snooze…" }
                         @for (minutes, text) in [(60, "for an hour"), (240, "for 4 hours"), (1440, "until tomorrow"), (10080, "for a week"), (0, "Wake now")] {
