@@ -25,14 +25,15 @@ use crossline_store::{Conversation, Workspace};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-/// An agent to make.
+/// An agent to make (`POST`), or as it should be (`PUT`, where the email stays as it was made).
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CreateAgent {
+pub struct AgentBody {
     /// Shown to colleagues.
     pub name: String,
-    /// Unique in the workspace.
-    pub email: String,
+    /// Unique in the workspace; needed to make an agent, and not changed afterwards.
+    #[serde(default)]
+    pub email: Option<String>,
     /// Skills routing matches (letters, digits, `_`, `-`).
     #[serde(default)]
     pub skills: Vec<String>,
@@ -43,12 +44,27 @@ pub struct CreateAgent {
     #[serde(default)]
     pub capacity: Option<u32>,
     /// Where a live call is put through to the agent: an E.164 number (`+15551234567`) or a SIP
-    /// address (`sip:grace@pbx.example`). Without one the agent takes no calls.
+    /// address (`sip:grace@pbx.example`). Without one the agent takes no calls. Set by admins.
     #[serde(default)]
     pub phone: Option<String>,
     /// Calls held at once at most (0–5; default 1 with a `phone`, else 0).
     #[serde(default)]
     pub calls: Option<u32>,
+}
+
+impl AgentBody {
+    /// The agent the body describes.
+    fn agent(self) -> NewAgent {
+        NewAgent {
+            name: self.name,
+            email: self.email.unwrap_or_default(),
+            skills: self.skills,
+            languages: self.languages,
+            capacity: self.capacity.unwrap_or(3),
+            phone: self.phone,
+            calls: self.calls,
+        }
+    }
 }
 
 /// An agent.
@@ -267,7 +283,7 @@ async fn agent_of(state: &AppState, workspace: &Workspace, id: &str) -> ApiResul
 /// Make an agent.
 #[utoipa::path(post, path = "/api/v1/agents", tag = "agents",
     description = "Makes a person of the contact centre. The answer carries the agent's `token` (once; only its SHA-256 is kept): `Authorization: Bearer <token>` lets the agent list, take and answer conversations. A new agent is `offline` (not routed to) until `PUT /api/v1/agents/{id}/status`.",
-    request_body(content = CreateAgent, example = json!({"name": "Grace", "email": "grace@example.com", "skills": ["billing"], "languages": ["en"], "capacity": 3})),
+    request_body(content = AgentBody, example = json!({"name": "Grace", "email": "grace@example.com", "skills": ["billing"], "languages": ["en"], "capacity": 3})),
     responses((status = 201, description = "Made; `token` is shown this once.", body = AgentView),
               (status = 400, response = crate::openapi::BadRequest),
               (status = 401, response = crate::openapi::Unauthorized),
@@ -277,7 +293,7 @@ async fn agent_of(state: &AppState, workspace: &Workspace, id: &str) -> ApiResul
 pub async fn create_agent(
     State(state): State<AppState>,
     caller: crate::auth::Caller,
-    body: Result<Json<CreateAgent>, JsonRejection>,
+    body: Result<Json<AgentBody>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<AgentView>)> {
     let workspace = one_workspace(&caller)?;
     let Json(body) = body.map_err(json_rejection)?;
@@ -285,49 +301,17 @@ pub async fn create_agent(
     {
         return Err(ApiError::forbidden("only an admin gives an agent a phone (where their calls are put through)"));
     }
-    let new = NewAgent {
-        name: body.name,
-        email: body.email,
-        skills: body.skills,
-        languages: body.languages,
-        capacity: body.capacity.unwrap_or(3),
-        phone: body.phone,
-        calls: body.calls,
-    };
-    let (agent, token) = state.contact_centre.create_agent(&workspace.id, new, Utc::now()).await?;
+    let (agent, token) = state.contact_centre.create_agent(&workspace.id, body.agent(), Utc::now()).await?;
     let mut view = AgentView::from(agent);
     view.token = Some(token);
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-/// An agent as it should be (`PUT /api/v1/agents/{id}`): the email stays as it was made.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateAgent {
-    /// Shown to colleagues.
-    pub name: String,
-    /// Skills routing matches (letters, digits, `_`, `-`).
-    #[serde(default)]
-    pub skills: Vec<String>,
-    /// Languages the agent answers in (ISO 639-1).
-    #[serde(default)]
-    pub languages: Vec<String>,
-    /// Conversations held at once at most, calls aside (1–50, default 3).
-    #[serde(default)]
-    pub capacity: Option<u32>,
-    /// An E.164 number or a SIP address live calls are put through to (absent: no calls).
-    #[serde(default)]
-    pub phone: Option<String>,
-    /// Calls held at once at most (0–5; default 1 with a `phone`, else 0).
-    #[serde(default)]
-    pub calls: Option<u32>,
-}
-
 /// Change an agent.
 #[utoipa::path(put, path = "/api/v1/agents/{id}", tag = "agents",
-    description = "Sets the agent's name, skills, languages, capacity and — for agents who take calls — `phone` and `calls`. Fields left out take their defaults (as when an agent is made); the email, status and token stay. Only an admin (or the API key) changes `phone`: send it as it is otherwise (403). Routing uses the new values from its next pass.",
+    description = "Sets the agent's name, skills, languages, capacity and — for agents who take calls — `phone` and `calls`. Fields left out take their defaults (as when an agent is made); the email (leave it out, or send it as it is), status and token stay. Only an admin (or the API key) changes `phone`: send it as it is otherwise (403). Routing uses the new values from its next pass.",
     params(("id" = String, Path, description = "The agent")),
-    request_body(content = UpdateAgent, example = json!({"name": "Grace", "skills": ["billing"], "languages": ["en"], "capacity": 3, "phone": "+15550001111", "calls": 1})),
+    request_body(content = AgentBody, example = json!({"name": "Grace", "skills": ["billing"], "languages": ["en"], "capacity": 3, "phone": "+15550001111", "calls": 1})),
     responses((status = 200, description = "The agent now.", body = AgentView),
               (status = 400, response = crate::openapi::BadRequest),
               (status = 401, response = crate::openapi::Unauthorized),
@@ -339,20 +323,18 @@ pub async fn update_agent(
     State(state): State<AppState>,
     caller: crate::auth::Caller,
     Path(id): Path<String>,
-    body: Result<Json<UpdateAgent>, JsonRejection>,
+    body: Result<Json<AgentBody>, JsonRejection>,
 ) -> ApiResult<Json<AgentView>> {
     let workspace = one_workspace(&caller)?;
     let Json(body) = body.map_err(json_rejection)?;
-    let changed = NewAgent {
-        name: body.name,
-        email: String::new(),
-        skills: body.skills,
-        languages: body.languages,
-        capacity: body.capacity.unwrap_or(3),
-        phone: body.phone,
-        calls: body.calls,
-    };
-    let agent = update(&state, &workspace.id, &id, changed, caller.role()).await?;
+    let current = state.store.agent(&workspace.id, &id).await?.ok_or_else(|| ApiError::not_found("agent"))?;
+    if body.email.as_deref().is_some_and(|email| !email.trim().eq_ignore_ascii_case(&current.email)) {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidField,
+            "email: an agent's email does not change (leave it out, or make a new agent)",
+        ));
+    }
+    let agent = update(&state, &workspace.id, &id, body.agent(), caller.role()).await?;
     Ok(Json(agent.into()))
 }
 

@@ -49,6 +49,34 @@ pub(in crate::sqlite) fn people_stats_sql() -> String {
     )
 }
 
+impl SqliteStore {
+    /// Delete a conversation's row of `table` (a wait, a snooze); whether there was one. Most
+    /// changes find none: a read (on the readers, in parallel) spares the writer a transaction.
+    async fn delete_row_of(&self, table: &'static str, workspace_id: &str, conversation_id: &str) -> StoreResult<bool> {
+        let (workspace_id, conversation_id) = (workspace_id.to_owned(), conversation_id.to_owned());
+        let (ws, id) = (workspace_id.clone(), conversation_id.clone());
+        let there: bool = self
+            .read(move |conn| {
+                Ok(conn.query_row(
+                    &format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE workspace_id = ?1 AND conversation_id = ?2)"),
+                    (&ws, &id),
+                    |row| row.get(0),
+                )?)
+            })
+            .await?;
+        if !there {
+            return Ok(false);
+        }
+        self.write_aside(move |tx| {
+            Ok(tx.execute(
+                &format!("DELETE FROM {table} WHERE workspace_id = ?1 AND conversation_id = ?2"),
+                (&workspace_id, &conversation_id),
+            )? == 1)
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl crate::AgentStore for SqliteStore {
     async fn mark_awaiting(&self, workspace_id: &str, conversation_id: &str, since: DateTime<Utc>) -> StoreResult<()> {
@@ -69,30 +97,8 @@ impl crate::AgentStore for SqliteStore {
     }
 
     async fn clear_awaiting(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<()> {
-        let (workspace_id, conversation_id) = (workspace_id.to_owned(), conversation_id.to_owned());
-        // Most replies find no wait to end: a read (on the readers, in parallel) spares the writer a
-        // transaction. A wait marked after this read is a newer one, which stays anyway.
-        let (ws, id) = (workspace_id.clone(), conversation_id.clone());
-        let waiting: bool = self
-            .read(move |conn| {
-                Ok(conn.query_row(
-                    "SELECT EXISTS (SELECT 1 FROM conversation_waits WHERE workspace_id = ?1 AND conversation_id = ?2)",
-                    (&ws, &id),
-                    |row| row.get(0),
-                )?)
-            })
-            .await?;
-        if !waiting {
-            return Ok(());
-        }
-        self.write_aside(move |tx| {
-            tx.execute(
-                "DELETE FROM conversation_waits WHERE workspace_id = ?1 AND conversation_id = ?2",
-                (&workspace_id, &conversation_id),
-            )?;
-            Ok(())
-        })
-        .await
+        // A wait marked after the read is a newer one, which stays anyway.
+        self.delete_row_of("conversation_waits", workspace_id, conversation_id).await.map(|_| ())
     }
 
     async fn awaiting(
@@ -351,28 +357,7 @@ impl crate::AgentStore for SqliteStore {
     }
 
     async fn unsnooze(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<bool> {
-        let (workspace_id, conversation_id) = (workspace_id.to_owned(), conversation_id.to_owned());
-        // Most changes find no snooze to end: a read spares the writer a transaction.
-        let (ws, id) = (workspace_id.clone(), conversation_id.clone());
-        let snoozed: bool = self
-            .read(move |conn| {
-                Ok(conn.query_row(
-                    "SELECT EXISTS (SELECT 1 FROM conversation_snoozes WHERE workspace_id = ?1 AND conversation_id = ?2)",
-                    (&ws, &id),
-                    |row| row.get(0),
-                )?)
-            })
-            .await?;
-        if !snoozed {
-            return Ok(false);
-        }
-        self.write_aside(move |tx| {
-            Ok(tx.execute(
-                "DELETE FROM conversation_snoozes WHERE workspace_id = ?1 AND conversation_id = ?2",
-                (&workspace_id, &conversation_id),
-            )? == 1)
-        })
-        .await
+        self.delete_row_of("conversation_snoozes", workspace_id, conversation_id).await
     }
 
     async fn snoozes(&self, workspace_id: &str, limit: usize) -> StoreResult<Vec<(String, DateTime<Utc>)>> {
