@@ -16,11 +16,20 @@ pub struct IngestArgs {
     #[arg(long, default_value_t = 20)]
     duration: u64,
     /// Benchmark on PostgreSQL at this URL (a fresh schema is not created: use an empty database).
+    /// With --url, the database the running nodes share: its lock waits are sampled.
     #[arg(long)]
     database_url: Option<String>,
-    /// Drive an already running server at this URL instead of starting one.
+    /// Nodes of `crossline serve` to start on --database-url (and --nats-url), all ingesting for
+    /// one workspace; each gets --clients clients of its own.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// The NATS server the started nodes share (--nodes above 1).
+    #[arg(long)]
+    nats_url: Option<String>,
+    /// Drive already running servers at these URLs instead of starting them (repeat the flag for
+    /// the nodes of one cluster; each gets --clients clients of its own).
     #[arg(long, requires = "write_key")]
-    url: Option<String>,
+    url: Vec<String>,
     /// The write key for --url.
     #[arg(long)]
     write_key: Option<String>,
@@ -91,33 +100,91 @@ impl Generator {
     }
 }
 
+/// Start one node of `crossline serve` on a fresh data directory (PostgreSQL and NATS when given).
+async fn start_node(http: &reqwest::Client, args: &IngestArgs, token: &str) -> anyhow::Result<(String, Child)> {
+    let dir = tempfile::Builder::new().prefix("crossline-bench-").tempdir()?;
+    let port = free_port()?;
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    command
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir.path())
+        .env("CROSSLINE_ADMIN_TOKEN", token)
+        .env("CROSSLINE_LOG_LEVEL", "warn")
+        .env_remove("CROSSLINE_DATABASE_URL")
+        .env_remove("CROSSLINE_NATS_URL")
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null());
+    if let Some(database_url) = &args.database_url {
+        command.env("CROSSLINE_DATABASE_URL", database_url);
+    }
+    if let Some(nats_url) = &args.nats_url {
+        command.env("CROSSLINE_NATS_URL", nats_url);
+    }
+    let process = command.spawn().context("cannot start crossline serve")?;
+    let url = format!("http://127.0.0.1:{port}");
+    wait_healthy(http, &url).await?;
+    Ok((url, Child { process, _dir: dir }))
+}
+
+/// The machine's CPU time so far, busy and in all (`/proc/stat`, clock ticks).
+fn machine_cpu() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// Sample PostgreSQL's sessions of this database every 250 ms until `deadline`: per wait event
+/// (`Lock/advisory`, `LWLock/WALWrite`, `CPU` when not waiting, ...) the mean number of active
+/// sessions in it.
+async fn sample_waits(database_url: String, deadline: Instant) -> anyhow::Result<Vec<(String, f64)>> {
+    let (client, connection) = tokio_postgres::connect(&database_url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let mut totals: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
+    let mut samples = 0u32;
+    while Instant::now() < deadline {
+        let rows = client
+            .query(
+                "SELECT coalesce(wait_event_type || '/' || wait_event, 'CPU'), count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid() GROUP BY 1",
+                &[],
+            )
+            .await?;
+        for row in rows {
+            *totals.entry(row.get(0)).or_default() += row.get::<_, i64>(1) as f64;
+        }
+        samples += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut waits: Vec<(String, f64)> =
+        totals.into_iter().map(|(event, total)| (event, total / f64::from(samples.max(1)))).collect();
+    waits.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(waits)
+}
+
 pub(crate) async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let http = reqwest::Client::builder().pool_max_idle_per_host(args.clients).build()?;
-    let mut child = None;
-    let (url, write_key, backend) = match (&args.url, &args.write_key) {
-        (Some(url), Some(key)) => (url.trim_end_matches('/').to_owned(), key.clone(), "external".to_owned()),
+    let mut children = Vec::new();
+    let (urls, write_key, backend) = match (&args.url[..], &args.write_key) {
+        ([_, ..], Some(key)) => (
+            args.url.iter().map(|url| url.trim_end_matches('/').to_owned()).collect::<Vec<_>>(),
+            key.clone(),
+            "external".to_owned(),
+        ),
         _ => {
-            let dir = tempfile::Builder::new().prefix("crossline-bench-").tempdir()?;
-            let port = free_port()?;
-            let token = "bench-operator-token-0123456789";
-            let mut command = tokio::process::Command::new(std::env::current_exe()?);
-            command
-                .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-                .arg(dir.path())
-                .env("CROSSLINE_ADMIN_TOKEN", token)
-                .env("CROSSLINE_LOG_LEVEL", "warn")
-                .env_remove("CROSSLINE_DATABASE_URL")
-                .env_remove("CROSSLINE_NATS_URL")
-                .kill_on_drop(true)
-                .stdout(std::process::Stdio::null());
-            if let Some(database_url) = &args.database_url {
-                command.env("CROSSLINE_DATABASE_URL", database_url);
+            if args.nodes > 1 && args.database_url.is_none() {
+                bail!("--nodes above 1 needs --database-url (and --nats-url): nodes share PostgreSQL");
             }
-            let process = command.spawn().context("cannot start crossline serve")?;
-            let url = format!("http://127.0.0.1:{port}");
-            wait_healthy(&http, &url).await?;
+            let token = "bench-operator-token-0123456789";
+            let mut urls = Vec::new();
+            for _ in 0..args.nodes.max(1) {
+                let (url, child) = start_node(&http, &args, token).await?;
+                urls.push(url);
+                children.push(child);
+            }
             let created: Value = http
-                .post(format!("{url}/api/v1/workspaces"))
+                .post(format!("{}/api/v1/workspaces", urls[0]))
                 .bearer_auth(token)
                 .json(&json!({"name": format!("bench-{}", std::process::id())}))
                 .send()
@@ -126,12 +193,11 @@ pub(crate) async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                 .json()
                 .await?;
             let key = created["write_key"].as_str().context("write_key in the answer")?.to_owned();
-            child = Some(Child { process, _dir: dir });
-            (url, key, if args.database_url.is_some() { "postgres".into() } else { "sqlite".into() })
+            (urls, key, if args.database_url.is_some() { "postgres".into() } else { "sqlite".into() })
         }
     };
-    let pid = child.as_ref().and_then(|child| child.process.id());
-    let idle_rss = pid.and_then(|pid| rss_kib(pid, "VmRSS:"));
+    let pids: Vec<u32> = children.iter().filter_map(|child| child.process.id()).collect();
+    let idle_rss = pids.first().and_then(|pid| rss_kib(*pid, "VmRSS:"));
     let auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{write_key}:")));
     let acked = match &args.acked_log {
         Some(path) => Some(std::sync::Arc::new(std::sync::Mutex::new(
@@ -144,96 +210,142 @@ pub(crate) async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         None => None,
     };
 
-    let cpu_before = pid.map(thread_cpu);
+    let cpu_before: Vec<_> = pids.iter().map(|pid| thread_cpu(*pid)).collect();
     let generator_before = thread_cpu(std::process::id());
+    let machine_before = machine_cpu();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration);
+    let waits = args.database_url.clone().map(|database_url| tokio::spawn(sample_waits(database_url, deadline)));
     let mut tasks = Vec::new();
-    for client in 0..args.clients {
-        let (http, url, auth, acked) = (http.clone(), url.clone(), auth.clone(), acked.clone());
-        let batch_size = args.batch;
-        tasks.push(tokio::spawn(async move {
-            let mut generator = Generator::new(client);
-            let mut latencies = Vec::new();
-            let (mut acknowledged, mut bytes, mut failures) = (0usize, 0usize, 0usize);
-            while Instant::now() < deadline {
-                let (events, ids): (Vec<String>, Vec<String>) = (0..batch_size).map(|_| generator.event()).unzip();
-                let body =
-                    format!(r#"{{"batch":[{}],"sentAt":"{}"}}"#, events.join(","), chrono::Utc::now().to_rfc3339());
-                bytes += body.len();
-                let sent = Instant::now();
-                let response = post_tracking(&http, &url, "batch", &auth, body).await;
-                match response {
-                    Ok(response) if response.status().is_success() => {
-                        latencies.push(sent.elapsed());
-                        acknowledged += batch_size;
-                        if let Some(log) = &acked {
-                            let mut file = log.lock().expect("acked log lock");
-                            let _ = file.write_all((ids.join("\n") + "\n").as_bytes());
-                        }
-                    }
-                    Ok(response) => {
-                        failures += 1;
-                        eprintln!(
-                            "request failed: {} {}",
-                            response.status(),
-                            response.text().await.unwrap_or_default()
+    for (node, url) in urls.iter().enumerate() {
+        for client in 0..args.clients {
+            let (http, url, auth, acked) = (http.clone(), url.clone(), auth.clone(), acked.clone());
+            let batch_size = args.batch;
+            // Distinct people per client on every node: the nodes share the workspace, not its customers.
+            let generator_id = node * args.clients + client;
+            tasks.push((
+                node,
+                tokio::spawn(async move {
+                    let mut generator = Generator::new(generator_id);
+                    let mut latencies = Vec::new();
+                    let (mut acknowledged, mut bytes, mut failures) = (0usize, 0usize, 0usize);
+                    while Instant::now() < deadline {
+                        let (events, ids): (Vec<String>, Vec<String>) =
+                            (0..batch_size).map(|_| generator.event()).unzip();
+                        let body = format!(
+                            r#"{{"batch":[{}],"sentAt":"{}"}}"#,
+                            events.join(","),
+                            chrono::Utc::now().to_rfc3339()
                         );
-                    }
-                    Err(err) => {
-                        failures += 1;
-                        if failures < 3 {
-                            eprintln!("request failed: {err}");
+                        bytes += body.len();
+                        let sent = Instant::now();
+                        let response = post_tracking(&http, &url, "batch", &auth, body).await;
+                        match response {
+                            Ok(response) if response.status().is_success() => {
+                                latencies.push(sent.elapsed());
+                                acknowledged += batch_size;
+                                if let Some(log) = &acked {
+                                    let mut file = log.lock().expect("acked log lock");
+                                    let _ = file.write_all((ids.join("\n") + "\n").as_bytes());
+                                }
+                            }
+                            Ok(response) => {
+                                failures += 1;
+                                eprintln!(
+                                    "request failed: {} {}",
+                                    response.status(),
+                                    response.text().await.unwrap_or_default()
+                                );
+                            }
+                            Err(err) => {
+                                failures += 1;
+                                if failures < 3 {
+                                    eprintln!("request failed: {err}");
+                                }
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
                         }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                }
-            }
-            (latencies, acknowledged, bytes, failures)
-        }));
+                    (latencies, acknowledged, bytes, failures)
+                }),
+            ));
+        }
     }
     let mut peak_rss = 0;
     while Instant::now() < deadline {
-        if let Some(rss) = pid.and_then(|pid| rss_kib(pid, "VmRSS:")) {
+        if let Some(rss) = pids.first().and_then(|pid| rss_kib(*pid, "VmRSS:")) {
             peak_rss = peak_rss.max(rss);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut latencies = Vec::new();
     let (mut events, mut bytes, mut failures) = (0, 0, 0);
-    for task in tasks {
+    let mut per_node = vec![0usize; urls.len()];
+    for (node, task) in tasks {
         let (client_latencies, client_events, client_bytes, client_failures) = task.await?;
         latencies.extend(client_latencies);
         events += client_events;
+        per_node[node] += client_events;
         bytes += client_bytes;
         failures += client_failures;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = cpu_before.zip(pid).map(|(before, pid)| cpu_per_event(&before, &thread_cpu(pid), events));
-    // The load generator shares the machine's cores with the server.
+    let machine_busy = machine_before.zip(machine_cpu()).map(|((busy_before, total_before), (busy, total))| {
+        (busy - busy_before) as f64 / (total - total_before).max(1) as f64
+    });
+    let cpu: Vec<String> =
+        cpu_before.iter().zip(&pids).map(|(before, pid)| cpu_per_event(before, &thread_cpu(*pid), events)).collect();
+    // The load generator shares the machine's cores with the servers.
     let generator_cpu = cpu_per_event(&generator_before, &thread_cpu(std::process::id()), events);
-    if let Some(hwm) = pid.and_then(|pid| rss_kib(pid, "VmHWM:")) {
+    if let Some(hwm) = pids.first().and_then(|pid| rss_kib(*pid, "VmHWM:")) {
         peak_rss = peak_rss.max(hwm);
     }
     latencies.sort();
     let rate = events as f64 / elapsed;
     println!(
-        "crossline bench ingest: {backend}, {} clients x {} events/request, {:.1} s",
-        args.clients, args.batch, elapsed
+        "crossline bench ingest: {backend}, {} node(s) x {} clients x {} events/request, {:.1} s",
+        urls.len(),
+        args.clients,
+        args.batch,
+        elapsed
     );
     println!("  acknowledged events: {events} ({failures} failed requests), {:.1} MB sent", bytes as f64 / 1e6);
     println!("  throughput:          {rate:.0} events/s ({:.0} requests/s)", latencies.len() as f64 / elapsed);
+    if urls.len() > 1 {
+        let rates: Vec<String> = per_node.iter().map(|count| format!("{:.0}", *count as f64 / elapsed)).collect();
+        println!("  per node:            {} events/s", rates.join(" + "));
+    }
     println!("  request latency:     {}", latency_summary(&latencies, 2));
+    if let Some(busy) = machine_busy {
+        println!(
+            "  machine CPU busy:    {:.0} % (every process: the servers, the database, the load generator)",
+            busy * 100.0
+        );
+    }
     if let Some(idle) = idle_rss {
         println!("  server RSS:          idle {:.1} MB, peak {:.1} MB", idle as f64 / 1024.0, peak_rss as f64 / 1024.0);
     }
-    if let Some(cpu) = cpu {
-        println!("  server CPU:          {cpu}");
+    for (node, cpu) in cpu.iter().enumerate() {
+        println!(
+            "  server CPU{}:         {cpu}",
+            if pids.len() > 1 { format!(" (node {})", node + 1) } else { String::new() }
+        );
     }
     println!("  load generator CPU:  {generator_cpu}");
+    if let Some(waits) = waits {
+        match waits.await? {
+            Ok(waits) => {
+                let shown: Vec<String> =
+                    waits.iter().take(6).map(|(event, sessions)| format!("{event} {sessions:.2}")).collect();
+                println!("  PostgreSQL sessions: {} (mean active sessions per wait event)", shown.join(", "));
+            }
+            Err(err) => println!("  PostgreSQL sessions: not sampled ({err})"),
+        }
+    }
     println!(
-        "| {} | {backend} | {}x{} | {rate:.0} | {:.2} | {:.2} | {} | {} |",
+        "| {} | {backend} | {} | {}x{} | {rate:.0} | {:.2} | {:.2} | {} | {} |",
         chrono::Utc::now().format("%Y-%m-%d"),
+        urls.len(),
         args.clients,
         args.batch,
         percentile(&latencies, 0.50).as_secs_f64() * 1e3,
@@ -241,7 +353,7 @@ pub(crate) async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         idle_rss.map_or("-".into(), |kib| format!("{:.1} MB", kib as f64 / 1024.0)),
         if peak_rss > 0 { format!("{:.1} MB", peak_rss as f64 / 1024.0) } else { "-".into() },
     );
-    if let Some(mut child) = child {
+    for mut child in children {
         #[cfg(unix)]
         if let Some(pid) = child.process.id() {
             let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
