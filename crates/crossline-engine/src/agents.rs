@@ -38,6 +38,9 @@ pub const MAX_REPLY_CHARS: usize = 4_000;
 const ATTEMPTS: usize = 3;
 /// Waiting conversations of one queue a routing pass reads (the longest-waiting first).
 const ROUTE_BATCH: usize = 1_000;
+/// How long a routing pass may hold its workspace's lease (it gives it back when done; a node that
+/// dies mid-pass holds others up this long at most).
+const ROUTING_LEASE: chrono::Duration = chrono::Duration::seconds(10);
 /// Customers waiting for a next answer one routing pass reads (the longest waiting first).
 const AWAITING_READ: usize = 1_000;
 /// Conversations held by agents one routing pass reads to count their load.
@@ -278,6 +281,9 @@ pub enum AgentError {
         /// Who has it now.
         assignee: Option<String>,
     },
+    /// Another node is routing the workspace at this moment; try again shortly.
+    #[error("another node is routing this workspace now")]
+    Busy,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -335,12 +341,14 @@ enum Act<'a> {
 pub struct ContactCentre {
     store: DynStore,
     recorder: EventRecorder,
+    /// This process, as the holder of routing leases.
+    holder: String,
 }
 
 impl ContactCentre {
     /// The contact centre over the store, recording through `recorder` (whose bus carries notices).
     pub fn new(store: DynStore, recorder: EventRecorder) -> Self {
-        ContactCentre { store, recorder }
+        ContactCentre { store, recorder, holder: crossline_core::ids::new_id("rtr") }
     }
 
     /// Make an agent (offline until its status says otherwise); returns it with its token, which is
@@ -864,7 +872,22 @@ impl ContactCentre {
     /// longest-waiting 1,000 of each open queue), the available agents with room, the queues' definitions; each
     /// conversation planned is taken for its agent as an agent takes one, so a pass on another node
     /// at the same moment cannot give it twice (that one is skipped). Returns how many were given.
+    ///
+    /// One pass at a time per workspace across nodes (a lease in the store, given back after the
+    /// pass): two passes planning at once could each give an agent their last free seat. A pass
+    /// another node holds is [`AgentError::Busy`].
     pub async fn route(&self, workspace_id: &str, now: DateTime<Utc>) -> Result<usize, AgentError> {
+        if !self.store.claim_routing(workspace_id, &self.holder, now, now + ROUTING_LEASE).await? {
+            return Err(AgentError::Busy);
+        }
+        let given = self.route_pass(workspace_id, now).await;
+        if let Err(err) = self.store.release_routing(workspace_id, &self.holder).await {
+            tracing::warn!(error = %err, workspace = workspace_id, "a routing lease could not be given back");
+        }
+        given
+    }
+
+    async fn route_pass(&self, workspace_id: &str, now: DateTime<Utc>) -> Result<usize, AgentError> {
         let snoozed = self.wake(workspace_id, now).await?;
         let waiting_in = self.store.waiting_queues(workspace_id).await?;
         let awaiting = self.store.awaiting(workspace_id, now, AWAITING_READ).await?;

@@ -198,6 +198,8 @@ impl LiveConversations {
 /// How often every workspace is routed, besides the nudges (a missed notice, an agent whose room
 /// came from a conversation another node resolved).
 const ROUTE_SWEEP: Duration = Duration::from_secs(5);
+/// How soon a pass another node held up is tried again.
+const ROUTE_RETRY: Duration = Duration::from_millis(100);
 
 /// Route waiting conversations to available agents ([`crossline_engine::agents::ContactCentre::route`]):
 /// a workspace at once when nudged, and every workspace every few seconds, until `shutdown`.
@@ -221,10 +223,21 @@ pub async fn run_router(state: crate::state::AppState, shutdown: impl Future<Out
                 Err(err) => tracing::warn!(error = %err, "the router cannot list workspaces"),
             }
         }
+        let mut busy = false;
         for workspace_id in workspaces {
-            if let Err(err) = state.contact_centre.route(&workspace_id, chrono::Utc::now()).await {
-                tracing::warn!(error = %err, workspace = %workspace_id, "routing failed");
+            match state.contact_centre.route(&workspace_id, chrono::Utc::now()).await {
+                Ok(_) => {}
+                // Another node's pass is under way: ours runs again in a moment, after it.
+                Err(crossline_engine::agents::AgentError::Busy) => {
+                    busy = true;
+                    state.live.dirty.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(workspace_id);
+                }
+                Err(err) => tracing::warn!(error = %err, workspace = %workspace_id, "routing failed"),
             }
+        }
+        if busy {
+            tokio::time::sleep(ROUTE_RETRY).await;
+            state.live.wake.notify_one();
         }
     }
 }

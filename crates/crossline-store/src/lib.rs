@@ -631,6 +631,18 @@ pub trait AgentStore: Send + Sync {
     async fn end_call_hold(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<()>;
     /// The caller of a conversation on hold or being put through, if any.
     async fn call_hold(&self, workspace_id: &str, conversation_id: &str) -> StoreResult<Option<agents::CallHold>>;
+    /// Route the workspace's conversations as `holder` until `until`: true when no other holder has
+    /// a routing pass under way (a lease free, run out, or `holder`'s already). One pass at a time
+    /// across nodes; on SQLite (one server per file) always true.
+    async fn claim_routing(
+        &self,
+        workspace_id: &str,
+        holder: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<bool>;
+    /// The pass is over: give the lease back (if `holder` still has it).
+    async fn release_routing(&self, workspace_id: &str, holder: &str) -> StoreResult<()>;
     /// The workspace's callers on hold or being put through, most recently heard first (at most `limit`).
     async fn call_holds(&self, workspace_id: &str, limit: usize) -> StoreResult<Vec<agents::CallHold>>;
     /// A person answered (or the conversation left them): the customer no longer waits.

@@ -167,6 +167,7 @@ impl From<crossline_engine::agents::AgentError> for ApiError {
                 }
                 ApiError::new(ErrorCode::AlreadyAssigned, message)
             }
+            AgentError::Busy => ApiError::new(ErrorCode::ConversationBusy, err.to_string()),
             AgentError::Store(err) => err.into(),
         }
     }

@@ -396,6 +396,33 @@ impl crate::AgentStore for PgStore {
         }))
     }
 
+    async fn claim_routing(
+        &self,
+        workspace_id: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .execute(
+                "INSERT INTO routing_leases (workspace_id, holder, until) VALUES ($1, $2, $4)
+                 ON CONFLICT (workspace_id) DO UPDATE SET holder = excluded.holder, until = excluded.until
+                 WHERE routing_leases.until < $3 OR routing_leases.holder = excluded.holder",
+                &[&workspace_id, &holder, &to_millis(now), &to_millis(until)],
+            )
+            .await?
+            == 1)
+    }
+
+    async fn release_routing(&self, workspace_id: &str, holder: &str) -> StoreResult<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute("DELETE FROM routing_leases WHERE workspace_id = $1 AND holder = $2", &[&workspace_id, &holder])
+            .await?;
+        Ok(())
+    }
+
     async fn call_holds(&self, workspace_id: &str, limit: usize) -> StoreResult<Vec<crate::agents::CallHold>> {
         let client = self.pool.get().await?;
         let rows = client

@@ -52,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0018_conversation_notes.sql"),
     include_str!("../../migrations/postgres/0019_conversation_waits.sql"),
     include_str!("../../migrations/postgres/0020_calls_and_snoozes.sql"),
+    include_str!("../../migrations/postgres/0021_routing_leases.sql"),
 ];
 
 /// Arbitrary constant for the advisory lock that serialises migrations across nodes.

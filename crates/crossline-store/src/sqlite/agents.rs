@@ -469,6 +469,21 @@ impl crate::AgentStore for SqliteStore {
         .await
     }
 
+    async fn claim_routing(
+        &self,
+        _workspace_id: &str,
+        _holder: &str,
+        _now: DateTime<Utc>,
+        _until: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        // One SQLite file has one server, whose router passes one at a time.
+        Ok(true)
+    }
+
+    async fn release_routing(&self, _workspace_id: &str, _holder: &str) -> StoreResult<()> {
+        Ok(())
+    }
+
     async fn call_holds(&self, workspace_id: &str, limit: usize) -> StoreResult<Vec<crate::agents::CallHold>> {
         let workspace_id = workspace_id.to_owned();
         self.read(move |conn| {

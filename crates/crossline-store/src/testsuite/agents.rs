@@ -292,6 +292,21 @@ pub(super) async fn a_conversation_is_taken_once_and_turns_do_not_undo_it(store:
     assert!(store.snoozes(&ws.id, 10).await.unwrap().is_empty(), "the customer's message wakes it");
     store.clear_awaiting(&ws.id, "cnv_1").await.unwrap();
 
+    // One routing pass at a time across nodes (PostgreSQL; SQLite has one server per file).
+    let lease = now + Duration::seconds(10);
+    assert!(store.claim_routing(&ws.id, "node-a", now, lease).await.unwrap());
+    assert!(store.claim_routing(&ws.id, "node-a", now, lease).await.unwrap(), "its own again");
+    assert!(store.claim_routing(&other.id, "node-b", now, lease).await.unwrap(), "another workspace's is free");
+    if store.backend() == "postgres" {
+        assert!(!store.claim_routing(&ws.id, "node-b", now, lease).await.unwrap(), "held by node-a");
+        assert!(store.claim_routing(&ws.id, "node-b", lease + Duration::seconds(1), lease).await.unwrap(), "run out");
+        store.release_routing(&ws.id, "node-a").await.unwrap();
+        assert!(!store.claim_routing(&ws.id, "node-c", now, lease).await.unwrap(), "node-a no longer had it");
+        store.release_routing(&ws.id, "node-b").await.unwrap();
+        assert!(store.claim_routing(&ws.id, "node-c", now, lease).await.unwrap(), "given back");
+    }
+    store.release_routing(&ws.id, "node-c").await.unwrap();
+
     // A caller on hold, then put through to an agent who answers; scoped to the workspace.
     store.hold_call(&ws.id, "cnv_1", now, None).await.unwrap();
     assert!(!store.answer_call(&ws.id, "cnv_1", &holder).await.unwrap(), "not being put through yet");
