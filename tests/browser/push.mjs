@@ -175,7 +175,9 @@ try {
   if (addresses.length !== 1 || addresses[0].value !== endpoint) fail(`push addresses: ${JSON.stringify(addresses)}`);
   console.log("the subscription is on the customer's profile");
 
-  // A push campaign to them.
+  // A push campaign to them — whatever the time of day: the console test saved quiet hours (21:00–08:00)
+  // on this workspace, which would defer a marketing send made in them.
+  await api("PUT", "/api/v1/settings/messaging", { quiet_hours: null, frequency_cap: null });
   const segment = await api("POST", "/api/v1/segments", { name: "Linus", filter: { trait: "email", op: "eq", value: linus.email } });
   const template = await api("POST", "/api/v1/templates", { name: "Sale", channel: "push",
     title: "Hi {{ profile.traits.name }}", body: "Spring sale: 20% off", url: "https://shop.example/sale" });
