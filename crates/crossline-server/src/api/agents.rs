@@ -334,7 +334,7 @@ pub async fn update_agent(
             "email: an agent's email does not change (leave it out, or make a new agent)",
         ));
     }
-    let agent = update(&state, &workspace.id, &id, body.agent(), caller.role()).await?;
+    let agent = update(&state, &workspace.id, &current, body.agent(), caller.role()).await?;
     Ok(Json(agent.into()))
 }
 
@@ -347,22 +347,22 @@ fn one_workspace(caller: &crate::auth::Caller) -> ApiResult<Workspace> {
         .ok_or_else(|| ApiError::forbidden("this endpoint acts on one workspace: use that workspace's api_key"))
 }
 
-/// Change an agent as `role` may: where calls are put through (the phone) is an admin's to change.
+/// Change `current` as `role` may (the caller read it): where calls are put through (the phone) is an
+/// admin's to change.
 pub(crate) async fn update(
     state: &AppState,
     workspace_id: &str,
-    id: &str,
+    current: &Agent,
     changed: NewAgent,
     role: Option<crossline_store::users::Role>,
 ) -> ApiResult<Agent> {
-    let current = state.store.agent(workspace_id, id).await?.ok_or_else(|| ApiError::not_found("agent"))?;
     let phone = changed.phone.as_deref().map(str::trim).filter(|phone| !phone.is_empty());
     if phone != current.phone.as_deref() && !crate::roles::sets_phones(role) {
         return Err(ApiError::forbidden(
             "only an admin changes an agent's phone (where their calls are put through); leave it as it is",
         ));
     }
-    let agent = state.contact_centre.update_agent(workspace_id, id, changed).await?;
+    let agent = state.contact_centre.update_agent(workspace_id, &current.id, changed).await?;
     state.live.nudge_router(workspace_id);
     Ok(agent)
 }

@@ -155,7 +155,7 @@ pub async fn save(
         form.phone = agent.phone.clone().unwrap_or_default();
     }
     let changed = match form.change() {
-        Ok(change) => crate::api::agents::update(&state, &workspace_id, &id, change, role).await,
+        Ok(change) => crate::api::agents::update(&state, &workspace_id, &agent, change, role).await,
         Err(fault) => Err(ApiError::bad_request(crate::error::ErrorCode::InvalidField, fault)),
     };
     let (status, content) = match changed {
