@@ -723,11 +723,13 @@ impl ContactCentre {
 
     /// Whether a caller handed off to `queue` now may hold for a person: the queue is open and an
     /// available agent who suits it (skills, languages) takes calls and has a call free (else the
-    /// caller is promised a call back).
+    /// caller is promised a call back). The caller's own conversation (`caller`) is not counted
+    /// against anyone: routing may already have given it to an agent as a call.
     pub async fn takes_calls_now(
         &self,
         workspace_id: &str,
         queue: &str,
+        caller: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, AgentError> {
         let spec: QueueSpec = self
@@ -761,7 +763,8 @@ impl ContactCentre {
         };
         let mut calls: HashMap<String, u32> = HashMap::new();
         for conversation in self.store.list_conversations(workspace_id, &assigned).await? {
-            if is_call(&conversation, holds.get(&conversation.id), now)
+            if conversation.id != caller
+                && is_call(&conversation, holds.get(&conversation.id), now)
                 && let Some(holder) = conversation.assignee
             {
                 *calls.entry(holder).or_default() += 1;

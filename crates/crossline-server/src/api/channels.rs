@@ -522,7 +522,7 @@ impl CallTurn<'_> {
                 let Some(conversation) = conversation else { return Ok(self.prompting.hang_up(&replies)) };
                 let queue = conversation.queue.as_deref().unwrap_or(dialog::DEFAULT_QUEUE);
                 let centre = &self.state.contact_centre;
-                if centre.takes_calls_now(&self.workspace.id, queue, self.now).await? {
+                if centre.takes_calls_now(&self.workspace.id, queue, &conversation.id, self.now).await? {
                     self.state.store.hold_call(&self.workspace.id, &conversation.id, self.now, None).await?;
                     replies.push(Reply::text(HOLD_GREETING));
                     Ok(self.prompting.hold(&replies, self.now.timestamp(), &conversation.id))

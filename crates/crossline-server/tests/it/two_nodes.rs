@@ -129,3 +129,83 @@ async fn a_merge_through_one_node_is_seen_through_the_other() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Two nodes join the same two profiles from opposite sides at the same moment (one names the
+/// user id with the anonymous id, the other aliases them the other way round): both requests
+/// succeed, both identities end on one profile, the survivor is the one the rule picks (the older
+/// profile; `crossline_core::profile::survivor_of`), and the merge is recorded once. Then both
+/// nodes set a trait on that person at once: both traits stay (no lost update).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_merging_one_pair_from_opposite_sides_agree_on_the_survivor() {
+    let (Ok(database_url), Ok(nats_url)) =
+        (std::env::var("CROSSLINE_TEST_DATABASE_URL"), std::env::var("CROSSLINE_TEST_NATS_URL"))
+    else {
+        eprintln!(
+            "CROSSLINE_TEST_DATABASE_URL and CROSSLINE_TEST_NATS_URL are not both set: the merge race did not run"
+        );
+        return;
+    };
+    let run = format!("{}_{}", std::process::id(), chrono::Utc::now().timestamp_millis());
+    let schema = format!("two_nodes_race_{run}");
+    let stream = format!("TWONODES_RACE_{run}");
+    let a = node(&database_url, &nats_url, &schema, &stream).await;
+    let b = node(&database_url, &nats_url, &schema, &stream).await;
+    let ws = a.workspace("race").await;
+    async fn lookup(server: &TestServer, api_key: &str, kind: &str, value: &str) -> Value {
+        json_of(server.get(&format!("/api/v1/profiles/lookup?kind={kind}&value={value}"), api_key).await).await.1
+    }
+    for pair in 0..20 {
+        let (user, anonymous) = (format!("race-user-{pair}"), format!("race-anon-{pair}"));
+        let first = json!({"userId": user, "traits": {"plan": "pro"}});
+        let second = json!({"anonymousId": anonymous, "event": "Viewed"});
+        assert_eq!(a.track("/v1/identify", &ws.write_key, &first).await.status(), StatusCode::OK);
+        assert_eq!(b.track("/v1/track", &ws.write_key, &second).await.status(), StatusCode::OK);
+        let older = lookup(&a, &ws.api_key, "user_id", &user).await;
+        let newer = lookup(&b, &ws.api_key, "anonymous_id", &anonymous).await;
+        assert_ne!(older["id"], newer["id"]);
+        // The rule: the smaller (created_at, id) survives.
+        let key = |profile: &Value| {
+            let created: chrono::DateTime<chrono::Utc> = profile["created_at"].as_str().unwrap().parse().unwrap();
+            (created, profile["id"].as_str().unwrap().to_owned())
+        };
+        let expected = if key(&older) <= key(&newer) { older["id"].clone() } else { newer["id"].clone() };
+
+        let identify = json!({"userId": user, "anonymousId": anonymous});
+        let alias = json!({"userId": user, "previousId": anonymous});
+        let (on_a, on_b) = tokio::join!(a.track("/v1/identify", &ws.write_key, &identify), async {
+            b.track("/v1/alias", &ws.write_key, &alias).await
+        });
+        assert_eq!((on_a.status(), on_b.status()), (StatusCode::OK, StatusCode::OK), "pair {pair}");
+
+        let by_user = lookup(&b, &ws.api_key, "user_id", &user).await;
+        let by_anonymous = lookup(&a, &ws.api_key, "anonymous_id", &anonymous).await;
+        assert_eq!(by_user["id"], expected, "pair {pair}: the survivor is the older profile");
+        assert_eq!(by_anonymous["id"], expected, "pair {pair}: both identities on it");
+        let merges = a
+            .store
+            .events(
+                &ws.id,
+                expected.as_str().unwrap(),
+                &crossline_store::EventQuery { limit: 50, kind: Some("merge".into()) },
+            )
+            .await
+            .unwrap();
+        assert_eq!(merges.len(), 1, "pair {pair}: one merge recorded, not two");
+
+        // Traits set on the person through both nodes at once: neither write is lost.
+        let trait_a = json!({"userId": user, "traits": {"via_a": pair}});
+        let trait_b = json!({"anonymousId": anonymous, "traits": {"via_b": pair}});
+        let (on_a, on_b) = tokio::join!(a.track("/v1/identify", &ws.write_key, &trait_a), async {
+            b.track("/v1/identify", &ws.write_key, &trait_b).await
+        });
+        assert_eq!((on_a.status(), on_b.status()), (StatusCode::OK, StatusCode::OK), "pair {pair}");
+        let person = lookup(&a, &ws.api_key, "user_id", &user).await;
+        assert_eq!(
+            (&person["traits"]["plan"], &person["traits"]["via_a"], &person["traits"]["via_b"]),
+            (&json!("pro"), &json!(pair), &json!(pair)),
+            "pair {pair}: {person}"
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+}

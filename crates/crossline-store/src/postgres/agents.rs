@@ -499,10 +499,17 @@ impl crate::AgentStore for PgStore {
         messages: &[ConversationMessage],
         events: Vec<NormalizedEvent>,
     ) -> StoreResult<(Conversation, Vec<IngestedEvent>)> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        // The same lock as a customer's turn: the two never interleave their messages.
-        lock_workspace(&tx, workspace_id).await?;
+        retried_transaction!(self, |tx| {
+            async {
+        // The same lock as a customer's turn (their profile, before the conversation): the two never
+        // interleave their messages.
+        let profile: Option<String> = tx
+            .query_opt("SELECT profile_id FROM conversations WHERE workspace_id = $1 AND id = $2", &[&workspace_id, &conversation_id])
+            .await?
+            .map(|row| row.get(0));
+        if let Some(profile) = profile {
+            lock_live_profile(&tx, workspace_id, &profile).await?;
+        }
         let now = to_millis(change.now);
         let changed = tx
             .execute(
@@ -538,7 +545,9 @@ impl crate::AgentStore for PgStore {
         let conversation = statements::conversation(&*tx, workspace_id, conversation_id)
             .await?
             .ok_or_else(|| StoreError::Backend("the conversation vanished while it was changed".into()))?;
-        tx.commit().await?;
         Ok((conversation, ingested))
+        }
+        .await
+        })
     }
 }

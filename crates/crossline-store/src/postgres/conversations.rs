@@ -37,28 +37,26 @@ impl crate::ConversationStore for PgStore {
         messages: &[crate::ConversationMessage],
         events: Vec<NormalizedEvent>,
     ) -> StoreResult<Vec<IngestedEvent>> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        lock_workspace(&tx, workspace_id).await?;
-        // Under the workspace lock: nobody changes the conversation between this check and the write.
-        let open = statements::open_conversation(
-            &*tx,
-            workspace_id,
-            &conversation.profile_id,
-            &conversation.bot,
-            read.active_since,
-        )
-        .await?;
-        if open.map(|open| (open.id, open.state)) != read.open {
-            return Err(crate::turn_conflict());
-        }
-        statements::save_conversation(&tx, workspace_id, conversation, messages).await?;
-        let result = {
+        retried_transaction!(self, |tx| async {
+            // Every turn of the customer's locks their profile first: nobody changes the conversation
+            // between this check and the write, and no merge moves it meanwhile.
+            lock_live_profile(&tx, workspace_id, &conversation.profile_id).await?;
+            let open = statements::open_conversation(
+                &*tx,
+                workspace_id,
+                &conversation.profile_id,
+                &conversation.bot,
+                read.active_since,
+            )
+            .await?;
+            if open.map(|open| (open.id, open.state)) != read.open {
+                return Err(crate::turn_conflict());
+            }
+            statements::save_conversation(&tx, workspace_id, conversation, messages).await?;
             let mut statements = statements::PgTx { tx: &tx };
-            apply_batch(&mut statements, workspace_id, &events, Utc::now(), &self.profile_limits).await?
-        };
-        tx.commit().await?;
-        Ok(result)
+            apply_batch(&mut statements, workspace_id, &events, Utc::now(), &self.profile_limits).await
+        }
+        .await)
     }
 
     async fn conversation(&self, workspace_id: &str, id: &str) -> StoreResult<Option<crate::Conversation>> {

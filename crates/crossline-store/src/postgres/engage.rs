@@ -387,52 +387,51 @@ impl crate::EngageStore for PgStore {
         profile_id: &str,
         address: &PushAddress,
     ) -> StoreResult<Option<bool>> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        // Merges take the same lock: the profile cannot move while the address is attached.
-        lock_workspace(&tx, workspace_id).await?;
-        let Some(live) = statements::live_profile_id(&*tx, workspace_id, profile_id).await? else {
-            return Ok(None);
-        };
-        let before: Option<String> = tx
-            .query_opt(
-                "SELECT profile_id FROM push_addresses WHERE workspace_id = $1 AND kind = $2 AND value = $3",
-                &[&workspace_id, &address.kind, &address.value],
-            )
-            .await?
-            .map(|row| row.get(0));
-        tx.execute(
-            "INSERT INTO push_addresses (workspace_id, kind, value, platform, profile_id, p256dh, auth, created_at)
+        retried_transaction!(self, |tx| async {
+            // Merges lock the profiles they merge: the profile cannot move while the address is attached.
+            let Some(live) = lock_live_profile(&tx, workspace_id, profile_id).await? else {
+                return Ok(None);
+            };
+            let before: Option<String> = tx
+                .query_opt(
+                    "SELECT profile_id FROM push_addresses WHERE workspace_id = $1 AND kind = $2 AND value = $3",
+                    &[&workspace_id, &address.kind, &address.value],
+                )
+                .await?
+                .map(|row| row.get(0));
+            tx.execute(
+                "INSERT INTO push_addresses (workspace_id, kind, value, platform, profile_id, p256dh, auth, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (workspace_id, kind, value) DO UPDATE SET platform = excluded.platform,
                 profile_id = excluded.profile_id, p256dh = excluded.p256dh, auth = excluded.auth,
                 created_at = excluded.created_at",
-            &[
-                &workspace_id,
-                &address.kind,
-                &address.value,
-                &address.platform,
-                &live,
-                &address.p256dh,
-                &address.auth,
-                &crate::to_millis(address.created_at),
-            ],
-        )
-        .await?;
-        tx.execute(
-            "DELETE FROM address_states WHERE workspace_id = $1 AND kind = $2 AND value = $3",
-            &[&workspace_id, &address.kind, &address.value],
-        )
-        .await?;
-        tx.execute(
-            "DELETE FROM push_addresses WHERE workspace_id = $1 AND profile_id = $2 AND (kind, value) NOT IN
+                &[
+                    &workspace_id,
+                    &address.kind,
+                    &address.value,
+                    &address.platform,
+                    &live,
+                    &address.p256dh,
+                    &address.auth,
+                    &crate::to_millis(address.created_at),
+                ],
+            )
+            .await?;
+            tx.execute(
+                "DELETE FROM address_states WHERE workspace_id = $1 AND kind = $2 AND value = $3",
+                &[&workspace_id, &address.kind, &address.value],
+            )
+            .await?;
+            tx.execute(
+                "DELETE FROM push_addresses WHERE workspace_id = $1 AND profile_id = $2 AND (kind, value) NOT IN
                 (SELECT kind, value FROM push_addresses WHERE workspace_id = $1 AND profile_id = $2
                  ORDER BY created_at DESC, value LIMIT $3)",
-            &[&workspace_id, &live, &(crate::engage::MAX_PUSH_ADDRESSES as i64)],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(Some(before.as_deref() != Some(live.as_str())))
+                &[&workspace_id, &live, &(crate::engage::MAX_PUSH_ADDRESSES as i64)],
+            )
+            .await?;
+            Ok(Some(before.as_deref() != Some(live.as_str())))
+        }
+        .await)
     }
 
     async fn put_in_app_message(&self, workspace_id: &str, message: &InAppMessage) -> StoreResult<()> {

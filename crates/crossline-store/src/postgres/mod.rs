@@ -1,8 +1,11 @@
 //! The scaled-out backend: PostgreSQL through a connection pool.
 //!
-//! Several nodes may ingest into one workspace at once; identity resolution for a workspace is
-//! serialised by a transaction-scoped advisory lock keyed on the workspace id, so two nodes never
-//! attach one identity to two profiles or merge the same pair twice.
+//! Several nodes may ingest into one workspace at once, and nothing is serialised per workspace:
+//! a write locks only the profiles it touches (row locks, `FOR NO KEY UPDATE`, always taken in id
+//! order and before the profiles are read), an identity is claimed by its primary key, and a
+//! transaction that finds the graph changed under it (an owner merged away or erased after it was
+//! read, an identity or `messageId` stored by another node meanwhile, a deadlock) is rolled back
+//! and run again from the start. ARCHITECTURE.md § Scale-out gives the protocol and its proof.
 
 mod agents;
 mod bots;
@@ -53,6 +56,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0019_conversation_waits.sql"),
     include_str!("../../migrations/postgres/0020_calls_and_snoozes.sql"),
     include_str!("../../migrations/postgres/0021_routing_leases.sql"),
+    include_str!("../../migrations/postgres/0022_event_count_shards.sql"),
 ];
 
 /// Arbitrary constant for the advisory lock that serialises migrations across nodes.
@@ -158,10 +162,85 @@ impl PgStore {
     }
 }
 
-/// Serialise identity work on one workspace across nodes for the rest of the transaction.
-async fn lock_workspace(tx: &tokio_postgres::Transaction<'_>, workspace_id: &str) -> StoreResult<()> {
-    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&workspace_id]).await?;
-    Ok(())
+/// Times a transaction that lost a race is run again before its error is given to the caller.
+const MAX_RETRIES: u32 = 8;
+
+/// The error of a transaction that found the identity graph changed under it: run it again.
+fn changed_meanwhile(what: &str) -> StoreError {
+    StoreError::Backend(format!("40001: {what} changed while this transaction read it"))
+}
+
+/// Whether a transaction failed for a race another transaction won, so that running it again (it
+/// then reads what the winner wrote) may succeed: a serialization failure (also ours, from
+/// [`changed_meanwhile`]), a deadlock, or a key another transaction stored first.
+fn lost_a_race(err: &StoreError) -> bool {
+    matches!(err, StoreError::Backend(message)
+        if message.starts_with("40001:") || message.starts_with("40P01:") || message.starts_with("23505:"))
+}
+
+/// Wait a little before running a transaction again (a few ms, growing, with jitter so two losers
+/// do not meet again).
+async fn back_off(attempt: u32) {
+    let jitter = u64::from(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos(),
+    );
+    let micros = 200 + jitter % (u64::from(attempt) * 2_000);
+    tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
+}
+
+/// Run `$body` (an expression giving `StoreResult<T>`, with the transaction named `$tx`) in a
+/// transaction on `$store`, commit it, and run it again from the start when it lost a race
+/// ([`lost_a_race`]), up to [`MAX_RETRIES`] times.
+macro_rules! retried_transaction {
+    ($store:expr, |$tx:ident| $body:expr) => {{
+        let mut attempt = 0u32;
+        loop {
+            let mut client = $store.pool.get().await?;
+            let $tx = client.transaction().await?;
+            let result: StoreResult<_> = $body;
+            let result = match result {
+                Ok(value) => $tx.commit().await.map(|()| value).map_err(StoreError::from),
+                Err(err) => Err(err),
+            };
+            match result {
+                Err(err) if attempt < MAX_RETRIES && lost_a_race(&err) => {
+                    attempt += 1;
+                    tracing::debug!(attempt, error = %err, "a transaction lost a race; running it again");
+                    back_off(attempt).await;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+pub(crate) use retried_transaction;
+
+/// Lock the live profile `id` is (or was merged into) for the rest of the transaction, so no merge,
+/// erasure or other write of that profile interleaves with the caller's. Its id, or None if there
+/// is no such profile. Lock order: profiles before conversations, several profiles in id order.
+async fn lock_live_profile(
+    tx: &tokio_postgres::Transaction<'_>,
+    workspace_id: &str,
+    id: &str,
+) -> StoreResult<Option<String>> {
+    let mut current = id.to_owned();
+    for _ in 0..4 {
+        let Some(live) = statements::live_profile_id(tx, workspace_id, &current).await? else {
+            return Ok(None);
+        };
+        let locked = tx
+            .query_opt(
+                "SELECT 1 FROM profiles WHERE workspace_id = $1 AND id = $2 AND merged_into IS NULL FOR NO KEY UPDATE",
+                &[&workspace_id, &live],
+            )
+            .await?;
+        if locked.is_some() {
+            return Ok(Some(live));
+        }
+        // Merged away (or erased) between the two reads: follow it.
+        current = live;
+    }
+    Err(changed_meanwhile("the profile"))
 }
 
 #[async_trait]

@@ -1,4 +1,5 @@
-//! [`ProfileStore`] on PostgreSQL: identity work per workspace under its advisory lock.
+//! [`ProfileStore`] on PostgreSQL: identity work locks the profiles it touches and runs again when it
+//! lost a race (see the module above).
 
 #[allow(unused_imports)]
 use super::*;
@@ -6,15 +7,10 @@ use super::*;
 #[async_trait]
 impl ProfileStore for PgStore {
     async fn ingest(&self, workspace_id: &str, events: Vec<NormalizedEvent>) -> StoreResult<Vec<IngestedEvent>> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        lock_workspace(&tx, workspace_id).await?;
-        let result = {
+        retried_transaction!(self, |tx| {
             let mut statements = statements::PgTx { tx: &tx };
-            apply_batch(&mut statements, workspace_id, &events, Utc::now(), &self.profile_limits).await?
-        };
-        tx.commit().await?;
-        Ok(result)
+            apply_batch(&mut statements, workspace_id, &events, Utc::now(), &self.profile_limits).await
+        })
     }
 
     async fn event_exists(&self, workspace_id: &str, message_id: &str) -> StoreResult<bool> {
@@ -60,21 +56,25 @@ impl ProfileStore for PgStore {
         statements: &[(String, ConsentStatus)],
         source: &str,
     ) -> StoreResult<Option<Profile>> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        lock_workspace(&tx, workspace_id).await?;
-        let profile = statements::set_consent(&tx, workspace_id, profile_id, statements, source, Utc::now()).await?;
-        tx.commit().await?;
-        Ok(profile)
+        retried_transaction!(self, |tx| {
+            match lock_live_profile(&tx, workspace_id, profile_id).await {
+                Ok(Some(live)) => {
+                    statements::set_consent(&tx, workspace_id, &live, statements, source, Utc::now()).await
+                }
+                Ok(None) => Ok(None),
+                Err(err) => Err(err),
+            }
+        })
     }
 
     async fn delete_profile(&self, workspace_id: &str, profile_id: &str) -> StoreResult<bool> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        lock_workspace(&tx, workspace_id).await?;
-        let deleted = statements::delete_profile(&tx, workspace_id, profile_id).await?;
-        tx.commit().await?;
-        Ok(deleted)
+        retried_transaction!(self, |tx| {
+            match lock_live_profile(&tx, workspace_id, profile_id).await {
+                Ok(Some(live)) => statements::delete_profile(&tx, workspace_id, &live).await,
+                Ok(None) => Ok(false),
+                Err(err) => Err(err),
+            }
+        })
     }
 
     async fn list_profiles(&self, workspace_id: &str, query: &ProfileQuery) -> StoreResult<ProfilePage> {

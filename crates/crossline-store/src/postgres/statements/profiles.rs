@@ -156,7 +156,7 @@ pub(in crate::postgres) async fn delete_profile(
         .collect();
     let erased: Vec<(i64, &str, i64)> =
         erased.iter().map(|(day, channel, count)| (*day, channel.as_str(), *count)).collect();
-    add_event_counts(tx, workspace_id, &erased).await?;
+    add_event_counts(tx, ADD_EVENT_COUNTS, workspace_id, &erased).await?;
     tx.execute("DELETE FROM events WHERE workspace_id = $1 AND profile_id = $2", &[&workspace_id, &live]).await?;
     tx.execute(
         "DELETE FROM conversation_messages WHERE workspace_id = $1 AND conversation_id IN
