@@ -156,11 +156,17 @@ pub struct ConversationSettings {
     pub idle: chrono::Duration,
     /// How long a fulfilment webhook may take per attempt (there is one retry).
     pub webhook_timeout: Duration,
+    /// The nodes the per-customer turn budget is shared by.
+    pub cluster: crate::rate::ClusterShare,
 }
 
 impl Default for ConversationSettings {
     fn default() -> Self {
-        ConversationSettings { idle: chrono::Duration::minutes(30), webhook_timeout: Duration::from_secs(2) }
+        ConversationSettings {
+            idle: chrono::Duration::minutes(30),
+            webhook_timeout: Duration::from_secs(2),
+            cluster: Default::default(),
+        }
     }
 }
 
@@ -244,7 +250,8 @@ impl Conversations {
         egress: Egress,
         settings: ConversationSettings,
     ) -> Self {
-        Conversations { store, recorder, bots, egress, settings, locks: TurnLocks::default(), budgets: turn_budgets() }
+        let budgets = turn_budgets().shared_by(&settings.cluster);
+        Conversations { store, recorder, bots, egress, settings, locks: TurnLocks::default(), budgets }
     }
 
     /// The bot registry it takes bots from.

@@ -3,8 +3,28 @@
 //! maximum number of keys, however many keys an attacker invents.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+/// How many nodes a cluster's limits are shared by. A limiter shared by it ([`RateLimiter::shared_by`])
+/// allows its rate divided among the nodes, so that the nodes together allow it once, however a load
+/// balancer spreads one client's requests (a client always sent to one node gets its share there, never
+/// more than the rate). One until the node hears of others (the server's cluster notices).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterShare(Arc<AtomicUsize>);
+
+impl ClusterShare {
+    /// The nodes heard of, this one included (at least 1).
+    pub fn nodes(&self) -> usize {
+        self.0.load(Ordering::Relaxed).max(1)
+    }
+
+    /// Record how many nodes there are now.
+    pub fn set_nodes(&self, nodes: usize) {
+        self.0.store(nodes.max(1), Ordering::Relaxed);
+    }
+}
 
 /// A rate: a burst, then a steady number per second.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -18,6 +38,7 @@ pub struct Rate {
 /// Token buckets by key, at most `max_keys` of them.
 pub struct RateLimiter {
     rate: Rate,
+    share: ClusterShare,
     max_keys: usize,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
 }
@@ -25,19 +46,41 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// A limiter allowing `rate` per key, remembering at most `max_keys` keys.
     pub fn new(rate: Rate, max_keys: usize) -> Self {
-        RateLimiter { rate, max_keys: max_keys.max(1), buckets: Mutex::new(HashMap::new()) }
+        RateLimiter {
+            rate,
+            share: ClusterShare::default(),
+            max_keys: max_keys.max(1),
+            buckets: Mutex::new(HashMap::new()),
+        }
     }
 
-    /// The rate it allows.
+    /// The same limiter, counted for the whole cluster: each node allows the rate divided by the
+    /// nodes `share` knows of (a burst of at least one).
+    pub fn shared_by(mut self, share: &ClusterShare) -> Self {
+        self.share = share.clone();
+        self
+    }
+
+    /// The rate it allows in all.
     pub fn rate(&self) -> Rate {
         self.rate
     }
 
+    /// The rate this node allows: its share of the cluster's.
+    fn local_rate(&self) -> Rate {
+        let nodes = self.share.nodes() as f64;
+        if nodes <= 1.0 {
+            return self.rate;
+        }
+        Rate { burst: (self.rate.burst / nodes).max(1.0), per_second: self.rate.per_second / nodes }
+    }
+
     /// Take one from `key`'s allowance; false when the key is over its rate.
     pub fn allow(&self, key: &str, now: Instant) -> bool {
+        let rate = self.local_rate();
         let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if !buckets.contains_key(key) && buckets.len() >= self.max_keys {
-            self.forget_refilled(&mut buckets, now);
+            Self::forget_refilled(&mut buckets, now, rate);
             if buckets.len() >= self.max_keys {
                 // Every remembered key is busy: drop half of them rather than grow or refuse
                 // newcomers. The dropped keys get a fresh burst, which bounds what that gives away.
@@ -47,8 +90,8 @@ impl RateLimiter {
                 }
             }
         }
-        let (tokens, at) = buckets.entry(key.to_owned()).or_insert((self.rate.burst, now));
-        *tokens = refilled(*tokens, *at, now, self.rate);
+        let (tokens, at) = buckets.entry(key.to_owned()).or_insert((rate.burst, now));
+        *tokens = refilled(*tokens, *at, now, rate);
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
@@ -68,8 +111,7 @@ impl RateLimiter {
         self.len() == 0
     }
 
-    fn forget_refilled(&self, buckets: &mut HashMap<String, (f64, Instant)>, now: Instant) {
-        let rate = self.rate;
+    fn forget_refilled(buckets: &mut HashMap<String, (f64, Instant)>, now: Instant, rate: Rate) {
         buckets.retain(|_, (tokens, at)| refilled(*tokens, *at, now, rate) < rate.burst);
     }
 }
@@ -92,6 +134,21 @@ mod tests {
         assert!(limiter.allow("b", start), "keys are independent");
         assert!(limiter.allow("a", start + Duration::from_millis(500)));
         assert!(!limiter.allow("a", start + Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn a_shared_limiter_allows_each_node_its_share() {
+        let share = ClusterShare::default();
+        let limiter = RateLimiter::new(Rate { burst: 6.0, per_second: 3.0 }, 100).shared_by(&share);
+        let start = Instant::now();
+        share.set_nodes(3);
+        assert_eq!((0..10).filter(|_| limiter.allow("a", start)).count(), 2, "a third of the burst");
+        let later = start + Duration::from_secs(1);
+        assert_eq!((0..10).filter(|_| limiter.allow("a", later)).count(), 1, "a third of the rate");
+        share.set_nodes(1);
+        assert_eq!((0..10).filter(|_| limiter.allow("b", later)).count(), 6, "alone again: all of it");
+        share.set_nodes(100);
+        assert_eq!((0..10).filter(|_| limiter.allow("c", later)).count(), 1, "never less than one at once");
     }
 
     #[test]

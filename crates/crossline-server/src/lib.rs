@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod connections;
 pub mod console;
 pub mod error;
@@ -115,6 +116,7 @@ pub async fn run(
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
     background.push(tokio::spawn(state.live.clone().run(state.bus.clone(), until(stopped.clone()))));
+    background.push(tokio::spawn(cluster::run(state.clone(), until(stopped.clone()))));
     background.push(tokio::spawn(live::run_router(state.clone(), until(stopped))));
     connections::serve(listener, app(state), settings, shutdown).await?;
     let _ = stop.send(true);

@@ -39,6 +39,22 @@ pub struct PublicLimits {
     pub agent_messages: RateLimiter,
 }
 
+impl PublicLimits {
+    /// The limits counted for the whole cluster (see [`crate::cluster`]), except the frames of one
+    /// chat visitor: a visitor's socket lives on one node, which counts them whole.
+    pub fn shared_by(self, share: &crossline_engine::rate::ClusterShare) -> Self {
+        PublicLimits {
+            chat_connects: self.chat_connects.shared_by(share),
+            chat_frames_per_visitor: self.chat_frames_per_visitor,
+            chat_frames_per_ip: self.chat_frames_per_ip.shared_by(share),
+            recipient_links: self.recipient_links.shared_by(share),
+            test_sends: self.test_sends.shared_by(share),
+            calls: self.calls.shared_by(share),
+            agent_messages: self.agent_messages.shared_by(share),
+        }
+    }
+}
+
 /// Keys each public limiter remembers at most.
 const PUBLIC_LIMIT_KEYS: usize = 100_000;
 

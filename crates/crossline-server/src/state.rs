@@ -48,12 +48,15 @@ pub struct AppState {
     pub users: Arc<crossline_engine::users::Users>,
     /// Live views of conversations on this node (chat sockets, inboxes).
     pub live: Arc<crate::live::LiveConversations>,
+    /// The other nodes this one hears of: the limits above are shared by them.
+    pub cluster: Arc<crate::cluster::Cluster>,
 }
 
 impl AppState {
     /// The state of a server on these backends with these settings.
     pub fn new(store: DynStore, bus: DynBus, admin_token: &str, settings: Settings) -> Self {
         let recorder = crossline_engine::EventRecorder::new(store.clone(), bus.clone());
+        let cluster = Arc::new(crate::cluster::Cluster::new(crossline_core::ids::new_random_id("node")));
         let egress = crossline_engine::Egress::new(settings.egress.clone());
         let bots = Arc::new(crossline_engine::BotRegistry::new(
             store.clone(),
@@ -68,6 +71,7 @@ impl AppState {
             crossline_engine::ConversationSettings {
                 idle: settings.conversation_idle,
                 webhook_timeout: settings.webhook_timeout,
+                cluster: cluster.share().clone(),
             },
         ));
         let destinations = Arc::new(crossline_engine::destinations::Destinations::new(
@@ -110,7 +114,8 @@ impl AppState {
             admin_token: admin_token.into(),
             settings: Arc::new(settings),
             metrics: crate::metrics_handle(),
-            limits: Default::default(),
+            limits: Arc::new(crate::rate::PublicLimits::default().shared_by(cluster.share())),
+            cluster,
             logins: Default::default(),
             alexa_certs: Default::default(),
         }

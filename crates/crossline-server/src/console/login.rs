@@ -111,13 +111,13 @@ pub async fn submit(
     }
     let caller = caller_for_token(&state, token).await?;
     if caller.is_none() {
-        state.logins.failed(&throttle_keys, std::time::Instant::now());
+        crate::cluster::sign_in_failed(&state, &throttle_keys).await;
         metrics::counter!("crossline_console_logins_total", "outcome" => "failed").increment(1);
         return Ok(refused(
             "That token is not the operator token, a workspace API key or an agent token. Check for a typo, or rotate the key if it was lost.",
         ));
     }
-    state.logins.succeeded(&throttle_keys[0].0);
+    crate::cluster::sign_in_succeeded(&state, &throttle_keys[0].0).await;
     let id = crate::sessions::open(&state, token, session_cookie(&headers).as_deref()).await?;
     let home = if matches!(caller, Some(crate::auth::Caller::Agent(..))) { "/inbox" } else { "/" };
     signed_in(&state, &headers, &id, home)
@@ -169,7 +169,7 @@ async fn password_sign_in(
             }));
         }
         SignIn::Refused => {
-            state.logins.failed(&throttle_keys, std::time::Instant::now());
+            crate::cluster::sign_in_failed(state, &throttle_keys).await;
             metrics::counter!("crossline_console_logins_total", "outcome" => "failed").increment(1);
             let page = login_page(
                 Some(
@@ -182,7 +182,7 @@ async fn password_sign_in(
     };
     // The address may try again; the account's count of failures stays (a success does not hand a
     // guesser elsewhere fresh tries).
-    state.logins.succeeded(&throttle_keys[0].0);
+    crate::cluster::sign_in_succeeded(state, &throttle_keys[0].0).await;
     let id = crate::sessions::open_for_user(state, &user, session_cookie(headers).as_deref()).await?;
     let home = if user.role == crossline_store::users::Role::Agent { "/inbox" } else { "/" };
     let mut response = signed_in(state, headers, &id, home)?;

@@ -15,6 +15,8 @@ pub struct TestServer {
     pub http: Client,
     pub store: DynStore,
     pub bus: DynBus,
+    /// The node's view of the cluster.
+    pub cluster: Arc<crossline_server::cluster::Cluster>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: Option<tempfile::TempDir>,
@@ -65,11 +67,21 @@ impl TestServer {
         // Links the server writes (unsubscribe pages, callbacks) point at this server.
         settings.public_url.get_or_insert_with(|| url.clone());
         let state = AppState::new(store.clone(), bus.clone(), ADMIN, settings);
+        let cluster = state.cluster.clone();
         let (shutdown, signal) = oneshot::channel::<()>();
         let handle = tokio::spawn(crossline_server::run(listener, state, async {
             let _ = signal.await;
         }));
-        TestServer { url, http: Client::new(), store, bus, shutdown: Some(shutdown), handle: Some(handle), _dir: None }
+        TestServer {
+            url,
+            http: Client::new(),
+            store,
+            bus,
+            cluster,
+            shutdown: Some(shutdown),
+            handle: Some(handle),
+            _dir: None,
+        }
     }
 
     /// Stop gracefully and wait until it has.

@@ -209,3 +209,47 @@ async fn two_nodes_merging_one_pair_from_opposite_sides_agree_on_the_survivor() 
     a.stop().await;
     b.stop().await;
 }
+
+/// Two nodes hear each other over NATS: each counts two nodes (so the public limits, shared by the
+/// count, allow each node half), and sign-in failures through one node close the door on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_their_limits_and_sign_in_failures() {
+    let (Ok(database_url), Ok(nats_url)) =
+        (std::env::var("CROSSLINE_TEST_DATABASE_URL"), std::env::var("CROSSLINE_TEST_NATS_URL"))
+    else {
+        eprintln!(
+            "CROSSLINE_TEST_DATABASE_URL and CROSSLINE_TEST_NATS_URL are not both set: the cluster test did not run"
+        );
+        return;
+    };
+    let run = format!("{}_{}", std::process::id(), chrono::Utc::now().timestamp_millis());
+    let schema = format!("two_nodes_cluster_{run}");
+    let stream = format!("TWONODES_CLUSTER_{run}");
+    let a = node(&database_url, &nats_url, &schema, &stream).await;
+    let b = node(&database_url, &nats_url, &schema, &stream).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while (a.cluster.nodes(), b.cluster.nodes()) != (2, 2) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the nodes did not hear each other: {} and {}",
+            a.cluster.nodes(),
+            b.cluster.nodes()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Wrong tokens through node A, from one address: node B refuses that address too.
+    let sign_in = |server: &TestServer, token: &str| {
+        server.http.post(format!("{}/login", server.url)).form(&[("token", token)]).send()
+    };
+    for attempt in 0..crossline_server::throttle::FREE_PER_ADDRESS + 1 {
+        let status = sign_in(&a, &format!("sk_wrong_{attempt}")).await.unwrap().status();
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {attempt}");
+    }
+    // One attempt on B (each attempt there would count on B itself): the notices crossed NATS well
+    // within half a second.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = sign_in(&b, "sk_wrong_on_b").await.unwrap().status();
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "node B heard of node A's failures");
+    a.stop().await;
+    b.stop().await;
+}
