@@ -31,9 +31,9 @@ impl crate::AgentStore for PgStore {
         // The customer's message also wakes a snoozed conversation, in the same statement.
         client
             .execute(
-                "WITH woken AS (DELETE FROM conversation_snoozes WHERE workspace_id = $1 AND conversation_id = $2)
+                &client.prepare_cached("WITH woken AS (DELETE FROM conversation_snoozes WHERE workspace_id = $1 AND conversation_id = $2)
                  INSERT INTO conversation_waits (workspace_id, conversation_id, since) VALUES ($1, $2, $3)
-                 ON CONFLICT (workspace_id, conversation_id) DO NOTHING",
+                 ON CONFLICT (workspace_id, conversation_id) DO NOTHING").await?,
                 &[&workspace_id, &conversation_id, &to_millis(since)],
             )
             .await?;
@@ -44,7 +44,9 @@ impl crate::AgentStore for PgStore {
         let client = self.pool.get().await?;
         client
             .execute(
-                "DELETE FROM conversation_waits WHERE workspace_id = $1 AND conversation_id = $2",
+                &client
+                    .prepare_cached("DELETE FROM conversation_waits WHERE workspace_id = $1 AND conversation_id = $2")
+                    .await?,
                 &[&workspace_id, &conversation_id],
             )
             .await?;
@@ -60,10 +62,14 @@ impl crate::AgentStore for PgStore {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT conversation_id, since FROM conversation_waits w WHERE workspace_id = $1 AND since < $2
+                &client
+                    .prepare_cached(
+                        "SELECT conversation_id, since FROM conversation_waits w WHERE workspace_id = $1 AND since < $2
                  AND NOT EXISTS (SELECT 1 FROM conversation_snoozes s
                                  WHERE s.workspace_id = w.workspace_id AND s.conversation_id = w.conversation_id)
                  ORDER BY since LIMIT $3",
+                    )
+                    .await?,
                 &[&workspace_id, &to_millis(before), &(limit as i64)],
             )
             .await?;
@@ -74,8 +80,8 @@ impl crate::AgentStore for PgStore {
         let client = self.pool.get().await?;
         client
             .execute(
-                "INSERT INTO conversation_notes (workspace_id, conversation_id, id, author_id, author_name, text, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &client.prepare_cached("INSERT INTO conversation_notes (workspace_id, conversation_id, id, author_id, author_name, text, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)").await?,
                 &[
                     &workspace_id,
                     &note.conversation_id,
@@ -99,8 +105,12 @@ impl crate::AgentStore for PgStore {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT id, author_id, author_name, text, created_at FROM conversation_notes
+                &client
+                    .prepare_cached(
+                        "SELECT id, author_id, author_name, text, created_at FROM conversation_notes
                  WHERE workspace_id = $1 AND conversation_id = $2 ORDER BY created_at DESC, id DESC LIMIT $3",
+                    )
+                    .await?,
                 &[&workspace_id, &conversation_id, &(limit as i64)],
             )
             .await?;
@@ -156,8 +166,8 @@ impl crate::AgentStore for PgStore {
         let client = self.pool.get().await?;
         let inserted = client
             .execute(
-                "INSERT INTO agents (workspace_id, id, name, email, skills, languages, capacity, status, token_hash, created_at, status_at, phone, calls)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                &client.prepare_cached("INSERT INTO agents (workspace_id, id, name, email, skills, languages, capacity, status, token_hash, created_at, status_at, phone, calls)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)").await?,
                 &[
                     &workspace_id,
                     &agent.id,
@@ -219,7 +229,13 @@ impl crate::AgentStore for PgStore {
 
     async fn delete_agent(&self, workspace_id: &str, id: &str) -> StoreResult<bool> {
         let client = self.pool.get().await?;
-        Ok(client.execute("DELETE FROM agents WHERE workspace_id = $1 AND id = $2", &[&workspace_id, &id]).await? == 1)
+        Ok(client
+            .execute(
+                &client.prepare_cached("DELETE FROM agents WHERE workspace_id = $1 AND id = $2").await?,
+                &[&workspace_id, &id],
+            )
+            .await?
+            == 1)
     }
 
     async fn set_agent_status(
@@ -232,7 +248,9 @@ impl crate::AgentStore for PgStore {
         let client = self.pool.get().await?;
         let changed = client
             .execute(
-                "UPDATE agents SET status = $1, status_at = $2 WHERE workspace_id = $3 AND id = $4",
+                &client
+                    .prepare_cached("UPDATE agents SET status = $1, status_at = $2 WHERE workspace_id = $3 AND id = $4")
+                    .await?,
                 &[&status.as_str(), &to_millis(now), &workspace_id, &id],
             )
             .await?;
@@ -243,8 +261,8 @@ impl crate::AgentStore for PgStore {
         let client = self.pool.get().await?;
         let changed = client
             .execute(
-                "UPDATE agents SET name = $1, skills = $2, languages = $3, capacity = $4, phone = $5, calls = $6
-                 WHERE workspace_id = $7 AND id = $8",
+                &client.prepare_cached("UPDATE agents SET name = $1, skills = $2, languages = $3, capacity = $4, phone = $5, calls = $6
+                 WHERE workspace_id = $7 AND id = $8").await?,
                 &[
                     &agent.name,
                     &serde_json::to_string(&agent.skills)?,
@@ -270,10 +288,10 @@ impl crate::AgentStore for PgStore {
         let client = self.pool.get().await?;
         Ok(client
             .execute(
-                "INSERT INTO conversation_snoozes (workspace_id, conversation_id, agent_id, until)
+                &client.prepare_cached("INSERT INTO conversation_snoozes (workspace_id, conversation_id, agent_id, until)
                  SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM conversations WHERE workspace_id = $1 AND id = $2
                                                      AND status = 'assigned' AND assignee = $3)
-                 ON CONFLICT (workspace_id, conversation_id) DO UPDATE SET agent_id = excluded.agent_id, until = excluded.until",
+                 ON CONFLICT (workspace_id, conversation_id) DO UPDATE SET agent_id = excluded.agent_id, until = excluded.until").await?,
                 &[&workspace_id, &conversation_id, &agent_id, &to_millis(until)],
             )
             .await?
@@ -284,7 +302,11 @@ impl crate::AgentStore for PgStore {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
-                "SELECT until FROM conversation_snoozes WHERE workspace_id = $1 AND conversation_id = $2",
+                &client
+                    .prepare_cached(
+                        "SELECT until FROM conversation_snoozes WHERE workspace_id = $1 AND conversation_id = $2",
+                    )
+                    .await?,
                 &[&workspace_id, &conversation_id],
             )
             .await?;
@@ -295,7 +317,9 @@ impl crate::AgentStore for PgStore {
         let client = self.pool.get().await?;
         Ok(client
             .execute(
-                "DELETE FROM conversation_snoozes WHERE workspace_id = $1 AND conversation_id = $2",
+                &client
+                    .prepare_cached("DELETE FROM conversation_snoozes WHERE workspace_id = $1 AND conversation_id = $2")
+                    .await?,
                 &[&workspace_id, &conversation_id],
             )
             .await?
@@ -306,7 +330,7 @@ impl crate::AgentStore for PgStore {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT conversation_id, until FROM conversation_snoozes WHERE workspace_id = $1 ORDER BY until LIMIT $2",
+                &client.prepare_cached("SELECT conversation_id, until FROM conversation_snoozes WHERE workspace_id = $1 ORDER BY until LIMIT $2").await?,
                 &[&workspace_id, &(limit as i64)],
             )
             .await?;
@@ -323,10 +347,14 @@ impl crate::AgentStore for PgStore {
         let client = self.pool.get().await?;
         client
             .execute(
-                "INSERT INTO call_holds (workspace_id, conversation_id, heard_at, agent_id, answered, on_line)
+                &client
+                    .prepare_cached(
+                        "INSERT INTO call_holds (workspace_id, conversation_id, heard_at, agent_id, answered, on_line)
                  VALUES ($1, $2, $3, $4, false, true)
                  ON CONFLICT (workspace_id, conversation_id) DO UPDATE SET heard_at = excluded.heard_at,
                  agent_id = excluded.agent_id, answered = false, on_line = true",
+                    )
+                    .await?,
                 &[&workspace_id, &conversation_id, &to_millis(now), &agent_id],
             )
             .await?;
@@ -337,7 +365,7 @@ impl crate::AgentStore for PgStore {
         let client = self.pool.get().await?;
         Ok(client
             .execute(
-                "UPDATE call_holds SET answered = true WHERE workspace_id = $1 AND conversation_id = $2 AND agent_id = $3",
+                &client.prepare_cached("UPDATE call_holds SET answered = true WHERE workspace_id = $1 AND conversation_id = $2 AND agent_id = $3").await?,
                 &[&workspace_id, &conversation_id, &agent_id],
             )
             .await?
@@ -353,10 +381,14 @@ impl crate::AgentStore for PgStore {
         let client = self.pool.get().await?;
         client
             .execute(
-                "INSERT INTO call_holds (workspace_id, conversation_id, heard_at, agent_id, answered, on_line)
+                &client
+                    .prepare_cached(
+                        "INSERT INTO call_holds (workspace_id, conversation_id, heard_at, agent_id, answered, on_line)
                  VALUES ($1, $2, $3, NULL, false, false)
                  ON CONFLICT (workspace_id, conversation_id) DO UPDATE SET heard_at = excluded.heard_at,
                  agent_id = NULL, answered = false, on_line = false",
+                    )
+                    .await?,
                 &[&workspace_id, &conversation_id, &to_millis(now)],
             )
             .await?;
@@ -367,7 +399,9 @@ impl crate::AgentStore for PgStore {
         let client = self.pool.get().await?;
         client
             .execute(
-                "DELETE FROM call_holds WHERE workspace_id = $1 AND conversation_id = $2",
+                &client
+                    .prepare_cached("DELETE FROM call_holds WHERE workspace_id = $1 AND conversation_id = $2")
+                    .await?,
                 &[&workspace_id, &conversation_id],
             )
             .await?;
@@ -382,8 +416,12 @@ impl crate::AgentStore for PgStore {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
-                "SELECT conversation_id, heard_at, agent_id, answered, on_line FROM call_holds
+                &client
+                    .prepare_cached(
+                        "SELECT conversation_id, heard_at, agent_id, answered, on_line FROM call_holds
                  WHERE workspace_id = $1 AND conversation_id = $2",
+                    )
+                    .await?,
                 &[&workspace_id, &conversation_id],
             )
             .await?;
@@ -406,9 +444,13 @@ impl crate::AgentStore for PgStore {
         let client = self.pool.get().await?;
         Ok(client
             .execute(
-                "INSERT INTO routing_leases (workspace_id, holder, until) VALUES ($1, $2, $4)
+                &client
+                    .prepare_cached(
+                        "INSERT INTO routing_leases (workspace_id, holder, until) VALUES ($1, $2, $4)
                  ON CONFLICT (workspace_id) DO UPDATE SET holder = excluded.holder, until = excluded.until
                  WHERE routing_leases.until < $3 OR routing_leases.holder = excluded.holder",
+                    )
+                    .await?,
                 &[&workspace_id, &holder, &to_millis(now), &to_millis(until)],
             )
             .await?
@@ -418,7 +460,10 @@ impl crate::AgentStore for PgStore {
     async fn release_routing(&self, workspace_id: &str, holder: &str) -> StoreResult<()> {
         let client = self.pool.get().await?;
         client
-            .execute("DELETE FROM routing_leases WHERE workspace_id = $1 AND holder = $2", &[&workspace_id, &holder])
+            .execute(
+                &client.prepare_cached("DELETE FROM routing_leases WHERE workspace_id = $1 AND holder = $2").await?,
+                &[&workspace_id, &holder],
+            )
             .await?;
         Ok(())
     }
@@ -427,8 +472,8 @@ impl crate::AgentStore for PgStore {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT conversation_id, heard_at, agent_id, answered, on_line FROM call_holds WHERE workspace_id = $1
-                 ORDER BY heard_at DESC LIMIT $2",
+                &client.prepare_cached("SELECT conversation_id, heard_at, agent_id, answered, on_line FROM call_holds WHERE workspace_id = $1
+                 ORDER BY heard_at DESC LIMIT $2").await?,
                 &[&workspace_id, &(limit as i64)],
             )
             .await?;
@@ -448,8 +493,12 @@ impl crate::AgentStore for PgStore {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT coalesce(queue, 'default'), count(*) FROM conversations
+                &client
+                    .prepare_cached(
+                        "SELECT coalesce(queue, 'default'), count(*) FROM conversations
                  WHERE workspace_id = $1 AND status = 'queued' GROUP BY 1 ORDER BY 1",
+                    )
+                    .await?,
                 &[&workspace_id],
             )
             .await?;
@@ -504,7 +553,7 @@ impl crate::AgentStore for PgStore {
         // The same lock as a customer's turn (their profile, before the conversation): the two never
         // interleave their messages.
         let profile: Option<String> = tx
-            .query_opt("SELECT profile_id FROM conversations WHERE workspace_id = $1 AND id = $2", &[&workspace_id, &conversation_id])
+            .query_opt(&tx.prepare_cached("SELECT profile_id FROM conversations WHERE workspace_id = $1 AND id = $2").await?, &[&workspace_id, &conversation_id])
             .await?
             .map(|row| row.get(0));
         if let Some(profile) = profile {
@@ -513,11 +562,11 @@ impl crate::AgentStore for PgStore {
         let now = to_millis(change.now);
         let changed = tx
             .execute(
-                "UPDATE conversations SET status = $1, assignee = $2, queue = $3,
+                &tx.prepare_cached("UPDATE conversations SET status = $1, assignee = $2, queue = $3,
                     queued_at = CASE WHEN $1 = 'queued' AND (status != 'queued' OR queue IS DISTINCT FROM $3) THEN $4 ELSE queued_at END,
                     assigned_at = CASE WHEN $1 = 'assigned' AND assignee IS DISTINCT FROM $2 THEN $4 ELSE assigned_at END,
                     updated_at = CASE WHEN $5 THEN greatest(updated_at, $4) ELSE updated_at END
-                 WHERE workspace_id = $6 AND id = $7 AND status = $8 AND assignee IS NOT DISTINCT FROM $9",
+                 WHERE workspace_id = $6 AND id = $7 AND status = $8 AND assignee IS NOT DISTINCT FROM $9").await?,
                 &[
                     &change.status.as_str(),
                     &change.assignee,
@@ -542,7 +591,7 @@ impl crate::AgentStore for PgStore {
             let mut statements = statements::PgTx { tx: &tx };
             apply_batch(&mut statements, workspace_id, &events, Utc::now(), &self.profile_limits).await?
         };
-        let conversation = statements::conversation(&*tx, workspace_id, conversation_id)
+        let conversation = statements::conversation(&tx, workspace_id, conversation_id)
             .await?
             .ok_or_else(|| StoreError::Backend("the conversation vanished while it was changed".into()))?;
         Ok((conversation, ingested))

@@ -14,18 +14,27 @@ impl crate::BotStore for PgStore {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         // Two nodes storing a version of one bot at once must not pick the same number.
-        tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 1))", &[&workspace_id, &name])
-            .await?;
+        tx.execute(
+            &tx.prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 1))").await?,
+            &[&workspace_id, &name],
+        )
+        .await?;
         let version: i64 = tx
             .query_one(
-                "SELECT coalesce(max(version), 0) + 1 FROM bots WHERE workspace_id = $1 AND name = $2",
+                &tx.prepare_cached(
+                    "SELECT coalesce(max(version), 0) + 1 FROM bots WHERE workspace_id = $1 AND name = $2",
+                )
+                .await?,
                 &[&workspace_id, &name],
             )
             .await?
             .get(0);
         let now = crate::from_millis(Utc::now().timestamp_millis());
         tx.execute(
-            "INSERT INTO bots (workspace_id, name, version, definition, created_at) VALUES ($1, $2, $3, $4, $5)",
+            &tx.prepare_cached(
+                "INSERT INTO bots (workspace_id, name, version, definition, created_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .await?,
             &[&workspace_id, &name, &version, definition, &now.timestamp_millis()],
         )
         .await?;
@@ -35,11 +44,11 @@ impl crate::BotStore for PgStore {
 
     async fn bot(&self, workspace_id: &str, name: &str, version: Option<i64>) -> StoreResult<Option<crate::StoredBot>> {
         let client = self.pool.get().await?;
-        Ok(statements::bots(&**client, workspace_id, Some(name), version).await?.pop())
+        Ok(statements::bots(&client, workspace_id, Some(name), version).await?.pop())
     }
 
     async fn bots(&self, workspace_id: &str) -> StoreResult<Vec<crate::StoredBot>> {
         let client = self.pool.get().await?;
-        statements::bots(&**client, workspace_id, None, None).await
+        statements::bots(&client, workspace_id, None, None).await
     }
 }

@@ -13,7 +13,7 @@ impl crate::ConversationStore for PgStore {
         active_since: DateTime<Utc>,
     ) -> StoreResult<Option<crate::Conversation>> {
         let client = self.pool.get().await?;
-        statements::open_conversation(&**client, workspace_id, profile_id, bot, active_since).await
+        statements::open_conversation(&client, workspace_id, profile_id, bot, active_since).await
     }
 
     async fn save_conversation(
@@ -42,7 +42,7 @@ impl crate::ConversationStore for PgStore {
             // between this check and the write, and no merge moves it meanwhile.
             lock_live_profile(&tx, workspace_id, &conversation.profile_id).await?;
             let open = statements::open_conversation(
-                &*tx,
+                &tx,
                 workspace_id,
                 &conversation.profile_id,
                 &conversation.bot,
@@ -61,7 +61,7 @@ impl crate::ConversationStore for PgStore {
 
     async fn conversation(&self, workspace_id: &str, id: &str) -> StoreResult<Option<crate::Conversation>> {
         let client = self.pool.get().await?;
-        statements::conversation(&**client, workspace_id, id).await
+        statements::conversation(&client, workspace_id, id).await
     }
 
     async fn conversation_messages(
@@ -70,7 +70,7 @@ impl crate::ConversationStore for PgStore {
         id: &str,
     ) -> StoreResult<Vec<crate::ConversationMessage>> {
         let client = self.pool.get().await?;
-        statements::conversation_messages(&**client, workspace_id, id).await
+        statements::conversation_messages(&client, workspace_id, id).await
     }
 
     async fn missed_utterances(
@@ -80,6 +80,6 @@ impl crate::ConversationStore for PgStore {
         limit: usize,
     ) -> StoreResult<Vec<crate::MissedUtterance>> {
         let client = self.pool.get().await?;
-        statements::missed_utterances(&**client, workspace_id, bot, limit).await
+        statements::missed_utterances(&client, workspace_id, bot, limit).await
     }
 }

@@ -33,8 +33,8 @@ impl crate::DestinationStore for PgStore {
         let events = destination.events.as_ref().map(|events| serde_json::to_string(events).unwrap_or_default());
         let updated = tx
             .execute(
-                "UPDATE destinations SET url = $3, events = $4, enabled = $5, secret = coalesce($6, secret), updated_at = $7
-                 WHERE workspace_id = $1 AND name = $2",
+                &tx.prepare_cached("UPDATE destinations SET url = $3, events = $4, enabled = $5, secret = coalesce($6, secret), updated_at = $7
+                 WHERE workspace_id = $1 AND name = $2").await?,
                 &[&workspace_id, &destination.name, &destination.url, &events, &destination.enabled, &destination.secret, &now],
             )
             .await?;
@@ -44,10 +44,11 @@ impl crate::DestinationStore for PgStore {
                 .secret
                 .as_deref()
                 .ok_or_else(|| StoreError::Backend("a new destination needs a secret".into()))?;
-            let newest: i64 = tx.query_one("SELECT coalesce(max(seq), 0) FROM events", &[]).await?.get(0);
+            let newest: i64 =
+                tx.query_one(&tx.prepare_cached("SELECT coalesce(max(seq), 0) FROM events").await?, &[]).await?.get(0);
             tx.execute(
-                "INSERT INTO destinations (workspace_id, name, url, events, enabled, secret, cursor, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+                &tx.prepare_cached("INSERT INTO destinations (workspace_id, name, url, events, enabled, secret, cursor, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)").await?,
                 &[&workspace_id, &destination.name, &destination.url, &events, &destination.enabled, &secret, &newest, &now],
             )
             .await?;
@@ -90,12 +91,15 @@ impl crate::DestinationStore for PgStore {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.execute(
-            "DELETE FROM destination_failures WHERE workspace_id = $1 AND destination = $2",
+            &tx.prepare_cached("DELETE FROM destination_failures WHERE workspace_id = $1 AND destination = $2").await?,
             &[&workspace_id, &name],
         )
         .await?;
         let deleted = tx
-            .execute("DELETE FROM destinations WHERE workspace_id = $1 AND name = $2", &[&workspace_id, &name])
+            .execute(
+                &tx.prepare_cached("DELETE FROM destinations WHERE workspace_id = $1 AND name = $2").await?,
+                &[&workspace_id, &name],
+            )
             .await?;
         tx.commit().await?;
         Ok(deleted == 1)
@@ -105,7 +109,11 @@ impl crate::DestinationStore for PgStore {
         let client = self.pool.get().await?;
         let changed = client
             .execute(
-                "UPDATE destinations SET secret = $3, updated_at = $4 WHERE workspace_id = $1 AND name = $2",
+                &client
+                    .prepare_cached(
+                        "UPDATE destinations SET secret = $3, updated_at = $4 WHERE workspace_id = $1 AND name = $2",
+                    )
+                    .await?,
                 &[&workspace_id, &name, &secret, &Utc::now().timestamp_millis()],
             )
             .await?;
@@ -123,9 +131,13 @@ impl crate::DestinationStore for PgStore {
         let client = self.pool.get().await?;
         let changed = client
             .execute(
-                "UPDATE destinations SET leased_by = $3, leased_until = $5
+                &client
+                    .prepare_cached(
+                        "UPDATE destinations SET leased_by = $3, leased_until = $5
                  WHERE workspace_id = $1 AND name = $2 AND enabled
                    AND (leased_by IS NULL OR leased_by = $3 OR leased_until < $4)",
+                    )
+                    .await?,
                 &[&workspace_id, &name, &holder, &now.timestamp_millis(), &until.timestamp_millis()],
             )
             .await?;
@@ -142,7 +154,7 @@ impl crate::DestinationStore for PgStore {
         let client = self.pool.get().await?;
         let changed = client
             .execute(
-                "UPDATE destinations SET cursor = greatest(cursor, $4) WHERE workspace_id = $1 AND name = $2 AND leased_by = $3",
+                &client.prepare_cached("UPDATE destinations SET cursor = greatest(cursor, $4) WHERE workspace_id = $1 AND name = $2 AND leased_by = $3").await?,
                 &[&workspace_id, &name, &holder, &cursor],
             )
             .await?;
@@ -153,8 +165,8 @@ impl crate::DestinationStore for PgStore {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT seq, message_id, profile_id, kind, name, properties, context, timestamp, received_at, channel
-                 FROM events WHERE workspace_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                &client.prepare_cached("SELECT seq, message_id, profile_id, kind, name, properties, context, timestamp, received_at, channel
+                 FROM events WHERE workspace_id = $1 AND seq > $2 ORDER BY seq LIMIT $3").await?,
                 &[&workspace_id, &after, &(limit as i64)],
             )
             .await?;
@@ -189,8 +201,8 @@ impl crate::DestinationStore for PgStore {
         let client = self.pool.get().await?;
         let row = client
             .query_one(
-                "INSERT INTO destination_failures (workspace_id, destination, seq, event_id, error, attempts, failed_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                &client.prepare_cached("INSERT INTO destination_failures (workspace_id, destination, seq, event_id, error, attempts, failed_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id").await?,
                 &[
                     &workspace_id,
                     &failure.destination,
@@ -214,8 +226,12 @@ impl crate::DestinationStore for PgStore {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT id, destination, seq, event_id, error, attempts, failed_at FROM destination_failures
+                &client
+                    .prepare_cached(
+                        "SELECT id, destination, seq, event_id, error, attempts, failed_at FROM destination_failures
                  WHERE workspace_id = $1 AND destination = $2 ORDER BY id LIMIT $3",
+                    )
+                    .await?,
                 &[&workspace_id, &name, &(limit as i64)],
             )
             .await?;
@@ -237,7 +253,11 @@ impl crate::DestinationStore for PgStore {
         let client = self.pool.get().await?;
         let deleted = client
             .execute(
-                "DELETE FROM destination_failures WHERE workspace_id = $1 AND destination = $2 AND id = $3",
+                &client
+                    .prepare_cached(
+                        "DELETE FROM destination_failures WHERE workspace_id = $1 AND destination = $2 AND id = $3",
+                    )
+                    .await?,
                 &[&workspace_id, &name, &id],
             )
             .await?;

@@ -98,7 +98,9 @@ impl crate::EngageStore for PgStore {
         let client = self.pool.get().await?;
         let taken = client
             .query_opt(
-                "SELECT id FROM engage_objects WHERE workspace_id = $1 AND kind = $2 AND name = $3",
+                &client
+                    .prepare_cached("SELECT id FROM engage_objects WHERE workspace_id = $1 AND kind = $2 AND name = $3")
+                    .await?,
                 &[&workspace_id, &object.kind.as_str(), &object.name],
             )
             .await?;
@@ -107,10 +109,10 @@ impl crate::EngageStore for PgStore {
         }
         let result = client
             .execute(
-                "INSERT INTO engage_objects (workspace_id, kind, id, name, body, status, status_reason, created_at, updated_at)
+                &client.prepare_cached("INSERT INTO engage_objects (workspace_id, kind, id, name, body, status, status_reason, created_at, updated_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                  ON CONFLICT (workspace_id, kind, id) DO UPDATE SET name = excluded.name, body = excluded.body,
-                    status = excluded.status, status_reason = excluded.status_reason, updated_at = excluded.updated_at",
+                    status = excluded.status, status_reason = excluded.status_reason, updated_at = excluded.updated_at").await?,
                 &[
                     &workspace_id,
                     &object.kind.as_str(),
@@ -165,14 +167,15 @@ impl crate::EngageStore for PgStore {
         let tx = client.transaction().await?;
         if kind == ObjectKind::Segment {
             tx.execute(
-                "DELETE FROM segment_members WHERE workspace_id = $1 AND segment_id = $2",
+                &tx.prepare_cached("DELETE FROM segment_members WHERE workspace_id = $1 AND segment_id = $2").await?,
                 &[&workspace_id, &id],
             )
             .await?;
         }
         let deleted = tx
             .execute(
-                "DELETE FROM engage_objects WHERE workspace_id = $1 AND kind = $2 AND id = $3",
+                &tx.prepare_cached("DELETE FROM engage_objects WHERE workspace_id = $1 AND kind = $2 AND id = $3")
+                    .await?,
                 &[&workspace_id, &kind.as_str(), &id],
             )
             .await?;
@@ -193,8 +196,8 @@ impl crate::EngageStore for PgStore {
         let expected: Vec<String> = expected.iter().map(|s| (*s).to_owned()).collect();
         let changed = client
             .execute(
-                "UPDATE engage_objects SET status = $4, status_reason = $5, updated_at = $6
-                 WHERE workspace_id = $1 AND kind = $2 AND id = $3 AND (cardinality($7::text[]) = 0 OR status = ANY($7::text[]))",
+                &client.prepare_cached("UPDATE engage_objects SET status = $4, status_reason = $5, updated_at = $6
+                 WHERE workspace_id = $1 AND kind = $2 AND id = $3 AND (cardinality($7::text[]) = 0 OR status = ANY($7::text[]))").await?,
                 &[&workspace_id, &kind.as_str(), &id, &status, &reason, &crate::to_millis(Utc::now()), &expected],
             )
             .await?;
@@ -287,14 +290,14 @@ impl crate::EngageStore for PgStore {
         let changed = if member {
             client
                 .execute(
-                    "INSERT INTO segment_members (workspace_id, segment_id, profile_id, since) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    &client.prepare_cached("INSERT INTO segment_members (workspace_id, segment_id, profile_id, since) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING").await?,
                     &[&workspace_id, &segment_id, &profile_id, &crate::to_millis(now)],
                 )
                 .await?
         } else {
             client
                 .execute(
-                    "DELETE FROM segment_members WHERE workspace_id = $1 AND segment_id = $2 AND profile_id = $3",
+                    &client.prepare_cached("DELETE FROM segment_members WHERE workspace_id = $1 AND segment_id = $2 AND profile_id = $3").await?,
                     &[&workspace_id, &segment_id, &profile_id],
                 )
                 .await?
@@ -316,7 +319,10 @@ impl crate::EngageStore for PgStore {
         let tx = client.transaction().await?;
         let mut current: Vec<String> = tx
             .query(
-                "SELECT profile_id FROM segment_members WHERE workspace_id = $1 AND segment_id = $2 FOR UPDATE",
+                &tx.prepare_cached(
+                    "SELECT profile_id FROM segment_members WHERE workspace_id = $1 AND segment_id = $2 FOR UPDATE",
+                )
+                .await?,
                 &[&workspace_id, &segment_id],
             )
             .await?
@@ -326,13 +332,16 @@ impl crate::EngageStore for PgStore {
         current.sort();
         let (entered, left) = crate::sqlite::sorted_difference(&wanted, &current);
         tx.execute(
-            "INSERT INTO segment_members (workspace_id, segment_id, profile_id, since)
+            &tx.prepare_cached(
+                "INSERT INTO segment_members (workspace_id, segment_id, profile_id, since)
              SELECT $1, $2, unnest($3::text[]), $4 ON CONFLICT DO NOTHING",
+            )
+            .await?,
             &[&workspace_id, &segment_id, &entered, &crate::to_millis(now)],
         )
         .await?;
         tx.execute(
-            "DELETE FROM segment_members WHERE workspace_id = $1 AND segment_id = $2 AND profile_id = ANY($3::text[])",
+            &tx.prepare_cached("DELETE FROM segment_members WHERE workspace_id = $1 AND segment_id = $2 AND profile_id = ANY($3::text[])").await?,
             &[&workspace_id, &segment_id, &left],
         )
         .await?;
@@ -344,7 +353,7 @@ impl crate::EngageStore for PgStore {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT segment_id FROM segment_members WHERE workspace_id = $1 AND profile_id = $2 ORDER BY segment_id",
+                &client.prepare_cached("SELECT segment_id FROM segment_members WHERE workspace_id = $1 AND profile_id = $2 ORDER BY segment_id").await?,
                 &[&workspace_id, &profile_id],
             )
             .await?;
@@ -362,8 +371,8 @@ impl crate::EngageStore for PgStore {
         let client = self.pool.get().await?;
         client
             .execute(
-                "INSERT INTO address_states (workspace_id, kind, value, reason, unreachable_at) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (workspace_id, kind, value) DO UPDATE SET reason = excluded.reason, unreachable_at = excluded.unreachable_at",
+                &client.prepare_cached("INSERT INTO address_states (workspace_id, kind, value, reason, unreachable_at) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (workspace_id, kind, value) DO UPDATE SET reason = excluded.reason, unreachable_at = excluded.unreachable_at").await?,
                 &[&workspace_id, &kind, &value, &reason, &crate::to_millis(at)],
             )
             .await?;
@@ -374,7 +383,9 @@ impl crate::EngageStore for PgStore {
         let client = self.pool.get().await?;
         Ok(client
             .execute(
-                "DELETE FROM address_states WHERE workspace_id = $1 AND kind = $2 AND value = $3",
+                &client
+                    .prepare_cached("DELETE FROM address_states WHERE workspace_id = $1 AND kind = $2 AND value = $3")
+                    .await?,
                 &[&workspace_id, &kind, &value],
             )
             .await?
@@ -387,24 +398,25 @@ impl crate::EngageStore for PgStore {
         profile_id: &str,
         address: &PushAddress,
     ) -> StoreResult<Option<bool>> {
-        retried_transaction!(self, |tx| async {
+        retried_transaction!(self, |tx| {
+            async {
             // Merges lock the profiles they merge: the profile cannot move while the address is attached.
             let Some(live) = lock_live_profile(&tx, workspace_id, profile_id).await? else {
                 return Ok(None);
             };
             let before: Option<String> = tx
                 .query_opt(
-                    "SELECT profile_id FROM push_addresses WHERE workspace_id = $1 AND kind = $2 AND value = $3",
+                    &tx.prepare_cached("SELECT profile_id FROM push_addresses WHERE workspace_id = $1 AND kind = $2 AND value = $3").await?,
                     &[&workspace_id, &address.kind, &address.value],
                 )
                 .await?
                 .map(|row| row.get(0));
             tx.execute(
-                "INSERT INTO push_addresses (workspace_id, kind, value, platform, profile_id, p256dh, auth, created_at)
+                &tx.prepare_cached("INSERT INTO push_addresses (workspace_id, kind, value, platform, profile_id, p256dh, auth, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (workspace_id, kind, value) DO UPDATE SET platform = excluded.platform,
                 profile_id = excluded.profile_id, p256dh = excluded.p256dh, auth = excluded.auth,
-                created_at = excluded.created_at",
+                created_at = excluded.created_at").await?,
                 &[
                     &workspace_id,
                     &address.kind,
@@ -418,29 +430,30 @@ impl crate::EngageStore for PgStore {
             )
             .await?;
             tx.execute(
-                "DELETE FROM address_states WHERE workspace_id = $1 AND kind = $2 AND value = $3",
+                &tx.prepare_cached("DELETE FROM address_states WHERE workspace_id = $1 AND kind = $2 AND value = $3").await?,
                 &[&workspace_id, &address.kind, &address.value],
             )
             .await?;
             tx.execute(
-                "DELETE FROM push_addresses WHERE workspace_id = $1 AND profile_id = $2 AND (kind, value) NOT IN
+                &tx.prepare_cached("DELETE FROM push_addresses WHERE workspace_id = $1 AND profile_id = $2 AND (kind, value) NOT IN
                 (SELECT kind, value FROM push_addresses WHERE workspace_id = $1 AND profile_id = $2
-                 ORDER BY created_at DESC, value LIMIT $3)",
+                 ORDER BY created_at DESC, value LIMIT $3)").await?,
                 &[&workspace_id, &live, &(crate::engage::MAX_PUSH_ADDRESSES as i64)],
             )
             .await?;
             Ok(Some(before.as_deref() != Some(live.as_str())))
         }
-        .await)
+        .await
+        })
     }
 
     async fn put_in_app_message(&self, workspace_id: &str, message: &InAppMessage) -> StoreResult<()> {
         let client = self.pool.get().await?;
         client
             .execute(
-                "INSERT INTO in_app_messages (workspace_id, delivery_id, profile_id, campaign_id, content, priority,
+                &client.prepare_cached("INSERT INTO in_app_messages (workspace_id, delivery_id, profile_id, campaign_id, content, priority,
                     created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 ON CONFLICT (workspace_id, delivery_id) DO NOTHING",
+                 ON CONFLICT (workspace_id, delivery_id) DO NOTHING").await?,
                 &[
                     &workspace_id,
                     &message.delivery_id,
@@ -457,8 +470,12 @@ impl crate::EngageStore for PgStore {
         let now = crate::to_millis(message.created_at);
         client
             .execute(
-                "DELETE FROM in_app_messages WHERE workspace_id = $1 AND profile_id = $2
+                &client
+                    .prepare_cached(
+                        "DELETE FROM in_app_messages WHERE workspace_id = $1 AND profile_id = $2
                  AND (expires_at <= $3 OR dismissed_at <= $4)",
+                    )
+                    .await?,
                 &[&workspace_id, &message.profile_id, &now, &(now - crate::engage::IN_APP_KEEP_DISMISSED_MILLIS)],
             )
             .await?;
@@ -473,16 +490,20 @@ impl crate::EngageStore for PgStore {
         limit: usize,
     ) -> StoreResult<Vec<InAppMessage>> {
         let client = self.pool.get().await?;
-        let Some(live) = statements::live_profile_id(&**client, workspace_id, profile_id).await? else {
+        let Some(live) = statements::live_profile_id(&client, workspace_id, profile_id).await? else {
             return Ok(Vec::new());
         };
         let rows = client
             .query(
-                "SELECT delivery_id, profile_id, campaign_id, content, priority, created_at, expires_at
+                &client
+                    .prepare_cached(
+                        "SELECT delivery_id, profile_id, campaign_id, content, priority, created_at, expires_at
                  FROM in_app_messages WHERE workspace_id = $1 AND (profile_id = $2 OR profile_id IN
                     (SELECT id FROM profiles WHERE workspace_id = $1 AND merged_into = $2))
                     AND dismissed_at IS NULL AND expires_at > $3
                  ORDER BY priority DESC, created_at DESC, delivery_id LIMIT $4",
+                    )
+                    .await?,
                 &[&workspace_id, &live, &crate::to_millis(now), &(limit as i64)],
             )
             .await?;
@@ -508,14 +529,18 @@ impl crate::EngageStore for PgStore {
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
         let client = self.pool.get().await?;
-        let Some(live) = statements::live_profile_id(&**client, workspace_id, profile_id).await? else {
+        let Some(live) = statements::live_profile_id(&client, workspace_id, profile_id).await? else {
             return Ok(false);
         };
         let changed = client
             .execute(
-                "UPDATE in_app_messages SET dismissed_at = $4
+                &client
+                    .prepare_cached(
+                        "UPDATE in_app_messages SET dismissed_at = $4
                  WHERE workspace_id = $1 AND delivery_id = $3 AND dismissed_at IS NULL AND (profile_id = $2 OR
                     profile_id IN (SELECT id FROM profiles WHERE workspace_id = $1 AND merged_into = $2))",
+                    )
+                    .await?,
                 &[&workspace_id, &live, &delivery_id, &crate::to_millis(now)],
             )
             .await?;
@@ -539,11 +564,12 @@ impl crate::EngageStore for PgStore {
         marketing_since: Option<DateTime<Utc>>,
         push: bool,
     ) -> StoreResult<HashMap<String, RecipientFacts>> {
-        let client = self.pool.get().await?;
-        let client: &tokio_postgres::Client = &client;
+        let pooled = self.pool.get().await?;
+        let pooled = &pooled;
+        let client: &tokio_postgres::Client = pooled;
         // The queries of all recipients go out pipelined on one connection.
         let facts = futures::future::try_join_all(profile_ids.iter().map(|id| async move {
-            let Some(profile) = statements::live_profile(client, workspace_id, id).await? else {
+            let Some(profile) = statements::live_profile(pooled, workspace_id, id).await? else {
                 return Ok::<_, StoreError>(None);
             };
             let unreachable = address_states_of(client, workspace_id, &profile.id).await?;
@@ -579,7 +605,7 @@ impl crate::EngageStore for PgStore {
         // statement then sees every delivery an earlier claim took, so a marketing message waits
         // while another to the same customer is being sent and the frequency cap is checked against
         // it once it has been recorded. Deliveries of a campaign that is not running stay put.
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK]).await?;
+        tx.execute(&tx.prepare_cached("SELECT pg_advisory_xact_lock($1)").await?, &[&CLAIM_LOCK]).await?;
         let rows = tx
             .query(
                 &format!(
@@ -680,8 +706,12 @@ impl crate::EngageStore for PgStore {
         let client = self.pool.get().await?;
         Ok(client
             .execute(
-                "UPDATE deliveries SET status = $3, error_code = coalesce($4, error_code), updated_at = $5
+                &client
+                    .prepare_cached(
+                        "UPDATE deliveries SET status = $3, error_code = coalesce($4, error_code), updated_at = $5
                  WHERE id = $2 AND workspace_id = $1 AND status = 'sent'",
+                    )
+                    .await?,
                 &[&workspace_id, &id, &status.as_str(), &error_code, &crate::to_millis(Utc::now())],
             )
             .await?
@@ -712,10 +742,10 @@ impl crate::EngageStore for PgStore {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT treatment, status, CASE WHEN status IN ('suppressed', 'failed', 'bounced') THEN reason END, deferred,
+                &client.prepare_cached("SELECT treatment, status, CASE WHEN status IN ('suppressed', 'failed', 'bounced') THEN reason END, deferred,
                         count(*), count(opened_at), count(clicked_at), count(unsubscribed_at), count(converted_at), channel
                  FROM deliveries WHERE workspace_id = $1 AND campaign_id = $2
-                 GROUP BY 1, 2, 3, 4, 10 ORDER BY 1, 2, 3, 4, 10",
+                 GROUP BY 1, 2, 3, 4, 10 ORDER BY 1, 2, 3, 4, 10").await?,
                 &[&workspace_id, &campaign_id],
             )
             .await?;
@@ -750,8 +780,12 @@ impl crate::EngageStore for PgStore {
         let client = self.pool.get().await?;
         let row = client
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM deliveries
+                &client
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM deliveries
                  WHERE workspace_id = $1 AND campaign_id = $2 AND status IN ('queued', 'sending'))",
+                    )
+                    .await?,
                 &[&workspace_id, &campaign_id],
             )
             .await?;
@@ -762,8 +796,12 @@ impl crate::EngageStore for PgStore {
         let client = self.pool.get().await?;
         Ok(client
             .execute(
-                "UPDATE deliveries SET status = 'cancelled', updated_at = $3
+                &client
+                    .prepare_cached(
+                        "UPDATE deliveries SET status = 'cancelled', updated_at = $3
                  WHERE workspace_id = $1 AND campaign_id = $2 AND status = 'queued'",
+                    )
+                    .await?,
                 &[&workspace_id, &campaign_id, &crate::to_millis(Utc::now())],
             )
             .await?)

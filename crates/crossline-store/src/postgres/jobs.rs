@@ -7,7 +7,7 @@ use super::*;
 impl JobQueue for PgStore {
     async fn enqueue(&self, job: &NewJob) -> StoreResult<EnqueueOutcome> {
         let client = self.pool.get().await?;
-        statements::enqueue(&**client, job, Utc::now()).await
+        statements::enqueue(&client, job, Utc::now()).await
     }
 
     async fn claim(
@@ -29,7 +29,7 @@ impl JobQueue for PgStore {
         let client = self.pool.get().await?;
         let changed = client
             .execute(
-                "UPDATE jobs SET status = 'done', leased_until = NULL WHERE id = $1 AND leased_by = $2 AND status = 'pending'",
+                &client.prepare_cached("UPDATE jobs SET status = 'done', leased_until = NULL WHERE id = $1 AND leased_by = $2 AND status = 'pending'").await?,
                 &[&job_id, &worker],
             )
             .await?;
@@ -40,10 +40,14 @@ impl JobQueue for PgStore {
         let client = self.pool.get().await?;
         let changed = client
             .execute(
-                "UPDATE jobs SET
+                &client
+                    .prepare_cached(
+                        "UPDATE jobs SET
                     status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END,
                     run_at = $3, leased_by = NULL, leased_until = NULL, last_error = $4
                  WHERE id = $1 AND leased_by = $2 AND status = 'pending'",
+                    )
+                    .await?,
                 &[&job_id, &worker, &retry_at.timestamp_millis(), &error],
             )
             .await?;
@@ -52,14 +56,18 @@ impl JobQueue for PgStore {
 
     async fn job(&self, job_id: i64) -> StoreResult<Option<Job>> {
         let client = self.pool.get().await?;
-        statements::job(&**client, job_id).await
+        statements::job(&client, job_id).await
     }
 
     async fn heartbeat(&self, job_id: i64, worker: &str, until: DateTime<Utc>) -> StoreResult<bool> {
         let client = self.pool.get().await?;
         let changed = client
             .execute(
-                "UPDATE jobs SET leased_until = $3 WHERE id = $1 AND leased_by = $2 AND status = 'pending'",
+                &client
+                    .prepare_cached(
+                        "UPDATE jobs SET leased_until = $3 WHERE id = $1 AND leased_by = $2 AND status = 'pending'",
+                    )
+                    .await?,
                 &[&job_id, &worker, &until.timestamp_millis()],
             )
             .await?;
@@ -70,8 +78,12 @@ impl JobQueue for PgStore {
         let client = self.pool.get().await?;
         let changed = client
             .execute(
-                "UPDATE jobs SET status = 'dead', leased_by = NULL, leased_until = NULL, last_error = $3
+                &client
+                    .prepare_cached(
+                        "UPDATE jobs SET status = 'dead', leased_by = NULL, leased_until = NULL, last_error = $3
                  WHERE id = $1 AND leased_by = $2 AND status = 'pending'",
+                    )
+                    .await?,
                 &[&job_id, &worker, &error],
             )
             .await?;
@@ -82,14 +94,14 @@ impl JobQueue for PgStore {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT id FROM jobs WHERE queue = $1 AND status = 'dead' AND ($2::text IS NULL OR workspace_id = $2)
-                 ORDER BY id DESC LIMIT $3",
+                &client.prepare_cached("SELECT id FROM jobs WHERE queue = $1 AND status = 'dead' AND ($2::text IS NULL OR workspace_id = $2)
+                 ORDER BY id DESC LIMIT $3").await?,
                 &[&queue, &workspace_id, &(limit as i64)],
             )
             .await?;
         let mut jobs = Vec::with_capacity(rows.len());
         for row in rows {
-            jobs.extend(statements::job(&**client, row.get(0)).await?);
+            jobs.extend(statements::job(&client, row.get(0)).await?);
         }
         Ok(jobs)
     }
@@ -98,8 +110,8 @@ impl JobQueue for PgStore {
         let client = self.pool.get().await?;
         let changed = client
             .execute(
-                "UPDATE jobs SET status = 'pending', attempts = 0, run_at = $2, leased_by = NULL, leased_until = NULL
-                 WHERE id = $1 AND status = 'dead'",
+                &client.prepare_cached("UPDATE jobs SET status = 'pending', attempts = 0, run_at = $2, leased_by = NULL, leased_until = NULL
+                 WHERE id = $1 AND status = 'dead'").await?,
                 &[&job_id, &now.timestamp_millis()],
             )
             .await?;
@@ -110,13 +122,17 @@ impl JobQueue for PgStore {
         let client = self.pool.get().await?;
         let row = client
             .query_one(
-                "SELECT
+                &client
+                    .prepare_cached(
+                        "SELECT
                     count(*) FILTER (WHERE status = 'pending' AND (leased_until IS NULL OR leased_until < $2)),
                     count(*) FILTER (WHERE status = 'pending' AND leased_until >= $2),
                     count(*) FILTER (WHERE status = 'dead'),
                     min(run_at) FILTER (WHERE status = 'pending' AND run_at <= $2
                                         AND (leased_until IS NULL OR leased_until < $2))
                  FROM jobs WHERE queue = $1",
+                    )
+                    .await?,
                 &[&queue, &now.timestamp_millis()],
             )
             .await?;

@@ -219,7 +219,7 @@ pub(crate) use retried_transaction;
 /// erasure or other write of that profile interleaves with the caller's. Its id, or None if there
 /// is no such profile. Lock order: profiles before conversations, several profiles in id order.
 async fn lock_live_profile(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     workspace_id: &str,
     id: &str,
 ) -> StoreResult<Option<String>> {

@@ -17,7 +17,7 @@ impl ProfileStore for PgStore {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
-                "SELECT 1 FROM events WHERE workspace_id = $1 AND message_id = $2",
+                &client.prepare_cached("SELECT 1 FROM events WHERE workspace_id = $1 AND message_id = $2").await?,
                 &[&workspace_id, &message_id],
             )
             .await?;
@@ -28,25 +28,29 @@ impl ProfileStore for PgStore {
         let client = self.pool.get().await?;
         let owner: Option<String> = client
             .query_opt(
-                "SELECT profile_id FROM identities WHERE workspace_id = $1 AND kind = $2 AND value = $3",
+                &client
+                    .prepare_cached(
+                        "SELECT profile_id FROM identities WHERE workspace_id = $1 AND kind = $2 AND value = $3",
+                    )
+                    .await?,
                 &[&workspace_id, &identity.kind.as_str(), &identity.value],
             )
             .await?
             .map(|row| row.get(0));
         match owner {
-            Some(profile_id) => statements::live_profile(&**client, workspace_id, &profile_id).await,
+            Some(profile_id) => statements::live_profile(&client, workspace_id, &profile_id).await,
             None => Ok(None),
         }
     }
 
     async fn profile(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Option<Profile>> {
         let client = self.pool.get().await?;
-        statements::live_profile(&**client, workspace_id, profile_id).await
+        statements::live_profile(&client, workspace_id, profile_id).await
     }
 
     async fn events(&self, workspace_id: &str, profile_id: &str, query: &EventQuery) -> StoreResult<Vec<StoredEvent>> {
         let client = self.pool.get().await?;
-        statements::events(&**client, workspace_id, profile_id, query).await
+        statements::events(&client, workspace_id, profile_id, query).await
     }
 
     async fn set_consent(
@@ -79,11 +83,11 @@ impl ProfileStore for PgStore {
 
     async fn list_profiles(&self, workspace_id: &str, query: &ProfileQuery) -> StoreResult<ProfilePage> {
         let client = self.pool.get().await?;
-        statements::list_profiles(&**client, workspace_id, query).await
+        statements::list_profiles(&client, workspace_id, query).await
     }
 
     async fn workspace_stats(&self, workspace_id: &str, days: u32) -> StoreResult<WorkspaceStats> {
         let client = self.pool.get().await?;
-        statements::workspace_stats(&**client, workspace_id, days, Utc::now()).await
+        statements::workspace_stats(&client, workspace_id, days, Utc::now()).await
     }
 }

@@ -28,11 +28,11 @@ impl crate::RejectedEventStore for PgStore {
         before: Option<&str>,
     ) -> StoreResult<crate::RejectedEventPage> {
         let client = self.pool.get().await?;
-        statements::rejected_events(&**client, workspace_id, limit, before).await
+        statements::rejected_events(&client, workspace_id, limit, before).await
     }
 
     async fn rejected_count_since(&self, workspace_id: &str, since: DateTime<Utc>) -> StoreResult<u64> {
         let client = self.pool.get().await?;
-        statements::rejected_count_since(&**client, workspace_id, since).await
+        statements::rejected_count_since(&client, workspace_id, since).await
     }
 }

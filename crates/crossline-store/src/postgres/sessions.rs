@@ -8,10 +8,12 @@ impl crate::SessionStore for PgStore {
     async fn create_session(&self, session: &crate::ConsoleSession) -> StoreResult<()> {
         let client = self.pool.get().await?;
         let now = crate::to_millis(session.created_at);
-        client.execute("DELETE FROM console_sessions WHERE expires_at <= $1", &[&now]).await?;
+        client
+            .execute(&client.prepare_cached("DELETE FROM console_sessions WHERE expires_at <= $1").await?, &[&now])
+            .await?;
         client
             .execute(
-                "INSERT INTO console_sessions (id_hash, credential_hash, created_at, expires_at, user_id) VALUES ($1, $2, $3, $4, $5)",
+                &client.prepare_cached("INSERT INTO console_sessions (id_hash, credential_hash, created_at, expires_at, user_id) VALUES ($1, $2, $3, $4, $5)").await?,
                 &[&session.id_hash, &session.credential_hash, &now, &crate::to_millis(session.expires_at), &session.user_id],
             )
             .await?;
@@ -22,8 +24,12 @@ impl crate::SessionStore for PgStore {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
-                "SELECT credential_hash, created_at, expires_at, user_id FROM console_sessions
+                &client
+                    .prepare_cached(
+                        "SELECT credential_hash, created_at, expires_at, user_id FROM console_sessions
                  WHERE id_hash = $1 AND expires_at > $2",
+                    )
+                    .await?,
                 &[&id_hash, &crate::to_millis(now)],
             )
             .await?;
@@ -38,7 +44,9 @@ impl crate::SessionStore for PgStore {
 
     async fn delete_session(&self, id_hash: &str) -> StoreResult<()> {
         let client = self.pool.get().await?;
-        client.execute("DELETE FROM console_sessions WHERE id_hash = $1", &[&id_hash]).await?;
+        client
+            .execute(&client.prepare_cached("DELETE FROM console_sessions WHERE id_hash = $1").await?, &[&id_hash])
+            .await?;
         Ok(())
     }
 }

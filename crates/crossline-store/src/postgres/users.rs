@@ -29,9 +29,13 @@ impl crate::UserStore for PgStore {
         let client = self.pool.get().await?;
         let inserted = client
             .execute(
-                "INSERT INTO users (id, workspace_id, email, name, role, password_hash, agent_id, invite_hash,
+                &client
+                    .prepare_cached(
+                        "INSERT INTO users (id, workspace_id, email, name, role, password_hash, agent_id, invite_hash,
                                     invite_expires_at, created_at, updated_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    )
+                    .await?,
                 &[
                     &user.id,
                     &user.workspace_id,
@@ -94,7 +98,7 @@ impl crate::UserStore for PgStore {
         let client = self.pool.get().await?;
         let changed = client
             .execute(
-                "UPDATE users SET name = $3, role = $4, agent_id = $5, updated_at = $6 WHERE id = $1 AND workspace_id = $2",
+                &client.prepare_cached("UPDATE users SET name = $3, role = $4, agent_id = $5, updated_at = $6 WHERE id = $1 AND workspace_id = $2").await?,
                 &[&user.id, &user.workspace_id, &user.name, &user.role.as_str(), &user.agent_id, &to_millis(user.updated_at)],
             )
             .await?;
@@ -105,7 +109,11 @@ impl crate::UserStore for PgStore {
         let client = self.pool.get().await?;
         let changed = client
             .execute(
-                "UPDATE users SET invite_hash = $3, invite_expires_at = $4 WHERE id = $1 AND workspace_id = $2",
+                &client
+                    .prepare_cached(
+                        "UPDATE users SET invite_hash = $3, invite_expires_at = $4 WHERE id = $1 AND workspace_id = $2",
+                    )
+                    .await?,
                 &[&id, &workspace_id, &invitation.token_hash, &to_millis(invitation.expires_at)],
             )
             .await?;
@@ -147,12 +155,16 @@ impl crate::UserStore for PgStore {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.execute(
-            "DELETE FROM console_sessions WHERE user_id IN (SELECT id FROM users WHERE id = $1 AND workspace_id = $2)",
+            &tx.prepare_cached("DELETE FROM console_sessions WHERE user_id IN (SELECT id FROM users WHERE id = $1 AND workspace_id = $2)").await?,
             &[&id, &workspace_id],
         )
         .await?;
-        let deleted =
-            tx.execute("DELETE FROM users WHERE id = $1 AND workspace_id = $2", &[&id, &workspace_id]).await?;
+        let deleted = tx
+            .execute(
+                &tx.prepare_cached("DELETE FROM users WHERE id = $1 AND workspace_id = $2").await?,
+                &[&id, &workspace_id],
+            )
+            .await?;
         tx.commit().await?;
         Ok(deleted == 1)
     }

@@ -12,17 +12,17 @@ impl WorkspaceStore for PgStore {
         api_key_hash: &str,
     ) -> StoreResult<()> {
         let client = self.pool.get().await?;
-        statements::create_workspace(&**client, workspace, write_key_hash, api_key_hash).await
+        statements::create_workspace(&client, workspace, write_key_hash, api_key_hash).await
     }
 
     async fn workspace(&self, id: &str) -> StoreResult<Option<Workspace>> {
         let client = self.pool.get().await?;
-        statements::workspace_where(&**client, "id = $1", id).await
+        statements::workspace_where(&client, "id = $1", id).await
     }
 
     async fn workspaces(&self) -> StoreResult<Vec<Workspace>> {
         let client = self.pool.get().await?;
-        statements::workspaces(&**client).await
+        statements::workspaces(&client).await
     }
 
     async fn workspace_by_key(&self, kind: KeyKind, key_hash: &str) -> StoreResult<Option<Workspace>> {
@@ -31,7 +31,7 @@ impl WorkspaceStore for PgStore {
             KeyKind::Write => "write_key_hash = $1",
             KeyKind::Api => "api_key_hash = $1",
         };
-        statements::workspace_where(&**client, condition, key_hash).await
+        statements::workspace_where(&client, condition, key_hash).await
     }
 
     async fn rotate_key(&self, workspace_id: &str, kind: KeyKind, new_hash: &str) -> StoreResult<bool> {

@@ -12,10 +12,10 @@ pub(in crate::postgres) async fn bots(
 ) -> StoreResult<Vec<crate::StoredBot>> {
     let rows = client
         .query(
-            "SELECT b.name, b.version, b.definition, b.created_at FROM bots b
+            &client.prepare_cached("SELECT b.name, b.version, b.definition, b.created_at FROM bots b
              WHERE b.workspace_id = $1 AND ($2::text IS NULL OR b.name = $2)
                AND b.version = coalesce($3::int8, (SELECT max(version) FROM bots l WHERE l.workspace_id = b.workspace_id AND l.name = b.name))
-             ORDER BY b.name",
+             ORDER BY b.name").await?,
             &[&workspace_id, &name, &version],
         )
         .await?;

@@ -60,7 +60,7 @@ pub(in crate::postgres) async fn conversation(
 }
 
 pub(in crate::postgres) async fn save_conversation(
-    tx: &Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     workspace_id: &str,
     conversation: &crate::Conversation,
     messages: &[crate::ConversationMessage],
@@ -69,13 +69,13 @@ pub(in crate::postgres) async fn save_conversation(
     // whatever people did meanwhile (took, moved, resolved, handed back) stands, and a turn that read
     // the conversation before they did cannot write its old status back.
     tx.execute(
-        "INSERT INTO conversations (workspace_id, id, profile_id, bot, bot_version, status, channel, state, created_at, updated_at, queue, queued_at)
+        &tx.prepare_cached("INSERT INTO conversations (workspace_id, id, profile_id, bot, bot_version, status, channel, state, created_at, updated_at, queue, queued_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
          ON CONFLICT (workspace_id, id) DO UPDATE SET profile_id = excluded.profile_id,
             status = CASE WHEN conversations.status = 'bot' AND excluded.status = 'queued' AND excluded.queued_at IS DISTINCT FROM conversations.queued_at THEN 'queued' ELSE conversations.status END,
             queue = CASE WHEN conversations.status = 'bot' AND excluded.status = 'queued' AND excluded.queued_at IS DISTINCT FROM conversations.queued_at THEN excluded.queue ELSE conversations.queue END,
             queued_at = CASE WHEN conversations.status = 'bot' AND excluded.status = 'queued' AND excluded.queued_at IS DISTINCT FROM conversations.queued_at THEN excluded.queued_at ELSE conversations.queued_at END,
-            channel = excluded.channel, state = excluded.state, updated_at = excluded.updated_at",
+            channel = excluded.channel, state = excluded.state, updated_at = excluded.updated_at").await?,
         &[
             &workspace_id,
             &conversation.id,
@@ -97,14 +97,14 @@ pub(in crate::postgres) async fn save_conversation(
 
 /// Append messages to a conversation, after those it has.
 pub(in crate::postgres) async fn append_messages(
-    tx: &Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     workspace_id: &str,
     conversation_id: &str,
     messages: &[crate::ConversationMessage],
 ) -> StoreResult<()> {
     let mut seq: i64 = tx
         .query_one(
-            "SELECT coalesce(max(seq), 0)::int8 FROM conversation_messages WHERE workspace_id = $1 AND conversation_id = $2",
+            &tx.prepare_cached("SELECT coalesce(max(seq), 0)::int8 FROM conversation_messages WHERE workspace_id = $1 AND conversation_id = $2").await?,
             &[&workspace_id, &conversation_id],
         )
         .await?
@@ -112,8 +112,8 @@ pub(in crate::postgres) async fn append_messages(
     for message in messages {
         seq += 1;
         tx.execute(
-            "INSERT INTO conversation_messages (workspace_id, conversation_id, seq, author, channel, text, created_at, missed)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &tx.prepare_cached("INSERT INTO conversation_messages (workspace_id, conversation_id, seq, author, channel, text, created_at, missed)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)").await?,
             &[
                 &workspace_id,
                 &conversation_id,
@@ -137,8 +137,12 @@ pub(in crate::postgres) async fn conversation_messages(
 ) -> StoreResult<Vec<crate::ConversationMessage>> {
     let rows = client
         .query(
-            "SELECT author, channel, text, created_at, missed FROM conversation_messages
+            &client
+                .prepare_cached(
+                    "SELECT author, channel, text, created_at, missed FROM conversation_messages
              WHERE workspace_id = $1 AND conversation_id = $2 ORDER BY seq",
+                )
+                .await?,
             &[&workspace_id, &id],
         )
         .await?;
@@ -162,10 +166,10 @@ pub(in crate::postgres) async fn missed_utterances(
 ) -> StoreResult<Vec<crate::MissedUtterance>> {
     let rows = client
         .query(
-            "SELECT m.text, m.channel, m.conversation_id, m.created_at
+            &client.prepare_cached("SELECT m.text, m.channel, m.conversation_id, m.created_at
              FROM conversation_messages m JOIN conversations c ON c.workspace_id = m.workspace_id AND c.id = m.conversation_id
              WHERE m.workspace_id = $1 AND m.missed AND c.bot = $2
-             ORDER BY m.created_at DESC LIMIT $3",
+             ORDER BY m.created_at DESC LIMIT $3").await?,
             &[&workspace_id, &bot, &(limit as i64)],
         )
         .await?;

@@ -210,7 +210,7 @@ impl IngestTx for PgTx<'_> {
     }
 
     async fn add_event_counts(&mut self, workspace_id: &str, counts: &[(i64, &str, i64)]) -> StoreResult<()> {
-        add_event_counts(&**self.tx, &self.cached(ADD_EVENT_COUNTS).await?, workspace_id, counts).await
+        add_event_counts(self.tx, &self.cached(ADD_EVENT_COUNTS).await?, workspace_id, counts).await
     }
 
     async fn upsert_profiles(&mut self, workspace_id: &str, profiles: &[&ProfileState]) -> StoreResult<()> {

@@ -10,8 +10,8 @@ pub(in crate::postgres) async fn enqueue(
 ) -> StoreResult<EnqueueOutcome> {
     let inserted = client
         .query_opt(
-            "INSERT INTO jobs (queue, workspace_id, idempotency_key, payload, status, max_attempts, run_at, created_at)
-             VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7) ON CONFLICT (queue, idempotency_key) DO NOTHING RETURNING id",
+            &client.prepare_cached("INSERT INTO jobs (queue, workspace_id, idempotency_key, payload, status, max_attempts, run_at, created_at)
+             VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7) ON CONFLICT (queue, idempotency_key) DO NOTHING RETURNING id").await?,
             &[
                 &job.queue,
                 &job.workspace_id,
@@ -27,7 +27,10 @@ pub(in crate::postgres) async fn enqueue(
         return Ok(EnqueueOutcome::Created(row.get(0)));
     }
     let row = client
-        .query_one("SELECT id FROM jobs WHERE queue = $1 AND idempotency_key = $2", &[&job.queue, &job.idempotency_key])
+        .query_one(
+            &client.prepare_cached("SELECT id FROM jobs WHERE queue = $1 AND idempotency_key = $2").await?,
+            &[&job.queue, &job.idempotency_key],
+        )
         .await?;
     Ok(EnqueueOutcome::Duplicate(row.get(0)))
 }
@@ -57,7 +60,7 @@ pub(in crate::postgres) async fn job(client: &impl GenericClient, id: i64) -> St
 }
 
 pub(in crate::postgres) async fn claim(
-    tx: &Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     queue: &str,
     worker: &str,
     limit: usize,
@@ -67,11 +70,14 @@ pub(in crate::postgres) async fn claim(
     let now_ms = to_millis(now);
     // SKIP LOCKED lets several nodes claim from one queue without waiting on each other.
     tx.execute(
-        "UPDATE jobs SET status = 'dead', leased_by = NULL, leased_until = NULL,
+        &tx.prepare_cached(
+            "UPDATE jobs SET status = 'dead', leased_by = NULL, leased_until = NULL,
             last_error = coalesce(last_error, 'lease expired on the last attempt')
          WHERE id IN (SELECT id FROM jobs WHERE queue = $1 AND status = 'pending' AND run_at <= $2
                       AND leased_until IS NOT NULL AND leased_until < $2 AND attempts >= max_attempts
                       FOR UPDATE SKIP LOCKED)",
+        )
+        .await?,
         &[&queue, &now_ms],
     )
     .await?;

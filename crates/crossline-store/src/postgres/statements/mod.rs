@@ -10,10 +10,11 @@ use chrono::{DateTime, Utc};
 use crossline_core::consent::Consent;
 use crossline_core::profile::ProfileState;
 use crossline_core::{ConsentStatus, Identity, IdentityKind, Profile};
+use deadpool_postgres::GenericClient;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
+use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{GenericClient, Row, Transaction};
 
 mod bots;
 mod conversations;

@@ -25,8 +25,12 @@ pub(in crate::postgres) async fn profile_state(
 ) -> StoreResult<Option<ProfileState>> {
     let row = client
         .query_opt(
-            "SELECT id, traits, trait_times, consent, created_at, updated_at FROM profiles
+            &client
+                .prepare_cached(
+                    "SELECT id, traits, trait_times, consent, created_at, updated_at FROM profiles
              WHERE workspace_id = $1 AND id = $2 AND merged_into IS NULL",
+                )
+                .await?,
             &[&workspace_id, &id],
         )
         .await?;
@@ -39,7 +43,10 @@ pub(in crate::postgres) async fn live_profile_id(
     id: &str,
 ) -> StoreResult<Option<String>> {
     let row = client
-        .query_opt("SELECT merged_into FROM profiles WHERE workspace_id = $1 AND id = $2", &[&workspace_id, &id])
+        .query_opt(
+            &client.prepare_cached("SELECT merged_into FROM profiles WHERE workspace_id = $1 AND id = $2").await?,
+            &[&workspace_id, &id],
+        )
         .await?;
     Ok(row.map(|row| row.get::<_, Option<String>>(0).unwrap_or_else(|| id.to_owned())))
 }
@@ -51,7 +58,9 @@ pub(in crate::postgres) async fn identities_of(
 ) -> StoreResult<Vec<Identity>> {
     let rows = client
         .query(
-            "SELECT kind, value FROM identities WHERE workspace_id = $1 AND profile_id = $2",
+            &client
+                .prepare_cached("SELECT kind, value FROM identities WHERE workspace_id = $1 AND profile_id = $2")
+                .await?,
             &[&workspace_id, &profile_id],
         )
         .await?;
@@ -87,9 +96,9 @@ pub(in crate::postgres) async fn events(
     };
     let rows = client
         .query(
-            "SELECT message_id, profile_id, kind, name, properties, context, timestamp, received_at, channel FROM events
+            &client.prepare_cached("SELECT message_id, profile_id, kind, name, properties, context, timestamp, received_at, channel FROM events
              WHERE workspace_id = $1 AND profile_id = $2 AND ($3::text IS NULL OR kind = $3)
-             ORDER BY timestamp DESC, seq DESC LIMIT $4",
+             ORDER BY timestamp DESC, seq DESC LIMIT $4").await?,
             &[&workspace_id, &live, &query.kind, &(query.limit as i64)],
         )
         .await?;
@@ -117,7 +126,7 @@ pub(in crate::postgres) fn object(value: Value) -> Map<String, Value> {
 }
 
 pub(in crate::postgres) async fn set_consent(
-    tx: &Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     workspace_id: &str,
     profile_id: &str,
     statements: &[(String, ConsentStatus)],
@@ -138,7 +147,7 @@ pub(in crate::postgres) async fn set_consent(
 }
 
 pub(in crate::postgres) async fn delete_profile(
-    tx: &Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     workspace_id: &str,
     profile_id: &str,
 ) -> StoreResult<bool> {
@@ -147,7 +156,7 @@ pub(in crate::postgres) async fn delete_profile(
     };
     let erased: Vec<(i64, String, i64)> = tx
         .query(
-            "SELECT timestamp / 86400000, channel, count(*) FROM events WHERE workspace_id = $1 AND profile_id = $2 GROUP BY 1, 2",
+            &tx.prepare_cached("SELECT timestamp / 86400000, channel, count(*) FROM events WHERE workspace_id = $1 AND profile_id = $2 GROUP BY 1, 2").await?,
             &[&workspace_id, &live],
         )
         .await?
@@ -157,16 +166,26 @@ pub(in crate::postgres) async fn delete_profile(
     let erased: Vec<(i64, &str, i64)> =
         erased.iter().map(|(day, channel, count)| (*day, channel.as_str(), *count)).collect();
     add_event_counts(tx, ADD_EVENT_COUNTS, workspace_id, &erased).await?;
-    tx.execute("DELETE FROM events WHERE workspace_id = $1 AND profile_id = $2", &[&workspace_id, &live]).await?;
     tx.execute(
-        "DELETE FROM conversation_messages WHERE workspace_id = $1 AND conversation_id IN
-            (SELECT id FROM conversations WHERE workspace_id = $1 AND profile_id = $2)",
+        &tx.prepare_cached("DELETE FROM events WHERE workspace_id = $1 AND profile_id = $2").await?,
         &[&workspace_id, &live],
     )
     .await?;
     tx.execute(
-        "DELETE FROM conversation_waits WHERE workspace_id = $1 AND conversation_id IN
+        &tx.prepare_cached(
+            "DELETE FROM conversation_messages WHERE workspace_id = $1 AND conversation_id IN
             (SELECT id FROM conversations WHERE workspace_id = $1 AND profile_id = $2)",
+        )
+        .await?,
+        &[&workspace_id, &live],
+    )
+    .await?;
+    tx.execute(
+        &tx.prepare_cached(
+            "DELETE FROM conversation_waits WHERE workspace_id = $1 AND conversation_id IN
+            (SELECT id FROM conversations WHERE workspace_id = $1 AND profile_id = $2)",
+        )
+        .await?,
         &[&workspace_id, &live],
     )
     .await?;
@@ -181,13 +200,19 @@ pub(in crate::postgres) async fn delete_profile(
         .await?;
     }
     tx.execute(
-        "DELETE FROM conversation_notes WHERE workspace_id = $1 AND conversation_id IN
+        &tx.prepare_cached(
+            "DELETE FROM conversation_notes WHERE workspace_id = $1 AND conversation_id IN
             (SELECT id FROM conversations WHERE workspace_id = $1 AND profile_id = $2)",
+        )
+        .await?,
         &[&workspace_id, &live],
     )
     .await?;
-    tx.execute("DELETE FROM conversations WHERE workspace_id = $1 AND profile_id = $2", &[&workspace_id, &live])
-        .await?;
+    tx.execute(
+        &tx.prepare_cached("DELETE FROM conversations WHERE workspace_id = $1 AND profile_id = $2").await?,
+        &[&workspace_id, &live],
+    )
+    .await?;
     // Its engagement: its addresses' states, its deliveries (also those planned under an id merged
     // into it), its segment memberships.
     for statement in [
@@ -204,9 +229,21 @@ pub(in crate::postgres) async fn delete_profile(
     ] {
         tx.execute(statement, &[&workspace_id, &live]).await?;
     }
-    tx.execute("DELETE FROM identities WHERE workspace_id = $1 AND profile_id = $2", &[&workspace_id, &live]).await?;
-    tx.execute("DELETE FROM profiles WHERE workspace_id = $1 AND merged_into = $2", &[&workspace_id, &live]).await?;
-    tx.execute("DELETE FROM profiles WHERE workspace_id = $1 AND id = $2", &[&workspace_id, &live]).await?;
+    tx.execute(
+        &tx.prepare_cached("DELETE FROM identities WHERE workspace_id = $1 AND profile_id = $2").await?,
+        &[&workspace_id, &live],
+    )
+    .await?;
+    tx.execute(
+        &tx.prepare_cached("DELETE FROM profiles WHERE workspace_id = $1 AND merged_into = $2").await?,
+        &[&workspace_id, &live],
+    )
+    .await?;
+    tx.execute(
+        &tx.prepare_cached("DELETE FROM profiles WHERE workspace_id = $1 AND id = $2").await?,
+        &[&workspace_id, &live],
+    )
+    .await?;
     Ok(true)
 }
 
@@ -265,18 +302,32 @@ pub(in crate::postgres) async fn workspace_stats(
     now: DateTime<Utc>,
 ) -> StoreResult<WorkspaceStats> {
     let profiles: i64 = client
-        .query_one("SELECT count(*) FROM profiles WHERE workspace_id = $1 AND merged_into IS NULL", &[&workspace_id])
+        .query_one(
+            &client
+                .prepare_cached("SELECT count(*) FROM profiles WHERE workspace_id = $1 AND merged_into IS NULL")
+                .await?,
+            &[&workspace_id],
+        )
         .await?
         .get(0);
     let events: i64 = client
-        .query_one("SELECT coalesce(sum(count), 0)::int8 FROM event_counts WHERE workspace_id = $1", &[&workspace_id])
+        .query_one(
+            &client
+                .prepare_cached("SELECT coalesce(sum(count), 0)::int8 FROM event_counts WHERE workspace_id = $1")
+                .await?,
+            &[&workspace_id],
+        )
         .await?
         .get(0);
     let (first_day, _) = window_start(now, days);
     let mut per_day = HashMap::new();
     for row in client
         .query(
-            "SELECT day, sum(count)::int8 FROM event_counts WHERE workspace_id = $1 AND day >= $2 GROUP BY day",
+            &client
+                .prepare_cached(
+                    "SELECT day, sum(count)::int8 FROM event_counts WHERE workspace_id = $1 AND day >= $2 GROUP BY day",
+                )
+                .await?,
             &[&workspace_id, &first_day],
         )
         .await?
@@ -285,8 +336,12 @@ pub(in crate::postgres) async fn workspace_stats(
     }
     let per_channel = client
         .query(
-            "SELECT channel, sum(count)::int8 FROM event_counts WHERE workspace_id = $1 AND day >= $2
+            &client
+                .prepare_cached(
+                    "SELECT channel, sum(count)::int8 FROM event_counts WHERE workspace_id = $1 AND day >= $2
              GROUP BY channel HAVING sum(count) > 0 ORDER BY 2 DESC, 1",
+                )
+                .await?,
             &[&workspace_id, &first_day],
         )
         .await?

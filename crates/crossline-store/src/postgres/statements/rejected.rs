@@ -6,7 +6,7 @@ use super::*;
 /// Record a request's rejected events and trim to `retention` (see `crate::rejected`), in one
 /// transaction: the per-workspace counter's row lock orders concurrent recordings of one workspace.
 pub(in crate::postgres) async fn record_rejected(
-    tx: &Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     workspace_id: &str,
     events: &[crate::NewRejectedEvent],
     retention: &crate::RejectedRetention,
@@ -24,19 +24,22 @@ pub(in crate::postgres) async fn record_rejected(
     let messages: Vec<&str> = rows.iter().map(|row| row.message).collect();
     let raws: Vec<&str> = rows.iter().map(|row| row.raw).collect();
     tx.execute(
-        "INSERT INTO rejected_events (workspace_id, id, received_at, endpoint, batch_index, message_id, code, message, raw)
-         SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[])",
+        &tx.prepare_cached("INSERT INTO rejected_events (workspace_id, id, received_at, endpoint, batch_index, message_id, code, message, raw)
+         SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[])").await?,
         &[&workspace_id, &ids, &received, &endpoints, &indexes, &message_ids, &codes, &messages, &raws],
     )
     .await?;
-    tx.execute("DELETE FROM rejected_events WHERE received_at < $1", &[&cutoff]).await?;
+    tx.execute(&tx.prepare_cached("DELETE FROM rejected_events WHERE received_at < $1").await?, &[&cutoff]).await?;
     let plan = crate::rejected::TrimPlan::of(retention);
     let added = events.len() as i64;
     let since_trim: i64 = tx
         .query_one(
-            "INSERT INTO rejected_event_trims (workspace_id, since_trim) VALUES ($1, $3)
+            &tx.prepare_cached(
+                "INSERT INTO rejected_event_trims (workspace_id, since_trim) VALUES ($1, $3)
              ON CONFLICT (workspace_id) DO UPDATE SET since_trim = rejected_event_trims.since_trim + $2
              RETURNING since_trim",
+            )
+            .await?,
             &[&workspace_id, &added, &plan.unknown(added)],
         )
         .await?
@@ -44,12 +47,19 @@ pub(in crate::postgres) async fn record_rejected(
     if plan.due(since_trim) {
         // Walks the workspace's newest `keep` rows: once per `slack` rows recorded.
         tx.execute(
-            "DELETE FROM rejected_events WHERE workspace_id = $1 AND id <=
+            &tx.prepare_cached(
+                "DELETE FROM rejected_events WHERE workspace_id = $1 AND id <=
              (SELECT id FROM rejected_events WHERE workspace_id = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
+            )
+            .await?,
             &[&workspace_id, &plan.keep],
         )
         .await?;
-        tx.execute("UPDATE rejected_event_trims SET since_trim = 0 WHERE workspace_id = $1", &[&workspace_id]).await?;
+        tx.execute(
+            &tx.prepare_cached("UPDATE rejected_event_trims SET since_trim = 0 WHERE workspace_id = $1").await?,
+            &[&workspace_id],
+        )
+        .await?;
     }
     Ok(())
 }
@@ -114,7 +124,9 @@ pub(in crate::postgres) async fn rejected_count_since(
 ) -> StoreResult<u64> {
     let count: i64 = client
         .query_one(
-            "SELECT count(*) FROM rejected_events WHERE workspace_id = $1 AND received_at >= $2",
+            &client
+                .prepare_cached("SELECT count(*) FROM rejected_events WHERE workspace_id = $1 AND received_at >= $2")
+                .await?,
             &[&workspace_id, &to_millis(since)],
         )
         .await?

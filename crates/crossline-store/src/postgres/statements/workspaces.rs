@@ -11,8 +11,8 @@ pub(in crate::postgres) async fn create_workspace(
 ) -> StoreResult<()> {
     let result = client
         .execute(
-            "INSERT INTO workspaces (id, name, default_region, time_zone, write_key_hash, api_key_hash, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &client.prepare_cached("INSERT INTO workspaces (id, name, default_region, time_zone, write_key_hash, api_key_hash, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)").await?,
             &[
                 &workspace.id,
                 &workspace.name,
@@ -59,7 +59,14 @@ pub(in crate::postgres) async fn workspace_where(
 
 pub(in crate::postgres) async fn workspaces(client: &impl GenericClient) -> StoreResult<Vec<Workspace>> {
     let rows = client
-        .query("SELECT id, name, default_region, time_zone, created_at FROM workspaces ORDER BY created_at, id", &[])
+        .query(
+            &client
+                .prepare_cached(
+                    "SELECT id, name, default_region, time_zone, created_at FROM workspaces ORDER BY created_at, id",
+                )
+                .await?,
+            &[],
+        )
         .await?;
     Ok(rows.iter().map(workspace_from_row).collect())
 }
