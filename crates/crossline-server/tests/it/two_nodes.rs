@@ -21,6 +21,27 @@ pub(crate) async fn node(database_url: &str, nats_url: &str, schema: &str, strea
     TestServer::start_with(store, bus).await
 }
 
+/// Two nodes on a fresh schema and stream of the test services, or None (said on stderr) when
+/// `CROSSLINE_TEST_DATABASE_URL` and `CROSSLINE_TEST_NATS_URL` are not both set.
+async fn two_nodes(test: &str) -> Option<(TestServer, TestServer)> {
+    let (Ok(database_url), Ok(nats_url)) =
+        (std::env::var("CROSSLINE_TEST_DATABASE_URL"), std::env::var("CROSSLINE_TEST_NATS_URL"))
+    else {
+        eprintln!("CROSSLINE_TEST_DATABASE_URL and CROSSLINE_TEST_NATS_URL are not both set: {test} did not run");
+        return None;
+    };
+    // Not under `two_nodes_`, which the first test clears while these may run.
+    let prefix = format!("cluster_{test}_");
+    crossline_store::postgres::drop_schemas(&database_url, &prefix).await;
+    crossline_bus::nats::remove_streams(&nats_url, &prefix.to_uppercase()).await;
+    let run = format!("{}_{}", std::process::id(), chrono::Utc::now().timestamp_millis());
+    let schema = format!("{prefix}{run}");
+    let stream = schema.to_uppercase();
+    let a = node(&database_url, &nats_url, &schema, &stream).await;
+    let b = node(&database_url, &nats_url, &schema, &stream).await;
+    Some((a, b))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merge_through_one_node_is_seen_through_the_other() {
     let (Ok(database_url), Ok(nats_url)) =
@@ -137,19 +158,7 @@ async fn a_merge_through_one_node_is_seen_through_the_other() {
 /// nodes set a trait on that person at once: both traits stay (no lost update).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_merging_one_pair_from_opposite_sides_agree_on_the_survivor() {
-    let (Ok(database_url), Ok(nats_url)) =
-        (std::env::var("CROSSLINE_TEST_DATABASE_URL"), std::env::var("CROSSLINE_TEST_NATS_URL"))
-    else {
-        eprintln!(
-            "CROSSLINE_TEST_DATABASE_URL and CROSSLINE_TEST_NATS_URL are not both set: the merge race did not run"
-        );
-        return;
-    };
-    let run = format!("{}_{}", std::process::id(), chrono::Utc::now().timestamp_millis());
-    let schema = format!("two_nodes_race_{run}");
-    let stream = format!("TWONODES_RACE_{run}");
-    let a = node(&database_url, &nats_url, &schema, &stream).await;
-    let b = node(&database_url, &nats_url, &schema, &stream).await;
+    let Some((a, b)) = two_nodes("race").await else { return };
     let ws = a.workspace("race").await;
     async fn lookup(server: &TestServer, api_key: &str, kind: &str, value: &str) -> Value {
         json_of(server.get(&format!("/api/v1/profiles/lookup?kind={kind}&value={value}"), api_key).await).await.1
@@ -214,19 +223,7 @@ async fn two_nodes_merging_one_pair_from_opposite_sides_agree_on_the_survivor() 
 /// count, allow each node half), and sign-in failures through one node close the door on the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_their_limits_and_sign_in_failures() {
-    let (Ok(database_url), Ok(nats_url)) =
-        (std::env::var("CROSSLINE_TEST_DATABASE_URL"), std::env::var("CROSSLINE_TEST_NATS_URL"))
-    else {
-        eprintln!(
-            "CROSSLINE_TEST_DATABASE_URL and CROSSLINE_TEST_NATS_URL are not both set: the cluster test did not run"
-        );
-        return;
-    };
-    let run = format!("{}_{}", std::process::id(), chrono::Utc::now().timestamp_millis());
-    let schema = format!("two_nodes_cluster_{run}");
-    let stream = format!("TWONODES_CLUSTER_{run}");
-    let a = node(&database_url, &nats_url, &schema, &stream).await;
-    let b = node(&database_url, &nats_url, &schema, &stream).await;
+    let Some((a, b)) = two_nodes("cluster").await else { return };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while (a.cluster.nodes(), b.cluster.nodes()) != (2, 2) {
         assert!(
