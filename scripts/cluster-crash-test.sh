@@ -111,6 +111,9 @@ acked = [line.strip() for line in open(acked_path) if line.endswith("\n") and li
 def query(sql):
     out = subprocess.run(["psql", url, "-AtF", "\t", "-c", sql], check=True, capture_output=True, text=True).stdout
     return [line.split("\t") for line in out.splitlines() if line]
+# Fresh statistics first: the database is minutes old, and without them the planner may choose a nested
+# loop of sequential scans for the checks below.
+query("ANALYZE")
 counts = {row[0]: int(row[1]) for row in query(
     f"SELECT message_id, count(*) FROM events WHERE workspace_id = '{workspace}' AND kind != 'merge' GROUP BY message_id")}
 missing = [i for i in acked if counts.get(i, 0) == 0]

@@ -123,12 +123,28 @@ pub async fn workspaces(
         return Ok(Redirect::to("/").into_response());
     }
     let workspaces = state.store.workspaces().await?;
-    let content = workspace_list(&workspaces, session.workspace.as_ref(), &base_url(&state, &headers));
+    let deployment =
+        Deployment { store: state.store.backend(), bus: state.bus.backend(), nodes: state.cluster.nodes() };
+    let content = workspace_list(&workspaces, session.workspace.as_ref(), &base_url(&state, &headers), &deployment);
     let page = layout::shell(&session, Section::Workspaces, "Workspaces", content);
     Ok(session.respond(page))
 }
 
-fn workspace_list(workspaces: &[Workspace], chosen: Option<&Workspace>, base_url: &str) -> Markup {
+/// What the operator's workspace list says about the deployment itself.
+struct Deployment {
+    store: &'static str,
+    bus: &'static str,
+    nodes: usize,
+}
+
+fn workspace_list(
+    workspaces: &[Workspace],
+    chosen: Option<&Workspace>,
+    base_url: &str,
+    deployment: &Deployment,
+) -> Markup {
+    let store = if deployment.store == "postgres" { "PostgreSQL" } else { "SQLite (embedded)" };
+    let bus = if deployment.bus == "memory" { "in-process" } else { "NATS JetStream" };
     html! {
         (page_head("Workspaces", Some(html! { "Each workspace holds one business's customers and events. Choose one to open its console." })))
         div.card.table-card {
@@ -161,6 +177,18 @@ fn workspace_list(workspaces: &[Workspace], chosen: Option<&Workspace>, base_url
                             }
                         }
                     }
+                }
+            }
+        }
+        div.card data-testid="deployment" {
+            div.card-head { h2 { "This deployment" } span.hint { "every workspace shares it" } }
+            div.card-body {
+                p {
+                    "Store: " strong { (store) } " · bus: " strong { (bus) } " · nodes: " strong data-testid="deployment-nodes" { (deployment.nodes) }
+                }
+                p.muted {
+                    "Nodes are the " code { "crossline serve" } " processes on this store and bus that heard each other in the last 7 seconds. "
+                    "Rate limits count for all of them together: each node allows its share."
                 }
             }
         }

@@ -257,6 +257,8 @@ async fn console_shows_a_merged_customer_across_channels() {
     // The operator picks the workspace; the choice is remembered in a cookie.
     let list = server.page("/workspaces", &admin).await;
     assert!(list.contains(&format!("href=\"/?workspace={workspace_id}\"")));
+    // And sees what the deployment is: one node on the embedded store.
+    assert!(list.contains("SQLite (embedded)") && list.contains("data-testid=\"deployment-nodes\">1<"), "{list}");
     let chosen = server.get(&format!("/?workspace={workspace_id}"), &admin).await;
     assert_eq!(chosen.status, OK);
     assert!(
