@@ -114,16 +114,18 @@ pub async fn sign_in_succeeded(state: &AppState, address: &str) {
 
 /// Say this node is alive every [`ALIVE_EVERY`] and take the other nodes' notices, until `stop`.
 pub async fn run(state: AppState, stop: impl Future<Output = ()>) {
-    let mut notices = match state.bus.listen(SUBJECT).await {
-        Ok(notices) => notices,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot hear the other nodes: limits count this node alone");
-            return;
-        }
-    };
     let mut alive = tokio::time::interval(ALIVE_EVERY);
     tokio::pin!(stop);
+    // Listening again whenever the subscription ends (the bus reconnecting): meanwhile the count is
+    // still kept up to date (this node's own ticks prune the silent ones).
+    let mut notices = None;
     loop {
+        if notices.is_none() {
+            match state.bus.listen(SUBJECT).await {
+                Ok(subscription) => notices = Some(subscription),
+                Err(err) => tracing::warn!(error = %err, "cannot hear the other nodes now; trying again"),
+            }
+        }
         tokio::select! {
             _ = &mut stop => return,
             _ = alive.tick() => {
@@ -131,8 +133,11 @@ pub async fn run(state: AppState, stop: impl Future<Output = ()>) {
                 cluster.heard_from(cluster.node.clone(), Instant::now());
                 cluster.tell(&state.bus, &Notice::Alive { node: cluster.node.clone() }).await;
             }
-            message = notices.next() => {
-                let Some(message) = message else { return };
+            message = async { notices.as_mut().expect("checked above").next().await }, if notices.is_some() => {
+                let Some(message) = message else {
+                    notices = None;
+                    continue;
+                };
                 // A notice from an older or newer node that does not parse is ignored.
                 if let Ok(notice) = serde_json::from_slice::<Notice>(&message.payload) {
                     state.cluster.heard(notice, &state.logins, Instant::now());

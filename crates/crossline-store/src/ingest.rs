@@ -358,7 +358,9 @@ async fn apply_event<'a, T: IngestTx>(
     {
         attach.push(anonymous);
     }
-    attach.retain(|identity| !state.owners.contains_key(*identity));
+    // Each identity once: analytics.js sends an alias's `anonymousId` equal to its `previousId`.
+    let mut named = HashSet::new();
+    attach.retain(|identity| !state.owners.contains_key(*identity) && named.insert(*identity));
 
     let mut merged = Vec::new();
     let profile_id = match candidates.len() {

@@ -679,6 +679,18 @@ async fn alias_merges_previous_id(store: DynStore) {
     let via_anonymous = store.lookup(&ws.id, &id(IdentityKind::AnonymousId, "anon-8")).await.unwrap().unwrap();
     let via_user = store.lookup(&ws.id, &id(IdentityKind::UserId, "user-8")).await.unwrap().unwrap();
     assert_eq!(via_anonymous.id, via_user.id);
+
+    // analytics.js sends an alias's anonymousId equal to its previousId: the id is attached once.
+    let outcome = store
+        .ingest(
+            &ws.id,
+            events(json!({"batch": [{"type": "alias", "messageId": "al3", "userId": "user-9", "anonymousId": "anon-9", "previousId": "anon-9"}]})),
+        )
+        .await
+        .unwrap();
+    assert!(outcome[0].stored, "{outcome:?}");
+    let via_anonymous = store.lookup(&ws.id, &id(IdentityKind::AnonymousId, "anon-9")).await.unwrap().unwrap();
+    assert_eq!(via_anonymous.id, outcome[0].profile_id.clone().unwrap());
 }
 
 async fn merges_inside_one_batch(store: DynStore) {

@@ -39,8 +39,13 @@ impl crate::ConversationStore for PgStore {
     ) -> StoreResult<Vec<IngestedEvent>> {
         retried_transaction!(self, |tx| async {
             // Every turn of the customer's locks their profile first: nobody changes the conversation
-            // between this check and the write, and no merge moves it meanwhile.
-            lock_live_profile(&tx, workspace_id, &conversation.profile_id).await?;
+            // between this check and the write, and no merge moves it meanwhile. A profile merged away
+            // (or erased) since the turn read it is a conflict: the turn is read again, for the survivor
+            // (or not at all), rather than written under a tombstone.
+            let live = lock_live_profile(&tx, workspace_id, &conversation.profile_id).await?;
+            if live.as_deref() != Some(conversation.profile_id.as_str()) {
+                return Err(crate::turn_conflict());
+            }
             let open = statements::open_conversation(
                 &tx,
                 workspace_id,

@@ -200,8 +200,13 @@ macro_rules! retried_transaction {
             let result: StoreResult<_> = $body;
             let result = match result {
                 Ok(value) => $tx.commit().await.map(|()| value).map_err(StoreError::from),
-                Err(err) => Err(err),
+                Err(err) => {
+                    // Roll back now: a loser must not hold its locks (or a connection) while it waits.
+                    drop($tx);
+                    Err(err)
+                }
             };
+            drop(client);
             match result {
                 Err(err) if attempt < MAX_RETRIES && lost_a_race(&err) => {
                     attempt += 1;

@@ -102,31 +102,28 @@ pub(in crate::postgres) async fn append_messages(
     conversation_id: &str,
     messages: &[crate::ConversationMessage],
 ) -> StoreResult<()> {
-    let mut seq: i64 = tx
-        .query_one(
-            &tx.prepare_cached("SELECT coalesce(max(seq), 0)::int8 FROM conversation_messages WHERE workspace_id = $1 AND conversation_id = $2").await?,
-            &[&workspace_id, &conversation_id],
-        )
-        .await?
-        .get(0);
-    for message in messages {
-        seq += 1;
-        tx.execute(
-            &tx.prepare_cached("INSERT INTO conversation_messages (workspace_id, conversation_id, seq, author, channel, text, created_at, missed)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)").await?,
-            &[
-                &workspace_id,
-                &conversation_id,
-                &seq,
-                &message.author.as_str(),
-                &message.channel,
-                &message.text,
-                &to_millis(message.created_at),
-                &message.missed,
-            ],
-        )
-        .await?;
+    if messages.is_empty() {
+        return Ok(());
     }
+    // One statement: the next numbers after the conversation's last, in the order given.
+    let authors: Vec<&str> = messages.iter().map(|message| message.author.as_str()).collect();
+    let channels: Vec<&str> = messages.iter().map(|message| message.channel.as_str()).collect();
+    let texts: Vec<&str> = messages.iter().map(|message| message.text.as_str()).collect();
+    let times: Vec<i64> = messages.iter().map(|message| to_millis(message.created_at)).collect();
+    let missed: Vec<bool> = messages.iter().map(|message| message.missed).collect();
+    tx.execute(
+        &tx.prepare_cached(
+            "INSERT INTO conversation_messages (workspace_id, conversation_id, seq, author, channel, text, created_at, missed)
+             SELECT $1, $2, last.seq + m.ord, m.author, m.channel, m.text, m.created_at, m.missed
+             FROM (SELECT coalesce(max(seq), 0)::int8 AS seq FROM conversation_messages
+                   WHERE workspace_id = $1 AND conversation_id = $2) last,
+                  unnest($3::text[], $4::text[], $5::text[], $6::int8[], $7::bool[])
+                    WITH ORDINALITY AS m(author, channel, text, created_at, missed, ord)",
+        )
+        .await?,
+        &[&workspace_id, &conversation_id, &authors, &channels, &texts, &times, &missed],
+    )
+    .await?;
     Ok(())
 }
 
