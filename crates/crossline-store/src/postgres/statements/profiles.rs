@@ -166,84 +166,41 @@ pub(in crate::postgres) async fn delete_profile(
     let erased: Vec<(i64, &str, i64)> =
         erased.iter().map(|(day, channel, count)| (*day, channel.as_str(), *count)).collect();
     add_event_counts(tx, ADD_EVENT_COUNTS, workspace_id, &erased).await?;
-    tx.execute(
-        &tx.prepare_cached("DELETE FROM events WHERE workspace_id = $1 AND profile_id = $2").await?,
-        &[&workspace_id, &live],
-    )
-    .await?;
-    tx.execute(
-        &tx.prepare_cached(
-            "DELETE FROM conversation_messages WHERE workspace_id = $1 AND conversation_id IN
-            (SELECT id FROM conversations WHERE workspace_id = $1 AND profile_id = $2)",
-        )
-        .await?,
-        &[&workspace_id, &live],
-    )
-    .await?;
-    tx.execute(
-        &tx.prepare_cached(
-            "DELETE FROM conversation_waits WHERE workspace_id = $1 AND conversation_id IN
-            (SELECT id FROM conversations WHERE workspace_id = $1 AND profile_id = $2)",
-        )
-        .await?,
-        &[&workspace_id, &live],
-    )
-    .await?;
-    for table in ["conversation_snoozes", "call_holds"] {
-        tx.execute(
-            &format!(
-                "DELETE FROM {table} WHERE workspace_id = $1 AND conversation_id IN
-                    (SELECT id FROM conversations WHERE workspace_id = $1 AND profile_id = $2)"
-            ),
-            &[&workspace_id, &live],
-        )
-        .await?;
-    }
-    tx.execute(
-        &tx.prepare_cached(
-            "DELETE FROM conversation_notes WHERE workspace_id = $1 AND conversation_id IN
-            (SELECT id FROM conversations WHERE workspace_id = $1 AND profile_id = $2)",
-        )
-        .await?,
-        &[&workspace_id, &live],
-    )
-    .await?;
-    tx.execute(
-        &tx.prepare_cached("DELETE FROM conversations WHERE workspace_id = $1 AND profile_id = $2").await?,
-        &[&workspace_id, &live],
-    )
-    .await?;
-    // Its engagement: its addresses' states, its deliveries (also those planned under an id merged
-    // into it), its segment memberships.
-    for statement in [
+    // Each statement takes the workspace ($1) and the live profile ($2), in this order: its events;
+    // its conversations and what hangs off them; its engagement (its addresses' states, its
+    // deliveries and in-app messages — also those planned under an id merged into it — its segment
+    // memberships); its identities, its tombstones, the profile.
+    const OF_ITS_CONVERSATIONS: &str =
+        "conversation_id IN (SELECT id FROM conversations WHERE workspace_id = $1 AND profile_id = $2)";
+    let statements = [
+        "DELETE FROM events WHERE workspace_id = $1 AND profile_id = $2".to_owned(),
+        format!("DELETE FROM conversation_messages WHERE workspace_id = $1 AND {OF_ITS_CONVERSATIONS}"),
+        format!("DELETE FROM conversation_waits WHERE workspace_id = $1 AND {OF_ITS_CONVERSATIONS}"),
+        format!("DELETE FROM conversation_snoozes WHERE workspace_id = $1 AND {OF_ITS_CONVERSATIONS}"),
+        format!("DELETE FROM call_holds WHERE workspace_id = $1 AND {OF_ITS_CONVERSATIONS}"),
+        format!("DELETE FROM conversation_notes WHERE workspace_id = $1 AND {OF_ITS_CONVERSATIONS}"),
+        "DELETE FROM conversations WHERE workspace_id = $1 AND profile_id = $2".to_owned(),
         "DELETE FROM address_states WHERE workspace_id = $1 AND (kind, value) IN
-            (SELECT kind, value FROM identities WHERE workspace_id = $1 AND profile_id = $2)",
+            (SELECT kind, value FROM identities WHERE workspace_id = $1 AND profile_id = $2)"
+            .to_owned(),
         "DELETE FROM address_states WHERE workspace_id = $1 AND (kind, value) IN
-            (SELECT kind, value FROM push_addresses WHERE workspace_id = $1 AND profile_id = $2)",
-        "DELETE FROM push_addresses WHERE workspace_id = $1 AND profile_id = $2",
+            (SELECT kind, value FROM push_addresses WHERE workspace_id = $1 AND profile_id = $2)"
+            .to_owned(),
+        "DELETE FROM push_addresses WHERE workspace_id = $1 AND profile_id = $2".to_owned(),
         "DELETE FROM deliveries WHERE workspace_id = $1 AND (profile_id = $2 OR profile_id IN
-            (SELECT id FROM profiles WHERE workspace_id = $1 AND merged_into = $2))",
-        "DELETE FROM segment_members WHERE workspace_id = $1 AND profile_id = $2",
+            (SELECT id FROM profiles WHERE workspace_id = $1 AND merged_into = $2))"
+            .to_owned(),
+        "DELETE FROM segment_members WHERE workspace_id = $1 AND profile_id = $2".to_owned(),
         "DELETE FROM in_app_messages WHERE workspace_id = $1 AND (profile_id = $2 OR profile_id IN
-            (SELECT id FROM profiles WHERE workspace_id = $1 AND merged_into = $2))",
-    ] {
-        tx.execute(statement, &[&workspace_id, &live]).await?;
+            (SELECT id FROM profiles WHERE workspace_id = $1 AND merged_into = $2))"
+            .to_owned(),
+        "DELETE FROM identities WHERE workspace_id = $1 AND profile_id = $2".to_owned(),
+        "DELETE FROM profiles WHERE workspace_id = $1 AND merged_into = $2".to_owned(),
+        "DELETE FROM profiles WHERE workspace_id = $1 AND id = $2".to_owned(),
+    ];
+    for statement in &statements {
+        tx.execute(statement.as_str(), &[&workspace_id, &live]).await?;
     }
-    tx.execute(
-        &tx.prepare_cached("DELETE FROM identities WHERE workspace_id = $1 AND profile_id = $2").await?,
-        &[&workspace_id, &live],
-    )
-    .await?;
-    tx.execute(
-        &tx.prepare_cached("DELETE FROM profiles WHERE workspace_id = $1 AND merged_into = $2").await?,
-        &[&workspace_id, &live],
-    )
-    .await?;
-    tx.execute(
-        &tx.prepare_cached("DELETE FROM profiles WHERE workspace_id = $1 AND id = $2").await?,
-        &[&workspace_id, &live],
-    )
-    .await?;
     Ok(true)
 }
 
