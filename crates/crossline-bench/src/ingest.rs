@@ -100,32 +100,6 @@ impl Generator {
     }
 }
 
-/// Start one node of `crossline serve` on a fresh data directory (PostgreSQL and NATS when given).
-async fn start_node(http: &reqwest::Client, args: &IngestArgs, token: &str) -> anyhow::Result<(String, Child)> {
-    let dir = tempfile::Builder::new().prefix("crossline-bench-").tempdir()?;
-    let port = free_port()?;
-    let mut command = tokio::process::Command::new(std::env::current_exe()?);
-    command
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir.path())
-        .env("CROSSLINE_ADMIN_TOKEN", token)
-        .env("CROSSLINE_LOG_LEVEL", "warn")
-        .env_remove("CROSSLINE_DATABASE_URL")
-        .env_remove("CROSSLINE_NATS_URL")
-        .kill_on_drop(true)
-        .stdout(std::process::Stdio::null());
-    if let Some(database_url) = &args.database_url {
-        command.env("CROSSLINE_DATABASE_URL", database_url);
-    }
-    if let Some(nats_url) = &args.nats_url {
-        command.env("CROSSLINE_NATS_URL", nats_url);
-    }
-    let process = command.spawn().context("cannot start crossline serve")?;
-    let url = format!("http://127.0.0.1:{port}");
-    wait_healthy(http, &url).await?;
-    Ok((url, Child { process, _dir: dir }))
-}
-
 /// The machine's CPU time so far, busy and in all (`/proc/stat`, clock ticks).
 fn machine_cpu() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
@@ -177,9 +151,11 @@ pub(crate) async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                 bail!("--nodes above 1 needs --database-url (and --nats-url): nodes share PostgreSQL");
             }
             let token = "bench-operator-token-0123456789";
+            let nats: Vec<(&str, String)> =
+                args.nats_url.iter().map(|url| ("CROSSLINE_NATS_URL", url.clone())).collect();
             let mut urls = Vec::new();
             for _ in 0..args.nodes.max(1) {
-                let (url, child) = start_node(&http, &args, token).await?;
+                let (child, url) = start_server_with(&http, args.database_url.as_deref(), &nats).await?;
                 urls.push(url);
                 children.push(child);
             }

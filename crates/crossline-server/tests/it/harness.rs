@@ -17,6 +17,8 @@ pub struct TestServer {
     pub bus: DynBus,
     /// The node's view of the cluster.
     pub cluster: Arc<crossline_server::cluster::Cluster>,
+    /// The node's sign-in throttle.
+    pub logins: Arc<crossline_server::throttle::LoginThrottle>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: Option<tempfile::TempDir>,
@@ -67,7 +69,7 @@ impl TestServer {
         // Links the server writes (unsubscribe pages, callbacks) point at this server.
         settings.public_url.get_or_insert_with(|| url.clone());
         let state = AppState::new(store.clone(), bus.clone(), ADMIN, settings);
-        let cluster = state.cluster.clone();
+        let (cluster, logins) = (state.cluster.clone(), state.logins.clone());
         let (shutdown, signal) = oneshot::channel::<()>();
         let handle = tokio::spawn(crossline_server::run(listener, state, async {
             let _ = signal.await;
@@ -78,6 +80,7 @@ impl TestServer {
             store,
             bus,
             cluster,
+            logins,
             shutdown: Some(shutdown),
             handle: Some(handle),
             _dir: None,

@@ -242,9 +242,13 @@ async fn two_nodes_share_their_limits_and_sign_in_failures() {
         let status = sign_in(&a, &format!("sk_wrong_{attempt}")).await.unwrap().status();
         assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {attempt}");
     }
-    // One attempt on B (each attempt there would count on B itself): the notices crossed NATS well
-    // within half a second.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait until B has heard (each attempt on B would count on B itself), then one attempt there.
+    let keys = crossline_server::throttle::keys(Some("127.0.0.1".parse().unwrap()), "sk_any");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while b.logins.wait(&keys, std::time::Instant::now()).is_none() {
+        assert!(std::time::Instant::now() < deadline, "node B never heard of node A's failures");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let status = sign_in(&b, "sk_wrong_on_b").await.unwrap().status();
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "node B heard of node A's failures");
     a.stop().await;
