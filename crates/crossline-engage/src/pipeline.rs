@@ -879,19 +879,20 @@ impl Engage {
         if relevant.is_empty() {
             return Ok(());
         }
-        let segments: Vec<(EngageObject, Filter)> = {
-            // Read once per batch and resolved from that list (not one read per segment).
-            let stored = self.store.objects(workspace_id, ObjectKind::Segment).await?;
-            stored
-                .iter()
-                .filter(|segment| segment.body.get("filter").is_some_and(|f| !f.is_null()))
-                .filter_map(|segment| Some((segment.clone(), resolve_among(&stored, &segment.id).ok()?)))
-                .collect()
-        };
-        let campaigns: Vec<(EngageObject, CampaignSpec)> = self
+        // Segments and campaigns, read once per batch (one statement where the store can), the
+        // segments resolved from that list (not one read per segment).
+        let (stored, campaigns): (Vec<EngageObject>, Vec<EngageObject>) = self
             .store
-            .objects(workspace_id, ObjectKind::Campaign)
+            .objects_of_kinds(workspace_id, &[ObjectKind::Segment, ObjectKind::Campaign])
             .await?
+            .into_iter()
+            .partition(|object| object.kind == ObjectKind::Segment);
+        let segments: Vec<(EngageObject, Filter)> = stored
+            .iter()
+            .filter(|segment| segment.body.get("filter").is_some_and(|f| !f.is_null()))
+            .filter_map(|segment| Some((segment.clone(), resolve_among(&stored, &segment.id).ok()?)))
+            .collect();
+        let campaigns: Vec<(EngageObject, CampaignSpec)> = campaigns
             .into_iter()
             .filter_map(|campaign| {
                 let spec: CampaignSpec = serde_json::from_value(campaign.body.clone()).ok()?;

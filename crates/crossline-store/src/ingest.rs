@@ -40,6 +40,20 @@ pub struct EventRow<'a> {
     pub channel: &'a str,
 }
 
+/// What one batch writes once it is decided.
+pub struct BatchWrites<'b, 'r> {
+    /// New identities and the profile each goes to.
+    pub identities: &'b [(Identity, String)],
+    /// When they were attached.
+    pub now: DateTime<Utc>,
+    /// New events.
+    pub rows: &'b [EventRow<'r>],
+    /// `(day since epoch, channel, events)` to add to the counters.
+    pub counts: &'b [(i64, &'b str, i64)],
+    /// Changed profiles, in id order.
+    pub profiles: &'b [&'b ProfileState],
+}
+
 /// The statements a backend provides inside one transaction.
 pub trait IngestTx {
     /// Which of these message ids the workspace already stores.
@@ -69,6 +83,23 @@ pub trait IngestTx {
     async fn add_event_counts(&mut self, workspace_id: &str, counts: &[(i64, &str, i64)]) -> StoreResult<()>;
     /// Insert or update profiles.
     async fn upsert_profiles(&mut self, workspace_id: &str, profiles: &[&ProfileState]) -> StoreResult<()>;
+    /// Writes what a batch decided, in this order: new identities, events, their counts, changed
+    /// profiles (a part with nothing in it is skipped).
+    async fn write_batch(&mut self, workspace_id: &str, batch: BatchWrites<'_, '_>) -> StoreResult<()> {
+        if !batch.identities.is_empty() {
+            self.insert_identities(workspace_id, batch.identities, batch.now).await?;
+        }
+        if !batch.rows.is_empty() {
+            self.insert_events(workspace_id, batch.rows).await?;
+        }
+        if !batch.counts.is_empty() {
+            self.add_event_counts(workspace_id, batch.counts).await?;
+        }
+        if !batch.profiles.is_empty() {
+            self.upsert_profiles(workspace_id, batch.profiles).await?;
+        }
+        Ok(())
+    }
     /// How many identities of each kind a stored profile has.
     async fn identity_counts(
         &mut self,
@@ -207,25 +238,17 @@ pub async fn apply_batch<T: IngestTx>(
             }
         }
     }
-    if !identities.is_empty() {
-        tx.insert_identities(workspace_id, &identities, now).await?;
+    let mut counts: HashMap<(i64, &str), i64> = HashMap::new();
+    for row in &rows {
+        *counts.entry((row.timestamp.timestamp().div_euclid(86_400), row.channel)).or_default() += 1;
     }
-    if !rows.is_empty() {
-        tx.insert_events(workspace_id, &rows).await?;
-        let mut counts: HashMap<(i64, &str), i64> = HashMap::new();
-        for row in &rows {
-            *counts.entry((row.timestamp.timestamp().div_euclid(86_400), row.channel)).or_default() += 1;
-        }
-        let mut counts: Vec<(i64, &str, i64)> =
-            counts.into_iter().map(|((day, channel), count)| (day, channel, count)).collect();
-        counts.sort_unstable();
-        tx.add_event_counts(workspace_id, &counts).await?;
-    }
+    let mut counts: Vec<(i64, &str, i64)> =
+        counts.into_iter().map(|((day, channel), count)| (day, channel, count)).collect();
+    counts.sort_unstable();
     let mut dirty: Vec<&ProfileState> = state.dirty.iter().filter_map(|id| state.profiles.get(id)).collect();
     dirty.sort_by(|a, b| a.id.cmp(&b.id));
-    if !dirty.is_empty() {
-        tx.upsert_profiles(workspace_id, &dirty).await?;
-    }
+    let batch = BatchWrites { identities: &identities, now, rows: &rows, counts: &counts, profiles: &dirty };
+    tx.write_batch(workspace_id, batch).await?;
     Ok(results)
 }
 

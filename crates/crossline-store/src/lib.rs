@@ -361,6 +361,19 @@ pub trait EngageStore: Send + Sync {
     ) -> StoreResult<Option<engage::EngageObject>>;
     /// Every definition of a kind, newest first.
     async fn objects(&self, workspace_id: &str, kind: engage::ObjectKind) -> StoreResult<Vec<engage::EngageObject>>;
+    /// Every definition of several kinds (the engagement listener reads segments and campaigns for
+    /// every batch of events), newest first within each kind. One statement where the backend can.
+    async fn objects_of_kinds(
+        &self,
+        workspace_id: &str,
+        kinds: &[engage::ObjectKind],
+    ) -> StoreResult<Vec<engage::EngageObject>> {
+        let mut all = Vec::new();
+        for kind in kinds {
+            all.extend(self.objects(workspace_id, *kind).await?);
+        }
+        Ok(all)
+    }
     /// Deletes a definition (a segment's memberships go with it). Whether it existed.
     async fn delete_object(&self, workspace_id: &str, kind: engage::ObjectKind, id: &str) -> StoreResult<bool>;
     /// Sets a definition's status (and reason); when `expected` is given, only from one of those.

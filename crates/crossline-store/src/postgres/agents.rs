@@ -134,7 +134,7 @@ impl crate::AgentStore for PgStore {
         // The IN list is the partial index's own, so the index serves the query. Only the server
         // writes these events (clients may not: `OWN_EVENT_NAMES`), and the casts are guarded anyway.
         let rows = client
-            .query(
+            .query_cached(
                 &format!(
                     "SELECT name,
                             CASE WHEN name = 'csat.submitted' AND properties->>'score' ~ '^[1-5](\\.0+)?$' THEN (properties->>'score')::float8::int8 END,
@@ -197,7 +197,7 @@ impl crate::AgentStore for PgStore {
     async fn agent(&self, workspace_id: &str, id: &str) -> StoreResult<Option<Agent>> {
         let client = self.pool.get().await?;
         let row = client
-            .query_opt(
+            .query_opt_cached(
                 &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE workspace_id = $1 AND id = $2"),
                 &[&workspace_id, &id],
             )
@@ -208,7 +208,7 @@ impl crate::AgentStore for PgStore {
     async fn agent_by_token(&self, token_hash: &str) -> StoreResult<Option<(String, Agent)>> {
         let client = self.pool.get().await?;
         let row = client
-            .query_opt(
+            .query_opt_cached(
                 &format!("SELECT {AGENT_COLUMNS}, workspace_id FROM agents WHERE token_hash = $1"),
                 &[&token_hash],
             )
@@ -219,7 +219,7 @@ impl crate::AgentStore for PgStore {
     async fn agents(&self, workspace_id: &str) -> StoreResult<Vec<Agent>> {
         let client = self.pool.get().await?;
         let rows = client
-            .query(
+            .query_cached(
                 &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE workspace_id = $1 ORDER BY name, id"),
                 &[&workspace_id],
             )
@@ -520,7 +520,7 @@ impl crate::AgentStore for PgStore {
             statements::CONVERSATION_COLUMNS.to_owned()
         };
         let rows = client
-            .query(
+            .query_cached(
                 &format!(
                     "SELECT {columns} FROM conversations WHERE workspace_id = $1 AND status = ANY($2)
                        AND ($3::text IS NULL OR coalesce(queue, 'default') = $3) AND ($4::text IS NULL OR assignee = $4)

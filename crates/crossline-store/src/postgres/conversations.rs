@@ -42,19 +42,26 @@ impl crate::ConversationStore for PgStore {
             // between this check and the write, and no merge moves it meanwhile. A profile merged away
             // (or erased) since the turn read it is a conflict: the turn is read again, for the survivor
             // (or not at all), rather than written under a tombstone.
-            let live = lock_live_profile(&tx, workspace_id, &conversation.profile_id).await?;
-            if live.as_deref() != Some(conversation.profile_id.as_str()) {
-                return Err(crate::turn_conflict());
-            }
-            let open = statements::open_conversation(
-                &tx,
-                workspace_id,
-                &conversation.profile_id,
-                &conversation.bot,
-                read.active_since,
-            )
-            .await?;
-            if open.map(|open| (open.id, open.state)) != read.open {
+            // Both statements go out at once (prepared first, so they are sent in this order): the
+            // lock, then the read of the open conversation, which PostgreSQL runs once it holds it.
+            tx.prepare_cached(statements::LOCK_PROFILE).await?;
+            tx.prepare_cached(statements::OPEN_CONVERSATION).await?;
+            let (locked, open) = futures::try_join!(
+                async {
+                    Ok::<_, StoreError>(
+                        tx.query_opt_cached(statements::LOCK_PROFILE, &[&workspace_id, &conversation.profile_id])
+                            .await?,
+                    )
+                },
+                statements::open_conversation(
+                    &tx,
+                    workspace_id,
+                    &conversation.profile_id,
+                    &conversation.bot,
+                    read.active_since,
+                ),
+            )?;
+            if locked.is_none() || open.map(|open| (open.id, open.state)) != read.open {
                 return Err(crate::turn_conflict());
             }
             statements::save_conversation(&tx, workspace_id, conversation, messages).await?;

@@ -54,7 +54,7 @@ impl crate::DestinationStore for PgStore {
             .await?;
         }
         let row = tx
-            .query_one(
+            .query_one_cached(
                 &format!("SELECT {DESTINATION_COLUMNS} FROM destinations WHERE workspace_id = $1 AND name = $2"),
                 &[&workspace_id, &destination.name],
             )
@@ -66,7 +66,7 @@ impl crate::DestinationStore for PgStore {
     async fn destinations(&self, workspace_id: &str) -> StoreResult<Vec<crate::Destination>> {
         let client = self.pool.get().await?;
         let rows = client
-            .query(
+            .query_cached(
                 &format!("SELECT {DESTINATION_COLUMNS} FROM destinations WHERE workspace_id = $1 ORDER BY name"),
                 &[&workspace_id],
             )
@@ -77,7 +77,7 @@ impl crate::DestinationStore for PgStore {
     async fn enabled_destinations(&self) -> StoreResult<Vec<(String, crate::Destination)>> {
         let client = self.pool.get().await?;
         let rows = client
-            .query(
+            .query_cached(
                 &format!(
                     "SELECT workspace_id, {DESTINATION_COLUMNS} FROM destinations WHERE enabled ORDER BY workspace_id, name"
                 ),

@@ -139,7 +139,7 @@ impl crate::EngageStore for PgStore {
     async fn object(&self, workspace_id: &str, kind: ObjectKind, id: &str) -> StoreResult<Option<EngageObject>> {
         let client = self.pool.get().await?;
         let row = client
-            .query_opt(
+            .query_opt_cached(
                 &format!(
                     "SELECT {OBJECT_COLUMNS} FROM engage_objects WHERE workspace_id = $1 AND kind = $2 AND id = $3"
                 ),
@@ -152,11 +152,26 @@ impl crate::EngageStore for PgStore {
     async fn objects(&self, workspace_id: &str, kind: ObjectKind) -> StoreResult<Vec<EngageObject>> {
         let client = self.pool.get().await?;
         let rows = client
-            .query(
+            .query_cached(
                 &format!(
                     "SELECT {OBJECT_COLUMNS} FROM engage_objects WHERE workspace_id = $1 AND kind = $2 ORDER BY created_at DESC, id DESC"
                 ),
                 &[&workspace_id, &kind.as_str()],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| object_at(row, 0)).collect())
+    }
+
+    async fn objects_of_kinds(&self, workspace_id: &str, kinds: &[ObjectKind]) -> StoreResult<Vec<EngageObject>> {
+        let client = self.pool.get().await?;
+        let kinds: Vec<&str> = kinds.iter().map(|kind| kind.as_str()).collect();
+        let rows = client
+            .query_cached(
+                &format!(
+                    "SELECT {OBJECT_COLUMNS} FROM engage_objects WHERE workspace_id = $1 AND kind = ANY($2)
+                     ORDER BY kind, created_at DESC, id DESC"
+                ),
+                &[&workspace_id, &kinds],
             )
             .await?;
         Ok(rows.iter().map(|row| object_at(row, 0)).collect())
@@ -207,7 +222,7 @@ impl crate::EngageStore for PgStore {
     async fn objects_in_status(&self, kind: ObjectKind, status: &str) -> StoreResult<Vec<(String, EngageObject)>> {
         let client = self.pool.get().await?;
         let rows = client
-            .query(
+            .query_cached(
                 &format!(
                     "SELECT workspace_id, {OBJECT_COLUMNS} FROM engage_objects WHERE kind = $1 AND status = $2 ORDER BY workspace_id, id"
                 ),
@@ -549,7 +564,7 @@ impl crate::EngageStore for PgStore {
 
     async fn push_addresses(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<PushAddress>> {
         let client = self.pool.get().await?;
-        push_addresses_of(&**client, workspace_id, profile_id).await
+        push_addresses_of(&client, workspace_id, profile_id).await
     }
 
     async fn address_states(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Vec<AddressState>> {
@@ -566,7 +581,7 @@ impl crate::EngageStore for PgStore {
     ) -> StoreResult<HashMap<String, RecipientFacts>> {
         let pooled = self.pool.get().await?;
         let pooled = &pooled;
-        let client: &tokio_postgres::Client = pooled;
+        let client = pooled;
         // The queries of all recipients go out pipelined on one connection.
         let facts = futures::future::try_join_all(profile_ids.iter().map(|id| async move {
             let Some(profile) = statements::live_profile(pooled, workspace_id, id).await? else {
@@ -607,7 +622,7 @@ impl crate::EngageStore for PgStore {
         // it once it has been recorded. Deliveries of a campaign that is not running stay put.
         tx.execute(&tx.prepare_cached("SELECT pg_advisory_xact_lock($1)").await?, &[&CLAIM_LOCK]).await?;
         let rows = tx
-            .query(
+            .query_cached(
                 &format!(
                     "UPDATE deliveries SET status = 'sending', leased_by = $1, leased_until = $3, attempts = attempts + 1, updated_at = $2
                      WHERE id IN (
@@ -675,7 +690,7 @@ impl crate::EngageStore for PgStore {
     async fn delivery(&self, workspace_id: &str, id: &str) -> StoreResult<Option<Delivery>> {
         let client = self.pool.get().await?;
         let row = client
-            .query_opt(
+            .query_opt_cached(
                 &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $2 AND workspace_id = $1"),
                 &[&workspace_id, &id],
             )
@@ -686,7 +701,7 @@ impl crate::EngageStore for PgStore {
     async fn delivery_by_provider_id(&self, workspace_id: &str, provider_id: &str) -> StoreResult<Option<Delivery>> {
         let client = self.pool.get().await?;
         let row = client
-            .query_opt(
+            .query_opt_cached(
                 &format!(
                     "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE workspace_id = $1 AND provider_id = $2 LIMIT 1"
                 ),
@@ -728,7 +743,7 @@ impl crate::EngageStore for PgStore {
         let client = self.pool.get().await?;
         let column = format!("{}_at", engagement.as_str());
         Ok(client
-            .execute(
+            .execute_cached(
                 &format!(
                     "UPDATE deliveries SET {column} = $3 WHERE id = $2 AND workspace_id = $1 AND {column} IS NULL"
                 ),
@@ -816,7 +831,7 @@ impl crate::EngageStore for PgStore {
     ) -> StoreResult<Vec<Delivery>> {
         let client = self.pool.get().await?;
         let rows = client
-            .query(
+            .query_cached(
                 &format!(
                     "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE workspace_id = $1 AND profile_id = $2 AND sent_at >= $3
                      ORDER BY sent_at DESC LIMIT $4"
@@ -829,12 +844,12 @@ impl crate::EngageStore for PgStore {
 }
 
 async fn push_addresses_of(
-    client: &impl tokio_postgres::GenericClient,
+    client: &impl deadpool_postgres::GenericClient,
     workspace_id: &str,
     profile_id: &str,
 ) -> StoreResult<Vec<PushAddress>> {
     let rows = client
-        .query(
+        .query_cached(
             "SELECT kind, value, platform, p256dh, auth, created_at FROM push_addresses
              WHERE workspace_id = $1 AND profile_id = $2 ORDER BY created_at DESC, value",
             &[&workspace_id, &profile_id],
@@ -854,12 +869,12 @@ async fn push_addresses_of(
 }
 
 async fn address_states_of(
-    client: &tokio_postgres::Client,
+    client: &impl deadpool_postgres::GenericClient,
     workspace_id: &str,
     profile_id: &str,
 ) -> StoreResult<Vec<AddressState>> {
     let rows = client
-        .query(
+        .query_cached(
             "SELECT s.kind, s.value, s.reason, s.unreachable_at FROM identities i
              JOIN address_states s ON s.workspace_id = i.workspace_id AND s.kind = i.kind AND s.value = i.value
              WHERE i.workspace_id = $1 AND i.profile_id = $2 AND s.unreachable_at IS NOT NULL
@@ -887,13 +902,13 @@ async fn address_states_of(
 }
 
 async fn marketing_sends_of(
-    client: &tokio_postgres::Client,
+    client: &impl deadpool_postgres::GenericClient,
     workspace_id: &str,
     profile_id: &str,
     since: DateTime<Utc>,
 ) -> StoreResult<u64> {
     let row = client
-        .query_one(
+        .query_one_cached(
             "SELECT count(*) FROM deliveries WHERE workspace_id = $1 AND profile_id = $2 AND sent_at >= $3 AND kind = 'marketing'",
             &[&workspace_id, &profile_id, &crate::to_millis(since)],
         )

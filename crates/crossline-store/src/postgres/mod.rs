@@ -35,6 +35,52 @@ use crossline_core::{ConsentStatus, Identity, Profile};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
+/// Statements run prepared, once per connection: PostgreSQL parses a text once and keeps its
+/// plan (a generic one when that costs no more than planning for the values), and each later run
+/// is one Bind/Execute. An unnamed statement is parsed and planned on every run, which on the turn
+/// path cost more than executing it. The text must come from a finite set (literals, or a literal
+/// with a column list or one of a few conditions formatted in): the cache keeps every text it sees.
+#[async_trait]
+pub(crate) trait Prepared: deadpool_postgres::GenericClient {
+    async fn query_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        let statement = self.prepare_cached(sql).await?;
+        self.query(&statement, params).await
+    }
+
+    async fn query_opt_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
+        let statement = self.prepare_cached(sql).await?;
+        self.query_opt(&statement, params).await
+    }
+
+    async fn query_one_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<tokio_postgres::Row, tokio_postgres::Error> {
+        let statement = self.prepare_cached(sql).await?;
+        self.query_one(&statement, params).await
+    }
+
+    async fn execute_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let statement = self.prepare_cached(sql).await?;
+        self.execute(&statement, params).await
+    }
+}
+
+impl<C: deadpool_postgres::GenericClient + ?Sized> Prepared for C {}
+
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_bots.sql"),
@@ -126,13 +172,13 @@ impl PgStore {
     /// Apply missing migrations, one node at a time.
     pub async fn migrate(&self) -> StoreResult<usize> {
         let mut client = self.pool.get().await?;
-        client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+        client.execute_cached("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
         let result = async {
             client
                 .batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)")
                 .await?;
             let current: i32 = client
-                .query_one("SELECT coalesce(max(version), 0) FROM schema_migrations", &[])
+                .query_one_cached("SELECT coalesce(max(version), 0) FROM schema_migrations", &[])
                 .await?
                 .get(0);
             let current = current as usize;
@@ -146,7 +192,7 @@ impl PgStore {
             for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
                 let tx = client.transaction().await?;
                 tx.batch_execute(sql).await?;
-                tx.execute(
+                tx.execute_cached(
                     "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
                     &[&((index + 1) as i32), &Utc::now().timestamp_millis()],
                 )
@@ -157,7 +203,7 @@ impl PgStore {
             Ok(applied)
         }
         .await;
-        client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
+        client.execute_cached("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
         result
     }
 }
@@ -230,20 +276,16 @@ async fn lock_live_profile(
 ) -> StoreResult<Option<String>> {
     let mut current = id.to_owned();
     for _ in 0..4 {
-        let Some(live) = statements::live_profile_id(tx, workspace_id, &current).await? else {
-            return Ok(None);
-        };
-        let locked = tx
-            .query_opt(
-                "SELECT 1 FROM profiles WHERE workspace_id = $1 AND id = $2 AND merged_into IS NULL FOR NO KEY UPDATE",
-                &[&workspace_id, &live],
-            )
-            .await?;
+        // The usual case first, one round trip: the profile is live, and now locked.
+        let locked = tx.query_opt_cached(statements::LOCK_PROFILE, &[&workspace_id, &current]).await?;
         if locked.is_some() {
-            return Ok(Some(live));
+            return Ok(Some(current));
         }
-        // Merged away (or erased) between the two reads: follow it.
-        current = live;
+        // Merged away (or erased, or merged between two reads): follow it.
+        match statements::live_profile_id(tx, workspace_id, &current).await? {
+            None => return Ok(None),
+            Some(live) => current = live,
+        }
     }
     Err(changed_meanwhile("the profile"))
 }
@@ -256,7 +298,7 @@ impl Store for PgStore {
 
     async fn ping(&self) -> StoreResult<()> {
         let client = self.pool.get().await?;
-        client.execute("SELECT 1", &[]).await?;
+        client.execute_cached("SELECT 1", &[]).await?;
         Ok(())
     }
 }

@@ -26,21 +26,7 @@ impl ProfileStore for PgStore {
 
     async fn lookup(&self, workspace_id: &str, identity: &Identity) -> StoreResult<Option<Profile>> {
         let client = self.pool.get().await?;
-        let owner: Option<String> = client
-            .query_opt(
-                &client
-                    .prepare_cached(
-                        "SELECT profile_id FROM identities WHERE workspace_id = $1 AND kind = $2 AND value = $3",
-                    )
-                    .await?,
-                &[&workspace_id, &identity.kind.as_str(), &identity.value],
-            )
-            .await?
-            .map(|row| row.get(0));
-        match owner {
-            Some(profile_id) => statements::live_profile(&client, workspace_id, &profile_id).await,
-            None => Ok(None),
-        }
+        statements::live_profile_by_identity(&client, workspace_id, identity).await
     }
 
     async fn profile(&self, workspace_id: &str, profile_id: &str) -> StoreResult<Option<Profile>> {

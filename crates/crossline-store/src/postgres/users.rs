@@ -63,7 +63,7 @@ impl crate::UserStore for PgStore {
     async fn user(&self, workspace_id: &str, id: &str) -> StoreResult<Option<User>> {
         let client = self.pool.get().await?;
         let row = client
-            .query_opt(
+            .query_opt_cached(
                 &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 AND workspace_id = $2"),
                 &[&id, &workspace_id],
             )
@@ -73,20 +73,21 @@ impl crate::UserStore for PgStore {
 
     async fn user_by_id(&self, id: &str) -> StoreResult<Option<User>> {
         let client = self.pool.get().await?;
-        let row = client.query_opt(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"), &[&id]).await?;
+        let row = client.query_opt_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"), &[&id]).await?;
         Ok(row.as_ref().map(user_from_row))
     }
 
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
         let client = self.pool.get().await?;
-        let row = client.query_opt(&format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1"), &[&email]).await?;
+        let row =
+            client.query_opt_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1"), &[&email]).await?;
         Ok(row.as_ref().map(user_from_row))
     }
 
     async fn users(&self, workspace_id: &str) -> StoreResult<Vec<User>> {
         let client = self.pool.get().await?;
         let rows = client
-            .query(
+            .query_cached(
                 &format!("SELECT {USER_COLUMNS} FROM users WHERE workspace_id = $1 ORDER BY email"),
                 &[&workspace_id],
             )
@@ -123,7 +124,7 @@ impl crate::UserStore for PgStore {
     async fn user_by_invitation(&self, token_hash: &str, now: DateTime<Utc>) -> StoreResult<Option<User>> {
         let client = self.pool.get().await?;
         let row = client
-            .query_opt(
+            .query_opt_cached(
                 &format!("SELECT {USER_COLUMNS} FROM users WHERE invite_hash = $1 AND invite_expires_at > $2"),
                 &[&token_hash, &to_millis(now)],
             )
@@ -140,7 +141,7 @@ impl crate::UserStore for PgStore {
         let client = self.pool.get().await?;
         // One statement: two acceptances of one link at once set one password, the other finds nothing.
         let row = client
-            .query_opt(
+            .query_opt_cached(
                 &format!(
                     "UPDATE users SET password_hash = $2, invite_hash = NULL, invite_expires_at = NULL, updated_at = $3
                      WHERE invite_hash = $1 AND invite_expires_at > $3 RETURNING {USER_COLUMNS}"

@@ -41,7 +41,7 @@ impl WorkspaceStore for PgStore {
             KeyKind::Api => "api_key_hash",
         };
         let changed = client
-            .execute(&format!("UPDATE workspaces SET {column} = $1 WHERE id = $2"), &[&new_hash, &workspace_id])
+            .execute_cached(&format!("UPDATE workspaces SET {column} = $1 WHERE id = $2"), &[&new_hash, &workspace_id])
             .await?;
         Ok(changed == 1)
     }

@@ -3,7 +3,13 @@
 #[allow(unused_imports)]
 use super::*;
 
-pub(in crate::postgres) const CONVERSATION_COLUMNS: &str = "id, profile_id, bot, bot_version, status, channel, state, created_at, updated_at, queue, assignee, queued_at, assigned_at";
+macro_rules! conversation_columns {
+    () => {
+        "id, profile_id, bot, bot_version, status, channel, state, created_at, updated_at, queue, assignee, queued_at, assigned_at"
+    };
+}
+
+pub(in crate::postgres) const CONVERSATION_COLUMNS: &str = conversation_columns!();
 
 pub(in crate::postgres) fn conversation_from_row(row: &Row) -> crate::Conversation {
     crate::Conversation {
@@ -24,6 +30,17 @@ pub(in crate::postgres) fn conversation_from_row(row: &Row) -> crate::Conversati
     }
 }
 
+/// A customer's open conversation with a bot: not resolved, and active since `$4` (or waiting
+/// for, or with, an agent).
+pub(in crate::postgres) const OPEN_CONVERSATION: &str = concat!(
+    "SELECT ",
+    conversation_columns!(),
+    " FROM conversations
+     WHERE workspace_id = $1 AND profile_id = $2 AND bot = $3 AND status != 'resolved'
+       AND (updated_at >= $4 OR status IN ('queued', 'assigned'))
+     ORDER BY updated_at DESC LIMIT 1"
+);
+
 pub(in crate::postgres) async fn open_conversation(
     client: &impl GenericClient,
     workspace_id: &str,
@@ -32,15 +49,7 @@ pub(in crate::postgres) async fn open_conversation(
     active_since: DateTime<Utc>,
 ) -> StoreResult<Option<crate::Conversation>> {
     let row = client
-        .query_opt(
-            &format!(
-                "SELECT {CONVERSATION_COLUMNS} FROM conversations
-                 WHERE workspace_id = $1 AND profile_id = $2 AND bot = $3 AND status != 'resolved'
-                   AND (updated_at >= $4 OR status IN ('queued', 'assigned'))
-                 ORDER BY updated_at DESC LIMIT 1"
-            ),
-            &[&workspace_id, &profile_id, &bot, &to_millis(active_since)],
-        )
+        .query_opt_cached(OPEN_CONVERSATION, &[&workspace_id, &profile_id, &bot, &to_millis(active_since)])
         .await?;
     Ok(row.as_ref().map(conversation_from_row))
 }
@@ -51,7 +60,7 @@ pub(in crate::postgres) async fn conversation(
     id: &str,
 ) -> StoreResult<Option<crate::Conversation>> {
     let row = client
-        .query_opt(
+        .query_opt_cached(
             &format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE workspace_id = $1 AND id = $2"),
             &[&workspace_id, &id],
         )
@@ -67,35 +76,53 @@ pub(in crate::postgres) async fn save_conversation(
 ) -> StoreResult<()> {
     // The only status a turn changes is the bot's handing off (bot → queued, with a new queued_at):
     // whatever people did meanwhile (took, moved, resolved, handed back) stands, and a turn that read
-    // the conversation before they did cannot write its old status back.
-    tx.execute(
-        &tx.prepare_cached("INSERT INTO conversations (workspace_id, id, profile_id, bot, bot_version, status, channel, state, created_at, updated_at, queue, queued_at)
+    // the conversation before they did cannot write its old status back. Both statements go out at
+    // once (prepared first, so they are sent, and run, in this order).
+    tx.prepare_cached(UPSERT_CONVERSATION).await?;
+    tx.prepare_cached(APPEND_MESSAGES).await?;
+    let upsert = async {
+        tx.execute_cached(
+            UPSERT_CONVERSATION,
+            &[
+                &workspace_id,
+                &conversation.id,
+                &conversation.profile_id,
+                &conversation.bot,
+                &conversation.bot_version,
+                &conversation.status.as_str(),
+                &conversation.channel,
+                &conversation.state,
+                &to_millis(conversation.created_at),
+                &to_millis(conversation.updated_at),
+                &conversation.queue,
+                &conversation.queued_at.map(to_millis),
+            ],
+        )
+        .await?;
+        Ok::<_, StoreError>(())
+    };
+    futures::try_join!(upsert, append_messages(tx, workspace_id, &conversation.id, messages))?;
+    Ok(())
+}
+
+const APPEND_MESSAGES: &str =
+    "INSERT INTO conversation_messages (workspace_id, conversation_id, seq, author, channel, text, created_at, missed)
+             SELECT $1, $2, last.seq + m.ord, m.author, m.channel, m.text, m.created_at, m.missed
+             FROM (SELECT coalesce(max(seq), 0)::int8 AS seq FROM conversation_messages
+                   WHERE workspace_id = $1 AND conversation_id = $2) last,
+                  unnest($3::text[], $4::text[], $5::text[], $6::int8[], $7::bool[])
+                    WITH ORDINALITY AS m(author, channel, text, created_at, missed, ord)";
+
+const UPSERT_CONVERSATION: &str = "INSERT INTO conversations (workspace_id, id, profile_id, bot, bot_version, status, channel, state, created_at, updated_at, queue, queued_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
          ON CONFLICT (workspace_id, id) DO UPDATE SET profile_id = excluded.profile_id,
             status = CASE WHEN conversations.status = 'bot' AND excluded.status = 'queued' AND excluded.queued_at IS DISTINCT FROM conversations.queued_at THEN 'queued' ELSE conversations.status END,
             queue = CASE WHEN conversations.status = 'bot' AND excluded.status = 'queued' AND excluded.queued_at IS DISTINCT FROM conversations.queued_at THEN excluded.queue ELSE conversations.queue END,
             queued_at = CASE WHEN conversations.status = 'bot' AND excluded.status = 'queued' AND excluded.queued_at IS DISTINCT FROM conversations.queued_at THEN excluded.queued_at ELSE conversations.queued_at END,
-            channel = excluded.channel, state = excluded.state, updated_at = excluded.updated_at").await?,
-        &[
-            &workspace_id,
-            &conversation.id,
-            &conversation.profile_id,
-            &conversation.bot,
-            &conversation.bot_version,
-            &conversation.status.as_str(),
-            &conversation.channel,
-            &conversation.state,
-            &to_millis(conversation.created_at),
-            &to_millis(conversation.updated_at),
-            &conversation.queue,
-            &conversation.queued_at.map(to_millis),
-        ],
-    )
-    .await?;
-    append_messages(tx, workspace_id, &conversation.id, messages).await
-}
+            channel = excluded.channel, state = excluded.state, updated_at = excluded.updated_at";
 
-/// Append messages to a conversation, after those it has.
+/// Messages appended after those the conversation has: the next numbers after its last, in the
+/// order given (one statement).
 pub(in crate::postgres) async fn append_messages(
     tx: &deadpool_postgres::Transaction<'_>,
     workspace_id: &str,
@@ -105,22 +132,13 @@ pub(in crate::postgres) async fn append_messages(
     if messages.is_empty() {
         return Ok(());
     }
-    // One statement: the next numbers after the conversation's last, in the order given.
     let authors: Vec<&str> = messages.iter().map(|message| message.author.as_str()).collect();
     let channels: Vec<&str> = messages.iter().map(|message| message.channel.as_str()).collect();
     let texts: Vec<&str> = messages.iter().map(|message| message.text.as_str()).collect();
     let times: Vec<i64> = messages.iter().map(|message| to_millis(message.created_at)).collect();
     let missed: Vec<bool> = messages.iter().map(|message| message.missed).collect();
-    tx.execute(
-        &tx.prepare_cached(
-            "INSERT INTO conversation_messages (workspace_id, conversation_id, seq, author, channel, text, created_at, missed)
-             SELECT $1, $2, last.seq + m.ord, m.author, m.channel, m.text, m.created_at, m.missed
-             FROM (SELECT coalesce(max(seq), 0)::int8 AS seq FROM conversation_messages
-                   WHERE workspace_id = $1 AND conversation_id = $2) last,
-                  unnest($3::text[], $4::text[], $5::text[], $6::int8[], $7::bool[])
-                    WITH ORDINALITY AS m(author, channel, text, created_at, missed, ord)",
-        )
-        .await?,
+    tx.execute_cached(
+        APPEND_MESSAGES,
         &[&workspace_id, &conversation_id, &authors, &channels, &texts, &times, &missed],
     )
     .await?;

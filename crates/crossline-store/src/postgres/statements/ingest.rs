@@ -23,19 +23,17 @@ impl IngestTx for PgTx<'_> {
         workspace_id: &str,
         ids: &[&str],
     ) -> StoreResult<foldhash::HashSet<String>> {
-        let rows = self
-            .tx
-            .query(
-                &self
-                    .cached(
-                        "SELECT e.message_id FROM unnest($2::text[]) AS wanted(id)
-                     CROSS JOIN LATERAL (SELECT message_id FROM events
-                        WHERE workspace_id = $1 AND message_id = wanted.id LIMIT 1) e",
-                    )
-                    .await?,
-                &[&workspace_id, &ids],
-            )
-            .await?;
+        let rows = if let [id] = ids {
+            // One key (a turn's event): a statement whose generic plan PostgreSQL keeps, where the
+            // array form is planned again on every run (its generic plan expects ten keys).
+            let sql = "SELECT message_id FROM events WHERE workspace_id = $1 AND message_id = $2";
+            self.tx.query(&self.cached(sql).await?, &[&workspace_id, id]).await?
+        } else {
+            let sql = "SELECT e.message_id FROM unnest($2::text[]) AS wanted(id)
+                 CROSS JOIN LATERAL (SELECT message_id FROM events
+                    WHERE workspace_id = $1 AND message_id = wanted.id LIMIT 1) e";
+            self.tx.query(&self.cached(sql).await?, &[&workspace_id, &ids]).await?
+        };
         Ok(rows.into_iter().map(|row| row.get(0)).collect())
     }
 
@@ -46,15 +44,16 @@ impl IngestTx for PgTx<'_> {
     ) -> StoreResult<foldhash::HashMap<Identity, String>> {
         let kinds: Vec<&str> = identities.iter().map(|identity| identity.kind.as_str()).collect();
         let values: Vec<&str> = identities.iter().map(|identity| identity.value.as_str()).collect();
-        let rows = self
-            .tx
-            .query(
-                &self.cached("SELECT wanted.kind, wanted.value, i.profile_id FROM unnest($2::text[], $3::text[]) AS wanted(kind, value)
+        let rows = if let ([kind], [value]) = (&kinds[..], &values[..]) {
+            let sql =
+                "SELECT kind, value, profile_id FROM identities WHERE workspace_id = $1 AND kind = $2 AND value = $3";
+            self.tx.query(&self.cached(sql).await?, &[&workspace_id, kind, value]).await?
+        } else {
+            let sql = "SELECT wanted.kind, wanted.value, i.profile_id FROM unnest($2::text[], $3::text[]) AS wanted(kind, value)
                  CROSS JOIN LATERAL (SELECT profile_id FROM identities
-                    WHERE workspace_id = $1 AND kind = wanted.kind AND value = wanted.value LIMIT 1) i").await?,
-                &[&workspace_id, &kinds, &values],
-            )
-            .await?;
+                    WHERE workspace_id = $1 AND kind = wanted.kind AND value = wanted.value LIMIT 1) i";
+            self.tx.query(&self.cached(sql).await?, &[&workspace_id, &kinds, &values]).await?
+        };
         let mut owners = foldhash::HashMap::default();
         for row in rows {
             if let Ok(kind) = row.get::<_, &str>(0).parse::<IdentityKind>() {
@@ -68,7 +67,11 @@ impl IngestTx for PgTx<'_> {
         profiles.sort_unstable();
         profiles.dedup();
         if !profiles.is_empty() {
-            let locked = self.tx.query(&self.cached(LOCK_PROFILES).await?, &[&workspace_id, &profiles]).await?;
+            let locked = if let [profile] = &profiles[..] {
+                self.tx.query(&self.cached(LOCK_PROFILE).await?, &[&workspace_id, profile]).await?
+            } else {
+                self.tx.query(&self.cached(LOCK_PROFILES).await?, &[&workspace_id, &profiles]).await?
+            };
             if locked.len() != profiles.len() {
                 return Err(crate::postgres::changed_meanwhile("an identity's profile"));
             }
@@ -77,19 +80,16 @@ impl IngestTx for PgTx<'_> {
     }
 
     async fn load_profiles(&mut self, workspace_id: &str, ids: &[String]) -> StoreResult<Vec<ProfileState>> {
-        let rows = self
-            .tx
-            .query(
-                &self
-                    .cached(
-                        "SELECT p.* FROM unnest($2::text[]) AS wanted(id)
-                         CROSS JOIN LATERAL (SELECT id, traits, trait_times, consent, created_at, updated_at FROM profiles
-                            WHERE workspace_id = $1 AND id = wanted.id AND merged_into IS NULL LIMIT 1) p",
-                    )
-                    .await?,
-                &[&workspace_id, &ids],
-            )
-            .await?;
+        let rows = if let [id] = ids {
+            let sql = "SELECT id, traits, trait_times, consent, created_at, updated_at FROM profiles
+                 WHERE workspace_id = $1 AND id = $2 AND merged_into IS NULL";
+            self.tx.query(&self.cached(sql).await?, &[&workspace_id, id]).await?
+        } else {
+            let sql = "SELECT p.* FROM unnest($2::text[]) AS wanted(id)
+                 CROSS JOIN LATERAL (SELECT id, traits, trait_times, consent, created_at, updated_at FROM profiles
+                    WHERE workspace_id = $1 AND id = wanted.id AND merged_into IS NULL LIMIT 1) p";
+            self.tx.query(&self.cached(sql).await?, &[&workspace_id, &ids]).await?
+        };
         rows.iter().map(profile_state_from_row).collect()
     }
 
@@ -181,8 +181,7 @@ impl IngestTx for PgTx<'_> {
         let owners: Vec<&str> = sorted.iter().map(|(_, owner)| owner.as_str()).collect();
         self.tx
             .execute(
-                &self.cached("INSERT INTO identities (workspace_id, kind, value, profile_id, created_at)
-                 SELECT $1, kind, value, profile_id, $5 FROM unnest($2::text[], $3::text[], $4::text[]) AS t(kind, value, profile_id)").await?,
+                &self.cached(INSERT_IDENTITIES).await?,
                 &[&workspace_id, &kinds, &values, &owners, &to_millis(now)],
             )
             .await?;
@@ -201,9 +200,19 @@ impl IngestTx for PgTx<'_> {
         let received: Vec<i64> = rows.iter().map(|row| to_millis(row.received_at)).collect();
         self.tx
             .execute(
-                &self.cached("INSERT INTO events (workspace_id, message_id, profile_id, kind, name, channel, properties, context, timestamp, received_at)
-                 SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[], $8::jsonb[], $9::int8[], $10::int8[])").await?,
-                &[&workspace_id, &message_ids, &profile_ids, &kinds, &names, &channels, &properties, &contexts, &timestamps, &received],
+                &self.cached(INSERT_EVENTS).await?,
+                &[
+                    &workspace_id,
+                    &message_ids,
+                    &profile_ids,
+                    &kinds,
+                    &names,
+                    &channels,
+                    &properties,
+                    &contexts,
+                    &timestamps,
+                    &received,
+                ],
             )
             .await?;
         Ok(())
@@ -226,6 +235,46 @@ impl IngestTx for PgTx<'_> {
                 &[&workspace_id, &ids, &traits, &trait_times, &consent, &created, &updated],
             )
             .await?;
+        Ok(())
+    }
+
+    /// The four writes go out at once, pipelined on the connection: PostgreSQL runs them in the
+    /// order sent (the statements are prepared first, so each is sent when its future is first
+    /// polled, in this order), and the batch waits for one round trip rather than four.
+    async fn write_batch(&mut self, workspace_id: &str, batch: BatchWrites<'_, '_>) -> StoreResult<()> {
+        for sql in [INSERT_IDENTITIES, INSERT_EVENTS, ADD_EVENT_COUNTS, UPSERT_PROFILES] {
+            self.cached(sql).await?;
+        }
+        let tx = self.tx;
+        let (mut identities, mut events, mut counts, mut profiles) =
+            (PgTx { tx }, PgTx { tx }, PgTx { tx }, PgTx { tx });
+        let BatchWrites { identities: new_identities, now, rows, counts: new_counts, profiles: dirty } = batch;
+        futures::try_join!(
+            async {
+                match new_identities.is_empty() {
+                    true => Ok(()),
+                    false => identities.insert_identities(workspace_id, new_identities, now).await,
+                }
+            },
+            async {
+                match rows.is_empty() {
+                    true => Ok(()),
+                    false => events.insert_events(workspace_id, rows).await,
+                }
+            },
+            async {
+                match new_counts.is_empty() {
+                    true => Ok(()),
+                    false => counts.add_event_counts(workspace_id, new_counts).await,
+                }
+            },
+            async {
+                match dirty.is_empty() {
+                    true => Ok(()),
+                    false => profiles.upsert_profiles(workspace_id, dirty).await,
+                }
+            },
+        )?;
         Ok(())
     }
 
@@ -264,6 +313,18 @@ const LOCK_PROFILES: &str = "SELECT p.id FROM unnest($2::text[]) AS wanted(id)
      CROSS JOIN LATERAL (SELECT id FROM profiles WHERE workspace_id = $1 AND id = wanted.id AND merged_into IS NULL
         LIMIT 1 FOR NO KEY UPDATE) p";
 
+const INSERT_IDENTITIES: &str = "INSERT INTO identities (workspace_id, kind, value, profile_id, created_at)
+     SELECT $1, kind, value, profile_id, $5 FROM unnest($2::text[], $3::text[], $4::text[]) AS t(kind, value, profile_id)";
+
+const INSERT_EVENTS: &str = "INSERT INTO events
+        (workspace_id, message_id, profile_id, kind, name, channel, properties, context, timestamp, received_at)
+     SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[], $8::jsonb[],
+        $9::int8[], $10::int8[])";
+
+/// [`LOCK_PROFILES`] for one profile (a form whose generic plan PostgreSQL keeps).
+pub(in crate::postgres) const LOCK_PROFILE: &str =
+    "SELECT id FROM profiles WHERE workspace_id = $1 AND id = $2 AND merged_into IS NULL FOR NO KEY UPDATE";
+
 /// Profiles written whole, in id order.
 const UPSERT_PROFILES: &str =
     "INSERT INTO profiles (workspace_id, id, traits, trait_times, consent, created_at, updated_at)
@@ -297,7 +358,7 @@ pub(in crate::postgres) async fn upsert_profile(
     profile: &ProfileState,
 ) -> StoreResult<()> {
     client
-        .execute(
+        .execute_cached(
             "INSERT INTO profiles (workspace_id, id, traits, trait_times, consent, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (workspace_id, id) DO UPDATE SET

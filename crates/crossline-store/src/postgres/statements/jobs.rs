@@ -55,7 +55,7 @@ pub(in crate::postgres) fn job_from_row(row: &Row) -> Job {
 }
 
 pub(in crate::postgres) async fn job(client: &impl GenericClient, id: i64) -> StoreResult<Option<Job>> {
-    let row = client.query_opt(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"), &[&id]).await?;
+    let row = client.query_opt_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"), &[&id]).await?;
     Ok(row.as_ref().map(job_from_row))
 }
 
@@ -82,7 +82,7 @@ pub(in crate::postgres) async fn claim(
     )
     .await?;
     let rows = tx
-        .query(
+        .query_cached(
             &format!(
                 "UPDATE jobs SET leased_by = $3, leased_until = $4, attempts = attempts + 1
                  WHERE id IN (SELECT id FROM jobs WHERE queue = $1 AND status = 'pending' AND run_at <= $2

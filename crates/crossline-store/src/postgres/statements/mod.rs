@@ -1,6 +1,7 @@
 //! SQL for the PostgreSQL backend. Batch questions are answered with one statement each.
 
-use crate::ingest::{EventRow, IngestTx};
+use crate::ingest::{BatchWrites, EventRow, IngestTx};
+use crate::postgres::Prepared;
 use crate::stats::{fill_days, window_start};
 use crate::{
     EnqueueOutcome, EventQuery, Job, JobStatus, NewJob, ProfilePage, ProfileQuery, StoreError, StoreResult,

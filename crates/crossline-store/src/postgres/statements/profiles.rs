@@ -70,19 +70,60 @@ pub(in crate::postgres) async fn identities_of(
         .collect())
 }
 
+/// The live profile `m` is (or was merged into), with its identities: the columns and joins after
+/// a `FROM` that names the starting profile row `m`.
+macro_rules! live_profile_of_m {
+    ($from:literal, $where:literal) => {
+        concat!(
+            "SELECT p.id, p.traits, p.trait_times, p.consent, p.created_at, p.updated_at, i.kinds, i.vals
+             FROM ",
+            $from,
+            " JOIN profiles p ON p.workspace_id = m.workspace_id AND p.id = coalesce(m.merged_into, m.id)
+                AND p.merged_into IS NULL
+             LEFT JOIN LATERAL (SELECT array_agg(kind) AS kinds, array_agg(value) AS vals FROM identities
+                WHERE workspace_id = p.workspace_id AND profile_id = p.id) i ON true
+             WHERE ",
+            $where
+        )
+    };
+}
+
+/// The live profile `id` is (or was merged into) with its identities: one statement (it is read
+/// for every bot turn and every recipient).
 pub(in crate::postgres) async fn live_profile(
     client: &impl GenericClient,
     workspace_id: &str,
     id: &str,
 ) -> StoreResult<Option<Profile>> {
-    let Some(live) = live_profile_id(client, workspace_id, id).await? else {
-        return Ok(None);
-    };
-    let Some(state) = profile_state(client, workspace_id, &live).await? else {
-        return Ok(None);
-    };
-    let identities = identities_of(client, workspace_id, &live).await?;
-    Ok(Some(Profile::from_state(state, identities)))
+    const SQL: &str = live_profile_of_m!("profiles m", "m.workspace_id = $1 AND m.id = $2");
+    let row = client.query_opt_cached(SQL, &[&workspace_id, &id]).await?;
+    row.as_ref().map(live_profile_from_row).transpose()
+}
+
+/// The live profile that owns an identity, with its identities: one statement.
+pub(in crate::postgres) async fn live_profile_by_identity(
+    client: &impl GenericClient,
+    workspace_id: &str,
+    identity: &Identity,
+) -> StoreResult<Option<Profile>> {
+    const SQL: &str = live_profile_of_m!(
+        "identities o JOIN profiles m ON m.workspace_id = o.workspace_id AND m.id = o.profile_id",
+        "o.workspace_id = $1 AND o.kind = $2 AND o.value = $3"
+    );
+    let row = client.query_opt_cached(SQL, &[&workspace_id, &identity.kind.as_str(), &identity.value]).await?;
+    row.as_ref().map(live_profile_from_row).transpose()
+}
+
+fn live_profile_from_row(row: &Row) -> StoreResult<Profile> {
+    let state = profile_state_from_row(row)?;
+    let kinds: Vec<&str> = row.get::<_, Option<Vec<&str>>>(6).unwrap_or_default();
+    let values: Vec<String> = row.get::<_, Option<Vec<String>>>(7).unwrap_or_default();
+    let identities = kinds
+        .into_iter()
+        .zip(values)
+        .filter_map(|(kind, value)| Some(Identity { kind: kind.parse().ok()?, value }))
+        .collect();
+    Ok(Profile::from_state(state, identities))
 }
 
 pub(in crate::postgres) async fn events(
@@ -199,7 +240,7 @@ pub(in crate::postgres) async fn delete_profile(
         "DELETE FROM profiles WHERE workspace_id = $1 AND id = $2".to_owned(),
     ];
     for statement in &statements {
-        tx.execute(statement.as_str(), &[&workspace_id, &live]).await?;
+        tx.execute_cached(statement, &[&workspace_id, &live]).await?;
     }
     Ok(true)
 }

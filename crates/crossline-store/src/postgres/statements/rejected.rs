@@ -77,7 +77,7 @@ pub(in crate::postgres) async fn rejected_events(
     let rows = match before {
         Some(cursor) => {
             client
-                .query(
+                .query_cached(
                     &format!(
                         "SELECT {COLUMNS} FROM rejected_events WHERE workspace_id = $1 AND id < $3 ORDER BY id DESC LIMIT $2"
                     ),
@@ -87,7 +87,7 @@ pub(in crate::postgres) async fn rejected_events(
         }
         None => {
             client
-                .query(
+                .query_cached(
                     &format!("SELECT {COLUMNS} FROM rejected_events WHERE workspace_id = $1 ORDER BY id DESC LIMIT $2"),
                     &[&workspace_id, &fetch],
                 )

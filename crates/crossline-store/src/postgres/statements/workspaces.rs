@@ -49,7 +49,7 @@ pub(in crate::postgres) async fn workspace_where(
     value: &str,
 ) -> StoreResult<Option<Workspace>> {
     let row = client
-        .query_opt(
+        .query_opt_cached(
             &format!("SELECT id, name, default_region, time_zone, created_at FROM workspaces WHERE {condition}"),
             &[&value],
         )
