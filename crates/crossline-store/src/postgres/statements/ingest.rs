@@ -23,17 +23,14 @@ impl IngestTx for PgTx<'_> {
         workspace_id: &str,
         ids: &[&str],
     ) -> StoreResult<foldhash::HashSet<String>> {
-        let rows = if let [id] = ids {
-            // One key (a turn's event): a statement whose generic plan PostgreSQL keeps, where the
-            // array form is planned again on every run (its generic plan expects ten keys).
-            let sql = "SELECT message_id FROM events WHERE workspace_id = $1 AND message_id = $2";
-            self.tx.query(&self.cached(sql).await?, &[&workspace_id, id]).await?
-        } else {
-            let sql = "SELECT e.message_id FROM unnest($2::text[]) AS wanted(id)
-                 CROSS JOIN LATERAL (SELECT message_id FROM events
-                    WHERE workspace_id = $1 AND message_id = wanted.id LIMIT 1) e";
-            self.tx.query(&self.cached(sql).await?, &[&workspace_id, &ids]).await?
-        };
+        // The array form for any number of keys: it is planned again on every run, but a
+        // single-key form's generic plan, made while the table had no statistics, was seen to walk
+        // another index of the workspace's events (2 ms a call) — events have three indexes that
+        // start with the workspace.
+        let sql = "SELECT e.message_id FROM unnest($2::text[]) AS wanted(id)
+             CROSS JOIN LATERAL (SELECT message_id FROM events
+                WHERE workspace_id = $1 AND message_id = wanted.id LIMIT 1) e";
+        let rows = self.tx.query(&self.cached(sql).await?, &[&workspace_id, &ids]).await?;
         Ok(rows.into_iter().map(|row| row.get(0)).collect())
     }
 

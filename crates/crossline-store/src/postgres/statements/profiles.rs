@@ -71,17 +71,21 @@ pub(in crate::postgres) async fn identities_of(
 }
 
 /// The live profile `m` is (or was merged into), with its identities: the columns and joins after
-/// a `FROM` that names the starting profile row `m`.
+/// a `FROM` that names the starting profile row `m`. Each step is a `LATERAL` subquery with `LIMIT 1`,
+/// which the planner cannot reorder: the statement's generic plan (kept once the statement has run
+/// a few times, possibly made while the tables were nearly empty) is then index probes in this
+/// order. As a plain join, it could scan the workspace's profiles and filter them, every call.
 macro_rules! live_profile_of_m {
     ($from:literal, $where:literal) => {
         concat!(
             "SELECT p.id, p.traits, p.trait_times, p.consent, p.created_at, p.updated_at, i.kinds, i.vals
              FROM ",
             $from,
-            " JOIN profiles p ON p.workspace_id = m.workspace_id AND p.id = coalesce(m.merged_into, m.id)
-                AND p.merged_into IS NULL
-             LEFT JOIN LATERAL (SELECT array_agg(kind) AS kinds, array_agg(value) AS vals FROM identities
-                WHERE workspace_id = p.workspace_id AND profile_id = p.id) i ON true
+            " CROSS JOIN LATERAL (SELECT workspace_id, id, traits, trait_times, consent, created_at, updated_at
+                FROM profiles WHERE workspace_id = m.workspace_id AND id = coalesce(m.merged_into, m.id)
+                AND merged_into IS NULL LIMIT 1) p
+             CROSS JOIN LATERAL (SELECT array_agg(kind) AS kinds, array_agg(value) AS vals FROM identities
+                WHERE workspace_id = p.workspace_id AND profile_id = p.id) i
              WHERE ",
             $where
         )
@@ -107,7 +111,8 @@ pub(in crate::postgres) async fn live_profile_by_identity(
     identity: &Identity,
 ) -> StoreResult<Option<Profile>> {
     const SQL: &str = live_profile_of_m!(
-        "identities o JOIN profiles m ON m.workspace_id = o.workspace_id AND m.id = o.profile_id",
+        "identities o CROSS JOIN LATERAL (SELECT workspace_id, id, merged_into FROM profiles
+            WHERE workspace_id = o.workspace_id AND id = o.profile_id LIMIT 1) m",
         "o.workspace_id = $1 AND o.kind = $2 AND o.value = $3"
     );
     let row = client.query_opt_cached(SQL, &[&workspace_id, &identity.kind.as_str(), &identity.value]).await?;
