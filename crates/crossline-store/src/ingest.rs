@@ -64,6 +64,20 @@ pub trait IngestTx {
         workspace_id: &str,
         identities: &[Identity],
     ) -> StoreResult<HashMap<Identity, String>>;
+    /// Which of these message ids are stored, and the live profile owning each identity: both
+    /// reads at once where the backend can. The caller asks for the identities of every event, a
+    /// duplicate's too (their owners are read and locked for nothing, rarely).
+    async fn read_batch(
+        &mut self,
+        workspace_id: &str,
+        ids: &[&str],
+        identities: &[Identity],
+    ) -> StoreResult<(HashSet<String>, HashMap<Identity, String>)> {
+        let existing = self.existing_message_ids(workspace_id, ids).await?;
+        let owners =
+            if identities.is_empty() { HashMap::new() } else { self.identity_owners(workspace_id, identities).await? };
+        Ok((existing, owners))
+    }
     /// The state of these live profiles.
     async fn load_profiles(&mut self, workspace_id: &str, ids: &[String]) -> StoreResult<Vec<ProfileState>>;
     /// Move a stored profile's identities to `survivor`, make its events the survivor's (moved, or
@@ -143,24 +157,22 @@ pub async fn apply_batch<T: IngestTx>(
     limits: &ProfileLimits,
 ) -> StoreResult<Vec<IngestedEvent>> {
     let message_ids: Vec<&str> = events.iter().map(|event| event.message_id.as_str()).collect();
-    let existing = tx.existing_message_ids(workspace_id, &message_ids).await?;
-
-    let mut seen = HashSet::new();
-    let fresh: Vec<bool> = events
-        .iter()
-        .map(|event| !existing.contains(&event.message_id) && seen.insert(event.message_id.as_str()))
-        .collect();
-
     let mut wanted: Vec<Identity> = Vec::new();
     let mut wanted_set = HashSet::new();
-    for (event, _) in events.iter().zip(&fresh).filter(|(_, fresh)| **fresh) {
+    for event in events {
         for identity in event.identities.iter().chain(&event.previous_ids) {
             if wanted_set.insert(identity) {
                 wanted.push(identity.clone());
             }
         }
     }
-    let owners = if wanted.is_empty() { HashMap::new() } else { tx.identity_owners(workspace_id, &wanted).await? };
+    let (existing, owners) = tx.read_batch(workspace_id, &message_ids, &wanted).await?;
+
+    let mut seen = HashSet::new();
+    let fresh: Vec<bool> = events
+        .iter()
+        .map(|event| !existing.contains(&event.message_id) && seen.insert(event.message_id.as_str()))
+        .collect();
     // Profile state is read (and its JSON parsed) only where an event may change the profile: a
     // `track` by a known user needs nothing but the owner's id. Anything missed here is loaded
     // on demand by `ensure_loaded`.

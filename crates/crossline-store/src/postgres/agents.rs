@@ -588,7 +588,7 @@ impl crate::AgentStore for PgStore {
             super::engage::insert_delivery_rows(&tx, workspace_id, std::slice::from_ref(delivery)).await?;
         }
         let ingested = {
-            let mut statements = statements::PgTx { tx: &tx };
+            let mut statements = statements::PgTx::new(&tx);
             apply_batch(&mut statements, workspace_id, &events, Utc::now(), &self.profile_limits).await?
         };
         let conversation = statements::conversation(&tx, workspace_id, conversation_id)

@@ -65,7 +65,7 @@ impl crate::ConversationStore for PgStore {
                 return Err(crate::turn_conflict());
             }
             statements::save_conversation(&tx, workspace_id, conversation, messages).await?;
-            let mut statements = statements::PgTx { tx: &tx };
+            let mut statements = statements::PgTx { tx: &tx, locked: Some(&conversation.profile_id) };
             apply_batch(&mut statements, workspace_id, &events, Utc::now(), &self.profile_limits).await
         }
         .await)

@@ -8,7 +8,7 @@ use super::*;
 impl ProfileStore for PgStore {
     async fn ingest(&self, workspace_id: &str, events: Vec<NormalizedEvent>) -> StoreResult<Vec<IngestedEvent>> {
         retried_transaction!(self, |tx| {
-            let mut statements = statements::PgTx { tx: &tx };
+            let mut statements = statements::PgTx::new(&tx);
             apply_batch(&mut statements, workspace_id, &events, Utc::now(), &self.profile_limits).await
         })
     }

@@ -7,13 +7,86 @@ use tokio_postgres::types::Json;
 /// The ingest statements over one transaction.
 pub(in crate::postgres) struct PgTx<'a> {
     pub(in crate::postgres) tx: &'a deadpool_postgres::Transaction<'a>,
+    /// A live profile this transaction already holds locked (a turn's customer): not locked again.
+    pub(in crate::postgres) locked: Option<&'a str>,
 }
 
-impl PgTx<'_> {
+/// Which of the wanted message ids are stored: the array form for any number of keys. It is planned
+/// again on every run, but a single-key form's generic plan, made while the table had no
+/// statistics, was seen to walk another index of the workspace's events (2 ms a call) — three
+/// indexes of `events` start with the workspace.
+const EXISTING_MESSAGE_IDS: &str = "SELECT e.message_id FROM unnest($2::text[]) AS wanted(id)
+     CROSS JOIN LATERAL (SELECT message_id FROM events
+        WHERE workspace_id = $1 AND message_id = wanted.id LIMIT 1) e";
+
+/// The owner of one identity (a form whose generic plan PostgreSQL keeps).
+const OWNER: &str =
+    "SELECT kind, value, profile_id FROM identities WHERE workspace_id = $1 AND kind = $2 AND value = $3";
+
+/// The owners of several identities.
+const OWNERS: &str = "SELECT wanted.kind, wanted.value, i.profile_id
+     FROM unnest($2::text[], $3::text[]) AS wanted(kind, value)
+     CROSS JOIN LATERAL (SELECT profile_id FROM identities
+        WHERE workspace_id = $1 AND kind = wanted.kind AND value = wanted.value LIMIT 1) i";
+
+impl<'a> PgTx<'a> {
+    pub(in crate::postgres) fn new(tx: &'a deadpool_postgres::Transaction<'a>) -> Self {
+        PgTx { tx, locked: None }
+    }
+
     /// The statement prepared once per connection: PostgreSQL parses and plans it once, and a
     /// batch's statements each cost one round trip.
     async fn cached(&self, sql: &str) -> StoreResult<tokio_postgres::Statement> {
         Ok(self.tx.prepare_cached(sql).await?)
+    }
+
+    async fn query_existing(&self, workspace_id: &str, ids: &[&str]) -> StoreResult<foldhash::HashSet<String>> {
+        let rows = self.tx.query(&self.cached(EXISTING_MESSAGE_IDS).await?, &[&workspace_id, &ids]).await?;
+        Ok(rows.into_iter().map(|row| row.get(0)).collect())
+    }
+
+    /// Who owns these identities (not locked yet).
+    async fn query_owners(
+        &self,
+        workspace_id: &str,
+        identities: &[Identity],
+    ) -> StoreResult<foldhash::HashMap<Identity, String>> {
+        let kinds: Vec<&str> = identities.iter().map(|identity| identity.kind.as_str()).collect();
+        let values: Vec<&str> = identities.iter().map(|identity| identity.value.as_str()).collect();
+        let rows = if let ([kind], [value]) = (&kinds[..], &values[..]) {
+            self.tx.query(&self.cached(OWNER).await?, &[&workspace_id, kind, value]).await?
+        } else {
+            self.tx.query(&self.cached(OWNERS).await?, &[&workspace_id, &kinds, &values]).await?
+        };
+        let mut owners = foldhash::HashMap::default();
+        for row in rows {
+            if let Ok(kind) = row.get::<_, &str>(0).parse::<IdentityKind>() {
+                owners.insert(Identity { kind, value: row.get(1) }, row.get(2));
+            }
+        }
+        Ok(owners)
+    }
+
+    /// Lock every owner before anything reads its state: events, identities, traits and merges of
+    /// these profiles are this transaction's alone until it ends. An owner merged away or erased
+    /// between the read of the owners and its lock means the graph changed: run the batch again.
+    async fn lock_owners(&self, workspace_id: &str, owners: &foldhash::HashMap<Identity, String>) -> StoreResult<()> {
+        let mut profiles: Vec<&str> =
+            owners.values().map(String::as_str).filter(|profile| Some(*profile) != self.locked).collect();
+        profiles.sort_unstable();
+        profiles.dedup();
+        if profiles.is_empty() {
+            return Ok(());
+        }
+        let locked = if let [profile] = &profiles[..] {
+            self.tx.query(&self.cached(LOCK_PROFILE).await?, &[&workspace_id, profile]).await?
+        } else {
+            self.tx.query(&self.cached(LOCK_PROFILES).await?, &[&workspace_id, &profiles]).await?
+        };
+        if locked.len() != profiles.len() {
+            return Err(crate::postgres::changed_meanwhile("an identity's profile"));
+        }
+        Ok(())
     }
 }
 
@@ -23,15 +96,7 @@ impl IngestTx for PgTx<'_> {
         workspace_id: &str,
         ids: &[&str],
     ) -> StoreResult<foldhash::HashSet<String>> {
-        // The array form for any number of keys: it is planned again on every run, but a
-        // single-key form's generic plan, made while the table had no statistics, was seen to walk
-        // another index of the workspace's events (2 ms a call) — events have three indexes that
-        // start with the workspace.
-        let sql = "SELECT e.message_id FROM unnest($2::text[]) AS wanted(id)
-             CROSS JOIN LATERAL (SELECT message_id FROM events
-                WHERE workspace_id = $1 AND message_id = wanted.id LIMIT 1) e";
-        let rows = self.tx.query(&self.cached(sql).await?, &[&workspace_id, &ids]).await?;
-        Ok(rows.into_iter().map(|row| row.get(0)).collect())
+        self.query_existing(workspace_id, ids).await
     }
 
     async fn identity_owners(
@@ -39,41 +104,27 @@ impl IngestTx for PgTx<'_> {
         workspace_id: &str,
         identities: &[Identity],
     ) -> StoreResult<foldhash::HashMap<Identity, String>> {
-        let kinds: Vec<&str> = identities.iter().map(|identity| identity.kind.as_str()).collect();
-        let values: Vec<&str> = identities.iter().map(|identity| identity.value.as_str()).collect();
-        let rows = if let ([kind], [value]) = (&kinds[..], &values[..]) {
-            let sql =
-                "SELECT kind, value, profile_id FROM identities WHERE workspace_id = $1 AND kind = $2 AND value = $3";
-            self.tx.query(&self.cached(sql).await?, &[&workspace_id, kind, value]).await?
-        } else {
-            let sql = "SELECT wanted.kind, wanted.value, i.profile_id FROM unnest($2::text[], $3::text[]) AS wanted(kind, value)
-                 CROSS JOIN LATERAL (SELECT profile_id FROM identities
-                    WHERE workspace_id = $1 AND kind = wanted.kind AND value = wanted.value LIMIT 1) i";
-            self.tx.query(&self.cached(sql).await?, &[&workspace_id, &kinds, &values]).await?
-        };
-        let mut owners = foldhash::HashMap::default();
-        for row in rows {
-            if let Ok(kind) = row.get::<_, &str>(0).parse::<IdentityKind>() {
-                owners.insert(Identity { kind, value: row.get(1) }, row.get(2));
-            }
-        }
-        // Lock every owner before anything reads its state: events, identities, traits and merges
-        // of these profiles are this transaction's alone until it ends. An owner merged away or
-        // erased between the read above and its lock means the graph changed: run the batch again.
-        let mut profiles: Vec<&str> = owners.values().map(String::as_str).collect();
-        profiles.sort_unstable();
-        profiles.dedup();
-        if !profiles.is_empty() {
-            let locked = if let [profile] = &profiles[..] {
-                self.tx.query(&self.cached(LOCK_PROFILE).await?, &[&workspace_id, profile]).await?
-            } else {
-                self.tx.query(&self.cached(LOCK_PROFILES).await?, &[&workspace_id, &profiles]).await?
-            };
-            if locked.len() != profiles.len() {
-                return Err(crate::postgres::changed_meanwhile("an identity's profile"));
-            }
-        }
+        let owners = self.query_owners(workspace_id, identities).await?;
+        self.lock_owners(workspace_id, &owners).await?;
         Ok(owners)
+    }
+
+    /// The two reads go out at once (both prepared first), then the owners are locked.
+    async fn read_batch(
+        &mut self,
+        workspace_id: &str,
+        ids: &[&str],
+        identities: &[Identity],
+    ) -> StoreResult<(foldhash::HashSet<String>, foldhash::HashMap<Identity, String>)> {
+        if identities.is_empty() {
+            return Ok((self.query_existing(workspace_id, ids).await?, foldhash::HashMap::default()));
+        }
+        self.cached(EXISTING_MESSAGE_IDS).await?;
+        self.cached(if identities.len() == 1 { OWNER } else { OWNERS }).await?;
+        let (existing, owners) =
+            futures::try_join!(self.query_existing(workspace_id, ids), self.query_owners(workspace_id, identities))?;
+        self.lock_owners(workspace_id, &owners).await?;
+        Ok((existing, owners))
     }
 
     async fn load_profiles(&mut self, workspace_id: &str, ids: &[String]) -> StoreResult<Vec<ProfileState>> {
@@ -244,7 +295,7 @@ impl IngestTx for PgTx<'_> {
         }
         let tx = self.tx;
         let (mut identities, mut events, mut counts, mut profiles) =
-            (PgTx { tx }, PgTx { tx }, PgTx { tx }, PgTx { tx });
+            (PgTx::new(tx), PgTx::new(tx), PgTx::new(tx), PgTx::new(tx));
         let BatchWrites { identities: new_identities, now, rows, counts: new_counts, profiles: dirty } = batch;
         futures::try_join!(
             async {
