@@ -150,16 +150,7 @@ impl crate::EngageStore for PgStore {
     }
 
     async fn objects(&self, workspace_id: &str, kind: ObjectKind) -> StoreResult<Vec<EngageObject>> {
-        let client = self.pool.get().await?;
-        let rows = client
-            .query_cached(
-                &format!(
-                    "SELECT {OBJECT_COLUMNS} FROM engage_objects WHERE workspace_id = $1 AND kind = $2 ORDER BY created_at DESC, id DESC"
-                ),
-                &[&workspace_id, &kind.as_str()],
-            )
-            .await?;
-        Ok(rows.iter().map(|row| object_at(row, 0)).collect())
+        self.objects_of_kinds(workspace_id, &[kind]).await
     }
 
     async fn objects_of_kinds(&self, workspace_id: &str, kinds: &[ObjectKind]) -> StoreResult<Vec<EngageObject>> {

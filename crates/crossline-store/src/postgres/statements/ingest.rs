@@ -41,7 +41,7 @@ impl<'a> PgTx<'a> {
     }
 
     async fn query_existing(&self, workspace_id: &str, ids: &[&str]) -> StoreResult<foldhash::HashSet<String>> {
-        let rows = self.tx.query(&self.cached(EXISTING_MESSAGE_IDS).await?, &[&workspace_id, &ids]).await?;
+        let rows = self.tx.query_cached(EXISTING_MESSAGE_IDS, &[&workspace_id, &ids]).await?;
         Ok(rows.into_iter().map(|row| row.get(0)).collect())
     }
 
@@ -54,9 +54,9 @@ impl<'a> PgTx<'a> {
         let kinds: Vec<&str> = identities.iter().map(|identity| identity.kind.as_str()).collect();
         let values: Vec<&str> = identities.iter().map(|identity| identity.value.as_str()).collect();
         let rows = if let ([kind], [value]) = (&kinds[..], &values[..]) {
-            self.tx.query(&self.cached(OWNER).await?, &[&workspace_id, kind, value]).await?
+            self.tx.query_cached(OWNER, &[&workspace_id, kind, value]).await?
         } else {
-            self.tx.query(&self.cached(OWNERS).await?, &[&workspace_id, &kinds, &values]).await?
+            self.tx.query_cached(OWNERS, &[&workspace_id, &kinds, &values]).await?
         };
         let mut owners = foldhash::HashMap::default();
         for row in rows {
@@ -79,9 +79,9 @@ impl<'a> PgTx<'a> {
             return Ok(());
         }
         let locked = if let [profile] = &profiles[..] {
-            self.tx.query(&self.cached(LOCK_PROFILE).await?, &[&workspace_id, profile]).await?
+            self.tx.query_cached(LOCK_PROFILE, &[&workspace_id, profile]).await?
         } else {
-            self.tx.query(&self.cached(LOCK_PROFILES).await?, &[&workspace_id, &profiles]).await?
+            self.tx.query_cached(LOCK_PROFILES, &[&workspace_id, &profiles]).await?
         };
         if locked.len() != profiles.len() {
             return Err(crate::postgres::changed_meanwhile("an identity's profile"));
@@ -131,32 +131,30 @@ impl IngestTx for PgTx<'_> {
         let rows = if let [id] = ids {
             let sql = "SELECT id, traits, trait_times, consent, created_at, updated_at FROM profiles
                  WHERE workspace_id = $1 AND id = $2 AND merged_into IS NULL";
-            self.tx.query(&self.cached(sql).await?, &[&workspace_id, id]).await?
+            self.tx.query_cached(sql, &[&workspace_id, id]).await?
         } else {
             let sql = "SELECT p.* FROM unnest($2::text[]) AS wanted(id)
                  CROSS JOIN LATERAL (SELECT id, traits, trait_times, consent, created_at, updated_at FROM profiles
                     WHERE workspace_id = $1 AND id = wanted.id AND merged_into IS NULL LIMIT 1) p";
-            self.tx.query(&self.cached(sql).await?, &[&workspace_id, &ids]).await?
+            self.tx.query_cached(sql, &[&workspace_id, &ids]).await?
         };
         rows.iter().map(profile_state_from_row).collect()
     }
 
     async fn merge_stored_profile(&mut self, workspace_id: &str, survivor: &str, loser: &str) -> StoreResult<()> {
         let tx = self.tx;
-        tx.execute(
-            &self.cached("UPDATE identities SET profile_id = $1 WHERE workspace_id = $2 AND profile_id = $3").await?,
+        tx.execute_cached(
+            "UPDATE identities SET profile_id = $1 WHERE workspace_id = $2 AND profile_id = $3",
             &[&survivor, &workspace_id, &loser],
         )
         .await?;
-        tx.execute(
-            &self.cached("UPDATE events SET profile_id = $1 WHERE workspace_id = $2 AND profile_id = $3").await?,
+        tx.execute_cached(
+            "UPDATE events SET profile_id = $1 WHERE workspace_id = $2 AND profile_id = $3",
             &[&survivor, &workspace_id, &loser],
         )
         .await?;
-        tx.execute(
-            &self
-                .cached("UPDATE conversations SET profile_id = $1 WHERE workspace_id = $2 AND profile_id = $3")
-                .await?,
+        tx.execute_cached(
+            "UPDATE conversations SET profile_id = $1 WHERE workspace_id = $2 AND profile_id = $3",
             &[&survivor, &workspace_id, &loser],
         )
         .await?;
@@ -173,31 +171,29 @@ impl IngestTx for PgTx<'_> {
             &[&survivor, &workspace_id, &loser],
         )
         .await?;
-        tx.execute(
-            &self.cached("DELETE FROM segment_members WHERE workspace_id = $1 AND profile_id = $2").await?,
+        tx.execute_cached(
+            "DELETE FROM segment_members WHERE workspace_id = $1 AND profile_id = $2",
             &[&workspace_id, &loser],
         )
         .await?;
         // Push addresses follow the person, and the survivor keeps its newest ten.
         let moved = tx
-            .execute(
-                &self
-                    .cached("UPDATE push_addresses SET profile_id = $1 WHERE workspace_id = $2 AND profile_id = $3")
-                    .await?,
+            .execute_cached(
+                "UPDATE push_addresses SET profile_id = $1 WHERE workspace_id = $2 AND profile_id = $3",
                 &[&survivor, &workspace_id, &loser],
             )
             .await?;
         if moved > 0 {
-            tx.execute(
-                &self.cached("DELETE FROM push_addresses WHERE workspace_id = $1 AND profile_id = $2 AND (kind, value) NOT IN
+            tx.execute_cached(
+                "DELETE FROM push_addresses WHERE workspace_id = $1 AND profile_id = $2 AND (kind, value) NOT IN
                     (SELECT kind, value FROM push_addresses WHERE workspace_id = $1 AND profile_id = $2
-                     ORDER BY created_at DESC, value LIMIT $3)").await?,
+                     ORDER BY created_at DESC, value LIMIT $3)",
                 &[&workspace_id, &survivor, &(crate::engage::MAX_PUSH_ADDRESSES as i64)],
             )
             .await?;
         }
-        tx.execute(
-            &self.cached("UPDATE profiles SET merged_into = $1 WHERE workspace_id = $2 AND merged_into = $3").await?,
+        tx.execute_cached(
+            "UPDATE profiles SET merged_into = $1 WHERE workspace_id = $2 AND merged_into = $3",
             &[&survivor, &workspace_id, &loser],
         )
         .await?;
@@ -227,12 +223,7 @@ impl IngestTx for PgTx<'_> {
         let kinds: Vec<&str> = sorted.iter().map(|(identity, _)| identity.kind.as_str()).collect();
         let values: Vec<&str> = sorted.iter().map(|(identity, _)| identity.value.as_str()).collect();
         let owners: Vec<&str> = sorted.iter().map(|(_, owner)| owner.as_str()).collect();
-        self.tx
-            .execute(
-                &self.cached(INSERT_IDENTITIES).await?,
-                &[&workspace_id, &kinds, &values, &owners, &to_millis(now)],
-            )
-            .await?;
+        self.tx.execute_cached(INSERT_IDENTITIES, &[&workspace_id, &kinds, &values, &owners, &to_millis(now)]).await?;
         Ok(())
     }
 
@@ -247,8 +238,8 @@ impl IngestTx for PgTx<'_> {
         let timestamps: Vec<i64> = rows.iter().map(|row| to_millis(row.timestamp)).collect();
         let received: Vec<i64> = rows.iter().map(|row| to_millis(row.received_at)).collect();
         self.tx
-            .execute(
-                &self.cached(INSERT_EVENTS).await?,
+            .execute_cached(
+                INSERT_EVENTS,
                 &[
                     &workspace_id,
                     &message_ids,
@@ -278,8 +269,8 @@ impl IngestTx for PgTx<'_> {
         let created: Vec<i64> = profiles.iter().map(|profile| to_millis(profile.created_at)).collect();
         let updated: Vec<i64> = profiles.iter().map(|profile| to_millis(profile.updated_at)).collect();
         self.tx
-            .execute(
-                &self.cached(UPSERT_PROFILES).await?,
+            .execute_cached(
+                UPSERT_PROFILES,
                 &[&workspace_id, &ids, &traits, &trait_times, &consent, &created, &updated],
             )
             .await?;
@@ -333,8 +324,8 @@ impl IngestTx for PgTx<'_> {
     ) -> StoreResult<Vec<(IdentityKind, usize)>> {
         let rows = self
             .tx
-            .query(
-                &self.cached("SELECT kind, count(*) FROM identities WHERE workspace_id = $1 AND profile_id = $2 GROUP BY kind").await?,
+            .query_cached(
+                "SELECT kind, count(*) FROM identities WHERE workspace_id = $1 AND profile_id = $2 GROUP BY kind",
                 &[&workspace_id, &profile_id],
             )
             .await?;
